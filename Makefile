@@ -1,0 +1,135 @@
+# kvtrace — plain Makefile.
+#
+#   make                 build lib, tools and tests into build/ and bin/
+#   make test            install missing Debian packages (as root), build, run every test
+#   make demo            the README's main job: replay the default sweep on the sample trace
+#   make bench           benchmarks (never part of make test)
+#   make deps            install the Debian packages of DESIGN's dependency list (idempotent)
+#   make SAN=address,undefined test     sanitizer build (objects go to build-san/)
+#   make OMP=0 test      build without OpenMP
+#   make O=/tmp/x/ ...   put build/ and bin/ under another root (parallel builds)
+#
+# Programs: a file named cli_<prog>.c holds main() of bin/<prog>; every other .c of a
+# folder is library code. Tests: tests/unit/test_*.c each become bin/tests/test_*.
+
+CC      ?= gcc
+PYTHON  ?= /usr/bin/python3
+OMP     ?= 1
+SAN     ?=
+O       ?=
+
+ifeq ($(SAN),)
+BUILD   := $(O)build
+else
+BUILD   := $(O)build-san
+endif
+BIN     := $(O)bin
+
+CSTD    := -std=c11 -D_GNU_SOURCE
+WARN    := -Wall -Wextra -Wno-unused-parameter
+OPT     ?= -O2 -g
+HDF5_CFLAGS := $(shell pkg-config --cflags hdf5 2>/dev/null || echo -I/usr/include/hdf5/serial)
+HDF5_LIBS   := $(shell pkg-config --libs hdf5 2>/dev/null || echo -L/usr/lib/x86_64-linux-gnu/hdf5/serial -lhdf5)
+# GSL with OpenBLAS as its CBLAS, the way the GSL manual documents an optimised BLAS.
+GSL_LIBS    := -lgsl -lopenblas
+
+CFLAGS  := $(CSTD) $(OPT) $(WARN) -Ilib -Ireplay -Ianalysis $(HDF5_CFLAGS) $(EXTRA_CFLAGS)
+LDLIBS  := $(HDF5_LIBS) -lz $(GSL_LIBS) -lm
+
+ifeq ($(OMP),1)
+CFLAGS  += -fopenmp
+LDFLAGS += -fopenmp
+endif
+ifneq ($(SAN),)
+CFLAGS  += -fsanitize=$(SAN) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=$(SAN)
+endif
+
+LIB_SRC     := $(wildcard lib/*.c)
+REPLAY_SRC  := $(filter-out replay/cli_%.c,$(wildcard replay/*.c replay/strategies/*.c))
+ANALYSIS_SRC:= $(filter-out analysis/cli_%.c,$(wildcard analysis/*.c))
+CLI_SRC     := $(filter-out %_mpi.c,$(wildcard replay/cli_*.c analysis/cli_*.c))
+MPI_SRC     := $(wildcard replay/cli_*_mpi.c)
+TEST_SRC    := $(wildcard tests/unit/test_*.c)
+
+obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
+LIBKV       := $(BUILD)/libkvtrace.a
+LIBREPLAY   := $(BUILD)/libkvreplay.a
+LIBANALYSIS := $(BUILD)/libkvanalysis.a
+PROGS       := $(patsubst cli_%,$(BIN)/%,$(basename $(notdir $(CLI_SRC))))
+TESTS       := $(patsubst tests/unit/%.c,$(BIN)/tests/%,$(TEST_SRC))
+MPICC       := $(shell command -v mpicc 2>/dev/null)
+ifneq ($(MPICC),)
+ifneq ($(MPI_SRC),)
+MPI_PROGS   := $(patsubst cli_%_mpi,$(BIN)/%-mpi,$(basename $(notdir $(MPI_SRC))))
+endif
+endif
+
+# Debian packages: build/run, capture and Python-side tests (DESIGN's dependency list).
+DEB_PKGS := gcc make pkg-config libhdf5-dev hdf5-tools zlib1g-dev libgsl-dev libopenblas-dev \
+            gnuplot-nox openmpi-bin libopenmpi-dev python3-torch python3-h5py python3-numpy \
+            python3-scipy bible-kjv
+
+.PHONY: all test demo bench deps deps-check clean install probe
+all: probe $(PROGS) $(MPI_PROGS) $(TESTS)
+
+probe:
+	@printf '%s\n' "kvtrace build: CC=$(CC) OMP=$(OMP) SAN=$(if $(SAN),$(SAN),none) -> $(BUILD)/ $(BIN)/"
+	@if [ "$(OMP)" = 1 ]; then echo "  OpenMP: on (-fopenmp)"; else echo "  OpenMP: off (OMP=0)"; fi
+	@if [ -n "$(MPICC)" ]; then echo "  Open MPI: found ($(MPICC)), building kvreplay-mpi"; \
+	 else echo "  Open MPI: not found, kvreplay-mpi not built"; fi
+
+$(BUILD)/%.o: %.c $(wildcard lib/*.h replay/*.h replay/strategies/*.h analysis/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIBKV): $(call obj,$(LIB_SRC))
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+$(LIBREPLAY): $(call obj,$(REPLAY_SRC))
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+$(LIBANALYSIS): $(call obj,$(ANALYSIS_SRC))
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+ALL_LIBS := $(LIBANALYSIS) $(LIBREPLAY) $(LIBKV)
+
+$(BIN)/%: $(BUILD)/replay/cli_%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+$(BIN)/%: $(BUILD)/analysis/cli_%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+$(BIN)/tests/%: $(BUILD)/tests/unit/%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+$(BIN)/%-mpi: replay/cli_%_mpi.c $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	OMPI_CC=$(CC) $(MPICC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+
+# Installs what is missing when root; otherwise names the command to run. Idempotent.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "deps: all Debian packages present"; exit 0; fi; \
+	echo "deps: missing:$$missing"; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null && echo "deps: installed:$$missing"; \
+	else echo "deps: run as root: apt-get install$$missing"; exit 1; fi
+
+test: deps
+	$(MAKE) --no-print-directory all
+	@BIN=$(BIN) BUILD=$(BUILD) PYTHON=$(PYTHON) SAN="$(SAN)" sh tests/run.sh
+
+clean:
+	rm -rf build build-san bin out report demo-out
+
+PREFIX ?= /usr/local
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
+	install -m 755 $(PROGS) $(MPI_PROGS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(LIBKV) $(DESTDIR)$(PREFIX)/lib/
+	install -m 644 lib/kvtrace.h $(DESTDIR)$(PREFIX)/include/

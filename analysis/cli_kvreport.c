@@ -1,0 +1,317 @@
+/* kvreport: statistics, tables and gnuplot figures from kvtrace results directories.
+ * Only this file prints and exits; the work is in the library files of analysis/. */
+#include <errno.h>
+#include <ftw.h>
+#include <limits.h>
+#include <dirent.h>
+#include <libgen.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "analyze.h"
+#include "report.h"
+#include "results.h"
+#include "trace_stats.h"
+
+#define MARKER ".kvreport"
+
+static const char *USAGE =
+    "usage: kvreport RESULTS_DIR... -o REPORT_DIR [options]\n"
+    "\n"
+    "Statistics across sequences, paired tests against a baseline, tables (Markdown, CSV,\n"
+    "LaTeX booktabs) and gnuplot figures (PNG + PDF, with their .gp and .dat) from one or more\n"
+    "kvtrace results directories (replay/RESULTS.md, version 1). Directories merge: shards and\n"
+    "separate runs add sequences; the same configuration and sequence twice must be identical.\n"
+    "\n"
+    "options:\n"
+    "  -o, --output DIR        report directory (written atomically; an existing one must be\n"
+    "                          empty or a previous kvreport report, which is replaced)\n"
+    "  --baseline CONFIG       configuration every other is compared with (exact config string;\n"
+    "                          default: the full cache `full` when present)\n"
+    "  --metric M              primary metric of the ranked chart (default logit_kl, or out_cos\n"
+    "                          without read-out); also the heat-map metric when per_head has it\n"
+    "  --heatmap-config CONFIG configuration of the heat map and reliability diagram\n"
+    "                          (default: the best at matched compression)\n"
+    "  --target-ratio R        matched-compression target (default: median ratio)\n"
+    "  --trace TRACE           the trace the results came from: memory vs context (bytes per\n"
+    "                          token) and attention-entropy figures\n"
+    "  --allow-mixed           accept results of different traces (trace_sha256)\n"
+    "  --seed N                bootstrap seed (default 12345)\n"
+    "  --bootstrap N           bootstrap resamples (default 2000; 0 = none)\n"
+    "  --no-figures            tables and report only\n"
+    "  --plots DIR             gnuplot templates (default: plots/ beside the program, or ./plots)\n"
+    "  -h, --help              this text\n";
+
+static int usage_error(const char *msg, const char *arg)
+{
+    fprintf(stderr, "kvreport: %s%s%s\n(kvreport --help for usage)\n", msg, arg ? ": " : "", arg ? arg : "");
+    return 2;
+}
+
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *f)
+{
+    (void)sb; (void)flag; (void)f;
+    return remove(p);
+}
+static void rm_tree(const char *p) { nftw(p, rm_cb, 16, FTW_DEPTH | FTW_PHYS); }
+
+/* 0 absent, 1 empty dir, 2 previous report, -1 refuse (message printed) */
+static int report_dir_state(const char *dir)
+{
+    struct stat st;
+    if (stat(dir, &st)) {
+        if (errno == ENOENT) return 0;
+        fprintf(stderr, "kvreport: %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) { fprintf(stderr, "kvreport: %s: exists and is not a directory\n", dir); return -1; }
+    char m[PATH_MAX + 32];
+    snprintf(m, sizeof m, "%s/%s", dir, MARKER);
+    if (!access(m, F_OK)) return 2;
+    DIR *d = opendir(dir);
+    if (!d) { fprintf(stderr, "kvreport: %s: %s\n", dir, strerror(errno)); return -1; }
+    struct dirent *e;
+    int empty = 1;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) { empty = 0; break; }
+    closedir(d);
+    if (empty) return 1;
+    fprintf(stderr, "kvreport: %s: exists, is not empty and is not a previous kvreport report; refusing to replace it\n", dir);
+    return -1;
+}
+
+static char *find_on_path(const char *prog)
+{
+    const char *path = getenv("PATH");
+    if (!path) return NULL;
+    char *dup = strdup(path), *save = NULL;
+    if (!dup) return NULL;
+    for (char *d = strtok_r(dup, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
+        char cand[PATH_MAX];
+        snprintf(cand, sizeof cand, "%s/%s", *d ? d : ".", prog);
+        struct stat st;
+        if (!stat(cand, &st) && S_ISREG(st.st_mode) && !access(cand, X_OK)) { free(dup); return strdup(cand); }
+    }
+    free(dup);
+    return NULL;
+}
+
+static int has_templates(const char *dir)
+{
+    char p[PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/style.gp", dir);
+    return !access(p, R_OK);
+}
+
+static char *find_plots(const char *given)
+{
+    if (given) return has_templates(given) ? realpath(given, NULL) : NULL;
+    const char *env = getenv("KVTRACE_PLOTS");
+    if (env && has_templates(env)) return realpath(env, NULL);
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *d = dirname(exe);
+        static const char *rel[] = { "/../plots", "/../share/kvtrace/plots" };
+        for (int i = 0; i < 2; i++) {
+            char c[PATH_MAX + 32];
+            snprintf(c, sizeof c, "%s%s", d, rel[i]);
+            if (has_templates(c)) return realpath(c, NULL);
+        }
+    }
+    if (has_templates("plots")) return realpath("plots", NULL);
+    return NULL;
+}
+
+static int parse_u64(const char *s, unsigned long long *v)
+{
+    char *end;
+    errno = 0;
+    if (!*s || *s == '-') return -1;
+    *v = strtoull(s, &end, 10);
+    return (*end || errno) ? -1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
+    size_t nd = 0;
+    const char *out = NULL, *baseline = NULL, *metric = NULL, *heat = NULL, *trace = NULL, *plots = NULL;
+    int allow_mixed = 0, no_figures = 0;
+    unsigned long long seed = 12345, nboot = 2000;
+    double target = 0;
+    if (!dirs) { fprintf(stderr, "kvreport: out of memory\n"); return 1; }
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+#define NEED_ARG() do { if (i + 1 >= argc) return usage_error("missing value after", a); } while (0)
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(USAGE, stdout); return 0; }
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { NEED_ARG(); out = argv[++i]; }
+        else if (!strcmp(a, "--baseline")) { NEED_ARG(); baseline = argv[++i]; }
+        else if (!strcmp(a, "--metric")) { NEED_ARG(); metric = argv[++i]; }
+        else if (!strcmp(a, "--heatmap-config")) { NEED_ARG(); heat = argv[++i]; }
+        else if (!strcmp(a, "--trace")) { NEED_ARG(); trace = argv[++i]; }
+        else if (!strcmp(a, "--plots")) { NEED_ARG(); plots = argv[++i]; }
+        else if (!strcmp(a, "--allow-mixed")) allow_mixed = 1;
+        else if (!strcmp(a, "--no-figures")) no_figures = 1;
+        else if (!strcmp(a, "--seed")) { NEED_ARG(); if (parse_u64(argv[++i], &seed)) return usage_error("--seed needs a non-negative integer", argv[i]); }
+        else if (!strcmp(a, "--bootstrap")) { NEED_ARG(); if (parse_u64(argv[++i], &nboot) || nboot > 1000000) return usage_error("--bootstrap needs an integer in 0..1000000", argv[i]); }
+        else if (!strcmp(a, "--target-ratio")) {
+            NEED_ARG();
+            char *end;
+            target = strtod(argv[++i], &end);
+            if (*end || !(target >= 1) || !isfinite(target)) return usage_error("--target-ratio needs a number >= 1", argv[i]);
+        }
+        else if (a[0] == '-' && a[1]) return usage_error("unknown option", a);
+        else dirs[nd++] = a;
+#undef NEED_ARG
+    }
+    if (!nd) return usage_error("no results directory given", NULL);
+    if (!out) return usage_error("no report directory given (-o REPORT_DIR)", NULL);
+    int mi = -1;
+    if (metric && (mi = res_metric_index(metric)) < 0) return usage_error("unknown metric (see replay/RESULTS.md per_seq columns, or nll_delta)", metric);
+
+    /* the report directory: refuse early, before any work */
+    int state = report_dir_state(out);
+    if (state < 0) return 1;
+
+    kv_error err = {0};
+    res_set *rs = NULL;
+    if (res_load(dirs, nd, allow_mixed, &rs, &err) != KV_OK) { fprintf(stderr, "kvreport: %s\n", err.msg); return 1; }
+    if (rs->mixed_traces) fprintf(stderr, "kvreport: warning: results of different traces combined (--allow-mixed)\n");
+
+    long base = -1;
+    if (baseline) {
+        base = res_find_config(rs, baseline);
+        if (base < 0) {
+            fprintf(stderr, "kvreport: --baseline '%s' is not a configuration in the results (%zu configurations, e.g. '%s')\n",
+                    baseline, rs->n_configs, rs->configs[0].config);
+            res_free(rs);
+            return 1;
+        }
+    } else {
+        base = an_find_full(rs);
+        if (base < 0) fprintf(stderr, "kvreport: warning: no `full` configuration and no --baseline: paired comparisons skipped\n");
+    }
+    long focus = -1;
+    if (heat && (focus = res_find_config(rs, heat)) < 0) {
+        fprintf(stderr, "kvreport: --heatmap-config '%s' is not a configuration in the results\n", heat);
+        res_free(rs);
+        return 1;
+    }
+
+    an_result *an = NULL;
+    if (an_compute(rs, base, (size_t)nboot, seed, &an, &err) != KV_OK) { fprintf(stderr, "kvreport: %s\n", err.msg); res_free(rs); return 1; }
+
+    if (mi < 0) {
+        mi = RM_OUT_COS;
+        for (size_t i = 0; i < an->nc; i++) if (an_get(an, i, RM_LOGIT_KL)->valid) { mi = RM_LOGIT_KL; break; }
+    }
+    int hm = res_head_metric_index(res_metric_names[mi]);
+    if (hm < 0 || hm == RH_KEEP_FRAC) hm = RH_OUT_COS;
+
+    /* temporary report directory next to the final one */
+    char *outdup = strdup(out), *outdup2 = strdup(out);
+    char tmp[PATH_MAX];
+    if (!outdup || !outdup2) { fprintf(stderr, "kvreport: out of memory\n"); return 1; }
+    /* absolute: gnuplot runs with the figures directory as its working directory */
+    char *parent = realpath(dirname(outdup), NULL);
+    if (!parent) { fprintf(stderr, "kvreport: %s: the parent directory is not usable: %s\n", out, strerror(errno)); return 1; }
+    snprintf(tmp, sizeof tmp, "%s/.%s.tmp.XXXXXX", parent, basename(outdup2));
+    free(parent);
+    if (!mkdtemp(tmp)) { fprintf(stderr, "kvreport: %s: cannot create a temporary directory: %s\n", tmp, strerror(errno)); return 1; }
+
+    rp_ctx c = {0};
+    c.rs = rs; c.an = an; c.dir = tmp; c.shown_dir = out;
+    c.metric = mi; c.head_metric = hm; c.target_ratio = target;
+    c.no_figures = no_figures; c.seed = seed; c.n_boot = (size_t)nboot;
+    c.version = KV_VERSION_STRING;
+    if (focus < 0) {
+        size_t *idx = malloc((rs->n_configs + 1) * sizeof *idx);
+        double t;
+        if (idx && rp_matched(&c, idx, &t) > 0) focus = (long)idx[0];
+        free(idx);
+        for (size_t i = 0; focus < 0 && i < rs->n_configs; i++)
+            if ((long)i != base && rs->configs[i].n_heads) focus = (long)i;
+    }
+    c.focus = focus;
+
+    char *gnuplot = NULL, *plots_dir = NULL;
+    rp_entropy *ent = NULL;
+    char ent_note[256] = "";
+    int rc = 1;
+    if (!no_figures) {
+        gnuplot = find_on_path("gnuplot");
+        if (!gnuplot) {
+            fprintf(stderr, "kvreport: warning: gnuplot not found on PATH: figures not rendered (their .gp and .dat are written; tables are complete)\n");
+            rp_note(&c.notes, "gnuplot was not found on PATH: figures were not rendered; install gnuplot-nox and run `gnuplot NAME.gp` in figures/, or re-run kvreport");
+        }
+        plots_dir = find_plots(plots);
+        if (!plots_dir && plots) { fprintf(stderr, "kvreport: --plots %s: no style.gp there\n", plots); goto cleanup; }
+        if (!plots_dir) fprintf(stderr, "kvreport: warning: gnuplot templates (plots/) not found: figures skipped (pass --plots DIR)\n");
+        if (trace) {
+            kv_error te = {0};
+            double bpt = 0;
+            if (ts_load(trace, &bpt, &ent, ent_note, sizeof ent_note, &te) != KV_OK) {
+                fprintf(stderr, "kvreport: %s\n", te.msg);
+                goto cleanup;
+            }
+            c.bytes_per_token = bpt;
+            c.trace_path = trace;
+            if (ent_note[0]) rp_note(&c.notes, "%s", ent_note);
+        } else {
+            c.entropy_why = "needs the trace: pass --trace TRACE";
+        }
+    }
+    c.gnuplot = gnuplot;
+    c.plots_dir = plots_dir;
+    c.entropy = ent;
+
+    char marker[PATH_MAX + 32];
+    snprintf(marker, sizeof marker, "%s/%s", tmp, MARKER);
+    FILE *mf = fopen(marker, "w");
+    if (!mf || fputs("kvreport report directory (replaced by the next kvreport -o here)\n", mf) < 0 || fclose(mf)) {
+        fprintf(stderr, "kvreport: %s: cannot write\n", marker);
+        goto cleanup;
+    }
+    if (rp_write_tables(&c, &err) || rp_write_figures(&c, &err) || rp_write_report(&c, &err)) {
+        fprintf(stderr, "kvreport: %s\n", err.msg);
+        goto cleanup;
+    }
+
+    /* swap into place: an empty directory or a previous report is replaced */
+    if (state == 1 && rmdir(out)) { fprintf(stderr, "kvreport: %s: %s\n", out, strerror(errno)); goto cleanup; }
+    char old[PATH_MAX + 16] = "";
+    if (state == 2) {
+        snprintf(old, sizeof old, "%s.old", tmp);
+        if (rename(out, old)) { fprintf(stderr, "kvreport: %s: cannot move the previous report aside: %s\n", out, strerror(errno)); goto cleanup; }
+    }
+    if (rename(tmp, out)) {
+        fprintf(stderr, "kvreport: %s: cannot rename the new report into place: %s\n", out, strerror(errno));
+        if (old[0]) rename(old, out);
+        goto cleanup;
+    }
+    if (old[0]) rm_tree(old);
+    tmp[0] = 0;
+
+    size_t nr = 0, nf = 0;
+    for (size_t k = 0; k < c.n_fig; k++) { nf += c.fig[k].written; nr += c.fig[k].rendered; }
+    for (size_t k = 0; k < c.notes.n; k++)
+        if (!strncmp(c.notes.line[k], "WARNING", 7) || strstr(c.notes.line[k], "not applied"))
+            fprintf(stderr, "kvreport: %s\n", c.notes.line[k]);
+    fprintf(stderr, "kvreport: %zu configurations from %zu director%s; %zu figure%s rendered of %zu written; report: %s/report.md\n",
+            rs->n_configs, rs->n_dirs, rs->n_dirs == 1 ? "y" : "ies", nr, nr == 1 ? "" : "s", nf, out);
+    rc = 0;
+cleanup:
+    if (tmp[0]) rm_tree(tmp);
+    rp_notes_free(&c.notes);
+    ts_entropy_free(ent);
+    free(gnuplot); free(plots_dir); free(outdup); free(outdup2); free(dirs);
+    an_free(an);
+    res_free(rs);
+    return rc;
+}

@@ -1,0 +1,83 @@
+/* kvreport outputs: tables (Markdown, CSV, LaTeX booktabs), gnuplot figures and report.md.
+ *
+ * Layout written under rp_ctx.dir (the caller builds it in a temporary directory and
+ * renames it into place):
+ *   report.md                       the report (provenance, sweep, guards, tables, figures)
+ *   tables/summary.{md,csv,tex}     headline table: metric mean ± 95% t-interval, ratio, keep
+ *   tables/stats.csv                every configuration x metric: n, mean, sd, min, max,
+ *                                   t-interval, bootstrap interval
+ *   tables/comparisons.csv          paired tests against the baseline, Holm-adjusted
+ *   figures/<name>.{gp,dat,png,pdf} one gnuplot script per figure, run inside figures/
+ *
+ * Figure scripts are the templates of plots/ (style.gp + <kind>.gp + finish.gp) with
+ * @NAME@ placeholders substituted; the result is deterministic (no dates, no absolute
+ * paths), so tests compare scripts byte for byte.
+ *
+ * Library code: returns kv_status; warnings go to rp_ctx.notes (main prints them).
+ */
+#ifndef KV_REPORT_H
+#define KV_REPORT_H
+
+#include <stddef.h>
+#include "analyze.h"
+
+typedef struct rp_notes { char **line; size_t n; } rp_notes;
+void rp_note(rp_notes *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void rp_notes_free(rp_notes *n);
+
+/* Attention entropy per layer (figure f): quantiles over (head, position, sequence). */
+typedef struct rp_entropy {
+    size_t n_layers;
+    double *q;                     /* [L][5]: 5%, 25%, 50%, 75%, 95% (nats) */
+    double *mean;                  /* [L] */
+    double *max_entropy;           /* [L] mean log(visible keys), the uniform bound */
+} rp_entropy;
+
+typedef struct rp_figure {
+    char stem[64];
+    char caption[512];
+    int written;                   /* .gp/.dat written */
+    int rendered;                  /* PNG and PDF produced */
+    char why[512];                 /* skip or failure reason when not rendered */
+} rp_figure;
+
+typedef struct rp_ctx {
+    const res_set *rs;
+    const an_result *an;
+    const char *dir;               /* output root (temporary name) */
+    const char *shown_dir;         /* final name, for messages and report.md */
+    int metric;                    /* primary metric (RM_*) */
+    int head_metric;               /* heatmap/profile metric (RH_*) */
+    long focus;                    /* configuration of the heatmap and reliability diagram */
+    double target_ratio;           /* matched-compression target; <= 0: automatic */
+    const char *plots_dir;         /* templates; NULL: figures skipped */
+    int no_figures;
+    const char *gnuplot;           /* gnuplot executable, NULL: not found (scripts still written) */
+    /* from --trace (optional) */
+    const char *trace_path;
+    double bytes_per_token;        /* fp16 K+V bytes per token of the full cache; 0 = unknown */
+    const rp_entropy *entropy;     /* NULL: figure f skipped */
+    const char *entropy_why;       /* reason when entropy is NULL */
+    uint64_t seed;
+    size_t n_boot;
+    const char *version;           /* kvreport version string */
+    rp_notes notes;                /* filled by the writers */
+    rp_figure fig[16];
+    size_t n_fig;
+    double target_used;            /* target ratio of the matched-compression selection */
+} rp_ctx;
+
+kv_status rp_write_tables(rp_ctx *c, kv_error *err);
+kv_status rp_write_figures(rp_ctx *c, kv_error *err);
+kv_status rp_write_report(rp_ctx *c, kv_error *err);
+
+/* Matched-compression selection: per family (full excluded) the configuration whose
+ * ratio is nearest the target in log distance, within a factor 1.5; sorted by the primary
+ * metric, best first. Returns the count written to idx (capacity rs->n_configs). */
+size_t rp_matched(rp_ctx *c, size_t *idx, double *target);
+
+/* Text helpers shared by the writers. */
+void rp_fmt_pm(char *buf, size_t cap, double mean, double hw, int has_ci);
+const char *rp_marks(double p_holm);
+
+#endif /* KV_REPORT_H */

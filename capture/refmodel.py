@@ -1,0 +1,205 @@
+"""kvtrace reference model: a small pre-norm decoder in plain PyTorch.
+
+Llama-shaped on purpose (RMSNorm, RoPE with the rotate_half layout, grouped-query
+attention, SwiGLU MLP, optional tied unembedding) so that a trace of it exercises the
+same code paths as a trace of a Hugging Face model, where transformers is not installed.
+
+Byte-level: token ids 0..255 are bytes, BOS_ID = 256 starts every sequence.
+
+Shapes: B batch, T tokens, C d_model, H q-heads, Hkv kv-heads, D head_dim, V vocab.
+
+The attention call goes through `attention_fn(module, q, k, v, mask, scale)`, looked up in
+ATTENTION_FUNCTIONS by name at call time, with the same contract as transformers'
+attention-function interface: q [B,H,T,D] and k, v [B,Hkv,T,D] post-RoPE, before GQA
+repetition; it returns the attention output [B,T,H,D] (before o_proj). The capture tool
+registers its own function there and delegates to the eager one.
+"""
+import json
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BOS_ID = 256
+VOCAB = 257
+
+
+@dataclass
+class RefConfig:
+    n_layers: int = 4
+    d_model: int = 128
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    head_dim: int = 32
+    d_ff: int = 512
+    vocab_size: int = VOCAB
+    max_seq: int = 4096
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    # post_norm: normalise after each residual add (original-Transformer style) instead of
+    # before each sub-layer. A variant for tests only: attention output then does not enter
+    # the final residual stream directly, so the direct-path read-out is not valid for it.
+    post_norm: bool = False
+
+    def to_json(self):
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @staticmethod
+    def from_dict(d):
+        return RefConfig(**d)
+
+
+def rope_tables(T, dim, theta, device=None, dtype=torch.float32):
+    """cos, sin [T, dim] in the rotate_half layout (HF Llama convention)."""
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]   # [T, dim/2]
+    ang = torch.cat([ang, ang], dim=-1)                                   # [T, dim]
+    return ang.cos().to(device=device, dtype=dtype), ang.sin().to(device=device, dtype=dtype)
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    # x [B, H, T, D]; cos, sin [T, D]
+    return x * cos + rotate_half(x) * sin
+
+
+def eager_attention(module, q, k, v, mask, scale):
+    """Reference attention. q [B,H,T,D], k/v [B,Hkv,T,D]; returns [B,T,H,D]."""
+    H, Hkv = q.shape[1], k.shape[1]
+    if Hkv != H:
+        k = k.repeat_interleave(H // Hkv, dim=1)
+        v = v.repeat_interleave(H // Hkv, dim=1)
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale          # [B,H,T,T]
+    s = s + mask                                              # additive, -inf above diagonal
+    p = torch.softmax(s.float(), dim=-1).to(q.dtype)
+    o = torch.matmul(p, v)                                    # [B,H,T,D]
+    return o.transpose(1, 2).contiguous()
+
+
+ATTENTION_FUNCTIONS = {"eager": eager_attention}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (xf * self.weight.float()).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg, layer_idx):
+        super().__init__()
+        self.cfg = cfg
+        self.layer_idx = layer_idx
+        C, H, Hkv, D = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(C, H * D, bias=False)
+        self.k_proj = nn.Linear(C, Hkv * D, bias=False)
+        self.v_proj = nn.Linear(C, Hkv * D, bias=False)
+        self.o_proj = nn.Linear(H * D, C, bias=False)
+        self.scale = 1.0 / math.sqrt(D)
+        self.attn_impl = "eager"
+
+    def forward(self, x, cos, sin, mask):
+        B, T, _ = x.shape
+        H, Hkv, D = self.cfg.n_heads, self.cfg.n_kv_heads, self.cfg.head_dim
+        q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, Hkv, D).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, Hkv, D).transpose(1, 2)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        o = ATTENTION_FUNCTIONS[self.attn_impl](self, q, k, v, mask, self.scale)
+        return self.o_proj(o.reshape(B, T, H * D))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, i):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg, i)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        self.post_norm = cfg.post_norm
+
+    def forward(self, x, cos, sin, mask):
+        if self.post_norm:
+            x = self.attn_norm(x + self.attn(x, cos, sin, mask))
+            return self.mlp_norm(x + self.mlp(x))
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class RefModel(nn.Module):
+    def __init__(self, cfg: RefConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList([Block(cfg, i) for i in range(cfg.n_layers)])
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def set_attn_impl(self, name):
+        for b in self.blocks:
+            b.attn.attn_impl = name
+
+    def rope(self, T, device):
+        return rope_tables(T, self.cfg.head_dim, self.cfg.rope_theta, device=device)
+
+    def forward(self, ids, return_hidden=False):
+        """ids [B,T] -> logits [B,T,V] (and the final residual before the norm)."""
+        B, T = ids.shape
+        cos, sin = self.rope(T, ids.device)
+        mask = torch.full((T, T), float("-inf"), device=ids.device).triu(1)
+        x = self.embed(ids)
+        for b in self.blocks:
+            x = b(x, cos, sin, mask)
+        logits = self.lm_head(self.norm(x))
+        return (logits, x) if return_hidden else logits
+
+
+def save_model(model, path):
+    torch.save({"format": "kvtrace-ref", "version": 1,
+                "config": json.loads(model.cfg.to_json()),
+                "state_dict": model.state_dict()}, path)
+
+
+def load_model(path, map_location="cpu"):
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except TypeError:  # torch < 1.13 has no weights_only
+        blob = torch.load(path, map_location=map_location)
+    if not isinstance(blob, dict) or blob.get("format") != "kvtrace-ref":
+        raise ValueError(f"{path}: not a kvtrace reference model checkpoint")
+    model = RefModel(RefConfig.from_dict(blob["config"]))
+    model.load_state_dict(blob["state_dict"])
+    return model

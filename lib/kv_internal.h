@@ -1,0 +1,40 @@
+/* libkvtrace internals shared by the lib/ sources (not installed, not for tools). */
+#ifndef KV_INTERNAL_H
+#define KV_INTERNAL_H
+
+#include <hdf5.h>
+
+#include "kvtrace.h"
+
+/* Sets *err (when non-NULL) to code and one printf-formatted line (newlines and control
+ * characters become spaces, truncated to fit); returns code. */
+kv_status kverr_set(kv_error *err, kv_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* HDF5 process-wide settings every entry point applies first: no error-stack printing,
+ * no dynamic filter plugins. Idempotent. */
+void kvh5_quiet(void);
+
+/* The kvtrace f16 file type (IEEE binary16 little-endian); caller closes it. */
+hid_t kvh5_f16_type(void);
+
+/* Element type classes the schema allows for datasets. */
+enum { KVDT_OTHER = 0, KVDT_F16, KVDT_F32, KVDT_I32 };
+int kvh5_dtype_class(hid_t type);
+/* A short human name of a datatype for messages ("64-bit float", "compound", ...). */
+void kvh5_type_name(hid_t type, char *buf, size_t cap);
+
+/* Validation and description of an open file (lib/trace_validate.c).
+ * full = 1: every rule of traces/SCHEMA.md (run in the validating child);
+ * full = 0: only what fills *info (the parent, after the child accepted the file).
+ * info->layer_window / model_layer are malloc'ed here; the caller frees them. */
+kv_status trace_inspect(const char *path, hid_t file, int full, kv_info *info, kv_error *err);
+
+/* Storage facts of an open dataset (chunk dims 0 when contiguous). */
+int kvh5_storage_facts(hid_t dset, int rank, int *chunked, size_t *chunk, int *deflate, int *shuffle,
+                       int *fletcher32);
+
+/* Checked size product: 0 on overflow or when the product exceeds cap, else 1. */
+int kv_mul_ok(size_t a, size_t b, size_t cap, size_t *out);
+
+#endif

@@ -1,0 +1,683 @@
+/* Trace reader: child-process validation, then read-only access through bounded
+ * hyperslabs.
+ *
+ * Why a child: libhdf5 1.10 crashes or hangs on crafted files (DESIGN §7). The child
+ * (fork) gets an address-space limit (skipped under AddressSanitizer, which reserves
+ * terabytes of shadow memory), a CPU limit and no core dumps, validates the whole file
+ * (lib/trace_validate.c) and reports one status byte plus one message line through a pipe.
+ * The parent waits with a wall-clock timeout and kills it; a crash, a limit or a timeout
+ * becomes KV_ERR_VALIDATOR with a line naming the file and the signal. Only after the
+ * child accepted the file does this process open it.
+ *
+ * Shapes: S sequences, T tokens, L layers, H q-heads, Hkv kv-heads, D head_dim, C d_model.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kv_internal.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define KV_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KV_ASAN 1
+#endif
+#endif
+
+struct kv_trace {
+    kv_info info;
+    hid_t file;
+    hid_t *tens;            /* [L * 4] /layers/<l>/{q,k,v,attn_out}, opened on first use */
+    uint16_t *scratch;      /* raw f16 staging buffer */
+    size_t scratch_n;
+};
+
+static const char *tensor_name[4] = {"q", "k", "v", "attn_out"};
+
+static void info_free(kv_info *in)
+{
+    free(in->layer_window);
+    free(in->model_layer);
+    in->layer_window = NULL;
+    in->model_layer = NULL;
+}
+
+/* Opens path read-only and runs trace_inspect on it, in this process. */
+static kv_status open_and_inspect(const char *path, int full, kv_info *info, hid_t *file_out, kv_error *err)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return kverr_set(err, KV_ERR_IO, "%s: file: cannot open: %s", path, strerror(errno));
+    if (!S_ISREG(sb.st_mode))
+        return kverr_set(err, KV_ERR_IO, "%s: file: not a regular file", path);
+    if (sb.st_size == 0)
+        return kverr_set(err, KV_ERR_FORMAT, "%s: file: empty file (0 bytes), not an HDF5 file", path);
+    if (access(path, R_OK) != 0)
+        return kverr_set(err, KV_ERR_IO, "%s: file: cannot read: %s", path, strerror(errno));
+    kvh5_quiet();
+    htri_t is = H5Fis_hdf5(path);
+    if (is <= 0)
+        return kverr_set(err, KV_ERR_FORMAT, "%s: file: not an HDF5 file (no HDF5 signature found)", path);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0)
+        return kverr_set(err, KV_ERR_FORMAT, "%s: file: cannot open as HDF5 (truncated or corrupt file)", path);
+    kv_status st = trace_inspect(path, f, full, info, err);
+    if (st != KV_OK || !file_out) {
+        H5Fclose(f);
+        return st;
+    }
+    *file_out = f;
+    return KV_OK;
+}
+
+/* ---- the validating child ---------------------------------------------------------- */
+
+#ifndef KV_ASAN
+static unsigned long long current_vm_bytes(void)
+{
+    unsigned long long pages = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%llu", &pages) != 1)
+            pages = 0;
+        fclose(f);
+    }
+    return pages * (unsigned long long)sysconf(_SC_PAGESIZE);
+}
+#endif
+
+static void write_all(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+static __attribute__((noreturn)) void child_main(int fd, const char *path, const kv_open_opts *o,
+                                                 unsigned timeout, unsigned long long mem)
+{
+    struct rlimit rl;
+    rl.rlim_cur = rl.rlim_max = 0;
+    setrlimit(RLIMIT_CORE, &rl);
+    setrlimit(RLIMIT_FSIZE, &rl);              /* the validator never writes files */
+    rl.rlim_cur = timeout + 1;
+    rl.rlim_max = timeout + 2;
+    setrlimit(RLIMIT_CPU, &rl);
+#ifndef KV_ASAN
+    rl.rlim_cur = rl.rlim_max = current_vm_bytes() + mem;
+    setrlimit(RLIMIT_AS, &rl);
+#else
+    (void)mem;
+#endif
+    signal(SIGPIPE, SIG_IGN);
+    setenv("HDF5_PLUGIN_PRELOAD", "::", 1);
+    if (o && o->test_fault == 1) {
+        signal(SIGSEGV, SIG_DFL);              /* a real signal death, even under ASan */
+        raise(SIGSEGV);
+    }
+    if (o && o->test_fault == 2)
+        for (;;)
+            sleep(1);
+    kv_info info;
+    kv_error e;
+    memset(&info, 0, sizeof info);
+    memset(&e, 0, sizeof e);
+    kv_status st = open_and_inspect(path, 1, &info, NULL, &e);
+    info_free(&info);
+    unsigned char code = (unsigned char)st;
+    write_all(fd, &code, 1);
+    if (st != KV_OK)
+        write_all(fd, e.msg, strlen(e.msg));
+    write_all(fd, "\n", 1);
+    _exit(0);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static kv_status validate_in_child(const char *path, const kv_open_opts *o, kv_error *err)
+{
+    unsigned timeout = o && o->timeout_s ? o->timeout_s : 60;
+    unsigned long long mem = o && o->mem_limit ? o->mem_limit : 4ULL << 30;
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0)
+        return kverr_set(err, KV_ERR_VALIDATOR, "%s: validator: cannot create a pipe: %s", path, strerror(errno));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(fds[0]);
+        close(fds[1]);
+        return kverr_set(err, KV_ERR_VALIDATOR, "%s: validator: cannot fork: %s", path, strerror(e));
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        child_main(fds[1], path, o, timeout, mem);
+    }
+    close(fds[1]);
+
+    char msg[1100];
+    size_t got = 0;
+    int timed_out = 0;
+    double deadline = now_s() + timeout;
+    for (;;) {
+        double left = deadline - now_s();
+        if (left <= 0) {
+            timed_out = 1;
+            break;
+        }
+        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+        int r = poll(&pfd, 1, (int)(left * 1000) + 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            break;
+        if (r == 0)
+            continue;                          /* re-check the deadline */
+        ssize_t n = read(fds[0], msg + got, sizeof msg - 1 - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;                             /* EOF: the child is gone */
+        got += (size_t)n;
+        if (got == sizeof msg - 1)
+            break;
+    }
+    close(fds[0]);
+    if (timed_out)
+        kill(pid, SIGKILL);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    msg[got] = '\0';
+    if (timed_out)
+        return kverr_set(err, KV_ERR_VALIDATOR,
+                         "%s: validator: timed out after %u s and was killed (crafted or pathological file?)",
+                         path, timeout);
+    if (WIFSIGNALED(status)) {
+        int sig = WTERMSIG(status);
+        return kverr_set(err, KV_ERR_VALIDATOR,
+                         "%s: validator: killed by signal %d (%s)%s; the file is probably corrupt or crafted",
+                         path, sig, strsignal(sig), sig == SIGXCPU ? " after its CPU limit" : "");
+    }
+    if (got < 2 || msg[got - 1] != '\n')
+        return kverr_set(err, KV_ERR_VALIDATOR,
+                         "%s: validator: exited with status %d without a verdict (memory limit?)", path,
+                         WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    msg[got - 1] = '\0';
+    kv_status code = (kv_status)(unsigned char)msg[0];
+    if (code == KV_OK)
+        return KV_OK;
+    if (code > KV_ERR_VALUE)
+        code = KV_ERR_VALIDATOR;
+    return kverr_set(err, code, "%s", msg + 1);
+}
+
+/* ---- open / close ------------------------------------------------------------------ */
+
+kv_status kv_trace_validate(const char *path, const kv_open_opts *opts, kv_error *err)
+{
+    if (!path)
+        return kverr_set(err, KV_ERR_INVALID, "kv_trace_validate: NULL path");
+    if (opts && opts->skip_child_validation) {
+        kv_info info;
+        memset(&info, 0, sizeof info);
+        kv_status st = open_and_inspect(path, 1, &info, NULL, err);
+        info_free(&info);
+        return st;
+    }
+    return validate_in_child(path, opts, err);
+}
+
+kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **out, kv_error *err)
+{
+    if (!path || !out)
+        return kverr_set(err, KV_ERR_INVALID, "kv_trace_open: NULL argument");
+    *out = NULL;
+    if (strlen(path) >= sizeof ((kv_info *)0)->path)
+        return kverr_set(err, KV_ERR_INVALID, "%s: path too long", path);
+    int skip = opts && opts->skip_child_validation;
+    if (!skip) {
+        kv_status st = validate_in_child(path, opts, err);
+        if (st != KV_OK)
+            return st;
+    }
+    kv_trace *t = calloc(1, sizeof *t);
+    if (!t)
+        return kverr_set(err, KV_ERR_NOMEM, "%s: out of memory", path);
+    t->file = H5I_INVALID_HID;
+    /* skip: validate fully in-process (no crash isolation: files this process wrote) */
+    kv_status st = open_and_inspect(path, skip, &t->info, &t->file, err);
+    if (st != KV_OK) {
+        kv_trace_close(t);
+        return st;
+    }
+    t->tens = malloc(t->info.n_layers * 4 * sizeof *t->tens);
+    if (!t->tens) {
+        kv_trace_close(t);
+        return kverr_set(err, KV_ERR_NOMEM, "%s: out of memory", path);
+    }
+    for (size_t i = 0; i < t->info.n_layers * 4; i++)
+        t->tens[i] = H5I_INVALID_HID;
+    *out = t;
+    return KV_OK;
+}
+
+void kv_trace_close(kv_trace *t)
+{
+    if (!t)
+        return;
+    if (t->tens)
+        for (size_t i = 0; i < t->info.n_layers * 4; i++)
+            if (t->tens[i] >= 0)
+                H5Dclose(t->tens[i]);
+    free(t->tens);
+    if (t->file >= 0)
+        H5Fclose(t->file);
+    info_free(&t->info);
+    free(t->scratch);
+    free(t);
+}
+
+const kv_info *kv_trace_info(const kv_trace *t)
+{
+    return t ? &t->info : NULL;
+}
+
+/* ---- reads ------------------------------------------------------------------------- */
+
+static kv_status scratch_reserve(kv_trace *t, size_t n, kv_error *err)
+{
+    if (n <= t->scratch_n)
+        return KV_OK;
+    uint16_t *p = realloc(t->scratch, n * sizeof *p);
+    if (!p)
+        return kverr_set(err, KV_ERR_NOMEM, "%s: out of memory (%zu-element read buffer)", t->info.path, n);
+    t->scratch = p;
+    t->scratch_n = n;
+    return KV_OK;
+}
+
+/* Reads the hyperslab [start, start+count) of d with d's own file type as the memory type
+ * (no HDF5 conversion: raw bytes), into dst. */
+static kv_status read_raw(kv_trace *t, hid_t d, const char *name, int rank, const size_t *start,
+                          const size_t *count, hid_t memtype, void *dst, kv_error *err)
+{
+    hsize_t hs[4], hc[4], n = 1;
+    for (int i = 0; i < rank; i++) {
+        hs[i] = start[i];
+        hc[i] = count[i];
+        n *= hc[i];
+    }
+    kv_status st = KV_OK;
+    hid_t ft = H5I_INVALID_HID, fs = H5I_INVALID_HID, ms = H5I_INVALID_HID;
+    if (n == 0)
+        return KV_OK;
+    ft = memtype >= 0 ? H5I_INVALID_HID : H5Dget_type(d);
+    fs = H5Dget_space(d);
+    ms = H5Screate_simple(1, &n, NULL);
+    if ((memtype < 0 && ft < 0) || fs < 0 || ms < 0 ||
+        H5Sselect_hyperslab(fs, H5S_SELECT_SET, hs, NULL, hc, NULL) < 0 ||
+        H5Dread(d, memtype >= 0 ? memtype : ft, ms, fs, H5P_DEFAULT, dst) < 0)
+        st = kverr_set(err, KV_ERR_FORMAT, "%s: %s: read failed (corrupt data or I/O error)", t->info.path, name);
+    if (ms >= 0)
+        H5Sclose(ms);
+    if (fs >= 0)
+        H5Sclose(fs);
+    if (ft >= 0)
+        H5Tclose(ft);
+    return st;
+}
+
+static kv_status tensor_get(kv_trace *t, kv_tensor which, size_t s, size_t l, size_t h, hid_t *d,
+                            char *name, size_t namecap, kv_error *err)
+{
+    const kv_info *in = &t->info;
+    if ((unsigned)which > KV_ATTN_OUT)
+        return kverr_set(err, KV_ERR_INVALID, "%s: unknown tensor kind %d", in->path, (int)which);
+    snprintf(name, namecap, "/layers/%zu/%s", l, tensor_name[which]);
+    if (which == KV_ATTN_OUT && !in->has_attn_out)
+        return kverr_set(err, KV_ERR_INVALID, "%s: /layers/%zu/attn_out: the trace has no attn_out", in->path, l);
+    size_t heads = (which == KV_Q || which == KV_ATTN_OUT) ? in->n_heads : in->n_kv_heads;
+    if (s >= in->n_seq || l >= in->n_layers || h >= heads)
+        return kverr_set(err, KV_ERR_INVALID, "%s: %s: index (s=%zu, l=%zu, h=%zu) out of range (S=%zu, L=%zu, heads=%zu)",
+                         in->path, name, s, l, h, in->n_seq, in->n_layers, heads);
+    hid_t *slot = &t->tens[l * 4 + (size_t)which];
+    if (*slot < 0) {
+        *slot = H5Dopen2(t->file, name, H5P_DEFAULT);
+        if (*slot < 0)
+            return kverr_set(err, KV_ERR_FORMAT, "%s: %s: cannot open the dataset", in->path, name);
+    }
+    *d = *slot;
+    return KV_OK;
+}
+
+kv_status kv_trace_read_head_f16(kv_trace *t, kv_tensor which, size_t s, size_t l, size_t h,
+                                 uint16_t *dst, kv_error *err)
+{
+    if (!t || !dst)
+        return kverr_set(err, KV_ERR_INVALID, "kv_trace_read_head_f16: NULL argument");
+    hid_t d;
+    char name[64];
+    kv_status st = tensor_get(t, which, s, l, h, &d, name, sizeof name, err);
+    if (st != KV_OK)
+        return st;
+    size_t start[4] = {s, h, 0, 0}, count[4] = {1, 1, t->info.n_tok, t->info.head_dim};
+    return read_raw(t, d, name, 4, start, count, H5I_INVALID_HID, dst, err);
+}
+
+kv_status kv_trace_read_rows(kv_trace *t, kv_tensor which, size_t s, size_t l, size_t h,
+                             size_t t0, size_t nt, float *dst, kv_error *err)
+{
+    if (!t || !dst)
+        return kverr_set(err, KV_ERR_INVALID, "kv_trace_read_rows: NULL argument");
+    hid_t d;
+    char name[64];
+    kv_status st = tensor_get(t, which, s, l, h, &d, name, sizeof name, err);
+    if (st != KV_OK)
+        return st;
+    size_t T = t->info.n_tok, D = t->info.head_dim;
+    if (t0 > T || nt > T - t0)
+        return kverr_set(err, KV_ERR_INVALID, "%s: %s: rows [%zu, %zu+%zu) outside [0, T = %zu)", t->info.path,
+                         name, t0, t0, nt, T);
+    if (nt == 0)
+        return KV_OK;
+    if ((st = scratch_reserve(t, nt * D, err)) != KV_OK)
+        return st;
+    size_t start[4] = {s, h, t0, 0}, count[4] = {1, 1, nt, D};
+    if ((st = read_raw(t, d, name, 4, start, count, H5I_INVALID_HID, t->scratch, err)) != KV_OK)
+        return st;
+    kv_f16_to_f32(t->scratch, dst, nt * D);
+    return KV_OK;
+}
+
+kv_status kv_trace_read_head(kv_trace *t, kv_tensor which, size_t s, size_t l, size_t h,
+                             float *dst, kv_error *err)
+{
+    return kv_trace_read_rows(t, which, s, l, h, 0, t ? t->info.n_tok : 0, dst, err);
+}
+
+/* Opens dataset `path` after checking it exists as a dataset; checks rank and bounds. */
+static kv_status open_generic(kv_trace *t, const char *path, int rank, const size_t *start, const size_t *count,
+                              hid_t *d_out, int *cls_out, size_t *n_out, kv_error *err)
+{
+    const char *fp = t->info.path;
+    if (!path || path[0] != '/' || strlen(path) > 400)
+        return kverr_set(err, KV_ERR_INVALID, "%s: %s: dataset path must be absolute", fp, path ? path : "(null)");
+    if (rank < 1 || rank > 4 || (!start && rank) || (!count && rank))
+        return kverr_set(err, KV_ERR_INVALID, "%s: %s: rank %d outside [1, 4]", fp, path, rank);
+    /* every component must exist (H5Lexists needs the parents) */
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (size_t i = 1, n = strlen(buf); i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != '\0')
+            continue;
+        char c = buf[i];
+        buf[i] = '\0';
+        htri_t e = H5Lexists(t->file, buf, H5P_DEFAULT);
+        buf[i] = c;
+        if (e <= 0)
+            return kverr_set(err, KV_ERR_INVALID, "%s: %s: no such dataset", fp, path);
+    }
+    H5O_info_t oi;
+    if (H5Oget_info_by_name2(t->file, path, &oi, H5O_INFO_BASIC, H5P_DEFAULT) < 0 || oi.type != H5O_TYPE_DATASET)
+        return kverr_set(err, KV_ERR_INVALID, "%s: %s: not a dataset", fp, path);
+    hid_t d = H5Dopen2(t->file, path, H5P_DEFAULT);
+    if (d < 0)
+        return kverr_set(err, KV_ERR_FORMAT, "%s: %s: cannot open the dataset", fp, path);
+    hid_t ty = H5Dget_type(d), sp = H5Dget_space(d);
+    int cls = ty >= 0 ? kvh5_dtype_class(ty) : KVDT_OTHER;
+    int r = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
+    hsize_t dims[4] = {0};
+    if (r == rank)
+        H5Sget_simple_extent_dims(sp, dims, NULL);
+    if (ty >= 0)
+        H5Tclose(ty);
+    if (sp >= 0)
+        H5Sclose(sp);
+    if (r != rank) {
+        H5Dclose(d);
+        return kverr_set(err, KV_ERR_INVALID, "%s: %s: rank %d, requested %d", fp, path, r, rank);
+    }
+    size_t n = 1;
+    for (int i = 0; i < rank; i++) {
+        if (start[i] > dims[i] || count[i] > dims[i] - start[i] || !kv_mul_ok(n, count[i], (size_t)1 << 40, &n)) {
+            H5Dclose(d);
+            return kverr_set(err, KV_ERR_INVALID, "%s: %s: dimension %d: [%zu, %zu+%zu) outside [0, %llu)", fp, path,
+                             i, start[i], start[i], count[i], (unsigned long long)dims[i]);
+        }
+    }
+    *d_out = d;
+    *cls_out = cls;
+    *n_out = n;
+    return KV_OK;
+}
+
+kv_status kv_trace_read_f32(kv_trace *t, const char *dset, int rank, const size_t *start,
+                            const size_t *count, float *dst, kv_error *err)
+{
+    if (!t || !dst)
+        return kverr_set(err, KV_ERR_INVALID, "kv_trace_read_f32: NULL argument");
+    hid_t d;
+    int cls;
+    size_t n;
+    kv_status st = open_generic(t, dset, rank, start, count, &d, &cls, &n, err);
+    if (st != KV_OK)
+        return st;
+    if (cls == KVDT_F16) {
+        if ((st = scratch_reserve(t, n, err)) == KV_OK &&
+            (st = read_raw(t, d, dset, rank, start, count, H5I_INVALID_HID, t->scratch, err)) == KV_OK)
+            kv_f16_to_f32(t->scratch, dst, n);
+    } else if (cls == KVDT_F32) {
+        st = read_raw(t, d, dset, rank, start, count, H5T_NATIVE_FLOAT, dst, err);
+    } else {
+        st = kverr_set(err, KV_ERR_INVALID, "%s: %s: not a float dataset", t->info.path, dset);
+    }
+    H5Dclose(d);
+    return st;
+}
+
+kv_status kv_trace_read_i32(kv_trace *t, const char *dset, int rank, const size_t *start,
+                            const size_t *count, int32_t *dst, kv_error *err)
+{
+    if (!t || !dst)
+        return kverr_set(err, KV_ERR_INVALID, "kv_trace_read_i32: NULL argument");
+    hid_t d;
+    int cls;
+    size_t n;
+    kv_status st = open_generic(t, dset, rank, start, count, &d, &cls, &n, err);
+    if (st != KV_OK)
+        return st;
+    if (cls == KVDT_I32)
+        st = read_raw(t, d, dset, rank, start, count, H5T_NATIVE_INT32, dst, err);
+    else
+        st = kverr_set(err, KV_ERR_INVALID, "%s: %s: not an int32 dataset", t->info.path, dset);
+    H5Dclose(d);
+    return st;
+}
+
+kv_status kv_trace_read_tokens(kv_trace *t, int32_t *dst, kv_error *err)
+{
+    size_t st[2] = {0, 0}, ct[2] = {t ? t->info.n_seq : 0, t ? t->info.n_tok : 0};
+    return kv_trace_read_i32(t, "/tokens", 2, st, ct, dst, err);
+}
+
+kv_status kv_trace_read_seq_len(kv_trace *t, int32_t *dst, kv_error *err)
+{
+    size_t st[1] = {0}, ct[1] = {t ? t->info.n_seq : 0};
+    return kv_trace_read_i32(t, "/seq_len", 1, st, ct, dst, err);
+}
+
+kv_status kv_trace_read_prefill_len(kv_trace *t, int32_t *dst, kv_error *err)
+{
+    if (t && !t->info.has_prefill)
+        return kverr_set(err, KV_ERR_INVALID, "%s: /prefill_len: the trace has none", t->info.path);
+    size_t st[1] = {0}, ct[1] = {t ? t->info.n_seq : 0};
+    return kv_trace_read_i32(t, "/prefill_len", 1, st, ct, dst, err);
+}
+
+kv_status kv_trace_read_rope(kv_trace *t, float *cos, float *sin, kv_error *err)
+{
+    if (!t || !cos || !sin)
+        return kverr_set(err, KV_ERR_INVALID, "kv_trace_read_rope: NULL argument");
+    if (!t->info.has_rope)
+        return kverr_set(err, KV_ERR_INVALID, "%s: /rope: the trace has no RoPE tables", t->info.path);
+    size_t R = t->info.rotary_dim ? t->info.rotary_dim : t->info.head_dim;
+    size_t st[2] = {0, 0}, ct[2] = {t->info.n_tok, R};
+    kv_status s = kv_trace_read_f32(t, "/rope/cos", 2, st, ct, cos, err);
+    return s != KV_OK ? s : kv_trace_read_f32(t, "/rope/sin", 2, st, ct, sin, err);
+}
+
+static kv_status need_readout(kv_trace *t, kv_error *err)
+{
+    if (!t)
+        return kverr_set(err, KV_ERR_INVALID, "NULL trace");
+    if (!t->info.has_readout)
+        return kverr_set(err, KV_ERR_INVALID, "%s: /readout: the trace has no read-out%s%s", t->info.path,
+                         t->info.readout_unavailable[0] ? ": " : "", t->info.readout_unavailable);
+    return KV_OK;
+}
+
+kv_status kv_trace_read_hidden(kv_trace *t, size_t s, float *dst, kv_error *err)
+{
+    kv_status st = need_readout(t, err);
+    if (st != KV_OK)
+        return st;
+    size_t a[3] = {s, 0, 0}, c[3] = {1, t->info.n_tok, t->info.d_model};
+    return kv_trace_read_f32(t, "/readout/hidden", 3, a, c, dst, err);
+}
+
+kv_status kv_trace_read_w_o(kv_trace *t, size_t l, float *dst, kv_error *err)
+{
+    kv_status st = need_readout(t, err);
+    if (st != KV_OK)
+        return st;
+    if (l >= t->info.n_layers)
+        return kverr_set(err, KV_ERR_INVALID, "%s: /readout/w_o: layer %zu out of range", t->info.path, l);
+    char p[64];
+    snprintf(p, sizeof p, "/readout/w_o/%zu", l);
+    size_t a[2] = {0, 0}, c[2] = {t->info.n_heads * t->info.head_dim, t->info.d_model};
+    return kv_trace_read_f32(t, p, 2, a, c, dst, err);
+}
+
+kv_status kv_trace_read_w_u(kv_trace *t, float *dst, kv_error *err)
+{
+    kv_status st = need_readout(t, err);
+    if (st != KV_OK)
+        return st;
+    size_t a[2] = {0, 0}, c[2] = {t->info.vocab, t->info.d_model};
+    return kv_trace_read_f32(t, "/readout/w_u", 2, a, c, dst, err);
+}
+
+kv_status kv_trace_read_b_u(kv_trace *t, float *dst, kv_error *err)
+{
+    kv_status st = need_readout(t, err);
+    if (st != KV_OK)
+        return st;
+    if (!t->info.has_b_u)
+        return kverr_set(err, KV_ERR_INVALID, "%s: /readout/b_u: the trace has none", t->info.path);
+    size_t a[1] = {0}, c[1] = {t->info.vocab};
+    return kv_trace_read_f32(t, "/readout/b_u", 1, a, c, dst, err);
+}
+
+kv_status kv_trace_read_norm(kv_trace *t, float *weight, float *bias, kv_error *err)
+{
+    kv_status st = need_readout(t, err);
+    if (st != KV_OK)
+        return st;
+    size_t a[1] = {0}, c[1] = {t->info.d_model};
+    if ((st = kv_trace_read_f32(t, "/readout/norm_weight", 1, a, c, weight, err)) != KV_OK)
+        return st;
+    if (bias && t->info.has_norm_bias)
+        return kv_trace_read_f32(t, "/readout/norm_bias", 1, a, c, bias, err);
+    return KV_OK;
+}
+
+kv_status kv_trace_read_ref(kv_trace *t, size_t s, float *lse, int32_t *top_ids, float *top_logits,
+                            kv_error *err)
+{
+    kv_status st = need_readout(t, err);
+    if (st != KV_OK)
+        return st;
+    size_t a2[2] = {s, 0}, c2[2] = {1, t->info.n_tok};
+    size_t a3[3] = {s, 0, 0}, c3[3] = {1, t->info.n_tok, KV_TOPK};
+    if (lse && (st = kv_trace_read_f32(t, "/readout/ref_lse", 2, a2, c2, lse, err)) != KV_OK)
+        return st;
+    if (top_ids && (st = kv_trace_read_i32(t, "/readout/ref_top_ids", 3, a3, c3, top_ids, err)) != KV_OK)
+        return st;
+    if (top_logits && (st = kv_trace_read_f32(t, "/readout/ref_top_logits", 3, a3, c3, top_logits, err)) != KV_OK)
+        return st;
+    return KV_OK;
+}
+
+kv_status kv_trace_dataset_info(kv_trace *t, const char *dset, kv_dset_info *di, kv_error *err)
+{
+    if (!t || !dset || !di)
+        return kverr_set(err, KV_ERR_INVALID, "kv_trace_dataset_info: NULL argument");
+    memset(di, 0, sizeof *di);
+    char buf[512];
+    if (dset[0] != '/' || strlen(dset) >= sizeof buf)
+        return kverr_set(err, KV_ERR_INVALID, "%s: %s: dataset path must be absolute", t->info.path, dset);
+    snprintf(buf, sizeof buf, "%s", dset);
+    for (size_t i = 1, n = strlen(buf); i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != '\0')
+            continue;
+        char c = buf[i];
+        buf[i] = '\0';
+        htri_t e = H5Lexists(t->file, buf, H5P_DEFAULT);
+        buf[i] = c;
+        if (e <= 0)
+            return kverr_set(err, KV_ERR_INVALID, "%s: %s: no such dataset", t->info.path, dset);
+    }
+    H5O_info_t oi;
+    if (H5Oget_info_by_name2(t->file, dset, &oi, H5O_INFO_BASIC, H5P_DEFAULT) < 0 || oi.type != H5O_TYPE_DATASET)
+        return kverr_set(err, KV_ERR_INVALID, "%s: %s: not a dataset", t->info.path, dset);
+    hid_t d = H5Dopen2(t->file, dset, H5P_DEFAULT);
+    if (d < 0)
+        return kverr_set(err, KV_ERR_FORMAT, "%s: %s: cannot open the dataset", t->info.path, dset);
+    kv_status st = KV_OK;
+    hid_t ty = H5Dget_type(d), sp = H5Dget_space(d);
+    int r = sp >= 0 ? H5Sget_simple_extent_ndims(sp) : -1;
+    if (r < 0 || r > 4) {
+        st = kverr_set(err, KV_ERR_INVALID, "%s: %s: rank %d not in [0, 4]", t->info.path, dset, r);
+        goto done;
+    }
+    di->rank = r;
+    hsize_t dims[4] = {0};
+    if (r > 0)
+        H5Sget_simple_extent_dims(sp, dims, NULL);
+    for (int i = 0; i < r; i++)
+        di->dims[i] = (size_t)dims[i];
+    di->dtype = ty >= 0 ? (kv_dtype)kvh5_dtype_class(ty) : KV_DT_OTHER;
+    if (kvh5_storage_facts(d, r, &di->chunked, di->chunk, &di->deflate, &di->shuffle, &di->fletcher32) < 0)
+        st = kverr_set(err, KV_ERR_FORMAT, "%s: %s: cannot read the creation properties", t->info.path, dset);
+    di->storage_bytes = H5Dget_storage_size(d);
+done:
+    if (ty >= 0)
+        H5Tclose(ty);
+    if (sp >= 0)
+        H5Sclose(sp);
+    H5Dclose(d);
+    return st;
+}

@@ -1,0 +1,64 @@
+/* Attention kernels for replay.
+ *
+ * T tokens, D head_dim, n entries of a compressed cache. One call = one query head over
+ * the keys/values of its kv head (GQA mapping is the caller's: kv head g = h / (H/Hkv)).
+ *
+ * Semantics (traces/SCHEMA.md §6): logit s_j = scale * q.k_j, then soft-capped
+ * s = c*tanh(s/c) when softcap > 0, then + bias_j (compressed caches only: log
+ * multiplicity of merged entries); softmax in fp32 with the max subtracted; visible keys
+ * of query t: j <= t and, with a window W > 0, j > t - W.
+ * A row with no visible key (n == 0) is defined: lse = -INFINITY, o = 0, no probabilities.
+ *
+ * Each kernel has a naive reference twin (_ref: scalar, double accumulation, the oracle
+ * in tests). Fast kernels are deterministic: results depend only on inputs, never on the
+ * thread count (no kernel here spawns threads; callers parallelise over work items).
+ */
+#ifndef KV_ATTN_H
+#define KV_ATTN_H
+
+#include <stddef.h>
+
+typedef struct attn_params {
+    float scale;        /* > 0 */
+    float softcap;      /* 0 = none */
+    long long window;   /* 0 = unlimited */
+} attn_params;
+
+/* First visible key of query t. */
+static inline size_t attn_lo(size_t t, long long window)
+{
+    return (window > 0 && t + 1 > (size_t)window) ? t + 1 - (size_t)window : 0;
+}
+
+/* Full causal attention of query rows [t0, t1) of one head.
+ *   q [T][D] (rows t0..t1-1 are read), k, v [T][D]
+ *   lse [t1-t0]          log-sum-exp of the (capped) logits over the visible keys
+ *   o [t1-t0][D]         attention output
+ *   logits NULL or [t1-t0][T]: the capped logits of visible keys; -INFINITY elsewhere
+ * o may be NULL (then only lse/logits are computed: the P.V product is skipped).
+ * Scratch is internal (stack/thread-local); safe to call from many threads at once.
+ * A row's results depend only on the inputs and t, never on t0/t1: rows computed in
+ * separate calls are bit-identical to one call, and the logits equal attn_logit() bit for
+ * bit (attn_entries: the same, + bias). */
+void attn_full_rows(const float *q, const float *k, const float *v, size_t T, size_t D,
+                    size_t t0, size_t t1, const attn_params *p,
+                    float *lse, float *o, float *logits);
+void attn_full_rows_ref(const float *q, const float *k, const float *v, size_t T, size_t D,
+                        size_t t0, size_t t1, const attn_params *p,
+                        float *lse, float *o, float *logits);
+
+/* Attention of one query vector q [D] over n entries: keys kk [n][D], values vv [n][D]
+ * (rows addressed through idx when idx != NULL: entry e uses row idx[e]), bias [n] or NULL.
+ *   *lse, o [D], logits NULL or [n] (capped logits + bias).
+ * n == 0 is the fully masked row. */
+void attn_entries(const float *q, const float *kk, const float *vv, const size_t *idx,
+                  const float *bias, size_t n, size_t D, const attn_params *p,
+                  float *lse, float *o, float *logits);
+void attn_entries_ref(const float *q, const float *kk, const float *vv, const size_t *idx,
+                      const float *bias, size_t n, size_t D, const attn_params *p,
+                      float *lse, float *o, float *logits);
+
+/* Capped logit of one (q, k) pair; the single definition every kernel uses. */
+float attn_logit(const float *q, const float *k, size_t D, const attn_params *p);
+
+#endif /* KV_ATTN_H */

@@ -1,0 +1,344 @@
+/* Trace verifications and attention statistics (replay/verify.h; tolerances argued there).
+ *
+ * S sequences, L layers, H q-heads, Hkv kv-heads, T tokens, n = seq_len[s] valid tokens,
+ * D head_dim, C d_model, V vocab; RB query rows per statistics block.
+ *
+ * Work is read per (s, l) — q/attn_out [H][n][D], k/v [Hkv][n][D] — then the heads run in
+ * parallel (OpenMP), each writing only its own slots; results are reduced serially in head
+ * order, so they do not depend on the thread count. HDF5 reads stay on one thread.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn.h"
+#include "readout.h"
+#include "verify.h"
+
+#define RB 32
+
+static kv_status fail_nomem(const kv_info *in, kv_error *err, const char *what)
+{
+    if (err) {
+        err->code = KV_ERR_NOMEM;
+        snprintf(err->msg, sizeof err->msg, "%.600s: %.200s: out of memory", in->path, what);
+    }
+    return KV_ERR_NOMEM;
+}
+
+static attn_params layer_params(const kv_info *in, size_t l)
+{
+    attn_params p;
+    p.scale = (float)in->attn_scale;
+    p.softcap = (float)in->attn_softcap;
+    p.window = in->layer_window ? in->layer_window[l] : in->sliding_window;
+    return p;
+}
+
+/* Reads rows [0, n) of every head of one tensor of (s, l) into dst [nh][n][D]. */
+static kv_status read_heads(kv_trace *t, kv_tensor which, size_t s, size_t l, size_t nh,
+                            size_t n, size_t D, float *dst, kv_error *err)
+{
+    for (size_t h = 0; h < nh; h++) {
+        kv_status st = kv_trace_read_rows(t, which, s, l, h, 0, n, dst + h * n * D, err);
+        if (st != KV_OK) return st;
+    }
+    return KV_OK;
+}
+
+/* ---- attn_out ------------------------------------------------------------------------- */
+
+typedef struct head_cmp {
+    size_t n_bad;
+    double max_abs, worst;
+    size_t wt, wd;
+    float wx, wref;
+} head_cmp;
+
+kv_status verify_attn_out(kv_trace *t, double atol, double rtol, size_t max_seq,
+                          verify_attn_result *res, kv_error *err)
+{
+    const kv_info *in = kv_trace_info(t);
+    memset(res, 0, sizeof *res);
+    res->atol = atol; res->rtol = rtol;
+    res->present = in->has_attn_out;
+    if (!in->has_attn_out) return KV_OK;
+    size_t S = in->n_seq, T = in->n_tok, L = in->n_layers, H = in->n_heads, Hkv = in->n_kv_heads;
+    size_t D = in->head_dim, G = H / Hkv;
+    if (max_seq && max_seq < S) S = max_seq;
+    kv_status st = KV_OK;
+    int32_t *seq_len = malloc(in->n_seq * sizeof *seq_len);
+    float *q = malloc(H * T * D * sizeof *q), *ao = malloc(H * T * D * sizeof *ao);
+    float *o = malloc(H * T * D * sizeof *o), *lse = malloc(H * T * sizeof *lse);
+    float *k = malloc(Hkv * T * D * sizeof *k), *v = malloc(Hkv * T * D * sizeof *v);
+    head_cmp *hc = malloc(H * sizeof *hc);
+    if (!seq_len || !q || !ao || !o || !lse || !k || !v || !hc) { st = fail_nomem(in, err, "verify attn_out"); goto done; }
+    if ((st = kv_trace_read_seq_len(t, seq_len, err)) != KV_OK) goto done;
+
+    res->worst_ratio = 0;
+    for (size_t s = 0; s < S; s++) {
+        size_t n = (size_t)seq_len[s];
+        for (size_t l = 0; l < L; l++) {
+            if ((st = read_heads(t, KV_Q, s, l, H, n, D, q, err)) != KV_OK) goto done;
+            if ((st = read_heads(t, KV_K, s, l, Hkv, n, D, k, err)) != KV_OK) goto done;
+            if ((st = read_heads(t, KV_V, s, l, Hkv, n, D, v, err)) != KV_OK) goto done;
+            if ((st = read_heads(t, KV_ATTN_OUT, s, l, H, n, D, ao, err)) != KV_OK) goto done;
+            attn_params p = layer_params(in, l);
+#ifdef _OPENMP
+            #pragma omp parallel for schedule(dynamic, 1)
+#endif
+            for (size_t h = 0; h < H; h++) {
+                size_t g = h / G, off = h * n * D;
+                attn_full_rows(q + off, k + g * n * D, v + g * n * D, n, D, 0, n, &p,
+                               lse + h * n, o + off, NULL);
+                head_cmp c = {0, 0, -1, 0, 0, 0, 0};
+                for (size_t i = 0; i < n * D; i++) {
+                    double x = o[off + i], r = ao[off + i], e = fabs(x - r);
+                    double ratio = e / (atol + rtol * fabs(r));
+                    if (!(ratio == ratio)) ratio = INFINITY;        /* NaN on either side */
+                    if (ratio > 1) c.n_bad++;
+                    if (e > c.max_abs) c.max_abs = e;
+                    if (ratio > c.worst) {
+                        c.worst = ratio; c.wt = i / D; c.wd = i % D;
+                        c.wx = o[off + i]; c.wref = ao[off + i];
+                    }
+                }
+                hc[h] = c;
+            }
+            for (size_t h = 0; h < H; h++) {
+                res->n_slices++;
+                res->n_elems += n * D;
+                res->n_bad += hc[h].n_bad;
+                if (hc[h].max_abs > res->max_abs_err) res->max_abs_err = hc[h].max_abs;
+                if (hc[h].worst > res->worst_ratio || (res->n_slices == 1)) {
+                    res->worst_ratio = hc[h].worst;
+                    res->w_s = s; res->w_l = l; res->w_h = h; res->w_t = hc[h].wt; res->w_d = hc[h].wd;
+                    res->w_x = hc[h].wx; res->w_ref = hc[h].wref;
+                }
+            }
+        }
+        res->n_seq++;
+    }
+    res->pass = res->n_bad == 0;
+done:
+    free(seq_len); free(q); free(ao); free(o); free(lse); free(k); free(v); free(hc);
+    return st;
+}
+
+/* ---- read-out ------------------------------------------------------------------------- */
+
+#define NBL 32      /* positions per logits batch */
+
+kv_status verify_readout(kv_trace *t, double atol, double rtol, size_t max_seq,
+                         verify_readout_result *res, kv_error *err)
+{
+    const kv_info *in = kv_trace_info(t);
+    memset(res, 0, sizeof *res);
+    res->atol = atol; res->rtol = rtol;
+    res->present = in->has_readout;
+    if (!in->has_readout) return KV_OK;
+    size_t S = in->n_seq, T = in->n_tok, C = in->d_model, V = in->vocab;
+    if (max_seq && max_seq < S) S = max_seq;
+    kv_status st;
+    readout *r = NULL;
+    int32_t *seq_len = NULL, *ref_ids = NULL;
+    float *hid = NULL, *xn = NULL, *lg = NULL, *ref_lse = NULL, *ref_top = NULL;
+    double *wnorm = NULL;
+    if ((st = readout_load(t, &r, err)) != KV_OK) return st;
+    seq_len = malloc(in->n_seq * sizeof *seq_len);
+    hid = malloc(T * C * sizeof *hid);
+    xn = malloc(NBL * C * sizeof *xn);
+    lg = malloc(NBL * V * sizeof *lg);
+    ref_lse = malloc(T * sizeof *ref_lse);
+    ref_ids = malloc(T * KV_TOPK * sizeof *ref_ids);
+    ref_top = malloc(T * KV_TOPK * sizeof *ref_top);
+    wnorm = malloc(V * sizeof *wnorm);
+    if (!seq_len || !hid || !xn || !lg || !ref_lse || !ref_ids || !ref_top || !wnorm) {
+        st = fail_nomem(in, err, "verify read-out");
+        goto done;
+    }
+    if ((st = kv_trace_read_seq_len(t, seq_len, err)) != KV_OK) goto done;
+    for (size_t v = 0; v < V; v++) {                 /* ||W_U[v]||_2 */
+        double a = 0;
+        for (size_t c = 0; c < C; c++) a += (double)r->w_u[v * C + c] * r->w_u[v * C + c];
+        wnorm[v] = sqrt(a);
+    }
+    res->worst_lse_ratio = res->worst_top_ratio = -1;
+    for (size_t s = 0; s < S; s++) {
+        size_t n = (size_t)seq_len[s];
+        if ((st = kv_trace_read_hidden(t, s, hid, err)) != KV_OK) goto done;
+        if ((st = kv_trace_read_ref(t, s, ref_lse, ref_ids, ref_top, err)) != KV_OK) goto done;
+        for (size_t t0 = 0; t0 < n; t0 += NBL) {
+            size_t m = n - t0 < NBL ? n - t0 : NBL;
+            readout_norm(r, hid + t0 * C, m, xn);
+            if ((st = readout_logits_checked(r, hid + t0 * C, m, lg)) != KV_OK) {
+                st = fail_nomem(in, err, "verify read-out");
+                goto done;
+            }
+            for (size_t i = 0; i < m; i++) {
+                size_t tt = t0 + i;
+                const float *z = lg + i * V;
+                double xnorm = 0;
+                for (size_t c = 0; c < C; c++) xnorm += (double)xn[i * C + c] * xn[i * C + c];
+                xnorm = sqrt(xnorm);
+#define TOL(v) (atol + rtol * (wnorm[v] * xnorm + (r->b_u ? fabs(r->b_u[v]) : 0)))
+                /* lse, tolerance p-weighted */
+                double lse = readout_lse(z, V), tl = 0;
+                for (size_t v = 0; v < V; v++) tl += exp(z[v] - lse) * TOL(v);
+                double e = fabs(lse - ref_lse[tt]), ratio = e / tl;
+                if (!(ratio == ratio)) ratio = INFINITY;
+                if (ratio > 1) res->n_lse_bad++;
+                if (e > res->max_lse_err) res->max_lse_err = e;
+                if (ratio > res->worst_lse_ratio) {
+                    res->worst_lse_ratio = ratio; res->lse_s = s; res->lse_t = tt;
+                    res->lse_x = lse; res->lse_ref = ref_lse[tt];
+                }
+                /* top-8: the logit of each reference id, and the value at each rank */
+                int32_t ids[KV_TOPK];
+                float vals[KV_TOPK];
+                readout_topk(z, V, KV_TOPK, ids, vals);
+                int bad = 0;
+                for (size_t k = 0; k < KV_TOPK; k++) {
+                    int32_t rid = ref_ids[tt * KV_TOPK + k];
+                    double rv = ref_top[tt * KV_TOPK + k];
+                    double worst_here = 0, err_here = 0, x_here = 0;
+                    if (rid < 0 || (size_t)rid >= V) {
+                        worst_here = INFINITY;
+                    } else {
+                        double e1 = fabs(z[rid] - rv), r1 = e1 / TOL(rid);
+                        double t2 = ids[k] >= 0 ? fmax(TOL(rid), TOL(ids[k])) : TOL(rid);
+                        double e2 = fabs(vals[k] - rv), r2 = e2 / t2;
+                        if (!(r1 == r1)) r1 = INFINITY;
+                        if (!(r2 == r2)) r2 = INFINITY;
+                        worst_here = r1 > r2 ? r1 : r2;
+                        err_here = e1 > e2 ? e1 : e2;
+                        x_here = r1 >= r2 ? z[rid] : vals[k];
+                        if (ids[k] != rid) res->n_swaps++;
+                    }
+                    if (worst_here > 1) bad = 1;
+                    if (err_here > res->max_top_err) res->max_top_err = err_here;
+                    if (worst_here > res->worst_top_ratio) {
+                        res->worst_top_ratio = worst_here; res->top_s = s; res->top_t = tt;
+                        res->top_rank = k; res->top_id_x = ids[k]; res->top_id_ref = rid;
+                        res->top_x = x_here; res->top_ref = rv;
+                    }
+                }
+#undef TOL
+                res->n_top_bad += (size_t)bad;
+                res->n_pos++;
+            }
+        }
+        res->n_seq++;
+    }
+    if (res->worst_lse_ratio < 0) res->worst_lse_ratio = 0;
+    if (res->worst_top_ratio < 0) res->worst_top_ratio = 0;
+    res->pass = res->n_lse_bad == 0 && res->n_top_bad == 0;
+    st = KV_OK;
+done:
+    readout_free(r);
+    free(seq_len); free(hid); free(xn); free(lg); free(ref_lse); free(ref_ids); free(ref_top);
+    free(wnorm);
+    return st;
+}
+
+/* ---- attention statistics ------------------------------------------------------------- */
+
+void attn_stats_free(attn_stats *st)
+{
+    if (!st) return;
+    free(st->entropy); free(st->uniform); free(st->sink); free(st->prev);
+    free(st);
+}
+
+kv_status attn_stats_compute(kv_trace *t, size_t max_seq, attn_stats **out, kv_error *err)
+{
+    const kv_info *in = kv_trace_info(t);
+    *out = NULL;
+    size_t S = in->n_seq, T = in->n_tok, L = in->n_layers, H = in->n_heads, Hkv = in->n_kv_heads;
+    size_t D = in->head_dim, G = H / Hkv;
+    if (max_seq && max_seq < S) S = max_seq;
+    kv_status st = KV_OK;
+    attn_stats *a = calloc(1, sizeof *a);
+    int32_t *seq_len = malloc(in->n_seq * sizeof *seq_len);
+    float *q = malloc(H * T * D * sizeof *q);
+    float *k = malloc(Hkv * T * D * sizeof *k), *v = malloc(Hkv * T * D * sizeof *v);
+    if (!a || !seq_len || !q || !k || !v) { st = fail_nomem(in, err, "attention statistics"); goto done; }
+    a->L = L; a->H = H;
+    a->entropy = calloc(L * H, sizeof(double));
+    a->uniform = calloc(L * H, sizeof(double));
+    a->sink = calloc(L * H, sizeof(double));
+    a->prev = calloc(L * H, sizeof(double));
+    if (!a->entropy || !a->uniform || !a->sink || !a->prev) { st = fail_nomem(in, err, "attention statistics"); goto done; }
+    if ((st = kv_trace_read_seq_len(t, seq_len, err)) != KV_OK) goto done;
+
+    int nomem = 0;
+    for (size_t s = 0; s < S; s++) {
+        size_t n = (size_t)seq_len[s];
+        if (n >= 2) a->n_pos += n - 1;
+        for (size_t l = 0; l < L && n >= 2; l++) {
+            if ((st = read_heads(t, KV_Q, s, l, H, n, D, q, err)) != KV_OK) goto done;
+            if ((st = read_heads(t, KV_K, s, l, Hkv, n, D, k, err)) != KV_OK) goto done;
+            if ((st = read_heads(t, KV_V, s, l, Hkv, n, D, v, err)) != KV_OK) goto done;
+            attn_params p = layer_params(in, l);
+#ifdef _OPENMP
+            #pragma omp parallel for schedule(dynamic, 1) reduction(|:nomem)
+#endif
+            for (size_t h = 0; h < H; h++) {
+                float *lg = malloc(RB * n * sizeof *lg), lse[RB];      /* [RB][n] */
+                if (!lg) { nomem = 1; continue; }
+                size_t g = h / G;
+                double ent = 0, uni = 0, sink = 0, prev = 0;
+                for (size_t r0 = 1; r0 < n; r0 += RB) {
+                    size_t r1 = n - r0 < RB ? n : r0 + RB;
+                    attn_full_rows(q + h * n * D, k + g * n * D, v + g * n * D, n, D, r0, r1,
+                                   &p, lse, NULL, lg);
+                    for (size_t tt = r0; tt < r1; tt++) {
+                        const float *row = lg + (tt - r0) * n;
+                        double z = lse[tt - r0], e = 0;
+                        size_t lo = attn_lo(tt, p.window);
+                        for (size_t j = lo; j <= tt; j++) {
+                            double pj = exp(row[j] - z);
+                            if (pj > 0) e += pj * (z - row[j]);
+                        }
+                        ent += e;
+                        uni += log((double)(tt + 1 - lo));
+                        sink += exp(row[0] - z);             /* row[0] = -inf when hidden */
+                        prev += exp(row[tt - 1] - z);
+                    }
+                }
+                free(lg);
+                a->entropy[l * H + h] += ent;
+                a->uniform[l * H + h] += uni;
+                a->sink[l * H + h] += sink;
+                a->prev[l * H + h] += prev;
+            }
+            if (nomem) { st = fail_nomem(in, err, "attention statistics"); goto done; }
+        }
+        a->n_seq++;
+    }
+    if (a->n_pos)
+        for (size_t i = 0; i < L * H; i++) {
+            a->entropy[i] /= (double)a->n_pos; a->uniform[i] /= (double)a->n_pos;
+            a->sink[i] /= (double)a->n_pos;    a->prev[i] /= (double)a->n_pos;
+        }
+    *out = a;
+    a = NULL;
+done:
+    attn_stats_free(a);
+    free(seq_len); free(q); free(k); free(v);
+    return st;
+}
+
+void attn_stats_special(const attn_stats *st, size_t l, size_t *head, const char **kind,
+                        double *score)
+{
+    *head = 0; *kind = "focus"; *score = -INFINITY;
+    for (size_t h = 0; h < st->H; h++) {
+        size_t i = l * st->H + h;
+        double focus = st->uniform[i] > 0 ? 1 - st->entropy[i] / st->uniform[i] : 0;
+        if (st->sink[i] > *score) { *score = st->sink[i]; *head = h; *kind = "sink"; }
+        if (st->prev[i] > *score) { *score = st->prev[i]; *head = h; *kind = "prev"; }
+        if (focus > *score) { *score = focus; *head = h; *kind = "focus"; }
+    }
+}

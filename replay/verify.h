@@ -1,0 +1,95 @@
+/* Trace verifications (`kvreplay check`) and attention statistics (`kvreplay info`).
+ *
+ * S sequences, L layers, H q-heads, Hkv kv-heads, T tokens, D head_dim, C d_model, V vocab.
+ * Only valid positions t < seq_len[s] are used. Library code: status codes, no printing;
+ * the caller prints the worst errors from the result structs.
+ *
+ * Tolerances (the defaults below; callers may pass their own):
+ *  attn_out   |x - ref| <= atol + rtol |ref|, x = recomputed (fp32, attn_full_rows over
+ *             the stored f16 q/k/v), ref = stored f16 attn_out. The stored output carries
+ *             its own f16 rounding (2^-11 relative), and the model computed it from q, k
+ *             unrounded: a logit error of |s| 2^-10 moves probabilities by about 1% when
+ *             logits are O(10), and the output by that fraction of the value spread.
+ *             VERIFY_ATTN_RTOL 1e-2 covers that for fp32 captures, VERIFY_ATTN_ATOL 2e-3
+ *             covers outputs near 0 (cancellation of O(1) values). bf16/fp16 compute
+ *             captures need about 4x (pass larger values).
+ *  read-out   per logit v: |z - ref| <= atol + rtol * ||W_U[v]||_2 * ||norm(h)||_2
+ *             (+ rtol |b_u[v]|). W_U, h and the norm weight are stored in f16 (relative
+ *             rounding 2^-11 each; the norm adds one more through the mean square), so
+ *             |dz| <= 4 * 2^-11 * sum_c |W_vc x_c| <= 2^-9 ||W_v|| ||x|| (Cauchy-Schwarz):
+ *             VERIFY_READOUT_RTOL 2e-3 is that bound, VERIFY_READOUT_ATOL 1e-4 the fp32
+ *             arithmetic on both sides. The lse tolerance is the p-weighted mean of the
+ *             per-logit ones (lse is 1-Lipschitz in each logit with weight p_v). Top-8: the
+ *             logit of each reference id must match, and the value at each rank must match;
+ *             a different id at a rank is accepted as a swap among near-ties when both hold.
+ */
+#ifndef KV_VERIFY_H
+#define KV_VERIFY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvtrace.h"
+
+#define VERIFY_ATTN_ATOL 2e-3
+#define VERIFY_ATTN_RTOL 1e-2
+#define VERIFY_READOUT_ATOL 1e-4
+#define VERIFY_READOUT_RTOL 2e-3
+
+typedef struct verify_attn_result {
+    int present;                /* the trace has attn_out (else nothing was compared) */
+    int pass;                   /* present and every element within tolerance */
+    double atol, rtol;
+    size_t n_seq, n_slices;     /* sequences / (s, l, h) slices compared */
+    size_t n_elems, n_bad;      /* elements compared / outside tolerance (NaN counts bad) */
+    double max_abs_err;         /* largest |x - ref| */
+    double worst_ratio;         /* largest |x - ref| / (atol + rtol |ref|); Inf for NaN */
+    size_t w_s, w_l, w_h, w_t, w_d;   /* where worst_ratio is */
+    float w_x, w_ref;           /* recomputed and stored values there */
+} verify_attn_result;
+
+/* Recompute attention of every (s, l, h) of the first max_seq sequences (0 = all) and
+ * compare with the stored attn_out. Parallel over heads (OpenMP); the result does not
+ * depend on the thread count. Not having attn_out is not an error (present = 0). */
+kv_status verify_attn_out(kv_trace *t, double atol, double rtol, size_t max_seq,
+                          verify_attn_result *res, kv_error *err);
+
+typedef struct verify_readout_result {
+    int present, pass;
+    double atol, rtol;
+    size_t n_seq, n_pos;        /* positions compared */
+    size_t n_lse_bad, n_top_bad;/* positions whose lse / top-8 fail */
+    size_t n_swaps;             /* ranks whose id differs within tolerance (near ties) */
+    double max_lse_err, worst_lse_ratio;  size_t lse_s, lse_t;
+    double lse_x, lse_ref;
+    double max_top_err, worst_top_ratio;  size_t top_s, top_t, top_rank;
+    int32_t top_id_x, top_id_ref;         /* ids at that rank (ours, reference) */
+    double top_x, top_ref;                /* values compared there */
+} verify_readout_result;
+
+/* Read-out from /readout/hidden vs /readout/ref_* for the first max_seq sequences
+ * (0 = all). No read-out in the trace: present = 0, KV_OK. */
+kv_status verify_readout(kv_trace *t, double atol, double rtol, size_t max_seq,
+                         verify_readout_result *res, kv_error *err);
+
+/* Attention structure over valid query positions t >= 1 of the first max_seq sequences,
+ * means over (sequence, position), per (layer, head), all arrays [L][H]:
+ *   entropy   -sum_j p_j log p_j (nats)
+ *   uniform   log(number of visible keys) (= log(t+1) without a window): the entropy of
+ *             uniform attention over the same positions
+ *   sink      p_0, the mass on the first token (0 once a window hides it)
+ *   prev      p_{t-1}, the mass on the previous token */
+typedef struct attn_stats {
+    size_t L, H, n_seq, n_pos;  /* n_pos: positions averaged per (l, h) */
+    double *entropy, *uniform, *sink, *prev;
+} attn_stats;
+
+kv_status attn_stats_compute(kv_trace *t, size_t max_seq, attn_stats **out, kv_error *err);
+void attn_stats_free(attn_stats *st);
+
+/* The most specialised head of layer l: the highest of sink, prev and
+ * focus = 1 - entropy/uniform over its heads. *kind is "sink", "prev" or "focus". */
+void attn_stats_special(const attn_stats *st, size_t l, size_t *head, const char **kind,
+                        double *score);
+
+#endif /* KV_VERIFY_H */

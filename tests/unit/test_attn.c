@@ -1,0 +1,338 @@
+/* replay/attn.c: the fast kernels against the scalar double references, and hand cases.
+ *
+ * T tokens, D head_dim, n entries. Tolerances (fp32 fast kernel vs double reference):
+ *   logits   |x - ref| <= (D+1) * 2^-24 * scale * sum_d |q_d k_d| + 4 * 2^-24 * |ref| + 1e-7
+ *            (the standard bound gamma_D of a length-D float dot product, one more rounding
+ *            for the scale, and a few ulp for tanhf and the final rounding of the cap),
+ *            and the fast kernel's logits equal attn_logit() bit for bit;
+ *   lse      |x - ref| <= 2e-6 * (1 + |ref|) (lse is 1-Lipschitz in the logits, which are
+ *            O(10) here; plus exp/log and one float rounding);
+ *   o        |x - ref| <= 4e-6 * vmax + 2e-5 * |ref| per element (float accumulation of
+ *            up to 300 terms p_j v_j, sum p = 1), and NMSE <= 1e-10.
+ * Each comparison reports its worst element.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn.h"
+
+static int fails = 0, checks = 0;
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static uint64_t rng_u64(void)
+{
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static double rng_unif(void) { return ((rng_u64() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+static float rng_normal(void)
+{
+    return (float)(sqrt(-2 * log(rng_unif())) * cos(2 * M_PI * rng_unif()));
+}
+static float *randn(size_t n, float sd)
+{
+    float *x = malloc((n ? n : 1) * sizeof *x);
+    for (size_t i = 0; i < n; i++) x[i] = sd * rng_normal();
+    return x;
+}
+
+static void check_true(const char *what, int cond)
+{
+    checks++;
+    if (!cond) { fails++; printf("FAIL %s\n", what); }
+}
+
+static void check_close(const char *what, double got, double want, double tol)
+{
+    checks++;
+    int ok = (got == want) || fabs(got - want) <= tol;
+    if (!ok) {
+        fails++;
+        printf("FAIL %s: got %.9g want %.9g (|err| %.3g > tol %.3g)\n", what, got, want,
+               fabs(got - want), tol);
+    }
+}
+
+/* worst-element comparison of o [rows][D] */
+typedef struct cmp_acc { double worst_ratio, err, got, want, se, sr; size_t at; } cmp_acc;
+static void cmp_o(cmp_acc *c, const float *x, const float *ref, size_t n, double atol, double rtol)
+{
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)x[i] - ref[i]);
+        double r = e / (atol + rtol * fabs(ref[i]));
+        if (!(x[i] == x[i])) r = INFINITY;
+        c->se += e * e; c->sr += (double)ref[i] * ref[i];
+        if (r > c->worst_ratio || i == 0) { c->worst_ratio = r; c->err = e; c->got = x[i]; c->want = ref[i]; c->at = i; }
+    }
+}
+
+static double max_abs(const float *x, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++) if (fabs(x[i]) > m) m = fabs(x[i]);
+    return m;
+}
+
+static double worst_full_ratio = 0, worst_nmse = 0;
+
+/* fast vs ref over all rows of one head; also sub-range calls must be bit-identical */
+static void case_full(size_t T, size_t D, const attn_params *p, float qsd, const char *tag)
+{
+    float *q = randn(T * D, qsd), *k = randn(T * D, 1), *v = randn(T * D, 1);
+    float *lse = malloc(T * sizeof *lse), *lser = malloc(T * sizeof *lser), *lse2 = malloc(T * sizeof *lse2);
+    float *o = malloc(T * D * sizeof *o), *orf = malloc(T * D * sizeof *orf), *o2 = malloc(T * D * sizeof *o2);
+    float *lg = malloc(T * T * sizeof *lg), *lgr = malloc(T * T * sizeof *lgr), *lg2 = malloc(T * T * sizeof *lg2);
+    char what[256];
+
+    attn_full_rows(q, k, v, T, D, 0, T, p, lse, o, lg);
+    attn_full_rows_ref(q, k, v, T, D, 0, T, p, lser, orf, lgr);
+
+    /* logits: bound per element; masked ones exactly -inf in both; == attn_logit bitwise */
+    double worst = 0; size_t wt = 0, wj = 0; int bitwise = 1, mask_ok = 1;
+    for (size_t t = 0; t < T; t++) {
+        size_t lo = attn_lo(t, p->window);
+        for (size_t j = 0; j < T; j++) {
+            float x = lg[t * T + j], r = lgr[t * T + j];
+            if (j < lo || j > t) { if (!(isinf(x) && x < 0 && isinf(r) && r < 0)) mask_ok = 0; continue; }
+            if (x != attn_logit(q + t * D, k + j * D, D, p)) bitwise = 0;
+            double b = 0;
+            for (size_t d = 0; d < D; d++) b += fabs((double)q[t * D + d] * k[j * D + d]);
+            double tol = (D + 1) * ldexp(1.0, -24) * p->scale * b + 4 * ldexp(1.0, -24) * fabs(r) + 1e-7;
+            double ratio = fabs((double)x - r) / tol;
+            if (!(ratio <= worst)) { worst = ratio; wt = t; wj = j; }
+        }
+    }
+    snprintf(what, sizeof what, "%s T=%zu D=%zu logits within gamma_D bound (worst ratio %.3g at t=%zu j=%zu)",
+             tag, T, D, worst, wt, wj);
+    check_true(what, worst <= 1);
+    snprintf(what, sizeof what, "%s T=%zu D=%zu logits == attn_logit bitwise", tag, T, D);
+    check_true(what, bitwise);
+    snprintf(what, sizeof what, "%s T=%zu D=%zu masked logits are -inf", tag, T, D);
+    check_true(what, mask_ok);
+
+    for (size_t t = 0; t < T; t++) {
+        snprintf(what, sizeof what, "%s T=%zu D=%zu lse[t=%zu]", tag, T, D, t);
+        check_close(what, lse[t], lser[t], 2e-6 * (1 + fabs(lser[t])));
+    }
+    double vmax = max_abs(v, T * D);
+    cmp_acc c;
+    cmp_o(&c, o, orf, T * D, 4e-6 * vmax, 2e-5);
+    double nmse = c.sr > 0 ? c.se / c.sr : c.se;
+    if (c.worst_ratio > worst_full_ratio) worst_full_ratio = c.worst_ratio;
+    if (nmse > worst_nmse) worst_nmse = nmse;
+    snprintf(what, sizeof what, "%s T=%zu D=%zu o: worst t=%zu d=%zu got %.9g want %.9g (ratio %.3g), NMSE %.3g",
+             tag, T, D, c.at / D, c.at % D, c.got, c.want, c.worst_ratio, nmse);
+    check_true(what, c.worst_ratio <= 1 && nmse <= 1e-10);
+
+    /* rows computed in two pieces (and without logits) are bit-identical to one call */
+    size_t cut = T / 3;
+    attn_full_rows(q, k, v, T, D, 0, cut, p, lse2, o2, NULL);
+    attn_full_rows(q, k, v, T, D, cut, T, p, lse2 + cut, o2 + cut * D, lg2 + cut * T);
+    snprintf(what, sizeof what, "%s T=%zu D=%zu split rows [0,%zu)+[%zu,T) bit-identical", tag, T, D, cut, cut);
+    check_true(what, !memcmp(lse, lse2, T * sizeof *lse) && !memcmp(o, o2, T * D * sizeof *o) &&
+               !memcmp(lg + cut * T, lg2 + cut * T, (T - cut) * T * sizeof *lg));
+    /* o == NULL: lse only, identical */
+    attn_full_rows(q, k, v, T, D, 0, T, p, lse2, NULL, NULL);
+    snprintf(what, sizeof what, "%s T=%zu D=%zu o=NULL gives the same lse", tag, T, D);
+    check_true(what, !memcmp(lse, lse2, T * sizeof *lse));
+
+    /* attn_entries over the visible keys of the last row (as an index list) agrees */
+    size_t t = T - 1, lo = attn_lo(t, p->window), n = t + 1 - lo;
+    size_t *idx = malloc(n * sizeof *idx);
+    for (size_t e = 0; e < n; e++) idx[e] = lo + e;
+    float le, oe[1024];
+    attn_entries(q + t * D, k, v, idx, NULL, n, D, p, &le, oe, NULL);
+    snprintf(what, sizeof what, "%s T=%zu D=%zu entries(last row) lse", tag, T, D);
+    check_close(what, le, lser[t], 2e-6 * (1 + fabs(lser[t])));
+    cmp_o(&c, oe, orf + t * D, D, 4e-6 * vmax, 2e-5);
+    snprintf(what, sizeof what, "%s T=%zu D=%zu entries(last row) o: worst d=%zu got %.9g want %.9g",
+             tag, T, D, c.at, c.got, c.want);
+    check_true(what, c.worst_ratio <= 1);
+
+    free(idx);
+    free(q); free(k); free(v); free(lse); free(lser); free(lse2);
+    free(o); free(orf); free(o2); free(lg); free(lgr); free(lg2);
+}
+
+/* GQA-like reuse: several query heads over one kv head (the same k, v arrays) */
+static void case_gqa(void)
+{
+    size_t T = 64, D = 32, G = 4;
+    attn_params p = {1.0f / sqrtf(32), 0, 0};
+    float *q = randn(G * T * D, 2), *k = randn(T * D, 1), *v = randn(T * D, 1);
+    float lse[64], lser[64], o[64 * 32], orf[64 * 32];
+    for (size_t h = 0; h < G; h++) {
+        attn_full_rows(q + h * T * D, k, v, T, D, 0, T, &p, lse, o, NULL);
+        attn_full_rows_ref(q + h * T * D, k, v, T, D, 0, T, &p, lser, orf, NULL);
+        cmp_acc c;
+        cmp_o(&c, o, orf, T * D, 4e-6 * max_abs(v, T * D), 2e-5);
+        char what[160];
+        snprintf(what, sizeof what, "gqa head %zu of %zu: worst t=%zu d=%zu ratio %.3g", h, G, c.at / D, c.at % D, c.worst_ratio);
+        check_true(what, c.worst_ratio <= 1);
+    }
+    free(q); free(k); free(v);
+}
+
+/* entries with idx, bias, n = 0 and n = 1, against the reference */
+static void case_entries(void)
+{
+    size_t D = 80, R = 200;
+    attn_params p = {0.2f, 10.0f, 0};
+    float *kk = randn(R * D, 1), *vv = randn(R * D, 1), *q = randn(D, 2);
+    size_t ns[] = {0, 1, 3, 63, 64, 65, 150};
+    for (size_t a = 0; a < sizeof ns / sizeof *ns; a++) {
+        size_t n = ns[a];
+        size_t *idx = malloc((n + 1) * sizeof *idx);
+        float *bias = malloc((n + 1) * sizeof *bias), *lg = malloc((n + 1) * sizeof *lg), *lgr = malloc((n + 1) * sizeof *lgr);
+        for (size_t e = 0; e < n; e++) { idx[e] = rng_u64() % R; bias[e] = logf(1 + rng_u64() % 5); }
+        for (int use_idx = 0; use_idx < 2; use_idx++)
+            for (int use_bias = 0; use_bias < 2; use_bias++) {
+                float l1, l2, o1[80], o2[80];
+                memset(o1, 0x7f, sizeof o1);
+                attn_entries(q, kk, vv, use_idx ? idx : NULL, use_bias ? bias : NULL, n, D, &p, &l1, o1, lg);
+                attn_entries_ref(q, kk, vv, use_idx ? idx : NULL, use_bias ? bias : NULL, n, D, &p, &l2, o2, lgr);
+                char what[160];
+                snprintf(what, sizeof what, "entries n=%zu idx=%d bias=%d lse", n, use_idx, use_bias);
+                if (n == 0) {
+                    check_true(what, isinf(l1) && l1 < 0 && isinf(l2) && l2 < 0);
+                    check_true("entries n=0: o = 0", max_abs(o1, D) == 0 && max_abs(o2, D) == 0);
+                    continue;
+                }
+                check_close(what, l1, l2, 2e-6 * (1 + fabs(l2)));
+                cmp_acc c;
+                cmp_o(&c, o1, o2, D, 4e-6 * max_abs(vv, R * D), 2e-5);
+                snprintf(what, sizeof what, "entries n=%zu idx=%d bias=%d o: worst d=%zu got %.9g want %.9g",
+                         n, use_idx, use_bias, c.at, c.got, c.want);
+                check_true(what, c.worst_ratio <= 1);
+                double wl = 0;
+                for (size_t e = 0; e < n; e++) {
+                    size_t row = use_idx ? idx[e] : e;
+                    float want = attn_logit(q, kk + row * D, D, &p) + (use_bias ? bias[e] : 0);
+                    if (lg[e] != want) wl = 1;
+                    if (fabs(lg[e] - lgr[e]) > 1e-5) wl = 1;
+                }
+                snprintf(what, sizeof what, "entries n=%zu idx=%d bias=%d logits = attn_logit + bias", n, use_idx, use_bias);
+                check_true(what, wl == 0);
+                if (n == 1 && use_idx) {
+                    double md = 0;
+                    for (size_t d = 0; d < D; d++) md = fmax(md, fabs(o1[d] - vv[idx[0] * D + d]));
+                    check_true("single entry: o == its value row exactly", md == 0);
+                }
+            }
+        free(idx); free(bias); free(lg); free(lgr);
+    }
+    free(kk); free(vv); free(q);
+}
+
+static void hand_cases(void)
+{
+    attn_params p = {1.0f, 0, 0};
+    /* two keys, logits log 3 and 0: p = (3/4, 1/4); v = (1, 0) -> o = 0.75, lse = log 4 */
+    float q[1] = {1}, k[2] = {logf(3), 0}, v[2] = {1, 0}, lse, o;
+    attn_entries(q, k, v, NULL, NULL, 2, 1, &p, &lse, &o, NULL);
+    check_close("two keys: o = 3/4", o, 0.75, 1e-7);
+    check_close("two keys: lse = log 4", lse, log(4), 1e-6);
+    attn_entries_ref(q, k, v, NULL, NULL, 2, 1, &p, &lse, &o, NULL);
+    check_close("two keys ref: o = 3/4", o, 0.75, 1e-7);
+
+    /* full rows on the same two tokens: row 0 sees only key 0 (o = v0), row 1 as above */
+    float q2[2] = {1, 1}, lse2[2], o2[2], lg[4];
+    attn_full_rows(q2, k, v, 2, 1, 0, 2, &p, lse2, o2, lg);
+    check_close("full rows: row 0 o = v0", o2[0], 1, 0);
+    check_close("full rows: row 0 lse = logit", lse2[0], logf(3), 0);
+    check_close("full rows: row 1 o = 3/4", o2[1], 0.75, 1e-7);
+    check_true("full rows: logit[0][1] = -inf", isinf(lg[1]) && lg[1] < 0);
+
+    /* identical keys -> uniform attention -> o = mean of the values, lse = s + log n */
+    size_t T = 7, D = 4;
+    float qq[28], kk[28], vv[28], ls[7], oo[28];
+    for (size_t i = 0; i < T * D; i++) { qq[i] = 0.5f; kk[i] = 1.0f; vv[i] = (float)(i % 5) - 2; }
+    attn_full_rows(qq, kk, vv, T, D, 0, T, &p, ls, oo, NULL);
+    double worst = 0;
+    for (size_t t = 0; t < T; t++)
+        for (size_t d = 0; d < D; d++) {
+            double m = 0;
+            for (size_t j = 0; j <= t; j++) m += vv[j * D + d];
+            m /= (double)(t + 1);
+            worst = fmax(worst, fabs(oo[t * D + d] - m));
+        }
+    check_close("uniform keys: o = mean of values (max err)", worst, 0, 1e-6);
+    check_close("uniform keys: lse[6] = 2 + log 7", ls[6], 2 + log(7), 1e-6);
+
+    /* a bias of log n on one entry == n copies of it (proportional attention identity) */
+    float *kq = randn(3 * 16, 1), *vq = randn(3 * 16, 1), *qv = randn(16, 1);
+    attn_params p2 = {0.25f, 0, 0};
+    size_t idx_copies[5] = {0, 0, 0, 1, 2};
+    float bias3[3] = {logf(3), 0, 0}, la, lb, oa[16], ob[16];
+    attn_entries(qv, kq, vq, NULL, bias3, 3, 16, &p2, &la, oa, NULL);
+    attn_entries(qv, kq, vq, idx_copies, NULL, 5, 16, &p2, &lb, ob, NULL);
+    check_close("bias log 3 == 3 copies: lse", la, lb, 2e-6 * (1 + fabs(lb)));
+    double md = 0;
+    for (size_t d = 0; d < 16; d++) md = fmax(md, fabs(oa[d] - ob[d]));
+    check_close("bias log 3 == 3 copies: o (max err)", md, 0, 1e-6);
+    free(kq); free(vq); free(qv);
+
+    /* every logit -inf through the bias: the fully masked row */
+    float binf[3] = {-INFINITY, -INFINITY, -INFINITY}, om[16];
+    attn_entries(qv = randn(16, 1), kq = randn(48, 1), vq = randn(48, 1), NULL, binf, 3, 16, &p2, &la, om, NULL);
+    check_true("all logits -inf: lse = -inf, o = 0", isinf(la) && la < 0 && max_abs(om, 16) == 0);
+    free(kq); free(vq); free(qv);
+
+    /* window 1: each query sees only itself: o = v_t exactly, lse = its logit */
+    attn_params pw = {0.3f, 0, 1};
+    float *q3 = randn(50 * 8, 1), *k3 = randn(50 * 8, 1), *v3 = randn(50 * 8, 1), l3[50], o3[400];
+    attn_full_rows(q3, k3, v3, 50, 8, 0, 50, &pw, l3, o3, NULL);
+    int ok = !memcmp(o3, v3, sizeof o3);
+    for (size_t t = 0; t < 50; t++) if (l3[t] != attn_logit(q3 + t * 8, k3 + t * 8, 8, &pw)) ok = 0;
+    check_true("window 1: o = v_t and lse = logit_tt exactly", ok);
+    free(q3); free(k3); free(v3);
+
+    /* softcap bounds the logits; huge logits stay finite (max subtracted) */
+    float qb[2] = {1000, 0}, kb[4] = {1000, 0, -1000, 0}, vb[4] = {1, 2, 3, 4}, lb2, ob2[2], lgb[2];
+    attn_params pc = {1.0f, 30.0f, 0};
+    attn_entries(qb, kb, vb, NULL, NULL, 2, 2, &pc, &lb2, ob2, lgb);
+    check_close("softcap: logit -> +c", lgb[0], 30, 1e-5);
+    check_close("softcap: logit -> -c", lgb[1], -30, 1e-5);
+    attn_params pn = {1.0f, 0, 0};
+    attn_entries(qb, kb, vb, NULL, NULL, 2, 2, &pn, &lb2, ob2, lgb);
+    check_true("1e6 logits: finite lse, o = v0", isfinite(lb2) && ob2[0] == 1 && ob2[1] == 2);
+
+    /* NaN in a query propagates (never silently dropped) */
+    float qn[2] = {NAN, 0}, ln, on[2];
+    attn_entries(qn, kb, vb, NULL, NULL, 2, 2, &pn, &ln, on, NULL);
+    check_true("NaN query: lse and o NaN", isnan(ln) && isnan(on[0]));
+    attn_full_rows(qn, kb, vb, 1, 2, 0, 1, &pn, &ln, on, NULL);
+    check_true("NaN query (full rows): lse NaN", isnan(ln));
+}
+
+int main(void)
+{
+    size_t Ds[] = {1, 16, 32, 64, 128, 80, 300};
+    size_t Ts[] = {1, 2, 7, 64, 300};
+    for (size_t a = 0; a < sizeof Ds / sizeof *Ds; a++)
+        for (size_t b = 0; b < sizeof Ts / sizeof *Ts; b++) {
+            size_t D = Ds[a], T = Ts[b];
+            if (D == 300 && T > 64) continue;      /* D > 256: smaller key blocks; keep it quick */
+            float sc = 1.0f / sqrtf((float)D);
+            attn_params plain = {sc, 0, 0}, cap = {sc, 5.0f, 0}, w1 = {sc, 0, 1};
+            attn_params w5 = {sc, 0, 5}, wt = {sc, 0, (long long)(T / 3 + 1)}, both = {sc, 20.0f, 70};
+            case_full(T, D, &plain, 2.0f, "plain");
+            case_full(T, D, &cap, 3.0f, "softcap5");
+            case_full(T, D, &w1, 2.0f, "window1");
+            case_full(T, D, &w5, 2.0f, "window5");
+            case_full(T, D, &wt, 2.0f, "windowT/3");
+            case_full(T, D, &both, 2.0f, "cap20+window70");
+        }
+    printf("fast vs ref: worst o tolerance ratio %.3g, worst NMSE %.3g\n", worst_full_ratio, worst_nmse);
+    case_gqa();
+    case_entries();
+    hand_cases();
+    printf("%d checks, %d failed\n", checks, fails);
+    return fails ? 1 : 0;
+}
