@@ -228,7 +228,7 @@ int kvcmd_check(int argc, char **argv)
         }
         char line[512];
         snprintf(line, sizeof line, "attn_out vs recomputed attention: %zu (s,l,h) slices, %zu values, "
-                 "max |err| %.3g; worst %.3g of tolerance (atol %g + rtol %g |stored|) at s=%zu l=%zu "
+                 "max |err| %.3g; worst %.3g of tolerance (atol %g + rtol %g |stored| + the f16-storage bound of verify.h) at s=%zu l=%zu "
                  "h=%zu t=%zu d=%zu (recomputed %.7g, stored %.7g)", ar.n_slices, ar.n_elems,
                  ar.max_abs_err, ar.worst_ratio, ar.atol, ar.rtol, ar.w_s, ar.w_l, ar.w_h, ar.w_t,
                  ar.w_d, ar.w_x, ar.w_ref);
