@@ -428,6 +428,8 @@ def sequences_from_text(path, adapter, T, S, stride):
     body = T - len(bos)
     if body < 1:
         raise CaptureError(f"--tokens {T} leaves no room for text after BOS")
+    if stride is not None and stride < 1:
+        raise CaptureError(f"--stride {stride}: must be >= 1")
     stride = stride or body
     if len(ids) < body:
         raise CaptureError(f"text file '{path}': text too short: {len(ids)} tokens, one "

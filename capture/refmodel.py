@@ -16,6 +16,7 @@ registers its own function there and delegates to the eager one.
 """
 import json
 import math
+import pickle
 from dataclasses import asdict, dataclass
 
 import torch
@@ -193,13 +194,56 @@ def save_model(model, path):
                 "state_dict": model.state_dict()}, path)
 
 
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles only what a kvtrace checkpoint holds: plain containers, numbers, strings and
+    tensors. torch 1.13's own weights_only loader rejects pickled floats (BINFLOAT), which the
+    config holds, and its torch.load ignores a custom pickle_module, so load_model falls back
+    to reading the zip checkpoint itself through this allowlist."""
+    _ALLOWED = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+                ("torch._utils", "_rebuild_parameter"), ("torch", "FloatStorage"),
+                ("torch", "HalfStorage"), ("torch", "BFloat16Storage"), ("torch", "DoubleStorage"),
+                ("torch", "LongStorage"), ("torch", "IntStorage"), ("torch", "BoolStorage"),
+                ("torch", "ByteStorage"), ("torch", "float32"), ("torch.storage", "UntypedStorage"),
+                ("torch", "UntypedStorage")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"checkpoint refers to {module}.{name}, which a kvtrace "
+                                         "reference checkpoint never holds")
+        return super().find_class(module, name)
+
+
+def _load_checkpoint_zip(path):
+    """torch's zip checkpoint format read through _SafeUnpickler: data.pkl names tensor
+    storages by persistent id ('storage', storage_type, key, location, numel), stored raw
+    (little-endian) as <archive>/data/<key>."""
+    import io
+    import zipfile
+    with zipfile.ZipFile(path) as zf:
+        prefix = zf.namelist()[0].split("/")[0]
+
+        class Loader(_SafeUnpickler):
+            def persistent_load(self, pid):
+                if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+                    raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
+                _, storage_type, key, _, numel = pid
+                dtype = storage_type.dtype
+                raw = bytearray(zf.read(f"{prefix}/data/{key}"))
+                t = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+                if t.numel() != numel:
+                    raise pickle.UnpicklingError(f"storage {key}: {t.numel()} values, expected {numel}")
+                return t.storage()
+        return Loader(io.BytesIO(zf.read(f"{prefix}/data.pkl"))).load()
+
+
 def load_model(path, map_location="cpu"):
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
-    except TypeError:  # torch < 1.13 has no weights_only
-        blob = torch.load(path, map_location=map_location)
+    except pickle.UnpicklingError:
+        # torch < 2.0: its weights_only loader rejects pickled floats (the config has some)
+        blob = _load_checkpoint_zip(path)
     if not isinstance(blob, dict) or blob.get("format") != "kvtrace-ref":
         raise ValueError(f"{path}: not a kvtrace reference model checkpoint")
     model = RefModel(RefConfig.from_dict(blob["config"]))
     model.load_state_dict(blob["state_dict"])
-    return model
+    return model.to(map_location)

@@ -177,6 +177,16 @@ with h5py.File(ido, "r") as f:
           and "readout" not in f and "readout_unavailable" in f.attrs,
           "ids input: tokens as given, --no-readout marks readout_unavailable")
 
+# 6. ref:PATH: a saved checkpoint (floats in its config; safe loader) captures the same tensors
+ck = os.path.join(TMP, "ck.pt")
+refmodel.save_model(kvcapture.RefAdapter(spec("n_heads=4,n_kv_heads=2"), torch.device("cpu"), torch.float32).model, ck)
+cko = os.path.join(TMP, "ck.h5")
+run_capture(["--model", "ref:" + ck, "--text", TEXT, "--tokens", str(T), "--sequences", str(S),
+             "--batch", "2", "-o", cko])
+with h5py.File(cko, "r") as f, h5py.File(os.path.join(TMP, "gqa.h5"), "r") as g:
+    same = all(np.array_equal(f[n][:], g[n][:]) for n in ("layers/0/q", "layers/1/v", "readout/ref_lse"))
+    check(same and "sha256" in f.attrs["source"], "ref:PATH checkpoint: same tensors as the in-memory model, sha256 in source")
+
 if failures:
     sys.exit(f"{len(failures)} checks failed")
 print("all capture checks passed")
