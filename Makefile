@@ -124,8 +124,22 @@ test: deps
 	$(MAKE) --no-print-directory all
 	@BIN=$(BIN) BUILD=$(BUILD) PYTHON=$(PYTHON) SAN="$(SAN)" sh tests/run.sh
 
+# The README's main job: the default sweep on the shipped sample trace, then the report.
+DEMO_OUT ?= demo-out
+DEMO_TRACE ?= traces/sample.h5
+DEMO_SWEEP ?= sweeps/default.sweep
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@if [ -d $(DEMO_OUT) ]; then rm -rf $(DEMO_OUT).prev && mv $(DEMO_OUT) $(DEMO_OUT).prev && \
+	  echo "demo: previous output kept as $(DEMO_OUT).prev"; fi
+	@mkdir -p $(DEMO_OUT)
+	$(BIN)/kvreplay check $(DEMO_TRACE) > $(DEMO_OUT)/check.txt
+	$(BIN)/kvreplay run $(DEMO_TRACE) --sweep $(DEMO_SWEEP) -o $(DEMO_OUT)/results
+	$(BIN)/kvreport $(DEMO_OUT)/results --trace $(DEMO_TRACE) -o $(DEMO_OUT)/report
+	@echo "demo: report written to $(DEMO_OUT)/report/report.md (figures in $(DEMO_OUT)/report/figures/)"
+
 clean:
-	rm -rf build build-san bin out report demo-out
+	rm -rf build build-san bin out report demo-out demo-out.prev
 
 PREFIX ?= /usr/local
 install: all
@@ -133,3 +147,5 @@ install: all
 	install -m 755 $(PROGS) $(MPI_PROGS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(LIBKV) $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 lib/kvtrace.h $(DESTDIR)$(PREFIX)/include/
+	install -d $(DESTDIR)$(PREFIX)/share/kvtrace/plots
+	install -m 644 plots/*.gp $(DESTDIR)$(PREFIX)/share/kvtrace/plots/
