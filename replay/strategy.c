@@ -1,0 +1,188 @@
+/* Helpers of the strategy interface (strategy.h): caches, top-k, rng. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "strategy.h"
+
+static int grow(void **p, size_t elem, size_t n)
+{
+    void *q = realloc(*p, (n ? n : 1) * elem);
+    if (!q) return -1;
+    *p = q;
+    return 0;
+}
+
+int rp_cache_reserve(rp_cache *c, size_t cap, size_t members_cap)
+{
+    if (cap > c->cap) {
+        if (grow((void **)&c->pos, sizeof *c->pos, cap) || grow((void **)&c->mult, sizeof *c->mult, cap) ||
+            grow((void **)&c->k, sizeof *c->k * c->D, cap) || grow((void **)&c->v, sizeof *c->v * c->D, cap))
+            return -1;
+        if (c->mem_off && grow((void **)&c->mem_off, sizeof *c->mem_off, cap + 1)) return -1;
+        c->cap = cap;
+    }
+    if (members_cap > c->members_cap) {
+        if (grow((void **)&c->members, sizeof *c->members, members_cap)) return -1;
+        c->members_cap = members_cap;
+    }
+    return 0;
+}
+
+void rp_cache_clear(rp_cache *c)
+{
+    c->n = 0;
+    c->n_members = 0;
+    c->modified = 0;
+    memset(&c->bytes, 0, sizeof c->bytes);
+    if (c->mem_off) c->mem_off[0] = 0;
+}
+
+static int ensure_one_more(rp_cache *c)
+{
+    return c->n < c->cap ? 0 : rp_cache_reserve(c, c->cap ? 2 * c->cap : 16, 0);
+}
+
+/* Switch to explicit member lists: every existing entry becomes its own member. */
+static int ensure_members(rp_cache *c, size_t extra)
+{
+    if (!c->mem_off) {
+        if (grow((void **)&c->mem_off, sizeof *c->mem_off, c->cap + 1)) return -1;
+        if (rp_cache_reserve(c, c->cap, c->n + extra + 16)) return -1;
+        for (size_t e = 0; e < c->n; e++) { c->mem_off[e] = (int32_t)e; c->members[e] = c->pos[e]; }
+        c->mem_off[c->n] = (int32_t)c->n;
+        c->n_members = c->n;
+    }
+    if (c->n_members + extra > c->members_cap &&
+        rp_cache_reserve(c, c->cap, 2 * (c->n_members + extra)))
+        return -1;
+    return 0;
+}
+
+int rp_cache_push(rp_cache *c, int32_t t, const float *k, const float *v)
+{
+    if (ensure_one_more(c)) return -1;
+    size_t e = c->n, D = c->D;
+    c->pos[e] = t;
+    c->mult[e] = 1;
+    memcpy(c->k + e * D, k, D * sizeof *k);
+    memcpy(c->v + e * D, v, D * sizeof *v);
+    if (c->mem_off) {
+        if (ensure_members(c, 1)) return -1;
+        c->members[c->n_members++] = t;
+        c->mem_off[e + 1] = (int32_t)c->n_members;
+    }
+    c->n++;
+    return 0;
+}
+
+int rp_cache_push_merged(rp_cache *c, const int32_t *mem, size_t m, const float *k, const float *v)
+{
+    if (m == 1) return rp_cache_push(c, mem[0], k, v);
+    if (ensure_one_more(c) || ensure_members(c, m)) return -1;
+    size_t e = c->n, D = c->D;
+    c->pos[e] = mem[0];
+    c->mult[e] = (int32_t)m;
+    memcpy(c->k + e * D, k, D * sizeof *k);
+    memcpy(c->v + e * D, v, D * sizeof *v);
+    memcpy(c->members + c->n_members, mem, m * sizeof *mem);
+    c->n_members += m;
+    c->mem_off[e + 1] = (int32_t)c->n_members;
+    c->modified = 1;
+    c->n++;
+    return 0;
+}
+
+void rp_cache_compact(rp_cache *c, const uint8_t *keep)
+{
+    size_t w = 0, wm = 0, D = c->D;
+    for (size_t e = 0; e < c->n; e++) {
+        if (!keep[e]) continue;
+        if (w != e) {
+            c->pos[w] = c->pos[e];
+            c->mult[w] = c->mult[e];
+            memmove(c->k + w * D, c->k + e * D, D * sizeof *c->k);
+            memmove(c->v + w * D, c->v + e * D, D * sizeof *c->v);
+        }
+        if (c->mem_off) {
+            size_t a = (size_t)c->mem_off[e], b = (size_t)c->mem_off[e + 1];
+            memmove(c->members + wm, c->members + a, (b - a) * sizeof *c->members);
+            c->mem_off[w] = (int32_t)wm;
+            wm += b - a;
+            c->mem_off[w + 1] = (int32_t)wm;
+        }
+        w++;
+    }
+    c->n = w;
+    if (c->mem_off) c->n_members = wm;
+}
+
+void rp_cache_free(rp_cache *c)
+{
+    if (!c) return;
+    free(c->pos); free(c->mult); free(c->mem_off); free(c->members); free(c->k); free(c->v);
+    memset(c, 0, sizeof *c);
+}
+
+/* ---- top-k ----------------------------------------------------------------------------- */
+
+typedef struct { float s; int32_t i; } scored;
+
+/* Descending score, then ascending index; NaN lowest. */
+static int by_score(const void *pa, const void *pb)
+{
+    const scored *a = pa, *b = pb;
+    int an = isnan(a->s), bn = isnan(b->s);
+    if (an != bn) return an - bn;
+    if (!an && a->s != b->s) return a->s > b->s ? -1 : 1;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+static int by_index(const void *pa, const void *pb)
+{
+    int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
+    return (a > b) - (a < b);
+}
+
+size_t rp_topk(const float *score, size_t n, size_t k, int32_t *out)
+{
+    if (k > n) k = n;
+    if (k == 0) return 0;
+    scored *tmp = malloc(n * sizeof *tmp);
+    if (!tmp) {             /* degrade deterministically: a selection sort of k */
+        for (size_t j = 0; j < k; j++) {
+            int32_t best = -1;
+            for (size_t i = 0; i < n; i++) {
+                int taken = 0;
+                for (size_t m = 0; m < j; m++) taken |= out[m] == (int32_t)i;
+                if (taken) continue;
+                if (best < 0) { best = (int32_t)i; continue; }
+                scored a = { score[i], (int32_t)i }, b = { score[best], best };
+                if (by_score(&a, &b) < 0) best = (int32_t)i;
+            }
+            out[j] = best;
+        }
+    } else {
+        for (size_t i = 0; i < n; i++) { tmp[i].s = score[i]; tmp[i].i = (int32_t)i; }
+        qsort(tmp, n, sizeof *tmp, by_score);
+        for (size_t j = 0; j < k; j++) out[j] = tmp[j].i;
+        free(tmp);
+    }
+    qsort(out, k, sizeof *out, by_index);
+    return k;
+}
+
+/* ---- rng ------------------------------------------------------------------------------- */
+
+uint64_t rp_rng_next(rp_rng *r)
+{
+    uint64_t z = (r->s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+double rp_rng_uniform(rp_rng *r)
+{
+    return (double)(rp_rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
+}

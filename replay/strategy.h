@@ -1,0 +1,211 @@
+/* The strategy interface: one small table of hooks per compression strategy.
+ *
+ * Adding a strategy = one file replay/strategies/<name>.c defining
+ *     const rp_strategy rp_strategy_<name> = { ... };
+ * plus one line RP_STRATEGY(<name>) in replay/strategies/list.h. The file opens with the
+ * rule, the defaults and the reference (paper + repository) it reproduces.
+ *
+ * Shapes: H q-heads, Hkv kv-heads, G = H/Hkv query heads per kv head, n valid tokens of
+ * the sequence, P prompt length (prefill protocol), D head_dim, B budget (entries kept per
+ * kv head), L layers. Query head h belongs to kv head g = h / G.
+ *
+ * How the engine drives a strategy (DESIGN §3):
+ *
+ *   configure  once per configuration: parameter values (declared order) -> opaque cfg.
+ *   calibrate  optional, once per configuration before replay, on sequences that are NOT
+ *              evaluated (lowrank): the engine excludes them from evaluation.
+ *   prefill    protocol "prefill": once per (sequence, layer), all kv heads at once (AdaKV
+ *              allocates across heads, PyramidKV varies budgets by layer). Sees only the
+ *              prompt [0, P). Fills one rp_cache per kv head. Decode query t in [P, n)
+ *              then attends to that cache plus the exact entries [P, t].
+ *   online_*   protocol "online": one state per (sequence, layer, kv head). Token t is
+ *              appended to the cache as the last entry, query t attends to the cache
+ *              (at most B + 1 entries: the B kept ones and t itself), then online_step
+ *              sees those attention probabilities and names the entries to evict so that
+ *              at most B remain (H2O real-drop, TOVA, StreamingLLM).
+ *   select     optional, decode time: restricts which cache entries query head h sees at
+ *              position t (Quest page selection); no eviction.
+ *   encode     RP_ENCODE strategies: change how entries are stored (quantise, project,
+ *              merge across layers). Given a cache whose k/v rows hold the current
+ *              representation (originals or merged means), rewrite them in place with the
+ *              reconstruction and account the bytes. A composition "EVICT + ENCODE" runs the
+ *              eviction strategy first, then encode on its output.
+ *
+ * Ownership: the engine owns every rp_cache and rp_layer_ctx; strategies own their cfg
+ * (free_cfg) and online state (online_free). Pointers in rp_layer_ctx are valid only for
+ * the duration of the call. Hooks are called concurrently from several threads for
+ * different (sequence, layer, kv head) items: no global mutable state; cfg is read-only
+ * after configure/calibrate.
+ *
+ * Determinism: ties are broken by lower position (rp_topk); randomness only through
+ * rp_rng seeded from rp_layer_ctx.seed, which the engine derives from (config, sequence,
+ * layer); mix in the kv head yourself.
+ */
+#ifndef KV_STRATEGY_H
+#define KV_STRATEGY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attn.h"
+#include "kvtrace.h"
+
+/* ---- parameters ----------------------------------------------------------------------- */
+
+typedef enum rp_ptype { RP_INT, RP_FLOAT, RP_ENUM, RP_BOOL } rp_ptype;
+
+typedef struct rp_param_def {
+    const char *name;
+    rp_ptype type;
+    const char *def;        /* default as written in a config string ("0.5", "max", "1") */
+    double min, max;        /* inclusive range for INT/FLOAT */
+    const char *choices;    /* ENUM: "avg|max" (value = index of the choice) */
+    const char *help;
+} rp_param_def;
+
+#define RP_MAX_PARAMS 24
+
+/* Budgets: strategies with needs_budget take `keep=F` (fraction in (0, 1]) or `budget=N`
+ * (entries); the engine parses both, puts the one given first in the canonical string,
+ * and resolves it per sequence: prefill B = max(1, round(keep * P)); online
+ * B = max(1, round(keep * n)). A budget >= what the cache would hold is an error for
+ * `budget=` ("budget larger than the sequence") and means "keep all" for keep=1. */
+typedef enum rp_budget_kind { RP_BUDGET_NONE = 0, RP_BUDGET_KEEP, RP_BUDGET_COUNT } rp_budget_kind;
+
+/* ---- the cache of one kv head --------------------------------------------------------- */
+
+/* Bytes the compressed cache occupies (K and V together), by kind (DESIGN §4). */
+typedef struct rp_bytes {
+    double payload;         /* stored K/V values (fp16 entries: 2 * D * 2 bytes each) */
+    double scales;          /* quantisation scales and zero-points */
+    double bases;           /* low-rank bases amortised over the tokens they serve */
+    double indices;         /* positions / page tables kept to address entries */
+} rp_bytes;
+
+typedef struct rp_cache {
+    size_t n, cap;          /* entries held, capacity */
+    size_t D;               /* set by the engine before any hook sees the cache */
+    int32_t *pos;           /* [cap] representative original position (ascending order) */
+    int32_t *mult;          /* [cap] multiplicity n_e (1 = a plain token); logit + log n_e */
+    int32_t *mem_off;       /* [cap+1] member list offsets, or NULL when every mult is 1 */
+    int32_t *members;       /* original positions each entry stands for (mem_off ranges) */
+    size_t n_members, members_cap;
+    float *k, *v;           /* [cap][D] current representation of each entry */
+    int modified;           /* 1 when k/v differ from the originals (merge/encode): the
+                               engine then computes kv_mse_k/v over represented members */
+    rp_bytes bytes;         /* filled by encode; the engine fills fp16 defaults otherwise */
+} rp_cache;
+
+/* Engine-provided helpers for strategies (replay/strategy.c). */
+int rp_cache_reserve(rp_cache *c, size_t cap, size_t members_cap);   /* 0 ok, -1 ENOMEM */
+void rp_cache_clear(rp_cache *c);
+/* Append a plain token t with its original k/v rows. */
+int rp_cache_push(rp_cache *c, int32_t t, const float *k, const float *v);
+/* Append a merged entry of positions mem[0..m) with the given k/v rows (e.g. means). */
+int rp_cache_push_merged(rp_cache *c, const int32_t *mem, size_t m, const float *k, const float *v);
+/* Keep only entries whose flag is non-zero, preserving order. */
+void rp_cache_compact(rp_cache *c, const uint8_t *keep);
+void rp_cache_free(rp_cache *c);
+
+/* Indices of the k largest scores among n (ties: lower index first), written to out in
+ * ascending index order. Returns min(k, n). NaN scores rank lowest. */
+size_t rp_topk(const float *score, size_t n, size_t k, int32_t *out);
+
+/* splitmix64 stream. */
+typedef struct rp_rng { uint64_t s; } rp_rng;
+uint64_t rp_rng_next(rp_rng *r);
+double rp_rng_uniform(rp_rng *r);   /* [0, 1) */
+
+/* ---- what a hook sees ------------------------------------------------------------------ */
+
+typedef struct rp_layer_ctx {
+    size_t seq, layer, n_layers;
+    size_t H, Hkv, G, D;
+    size_t n;               /* valid tokens of this sequence */
+    size_t P;               /* prompt length (prefill protocol; n in online mode) */
+    const float *q;         /* [H][n][D]   post-RoPE queries of this (sequence, layer) */
+    const float *k, *v;     /* [Hkv][n][D] post-RoPE keys, values */
+    attn_params ap;         /* scale, softcap, window of this layer */
+    const kv_info *info;
+    /* RoPE tables [n][rotary_dim] (NULL when the trace has none) and the layout. */
+    const float *rope_cos, *rope_sin;
+    size_t rotary_dim;
+    int rope_interleaved;
+    uint64_t seed;          /* from (config, sequence, layer) */
+    /* Attention probabilities of query rows [t0, t1) of head h over keys [0, P), with the
+     * causal mask (and window); rows normalised over their visible keys:
+     * out [t1 - t0][P]. Computed with the engine's kernels. 0 ok, -1 ENOMEM. */
+    int (*prompt_attn)(const struct rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, float *out);
+    /* K/V [Hkv][n][D] of another layer of the same sequence (MiniCache). 0 ok. */
+    int (*layer_kv)(const struct rp_layer_ctx *ctx, size_t layer, const float **k, const float **v);
+    void *engine;           /* private to the engine */
+} rp_layer_ctx;
+
+/* Calibration data (lowrank): the K/V of layer `layer` for the calibration sequences. */
+typedef struct rp_calib_ctx {
+    size_t layer, n_layers, Hkv, D, n_seq;
+    const size_t *n;        /* [n_seq] valid tokens per calibration sequence */
+    const float *const *k, *const *v;   /* [n_seq] -> [Hkv][n[i]][D] */
+    const float *rope_cos, *rope_sin;   /* [T][rotary_dim] or NULL */
+    size_t rotary_dim;
+    int rope_interleaved;
+} rp_calib_ctx;
+
+/* ---- the strategy table ---------------------------------------------------------------- */
+
+enum { RP_EVICT = 1, RP_ENCODE = 2 };            /* kind */
+enum { RP_PREFILL = 1, RP_ONLINE = 2 };          /* protocols supported */
+
+typedef struct rp_strategy {
+    const char *name;
+    const char *summary;        /* one line for --help */
+    const char *reference;      /* paper + repository */
+    unsigned kind;
+    unsigned protocols;
+    int needs_budget;           /* takes keep= / budget= */
+    int time_dependent;         /* encode's output depends on the query position t */
+    const rp_param_def *params; /* declared order = canonical order */
+    size_t n_params;
+
+    /* values[i] for params[i] (ENUM: choice index, BOOL: 0/1). Cross-parameter checks
+     * here; on error write one line into err and return -1. */
+    int (*configure)(const double *values, void **cfg, char *err, size_t errlen);
+    void (*free_cfg)(void *cfg);
+    /* Optional: layers of calibration data, called once per layer before replay. The
+     * number of calibration sequences the strategy wants: calib_seqs(cfg). */
+    size_t (*calib_seqs)(const void *cfg);
+    int (*calibrate)(void *cfg, const rp_calib_ctx *cc, char *err, size_t errlen);
+
+    /* RP_EVICT, prefill protocol: out[g] for g < Hkv, empty on entry. B = budget per kv
+     * head (the strategy may redistribute: PyramidKV per layer, AdaKV across heads). */
+    int (*prefill)(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
+                   char *err, size_t errlen);
+
+    /* RP_EVICT, online protocol. probs [G][c->n]: attention of the G query heads of kv
+     * head g at position t over the cache c (t is its last entry). Write the indices (into
+     * c) of entries to evict to evict[], return how many; afterwards c->n - count <= B. */
+    void *(*online_new)(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B);
+    size_t (*online_step)(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
+                          const rp_cache *c, const float *probs, size_t B, size_t *evict);
+    void (*online_free)(void *state);
+
+    /* Optional, decode time: visible[e] = 1 for the entries query head h sees at t. */
+    void (*select)(const void *cfg, const rp_layer_ctx *ctx, size_t h, size_t t,
+                   const float *q, const rp_cache *c, size_t B, uint8_t *visible);
+
+    /* RP_ENCODE: rewrite c->k/v of kv head g in place (position t: the query position
+     * when time_dependent, else the last position), set c->modified and c->bytes. */
+    int (*encode)(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
+                  char *err, size_t errlen);
+} rp_strategy;
+
+/* The registry (replay/strategies/registry.c over replay/strategies/list.h). */
+const rp_strategy *rp_strategy_find(const char *name);
+size_t rp_strategy_count(void);
+const rp_strategy *rp_strategy_at(size_t i);
+
+/* Default fp16 bytes of a cache of plain entries (payload only; the engine adds 4 bytes
+ * of index per entry for eviction strategies that keep a subset). */
+static inline double rp_fp16_bytes(size_t entries, size_t D) { return (double)entries * 2.0 * (double)D * 2.0; }
+
+#endif /* KV_STRATEGY_H */
