@@ -138,6 +138,16 @@ demo: deps
 	$(BIN)/kvreport $(DEMO_OUT)/results --trace $(DEMO_TRACE) -o $(DEMO_OUT)/report
 	@echo "demo: report written to $(DEMO_OUT)/report/report.md (figures in $(DEMO_OUT)/report/figures/)"
 
+# make bench: benchmark programs from bench/*.c (each its own main) into $(BIN)/bench/,
+# then bench/run.sh (tables on stdout, CSV in bench/out/). Never part of make test.
+BENCH_SRC   := $(wildcard bench/*.c)
+BENCH_PROGS := $(patsubst bench/%.c,$(BIN)/bench/%,$(BENCH_SRC))
+$(BIN)/bench/%: bench/%.c $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+bench: probe $(PROGS) $(BENCH_PROGS)
+	BIN=$(abspath $(BIN)) PYTHON=$(PYTHON) sh bench/run.sh
+
 clean:
 	rm -rf build build-san bin out report demo-out demo-out.prev
 

@@ -9,19 +9,31 @@
  * exactly what attn_logit computes: the fast kernel's logits equal attn_logit bit for bit.
  * The running max m, the running sum l (double) and the output accumulator o (float) are
  * rescaled by exp(m_old - m_new) when the max grows; the output is o / l and
- * lse = m + log(l). Vectors are GCC vector extensions (elementwise, no reassociation, no
- * FMA contraction under -std=c11), so results depend on the inputs only, not on flags,
- * threads or the machine's vector width.
+ * lse = m + log(l). The probabilities exp(s - m) use a vectorised exp (exp4_nonpos:
+ * Cephes expf's reduction and polynomial, ~1 ulp, 0 below -87) and l sums them in four
+ * double partial sums (e mod 4) added in a fixed order. Vectors are GCC vector extensions
+ * (elementwise, no reassociation, no FMA contraction under -std=c11), so results depend on
+ * the inputs only, not on flags, threads or the machine's vector width.
  *
  * A row with no visible key (n == 0, or every logit -INFINITY through the bias) is the
  * fully masked row: lse = -INFINITY, o = 0. NaN inputs propagate to lse and o.
+ *
+ * AVX2 path (chosen at run time, __builtin_cpu_supports): the same arithmetic with 8-float
+ * lanes and register blocking over rows, so that a loaded key/value vector serves 4 query
+ * rows: logits of 4 rows x 16 keys per pass over d, and p.v of 4 rows x 16 channels per
+ * pass over e (key blocks every row of the group sees in full; edge blocks of the causal
+ * diagonal or a window go through the generic row_update); attn_entries computes 8 logits
+ * at a time from an in-register 8x8 transpose of the key rows, and p.v with 8-float
+ * lanes. Every lane still computes
+ * acc = acc + x * y in the same order with separate roundings (target "avx2", not "fma";
+ * no contraction under -std=c11), so both paths give bit-identical results.
  */
 #include <math.h>
 #include <string.h>
 
 #include "attn.h"
 
-#define RB 8            /* query rows per block */
+#define RB 64           /* query rows per block (amortises the key-block transpose) */
 #define KB_MAX 64       /* keys per block, a multiple of 4 (smaller for large D: kT <= 64 KiB) */
 #define KT_FLOATS 16384
 #define EB_MAX 64       /* entries per block of attn_entries (row_update's n <= 64) */
@@ -59,8 +71,8 @@ static void vec_scale(float *y, float a, size_t D)
 }
 
 /* o [D] += sum_e p[e] * v_row(e), e in order for every d (register-blocked over d) */
-static void pv_accum(float *restrict o, const float *restrict p, size_t n,
-                     const float *restrict v, const size_t *idx, size_t D)
+static void pv_accum_generic(float *restrict o, const float *restrict p, size_t n,
+                             const float *restrict v, const size_t *idx, size_t D)
 {
     size_t d = 0;
     for (; d + 8 <= D; d += 8) {
@@ -100,8 +112,186 @@ static void pv_accum(float *restrict o, const float *restrict p, size_t n,
  * given), values rows vrow(e). Updates *m, *l, o [D]. */
 typedef struct row_state { float m; double l; } row_state;
 
-static void row_update(row_state *st, const float *s, size_t n, const float *v,
-                       const size_t *idx, size_t D, float *o)
+typedef int v4i __attribute__((vector_size(16)));
+
+/* exp(x) for x <= 0 (the softmax's s - m) on 4 (or 8) lanes: Cephes expf's range reduction
+ * (x = n ln2 + r, ln2 split in two) and degree-6 polynomial, 2^n put in the exponent
+ * bits; relative error ~1 ulp. x < -87 (including -INFINITY) gives exactly 0 (expf would
+ * give a subnormal below 1.7e-38 there). Elementwise vector operations only, no
+ * contraction: every lane computes the same function, whatever the vector width. */
+#define EXP_NONPOS_BODY(VF, VI, x)                                                        \
+    const VI under = x < -87.0f;                                                          \
+    VF xc, m87 = {0}, sc, y, n, r, p;                                                     \
+    VI xb, lim, bits, yb;                                                                 \
+    m87 = m87 - 87.0f;                                                                    \
+    memcpy(&xb, &x, sizeof xb);                                                           \
+    memcpy(&lim, &m87, sizeof lim);                                                       \
+    xb = (xb & ~under) | (lim & under);                                                   \
+    memcpy(&xc, &xb, sizeof xc);                                                          \
+    n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  /* round(x log2 e) */  \
+    r = xc - n * 0.693359375f;                                                            \
+    r = r - n * -2.12194440e-4f;                                                          \
+    p = r * 1.9875691500e-4f + 1.3981999507e-3f;                                          \
+    p = p * r + 8.3334519073e-3f;                                                         \
+    p = p * r + 4.1665795894e-2f;                                                         \
+    p = p * r + 1.6666665459e-1f;                                                         \
+    p = p * r + 5.0000001201e-1f;                                                         \
+    y = p * (r * r) + r + 1.0f;                                                           \
+    bits = (__builtin_convertvector(n, VI) + 127) << 23;     /* 2^n, n in [-126, 0] */    \
+    memcpy(&sc, &bits, sizeof sc);                                                        \
+    y = y * sc;                                                                           \
+    memcpy(&yb, &y, sizeof yb);                                                           \
+    yb &= ~under;                                                                         \
+    memcpy(&y, &yb, sizeof y);                                                            \
+    return y;
+
+static inline v4f exp4_nonpos(v4f x)
+{
+    EXP_NONPOS_BODY(v4f, v4i, x)
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(ATTN_NO_AVX2)   /* -DATTN_NO_AVX2: generic only */
+#define ATTN_HAVE_AVX2_PATH 1
+typedef float v8f __attribute__((vector_size(32)));
+typedef int v8i __attribute__((vector_size(32)));
+typedef double v4d __attribute__((vector_size(32)));
+
+static int attn_use_avx2(void)
+{
+    static int cached = -1;
+    if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
+    return cached;
+}
+
+__attribute__((target("avx2")))
+static inline v8f exp8_nonpos(v8f x)
+{
+    EXP_NONPOS_BODY(v8f, v8i, x)
+}
+
+/* pe [n] = exp(s - m); returns the sum the generic loop of row_probs computes, in the
+ * same order: lane i of the double accumulator sums e = i mod 4 in increasing e. */
+__attribute__((target("avx2")))
+static double probs_avx2(const float *s, size_t n, float m, float *pe)
+{
+    v4d l = {0, 0, 0, 0};
+    for (size_t e = 0; e < n; e += 8) {
+        v8f x, y;
+        if (e + 8 <= n) memcpy(&x, s + e, sizeof x);
+        else for (size_t i = 0; i < 8; i++) x[i] = e + i < n ? s[e + i] : -INFINITY;
+        x = x - m;
+        y = exp8_nonpos(x);
+        if (e + 8 <= n) memcpy(pe + e, &y, sizeof y);
+        else for (size_t i = 0; e + i < n; i++) pe[e + i] = y[i];
+        v4f lo = {y[0], y[1], y[2], y[3]}, hi = {y[4], y[5], y[6], y[7]};
+        l += __builtin_convertvector(lo, v4d);
+        l += __builtin_convertvector(hi, v4d);
+    }
+    return (l[0] + l[1]) + (l[2] + l[3]);
+}
+#else
+#define ATTN_HAVE_AVX2_PATH 0
+#endif
+
+#if ATTN_HAVE_AVX2_PATH
+/* pv_accum with 8-float lanes, 32 channels per pass over e (same per-element order). */
+__attribute__((target("avx2")))
+static void pv_accum_avx2(float *restrict o, const float *restrict p, size_t n,
+                          const float *restrict v, const size_t *idx, size_t D)
+{
+    size_t d = 0;
+    for (; d + 32 <= D; d += 32) {
+        v8f a0, a1, a2, a3;
+        memcpy(&a0, o + d, 32); memcpy(&a1, o + d + 8, 32);
+        memcpy(&a2, o + d + 16, 32); memcpy(&a3, o + d + 24, 32);
+        for (size_t e = 0; e < n; e++) {
+            const float *vr = v + (idx ? idx[e] : e) * D + d;
+            const float pe = p[e];
+            v8f x0, x1, x2, x3;
+            memcpy(&x0, vr, 32); memcpy(&x1, vr + 8, 32);
+            memcpy(&x2, vr + 16, 32); memcpy(&x3, vr + 24, 32);
+            a0 += pe * x0; a1 += pe * x1; a2 += pe * x2; a3 += pe * x3;
+        }
+        memcpy(o + d, &a0, 32); memcpy(o + d + 8, &a1, 32);
+        memcpy(o + d + 16, &a2, 32); memcpy(o + d + 24, &a3, 32);
+    }
+    for (; d + 8 <= D; d += 8) {
+        v8f a0;
+        memcpy(&a0, o + d, 32);
+        for (size_t e = 0; e < n; e++) {
+            v8f x0;
+            memcpy(&x0, v + (idx ? idx[e] : e) * D + d, 32);
+            a0 += p[e] * x0;
+        }
+        memcpy(o + d, &a0, 32);
+    }
+    for (; d < D; d++) {
+        float a = o[d];
+        for (size_t e = 0; e < n; e++) a += p[e] * v[(idx ? idx[e] : e) * D + d];
+        o[d] = a;
+    }
+}
+#endif
+
+#if ATTN_HAVE_AVX2_PATH
+/* Logits of 8 entries (key rows kp[0..7]): s8[i] = scale * (q . kp[i]), each summed in d
+ * order like attn_logit: blocks of 8 channels are transposed in registers (8x8) so the
+ * entry index is the vector lane; a channel tail continues lane by lane in scalar code. */
+__attribute__((target("avx2")))
+static void logits8_avx2(const float *restrict q, const float *const *kp, size_t D, float scale,
+                         float *restrict s8)
+{
+    typedef int v8m __attribute__((vector_size(32)));
+    const v8m lo = {0, 8, 1, 9, 4, 12, 5, 13}, hi = {2, 10, 3, 11, 6, 14, 7, 15};
+    const v8m p01 = {0, 1, 8, 9, 4, 5, 12, 13}, p23 = {2, 3, 10, 11, 6, 7, 14, 15};
+    const v8m h0 = {0, 1, 2, 3, 8, 9, 10, 11}, h1 = {4, 5, 6, 7, 12, 13, 14, 15};
+    v8f acc = {0};
+    size_t d = 0;
+    for (; d + 8 <= D; d += 8) {
+        v8f r0, r1, r2, r3, r4, r5, r6, r7;
+        memcpy(&r0, kp[0] + d, 32); memcpy(&r1, kp[1] + d, 32);
+        memcpy(&r2, kp[2] + d, 32); memcpy(&r3, kp[3] + d, 32);
+        memcpy(&r4, kp[4] + d, 32); memcpy(&r5, kp[5] + d, 32);
+        memcpy(&r6, kp[6] + d, 32); memcpy(&r7, kp[7] + d, 32);
+        v8f t0 = __builtin_shuffle(r0, r1, lo), t1 = __builtin_shuffle(r0, r1, hi);
+        v8f t2 = __builtin_shuffle(r2, r3, lo), t3 = __builtin_shuffle(r2, r3, hi);
+        v8f t4 = __builtin_shuffle(r4, r5, lo), t5 = __builtin_shuffle(r4, r5, hi);
+        v8f t6 = __builtin_shuffle(r6, r7, lo), t7 = __builtin_shuffle(r6, r7, hi);
+        v8f u0 = __builtin_shuffle(t0, t2, p01), u1 = __builtin_shuffle(t0, t2, p23);
+        v8f u2 = __builtin_shuffle(t1, t3, p01), u3 = __builtin_shuffle(t1, t3, p23);
+        v8f u4 = __builtin_shuffle(t4, t6, p01), u5 = __builtin_shuffle(t4, t6, p23);
+        v8f u6 = __builtin_shuffle(t5, t7, p01), u7 = __builtin_shuffle(t5, t7, p23);
+        acc += q[d] * __builtin_shuffle(u0, u4, h0);       /* column d: k_i[d] for i = 0..7 */
+        acc += q[d + 1] * __builtin_shuffle(u1, u5, h0);
+        acc += q[d + 2] * __builtin_shuffle(u2, u6, h0);
+        acc += q[d + 3] * __builtin_shuffle(u3, u7, h0);
+        acc += q[d + 4] * __builtin_shuffle(u0, u4, h1);
+        acc += q[d + 5] * __builtin_shuffle(u1, u5, h1);
+        acc += q[d + 6] * __builtin_shuffle(u2, u6, h1);
+        acc += q[d + 7] * __builtin_shuffle(u3, u7, h1);
+    }
+    float a[8];
+    memcpy(a, &acc, sizeof a);
+    for (; d < D; d++)
+        for (int i = 0; i < 8; i++) a[i] += q[d] * kp[i][d];
+    for (int i = 0; i < 8; i++) s8[i] = scale * a[i];
+}
+#endif
+
+/* o [D] += sum_e p[e] * v_row(e), e in order for every d */
+static void pv_accum(float *restrict o, const float *restrict p, size_t n,
+                     const float *restrict v, const size_t *idx, size_t D)
+{
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx2()) { pv_accum_avx2(o, p, n, v, idx, D); return; }
+#endif
+    pv_accum_generic(o, p, n, v, idx, D);
+}
+
+/* The softmax part of a step: new max, rescale of o, pe [n] = exp(s - m), l += sum pe
+ * (four double partial sums over e mod 4, added in a fixed order).
+ * Returns 1 when pe must be accumulated into o (0: nothing visible, or NaN state). */
+static int row_probs(row_state *st, const float *s, size_t n, size_t D, float *o, float *pe)
 {
     float bm = -INFINITY;
     int has_nan = 0;
@@ -109,20 +299,41 @@ static void row_update(row_state *st, const float *s, size_t n, const float *v,
         if (s[e] > bm) bm = s[e];
         if (s[e] != s[e]) has_nan = 1;
     }
-    if (has_nan) { st->m = NAN; st->l = NAN; return; }
-    if (bm == -INFINITY || st->m != st->m) return;     /* nothing visible here, or NaN */
+    if (has_nan) { st->m = NAN; st->l = NAN; return 0; }
+    if (bm == -INFINITY || st->m != st->m) return 0;   /* nothing visible here, or NaN */
     if (bm > st->m) {
         float a = st->m == -INFINITY ? 0.0f : expf(st->m - bm);
         if (o) vec_scale(o, a, D);
         st->l *= a;
         st->m = bm;
     }
-    float pe[EB_MAX];
-    for (size_t e = 0; e < n; e++) {
-        pe[e] = expf(s[e] - st->m);               /* 0 for s = -INFINITY */
-        st->l += pe[e];
+    const float m = st->m;
+    double l0 = 0, l1 = 0, l2 = 0, l3 = 0;
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx2()) {
+        st->l += probs_avx2(s, n, m, pe);
+        return 1;
     }
-    if (o) pv_accum(o, pe, n, v, idx, D);
+#endif
+    for (size_t e = 0; e < n; e += 4) {
+        v4f x = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}, y;
+        if (e + 4 <= n) memcpy(&x, s + e, sizeof x);
+        else for (size_t i = 0; e + i < n; i++) x[i] = s[e + i];
+        x = x - m;
+        y = exp4_nonpos(x);                       /* 0 for s = -INFINITY (and padding) */
+        if (e + 4 <= n) memcpy(pe + e, &y, sizeof y);
+        else for (size_t i = 0; e + i < n; i++) pe[e + i] = y[i];
+        l0 += y[0]; l1 += y[1]; l2 += y[2]; l3 += y[3];
+    }
+    st->l += (l0 + l1) + (l2 + l3);
+    return 1;
+}
+
+static void row_update(row_state *st, const float *s, size_t n, const float *v,
+                       const size_t *idx, size_t D, float *o)
+{
+    float pe[EB_MAX];
+    if (row_probs(st, s, n, D, o, pe) && o) pv_accum(o, pe, n, v, idx, D);
 }
 
 static void row_finish(const row_state *st, float *lse, float *o, size_t D)
@@ -183,6 +394,121 @@ static void logits_block(const float *restrict q, const float *restrict kT, size
     }
 }
 
+/* ---- AVX2 path: 8-float lanes, 4 rows per pass (bit-identical to the generic code) ---- */
+
+#if ATTN_HAVE_AVX2_PATH
+
+/* s [nr][KB_MAX]: scale * (q_r . kT[:, j]) for j < KB, rows q [nr][D]. */
+__attribute__((target("avx2")))
+static void logits_rows_avx2(const float *restrict q, size_t nr, const float *restrict kT,
+                             size_t D, size_t KB, float scale, float (*restrict s)[KB_MAX])
+{
+    const v8f sc = {scale, scale, scale, scale, scale, scale, scale, scale};
+    size_t r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        const float *q0 = q + r * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
+        size_t j = 0;
+        for (; j + 16 <= KB; j += 16) {
+            v8f a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+            const float *kr = kT + j;
+            for (size_t d = 0; d < D; d++, kr += KB) {
+                v8f k0, k1;
+                memcpy(&k0, kr, sizeof k0);
+                memcpy(&k1, kr + 8, sizeof k1);
+                const float b0 = q0[d], b1 = q1[d], b2 = q2[d], b3 = q3[d];  /* broadcast */
+                a00 += b0 * k0; a01 += b0 * k1;
+                a10 += b1 * k0; a11 += b1 * k1;
+                a20 += b2 * k0; a21 += b2 * k1;
+                a30 += b3 * k0; a31 += b3 * k1;
+            }
+            a00 = sc * a00; a01 = sc * a01; a10 = sc * a10; a11 = sc * a11;
+            a20 = sc * a20; a21 = sc * a21; a30 = sc * a30; a31 = sc * a31;
+            memcpy(s[r] + j, &a00, sizeof a00); memcpy(s[r] + j + 8, &a01, sizeof a01);
+            memcpy(s[r + 1] + j, &a10, sizeof a10); memcpy(s[r + 1] + j + 8, &a11, sizeof a11);
+            memcpy(s[r + 2] + j, &a20, sizeof a20); memcpy(s[r + 2] + j + 8, &a21, sizeof a21);
+            memcpy(s[r + 3] + j, &a30, sizeof a30); memcpy(s[r + 3] + j + 8, &a31, sizeof a31);
+        }
+        for (; j < KB; j += 8) {              /* KB is a multiple of 8 */
+            v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            const float *kr = kT + j;
+            for (size_t d = 0; d < D; d++, kr += KB) {
+                v8f k0;
+                memcpy(&k0, kr, sizeof k0);
+                a0 += q0[d] * k0; a1 += q1[d] * k0; a2 += q2[d] * k0; a3 += q3[d] * k0;
+            }
+            a0 = sc * a0; a1 = sc * a1; a2 = sc * a2; a3 = sc * a3;
+            memcpy(s[r] + j, &a0, sizeof a0); memcpy(s[r + 1] + j, &a1, sizeof a1);
+            memcpy(s[r + 2] + j, &a2, sizeof a2); memcpy(s[r + 3] + j, &a3, sizeof a3);
+        }
+    }
+    for (; r < nr; r++) {
+        const float *q0 = q + r * D;
+        for (size_t j = 0; j < KB; j += 8) {
+            v8f a0 = {0};
+            const float *kr = kT + j;
+            for (size_t d = 0; d < D; d++, kr += KB) {
+                v8f k0;
+                memcpy(&k0, kr, sizeof k0);
+                a0 += q0[d] * k0;
+            }
+            a0 = sc * a0;
+            memcpy(s[r] + j, &a0, sizeof a0);
+        }
+    }
+}
+
+/* o_r [D] += sum_e pe[r][e] * v[e] (e in order for every d) for the listed rows;
+ * o of row r at o + orow[r] * D. */
+__attribute__((target("avx2")))
+static void pv_rows_avx2(float *restrict o, const size_t *orow, const int *rows, size_t nact,
+                         float (*restrict pe)[KB_MAX], size_t n, const float *restrict v, size_t D)
+{
+    size_t i = 0;
+    for (; i + 4 <= nact; i += 4) {
+        const float *p0 = pe[rows[i]], *p1 = pe[rows[i + 1]], *p2 = pe[rows[i + 2]], *p3 = pe[rows[i + 3]];
+        float *o0 = o + orow[rows[i]] * D, *o1 = o + orow[rows[i + 1]] * D;
+        float *o2 = o + orow[rows[i + 2]] * D, *o3 = o + orow[rows[i + 3]] * D;
+        size_t d = 0;
+        for (; d + 16 <= D; d += 16) {
+            v8f a00, a01, a10, a11, a20, a21, a30, a31;
+            memcpy(&a00, o0 + d, 32); memcpy(&a01, o0 + d + 8, 32);
+            memcpy(&a10, o1 + d, 32); memcpy(&a11, o1 + d + 8, 32);
+            memcpy(&a20, o2 + d, 32); memcpy(&a21, o2 + d + 8, 32);
+            memcpy(&a30, o3 + d, 32); memcpy(&a31, o3 + d + 8, 32);
+            const float *vr = v + d;
+            for (size_t e = 0; e < n; e++, vr += D) {
+                v8f x0, x1;
+                memcpy(&x0, vr, 32);
+                memcpy(&x1, vr + 8, 32);
+                const float b0 = p0[e], b1 = p1[e], b2 = p2[e], b3 = p3[e];  /* broadcast */
+                a00 += b0 * x0; a01 += b0 * x1;
+                a10 += b1 * x0; a11 += b1 * x1;
+                a20 += b2 * x0; a21 += b2 * x1;
+                a30 += b3 * x0; a31 += b3 * x1;
+            }
+            memcpy(o0 + d, &a00, 32); memcpy(o0 + d + 8, &a01, 32);
+            memcpy(o1 + d, &a10, 32); memcpy(o1 + d + 8, &a11, 32);
+            memcpy(o2 + d, &a20, 32); memcpy(o2 + d + 8, &a21, 32);
+            memcpy(o3 + d, &a30, 32); memcpy(o3 + d + 8, &a31, 32);
+        }
+        if (d < D) {                          /* channel tail: the generic code per row */
+            size_t rest = D - d;
+            float *os[4] = {o0, o1, o2, o3};
+            const float *ps[4] = {p0, p1, p2, p3};
+            for (int r = 0; r < 4; r++)
+                for (size_t dd = 0; dd < rest; dd++) {
+                    float a = os[r][d + dd];
+                    for (size_t e = 0; e < n; e++) a += ps[r][e] * v[e * D + d + dd];
+                    os[r][d + dd] = a;
+                }
+        }
+    }
+    for (; i < nact; i++)
+        pv_accum(o + orow[rows[i]] * D, pe[rows[i]], n, v, NULL, D);
+}
+
+#endif
+
 void attn_full_rows(const float *q, const float *k, const float *v, size_t T, size_t D,
                     size_t t0, size_t t1, const attn_params *p,
                     float *lse, float *o, float *logits)
@@ -190,12 +516,22 @@ void attn_full_rows(const float *q, const float *k, const float *v, size_t T, si
     const size_t KB = key_block(D);
     float kT[KT_FLOATS];                  /* [D][KB] transposed key block */
     float s[RB][KB_MAX];                  /* logits of the block */
+    float pe[RB][KB_MAX];                 /* probabilities of the block (AVX2 path) */
+    size_t orow[RB];                      /* output row of block row r */
+    int active[RB];
     row_state st[RB];
     const float scale = p->scale, c = p->softcap;
+#if ATTN_HAVE_AVX2_PATH
+    const int avx2 = attn_use_avx2();
+#else
+    const int avx2 = 0;
+    (void)pe; (void)orow; (void)active;
+#endif
 
     for (size_t r0 = t0; r0 < t1; r0 += RB) {
         size_t nr = t1 - r0 < RB ? t1 - r0 : RB;
         for (size_t r = 0; r < nr; r++) {
+            orow[r] = r0 - t0 + r;
             st[r].m = -INFINITY; st[r].l = 0;
             if (o) memset(o + (r0 - t0 + r) * D, 0, D * sizeof *o);
             if (logits) {
@@ -213,10 +549,13 @@ void attn_full_rows(const float *q, const float *k, const float *v, size_t T, si
                 for (size_t j = 0; j < nk; j++) dst[j] = k[(j0 + j) * D + d];
                 for (size_t j = nk; j < KB; j++) dst[j] = 0.0f;
             }
+#if ATTN_HAVE_AVX2_PATH
+            if (avx2) logits_rows_avx2(q + r0 * D, nr, kT, D, KB, scale, s);
+#endif
+            int nact = 0;
             for (size_t r = 0; r < nr; r++) {
-                const float *qr = q + (r0 + r) * D;
                 float *sr = s[r];
-                logits_block(qr, kT, D, KB, scale, sr);
+                if (!avx2) logits_block(q + (r0 + r) * D, kT, D, KB, scale, sr);
                 size_t t = r0 + r, lo = attn_lo(t, p->window);
                 /* visible keys of row t in this block: [a, b) relative to j0 */
                 size_t a = lo > j0 ? lo - j0 : 0;
@@ -227,9 +566,16 @@ void attn_full_rows(const float *q, const float *k, const float *v, size_t T, si
                     for (size_t j = a; j < b; j++) sr[j] = cap(sr[j], c);
                 if (logits)
                     memcpy(logits + (t - t0) * T + j0 + a, sr + a, (b - a) * sizeof *sr);
-                row_update(&st[r], sr + a, b - a, v + (j0 + a) * D, NULL, D,
-                           o ? o + (t - t0) * D : NULL);
+                float *orow_p = o ? o + (t - t0) * D : NULL;
+                if (avx2 && o && a == 0 && b == nk) {     /* whole block: batched p.v below */
+                    if (row_probs(&st[r], sr, nk, D, orow_p, pe[r])) active[nact++] = (int)r;
+                } else {
+                    row_update(&st[r], sr + a, b - a, v + (j0 + a) * D, NULL, D, orow_p);
+                }
             }
+#if ATTN_HAVE_AVX2_PATH
+            if (nact) pv_rows_avx2(o, orow, active, (size_t)nact, pe, nk, v + j0 * D, D);
+#endif
         }
         for (size_t r = 0; r < nr; r++)
             row_finish(&st[r], lse + (r0 - t0 + r), o ? o + (r0 - t0 + r) * D : NULL, D);
@@ -243,11 +589,41 @@ void attn_entries(const float *q, const float *kk, const float *vv, const size_t
     enum { EB = EB_MAX };
     float s[EB];
     row_state st = {-INFINITY, 0};
+#if ATTN_HAVE_AVX2_PATH
+    const int avx2 = attn_use_avx2();
+#endif
     if (o) memset(o, 0, D * sizeof *o);
     for (size_t e0 = 0; e0 < n; e0 += EB) {
         size_t ne = n - e0 < EB ? n - e0 : EB;
         size_t e = 0;
-        /* four independent dot products at a time, each summed in d order (== attn_logit) */
+        /* eight / four independent dot products at a time, each summed in d order
+         * (== attn_logit): independent chains hide the add latency */
+        for (; e + 8 <= ne; e += 8) {
+            const float *kp[8];
+            for (int i = 0; i < 8; i++) kp[i] = kk + (idx ? idx[e0 + e + i] : e0 + e + i) * D;
+#if ATTN_HAVE_AVX2_PATH
+            if (avx2) {
+                float s8[8];
+                logits8_avx2(q, kp, D, p->scale, s8);
+                for (int i = 0; i < 8; i++) s[e + i] = cap(s8[i], p->softcap);
+                continue;
+            }
+#endif
+            float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+            for (size_t d = 0; d < D; d++) {
+                float qd = q[d];
+                a0 += qd * kp[0][d]; a1 += qd * kp[1][d]; a2 += qd * kp[2][d]; a3 += qd * kp[3][d];
+                a4 += qd * kp[4][d]; a5 += qd * kp[5][d]; a6 += qd * kp[6][d]; a7 += qd * kp[7][d];
+            }
+            s[e] = cap(p->scale * a0, p->softcap);
+            s[e + 1] = cap(p->scale * a1, p->softcap);
+            s[e + 2] = cap(p->scale * a2, p->softcap);
+            s[e + 3] = cap(p->scale * a3, p->softcap);
+            s[e + 4] = cap(p->scale * a4, p->softcap);
+            s[e + 5] = cap(p->scale * a5, p->softcap);
+            s[e + 6] = cap(p->scale * a6, p->softcap);
+            s[e + 7] = cap(p->scale * a7, p->softcap);
+        }
         for (; e + 4 <= ne; e += 4) {
             const float *k0 = kk + (idx ? idx[e0 + e] : e0 + e) * D;
             const float *k1 = kk + (idx ? idx[e0 + e + 1] : e0 + e + 1) * D;

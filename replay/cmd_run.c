@@ -1,15 +1,611 @@
-/* PLACEHOLDER owned by the replay-engine work: replaced by the real `run` and `merge`. */
+/* kvreplay run — replay a sweep of compression configurations over a trace (DESIGN §3-§6),
+ * and kvreplay merge (combine the results directories of --shard runs). */
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "commands.h"
+#include "engine.h"
+#include "output.h"
+#include "readout.h"
+#include "sweep.h"
+
+static const char run_usage[] =
+    "usage: kvreplay run TRACE (--sweep FILE | --strategy 'SPEC' ...) -o DIR [options]\n"
+    "\n"
+    "Replays every configuration over the trace in one pass and writes DIR (replay/RESULTS.md).\n"
+    "  --sweep FILE        one configuration per line; comma lists expand (DESIGN §6)\n"
+    "  --strategy SPEC     one sweep line, e.g. 'snapkv keep=0.25' (repeatable)\n"
+    "  -o, --out DIR       results directory (created; an existing one must be empty)\n"
+    "  --mode MODE         prefill (default) | online (DESIGN §3)\n"
+    "  --decode N          the last N tokens of each sequence are the evaluated queries (the\n"
+    "                      prefill split; default: /prefill_len, else a quarter of the\n"
+    "                      shortest sequence)\n"
+    "  --eval-from N       the split at position N for every sequence (instead of --decode)\n"
+    "  --seqs LIST         evaluated sequences, e.g. 0,2,5-7 (default: all but calibration)\n"
+    "  --calib LIST        calibration sequences for strategies that calibrate (never evaluated;\n"
+    "                      default: the last sequences of the trace, as many as they ask for)\n"
+    "  --readout           require the read-out metrics (exit 1 when the trace has none; the\n"
+    "                      attention metrics are still written)\n"
+    "  --no-readout        skip the read-out metrics\n"
+    "  --gqa-reduce R      mean (default) | max | sum: how strategies that leave it open reduce\n"
+    "                      scores over the query heads of a kv head (DESIGN §3)\n"
+    "  --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
+    "  --resume            continue an interrupted run in DIR, skipping finished sequences\n"
+    "  --shard i/N         evaluate every N-th sequence starting at i (N alone: i from\n"
+    "                      SLURM_ARRAY_TASK_ID); combine the shards with kvreplay merge\n"
+    "  --list              list the strategies and their parameters, then exit\n"
+    "SIGINT/SIGTERM finish the current sequence and exit with status 3 (resumable).\n";
+
+static volatile sig_atomic_t g_stop = 0;
+static void on_signal(int sig) { (void)sig; g_stop = 1; }
+
+/* "0,2,5-7" -> sorted unique list within [0, S). */
+static int parse_list(const char *s, size_t S, size_t **out, size_t *n, const char *opt)
+{
+    uint8_t *mark = calloc(S ? S : 1, 1);
+    if (!mark) return -1;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long a = strtol(p, &end, 10), b = a;
+        if (end == p || errno || a < 0) goto bad;
+        p = end;
+        if (*p == '-') {
+            b = strtol(p + 1, &end, 10);
+            if (end == p + 1 || errno || b < a) goto bad;
+            p = end;
+        }
+        if ((size_t)b >= S) {
+            fprintf(stderr, "kvreplay run: %s %s: sequence %ld outside [0, %zu)\n", opt, s, b, S);
+            free(mark);
+            return -1;
+        }
+        for (long i = a; i <= b; i++) mark[i] = 1;
+        if (*p == ',') p++;
+        else if (*p) goto bad;
+    }
+    *n = 0;
+    for (size_t i = 0; i < S; i++) *n += mark[i];
+    *out = malloc((*n ? *n : 1) * sizeof **out);
+    if (!*out) { free(mark); return -1; }
+    for (size_t i = 0, k = 0; i < S; i++) if (mark[i]) (*out)[k++] = i;
+    free(mark);
+    return 0;
+bad:
+    fprintf(stderr, "kvreplay run: %s '%s': expected a list like 0,2,5-7\n", opt, s);
+    free(mark);
+    return -1;
+}
+
+static void list_strategies(void)
+{
+    for (size_t i = 0; i < rp_strategy_count(); i++) {
+        const rp_strategy *s = rp_strategy_at(i);
+        printf("%s — %s%s%s\n  reference: %s\n", s->name, s->summary,
+               s->kind == RP_ENCODE ? " [encoding]" : "", s->protocols == RP_PREFILL ? " [prefill only]" :
+               s->protocols == RP_ONLINE ? " [online only]" : "", s->reference);
+        if (s->needs_budget) printf("  keep=F | budget=N   budget (fraction of the cache, or entries per kv head)\n");
+        for (size_t j = 0; j < s->n_params; j++) {
+            const rp_param_def *d = &s->params[j];
+            char range[128] = "";
+            if (d->type == RP_ENUM) snprintf(range, sizeof range, "%s", d->choices);
+            else if (d->type == RP_BOOL) snprintf(range, sizeof range, "0|1");
+            else snprintf(range, sizeof range, "[%g, %g]", d->min, d->max);
+            printf("  %s=%s   %s %s\n", d->name, d->def, range, d->help ? d->help : "");
+        }
+    }
+}
+
+/* 0 empty or absent (created), 1 has other content, -1 error. */
+static int dir_state(const char *dir, int *has_parts)
+{
+    struct stat st;
+    *has_parts = 0;
+    if (stat(dir, &st)) {
+        if (errno != ENOENT) return -1;
+        return mkdir(dir, 0777) ? -1 : 0;
+    }
+    if (!S_ISDIR(st.st_mode)) return 1;
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int other = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        if (!strcmp(e->d_name, "parts")) *has_parts = 1;
+        else other = 1;
+    }
+    closedir(d);
+    return other || *has_parts;
+}
+
+static void remove_parts(const char *dir)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/parts", dir);
+    DIR *d = opendir(p);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char f[4700];
+        snprintf(f, sizeof f, "%s/%s", p, e->d_name);
+        unlink(f);
+    }
+    closedir(d);
+    rmdir(p);
+}
 
 int kvcmd_run(int argc, char **argv)
 {
-    fprintf(stderr, "kvreplay run: not built yet\n");
-    return KV_EXIT_FAIL;
+    const char *trace_path = NULL, *sweep_path = NULL, *outdir = NULL, *seqs_s = NULL, *calib_s = NULL;
+    const char *shard_s = NULL;
+    long shard_i = 0, shard_n = 1;
+    const char *specs[64];
+    size_t n_specs = 0;
+    unsigned mode = RP_PREFILL;
+    long long decode = 0, threads = 0, eval_from = 0;
+    int split_note = 0, calib_note = 0;
+    int resume = 0, readout_flag = 1, list = 0, gqa = RP_GQA_MEAN;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int more = i + 1 < argc;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(run_usage, stdout); return KV_EXIT_OK; }
+        else if (!strcmp(a, "--sweep") && more) sweep_path = argv[++i];
+        else if (!strcmp(a, "--strategy") && more) {
+            if (n_specs == 64) { fprintf(stderr, "kvreplay run: too many --strategy options (max 64)\n"); return KV_EXIT_USAGE; }
+            specs[n_specs++] = argv[++i];
+        } else if ((!strcmp(a, "-o") || !strcmp(a, "--out")) && more) outdir = argv[++i];
+        else if (!strcmp(a, "--mode") && more) {
+            const char *m = argv[++i];
+            if (!strcmp(m, "prefill")) mode = RP_PREFILL;
+            else if (!strcmp(m, "online")) mode = RP_ONLINE;
+            else { fprintf(stderr, "kvreplay run: --mode %s: expected prefill or online\n", m); return KV_EXIT_USAGE; }
+        } else if ((!strcmp(a, "--decode") || !strcmp(a, "--threads") || !strcmp(a, "--eval-from")) && more) {
+            char *end;
+            errno = 0;
+            long long v = strtoll(argv[++i], &end, 10);
+            if (*end || errno || v < 1) {
+                fprintf(stderr, "kvreplay run: %s %s: expected a positive integer\n", a, argv[i]);
+                return KV_EXIT_USAGE;
+            }
+            if (!strcmp(a, "--decode")) decode = v;
+            else if (!strcmp(a, "--eval-from")) eval_from = v;
+            else threads = v;
+        } else if (!strcmp(a, "--shard") && more) shard_s = argv[++i];
+        else if (!strcmp(a, "--seqs") && more) seqs_s = argv[++i];
+        else if (!strcmp(a, "--calib") && more) calib_s = argv[++i];
+        else if (!strcmp(a, "--resume")) resume = 1;
+        else if (!strcmp(a, "--readout") || !strcmp(a, "--require-readout")) readout_flag = 2;
+        else if (!strcmp(a, "--no-readout")) readout_flag = 0;
+        else if (!strcmp(a, "--list")) list = 1;
+        else if (a[0] == '-' && a[1]) { fprintf(stderr, "kvreplay run: unknown or incomplete option '%s' (try --help)\n", a); return KV_EXIT_USAGE; }
+        else if (!trace_path) trace_path = a;
+        else { fprintf(stderr, "kvreplay run: unexpected argument '%s'\n", a); return KV_EXIT_USAGE; }
+    }
+    if (list) { list_strategies(); return KV_EXIT_OK; }
+    if (!trace_path || !outdir || (!sweep_path && !n_specs)) {
+        fprintf(stderr, "kvreplay run: need TRACE, --sweep FILE or --strategy SPEC, and -o DIR (try --help)\n");
+        return KV_EXIT_USAGE;
+    }
+    if (sweep_path && n_specs) {
+        fprintf(stderr, "kvreplay run: give --sweep or --strategy, not both\n");
+        return KV_EXIT_USAGE;
+    }
+    if (shard_s) {      /* "i/N", or "N" with i from SLURM_ARRAY_TASK_ID (job arrays) */
+        char *end;
+        const char *slash = strchr(shard_s, '/');
+        errno = 0;
+        if (slash) {
+            shard_i = strtol(shard_s, &end, 10);
+            if (end != slash) shard_i = -1;
+            shard_n = strtol(slash + 1, &end, 10);
+        } else {
+            shard_n = strtol(shard_s, &end, 10);
+            const char *id = getenv("SLURM_ARRAY_TASK_ID");
+            shard_i = id ? strtol(id, NULL, 10) : -1;
+        }
+        if (*end || errno || shard_n < 1 || shard_i < 0 || shard_i >= shard_n) {
+            fprintf(stderr, "kvreplay run: --shard %s: expected i/N with 0 <= i < N (or N with SLURM_ARRAY_TASK_ID set)\n",
+                    shard_s);
+            return KV_EXIT_USAGE;
+        }
+    }
+
+    char err[4600] = "", started[64], sha[65] = "", key[17];
+    out_utc_now(started, sizeof started);
+    rp_sweep sw = { 0 };
+    kv_trace *tr = NULL;
+    rp_engine *eng = NULL;
+    rp_seq_result *res = NULL;
+    size_t *seqs = NULL, *calib = NULL, n_seqs = 0, n_calib = 0, n_res = 0;
+    int rc = KV_EXIT_FAIL;
+    kv_error ke;
+
+    if (sweep_path) {
+        if (sweep_add_file(&sw, sweep_path, err, sizeof err)) goto fail;
+    } else {
+        for (size_t i = 0; i < n_specs; i++) {
+            size_t before = sw.n;
+            if (sweep_add_line(&sw, specs[i], "--strategy", err, sizeof err)) goto fail;
+            if (sw.n == before && !strchr(specs[i], '#')) {
+                int blank = 1;
+                for (const char *p = specs[i]; *p; p++) if (*p != ' ' && *p != '\t') blank = 0;
+                if (blank) { snprintf(err, sizeof err, "--strategy: empty specification"); goto fail; }
+            }
+        }
+        if (!sw.n) { snprintf(err, sizeof err, "--strategy: no configuration"); goto fail; }
+    }
+
+    if (kv_trace_open(trace_path, NULL, &tr, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
+    const kv_info *in = kv_trace_info(tr);
+    if (calib_s && parse_list(calib_s, in->n_seq, &calib, &n_calib, "--calib")) goto fail_quiet;
+    {
+        /* calibrating strategies (lowrank): without --calib, the last k sequences of the trace
+         * (k = the most any configuration asks for) calibrate and are not evaluated */
+        size_t want = 0;
+        for (size_t c = 0; c < sw.n; c++)
+            for (size_t p = 0; p < sw.cfg[c].n_parts; p++) {
+                const rp_strategy *st = sw.cfg[c].part[p].s;
+                if (!st->calibrate) continue;
+                size_t k = st->calib_seqs ? st->calib_seqs(sw.cfg[c].part[p].cfg) : 1;
+                if ((k ? k : 1) > want) want = k ? k : 1;
+            }
+        if (want && !calib_s) {
+            if (want >= in->n_seq) {
+                snprintf(err, sizeof err, "calibration needs %zu sequences but the trace has %zu: nothing left to evaluate",
+                         want, in->n_seq);
+                goto fail;
+            }
+            calib = malloc(want * sizeof *calib);
+            if (!calib) { snprintf(err, sizeof err, "out of memory"); goto fail; }
+            for (size_t i = 0; i < want; i++) calib[i] = in->n_seq - want + i;
+            n_calib = want;
+            calib_note = 1;
+        }
+    }
+    if (seqs_s) {
+        if (parse_list(seqs_s, in->n_seq, &seqs, &n_seqs, "--seqs")) goto fail_quiet;
+        for (size_t i = 0; i < n_seqs; i++)
+            for (size_t j = 0; j < n_calib; j++)
+                if (seqs[i] == calib[j]) {
+                    snprintf(err, sizeof err, "sequence %zu is both evaluated (--seqs) and a calibration sequence (--calib)", seqs[i]);
+                    goto fail;
+                }
+    } else {
+        seqs = malloc(in->n_seq * sizeof *seqs);
+        if (!seqs) { snprintf(err, sizeof err, "out of memory"); goto fail; }
+        for (size_t s = 0; s < in->n_seq; s++) {
+            int is_cal = 0;
+            for (size_t j = 0; j < n_calib; j++) is_cal |= calib[j] == s;
+            if (!is_cal) seqs[n_seqs++] = s;
+        }
+    }
+    if (!n_seqs) { snprintf(err, sizeof err, "no sequence to evaluate"); goto fail; }
+    if (shard_n > 1) {      /* round-robin over the evaluated sequences */
+        size_t k = 0;
+        for (size_t i = 0; i < n_seqs; i++) if ((long)(i % (size_t)shard_n) == shard_i) seqs[k++] = seqs[i];
+        n_seqs = k;
+        if (!n_seqs) { snprintf(err, sizeof err, "shard %ld/%ld has no sequence to evaluate", shard_i, shard_n); goto fail; }
+    }
+
+    if (decode && eval_from) { snprintf(err, sizeof err, "give --decode or --eval-from, not both"); goto fail; }
+    if (mode == RP_PREFILL && !in->has_prefill && !decode && !eval_from) {
+        /* DESIGN §3: the split is a run parameter; default to the last quarter of the
+         * shortest evaluated sequence, the same N for every sequence */
+        long long mn = -1;
+        int32_t *sl = malloc(in->n_seq * sizeof *sl);
+        if (!sl || kv_trace_read_seq_len(tr, sl, &ke) != KV_OK) {
+            free(sl);
+            snprintf(err, sizeof err, "%s", sl ? ke.msg : "out of memory");
+            goto fail;
+        }
+        for (size_t i = 0; i < n_seqs; i++) if (mn < 0 || sl[seqs[i]] < mn) mn = sl[seqs[i]];
+        free(sl);
+        decode = mn / 4 > 0 ? mn / 4 : 1;
+        split_note = 1;     /* printed once the run starts (errors stay one line) */
+    }
+    if (threads > 0) {
+#ifdef _OPENMP
+        omp_set_num_threads((int)threads);
+#endif
+    }
+    rs_blas_set_threads(1);
+
+    rp_run_opts opts = { .mode = mode, .decode = (size_t)decode, .eval_from = (size_t)eval_from, .readout = readout_flag != 0, .gqa_reduce = gqa,
+                         .calib = calib, .n_calib = n_calib };
+    if (rp_engine_new(tr, &sw, &opts, seqs, n_seqs, &eng, err, sizeof err)) goto fail;
+    if (kv_file_sha256(trace_path, sha, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
+
+    /* run key: everything that determines the parts */
+    {
+        uint64_t h = rp_hash64(sha, strlen(sha), 0);
+        char buf[256];
+        snprintf(buf, sizeof buf, "%s|%u|%lld|%lld|%d|%d|%s", KV_VERSION_STRING, mode, decode, eval_from,
+                 rp_engine_has_readout(eng), gqa, "v1");
+        h = rp_hash64(buf, strlen(buf), h);
+        h = rp_hash64(calib ? (const void *)calib : "", n_calib * sizeof *calib, h);
+        for (size_t c = 0; c < sw.n; c++) h = rp_hash64(sw.cfg[c].canon, strlen(sw.cfg[c].canon) + 1, h);
+        snprintf(key, sizeof key, "%016llx", (unsigned long long)h);
+    }
+
+    int has_parts = 0, ds = dir_state(outdir, &has_parts);
+    if (ds < 0) { snprintf(err, sizeof err, "%s: cannot create or read the output directory: %s", outdir, strerror(errno)); goto fail; }
+    if (ds > 0 && !(resume && has_parts)) {
+        snprintf(err, sizeof err, "%s exists and is not empty%s", outdir,
+                 resume ? " and holds no interrupted run (parts/) to resume" : " (choose a new directory, or --resume an interrupted run)");
+        goto fail;
+    }
+    {
+        char p[4200];
+        snprintf(p, sizeof p, "%s/parts", outdir);
+        if (mkdir(p, 0777) && errno != EEXIST) { snprintf(err, sizeof err, "%s: %s", p, strerror(errno)); goto fail; }
+    }
+
+    if (calib_note)
+        fprintf(stderr, "kvreplay run: note: calibrating on the last %zu sequence(s) of the trace (%zu..%zu), not "
+                "evaluated (--calib LIST to choose)\n", n_calib, calib[0], calib[n_calib - 1]);
+    if (split_note)
+        fprintf(stderr, "kvreplay run: note: %s has no /prefill_len; evaluating the last %lld tokens of each sequence "
+                "(--decode N to choose)\n", trace_path, decode);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    res = calloc(n_seqs, sizeof *res);
+    if (!res) { snprintf(err, sizeof err, "out of memory"); goto fail; }
+    int tty = isatty(2);
+    size_t L = in->n_layers, H = in->n_heads, skipped = 0;
+    for (size_t i = 0; i < n_seqs; i++) {
+        int got = resume ? out_part_read(outdir, key, seqs[i], &res[i], sw.n, L, H, err, sizeof err) : 0;
+        if (got < 0) goto fail;
+        if (got) { n_res++; skipped++; continue; }
+        if (g_stop) break;
+        if (tty) fprintf(stderr, "\rkvreplay run: sequence %zu/%zu (%zu configs)   ", i + 1, n_seqs, sw.n);
+        if (rp_engine_seq(eng, seqs[i], &res[i], err, sizeof err)) goto fail;
+        n_res++;
+        if (out_part_write(outdir, key, &res[i], sw.n, L, H, err, sizeof err)) goto fail;
+        if (g_stop && i + 1 < n_seqs) break;
+    }
+    if (tty) fprintf(stderr, "\r%60s\r", "");
+    if (n_res < n_seqs) {
+        fprintf(stderr, "kvreplay run: interrupted after %zu of %zu sequences; rerun with --resume to continue in %s\n",
+                n_res, n_seqs, outdir);
+        rc = KV_EXIT_INTERRUPTED;
+        goto done;
+    }
+    {
+        char argvs[8192] = "";
+        strncat(argvs, "kvreplay", sizeof argvs - 1);
+        for (int i = 0; i < argc; i++) {
+            strncat(argvs, " ", sizeof argvs - strlen(argvs) - 1);
+            strncat(argvs, argv[i], sizeof argvs - strlen(argvs) - 1);
+        }
+        char shard[64];
+        snprintf(shard, sizeof shard, "%ld/%ld", shard_i, shard_n);
+        size_t nthreads = 1;
+#ifdef _OPENMP
+        nthreads = (size_t)omp_get_max_threads();
+#endif
+        out_prov pv = { .trace = trace_path, .trace_sha256 = sha, .model = in->model, .architecture = in->architecture,
+                        .mode = mode == RP_PREFILL ? "prefill" : "online", .sweep = sweep_path ? sweep_path : "-",
+                        .argv = argvs, .started = started, .decode = (size_t)decode,
+                        .n_seq = n_seqs, .threads = nthreads, .shard = shard };
+        size_t n_na = 0;
+        if (out_write_results(outdir, &sw, res, n_res, L, H, rp_engine_has_readout(eng), &pv, &n_na, err, sizeof err))
+            goto fail;
+        if (shard_n == 1) remove_parts(outdir);     /* shards keep them for kvreplay merge */
+        if (n_na)
+            fprintf(stderr, "kvreplay run: warning: %zu configuration(s) gave results identical to the full cache "
+                    "(compression not applied; see not_applied in summary.csv)\n", n_na);
+        if (skipped) fprintf(stderr, "kvreplay run: resumed: %zu sequence(s) taken from %s/parts\n", skipped, outdir);
+    }
+    if (readout_flag == 2 && !in->has_readout) {
+        fprintf(stderr, "kvreplay run: %s has no /readout%s%s: read-out metrics requested (--readout) but left empty; "
+                "attention metrics written to %s\n", trace_path, in->readout_unavailable[0] ? ": " : "",
+                in->readout_unavailable, outdir);
+        rc = KV_EXIT_FAIL;
+    } else {
+        rc = KV_EXIT_OK;
+    }
+    goto done;
+fail:
+    fprintf(stderr, "kvreplay run: %s\n", err);
+fail_quiet:
+    rc = rc == KV_EXIT_OK ? KV_EXIT_FAIL : rc;
+done:
+    if (res) for (size_t i = 0; i < n_seqs; i++) rp_seq_result_free(&res[i]);
+    free(res); free(seqs); free(calib);
+    rp_engine_free(eng);
+    kv_trace_close(tr);
+    sweep_free(&sw);
+    return rc;
+}
+
+static const char merge_usage[] =
+    "usage: kvreplay merge -o DIR SHARD_DIR...\n"
+    "\n"
+    "Combines the results directories of `kvreplay run ... --shard i/N` (every shard 0..N-1 of\n"
+    "one run, each with its parts/) into DIR: the CSVs are those an unsharded run writes.\n";
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    size_t cap = 1 << 16, n = 0;
+    char *b = malloc(cap);
+    while (b) {
+        size_t r = fread(b + n, 1, cap - n - 1, f);
+        n += r;
+        if (n + 1 < cap) break;
+        char *q = realloc(b, cap *= 2);
+        if (!q) { free(b); b = NULL; }
+        else b = q;
+    }
+    fclose(f);
+    if (b) b[n] = 0;
+    return b;
 }
 
 int kvcmd_merge(int argc, char **argv)
 {
-    fprintf(stderr, "kvreplay merge: not built yet\n");
-    return KV_EXIT_FAIL;
+    const char *outdir = NULL, *dirs[1024];
+    size_t nd = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { fputs(merge_usage, stdout); return KV_EXIT_OK; }
+        if ((!strcmp(argv[i], "-o") || !strcmp(argv[i], "--out")) && i + 1 < argc) outdir = argv[++i];
+        else if (argv[i][0] == '-') { fprintf(stderr, "kvreplay merge: unknown option '%s' (try --help)\n", argv[i]); return KV_EXIT_USAGE; }
+        else if (nd < 1024) dirs[nd++] = argv[i];
+        else { fprintf(stderr, "kvreplay merge: too many directories (max 1024)\n"); return KV_EXIT_USAGE; }
+    }
+    if (!outdir || !nd) { fprintf(stderr, "kvreplay merge: need -o DIR and at least one shard directory\n"); return KV_EXIT_USAGE; }
+    char err[4600] = "", key[128] = "", path[4300], started[64];
+    out_utc_now(started, sizeof started);
+    char *prov0 = NULL, *cfg0 = NULL;
+    rp_sweep sw = { 0 };
+    rp_seq_result *res = NULL;
+    size_t n_res = 0, cap = 0, L = 0, H = 0, NC = 0, shard_n = 0;
+    unsigned char *seen_shard = NULL;
+    int rc = KV_EXIT_FAIL, has_ro = -1;
+    for (size_t d = 0; d < nd; d++) {
+        snprintf(path, sizeof path, "%s/provenance.json", dirs[d]);
+        char *prov = slurp(path), sh[64] = "", *cfgs;
+        if (!prov) { snprintf(err, sizeof err, "%s: not a finished shard (no provenance.json)", dirs[d]); goto fail; }
+        long si = -1, sn = -1;
+        if (out_json_get(prov, "shard", sh, sizeof sh) || sscanf(sh, "%ld/%ld", &si, &sn) != 2 || sn < 1 || si < 0 || si >= sn) {
+            free(prov);
+            snprintf(err, sizeof err, "%s/provenance.json: no valid \"shard\" field", dirs[d]);
+            goto fail;
+        }
+        if (!shard_n) {
+            shard_n = (size_t)sn;
+            seen_shard = calloc(shard_n, 1);
+            if (!seen_shard) { free(prov); snprintf(err, sizeof err, "out of memory"); goto fail; }
+        }
+        if ((size_t)sn != shard_n) { free(prov); snprintf(err, sizeof err, "%s is shard %s, the others are of %zu shards", dirs[d], sh, shard_n); goto fail; }
+        if (seen_shard[si]++) { free(prov); snprintf(err, sizeof err, "%s: shard %s given twice", dirs[d], sh); goto fail; }
+        snprintf(path, sizeof path, "%s/configs.csv", dirs[d]);
+        if (!(cfgs = slurp(path))) { free(prov); snprintf(err, sizeof err, "%s: cannot read", path); goto fail; }
+        if (!d) { prov0 = prov; cfg0 = cfgs; }
+        else {
+            int same = !strcmp(cfgs, cfg0);
+            free(prov); free(cfgs);
+            if (!same) { snprintf(err, sizeof err, "%s: configurations differ from %s", path, dirs[0]); goto fail; }
+        }
+        /* parts */
+        snprintf(path, sizeof path, "%s/parts", dirs[d]);
+        DIR *dp = opendir(path);
+        if (!dp) { snprintf(err, sizeof err, "%s: missing (was it run with --shard?)", path); goto fail; }
+        struct dirent *e;
+        while ((e = readdir(dp))) {
+            size_t s;
+            char tail[8];
+            if (sscanf(e->d_name, "seq_%zu.%7s", &s, tail) != 2 || strcmp(tail, "part")) continue;
+            snprintf(path, sizeof path, "%s/parts/%s", dirs[d], e->d_name);
+            FILE *f = fopen(path, "r");
+            char k2[128];
+            size_t s2, c2, l2, h2;
+            int ro;
+            if (!f || fscanf(f, "kvparts 1 %127s %zu %zu %zu %zu %d", k2, &s2, &c2, &l2, &h2, &ro) != 6) {
+                if (f) fclose(f);
+                closedir(dp);
+                snprintf(err, sizeof err, "%s: not a kvreplay part", path);
+                goto fail;
+            }
+            fclose(f);
+            if (!key[0]) { snprintf(key, sizeof key, "%s", k2); NC = c2; L = l2; H = h2; has_ro = ro; }
+            if (strcmp(k2, key) || c2 != NC || l2 != L || h2 != H || ro != has_ro) {
+                closedir(dp);
+                snprintf(err, sizeof err, "%s: from a different run (trace, sweep or options differ)", path);
+                goto fail;
+            }
+            for (size_t i = 0; i < n_res; i++)
+                if (res[i].seq == s) { closedir(dp); snprintf(err, sizeof err, "sequence %zu appears in two shards", s); goto fail; }
+            if (n_res == cap) {
+                size_t nc = cap ? 2 * cap : 64;
+                rp_seq_result *q = realloc(res, nc * sizeof *q);
+                if (!q) { closedir(dp); snprintf(err, sizeof err, "out of memory"); goto fail; }
+                memset(q + cap, 0, (nc - cap) * sizeof *q);
+                res = q; cap = nc;
+            }
+            snprintf(path, sizeof path, "%s", dirs[d]);
+            if (out_part_read(path, key, s, &res[n_res], NC, L, H, err, sizeof err) != 1) {
+                closedir(dp);
+                if (!err[0]) snprintf(err, sizeof err, "%s/parts/seq_%zu.part: truncated", dirs[d], s);
+                goto fail;
+            }
+            n_res++;
+        }
+        closedir(dp);
+    }
+    for (size_t i = 0; i < shard_n; i++)
+        if (!seen_shard[i]) { snprintf(err, sizeof err, "shard %zu/%zu is missing", i, shard_n); goto fail; }
+    if (!n_res) { snprintf(err, sizeof err, "no parts found"); goto fail; }
+    /* sequence order, as an unsharded run writes them */
+    for (size_t i = 1; i < n_res; i++)
+        for (size_t j = i; j > 0 && res[j - 1].seq > res[j].seq; j--) {
+            rp_seq_result t = res[j]; res[j] = res[j - 1]; res[j - 1] = t;
+        }
+    /* the configurations, from their canonical strings (valid sweep lines) */
+    {
+        char *line = strchr(cfg0, '\n');
+        size_t want = 0;
+        while (line && line[1]) {
+            char *next = strchr(line + 1, '\n');
+            if (next) *next = 0;
+            char *c1 = strchr(line + 1, ','), *c2 = c1 ? strchr(c1 + 1, ',') : NULL;
+            if (!c1 || !c2) { snprintf(err, sizeof err, "%s/configs.csv: malformed", dirs[0]); goto fail; }
+            *c2 = 0;
+            if (sweep_add_line(&sw, c1 + 1, "configs.csv", err, sizeof err)) goto fail;
+            want++;
+            if (sw.n != want || strcmp(sw.cfg[want - 1].canon, c1 + 1)) {
+                snprintf(err, sizeof err, "%s/configs.csv: configuration '%s' does not parse back to itself", dirs[0], c1 + 1);
+                goto fail;
+            }
+            line = next;
+        }
+        if (sw.n != NC) { snprintf(err, sizeof err, "%s: %zu configurations, the parts hold %zu", dirs[0], sw.n, NC); goto fail; }
+    }
+    int has_parts = 0, ds = dir_state(outdir, &has_parts);
+    if (ds != 0) {
+        snprintf(err, sizeof err, ds < 0 ? "%s: cannot create the output directory" : "%s exists and is not empty", outdir);
+        goto fail;
+    }
+    {
+        char v[13][1024];
+        const char *keys[] = { "trace", "trace_sha256", "trace_model", "trace_architecture", "mode", "sweep", "decode", "threads" };
+        for (size_t i = 0; i < 8; i++) if (out_json_get(prov0, keys[i], v[i], sizeof v[i])) v[i][0] = 0;
+        char argvs[8192] = "kvreplay";
+        for (int i = 0; i < argc; i++) {
+            strncat(argvs, " ", sizeof argvs - strlen(argvs) - 1);
+            strncat(argvs, argv[i], sizeof argvs - strlen(argvs) - 1);
+        }
+        out_prov pv = { .trace = v[0], .trace_sha256 = v[1], .model = v[2], .architecture = v[3], .mode = v[4],
+                        .sweep = v[5], .argv = argvs, .started = started, .decode = (size_t)strtoull(v[6], NULL, 10),
+                        .n_seq = n_res, .threads = (size_t)strtoull(v[7], NULL, 10), .shard = "0/1" };
+        size_t n_na = 0;
+        if (out_write_results(outdir, &sw, res, n_res, L, H, has_ro, &pv, &n_na, err, sizeof err)) goto fail;
+    }
+    fprintf(stderr, "kvreplay merge: %zu shard(s), %zu sequence(s), %zu configuration(s) -> %s\n", nd, n_res, NC, outdir);
+    rc = KV_EXIT_OK;
+    goto done;
+fail:
+    fprintf(stderr, "kvreplay merge: %s\n", err);
+done:
+    if (res) for (size_t i = 0; i < cap; i++) rp_seq_result_free(&res[i]);
+    free(res); free(prov0); free(cfg0); free(seen_shard);
+    sweep_free(&sw);
+    return rc;
 }

@@ -68,8 +68,8 @@ typedef struct rp_param_def {
 /* Budgets: strategies with needs_budget take `keep=F` (fraction in (0, 1]) or `budget=N`
  * (entries); the engine parses both, puts the one given first in the canonical string,
  * and resolves it per sequence: prefill B = max(1, round(keep * P)); online
- * B = max(1, round(keep * n)). A budget >= what the cache would hold is an error for
- * `budget=` ("budget larger than the sequence") and means "keep all" for keep=1. */
+ * B = max(1, round(keep * n)). A `budget=` larger than what the cache would hold is an
+ * error ("budget larger than the sequence"); equal to it, and keep=1, mean "keep all". */
 typedef enum rp_budget_kind { RP_BUDGET_NONE = 0, RP_BUDGET_KEEP, RP_BUDGET_COUNT } rp_budget_kind;
 
 /* ---- the cache of one kv head --------------------------------------------------------- */
@@ -139,7 +139,12 @@ typedef struct rp_layer_ctx {
     /* K/V [Hkv][n][D] of another layer of the same sequence (MiniCache). 0 ok. */
     int (*layer_kv)(const struct rp_layer_ctx *ctx, size_t layer, const float **k, const float **v);
     void *engine;           /* private to the engine */
+    /* Added by the engine (after the fields above): the run's --gqa-reduce choice
+     * (RP_GQA_MEAN default), for strategies whose reference leaves the GQA reduction open. */
+    int gqa_reduce;
 } rp_layer_ctx;
+
+enum { RP_GQA_MEAN = 0, RP_GQA_MAX = 1, RP_GQA_SUM = 2 };
 
 /* Calibration data (lowrank): the K/V of layer `layer` for the calibration sequences. */
 typedef struct rp_calib_ctx {
@@ -188,6 +193,13 @@ typedef struct rp_strategy {
     size_t (*online_step)(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
                           const rp_cache *c, const float *probs, size_t B, size_t *evict);
     void (*online_free)(void *state);
+
+    /* Optional, online protocol: rewrite the k/v rows of a working copy `view` of the kept
+     * cache just before query t attends to it (StreamingLLM's in-cache re-indexing of
+     * positions); the kept cache itself is unchanged. Called after token t is appended and
+     * before any encode. Not a reconstruction: kv_mse ignores it. 0 ok, -1 with err. */
+    int (*online_view)(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t,
+                       rp_cache *view, char *err, size_t errlen);
 
     /* Optional, decode time: visible[e] = 1 for the entries query head h sees at t. */
     void (*select)(const void *cfg, const rp_layer_ctx *ctx, size_t h, size_t t,

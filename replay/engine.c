@@ -1,0 +1,861 @@
+/* The replay engine (engine.h): protocols, shared full attention, per-configuration metrics.
+ *
+ * L layers, H q-heads, Hkv kv-heads, G = H/Hkv, D head_dim, n valid tokens, P split,
+ * NC configurations, NE = n - P evaluated positions, HD = H*D, C d_model, V vocab.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "attn.h"
+#include "engine.h"
+
+#define BLK 32              /* query rows per full-attention call */
+#define RO_BLK 64           /* positions per read-out block */
+
+struct rp_engine {
+    kv_trace *t;
+    const kv_info *in;
+    const rp_sweep *sw;
+    rp_run_opts o;
+    size_t S, T, L, H, Hkv, G, D;
+    int32_t *tokens, *seq_len, *prefill_len;   /* [S][T], [S], [S] or NULL */
+    float *rope_cos, *rope_sin;                /* [T][R] or NULL */
+    size_t R;
+    int interleaved;
+    readout *ro;
+    attn_params *ap;                           /* [L] */
+    const rp_strategy *full;
+};
+
+/* Per (sequence, layer) work item. */
+typedef struct item {
+    rp_engine *E;
+    size_t s, l, n, P;
+    float *q, *k, *v;            /* [H][n][D], [Hkv][n][D], [Hkv][n][D] */
+    float **pa;                  /* [H] cached prompt probabilities rows [pa0, pa1) x P */
+    size_t *pa0, *pa1;
+    float *ok, *ov;              /* another layer's K/V (layer_kv) */
+    long long o_layer;
+    double *ha;                  /* result slots of this layer: [NC][L][H][HA_NF] (shared array) */
+    double *ia;                  /* [NC][SA_NF] item-level sums (bytes, guards) */
+    float *dO;                   /* [NC][L][NE][HD] (shared array, disjoint per layer) */
+    int rc;
+    char err[1024];
+} item;
+
+static int failf(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static size_t split_of(const rp_engine *E, size_t s)
+{
+    size_t n = (size_t)E->seq_len[s];
+    if (E->o.eval_from) return E->o.eval_from;
+    if (E->o.decode) return n - E->o.decode;
+    if (E->prefill_len) return (size_t)E->prefill_len[s];
+    return 0;
+}
+
+int rp_engine_has_readout(const rp_engine *e) { return e->ro != NULL; }
+
+int rp_seq_result_alloc(rp_seq_result *r, size_t n_cfg, size_t L, size_t H)
+{
+    r->sa = calloc(n_cfg * SA_NF, sizeof *r->sa);
+    r->ha = calloc(n_cfg * L * H * HA_NF, sizeof *r->ha);
+    return r->sa && r->ha ? 0 : -1;
+}
+
+void rp_seq_result_free(rp_seq_result *r)
+{
+    if (!r) return;
+    free(r->sa); free(r->ha);
+    r->sa = r->ha = NULL;
+}
+
+void rp_engine_free(rp_engine *e)
+{
+    if (!e) return;
+    free(e->tokens); free(e->seq_len); free(e->prefill_len);
+    free(e->rope_cos); free(e->rope_sin); free(e->ap);
+    readout_free(e->ro);
+    free(e);
+}
+
+/* ---- callbacks of rp_layer_ctx ----------------------------------------------------------- */
+
+static int cb_prompt_attn(const rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, float *out)
+{
+    item *it = ctx->engine;
+    rp_engine *E = it->E;
+    size_t P = ctx->P, D = E->D, n = it->n;
+    if (h >= E->H || t0 > t1 || t1 > P) return -1;
+    if (t0 == t1) return 0;
+    if (!(it->pa[h] && t0 >= it->pa0[h] && t1 <= it->pa1[h])) {
+        /* rows are independent of the call range (attn.h), so caching changes nothing */
+        size_t a = t0, b = t1;
+        if (it->pa[h]) { if (it->pa0[h] < a) a = it->pa0[h]; if (it->pa1[h] > b) b = it->pa1[h]; }
+        float *buf = malloc((b - a) * P * sizeof *buf), *lse = malloc((b - a) * sizeof *lse);
+        if (!buf || !lse) { free(buf); free(lse); return -1; }
+        size_t g = h / E->G;
+        attn_full_rows(it->q + h * n * D, it->k + g * n * D, it->v + g * n * D, P, D, a, b,
+                       &E->ap[it->l], lse, NULL, buf);
+        for (size_t r = 0; r < b - a; r++)
+            for (size_t j = 0; j < P; j++) {
+                float z = buf[r * P + j];
+                buf[r * P + j] = z == -INFINITY ? 0.0f : expf(z - lse[r]);
+            }
+        free(lse);
+        free(it->pa[h]);
+        it->pa[h] = buf; it->pa0[h] = a; it->pa1[h] = b;
+    }
+    memcpy(out, it->pa[h] + (t0 - it->pa0[h]) * P, (t1 - t0) * P * sizeof *out);
+    return 0;
+}
+
+static int read_kv(rp_engine *E, size_t s, size_t l, size_t n, float *k, float *v, kv_error *ke)
+{
+    int rc = 0;
+#pragma omp critical(kvtrace_io)
+    for (size_t g = 0; g < E->Hkv && !rc; g++) {
+        if (kv_trace_read_rows(E->t, KV_K, s, l, g, 0, n, k + g * n * E->D, ke) != KV_OK ||
+            kv_trace_read_rows(E->t, KV_V, s, l, g, 0, n, v + g * n * E->D, ke) != KV_OK)
+            rc = -1;
+    }
+    return rc;
+}
+
+static int cb_layer_kv(const rp_layer_ctx *ctx, size_t layer, const float **k, const float **v)
+{
+    item *it = ctx->engine;
+    rp_engine *E = it->E;
+    if (layer >= E->L) return -1;
+    if (layer == it->l) { *k = it->k; *v = it->v; return 0; }
+    if (it->o_layer != (long long)layer) {
+        size_t sz = E->Hkv * it->n * E->D;
+        if (!it->ok) it->ok = malloc(sz * sizeof *it->ok);
+        if (!it->ov) it->ov = malloc(sz * sizeof *it->ov);
+        if (!it->ok || !it->ov) return -1;
+        kv_error ke;
+        it->o_layer = -1;
+        if (read_kv(E, it->s, layer, it->n, it->ok, it->ov, &ke)) return -1;
+        it->o_layer = (long long)layer;
+    }
+    *k = it->ok; *v = it->ov;
+    return 0;
+}
+
+/* ---- engine setup ---------------------------------------------------------------------- */
+
+int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const size_t *seqs,
+                  size_t n_seqs, rp_engine **out, char *err, size_t errlen)
+{
+    kv_error ke;
+    rp_engine *E = calloc(1, sizeof *E);
+    if (!E) return failf(err, errlen, "out of memory");
+    E->t = t; E->in = kv_trace_info(t); E->sw = sw; E->o = *o;
+    const kv_info *in = E->in;
+    E->S = in->n_seq; E->T = in->n_tok; E->L = in->n_layers; E->H = in->n_heads;
+    E->Hkv = in->n_kv_heads; E->G = E->H / E->Hkv; E->D = in->head_dim;
+    E->full = rp_strategy_find("full");
+    E->tokens = malloc(E->S * E->T * sizeof *E->tokens);
+    E->seq_len = malloc(E->S * sizeof *E->seq_len);
+    E->ap = malloc(E->L * sizeof *E->ap);
+    if (!E->tokens || !E->seq_len || !E->ap) goto nomem;
+    if (kv_trace_read_tokens(t, E->tokens, &ke) || kv_trace_read_seq_len(t, E->seq_len, &ke)) goto kverr;
+    if (in->has_prefill) {
+        if (!(E->prefill_len = malloc(E->S * sizeof *E->prefill_len))) goto nomem;
+        if (kv_trace_read_prefill_len(t, E->prefill_len, &ke)) goto kverr;
+    }
+    for (size_t l = 0; l < E->L; l++) {
+        E->ap[l].scale = (float)in->attn_scale;
+        E->ap[l].softcap = (float)in->attn_softcap;
+        E->ap[l].window = in->layer_window ? in->layer_window[l] : in->sliding_window;
+    }
+    if (in->has_rope && in->rotary_dim) {
+        E->R = in->rotary_dim;
+        E->interleaved = !strcmp(in->rope_layout, "interleaved");
+        E->rope_cos = malloc(E->T * E->R * sizeof *E->rope_cos);
+        E->rope_sin = malloc(E->T * E->R * sizeof *E->rope_sin);
+        if (!E->rope_cos || !E->rope_sin) goto nomem;
+        if (kv_trace_read_rope(t, E->rope_cos, E->rope_sin, &ke)) goto kverr;
+    }
+    if (o->readout && in->has_readout) {
+        if (readout_load(t, &E->ro, &ke) != KV_OK) goto kverr;
+    }
+    /* splits */
+    for (size_t i = 0; i < n_seqs; i++) {
+        size_t s = seqs[i], n = (size_t)E->seq_len[s];
+        if (o->eval_from) {
+            if (o->eval_from >= n) {
+                failf(err, errlen, "prefill split outside the sequence: --eval-from %zu >= seq_len %zu of sequence %zu",
+                      o->eval_from, n, s);
+                goto fail;
+            }
+        } else if (o->decode) {
+            if (o->decode >= n) {
+                failf(err, errlen, "prefill split outside the sequence: --decode %zu leaves no prompt in "
+                      "sequence %zu (seq_len %zu)", o->decode, s, n);
+                goto fail;
+            }
+        } else if (E->prefill_len) {
+            long long P = E->prefill_len[s];
+            if (P < 1 || (size_t)P >= n) {
+                failf(err, errlen, "prefill split outside the sequence: /prefill_len[%zu] = %lld not in "
+                      "[1, seq_len %zu)", s, P, n);
+                goto fail;
+            }
+        } else if (o->mode == RP_PREFILL) {
+            failf(err, errlen, "%s has no /prefill_len: give the prefill split with --decode N", in->path);
+            goto fail;
+        }
+    }
+    /* protocols and budgets */
+    for (size_t c = 0; c < sw->n; c++) {
+        const rp_config *cf = &sw->cfg[c];
+        if (!(cf->evict->protocols & o->mode) || (o->mode == RP_PREFILL && !cf->evict->prefill) ||
+            (o->mode == RP_ONLINE && (!cf->evict->online_new || !cf->evict->online_step))) {
+            failf(err, errlen, "config '%s': %s does not support the %s protocol", cf->canon, cf->evict->name,
+                  o->mode == RP_PREFILL ? "prefill" : "online");
+            goto fail;
+        }
+        for (size_t i = 0; i < n_seqs; i++) {
+            size_t s = seqs[i], n = (size_t)E->seq_len[s];
+            size_t full = o->mode == RP_PREFILL ? split_of(E, s) : n, B;
+            if (sweep_budget(cf, full, &B)) {
+                failf(err, errlen, "config '%s': budget=%.0f larger than the sequence (%zu %s entries in "
+                      "sequence %zu)", cf->canon, cf->budget_value, full,
+                      o->mode == RP_PREFILL ? "prompt" : "token", s);
+                goto fail;
+            }
+        }
+    }
+    /* calibration: once per configuration part and layer, on the calibration sequences */
+    for (size_t c = 0; c < sw->n; c++) {
+        const rp_config *cf = &sw->cfg[c];
+        for (size_t p = 0; p < cf->n_parts; p++) {
+            const rp_strategy *st = cf->part[p].s;
+            if (!st->calibrate) continue;
+            size_t want = st->calib_seqs ? st->calib_seqs(cf->part[p].cfg) : o->n_calib;
+            if (want > o->n_calib || o->n_calib == 0) {
+                failf(err, errlen, "config '%s': %s needs %zu calibration sequences, %zu given (--calib LIST)",
+                      cf->canon, st->name, want ? want : 1, o->n_calib);
+                goto fail;
+            }
+            size_t nc = want ? want : o->n_calib;
+            float **kk = calloc(nc, sizeof *kk), **vv = calloc(nc, sizeof *vv);
+            size_t *nn = calloc(nc, sizeof *nn);
+            int bad = !kk || !vv || !nn;
+            for (size_t l = 0; l < E->L && !bad; l++) {
+                for (size_t i = 0; i < nc && !bad; i++) {
+                    size_t s = o->calib[i];
+                    nn[i] = (size_t)E->seq_len[s];
+                    free(kk[i]); free(vv[i]);
+                    kk[i] = malloc(E->Hkv * nn[i] * E->D * sizeof **kk);
+                    vv[i] = malloc(E->Hkv * nn[i] * E->D * sizeof **vv);
+                    if (!kk[i] || !vv[i] || read_kv(E, s, l, nn[i], kk[i], vv[i], &ke)) {
+                        bad = 1;
+                        failf(err, errlen, "calibration: %s", kk[i] && vv[i] ? ke.msg : "out of memory");
+                    }
+                }
+                if (bad) break;
+                rp_calib_ctx cc = { .layer = l, .n_layers = E->L, .Hkv = E->Hkv, .D = E->D, .n_seq = nc,
+                                    .n = nn, .k = (const float *const *)kk, .v = (const float *const *)vv,
+                                    .rope_cos = E->rope_cos, .rope_sin = E->rope_sin, .rotary_dim = E->R,
+                                    .rope_interleaved = E->interleaved };
+                char e2[512] = "";
+                if (st->calibrate(cf->part[p].cfg, &cc, e2, sizeof e2)) {
+                    bad = 1;
+                    failf(err, errlen, "config '%s': calibration of layer %zu: %s", cf->canon, l, e2);
+                }
+            }
+            for (size_t i = 0; i < nc && kk && vv; i++) { free(kk[i]); free(vv[i]); }
+            free(kk); free(vv); free(nn);
+            if (bad) goto fail;
+        }
+    }
+    *out = E;
+    return 0;
+nomem:
+    failf(err, errlen, "out of memory");
+    goto fail;
+kverr:
+    failf(err, errlen, "%s", ke.msg);
+fail:
+    rp_engine_free(E);
+    return -1;
+}
+
+/* ---- caches ------------------------------------------------------------------------------ */
+
+static int cache_copy_prefix(rp_cache *dst, const rp_cache *src, size_t nv)
+{
+    size_t D = src->D;
+    dst->D = D;
+    size_t nm = src->mem_off ? (size_t)src->mem_off[nv] : 0;
+    if (src->mem_off && !dst->mem_off) {
+        dst->mem_off = malloc((dst->cap + 1) * sizeof *dst->mem_off);
+        if (!dst->mem_off) return -1;
+    }
+    if (rp_cache_reserve(dst, nv ? nv : 1, nm)) return -1;
+    rp_cache_clear(dst);
+    memcpy(dst->pos, src->pos, nv * sizeof *dst->pos);
+    memcpy(dst->mult, src->mult, nv * sizeof *dst->mult);
+    memcpy(dst->k, src->k, nv * D * sizeof *dst->k);
+    memcpy(dst->v, src->v, nv * D * sizeof *dst->v);
+    if (src->mem_off) {
+        memcpy(dst->mem_off, src->mem_off, (nv + 1) * sizeof *dst->mem_off);
+        memcpy(dst->members, src->members, nm * sizeof *dst->members);
+        dst->n_members = nm;
+    } else if (dst->mem_off) {
+        for (size_t e = 0; e <= nv; e++) dst->mem_off[e] = (int32_t)e;
+        if (rp_cache_reserve(dst, nv ? nv : 1, nv)) return -1;
+        memcpy(dst->members, src->pos, nv * sizeof *dst->members);
+        dst->n_members = nv;
+    }
+    dst->n = nv;
+    dst->modified = src->modified;
+    dst->bytes = src->bytes;
+    return 0;
+}
+
+static int cache_merged(const rp_cache *c)
+{
+    if (!c->mem_off) return 0;
+    for (size_t e = 0; e < c->n; e++) if (c->mult[e] != 1) return 1;
+    return 0;
+}
+
+/* Positions ascending, in [0, lim), members inside [0, lim), multiplicities matching. */
+static int cache_check(const rp_cache *c, size_t lim, char *why, size_t len)
+{
+    for (size_t e = 0; e < c->n; e++) {
+        if (c->pos[e] < 0 || (size_t)c->pos[e] >= lim)
+            return failf(why, len, "entry %zu has position %d outside [0, %zu)", e, c->pos[e], lim);
+        if (e && c->pos[e] <= c->pos[e - 1])
+            return failf(why, len, "entries not in ascending position order at entry %zu", e);
+        if (c->mult[e] < 1) return failf(why, len, "entry %zu has multiplicity %d", e, c->mult[e]);
+        if (c->mem_off) {
+            int32_t a = c->mem_off[e], b = c->mem_off[e + 1];
+            if (b - a != c->mult[e]) return failf(why, len, "entry %zu: %d members, multiplicity %d", e, b - a, c->mult[e]);
+            for (int32_t m = a; m < b; m++)
+                if (c->members[m] < 0 || (size_t)c->members[m] >= lim)
+                    return failf(why, len, "entry %zu has member %d outside [0, %zu)", e, c->members[m], lim);
+        } else if (c->mult[e] != 1) {
+            return failf(why, len, "entry %zu has multiplicity %d but no member list", e, c->mult[e]);
+        }
+    }
+    return 0;
+}
+
+/* ---- the work item ----------------------------------------------------------------------- */
+
+/* Per-configuration state of one kv head. */
+typedef struct cstate {
+    rp_cache cache;         /* prefill: prompt cache + exact [P, n); online: the live cache */
+    void *ost;              /* online state */
+    size_t B;
+    int td;                 /* encoders run per query position */
+    int static_enc;         /* prefill: cache already encoded once */
+    uint64_t seed;
+} cstate;
+
+static int cfg_has_encoder(const rp_config *cf)
+{
+    return cf->enc != NULL || cf->evict->encode != NULL || cf->evict->online_view != NULL;
+}
+
+static int run_encoders(const rp_config *cf, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
+                        char *err, size_t errlen)
+{
+    char e2[512] = "";
+    size_t n0 = c->n;
+    if (cf->evict->online_view) {
+        if (cf->evict->online_view(cf->evict_cfg, ctx, g, t, c, e2, sizeof e2))
+            return failf(err, errlen, "config '%s': %s view at seq %zu layer %zu kv head %zu: %s", cf->canon,
+                         cf->evict->name, ctx->seq, ctx->layer, g, e2);
+        c->modified = 0;    /* re-indexing is not a reconstruction (the caller compares rows) */
+    }
+    if (cf->evict->encode && cf->evict->encode(cf->evict_cfg, ctx, g, t, c, e2, sizeof e2))
+        return failf(err, errlen, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
+                     cf->evict->name, ctx->seq, ctx->layer, g, e2);
+    if (cf->enc && cf->enc->encode(cf->enc_cfg, ctx, g, t, c, e2, sizeof e2))
+        return failf(err, errlen, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
+                     cf->enc->name, ctx->seq, ctx->layer, g, e2);
+    if (c->n != n0)
+        return failf(err, errlen, "config '%s': encode changed the number of entries (seq %zu layer %zu kv head %zu)",
+                     cf->canon, ctx->seq, ctx->layer, g);
+    return 0;
+}
+
+static uint64_t mix64(uint64_t a, uint64_t b)
+{
+    rp_rng r = { a ^ (b * 0x9E3779B97F4A7C15ull) };
+    return rp_rng_next(&r);
+}
+
+/* Bytes and reconstruction error of the cache the last position sees. */
+static void account_last(item *it, const rp_config *cf, size_t c, size_t g, const rp_cache *view)
+{
+    rp_engine *E = it->E;
+    size_t D = E->D, n = it->n;
+    double *ia = it->ia + c * SA_NF;
+    rp_bytes b = view->bytes;
+    if (b.payload == 0) b.payload = rp_fp16_bytes(view->n, D);
+    size_t lo = attn_lo(n - 1, E->ap[it->l].window);
+    if (view->n < n - lo) {         /* a subset (or merges): positions must be stored */
+        b.indices += 4.0 * (double)view->n;
+        if (cache_merged(view)) b.indices += 4.0 * (double)view->n;
+    }
+    ia[SA_PAYLOAD] += b.payload; ia[SA_SCALES] += b.scales; ia[SA_BASES] += b.bases; ia[SA_INDICES] += b.indices;
+    ia[SA_KVB] += b.payload + b.scales + b.bases + b.indices;
+    ia[SA_FULLB] += rp_fp16_bytes(n - lo, D);
+    if (!view->modified) return;
+    ia[SA_MODIFIED] = 1;
+    ia[SA_DIFFERS] = 1;
+    const float *K = it->k + g * n * D, *Vv = it->v + g * n * D;
+    double ke = 0, ve = 0, ks = 0, vs = 0, cnt = 0;
+    for (size_t e = 0; e < view->n; e++) {
+        size_t a = view->mem_off ? (size_t)view->mem_off[e] : e, bnd = view->mem_off ? (size_t)view->mem_off[e + 1] : e + 1;
+        for (size_t m = a; m < bnd; m++) {
+            size_t j = view->mem_off ? (size_t)view->members[m] : (size_t)view->pos[e];
+            for (size_t d = 0; d < D; d++) {
+                double dk = (double)view->k[e * D + d] - K[j * D + d], dv = (double)view->v[e * D + d] - Vv[j * D + d];
+                ke += dk * dk; ve += dv * dv;
+                ks += (double)K[j * D + d] * K[j * D + d]; vs += (double)Vv[j * D + d] * Vv[j * D + d];
+            }
+            cnt += (double)D;
+        }
+    }
+    for (size_t i = 0; i < E->G; i++) {
+        double *ha = it->ha + ((c * E->L + it->l) * E->H + g * E->G + i) * HA_NF;
+        ha[HA_KERR] += ke; ha[HA_VERR] += ve; ha[HA_KSQ] += ks; ha[HA_VSQ] += vs; ha[HA_MCNT] += cnt;
+    }
+}
+
+static int item_run(item *it)
+{
+    rp_engine *E = it->E;
+    const rp_sweep *sw = E->sw;
+    size_t n = it->n, P = it->P, D = E->D, H = E->H, Hkv = E->Hkv, G = E->G, L = E->L, NC = sw->n;
+    size_t NE = n - P, HD = H * D, l = it->l, s = it->s;
+    const attn_params *ap = &E->ap[l];
+    int online = E->o.mode == RP_ONLINE;
+    kv_error ke;
+    int rc = -1;
+    char *err = it->err;
+    size_t errlen = sizeof it->err;
+
+    cstate *cs = calloc(NC * Hkv, sizeof *cs);
+    float *lse = malloc(G * BLK * sizeof *lse), *of = malloc(G * BLK * D * sizeof *of);
+    float *lg = malloc(G * BLK * n * sizeof *lg);
+    double *pf = malloc(G * n * sizeof *pf), *pf2 = malloc(G * sizeof *pf2), *lz = malloc(G * sizeof *lz);
+    float *z = malloc(n * sizeof *z), *oc = malloc(D * sizeof *oc), *logm = malloc(n * sizeof *logm);
+    float *bias = malloc(n * sizeof *bias), *probs = malloc(G * (n + 1) * sizeof *probs);
+    size_t *idx = malloc(n * sizeof *idx), *evict = malloc((n + 1) * sizeof *evict);
+    uint8_t *vis = malloc(n + 1), *keep = malloc(n + 1);
+    rp_cache scratch;
+    memset(&scratch, 0, sizeof scratch);
+    scratch.D = D;
+    if (!cs || !lse || !of || !lg || !pf || !pf2 || !lz || !z || !oc || !logm || !bias || !probs || !idx || !evict || !vis || !keep) {
+        failf(err, errlen, "out of memory (seq %zu layer %zu)", s, l);
+        goto done;
+    }
+    it->q = malloc(H * n * D * sizeof *it->q);
+    it->k = malloc(Hkv * n * D * sizeof *it->k);
+    it->v = malloc(Hkv * n * D * sizeof *it->v);
+    if (!it->q || !it->k || !it->v) { failf(err, errlen, "out of memory (seq %zu layer %zu)", s, l); goto done; }
+    {
+        int bad = 0;
+#pragma omp critical(kvtrace_io)
+        for (size_t h = 0; h < H && !bad; h++)
+            if (kv_trace_read_rows(E->t, KV_Q, s, l, h, 0, n, it->q + h * n * D, &ke) != KV_OK) bad = 1;
+        if (bad || read_kv(E, s, l, n, it->k, it->v, &ke)) { failf(err, errlen, "%s", ke.msg); goto done; }
+    }
+
+    rp_layer_ctx ctx = {
+        .seq = s, .layer = l, .n_layers = L, .H = H, .Hkv = Hkv, .G = G, .D = D, .n = n,
+        .P = online ? n : P, .q = it->q, .k = it->k, .v = it->v, .ap = *ap, .info = E->in,
+        .rope_cos = E->rope_cos, .rope_sin = E->rope_sin, .rotary_dim = E->R,
+        .rope_interleaved = E->interleaved, .prompt_attn = cb_prompt_attn, .layer_kv = cb_layer_kv,
+        .engine = it, .gqa_reduce = E->o.gqa_reduce,
+    };
+
+    /* per configuration: budgets, prefill caches, static encodings */
+    for (size_t c = 0; c < NC; c++) {
+        const rp_config *cf = &sw->cfg[c];
+        uint64_t seed = mix64(mix64(cf->hash, s), l);
+        size_t B;
+        sweep_budget(cf, online ? n : P, &B);        /* checked in rp_engine_new */
+        int td = online || cf->evict->online_view || (cf->evict->encode && cf->evict->time_dependent) ||
+                 (cf->enc && cf->enc->time_dependent);
+        for (size_t g = 0; g < Hkv; g++) {
+            cs[c * Hkv + g].B = B;
+            cs[c * Hkv + g].seed = seed;
+            cs[c * Hkv + g].td = td && cfg_has_encoder(cf);
+            cs[c * Hkv + g].cache.D = D;
+        }
+        if (online) continue;
+        rp_cache *out = malloc(Hkv * sizeof *out);
+        if (!out) { failf(err, errlen, "out of memory"); goto done; }
+        for (size_t g = 0; g < Hkv; g++) out[g] = cs[c * Hkv + g].cache;
+        ctx.seed = seed;
+        char e2[512] = "";
+        int prc = cf->evict->prefill(cf->evict_cfg, &ctx, B, out, e2, sizeof e2);
+        for (size_t g = 0; g < Hkv; g++) cs[c * Hkv + g].cache = out[g];
+        free(out);
+        if (prc) {
+            failf(err, errlen, "config '%s': %s prefill failed at seq %zu layer %zu: %s", cf->canon, cf->evict->name,
+                  s, l, e2[0] ? e2 : "error");
+            goto done;
+        }
+        for (size_t g = 0; g < Hkv; g++) {
+            rp_cache *cc = &cs[c * Hkv + g].cache;
+            char why[256];
+            if (cache_check(cc, P, why, sizeof why)) {
+                failf(err, errlen, "config '%s': %s prefill at seq %zu layer %zu kv head %zu: %s", cf->canon,
+                      cf->evict->name, s, l, g, why);
+                goto done;
+            }
+            const float *K = it->k + g * n * D, *Vv = it->v + g * n * D;
+            for (size_t t = P; t < n; t++)
+                if (rp_cache_push(cc, (int32_t)t, K + t * D, Vv + t * D)) { failf(err, errlen, "out of memory"); goto done; }
+            if (cfg_has_encoder(cf) && !cs[c * Hkv + g].td) {
+                if (run_encoders(cf, &ctx, g, n - 1, cc, err, errlen)) goto done;
+                cs[c * Hkv + g].static_enc = 1;
+            }
+        }
+    }
+
+    for (size_t g = 0; g < Hkv; g++) {
+        const float *K = it->k + g * n * D, *Vv = it->v + g * n * D;
+        if (online)
+            for (size_t c = 0; c < NC; c++) {
+                const rp_config *cf = &sw->cfg[c];
+                cstate *st = &cs[c * Hkv + g];
+                ctx.seed = st->seed;
+                st->ost = cf->evict->online_new(cf->evict_cfg, &ctx, g, st->B);
+                if (!st->ost) { failf(err, errlen, "config '%s': %s online state: out of memory", cf->canon, cf->evict->name); goto done; }
+            }
+        size_t t_start = online ? 0 : P;
+        for (size_t tb = t_start; tb < n; tb += BLK) {
+            size_t te = tb + BLK < n ? tb + BLK : n;
+            for (size_t i = 0; i < G; i++) {
+                size_t h = g * G + i;
+                attn_full_rows(it->q + h * n * D, K, Vv, n, D, tb, te, ap, lse + i * BLK, of + i * BLK * D,
+                               lg + i * BLK * n);
+            }
+            for (size_t t = tb; t < te; t++) {
+                size_t r = t - tb, lo = attn_lo(t, ap->window), nfull = t + 1 - lo;
+                int eval = t >= P;
+                /* full-cache probabilities, shared by every configuration */
+                for (size_t i = 0; i < G; i++) {
+                    /* p in double, renormalised (the kernel's lse is fp32): sums to 1 */
+                    double L0 = lse[i * BLK + r], s2 = 0, Z = 0;
+                    const float *row = lg + (i * BLK + r) * n;
+                    if (!isfinite(L0)) {
+                        failf(err, errlen, "non-finite full attention (NaN/Inf in the trace?) at seq %zu layer %zu head %zu position %zu",
+                              s, l, g * G + i, t);
+                        goto done;
+                    }
+                    for (size_t j = lo; j <= t; j++) Z += (pf[i * n + j] = exp((double)row[j] - L0));
+                    for (size_t j = lo; j <= t; j++) {
+                        double p = pf[i * n + j] / Z;
+                        pf[i * n + j] = p;
+                        s2 += p * p;
+                    }
+                    pf2[i] = s2;
+                    lz[i] = L0 + log(Z);
+                }
+                for (size_t c = 0; c < NC; c++) {
+                    const rp_config *cf = &sw->cfg[c];
+                    cstate *st = &cs[c * Hkv + g];
+                    double *ia = it->ia + c * SA_NF;
+                    rp_cache *cache = &st->cache;
+                    ctx.seed = st->seed;
+                    if (online && rp_cache_push(cache, (int32_t)t, K + t * D, Vv + t * D)) {
+                        failf(err, errlen, "out of memory"); goto done;
+                    }
+                    size_t nv = online ? cache->n : cache->n - (n - 1 - t);   /* prefill: prefix up to t */
+                    rp_cache view;
+                    int reindexed = 0;
+                    if (st->td) {
+                        if (cache_copy_prefix(&scratch, cache, nv)) { failf(err, errlen, "out of memory"); goto done; }
+                        if (run_encoders(cf, &ctx, g, t, &scratch, err, errlen)) goto done;
+                        if (cf->evict->online_view && !scratch.modified)
+                            reindexed = memcmp(scratch.k, cache->k, nv * D * sizeof *scratch.k) ||
+                                        memcmp(scratch.v, cache->v, nv * D * sizeof *scratch.v);
+                        view = scratch;
+                    } else {
+                        view = *cache;
+                        view.n = nv;
+                        if (view.mem_off) view.n_members = (size_t)view.mem_off[nv];
+                    }
+                    int merged = cache_merged(&view);
+                    if (merged)
+                        for (size_t e = 0; e < nv; e++) logm[e] = logf((float)view.mult[e]);
+                    size_t elo = 0;       /* first entry inside the window */
+                    if (lo) { size_t a = 0, b = nv; while (a < b) { size_t m = (a + b) / 2; if ((size_t)view.pos[m] < lo) a = m + 1; else b = m; } elo = a; }
+                    if (online) memset(probs, 0, G * nv * sizeof *probs);
+                    for (size_t i = 0; i < G; i++) {
+                        size_t h = g * G + i;
+                        const float *qt = it->q + (h * n + t) * D, *row = lg + (i * BLK + r) * n;
+                        const float *o = of + (i * BLK + r) * D;
+                        size_t cnt = 0;
+                        const size_t *ix = NULL;
+                        if (cf->evict->select) {
+                            memset(vis, 0, nv);
+                            cf->evict->select(cf->evict_cfg, &ctx, h, t, qt, &view, st->B, vis);
+                            for (size_t e = elo; e < nv; e++) if (vis[e]) idx[cnt++] = e;
+                            ix = idx;
+                        } else {
+                            cnt = nv - elo;
+                        }
+                        double cosv, ocos, orel, kl, rec;
+                        int fast = cnt == nfull && !view.modified && !reindexed && !merged;
+                        if (fast) {
+                            cosv = ocos = rec = 1.0; orel = kl = 0.0;
+                            if (online) for (size_t r2 = 0; r2 < cnt; r2++) {
+                                size_t e = ix ? ix[r2] : elo + r2;
+                                probs[i * nv + e] = (float)pf[i * n + view.pos[e]];
+                            }
+                        } else {
+                            if (cnt == 0) {
+                                failf(err, errlen, "config '%s': no visible cache entry for seq %zu layer %zu head %zu position %zu",
+                                      cf->canon, s, l, h, t);
+                                goto done;
+                            }
+                            float lc;
+                            const float *bb = NULL;
+                            if (merged) {
+                                if (ix) { for (size_t r2 = 0; r2 < cnt; r2++) bias[r2] = logm[ix[r2]]; bb = bias; }
+                                else bb = logm + elo;
+                            }
+                            if (ix) attn_entries(qt, view.k, view.v, ix, bb, cnt, D, ap, &lc, oc, z);
+                            else attn_entries(qt, view.k + elo * D, view.v + elo * D, NULL, bb, cnt, D, ap, &lc, oc, z);
+                            double L0 = lz[i], dot = 0, sq = 0;
+                            kl = 0; rec = 0;
+                            for (size_t r2 = 0; r2 < cnt; r2++) {
+                                size_t e = ix ? ix[r2] : elo + r2;
+                                double pe = exp((double)z[r2] - lc);
+                                if (online) probs[i * nv + e] = (float)pe;
+                                double m = view.mult[e], share = pe / m, lq = (double)z[r2] - lc - log(m);
+                                size_t a = view.mem_off ? (size_t)view.mem_off[e] : 0;
+                                for (size_t k2 = 0; k2 < (size_t)view.mult[e]; k2++) {
+                                    size_t j = view.mem_off ? (size_t)view.members[a + k2] : (size_t)view.pos[e];
+                                    if (j < lo || j > t) continue;
+                                    double pj = pf[i * n + j];
+                                    dot += share * pj;
+                                    sq += share * share;
+                                    rec += pj;
+                                    kl += share * (lq - ((double)row[j] - L0));
+                                }
+                            }
+                            cosv = (pf2[i] > 0 && sq > 0) ? dot / sqrt(pf2[i] * sq) : 0.0;
+                            if (kl < 0) kl = 0;
+                            double oo = 0, cc2 = 0, oc2 = 0, dd = 0;
+                            for (size_t d = 0; d < D; d++) {
+                                double a1 = o[d], b1 = oc[d];
+                                oo += a1 * a1; cc2 += b1 * b1; oc2 += a1 * b1; dd += (a1 - b1) * (a1 - b1);
+                            }
+                            if (oo == 0 && cc2 == 0) ocos = 1;
+                            else if (oo == 0 || cc2 == 0) ocos = 0;
+                            else ocos = oc2 / sqrt(oo * cc2);
+                            orel = oo > 0 ? sqrt(dd / oo) : (cc2 == 0 ? 0 : 1);
+                            if (!isfinite(cosv) || !isfinite(ocos) || !isfinite(orel) || !isfinite(kl) || !isfinite(rec) || !isfinite(lc)) {
+                                failf(err, errlen, "config '%s': NaN/Inf in metrics at seq %zu layer %zu head %zu position %zu",
+                                      cf->canon, s, l, h, t);
+                                goto done;
+                            }
+                            ia[SA_DIFFERS] = 1;
+                            if (eval && it->dO) {
+                                float *dst = it->dO + ((c * L + l) * NE + (t - P)) * HD + h * D;
+                                for (size_t d = 0; d < D; d++) dst[d] = oc[d] - o[d];
+                            }
+                        }
+                        if (eval) {
+                            double *ha = it->ha + ((c * L + l) * H + h) * HA_NF;
+                            ha[HA_N] += 1; ha[HA_COS] += cosv; ha[HA_OCOS] += ocos; ha[HA_OREL] += orel;
+                            ha[HA_KL] += kl; ha[HA_REC] += rec;
+                            ha[HA_KEEP] += (double)cnt / (double)nfull; ha[HA_BUDGET] += (double)cnt;
+                        }
+                    }
+                    if (t == n - 1) account_last(it, cf, c, g, &view);
+                    if (online && cache->n > st->B) {
+                        size_t ne = cf->evict->online_step(st->ost, &ctx, g, t, cache, probs, st->B, evict);
+                        memset(keep, 1, cache->n);
+                        size_t dropped = 0;
+                        for (size_t q2 = 0; q2 < ne; q2++) {
+                            if (evict[q2] >= cache->n || !keep[evict[q2]]) {
+                                failf(err, errlen, "config '%s': %s named an invalid entry to evict at seq %zu layer %zu kv head %zu position %zu",
+                                      cf->canon, cf->evict->name, s, l, g, t);
+                                goto done;
+                            }
+                            keep[evict[q2]] = 0;
+                            dropped++;
+                        }
+                        if (cache->n - dropped > st->B) {
+                            failf(err, errlen, "config '%s': %s kept %zu entries, budget %zu (seq %zu layer %zu kv head %zu position %zu)",
+                                  cf->canon, cf->evict->name, cache->n - dropped, st->B, s, l, g, t);
+                            goto done;
+                        }
+                        rp_cache_compact(cache, keep);
+                    }
+                }
+            }
+        }
+        if (online)
+            for (size_t c = 0; c < NC; c++) {
+                cstate *st = &cs[c * Hkv + g];
+                if (st->ost) sw->cfg[c].evict->online_free(st->ost);
+                st->ost = NULL;
+            }
+    }
+    rc = 0;
+done:
+    if (cs) {
+        for (size_t i = 0; i < NC * Hkv; i++) {
+            if (cs[i].ost) sw->cfg[i / Hkv].evict->online_free(cs[i].ost);
+            rp_cache_free(&cs[i].cache);
+        }
+        free(cs);
+    }
+    rp_cache_free(&scratch);
+    free(lse); free(of); free(lg); free(pf); free(pf2); free(lz); free(z); free(oc); free(logm); free(bias);
+    free(probs); free(idx); free(evict); free(vis); free(keep);
+    free(it->q); free(it->k); free(it->v); free(it->ok); free(it->ov);
+    it->q = it->k = it->v = it->ok = it->ov = NULL;
+    if (it->pa) for (size_t h = 0; h < H; h++) free(it->pa[h]);
+    it->rc = rc;
+    return rc;
+}
+
+/* ---- one sequence ------------------------------------------------------------------------ */
+
+static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *dO, double *sa,
+                       char *err, size_t errlen)
+{
+    const readout *ro = E->ro;
+    size_t C = ro->C, V = ro->V, L = E->L, NC = E->sw->n, NE = n - P, HD = E->H * E->D;
+    kv_error ke;
+    float *hid = malloc(E->T * C * sizeof *hid), *lf = malloc(RO_BLK * V * sizeof *lf);
+    ece_acc *ef = calloc(NC, sizeof *ef), *ec = calloc(NC, sizeof *ec);
+    int *cfail = calloc(NC, sizeof *cfail);
+    int rc = -1;
+    if (!hid || !lf || !ef || !ec || !cfail) { failf(err, errlen, "out of memory (read-out)"); goto done; }
+    if (kv_trace_read_hidden(E->t, s, hid, &ke) != KV_OK) { failf(err, errlen, "%s", ke.msg); goto done; }
+    for (size_t r0 = 0; r0 < NE; r0 += RO_BLK) {
+        size_t nb = NE - r0 < RO_BLK ? NE - r0 : RO_BLK;
+        const float *hs = hid + (P + r0) * C;
+        if (readout_logits_checked(ro, hs, nb, lf) != KV_OK) { failf(err, errlen, "out of memory (read-out)"); goto done; }
+        for (size_t i = 0; i < nb * V; i++)
+            if (!isfinite(lf[i])) { failf(err, errlen, "non-finite full-cache logits at seq %zu position %zu", s, P + r0 + i / V); goto done; }
+        long long cc;
+#pragma omp parallel for schedule(dynamic, 1)
+        for (cc = 0; cc < (long long)NC; cc++) {
+            size_t c = (size_t)cc;
+            double *a = sa + c * SA_NF;
+            float *hc = NULL, *lc = NULL;
+            const float *lcp = lf;
+            if (a[SA_DIFFERS] != 0) {
+                hc = malloc(nb * C * sizeof *hc);
+                lc = malloc(nb * V * sizeof *lc);
+                if (!hc || !lc) { cfail[c] = 1; free(hc); free(lc); continue; }
+                memcpy(hc, hs, nb * C * sizeof *hc);
+                for (size_t l = 0; l < L; l++)
+                    readout_add_delta(ro, l, dO + ((c * L + l) * NE + r0) * HD, nb, hc);
+                if (readout_logits_checked(ro, hc, nb, lc) != KV_OK) { cfail[c] = 1; free(hc); free(lc); continue; }
+                lcp = lc;
+            }
+            for (size_t r = 0; r < nb; r++) {
+                size_t t = P + r0 + r;
+                int32_t y = t + 1 < n ? E->tokens[s * E->T + t + 1] : -1;
+                readout_cmp cmp;
+                readout_compare(lf + r * V, lcp + r * V, V, y, &cmp);
+                if (!isfinite(cmp.logit_kl) || (y >= 0 && (size_t)y < V && (!isfinite(cmp.nll_full) || !isfinite(cmp.nll_comp)))) {
+                    cfail[c] = 2 + (int)r;
+                    break;
+                }
+                a[SA_RO_N] += 1; a[SA_RO_KL] += cmp.logit_kl; a[SA_RO_TOP1] += cmp.top1_agree;
+                if (y >= 0 && (size_t)y < V) {
+                    a[SA_NY] += 1; a[SA_NLL_F] += cmp.nll_full; a[SA_NLL_C] += cmp.nll_comp;
+                    ece_add(&ef[c], cmp.conf_full, cmp.correct_full);
+                    ece_add(&ec[c], cmp.conf_comp, cmp.correct_comp);
+                }
+            }
+            free(hc); free(lc);
+        }
+        for (size_t c = 0; c < NC; c++)
+            if (cfail[c]) {
+                if (cfail[c] == 1) failf(err, errlen, "out of memory (read-out)");
+                else failf(err, errlen, "config '%s': NaN/Inf in read-out metrics at seq %zu position %zu",
+                           E->sw->cfg[c].canon, s, P + r0 + (size_t)(cfail[c] - 2));
+                goto done;
+            }
+    }
+    for (size_t c = 0; c < NC; c++) {
+        memcpy(sa + c * SA_NF + SA_ECE_F, &ef[c], sizeof ef[c]);
+        memcpy(sa + c * SA_NF + SA_ECE_C, &ec[c], sizeof ec[c]);
+    }
+    rc = 0;
+done:
+    free(hid); free(lf); free(ef); free(ec); free(cfail);
+    return rc;
+}
+
+int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t errlen)
+{
+    size_t L = E->L, H = E->H, NC = E->sw->n, n = (size_t)E->seq_len[s], P = split_of(E, s);
+    size_t NE = n - P, HD = H * E->D;
+    res->seq = s;
+    res->has_readout = E->ro != NULL;
+    if (rp_seq_result_alloc(res, NC, L, H)) return failf(err, errlen, "out of memory");
+    item *its = calloc(L, sizeof *its);
+    double *ia = calloc(L * NC * SA_NF, sizeof *ia);
+    float *dO = E->ro ? calloc(NC * L * NE * HD, sizeof *dO) : NULL;
+    int rc = -1;
+    if (!its || !ia || (E->ro && NE && !dO)) { failf(err, errlen, "out of memory"); goto done; }
+    for (size_t l = 0; l < L; l++) {
+        item *it = &its[l];
+        it->E = E; it->s = s; it->l = l; it->n = n; it->P = P; it->o_layer = -1;
+        it->ha = res->ha; it->ia = ia + l * NC * SA_NF; it->dO = dO;
+        it->pa = calloc(H, sizeof *it->pa);
+        it->pa0 = calloc(H, sizeof *it->pa0);
+        it->pa1 = calloc(H, sizeof *it->pa1);
+        if (!it->pa || !it->pa0 || !it->pa1) { failf(err, errlen, "out of memory"); goto done; }
+    }
+    long long ll;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (ll = 0; ll < (long long)L; ll++) item_run(&its[ll]);
+    for (size_t l = 0; l < L; l++)
+        if (its[l].rc) { failf(err, errlen, "%s", its[l].err); goto done; }
+    /* fixed-order reduction of the item slots */
+    for (size_t c = 0; c < NC; c++) {
+        double *a = res->sa + c * SA_NF;
+        a[SA_NQ] = (double)NE;
+        for (size_t l = 0; l < L; l++) {
+            const double *b = ia + (l * NC + c) * SA_NF;
+            for (int f = SA_KVB; f <= SA_INDICES; f++) a[f] += b[f];
+            if (b[SA_MODIFIED] != 0) a[SA_MODIFIED] = 1;
+            if (b[SA_DIFFERS] != 0) a[SA_DIFFERS] = 1;
+        }
+    }
+    if (E->ro && NE && readout_seq(E, s, n, P, dO, res->sa, err, errlen)) goto done;
+    rc = 0;
+done:
+    if (its)
+        for (size_t l = 0; l < L; l++) { free(its[l].pa); free(its[l].pa0); free(its[l].pa1); }
+    free(its); free(ia); free(dO);
+    if (rc) rp_seq_result_free(res);
+    return rc;
+}

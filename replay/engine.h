@@ -1,0 +1,98 @@
+/* The replay engine: one pass over a trace evaluates every configuration of a sweep
+ * (DESIGN §3-§4). Library code: status codes and one-line errors, no printing.
+ *
+ * S sequences, T tokens, L layers, H q-heads, Hkv kv-heads, G = H/Hkv, D head_dim,
+ * C d_model, V vocab, NC configurations, n valid tokens of a sequence, P its split.
+ *
+ * Usage:
+ *     rp_engine *e;  rp_engine_new(trace, &sweep, &opts, &e, err, sizeof err);
+ *     for each evaluated s:  rp_engine_seq(e, s, &res, ...)   -> per-sequence accumulators
+ *     rp_engine_free(e);
+ *
+ * Protocols (evaluated positions t in [P, n) in both):
+ *   prefill  P = n - decode when opts.decode > 0, else /prefill_len[s]. The strategy's
+ *            prefill hook compresses [0, P) once; query t attends to that cache plus the
+ *            exact entries [P, t].
+ *   online   tokens 0..n-1 stream into a cache of at most B entries; query t attends to
+ *            the cache after token t is inserted (B + 1 entries at most), then the
+ *            strategy evicts. P as above, or 0 (every position) when neither is given.
+ * Views and encoders (the eviction strategy's online_view — streaming's re-indexing, used in
+ * both protocols, not counted as reconstruction —, its own encode hook, then the encoding
+ * part's) run in that order on the cache each query sees: once on the whole cache
+ * (t = n - 1) when none is time_dependent and the protocol is prefill, else on a copy per
+ * query position.
+ *
+ * Work items: (sequence, layer), in parallel (OpenMP); the trace is read in a critical
+ * section; every accumulator lives in a per-item slot and is reduced in a fixed order, so
+ * results are identical for any thread count. The full-cache attention of each (query
+ * head, position) is computed once and shared by all configurations; configurations whose
+ * visible cache is the full one with original K/V take its results bit for bit.
+ *
+ * Metrics (DESIGN §4), per (config, layer, query head, evaluated position):
+ *   attn_cos   cos(p, p~), p~ expanded to positions (a merged entry's mass split equally)
+ *   out_cos    cos(o, o~) (both zero: 1, one zero: 0); out_rel_err ||o - o~|| / ||o||
+ *              (||o|| = 0: 0 when o~ = 0, else 1)
+ *   attn_kl    sum_j p~_j (log p~_j - log p_j) from logits in double, clamped at 0
+ *   mass_recall sum of p over the positions the visible entries stand for
+ *   keep       visible entries / visible positions of the full cache; budget = entries
+ * Members of a merged entry outside the query's window are not counted (their mass is lost).
+ * p is computed in double from the kernel's logits and renormalised to sum to 1.
+ * Per (config, layer, kv head), on the cache the last position n-1 sees: bytes (payload,
+ * scales, bases; indices: 4 bytes per entry when the cache holds fewer entries than the
+ * full cache's positions, +4 per entry for multiplicities when it has merged entries) and, when entries are modified, squared errors of
+ * represented members against the original K/V.
+ * Read-out: logits_comp = W_U norm(h + sum_l (o~ - o)_l W_O_l), layers summed in order.
+ * Memory per sequence: the (o~ - o) rows of every configuration, NC * L * NE * H * D floats
+ * (the layer sum must wait for every layer to keep a fixed order), plus per work item the
+ * layer's Q/K/V and one cache per (configuration, kv head).
+ */
+#ifndef KV_ENGINE_H
+#define KV_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvtrace.h"
+#include "readout.h"
+#include "sweep.h"
+
+typedef struct rp_run_opts {
+    unsigned mode;              /* RP_PREFILL or RP_ONLINE */
+    size_t decode;              /* > 0: P = n - decode for every sequence */
+    size_t eval_from;           /* > 0: P = eval_from for every sequence (overrides decode) */
+    int readout;                /* compute read-out metrics (needs /readout) */
+    int gqa_reduce;             /* RP_GQA_MEAN (default) | RP_GQA_MAX | RP_GQA_SUM -> ctx.gqa_reduce */
+    const size_t *calib;        /* calibration sequences (never evaluated) */
+    size_t n_calib;
+} rp_run_opts;
+
+/* Per (config, layer, query head) sums; HA_N counts evaluated positions. */
+enum { HA_N, HA_COS, HA_OCOS, HA_OREL, HA_KL, HA_REC, HA_KEEP, HA_BUDGET,
+       HA_KERR, HA_VERR, HA_KSQ, HA_VSQ, HA_MCNT, HA_NF };
+/* Per (config, sequence): bytes at the last position, guards, read-out sums, ECE bins. */
+enum { SA_NQ, SA_KVB, SA_FULLB, SA_PAYLOAD, SA_SCALES, SA_BASES, SA_INDICES, SA_MODIFIED,
+       SA_DIFFERS, SA_RO_N, SA_RO_KL, SA_RO_TOP1, SA_NY, SA_NLL_F, SA_NLL_C,
+       SA_ECE_F, SA_ECE_C = SA_ECE_F + 3 * ECE_BINS, SA_NF = SA_ECE_C + 3 * ECE_BINS };
+
+typedef struct rp_seq_result {
+    size_t seq;
+    int has_readout;
+    double *sa;                 /* [NC][SA_NF] */
+    double *ha;                 /* [NC][L][H][HA_NF] */
+} rp_seq_result;
+
+typedef struct rp_engine rp_engine;
+
+/* Loads tokens, splits, RoPE tables and read-out; checks every evaluated sequence's split
+ * and every configuration's budget and protocol; runs calibration hooks. */
+int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const size_t *seqs,
+                  size_t n_seqs, rp_engine **out, char *err, size_t errlen);
+/* Evaluate sequence s; res->sa/ha are allocated here (rp_seq_result_free). */
+int rp_engine_seq(rp_engine *e, size_t s, rp_seq_result *res, char *err, size_t errlen);
+void rp_engine_free(rp_engine *e);
+int rp_engine_has_readout(const rp_engine *e);
+
+int rp_seq_result_alloc(rp_seq_result *r, size_t n_cfg, size_t L, size_t H);
+void rp_seq_result_free(rp_seq_result *r);
+
+#endif /* KV_ENGINE_H */

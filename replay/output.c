@@ -1,0 +1,345 @@
+/* Results directory writer and resume parts (output.h). */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <gsl/gsl_version.h>
+#include <hdf5.h>
+
+#include "output.h"
+#include "readout.h"
+
+static int failf(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+void out_utc_now(char *buf, size_t len)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+int out_json_get(const char *json, const char *key, char *val, size_t len)
+{
+    char pat[256];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(json, pat);
+    if (!p || !len) return -1;
+    p += strlen(pat);
+    while (*p == ' ') p++;
+    size_t w = 0;
+    if (*p == '"') {
+        for (p++; *p && *p != '"'; p++) {
+            char c = *p;
+            if (c == '\\' && p[1]) {
+                p++;
+                if (*p == 'u') {        /* \u00XX: the writer escapes control characters only */
+                    unsigned x = 0;
+                    if (sscanf(p + 1, "%4x", &x) != 1) return -1;
+                    c = (char)x;
+                    p += 4;
+                } else c = *p;
+            }
+            if (w + 1 < len) val[w++] = c;
+        }
+        if (*p != '"') return -1;
+    } else {
+        while (*p && *p != ',' && *p != '\n' && *p != '}') { if (w + 1 < len) val[w++] = *p; p++; }
+    }
+    val[w] = 0;
+    return 0;
+}
+
+/* ---- parts ------------------------------------------------------------------------------ */
+
+int out_part_write(const char *dir, const char *key, const rp_seq_result *r, size_t n_cfg,
+                   size_t L, size_t H, char *err, size_t errlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/parts/seq_%zu.part", dir, r->seq);
+    kv_atomic a;
+    kv_error ke;
+    if (kv_atomic_open(&a, path, &ke) != KV_OK) return failf(err, errlen, "%s", ke.msg);
+    FILE *f = a.fp;
+    fprintf(f, "kvparts 1 %s %zu %zu %zu %zu %d\n", key, r->seq, n_cfg, L, H, r->has_readout);
+    for (size_t c = 0; c < n_cfg; c++) {
+        for (size_t i = 0; i < SA_NF; i++) fprintf(f, "%a%c", r->sa[c * SA_NF + i], i + 1 < SA_NF ? ' ' : '\n');
+        for (size_t j = 0; j < L * H; j++)
+            for (size_t i = 0; i < HA_NF; i++)
+                fprintf(f, "%a%c", r->ha[(c * L * H + j) * HA_NF + i], i + 1 < HA_NF ? ' ' : '\n');
+    }
+    fprintf(f, "end\n");
+    if (ferror(f)) { kv_atomic_discard(&a); return failf(err, errlen, "%s: write error", path); }
+    if (kv_atomic_commit(&a, &ke) != KV_OK) return failf(err, errlen, "%s", ke.msg);
+    return 0;
+}
+
+int out_part_read(const char *dir, const char *key, size_t seq, rp_seq_result *r, size_t n_cfg,
+                  size_t L, size_t H, char *err, size_t errlen)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/parts/seq_%zu.part", dir, seq);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char k2[128];
+    size_t s2, c2, l2, h2;
+    int ro;
+    if (fscanf(f, "kvparts 1 %127s %zu %zu %zu %zu %d", k2, &s2, &c2, &l2, &h2, &ro) != 6 || strcmp(k2, key) ||
+        s2 != seq || c2 != n_cfg || l2 != L || h2 != H) {
+        fclose(f);
+        return 0;
+    }
+    if (rp_seq_result_alloc(r, n_cfg, L, H)) { fclose(f); return failf(err, errlen, "out of memory"); }
+    r->seq = seq;
+    r->has_readout = ro;
+    char tok[64];
+    size_t total = n_cfg * (SA_NF + L * H * HA_NF), got = 0;
+    for (size_t c = 0; c < n_cfg; c++) {
+        for (size_t i = 0; i < SA_NF && fscanf(f, "%63s", tok) == 1; i++, got++) r->sa[c * SA_NF + i] = strtod(tok, NULL);
+        for (size_t i = 0; i < L * H * HA_NF && fscanf(f, "%63s", tok) == 1; i++, got++)
+            r->ha[c * L * H * HA_NF + i] = strtod(tok, NULL);
+    }
+    int ok = got == total && fscanf(f, "%63s", tok) == 1 && !strcmp(tok, "end");
+    fclose(f);
+    if (!ok) { rp_seq_result_free(r); return 0; }   /* truncated: recompute */
+    return 1;
+}
+
+/* ---- CSV helpers ---------------------------------------------------------------------- */
+
+static void put_f(FILE *f, double x) { fprintf(f, ",%.9g", x); }
+static void put_opt(FILE *f, int have, double x) { if (have) fprintf(f, ",%.9g", x); else fputc(',', f); }
+
+typedef struct open_file { kv_atomic a; int open; } open_file;
+
+static FILE *ofile(open_file *o, const char *dir, const char *name, char *err, size_t errlen)
+{
+    char path[4096];
+    kv_error ke;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (kv_atomic_open(&o->a, path, &ke) != KV_OK) { failf(err, errlen, "%s", ke.msg); return NULL; }
+    o->open = 1;
+    return o->a.fp;
+}
+
+static int ocommit(open_file *o, char *err, size_t errlen)
+{
+    kv_error ke;
+    if (!o->open) return 0;
+    o->open = 0;
+    if (ferror((FILE *)o->a.fp)) { kv_atomic_discard(&o->a); return failf(err, errlen, "%s: write error", o->a.path); }
+    if (kv_atomic_commit(&o->a, &ke) != KV_OK) return failf(err, errlen, "%s", ke.msg);
+    return 0;
+}
+
+static void json_str(FILE *f, const char *key, const char *v, int last)
+{
+    fprintf(f, "  \"%s\": \"", key);
+    for (const unsigned char *p = (const unsigned char *)(v ? v : ""); *p; p++) {
+        if (*p == '"' || *p == '\\') fprintf(f, "\\%c", *p);
+        else if (*p < 0x20) fprintf(f, "\\u%04x", *p);
+        else fputc(*p, f);
+    }
+    fprintf(f, "\"%s\n", last ? "" : ",");
+}
+
+/* Sums of head accumulators over (l, h) for config c of one sequence, in fixed order. */
+static void sum_heads(const rp_seq_result *r, size_t c, size_t L, size_t H, double *acc)
+{
+    for (size_t j = 0; j < L * H; j++)
+        for (size_t i = 0; i < HA_NF; i++) acc[i] += r->ha[(c * L * H + j) * HA_NF + i];
+}
+
+/* The attention and budget columns shared by per_seq and summary. */
+static void put_attn(FILE *f, const double *ha, int modified)
+{
+    double N = ha[HA_N];
+    int mse = modified && ha[HA_MCNT] > 0;
+    put_opt(f, mse, mse ? ha[HA_KERR] / ha[HA_MCNT] : 0);
+    put_opt(f, mse, mse ? ha[HA_VERR] / ha[HA_MCNT] : 0);
+    put_opt(f, mse && ha[HA_KSQ] > 0, mse && ha[HA_KSQ] > 0 ? ha[HA_KERR] / ha[HA_KSQ] : 0);
+    put_opt(f, mse && ha[HA_VSQ] > 0, mse && ha[HA_VSQ] > 0 ? ha[HA_VERR] / ha[HA_VSQ] : 0);
+    put_f(f, ha[HA_COS] / N); put_f(f, ha[HA_OCOS] / N); put_f(f, ha[HA_OREL] / N);
+    put_f(f, ha[HA_KL] / N); put_f(f, ha[HA_REC] / N);
+}
+
+static void put_readout(FILE *f, int ro, const double *sa, const ece_acc *ef, const ece_acc *ec, int ppl)
+{
+    int ny = ro && sa[SA_NY] > 0, rn = ro && sa[SA_RO_N] > 0;
+    put_opt(f, rn, rn ? sa[SA_RO_KL] / sa[SA_RO_N] : 0);
+    put_opt(f, ny, ny ? sa[SA_NLL_F] / sa[SA_NY] : 0);
+    put_opt(f, ny, ny ? sa[SA_NLL_C] / sa[SA_NY] : 0);
+    if (ppl) {
+        put_opt(f, ny, ny ? exp(sa[SA_NLL_F] / sa[SA_NY]) : 0);
+        put_opt(f, ny, ny ? exp(sa[SA_NLL_C] / sa[SA_NY]) : 0);
+    }
+    put_opt(f, rn, rn ? sa[SA_RO_TOP1] / sa[SA_RO_N] : 0);
+    put_opt(f, ny, ny ? ece_value(ef) : 0);
+    put_opt(f, ny, ny ? ece_value(ec) : 0);
+}
+
+int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *res, size_t n_res,
+                      size_t L, size_t H, int has_readout, const out_prov *pv,
+                      size_t *n_not_applied, char *err, size_t errlen)
+{
+    size_t NC = sw->n;
+    open_file of[6];
+    memset(of, 0, sizeof of);
+    int rc = -1;
+    double *tot_ha = calloc(NC * HA_NF, sizeof *tot_ha), *tot_sa = calloc(NC * SA_NF, sizeof *tot_sa);
+    if (!tot_ha || !tot_sa) { failf(err, errlen, "out of memory"); goto fail; }
+    *n_not_applied = 0;
+
+    FILE *f = ofile(&of[0], dir, "configs.csv", err, errlen);
+    if (!f) goto fail;
+    fprintf(f, "config_id,config,family,budget_kind,budget_value\n");
+    for (size_t c = 0; c < NC; c++) {
+        const rp_config *cf = &sw->cfg[c];
+        fprintf(f, "%zu,%s,%s,%s,", c, cf->canon, cf->family,
+                cf->budget_kind == RP_BUDGET_KEEP ? "keep" : cf->budget_kind == RP_BUDGET_COUNT ? "budget" : "none");
+        if (cf->budget_kind != RP_BUDGET_NONE) fprintf(f, "%.9g", cf->budget_value);
+        fputc('\n', f);
+    }
+    if (ocommit(&of[0], err, errlen)) goto fail;
+
+    f = ofile(&of[1], dir, "per_seq.csv", err, errlen);
+    if (!f) goto fail;
+    fprintf(f, "config_id,config,family,seq,n_query,keep_frac,kv_bytes,full_bytes,ratio,kv_mse_k,kv_mse_v,"
+               "kv_rel_mse_k,kv_rel_mse_v,attn_cos,out_cos,out_rel_err,attn_kl,mass_recall,logit_kl,nll_full,"
+               "nll_comp,top1_agree,ece_full,ece_comp\n");
+    for (size_t c = 0; c < NC; c++) {
+        const rp_config *cf = &sw->cfg[c];
+        for (size_t i = 0; i < n_res; i++) {
+            const rp_seq_result *r = &res[i];
+            const double *sa = r->sa + c * SA_NF;
+            double ha[HA_NF] = { 0 };
+            sum_heads(r, c, L, H, ha);
+            fprintf(f, "%zu,%s,%s,%zu,%.0f", c, cf->canon, cf->family, r->seq, sa[SA_NQ]);
+            put_f(f, ha[HA_KEEP] / ha[HA_N]);
+            fprintf(f, ",%.9g,%.9g", sa[SA_KVB], sa[SA_FULLB]);
+            put_f(f, sa[SA_FULLB] / sa[SA_KVB]);
+            put_attn(f, ha, sa[SA_MODIFIED] != 0);
+            ece_acc ef, ec;
+            memcpy(&ef, sa + SA_ECE_F, sizeof ef);
+            memcpy(&ec, sa + SA_ECE_C, sizeof ec);
+            put_readout(f, has_readout, sa, &ef, &ec, 0);
+            fputc('\n', f);
+            for (size_t k = 0; k < HA_NF; k++) tot_ha[c * HA_NF + k] += ha[k];
+            for (size_t k = 0; k < SA_NF; k++)
+                if (k == SA_MODIFIED || k == SA_DIFFERS) { if (sa[k] != 0) tot_sa[c * SA_NF + k] = 1; }
+                else tot_sa[c * SA_NF + k] += sa[k];
+        }
+    }
+    if (ocommit(&of[1], err, errlen)) goto fail;
+
+    f = ofile(&of[2], dir, "per_head.csv", err, errlen);
+    if (!f) goto fail;
+    fprintf(f, "config_id,config,layer,head,n_query,keep_frac,budget,attn_cos,out_cos,out_rel_err,attn_kl,"
+               "mass_recall,kv_mse_k,kv_mse_v\n");
+    for (size_t c = 0; c < NC; c++) {
+        int modified = 0;
+        for (size_t i = 0; i < n_res; i++) modified |= res[i].sa[c * SA_NF + SA_MODIFIED] != 0;
+        for (size_t l = 0; l < L; l++)
+            for (size_t h = 0; h < H; h++) {
+                double a[HA_NF] = { 0 };
+                for (size_t i = 0; i < n_res; i++)
+                    for (size_t k = 0; k < HA_NF; k++) a[k] += res[i].ha[((c * L + l) * H + h) * HA_NF + k];
+                double N = a[HA_N];
+                fprintf(f, "%zu,%s,%zu,%zu,%.0f", c, sw->cfg[c].canon, l, h, N);
+                put_f(f, a[HA_KEEP] / N); put_f(f, a[HA_BUDGET] / N);
+                put_f(f, a[HA_COS] / N); put_f(f, a[HA_OCOS] / N); put_f(f, a[HA_OREL] / N);
+                put_f(f, a[HA_KL] / N); put_f(f, a[HA_REC] / N);
+                int mse = modified && a[HA_MCNT] > 0;
+                put_opt(f, mse, mse ? a[HA_KERR] / a[HA_MCNT] : 0);
+                put_opt(f, mse, mse ? a[HA_VERR] / a[HA_MCNT] : 0);
+                fputc('\n', f);
+            }
+    }
+    if (ocommit(&of[2], err, errlen)) goto fail;
+
+    f = ofile(&of[3], dir, "summary.csv", err, errlen);
+    if (!f) goto fail;
+    fprintf(f, "config_id,config,family,n_seq,n_query,keep_frac,kv_bytes,full_bytes,ratio,kv_mse_k,kv_mse_v,"
+               "kv_rel_mse_k,kv_rel_mse_v,attn_cos,out_cos,out_rel_err,attn_kl,mass_recall,logit_kl,nll_full,"
+               "nll_comp,ppl_full,ppl_comp,top1_agree,ece_full,ece_comp,not_applied\n");
+    for (size_t c = 0; c < NC; c++) {
+        const rp_config *cf = &sw->cfg[c];
+        const double *sa = tot_sa + c * SA_NF, *ha = tot_ha + c * HA_NF;
+        fprintf(f, "%zu,%s,%s,%zu,%.0f", c, cf->canon, cf->family, n_res, sa[SA_NQ]);
+        put_f(f, ha[HA_KEEP] / ha[HA_N]);
+        put_f(f, sa[SA_KVB] / (double)n_res);
+        put_f(f, sa[SA_FULLB] / (double)n_res);
+        put_f(f, sa[SA_FULLB] / sa[SA_KVB]);
+        put_attn(f, ha, sa[SA_MODIFIED] != 0);
+        ece_acc ef, ec;
+        memcpy(&ef, sa + SA_ECE_F, sizeof ef);
+        memcpy(&ec, sa + SA_ECE_C, sizeof ec);
+        put_readout(f, has_readout, sa, &ef, &ec, 1);
+        int na = strcmp(cf->family, "full") != 0 && sa[SA_DIFFERS] == 0;
+        *n_not_applied += (size_t)na;
+        fprintf(f, ",%d\n", na);
+    }
+    if (ocommit(&of[3], err, errlen)) goto fail;
+
+    if (has_readout) {
+        f = ofile(&of[4], dir, "calib.csv", err, errlen);
+        if (!f) goto fail;
+        fprintf(f, "config_id,config,which,bin,count,conf_sum,acc_sum\n");
+        for (size_t c = 0; c < NC; c++)
+            for (int w = 0; w < 2; w++) {
+                ece_acc e;
+                memcpy(&e, tot_sa + c * SA_NF + (w ? SA_ECE_C : SA_ECE_F), sizeof e);
+                for (int b = 0; b < ECE_BINS; b++)
+                    fprintf(f, "%zu,%s,%s,%d,%.9g,%.9g,%.9g\n", c, sw->cfg[c].canon, w ? "comp" : "full", b,
+                            e.count[b], e.conf[b], e.acc[b]);
+            }
+        if (ocommit(&of[4], err, errlen)) goto fail;
+    }
+
+    f = ofile(&of[5], dir, "provenance.json", err, errlen);
+    if (!f) goto fail;
+    unsigned maj = 0, min = 0, rel = 0;
+    H5get_libversion(&maj, &min, &rel);
+    char h5v[64], fin[64];
+    const char *shard = pv->shard ? pv->shard : "0/1";
+    snprintf(h5v, sizeof h5v, "%u.%u.%u", maj, min, rel);
+    out_utc_now(fin, sizeof fin);
+    fprintf(f, "{\n  \"results_version\": 1,\n");
+    json_str(f, "tool", "kvreplay", 0);
+    json_str(f, "tool_version", KV_VERSION_STRING, 0);
+    json_str(f, "trace", pv->trace, 0);
+    json_str(f, "trace_sha256", pv->trace_sha256, 0);
+    json_str(f, "trace_model", pv->model, 0);
+    json_str(f, "trace_architecture", pv->architecture, 0);
+    json_str(f, "mode", pv->mode, 0);
+    fprintf(f, "  \"decode\": %zu,\n", pv->decode);
+    json_str(f, "sweep", pv->sweep, 0);
+    fprintf(f, "  \"n_configs\": %zu,\n  \"n_seq\": %zu,\n  \"threads\": %zu,\n", NC, pv->n_seq, pv->threads);
+    json_str(f, "hdf5_version", h5v, 0);
+    json_str(f, "gsl_version", GSL_VERSION, 0);
+    json_str(f, "openblas_config", rs_blas_config(), 0);
+    json_str(f, "blas", rs_blas_info(), 0);
+    json_str(f, "argv", pv->argv, 0);
+    json_str(f, "started", pv->started, 0);
+    json_str(f, "finished", fin, 0);
+    json_str(f, "shard", shard, 1);
+    fprintf(f, "}\n");
+    if (ocommit(&of[5], err, errlen)) goto fail;
+    rc = 0;
+fail:
+    for (size_t i = 0; i < 6; i++) if (of[i].open) kv_atomic_discard(&of[i].a);
+    free(tot_ha); free(tot_sa);
+    return rc;
+}

@@ -1,0 +1,43 @@
+/* Results directory writer (replay/RESULTS.md, version 1) and per-sequence parts (resume).
+ *
+ * Parts: DIR/parts/seq_<s>.part holds one sequence's accumulators (engine.h) as hex floats
+ * (exact round trip) under the run key; the final CSVs are always computed from the
+ * parts, so a resumed run writes the same bytes as an uninterrupted one. Every file is
+ * written to a temporary name and renamed (kv_atomic). Library code: no printing.
+ */
+#ifndef KV_OUTPUT_H
+#define KV_OUTPUT_H
+
+#include <stddef.h>
+
+#include "engine.h"
+#include "sweep.h"
+
+/* Write / read one sequence's part. read: 1 = loaded, 0 = absent or from another run
+ * (then the sequence is recomputed), -1 = error. */
+int out_part_write(const char *dir, const char *key, const rp_seq_result *r, size_t n_cfg,
+                   size_t L, size_t H, char *err, size_t errlen);
+int out_part_read(const char *dir, const char *key, size_t seq, rp_seq_result *r, size_t n_cfg,
+                  size_t L, size_t H, char *err, size_t errlen);
+
+/* Provenance fields that the writer does not compute itself. */
+typedef struct out_prov {
+    const char *trace, *trace_sha256, *model, *architecture, *mode, *sweep, *argv, *started;
+    const char *shard;              /* "i/N"; NULL = "0/1" */
+    size_t decode, n_seq, threads;
+} out_prov;
+
+/* configs.csv, per_seq.csv, per_head.csv, summary.csv, calib.csv (with read-out),
+ * provenance.json. res[i] in evaluation order. *n_not_applied: configurations flagged. */
+int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *res, size_t n_res,
+                      size_t L, size_t H, int has_readout, const out_prov *pv,
+                      size_t *n_not_applied, char *err, size_t errlen);
+
+/* The string or number value of `key` in a flat JSON object (provenance.json) as text;
+ * -1 when absent. */
+int out_json_get(const char *json, const char *key, char *val, size_t len);
+
+/* UTC ISO 8601 now. */
+void out_utc_now(char *buf, size_t len);
+
+#endif /* KV_OUTPUT_H */

@@ -1,0 +1,189 @@
+/* quant — KIVI key/value quantisation (plus a plain per-token symmetric baseline).
+ *
+ * Rule (mode=kivi): asymmetric min-max, x ~ q*scale + min with q in [0, 2^b - 1].
+ *   keys:   per channel, in groups of G consecutive cache entries (KIVI quantises keys along
+ *           the token axis). Keys are flushed in blocks of R: after m entries the first
+ *           m - m % R are quantised, the m % R newest stay in fp16 (R = 0: no residual,
+ *           every complete group of G is quantised).
+ *   values: per entry, in groups of G channels; the R newest entries stay in fp16 and each
+ *           older one is quantised token by token (max(0, m - R) quantised).
+ *   The cache is treated as the stream of its entries in order (after an eviction part of a
+ *   composition, its kept entries), re-encoded for every query position t (time_dependent):
+ *   KIVI's state after m tokens does not depend on how they arrived (prefill or decode), so
+ *   this is exactly what KIVI holds when query t attends.
+ *   Constant groups: the reference divides by a zero scale; here scale 0 leaves them exact.
+ * Rule (mode=sym8|sym4): every entry, K and V alike, per token over all D channels,
+ *   symmetric: scale = max|x| / (2^(b-1) - 1), x ~ round(x/scale)*scale (no residual; kbits,
+ *   vbits, group and residual are ignored).
+ * Bytes: codes (b/8 per element), fp16 residual entries (2 per element), scales and
+ *   zero-points fp16 each (KIVI: 4 bytes per key group per channel and per value group per
+ *   token; sym: one 2-byte scale per row).
+ * Defaults: kbits=2 vbits=2 group=32 residual=128 (KIVI-2 in the paper's main setting).
+ * Deviations: scales and zero-points are counted as fp16 but kept in f32 when dequantising
+ *   (fp16 storage would add at most 2^-11 relative error to them); round half to even.
+ * Reference: Liu et al. 2024, "KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV
+ *   Cache" (ICML 2024, arXiv 2402.02750), github.com/jy-yuan/KIVI.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "strategy.h"
+#include "strategies/quant.h"
+
+/* ---- core ------------------------------------------------------------------------------ */
+
+float quant_asym_group(float *x, size_t cnt, size_t stride, int bits)
+{
+    if (cnt == 0) return 0.0f;
+    float mn = x[0], mx = x[0];
+    for (size_t i = 1; i < cnt; i++) {
+        float a = x[i * stride];
+        if (a < mn) mn = a;
+        if (a > mx) mx = a;
+    }
+    float qmax = (float)((1u << bits) - 1u);
+    float scale = (mx - mn) / qmax;
+    if (!(scale > 0.0f)) return 0.0f;      /* constant group: exact */
+    for (size_t i = 0; i < cnt; i++) {
+        float q = nearbyintf((x[i * stride] - mn) / scale);
+        if (q < 0.0f) q = 0.0f;
+        if (q > qmax) q = qmax;
+        x[i * stride] = q * scale + mn;
+    }
+    return scale;
+}
+
+float quant_sym_row(float *x, size_t D, int bits)
+{
+    float amax = 0.0f;
+    for (size_t d = 0; d < D; d++) if (fabsf(x[d]) > amax) amax = fabsf(x[d]);
+    float qmax = (float)((1u << (bits - 1)) - 1u);
+    float scale = amax / qmax;
+    if (!(scale > 0.0f)) return 0.0f;
+    for (size_t d = 0; d < D; d++) {
+        float q = nearbyintf(x[d] / scale);
+        if (q < -qmax) q = -qmax;
+        if (q > qmax) q = qmax;
+        x[d] = q * scale;
+    }
+    return scale;
+}
+
+size_t quant_kivi_nq_keys(size_t m, size_t G, size_t R)
+{
+    return R ? m - m % R : m - m % G;
+}
+
+size_t quant_kivi_nq_values(size_t m, size_t R)
+{
+    return m > R ? m - R : 0;
+}
+
+void quant_kivi_keys(float *k, size_t m, size_t D, int bits, size_t G, size_t R)
+{
+    size_t nq = quant_kivi_nq_keys(m, G, R);
+    for (size_t a = 0; a + G <= nq; a += G)
+        for (size_t d = 0; d < D; d++) quant_asym_group(k + a * D + d, G, D, bits);
+}
+
+void quant_kivi_values(float *v, size_t m, size_t D, int bits, size_t G, size_t R)
+{
+    size_t nq = quant_kivi_nq_values(m, R);
+    for (size_t e = 0; e < nq; e++)
+        for (size_t c = 0; c + G <= D; c += G) quant_asym_group(v + e * D + c, G, 1, bits);
+}
+
+void quant_kivi_bytes(size_t m, size_t D, int kbits, int vbits, size_t G, size_t R,
+                      double *payload, double *scales)
+{
+    double nk = (double)quant_kivi_nq_keys(m, G, R), nv = (double)quant_kivi_nq_values(m, R);
+    double dm = (double)m, dD = (double)D;
+    *payload = nk * dD * kbits / 8.0 + (dm - nk) * dD * 2.0 + nv * dD * vbits / 8.0 + (dm - nv) * dD * 2.0;
+    *scales = (nk / (double)G) * dD * 4.0 + nv * (dD / (double)G) * 4.0;
+}
+
+void quant_sym_bytes(size_t m, size_t D, int bits, double *payload, double *scales)
+{
+    *payload = 2.0 * (double)m * (double)D * bits / 8.0;
+    *scales = 2.0 * (double)m * 2.0;
+}
+
+/* ---- strategy ---------------------------------------------------------------------------- */
+
+enum { QM_KIVI = 0, QM_SYM8 = 1, QM_SYM4 = 2 };
+
+typedef struct quant_cfg { int mode, kbits, vbits; size_t group, residual; } quant_cfg;
+
+static const rp_param_def quant_params[] = {
+    { "kbits", RP_INT, "2", 2, 8, NULL, "key bits: 2, 4 or 8" },
+    { "vbits", RP_INT, "2", 2, 8, NULL, "value bits: 2, 4 or 8" },
+    { "group", RP_INT, "32", 1, 65536, NULL, "G: key groups of G entries per channel, value groups of G channels" },
+    { "residual", RP_INT, "128", 0, 1 << 30, NULL, "R: newest entries kept in fp16 (multiple of G)" },
+    { "mode", RP_ENUM, "kivi", 0, 0, "kivi|sym8|sym4", "kivi, or per-token symmetric int8/int4" },
+};
+
+static int bits_ok(int b) { return b == 2 || b == 4 || b == 8; }
+
+static int quant_configure(const double *values, void **cfg, char *err, size_t errlen)
+{
+    quant_cfg c = { .kbits = (int)values[0], .vbits = (int)values[1], .group = (size_t)values[2],
+                    .residual = (size_t)values[3], .mode = (int)values[4] };
+    *cfg = NULL;
+    if (c.mode == QM_KIVI) {
+        if (!bits_ok(c.kbits) || !bits_ok(c.vbits)) {
+            snprintf(err, errlen, "quant: kbits=%d vbits=%d: bits must be 2, 4 or 8", c.kbits, c.vbits);
+            return -1;
+        }
+        if (c.residual % c.group) {
+            snprintf(err, errlen, "quant: residual=%zu is not a multiple of group=%zu (KIVI flushes keys in blocks of R)",
+                     c.residual, c.group);
+            return -1;
+        }
+    }
+    quant_cfg *p = malloc(sizeof *p);
+    if (!p) { snprintf(err, errlen, "out of memory"); return -1; }
+    *p = c;
+    *cfg = p;
+    return 0;
+}
+
+static void quant_free_cfg(void *cfg) { free(cfg); }
+
+static int quant_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
+                        char *err, size_t errlen)
+{
+    const quant_cfg *q = cfg;
+    size_t m = c->n, D = c->D;
+    if (q->mode != QM_KIVI) {
+        int b = q->mode == QM_SYM8 ? 8 : 4;
+        for (size_t e = 0; e < m; e++) { quant_sym_row(c->k + e * D, D, b); quant_sym_row(c->v + e * D, D, b); }
+        quant_sym_bytes(m, D, b, &c->bytes.payload, &c->bytes.scales);
+        c->modified = 1;
+        return 0;
+    }
+    if (D % q->group) {
+        snprintf(err, errlen, "quant: group=%zu does not divide head_dim %zu", q->group, D);
+        return -1;
+    }
+    quant_kivi_keys(c->k, m, D, q->kbits, q->group, q->residual);
+    quant_kivi_values(c->v, m, D, q->vbits, q->group, q->residual);
+    quant_kivi_bytes(m, D, q->kbits, q->vbits, q->group, q->residual, &c->bytes.payload, &c->bytes.scales);
+    c->modified = quant_kivi_nq_keys(m, q->group, q->residual) + quant_kivi_nq_values(m, q->residual) > 0;
+    return 0;
+}
+
+const rp_strategy rp_strategy_quant = {
+    .name = "quant",
+    .summary = "KIVI: keys per channel, values per token, asymmetric min-max, fp16 residual",
+    .reference = "Liu et al. 2024, KIVI (arXiv 2402.02750); github.com/jy-yuan/KIVI",
+    .kind = RP_ENCODE,
+    .protocols = RP_PREFILL | RP_ONLINE,
+    .time_dependent = 1,
+    .params = quant_params,
+    .n_params = sizeof quant_params / sizeof quant_params[0],
+    .configure = quant_configure,
+    .free_cfg = quant_free_cfg,
+    .encode = quant_encode,
+};

@@ -1,0 +1,129 @@
+/* replay/sweep.c and the strategy helpers: grid expansion order, canonical strings,
+ * validation messages, budget resolution, rp_topk ties, online eviction rules of the
+ * engine's own strategies on hand-made caches. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "strategy.h"
+#include "sweep.h"
+
+static int fails = 0, checks = 0;
+
+static void check(const char *what, int cond)
+{
+    checks++;
+    if (!cond) { fails++; printf("FAIL %s\n", what); }
+}
+
+static void check_str(const char *what, const char *got, const char *want)
+{
+    checks++;
+    if (strcmp(got, want)) { fails++; printf("FAIL %s: got '%s' want '%s'\n", what, got, want); }
+}
+
+static void check_err(const char *line, const char *needle)
+{
+    rp_sweep sw = { 0 };
+    char err[1024] = "";
+    int rc = sweep_add_line(&sw, line, "t", err, sizeof err);
+    checks++;
+    if (rc == 0 || !strstr(err, needle)) {
+        fails++;
+        printf("FAIL '%s': rc %d, err '%s' (want '%s')\n", line, rc, err, needle);
+    }
+    sweep_free(&sw);
+}
+
+int main(void)
+{
+    rp_sweep sw = { 0 };
+    char err[1024] = "";
+    check("grid line parses", sweep_add_line(&sw, "streaming keep=0.1,0.25 sinks=0,4  # comment", "t", err, sizeof err) == 0);
+    check("4 configurations", sw.n == 4);
+    if (sw.n == 4) {
+        /* first list outermost, the last varies fastest */
+        check_str("cfg 0", sw.cfg[0].canon, "streaming keep=0.1 sinks=0 reindex=0");
+        check_str("cfg 1", sw.cfg[1].canon, "streaming keep=0.1 sinks=4 reindex=0");
+        check_str("cfg 2", sw.cfg[2].canon, "streaming keep=0.25 sinks=0 reindex=0");
+        check_str("family", sw.cfg[3].family, "streaming");
+        check("budget kind", sw.cfg[3].budget_kind == RP_BUDGET_KEEP && sw.cfg[3].budget_value == 0.25);
+    }
+    check("full", sweep_add_line(&sw, "full", "t", err, sizeof err) == 0 && !strcmp(sw.cfg[sw.n - 1].canon, "full"));
+    size_t n0 = sw.n;
+    check("duplicate dropped", sweep_add_line(&sw, "streaming sinks=4 reindex=0 keep=0.1", "t", err, sizeof err) == 0 && sw.n == n0);
+    check("blank and comment lines", sweep_add_line(&sw, "   # only a comment", "t", err, sizeof err) == 0 && sw.n == n0);
+    check("budget=", sweep_add_line(&sw, "knorm budget=16", "t", err, sizeof err) == 0 &&
+          !strcmp(sw.cfg[sw.n - 1].canon, "knorm budget=16"));
+    check("float canonical form", sweep_add_line(&sw, "knorm keep=.30", "t", err, sizeof err) == 0 &&
+          !strcmp(sw.cfg[sw.n - 1].canon, "knorm keep=0.3"));
+    check("bool canonical form", sweep_add_line(&sw, "streaming keep=0.5 reindex=true", "t", err, sizeof err) == 0 &&
+          !strcmp(sw.cfg[sw.n - 1].canon, "streaming keep=0.5 sinks=4 reindex=1"));
+    for (size_t i = 0; i < sw.n; i++) check("ids in order", sw.cfg[i].id == i);
+
+    /* budgets */
+    size_t B = 0;
+    rp_config c = { 0 };
+    c.budget_kind = RP_BUDGET_KEEP; c.budget_value = 0.25;
+    check("keep 0.25 of 10 -> 3 (round half away)", sweep_budget(&c, 10, &B) == 0 && B == 3);
+    c.budget_value = 0.01;
+    check("keep floor is 1", sweep_budget(&c, 10, &B) == 0 && B == 1);
+    c.budget_kind = RP_BUDGET_COUNT; c.budget_value = 11;
+    check("budget > full fails", sweep_budget(&c, 10, &B) != 0);
+    c.budget_value = 10;
+    check("budget == full keeps all", sweep_budget(&c, 10, &B) == 0 && B == 10);
+    c.budget_kind = RP_BUDGET_NONE;
+    check("no budget -> full", sweep_budget(&c, 10, &B) == 0 && B == 10);
+
+    check_err("nosuch keep=1", "unknown strategy");
+    check_err("streaming keep=0.5 foo=1", "unknown parameter 'foo'");
+    check_err("streaming keep=0.5 sinks=x", "not an integer");
+    check_err("streaming keep=0", "out of range (0, 1]");
+    check_err("streaming keep=0.5 keep=0.2", "once");
+    check_err("streaming", "needs a budget");
+    check_err("full keep=0.5", "takes no budget");
+    check_err("knorm keep=0.5 + streaming keep=0.2", "eviction strategy followed by an encoding");
+    check_err("streaming keep=0.5 sinks=", "expected key=value");
+    check_err("knorm keep=0.5 +", "'+' at the end");
+    check_err("streaming keep=0.5 sinks=1,,2", "empty value");
+    sweep_free(&sw);
+
+    /* rp_topk: ties by lower index, NaN lowest, output ascending */
+    float sc[6] = { 1, 3, 3, NAN, 3, 0 };
+    int32_t out[6];
+    size_t m = rp_topk(sc, 6, 2, out);
+    check("topk ties lower index", m == 2 && out[0] == 1 && out[1] == 2);
+    m = rp_topk(sc, 6, 5, out);
+    check("topk NaN last", m == 5 && out[0] == 0 && out[1] == 1 && out[2] == 2 && out[3] == 4 && out[4] == 5);
+
+    /* online rules on a hand cache of 6 entries, B = 4 */
+    rp_cache cache = { 0 };
+    cache.D = 2;
+    float kv[2];
+    for (int t = 0; t < 6; t++) {
+        kv[0] = (float)(t == 2 ? 10 : t + 1); kv[1] = 0;    /* key norms 1 2 10 4 5 6 */
+        rp_cache_push(&cache, t, kv, kv);
+    }
+    size_t ev[8];
+    const rp_strategy *st = rp_strategy_find("streaming");
+    double vals[2] = { 1, 0 };
+    void *cfg = NULL;
+    check("streaming configure", st && st->configure(vals, &cfg, err, sizeof err) == 0);
+    rp_layer_ctx ctx;
+    memset(&ctx, 0, sizeof ctx);
+    void *state = st->online_new(cfg, &ctx, 0, 4);
+    m = st->online_step(state, &ctx, 0, 5, &cache, NULL, 4, ev);
+    check("streaming sinks=1 B=4 evicts entries 1, 2", m == 2 && ev[0] == 1 && ev[1] == 2);
+    st->online_free(state);
+    st->free_cfg(cfg);
+    const rp_strategy *kn = rp_strategy_find("knorm");
+    state = kn->online_new(NULL, &ctx, 0, 4);
+    m = kn->online_step(state, &ctx, 0, 5, &cache, NULL, 4, ev);
+    check("knorm evicts the two largest norms (entries 2 and 5)", m == 2 && ev[0] == 2 && ev[1] == 5);
+    kn->online_free(state);
+    rp_cache_free(&cache);
+
+    printf("%d checks, %d failures\n", checks, fails);
+    return fails ? 1 : 0;
+}
