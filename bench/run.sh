@@ -7,16 +7,18 @@
 # are fine for speed) and reused by later runs when their spec is unchanged.
 #
 # Environment: BIN (built programs; bench programs in $BIN/bench), PYTHON (Debian's
-# python3 with torch and h5py), BENCH_QUICK=1 (smaller sizes, for a smoke run).
+# python3 with torch and h5py), BENCH_QUICK=1 (smaller sizes, for a smoke run; traces and
+# CSV under bench/out/quick/).
 set -u
 BIN=${BIN:?BIN must name the bin/ folder}
 PYTHON=${PYTHON:-/usr/bin/python3}
 case "$BIN" in /*) ;; *) BIN="$(pwd)/$BIN" ;; esac
+QUICK=${BENCH_QUICK:-0}
 OUT=bench/out
+[ "$QUICK" = 1 ] && OUT=bench/out/quick      # keeps the full-size traces for the next run
 mkdir -p "$OUT"
 rm -f "$OUT"/*.csv
 THREADS=$(nproc)
-QUICK=${BENCH_QUICK:-0}
 T0=$(date +%s)
 export OMP_PROC_BIND=false
 

@@ -7,6 +7,7 @@ RP_STRATEGY(knorm)
 RP_STRATEGY(random)
 RP_STRATEGY(streaming)
 /* encoding */
+RP_STRATEGY(asymkv)
 RP_STRATEGY(lowrank)
 RP_STRATEGY(minicache)
 RP_STRATEGY(quant)

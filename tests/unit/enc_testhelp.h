@@ -13,7 +13,7 @@
 
 static int fails = 0, checks = 0;
 
-static void check_close(const char *what, double got, double want, double tol)
+static inline void check_close(const char *what, double got, double want, double tol)
 {
     checks++;
     if (!(got == want || fabs(got - want) <= tol)) {
@@ -22,20 +22,20 @@ static void check_close(const char *what, double got, double want, double tol)
     }
 }
 
-static void check_true(const char *what, int cond)
+static inline void check_true(const char *what, int cond)
 {
     checks++;
     if (!cond) { fails++; printf("FAIL %s\n", what); }
 }
 
-static int report(const char *name)
+static inline int report(const char *name)
 {
     printf("%s: %d/%d checks passed\n", name, checks - fails, checks);
     return fails ? 1 : 0;
 }
 
 /* Deterministic N(0,1)-ish numbers (sum of uniforms) from an rp_rng. */
-static float randn(rp_rng *r)
+static inline float randn(rp_rng *r)
 {
     double s = 0;
     for (int i = 0; i < 12; i++) s += rp_rng_uniform(r);
@@ -44,9 +44,9 @@ static float randn(rp_rng *r)
 
 /* Configure a strategy from a config-like list of values in declared order (defaults for
  * the rest, parsed as numbers or enum choice names). */
-static const char *param_default(const rp_param_def *p) { return p->def; }
+static inline const char *param_default(const rp_param_def *p) { return p->def; }
 
-static double enum_index(const rp_param_def *p, const char *v)
+static inline double enum_index(const rp_param_def *p, const char *v)
 {
     const char *c = p->choices;
     for (int i = 0; c && *c; i++) {
@@ -58,7 +58,7 @@ static double enum_index(const rp_param_def *p, const char *v)
 }
 
 /* kv: "name=value" pairs, NULL-terminated. Returns configure's status; err filled. */
-static int strat_configure(const rp_strategy *s, const char *const *kv, void **cfg, char *err, size_t errlen)
+static inline int strat_configure(const rp_strategy *s, const char *const *kv, void **cfg, char *err, size_t errlen)
 {
     double vals[RP_MAX_PARAMS];
     for (size_t i = 0; i < s->n_params; i++) {
