@@ -7,18 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static kv_status fail(kv_error *err, kv_status code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
-
 int an_metric_compared(int m)
 {
     switch (m) {
@@ -84,7 +72,7 @@ static kv_status holm_column(an_cmp *base, size_t nc, size_t stride, kv_error *e
 {
     double *pt = malloc((nc + 1) * sizeof *pt), *pw = malloc((nc + 1) * sizeof *pw);
     size_t *idx = malloc((nc + 1) * sizeof *idx);
-    if (!pt || !pw || !idx) { free(pt); free(pw); free(idx); return fail(err, KV_ERR_NOMEM, "out of memory"); }
+    if (!pt || !pw || !idx) { free(pt); free(pw); free(idx); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
     size_t m = 0;
     for (size_t c = 0; c < nc; c++) {
         an_cmp *x = &base[c * stride];
@@ -93,7 +81,7 @@ static kv_status holm_column(an_cmp *base, size_t nc, size_t stride, kv_error *e
     }
     kv_status st = KV_OK;
     if (m && (stats_holm(pt, m, pt) != ST_OK || stats_holm(pw, m, pw) != ST_OK))
-        st = fail(err, KV_ERR_VALUE, "Holm adjustment failed (p-value outside [0, 1])");
+        st = kv_error_set(err, KV_ERR_VALUE, "Holm adjustment failed (p-value outside [0, 1])");
     for (size_t k = 0; st == KV_OK && k < m; k++) {
         base[idx[k] * stride].p_t_holm = pt[k];
         base[idx[k] * stride].p_w_holm = pw[k];
@@ -108,7 +96,7 @@ kv_status an_compute(const res_set *rs, long baseline, size_t n_boot, uint64_t s
     *out = NULL;
     stats_init();
     an_result *r = calloc(1, sizeof *r);
-    if (!r) return fail(err, KV_ERR_NOMEM, "out of memory");
+    if (!r) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     r->rs = rs;
     r->nc = rs->n_configs;
     r->baseline = baseline;
@@ -122,7 +110,7 @@ kv_status an_compute(const res_set *rs, long baseline, size_t n_boot, uint64_t s
     r->nll = calloc(r->nc + 1, sizeof *r->nll);
     double *x = malloc(maxn * sizeof *x), *y = malloc(maxn * sizeof *y);
     kv_status st = KV_OK;
-    if (!r->stat || !r->cmp || !r->nll || !x || !y) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+    if (!r->stat || !r->cmp || !r->nll || !x || !y) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto done; }
 
     for (size_t c = 0; c < r->nc; c++) {
         const res_config *cf = &rs->configs[c];
@@ -131,13 +119,13 @@ kv_status an_compute(const res_set *rs, long baseline, size_t n_boot, uint64_t s
             size_t n = res_values(cf, m, x, NULL);
             if (n == 0) continue;
             st_status ss = stats_describe(x, n, 0.95, &s->d);
-            if (ss != ST_OK) { st = fail(err, KV_ERR_VALUE, "config '%s' metric %s: statistics failed: %s", cf->config, res_metric_names[m], stats_status_name(ss)); goto done; }
+            if (ss != ST_OK) { st = kv_error_set(err, KV_ERR_VALUE, "config '%s' metric %s: statistics failed: %s", cf->config, res_metric_names[m], stats_status_name(ss)); goto done; }
             s->valid = 1;
             if (n >= 2 && n_boot > 0) {
                 /* one stream per (config, metric): results do not depend on which others exist */
                 uint64_t sd = seed + 1000003ULL * (uint64_t)cf->first_id + 7919ULL * (uint64_t)m;
                 ss = stats_bootstrap_mean(x, n, n_boot, sd, 0.95, &s->b_lo, &s->b_hi);
-                if (ss != ST_OK) { st = fail(err, KV_ERR_VALUE, "config '%s' metric %s: bootstrap failed: %s", cf->config, res_metric_names[m], stats_status_name(ss)); goto done; }
+                if (ss != ST_OK) { st = kv_error_set(err, KV_ERR_VALUE, "config '%s' metric %s: bootstrap failed: %s", cf->config, res_metric_names[m], stats_status_name(ss)); goto done; }
                 s->has_boot = 1;
             }
             if (baseline >= 0 && (long)c != baseline && an_metric_compared(m)) {
@@ -145,7 +133,7 @@ kv_status an_compute(const res_set *rs, long baseline, size_t n_boot, uint64_t s
                 if (np >= 2) {
                     an_cmp *cm = &r->cmp[c * RM_COUNT + m];
                     ss = stats_paired(x, y, np, &cm->p);
-                    if (ss != ST_OK) { st = fail(err, KV_ERR_VALUE, "config '%s' metric %s: paired test failed: %s", cf->config, res_metric_names[m], stats_status_name(ss)); goto done; }
+                    if (ss != ST_OK) { st = kv_error_set(err, KV_ERR_VALUE, "config '%s' metric %s: paired test failed: %s", cf->config, res_metric_names[m], stats_status_name(ss)); goto done; }
                     cm->valid = 1;
                 }
             }
@@ -154,7 +142,7 @@ kv_status an_compute(const res_set *rs, long baseline, size_t n_boot, uint64_t s
         size_t np = pairs(cf, cf, RM_NLL_COMP, RM_NLL_FULL, x, y);
         if (np >= 2 && strcmp(cf->family, "full")) {
             st_status ss = stats_paired(x, y, np, &r->nll[c].p);
-            if (ss != ST_OK) { st = fail(err, KV_ERR_VALUE, "config '%s': NLL paired test failed: %s", cf->config, stats_status_name(ss)); goto done; }
+            if (ss != ST_OK) { st = kv_error_set(err, KV_ERR_VALUE, "config '%s': NLL paired test failed: %s", cf->config, stats_status_name(ss)); goto done; }
             r->nll[c].valid = 1;
         }
     }

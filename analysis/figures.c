@@ -24,18 +24,6 @@ extern char **environ;
 #define PNG_SIZE "1200,800"
 #define PDF_SIZE "6in,4in"
 
-static kv_status fail(kv_error *err, kv_status code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
-
 /* ---- growing string --------------------------------------------------------------- */
 
 typedef struct sbuf { char *s; size_t n, cap; int oom; } sbuf;
@@ -86,12 +74,12 @@ static kv_status read_template(const rp_ctx *c, const char *name, char **out, kv
     char path[4608];
     snprintf(path, sizeof path, "%s/%s", c->plots_dir, name);
     FILE *f = fopen(path, "r");
-    if (!f) return fail(err, KV_ERR_IO, "%s: cannot open template: %s", path, strerror(errno));
+    if (!f) return kv_error_set(err, KV_ERR_IO, "%s: cannot open template: %s", path, strerror(errno));
     sbuf b = {0};
     char line[4096];
     while (fgets(line, sizeof line, f)) sb_add(&b, "%s", line);
     fclose(f);
-    if (b.oom || !b.s) { free(b.s); return fail(err, KV_ERR_FORMAT, "%s: empty template", path); }
+    if (b.oom || !b.s) { free(b.s); return kv_error_set(err, KV_ERR_FORMAT, "%s: empty template", path); }
     *out = b.s;
     return KV_OK;
 }
@@ -108,7 +96,7 @@ static kv_status substitute(sbuf *out, const char *tpl, const char *tname, const
                 for (i = 0; i < t->n; i++)
                     if (strlen(t->v[i].k) == len && !strncmp(t->v[i].k, p + 1, len)) break;
                 if (i == t->n)
-                    return fail(err, KV_ERR_FORMAT, "plots/%s: unknown placeholder @%.*s@", tname, (int)len, p + 1);
+                    return kv_error_set(err, KV_ERR_FORMAT, "plots/%s: unknown placeholder @%.*s@", tname, (int)len, p + 1);
                 sb_add(out, "%s", t->v[i].v);
                 p = q + 1;
                 continue;
@@ -175,12 +163,12 @@ static void render(rp_ctx *c, rp_figure *g, const char *figdir)
 static kv_status emit(rp_ctx *c, const char *stem, const char *kind, const char *caption,
                       tvars *t, sbuf *dat, kv_error *err)
 {
-    if (c->n_fig >= sizeof c->fig / sizeof c->fig[0]) return fail(err, KV_ERR_INVALID, "too many figures");
+    if (c->n_fig >= sizeof c->fig / sizeof c->fig[0]) return kv_error_set(err, KV_ERR_INVALID, "too many figures");
     rp_figure *g = &c->fig[c->n_fig++];
     memset(g, 0, sizeof *g);
     snprintf(g->stem, sizeof g->stem, "%s", stem);
     snprintf(g->caption, sizeof g->caption, "%s", caption);
-    if (dat->oom) return fail(err, KV_ERR_NOMEM, "out of memory");
+    if (dat->oom) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     char figdir[4608], path[4700];
     snprintf(figdir, sizeof figdir, "%s/figures", c->dir);
 
@@ -199,17 +187,17 @@ static kv_status emit(rp_ctx *c, const char *stem, const char *kind, const char 
         free(tpl);
         if (st != KV_OK) { free(gp.s); return st; }
     }
-    if (gp.oom) { free(gp.s); return fail(err, KV_ERR_NOMEM, "out of memory"); }
+    if (gp.oom) { free(gp.s); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
 
     const char *what[2] = { "dat", "gp" };
     const sbuf *body[2] = { dat, &gp };
     for (int i = 0; i < 2; i++) {
         snprintf(path, sizeof path, "%s/%s.%s", figdir, stem, what[i]);
         FILE *f = fopen(path, "w");
-        if (!f) { free(gp.s); return fail(err, KV_ERR_IO, "%s: cannot create: %s", path, strerror(errno)); }
+        if (!f) { free(gp.s); return kv_error_set(err, KV_ERR_IO, "%s: cannot create: %s", path, strerror(errno)); }
         if (body[i]->n) fwrite(body[i]->s, 1, body[i]->n, f);
         int bad = ferror(f);
-        if (fclose(f) || bad) { free(gp.s); return fail(err, KV_ERR_IO, "%s: write failed", path); }
+        if (fclose(f) || bad) { free(gp.s); return kv_error_set(err, KV_ERR_IO, "%s: write failed", path); }
     }
     free(gp.s);
     g->written = 1;
@@ -281,7 +269,7 @@ static kv_status fig_pareto(rp_ctx *c, int m, const char *stem, kv_error *err)
              "(mean over sequences, 95%% t-interval bars); ringed points are Pareto-optimal (no configuration "
              "compresses at least as much with at least as good a %s).", res_metric_names[m], res_metric_names[m]);
     size_t *ok = malloc((nc + 1) * sizeof *ok), n = 0;
-    if (!ok) return fail(err, KV_ERR_NOMEM, "out of memory");
+    if (!ok) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     for (size_t i = 0; i < nc; i++)
         if (an_get(an, i, m)->valid && an_get(an, i, RM_RATIO)->valid && !rs->configs[i].not_applied) ok[n++] = i;
     if (!n) { free(ok); skip(c, stem, cap, "no configuration has %s (no read-out in the trace?)", res_metric_names[m]); return KV_OK; }
@@ -412,7 +400,7 @@ static kv_status fig_layers(rp_ctx *c, int m, const char *stem, kv_error *err)
              : "Per-layer profile of %s (mean over heads) for the full cache and the configurations at matched compression.",
              res_head_metric_names[m]);
     size_t *idx = malloc((rs->n_configs + 1) * sizeof *idx);
-    if (!idx) return fail(err, KV_ERR_NOMEM, "out of memory");
+    if (!idx) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     size_t ns = series_select(c, idx);
     sbuf dat = {0}, titles = {0};
     size_t nser = 0;
@@ -467,7 +455,7 @@ static kv_status fig_memory(rp_ctx *c, kv_error *err)
                       "the context; fixed-budget configurations (budget_kind = budget) saturate at their budget.";
     if (!(c->bytes_per_token > 0)) { skip(c, stem, cap, "the token count needs the trace's dimensions: pass --trace TRACE"); return KV_OK; }
     size_t *idx = malloc((rs->n_configs + 1) * sizeof *idx);
-    if (!idx) return fail(err, KV_ERR_NOMEM, "out of memory");
+    if (!idx) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     size_t ns = series_select(c, idx);
     /* context axis: 8x the longest measured context, at least 4096 */
     double tmax = 0;
@@ -596,7 +584,7 @@ static kv_status fig_ranked(rp_ctx *c, kv_error *err)
     const res_set *rs = c->rs;
     int m = c->metric;
     size_t *idx = malloc((rs->n_configs + 1) * sizeof *idx);
-    if (!idx) return fail(err, KV_ERR_NOMEM, "out of memory");
+    if (!idx) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     double target;
     size_t n = rp_matched(c, idx, &target);
     c->target_used = target;
@@ -636,7 +624,7 @@ kv_status rp_write_figures(rp_ctx *c, kv_error *err)
     if (c->no_figures) return KV_OK;
     char figdir[4608];
     snprintf(figdir, sizeof figdir, "%s/figures", c->dir);
-    if (mkdir(figdir, 0777) && errno != EEXIST) return fail(err, KV_ERR_IO, "%s: cannot create: %s", figdir, strerror(errno));
+    if (mkdir(figdir, 0777) && errno != EEXIST) return kv_error_set(err, KV_ERR_IO, "%s: cannot create: %s", figdir, strerror(errno));
     if (!c->plots_dir) { rp_note(&c->notes, "figures skipped: the gnuplot templates (plots/) were not found; pass --plots DIR"); return KV_OK; }
     kv_status st;
     if ((st = fig_pareto(c, RM_LOGIT_KL, "pareto_logit_kl", err))) return st;

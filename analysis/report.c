@@ -10,18 +10,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static kv_status fail(kv_error *err, kv_status code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
-
 void rp_note(rp_notes *n, const char *fmt, ...)
 {
     char buf[2048];
@@ -68,14 +56,14 @@ static FILE *open_out(rp_ctx *c, const char *rel, kv_error *err)
     char path[4608];
     snprintf(path, sizeof path, "%s/%s", c->dir, rel);
     FILE *f = fopen(path, "w");
-    if (!f) fail(err, KV_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    if (!f) kv_error_set(err, KV_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
     return f;
 }
 
 static kv_status close_out(rp_ctx *c, FILE *f, const char *rel, kv_error *err)
 {
     int bad = ferror(f);
-    if (fclose(f) || bad) return fail(err, KV_ERR_IO, "%s/%s: write failed", c->shown_dir, rel);
+    if (fclose(f) || bad) return kv_error_set(err, KV_ERR_IO, "%s/%s: write failed", c->shown_dir, rel);
     return KV_OK;
 }
 
@@ -161,7 +149,7 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
 {
     char path[4608];
     snprintf(path, sizeof path, "%s/tables", c->dir);
-    if (mkdir(path, 0777) && errno != EEXIST) return fail(err, KV_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    if (mkdir(path, 0777) && errno != EEXIST) return kv_error_set(err, KV_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
     const res_set *rs = c->rs;
     const an_result *an = c->an;
     int hm[N_HEADLINE];
@@ -384,7 +372,7 @@ static kv_status copy_file_into(FILE *out, rp_ctx *c, const char *rel, kv_error 
     char path[4608];
     snprintf(path, sizeof path, "%s/%s", c->dir, rel);
     FILE *in = fopen(path, "r");
-    if (!in) return fail(err, KV_ERR_IO, "%s: cannot read back: %s", path, strerror(errno));
+    if (!in) return kv_error_set(err, KV_ERR_IO, "%s: cannot read back: %s", path, strerror(errno));
     char b[8192];
     size_t n;
     while ((n = fread(b, 1, sizeof b, in)) > 0) fwrite(b, 1, n, out);

@@ -34,18 +34,6 @@ int res_head_metric_index(const char *name)
     return -1;
 }
 
-static kv_status fail(kv_error *err, kv_status code, const char *fmt, ...)
-{
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
-
 static char *xstrdup(const char *s)
 {
     size_t n = strlen(s) + 1;
@@ -63,24 +51,24 @@ static kv_status read_file(const char *path, char **out, size_t *len, int *missi
     FILE *f = fopen(path, "rb");
     if (!f) {
         if (errno == ENOENT && missing) { *missing = 1; return KV_OK; }
-        return fail(err, KV_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        return kv_error_set(err, KV_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     }
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap + 1);
-    if (!buf) { fclose(f); return fail(err, KV_ERR_NOMEM, "%s: out of memory", path); }
+    if (!buf) { fclose(f); return kv_error_set(err, KV_ERR_NOMEM, "%s: out of memory", path); }
     for (;;) {
         size_t r = fread(buf + n, 1, cap - n, f);
         n += r;
         if (n < cap) break;
         char *nb = realloc(buf, 2 * cap + 1);
-        if (!nb) { free(buf); fclose(f); return fail(err, KV_ERR_NOMEM, "%s: out of memory", path); }
+        if (!nb) { free(buf); fclose(f); return kv_error_set(err, KV_ERR_NOMEM, "%s: out of memory", path); }
         buf = nb; cap *= 2;
     }
     int bad = ferror(f);
     fclose(f);
-    if (bad) { free(buf); return fail(err, KV_ERR_IO, "%s: read error", path); }
+    if (bad) { free(buf); return kv_error_set(err, KV_ERR_IO, "%s: read error", path); }
     buf[n] = 0;
-    if (memchr(buf, 0, n)) { free(buf); return fail(err, KV_ERR_FORMAT, "%s: contains NUL bytes", path); }
+    if (memchr(buf, 0, n)) { free(buf); return kv_error_set(err, KV_ERR_FORMAT, "%s: contains NUL bytes", path); }
     *out = buf;
     *len = n;
     return KV_OK;
@@ -137,8 +125,8 @@ static kv_status csv_open(csv *c, const char *path, int optional, int *missing, 
     if (s != KV_OK || !c->buf) return s;
     c->cur = c->buf;
     char *h = csv_nextline(c);
-    if (!h) return fail(err, KV_ERR_FORMAT, "%s: empty file (no header row)", path);
-    if (csv_split(h, c->hdr, &c->nhdr)) return fail(err, KV_ERR_FORMAT, "%s: too many columns", path);
+    if (!h) return kv_error_set(err, KV_ERR_FORMAT, "%s: empty file (no header row)", path);
+    if (csv_split(h, c->hdr, &c->nhdr)) return kv_error_set(err, KV_ERR_FORMAT, "%s: too many columns", path);
     return KV_OK;
 }
 
@@ -149,7 +137,7 @@ static kv_status csv_col(csv *c, const char *name, int required, long *idx, kv_e
     for (size_t i = 0; i < c->nhdr; i++)
         if (!strcmp(c->hdr[i], name)) { *idx = (long)i; return KV_OK; }
     *idx = -1;
-    if (required) return fail(err, KV_ERR_FORMAT, "%s: header lacks column '%s'", c->path, name);
+    if (required) return kv_error_set(err, KV_ERR_FORMAT, "%s: header lacks column '%s'", c->path, name);
     return KV_OK;
 }
 
@@ -160,7 +148,7 @@ static int csv_row(csv *c, kv_error *err, kv_status *st)
     char *l = csv_nextline(c);
     if (!l) return 0;
     if (csv_split(l, c->f, &c->nf) || c->nf != c->nhdr) {
-        *st = fail(err, KV_ERR_FORMAT, "%s:%zu: %zu fields, the header has %zu", c->path, c->line,
+        *st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: %zu fields, the header has %zu", c->path, c->line,
                    c->nf, c->nhdr);
         return 0;
     }
@@ -174,13 +162,13 @@ static kv_status csv_num(csv *c, long col, int allow_empty, double *v, kv_error 
     const char *s = c->f[col];
     if (!*s) {
         if (allow_empty) { *v = NAN; return KV_OK; }
-        return fail(err, KV_ERR_FORMAT, "%s:%zu: column '%s' is empty", c->path, c->line, c->hdr[col]);
+        return kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: column '%s' is empty", c->path, c->line, c->hdr[col]);
     }
     char *end;
     errno = 0;
     double x = strtod(s, &end);
     if (*end || end == s || errno == ERANGE || !isfinite(x))
-        return fail(err, KV_ERR_VALUE, "%s:%zu: column '%s': '%s' is not a finite number", c->path,
+        return kv_error_set(err, KV_ERR_VALUE, "%s:%zu: column '%s': '%s' is not a finite number", c->path,
                     c->line, c->hdr[col], s);
     *v = x;
     return KV_OK;
@@ -193,7 +181,7 @@ static kv_status csv_int(csv *c, long col, long long *v, kv_error *err)
     errno = 0;
     long long x = strtoll(s, &end, 10);
     if (!*s || *end || errno)
-        return fail(err, KV_ERR_FORMAT, "%s:%zu: column '%s': '%s' is not an integer", c->path,
+        return kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: column '%s': '%s' is not an integer", c->path,
                     c->line, c->hdr[col], s);
     *v = x;
     return KV_OK;
@@ -241,10 +229,10 @@ static kv_status parse_provenance(const char *path, res_dir *d, kv_error *err)
     int missing = 0;
     kv_status s = read_file(path, &buf, &len, &missing, err);
     if (s != KV_OK) return s;
-    if (missing) return fail(err, KV_ERR_FORMAT, "%s: missing: not a kvtrace results directory", path);
+    if (missing) return kv_error_set(err, KV_ERR_FORMAT, "%s: missing: not a kvtrace results directory", path);
     const char *p = json_ws(buf);
     static char key[4096], val[65536];
-    if (*p++ != '{') { free(buf); return fail(err, KV_ERR_FORMAT, "%s: not a JSON object", path); }
+    if (*p++ != '{') { free(buf); return kv_error_set(err, KV_ERR_FORMAT, "%s: not a JSON object", path); }
     p = json_ws(p);
     if (*p == '}') p++;
     else for (;;) {
@@ -263,7 +251,7 @@ static kv_status parse_provenance(const char *path, res_dir *d, kv_error *err)
             if (!n) goto bad;
         }
         res_kv *nk = realloc(d->prov, (d->n_prov + 1) * sizeof *nk);
-        if (!nk) { free(buf); return fail(err, KV_ERR_NOMEM, "%s: out of memory", path); }
+        if (!nk) { free(buf); return kv_error_set(err, KV_ERR_NOMEM, "%s: out of memory", path); }
         d->prov = nk;
         d->prov[d->n_prov].key = xstrdup(key);
         d->prov[d->n_prov].value = xstrdup(val);
@@ -278,7 +266,7 @@ static kv_status parse_provenance(const char *path, res_dir *d, kv_error *err)
     return KV_OK;
 bad:
     free(buf);
-    return fail(err, KV_ERR_FORMAT, "%s: malformed JSON (a flat object of strings and numbers expected)", path);
+    return kv_error_set(err, KV_ERR_FORMAT, "%s: malformed JSON (a flat object of strings and numbers expected)", path);
 }
 
 const char *res_prov(const res_dir *d, const char *key)
@@ -350,18 +338,18 @@ static kv_status add_config(loader *L, const char *cfg, const char *family, cons
     if (i >= 0) {
         res_config *c = &s->configs[i];
         if (strcmp(c->family, family) || strcmp(c->budget_kind, bk) || !same_num(c->budget_value, bv))
-            return fail(err, KV_ERR_FORMAT, "%s: config '%s' has family/budget '%s %s %g' here but '%s %s %g' in an earlier directory",
+            return kv_error_set(err, KV_ERR_FORMAT, "%s: config '%s' has family/budget '%s %s %g' here but '%s %s %g' in an earlier directory",
                         where, cfg, family, bk, bv, c->family, c->budget_kind, c->budget_value);
         *gi = (size_t)i;
         return KV_OK;
     }
     res_config *nc = realloc(s->configs, (s->n_configs + 1) * sizeof *nc);
-    if (!nc) return fail(err, KV_ERR_NOMEM, "out of memory");
+    if (!nc) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     s->configs = nc;
     res_config *c = &s->configs[s->n_configs];
     memset(c, 0, sizeof *c);
     c->config = xstrdup(cfg); c->family = xstrdup(family); c->budget_kind = xstrdup(bk);
-    if (!c->config || !c->family || !c->budget_kind) return fail(err, KV_ERR_NOMEM, "out of memory");
+    if (!c->config || !c->family || !c->budget_kind) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     c->budget_value = bv;
     c->first_id = id;
     c->not_applied = -1;            /* unset until a summary row is seen */
@@ -382,9 +370,9 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
     snprintf(path, sizeof path, "%s/provenance.json", d->path);
     if ((st = parse_provenance(path, d, err)) != KV_OK) return st;
     const char *ver = res_prov(d, "results_version");
-    if (!ver) return fail(err, KV_ERR_FORMAT, "%s: no results_version", path);
+    if (!ver) return kv_error_set(err, KV_ERR_FORMAT, "%s: no results_version", path);
     if (strcmp(ver, "1"))
-        return fail(err, KV_ERR_VERSION, "%s: results_version %s is not supported (kvreport reads version %d)",
+        return kv_error_set(err, KV_ERR_VERSION, "%s: results_version %s is not supported (kvreport reads version %d)",
                     path, ver, RES_VERSION);
 
     /* configs.csv */
@@ -399,22 +387,22 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         long long id;
         double bv;
         if ((st = csv_int(&c, ci, &id, err)) || (st = csv_num(&c, cbv, 1, &bv, err))) goto out;
-        if (id < 0 || id > 10000000) { st = fail(err, KV_ERR_FORMAT, "%s:%zu: config_id %lld out of range", path, c.line, id); goto out; }
-        if (!*c.f[cc]) { st = fail(err, KV_ERR_FORMAT, "%s:%zu: empty config string", path, c.line); goto out; }
+        if (id < 0 || id > 10000000) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config_id %lld out of range", path, c.line, id); goto out; }
+        if (!*c.f[cc]) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: empty config string", path, c.line); goto out; }
         if ((size_t)id >= nmap) {
             size_t nn = (size_t)id + 1;
             size_t *nm = realloc(map, nn * sizeof *nm);
-            if (!nm) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto out; }
+            if (!nm) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto out; }
             for (size_t k = nmap; k < nn; k++) nm[k] = (size_t)-1;
             map = nm; nmap = nn;
         }
-        if (map[id] != (size_t)-1) { st = fail(err, KV_ERR_FORMAT, "%s:%zu: config_id %lld repeated", path, c.line, id); goto out; }
+        if (map[id] != (size_t)-1) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config_id %lld repeated", path, c.line, id); goto out; }
         size_t gi = 0;
         if ((st = add_config(L, c.f[cc], c.f[cf], c.f[cbk], bv, id, path, &gi, err))) goto out;
         for (size_t k = cb0; k < L->n_cb; k++)
-            if (L->cb[k].cfg == gi) { st = fail(err, KV_ERR_FORMAT, "%s:%zu: config '%s' listed twice", path, c.line, c.f[cc]); goto out; }
+            if (L->cb[k].cfg == gi) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config '%s' listed twice", path, c.line, c.f[cc]); goto out; }
         contrib *ncb = realloc(L->cb, (L->n_cb + 1) * sizeof *ncb);
-        if (!ncb) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto out; }
+        if (!ncb) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto out; }
         L->cb = ncb;
         memset(&L->cb[L->n_cb], 0, sizeof L->cb[0]);
         L->cb[L->n_cb].cfg = gi;
@@ -422,7 +410,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         map[id] = gi;
     }
     if (st) goto out;
-    if (L->n_cb == cb0) { st = fail(err, KV_ERR_FORMAT, "%s: no configurations", path); goto out; }
+    if (L->n_cb == cb0) { st = kv_error_set(err, KV_ERR_FORMAT, "%s: no configurations", path); goto out; }
     csv_close(&c);
 
 #define LOOKUP_CB(gi_, cbp_) do { cbp_ = NULL; \
@@ -430,10 +418,10 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
 #define ROW_CONFIG(colid, colcfg, gi_) do { long long id_; \
         if ((st = csv_int(&c, colid, &id_, err))) goto out; \
         if (id_ < 0 || (size_t)id_ >= nmap || map[id_] == (size_t)-1) { \
-            st = fail(err, KV_ERR_FORMAT, "%s:%zu: config_id %lld not in configs.csv", path, c.line, id_); goto out; } \
+            st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config_id %lld not in configs.csv", path, c.line, id_); goto out; } \
         gi_ = map[id_]; \
         if (strcmp(c.f[colcfg], s->configs[gi_].config)) { \
-            st = fail(err, KV_ERR_FORMAT, "%s:%zu: config_id %lld is '%s' here but '%s' in configs.csv", \
+            st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config_id %lld is '%s' here but '%s' in configs.csv", \
                       path, c.line, id_, c.f[colcfg], s->configs[gi_].config); goto out; } } while (0)
 
     /* per_seq.csv */
@@ -458,9 +446,9 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         contrib *cb;
         LOOKUP_CB(gi, cb);
         for (size_t k = 0; k < cb->n_seqs; k++)
-            if (cb->seqs[k] == r.seq) { st = fail(err, KV_ERR_FORMAT, "%s:%zu: config '%s' sequence %lld appears twice", path, c.line, s->configs[gi].config, r.seq); goto out; }
+            if (cb->seqs[k] == r.seq) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config '%s' sequence %lld appears twice", path, c.line, s->configs[gi].config, r.seq); goto out; }
         long long *ns = realloc(cb->seqs, (cb->n_seqs + 1) * sizeof *ns);
-        if (!ns) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto out; }
+        if (!ns) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto out; }
         cb->seqs = ns;
         cb->seqs[cb->n_seqs++] = r.seq;
         /* merge into the configuration: identical duplicates from another directory pass */
@@ -470,17 +458,17 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         if (dup) {
             int same = same_num(dup->n_query, r.n_query);
             for (int m = 0; m < RM_COUNT; m++) same = same && same_num(dup->v[m], r.v[m]);
-            if (!same) { st = fail(err, KV_ERR_FORMAT, "%s:%zu: config '%s' sequence %lld differs from the row an earlier directory gave (the same configuration twice with different results)", path, c.line, g->config, r.seq); goto out; }
+            if (!same) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config '%s' sequence %lld differs from the row an earlier directory gave (the same configuration twice with different results)", path, c.line, g->config, r.seq); goto out; }
         } else {
             res_seq *ng = realloc(g->seqs, (g->n_seqs + 1) * sizeof *ng);
-            if (!ng) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto out; }
+            if (!ng) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto out; }
             g->seqs = ng;
             g->seqs[g->n_seqs++] = r;
         }
         rows++;
     }
     if (st) goto out;
-    if (!rows) { st = fail(err, KV_ERR_FORMAT, "%s: no rows", path); goto out; }
+    if (!rows) { st = kv_error_set(err, KV_ERR_FORMAT, "%s: no rows", path); goto out; }
     csv_close(&c);
 
     /* summary.csv: the not_applied guard */
@@ -495,7 +483,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         ROW_CONFIG(sid, scfg, gi);
         long long na;
         if ((st = csv_int(&c, sna, &na, err))) goto out;
-        if (na != 0 && na != 1) { st = fail(err, KV_ERR_FORMAT, "%s:%zu: not_applied must be 0 or 1", path, c.line); goto out; }
+        if (na != 0 && na != 1) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: not_applied must be 0 or 1", path, c.line); goto out; }
         contrib *cb;
         LOOKUP_CB(gi, cb);
         cb->has_summary = 1;
@@ -523,15 +511,15 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
             if ((st = csv_int(&c, hl, &r.layer, err)) || (st = csv_int(&c, hh, &r.head, err)) ||
                 (st = csv_num(&c, hnq, 0, &r.n_query, err)))
                 goto out;
-            if (r.layer < 0 || r.head < 0 || r.layer > 100000 || r.head > 100000) { st = fail(err, KV_ERR_FORMAT, "%s:%zu: layer/head out of range", path, c.line); goto out; }
+            if (r.layer < 0 || r.head < 0 || r.layer > 100000 || r.head > 100000) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: layer/head out of range", path, c.line); goto out; }
             for (int m = 0; m < RH_COUNT; m++)
                 if ((st = csv_num(&c, hm[m], 1, &r.v[m], err))) goto out;
             contrib *cb;
             LOOKUP_CB(gi, cb);
             for (size_t k = 0; k < cb->n_heads; k++)
-                if (cb->heads[k].layer == r.layer && cb->heads[k].head == r.head) { st = fail(err, KV_ERR_FORMAT, "%s:%zu: (layer %lld, head %lld) repeated for config '%s'", path, c.line, r.layer, r.head, s->configs[gi].config); goto out; }
+                if (cb->heads[k].layer == r.layer && cb->heads[k].head == r.head) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: (layer %lld, head %lld) repeated for config '%s'", path, c.line, r.layer, r.head, s->configs[gi].config); goto out; }
             res_head *nh = realloc(cb->heads, (cb->n_heads + 1) * sizeof *nh);
-            if (!nh) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto out; }
+            if (!nh) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto out; }
             cb->heads = nh;
             cb->heads[cb->n_heads++] = r;
         }
@@ -559,7 +547,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
                 goto out;
             int w = !strcmp(c.f[kw], "full") ? 0 : !strcmp(c.f[kw], "comp") ? 1 : -1;
             if (w < 0 || bin < 0 || bin >= RES_CALIB_BINS || cnt < 0 || cs < 0 || as < 0 || cs > cnt * (1 + 1e-9) || as > cnt * (1 + 1e-9)) {
-                st = fail(err, KV_ERR_FORMAT, "%s:%zu: bad calibration row (which full|comp, bin 0..14, 0 <= sums <= count)", path, c.line);
+                st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: bad calibration row (which full|comp, bin 0..14, 0 <= sums <= count)", path, c.line);
                 goto out;
             }
             contrib *cb;
@@ -594,7 +582,7 @@ static kv_status finish_config(loader *L, size_t gi, kv_error *err)
         if (!first) {
             first = cb;
             g->heads = malloc((cb->n_heads ? cb->n_heads : 1) * sizeof *g->heads);
-            if (!g->heads) return fail(err, KV_ERR_NOMEM, "out of memory");
+            if (!g->heads) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
             memcpy(g->heads, cb->heads, cb->n_heads * sizeof *g->heads);
             g->n_heads = cb->n_heads;
             g->has_calib = cb->has_calib;
@@ -617,15 +605,15 @@ static kv_status finish_config(loader *L, size_t gi, kv_error *err)
             }
             if (same && cb->has_calib) same = !memcmp(cb->calib, g->calib, sizeof g->calib);
             if (!same)
-                return fail(err, KV_ERR_FORMAT, "config '%s': per_head.csv/calib.csv differ between two directories holding the same sequences", g->config);
+                return kv_error_set(err, KV_ERR_FORMAT, "config '%s': per_head.csv/calib.csv differ between two directories holding the same sequences", g->config);
         } else if (disjoint) {
             if (cb->n_heads != g->n_heads)
-                return fail(err, KV_ERR_FORMAT, "config '%s': per_head.csv of two shards cover different (layer, head) sets", g->config);
+                return kv_error_set(err, KV_ERR_FORMAT, "config '%s': per_head.csv of two shards cover different (layer, head) sets", g->config);
             for (size_t h = 0; h < cb->n_heads; h++) {
                 res_head *a = &g->heads[h];
                 const res_head *b = &cb->heads[h];
                 if (a->layer != b->layer || a->head != b->head)
-                    return fail(err, KV_ERR_FORMAT, "config '%s': per_head.csv of two shards cover different (layer, head) sets", g->config);
+                    return kv_error_set(err, KV_ERR_FORMAT, "config '%s': per_head.csv of two shards cover different (layer, head) sets", g->config);
                 double wa = a->n_query, wb = b->n_query;
                 for (int m = 0; m < RH_COUNT; m++) {
                     if (isnan(b->v[m])) continue;
@@ -635,7 +623,7 @@ static kv_status finish_config(loader *L, size_t gi, kv_error *err)
                 a->n_query = wa + wb;
             }
             if (cb->has_calib != g->has_calib)
-                return fail(err, KV_ERR_FORMAT, "config '%s': calib.csv present in one shard and not another", g->config);
+                return kv_error_set(err, KV_ERR_FORMAT, "config '%s': calib.csv present in one shard and not another", g->config);
             for (int w = 0; w < 2; w++)
                 for (int b = 0; b < RES_CALIB_BINS; b++) {
                     g->calib[w][b].count += cb->calib[w][b].count;
@@ -643,7 +631,7 @@ static kv_status finish_config(loader *L, size_t gi, kv_error *err)
                     g->calib[w][b].acc_sum += cb->calib[w][b].acc_sum;
                 }
         } else {
-            return fail(err, KV_ERR_FORMAT, "config '%s': two directories hold overlapping but different sequence sets; per_head.csv cannot be merged", g->config);
+            return kv_error_set(err, KV_ERR_FORMAT, "config '%s': two directories hold overlapping but different sequence sets; per_head.csv cannot be merged", g->config);
         }
     }
     if (g->not_applied < 0) g->not_applied = 0;
@@ -654,27 +642,27 @@ static kv_status finish_config(loader *L, size_t gi, kv_error *err)
 kv_status res_load(const char *const *dirs, size_t n, int allow_mixed, res_set **out, kv_error *err)
 {
     *out = NULL;
-    if (n == 0) return fail(err, KV_ERR_INVALID, "no results directory given");
+    if (n == 0) return kv_error_set(err, KV_ERR_INVALID, "no results directory given");
     loader L = {0};
     res_set *s = calloc(1, sizeof *s);
-    if (!s) return fail(err, KV_ERR_NOMEM, "out of memory");
+    if (!s) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     L.s = s;
     kv_status st = KV_OK;
     s->dirs = calloc(n, sizeof *s->dirs);
-    if (!s->dirs) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+    if (!s->dirs) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto done; }
     for (size_t i = 0; i < n; i++) {
         for (size_t j = 0; j < i; j++)
-            if (!strcmp(dirs[i], dirs[j])) { st = fail(err, KV_ERR_INVALID, "%s: results directory given twice", dirs[i]); goto done; }
+            if (!strcmp(dirs[i], dirs[j])) { st = kv_error_set(err, KV_ERR_INVALID, "%s: results directory given twice", dirs[i]); goto done; }
         s->dirs[i].path = xstrdup(dirs[i]);
         s->n_dirs = i + 1;
-        if (!s->dirs[i].path) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+        if (!s->dirs[i].path) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto done; }
         if ((st = load_dir(&L, i, err)) != KV_OK) goto done;
         if (i > 0) {
             const char *a = res_prov(&s->dirs[0], "trace_sha256"), *b = res_prov(&s->dirs[i], "trace_sha256");
             if (!a || !b || strcmp(a, b)) {
                 s->mixed_traces = 1;
                 if (!allow_mixed) {
-                    st = fail(err, KV_ERR_INVALID, "%s: trace_sha256 %s differs from %s's %s (results of different traces; pass --allow-mixed to combine them)",
+                    st = kv_error_set(err, KV_ERR_INVALID, "%s: trace_sha256 %s differs from %s's %s (results of different traces; pass --allow-mixed to combine them)",
                               dirs[i], b ? b : "(absent)", dirs[0], a ? a : "(absent)");
                     goto done;
                 }

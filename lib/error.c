@@ -19,19 +19,24 @@ const char *kv_status_name(kv_status s)
     return "unknown status";
 }
 
-kv_status kverr_set(kv_error *err, kv_status code, const char *fmt, ...)
+static void verr_set(kv_error *err, kv_status code, const char *fmt, va_list ap)
 {
-    if (!err)
-        return code;
     err->code = code;
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-    va_end(ap);
     /* one line: messages may quote names taken from an untrusted file */
     for (char *p = err->msg; *p; p++)
         if ((unsigned char)*p < 0x20 || *p == 0x7f)
             *p = ' ';
+}
+
+kv_status kv_error_set(kv_error *err, kv_status code, const char *fmt, ...)
+{
+    if (!err)
+        return code;
+    va_list ap;
+    va_start(ap, fmt);
+    verr_set(err, code, fmt, ap);
+    va_end(ap);
     return code;
 }
 

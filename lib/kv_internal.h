@@ -6,10 +6,8 @@
 
 #include "kvtrace.h"
 
-/* Sets *err (when non-NULL) to code and one printf-formatted line (newlines and control
- * characters become spaces, truncated to fit); returns code. */
-kv_status kverr_set(kv_error *err, kv_status code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+/* The library's own name for kv_error_set (kvtrace.h). */
+#define kverr_set kv_error_set
 
 /* HDF5 process-wide settings every entry point applies first: no error-stack printing,
  * no dynamic filter plugins. Idempotent. */

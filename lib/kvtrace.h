@@ -54,6 +54,10 @@ typedef struct kv_error {
 } kv_error;
 
 const char *kv_status_name(kv_status s);
+/* Fill *err (when non-NULL) with code and a printf-formatted one-line message (control
+ * characters replaced by spaces); returns code. For tools and libraries built on this one. */
+kv_status kv_error_set(kv_error *err, kv_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* ---- half precision ---------------------------------------------------------------- */
 
