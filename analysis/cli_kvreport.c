@@ -14,6 +14,7 @@
 
 #include "analyze.h"
 #include "report.h"
+#include "truth.h"
 #include "results.h"
 #include "trace_stats.h"
 
@@ -43,6 +44,7 @@ static const char *USAGE =
     "  --seed N                bootstrap seed (default 12345)\n"
     "  --bootstrap N           bootstrap resamples (default 2000; 0 = none)\n"
     "  --no-figures            tables and report only\n"
+    "  --truth TRUTH.h5        in-model truth (kvcapture.py validate): proxy-vs-truth correlations\n"
     "  --plots DIR             gnuplot templates (default: plots/ beside the program, or ./plots)\n"
     "  -h, --help              this text\n";
 
@@ -141,7 +143,7 @@ int main(int argc, char **argv)
 {
     const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
     size_t nd = 0;
-    const char *out = NULL, *baseline = NULL, *metric = NULL, *heat = NULL, *trace = NULL, *plots = NULL;
+    const char *out = NULL, *baseline = NULL, *metric = NULL, *heat = NULL, *trace = NULL, *plots = NULL, *truth = NULL;
     int allow_mixed = 0, no_figures = 0;
     unsigned long long seed = 12345, nboot = 2000;
     double target = 0;
@@ -155,6 +157,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--metric")) { NEED_ARG(); metric = argv[++i]; }
         else if (!strcmp(a, "--heatmap-config")) { NEED_ARG(); heat = argv[++i]; }
         else if (!strcmp(a, "--trace")) { NEED_ARG(); trace = argv[++i]; }
+        else if (!strcmp(a, "--truth")) { NEED_ARG(); truth = argv[++i]; }     /* issue 8 */
         else if (!strcmp(a, "--plots")) { NEED_ARG(); plots = argv[++i]; }
         else if (!strcmp(a, "--allow-mixed")) allow_mixed = 1;
         else if (!strcmp(a, "--no-figures")) no_figures = 1;
@@ -281,6 +284,12 @@ int main(int argc, char **argv)
     if (rp_write_tables(&c, &err) || rp_write_figures(&c, &err) || rp_write_report(&c, &err)) {
         fprintf(stderr, "kvreport: %s\n", err.msg);
         goto cleanup;
+    }
+    if (truth) {        /* issue 8: proxy vs in-model truth, appended to report.md */
+        size_t n_warn = 0;
+        if (tr_write(&c, truth, &n_warn, &err)) { fprintf(stderr, "kvreport: %s\n", err.msg); goto cleanup; }
+        if (n_warn) fprintf(stderr, "kvreport: WARNING: proxy-vs-truth rank correlation below %.1f for %zu metric(s) (see report.md)\n",
+                            TR_WARN_RHO, n_warn);
     }
 
     /* swap into place: an empty directory or a previous report is replaced */

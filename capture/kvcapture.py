@@ -6,6 +6,9 @@
         [--device cpu|cuda] [--layers 0,1,..] [--batch B] [--no-readout | --no-readout-ok] \\
         [--no-attn-out] [--deflate N] -o OUT.h5
 
+    python3 capture/kvcapture.py validate --model M --trace T --export E -o TRUTH.h5
+        (the in-model re-run of `kvreplay run --export` cache states: capture/validate.py)
+
 Models (M):
   ref:PATH                      a kvtrace reference checkpoint (capture/train_ref.py)
   ref-random:SEED[:k=v,...]     a randomly initialised reference model; k = a RefConfig field
@@ -867,6 +870,10 @@ def build_parser():
 
 
 def main(argv=None):
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] == "validate":     # the in-model re-run of exported cache states
+        import validate
+        return validate.main(args[1:], load_adapter, CaptureError)
     a = build_parser().parse_args(argv)
     if a.batch < 1:
         print("kvcapture: error: --batch must be >= 1", file=sys.stderr)

@@ -14,6 +14,7 @@
 
 #include "commands.h"
 #include "engine.h"
+#include "export.h"
 #include "output.h"
 #include "readout.h"
 #include "sweep.h"
@@ -43,6 +44,9 @@ static const char run_usage[] =
     "  --shard i/N         evaluate every N-th sequence starting at i (N alone: i from\n"
     "                      SLURM_ARRAY_TASK_ID); combine the shards with kvreplay merge\n"
     "  --list              list the strategies and their parameters, then exit\n"
+    "  --export PATH       write what each configuration did to the cache (traces/EXPORT.md):\n"
+    "                      PATH.h5, or a directory that gets export.h5; prefill protocol only\n"
+    "  --export-configs LIST  config ids to export, e.g. 0,3-5 (default: all)\n"
     "SIGINT/SIGTERM finish the current sequence and exit with status 3 (resumable).\n";
 
 static volatile sig_atomic_t g_stop = 0;
@@ -150,6 +154,7 @@ int kvcmd_run(int argc, char **argv)
 {
     const char *trace_path = NULL, *sweep_path = NULL, *outdir = NULL, *seqs_s = NULL, *calib_s = NULL;
     const char *shard_s = NULL;
+    const char *export_s = NULL, *export_cfg_s = NULL;     /* --export (issue 8) */
     long shard_i = 0, shard_n = 1;
     const char *specs[64];
     size_t n_specs = 0;
@@ -185,6 +190,8 @@ int kvcmd_run(int argc, char **argv)
         } else if (!strcmp(a, "--shard") && more) shard_s = argv[++i];
         else if (!strcmp(a, "--seqs") && more) seqs_s = argv[++i];
         else if (!strcmp(a, "--calib") && more) calib_s = argv[++i];
+        else if (!strcmp(a, "--export") && more) export_s = argv[++i];
+        else if (!strcmp(a, "--export-configs") && more) export_cfg_s = argv[++i];
         else if (!strcmp(a, "--resume")) resume = 1;
         else if (!strcmp(a, "--readout") || !strcmp(a, "--require-readout")) readout_flag = 2;
         else if (!strcmp(a, "--no-readout")) readout_flag = 0;
@@ -227,6 +234,10 @@ int kvcmd_run(int argc, char **argv)
     rp_sweep sw = { 0 };
     kv_trace *tr = NULL;
     rp_engine *eng = NULL;
+    rp_export *xp = NULL;
+    size_t *xcfg = NULL, n_xcfg = 0;
+    uint8_t *xchosen = NULL;
+    char xpath[4200] = "";
     rp_seq_result *res = NULL;
     size_t *seqs = NULL, *calib = NULL, n_seqs = 0, n_calib = 0, n_res = 0;
     int rc = KV_EXIT_FAIL;
@@ -324,8 +335,29 @@ int kvcmd_run(int argc, char **argv)
 
     rp_run_opts opts = { .mode = mode, .decode = (size_t)decode, .eval_from = (size_t)eval_from, .readout = readout_flag != 0, .gqa_reduce = gqa,
                          .calib = calib, .n_calib = n_calib };
-    if (rp_engine_new(tr, &sw, &opts, seqs, n_seqs, &eng, err, sizeof err)) goto fail;
     if (kv_file_sha256(trace_path, sha, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
+    if (export_cfg_s && !export_s) { snprintf(err, sizeof err, "--export-configs needs --export PATH"); goto fail; }
+    if (export_s) {     /* issue 8: the exporter is the engine's export hook */
+        if (mode != RP_PREFILL) { snprintf(err, sizeof err, "--export supports the prefill protocol only (--mode online: the cache changes at every position)"); goto fail; }
+        if (resume) { snprintf(err, sizeof err, "--export cannot be combined with --resume (sequences taken from parts/ are not re-run)"); goto fail; }
+        size_t ln = strlen(export_s);
+        if (ln > 3 && !strcmp(export_s + ln - 3, ".h5")) snprintf(xpath, sizeof xpath, "%s", export_s);
+        else {
+            if (mkdir(export_s, 0777) && errno != EEXIST) { snprintf(err, sizeof err, "--export %s: %s", export_s, strerror(errno)); goto fail; }
+            snprintf(xpath, sizeof xpath, "%s/export.h5", export_s);
+        }
+        if (!(xchosen = calloc(sw.n, 1))) { snprintf(err, sizeof err, "out of memory"); goto fail; }
+        if (export_cfg_s) {
+            if (parse_list(export_cfg_s, sw.n, &xcfg, &n_xcfg, "--export-configs")) goto fail_quiet;
+            for (size_t i = 0; i < n_xcfg; i++) xchosen[xcfg[i]] = 1;
+        } else memset(xchosen, 1, sw.n);
+        rp_export_prov xpv = { .trace = trace_path, .trace_sha256 = sha, .model = in->model, .mode = "prefill",
+                               .decode = (size_t)decode, .eval_from = (size_t)eval_from };
+        if (rp_export_open(xpath, &sw, xchosen, in, &xpv, &xp, err, sizeof err)) goto fail;
+        opts.export_hook = rp_export_hook;
+        opts.export_ud = xp;
+    }
+    if (rp_engine_new(tr, &sw, &opts, seqs, n_seqs, &eng, err, sizeof err)) goto fail;
 
     /* run key: everything that determines the parts */
     {
@@ -375,6 +407,7 @@ int kvcmd_run(int argc, char **argv)
         if (g_stop) break;
         if (tty) fprintf(stderr, "\rkvreplay run: sequence %zu/%zu (%zu configs)   ", i + 1, n_seqs, sw.n);
         if (rp_engine_seq(eng, seqs[i], &res[i], err, sizeof err)) goto fail;
+        if (xp && rp_export_write_seq(xp, seqs[i], err, sizeof err)) goto fail;
         n_res++;
         if (out_part_write(outdir, key, &res[i], sw.n, L, H, err, sizeof err)) goto fail;
         if (g_stop && i + 1 < n_seqs) break;
@@ -406,6 +439,11 @@ int kvcmd_run(int argc, char **argv)
         size_t n_na = 0;
         if (out_write_results(outdir, &sw, res, n_res, L, H, rp_engine_has_readout(eng), &pv, &n_na, err, sizeof err))
             goto fail;
+        if (xp) {
+            if (rp_export_close(xp, err, sizeof err)) goto fail;
+            fprintf(stderr, "kvreplay run: exported the cache states of %zu configuration(s) to %s\n",
+                    export_cfg_s ? n_xcfg : sw.n, xpath);
+        }
         if (shard_n == 1) remove_parts(outdir);     /* shards keep them for kvreplay merge */
         if (n_na)
             fprintf(stderr, "kvreplay run: warning: %zu configuration(s) gave results identical to the full cache "
@@ -429,6 +467,7 @@ done:
     if (res) for (size_t i = 0; i < n_seqs; i++) rp_seq_result_free(&res[i]);
     free(res); free(seqs); free(calib);
     rp_engine_free(eng);
+    rp_export_free(xp); free(xcfg); free(xchosen);
     kv_trace_close(tr);
     sweep_free(&sw);
     return rc;

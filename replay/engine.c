@@ -220,6 +220,11 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
             goto fail;
         }
     }
+    if (o->export_hook && o->mode != RP_PREFILL) {     /* export (issue 8): prefill only */
+        failf(err, errlen, "--export supports the prefill protocol only (the online protocol's cache changes "
+              "at every position)");
+        goto fail;
+    }
     /* protocols and budgets */
     for (size_t c = 0; c < sw->n; c++) {
         const rp_config *cf = &sw->cfg[c];
@@ -690,7 +695,13 @@ static int item_run(item *it)
                             ha[HA_KEEP] += (double)cnt / (double)nfull; ha[HA_BUDGET] += (double)cnt;
                         }
                     }
-                    if (t == n - 1) account_last(it, cf, c, g, &view);
+                    if (t == n - 1) {
+                        account_last(it, cf, c, g, &view);
+                        /* export (issue 8): hand the cache the last position sees to the exporter */
+                        if (E->o.export_hook && E->o.export_hook(E->o.export_ud, c, s, l, g, n, P, &view)) {
+                            failf(err, errlen, "out of memory (export)"); goto done;
+                        }
+                    }
                     if (online && cache->n > st->B) {
                         size_t ne = cf->evict->online_step(st->ost, &ctx, g, t, cache, probs, st->B, evict);
                         memset(keep, 1, cache->n);

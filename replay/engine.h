@@ -64,6 +64,13 @@ typedef struct rp_run_opts {
     int gqa_reduce;             /* RP_GQA_MEAN (default) | RP_GQA_MAX | RP_GQA_SUM -> ctx.gqa_reduce */
     const size_t *calib;        /* calibration sequences (never evaluated) */
     size_t n_calib;
+    /* Export hook (replay/export.h, issue 8), NULL = none; prefill protocol only. Called from
+     * the worker threads with the cache the last position n-1 sees (the view after encoders),
+     * once per (config, sequence, layer, kv head); must be safe for distinct (c, l, g).
+     * Non-zero return: the sequence fails with "out of memory (export)". */
+    int (*export_hook)(void *ud, size_t c, size_t s, size_t l, size_t g, size_t n, size_t P,
+                       const rp_cache *view);
+    void *export_ud;
 } rp_run_opts;
 
 /* Per (config, layer, query head) sums; HA_N counts evaluated positions. */

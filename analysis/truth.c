@@ -1,0 +1,397 @@
+/* Proxy vs in-model truth (truth.h).
+ *
+ * N truth rows (config, sequence); NC paired configurations; B bootstrap resamples.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <hdf5.h>
+#include <math.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gsl/gsl_fit.h>
+#include <gsl/gsl_rng.h>
+#include <gsl/gsl_sort.h>
+#include <gsl/gsl_statistics_double.h>
+
+#include "truth.h"
+
+extern char **environ;
+
+enum { TM_KL, TM_NLL, TM_N };
+static const char *const tm_name[TM_N] = { "logit_kl", "nll_delta" };
+
+static kv_status fail(kv_error *err, kv_status s, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+    va_end(ap);
+    err->code = s;
+    return s;
+}
+
+/* ---- correlations ------------------------------------------------------------------------- */
+
+double tr_kendall(const double *x, const double *y, size_t n)
+{
+    /* naive O(n^2) tau-b: (C - D) / sqrt((n0 - tx)(n0 - ty)) */
+    double c = 0, d = 0, tx = 0, ty = 0, n0 = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = i + 1; j < n; j++) {
+            double a = x[i] - x[j], b = y[i] - y[j];
+            n0 += 1;
+            if (a == 0) tx += 1;
+            if (b == 0) ty += 1;
+            if (a == 0 || b == 0) continue;
+            if ((a > 0) == (b > 0)) c += 1; else d += 1;
+        }
+    double den = sqrt((n0 - tx) * (n0 - ty));
+    return den > 0 ? (c - d) / den : NAN;
+}
+
+double tr_spearman(const double *x, const double *y, size_t n)
+{
+    if (n < 2) return NAN;
+    double *w = malloc(2 * n * sizeof *w);
+    if (!w) return NAN;
+    double r = gsl_stats_spearman(x, 1, y, 1, n, w);
+    free(w);
+    return isfinite(r) ? r : NAN;
+}
+
+/* ---- truth file ------------------------------------------------------------------------- */
+
+typedef struct trow { char *config; long long seq; double kl, nll_f, nll_c; } trow;
+
+static int read_1d(hid_t f, const char *name, hid_t mtype, size_t n, void *buf)
+{
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT), sp = H5I_INVALID_HID;
+    int rc = -1;
+    if (d < 0) return -1;
+    sp = H5Dget_space(d);
+    hsize_t dim = 0;
+    if (sp >= 0 && H5Sget_simple_extent_ndims(sp) == 1 && H5Sget_simple_extent_dims(sp, &dim, NULL) == 1 &&
+        dim == n && (n == 0 || H5Dread(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0))
+        rc = 0;
+    if (sp >= 0) H5Sclose(sp);
+    H5Dclose(d);
+    return rc;
+}
+
+static kv_status load_truth(const char *path, trow **out, size_t *n_out, char *apply, size_t apply_cap, kv_error *err)
+{
+    hid_t f = H5I_INVALID_HID, d = H5I_INVALID_HID, ft = H5I_INVALID_HID, mt = H5I_INVALID_HID, a = H5I_INVALID_HID;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    trow *rows = NULL;
+    char *sbuf = NULL;
+    long long *seq = NULL;
+    double *kl = NULL, *nf = NULL, *nc = NULL;
+    size_t N = 0;
+    kv_status st = KV_ERR_FORMAT;
+    if (access(path, R_OK)) return fail(err, KV_ERR_IO, "--truth %s: %s", path, strerror(errno));
+    f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return fail(err, KV_ERR_FORMAT, "--truth %s: not an HDF5 file", path);
+    long long ver = 0;
+    a = H5Aopen(f, "kvtrace_truth_version", H5P_DEFAULT);
+    if (a < 0 || H5Aread(a, H5T_NATIVE_LLONG, &ver) < 0 || ver != 1) {
+        fail(err, KV_ERR_VERSION, "--truth %s: not a kvtrace truth file (kvtrace_truth_version 1 expected)", path);
+        goto done;
+    }
+    H5Aclose(a);
+    a = H5Aopen(f, "apply", H5P_DEFAULT);
+    snprintf(apply, apply_cap, "?");
+    if (a >= 0) {
+        hid_t at = H5Aget_type(a);
+        if (at >= 0 && H5Tis_variable_str(at) > 0) {
+            char *s = NULL;
+            hid_t vt = H5Tcopy(H5T_C_S1);
+            H5Tset_size(vt, H5T_VARIABLE);
+            H5Tset_cset(vt, H5Tget_cset(at));
+            if (H5Aread(a, vt, &s) >= 0 && s) { snprintf(apply, apply_cap, "%s", s); H5free_memory(s); }
+            H5Tclose(vt);
+        }
+        if (at >= 0) H5Tclose(at);
+        H5Aclose(a);
+    }
+    a = H5I_INVALID_HID;
+    d = H5Dopen2(f, "rows/config", H5P_DEFAULT);
+    if (d < 0) { fail(err, KV_ERR_FORMAT, "--truth %s: /rows/config missing", path); goto done; }
+    {
+        hid_t sp = H5Dget_space(d);
+        hsize_t dim = 0;
+        int ok = sp >= 0 && H5Sget_simple_extent_ndims(sp) == 1 && H5Sget_simple_extent_dims(sp, &dim, NULL) == 1;
+        if (sp >= 0) H5Sclose(sp);
+        if (!ok || dim > 10000000) { fail(err, KV_ERR_FORMAT, "--truth %s: /rows/config: expected rank 1", path); goto done; }
+        N = (size_t)dim;
+    }
+    ft = H5Dget_type(d);
+    size_t w = ft >= 0 ? H5Tget_size(ft) : 0;
+    if (ft < 0 || H5Tget_class(ft) != H5T_STRING || H5Tis_variable_str(ft) > 0 || w == 0 || w > 4096) {
+        fail(err, KV_ERR_FORMAT, "--truth %s: /rows/config: fixed-length strings expected", path);
+        goto done;
+    }
+    mt = H5Tcopy(H5T_C_S1);
+    H5Tset_size(mt, w + 1);
+    H5Tset_strpad(mt, H5T_STR_NULLTERM);
+    sbuf = calloc(N ? N : 1, w + 1);
+    seq = malloc((N ? N : 1) * sizeof *seq);
+    kl = malloc((N ? N : 1) * sizeof *kl); nf = malloc((N ? N : 1) * sizeof *nf); nc = malloc((N ? N : 1) * sizeof *nc);
+    rows = calloc(N ? N : 1, sizeof *rows);
+    if (!sbuf || !seq || !kl || !nf || !nc || !rows) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+    if ((N && H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, sbuf) < 0) ||
+        read_1d(f, "rows/seq", H5T_NATIVE_LLONG, N, seq) || read_1d(f, "rows/logit_kl", H5T_NATIVE_DOUBLE, N, kl) ||
+        read_1d(f, "rows/nll_full", H5T_NATIVE_DOUBLE, N, nf) || read_1d(f, "rows/nll_comp", H5T_NATIVE_DOUBLE, N, nc)) {
+        fail(err, KV_ERR_FORMAT, "--truth %s: /rows: missing or inconsistent datasets (config, seq, logit_kl, nll_full, nll_comp of %zu rows)", path, N);
+        goto done;
+    }
+    for (size_t i = 0; i < N; i++) {
+        if (!isfinite(kl[i]) || !isfinite(nf[i]) || !isfinite(nc[i])) {
+            fail(err, KV_ERR_VALUE, "--truth %s: row %zu: NaN/Inf metric", path, i);
+            goto done;
+        }
+        rows[i].config = strndup(sbuf + i * (w + 1), w);
+        if (!rows[i].config) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+        rows[i].seq = seq[i]; rows[i].kl = kl[i]; rows[i].nll_f = nf[i]; rows[i].nll_c = nc[i];
+    }
+    *out = rows; *n_out = N;
+    rows = NULL;
+    st = KV_OK;
+done:
+    if (rows) { for (size_t i = 0; i < N; i++) free(rows[i].config); free(rows); }
+    free(sbuf); free(seq); free(kl); free(nf); free(nc);
+    if (a >= 0) H5Aclose(a);
+    if (mt >= 0) H5Tclose(mt);
+    if (ft >= 0) H5Tclose(ft);
+    if (d >= 0) H5Dclose(d);
+    if (f >= 0) H5Fclose(f);
+    return st;
+}
+
+/* ---- statistics of one metric -------------------------------------------------------------- */
+
+typedef struct tstat {
+    size_t n;
+    double rho, rho_lo, rho_hi, tau, tau_lo, tau_hi, slope, intercept, med_ratio;
+} tstat;
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void corr_stats(const double *px, const double *ty, size_t n, size_t B, uint64_t seed, tstat *o)
+{
+    o->n = n;
+    o->rho = tr_spearman(px, ty, n);
+    o->tau = tr_kendall(px, ty, n);
+    o->rho_lo = o->rho_hi = o->tau_lo = o->tau_hi = NAN;
+    o->slope = o->intercept = o->med_ratio = NAN;
+    if (n >= 2) {
+        double c0, c1, c00, c01, c11, ss;
+        if (gsl_fit_linear(px, 1, ty, 1, n, &c0, &c1, &c00, &c01, &c11, &ss) == 0 && isfinite(c1)) {
+            o->slope = c1; o->intercept = c0;
+        }
+    }
+    double *r = malloc((n ? n : 1) * sizeof *r);
+    size_t k = 0;
+    for (size_t i = 0; r && i < n; i++) if (px[i] > 0) r[k++] = ty[i] / px[i];
+    if (k) { qsort(r, k, sizeof *r, cmp_d); o->med_ratio = k % 2 ? r[k / 2] : 0.5 * (r[k / 2 - 1] + r[k / 2]); }
+    free(r);
+    if (B == 0 || n < 3) return;
+    double *bx = malloc(n * sizeof *bx), *by = malloc(n * sizeof *by);
+    double *rs = malloc(B * sizeof *rs), *ts = malloc(B * sizeof *ts);
+    gsl_rng *g = gsl_rng_alloc(gsl_rng_mt19937);
+    if (bx && by && rs && ts && g) {
+        gsl_rng_set(g, (unsigned long)seed);
+        size_t nr = 0, nt = 0;
+        for (size_t b = 0; b < B; b++) {
+            for (size_t i = 0; i < n; i++) {
+                size_t j = gsl_rng_uniform_int(g, n);
+                bx[i] = px[j]; by[i] = ty[j];
+            }
+            double a = tr_spearman(bx, by, n), t = tr_kendall(bx, by, n);
+            if (isfinite(a)) rs[nr++] = a;
+            if (isfinite(t)) ts[nt++] = t;
+        }
+        if (nr) { gsl_sort(rs, 1, nr); o->rho_lo = gsl_stats_quantile_from_sorted_data(rs, 1, nr, 0.025); o->rho_hi = gsl_stats_quantile_from_sorted_data(rs, 1, nr, 0.975); }
+        if (nt) { gsl_sort(ts, 1, nt); o->tau_lo = gsl_stats_quantile_from_sorted_data(ts, 1, nt, 0.025); o->tau_hi = gsl_stats_quantile_from_sorted_data(ts, 1, nt, 0.975); }
+    }
+    if (g) gsl_rng_free(g);
+    free(bx); free(by); free(rs); free(ts);
+}
+
+/* ---- outputs ------------------------------------------------------------------------------ */
+
+static void fmt_num(char *b, size_t cap, double x)
+{
+    if (isfinite(x)) snprintf(b, cap, "%.3g", x); else snprintf(b, cap, "n/a");
+}
+
+static int render(const rp_ctx *c, const char *figdir, const char *script)
+{
+    if (!c->gnuplot) return -1;
+    posix_spawn_file_actions_t fa;
+    if (posix_spawn_file_actions_init(&fa)) return -1;
+    int ok = !posix_spawn_file_actions_addchdir_np(&fa, figdir) &&
+             !posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0) &&
+             !posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0) &&
+             !posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid;
+    char *argv[] = { (char *)c->gnuplot, (char *)script, NULL };
+    int rc = ok ? posix_spawn(&pid, c->gnuplot, &fa, NULL, argv, environ) : -1;
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc) return -1;
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+}
+
+kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *err)
+{
+    const res_set *rs = c->rs;
+    trow *rows = NULL;
+    size_t N = 0;
+    char apply[64];
+    kv_status st = load_truth(truth_path, &rows, &N, apply, sizeof apply, err);
+    if (st != KV_OK) return st;
+    size_t NC = rs->n_configs, np = 0, nrow_used = 0;
+    double *px[TM_N], *ty[TM_N];
+    long *cid = malloc((NC ? NC : 1) * sizeof *cid);
+    for (int m = 0; m < TM_N; m++) { px[m] = malloc((NC ? NC : 1) * sizeof **px); ty[m] = malloc((NC ? NC : 1) * sizeof **ty); }
+    FILE *f = NULL;
+    char path[8192];
+    *n_warn = 0;
+    if (!cid || !px[0] || !px[1] || !ty[0] || !ty[1]) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+    /* pair per configuration: means over the sequences present in both (full family left out) */
+    for (size_t ci = 0; ci < NC; ci++) {
+        const res_config *cf = &rs->configs[ci];
+        if (!strcmp(cf->family, "full")) continue;
+        double s[2][TM_N] = { { 0 } };
+        size_t k = 0;
+        for (size_t i = 0; i < N; i++) {
+            if (strcmp(rows[i].config, cf->config)) continue;
+            const res_seq *q = NULL;
+            for (size_t j = 0; j < cf->n_seqs; j++) if (cf->seqs[j].seq == rows[i].seq) q = &cf->seqs[j];
+            if (!q || isnan(q->v[RM_LOGIT_KL]) || isnan(q->v[RM_NLL_DELTA])) continue;
+            s[0][TM_KL] += q->v[RM_LOGIT_KL]; s[0][TM_NLL] += q->v[RM_NLL_DELTA];
+            s[1][TM_KL] += rows[i].kl; s[1][TM_NLL] += rows[i].nll_c - rows[i].nll_f;
+            k++;
+        }
+        if (!k) continue;
+        for (int m = 0; m < TM_N; m++) { px[m][np] = s[0][m] / (double)k; ty[m][np] = s[1][m] / (double)k; }
+        cid[np++] = (long)ci;
+        nrow_used += k;
+    }
+    if (np < 3) {
+        st = fail(err, KV_ERR_INVALID, "--truth %s: only %zu configuration(s) pair with the results (same config string and "
+                  "sequence, read-out metrics present, full left out); at least 3 are needed", truth_path, np);
+        goto done;
+    }
+    tstat ts[TM_N];
+    for (int m = 0; m < TM_N; m++) corr_stats(px[m], ty[m], np, c->n_boot, c->seed + (uint64_t)m, &ts[m]);
+
+    /* tables/truth.csv */
+    snprintf(path, sizeof path, "%s/tables/truth.csv", c->dir);
+    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+    fprintf(f, "metric,n_configs,spearman,spearman_lo,spearman_hi,kendall,kendall_lo,kendall_hi,slope,intercept,median_ratio\n");
+    for (int m = 0; m < TM_N; m++) {
+        const tstat *t = &ts[m];
+        double v[10] = { t->rho, t->rho_lo, t->rho_hi, t->tau, t->tau_lo, t->tau_hi, t->slope, t->intercept, t->med_ratio };
+        fprintf(f, "%s,%zu", tm_name[m], t->n);
+        for (int i = 0; i < 9; i++) { if (isfinite(v[i])) fprintf(f, ",%.9g", v[i]); else fputs(",", f); }
+        fputc('\n', f);
+    }
+    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    f = NULL;
+    snprintf(path, sizeof path, "%s/tables/truth_pairs.csv", c->dir);
+    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+    fprintf(f, "config,family,proxy_logit_kl,true_logit_kl,proxy_nll_delta,true_nll_delta\n");
+    for (size_t i = 0; i < np; i++)
+        fprintf(f, "%s,%s,%.9g,%.9g,%.9g,%.9g\n", rs->configs[cid[i]].config, rs->configs[cid[i]].family,
+                px[TM_KL][i], ty[TM_KL][i], px[TM_NLL][i], ty[TM_NLL][i]);
+    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    f = NULL;
+
+    /* figures: one scatter per metric (self-contained gnuplot scripts) */
+    int rendered[TM_N] = { 0 };
+    if (!c->no_figures) {
+        char figdir[4200];
+        snprintf(figdir, sizeof figdir, "%s/figures", c->dir);
+        for (int m = 0; m < TM_N; m++) {
+            snprintf(path, sizeof path, "%s/truth_%s.dat", figdir, tm_name[m]);
+            if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+            fprintf(f, "# proxy truth family\n");
+            for (size_t i = 0; i < np; i++) fprintf(f, "%.9g %.9g \"%s\"\n", px[m][i], ty[m][i], rs->configs[cid[i]].family);
+            if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+            snprintf(path, sizeof path, "%s/truth_%s.gp", figdir, tm_name[m]);
+            if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+            int logs = m == TM_KL;
+            fprintf(f, "# proxy (direct-path read-out) vs in-model truth, %s; written by kvreport\n"
+                       "set terminal pngcairo size 800,600 noenhanced\nset output 'truth_%s.png'\n"
+                       "set xlabel 'proxy %s (kvreplay read-out)'\nset ylabel 'true %s (in-model re-run)'\n"
+                       "set title 'Spearman %.3f, Kendall %.3f, n = %zu configurations'\nset key outside right\n%s"
+                       "plot 'truth_%s.dat' using 1:2 with points pt 7 ps 1.2 title 'configurations', "
+                       "x with lines dt 2 lc rgb 'gray' title 'y = x'\n",
+                    tm_name[m], tm_name[m], tm_name[m], tm_name[m], ts[m].rho, ts[m].tau, np,
+                    logs ? "set logscale xy\n" : "", tm_name[m]);
+            if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+            f = NULL;
+            char script[64];
+            snprintf(script, sizeof script, "truth_%s.gp", tm_name[m]);
+            rendered[m] = render(c, figdir, script) == 0;
+        }
+    }
+
+    /* report.md section (appended) */
+    snprintf(path, sizeof path, "%s/report.md", c->dir);
+    if (!(f = fopen(path, "a"))) { st = fail(err, KV_ERR_IO, "%s: cannot append", path); goto done; }
+    fprintf(f, "\n## Proxy vs in-model truth\n\n"
+               "Truth: `%s` (`kvcapture.py validate`, rows applied by `%s`): %zu configurations paired with the "
+               "results (%zu (configuration, sequence) rows; the `full` family left out). Per configuration, the mean "
+               "over its sequences of the direct-path proxy (this report's read-out metrics) against the same "
+               "metric of an in-model re-run with the exported cache state. Intervals: percentile bootstrap over "
+               "configurations (%zu resamples). Slope: least squares of truth on proxy.\n\n",
+            truth_path, apply, np, nrow_used, c->n_boot);
+    for (int m = 0; m < TM_N; m++)
+        if (isfinite(ts[m].rho) && ts[m].rho < TR_WARN_RHO) {
+            fprintf(f, "> **WARNING: the proxy ranks configurations with Spearman %.3f < %.1f against the in-model "
+                       "re-run for %s: do not trust its ranking on this model without the truth run.**\n\n",
+                    ts[m].rho, TR_WARN_RHO, tm_name[m]);
+            (*n_warn)++;
+        }
+    fprintf(f, "| metric | n | Spearman [95%% CI] | Kendall [95%% CI] | slope | median truth/proxy |\n"
+               "|---|---|---|---|---|---|\n");
+    for (int m = 0; m < TM_N; m++) {
+        const tstat *t = &ts[m];
+        char a[6][32];
+        fmt_num(a[0], 32, t->rho); fmt_num(a[1], 32, t->rho_lo); fmt_num(a[2], 32, t->rho_hi);
+        fmt_num(a[3], 32, t->tau); fmt_num(a[4], 32, t->tau_lo); fmt_num(a[5], 32, t->tau_hi);
+        char sl[32], mr[32];
+        fmt_num(sl, 32, t->slope); fmt_num(mr, 32, t->med_ratio);
+        fprintf(f, "| %s | %zu | %s [%s, %s] | %s [%s, %s] | %s | %s |\n", tm_name[m], t->n, a[0], a[1], a[2], a[3],
+                a[4], a[5], sl, mr);
+    }
+    fputc('\n', f);
+    for (int m = 0; m < TM_N; m++) {
+        if (rendered[m]) fprintf(f, "![proxy vs truth, %s](figures/truth_%s.png)\n\n", tm_name[m], tm_name[m]);
+        else if (!c->no_figures) fprintf(f, "Figure truth_%s not rendered (figures/truth_%s.gp and .dat are written).\n\n",
+                                         tm_name[m], tm_name[m]);
+    }
+    fprintf(f, "Pairs: tables/truth_pairs.csv; statistics: tables/truth.csv.\n");
+    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    f = NULL;
+    st = KV_OK;
+done:
+    if (f) fclose(f);
+    for (size_t i = 0; i < N; i++) free(rows[i].config);
+    free(rows); free(cid);
+    for (int m = 0; m < TM_N; m++) { free(px[m]); free(ty[m]); }
+    return st;
+}

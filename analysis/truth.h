@@ -1,0 +1,32 @@
+/* Proxy vs in-model truth (issue 8): `kvreport ... --truth truth.h5`.
+ *
+ * truth.h5 comes from `kvcapture.py validate` (traces/EXPORT.md): per (configuration,
+ * sequence) the metrics of an in-model re-run with the exported cache state. Paired with the
+ * results' direct-path proxies per configuration (means over the sequences both have; the
+ * `full` family left out), for logit_kl and nll_delta (nll_comp - nll_full):
+ *   Spearman (gsl_stats_spearman) and Kendall tau-b (O(n^2), here) with percentile bootstrap
+ *   95% intervals over configurations (rp_ctx.n_boot resamples, rp_ctx.seed);
+ *   calibration slope: ordinary least squares of truth on proxy; median truth / proxy.
+ * Writes tables/truth.csv, figures/truth_<metric>.{dat,gp} (+ .png when gnuplot runs) and
+ * appends a section to report.md, with a WARNING line when a Spearman is below 0.9.
+ */
+#ifndef KV_TRUTH_H
+#define KV_TRUTH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "report.h"
+
+#define TR_WARN_RHO 0.9
+
+/* Kendall tau-b of x, y [n] (ties handled; NaN when a variable is constant or n < 2). */
+double tr_kendall(const double *x, const double *y, size_t n);
+/* Spearman rank correlation (average ranks for ties); NaN when n < 2 or constant. */
+double tr_spearman(const double *x, const double *y, size_t n);
+
+/* Reads the truth file, pairs it with c->rs and writes the outputs (c->dir must hold
+ * report.md already). *n_warn = number of metrics whose Spearman is below TR_WARN_RHO. */
+kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *err);
+
+#endif /* KV_TRUTH_H */

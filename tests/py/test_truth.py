@@ -1,0 +1,290 @@
+"""Ground truth loop (issue 8): kvreplay run --export -> kvcapture validate -> truth.h5.
+
+Tiny reference model (random, 2 layers, GQA 4/2 heads, T=64, 2 sequences, 16 decode tokens):
+  1. round trip: the exported kept sets are what the replay reported (per_head.csv budget =
+     prompt entries + exact decode keys, averaged as the engine does), knorm's kept sets equal
+     an independent numpy recomputation from the trace, merge groups are consistent;
+  2. the full-cache configuration: truth logit_kl = 0, and the full re-run reproduces the
+     trace's captured logits (/readout/ref_lse and the top-8 logits) within f16 tolerance;
+  3. every configuration's true metrics equal an independent float64 masked forward of the
+     reference model written here (masks, + log(mult), substituted rows), not validate.py's;
+  4. validate refuses a model that is not the trace's model.
+"""
+import csv
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import torch
+
+ROOT = os.environ.get("KV_ROOT") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("BIN") or os.path.join(ROOT, "bin")
+TMP = os.environ.get("KV_TMP") or "/tmp/kv-truth/test"
+os.makedirs(TMP, exist_ok=True)
+PY = sys.executable
+sys.path.insert(0, os.path.join(ROOT, "capture"))
+import refmodel  # noqa: E402
+
+torch.set_num_threads(1)
+KVREPLAY = os.path.join(BIN, "kvreplay")
+if not os.access(KVREPLAY, os.X_OK):
+    print(f"skip: {KVREPLAY} not built")
+    sys.exit(77)
+
+T, S, DEC = 64, 2, 16
+MODEL = "ref-random:5:n_layers=2,d_model=32,n_heads=4,n_kv_heads=2,head_dim=8,d_ff=64,init_std=0.08"
+CONFIGS = ["full", "knorm keep=0.25", "entropy_merge keep=0.4 sinks=2", "quant kbits=2 vbits=2 group=8 residual=8",
+           "knorm keep=0.5 + quant kbits=4 vbits=2 group=8 residual=8"]
+LSE_TOL, TOP_TOL = 2e-3, 5e-3       # full re-run vs the trace's captured logits (as test_capture_ref)
+MET_TOL = 2e-4                       # validate (float32 model) vs the float64 independent forward
+failures = []
+
+
+def check(cond, msg):
+    print(("ok    " if cond else "FAIL  ") + msg)
+    if not cond:
+        failures.append(msg)
+
+
+def sh(args, ok=True):
+    r = subprocess.run(args, capture_output=True, text=True)
+    if ok and r.returncode != 0:
+        print(r.stdout, r.stderr)
+        raise SystemExit(f"command failed: {' '.join(args)}")
+    return r
+
+
+text = os.path.join(TMP, "text.txt")
+rng = np.random.default_rng(3)
+words = "the cat sat on a mat while some dog ran far away from the old red barn".split()
+with open(text, "w") as f:
+    f.write(" ".join(words[i] for i in rng.integers(0, len(words), 300)) + "\n")
+trace = os.path.join(TMP, "t.h5")
+sh([PY, os.path.join(ROOT, "capture", "kvcapture.py"), "--model", MODEL, "--text", text, "--tokens", str(T),
+    "--sequences", str(S), "-o", trace])
+res = os.path.join(TMP, "res")
+exp = os.path.join(TMP, "exp.h5")
+args = [KVREPLAY, "run", trace, "--decode", str(DEC), "-o", res, "--export", exp, "--threads", "1"]
+for c in CONFIGS:
+    args += ["--strategy", c]
+sh(args)
+truth = os.path.join(TMP, "truth.h5")
+sh([PY, os.path.join(ROOT, "capture", "kvcapture.py"), "validate", "--model", MODEL, "--trace", trace,
+    "--export", exp, "-o", truth])
+
+tf = h5py.File(trace, "r")
+ef = h5py.File(exp, "r")
+L, H, Hkv, D = (int(tf.attrs[k]) for k in ("n_layers", "n_heads", "n_kv_heads", "head_dim"))
+G = H // Hkv
+tokens, seq_len = tf["tokens"][()], tf["seq_len"][()]
+with open(os.path.join(res, "configs.csv")) as f:
+    cfg_ids = {r["config"]: int(r["config_id"]) for r in csv.DictReader(f)}
+CID = {spec: i for i, spec in enumerate(CONFIGS)}       # config ids follow sweep order
+with open(os.path.join(res, "per_head.csv")) as f:
+    per_head = {(int(r["config_id"]), int(r["layer"]), int(r["head"])): r for r in csv.DictReader(f)}
+
+
+def state(c, s):
+    g = ef[f"configs/{c}/{s}"]
+    eoff, pos, mult = g["entry_off"][()], g["pos"][()], g["mult"][()]
+    moff, mem = g["member_off"][()], g["members"][()]
+    rows = int(g.attrs["has_rows"])
+    out = {}
+    for l in range(L):
+        for kh in range(Hkv):
+            a, b = int(eoff[l * Hkv + kh]), int(eoff[l * Hkv + kh + 1])
+            out[l, kh] = dict(pos=pos[a:b], mult=mult[a:b], mem=[mem[moff[e]:moff[e + 1]] for e in range(a, b)],
+                              k=g["k"][a:b] if rows else None, v=g["v"][a:b] if rows else None)
+    return int(g.attrs["split"]), int(g.attrs["seq_len"]), out
+
+
+# ---- 1. round trip ----------------------------------------------------------------------------
+for canon, c in cfg_ids.items():
+    a = ef[f"configs/{c}"].attrs["config"] if str(c) in ef["configs"] else b""
+    check((a.decode() if isinstance(a, bytes) else str(a)) == canon, f"config {c} exported as '{canon}'")
+    worst = 0.0
+    for l in range(L):
+        for kh in range(Hkv):
+            tot = 0.0
+            for s in range(S):
+                P, n, st = state(c, s)
+                e = st[l, kh]
+                NE = n - P
+                check(P == n - DEC, f"config {c} seq {s}: split {P}") if l == kh == 0 else None
+                prompt = e["pos"] < P
+                check(np.array_equal(e["pos"][~prompt], np.arange(P, n)), f"config {c} seq {s} l{l} g{kh}: decode keys [P, n)") if s == 0 else None
+                for m, mm in zip(e["mult"], e["mem"]):
+                    if len(mm) != m or mm.min() < 0 or mm.max() >= n:
+                        check(False, f"config {c} seq {s} l{l} g{kh}: member list inconsistent")
+                tot += prompt.sum() + (NE + 1) / 2.0      # mean over t in [P, n) of prompt + (t - P + 1)
+            for i in range(G):
+                rep = float(per_head[c, l, kh * G + i]["budget"])
+                worst = max(worst, abs(rep - tot / S) / max(1.0, rep))
+    check(worst < 1e-6, f"config {c} '{canon}': exported entry counts = per_head.csv budget (worst rel {worst:.2e})")
+
+c = CID["knorm keep=0.25"]
+bad = 0
+for s in range(S):
+    P, n, st = state(c, s)
+    B = max(1, int(np.floor(0.25 * P + 0.5)))
+    for l in range(L):
+        K = tf[f"layers/{l}/k"][s, :, :P].astype(np.float64)
+        for kh in range(Hkv):
+            nrm = np.sqrt((K[kh] ** 2).sum(-1))
+            want = np.sort(np.argsort(nrm, kind="stable")[:B])
+            got = st[l, kh]["pos"][st[l, kh]["pos"] < P]
+            bad += not np.array_equal(want, got)
+check(bad == 0, f"knorm kept sets = independent numpy lowest-norm selection ({bad} mismatches)")
+c = CID["entropy_merge keep=0.4 sinks=2"]
+nm = sum(int((state(c, s)[2][l, kh]["mult"] > 1).sum()) for s in range(S) for l in range(L) for kh in range(Hkv))
+check(nm > 0, f"entropy_merge exported {nm} merged entries (multiplicity > 1)")
+c = CID["quant kbits=2 vbits=2 group=8 residual=8"]
+P, n, st = state(c, 0)
+dk = np.abs(st[0, 0]["k"] - tf["layers/0/k"][0, 0, st[0, 0]["pos"]].astype(np.float32)).max()
+check(st[0, 0]["k"] is not None and dk > 1e-3, f"quant exports reconstructed rows (max |k~ - k| {dk:.3g})")
+
+# ---- 2./3. independent masked forward ------------------------------------------------------------
+torch.manual_seed(5)      # the weights of MODEL, built as kvcapture's ref-random adapter does
+model = refmodel.RefModel(refmodel.RefConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64))
+with torch.no_grad():
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+            m.weight.normal_(0.0, 0.08)
+model = model.double().eval()
+
+
+def rms(x, w, eps):
+    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * w
+
+
+def forward(ids, P, st):
+    """Plain float64 forward; st None = full causal. Decode rows t >= P see exported entries only."""
+    n = len(ids)
+    cos, sin = refmodel.rope_tables(n, D, model.cfg.rope_theta, dtype=torch.float64)
+    x = model.embed.weight[torch.as_tensor(np.asarray(ids, dtype=np.int64))]
+    eps = model.cfg.norm_eps
+    for l, b in enumerate(model.blocks):
+        a = b.attn
+        h = rms(x, b.attn_norm.weight, eps)
+        q = (h @ a.q_proj.weight.T).view(n, H, D).transpose(0, 1)
+        k = (h @ a.k_proj.weight.T).view(n, Hkv, D).transpose(0, 1)
+        v = (h @ a.v_proj.weight.T).view(n, Hkv, D).transpose(0, 1)
+        q = q * cos + refmodel.rotate_half(q) * sin
+        k = k * cos + refmodel.rotate_half(k) * sin
+        o = torch.zeros(n, H, D, dtype=torch.float64)
+        for hh in range(H):
+            kh = hh // G
+            kk, vv = k[kh].clone(), v[kh].clone()
+            mask = torch.full((n, n), float("-inf"), dtype=torch.float64)
+            for t in range(n):
+                mask[t, :t + 1] = 0.0
+            if st is not None:
+                e = st[l, kh]
+                mask[P:] = float("-inf")
+                for j, m in zip(e["pos"], e["mult"]):
+                    mask[P:, j] = torch.where(torch.arange(P, n) >= int(j), torch.tensor(float(np.log(m)), dtype=torch.float64),
+                                              torch.tensor(float("-inf"), dtype=torch.float64))
+                if e["k"] is not None:
+                    kk[torch.as_tensor(e["pos"].astype(np.int64))] = torch.as_tensor(e["k"], dtype=torch.float64)
+                    vv[torch.as_tensor(e["pos"].astype(np.int64))] = torch.as_tensor(e["v"], dtype=torch.float64)
+            sc_full = q[hh] @ k[kh].T * a.scale
+            sc_dec = q[hh] @ kk.T * a.scale
+            sc = torch.cat([sc_full[:P], sc_dec[P:]]) + mask
+            p = torch.softmax(sc, -1)
+            o[:, hh] = torch.cat([p[:P] @ v[kh], p[P:] @ vv])
+        x = x + o.reshape(n, H * D) @ a.o_proj.weight.T
+        hm = rms(x, b.mlp_norm.weight, eps)
+        x = x + b.mlp.down(torch.nn.functional.silu(b.mlp.gate(hm)) * b.mlp.up(hm))
+    return model.lm_head(rms(x, model.norm.weight, eps))
+
+
+def ece15(conf, corr):
+    tot = 0.0
+    for i in range(15):
+        lo, hi = i / 15, (i + 1) / 15
+        m = (conf >= lo) & ((conf < hi) if i < 14 else (conf <= hi))
+        tot += abs(corr[m].sum() - conf[m].sum())
+    return tot / len(conf)
+
+
+tr = h5py.File(truth, "r")
+rows = tr["rows"]
+got = {(int(rows["config_id"][i]), int(rows["seq"][i])): {m: float(rows[m][i]) for m in
+       ("logit_kl", "nll_full", "nll_comp", "top1_agree", "ece_full", "ece_comp")} for i in range(len(rows["seq"]))}
+check(len(got) == len(CONFIGS) * S, f"truth has {len(got)} rows (configs x sequences)")
+worst = {}
+with torch.no_grad():
+    full = {}
+    for s in range(S):
+        n = int(seq_len[s])
+        lf = forward(tokens[s, :n], 0, None)
+        lse = torch.logsumexp(lf, -1).numpy()
+        e1 = np.abs(lse - tf["readout/ref_lse"][s, :n]).max()
+        top = np.take_along_axis(lf.numpy(), tf["readout/ref_top_ids"][s, :n].astype(np.int64), 1)
+        e2 = np.abs(top - tf["readout/ref_top_logits"][s, :n]).max()
+        check(e1 < LSE_TOL and e2 < TOP_TOL, f"seq {s}: independent full forward reproduces the trace (lse {e1:.2e}, top-8 {e2:.2e})")
+        full[s] = lf
+    for canon, c in cfg_ids.items():
+        for s in range(S):
+            P, n, st = state(c, s)
+            lc = forward(tokens[s, :n], P, st)
+            lpf = torch.log_softmax(full[s][P:n], -1).numpy()
+            lpc = torch.log_softmax(lc[P:n], -1).numpy()
+            kl = (np.exp(lpf) * (lpf - lpc)).sum(1).clip(min=0).mean()
+            y = tokens[s, P + 1:n].astype(np.int64)
+            k = len(y)
+            ref = dict(logit_kl=kl, nll_full=-lpf[np.arange(k), y].mean(), nll_comp=-lpc[np.arange(k), y].mean(),
+                       top1_agree=(lpf.argmax(1) == lpc.argmax(1)).mean(),
+                       ece_full=ece15(np.exp(lpf[:k].max(1)), (lpf[:k].argmax(1) == y).astype(float)),
+                       ece_comp=ece15(np.exp(lpc[:k].max(1)), (lpc[:k].argmax(1) == y).astype(float)))
+            for m, r in ref.items():
+                d = abs(got[c, s][m] - r)
+                if m.startswith("ece") or m == "top1_agree":
+                    d = d if d > 1.5 / k else 0.0       # one position flipping a bin/argmax at f32 vs f64
+                worst[m] = max(worst.get(m, 0.0), d)
+            if canon == "full":
+                check(got[c, s]["logit_kl"] == 0.0 and got[c, s]["nll_comp"] == got[c, s]["nll_full"],
+                      f"full config seq {s}: true logit_kl = 0 exactly")
+            elif s == 0:
+                check(got[c, s]["logit_kl"] > 1e-6, f"'{canon}' seq 0: true logit_kl {got[c, s]['logit_kl']:.3g} > 0")
+for m, w in sorted(worst.items()):
+    check(w < MET_TOL, f"true {m} = independent float64 masked forward (worst abs diff {w:.2e})")
+
+# ---- 4. a different model is refused ---------------------------------------------------------
+r = sh([PY, os.path.join(ROOT, "capture", "kvcapture.py"), "validate", "--model", MODEL.replace(":5:", ":6:"),
+        "--trace", trace, "--export", exp, "-o", os.path.join(TMP, "bad.h5")], ok=False)
+check(r.returncode == 1 and "does not reproduce" in r.stderr and not os.path.exists(os.path.join(TMP, "bad.h5")),
+      f"validate refuses a different model: {r.stderr.strip()[:120]}")
+
+# ---- 5. kvreport --truth: correlations against scipy on the pairs it reports -------------------
+import scipy.stats  # noqa: E402
+rep = os.path.join(TMP, "rep")
+sh([os.path.join(BIN, "kvreport"), res, "-o", rep, "--truth", truth, "--no-figures", "--bootstrap", "200"])
+with open(os.path.join(rep, "tables", "truth_pairs.csv")) as f:
+    pairs = list(csv.DictReader(f))
+with open(os.path.join(rep, "tables", "truth.csv")) as f:
+    tstats = {r["metric"]: r for r in csv.DictReader(f)}
+check(len(pairs) == len(CONFIGS) - 1, f"kvreport pairs {len(pairs)} configurations (full left out)")
+for c2, p in enumerate(pairs):
+    cc = cfg_ids[p["config"]]
+    tk = np.mean([got[cc, s]["logit_kl"] for s in range(S)])
+    check(abs(float(p["true_logit_kl"]) - tk) <= 1e-9 * max(1, tk), f"pair '{p['config']}': true logit_kl = truth.h5 mean")
+report_md = open(os.path.join(rep, "report.md")).read()
+for m in ("logit_kl", "nll_delta"):
+    x = np.array([float(p["proxy_" + m]) for p in pairs])
+    y = np.array([float(p["true_" + m]) for p in pairs])
+    rho, tau = scipy.stats.spearmanr(x, y).correlation, scipy.stats.kendalltau(x, y).correlation
+    r = tstats[m]
+    check(abs(float(r["spearman"]) - rho) < 1e-9 and abs(float(r["kendall"]) - tau) < 1e-9,
+          f"{m}: Spearman {float(r['spearman']):.4f} / Kendall {float(r['kendall']):.4f} = scipy {rho:.4f} / {tau:.4f}")
+    lo, hi = float(r["spearman_lo"]), float(r["spearman_hi"])
+    check(lo <= hi, f"{m}: bootstrap interval [{lo:.3f}, {hi:.3f}] ordered")
+    warned = f"Spearman {rho:.3f} < 0.9" in report_md and f"re-run for {m}" in report_md
+    check(warned == (rho < 0.9), f"{m}: report.md warning present iff Spearman < 0.9 (rho {rho:.3f}, warned {warned})")
+
+if failures:
+    print(f"{len(failures)} check(s) failed")
+    sys.exit(1)
+print("all truth checks passed")
