@@ -1,11 +1,18 @@
 /* One line per strategy: RP_STRATEGY(name) for `const rp_strategy rp_strategy_<name>`
  * defined in replay/strategies/<name>.c. Keep alphabetical within each group. */
 /* eviction */
+RP_STRATEGY(adakv)
+RP_STRATEGY(cab)
 RP_STRATEGY(entropy_merge)
 RP_STRATEGY(full)
+RP_STRATEGY(h2o)
 RP_STRATEGY(knorm)
+RP_STRATEGY(pyramidkv)
+RP_STRATEGY(quest)
 RP_STRATEGY(random)
+RP_STRATEGY(snapkv)
 RP_STRATEGY(streaming)
+RP_STRATEGY(tova)
 /* encoding */
 RP_STRATEGY(asymkv)
 RP_STRATEGY(lowrank)

@@ -1,0 +1,126 @@
+/* adakv — head-adaptive budget allocation: the kv heads of a layer share one budget of
+ * Hkv * B entries, chosen jointly by score, with a per-head safeguard.
+ *
+ * Rule (prefill protocol): every kv head's prompt entries are scored with SnapKV (snapkv.c,
+ * kvpress preset by default: window 64, kernel 5, avgpool, rows averaged, group mean); the
+ * window entries get the layer's maximum score, as kvpress pads them. Each head keeps its
+ * n_safe = floor(alpha * B) best entries unconditionally; the rest of the layer's
+ * Hkv * B entries go to the highest scores across all heads (ties: lower head, then lower
+ * position). Heads therefore keep different numbers of entries; the layer's total is Hkv * B.
+ * B >= P keeps everything; window >= B is an error.
+ * Defaults: alpha=0.2 (kvpress AdaKVPress alpha_safeguard = 0.20; the AdaKV repository's
+ * floor_alpha = 0.2), preset=kvpress (AdaKVPress wraps a ScorerPress; SnapKV is the paper's
+ * main pairing, "Ada-SnapKV").
+ * Reference: Feng et al. 2024, "Ada-KV: Optimizing KV Cache Eviction by Adaptive Budget
+ * Allocation for Efficient LLM Inference" (arXiv 2407.11550; github.com/FFY0/AdaKV); kvpress
+ * AdaKVPress (n_safe = int(n_kept * alpha), scatter max to the per-head top n_safe, then a
+ * joint top-k over the flattened heads).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adakv.h"
+#include "evict_util.h"
+#include "snapkv.h"
+#include "strategy.h"
+
+typedef struct adakv_cfg { double alpha; snapkv_opts o; } adakv_cfg;
+
+static const rp_param_def adakv_params[] = {
+    { "alpha", RP_FLOAT, "0.2", 0, 1, NULL, "safeguard: each head keeps at least floor(alpha * B) entries" },
+    { "preset", RP_ENUM, "kvpress", 0, 0, "snapkv|kvpress|factory", "SnapKV scorer defaults" },
+    { "window", RP_INT, "-1", -1, 1e9, NULL, "observation window w (-1: the preset's)" },
+    { "kernel", RP_INT, "-1", -1, 1e9, NULL, "pooling kernel, odd (-1: the preset's)" },
+    { "pool", RP_ENUM, "preset", 0, 0, "preset|avg|max", "pooling" },
+    { "reduce", RP_ENUM, "preset", 0, 0, "preset|sum|mean", "reduction over the window's queries" },
+    { "gqa", RP_ENUM, "preset", 0, 0, "preset|run|mean|max|sum", "reduction over a kv head's query heads" },
+    { "gqa_at", RP_ENUM, "after", 0, 0, "after|before", "GQA reduction after or before pooling" },
+};
+
+size_t adakv_allocate(const double *score, size_t Hkv, size_t n, size_t B, double alpha, uint8_t *keep)
+{
+    size_t N = Hkv * n, nsafe = (size_t)floor(alpha * (double)B), total = Hkv * (B < n ? B : n);
+    double *s = malloc(N * sizeof *s);
+    int32_t *idx = malloc((N ? N : 1) * sizeof *idx);
+    if (!s || !idx) { free(s); free(idx); return (size_t)-1; }
+    memcpy(s, score, N * sizeof *s);
+    for (size_t h = 0; h < Hkv && nsafe; h++) {
+        size_t m = ev_topk(score + h * n, n, nsafe, idx);
+        if (m == (size_t)-1) { free(s); free(idx); return m; }
+        for (size_t i = 0; i < m; i++) s[h * n + (size_t)idx[i]] = INFINITY;
+    }
+    memset(keep, 0, N);
+    size_t m = ev_topk(s, N, total, idx);
+    if (m != (size_t)-1)
+        for (size_t i = 0; i < m; i++) keep[idx[i]] = 1;
+    free(s);
+    free(idx);
+    return m;
+}
+
+static int adakv_configure(const double *v, void **cfg, char *err, size_t errlen)
+{
+    adakv_cfg *c = malloc(sizeof *c);
+    if (!c) return -1;
+    c->alpha = v[0];
+    int gqa = v[6] == 0 ? -2 : v[6] == 1 ? SNAPKV_GQA_RUN : (int)v[6] - 2;
+    if (snapkv_resolve((int)v[1], (long)v[2], (long)v[3], (int)v[4] - 1, (int)v[5] - 1, gqa, (int)v[7], &c->o,
+                       "adakv", err, errlen)) {
+        free(c);
+        return -1;
+    }
+    *cfg = c;
+    return 0;
+}
+
+static void adakv_free(void *cfg) { free(cfg); }
+
+static int adakv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
+                         char *err, size_t errlen)
+{
+    const adakv_cfg *c = cfg;
+    size_t P = ctx->P, Hkv = ctx->Hkv, w = c->o.window;
+    if (B < P && snapkv_check_window("adakv", w, B, ctx, err, errlen)) return -1;
+    double *score = malloc(Hkv * P * sizeof *score);
+    uint8_t *keep = malloc(Hkv * P);
+    int32_t *kept = malloc(P * sizeof *kept);
+    int rc = -1;
+    if (!score || !keep || !kept) goto done;
+    if (B >= P) {
+        memset(keep, 1, Hkv * P);
+    } else {
+        double mx = -INFINITY;
+        for (size_t g = 0; g < Hkv; g++) {
+            if (snapkv_head_score(&c->o, ctx, g, score + g * P)) goto done;
+            for (size_t j = 0; j < P - w; j++) mx = score[g * P + j] > mx ? score[g * P + j] : mx;
+        }
+        for (size_t g = 0; g < Hkv; g++)
+            for (size_t j = P - w; j < P; j++) score[g * P + j] = mx;
+        if (adakv_allocate(score, Hkv, P, B, c->alpha, keep) == (size_t)-1) goto done;
+    }
+    for (size_t g = 0; g < Hkv; g++) {
+        size_t m = 0;
+        for (size_t j = 0; j < P; j++) if (keep[g * P + j]) kept[m++] = (int32_t)j;
+        if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
+    }
+    rc = 0;
+done:
+    free(score); free(keep); free(kept);
+    return rc;
+}
+
+const rp_strategy rp_strategy_adakv = {
+    .name = "adakv",
+    .summary = "head-adaptive budgets: joint top-k of SnapKV scores across a layer's kv heads, safeguard alpha",
+    .reference = "Feng et al. 2024 (arXiv 2407.11550), github.com/FFY0/AdaKV; kvpress AdaKVPress",
+    .kind = RP_EVICT,
+    .protocols = RP_PREFILL,
+    .needs_budget = 1,
+    .params = adakv_params,
+    .n_params = sizeof adakv_params / sizeof adakv_params[0],
+    .configure = adakv_configure,
+    .free_cfg = adakv_free,
+    .prefill = adakv_prefill,
+};

@@ -1,0 +1,109 @@
+/* Helpers shared by the attention-scored eviction strategies (evict_util.h). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "evict_util.h"
+
+typedef struct { double s; int32_t i; } ev_scored;
+
+/* Descending score, then ascending index; NaN lowest. */
+static int ev_by_score(const void *pa, const void *pb)
+{
+    const ev_scored *a = pa, *b = pb;
+    int an = isnan(a->s), bn = isnan(b->s);
+    if (an != bn) return an - bn;
+    if (!an && a->s != b->s) return a->s > b->s ? -1 : 1;
+    return (a->i > b->i) - (a->i < b->i);
+}
+
+static int ev_by_index(const void *pa, const void *pb)
+{
+    int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
+    return (a > b) - (a < b);
+}
+
+size_t ev_topk(const double *score, size_t n, size_t k, int32_t *out)
+{
+    if (k > n) k = n;
+    if (k == 0) return 0;
+    ev_scored *tmp = malloc(n * sizeof *tmp);
+    if (!tmp) return (size_t)-1;
+    for (size_t i = 0; i < n; i++) { tmp[i].s = score[i]; tmp[i].i = (int32_t)i; }
+    qsort(tmp, n, sizeof *tmp, ev_by_score);
+    for (size_t j = 0; j < k; j++) out[j] = tmp[j].i;
+    free(tmp);
+    qsort(out, k, sizeof *out, ev_by_index);
+    return k;
+}
+
+void ev_reduce(const double *x, size_t G, size_t n, int how, double *out)
+{
+    for (size_t j = 0; j < n; j++) {
+        double r = x[j];
+        for (size_t g = 1; g < G; g++) {
+            double v = x[g * n + j];
+            if (how == RP_GQA_MAX) r = v > r ? v : r;
+            else r += v;
+        }
+        out[j] = how == RP_GQA_MEAN ? r / (double)G : r;
+    }
+}
+
+enum { EV_ROWS = 64 };
+
+int ev_accum_rows(const rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, const uint8_t *want,
+                  size_t ncols, double *acc)
+{
+    size_t P = ctx->P;
+    float *buf = malloc(EV_ROWS * P * sizeof *buf);
+    if (!buf) return -1;
+    for (size_t a = t0; a < t1; a += EV_ROWS) {
+        size_t b = a + EV_ROWS < t1 ? a + EV_ROWS : t1;
+        if (want) {             /* skip blocks with no wanted row */
+            size_t r = a;
+            while (r < b && !want[r]) r++;
+            if (r == b) continue;
+        }
+        if (ctx->prompt_attn(ctx, h, a, b, buf)) { free(buf); return -1; }
+        for (size_t r = a; r < b; r++) {
+            if (want && !want[r]) continue;
+            const float *row = buf + (r - a) * P;
+            for (size_t j = 0; j < ncols; j++) acc[j] += row[j];
+        }
+    }
+    free(buf);
+    return 0;
+}
+
+int ev_push_kept(const rp_layer_ctx *ctx, size_t g, const int32_t *kept, size_t m, rp_cache *c)
+{
+    size_t D = ctx->D;
+    const float *k = ctx->k + g * ctx->n * D, *v = ctx->v + g * ctx->n * D;
+    if (rp_cache_reserve(c, m, 0)) return -1;
+    for (size_t i = 0; i < m; i++)
+        if (rp_cache_push(c, kept[i], k + (size_t)kept[i] * D, v + (size_t)kept[i] * D)) return -1;
+    return 0;
+}
+
+size_t ev_evict_complement(const double *score, size_t n, size_t B, size_t *evict)
+{
+    if (n <= B) return 0;
+    int32_t *kept = malloc((B ? B : 1) * sizeof *kept);
+    if (!kept) return 0;                /* the engine then reports the budget breach */
+    size_t nk = ev_topk(score, n, B, kept), m = 0;
+    if (nk == (size_t)-1) { free(kept); return 0; }
+    for (size_t e = 0, i = 0; e < n; e++) {
+        if (i < nk && (size_t)kept[i] == e) { i++; continue; }
+        evict[m++] = e;
+    }
+    free(kept);
+    return m;
+}
+
+double ev_round_half_even(double x)
+{
+    double r = floor(x + 0.5);
+    if (r - x == 0.5 && fmod(r, 2.0) != 0.0) r -= 1.0;   /* exact half: go to the even one */
+    return r;
+}

@@ -1,0 +1,37 @@
+/* Helpers shared by the attention-scored eviction strategies (h2o, tova, snapkv, pyramidkv,
+ * adakv, quest, cab). Not a strategy itself: no entry in list.h.
+ *
+ * Scores are double (the references rank in fp32/fp16; double keeps our ranking a function of
+ * the data, not of summation order). Ties everywhere: lower index first (as rp_topk). */
+#ifndef KV_STRAT_EVICT_UTIL_H
+#define KV_STRAT_EVICT_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "strategy.h"
+
+/* Indices of the k largest of score[0..n) (ties: lower index; NaN lowest), ascending in out.
+ * Returns min(k, n); 0 with out untouched when k == 0. -1 cast to size_t on ENOMEM. */
+size_t ev_topk(const double *score, size_t n, size_t k, int32_t *out);
+
+/* out[j] = reduce over g < G of x[g][j] (x [G][n]); how: RP_GQA_MEAN | RP_GQA_MAX | RP_GQA_SUM. */
+void ev_reduce(const double *x, size_t G, size_t n, int how, double *out);
+
+/* acc[j] += sum over query rows r in [t0, t1) of p_h(r, j), j < ncols (ncols <= ctx->P),
+ * with p from ctx->prompt_attn (causal rows over keys [0, P)). Rows in blocks; row r is
+ * included only when want == NULL or want[r] != 0. 0 ok, -1 ENOMEM. */
+int ev_accum_rows(const rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, const uint8_t *want,
+                  size_t ncols, double *acc);
+
+/* Append the kept positions (ascending) of kv head g's original K/V rows to c. 0 ok, -1 ENOMEM. */
+int ev_push_kept(const rp_layer_ctx *ctx, size_t g, const int32_t *kept, size_t m, rp_cache *c);
+
+/* Evict list for "keep the top B of score over the n cache entries": writes the complement
+ * of ev_topk(score, n, B) to evict, returns its length (0 if n <= B or on ENOMEM). */
+size_t ev_evict_complement(const double *score, size_t n, size_t B, size_t *evict);
+
+/* Round half to even (Python's round(), used by the kvpress budget formulas). */
+double ev_round_half_even(double x);
+
+#endif /* KV_STRAT_EVICT_UTIL_H */
