@@ -43,8 +43,8 @@ if [ "$ENGINE" = 1 ]; then
         case "$line" in ''|'#'*) continue;; esac
         [ "$total" -ge 20 ] && break
         rm -rf "$ENGINE_TMP/chk"
-        if $RUN traces/sample.h5 --mode prefill --decode 64 --strategy "$line" --seqs 0 \
-                -o "$ENGINE_TMP/chk" > /dev/null 2>&1; then
+        if $RUN "$SWEEP_TRACE" --mode prefill --decode "$SW_DEC" --strategy "$line" --seqs 0 \
+                --no-readout -o "$ENGINE_TMP/chk" > /dev/null 2>&1; then
             c=$(($(wc -l < "$ENGINE_TMP/chk/configs.csv") - 1))
             if [ $((total + c)) -le 20 ]; then
                 echo "$line" >> "$ENGINE_TMP/fused.sweep"; total=$((total + c))

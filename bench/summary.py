@@ -115,6 +115,11 @@ def main(out, threads):
             print(f"{m:<{w}}  {v:<52} {t:<8} {mark}{('  ' + note) if note else ''}")
             cw.writerow([m, v, t, mark])
     print(f"(threads: {threads}; each ratio measured in this run)")
+    nt = str(threads)
+    if nt != "1" and "1" in peak and nt in peak and peak[nt] < 0.85 * int(nt) * peak["1"]:
+        print(f"WARNING: the FMA peak on {nt} threads was only {peak[nt] / peak['1']:.2f}x the 1-thread "
+              f"peak: other jobs held cores during this run, so {nt}-thread numbers (OpenMP "
+              f"efficiency, fused/torch timings) understate this machine; re-run when it is idle")
 
 
 if __name__ == "__main__":

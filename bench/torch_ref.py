@@ -7,11 +7,15 @@ the speed and agreement reference for `kvreplay run` in `make bench`.
 Strategies (a subset of replay/strategies/, DESIGN §5; one config per --strategy):
   full
   streaming sinks=4 keep=F | budget=B     sinks + most recent (StreamingLLM)
-  snapkv keep=F|budget=B window=32 kernel=7 pool=max|avg   (prefill only; SnapKV: the
-          window's attention summed over its queries, pooled, GQA mean, top-k + window)
-  h2o keep=F|budget=B [recent=R]          (online only; accumulated attention, heavy +
-          recent, H2O real-drop: evict the lowest accumulated score outside the recent
-          window after each insertion; recent defaults to budget/2)
+  snapkv keep=F|budget=B window=32 kernel=5 pool=avg|max   (prefill only; SnapKV: the
+          window's attention summed over its queries, pooled per query head (avg counts
+          the zero padding, max ignores it), GQA mean, top B - w (ties: lower position)
+          plus the window)
+  h2o keep=F|budget=B [recent=F]          (online only; accumulated attention, heavy +
+          recent, H2O real-drop: token t is appended, query t attends to the B kept
+          entries + t, its probabilities are added to the scores, then the lowest score
+          outside the recent r = floor(F * B + 0.5) tokens is evicted; F defaults to 0.5;
+          ties keep the lower position)
   quant kbits=4 vbits=4 group=32 residual=128   (KIVI: keys per channel in groups of
           `group` tokens, flushed in blocks of `residual`; values per token in groups of
           `group` channels, the newest `residual` tokens in full precision; asymmetric
@@ -90,8 +94,8 @@ def keep_prefill(name, kv, s_full, grp, P, n):
             prompt[:, P - (B - sinks):P] = True
     elif name == "snapkv":
         w = min(int(kv.get("window", 32)), P)
-        ker = int(kv.get("kernel", 7))
-        pool = kv.get("pool", "max")
+        ker = int(kv.get("kernel", 5))
+        pool = kv.get("pool", "avg")
         prompt[:, P - w:P] = True
         if B > w and P - w > 0:
             s = s_full[:, P - w:P, :]                          # [H, w, T]
@@ -128,7 +132,7 @@ def keep_online(name, kv, s_full, grp, n):
             keep[:, t, :] = (j < sinks) | ((j >= t - recent) & (j <= t))
         return keep
     if name == "h2o":
-        recent = int(kv.get("recent", B // 2))
+        recent = min(B, int(math.floor(float(kv.get("recent", 0.5)) * B + 0.5)))
         member = torch.zeros(G, T, dtype=torch.bool)
         acc = torch.zeros(G, T, dtype=torch.float64)
         big = torch.finfo(torch.float64).max
@@ -142,7 +146,8 @@ def keep_online(name, kv, s_full, grp, n):
                 cand = member.clone()
                 cand[:, max(0, t + 1 - recent):] = False
                 score = torch.where(cand, acc, torch.full_like(acc, big))
-                victim = torch.argmin(score, dim=-1)        # ties: lowest index
+                # ties: the lower position is kept, so the highest tied position goes
+                victim = T - 1 - torch.argmin(torch.flip(score, [-1]), dim=-1)
                 member[torch.arange(G), victim] = False
         return keep
     raise ValueError(f"strategy '{name}' is not supported in online mode here")
