@@ -187,6 +187,12 @@ int kvcmd_run(int argc, char **argv)
             if (!strcmp(a, "--decode")) decode = v;
             else if (!strcmp(a, "--eval-from")) eval_from = v;
             else threads = v;
+        } else if (!strcmp(a, "--gqa-reduce") && more) {
+            const char *r = argv[++i];
+            if (!strcmp(r, "mean")) gqa = RP_GQA_MEAN;
+            else if (!strcmp(r, "max")) gqa = RP_GQA_MAX;
+            else if (!strcmp(r, "sum")) gqa = RP_GQA_SUM;
+            else { fprintf(stderr, "kvreplay run: --gqa-reduce %s: expected mean, max or sum\n", r); return KV_EXIT_USAGE; }
         } else if (!strcmp(a, "--shard") && more) shard_s = argv[++i];
         else if (!strcmp(a, "--seqs") && more) seqs_s = argv[++i];
         else if (!strcmp(a, "--calib") && more) calib_s = argv[++i];

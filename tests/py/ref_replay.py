@@ -18,6 +18,11 @@ Extension points (for h2o, snapkv, ...):
         cache: positions held after inserting t (ascending); probs [G][len(cache)]: the
         attention of the group's queries at t over the cache; state: a dict per (config,
         sequence, layer, kv head) that persists across t.
+    DECODE_SELECT[strategy](params, ctx, cache, q, h, t, B) -> the entries of cache that
+        query head h sees at decode position t (Quest); ctx as PREFILL_SELECT's.
+    Added for the eviction strategies: prefill ctx also has QA [H][P][D] and KA [HKV][P][D]
+    (every head: AdaKV allocates across kv heads), Kfull [n][D] (kv head g, decode keys
+    included: Quest pages them) and seq; online ctx has Q [G][n][D].
 Ties are broken by lower position everywhere (stable sorts on (-score, position)).
 """
 import math
@@ -126,6 +131,8 @@ def ev_knorm(params, state, ctx, cache, probs, B):
 
 ONLINE_EVICT = {"full": ev_full, "streaming": ev_streaming, "knorm": ev_knorm}
 
+DECODE_SELECT = {}
+
 
 # ---- replay ---------------------------------------------------------------------------
 
@@ -206,13 +213,15 @@ def replay(path, mode, configs, decode=None):
                     if mode == "prefill":
                         B = resolve_budget(budget, P)
                         ctx = dict(Q=Q[g * G:(g + 1) * G, :P], K=K[g, :P], V=Vv[g, :P], P=P, g=g, layer=l,
+                                   QA=Q[:, :P], KA=K[:, :P], Kfull=K[g], seq=s,
                                    n_layers=L, scale=scale)
                         kept = list(PREFILL_SELECT[strat](params, ctx, B))
                         caches = {t: kept + list(range(P, t + 1)) for t in range(P, n)}
                     else:
                         B = resolve_budget(budget, n)
                         state, cache, caches = {}, [], {}
-                        ctx = dict(Kall=K[g], Vall=Vv[g], g=g, layer=l, n_layers=L, scale=scale)
+                        ctx = dict(Kall=K[g], Vall=Vv[g], g=g, layer=l, n_layers=L, scale=scale,
+                                   Q=Q[g * G:(g + 1) * G])
                         for t in range(n):
                             cache = cache + [t]
                             caches[t] = list(cache)
@@ -222,8 +231,9 @@ def replay(path, mode, configs, decode=None):
                                 cache = list(ONLINE_EVICT[strat](params, state, ctx, cache, probs, B))
                                 assert len(cache) <= B
                     for t in range(E0, n):
-                        c = caches[t]
+                        c0 = caches[t]
                         for h in heads:
+                            c = DECODE_SELECT[strat](params, ctx, c0, Q[h, t], h, t, B) if strat in DECODE_SELECT else c0
                             p, lp, o = attend(Q[h, t], K[g], Vv[g], list(range(t + 1)), scale)
                             kk = reindex_keys(K[g], c, t, rcos, rsin) if params.get("reindex") else None
                             pc, lpc, oc = attend(Q[h, t], K[g], Vv[g], c, scale, kk)
