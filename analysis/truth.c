@@ -19,6 +19,7 @@
 #include <gsl/gsl_sort.h>
 #include <gsl/gsl_statistics_double.h>
 
+#include "calib.h"
 #include "truth.h"
 
 extern char **environ;
@@ -173,6 +174,61 @@ done:
     return st;
 }
 
+/* ---- per_layer.csv (kvreplay run --per-layer-readout) -------------------------------------- */
+
+typedef struct plrow { char *config; long long seq, layer; double kl, nll; } plrow;
+
+/* Rows of every results directory's per_layer.csv; *n = 0 when none has one. Empty fields
+ * are NaN. */
+static kv_status load_per_layer(const res_set *rs, plrow **out, size_t *n_out, size_t *L_out, kv_error *err)
+{
+    plrow *rows = NULL;
+    size_t n = 0, cap = 0, L = 0;
+    char *line = NULL;
+    size_t lcap = 0;
+    *out = NULL; *n_out = 0; *L_out = 0;
+    for (size_t d = 0; d < rs->n_dirs; d++) {
+        char path[8192];
+        snprintf(path, sizeof path, "%s/per_layer.csv", rs->dirs[d].path);
+        FILE *f = fopen(path, "r");
+        if (!f) continue;
+        size_t ln = 0;
+        while (getline(&line, &lcap, f) > 0) {
+            if (++ln == 1) continue;                           /* header */
+            line[strcspn(line, "\r\n")] = 0;
+            char *fld[6], *p = line;
+            int nf = 0;
+            for (; nf < 6; nf++) { fld[nf] = p; p = strchr(p, ','); if (!p) { nf++; break; } *p++ = 0; }
+            if (nf != 6 || p) { fclose(f); free(line); goto bad; }
+            if (n == cap) {
+                cap = cap ? 2 * cap : 1024;
+                plrow *q = realloc(rows, cap * sizeof *q);
+                if (!q) { fclose(f); free(line); for (size_t i = 0; i < n; i++) free(rows[i].config); free(rows); return fail(err, KV_ERR_NOMEM, "out of memory"); }
+                rows = q;
+            }
+            plrow *r = &rows[n];
+            char *e1, *e2;
+            r->seq = strtoll(fld[2], &e1, 10);
+            r->layer = strtoll(fld[3], &e2, 10);
+            r->kl = *fld[4] ? strtod(fld[4], NULL) : NAN;
+            r->nll = *fld[5] ? strtod(fld[5], NULL) : NAN;
+            if (*e1 || *e2 || r->layer < 0 || r->layer > 100000) { fclose(f); free(line); goto bad; }
+            if (!(r->config = strdup(fld[1]))) { fclose(f); free(line); for (size_t i = 0; i < n; i++) free(rows[i].config); free(rows); return fail(err, KV_ERR_NOMEM, "out of memory"); }
+            if ((size_t)r->layer + 1 > L) L = (size_t)r->layer + 1;
+            n++;
+        }
+        fclose(f);
+        continue;
+    bad:
+        for (size_t i = 0; i < n; i++) free(rows[i].config);
+        free(rows);
+        return fail(err, KV_ERR_FORMAT, "%s line %zu: expected config_id,config,seq,layer,logit_kl_layer,nll_delta_layer", path, ln);
+    }
+    free(line);
+    *out = rows; *n_out = n; *L_out = L;
+    return KV_OK;
+}
+
 /* ---- statistics of one metric -------------------------------------------------------------- */
 
 typedef struct tstat {
@@ -253,6 +309,17 @@ static int render(const rp_ctx *c, const char *figdir, const char *script)
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
 }
 
+/* The calibrations tried, in report order. feature: TM_KL = per-layer logit KL, TM_NLL =
+ * per-layer ΔNLL; target: the true metric; primary: the one shown in tables/truth.csv. */
+typedef struct tcal_def { const char *name, *features, *fit; int method, feature, target, primary; } tcal_def;
+static const tcal_def tr_cal_defs[] = {
+    { "kl_nnls", "per-layer logit_kl", "NNLS", CAL_NNLS, TM_KL, TM_KL, 1 },
+    { "nll_ols", "per-layer nll_delta", "OLS (free sign)", CAL_OLS, TM_NLL, TM_NLL, 1 },
+    { "nll_from_kl", "per-layer logit_kl", "NNLS", CAL_NNLS, TM_KL, TM_NLL, 0 },
+};
+#define TR_NCAL (sizeof tr_cal_defs / sizeof tr_cal_defs[0])
+typedef struct tcal { const tcal_def *def; tstat st; double *pred, *g; } tcal;
+
 kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *err)
 {
     const res_set *rs = c->rs;
@@ -264,11 +331,25 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     size_t NC = rs->n_configs, np = 0, nrow_used = 0;
     double *px[TM_N], *ty[TM_N];
     long *cid = malloc((NC ? NC : 1) * sizeof *cid);
+    /* calibrated proxies (calib.h): per-layer features of each paired configuration */
+    plrow *pl = NULL;
+    size_t npl = 0, L = 0, ncal = 0;
+    double *fx[TM_N] = { NULL, NULL };      /* [np][L] means of logit_kl_layer, nll_delta_layer */
+    int *fam = NULL, have_pl = 0;
+    tcal cal[TR_NCAL];
+    memset(cal, 0, sizeof cal);
     for (int m = 0; m < TM_N; m++) { px[m] = malloc((NC ? NC : 1) * sizeof **px); ty[m] = malloc((NC ? NC : 1) * sizeof **ty); }
     FILE *f = NULL;
     char path[8192];
     *n_warn = 0;
     if (!cid || !px[0] || !px[1] || !ty[0] || !ty[1]) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+    if ((st = load_per_layer(rs, &pl, &npl, &L, err)) != KV_OK) goto done;
+    have_pl = npl > 0 && L > 0;
+    if (have_pl) {
+        fx[0] = calloc(NC * L, sizeof *fx[0]); fx[1] = calloc(NC * L, sizeof *fx[1]);
+        fam = calloc(NC ? NC : 1, sizeof *fam);
+        if (!fx[0] || !fx[1] || !fam) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+    }
     /* pair per configuration: means over the sequences present in both (full family left out) */
     for (size_t ci = 0; ci < NC; ci++) {
         const res_config *cf = &rs->configs[ci];
@@ -282,10 +363,25 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
             if (!q || isnan(q->v[RM_LOGIT_KL]) || isnan(q->v[RM_NLL_DELTA])) continue;
             s[0][TM_KL] += q->v[RM_LOGIT_KL]; s[0][TM_NLL] += q->v[RM_NLL_DELTA];
             s[1][TM_KL] += rows[i].kl; s[1][TM_NLL] += rows[i].nll_c - rows[i].nll_f;
+            /* per-layer features of the same (config, sequence); a missing one disables the
+             * calibration (have_pl = 0) rather than pairing other sequences */
+            if (have_pl) {
+                size_t got = 0;
+                for (size_t r = 0; r < npl; r++)
+                    if (pl[r].seq == rows[i].seq && !strcmp(pl[r].config, cf->config) && isfinite(pl[r].kl) &&
+                        isfinite(pl[r].nll)) {
+                        fx[0][np * L + (size_t)pl[r].layer] += pl[r].kl;
+                        fx[1][np * L + (size_t)pl[r].layer] += pl[r].nll;
+                        got++;
+                    }
+                if (got != L) have_pl = 0;
+            }
             k++;
         }
         if (!k) continue;
         for (int m = 0; m < TM_N; m++) { px[m][np] = s[0][m] / (double)k; ty[m][np] = s[1][m] / (double)k; }
+        if (have_pl)
+            for (size_t l = 0; l < L; l++) { fx[0][np * L + l] /= (double)k; fx[1][np * L + l] /= (double)k; }
         cid[np++] = (long)ci;
         nrow_used += k;
     }
@@ -296,16 +392,51 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     }
     tstat ts[TM_N];
     for (int m = 0; m < TM_N; m++) corr_stats(px[m], ty[m], np, c->n_boot, c->seed + (uint64_t)m, &ts[m]);
+    if (have_pl) {
+        /* family ids: index of the first paired configuration of the same family */
+        for (size_t i = 0; i < np; i++) {
+            fam[i] = (int)i;
+            for (size_t j = 0; j < i; j++)
+                if (!strcmp(rs->configs[cid[i]].family, rs->configs[cid[j]].family)) { fam[i] = fam[j]; break; }
+        }
+        ncal = TR_NCAL;
+        for (size_t k = 0; k < ncal; k++) {
+            tcal *q = &cal[k];
+            q->def = &tr_cal_defs[k];
+            q->pred = malloc(np * sizeof *q->pred);
+            q->g = calloc(L, sizeof *q->g);
+            if (!q->pred || !q->g) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+            const double *A = fx[q->def->feature], *b = ty[q->def->target];
+            if ((st = cal_loso_predict(q->def->method, A, b, fam, np, L, q->pred, NULL, NULL, err)) != KV_OK) goto done;
+            if ((st = cal_fit(q->def->method, A, b, np, L, q->g, err)) != KV_OK) goto done;
+            /* rows whose family is the only one cannot be predicted (NaN): scored without them */
+            double *pp = malloc(np * sizeof *pp), *tt = malloc(np * sizeof *tt);
+            size_t m = 0;
+            if (!pp || !tt) { free(pp); free(tt); st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+            for (size_t i = 0; i < np; i++) if (isfinite(q->pred[i])) { pp[m] = q->pred[i]; tt[m] = b[i]; m++; }
+            corr_stats(pp, tt, m, c->n_boot, c->seed + 100 + (uint64_t)k, &q->st);
+            free(pp); free(tt);
+        }
+    }
 
     /* tables/truth.csv */
     snprintf(path, sizeof path, "%s/tables/truth.csv", c->dir);
     if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
-    fprintf(f, "metric,n_configs,spearman,spearman_lo,spearman_hi,kendall,kendall_lo,kendall_hi,slope,intercept,median_ratio\n");
+    fprintf(f, "metric,n_configs,spearman,spearman_lo,spearman_hi,kendall,kendall_lo,kendall_hi,slope,intercept,median_ratio,"
+               "cal_method,cal_spearman,cal_spearman_lo,cal_spearman_hi,cal_kendall,cal_kendall_lo,cal_kendall_hi\n");
     for (int m = 0; m < TM_N; m++) {
         const tstat *t = &ts[m];
         double v[10] = { t->rho, t->rho_lo, t->rho_hi, t->tau, t->tau_lo, t->tau_hi, t->slope, t->intercept, t->med_ratio };
         fprintf(f, "%s,%zu", tm_name[m], t->n);
         for (int i = 0; i < 9; i++) { if (isfinite(v[i])) fprintf(f, ",%.9g", v[i]); else fputs(",", f); }
+        /* side by side: the metric's primary calibration (leave-one-strategy-out predictions) */
+        const tcal *q = NULL;
+        for (size_t k = 0; k < ncal; k++) if (cal[k].def->target == m && cal[k].def->primary) q = &cal[k];
+        if (q) {
+            double u[6] = { q->st.rho, q->st.rho_lo, q->st.rho_hi, q->st.tau, q->st.tau_lo, q->st.tau_hi };
+            fprintf(f, ",%s", q->def->name);
+            for (int i = 0; i < 6; i++) { if (isfinite(u[i])) fprintf(f, ",%.9g", u[i]); else fputs(",", f); }
+        } else fputs(",,,,,,,", f);
         fputc('\n', f);
     }
     if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
@@ -318,6 +449,27 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                 px[TM_KL][i], ty[TM_KL][i], px[TM_NLL][i], ty[TM_NLL][i]);
     if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
     f = NULL;
+    if (ncal) {     /* every calibration: cross-validated statistics and the full-data gains */
+        snprintf(path, sizeof path, "%s/tables/truth_calib.csv", c->dir);
+        if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+        fprintf(f, "calibration,metric,features,fit,n_configs,n_families,spearman,spearman_lo,spearman_hi,kendall,"
+                   "kendall_lo,kendall_hi");
+        for (size_t l = 0; l < L; l++) fprintf(f, ",gain_%zu", l);
+        fputc('\n', f);
+        size_t nfam = 0;
+        for (size_t i = 0; i < np; i++) nfam += fam[i] == (int)i;
+        for (size_t k = 0; k < ncal; k++) {
+            const tcal *q = &cal[k];
+            double u[6] = { q->st.rho, q->st.rho_lo, q->st.rho_hi, q->st.tau, q->st.tau_lo, q->st.tau_hi };
+            fprintf(f, "%s,%s,%s,%s,%zu,%zu", q->def->name, tm_name[q->def->target], q->def->features, q->def->fit,
+                    q->st.n, nfam);
+            for (int i = 0; i < 6; i++) { if (isfinite(u[i])) fprintf(f, ",%.9g", u[i]); else fputs(",", f); }
+            for (size_t l = 0; l < L; l++) fprintf(f, ",%.9g", q->g[l]);
+            fputc('\n', f);
+        }
+        if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+        f = NULL;
+    }
 
     /* figures: one scatter per metric (self-contained gnuplot scripts) */
     int rendered[TM_N] = { 0 };
@@ -379,6 +531,40 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                 a[4], a[5], sl, mr);
     }
     fputc('\n', f);
+    if (ncal) {
+        size_t nfam = 0;
+        for (size_t i = 0; i < np; i++) nfam += fam[i] == (int)i;
+        fprintf(f, "### Calibrated proxy (per-layer gains, leave-one-strategy-out)\n\n"
+                   "Features: the per-layer direct-path read-out of `per_layer.csv` (each layer's perturbation alone, "
+                   "means over the paired sequences). Every fold fits the gains on the configurations of the other "
+                   "%zu strategy families only and predicts the held-out family; the correlations below are of those "
+                   "held-out predictions with the truth (bootstrap intervals as above). Raw = the proxy above. Gains: "
+                   "fitted on all %zu configurations (what to apply to new configurations), first to last layer.\n\n",
+                nfam > 0 ? nfam - 1 : 0, np);
+        fprintf(f, "| metric | calibration | fit | raw Spearman [95%% CI] | calibrated Spearman [95%% CI] | raw Kendall "
+                   "[95%% CI] | calibrated Kendall [95%% CI] | gains |\n|---|---|---|---|---|---|---|---|\n");
+        for (size_t k = 0; k < ncal; k++) {
+            const tcal *q = &cal[k];
+            const tstat *t = &ts[q->def->target];
+            char a[12][32];
+            fmt_num(a[0], 32, t->rho); fmt_num(a[1], 32, t->rho_lo); fmt_num(a[2], 32, t->rho_hi);
+            fmt_num(a[3], 32, q->st.rho); fmt_num(a[4], 32, q->st.rho_lo); fmt_num(a[5], 32, q->st.rho_hi);
+            fmt_num(a[6], 32, t->tau); fmt_num(a[7], 32, t->tau_lo); fmt_num(a[8], 32, t->tau_hi);
+            fmt_num(a[9], 32, q->st.tau); fmt_num(a[10], 32, q->st.tau_lo); fmt_num(a[11], 32, q->st.tau_hi);
+            fprintf(f, "| %s | %s (%s) | %s | %s [%s, %s] | %s [%s, %s] | %s [%s, %s] | %s [%s, %s] |", tm_name[q->def->target],
+                    q->def->name, q->def->features, q->def->fit, a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9],
+                    a[10], a[11]);
+            for (size_t l = 0; l < L; l++) { char g[32]; fmt_num(g, 32, q->g[l]); fprintf(f, "%s%s", l ? ", " : " ", g); }
+            fprintf(f, " |\n");
+        }
+        fprintf(f, "\nThe %s rows: the raw direct-path ΔNLL has the wrong sign on this kind of model (it ignores "
+                   "the later layers' response), so `nll_ols` lets each layer's gain take either sign; `nll_from_kl` "
+                   "predicts ΔNLL from the per-layer KLs with non-negative gains. Statistics and gains: "
+                   "tables/truth_calib.csv.\n\n", tm_name[TM_NLL]);
+    } else {
+        fprintf(f, "No calibrated proxy: the results have no complete per_layer.csv for the paired configurations "
+                   "(run `kvreplay run ... --per-layer-readout`).\n\n");
+    }
     for (int m = 0; m < TM_N; m++) {
         if (rendered[m]) fprintf(f, "![proxy vs truth, %s](figures/truth_%s.png)\n\n", tm_name[m], tm_name[m]);
         else if (!c->no_figures) fprintf(f, "Figure truth_%s not rendered (figures/truth_%s.gp and .dat are written).\n\n",
@@ -392,6 +578,9 @@ done:
     if (f) fclose(f);
     for (size_t i = 0; i < N; i++) free(rows[i].config);
     free(rows); free(cid);
+    for (size_t i = 0; i < npl; i++) free(pl[i].config);
+    free(pl); free(fx[0]); free(fx[1]); free(fam);
+    for (size_t k = 0; k < TR_NCAL; k++) { free(cal[k].pred); free(cal[k].g); }
     for (int m = 0; m < TM_N; m++) { free(px[m]); free(ty[m]); }
     return st;
 }

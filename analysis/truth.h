@@ -7,8 +7,17 @@
  *   Spearman (gsl_stats_spearman) and Kendall tau-b (O(n^2), here) with percentile bootstrap
  *   95% intervals over configurations (rp_ctx.n_boot resamples, rp_ctx.seed);
  *   calibration slope: ordinary least squares of truth on proxy; median truth / proxy.
- * Writes tables/truth.csv, figures/truth_<metric>.{dat,gp} (+ .png when gnuplot runs) and
- * appends a section to report.md, with a WARNING line when a Spearman is below 0.9.
+ * Calibrated proxy (calib.h), when the results have per_layer.csv (--per-layer-readout):
+ *   kl_nnls      true logit_kl ~ sum_l g_l logit_kl_layer_l, g >= 0 (Lawson-Hanson NNLS)
+ *   nll_ols      true nll_delta ~ sum_l g_l nll_delta_layer_l, free sign (OLS, no intercept)
+ *   nll_from_kl  true nll_delta ~ sum_l g_l logit_kl_layer_l, g >= 0
+ *   features: per configuration, means over the paired sequences; scored by leave-one-
+ *   strategy-out cross-validation (cal_loso_predict: each family predicted by a fit on the
+ *   other families only), with the same bootstrap; gains also fitted on all configurations.
+ * Writes tables/truth.csv (raw and primary calibrated statistics side by side),
+ * tables/truth_calib.csv (every calibration, with gains per layer), tables/truth_pairs.csv,
+ * figures/truth_<metric>.{dat,gp} (+ .png when gnuplot runs) and appends a section to
+ * report.md, with a WARNING line when a raw Spearman is below 0.9.
  */
 #ifndef KV_TRUTH_H
 #define KV_TRUTH_H

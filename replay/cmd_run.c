@@ -37,6 +37,7 @@ static const char run_usage[] =
     "  --readout           require the read-out metrics (exit 1 when the trace has none; the\n"
     "                      attention metrics are still written)\n"
     "  --no-readout        skip the read-out metrics\n"
+    "  --per-layer-readout also the read-out of each layer's perturbation alone -> per_layer.csv\n"
     "  --gqa-reduce R      mean (default) | max | sum: how strategies that leave it open reduce\n"
     "                      scores over the query heads of a kv head (DESIGN §3)\n"
     "  --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
@@ -162,6 +163,7 @@ int kvcmd_run(int argc, char **argv)
     long long decode = 0, threads = 0, eval_from = 0;
     int split_note = 0, calib_note = 0;
     int resume = 0, readout_flag = 1, list = 0, gqa = RP_GQA_MEAN;
+    int per_layer = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int more = i + 1 < argc;
@@ -201,6 +203,7 @@ int kvcmd_run(int argc, char **argv)
         else if (!strcmp(a, "--resume")) resume = 1;
         else if (!strcmp(a, "--readout") || !strcmp(a, "--require-readout")) readout_flag = 2;
         else if (!strcmp(a, "--no-readout")) readout_flag = 0;
+        else if (!strcmp(a, "--per-layer-readout")) per_layer = 1;     /* issue 8: per_layer.csv */
         else if (!strcmp(a, "--list")) list = 1;
         else if (a[0] == '-' && a[1]) { fprintf(stderr, "kvreplay run: unknown or incomplete option '%s' (try --help)\n", a); return KV_EXIT_USAGE; }
         else if (!trace_path) trace_path = a;
@@ -340,7 +343,7 @@ int kvcmd_run(int argc, char **argv)
     rs_blas_set_threads(1);
 
     rp_run_opts opts = { .mode = mode, .decode = (size_t)decode, .eval_from = (size_t)eval_from, .readout = readout_flag != 0, .gqa_reduce = gqa,
-                         .calib = calib, .n_calib = n_calib };
+                         .calib = calib, .n_calib = n_calib, .per_layer_readout = per_layer };
     if (kv_file_sha256(trace_path, sha, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
     if (export_cfg_s && !export_s) { snprintf(err, sizeof err, "--export-configs needs --export PATH"); goto fail; }
     if (export_s) {     /* issue 8: the exporter is the engine's export hook */

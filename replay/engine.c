@@ -73,14 +73,15 @@ int rp_seq_result_alloc(rp_seq_result *r, size_t n_cfg, size_t L, size_t H)
 {
     r->sa = calloc(n_cfg * SA_NF, sizeof *r->sa);
     r->ha = calloc(n_cfg * L * H * HA_NF, sizeof *r->ha);
+    r->pl = NULL;
     return r->sa && r->ha ? 0 : -1;
 }
 
 void rp_seq_result_free(rp_seq_result *r)
 {
     if (!r) return;
-    free(r->sa); free(r->ha);
-    r->sa = r->ha = NULL;
+    free(r->sa); free(r->ha); free(r->pl);
+    r->sa = r->ha = r->pl = NULL;
 }
 
 void rp_engine_free(rp_engine *e)
@@ -754,7 +755,7 @@ done:
 /* ---- one sequence ------------------------------------------------------------------------ */
 
 static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *dO, double *sa,
-                       char *err, size_t errlen)
+                       double *pl, char *err, size_t errlen)
 {
     const readout *ro = E->ro;
     size_t C = ro->C, V = ro->V, L = E->L, NC = E->sw->n, NE = n - P, HD = E->H * E->D;
@@ -802,6 +803,28 @@ static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *
                     a[SA_NY] += 1; a[SA_NLL_F] += cmp.nll_full; a[SA_NLL_C] += cmp.nll_comp;
                     ece_add(&ef[c], cmp.conf_full, cmp.correct_full);
                     ece_add(&ec[c], cmp.conf_comp, cmp.correct_comp);
+                }
+            }
+            /* per-layer read-out (pl != NULL): h + dO_l W_O_l for each layer alone; a
+             * configuration that leaves the cache as the full one gets KL 0, nll_full */
+            for (size_t l = 0; pl && !cfail[c] && l < L; l++) {
+                double *b = pl + (c * L + l) * PL_NF;
+                if (a[SA_DIFFERS] != 0) {
+                    memcpy(hc, hs, nb * C * sizeof *hc);
+                    readout_add_delta(ro, l, dO + ((c * L + l) * NE + r0) * HD, nb, hc);
+                    if (readout_logits_checked(ro, hc, nb, lc) != KV_OK) { cfail[c] = 1; break; }
+                }
+                for (size_t r = 0; r < nb; r++) {
+                    size_t t = P + r0 + r;
+                    int32_t y = t + 1 < n ? E->tokens[s * E->T + t + 1] : -1;
+                    readout_cmp cmp;
+                    readout_compare(lf + r * V, lcp + r * V, V, y, &cmp);
+                    if (!isfinite(cmp.logit_kl) || (y >= 0 && (size_t)y < V && !isfinite(cmp.nll_comp))) {
+                        cfail[c] = 2 + (int)r;
+                        break;
+                    }
+                    b[PL_KL] += cmp.logit_kl;
+                    if (y >= 0 && (size_t)y < V) b[PL_NLL_C] += cmp.nll_comp;
                 }
             }
             free(hc); free(lc);
@@ -861,7 +884,11 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
             if (b[SA_DIFFERS] != 0) a[SA_DIFFERS] = 1;
         }
     }
-    if (E->ro && NE && readout_seq(E, s, n, P, dO, res->sa, err, errlen)) goto done;
+    if (E->ro && E->o.per_layer_readout && !(res->pl = calloc(NC * L * PL_NF, sizeof *res->pl))) {
+        failf(err, errlen, "out of memory (per-layer read-out)");
+        goto done;
+    }
+    if (E->ro && NE && readout_seq(E, s, n, P, dO, res->sa, res->pl, err, errlen)) goto done;
     rc = 0;
 done:
     if (its)

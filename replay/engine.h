@@ -71,6 +71,10 @@ typedef struct rp_run_opts {
     int (*export_hook)(void *ud, size_t c, size_t s, size_t l, size_t g, size_t n, size_t P,
                        const rp_cache *view);
     void *export_ud;
+    /* Per-layer direct-path read-out (issue 8, --per-layer-readout): also the read-out of
+     * h + dO_l W_O_l for each layer l alone -> rp_seq_result.pl. Costs L extra read-outs per
+     * (config, position); off by default. */
+    int per_layer_readout;
 } rp_run_opts;
 
 /* Per (config, layer, query head) sums; HA_N counts evaluated positions. */
@@ -80,12 +84,17 @@ enum { HA_N, HA_COS, HA_OCOS, HA_OREL, HA_KL, HA_REC, HA_KEEP, HA_BUDGET,
 enum { SA_NQ, SA_KVB, SA_FULLB, SA_PAYLOAD, SA_SCALES, SA_BASES, SA_INDICES, SA_MODIFIED,
        SA_DIFFERS, SA_RO_N, SA_RO_KL, SA_RO_TOP1, SA_NY, SA_NLL_F, SA_NLL_C,
        SA_ECE_F, SA_ECE_C = SA_ECE_F + 3 * ECE_BINS, SA_NF = SA_ECE_C + 3 * ECE_BINS };
+/* Per (config, sequence, layer) with per_layer_readout: sums over evaluated positions of the
+ * logit KL and (positions with a known next token) nll_comp when only layer l's perturbation
+ * is applied; the counts are SA_RO_N and SA_NY of the same (config, sequence). */
+enum { PL_KL, PL_NLL_C, PL_NF };
 
 typedef struct rp_seq_result {
     size_t seq;
     int has_readout;
     double *sa;                 /* [NC][SA_NF] */
     double *ha;                 /* [NC][L][H][HA_NF] */
+    double *pl;                 /* [NC][L][PL_NF], NULL without per_layer_readout */
 } rp_seq_result;
 
 typedef struct rp_engine rp_engine;

@@ -80,6 +80,11 @@ int out_part_write(const char *dir, const char *key, const rp_seq_result *r, siz
             for (size_t i = 0; i < HA_NF; i++)
                 fprintf(f, "%a%c", r->ha[(c * L * H + j) * HA_NF + i], i + 1 < HA_NF ? ' ' : '\n');
     }
+    if (r->pl) {        /* per-layer read-out (issue 8): optional block before "end" */
+        fprintf(f, "pl\n");
+        for (size_t j = 0; j < n_cfg * L; j++)
+            for (size_t i = 0; i < PL_NF; i++) fprintf(f, "%a%c", r->pl[j * PL_NF + i], i + 1 < PL_NF ? ' ' : '\n');
+    }
     fprintf(f, "end\n");
     if (ferror(f)) { kv_atomic_discard(&a); return failf(err, errlen, "%s: write error", path); }
     if (kv_atomic_commit(&a, &ke) != KV_OK) return failf(err, errlen, "%s", ke.msg);
@@ -111,7 +116,14 @@ int out_part_read(const char *dir, const char *key, size_t seq, rp_seq_result *r
         for (size_t i = 0; i < L * H * HA_NF && fscanf(f, "%63s", tok) == 1; i++, got++)
             r->ha[c * L * H * HA_NF + i] = strtod(tok, NULL);
     }
-    int ok = got == total && fscanf(f, "%63s", tok) == 1 && !strcmp(tok, "end");
+    int ok = got == total && fscanf(f, "%63s", tok) == 1;
+    if (ok && !strcmp(tok, "pl")) {     /* optional per-layer block */
+        size_t npl = n_cfg * L * PL_NF, k = 0;
+        if (!(r->pl = calloc(npl ? npl : 1, sizeof *r->pl))) { fclose(f); rp_seq_result_free(r); return failf(err, errlen, "out of memory"); }
+        for (; k < npl && fscanf(f, "%63s", tok) == 1; k++) r->pl[k] = strtod(tok, NULL);
+        ok = k == npl && fscanf(f, "%63s", tok) == 1;
+    }
+    ok = ok && !strcmp(tok, "end");
     fclose(f);
     if (!ok) { rp_seq_result_free(r); return 0; }   /* truncated: recompute */
     return 1;
@@ -195,7 +207,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
                       size_t *n_not_applied, char *err, size_t errlen)
 {
     size_t NC = sw->n;
-    open_file of[6];
+    open_file of[7];
     memset(of, 0, sizeof of);
     int rc = -1;
     double *tot_ha = calloc(NC * HA_NF, sizeof *tot_ha), *tot_sa = calloc(NC * SA_NF, sizeof *tot_sa);
@@ -308,6 +320,33 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
         if (ocommit(&of[4], err, errlen)) goto fail;
     }
 
+    /* per_layer.csv (issue 8): only when every sequence has the per-layer read-out */
+    size_t n_pl = 0;
+    for (size_t i = 0; i < n_res; i++) n_pl += res[i].pl != NULL;
+    if (n_pl && n_pl != n_res) {
+        failf(err, errlen, "per_layer.csv: %zu of %zu sequences lack the per-layer read-out (parts from a run without "
+              "--per-layer-readout); rerun without --resume", n_res - n_pl, n_res);
+        goto fail;
+    }
+    if (n_pl && has_readout) {
+        f = ofile(&of[6], dir, "per_layer.csv", err, errlen);
+        if (!f) goto fail;
+        fprintf(f, "config_id,config,seq,layer,logit_kl_layer,nll_delta_layer\n");
+        for (size_t c = 0; c < NC; c++)
+            for (size_t i = 0; i < n_res; i++) {
+                const double *sa = res[i].sa + c * SA_NF;
+                int rn = sa[SA_RO_N] > 0, ny = sa[SA_NY] > 0;
+                for (size_t l = 0; l < L; l++) {
+                    const double *b = res[i].pl + (c * L + l) * PL_NF;
+                    fprintf(f, "%zu,%s,%zu,%zu", c, sw->cfg[c].canon, res[i].seq, l);
+                    put_opt(f, rn, rn ? b[PL_KL] / sa[SA_RO_N] : 0);
+                    put_opt(f, ny, ny ? (b[PL_NLL_C] - sa[SA_NLL_F]) / sa[SA_NY] : 0);
+                    fputc('\n', f);
+                }
+            }
+        if (ocommit(&of[6], err, errlen)) goto fail;
+    }
+
     f = ofile(&of[5], dir, "provenance.json", err, errlen);
     if (!f) goto fail;
     unsigned maj = 0, min = 0, rel = 0;
@@ -339,7 +378,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     if (ocommit(&of[5], err, errlen)) goto fail;
     rc = 0;
 fail:
-    for (size_t i = 0; i < 6; i++) if (of[i].open) kv_atomic_discard(&of[i].a);
+    for (size_t i = 0; i < 7; i++) if (of[i].open) kv_atomic_discard(&of[i].a);
     free(tot_ha); free(tot_sa);
     return rc;
 }

@@ -13,7 +13,7 @@
 #include "engine.h"
 #include "sweep.h"
 
-/* Write / read one sequence's part. read: 1 = loaded, 0 = absent or from another run
+/* Write / read one sequence's part (r->pl, when set, as an optional block before "end"). read: 1 = loaded, 0 = absent or from another run
  * (then the sequence is recomputed), -1 = error. */
 int out_part_write(const char *dir, const char *key, const rp_seq_result *r, size_t n_cfg,
                    size_t L, size_t H, char *err, size_t errlen);
@@ -28,6 +28,7 @@ typedef struct out_prov {
 } out_prov;
 
 /* configs.csv, per_seq.csv, per_head.csv, summary.csv, calib.csv (with read-out),
+ * per_layer.csv (with read-out, when every res[i].pl is set; an error when only some are),
  * provenance.json. res[i] in evaluation order. *n_not_applied: configurations flagged. */
 int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *res, size_t n_res,
                       size_t L, size_t H, int has_readout, const out_prov *pv,
