@@ -226,6 +226,8 @@ def parse_list(s, what):
 
 
 def run(a, load_adapter):
+    if os.path.isdir(a.export):     # `kvreplay run --export DIR` writes DIR/export.h5
+        a.export = os.path.join(a.export, "export.h5")
     for p, what in ((a.trace, "trace"), (a.export, "export")):
         if not os.path.isfile(p):
             raise ValidateError(f"{what} '{p}': no such file")
