@@ -71,6 +71,8 @@ DEB_PKGS := gcc make pkg-config libhdf5-dev hdf5-tools zlib1g-dev libgsl-dev lib
             python3-scipy bible-kjv
 
 .PHONY: all test demo bench deps deps-check clean install probe
+# Keep objects make would treat as intermediate (they are reused by every program).
+.SECONDARY:
 all: probe $(PROGS) $(MPI_PROGS) $(TESTS)
 
 probe:

@@ -51,6 +51,7 @@ static const char run_usage[] =
     "SIGINT/SIGTERM finish the current sequence and exit with status 3 (resumable).\n";
 
 static volatile sig_atomic_t g_stop = 0;
+static char g_prog[64] = "kvreplay run";     /* message prefix */
 static void on_signal(int sig) { (void)sig; g_stop = 1; }
 
 /* "0,2,5-7" -> sorted unique list within [0, S). */
@@ -71,7 +72,7 @@ static int parse_list(const char *s, size_t S, size_t **out, size_t *n, const ch
             p = end;
         }
         if ((size_t)b >= S) {
-            fprintf(stderr, "kvreplay run: %s %s: sequence %ld outside [0, %zu)\n", opt, s, b, S);
+            fprintf(stderr, "%s: %s %s: sequence %ld outside [0, %zu)\n", g_prog, opt, s, b, S);
             free(mark);
             return -1;
         }
@@ -87,7 +88,7 @@ static int parse_list(const char *s, size_t S, size_t **out, size_t *n, const ch
     free(mark);
     return 0;
 bad:
-    fprintf(stderr, "kvreplay run: %s '%s': expected a list like 0,2,5-7\n", opt, s);
+    fprintf(stderr, "%s: %s '%s': expected a list like 0,2,5-7\n", g_prog, opt, s);
     free(mark);
     return -1;
 }
@@ -151,8 +152,33 @@ static void remove_parts(const char *dir)
     rmdir(p);
 }
 
-int kvcmd_run(int argc, char **argv)
+/* A prepared run (kvrun_open): everything kvcmd_run's loop and kvrun_finish need. Work item i
+ * is evaluated sequence seqs[i]; res[i] holds its accumulators once computed or loaded. */
+struct kvrun {
+    int argc;
+    char **argv;
+    const char *tool, *trace_path, *sweep_path, *outdir, *export_cfg_s;
+    long shard_i, shard_n;
+    long long decode;
+    unsigned mode;
+    int readout_flag, resume;
+    char started[64], sha[65], key[17], xpath[4200];
+    rp_sweep sw;
+    kv_trace *tr;
+    const kv_info *in;
+    rp_engine *eng;
+    rp_export *xp;
+    size_t *xcfg, n_xcfg;
+    uint8_t *xchosen;
+    rp_seq_result *res;
+    size_t *seqs, *calib, n_seqs, n_calib, n_res, skipped;
+    int32_t *seq_len;           /* [S], work item sizes */
+};
+
+int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **out)
 {
+    *out = NULL;
+    snprintf(g_prog, sizeof g_prog, "%s run", tool);
     const char *trace_path = NULL, *sweep_path = NULL, *outdir = NULL, *seqs_s = NULL, *calib_s = NULL;
     const char *shard_s = NULL;
     const char *export_s = NULL, *export_cfg_s = NULL;     /* --export (issue 8) */
@@ -170,20 +196,20 @@ int kvcmd_run(int argc, char **argv)
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(run_usage, stdout); return KV_EXIT_OK; }
         else if (!strcmp(a, "--sweep") && more) sweep_path = argv[++i];
         else if (!strcmp(a, "--strategy") && more) {
-            if (n_specs == 64) { fprintf(stderr, "kvreplay run: too many --strategy options (max 64)\n"); return KV_EXIT_USAGE; }
+            if (n_specs == 64) { fprintf(stderr, "%s: too many --strategy options (max 64)\n", g_prog); return KV_EXIT_USAGE; }
             specs[n_specs++] = argv[++i];
         } else if ((!strcmp(a, "-o") || !strcmp(a, "--out")) && more) outdir = argv[++i];
         else if (!strcmp(a, "--mode") && more) {
             const char *m = argv[++i];
             if (!strcmp(m, "prefill")) mode = RP_PREFILL;
             else if (!strcmp(m, "online")) mode = RP_ONLINE;
-            else { fprintf(stderr, "kvreplay run: --mode %s: expected prefill or online\n", m); return KV_EXIT_USAGE; }
+            else { fprintf(stderr, "%s: --mode %s: expected prefill or online\n", g_prog, m); return KV_EXIT_USAGE; }
         } else if ((!strcmp(a, "--decode") || !strcmp(a, "--threads") || !strcmp(a, "--eval-from")) && more) {
             char *end;
             errno = 0;
             long long v = strtoll(argv[++i], &end, 10);
             if (*end || errno || v < 1) {
-                fprintf(stderr, "kvreplay run: %s %s: expected a positive integer\n", a, argv[i]);
+                fprintf(stderr, "%s: %s %s: expected a positive integer\n", g_prog, a, argv[i]);
                 return KV_EXIT_USAGE;
             }
             if (!strcmp(a, "--decode")) decode = v;
@@ -194,7 +220,7 @@ int kvcmd_run(int argc, char **argv)
             if (!strcmp(r, "mean")) gqa = RP_GQA_MEAN;
             else if (!strcmp(r, "max")) gqa = RP_GQA_MAX;
             else if (!strcmp(r, "sum")) gqa = RP_GQA_SUM;
-            else { fprintf(stderr, "kvreplay run: --gqa-reduce %s: expected mean, max or sum\n", r); return KV_EXIT_USAGE; }
+            else { fprintf(stderr, "%s: --gqa-reduce %s: expected mean, max or sum\n", g_prog, r); return KV_EXIT_USAGE; }
         } else if (!strcmp(a, "--shard") && more) shard_s = argv[++i];
         else if (!strcmp(a, "--seqs") && more) seqs_s = argv[++i];
         else if (!strcmp(a, "--calib") && more) calib_s = argv[++i];
@@ -205,24 +231,38 @@ int kvcmd_run(int argc, char **argv)
         else if (!strcmp(a, "--no-readout")) readout_flag = 0;
         else if (!strcmp(a, "--per-layer-readout")) per_layer = 1;     /* issue 8: per_layer.csv */
         else if (!strcmp(a, "--list")) list = 1;
-        else if (a[0] == '-' && a[1]) { fprintf(stderr, "kvreplay run: unknown or incomplete option '%s' (try --help)\n", a); return KV_EXIT_USAGE; }
+        else if (a[0] == '-' && a[1]) { fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", g_prog, a); return KV_EXIT_USAGE; }
         else if (!trace_path) trace_path = a;
-        else { fprintf(stderr, "kvreplay run: unexpected argument '%s'\n", a); return KV_EXIT_USAGE; }
+        else { fprintf(stderr, "%s: unexpected argument '%s'\n", g_prog, a); return KV_EXIT_USAGE; }
     }
     if (list) { list_strategies(); return KV_EXIT_OK; }
+    if ((flags & KVRUN_NO_EXPORT) && (export_s || export_cfg_s)) {
+        fprintf(stderr, "%s: --export is not supported by %s (one writer per export file); use kvreplay run\n", g_prog, tool);
+        return KV_EXIT_USAGE;
+    }
     if (!trace_path || !outdir || (!sweep_path && !n_specs)) {
-        fprintf(stderr, "kvreplay run: need TRACE, --sweep FILE or --strategy SPEC, and -o DIR (try --help)\n");
+        fprintf(stderr, "%s: need TRACE, --sweep FILE or --strategy SPEC, and -o DIR (try --help)\n", g_prog);
         return KV_EXIT_USAGE;
     }
     if (sweep_path && n_specs) {
-        fprintf(stderr, "kvreplay run: give --sweep or --strategy, not both\n");
+        fprintf(stderr, "%s: give --sweep or --strategy, not both\n", g_prog);
         return KV_EXIT_USAGE;
     }
     if (shard_s) {      /* "i/N", or "N" with i from SLURM_ARRAY_TASK_ID (job arrays) */
         char *end;
         const char *slash = strchr(shard_s, '/');
         errno = 0;
-        if (slash) {
+        if (!strcmp(shard_s, "slurm")) {   /* both from the job array: i = ID - MIN, N = COUNT */
+            const char *id = getenv("SLURM_ARRAY_TASK_ID"), *cnt = getenv("SLURM_ARRAY_TASK_COUNT");
+            const char *mn = getenv("SLURM_ARRAY_TASK_MIN");
+            if (!id || !cnt) {
+                fprintf(stderr, "%s: --shard slurm: SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT are not set (not a Slurm job array task)\n", g_prog);
+                return KV_EXIT_USAGE;
+            }
+            shard_i = strtol(id, &end, 10) - (mn ? strtol(mn, NULL, 10) : 0);
+            if (*end) shard_i = -1;
+            shard_n = strtol(cnt, &end, 10);
+        } else if (slash) {
             shard_i = strtol(shard_s, &end, 10);
             if (end != slash) shard_i = -1;
             shard_n = strtol(slash + 1, &end, 10);
@@ -232,8 +272,8 @@ int kvcmd_run(int argc, char **argv)
             shard_i = id ? strtol(id, NULL, 10) : -1;
         }
         if (*end || errno || shard_n < 1 || shard_i < 0 || shard_i >= shard_n) {
-            fprintf(stderr, "kvreplay run: --shard %s: expected i/N with 0 <= i < N (or N with SLURM_ARRAY_TASK_ID set)\n",
-                    shard_s);
+            fprintf(stderr, "%s: --shard %s: expected i/N with 0 <= i < N (or N with SLURM_ARRAY_TASK_ID set, or slurm "
+                    "with SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN < SLURM_ARRAY_TASK_COUNT)\n", g_prog, shard_s);
             return KV_EXIT_USAGE;
         }
     }
@@ -248,9 +288,11 @@ int kvcmd_run(int argc, char **argv)
     uint8_t *xchosen = NULL;
     char xpath[4200] = "";
     rp_seq_result *res = NULL;
-    size_t *seqs = NULL, *calib = NULL, n_seqs = 0, n_calib = 0, n_res = 0;
+    size_t *seqs = NULL, *calib = NULL, n_seqs = 0, n_calib = 0;
     int rc = KV_EXIT_FAIL;
     kv_error ke;
+    int32_t *seq_len = NULL;
+    kvrun *r = NULL;
 
     if (sweep_path) {
         if (sweep_add_file(&sw, sweep_path, err, sizeof err)) goto fail;
@@ -312,6 +354,9 @@ int kvcmd_run(int argc, char **argv)
         }
     }
     if (!n_seqs) { snprintf(err, sizeof err, "no sequence to evaluate"); goto fail; }
+    /* the evaluated list before --shard enters the run key: shards of different lists, whose
+     * union could leave a gap, are refused by kvreplay merge as parts of different runs */
+    uint64_t seqs_hash = rp_hash64(seqs, n_seqs * sizeof *seqs, 0);
     if (shard_n > 1) {      /* round-robin over the evaluated sequences */
         size_t k = 0;
         for (size_t i = 0; i < n_seqs; i++) if ((long)(i % (size_t)shard_n) == shard_i) seqs[k++] = seqs[i];
@@ -335,6 +380,7 @@ int kvcmd_run(int argc, char **argv)
         decode = mn / 4 > 0 ? mn / 4 : 1;
         split_note = 1;     /* printed once the run starts (errors stay one line) */
     }
+    if (threads <= 0 && (flags & KVRUN_THREADS1)) threads = 1;     /* MPI ranks: no oversubscription */
     if (threads > 0) {
 #ifdef _OPENMP
         omp_set_num_threads((int)threads);
@@ -376,110 +422,189 @@ int kvcmd_run(int argc, char **argv)
                  rp_engine_has_readout(eng), gqa, "v1");
         h = rp_hash64(buf, strlen(buf), h);
         h = rp_hash64(calib ? (const void *)calib : "", n_calib * sizeof *calib, h);
+        h = rp_hash64(&seqs_hash, sizeof seqs_hash, h);
         for (size_t c = 0; c < sw.n; c++) h = rp_hash64(sw.cfg[c].canon, strlen(sw.cfg[c].canon) + 1, h);
         snprintf(key, sizeof key, "%016llx", (unsigned long long)h);
     }
 
-    int has_parts = 0, ds = dir_state(outdir, &has_parts);
-    if (ds < 0) { snprintf(err, sizeof err, "%s: cannot create or read the output directory: %s", outdir, strerror(errno)); goto fail; }
-    if (ds > 0 && !(resume && has_parts)) {
-        snprintf(err, sizeof err, "%s exists and is not empty%s", outdir,
-                 resume ? " and holds no interrupted run (parts/) to resume" : " (choose a new directory, or --resume an interrupted run)");
-        goto fail;
-    }
-    {
-        char p[4200];
-        snprintf(p, sizeof p, "%s/parts", outdir);
-        if (mkdir(p, 0777) && errno != EEXIST) { snprintf(err, sizeof err, "%s: %s", p, strerror(errno)); goto fail; }
-    }
+    if (!(flags & KVRUN_WORKER)) {     /* workers find DIR/parts made by rank 0 */
+        int has_parts = 0, ds = dir_state(outdir, &has_parts);
+        if (ds < 0) { snprintf(err, sizeof err, "%s: cannot create or read the output directory: %s", outdir, strerror(errno)); goto fail; }
+        if (ds > 0 && !(resume && has_parts)) {
+            snprintf(err, sizeof err, "%s exists and is not empty%s", outdir,
+                     resume ? " and holds no interrupted run (parts/) to resume" : " (choose a new directory, or --resume an interrupted run)");
+            goto fail;
+        }
+        {
+            char p[4200];
+            snprintf(p, sizeof p, "%s/parts", outdir);
+            if (mkdir(p, 0777) && errno != EEXIST) { snprintf(err, sizeof err, "%s: %s", p, strerror(errno)); goto fail; }
+        }
 
-    if (calib_note)
-        fprintf(stderr, "kvreplay run: note: calibrating on the last %zu sequence(s) of the trace (%zu..%zu), not "
-                "evaluated (--calib LIST to choose)\n", n_calib, calib[0], calib[n_calib - 1]);
-    if (split_note)
-        fprintf(stderr, "kvreplay run: note: %s has no /prefill_len; evaluating the last %lld tokens of each sequence "
-                "(--decode N to choose)\n", trace_path, decode);
+    }
+    if (calib_note && !(flags & KVRUN_WORKER))
+        fprintf(stderr, "%s: note: calibrating on the last %zu sequence(s) of the trace (%zu..%zu), not "
+                "evaluated (--calib LIST to choose)\n", g_prog, n_calib, calib[0], calib[n_calib - 1]);
+    if (split_note && !(flags & KVRUN_WORKER))
+        fprintf(stderr, "%s: note: %s has no /prefill_len; evaluating the last %lld tokens of each sequence "
+                "(--decode N to choose)\n", g_prog, trace_path, decode);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
+    seq_len = malloc((in->n_seq ? in->n_seq : 1) * sizeof *seq_len);
+    if (!seq_len || kv_trace_read_seq_len(tr, seq_len, &ke) != KV_OK) {
+        snprintf(err, sizeof err, "%s", seq_len ? ke.msg : "out of memory");
+        goto fail;
+    }
     res = calloc(n_seqs, sizeof *res);
-    if (!res) { snprintf(err, sizeof err, "out of memory"); goto fail; }
-    int tty = isatty(2);
-    size_t L = in->n_layers, H = in->n_heads, skipped = 0;
-    for (size_t i = 0; i < n_seqs; i++) {
-        int got = resume ? out_part_read(outdir, key, seqs[i], &res[i], sw.n, L, H, err, sizeof err) : 0;
-        if (got < 0) goto fail;
-        if (got) { n_res++; skipped++; continue; }
-        if (g_stop) break;
-        if (tty) fprintf(stderr, "\rkvreplay run: sequence %zu/%zu (%zu configs)   ", i + 1, n_seqs, sw.n);
-        if (rp_engine_seq(eng, seqs[i], &res[i], err, sizeof err)) goto fail;
-        if (xp && rp_export_write_seq(xp, seqs[i], err, sizeof err)) goto fail;
-        n_res++;
-        if (out_part_write(outdir, key, &res[i], sw.n, L, H, err, sizeof err)) goto fail;
-        if (g_stop && i + 1 < n_seqs) break;
-    }
-    if (tty) fprintf(stderr, "\r%60s\r", "");
-    if (n_res < n_seqs) {
-        fprintf(stderr, "kvreplay run: interrupted after %zu of %zu sequences; rerun with --resume to continue in %s\n",
-                n_res, n_seqs, outdir);
-        rc = KV_EXIT_INTERRUPTED;
-        goto done;
-    }
-    {
-        char argvs[8192] = "";
-        strncat(argvs, "kvreplay", sizeof argvs - 1);
-        for (int i = 0; i < argc; i++) {
-            strncat(argvs, " ", sizeof argvs - strlen(argvs) - 1);
-            strncat(argvs, argv[i], sizeof argvs - strlen(argvs) - 1);
-        }
-        char shard[64];
-        snprintf(shard, sizeof shard, "%ld/%ld", shard_i, shard_n);
-        size_t nthreads = 1;
-#ifdef _OPENMP
-        nthreads = (size_t)omp_get_max_threads();
-#endif
-        out_prov pv = { .trace = trace_path, .trace_sha256 = sha, .model = in->model, .architecture = in->architecture,
-                        .mode = mode == RP_PREFILL ? "prefill" : "online", .sweep = sweep_path ? sweep_path : "-",
-                        .argv = argvs, .started = started, .decode = (size_t)decode,
-                        .n_seq = n_seqs, .threads = nthreads, .shard = shard };
-        size_t n_na = 0;
-        if (out_write_results(outdir, &sw, res, n_res, L, H, rp_engine_has_readout(eng), &pv, &n_na, err, sizeof err))
-            goto fail;
-        if (xp) {
-            if (rp_export_close(xp, err, sizeof err)) goto fail;
-            fprintf(stderr, "kvreplay run: exported the cache states of %zu configuration(s) to %s\n",
-                    export_cfg_s ? n_xcfg : sw.n, xpath);
-        }
-        if (shard_n == 1) remove_parts(outdir);     /* shards keep them for kvreplay merge */
-        if (n_na)
-            fprintf(stderr, "kvreplay run: warning: %zu configuration(s) gave results identical to the full cache "
-                    "(compression not applied; see not_applied in summary.csv)\n", n_na);
-        if (skipped) fprintf(stderr, "kvreplay run: resumed: %zu sequence(s) taken from %s/parts\n", skipped, outdir);
-    }
-    if (readout_flag == 2 && !in->has_readout) {
-        fprintf(stderr, "kvreplay run: %s has no /readout%s%s: read-out metrics requested (--readout) but left empty; "
-                "attention metrics written to %s\n", trace_path, in->readout_unavailable[0] ? ": " : "",
-                in->readout_unavailable, outdir);
-        rc = KV_EXIT_FAIL;
-    } else {
-        rc = KV_EXIT_OK;
-    }
-    goto done;
+    r = calloc(1, sizeof *r);
+    if (!res || !r) { snprintf(err, sizeof err, "out of memory"); goto fail; }
+    *r = (kvrun){ .argc = argc, .argv = argv, .tool = tool, .trace_path = trace_path, .sweep_path = sweep_path,
+                  .outdir = outdir, .export_cfg_s = export_cfg_s, .shard_i = shard_i, .shard_n = shard_n,
+                  .decode = decode, .mode = mode, .readout_flag = readout_flag, .resume = resume, .sw = sw, .tr = tr, .in = in,
+                  .eng = eng, .xp = xp, .xcfg = xcfg, .n_xcfg = n_xcfg, .xchosen = xchosen, .res = res,
+                  .seqs = seqs, .calib = calib, .n_seqs = n_seqs, .n_calib = n_calib, .seq_len = seq_len };
+    memcpy(r->started, started, sizeof started);
+    memcpy(r->sha, sha, sizeof sha);
+    memcpy(r->key, key, sizeof key);
+    memcpy(r->xpath, xpath, sizeof xpath);
+    *out = r;
+    return KV_EXIT_OK;
 fail:
-    fprintf(stderr, "kvreplay run: %s\n", err);
+    fprintf(stderr, "%s: %s\n", g_prog, err);
 fail_quiet:
-    rc = rc == KV_EXIT_OK ? KV_EXIT_FAIL : rc;
-done:
-    if (res) for (size_t i = 0; i < n_seqs; i++) rp_seq_result_free(&res[i]);
-    free(res); free(seqs); free(calib);
+    free(r);
+    free(res); free(seqs); free(calib); free(seq_len);
     rp_engine_free(eng);
     rp_export_free(xp); free(xcfg); free(xchosen);
     kv_trace_close(tr);
     sweep_free(&sw);
+    return rc == KV_EXIT_OK ? KV_EXIT_FAIL : rc;
+}
+
+size_t kvrun_n_items(const kvrun *r) { return r->n_seqs; }
+size_t kvrun_item_seq(const kvrun *r, size_t i) { return r->seqs[i]; }
+size_t kvrun_item_size(const kvrun *r, size_t i) { return (size_t)r->seq_len[r->seqs[i]]; }
+int kvrun_resuming(const kvrun *r) { return r->resume; }
+int kvrun_stop_requested(void) { return g_stop != 0; }
+
+int kvrun_load(kvrun *r, size_t i, int resumed, char *err, size_t errlen)
+{
+    if (r->res[i].sa) return 1;
+    int got = out_part_read(r->outdir, r->key, r->seqs[i], &r->res[i], r->sw.n, r->in->n_layers, r->in->n_heads,
+                            err, errlen);
+    if (got == 1) { r->n_res++; r->skipped += resumed != 0; }
+    return got;
+}
+
+int kvrun_compute(kvrun *r, size_t i, int keep, char *err, size_t errlen)
+{
+    rp_seq_result *res = &r->res[i];
+    if (rp_engine_seq(r->eng, r->seqs[i], res, err, errlen)) return -1;
+    if (r->xp && rp_export_write_seq(r->xp, r->seqs[i], err, errlen)) return -1;
+    if (out_part_write(r->outdir, r->key, res, r->sw.n, r->in->n_layers, r->in->n_heads, err, errlen)) return -1;
+    if (keep) r->n_res++;
+    else rp_seq_result_free(res);
+    return 0;
+}
+
+int kvrun_finish(kvrun *r)
+{
+    char err[4600] = "";
+    const kv_info *in = r->in;
+    size_t L = in->n_layers, H = in->n_heads;
+    int rc = KV_EXIT_FAIL;
+    if (r->n_res < r->n_seqs) {
+        fprintf(stderr, "%s: interrupted after %zu of %zu sequences; rerun with --resume to continue in %s\n",
+                g_prog, r->n_res, r->n_seqs, r->outdir);
+        return KV_EXIT_INTERRUPTED;
+    }
+    {
+        char argvs[8192] = "";
+        strncat(argvs, r->tool, sizeof argvs - 1);
+        for (int i = 0; i < r->argc; i++) {
+            strncat(argvs, " ", sizeof argvs - strlen(argvs) - 1);
+            strncat(argvs, r->argv[i], sizeof argvs - strlen(argvs) - 1);
+        }
+        char shard[64];
+        snprintf(shard, sizeof shard, "%ld/%ld", r->shard_i, r->shard_n);
+        size_t nthreads = 1;
+#ifdef _OPENMP
+        nthreads = (size_t)omp_get_max_threads();
+#endif
+        out_prov pv = { .trace = r->trace_path, .trace_sha256 = r->sha, .model = in->model, .architecture = in->architecture,
+                        .mode = r->mode == RP_PREFILL ? "prefill" : "online", .sweep = r->sweep_path ? r->sweep_path : "-",
+                        .argv = argvs, .started = r->started, .decode = (size_t)r->decode,
+                        .n_seq = r->n_seqs, .threads = nthreads, .shard = shard };
+        size_t n_na = 0;
+        if (out_write_results(r->outdir, &r->sw, r->res, r->n_res, L, H, rp_engine_has_readout(r->eng), &pv, &n_na,
+                              err, sizeof err))
+            goto fail;
+        if (r->xp) {
+            if (rp_export_close(r->xp, err, sizeof err)) goto fail;
+            fprintf(stderr, "%s: exported the cache states of %zu configuration(s) to %s\n", g_prog,
+                    r->export_cfg_s ? r->n_xcfg : r->sw.n, r->xpath);
+        }
+        if (r->shard_n == 1) remove_parts(r->outdir);     /* shards keep them for kvreplay merge */
+        if (n_na)
+            fprintf(stderr, "%s: warning: %zu configuration(s) gave results identical to the full cache "
+                    "(compression not applied; see not_applied in summary.csv)\n", g_prog, n_na);
+        if (r->skipped) fprintf(stderr, "%s: resumed: %zu sequence(s) taken from %s/parts\n", g_prog, r->skipped, r->outdir);
+    }
+    if (r->readout_flag == 2 && !in->has_readout) {
+        fprintf(stderr, "%s: %s has no /readout%s%s: read-out metrics requested (--readout) but left empty; "
+                "attention metrics written to %s\n", g_prog, r->trace_path, in->readout_unavailable[0] ? ": " : "",
+                in->readout_unavailable, r->outdir);
+        rc = KV_EXIT_FAIL;
+    } else {
+        rc = KV_EXIT_OK;
+    }
     return rc;
+fail:
+    fprintf(stderr, "%s: %s\n", g_prog, err);
+    return KV_EXIT_FAIL;
+}
+
+void kvrun_free(kvrun *r)
+{
+    if (!r) return;
+    if (r->res) for (size_t i = 0; i < r->n_seqs; i++) rp_seq_result_free(&r->res[i]);
+    free(r->res); free(r->seqs); free(r->calib); free(r->seq_len);
+    rp_engine_free(r->eng);
+    rp_export_free(r->xp); free(r->xcfg); free(r->xchosen);
+    kv_trace_close(r->tr);
+    sweep_free(&r->sw);
+    free(r);
+}
+
+int kvcmd_run(int argc, char **argv)
+{
+    kvrun *r = NULL;
+    int rc = kvrun_open(argc, argv, "kvreplay", 0, &r);
+    if (!r) return rc;
+    char err[4600] = "";
+    size_t n = r->n_seqs;
+    int tty = isatty(2);
+    for (size_t i = 0; i < n; i++) {
+        int got = r->resume ? kvrun_load(r, i, 1, err, sizeof err) : 0;
+        if (got < 0) goto fail;
+        if (got) continue;
+        if (g_stop) break;
+        if (tty) fprintf(stderr, "\r%s: sequence %zu/%zu (%zu configs)   ", g_prog, i + 1, n, r->sw.n);
+        if (kvrun_compute(r, i, 1, err, sizeof err)) goto fail;
+        if (g_stop && i + 1 < n) break;
+    }
+    if (tty) fprintf(stderr, "\r%60s\r", "");
+    rc = kvrun_finish(r);
+    kvrun_free(r);
+    return rc;
+fail:
+    fprintf(stderr, "%s: %s\n", g_prog, err);
+    kvrun_free(r);
+    return KV_EXIT_FAIL;
 }
 
 static const char merge_usage[] =
@@ -526,6 +651,7 @@ int kvcmd_merge(int argc, char **argv)
     rp_seq_result *res = NULL;
     size_t n_res = 0, cap = 0, L = 0, H = 0, NC = 0, shard_n = 0;
     unsigned char *seen_shard = NULL;
+    long *from = NULL;          /* [cap] shard index of each part */
     int rc = KV_EXIT_FAIL, has_ro = -1;
     for (size_t d = 0; d < nd; d++) {
         snprintf(path, sizeof path, "%s/provenance.json", dirs[d]);
@@ -544,6 +670,9 @@ int kvcmd_merge(int argc, char **argv)
         }
         if ((size_t)sn != shard_n) { free(prov); snprintf(err, sizeof err, "%s is shard %s, the others are of %zu shards", dirs[d], sh, shard_n); goto fail; }
         if (seen_shard[si]++) { free(prov); snprintf(err, sizeof err, "%s: shard %s given twice", dirs[d], sh); goto fail; }
+        char nsv[32];
+        size_t want_parts = 0, got_parts = 0;
+        if (!out_json_get(prov, "n_seq", nsv, sizeof nsv)) want_parts = (size_t)strtoull(nsv, NULL, 10);
         snprintf(path, sizeof path, "%s/configs.csv", dirs[d]);
         if (!(cfgs = slurp(path))) { free(prov); snprintf(err, sizeof err, "%s: cannot read", path); goto fail; }
         if (!d) { prov0 = prov; cfg0 = cfgs; }
@@ -584,9 +713,11 @@ int kvcmd_merge(int argc, char **argv)
             if (n_res == cap) {
                 size_t nc = cap ? 2 * cap : 64;
                 rp_seq_result *q = realloc(res, nc * sizeof *q);
-                if (!q) { closedir(dp); snprintf(err, sizeof err, "out of memory"); goto fail; }
+                if (q) res = q;
+                long *fq = q ? realloc(from, nc * sizeof *fq) : NULL;
+                if (!fq) { closedir(dp); snprintf(err, sizeof err, "out of memory"); goto fail; }
                 memset(q + cap, 0, (nc - cap) * sizeof *q);
-                res = q; cap = nc;
+                from = fq; cap = nc;
             }
             snprintf(path, sizeof path, "%s", dirs[d]);
             if (out_part_read(path, key, s, &res[n_res], NC, L, H, err, sizeof err) != 1) {
@@ -594,9 +725,15 @@ int kvcmd_merge(int argc, char **argv)
                 if (!err[0]) snprintf(err, sizeof err, "%s/parts/seq_%zu.part: truncated", dirs[d], s);
                 goto fail;
             }
-            n_res++;
+            from[n_res++] = si;
+            got_parts++;
         }
         closedir(dp);
+        if (got_parts != want_parts) {     /* a gap inside a shard: lost or deleted parts */
+            snprintf(err, sizeof err, "%s: %zu part(s) in parts/, its provenance.json says %zu sequence(s)", dirs[d],
+                     got_parts, want_parts);
+            goto fail;
+        }
     }
     for (size_t i = 0; i < shard_n; i++)
         if (!seen_shard[i]) { snprintf(err, sizeof err, "shard %zu/%zu is missing", i, shard_n); goto fail; }
@@ -605,6 +742,16 @@ int kvcmd_merge(int argc, char **argv)
     for (size_t i = 1; i < n_res; i++)
         for (size_t j = i; j > 0 && res[j - 1].seq > res[j].seq; j--) {
             rp_seq_result t = res[j]; res[j] = res[j - 1]; res[j - 1] = t;
+            long f = from[j]; from[j] = from[j - 1]; from[j - 1] = f;
+        }
+    /* --shard deals the evaluated sequences round-robin: the r-th of them is in shard r mod N;
+     * anything else means the shards evaluated different sequence lists (--seqs, --calib) */
+    for (size_t i = 0; i < n_res; i++)
+        if ((size_t)from[i] != i % shard_n) {
+            snprintf(err, sizeof err, "sequence %zu is in shard %ld/%zu, but dealing the merged sequences round-robin puts it in "
+                     "shard %zu/%zu: the shards were run with different sequence lists (--seqs, --calib)", res[i].seq,
+                     from[i], shard_n, i % shard_n, shard_n);
+            goto fail;
         }
     /* the configurations, from their canonical strings (valid sweep lines) */
     {
@@ -653,7 +800,7 @@ fail:
     fprintf(stderr, "kvreplay merge: %s\n", err);
 done:
     if (res) for (size_t i = 0; i < cap; i++) rp_seq_result_free(&res[i]);
-    free(res); free(prov0); free(cfg0); free(seen_shard);
+    free(res); free(from); free(prov0); free(cfg0); free(seen_shard);
     sweep_free(&sw);
     return rc;
 }

@@ -3,6 +3,8 @@
 #ifndef KV_COMMANDS_H
 #define KV_COMMANDS_H
 
+#include <stddef.h>
+
 /* Exit statuses shared by every subcommand. */
 enum {
     KV_EXIT_OK = 0,
@@ -15,5 +17,31 @@ int kvcmd_info(int argc, char **argv);
 int kvcmd_check(int argc, char **argv);
 int kvcmd_run(int argc, char **argv);
 int kvcmd_merge(int argc, char **argv);
+
+/* kvcmd_run in pieces, for drivers that spread its work items (bin/kvreplay-mpi). Work item
+ * i is the i-th evaluated sequence (after --seqs, calibration and --shard); its size is the
+ * sequence's length. Every configuration of a sequence is evaluated in one pass (they share
+ * the full-cache attention), so items are never split by configuration.
+ *   kvrun_open     parse `run` arguments, open the trace, build the engine; unless
+ *                  KVRUN_WORKER, check/create DIR and DIR/parts and print the notes. Returns
+ *                  an exit status (message printed); *out is NULL when there is nothing to
+ *                  run (error, --help, --list).
+ *   kvrun_load     item i from DIR/parts (1 loaded, 0 absent or from another run, -1 error);
+ *                  resumed != 0 counts it in the "resumed" note.
+ *   kvrun_compute  evaluate item i and write its part; keep = 0 frees the result afterwards.
+ *   kvrun_finish   the results directory from every item (exit 3 when some are missing).
+ * Messages start with "<tool> run:". */
+typedef struct kvrun kvrun;
+enum { KVRUN_WORKER = 1, KVRUN_THREADS1 = 2, KVRUN_NO_EXPORT = 4 };
+int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **out);
+size_t kvrun_n_items(const kvrun *r);
+size_t kvrun_item_seq(const kvrun *r, size_t i);
+size_t kvrun_item_size(const kvrun *r, size_t i);
+int kvrun_resuming(const kvrun *r);
+int kvrun_stop_requested(void);     /* SIGINT/SIGTERM seen */
+int kvrun_load(kvrun *r, size_t i, int resumed, char *err, size_t errlen);
+int kvrun_compute(kvrun *r, size_t i, int keep, char *err, size_t errlen);
+int kvrun_finish(kvrun *r);
+void kvrun_free(kvrun *r);
 
 #endif
