@@ -43,7 +43,10 @@ static const char run_usage[] =
     "  --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
     "  --resume            continue an interrupted run in DIR, skipping finished sequences\n"
     "  --shard i/N         evaluate every N-th sequence starting at i (N alone: i from\n"
-    "                      SLURM_ARRAY_TASK_ID); combine the shards with kvreplay merge\n"
+    "                      SLURM_ARRAY_TASK_ID; slurm: i = SLURM_ARRAY_TASK_ID -\n"
+    "                      SLURM_ARRAY_TASK_MIN, N = SLURM_ARRAY_TASK_COUNT); every\n"
+    "                      configuration of a sequence runs in its shard (one fused pass);\n"
+    "                      combine the shards with kvreplay merge\n"
     "  --list              list the strategies and their parameters, then exit\n"
     "  --export PATH       write what each configuration did to the cache (traces/EXPORT.md):\n"
     "                      PATH.h5, or a directory that gets export.h5; prefill protocol only\n"
@@ -280,7 +283,6 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
 
     char err[4600] = "", started[64], sha[65] = "", key[17];
     out_utc_now(started, sizeof started);
-    rp_sweep sw = { 0 };
     kv_trace *tr = NULL;
     rp_engine *eng = NULL;
     rp_export *xp = NULL;
@@ -292,21 +294,23 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     int rc = KV_EXIT_FAIL;
     kv_error ke;
     int32_t *seq_len = NULL;
-    kvrun *r = NULL;
+    kvrun *r = calloc(1, sizeof *r);     /* first: the engine keeps a pointer to r->sw */
+    if (!r) { fprintf(stderr, "%s: out of memory\n", g_prog); return KV_EXIT_FAIL; }
+    rp_sweep *sw = &r->sw;
 
     if (sweep_path) {
-        if (sweep_add_file(&sw, sweep_path, err, sizeof err)) goto fail;
+        if (sweep_add_file(sw, sweep_path, err, sizeof err)) goto fail;
     } else {
         for (size_t i = 0; i < n_specs; i++) {
-            size_t before = sw.n;
-            if (sweep_add_line(&sw, specs[i], "--strategy", err, sizeof err)) goto fail;
-            if (sw.n == before && !strchr(specs[i], '#')) {
+            size_t before = sw->n;
+            if (sweep_add_line(sw, specs[i], "--strategy", err, sizeof err)) goto fail;
+            if (sw->n == before && !strchr(specs[i], '#')) {
                 int blank = 1;
                 for (const char *p = specs[i]; *p; p++) if (*p != ' ' && *p != '\t') blank = 0;
                 if (blank) { snprintf(err, sizeof err, "--strategy: empty specification"); goto fail; }
             }
         }
-        if (!sw.n) { snprintf(err, sizeof err, "--strategy: no configuration"); goto fail; }
+        if (!sw->n) { snprintf(err, sizeof err, "--strategy: no configuration"); goto fail; }
     }
 
     if (kv_trace_open(trace_path, NULL, &tr, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
@@ -316,11 +320,11 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
         /* calibrating strategies (lowrank): without --calib, the last k sequences of the trace
          * (k = the most any configuration asks for) calibrate and are not evaluated */
         size_t want = 0;
-        for (size_t c = 0; c < sw.n; c++)
-            for (size_t p = 0; p < sw.cfg[c].n_parts; p++) {
-                const rp_strategy *st = sw.cfg[c].part[p].s;
+        for (size_t c = 0; c < sw->n; c++)
+            for (size_t p = 0; p < sw->cfg[c].n_parts; p++) {
+                const rp_strategy *st = sw->cfg[c].part[p].s;
                 if (!st->calibrate) continue;
-                size_t k = st->calib_seqs ? st->calib_seqs(sw.cfg[c].part[p].cfg) : 1;
+                size_t k = st->calib_seqs ? st->calib_seqs(sw->cfg[c].part[p].cfg) : 1;
                 if ((k ? k : 1) > want) want = k ? k : 1;
             }
         if (want && !calib_s) {
@@ -401,18 +405,18 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
             if (mkdir(export_s, 0777) && errno != EEXIST) { snprintf(err, sizeof err, "--export %s: %s", export_s, strerror(errno)); goto fail; }
             snprintf(xpath, sizeof xpath, "%s/export.h5", export_s);
         }
-        if (!(xchosen = calloc(sw.n, 1))) { snprintf(err, sizeof err, "out of memory"); goto fail; }
+        if (!(xchosen = calloc(sw->n, 1))) { snprintf(err, sizeof err, "out of memory"); goto fail; }
         if (export_cfg_s) {
-            if (parse_list(export_cfg_s, sw.n, &xcfg, &n_xcfg, "--export-configs")) goto fail_quiet;
+            if (parse_list(export_cfg_s, sw->n, &xcfg, &n_xcfg, "--export-configs")) goto fail_quiet;
             for (size_t i = 0; i < n_xcfg; i++) xchosen[xcfg[i]] = 1;
-        } else memset(xchosen, 1, sw.n);
+        } else memset(xchosen, 1, sw->n);
         rp_export_prov xpv = { .trace = trace_path, .trace_sha256 = sha, .model = in->model, .mode = "prefill",
                                .decode = (size_t)decode, .eval_from = (size_t)eval_from };
-        if (rp_export_open(xpath, &sw, xchosen, in, &xpv, &xp, err, sizeof err)) goto fail;
+        if (rp_export_open(xpath, sw, xchosen, in, &xpv, &xp, err, sizeof err)) goto fail;
         opts.export_hook = rp_export_hook;
         opts.export_ud = xp;
     }
-    if (rp_engine_new(tr, &sw, &opts, seqs, n_seqs, &eng, err, sizeof err)) goto fail;
+    if (rp_engine_new(tr, sw, &opts, seqs, n_seqs, &eng, err, sizeof err)) goto fail;
 
     /* run key: everything that determines the parts */
     {
@@ -423,7 +427,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
         h = rp_hash64(buf, strlen(buf), h);
         h = rp_hash64(calib ? (const void *)calib : "", n_calib * sizeof *calib, h);
         h = rp_hash64(&seqs_hash, sizeof seqs_hash, h);
-        for (size_t c = 0; c < sw.n; c++) h = rp_hash64(sw.cfg[c].canon, strlen(sw.cfg[c].canon) + 1, h);
+        for (size_t c = 0; c < sw->n; c++) h = rp_hash64(sw->cfg[c].canon, strlen(sw->cfg[c].canon) + 1, h);
         snprintf(key, sizeof key, "%016llx", (unsigned long long)h);
     }
 
@@ -440,7 +444,6 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
             snprintf(p, sizeof p, "%s/parts", outdir);
             if (mkdir(p, 0777) && errno != EEXIST) { snprintf(err, sizeof err, "%s: %s", p, strerror(errno)); goto fail; }
         }
-
     }
     if (calib_note && !(flags & KVRUN_WORKER))
         fprintf(stderr, "%s: note: calibrating on the last %zu sequence(s) of the trace (%zu..%zu), not "
@@ -460,11 +463,10 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
         goto fail;
     }
     res = calloc(n_seqs, sizeof *res);
-    r = calloc(1, sizeof *r);
-    if (!res || !r) { snprintf(err, sizeof err, "out of memory"); goto fail; }
+    if (!res) { snprintf(err, sizeof err, "out of memory"); goto fail; }
     *r = (kvrun){ .argc = argc, .argv = argv, .tool = tool, .trace_path = trace_path, .sweep_path = sweep_path,
                   .outdir = outdir, .export_cfg_s = export_cfg_s, .shard_i = shard_i, .shard_n = shard_n,
-                  .decode = decode, .mode = mode, .readout_flag = readout_flag, .resume = resume, .sw = sw, .tr = tr, .in = in,
+                  .decode = decode, .mode = mode, .readout_flag = readout_flag, .resume = resume, .sw = *sw, .tr = tr, .in = in,
                   .eng = eng, .xp = xp, .xcfg = xcfg, .n_xcfg = n_xcfg, .xchosen = xchosen, .res = res,
                   .seqs = seqs, .calib = calib, .n_seqs = n_seqs, .n_calib = n_calib, .seq_len = seq_len };
     memcpy(r->started, started, sizeof started);
@@ -476,12 +478,12 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
 fail:
     fprintf(stderr, "%s: %s\n", g_prog, err);
 fail_quiet:
-    free(r);
     free(res); free(seqs); free(calib); free(seq_len);
     rp_engine_free(eng);
     rp_export_free(xp); free(xcfg); free(xchosen);
     kv_trace_close(tr);
-    sweep_free(&sw);
+    sweep_free(sw);
+    free(r);
     return rc == KV_EXIT_OK ? KV_EXIT_FAIL : rc;
 }
 
@@ -611,7 +613,9 @@ static const char merge_usage[] =
     "usage: kvreplay merge -o DIR SHARD_DIR...\n"
     "\n"
     "Combines the results directories of `kvreplay run ... --shard i/N` (every shard 0..N-1 of\n"
-    "one run, each with its parts/) into DIR: the CSVs are those an unsharded run writes.\n";
+    "one run, each with its parts/) into DIR: the CSVs are those an unsharded run writes.\n"
+    "Refuses a missing shard, a shard given twice, a shard whose parts/ lacks a sequence, and\n"
+    "shards of different runs (trace, sweep, sequence list or options).\n";
 
 static char *slurp(const char *path)
 {
@@ -705,7 +709,7 @@ int kvcmd_merge(int argc, char **argv)
             if (!key[0]) { snprintf(key, sizeof key, "%s", k2); NC = c2; L = l2; H = h2; has_ro = ro; }
             if (strcmp(k2, key) || c2 != NC || l2 != L || h2 != H || ro != has_ro) {
                 closedir(dp);
-                snprintf(err, sizeof err, "%s: from a different run (trace, sweep or options differ)", path);
+                snprintf(err, sizeof err, "%s: from a different run (trace, sweep, sequence list or options differ)", path);
                 goto fail;
             }
             for (size_t i = 0; i < n_res; i++)

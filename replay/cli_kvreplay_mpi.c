@@ -1,0 +1,200 @@
+/* kvreplay-mpi — `kvreplay run` spread over MPI ranks (DESIGN §6 "Scale", issue 7).
+ *
+ *     mpirun -np R kvreplay-mpi run TRACE --sweep FILE -o DIR [the options of kvreplay run]
+ *
+ * Work items are the evaluated sequences (commands.h: kvrun_*); every configuration of a
+ * sequence is evaluated in one pass because they share its full-cache attention. Rank 0 is
+ * the driver: it prepares DIR, hands items out one at a time, largest (longest sequence)
+ * first, to whichever worker asks, and once every item is done reads the parts the workers
+ * wrote into DIR/parts and writes the results exactly as a single-process run does (the parts
+ * hold the accumulators as hex floats, so the CSVs are byte-identical). With one rank, rank 0
+ * does the work itself.
+ *
+ * Protocol (tag 1, worker -> rank 0): msg { kind, item, stop, err }: READY (first message),
+ * DONE item (its part is written), FAIL err (the run fails with that line). Rank 0 answers
+ * each message (tag 2) with the next item, or -1: stop. A worker that dies loses only the
+ * item it was computing; Open MPI then ends the job, and `--resume` re-runs the missing
+ * items. SIGINT/SIGTERM: workers finish their item, rank 0 stops handing out, exit 3.
+ *
+ * Threads: each rank runs --threads OpenMP threads (default 1: one rank per core).
+ * Test-only knob: KVREPLAY_MPI_TEST_KILL=R makes rank R kill itself (SIGKILL) when it is
+ * handed its second item, to test the loss and --resume of one item.
+ */
+#include <mpi.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "kvtrace.h"
+
+enum { MSG_READY, MSG_DONE, MSG_FAIL };
+enum { TAG_MSG = 1, TAG_ITEM = 2 };
+
+typedef struct msg {
+    int64_t kind, item, stop;
+    char err[1024];
+} msg;
+
+static const char usage[] =
+    "usage: mpirun -np R kvreplay-mpi run TRACE (--sweep FILE | --strategy 'SPEC' ...) -o DIR [options]\n"
+    "\n"
+    "The run of `kvreplay run` (same arguments; see kvreplay run --help) spread over MPI ranks:\n"
+    "rank 0 hands out sequences, longest first; the other ranks evaluate them and write their\n"
+    "parts; rank 0 writes DIR exactly as a single-process run. --threads N: OpenMP threads per\n"
+    "rank (default 1). --resume continues a run that was interrupted or lost a rank.\n"
+    "--export is not supported (use kvreplay run).\n";
+
+/* Items in decreasing size, ties by index (deterministic hand-out order). */
+static const kvrun *g_run;
+static int by_size_desc(const void *a, const void *b)
+{
+    size_t i = *(const size_t *)a, j = *(const size_t *)b;
+    size_t si = kvrun_item_size(g_run, i), sj = kvrun_item_size(g_run, j);
+    if (si != sj) return si > sj ? -1 : 1;
+    return i < j ? -1 : i > j;
+}
+
+/* One rank: the loop of kvreplay run. */
+static int run_alone(kvrun *r)
+{
+    char err[4600] = "";
+    size_t n = kvrun_n_items(r);
+    for (size_t i = 0; i < n; i++) {
+        int got = kvrun_resuming(r) ? kvrun_load(r, i, 1, err, sizeof err) : 0;
+        if (got < 0) goto fail;
+        if (got) continue;
+        if (kvrun_stop_requested()) break;
+        if (kvrun_compute(r, i, 1, err, sizeof err)) goto fail;
+    }
+    return kvrun_finish(r);
+fail:
+    fprintf(stderr, "kvreplay-mpi run: %s\n", err);
+    return KV_EXIT_FAIL;
+}
+
+static int drive(kvrun *r, int nranks)
+{
+    size_t n = kvrun_n_items(r), n_todo = 0, next = 0;
+    size_t *order = malloc((n ? n : 1) * sizeof *order);
+    char err[4600] = "";
+    int failed = 0, stop = 0, active = nranks - 1;
+    if (!order) { snprintf(err, sizeof err, "out of memory"); failed = 1; }
+    for (size_t i = 0; order && i < n; i++) {
+        int got = kvrun_resuming(r) ? kvrun_load(r, i, 1, err, sizeof err) : 0;
+        if (got < 0) { failed = 1; break; }
+        if (!got) order[n_todo++] = i;
+    }
+    if (order) {
+        g_run = r;
+        qsort(order, n_todo, sizeof *order, by_size_desc);
+    }
+    while (active > 0) {
+        msg m;
+        MPI_Status st;
+        MPI_Recv(&m, (int)sizeof m, MPI_BYTE, MPI_ANY_SOURCE, TAG_MSG, MPI_COMM_WORLD, &st);
+        m.err[sizeof m.err - 1] = 0;
+        if (m.kind == MSG_DONE && !failed) {
+            char e2[4600] = "";
+            size_t i = (size_t)m.item;
+            int got = i < n ? kvrun_load(r, i, 0, e2, sizeof e2) : -1;
+            if (got != 1) {
+                snprintf(err, sizeof err, "rank %d: the part of sequence %zu cannot be read back%s%s", st.MPI_SOURCE,
+                         i < n ? kvrun_item_seq(r, i) : (size_t)m.item, e2[0] ? ": " : "", e2);
+                failed = 1;
+            }
+        } else if (m.kind == MSG_FAIL && !failed) {
+            snprintf(err, sizeof err, "rank %d: %s", st.MPI_SOURCE, m.err);
+            failed = 1;
+        }
+        if (m.stop || kvrun_stop_requested()) stop = 1;
+        int64_t item = -1;
+        if (!failed && !stop && m.kind != MSG_FAIL && next < n_todo) item = (int64_t)order[next++];
+        if (item < 0) active--;
+        MPI_Send(&item, 1, MPI_INT64_T, st.MPI_SOURCE, TAG_ITEM, MPI_COMM_WORLD);
+    }
+    free(order);
+    if (failed) {
+        fprintf(stderr, "kvreplay-mpi run: %s\n", err);
+        return KV_EXIT_FAIL;
+    }
+    return kvrun_finish(r);     /* exit 3 (resumable) when items are missing */
+}
+
+static void work(kvrun *r, int rank, const char *setup_err)
+{
+    msg m;
+    memset(&m, 0, sizeof m);
+    m.kind = setup_err ? MSG_FAIL : MSG_READY;
+    if (setup_err) snprintf(m.err, sizeof m.err, "%s", setup_err);
+    const char *kill_s = getenv("KVREPLAY_MPI_TEST_KILL");
+    int kill_me = kill_s && atoi(kill_s) == rank;
+    size_t handed = 0;
+    for (;;) {
+        int64_t item;
+        MPI_Send(&m, (int)sizeof m, MPI_BYTE, 0, TAG_MSG, MPI_COMM_WORLD);
+        MPI_Recv(&item, 1, MPI_INT64_T, 0, TAG_ITEM, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        if (item < 0) break;
+        if (kill_me && ++handed == 2) raise(SIGKILL);       /* test knob: die mid-item */
+        char err[4600] = "";
+        memset(&m, 0, sizeof m);
+        m.item = item;
+        if (kvrun_compute(r, (size_t)item, 0, err, sizeof err)) {
+            m.kind = MSG_FAIL;
+            snprintf(m.err, sizeof m.err, "sequence %zu: %s", kvrun_item_seq(r, (size_t)item), err);
+        } else {
+            m.kind = MSG_DONE;
+        }
+        m.stop = kvrun_stop_requested();
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        fputs(usage, argc < 2 ? stderr : stdout);
+        return argc < 2 ? KV_EXIT_USAGE : KV_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("kvreplay-mpi %s (trace schema %d)\n", KV_VERSION_STRING, KV_SCHEMA_VERSION);
+        return KV_EXIT_OK;
+    }
+    if (strcmp(argv[1], "run")) {
+        fprintf(stderr, "kvreplay-mpi: unknown command '%s' (only run; try kvreplay-mpi --help)\n", argv[1]);
+        return KV_EXIT_USAGE;
+    }
+    int rank = 0, nranks = 1;
+    if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
+        fprintf(stderr, "kvreplay-mpi: MPI_Init failed\n");
+        return KV_EXIT_FAIL;
+    }
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &nranks);
+    unsigned flags = KVRUN_THREADS1 | KVRUN_NO_EXPORT;
+    kvrun *r = NULL;
+    int rc = KV_EXIT_OK, go[2] = { 0, 0 };
+    if (rank == 0) {        /* validates the arguments, prepares DIR; the workers follow */
+        rc = kvrun_open(argc - 1, argv + 1, "kvreplay-mpi", flags, &r);
+        go[0] = r != NULL;
+        go[1] = rc;
+    }
+    MPI_Bcast(go, 2, MPI_INT, 0, MPI_COMM_WORLD);
+    if (!go[0]) {           /* error, --help or --list: rank 0 has said it */
+        MPI_Finalize();
+        return go[1];
+    }
+    if (rank == 0) {
+        rc = nranks == 1 ? run_alone(r) : drive(r, nranks);
+    } else {
+        int orc = kvrun_open(argc - 1, argv + 1, "kvreplay-mpi", flags | KVRUN_WORKER, &r);
+        char why[64];
+        snprintf(why, sizeof why, "setup failed (exit %d; its message is above)", orc);
+        work(r, rank, r ? NULL : why);
+        rc = r ? KV_EXIT_OK : KV_EXIT_FAIL;
+    }
+    kvrun_free(r);
+    MPI_Finalize();
+    return rc;
+}
