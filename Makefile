@@ -124,7 +124,7 @@ deps:
 
 test: deps
 	$(MAKE) --no-print-directory all
-	@BIN=$(BIN) BUILD=$(BUILD) PYTHON=$(PYTHON) SAN="$(SAN)" sh tests/run.sh
+	@BIN=$(BIN) BUILD=$(BUILD) PYTHON=$(PYTHON) SAN="$(SAN)" KV_OMP=$(OMP) sh tests/run.sh
 
 # The README's main job: the default sweep on the shipped sample trace, then the report.
 DEMO_OUT ?= demo-out

@@ -5,7 +5,8 @@
 #   tests/py/test_*.py      Python tests (capture, independent numpy references)
 # A test passes with exit 0, is skipped with exit 77 (it must print why), fails otherwise.
 # Environment seen by every test: BIN (programs), PYTHON, KV_ROOT (repo root), KV_TMP (a
-# fresh scratch directory per test, removed after a pass).
+# fresh scratch directory per test, removed after a pass), SAN and KV_OMP (the build mode,
+# from make: sanitizers, OpenMP 1/0).
 # Prints one line per test and ends with "N passed, N failed, N skipped".
 BIN=${BIN:-bin}
 PYTHON=${PYTHON:-/usr/bin/python3}
