@@ -44,3 +44,17 @@ def compare(where, got, ref):
             worst[col] = (d / t, f"{where}: got {got[col]} ref {rv:.9g} |d| {d:.3g} tol {t:.3g}")
         if not d <= t:
             fails.append(f"{where}: {col} got {got[col]} ref {rv:.9g} (|d| {d:.3g} > {t:.3g})")
+
+
+def finish(pass_msg):
+    """Print the worst element of every column, then exit 1 with the first mismatches, or
+    print pass_msg."""
+    import sys
+    for col, (ratio, msg) in sorted(worst.items()):
+        print(f"worst {col}: {ratio:.3f} of tolerance — {msg}")
+    if fails:
+        print(f"FAIL: {len(fails)} mismatches; first ones:")
+        for m in fails[:15]:
+            print("  " + m)
+        sys.exit(1)
+    print(pass_msg)

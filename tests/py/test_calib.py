@@ -30,21 +30,7 @@ for p in (KVREPLAY, TCAL, os.path.join(BIN, "kvreport")):
     if not os.access(p, os.X_OK):
         print(f"skip: {p} not built")
         sys.exit(77)
-failures = []
-
-
-def check(cond, msg):
-    print(("ok    " if cond else "FAIL  ") + msg)
-    if not cond:
-        failures.append(msg)
-
-
-def sh(args, ok=True):
-    r = subprocess.run(args, capture_output=True, text=True)
-    if ok and r.returncode != 0:
-        print(r.stdout, r.stderr)
-        raise SystemExit(f"command failed: {' '.join(args)}")
-    return r
+from testhelp import check, failures, sh  # noqa: E402
 
 
 # ---- 1. NNLS = scipy ---------------------------------------------------------------------------

@@ -41,13 +41,7 @@ ARCHS = {
     "gpt2": f"n_embd=32,n_head=4,n_layer=2,n_positions=128,vocab_size={V},bos_token_id=1,seed=3",
 }
 ATTN_TOL, LSE_TOL, TOP_TOL = 2e-3, 2e-3, 5e-3
-failures = []
-
-
-def check(cond, msg):
-    print(("ok    " if cond else "FAIL  ") + msg)
-    if not cond:
-        failures.append(msg)
+from testhelp import check, failures  # noqa: E402
 
 
 ids = os.path.join(TMP, "ids.txt")

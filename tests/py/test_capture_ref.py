@@ -31,13 +31,7 @@ with open(TEXT, "w") as f:
 ATTN_TOL = 2e-3     # |o_ref - o| / max|v|: f16 rounding of q, k (rel 2^-11) through the softmax
 LSE_TOL = 2e-3      # nats: f16 hidden and w_u vs the model's fp32 logits
 TOP_TOL = 5e-3
-failures = []
-
-
-def check(cond, msg):
-    print(("ok    " if cond else "FAIL  ") + msg)
-    if not cond:
-        failures.append(msg)
+from testhelp import check, failures  # noqa: E402
 
 
 def spec(extra):

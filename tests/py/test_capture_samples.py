@@ -15,13 +15,7 @@ from capture_ref import ROOT, attention_check, readout_check  # noqa: E402
 # a trained model's sharper attention (larger |q.k|) turns the f16 rounding of q and k into
 # larger output differences than the random models of test_capture_ref.py
 ATTN_TOL, LSE_TOL, TOP_TOL = 4e-3, 5e-3, 1e-2
-failures = []
-
-
-def check(cond, msg):
-    print(("ok    " if cond else "FAIL  ") + msg)
-    if not cond:
-        failures.append(msg)
+from testhelp import check, failures  # noqa: E402
 
 
 def attention_stats(path, t0=8):

@@ -29,7 +29,7 @@ import ref_evict  # noqa: E402,F401  (registers the selections)
 BIN = os.environ.get("BIN", "bin")
 TMP = os.environ.get("KV_TMP", "/tmp")
 
-from golden_cmp import compare, fails, worst  # noqa: E402
+from golden_cmp import compare, fails, finish  # noqa: E402
 
 
 def parse(spec):
@@ -122,11 +122,4 @@ check("prefill_max", "prefill", 32, ["h2o keep=0.3", "snapkv keep=0.3 preset=fac
                                     "adakv keep=0.3 preset=factory"], gqa="max")
 check("online_sum", "online", None, ["h2o keep=0.3", "tova keep=0.3"], gqa="sum")
 
-for col, (ratio, msg) in sorted(worst.items()):
-    print(f"worst {col}: {ratio:.3f} of tolerance — {msg}")
-if fails:
-    print(f"FAIL: {len(fails)} mismatches; first ones:")
-    for m in fails[:15]:
-        print("  " + m)
-    sys.exit(1)
-print("PASS: h2o, tova, snapkv (3 presets + knobs), pyramidkv (2 forms), adakv, quest, cab match numpy")
+finish("PASS: h2o, tova, snapkv (3 presets + knobs), pyramidkv (2 forms), adakv, quest, cab match numpy")

@@ -12,7 +12,6 @@ Tiny reference model (random, 2 layers, GQA 4/2 heads, T=64, 2 sequences, 16 dec
 """
 import csv
 import os
-import subprocess
 import sys
 
 import h5py
@@ -39,21 +38,7 @@ CONFIGS = ["full", "knorm keep=0.25", "entropy_merge keep=0.4 sinks=2", "quant k
            "knorm keep=0.5 + quant kbits=4 vbits=2 group=8 residual=8"]
 LSE_TOL, TOP_TOL = 2e-3, 5e-3       # full re-run vs the trace's captured logits (as test_capture_ref)
 MET_TOL = 2e-4                       # validate (float32 model) vs the float64 independent forward
-failures = []
-
-
-def check(cond, msg):
-    print(("ok    " if cond else "FAIL  ") + msg)
-    if not cond:
-        failures.append(msg)
-
-
-def sh(args, ok=True):
-    r = subprocess.run(args, capture_output=True, text=True)
-    if ok and r.returncode != 0:
-        print(r.stdout, r.stderr)
-        raise SystemExit(f"command failed: {' '.join(args)}")
-    return r
+from testhelp import check, failures, sh  # noqa: E402
 
 
 text = os.path.join(TMP, "text.txt")
