@@ -41,6 +41,8 @@ static const char run_usage[] =
     "  --gqa-reduce R      mean (default) | max | sum: how strategies that leave it open reduce\n"
     "                      scores over the query heads of a kv head (DESIGN §3)\n"
     "  --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
+    "  --page-size N       paged accounting: tokens per page (default 16, vLLM's block size;\n"
+    "                      0 = unpaged) -> kv_bytes_paged, frag_bytes\n"
     "  --resume            continue an interrupted run in DIR, skipping finished sequences\n"
     "  --shard i/N         evaluate every N-th sequence starting at i (N alone: i from\n"
     "                      SLURM_ARRAY_TASK_ID; slurm: i = SLURM_ARRAY_TASK_ID -\n"
@@ -49,7 +51,7 @@ static const char run_usage[] =
     "                      combine the shards with kvreplay merge\n"
     "  --list              list the strategies and their parameters, then exit\n"
     "  --export PATH       write what each configuration did to the cache (traces/EXPORT.md):\n"
-    "                      PATH.h5, or a directory that gets export.h5; prefill protocol only\n"
+    "                      PATH.h5, or a directory that gets export.h5 (online: eviction only)\n"
     "  --export-configs LIST  config ids to export, e.g. 0,3-5 (default: all)\n"
     "SIGINT/SIGTERM finish the current sequence and exit with status 3 (resumable).\n";
 
@@ -162,7 +164,7 @@ struct kvrun {
     char **argv;
     const char *tool, *trace_path, *sweep_path, *outdir, *export_cfg_s;
     long shard_i, shard_n;
-    long long decode;
+    long long decode, page_size;
     unsigned mode;
     int readout_flag, resume;
     char started[64], sha[65], key[17], xpath[4200];
@@ -189,7 +191,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     const char *specs[64];
     size_t n_specs = 0;
     unsigned mode = RP_PREFILL;
-    long long decode = 0, threads = 0, eval_from = 0;
+    long long decode = 0, threads = 0, eval_from = 0, page_size = 16;
     int split_note = 0, calib_note = 0;
     int resume = 0, readout_flag = 1, list = 0, gqa = RP_GQA_MEAN;
     int per_layer = 0;
@@ -218,6 +220,14 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
             if (!strcmp(a, "--decode")) decode = v;
             else if (!strcmp(a, "--eval-from")) eval_from = v;
             else threads = v;
+        } else if (!strcmp(a, "--page-size") && more) {
+            char *end;
+            errno = 0;
+            page_size = strtoll(argv[++i], &end, 10);
+            if (*end || errno || page_size < 0 || page_size > (1 << 24)) {
+                fprintf(stderr, "%s: --page-size %s: expected tokens per page, 0 (unpaged) to 16777216\n", g_prog, argv[i]);
+                return KV_EXIT_USAGE;
+            }
         } else if (!strcmp(a, "--gqa-reduce") && more) {
             const char *r = argv[++i];
             if (!strcmp(r, "mean")) gqa = RP_GQA_MEAN;
@@ -393,11 +403,11 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     rs_blas_set_threads(1);
 
     rp_run_opts opts = { .mode = mode, .decode = (size_t)decode, .eval_from = (size_t)eval_from, .readout = readout_flag != 0, .gqa_reduce = gqa,
-                         .calib = calib, .n_calib = n_calib, .per_layer_readout = per_layer };
+                         .calib = calib, .n_calib = n_calib, .per_layer_readout = per_layer,
+                         .page_size = (size_t)page_size };
     if (kv_file_sha256(trace_path, sha, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
     if (export_cfg_s && !export_s) { snprintf(err, sizeof err, "--export-configs needs --export PATH"); goto fail; }
     if (export_s) {     /* issue 8: the exporter is the engine's export hook */
-        if (mode != RP_PREFILL) { snprintf(err, sizeof err, "--export supports the prefill protocol only (--mode online: the cache changes at every position)"); goto fail; }
         if (resume) { snprintf(err, sizeof err, "--export cannot be combined with --resume (sequences taken from parts/ are not re-run)"); goto fail; }
         size_t ln = strlen(export_s);
         if (ln > 3 && !strcmp(export_s + ln - 3, ".h5")) snprintf(xpath, sizeof xpath, "%s", export_s);
@@ -410,10 +420,12 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
             if (parse_list(export_cfg_s, sw->n, &xcfg, &n_xcfg, "--export-configs")) goto fail_quiet;
             for (size_t i = 0; i < n_xcfg; i++) xchosen[xcfg[i]] = 1;
         } else memset(xchosen, 1, sw->n);
-        rp_export_prov xpv = { .trace = trace_path, .trace_sha256 = sha, .model = in->model, .mode = "prefill",
+        rp_export_prov xpv = { .trace = trace_path, .trace_sha256 = sha, .model = in->model,
+                               .mode = mode == RP_ONLINE ? "online" : "prefill",
                                .decode = (size_t)decode, .eval_from = (size_t)eval_from };
         if (rp_export_open(xpath, sw, xchosen, in, &xpv, &xp, err, sizeof err)) goto fail;
-        opts.export_hook = rp_export_hook;
+        if (mode == RP_ONLINE) opts.export_evict_hook = rp_export_evict_hook;
+        else opts.export_hook = rp_export_hook;
         opts.export_ud = xp;
     }
     if (rp_engine_new(tr, sw, &opts, seqs, n_seqs, &eng, err, sizeof err)) goto fail;
@@ -422,8 +434,8 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     {
         uint64_t h = rp_hash64(sha, strlen(sha), 0);
         char buf[256];
-        snprintf(buf, sizeof buf, "%s|%u|%lld|%lld|%d|%d|%s", KV_VERSION_STRING, mode, decode, eval_from,
-                 rp_engine_has_readout(eng), gqa, "v1");
+        snprintf(buf, sizeof buf, "%s|%u|%lld|%lld|%d|%d|%lld|%s", KV_VERSION_STRING, mode, decode, eval_from,
+                 rp_engine_has_readout(eng), gqa, page_size, "v2");
         h = rp_hash64(buf, strlen(buf), h);
         h = rp_hash64(calib ? (const void *)calib : "", n_calib * sizeof *calib, h);
         h = rp_hash64(&seqs_hash, sizeof seqs_hash, h);
@@ -466,7 +478,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     if (!res) { snprintf(err, sizeof err, "out of memory"); goto fail; }
     *r = (kvrun){ .argc = argc, .argv = argv, .tool = tool, .trace_path = trace_path, .sweep_path = sweep_path,
                   .outdir = outdir, .export_cfg_s = export_cfg_s, .shard_i = shard_i, .shard_n = shard_n,
-                  .decode = decode, .mode = mode, .readout_flag = readout_flag, .resume = resume, .sw = *sw, .tr = tr, .in = in,
+                  .decode = decode, .page_size = page_size, .mode = mode, .readout_flag = readout_flag, .resume = resume, .sw = *sw, .tr = tr, .in = in,
                   .eng = eng, .xp = xp, .xcfg = xcfg, .n_xcfg = n_xcfg, .xchosen = xchosen, .res = res,
                   .seqs = seqs, .calib = calib, .n_seqs = n_seqs, .n_calib = n_calib, .seq_len = seq_len };
     memcpy(r->started, started, sizeof started);
@@ -540,7 +552,7 @@ int kvrun_finish(kvrun *r)
         out_prov pv = { .trace = r->trace_path, .trace_sha256 = r->sha, .model = in->model, .architecture = in->architecture,
                         .mode = r->mode == RP_PREFILL ? "prefill" : "online", .sweep = r->sweep_path ? r->sweep_path : "-",
                         .argv = argvs, .started = r->started, .decode = (size_t)r->decode,
-                        .n_seq = r->n_seqs, .threads = nthreads, .shard = shard };
+                        .n_seq = r->n_seqs, .threads = nthreads, .shard = shard, .page_size = (size_t)r->page_size };
         size_t n_na = 0;
         if (out_write_results(r->outdir, &r->sw, r->res, r->n_res, L, H, rp_engine_has_readout(r->eng), &pv, &n_na,
                               err, sizeof err))
@@ -784,8 +796,9 @@ int kvcmd_merge(int argc, char **argv)
     }
     {
         char v[13][1024];
-        const char *keys[] = { "trace", "trace_sha256", "trace_model", "trace_architecture", "mode", "sweep", "decode", "threads" };
-        for (size_t i = 0; i < 8; i++) if (out_json_get(prov0, keys[i], v[i], sizeof v[i])) v[i][0] = 0;
+        const char *keys[] = { "trace", "trace_sha256", "trace_model", "trace_architecture", "mode", "sweep", "decode", "threads",
+                               "page_size" };
+        for (size_t i = 0; i < 9; i++) if (out_json_get(prov0, keys[i], v[i], sizeof v[i])) v[i][0] = 0;
         char argvs[8192] = "kvreplay";
         for (int i = 0; i < argc; i++) {
             strncat(argvs, " ", sizeof argvs - strlen(argvs) - 1);
@@ -793,7 +806,8 @@ int kvcmd_merge(int argc, char **argv)
         }
         out_prov pv = { .trace = v[0], .trace_sha256 = v[1], .model = v[2], .architecture = v[3], .mode = v[4],
                         .sweep = v[5], .argv = argvs, .started = started, .decode = (size_t)strtoull(v[6], NULL, 10),
-                        .n_seq = n_res, .threads = (size_t)strtoull(v[7], NULL, 10), .shard = "0/1" };
+                        .n_seq = n_res, .threads = (size_t)strtoull(v[7], NULL, 10), .shard = "0/1",
+                        .page_size = (size_t)strtoull(v[8], NULL, 10) };
         size_t n_na = 0;
         if (out_write_results(outdir, &sw, res, n_res, L, H, has_ro, &pv, &n_na, err, sizeof err)) goto fail;
     }

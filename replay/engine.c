@@ -14,6 +14,7 @@
 
 #include "attn.h"
 #include "engine.h"
+#include "paged.h"
 
 #define BLK 32              /* query rows per full-attention call */
 #define RO_BLK 64           /* positions per read-out block */
@@ -221,9 +222,8 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
             goto fail;
         }
     }
-    if (o->export_hook && o->mode != RP_PREFILL) {     /* export (issue 8): prefill only */
-        failf(err, errlen, "--export supports the prefill protocol only (the online protocol's cache changes "
-              "at every position)");
+    if ((o->export_hook && o->mode != RP_PREFILL) || (o->export_evict_hook && o->mode != RP_ONLINE)) {
+        failf(err, errlen, "export: the prefill hook needs --mode prefill, the eviction-time hook --mode online");
         goto fail;
     }
     /* protocols and budgets */
@@ -371,6 +371,7 @@ typedef struct cstate {
     rp_cache cache;         /* prefill: prompt cache + exact [P, n); online: the live cache */
     void *ost;              /* online state */
     size_t B;
+    int32_t *evat;          /* online export: [n] first query position that no longer sees j */
     int td;                 /* encoders run per query position */
     int static_enc;         /* prefill: cache already encoded once */
     uint64_t seed;
@@ -425,6 +426,10 @@ static void account_last(item *it, const rp_config *cf, size_t c, size_t g, cons
     }
     ia[SA_PAYLOAD] += b.payload; ia[SA_SCALES] += b.scales; ia[SA_BASES] += b.bases; ia[SA_INDICES] += b.indices;
     ia[SA_KVB] += b.payload + b.scales + b.bases + b.indices;
+    rp_paged pg;
+    rp_paged_account(view->n, view->n ? (b.payload + b.scales + b.indices) / (double)view->n : 0.0, b.bases,
+                     E->o.page_size, &pg);
+    ia[SA_PAGED] += pg.allocated; ia[SA_FRAG] += pg.fragmentation;
     ia[SA_FULLB] += rp_fp16_bytes(n - lo, D);
     if (!view->modified) return;
     ia[SA_MODIFIED] = 1;
@@ -552,6 +557,10 @@ static int item_run(item *it)
                 ctx.seed = st->seed;
                 st->ost = cf->evict->online_new(cf->evict_cfg, &ctx, g, st->B);
                 if (!st->ost) { failf(err, errlen, "config '%s': %s online state: out of memory", cf->canon, cf->evict->name); goto done; }
+                if (E->o.export_evict_hook) {
+                    if (!st->evat && !(st->evat = malloc(n * sizeof *st->evat))) { failf(err, errlen, "out of memory (export)"); goto done; }
+                    for (size_t j = 0; j < n; j++) st->evat[j] = (int32_t)n;
+                }
             }
         size_t t_start = online ? 0 : P;
         for (size_t tb = t_start; tb < n; tb += BLK) {
@@ -606,6 +615,11 @@ static int item_run(item *it)
                         view = *cache;
                         view.n = nv;
                         if (view.mem_off) view.n_members = (size_t)view.mem_off[nv];
+                    }
+                    if (st->evat && (reindexed || view.modified)) {
+                        failf(err, errlen, "config '%s': --export under --mode online: its rows change with the query "
+                              "position (a re-indexing view); only eviction can be exported online", cf->canon);
+                        goto done;
                     }
                     int merged = cache_merged(&view);
                     if (merged)
@@ -714,6 +728,7 @@ static int item_run(item *it)
                                 goto done;
                             }
                             keep[evict[q2]] = 0;
+                            if (st->evat) st->evat[cache->pos[evict[q2]]] = (int32_t)(t + 1);
                             dropped++;
                         }
                         if (cache->n - dropped > st->B) {
@@ -731,6 +746,9 @@ static int item_run(item *it)
                 cstate *st = &cs[c * Hkv + g];
                 if (st->ost) sw->cfg[c].evict->online_free(st->ost);
                 st->ost = NULL;
+                if (st->evat && E->o.export_evict_hook(E->o.export_ud, c, s, l, g, n, P, st->evat)) {
+                    failf(err, errlen, "out of memory (export)"); goto done;
+                }
             }
     }
     rc = 0;
@@ -738,6 +756,7 @@ done:
     if (cs) {
         for (size_t i = 0; i < NC * Hkv; i++) {
             if (cs[i].ost) sw->cfg[i / Hkv].evict->online_free(cs[i].ost);
+            free(cs[i].evat);
             rp_cache_free(&cs[i].cache);
         }
         free(cs);
@@ -879,7 +898,7 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
         a[SA_NQ] = (double)NE;
         for (size_t l = 0; l < L; l++) {
             const double *b = ia + (l * NC + c) * SA_NF;
-            for (int f = SA_KVB; f <= SA_INDICES; f++) a[f] += b[f];
+            for (int f = SA_KVB; f <= SA_FRAG; f++) a[f] += b[f];
             if (b[SA_MODIFIED] != 0) a[SA_MODIFIED] = 1;
             if (b[SA_DIFFERS] != 0) a[SA_DIFFERS] = 1;
         }

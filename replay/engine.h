@@ -64,24 +64,32 @@ typedef struct rp_run_opts {
     int gqa_reduce;             /* RP_GQA_MEAN (default) | RP_GQA_MAX | RP_GQA_SUM -> ctx.gqa_reduce */
     const size_t *calib;        /* calibration sequences (never evaluated) */
     size_t n_calib;
-    /* Export hook (replay/export.h, issue 8), NULL = none; prefill protocol only. Called from
+    /* Export hook (replay/export.h, issue 8), NULL = none; prefill protocol. Called from
      * the worker threads with the cache the last position n-1 sees (the view after encoders),
      * once per (config, sequence, layer, kv head); must be safe for distinct (c, l, g).
      * Non-zero return: the sequence fails with "out of memory (export)". */
     int (*export_hook)(void *ud, size_t c, size_t s, size_t l, size_t g, size_t n, size_t P,
                        const rp_cache *view);
+    /* Online protocol (issue 8): once per (config, sequence, layer, kv head) after the last
+     * position, evict_at [n]: the first query position that no longer sees token j (n = never
+     * evicted). Same threading and return convention as export_hook. */
+    int (*export_evict_hook)(void *ud, size_t c, size_t s, size_t l, size_t g, size_t n, size_t P,
+                             const int32_t *evict_at);
     void *export_ud;
     /* Per-layer direct-path read-out (issue 8, --per-layer-readout): also the read-out of
      * h + dO_l W_O_l for each layer l alone -> rp_seq_result.pl. Costs L extra read-outs per
      * (config, position); off by default. */
     int per_layer_readout;
+    /* Paged accounting (issue 5, replay/paged.h): entries per page; 0 = unpaged. Fills
+     * SA_PAGED (bytes allocated in whole pages) and SA_FRAG (their unused slots). */
+    size_t page_size;
 } rp_run_opts;
 
 /* Per (config, layer, query head) sums; HA_N counts evaluated positions. */
 enum { HA_N, HA_COS, HA_OCOS, HA_OREL, HA_KL, HA_REC, HA_KEEP, HA_BUDGET,
        HA_KERR, HA_VERR, HA_KSQ, HA_VSQ, HA_MCNT, HA_NF };
 /* Per (config, sequence): bytes at the last position, guards, read-out sums, ECE bins. */
-enum { SA_NQ, SA_KVB, SA_FULLB, SA_PAYLOAD, SA_SCALES, SA_BASES, SA_INDICES, SA_MODIFIED,
+enum { SA_NQ, SA_KVB, SA_FULLB, SA_PAYLOAD, SA_SCALES, SA_BASES, SA_INDICES, SA_PAGED, SA_FRAG, SA_MODIFIED,
        SA_DIFFERS, SA_RO_N, SA_RO_KL, SA_RO_TOP1, SA_NY, SA_NLL_F, SA_NLL_C,
        SA_ECE_F, SA_ECE_C = SA_ECE_F + 3 * ECE_BINS, SA_NF = SA_ECE_C + 3 * ECE_BINS };
 /* Per (config, sequence, layer) with per_layer_readout: sums over evaluated positions of the

@@ -19,6 +19,7 @@ typedef struct slot {
     int32_t *pos, *mult, *members;
     int64_t *moff;              /* [ne + 1] */
     float *k, *v;               /* [ne][D] */
+    int32_t *evict_at;          /* online: [n] */
     int modified;
 } slot;
 
@@ -29,6 +30,7 @@ struct rp_export {
     uint8_t *chosen;            /* [NC] */
     uint8_t *rows;              /* [NC] configuration has an encoder or a view */
     size_t NC, L, Hkv, D;
+    int online;                 /* mode "online": evict_at per (l, g) instead of entry lists */
     slot *slots;                /* [NC][L][Hkv] */
     int closed;
 };
@@ -44,7 +46,7 @@ static int failf(char *err, size_t errlen, const char *fmt, ...)
 
 static void slot_clear(slot *z)
 {
-    free(z->pos); free(z->mult); free(z->members); free(z->moff); free(z->k); free(z->v);
+    free(z->pos); free(z->mult); free(z->members); free(z->moff); free(z->k); free(z->v); free(z->evict_at);
     memset(z, 0, sizeof *z);
 }
 
@@ -102,6 +104,7 @@ int rp_export_open(const char *path, const rp_sweep *sw, const uint8_t *chosen, 
     x->file = H5I_INVALID_HID;
     x->sw = sw;
     x->NC = sw->n; x->L = in->n_layers; x->Hkv = in->n_kv_heads; x->D = in->head_dim;
+    x->online = !strcmp(pv->mode, "online");
     if (strlen(path) >= sizeof x->path) { failf(err, errlen, "--export %s: path too long", path); goto fail; }
     snprintf(x->path, sizeof x->path, "%s", path);
     snprintf(x->tmp, sizeof x->tmp, "%s.tmp.%ld", path, (long)getpid());
@@ -120,6 +123,12 @@ int rp_export_open(const char *path, const rp_sweep *sw, const uint8_t *chosen, 
             goto fail;
         }
         x->rows[c] = cf->enc || cf->evict->encode || cf->evict->online_view;
+        if (x->online && (cf->enc || cf->evict->encode)) {     /* views: checked by the engine */
+            failf(err, errlen, "--export: config %zu '%s': under --mode online its rows change with the query "
+                  "position (an encoder); only eviction can be exported online (leave it out with "
+                  "--export-configs)", c, cf->canon);
+            goto fail;
+        }
     }
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     x->file = H5Fcreate(x->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
@@ -188,8 +197,53 @@ int rp_export_hook(void *xv, size_t c, size_t s, size_t l, size_t g, size_t n, s
     return 0;
 }
 
+int rp_export_evict_hook(void *xv, size_t c, size_t s, size_t l, size_t g, size_t n, size_t P,
+                         const int32_t *evict_at)
+{
+    rp_export *x = xv;
+    (void)s;
+    if (c >= x->NC || !x->chosen[c] || l >= x->L || g >= x->Hkv) return 0;
+    slot *z = &x->slots[(c * x->L + l) * x->Hkv + g];
+    slot_clear(z);
+    if (!(z->evict_at = malloc((n ? n : 1) * sizeof *z->evict_at))) return -1;
+    memcpy(z->evict_at, evict_at, n * sizeof *z->evict_at);
+    z->n = n; z->P = P;
+    z->set = 1;
+    return 0;
+}
+
+/* Online: /configs/<c>/<s>/evict_at [L*Hkv][n]. */
+static int write_seq_online(rp_export *x, size_t c, size_t s, char *err, size_t errlen)
+{
+    size_t LG = x->L * x->Hkv;
+    slot *zs = &x->slots[c * LG];
+    size_t n = zs[0].n, P = zs[0].P;
+    for (size_t i = 0; i < LG; i++)
+        if (!zs[i].set || zs[i].n != n)
+            return failf(err, errlen, "export: no eviction times for config %zu seq %zu slot %zu (engine hook not called)", c, s, i);
+    int32_t *ev = malloc((LG * n > 0 ? LG * n : 1) * sizeof *ev);
+    if (!ev) return failf(err, errlen, "out of memory (export)");
+    for (size_t i = 0; i < LG; i++) memcpy(ev + i * n, zs[i].evict_at, n * sizeof *ev);
+    char name[64];
+    snprintf(name, sizeof name, "configs/%zu/%zu", c, s);
+    hid_t g = H5Gcreate2(x->file, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    int bad = g < 0 || put_ll(g, "seq", (long long)s) || put_ll(g, "seq_len", (long long)n) ||
+              put_ll(g, "split", (long long)P) || put_ll(g, "has_rows", 0) ||
+              put_dset(g, "evict_at", H5T_STD_I32LE, H5T_NATIVE_INT32, 2, LG, n, ev);
+    if (g >= 0) H5Gclose(g);
+    free(ev);
+    if (bad) return failf(err, errlen, "--export %s: HDF5 error writing %s", x->path, name);
+    for (size_t i = 0; i < LG; i++) slot_clear(&zs[i]);
+    return 0;
+}
+
 int rp_export_write_seq(rp_export *x, size_t s, char *err, size_t errlen)
 {
+    if (x->online) {
+        for (size_t c = 0; c < x->NC; c++)
+            if (x->chosen[c] && write_seq_online(x, c, s, err, errlen)) return -1;
+        return 0;
+    }
     size_t LG = x->L * x->Hkv, D = x->D;
     int64_t *eoff = malloc((LG + 1) * sizeof *eoff), *moff = NULL;
     uint8_t *mod = malloc(LG);

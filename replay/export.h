@@ -1,9 +1,11 @@
 /* Export of what each configuration did to the cache (traces/EXPORT.md, version 1).
  *
  * `kvreplay run ... --export PATH [--export-configs LIST]` writes, per chosen
- * (configuration, sequence, layer, kv head), the cache the last evaluated position n-1 sees:
+ * (configuration, sequence, layer, kv head), under the prefill protocol the cache the last
+ * evaluated position n-1 sees:
  * entry positions, multiplicities, member lists and, for configurations with an encoder (or a
- * view that rewrites rows), the reconstructed K/V rows. capture/validate.py re-runs the model
+ * view that rewrites rows), the reconstructed K/V rows; under the online protocol (eviction
+ * only) the position at which each token left the cache. capture/validate.py re-runs the model
  * with exactly that state; no strategy is re-implemented there.
  *
  * Shapes: NC configurations of the sweep, L layers, Hkv kv heads, D head_dim, NE entries of
@@ -33,7 +35,7 @@ typedef struct rp_export rp_export;
 
 typedef struct rp_export_prov {
     const char *trace, *trace_sha256, *model;
-    const char *mode;           /* "prefill" (the only protocol exported in version 1) */
+    const char *mode;           /* "prefill" (entry lists) or "online" (eviction times) */
     size_t decode, eval_from;
 } rp_export_prov;
 
@@ -46,6 +48,9 @@ int rp_export_open(const char *path, const rp_sweep *sw, const uint8_t *chosen, 
  * for distinct (c, l, g). 0 ok, -1 out of memory. */
 int rp_export_hook(void *x, size_t c, size_t s, size_t l, size_t g, size_t n, size_t P,
                    const rp_cache *view);
+/* The online protocol's hook (rp_run_opts.export_evict_hook): copies evict_at [n]. */
+int rp_export_evict_hook(void *x, size_t c, size_t s, size_t l, size_t g, size_t n, size_t P,
+                         const int32_t *evict_at);
 int rp_export_write_seq(rp_export *x, size_t s, char *err, size_t errlen);
 int rp_export_close(rp_export *x, char *err, size_t errlen);
 void rp_export_free(rp_export *x);

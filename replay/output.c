@@ -230,7 +230,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     if (!f) goto fail;
     fprintf(f, "config_id,config,family,seq,n_query,keep_frac,kv_bytes,full_bytes,ratio,kv_mse_k,kv_mse_v,"
                "kv_rel_mse_k,kv_rel_mse_v,attn_cos,out_cos,out_rel_err,attn_kl,mass_recall,logit_kl,nll_full,"
-               "nll_comp,top1_agree,ece_full,ece_comp\n");
+               "nll_comp,top1_agree,ece_full,ece_comp,kv_bytes_paged,frag_bytes\n");
     for (size_t c = 0; c < NC; c++) {
         const rp_config *cf = &sw->cfg[c];
         for (size_t i = 0; i < n_res; i++) {
@@ -247,7 +247,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
             memcpy(&ef, sa + SA_ECE_F, sizeof ef);
             memcpy(&ec, sa + SA_ECE_C, sizeof ec);
             put_readout(f, has_readout, sa, &ef, &ec, 0);
-            fputc('\n', f);
+            fprintf(f, ",%.9g,%.9g\n", sa[SA_PAGED], sa[SA_FRAG]);
             for (size_t k = 0; k < HA_NF; k++) tot_ha[c * HA_NF + k] += ha[k];
             for (size_t k = 0; k < SA_NF; k++)
                 if (k == SA_MODIFIED || k == SA_DIFFERS) { if (sa[k] != 0) tot_sa[c * SA_NF + k] = 1; }
@@ -285,7 +285,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     if (!f) goto fail;
     fprintf(f, "config_id,config,family,n_seq,n_query,keep_frac,kv_bytes,full_bytes,ratio,kv_mse_k,kv_mse_v,"
                "kv_rel_mse_k,kv_rel_mse_v,attn_cos,out_cos,out_rel_err,attn_kl,mass_recall,logit_kl,nll_full,"
-               "nll_comp,ppl_full,ppl_comp,top1_agree,ece_full,ece_comp,not_applied\n");
+               "nll_comp,ppl_full,ppl_comp,top1_agree,ece_full,ece_comp,kv_bytes_paged,frag_bytes,not_applied\n");
     for (size_t c = 0; c < NC; c++) {
         const rp_config *cf = &sw->cfg[c];
         const double *sa = tot_sa + c * SA_NF, *ha = tot_ha + c * HA_NF;
@@ -299,6 +299,8 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
         memcpy(&ef, sa + SA_ECE_F, sizeof ef);
         memcpy(&ec, sa + SA_ECE_C, sizeof ec);
         put_readout(f, has_readout, sa, &ef, &ec, 1);
+        put_f(f, sa[SA_PAGED] / (double)n_res);
+        put_f(f, sa[SA_FRAG] / (double)n_res);
         int na = strcmp(cf->family, "full") != 0 && sa[SA_DIFFERS] == 0;
         *n_not_applied += (size_t)na;
         fprintf(f, ",%d\n", na);
@@ -365,7 +367,8 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     json_str(f, "mode", pv->mode, 0);
     fprintf(f, "  \"decode\": %zu,\n", pv->decode);
     json_str(f, "sweep", pv->sweep, 0);
-    fprintf(f, "  \"n_configs\": %zu,\n  \"n_seq\": %zu,\n  \"threads\": %zu,\n", NC, pv->n_seq, pv->threads);
+    fprintf(f, "  \"n_configs\": %zu,\n  \"n_seq\": %zu,\n  \"threads\": %zu,\n  \"page_size\": %zu,\n", NC, pv->n_seq,
+            pv->threads, pv->page_size);
     json_str(f, "hdf5_version", h5v, 0);
     json_str(f, "gsl_version", GSL_VERSION, 0);
     json_str(f, "openblas_config", rs_blas_config(), 0);

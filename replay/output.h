@@ -25,6 +25,7 @@ typedef struct out_prov {
     const char *trace, *trace_sha256, *model, *architecture, *mode, *sweep, *argv, *started;
     const char *shard;              /* "i/N"; NULL = "0/1" */
     size_t decode, n_seq, threads;
+    size_t page_size;               /* paged accounting: entries per page, 0 = unpaged */
 } out_prov;
 
 /* configs.csv, per_seq.csv, per_head.csv, summary.csv, calib.csv (with read-out),
