@@ -45,7 +45,11 @@ typedef struct item {
     long long o_layer;
     double *ha;                  /* result slots of this layer: [NC][L][H][HA_NF] (shared array) */
     double *ia;                  /* [NC][SA_NF] item-level sums (bytes, guards) */
-    float *dO;                   /* [NC][L][NE][HD] (shared array, disjoint per layer) */
+    float *dO;                   /* [NC][NE][HD] this layer's output perturbation (read-out) */
+    float *dH;                   /* [NC][NE][C] dO @ W_O of this layer, folded in layer order */
+    uint8_t *dh_set;             /* [NC] dH of c holds a non-zero perturbation */
+    const float *hid;            /* [n][C] the sequence's final residuals (read-out) */
+    double *pl;                  /* [NC][L][PL_NF] per-layer read-out sums, NULL = off */
     int rc;
     char err[1024];
 } item;
@@ -96,29 +100,59 @@ void rp_engine_free(rp_engine *e)
 
 /* ---- callbacks of rp_layer_ctx ----------------------------------------------------------- */
 
+/* Prompt rows [a, b) x P of head h: probabilities (exp(logit - lse), 0 where masked). */
+static int prompt_rows(item *it, size_t P, size_t h, size_t a, size_t b, float *buf)
+{
+    rp_engine *E = it->E;
+    size_t D = E->D, n = it->n, g = h / E->G;
+    if (a == b) return 0;
+    float *lse = malloc((b - a) * sizeof *lse);
+    if (!lse) return -1;
+    attn_full_rows(it->q + h * n * D, it->k + g * n * D, it->v + g * n * D, P, D, a, b, &E->ap[it->l], lse,
+                   NULL, buf);
+    for (size_t r = 0; r < b - a; r++)
+        for (size_t j = 0; j < P; j++) {
+            float z = buf[r * P + j];
+            buf[r * P + j] = z == -INFINITY ? 0.0f : expf(z - lse[r]);
+        }
+    free(lse);
+    return 0;
+}
+
+/* Cached per head: one contiguous row range, extended (only the new rows computed) while
+ * requests are contiguous (strategies walk the prompt in blocks; several configurations of
+ * one strategy walk it again), at most PA_CACHE_FLOATS per head: beyond that the rows are
+ * computed into the caller's buffer uncached, so the cache never grows to P x P per head.
+ * Rows are independent of the call range (attn.h): caching changes no result. */
+#define PA_CACHE_FLOATS ((size_t)1 << 21)
+
 static int cb_prompt_attn(const rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, float *out)
 {
     item *it = ctx->engine;
     rp_engine *E = it->E;
-    size_t P = ctx->P, D = E->D, n = it->n;
+    size_t P = ctx->P;
     if (h >= E->H || t0 > t1 || t1 > P) return -1;
     if (t0 == t1) return 0;
-    if (!(it->pa[h] && t0 >= it->pa0[h] && t1 <= it->pa1[h])) {
-        /* rows are independent of the call range (attn.h), so caching changes nothing */
-        size_t a = t0, b = t1;
-        if (it->pa[h]) { if (it->pa0[h] < a) a = it->pa0[h]; if (it->pa1[h] > b) b = it->pa1[h]; }
-        float *buf = malloc((b - a) * P * sizeof *buf), *lse = malloc((b - a) * sizeof *lse);
-        if (!buf || !lse) { free(buf); free(lse); return -1; }
-        size_t g = h / E->G;
-        attn_full_rows(it->q + h * n * D, it->k + g * n * D, it->v + g * n * D, P, D, a, b,
-                       &E->ap[it->l], lse, NULL, buf);
-        for (size_t r = 0; r < b - a; r++)
-            for (size_t j = 0; j < P; j++) {
-                float z = buf[r * P + j];
-                buf[r * P + j] = z == -INFINITY ? 0.0f : expf(z - lse[r]);
-            }
-        free(lse);
-        free(it->pa[h]);
+    float *c = it->pa[h];
+    size_t c0 = it->pa0[h], c1 = it->pa1[h];
+    if (!(c && t0 >= c0 && t1 <= c1)) {
+        int joins = c && t0 <= c1 && t1 >= c0;
+        size_t a = joins && c0 < t0 ? c0 : t0, b = joins && c1 > t1 ? c1 : t1;
+        if ((b - a) * P > PA_CACHE_FLOATS) {          /* too large to keep: uncached */
+            if ((t1 - t0) * P > PA_CACHE_FLOATS) return prompt_rows(it, P, h, t0, t1, out);
+            joins = 0; a = t0; b = t1;
+        }
+        float *buf = malloc((b - a) * P * sizeof *buf);
+        if (!buf) return -1;
+        int bad;
+        if (joins) {
+            memcpy(buf + (c0 - a) * P, c, (c1 - c0) * P * sizeof *buf);
+            bad = prompt_rows(it, P, h, a, c0, buf) || prompt_rows(it, P, h, c1, b, buf + (c1 - a) * P);
+        } else {
+            bad = prompt_rows(it, P, h, a, b, buf);
+        }
+        if (bad) { free(buf); return -1; }
+        free(c);
         it->pa[h] = buf; it->pa0[h] = a; it->pa1[h] = b;
     }
     memcpy(out, it->pa[h] + (t0 - it->pa0[h]) * P, (t1 - t0) * P * sizeof *out);
@@ -454,6 +488,64 @@ static void account_last(item *it, const rp_config *cf, size_t c, size_t g, cons
     }
 }
 
+/* Read-out work of one layer (DESIGN §4), after its attention: dH_c = dO_c W_O_l for every
+ * configuration that perturbed this layer (the caller folds them into the sequence's sum in
+ * layer order), and with --per-layer-readout the read-out of h + dH_c alone. Memory: this
+ * layer's [NC][NE][HD + C], never all layers'. */
+static int layer_readout(item *it, char *err, size_t errlen)
+{
+    rp_engine *E = it->E;
+    const readout *ro = E->ro;
+    size_t NC = E->sw->n, n = it->n, P = it->P, NE = n - P, C = ro->C, V = ro->V, HD = E->H * E->D, l = it->l;
+    it->dH = malloc(NC * NE * C * sizeof *it->dH);
+    it->dh_set = calloc(NC, 1);
+    if (!it->dH || !it->dh_set) return failf(err, errlen, "out of memory (read-out, seq %zu layer %zu)", it->s, l);
+    for (size_t c = 0; c < NC; c++) {
+        if (it->ia[c * SA_NF + SA_DIFFERS] == 0) continue;
+        float *dh = it->dH + c * NE * C;
+        memset(dh, 0, NE * C * sizeof *dh);
+        readout_add_delta(ro, l, it->dO + c * NE * HD, NE, dh);
+        it->dh_set[c] = 1;
+    }
+    if (!it->pl) return 0;
+    /* per-layer read-out: logits of h + dH_c (layer l alone) against the full logits */
+    float *lf = malloc(RO_BLK * V * sizeof *lf), *lc = malloc(RO_BLK * V * sizeof *lc), *hc = malloc(RO_BLK * C * sizeof *hc);
+    int rc = -1;
+    if (!lf || !lc || !hc) { failf(err, errlen, "out of memory (per-layer read-out)"); goto done; }
+    for (size_t r0 = 0; r0 < NE; r0 += RO_BLK) {
+        size_t nb = NE - r0 < RO_BLK ? NE - r0 : RO_BLK;
+        const float *hs = it->hid + (P + r0) * C;
+        if (readout_logits_checked(ro, hs, nb, lf) != KV_OK) { failf(err, errlen, "out of memory (read-out)"); goto done; }
+        for (size_t c = 0; c < NC; c++) {
+            double *b = it->pl + (c * E->L + l) * PL_NF;
+            const float *lcp = lf;
+            if (it->dh_set[c]) {
+                const float *dh = it->dH + (c * NE + r0) * C;
+                for (size_t i = 0; i < nb * C; i++) hc[i] = hs[i] + dh[i];
+                if (readout_logits_checked(ro, hc, nb, lc) != KV_OK) { failf(err, errlen, "out of memory (read-out)"); goto done; }
+                lcp = lc;
+            }
+            for (size_t r = 0; r < nb; r++) {
+                size_t t = P + r0 + r;
+                int32_t y = t + 1 < n ? E->tokens[it->s * E->T + t + 1] : -1;
+                readout_cmp cmp;
+                readout_compare(lf + r * V, lcp + r * V, V, y, &cmp);
+                if (!isfinite(cmp.logit_kl) || (y >= 0 && (size_t)y < V && !isfinite(cmp.nll_comp))) {
+                    failf(err, errlen, "config '%s': NaN/Inf in per-layer read-out metrics at seq %zu layer %zu position %zu",
+                          E->sw->cfg[c].canon, it->s, l, t);
+                    goto done;
+                }
+                b[PL_KL] += cmp.logit_kl;
+                if (y >= 0 && (size_t)y < V) b[PL_NLL_C] += cmp.nll_comp;
+            }
+        }
+    }
+    rc = 0;
+done:
+    free(lf); free(lc); free(hc);
+    return rc;
+}
+
 static int item_run(item *it)
 {
     rp_engine *E = it->E;
@@ -486,6 +578,10 @@ static int item_run(item *it)
     it->k = malloc(Hkv * n * D * sizeof *it->k);
     it->v = malloc(Hkv * n * D * sizeof *it->v);
     if (!it->q || !it->k || !it->v) { failf(err, errlen, "out of memory (seq %zu layer %zu)", s, l); goto done; }
+    if (E->ro && NE && !(it->dO = calloc(NC * NE * HD, sizeof *it->dO))) {
+        failf(err, errlen, "out of memory (read-out deltas, seq %zu layer %zu)", s, l);
+        goto done;
+    }
     {
         int bad = 0;
 #pragma omp critical(kvtrace_io)
@@ -699,7 +795,7 @@ static int item_run(item *it)
                             }
                             ia[SA_DIFFERS] = 1;
                             if (eval && it->dO) {
-                                float *dst = it->dO + ((c * L + l) * NE + (t - P)) * HD + h * D;
+                                float *dst = it->dO + (c * NE + (t - P)) * HD + h * D;
                                 for (size_t d = 0; d < D; d++) dst[d] = oc[d] - o[d];
                             }
                         }
@@ -751,8 +847,11 @@ static int item_run(item *it)
                 }
             }
     }
+    if (E->ro && NE && layer_readout(it, err, errlen)) goto done;
     rc = 0;
 done:
+    free(it->dO);
+    it->dO = NULL;
     if (cs) {
         for (size_t i = 0; i < NC * Hkv; i++) {
             if (cs[i].ost) sw->cfg[i / Hkv].evict->online_free(cs[i].ost);
@@ -773,18 +872,16 @@ done:
 
 /* ---- one sequence ------------------------------------------------------------------------ */
 
-static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *dO, double *sa,
-                       double *pl, char *err, size_t errlen)
+static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *hid, const float *acc,
+                       double *sa, char *err, size_t errlen)
 {
     const readout *ro = E->ro;
-    size_t C = ro->C, V = ro->V, L = E->L, NC = E->sw->n, NE = n - P, HD = E->H * E->D;
-    kv_error ke;
-    float *hid = malloc(E->T * C * sizeof *hid), *lf = malloc(RO_BLK * V * sizeof *lf);
+    size_t C = ro->C, V = ro->V, NC = E->sw->n, NE = n - P;
+    float *lf = malloc(RO_BLK * V * sizeof *lf);
     ece_acc *ef = calloc(NC, sizeof *ef), *ec = calloc(NC, sizeof *ec);
     int *cfail = calloc(NC, sizeof *cfail);
     int rc = -1;
-    if (!hid || !lf || !ef || !ec || !cfail) { failf(err, errlen, "out of memory (read-out)"); goto done; }
-    if (kv_trace_read_hidden(E->t, s, hid, &ke) != KV_OK) { failf(err, errlen, "%s", ke.msg); goto done; }
+    if (!lf || !ef || !ec || !cfail) { failf(err, errlen, "out of memory (read-out)"); goto done; }
     for (size_t r0 = 0; r0 < NE; r0 += RO_BLK) {
         size_t nb = NE - r0 < RO_BLK ? NE - r0 : RO_BLK;
         const float *hs = hid + (P + r0) * C;
@@ -798,13 +895,12 @@ static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *
             double *a = sa + c * SA_NF;
             float *hc = NULL, *lc = NULL;
             const float *lcp = lf;
-            if (a[SA_DIFFERS] != 0) {
+            if (a[SA_DIFFERS] != 0) {       /* h + sum_l dO_l W_O_l (the sum folded in layer order) */
                 hc = malloc(nb * C * sizeof *hc);
                 lc = malloc(nb * V * sizeof *lc);
                 if (!hc || !lc) { cfail[c] = 1; free(hc); free(lc); continue; }
-                memcpy(hc, hs, nb * C * sizeof *hc);
-                for (size_t l = 0; l < L; l++)
-                    readout_add_delta(ro, l, dO + ((c * L + l) * NE + r0) * HD, nb, hc);
+                const float *d = acc + (c * NE + r0) * C;
+                for (size_t i = 0; i < nb * C; i++) hc[i] = hs[i] + d[i];
                 if (readout_logits_checked(ro, hc, nb, lc) != KV_OK) { cfail[c] = 1; free(hc); free(lc); continue; }
                 lcp = lc;
             }
@@ -824,28 +920,6 @@ static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *
                     ece_add(&ec[c], cmp.conf_comp, cmp.correct_comp);
                 }
             }
-            /* per-layer read-out (pl != NULL): h + dO_l W_O_l for each layer alone; a
-             * configuration that leaves the cache as the full one gets KL 0, nll_full */
-            for (size_t l = 0; pl && !cfail[c] && l < L; l++) {
-                double *b = pl + (c * L + l) * PL_NF;
-                if (a[SA_DIFFERS] != 0) {
-                    memcpy(hc, hs, nb * C * sizeof *hc);
-                    readout_add_delta(ro, l, dO + ((c * L + l) * NE + r0) * HD, nb, hc);
-                    if (readout_logits_checked(ro, hc, nb, lc) != KV_OK) { cfail[c] = 1; break; }
-                }
-                for (size_t r = 0; r < nb; r++) {
-                    size_t t = P + r0 + r;
-                    int32_t y = t + 1 < n ? E->tokens[s * E->T + t + 1] : -1;
-                    readout_cmp cmp;
-                    readout_compare(lf + r * V, lcp + r * V, V, y, &cmp);
-                    if (!isfinite(cmp.logit_kl) || (y >= 0 && (size_t)y < V && !isfinite(cmp.nll_comp))) {
-                        cfail[c] = 2 + (int)r;
-                        break;
-                    }
-                    b[PL_KL] += cmp.logit_kl;
-                    if (y >= 0 && (size_t)y < V) b[PL_NLL_C] += cmp.nll_comp;
-                }
-            }
             free(hc); free(lc);
         }
         for (size_t c = 0; c < NC; c++)
@@ -862,34 +936,63 @@ static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *
     }
     rc = 0;
 done:
-    free(hid); free(lf); free(ef); free(ec); free(cfail);
+    free(lf); free(ef); free(ec); free(cfail);
     return rc;
 }
 
+/* Memory (issue 7): per sequence, the per-layer items in flight (one (sequence, layer)
+ * working set per thread: Q/K/V of the layer, the configurations' caches, that layer's
+ * read-out deltas) plus, with the read-out, the sequence's final residuals [n][C] and the
+ * folded perturbation [NC][NE][C]; nothing grows with the number of layers or sequences.
+ * Layer deltas are folded in layer order (the `ordered` region), so results do not depend
+ * on the thread count. */
 int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t errlen)
 {
     size_t L = E->L, H = E->H, NC = E->sw->n, n = (size_t)E->seq_len[s], P = split_of(E, s);
-    size_t NE = n - P, HD = H * E->D;
+    size_t NE = n - P, C = E->ro ? E->ro->C : 0;
+    kv_error ke;
     res->seq = s;
     res->has_readout = E->ro != NULL;
     if (rp_seq_result_alloc(res, NC, L, H)) return failf(err, errlen, "out of memory");
     item *its = calloc(L, sizeof *its);
     double *ia = calloc(L * NC * SA_NF, sizeof *ia);
-    float *dO = E->ro ? calloc(NC * L * NE * HD, sizeof *dO) : NULL;
+    int ro = E->ro && NE;
+    float *hid = ro ? malloc(E->T * C * sizeof *hid) : NULL;
+    float *acc = ro ? calloc(NC * NE * C, sizeof *acc) : NULL;
     int rc = -1;
-    if (!its || !ia || (E->ro && NE && !dO)) { failf(err, errlen, "out of memory"); goto done; }
+    if (!its || !ia || (ro && (!hid || !acc))) { failf(err, errlen, "out of memory"); goto done; }
+    if (ro && kv_trace_read_hidden(E->t, s, hid, &ke) != KV_OK) { failf(err, errlen, "%s", ke.msg); goto done; }
+    if (ro && E->o.per_layer_readout && !(res->pl = calloc(NC * L * PL_NF, sizeof *res->pl))) {
+        failf(err, errlen, "out of memory (per-layer read-out)");
+        goto done;
+    }
     for (size_t l = 0; l < L; l++) {
         item *it = &its[l];
         it->E = E; it->s = s; it->l = l; it->n = n; it->P = P; it->o_layer = -1;
-        it->ha = res->ha; it->ia = ia + l * NC * SA_NF; it->dO = dO;
+        it->ha = res->ha; it->ia = ia + l * NC * SA_NF; it->hid = hid; it->pl = res->pl;
         it->pa = calloc(H, sizeof *it->pa);
         it->pa0 = calloc(H, sizeof *it->pa0);
         it->pa1 = calloc(H, sizeof *it->pa1);
         if (!it->pa || !it->pa0 || !it->pa1) { failf(err, errlen, "out of memory"); goto done; }
     }
     long long ll;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (ll = 0; ll < (long long)L; ll++) item_run(&its[ll]);
+#pragma omp parallel for ordered schedule(dynamic, 1)
+    for (ll = 0; ll < (long long)L; ll++) {
+        item *it = &its[ll];
+        item_run(it);
+#pragma omp ordered
+        {
+            if (it->rc == 0 && it->dH)
+                for (size_t c = 0; c < NC; c++) {
+                    if (!it->dh_set[c]) continue;
+                    float *d = acc + c * NE * C;
+                    const float *x = it->dH + c * NE * C;
+                    for (size_t i = 0; i < NE * C; i++) d[i] += x[i];
+                }
+            free(it->dH); free(it->dh_set);
+            it->dH = NULL; it->dh_set = NULL;
+        }
+    }
     for (size_t l = 0; l < L; l++)
         if (its[l].rc) { failf(err, errlen, "%s", its[l].err); goto done; }
     /* fixed-order reduction of the item slots */
@@ -903,16 +1006,14 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
             if (b[SA_DIFFERS] != 0) a[SA_DIFFERS] = 1;
         }
     }
-    if (E->ro && E->o.per_layer_readout && !(res->pl = calloc(NC * L * PL_NF, sizeof *res->pl))) {
-        failf(err, errlen, "out of memory (per-layer read-out)");
-        goto done;
-    }
-    if (E->ro && NE && readout_seq(E, s, n, P, dO, res->sa, res->pl, err, errlen)) goto done;
+    if (ro && readout_seq(E, s, n, P, hid, acc, res->sa, err, errlen)) goto done;
     rc = 0;
 done:
     if (its)
-        for (size_t l = 0; l < L; l++) { free(its[l].pa); free(its[l].pa0); free(its[l].pa1); }
-    free(its); free(ia); free(dO);
+        for (size_t l = 0; l < L; l++) {
+            free(its[l].pa); free(its[l].pa0); free(its[l].pa1); free(its[l].dH); free(its[l].dh_set);
+        }
+    free(its); free(ia); free(hid); free(acc);
     if (rc) rp_seq_result_free(res);
     return rc;
 }
