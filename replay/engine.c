@@ -407,13 +407,15 @@ typedef struct cstate {
     size_t B;
     int32_t *evat;          /* online export: [n] first query position that no longer sees j */
     int td;                 /* encoders run per query position */
+    int dry;                /* prefill: rows dropped after the prefill (plain entries, K/V of
+                               the trace), gathered again when this kv head is evaluated */
     int static_enc;         /* prefill: cache already encoded once */
     uint64_t seed;
 } cstate;
 
 static int cfg_has_encoder(const rp_config *cf)
 {
-    return cf->enc != NULL || cf->evict->encode != NULL || cf->evict->online_view != NULL;
+    return cf->enc != NULL || cf->evict->encode != NULL || rp_view_active(cf->evict, cf->evict_cfg);
 }
 
 static int run_encoders(const rp_config *cf, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
@@ -421,7 +423,7 @@ static int run_encoders(const rp_config *cf, const rp_layer_ctx *ctx, size_t g, 
 {
     char e2[512] = "";
     size_t n0 = c->n;
-    if (cf->evict->online_view) {
+    if (rp_view_active(cf->evict, cf->evict_cfg)) {
         if (cf->evict->online_view(cf->evict_cfg, ctx, g, t, c, e2, sizeof e2))
             return failf(err, errlen, "config '%s': %s view at seq %zu layer %zu kv head %zu: %s", cf->canon,
                          cf->evict->name, ctx->seq, ctx->layer, g, e2);
@@ -604,7 +606,7 @@ static int item_run(item *it)
         uint64_t seed = mix64(mix64(cf->hash, s), l);
         size_t B;
         sweep_budget(cf, online ? n : P, &B);        /* checked in rp_engine_new */
-        int td = online || cf->evict->online_view || (cf->evict->encode && cf->evict->time_dependent) ||
+        int td = online || rp_view_active(cf->evict, cf->evict_cfg) || (cf->evict->encode && cf->evict->time_dependent) ||
                  (cf->enc && cf->enc->time_dependent);
         for (size_t g = 0; g < Hkv; g++) {
             cs[c * Hkv + g].B = B;
@@ -634,18 +636,48 @@ static int item_run(item *it)
                       cf->evict->name, s, l, g, why);
                 goto done;
             }
-            const float *K = it->k + g * n * D, *Vv = it->v + g * n * D;
-            for (size_t t = P; t < n; t++)
-                if (rp_cache_push(cc, (int32_t)t, K + t * D, Vv + t * D)) { failf(err, errlen, "out of memory"); goto done; }
-            if (cfg_has_encoder(cf) && !cs[c * Hkv + g].td) {
-                if (run_encoders(cf, &ctx, g, n - 1, cc, err, errlen)) goto done;
-                cs[c * Hkv + g].static_enc = 1;
+            /* memory (issue 7): plain unmodified entries are rows of the trace; keep their
+             * positions only until this kv head is evaluated */
+            if (!cc->modified && !cache_merged(cc)) {
+                free(cc->k); free(cc->v);
+                cc->k = cc->v = NULL;
+                cs[c * Hkv + g].dry = 1;
             }
         }
     }
 
+    for (size_t h = 0; h < H; h++) {     /* prompt rows served the prefills; encoders re-fetch */
+        free(it->pa[h]);
+        it->pa[h] = NULL;
+    }
     for (size_t g = 0; g < Hkv; g++) {
         const float *K = it->k + g * n * D, *Vv = it->v + g * n * D;
+        /* prefill: this kv head's caches get their rows back, the exact decode entries
+         * [P, n) and the static encodings; they are freed after the head */
+        for (size_t c = 0; !online && c < NC; c++) {
+            const rp_config *cf = &sw->cfg[c];
+            cstate *st = &cs[c * Hkv + g];
+            rp_cache *cc = &st->cache;
+            if (st->dry) {
+                size_t cap = cc->cap ? cc->cap : 1;
+                cc->k = malloc(cap * D * sizeof *cc->k);
+                cc->v = malloc(cap * D * sizeof *cc->v);
+                if (!cc->k || !cc->v) { failf(err, errlen, "out of memory"); goto done; }
+                for (size_t e = 0; e < cc->n; e++) {
+                    memcpy(cc->k + e * D, K + (size_t)cc->pos[e] * D, D * sizeof *cc->k);
+                    memcpy(cc->v + e * D, Vv + (size_t)cc->pos[e] * D, D * sizeof *cc->v);
+                }
+                st->dry = 0;
+            }
+            if (rp_cache_reserve(cc, cc->n + (n - P), cc->n_members)) { failf(err, errlen, "out of memory"); goto done; }
+            for (size_t t = P; t < n; t++)
+                if (rp_cache_push(cc, (int32_t)t, K + t * D, Vv + t * D)) { failf(err, errlen, "out of memory"); goto done; }
+            ctx.seed = st->seed;
+            if (cfg_has_encoder(cf) && !st->td) {
+                if (run_encoders(cf, &ctx, g, n - 1, cc, err, errlen)) goto done;
+                st->static_enc = 1;
+            }
+        }
         if (online)
             for (size_t c = 0; c < NC; c++) {
                 const rp_config *cf = &sw->cfg[c];
@@ -703,7 +735,7 @@ static int item_run(item *it)
                     if (st->td) {
                         if (cache_copy_prefix(&scratch, cache, nv)) { failf(err, errlen, "out of memory"); goto done; }
                         if (run_encoders(cf, &ctx, g, t, &scratch, err, errlen)) goto done;
-                        if (cf->evict->online_view && !scratch.modified)
+                        if (rp_view_active(cf->evict, cf->evict_cfg) && !scratch.modified)
                             reindexed = memcmp(scratch.k, cache->k, nv * D * sizeof *scratch.k) ||
                                         memcmp(scratch.v, cache->v, nv * D * sizeof *scratch.v);
                         view = scratch;
@@ -846,6 +878,7 @@ static int item_run(item *it)
                     failf(err, errlen, "out of memory (export)"); goto done;
                 }
             }
+        for (size_t c = 0; c < NC; c++) rp_cache_free(&cs[c * Hkv + g].cache);   /* this head is done */
     }
     if (E->ro && NE && layer_readout(it, err, errlen)) goto done;
     rc = 0;

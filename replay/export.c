@@ -122,7 +122,7 @@ int rp_export_open(const char *path, const rp_sweep *sw, const uint8_t *chosen, 
                   c, cf->canon, cf->evict->name);
             goto fail;
         }
-        x->rows[c] = cf->enc || cf->evict->encode || cf->evict->online_view;
+        x->rows[c] = cf->enc || cf->evict->encode || rp_view_active(cf->evict, cf->evict_cfg);
         if (x->online && (cf->enc || cf->evict->encode)) {     /* views: checked by the engine */
             failf(err, errlen, "--export: config %zu '%s': under --mode online its rows change with the query "
                   "position (an encoder); only eviction can be exported online (leave it out with "
@@ -151,7 +151,7 @@ int rp_export_open(const char *path, const rp_sweep *sw, const uint8_t *chosen, 
         hid_t cg = H5Gcreate2(g, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         if (cg < 0) goto h5fail;
         int td = (cf->evict->encode && cf->evict->time_dependent) || (cf->enc && cf->enc->time_dependent) ||
-                 cf->evict->online_view != NULL;
+                 rp_view_active(cf->evict, cf->evict_cfg);
         int bad = put_str(cg, "config", cf->canon) || put_str(cg, "family", cf->family) ||
                   put_ll(cg, "config_id", (long long)c) || put_ll(cg, "time_dependent", td);
         H5Gclose(cg);

@@ -200,6 +200,9 @@ typedef struct rp_strategy {
      * before any encode. Not a reconstruction: kv_mse ignores it. 0 ok, -1 with err. */
     int (*online_view)(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t,
                        rp_cache *view, char *err, size_t errlen);
+    /* Optional: 0 when this configuration's online_view leaves every row alone (e.g.
+     * streaming reindex=0), so the engine skips the per-query working copy. NULL = active. */
+    int (*view_active)(const void *cfg);
 
     /* Optional, decode time: visible[e] = 1 for the entries query head h sees at t. */
     void (*select)(const void *cfg, const rp_layer_ctx *ctx, size_t h, size_t t,
@@ -219,5 +222,11 @@ const rp_strategy *rp_strategy_at(size_t i);
 /* Default fp16 bytes of a cache of plain entries (payload only; the engine adds 4 bytes
  * of index per entry for eviction strategies that keep a subset). */
 static inline double rp_fp16_bytes(size_t entries, size_t D) { return (double)entries * 2.0 * (double)D * 2.0; }
+
+/* The configuration part (strategy s, cfg) has an active per-query view. */
+static inline int rp_view_active(const rp_strategy *s, const void *cfg)
+{
+    return s->online_view != NULL && (s->view_active == NULL || s->view_active(cfg));
+}
 
 #endif /* KV_STRATEGY_H */

@@ -88,6 +88,8 @@ static void rerotate(float *x, size_t R, int interleaved, const float *ca, const
     }
 }
 
+static int streaming_view_active(const void *cfg) { return ((const streaming_cfg *)cfg)->reindex; }
+
 /* online_view: the engine calls it on a working copy of the cache each query sees (both
  * protocols); the kept cache keeps the original rows. */
 static int streaming_view(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
@@ -128,4 +130,5 @@ const rp_strategy rp_strategy_streaming = {
     .online_step = streaming_online_step,
     .online_free = streaming_online_free,
     .online_view = streaming_view,
+    .view_active = streaming_view_active,
 };
