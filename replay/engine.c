@@ -227,7 +227,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
         if (kv_trace_read_rope(t, E->rope_cos, E->rope_sin, &ke)) goto kverr;
     }
     if (o->readout && in->has_readout) {
-        if (readout_load(t, &E->ro, &ke) != KV_OK) goto kverr;
+        if (readout_load_no_wo(t, &E->ro, &ke) != KV_OK) goto kverr;   /* W_O: per layer item */
     }
     /* splits */
     for (size_t i = 0; i < n_seqs; i++) {
@@ -502,12 +502,25 @@ static int layer_readout(item *it, char *err, size_t errlen)
     it->dH = malloc(NC * NE * C * sizeof *it->dH);
     it->dh_set = calloc(NC, 1);
     if (!it->dH || !it->dh_set) return failf(err, errlen, "out of memory (read-out, seq %zu layer %zu)", it->s, l);
-    for (size_t c = 0; c < NC; c++) {
-        if (it->ia[c * SA_NF + SA_DIFFERS] == 0) continue;
-        float *dh = it->dH + c * NE * C;
-        memset(dh, 0, NE * C * sizeof *dh);
-        readout_add_delta(ro, l, it->dO + c * NE * HD, NE, dh);
-        it->dh_set[c] = 1;
+    int any = 0;
+    for (size_t c = 0; c < NC; c++) any |= it->ia[c * SA_NF + SA_DIFFERS] != 0;
+    if (any) {
+        float *w = malloc(HD * C * sizeof *w);
+        kv_error ke;
+        int bad = !w;
+        if (w) {
+#pragma omp critical(kvtrace_io)
+            bad = kv_trace_read_w_o(E->t, l, w, &ke) != KV_OK;
+        }
+        if (bad) { free(w); return failf(err, errlen, "%s", w ? ke.msg : "out of memory (read-out W_O)"); }
+        for (size_t c = 0; c < NC; c++) {
+            if (it->ia[c * SA_NF + SA_DIFFERS] == 0) continue;
+            float *dh = it->dH + c * NE * C;
+            memset(dh, 0, NE * C * sizeof *dh);
+            readout_add_delta_w(ro, w, it->dO + c * NE * HD, NE, dh);
+            it->dh_set[c] = 1;
+        }
+        free(w);
     }
     if (!it->pl) return 0;
     /* per-layer read-out: logits of h + dH_c (layer l alone) against the full logits */

@@ -46,7 +46,12 @@ void readout_free(readout *r)
     free(r);
 }
 
-kv_status readout_load(kv_trace *t, readout **out, kv_error *err)
+static kv_status load(kv_trace *t, int with_wo, readout **out, kv_error *err);
+
+kv_status readout_load(kv_trace *t, readout **out, kv_error *err) { return load(t, 1, out, err); }
+kv_status readout_load_no_wo(kv_trace *t, readout **out, kv_error *err) { return load(t, 0, out, err); }
+
+static kv_status load(kv_trace *t, int with_wo, readout **out, kv_error *err)
 {
     *out = NULL;
     const kv_info *in = kv_trace_info(t);
@@ -70,17 +75,17 @@ kv_status readout_load(kv_trace *t, readout **out, kv_error *err)
     }
     r->norm_w = malloc(r->C * sizeof(float));
     r->w_u = malloc(nvc * sizeof(float));
-    r->w_o = malloc(nwo * sizeof(float));
+    if (with_wo) r->w_o = malloc(nwo * sizeof(float));
     if (in->has_norm_bias) r->norm_b = malloc(r->C * sizeof(float));
     if (in->has_b_u) r->b_u = malloc(r->V * sizeof(float));
-    if (!r->norm_w || !r->w_u || !r->w_o || (in->has_norm_bias && !r->norm_b) ||
+    if (!r->norm_w || !r->w_u || (with_wo && !r->w_o) || (in->has_norm_bias && !r->norm_b) ||
         (in->has_b_u && !r->b_u))
         goto nomem;
     kv_status st;
     if ((st = kv_trace_read_norm(t, r->norm_w, r->norm_b, err)) != KV_OK) goto fail;
     if ((st = kv_trace_read_w_u(t, r->w_u, err)) != KV_OK) goto fail;
     if (r->b_u && (st = kv_trace_read_b_u(t, r->b_u, err)) != KV_OK) goto fail;
-    for (size_t l = 0; l < r->L; l++)
+    for (size_t l = 0; with_wo && l < r->L; l++)
         if ((st = kv_trace_read_w_o(t, l, r->w_o + l * r->HD * r->C, err)) != KV_OK) goto fail;
     *out = r;
     return KV_OK;
@@ -146,11 +151,16 @@ void readout_logits(const readout *r, const float *h, size_t N, float *logits)
         for (size_t i = 0; i < N * r->V; i++) logits[i] = NAN;   /* the caller's NaN guard fires */
 }
 
-void readout_add_delta(const readout *r, size_t l, const float *dO, size_t N, float *h)
+void readout_add_delta_w(const readout *r, const float *w_o_l, const float *dO, size_t N, float *h)
 {
     if (!N) return;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)r->C, (int)r->HD,
-                1.0f, dO, (int)r->HD, r->w_o + l * r->HD * r->C, (int)r->C, 1.0f, h, (int)r->C);
+                1.0f, dO, (int)r->HD, w_o_l, (int)r->C, 1.0f, h, (int)r->C);
+}
+
+void readout_add_delta(const readout *r, size_t l, const float *dO, size_t N, float *h)
+{
+    readout_add_delta_w(r, r->w_o + l * r->HD * r->C, dO, N, h);
 }
 
 double readout_lse(const float *x, size_t V)

@@ -20,11 +20,14 @@ typedef struct readout {
     float *norm_w, *norm_b;    /* [C], [C] or NULL */
     float *w_u;                /* [V][C] */
     float *b_u;                /* [V] or NULL */
-    float *w_o;                /* [L][HD][C] */
+    float *w_o;                /* [L][HD][C], NULL from readout_load_no_wo */
 } readout;
 
 /* Loads everything above from a trace with /readout (KV_ERR_INVALID when it has none). */
 kv_status readout_load(kv_trace *t, readout **out, kv_error *err);
+/* The same without W_O (w_o = NULL): callers that work one layer at a time read W_O[l] with
+ * kv_trace_read_w_o and use readout_add_delta_w, so memory does not grow with the layers. */
+kv_status readout_load_no_wo(kv_trace *t, readout **out, kv_error *err);
 void readout_free(readout *r);
 
 /* logits [N][V] from residuals h [N][C] (norm, unembed, bias, softcap). */
@@ -39,6 +42,8 @@ kv_status readout_logits_checked(const readout *r, const float *h, size_t N, flo
 
 /* h [N][C] += dO [N][HD] @ W_O[l] — the residual perturbation of layer l. */
 void readout_add_delta(const readout *r, size_t l, const float *dO, size_t N, float *h);
+/* h [N][C] += dO [N][HD] @ w_o_l [HD][C] (one layer's W_O held by the caller). */
+void readout_add_delta_w(const readout *r, const float *w_o_l, const float *dO, size_t N, float *h);
 
 /* Per-position comparison of a full and a compressed logits row with the true next
  * token y (y < 0 or y >= V: unknown; then nll_* and correct_* are left untouched — the
