@@ -367,7 +367,13 @@ static kv_status tensor_get(kv_trace *t, kv_tensor which, size_t s, size_t l, si
                          in->path, name, s, l, h, in->n_seq, in->n_layers, heads);
     hid_t *slot = &t->tens[l * 4 + (size_t)which];
     if (*slot < 0) {
-        *slot = H5Dopen2(t->file, name, H5P_DEFAULT);
+        /* chunk cache off: the reader reads every chunk of a head once per call (whole rows
+         * [t0, t1) in one hyperslab), so a cache only holds memory -- 1 MiB per open
+         * dataset by default, which grew the replay's RSS with the number of layers */
+        hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
+        if (dapl >= 0) H5Pset_chunk_cache(dapl, H5D_CHUNK_CACHE_NSLOTS_DEFAULT, 0, H5D_CHUNK_CACHE_W0_DEFAULT);
+        *slot = H5Dopen2(t->file, name, dapl >= 0 ? dapl : H5P_DEFAULT);
+        if (dapl >= 0) H5Pclose(dapl);
         if (*slot < 0)
             return kverr_set(err, KV_ERR_FORMAT, "%s: %s: cannot open the dataset", in->path, name);
     }
