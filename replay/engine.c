@@ -806,7 +806,20 @@ static int item_run(item *it)
                             else attn_entries(qt, view.k + elo * D, view.v + elo * D, NULL, bb, cnt, D, ap, &lc, oc, z);
                             double L0 = lz[i], dot = 0, sq = 0;
                             kl = 0; rec = 0;
-                            for (size_t r2 = 0; r2 < cnt; r2++) {
+                            if (!view.mem_off) {    /* plain entries: one member each, multiplicity 1 */
+                                for (size_t r2 = 0; r2 < cnt; r2++) {
+                                    size_t e = ix ? ix[r2] : elo + r2, j = (size_t)view.pos[e];
+                                    double lq = (double)z[r2] - lc, pe = exp(lq);
+                                    if (online) probs[i * nv + e] = (float)pe;
+                                    if (j < lo || j > t) continue;
+                                    double pj = pf[i * n + j];
+                                    dot += pe * pj;
+                                    sq += pe * pe;
+                                    rec += pj;
+                                    kl += pe * (lq - ((double)row[j] - L0));
+                                }
+                            }
+                            for (size_t r2 = 0; view.mem_off && r2 < cnt; r2++) {
                                 size_t e = ix ? ix[r2] : elo + r2;
                                 double pe = exp((double)z[r2] - lc);
                                 if (online) probs[i * nv + e] = (float)pe;
