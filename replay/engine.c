@@ -577,7 +577,8 @@ static int item_run(item *it)
     cstate *cs = calloc(NC * Hkv, sizeof *cs);
     float *lse = malloc(G * BLK * sizeof *lse), *of = malloc(G * BLK * D * sizeof *of);
     float *lg = malloc(G * BLK * n * sizeof *lg);
-    double *pf = malloc(G * n * sizeof *pf), *pf2 = malloc(G * sizeof *pf2), *lz = malloc(G * sizeof *lz);
+    double *pf = malloc(BLK * G * n * sizeof *pf), *pf2 = malloc(BLK * G * sizeof *pf2), *lz = malloc(BLK * G * sizeof *lz);
+    float *bz = malloc(G * BLK * n * sizeof *bz), *blse = malloc(G * BLK * sizeof *blse), *bout = malloc(G * BLK * D * sizeof *bout);
     float *z = malloc(n * sizeof *z), *oc = malloc(D * sizeof *oc), *logm = malloc(n * sizeof *logm);
     float *bias = malloc(n * sizeof *bias), *probs = malloc(G * (n + 1) * sizeof *probs);
     size_t *idx = malloc(n * sizeof *idx), *evict = malloc((n + 1) * sizeof *evict);
@@ -585,7 +586,7 @@ static int item_run(item *it)
     rp_cache scratch;
     memset(&scratch, 0, sizeof scratch);
     scratch.D = D;
-    if (!cs || !lse || !of || !lg || !pf || !pf2 || !lz || !z || !oc || !logm || !bias || !probs || !idx || !evict || !vis || !keep) {
+    if (!cs || !lse || !of || !lg || !bz || !blse || !bout || !pf || !pf2 || !lz || !z || !oc || !logm || !bias || !probs || !idx || !evict || !vis || !keep) {
         failf(err, errlen, "out of memory (seq %zu layer %zu)", s, l);
         goto done;
     }
@@ -712,9 +713,9 @@ static int item_run(item *it)
                                lg + i * BLK * n);
             }
             for (size_t t = tb; t < te; t++) {
-                size_t r = t - tb, lo = attn_lo(t, ap->window), nfull = t + 1 - lo;
-                int eval = t >= P;
-                /* full-cache probabilities, shared by every configuration */
+                size_t r = t - tb, lo = attn_lo(t, ap->window);
+                double *pft = pf + r * G * n, *pf2t = pf2 + r * G, *lzt = lz + r * G;
+                /* full-cache probabilities of the block's rows, shared by every configuration */
                 for (size_t i = 0; i < G; i++) {
                     /* p in double, renormalised (the kernel's lse is fp32): sums to 1 */
                     double L0 = lse[i * BLK + r], s2 = 0, Z = 0;
@@ -724,174 +725,198 @@ static int item_run(item *it)
                               s, l, g * G + i, t);
                         goto done;
                     }
-                    for (size_t j = lo; j <= t; j++) Z += (pf[i * n + j] = exp((double)row[j] - L0));
+                    for (size_t j = lo; j <= t; j++) Z += (pft[i * n + j] = exp((double)row[j] - L0));
                     for (size_t j = lo; j <= t; j++) {
-                        double p = pf[i * n + j] / Z;
-                        pf[i * n + j] = p;
+                        double p = pft[i * n + j] / Z;
+                        pft[i * n + j] = p;
                         s2 += p * p;
                     }
-                    pf2[i] = s2;
-                    lz[i] = L0 + log(Z);
+                    pf2t[i] = s2;
+                    lzt[i] = L0 + log(Z);
                 }
-                for (size_t c = 0; c < NC; c++) {
-                    const rp_config *cf = &sw->cfg[c];
-                    cstate *st = &cs[c * Hkv + g];
-                    double *ia = it->ia + c * SA_NF;
-                    rp_cache *cache = &st->cache;
-                    ctx.seed = st->seed;
-                    if (online && rp_cache_push(cache, (int32_t)t, K + t * D, Vv + t * D)) {
-                        failf(err, errlen, "out of memory"); goto done;
-                    }
-                    size_t nv = online ? cache->n : cache->n - (n - 1 - t);   /* prefill: prefix up to t */
-                    rp_cache view;
-                    int reindexed = 0;
-                    if (st->td) {
-                        if (cache_copy_prefix(&scratch, cache, nv)) { failf(err, errlen, "out of memory"); goto done; }
-                        if (run_encoders(cf, &ctx, g, t, &scratch, err, errlen)) goto done;
-                        if (rp_view_active(cf->evict, cf->evict_cfg) && !scratch.modified)
-                            reindexed = memcmp(scratch.k, cache->k, nv * D * sizeof *scratch.k) ||
-                                        memcmp(scratch.v, cache->v, nv * D * sizeof *scratch.v);
-                        view = scratch;
-                    } else {
-                        view = *cache;
-                        view.n = nv;
-                        if (view.mem_off) view.n_members = (size_t)view.mem_off[nv];
-                    }
-                    if (st->evat && (reindexed || view.modified)) {
-                        failf(err, errlen, "config '%s': --export under --mode online: its rows change with the query "
-                              "position (a re-indexing view); only eviction can be exported online", cf->canon);
-                        goto done;
-                    }
-                    int merged = cache_merged(&view);
-                    if (merged)
-                        for (size_t e = 0; e < nv; e++) logm[e] = logf((float)view.mult[e]);
-                    size_t elo = 0;       /* first entry inside the window */
-                    if (lo) { size_t a = 0, b = nv; while (a < b) { size_t m = (a + b) / 2; if ((size_t)view.pos[m] < lo) a = m + 1; else b = m; } elo = a; }
-                    if (online) memset(probs, 0, G * nv * sizeof *probs);
-                    for (size_t i = 0; i < G; i++) {
-                        size_t h = g * G + i;
-                        const float *qt = it->q + (h * n + t) * D, *row = lg + (i * BLK + r) * n;
-                        const float *o = of + (i * BLK + r) * D;
-                        size_t cnt = 0;
-                        const size_t *ix = NULL;
-                        if (cf->evict->select) {
-                            memset(vis, 0, nv);
-                            cf->evict->select(cf->evict_cfg, &ctx, h, t, qt, &view, st->B, vis);
-                            for (size_t e = elo; e < nv; e++) if (vis[e]) idx[cnt++] = e;
-                            ix = idx;
+            }
+            for (size_t c = 0; c < NC; c++) {
+                const rp_config *cf0 = &sw->cfg[c];
+                const rp_cache *cc0 = &cs[c * Hkv + g].cache;
+                /* prefill, static cache, no per-query selection, no merges, no window: the
+                 * block's rows attend over a prefix of one fixed entry list (row t sees
+                 * entries [0, t + 1 - shift)), so one blocked kernel call serves the block */
+                int blocked = !online && !cs[c * Hkv + g].td && !cf0->evict->select && ap->window <= 0 &&
+                              !cache_merged(cc0) && !(cc0->n == n && !cc0->modified);
+                size_t bm = cc0->n;
+                if (blocked) {
+                    size_t shift = n - bm;
+                    for (size_t i = 0; i < G; i++)
+                        attn_full_rows(it->q + (g * G + i) * n * D + shift * D, cc0->k, cc0->v, bm, D, tb - shift,
+                                       te - shift, ap, blse + i * BLK, bout + i * BLK * D, bz + i * BLK * bm);
+                }
+                for (size_t t = tb; t < te; t++) {
+                    size_t r = t - tb, lo = attn_lo(t, ap->window), nfull = t + 1 - lo;
+                    int eval = t >= P;
+                    const double *pft = pf + r * G * n, *pf2t = pf2 + r * G, *lzt = lz + r * G;
+                        const rp_config *cf = &sw->cfg[c];
+                        cstate *st = &cs[c * Hkv + g];
+                        double *ia = it->ia + c * SA_NF;
+                        rp_cache *cache = &st->cache;
+                        ctx.seed = st->seed;
+                        if (online && rp_cache_push(cache, (int32_t)t, K + t * D, Vv + t * D)) {
+                            failf(err, errlen, "out of memory"); goto done;
+                        }
+                        size_t nv = online ? cache->n : cache->n - (n - 1 - t);   /* prefill: prefix up to t */
+                        rp_cache view;
+                        int reindexed = 0;
+                        if (st->td) {
+                            if (cache_copy_prefix(&scratch, cache, nv)) { failf(err, errlen, "out of memory"); goto done; }
+                            if (run_encoders(cf, &ctx, g, t, &scratch, err, errlen)) goto done;
+                            if (rp_view_active(cf->evict, cf->evict_cfg) && !scratch.modified)
+                                reindexed = memcmp(scratch.k, cache->k, nv * D * sizeof *scratch.k) ||
+                                            memcmp(scratch.v, cache->v, nv * D * sizeof *scratch.v);
+                            view = scratch;
                         } else {
-                            cnt = nv - elo;
+                            view = *cache;
+                            view.n = nv;
+                            if (view.mem_off) view.n_members = (size_t)view.mem_off[nv];
                         }
-                        double cosv, ocos, orel, kl, rec;
-                        int fast = cnt == nfull && !view.modified && !reindexed && !merged;
-                        if (fast) {
-                            cosv = ocos = rec = 1.0; orel = kl = 0.0;
-                            if (online) for (size_t r2 = 0; r2 < cnt; r2++) {
-                                size_t e = ix ? ix[r2] : elo + r2;
-                                probs[i * nv + e] = (float)pf[i * n + view.pos[e]];
-                            }
-                        } else {
-                            if (cnt == 0) {
-                                failf(err, errlen, "config '%s': no visible cache entry for seq %zu layer %zu head %zu position %zu",
-                                      cf->canon, s, l, h, t);
-                                goto done;
-                            }
-                            float lc;
-                            const float *bb = NULL;
-                            if (merged) {
-                                if (ix) { for (size_t r2 = 0; r2 < cnt; r2++) bias[r2] = logm[ix[r2]]; bb = bias; }
-                                else bb = logm + elo;
-                            }
-                            if (ix) attn_entries(qt, view.k, view.v, ix, bb, cnt, D, ap, &lc, oc, z);
-                            else attn_entries(qt, view.k + elo * D, view.v + elo * D, NULL, bb, cnt, D, ap, &lc, oc, z);
-                            double L0 = lz[i], dot = 0, sq = 0;
-                            kl = 0; rec = 0;
-                            if (!view.mem_off) {    /* plain entries: one member each, multiplicity 1 */
-                                for (size_t r2 = 0; r2 < cnt; r2++) {
-                                    size_t e = ix ? ix[r2] : elo + r2, j = (size_t)view.pos[e];
-                                    double lq = (double)z[r2] - lc, pe = exp(lq);
-                                    if (online) probs[i * nv + e] = (float)pe;
-                                    if (j < lo || j > t) continue;
-                                    double pj = pf[i * n + j];
-                                    dot += pe * pj;
-                                    sq += pe * pe;
-                                    rec += pj;
-                                    kl += pe * (lq - ((double)row[j] - L0));
-                                }
-                            }
-                            for (size_t r2 = 0; view.mem_off && r2 < cnt; r2++) {
-                                size_t e = ix ? ix[r2] : elo + r2;
-                                double pe = exp((double)z[r2] - lc);
-                                if (online) probs[i * nv + e] = (float)pe;
-                                double m = view.mult[e], share = pe / m, lq = (double)z[r2] - lc - log(m);
-                                size_t a = view.mem_off ? (size_t)view.mem_off[e] : 0;
-                                for (size_t k2 = 0; k2 < (size_t)view.mult[e]; k2++) {
-                                    size_t j = view.mem_off ? (size_t)view.members[a + k2] : (size_t)view.pos[e];
-                                    if (j < lo || j > t) continue;
-                                    double pj = pf[i * n + j];
-                                    dot += share * pj;
-                                    sq += share * share;
-                                    rec += pj;
-                                    kl += share * (lq - ((double)row[j] - L0));
-                                }
-                            }
-                            cosv = (pf2[i] > 0 && sq > 0) ? dot / sqrt(pf2[i] * sq) : 0.0;
-                            if (kl < 0) kl = 0;
-                            double oo = 0, cc2 = 0, oc2 = 0, dd = 0;
-                            for (size_t d = 0; d < D; d++) {
-                                double a1 = o[d], b1 = oc[d];
-                                oo += a1 * a1; cc2 += b1 * b1; oc2 += a1 * b1; dd += (a1 - b1) * (a1 - b1);
-                            }
-                            if (oo == 0 && cc2 == 0) ocos = 1;
-                            else if (oo == 0 || cc2 == 0) ocos = 0;
-                            else ocos = oc2 / sqrt(oo * cc2);
-                            orel = oo > 0 ? sqrt(dd / oo) : (cc2 == 0 ? 0 : 1);
-                            if (!isfinite(cosv) || !isfinite(ocos) || !isfinite(orel) || !isfinite(kl) || !isfinite(rec) || !isfinite(lc)) {
-                                failf(err, errlen, "config '%s': NaN/Inf in metrics at seq %zu layer %zu head %zu position %zu",
-                                      cf->canon, s, l, h, t);
-                                goto done;
-                            }
-                            ia[SA_DIFFERS] = 1;
-                            if (eval && it->dO) {
-                                float *dst = it->dO + (c * NE + (t - P)) * HD + h * D;
-                                for (size_t d = 0; d < D; d++) dst[d] = oc[d] - o[d];
-                            }
-                        }
-                        if (eval) {
-                            double *ha = it->ha + ((c * L + l) * H + h) * HA_NF;
-                            ha[HA_N] += 1; ha[HA_COS] += cosv; ha[HA_OCOS] += ocos; ha[HA_OREL] += orel;
-                            ha[HA_KL] += kl; ha[HA_REC] += rec;
-                            ha[HA_KEEP] += (double)cnt / (double)nfull; ha[HA_BUDGET] += (double)cnt;
-                        }
-                    }
-                    if (t == n - 1) {
-                        account_last(it, cf, c, g, &view);
-                        /* export (issue 8): hand the cache the last position sees to the exporter */
-                        if (E->o.export_hook && E->o.export_hook(E->o.export_ud, c, s, l, g, n, P, &view)) {
-                            failf(err, errlen, "out of memory (export)"); goto done;
-                        }
-                    }
-                    if (online && cache->n > st->B) {
-                        size_t ne = cf->evict->online_step(st->ost, &ctx, g, t, cache, probs, st->B, evict);
-                        memset(keep, 1, cache->n);
-                        size_t dropped = 0;
-                        for (size_t q2 = 0; q2 < ne; q2++) {
-                            if (evict[q2] >= cache->n || !keep[evict[q2]]) {
-                                failf(err, errlen, "config '%s': %s named an invalid entry to evict at seq %zu layer %zu kv head %zu position %zu",
-                                      cf->canon, cf->evict->name, s, l, g, t);
-                                goto done;
-                            }
-                            keep[evict[q2]] = 0;
-                            if (st->evat) st->evat[cache->pos[evict[q2]]] = (int32_t)(t + 1);
-                            dropped++;
-                        }
-                        if (cache->n - dropped > st->B) {
-                            failf(err, errlen, "config '%s': %s kept %zu entries, budget %zu (seq %zu layer %zu kv head %zu position %zu)",
-                                  cf->canon, cf->evict->name, cache->n - dropped, st->B, s, l, g, t);
+                        if (st->evat && (reindexed || view.modified)) {
+                            failf(err, errlen, "config '%s': --export under --mode online: its rows change with the query "
+                                  "position (a re-indexing view); only eviction can be exported online", cf->canon);
                             goto done;
                         }
-                        rp_cache_compact(cache, keep);
-                    }
+                        int merged = cache_merged(&view);
+                        if (merged)
+                            for (size_t e = 0; e < nv; e++) logm[e] = logf((float)view.mult[e]);
+                        size_t elo = 0;       /* first entry inside the window */
+                        if (lo) { size_t a = 0, b = nv; while (a < b) { size_t m = (a + b) / 2; if ((size_t)view.pos[m] < lo) a = m + 1; else b = m; } elo = a; }
+                        if (online) memset(probs, 0, G * nv * sizeof *probs);
+                        for (size_t i = 0; i < G; i++) {
+                            size_t h = g * G + i;
+                            const float *qt = it->q + (h * n + t) * D, *row = lg + (i * BLK + r) * n;
+                            const float *o = of + (i * BLK + r) * D;
+                            size_t cnt = 0;
+                            const size_t *ix = NULL;
+                            if (cf->evict->select) {
+                                memset(vis, 0, nv);
+                                cf->evict->select(cf->evict_cfg, &ctx, h, t, qt, &view, st->B, vis);
+                                for (size_t e = elo; e < nv; e++) if (vis[e]) idx[cnt++] = e;
+                                ix = idx;
+                            } else {
+                                cnt = nv - elo;
+                            }
+                            double cosv, ocos, orel, kl, rec;
+                            int fast = cnt == nfull && !view.modified && !reindexed && !merged;
+                            if (fast) {
+                                cosv = ocos = rec = 1.0; orel = kl = 0.0;
+                                if (online) for (size_t r2 = 0; r2 < cnt; r2++) {
+                                    size_t e = ix ? ix[r2] : elo + r2;
+                                    probs[i * nv + e] = (float)pft[i * n + view.pos[e]];
+                                }
+                            } else {
+                                if (cnt == 0) {
+                                    failf(err, errlen, "config '%s': no visible cache entry for seq %zu layer %zu head %zu position %zu",
+                                          cf->canon, s, l, h, t);
+                                    goto done;
+                                }
+                                float lc;
+                                const float *bb = NULL;
+                                if (merged) {
+                                    if (ix) { for (size_t r2 = 0; r2 < cnt; r2++) bias[r2] = logm[ix[r2]]; bb = bias; }
+                                    else bb = logm + elo;
+                                }
+                                const float *zr = z, *ocr = oc;
+                                if (blocked) {          /* rows of this block, computed at once above */
+                                    lc = blse[i * BLK + r];
+                                    zr = bz + (i * BLK + r) * bm;
+                                    ocr = bout + (i * BLK + r) * D;
+                                } else if (ix) attn_entries(qt, view.k, view.v, ix, bb, cnt, D, ap, &lc, oc, z);
+                                else attn_entries(qt, view.k + elo * D, view.v + elo * D, NULL, bb, cnt, D, ap, &lc, oc, z);
+                                double L0 = lzt[i], dot = 0, sq = 0;
+                                kl = 0; rec = 0;
+                                if (!view.mem_off) {    /* plain entries: one member each, multiplicity 1 */
+                                    for (size_t r2 = 0; r2 < cnt; r2++) {
+                                        size_t e = ix ? ix[r2] : elo + r2, j = (size_t)view.pos[e];
+                                        double lq = (double)zr[r2] - lc, pe = exp(lq);
+                                        if (online) probs[i * nv + e] = (float)pe;
+                                        if (j < lo || j > t) continue;
+                                        double pj = pft[i * n + j];
+                                        dot += pe * pj;
+                                        sq += pe * pe;
+                                        rec += pj;
+                                        kl += pe * (lq - ((double)row[j] - L0));
+                                    }
+                                }
+                                for (size_t r2 = 0; view.mem_off && r2 < cnt; r2++) {
+                                    size_t e = ix ? ix[r2] : elo + r2;
+                                    double pe = exp((double)zr[r2] - lc);
+                                    if (online) probs[i * nv + e] = (float)pe;
+                                    double m = view.mult[e], share = pe / m, lq = (double)zr[r2] - lc - log(m);
+                                    size_t a = view.mem_off ? (size_t)view.mem_off[e] : 0;
+                                    for (size_t k2 = 0; k2 < (size_t)view.mult[e]; k2++) {
+                                        size_t j = view.mem_off ? (size_t)view.members[a + k2] : (size_t)view.pos[e];
+                                        if (j < lo || j > t) continue;
+                                        double pj = pft[i * n + j];
+                                        dot += share * pj;
+                                        sq += share * share;
+                                        rec += pj;
+                                        kl += share * (lq - ((double)row[j] - L0));
+                                    }
+                                }
+                                cosv = (pf2t[i] > 0 && sq > 0) ? dot / sqrt(pf2t[i] * sq) : 0.0;
+                                if (kl < 0) kl = 0;
+                                double oo = 0, cc2 = 0, oc2 = 0, dd = 0;
+                                for (size_t d = 0; d < D; d++) {
+                                    double a1 = o[d], b1 = ocr[d];
+                                    oo += a1 * a1; cc2 += b1 * b1; oc2 += a1 * b1; dd += (a1 - b1) * (a1 - b1);
+                                }
+                                if (oo == 0 && cc2 == 0) ocos = 1;
+                                else if (oo == 0 || cc2 == 0) ocos = 0;
+                                else ocos = oc2 / sqrt(oo * cc2);
+                                orel = oo > 0 ? sqrt(dd / oo) : (cc2 == 0 ? 0 : 1);
+                                if (!isfinite(cosv) || !isfinite(ocos) || !isfinite(orel) || !isfinite(kl) || !isfinite(rec) || !isfinite(lc)) {
+                                    failf(err, errlen, "config '%s': NaN/Inf in metrics at seq %zu layer %zu head %zu position %zu",
+                                          cf->canon, s, l, h, t);
+                                    goto done;
+                                }
+                                ia[SA_DIFFERS] = 1;
+                                if (eval && it->dO) {
+                                    float *dst = it->dO + (c * NE + (t - P)) * HD + h * D;
+                                    for (size_t d = 0; d < D; d++) dst[d] = ocr[d] - o[d];
+                                }
+                            }
+                            if (eval) {
+                                double *ha = it->ha + ((c * L + l) * H + h) * HA_NF;
+                                ha[HA_N] += 1; ha[HA_COS] += cosv; ha[HA_OCOS] += ocos; ha[HA_OREL] += orel;
+                                ha[HA_KL] += kl; ha[HA_REC] += rec;
+                                ha[HA_KEEP] += (double)cnt / (double)nfull; ha[HA_BUDGET] += (double)cnt;
+                            }
+                        }
+                        if (t == n - 1) {
+                            account_last(it, cf, c, g, &view);
+                            /* export (issue 8): hand the cache the last position sees to the exporter */
+                            if (E->o.export_hook && E->o.export_hook(E->o.export_ud, c, s, l, g, n, P, &view)) {
+                                failf(err, errlen, "out of memory (export)"); goto done;
+                            }
+                        }
+                        if (online && cache->n > st->B) {
+                            size_t ne = cf->evict->online_step(st->ost, &ctx, g, t, cache, probs, st->B, evict);
+                            memset(keep, 1, cache->n);
+                            size_t dropped = 0;
+                            for (size_t q2 = 0; q2 < ne; q2++) {
+                                if (evict[q2] >= cache->n || !keep[evict[q2]]) {
+                                    failf(err, errlen, "config '%s': %s named an invalid entry to evict at seq %zu layer %zu kv head %zu position %zu",
+                                          cf->canon, cf->evict->name, s, l, g, t);
+                                    goto done;
+                                }
+                                keep[evict[q2]] = 0;
+                                if (st->evat) st->evat[cache->pos[evict[q2]]] = (int32_t)(t + 1);
+                                dropped++;
+                            }
+                            if (cache->n - dropped > st->B) {
+                                failf(err, errlen, "config '%s': %s kept %zu entries, budget %zu (seq %zu layer %zu kv head %zu position %zu)",
+                                      cf->canon, cf->evict->name, cache->n - dropped, st->B, s, l, g, t);
+                                goto done;
+                            }
+                            rp_cache_compact(cache, keep);
+                        }
                 }
             }
         }
@@ -920,7 +945,7 @@ done:
         free(cs);
     }
     rp_cache_free(&scratch);
-    free(lse); free(of); free(lg); free(pf); free(pf2); free(lz); free(z); free(oc); free(logm); free(bias);
+    free(lse); free(of); free(lg); free(bz); free(blse); free(bout); free(pf); free(pf2); free(lz); free(z); free(oc); free(logm); free(bias);
     free(probs); free(idx); free(evict); free(vis); free(keep);
     free(it->q); free(it->k); free(it->v); free(it->ok); free(it->ov);
     it->q = it->k = it->v = it->ok = it->ov = NULL;
