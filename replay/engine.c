@@ -369,6 +369,27 @@ static int cache_copy_prefix(rp_cache *dst, const rp_cache *src, size_t nv)
     return 0;
 }
 
+/* Append entry e of src (position, multiplicity, members, rows) to dst. */
+static int cache_append(rp_cache *dst, const rp_cache *src, size_t e)
+{
+    size_t D = src->D, a = src->mem_off ? (size_t)src->mem_off[e] : 0;
+    size_t mm = src->mem_off ? (size_t)src->mem_off[e + 1] - a : 0, need = dst->n + 1, needm = dst->n_members + mm;
+    if (rp_cache_reserve(dst, need > dst->cap ? 2 * need : dst->cap, needm > dst->members_cap ? 2 * needm : dst->members_cap))
+        return -1;
+    size_t n = dst->n;
+    dst->pos[n] = src->pos[e];
+    dst->mult[n] = src->mult[e];
+    memcpy(dst->k + n * D, src->k + e * D, D * sizeof *dst->k);
+    memcpy(dst->v + n * D, src->v + e * D, D * sizeof *dst->v);
+    if (dst->mem_off) {
+        memcpy(dst->members + dst->n_members, src->members + a, mm * sizeof *dst->members);
+        dst->n_members += mm;
+        dst->mem_off[n + 1] = (int32_t)dst->n_members;
+    }
+    dst->n = n + 1;
+    return 0;
+}
+
 static int cache_merged(const rp_cache *c)
 {
     if (!c->mem_off) return 0;
@@ -410,6 +431,9 @@ typedef struct cstate {
     int dry;                /* prefill: rows dropped after the prefill (plain entries, K/V of
                                the trace), gathered again when this kv head is evaluated */
     int static_enc;         /* prefill: cache already encoded once */
+    int inc;                /* prefill, time-dependent encoder with encode_extend: enc grows */
+    rp_cache enc;           /* inc: the encoding of the first enc_n entries of cache */
+    size_t enc_n;
     uint64_t seed;
 } cstate;
 
@@ -626,6 +650,8 @@ static int item_run(item *it)
             cs[c * Hkv + g].B = B;
             cs[c * Hkv + g].seed = seed;
             cs[c * Hkv + g].td = td && cfg_has_encoder(cf);
+            cs[c * Hkv + g].inc = !online && cs[c * Hkv + g].td && cf->enc && cf->enc->encode_extend &&
+                                  !cf->evict->encode && !rp_view_active(cf->evict, cf->evict_cfg);
             cs[c * Hkv + g].cache.D = D;
         }
         if (online) continue;
@@ -765,7 +791,24 @@ static int item_run(item *it)
                         size_t nv = online ? cache->n : cache->n - (n - 1 - t);   /* prefill: prefix up to t */
                         rp_cache view;
                         int reindexed = 0;
-                        if (st->td) {
+                        if (st->inc) {        /* the encoding of the previous prefix, extended */
+                            if (!st->enc_n || nv < st->enc_n) {
+                                if (cache_copy_prefix(&st->enc, cache, nv)) { failf(err, errlen, "out of memory"); goto done; }
+                                if (run_encoders(cf, &ctx, g, t, &st->enc, err, errlen)) goto done;
+                            } else {
+                                size_t m0 = st->enc_n;
+                                char e2[512] = "";
+                                for (size_t e = m0; e < nv; e++)
+                                    if (cache_append(&st->enc, cache, e)) { failf(err, errlen, "out of memory"); goto done; }
+                                if (cf->enc->encode_extend(cf->enc_cfg, &ctx, g, t, &st->enc, m0, e2, sizeof e2)) {
+                                    failf(err, errlen, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
+                                          cf->enc->name, s, l, g, e2);
+                                    goto done;
+                                }
+                            }
+                            st->enc_n = nv;
+                            view = st->enc;
+                        } else if (st->td) {
                             if (cache_copy_prefix(&scratch, cache, nv)) { failf(err, errlen, "out of memory"); goto done; }
                             if (run_encoders(cf, &ctx, g, t, &scratch, err, errlen)) goto done;
                             if (rp_view_active(cf->evict, cf->evict_cfg) && !scratch.modified)
@@ -929,7 +972,10 @@ static int item_run(item *it)
                     failf(err, errlen, "out of memory (export)"); goto done;
                 }
             }
-        for (size_t c = 0; c < NC; c++) rp_cache_free(&cs[c * Hkv + g].cache);   /* this head is done */
+        for (size_t c = 0; c < NC; c++) {     /* this head is done */
+            rp_cache_free(&cs[c * Hkv + g].cache);
+            rp_cache_free(&cs[c * Hkv + g].enc);
+        }
     }
     if (E->ro && NE && layer_readout(it, err, errlen)) goto done;
     rc = 0;
@@ -941,6 +987,7 @@ done:
             if (cs[i].ost) sw->cfg[i / Hkv].evict->online_free(cs[i].ost);
             free(cs[i].evat);
             rp_cache_free(&cs[i].cache);
+            rp_cache_free(&cs[i].enc);
         }
         free(cs);
     }

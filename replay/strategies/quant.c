@@ -174,6 +174,41 @@ static int quant_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, size
     return 0;
 }
 
+/* encode_extend: the KIVI state only grows (keys: whole groups of G rows below
+ * quant_kivi_nq_keys(m), a multiple of G; values: rows below quant_kivi_nq_values(m)), and a
+ * quantised group depends on its own rows only, so the rows quantised between m_prev and m
+ * entries are the whole of the difference. Sym modes are per row. Equal to quant_encode bit
+ * for bit (tests/unit/test_quant.c checks every m). */
+static int quant_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
+                               size_t m_prev, char *err, size_t errlen)
+{
+    const quant_cfg *q = cfg;
+    size_t m = c->n, D = c->D;
+    (void)ctx; (void)g; (void)t;
+    if (m_prev > m) { snprintf(err, errlen, "quant: encode_extend from %zu to %zu entries", m_prev, m); return -1; }
+    if (q->mode != QM_KIVI) {
+        int b = q->mode == QM_SYM8 ? 8 : 4;
+        for (size_t e = m_prev; e < m; e++) { quant_sym_row(c->k + e * D, D, b); quant_sym_row(c->v + e * D, D, b); }
+        quant_sym_bytes(m, D, b, &c->bytes.payload, &c->bytes.scales);
+        c->modified = 1;
+        return 0;
+    }
+    if (D % q->group) {
+        snprintf(err, errlen, "quant: group=%zu does not divide head_dim %zu", q->group, D);
+        return -1;
+    }
+    size_t G = q->group, R = q->residual;
+    size_t k0 = quant_kivi_nq_keys(m_prev, G, R), k1 = quant_kivi_nq_keys(m, G, R);
+    for (size_t a = k0; a + G <= k1; a += G)
+        for (size_t d = 0; d < D; d++) quant_asym_group(c->k + a * D + d, G, D, q->kbits);
+    size_t v0 = quant_kivi_nq_values(m_prev, R), v1 = quant_kivi_nq_values(m, R);
+    for (size_t e = v0; e < v1; e++)
+        for (size_t ch = 0; ch + G <= D; ch += G) quant_asym_group(c->v + e * D + ch, G, 1, q->vbits);
+    quant_kivi_bytes(m, D, q->kbits, q->vbits, G, R, &c->bytes.payload, &c->bytes.scales);
+    c->modified = k1 + v1 > 0;
+    return 0;
+}
+
 const rp_strategy rp_strategy_quant = {
     .name = "quant",
     .summary = "KIVI: keys per channel, values per token, asymmetric min-max, fp16 residual",
@@ -186,4 +221,5 @@ const rp_strategy rp_strategy_quant = {
     .configure = quant_configure,
     .free_cfg = quant_free_cfg,
     .encode = quant_encode,
+    .encode_extend = quant_encode_extend,
 };

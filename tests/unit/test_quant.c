@@ -215,10 +215,70 @@ static int fixture(const char *in, const char *out)
     return 0;
 }
 
+/* encode_extend (the engine's incremental path) against encode: growing a cache one entry
+ * at a time (and in jumps) must give, at every size m, exactly the rows, bytes and
+ * modified flag that one encode of the first m entries gives. */
+static void extend_equals_encode(void)
+{
+    const size_t D = 16, N = 150;
+    const char *cfgs[][5] = {
+        { "mode=kivi", "kbits=2", "vbits=4", "group=8", "residual=32" },
+        { "mode=kivi", "kbits=4", "vbits=2", "group=4", "residual=0" },
+        { "mode=kivi", "kbits=8", "vbits=8", "group=16", "residual=16" },
+        { "mode=sym4", NULL, NULL, NULL, NULL },
+    };
+    float *k = malloc(N * D * sizeof *k), *v = malloc(N * D * sizeof *v);
+    float *ko = malloc(N * D * sizeof *ko), *vo = malloc(N * D * sizeof *vo);
+    uint64_t x = 12345;
+    for (size_t i = 0; i < N * D; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        k[i] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5) * 4.0f;
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        v[i] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5);
+    }
+    for (size_t ci = 0; ci < sizeof cfgs / sizeof cfgs[0]; ci++) {
+        const char *kv[6] = { cfgs[ci][0], cfgs[ci][1], cfgs[ci][2], cfgs[ci][3], cfgs[ci][4], NULL };
+        for (size_t step = 1; step <= 7; step += 6) {      /* one entry at a time, and jumps of 7 */
+            char err[256] = "", what[160];
+            void *cfg = NULL;
+            check_true("configure", strat_configure(&rp_strategy_quant, kv, &cfg, err, sizeof err) == 0);
+            rp_cache c;
+            memset(&c, 0, sizeof c);
+            c.D = D;
+            rp_layer_ctx ctx;
+            memset(&ctx, 0, sizeof ctx);
+            ctx.D = D; ctx.n = N; ctx.P = N; ctx.Hkv = 1; ctx.H = 1; ctx.G = 1;
+            size_t m_prev = 0;
+            int bad = 0;
+            for (size_t m = step; m <= N && !bad; m += step) {
+                for (size_t e = m_prev; e < m; e++) rp_cache_push(&c, (int32_t)e, k + e * D, v + e * D);
+                if (rp_strategy_quant.encode_extend(cfg, &ctx, 0, m - 1, &c, m_prev, err, sizeof err)) { bad = 1; break; }
+                rp_bytes b;
+                encode_rows(kv, k, v, m, D, ko, vo, &b, err, sizeof err);
+                int same = !memcmp(c.k, ko, m * D * sizeof *ko) && !memcmp(c.v, vo, m * D * sizeof *vo) &&
+                           c.bytes.payload == b.payload && c.bytes.scales == b.scales;
+                if (!same) {
+                    snprintf(what, sizeof what, "encode_extend == encode (%s %s, step %zu, m %zu)", kv[0],
+                             kv[1] ? kv[1] : "", step, m);
+                    check_true(what, 0);
+                    bad = 1;
+                }
+                m_prev = m;
+            }
+            snprintf(what, sizeof what, "encode_extend == encode at every size (%s %s, step %zu)", kv[0], kv[1] ? kv[1] : "", step);
+            check_true(what, !bad);
+            rp_cache_free(&c);
+            rp_strategy_quant.free_cfg(cfg);
+        }
+    }
+    free(k); free(v); free(ko); free(vo);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 4 && !strcmp(argv[1], "--fixture")) return fixture(argv[2], argv[3]);
     hand_cases();
     properties();
+    extend_equals_encode();
     return report("test_quant");
 }
