@@ -118,7 +118,7 @@ EOF
     # ---- peak RSS --------------------------------------------------------------------------
     section "peak RSS of kvreplay run vs configuration count, sequence length and layers"
     # (layers:tokens) pairs: T grows at fixed L, and L grows at fixed T
-    if [ "$QUICK" = 1 ]; then RSS_LT="2:128 2:256 8:256"; else RSS_LT="2:512 2:1024 2:2048 8:2048"; fi
+    if [ "$QUICK" = 1 ]; then RSS_LT="2:128 2:256 4:256 8:256"; else RSS_LT="2:512 2:1024 2:2048 4:2048 8:2048"; fi
     echo "trace,L,T,n_configs,trace_mib,kv_working_set_mib,wall_s,maxrss_mb" > "$OUT/rss.csv"
     head -n 5 "$ENGINE_TMP/fused.sweep" > "$ENGINE_TMP/five.sweep"
     for lt in $RSS_LT; do

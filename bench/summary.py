@@ -86,12 +86,13 @@ def main(out, threads):
         Ts = sorted({k[1] for k in by})
         Ns = sorted({k[2] for k in by})
         for T in Ts:      # more layers at the same T: trace grows L-fold, RSS should not
-            if (Ls[0], T, Ns[-1]) in by and (Ls[-1], T, Ns[-1]) in by and Ls[0] != Ls[-1]:
-                a, b = by[(Ls[0], T, Ns[-1])], by[(Ls[-1], T, Ns[-1])]
-                res.append((f"peak RSS, {Ns[-1]} configs, T={T}: L={Ls[-1]} vs L={Ls[0]}",
-                            f"{float(b['maxrss_mb']):.0f} vs {float(a['maxrss_mb']):.0f} MiB "
-                            f"(trace {float(b['trace_mib']):.0f} vs {float(a['trace_mib']):.0f} MiB)",
-                            "~1x", None, ""))
+            ll = [L for L in Ls if (L, T, Ns[-1]) in by]
+            if len(ll) > 1:   # L <= threads runs every layer at once: the plateau starts above it
+                rs = [by[(L, T, Ns[-1])] for L in ll]
+                res.append((f"peak RSS, {Ns[-1]} configs, T={T}: L=" + "/".join(str(L) for L in ll),
+                            "/".join(f"{float(r['maxrss_mb']):.0f}" for r in rs) + " MiB (trace " +
+                            "/".join(f"{float(r['trace_mib']):.0f}" for r in rs) + " MiB)",
+                            "flat", None, ""))
         L0 = Ls[0]
         tl = [T for T in Ts if (L0, T, Ns[-1]) in by]
         if len(tl) > 1:

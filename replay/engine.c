@@ -431,7 +431,9 @@ typedef struct cstate {
     int dry;                /* prefill: rows dropped after the prefill (plain entries, K/V of
                                the trace), gathered again when this kv head is evaluated */
     int static_enc;         /* prefill: cache already encoded once */
-    int inc;                /* prefill, time-dependent encoder with encode_extend: enc grows */
+    int inc;                /* time-dependent encoder with encode_extend: enc grows with the
+                               cache (prefill: a prefix of a fixed list; online: until an
+                               eviction, after which enc_n = 0 re-encodes once) */
     rp_cache enc;           /* inc: the encoding of the first enc_n entries of cache */
     size_t enc_n;
     uint64_t seed;
@@ -650,7 +652,7 @@ static int item_run(item *it)
             cs[c * Hkv + g].B = B;
             cs[c * Hkv + g].seed = seed;
             cs[c * Hkv + g].td = td && cfg_has_encoder(cf);
-            cs[c * Hkv + g].inc = !online && cs[c * Hkv + g].td && cf->enc && cf->enc->encode_extend &&
+            cs[c * Hkv + g].inc = cs[c * Hkv + g].td && cf->enc && cf->enc->encode_extend &&
                                   !cf->evict->encode && !rp_view_active(cf->evict, cf->evict_cfg);
             cs[c * Hkv + g].cache.D = D;
         }
@@ -959,6 +961,7 @@ static int item_run(item *it)
                                 goto done;
                             }
                             rp_cache_compact(cache, keep);
+                            if (dropped) st->enc_n = 0;     /* the cache is no longer a grown prefix */
                         }
                 }
             }

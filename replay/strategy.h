@@ -215,9 +215,10 @@ typedef struct rp_strategy {
     /* Optional, time_dependent encoders: the incremental form of encode for a cache that only
      * grows at its end. Entries [0, m_prev) of c hold what encode gave for the first m_prev
      * entries; [m_prev, c->n) are exact rows just appended. Must leave c exactly as encode
-     * would for all c->n entries (rows, bytes, modified). The engine uses it under the
-     * prefill protocol, where each query sees a prefix of one fixed entry list, so a query
-     * costs the new entries instead of a re-encode of the whole cache. */
+     * would for all c->n entries (rows, bytes, modified). The engine uses it whenever the
+     * cache a query sees only grew since the previous query (prefill: a prefix of one fixed
+     * entry list; online: until an eviction), so a query costs the new entries instead of a
+     * re-encode of the whole cache. */
     int (*encode_extend)(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
                          size_t m_prev, char *err, size_t errlen);
 } rp_strategy;
