@@ -291,10 +291,46 @@ static void pv_accum(float *restrict o, const float *restrict p, size_t n,
 /* The softmax part of a step: new max, rescale of o, pe [n] = exp(s - m), l += sum pe
  * (four double partial sums over e mod 4, added in a fixed order).
  * Returns 1 when pe must be accumulated into o (0: nothing visible, or NaN state). */
+#if ATTN_HAVE_AVX2_PATH
+/* max of s [n] (-INFINITY when empty) and whether any is NaN, 8 lanes at a time. The max of
+ * a set does not depend on the order it is taken in (only the sign of an all-zero maximum
+ * can, which no later result sees: m enters only through s - m, m - m' and m + log l). */
+__attribute__((target("avx2")))
+static float max_avx2(const float *s, size_t n, int *has_nan)
+{
+    v8f mx = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    v8i bad = {0};
+    size_t e = 0;
+    for (; e + 8 <= n; e += 8) {
+        v8f x;
+        memcpy(&x, s + e, sizeof x);
+        bad |= x != x;
+        v8i gt = x > mx, xi, mi;
+        memcpy(&xi, &x, sizeof xi);
+        memcpy(&mi, &mx, sizeof mi);
+        mi = (xi & gt) | (mi & ~gt);
+        memcpy(&mx, &mi, sizeof mx);
+    }
+    float bm = -INFINITY;
+    int nan = 0;
+    for (int i = 0; i < 8; i++) { if (mx[i] > bm) bm = mx[i]; nan |= bad[i] != 0; }
+    for (; e < n; e++) {
+        if (s[e] > bm) bm = s[e];
+        if (s[e] != s[e]) nan = 1;
+    }
+    *has_nan = nan;
+    return bm;
+}
+#endif
+
 static int row_probs(row_state *st, const float *s, size_t n, size_t D, float *o, float *pe)
 {
     float bm = -INFINITY;
     int has_nan = 0;
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx2()) bm = max_avx2(s, n, &has_nan);
+    else
+#endif
     for (size_t e = 0; e < n; e++) {
         if (s[e] > bm) bm = s[e];
         if (s[e] != s[e]) has_nan = 1;
