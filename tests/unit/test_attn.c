@@ -309,6 +309,19 @@ static void hand_cases(void)
     check_true("NaN query: lse and o NaN", isnan(ln) && isnan(on[0]));
     attn_full_rows(qn, kb, vb, 1, 2, 0, 1, &pn, &ln, on, NULL);
     check_true("NaN query (full rows): lse NaN", isnan(ln));
+
+    /* NaN in one key of a long row (the vectorised max/NaN scan): rows that see it get NaN,
+     * rows before it stay finite */
+    {
+        enum { TN = 100, DN = 16, BAD = 37 };
+        static float qq[TN * DN], kk[TN * DN], vv[TN * DN], lz[TN], oz[TN * DN];
+        for (size_t i = 0; i < TN * DN; i++) { qq[i] = (float)((i * 7) % 11) / 11.0f; kk[i] = (float)((i * 5) % 13) / 13.0f; vv[i] = (float)(i % 3); }
+        kk[BAD * DN + 3] = NAN;
+        attn_full_rows(qq, kk, vv, TN, DN, 0, TN, &pn, lz, oz, NULL);
+        int ok = 1;
+        for (size_t t = 0; t < TN; t++) ok &= t < BAD ? isfinite(lz[t]) : isnan(lz[t]);
+        check_true("NaN key at 37 of 100: rows >= 37 NaN, rows < 37 finite", ok);
+    }
 }
 
 int main(void)
