@@ -473,6 +473,18 @@ static uint64_t mix64(uint64_t a, uint64_t b)
     return rp_rng_next(&r);
 }
 
+/* Sums over the full-cache members a compressed row covers: share = the compressed
+ * probability per member, lq its log, pj and lp the full probability and log-probability. */
+typedef struct metric_sums { double dot, sq, rec, kl; } metric_sums;
+
+static inline void metric_acc(metric_sums *m, double share, double lq, double pj, double lp)
+{
+    m->dot += share * pj;
+    m->sq += share * share;
+    m->rec += pj;
+    m->kl += share * (lq - lp);
+}
+
 /* Bytes and reconstruction error of the cache the last position sees. */
 static void account_last(item *it, const rp_config *cf, size_t c, size_t g, const rp_cache *view)
 {
@@ -874,19 +886,15 @@ static int item_run(item *it)
                                     ocr = bout + (i * BLK + r) * D;
                                 } else if (ix) attn_entries(qt, view.k, view.v, ix, bb, cnt, D, ap, &lc, oc, z);
                                 else attn_entries(qt, view.k + elo * D, view.v + elo * D, NULL, bb, cnt, D, ap, &lc, oc, z);
-                                double L0 = lzt[i], dot = 0, sq = 0;
-                                kl = 0; rec = 0;
+                                double L0 = lzt[i];
+                                metric_sums ma = { 0, 0, 0, 0 };
                                 if (!view.mem_off) {    /* plain entries: one member each, multiplicity 1 */
                                     for (size_t r2 = 0; r2 < cnt; r2++) {
                                         size_t e = ix ? ix[r2] : elo + r2, j = (size_t)view.pos[e];
                                         double lq = (double)zr[r2] - lc, pe = exp(lq);
                                         if (online) probs[i * nv + e] = (float)pe;
                                         if (j < lo || j > t) continue;
-                                        double pj = pft[i * n + j];
-                                        dot += pe * pj;
-                                        sq += pe * pe;
-                                        rec += pj;
-                                        kl += pe * (lq - ((double)row[j] - L0));
+                                        metric_acc(&ma, pe, lq, pft[i * n + j], (double)row[j] - L0);
                                     }
                                 }
                                 for (size_t r2 = 0; view.mem_off && r2 < cnt; r2++) {
@@ -898,14 +906,11 @@ static int item_run(item *it)
                                     for (size_t k2 = 0; k2 < (size_t)view.mult[e]; k2++) {
                                         size_t j = view.mem_off ? (size_t)view.members[a + k2] : (size_t)view.pos[e];
                                         if (j < lo || j > t) continue;
-                                        double pj = pft[i * n + j];
-                                        dot += share * pj;
-                                        sq += share * share;
-                                        rec += pj;
-                                        kl += share * (lq - ((double)row[j] - L0));
+                                        metric_acc(&ma, share, lq, pft[i * n + j], (double)row[j] - L0);
                                     }
                                 }
-                                cosv = (pf2t[i] > 0 && sq > 0) ? dot / sqrt(pf2t[i] * sq) : 0.0;
+                                kl = ma.kl; rec = ma.rec;
+                                cosv = (pf2t[i] > 0 && ma.sq > 0) ? ma.dot / sqrt(pf2t[i] * ma.sq) : 0.0;
                                 if (kl < 0) kl = 0;
                                 double oo = 0, cc2 = 0, oc2 = 0, dd = 0;
                                 for (size_t d = 0; d < D; d++) {

@@ -151,34 +151,12 @@ static int quant_configure(const double *values, void **cfg, char *err, size_t e
 
 static void quant_free_cfg(void *cfg) { free(cfg); }
 
-static int quant_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
-                        char *err, size_t errlen)
-{
-    const quant_cfg *q = cfg;
-    size_t m = c->n, D = c->D;
-    if (q->mode != QM_KIVI) {
-        int b = q->mode == QM_SYM8 ? 8 : 4;
-        for (size_t e = 0; e < m; e++) { quant_sym_row(c->k + e * D, D, b); quant_sym_row(c->v + e * D, D, b); }
-        quant_sym_bytes(m, D, b, &c->bytes.payload, &c->bytes.scales);
-        c->modified = 1;
-        return 0;
-    }
-    if (D % q->group) {
-        snprintf(err, errlen, "quant: group=%zu does not divide head_dim %zu", q->group, D);
-        return -1;
-    }
-    quant_kivi_keys(c->k, m, D, q->kbits, q->group, q->residual);
-    quant_kivi_values(c->v, m, D, q->vbits, q->group, q->residual);
-    quant_kivi_bytes(m, D, q->kbits, q->vbits, q->group, q->residual, &c->bytes.payload, &c->bytes.scales);
-    c->modified = quant_kivi_nq_keys(m, q->group, q->residual) + quant_kivi_nq_values(m, q->residual) > 0;
-    return 0;
-}
-
 /* encode_extend: the KIVI state only grows (keys: whole groups of G rows below
  * quant_kivi_nq_keys(m), a multiple of G; values: rows below quant_kivi_nq_values(m)), and a
  * quantised group depends on its own rows only, so the rows quantised between m_prev and m
  * entries are the whole of the difference. Sym modes are per row. Equal to quant_encode bit
- * for bit (tests/unit/test_quant.c checks every m). */
+ * for bit with one encode of all m entries (tests/unit/test_quant.c checks every m against the
+ * core functions quant_kivi_keys/values). */
 static int quant_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
                                size_t m_prev, char *err, size_t errlen)
 {
@@ -207,6 +185,13 @@ static int quant_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_t 
     quant_kivi_bytes(m, D, q->kbits, q->vbits, G, R, &c->bytes.payload, &c->bytes.scales);
     c->modified = k1 + v1 > 0;
     return 0;
+}
+
+/* encode = encode_extend from an empty state (every row is new). */
+static int quant_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
+                        char *err, size_t errlen)
+{
+    return quant_encode_extend(cfg, ctx, g, t, c, 0, err, errlen);
 }
 
 const rp_strategy rp_strategy_quant = {

@@ -215,9 +215,9 @@ static int fixture(const char *in, const char *out)
     return 0;
 }
 
-/* encode_extend (the engine's incremental path) against encode: growing a cache one entry
- * at a time (and in jumps) must give, at every size m, exactly the rows, bytes and
- * modified flag that one encode of the first m entries gives. */
+/* encode_extend (the engine's incremental path): growing a cache one entry at a time (and in
+ * jumps) must give, at every size m, exactly the rows and bytes that the core quantisers
+ * (quant_kivi_keys/values, quant_sym_row) give on the first m entries in one go. */
 static void extend_equals_encode(void)
 {
     const size_t D = 16, N = 150;
@@ -253,8 +253,20 @@ static void extend_equals_encode(void)
             for (size_t m = step; m <= N && !bad; m += step) {
                 for (size_t e = m_prev; e < m; e++) rp_cache_push(&c, (int32_t)e, k + e * D, v + e * D);
                 if (rp_strategy_quant.encode_extend(cfg, &ctx, 0, m - 1, &c, m_prev, err, sizeof err)) { bad = 1; break; }
-                rp_bytes b;
-                encode_rows(kv, k, v, m, D, ko, vo, &b, err, sizeof err);
+                /* reference: the core functions on the first m rows in one go */
+                rp_bytes b = { 0, 0, 0, 0 };
+                memcpy(ko, k, m * D * sizeof *ko);
+                memcpy(vo, v, m * D * sizeof *vo);
+                if (ci < 3) {
+                    int kb = atoi(kv[1] + 6), vb = atoi(kv[2] + 6);
+                    size_t G = (size_t)atoi(kv[3] + 6), R = (size_t)atoi(kv[4] + 9);
+                    quant_kivi_keys(ko, m, D, kb, G, R);
+                    quant_kivi_values(vo, m, D, vb, G, R);
+                    quant_kivi_bytes(m, D, kb, vb, G, R, &b.payload, &b.scales);
+                } else {
+                    for (size_t e = 0; e < m; e++) { quant_sym_row(ko + e * D, D, 4); quant_sym_row(vo + e * D, D, 4); }
+                    quant_sym_bytes(m, D, 4, &b.payload, &b.scales);
+                }
                 int same = !memcmp(c.k, ko, m * D * sizeof *ko) && !memcmp(c.v, vo, m * D * sizeof *vo) &&
                            c.bytes.payload == b.payload && c.bytes.scales == b.scales;
                 if (!same) {
