@@ -24,10 +24,15 @@ the sequence's positions). Before anything else the full re-run is compared with
 captured logits (/readout/ref_lse, ref_top_logits): a mismatch means model and trace differ,
 and validate stops (--tol).
 
+Online exports (mode "online", eviction only): per (layer, kv head) `evict_at[j]`, the first
+query position that no longer sees token j; the compressed cache is in effect for every query,
+so at every row t of the planned layers key j is visible iff j <= t < evict_at[j]; metrics over
+[P, n) as above.
+
 Shapes: n tokens, P split, NE = n - P, L layers, H q-heads, Hkv kv-heads, G = H / Hkv, D
-head_dim, V vocab. Limits: prefill protocol only; time-dependent encoders (quant's fp16
-residual window) are applied with the state the last position saw, at every decode position;
-no sliding-window layers; the Hugging Face path is not implemented (reference model only).
+head_dim, V vocab. Limits: time-dependent encoders (quant's fp16 residual window) are applied
+with the state the last position saw, at every decode position; no sliding-window layers; the
+Hugging Face path is not implemented (reference model only).
 """
 import argparse
 import hashlib
@@ -130,6 +135,36 @@ def layer_plan(st, l, Hkv, D, trace_k=None, trace_v=None, apply="substitute"):
                 ksub[g, pos] = h["k"]
                 vsub[g, pos] = h["v"]
     return bias, ksub, vsub
+
+
+def read_online(grp, L, Hkv):
+    """Online export group -> dict(n, P, evict_at [L*Hkv, n]) (traces/EXPORT.md, mode online)."""
+    n, P = int(_attr(grp, "seq_len")), int(_attr(grp, "split"))
+    if "evict_at" not in grp:
+        raise ValidateError(f"export {grp.name}: no evict_at dataset (mode online)")
+    ev = grp["evict_at"][()].astype(np.int64)
+    if ev.shape != (L * Hkv, n):
+        raise ValidateError(f"export {grp.name}: evict_at has shape {ev.shape}, expected {(L * Hkv, n)}")
+    j = np.arange(n)
+    for i in range(L * Hkv):
+        bad = np.nonzero((ev[i] <= j) | (ev[i] > n))[0]
+        if len(bad):
+            raise ValidateError(f"export {grp.name}: layer {i // Hkv} kv head {i % Hkv}: evict_at[{bad[0]}] = "
+                                f"{ev[i, bad[0]]} not in ({bad[0]}, {n}]")
+    return dict(n=n, P=P, evict_at=ev)
+
+
+def online_plan(st, l, Hkv):
+    """Additive bias [Hkv, n, n] for EVERY query of layer l under the online protocol: query t
+    sees key j iff j <= t < evict_at[j] (the compressed cache is in effect from the start)."""
+    n = st["n"]
+    t = np.arange(n)[:, None]
+    j = np.arange(n)[None, :]
+    bias = np.full((Hkv, n, n), -np.inf, dtype=np.float32)
+    for g in range(Hkv):
+        ev = st["evict_at"][l * Hkv + g][None, :]
+        bias[g][(j <= t) & (t < ev)] = 0.0
+    return bias
 
 
 class Applier:
@@ -235,8 +270,9 @@ def run(a, load_adapter):
     tr = h5py.File(a.trace, "r")
     if int(_attr(ex, "kvtrace_export_version", 0)) != 1:
         raise ValidateError(f"{a.export}: not a kvtrace export (version 1)")
-    if _attr(ex, "mode") != "prefill":
-        raise ValidateError(f"{a.export}: mode {_attr(ex, 'mode')!r}: only the prefill protocol can be validated")
+    mode = _attr(ex, "mode")
+    if mode not in ("prefill", "online"):
+        raise ValidateError(f"{a.export}: mode {mode!r}: expected prefill or online")
     sha = _sha256(a.trace)
     if _attr(ex, "trace_sha256") != sha:
         raise ValidateError(f"{a.export} was exported from a different trace than {a.trace} (sha256 differs)")
@@ -277,9 +313,10 @@ def run(a, load_adapter):
                 canon = _attr(cg, "config")
                 for sname in sorted(cg.keys(), key=int):
                     s = int(sname)
-                    st = read_state(cg[sname], L, Hkv)
+                    online = mode == "online"
+                    st = read_online(cg[sname], L, Hkv) if online else read_state(cg[sname], L, Hkv)
                     n, P = st["n"], st["P"]
-                    if n != int(seq_len[s]) or not 0 < P < n:
+                    if n != int(seq_len[s]) or not (0 <= P < n if online else 0 < P < n):
                         raise ValidateError(f"export {cg[sname].name}: seq_len {n} / split {P} do not fit the trace")
                     ids = torch.as_tensor(tokens[s, :n].astype(np.int64))[None]
                     if s not in full_cache:
@@ -299,6 +336,9 @@ def run(a, load_adapter):
                         full_cache[s] = lf.numpy()
                     plans = {}
                     for l in range(L):
+                        if online:      # every query row, masks only
+                            plans[mlayer[l]] = (0, online_plan(st, l, Hkv), None, None)
+                            continue
                         tk = tv = None
                         if st["has_rows"] and a.apply == "delta":
                             tk = tr[f"layers/{l}/k"][s, :, :n].astype(np.float32)

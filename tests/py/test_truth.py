@@ -8,7 +8,11 @@ Tiny reference model (random, 2 layers, GQA 4/2 heads, T=64, 2 sequences, 16 dec
      trace's captured logits (/readout/ref_lse and the top-8 logits) within f16 tolerance;
   3. every configuration's true metrics equal an independent float64 masked forward of the
      reference model written here (masks, + log(mult), substituted rows), not validate.py's;
-  4. validate refuses a model that is not the trace's model.
+  4. validate refuses a model that is not the trace's model;
+  6. the online protocol: `--mode online --export` writes evict_at; streaming's equals the
+     hand formula (token j >= sinks leaves at j + B - sinks + 1), and validate's true metrics
+     equal the independent forward with the masks j <= t < evict_at[j] at every row;
+     evict_at[j] <= j is refused.
 """
 import csv
 import os
@@ -144,8 +148,9 @@ def rms(x, w, eps):
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * w
 
 
-def forward(ids, P, st):
-    """Plain float64 forward; st None = full causal. Decode rows t >= P see exported entries only."""
+def forward(ids, P, st, evict_at=None):
+    """Plain float64 forward; st None = full causal. Decode rows t >= P see exported entries only.
+    evict_at (online protocol): [L][Hkv][n], every row t sees key j iff j <= t < evict_at[j]."""
     n = len(ids)
     cos, sin = refmodel.rope_tables(n, D, model.cfg.rope_theta, dtype=torch.float64)
     x = model.embed.weight[torch.as_tensor(np.asarray(ids, dtype=np.int64))]
@@ -165,6 +170,11 @@ def forward(ids, P, st):
             mask = torch.full((n, n), float("-inf"), dtype=torch.float64)
             for t in range(n):
                 mask[t, :t + 1] = 0.0
+            if evict_at is not None:
+                ev = torch.as_tensor(np.asarray(evict_at[l][kh], dtype=np.int64))
+                tt = torch.arange(n)[:, None]
+                mask = torch.where((torch.arange(n)[None, :] <= tt) & (tt < ev[None, :]),
+                                   torch.tensor(0.0, dtype=torch.float64), torch.tensor(float("-inf"), dtype=torch.float64))
             if st is not None:
                 e = st[l, kh]
                 mask[P:] = float("-inf")
@@ -268,6 +278,72 @@ for m in ("logit_kl", "nll_delta"):
     check(lo <= hi, f"{m}: bootstrap interval [{lo:.3f}, {hi:.3f}] ordered")
     warned = f"Spearman {rho:.3f} < 0.9" in report_md and f"re-run for {m}" in report_md
     check(warned == (rho < 0.9), f"{m}: report.md warning present iff Spearman < 0.9 (rho {rho:.3f}, warned {warned})")
+
+# ---- 6. online protocol: eviction times, validate, independent forward --------------------------
+B_ON, SINKS = 24, 2
+ON_CFG = ["full", f"streaming sinks={SINKS} budget={B_ON}", "h2o budget=20"]
+res_on, exp_on, truth_on = (os.path.join(TMP, x) for x in ("res_on", "exp_on.h5", "truth_on.h5"))
+args = [KVREPLAY, "run", trace, "--mode", "online", "--decode", str(DEC), "-o", res_on, "--export", exp_on,
+        "--threads", "1"]
+for c in ON_CFG:
+    args += ["--strategy", c]
+sh(args)
+sh([PY, os.path.join(ROOT, "capture", "kvcapture.py"), "validate", "--model", MODEL, "--trace", trace,
+    "--export", exp_on, "-o", truth_on])
+ef_on = h5py.File(exp_on, "r")
+check(ef_on.attrs["mode"] in (b"online", "online"), "online export: mode attribute")
+tr_on = h5py.File(truth_on, "r")["rows"]
+got_on = {(int(tr_on["config_id"][i]), int(tr_on["seq"][i])): {m: float(tr_on[m][i]) for m in
+          ("logit_kl", "nll_full", "nll_comp", "top1_agree")} for i in range(len(tr_on["seq"]))}
+check(len(got_on) == len(ON_CFG) * S, f"online truth has {len(got_on)} rows")
+worst_on = {}
+with torch.no_grad():
+    for c, canon in enumerate(ON_CFG):
+        for s in range(S):
+            n = int(seq_len[s])
+            P = n - DEC
+            ev = ef_on[f"configs/{c}/{s}/evict_at"][()].reshape(L, Hkv, n)
+            if canon.startswith("streaming"):
+                j = np.arange(n)
+                want = np.where(j < SINKS, n, np.minimum(j + B_ON - SINKS + 1, n))
+                check(all((ev[l, g] == want).all() for l in range(L) for g in range(Hkv)),
+                      f"online streaming seq {s}: evict_at = hand formula (sinks, B - sinks + 1 after j)")
+            if canon == "full":
+                check((ev == n).all(), f"online full seq {s}: nothing evicted")
+            if canon.startswith("h2o"):
+                vis = [((np.arange(n)[None, :] <= np.arange(n)[:, None]) & (np.arange(n)[:, None] < ev[l, g][None, :])).sum(1).max()
+                       for l in range(L) for g in range(Hkv)]
+                check(max(vis) == 21, f"online h2o seq {s}: at most budget + 1 = 21 keys visible to a query ({max(vis)})")
+            lc = forward(tokens[s, :n], 0, None, evict_at=ev)
+            lpf = torch.log_softmax(full[s][P:n], -1).numpy()
+            lpc = torch.log_softmax(lc[P:n], -1).numpy()
+            y = tokens[s, P + 1:n].astype(np.int64)
+            k = len(y)
+            ref = dict(logit_kl=(np.exp(lpf) * (lpf - lpc)).sum(1).clip(min=0).mean(),
+                       nll_comp=-lpc[np.arange(k), y].mean(), top1_agree=(lpf.argmax(1) == lpc.argmax(1)).mean())
+            for m, r in ref.items():
+                d = abs(got_on[c, s][m] - r)
+                if m == "top1_agree":
+                    d = d if d > 1.5 / k else 0.0
+                worst_on[m] = max(worst_on.get(m, 0.0), d)
+            if canon != "full" and s == 0:
+                check(got_on[c, s]["logit_kl"] > 1e-6, f"online '{canon}' seq 0: true logit_kl > 0")
+for m, w in sorted(worst_on.items()):
+    check(w < MET_TOL, f"online: true {m} = independent float64 forward with evict_at masks (worst abs diff {w:.2e})")
+bad_exp = os.path.join(TMP, "exp_on_bad.h5")
+with h5py.File(exp_on, "r") as src, h5py.File(bad_exp, "w") as dst:
+    for k in src.attrs:
+        dst.attrs[k] = src.attrs[k]
+    src.copy("configs", dst)
+    d = dst["configs/1/0/evict_at"]
+    e = d[()]
+    e[1, 7] = 7
+    d[...] = e
+r = sh([PY, os.path.join(ROOT, "capture", "kvcapture.py"), "validate", "--model", MODEL, "--trace", trace,
+        "--export", bad_exp, "-o", os.path.join(TMP, "bad_on.h5")], ok=False)
+lines = [x for x in r.stderr.splitlines() if x.strip()]
+check(r.returncode == 1 and len(lines) == 1 and "evict_at[7]" in lines[0] and "kv head" in lines[0],
+      f"validate refuses evict_at[j] <= j in one line: {lines[:1]}")
 
 if failures:
     print(f"{len(failures)} check(s) failed")
