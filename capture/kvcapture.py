@@ -165,17 +165,21 @@ class RefAdapter:
     def tokenize(self, text):
         return list(text.encode("utf-8"))
 
-    def install(self, record):
+    def install(self, record, name=CAPTURE_FN):
+        """Route every attention call through record(layer_idx, q, k, v, out, kwargs) under
+        `name`; out is the real attention's [B,T,H,D]. A return value other than None replaces
+        it (validate's planned attention); capture's record returns None."""
         def attn(module, q, k, v, mask, scale):
             out = refmodel.eager_attention(module, q, k, v, mask, scale)
-            record(module.layer_idx, q, k, v, out, {"scaling": scale})
-            return out
-        refmodel.ATTENTION_FUNCTIONS[CAPTURE_FN] = attn
-        self.model.set_attn_impl(CAPTURE_FN)
+            new = record(module.layer_idx, q, k, v, out, {"scaling": scale})
+            return out if new is None else new
+        refmodel.ATTENTION_FUNCTIONS[name] = attn
+        self._installed = name
+        self.model.set_attn_impl(name)
 
     def uninstall(self):
         self.model.set_attn_impl("eager")
-        refmodel.ATTENTION_FUNCTIONS.pop(CAPTURE_FN, None)
+        refmodel.ATTENTION_FUNCTIONS.pop(getattr(self, "_installed", CAPTURE_FN), None)
 
     def forward(self, ids):
         return self.model(ids)
@@ -330,7 +334,9 @@ class HFAdapter:
             masks = None
         return attn, masks
 
-    def install(self, record):
+    def install(self, record, name=CAPTURE_FN):
+        """As RefAdapter.install: record(layer_idx, query, key, value, out [B,T,H,D], kwargs);
+        a return value other than None replaces the attention output (weights then None)."""
         attn_fns, mask_fns = self._interfaces()
         if self.base_impl == "eager":
             # eager is module-level in each modeling file, not in the registry
@@ -341,16 +347,18 @@ class HFAdapter:
         def attn(module, query, key, value, attention_mask, *args, **kwargs):
             out = real(module, query, key, value, attention_mask, *args, **kwargs)
             o = out[0] if isinstance(out, tuple) else out
-            record(module.layer_idx, query, key, value, o, kwargs)
-            return out
+            new = record(module.layer_idx, query, key, value, o, kwargs)
+            if new is None:
+                return out
+            return (new, None) if isinstance(out, tuple) else new
 
         if hasattr(attn_fns, "register"):
-            attn_fns.register(CAPTURE_FN, attn)        # AttentionInterface (>= 4.50)
+            attn_fns.register(name, attn)              # AttentionInterface (>= 4.50)
         else:
-            attn_fns[CAPTURE_FN] = attn                # plain dict (4.48, 4.49)
+            attn_fns[name] = attn                      # plain dict (4.48, 4.49)
         if mask_fns is not None:                       # masks in the real implementation's format
-            mask_fns.register(CAPTURE_FN, mask_fns[self.base_impl])
-        self._set_impl(CAPTURE_FN)
+            mask_fns.register(name, mask_fns[self.base_impl])
+        self._set_impl(name)
 
     def _set_impl(self, name):
         if hasattr(self.model, "set_attn_implementation"):

@@ -2,8 +2,12 @@
 one per supported architecture, checked like the reference model: independent numpy
 attention (with the recorded scale, soft-cap and per-layer sliding window) against attn_out,
 numpy read-out against the model's own logsumexp/top-8, logits unchanged by the capture,
-and `kvreplay check`. Skipped (exit 77) where transformers is not importable (Debian has no
-transformers package)."""
+and `kvreplay check`; then the ground-truth loop through the same adapter: `kvreplay run
+--export` of full / streaming / quant and `kvcapture validate --model hf-random:...`: the full
+configuration re-run through validate's planned attention (scale, soft-cap, sliding window
+as the trace recorded them) reproduces the model's own logits (true logit_kl ~ 0, top-1 all
+agree), a streaming configuration is applied (true logit_kl > 0, finite). Skipped (exit 77)
+where transformers is not importable (Debian has no transformers package)."""
 import os
 import sys
 
@@ -13,6 +17,8 @@ except ImportError:
     print("SKIP: transformers is not importable here (not a Debian package); the Hugging Face "
           "capture path is tested only where it is installed")
     sys.exit(77)
+
+import subprocess
 
 import h5py
 import numpy as np
@@ -41,7 +47,37 @@ ARCHS = {
     "gpt2": f"n_embd=32,n_head=4,n_layer=2,n_positions=128,vocab_size={V},bos_token_id=1,seed=3",
 }
 ATTN_TOL, LSE_TOL, TOP_TOL = 2e-3, 2e-3, 5e-3
+FULL_KL_TOL = 1e-5      # validate's planned attention (float32) vs the model's own, full cache
+VAL_CONFIGS = ["full", "streaming keep=0.5 sinks=2", "quant kbits=4 vbits=4 group=8 residual=8"]
 from testhelp import check, failures  # noqa: E402
+
+
+def validate_check(arch, spec, trace):
+    """kvreplay run --export, then kvcapture validate through the HF adapter."""
+    exe = os.path.join(os.environ.get("BIN", os.path.join(ROOT, "bin")), "kvreplay")
+    res, exp, truth = (os.path.join(TMP, f"{arch}-{x}") for x in ("res", "exp.h5", "truth.h5"))
+    args = [exe, "run", trace, "--decode", "16", "-o", res, "--export", exp, "--threads", "1"]
+    for c in VAL_CONFIGS:
+        args += ["--strategy", c]
+    p = subprocess.run(args, capture_output=True, text=True)
+    if p.returncode != 0:
+        check(False, f"{arch}: kvreplay run --export rc {p.returncode}: {p.stderr.strip()[-200:]}")
+        return
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "capture", "kvcapture.py"), "validate", "--model",
+                        spec, "--trace", trace, "--export", exp, "-o", truth], capture_output=True, text=True)
+    if p.returncode != 0:
+        check(False, f"{arch}: kvcapture validate rc {p.returncode}: {p.stderr.strip()[-300:]}")
+        return
+    with h5py.File(truth, "r") as f:
+        cfg = [c.decode() for c in f["rows/config"][()]]
+        kl, top1 = f["rows/logit_kl"][()], f["rows/top1_agree"][()]
+    full = [i for i, c in enumerate(cfg) if c == "full"]
+    evict = [i for i, c in enumerate(cfg) if c.startswith("streaming")]
+    check(len(full) == 3 and float(np.abs(kl[full]).max()) <= FULL_KL_TOL and float(top1[full].min()) == 1.0,
+          f"{arch}: validate full cache reproduces the model (true logit_kl max {float(np.abs(kl[full]).max()):.1e}, "
+          f"top-1 agree min {float(top1[full].min())})")
+    check(len(evict) == 3 and np.all(np.isfinite(kl)) and float(kl[evict].min()) > 0,
+          f"{arch}: validate applies streaming (true logit_kl {', '.join(f'{x:.2e}' for x in kl[evict])})")
 
 
 ids = os.path.join(TMP, "ids.txt")
@@ -72,6 +108,8 @@ for arch, kv in ARCHS.items():
         check(kvcapture.HF_ARCHS[arch] is not None, f"{arch}: read-out refused as expected")
     rc, msg = kvreplay_check(out)
     check(rc == 0, f"{arch}: kvreplay check rc {rc}: {msg.splitlines()[-1] if msg else ''}")
+
+    validate_check(arch, spec, out)
 
     ad = kvcapture.HFAdapter(spec, torch.device("cpu"), torch.float32, None)
     x = torch.tensor(np.loadtxt(ids, dtype=np.int64)[:2])
