@@ -269,6 +269,11 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
                   o->mode == RP_PREFILL ? "prefill" : "online");
             goto fail;
         }
+        if (cf->enc && cf->enc->cfg_protocols && !(cf->enc->cfg_protocols(cf->enc_cfg) & o->mode)) {
+            failf(err, errlen, "config '%s': %s with these parameters does not support the %s protocol", cf->canon,
+                  cf->enc->name, o->mode == RP_PREFILL ? "prefill" : "online");
+            goto fail;
+        }
         for (size_t i = 0; i < n_seqs; i++) {
             size_t s = seqs[i], n = (size_t)E->seq_len[s];
             size_t full = o->mode == RP_PREFILL ? split_of(E, s) : n, B;

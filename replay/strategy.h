@@ -221,6 +221,9 @@ typedef struct rp_strategy {
      * re-encode of the whole cache. */
     int (*encode_extend)(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
                          size_t m_prev, char *err, size_t errlen);
+    /* Optional, RP_ENCODE: the protocols this configuration supports when narrower than
+     * .protocols (asymkv's value budget needs a prompt); checked before the run starts. */
+    unsigned (*cfg_protocols)(const void *cfg);
 } rp_strategy;
 
 /* The registry (replay/strategies/registry.c over replay/strategies/list.h). */

@@ -6,34 +6,57 @@
  *   same side is refused. The work is delegated to the quant core (quant.h) and to the
  *   lowrank strategy (its calibration and encode), so asymkv kbits=4 vbits=2 equals
  *   quant kbits=4 vbits=2 on the quantised sides bit for bit.
+ * Value budget (vkeep < 1, prefill protocol): of the cache's prompt entries (pos < P) only
+ *   round(vkeep * their count) (at least 1) keep their own value row; every key stays. The
+ *   kept value rows are the last vwindow prompt positions (the observation window, latest
+ *   first) and then the highest scores, score = attention the window's queries (rows
+ *   [P - vwindow, P) of the G query heads of the kv head, summed; merged entries: summed
+ *   over their prompt members) pay to the entry — SnapKV's observation-window score
+ *   (snapkv.c; no pooling), applied to values only; ties: lower position. Every other
+ *   prompt entry's value row is replaced by ONE shared fill row: vfill=mean the mean of the
+ *   rows it replaces (stored fp16, counted once), vfill=zero zeros (not stored). The
+ *   selection and the fill come from the rows before any encoding; the V encoding (vbits or
+ *   rank_v) then applies to the kept rows (KIVI's fp16 residual = the last `residual` KEPT
+ *   rows). Bytes: V payload of the kept rows + the fill row + 4 B index per kept value row.
+ *   Key budgets are eviction: compose (`snapkv keep=0.5 + asymkv vkeep=0.25 ...`; the value
+ *   budget then counts the entries the eviction kept). Online protocol: refused before the
+ *   run (no prompt to choose from; cfg_protocols). The value-budget rule is this project's
+ *   (a K/V-asymmetric budget in the spirit of the K/V-asymmetry literature), not a
+ *   reproduction of one paper.
  * Defaults: kbits=4 vbits=2 (more bits for keys than values, the asymmetric setting the
  *   K/V-asymmetry literature recommends), group=32 residual=128, ranks 0, latent_bits=0,
  *   calib_n=1 (a calibration sequence is reserved by the run whenever asymkv is in it,
- *   even with no rank: the engine calls every calibrate hook).
- * Budgets: separate K and V budgets cannot be expressed in this interface (one entry set
- *   per kv head holds K and V together); compose an eviction strategy instead
- *   (`snapkv keep=0.25 + asymkv ...`).
+ *   even with no rank: the engine calls every calibrate hook), vkeep=1 vwindow=32
+ *   vfill=mean.
  * Not implemented: the merge form of "Homogeneous Keys, Heterogeneous Values" (Cui et al.
  *   2025, AsymKV, arXiv 2506.05410): its adjacent-key merging criterion and the lossless
- *   value representation could not be reproduced from the paper with certainty in this
- *   session, so no guess is shipped under its name (entropy_merge provides merging with
- *   multiplicities and proportional attention).
+ *   value representation could not be reproduced from the paper with certainty, so no
+ *   guess is shipped under its name (entropy_merge provides merging with multiplicities
+ *   and proportional attention).
  * Reference: KIVI (arXiv 2402.02750, github.com/jy-yuan/KIVI) for the quantised sides;
- *   Palu (arXiv 2407.21118, github.com/shadowpa0327/Palu) for the projected sides.
+ *   Palu (arXiv 2407.21118, github.com/shadowpa0327/Palu) for the projected sides; SnapKV
+ *   (arXiv 2404.14469, github.com/FasterDecoding/SnapKV) for the value-budget score.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "kvtrace.h"
 #include "strategy.h"
+#include "strategies/lowrank.h"
 #include "strategies/quant.h"
 
 extern const rp_strategy rp_strategy_lowrank;
 
+enum { VFILL_MEAN = 0, VFILL_ZERO = 1 };
+
 typedef struct asymkv_cfg {
     int kbits, vbits, lbits;
     size_t group, residual, rank_k, rank_v;
+    double vkeep;
+    size_t vwindow;
+    int vfill;
     void *lr;                   /* lowrank cfg when a rank is set */
 } asymkv_cfg;
 
@@ -46,6 +69,9 @@ static const rp_param_def asymkv_params[] = {
     { "rank_v", RP_INT, "0", 0, 65536, NULL, "value rank (0 = none)" },
     { "latent_bits", RP_INT, "0", 0, 8, NULL, "low-rank latent 0 (fp16), 8 or 4" },
     { "calib_n", RP_INT, "1", 0, 1 << 20, NULL, "calibration sequences for the ranks" },
+    { "vkeep", RP_FLOAT, "1", 0, 1, NULL, "fraction of prompt entries keeping their value row (1 = all)" },
+    { "vwindow", RP_INT, "32", 1, 1 << 20, NULL, "value budget: observation window (last prompt queries)" },
+    { "vfill", RP_ENUM, "mean", 0, 0, "mean|zero", "value row of the others: mean of the dropped rows, or zeros" },
 };
 
 static void asymkv_free_cfg(void *cfg)
@@ -64,6 +90,7 @@ static int asymkv_configure(const double *values, void **cfg, char *err, size_t 
     c->kbits = (int)values[0]; c->vbits = (int)values[1];
     c->group = (size_t)values[2]; c->residual = (size_t)values[3];
     c->rank_k = (size_t)values[4]; c->rank_v = (size_t)values[5]; c->lbits = (int)values[6];
+    c->vkeep = values[8]; c->vwindow = (size_t)values[9]; c->vfill = (int)values[10];
     int bk = c->kbits == 0 || c->kbits == 2 || c->kbits == 4 || c->kbits == 8;
     int bv = c->vbits == 0 || c->vbits == 2 || c->vbits == 4 || c->vbits == 8;
     const char *why = NULL;
@@ -73,7 +100,10 @@ static int asymkv_configure(const double *values, void **cfg, char *err, size_t 
     else if (c->vbits && c->rank_v) why = "values get vbits or rank_v, not both";
     else if ((c->kbits || c->vbits) && c->residual % c->group) {
         snprintf(buf, sizeof buf, "residual=%zu is not a multiple of group=%zu", c->residual, c->group); why = buf;
-    } else if (!c->kbits && !c->vbits && !c->rank_k && !c->rank_v) why = "nothing to compress (set kbits/vbits or rank_k/rank_v)";
+    } else if (!(c->vkeep > 0.0 && c->vkeep <= 1.0)) {
+        snprintf(buf, sizeof buf, "vkeep=%g: expected a fraction in (0, 1]", c->vkeep); why = buf;
+    } else if (!c->kbits && !c->vbits && !c->rank_k && !c->rank_v && c->vkeep >= 1.0)
+        why = "nothing to compress (set kbits/vbits, rank_k/rank_v or vkeep < 1)";
     if (why) { snprintf(err, errlen, "asymkv: %s", why); asymkv_free_cfg(c); return -1; }
     if (c->rank_k || c->rank_v) {
         double lv[5] = { (double)c->rank_k, (double)c->rank_v, 0, (double)c->lbits, values[7] };
@@ -95,48 +125,163 @@ static int asymkv_calibrate(void *cfg, const rp_calib_ctx *cc, char *err, size_t
     return c->lr ? rp_strategy_lowrank.calibrate(c->lr, cc, err, errlen) : 0;
 }
 
+/* Value budget of kv head g: vk[e] = 1 for the entries of c that keep their own value row,
+ * *nkept of them; fill [D] = the shared row of the others. 0 ok, -1 with err. */
+static int value_budget(const asymkv_cfg *q, const rp_layer_ctx *ctx, size_t g, const rp_cache *c,
+                        uint8_t *vk, size_t *nkept, float *fill, char *err, size_t errlen)
+{
+    size_t m = c->n, D = c->D, P = ctx->P, G = ctx->G;
+    if (P >= ctx->n) {
+        snprintf(err, errlen, "asymkv: vkeep=%g needs the prefill protocol (the value budget is chosen from "
+                 "the prompt)", q->vkeep);
+        return -1;
+    }
+    size_t np = 0, nw = 0, w = q->vwindow < P ? q->vwindow : P;
+    for (size_t e = 0; e < m; e++) {
+        vk[e] = (size_t)c->pos[e] >= P;         /* decode entries keep their rows */
+        np += !vk[e];
+        nw += (size_t)c->pos[e] < P && (size_t)c->pos[e] >= P - w;
+    }
+    size_t keep = (size_t)llround(q->vkeep * (double)np);
+    if (keep < 1) keep = 1;
+    if (keep >= np) { memset(vk, 1, m); *nkept = m; return 0; }
+    /* the observation window first, latest positions first (pos ascending: from the end) */
+    size_t got = 0;
+    for (size_t e = m; e-- > 0 && got < keep;)
+        if ((size_t)c->pos[e] < P && (size_t)c->pos[e] >= P - w) { vk[e] = 1; got++; }
+    if (got < keep) {
+        float *attn = malloc(G * w * P * sizeof *attn);
+        float *score = malloc(m * sizeof *score);
+        int32_t *idx = malloc(m * sizeof *idx);
+        int rc = !attn || !score || !idx;
+        for (size_t i = 0; i < G && !rc; i++)
+            rc = ctx->prompt_attn(ctx, g * G + i, P - w, P, attn + i * w * P);
+        if (rc) {
+            free(attn); free(score); free(idx);
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        size_t ns = 0;
+        for (size_t e = 0; e < m; e++) {
+            if (vk[e] || (size_t)c->pos[e] >= P) continue;
+            size_t a = c->mem_off ? (size_t)c->mem_off[e] : 0, b = c->mem_off ? (size_t)c->mem_off[e + 1] : 1;
+            double sc = 0;
+            for (size_t u = a; u < b; u++) {
+                size_t j = c->mem_off ? (size_t)c->members[u] : (size_t)c->pos[e];
+                if (j >= P) continue;
+                for (size_t i = 0; i < G * w; i++) sc += attn[i * P + j];
+            }
+            score[ns] = (float)sc;
+            idx[ns++] = (int32_t)e;
+        }
+        int32_t *top = malloc((keep - got) * sizeof *top);
+        if (!top) { free(attn); free(score); free(idx); snprintf(err, errlen, "out of memory"); return -1; }
+        size_t k = rp_topk(score, ns, keep - got, top);
+        for (size_t i = 0; i < k; i++) vk[idx[top[i]]] = 1;
+        got += k;
+        free(top); free(attn); free(score); free(idx);
+    }
+    /* the fill row, from the rows as they are before any encoding */
+    double *acc = calloc(D, sizeof *acc);
+    if (!acc) { snprintf(err, errlen, "out of memory"); return -1; }
+    size_t nd = 0;
+    for (size_t e = 0; e < m; e++) {
+        if (vk[e]) continue;
+        nd++;
+        for (size_t d = 0; d < D; d++) acc[d] += c->v[e * D + d];
+    }
+    for (size_t d = 0; d < D; d++)
+        fill[d] = q->vfill == VFILL_ZERO ? 0.0f : kv_f16_to_f32_one(kv_f32_to_f16_one((float)(acc[d] / (double)nd)));
+    free(acc);
+    *nkept = m - nd;
+    return 0;
+}
+
 static int asymkv_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
                          char *err, size_t errlen)
 {
     const asymkv_cfg *q = cfg;
-    size_t m = c->n, D = c->D;
+    size_t m = c->n, D = c->D, mv = m;
     if ((q->kbits || q->vbits) && D % q->group) {
         snprintf(err, errlen, "asymkv: group=%zu does not divide head_dim %zu", q->group, D);
         return -1;
     }
-    rp_bytes b = { 0, 0, 0, c->bytes.indices };
+    uint8_t *vk = NULL;
+    float *fill = NULL;
+    int rc = -1;
+    if (q->vkeep < 1.0 && m > 0) {
+        vk = malloc(m);
+        fill = malloc(D * sizeof *fill);
+        if (!vk || !fill) { snprintf(err, errlen, "out of memory"); goto done; }
+        if (value_budget(q, ctx, g, c, vk, &mv, fill, err, errlen)) goto done;
+    }
+    double bases = 0;
     int mod = 0;
-    if (q->lr) {
-        if (rp_strategy_lowrank.encode(q->lr, ctx, g, t, c, err, errlen)) return -1;
-        b = c->bytes;                   /* fp16 on the sides it leaves alone */
+    if (q->lr) {        /* projects every row of the ranked sides: rows are independent */
+        if (rp_strategy_lowrank.encode(q->lr, ctx, g, t, c, err, errlen)) goto done;
+        bases = c->bytes.bases;
         mod = c->modified;
-    } else {
-        b.payload = 2.0 * (double)m * (double)D * 2.0;
     }
     size_t G = q->group, R = q->residual;
-    double dD = (double)D;
+    double dD = (double)D, kp, ks = 0, vp, vs = 0;
     if (q->kbits) {
         quant_kivi_keys(c->k, m, D, q->kbits, G, R);
         double nk = (double)quant_kivi_nq_keys(m, G, R);
-        b.payload += nk * dD * q->kbits / 8.0 - nk * dD * 2.0;
-        b.scales += nk / (double)G * dD * 4.0;
+        kp = nk * dD * q->kbits / 8.0 + ((double)m - nk) * dD * 2.0;
+        ks = nk / (double)G * dD * 4.0;
         mod |= nk > 0;
+    } else {
+        kp = lowrank_side_bytes(m, D, q->rank_k, q->lbits);
+        ks = q->lbits && q->rank_k && q->rank_k < D ? (double)m * 2.0 : 0.0;
     }
-    if (q->vbits) {
-        quant_kivi_values(c->v, m, D, q->vbits, G, R);
-        double nv = (double)quant_kivi_nq_values(m, R);
-        b.payload += nv * dD * q->vbits / 8.0 - nv * dD * 2.0;
-        b.scales += nv * (dD / (double)G) * 4.0;
+    if (q->vbits) {     /* per token: the kept rows, gathered, so the residual is the last R kept */
+        float *buf = c->v;
+        if (mv < m) {
+            buf = malloc((mv ? mv : 1) * D * sizeof *buf);
+            if (!buf) { snprintf(err, errlen, "out of memory"); goto done; }
+            for (size_t e = 0, i = 0; e < m; e++)
+                if (vk[e]) memcpy(buf + i++ * D, c->v + e * D, D * sizeof *buf);
+        }
+        quant_kivi_values(buf, mv, D, q->vbits, G, R);
+        if (mv < m) {
+            for (size_t e = 0, i = 0; e < m; e++)
+                if (vk[e]) memcpy(c->v + e * D, buf + i++ * D, D * sizeof *buf);
+            free(buf);
+        }
+        double nv = (double)quant_kivi_nq_values(mv, R);
+        vp = nv * dD * q->vbits / 8.0 + ((double)mv - nv) * dD * 2.0;
+        vs = nv * (dD / (double)G) * 4.0;
         mod |= nv > 0;
+    } else {
+        vp = lowrank_side_bytes(mv, D, q->rank_v, q->lbits);
+        vs = q->lbits && q->rank_v && q->rank_v < D ? (double)mv * 2.0 : 0.0;
     }
-    c->bytes = b;
+    double idx = c->bytes.indices;
+    if (mv < m) {
+        for (size_t e = 0; e < m; e++)
+            if (!vk[e]) memcpy(c->v + e * D, fill, D * sizeof *fill);
+        if (q->vfill == VFILL_MEAN) vp += dD * 2.0;
+        idx += (double)mv * 4.0;
+        mod = 1;
+    }
+    c->bytes = (rp_bytes){ kp + vp, ks + vs, bases, idx };
     c->modified = mod;
-    return 0;
+    rc = 0;
+done:
+    free(vk);
+    free(fill);
+    return rc;
+}
+
+static unsigned asymkv_protocols(const void *cfg)
+{
+    const asymkv_cfg *q = cfg;
+    return q->vkeep < 1.0 ? RP_PREFILL : RP_PREFILL | RP_ONLINE;
 }
 
 const rp_strategy rp_strategy_asymkv = {
     .name = "asymkv",
-    .summary = "separate K and V settings: KIVI bits or low rank per side",
+    .summary = "separate K and V settings: KIVI bits or low rank per side, a value budget",
     .reference = "KIVI (arXiv 2402.02750) + Palu (arXiv 2407.21118) per side; AsymKV merge form not implemented",
     .kind = RP_ENCODE,
     .protocols = RP_PREFILL | RP_ONLINE,
@@ -148,4 +293,5 @@ const rp_strategy rp_strategy_asymkv = {
     .calib_seqs = asymkv_calib_seqs,
     .calibrate = asymkv_calibrate,
     .encode = asymkv_encode,
+    .cfg_protocols = asymkv_protocols,
 };

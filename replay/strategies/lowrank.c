@@ -216,7 +216,7 @@ copy:
     return rc;
 }
 
-static double side_bytes(size_t m, size_t D, size_t r, int bits)
+double lowrank_side_bytes(size_t m, size_t D, size_t r, int bits)
 {
     if (r == 0 || r == D) return (double)m * (double)D * 2.0;
     return bits ? (double)m * ((double)r * bits / 8.0) : (double)m * (double)r * 2.0;
@@ -253,7 +253,7 @@ static int lowrank_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, si
         if (q->rank_v && q->rank_v < D) lowrank_project(c->v + e * D, D, Uv, q->rank_v, q->bits);
     }
     int pk = q->rank_k && q->rank_k < D, pv = q->rank_v && q->rank_v < D;
-    c->bytes.payload = side_bytes(m, D, q->rank_k, q->bits) + side_bytes(m, D, q->rank_v, q->bits);
+    c->bytes.payload = lowrank_side_bytes(m, D, q->rank_k, q->bits) + lowrank_side_bytes(m, D, q->rank_v, q->bits);
     c->bytes.scales = q->bits ? (double)m * 2.0 * (pk + pv) : 0.0;
     c->bytes.bases = ((pk ? (double)D * q->rank_k * 2.0 : 0) + (pv ? (double)D * q->rank_v * 2.0 : 0)) /
                      (q->share == SH_GROUP ? (double)ctx->Hkv : 1.0);
