@@ -3,6 +3,7 @@
 #   make                 build lib, tools and tests into build/ and bin/
 #   make test            install missing Debian packages (as root), build, run every test
 #   make demo            the README's main job: replay the default sweep on the sample trace
+#   make truth           proxy vs in-model truth on the sample model (issue 8)
 #   make bench           benchmarks (never part of make test)
 #   make deps            install the Debian packages of DESIGN's dependency list (idempotent)
 #   make SAN=address,undefined test     sanitizer build (objects go to build-san/)
@@ -70,7 +71,7 @@ DEB_PKGS := gcc make pkg-config libhdf5-dev hdf5-tools zlib1g-dev libgsl-dev lib
             gnuplot-nox openmpi-bin libopenmpi-dev python3-torch python3-h5py python3-numpy \
             python3-scipy bible-kjv
 
-.PHONY: all test demo bench deps deps-check clean install probe
+.PHONY: all test demo truth bench deps deps-check clean install probe
 # Keep objects make would treat as intermediate (they are reused by every program).
 .SECONDARY:
 all: probe $(PROGS) $(MPI_PROGS) $(TESTS)
@@ -139,6 +140,21 @@ demo: deps
 	$(BIN)/kvreplay run $(DEMO_TRACE) --sweep $(DEMO_SWEEP) -o $(DEMO_OUT)/results
 	$(BIN)/kvreport $(DEMO_OUT)/results --trace $(DEMO_TRACE) -o $(DEMO_OUT)/report
 	@echo "demo: report written to $(DEMO_OUT)/report/report.md (figures in $(DEMO_OUT)/report/figures/)"
+
+# Ground truth (issue 8): the truth sweep replayed with per-layer read-outs and exported,
+# the sample model re-run with every exported cache state, proxy vs truth in the report.
+TRUTH_OUT   ?= truth-out
+TRUTH_SWEEP ?= sweeps/truth.sweep
+TRUTH_MODEL ?= ref:capture/ref_model.pt
+truth: deps
+	@$(MAKE) --no-print-directory all
+	@rm -rf $(TRUTH_OUT) && mkdir -p $(TRUTH_OUT)
+	$(BIN)/kvreplay run $(DEMO_TRACE) --sweep $(TRUTH_SWEEP) --per-layer-readout -o $(TRUTH_OUT)/results \
+	  --export $(TRUTH_OUT)/export.h5
+	$(PYTHON) capture/kvcapture.py validate --model $(TRUTH_MODEL) --trace $(DEMO_TRACE) \
+	  --export $(TRUTH_OUT)/export.h5 -o $(TRUTH_OUT)/truth.h5
+	$(BIN)/kvreport $(TRUTH_OUT)/results --truth $(TRUTH_OUT)/truth.h5 -o $(TRUTH_OUT)/report
+	@echo "truth: proxy vs truth in $(TRUTH_OUT)/report/report.md (tables/truth.csv)"
 
 # make bench: benchmark programs from bench/*.c (each its own main) into $(BIN)/bench/,
 # then bench/run.sh (tables on stdout, CSV in bench/out/). Never part of make test.

@@ -6,7 +6,9 @@
  * `full` family left out), for logit_kl and nll_delta (nll_comp - nll_full):
  *   Spearman (gsl_stats_spearman) and Kendall tau-b (O(n^2), here) with percentile bootstrap
  *   95% intervals over configurations (rp_ctx.n_boot resamples, rp_ctx.seed);
- *   calibration slope: ordinary least squares of truth on proxy; median truth / proxy.
+ *   calibration slope: ordinary least squares of truth on proxy; median truth / proxy;
+ *   and, without any fit, the proxy logit_kl as a ranking of the true nll_delta (row
+ *   nll_delta_by_proxy_kl).
  * Calibrated proxy (calib.h), when the results have per_layer.csv (--per-layer-readout):
  *   kl_nnls      true logit_kl ~ sum_l g_l logit_kl_layer_l, g >= 0 (Lawson-Hanson NNLS)
  *   nll_ols      true nll_delta ~ sum_l g_l nll_delta_layer_l, free sign (OLS, no intercept)

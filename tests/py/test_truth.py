@@ -278,6 +278,13 @@ for m in ("logit_kl", "nll_delta"):
     check(lo <= hi, f"{m}: bootstrap interval [{lo:.3f}, {hi:.3f}] ordered")
     warned = f"Spearman {rho:.3f} < 0.9" in report_md and f"re-run for {m}" in report_md
     check(warned == (rho < 0.9), f"{m}: report.md warning present iff Spearman < 0.9 (rho {rho:.3f}, warned {warned})")
+x = np.array([float(p["proxy_logit_kl"]) for p in pairs])
+y = np.array([float(p["true_nll_delta"]) for p in pairs])
+rho, tau = scipy.stats.spearmanr(x, y).correlation, scipy.stats.kendalltau(x, y).correlation
+r = tstats["nll_delta_by_proxy_kl"]
+check(abs(float(r["spearman"]) - rho) < 1e-9 and abs(float(r["kendall"]) - tau) < 1e-9,
+      f"nll_delta ranked by proxy logit_kl: Spearman {float(r['spearman']):.4f} / Kendall {float(r['kendall']):.4f} "
+      f"= scipy {rho:.4f} / {tau:.4f}")
 
 # ---- 6. online protocol: eviction times, validate, independent forward --------------------------
 B_ON, SINKS = 24, 2
