@@ -335,6 +335,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
                 const rp_strategy *st = sw->cfg[c].part[p].s;
                 if (!st->calibrate) continue;
                 size_t k = st->calib_seqs ? st->calib_seqs(sw->cfg[c].part[p].cfg) : 1;
+                if (k == RP_CALIB_NONE) continue;
                 if ((k ? k : 1) > want) want = k ? k : 1;
             }
         if (want && !calib_s) {

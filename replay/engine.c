@@ -292,6 +292,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
             const rp_strategy *st = cf->part[p].s;
             if (!st->calibrate) continue;
             size_t want = st->calib_seqs ? st->calib_seqs(cf->part[p].cfg) : o->n_calib;
+            if (want == RP_CALIB_NONE) continue;
             if (want > o->n_calib || o->n_calib == 0) {
                 failf(err, errlen, "config '%s': %s needs %zu calibration sequences, %zu given (--calib LIST)",
                       cf->canon, st->name, want ? want : 1, o->n_calib);

@@ -159,6 +159,7 @@ typedef struct rp_calib_ctx {
 /* ---- the strategy table ---------------------------------------------------------------- */
 
 enum { RP_EVICT = 1, RP_ENCODE = 2 };            /* kind */
+#define RP_CALIB_NONE ((size_t)-1)                /* calib_seqs: this configuration does not calibrate */
 enum { RP_PREFILL = 1, RP_ONLINE = 2 };          /* protocols supported */
 
 typedef struct rp_strategy {
@@ -177,7 +178,9 @@ typedef struct rp_strategy {
     int (*configure)(const double *values, void **cfg, char *err, size_t errlen);
     void (*free_cfg)(void *cfg);
     /* Optional: layers of calibration data, called once per layer before replay. The
-     * number of calibration sequences the strategy wants: calib_seqs(cfg). */
+     * number of calibration sequences the strategy wants: calib_seqs(cfg); RP_CALIB_NONE
+     * when this configuration does not calibrate (asymkv without ranks): no sequence is
+     * reserved for it and calibrate is not called. */
     size_t (*calib_seqs)(const void *cfg);
     int (*calibrate)(void *cfg, const rp_calib_ctx *cc, char *err, size_t errlen);
 

@@ -25,9 +25,8 @@
  *   reproduction of one paper.
  * Defaults: kbits=4 vbits=2 (more bits for keys than values, the asymmetric setting the
  *   K/V-asymmetry literature recommends), group=32 residual=128, ranks 0, latent_bits=0,
- *   calib_n=1 (a calibration sequence is reserved by the run whenever asymkv is in it,
- *   even with no rank: the engine calls every calibrate hook), vkeep=1 vwindow=32
- *   vfill=mean.
+ *   calib_n=1 (calibration sequences for the ranks; without a rank nothing is reserved),
+ *   vkeep=1 vwindow=32 vfill=mean.
  * Not implemented: the merge form of "Homogeneous Keys, Heterogeneous Values" (Cui et al.
  *   2025, AsymKV, arXiv 2506.05410): its adjacent-key merging criterion and the lossless
  *   value representation could not be reproduced from the paper with certainty, so no
@@ -116,7 +115,7 @@ static int asymkv_configure(const double *values, void **cfg, char *err, size_t 
 static size_t asymkv_calib_seqs(const void *cfg)
 {
     const asymkv_cfg *c = cfg;
-    return c->lr ? rp_strategy_lowrank.calib_seqs(c->lr) : 1;
+    return c->lr ? rp_strategy_lowrank.calib_seqs(c->lr) : RP_CALIB_NONE;
 }
 
 static int asymkv_calibrate(void *cfg, const rp_calib_ctx *cc, char *err, size_t errlen)

@@ -201,6 +201,15 @@ def refused(tag, extra, want):
           f"{tag}: refused in one line naming '{want}': {lines}")
 
 
+# a configuration without ranks calibrates nothing: no sequence is taken from evaluation
+out = os.path.join(TMP, "nocalib")
+r = sh([KV, "run", TRACE, "--decode", str(DEC), "--no-readout", "-o", out, "--strategy", "asymkv kbits=4 vbits=2"])
+with open(os.path.join(out, "summary.csv")) as f:
+    nseq = int(next(csv.DictReader(f))["n_seq"])
+with h5py.File(TRACE, "r") as f:
+    S = int(f["tokens"].shape[0])
+check(nseq == S and "calibrat" not in r.stderr, f"asymkv without ranks evaluates all {S} sequences ({nseq})")
+
 refused("vkeep0", ["--strategy", "asymkv vkeep=0"], "vkeep")
 refused("vkeep2", ["--strategy", "asymkv vkeep=1.5"], "vkeep")
 refused("vfill", ["--strategy", "asymkv vkeep=0.5 vfill=median"], "vfill")
