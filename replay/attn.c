@@ -323,6 +323,24 @@ static float max_avx2(const float *s, size_t n, int *has_nan)
 }
 #endif
 
+void attn_exp_shift(const float *s, size_t n, float m, float *pe)
+{
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx2()) { probs_avx2(s, n, m, pe); return; }
+#endif
+    size_t e = 0;
+    for (; e + 4 <= n; e += 4) {
+        v4f x;
+        memcpy(&x, s + e, sizeof x);
+        x = exp4_nonpos(x - m);
+        memcpy(pe + e, &x, sizeof x);
+    }
+    for (; e < n; e++) {
+        v4f x = { s[e] - m, 0, 0, 0 };
+        pe[e] = exp4_nonpos(x)[0];
+    }
+}
+
 static int row_probs(row_state *st, const float *s, size_t n, size_t D, float *o, float *pe)
 {
     float bm = -INFINITY;

@@ -58,6 +58,10 @@ void attn_entries_ref(const float *q, const float *kk, const float *vv, const si
                       const float *bias, size_t n, size_t D, const attn_params *p,
                       float *lse, float *o, float *logits);
 
+/* pe [n] = exp(s[e] - m) for s[e] - m <= 0 with the kernels' exp (vectorised where the CPU
+ * has AVX2; ~1 ulp of expf; -INFINITY and below -87 give 0). */
+void attn_exp_shift(const float *s, size_t n, float m, float *pe);
+
 /* Capped logit of one (q, k) pair; the single definition every kernel uses. */
 float attn_logit(const float *q, const float *k, size_t D, const attn_params *p);
 

@@ -895,9 +895,14 @@ static int item_run(item *it)
                                 double L0 = lzt[i];
                                 metric_sums ma = { 0, 0, 0, 0 };
                                 if (!view.mem_off) {    /* plain entries: one member each, multiplicity 1 */
+                                    /* prefill: the probabilities with the kernels' vectorised exp
+                                     * (fp32, ~1 ulp; they weight the cosine and KL terms, whose
+                                     * log-ratios stay double); online keeps double exp: its
+                                     * probabilities drive eviction decisions */
+                                    if (!online) attn_exp_shift(zr, cnt, lc, probs);
                                     for (size_t r2 = 0; r2 < cnt; r2++) {
                                         size_t e = ix ? ix[r2] : elo + r2, j = (size_t)view.pos[e];
-                                        double lq = (double)zr[r2] - lc, pe = exp(lq);
+                                        double lq = (double)zr[r2] - lc, pe = online ? exp(lq) : (double)probs[r2];
                                         if (online) probs[i * nv + e] = (float)pe;
                                         if (j < lo || j > t) continue;
                                         metric_acc(&ma, pe, lq, pft[i * n + j], (double)row[j] - L0);

@@ -324,6 +324,37 @@ static void hand_cases(void)
     }
 }
 
+/* attn_exp_shift (the engine's prefill probabilities) against double exp of the exact
+ * difference: relative error within 8 ulp of float plus the rounding of x = s - m in float
+ * (|x| 2^-24), over [-87, 0] (every length 0..37 exercises the tails); exactly 0 at
+ * -INFINITY and below -87, exactly 1 at s = m. */
+static void case_exp_shift(void)
+{
+    float s[37], pe[37];
+    double worst = 0;
+    int zero_ok = 1, one_ok = 1;
+    for (size_t n = 0; n <= 37; n++)
+        for (int rep = 0; rep < 20; rep++) {
+            float m = (float)(rng_unif() * 10.0 - 5.0);
+            for (size_t e = 0; e < n; e++) s[e] = m - (float)(rng_unif() * 87.0);
+            if (n > 2) { s[0] = -INFINITY; s[1] = m - 90.0f; s[2] = m; }
+            attn_exp_shift(s, n, m, pe);
+            for (size_t e = 0; e < n; e++) {
+                if (n > 2 && e < 2) { zero_ok &= pe[e] == 0.0f; continue; }
+                if (n > 2 && e == 2) { one_ok &= pe[e] == 1.0f; continue; }
+                double want = exp((double)s[e] - (double)m);
+                if (want < 1e-37) continue;         /* subnormal range: 0 is allowed there */
+                double x = (double)s[e] - (double)m;
+                double r = fabs(pe[e] - want) / want / (8 * 5.96e-8 + fabs(x) * 5.96e-8);
+                if (r > worst) worst = r;
+            }
+        }
+    printf("attn_exp_shift: worst relative error / bound %.3g\n", worst);
+    check_true("attn_exp_shift within 8 ulp + argument rounding of exp", worst <= 1.0);
+    check_true("attn_exp_shift: -inf and < -87 give 0", zero_ok);
+    check_true("attn_exp_shift: exp(0) = 1", one_ok);
+}
+
 int main(void)
 {
     size_t Ds[] = {1, 16, 32, 64, 128, 80, 300};
@@ -345,6 +376,7 @@ int main(void)
     printf("fast vs ref: worst o tolerance ratio %.3g, worst NMSE %.3g\n", worst_full_ratio, worst_nmse);
     case_gqa();
     case_entries();
+    case_exp_shift();
     hand_cases();
     printf("%d checks, %d failed\n", checks, fails);
     return fails ? 1 : 0;
