@@ -144,6 +144,19 @@ def forward64(model, ids, bias=None, rows=None):
     return rms(x, model.norm.weight.double(), eps) @ model.lm_head.weight.double().T
 
 
+def ref_random_model(seed, **cfg):
+    """The weights kvcapture's ref-random:SEED:... adapter builds (normal(0, 0.08) on every
+    Linear and Embedding after torch.manual_seed(SEED)), float64, eval mode."""
+    import refmodel     # capture/ is on sys.path in the tests that import this module
+    torch.manual_seed(seed)
+    model = refmodel.RefModel(refmodel.RefConfig(**cfg))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+                m.weight.normal_(0.0, 0.08)
+    return model.double().eval()
+
+
 def ece15(conf, corr):
     tot = 0.0
     for i in range(15):

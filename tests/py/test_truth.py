@@ -42,6 +42,7 @@ CONFIGS = ["full", "knorm keep=0.25", "entropy_merge keep=0.4 sinks=2", "quant k
            "knorm keep=0.5 + quant kbits=4 vbits=2 group=8 residual=8"]
 LSE_TOL, TOP_TOL = 2e-3, 5e-3       # full re-run vs the trace's captured logits (as test_capture_ref)
 MET_TOL = 2e-4                       # validate (float32 model) vs the float64 independent forward
+from synth_export import ece15, ref_random_model  # noqa: E402
 from testhelp import check, failures, sh  # noqa: E402
 
 
@@ -135,13 +136,8 @@ dk = np.abs(st[0, 0]["k"] - tf["layers/0/k"][0, 0, st[0, 0]["pos"]].astype(np.fl
 check(st[0, 0]["k"] is not None and dk > 1e-3, f"quant exports reconstructed rows (max |k~ - k| {dk:.3g})")
 
 # ---- 2./3. independent masked forward ------------------------------------------------------------
-torch.manual_seed(5)      # the weights of MODEL, built as kvcapture's ref-random adapter does
-model = refmodel.RefModel(refmodel.RefConfig(n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64))
-with torch.no_grad():
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
-            m.weight.normal_(0.0, 0.08)
-model = model.double().eval()
+# the weights of MODEL, built as kvcapture's ref-random adapter does
+model = ref_random_model(5, n_layers=2, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64)
 
 
 def rms(x, w, eps):
@@ -193,15 +189,6 @@ def forward(ids, P, st, evict_at=None):
         hm = rms(x, b.mlp_norm.weight, eps)
         x = x + b.mlp.down(torch.nn.functional.silu(b.mlp.gate(hm)) * b.mlp.up(hm))
     return model.lm_head(rms(x, model.norm.weight, eps))
-
-
-def ece15(conf, corr):
-    tot = 0.0
-    for i in range(15):
-        lo, hi = i / 15, (i + 1) / 15
-        m = (conf >= lo) & ((conf < hi) if i < 14 else (conf <= hi))
-        tot += abs(corr[m].sum() - conf[m].sum())
-    return tot / len(conf)
 
 
 tr = h5py.File(truth, "r")

@@ -25,9 +25,8 @@ os.makedirs(TMP, exist_ok=True)
 PY = os.environ.get("PYTHON", "/usr/bin/python3")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "capture"))
-import refmodel  # noqa: E402
 import validate  # noqa: E402
-from synth_export import forward64, true_metrics, write_export  # noqa: E402
+from synth_export import forward64, ref_random_model, true_metrics, write_export  # noqa: E402
 from testhelp import check, failures  # noqa: E402
 
 torch.set_num_threads(1)
@@ -151,12 +150,8 @@ rows = h5py.File(truth, "r")["rows"]
 got = {(int(rows["config_id"][i]), int(rows["seq"][i])): {m: float(rows[m][i]) for m in
        ("logit_kl", "nll_full", "nll_comp", "top1_agree", "ece_full", "ece_comp")} for i in range(len(rows["seq"]))}
 
-torch.manual_seed(5)      # the weights of MODEL, built as kvcapture's ref-random adapter does
-model = refmodel.RefModel(refmodel.RefConfig(n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64))
-with torch.no_grad():
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
-            m.weight.normal_(0.0, 0.08)
+# the weights of MODEL, built as kvcapture's ref-random adapter does
+model = ref_random_model(5, n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64)
 slot = {ml: l for l, ml in enumerate(MLAYER)}
 tokens = tf["tokens"][()]
 worst = {}
