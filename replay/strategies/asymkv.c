@@ -124,42 +124,44 @@ static int asymkv_calibrate(void *cfg, const rp_calib_ctx *cc, char *err, size_t
     return c->lr ? rp_strategy_lowrank.calibrate(c->lr, cc, err, errlen) : 0;
 }
 
-/* Value budget of kv head g: vk[e] = 1 for the entries of c that keep their own value row,
- * *nkept of them; fill [D] = the shared row of the others. 0 ok, -1 with err. */
-static int value_budget(const asymkv_cfg *q, const rp_layer_ctx *ctx, size_t g, const rp_cache *c,
-                        uint8_t *vk, size_t *nkept, float *fill, char *err, size_t errlen)
+/* Value budget: of np prompt entries, how many keep their own value row. */
+static size_t vb_keep(const asymkv_cfg *q, size_t np)
 {
-    size_t m = c->n, D = c->D, P = ctx->P, G = ctx->G;
+    size_t keep = (size_t)llround(q->vkeep * (double)np);
+    return keep < 1 ? 1 : keep > np ? np : keep;
+}
+
+/* The value budget's selection for kv head g: vk[e] = 1 for the entries of c that keep their
+ * own value row (decode entries always). Depends on the prompt entries' positions and
+ * ctx->prompt_attn only, so it is the same at every query position. 0 ok, -1 with err. */
+static int vb_select(const asymkv_cfg *q, const rp_layer_ctx *ctx, size_t g, const rp_cache *c, uint8_t *vk,
+                     char *err, size_t errlen)
+{
+    size_t m = c->n, P = ctx->P, G = ctx->G;
     if (P >= ctx->n) {
         snprintf(err, errlen, "asymkv: vkeep=%g needs the prefill protocol (the value budget is chosen from "
                  "the prompt)", q->vkeep);
         return -1;
     }
-    size_t np = 0, nw = 0, w = q->vwindow < P ? q->vwindow : P;
+    size_t np = 0, w = q->vwindow < P ? q->vwindow : P;
     for (size_t e = 0; e < m; e++) {
-        vk[e] = (size_t)c->pos[e] >= P;         /* decode entries keep their rows */
+        vk[e] = (size_t)c->pos[e] >= P;
         np += !vk[e];
-        nw += (size_t)c->pos[e] < P && (size_t)c->pos[e] >= P - w;
     }
-    size_t keep = (size_t)llround(q->vkeep * (double)np);
-    if (keep < 1) keep = 1;
-    if (keep >= np) { memset(vk, 1, m); *nkept = m; return 0; }
+    size_t keep = vb_keep(q, np);
+    if (keep >= np) { memset(vk, 1, m); return 0; }
     /* the observation window first, latest positions first (pos ascending: from the end) */
     size_t got = 0;
     for (size_t e = m; e-- > 0 && got < keep;)
         if ((size_t)c->pos[e] < P && (size_t)c->pos[e] >= P - w) { vk[e] = 1; got++; }
-    if (got < keep) {
-        float *attn = malloc(G * w * P * sizeof *attn);
-        float *score = malloc(m * sizeof *score);
-        int32_t *idx = malloc(m * sizeof *idx);
-        int rc = !attn || !score || !idx;
-        for (size_t i = 0; i < G && !rc; i++)
-            rc = ctx->prompt_attn(ctx, g * G + i, P - w, P, attn + i * w * P);
-        if (rc) {
-            free(attn); free(score); free(idx);
-            snprintf(err, errlen, "out of memory");
-            return -1;
-        }
+    if (got == keep) return 0;
+    float *attn = malloc(G * w * P * sizeof *attn);
+    float *score = malloc(m * sizeof *score);
+    int32_t *idx = malloc(m * sizeof *idx), *top = malloc((keep - got) * sizeof *top);
+    int rc = !attn || !score || !idx || !top;
+    for (size_t i = 0; i < G && !rc; i++)
+        rc = ctx->prompt_attn(ctx, g * G + i, P - w, P, attn + i * w * P);
+    if (!rc) {
         size_t ns = 0;
         for (size_t e = 0; e < m; e++) {
             if (vk[e] || (size_t)c->pos[e] >= P) continue;
@@ -173,103 +175,125 @@ static int value_budget(const asymkv_cfg *q, const rp_layer_ctx *ctx, size_t g, 
             score[ns] = (float)sc;
             idx[ns++] = (int32_t)e;
         }
-        int32_t *top = malloc((keep - got) * sizeof *top);
-        if (!top) { free(attn); free(score); free(idx); snprintf(err, errlen, "out of memory"); return -1; }
         size_t k = rp_topk(score, ns, keep - got, top);
         for (size_t i = 0; i < k; i++) vk[idx[top[i]]] = 1;
-        got += k;
-        free(top); free(attn); free(score); free(idx);
     }
-    /* the fill row, from the rows as they are before any encoding */
-    double *acc = calloc(D, sizeof *acc);
-    if (!acc) { snprintf(err, errlen, "out of memory"); return -1; }
-    size_t nd = 0;
-    for (size_t e = 0; e < m; e++) {
-        if (vk[e]) continue;
-        nd++;
-        for (size_t d = 0; d < D; d++) acc[d] += c->v[e * D + d];
+    free(attn); free(score); free(idx); free(top);
+    if (rc) snprintf(err, errlen, "out of memory");
+    return rc ? -1 : 0;
+}
+
+/* Incremental encoding (the engine's prefill path: the cache a query sees only grows by
+ * decode entries): entries [0, m_prev) hold this function's output for the first m_prev
+ * entries, [m_prev, c->n) are exact rows just appended. m_prev = 0 encodes everything.
+ * Equal bit for bit to encoding all c->n entries at once (tests/unit/test_lowrank.c): every
+ * operation is per row (the V side: per token; lowrank: per row) or per whole group of G
+ * key rows below quant_kivi_nq_keys (which only grows), the value selection does not depend
+ * on the decode entries, and the fill row is written once. */
+static int asymkv_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
+                                size_t m_prev, char *err, size_t errlen)
+{
+    const asymkv_cfg *q = cfg;
+    size_t m = c->n, D = c->D, P = ctx->P;
+    if ((q->kbits || q->vbits) && D % q->group) {
+        snprintf(err, errlen, "asymkv: group=%zu does not divide head_dim %zu", q->group, D);
+        return -1;
     }
-    for (size_t d = 0; d < D; d++)
-        fill[d] = q->vfill == VFILL_ZERO ? 0.0f : kv_f16_to_f32_one(kv_f32_to_f16_one((float)(acc[d] / (double)nd)));
-    free(acc);
-    *nkept = m - nd;
-    return 0;
+    if (m_prev > m) { snprintf(err, errlen, "asymkv: encode_extend from %zu to %zu entries", m_prev, m); return -1; }
+    size_t np = 0, nd = 0;          /* prompt entries, dropped value rows */
+    if (q->vkeep < 1.0) {
+        for (size_t e = 0; e < m; e++) np += (size_t)c->pos[e] < P;
+        for (size_t e = m_prev; m_prev > 0 && e < m; e++)
+            if ((size_t)c->pos[e] < P) {
+                snprintf(err, errlen, "asymkv: vkeep < 1: the cache grew by a prompt entry (position %d)", (int)c->pos[e]);
+                return -1;
+            }
+        nd = np - vb_keep(q, np);
+    }
+    size_t mv_prev = m_prev ? m_prev - nd : 0, mv = m - nd, kp = np - nd;
+    size_t G = q->group, R = q->residual;
+    size_t v0 = q->vbits ? quant_kivi_nq_values(mv_prev, R) : 0, v1 = q->vbits ? quant_kivi_nq_values(mv, R) : 0;
+    uint8_t *vk = NULL;
+    size_t *kept = NULL;            /* kept[i]: the entry of the i-th kept prompt row */
+    float *fill = NULL;
+    int rc = -1;
+    /* the selection: to write the fill (first call) and to find kept prompt rows entering
+     * the quantised range (v0 < kp: the first R decode steps) */
+    if (nd && (m_prev == 0 || v0 < kp)) {
+        vk = malloc(m);
+        kept = malloc((kp ? kp : 1) * sizeof *kept);
+        if (!vk || !kept) { snprintf(err, errlen, "out of memory"); goto done; }
+        if (vb_select(q, ctx, g, c, vk, err, errlen)) goto done;
+        for (size_t e = 0, i = 0; e < m; e++)
+            if (vk[e] && (size_t)c->pos[e] < P && i < kp) kept[i++] = e;
+    }
+    if (nd && m_prev == 0) {        /* the shared row, from the rows before any encoding */
+        double *acc = calloc(D, sizeof *acc);
+        fill = malloc(D * sizeof *fill);
+        if (!acc || !fill) { free(acc); snprintf(err, errlen, "out of memory"); goto done; }
+        for (size_t e = 0; e < m; e++)
+            if (!vk[e]) for (size_t d = 0; d < D; d++) acc[d] += c->v[e * D + d];
+        for (size_t d = 0; d < D; d++)
+            fill[d] = q->vfill == VFILL_ZERO ? 0.0f : kv_f16_to_f32_one(kv_f32_to_f16_one((float)(acc[d] / (double)nd)));
+        free(acc);
+    }
+    double bases = 0;
+    int mod = 0;
+    if (q->lr) {        /* projects the new rows of the ranked sides (rows are independent) */
+        double idx0 = c->bytes.indices;
+        if (rp_strategy_lowrank.encode_extend(q->lr, ctx, g, t, c, m_prev, err, errlen)) goto done;
+        c->bytes.indices = idx0;
+        bases = c->bytes.bases;
+        mod = c->modified;
+    }
+    double dD = (double)D, kpay, ks = 0, vpay, vs = 0;
+    if (q->kbits) {     /* whole groups of G key rows, per channel, below nq_keys (only grows) */
+        size_t k0 = quant_kivi_nq_keys(m_prev, G, R), k1 = quant_kivi_nq_keys(m, G, R);
+        for (size_t a = k0; a + G <= k1; a += G)
+            for (size_t d = 0; d < D; d++) quant_asym_group(c->k + a * D + d, G, D, q->kbits);
+        kpay = (double)k1 * dD * q->kbits / 8.0 + ((double)m - (double)k1) * dD * 2.0;
+        ks = (double)k1 / (double)G * dD * 4.0;
+        mod |= k1 > 0;
+    } else {
+        kpay = lowrank_side_bytes(m, D, q->rank_k, q->lbits);
+        ks = q->lbits && q->rank_k && q->rank_k < D ? (double)m * 2.0 : 0.0;
+    }
+    if (q->vbits) {     /* per token over the kept rows: the residual is the last R kept rows */
+        for (size_t i = v0; i < v1; i++) {
+            size_t e = !nd ? i : i < kp ? kept[i] : np + (i - kp);  /* decode entries follow the prompt */
+            for (size_t ch = 0; ch + G <= D; ch += G) quant_asym_group(c->v + e * D + ch, G, 1, q->vbits);
+        }
+        vpay = (double)v1 * dD * q->vbits / 8.0 + ((double)mv - (double)v1) * dD * 2.0;
+        vs = (double)v1 * (dD / (double)G) * 4.0;
+        mod |= v1 > 0;
+    } else {
+        vpay = lowrank_side_bytes(mv, D, q->rank_v, q->lbits);
+        vs = q->lbits && q->rank_v && q->rank_v < D ? (double)mv * 2.0 : 0.0;
+    }
+    /* indices: this function adds 4 B per kept value row to what it was given */
+    double idx = c->bytes.indices - (m_prev && nd ? 4.0 * (double)mv_prev : 0.0);
+    if (nd) {
+        if (fill)
+            for (size_t e = 0; e < m; e++)
+                if (!vk[e]) memcpy(c->v + e * D, fill, D * sizeof *fill);
+        if (q->vfill == VFILL_MEAN) vpay += dD * 2.0;
+        idx += (double)mv * 4.0;
+        mod = 1;
+    }
+    c->bytes = (rp_bytes){ kpay + vpay, ks + vs, bases, idx };
+    c->modified = mod;
+    rc = 0;
+done:
+    free(vk);
+    free(kept);
+    free(fill);
+    return rc;
 }
 
 static int asymkv_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
                          char *err, size_t errlen)
 {
-    const asymkv_cfg *q = cfg;
-    size_t m = c->n, D = c->D, mv = m;
-    if ((q->kbits || q->vbits) && D % q->group) {
-        snprintf(err, errlen, "asymkv: group=%zu does not divide head_dim %zu", q->group, D);
-        return -1;
-    }
-    uint8_t *vk = NULL;
-    float *fill = NULL;
-    int rc = -1;
-    if (q->vkeep < 1.0 && m > 0) {
-        vk = malloc(m);
-        fill = malloc(D * sizeof *fill);
-        if (!vk || !fill) { snprintf(err, errlen, "out of memory"); goto done; }
-        if (value_budget(q, ctx, g, c, vk, &mv, fill, err, errlen)) goto done;
-    }
-    double bases = 0;
-    int mod = 0;
-    if (q->lr) {        /* projects every row of the ranked sides: rows are independent */
-        if (rp_strategy_lowrank.encode(q->lr, ctx, g, t, c, err, errlen)) goto done;
-        bases = c->bytes.bases;
-        mod = c->modified;
-    }
-    size_t G = q->group, R = q->residual;
-    double dD = (double)D, kp, ks = 0, vp, vs = 0;
-    if (q->kbits) {
-        quant_kivi_keys(c->k, m, D, q->kbits, G, R);
-        double nk = (double)quant_kivi_nq_keys(m, G, R);
-        kp = nk * dD * q->kbits / 8.0 + ((double)m - nk) * dD * 2.0;
-        ks = nk / (double)G * dD * 4.0;
-        mod |= nk > 0;
-    } else {
-        kp = lowrank_side_bytes(m, D, q->rank_k, q->lbits);
-        ks = q->lbits && q->rank_k && q->rank_k < D ? (double)m * 2.0 : 0.0;
-    }
-    if (q->vbits) {     /* per token: the kept rows, gathered, so the residual is the last R kept */
-        float *buf = c->v;
-        if (mv < m) {
-            buf = malloc((mv ? mv : 1) * D * sizeof *buf);
-            if (!buf) { snprintf(err, errlen, "out of memory"); goto done; }
-            for (size_t e = 0, i = 0; e < m; e++)
-                if (vk[e]) memcpy(buf + i++ * D, c->v + e * D, D * sizeof *buf);
-        }
-        quant_kivi_values(buf, mv, D, q->vbits, G, R);
-        if (mv < m) {
-            for (size_t e = 0, i = 0; e < m; e++)
-                if (vk[e]) memcpy(c->v + e * D, buf + i++ * D, D * sizeof *buf);
-            free(buf);
-        }
-        double nv = (double)quant_kivi_nq_values(mv, R);
-        vp = nv * dD * q->vbits / 8.0 + ((double)mv - nv) * dD * 2.0;
-        vs = nv * (dD / (double)G) * 4.0;
-        mod |= nv > 0;
-    } else {
-        vp = lowrank_side_bytes(mv, D, q->rank_v, q->lbits);
-        vs = q->lbits && q->rank_v && q->rank_v < D ? (double)mv * 2.0 : 0.0;
-    }
-    double idx = c->bytes.indices;
-    if (mv < m) {
-        for (size_t e = 0; e < m; e++)
-            if (!vk[e]) memcpy(c->v + e * D, fill, D * sizeof *fill);
-        if (q->vfill == VFILL_MEAN) vp += dD * 2.0;
-        idx += (double)mv * 4.0;
-        mod = 1;
-    }
-    c->bytes = (rp_bytes){ kp + vp, ks + vs, bases, idx };
-    c->modified = mod;
-    rc = 0;
-done:
-    free(vk);
-    free(fill);
-    return rc;
+    return asymkv_encode_extend(cfg, ctx, g, t, c, 0, err, errlen);
 }
 
 static unsigned asymkv_protocols(const void *cfg)
@@ -292,5 +316,6 @@ const rp_strategy rp_strategy_asymkv = {
     .calib_seqs = asymkv_calib_seqs,
     .calibrate = asymkv_calibrate,
     .encode = asymkv_encode,
+    .encode_extend = asymkv_encode_extend,
     .cfg_protocols = asymkv_protocols,
 };

@@ -222,11 +222,15 @@ double lowrank_side_bytes(size_t m, size_t D, size_t r, int bits)
     return bits ? (double)m * ((double)r * bits / 8.0) : (double)m * (double)r * 2.0;
 }
 
-static int lowrank_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
-                          char *err, size_t errlen)
+/* Rows are projected one by one, so extending the cache from m_prev entries projects the new
+ * rows only; encode = extend from 0. (lowrank is not time-dependent: the engine encodes each
+ * cache once; asymkv's incremental encoding calls this for its ranked sides.) */
+static int lowrank_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
+                                 size_t m_prev, char *err, size_t errlen)
 {
     const lowrank_cfg *q = cfg;
     size_t D = c->D, m = c->n;
+    (void)t;
     if (q->rank_k > D || q->rank_v > D) {
         snprintf(err, errlen, "lowrank: rank_k=%zu rank_v=%zu: a rank exceeds head_dim %zu", q->rank_k, q->rank_v, D);
         return -1;
@@ -242,7 +246,7 @@ static int lowrank_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, si
     }
     const double *Uk = q->Uk + (ctx->layer * q->Hkv + g) * D * D, *Uv = q->Uv + (ctx->layer * q->Hkv + g) * D * D;
     size_t R = ctx->rotary_dim ? ctx->rotary_dim : D;
-    for (size_t e = 0; e < m; e++) {
+    for (size_t e = m_prev; e < m; e++) {
         size_t p = (size_t)c->pos[e];
         if (q->rank_k && q->rank_k < D) {
             float *x = c->k + e * D;
@@ -261,6 +265,12 @@ static int lowrank_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, si
     return 0;
 }
 
+static int lowrank_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
+                          char *err, size_t errlen)
+{
+    return lowrank_encode_extend(cfg, ctx, g, t, c, 0, err, errlen);
+}
+
 const rp_strategy rp_strategy_lowrank = {
     .name = "lowrank",
     .summary = "Palu-like low-rank K (de-rotated) / V on a calibrated PCA basis, optional int8/int4 latent",
@@ -274,4 +284,5 @@ const rp_strategy rp_strategy_lowrank = {
     .calib_seqs = lowrank_calib_seqs,
     .calibrate = lowrank_calibrate,
     .encode = lowrank_encode,
+    .encode_extend = lowrank_encode_extend,
 };

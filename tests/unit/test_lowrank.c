@@ -1,7 +1,9 @@
 /* replay/strategies/lowrank.c (and asymkv.c's delegation): RoPE inverse, the GSL basis on a
  * hand case, full rank reproduces the input, error non-increasing in rank, V-only leaves K
  * bit-exact, latent quantisation, bytes, refusals (rank > head_dim, rope without tables,
- * bad latent_bits, uncalibrated layer), asymkv = quant on quantised sides bit for bit. */
+ * bad latent_bits, uncalibrated layer), asymkv = quant on quantised sides bit for bit, and
+ * asymkv's incremental encoding (encode_extend, with and without a value budget) = one
+ * encode of the whole cache at every size. */
 #include "enc_testhelp.h"
 #include "strategies/lowrank.h"
 
@@ -81,6 +83,71 @@ static double sqerr(const float *a, int isk)
                 s += e * e;
             }
     return s;
+}
+
+/* A deterministic stand-in for the engine's prompt attention (rows [t0, t1) of head h over
+ * keys [0, P)): distinct positive values, so the value budget's ranking has no ties. */
+static int fake_prompt_attn(const rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, float *out)
+{
+    for (size_t r = t0; r < t1; r++)
+        for (size_t j = 0; j < ctx->P; j++)
+            out[(r - t0) * ctx->P + j] = j <= r ? (float)(1.0 + ((h * 31 + r * 17 + j * 13) % 97)) / 97.0f : 0.0f;
+    return 0;
+}
+
+/* asymkv's encode_extend: growing a prefill cache one decode entry at a time (as the engine
+ * does) leaves exactly what one encode of the whole cache gives, rows, bytes and modified, at
+ * every size; the prompt part is every other position below PP (a composition's kept set). */
+static void extend_matches_encode(const char *const *kv, const char *tag)
+{
+    enum { PP = 48 };
+    char err[256] = "";
+    void *cfg = NULL;
+    check_true(tag, strat_configure(&rp_strategy_asymkv, kv, &cfg, err, sizeof err) == 0);
+    if (!cfg) { printf("  %s: %s\n", tag, err); return; }
+    static float ck[HKV][60][D], cv[HKV][60][D];
+    for (size_t g = 0; g < HKV; g++) { memcpy(ck[g], K[g], sizeof ck[g]); memcpy(cv[g], V[g], sizeof cv[g]); }
+    size_t n60 = 60;
+    const float *kp = &ck[0][0][0], *vp = &cv[0][0][0];
+    rp_calib_ctx cc = { .layer = 0, .n_layers = 1, .Hkv = HKV, .D = D, .n_seq = 1, .n = &n60, .k = &kp, .v = &vp,
+                        .rope_cos = &COS[0][0], .rope_sin = &SIN[0][0], .rotary_dim = R };
+    check_true("asymkv calibrate", rp_strategy_asymkv.calibrate(cfg, &cc, err, sizeof err) == 0);
+    kv_info info;
+    memset(&info, 0, sizeof info);
+    strcpy(info.positional, "rope");
+    rp_layer_ctx ctx;
+    memset(&ctx, 0, sizeof ctx);
+    ctx.D = D; ctx.n = N; ctx.P = PP; ctx.Hkv = HKV; ctx.H = HKV; ctx.G = 1; ctx.n_layers = 1; ctx.info = &info;
+    ctx.rope_cos = &COS[0][0]; ctx.rope_sin = &SIN[0][0]; ctx.rotary_dim = R; ctx.prompt_attn = fake_prompt_attn;
+    int same = 1, ok = 1;
+    for (size_t g = 0; g < HKV; g++) {
+        rp_cache inc;
+        memset(&inc, 0, sizeof inc);
+        inc.D = D;
+        for (size_t t = 0; t < PP; t += 2) rp_cache_push(&inc, (int32_t)t, K[g][t], V[g][t]);
+        size_t m_prev = 0;
+        for (size_t t = PP; t < N; t++) {
+            rp_cache_push(&inc, (int32_t)t, K[g][t], V[g][t]);
+            ok &= rp_strategy_asymkv.encode_extend(cfg, &ctx, g, t, &inc, m_prev, err, sizeof err) == 0;
+            m_prev = inc.n;
+            rp_cache one;
+            memset(&one, 0, sizeof one);
+            one.D = D;
+            for (size_t u = 0; u < PP; u += 2) rp_cache_push(&one, (int32_t)u, K[g][u], V[g][u]);
+            for (size_t u = PP; u <= t; u++) rp_cache_push(&one, (int32_t)u, K[g][u], V[g][u]);
+            ok &= rp_strategy_asymkv.encode(cfg, &ctx, g, t, &one, err, sizeof err) == 0;
+            int eq = one.n == inc.n && !memcmp(one.k, inc.k, one.n * D * sizeof *one.k) &&
+                     !memcmp(one.v, inc.v, one.n * D * sizeof *one.v) && one.modified == inc.modified &&
+                     !memcmp(&one.bytes, &inc.bytes, sizeof one.bytes);
+            if (!eq && same) printf("  %s: kv head %zu differs at %zu entries\n", tag, g, one.n);
+            same &= eq;
+            rp_cache_free(&one);
+        }
+        rp_cache_free(&inc);
+    }
+    if (!ok) printf("  %s: %s\n", tag, err);
+    check_true(tag, ok && same);
+    rp_strategy_asymkv.free_cfg(cfg);
 }
 
 int main(void)
@@ -203,5 +270,16 @@ int main(void)
     check_true("asymkv kbits + rank_k refused", run(&rp_strategy_asymkv, both, 1, ko, vo, &b, err, sizeof err) != 0 && strstr(err, "not both"));
     err[0] = 0;
     check_true("asymkv kbits=3 refused", run(&rp_strategy_asymkv, bb, 1, ko, vo, &b, err, sizeof err) != 0 && strstr(err, "2, 4 or 8"));
+    /* asymkv's incremental encoding equals one encode at every size */
+    const char *x1[] = { "kbits=4", "vbits=2", "group=4", "residual=8", "vkeep=0.5", "vwindow=4", NULL };
+    const char *x2[] = { "kbits=0", "vbits=4", "group=4", "residual=8", "vkeep=0.3", "vfill=zero", NULL };
+    const char *x3[] = { "kbits=4", "vbits=0", "rank_v=3", "group=4", "residual=8", "vkeep=0.5", NULL };
+    const char *x4[] = { "kbits=2", "vbits=2", "group=4", "residual=16", NULL };
+    const char *x5[] = { "kbits=0", "vbits=0", "rank_k=3", "rank_v=5", "latent_bits=4", NULL };
+    extend_matches_encode(x1, "asymkv extend == encode: kbits=4 vbits=2 vkeep=0.5");
+    extend_matches_encode(x2, "asymkv extend == encode: vbits=4 vkeep=0.3 vfill=zero");
+    extend_matches_encode(x3, "asymkv extend == encode: kbits=4 rank_v=3 vkeep=0.5");
+    extend_matches_encode(x4, "asymkv extend == encode: kbits=2 vbits=2 (no value budget)");
+    extend_matches_encode(x5, "asymkv extend == encode: rank_k=3 rank_v=5 latent int4");
     return report("test_lowrank");
 }
