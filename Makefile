@@ -143,16 +143,21 @@ demo: deps
 
 # Ground truth (issue 8): the truth sweep replayed with per-layer read-outs and exported,
 # the sample model re-run with every exported cache state, proxy vs truth in the report.
+# Your own model: make truth TRUTH_TRACE=traces/x.h5 TRUTH_MODEL=<as kvcapture --model>
+#   TRUTH_RUN_OPTS="--decode 256" (options of kvreplay run) TRUTH_VAL_OPTS="--device cuda".
 TRUTH_OUT   ?= truth-out
 TRUTH_SWEEP ?= sweeps/truth.sweep
 TRUTH_MODEL ?= ref:capture/ref_model.pt
+TRUTH_TRACE ?= $(DEMO_TRACE)
+TRUTH_RUN_OPTS ?=
+TRUTH_VAL_OPTS ?=
 truth: deps
 	@$(MAKE) --no-print-directory all
 	@rm -rf $(TRUTH_OUT) && mkdir -p $(TRUTH_OUT)
-	$(BIN)/kvreplay run $(DEMO_TRACE) --sweep $(TRUTH_SWEEP) --per-layer-readout -o $(TRUTH_OUT)/results \
-	  --export $(TRUTH_OUT)/export.h5
-	$(PYTHON) capture/kvcapture.py validate --model $(TRUTH_MODEL) --trace $(DEMO_TRACE) \
-	  --export $(TRUTH_OUT)/export.h5 -o $(TRUTH_OUT)/truth.h5
+	$(BIN)/kvreplay run $(TRUTH_TRACE) --sweep $(TRUTH_SWEEP) --per-layer-readout -o $(TRUTH_OUT)/results \
+	  --export $(TRUTH_OUT)/export.h5 $(TRUTH_RUN_OPTS)
+	$(PYTHON) capture/kvcapture.py validate --model $(TRUTH_MODEL) --trace $(TRUTH_TRACE) \
+	  --export $(TRUTH_OUT)/export.h5 -o $(TRUTH_OUT)/truth.h5 $(TRUTH_VAL_OPTS)
 	$(BIN)/kvreport $(TRUTH_OUT)/results --truth $(TRUTH_OUT)/truth.h5 -o $(TRUTH_OUT)/report
 	@echo "truth: proxy vs truth in $(TRUTH_OUT)/report/report.md (tables/truth.csv)"
 
