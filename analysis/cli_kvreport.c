@@ -45,6 +45,8 @@ static const char *USAGE =
     "  --bootstrap N           bootstrap resamples (default 2000; 0 = none)\n"
     "  --no-figures            tables and report only\n"
     "  --truth TRUTH.h5        in-model truth (kvcapture.py validate): proxy-vs-truth correlations\n"
+    "  --gains CALIB.csv       apply per-layer gains an earlier --truth report fitted (its\n"
+    "                          tables/truth_calib.csv) to these results (need per_layer.csv)\n"
     "  --plots DIR             gnuplot templates (default: plots/ beside the program, or ./plots)\n"
     "  -h, --help              this text\n";
 
@@ -144,6 +146,7 @@ int main(int argc, char **argv)
     const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
     size_t nd = 0;
     const char *out = NULL, *baseline = NULL, *metric = NULL, *heat = NULL, *trace = NULL, *plots = NULL, *truth = NULL;
+    const char *gains = NULL;
     int allow_mixed = 0, no_figures = 0;
     unsigned long long seed = 12345, nboot = 2000;
     double target = 0;
@@ -158,6 +161,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--heatmap-config")) { NEED_ARG(); heat = argv[++i]; }
         else if (!strcmp(a, "--trace")) { NEED_ARG(); trace = argv[++i]; }
         else if (!strcmp(a, "--truth")) { NEED_ARG(); truth = argv[++i]; }     /* issue 8 */
+        else if (!strcmp(a, "--gains")) { NEED_ARG(); gains = argv[++i]; }
         else if (!strcmp(a, "--plots")) { NEED_ARG(); plots = argv[++i]; }
         else if (!strcmp(a, "--allow-mixed")) allow_mixed = 1;
         else if (!strcmp(a, "--no-figures")) no_figures = 1;
@@ -291,6 +295,7 @@ int main(int argc, char **argv)
         if (n_warn) fprintf(stderr, "kvreport: WARNING: proxy-vs-truth rank correlation below %.1f for %zu metric(s) (see report.md)\n",
                             TR_WARN_RHO, n_warn);
     }
+    if (gains && tr_apply_gains(&c, gains, &err)) { fprintf(stderr, "kvreport: %s\n", err.msg); goto cleanup; }
 
     /* swap into place: an empty directory or a previous report is replaced */
     if (state == 1 && rmdir(out)) { fprintf(stderr, "kvreport: %s: %s\n", out, strerror(errno)); goto cleanup; }

@@ -604,3 +604,204 @@ done:
     for (int m = 0; m < TM_N; m++) { free(px[m]); free(ty[m]); }
     return st;
 }
+
+/* ---- --gains: a previous truth run's calibration applied to new results ------------------- */
+
+#define TR_MAX_GAINS 4096
+
+/* Reads the gains of row `name` of a truth_calib.csv-like file into g [TR_MAX_GAINS]; *L =
+ * their count. KV_OK, or an error (KV_ERR_INVALID: no such row) with err set. */
+static kv_status read_gains(const char *path, const char *name, double *g, size_t *L, kv_error *err)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return fail(err, KV_ERR_IO, "--gains %s: cannot open: %s", path, strerror(errno));
+    char *line = NULL;
+    size_t cap = 0, ln = 0;
+    int col_name = -1, first_gain = -1, n_gain = 0;
+    kv_status st = fail(err, KV_ERR_INVALID, "--gains %s: no row '%s'", path, name);
+    while (getline(&line, &cap, f) > 0) {
+        line[strcspn(line, "\r\n")] = 0;
+        ln++;
+        char *p = line;
+        int col = 0;
+        if (ln == 1) {          /* header: calibration, ..., gain_0 .. gain_{L-1} in order */
+            for (char *tok = p; tok; col++) {
+                char *nx = strchr(tok, ',');
+                if (nx) *nx++ = 0;
+                if (!strcmp(tok, "calibration")) col_name = col;
+                char want[32];
+                snprintf(want, sizeof want, "gain_%d", n_gain);
+                if (!strcmp(tok, want)) { if (first_gain < 0) first_gain = col; n_gain++; }
+                tok = nx;
+            }
+            if (col_name < 0 || n_gain == 0 || n_gain > TR_MAX_GAINS) {
+                st = fail(err, KV_ERR_FORMAT, "--gains %s line 1: expected a header with 'calibration' and gain_0, "
+                          "gain_1, ... (kvreport --truth writes tables/truth_calib.csv)", path);
+                break;
+            }
+            continue;
+        }
+        char *fld[TR_MAX_GAINS + 64];
+        int nf = 0;
+        for (char *tok = p; tok && nf < (int)(sizeof fld / sizeof *fld); nf++) {
+            char *nx = strchr(tok, ',');
+            if (nx) *nx++ = 0;
+            fld[nf] = tok;
+            tok = nx;
+        }
+        if (nf <= col_name || strcmp(fld[col_name], name)) continue;
+        if (nf < first_gain + n_gain) {
+            st = fail(err, KV_ERR_FORMAT, "--gains %s line %zu: %d fields, the header names %d", path, ln, nf,
+                      first_gain + n_gain);
+            break;
+        }
+        st = KV_OK;
+        for (int l = 0; l < n_gain; l++) {
+            char *e;
+            g[l] = strtod(fld[first_gain + l], &e);
+            if (e == fld[first_gain + l] || *e || !isfinite(g[l])) {
+                st = fail(err, KV_ERR_FORMAT, "--gains %s line %zu: gain_%d '%s' is not a finite number", path, ln, l,
+                          fld[first_gain + l]);
+                break;
+            }
+        }
+        *L = (size_t)n_gain;
+        break;
+    }
+    free(line);
+    fclose(f);
+    return st;
+}
+
+/* order [n]: indices of the finite x ascending (ties: lower index first), *m of them; r [n]:
+ * their 1-based ranks (ties: average), NaN for the others. */
+static int ranks_of(const double *x, size_t n, size_t *order, size_t *m, double *r)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) { r[i] = NAN; if (isfinite(x[i])) order[k++] = i; }
+    *m = 0;
+    if (!k) return 0;
+    /* indices by value; gsl_sort_index leaves the order of ties open: fixed below */
+    double *v = malloc(k * sizeof *v);
+    size_t *p = malloc(k * sizeof *p);
+    if (!v || !p) { free(v); free(p); return -1; }
+    for (size_t i = 0; i < k; i++) v[i] = x[order[i]];
+    gsl_sort_index(p, v, 1, k);
+    for (size_t i = 0; i < k; i++) p[i] = order[p[i]];
+    /* ties: order by index inside each run of equal values */
+    for (size_t a = 0; a < k;) {
+        size_t b = a + 1;
+        while (b < k && x[p[b]] == x[p[a]]) b++;
+        for (size_t i = a + 1; i < b; i++)
+            for (size_t j = i; j > a && p[j - 1] > p[j]; j--) { size_t t = p[j]; p[j] = p[j - 1]; p[j - 1] = t; }
+        for (size_t i = a; i < b; i++) r[p[i]] = (double)(a + 1 + b) / 2.0;
+        a = b;
+    }
+    memcpy(order, p, k * sizeof *order);
+    free(v); free(p);
+    *m = k;
+    return 0;
+}
+
+kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
+{
+    const res_set *rs = c->rs;
+    double gk[TR_MAX_GAINS], gn[TR_MAX_GAINS];
+    size_t L = 0, Ln = 0, npl = 0, Lr = 0, NC = rs->n_configs;
+    kv_status st = read_gains(gains_path, "kl_nnls", gk, &L, err);
+    if (st != KV_OK) return st;
+    kv_error e2;
+    int have_nll = read_gains(gains_path, "nll_from_kl", gn, &Ln, &e2) == KV_OK && Ln == L;
+    plrow *pl = NULL;
+    if ((st = load_per_layer(rs, &pl, &npl, &Lr, err)) != KV_OK) return st;
+    double *f = NULL, *raw = NULL, *cal = NULL, *caln = NULL, *rr = NULL, *rc = NULL;
+    size_t *nseq = NULL, *ord = NULL, nord = 0;
+    FILE *o = NULL;
+    char path[8192];
+    if (!npl) {
+        st = fail(err, KV_ERR_INVALID, "--gains: the results have no per_layer.csv (run kvreplay run ... "
+                  "--per-layer-readout)");
+        goto done;
+    }
+    if (Lr != L) {
+        st = fail(err, KV_ERR_INVALID, "--gains %s: %zu layer gains, but the results' per_layer.csv has %zu layers "
+                  "(gains fit one model's layers)", gains_path, L, Lr);
+        goto done;
+    }
+    f = calloc(NC * L + 1, sizeof *f);
+    raw = calloc(NC + 1, sizeof *raw); cal = calloc(NC + 1, sizeof *cal); caln = calloc(NC + 1, sizeof *caln);
+    rr = calloc(NC + 1, sizeof *rr); rc = calloc(NC + 1, sizeof *rc);
+    nseq = calloc(NC + 1, sizeof *nseq);
+    ord = calloc(NC + 1, sizeof *ord);
+    if (!f || !raw || !cal || !caln || !rr || !rc || !nseq || !ord) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+    /* per configuration: means over its sequences whose L layers are all present and finite */
+    for (size_t ci = 0; ci < NC; ci++) {
+        const res_config *cf = &rs->configs[ci];
+        double sraw = 0;
+        size_t k = 0;
+        for (size_t j = 0; j < cf->n_seqs; j++) {
+            double row[TR_MAX_GAINS];
+            size_t got = 0;
+            for (size_t r = 0; r < npl; r++)
+                if (pl[r].seq == cf->seqs[j].seq && !strcmp(pl[r].config, cf->config) && isfinite(pl[r].kl)) {
+                    row[pl[r].layer] = pl[r].kl;
+                    got++;
+                }
+            if (got != L || isnan(cf->seqs[j].v[RM_LOGIT_KL])) continue;
+            for (size_t l = 0; l < L; l++) f[ci * L + l] += row[l];
+            sraw += cf->seqs[j].v[RM_LOGIT_KL];
+            k++;
+        }
+        nseq[ci] = k;
+        if (!k) { raw[ci] = cal[ci] = caln[ci] = NAN; continue; }
+        raw[ci] = sraw / (double)k;
+        double a = 0, b = 0;
+        for (size_t l = 0; l < L; l++) {
+            double m = f[ci * L + l] / (double)k;
+            a += gk[l] * m;
+            b += have_nll ? gn[l] * m : 0;
+        }
+        cal[ci] = a;
+        caln[ci] = have_nll ? b : NAN;
+    }
+    if (ranks_of(raw, NC, ord, &nord, rr) || ranks_of(cal, NC, ord, &nord, rc)) {   /* ord: calibrated order */
+        st = fail(err, KV_ERR_NOMEM, "out of memory");
+        goto done;
+    }
+    snprintf(path, sizeof path, "%s/tables/calibrated.csv", c->dir);
+    if (!(o = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+    fprintf(o, "config,family,n_seq,logit_kl,logit_kl_cal,nll_delta_cal,rank_raw,rank_cal\n");
+    for (size_t ci = 0; ci < NC; ci++) {
+        const res_config *cf = &rs->configs[ci];
+        double v[5] = { raw[ci], cal[ci], caln[ci], rr[ci], rc[ci] };
+        fprintf(o, "%s,%s,%zu", cf->config, cf->family, nseq[ci]);
+        for (int i = 0; i < 5; i++) { if (isfinite(v[i])) fprintf(o, ",%.9g", v[i]); else fputs(",", o); }
+        fputc('\n', o);
+    }
+    if (fclose(o)) { o = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    o = NULL;
+    snprintf(path, sizeof path, "%s/report.md", c->dir);
+    if (!(o = fopen(path, "a"))) { st = fail(err, KV_ERR_IO, "%s: cannot append", path); goto done; }
+    fprintf(o, "\n## Calibrated proxy (gains from `%s`)\n\n"
+               "logit_kl_cal = sum over layers of gain x the layer's own direct-path logit KL (per_layer.csv, means "
+               "over each configuration's sequences), with the %zu `kl_nnls` gains an earlier `kvreport --truth` "
+               "fitted on an in-model truth set%s. Gains transfer between runs of the same model and protocol only. "
+               "Ranks: 1 = least damage. All configurations: tables/calibrated.csv.\n\n"
+               "| configuration | logit_kl (raw) | rank | logit_kl_cal | rank |\n|---|---|---|---|---|\n",
+            gains_path, L, have_nll ? " (and `nll_from_kl` for nll_delta_cal)" : "");
+    for (size_t i = 0; i < nord; i++) {      /* the configurations in calibrated order */
+        size_t ci = ord[i];
+        char a[32], b[32], r1[32], r2[32];
+        fmt_num(a, 32, raw[ci]); fmt_num(b, 32, cal[ci]); fmt_num(r1, 32, rr[ci]); fmt_num(r2, 32, rc[ci]);
+        fprintf(o, "| %s | %s | %s | %s | %s |\n", rs->configs[ci].config, a, r1, b, r2);
+    }
+    fputc('\n', o);
+    if (fclose(o)) { o = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    o = NULL;
+    st = KV_OK;
+done:
+    if (o) fclose(o);
+    for (size_t i = 0; i < npl; i++) free(pl[i].config);
+    free(pl); free(f); free(raw); free(cal); free(caln); free(rr); free(rc); free(nseq); free(ord);
+    return st;
+}

@@ -40,4 +40,13 @@ double tr_spearman(const double *x, const double *y, size_t n);
  * report.md already). *n_warn = number of metrics whose Spearman is below TR_WARN_RHO. */
 kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *err);
 
+/* --gains FILE: per-layer gains fitted by an earlier --truth run (its tables/truth_calib.csv,
+ * row "kl_nnls"; "nll_from_kl" too when present) applied to these results, which need
+ * per_layer.csv (kvreplay run --per-layer-readout) with as many layers as there are gains:
+ *   logit_kl_cal = sum_l g_l * mean over the configuration's sequences of logit_kl_layer_l.
+ * Writes tables/calibrated.csv (every configuration: raw and calibrated values and ranks)
+ * and appends a section to report.md (c->dir must hold it already). This is how a small
+ * truth set calibrates thousands of offline configurations. */
+kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err);
+
 #endif /* KV_TRUTH_H */
