@@ -321,6 +321,14 @@ static const tcal_def tr_cal_defs[] = {
 #define TR_NCAL (sizeof tr_cal_defs / sizeof tr_cal_defs[0])
 typedef struct tcal { const tcal_def *def; tstat st; double *pred, *g; } tcal;
 
+/* Index of the first paired configuration of pair i's family. */
+static size_t fam_first(const res_set *rs, const long *cid, size_t i)
+{
+    for (size_t j = 0; j < i; j++)
+        if (!strcmp(rs->configs[cid[j]].family, rs->configs[cid[i]].family)) return j;
+    return i;
+}
+
 kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *err)
 {
     const res_set *rs = c->rs;
@@ -490,20 +498,39 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         for (int m = 0; m < TM_N; m++) {
             snprintf(path, sizeof path, "%s/truth_%s.dat", figdir, tm_name[m]);
             if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
-            fprintf(f, "# proxy truth family\n");
-            for (size_t i = 0; i < np; i++) fprintf(f, "%.9g %.9g \"%s\"\n", px[m][i], ty[m][i], rs->configs[cid[i]].family);
+            /* one data block per family (gnuplot index), families in order of first appearance */
+            fprintf(f, "# proxy truth family; one block per family\n");
+            size_t nf = 0;
+            for (size_t i = 0; i < np; i++) {
+                if (fam_first(rs, cid, i) != i) continue;
+                fprintf(f, "%s\n", nf ? "\n" : "");
+                for (size_t j = i; j < np; j++)
+                    if (!strcmp(rs->configs[cid[j]].family, rs->configs[cid[i]].family))
+                        fprintf(f, "%.9g %.9g \"%s\"\n", px[m][j], ty[m][j], rs->configs[cid[j]].family);
+                nf++;
+            }
             if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
             snprintf(path, sizeof path, "%s/truth_%s.gp", figdir, tm_name[m]);
             if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
             int logs = m == TM_KL;
             fprintf(f, "# proxy (direct-path read-out) vs in-model truth, %s; written by kvreport\n"
-                       "set terminal pngcairo size 800,600 noenhanced\nset output 'truth_%s.png'\n"
+                       "set terminal pngcairo size 900,600 noenhanced\nset output 'truth_%s.png'\n"
                        "set xlabel 'proxy %s (kvreplay read-out)'\nset ylabel 'true %s (in-model re-run)'\n"
-                       "set title 'Spearman %.3f, Kendall %.3f, n = %zu configurations'\nset key outside right\n%s"
-                       "plot 'truth_%s.dat' using 1:2 with points pt 7 ps 1.2 title 'configurations', "
-                       "x with lines dt 2 lc rgb 'gray' title 'y = x'\n",
+                       "set title 'Spearman %.3f, Kendall %.3f, n = %zu configurations'\nset key outside right\n"
+                       "set grid lc rgb '#dddddd'\n%s"
+                       "plot ",
                     tm_name[m], tm_name[m], tm_name[m], tm_name[m], ts[m].rho, ts[m].tau, np,
-                    logs ? "set logscale xy\n" : "", tm_name[m]);
+                    logs ? "set logscale xy\nset format xy '%.0e'\n" : "");
+            static const char *const col[] = { "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7",
+                                               "#000000", "#F0E442" };
+            static const int pts[] = { 7, 5, 9, 13, 11 };
+            for (size_t i = 0, b = 0; i < np; i++) {
+                if (fam_first(rs, cid, i) != i) continue;
+                fprintf(f, "'truth_%s.dat' index %zu using 1:2 with points pt %d ps 1.3 lc rgb '%s' title '%s', \\\n     ",
+                        tm_name[m], b, pts[b / 8 % 5], col[b % 8], rs->configs[cid[i]].family);
+                b++;
+            }
+            fprintf(f, "x with lines dt 2 lc rgb 'gray' title 'y = x'\n");
             if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
             f = NULL;
             char script[64];

@@ -265,6 +265,16 @@ for m in ("logit_kl", "nll_delta"):
     check(lo <= hi, f"{m}: bootstrap interval [{lo:.3f}, {hi:.3f}] ordered")
     warned = f"Spearman {rho:.3f} < 0.9" in report_md and f"re-run for {m}" in report_md
     check(warned == (rho < 0.9), f"{m}: report.md warning present iff Spearman < 0.9 (rho {rho:.3f}, warned {warned})")
+# the scatter figures: rendered by gnuplot, one series per strategy family
+rep2 = os.path.join(TMP, "rep_fig")
+sh([os.path.join(BIN, "kvreport"), res, "-o", rep2, "--truth", truth, "--bootstrap", "0"])
+fams = sorted({p["family"] for p in pairs})
+for m in ("logit_kl", "nll_delta"):
+    gp = open(os.path.join(rep2, "figures", f"truth_{m}.gp")).read()
+    with open(os.path.join(rep2, "figures", f"truth_{m}.png"), "rb") as f:
+        png = f.read(8) == b"\x89PNG\r\n\x1a\n"
+    titled = sorted(x.split("title '")[1].split("'")[0] for x in gp.split(f"'truth_{m}.dat' index")[1:])
+    check(png and titled == fams, f"truth_{m}.png rendered; one series per family {titled}")
 x = np.array([float(p["proxy_logit_kl"]) for p in pairs])
 y = np.array([float(p["true_nll_delta"]) for p in pairs])
 rho, tau = scipy.stats.spearmanr(x, y).correlation, scipy.stats.kendalltau(x, y).correlation
