@@ -35,12 +35,9 @@ static void make_data(void)
         for (size_t t = 0; t < N; t++) lowrank_rope(K[g][t], R, COS[t], SIN[t], 0, +1);
 }
 
-/* Calibrate on tokens [0, 60) (sequence "A"), encode tokens [60, 120) ("B"). */
-static int run(const rp_strategy *s, const char *const *kv, int with_rope, float *ko, float *vo, rp_bytes *b,
-               char *err, size_t errlen)
+/* Calibrate cfg of s on tokens [0, 60) (sequence "A"); 0 ok (or nothing to calibrate). */
+static int calibrate_on_a(const rp_strategy *s, void *cfg, int with_rope, char *err, size_t errlen)
 {
-    void *cfg = NULL;
-    if (strat_configure(s, kv, &cfg, err, errlen)) return -1;
     static float ck[HKV][60][D], cv[HKV][60][D];
     for (size_t g = 0; g < HKV; g++) { memcpy(ck[g], K[g], sizeof ck[g]); memcpy(cv[g], V[g], sizeof cv[g]); }
     size_t n60 = 60;
@@ -48,14 +45,29 @@ static int run(const rp_strategy *s, const char *const *kv, int with_rope, float
     rp_calib_ctx cc = { .layer = 0, .n_layers = 1, .Hkv = HKV, .D = D, .n_seq = 1, .n = &n60, .k = &kp, .v = &vp,
                         .rope_cos = with_rope ? &COS[0][0] : NULL, .rope_sin = with_rope ? &SIN[0][0] : NULL,
                         .rotary_dim = R };
-    int rc = s->calibrate ? s->calibrate(cfg, &cc, err, errlen) : 0;
+    return s->calibrate ? s->calibrate(cfg, &cc, err, errlen) : 0;
+}
+
+/* The layer context of sequence "B" (n = N tokens, prompt length P) on a rope trace. */
+static void layer_ctx(rp_layer_ctx *ctx, kv_info *info, int with_rope, size_t P)
+{
+    memset(info, 0, sizeof *info);
+    strcpy(info->positional, "rope");
+    memset(ctx, 0, sizeof *ctx);
+    ctx->D = D; ctx->n = N; ctx->P = P; ctx->Hkv = HKV; ctx->H = HKV; ctx->G = 1; ctx->n_layers = 1; ctx->info = info;
+    ctx->rope_cos = with_rope ? &COS[0][0] : NULL; ctx->rope_sin = with_rope ? &SIN[0][0] : NULL; ctx->rotary_dim = R;
+}
+
+/* Calibrate on tokens [0, 60) (sequence "A"), encode tokens [60, 120) ("B"). */
+static int run(const rp_strategy *s, const char *const *kv, int with_rope, float *ko, float *vo, rp_bytes *b,
+               char *err, size_t errlen)
+{
+    void *cfg = NULL;
+    if (strat_configure(s, kv, &cfg, err, errlen)) return -1;
+    int rc = calibrate_on_a(s, cfg, with_rope, err, errlen);
     kv_info info;
-    memset(&info, 0, sizeof info);
-    strcpy(info.positional, "rope");
     rp_layer_ctx ctx;
-    memset(&ctx, 0, sizeof ctx);
-    ctx.D = D; ctx.n = N; ctx.P = N; ctx.Hkv = HKV; ctx.H = HKV; ctx.G = 1; ctx.n_layers = 1; ctx.info = &info;
-    ctx.rope_cos = with_rope ? &COS[0][0] : NULL; ctx.rope_sin = with_rope ? &SIN[0][0] : NULL; ctx.rotary_dim = R;
+    layer_ctx(&ctx, &info, with_rope, N);
     for (size_t g = 0; g < HKV && !rc; g++) {
         rp_cache c;
         memset(&c, 0, sizeof c);
@@ -105,20 +117,11 @@ static void extend_matches_encode(const char *const *kv, const char *tag)
     void *cfg = NULL;
     check_true(tag, strat_configure(&rp_strategy_asymkv, kv, &cfg, err, sizeof err) == 0);
     if (!cfg) { printf("  %s: %s\n", tag, err); return; }
-    static float ck[HKV][60][D], cv[HKV][60][D];
-    for (size_t g = 0; g < HKV; g++) { memcpy(ck[g], K[g], sizeof ck[g]); memcpy(cv[g], V[g], sizeof cv[g]); }
-    size_t n60 = 60;
-    const float *kp = &ck[0][0][0], *vp = &cv[0][0][0];
-    rp_calib_ctx cc = { .layer = 0, .n_layers = 1, .Hkv = HKV, .D = D, .n_seq = 1, .n = &n60, .k = &kp, .v = &vp,
-                        .rope_cos = &COS[0][0], .rope_sin = &SIN[0][0], .rotary_dim = R };
-    check_true("asymkv calibrate", rp_strategy_asymkv.calibrate(cfg, &cc, err, sizeof err) == 0);
+    check_true("asymkv calibrate", calibrate_on_a(&rp_strategy_asymkv, cfg, 1, err, sizeof err) == 0);
     kv_info info;
-    memset(&info, 0, sizeof info);
-    strcpy(info.positional, "rope");
     rp_layer_ctx ctx;
-    memset(&ctx, 0, sizeof ctx);
-    ctx.D = D; ctx.n = N; ctx.P = PP; ctx.Hkv = HKV; ctx.H = HKV; ctx.G = 1; ctx.n_layers = 1; ctx.info = &info;
-    ctx.rope_cos = &COS[0][0]; ctx.rope_sin = &SIN[0][0]; ctx.rotary_dim = R; ctx.prompt_attn = fake_prompt_attn;
+    layer_ctx(&ctx, &info, 1, PP);
+    ctx.prompt_attn = fake_prompt_attn;
     int same = 1, ok = 1;
     for (size_t g = 0; g < HKV; g++) {
         rp_cache inc;
