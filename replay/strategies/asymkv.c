@@ -246,29 +246,25 @@ static int asymkv_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_t
         bases = c->bytes.bases;
         mod = c->modified;
     }
-    double dD = (double)D, kpay, ks = 0, vpay, vs = 0;
+    double dD = (double)D, kpay, ks, vpay, vs;
     if (q->kbits) {     /* whole groups of G key rows, per channel, below nq_keys (only grows) */
-        size_t k0 = quant_kivi_nq_keys(m_prev, G, R), k1 = quant_kivi_nq_keys(m, G, R);
-        for (size_t a = k0; a + G <= k1; a += G)
-            for (size_t d = 0; d < D; d++) quant_asym_group(c->k + a * D + d, G, D, q->kbits);
-        kpay = (double)k1 * dD * q->kbits / 8.0 + ((double)m - (double)k1) * dD * 2.0;
-        ks = (double)k1 / (double)G * dD * 4.0;
-        mod |= k1 > 0;
+        quant_kivi_keys_grow(c->k, m_prev, m, D, q->kbits, G, R);
+        quant_kivi_side_bytes(m, D, q->kbits, G, R, 1, &kpay, &ks);
+        mod |= quant_kivi_nq_keys(m, G, R) > 0;
     } else {
         kpay = lowrank_side_bytes(m, D, q->rank_k, q->lbits);
-        ks = q->lbits && q->rank_k && q->rank_k < D ? (double)m * 2.0 : 0.0;
+        ks = lowrank_side_scales(m, D, q->rank_k, q->lbits);
     }
     if (q->vbits) {     /* per token over the kept rows: the residual is the last R kept rows */
         for (size_t i = v0; i < v1; i++) {
             size_t e = !nd ? i : i < kp ? kept[i] : np + (i - kp);  /* decode entries follow the prompt */
-            for (size_t ch = 0; ch + G <= D; ch += G) quant_asym_group(c->v + e * D + ch, G, 1, q->vbits);
+            quant_kivi_value_row(c->v + e * D, D, q->vbits, G);
         }
-        vpay = (double)v1 * dD * q->vbits / 8.0 + ((double)mv - (double)v1) * dD * 2.0;
-        vs = (double)v1 * (dD / (double)G) * 4.0;
+        quant_kivi_side_bytes(mv, D, q->vbits, G, R, 0, &vpay, &vs);
         mod |= v1 > 0;
     } else {
         vpay = lowrank_side_bytes(mv, D, q->rank_v, q->lbits);
-        vs = q->lbits && q->rank_v && q->rank_v < D ? (double)mv * 2.0 : 0.0;
+        vs = lowrank_side_scales(mv, D, q->rank_v, q->lbits);
     }
     /* indices: this function adds 4 B per kept value row to what it was given */
     double idx = c->bytes.indices - (m_prev && nd ? 4.0 * (double)mv_prev : 0.0);

@@ -222,6 +222,11 @@ double lowrank_side_bytes(size_t m, size_t D, size_t r, int bits)
     return bits ? (double)m * ((double)r * bits / 8.0) : (double)m * (double)r * 2.0;
 }
 
+double lowrank_side_scales(size_t m, size_t D, size_t r, int bits)
+{
+    return bits && r && r < D ? (double)m * 2.0 : 0.0;
+}
+
 /* Rows are projected one by one, so extending the cache from m_prev entries projects the new
  * rows only; encode = extend from 0. (lowrank is not time-dependent: the engine encodes each
  * cache once; asymkv's incremental encoding calls this for its ranked sides.) */
@@ -258,7 +263,7 @@ static int lowrank_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_
     }
     int pk = q->rank_k && q->rank_k < D, pv = q->rank_v && q->rank_v < D;
     c->bytes.payload = lowrank_side_bytes(m, D, q->rank_k, q->bits) + lowrank_side_bytes(m, D, q->rank_v, q->bits);
-    c->bytes.scales = q->bits ? (double)m * 2.0 * (pk + pv) : 0.0;
+    c->bytes.scales = lowrank_side_scales(m, D, q->rank_k, q->bits) + lowrank_side_scales(m, D, q->rank_v, q->bits);
     c->bytes.bases = ((pk ? (double)D * q->rank_k * 2.0 : 0) + (pv ? (double)D * q->rank_v * 2.0 : 0)) /
                      (q->share == SH_GROUP ? (double)ctx->Hkv : 1.0);
     c->modified = pk || pv;

@@ -25,5 +25,8 @@ void lowrank_project(float *x, size_t D, const double *U, size_t r, int bits);
 /* Bytes of the stored rows of one side (K or V) of m entries at rank r (0 or D: fp16 rows;
  * else the latent: fp16, or `bits` per coordinate; its per-token scales are counted apart). */
 double lowrank_side_bytes(size_t m, size_t D, size_t r, int bits);
+/* Bytes of that side's per-token latent scales (an fp16 scale per projected row when the
+ * latent is quantised, bits 8 or 4; none otherwise). */
+double lowrank_side_scales(size_t m, size_t D, size_t r, int bits);
 
 #endif /* KV_STRAT_LOWRANK_H */

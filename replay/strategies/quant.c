@@ -81,27 +81,46 @@ size_t quant_kivi_nq_values(size_t m, size_t R)
     return m > R ? m - R : 0;
 }
 
+void quant_kivi_keys_grow(float *k, size_t m_prev, size_t m, size_t D, int bits, size_t G, size_t R)
+{
+    size_t k0 = quant_kivi_nq_keys(m_prev, G, R), k1 = quant_kivi_nq_keys(m, G, R);
+    for (size_t a = k0; a + G <= k1; a += G)
+        for (size_t d = 0; d < D; d++) quant_asym_group(k + a * D + d, G, D, bits);
+}
+
 void quant_kivi_keys(float *k, size_t m, size_t D, int bits, size_t G, size_t R)
 {
-    size_t nq = quant_kivi_nq_keys(m, G, R);
-    for (size_t a = 0; a + G <= nq; a += G)
-        for (size_t d = 0; d < D; d++) quant_asym_group(k + a * D + d, G, D, bits);
+    quant_kivi_keys_grow(k, 0, m, D, bits, G, R);
+}
+
+void quant_kivi_value_row(float *v, size_t D, int bits, size_t G)
+{
+    for (size_t c = 0; c + G <= D; c += G) quant_asym_group(v + c, G, 1, bits);
 }
 
 void quant_kivi_values(float *v, size_t m, size_t D, int bits, size_t G, size_t R)
 {
     size_t nq = quant_kivi_nq_values(m, R);
-    for (size_t e = 0; e < nq; e++)
-        for (size_t c = 0; c + G <= D; c += G) quant_asym_group(v + e * D + c, G, 1, bits);
+    for (size_t e = 0; e < nq; e++) quant_kivi_value_row(v + e * D, D, bits, G);
+}
+
+void quant_kivi_side_bytes(size_t m, size_t D, int bits, size_t G, size_t R, int keys, double *payload,
+                           double *scales)
+{
+    double nq = (double)(keys ? quant_kivi_nq_keys(m, G, R) : quant_kivi_nq_values(m, R));
+    double dm = (double)m, dD = (double)D;
+    *payload = nq * dD * bits / 8.0 + (dm - nq) * dD * 2.0;
+    *scales = keys ? (nq / (double)G) * dD * 4.0 : nq * (dD / (double)G) * 4.0;
 }
 
 void quant_kivi_bytes(size_t m, size_t D, int kbits, int vbits, size_t G, size_t R,
                       double *payload, double *scales)
 {
-    double nk = (double)quant_kivi_nq_keys(m, G, R), nv = (double)quant_kivi_nq_values(m, R);
-    double dm = (double)m, dD = (double)D;
-    *payload = nk * dD * kbits / 8.0 + (dm - nk) * dD * 2.0 + nv * dD * vbits / 8.0 + (dm - nv) * dD * 2.0;
-    *scales = (nk / (double)G) * dD * 4.0 + nv * (dD / (double)G) * 4.0;
+    double kp, ks, vp, vs;      /* exact: multiples of 1/4 far below 2^53 */
+    quant_kivi_side_bytes(m, D, kbits, G, R, 1, &kp, &ks);
+    quant_kivi_side_bytes(m, D, vbits, G, R, 0, &vp, &vs);
+    *payload = kp + vp;
+    *scales = ks + vs;
 }
 
 void quant_sym_bytes(size_t m, size_t D, int bits, double *payload, double *scales)
@@ -176,14 +195,11 @@ static int quant_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_t 
         return -1;
     }
     size_t G = q->group, R = q->residual;
-    size_t k0 = quant_kivi_nq_keys(m_prev, G, R), k1 = quant_kivi_nq_keys(m, G, R);
-    for (size_t a = k0; a + G <= k1; a += G)
-        for (size_t d = 0; d < D; d++) quant_asym_group(c->k + a * D + d, G, D, q->kbits);
-    size_t v0 = quant_kivi_nq_values(m_prev, R), v1 = quant_kivi_nq_values(m, R);
-    for (size_t e = v0; e < v1; e++)
-        for (size_t ch = 0; ch + G <= D; ch += G) quant_asym_group(c->v + e * D + ch, G, 1, q->vbits);
+    quant_kivi_keys_grow(c->k, m_prev, m, D, q->kbits, G, R);
+    size_t v1 = quant_kivi_nq_values(m, R);
+    for (size_t e = quant_kivi_nq_values(m_prev, R); e < v1; e++) quant_kivi_value_row(c->v + e * D, D, q->vbits, G);
     quant_kivi_bytes(m, D, q->kbits, q->vbits, G, R, &c->bytes.payload, &c->bytes.scales);
-    c->modified = k1 + v1 > 0;
+    c->modified = quant_kivi_nq_keys(m, G, R) + v1 > 0;
     return 0;
 }
 

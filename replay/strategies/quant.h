@@ -25,14 +25,22 @@ size_t quant_kivi_nq_values(size_t m, size_t R);
 /* KIVI keys [m][D]: per channel, groups of G consecutive entries among the first
  * quant_kivi_nq_keys ones; the rest stay exact (fp16 residual). */
 void quant_kivi_keys(float *k, size_t m, size_t D, int bits, size_t G, size_t R);
+/* The incremental form: the key groups that enter the quantised range when the stream
+ * grows from m_prev to m entries (rows below m_prev already quantised; keys = grow from 0). */
+void quant_kivi_keys_grow(float *k, size_t m_prev, size_t m, size_t D, int bits, size_t G, size_t R);
 /* KIVI values [m][D]: per entry, groups of G channels (G must divide D), for the first
  * quant_kivi_nq_values entries. */
 void quant_kivi_values(float *v, size_t m, size_t D, int bits, size_t G, size_t R);
+/* One value row [D] of KIVI values (the per-entry step of quant_kivi_values). */
+void quant_kivi_value_row(float *v, size_t D, int bits, size_t G);
 
 /* Bytes of m KIVI entries (K and V together): payload (codes + fp16 residual) and
  * scales (scale + zero-point, fp16 each, per group). */
 void quant_kivi_bytes(size_t m, size_t D, int kbits, int vbits, size_t G, size_t R,
                       double *payload, double *scales);
+/* The same for one side: keys != 0 the key side of m entries, else the value side. */
+void quant_kivi_side_bytes(size_t m, size_t D, int bits, size_t G, size_t R, int keys, double *payload,
+                           double *scales);
 /* Bytes of m per-token symmetric entries (K and V): codes + one fp16 scale per row. */
 void quant_sym_bytes(size_t m, size_t D, int bits, double *payload, double *scales);
 
