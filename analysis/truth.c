@@ -179,8 +179,35 @@ done:
 
 typedef struct plrow { char *config; long long seq, layer; double kl, nll; } plrow;
 
-/* Rows of every results directory's per_layer.csv; *n = 0 when none has one. Empty fields
- * are NaN. */
+static int pl_cmp(const void *a, const void *b)
+{
+    const plrow *x = a, *y = b;
+    int c = strcmp(x->config, y->config);
+    if (c) return c;
+    if (x->seq != y->seq) return x->seq < y->seq ? -1 : 1;
+    return (x->layer > y->layer) - (x->layer < y->layer);
+}
+
+/* First of the sorted rows of (config, seq); rows of it run while config and seq match
+ * (pl_match); npl when there are none. */
+static size_t pl_find(const plrow *pl, size_t npl, const char *config, long long seq)
+{
+    plrow key = { (char *)config, seq, -1, 0, 0 };
+    size_t lo = 0, hi = npl;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (pl_cmp(&pl[mid], &key) < 0) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+static int pl_match(const plrow *r, const char *config, long long seq)
+{
+    return r->seq == seq && !strcmp(r->config, config);
+}
+
+/* Rows of every results directory's per_layer.csv, sorted by (config, seq, layer) for
+ * pl_find; *n = 0 when none has one. Empty fields are NaN. */
 static kv_status load_per_layer(const res_set *rs, plrow **out, size_t *n_out, size_t *L_out, kv_error *err)
 {
     plrow *rows = NULL;
@@ -226,6 +253,7 @@ static kv_status load_per_layer(const res_set *rs, plrow **out, size_t *n_out, s
         return fail(err, KV_ERR_FORMAT, "%s line %zu: expected config_id,config,seq,layer,logit_kl_layer,nll_delta_layer", path, ln);
     }
     free(line);
+    if (n) qsort(rows, n, sizeof *rows, pl_cmp);
     *out = rows; *n_out = n; *L_out = L;
     return KV_OK;
 }
@@ -321,12 +349,10 @@ static const tcal_def tr_cal_defs[] = {
 #define TR_NCAL (sizeof tr_cal_defs / sizeof tr_cal_defs[0])
 typedef struct tcal { const tcal_def *def; tstat st; double *pred, *g; } tcal;
 
-/* Index of the first paired configuration of pair i's family. */
-static size_t fam_first(const res_set *rs, const long *cid, size_t i)
+/* CSV fields ",%.9g" for v[0..n), empty where not finite. */
+static void put_nums(FILE *f, const double *v, int n)
 {
-    for (size_t j = 0; j < i; j++)
-        if (!strcmp(rs->configs[cid[j]].family, rs->configs[cid[i]].family)) return j;
-    return i;
+    for (int i = 0; i < n; i++) { if (isfinite(v[i])) fprintf(f, ",%.9g", v[i]); else fputs(",", f); }
 }
 
 kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *err)
@@ -344,20 +370,19 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     plrow *pl = NULL;
     size_t npl = 0, L = 0, ncal = 0;
     double *fx[TM_N] = { NULL, NULL };      /* [np][L] means of logit_kl_layer, nll_delta_layer */
-    int *fam = NULL, have_pl = 0;
+    int *fam = malloc((NC ? NC : 1) * sizeof *fam), have_pl = 0;     /* family id of each pair */
     tcal cal[TR_NCAL];
     memset(cal, 0, sizeof cal);
     for (int m = 0; m < TM_N; m++) { px[m] = malloc((NC ? NC : 1) * sizeof **px); ty[m] = malloc((NC ? NC : 1) * sizeof **ty); }
     FILE *f = NULL;
     char path[8192];
     *n_warn = 0;
-    if (!cid || !px[0] || !px[1] || !ty[0] || !ty[1]) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+    if (!cid || !fam || !px[0] || !px[1] || !ty[0] || !ty[1]) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
     if ((st = load_per_layer(rs, &pl, &npl, &L, err)) != KV_OK) goto done;
     have_pl = npl > 0 && L > 0;
     if (have_pl) {
         fx[0] = calloc(NC * L, sizeof *fx[0]); fx[1] = calloc(NC * L, sizeof *fx[1]);
-        fam = calloc(NC ? NC : 1, sizeof *fam);
-        if (!fx[0] || !fx[1] || !fam) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+        if (!fx[0] || !fx[1]) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
     }
     /* pair per configuration: means over the sequences present in both (full family left out) */
     for (size_t ci = 0; ci < NC; ci++) {
@@ -376,9 +401,9 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
              * calibration (have_pl = 0) rather than pairing other sequences */
             if (have_pl) {
                 size_t got = 0;
-                for (size_t r = 0; r < npl; r++)
-                    if (pl[r].seq == rows[i].seq && !strcmp(pl[r].config, cf->config) && isfinite(pl[r].kl) &&
-                        isfinite(pl[r].nll)) {
+                long long sq = rows[i].seq;
+                for (size_t r = pl_find(pl, npl, cf->config, sq); r < npl && pl_match(&pl[r], cf->config, sq); r++)
+                    if (isfinite(pl[r].kl) && isfinite(pl[r].nll)) {
                         fx[0][np * L + (size_t)pl[r].layer] += pl[r].kl;
                         fx[1][np * L + (size_t)pl[r].layer] += pl[r].nll;
                         got++;
@@ -405,13 +430,13 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
      * direct-path ΔNLL misses the later layers' response; the KL's ranking carries over) */
     corr_stats(px[TM_KL], ty[TM_NLL], np, c->n_boot, c->seed + 50, &tsx);
     tsx.med_ratio = NAN;
+    /* family ids: index of the first paired configuration of the same family */
+    for (size_t i = 0; i < np; i++) {
+        fam[i] = (int)i;
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(rs->configs[cid[i]].family, rs->configs[cid[j]].family)) { fam[i] = fam[j]; break; }
+    }
     if (have_pl) {
-        /* family ids: index of the first paired configuration of the same family */
-        for (size_t i = 0; i < np; i++) {
-            fam[i] = (int)i;
-            for (size_t j = 0; j < i; j++)
-                if (!strcmp(rs->configs[cid[i]].family, rs->configs[cid[j]].family)) { fam[i] = fam[j]; break; }
-        }
         ncal = TR_NCAL;
         for (size_t k = 0; k < ncal; k++) {
             tcal *q = &cal[k];
@@ -441,21 +466,21 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         const tstat *t = &ts[m];
         double v[10] = { t->rho, t->rho_lo, t->rho_hi, t->tau, t->tau_lo, t->tau_hi, t->slope, t->intercept, t->med_ratio };
         fprintf(f, "%s,%zu", tm_name[m], t->n);
-        for (int i = 0; i < 9; i++) { if (isfinite(v[i])) fprintf(f, ",%.9g", v[i]); else fputs(",", f); }
+        put_nums(f, v, 9);
         /* side by side: the metric's primary calibration (leave-one-strategy-out predictions) */
         const tcal *q = NULL;
         for (size_t k = 0; k < ncal; k++) if (cal[k].def->target == m && cal[k].def->primary) q = &cal[k];
         if (q) {
             double u[6] = { q->st.rho, q->st.rho_lo, q->st.rho_hi, q->st.tau, q->st.tau_lo, q->st.tau_hi };
             fprintf(f, ",%s", q->def->name);
-            for (int i = 0; i < 6; i++) { if (isfinite(u[i])) fprintf(f, ",%.9g", u[i]); else fputs(",", f); }
+            put_nums(f, u, 6);
         } else fputs(",,,,,,,", f);
         fputc('\n', f);
     }
     {
         double v[9] = { tsx.rho, tsx.rho_lo, tsx.rho_hi, tsx.tau, tsx.tau_lo, tsx.tau_hi, tsx.slope, tsx.intercept, NAN };
         fprintf(f, "%s,%zu", TR_CROSS_NAME, tsx.n);
-        for (int i = 0; i < 9; i++) { if (isfinite(v[i])) fprintf(f, ",%.9g", v[i]); else fputs(",", f); }
+        put_nums(f, v, 9);
         fputs(",,,,,,,\n", f);
     }
     if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
@@ -482,7 +507,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
             double u[6] = { q->st.rho, q->st.rho_lo, q->st.rho_hi, q->st.tau, q->st.tau_lo, q->st.tau_hi };
             fprintf(f, "%s,%s,%s,%s,%zu,%zu", q->def->name, tm_name[q->def->target], q->def->features, q->def->fit,
                     q->st.n, nfam);
-            for (int i = 0; i < 6; i++) { if (isfinite(u[i])) fprintf(f, ",%.9g", u[i]); else fputs(",", f); }
+            put_nums(f, u, 6);
             for (size_t l = 0; l < L; l++) fprintf(f, ",%.9g", q->g[l]);
             fputc('\n', f);
         }
@@ -502,10 +527,10 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
             fprintf(f, "# proxy truth family; one block per family\n");
             size_t nf = 0;
             for (size_t i = 0; i < np; i++) {
-                if (fam_first(rs, cid, i) != i) continue;
+                if (fam[i] != (int)i) continue;
                 fprintf(f, "%s\n", nf ? "\n" : "");
                 for (size_t j = i; j < np; j++)
-                    if (!strcmp(rs->configs[cid[j]].family, rs->configs[cid[i]].family))
+                    if (fam[j] == (int)i)
                         fprintf(f, "%.9g %.9g \"%s\"\n", px[m][j], ty[m][j], rs->configs[cid[j]].family);
                 nf++;
             }
@@ -525,7 +550,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                                                "#000000", "#F0E442" };
             static const int pts[] = { 7, 5, 9, 13, 11 };
             for (size_t i = 0, b = 0; i < np; i++) {
-                if (fam_first(rs, cid, i) != i) continue;
+                if (fam[i] != (int)i) continue;
                 fprintf(f, "'truth_%s.dat' index %zu using 1:2 with points pt %d ps 1.3 lc rgb '%s' title '%s', \\\n     ",
                         tm_name[m], b, pts[b / 8 % 5], col[b % 8], rs->configs[cid[i]].family);
                 b++;
@@ -769,8 +794,9 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
         for (size_t j = 0; j < cf->n_seqs; j++) {
             double row[TR_MAX_GAINS];
             size_t got = 0;
-            for (size_t r = 0; r < npl; r++)
-                if (pl[r].seq == cf->seqs[j].seq && !strcmp(pl[r].config, cf->config) && isfinite(pl[r].kl)) {
+            long long sq = cf->seqs[j].seq;
+            for (size_t r = pl_find(pl, npl, cf->config, sq); r < npl && pl_match(&pl[r], cf->config, sq); r++)
+                if (isfinite(pl[r].kl)) {
                     row[pl[r].layer] = pl[r].kl;
                     got++;
                 }
@@ -802,7 +828,7 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
         const res_config *cf = &rs->configs[ci];
         double v[5] = { raw[ci], cal[ci], caln[ci], rr[ci], rc[ci] };
         fprintf(o, "%s,%s,%zu", cf->config, cf->family, nseq[ci]);
-        for (int i = 0; i < 5; i++) { if (isfinite(v[i])) fprintf(o, ",%.9g", v[i]); else fputs(",", o); }
+        put_nums(o, v, 5);
         fputc('\n', o);
     }
     if (fclose(o)) { o = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
