@@ -217,9 +217,9 @@ static int asymkv_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_t
     size_t *kept = NULL;            /* kept[i]: the entry of the i-th kept prompt row */
     float *fill = NULL;
     int rc = -1;
-    /* the selection: to write the fill (first call) and to find kept prompt rows entering
-     * the quantised range (v0 < kp: the first R decode steps) */
-    if (nd && (m_prev == 0 || v0 < kp)) {
+    /* the selection: to write the fill (first call) and, with vbits, to find kept prompt rows
+     * entering the quantised range (v0 < kp: the first R decode steps) */
+    if (nd && (m_prev == 0 || (q->vbits && v0 < kp))) {
         vk = malloc(m);
         kept = malloc((kp ? kp : 1) * sizeof *kept);
         if (!vk || !kept) { snprintf(err, errlen, "out of memory"); goto done; }
