@@ -51,10 +51,6 @@ import h5py
 import numpy as np
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import refmodel  # noqa: E402
-
 TRUTH_VERSION = 1
 TRUTH_FN = "kvtruth"
 ECE_BINS = 15
