@@ -7,8 +7,20 @@ loss and the unigram baseline (held-out cross-entropy of the training byte distr
 all in nats per byte.
 
     /usr/bin/python3 capture/train_ref.py --steps 3000 -o capture/ref_model.pt --log capture/train.log
+
+Models with structure (issue 16): a synthetic share (capture/synth.py: repeated random spans
+and planted facts queried late) trains induction and retrieval; --seq-schedule trains short
+first and at the full context last; --ckpt/--resume make a long run resumable; every
+--probe-every steps the structure probes (probe_structure) are logged: best induction score,
+best BOS mass in a layer above 0, best previous-token mass, and the model's own retrieval
+accuracy on held-out planted facts at several distances.
+
+    OPENBLAS_CORETYPE=SkylakeX nice -n 19 /usr/bin/python3 capture/train_ref.py \
+        --layers 4 --synth-frac 0.3 --seq-schedule 256:1500,1024 --batch-tokens 8192 \
+        --steps 4000 --ckpt capture/models/l4.ckpt -o capture/models/l4.pt --log capture/models/l4.log
 """
 import argparse
+import json
 import math
 import os
 import sys
@@ -21,6 +33,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from corpus import split_text  # noqa: E402
 from refmodel import BOS_ID, RefConfig, RefModel, save_model  # noqa: E402
+import synth  # noqa: E402
+from structure import probe_structure  # noqa: E402
 
 
 def batches(data, rng, B, T):
@@ -72,6 +86,24 @@ def attention_report(model, data, T):
     return rows
 
 
+def parse_schedule(spec, default_seq):
+    """'256:1500,1024' -> [(256, 1500), (1024, None)]: seq 256 for the first 1500 steps."""
+    if not spec:
+        return [(default_seq, None)]
+    out = []
+    for part in spec.split(","):
+        seq, _, until = part.partition(":")
+        out.append((int(seq), int(until) if until else None))
+    return out
+
+
+def seq_at(schedule, step):
+    for seq, until in schedule:
+        if until is None or step < until:
+            return seq
+    return schedule[-1][0]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3000)
@@ -82,6 +114,20 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kv-heads", type=int, default=2)
+    ap.add_argument("--d-ff", type=int, default=512)
+    ap.add_argument("--synth-frac", type=float, default=0.0,
+                    help="share of training windows from capture/synth.py (repeat and facts)")
+    ap.add_argument("--seq-schedule", default="",
+                    help="SEQ:UNTIL_STEP,...,SEQ (default: --seq throughout)")
+    ap.add_argument("--batch-tokens", type=int, default=0,
+                    help="tokens per step; batch = batch_tokens // seq (default: --batch)")
+    ap.add_argument("--probe-every", type=int, default=0, help="structure probes every N steps")
+    ap.add_argument("--ckpt", default="", help="resumable checkpoint written every --eval-every steps")
+    ap.add_argument("--resume", action="store_true", help="continue from --ckpt")
     ap.add_argument("-o", "--out", default="capture/ref_model.pt")
     ap.add_argument("--log", default="capture/train.log")
     a = ap.parse_args()
@@ -97,7 +143,11 @@ def main():
     logp = np.log(counts / counts.sum())
     unigram = float(-logp[held].mean())
 
-    model = RefModel(RefConfig())
+    schedule = parse_schedule(a.seq_schedule, a.seq)
+    train_ctx = max(sq for sq, _ in schedule)
+    cfg = RefConfig(n_layers=a.layers, d_model=a.d_model, n_heads=a.heads, n_kv_heads=a.kv_heads,
+                    head_dim=a.d_model // a.heads, d_ff=a.d_ff)
+    model = RefModel(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -110,26 +160,48 @@ def main():
         f = (step - a.warmup) / max(1, a.steps - a.warmup)
         return a.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * f)))
 
-    log = open(a.log + ".tmp", "w")
+    start, counter, ema = 0, 0, None
+    if a.resume:
+        ck = torch.load(a.ckpt)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        start, counter, ema = ck["step"], ck["counter"], ck["ema"]
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+    log = open(a.log + ".tmp", "a" if a.resume else "w")
 
     def say(s):
         print(s, flush=True)
         log.write(s + "\n")
         log.flush()
 
+    if a.resume:
+        say(f"# resumed at step {start} from {a.ckpt}")
     say(f"# kvtrace reference model training; corpus: KJV Bible (Debian bible-kjv), held-out = every {20}th chapter")
-    say(f"# config {RefConfig().to_json().replace(chr(10), '')}")
+    say(f"# config {cfg.to_json().replace(chr(10), '')}")
     say(f"# params {n_params}  train_bytes {len(train)}  heldout_bytes {len(held)}  seed {a.seed}  "
         f"threads {a.threads}  torch {torch.__version__}  steps {a.steps} batch {a.batch} seq {a.seq}")
+    if a.synth_frac or a.seq_schedule or a.batch_tokens:
+        say(f"# synth_frac {a.synth_frac}  seq_schedule {schedule}  batch_tokens {a.batch_tokens}  "
+            f"lr {a.lr}  warmup {a.warmup}  OPENBLAS_CORETYPE {os.environ.get('OPENBLAS_CORETYPE', '-')}")
     say(f"# unigram_baseline_heldout_nats {unigram:.4f}")
     say("step\tlr\ttrain_loss\theldout_loss\telapsed_s")
-    t0 = time.time()
-    ema = None
-    for step in range(a.steps):
+    t0 = time.time() - (ck["elapsed"] if a.resume else 0.0)
+    distances = [d for d in (256, 512, 1000) if d + 24 <= train_ctx] or [train_ctx // 2]
+    seq = a.seq
+    for step in range(start, a.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        x, y = batches(train, rng, a.batch, a.seq)
-        loss = F.cross_entropy(model(x).reshape(-1, RefConfig().vocab_size), y.reshape(-1))
+        seq = seq_at(schedule, step)
+        B = a.batch_tokens // seq if a.batch_tokens else a.batch
+        if a.synth_frac > 0:
+            win, counter = synth.mixed_batch(rng, train, B, seq + 1, a.synth_frac, a.seed, counter)
+            win = win.astype(np.int64)
+            x = torch.from_numpy(np.concatenate([np.full((B, 1), BOS_ID), win[:, :-1]], axis=1))
+            y = torch.from_numpy(win)
+        else:
+            x, y = batches(train, rng, B, seq)
+        loss = F.cross_entropy(model(x).reshape(-1, cfg.vocab_size), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -137,19 +209,40 @@ def main():
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
         last = step == a.steps - 1
         if (step + 1) % a.eval_every == 0 or last:
-            hl = evaluate(model, held, a.seq, 64 if not last else 512)
+            hl = evaluate(model, held, seq, max(1, 64 * 256 // seq) if not last else 512)
             say(f"{step + 1}\t{lr_at(step):.2e}\t{ema:.4f}\t{hl:.4f}\t{time.time() - t0:.0f}")
+            if a.ckpt:
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                            "counter": counter, "ema": ema, "rng": rng.bit_generator.state,
+                            "torch_rng": torch.get_rng_state(), "elapsed": time.time() - t0},
+                           a.ckpt + ".tmp")
+                os.replace(a.ckpt + ".tmp", a.ckpt)
+        if a.probe_every and ((step + 1) % a.probe_every == 0 or last):
+            ind, bos, prev, acc = probe_structure(model, held, train_ctx, a.seed + 1, distances)
+            li, hi = np.unravel_index(ind.argmax(), ind.shape)
+            up = bos[1:] if len(bos) > 1 else bos
+            lb, hb = np.unravel_index(up.argmax(), up.shape)
+            say(f"# probe step {step + 1}: induction max {ind.max():.3f} (L{li} H{hi})  "
+                f"bos max above L0 {up.max():.3f} (L{lb + (len(bos) > 1)} H{hb})  prev max {prev.max():.3f}  "
+                + "  ".join(f"retrieval@{d} {v:.2f}" for d, v in acc.items()))
         elif (step + 1) % 50 == 0:
             say(f"{step + 1}\t{lr_at(step):.2e}\t{ema:.4f}\t\t{time.time() - t0:.0f}")
-    final = evaluate(model, held, a.seq, 512)
+    final = evaluate(model, held, seq, 512 * 256 // seq)
     say(f"# final_heldout_nats {final:.4f}  unigram_baseline_nats {unigram:.4f}  "
         f"elapsed_s {time.time() - t0:.0f}")
     say("# attention structure on a held-out window: layer head mass_on_BOS mass_on_previous_token")
-    for l, h, bos, prev in attention_report(model, held, a.seq):
+    for l, h, bos, prev in attention_report(model, held, seq):
         say(f"# attn L{l} H{h} bos {bos:.3f} prev {prev:.3f}")
     log.close()
     tmp = a.out + ".tmp"
-    save_model(model, tmp)
+    if a.seq_schedule or a.synth_frac:
+        # the context actually trained at, in the config: kvcapture warns beyond it
+        conf = json.loads(cfg.to_json())
+        conf["train_ctx"] = train_ctx
+        torch.save({"format": "kvtrace-ref", "version": 1, "config": conf,
+                    "state_dict": model.state_dict()}, tmp)
+    else:
+        save_model(model, tmp)
     os.replace(tmp, a.out)
     os.replace(a.log + ".tmp", a.log)
 
