@@ -20,7 +20,9 @@ Models (M):
 
 Inputs: --text (plain text, cut into windows of T-1 tokens after a BOS token, every --stride
 tokens), --jsonl (one object per line with "text", or with "context" and "question" and
-optionally "answer": /prefill_len is then the length of BOS + context), --ids (pre-tokenised:
+optionally "answer": /prefill_len is then the length of BOS + context; optionally "needles",
+a list of {"start", "end", "value_start", "value_end"} byte offsets into the context, written
+to /needles with the answer's token span, byte-level models only), --ids (pre-tokenised:
 whitespace-separated ids, one sequence per line, used as given). The reference model and
 hf-random models tokenise text as UTF-8 bytes; Hugging Face models use their tokenizer.
 
@@ -456,7 +458,28 @@ def sequences_from_text(path, adapter, T, S, stride):
     return seqs, None, src
 
 
-def sequences_from_jsonl(path, adapter, T, S):
+def _needles_of(rec, where, adapter, ctx_start, n_ctx, ans0, ans1, seq_index, out):
+    """Context byte offsets of the planted needles -> token positions (/needles rows)."""
+    nd = rec.get("needles")
+    if not isinstance(nd, list) or not nd:
+        raise CaptureError(f"{where}: 'needles' must be a non-empty list")
+    if len(adapter.tokenize(rec["context"])) != len(rec["context"].encode("utf-8")):
+        raise CaptureError(f"{where}: 'needles' needs a byte-level model (reference or hf-random): "
+                           "its offsets are bytes of the context")
+    if ans1 <= ans0:
+        raise CaptureError(f"{where}: 'needles' needs a non-empty 'answer'")
+    for i, n in enumerate(nd):
+        keys = ("start", "end", "value_start", "value_end")
+        if not isinstance(n, dict) or any(type(n.get(k)) is not int for k in keys):
+            raise CaptureError(f"{where}: needles[{i}] needs integer fields {', '.join(keys)}")
+        if not (0 <= n["start"] <= n["value_start"] < n["value_end"] <= n["end"] <= n_ctx):
+            raise CaptureError(f"{where}: needles[{i}]: need 0 <= start <= value_start < value_end "
+                               f"<= end <= context bytes ({n_ctx})")
+        out.append((seq_index, ctx_start + n["start"], ctx_start + n["end"], ctx_start + n["value_start"],
+                    ctx_start + n["value_end"], ans0, ans1))
+
+
+def sequences_from_jsonl(path, adapter, T, S, needles_out=None):
     raw = _read(path, "jsonl file")
     lines = [(i + 1, ln) for i, ln in enumerate(raw.decode("utf-8", "replace").splitlines())
              if ln.strip()]
@@ -482,6 +505,7 @@ def sequences_from_jsonl(path, adapter, T, S):
                 raise CaptureError(f"{where}: needs string fields 'context' and 'question'")
             ctx = bos + adapter.tokenize(rec["context"])
             rest = adapter.tokenize(rec["question"])
+            ans0 = len(ctx) + len(rest)
             if isinstance(rec.get("answer"), str):
                 rest += adapter.tokenize(rec["answer"])
             if not rest:
@@ -490,6 +514,9 @@ def sequences_from_jsonl(path, adapter, T, S):
             if len(seq) > T:
                 raise CaptureError(f"{where}: context + question is {len(seq)} tokens, more than "
                                    f"--tokens {T}")
+            if "needles" in rec and needles_out is not None:
+                _needles_of(rec, where, adapter, len(bos), len(ctx) - len(bos), ans0, len(seq),
+                            len(seqs), needles_out)
             prefill.append(len(ctx))
         else:
             if not isinstance(rec.get("text"), str):
@@ -680,10 +707,11 @@ def _capture_into(a, tmp):
     n_inputs = sum(x is not None for x in (a.text, a.jsonl, a.ids))
     if n_inputs != 1:
         raise CaptureError("give exactly one of --text, --jsonl, --ids")
+    needles = []        # /needles rows: (seq, start, end, value_start, value_end, answer_start, answer_end)
     if a.text is not None:
         seqs, prefill, src = sequences_from_text(a.text, ad, T, S, a.stride)
     elif a.jsonl is not None:
-        seqs, prefill, src = sequences_from_jsonl(a.jsonl, ad, T, S)
+        seqs, prefill, src = sequences_from_jsonl(a.jsonl, ad, T, S, needles)
     else:
         seqs, prefill, src = sequences_from_ids(a.ids, ad, T, S)
     V = meta["vocab_size"]
@@ -746,6 +774,11 @@ def _capture_into(a, tmp):
         f.create_dataset("seq_len", data=lens.astype("<i4"))
         if prefill is not None:
             f.create_dataset("prefill_len", data=np.array(prefill, dtype="<i4"))
+        if needles:
+            nd = np.array(needles, dtype=np.int64)
+            for j, name in enumerate(("seq", "start", "end", "value_start", "value_end",
+                                      "answer_start", "answer_end")):
+                f.create_dataset(f"needles/{name}", data=nd[:, j].astype("<i4"))
         if meta["positional"] == "rope":
             cos, sin = ad.rope_tables(T)
             f.create_dataset("rope/cos", data=cos.astype("<f4"))

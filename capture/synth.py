@@ -141,3 +141,25 @@ def mixed_batch(rng, text, B, T, synth_frac, seed, counter):
             d = text[s:s + T - 1]
         rows.append(d)
     return np.stack(rows), counter
+
+
+def needle_record(seed, index, ctx_len, depth, filler, n_distractors=3):
+    """One needle-in-a-haystack input for kvcapture --jsonl: a prose context of ctx_len bytes
+    with a planted fact "[KEYS:1234]" whose '[' sits at byte int(depth * (ctx_len - 12)) and
+    n_distractors other facts, then the question " [KEYS:" and the answer "1234]".
+
+    Returns {"context", "question", "answer", "needles": [{start, end, value_start, value_end}]}
+    with byte offsets into the context (end exclusive): what kvcapture turns into /needles."""
+    n = ctx_len + len(b" [KEYS:1234]") + 2
+    at = int(depth * (ctx_len - 12))
+    doc, planted = facts_doc(seed, index, n, filler, n_facts=1 + n_distractors, n_queries=1,
+                             depths=[max(0, at - 1)])
+    p = planted[0]
+    q0 = p["query_pos"] - 1                  # the space before the query's '['
+    b = bytes(doc)
+    rec = {"context": b[:q0].decode("ascii"), "question": b[q0:p["answer_pos"]].decode("ascii"),
+           "answer": b[p["answer_pos"]:p["answer_pos"] + 5].decode("ascii"),
+           "needles": [{"start": p["fact_pos"], "end": p["fact_pos"] + 11,
+                        "value_start": p["value_pos"], "value_end": p["value_pos"] + 4}],
+           "depth": depth, "key": p["key"], "value": p["value"]}
+    return rec
