@@ -697,6 +697,18 @@ def _capture_into(a, tmp):
         model_layers = list(range(ad.n_model_layers))
     L = len(model_layers)
     slot = {ml: l for l, ml in enumerate(model_layers)}
+    qsel = kvsel = None             # --heads: kv heads kept and the query heads of their groups
+    if a.heads:
+        Hm, Hkvm = meta["n_heads"], meta["n_kv_heads"]
+        try:
+            kvsel = [int(x) for x in a.heads.split(",")]
+        except ValueError:
+            raise CaptureError(f"--heads '{a.heads}': expected comma-separated kv-head indices")
+        if any(not 0 <= x < Hkvm for x in kvsel) or len(set(kvsel)) != len(kvsel):
+            raise CaptureError(f"--heads '{a.heads}': kv-head indices must be distinct, in [0, {Hkvm})")
+        G = Hm // Hkvm
+        qsel = [g * G + i for g in kvsel for i in range(G)]
+        meta = dict(meta, n_heads=len(qsel), n_kv_heads=len(kvsel))
 
     want_readout = not a.no_readout
     refusal = ad.readout_refusal() if want_readout else None
@@ -744,6 +756,8 @@ def _capture_into(a, tmp):
                 r[k] = meta[k]
         if "bos_id" in meta:
             r["bos_id"] = int(meta["bos_id"])
+        if kvsel is not None:
+            r["model_kv_heads"] = np.array(kvsel, dtype="<i4")
         r["capture_tool"] = "kvcapture"
         r["capture_version"] = CAPTURE_VERSION
         r["device"] = (f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
@@ -791,7 +805,12 @@ def _capture_into(a, tmp):
                 f[f"layers/{l}"].attrs["model_layer"] = ml
         if readout:
             with torch.no_grad():
-                w.readout_static(ad.readout_params(model_layers))
+                rp = ad.readout_params(model_layers)
+                if qsel is not None:        # o_proj rows of the captured query heads only
+                    D = meta["head_dim"]
+                    rows = torch.tensor([h * D + d for h in qsel for d in range(D)])
+                    rp = dict(rp, w_o=[wo[rows] for wo in rp["w_o"]])
+                w.readout_static(rp)
 
         state = {"s0": 0, "seen": set()}
 
@@ -812,6 +831,8 @@ def _capture_into(a, tmp):
             if sw:
                 f[f"layers/{l}"].attrs["sliding_window"] = int(sw)
             s0 = state["s0"]
+            if qsel is not None:
+                q, k, v, o = q[:, qsel], k[:, kvsel], v[:, kvsel], o[:, :, qsel]
             w.layer(l, "q", s0, q)
             w.layer(l, "k", s0, k)
             w.layer(l, "v", s0, v)
@@ -894,6 +915,8 @@ def build_parser():
                     help="compute dtype of the model (the trace is f16 either way)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--layers", help="capture only these model layers (comma-separated)")
+    ap.add_argument("--heads", help="capture only these kv heads (comma-separated kv-head indices) "
+                    "and the query heads of their groups; the read-out keeps their o_proj rows")
     ap.add_argument("--attn-impl", default=None,
                     help="HF only: the real attention the capture delegates to (sdpa, eager, ...; "
                          "default sdpa, eager for gemma2 softcapping)")

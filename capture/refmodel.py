@@ -71,12 +71,47 @@ def apply_rope(x, cos, sin):
     return x * cos + rotate_half(x) * sin
 
 
-def eager_attention(module, q, k, v, mask, scale):
-    """Reference attention. q [B,H,T,D], k/v [B,Hkv,T,D]; returns [B,T,H,D]."""
+# Above this many tokens the model builds no [T, T] mask and attention runs in query blocks
+# (memory O(block * T) instead of O(T^2)); at or below it the one-shot path, unchanged, so
+# traces of short sequences stay byte-identical.
+BLOCKED_FROM = 2048
+BLOCK_BYTES = 256 << 20        # scores of one query block, all heads of the batch
+
+
+def _repeat_kv(q, k, v):
     H, Hkv = q.shape[1], k.shape[1]
     if Hkv != H:
         k = k.repeat_interleave(H // Hkv, dim=1)
         v = v.repeat_interleave(H // Hkv, dim=1)
+    return k, v
+
+
+def blocked_causal_attention(q, k, v, scale, block=None):
+    """Causal attention in query blocks: q [B,H,T,D], k/v [B,H,T,D] (GQA already repeated)
+    -> [B,H,T,D]. Each query row's softmax still spans all its visible keys at once, so it is
+    the one-shot computation row by row; only [B,H,block,T] scores are alive at a time."""
+    B, H, T, D = q.shape
+    if block is None:
+        block = max(16, min(T, BLOCK_BYTES // max(1, 4 * B * H * T)))
+    out = torch.empty_like(q)
+    for a in range(0, T, block):
+        b = min(T, a + block)
+        s = torch.matmul(q[:, :, a:b], k[:, :, :b].transpose(-1, -2)) * scale     # [B,H,b-a,b]
+        rows = torch.arange(a, b, device=q.device)[:, None]
+        cols = torch.arange(b, device=q.device)[None, :]
+        s = s.masked_fill(cols > rows, float("-inf"))
+        p = torch.softmax(s.float(), dim=-1).to(q.dtype)
+        out[:, :, a:b] = torch.matmul(p, v[:, :, :b])
+    return out
+
+
+def eager_attention(module, q, k, v, mask, scale):
+    """Reference attention. q [B,H,T,D], k/v [B,Hkv,T,D]; returns [B,T,H,D].
+    mask: additive [T, T] (-inf above the diagonal), or None for causal attention computed in
+    query blocks (long sequences: RefModel passes None above BLOCKED_FROM tokens)."""
+    k, v = _repeat_kv(q, k, v)
+    if mask is None:
+        return blocked_causal_attention(q, k, v, scale).transpose(1, 2).contiguous()
     s = torch.matmul(q, k.transpose(-1, -2)) * scale          # [B,H,T,T]
     s = s + mask                                              # additive, -inf above diagonal
     p = torch.softmax(s.float(), dim=-1).to(q.dtype)
@@ -180,7 +215,8 @@ class RefModel(nn.Module):
         """ids [B,T] -> logits [B,T,V] (and the final residual before the norm)."""
         B, T = ids.shape
         cos, sin = self.rope(T, ids.device)
-        mask = torch.full((T, T), float("-inf"), device=ids.device).triu(1)
+        mask = (torch.full((T, T), float("-inf"), device=ids.device).triu(1) if T <= BLOCKED_FROM
+                else None)                                     # None: causal, in query blocks
         x = self.embed(ids)
         for b in self.blocks:
             x = b(x, cos, sin, mask)

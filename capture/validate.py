@@ -377,6 +377,10 @@ def run(a, load_adapter):
     L, Hkv, D = int(_attr(ex, "n_layers")), int(_attr(ex, "n_kv_heads")), int(_attr(ex, "head_dim"))
     if L != int(_attr(tr, "n_layers")):
         raise ValidateError(f"export has {L} layers, the trace {int(_attr(tr, 'n_layers'))}")
+    if "model_kv_heads" in tr.attrs:
+        raise ValidateError(f"trace {a.trace} holds a subset of the model's kv heads (captured with "
+                            "--heads): a re-run needs the cache state of every head; capture "
+                            "without --heads to validate")
     ad = load_adapter(a.model, device, dtype, a.attn_impl)
     meta = ad.meta
     for key, want in (("n_heads", None), ("n_kv_heads", Hkv), ("head_dim", D), ("vocab_size", None)):
