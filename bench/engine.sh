@@ -170,7 +170,7 @@ EOF
         : > "$ENGINE_TMP/$mode.sweep"
         sargs=""
         for c in "$@"; do
-            # keep only configurations the engine accepts (quant comes with issue 5)
+            # keep only configurations the engine accepts
             if $RUN traces/sample.h5 $pargs --strategy "$c" --seqs 0 -o "$ENGINE_TMP/chk" > /dev/null 2>&1; then
                 echo "$c" >> "$ENGINE_TMP/$mode.sweep"
             else

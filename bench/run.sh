@@ -1,7 +1,7 @@
 #!/bin/sh
 # make bench: benchmarks of kvtrace on this machine (never part of make test).
 #
-# Prints one table per measurement and a summary of the ratios, all measured in
+# Prints one table per measurement and a summary of the target ratios, all measured in
 # this one run; writes bench/out/*.csv. Benchmark traces are generated on demand into
 # bench/out/ by the capture tool's randomly initialised reference model (random weights
 # are fine for speed) and reused by later runs when their spec is unchanged.

@@ -1,4 +1,4 @@
-"""summary: the issue's ratios from one `make bench` run's CSVs, against the targets.
+"""summary: the target ratios from one `make bench` run's CSVs, against the targets.
 
     python3 bench/summary.py OUTDIR THREADS
 

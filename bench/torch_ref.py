@@ -4,7 +4,7 @@ the speed and agreement reference for `kvreplay run` in `make bench`.
     python3 bench/torch_ref.py TRACE --mode prefill --decode N | --mode online
         --strategy 'CONFIG' [--strategy ...] --threads N -o SUMMARY.csv
 
-Strategies (a subset of replay/strategies/, DESIGN §5; one config per --strategy):
+Strategies (a subset of replay/strategies/, docs/STRATEGIES.md; one config per --strategy):
   full
   streaming sinks=4 keep=F | budget=B     sinks + most recent (StreamingLLM)
   snapkv keep=F|budget=B window=32 kernel=5 pool=avg|max   (prefill only; SnapKV: the
@@ -23,7 +23,7 @@ Strategies (a subset of replay/strategies/, DESIGN §5; one config per --strateg
 Budgets: keep=F is a fraction of the prompt (prefill) or of the sequence (online),
 B = max(1, round(F * n)).
 
-Semantics follow DESIGN §3-4: layer-local teacher-forced replay; GQA: one kept set per kv
+Semantics follow docs/METHODS.md §3-§6: layer-local teacher-forced replay; GQA: one kept set per kv
 head, scores reduced over the group's query heads by their mean; per query head and
 evaluated position: attn_cos, out_cos, out_rel_err, attn_kl = KL(p~ || p) from logits,
 mass_recall, kv_mse_k/v (quant only: the cache the last position sees, every entry

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Needle-in-a-haystack inputs for kvcapture --jsonl (issue 16): held-out KJV prose contexts
+"""Needle-in-a-haystack inputs for kvcapture --jsonl: held-out KJV prose contexts
 of several lengths, each with one planted fact "[KEYS:1234]" at a given depth and three
 distractor facts, then the question " [KEYS:" and the answer "1234]". Each record carries
 the needle's byte offsets, which kvcapture writes to /needles (traces/SCHEMA.md).

@@ -8,7 +8,7 @@ all in nats per byte.
 
     /usr/bin/python3 capture/train_ref.py --steps 3000 -o capture/ref_model.pt --log capture/train.log
 
-Models with structure (issue 16): a synthetic share (capture/synth.py: repeated random spans
+Models with structure: a synthetic share (capture/synth.py: repeated random spans
 and planted facts queried late) trains induction and retrieval; --seq-schedule trains short
 first and at the full context last; --ckpt/--resume make a long run resumable; every
 --probe-every steps the structure probes (probe_structure) are logged: best induction score,
