@@ -122,14 +122,15 @@ def facts_doc(seed, index, n, filler, n_facts=4, n_queries=2, depths=None):
     return np.frombuffer(bytes(doc), dtype=np.uint8), planted
 
 
-def mixed_batch(rng, text, B, T, synth_frac, seed, counter):
-    """B training windows of T-1 bytes: a share synth_frac synthetic (half repeat, half
-    facts), the rest prose windows of `text`. Returns (windows [B, T-1] uint8, new counter).
-    rng draws the prose windows and the kinds; synthetic content depends on (seed, counter)."""
+def mixed_batch(rng, text, B, T, synth_frac, seed, counter, repeat_share=0.5):
+    """B training windows of T-1 bytes: a share synth_frac synthetic (repeat_share of them
+    repeat documents, the rest facts), the rest prose windows of `text`. Returns (windows
+    [B, T-1] uint8, new counter). rng draws the prose windows and the kinds; synthetic content
+    depends on (seed, counter)."""
     rows = []
     for _ in range(B):
         u = rng.random()
-        if u < synth_frac / 2:
+        if u < synth_frac * repeat_share:
             d, _ = repeat_doc(seed, counter, T - 1)
             counter += 1
         elif u < synth_frac:

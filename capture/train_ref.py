@@ -121,6 +121,8 @@ def main():
     ap.add_argument("--d-ff", type=int, default=512)
     ap.add_argument("--synth-frac", type=float, default=0.0,
                     help="share of training windows from capture/synth.py (repeat and facts)")
+    ap.add_argument("--repeat-share", type=float, default=0.5,
+                    help="share of the synthetic windows that are repeated-span documents (rest: facts)")
     ap.add_argument("--seq-schedule", default="",
                     help="SEQ:UNTIL_STEP,...,SEQ (default: --seq throughout)")
     ap.add_argument("--batch-tokens", type=int, default=0,
@@ -182,7 +184,7 @@ def main():
     say(f"# params {n_params}  train_bytes {len(train)}  heldout_bytes {len(held)}  seed {a.seed}  "
         f"threads {a.threads}  torch {torch.__version__}  steps {a.steps} batch {a.batch} seq {a.seq}")
     if a.synth_frac or a.seq_schedule or a.batch_tokens:
-        say(f"# synth_frac {a.synth_frac}  seq_schedule {schedule}  batch_tokens {a.batch_tokens}  "
+        say(f"# synth_frac {a.synth_frac}  repeat_share {a.repeat_share}  seq_schedule {schedule}  batch_tokens {a.batch_tokens}  "
             f"lr {a.lr}  warmup {a.warmup}  OPENBLAS_CORETYPE {os.environ.get('OPENBLAS_CORETYPE', '-')}")
     say(f"# unigram_baseline_heldout_nats {unigram:.4f}")
     say("step\tlr\ttrain_loss\theldout_loss\telapsed_s")
@@ -195,7 +197,8 @@ def main():
         seq = seq_at(schedule, step)
         B = a.batch_tokens // seq if a.batch_tokens else a.batch
         if a.synth_frac > 0:
-            win, counter = synth.mixed_batch(rng, train, B, seq + 1, a.synth_frac, a.seed, counter)
+            win, counter = synth.mixed_batch(rng, train, B, seq + 1, a.synth_frac, a.seed, counter,
+                                                a.repeat_share)
             win = win.astype(np.int64)
             x = torch.from_numpy(np.concatenate([np.full((B, 1), BOS_ID), win[:, :-1]], axis=1))
             y = torch.from_numpy(win)
