@@ -630,23 +630,15 @@ static const char merge_usage[] =
     "Refuses a missing shard, a shard given twice, a shard whose parts/ lacks a sequence, and\n"
     "shards of different runs (trace, sweep, sequence list or options).\n";
 
-static char *slurp(const char *path)
+/* provenance.json / configs.csv of a shard: regular files, bounded (16 MiB: RP_MAX_CONFIGS
+ * lines of at most ~1 KiB). NULL with err. */
+static char *slurp(const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    while (b) {
-        size_t r = fread(b + n, 1, cap - n - 1, f);
-        n += r;
-        if (n + 1 < cap) break;
-        char *q = realloc(b, cap *= 2);
-        if (!q) { free(b); b = NULL; }
-        else b = q;
-    }
-    fclose(f);
-    if (b) b[n] = 0;
-    return b;
+    char *b = NULL;
+    size_t n = 0;
+    int got = out_read_file(path, (size_t)16 << 20, &b, &n, err, errlen);
+    if (got == 0) snprintf(err, errlen, "%s: missing", path);
+    return got == 1 ? b : NULL;
 }
 
 int kvcmd_merge(int argc, char **argv)
@@ -672,8 +664,11 @@ int kvcmd_merge(int argc, char **argv)
     int rc = KV_EXIT_FAIL, has_ro = -1;
     for (size_t d = 0; d < nd; d++) {
         snprintf(path, sizeof path, "%s/provenance.json", dirs[d]);
-        char *prov = slurp(path), sh[64] = "", *cfgs;
-        if (!prov) { snprintf(err, sizeof err, "%s: not a finished shard (no provenance.json)", dirs[d]); goto fail; }
+        char *prov = slurp(path, err, sizeof err), sh[64] = "", *cfgs;
+        if (!prov) {
+            if (strstr(err, ": missing")) snprintf(err, sizeof err, "%s: not a finished shard (no provenance.json)", dirs[d]);
+            goto fail;
+        }
         long si = -1, sn = -1;
         if (out_json_get(prov, "shard", sh, sizeof sh) || sscanf(sh, "%ld/%ld", &si, &sn) != 2 || sn < 1 || si < 0 || si >= sn) {
             free(prov);
@@ -691,7 +686,7 @@ int kvcmd_merge(int argc, char **argv)
         size_t want_parts = 0, got_parts = 0;
         if (!out_json_get(prov, "n_seq", nsv, sizeof nsv)) want_parts = (size_t)strtoull(nsv, NULL, 10);
         snprintf(path, sizeof path, "%s/configs.csv", dirs[d]);
-        if (!(cfgs = slurp(path))) { free(prov); snprintf(err, sizeof err, "%s: cannot read", path); goto fail; }
+        if (!(cfgs = slurp(path, err, sizeof err))) { free(prov); goto fail; }
         if (!d) { prov0 = prov; cfg0 = cfgs; }
         else {
             int same = !strcmp(cfgs, cfg0);
@@ -708,19 +703,11 @@ int kvcmd_merge(int argc, char **argv)
             char tail[8];
             if (sscanf(e->d_name, "seq_%zu.%7s", &s, tail) != 2 || strcmp(tail, "part")) continue;
             snprintf(path, sizeof path, "%s/parts/%s", dirs[d], e->d_name);
-            FILE *f = fopen(path, "r");
-            char k2[128];
-            size_t s2, c2, l2, h2;
-            int ro;
-            if (!f || fscanf(f, "kvparts 1 %127s %zu %zu %zu %zu %d", k2, &s2, &c2, &l2, &h2, &ro) != 6) {
-                if (f) fclose(f);
-                closedir(dp);
-                snprintf(err, sizeof err, "%s: not a kvreplay part", path);
-                goto fail;
-            }
-            fclose(f);
-            if (!key[0]) { snprintf(key, sizeof key, "%s", k2); NC = c2; L = l2; H = h2; has_ro = ro; }
-            if (strcmp(k2, key) || c2 != NC || l2 != L || h2 != H || ro != has_ro) {
+            out_part_hdr ph;
+            if (out_part_header(path, &ph, err, sizeof err)) { closedir(dp); goto fail; }
+            if (ph.seq != s) { closedir(dp); snprintf(err, sizeof err, "%s: holds sequence %zu", path, ph.seq); goto fail; }
+            if (!key[0]) { snprintf(key, sizeof key, "%s", ph.key); NC = ph.n_cfg; L = ph.L; H = ph.H; has_ro = ph.has_readout; }
+            if (strcmp(ph.key, key) || ph.n_cfg != NC || ph.L != L || ph.H != H || ph.has_readout != has_ro) {
                 closedir(dp);
                 snprintf(err, sizeof err, "%s: from a different run (trace, sweep, sequence list or options differ)", path);
                 goto fail;
@@ -739,7 +726,7 @@ int kvcmd_merge(int argc, char **argv)
             snprintf(path, sizeof path, "%s", dirs[d]);
             if (out_part_read(path, key, s, &res[n_res], NC, L, H, err, sizeof err) != 1) {
                 closedir(dp);
-                if (!err[0]) snprintf(err, sizeof err, "%s/parts/seq_%zu.part: truncated", dirs[d], s);
+                if (!err[0]) snprintf(err, sizeof err, "%s/parts/seq_%zu.part: vanished while merging", dirs[d], s);
                 goto fail;
             }
             from[n_res++] = si;
