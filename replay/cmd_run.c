@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #ifdef _OPENMP
@@ -157,6 +159,135 @@ static void remove_parts(const char *dir)
     rmdir(p);
 }
 
+/* ---- the run directory: one run at a time, resumed only with its own options ------------- */
+
+/* "0,2,5-7" form of a sorted index list, appended to a growing string. */
+static int opt_list(char **s, size_t *n, size_t *cap, const char *name, const size_t *v, size_t k)
+{
+    char buf[64];
+    int len = snprintf(buf, sizeof buf, "%s=", name);
+    for (size_t i = 0; i <= k; i++) {
+        if (*n + (size_t)len + 2 > *cap) {
+            size_t nc = 2 * *cap + (size_t)len + 64;
+            char *q = realloc(*s, nc);
+            if (!q) return -1;
+            *s = q; *cap = nc;
+        }
+        memcpy(*s + *n, buf, (size_t)len);
+        *n += (size_t)len;
+        if (i == k) break;
+        size_t j = i;
+        while (j + 1 < k && v[j + 1] == v[j] + 1) j++;
+        len = j > i ? snprintf(buf, sizeof buf, "%s%zu-%zu", i ? "," : "", v[i], v[j])
+                    : snprintf(buf, sizeof buf, "%s%zu", i ? "," : "", v[i]);
+        i = j;
+    }
+    (*s)[(*n)++] = '\n';
+    (*s)[*n] = 0;
+    return 0;
+}
+
+/* The options that determine a run's parts, one "name=value" line each (DIR/parts/options):
+ * --resume compares them line by line and names the first that differs. */
+static char *run_options_text(const char *sha, unsigned mode, long long decode, long long eval_from, int readout,
+                              int per_layer, int gqa, long long page_size, long shard_i, long shard_n,
+                              const size_t *seqs, size_t n_seqs, const size_t *calib, size_t n_calib, const rp_sweep *sw)
+{
+    size_t cap = 1024, n = 0;
+    char *s = malloc(cap);
+    if (!s) return NULL;
+    n = (size_t)snprintf(s, cap, "format=kvparts 2\ntool_version=%s\ntrace_sha256=%s\nmode=%s\ndecode=%lld\neval-from=%lld\n"
+                         "readout=%d\nper-layer-readout=%d\ngqa-reduce=%s\npage-size=%lld\nshard=%ld/%ld\n", KV_VERSION_STRING,
+                         sha, mode == RP_ONLINE ? "online" : "prefill", decode, eval_from, readout, per_layer,
+                         gqa == RP_GQA_MAX ? "max" : gqa == RP_GQA_SUM ? "sum" : "mean", page_size, shard_i, shard_n);
+    if (n >= cap || opt_list(&s, &n, &cap, "seqs", seqs, n_seqs) || opt_list(&s, &n, &cap, "calib", calib, n_calib)) {
+        free(s);
+        return NULL;
+    }
+    for (size_t c = 0; c <= sw->n; c++) {
+        char line[1200];
+        int k = c < sw->n ? snprintf(line, sizeof line, "config %zu=%s\n", c, sw->cfg[c].canon)
+                          : snprintf(line, sizeof line, "configs=%zu\n", sw->n);
+        if (n + (size_t)k + 1 > cap) {
+            char *q = realloc(s, 2 * cap + (size_t)k);
+            if (!q) { free(s); return NULL; }
+            s = q; cap = 2 * cap + (size_t)k;
+        }
+        memcpy(s + n, line, (size_t)k + 1);
+        n += (size_t)k;
+    }
+    return s;
+}
+
+/* Takes DIR/parts/lock (flock, held until exit; *fd) and writes (new run) or compares
+ * (--resume) DIR/parts/options. 0, or -1 with one line in err. */
+static int run_dir_claim(const char *outdir, int resume, const char *opts, int *fd, char *err, size_t errlen)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/parts/lock", outdir);
+    *fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (*fd < 0) { snprintf(err, errlen, "%s: %s", p, strerror(errno)); return -1; }
+    if (flock(*fd, LOCK_EX | LOCK_NB)) {
+        char pid[32] = "";
+        ssize_t k = pread(*fd, pid, sizeof pid - 1, 0);
+        pid[k > 0 ? k : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        if (errno == EWOULDBLOCK || errno == EAGAIN || k >= 0)
+            snprintf(err, errlen, "%s is in use by another run (pid %s)", outdir, pid[0] ? pid : "unknown");
+        else
+            snprintf(err, errlen, "%s: cannot lock: %s", p, strerror(errno));
+        close(*fd);
+        *fd = -1;
+        return -1;
+    }
+    char pid[32];
+    int k = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(*fd, 0) || pwrite(*fd, pid, (size_t)k, 0) != k) { snprintf(err, errlen, "%s: %s", p, strerror(errno)); return -1; }
+    snprintf(p, sizeof p, "%s/parts/options", outdir);
+    if (resume) {
+        char *old = NULL;
+        size_t len = 0;
+        int got = out_read_file(p, (size_t)64 << 20, &old, &len, err, errlen);
+        if (got < 0) return -1;
+        if (got == 0) {
+            snprintf(err, errlen, "--resume %s: %s is missing (parts of an older kvreplay, or not a run directory): "
+                     "start in a new directory", outdir, p);
+            return -1;
+        }
+        /* first differing line, by name */
+        const char *a = old, *b = opts;
+        while (*a || *b) {
+            size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
+            if (la != lb || strncmp(a, b, la)) {
+                size_t na = strcspn(a, "="), nb = strcspn(b, "=");
+                if (na > la) na = la;
+                if (nb > lb) nb = lb;
+                if (!la || !lb || na != nb || strncmp(a, b, na))
+                    snprintf(err, errlen, "--resume %s: the interrupted run's options differ: it had '%.*s', this run '%.*s' "
+                             "(resume with the same options, or use a new directory)", outdir, (int)(la > 300 ? 300 : la), a,
+                             (int)(lb > 300 ? 300 : lb), b);
+                else
+                    snprintf(err, errlen, "--resume %s: the interrupted run used %.*s = '%.*s', this run '%.*s' (resume with "
+                             "the same options, or use a new directory)", outdir, (int)na, a,
+                             (int)(la - na - 1 > 300 ? 300 : la - na - 1), a + na + 1, (int)(lb - nb - 1 > 300 ? 300 : lb - nb - 1),
+                             b + nb + 1);
+                free(old);
+                return -1;
+            }
+            a += la + (a[la] == '\n');
+            b += lb + (b[lb] == '\n');
+        }
+        free(old);
+        return 0;
+    }
+    kv_atomic at;
+    kv_error ke;
+    if (kv_atomic_open(&at, p, &ke) != KV_OK) { snprintf(err, errlen, "%s", ke.msg); return -1; }
+    fputs(opts, at.fp);
+    if (kv_atomic_commit(&at, &ke) != KV_OK) { snprintf(err, errlen, "%s", ke.msg); return -1; }
+    return 0;
+}
+
 /* A prepared run (kvrun_open): everything kvcmd_run's loop and kvrun_finish need. Work item i
  * is evaluated sequence seqs[i]; res[i] holds its accumulators once computed or loaded. */
 struct kvrun {
@@ -178,6 +309,7 @@ struct kvrun {
     rp_seq_result *res;
     size_t *seqs, *calib, n_seqs, n_calib, n_res, skipped;
     int32_t *seq_len;           /* [S], work item sizes */
+    int lock_fd;                /* DIR/parts/lock, held for the run; -1 none */
 };
 
 int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **out)
@@ -304,6 +436,8 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     int rc = KV_EXIT_FAIL;
     kv_error ke;
     int32_t *seq_len = NULL;
+    int lock_fd = -1;
+    size_t *seqs_all = NULL, n_seqs_all = 0;
     kvrun *r = calloc(1, sizeof *r);     /* first: the engine keeps a pointer to r->sw */
     if (!r) { fprintf(stderr, "%s: out of memory\n", g_prog); return KV_EXIT_FAIL; }
     rp_sweep *sw = &r->sw;
@@ -372,6 +506,9 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     /* the evaluated list before --shard enters the run key: shards of different lists, whose
      * union could leave a gap, are refused by kvreplay merge as parts of different runs */
     uint64_t seqs_hash = rp_hash64(seqs, n_seqs * sizeof *seqs, 0);
+    if (!(seqs_all = malloc(n_seqs * sizeof *seqs_all))) { snprintf(err, sizeof err, "out of memory"); goto fail; }
+    memcpy(seqs_all, seqs, n_seqs * sizeof *seqs_all);
+    n_seqs_all = n_seqs;
     if (shard_n > 1) {      /* round-robin over the evaluated sequences */
         size_t k = 0;
         for (size_t i = 0; i < n_seqs; i++) if ((long)(i % (size_t)shard_n) == shard_i) seqs[k++] = seqs[i];
@@ -457,7 +594,15 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
             snprintf(p, sizeof p, "%s/parts", outdir);
             if (mkdir(p, 0777) && errno != EEXIST) { snprintf(err, sizeof err, "%s: %s", p, strerror(errno)); goto fail; }
         }
+        char *opts = run_options_text(sha, mode, decode, eval_from, rp_engine_has_readout(eng), per_layer, gqa, page_size,
+                                      shard_i, shard_n, seqs_all, n_seqs_all, calib, n_calib, sw);
+        if (!opts) { snprintf(err, sizeof err, "out of memory"); goto fail; }
+        int claim = run_dir_claim(outdir, resume, opts, &lock_fd, err, sizeof err);
+        free(opts);
+        if (claim) goto fail;
     }
+    free(seqs_all);
+    seqs_all = NULL;
     if (calib_note && !(flags & KVRUN_WORKER))
         fprintf(stderr, "%s: note: calibrating on the last %zu sequence(s) of the trace (%zu..%zu), not "
                 "evaluated (--calib LIST to choose)\n", g_prog, n_calib, calib[0], calib[n_calib - 1]);
@@ -481,7 +626,8 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
                   .outdir = outdir, .export_cfg_s = export_cfg_s, .shard_i = shard_i, .shard_n = shard_n,
                   .decode = decode, .page_size = page_size, .mode = mode, .readout_flag = readout_flag, .resume = resume, .sw = *sw, .tr = tr, .in = in,
                   .eng = eng, .xp = xp, .xcfg = xcfg, .n_xcfg = n_xcfg, .xchosen = xchosen, .res = res,
-                  .seqs = seqs, .calib = calib, .n_seqs = n_seqs, .n_calib = n_calib, .seq_len = seq_len };
+                  .seqs = seqs, .calib = calib, .n_seqs = n_seqs, .n_calib = n_calib, .seq_len = seq_len,
+                  .lock_fd = lock_fd };
     memcpy(r->started, started, sizeof started);
     memcpy(r->sha, sha, sizeof sha);
     memcpy(r->key, key, sizeof key);
@@ -491,6 +637,8 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
 fail:
     fprintf(stderr, "%s: %s\n", g_prog, err);
 fail_quiet:
+    if (lock_fd >= 0) close(lock_fd);
+    free(seqs_all);
     free(res); free(seqs); free(calib); free(seq_len);
     rp_engine_free(eng);
     rp_export_free(xp); free(xcfg); free(xchosen);
@@ -592,6 +740,7 @@ void kvrun_free(kvrun *r)
     rp_export_free(r->xp); free(r->xcfg); free(r->xchosen);
     kv_trace_close(r->tr);
     sweep_free(&r->sw);
+    if (r->lock_fd >= 0) close(r->lock_fd);
     free(r);
 }
 
