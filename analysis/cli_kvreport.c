@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <libgen.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,6 +144,7 @@ static int parse_u64(const char *s, unsigned long long *v)
 
 int main(int argc, char **argv)
 {
+    signal(SIGXFSZ, SIG_IGN);      /* a file-size limit (ulimit -f) becomes a write error (EFBIG) with a message */
     const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
     size_t nd = 0;
     const char *out = NULL, *baseline = NULL, *metric = NULL, *heat = NULL, *trace = NULL, *plots = NULL, *truth = NULL;
@@ -231,6 +233,11 @@ int main(int argc, char **argv)
     snprintf(tmp, sizeof tmp, "%s/.%s.tmp.XXXXXX", parent, basename(outdup2));
     free(parent);
     if (!mkdtemp(tmp)) { fprintf(stderr, "kvreport: %s: cannot create a temporary directory: %s\n", tmp, strerror(errno)); return 1; }
+    {   /* mkdtemp makes it 0700; the report gets the mode of any new directory, 0777 & ~umask */
+        mode_t um = umask(0);
+        umask(um);
+        if (chmod(tmp, 0777 & ~um)) { fprintf(stderr, "kvreport: %s: %s\n", tmp, strerror(errno)); rm_tree(tmp); return 1; }
+    }
 
     rp_ctx c = {0};
     c.rs = rs; c.an = an; c.dir = tmp; c.shown_dir = out;
@@ -282,7 +289,7 @@ int main(int argc, char **argv)
     snprintf(marker, sizeof marker, "%s/%s", tmp, MARKER);
     FILE *mf = fopen(marker, "w");
     if (!mf || fputs("kvreport report directory (replaced by the next kvreport -o here)\n", mf) < 0 || fclose(mf)) {
-        fprintf(stderr, "kvreport: %s: cannot write\n", marker);
+        fprintf(stderr, "kvreport: %s: cannot write: %s\n", marker, strerror(errno));
         goto cleanup;
     }
     if (rp_write_tables(&c, &err) || rp_write_figures(&c, &err) || rp_write_report(&c, &err)) {

@@ -459,7 +459,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
 
     /* tables/truth.csv */
     snprintf(path, sizeof path, "%s/tables/truth.csv", c->dir);
-    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
     fprintf(f, "metric,n_configs,spearman,spearman_lo,spearman_hi,kendall,kendall_lo,kendall_hi,slope,intercept,median_ratio,"
                "cal_method,cal_spearman,cal_spearman_lo,cal_spearman_hi,cal_kendall,cal_kendall_lo,cal_kendall_hi\n");
     for (int m = 0; m < TM_N; m++) {
@@ -483,19 +483,19 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         put_nums(f, v, 9);
         fputs(",,,,,,,\n", f);
     }
-    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
     f = NULL;
     snprintf(path, sizeof path, "%s/tables/truth_pairs.csv", c->dir);
-    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
     fprintf(f, "config,family,proxy_logit_kl,true_logit_kl,proxy_nll_delta,true_nll_delta\n");
     for (size_t i = 0; i < np; i++)
         fprintf(f, "%s,%s,%.9g,%.9g,%.9g,%.9g\n", rs->configs[cid[i]].config, rs->configs[cid[i]].family,
                 px[TM_KL][i], ty[TM_KL][i], px[TM_NLL][i], ty[TM_NLL][i]);
-    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
     f = NULL;
     if (ncal) {     /* every calibration: cross-validated statistics and the full-data gains */
         snprintf(path, sizeof path, "%s/tables/truth_calib.csv", c->dir);
-        if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+        if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
         fprintf(f, "calibration,metric,features,fit,n_configs,n_families,spearman,spearman_lo,spearman_hi,kendall,"
                    "kendall_lo,kendall_hi");
         for (size_t l = 0; l < L; l++) fprintf(f, ",gain_%zu", l);
@@ -511,7 +511,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
             for (size_t l = 0; l < L; l++) fprintf(f, ",%.9g", q->g[l]);
             fputc('\n', f);
         }
-        if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+        if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
         f = NULL;
     }
 
@@ -522,7 +522,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         snprintf(figdir, sizeof figdir, "%s/figures", c->dir);
         for (int m = 0; m < TM_N; m++) {
             snprintf(path, sizeof path, "%s/truth_%s.dat", figdir, tm_name[m]);
-            if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+            if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
             /* one data block per family (gnuplot index), families in order of first appearance */
             fprintf(f, "# proxy truth family; one block per family\n");
             size_t nf = 0;
@@ -534,9 +534,9 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                         fprintf(f, "%.9g %.9g \"%s\"\n", px[m][j], ty[m][j], rs->configs[cid[j]].family);
                 nf++;
             }
-            if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+            if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
             snprintf(path, sizeof path, "%s/truth_%s.gp", figdir, tm_name[m]);
-            if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+            if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
             int logs = m == TM_KL;
             fprintf(f, "# proxy (direct-path read-out) vs in-model truth, %s; written by kvreport\n"
                        "set terminal pngcairo size 900,600 noenhanced\nset output 'truth_%s.png'\n"
@@ -556,7 +556,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                 b++;
             }
             fprintf(f, "x with lines dt 2 lc rgb 'gray' title 'y = x'\n");
-            if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+            if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
             f = NULL;
             char script[64];
             snprintf(script, sizeof script, "truth_%s.gp", tm_name[m]);
@@ -566,7 +566,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
 
     /* report.md section (appended) */
     snprintf(path, sizeof path, "%s/report.md", c->dir);
-    if (!(f = fopen(path, "a"))) { st = fail(err, KV_ERR_IO, "%s: cannot append", path); goto done; }
+    if (!(f = fopen(path, "a"))) { st = fail(err, KV_ERR_IO, "%s: cannot append: %s", path, strerror(errno)); goto done; }
     fprintf(f, "\n## Proxy vs in-model truth\n\n"
                "Truth: `%s` (`kvcapture.py validate`, rows applied by `%s`): %zu configurations paired with the "
                "results (%zu (configuration, sequence) rows; the `full` family left out). Per configuration, the mean "
@@ -643,7 +643,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                                          tm_name[m], tm_name[m]);
     }
     fprintf(f, "Pairs: tables/truth_pairs.csv; statistics: tables/truth.csv.\n");
-    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
     f = NULL;
     st = KV_OK;
 done:
@@ -822,7 +822,7 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
         goto done;
     }
     snprintf(path, sizeof path, "%s/tables/calibrated.csv", c->dir);
-    if (!(o = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+    if (!(o = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
     fprintf(o, "config,family,n_seq,logit_kl,logit_kl_cal,nll_delta_cal,rank_raw,rank_cal\n");
     for (size_t ci = 0; ci < NC; ci++) {
         const res_config *cf = &rs->configs[ci];
@@ -831,10 +831,10 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
         put_nums(o, v, 5);
         fputc('\n', o);
     }
-    if (fclose(o)) { o = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    if (fclose(o)) { o = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
     o = NULL;
     snprintf(path, sizeof path, "%s/report.md", c->dir);
-    if (!(o = fopen(path, "a"))) { st = fail(err, KV_ERR_IO, "%s: cannot append", path); goto done; }
+    if (!(o = fopen(path, "a"))) { st = fail(err, KV_ERR_IO, "%s: cannot append: %s", path, strerror(errno)); goto done; }
     fprintf(o, "\n## Calibrated proxy (gains from `%s`)\n\n"
                "logit_kl_cal = sum over layers of gain x the layer's own direct-path logit KL (per_layer.csv, means "
                "over each configuration's sequences), with the %zu `kl_nnls` gains an earlier `kvreport --truth` "
@@ -849,7 +849,7 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
         fprintf(o, "| %s | %s | %s | %s | %s |\n", rs->configs[ci].config, a, r1, b, r2);
     }
     fputc('\n', o);
-    if (fclose(o)) { o = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    if (fclose(o)) { o = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
     o = NULL;
     st = KV_OK;
 done:

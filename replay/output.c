@@ -299,7 +299,11 @@ static int ocommit(open_file *o, char *err, size_t errlen)
     kv_error ke;
     if (!o->open) return 0;
     o->open = 0;
-    if (ferror((FILE *)o->a.fp)) { kv_atomic_discard(&o->a); return failf(err, errlen, "%s: write error", o->a.path); }
+    if (ferror((FILE *)o->a.fp)) {
+        int e = errno;      /* of the failed write (EFBIG under ulimit -f, ENOSPC, EIO) */
+        kv_atomic_discard(&o->a);
+        return failf(err, errlen, "%s: write error: %s", o->a.path, strerror(e));
+    }
     if (kv_atomic_commit(&o->a, &ke) != KV_OK) return failf(err, errlen, "%s", ke.msg);
     return 0;
 }
