@@ -42,6 +42,8 @@ static const char *USAGE =
     "  --trace TRACE           the trace the results came from: memory vs context (bytes per\n"
     "                          token) and attention-entropy figures\n"
     "  --allow-mixed           accept results of different traces (trace_sha256)\n"
+    "  --force-trace           accept a --trace whose SHA-256 is not the results' trace_sha256, or\n"
+    "                          --gains fitted on another trace of the same model (stated in the report)\n"
     "  --seed N                bootstrap seed (default 12345)\n"
     "  --bootstrap N           bootstrap resamples (default 2000; 0 = none)\n"
     "  --no-figures            tables and report only\n"
@@ -149,7 +151,7 @@ int main(int argc, char **argv)
     size_t nd = 0;
     const char *out = NULL, *baseline = NULL, *metric = NULL, *heat = NULL, *trace = NULL, *plots = NULL, *truth = NULL;
     const char *gains = NULL;
-    int allow_mixed = 0, no_figures = 0;
+    int allow_mixed = 0, no_figures = 0, force_trace = 0;
     unsigned long long seed = 12345, nboot = 2000;
     double target = 0;
     if (!dirs) { fprintf(stderr, "kvreport: out of memory\n"); return 1; }
@@ -166,6 +168,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--gains")) { NEED_ARG(); gains = argv[++i]; }
         else if (!strcmp(a, "--plots")) { NEED_ARG(); plots = argv[++i]; }
         else if (!strcmp(a, "--allow-mixed")) allow_mixed = 1;
+        else if (!strcmp(a, "--force-trace")) force_trace = 1;
         else if (!strcmp(a, "--no-figures")) no_figures = 1;
         else if (!strcmp(a, "--seed")) { NEED_ARG(); if (parse_u64(argv[++i], &seed)) return usage_error("--seed needs a non-negative integer", argv[i]); }
         else if (!strcmp(a, "--bootstrap")) { NEED_ARG(); if (parse_u64(argv[++i], &nboot) || nboot > 1000000) return usage_error("--bootstrap needs an integer in 0..1000000", argv[i]); }
@@ -192,6 +195,28 @@ int main(int argc, char **argv)
     res_set *rs = NULL;
     if (res_load(dirs, nd, allow_mixed, &rs, &err) != KV_OK) { fprintf(stderr, "kvreport: %s\n", err.msg); return 1; }
     if (rs->mixed_traces) fprintf(stderr, "kvreport: warning: results of different traces combined (--allow-mixed)\n");
+
+    /* --trace: the trace the results came from, by content (SHA-256 of provenance.json) */
+    char trace_forced[512] = "";
+    if (trace) {
+        char sha[65];
+        kv_error se = {0};
+        if (kv_file_sha256(trace, sha, &se) != KV_OK) { fprintf(stderr, "kvreport: --trace %s\n", se.msg); res_free(rs); return 1; }
+        for (size_t d = 0; d < rs->n_dirs; d++) {
+            const char *want = res_prov(&rs->dirs[d], "trace_sha256");
+            if (want && !strcmp(want, sha)) continue;
+            if (!force_trace) {
+                fprintf(stderr, "kvreport: --trace %s: SHA-256 %.16s... is not the trace of %s (trace_sha256 %.16s...): "
+                        "pass the trace the results came from, or --force-trace\n", trace, sha, rs->dirs[d].path,
+                        want ? want : "(absent)");
+                res_free(rs);
+                return 1;
+            }
+            snprintf(trace_forced, sizeof trace_forced, "WARNING: --force-trace: the --trace file %s (sha256 %.16s...) is not "
+                     "the trace of %s (trace_sha256 %.16s...); memory and entropy figures describe that file", trace, sha,
+                     rs->dirs[d].path, want ? want : "(absent)");
+        }
+    }
 
     long base = -1;
     if (baseline) {
@@ -244,6 +269,8 @@ int main(int argc, char **argv)
     c.metric = mi; c.head_metric = hm; c.target_ratio = target;
     c.no_figures = no_figures; c.seed = seed; c.n_boot = (size_t)nboot;
     c.version = KV_VERSION_STRING;
+    c.force_trace = force_trace;
+    if (trace_forced[0]) rp_note(&c.notes, "%s", trace_forced);
     if (focus < 0) {
         size_t *idx = malloc((rs->n_configs + 1) * sizeof *idx);
         double t;

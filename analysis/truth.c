@@ -2,6 +2,7 @@
  *
  * N truth rows (config, sequence); NC paired configurations; B bootstrap resamples.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
@@ -355,6 +356,15 @@ static void put_nums(FILE *f, const double *v, int n)
     for (int i = 0; i < n; i++) { if (isfinite(v[i])) fprintf(f, ",%.9g", v[i]); else fputs(",", f); }
 }
 
+/* An identity field of truth_calib.csv (model names hold commas: "ref-random:5:n_layers=2,d_model=32"):
+ * '%', ',', control characters and non-ASCII bytes as %XX. */
+static void put_id(FILE *f, const char *v)
+{
+    for (const unsigned char *p = (const unsigned char *)(v ? v : ""); *p; p++)
+        if (*p == '%' || *p == ',' || *p < 0x20 || *p >= 0x7f) fprintf(f, "%%%02X", *p);
+        else fputc(*p, f);
+}
+
 kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *err)
 {
     const res_set *rs = c->rs;
@@ -499,7 +509,9 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         fprintf(f, "calibration,metric,features,fit,n_configs,n_families,spearman,spearman_lo,spearman_hi,kendall,"
                    "kendall_lo,kendall_hi");
         for (size_t l = 0; l < L; l++) fprintf(f, ",gain_%zu", l);
-        fputc('\n', f);
+        fputs(",trace_model,trace_sha256,mode\n", f);     /* what the gains were fitted on (--gains checks it) */
+        const char *id_model = res_prov(&rs->dirs[0], "trace_model"), *id_sha = res_prov(&rs->dirs[0], "trace_sha256"),
+                   *id_mode = res_prov(&rs->dirs[0], "mode");
         size_t nfam = 0;
         for (size_t i = 0; i < np; i++) nfam += fam[i] == (int)i;
         for (size_t k = 0; k < ncal; k++) {
@@ -509,6 +521,9 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                     q->st.n, nfam);
             put_nums(f, u, 6);
             for (size_t l = 0; l < L; l++) fprintf(f, ",%.9g", q->g[l]);
+            fputc(',', f); put_id(f, id_model);
+            fputc(',', f); put_id(f, id_sha);
+            fputc(',', f); put_id(f, id_mode);
             fputc('\n', f);
         }
         if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
@@ -663,8 +678,26 @@ done:
 
 /* Reads the gains of row `name` of a truth_calib.csv-like file into g [TR_MAX_GAINS]; *L =
  * their count. KV_OK, or an error (KV_ERR_INVALID: no such row) with err set. */
-static kv_status read_gains(const char *path, const char *name, double *g, size_t *L, kv_error *err)
+typedef struct gains_id { char model[256], sha[72], mode[16]; int has; } gains_id;
+
+/* put_id's inverse (a malformed %XX is kept as it is: it then matches nothing). */
+static void copy_field(char *dst, size_t cap, const char *src)
 {
+    size_t n = 0;
+    for (const char *p = src; *p && n + 1 < cap; p++) {
+        unsigned x;
+        if (*p == '%' && isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2]) && sscanf(p + 1, "%2x", &x) == 1) {
+            dst[n++] = (char)x;
+            p += 2;
+        } else dst[n++] = *p;
+    }
+    dst[n] = 0;
+}
+
+static kv_status read_gains(const char *path, const char *name, double *g, size_t *L, gains_id *id, kv_error *err)
+{
+    int col_model = -1, col_sha = -1, col_mode = -1;
+    if (id) memset(id, 0, sizeof *id);
     FILE *f = fopen(path, "r");
     if (!f) return fail(err, KV_ERR_IO, "--gains %s: cannot open: %s", path, strerror(errno));
     char *line = NULL;
@@ -681,6 +714,9 @@ static kv_status read_gains(const char *path, const char *name, double *g, size_
                 char *nx = strchr(tok, ',');
                 if (nx) *nx++ = 0;
                 if (!strcmp(tok, "calibration")) col_name = col;
+                if (!strcmp(tok, "trace_model")) col_model = col;
+                if (!strcmp(tok, "trace_sha256")) col_sha = col;
+                if (!strcmp(tok, "mode")) col_mode = col;
                 char want[32];
                 snprintf(want, sizeof want, "gain_%d", n_gain);
                 if (!strcmp(tok, want)) { if (first_gain < 0) first_gain = col; n_gain++; }
@@ -708,6 +744,12 @@ static kv_status read_gains(const char *path, const char *name, double *g, size_
             break;
         }
         st = KV_OK;
+        if (id && col_model >= 0 && col_sha >= 0 && col_mode >= 0 && nf > col_model && nf > col_sha && nf > col_mode) {
+            copy_field(id->model, sizeof id->model, fld[col_model]);
+            copy_field(id->sha, sizeof id->sha, fld[col_sha]);
+            copy_field(id->mode, sizeof id->mode, fld[col_mode]);
+            id->has = 1;
+        }
         for (int l = 0; l < n_gain; l++) {
             char *e;
             g[l] = strtod(fld[first_gain + l], &e);
@@ -760,10 +802,39 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
     const res_set *rs = c->rs;
     double gk[TR_MAX_GAINS], gn[TR_MAX_GAINS];
     size_t L = 0, Ln = 0, npl = 0, Lr = 0, NC = rs->n_configs;
-    kv_status st = read_gains(gains_path, "kl_nnls", gk, &L, err);
+    gains_id id;
+    kv_status st = read_gains(gains_path, "kl_nnls", gk, &L, &id, err);
     if (st != KV_OK) return st;
     kv_error e2;
-    int have_nll = read_gains(gains_path, "nll_from_kl", gn, &Ln, &e2) == KV_OK && Ln == L;
+    int have_nll = read_gains(gains_path, "nll_from_kl", gn, &Ln, NULL, &e2) == KV_OK && Ln == L;
+    /* the identity the gains were fitted on: the same model and protocol always; the same
+     * trace unless --force-trace (then stated in report.md) */
+    char forced[1024] = "";
+    if (!id.has) {
+        if (!c->force_trace)
+            return fail(err, KV_ERR_INVALID, "--gains %s: no trace_model/trace_sha256/mode columns: what the gains were "
+                        "fitted on is unknown (written by an older kvreport; --force-trace to apply them anyway)", gains_path);
+        snprintf(forced, sizeof forced, "the gains file does not record the model and trace it was fitted on; applied "
+                 "anyway (--force-trace)");
+    }
+    for (size_t d = 0; id.has && d < rs->n_dirs; d++) {
+        const char *m = res_prov(&rs->dirs[d], "trace_model"), *h = res_prov(&rs->dirs[d], "trace_sha256"),
+                   *p = res_prov(&rs->dirs[d], "mode");
+        if (!m || strcmp(m, id.model))
+            return fail(err, KV_ERR_INVALID, "--gains %s: fitted on model '%s', but %s holds results of model '%s' "
+                        "(gains fit one model's layers)", gains_path, id.model, rs->dirs[d].path, m ? m : "(unknown)");
+        if (!p || strcmp(p, id.mode))
+            return fail(err, KV_ERR_INVALID, "--gains %s: fitted under the %s protocol, but %s was run with mode %s",
+                        gains_path, id.mode, rs->dirs[d].path, p ? p : "(unknown)");
+        if (!h || strcmp(h, id.sha)) {
+            if (!c->force_trace)
+                return fail(err, KV_ERR_INVALID, "--gains %s: fitted on trace sha256 %.16s..., but %s is of trace %.16s... "
+                            "(--force-trace to apply gains of the same model fitted on another trace)", gains_path, id.sha,
+                            rs->dirs[d].path, h ? h : "(unknown)");
+            snprintf(forced, sizeof forced, "the gains were fitted on trace sha256 %s, these results are of trace %s "
+                     "(same model '%s'); applied with --force-trace", id.sha, h ? h : "(unknown)", m);
+        }
+    }
     plrow *pl = NULL;
     if ((st = load_per_layer(rs, &pl, &npl, &Lr, err)) != KV_OK) return st;
     double *f = NULL, *raw = NULL, *cal = NULL, *caln = NULL, *rr = NULL, *rc = NULL;
@@ -839,9 +910,10 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
                "logit_kl_cal = sum over layers of gain x the layer's own direct-path logit KL (per_layer.csv, means "
                "over each configuration's sequences), with the %zu `kl_nnls` gains an earlier `kvreport --truth` "
                "fitted on an in-model truth set%s. Gains transfer between runs of the same model and protocol only. "
-               "Ranks: 1 = least damage. All configurations: tables/calibrated.csv.\n\n"
-               "| configuration | logit_kl (raw) | rank | logit_kl_cal | rank |\n|---|---|---|---|---|\n",
+               "Ranks: 1 = least damage. All configurations: tables/calibrated.csv.\n\n",
             gains_path, L, have_nll ? " (and `nll_from_kl` for nll_delta_cal)" : "");
+    if (forced[0]) fprintf(o, "**Note:** %s.\n\n", forced);
+    fputs("| configuration | logit_kl (raw) | rank | logit_kl_cal | rank |\n|---|---|---|---|---|\n", o);
     for (size_t i = 0; i < nord; i++) {      /* the configurations in calibrated order */
         size_t ci = ord[i];
         char a[32], b[32], r1[32], r2[32];
