@@ -100,6 +100,16 @@ bad:
     return -1;
 }
 
+/* An error: one line, or several (the infeasible configurations of a sweep), each prefixed. */
+static void print_err(const char *err)
+{
+    do {
+        size_t n = strcspn(err, "\n");
+        fprintf(stderr, "%s: %.*s\n", g_prog, (int)n, err);
+        err += n + (err[n] == '\n');
+    } while (*err);
+}
+
 static void list_strategies(void)
 {
     for (size_t i = 0; i < rp_strategy_count(); i++) {
@@ -635,7 +645,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     *out = r;
     return KV_EXIT_OK;
 fail:
-    fprintf(stderr, "%s: %s\n", g_prog, err);
+    print_err(err);
 fail_quiet:
     if (lock_fd >= 0) close(lock_fd);
     free(seqs_all);
@@ -727,7 +737,7 @@ int kvrun_finish(kvrun *r)
     }
     return rc;
 fail:
-    fprintf(stderr, "%s: %s\n", g_prog, err);
+    print_err(err);
     return KV_EXIT_FAIL;
 }
 
@@ -766,7 +776,7 @@ int kvcmd_run(int argc, char **argv)
     kvrun_free(r);
     return rc;
 fail:
-    fprintf(stderr, "%s: %s\n", g_prog, err);
+    print_err(err);
     kvrun_free(r);
     return KV_EXIT_FAIL;
 }
