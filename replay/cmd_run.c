@@ -46,6 +46,8 @@ static const char run_usage[] =
     "  --page-size N       paged accounting: tokens per page (default 16, vLLM's block size;\n"
     "                      0 = unpaged) -> kv_bytes_paged, frag_bytes\n"
     "  --resume            continue an interrupted run in DIR, skipping finished sequences\n"
+    "                      (its parts are verified; the options must equal the run's, kept in\n"
+    "                      DIR/parts/options; DIR/parts/lock keeps a second run out)\n"
     "  --shard i/N         evaluate every N-th sequence starting at i (N alone: i from\n"
     "                      SLURM_ARRAY_TASK_ID; slurm: i = SLURM_ARRAY_TASK_ID -\n"
     "                      SLURM_ARRAY_TASK_MIN, N = SLURM_ARRAY_TASK_COUNT); every\n"
@@ -787,7 +789,8 @@ static const char merge_usage[] =
     "Combines the results directories of `kvreplay run ... --shard i/N` (every shard 0..N-1 of\n"
     "one run, each with its parts/) into DIR: the CSVs are those an unsharded run writes.\n"
     "Refuses a missing shard, a shard given twice, a shard whose parts/ lacks a sequence, and\n"
-    "shards of different runs (trace, sweep, sequence list or options).\n";
+    "shards of different runs (trace, sweep, sequence list or options); every part's checksum\n"
+    "and values are verified (non-finite values refused).\n";
 
 /* provenance.json / configs.csv of a shard: regular files, bounded (16 MiB: RP_MAX_CONFIGS
  * lines of at most ~1 KiB). NULL with err. */

@@ -239,6 +239,13 @@ int out_part_read(const char *dir, const char *key, size_t seq, rp_seq_result *r
         return failf(err, errlen, "%s: from a different run (run key %s, sequence %zu, %zu configurations, %zu x %zu heads; "
                      "expected %s, %zu, %zu, %zu x %zu)", path, k2, s2, c2, l2, h2, key, seq, n_cfg, L, H);
     }
+    /* every value takes at least 2 bytes (digit and separator): a header claiming more values
+     * than the file can hold is refused before allocating for them */
+    if (part_values(n_cfg, L, H, 0) > strlen(buf) / 2) {
+        free(buf);
+        return failf(err, errlen, "%s: %zu values announced (%zu configurations, %zu x %zu heads), the file is too short",
+                     path, part_values(n_cfg, L, H, 0), n_cfg, L, H);
+    }
     if (rp_seq_result_alloc(r, n_cfg, L, H)) { free(buf); return failf(err, errlen, "out of memory"); }
     r->seq = seq;
     r->has_readout = ro;
@@ -521,6 +528,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     json_str(f, "sweep", pv->sweep, 0);
     fprintf(f, "  \"n_configs\": %zu,\n  \"n_seq\": %zu,\n  \"threads\": %zu,\n  \"page_size\": %zu,\n", NC, pv->n_seq,
             pv->threads, pv->page_size);
+    fprintf(f, "  \"n_layers\": %zu,\n  \"n_heads\": %zu,\n", L, H);     /* kvreport bounds layer/head by them */
     json_str(f, "hdf5_version", h5v, 0);
     json_str(f, "gsl_version", GSL_VERSION, 0);
     json_str(f, "openblas_config", rs_blas_config(), 0);
