@@ -144,10 +144,15 @@ static int parse_u64(const char *s, unsigned long long *v)
     return (*end || errno) ? -1 : 0;
 }
 
+static const char **g_dirs;
+static void free_dirs(void) { free(g_dirs); }
+
 int main(int argc, char **argv)
 {
     signal(SIGXFSZ, SIG_IGN);      /* a file-size limit (ulimit -f) becomes a write error (EFBIG) with a message */
     const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
+    g_dirs = dirs;
+    atexit(free_dirs);             /* every return path, usage errors included */
     size_t nd = 0;
     const char *out = NULL, *baseline = NULL, *metric = NULL, *heat = NULL, *trace = NULL, *plots = NULL, *truth = NULL;
     const char *gains = NULL;
@@ -358,7 +363,7 @@ cleanup:
     if (tmp[0]) rm_tree(tmp);
     rp_notes_free(&c.notes);
     ts_entropy_free(ent);
-    free(gnuplot); free(plots_dir); free(outdup); free(outdup2); free(dirs);
+    free(gnuplot); free(plots_dir); free(outdup); free(outdup2);
     an_free(an);
     res_free(rs);
     return rc;

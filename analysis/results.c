@@ -47,7 +47,7 @@ static char *xstrdup(const char *s)
 
 /* ---- whole-file read ------------------------------------------------------------------ */
 
-static kv_status read_file(const char *path, char **out, size_t *len, int *missing, kv_error *err)
+kv_status res_read_file(const char *path, char **out, size_t *len, int *missing, kv_error *err)
 {
     *out = NULL;
     if (missing) *missing = 0;
@@ -147,7 +147,7 @@ static kv_status csv_open(csv *c, const char *path, int optional, int *missing, 
     memset(c, 0, sizeof *c);
     c->path = path;
     size_t len;
-    kv_status s = read_file(path, &c->buf, &len, optional ? missing : NULL, err);
+    kv_status s = res_read_file(path, &c->buf, &len, optional ? missing : NULL, err);
     if (s != KV_OK || !c->buf) return s;
     c->cur = c->buf;
     char *h = csv_nextline(c);
@@ -296,7 +296,7 @@ static kv_status parse_provenance(const char *path, res_dir *d, kv_error *err)
     char *buf = NULL;
     size_t len;
     int missing = 0;
-    kv_status s = read_file(path, &buf, &len, &missing, err);
+    kv_status s = res_read_file(path, &buf, &len, &missing, err);
     if (s != KV_OK) return s;
     if (missing) return kv_error_set(err, KV_ERR_FORMAT, "%s: missing: not a kvtrace results directory", path);
     const char *p = json_ws(buf);

@@ -97,6 +97,10 @@ typedef struct res_set {
 
 /* Loads and merges dirs[0..n-1]. allow_mixed: accept different trace_sha256 values. */
 kv_status res_load(const char *const *dirs, size_t n, int allow_mixed, res_set **out, kv_error *err);
+/* A whole regular file of at most RES_MAX_FILE bytes without NUL bytes, NUL-terminated in
+ * *out (free it); a FIFO or device is refused without blocking. missing != NULL: an absent
+ * file gives KV_OK with *missing = 1 and *out = NULL. */
+kv_status res_read_file(const char *path, char **out, size_t *len, int *missing, kv_error *err);
 void res_free(res_set *s);
 
 /* Provenance value of a directory, NULL when absent. */

@@ -209,6 +209,20 @@ static int pl_match(const plrow *r, const char *config, long long seq)
 
 /* Rows of every results directory's per_layer.csv, sorted by (config, seq, layer) for
  * pl_find; *n = 0 when none has one. Empty fields are NaN. */
+/* A results or gains file read whole and bounded (res_read_file: regular files only, so a
+ * FIFO cannot block) and handed out as a FILE (close it, then free *buf). NULL: *missing
+ * set, or err set. */
+static FILE *open_checked(const char *path, char **buf, int *missing, kv_error *err)
+{
+    size_t len = 0;
+    *buf = NULL;
+    *missing = 0;
+    if (res_read_file(path, buf, &len, missing, err) != KV_OK || *missing) return NULL;
+    FILE *f = fmemopen(*buf, len ? len : 1, "r");
+    if (!f) { free(*buf); *buf = NULL; fail(err, KV_ERR_NOMEM, "%s: out of memory", path); }
+    return f;
+}
+
 static kv_status load_per_layer(const res_set *rs, plrow **out, size_t *n_out, size_t *L_out, kv_error *err)
 {
     plrow *rows = NULL;
@@ -219,8 +233,11 @@ static kv_status load_per_layer(const res_set *rs, plrow **out, size_t *n_out, s
     for (size_t d = 0; d < rs->n_dirs; d++) {
         char path[8192];
         snprintf(path, sizeof path, "%s/per_layer.csv", rs->dirs[d].path);
-        FILE *f = fopen(path, "r");
-        if (!f) continue;
+        char *fbuf = NULL;
+        int missing = 0;
+        FILE *f = open_checked(path, &fbuf, &missing, err);
+        if (missing) continue;
+        if (!f) { free(line); for (size_t i = 0; i < n; i++) free(rows[i].config); free(rows); return KV_ERR_FORMAT; }
         size_t ln = 0;
         while (getline(&line, &lcap, f) > 0) {
             if (++ln == 1) continue;                           /* header */
@@ -228,11 +245,11 @@ static kv_status load_per_layer(const res_set *rs, plrow **out, size_t *n_out, s
             char *fld[6], *p = line;
             int nf = 0;
             for (; nf < 6; nf++) { fld[nf] = p; p = strchr(p, ','); if (!p) { nf++; break; } *p++ = 0; }
-            if (nf != 6 || p) { fclose(f); free(line); goto bad; }
+            if (nf != 6 || p) { fclose(f); free(fbuf); free(line); goto bad; }
             if (n == cap) {
                 cap = cap ? 2 * cap : 1024;
                 plrow *q = realloc(rows, cap * sizeof *q);
-                if (!q) { fclose(f); free(line); for (size_t i = 0; i < n; i++) free(rows[i].config); free(rows); return fail(err, KV_ERR_NOMEM, "out of memory"); }
+                if (!q) { fclose(f); free(fbuf); free(line); for (size_t i = 0; i < n; i++) free(rows[i].config); free(rows); return fail(err, KV_ERR_NOMEM, "out of memory"); }
                 rows = q;
             }
             plrow *r = &rows[n];
@@ -241,12 +258,12 @@ static kv_status load_per_layer(const res_set *rs, plrow **out, size_t *n_out, s
             r->layer = strtoll(fld[3], &e2, 10);
             r->kl = *fld[4] ? strtod(fld[4], NULL) : NAN;
             r->nll = *fld[5] ? strtod(fld[5], NULL) : NAN;
-            if (*e1 || *e2 || r->layer < 0 || r->layer > 100000) { fclose(f); free(line); goto bad; }
-            if (!(r->config = strdup(fld[1]))) { fclose(f); free(line); for (size_t i = 0; i < n; i++) free(rows[i].config); free(rows); return fail(err, KV_ERR_NOMEM, "out of memory"); }
+            if (*e1 || *e2 || r->layer < 0 || r->layer > 100000) { fclose(f); free(fbuf); free(line); goto bad; }
+            if (!(r->config = strdup(fld[1]))) { fclose(f); free(fbuf); free(line); for (size_t i = 0; i < n; i++) free(rows[i].config); free(rows); return fail(err, KV_ERR_NOMEM, "out of memory"); }
             if ((size_t)r->layer + 1 > L) L = (size_t)r->layer + 1;
             n++;
         }
-        fclose(f);
+        fclose(f); free(fbuf);
         continue;
     bad:
         for (size_t i = 0; i < n; i++) free(rows[i].config);
@@ -698,8 +715,12 @@ static kv_status read_gains(const char *path, const char *name, double *g, size_
 {
     int col_model = -1, col_sha = -1, col_mode = -1;
     if (id) memset(id, 0, sizeof *id);
-    FILE *f = fopen(path, "r");
-    if (!f) return fail(err, KV_ERR_IO, "--gains %s: cannot open: %s", path, strerror(errno));
+    char *fbuf = NULL;
+    int missing = 0;
+    kv_error e0;
+    FILE *f = open_checked(path, &fbuf, &missing, &e0);
+    if (missing) return fail(err, KV_ERR_IO, "--gains %s: cannot open: %s", path, strerror(ENOENT));
+    if (!f) return fail(err, KV_ERR_IO, "--gains %s", e0.msg);
     char *line = NULL;
     size_t cap = 0, ln = 0;
     int col_name = -1, first_gain = -1, n_gain = 0;
@@ -764,6 +785,7 @@ static kv_status read_gains(const char *path, const char *name, double *g, size_
     }
     free(line);
     fclose(f);
+    free(fbuf);
     return st;
 }
 

@@ -1,6 +1,7 @@
 /* libFuzzer harness: the sweep parser (replay/sweep.c) and the budget rules on what it accepts.
  * The input is a sweep file; each line goes through sweep_add_line as kvreplay run reads it,
- * then every accepted configuration's budget is resolved against a few cache sizes. */
+ * then every accepted configuration's budget is resolved against a few cache sizes and checked
+ * by its strategy's check_budget hook (an error must come with a message). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (strlen(sw.cfg[c].canon) >= sizeof sw.cfg[c].canon) abort();
         for (size_t k = 0; k < sizeof fulls / sizeof fulls[0]; k++) {
             size_t B = 0;
-            if (!sweep_budget(&sw.cfg[c], fulls[k], &B) && (B < 1 || B > fulls[k])) abort();
+            if (sweep_budget(&sw.cfg[c], fulls[k], &B)) continue;
+            if (B < 1 || B > fulls[k]) abort();
+            /* the feasibility hook kvreplay run calls before any work (1 and 32 layers) */
+            const rp_config *cf = &sw.cfg[c];
+            for (size_t L = 1; cf->evict->check_budget && L <= 32; L += 31) {
+                err[0] = 0;
+                if (cf->evict->check_budget(cf->evict_cfg, fulls[k], B, L, err, sizeof err) && !err[0]) abort();
+            }
         }
         /* a canonical string parses back to itself (kvreplay merge relies on it) */
         rp_sweep again = { 0 };

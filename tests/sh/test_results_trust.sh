@@ -40,6 +40,12 @@ fresh; rm "$T/r/provenance.json"; mkfifo "$T/r/provenance.json"
 expect_fail "provenance.json a FIFO" "provenance.json: not a regular file" "$K" "$T/r"
 fresh; truncate -s 2G "$T/r/per_head.csv"
 expect_fail "per_head.csv 2 GiB" "per_head.csv: 2147483648 bytes, larger than the 1073741824-byte limit" "$K" "$T/r"
+mkfifo "$T/gains.fifo"
+expect_fail "--gains FIFO" "gains.fifo: not a regular file" "$K" "$FIX" --gains "$T/gains.fifo"
+printf 'calibration,metric,gain_0,gain_1,trace_model,trace_sha256,mode\nkl_nnls,logit_kl,1,2,fixture-2L,%s,prefill\n' \
+    "$(sed -n 's/.*"trace_sha256": "\([0-9a-f]*\)".*/\1/p' "$FIX/provenance.json")" > "$T/gains.csv"
+fresh; mkfifo "$T/r/per_layer.csv"
+expect_fail "per_layer.csv FIFO (--gains)" "per_layer.csv: not a regular file" "$K" "$T/r" --gains "$T/gains.csv"
 fresh; rm "$T/r/per_seq.csv"; ln -s "$FIX/per_seq.csv" "$T/r/per_seq.csv"
 if "$K" "$T/r" -o "$T/ok1" --no-figures 2> "$T/err"; then echo "ok   a symlink to a regular file is read"
 else echo "FAIL symlink to a regular file refused:"; cat "$T/err"; fails=$((fails + 1)); fi
