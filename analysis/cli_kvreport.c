@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <libgen.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,8 @@ static const char *USAGE =
     "  --trace TRACE           the trace the results came from: memory vs context (bytes per\n"
     "                          token) and attention-entropy figures\n"
     "  --allow-mixed           accept results of different traces (trace_sha256)\n"
+    "  --force-trace           accept a --trace whose SHA-256 is not the results' trace_sha256, or\n"
+    "                          --gains fitted on another trace of the same model (stated in the report)\n"
     "  --seed N                bootstrap seed (default 12345)\n"
     "  --bootstrap N           bootstrap resamples (default 2000; 0 = none)\n"
     "  --no-figures            tables and report only\n"
@@ -141,13 +144,19 @@ static int parse_u64(const char *s, unsigned long long *v)
     return (*end || errno) ? -1 : 0;
 }
 
+static const char **g_dirs;
+static void free_dirs(void) { free(g_dirs); }
+
 int main(int argc, char **argv)
 {
+    signal(SIGXFSZ, SIG_IGN);      /* a file-size limit (ulimit -f) becomes a write error (EFBIG) with a message */
     const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
+    g_dirs = dirs;
+    atexit(free_dirs);             /* every return path, usage errors included */
     size_t nd = 0;
     const char *out = NULL, *baseline = NULL, *metric = NULL, *heat = NULL, *trace = NULL, *plots = NULL, *truth = NULL;
     const char *gains = NULL;
-    int allow_mixed = 0, no_figures = 0;
+    int allow_mixed = 0, no_figures = 0, force_trace = 0;
     unsigned long long seed = 12345, nboot = 2000;
     double target = 0;
     if (!dirs) { fprintf(stderr, "kvreport: out of memory\n"); return 1; }
@@ -164,6 +173,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--gains")) { NEED_ARG(); gains = argv[++i]; }
         else if (!strcmp(a, "--plots")) { NEED_ARG(); plots = argv[++i]; }
         else if (!strcmp(a, "--allow-mixed")) allow_mixed = 1;
+        else if (!strcmp(a, "--force-trace")) force_trace = 1;
         else if (!strcmp(a, "--no-figures")) no_figures = 1;
         else if (!strcmp(a, "--seed")) { NEED_ARG(); if (parse_u64(argv[++i], &seed)) return usage_error("--seed needs a non-negative integer", argv[i]); }
         else if (!strcmp(a, "--bootstrap")) { NEED_ARG(); if (parse_u64(argv[++i], &nboot) || nboot > 1000000) return usage_error("--bootstrap needs an integer in 0..1000000", argv[i]); }
@@ -190,6 +200,28 @@ int main(int argc, char **argv)
     res_set *rs = NULL;
     if (res_load(dirs, nd, allow_mixed, &rs, &err) != KV_OK) { fprintf(stderr, "kvreport: %s\n", err.msg); return 1; }
     if (rs->mixed_traces) fprintf(stderr, "kvreport: warning: results of different traces combined (--allow-mixed)\n");
+
+    /* --trace: the trace the results came from, by content (SHA-256 of provenance.json) */
+    char trace_forced[512] = "";
+    if (trace) {
+        char sha[65];
+        kv_error se = {0};
+        if (kv_file_sha256(trace, sha, &se) != KV_OK) { fprintf(stderr, "kvreport: --trace %s\n", se.msg); res_free(rs); return 1; }
+        for (size_t d = 0; d < rs->n_dirs; d++) {
+            const char *want = res_prov(&rs->dirs[d], "trace_sha256");
+            if (want && !strcmp(want, sha)) continue;
+            if (!force_trace) {
+                fprintf(stderr, "kvreport: --trace %s: SHA-256 %.16s... is not the trace of %s (trace_sha256 %.16s...): "
+                        "pass the trace the results came from, or --force-trace\n", trace, sha, rs->dirs[d].path,
+                        want ? want : "(absent)");
+                res_free(rs);
+                return 1;
+            }
+            snprintf(trace_forced, sizeof trace_forced, "WARNING: --force-trace: the --trace file %s (sha256 %.16s...) is not "
+                     "the trace of %s (trace_sha256 %.16s...); memory and entropy figures describe that file", trace, sha,
+                     rs->dirs[d].path, want ? want : "(absent)");
+        }
+    }
 
     long base = -1;
     if (baseline) {
@@ -231,12 +263,19 @@ int main(int argc, char **argv)
     snprintf(tmp, sizeof tmp, "%s/.%s.tmp.XXXXXX", parent, basename(outdup2));
     free(parent);
     if (!mkdtemp(tmp)) { fprintf(stderr, "kvreport: %s: cannot create a temporary directory: %s\n", tmp, strerror(errno)); return 1; }
+    {   /* mkdtemp makes it 0700; the report gets the mode of any new directory, 0777 & ~umask */
+        mode_t um = umask(0);
+        umask(um);
+        if (chmod(tmp, 0777 & ~um)) { fprintf(stderr, "kvreport: %s: %s\n", tmp, strerror(errno)); rm_tree(tmp); return 1; }
+    }
 
     rp_ctx c = {0};
     c.rs = rs; c.an = an; c.dir = tmp; c.shown_dir = out;
     c.metric = mi; c.head_metric = hm; c.target_ratio = target;
     c.no_figures = no_figures; c.seed = seed; c.n_boot = (size_t)nboot;
     c.version = KV_VERSION_STRING;
+    c.force_trace = force_trace;
+    if (trace_forced[0]) rp_note(&c.notes, "%s", trace_forced);
     if (focus < 0) {
         size_t *idx = malloc((rs->n_configs + 1) * sizeof *idx);
         double t;
@@ -282,7 +321,7 @@ int main(int argc, char **argv)
     snprintf(marker, sizeof marker, "%s/%s", tmp, MARKER);
     FILE *mf = fopen(marker, "w");
     if (!mf || fputs("kvreport report directory (replaced by the next kvreport -o here)\n", mf) < 0 || fclose(mf)) {
-        fprintf(stderr, "kvreport: %s: cannot write\n", marker);
+        fprintf(stderr, "kvreport: %s: cannot write: %s\n", marker, strerror(errno));
         goto cleanup;
     }
     if (rp_write_tables(&c, &err) || rp_write_figures(&c, &err) || rp_write_report(&c, &err)) {
@@ -324,7 +363,7 @@ cleanup:
     if (tmp[0]) rm_tree(tmp);
     rp_notes_free(&c.notes);
     ts_entropy_free(ent);
-    free(gnuplot); free(plots_dir); free(outdup); free(outdup2); free(dirs);
+    free(gnuplot); free(plots_dir); free(outdup); free(outdup2);
     an_free(an);
     res_free(rs);
     return rc;

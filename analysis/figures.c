@@ -196,8 +196,9 @@ static kv_status emit(rp_ctx *c, const char *stem, const char *kind, const char 
         FILE *f = fopen(path, "w");
         if (!f) { free(gp.s); return kv_error_set(err, KV_ERR_IO, "%s: cannot create: %s", path, strerror(errno)); }
         if (body[i]->n) fwrite(body[i]->s, 1, body[i]->n, f);
-        int bad = ferror(f);
-        if (fclose(f) || bad) { free(gp.s); return kv_error_set(err, KV_ERR_IO, "%s: write failed", path); }
+        int bad = ferror(f), e = errno;
+        if (fclose(f) && !bad) { bad = 1; e = errno; }
+        if (bad) { free(gp.s); return kv_error_set(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(e)); }
     }
     free(gp.s);
     g->written = 1;

@@ -62,8 +62,9 @@ static FILE *open_out(rp_ctx *c, const char *rel, kv_error *err)
 
 static kv_status close_out(rp_ctx *c, FILE *f, const char *rel, kv_error *err)
 {
-    int bad = ferror(f);
-    if (fclose(f) || bad) return kv_error_set(err, KV_ERR_IO, "%s/%s: write failed", c->shown_dir, rel);
+    int bad = ferror(f), e = errno;
+    if (fclose(f) && !bad) { bad = 1; e = errno; }
+    if (bad) return kv_error_set(err, KV_ERR_IO, "%s/%s: write failed: %s", c->shown_dir, rel, strerror(e));
     return KV_OK;
 }
 

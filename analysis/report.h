@@ -55,6 +55,7 @@ typedef struct rp_ctx {
     const char *gnuplot;           /* gnuplot executable, NULL: not found (scripts still written) */
     /* from --trace (optional) */
     const char *trace_path;
+    int force_trace;               /* --force-trace: a --trace or --gains of another trace accepted */
     double bytes_per_token;        /* fp16 K+V bytes per token of the full cache; 0 = unknown */
     const rp_entropy *entropy;     /* NULL: figure f skipped */
     const char *entropy_why;       /* reason when entropy is NULL */

@@ -3,11 +3,14 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 const char *const res_metric_names[RM_COUNT] = {
     "keep_frac", "kv_bytes", "full_bytes", "ratio", "kv_mse_k", "kv_mse_v",
@@ -44,29 +47,52 @@ static char *xstrdup(const char *s)
 
 /* ---- whole-file read ------------------------------------------------------------------ */
 
-static kv_status read_file(const char *path, char **out, size_t *len, int *missing, kv_error *err)
+kv_status res_read_file(const char *path, char **out, size_t *len, int *missing, kv_error *err)
 {
     *out = NULL;
     if (missing) *missing = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    /* O_NONBLOCK: a FIFO opens without waiting for a writer, and is then refused as not a
+     * regular file (as are devices: /dev/zero, /dev/urandom). A symlink to a regular file is
+     * followed (results directories assembled from links are fine). */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
         if (errno == ENOENT && missing) { *missing = 1; return KV_OK; }
         return kv_error_set(err, KV_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     }
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap + 1);
-    if (!buf) { fclose(f); return kv_error_set(err, KV_ERR_NOMEM, "%s: out of memory", path); }
-    for (;;) {
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (n < cap) break;
-        char *nb = realloc(buf, 2 * cap + 1);
-        if (!nb) { free(buf); fclose(f); return kv_error_set(err, KV_ERR_NOMEM, "%s: out of memory", path); }
-        buf = nb; cap *= 2;
+    struct stat sb;
+    if (fstat(fd, &sb)) {
+        int e = errno;
+        close(fd);
+        return kv_error_set(err, KV_ERR_IO, "%s: %s", path, strerror(e));
     }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) { free(buf); return kv_error_set(err, KV_ERR_IO, "%s: read error", path); }
+    if (!S_ISREG(sb.st_mode)) {
+        close(fd);
+        return kv_error_set(err, KV_ERR_FORMAT, "%s: not a regular file (a device, FIFO, socket or directory)", path);
+    }
+    if ((unsigned long long)sb.st_size > RES_MAX_FILE) {
+        close(fd);
+        return kv_error_set(err, KV_ERR_FORMAT, "%s: %lld bytes, larger than the %llu-byte limit of a results file",
+                            path, (long long)sb.st_size, (unsigned long long)RES_MAX_FILE);
+    }
+    size_t cap = (size_t)sb.st_size + 1, n = 0;     /* +1: sees a file that grew since fstat */
+    char *buf = malloc(cap + 1);
+    if (!buf) { close(fd); return kv_error_set(err, KV_ERR_NOMEM, "%s: out of memory", path); }
+    for (;;) {
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            int e = errno;
+            free(buf); close(fd);
+            return kv_error_set(err, KV_ERR_IO, "%s: read error: %s", path, strerror(e));
+        }
+        if (r == 0) break;
+        n += (size_t)r;
+        if (n == cap) {
+            free(buf); close(fd);
+            return kv_error_set(err, KV_ERR_IO, "%s: the file changed while it was read", path);
+        }
+    }
+    close(fd);
     buf[n] = 0;
     if (memchr(buf, 0, n)) { free(buf); return kv_error_set(err, KV_ERR_FORMAT, "%s: contains NUL bytes", path); }
     *out = buf;
@@ -121,7 +147,7 @@ static kv_status csv_open(csv *c, const char *path, int optional, int *missing, 
     memset(c, 0, sizeof *c);
     c->path = path;
     size_t len;
-    kv_status s = read_file(path, &c->buf, &len, optional ? missing : NULL, err);
+    kv_status s = res_read_file(path, &c->buf, &len, optional ? missing : NULL, err);
     if (s != KV_OK || !c->buf) return s;
     c->cur = c->buf;
     char *h = csv_nextline(c);
@@ -187,6 +213,49 @@ static kv_status csv_int(csv *c, long col, long long *v, kv_error *err)
     return KV_OK;
 }
 
+/* Domain of a numeric column: [lo, hi] as documented (lo_s, hi_s), accepted with the slack
+ * of results.h; integral: the value must be a whole number. NaN (empty field) passes. */
+typedef struct res_dom { double lo, hi; const char *lo_s, *hi_s; int slack_lo, slack_hi, integral; } res_dom;
+#define DOM_NONNEG      { 0, INFINITY, "0", "inf", 0, 0, 0 }
+#define DOM_NONNEG_RND  { 0, INFINITY, "0", "inf", 1, 0, 0 }
+#define DOM_UNIT        { 0, 1, "0", "1", 1, 1, 0 }
+#define DOM_COS         { -1, 1, "-1", "1", 1, 1, 0 }
+
+static kv_status csv_check(csv *c, long col, double v, const res_dom *d, kv_error *err)
+{
+    if (col < 0 || isnan(v)) return KV_OK;
+    double lo = d->lo - (d->slack_lo ? RES_SLACK : 0), hi = d->hi + (d->slack_hi ? RES_SLACK : 0);
+    if (v < lo || v > hi)
+        return kv_error_set(err, KV_ERR_VALUE, "%s:%zu: column %s = %s out of range [%s, %s]", c->path, c->line,
+                            c->hdr[col], c->f[col], d->lo_s, d->hi_s);
+    if (d->integral && v != floor(v))
+        return kv_error_set(err, KV_ERR_VALUE, "%s:%zu: column %s = %s is not a whole number", c->path, c->line,
+                            c->hdr[col], c->f[col]);
+    return KV_OK;
+}
+
+static kv_status csv_check_int(csv *c, long col, long long v, long long lo, long long hi, kv_error *err)
+{
+    if (v < lo || v > hi)
+        return kv_error_set(err, KV_ERR_VALUE, "%s:%zu: column %s = %s out of range [%lld, %lld]", c->path, c->line,
+                            c->hdr[col], c->f[col], lo, hi);
+    return KV_OK;
+}
+
+/* per_seq.csv metric domains, res_metric order (nll_delta is derived, not read). */
+static const res_dom seq_dom[RM_NLL_DELTA] = {
+    DOM_UNIT, DOM_NONNEG, DOM_NONNEG, DOM_NONNEG, DOM_NONNEG, DOM_NONNEG, DOM_NONNEG, DOM_NONNEG,
+    DOM_COS, DOM_COS, DOM_NONNEG_RND, DOM_NONNEG_RND, DOM_UNIT, DOM_NONNEG_RND, DOM_NONNEG_RND,
+    DOM_NONNEG_RND, DOM_UNIT, DOM_UNIT, DOM_UNIT,
+};
+/* per_head.csv metric domains, res_head_metric order. */
+static const res_dom head_dom[RH_COUNT] = {
+    DOM_UNIT, DOM_NONNEG, DOM_COS, DOM_COS, DOM_NONNEG_RND, DOM_NONNEG_RND, DOM_UNIT, DOM_NONNEG, DOM_NONNEG,
+};
+static const res_dom nq_seq_dom = { 0, 2147483647.0, "0", "2147483647", 0, 0, 1 };
+static const res_dom nq_head_dom = { 0, 9007199254740992.0, "0", "2^53", 0, 0, 1 };
+static const res_dom count_dom = { 0, 9007199254740992.0, "0", "2^53", 0, 0, 0 };
+
 /* ---- provenance.json: a flat object of strings and numbers ------------------------------ */
 
 static const char *json_ws(const char *p) { while (isspace((unsigned char)*p)) p++; return p; }
@@ -227,7 +296,7 @@ static kv_status parse_provenance(const char *path, res_dir *d, kv_error *err)
     char *buf = NULL;
     size_t len;
     int missing = 0;
-    kv_status s = read_file(path, &buf, &len, &missing, err);
+    kv_status s = res_read_file(path, &buf, &len, &missing, err);
     if (s != KV_OK) return s;
     if (missing) return kv_error_set(err, KV_ERR_FORMAT, "%s: missing: not a kvtrace results directory", path);
     const char *p = json_ws(buf);
@@ -303,6 +372,7 @@ typedef struct contrib {
     long long *seqs; size_t n_seqs; /* sequences this directory holds for it (sorted) */
     res_head *heads; size_t n_heads;
     int has_calib; res_calib_bin calib[2][RES_CALIB_BINS];
+    unsigned char calib_seen[2][RES_CALIB_BINS];
     int has_summary, not_applied;
 } contrib;
 
@@ -387,8 +457,24 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         long long id;
         double bv;
         if ((st = csv_int(&c, ci, &id, err)) || (st = csv_num(&c, cbv, 1, &bv, err))) goto out;
-        if (id < 0 || id > 10000000) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config_id %lld out of range", path, c.line, id); goto out; }
+        if ((st = csv_check_int(&c, ci, id, 0, RES_MAX_CONFIG_ID, err))) goto out;
         if (!*c.f[cc]) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: empty config string", path, c.line); goto out; }
+        {   /* budget_kind keep | budget | none with its value (RESULTS.md configs.csv) */
+            const char *bk = c.f[cbk];
+            static const res_dom keep_dom = { 0, 1, "0", "1", 0, 0, 0 };
+            static const res_dom budget_dom = { 1, 9007199254740992.0, "1", "2^53", 0, 0, 1 };
+            if (!strcmp(bk, "keep") || !strcmp(bk, "budget")) {
+                int keep = bk[0] == 'k';
+                if (isnan(bv)) { st = kv_error_set(err, KV_ERR_VALUE, "%s:%zu: column budget_value is empty for budget_kind %s", path, c.line, bk); goto out; }
+                if ((st = csv_check(&c, cbv, bv, keep ? &keep_dom : &budget_dom, err))) goto out;
+                if (keep && bv == 0) { st = kv_error_set(err, KV_ERR_VALUE, "%s:%zu: column budget_value = %s out of range (0, 1]", path, c.line, c.f[cbv]); goto out; }
+            } else if (!strcmp(bk, "none")) {
+                if (!isnan(bv)) { st = kv_error_set(err, KV_ERR_VALUE, "%s:%zu: column budget_value = %s given for budget_kind none", path, c.line, c.f[cbv]); goto out; }
+            } else {
+                st = kv_error_set(err, KV_ERR_VALUE, "%s:%zu: column budget_kind = '%s' is not keep, budget or none", path, c.line, bk);
+                goto out;
+            }
+        }
         if ((size_t)id >= nmap) {
             size_t nn = (size_t)id + 1;
             size_t *nm = realloc(map, nn * sizeof *nm);
@@ -438,9 +524,11 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         size_t gi = 0;
         ROW_CONFIG(pid, pcfg, gi);
         res_seq r;
-        if ((st = csv_int(&c, pseq, &r.seq, err)) || (st = csv_num(&c, pnq, 0, &r.n_query, err))) goto out;
+        if ((st = csv_int(&c, pseq, &r.seq, err)) || (st = csv_check_int(&c, pseq, r.seq, 0, RES_MAX_SEQ, err)) ||
+            (st = csv_num(&c, pnq, 0, &r.n_query, err)) || (st = csv_check(&c, pnq, r.n_query, &nq_seq_dom, err)))
+            goto out;
         for (int m = 0; m < RM_NLL_DELTA; m++)
-            if ((st = csv_num(&c, pm[m], 1, &r.v[m], err))) goto out;
+            if ((st = csv_num(&c, pm[m], 1, &r.v[m], err)) || (st = csv_check(&c, pm[m], r.v[m], &seq_dom[m], err))) goto out;
         r.v[RM_NLL_DELTA] = (isnan(r.v[RM_NLL_COMP]) || isnan(r.v[RM_NLL_FULL])) ? NAN
                             : r.v[RM_NLL_COMP] - r.v[RM_NLL_FULL];
         contrib *cb;
@@ -486,6 +574,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         if (na != 0 && na != 1) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: not_applied must be 0 or 1", path, c.line); goto out; }
         contrib *cb;
         LOOKUP_CB(gi, cb);
+        if (cb->has_summary) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config '%s' has a second row", path, c.line, s->configs[gi].config); goto out; }
         cb->has_summary = 1;
         cb->not_applied = (int)na;
     }
@@ -498,6 +587,12 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
     if ((st = csv_open(&c, path, 1, &missing, err)) != KV_OK) goto out;
     if (!missing) {
         long hid, hcfg, hl, hh, hnq, hm[RH_COUNT];
+        /* layer < n_layers, head < n_heads of provenance.json when it records them */
+        long long max_layer = RES_MAX_LAYER_HEAD, max_head = RES_MAX_LAYER_HEAD, top_layer = -1, top_head = -1;
+        size_t top_line = 0;
+        const char *pl = res_prov(d, "n_layers"), *ph = res_prov(d, "n_heads");
+        if (pl && atoll(pl) >= 1 && atoll(pl) - 1 < max_layer) max_layer = atoll(pl) - 1;
+        if (ph && atoll(ph) >= 1 && atoll(ph) - 1 < max_head) max_head = atoll(ph) - 1;
         if ((st = csv_col(&c, "config_id", 1, &hid, err)) || (st = csv_col(&c, "config", 1, &hcfg, err)) ||
             (st = csv_col(&c, "layer", 1, &hl, err)) || (st = csv_col(&c, "head", 1, &hh, err)) ||
             (st = csv_col(&c, "n_query", 1, &hnq, err)))
@@ -508,12 +603,14 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
             size_t gi;
             ROW_CONFIG(hid, hcfg, gi);
             res_head r;
-            if ((st = csv_int(&c, hl, &r.layer, err)) || (st = csv_int(&c, hh, &r.head, err)) ||
-                (st = csv_num(&c, hnq, 0, &r.n_query, err)))
+            if ((st = csv_int(&c, hl, &r.layer, err)) || (st = csv_check_int(&c, hl, r.layer, 0, max_layer, err)) ||
+                (st = csv_int(&c, hh, &r.head, err)) || (st = csv_check_int(&c, hh, r.head, 0, max_head, err)) ||
+                (st = csv_num(&c, hnq, 0, &r.n_query, err)) || (st = csv_check(&c, hnq, r.n_query, &nq_head_dom, err)))
                 goto out;
-            if (r.layer < 0 || r.head < 0 || r.layer > 100000 || r.head > 100000) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: layer/head out of range", path, c.line); goto out; }
             for (int m = 0; m < RH_COUNT; m++)
-                if ((st = csv_num(&c, hm[m], 1, &r.v[m], err))) goto out;
+                if ((st = csv_num(&c, hm[m], 1, &r.v[m], err)) || (st = csv_check(&c, hm[m], r.v[m], &head_dom[m], err))) goto out;
+            if (r.layer > top_layer) { top_layer = r.layer; top_line = c.line; }
+            if (r.head > top_head) { top_head = r.head; top_line = r.layer == top_layer ? c.line : top_line; }
             contrib *cb;
             LOOKUP_CB(gi, cb);
             for (size_t k = 0; k < cb->n_heads; k++)
@@ -524,6 +621,17 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
             cb->heads[cb->n_heads++] = r;
         }
         if (st) goto out;
+        /* one row per (layer, head) of the model: every configuration covers the same full
+         * grid 0..top_layer x 0..top_head (no duplicates, so the count decides) */
+        for (size_t k = cb0; k < L->n_cb; k++) {
+            size_t want = (size_t)(top_layer + 1) * (size_t)(top_head + 1);
+            if (L->cb[k].n_heads && L->cb[k].n_heads != want) {
+                st = kv_error_set(err, KV_ERR_FORMAT, "%s: config '%s' has %zu (layer, head) rows, not the %lld x %lld of a full grid that "
+                                  "layer %lld / head %lld (line %zu) imply", path, s->configs[L->cb[k].cfg].config,
+                                  L->cb[k].n_heads, top_layer + 1, top_head + 1, top_layer, top_head, top_line);
+                goto out;
+            }
+        }
     }
     csv_close(&c);
 
@@ -545,6 +653,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
             if ((st = csv_int(&c, kb, &bin, err)) || (st = csv_num(&c, kc, 0, &cnt, err)) ||
                 (st = csv_num(&c, kcs, 0, &cs, err)) || (st = csv_num(&c, kas, 0, &as, err)))
                 goto out;
+            if ((st = csv_check(&c, kc, cnt, &count_dom, err))) goto out;
             int w = !strcmp(c.f[kw], "full") ? 0 : !strcmp(c.f[kw], "comp") ? 1 : -1;
             if (w < 0 || bin < 0 || bin >= RES_CALIB_BINS || cnt < 0 || cs < 0 || as < 0 || cs > cnt * (1 + 1e-9) || as > cnt * (1 + 1e-9)) {
                 st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: bad calibration row (which full|comp, bin 0..14, 0 <= sums <= count)", path, c.line);
@@ -552,6 +661,11 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
             }
             contrib *cb;
             LOOKUP_CB(gi, cb);
+            if (cb->calib_seen[w][bin]++) {
+                st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config '%s' %s bin %lld has a second row", path, c.line,
+                                  s->configs[gi].config, c.f[kw], bin);
+                goto out;
+            }
             cb->has_calib = 1;
             cb->calib[w][bin].count += cnt;
             cb->calib[w][bin].conf_sum += cs;
@@ -577,13 +691,13 @@ static kv_status finish_config(loader *L, size_t gi, kv_error *err)
         contrib *cb = &L->cb[k];
         if (cb->cfg != gi || cb->n_seqs == 0) continue;   /* listed, not run in this shard */
         qsort(cb->seqs, cb->n_seqs, sizeof *cb->seqs, ll_cmp);
-        qsort(cb->heads, cb->n_heads, sizeof *cb->heads, head_cmp);
+        if (cb->n_heads) qsort(cb->heads, cb->n_heads, sizeof *cb->heads, head_cmp);
         if (cb->has_summary) g->not_applied = g->not_applied < 0 ? cb->not_applied : (g->not_applied && cb->not_applied);
         if (!first) {
             first = cb;
             g->heads = malloc((cb->n_heads ? cb->n_heads : 1) * sizeof *g->heads);
             if (!g->heads) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
-            memcpy(g->heads, cb->heads, cb->n_heads * sizeof *g->heads);
+            if (cb->n_heads) memcpy(g->heads, cb->heads, cb->n_heads * sizeof *g->heads);   /* no per_head.csv: none */
             g->n_heads = cb->n_heads;
             g->has_calib = cb->has_calib;
             memcpy(g->calib, cb->calib, sizeof g->calib);
@@ -635,7 +749,7 @@ static kv_status finish_config(loader *L, size_t gi, kv_error *err)
         }
     }
     if (g->not_applied < 0) g->not_applied = 0;
-    qsort(g->seqs, g->n_seqs, sizeof *g->seqs, seq_cmp);
+    if (g->n_seqs) qsort(g->seqs, g->n_seqs, sizeof *g->seqs, seq_cmp);
     return KV_OK;
 }
 

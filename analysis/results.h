@@ -44,6 +44,19 @@ int res_head_metric_index(const char *name);
 
 #define RES_CALIB_BINS 15
 
+/* Every file of a results directory is read whole: regular files only (a FIFO, device or
+ * directory is refused without blocking), at most RES_MAX_FILE bytes each. */
+#define RES_MAX_FILE (1ull << 30)
+/* Value domains (replay/RESULTS.md "Value domains"): a value outside its column's domain is
+ * refused with file:line and the column. Bounded quantities (cosines, fractions) get
+ * RES_SLACK beyond their bounds and KL / NLL / relative errors RES_SLACK below 0: they are
+ * means of double-precision terms printed with %.9g, whose rounding stays orders of
+ * magnitude below it. */
+#define RES_SLACK 1e-6
+#define RES_MAX_SEQ 2147483647ll          /* sequence index (int32 in traces) */
+#define RES_MAX_LAYER_HEAD 65535ll        /* layer / head index when provenance lacks the shape */
+#define RES_MAX_CONFIG_ID 1048575ll
+
 typedef struct res_seq {
     long long seq;
     double n_query;
@@ -84,6 +97,10 @@ typedef struct res_set {
 
 /* Loads and merges dirs[0..n-1]. allow_mixed: accept different trace_sha256 values. */
 kv_status res_load(const char *const *dirs, size_t n, int allow_mixed, res_set **out, kv_error *err);
+/* A whole regular file of at most RES_MAX_FILE bytes without NUL bytes, NUL-terminated in
+ * *out (free it); a FIFO or device is refused without blocking. missing != NULL: an absent
+ * file gives KV_OK with *missing = 1 and *out = NULL. */
+kv_status res_read_file(const char *path, char **out, size_t *len, int *missing, kv_error *err);
 void res_free(res_set *s);
 
 /* Provenance value of a directory, NULL when absent. */

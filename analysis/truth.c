@@ -2,6 +2,7 @@
  *
  * N truth rows (config, sequence); NC paired configurations; B bootstrap resamples.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
@@ -208,6 +209,20 @@ static int pl_match(const plrow *r, const char *config, long long seq)
 
 /* Rows of every results directory's per_layer.csv, sorted by (config, seq, layer) for
  * pl_find; *n = 0 when none has one. Empty fields are NaN. */
+/* A results or gains file read whole and bounded (res_read_file: regular files only, so a
+ * FIFO cannot block) and handed out as a FILE (close it, then free *buf). NULL: *missing
+ * set, or err set. */
+static FILE *open_checked(const char *path, char **buf, int *missing, kv_error *err)
+{
+    size_t len = 0;
+    *buf = NULL;
+    *missing = 0;
+    if (res_read_file(path, buf, &len, missing, err) != KV_OK || *missing) return NULL;
+    FILE *f = fmemopen(*buf, len ? len : 1, "r");
+    if (!f) { free(*buf); *buf = NULL; fail(err, KV_ERR_NOMEM, "%s: out of memory", path); }
+    return f;
+}
+
 static kv_status load_per_layer(const res_set *rs, plrow **out, size_t *n_out, size_t *L_out, kv_error *err)
 {
     plrow *rows = NULL;
@@ -218,8 +233,11 @@ static kv_status load_per_layer(const res_set *rs, plrow **out, size_t *n_out, s
     for (size_t d = 0; d < rs->n_dirs; d++) {
         char path[8192];
         snprintf(path, sizeof path, "%s/per_layer.csv", rs->dirs[d].path);
-        FILE *f = fopen(path, "r");
-        if (!f) continue;
+        char *fbuf = NULL;
+        int missing = 0;
+        FILE *f = open_checked(path, &fbuf, &missing, err);
+        if (missing) continue;
+        if (!f) { free(line); for (size_t i = 0; i < n; i++) free(rows[i].config); free(rows); return KV_ERR_FORMAT; }
         size_t ln = 0;
         while (getline(&line, &lcap, f) > 0) {
             if (++ln == 1) continue;                           /* header */
@@ -227,11 +245,11 @@ static kv_status load_per_layer(const res_set *rs, plrow **out, size_t *n_out, s
             char *fld[6], *p = line;
             int nf = 0;
             for (; nf < 6; nf++) { fld[nf] = p; p = strchr(p, ','); if (!p) { nf++; break; } *p++ = 0; }
-            if (nf != 6 || p) { fclose(f); free(line); goto bad; }
+            if (nf != 6 || p) { fclose(f); free(fbuf); free(line); goto bad; }
             if (n == cap) {
                 cap = cap ? 2 * cap : 1024;
                 plrow *q = realloc(rows, cap * sizeof *q);
-                if (!q) { fclose(f); free(line); for (size_t i = 0; i < n; i++) free(rows[i].config); free(rows); return fail(err, KV_ERR_NOMEM, "out of memory"); }
+                if (!q) { fclose(f); free(fbuf); free(line); for (size_t i = 0; i < n; i++) free(rows[i].config); free(rows); return fail(err, KV_ERR_NOMEM, "out of memory"); }
                 rows = q;
             }
             plrow *r = &rows[n];
@@ -240,12 +258,12 @@ static kv_status load_per_layer(const res_set *rs, plrow **out, size_t *n_out, s
             r->layer = strtoll(fld[3], &e2, 10);
             r->kl = *fld[4] ? strtod(fld[4], NULL) : NAN;
             r->nll = *fld[5] ? strtod(fld[5], NULL) : NAN;
-            if (*e1 || *e2 || r->layer < 0 || r->layer > 100000) { fclose(f); free(line); goto bad; }
-            if (!(r->config = strdup(fld[1]))) { fclose(f); free(line); for (size_t i = 0; i < n; i++) free(rows[i].config); free(rows); return fail(err, KV_ERR_NOMEM, "out of memory"); }
+            if (*e1 || *e2 || r->layer < 0 || r->layer > 100000) { fclose(f); free(fbuf); free(line); goto bad; }
+            if (!(r->config = strdup(fld[1]))) { fclose(f); free(fbuf); free(line); for (size_t i = 0; i < n; i++) free(rows[i].config); free(rows); return fail(err, KV_ERR_NOMEM, "out of memory"); }
             if ((size_t)r->layer + 1 > L) L = (size_t)r->layer + 1;
             n++;
         }
-        fclose(f);
+        fclose(f); free(fbuf);
         continue;
     bad:
         for (size_t i = 0; i < n; i++) free(rows[i].config);
@@ -355,6 +373,15 @@ static void put_nums(FILE *f, const double *v, int n)
     for (int i = 0; i < n; i++) { if (isfinite(v[i])) fprintf(f, ",%.9g", v[i]); else fputs(",", f); }
 }
 
+/* An identity field of truth_calib.csv (model names hold commas: "ref-random:5:n_layers=2,d_model=32"):
+ * '%', ',', control characters and non-ASCII bytes as %XX. */
+static void put_id(FILE *f, const char *v)
+{
+    for (const unsigned char *p = (const unsigned char *)(v ? v : ""); *p; p++)
+        if (*p == '%' || *p == ',' || *p < 0x20 || *p >= 0x7f) fprintf(f, "%%%02X", *p);
+        else fputc(*p, f);
+}
+
 kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *err)
 {
     const res_set *rs = c->rs;
@@ -459,7 +486,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
 
     /* tables/truth.csv */
     snprintf(path, sizeof path, "%s/tables/truth.csv", c->dir);
-    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
     fprintf(f, "metric,n_configs,spearman,spearman_lo,spearman_hi,kendall,kendall_lo,kendall_hi,slope,intercept,median_ratio,"
                "cal_method,cal_spearman,cal_spearman_lo,cal_spearman_hi,cal_kendall,cal_kendall_lo,cal_kendall_hi\n");
     for (int m = 0; m < TM_N; m++) {
@@ -483,23 +510,25 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         put_nums(f, v, 9);
         fputs(",,,,,,,\n", f);
     }
-    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
     f = NULL;
     snprintf(path, sizeof path, "%s/tables/truth_pairs.csv", c->dir);
-    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
     fprintf(f, "config,family,proxy_logit_kl,true_logit_kl,proxy_nll_delta,true_nll_delta\n");
     for (size_t i = 0; i < np; i++)
         fprintf(f, "%s,%s,%.9g,%.9g,%.9g,%.9g\n", rs->configs[cid[i]].config, rs->configs[cid[i]].family,
                 px[TM_KL][i], ty[TM_KL][i], px[TM_NLL][i], ty[TM_NLL][i]);
-    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
     f = NULL;
     if (ncal) {     /* every calibration: cross-validated statistics and the full-data gains */
         snprintf(path, sizeof path, "%s/tables/truth_calib.csv", c->dir);
-        if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+        if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
         fprintf(f, "calibration,metric,features,fit,n_configs,n_families,spearman,spearman_lo,spearman_hi,kendall,"
                    "kendall_lo,kendall_hi");
         for (size_t l = 0; l < L; l++) fprintf(f, ",gain_%zu", l);
-        fputc('\n', f);
+        fputs(",trace_model,trace_sha256,mode\n", f);     /* what the gains were fitted on (--gains checks it) */
+        const char *id_model = res_prov(&rs->dirs[0], "trace_model"), *id_sha = res_prov(&rs->dirs[0], "trace_sha256"),
+                   *id_mode = res_prov(&rs->dirs[0], "mode");
         size_t nfam = 0;
         for (size_t i = 0; i < np; i++) nfam += fam[i] == (int)i;
         for (size_t k = 0; k < ncal; k++) {
@@ -509,9 +538,12 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                     q->st.n, nfam);
             put_nums(f, u, 6);
             for (size_t l = 0; l < L; l++) fprintf(f, ",%.9g", q->g[l]);
+            fputc(',', f); put_id(f, id_model);
+            fputc(',', f); put_id(f, id_sha);
+            fputc(',', f); put_id(f, id_mode);
             fputc('\n', f);
         }
-        if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+        if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
         f = NULL;
     }
 
@@ -522,7 +554,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         snprintf(figdir, sizeof figdir, "%s/figures", c->dir);
         for (int m = 0; m < TM_N; m++) {
             snprintf(path, sizeof path, "%s/truth_%s.dat", figdir, tm_name[m]);
-            if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+            if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
             /* one data block per family (gnuplot index), families in order of first appearance */
             fprintf(f, "# proxy truth family; one block per family\n");
             size_t nf = 0;
@@ -534,9 +566,9 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                         fprintf(f, "%.9g %.9g \"%s\"\n", px[m][j], ty[m][j], rs->configs[cid[j]].family);
                 nf++;
             }
-            if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+            if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
             snprintf(path, sizeof path, "%s/truth_%s.gp", figdir, tm_name[m]);
-            if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+            if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
             int logs = m == TM_KL;
             fprintf(f, "# proxy (direct-path read-out) vs in-model truth, %s; written by kvreport\n"
                        "set terminal pngcairo size 900,600 noenhanced\nset output 'truth_%s.png'\n"
@@ -556,7 +588,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                 b++;
             }
             fprintf(f, "x with lines dt 2 lc rgb 'gray' title 'y = x'\n");
-            if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+            if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
             f = NULL;
             char script[64];
             snprintf(script, sizeof script, "truth_%s.gp", tm_name[m]);
@@ -566,7 +598,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
 
     /* report.md section (appended) */
     snprintf(path, sizeof path, "%s/report.md", c->dir);
-    if (!(f = fopen(path, "a"))) { st = fail(err, KV_ERR_IO, "%s: cannot append", path); goto done; }
+    if (!(f = fopen(path, "a"))) { st = fail(err, KV_ERR_IO, "%s: cannot append: %s", path, strerror(errno)); goto done; }
     fprintf(f, "\n## Proxy vs in-model truth\n\n"
                "Truth: `%s` (`kvcapture.py validate`, rows applied by `%s`): %zu configurations paired with the "
                "results (%zu (configuration, sequence) rows; the `full` family left out). Per configuration, the mean "
@@ -643,7 +675,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                                          tm_name[m], tm_name[m]);
     }
     fprintf(f, "Pairs: tables/truth_pairs.csv; statistics: tables/truth.csv.\n");
-    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
     f = NULL;
     st = KV_OK;
 done:
@@ -663,10 +695,32 @@ done:
 
 /* Reads the gains of row `name` of a truth_calib.csv-like file into g [TR_MAX_GAINS]; *L =
  * their count. KV_OK, or an error (KV_ERR_INVALID: no such row) with err set. */
-static kv_status read_gains(const char *path, const char *name, double *g, size_t *L, kv_error *err)
+typedef struct gains_id { char model[256], sha[72], mode[16]; int has; } gains_id;
+
+/* put_id's inverse (a malformed %XX is kept as it is: it then matches nothing). */
+static void copy_field(char *dst, size_t cap, const char *src)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) return fail(err, KV_ERR_IO, "--gains %s: cannot open: %s", path, strerror(errno));
+    size_t n = 0;
+    for (const char *p = src; *p && n + 1 < cap; p++) {
+        unsigned x;
+        if (*p == '%' && isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2]) && sscanf(p + 1, "%2x", &x) == 1) {
+            dst[n++] = (char)x;
+            p += 2;
+        } else dst[n++] = *p;
+    }
+    dst[n] = 0;
+}
+
+static kv_status read_gains(const char *path, const char *name, double *g, size_t *L, gains_id *id, kv_error *err)
+{
+    int col_model = -1, col_sha = -1, col_mode = -1;
+    if (id) memset(id, 0, sizeof *id);
+    char *fbuf = NULL;
+    int missing = 0;
+    kv_error e0;
+    FILE *f = open_checked(path, &fbuf, &missing, &e0);
+    if (missing) return fail(err, KV_ERR_IO, "--gains %s: cannot open: %s", path, strerror(ENOENT));
+    if (!f) return fail(err, KV_ERR_IO, "--gains %s", e0.msg);
     char *line = NULL;
     size_t cap = 0, ln = 0;
     int col_name = -1, first_gain = -1, n_gain = 0;
@@ -681,6 +735,9 @@ static kv_status read_gains(const char *path, const char *name, double *g, size_
                 char *nx = strchr(tok, ',');
                 if (nx) *nx++ = 0;
                 if (!strcmp(tok, "calibration")) col_name = col;
+                if (!strcmp(tok, "trace_model")) col_model = col;
+                if (!strcmp(tok, "trace_sha256")) col_sha = col;
+                if (!strcmp(tok, "mode")) col_mode = col;
                 char want[32];
                 snprintf(want, sizeof want, "gain_%d", n_gain);
                 if (!strcmp(tok, want)) { if (first_gain < 0) first_gain = col; n_gain++; }
@@ -708,6 +765,12 @@ static kv_status read_gains(const char *path, const char *name, double *g, size_
             break;
         }
         st = KV_OK;
+        if (id && col_model >= 0 && col_sha >= 0 && col_mode >= 0 && nf > col_model && nf > col_sha && nf > col_mode) {
+            copy_field(id->model, sizeof id->model, fld[col_model]);
+            copy_field(id->sha, sizeof id->sha, fld[col_sha]);
+            copy_field(id->mode, sizeof id->mode, fld[col_mode]);
+            id->has = 1;
+        }
         for (int l = 0; l < n_gain; l++) {
             char *e;
             g[l] = strtod(fld[first_gain + l], &e);
@@ -722,6 +785,7 @@ static kv_status read_gains(const char *path, const char *name, double *g, size_
     }
     free(line);
     fclose(f);
+    free(fbuf);
     return st;
 }
 
@@ -760,10 +824,39 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
     const res_set *rs = c->rs;
     double gk[TR_MAX_GAINS], gn[TR_MAX_GAINS];
     size_t L = 0, Ln = 0, npl = 0, Lr = 0, NC = rs->n_configs;
-    kv_status st = read_gains(gains_path, "kl_nnls", gk, &L, err);
+    gains_id id;
+    kv_status st = read_gains(gains_path, "kl_nnls", gk, &L, &id, err);
     if (st != KV_OK) return st;
     kv_error e2;
-    int have_nll = read_gains(gains_path, "nll_from_kl", gn, &Ln, &e2) == KV_OK && Ln == L;
+    int have_nll = read_gains(gains_path, "nll_from_kl", gn, &Ln, NULL, &e2) == KV_OK && Ln == L;
+    /* the identity the gains were fitted on: the same model and protocol always; the same
+     * trace unless --force-trace (then stated in report.md) */
+    char forced[1024] = "";
+    if (!id.has) {
+        if (!c->force_trace)
+            return fail(err, KV_ERR_INVALID, "--gains %s: no trace_model/trace_sha256/mode columns: what the gains were "
+                        "fitted on is unknown (written by an older kvreport; --force-trace to apply them anyway)", gains_path);
+        snprintf(forced, sizeof forced, "the gains file does not record the model and trace it was fitted on; applied "
+                 "anyway (--force-trace)");
+    }
+    for (size_t d = 0; id.has && d < rs->n_dirs; d++) {
+        const char *m = res_prov(&rs->dirs[d], "trace_model"), *h = res_prov(&rs->dirs[d], "trace_sha256"),
+                   *p = res_prov(&rs->dirs[d], "mode");
+        if (!m || strcmp(m, id.model))
+            return fail(err, KV_ERR_INVALID, "--gains %s: fitted on model '%s', but %s holds results of model '%s' "
+                        "(gains fit one model's layers)", gains_path, id.model, rs->dirs[d].path, m ? m : "(unknown)");
+        if (!p || strcmp(p, id.mode))
+            return fail(err, KV_ERR_INVALID, "--gains %s: fitted under the %s protocol, but %s was run with mode %s",
+                        gains_path, id.mode, rs->dirs[d].path, p ? p : "(unknown)");
+        if (!h || strcmp(h, id.sha)) {
+            if (!c->force_trace)
+                return fail(err, KV_ERR_INVALID, "--gains %s: fitted on trace sha256 %.16s..., but %s is of trace %.16s... "
+                            "(--force-trace to apply gains of the same model fitted on another trace)", gains_path, id.sha,
+                            rs->dirs[d].path, h ? h : "(unknown)");
+            snprintf(forced, sizeof forced, "the gains were fitted on trace sha256 %s, these results are of trace %s "
+                     "(same model '%s'); applied with --force-trace", id.sha, h ? h : "(unknown)", m);
+        }
+    }
     plrow *pl = NULL;
     if ((st = load_per_layer(rs, &pl, &npl, &Lr, err)) != KV_OK) return st;
     double *f = NULL, *raw = NULL, *cal = NULL, *caln = NULL, *rr = NULL, *rc = NULL;
@@ -822,7 +915,7 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
         goto done;
     }
     snprintf(path, sizeof path, "%s/tables/calibrated.csv", c->dir);
-    if (!(o = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write", path); goto done; }
+    if (!(o = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
     fprintf(o, "config,family,n_seq,logit_kl,logit_kl_cal,nll_delta_cal,rank_raw,rank_cal\n");
     for (size_t ci = 0; ci < NC; ci++) {
         const res_config *cf = &rs->configs[ci];
@@ -831,17 +924,18 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
         put_nums(o, v, 5);
         fputc('\n', o);
     }
-    if (fclose(o)) { o = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    if (fclose(o)) { o = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
     o = NULL;
     snprintf(path, sizeof path, "%s/report.md", c->dir);
-    if (!(o = fopen(path, "a"))) { st = fail(err, KV_ERR_IO, "%s: cannot append", path); goto done; }
+    if (!(o = fopen(path, "a"))) { st = fail(err, KV_ERR_IO, "%s: cannot append: %s", path, strerror(errno)); goto done; }
     fprintf(o, "\n## Calibrated proxy (gains from `%s`)\n\n"
                "logit_kl_cal = sum over layers of gain x the layer's own direct-path logit KL (per_layer.csv, means "
                "over each configuration's sequences), with the %zu `kl_nnls` gains an earlier `kvreport --truth` "
                "fitted on an in-model truth set%s. Gains transfer between runs of the same model and protocol only. "
-               "Ranks: 1 = least damage. All configurations: tables/calibrated.csv.\n\n"
-               "| configuration | logit_kl (raw) | rank | logit_kl_cal | rank |\n|---|---|---|---|---|\n",
+               "Ranks: 1 = least damage. All configurations: tables/calibrated.csv.\n\n",
             gains_path, L, have_nll ? " (and `nll_from_kl` for nll_delta_cal)" : "");
+    if (forced[0]) fprintf(o, "**Note:** %s.\n\n", forced);
+    fputs("| configuration | logit_kl (raw) | rank | logit_kl_cal | rank |\n|---|---|---|---|---|\n", o);
     for (size_t i = 0; i < nord; i++) {      /* the configurations in calibrated order */
         size_t ci = ord[i];
         char a[32], b[32], r1[32], r2[32];
@@ -849,7 +943,7 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
         fprintf(o, "| %s | %s | %s | %s | %s |\n", rs->configs[ci].config, a, r1, b, r2);
     }
     fputc('\n', o);
-    if (fclose(o)) { o = NULL; st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    if (fclose(o)) { o = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
     o = NULL;
     st = KV_OK;
 done:

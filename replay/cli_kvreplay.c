@@ -1,4 +1,5 @@
 /* kvreplay — describe, validate and replay kvtrace traces. */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -19,6 +20,7 @@ static const char usage[] =
 
 int main(int argc, char **argv)
 {
+    signal(SIGXFSZ, SIG_IGN);      /* a file-size limit (ulimit -f) becomes a write error (EFBIG) with a message */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? KV_EXIT_USAGE : KV_EXIT_OK;

@@ -153,6 +153,7 @@ static void work(kvrun *r, int rank, const char *setup_err)
 
 int main(int argc, char **argv)
 {
+    signal(SIGXFSZ, SIG_IGN);      /* ulimit -f: a write error (EFBIG) with a message, not a silent kill */
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? KV_EXIT_USAGE : KV_EXIT_OK;

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #ifdef _OPENMP
@@ -44,6 +46,8 @@ static const char run_usage[] =
     "  --page-size N       paged accounting: tokens per page (default 16, vLLM's block size;\n"
     "                      0 = unpaged) -> kv_bytes_paged, frag_bytes\n"
     "  --resume            continue an interrupted run in DIR, skipping finished sequences\n"
+    "                      (its parts are verified; the options must equal the run's, kept in\n"
+    "                      DIR/parts/options; DIR/parts/lock keeps a second run out)\n"
     "  --shard i/N         evaluate every N-th sequence starting at i (N alone: i from\n"
     "                      SLURM_ARRAY_TASK_ID; slurm: i = SLURM_ARRAY_TASK_ID -\n"
     "                      SLURM_ARRAY_TASK_MIN, N = SLURM_ARRAY_TASK_COUNT); every\n"
@@ -96,6 +100,16 @@ bad:
     fprintf(stderr, "%s: %s '%s': expected a list like 0,2,5-7\n", g_prog, opt, s);
     free(mark);
     return -1;
+}
+
+/* An error: one line, or several (the infeasible configurations of a sweep), each prefixed. */
+static void print_err(const char *err)
+{
+    do {
+        size_t n = strcspn(err, "\n");
+        fprintf(stderr, "%s: %.*s\n", g_prog, (int)n, err);
+        err += n + (err[n] == '\n');
+    } while (*err);
 }
 
 static void list_strategies(void)
@@ -157,6 +171,135 @@ static void remove_parts(const char *dir)
     rmdir(p);
 }
 
+/* ---- the run directory: one run at a time, resumed only with its own options ------------- */
+
+/* "0,2,5-7" form of a sorted index list, appended to a growing string. */
+static int opt_list(char **s, size_t *n, size_t *cap, const char *name, const size_t *v, size_t k)
+{
+    char buf[64];
+    int len = snprintf(buf, sizeof buf, "%s=", name);
+    for (size_t i = 0; i <= k; i++) {
+        if (*n + (size_t)len + 2 > *cap) {
+            size_t nc = 2 * *cap + (size_t)len + 64;
+            char *q = realloc(*s, nc);
+            if (!q) return -1;
+            *s = q; *cap = nc;
+        }
+        memcpy(*s + *n, buf, (size_t)len);
+        *n += (size_t)len;
+        if (i == k) break;
+        size_t j = i;
+        while (j + 1 < k && v[j + 1] == v[j] + 1) j++;
+        len = j > i ? snprintf(buf, sizeof buf, "%s%zu-%zu", i ? "," : "", v[i], v[j])
+                    : snprintf(buf, sizeof buf, "%s%zu", i ? "," : "", v[i]);
+        i = j;
+    }
+    (*s)[(*n)++] = '\n';
+    (*s)[*n] = 0;
+    return 0;
+}
+
+/* The options that determine a run's parts, one "name=value" line each (DIR/parts/options):
+ * --resume compares them line by line and names the first that differs. */
+static char *run_options_text(const char *sha, unsigned mode, long long decode, long long eval_from, int readout,
+                              int per_layer, int gqa, long long page_size, long shard_i, long shard_n,
+                              const size_t *seqs, size_t n_seqs, const size_t *calib, size_t n_calib, const rp_sweep *sw)
+{
+    size_t cap = 1024, n = 0;
+    char *s = malloc(cap);
+    if (!s) return NULL;
+    n = (size_t)snprintf(s, cap, "format=kvparts 2\ntool_version=%s\ntrace_sha256=%s\nmode=%s\ndecode=%lld\neval-from=%lld\n"
+                         "readout=%d\nper-layer-readout=%d\ngqa-reduce=%s\npage-size=%lld\nshard=%ld/%ld\n", KV_VERSION_STRING,
+                         sha, mode == RP_ONLINE ? "online" : "prefill", decode, eval_from, readout, per_layer,
+                         gqa == RP_GQA_MAX ? "max" : gqa == RP_GQA_SUM ? "sum" : "mean", page_size, shard_i, shard_n);
+    if (n >= cap || opt_list(&s, &n, &cap, "seqs", seqs, n_seqs) || opt_list(&s, &n, &cap, "calib", calib, n_calib)) {
+        free(s);
+        return NULL;
+    }
+    for (size_t c = 0; c <= sw->n; c++) {
+        char line[1200];
+        int k = c < sw->n ? snprintf(line, sizeof line, "config %zu=%s\n", c, sw->cfg[c].canon)
+                          : snprintf(line, sizeof line, "configs=%zu\n", sw->n);
+        if (n + (size_t)k + 1 > cap) {
+            char *q = realloc(s, 2 * cap + (size_t)k);
+            if (!q) { free(s); return NULL; }
+            s = q; cap = 2 * cap + (size_t)k;
+        }
+        memcpy(s + n, line, (size_t)k + 1);
+        n += (size_t)k;
+    }
+    return s;
+}
+
+/* Takes DIR/parts/lock (flock, held until exit; *fd) and writes (new run) or compares
+ * (--resume) DIR/parts/options. 0, or -1 with one line in err. */
+static int run_dir_claim(const char *outdir, int resume, const char *opts, int *fd, char *err, size_t errlen)
+{
+    char p[4200];
+    snprintf(p, sizeof p, "%s/parts/lock", outdir);
+    *fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (*fd < 0) { snprintf(err, errlen, "%s: %s", p, strerror(errno)); return -1; }
+    if (flock(*fd, LOCK_EX | LOCK_NB)) {
+        char pid[32] = "";
+        ssize_t k = pread(*fd, pid, sizeof pid - 1, 0);
+        pid[k > 0 ? k : 0] = 0;
+        pid[strcspn(pid, "\n")] = 0;
+        if (errno == EWOULDBLOCK || errno == EAGAIN || k >= 0)
+            snprintf(err, errlen, "%s is in use by another run (pid %s)", outdir, pid[0] ? pid : "unknown");
+        else
+            snprintf(err, errlen, "%s: cannot lock: %s", p, strerror(errno));
+        close(*fd);
+        *fd = -1;
+        return -1;
+    }
+    char pid[32];
+    int k = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(*fd, 0) || pwrite(*fd, pid, (size_t)k, 0) != k) { snprintf(err, errlen, "%s: %s", p, strerror(errno)); return -1; }
+    snprintf(p, sizeof p, "%s/parts/options", outdir);
+    if (resume) {
+        char *old = NULL;
+        size_t len = 0;
+        int got = out_read_file(p, (size_t)64 << 20, &old, &len, err, errlen);
+        if (got < 0) return -1;
+        if (got == 0) {
+            snprintf(err, errlen, "--resume %s: %s is missing (parts of an older kvreplay, or not a run directory): "
+                     "start in a new directory", outdir, p);
+            return -1;
+        }
+        /* first differing line, by name */
+        const char *a = old, *b = opts;
+        while (*a || *b) {
+            size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
+            if (la != lb || strncmp(a, b, la)) {
+                size_t na = strcspn(a, "="), nb = strcspn(b, "=");
+                if (na > la) na = la;
+                if (nb > lb) nb = lb;
+                if (!la || !lb || na != nb || strncmp(a, b, na))
+                    snprintf(err, errlen, "--resume %s: the interrupted run's options differ: it had '%.*s', this run '%.*s' "
+                             "(resume with the same options, or use a new directory)", outdir, (int)(la > 300 ? 300 : la), a,
+                             (int)(lb > 300 ? 300 : lb), b);
+                else
+                    snprintf(err, errlen, "--resume %s: the interrupted run used %.*s = '%.*s', this run '%.*s' (resume with "
+                             "the same options, or use a new directory)", outdir, (int)na, a,
+                             (int)(la - na - 1 > 300 ? 300 : la - na - 1), a + na + 1, (int)(lb - nb - 1 > 300 ? 300 : lb - nb - 1),
+                             b + nb + 1);
+                free(old);
+                return -1;
+            }
+            a += la + (a[la] == '\n');
+            b += lb + (b[lb] == '\n');
+        }
+        free(old);
+        return 0;
+    }
+    kv_atomic at;
+    kv_error ke;
+    if (kv_atomic_open(&at, p, &ke) != KV_OK) { snprintf(err, errlen, "%s", ke.msg); return -1; }
+    fputs(opts, at.fp);
+    if (kv_atomic_commit(&at, &ke) != KV_OK) { snprintf(err, errlen, "%s", ke.msg); return -1; }
+    return 0;
+}
+
 /* A prepared run (kvrun_open): everything kvcmd_run's loop and kvrun_finish need. Work item i
  * is evaluated sequence seqs[i]; res[i] holds its accumulators once computed or loaded. */
 struct kvrun {
@@ -178,6 +321,7 @@ struct kvrun {
     rp_seq_result *res;
     size_t *seqs, *calib, n_seqs, n_calib, n_res, skipped;
     int32_t *seq_len;           /* [S], work item sizes */
+    int lock_fd;                /* DIR/parts/lock, held for the run; -1 none */
 };
 
 int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **out)
@@ -304,6 +448,8 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     int rc = KV_EXIT_FAIL;
     kv_error ke;
     int32_t *seq_len = NULL;
+    int lock_fd = -1;
+    size_t *seqs_all = NULL, n_seqs_all = 0;
     kvrun *r = calloc(1, sizeof *r);     /* first: the engine keeps a pointer to r->sw */
     if (!r) { fprintf(stderr, "%s: out of memory\n", g_prog); return KV_EXIT_FAIL; }
     rp_sweep *sw = &r->sw;
@@ -372,6 +518,9 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     /* the evaluated list before --shard enters the run key: shards of different lists, whose
      * union could leave a gap, are refused by kvreplay merge as parts of different runs */
     uint64_t seqs_hash = rp_hash64(seqs, n_seqs * sizeof *seqs, 0);
+    if (!(seqs_all = malloc(n_seqs * sizeof *seqs_all))) { snprintf(err, sizeof err, "out of memory"); goto fail; }
+    memcpy(seqs_all, seqs, n_seqs * sizeof *seqs_all);
+    n_seqs_all = n_seqs;
     if (shard_n > 1) {      /* round-robin over the evaluated sequences */
         size_t k = 0;
         for (size_t i = 0; i < n_seqs; i++) if ((long)(i % (size_t)shard_n) == shard_i) seqs[k++] = seqs[i];
@@ -457,7 +606,15 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
             snprintf(p, sizeof p, "%s/parts", outdir);
             if (mkdir(p, 0777) && errno != EEXIST) { snprintf(err, sizeof err, "%s: %s", p, strerror(errno)); goto fail; }
         }
+        char *opts = run_options_text(sha, mode, decode, eval_from, rp_engine_has_readout(eng), per_layer, gqa, page_size,
+                                      shard_i, shard_n, seqs_all, n_seqs_all, calib, n_calib, sw);
+        if (!opts) { snprintf(err, sizeof err, "out of memory"); goto fail; }
+        int claim = run_dir_claim(outdir, resume, opts, &lock_fd, err, sizeof err);
+        free(opts);
+        if (claim) goto fail;
     }
+    free(seqs_all);
+    seqs_all = NULL;
     if (calib_note && !(flags & KVRUN_WORKER))
         fprintf(stderr, "%s: note: calibrating on the last %zu sequence(s) of the trace (%zu..%zu), not "
                 "evaluated (--calib LIST to choose)\n", g_prog, n_calib, calib[0], calib[n_calib - 1]);
@@ -481,7 +638,8 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
                   .outdir = outdir, .export_cfg_s = export_cfg_s, .shard_i = shard_i, .shard_n = shard_n,
                   .decode = decode, .page_size = page_size, .mode = mode, .readout_flag = readout_flag, .resume = resume, .sw = *sw, .tr = tr, .in = in,
                   .eng = eng, .xp = xp, .xcfg = xcfg, .n_xcfg = n_xcfg, .xchosen = xchosen, .res = res,
-                  .seqs = seqs, .calib = calib, .n_seqs = n_seqs, .n_calib = n_calib, .seq_len = seq_len };
+                  .seqs = seqs, .calib = calib, .n_seqs = n_seqs, .n_calib = n_calib, .seq_len = seq_len,
+                  .lock_fd = lock_fd };
     memcpy(r->started, started, sizeof started);
     memcpy(r->sha, sha, sizeof sha);
     memcpy(r->key, key, sizeof key);
@@ -489,8 +647,10 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     *out = r;
     return KV_EXIT_OK;
 fail:
-    fprintf(stderr, "%s: %s\n", g_prog, err);
+    print_err(err);
 fail_quiet:
+    if (lock_fd >= 0) close(lock_fd);
+    free(seqs_all);
     free(res); free(seqs); free(calib); free(seq_len);
     rp_engine_free(eng);
     rp_export_free(xp); free(xcfg); free(xchosen);
@@ -579,7 +739,7 @@ int kvrun_finish(kvrun *r)
     }
     return rc;
 fail:
-    fprintf(stderr, "%s: %s\n", g_prog, err);
+    print_err(err);
     return KV_EXIT_FAIL;
 }
 
@@ -592,6 +752,7 @@ void kvrun_free(kvrun *r)
     rp_export_free(r->xp); free(r->xcfg); free(r->xchosen);
     kv_trace_close(r->tr);
     sweep_free(&r->sw);
+    if (r->lock_fd >= 0) close(r->lock_fd);
     free(r);
 }
 
@@ -617,7 +778,7 @@ int kvcmd_run(int argc, char **argv)
     kvrun_free(r);
     return rc;
 fail:
-    fprintf(stderr, "%s: %s\n", g_prog, err);
+    print_err(err);
     kvrun_free(r);
     return KV_EXIT_FAIL;
 }
@@ -628,25 +789,18 @@ static const char merge_usage[] =
     "Combines the results directories of `kvreplay run ... --shard i/N` (every shard 0..N-1 of\n"
     "one run, each with its parts/) into DIR: the CSVs are those an unsharded run writes.\n"
     "Refuses a missing shard, a shard given twice, a shard whose parts/ lacks a sequence, and\n"
-    "shards of different runs (trace, sweep, sequence list or options).\n";
+    "shards of different runs (trace, sweep, sequence list or options); every part's checksum\n"
+    "and values are verified (non-finite values refused).\n";
 
-static char *slurp(const char *path)
+/* provenance.json / configs.csv of a shard: regular files, bounded (16 MiB: RP_MAX_CONFIGS
+ * lines of at most ~1 KiB). NULL with err. */
+static char *slurp(const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    while (b) {
-        size_t r = fread(b + n, 1, cap - n - 1, f);
-        n += r;
-        if (n + 1 < cap) break;
-        char *q = realloc(b, cap *= 2);
-        if (!q) { free(b); b = NULL; }
-        else b = q;
-    }
-    fclose(f);
-    if (b) b[n] = 0;
-    return b;
+    char *b = NULL;
+    size_t n = 0;
+    int got = out_read_file(path, (size_t)16 << 20, &b, &n, err, errlen);
+    if (got == 0) snprintf(err, errlen, "%s: missing", path);
+    return got == 1 ? b : NULL;
 }
 
 int kvcmd_merge(int argc, char **argv)
@@ -672,8 +826,11 @@ int kvcmd_merge(int argc, char **argv)
     int rc = KV_EXIT_FAIL, has_ro = -1;
     for (size_t d = 0; d < nd; d++) {
         snprintf(path, sizeof path, "%s/provenance.json", dirs[d]);
-        char *prov = slurp(path), sh[64] = "", *cfgs;
-        if (!prov) { snprintf(err, sizeof err, "%s: not a finished shard (no provenance.json)", dirs[d]); goto fail; }
+        char *prov = slurp(path, err, sizeof err), sh[64] = "", *cfgs;
+        if (!prov) {
+            if (strstr(err, ": missing")) snprintf(err, sizeof err, "%s: not a finished shard (no provenance.json)", dirs[d]);
+            goto fail;
+        }
         long si = -1, sn = -1;
         if (out_json_get(prov, "shard", sh, sizeof sh) || sscanf(sh, "%ld/%ld", &si, &sn) != 2 || sn < 1 || si < 0 || si >= sn) {
             free(prov);
@@ -691,7 +848,7 @@ int kvcmd_merge(int argc, char **argv)
         size_t want_parts = 0, got_parts = 0;
         if (!out_json_get(prov, "n_seq", nsv, sizeof nsv)) want_parts = (size_t)strtoull(nsv, NULL, 10);
         snprintf(path, sizeof path, "%s/configs.csv", dirs[d]);
-        if (!(cfgs = slurp(path))) { free(prov); snprintf(err, sizeof err, "%s: cannot read", path); goto fail; }
+        if (!(cfgs = slurp(path, err, sizeof err))) { free(prov); goto fail; }
         if (!d) { prov0 = prov; cfg0 = cfgs; }
         else {
             int same = !strcmp(cfgs, cfg0);
@@ -708,19 +865,11 @@ int kvcmd_merge(int argc, char **argv)
             char tail[8];
             if (sscanf(e->d_name, "seq_%zu.%7s", &s, tail) != 2 || strcmp(tail, "part")) continue;
             snprintf(path, sizeof path, "%s/parts/%s", dirs[d], e->d_name);
-            FILE *f = fopen(path, "r");
-            char k2[128];
-            size_t s2, c2, l2, h2;
-            int ro;
-            if (!f || fscanf(f, "kvparts 1 %127s %zu %zu %zu %zu %d", k2, &s2, &c2, &l2, &h2, &ro) != 6) {
-                if (f) fclose(f);
-                closedir(dp);
-                snprintf(err, sizeof err, "%s: not a kvreplay part", path);
-                goto fail;
-            }
-            fclose(f);
-            if (!key[0]) { snprintf(key, sizeof key, "%s", k2); NC = c2; L = l2; H = h2; has_ro = ro; }
-            if (strcmp(k2, key) || c2 != NC || l2 != L || h2 != H || ro != has_ro) {
+            out_part_hdr ph;
+            if (out_part_header(path, &ph, err, sizeof err)) { closedir(dp); goto fail; }
+            if (ph.seq != s) { closedir(dp); snprintf(err, sizeof err, "%s: holds sequence %zu", path, ph.seq); goto fail; }
+            if (!key[0]) { snprintf(key, sizeof key, "%s", ph.key); NC = ph.n_cfg; L = ph.L; H = ph.H; has_ro = ph.has_readout; }
+            if (strcmp(ph.key, key) || ph.n_cfg != NC || ph.L != L || ph.H != H || ph.has_readout != has_ro) {
                 closedir(dp);
                 snprintf(err, sizeof err, "%s: from a different run (trace, sweep, sequence list or options differ)", path);
                 goto fail;
@@ -739,7 +888,7 @@ int kvcmd_merge(int argc, char **argv)
             snprintf(path, sizeof path, "%s", dirs[d]);
             if (out_part_read(path, key, s, &res[n_res], NC, L, H, err, sizeof err) != 1) {
                 closedir(dp);
-                if (!err[0]) snprintf(err, sizeof err, "%s/parts/seq_%zu.part: truncated", dirs[d], s);
+                if (!err[0]) snprintf(err, sizeof err, "%s/parts/seq_%zu.part: vanished while merging", dirs[d], s);
                 goto fail;
             }
             from[n_res++] = si;

@@ -74,6 +74,55 @@ static size_t split_of(const rp_engine *E, size_t s)
 
 int rp_engine_has_readout(const rp_engine *e) { return e->ro != NULL; }
 
+/* Every configuration against every evaluated sequence's prompt (or token) count, before any
+ * work: the budget fits, and the eviction strategy's check_budget hook accepts it (SnapKV's
+ * window below the budget). All failures are named, one line per configuration (its first
+ * reason and the sequences it fails on), then a summary line when there are several; -1
+ * with them in err. */
+static int check_feasible(const rp_engine *E, const rp_sweep *sw, const rp_run_opts *o, const size_t *seqs,
+                          size_t n_seqs, char *err, size_t errlen)
+{
+    size_t n_bad = 0, used = 0, left_out = 0;
+    char summary[256];
+    err[0] = 0;
+    for (size_t c = 0; c < sw->n; c++) {
+        const rp_config *cf = &sw->cfg[c];
+        size_t bad = 0;
+        char why[512] = "", list[256] = "";
+        size_t ll = 0;
+        for (size_t i = 0; i < n_seqs; i++) {
+            size_t s = seqs[i], n = (size_t)E->seq_len[s];
+            size_t full = o->mode == RP_PREFILL ? split_of(E, s) : n, B = 0;
+            char e2[512] = "";
+            if (sweep_budget(cf, full, &B))
+                snprintf(e2, sizeof e2, "budget=%.0f larger than the sequence (%zu %s entries)", cf->budget_value, full,
+                         o->mode == RP_PREFILL ? "prompt" : "token");
+            else if (o->mode == RP_PREFILL && cf->evict->check_budget &&
+                     cf->evict->check_budget(cf->evict_cfg, full, B, E->L, e2, sizeof e2) && !e2[0])
+                snprintf(e2, sizeof e2, "%s refuses budget %zu on %zu prompt entries", cf->evict->name, B, full);
+            if (!e2[0]) continue;
+            if (!bad++) snprintf(why, sizeof why, "%s", e2);
+            if (ll < sizeof list - 48)
+                ll += (size_t)snprintf(list + ll, sizeof list - ll, "%s%zu (%zu entries)", bad > 1 ? ", " : "", s, full);
+            else if (ll < sizeof list - 4)
+                ll += (size_t)snprintf(list + ll, sizeof list - ll, ", ...");
+        }
+        if (!bad) continue;
+        n_bad++;
+        int k = snprintf(err + used, used < errlen ? errlen - used : 0,
+                         "%sconfig '%s': infeasible on %zu of %zu sequence(s): %s; sequence(s) %s", used ? "\n" : "",
+                         cf->canon, bad, n_seqs, why, list);
+        if (k > 0 && used + (size_t)k + 200 < errlen) used += (size_t)k;
+        else { left_out++; if (used < errlen) err[used] = 0; }
+    }
+    if (n_bad == 1 && !left_out) return -1;        /* one configuration: its line says it all */
+    if (!n_bad) return 0;
+    snprintf(summary, sizeof summary, "%s%zu of %zu configuration(s) cannot run on every evaluated sequence%s; nothing was run",
+             used ? "\n" : "", n_bad, sw->n, left_out ? " (the first ones listed)" : "");
+    if (used + strlen(summary) + 1 <= errlen) memcpy(err + used, summary, strlen(summary) + 1);
+    return -1;
+}
+
 int rp_seq_result_alloc(rp_seq_result *r, size_t n_cfg, size_t L, size_t H)
 {
     r->sa = calloc(n_cfg * SA_NF, sizeof *r->sa);
@@ -274,17 +323,8 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
                   cf->enc->name, o->mode == RP_PREFILL ? "prefill" : "online");
             goto fail;
         }
-        for (size_t i = 0; i < n_seqs; i++) {
-            size_t s = seqs[i], n = (size_t)E->seq_len[s];
-            size_t full = o->mode == RP_PREFILL ? split_of(E, s) : n, B;
-            if (sweep_budget(cf, full, &B)) {
-                failf(err, errlen, "config '%s': budget=%.0f larger than the sequence (%zu %s entries in "
-                      "sequence %zu)", cf->canon, cf->budget_value, full,
-                      o->mode == RP_PREFILL ? "prompt" : "token", s);
-                goto fail;
-            }
-        }
     }
+    if (check_feasible(E, sw, o, seqs, n_seqs, err, errlen)) goto fail;
     /* calibration: once per configuration part and layer, on the calibration sequences */
     for (size_t c = 0; c < sw->n; c++) {
         const rp_config *cf = &sw->cfg[c];

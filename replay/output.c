@@ -1,5 +1,6 @@
 /* Results directory writer and resume parts (output.h). */
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -7,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <gsl/gsl_version.h>
 #include <hdf5.h>
@@ -64,30 +66,155 @@ int out_json_get(const char *json, const char *key, char *val, size_t len)
 
 /* ---- parts ------------------------------------------------------------------------------ */
 
+/* "kvparts 2 KEY SEQ NC L H RO\n", the values as hex floats, an optional "pl" block, "end\n",
+ * then "sum HEX16\n": FNV-1a 64 of every byte before the "sum" line. Any change of one byte
+ * changes the sum (each FNV-1a step is a bijection of the state); an unkeyed checksum guards
+ * against damage and stray edits, not against someone who rewrites the sum too. */
+#define PART_MAGIC "kvparts 2 "
+
+static size_t part_values(size_t n_cfg, size_t L, size_t H, int with_pl)
+{
+    return n_cfg * (SA_NF + L * H * HA_NF) + (with_pl ? n_cfg * L * PL_NF : 0);
+}
+
 int out_part_write(const char *dir, const char *key, const rp_seq_result *r, size_t n_cfg,
                    size_t L, size_t H, char *err, size_t errlen)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/parts/seq_%zu.part", dir, r->seq);
-    kv_atomic a;
-    kv_error ke;
-    if (kv_atomic_open(&a, path, &ke) != KV_OK) return failf(err, errlen, "%s", ke.msg);
-    FILE *f = a.fp;
-    fprintf(f, "kvparts 1 %s %zu %zu %zu %zu %d\n", key, r->seq, n_cfg, L, H, r->has_readout);
+    /* never a non-finite accumulator: RESULTS.md promises no NaN/Inf in any output */
+    size_t nsa = n_cfg * SA_NF, nha = n_cfg * L * H * HA_NF, npl = r->pl ? n_cfg * L * PL_NF : 0;
+    for (size_t i = 0; i < nsa + nha + npl; i++) {
+        double x = i < nsa ? r->sa[i] : i < nsa + nha ? r->ha[i - nsa] : r->pl[i - nsa - nha];
+        if (!isfinite(x))
+            return failf(err, errlen, "sequence %zu: a non-finite accumulator (%g) in configuration %zu: the trace holds "
+                         "NaN/Inf or extreme values (kvreplay check TRACE)", r->seq, x,
+                         i < nsa ? i / SA_NF : i < nsa + nha ? (i - nsa) / (L * H * HA_NF) : (i - nsa - nha) / (L * PL_NF));
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    if (!m) return failf(err, errlen, "%s: out of memory", path);
+    fprintf(m, PART_MAGIC "%s %zu %zu %zu %zu %d\n", key, r->seq, n_cfg, L, H, r->has_readout);
     for (size_t c = 0; c < n_cfg; c++) {
-        for (size_t i = 0; i < SA_NF; i++) fprintf(f, "%a%c", r->sa[c * SA_NF + i], i + 1 < SA_NF ? ' ' : '\n');
+        for (size_t i = 0; i < SA_NF; i++) fprintf(m, "%a%c", r->sa[c * SA_NF + i], i + 1 < SA_NF ? ' ' : '\n');
         for (size_t j = 0; j < L * H; j++)
             for (size_t i = 0; i < HA_NF; i++)
-                fprintf(f, "%a%c", r->ha[(c * L * H + j) * HA_NF + i], i + 1 < HA_NF ? ' ' : '\n');
+                fprintf(m, "%a%c", r->ha[(c * L * H + j) * HA_NF + i], i + 1 < HA_NF ? ' ' : '\n');
     }
     if (r->pl) {        /* per-layer read-out (issue 8): optional block before "end" */
-        fprintf(f, "pl\n");
+        fprintf(m, "pl\n");
         for (size_t j = 0; j < n_cfg * L; j++)
-            for (size_t i = 0; i < PL_NF; i++) fprintf(f, "%a%c", r->pl[j * PL_NF + i], i + 1 < PL_NF ? ' ' : '\n');
+            for (size_t i = 0; i < PL_NF; i++) fprintf(m, "%a%c", r->pl[j * PL_NF + i], i + 1 < PL_NF ? ' ' : '\n');
     }
-    fprintf(f, "end\n");
-    if (ferror(f)) { kv_atomic_discard(&a); return failf(err, errlen, "%s: write error", path); }
+    fprintf(m, "end\n");
+    if (fclose(m) || !buf) { free(buf); return failf(err, errlen, "%s: out of memory", path); }
+    kv_atomic a;
+    kv_error ke;
+    if (kv_atomic_open(&a, path, &ke) != KV_OK) { free(buf); return failf(err, errlen, "%s", ke.msg); }
+    FILE *f = a.fp;
+    fwrite(buf, 1, len, f);
+    fprintf(f, "sum %016llx\n", (unsigned long long)rp_hash64(buf, len, 0));
+    free(buf);
+    if (ferror(f)) {
+        int e = errno;
+        kv_atomic_discard(&a);
+        return failf(err, errlen, "%s: write error: %s", path, strerror(e));
+    }
     if (kv_atomic_commit(&a, &ke) != KV_OK) return failf(err, errlen, "%s", ke.msg);
+    return 0;
+}
+
+int out_read_file(const char *path, size_t cap, char **out, size_t *len, char *err, size_t errlen)
+{
+    *out = NULL;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) return 0;
+        return failf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return failf(err, errlen, "%s: not a regular file", path);
+    }
+    if ((unsigned long long)sb.st_size > cap) {
+        close(fd);
+        return failf(err, errlen, "%s: %lld bytes, more than the %zu this file can hold", path, (long long)sb.st_size, cap);
+    }
+    size_t want = (size_t)sb.st_size + 1, n = 0;
+    char *buf = malloc(want + 1);
+    if (!buf) { close(fd); return failf(err, errlen, "%s: out of memory", path); }
+    for (;;) {
+        ssize_t k = read(fd, buf + n, want - n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) { int e = errno; free(buf); close(fd); return failf(err, errlen, "%s: read error: %s", path, strerror(e)); }
+        if (k == 0) break;
+        n += (size_t)k;
+        if (n == want) { free(buf); close(fd); return failf(err, errlen, "%s: the file changed while it was read", path); }
+    }
+    close(fd);
+    buf[n] = 0;
+    if (memchr(buf, 0, n)) { free(buf); return failf(err, errlen, "%s: contains NUL bytes", path); }
+    *out = buf;
+    *len = n;
+    return 1;
+}
+
+/* The checked text of a part: 1 with *buf (the content, the sum line cut off), 0 absent,
+ * -1 error (not a part, checksum mismatch, too large for its shape). */
+static int part_load(const char *path, size_t cap, char **buf, char *err, size_t errlen)
+{
+    size_t len = 0;
+    int got = out_read_file(path, cap, buf, &len, err, errlen);
+    if (got != 1) return got;
+    char *b = *buf;
+    if (strncmp(b, PART_MAGIC, strlen(PART_MAGIC))) {
+        free(b); *buf = NULL;
+        return failf(err, errlen, "%s: not a kvreplay part of this version (\"%s\" expected; parts of an older kvreplay "
+                     "cannot be resumed or merged)", path, PART_MAGIC "...");
+    }
+    /* the last line: "sum HEX16\n" */
+    char *sum = len >= 22 ? b + len - 21 : NULL;
+    unsigned long long want = 0;
+    char tail = 0;
+    if (!sum || sum[-1] != '\n' || sscanf(sum, "sum %16llx%c", &want, &tail) != 2 || tail != '\n' || strspn(sum + 4, "0123456789abcdef") != 16) {
+        free(b); *buf = NULL;
+        return failf(err, errlen, "%s: no checksum line at the end (truncated or edited part)", path);
+    }
+    size_t body = (size_t)(sum - b);
+    if (rp_hash64(b, body, 0) != want) {
+        free(b); *buf = NULL;
+        return failf(err, errlen, "%s: checksum mismatch: the part was modified or damaged after it was written "
+                     "(delete it to recompute that sequence with --resume)", path);
+    }
+    *sum = 0;
+    return 1;
+}
+
+static size_t part_cap(size_t n_cfg, size_t L, size_t H)
+{
+    /* a hex float prints in at most 24 characters plus its separator */
+    return 512 + 25 * part_values(n_cfg, L, H, 1);
+}
+
+int out_part_header(const char *path, out_part_hdr *h, char *err, size_t errlen)
+{
+    char b[512];
+    ssize_t n = -1;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat sb;
+    if (fd >= 0 && !fstat(fd, &sb) && S_ISREG(sb.st_mode)) n = read(fd, b, sizeof b - 1);
+    if (fd >= 0) close(fd);
+    if (n < 0) return failf(err, errlen, "%s: not a readable regular file", path);
+    b[n] = 0;
+    char k[128];
+    int used = 0;
+    int ok = sscanf(b, PART_MAGIC "%127s %zu %zu %zu %zu %d%n", k, &h->seq, &h->n_cfg, &h->L, &h->H, &h->has_readout, &used) == 6 &&
+             b[used] == '\n' && strlen(k) == 16 && h->n_cfg >= 1 && h->n_cfg <= RP_MAX_CONFIGS && h->L >= 1 && h->L <= 65536 &&
+             h->H >= 1 && h->H <= 65536 && (h->has_readout == 0 || h->has_readout == 1);
+    if (!ok) return failf(err, errlen, "%s: not a kvreplay part of this version (bad header line)", path);
+    snprintf(h->key, sizeof h->key, "%s", k);
     return 0;
 }
 
@@ -96,36 +223,64 @@ int out_part_read(const char *dir, const char *key, size_t seq, rp_seq_result *r
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/parts/seq_%zu.part", dir, seq);
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
+    char *buf = NULL;
+    int got = part_load(path, part_cap(n_cfg, L, H), &buf, err, errlen);
+    if (got != 1) return got;
     char k2[128];
     size_t s2, c2, l2, h2;
-    int ro;
-    if (fscanf(f, "kvparts 1 %127s %zu %zu %zu %zu %d", k2, &s2, &c2, &l2, &h2, &ro) != 6 || strcmp(k2, key) ||
-        s2 != seq || c2 != n_cfg || l2 != L || h2 != H) {
-        fclose(f);
-        return 0;
+    int ro, n = 0;
+    if (sscanf(buf, PART_MAGIC "%127s %zu %zu %zu %zu %d%n", k2, &s2, &c2, &l2, &h2, &ro, &n) != 6 || buf[n] != '\n' ||
+        (ro != 0 && ro != 1)) {
+        free(buf);
+        return failf(err, errlen, "%s: bad header line", path);
     }
-    if (rp_seq_result_alloc(r, n_cfg, L, H)) { fclose(f); return failf(err, errlen, "out of memory"); }
+    if (strcmp(k2, key) || s2 != seq || c2 != n_cfg || l2 != L || h2 != H) {
+        free(buf);
+        return failf(err, errlen, "%s: from a different run (run key %s, sequence %zu, %zu configurations, %zu x %zu heads; "
+                     "expected %s, %zu, %zu, %zu x %zu)", path, k2, s2, c2, l2, h2, key, seq, n_cfg, L, H);
+    }
+    /* every value takes at least 2 bytes (digit and separator): a header claiming more values
+     * than the file can hold is refused before allocating for them */
+    if (part_values(n_cfg, L, H, 0) > strlen(buf) / 2) {
+        free(buf);
+        return failf(err, errlen, "%s: %zu values announced (%zu configurations, %zu x %zu heads), the file is too short",
+                     path, part_values(n_cfg, L, H, 0), n_cfg, L, H);
+    }
+    if (rp_seq_result_alloc(r, n_cfg, L, H)) { free(buf); return failf(err, errlen, "out of memory"); }
     r->seq = seq;
     r->has_readout = ro;
-    char tok[64];
-    size_t total = n_cfg * (SA_NF + L * H * HA_NF), got = 0;
-    for (size_t c = 0; c < n_cfg; c++) {
-        for (size_t i = 0; i < SA_NF && fscanf(f, "%63s", tok) == 1; i++, got++) r->sa[c * SA_NF + i] = strtod(tok, NULL);
-        for (size_t i = 0; i < L * H * HA_NF && fscanf(f, "%63s", tok) == 1; i++, got++)
-            r->ha[c * L * H * HA_NF + i] = strtod(tok, NULL);
+    char *p = buf + n + 1, *end;
+    size_t total = n_cfg * (SA_NF + L * H * HA_NF), npl = n_cfg * L * PL_NF, k = 0;
+    const char *what = "value";
+    for (; k < total + npl; k++) {
+        if (k == total) {       /* the optional per-layer block */
+            while (*p == ' ' || *p == '\n') p++;
+            if (strncmp(p, "pl\n", 3)) break;
+            p += 3;
+            if (!(r->pl = calloc(npl ? npl : 1, sizeof *r->pl))) { free(buf); rp_seq_result_free(r); return failf(err, errlen, "out of memory"); }
+        }
+        while (*p == ' ' || *p == '\n') p++;
+        double x = strtod(p, &end);
+        if (end == p || (*end != ' ' && *end != '\n')) { what = "malformed"; break; }
+        if (!isfinite(x)) {
+            free(buf); rp_seq_result_free(r);
+            return failf(err, errlen, "%s: value %zu is not finite (%.*s): refused", path, k + 1, (int)(end - p), p);
+        }
+        size_t cfgv = SA_NF + L * H * HA_NF;
+        if (k < total) {
+            size_t c = k / cfgv, o = k % cfgv;
+            if (o < SA_NF) r->sa[c * SA_NF + o] = x;
+            else r->ha[c * L * H * HA_NF + (o - SA_NF)] = x;
+        } else r->pl[k - total] = x;
+        p = end;
     }
-    int ok = got == total && fscanf(f, "%63s", tok) == 1;
-    if (ok && !strcmp(tok, "pl")) {     /* optional per-layer block */
-        size_t npl = n_cfg * L * PL_NF, k = 0;
-        if (!(r->pl = calloc(npl ? npl : 1, sizeof *r->pl))) { fclose(f); rp_seq_result_free(r); return failf(err, errlen, "out of memory"); }
-        for (; k < npl && fscanf(f, "%63s", tok) == 1; k++) r->pl[k] = strtod(tok, NULL);
-        ok = k == npl && fscanf(f, "%63s", tok) == 1;
+    while (*p == ' ' || *p == '\n') p++;
+    int ok = (k == total || k == total + npl) && !strcmp(p, "end\n");
+    free(buf);
+    if (!ok) {
+        rp_seq_result_free(r);
+        return failf(err, errlen, "%s: %s part: %zu of %zu values before \"end\"", path, what, k, total);
     }
-    ok = ok && !strcmp(tok, "end");
-    fclose(f);
-    if (!ok) { rp_seq_result_free(r); return 0; }   /* truncated: recompute */
     return 1;
 }
 
@@ -151,7 +306,11 @@ static int ocommit(open_file *o, char *err, size_t errlen)
     kv_error ke;
     if (!o->open) return 0;
     o->open = 0;
-    if (ferror((FILE *)o->a.fp)) { kv_atomic_discard(&o->a); return failf(err, errlen, "%s: write error", o->a.path); }
+    if (ferror((FILE *)o->a.fp)) {
+        int e = errno;      /* of the failed write (EFBIG under ulimit -f, ENOSPC, EIO) */
+        kv_atomic_discard(&o->a);
+        return failf(err, errlen, "%s: write error: %s", o->a.path, strerror(e));
+    }
     if (kv_atomic_commit(&o->a, &ke) != KV_OK) return failf(err, errlen, "%s", ke.msg);
     return 0;
 }
@@ -369,6 +528,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     json_str(f, "sweep", pv->sweep, 0);
     fprintf(f, "  \"n_configs\": %zu,\n  \"n_seq\": %zu,\n  \"threads\": %zu,\n  \"page_size\": %zu,\n", NC, pv->n_seq,
             pv->threads, pv->page_size);
+    fprintf(f, "  \"n_layers\": %zu,\n  \"n_heads\": %zu,\n", L, H);     /* kvreport bounds layer/head by them */
     json_str(f, "hdf5_version", h5v, 0);
     json_str(f, "gsl_version", GSL_VERSION, 0);
     json_str(f, "openblas_config", rs_blas_config(), 0);

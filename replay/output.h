@@ -13,12 +13,20 @@
 #include "engine.h"
 #include "sweep.h"
 
-/* Write / read one sequence's part (r->pl, when set, as an optional block before "end"). read: 1 = loaded, 0 = absent or from another run
- * (then the sequence is recomputed), -1 = error. */
+/* Write / read one sequence's part (r->pl, when set, as an optional block before "end"),
+ * checksummed (a "sum" line of FNV-1a 64 over the content); only finite values are written
+ * or read. read: 1 = loaded, 0 = absent (the sequence is computed), -1 = error: checksum
+ * mismatch, a non-finite or malformed value, a part of another run. */
 int out_part_write(const char *dir, const char *key, const rp_seq_result *r, size_t n_cfg,
                    size_t L, size_t H, char *err, size_t errlen);
 int out_part_read(const char *dir, const char *key, size_t seq, rp_seq_result *r, size_t n_cfg,
                   size_t L, size_t H, char *err, size_t errlen);
+/* The header line of the part at path (kvreplay merge): 0, or -1 with err. */
+typedef struct out_part_hdr { char key[17]; size_t seq, n_cfg, L, H; int has_readout; } out_part_hdr;
+int out_part_header(const char *path, out_part_hdr *h, char *err, size_t errlen);
+/* A whole regular file of at most cap bytes, NUL-terminated (a FIFO or device is refused
+ * without blocking): 1 read, 0 absent, -1 error. */
+int out_read_file(const char *path, size_t cap, char **out, size_t *len, char *err, size_t errlen);
 
 /* Provenance fields that the writer does not compute itself. */
 typedef struct out_prov {

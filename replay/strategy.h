@@ -227,6 +227,11 @@ typedef struct rp_strategy {
     /* Optional, RP_ENCODE: the protocols this configuration supports when narrower than
      * .protocols (asymkv's value budget needs a prompt); checked before the run starts. */
     unsigned (*cfg_protocols)(const void *cfg);
+    /* Optional, RP_EVICT prefill protocol: 0 when this configuration runs on a prompt of P
+     * entries with budget B < P per kv head in a model of n_layers layers, else -1 with one
+     * line in err (SnapKV's window must be smaller than the budget). The engine calls it for
+     * every (configuration, sequence) before any work, so an infeasible sweep stops at once. */
+    int (*check_budget)(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen);
 } rp_strategy;
 
 /* The registry (replay/strategies/registry.c over replay/strategies/list.h). */

@@ -281,7 +281,7 @@ static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size
     memcpy(c.canon, canon, sizeof canon);
     c.hash = rp_hash64(c.canon, strlen(c.canon), 0);
     for (size_t i = 0; i < sw->n; i++)
-        if (!strcmp(sw->cfg[i].canon, c.canon)) { config_free(&c); return 0; }   /* duplicate */
+        if (sw->cfg[i].hash == c.hash && !strcmp(sw->cfg[i].canon, c.canon)) { config_free(&c); return 0; }   /* duplicate */
     if (sw->n == sw->cap) {
         size_t cap = sw->cap ? 2 * sw->cap : 16;
         rp_config *q = realloc(sw->cfg, cap * sizeof *q);
@@ -353,6 +353,16 @@ int sweep_add_line(rp_sweep *sw, const char *line0, const char *where, char *err
         }
     }
     if (expect_name) return fail(err, errlen, "%s: '+' at the end of the line", where);
+    /* bounded before any work: 64 values of 7 parameters would be 4e12 configurations */
+    size_t product = 1;
+    for (size_t t = 0; t < n_tok; t++) {
+        product *= toks[t].n_vals;
+        if (product > RP_MAX_CONFIGS) break;
+    }
+    if (product > RP_MAX_CONFIGS || sw->n + product > RP_MAX_CONFIGS)
+        return fail(err, errlen, "%s: the line expands to %s%zu configurations; a sweep holds at most %d", where,
+                    product > RP_MAX_CONFIGS ? "more than " : "", product > RP_MAX_CONFIGS ? (size_t)RP_MAX_CONFIGS : product,
+                    RP_MAX_CONFIGS);
     /* Cartesian product: first list outermost */
     size_t pick[MAX_TOK] = { 0 };
     for (;;) {

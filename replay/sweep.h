@@ -27,6 +27,7 @@
 #include "strategy.h"
 
 #define RP_MAX_PARTS 2
+#define RP_MAX_CONFIGS 16384      /* configurations of one sweep (after expansion) */
 
 typedef struct rp_part {
     const rp_strategy *s;

@@ -77,6 +77,12 @@ static int adakv_configure(const double *v, void **cfg, char *err, size_t errlen
 
 static void adakv_free(void *cfg) { free(cfg); }
 
+static int adakv_check_budget(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen)
+{
+    const adakv_cfg *c = cfg;
+    return B < P ? snapkv_check_window("adakv", c->o.window, B, NULL, err, errlen) : 0;
+}
+
 static int adakv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                          char *err, size_t errlen)
 {
@@ -122,5 +128,6 @@ const rp_strategy rp_strategy_adakv = {
     .n_params = sizeof adakv_params / sizeof adakv_params[0],
     .configure = adakv_configure,
     .free_cfg = adakv_free,
+    .check_budget = adakv_check_budget,
     .prefill = adakv_prefill,
 };

@@ -90,6 +90,25 @@ static int pyramidkv_configure(const double *v, void **cfg, char *err, size_t er
 
 static void pyramidkv_free(void *cfg) { free(cfg); }
 
+/* pyramidkv_prefill's refusals, for every layer, before any work. */
+static int pyramidkv_check_budget(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen)
+{
+    const pyramidkv_cfg *c = cfg;
+    size_t w = c->o.window;
+    if (B >= P) return 0;
+    if (snapkv_check_window("pyramidkv", w, B, NULL, err, errlen)) return -1;
+    for (size_t l = 0; l < n_layers; l++) {
+        size_t Bl = c->form == 1 ? pyramidkv_budget_kvpress((double)B, w, c->beta, n_layers, l, P)
+                                 : pyramidkv_budget_factory(B, w, c->beta, n_layers, l, P);
+        if (Bl > P) Bl = P;
+        if (Bl < w) {
+            snprintf(err, errlen, "pyramidkv: layer %zu budget %zu is smaller than the window %zu", l, Bl, w);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int pyramidkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                              char *err, size_t errlen)
 {
@@ -144,4 +163,5 @@ const rp_strategy rp_strategy_pyramidkv = {
     .configure = pyramidkv_configure,
     .free_cfg = pyramidkv_free,
     .prefill = pyramidkv_prefill,
+    .check_budget = pyramidkv_check_budget,
 };

@@ -159,6 +159,12 @@ static int snapkv_configure(const double *v, void **cfg, char *err, size_t errle
 
 static void snapkv_free(void *cfg) { free(cfg); }
 
+static int snapkv_check_budget(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen)
+{
+    const snapkv_opts *o = cfg;
+    return B < P ? snapkv_check_window("snapkv", o->window, B, NULL, err, errlen) : 0;
+}
+
 static int snapkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                           char *err, size_t errlen)
 {
@@ -197,4 +203,5 @@ const rp_strategy rp_strategy_snapkv = {
     .configure = snapkv_configure,
     .free_cfg = snapkv_free,
     .prefill = snapkv_prefill,
+    .check_budget = snapkv_check_budget,
 };

@@ -12,7 +12,9 @@
      scipy.optimize.nnls on all configurations.
 """
 import csv
+import json
 import os
+import re
 import subprocess
 import sys
 
@@ -149,6 +151,23 @@ check(ts["logit_kl"]["cal_method"] == "kl_nnls" and abs(float(ts["logit_kl"]["ca
       "truth.csv shows the calibrated Spearman beside the raw one")
 md = open(os.path.join(rep, "report.md")).read()
 check("Calibrated proxy (per-layer gains, leave-one-strategy-out)" in md, "report.md has the calibrated section")
+
+# the gains record what they were fitted on (issue 13): --gains accepts them for these results,
+# refuses them for results of another model
+prov2 = json.load(open(os.path.join(r2, "provenance.json")))
+def unpct(v):   # %XX-encoded in truth_calib.csv (model names hold commas)
+    return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), v)
+
+
+check(all((unpct(c["trace_model"]), c["trace_sha256"], c["mode"]) == (prov2["trace_model"], prov2["trace_sha256"], prov2["mode"])
+          for c in cal.values()), "truth_calib.csv records trace_model, trace_sha256 and mode of the fitted results")
+gfile = os.path.join(rep, "tables", "truth_calib.csv")
+rg = subprocess.run([os.path.join(BIN, "kvreport"), r2, "-o", os.path.join(TMP, "rep_g"), "--gains", gfile, "--no-figures",
+                     "--bootstrap", "0"], capture_output=True, text=True)
+check(rg.returncode == 0, f"--gains of these results' own truth run accepted ({rg.stderr.strip()!r})")
+rg = subprocess.run([os.path.join(BIN, "kvreport"), r1, "-o", os.path.join(TMP, "rep_g1"), "--gains", gfile, "--no-figures",
+                     "--bootstrap", "0"], capture_output=True, text=True)
+check(rg.returncode == 1 and "fitted on model" in rg.stderr, f"--gains refused for another model's results ({rg.stderr.strip()!r})")
 
 if failures:
     print(f"{len(failures)} check(s) failed")

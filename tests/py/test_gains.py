@@ -7,7 +7,12 @@ Gains are read from a file in the format `kvreport --truth` writes (tables/truth
 here hand-made, with distinct gains per layer so that a layer mix-up changes the values.
 Bad input, one line and exit 1 each: a layer-count mismatch, results without per_layer.csv,
 no kl_nnls row, a non-numeric gain, a missing file.
+Identity (issue 13 §3): the file records trace_model, trace_sha256 and mode it was fitted on
+(as kvreport --truth writes them); gains of another model or protocol are refused, of another
+trace refused unless --force-trace (then report.md says so), a file without them refused
+unless --force-trace.
 """
+import json
 import csv
 import os
 import subprocess
@@ -35,13 +40,18 @@ for c in CONFIGS:
 sh(args)
 
 
-def write_gains(path, rows, n_layers):
+PROV = json.load(open(os.path.join(res, "provenance.json")))
+IDENT = [PROV["trace_model"], PROV["trace_sha256"], PROV["mode"]]
+
+
+def write_gains(path, rows, n_layers, ident=IDENT):
     hdr = ["calibration", "metric", "features", "fit", "n_configs", "n_families", "spearman"] + \
-          [f"gain_{i}" for i in range(n_layers)]
+          [f"gain_{i}" for i in range(n_layers)] + (["trace_model", "trace_sha256", "mode"] if ident else [])
     with open(path, "w") as f:
         f.write(",".join(hdr) + "\n")
         for name, g in rows:
-            f.write(",".join([name, "logit_kl", "per-layer logit_kl", "NNLS", "9", "3", "0.9"] + [str(x) for x in g]) + "\n")
+            f.write(",".join([name, "logit_kl", "per-layer logit_kl", "NNLS", "9", "3", "0.9"] + [str(x) for x in g] +
+                             [x.replace("%", "%25").replace(",", "%2C") for x in (ident or [])]) + "\n")
 
 
 gains = os.path.join(TMP, "gains.csv")
@@ -116,6 +126,28 @@ g_bad = os.path.join(TMP, "bad.csv")
 write_gains(g_bad, [("kl_nnls", [1, "x", 2, 3])], 4)
 refused("not_a_number", ["--gains", g_bad], "gain_1 'x' is not a finite number")
 refused("missing", ["--gains", os.path.join(TMP, "nope.csv")], "cannot open")
+
+# identity of what the gains were fitted on
+g_model = os.path.join(TMP, "g_model.csv")
+write_gains(g_model, [("kl_nnls", GAINS)], 4, ["other-model", IDENT[1], IDENT[2]])
+refused("other_model", ["--gains", g_model], "fitted on model 'other-model', but")
+refused("other_model_forced", ["--gains", g_model, "--force-trace"], "fitted on model 'other-model', but")
+g_mode = os.path.join(TMP, "g_mode.csv")
+write_gains(g_mode, [("kl_nnls", GAINS)], 4, [IDENT[0], IDENT[1], "online"])
+refused("other_mode", ["--gains", g_mode], "fitted under the online protocol")
+g_trace = os.path.join(TMP, "g_trace.csv")
+write_gains(g_trace, [("kl_nnls", GAINS)], 4, [IDENT[0], "ab" * 32, IDENT[2]])
+refused("other_trace", ["--gains", g_trace], "fitted on trace sha256 abababababababab..., but")
+g_anon = os.path.join(TMP, "g_anon.csv")
+write_gains(g_anon, [("kl_nnls", GAINS)], 4, None)
+refused("no_identity", ["--gains", g_anon], "no trace_model/trace_sha256/mode columns")
+for tag, g in (("other_trace", g_trace), ("no_identity", g_anon)):
+    out = os.path.join(TMP, f"forced_{tag}")
+    r = subprocess.run([KVP, res, "-o", out, "--no-figures", "--bootstrap", "0", "--gains", g, "--force-trace"],
+                       capture_output=True, text=True)
+    md = open(os.path.join(out, "report.md")).read() if r.returncode == 0 else ""
+    check(r.returncode == 0 and "--force-trace" in md[md.find("## Calibrated proxy"):],
+          f"{tag} with --force-trace: applied, and report.md's calibrated section says so ({r.stderr.strip()!r})")
 
 if failures:
     sys.exit(f"{len(failures)} checks failed")
