@@ -4,7 +4,7 @@
     python3 capture/kvcapture.py --model M --text FILE [--jsonl FILE | --ids FILE] \\
         --tokens T --sequences S [--stride N] [--dtype float32|float16|bfloat16] \\
         [--device cpu|cuda] [--layers 0,1,..] [--batch B] [--no-readout | --no-readout-ok] \\
-        [--no-attn-out] [--deflate N] -o OUT.h5
+        [--no-attn-out] [--deflate N] [--force] -o OUT.h5
 
     python3 capture/kvcapture.py validate --model M --trace T --export E -o TRUTH.h5
         (the in-model re-run of `kvreplay run --export` cache states: capture/validate.py)
@@ -31,7 +31,8 @@ outputs are unchanged, and records post-RoPE q, k, v (before GQA repetition) and
 attention output per head. Each layer's tensors for the current batch of sequences are
 written to the file as soon as they are produced (memory: one layer of one batch). The file
 is written under a temporary name in the output folder and renamed on success; on any error
-the temporary file is removed and nothing appears under the final name.
+the temporary file is removed and nothing appears under the final name. An existing output
+file is refused (left as it is) unless --force.
 
 Shapes: S sequences, T tokens, H q-heads, Hkv kv-heads, D head_dim, C d_model, V vocab.
 """
@@ -48,12 +49,15 @@ import signal
 import sys
 import traceback
 
-import h5py
-import numpy as np
-import torch
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from pydeps import require  # noqa: E402
+
+require("kvcapture", ("numpy", "h5py", "torch"))   # one line naming a missing module, not a traceback
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 import refmodel  # noqa: E402
 
 CAPTURE_VERSION = "1.0"
@@ -627,6 +631,8 @@ def capture(a):
         raise CaptureError(f"output '{a.output}': folder '{odir}' does not exist")
     if os.path.isdir(out):
         raise CaptureError(f"output '{a.output}': is a folder")
+    if os.path.lexists(out) and not a.force:
+        raise CaptureError(f"output '{a.output}' exists; not overwritten (--force replaces it)")
     tmp = f"{out}.tmp.{os.getpid()}"
     try:   # fail fast on an unwritable destination, before loading the model
         open(tmp, "wb").close()
@@ -873,7 +879,10 @@ def build_parser():
                     help="compress tensors with shuffle + deflate level N (0..9)")
     ap.add_argument("--source-note", default=None,
                     help="a description of the input, put first in the 'source' attribute")
-    ap.add_argument("-o", "--output", required=True, help="output trace (.h5)")
+    ap.add_argument("-o", "--output", required=True, help="output trace (.h5); an existing file is "
+                    "refused unless --force")
+    ap.add_argument("--force", action="store_true",
+                    help="replace an existing output file (atomically, once the new trace is complete)")
     return ap
 
 
