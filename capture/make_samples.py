@@ -16,7 +16,7 @@ checkpoint and fixed text; only the `created` attribute changes (set SOURCE_DATE
 it). Across machines the float32 forward goes through OpenBLAS kernels chosen by CPU (and by
 OPENBLAS_CORETYPE), whose summation orders differ: tokens, shapes and attributes are identical,
 tensor values agree to float32/f16 rounding, not necessarily byte for byte
-(tests/py/test_capture_samples.py compares a re-capture that way). The traces are replaced
+(tests/py/test_make_samples.py compares a re-capture that way). The traces are replaced
 (kvcapture --force) only once each new one is complete.
 """
 import argparse
