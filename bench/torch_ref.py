@@ -37,12 +37,17 @@ Written for clarity, with whole [H, T, T] attention matrices per layer: O(T^2) m
 import argparse
 import csv
 import math
+import os
 import sys
 import time
 
-import h5py
-import numpy as np
-import torch
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "capture"))
+from pydeps import require  # noqa: E402
+
+require("torch_ref", ("numpy", "h5py", "torch"))
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 METRICS = ["keep_frac", "kv_mse_k", "kv_mse_v", "kv_rel_mse_k", "kv_rel_mse_v", "attn_cos",
            "out_cos", "out_rel_err", "attn_kl", "mass_recall", "logit_kl", "nll_full",

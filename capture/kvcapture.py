@@ -4,13 +4,16 @@
     python3 capture/kvcapture.py --model M --text FILE [--jsonl FILE | --ids FILE] \\
         --tokens T --sequences S [--stride N] [--dtype float32|float16|bfloat16] \\
         [--device cpu|cuda] [--layers 0,1,..] [--batch B] [--no-readout | --no-readout-ok] \\
-        [--no-attn-out] [--deflate N] -o OUT.h5
+        [--no-attn-out] [--deflate N] [--allow-beyond-training] [--force] -o OUT.h5
 
     python3 capture/kvcapture.py validate --model M --trace T --export E -o TRUTH.h5
         (the in-model re-run of `kvreplay run --export` cache states: capture/validate.py)
 
 Models (M):
-  ref:PATH                      a kvtrace reference checkpoint (capture/train_ref.py)
+  ref:PATH                      a kvtrace reference checkpoint (capture/train_ref.py); sequences
+                                longer than the context it was trained at (its train_ctx,
+                                BOS included; 256 for checkpoints that predate the field) are
+                                refused unless --allow-beyond-training
   ref-random:SEED[:k=v,...]     a randomly initialised reference model; k = a RefConfig field
                                 (n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff,
                                 tie_embeddings, post_norm, ...) or init_std
@@ -33,7 +36,8 @@ outputs are unchanged, and records post-RoPE q, k, v (before GQA repetition) and
 attention output per head. Each layer's tensors for the current batch of sequences are
 written to the file as soon as they are produced (memory: one layer of one batch). The file
 is written under a temporary name in the output folder and renamed on success; on any error
-the temporary file is removed and nothing appears under the final name.
+the temporary file is removed and nothing appears under the final name. An existing output
+file is refused (left as it is) unless --force.
 
 Shapes: S sequences, T tokens, H q-heads, Hkv kv-heads, D head_dim, C d_model, V vocab.
 """
@@ -50,12 +54,15 @@ import signal
 import sys
 import traceback
 
-import h5py
-import numpy as np
-import torch
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from pydeps import require  # noqa: E402
+
+require("kvcapture", ("numpy", "h5py", "torch"))   # one line naming a missing module, not a traceback
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 import refmodel  # noqa: E402
 
 CAPTURE_VERSION = "1.0"
@@ -104,6 +111,7 @@ class RefAdapter:
     """The built-in reference model (capture/refmodel.py)."""
 
     arch = "kvtrace-ref"
+    train_ctx = None    # ref:PATH: the context the checkpoint was trained at (refmodel.load_model)
 
     def __init__(self, spec, device, dtype):
         self.name = spec
@@ -117,7 +125,11 @@ class RefAdapter:
                 raise CaptureError(f"model '{spec}': cannot load checkpoint: {_one_line(e)}")
             with open(path, "rb") as f:
                 digest = hashlib.sha256(f.read()).hexdigest()
-            self.desc = f"kvtrace reference checkpoint {path} (sha256 {digest[:16]})"
+            self.train_ctx = int(self.model.train_ctx)
+            how = (f"assumed {self.train_ctx}: the checkpoint records no train_ctx"
+                   if self.model.train_ctx_assumed else f"{self.train_ctx}")
+            self.desc = (f"kvtrace reference checkpoint {path} (sha256 {digest[:16]}), "
+                         f"trained at {how} tokens")
         else:  # ref-random:SEED[:k=v,...]
             parts = spec.split(":", 2)
             try:
@@ -220,6 +232,8 @@ class HFAdapter:
 
     Not exercised on machines without transformers (Debian has no package); tests/py/
     test_capture_hf.py checks it where transformers is importable."""
+
+    train_ctx = None    # not known for Hugging Face models (max_position_embeddings is not it)
 
     def __init__(self, spec, device, dtype, base_impl):
         try:
@@ -654,6 +668,8 @@ def capture(a):
         raise CaptureError(f"output '{a.output}': folder '{odir}' does not exist")
     if os.path.isdir(out):
         raise CaptureError(f"output '{a.output}': is a folder")
+    if os.path.lexists(out) and not a.force:
+        raise CaptureError(f"output '{a.output}' exists; not overwritten (--force replaces it)")
     tmp = f"{out}.tmp.{os.getpid()}"
     try:   # fail fast on an unwritable destination, before loading the model
         open(tmp, "wb").close()
@@ -730,6 +746,19 @@ def _capture_into(a, tmp):
     for i, s in enumerate(seqs):
         if any(not 0 <= x < V for x in s):
             raise CaptureError(f"sequence {i}: token id outside [0, {V}) (tokenizer/vocab mismatch)")
+    # positions past the context the checkpoint was trained at have untrained attention
+    n_max = max(len(s) for s in seqs)
+    beyond = ad.train_ctx is not None and n_max > ad.train_ctx
+    beyond_note = (f"{n_max}-token sequences (BOS included) exceed the {ad.train_ctx} tokens model "
+                   f"'{a.model}' was trained at") if beyond else ""
+    if beyond and not a.allow_beyond_training:
+        raise CaptureError(f"{beyond_note}: attention past position {ad.train_ctx - 1} is untrained and "
+                           f"every metric of the trace would be meaningless; use --tokens <= "
+                           f"{ad.train_ctx}, or --allow-beyond-training (the trace is then marked "
+                           "beyond_training = 1)")
+    if beyond:
+        print(f"kvcapture: warning: {beyond_note} (--allow-beyond-training); the trace is marked "
+              "beyond_training = 1", file=sys.stderr)
 
     if a.deflate is None:
         need = _estimate_bytes(S, T, L, meta, not a.no_attn_out, readout)
@@ -773,7 +802,11 @@ def _capture_into(a, tmp):
                 else datetime.datetime.now(datetime.timezone.utc))
         r["created"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
         note = f"{a.source_note}; " if a.source_note else ""
-        r["source"] = f"{note}{src}; model: {ad.desc}; compute dtype {a.dtype}"[:4000]
+        warn = f"BEYOND TRAINING: {beyond_note} (--allow-beyond-training); " if beyond else ""
+        r["source"] = f"{warn}{note}{src}; model: {ad.desc}; compute dtype {a.dtype}"[:4000]
+        if ad.train_ctx is not None:
+            r["model_train_ctx"] = int(ad.train_ctx)
+            r["beyond_training"] = int(beyond)
         r["command"] = ("python3 capture/kvcapture.py " + shlex.join(sys.argv[1:]))[:4000]
         if not want_readout:
             r["readout_unavailable"] = "not captured (--no-readout)"
@@ -929,7 +962,13 @@ def build_parser():
                     help="compress tensors with shuffle + deflate level N (0..9)")
     ap.add_argument("--source-note", default=None,
                     help="a description of the input, put first in the 'source' attribute")
-    ap.add_argument("-o", "--output", required=True, help="output trace (.h5)")
+    ap.add_argument("-o", "--output", required=True, help="output trace (.h5); an existing file is "
+                    "refused unless --force")
+    ap.add_argument("--allow-beyond-training", action="store_true",
+                    help="capture sequences longer than the context a reference checkpoint was "
+                         "trained at (refused otherwise); warns, and marks the trace beyond_training = 1")
+    ap.add_argument("--force", action="store_true",
+                    help="replace an existing output file (atomically, once the new trace is complete)")
     return ap
 
 

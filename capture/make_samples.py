@@ -11,8 +11,13 @@ traces/sample_qa.h5  6 (context, question) pairs from held-out verses, /prefill_
                      second half, so decoding needs the earliest part of the prompt (a cloze
                      of an early sentence).
 
-Deterministic: the capture runs single-threaded (OMP_NUM_THREADS=1) from a fixed checkpoint
-and fixed text; only the `created` attribute changes (set SOURCE_DATE_EPOCH to pin it).
+Deterministic on one machine: the capture runs single-threaded (OMP_NUM_THREADS=1) from a fixed
+checkpoint and fixed text; only the `created` attribute changes (set SOURCE_DATE_EPOCH to pin
+it). Across machines the float32 forward goes through OpenBLAS kernels chosen by CPU (and by
+OPENBLAS_CORETYPE), whose summation orders differ: tokens, shapes and attributes are identical,
+tensor values agree to float32/f16 rounding, not necessarily byte for byte
+(tests/py/test_make_samples.py compares a re-capture that way). The traces are replaced
+(kvcapture --force) only once each new one is complete.
 """
 import argparse
 import json
@@ -23,6 +28,9 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from pydeps import require  # noqa: E402
+
+require("make_samples", ("numpy", "h5py", "torch"))   # kvcapture's, checked before any work
 from corpus import split_text  # noqa: E402
 
 T = 256
@@ -74,15 +82,17 @@ def main():
         runs = [
             cap + ["--source-note", "KJV Bible held-out chapters (capture/corpus.py split_text()[1], "
                    "every 20th chapter, never trained on)", "--text", text, "--tokens", str(T), "--sequences", "8", "--batch", "8",
-                   "--deflate", "6", "-o", os.path.join(a.out, "sample.h5")],
+                   "--deflate", "6", "--force", "-o", os.path.join(a.out, "sample.h5")],
             cap + ["--source-note", "cloze pairs from KJV held-out verses (capture/make_samples.py "
                    "qa_records: context = consecutive verses, question = first half of the first "
                    "verse, answer = its second half)", "--jsonl", jl, "--tokens", str(T), "--sequences", "6", "--batch", "1",
-                   "--deflate", "6", "-o", os.path.join(a.out, "sample_qa.h5")],
+                   "--deflate", "6", "--force", "-o", os.path.join(a.out, "sample_qa.h5")],
         ]
         for cmd in runs:
             print("+ " + " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True, env=env)
+            rc = subprocess.run(cmd, env=env).returncode
+            if rc:       # kvcapture printed why, in one line
+                raise SystemExit(rc)
 
 
 if __name__ == "__main__":

@@ -224,9 +224,22 @@ class RefModel(nn.Module):
         return (logits, x) if return_hidden else logits
 
 
-def save_model(model, path):
-    torch.save({"format": "kvtrace-ref", "version": 1,
-                "config": json.loads(model.cfg.to_json()),
+# The context a checkpoint was trained at: tokens per training sequence, BOS included (train_ref.py
+# --seq), saved as config["train_ctx"]. Checkpoints written before that field existed (version 1
+# without it, e.g. the shipped capture/ref_model.pt: capture/train.log "seq 256") were all
+# trained with train_ref.py's default --seq 256; load_model assumes LEGACY_TRAIN_CTX for them
+# and says so (model.train_ctx_assumed). kvcapture refuses sequences longer than train_ctx
+# unless --allow-beyond-training. max_seq is only the size of the RoPE table, not a trained length.
+LEGACY_TRAIN_CTX = 256
+
+
+def save_model(model, path, train_ctx=None):
+    """train_ctx: tokens per training sequence, BOS included (default: model.train_ctx if set)."""
+    cfg = json.loads(model.cfg.to_json())
+    tc = train_ctx if train_ctx is not None else getattr(model, "train_ctx", None)
+    if tc is not None:
+        cfg["train_ctx"] = int(tc)
+    torch.save({"format": "kvtrace-ref", "version": 1, "config": cfg,
                 "state_dict": model.state_dict()}, path)
 
 
@@ -280,6 +293,14 @@ def load_model(path, map_location="cpu"):
         blob = _load_checkpoint_zip(path)
     if not isinstance(blob, dict) or blob.get("format") != "kvtrace-ref":
         raise ValueError(f"{path}: not a kvtrace reference model checkpoint")
-    model = RefModel(RefConfig.from_dict(blob["config"]))
+    cfg = dict(blob["config"])
+    tc = cfg.get("train_ctx", blob.get("train_ctx"))     # in the config; a top-level key accepted too
+    if "train_ctx" not in RefConfig.__dataclass_fields__:
+        cfg.pop("train_ctx", None)
+    if tc is not None and (isinstance(tc, bool) or not isinstance(tc, int) or tc < 2):
+        raise ValueError(f"{path}: train_ctx {tc!r} is not a context length (an integer >= 2)")
+    model = RefModel(RefConfig.from_dict(cfg))
     model.load_state_dict(blob["state_dict"])
+    model.train_ctx = LEGACY_TRAIN_CTX if tc is None else tc
+    model.train_ctx_assumed = tc is None
     return model.to(map_location)

@@ -29,6 +29,10 @@ the sequence's positions). Before anything else the full re-run is compared with
 captured logits (/readout/ref_lse, ref_top_logits) or, for traces without a read-out
 (post-norm and soft-capped models), the re-run's K/V at the captured layers against the
 trace's rows: a mismatch means model and trace differ, and validate stops (--tol).
+A state that keeps everything (every position once, mult 1, no exported rows; online: nothing
+evicted) is the full cache: its metrics are computed from the full re-run itself (logit_kl
+exactly 0, nll_comp = nll_full), not from a second forward through planned_attention, whose
+float32 rounding differs from the real attention's by BLAS kernel (OPENBLAS_CORETYPE).
 
 Online exports (mode "online", eviction only): per (layer, kv head) `evict_at[j]`, the first
 query position that no longer sees token j; the compressed cache is in effect for every query,
@@ -349,6 +353,26 @@ def _full_check_kv(kv, tr, s, n, mlayer, tol):
     return worst
 
 
+def _keeps_everything(st, online):
+    """True when a state is the full cache: online, nothing is ever evicted (evict_at = n);
+    prefill, every (layer, kv head) keeps every position [0, n) once (mult 1) and no K/V
+    rows are exported (the model's own rows stay)."""
+    n = st["n"]
+    if online:
+        return bool(np.all(st["evict_at"] == n))
+    if st["has_rows"]:
+        return False
+    return all(np.array_equal(h["pos"], np.arange(n)) and bool(np.all(h["mult"] == 1))
+               for row in st["heads"] for h in row)
+
+
+def _next_tokens(tokens, s, n, P):
+    """y [n - P]: the next token of evaluated position t in [P, n), -1 at the last one."""
+    y = np.full(n - P, -1, dtype=np.int64)
+    y[:n - P - 1] = tokens[s, P + 1:n]
+    return y
+
+
 def run(a, load_adapter):
     if os.path.isdir(a.export):     # `kvreplay run --export DIR` writes DIR/export.h5
         a.export = os.path.join(a.export, "export.h5")
@@ -438,6 +462,14 @@ def run(a, load_adapter):
                             check["max_kv_err"] = max(check["max_kv_err"], e)
                         ap.kv = None
                         full_cache[s] = lf.numpy()
+                    if _keeps_everything(st, online):
+                        # the exported cache IS the full cache: its logits are the full re-run's
+                        # by definition (logit_kl exactly 0), not a second forward whose float32
+                        # rounding depends on the BLAS kernel (issue 13)
+                        r = compare(full_cache[s][P:n], full_cache[s][P:n], _next_tokens(tokens, s, n, P))
+                        r.update(config_id=c, config=canon, seq=s)
+                        rows.append(r)
+                        continue
                     plans = {}
                     for l in range(L):
                         if online:      # every query row, masks only
@@ -454,9 +486,7 @@ def run(a, load_adapter):
                     if ap.seen != set(plans):
                         raise ValidateError(f"model {a.model}: layer {min(set(plans) - ap.seen)} did not call the "
                                             "attention interface; its cache state was not applied")
-                    y = np.full(n - P, -1, dtype=np.int64)
-                    y[:n - P - 1] = tokens[s, P + 1:n]
-                    r = compare(full_cache[s][P:n], lc[P:n], y)
+                    r = compare(full_cache[s][P:n], lc[P:n], _next_tokens(tokens, s, n, P))
                     for m in METRICS:
                         if not math.isfinite(r[m]):
                             raise ValidateError(f"config {c} '{canon}' sequence {s}: non-finite {m}")

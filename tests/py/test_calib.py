@@ -113,6 +113,8 @@ check(not os.path.exists(os.path.join(r2n, "per_layer.csv")), "no per_layer.csv 
 pl2 = read_csv(os.path.join(r2, "per_layer.csv"))
 keys = {(r["config_id"], r["seq"], r["layer"]) for r in pl2}
 check(len(pl2) == len(CONFIGS) * 2 * 2 and len(keys) == len(pl2), f"2 layers: {len(pl2)} distinct rows = configs x seqs x layers")
+# exact by design: a configuration that changes nothing has no dH (replay/engine.c SA_DIFFERS) and its
+# read-out reuses the full logits buffer; summary.csv takes the same C path with or without per-layer
 full = [r for r in pl2 if r["config"] == "full"]
 check(all(float(r["logit_kl_layer"]) == 0 and float(r["nll_delta_layer"]) == 0 for r in full), "full cache: per-layer rows 0")
 check(any(float(r["logit_kl_layer"]) > 0 for r in pl2), "compressed configurations: some per-layer KL > 0")

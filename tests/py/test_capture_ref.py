@@ -60,6 +60,9 @@ def verify_trace(path, model_spec, label):
                 d = f[f"layers/{l}/{n}"]
                 check(d.dtype == np.dtype("<f2") and d.shape == (S, h, T, D)
                       and d.chunks == (1, 1, min(T, 256), D), f"{label}: layer {l} {n} f16 {d.shape} chunks {d.chunks}")
+        # exact: the same float64 torch function on the same T x D/2 angles, rounded once to
+        # float32, in the same environment (elementwise, below torch's parallel grain: no BLAS,
+        # no thread split)
         cos, sin = refmodel.rope_tables(T, D, 10000.0)
         check(np.array_equal(f["rope/cos"][:], cos.numpy()) and np.array_equal(f["rope/sin"][:], sin.numpy())
               and f["rope/cos"].dtype == np.dtype("<f4"), f"{label}: /rope tables are the model's")
@@ -109,7 +112,8 @@ for label, extra in (("mha", "n_heads=4,n_kv_heads=4"), ("gqa", "n_heads=4,n_kv_
                 worst = max(worst, float((np.abs(st - ref) / (np.abs(ref) + 1e-3)).max()))
         check(worst <= 2e-3, f"{label}: stored q/k/v equal the model's own (worst rel {worst:.1e})")
 
-# 2. capture leaves the model's logits unchanged (bit for bit)
+# 2. capture leaves the model's logits unchanged (bit for bit): one process, one thread, the same
+# ops on the same shapes twice (the recording function only copies), so exact by design
 ad = kvcapture.RefAdapter(spec("n_heads=4,n_kv_heads=2"), torch.device("cpu"), torch.float32)
 ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(5))
 with torch.no_grad():
@@ -122,7 +126,8 @@ check(torch.equal(plain, captured) and calls == [0, 1],
       f"logits with capture == without (max diff {float((plain - captured).abs().max()):.1e}), "
       f"capture saw layers {calls}")
 
-# 3. layer subset: n_layers 1, model_layer attribute, same tensors as the full capture
+# 3. layer subset: n_layers 1, model_layer attribute, same tensors as the full capture (exact: two
+# captures of one forward, same batches, same environment; only what is recorded differs)
 sub = os.path.join(TMP, "sub.h5")
 run_capture(["--model", spec("n_heads=4,n_kv_heads=2"), "--text", TEXT, "--tokens", str(T),
              "--sequences", str(S), "--batch", "2", "--layers", "1", "-o", sub])
@@ -172,6 +177,7 @@ with h5py.File(ido, "r") as f:
           "ids input: tokens as given, --no-readout marks readout_unavailable")
 
 # 6. ref:PATH: a saved checkpoint (floats in its config; safe loader) captures the same tensors
+# (exact: float32 weights round-trip bit for bit, then the same forward as the gqa capture)
 ck = os.path.join(TMP, "ck.pt")
 refmodel.save_model(kvcapture.RefAdapter(spec("n_heads=4,n_kv_heads=2"), torch.device("cpu"), torch.float32).model, ck)
 cko = os.path.join(TMP, "ck.h5")

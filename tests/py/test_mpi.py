@@ -4,6 +4,12 @@ the single-process `kvreplay run` byte for byte; a worker killed mid-item (test 
 KVREPLAY_MPI_TEST_KILL=2: rank 2 SIGKILLs itself when handed its second item) fails the
 run, leaves the finished parts, and `--resume` completes it to the same bytes; --export is
 refused with one line. Skipped (exit 77) when mpirun or bin/kvreplay-mpi is absent.
+Byte for byte on purpose: kvreplay's own arithmetic is fixed-order C (its attention kernels are
+bit-identical on every x86-64, replay/attn.c), and its BLAS calls (read-out sgemm, GSL's
+eigensolver of lowrank calibration) get the same shapes and the same OpenBLAS kernel and thread
+count (from the environment, not --threads) in every run compared here, so on one machine the
+bytes cannot depend on --threads, shards or ranks. Across machines/kernels results differ by
+rounding: the golden tests compare with numpy under tolerances (issue 13 audit).
 """
 import json
 import os

@@ -4,6 +4,12 @@ trace merged give every CSV of the unsharded run byte for byte; the Slurm job-ar
 of --shard pick the same shard as the explicit i/N; merge refuses a missing shard, a shard
 given twice, a shard that lost a part, and shards of different sequence lists, each with
 one stderr line and no results written.
+Byte for byte on purpose: kvreplay's own arithmetic is fixed-order C (its attention kernels are
+bit-identical on every x86-64, replay/attn.c), and its BLAS calls (read-out sgemm, GSL's
+eigensolver of lowrank calibration) get the same shapes and the same OpenBLAS kernel and thread
+count (from the environment, not --threads) in every run compared here, so on one machine the
+bytes cannot depend on --threads, shards or ranks. Across machines/kernels results differ by
+rounding: the golden tests compare with numpy under tolerances (issue 13 audit).
 """
 import csv
 import json
