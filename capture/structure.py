@@ -141,7 +141,7 @@ def main():
     from refmodel import load_model
     torch.set_num_threads(2)
     model = load_model(a.model)
-    ctx = a.ctx or getattr(model.cfg, "train_ctx", 0) or 256
+    ctx = a.ctx or getattr(model, "train_ctx", 0) or 256
     train_txt, held_txt = split_text()
     held = np.frombuffer(held_txt.encode("ascii"), dtype=np.uint8)
     distances = [d for d in (256, 512, 1000) if d + 25 <= max(ctx, 1025)]

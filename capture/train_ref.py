@@ -20,7 +20,6 @@ accuracy on held-out planted facts at several distances.
         --steps 4000 --ckpt capture/models/l4.ckpt -o capture/models/l4.pt --log capture/models/l4.log
 """
 import argparse
-import json
 import math
 import os
 import sys
@@ -238,14 +237,7 @@ def main():
         say(f"# attn L{l} H{h} bos {bos:.3f} prev {prev:.3f}")
     log.close()
     tmp = a.out + ".tmp"
-    if a.seq_schedule or a.synth_frac:
-        # the context actually trained at, in the config: kvcapture warns beyond it
-        conf = json.loads(cfg.to_json())
-        conf["train_ctx"] = train_ctx
-        torch.save({"format": "kvtrace-ref", "version": 1, "config": conf,
-                    "state_dict": model.state_dict()}, tmp)
-    else:
-        save_model(model, tmp)
+    save_model(model, tmp, train_ctx=train_ctx)    # kvcapture refuses captures beyond it
     os.replace(tmp, a.out)
     os.replace(a.log + ".tmp", a.log)
 
