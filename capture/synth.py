@@ -68,6 +68,14 @@ def facts_doc(seed, index, n, filler, n_facts=4, n_queries=2, depths=None):
     where *_pos are byte offsets: fact_pos of '[', value_pos of the first digit in the fact,
     query_pos of '[' in the query, answer_pos of the first digit the model must produce.
     """
+    fact_len = len(b" [KEYS:1234] ")
+    if depths is None:          # short documents: as many facts as can be placed (see below)
+        while n_facts > 1:
+            q = n - min(n_queries, n_facts) * (fact_len) - 1
+            if int(0.6 * q) + (n_facts - 1) * fact_len - 1 <= q and int(0.6 * q) > fact_len:
+                break
+            n_facts -= 1
+        n_queries = min(n_queries, n_facts)
     r = _rng(seed, index, 2)
     start = int(r.integers(0, len(filler) - n))
     doc = bytearray(filler[start:start + n].tobytes())
