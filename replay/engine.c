@@ -958,7 +958,13 @@ static int item_run(item *it)
                             }
                         }
                         if (online && cache->n > st->B) {
-                            size_t ne = cf->evict->online_step(st->ost, &ctx, g, t, cache, probs, st->B, evict);
+                            size_t ne = 0;
+                            kv_error se = { 0 };
+                            if (cf->evict->online_step(st->ost, &ctx, g, t, cache, probs, st->B, evict, &ne, &se) != KV_OK) {
+                                failf(err, errlen, "config '%s': %s online step at seq %zu layer %zu kv head %zu position %zu: %s",
+                                      cf->canon, cf->evict->name, s, l, g, t, se.msg[0] ? se.msg : kv_status_name(se.code));
+                                goto done;
+                            }
                             memset(keep, 1, cache->n);
                             size_t dropped = 0;
                             for (size_t q2 = 0; q2 < ne; q2++) {
