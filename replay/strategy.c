@@ -1,5 +1,7 @@
 /* Helpers of the strategy interface (strategy.h): caches, top-k, rng. */
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -122,6 +124,16 @@ void rp_cache_free(rp_cache *c)
     if (!c) return;
     free(c->pos); free(c->mult); free(c->mem_off); free(c->members); free(c->k); free(c->v);
     memset(c, 0, sizeof *c);
+}
+
+int rp_failf(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen) return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
 }
 
 /* ---- top-k ----------------------------------------------------------------------------- */

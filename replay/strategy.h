@@ -115,6 +115,16 @@ void rp_cache_free(rp_cache *c);
  * cannot fail. Float scores convert to double exactly, which keeps their ranking. */
 size_t rp_topk(const double *score, size_t n, size_t k, int32_t *out);
 
+/* The one error helper of the replay (engine, export, strategies): formats one line into
+ * err (truncated to errlen) and returns -1, so `return rp_failf(err, errlen, "...", ...)`.
+ * Library-level calls report through kv_error (kv_error_set) instead; the engine copies
+ * their msg with rp_failf(err, errlen, "%s", ke.msg). */
+int rp_failf(char *err, size_t errlen, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
 /* splitmix64 stream. */
 typedef struct rp_rng { uint64_t s; } rp_rng;
 uint64_t rp_rng_next(rp_rng *r);
