@@ -609,6 +609,7 @@ typedef struct item_scratch {
     float *q;               /* [H][n][D]   this layer's queries (ctx.q) */
     float *k, *v;           /* [Hkv][n][D] keys, values (ctx.k, ctx.v) */
     cstate *cs;             /* [NC][Hkv]   per (configuration, kv head) state, zeroed */
+    rp_cache *pout;         /* [Hkv]       the prefill hook's out[] (copies of cs[c][*].cache) */
     float *dO;              /* [NC][NE][HD] read-out deltas o~ - o, zeroed; NULL without read-out */
     /* the full cache's attention of one block: G query heads x BLK rows */
     float *lse;             /* [G][BLK]    log-sum-exp of the kernel (fp32) */
@@ -649,7 +650,8 @@ static int item_alloc(item *it, item_scratch *sc)
     size_t n = it->n, D = E->D, H = E->H, Hkv = E->Hkv, G = E->G, NC = E->sw->n, NE = n - it->P;
     size_t tot = 0, fz = sizeof(float), dz = sizeof(double), sz = sizeof(size_t);
     size_t o_q = slab_take(&tot, H * n * D * fz), o_k = slab_take(&tot, Hkv * n * D * fz),
-           o_v = slab_take(&tot, Hkv * n * D * fz), o_cs = slab_take(&tot, NC * Hkv * sizeof(cstate));
+           o_v = slab_take(&tot, Hkv * n * D * fz), o_cs = slab_take(&tot, NC * Hkv * sizeof(cstate)),
+           o_pout = slab_take(&tot, Hkv * sizeof(rp_cache));
     int ro = E->ro && NE;
     size_t o_dO = slab_take(&tot, ro ? NC * NE * H * D * fz : 0);
     size_t o_lse = slab_take(&tot, G * BLK * fz), o_of = slab_take(&tot, G * BLK * D * fz),
@@ -666,6 +668,7 @@ static int item_alloc(item *it, item_scratch *sc)
     sc->q = (float *)(b + o_q); sc->k = (float *)(b + o_k); sc->v = (float *)(b + o_v);
     sc->cs = (cstate *)(b + o_cs);
     memset(sc->cs, 0, NC * Hkv * sizeof *sc->cs);
+    sc->pout = (rp_cache *)(b + o_pout);
     sc->dO = ro ? (float *)(b + o_dO) : NULL;
     if (ro) memset(sc->dO, 0, NC * NE * H * D * fz);
     sc->lse = (float *)(b + o_lse); sc->of = (float *)(b + o_of); sc->lg = (float *)(b + o_lg);
@@ -719,14 +722,12 @@ static int item_prefill(item *it)
             st->cache.D = E->D;
         }
         if (online) continue;
-        rp_cache *out = malloc(Hkv * sizeof *out);
-        if (!out) return IT_FAIL(it, "out of memory");
+        rp_cache *out = it->sc->pout;
         for (size_t g = 0; g < Hkv; g++) out[g] = cs[c * Hkv + g].cache;
         it->ctx.seed = seed;
         char e2[512] = "";
         int prc = cf->evict->prefill(cf->evict_cfg, &it->ctx, B, out, e2, sizeof e2);
         for (size_t g = 0; g < Hkv; g++) cs[c * Hkv + g].cache = out[g];
-        free(out);
         if (prc)
             return IT_FAIL(it, "config '%s': %s prefill failed at seq %zu layer %zu: %s", cf->canon, cf->evict->name,
                            s, l, e2[0] ? e2 : "error");
