@@ -523,7 +523,7 @@ static void account_last(item *it, const rp_config *cf, size_t c, size_t g, cons
  * configuration that perturbed this layer (the caller folds them into the sequence's sum in
  * layer order), and with --per-layer-readout the read-out of h + dH_c alone. Memory: this
  * layer's [NC][NE][HD + C], never all layers'. */
-static int layer_readout(item *it, char *err, size_t errlen)
+static int item_readout(item *it, char *err, size_t errlen)
 {
     rp_engine *E = it->E;
     const readout *ro = E->ro;
@@ -601,7 +601,7 @@ done:
  *         head, through the pure metric functions of metric.h), item_export at t = n - 1,
  *         item_online_evict
  *     item_head_end (online export, caches freed)
- * -> item_readout (layer_readout). Every stage returns 0 or -1 with it->err set. */
+ * -> item_readout. Every stage returns 0 or -1 with it->err set. */
 
 /* The scratch of one work item: ONE allocation (item_alloc), views into it that never own.
  * Freed as a whole by item_free_scratch; nothing in it is resized. */
@@ -1137,7 +1137,7 @@ static int item_run(item *it)
     if (item_prefill(it)) goto done;
     for (size_t g = 0; g < E->Hkv; g++)
         if (item_head(it, g)) goto done;
-    if (E->ro && it->n > it->P && layer_readout(it, it->err, sizeof it->err)) goto done;
+    if (E->ro && it->n > it->P && item_readout(it, it->err, sizeof it->err)) goto done;
     rc = 0;
 done:
     item_free_scratch(it);
