@@ -162,6 +162,24 @@ int main(void)
     check("knorm online_step ok", kn->online_step(state, &ctx, 0, 5, &cache, NULL, 4, ev, &m, &ke) == KV_OK);
     check("knorm evicts the two largest norms (entries 2 and 5)", m == 2 && ev[0] == 2 && ev[1] == 5);
     kn->online_free(state);
+#if !defined(__SANITIZE_ADDRESS__)
+    /* knorm's allocation failure, injected by a cache too large for any allocation (2^59
+     * entries: its score array needs 2^62 bytes, beyond the address space; the hook fails
+     * before it touches a row): "out of memory", not "0 evictions" (which the engine then
+     * misreported as a budget breach). Not under ASan, whose allocator aborts on such a
+     * request instead of returning NULL. */
+    {
+        rp_cache huge = cache;
+        huge.n = (size_t)1 << 59;
+        size_t ne = 12345;
+        kv_error ke2 = { 0 };
+        state = kn->online_new(NULL, &ctx, 0, 4);
+        kv_status st2 = kn->online_step(state, &ctx, 0, 5, &huge, NULL, 4, ev, &ne, &ke2);
+        check("knorm online_step OOM: KV_ERR_NOMEM with 'out of memory', nothing evicted",
+              st2 == KV_ERR_NOMEM && strstr(ke2.msg, "out of memory") && ne == 0);
+        kn->online_free(state);
+    }
+#endif
     rp_cache_free(&cache);
 
     printf("%d checks, %d failures\n", checks, fails);
