@@ -39,21 +39,21 @@ struct rp_engine {
 typedef struct item {
     rp_engine *E;
     size_t s, l, n, P;
-    float *q, *k, *v;            /* [H][n][D], [Hkv][n][D], [Hkv][n][D] (views into slab) */
+    float *q, *k, *v;            /* [H][n][D], [Hkv][n][D], [Hkv][n][D] the layer's tensors (ctx.q/k/v) */
     float **pa;                  /* [H] cached prompt probabilities rows [pa0, pa1) x P */
     size_t *pa0, *pa1;
     float *ok, *ov;              /* another layer's K/V (layer_kv) */
     long long o_layer;
     double *ha;                  /* result slots of this layer: [NC][L][H][HA_NF] (shared array) */
     double *ia;                  /* [NC][SA_NF] item-level sums (bytes, guards) */
-    float *dO;                   /* [NC][NE][HD] this layer's output perturbation (read-out; in slab) */
+    float *dO;                   /* [NC][NE][HD] this layer's output perturbation (read-out; calloc) */
     float *dH;                   /* [NC][NE][C] dO @ W_O of this layer, folded in layer order */
     uint8_t *dh_set;             /* [NC] dH of c holds a non-zero perturbation */
     const float *hid;            /* [n][C] the sequence's final residuals (read-out) */
     double *pl;                  /* [NC][L][PL_NF] per-layer read-out sums, NULL = off */
     /* while item_run runs: */
     char *slab;                  /* the one allocation behind sc (item_alloc) */
-    struct item_scratch *sc;     /* views into slab; q/k/v/dO above point into it */
+    struct item_scratch *sc;     /* views into slab */
     rp_cache qcopy;              /* the per-query encoded copy of a cache (grows; not in slab) */
     rp_layer_ctx ctx;            /* what the strategies' hooks see */
     int rc;
@@ -606,11 +606,8 @@ done:
 /* The scratch of one work item: ONE allocation (item_alloc), views into it that never own.
  * Freed as a whole by item_free_scratch; nothing in it is resized. */
 typedef struct item_scratch {
-    float *q;               /* [H][n][D]   this layer's queries (ctx.q) */
-    float *k, *v;           /* [Hkv][n][D] keys, values (ctx.k, ctx.v) */
     cstate *cs;             /* [NC][Hkv]   per (configuration, kv head) state, zeroed */
     rp_cache *pout;         /* [Hkv]       the prefill hook's out[] (copies of cs[c][*].cache) */
-    float *dO;              /* [NC][NE][HD] read-out deltas o~ - o, zeroed; NULL without read-out */
     /* the full cache's attention of one block: G query heads x BLK rows */
     float *lse;             /* [G][BLK]    log-sum-exp of the kernel (fp32) */
     float *of;              /* [G][BLK][D] outputs */
@@ -649,11 +646,8 @@ static int item_alloc(item *it, item_scratch *sc)
     rp_engine *E = it->E;
     size_t n = it->n, D = E->D, H = E->H, Hkv = E->Hkv, G = E->G, NC = E->sw->n, NE = n - it->P;
     size_t tot = 0, fz = sizeof(float), dz = sizeof(double), sz = sizeof(size_t);
-    size_t o_q = slab_take(&tot, H * n * D * fz), o_k = slab_take(&tot, Hkv * n * D * fz),
-           o_v = slab_take(&tot, Hkv * n * D * fz), o_cs = slab_take(&tot, NC * Hkv * sizeof(cstate)),
+    size_t o_cs = slab_take(&tot, NC * Hkv * sizeof(cstate)),
            o_pout = slab_take(&tot, Hkv * sizeof(rp_cache));
-    int ro = E->ro && NE;
-    size_t o_dO = slab_take(&tot, ro ? NC * NE * H * D * fz : 0);
     size_t o_lse = slab_take(&tot, G * BLK * fz), o_of = slab_take(&tot, G * BLK * D * fz),
            o_lg = slab_take(&tot, G * BLK * n * fz), o_pf = slab_take(&tot, BLK * G * n * dz),
            o_pf2 = slab_take(&tot, BLK * G * dz), o_lz = slab_take(&tot, BLK * G * dz),
@@ -665,19 +659,27 @@ static int item_alloc(item *it, item_scratch *sc)
     char *b = malloc(tot);
     if (!b) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
     it->slab = b;
-    sc->q = (float *)(b + o_q); sc->k = (float *)(b + o_k); sc->v = (float *)(b + o_v);
+    /* the layer's tensors are separate allocations, not slab views: with them inside, the
+     * slab passes glibc's largest dynamic mmap threshold (32 MiB) at a few thousand tokens,
+     * and every large buffer the strategies allocate afterwards is mmapped and faulted in
+     * afresh (measured: twice the page faults of the fused 20-configuration sweep at 4k) */
+    it->q = malloc(H * n * D * fz);
+    it->k = malloc(Hkv * n * D * fz);
+    it->v = malloc(Hkv * n * D * fz);
+    if (!it->q || !it->k || !it->v) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+    /* the read-out deltas [NC][NE][HD] stay outside the slab: calloc'd, so the rows of
+     * configurations that never differ from the full cache cost no page */
+    if (E->ro && NE && !(it->dO = calloc(NC * NE * H * D, fz)))     /* item_free_scratch frees the rest */
+        return IT_FAIL(it, "out of memory (read-out deltas, seq %zu layer %zu)", it->s, it->l);
     sc->cs = (cstate *)(b + o_cs);
     memset(sc->cs, 0, NC * Hkv * sizeof *sc->cs);
     sc->pout = (rp_cache *)(b + o_pout);
-    sc->dO = ro ? (float *)(b + o_dO) : NULL;
-    if (ro) memset(sc->dO, 0, NC * NE * H * D * fz);
     sc->lse = (float *)(b + o_lse); sc->of = (float *)(b + o_of); sc->lg = (float *)(b + o_lg);
     sc->pf = (double *)(b + o_pf); sc->pf2 = (double *)(b + o_pf2); sc->lz = (double *)(b + o_lz);
     sc->bz = (float *)(b + o_bz); sc->blse = (float *)(b + o_blse); sc->bout = (float *)(b + o_bout);
     sc->z = (float *)(b + o_z); sc->oc = (float *)(b + o_oc); sc->logm = (float *)(b + o_logm);
     sc->bias = (float *)(b + o_bias); sc->probs = (float *)(b + o_probs); sc->idx = (size_t *)(b + o_idx);
     sc->evict = (size_t *)(b + o_ev); sc->vis = (uint8_t *)(b + o_vis); sc->keep = (uint8_t *)(b + o_keep);
-    it->q = sc->q; it->k = sc->k; it->v = sc->v; it->dO = sc->dO;
     it->sc = sc;
     memset(&it->qcopy, 0, sizeof it->qcopy);
     it->qcopy.D = D;
@@ -1114,7 +1116,7 @@ static void item_free_scratch(item *it)
         rp_cache_free(&it->qcopy);
     }
     free(it->slab);
-    free(it->ok); free(it->ov);
+    free(it->q); free(it->k); free(it->v); free(it->dO); free(it->ok); free(it->ov);
     it->slab = NULL; it->sc = NULL;
     it->q = it->k = it->v = it->ok = it->ov = it->dO = NULL;
     if (it->pa) for (size_t h = 0; h < E->H; h++) { free(it->pa[h]); it->pa[h] = NULL; }
