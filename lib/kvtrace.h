@@ -171,6 +171,15 @@ kv_status kv_trace_dataset_info(kv_trace *t, const char *dset, kv_dset_info *di,
 
 /* SHA-256 of the file's bytes as 64 hex chars + NUL (provenance of results). */
 kv_status kv_file_sha256(const char *path, char hex[65], kv_error *err);
+/* The same digest through a cache in cache_dir (lib/sha256.c says why and how): an entry
+ * keyed by (device, inode, size, mtime ns, ctime ns) of the file, written atomically after a
+ * fresh hash, trusted only when its key matches exactly. cache_dir NULL: no cache (a plain
+ * kv_file_sha256). *hit (may be NULL): 1 when the digest came from the cache. A cache that
+ * cannot be read or written is not an error. */
+kv_status kv_file_sha256_cached(const char *path, const char *cache_dir, char hex[65], int *hit, kv_error *err);
+/* The default cache directory into buf: $XDG_CACHE_HOME/kvtrace (absolute XDG only), else
+ * $HOME/.cache/kvtrace; NULL when KVTRACE_HASH_CACHE=0 or neither is set. */
+const char *kv_hash_cache_dir(char *buf, size_t len);
 
 /* ---- writer ------------------------------------------------------------------------ */
 

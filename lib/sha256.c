@@ -1,8 +1,12 @@
 /* SHA-256 (FIPS 180-4) of a file's bytes, for results provenance. Written from the
  * standard; tests/unit/test_sha256.c compares it with sha256sum. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "kv_internal.h"
 
@@ -94,6 +98,24 @@ static void sha256_final(sha256 *c, unsigned char out[32])
             out[4 * i + j] = (unsigned char)(c->h[i] >> (24 - 8 * j));
 }
 
+/* The digest of an open stream. */
+static kv_status sha256_stream(FILE *f, const char *path, char hex[65], kv_error *err)
+{
+    sha256 c;
+    sha256_init(&c);
+    unsigned char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
+        sha256_update(&c, buf, n);
+    if (ferror(f))
+        return kverr_set(err, KV_ERR_IO, "%s: file: read error", path);
+    unsigned char d[32];
+    sha256_final(&c, d);
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    return KV_OK;
+}
+
 kv_status kv_file_sha256(const char *path, char hex[65], kv_error *err)
 {
     if (!path || !hex)
@@ -101,19 +123,154 @@ kv_status kv_file_sha256(const char *path, char hex[65], kv_error *err)
     FILE *f = fopen(path, "rb");
     if (!f)
         return kverr_set(err, KV_ERR_IO, "%s: file: cannot open: %s", path, strerror(errno));
-    sha256 c;
-    sha256_init(&c);
-    unsigned char buf[1 << 16];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0)
-        sha256_update(&c, buf, n);
-    int bad = ferror(f);
+    kv_status st = sha256_stream(f, path, hex, err);
     fclose(f);
-    if (bad)
-        return kverr_set(err, KV_ERR_IO, "%s: file: read error", path);
-    unsigned char d[32];
-    sha256_final(&c, d);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    return st;
+}
+
+/* ---- the digest cache ------------------------------------------------------------------
+ *
+ * Why a cache keyed by the file's identity, and not a file beside the trace: traces live in
+ * read-only and shared directories, a sidecar goes stale when the trace is copied or
+ * rewritten in place, and it would be one more file to carry. The key is what the kernel
+ * says about the file: (st_dev, st_ino, st_size, st_mtim, st_ctim) to the nanosecond. Any
+ * write changes mtime and ctime, and ctime cannot be set by a user (utimensat sets only
+ * atime/mtime), so a rewritten or replaced file misses; a copy is a new inode and misses.
+ * An entry is one line, "kvtrace-sha256-cache 1 DEV INO SIZE MTIME_NS CTIME_NS HEX", in
+ * DIR/sha256-DEV-INO: it is trusted only when every key field equals the file's and the
+ * digest is 64 lowercase hex digits; anything else (truncated, edited, another version) is
+ * a miss and is overwritten. Entries are written to a temporary name and renamed
+ * (kv_atomic); failing to write (read-only or missing cache directory) is not an error: the
+ * digest computed is returned all the same. The key is taken with fstat on the descriptor
+ * that is hashed, before and after hashing; an entry is stored only when the two agree (a
+ * file written while it was hashed is not cached). */
+
+typedef struct hkey { unsigned long long dev, ino, size, mtime, ctime; } hkey;
+
+static void hkey_of(const struct stat *st, hkey *k)
+{
+    k->dev = (unsigned long long)st->st_dev;
+    k->ino = (unsigned long long)st->st_ino;
+    k->size = (unsigned long long)st->st_size;
+    k->mtime = (unsigned long long)st->st_mtim.tv_sec * 1000000000ull + (unsigned long long)st->st_mtim.tv_nsec;
+    k->ctime = (unsigned long long)st->st_ctim.tv_sec * 1000000000ull + (unsigned long long)st->st_ctim.tv_nsec;
+}
+
+static int hkey_line(const hkey *k, const char *hex, char *line, size_t len)
+{
+    int n = snprintf(line, len, "kvtrace-sha256-cache 1 %llu %llu %llu %llu %llu %s\n", k->dev, k->ino, k->size,
+                     k->mtime, k->ctime, hex);
+    return n > 0 && (size_t)n < len ? 0 : -1;
+}
+
+static int hex_ok(const char *h)
+{
+    for (int i = 0; i < 64; i++)
+        if (!((h[i] >= '0' && h[i] <= '9') || (h[i] >= 'a' && h[i] <= 'f')))
+            return 0;
+    return h[64] == 0;
+}
+
+/* 1 and hex filled when entry_path holds the entry of exactly this key. */
+static int cache_lookup(const char *entry_path, const hkey *k, char hex[65])
+{
+    char line[256], want[256], got[65];
+    FILE *f = fopen(entry_path, "rb");
+    if (!f)
+        return 0;
+    size_t n = fread(line, 1, sizeof line - 1, f);
+    fclose(f);
+    line[n] = 0;
+    /* the digest is the line's last field; the line must be exactly the one this key writes */
+    if (n < 66 || line[n - 1] != '\n')
+        return 0;
+    memcpy(got, line + n - 65, 64);
+    got[64] = 0;
+    if (!hex_ok(got) || hkey_line(k, got, want, sizeof want) || strcmp(want, line))
+        return 0;
+    memcpy(hex, got, 65);
+    return 1;
+}
+
+static void cache_store(const char *dir, const char *entry_path, const hkey *k, const char *hex)
+{
+    char line[256], parent[4096];
+    kv_atomic a;
+    kv_error e2;
+    if (hkey_line(k, hex, line, sizeof line))
+        return;
+    /* the directory and its parent (XDG_CACHE_HOME or ~/.cache), private to the user */
+    snprintf(parent, sizeof parent, "%s", dir);
+    char *slash = strrchr(parent, '/');
+    if (slash && slash != parent) {
+        *slash = 0;
+        mkdir(parent, 0700);
+    }
+    mkdir(dir, 0700);
+    if (kv_atomic_open(&a, entry_path, &e2) != KV_OK)
+        return;                                     /* read-only or absent: not an error */
+    if (fputs(line, (FILE *)a.fp) == EOF) {
+        kv_atomic_discard(&a);
+        return;
+    }
+    kv_atomic_commit(&a, &e2);
+}
+
+const char *kv_hash_cache_dir(char *buf, size_t len)
+{
+    const char *off = getenv("KVTRACE_HASH_CACHE");
+    if (off && !strcmp(off, "0"))
+        return NULL;
+    const char *x = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    int n;
+    if (x && x[0] == '/')                           /* XDG: relative paths are ignored */
+        n = snprintf(buf, len, "%s/kvtrace", x);
+    else if (home && *home)
+        n = snprintf(buf, len, "%s/.cache/kvtrace", home);
+    else
+        return NULL;
+    return n > 0 && (size_t)n < len ? buf : NULL;
+}
+
+kv_status kv_file_sha256_cached(const char *path, const char *cache_dir, char hex[65], int *hit, kv_error *err)
+{
+    if (hit)
+        *hit = 0;
+    if (!path || !hex)
+        return kverr_set(err, KV_ERR_INVALID, "kv_file_sha256_cached: NULL argument");
+    if (!cache_dir)
+        return kv_file_sha256(path, hex, err);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return kverr_set(err, KV_ERR_IO, "%s: file: cannot open: %s", path, strerror(errno));
+    struct stat st0, st1;
+    if (fstat(fd, &st0) || !S_ISREG(st0.st_mode)) {         /* not a plain file: no identity to key */
+        close(fd);
+        return kv_file_sha256(path, hex, err);
+    }
+    hkey k0, k1;
+    hkey_of(&st0, &k0);
+    char entry[4200];
+    int n = snprintf(entry, sizeof entry, "%s/sha256-%llu-%llu", cache_dir, k0.dev, k0.ino);
+    int use = n > 0 && (size_t)n < sizeof entry;
+    if (use && cache_lookup(entry, &k0, hex)) {
+        close(fd);
+        if (hit)
+            *hit = 1;
+        return KV_OK;
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        close(fd);
+        return kverr_set(err, KV_ERR_IO, "%s: file: cannot open: %s", path, strerror(errno));
+    }
+    kv_status s = sha256_stream(f, path, hex, err);
+    int same = fstat(fd, &st1) == 0;
+    fclose(f);
+    if (s != KV_OK)
+        return s;
+    hkey_of(&st1, &k1);
+    if (use && same && !memcmp(&k0, &k1, sizeof k0))
+        cache_store(cache_dir, entry, &k0, hex);
     return KV_OK;
 }

@@ -57,6 +57,9 @@ static const char run_usage[] =
     "  --export PATH       write what each configuration did to the cache (traces/EXPORT.md):\n"
     "                      PATH.h5, or a directory that gets export.h5 (online: eviction only)\n"
     "  --export-configs LIST  config ids to export, e.g. 0,3-5 (default: all)\n"
+    "  --no-hash-cache     hash the whole trace for provenance even when the digest cache\n"
+    "                      ($XDG_CACHE_HOME/kvtrace or ~/.cache/kvtrace, keyed by device, inode,\n"
+    "                      size, mtime and ctime) has it; KVTRACE_HASH_CACHE=0 does the same\n"
     "SIGINT/SIGTERM finish the current sequence and exit with status 3 (resumable).\n";
 
 static volatile sig_atomic_t g_stop = 0;
@@ -338,7 +341,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     long long decode = 0, threads = 0, eval_from = 0, page_size = 16;
     int split_note = 0, calib_note = 0;
     int resume = 0, readout_flag = 1, list = 0, gqa = RP_GQA_MEAN;
-    int per_layer = 0;
+    int per_layer = 0, hash_cache = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int more = i + 1 < argc;
@@ -387,6 +390,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
         else if (!strcmp(a, "--readout") || !strcmp(a, "--require-readout")) readout_flag = 2;
         else if (!strcmp(a, "--no-readout")) readout_flag = 0;
         else if (!strcmp(a, "--per-layer-readout")) per_layer = 1;     /* issue 8: per_layer.csv */
+        else if (!strcmp(a, "--no-hash-cache")) hash_cache = 0;         /* issue 14 */
         else if (!strcmp(a, "--list")) list = 1;
         else if (a[0] == '-' && a[1]) { fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", g_prog, a); return KV_EXIT_USAGE; }
         else if (!trace_path) trace_path = a;
@@ -555,7 +559,11 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     rp_run_opts opts = { .mode = mode, .decode = (size_t)decode, .eval_from = (size_t)eval_from, .readout = readout_flag != 0, .gqa_reduce = gqa,
                          .calib = calib, .n_calib = n_calib, .per_layer_readout = per_layer,
                          .page_size = (size_t)page_size };
-    if (kv_file_sha256(trace_path, sha, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
+    {   /* provenance: the trace's SHA-256, hashed once per file version (issue 14; lib/sha256.c) */
+        char hdir[4096];
+        const char *hd = hash_cache ? kv_hash_cache_dir(hdir, sizeof hdir) : NULL;
+        if (kv_file_sha256_cached(trace_path, hd, sha, NULL, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
+    }
     if (export_cfg_s && !export_s) { snprintf(err, sizeof err, "--export-configs needs --export PATH"); goto fail; }
     if (export_s) {     /* issue 8: the exporter is the engine's export hook */
         if (resume) { snprintf(err, sizeof err, "--export cannot be combined with --resume (sequences taken from parts/ are not re-run)"); goto fail; }

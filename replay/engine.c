@@ -14,6 +14,7 @@
 
 #include "attn.h"
 #include "engine.h"
+#include "metric.h"
 #include "paged.h"
 
 #define BLK 32              /* query rows per full-attention call */
@@ -38,30 +39,26 @@ struct rp_engine {
 typedef struct item {
     rp_engine *E;
     size_t s, l, n, P;
-    float *q, *k, *v;            /* [H][n][D], [Hkv][n][D], [Hkv][n][D] */
+    float *q, *k, *v;            /* [H][n][D], [Hkv][n][D], [Hkv][n][D] the layer's tensors (ctx.q/k/v) */
     float **pa;                  /* [H] cached prompt probabilities rows [pa0, pa1) x P */
     size_t *pa0, *pa1;
     float *ok, *ov;              /* another layer's K/V (layer_kv) */
     long long o_layer;
     double *ha;                  /* result slots of this layer: [NC][L][H][HA_NF] (shared array) */
     double *ia;                  /* [NC][SA_NF] item-level sums (bytes, guards) */
-    float *dO;                   /* [NC][NE][HD] this layer's output perturbation (read-out) */
+    float *dO;                   /* [NC][NE][HD] this layer's output perturbation (read-out; calloc) */
     float *dH;                   /* [NC][NE][C] dO @ W_O of this layer, folded in layer order */
     uint8_t *dh_set;             /* [NC] dH of c holds a non-zero perturbation */
     const float *hid;            /* [n][C] the sequence's final residuals (read-out) */
     double *pl;                  /* [NC][L][PL_NF] per-layer read-out sums, NULL = off */
+    /* while item_run runs: */
+    char *slab;                  /* the one allocation behind sc (item_alloc) */
+    struct item_scratch *sc;     /* views into slab */
+    rp_cache qcopy;              /* the per-query encoded copy of a cache (grows; not in slab) */
+    rp_layer_ctx ctx;            /* what the strategies' hooks see */
     int rc;
     char err[1024];
 } item;
-
-static int failf(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 static size_t split_of(const rp_engine *E, size_t s)
 {
@@ -247,7 +244,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
 {
     kv_error ke;
     rp_engine *E = calloc(1, sizeof *E);
-    if (!E) return failf(err, errlen, "out of memory");
+    if (!E) return rp_failf(err, errlen, "out of memory");
     E->t = t; E->in = kv_trace_info(t); E->sw = sw; E->o = *o;
     const kv_info *in = E->in;
     E->S = in->n_seq; E->T = in->n_tok; E->L = in->n_layers; E->H = in->n_heads;
@@ -283,30 +280,30 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
         size_t s = seqs[i], n = (size_t)E->seq_len[s];
         if (o->eval_from) {
             if (o->eval_from >= n) {
-                failf(err, errlen, "prefill split outside the sequence: --eval-from %zu >= seq_len %zu of sequence %zu",
+                rp_failf(err, errlen, "prefill split outside the sequence: --eval-from %zu >= seq_len %zu of sequence %zu",
                       o->eval_from, n, s);
                 goto fail;
             }
         } else if (o->decode) {
             if (o->decode >= n) {
-                failf(err, errlen, "prefill split outside the sequence: --decode %zu leaves no prompt in "
+                rp_failf(err, errlen, "prefill split outside the sequence: --decode %zu leaves no prompt in "
                       "sequence %zu (seq_len %zu)", o->decode, s, n);
                 goto fail;
             }
         } else if (E->prefill_len) {
             long long P = E->prefill_len[s];
             if (P < 1 || (size_t)P >= n) {
-                failf(err, errlen, "prefill split outside the sequence: /prefill_len[%zu] = %lld not in "
+                rp_failf(err, errlen, "prefill split outside the sequence: /prefill_len[%zu] = %lld not in "
                       "[1, seq_len %zu)", s, P, n);
                 goto fail;
             }
         } else if (o->mode == RP_PREFILL) {
-            failf(err, errlen, "%s has no /prefill_len: give the prefill split with --decode N", in->path);
+            rp_failf(err, errlen, "%s has no /prefill_len: give the prefill split with --decode N", in->path);
             goto fail;
         }
     }
     if ((o->export_hook && o->mode != RP_PREFILL) || (o->export_evict_hook && o->mode != RP_ONLINE)) {
-        failf(err, errlen, "export: the prefill hook needs --mode prefill, the eviction-time hook --mode online");
+        rp_failf(err, errlen, "export: the prefill hook needs --mode prefill, the eviction-time hook --mode online");
         goto fail;
     }
     /* protocols and budgets */
@@ -314,12 +311,12 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
         const rp_config *cf = &sw->cfg[c];
         if (!(cf->evict->protocols & o->mode) || (o->mode == RP_PREFILL && !cf->evict->prefill) ||
             (o->mode == RP_ONLINE && (!cf->evict->online_new || !cf->evict->online_step))) {
-            failf(err, errlen, "config '%s': %s does not support the %s protocol", cf->canon, cf->evict->name,
+            rp_failf(err, errlen, "config '%s': %s does not support the %s protocol", cf->canon, cf->evict->name,
                   o->mode == RP_PREFILL ? "prefill" : "online");
             goto fail;
         }
         if (cf->enc && cf->enc->cfg_protocols && !(cf->enc->cfg_protocols(cf->enc_cfg) & o->mode)) {
-            failf(err, errlen, "config '%s': %s with these parameters does not support the %s protocol", cf->canon,
+            rp_failf(err, errlen, "config '%s': %s with these parameters does not support the %s protocol", cf->canon,
                   cf->enc->name, o->mode == RP_PREFILL ? "prefill" : "online");
             goto fail;
         }
@@ -334,7 +331,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
             size_t want = st->calib_seqs ? st->calib_seqs(cf->part[p].cfg) : o->n_calib;
             if (want == RP_CALIB_NONE) continue;
             if (want > o->n_calib || o->n_calib == 0) {
-                failf(err, errlen, "config '%s': %s needs %zu calibration sequences, %zu given (--calib LIST)",
+                rp_failf(err, errlen, "config '%s': %s needs %zu calibration sequences, %zu given (--calib LIST)",
                       cf->canon, st->name, want ? want : 1, o->n_calib);
                 goto fail;
             }
@@ -351,7 +348,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
                     vv[i] = malloc(E->Hkv * nn[i] * E->D * sizeof **vv);
                     if (!kk[i] || !vv[i] || read_kv(E, s, l, nn[i], kk[i], vv[i], &ke)) {
                         bad = 1;
-                        failf(err, errlen, "calibration: %s", kk[i] && vv[i] ? ke.msg : "out of memory");
+                        rp_failf(err, errlen, "calibration: %s", kk[i] && vv[i] ? ke.msg : "out of memory");
                     }
                 }
                 if (bad) break;
@@ -362,7 +359,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
                 char e2[512] = "";
                 if (st->calibrate(cf->part[p].cfg, &cc, e2, sizeof e2)) {
                     bad = 1;
-                    failf(err, errlen, "config '%s': calibration of layer %zu: %s", cf->canon, l, e2);
+                    rp_failf(err, errlen, "config '%s': calibration of layer %zu: %s", cf->canon, l, e2);
                 }
             }
             for (size_t i = 0; i < nc && kk && vv; i++) { free(kk[i]); free(vv[i]); }
@@ -373,10 +370,10 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
     *out = E;
     return 0;
 nomem:
-    failf(err, errlen, "out of memory");
+    rp_failf(err, errlen, "out of memory");
     goto fail;
 kverr:
-    failf(err, errlen, "%s", ke.msg);
+    rp_failf(err, errlen, "%s", ke.msg);
 fail:
     rp_engine_free(E);
     return -1;
@@ -448,18 +445,18 @@ static int cache_check(const rp_cache *c, size_t lim, char *why, size_t len)
 {
     for (size_t e = 0; e < c->n; e++) {
         if (c->pos[e] < 0 || (size_t)c->pos[e] >= lim)
-            return failf(why, len, "entry %zu has position %d outside [0, %zu)", e, c->pos[e], lim);
+            return rp_failf(why, len, "entry %zu has position %d outside [0, %zu)", e, c->pos[e], lim);
         if (e && c->pos[e] <= c->pos[e - 1])
-            return failf(why, len, "entries not in ascending position order at entry %zu", e);
-        if (c->mult[e] < 1) return failf(why, len, "entry %zu has multiplicity %d", e, c->mult[e]);
+            return rp_failf(why, len, "entries not in ascending position order at entry %zu", e);
+        if (c->mult[e] < 1) return rp_failf(why, len, "entry %zu has multiplicity %d", e, c->mult[e]);
         if (c->mem_off) {
             int32_t a = c->mem_off[e], b = c->mem_off[e + 1];
-            if (b - a != c->mult[e]) return failf(why, len, "entry %zu: %d members, multiplicity %d", e, b - a, c->mult[e]);
+            if (b - a != c->mult[e]) return rp_failf(why, len, "entry %zu: %d members, multiplicity %d", e, b - a, c->mult[e]);
             for (int32_t m = a; m < b; m++)
                 if (c->members[m] < 0 || (size_t)c->members[m] >= lim)
-                    return failf(why, len, "entry %zu has member %d outside [0, %zu)", e, c->members[m], lim);
+                    return rp_failf(why, len, "entry %zu has member %d outside [0, %zu)", e, c->members[m], lim);
         } else if (c->mult[e] != 1) {
-            return failf(why, len, "entry %zu has multiplicity %d but no member list", e, c->mult[e]);
+            return rp_failf(why, len, "entry %zu has multiplicity %d but no member list", e, c->mult[e]);
         }
     }
     return 0;
@@ -497,18 +494,18 @@ static int run_encoders(const rp_config *cf, const rp_layer_ctx *ctx, size_t g, 
     size_t n0 = c->n;
     if (rp_view_active(cf->evict, cf->evict_cfg)) {
         if (cf->evict->online_view(cf->evict_cfg, ctx, g, t, c, e2, sizeof e2))
-            return failf(err, errlen, "config '%s': %s view at seq %zu layer %zu kv head %zu: %s", cf->canon,
+            return rp_failf(err, errlen, "config '%s': %s view at seq %zu layer %zu kv head %zu: %s", cf->canon,
                          cf->evict->name, ctx->seq, ctx->layer, g, e2);
         c->modified = 0;    /* re-indexing is not a reconstruction (the caller compares rows) */
     }
     if (cf->evict->encode && cf->evict->encode(cf->evict_cfg, ctx, g, t, c, e2, sizeof e2))
-        return failf(err, errlen, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
+        return rp_failf(err, errlen, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
                      cf->evict->name, ctx->seq, ctx->layer, g, e2);
     if (cf->enc && cf->enc->encode(cf->enc_cfg, ctx, g, t, c, e2, sizeof e2))
-        return failf(err, errlen, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
+        return rp_failf(err, errlen, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
                      cf->enc->name, ctx->seq, ctx->layer, g, e2);
     if (c->n != n0)
-        return failf(err, errlen, "config '%s': encode changed the number of entries (seq %zu layer %zu kv head %zu)",
+        return rp_failf(err, errlen, "config '%s': encode changed the number of entries (seq %zu layer %zu kv head %zu)",
                      cf->canon, ctx->seq, ctx->layer, g);
     return 0;
 }
@@ -517,18 +514,6 @@ static uint64_t mix64(uint64_t a, uint64_t b)
 {
     rp_rng r = { a ^ (b * 0x9E3779B97F4A7C15ull) };
     return rp_rng_next(&r);
-}
-
-/* Sums over the full-cache members a compressed row covers: share = the compressed
- * probability per member, lq its log, pj and lp the full probability and log-probability. */
-typedef struct metric_sums { double dot, sq, rec, kl; } metric_sums;
-
-static inline void metric_acc(metric_sums *m, double share, double lq, double pj, double lp)
-{
-    m->dot += share * pj;
-    m->sq += share * share;
-    m->rec += pj;
-    m->kl += share * (lq - lp);
 }
 
 /* Bytes and reconstruction error of the cache the last position sees. */
@@ -578,14 +563,14 @@ static void account_last(item *it, const rp_config *cf, size_t c, size_t g, cons
  * configuration that perturbed this layer (the caller folds them into the sequence's sum in
  * layer order), and with --per-layer-readout the read-out of h + dH_c alone. Memory: this
  * layer's [NC][NE][HD + C], never all layers'. */
-static int layer_readout(item *it, char *err, size_t errlen)
+static int item_readout(item *it, char *err, size_t errlen)
 {
     rp_engine *E = it->E;
     const readout *ro = E->ro;
     size_t NC = E->sw->n, n = it->n, P = it->P, NE = n - P, C = ro->C, V = ro->V, HD = E->H * E->D, l = it->l;
     it->dH = malloc(NC * NE * C * sizeof *it->dH);
     it->dh_set = calloc(NC, 1);
-    if (!it->dH || !it->dh_set) return failf(err, errlen, "out of memory (read-out, seq %zu layer %zu)", it->s, l);
+    if (!it->dH || !it->dh_set) return rp_failf(err, errlen, "out of memory (read-out, seq %zu layer %zu)", it->s, l);
     int any = 0;
     for (size_t c = 0; c < NC; c++) any |= it->ia[c * SA_NF + SA_DIFFERS] != 0;
     if (any) {
@@ -596,7 +581,7 @@ static int layer_readout(item *it, char *err, size_t errlen)
 #pragma omp critical(kvtrace_io)
             bad = kv_trace_read_w_o(E->t, l, w, &ke) != KV_OK;
         }
-        if (bad) { free(w); return failf(err, errlen, "%s", w ? ke.msg : "out of memory (read-out W_O)"); }
+        if (bad) { free(w); return rp_failf(err, errlen, "%s", w ? ke.msg : "out of memory (read-out W_O)"); }
         for (size_t c = 0; c < NC; c++) {
             if (it->ia[c * SA_NF + SA_DIFFERS] == 0) continue;
             float *dh = it->dH + c * NE * C;
@@ -610,18 +595,18 @@ static int layer_readout(item *it, char *err, size_t errlen)
     /* per-layer read-out: logits of h + dH_c (layer l alone) against the full logits */
     float *lf = malloc(RO_BLK * V * sizeof *lf), *lc = malloc(RO_BLK * V * sizeof *lc), *hc = malloc(RO_BLK * C * sizeof *hc);
     int rc = -1;
-    if (!lf || !lc || !hc) { failf(err, errlen, "out of memory (per-layer read-out)"); goto done; }
+    if (!lf || !lc || !hc) { rp_failf(err, errlen, "out of memory (per-layer read-out)"); goto done; }
     for (size_t r0 = 0; r0 < NE; r0 += RO_BLK) {
         size_t nb = NE - r0 < RO_BLK ? NE - r0 : RO_BLK;
         const float *hs = it->hid + (P + r0) * C;
-        if (readout_logits_checked(ro, hs, nb, lf) != KV_OK) { failf(err, errlen, "out of memory (read-out)"); goto done; }
+        if (readout_logits_checked(ro, hs, nb, lf) != KV_OK) { rp_failf(err, errlen, "out of memory (read-out)"); goto done; }
         for (size_t c = 0; c < NC; c++) {
             double *b = it->pl + (c * E->L + l) * PL_NF;
             const float *lcp = lf;
             if (it->dh_set[c]) {
                 const float *dh = it->dH + (c * NE + r0) * C;
                 for (size_t i = 0; i < nb * C; i++) hc[i] = hs[i] + dh[i];
-                if (readout_logits_checked(ro, hc, nb, lc) != KV_OK) { failf(err, errlen, "out of memory (read-out)"); goto done; }
+                if (readout_logits_checked(ro, hc, nb, lc) != KV_OK) { rp_failf(err, errlen, "out of memory (read-out)"); goto done; }
                 lcp = lc;
             }
             for (size_t r = 0; r < nb; r++) {
@@ -630,7 +615,7 @@ static int layer_readout(item *it, char *err, size_t errlen)
                 readout_cmp cmp;
                 readout_compare(lf + r * V, lcp + r * V, V, y, &cmp);
                 if (!isfinite(cmp.logit_kl) || (y >= 0 && (size_t)y < V && !isfinite(cmp.nll_comp))) {
-                    failf(err, errlen, "config '%s': NaN/Inf in per-layer read-out metrics at seq %zu layer %zu position %zu",
+                    rp_failf(err, errlen, "config '%s': NaN/Inf in per-layer read-out metrics at seq %zu layer %zu position %zu",
                           E->sw->cfg[c].canon, it->s, l, t);
                     goto done;
                 }
@@ -645,61 +630,124 @@ done:
     return rc;
 }
 
-static int item_run(item *it)
+/* ---- the work item, in stages ------------------------------------------------------------
+ *
+ * item_run(it) = item_alloc -> item_read -> item_prefill -> for each kv head g:
+ *     item_head_begin (prefill: the caches get their rows back, the decode entries and the
+ *                      static encodings; online: the strategies' states)
+ *     for each block of BLK query rows: item_full_attn (the full cache's attention, shared
+ *         by every configuration), then per configuration item_block_cfg -> per row:
+ *         item_cache_view (the cache this query sees: three cases), item_metrics (per query
+ *         head, through the pure metric functions of metric.h), item_export at t = n - 1,
+ *         item_online_evict
+ *     item_head_end (online export, caches freed)
+ * -> item_readout. Every stage returns 0 or -1 with it->err set. */
+
+/* The scratch of one work item: ONE allocation (item_alloc), views into it that never own.
+ * Freed as a whole by item_free_scratch; nothing in it is resized. */
+typedef struct item_scratch {
+    cstate *cs;             /* [NC][Hkv]   per (configuration, kv head) state, zeroed */
+    rp_cache *pout;         /* [Hkv]       the prefill hook's out[] (copies of cs[c][*].cache) */
+    /* the full cache's attention of one block: G query heads x BLK rows */
+    float *lse;             /* [G][BLK]    log-sum-exp of the kernel (fp32) */
+    float *of;              /* [G][BLK][D] outputs */
+    float *lg;              /* [G][BLK][n] logits */
+    double *pf;             /* [BLK][G][n] probabilities in double, renormalised, on [lo, t] */
+    double *pf2;            /* [BLK][G]    sum of p^2 */
+    double *lz;             /* [BLK][G]    log partition: log p = logit - lz */
+    /* the blocked kernel over one configuration's fixed entry list (bm <= n entries) */
+    float *bz;              /* [G][BLK][bm] logits */
+    float *blse;            /* [G][BLK]    log-sum-exp */
+    float *bout;            /* [G][BLK][D] outputs */
+    /* one query row over one configuration's visible entries */
+    float *z;               /* [n]         logits */
+    float *oc;              /* [D]         output */
+    float *logm;            /* [n]         log multiplicity of each entry (merged caches) */
+    float *bias;            /* [n]         log multiplicity of each selected entry */
+    float *probs;           /* online: [G][n + 1] q over the cache for online_step;
+                               prefill: [n] the row's fp32 probabilities */
+    size_t *idx;            /* [n]         selected entries (select hook) */
+    size_t *evict;          /* [n + 1]     entries online_step evicts */
+    uint8_t *vis;           /* [n + 1]     select's flags */
+    uint8_t *keep;          /* [n + 1]     compaction flags */
+} item_scratch;
+
+#define IT_FAIL(it, ...) rp_failf((it)->err, sizeof (it)->err, __VA_ARGS__)
+
+static size_t slab_take(size_t *total, size_t bytes)
+{
+    size_t off = (*total + 63) & ~(size_t)63;       /* every view 64-byte aligned */
+    *total = off + bytes;
+    return off;
+}
+
+static int item_alloc(item *it, item_scratch *sc)
+{
+    rp_engine *E = it->E;
+    size_t n = it->n, D = E->D, H = E->H, Hkv = E->Hkv, G = E->G, NC = E->sw->n, NE = n - it->P;
+    size_t tot = 0, fz = sizeof(float), dz = sizeof(double), sz = sizeof(size_t);
+    size_t o_cs = slab_take(&tot, NC * Hkv * sizeof(cstate)),
+           o_pout = slab_take(&tot, Hkv * sizeof(rp_cache));
+    size_t o_lse = slab_take(&tot, G * BLK * fz), o_of = slab_take(&tot, G * BLK * D * fz),
+           o_lg = slab_take(&tot, G * BLK * n * fz), o_pf = slab_take(&tot, BLK * G * n * dz),
+           o_pf2 = slab_take(&tot, BLK * G * dz), o_lz = slab_take(&tot, BLK * G * dz),
+           o_bz = slab_take(&tot, G * BLK * n * fz), o_blse = slab_take(&tot, G * BLK * fz),
+           o_bout = slab_take(&tot, G * BLK * D * fz), o_z = slab_take(&tot, n * fz),
+           o_oc = slab_take(&tot, D * fz), o_logm = slab_take(&tot, n * fz), o_bias = slab_take(&tot, n * fz),
+           o_probs = slab_take(&tot, G * (n + 1) * fz), o_idx = slab_take(&tot, n * sz),
+           o_ev = slab_take(&tot, (n + 1) * sz), o_vis = slab_take(&tot, n + 1), o_keep = slab_take(&tot, n + 1);
+    char *b = malloc(tot);
+    if (!b) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+    it->slab = b;
+    /* the layer's tensors are separate allocations, not slab views: with them inside, the
+     * slab passes glibc's largest dynamic mmap threshold (32 MiB) at a few thousand tokens,
+     * and every large buffer the strategies allocate afterwards is mmapped and faulted in
+     * afresh (measured: twice the page faults of the fused 20-configuration sweep at 4k) */
+    it->q = malloc(H * n * D * fz);
+    it->k = malloc(Hkv * n * D * fz);
+    it->v = malloc(Hkv * n * D * fz);
+    if (!it->q || !it->k || !it->v) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+    /* the read-out deltas [NC][NE][HD] stay outside the slab: calloc'd, so the rows of
+     * configurations that never differ from the full cache cost no page */
+    if (E->ro && NE && !(it->dO = calloc(NC * NE * H * D, fz)))     /* item_free_scratch frees the rest */
+        return IT_FAIL(it, "out of memory (read-out deltas, seq %zu layer %zu)", it->s, it->l);
+    sc->cs = (cstate *)(b + o_cs);
+    memset(sc->cs, 0, NC * Hkv * sizeof *sc->cs);
+    sc->pout = (rp_cache *)(b + o_pout);
+    sc->lse = (float *)(b + o_lse); sc->of = (float *)(b + o_of); sc->lg = (float *)(b + o_lg);
+    sc->pf = (double *)(b + o_pf); sc->pf2 = (double *)(b + o_pf2); sc->lz = (double *)(b + o_lz);
+    sc->bz = (float *)(b + o_bz); sc->blse = (float *)(b + o_blse); sc->bout = (float *)(b + o_bout);
+    sc->z = (float *)(b + o_z); sc->oc = (float *)(b + o_oc); sc->logm = (float *)(b + o_logm);
+    sc->bias = (float *)(b + o_bias); sc->probs = (float *)(b + o_probs); sc->idx = (size_t *)(b + o_idx);
+    sc->evict = (size_t *)(b + o_ev); sc->vis = (uint8_t *)(b + o_vis); sc->keep = (uint8_t *)(b + o_keep);
+    it->sc = sc;
+    memset(&it->qcopy, 0, sizeof it->qcopy);
+    it->qcopy.D = D;
+    return 0;
+}
+
+static int item_read(item *it)
+{
+    rp_engine *E = it->E;
+    size_t n = it->n, D = E->D;
+    kv_error ke;
+    int bad = 0;
+#pragma omp critical(kvtrace_io)
+    for (size_t h = 0; h < E->H && !bad; h++)
+        if (kv_trace_read_rows(E->t, KV_Q, it->s, it->l, h, 0, n, it->q + h * n * D, &ke) != KV_OK) bad = 1;
+    if (bad || read_kv(E, it->s, it->l, n, it->k, it->v, &ke)) return IT_FAIL(it, "%s", ke.msg);
+    return 0;
+}
+
+/* Budgets and flags of every (configuration, kv head); prefill: the strategies' prompt caches. */
+static int item_prefill(item *it)
 {
     rp_engine *E = it->E;
     const rp_sweep *sw = E->sw;
-    size_t n = it->n, P = it->P, D = E->D, H = E->H, Hkv = E->Hkv, G = E->G, L = E->L, NC = sw->n;
-    size_t NE = n - P, HD = H * D, l = it->l, s = it->s;
-    const attn_params *ap = &E->ap[l];
+    size_t n = it->n, P = it->P, Hkv = E->Hkv, s = it->s, l = it->l;
     int online = E->o.mode == RP_ONLINE;
-    kv_error ke;
-    int rc = -1;
-    char *err = it->err;
-    size_t errlen = sizeof it->err;
-
-    cstate *cs = calloc(NC * Hkv, sizeof *cs);
-    float *lse = malloc(G * BLK * sizeof *lse), *of = malloc(G * BLK * D * sizeof *of);
-    float *lg = malloc(G * BLK * n * sizeof *lg);
-    double *pf = malloc(BLK * G * n * sizeof *pf), *pf2 = malloc(BLK * G * sizeof *pf2), *lz = malloc(BLK * G * sizeof *lz);
-    float *bz = malloc(G * BLK * n * sizeof *bz), *blse = malloc(G * BLK * sizeof *blse), *bout = malloc(G * BLK * D * sizeof *bout);
-    float *z = malloc(n * sizeof *z), *oc = malloc(D * sizeof *oc), *logm = malloc(n * sizeof *logm);
-    float *bias = malloc(n * sizeof *bias), *probs = malloc(G * (n + 1) * sizeof *probs);
-    size_t *idx = malloc(n * sizeof *idx), *evict = malloc((n + 1) * sizeof *evict);
-    uint8_t *vis = malloc(n + 1), *keep = malloc(n + 1);
-    rp_cache scratch;
-    memset(&scratch, 0, sizeof scratch);
-    scratch.D = D;
-    if (!cs || !lse || !of || !lg || !bz || !blse || !bout || !pf || !pf2 || !lz || !z || !oc || !logm || !bias || !probs || !idx || !evict || !vis || !keep) {
-        failf(err, errlen, "out of memory (seq %zu layer %zu)", s, l);
-        goto done;
-    }
-    it->q = malloc(H * n * D * sizeof *it->q);
-    it->k = malloc(Hkv * n * D * sizeof *it->k);
-    it->v = malloc(Hkv * n * D * sizeof *it->v);
-    if (!it->q || !it->k || !it->v) { failf(err, errlen, "out of memory (seq %zu layer %zu)", s, l); goto done; }
-    if (E->ro && NE && !(it->dO = calloc(NC * NE * HD, sizeof *it->dO))) {
-        failf(err, errlen, "out of memory (read-out deltas, seq %zu layer %zu)", s, l);
-        goto done;
-    }
-    {
-        int bad = 0;
-#pragma omp critical(kvtrace_io)
-        for (size_t h = 0; h < H && !bad; h++)
-            if (kv_trace_read_rows(E->t, KV_Q, s, l, h, 0, n, it->q + h * n * D, &ke) != KV_OK) bad = 1;
-        if (bad || read_kv(E, s, l, n, it->k, it->v, &ke)) { failf(err, errlen, "%s", ke.msg); goto done; }
-    }
-
-    rp_layer_ctx ctx = {
-        .seq = s, .layer = l, .n_layers = L, .H = H, .Hkv = Hkv, .G = G, .D = D, .n = n,
-        .P = online ? n : P, .q = it->q, .k = it->k, .v = it->v, .ap = *ap, .info = E->in,
-        .rope_cos = E->rope_cos, .rope_sin = E->rope_sin, .rotary_dim = E->R,
-        .rope_interleaved = E->interleaved, .prompt_attn = cb_prompt_attn, .layer_kv = cb_layer_kv,
-        .engine = it, .gqa_reduce = E->o.gqa_reduce,
-    };
-
-    /* per configuration: budgets, prefill caches, static encodings */
-    for (size_t c = 0; c < NC; c++) {
+    cstate *cs = it->sc->cs;
+    for (size_t c = 0; c < sw->n; c++) {
         const rp_config *cf = &sw->cfg[c];
         uint64_t seed = mix64(mix64(cf->hash, s), l);
         size_t B;
@@ -707,35 +755,30 @@ static int item_run(item *it)
         int td = online || rp_view_active(cf->evict, cf->evict_cfg) || (cf->evict->encode && cf->evict->time_dependent) ||
                  (cf->enc && cf->enc->time_dependent);
         for (size_t g = 0; g < Hkv; g++) {
-            cs[c * Hkv + g].B = B;
-            cs[c * Hkv + g].seed = seed;
-            cs[c * Hkv + g].td = td && cfg_has_encoder(cf);
-            cs[c * Hkv + g].inc = cs[c * Hkv + g].td && cf->enc && cf->enc->encode_extend &&
-                                  !cf->evict->encode && !rp_view_active(cf->evict, cf->evict_cfg);
-            cs[c * Hkv + g].cache.D = D;
+            cstate *st = &cs[c * Hkv + g];
+            st->B = B;
+            st->seed = seed;
+            st->td = td && cfg_has_encoder(cf);
+            st->inc = st->td && cf->enc && cf->enc->encode_extend && !cf->evict->encode &&
+                      !rp_view_active(cf->evict, cf->evict_cfg);
+            st->cache.D = E->D;
         }
         if (online) continue;
-        rp_cache *out = malloc(Hkv * sizeof *out);
-        if (!out) { failf(err, errlen, "out of memory"); goto done; }
+        rp_cache *out = it->sc->pout;
         for (size_t g = 0; g < Hkv; g++) out[g] = cs[c * Hkv + g].cache;
-        ctx.seed = seed;
+        it->ctx.seed = seed;
         char e2[512] = "";
-        int prc = cf->evict->prefill(cf->evict_cfg, &ctx, B, out, e2, sizeof e2);
+        int prc = cf->evict->prefill(cf->evict_cfg, &it->ctx, B, out, e2, sizeof e2);
         for (size_t g = 0; g < Hkv; g++) cs[c * Hkv + g].cache = out[g];
-        free(out);
-        if (prc) {
-            failf(err, errlen, "config '%s': %s prefill failed at seq %zu layer %zu: %s", cf->canon, cf->evict->name,
-                  s, l, e2[0] ? e2 : "error");
-            goto done;
-        }
+        if (prc)
+            return IT_FAIL(it, "config '%s': %s prefill failed at seq %zu layer %zu: %s", cf->canon, cf->evict->name,
+                           s, l, e2[0] ? e2 : "error");
         for (size_t g = 0; g < Hkv; g++) {
             rp_cache *cc = &cs[c * Hkv + g].cache;
             char why[256];
-            if (cache_check(cc, P, why, sizeof why)) {
-                failf(err, errlen, "config '%s': %s prefill at seq %zu layer %zu kv head %zu: %s", cf->canon,
-                      cf->evict->name, s, l, g, why);
-                goto done;
-            }
+            if (cache_check(cc, P, why, sizeof why))
+                return IT_FAIL(it, "config '%s': %s prefill at seq %zu layer %zu kv head %zu: %s", cf->canon,
+                               cf->evict->name, s, l, g, why);
             /* memory (issue 7): plain unmodified entries are rows of the trace; keep their
              * positions only until this kv head is evaluated */
             if (!cc->modified && !cache_merged(cc)) {
@@ -745,317 +788,401 @@ static int item_run(item *it)
             }
         }
     }
-
-    for (size_t h = 0; h < H; h++) {     /* prompt rows served the prefills; encoders re-fetch */
+    for (size_t h = 0; h < E->H; h++) {     /* prompt rows served the prefills; encoders re-fetch */
         free(it->pa[h]);
         it->pa[h] = NULL;
     }
-    for (size_t g = 0; g < Hkv; g++) {
-        const float *K = it->k + g * n * D, *Vv = it->v + g * n * D;
-        /* prefill: this kv head's caches get their rows back, the exact decode entries
-         * [P, n) and the static encodings; they are freed after the head */
-        for (size_t c = 0; !online && c < NC; c++) {
-            const rp_config *cf = &sw->cfg[c];
-            cstate *st = &cs[c * Hkv + g];
-            rp_cache *cc = &st->cache;
-            if (st->dry) {
-                size_t cap = cc->cap ? cc->cap : 1;
-                cc->k = malloc(cap * D * sizeof *cc->k);
-                cc->v = malloc(cap * D * sizeof *cc->v);
-                if (!cc->k || !cc->v) { failf(err, errlen, "out of memory"); goto done; }
-                for (size_t e = 0; e < cc->n; e++) {
-                    memcpy(cc->k + e * D, K + (size_t)cc->pos[e] * D, D * sizeof *cc->k);
-                    memcpy(cc->v + e * D, Vv + (size_t)cc->pos[e] * D, D * sizeof *cc->v);
-                }
-                st->dry = 0;
-            }
-            if (rp_cache_reserve(cc, cc->n + (n - P), cc->n_members)) { failf(err, errlen, "out of memory"); goto done; }
-            for (size_t t = P; t < n; t++)
-                if (rp_cache_push(cc, (int32_t)t, K + t * D, Vv + t * D)) { failf(err, errlen, "out of memory"); goto done; }
-            ctx.seed = st->seed;
-            if (cfg_has_encoder(cf) && !st->td) {
-                if (run_encoders(cf, &ctx, g, n - 1, cc, err, errlen)) goto done;
-                st->static_enc = 1;
-            }
+    return 0;
+}
+
+/* Prefill: configuration c's cache of kv head g gets its rows back, the exact decode entries
+ * [P, n) and its static encoding (freed after the head). */
+static int item_head_prefill(item *it, size_t c, size_t g)
+{
+    rp_engine *E = it->E;
+    size_t n = it->n, P = it->P, D = E->D;
+    const rp_config *cf = &E->sw->cfg[c];
+    cstate *st = &it->sc->cs[c * E->Hkv + g];
+    rp_cache *cc = &st->cache;
+    const float *K = it->k + g * n * D, *Vv = it->v + g * n * D;
+    if (st->dry) {
+        size_t cap = cc->cap ? cc->cap : 1;
+        cc->k = malloc(cap * D * sizeof *cc->k);
+        cc->v = malloc(cap * D * sizeof *cc->v);
+        if (!cc->k || !cc->v) return IT_FAIL(it, "out of memory");
+        for (size_t e = 0; e < cc->n; e++) {
+            memcpy(cc->k + e * D, K + (size_t)cc->pos[e] * D, D * sizeof *cc->k);
+            memcpy(cc->v + e * D, Vv + (size_t)cc->pos[e] * D, D * sizeof *cc->v);
         }
-        if (online)
-            for (size_t c = 0; c < NC; c++) {
-                const rp_config *cf = &sw->cfg[c];
-                cstate *st = &cs[c * Hkv + g];
-                ctx.seed = st->seed;
-                st->ost = cf->evict->online_new(cf->evict_cfg, &ctx, g, st->B);
-                if (!st->ost) { failf(err, errlen, "config '%s': %s online state: out of memory", cf->canon, cf->evict->name); goto done; }
-                if (E->o.export_evict_hook) {
-                    if (!st->evat && !(st->evat = malloc(n * sizeof *st->evat))) { failf(err, errlen, "out of memory (export)"); goto done; }
-                    for (size_t j = 0; j < n; j++) st->evat[j] = (int32_t)n;
-                }
+        st->dry = 0;
+    }
+    if (rp_cache_reserve(cc, cc->n + (n - P), cc->n_members)) return IT_FAIL(it, "out of memory");
+    for (size_t t = P; t < n; t++)
+        if (rp_cache_push(cc, (int32_t)t, K + t * D, Vv + t * D)) return IT_FAIL(it, "out of memory");
+    it->ctx.seed = st->seed;
+    if (cfg_has_encoder(cf) && !st->td) {
+        if (run_encoders(cf, &it->ctx, g, n - 1, cc, it->err, sizeof it->err)) return -1;
+        st->static_enc = 1;
+    }
+    return 0;
+}
+
+/* Online: configuration c's eviction state of kv head g (and its eviction times). */
+static int item_head_online(item *it, size_t c, size_t g)
+{
+    rp_engine *E = it->E;
+    const rp_config *cf = &E->sw->cfg[c];
+    cstate *st = &it->sc->cs[c * E->Hkv + g];
+    it->ctx.seed = st->seed;
+    st->ost = cf->evict->online_new(cf->evict_cfg, &it->ctx, g, st->B);
+    if (!st->ost) return IT_FAIL(it, "config '%s': %s online state: out of memory", cf->canon, cf->evict->name);
+    if (E->o.export_evict_hook) {
+        if (!st->evat && !(st->evat = malloc(it->n * sizeof *st->evat))) return IT_FAIL(it, "out of memory (export)");
+        for (size_t j = 0; j < it->n; j++) st->evat[j] = (int32_t)it->n;
+    }
+    return 0;
+}
+
+/* The full cache's attention of rows [tb, te) of kv head g's query heads, and their
+ * probabilities in double (renormalised: the kernel's lse is fp32), shared by every
+ * configuration. */
+static int item_full_attn(item *it, size_t g, size_t tb, size_t te)
+{
+    rp_engine *E = it->E;
+    item_scratch *sc = it->sc;
+    size_t n = it->n, D = E->D, G = E->G;
+    const attn_params *ap = &E->ap[it->l];
+    for (size_t i = 0; i < G; i++)
+        attn_full_rows(it->q + (g * G + i) * n * D, it->k + g * n * D, it->v + g * n * D, n, D, tb, te, ap,
+                       sc->lse + i * BLK, sc->of + i * BLK * D, sc->lg + i * BLK * n);
+    for (size_t t = tb; t < te; t++) {
+        size_t r = t - tb, lo = attn_lo(t, ap->window);
+        double *pft = sc->pf + r * G * n;
+        for (size_t i = 0; i < G; i++) {
+            double L0 = sc->lse[i * BLK + r], s2 = 0, Z = 0;
+            const float *row = sc->lg + (i * BLK + r) * n;
+            if (!isfinite(L0))
+                return IT_FAIL(it, "non-finite full attention (NaN/Inf in the trace?) at seq %zu layer %zu head %zu position %zu",
+                               it->s, it->l, g * G + i, t);
+            for (size_t j = lo; j <= t; j++) Z += (pft[i * n + j] = exp((double)row[j] - L0));
+            for (size_t j = lo; j <= t; j++) {
+                double p = pft[i * n + j] / Z;
+                pft[i * n + j] = p;
+                s2 += p * p;
             }
-        size_t t_start = online ? 0 : P;
-        for (size_t tb = t_start; tb < n; tb += BLK) {
-            size_t te = tb + BLK < n ? tb + BLK : n;
-            for (size_t i = 0; i < G; i++) {
-                size_t h = g * G + i;
-                attn_full_rows(it->q + h * n * D, K, Vv, n, D, tb, te, ap, lse + i * BLK, of + i * BLK * D,
-                               lg + i * BLK * n);
-            }
-            for (size_t t = tb; t < te; t++) {
-                size_t r = t - tb, lo = attn_lo(t, ap->window);
-                double *pft = pf + r * G * n, *pf2t = pf2 + r * G, *lzt = lz + r * G;
-                /* full-cache probabilities of the block's rows, shared by every configuration */
-                for (size_t i = 0; i < G; i++) {
-                    /* p in double, renormalised (the kernel's lse is fp32): sums to 1 */
-                    double L0 = lse[i * BLK + r], s2 = 0, Z = 0;
-                    const float *row = lg + (i * BLK + r) * n;
-                    if (!isfinite(L0)) {
-                        failf(err, errlen, "non-finite full attention (NaN/Inf in the trace?) at seq %zu layer %zu head %zu position %zu",
-                              s, l, g * G + i, t);
-                        goto done;
-                    }
-                    for (size_t j = lo; j <= t; j++) Z += (pft[i * n + j] = exp((double)row[j] - L0));
-                    for (size_t j = lo; j <= t; j++) {
-                        double p = pft[i * n + j] / Z;
-                        pft[i * n + j] = p;
-                        s2 += p * p;
-                    }
-                    pf2t[i] = s2;
-                    lzt[i] = L0 + log(Z);
-                }
-            }
-            for (size_t c = 0; c < NC; c++) {
-                const rp_config *cf0 = &sw->cfg[c];
-                const rp_cache *cc0 = &cs[c * Hkv + g].cache;
-                /* prefill, static cache, no per-query selection, no merges, no window: the
-                 * block's rows attend over a prefix of one fixed entry list (row t sees
-                 * entries [0, t + 1 - shift)), so one blocked kernel call serves the block */
-                int blocked = !online && !cs[c * Hkv + g].td && !cf0->evict->select && ap->window <= 0 &&
-                              !cache_merged(cc0) && !(cc0->n == n && !cc0->modified);
-                size_t bm = cc0->n;
-                if (blocked) {
-                    size_t shift = n - bm;
-                    for (size_t i = 0; i < G; i++)
-                        attn_full_rows(it->q + (g * G + i) * n * D + shift * D, cc0->k, cc0->v, bm, D, tb - shift,
-                                       te - shift, ap, blse + i * BLK, bout + i * BLK * D, bz + i * BLK * bm);
-                }
-                for (size_t t = tb; t < te; t++) {
-                    size_t r = t - tb, lo = attn_lo(t, ap->window), nfull = t + 1 - lo;
-                    int eval = t >= P;
-                    const double *pft = pf + r * G * n, *pf2t = pf2 + r * G, *lzt = lz + r * G;
-                        const rp_config *cf = &sw->cfg[c];
-                        cstate *st = &cs[c * Hkv + g];
-                        double *ia = it->ia + c * SA_NF;
-                        rp_cache *cache = &st->cache;
-                        ctx.seed = st->seed;
-                        if (online && rp_cache_push(cache, (int32_t)t, K + t * D, Vv + t * D)) {
-                            failf(err, errlen, "out of memory"); goto done;
-                        }
-                        size_t nv = online ? cache->n : cache->n - (n - 1 - t);   /* prefill: prefix up to t */
-                        rp_cache view;
-                        int reindexed = 0;
-                        if (st->inc) {        /* the encoding of the previous prefix, extended */
-                            if (!st->enc_n || nv < st->enc_n) {
-                                if (cache_copy_prefix(&st->enc, cache, nv)) { failf(err, errlen, "out of memory"); goto done; }
-                                if (run_encoders(cf, &ctx, g, t, &st->enc, err, errlen)) goto done;
-                            } else {
-                                size_t m0 = st->enc_n;
-                                char e2[512] = "";
-                                for (size_t e = m0; e < nv; e++)
-                                    if (cache_append(&st->enc, cache, e)) { failf(err, errlen, "out of memory"); goto done; }
-                                if (cf->enc->encode_extend(cf->enc_cfg, &ctx, g, t, &st->enc, m0, e2, sizeof e2)) {
-                                    failf(err, errlen, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
-                                          cf->enc->name, s, l, g, e2);
-                                    goto done;
-                                }
-                            }
-                            st->enc_n = nv;
-                            view = st->enc;
-                        } else if (st->td) {
-                            if (cache_copy_prefix(&scratch, cache, nv)) { failf(err, errlen, "out of memory"); goto done; }
-                            if (run_encoders(cf, &ctx, g, t, &scratch, err, errlen)) goto done;
-                            if (rp_view_active(cf->evict, cf->evict_cfg) && !scratch.modified)
-                                reindexed = memcmp(scratch.k, cache->k, nv * D * sizeof *scratch.k) ||
-                                            memcmp(scratch.v, cache->v, nv * D * sizeof *scratch.v);
-                            view = scratch;
-                        } else {
-                            view = *cache;
-                            view.n = nv;
-                            if (view.mem_off) view.n_members = (size_t)view.mem_off[nv];
-                        }
-                        if (st->evat && (reindexed || view.modified)) {
-                            failf(err, errlen, "config '%s': --export under --mode online: its rows change with the query "
-                                  "position (a re-indexing view); only eviction can be exported online", cf->canon);
-                            goto done;
-                        }
-                        int merged = cache_merged(&view);
-                        if (merged)
-                            for (size_t e = 0; e < nv; e++) logm[e] = logf((float)view.mult[e]);
-                        size_t elo = 0;       /* first entry inside the window */
-                        if (lo) { size_t a = 0, b = nv; while (a < b) { size_t m = (a + b) / 2; if ((size_t)view.pos[m] < lo) a = m + 1; else b = m; } elo = a; }
-                        if (online) memset(probs, 0, G * nv * sizeof *probs);
-                        for (size_t i = 0; i < G; i++) {
-                            size_t h = g * G + i;
-                            const float *qt = it->q + (h * n + t) * D, *row = lg + (i * BLK + r) * n;
-                            const float *o = of + (i * BLK + r) * D;
-                            size_t cnt = 0;
-                            const size_t *ix = NULL;
-                            if (cf->evict->select) {
-                                memset(vis, 0, nv);
-                                cf->evict->select(cf->evict_cfg, &ctx, h, t, qt, &view, st->B, vis);
-                                for (size_t e = elo; e < nv; e++) if (vis[e]) idx[cnt++] = e;
-                                ix = idx;
-                            } else {
-                                cnt = nv - elo;
-                            }
-                            double cosv, ocos, orel, kl, rec;
-                            int fast = cnt == nfull && !view.modified && !reindexed && !merged;
-                            if (fast) {
-                                cosv = ocos = rec = 1.0; orel = kl = 0.0;
-                                if (online) for (size_t r2 = 0; r2 < cnt; r2++) {
-                                    size_t e = ix ? ix[r2] : elo + r2;
-                                    probs[i * nv + e] = (float)pft[i * n + view.pos[e]];
-                                }
-                            } else {
-                                if (cnt == 0) {
-                                    failf(err, errlen, "config '%s': no visible cache entry for seq %zu layer %zu head %zu position %zu",
-                                          cf->canon, s, l, h, t);
-                                    goto done;
-                                }
-                                float lc;
-                                const float *bb = NULL;
-                                if (merged) {
-                                    if (ix) { for (size_t r2 = 0; r2 < cnt; r2++) bias[r2] = logm[ix[r2]]; bb = bias; }
-                                    else bb = logm + elo;
-                                }
-                                const float *zr = z, *ocr = oc;
-                                if (blocked) {          /* rows of this block, computed at once above */
-                                    lc = blse[i * BLK + r];
-                                    zr = bz + (i * BLK + r) * bm;
-                                    ocr = bout + (i * BLK + r) * D;
-                                } else if (ix) attn_entries(qt, view.k, view.v, ix, bb, cnt, D, ap, &lc, oc, z);
-                                else attn_entries(qt, view.k + elo * D, view.v + elo * D, NULL, bb, cnt, D, ap, &lc, oc, z);
-                                double L0 = lzt[i];
-                                metric_sums ma = { 0, 0, 0, 0 };
-                                if (!view.mem_off) {    /* plain entries: one member each, multiplicity 1 */
-                                    /* prefill: the probabilities with the kernels' vectorised exp
-                                     * (fp32, ~1 ulp; they weight the cosine and KL terms, whose
-                                     * log-ratios stay double); online keeps double exp: its
-                                     * probabilities drive eviction decisions */
-                                    if (!online) attn_exp_shift(zr, cnt, lc, probs);
-                                    for (size_t r2 = 0; r2 < cnt; r2++) {
-                                        size_t e = ix ? ix[r2] : elo + r2, j = (size_t)view.pos[e];
-                                        double lq = (double)zr[r2] - lc, pe = online ? exp(lq) : (double)probs[r2];
-                                        if (online) probs[i * nv + e] = (float)pe;
-                                        if (j < lo || j > t) continue;
-                                        metric_acc(&ma, pe, lq, pft[i * n + j], (double)row[j] - L0);
-                                    }
-                                }
-                                for (size_t r2 = 0; view.mem_off && r2 < cnt; r2++) {
-                                    size_t e = ix ? ix[r2] : elo + r2;
-                                    double pe = exp((double)zr[r2] - lc);
-                                    if (online) probs[i * nv + e] = (float)pe;
-                                    double m = view.mult[e], share = pe / m, lq = (double)zr[r2] - lc - log(m);
-                                    size_t a = view.mem_off ? (size_t)view.mem_off[e] : 0;
-                                    for (size_t k2 = 0; k2 < (size_t)view.mult[e]; k2++) {
-                                        size_t j = view.mem_off ? (size_t)view.members[a + k2] : (size_t)view.pos[e];
-                                        if (j < lo || j > t) continue;
-                                        metric_acc(&ma, share, lq, pft[i * n + j], (double)row[j] - L0);
-                                    }
-                                }
-                                kl = ma.kl; rec = ma.rec;
-                                cosv = (pf2t[i] > 0 && ma.sq > 0) ? ma.dot / sqrt(pf2t[i] * ma.sq) : 0.0;
-                                if (kl < 0) kl = 0;
-                                double oo = 0, cc2 = 0, oc2 = 0, dd = 0;
-                                for (size_t d = 0; d < D; d++) {
-                                    double a1 = o[d], b1 = ocr[d];
-                                    oo += a1 * a1; cc2 += b1 * b1; oc2 += a1 * b1; dd += (a1 - b1) * (a1 - b1);
-                                }
-                                if (oo == 0 && cc2 == 0) ocos = 1;
-                                else if (oo == 0 || cc2 == 0) ocos = 0;
-                                else ocos = oc2 / sqrt(oo * cc2);
-                                orel = oo > 0 ? sqrt(dd / oo) : (cc2 == 0 ? 0 : 1);
-                                if (!isfinite(cosv) || !isfinite(ocos) || !isfinite(orel) || !isfinite(kl) || !isfinite(rec) || !isfinite(lc)) {
-                                    failf(err, errlen, "config '%s': NaN/Inf in metrics at seq %zu layer %zu head %zu position %zu",
-                                          cf->canon, s, l, h, t);
-                                    goto done;
-                                }
-                                ia[SA_DIFFERS] = 1;
-                                if (eval && it->dO) {
-                                    float *dst = it->dO + (c * NE + (t - P)) * HD + h * D;
-                                    for (size_t d = 0; d < D; d++) dst[d] = ocr[d] - o[d];
-                                }
-                            }
-                            if (eval) {
-                                double *ha = it->ha + ((c * L + l) * H + h) * HA_NF;
-                                ha[HA_N] += 1; ha[HA_COS] += cosv; ha[HA_OCOS] += ocos; ha[HA_OREL] += orel;
-                                ha[HA_KL] += kl; ha[HA_REC] += rec;
-                                ha[HA_KEEP] += (double)cnt / (double)nfull; ha[HA_BUDGET] += (double)cnt;
-                            }
-                        }
-                        if (t == n - 1) {
-                            account_last(it, cf, c, g, &view);
-                            /* export (issue 8): hand the cache the last position sees to the exporter */
-                            if (E->o.export_hook && E->o.export_hook(E->o.export_ud, c, s, l, g, n, P, &view)) {
-                                failf(err, errlen, "out of memory (export)"); goto done;
-                            }
-                        }
-                        if (online && cache->n > st->B) {
-                            size_t ne = cf->evict->online_step(st->ost, &ctx, g, t, cache, probs, st->B, evict);
-                            memset(keep, 1, cache->n);
-                            size_t dropped = 0;
-                            for (size_t q2 = 0; q2 < ne; q2++) {
-                                if (evict[q2] >= cache->n || !keep[evict[q2]]) {
-                                    failf(err, errlen, "config '%s': %s named an invalid entry to evict at seq %zu layer %zu kv head %zu position %zu",
-                                          cf->canon, cf->evict->name, s, l, g, t);
-                                    goto done;
-                                }
-                                keep[evict[q2]] = 0;
-                                if (st->evat) st->evat[cache->pos[evict[q2]]] = (int32_t)(t + 1);
-                                dropped++;
-                            }
-                            if (cache->n - dropped > st->B) {
-                                failf(err, errlen, "config '%s': %s kept %zu entries, budget %zu (seq %zu layer %zu kv head %zu position %zu)",
-                                      cf->canon, cf->evict->name, cache->n - dropped, st->B, s, l, g, t);
-                                goto done;
-                            }
-                            rp_cache_compact(cache, keep);
-                            if (dropped) st->enc_n = 0;     /* the cache is no longer a grown prefix */
-                        }
-                }
-            }
-        }
-        if (online)
-            for (size_t c = 0; c < NC; c++) {
-                cstate *st = &cs[c * Hkv + g];
-                if (st->ost) sw->cfg[c].evict->online_free(st->ost);
-                st->ost = NULL;
-                if (st->evat && E->o.export_evict_hook(E->o.export_ud, c, s, l, g, n, P, st->evat)) {
-                    failf(err, errlen, "out of memory (export)"); goto done;
-                }
-            }
-        for (size_t c = 0; c < NC; c++) {     /* this head is done */
-            rp_cache_free(&cs[c * Hkv + g].cache);
-            rp_cache_free(&cs[c * Hkv + g].enc);
+            sc->pf2[r * G + i] = s2;
+            sc->lz[r * G + i] = L0 + log(Z);
         }
     }
-    if (E->ro && NE && layer_readout(it, err, errlen)) goto done;
-    rc = 0;
-done:
-    free(it->dO);
-    it->dO = NULL;
-    if (cs) {
-        for (size_t i = 0; i < NC * Hkv; i++) {
-            if (cs[i].ost) sw->cfg[i / Hkv].evict->online_free(cs[i].ost);
+    return 0;
+}
+
+/* What one query row of one configuration sees. */
+typedef struct row_view {
+    rp_cache view;          /* the visible cache (a view: owns nothing) */
+    size_t nv;              /* its entries */
+    size_t elo;             /* first entry inside the window */
+    int reindexed;          /* a re-indexing view changed rows without reconstruction */
+    int merged;             /* entries of multiplicity > 1 */
+} row_view;
+
+/* The cache query t of configuration c sees, in one of three cases: the incremental encoding
+ * of a growing prefix (inc), a per-query encoded copy (td), or a prefix view of the cache. */
+static int item_cache_view(item *it, size_t c, size_t g, size_t t, row_view *rv)
+{
+    rp_engine *E = it->E;
+    const rp_config *cf = &E->sw->cfg[c];
+    cstate *st = &it->sc->cs[c * E->Hkv + g];
+    rp_cache *cache = &st->cache;
+    int online = E->o.mode == RP_ONLINE;
+    size_t n = it->n, D = E->D;
+    size_t nv = online ? cache->n : cache->n - (n - 1 - t);   /* prefill: prefix up to t */
+    rv->reindexed = 0;
+    if (st->inc) {                      /* the encoding of the previous prefix, extended */
+        if (!st->enc_n || nv < st->enc_n) {
+            if (cache_copy_prefix(&st->enc, cache, nv)) return IT_FAIL(it, "out of memory");
+            if (run_encoders(cf, &it->ctx, g, t, &st->enc, it->err, sizeof it->err)) return -1;
+        } else {
+            size_t m0 = st->enc_n;
+            char e2[512] = "";
+            for (size_t e = m0; e < nv; e++)
+                if (cache_append(&st->enc, cache, e)) return IT_FAIL(it, "out of memory");
+            if (cf->enc->encode_extend(cf->enc_cfg, &it->ctx, g, t, &st->enc, m0, e2, sizeof e2))
+                return IT_FAIL(it, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
+                               cf->enc->name, it->s, it->l, g, e2);
+        }
+        st->enc_n = nv;
+        rv->view = st->enc;
+    } else if (st->td) {                /* a copy encoded for this query */
+        rp_cache *qc = &it->qcopy;
+        if (cache_copy_prefix(qc, cache, nv)) return IT_FAIL(it, "out of memory");
+        if (run_encoders(cf, &it->ctx, g, t, qc, it->err, sizeof it->err)) return -1;
+        if (rp_view_active(cf->evict, cf->evict_cfg) && !qc->modified)
+            rv->reindexed = memcmp(qc->k, cache->k, nv * D * sizeof *qc->k) ||
+                            memcmp(qc->v, cache->v, nv * D * sizeof *qc->v);
+        rv->view = *qc;
+    } else {                            /* the cache itself, up to t */
+        rv->view = *cache;
+        rv->view.n = nv;
+        if (rv->view.mem_off) rv->view.n_members = (size_t)rv->view.mem_off[nv];
+    }
+    if (st->evat && (rv->reindexed || rv->view.modified))
+        return IT_FAIL(it, "config '%s': --export under --mode online: its rows change with the query "
+                       "position (a re-indexing view); only eviction can be exported online", cf->canon);
+    rv->nv = nv;
+    rv->merged = cache_merged(&rv->view);
+    if (rv->merged)
+        for (size_t e = 0; e < nv; e++) it->sc->logm[e] = logf((float)rv->view.mult[e]);
+    size_t lo = attn_lo(t, E->ap[it->l].window), a = 0, b = nv;
+    while (lo && a < b) {               /* first entry inside the window */
+        size_t m = (a + b) / 2;
+        if ((size_t)rv->view.pos[m] < lo) a = m + 1; else b = m;
+    }
+    rv->elo = lo ? a : 0;
+    return 0;
+}
+
+/* Whether configuration c's rows of the block come from one blocked kernel call (on), over
+ * its bm entries; otherwise each row is computed alone. */
+typedef struct blocked_rows { int on; size_t bm; } blocked_rows;
+
+/* Metrics of query row t (block row r) for every query head of kv head g, configuration c. */
+static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const row_view *rv, blocked_rows br)
+{
+    rp_engine *E = it->E;
+    item_scratch *sc = it->sc;
+    const rp_config *cf = &E->sw->cfg[c];
+    cstate *st = &sc->cs[c * E->Hkv + g];
+    const attn_params *ap = &E->ap[it->l];
+    int online = E->o.mode == RP_ONLINE;
+    size_t n = it->n, P = it->P, D = E->D, G = E->G, H = E->H, NE = n - P, nv = rv->nv, elo = rv->elo;
+    size_t lo = attn_lo(t, ap->window), nfull = t + 1 - lo;
+    const rp_cache *view = &rv->view;
+    const double *pft = sc->pf + r * G * n;
+    if (online) memset(sc->probs, 0, G * nv * sizeof *sc->probs);
+    for (size_t i = 0; i < G; i++) {
+        size_t h = g * G + i, cnt = 0;
+        const float *qt = it->q + (h * n + t) * D, *o = sc->of + (i * BLK + r) * D;
+        const size_t *ix = NULL;
+        if (cf->evict->select) {
+            memset(sc->vis, 0, nv);
+            cf->evict->select(cf->evict_cfg, &it->ctx, h, t, qt, view, st->B, sc->vis);
+            for (size_t e = elo; e < nv; e++) if (sc->vis[e]) sc->idx[cnt++] = e;
+            ix = sc->idx;
+        } else {
+            cnt = nv - elo;
+        }
+        rp_row_metrics rm = { 1.0, 0.0, 1.0 };
+        double ocos = 1.0, orel = 0.0;
+        if (cnt == nfull && !view->modified && !rv->reindexed && !rv->merged) {
+            /* the full cache's entries with original rows: its results, bit for bit */
+            if (online)
+                for (size_t r2 = 0; r2 < cnt; r2++) {
+                    size_t e = ix ? ix[r2] : elo + r2;
+                    sc->probs[i * nv + e] = (float)pft[i * n + view->pos[e]];
+                }
+        } else {
+            if (cnt == 0)
+                return IT_FAIL(it, "config '%s': no visible cache entry for seq %zu layer %zu head %zu position %zu",
+                               cf->canon, it->s, it->l, h, t);
+            float lc;
+            const float *bb = NULL, *zr = sc->z, *ocr = sc->oc;
+            if (rv->merged) {
+                if (ix) { for (size_t r2 = 0; r2 < cnt; r2++) sc->bias[r2] = sc->logm[ix[r2]]; bb = sc->bias; }
+                else bb = sc->logm + elo;
+            }
+            if (br.on) {                /* rows of this block, computed at once */
+                lc = sc->blse[i * BLK + r];
+                zr = sc->bz + (i * BLK + r) * br.bm;
+                ocr = sc->bout + (i * BLK + r) * D;
+            } else if (ix) {
+                attn_entries(qt, view->k, view->v, ix, bb, cnt, D, ap, &lc, sc->oc, sc->z);
+            } else {
+                attn_entries(qt, view->k + elo * D, view->v + elo * D, NULL, bb, cnt, D, ap, &lc, sc->oc, sc->z);
+            }
+            /* prefill, plain entries: q with the kernels' vectorised exp (fp32, ~1 ulp; they
+             * weight the cosine and KL terms, whose log-ratios stay double); online keeps
+             * double exp: its probabilities drive eviction decisions */
+            int q32 = !online && !view->mem_off;
+            if (q32) attn_exp_shift(zr, cnt, lc, sc->probs);
+            rp_row_full rf = { .lo = lo, .t = t, .p = pft + i * n, .logit = sc->lg + (i * BLK + r) * n,
+                               .lz = sc->lz[r * G + i], .p2 = sc->pf2[r * G + i] };
+            rp_row_comp cp = { .cnt = cnt, .ent = ix, .first = elo, .z = zr, .lse = lc,
+                               .q32 = q32 ? sc->probs : NULL, .pos = view->pos, .mult = view->mult,
+                               .mem_off = view->mem_off, .members = view->members };
+            rp_attn_row_metrics(&rf, &cp, online ? sc->probs + i * nv : NULL, &rm);
+            rp_out_row_metrics(o, ocr, D, &ocos, &orel);
+            if (!isfinite(rm.attn_cos) || !isfinite(ocos) || !isfinite(orel) || !isfinite(rm.attn_kl) ||
+                !isfinite(rm.mass_recall) || !isfinite(lc))
+                return IT_FAIL(it, "config '%s': NaN/Inf in metrics at seq %zu layer %zu head %zu position %zu",
+                               cf->canon, it->s, it->l, h, t);
+            it->ia[c * SA_NF + SA_DIFFERS] = 1;
+            if (t >= P && it->dO) {
+                float *dst = it->dO + (c * NE + (t - P)) * H * D + h * D;
+                for (size_t d = 0; d < D; d++) dst[d] = ocr[d] - o[d];
+            }
+        }
+        if (t >= P) {
+            double *ha = it->ha + ((c * E->L + it->l) * H + h) * HA_NF;
+            ha[HA_N] += 1; ha[HA_COS] += rm.attn_cos; ha[HA_OCOS] += ocos; ha[HA_OREL] += orel;
+            ha[HA_KL] += rm.attn_kl; ha[HA_REC] += rm.mass_recall;
+            ha[HA_KEEP] += (double)cnt / (double)nfull; ha[HA_BUDGET] += (double)cnt;
+        }
+    }
+    return 0;
+}
+
+/* The cache the last position sees: bytes, reconstruction error, the export hook. */
+static int item_export(item *it, size_t c, size_t g, const rp_cache *view)
+{
+    rp_engine *E = it->E;
+    account_last(it, &E->sw->cfg[c], c, g, view);
+    if (E->o.export_hook && E->o.export_hook(E->o.export_ud, c, it->s, it->l, g, it->n, it->P, view))
+        return IT_FAIL(it, "out of memory (export)");
+    return 0;
+}
+
+/* Online: after query t, the strategy names the entries to evict down to the budget. */
+static int item_online_evict(item *it, size_t c, size_t g, size_t t)
+{
+    rp_engine *E = it->E;
+    item_scratch *sc = it->sc;
+    const rp_config *cf = &E->sw->cfg[c];
+    cstate *st = &sc->cs[c * E->Hkv + g];
+    rp_cache *cache = &st->cache;
+    size_t s = it->s, l = it->l, ne = 0, dropped = 0;
+    if (cache->n <= st->B) return 0;
+    kv_error se = { 0 };
+    if (cf->evict->online_step(st->ost, &it->ctx, g, t, cache, sc->probs, st->B, sc->evict, &ne, &se) != KV_OK)
+        return IT_FAIL(it, "config '%s': %s online step at seq %zu layer %zu kv head %zu position %zu: %s",
+                       cf->canon, cf->evict->name, s, l, g, t, se.msg[0] ? se.msg : kv_status_name(se.code));
+    memset(sc->keep, 1, cache->n);
+    for (size_t q = 0; q < ne; q++) {
+        size_t e = sc->evict[q];
+        if (e >= cache->n || !sc->keep[e])
+            return IT_FAIL(it, "config '%s': %s named an invalid entry to evict at seq %zu layer %zu kv head %zu position %zu",
+                           cf->canon, cf->evict->name, s, l, g, t);
+        sc->keep[e] = 0;
+        if (st->evat) st->evat[cache->pos[e]] = (int32_t)(t + 1);
+        dropped++;
+    }
+    if (cache->n - dropped > st->B)
+        return IT_FAIL(it, "config '%s': %s kept %zu entries, budget %zu (seq %zu layer %zu kv head %zu position %zu)",
+                       cf->canon, cf->evict->name, cache->n - dropped, st->B, s, l, g, t);
+    rp_cache_compact(cache, sc->keep);
+    if (dropped) st->enc_n = 0;         /* the cache is no longer a grown prefix */
+    return 0;
+}
+
+/* Configuration c on the block [tb, te) of kv head g. */
+static int item_block_cfg(item *it, size_t c, size_t g, size_t tb, size_t te)
+{
+    rp_engine *E = it->E;
+    item_scratch *sc = it->sc;
+    const rp_config *cf = &E->sw->cfg[c];
+    cstate *st = &sc->cs[c * E->Hkv + g];
+    const attn_params *ap = &E->ap[it->l];
+    int online = E->o.mode == RP_ONLINE;
+    size_t n = it->n, D = E->D, G = E->G;
+    const rp_cache *cc = &st->cache;
+    /* prefill, static cache, no per-query selection, no merges, no window: the block's rows
+     * attend over a prefix of one fixed entry list (row t sees entries [0, t + 1 - shift)),
+     * so one blocked kernel call serves the block */
+    blocked_rows br = { !online && !st->td && !cf->evict->select && ap->window <= 0 && !cache_merged(cc) &&
+                        !(cc->n == n && !cc->modified), cc->n };
+    if (br.on) {
+        size_t shift = n - br.bm;
+        for (size_t i = 0; i < G; i++)
+            attn_full_rows(it->q + (g * G + i) * n * D + shift * D, cc->k, cc->v, br.bm, D, tb - shift, te - shift, ap,
+                           sc->blse + i * BLK, sc->bout + i * BLK * D, sc->bz + i * BLK * br.bm);
+    }
+    for (size_t t = tb; t < te; t++) {
+        it->ctx.seed = st->seed;
+        if (online && rp_cache_push(&st->cache, (int32_t)t, it->k + (g * n + t) * D, it->v + (g * n + t) * D))
+            return IT_FAIL(it, "out of memory");
+        row_view rv;
+        if (item_cache_view(it, c, g, t, &rv) || item_metrics(it, c, g, t, t - tb, &rv, br)) return -1;
+        if (t == n - 1 && item_export(it, c, g, &rv.view)) return -1;
+        if (online && item_online_evict(it, c, g, t)) return -1;
+    }
+    return 0;
+}
+
+/* Online: the states of kv head g end (eviction times to the exporter); every configuration's
+ * caches of this head are freed. */
+static int item_head_end(item *it, size_t g)
+{
+    rp_engine *E = it->E;
+    const rp_sweep *sw = E->sw;
+    for (size_t c = 0; c < sw->n; c++) {
+        cstate *st = &it->sc->cs[c * E->Hkv + g];
+        if (st->ost) sw->cfg[c].evict->online_free(st->ost);
+        st->ost = NULL;
+        if (st->evat && E->o.export_evict_hook(E->o.export_ud, c, it->s, it->l, g, it->n, it->P, st->evat))
+            return IT_FAIL(it, "out of memory (export)");
+        rp_cache_free(&st->cache);
+        rp_cache_free(&st->enc);
+    }
+    return 0;
+}
+
+static int item_head(item *it, size_t g)
+{
+    rp_engine *E = it->E;
+    size_t NC = E->sw->n, n = it->n;
+    int online = E->o.mode == RP_ONLINE;
+    for (size_t c = 0; c < NC; c++)
+        if (online ? item_head_online(it, c, g) : item_head_prefill(it, c, g)) return -1;
+    for (size_t tb = online ? 0 : it->P; tb < n; tb += BLK) {
+        size_t te = tb + BLK < n ? tb + BLK : n;
+        if (item_full_attn(it, g, tb, te)) return -1;
+        for (size_t c = 0; c < NC; c++)
+            if (item_block_cfg(it, c, g, tb, te)) return -1;
+    }
+    return item_head_end(it, g);
+}
+
+static void item_free_scratch(item *it)
+{
+    rp_engine *E = it->E;
+    if (it->sc) {
+        cstate *cs = it->sc->cs;
+        for (size_t i = 0; i < E->sw->n * E->Hkv; i++) {
+            if (cs[i].ost) E->sw->cfg[i / E->Hkv].evict->online_free(cs[i].ost);
             free(cs[i].evat);
             rp_cache_free(&cs[i].cache);
             rp_cache_free(&cs[i].enc);
         }
-        free(cs);
+        rp_cache_free(&it->qcopy);
     }
-    rp_cache_free(&scratch);
-    free(lse); free(of); free(lg); free(bz); free(blse); free(bout); free(pf); free(pf2); free(lz); free(z); free(oc); free(logm); free(bias);
-    free(probs); free(idx); free(evict); free(vis); free(keep);
-    free(it->q); free(it->k); free(it->v); free(it->ok); free(it->ov);
-    it->q = it->k = it->v = it->ok = it->ov = NULL;
-    if (it->pa) for (size_t h = 0; h < H; h++) free(it->pa[h]);
+    free(it->slab);
+    free(it->q); free(it->k); free(it->v); free(it->dO); free(it->ok); free(it->ov);
+    it->slab = NULL; it->sc = NULL;
+    it->q = it->k = it->v = it->ok = it->ov = it->dO = NULL;
+    if (it->pa) for (size_t h = 0; h < E->H; h++) { free(it->pa[h]); it->pa[h] = NULL; }
+}
+
+static int item_run(item *it)
+{
+    rp_engine *E = it->E;
+    item_scratch sc;
+    int rc = -1;
+    it->sc = NULL;
+    if (item_alloc(it, &sc) || item_read(it)) goto done;
+    it->ctx = (rp_layer_ctx){
+        .seq = it->s, .layer = it->l, .n_layers = E->L, .H = E->H, .Hkv = E->Hkv, .G = E->G, .D = E->D,
+        .n = it->n, .P = E->o.mode == RP_ONLINE ? it->n : it->P, .q = it->q, .k = it->k, .v = it->v,
+        .ap = E->ap[it->l], .info = E->in, .rope_cos = E->rope_cos, .rope_sin = E->rope_sin,
+        .rotary_dim = E->R, .rope_interleaved = E->interleaved, .prompt_attn = cb_prompt_attn,
+        .layer_kv = cb_layer_kv, .engine = it, .gqa_reduce = E->o.gqa_reduce,
+    };
+    if (item_prefill(it)) goto done;
+    for (size_t g = 0; g < E->Hkv; g++)
+        if (item_head(it, g)) goto done;
+    if (E->ro && it->n > it->P && item_readout(it, it->err, sizeof it->err)) goto done;
+    rc = 0;
+done:
+    item_free_scratch(it);
     it->rc = rc;
     return rc;
 }
@@ -1071,13 +1198,13 @@ static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *
     ece_acc *ef = calloc(NC, sizeof *ef), *ec = calloc(NC, sizeof *ec);
     int *cfail = calloc(NC, sizeof *cfail);
     int rc = -1;
-    if (!lf || !ef || !ec || !cfail) { failf(err, errlen, "out of memory (read-out)"); goto done; }
+    if (!lf || !ef || !ec || !cfail) { rp_failf(err, errlen, "out of memory (read-out)"); goto done; }
     for (size_t r0 = 0; r0 < NE; r0 += RO_BLK) {
         size_t nb = NE - r0 < RO_BLK ? NE - r0 : RO_BLK;
         const float *hs = hid + (P + r0) * C;
-        if (readout_logits_checked(ro, hs, nb, lf) != KV_OK) { failf(err, errlen, "out of memory (read-out)"); goto done; }
+        if (readout_logits_checked(ro, hs, nb, lf) != KV_OK) { rp_failf(err, errlen, "out of memory (read-out)"); goto done; }
         for (size_t i = 0; i < nb * V; i++)
-            if (!isfinite(lf[i])) { failf(err, errlen, "non-finite full-cache logits at seq %zu position %zu", s, P + r0 + i / V); goto done; }
+            if (!isfinite(lf[i])) { rp_failf(err, errlen, "non-finite full-cache logits at seq %zu position %zu", s, P + r0 + i / V); goto done; }
         long long cc;
 #pragma omp parallel for schedule(dynamic, 1)
         for (cc = 0; cc < (long long)NC; cc++) {
@@ -1114,8 +1241,8 @@ static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *
         }
         for (size_t c = 0; c < NC; c++)
             if (cfail[c]) {
-                if (cfail[c] == 1) failf(err, errlen, "out of memory (read-out)");
-                else failf(err, errlen, "config '%s': NaN/Inf in read-out metrics at seq %zu position %zu",
+                if (cfail[c] == 1) rp_failf(err, errlen, "out of memory (read-out)");
+                else rp_failf(err, errlen, "config '%s': NaN/Inf in read-out metrics at seq %zu position %zu",
                            E->sw->cfg[c].canon, s, P + r0 + (size_t)(cfail[c] - 2));
                 goto done;
             }
@@ -1143,17 +1270,17 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
     kv_error ke;
     res->seq = s;
     res->has_readout = E->ro != NULL;
-    if (rp_seq_result_alloc(res, NC, L, H)) return failf(err, errlen, "out of memory");
+    if (rp_seq_result_alloc(res, NC, L, H)) return rp_failf(err, errlen, "out of memory");
     item *its = calloc(L, sizeof *its);
     double *ia = calloc(L * NC * SA_NF, sizeof *ia);
     int ro = E->ro && NE;
     float *hid = ro ? malloc(E->T * C * sizeof *hid) : NULL;
     float *acc = ro ? calloc(NC * NE * C, sizeof *acc) : NULL;
     int rc = -1;
-    if (!its || !ia || (ro && (!hid || !acc))) { failf(err, errlen, "out of memory"); goto done; }
-    if (ro && kv_trace_read_hidden(E->t, s, hid, &ke) != KV_OK) { failf(err, errlen, "%s", ke.msg); goto done; }
+    if (!its || !ia || (ro && (!hid || !acc))) { rp_failf(err, errlen, "out of memory"); goto done; }
+    if (ro && kv_trace_read_hidden(E->t, s, hid, &ke) != KV_OK) { rp_failf(err, errlen, "%s", ke.msg); goto done; }
     if (ro && E->o.per_layer_readout && !(res->pl = calloc(NC * L * PL_NF, sizeof *res->pl))) {
-        failf(err, errlen, "out of memory (per-layer read-out)");
+        rp_failf(err, errlen, "out of memory (per-layer read-out)");
         goto done;
     }
     for (size_t l = 0; l < L; l++) {
@@ -1163,7 +1290,7 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
         it->pa = calloc(H, sizeof *it->pa);
         it->pa0 = calloc(H, sizeof *it->pa0);
         it->pa1 = calloc(H, sizeof *it->pa1);
-        if (!it->pa || !it->pa0 || !it->pa1) { failf(err, errlen, "out of memory"); goto done; }
+        if (!it->pa || !it->pa0 || !it->pa1) { rp_failf(err, errlen, "out of memory"); goto done; }
     }
     long long ll;
 #pragma omp parallel for ordered schedule(dynamic, 1)
@@ -1184,7 +1311,7 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
         }
     }
     for (size_t l = 0; l < L; l++)
-        if (its[l].rc) { failf(err, errlen, "%s", its[l].err); goto done; }
+        if (its[l].rc) { rp_failf(err, errlen, "%s", its[l].err); goto done; }
     /* fixed-order reduction of the item slots */
     for (size_t c = 0; c < NC; c++) {
         double *a = res->sa + c * SA_NF;

@@ -36,6 +36,7 @@
  *   mass_recall sum of p over the positions the visible entries stand for
  *   keep       visible entries / visible positions of the full cache; budget = entries
  * Members of a merged entry outside the query's window are not counted (their mass is lost).
+ * The per-row formulas are the pure functions of metric.h (tested against the naive ones).
  * p is computed in double from the kernel's logits and renormalised to sum to 1.
  * Per (config, layer, kv head), on the cache the last position n-1 sees: bytes (payload,
  * scales, bases; indices: 4 bytes per entry when the cache holds fewer entries than the

@@ -35,15 +35,6 @@ struct rp_export {
     int closed;
 };
 
-static int failf(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 static void slot_clear(slot *z)
 {
     free(z->pos); free(z->mult); free(z->members); free(z->moff); free(z->k); free(z->v); free(z->evict_at);
@@ -100,31 +91,31 @@ int rp_export_open(const char *path, const rp_sweep *sw, const uint8_t *chosen, 
 {
     rp_export *x = calloc(1, sizeof *x);
     hid_t g = H5I_INVALID_HID;
-    if (!x) return failf(err, errlen, "out of memory");
+    if (!x) return rp_failf(err, errlen, "out of memory");
     x->file = H5I_INVALID_HID;
     x->sw = sw;
     x->NC = sw->n; x->L = in->n_layers; x->Hkv = in->n_kv_heads; x->D = in->head_dim;
     x->online = !strcmp(pv->mode, "online");
-    if (strlen(path) >= sizeof x->path) { failf(err, errlen, "--export %s: path too long", path); goto fail; }
+    if (strlen(path) >= sizeof x->path) { rp_failf(err, errlen, "--export %s: path too long", path); goto fail; }
     snprintf(x->path, sizeof x->path, "%s", path);
     snprintf(x->tmp, sizeof x->tmp, "%s.tmp.%ld", path, (long)getpid());
     x->chosen = calloc(x->NC, 1);
     x->rows = calloc(x->NC, 1);
     x->slots = calloc(x->NC * x->L * x->Hkv, sizeof *x->slots);
-    if (!x->chosen || !x->rows || !x->slots) { failf(err, errlen, "out of memory"); goto fail; }
+    if (!x->chosen || !x->rows || !x->slots) { rp_failf(err, errlen, "out of memory"); goto fail; }
     for (size_t c = 0; c < x->NC; c++) {
         const rp_config *cf = &sw->cfg[c];
         x->chosen[c] = chosen ? chosen[c] != 0 : 1;
         if (!x->chosen[c]) continue;
         if (cf->evict->select) {
-            failf(err, errlen, "--export: config %zu '%s': %s selects entries per query at decode time; its cache "
+            rp_failf(err, errlen, "--export: config %zu '%s': %s selects entries per query at decode time; its cache "
                   "state is not a fixed set and cannot be exported (leave it out with --export-configs)",
                   c, cf->canon, cf->evict->name);
             goto fail;
         }
         x->rows[c] = cf->enc || cf->evict->encode || rp_view_active(cf->evict, cf->evict_cfg);
         if (x->online && (cf->enc || cf->evict->encode)) {     /* views: checked by the engine */
-            failf(err, errlen, "--export: config %zu '%s': under --mode online its rows change with the query "
+            rp_failf(err, errlen, "--export: config %zu '%s': under --mode online its rows change with the query "
                   "position (an encoder); only eviction can be exported online (leave it out with "
                   "--export-configs)", c, cf->canon);
             goto fail;
@@ -132,7 +123,7 @@ int rp_export_open(const char *path, const rp_sweep *sw, const uint8_t *chosen, 
     }
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     x->file = H5Fcreate(x->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (x->file < 0) { failf(err, errlen, "--export %s: cannot create %s", path, x->tmp); goto fail; }
+    if (x->file < 0) { rp_failf(err, errlen, "--export %s: cannot create %s", path, x->tmp); goto fail; }
     if (put_ll(x->file, "kvtrace_export_version", RP_EXPORT_VERSION) || put_str(x->file, "trace", pv->trace) ||
         put_str(x->file, "trace_sha256", pv->trace_sha256) || put_str(x->file, "model", pv->model) ||
         put_str(x->file, "mode", pv->mode) || put_ll(x->file, "decode", (long long)pv->decode) ||
@@ -161,7 +152,7 @@ int rp_export_open(const char *path, const rp_sweep *sw, const uint8_t *chosen, 
     *out = x;
     return 0;
 h5fail:
-    failf(err, errlen, "--export %s: HDF5 error while writing the file header", path);
+    rp_failf(err, errlen, "--export %s: HDF5 error while writing the file header", path);
 fail:
     if (g >= 0) H5Gclose(g);
     rp_export_free(x);
@@ -220,9 +211,9 @@ static int write_seq_online(rp_export *x, size_t c, size_t s, char *err, size_t 
     size_t n = zs[0].n, P = zs[0].P;
     for (size_t i = 0; i < LG; i++)
         if (!zs[i].set || zs[i].n != n)
-            return failf(err, errlen, "export: no eviction times for config %zu seq %zu slot %zu (engine hook not called)", c, s, i);
+            return rp_failf(err, errlen, "export: no eviction times for config %zu seq %zu slot %zu (engine hook not called)", c, s, i);
     int32_t *ev = malloc((LG * n > 0 ? LG * n : 1) * sizeof *ev);
-    if (!ev) return failf(err, errlen, "out of memory (export)");
+    if (!ev) return rp_failf(err, errlen, "out of memory (export)");
     for (size_t i = 0; i < LG; i++) memcpy(ev + i * n, zs[i].evict_at, n * sizeof *ev);
     char name[64];
     snprintf(name, sizeof name, "configs/%zu/%zu", c, s);
@@ -232,7 +223,7 @@ static int write_seq_online(rp_export *x, size_t c, size_t s, char *err, size_t 
               put_dset(g, "evict_at", H5T_STD_I32LE, H5T_NATIVE_INT32, 2, LG, n, ev);
     if (g >= 0) H5Gclose(g);
     free(ev);
-    if (bad) return failf(err, errlen, "--export %s: HDF5 error writing %s", x->path, name);
+    if (bad) return rp_failf(err, errlen, "--export %s: HDF5 error writing %s", x->path, name);
     for (size_t i = 0; i < LG; i++) slot_clear(&zs[i]);
     return 0;
 }
@@ -251,14 +242,14 @@ int rp_export_write_seq(rp_export *x, size_t s, char *err, size_t errlen)
     float *k = NULL, *v = NULL;
     hid_t g = H5I_INVALID_HID;
     int rc = -1;
-    if (!eoff || !mod) { failf(err, errlen, "out of memory (export)"); goto done; }
+    if (!eoff || !mod) { rp_failf(err, errlen, "out of memory (export)"); goto done; }
     for (size_t c = 0; c < x->NC; c++) {
         if (!x->chosen[c]) continue;
         slot *zs = &x->slots[c * LG];
         size_t NE = 0, NM = 0, n = 0, P = 0;
         int rows = x->rows[c];
         for (size_t i = 0; i < LG; i++) {
-            if (!zs[i].set) { failf(err, errlen, "export: no cache state for config %zu seq %zu slot %zu (engine hook not called)", c, s, i); goto done; }
+            if (!zs[i].set) { rp_failf(err, errlen, "export: no cache state for config %zu seq %zu slot %zu (engine hook not called)", c, s, i); goto done; }
             eoff[i] = (int64_t)NE;
             NE += zs[i].ne; NM += zs[i].nm;
             mod[i] = (uint8_t)(zs[i].modified != 0);
@@ -271,7 +262,7 @@ int rp_export_write_seq(rp_export *x, size_t s, char *err, size_t errlen)
         moff = malloc((NE + 1) * sizeof *moff); mem = malloc((NM ? NM : 1) * sizeof *mem);
         k = rows ? malloc((NE ? NE : 1) * D * sizeof *k) : NULL;
         v = rows ? malloc((NE ? NE : 1) * D * sizeof *v) : NULL;
-        if (!pos || !mult || !moff || !mem || (rows && (!k || !v))) { failf(err, errlen, "out of memory (export)"); goto done; }
+        if (!pos || !mult || !moff || !mem || (rows && (!k || !v))) { rp_failf(err, errlen, "out of memory (export)"); goto done; }
         size_t e0 = 0, m0 = 0;
         for (size_t i = 0; i < LG; i++) {
             slot *z = &zs[i];
@@ -299,7 +290,7 @@ int rp_export_write_seq(rp_export *x, size_t s, char *err, size_t errlen)
             put_dset(g, "members", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, NM, 0, mem) ||
             (rows && (put_dset(g, "k", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, NE, D, k) ||
                       put_dset(g, "v", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, NE, D, v)))) {
-            failf(err, errlen, "--export %s: HDF5 error writing %s", x->path, name);
+            rp_failf(err, errlen, "--export %s: HDF5 error writing %s", x->path, name);
             goto done;
         }
         H5Gclose(g);
@@ -317,10 +308,10 @@ int rp_export_close(rp_export *x, char *err, size_t errlen)
 {
     if (H5Fflush(x->file, H5F_SCOPE_GLOBAL) < 0 || H5Fclose(x->file) < 0) {
         x->file = H5I_INVALID_HID;
-        return failf(err, errlen, "--export %s: HDF5 error closing the file", x->path);
+        return rp_failf(err, errlen, "--export %s: HDF5 error closing the file", x->path);
     }
     x->file = H5I_INVALID_HID;
-    if (rename(x->tmp, x->path)) return failf(err, errlen, "--export %s: cannot rename %s", x->path, x->tmp);
+    if (rename(x->tmp, x->path)) return rp_failf(err, errlen, "--export %s: cannot rename %s", x->path, x->tmp);
     x->closed = 1;
     return 0;
 }

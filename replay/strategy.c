@@ -1,5 +1,7 @@
 /* Helpers of the strategy interface (strategy.h): caches, top-k, rng. */
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -124,18 +126,40 @@ void rp_cache_free(rp_cache *c)
     memset(c, 0, sizeof *c);
 }
 
+int rp_failf(char *err, size_t errlen, const char *fmt, ...)
+{
+    if (!err || !errlen) return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
 /* ---- top-k ----------------------------------------------------------------------------- */
 
-typedef struct { float s; int32_t i; } scored;
-
-/* Descending score, then ascending index; NaN lowest. */
-static int by_score(const void *pa, const void *pb)
+/* The ranking: a strict total order, so the top-k set is unique and any algorithm that
+ * respects it returns the same indices. 1 when (sa, ia) ranks above (sb, ib): higher score
+ * first, NaN below every number, then lower index first. */
+static int topk_above(double sa, int32_t ia, double sb, int32_t ib)
 {
-    const scored *a = pa, *b = pb;
-    int an = isnan(a->s), bn = isnan(b->s);
-    if (an != bn) return an - bn;
-    if (!an && a->s != b->s) return a->s > b->s ? -1 : 1;
-    return (a->i > b->i) - (a->i < b->i);
+    int an = isnan(sa), bn = isnan(sb);
+    if (an != bn) return bn;
+    if (!an && sa != sb) return sa > sb;
+    return ia < ib;
+}
+
+/* heap[0] is the lowest-ranked of the kept candidates (a min-heap under topk_above). */
+static void topk_sift_down(const double *score, int32_t *heap, size_t k, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, lo = i;
+        if (l < k && topk_above(score[heap[lo]], heap[lo], score[heap[l]], heap[l])) lo = l;
+        if (r < k && topk_above(score[heap[lo]], heap[lo], score[heap[r]], heap[r])) lo = r;
+        if (lo == i) return;
+        int32_t x = heap[i]; heap[i] = heap[lo]; heap[lo] = x;
+        i = lo;
+    }
 }
 
 static int by_index(const void *pa, const void *pb)
@@ -144,30 +168,18 @@ static int by_index(const void *pa, const void *pb)
     return (a > b) - (a < b);
 }
 
-size_t rp_topk(const float *score, size_t n, size_t k, int32_t *out)
+size_t rp_topk(const double *score, size_t n, size_t k, int32_t *out)
 {
     if (k > n) k = n;
     if (k == 0) return 0;
-    scored *tmp = malloc(n * sizeof *tmp);
-    if (!tmp) {             /* degrade deterministically: a selection sort of k */
-        for (size_t j = 0; j < k; j++) {
-            int32_t best = -1;
-            for (size_t i = 0; i < n; i++) {
-                int taken = 0;
-                for (size_t m = 0; m < j; m++) taken |= out[m] == (int32_t)i;
-                if (taken) continue;
-                if (best < 0) { best = (int32_t)i; continue; }
-                scored a = { score[i], (int32_t)i }, b = { score[best], best };
-                if (by_score(&a, &b) < 0) best = (int32_t)i;
-            }
-            out[j] = best;
+    /* a bounded min-heap in out: O(n log k), no allocation, cannot fail */
+    for (size_t i = 0; i < k; i++) out[i] = (int32_t)i;
+    for (size_t i = k / 2; i-- > 0;) topk_sift_down(score, out, k, i);
+    for (size_t i = k; i < n; i++)
+        if (topk_above(score[i], (int32_t)i, score[out[0]], out[0])) {
+            out[0] = (int32_t)i;
+            topk_sift_down(score, out, k, 0);
         }
-    } else {
-        for (size_t i = 0; i < n; i++) { tmp[i].s = score[i]; tmp[i].i = (int32_t)i; }
-        qsort(tmp, n, sizeof *tmp, by_score);
-        for (size_t j = 0; j < k; j++) out[j] = tmp[j].i;
-        free(tmp);
-    }
     qsort(out, k, sizeof *out, by_index);
     return k;
 }

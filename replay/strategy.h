@@ -107,9 +107,23 @@ int rp_cache_push_merged(rp_cache *c, const int32_t *mem, size_t m, const float 
 void rp_cache_compact(rp_cache *c, const uint8_t *keep);
 void rp_cache_free(rp_cache *c);
 
-/* Indices of the k largest scores among n (ties: lower index first), written to out in
- * ascending index order. Returns min(k, n). NaN scores rank lowest. */
-size_t rp_topk(const float *score, size_t n, size_t k, int32_t *out);
+/* The one top-k of the replay (every strategy ranks through it): the indices of the k
+ * highest scores among score[0..n), written to out[0..min(k, n)) in ascending index order.
+ * Ranking: higher score first; NaN ranks below every number; ties (and NaNs among
+ * themselves) go to the lower index. k > n is clamped to n (every index is kept); k == 0
+ * returns 0 and leaves out untouched. Returns min(k, n). Needs no memory beyond out: it
+ * cannot fail. Float scores convert to double exactly, which keeps their ranking. */
+size_t rp_topk(const double *score, size_t n, size_t k, int32_t *out);
+
+/* The one error helper of the replay (engine, export, strategies): formats one line into
+ * err (truncated to errlen) and returns -1, so `return rp_failf(err, errlen, "...", ...)`.
+ * Library-level calls report through kv_error (kv_error_set) instead; the engine copies
+ * their msg with rp_failf(err, errlen, "%s", ke.msg). */
+int rp_failf(char *err, size_t errlen, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
 
 /* splitmix64 stream. */
 typedef struct rp_rng { uint64_t s; } rp_rng;
@@ -191,10 +205,14 @@ typedef struct rp_strategy {
 
     /* RP_EVICT, online protocol. probs [G][c->n]: attention of the G query heads of kv
      * head g at position t over the cache c (t is its last entry). Write the indices (into
-     * c) of entries to evict to evict[], return how many; afterwards c->n - count <= B. */
+     * c) of entries to evict to evict[] (room for c->n), their count to *n_evict; afterwards
+     * c->n - count <= B. Returns KV_OK, or a status with a one-line message in err
+     * (kv_error_set; KV_ERR_NOMEM for "out of memory"): the engine names the configuration,
+     * sequence, layer, kv head and position around that message. */
     void *(*online_new)(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B);
-    size_t (*online_step)(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
-                          const rp_cache *c, const float *probs, size_t B, size_t *evict);
+    kv_status (*online_step)(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
+                             const rp_cache *c, const float *probs, size_t B, size_t *evict,
+                             size_t *n_evict, kv_error *err);
     void (*online_free)(void *state);
 
     /* Optional, online protocol: rewrite the k/v rows of a working copy `view` of the kept

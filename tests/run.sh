@@ -15,6 +15,8 @@ case "$BIN" in /*) ;; *) BIN="$KV_ROOT/$BIN" ;; esac
 export BIN PYTHON KV_ROOT
 pass=0; fail=0; skip=0; failed=""
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/kvtest.XXXXXX")
+# kvreplay caches trace digests in $XDG_CACHE_HOME/kvtrace: keep the tests' out of $HOME
+XDG_CACHE_HOME="$scratch/xdg-cache"; export XDG_CACHE_HOME
 run_one() {
     name=$1; shift
     KV_TMP="$scratch/$(echo "$name" | tr '/' '_')"

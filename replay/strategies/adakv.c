@@ -47,14 +47,12 @@ size_t adakv_allocate(const double *score, size_t Hkv, size_t n, size_t B, doubl
     if (!s || !idx) { free(s); free(idx); return (size_t)-1; }
     memcpy(s, score, N * sizeof *s);
     for (size_t h = 0; h < Hkv && nsafe; h++) {
-        size_t m = ev_topk(score + h * n, n, nsafe, idx);
-        if (m == (size_t)-1) { free(s); free(idx); return m; }
+        size_t m = rp_topk(score + h * n, n, nsafe, idx);
         for (size_t i = 0; i < m; i++) s[h * n + (size_t)idx[i]] = INFINITY;
     }
     memset(keep, 0, N);
-    size_t m = ev_topk(s, N, total, idx);
-    if (m != (size_t)-1)
-        for (size_t i = 0; i < m; i++) keep[idx[i]] = 1;
+    size_t m = rp_topk(s, N, total, idx);
+    for (size_t i = 0; i < m; i++) keep[idx[i]] = 1;
     free(s);
     free(idx);
     return m;

@@ -156,7 +156,7 @@ static int vb_select(const asymkv_cfg *q, const rp_layer_ctx *ctx, size_t g, con
         if ((size_t)c->pos[e] < P && (size_t)c->pos[e] >= P - w) { vk[e] = 1; got++; }
     if (got == keep) return 0;
     float *attn = malloc(G * w * P * sizeof *attn);
-    float *score = malloc(m * sizeof *score);
+    double *score = malloc(m * sizeof *score);
     int32_t *idx = malloc(m * sizeof *idx), *top = malloc((keep - got) * sizeof *top);
     int rc = !attn || !score || !idx || !top;
     for (size_t i = 0; i < G && !rc; i++)
@@ -172,7 +172,7 @@ static int vb_select(const asymkv_cfg *q, const rp_layer_ctx *ctx, size_t g, con
                 if (j >= P) continue;
                 for (size_t i = 0; i < G * w; i++) sc += attn[i * P + j];
             }
-            score[ns] = (float)sc;
+            score[ns] = (float)sc;      /* the fp32 ranking of the reference */
             idx[ns++] = (int32_t)e;
         }
         size_t k = rp_topk(score, ns, keep - got, top);

@@ -60,9 +60,8 @@ size_t cab_pick(const double *score, size_t P, size_t k, uint8_t mark, uint8_t *
         s[j] = role[j] ? NAN : score[j];     /* taken positions rank last */
         free_n += !role[j];
     }
-    m = ev_topk(s, P, k < free_n ? k : free_n, idx);
-    if (m != (size_t)-1)
-        for (size_t i = 0; i < m; i++) role[idx[i]] = mark;
+    m = rp_topk(s, P, k < free_n ? k : free_n, idx);
+    for (size_t i = 0; i < m; i++) role[idx[i]] = mark;
 done:
     free(s); free(idx);
     return m;

@@ -46,11 +46,11 @@ size_t emerge_plan(const float *ent, size_t P, size_t sinks, size_t B, uint8_t *
     if (S > P) S = P;
     if (entries <= B) return entries;
     size_t m = P - S;
-    float *score = malloc((m ? m : 1) * sizeof *score);
+    double *score = malloc((m ? m : 1) * sizeof *score);
     int32_t *order = malloc((m ? m : 1) * sizeof *order);
     if (!score || !order) { free(score); free(order); return (size_t)-1; }
     /* full descending order by entropy (ties: lower position first) through rp_topk */
-    for (size_t i = 0; i < m; i++) score[i] = ent[S + i];
+    for (size_t i = 0; i < m; i++) score[i] = ent[S + i];     /* float -> double: exact */
     size_t got = rp_topk(score, m, m, order);     /* ascending index order: re-sort by score */
     for (size_t i = 1; i < got; i++) {            /* insertion sort, stable on index */
         int32_t x = order[i];

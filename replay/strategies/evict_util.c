@@ -5,38 +5,6 @@
 
 #include "evict_util.h"
 
-typedef struct { double s; int32_t i; } ev_scored;
-
-/* Descending score, then ascending index; NaN lowest. */
-static int ev_by_score(const void *pa, const void *pb)
-{
-    const ev_scored *a = pa, *b = pb;
-    int an = isnan(a->s), bn = isnan(b->s);
-    if (an != bn) return an - bn;
-    if (!an && a->s != b->s) return a->s > b->s ? -1 : 1;
-    return (a->i > b->i) - (a->i < b->i);
-}
-
-static int ev_by_index(const void *pa, const void *pb)
-{
-    int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
-    return (a > b) - (a < b);
-}
-
-size_t ev_topk(const double *score, size_t n, size_t k, int32_t *out)
-{
-    if (k > n) k = n;
-    if (k == 0) return 0;
-    ev_scored *tmp = malloc(n * sizeof *tmp);
-    if (!tmp) return (size_t)-1;
-    for (size_t i = 0; i < n; i++) { tmp[i].s = score[i]; tmp[i].i = (int32_t)i; }
-    qsort(tmp, n, sizeof *tmp, ev_by_score);
-    for (size_t j = 0; j < k; j++) out[j] = tmp[j].i;
-    free(tmp);
-    qsort(out, k, sizeof *out, ev_by_index);
-    return k;
-}
-
 void ev_reduce(const double *x, size_t G, size_t n, int how, double *out)
 {
     for (size_t j = 0; j < n; j++) {
@@ -90,9 +58,8 @@ size_t ev_evict_complement(const double *score, size_t n, size_t B, size_t *evic
 {
     if (n <= B) return 0;
     int32_t *kept = malloc((B ? B : 1) * sizeof *kept);
-    if (!kept) return 0;                /* the engine then reports the budget breach */
-    size_t nk = ev_topk(score, n, B, kept), m = 0;
-    if (nk == (size_t)-1) { free(kept); return 0; }
+    if (!kept) return (size_t)-1;
+    size_t nk = rp_topk(score, n, B, kept), m = 0;
     for (size_t e = 0, i = 0; e < n; e++) {
         if (i < nk && (size_t)kept[i] == e) { i++; continue; }
         evict[m++] = e;

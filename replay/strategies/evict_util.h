@@ -2,7 +2,7 @@
  * adakv, quest, cab). Not a strategy itself: no entry in list.h.
  *
  * Scores are double (the references rank in fp32/fp16; double keeps our ranking a function of
- * the data, not of summation order). Ties everywhere: lower index first (as rp_topk). */
+ * the data, not of summation order). Ranking everywhere through rp_topk (strategy.h): ties to the lower index, NaN lowest. */
 #ifndef KV_STRAT_EVICT_UTIL_H
 #define KV_STRAT_EVICT_UTIL_H
 
@@ -10,10 +10,6 @@
 #include <stdint.h>
 
 #include "strategy.h"
-
-/* Indices of the k largest of score[0..n) (ties: lower index; NaN lowest), ascending in out.
- * Returns min(k, n); 0 with out untouched when k == 0. -1 cast to size_t on ENOMEM. */
-size_t ev_topk(const double *score, size_t n, size_t k, int32_t *out);
 
 /* out[j] = reduce over g < G of x[g][j] (x [G][n]); how: RP_GQA_MEAN | RP_GQA_MAX | RP_GQA_SUM. */
 void ev_reduce(const double *x, size_t G, size_t n, int how, double *out);
@@ -28,7 +24,7 @@ int ev_accum_rows(const rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, const
 int ev_push_kept(const rp_layer_ctx *ctx, size_t g, const int32_t *kept, size_t m, rp_cache *c);
 
 /* Evict list for "keep the top B of score over the n cache entries": writes the complement
- * of ev_topk(score, n, B) to evict, returns its length (0 if n <= B or on ENOMEM). */
+ * of rp_topk(score, n, B) to evict, returns its length (0 if n <= B; (size_t)-1 on ENOMEM). */
 size_t ev_evict_complement(const double *score, size_t n, size_t B, size_t *evict);
 
 /* Round half to even (Python's round(), used by the kvpress budget formulas). */

@@ -30,10 +30,12 @@ static void *full_online_new(const void *cfg, const rp_layer_ctx *ctx, size_t g,
     return &token;
 }
 
-static size_t full_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
-                               const rp_cache *c, const float *probs, size_t B, size_t *evict)
+static kv_status full_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
+                                  const rp_cache *c, const float *probs, size_t B, size_t *evict,
+                                  size_t *n_evict, kv_error *err)
 {
-    return 0;
+    *n_evict = 0;
+    return KV_OK;
 }
 
 static void full_online_free(void *state) {}

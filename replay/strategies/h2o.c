@@ -46,8 +46,7 @@ size_t h2o_keep(const double *score, size_t n, size_t B, size_t r, int32_t *kept
 {
     if (B >= n) { for (size_t i = 0; i < n; i++) kept[i] = (int32_t)i; return n; }
     if (r > B) r = B;
-    size_t m = ev_topk(score, n - r, B - r, kept);
-    if (m == (size_t)-1) return m;
+    size_t m = rp_topk(score, n - r, B - r, kept);
     for (size_t i = 0; i < r; i++) kept[m + i] = (int32_t)(n - r + i);
     return m + r;
 }
@@ -78,7 +77,7 @@ static int h2o_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_ca
             if (ev_accum_rows(ctx, g * G + i, 0, P, NULL, P, acc + i * P)) goto done;
         ev_reduce(acc, G, P, ctx->gqa_reduce, score);
         size_t m = h2o_keep(score, P, B, h2o_recent(c->recent, B), kept);
-        if (m == (size_t)-1 || ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
+        if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
     }
     rc = 0;
 done:
@@ -122,20 +121,25 @@ static void *h2o_online_new(const void *cfg, const rp_layer_ctx *ctx, size_t g, 
 }
 
 /* Returning 0 evictions on failure makes the engine report the budget breach. */
-static size_t h2o_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
-                              const rp_cache *c, const float *probs, size_t B, size_t *evict)
+static kv_status h2o_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
+                                 const rp_cache *c, const float *probs, size_t B, size_t *evict,
+                                 size_t *n_evict, kv_error *err)
 {
     h2o_state *s = state;
     size_t n = c->n, G = s->G, cap = s->cap;
-    if (n > cap) return 0;
+    *n_evict = 0;
+    if (n > cap) return kv_error_set(err, KV_ERR_INVALID, "cache of %zu entries, more than the %zu the state holds", n, cap);
     if (!s->started) {
         /* first consultation: nothing was evicted yet, so queries [0, t) saw the full
          * prefix; add their causal rows (columns = the cached positions) */
         double *tmp = calloc(ctx->P, sizeof *tmp);
-        if (!tmp) return 0;
+        if (!tmp) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
         for (size_t i = 0; i < G; i++) {
             memset(tmp, 0, ctx->P * sizeof *tmp);
-            if (ev_accum_rows(ctx, g * G + i, 0, t, NULL, ctx->P, tmp)) { free(tmp); return 0; }
+            if (ev_accum_rows(ctx, g * G + i, 0, t, NULL, ctx->P, tmp)) {
+                free(tmp);
+                return kv_error_set(err, KV_ERR_NOMEM, "out of memory (prompt attention)");
+            }
             for (size_t e = 0; e < n; e++) s->acc[i * cap + e] = tmp[c->pos[e]];
         }
         free(tmp);
@@ -144,7 +148,8 @@ static size_t h2o_online_step(void *state, const rp_layer_ctx *ctx, size_t g, si
         s->started = 1;
     } else {
         /* the cache is ours plus the new token t as its last entry */
-        if (n != s->n + 1 || c->pos[n - 1] != (int32_t)t) return 0;
+        if (n != s->n + 1 || c->pos[n - 1] != (int32_t)t)
+            return kv_error_set(err, KV_ERR_INVALID, "the cache is not the previous one plus token %zu", t);
         for (size_t i = 0; i < G; i++) s->acc[i * cap + s->n] = 0;
         s->pos[s->n++] = (int32_t)t;
     }
@@ -160,7 +165,6 @@ static size_t h2o_online_step(void *state, const rp_layer_ctx *ctx, size_t g, si
         s->score[e] = ctx->gqa_reduce == RP_GQA_MEAN ? r / (double)G : r;
     }
     size_t m = h2o_keep(s->score, n, B, s->r, s->kept);
-    if (m == (size_t)-1) return 0;
     size_t ne = 0, w = 0;
     for (size_t e = 0, i = 0; e < n; e++) {
         if (i < m && (size_t)s->kept[i] == e) {
@@ -173,7 +177,8 @@ static size_t h2o_online_step(void *state, const rp_layer_ctx *ctx, size_t g, si
         }
     }
     s->n = w;
-    return ne;
+    *n_evict = ne;
+    return KV_OK;
 }
 
 const rp_strategy rp_strategy_h2o = {

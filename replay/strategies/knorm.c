@@ -32,7 +32,7 @@ static int knorm_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_
                          char *err, size_t errlen)
 {
     size_t P = ctx->P, D = ctx->D;
-    float *score = malloc(P * sizeof *score);
+    double *score = malloc(P * sizeof *score);
     int32_t *kept = malloc(P * sizeof *kept);
     if (!score || !kept) { free(score); free(kept); return -1; }
     for (size_t g = 0; g < ctx->Hkv; g++) {
@@ -56,14 +56,19 @@ static void *knorm_online_new(const void *cfg, const rp_layer_ctx *ctx, size_t g
     return &token;
 }
 
-static size_t knorm_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
-                                const rp_cache *c, const float *probs, size_t B, size_t *evict)
+static kv_status knorm_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
+                                   const rp_cache *c, const float *probs, size_t B, size_t *evict,
+                                   size_t *n_evict, kv_error *err)
 {
     size_t n = c->n, m = 0;
-    if (n <= B) return 0;
-    float *score = malloc(n * sizeof *score);
+    *n_evict = 0;
+    if (n <= B) return KV_OK;
+    double *score = malloc(n * sizeof *score);
     int32_t *kept = malloc(n * sizeof *kept);
-    if (!score || !kept) { free(score); free(kept); return 0; }   /* the engine reports the budget breach */
+    if (!score || !kept) {
+        free(score); free(kept);
+        return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
+    }
     for (size_t e = 0; e < n; e++) score[e] = -key_norm(c->k + e * c->D, c->D);
     size_t nk = rp_topk(score, n, B, kept);
     for (size_t e = 0, i = 0; e < n; e++) {
@@ -72,7 +77,8 @@ static size_t knorm_online_step(void *state, const rp_layer_ctx *ctx, size_t g, 
     }
     free(score);
     free(kept);
-    return m;
+    *n_evict = m;
+    return KV_OK;
 }
 
 static void knorm_online_free(void *state) {}

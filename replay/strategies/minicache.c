@@ -63,7 +63,8 @@ void minicache_slerp(const float *a, const float *b, size_t D, double t, float *
 size_t minicache_merge(const float *xa, const float *xb, size_t m, size_t D, double t, double retain,
                        float *out_a, float *out_b, uint8_t *retained)
 {
-    float *score = calloc(m ? m : 1, sizeof *score), *e = malloc(D * sizeof *e);
+    double *score = calloc(m ? m : 1, sizeof *score);
+    float *e = malloc(D * sizeof *e);
     int32_t *idx = malloc((m ? m : 1) * sizeof *idx);
     if (!score || !e || !idx) { free(score); free(e); free(idx); return (size_t)-1; }
     for (size_t i = 0; i < m; i++) {

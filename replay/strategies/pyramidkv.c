@@ -141,7 +141,7 @@ static int pyramidkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B,
             for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
         } else {
             if (snapkv_head_score(&c->o, ctx, g, score)) goto done;
-            if ((m = snapkv_keep(score, P, w, Bl, kept)) == (size_t)-1) goto done;
+            m = snapkv_keep(score, P, w, Bl, kept);
         }
         if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
     }

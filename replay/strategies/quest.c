@@ -59,8 +59,7 @@ size_t quest_select_pages(const float *q, const float *k, size_t n, size_t D, si
     }
     int32_t *top = malloc((np ? np : 1) * sizeof *top);
     if (!top) return (size_t)-1;
-    size_t m = ev_topk(bound, np, npages, top);
-    if (m == (size_t)-1) { free(top); return m; }
+    size_t m = rp_topk(bound, np, npages, top);
     memset(visible, 0, n);
     for (size_t i = 0; i < m; i++) {
         size_t a = (size_t)top[i] * page, b = a + page < n ? a + page : n;

@@ -61,8 +61,9 @@ static void *random_online_new(const void *cfg, const rp_layer_ctx *ctx, size_t 
     return r;
 }
 
-static size_t random_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
-                                 const rp_cache *c, const float *probs, size_t B, size_t *evict)
+static kv_status random_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
+                                    const rp_cache *c, const float *probs, size_t B, size_t *evict,
+                                    size_t *n_evict, kv_error *err)
 {
     rp_rng *r = state;
     size_t m = 0;
@@ -77,7 +78,8 @@ static size_t random_online_step(void *state, const rp_layer_ctx *ctx, size_t g,
         }
         evict[m++] = e;
     }
-    return m;
+    *n_evict = m;
+    return KV_OK;
 }
 
 static void random_online_free(void *state) { free(state); }

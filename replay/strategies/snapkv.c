@@ -114,8 +114,7 @@ int snapkv_score(const snapkv_opts *o, int gqa, const float *attn, size_t G, siz
 
 size_t snapkv_keep(const double *score, size_t P, size_t w, size_t B, int32_t *kept)
 {
-    size_t m = ev_topk(score, P - w, B - w, kept);
-    if (m == (size_t)-1) return m;
+    size_t m = rp_topk(score, P - w, B - w, kept);
     for (size_t i = 0; i < w; i++) kept[m + i] = (int32_t)(P - w + i);
     return m + w;
 }
@@ -181,7 +180,7 @@ static int snapkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp
             for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
         } else {
             if (snapkv_head_score(o, ctx, g, score)) goto done;
-            if ((m = snapkv_keep(score, P, o->window, B, kept)) == (size_t)-1) goto done;
+            m = snapkv_keep(score, P, o->window, B, kept);
         }
         if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
     }

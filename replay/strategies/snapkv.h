@@ -40,7 +40,7 @@ void snapkv_pool(const double *x, size_t n, size_t k, int pool, double *out);
 int snapkv_score(const snapkv_opts *o, int gqa, const float *attn, size_t G, size_t P, double *score);
 
 /* Keep the window [P - w, P) and the B - w best prefix scores (ties: lower position).
- * Requires w < B < P. kept [B] ascending. Returns B, or -1 cast to size_t on ENOMEM. */
+ * Requires w < B < P. kept [B] ascending. Returns B (rp_topk: cannot fail). */
 size_t snapkv_keep(const double *score, size_t P, size_t w, size_t B, int32_t *kept);
 
 /* snapkv_score for kv head g of a layer, with the window rows from ctx->prompt_attn.

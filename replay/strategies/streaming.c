@@ -58,15 +58,17 @@ static void *streaming_online_new(const void *cfg, const rp_layer_ctx *ctx, size
     return (void *)cfg;
 }
 
-static size_t streaming_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
-                                     const rp_cache *c, const float *probs, size_t B, size_t *evict)
+static kv_status streaming_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
+                                       const rp_cache *c, const float *probs, size_t B, size_t *evict,
+                                       size_t *n_evict, kv_error *err)
 {
     const streaming_cfg *cf = state;
     size_t s = cf->sinks < B ? cf->sinks : B, m = 0;
-    if (c->n <= B) return 0;
     /* keep entries [0, s) and the last B - s; evict the middle */
-    for (size_t e = s; e < c->n - (B - s); e++) evict[m++] = e;
-    return m;
+    if (c->n > B)
+        for (size_t e = s; e < c->n - (B - s); e++) evict[m++] = e;
+    *n_evict = m;
+    return KV_OK;
 }
 
 static void streaming_online_free(void *state) {}

@@ -56,8 +56,8 @@ static int tova_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_c
         double mx = score[0];
         for (size_t j = 1; j < P; j++) mx = score[j] > mx ? score[j] : mx;
         score[P - 1] = mx;
-        size_t m = ev_topk(score, P, B, kept);
-        if (m == (size_t)-1 || ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
+        size_t m = rp_topk(score, P, B, kept);
+        if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
     }
     rc = 0;
 done:
@@ -83,12 +83,18 @@ static void *tova_online_new(const void *cfg, const rp_layer_ctx *ctx, size_t g,
     return s;
 }
 
-static size_t tova_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
-                               const rp_cache *c, const float *probs, size_t B, size_t *evict)
+static kv_status tova_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
+                                  const rp_cache *c, const float *probs, size_t B, size_t *evict,
+                                  size_t *n_evict, kv_error *err)
 {
     tova_state *s = state;
-    if (c->n > B + 2) return 0;            /* engine contract: at most B + 1 */
-    return tova_evict(probs, ctx->G, c->n, B, ctx->gqa_reduce, s->score, evict);
+    *n_evict = 0;
+    if (c->n > B + 2)                      /* engine contract: at most B + 1 */
+        return kv_error_set(err, KV_ERR_INVALID, "cache of %zu entries, more than budget %zu + 1", c->n, B);
+    size_t m = tova_evict(probs, ctx->G, c->n, B, ctx->gqa_reduce, s->score, evict);
+    if (m == (size_t)-1) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
+    *n_evict = m;
+    return KV_OK;
 }
 
 const rp_strategy rp_strategy_tova = {

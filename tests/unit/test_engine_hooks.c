@@ -149,7 +149,25 @@ static const rp_strategy calibtest = {
     .calibrate = calibtest_calibrate, .encode = calibtest_encode,
 };
 
-static const rp_strategy *reg[6];
+/* oomstep: online eviction whose step fails as an allocation failure would (the status
+ * convention of online_step): the run must stop with the strategy's "out of memory", named
+ * with the configuration and place, not with a budget breach. */
+static void *oomstep_new(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B)
+{
+    static char token;
+    return &token;
+}
+static kv_status oomstep_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t, const rp_cache *c,
+                              const float *probs, size_t B, size_t *evict, size_t *n_evict, kv_error *err)
+{
+    *n_evict = 0;
+    return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
+}
+static void oomstep_free(void *state) {}
+static rp_strategy oomstep;
+
+enum { NREG = 7 };
+static const rp_strategy *reg[NREG];
 static void reg_init(void)
 {
     evenselect = rp_strategy_full;
@@ -160,12 +178,20 @@ static void reg_init(void)
     probe.prefill = probe_prefill;
     reg[0] = &rp_strategy_full; reg[1] = &pairmerge; reg[2] = &scalek; reg[3] = &evenselect; reg[4] = &probe;
     reg[5] = &calibtest;
+    oomstep = rp_strategy_full;
+    oomstep.name = "oomstep";
+    oomstep.protocols = RP_ONLINE;
+    oomstep.needs_budget = 1;
+    oomstep.online_new = oomstep_new;
+    oomstep.online_step = oomstep_step;
+    oomstep.online_free = oomstep_free;
+    reg[6] = &oomstep;
 }
-size_t rp_strategy_count(void) { return 6; }
-const rp_strategy *rp_strategy_at(size_t i) { return i < 6 ? reg[i] : NULL; }
+size_t rp_strategy_count(void) { return NREG; }
+const rp_strategy *rp_strategy_at(size_t i) { return i < NREG ? reg[i] : NULL; }
 const rp_strategy *rp_strategy_find(const char *name)
 {
-    for (size_t i = 0; i < 6; i++) if (!strcmp(reg[i]->name, name)) return reg[i];
+    for (size_t i = 0; i < NREG; i++) if (!strcmp(reg[i]->name, name)) return reg[i];
     return NULL;
 }
 
@@ -287,6 +313,33 @@ int main(void)
     char fam[64] = "";
     field(out, 4, "family", fam, sizeof fam);
     check("composition family", !strcmp(fam, "pairmerge+scalek"));
+
+    /* online_step's status: the engine reports the strategy's message with its place */
+    char out2[4200], errpath[4200], msg[2048] = "";
+    snprintf(out2, sizeof out2, "%s.oom", out);
+    snprintf(errpath, sizeof errpath, "%s.stderr", out);
+    char *argv2[] = { "run", trace, "--mode", "online", "--decode", "8", "-o", out2, "--threads", "1",
+                      "--strategy", "oomstep keep=0.5", NULL };
+    fflush(stderr);
+    int saved = dup(2);
+    FILE *ef = fopen(errpath, "w+");
+    if (saved < 0 || !ef) { printf("FAIL cannot redirect stderr\n"); return 1; }
+    dup2(fileno(ef), 2);
+    rc = kvcmd_run((int)(sizeof argv2 / sizeof argv2[0]) - 1, argv2);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    rewind(ef);
+    size_t got = fread(msg, 1, sizeof msg - 1, ef);
+    msg[got] = 0;
+    fclose(ef);
+    remove(errpath);
+    check("online_step failure: non-zero exit", rc != 0);
+    check("online_step failure: the strategy's 'out of memory' with config and place",
+          strstr(msg, "config 'oomstep keep=0.5': oomstep online step at seq 0 layer ") &&
+          strstr(msg, "kv head 0 position ") && strstr(msg, ": out of memory"));
+    check("online_step failure: not reported as a budget breach", !strstr(msg, "budget"));
+    if (fails) printf("  stderr was: %s\n", msg);
     printf("%d checks, %d failures\n", checks, fails);
     return fails ? 1 : 0;
 }

@@ -155,7 +155,9 @@ static void test_h2o(void)
         if (c.n <= 3) continue;
         float probs[8];
         for (size_t e = 0; e < c.n; e++) probs[e] = A6[t][c.pos[e]];
-        size_t ne = st->online_step(state, &ctx, 0, t, &c, probs, 3, ev);
+        size_t ne = 0;
+        kv_error ke;
+        check_eq("h2o online_step status", (long)st->online_step(state, &ctx, 0, t, &c, probs, 3, ev, &ne, &ke), KV_OK);
         char what[64];
         snprintf(what, sizeof what, "h2o online t=%zu evicts one", t);
         check_eq(what, (long)ne, 1);

@@ -1,10 +1,12 @@
 /* kv_file_sha256 against sha256sum (coreutils, an independent implementation) on lengths
  * around the 55/56/64-byte padding boundaries and a 1 MiB file, plus the FIPS 180-4 "abc"
  * vector; and kv_atomic_* (commit renames, discard leaves nothing). */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kvtrace.h"
@@ -20,6 +22,117 @@ static int sha256sum(const char *path, char out[65])
         return -1;
     int ok = fscanf(p, "%64s", out) == 1;
     return pclose(p) == 0 && ok ? 0 : -1;
+}
+
+static void expect(const char *what, int cond)
+{
+    checks++;
+    if (!cond) {
+        fails++;
+        printf("FAIL %s\n", what);
+    }
+}
+
+static int write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    fputs(text, f);
+    return fclose(f);
+}
+
+/* The digest cache (kv_file_sha256_cached): a hit returns what a fresh hash returns; a
+ * changed size or mtime misses; a corrupt or foreign entry is not trusted; an unwritable
+ * cache directory still gives the digest. Hits are observed through *hit and through a
+ * forged entry (right key, wrong digest), which only a lookup by key would return. */
+static void cache_tests(const char *dir)
+{
+    char path[4200], cdir[4200], entry[4400], got[65], fresh[65];
+    kv_error err = {0};
+    int hit = -1;
+    snprintf(path, sizeof path, "%s/trace.bin", dir);
+    snprintf(cdir, sizeof cdir, "%s/cache/kvtrace", dir);
+    expect("cache: write test file", write_file(path, "some trace bytes\n") == 0);
+    expect("cache: fresh hash", kv_file_sha256(path, fresh, &err) == KV_OK);
+    expect("cache: first call misses and hashes",
+           kv_file_sha256_cached(path, cdir, got, &hit, &err) == KV_OK && hit == 0 && !strcmp(got, fresh));
+    expect("cache: second call hits with the same digest",
+           kv_file_sha256_cached(path, cdir, got, &hit, &err) == KV_OK && hit == 1 && !strcmp(got, fresh));
+    struct stat st;
+    stat(path, &st);
+    snprintf(entry, sizeof entry, "%s/sha256-%llu-%llu", cdir, (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+    /* a forged digest under the right key is what a hit returns: the lookup is by key */
+    char line[512];
+    FILE *f = fopen(entry, "rb");
+    size_t n = f ? fread(line, 1, sizeof line - 1, f) : 0;
+    if (f)
+        fclose(f);
+    line[n] = 0;
+    expect("cache: entry holds the digest", n > 65 && !strncmp(line + n - 65, fresh, 64));
+    char forged[512];
+    snprintf(forged, sizeof forged, "%.*s%s\n", (int)(n - 65), line,
+             "0000000000000000000000000000000000000000000000000000000000000000");
+    write_file(entry, forged);
+    expect("cache: a well-formed entry with the file's key is used",
+           kv_file_sha256_cached(path, cdir, got, &hit, &err) == KV_OK && hit == 1 && got[0] == '0' && got[63] == '0');
+    /* corrupt entries: not trusted, re-hashed, rewritten */
+    const char *bad[] = { "", "garbage\n", "kvtrace-sha256-cache 1 1 2 3 4 5 zz\n" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        write_file(entry, bad[i]);
+        expect("cache: a corrupt entry is ignored",
+               kv_file_sha256_cached(path, cdir, got, &hit, &err) == KV_OK && hit == 0 && !strcmp(got, fresh));
+    }
+    snprintf(forged, sizeof forged, "%.*sXYZ\n", (int)(n - 65), line);      /* right key, digest not hex */
+    write_file(entry, forged);
+    expect("cache: a non-hex digest is ignored",
+           kv_file_sha256_cached(path, cdir, got, &hit, &err) == KV_OK && hit == 0 && !strcmp(got, fresh));
+    expect("cache: rewritten after a corrupt entry",
+           kv_file_sha256_cached(path, cdir, got, &hit, &err) == KV_OK && hit == 1 && !strcmp(got, fresh));
+    /* the file changes: size (appended), then mtime alone (same bytes, utimensat) */
+    f = fopen(path, "ab");
+    fputs("more", f);
+    fclose(f);
+    char fresh2[65];
+    kv_file_sha256(path, fresh2, &err);
+    expect("cache: a size change misses",
+           kv_file_sha256_cached(path, cdir, got, &hit, &err) == KV_OK && hit == 0 && !strcmp(got, fresh2));
+    struct timespec ts[2] = { { 0, UTIME_OMIT }, { 1000000000, 123 } };
+    utimensat(AT_FDCWD, path, ts, 0);
+    expect("cache: an mtime change misses",
+           kv_file_sha256_cached(path, cdir, got, &hit, &err) == KV_OK && hit == 0 && !strcmp(got, fresh2));
+    expect("cache: and is cached again",
+           kv_file_sha256_cached(path, cdir, got, &hit, &err) == KV_OK && hit == 1 && !strcmp(got, fresh2));
+    /* no cache dir (NULL) and an unwritable one: the digest all the same */
+    expect("cache: NULL dir = plain hash",
+           kv_file_sha256_cached(path, NULL, got, &hit, &err) == KV_OK && hit == 0 && !strcmp(got, fresh2));
+    char ro[4200], rodir[4300];
+    snprintf(ro, sizeof ro, "%s/ro", dir);
+    snprintf(rodir, sizeof rodir, "%s/kvtrace", ro);
+    mkdir(ro, 0500);
+    expect("cache: read-only cache dir still hashes",
+           kv_file_sha256_cached(path, rodir, got, &hit, &err) == KV_OK && hit == 0 && !strcmp(got, fresh2));
+    expect("cache: ... twice (nothing was stored)",
+           kv_file_sha256_cached(path, rodir, got, &hit, &err) == KV_OK && !strcmp(got, fresh2));
+    expect("cache: missing file is an i/o error",
+           kv_file_sha256_cached("/nonexistent/x.h5", cdir, got, &hit, &err) == KV_ERR_IO);
+    /* the default directory */
+    char buf[4200];
+    setenv("XDG_CACHE_HOME", "/x/y", 1);
+    expect("cache dir: XDG_CACHE_HOME/kvtrace", kv_hash_cache_dir(buf, sizeof buf) && !strcmp(buf, "/x/y/kvtrace"));
+    setenv("XDG_CACHE_HOME", "relative", 1);
+    setenv("HOME", "/h", 1);
+    expect("cache dir: relative XDG ignored -> HOME/.cache/kvtrace",
+           kv_hash_cache_dir(buf, sizeof buf) && !strcmp(buf, "/h/.cache/kvtrace"));
+    setenv("KVTRACE_HASH_CACHE", "0", 1);
+    expect("cache dir: KVTRACE_HASH_CACHE=0 disables", kv_hash_cache_dir(buf, sizeof buf) == NULL);
+    unsetenv("KVTRACE_HASH_CACHE");
+    rmdir(ro);
+    remove(entry);
+    rmdir(cdir);
+    snprintf(buf, sizeof buf, "%s/cache", dir);
+    rmdir(buf);
+    unlink(path);
 }
 
 int main(void)
@@ -109,6 +222,7 @@ int main(void)
     } else {
         fails++;
     }
+    cache_tests(dir);
     rmdir(dir);
     if (!have_tool)
         printf("note: sha256sum not available; only the FIPS vector was checked\n");

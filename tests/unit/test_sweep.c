@@ -90,12 +90,51 @@ int main(void)
     sweep_free(&sw);
 
     /* rp_topk: ties by lower index, NaN lowest, output ascending */
-    float sc[6] = { 1, 3, 3, NAN, 3, 0 };
+    double sc[6] = { 1, 3, 3, NAN, 3, 0 };
     int32_t out[6];
     size_t m = rp_topk(sc, 6, 2, out);
     check("topk ties lower index", m == 2 && out[0] == 1 && out[1] == 2);
     m = rp_topk(sc, 6, 5, out);
     check("topk NaN last", m == 5 && out[0] == 0 && out[1] == 1 && out[2] == 2 && out[3] == 4 && out[4] == 5);
+    check("topk k > n clamps to n", rp_topk(sc, 6, 9, out) == 6 && out[0] == 0 && out[5] == 5);
+    out[0] = 77;
+    check("topk k = 0 leaves out alone", rp_topk(sc, 6, 0, out) == 0 && out[0] == 77);
+    /* against a naive reference: a full stable selection by (score desc, NaN last, index asc),
+     * on random scores drawn from a few values (many ties) and NaNs, every k */
+    {
+        unsigned x = 2024;
+        int bad = 0;
+        for (int rep = 0; rep < 200 && !bad; rep++) {
+            size_t n = 1 + (size_t)(rep % 37);
+            double v[40];
+            for (size_t i = 0; i < n; i++) {
+                x = x * 1103515245u + 12345u;
+                unsigned r = (x >> 16) % 7;
+                v[i] = r == 6 ? NAN : (double)r - 2.5;
+            }
+            for (size_t k = 0; k <= n + 1 && !bad; k++) {
+                int32_t got[40], want[40];
+                uint8_t taken[40] = { 0 };
+                size_t kk = k < n ? k : n;
+                for (size_t j = 0; j < kk; j++) {       /* pick the best remaining, lowest index on ties */
+                    long best = -1;
+                    for (size_t i = 0; i < n; i++) {
+                        if (taken[i]) continue;
+                        if (best < 0) { best = (long)i; continue; }
+                        double a = v[i], bb = v[best];
+                        if (isnan(bb) && !isnan(a)) best = (long)i;
+                        else if (!isnan(a) && !isnan(bb) && a > bb) best = (long)i;
+                    }
+                    taken[best] = 1;
+                }
+                size_t w = 0;
+                for (size_t i = 0; i < n; i++) if (taken[i]) want[w++] = (int32_t)i;
+                size_t m2 = rp_topk(v, n, k, got);
+                if (m2 != kk || memcmp(got, want, kk * sizeof *got)) bad = 1;
+            }
+        }
+        check("topk = naive selection on 200 random tie-heavy vectors, every k", !bad);
+    }
 
     /* online rules on a hand cache of 6 entries, B = 4 */
     rp_cache cache = { 0 };
@@ -113,15 +152,34 @@ int main(void)
     rp_layer_ctx ctx;
     memset(&ctx, 0, sizeof ctx);
     void *state = st->online_new(cfg, &ctx, 0, 4);
-    m = st->online_step(state, &ctx, 0, 5, &cache, NULL, 4, ev);
+    kv_error ke;
+    check("streaming online_step ok", st->online_step(state, &ctx, 0, 5, &cache, NULL, 4, ev, &m, &ke) == KV_OK);
     check("streaming sinks=1 B=4 evicts entries 1, 2", m == 2 && ev[0] == 1 && ev[1] == 2);
     st->online_free(state);
     st->free_cfg(cfg);
     const rp_strategy *kn = rp_strategy_find("knorm");
     state = kn->online_new(NULL, &ctx, 0, 4);
-    m = kn->online_step(state, &ctx, 0, 5, &cache, NULL, 4, ev);
+    check("knorm online_step ok", kn->online_step(state, &ctx, 0, 5, &cache, NULL, 4, ev, &m, &ke) == KV_OK);
     check("knorm evicts the two largest norms (entries 2 and 5)", m == 2 && ev[0] == 2 && ev[1] == 5);
     kn->online_free(state);
+#if !defined(__SANITIZE_ADDRESS__)
+    /* knorm's allocation failure, injected by a cache too large for any allocation (2^59
+     * entries: its score array needs 2^62 bytes, beyond the address space; the hook fails
+     * before it touches a row): "out of memory", not "0 evictions" (which the engine then
+     * misreported as a budget breach). Not under ASan, whose allocator aborts on such a
+     * request instead of returning NULL. */
+    {
+        rp_cache huge = cache;
+        huge.n = (size_t)1 << 59;
+        size_t ne = 12345;
+        kv_error ke2 = { 0 };
+        state = kn->online_new(NULL, &ctx, 0, 4);
+        kv_status st2 = kn->online_step(state, &ctx, 0, 5, &huge, NULL, 4, ev, &ne, &ke2);
+        check("knorm online_step OOM: KV_ERR_NOMEM with 'out of memory', nothing evicted",
+              st2 == KV_ERR_NOMEM && strstr(ke2.msg, "out of memory") && ne == 0);
+        kn->online_free(state);
+    }
+#endif
     rp_cache_free(&cache);
 
     printf("%d checks, %d failures\n", checks, fails);
