@@ -34,9 +34,18 @@
 #endif
 #endif
 
+/* What identifies the file the validator accepted: the parent opens the same inode with
+ * the same size and modification time, or refuses (and re-checks before every read). */
+typedef struct file_id {
+    unsigned long long dev, ino, size;
+    long long mtime_s, mtime_ns;
+} file_id;
+
 struct kv_trace {
     kv_info info;
     hid_t file;
+    int have_id;            /* 1: id holds what the validating child saw */
+    file_id id;
     hid_t *tens;            /* [L * 4] /layers/<l>/{q,k,v,attn_out}, opened on first use */
     uint16_t *scratch;      /* raw f16 staging buffer */
     size_t scratch_n;
@@ -52,8 +61,34 @@ static void info_free(kv_info *in)
     in->model_layer = NULL;
 }
 
+/* The identity of an open HDF5 file, from its own descriptor (sec2 driver) or, failing
+ * that, from path. */
+static int file_identity(hid_t f, const char *path, file_id *id)
+{
+    struct stat sb;
+    void *h = NULL;
+    int ok = 0;
+    if (f >= 0 && H5Fget_vfd_handle(f, H5P_DEFAULT, &h) >= 0 && h)
+        ok = fstat(*(int *)h, &sb) == 0;
+    if (!ok && stat(path, &sb) != 0)
+        return -1;
+    id->dev = (unsigned long long)sb.st_dev;
+    id->ino = (unsigned long long)sb.st_ino;
+    id->size = (unsigned long long)sb.st_size;
+    id->mtime_s = (long long)sb.st_mtim.tv_sec;
+    id->mtime_ns = (long long)sb.st_mtim.tv_nsec;
+    return 0;
+}
+
+static int file_id_same(const file_id *a, const file_id *b)
+{
+    return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime_s == b->mtime_s &&
+           a->mtime_ns == b->mtime_ns;
+}
+
 /* Opens path read-only and runs trace_inspect on it, in this process. */
-static kv_status open_and_inspect(const char *path, int full, kv_info *info, hid_t *file_out, kv_error *err)
+static kv_status open_and_inspect(const char *path, int full, kv_info *info, hid_t *file_out, file_id *id,
+                                  kv_error *err)
 {
     struct stat sb;
     if (stat(path, &sb) != 0)
@@ -72,6 +107,8 @@ static kv_status open_and_inspect(const char *path, int full, kv_info *info, hid
     if (f < 0)
         return kverr_set(err, KV_ERR_FORMAT, "%s: file: cannot open as HDF5 (truncated or corrupt file)", path);
     kv_status st = trace_inspect(path, f, full, info, err);
+    if (st == KV_OK && id && file_identity(f, path, id) != 0)
+        st = kverr_set(err, KV_ERR_IO, "%s: file: cannot stat: %s", path, strerror(errno));
     if (st != KV_OK || !file_out) {
         H5Fclose(f);
         return st;
@@ -139,12 +176,18 @@ static __attribute__((noreturn)) void child_main(int fd, const char *path, const
     kv_error e;
     memset(&info, 0, sizeof info);
     memset(&e, 0, sizeof e);
-    kv_status st = open_and_inspect(path, 1, &info, NULL, &e);
+    file_id id;
+    kv_status st = open_and_inspect(path, 1, &info, NULL, &id, &e);
     info_free(&info);
     unsigned char code = (unsigned char)st;
     write_all(fd, &code, 1);
-    if (st != KV_OK)
+    if (st != KV_OK) {
         write_all(fd, e.msg, strlen(e.msg));
+    } else {
+        char buf[160];
+        int n = snprintf(buf, sizeof buf, "%llu %llu %llu %lld %lld", id.dev, id.ino, id.size, id.mtime_s, id.mtime_ns);
+        write_all(fd, buf, (size_t)n);
+    }
     write_all(fd, "\n", 1);
     _exit(0);
 }
@@ -156,7 +199,7 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static kv_status validate_in_child(const char *path, const kv_open_opts *o, kv_error *err)
+static kv_status validate_in_child(const char *path, const kv_open_opts *o, file_id *id, kv_error *err)
 {
     unsigned timeout = o && o->timeout_s ? o->timeout_s : 60;
     unsigned long long mem = o && o->mem_limit ? o->mem_limit : 4ULL << 30;
@@ -227,8 +270,14 @@ static kv_status validate_in_child(const char *path, const kv_open_opts *o, kv_e
                          WIFEXITED(status) ? WEXITSTATUS(status) : -1);
     msg[got - 1] = '\0';
     kv_status code = (kv_status)(unsigned char)msg[0];
-    if (code == KV_OK)
+    if (code == KV_OK) {
+        file_id c;
+        if (sscanf(msg + 1, "%llu %llu %llu %lld %lld", &c.dev, &c.ino, &c.size, &c.mtime_s, &c.mtime_ns) != 5)
+            return kverr_set(err, KV_ERR_VALIDATOR, "%s: validator: accepted the file without naming it", path);
+        if (id)
+            *id = c;
         return KV_OK;
+    }
     if (code > KV_ERR_VALUE)
         code = KV_ERR_VALIDATOR;
     return kverr_set(err, code, "%s", msg + 1);
@@ -243,11 +292,11 @@ kv_status kv_trace_validate(const char *path, const kv_open_opts *opts, kv_error
     if (opts && opts->skip_child_validation) {
         kv_info info;
         memset(&info, 0, sizeof info);
-        kv_status st = open_and_inspect(path, 1, &info, NULL, err);
+        kv_status st = open_and_inspect(path, 1, &info, NULL, NULL, err);
         info_free(&info);
         return st;
     }
-    return validate_in_child(path, opts, err);
+    return validate_in_child(path, opts, NULL, err);
 }
 
 kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **out, kv_error *err)
@@ -258,8 +307,9 @@ kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **o
     if (strlen(path) >= sizeof ((kv_info *)0)->path)
         return kverr_set(err, KV_ERR_INVALID, "%s: path too long", path);
     int skip = opts && opts->skip_child_validation;
+    file_id vid;
     if (!skip) {
-        kv_status st = validate_in_child(path, opts, err);
+        kv_status st = validate_in_child(path, opts, &vid, err);
         if (st != KV_OK)
             return st;
     }
@@ -267,8 +317,35 @@ kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **o
     if (!t)
         return kverr_set(err, KV_ERR_NOMEM, "%s: out of memory", path);
     t->file = H5I_INVALID_HID;
-    /* skip: validate fully in-process (no crash isolation: files this process wrote) */
-    kv_status st = open_and_inspect(path, skip, &t->info, &t->file, err);
+    /* skip: validate fully in-process (no crash isolation: files this process wrote).
+     * Otherwise: the file this process opens must be the one the child read (same inode,
+     * size and mtime), else it was replaced or modified since, and nothing is read. The
+     * identity is taken as soon as HDF5 has opened it, before trace_inspect reads anything
+     * beyond the superblock; a changed file can still be mid-rewrite at that point, which
+     * is why the comparison comes first. */
+    kv_status st;
+    if (!skip) {
+        kvh5_quiet();
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        if (f < 0) {
+            kv_trace_close(t);
+            return kverr_set(err, KV_ERR_IO, "%s: file: changed since it was validated (cannot open it again)", path);
+        }
+        file_id now;
+        if (file_identity(f, path, &now) != 0 || !file_id_same(&now, &vid)) {
+            H5Fclose(f);
+            kv_trace_close(t);
+            return kverr_set(err, KV_ERR_IO,
+                             "%s: file: changed since it was validated (inode, size or modification time differ); "
+                             "not read", path);
+        }
+        t->file = f;
+        t->have_id = 1;
+        t->id = vid;
+        st = trace_inspect(path, f, 0, &t->info, err);
+    } else {
+        st = open_and_inspect(path, 1, &t->info, &t->file, NULL, err);
+    }
     if (st != KV_OK) {
         kv_trace_close(t);
         return st;
@@ -334,6 +411,10 @@ static kv_status read_raw(kv_trace *t, hid_t d, const char *name, int rank, cons
     hid_t ft = H5I_INVALID_HID, fs = H5I_INVALID_HID, ms = H5I_INVALID_HID;
     if (n == 0)
         return KV_OK;
+    file_id now;
+    if (t->have_id && (file_identity(t->file, t->info.path, &now) != 0 || !file_id_same(&now, &t->id)))
+        return kverr_set(err, KV_ERR_IO, "%s: file: changed since it was validated (size or modification time "
+                         "differ); not read", t->info.path);
     ft = memtype >= 0 ? H5I_INVALID_HID : H5Dget_type(d);
     fs = H5Dget_space(d);
     /* The memory space has the selection's own rank and shape: with a 1-D memory space
