@@ -182,13 +182,14 @@ bench: probe $(PROGS) $(BENCH_PROGS)
 # undefined (objects and programs under $(FUZZ_O); libhdf5, zlib and GSL are not
 # instrumented), then run for FUZZ_RUNS executions on fuzz/corpus/<name> (seeded by
 # fuzz/seeds_<name>.py when it exists, plus the regression inputs fuzz/regress/<name>/),
-# in libFuzzer's fork mode so that a crash does not end the run; then fuzz/triage.sh
+# in libFuzzer's fork mode (FUZZ_JOBS workers) so that a crash does not end the run; then fuzz/triage.sh
 # replays each artifact (fuzz/artifacts/<name>/) and fails on any that is a finding.
 # Log: fuzz/artifacts/<name>/log.txt. Never part of make test (tests/sh/test_fuzz_regress.sh
 # replays fuzz/regress/ there).
 FUZZ_CC    ?= clang-14
 FUZZ_O     ?= fuzz-build/
 FUZZ_RUNS  ?= 1000000
+FUZZ_JOBS  ?= 1
 FUZZ_OPTS  ?= -timeout=10 -rss_limit_mb=4096 -malloc_limit_mb=100000000
 # FUZZ_LIBS_<name>: the libraries a harness links (default all three; replay/attn.c does
 # not build with clang, so a harness that needs libkvreplay needs that fixed first).
@@ -205,7 +206,7 @@ fuzz:
 	  mkdir -p fuzz/corpus/$$n fuzz/artifacts/$$n fuzz/regress/$$n; \
 	  if [ -f fuzz/seeds_$$n.py ]; then $(PYTHON) fuzz/seeds_$$n.py fuzz/corpus/$$n; fi; \
 	  echo "fuzz: $$n, $(FUZZ_RUNS) runs (log: fuzz/artifacts/$$n/log.txt)"; \
-	  nice -n 10 $(FUZZ_O)bin/fuzz/fuzz_$$n -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
+	  nice -n 10 $(FUZZ_O)bin/fuzz/fuzz_$$n -fork=$(FUZZ_JOBS) -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
 	    -runs=$(FUZZ_RUNS) $(FUZZ_OPTS) -artifact_prefix=fuzz/artifacts/$$n/ \
 	    fuzz/corpus/$$n fuzz/regress/$$n > fuzz/artifacts/$$n/log.txt 2>&1 || true; \
 	  grep -E '^#[0-9]+:' fuzz/artifacts/$$n/log.txt | tail -n 1; \

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S, T, L, D, C, V = 2, 16, 2, 8, 16, 32
 
 
-def cut(src, dst, chunked=True, fletcher=False, readout=True, S=S, libver="earliest"):
+def cut(src, dst, chunked=True, fletcher=False, readout=True, S=S, libver="earliest", L=L, T=T):
     with h5py.File(src, "r") as f, h5py.File(dst, "w", libver=(libver, "latest")) as g:
         H, HKV = int(f.attrs["n_heads"]), int(f.attrs["n_kv_heads"])
         for k, v in f.attrs.items():
@@ -82,7 +82,8 @@ def main():
     for name in ("sample", "sample_qa"):
         src = os.path.join(ROOT, "traces", name + ".h5")
         for tag, kw in (("deflate", {}), ("contig", dict(chunked=False)), ("fletcher", dict(fletcher=True)),
-                        ("noreadout", dict(readout=False, S=1)), ("latest", dict(libver="latest"))):
+                        ("noreadout", dict(readout=False, S=1)), ("latest", dict(libver="latest")),
+                        ("tiny", dict(S=1, L=1, T=8)), ("tiny_latest", dict(S=1, L=1, T=8, libver="latest"))):
             cut(src, os.path.join(out, "seed_%s_%s.h5" % (name, tag)), **kw)
             n += 1
     print("%d seeds in %s" % (n, out))

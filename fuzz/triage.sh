@@ -7,6 +7,7 @@
 h=$1; d=$2
 n=0; bad=0
 for f in "$d"/crash-* "$d"/timeout-* "$d"/oom-* "$d"/leak-*; do
+    case "$f" in *.triage) continue ;; esac
     [ -f "$f" ] || continue
     n=$((n + 1))
     if ! FUZZ_CHILD=1 "$h" -timeout=120 "$f" > "$f.triage" 2>&1; then

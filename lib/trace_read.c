@@ -178,16 +178,19 @@ static __attribute__((noreturn)) void child_main(int fd, const char *path, const
     memset(&e, 0, sizeof e);
     file_id id;
     kv_status st = open_and_inspect(path, 1, &info, NULL, &id, &e);
-    info_free(&info);
     unsigned char code = (unsigned char)st;
     write_all(fd, &code, 1);
     if (st != KV_OK) {
         write_all(fd, e.msg, strlen(e.msg));
     } else {
-        char buf[160];
-        int n = snprintf(buf, sizeof buf, "%llu %llu %llu %lld %lld", id.dev, id.ino, id.size, id.mtime_s, id.mtime_ns);
-        write_all(fd, buf, (size_t)n);
+        /* the verdict carries what the parent would otherwise read again from the file's
+         * metadata (attributes, shapes): [file_id][kv_info][layer_window L][model_layer L] */
+        write_all(fd, &id, sizeof id);
+        write_all(fd, &info, sizeof info);
+        write_all(fd, info.layer_window, info.n_layers * sizeof *info.layer_window);
+        write_all(fd, info.model_layer, info.n_layers * sizeof *info.model_layer);
     }
+    info_free(&info);
     write_all(fd, "\n", 1);
     _exit(0);
 }
@@ -199,7 +202,10 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static kv_status validate_in_child(const char *path, const kv_open_opts *o, file_id *id, kv_error *err)
+/* The child's verdict: KV_OK with *id and (info != NULL) *info filled from its report, or
+ * its error. */
+static kv_status validate_in_child(const char *path, const kv_open_opts *o, file_id *id, kv_info *info,
+                                   kv_error *err)
 {
     unsigned timeout = o && o->timeout_s ? o->timeout_s : 60;
     unsigned long long mem = o && o->mem_limit ? o->mem_limit : 4ULL << 30;
@@ -220,8 +226,16 @@ static kv_status validate_in_child(const char *path, const kv_open_opts *o, file
     }
     close(fds[1]);
 
-    char msg[1100];
-    size_t got = 0;
+    size_t cap = 1 + sizeof(file_id) + sizeof(kv_info) + 2 * 1024 * sizeof(long long) + 1100, got = 0;
+    char *msg = malloc(cap);
+    if (!msg) {
+        close(fds[0]);
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        return kverr_set(err, KV_ERR_NOMEM, "%s: validator: out of memory", path);
+    }
+    kv_status ret;
     int timed_out = 0;
     double deadline = now_s() + timeout;
     for (;;) {
@@ -238,13 +252,13 @@ static kv_status validate_in_child(const char *path, const kv_open_opts *o, file
             break;
         if (r == 0)
             continue;                          /* re-check the deadline */
-        ssize_t n = read(fds[0], msg + got, sizeof msg - 1 - got);
+        ssize_t n = read(fds[0], msg + got, cap - 1 - got);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             break;                             /* EOF: the child is gone */
         got += (size_t)n;
-        if (got == sizeof msg - 1)
+        if (got == cap - 1)
             break;
     }
     close(fds[0]);
@@ -254,33 +268,50 @@ static kv_status validate_in_child(const char *path, const kv_open_opts *o, file
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
     msg[got] = '\0';
-    if (timed_out)
-        return kverr_set(err, KV_ERR_VALIDATOR,
-                         "%s: validator: timed out after %u s and was killed (crafted or pathological file?)",
-                         path, timeout);
-    if (WIFSIGNALED(status)) {
+    if (timed_out) {
+        ret = kverr_set(err, KV_ERR_VALIDATOR,
+                        "%s: validator: timed out after %u s and was killed (crafted or pathological file?)", path,
+                        timeout);
+    } else if (WIFSIGNALED(status)) {
         int sig = WTERMSIG(status);
-        return kverr_set(err, KV_ERR_VALIDATOR,
-                         "%s: validator: killed by signal %d (%s)%s; the file is probably corrupt or crafted",
-                         path, sig, strsignal(sig), sig == SIGXCPU ? " after its CPU limit" : "");
+        ret = kverr_set(err, KV_ERR_VALIDATOR,
+                        "%s: validator: killed by signal %d (%s)%s; the file is probably corrupt or crafted", path, sig,
+                        strsignal(sig), sig == SIGXCPU ? " after its CPU limit" : "");
+    } else if (got < 2 || msg[got - 1] != '\n') {
+        ret = kverr_set(err, KV_ERR_VALIDATOR, "%s: validator: exited with status %d without a verdict (memory limit?)",
+                        path, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    } else if ((kv_status)(unsigned char)msg[0] == KV_OK) {
+        size_t head = 1 + sizeof(file_id) + sizeof(kv_info);
+        kv_info ci;
+        if (got >= head)
+            memcpy(&ci, msg + 1 + sizeof(file_id), sizeof ci);
+        if (got < head || ci.n_layers > 1024 || got != head + 2 * ci.n_layers * sizeof(long long) + 1) {
+            ret = kverr_set(err, KV_ERR_VALIDATOR, "%s: validator: accepted the file with a malformed report", path);
+        } else {
+            if (id)
+                memcpy(id, msg + 1, sizeof *id);
+            ret = KV_OK;
+            if (info) {
+                *info = ci;
+                size_t nb = ci.n_layers * sizeof(long long);
+                info->layer_window = malloc(nb ? nb : 1);
+                info->model_layer = malloc(nb ? nb : 1);
+                if (!info->layer_window || !info->model_layer) {
+                    info_free(info);
+                    ret = kverr_set(err, KV_ERR_NOMEM, "%s: out of memory", path);
+                } else {
+                    memcpy(info->layer_window, msg + head, nb);
+                    memcpy(info->model_layer, msg + head + nb, nb);
+                }
+            }
+        }
+    } else {
+        kv_status code = (kv_status)(unsigned char)msg[0];
+        msg[got - 1] = '\0';
+        ret = kverr_set(err, code > KV_ERR_VALUE ? KV_ERR_VALIDATOR : code, "%s", msg + 1);
     }
-    if (got < 2 || msg[got - 1] != '\n')
-        return kverr_set(err, KV_ERR_VALIDATOR,
-                         "%s: validator: exited with status %d without a verdict (memory limit?)", path,
-                         WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-    msg[got - 1] = '\0';
-    kv_status code = (kv_status)(unsigned char)msg[0];
-    if (code == KV_OK) {
-        file_id c;
-        if (sscanf(msg + 1, "%llu %llu %llu %lld %lld", &c.dev, &c.ino, &c.size, &c.mtime_s, &c.mtime_ns) != 5)
-            return kverr_set(err, KV_ERR_VALIDATOR, "%s: validator: accepted the file without naming it", path);
-        if (id)
-            *id = c;
-        return KV_OK;
-    }
-    if (code > KV_ERR_VALUE)
-        code = KV_ERR_VALIDATOR;
-    return kverr_set(err, code, "%s", msg + 1);
+    free(msg);
+    return ret;
 }
 
 /* ---- open / close ------------------------------------------------------------------ */
@@ -296,7 +327,7 @@ kv_status kv_trace_validate(const char *path, const kv_open_opts *opts, kv_error
         info_free(&info);
         return st;
     }
-    return validate_in_child(path, opts, NULL, err);
+    return validate_in_child(path, opts, NULL, NULL, err);
 }
 
 kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **out, kv_error *err)
@@ -308,23 +339,25 @@ kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **o
         return kverr_set(err, KV_ERR_INVALID, "%s: path too long", path);
     int skip = opts && opts->skip_child_validation;
     file_id vid;
-    if (!skip) {
-        kv_status st = validate_in_child(path, opts, &vid, err);
-        if (st != KV_OK)
-            return st;
-    }
     kv_trace *t = calloc(1, sizeof *t);
     if (!t)
         return kverr_set(err, KV_ERR_NOMEM, "%s: out of memory", path);
     t->file = H5I_INVALID_HID;
+    if (!skip) {
+        kv_status st = validate_in_child(path, opts, &vid, &t->info, err);
+        if (st != KV_OK) {
+            free(t);
+            return st;
+        }
+    }
     /* skip: validate fully in-process (no crash isolation: files this process wrote).
-     * Otherwise: the file this process opens must be the one the child read (same inode,
-     * size and mtime), else it was replaced or modified since, and nothing is read. The
-     * identity is taken as soon as HDF5 has opened it, before trace_inspect reads anything
-     * beyond the superblock; a changed file can still be mid-rewrite at that point, which
-     * is why the comparison comes first. */
+     * Otherwise: the description (kv_info: attributes, shapes) is the child's, and the file
+     * this process opens must be the one the child read (same inode, size and mtime), else
+     * it was replaced or modified since, and nothing is read. */
     kv_status st;
     if (!skip) {
+        if (opts && opts->test_after_validate)
+            opts->test_after_validate(path);
         kvh5_quiet();
         hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
         if (f < 0) {
@@ -342,7 +375,7 @@ kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **o
         t->file = f;
         t->have_id = 1;
         t->id = vid;
-        st = trace_inspect(path, f, 0, &t->info, err);
+        st = KV_OK;
     } else {
         st = open_and_inspect(path, 1, &t->info, &t->file, NULL, err);
     }
