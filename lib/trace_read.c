@@ -7,7 +7,10 @@
  * (lib/trace_validate.c) and reports one status byte plus one message line through a pipe.
  * The parent waits with a wall-clock timeout and kills it; a crash, a limit or a timeout
  * becomes KV_ERR_VALIDATOR with a line naming the file and the signal. Only after the
- * child accepted the file does this process open it.
+ * child accepted the file does this process open it, and only if it is the file the child
+ * read (inode, size, mtime: file_id, re-checked before every read); the description
+ * (kv_info) comes from the child's verdict, so this process does not parse the
+ * attributes again. Design: lib/trace_validate.c, top.
  *
  * Shapes: S sequences, T tokens, L layers, H q-heads, Hkv kv-heads, D head_dim, C d_model.
  */

@@ -1,11 +1,32 @@
 /* Validation of a trace against traces/SCHEMA.md (version 1) and filling of kv_info.
  *
  * trace_inspect(full = 1) runs in the validating child (lib/trace_read.c): it walks every
- * link (hard links only), checks the storage rules of every dataset (kinds, datatypes,
- * layouts, filters, allocation, caps), then the schema's structure, shapes, attributes and
+ * link (hard links only; group by group, depth <= 8 and <= 100000 links, each object once),
+ * checks the storage rules of every dataset (kinds, datatypes, layouts, filters,
+ * allocation, caps) and reads every chunk of every chunked dataset (check_chunks), then
+ * the schema's structure, shapes, attributes (strings: strict UTF-8, no NUL) and
  * consistency rules including the values of /seq_len, /prefill_len, /tokens and
- * /readout/ref_top_ids. trace_inspect(full = 0) runs in the parent after the child accepted
- * the file and only reads what kv_info needs.
+ * /readout/ref_top_ids. The child hands the resulting kv_info to the parent.
+ *
+ * The trust boundary (issue 13). libhdf5 trusts a file's chunk index: a chunk shape, a
+ * filter mask or a stored size that does not match the chunk's bytes makes H5Dread read
+ * past its buffers, in whichever process calls it. Two designs were possible: (a) every
+ * HDF5 read in the child, the data reaching the parent through a pipe or shared memory;
+ * (b) the child reads every chunk the parent could read, with its own checks, before the
+ * parent reads anything. (b) is what this file does: the tools read a trace many times
+ * over in hyperslabs of their choosing (per head, per row range, per layer), and (a) would
+ * either copy the whole decoded trace through the boundary (the f16 tensors of a real
+ * capture are tens of GB) or keep a child alive as a read server for every hyperslab;
+ * both change every reader. With (b) the parent keeps its bounded H5Dread calls, and the
+ * cost is one extra decode of the file per open (measured in the README). Per chunk: its
+ * index entry (by coordinate) inside the file, filter mask 0, a stored size a deflate
+ * stream of that chunk can have; the stored bytes decoded here with zlib to exactly the
+ * chunk's size; then the chunk read through H5Dread, so that whatever libhdf5 does with
+ * it happens in the child first. The parent then opens only the file the child read
+ * (same inode, size, mtime, lib/trace_read.c) and takes its description from the child
+ * instead of parsing the attributes again. What remains in the parent is libhdf5 parsing
+ * object headers and the chunk index of objects the child already parsed, on the same
+ * bytes.
  *
  * Messages: "FILE: OBJECT: reason", one line.
  * Shapes: S sequences, T tokens, L layers, H q-heads, Hkv kv-heads, D head_dim, C d_model,
