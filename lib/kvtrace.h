@@ -105,7 +105,8 @@ typedef struct kv_info {
 
 typedef struct kv_open_opts {
     int skip_child_validation;      /* 1: trust the file (only for files this process wrote) */
-    unsigned timeout_s;             /* validator wall clock; 0 = default 60 */
+    unsigned timeout_s;             /* validator wall clock (and CPU) limit; 0 = default
+                                       60 s + 1 s per 32 MiB of file (every chunk is decoded) */
     unsigned long long mem_limit;   /* validator address-space limit in bytes (on top of what
                                        this process already maps); 0 = 4 GiB */
     int test_fault;                 /* tests only: 1 = the validator raises SIGSEGV,

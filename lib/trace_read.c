@@ -210,7 +210,14 @@ static double now_s(void)
 static kv_status validate_in_child(const char *path, const kv_open_opts *o, file_id *id, kv_info *info,
                                    kv_error *err)
 {
-    unsigned timeout = o && o->timeout_s ? o->timeout_s : 60;
+    /* default: 60 s plus 1 s per 32 MiB, since the child decodes every chunk (a 20 GB
+     * trace needs minutes, not a hang) */
+    unsigned timeout = 60;
+    struct stat sb;
+    if (o && o->timeout_s)
+        timeout = o->timeout_s;
+    else if (stat(path, &sb) == 0 && sb.st_size > 0)
+        timeout += (unsigned)((unsigned long long)sb.st_size / (32ull << 20) < 86400 ? (unsigned long long)sb.st_size / (32ull << 20) : 86400);
     unsigned long long mem = o && o->mem_limit ? o->mem_limit : 4ULL << 30;
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
