@@ -759,6 +759,22 @@ static int seen_addr(vctx *v, haddr_t addr)
     return 0;
 }
 
+/* Refuses a group whose link count alone would pass the cap, before listing it. */
+static int group_too_big(vctx *v, hid_t g, const char *obj)
+{
+    H5G_info_t gi;
+    if (H5Gget_info(g, &gi) < 0) {
+        vfail(v, KV_ERR_FORMAT, obj, "cannot read the group (corrupt file)");
+        return 1;
+    }
+    if (gi.nlinks > CAP_LINKS || v->nlinks + (size_t)gi.nlinks > CAP_LINKS) {
+        vfail(v, KV_ERR_FORMAT, obj, "more than %d links in the file (this group alone has %llu)", CAP_LINKS,
+              (unsigned long long)gi.nlinks);
+        return 1;
+    }
+    return 0;
+}
+
 static herr_t walk_cb(hid_t g, const char *name, const H5L_info_t *li, void *op)
 {
     walk_ctx *w = op;
@@ -802,6 +818,10 @@ static herr_t walk_cb(hid_t g, const char *name, const H5L_info_t *li, void *op)
     hid_t sub = H5Gopen2(g, name, H5P_DEFAULT);
     if (sub < 0) {
         vfail(v, KV_ERR_FORMAT, obj, "cannot open the group (corrupt file)");
+        return -1;
+    }
+    if (group_too_big(v, sub, obj)) {
+        H5Gclose(sub);
         return -1;
     }
     walk_ctx child = {v, obj, w->depth + 1};
@@ -989,6 +1009,10 @@ static kv_status inspect(vctx *v)
 
     if (v->full) {
         walk_ctx w = {v, "", 0};
+        if (group_too_big(v, root, "/")) {
+            st = v->err->code;
+            goto done;
+        }
         if (H5Literate(root, H5_INDEX_NAME, H5_ITER_NATIVE, NULL, walk_cb, &w) < 0) {
             st = v->failed ? v->err->code : vfail(v, KV_ERR_FORMAT, "/", "cannot traverse the links (corrupt file)");
             goto done;

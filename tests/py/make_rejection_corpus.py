@@ -221,6 +221,14 @@ def main():
     case("deep_groups", "reject", "/aux/g/g/g/g/g/g/g", "nested deeper than 8 levels",
          post=lambda f: deep(f.create_group("aux")))
 
+    # 100,001 hard links in one group (the cap is 100,000 in the file): refused before listing
+    def wide(f):
+        g = f.create_group("aux/wide")
+        d = f.create_dataset("aux/x", data=np.zeros(1, "<f4"))
+        for i in range(100001):
+            g["l%d" % i] = d
+    case("wide_group", "reject", "/aux/wide", "more than 100000 links", post=wide)
+
     # attribute strings: strict UTF-8, no NUL inside (provenance.json must stay JSON)
     def raw_attr(name, raw, fixed=True):
         def post(f):
