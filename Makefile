@@ -190,7 +190,7 @@ FUZZ_CC    ?= clang-14
 FUZZ_O     ?= fuzz-build/
 FUZZ_RUNS  ?= 1000000
 FUZZ_JOBS  ?= 1
-FUZZ_OPTS  ?= -timeout=10 -rss_limit_mb=4096 -malloc_limit_mb=100000000
+FUZZ_OPTS  ?= -timeout=5 -rss_limit_mb=4096 -malloc_limit_mb=100000000
 # FUZZ_LIBS_<name>: the libraries a harness links (default all three; replay/attn.c does
 # not build with clang, so a harness that needs libkvreplay needs that fixed first).
 FUZZ_LIBS_trace := $(LIBKV)
@@ -210,7 +210,7 @@ fuzz:
 	    -runs=$(FUZZ_RUNS) $(FUZZ_OPTS) -artifact_prefix=fuzz/artifacts/$$n/ \
 	    fuzz/corpus/$$n fuzz/regress/$$n > fuzz/artifacts/$$n/log.txt 2>&1 || true; \
 	  grep -E '^#[0-9]+:' fuzz/artifacts/$$n/log.txt | tail -n 1; \
-	  sh fuzz/triage.sh $(FUZZ_O)bin/fuzz/fuzz_$$n fuzz/artifacts/$$n; \
+	  sh fuzz/triage.sh $(FUZZ_O)bin/fuzz/fuzz_$$n fuzz/artifacts/$$n $(FUZZ_OPTS); \
 	done
 
 clean:
