@@ -52,6 +52,8 @@ ANALYSIS_SRC:= $(filter-out analysis/cli_%.c,$(wildcard analysis/*.c))
 CLI_SRC     := $(filter-out %_mpi.c,$(wildcard replay/cli_*.c analysis/cli_*.c))
 MPI_SRC     := $(wildcard replay/cli_*_mpi.c)
 TEST_SRC    := $(wildcard tests/unit/test_*.c)
+FUZZ_SRC    := $(wildcard fuzz/fuzz_*.c)
+FUZZ_NAMES  := $(patsubst fuzz/fuzz_%.c,%,$(FUZZ_SRC))
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 LIBKV       := $(BUILD)/libkvtrace.a
@@ -59,6 +61,7 @@ LIBREPLAY   := $(BUILD)/libkvreplay.a
 LIBANALYSIS := $(BUILD)/libkvanalysis.a
 PROGS       := $(patsubst cli_%,$(BIN)/%,$(basename $(notdir $(CLI_SRC))))
 TESTS       := $(patsubst tests/unit/%.c,$(BIN)/tests/%,$(TEST_SRC))
+REGRESS     := $(patsubst %,$(BIN)/fuzz/regress_%,$(FUZZ_NAMES))
 MPICC       := $(shell command -v mpicc 2>/dev/null)
 ifneq ($(MPICC),)
 ifneq ($(MPI_SRC),)
@@ -71,10 +74,10 @@ DEB_PKGS := gcc make pkg-config libhdf5-dev hdf5-tools zlib1g-dev libgsl-dev lib
             gnuplot-nox openmpi-bin libopenmpi-dev python3-torch python3-h5py python3-numpy \
             python3-scipy bible-kjv
 
-.PHONY: all test demo truth bench deps deps-check clean install probe
+.PHONY: all test demo truth bench deps deps-check clean install probe fuzz fuzz-bins
 # Keep objects make would treat as intermediate (they are reused by every program).
 .SECONDARY:
-all: probe $(PROGS) $(MPI_PROGS) $(TESTS)
+all: probe $(PROGS) $(MPI_PROGS) $(TESTS) $(REGRESS)
 
 probe:
 	@printf '%s\n' "kvtrace build: CC=$(CC) OMP=$(OMP) SAN=$(if $(SAN),$(SAN),none) -> $(BUILD)/ $(BIN)/"
@@ -107,6 +110,10 @@ $(BIN)/%: $(BUILD)/analysis/cli_%.o $(ALL_LIBS)
 $(BIN)/tests/%: $(BUILD)/tests/unit/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+# fuzz/fuzz_<name>.c + fuzz/driver.c: replays fuzz/regress/<name>/ without libFuzzer
+$(BIN)/fuzz/regress_%: $(BUILD)/fuzz/fuzz_%.o $(BUILD)/fuzz/driver.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/fuzz/driver.o $(ALL_LIBS) $(LDLIBS)
 $(BIN)/%-mpi: replay/cli_%_mpi.c $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	OMPI_CC=$(CC) $(MPICC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
@@ -171,8 +178,47 @@ $(BIN)/bench/%: bench/%.c $(ALL_LIBS)
 bench: probe $(PROGS) $(BENCH_PROGS)
 	BIN=$(abspath $(BIN)) PYTHON=$(PYTHON) sh bench/run.sh
 
+# make fuzz: every fuzz/fuzz_<name>.c built with clang-14 and -fsanitize=fuzzer,address,
+# undefined (objects and programs under $(FUZZ_O); libhdf5, zlib and GSL are not
+# instrumented), then run for FUZZ_RUNS executions on fuzz/corpus/<name> (seeded by
+# fuzz/seeds_<name>.py when it exists, plus the regression inputs fuzz/regress/<name>/),
+# in libFuzzer's fork mode (FUZZ_JOBS workers) so that a crash does not end the run; then fuzz/triage.sh
+# replays each artifact (fuzz/artifacts/<name>/) and fails on any that is a finding.
+# Log: fuzz/artifacts/<name>/log.txt. Never part of make test (tests/sh/test_fuzz_regress.sh
+# replays fuzz/regress/ there).
+FUZZ_CC    ?= clang-14
+FUZZ_O     ?= fuzz-build/
+FUZZ_RUNS  ?= 1000000
+FUZZ_JOBS  ?= 1
+FUZZ_OPTS  ?= -timeout=5 -rss_limit_mb=4096 -malloc_limit_mb=100000000
+# FUZZ_LIBS_<name>: the libraries a harness links (default all three; replay/attn.c does
+# not build with clang, so a harness that needs libkvreplay needs that fixed first).
+FUZZ_LIBS_trace := $(LIBKV)
+# Harnesses built by this Makefile with clang (those whose libraries clang builds); the
+# others (sweep, results: they need replay/ code without replay/attn.c) by fuzz/build.sh.
+FUZZ_MK    := trace
+fuzz-bins: $(patsubst %,$(BIN)/fuzz/fuzz_%,$(FUZZ_MK))
+.SECONDEXPANSION:
+$(BIN)/fuzz/fuzz_%: $(BUILD)/fuzz/fuzz_%.o $$(or $$(FUZZ_LIBS_$$*),$$(ALL_LIBS))
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $< $(or $(FUZZ_LIBS_$*),$(ALL_LIBS)) $(LDLIBS)
+fuzz:
+	$(MAKE) --no-print-directory CC=$(FUZZ_CC) O=$(FUZZ_O) SAN=address,undefined OMP=0 \
+	  EXTRA_CFLAGS=-fsanitize=fuzzer-no-link fuzz-bins
+	FUZZ_CC=$(FUZZ_CC) sh fuzz/build.sh $(FUZZ_O)bin/fuzz
+	@set -e; for n in $(FUZZ_NAMES); do \
+	  mkdir -p fuzz/corpus/$$n fuzz/artifacts/$$n fuzz/regress/$$n; \
+	  if [ -f fuzz/seeds_$$n.py ]; then $(PYTHON) fuzz/seeds_$$n.py fuzz/corpus/$$n; fi; \
+	  echo "fuzz: $$n, $(FUZZ_RUNS) runs (log: fuzz/artifacts/$$n/log.txt)"; \
+	  nice -n 10 $(FUZZ_O)bin/fuzz/fuzz_$$n -fork=$(FUZZ_JOBS) -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
+	    -runs=$(FUZZ_RUNS) $(FUZZ_OPTS) -artifact_prefix=fuzz/artifacts/$$n/ \
+	    fuzz/corpus/$$n fuzz/regress/$$n > fuzz/artifacts/$$n/log.txt 2>&1 || true; \
+	  grep -E '^#[0-9]+:' fuzz/artifacts/$$n/log.txt | tail -n 1; \
+	  sh fuzz/triage.sh $(FUZZ_O)bin/fuzz/fuzz_$$n fuzz/artifacts/$$n $(FUZZ_OPTS); \
+	done
+
 clean:
-	rm -rf build build-san bin out report demo-out demo-out.prev
+	rm -rf build build-san bin out report demo-out demo-out.prev fuzz-build
 
 PREFIX ?= /usr/local
 install: all

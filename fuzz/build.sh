@@ -1,9 +1,9 @@
 #!/bin/sh
-# Temporary build of the libFuzzer harnesses of branch h2 (sweep parser, results and parts
+# Build of the libFuzzer harnesses that need replay/ code (sweep parser, results and parts
 # readers):  fuzz/build.sh [OUTDIR]  -> OUTDIR/fuzz_sweep, OUTDIR/fuzz_results (default build-fuzz/)
 # clang-14 -fsanitize=fuzzer,address,undefined over the sources each harness needs (replay/attn.c
 # uses GCC-only vector builtins; lib/fp16.c's __builtin_cpu_supports("f16c") is refused by
-# clang-14, so the scalar fp16 path is fuzzed). A generic `make fuzz` replaces this on merge.
+# clang-14, so the scalar fp16 path is fuzzed). Called by `make fuzz`.
 set -eu
 cd "$(dirname "$0")/.."
 OUT=${1:-build-fuzz}

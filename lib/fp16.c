@@ -12,6 +12,9 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#if defined(__clang__)
+#include <cpuid.h>
+#endif
 #define KV_HAVE_F16C_BUILD 1
 #endif
 
@@ -85,7 +88,13 @@ static int have_f16c(void)
     static int cached = -1;
     if (cached < 0) {
         __builtin_cpu_init();
+#if defined(__clang__)
+        /* clang's __builtin_cpu_supports does not know "f16c": CPUID.1:ECX bit 29 */
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        cached = __builtin_cpu_supports("avx") && __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
+#else
         cached = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+#endif
     }
     return cached;
 #else

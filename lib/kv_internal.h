@@ -23,8 +23,9 @@ int kvh5_dtype_class(hid_t type);
 void kvh5_type_name(hid_t type, char *buf, size_t cap);
 
 /* Validation and description of an open file (lib/trace_validate.c).
- * full = 1: every rule of traces/SCHEMA.md (run in the validating child);
- * full = 0: only what fills *info (the parent, after the child accepted the file).
+ * full = 1: every rule of traces/SCHEMA.md and every chunk read (the validating child, or
+ * in-process for files this process wrote); full = 0: only what fills *info (no caller
+ * today: the parent takes *info from the child's verdict).
  * info->layer_window / model_layer are malloc'ed here; the caller frees them. */
 kv_status trace_inspect(const char *path, hid_t file, int full, kv_info *info, kv_error *err);
 

@@ -13,8 +13,11 @@
  *
  * kv_trace_open() first validates the whole file against the schema in a child process
  * with memory/CPU limits and a wall-clock timeout (libhdf5 1.10 crashes or hangs on
- * crafted files; the caller survives and gets one line of error), then opens it read-only
- * in this process. Every read is a bounded hyperslab into a buffer sized from the validated
+ * crafted files; the caller survives and gets one line of error). The child reads every
+ * chunk of every dataset (the chunk index, filter masks and stored sizes checked, each
+ * chunk decoded) and hands back the file's description; this process then opens the file
+ * read-only, refuses it when it is not the file the child read (inode, size, mtime; also
+ * re-checked before every read), and reads only datasets the child read in full. Every read is a bounded hyperslab into a buffer sized from the validated
  * dimensions; float16 is read raw and converted by kv_f16_to_f32 (F16C when the CPU has it).
  *
  * Errors: every function returns a kv_status; on failure *err (when non-NULL) holds one
@@ -102,11 +105,15 @@ typedef struct kv_info {
 
 typedef struct kv_open_opts {
     int skip_child_validation;      /* 1: trust the file (only for files this process wrote) */
-    unsigned timeout_s;             /* validator wall clock; 0 = default 60 */
+    unsigned timeout_s;             /* validator wall clock (and CPU) limit; 0 = default
+                                       60 s + 1 s per 32 MiB of file (every chunk is decoded) */
     unsigned long long mem_limit;   /* validator address-space limit in bytes (on top of what
                                        this process already maps); 0 = 4 GiB */
     int test_fault;                 /* tests only: 1 = the validator raises SIGSEGV,
                                        2 = it hangs (until the timeout kills it); 0 = normal */
+    void (*test_after_validate)(const char *path); /* tests only: called by kv_trace_open
+                                       between the child's verdict and this process's open
+                                       (to change the file there); NULL = normal */
 } kv_open_opts;
 
 typedef struct kv_trace kv_trace;

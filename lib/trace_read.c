@@ -7,7 +7,10 @@
  * (lib/trace_validate.c) and reports one status byte plus one message line through a pipe.
  * The parent waits with a wall-clock timeout and kills it; a crash, a limit or a timeout
  * becomes KV_ERR_VALIDATOR with a line naming the file and the signal. Only after the
- * child accepted the file does this process open it.
+ * child accepted the file does this process open it, and only if it is the file the child
+ * read (inode, size, mtime: file_id, re-checked before every read); the description
+ * (kv_info) comes from the child's verdict, so this process does not parse the
+ * attributes again. Design: lib/trace_validate.c, top.
  *
  * Shapes: S sequences, T tokens, L layers, H q-heads, Hkv kv-heads, D head_dim, C d_model.
  */
@@ -34,9 +37,18 @@
 #endif
 #endif
 
+/* What identifies the file the validator accepted: the parent opens the same inode with
+ * the same size and modification time, or refuses (and re-checks before every read). */
+typedef struct file_id {
+    unsigned long long dev, ino, size;
+    long long mtime_s, mtime_ns;
+} file_id;
+
 struct kv_trace {
     kv_info info;
     hid_t file;
+    int have_id;            /* 1: id holds what the validating child saw */
+    file_id id;
     hid_t *tens;            /* [L * 4] /layers/<l>/{q,k,v,attn_out}, opened on first use */
     uint16_t *scratch;      /* raw f16 staging buffer */
     size_t scratch_n;
@@ -52,8 +64,34 @@ static void info_free(kv_info *in)
     in->model_layer = NULL;
 }
 
+/* The identity of an open HDF5 file, from its own descriptor (sec2 driver) or, failing
+ * that, from path. */
+static int file_identity(hid_t f, const char *path, file_id *id)
+{
+    struct stat sb;
+    void *h = NULL;
+    int ok = 0;
+    if (f >= 0 && H5Fget_vfd_handle(f, H5P_DEFAULT, &h) >= 0 && h)
+        ok = fstat(*(int *)h, &sb) == 0;
+    if (!ok && stat(path, &sb) != 0)
+        return -1;
+    id->dev = (unsigned long long)sb.st_dev;
+    id->ino = (unsigned long long)sb.st_ino;
+    id->size = (unsigned long long)sb.st_size;
+    id->mtime_s = (long long)sb.st_mtim.tv_sec;
+    id->mtime_ns = (long long)sb.st_mtim.tv_nsec;
+    return 0;
+}
+
+static int file_id_same(const file_id *a, const file_id *b)
+{
+    return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime_s == b->mtime_s &&
+           a->mtime_ns == b->mtime_ns;
+}
+
 /* Opens path read-only and runs trace_inspect on it, in this process. */
-static kv_status open_and_inspect(const char *path, int full, kv_info *info, hid_t *file_out, kv_error *err)
+static kv_status open_and_inspect(const char *path, int full, kv_info *info, hid_t *file_out, file_id *id,
+                                  kv_error *err)
 {
     struct stat sb;
     if (stat(path, &sb) != 0)
@@ -72,6 +110,8 @@ static kv_status open_and_inspect(const char *path, int full, kv_info *info, hid
     if (f < 0)
         return kverr_set(err, KV_ERR_FORMAT, "%s: file: cannot open as HDF5 (truncated or corrupt file)", path);
     kv_status st = trace_inspect(path, f, full, info, err);
+    if (st == KV_OK && id && file_identity(f, path, id) != 0)
+        st = kverr_set(err, KV_ERR_IO, "%s: file: cannot stat: %s", path, strerror(errno));
     if (st != KV_OK || !file_out) {
         H5Fclose(f);
         return st;
@@ -139,12 +179,21 @@ static __attribute__((noreturn)) void child_main(int fd, const char *path, const
     kv_error e;
     memset(&info, 0, sizeof info);
     memset(&e, 0, sizeof e);
-    kv_status st = open_and_inspect(path, 1, &info, NULL, &e);
-    info_free(&info);
+    file_id id;
+    kv_status st = open_and_inspect(path, 1, &info, NULL, &id, &e);
     unsigned char code = (unsigned char)st;
     write_all(fd, &code, 1);
-    if (st != KV_OK)
+    if (st != KV_OK) {
         write_all(fd, e.msg, strlen(e.msg));
+    } else {
+        /* the verdict carries what the parent would otherwise read again from the file's
+         * metadata (attributes, shapes): [file_id][kv_info][layer_window L][model_layer L] */
+        write_all(fd, &id, sizeof id);
+        write_all(fd, &info, sizeof info);
+        write_all(fd, info.layer_window, info.n_layers * sizeof *info.layer_window);
+        write_all(fd, info.model_layer, info.n_layers * sizeof *info.model_layer);
+    }
+    info_free(&info);
     write_all(fd, "\n", 1);
     _exit(0);
 }
@@ -156,9 +205,19 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static kv_status validate_in_child(const char *path, const kv_open_opts *o, kv_error *err)
+/* The child's verdict: KV_OK with *id and (info != NULL) *info filled from its report, or
+ * its error. */
+static kv_status validate_in_child(const char *path, const kv_open_opts *o, file_id *id, kv_info *info,
+                                   kv_error *err)
 {
-    unsigned timeout = o && o->timeout_s ? o->timeout_s : 60;
+    /* default: 60 s plus 1 s per 32 MiB, since the child decodes every chunk (a 20 GB
+     * trace needs minutes, not a hang) */
+    unsigned timeout = 60;
+    struct stat sb;
+    if (o && o->timeout_s)
+        timeout = o->timeout_s;
+    else if (stat(path, &sb) == 0 && sb.st_size > 0)
+        timeout += (unsigned)((unsigned long long)sb.st_size / (32ull << 20) < 86400 ? (unsigned long long)sb.st_size / (32ull << 20) : 86400);
     unsigned long long mem = o && o->mem_limit ? o->mem_limit : 4ULL << 30;
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
@@ -177,8 +236,16 @@ static kv_status validate_in_child(const char *path, const kv_open_opts *o, kv_e
     }
     close(fds[1]);
 
-    char msg[1100];
-    size_t got = 0;
+    size_t cap = 1 + sizeof(file_id) + sizeof(kv_info) + 2 * 1024 * sizeof(long long) + 1100, got = 0;
+    char *msg = malloc(cap);
+    if (!msg) {
+        close(fds[0]);
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        return kverr_set(err, KV_ERR_NOMEM, "%s: validator: out of memory", path);
+    }
+    kv_status ret;
     int timed_out = 0;
     double deadline = now_s() + timeout;
     for (;;) {
@@ -195,13 +262,13 @@ static kv_status validate_in_child(const char *path, const kv_open_opts *o, kv_e
             break;
         if (r == 0)
             continue;                          /* re-check the deadline */
-        ssize_t n = read(fds[0], msg + got, sizeof msg - 1 - got);
+        ssize_t n = read(fds[0], msg + got, cap - 1 - got);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             break;                             /* EOF: the child is gone */
         got += (size_t)n;
-        if (got == sizeof msg - 1)
+        if (got == cap - 1)
             break;
     }
     close(fds[0]);
@@ -211,27 +278,50 @@ static kv_status validate_in_child(const char *path, const kv_open_opts *o, kv_e
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
     msg[got] = '\0';
-    if (timed_out)
-        return kverr_set(err, KV_ERR_VALIDATOR,
-                         "%s: validator: timed out after %u s and was killed (crafted or pathological file?)",
-                         path, timeout);
-    if (WIFSIGNALED(status)) {
+    if (timed_out) {
+        ret = kverr_set(err, KV_ERR_VALIDATOR,
+                        "%s: validator: timed out after %u s and was killed (crafted or pathological file?)", path,
+                        timeout);
+    } else if (WIFSIGNALED(status)) {
         int sig = WTERMSIG(status);
-        return kverr_set(err, KV_ERR_VALIDATOR,
-                         "%s: validator: killed by signal %d (%s)%s; the file is probably corrupt or crafted",
-                         path, sig, strsignal(sig), sig == SIGXCPU ? " after its CPU limit" : "");
+        ret = kverr_set(err, KV_ERR_VALIDATOR,
+                        "%s: validator: killed by signal %d (%s)%s; the file is probably corrupt or crafted", path, sig,
+                        strsignal(sig), sig == SIGXCPU ? " after its CPU limit" : "");
+    } else if (got < 2 || msg[got - 1] != '\n') {
+        ret = kverr_set(err, KV_ERR_VALIDATOR, "%s: validator: exited with status %d without a verdict (memory limit?)",
+                        path, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+    } else if ((kv_status)(unsigned char)msg[0] == KV_OK) {
+        size_t head = 1 + sizeof(file_id) + sizeof(kv_info);
+        kv_info ci;
+        if (got >= head)
+            memcpy(&ci, msg + 1 + sizeof(file_id), sizeof ci);
+        if (got < head || ci.n_layers > 1024 || got != head + 2 * ci.n_layers * sizeof(long long) + 1) {
+            ret = kverr_set(err, KV_ERR_VALIDATOR, "%s: validator: accepted the file with a malformed report", path);
+        } else {
+            if (id)
+                memcpy(id, msg + 1, sizeof *id);
+            ret = KV_OK;
+            if (info) {
+                *info = ci;
+                size_t nb = ci.n_layers * sizeof(long long);
+                info->layer_window = malloc(nb ? nb : 1);
+                info->model_layer = malloc(nb ? nb : 1);
+                if (!info->layer_window || !info->model_layer) {
+                    info_free(info);
+                    ret = kverr_set(err, KV_ERR_NOMEM, "%s: out of memory", path);
+                } else {
+                    memcpy(info->layer_window, msg + head, nb);
+                    memcpy(info->model_layer, msg + head + nb, nb);
+                }
+            }
+        }
+    } else {
+        kv_status code = (kv_status)(unsigned char)msg[0];
+        msg[got - 1] = '\0';
+        ret = kverr_set(err, code > KV_ERR_VALUE ? KV_ERR_VALIDATOR : code, "%s", msg + 1);
     }
-    if (got < 2 || msg[got - 1] != '\n')
-        return kverr_set(err, KV_ERR_VALIDATOR,
-                         "%s: validator: exited with status %d without a verdict (memory limit?)", path,
-                         WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-    msg[got - 1] = '\0';
-    kv_status code = (kv_status)(unsigned char)msg[0];
-    if (code == KV_OK)
-        return KV_OK;
-    if (code > KV_ERR_VALUE)
-        code = KV_ERR_VALIDATOR;
-    return kverr_set(err, code, "%s", msg + 1);
+    free(msg);
+    return ret;
 }
 
 /* ---- open / close ------------------------------------------------------------------ */
@@ -243,11 +333,11 @@ kv_status kv_trace_validate(const char *path, const kv_open_opts *opts, kv_error
     if (opts && opts->skip_child_validation) {
         kv_info info;
         memset(&info, 0, sizeof info);
-        kv_status st = open_and_inspect(path, 1, &info, NULL, err);
+        kv_status st = open_and_inspect(path, 1, &info, NULL, NULL, err);
         info_free(&info);
         return st;
     }
-    return validate_in_child(path, opts, err);
+    return validate_in_child(path, opts, NULL, NULL, err);
 }
 
 kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **out, kv_error *err)
@@ -258,17 +348,47 @@ kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **o
     if (strlen(path) >= sizeof ((kv_info *)0)->path)
         return kverr_set(err, KV_ERR_INVALID, "%s: path too long", path);
     int skip = opts && opts->skip_child_validation;
-    if (!skip) {
-        kv_status st = validate_in_child(path, opts, err);
-        if (st != KV_OK)
-            return st;
-    }
+    file_id vid;
     kv_trace *t = calloc(1, sizeof *t);
     if (!t)
         return kverr_set(err, KV_ERR_NOMEM, "%s: out of memory", path);
     t->file = H5I_INVALID_HID;
-    /* skip: validate fully in-process (no crash isolation: files this process wrote) */
-    kv_status st = open_and_inspect(path, skip, &t->info, &t->file, err);
+    if (!skip) {
+        kv_status st = validate_in_child(path, opts, &vid, &t->info, err);
+        if (st != KV_OK) {
+            free(t);
+            return st;
+        }
+    }
+    /* skip: validate fully in-process (no crash isolation: files this process wrote).
+     * Otherwise: the description (kv_info: attributes, shapes) is the child's, and the file
+     * this process opens must be the one the child read (same inode, size and mtime), else
+     * it was replaced or modified since, and nothing is read. */
+    kv_status st;
+    if (!skip) {
+        if (opts && opts->test_after_validate)
+            opts->test_after_validate(path);
+        kvh5_quiet();
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        if (f < 0) {
+            kv_trace_close(t);
+            return kverr_set(err, KV_ERR_IO, "%s: file: changed since it was validated (cannot open it again)", path);
+        }
+        file_id now;
+        if (file_identity(f, path, &now) != 0 || !file_id_same(&now, &vid)) {
+            H5Fclose(f);
+            kv_trace_close(t);
+            return kverr_set(err, KV_ERR_IO,
+                             "%s: file: changed since it was validated (inode, size or modification time differ); "
+                             "not read", path);
+        }
+        t->file = f;
+        t->have_id = 1;
+        t->id = vid;
+        st = KV_OK;
+    } else {
+        st = open_and_inspect(path, 1, &t->info, &t->file, NULL, err);
+    }
     if (st != KV_OK) {
         kv_trace_close(t);
         return st;
@@ -334,6 +454,10 @@ static kv_status read_raw(kv_trace *t, hid_t d, const char *name, int rank, cons
     hid_t ft = H5I_INVALID_HID, fs = H5I_INVALID_HID, ms = H5I_INVALID_HID;
     if (n == 0)
         return KV_OK;
+    file_id now;
+    if (t->have_id && (file_identity(t->file, t->info.path, &now) != 0 || !file_id_same(&now, &t->id)))
+        return kverr_set(err, KV_ERR_IO, "%s: file: changed since it was validated (size or modification time "
+                         "differ); not read", t->info.path);
     ft = memtype >= 0 ? H5I_INVALID_HID : H5Dget_type(d);
     fs = H5Dget_space(d);
     /* The memory space has the selection's own rank and shape: with a 1-D memory space

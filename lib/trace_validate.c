@@ -1,11 +1,32 @@
 /* Validation of a trace against traces/SCHEMA.md (version 1) and filling of kv_info.
  *
  * trace_inspect(full = 1) runs in the validating child (lib/trace_read.c): it walks every
- * link (hard links only), checks the storage rules of every dataset (kinds, datatypes,
- * layouts, filters, allocation, caps), then the schema's structure, shapes, attributes and
+ * link (hard links only; group by group, depth <= 8 and <= 100000 links, each object once),
+ * checks the storage rules of every dataset (kinds, datatypes, layouts, filters,
+ * allocation, caps) and reads every chunk of every chunked dataset (check_chunks), then
+ * the schema's structure, shapes, attributes (strings: strict UTF-8, no NUL) and
  * consistency rules including the values of /seq_len, /prefill_len, /tokens and
- * /readout/ref_top_ids. trace_inspect(full = 0) runs in the parent after the child accepted
- * the file and only reads what kv_info needs.
+ * /readout/ref_top_ids. The child hands the resulting kv_info to the parent.
+ *
+ * The trust boundary (issue 13). libhdf5 trusts a file's chunk index: a chunk shape, a
+ * filter mask or a stored size that does not match the chunk's bytes makes H5Dread read
+ * past its buffers, in whichever process calls it. Two designs were possible: (a) every
+ * HDF5 read in the child, the data reaching the parent through a pipe or shared memory;
+ * (b) the child reads every chunk the parent could read, with its own checks, before the
+ * parent reads anything. (b) is what this file does: the tools read a trace many times
+ * over in hyperslabs of their choosing (per head, per row range, per layer), and (a) would
+ * either copy the whole decoded trace through the boundary (the f16 tensors of a real
+ * capture are tens of GB) or keep a child alive as a read server for every hyperslab;
+ * both change every reader. With (b) the parent keeps its bounded H5Dread calls, and the
+ * cost is one extra decode of the file per open (measured in the README). Per chunk: its
+ * index entry (by coordinate) inside the file, filter mask 0, a stored size a deflate
+ * stream of that chunk can have; the stored bytes decoded here with zlib to exactly the
+ * chunk's size; then the chunk read through H5Dread, so that whatever libhdf5 does with
+ * it happens in the child first. The parent then opens only the file the child read
+ * (same inode, size, mtime, lib/trace_read.c) and takes its description from the child
+ * instead of parsing the attributes again. What remains in the parent is libhdf5 parsing
+ * object headers and the chunk index of objects the child already parsed, on the same
+ * bytes.
  *
  * Messages: "FILE: OBJECT: reason", one line.
  * Shapes: S sequences, T tokens, L layers, H q-heads, Hkv kv-heads, D head_dim, C d_model,
@@ -18,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <zlib.h>
 
 #include "kv_internal.h"
 
@@ -31,7 +53,7 @@
 #define CAP_ELEMS    ((size_t)1 << 40)
 #define CAP_CHUNK    ((size_t)64 << 20)
 #define CAP_STR      4096
-#define CAP_LINKS    1000000
+#define CAP_LINKS    100000
 
 #define M_F16 (1u << KVDT_F16)
 #define M_F32 (1u << KVDT_F32)
@@ -46,6 +68,8 @@ typedef struct vctx {
     int failed;                 /* err holds a message */
     unsigned long long fsize, userblock;
     size_t nlinks;
+    haddr_t *seen;              /* object addresses visited by the walk (hash set) */
+    size_t seen_cap, nseen;
 } vctx;
 
 static kv_status vfail(vctx *v, kv_status code, const char *obj, const char *fmt, ...)
@@ -221,6 +245,62 @@ static kv_status attr_float(vctx *v, hid_t obj, const char *oname, const char *n
     return KV_OK;
 }
 
+/* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF.
+ * Returns n when s[0..n) is valid, else the offset of the first bad byte. */
+static size_t utf8_valid_prefix(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t k;
+        unsigned lo = 0x80, hi = 0xBF;
+        if (c < 0x80) { i++; continue; }
+        else if (c >= 0xC2 && c <= 0xDF) k = 1;
+        else if (c == 0xE0) { k = 2; lo = 0xA0; }
+        else if (c == 0xED) { k = 2; hi = 0x9F; }
+        else if (c >= 0xE1 && c <= 0xEF) k = 2;
+        else if (c == 0xF0) { k = 3; lo = 0x90; }
+        else if (c == 0xF4) { k = 3; hi = 0x8F; }
+        else if (c >= 0xF1 && c <= 0xF3) k = 3;
+        else return i;
+        if (n - i <= k)
+            return i;
+        if (s[i + 1] < lo || s[i + 1] > hi)
+            return i;
+        for (size_t j = 2; j <= k; j++)
+            if (s[i + j] < 0x80 || s[i + j] > 0xBF)
+                return i;
+        i += k + 1;
+    }
+    return n;
+}
+
+/* Copies a valid UTF-8 string into dst (cap bytes), cut at a character boundary. */
+static void copy_utf8(char *dst, size_t cap, const char *src, size_t n)
+{
+    if (cap == 0)
+        return;
+    if (n >= cap) {
+        n = cap - 1;
+        while (n > 0 && ((unsigned char)src[n] & 0xC0) == 0x80)
+            n--;                  /* src[n] would start the cut character: drop it whole */
+    }
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* The string checks shared by both storage kinds: length cap, UTF-8, then the copy. */
+static kv_status str_accept(vctx *v, const char *what, const char *p, size_t n, char *buf, size_t cap)
+{
+    if (n > CAP_STR)
+        return vfail(v, KV_ERR_FORMAT, what, "string of %zu bytes exceeds the 4096-byte cap", n);
+    size_t ok = utf8_valid_prefix((const unsigned char *)p, n);
+    if (ok != n)
+        return vfail(v, KV_ERR_FORMAT, what, "not valid UTF-8 (byte 0x%02x at offset %zu)", (unsigned char)p[ok], ok);
+    copy_utf8(buf, cap, p, n);
+    return KV_OK;
+}
+
 /* Reads a string attribute (fixed or variable length, <= 4096 bytes) into buf (truncated
  * to cap - 1 bytes). */
 static kv_status attr_str(vctx *v, hid_t obj, const char *oname, const char *name, int required,
@@ -245,11 +325,6 @@ static kv_status attr_str(vctx *v, hid_t obj, const char *oname, const char *nam
         st = vfail(v, KV_ERR_FORMAT, what, "expected a string, found %s", tn);
         goto done;
     }
-    mt = H5Tcopy(H5T_C_S1);
-    if (mt < 0 || H5Tset_cset(mt, H5Tget_cset(t)) < 0) {
-        st = vfail(v, KV_ERR_FORMAT, what, "unsupported string type");
-        goto done;
-    }
     htri_t vl = H5Tis_variable_str(t);
     if (vl < 0) {
         st = vfail(v, KV_ERR_FORMAT, what, "unsupported string type");
@@ -257,19 +332,19 @@ static kv_status attr_str(vctx *v, hid_t obj, const char *oname, const char *nam
     }
     if (vl) {
         char *p = NULL;
-        if (H5Tset_size(mt, H5T_VARIABLE) < 0 || H5Aread(a, mt, &p) < 0) {
+        mt = H5Tcopy(H5T_C_S1);
+        if (mt < 0 || H5Tset_cset(mt, H5Tget_cset(t)) < 0 || H5Tset_size(mt, H5T_VARIABLE) < 0 ||
+            H5Aread(a, mt, &p) < 0) {
             st = vfail(v, KV_ERR_FORMAT, what, "cannot read the string");
             goto done;
         }
-        size_t n = p ? strlen(p) : 0;
-        if (n > CAP_STR) {
-            H5free_memory(p);
-            st = vfail(v, KV_ERR_FORMAT, what, "string of %zu bytes exceeds the 4096-byte cap", n);
-            goto done;
-        }
-        copy_str(buf, cap, p);
+        st = str_accept(v, what, p ? p : "", p ? strlen(p) : 0, buf, cap);
         H5free_memory(p);
+        if (st != KV_OK)
+            goto done;
     } else {
+        /* the stored bytes as they are (the file's own type: no conversion), so that a NUL
+         * inside the string is seen rather than silently ending it */
         size_t sz = H5Tget_size(t);
         if (sz == 0 || sz > CAP_STR) {
             st = vfail(v, KV_ERR_FORMAT, what, "string of %zu bytes exceeds the 4096-byte cap", sz);
@@ -280,11 +355,26 @@ static kv_status attr_str(vctx *v, hid_t obj, const char *oname, const char *nam
             st = vfail(v, KV_ERR_NOMEM, what, "out of memory");
             goto done;
         }
-        if (H5Tset_size(mt, sz + 1) < 0 || H5Tset_strpad(mt, H5T_STR_NULLTERM) < 0 || H5Aread(a, mt, tmp) < 0) {
+        mt = H5Tcopy(t);
+        if (mt < 0 || H5Aread(a, mt, tmp) < 0) {
             st = vfail(v, KV_ERR_FORMAT, what, "cannot read the string");
             goto done;
         }
-        copy_str(buf, cap, tmp);
+        size_t n = strnlen(tmp, sz), end = sz;
+        if (H5Tget_strpad(t) == H5T_STR_SPACEPAD)
+            while (end > n && tmp[end - 1] == ' ')
+                end--;
+        while (end > n && tmp[end - 1] == '\0')
+            end--;
+        if (end > n) {
+            st = vfail(v, KV_ERR_FORMAT, what, "NUL byte inside the string (offset %zu)", n);
+            goto done;
+        }
+        if (H5Tget_strpad(t) == H5T_STR_SPACEPAD)
+            while (n > 0 && tmp[n - 1] == ' ')
+                n--;
+        if ((st = str_accept(v, what, tmp, n, buf, cap)) != KV_OK)
+            goto done;
     }
     st = KV_OK;
 done:
@@ -329,6 +419,160 @@ int kvh5_storage_facts(hid_t dset, int rank, int *chunked, size_t *chunk, int *d
     }
     H5Pclose(dcpl);
     return 0;
+}
+
+/* ---- chunks ------------------------------------------------------------------------- */
+
+/* Vets every stored chunk of a chunked dataset before anything reads it through HDF5's
+ * filter pipeline (which trusts the chunk index: a chunk shape or a filter mask that does
+ * not match the bytes makes H5Dread read past its buffers). For each chunk of the grid,
+ * looked up by coordinate (O(log n) in the index): stored inside the file, filter mask 0
+ * (nothing skipped), raw size within a cap; then the raw bytes are read
+ * and undone in reverse pipeline order with our own code (fletcher32: 4 bytes stripped,
+ * deflate: zlib, inflating to exactly the size the next stage expects; shuffle: size
+ * unchanged) and must come out at exactly the chunk's size in bytes. Last, the chunk is
+ * read through H5Dread, in this (validating) process, so whatever HDF5 does with it
+ * happens here first. */
+static kv_status check_chunks(vctx *v, hid_t d, hid_t dcpl, const char *obj, int rank, const hsize_t *dims,
+                              const hsize_t *cd, size_t cbytes, hid_t ftype)
+{
+    kv_status st = KV_OK;
+    int nf = H5Pget_nfilters(dcpl);
+    H5Z_filter_t ids[32];
+    if (nf < 0 || nf > 32)
+        return vfail(v, KV_ERR_FORMAT, obj, "cannot read the filter pipeline");
+    for (int i = 0; i < nf; i++) {
+        unsigned flags = 0;
+        size_t ncd = 0;
+        ids[i] = H5Pget_filter2(dcpl, (unsigned)i, &flags, &ncd, NULL, 0, NULL, NULL);
+    }
+    size_t fwd[33];                       /* bytes entering filter i on write; fwd[nf] = stored */
+    fwd[0] = cbytes;
+    for (int i = 0; i < nf; i++)
+        fwd[i + 1] = ids[i] == H5Z_FILTER_FLETCHER32 ? fwd[i] + 4 : ids[i] == H5Z_FILTER_DEFLATE ? 0 : fwd[i];
+    size_t raw_cap = cbytes + cbytes / 8 + 4096 + 4 * (size_t)nf;     /* > deflate's worst case */
+    unsigned char *raw = malloc(raw_cap), *a = malloc(cbytes + 4 * (size_t)nf + 1),
+                  *b = malloc(cbytes + 4 * (size_t)nf + 1);
+    hid_t fs = H5Dget_space(d);
+    hsize_t off[32], cnt[32];
+    char where[700];
+    if (!raw || !a || !b) {
+        st = vfail(v, KV_ERR_NOMEM, obj, "out of memory (chunk of %zu bytes)", cbytes);
+        goto done;
+    }
+    if (fs < 0) {
+        st = vfail(v, KV_ERR_FORMAT, obj, "cannot read the dataspace");
+        goto done;
+    }
+    for (int i = 0; i < rank; i++)
+        off[i] = 0;
+    for (;;) {
+        int n = 0;
+        for (int i = 0; i < rank; i++)
+            n += snprintf(where + n, sizeof where - (size_t)n, "%s%llu", i ? ", " : "", (unsigned long long)off[i]);
+        unsigned mask = 0;
+        haddr_t addr = HADDR_UNDEF;
+        hsize_t size = 0;
+        if (H5Dget_chunk_info_by_coord(d, off, &mask, &addr, &size) < 0 || addr == HADDR_UNDEF) {
+            st = vfail(v, KV_ERR_FORMAT, obj, "chunk at [%s]: not in the chunk index (corrupt index)", where);
+            goto done;
+        }
+        if (addr > v->fsize || size > v->fsize - addr || v->userblock > v->fsize - addr - size) {
+            st = vfail(v, KV_ERR_FORMAT, obj, "chunk at [%s]: %llu bytes at offset %llu extend past the end of the file",
+                       where, (unsigned long long)size, (unsigned long long)addr);
+            goto done;
+        }
+        if (size == 0 || size > raw_cap) {
+            st = vfail(v, KV_ERR_FORMAT, obj, "chunk at [%s]: stored size %llu bytes impossible for a %zu-byte chunk",
+                       where, (unsigned long long)size, cbytes);
+            goto done;
+        }
+        if (mask != 0) {
+            /* HDF5 stores a chunk unfiltered past an optional filter that failed; no filter
+             * kvtrace allows can fail, so a set bit is a corrupt or crafted index entry */
+            st = vfail(v, KV_ERR_FORMAT, obj, "chunk at [%s]: filter mask 0x%x says filters were skipped when it was "
+                       "written (never by the allowed filters)", where, mask);
+            goto done;
+        }
+        uint32_t rmask = 0;
+        if (H5Dread_chunk(d, H5P_DEFAULT, off, &rmask, raw) < 0 || rmask != mask) {
+            st = vfail(v, KV_ERR_FORMAT, obj, "chunk at [%s]: cannot read the stored bytes", where);
+            goto done;
+        }
+        /* undo the pipeline */
+        const unsigned char *cur = raw;
+        size_t len = (size_t)size;
+        for (int i = nf - 1; i >= 0; i--) {
+            if (ids[i] == H5Z_FILTER_FLETCHER32) {
+                if (len < 4) {
+                    st = vfail(v, KV_ERR_FORMAT, obj, "chunk at [%s]: %zu bytes, too short for its checksum", where, len);
+                    goto done;
+                }
+                len -= 4;
+            } else if (ids[i] == H5Z_FILTER_DEFLATE) {
+                unsigned char *dst = cur == a ? b : a;
+                size_t want = fwd[i];
+                z_stream zs;
+                memset(&zs, 0, sizeof zs);
+                if (inflateInit(&zs) != Z_OK) {
+                    st = vfail(v, KV_ERR_NOMEM, obj, "zlib: cannot initialise");
+                    goto done;
+                }
+                zs.next_in = (Bytef *)cur;
+                zs.avail_in = (uInt)len;
+                zs.next_out = dst;
+                zs.avail_out = (uInt)(want + 1);         /* one spare byte: more output = bad */
+                int zr = inflate(&zs, Z_FINISH);
+                size_t got = want + 1 - zs.avail_out;
+                inflateEnd(&zs);
+                if (zr != Z_STREAM_END || got != want) {
+                    st = vfail(v, KV_ERR_FORMAT, obj,
+                               "chunk at [%s]: deflate data %s (%zu bytes decoded, the chunk shape needs %zu)", where,
+                               zr == Z_STREAM_END || zr == Z_BUF_ERROR || zr == Z_OK ? "of the wrong size" : "corrupt",
+                               got, want);
+                    goto done;
+                }
+                cur = dst;
+                len = got;
+            }
+            /* shuffle: same size */
+        }
+        if (len != cbytes) {
+            st = vfail(v, KV_ERR_FORMAT, obj, "chunk at [%s]: %zu bytes after the filters, the chunk shape needs %zu",
+                       where, len, cbytes);
+            goto done;
+        }
+        /* the same chunk through HDF5, here rather than in the tool */
+        for (int i = 0; i < rank; i++)
+            cnt[i] = dims[i] - off[i] < cd[i] ? dims[i] - off[i] : cd[i];
+        hid_t ms2 = H5Screate_simple(rank, cnt, NULL);
+        herr_t r = ms2 < 0 ? -1 : H5Sselect_hyperslab(fs, H5S_SELECT_SET, off, NULL, cnt, NULL);
+        if (r >= 0)
+            r = H5Dread(d, ftype, ms2, fs, H5P_DEFAULT, a);
+        if (ms2 >= 0)
+            H5Sclose(ms2);
+        if (r < 0) {
+            st = vfail(v, KV_ERR_FORMAT, obj, "chunk at [%s]: HDF5 cannot read it (checksum or filter error)", where);
+            goto done;
+        }
+        /* next chunk of the grid (last dimension fastest) */
+        int i = rank - 1;
+        for (; i >= 0; i--) {
+            off[i] += cd[i];
+            if (off[i] < dims[i])
+                break;
+            off[i] = 0;
+        }
+        if (i < 0)
+            break;
+    }
+done:
+    if (fs >= 0)
+        H5Sclose(fs);
+    free(raw);
+    free(a);
+    free(b);
+    return st;
 }
 
 static kv_status check_storage(vctx *v, hid_t loc, const char *name, const char *obj)
@@ -441,6 +685,8 @@ static kv_status check_storage(vctx *v, hid_t loc, const char *name, const char 
                        (unsigned long long)have, needed);
             goto done;
         }
+        if ((st = check_chunks(v, d, dcpl, obj, rank, dims, cd, cbytes, t)) != KV_OK)
+            goto done;
     } else if (bytes > 0) {
         hsize_t stored = H5Dget_storage_size(d);
         haddr_t off = H5Dget_offset(d);
@@ -468,11 +714,73 @@ done:
     return st;
 }
 
+/* The object tree, walked group by group (H5Literate) with an explicit depth and object
+ * budget: H5Lvisit has no limit and its cost grows about cubically with nesting (a
+ * 2000-deep chain took 60 s). Every object is visited once (addresses remembered), so
+ * hard-link cycles and shared objects cost nothing extra. */
+#define CAP_DEPTH 8
+
+typedef struct walk_ctx {
+    vctx *v;
+    const char *gpath;           /* path of the group being listed ("" for the root) */
+    int depth;                   /* its depth (root 0) */
+} walk_ctx;
+
+/* 1 when addr was seen before, else remembers it; -1 out of memory. Open addressing. */
+static int seen_addr(vctx *v, haddr_t addr)
+{
+    if (2 * (v->nseen + 1) > v->seen_cap) {
+        size_t cap = v->seen_cap ? 2 * v->seen_cap : 1024;
+        haddr_t *n = malloc(cap * sizeof *n);
+        if (!n)
+            return -1;
+        for (size_t i = 0; i < cap; i++)
+            n[i] = HADDR_UNDEF;
+        for (size_t i = 0; i < v->seen_cap; i++) {
+            if (v->seen[i] == HADDR_UNDEF)
+                continue;
+            size_t h = (size_t)(v->seen[i] * 0x9E3779B97F4A7C15ull) & (cap - 1);
+            while (n[h] != HADDR_UNDEF)
+                h = (h + 1) & (cap - 1);
+            n[h] = v->seen[i];
+        }
+        free(v->seen);
+        v->seen = n;
+        v->seen_cap = cap;
+    }
+    size_t h = (size_t)(addr * 0x9E3779B97F4A7C15ull) & (v->seen_cap - 1);
+    while (v->seen[h] != HADDR_UNDEF) {
+        if (v->seen[h] == addr)
+            return 1;
+        h = (h + 1) & (v->seen_cap - 1);
+    }
+    v->seen[h] = addr;
+    v->nseen++;
+    return 0;
+}
+
+/* Refuses a group whose link count alone would pass the cap, before listing it. */
+static int group_too_big(vctx *v, hid_t g, const char *obj)
+{
+    H5G_info_t gi;
+    if (H5Gget_info(g, &gi) < 0) {
+        vfail(v, KV_ERR_FORMAT, obj, "cannot read the group (corrupt file)");
+        return 1;
+    }
+    if (gi.nlinks > CAP_LINKS || v->nlinks + (size_t)gi.nlinks > CAP_LINKS) {
+        vfail(v, KV_ERR_FORMAT, obj, "more than %d links in the file (this group alone has %llu)", CAP_LINKS,
+              (unsigned long long)gi.nlinks);
+        return 1;
+    }
+    return 0;
+}
+
 static herr_t walk_cb(hid_t g, const char *name, const H5L_info_t *li, void *op)
 {
-    vctx *v = op;
+    walk_ctx *w = op;
+    vctx *v = w->v;
     char obj[600];
-    snprintf(obj, sizeof obj, "/%s", name);
+    snprintf(obj, sizeof obj, "%s/%s", w->gpath, name);
     if (++v->nlinks > CAP_LINKS) {
         vfail(v, KV_ERR_FORMAT, obj, "more than %d links in the file", CAP_LINKS);
         return -1;
@@ -488,13 +796,40 @@ static herr_t walk_cb(hid_t g, const char *name, const H5L_info_t *li, void *op)
         vfail(v, KV_ERR_FORMAT, obj, "cannot read the object header (corrupt file)");
         return -1;
     }
-    if (oi.type == H5O_TYPE_DATASET)
-        return check_storage(v, g, name, obj) == KV_OK ? 0 : -1;
-    if (oi.type != H5O_TYPE_GROUP && oi.type != H5O_TYPE_NAMED_DATATYPE) {
+    if (oi.type != H5O_TYPE_GROUP && oi.type != H5O_TYPE_DATASET && oi.type != H5O_TYPE_NAMED_DATATYPE) {
         vfail(v, KV_ERR_FORMAT, obj, "object of unknown kind");
         return -1;
     }
-    return 0;
+    int seen = seen_addr(v, oi.addr);
+    if (seen < 0) {
+        vfail(v, KV_ERR_NOMEM, obj, "out of memory");
+        return -1;
+    }
+    if (seen)
+        return 0;                 /* another hard link to an object already checked */
+    if (oi.type == H5O_TYPE_DATASET)
+        return check_storage(v, g, name, obj) == KV_OK ? 0 : -1;
+    if (oi.type != H5O_TYPE_GROUP)
+        return 0;
+    if (w->depth + 1 > CAP_DEPTH) {
+        vfail(v, KV_ERR_FORMAT, obj, "groups nested deeper than %d levels", CAP_DEPTH);
+        return -1;
+    }
+    hid_t sub = H5Gopen2(g, name, H5P_DEFAULT);
+    if (sub < 0) {
+        vfail(v, KV_ERR_FORMAT, obj, "cannot open the group (corrupt file)");
+        return -1;
+    }
+    if (group_too_big(v, sub, obj)) {
+        H5Gclose(sub);
+        return -1;
+    }
+    walk_ctx child = {v, obj, w->depth + 1};
+    herr_t r = H5Literate(sub, H5_INDEX_NAME, H5_ITER_NATIVE, NULL, walk_cb, &child);
+    H5Gclose(sub);
+    if (r < 0 && !v->failed)
+        vfail(v, KV_ERR_FORMAT, obj, "cannot list the group (corrupt file)");
+    return r < 0 ? -1 : 0;
 }
 
 /* ---- schema datasets ------------------------------------------------------------------- */
@@ -673,7 +1008,12 @@ static kv_status inspect(vctx *v)
     in->version = (int)ver;
 
     if (v->full) {
-        if (H5Lvisit(root, H5_INDEX_NAME, H5_ITER_NATIVE, walk_cb, v) < 0) {
+        walk_ctx w = {v, "", 0};
+        if (group_too_big(v, root, "/")) {
+            st = v->err->code;
+            goto done;
+        }
+        if (H5Literate(root, H5_INDEX_NAME, H5_ITER_NATIVE, NULL, walk_cb, &w) < 0) {
             st = v->failed ? v->err->code : vfail(v, KV_ERR_FORMAT, "/", "cannot traverse the links (corrupt file)");
             goto done;
         }
@@ -1051,5 +1391,7 @@ kv_status trace_inspect(const char *path, hid_t file, int full, kv_info *info, k
         H5Pclose(fcpl);
     }
     v.userblock = ub;
-    return inspect(&v);
+    kv_status st = inspect(&v);
+    free(v.seen);
+    return st;
 }

@@ -237,6 +237,123 @@ static int cb_layer_kv(const rp_layer_ctx *ctx, size_t layer, const float **k, c
     return 0;
 }
 
+/* ---- finite values (SCHEMA.md: run refuses a tensor that holds NaN/Inf) ------------------- */
+
+/* Index of the first non-finite value of x[0..n), or n. */
+static size_t first_nonfinite(const float *x, size_t n)
+{
+    size_t bad = n;
+    for (size_t i0 = 0; i0 < n && bad == n; i0 += 4096) {
+        size_t i1 = n - i0 < 4096 ? n : i0 + 4096;
+        int any = 0;
+        for (size_t i = i0; i < i1; i++) any |= !isfinite(x[i]);     /* vectorises */
+        if (any)
+            for (size_t i = i0; i < i1 && bad == n; i++) if (!isfinite(x[i])) bad = i;
+    }
+    return bad;
+}
+
+static int nonfinite_fail(const rp_engine *E, char *err, size_t errlen, const char *what, float x)
+{
+    return rp_failf(err, errlen, "%s: %s is %s; run 'kvreplay check %s' for a full scan", E->in->path, what,
+                 isnan(x) ? "NaN" : x > 0 ? "+Inf" : "-Inf", E->in->path);
+}
+
+/* Before any computation, every value the run will use: for each evaluated and calibration
+ * sequence s (n = seq_len[s] positions), q, k, v and attn_out rows [0, n) of every layer
+ * and head; the RoPE rows [0, max n); with the read-out, hidden and ref_lse rows [0, n),
+ * W_O of every layer, W_U, b_u and the norm. One extra read of those rows (the replay reads
+ * them again per layer item); the first bad value is named with its index. */
+static int scan_finite(rp_engine *E, const size_t *seqs, size_t n_seqs, char *err, size_t errlen)
+{
+    size_t T = E->T, D = E->D, L = E->L, nall = n_seqs + E->o.n_calib, maxn = 0;
+    size_t C = E->ro ? E->ro->C : 0, rowcap = T * (D > C ? D : C);
+    if (E->ro && E->ro->HD * C > rowcap) rowcap = E->ro->HD * C;
+    float *buf = malloc((rowcap ? rowcap : 1) * sizeof *buf);
+    char what[256];
+    kv_error ke;
+    int rc = -1;
+    if (!buf) return rp_failf(err, errlen, "out of memory (value scan)");
+    static const kv_tensor kinds[4] = {KV_Q, KV_K, KV_V, KV_ATTN_OUT};
+    static const char *names[4] = {"q", "k", "v", "attn_out"};
+    for (size_t i = 0; i < nall; i++) {
+        size_t s = i < n_seqs ? seqs[i] : E->o.calib[i - n_seqs], n = (size_t)E->seq_len[s];
+        if (n > maxn) maxn = n;
+        for (size_t l = 0; l < L; l++)
+            for (int w = 0; w < (E->in->has_attn_out ? 4 : 3); w++) {
+                size_t heads = (kinds[w] == KV_K || kinds[w] == KV_V) ? E->Hkv : E->H;
+                for (size_t h = 0; h < heads; h++) {
+                    if (kv_trace_read_rows(E->t, kinds[w], s, l, h, 0, n, buf, &ke) != KV_OK) {
+                        rp_failf(err, errlen, "%s", ke.msg);
+                        goto done;
+                    }
+                    size_t b = first_nonfinite(buf, n * D);
+                    if (b < n * D) {
+                        snprintf(what, sizeof what, "/layers/%zu/%s[seq %zu, head %zu, pos %zu, dim %zu]", l,
+                                 names[w], s, h, b / D, b % D);
+                        nonfinite_fail(E, err, errlen, what, buf[b]);
+                        goto done;
+                    }
+                }
+            }
+        if (E->ro) {
+            if (kv_trace_read_hidden(E->t, s, buf, &ke) != KV_OK) { rp_failf(err, errlen, "%s", ke.msg); goto done; }
+            size_t b = first_nonfinite(buf, n * C);
+            if (b < n * C) {
+                snprintf(what, sizeof what, "/readout/hidden[seq %zu, pos %zu, dim %zu]", s, b / C, b % C);
+                nonfinite_fail(E, err, errlen, what, buf[b]);
+                goto done;
+            }
+            if (kv_trace_read_ref(E->t, s, buf, NULL, NULL, &ke) != KV_OK) { rp_failf(err, errlen, "%s", ke.msg); goto done; }
+            b = first_nonfinite(buf, n);
+            if (b < n) {
+                snprintf(what, sizeof what, "/readout/ref_lse[seq %zu, pos %zu]", s, b);
+                nonfinite_fail(E, err, errlen, what, buf[b]);
+                goto done;
+            }
+        }
+    }
+    if (E->rope_cos) {
+        const float *tab[2] = {E->rope_cos, E->rope_sin};
+        for (int k = 0; k < 2; k++) {
+            size_t b = first_nonfinite(tab[k], maxn * E->R);
+            if (b < maxn * E->R) {
+                snprintf(what, sizeof what, "/rope/%s[pos %zu, %zu]", k ? "sin" : "cos", b / E->R, b % E->R);
+                nonfinite_fail(E, err, errlen, what, tab[k][b]);
+                goto done;
+            }
+        }
+    }
+    if (E->ro) {
+        const readout *ro = E->ro;
+        struct { const char *name; const float *x; size_t n, cols; } w[4] = {
+            {"/readout/w_u", ro->w_u, ro->V * ro->C, ro->C}, {"/readout/b_u", ro->b_u, ro->b_u ? ro->V : 0, 1},
+            {"/readout/norm_weight", ro->norm_w, ro->C, 1}, {"/readout/norm_bias", ro->norm_b, ro->norm_b ? ro->C : 0, 1}};
+        for (int k = 0; k < 4; k++) {
+            size_t b = w[k].x ? first_nonfinite(w[k].x, w[k].n) : w[k].n;
+            if (b < w[k].n) {
+                if (w[k].cols > 1) snprintf(what, sizeof what, "%s[%zu, %zu]", w[k].name, b / w[k].cols, b % w[k].cols);
+                else snprintf(what, sizeof what, "%s[%zu]", w[k].name, b);
+                nonfinite_fail(E, err, errlen, what, w[k].x[b]);
+                goto done;
+            }
+        }
+        for (size_t l = 0; l < L; l++) {
+            if (kv_trace_read_w_o(E->t, l, buf, &ke) != KV_OK) { rp_failf(err, errlen, "%s", ke.msg); goto done; }
+            size_t b = first_nonfinite(buf, ro->HD * C);
+            if (b < ro->HD * C) {
+                snprintf(what, sizeof what, "/readout/w_o/%zu[%zu, %zu]", l, b / C, b % C);
+                nonfinite_fail(E, err, errlen, what, buf[b]);
+                goto done;
+            }
+        }
+    }
+    rc = 0;
+done:
+    free(buf);
+    return rc;
+}
+
 /* ---- engine setup ---------------------------------------------------------------------- */
 
 int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const size_t *seqs,
@@ -322,6 +439,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
         }
     }
     if (check_feasible(E, sw, o, seqs, n_seqs, err, errlen)) goto fail;
+    if (scan_finite(E, seqs, n_seqs, err, errlen)) goto fail;
     /* calibration: once per configuration part and layer, on the calibration sequences */
     for (size_t c = 0; c < sw->n; c++) {
         const rp_config *cf = &sw->cfg[c];

@@ -13,6 +13,7 @@ the object and the reason. "value": a valid file holding NaN/Inf (info exits 0, 
 """
 import json
 import os
+import struct
 import sys
 
 import h5py
@@ -68,6 +69,46 @@ def write_trace(path, attrs=None, skip=(), override=None, post=None):
             f.require_group(f"layers/{l}")
         if post:
             post(f)
+
+
+def flip_chunk_dim(path, dset, bit=13):
+    """Flips one bit of the last chunk dimension in dset's layout message (issue 13: one bit
+    in traces/sample_qa.h5 made 32 -> 8224 and crashed H5Dread). The pattern (chunk dims,
+    element size) must be unique in the file; returns the new value."""
+    with h5py.File(path, "r") as f:
+        ds = f[dset]
+        ch, es = ds.chunks, ds.dtype.itemsize
+    blob = bytearray(open(path, "rb").read())
+    pat = struct.pack("<%dI" % (len(ch) + 1), *ch, es)
+    assert blob.count(pat) == 1, "chunk pattern of %s not unique" % dset
+    j = blob.find(pat) + 4 * (len(ch) - 1)
+    v = struct.unpack_from("<I", blob, j)[0] ^ (1 << bit)
+    struct.pack_into("<I", blob, j, v)
+    open(path, "wb").write(blob)
+    return v
+
+
+def skip_filters(path, dset, mask=0x1):
+    """Sets the filter mask of chunk 0 of dset in its v1 B-tree key (chunk size u32, filter
+    mask u32, offsets u64 x (rank + 1), then the chunk address u64) to "filters skipped"."""
+    with h5py.File(path, "r") as f:
+        ds = f[dset]
+        rank = ds.ndim
+        ci = ds.id.get_chunk_info(0)
+    blob = bytearray(open(path, "rb").read())
+    key, addr = struct.pack("<II", ci.size, 0), struct.pack("<Q", ci.byte_offset)
+    n, pos = 0, 0
+    while True:
+        k = blob.find(key, pos)
+        if k < 0:
+            break
+        a = k + 8 + 8 * (rank + 1)
+        if blob[a:a + 8] == addr:
+            struct.pack_into("<I", blob, k + 4, mask)
+            n += 1
+        pos = k + 1
+    assert n == 1, "B-tree key of %s chunk 0 found %d times" % (dset, n)
+    open(path, "wb").write(blob)
 
 
 def main():
@@ -160,6 +201,51 @@ def main():
          override={"seq_len": lambda f, p: f.create_dataset(p, data=np.array([T, T + 1], "<i4"))})
     case("group_instead_of_dataset", "reject", "/layers/0/k", "expected a dataset",
          override={"layers/0/k": lambda f, p: f.create_group(p)})
+
+    # chunk-level defects (issue 13): the index says one thing, the bytes another
+    def deflated(chunks):
+        return lambda f, p: f.create_dataset(p, data=rng_f16((S, H if p.endswith("q") else HKV, T, D), 11),
+                                             chunks=chunks, compression="gzip", shuffle=True)
+    p = case("chunk_dims_bitflip", "reject", "/layers/0/q", "deflate data of the wrong size",
+             override={"layers/0/q": deflated((1, 2, T, D))})
+    flip_chunk_dim(p, "layers/0/q")
+    p = case("chunk_filter_mask", "reject", "/layers/1/k", "filters were skipped",
+             override={"layers/1/k": deflated((1, 1, T, D))})
+    skip_filters(p, "layers/1/k")
+
+    # object trees: 2000 nested groups (H5Lvisit took 60 s), every level counted
+    def deep(f):
+        g = f
+        for i in range(2000):
+            g = g.create_group("g")
+    case("deep_groups", "reject", "/aux/g/g/g/g/g/g/g", "nested deeper than 8 levels",
+         post=lambda f: deep(f.create_group("aux")))
+
+    # 100,001 hard links in one group (the cap is 100,000 in the file): refused before listing
+    def wide(f):
+        g = f.create_group("aux/wide")
+        d = f.create_dataset("aux/x", data=np.zeros(1, "<f4"))
+        for i in range(100001):
+            g["l%d" % i] = d
+    case("wide_group", "reject", "/aux/wide", "more than 100000 links", post=wide)
+
+    # attribute strings: strict UTF-8, no NUL inside (provenance.json must stay JSON)
+    def raw_attr(name, raw, fixed=True):
+        def post(f):
+            if fixed:
+                f.attrs.create(name, np.array(raw, dtype="S%d" % max(len(raw), 1)))
+            else:
+                f.attrs.create(name, raw.decode("latin-1"), dtype=h5py.string_dtype("utf-8"))
+        return post
+    case("attr_not_utf8", "reject", "/ attribute model", "not valid UTF-8 (byte 0xff at offset 3)",
+         post=raw_attr("model", b"abc\xff\xfe"))
+    case("attr_overlong_utf8", "reject", "/ attribute architecture", "not valid UTF-8 (byte 0xc0 at offset 0)",
+         post=raw_attr("architecture", b"\xc0\xafllama"))
+    case("attr_surrogate_utf8", "reject", "/ attribute source", "not valid UTF-8 (byte 0xed at offset 1)",
+         post=raw_attr("source", b"x\xed\xa0\x80y"))
+    case("attr_nul_inside", "reject", "/ attribute device", "NUL byte inside the string (offset 3)",
+         post=raw_attr("device", b"cpu\x00gpu"))
+    case("attr_utf8_ok", "valid", "", "", post=raw_attr("model", "mod\u00e8le \u6a21\u578b \U0001f600".encode()))
 
     # byte-level cases
     valid = man["valid"]["file"]
