@@ -3,9 +3,9 @@
 #   make                 build lib, tools and tests into build/ and bin/
 #   make test            install missing Debian packages (as root), build, run every test
 #   make demo            the README's main job: replay the default sweep on the sample trace
-#   make truth           proxy vs in-model truth on the sample model (issue 8)
+#   make truth           proxy vs in-model truth on the sample model (docs/METHODS.md §10, §12)
 #   make bench           benchmarks (never part of make test)
-#   make deps            install the Debian packages of DESIGN's dependency list (idempotent)
+#   make deps            install kvtrace's Debian dependencies (idempotent)
 #   make SAN=address,undefined test     sanitizer build (objects go to build-san/)
 #   make OMP=0 test      build without OpenMP
 #   make O=/tmp/x/ ...   put build/ and bin/ under another root (parallel builds)
@@ -69,7 +69,7 @@ MPI_PROGS   := $(patsubst cli_%_mpi,$(BIN)/%-mpi,$(basename $(notdir $(MPI_SRC))
 endif
 endif
 
-# Debian packages: build/run, capture and Python-side tests (DESIGN's dependency list).
+# Debian packages: build/run, capture and Python-side tests.
 DEB_PKGS := gcc make pkg-config libhdf5-dev hdf5-tools zlib1g-dev libgsl-dev libopenblas-dev \
             gnuplot-nox openmpi-bin libopenmpi-dev python3-torch python3-h5py python3-numpy \
             python3-scipy bible-kjv
@@ -148,7 +148,7 @@ demo: deps
 	$(BIN)/kvreport $(DEMO_OUT)/results --trace $(DEMO_TRACE) -o $(DEMO_OUT)/report
 	@echo "demo: report written to $(DEMO_OUT)/report/report.md (figures in $(DEMO_OUT)/report/figures/)"
 
-# Ground truth (issue 8): the truth sweep replayed with per-layer read-outs and exported,
+# Ground truth (docs/METHODS.md §12): the truth sweep replayed with per-layer read-outs and exported,
 # the sample model re-run with every exported cache state, proxy vs truth in the report.
 # Your own model: make truth TRUTH_TRACE=traces/x.h5 TRUTH_MODEL=<as kvcapture --model>
 #   TRUTH_RUN_OPTS="--decode 256" (options of kvreplay run) TRUTH_VAL_OPTS="--device cuda".

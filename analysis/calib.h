@@ -1,4 +1,4 @@
-/* Calibrated proxy (issue 8, item 4): per-layer gains on the per-layer direct-path read-out
+/* Calibrated proxy (docs/METHODS.md §12): per-layer gains on the per-layer direct-path read-out
  * (replay per_layer.csv), fitted on a truth set and scored by leave-one-strategy-out
  * cross-validation.
  *

@@ -169,7 +169,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--metric")) { NEED_ARG(); metric = argv[++i]; }
         else if (!strcmp(a, "--heatmap-config")) { NEED_ARG(); heat = argv[++i]; }
         else if (!strcmp(a, "--trace")) { NEED_ARG(); trace = argv[++i]; }
-        else if (!strcmp(a, "--truth")) { NEED_ARG(); truth = argv[++i]; }     /* issue 8 */
+        else if (!strcmp(a, "--truth")) { NEED_ARG(); truth = argv[++i]; }
         else if (!strcmp(a, "--gains")) { NEED_ARG(); gains = argv[++i]; }
         else if (!strcmp(a, "--plots")) { NEED_ARG(); plots = argv[++i]; }
         else if (!strcmp(a, "--allow-mixed")) allow_mixed = 1;
@@ -328,7 +328,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "kvreport: %s\n", err.msg);
         goto cleanup;
     }
-    if (truth) {        /* issue 8: proxy vs in-model truth, appended to report.md */
+    if (truth) {        /* proxy vs in-model truth, appended to report.md */
         size_t n_warn = 0;
         if (tr_write(&c, truth, &n_warn, &err)) { fprintf(stderr, "kvreport: %s\n", err.msg); goto cleanup; }
         if (n_warn) fprintf(stderr, "kvreport: WARNING: proxy-vs-truth rank correlation below %.1f for %zu metric(s) (see report.md)\n",

@@ -1,4 +1,4 @@
-/* Statistics for kvreport (DESIGN §6): descriptive statistics across sequences, interval
+/* Statistics for kvreport (docs/METHODS.md §11): descriptive statistics across sequences, interval
  * estimates, paired tests against a baseline, multiple-comparison correction, effect sizes.
  *
  * n samples x[0..n-1]; paired data x, y of equal length n, differences d_i = x_i - y_i.

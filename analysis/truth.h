@@ -1,4 +1,4 @@
-/* Proxy vs in-model truth (issue 8): `kvreport ... --truth truth.h5`.
+/* Proxy vs in-model truth (docs/METHODS.md §12): `kvreport ... --truth truth.h5`.
  *
  * truth.h5 comes from `kvcapture.py validate` (traces/EXPORT.md): per (configuration,
  * sequence) the metrics of an in-model re-run with the exported cache state. Paired with the

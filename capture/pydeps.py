@@ -12,7 +12,7 @@ import importlib
 import os
 import sys
 
-# module -> Debian package (DESIGN's dependency list; the Makefile's DEB_PKGS)
+# module -> Debian package (the Makefile's DEB_PKGS)
 DEBIAN = {"numpy": "python3-numpy", "h5py": "python3-h5py", "torch": "python3-torch",
           "scipy": "python3-scipy"}
 DEBIAN_PYTHON = "/usr/bin/python3"

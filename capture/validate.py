@@ -465,7 +465,7 @@ def run(a, load_adapter):
                     if _keeps_everything(st, online):
                         # the exported cache IS the full cache: its logits are the full re-run's
                         # by definition (logit_kl exactly 0), not a second forward whose float32
-                        # rounding depends on the BLAS kernel (issue 13)
+                        # rounding depends on the BLAS kernel
                         r = compare(full_cache[s][P:n], full_cache[s][P:n], _next_tokens(tokens, s, n, P))
                         r.update(config_id=c, config=canon, seq=s)
                         rows.append(r)

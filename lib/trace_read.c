@@ -1,7 +1,7 @@
 /* Trace reader: child-process validation, then read-only access through bounded
  * hyperslabs.
  *
- * Why a child: libhdf5 1.10 crashes or hangs on crafted files (DESIGN §7). The child
+ * Why a child: libhdf5 1.10 crashes or hangs on crafted files (README.md, trust boundary). The child
  * (fork) gets an address-space limit (skipped under AddressSanitizer, which reserves
  * terabytes of shadow memory), a CPU limit and no core dumps, validates the whole file
  * (lib/trace_validate.c) and reports one status byte plus one message line through a pipe.

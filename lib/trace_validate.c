@@ -8,7 +8,7 @@
  * consistency rules including the values of /seq_len, /prefill_len, /tokens and
  * /readout/ref_top_ids. The child hands the resulting kv_info to the parent.
  *
- * The trust boundary (issue 13). libhdf5 trusts a file's chunk index: a chunk shape, a
+ * The trust boundary. libhdf5 trusts a file's chunk index: a chunk shape, a
  * filter mask or a stored size that does not match the chunk's bytes makes H5Dread read
  * past its buffers, in whichever process calls it. Two designs were possible: (a) every
  * HDF5 read in the child, the data reaching the parent through a pipe or shared memory;

@@ -1,4 +1,4 @@
-/* kvreplay-mpi — `kvreplay run` spread over MPI ranks (DESIGN §6 "Scale", issue 7).
+/* kvreplay-mpi — `kvreplay run` spread over MPI ranks (README.md, Clusters).
  *
  *     mpirun -np R kvreplay-mpi run TRACE --sweep FILE -o DIR [the options of kvreplay run]
  *

@@ -1,4 +1,4 @@
-/* kvreplay run — replay a sweep of compression configurations over a trace (DESIGN §3-§6),
+/* kvreplay run — replay a sweep of compression configurations over a trace (docs/METHODS.md),
  * and kvreplay merge (combine the results directories of --shard runs). */
 #include <dirent.h>
 #include <errno.h>
@@ -25,10 +25,10 @@ static const char run_usage[] =
     "usage: kvreplay run TRACE (--sweep FILE | --strategy 'SPEC' ...) -o DIR [options]\n"
     "\n"
     "Replays every configuration over the trace in one pass and writes DIR (replay/RESULTS.md).\n"
-    "  --sweep FILE        one configuration per line; comma lists expand (DESIGN §6)\n"
+    "  --sweep FILE        one configuration per line; comma lists expand (sweeps/README.md)\n"
     "  --strategy SPEC     one sweep line, e.g. 'snapkv keep=0.25' (repeatable)\n"
     "  -o, --out DIR       results directory (created; an existing one must be empty)\n"
-    "  --mode MODE         prefill (default) | online (DESIGN §3)\n"
+    "  --mode MODE         prefill (default) | online (docs/METHODS.md §3)\n"
     "  --decode N          the last N tokens of each sequence are the evaluated queries (the\n"
     "                      prefill split; default: /prefill_len, else a quarter of the\n"
     "                      shortest sequence)\n"
@@ -41,7 +41,7 @@ static const char run_usage[] =
     "  --no-readout        skip the read-out metrics\n"
     "  --per-layer-readout also the read-out of each layer's perturbation alone -> per_layer.csv\n"
     "  --gqa-reduce R      mean (default) | max | sum: how strategies that leave it open reduce\n"
-    "                      scores over the query heads of a kv head (DESIGN §3)\n"
+    "                      scores over the query heads of a kv head (docs/METHODS.md §4)\n"
     "  --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
     "  --page-size N       paged accounting: tokens per page (default 16, vLLM's block size;\n"
     "                      0 = unpaged) -> kv_bytes_paged, frag_bytes\n"
@@ -333,7 +333,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     snprintf(g_prog, sizeof g_prog, "%s run", tool);
     const char *trace_path = NULL, *sweep_path = NULL, *outdir = NULL, *seqs_s = NULL, *calib_s = NULL;
     const char *shard_s = NULL;
-    const char *export_s = NULL, *export_cfg_s = NULL;     /* --export (issue 8) */
+    const char *export_s = NULL, *export_cfg_s = NULL;     /* --export */
     long shard_i = 0, shard_n = 1;
     const char *specs[64];
     size_t n_specs = 0;
@@ -389,8 +389,8 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
         else if (!strcmp(a, "--resume")) resume = 1;
         else if (!strcmp(a, "--readout") || !strcmp(a, "--require-readout")) readout_flag = 2;
         else if (!strcmp(a, "--no-readout")) readout_flag = 0;
-        else if (!strcmp(a, "--per-layer-readout")) per_layer = 1;     /* issue 8: per_layer.csv */
-        else if (!strcmp(a, "--no-hash-cache")) hash_cache = 0;         /* issue 14 */
+        else if (!strcmp(a, "--per-layer-readout")) per_layer = 1;     /* per_layer.csv */
+        else if (!strcmp(a, "--no-hash-cache")) hash_cache = 0;
         else if (!strcmp(a, "--list")) list = 1;
         else if (a[0] == '-' && a[1]) { fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", g_prog, a); return KV_EXIT_USAGE; }
         else if (!trace_path) trace_path = a;
@@ -534,7 +534,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
 
     if (decode && eval_from) { snprintf(err, sizeof err, "give --decode or --eval-from, not both"); goto fail; }
     if (mode == RP_PREFILL && !in->has_prefill && !decode && !eval_from) {
-        /* DESIGN §3: the split is a run parameter; default to the last quarter of the
+        /* docs/METHODS.md §3: the split is a run parameter; default to the last quarter of the
          * shortest evaluated sequence, the same N for every sequence */
         long long mn = -1;
         int32_t *sl = malloc(in->n_seq * sizeof *sl);
@@ -559,13 +559,13 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     rp_run_opts opts = { .mode = mode, .decode = (size_t)decode, .eval_from = (size_t)eval_from, .readout = readout_flag != 0, .gqa_reduce = gqa,
                          .calib = calib, .n_calib = n_calib, .per_layer_readout = per_layer,
                          .page_size = (size_t)page_size };
-    {   /* provenance: the trace's SHA-256, hashed once per file version (issue 14; lib/sha256.c) */
+    {   /* provenance: the trace's SHA-256, hashed once per file version (lib/sha256.c) */
         char hdir[4096];
         const char *hd = hash_cache ? kv_hash_cache_dir(hdir, sizeof hdir) : NULL;
         if (kv_file_sha256_cached(trace_path, hd, sha, NULL, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
     }
     if (export_cfg_s && !export_s) { snprintf(err, sizeof err, "--export-configs needs --export PATH"); goto fail; }
-    if (export_s) {     /* issue 8: the exporter is the engine's export hook */
+    if (export_s) {     /* the exporter is the engine's export hook */
         if (resume) { snprintf(err, sizeof err, "--export cannot be combined with --resume (sequences taken from parts/ are not re-run)"); goto fail; }
         size_t ln = strlen(export_s);
         if (ln > 3 && !strcmp(export_s + ln - 3, ".h5")) snprintf(xpath, sizeof xpath, "%s", export_s);

@@ -677,7 +677,7 @@ static void account_last(item *it, const rp_config *cf, size_t c, size_t g, cons
     }
 }
 
-/* Read-out work of one layer (DESIGN §4), after its attention: dH_c = dO_c W_O_l for every
+/* Read-out work of one layer (docs/METHODS.md §10), after its attention: dH_c = dO_c W_O_l for every
  * configuration that perturbed this layer (the caller folds them into the sequence's sum in
  * layer order), and with --per-layer-readout the read-out of h + dH_c alone. Memory: this
  * layer's [NC][NE][HD + C], never all layers'. */
@@ -897,7 +897,7 @@ static int item_prefill(item *it)
             if (cache_check(cc, P, why, sizeof why))
                 return IT_FAIL(it, "config '%s': %s prefill at seq %zu layer %zu kv head %zu: %s", cf->canon,
                                cf->evict->name, s, l, g, why);
-            /* memory (issue 7): plain unmodified entries are rows of the trace; keep their
+            /* memory: plain unmodified entries are rows of the trace; keep their
              * positions only until this kv head is evaluated */
             if (!cc->modified && !cache_merged(cc)) {
                 free(cc->k); free(cc->v);
@@ -1375,7 +1375,7 @@ done:
     return rc;
 }
 
-/* Memory (issue 7): per sequence, the per-layer items in flight (one (sequence, layer)
+/* Memory: per sequence, the per-layer items in flight (one (sequence, layer)
  * working set per thread: Q/K/V of the layer, the configurations' caches, that layer's
  * read-out deltas) plus, with the read-out, the sequence's final residuals [n][C] and the
  * folded perturbation [NC][NE][C]; nothing grows with the number of layers or sequences.

@@ -1,5 +1,5 @@
 /* The replay engine: one pass over a trace evaluates every configuration of a sweep
- * (DESIGN §3-§4). Library code: status codes and one-line errors, no printing.
+ * (docs/METHODS.md §3-§9). Library code: status codes and one-line errors, no printing.
  *
  * S sequences, T tokens, L layers, H q-heads, Hkv kv-heads, G = H/Hkv, D head_dim,
  * C d_model, V vocab, NC configurations, n valid tokens of a sequence, P its split.
@@ -28,7 +28,7 @@
  * head, position) is computed once and shared by all configurations; configurations whose
  * visible cache is the full one with original K/V take its results bit for bit.
  *
- * Metrics (DESIGN §4), per (config, layer, query head, evaluated position):
+ * Metrics (docs/METHODS.md §6-§7), per (config, layer, query head, evaluated position):
  *   attn_cos   cos(p, p~), p~ expanded to positions (a merged entry's mass split equally)
  *   out_cos    cos(o, o~) (both zero: 1, one zero: 0); out_rel_err ||o - o~|| / ||o||
  *              (||o|| = 0: 0 when o~ = 0, else 1)
@@ -65,23 +65,23 @@ typedef struct rp_run_opts {
     int gqa_reduce;             /* RP_GQA_MEAN (default) | RP_GQA_MAX | RP_GQA_SUM -> ctx.gqa_reduce */
     const size_t *calib;        /* calibration sequences (never evaluated) */
     size_t n_calib;
-    /* Export hook (replay/export.h, issue 8), NULL = none; prefill protocol. Called from
+    /* Export hook (replay/export.h), NULL = none; prefill protocol. Called from
      * the worker threads with the cache the last position n-1 sees (the view after encoders),
      * once per (config, sequence, layer, kv head); must be safe for distinct (c, l, g).
      * Non-zero return: the sequence fails with "out of memory (export)". */
     int (*export_hook)(void *ud, size_t c, size_t s, size_t l, size_t g, size_t n, size_t P,
                        const rp_cache *view);
-    /* Online protocol (issue 8): once per (config, sequence, layer, kv head) after the last
+    /* Online protocol: once per (config, sequence, layer, kv head) after the last
      * position, evict_at [n]: the first query position that no longer sees token j (n = never
      * evicted). Same threading and return convention as export_hook. */
     int (*export_evict_hook)(void *ud, size_t c, size_t s, size_t l, size_t g, size_t n, size_t P,
                              const int32_t *evict_at);
     void *export_ud;
-    /* Per-layer direct-path read-out (issue 8, --per-layer-readout): also the read-out of
+    /* Per-layer direct-path read-out (--per-layer-readout): also the read-out of
      * h + dO_l W_O_l for each layer l alone -> rp_seq_result.pl. Costs L extra read-outs per
      * (config, position); off by default. */
     int per_layer_readout;
-    /* Paged accounting (issue 5, replay/paged.h): entries per page; 0 = unpaged. Fills
+    /* Paged accounting (replay/paged.h): entries per page; 0 = unpaged. Fills
      * SA_PAGED (bytes allocated in whole pages) and SA_FRAG (their unused slots). */
     size_t page_size;
 } rp_run_opts;

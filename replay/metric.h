@@ -1,4 +1,4 @@
-/* Per-query-row metrics (DESIGN §4) as pure functions of plain arrays: the engine calls them
+/* Per-query-row metrics (docs/METHODS.md §6) as pure functions of plain arrays: the engine calls them
  * for every (configuration, query head, evaluated position) whose visible cache differs from
  * the full one; tests/unit/test_metric.c checks them against the naive formulas.
  *

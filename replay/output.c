@@ -102,7 +102,7 @@ int out_part_write(const char *dir, const char *key, const rp_seq_result *r, siz
             for (size_t i = 0; i < HA_NF; i++)
                 fprintf(m, "%a%c", r->ha[(c * L * H + j) * HA_NF + i], i + 1 < HA_NF ? ' ' : '\n');
     }
-    if (r->pl) {        /* per-layer read-out (issue 8): optional block before "end" */
+    if (r->pl) {        /* per-layer read-out: optional block before "end" */
         fprintf(m, "pl\n");
         for (size_t j = 0; j < n_cfg * L; j++)
             for (size_t i = 0; i < PL_NF; i++) fprintf(m, "%a%c", r->pl[j * PL_NF + i], i + 1 < PL_NF ? ' ' : '\n');
@@ -481,7 +481,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
         if (ocommit(&of[4], err, errlen)) goto fail;
     }
 
-    /* per_layer.csv (issue 8): only when every sequence has the per-layer read-out */
+    /* per_layer.csv: only when every sequence has the per-layer read-out */
     size_t n_pl = 0;
     for (size_t i = 0; i < n_res; i++) n_pl += res[i].pl != NULL;
     if (n_pl && n_pl != n_res) {

@@ -1,4 +1,4 @@
-/* Direct-path read-out (DESIGN §4): next-token distributions without the model.
+/* Direct-path read-out (docs/METHODS.md §7, §10): next-token distributions without the model.
  *
  *   logits_full = W_U norm(h) + b_u            (then final_logit_softcap when set)
  *   logits_comp = W_U norm(h + sum_l dO_l W_O_l) + b_u,   dO_l = (o~ - o) of layer l [H*D]

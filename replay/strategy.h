@@ -9,7 +9,7 @@
  * the sequence, P prompt length (prefill protocol), D head_dim, B budget (entries kept per
  * kv head), L layers. Query head h belongs to kv head g = h / G.
  *
- * How the engine drives a strategy (DESIGN §3):
+ * How the engine drives a strategy (docs/METHODS.md §3):
  *
  *   configure  once per configuration: parameter values (declared order) -> opaque cfg.
  *   calibrate  optional, once per configuration before replay, on sequences that are NOT
@@ -74,7 +74,7 @@ typedef enum rp_budget_kind { RP_BUDGET_NONE = 0, RP_BUDGET_KEEP, RP_BUDGET_COUN
 
 /* ---- the cache of one kv head --------------------------------------------------------- */
 
-/* Bytes the compressed cache occupies (K and V together), by kind (DESIGN §4). */
+/* Bytes the compressed cache occupies (K and V together), by kind (docs/METHODS.md §8). */
 typedef struct rp_bytes {
     double payload;         /* stored K/V values (fp16 entries: 2 * D * 2 bytes each) */
     double scales;          /* quantisation scales and zero-points */

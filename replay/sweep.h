@@ -1,4 +1,4 @@
-/* Sweep files and configuration strings (DESIGN §6, replay/RESULTS.md configs.csv).
+/* Sweep files and configuration strings (sweeps/README.md, replay/RESULTS.md configs.csv).
  *
  * Grammar, one configuration line:
  *     line   := part (" + " part)*          at most RP_MAX_PARTS parts; '#' starts a comment

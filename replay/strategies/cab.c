@@ -1,4 +1,4 @@
-/* cab — sinks + local window + bridges + importance (this project's definition, DESIGN §5;
+/* cab — sinks + local window + bridges + importance (this project's definition, docs/STRATEGIES.md;
  * cite it as kvtrace's CAB, not as an external method).
  *
  * Rule (prefill protocol, per kv head, budget B over the prompt [0, P); B >= P keeps all):
@@ -13,10 +13,10 @@
  *   ni = R - nl - nb. Scores are per query head, reduced over the kv head's group with the
  *   run's --gqa-reduce (mean by default). Ties: lower position.
  * Defaults: sinks=4, local=0.3, bridges=0.2 (importance 0.5) — the split of the project's
- * seed 004 ("CAB: 30% local + 20% bridges + 50% importance"); sinks as StreamingLLM's 4.
+ * default split 30% local, 20% bridges, 50% importance; sinks as StreamingLLM's 4.
  * local + bridges must not exceed 1. Prefill only: bridges need the attention rows of past
  * queries, which an online cache does not keep.
- * Reference: kvtrace DESIGN §5 (this project), seed 004; importance as H2O (Zhang et al. 2023).
+ * Reference: kvtrace's own definition (docs/STRATEGIES.md); importance as H2O (Zhang et al. 2023).
  */
 #include <math.h>
 #include <stdio.h>
@@ -127,7 +127,7 @@ done:
 const rp_strategy rp_strategy_cab = {
     .name = "cab",
     .summary = "sinks + local window + importance (accumulated attention) + bridges (2-hop importance)",
-    .reference = "kvtrace DESIGN §5 (this project's definition; seed 004); importance as H2O",
+    .reference = "kvtrace's own definition (docs/STRATEGIES.md, cab); importance as H2O (Zhang et al. 2023)",
     .kind = RP_EVICT,
     .protocols = RP_PREFILL,
     .needs_budget = 1,

@@ -3,9 +3,9 @@
  * Rule (prefill protocol): for every prompt token j, the entropy of ITS OWN attention row
  *   (query j over keys [0, j], causal), normalised by log(j + 1) so that early tokens,
  *   which see few keys, are comparable (token 0: 0), reduced over the G query heads of the
- *   kv head by --gqa-reduce (mean default; sum ranks like mean; max). The seeds describe
- *   high entropy as "attention spread across many tokens, information diffuse, can merge",
- *   i.e. the token's own query row; the attention a token RECEIVES is H2O's signal, not
+ *   kv head by --gqa-reduce (mean default; sum ranks like mean; max). High entropy means
+ *   attention spread across many tokens (information diffuse, so the token can merge), read
+ *   from the token's own query row; the attention a token RECEIVES is H2O's signal, not
  *   this one. The first `sinks` tokens are always kept; the remaining tokens join the
  *   merged set by decreasing entropy until the entries (kept tokens + one entry per maximal
  *   contiguous run of merged tokens) fit the budget B = keep * P: the entropy threshold is
@@ -13,11 +13,11 @@
  *   mean K, mean V, multiplicity n, members its positions; the engine adds log n to its
  *   logit (proportional attention), so a run of n identical tokens attends exactly like
  *   the n originals.
- * Defaults: sinks=4 (the seed's "first 4 tokens"); the seed's fixed threshold 0.5 is
+ * Defaults: sinks=4 (the first 4 tokens, as StreamingLLM); a fixed entropy threshold is
  *   replaced by the budget-driven threshold so that configurations compare at equal keep.
- * Reference: the seeds' "EntropyMerged" (/work/shared/seeds/000, 002: entropy-guided KV
- *   cache merging, GPT-2 benchmark); proportional attention as in ToMe (Bolya et al. 2023,
- *   arXiv 2210.09461). No public repository: the rule above is this project's reading.
+ * Reference: kvtrace's own rule (docs/STRATEGIES.md, entropy_merge): entropy-guided KV
+ *   cache merging; proportional attention as in ToMe (Bolya et al. 2023, arXiv 2210.09461).
+ *   No published method or public repository: the rule above is this project's.
  */
 #include <math.h>
 #include <stdio.h>
@@ -154,7 +154,7 @@ static int emerge_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp
 const rp_strategy rp_strategy_entropy_merge = {
     .name = "entropy_merge",
     .summary = "keep sinks and low-entropy tokens; merge contiguous high-entropy spans (mean K/V, multiplicity)",
-    .reference = "seeds 000/002 EntropyMerged; proportional attention as ToMe (arXiv 2210.09461)",
+    .reference = "kvtrace's own rule (docs/STRATEGIES.md, entropy_merge); proportional attention as ToMe (Bolya et al. 2023, arXiv 2210.09461)",
     .kind = RP_EVICT,
     .protocols = RP_PREFILL,
     .needs_budget = 1,

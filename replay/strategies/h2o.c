@@ -4,7 +4,7 @@
  * Rule: score_j = sum over every query q that has seen entry j of p_q(j), the softmax
  * attention probability (un-normalised accumulation: a sum, not a mean over queries). Per
  * kv head, the G query heads keep separate accumulators; they are reduced at selection time
- * with the run's --gqa-reduce (mean by default, DESIGN §3; the reference is per head).
+ * with the run's --gqa-reduce (mean by default, docs/METHODS.md §4; the reference is per head).
  * With budget B and r = floor(recent * B + 0.5): keep the r most recent entries and the
  * B - r highest scores among the others (ties: lower position kept).
  *   online  (the official real-drop form): token t is appended, query t attends to the

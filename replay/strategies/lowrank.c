@@ -9,8 +9,8 @@
  *   are projected in de-rotated space and re-rotated with RoPE(p) for attention.
  *   rank = 0 (default) or rank = head_dim leaves that side untouched (bit-exact): rank_k=0
  *   with rank_v>0 is the V-only form. latent_bits=8|4 quantises each token's latent,
- *   symmetric per token (one fp16 scale) = the seed's "KV Plugin" orthogonal_int8 /
- *   orthogonal_int4; latent_bits=0 keeps it in fp16 (= "orthogonal").
+ *   symmetric per token (one fp16 scale): an orthogonal projection with an int8 / int4
+ *   latent; latent_bits=0 keeps it in fp16 (the plain orthogonal projection).
  * Calibration: the engine hands the K/V of calib_n sequences (--calib LIST, default the last
  *   sequences of the trace) and never evaluates them; rp_engine refuses --seqs/--calib
  *   overlaps. calib_n=0 uses every --calib sequence.

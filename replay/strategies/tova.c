@@ -8,7 +8,7 @@
  * prompt, the last prompt token always kept (it gets the maximum score).
  * Defaults: no parameter besides the budget.
  * Deviation: the reference averages the attention over ALL heads of a layer and applies one
- * eviction to every head; here memory lives per kv head (DESIGN §3), so the average is over
+ * eviction to every head; here memory lives per kv head (docs/METHODS.md §4), so the average is over
  * the kv head's query group (with --gqa-reduce mean and Hkv = 1 the two coincide).
  * Reference: Oren et al. 2024, "Transformers are Multi-State RNNs" (github.com/schwartz-lab-NLP/TOVA);
  * kvpress TOVAPress.
