@@ -472,12 +472,12 @@ def sequences_from_text(path, adapter, T, S, stride):
     return seqs, None, src
 
 
-def _needles_of(rec, where, adapter, ctx_start, n_ctx, ans0, ans1, seq_index, out):
+def _needles_of(rec, where, ctx_start, n_ctx, ans0, ans1, seq_index, out):
     """Context byte offsets of the planted needles -> token positions (/needles rows)."""
     nd = rec.get("needles")
     if not isinstance(nd, list) or not nd:
         raise CaptureError(f"{where}: 'needles' must be a non-empty list")
-    if len(adapter.tokenize(rec["context"])) != len(rec["context"].encode("utf-8")):
+    if n_ctx != len(rec["context"].encode("utf-8")):         # tokens are not the context's bytes
         raise CaptureError(f"{where}: 'needles' needs a byte-level model (reference or hf-random): "
                            "its offsets are bytes of the context")
     if ans1 <= ans0:
@@ -529,7 +529,7 @@ def sequences_from_jsonl(path, adapter, T, S, needles_out=None):
                 raise CaptureError(f"{where}: context + question is {len(seq)} tokens, more than "
                                    f"--tokens {T}")
             if "needles" in rec and needles_out is not None:
-                _needles_of(rec, where, adapter, len(bos), len(ctx) - len(bos), ans0, len(seq),
+                _needles_of(rec, where, len(bos), len(ctx) - len(bos), ans0, len(seq),
                             len(seqs), needles_out)
             prefill.append(len(ctx))
         else:

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from corpus import split_text  # noqa: E402
 from refmodel import BOS_ID, RefConfig, RefModel, save_model  # noqa: E402
 import synth  # noqa: E402
-from structure import probe_structure  # noqa: E402
+from structure import model_bos_prev, probe_structure  # noqa: E402
 
 
 def batches(data, rng, B, T):
@@ -60,29 +60,6 @@ def evaluate(model, data, T, n_windows):
         cnt += T
     model.train()
     return tot / cnt
-
-
-@torch.no_grad()
-def attention_report(model, data, T):
-    """Per layer and head: mean attention on BOS, on the previous token (rows t >= 8)."""
-    from refmodel import ATTENTION_FUNCTIONS, eager_attention
-    rows = []
-
-    def probe(module, q, k, v, mask, scale):
-        H, Hkv = q.shape[1], k.shape[1]
-        kk = k.repeat_interleave(H // Hkv, dim=1)
-        p = torch.softmax(torch.matmul(q, kk.transpose(-1, -2)) * scale + mask, dim=-1)[0]
-        t = torch.arange(8, p.shape[-1])
-        for h in range(H):
-            rows.append((module.layer_idx, h, p[h, t, 0].mean().item(), p[h, t, t - 1].mean().item()))
-        return eager_attention(module, q, k, v, mask, scale)
-
-    ATTENTION_FUNCTIONS["probe"] = probe
-    model.set_attn_impl("probe")
-    win = torch.from_numpy(data[:T - 1].astype(np.int64))[None]
-    model(torch.cat([torch.tensor([[BOS_ID]]), win], dim=1))
-    model.set_attn_impl("eager")
-    return rows
 
 
 def parse_schedule(spec, default_seq):
@@ -233,8 +210,12 @@ def main():
     say(f"# final_heldout_nats {final:.4f}  unigram_baseline_nats {unigram:.4f}  "
         f"elapsed_s {time.time() - t0:.0f}")
     say("# attention structure on a held-out window: layer head mass_on_BOS mass_on_previous_token")
-    for l, h, bos, prev in attention_report(model, held, seq):
-        say(f"# attn L{l} H{h} bos {bos:.3f} prev {prev:.3f}")
+    model.eval()
+    with torch.no_grad():
+        bos, prev = model_bos_prev(model, held, seq)
+    for l in range(bos.shape[0]):
+        for h in range(bos.shape[1]):
+            say(f"# attn L{l} H{h} bos {bos[l, h]:.3f} prev {prev[l, h]:.3f}")
     log.close()
     tmp = a.out + ".tmp"
     save_model(model, tmp, train_ctx=train_ctx)    # kvcapture refuses captures beyond it
