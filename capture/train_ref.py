@@ -99,6 +99,10 @@ def main():
                     help="share of training windows from capture/synth.py (repeat and facts)")
     ap.add_argument("--repeat-share", type=float, default=0.5,
                     help="share of the synthetic windows that are repeated-span documents (rest: facts)")
+    ap.add_argument("--repeat-span", default="8:32",
+                    help="MIN:MAX length of the random spans of repeat documents")
+    ap.add_argument("--repeat-pool", type=int, default=6,
+                    help="distinct spans per repeat document (each recurs until the window is full)")
     ap.add_argument("--seq-schedule", default="",
                     help="SEQ:UNTIL_STEP,...,SEQ (default: --seq throughout)")
     ap.add_argument("--batch-tokens", type=int, default=0,
@@ -122,6 +126,8 @@ def main():
     unigram = float(-logp[held].mean())
 
     schedule = parse_schedule(a.seq_schedule, a.seq)
+    span_min, _, span_max = a.repeat_span.partition(":")
+    repeat_kw = {"span_min": int(span_min), "span_max": int(span_max or span_min), "pool": a.repeat_pool}
     train_ctx = max(sq for sq, _ in schedule)
     cfg = RefConfig(n_layers=a.layers, d_model=a.d_model, n_heads=a.heads, n_kv_heads=a.kv_heads,
                     head_dim=a.d_model // a.heads, d_ff=a.d_ff)
@@ -161,7 +167,7 @@ def main():
         f"threads {a.threads}  torch {torch.__version__}  steps {a.steps} batch {a.batch} seq {a.seq}")
     if a.synth_frac or a.seq_schedule or a.batch_tokens:
         say(f"# synth_frac {a.synth_frac}  repeat_share {a.repeat_share}  seq_schedule {schedule}  batch_tokens {a.batch_tokens}  "
-            f"lr {a.lr}  warmup {a.warmup}  OPENBLAS_CORETYPE {os.environ.get('OPENBLAS_CORETYPE', '-')}")
+            f"repeat {repeat_kw}  lr {a.lr}  warmup {a.warmup}  OPENBLAS_CORETYPE {os.environ.get('OPENBLAS_CORETYPE', '-')}")
     say(f"# unigram_baseline_heldout_nats {unigram:.4f}")
     say("step\tlr\ttrain_loss\theldout_loss\telapsed_s")
     t0 = time.time() - (ck["elapsed"] if a.resume else 0.0)
@@ -174,7 +180,7 @@ def main():
         B = a.batch_tokens // seq if a.batch_tokens else a.batch
         if a.synth_frac > 0:
             win, counter = synth.mixed_batch(rng, train, B, seq + 1, a.synth_frac, a.seed, counter,
-                                                a.repeat_share)
+                                                a.repeat_share, repeat_kw)
             win = win.astype(np.int64)
             x = torch.from_numpy(np.concatenate([np.full((B, 1), BOS_ID), win[:, :-1]], axis=1))
             y = torch.from_numpy(win)
