@@ -109,6 +109,7 @@ typedef struct csv {
     size_t line;                  /* 1-based number of the current row */
     char *hdr[CSV_MAXF]; size_t nhdr;
     char *f[CSV_MAXF];   size_t nf;
+    int type[CSV_MAXF];           /* kv_col_type of each header field, -1 unknown to the schema */
 } csv;
 
 static int csv_split(char *line, char **f, size_t *nf)
@@ -157,6 +158,36 @@ static kv_status csv_open(csv *c, const char *path, int optional, int *missing, 
 }
 
 static void csv_close(csv *c) { free(c->buf); c->buf = NULL; }
+
+/* The schema's columns of file f (lib/results_schema.h): every column it declares, `late`
+ * ones excepted, must be in the header; the type of each is kept for csv_typed. Columns
+ * the schema does not know are ignored (a newer writer's additions). */
+static kv_status csv_schema(csv *c, kv_rfile f, kv_error *err)
+{
+    const kv_results_file *rf = kv_results_file_get(f);
+    for (size_t i = 0; i < c->nhdr; i++) {
+        long k = kv_results_column(f, c->hdr[i]);
+        c->type[i] = k < 0 ? -1 : (int)rf->cols[k].type;
+    }
+    for (size_t k = 0; k < rf->n_cols; k++) {
+        if (rf->cols[k].late) continue;
+        size_t i = 0;
+        while (i < c->nhdr && strcmp(c->hdr[i], rf->cols[k].name)) i++;
+        if (i == c->nhdr) return kv_error_set(err, KV_ERR_FORMAT, "%s: header lacks column '%s'", c->path, rf->cols[k].name);
+    }
+    return KV_OK;
+}
+
+/* Every field of the current row against its declared type (after the reader's own parsing,
+ * whose messages name the domain; this catches the columns it does not parse). */
+static kv_status csv_typed(csv *c, kv_error *err)
+{
+    for (size_t i = 0; i < c->nf; i++)
+        if (c->type[i] >= 0 && !kv_results_cell_ok((kv_col_type)c->type[i], c->f[i]))
+            return kv_error_set(err, KV_ERR_VALUE, "%s:%zu: column %s = '%s' is not %s", c->path, c->line, c->hdr[i],
+                                c->f[i], kv_col_type_name((kv_col_type)c->type[i]));
+    return KV_OK;
+}
 
 static kv_status csv_col(csv *c, const char *name, int required, long *idx, kv_error *err)
 {
@@ -441,13 +472,23 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
     if ((st = parse_provenance(path, d, err)) != KV_OK) return st;
     const char *ver = res_prov(d, "results_version");
     if (!ver) return kv_error_set(err, KV_ERR_FORMAT, "%s: no results_version", path);
-    if (strcmp(ver, "1"))
+    char want[16];
+    snprintf(want, sizeof want, "%d", KV_RESULTS_VERSION);
+    if (strcmp(ver, want))
         return kv_error_set(err, KV_ERR_VERSION, "%s: results_version %s is not supported (kvreport reads version %d)",
                     path, ver, RES_VERSION);
+    {   /* the schema's integer keys (decode, n_seq, n_layers, ...) hold integers when present */
+        const kv_results_file *pf = kv_results_file_get(KV_RF_PROVENANCE);
+        for (size_t k = 0; k < pf->n_cols; k++) {
+            const char *v = res_prov(d, pf->cols[k].name);
+            if (v && pf->cols[k].type == KV_COL_INT && !kv_results_cell_ok(KV_COL_INT, v))
+                return kv_error_set(err, KV_ERR_FORMAT, "%s: key %s = '%s' is not an integer", path, pf->cols[k].name, v);
+        }
+    }
 
     /* configs.csv */
     snprintf(path, sizeof path, "%s/configs.csv", d->path);
-    if ((st = csv_open(&c, path, 0, NULL, err)) != KV_OK) { csv_close(&c); return st; }
+    if ((st = csv_open(&c, path, 0, NULL, err)) != KV_OK || (st = csv_schema(&c, KV_RF_CONFIGS, err)) != KV_OK) { csv_close(&c); return st; }
     long ci, cc, cf, cbk, cbv;
     if ((st = csv_col(&c, "config_id", 1, &ci, err)) || (st = csv_col(&c, "config", 1, &cc, err)) ||
         (st = csv_col(&c, "family", 1, &cf, err)) || (st = csv_col(&c, "budget_kind", 1, &cbk, err)) ||
@@ -483,6 +524,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
             map = nm; nmap = nn;
         }
         if (map[id] != (size_t)-1) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config_id %lld repeated", path, c.line, id); goto out; }
+        if ((st = csv_typed(&c, err))) goto out;
         size_t gi = 0;
         if ((st = add_config(L, c.f[cc], c.f[cf], c.f[cbk], bv, id, path, &gi, err))) goto out;
         for (size_t k = cb0; k < L->n_cb; k++)
@@ -512,7 +554,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
 
     /* per_seq.csv */
     snprintf(path, sizeof path, "%s/per_seq.csv", d->path);
-    if ((st = csv_open(&c, path, 0, NULL, err)) != KV_OK) goto out;
+    if ((st = csv_open(&c, path, 0, NULL, err)) != KV_OK || (st = csv_schema(&c, KV_RF_PER_SEQ, err)) != KV_OK) goto out;
     long pid, pcfg, pseq, pnq, pm[RM_COUNT];
     if ((st = csv_col(&c, "config_id", 1, &pid, err)) || (st = csv_col(&c, "config", 1, &pcfg, err)) ||
         (st = csv_col(&c, "seq", 1, &pseq, err)) || (st = csv_col(&c, "n_query", 1, &pnq, err)))
@@ -529,6 +571,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
             goto out;
         for (int m = 0; m < RM_NLL_DELTA; m++)
             if ((st = csv_num(&c, pm[m], 1, &r.v[m], err)) || (st = csv_check(&c, pm[m], r.v[m], &seq_dom[m], err))) goto out;
+        if ((st = csv_typed(&c, err))) goto out;
         r.v[RM_NLL_DELTA] = (isnan(r.v[RM_NLL_COMP]) || isnan(r.v[RM_NLL_FULL])) ? NAN
                             : r.v[RM_NLL_COMP] - r.v[RM_NLL_FULL];
         contrib *cb;
@@ -561,7 +604,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
 
     /* summary.csv: the not_applied guard */
     snprintf(path, sizeof path, "%s/summary.csv", d->path);
-    if ((st = csv_open(&c, path, 0, NULL, err)) != KV_OK) goto out;
+    if ((st = csv_open(&c, path, 0, NULL, err)) != KV_OK || (st = csv_schema(&c, KV_RF_SUMMARY, err)) != KV_OK) goto out;
     long sid, scfg, sna;
     if ((st = csv_col(&c, "config_id", 1, &sid, err)) || (st = csv_col(&c, "config", 1, &scfg, err)) ||
         (st = csv_col(&c, "not_applied", 1, &sna, err)))
@@ -572,6 +615,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         long long na;
         if ((st = csv_int(&c, sna, &na, err))) goto out;
         if (na != 0 && na != 1) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: not_applied must be 0 or 1", path, c.line); goto out; }
+        if ((st = csv_typed(&c, err))) goto out;
         contrib *cb;
         LOOKUP_CB(gi, cb);
         if (cb->has_summary) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config '%s' has a second row", path, c.line, s->configs[gi].config); goto out; }
@@ -585,6 +629,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
     int missing = 0;
     snprintf(path, sizeof path, "%s/per_head.csv", d->path);
     if ((st = csv_open(&c, path, 1, &missing, err)) != KV_OK) goto out;
+    if (!missing && (st = csv_schema(&c, KV_RF_PER_HEAD, err)) != KV_OK) goto out;
     if (!missing) {
         long hid, hcfg, hl, hh, hnq, hm[RH_COUNT];
         /* layer < n_layers, head < n_heads of provenance.json when it records them */
@@ -609,6 +654,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
                 goto out;
             for (int m = 0; m < RH_COUNT; m++)
                 if ((st = csv_num(&c, hm[m], 1, &r.v[m], err)) || (st = csv_check(&c, hm[m], r.v[m], &head_dom[m], err))) goto out;
+            if ((st = csv_typed(&c, err))) goto out;
             if (r.layer > top_layer) { top_layer = r.layer; top_line = c.line; }
             if (r.head > top_head) { top_head = r.head; top_line = r.layer == top_layer ? c.line : top_line; }
             contrib *cb;
@@ -638,6 +684,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
     /* calib.csv (optional: only with read-out) */
     snprintf(path, sizeof path, "%s/calib.csv", d->path);
     if ((st = csv_open(&c, path, 1, &missing, err)) != KV_OK) goto out;
+    if (!missing && (st = csv_schema(&c, KV_RF_CALIB, err)) != KV_OK) goto out;
     if (!missing) {
         long kid, kcfg, kw, kb, kc, kcs, kas;
         if ((st = csv_col(&c, "config_id", 1, &kid, err)) || (st = csv_col(&c, "config", 1, &kcfg, err)) ||
@@ -659,6 +706,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
                 st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: bad calibration row (which full|comp, bin 0..14, 0 <= sums <= count)", path, c.line);
                 goto out;
             }
+            if ((st = csv_typed(&c, err))) goto out;
             contrib *cb;
             LOOKUP_CB(gi, cb);
             if (cb->calib_seen[w][bin]++) {
