@@ -400,6 +400,7 @@ size_t res_values(const res_config *c, int m, double *x, long long *seq)
 
 typedef struct contrib {
     size_t cfg;                     /* global index */
+    size_t dir;                     /* the directory it comes from */
     long long *seqs; size_t n_seqs; /* sequences this directory holds for it (sorted) */
     res_head *heads; size_t n_heads;
     int has_calib; res_calib_bin calib[2][RES_CALIB_BINS];
@@ -428,6 +429,7 @@ static int head_cmp(const void *a, const void *b)
 
 typedef struct loader {
     res_set *s;
+    int allow_mixed;
     contrib *cb; size_t n_cb;       /* all contributions, every directory */
 } loader;
 
@@ -458,6 +460,60 @@ static kv_status add_config(loader *L, const char *cfg, const char *family, cons
     return KV_OK;
 }
 
+/* The directory before `before` that holds (configuration gi, sequence seq); 0 if none. */
+static size_t earlier_holder(const loader *L, size_t gi, long long seq, size_t before)
+{
+    for (size_t k = 0; k < L->n_cb; k++) {
+        const contrib *cb = &L->cb[k];
+        if (cb->cfg != gi || cb->dir >= before) continue;
+        for (size_t i = 0; i < cb->n_seqs; i++)
+            if (cb->seqs[i] == seq) return cb->dir;
+    }
+    return 0;
+}
+
+/* "0-6, 9" from sorted sequence indices (truncated with "..." past cap). */
+static void seq_ranges(const long long *s, size_t n, char *buf, size_t cap)
+{
+    size_t w = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < n && w + 32 < cap;) {
+        size_t j = i;
+        while (j + 1 < n && s[j + 1] == s[j] + 1) j++;
+        int k = j > i ? snprintf(buf + w, cap - w, "%s%lld-%lld", w ? ", " : "", s[i], s[j])
+                      : snprintf(buf + w, cap - w, "%s%lld", w ? ", " : "", s[i]);
+        if (k < 0) break;
+        w += (size_t)k;
+        i = j + 1;
+        if (i < n && w + 32 >= cap) snprintf(buf + w, cap - w, ", ...");
+    }
+}
+
+/* Why two directories' results cannot be one run's, for messages: the recorded options
+ * that change results and differ, and what to do instead. */
+static void run_cause(const res_dir *a, const res_dir *b, const char *if_equal, char *buf, size_t cap)
+{
+    static const char *const keys[] = { "trace_sha256", "mode", "decode", "page_size" };
+    size_t w = 0;
+    int traces = 0;
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0] && w + 64 < cap; k++) {
+        const char *va = res_prov(a, keys[k]), *vb = res_prov(b, keys[k]);
+        if ((!va && !vb) || (va && vb && !strcmp(va, vb))) continue;
+        traces |= k == 0;
+        int n = snprintf(buf + w, cap - w, "%s%s %.16s%s in %s but %.16s%s in %s", w ? "; " : "the runs differ in ", keys[k],
+                         va ? va : "(absent)", va && strlen(va) > 16 ? "..." : "", a->path,
+                         vb ? vb : "(absent)", vb && strlen(vb) > 16 ? "..." : "", b->path);
+        if (n < 0) break;
+        w += (size_t)n < cap - w ? (size_t)n : cap - w - 1;
+    }
+    if (!w) w = (size_t)snprintf(buf, cap, "their recorded trace, mode and decode split are equal%s", if_equal);
+    if (traces && w < cap)
+        w += (size_t)snprintf(buf + w, cap - w, " (different traces: sequence numbers name different sequences, which "
+                              "--allow-mixed cannot merge)");
+    if (w < cap)
+        snprintf(buf + w, cap - w, "; different runs go side by side with `kvreport compare %s %s -o DIR`", a->path, b->path);
+}
+
 static kv_status load_dir(loader *L, size_t di, kv_error *err)
 {
     res_set *s = L->s;
@@ -483,6 +539,19 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
             const char *v = res_prov(d, pf->cols[k].name);
             if (v && pf->cols[k].type == KV_COL_INT && !kv_results_cell_ok(KV_COL_INT, v))
                 return kv_error_set(err, KV_ERR_FORMAT, "%s: key %s = '%s' is not an integer", path, pf->cols[k].name, v);
+        }
+    }
+
+    /* results of another trace than the first directory's: refused before any row is read */
+    if (di > 0) {
+        const char *a = res_prov(&s->dirs[0], "trace_sha256"), *b = res_prov(d, "trace_sha256");
+        if (!a || !b || strcmp(a, b)) {
+            s->mixed_traces = 1;
+            if (!L->allow_mixed)
+                return kv_error_set(err, KV_ERR_INVALID, "%s: trace_sha256 %s differs from %s's %s (results of different traces; "
+                                    "pass --allow-mixed to combine runs that share no configuration and sequence, or put them "
+                                    "side by side with `kvreport compare`)", d->path, b ? b : "(absent)", s->dirs[0].path,
+                                    a ? a : "(absent)");
         }
     }
 
@@ -534,6 +603,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         L->cb = ncb;
         memset(&L->cb[L->n_cb], 0, sizeof L->cb[0]);
         L->cb[L->n_cb].cfg = gi;
+        L->cb[L->n_cb].dir = di;
         L->n_cb++;
         map[id] = gi;
     }
@@ -589,7 +659,14 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         if (dup) {
             int same = same_num(dup->n_query, r.n_query);
             for (int m = 0; m < RM_COUNT; m++) same = same && same_num(dup->v[m], r.v[m]);
-            if (!same) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config '%s' sequence %lld differs from the row an earlier directory gave (the same configuration twice with different results)", path, c.line, g->config, r.seq); goto out; }
+            if (!same) {
+                size_t other = earlier_holder(L, gi, r.seq, di);
+                char why[1024];
+                run_cause(&s->dirs[other], d, " (the same configuration twice with different results)", why, sizeof why);
+                st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config '%s' sequence %lld differs from the row an earlier directory gave (%s): %s",
+                                  path, c.line, g->config, r.seq, s->dirs[other].path, why);
+                goto out;
+            }
         } else {
             res_seq *ng = realloc(g->seqs, (g->n_seqs + 1) * sizeof *ng);
             if (!ng) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto out; }
@@ -793,7 +870,17 @@ static kv_status finish_config(loader *L, size_t gi, kv_error *err)
                     g->calib[w][b].acc_sum += cb->calib[w][b].acc_sum;
                 }
         } else {
-            return kv_error_set(err, KV_ERR_FORMAT, "config '%s': two directories hold overlapping but different sequence sets; per_head.csv cannot be merged", g->config);
+        {
+            char sa[256], sb[256], why[1024];
+            seq_ranges(first->seqs, first->n_seqs, sa, sizeof sa);
+            seq_ranges(cb->seqs, cb->n_seqs, sb, sizeof sb);
+            const res_dir *da = &L->s->dirs[first->dir], *db = &L->s->dirs[cb->dir];
+            run_cause(da, db, "", why, sizeof why);
+            return kv_error_set(err, KV_ERR_FORMAT, "config '%s': two directories hold overlapping but different sequence sets "
+                                "(%s: %s; %s: %s): one run evaluated sequences the other did not (--seqs, --calib: strategies "
+                                "that calibrate, such as lowrank, reserve sequences; or shards of different runs), so "
+                                "per_head.csv cannot be merged; %s", g->config, da->path, sa, db->path, sb, why);
+        }
         }
     }
     if (g->not_applied < 0) g->not_applied = 0;
@@ -809,6 +896,7 @@ kv_status res_load(const char *const *dirs, size_t n, int allow_mixed, res_set *
     res_set *s = calloc(1, sizeof *s);
     if (!s) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     L.s = s;
+    L.allow_mixed = allow_mixed;
     kv_status st = KV_OK;
     s->dirs = calloc(n, sizeof *s->dirs);
     if (!s->dirs) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto done; }
@@ -819,17 +907,6 @@ kv_status res_load(const char *const *dirs, size_t n, int allow_mixed, res_set *
         s->n_dirs = i + 1;
         if (!s->dirs[i].path) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto done; }
         if ((st = load_dir(&L, i, err)) != KV_OK) goto done;
-        if (i > 0) {
-            const char *a = res_prov(&s->dirs[0], "trace_sha256"), *b = res_prov(&s->dirs[i], "trace_sha256");
-            if (!a || !b || strcmp(a, b)) {
-                s->mixed_traces = 1;
-                if (!allow_mixed) {
-                    st = kv_error_set(err, KV_ERR_INVALID, "%s: trace_sha256 %s differs from %s's %s (results of different traces; pass --allow-mixed to combine them)",
-                              dirs[i], b ? b : "(absent)", dirs[0], a ? a : "(absent)");
-                    goto done;
-                }
-            }
-        }
     }
     for (size_t g = 0; g < s->n_configs; g++)
         if ((st = finish_config(&L, g, err)) != KV_OK) goto done;
