@@ -23,7 +23,8 @@ static char *xstrdup(const char *s)
 
 /* ---- loading and matching ------------------------------------------------------------- */
 
-/* The last path component without trailing slashes ("runs/llama/" -> "llama"). */
+/* The last path component without trailing slashes ("runs/llama/" -> "llama"), characters
+ * other than [A-Za-z0-9_.-] made '_' (the label also names CSV columns). */
 static void dir_label(const char *path, char *buf, size_t cap)
 {
     size_t n = strlen(path);
@@ -31,7 +32,9 @@ static void dir_label(const char *path, char *buf, size_t cap)
     size_t b = n;
     while (b > 0 && path[b - 1] != '/') b--;
     snprintf(buf, cap, "%.*s", (int)(n - b), path + b);
-    if (!buf[0]) snprintf(buf, cap, "%s", path);
+    if (!buf[0]) snprintf(buf, cap, "run");
+    for (char *p = buf; *p; p++)
+        if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-", *p)) *p = '_';
 }
 
 long cmp_find_key(const cmp_set *s, const char *key)
@@ -91,7 +94,7 @@ kv_status cmp_load(const char *const *dirs, size_t n, cmp_set **out, kv_error *e
             size_t q = 0;
             while (q < r && strcmp(s->runs[q].label, uniq)) q++;
             if (q == r) break;
-            snprintf(uniq, sizeof uniq, "%s (%d)", lab, k);
+            snprintf(uniq, sizeof uniq, "%s_%d", lab, k);
         }
         run->label = xstrdup(uniq);
         run->path = xstrdup(dirs[r]);
@@ -335,6 +338,53 @@ static kv_status write_pivot_csv(const cmp_set *s, const rp_ctx *c, kv_error *er
         }
     }
     return close_rel(c, f, "tables/pivot.csv", err);
+}
+
+static void tex_text(FILE *f, const char *s)
+{
+    for (; *s; s++) {
+        switch (*s) {
+        case '_': case '&': case '%': case '#': case '$': case '{': case '}': fprintf(f, "\\%c", *s); break;
+        case '~': fputs("\\textasciitilde{}", f); break;
+        case '^': fputs("\\textasciicircum{}", f); break;
+        case '\\': fputs("\\textbackslash{}", f); break;
+        default: fputc(*s, f);
+        }
+    }
+}
+
+/* LaTeX (booktabs): one tabular per metric, the cells of compare.md's pivot tables. */
+static kv_status write_pivot_tex(const cmp_set *s, const rp_ctx *c, kv_error *err)
+{
+    FILE *f = open_rel(c, "tables/pivot.tex", err);
+    if (!f) return err->code;
+    fputs("% kvreport compare: per metric, mean over each run's sequences $\\pm$ the half-width of its 95% t-interval\n"
+          "% (booktabs; \\usepackage{booktabs}). Rows: configurations matched across runs; -- : not in that run.\n", f);
+    for (size_t i = 0; i < s->n_metrics; i++) {
+        int m = s->metrics[i];
+        fprintf(f, "\n%% %s (%s is better)\n\\begin{tabular}{rl", res_metric_names[m], an_lower_better(m) ? "lower" : "higher");
+        for (size_t r = 0; r < s->n_runs; r++) fputc('c', f);
+        fputs("}\n\\toprule\n\\# & Configuration", f);
+        for (size_t r = 0; r < s->n_runs; r++) { fputs(" & ", f); tex_text(f, s->runs[r].label); }
+        fputs(" \\\\\n\\midrule\n", f);
+        for (size_t k = 0; k < s->n_keys; k++) {
+            fprintf(f, "%zu & \\texttt{", k + 1);
+            tex_text(f, s->keys[k]);
+            fputc('}', f);
+            for (size_t r = 0; r < s->n_runs; r++) {
+                const an_stat *st = stat_of(s, k, r, m);
+                if (!st) { fputs(" & --", f); continue; }
+                char buf[96];
+                rp_fmt_pm(buf, sizeof buf, st->d.mean, (st->d.t_hi - st->d.t_lo) / 2, st->d.has_ci);
+                char *pm = strstr(buf, " ± ");
+                if (pm) { *pm = 0; fprintf(f, " & $%s \\pm %s$", buf, pm + strlen(" ± ")); }
+                else fprintf(f, " & $%s$", buf);
+            }
+            fputs(" \\\\\n", f);
+        }
+        fputs("\\bottomrule\n\\end{tabular}\n", f);
+    }
+    return close_rel(c, f, "tables/pivot.tex", err);
 }
 
 static kv_status write_pairs_csv(const cmp_set *s, const rp_ctx *c, kv_error *err)
@@ -585,7 +635,7 @@ kv_status cmp_write(cmp_set *s, rp_ctx *c, kv_error *err)
         if (mkdir(d, 0777) && errno != EEXIST) return kv_error_set(err, KV_ERR_IO, "%s: cannot create: %s", d, strerror(errno));
     }
     kv_status st;
-    if ((st = write_pivot_csv(s, c, err)) || (st = write_pairs_csv(s, c, err))) return st;
+    if ((st = write_pivot_csv(s, c, err)) || (st = write_pivot_tex(s, c, err)) || (st = write_pairs_csv(s, c, err))) return st;
     s->n_fig = 0;
     if (!c->no_figures && !c->plots_dir)
         rp_note(&c->notes, "figures skipped: the gnuplot templates (plots/) were not found; pass --plots DIR");
@@ -600,7 +650,8 @@ kv_status cmp_write(cmp_set *s, rp_ctx *c, kv_error *err)
             "configuration a run lacks or a metric it has no value of. Cells: mean over the run's sequences ± the "
             "half-width of its 95%% t-interval (n sequences).\n\n## Runs\n\n", s->n_runs, c->version ? c->version : "");
     md_runs(s, f);
-    fputs("\n## Pivot tables\n\ntables/pivot.csv holds the same numbers (n, mean, t-interval per run).\n", f);
+    fputs("\n## Pivot tables\n\ntables/pivot.csv holds the same numbers (n, mean, t-interval per run), tables/pivot.tex "
+          "the same tables in LaTeX (booktabs).\n", f);
     for (size_t i = 0; i < s->n_metrics; i++) md_pivot(s, s->metrics[i], f);
     md_pairs(s, f);
     if (s->n_fig) {

@@ -29,7 +29,7 @@
 #define CMP_MAX_RUNS 64
 
 typedef struct cmp_run {
-    char *label;                   /* unique: the directory's name, "(2)" ... on repeats */
+    char *label;                   /* unique: the directory's name ([A-Za-z0-9_.-]), "_2" ... on repeats */
     char *path;
     res_set *rs;
     an_result *an;

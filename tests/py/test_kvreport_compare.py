@@ -326,6 +326,10 @@ for m in METRICS:
     if gnuplot:
         for ext in ("png", "pdf"):
             check("figure %s.%s rendered" % (m, ext), os.path.getsize(stem + "." + ext) > 1000)
+tex = open(os.path.join(OUT, "tables", "pivot.tex")).read()
+check("pivot.tex: one booktabs tabular per metric", tex.count("\\begin{tabular}") == len(METRICS) and
+      tex.count("\\bottomrule") == len(METRICS))
+check("pivot.tex: a row per configuration and metric", tex.count("\\texttt{") == len(METRICS) * len(keys))
 md = open(os.path.join(OUT, "compare.md")).read()
 check("compare.md notes the pair the run D lacks", "run D lacks" in md)
 check("compare.md has a pivot table per metric", all(("### %s (" % m) in md for m in METRICS))
