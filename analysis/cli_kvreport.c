@@ -256,8 +256,8 @@ static int compare_main(int argc, char **argv)
         else if (a[0] == '-' && a[1]) return usage_error("unknown option of kvreport compare", a);
         else dirs[nd++] = a;
     }
-    if (!nd) return usage_error("kvreport compare: no results directory given", NULL);
-    if (!out) return usage_error("kvreport compare: no output directory given (-o DIR)", NULL);
+    if (!nd) return usage_error("compare: no results directory given", NULL);
+    if (!out) return usage_error("compare: no output directory given (-o DIR)", NULL);
     int state = report_dir_state(out);
     if (state < 0) return 1;
 
