@@ -34,7 +34,15 @@ HDF5_LIBS   := $(shell pkg-config --libs hdf5 2>/dev/null || echo -L/usr/lib/x86
 # GSL with OpenBLAS as its CBLAS, the way the GSL manual documents an optimised BLAS.
 GSL_LIBS    := -lgsl -lopenblas
 
-CFLAGS  := $(CSTD) $(OPT) $(WARN) -Ilib -Ireplay -Ianalysis $(HDF5_CFLAGS) $(EXTRA_CFLAGS)
+CFLAGS  := $(CSTD) $(OPT) $(WARN) $(HDF5_CFLAGS) $(EXTRA_CFLAGS)
+# Layering: lib/ (libkvtrace) sees only its own headers, replay/ (libkvreplay, kvreplay) lib/
+# and replay/, analysis/ (libkvanalysis, kvreport) lib/ and analysis/; kvreport links without
+# libkvreplay. Tests, benchmarks and fuzz harnesses see everything.
+INC_lib      := -Ilib
+INC_replay   := -Ilib -Ireplay
+INC_analysis := -Ilib -Ianalysis
+INC_ALL      := -Ilib -Ireplay -Ianalysis
+INC          := $(INC_ALL)
 LDLIBS  := $(HDF5_LIBS) -lz $(GSL_LIBS) -lm
 
 ifeq ($(OMP),1)
@@ -85,9 +93,12 @@ probe:
 	@if [ -n "$(MPICC)" ]; then echo "  Open MPI: found ($(MPICC)), building kvreplay-mpi"; \
 	 else echo "  Open MPI: not found, kvreplay-mpi not built"; fi
 
+$(BUILD)/lib/%.o: INC := $(INC_lib)
+$(BUILD)/replay/%.o: INC := $(INC_replay)
+$(BUILD)/analysis/%.o: INC := $(INC_analysis)
 $(BUILD)/%.o: %.c $(wildcard lib/*.h replay/*.h replay/strategies/*.h analysis/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) $(INC) -c $< -o $@
 
 $(LIBKV): $(call obj,$(LIB_SRC))
 	@mkdir -p $(dir $@)
@@ -101,12 +112,12 @@ $(LIBANALYSIS): $(call obj,$(ANALYSIS_SRC))
 
 ALL_LIBS := $(LIBANALYSIS) $(LIBREPLAY) $(LIBKV)
 
-$(BIN)/%: $(BUILD)/replay/cli_%.o $(ALL_LIBS)
+$(BIN)/%: $(BUILD)/replay/cli_%.o $(LIBREPLAY) $(LIBKV)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
-$(BIN)/%: $(BUILD)/analysis/cli_%.o $(ALL_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBREPLAY) $(LIBKV) $(LDLIBS)
+$(BIN)/%: $(BUILD)/analysis/cli_%.o $(LIBANALYSIS) $(LIBKV)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(LIBANALYSIS) $(LIBKV) $(LDLIBS)
 $(BIN)/tests/%: $(BUILD)/tests/unit/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
@@ -116,7 +127,7 @@ $(BIN)/fuzz/regress_%: $(BUILD)/fuzz/fuzz_%.o $(BUILD)/fuzz/driver.o $(ALL_LIBS)
 	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/fuzz/driver.o $(ALL_LIBS) $(LDLIBS)
 $(BIN)/%-mpi: replay/cli_%_mpi.c $(ALL_LIBS)
 	@mkdir -p $(dir $@)
-	OMPI_CC=$(CC) $(MPICC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+	OMPI_CC=$(CC) $(MPICC) $(CFLAGS) $(INC_replay) $(LDFLAGS) -o $@ $< $(LIBREPLAY) $(LIBKV) $(LDLIBS)
 
 # Installs what is missing when root; otherwise names the command to run. Idempotent.
 deps:
@@ -174,7 +185,7 @@ BENCH_SRC   := $(wildcard bench/*.c)
 BENCH_PROGS := $(patsubst bench/%.c,$(BIN)/bench/%,$(BENCH_SRC))
 $(BIN)/bench/%: bench/%.c $(ALL_LIBS)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
+	$(CC) $(CFLAGS) $(INC_ALL) $(LDFLAGS) -o $@ $< $(ALL_LIBS) $(LDLIBS)
 bench: probe $(PROGS) $(BENCH_PROGS)
 	BIN=$(abspath $(BIN)) PYTHON=$(PYTHON) sh bench/run.sh
 

@@ -162,3 +162,8 @@ void an_free(an_result *r)
     free(r->stat); free(r->cmp); free(r->nll);
     free(r);
 }
+
+size_t an_pairs(const res_config *a, const res_config *b, int m, double *x, double *y)
+{
+    return pairs(a, b, m, m, x, y);
+}

@@ -58,6 +58,10 @@ int an_lower_better(int m);
 /* The plausible range of a metric: values outside are impossible (cos > 1, KL < 0, ...).
  * Returns 0 when the metric has no bound on that side. */
 int an_metric_bounds(int m, double *lo, double *hi);
+/* Pairs of metric m between configurations a and b (of one results set) over the sequences
+ * both hold with a value, in sequence order: x from a, y from b (capacity: the smaller
+ * n_seqs). Returns the pair count. */
+size_t an_pairs(const res_config *a, const res_config *b, int m, double *x, double *y);
 /* Index of the full-cache configuration (config "full" or family "full"), -1 when absent. */
 long an_find_full(const res_set *rs);
 

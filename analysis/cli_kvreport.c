@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "analyze.h"
+#include "compare.h"
 #include "report.h"
 #include "truth.h"
 #include "results.h"
@@ -23,6 +24,7 @@
 
 static const char *USAGE =
     "usage: kvreport RESULTS_DIR... -o REPORT_DIR [options]\n"
+    "       kvreport compare RUN_DIR... -o COMPARE_DIR [--pair A B]... [--metric M]... (kvreport compare --help)\n"
     "\n"
     "Statistics across sequences, paired tests against a baseline, tables (Markdown, CSV,\n"
     "LaTeX booktabs) and gnuplot figures (PNG + PDF, with their .gp and .dat) from one or more\n"
@@ -41,7 +43,8 @@ static const char *USAGE =
     "  --target-ratio R        matched-compression target (default: median ratio)\n"
     "  --trace TRACE           the trace the results came from: memory vs context (bytes per\n"
     "                          token) and attention-entropy figures\n"
-    "  --allow-mixed           accept results of different traces (trace_sha256)\n"
+    "  --allow-mixed           accept results of different traces (trace_sha256) that share no\n"
+    "                          configuration and sequence (runs to put side by side: kvreport compare)\n"
     "  --force-trace           accept a --trace whose SHA-256 is not the results' trace_sha256, or\n"
     "                          --gains fitted on another trace of the same model (stated in the report)\n"
     "  --seed N                bootstrap seed (default 12345)\n"
@@ -147,6 +150,157 @@ static int parse_u64(const char *s, unsigned long long *v)
 static const char **g_dirs;
 static void free_dirs(void) { free(g_dirs); }
 
+/* ---- kvreport compare ---------------------------------------------------------------------- */
+
+static const char *USAGE_COMPARE =
+    "usage: kvreport compare RUN_DIR... -o COMPARE_DIR [options]\n"
+    "\n"
+    "Several runs side by side: results directories of different traces, models, decode splits\n"
+    "or protocols (each one run; shards: kvreplay merge them first). Nothing is merged across\n"
+    "runs: each is analysed alone, and configurations are matched across runs by their canonical\n"
+    "configuration string. Writes COMPARE_DIR/compare.md, tables/pivot.csv (per metric and\n"
+    "configuration, per run: n, mean, 95% t-interval), tables/pairs.csv, and per metric\n"
+    "figures/compare_<metric>.{gp,dat,png,pdf} with one panel per run.\n"
+    "\n"
+    "options:\n"
+    "  -o, --output DIR        output directory (written atomically; an existing one must be empty\n"
+    "                          or a previous kvreport output, which is replaced)\n"
+    "  --pair A B              paired test between configurations A and B in every run holding both:\n"
+    "                          over the sequences both hold, d = A - B, paired t-test and Wilcoxon\n"
+    "                          signed-rank, Holm-adjusted within each metric and test across every\n"
+    "                          (pair, run) comparison made (repeatable). A and B: config strings, or\n"
+    "                          words that pick out one ('quant kbits=4 vbits=4')\n"
+    "  --metric M              a metric to tabulate, plot and test (repeatable; default: out_cos,\n"
+    "                          attn_kl, logit_kl, nll_delta, those some run has)\n"
+    "  --no-figures            tables and compare.md only\n"
+    "  --plots DIR             gnuplot templates (default: plots/ beside the program, or ./plots)\n"
+    "  -h, --help              this text\n";
+
+static const char **g_pair_a, **g_pair_b;
+static void free_pairs(void) { free(g_pair_a); free(g_pair_b); }
+
+/* A temporary directory next to out (absolute: gnuplot runs inside it), with the mode of a
+ * new directory. 0, or -1 with the message printed. */
+static int make_tmp_dir(const char *out, char *tmp, size_t cap)
+{
+    char *a = strdup(out), *b = strdup(out);
+    if (!a || !b) { free(a); free(b); fprintf(stderr, "kvreport: out of memory\n"); return -1; }
+    char *parent = realpath(dirname(a), NULL);
+    if (!parent) { fprintf(stderr, "kvreport: %s: the parent directory is not usable: %s\n", out, strerror(errno)); free(a); free(b); return -1; }
+    snprintf(tmp, cap, "%s/.%s.tmp.XXXXXX", parent, basename(b));
+    free(parent); free(a); free(b);
+    if (!mkdtemp(tmp)) { fprintf(stderr, "kvreport: %s: cannot create a temporary directory: %s\n", tmp, strerror(errno)); return -1; }
+    mode_t um = umask(0);
+    umask(um);
+    if (chmod(tmp, 0777 & ~um)) { fprintf(stderr, "kvreport: %s: %s\n", tmp, strerror(errno)); rm_tree(tmp); return -1; }
+    char marker[PATH_MAX + 32];
+    snprintf(marker, sizeof marker, "%s/%s", tmp, MARKER);
+    FILE *mf = fopen(marker, "w");
+    if (!mf || fputs("kvreport report directory (replaced by the next kvreport -o here)\n", mf) < 0 || fclose(mf)) {
+        fprintf(stderr, "kvreport: %s: cannot write: %s\n", marker, strerror(errno));
+        rm_tree(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+/* Renames tmp to out: an empty out (state 1) or a previous output (state 2) is replaced. */
+static int swap_into_place(int state, const char *tmp, const char *out)
+{
+    if (state == 1 && rmdir(out)) { fprintf(stderr, "kvreport: %s: %s\n", out, strerror(errno)); return -1; }
+    char old[PATH_MAX + 16] = "";
+    if (state == 2) {
+        snprintf(old, sizeof old, "%s.old", tmp);
+        if (rename(out, old)) { fprintf(stderr, "kvreport: %s: cannot move the previous output aside: %s\n", out, strerror(errno)); return -1; }
+    }
+    if (rename(tmp, out)) {
+        fprintf(stderr, "kvreport: %s: cannot rename the new output into place: %s\n", out, strerror(errno));
+        if (old[0]) rename(old, out);
+        return -1;
+    }
+    if (old[0]) rm_tree(old);
+    return 0;
+}
+
+static int compare_main(int argc, char **argv)
+{
+    const char **dirs = g_dirs;
+    size_t nd = 0, np = 0, nm = 0;
+    g_pair_a = calloc((size_t)argc + 1, sizeof *g_pair_a);
+    g_pair_b = calloc((size_t)argc + 1, sizeof *g_pair_b);
+    atexit(free_pairs);
+    if (!g_pair_a || !g_pair_b) { fprintf(stderr, "kvreport: out of memory\n"); return 1; }
+    const char *out = NULL, *plots = NULL;
+    int no_figures = 0, metrics[RM_COUNT];
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { fputs(USAGE_COMPARE, stdout); return 0; }
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
+            if (i + 1 >= argc) return usage_error("missing value after", a);
+            out = argv[++i];
+        } else if (!strcmp(a, "--plots")) {
+            if (i + 1 >= argc) return usage_error("missing value after", a);
+            plots = argv[++i];
+        } else if (!strcmp(a, "--pair")) {
+            if (i + 2 >= argc) return usage_error("--pair needs two configurations", NULL);
+            g_pair_a[np] = argv[++i];
+            g_pair_b[np++] = argv[++i];
+        } else if (!strcmp(a, "--metric")) {
+            if (i + 1 >= argc) return usage_error("missing value after", a);
+            int m = res_metric_index(argv[++i]);
+            if (m < 0) return usage_error("unknown metric (see replay/RESULTS.md per_seq columns, or nll_delta)", argv[i]);
+            int dup = 0;
+            for (size_t k = 0; k < nm; k++) dup |= metrics[k] == m;
+            if (!dup && nm < RM_COUNT) metrics[nm++] = m;
+        } else if (!strcmp(a, "--no-figures")) no_figures = 1;
+        else if (a[0] == '-' && a[1]) return usage_error("unknown option of kvreport compare", a);
+        else dirs[nd++] = a;
+    }
+    if (!nd) return usage_error("compare: no results directory given", NULL);
+    if (!out) return usage_error("compare: no output directory given (-o DIR)", NULL);
+    int state = report_dir_state(out);
+    if (state < 0) return 1;
+
+    kv_error err = {0};
+    cmp_set *s = NULL;
+    if (cmp_load(dirs, nd, &s, &err) != KV_OK) { fprintf(stderr, "kvreport compare: %s\n", err.msg); return 1; }
+    rp_ctx c = {0};
+    c.version = KV_VERSION_STRING;
+    c.no_figures = no_figures;
+    c.shown_dir = out;
+    cmp_set_metrics(s, metrics, nm);
+    char tmp[PATH_MAX] = "";
+    char *gnuplot = NULL, *plots_dir = NULL;
+    int rc = 1;
+    if (!s->n_metrics) { fprintf(stderr, "kvreport compare: no run has a value of any default metric; pass --metric\n"); goto done; }
+    if (cmp_test_pairs(s, g_pair_a, g_pair_b, np, &c.notes, &err) != KV_OK) { fprintf(stderr, "kvreport compare: %s\n", err.msg); goto done; }
+    if (!no_figures) {
+        gnuplot = find_on_path("gnuplot");
+        if (!gnuplot) fprintf(stderr, "kvreport: warning: gnuplot not found on PATH: figures not rendered (their .gp and .dat are written)\n");
+        plots_dir = find_plots(plots);
+        if (!plots_dir && plots) { fprintf(stderr, "kvreport: --plots %s: no style.gp there\n", plots); goto done; }
+        if (!plots_dir) fprintf(stderr, "kvreport: warning: gnuplot templates (plots/) not found: figures skipped (pass --plots DIR)\n");
+    }
+    c.gnuplot = gnuplot;
+    c.plots_dir = plots_dir;
+    if (make_tmp_dir(out, tmp, sizeof tmp)) { tmp[0] = 0; goto done; }
+    c.dir = tmp;
+    if (cmp_write(s, &c, &err) != KV_OK) { fprintf(stderr, "kvreport compare: %s\n", err.msg); goto done; }
+    if (swap_into_place(state, tmp, out)) goto done;
+    tmp[0] = 0;
+    size_t nr = 0;
+    for (size_t k = 0; k < s->n_fig; k++) nr += s->fig[k].rendered;
+    fprintf(stderr, "kvreport compare: %zu runs, %zu configurations matched by configuration string, %zu paired tests; "
+            "%zu of %zu figures rendered; %s/compare.md\n", s->n_runs, s->n_keys, s->n_tests, nr, s->n_fig, out);
+    rc = 0;
+done:
+    if (tmp[0]) rm_tree(tmp);
+    rp_notes_free(&c.notes);
+    free(gnuplot); free(plots_dir);
+    cmp_free(s);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGXFSZ, SIG_IGN);      /* a file-size limit (ulimit -f) becomes a write error (EFBIG) with a message */
@@ -160,6 +314,7 @@ int main(int argc, char **argv)
     unsigned long long seed = 12345, nboot = 2000;
     double target = 0;
     if (!dirs) { fprintf(stderr, "kvreport: out of memory\n"); return 1; }
+    if (argc > 1 && !strcmp(argv[1], "compare")) return compare_main(argc - 1, argv + 1);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
 #define NEED_ARG() do { if (i + 1 >= argc) return usage_error("missing value after", a); } while (0)

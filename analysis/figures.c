@@ -639,3 +639,12 @@ kv_status rp_write_figures(rp_ctx *c, kv_error *err)
     if ((st = fig_entropy(c, err))) return st;
     return fig_ranked(c, err);
 }
+
+/* For writers outside this file (compare.c): runs gnuplot on figures/<g->stem>.gp already
+ * written under c->dir, as every figure here is rendered. */
+void rp_render_figure(rp_ctx *c, rp_figure *g)
+{
+    char figdir[4608];
+    snprintf(figdir, sizeof figdir, "%s/figures", c->dir);
+    render(c, g, figdir);
+}

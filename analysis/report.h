@@ -77,6 +77,10 @@ kv_status rp_write_report(rp_ctx *c, kv_error *err);
  * metric, best first. Returns the count written to idx (capacity rs->n_configs). */
 size_t rp_matched(rp_ctx *c, size_t *idx, double *target);
 
+/* Renders figures/<g->stem>.gp (written by the caller under c->dir) with c->gnuplot; sets
+ * g->rendered, or g->why and a note. */
+void rp_render_figure(rp_ctx *c, rp_figure *g);
+
 /* Text helpers shared by the writers. */
 void rp_fmt_pm(char *buf, size_t cap, double mean, double hw, int has_ci);
 const char *rp_marks(double p_holm);

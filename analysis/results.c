@@ -109,6 +109,7 @@ typedef struct csv {
     size_t line;                  /* 1-based number of the current row */
     char *hdr[CSV_MAXF]; size_t nhdr;
     char *f[CSV_MAXF];   size_t nf;
+    int type[CSV_MAXF];           /* kv_col_type of each header field, -1 unknown to the schema */
 } csv;
 
 static int csv_split(char *line, char **f, size_t *nf)
@@ -157,6 +158,36 @@ static kv_status csv_open(csv *c, const char *path, int optional, int *missing, 
 }
 
 static void csv_close(csv *c) { free(c->buf); c->buf = NULL; }
+
+/* The schema's columns of file f (lib/results_schema.h): every column it declares, `late`
+ * ones excepted, must be in the header; the type of each is kept for csv_typed. Columns
+ * the schema does not know are ignored (a newer writer's additions). */
+static kv_status csv_schema(csv *c, kv_rfile f, kv_error *err)
+{
+    const kv_results_file *rf = kv_results_file_get(f);
+    for (size_t i = 0; i < c->nhdr; i++) {
+        long k = kv_results_column(f, c->hdr[i]);
+        c->type[i] = k < 0 ? -1 : (int)rf->cols[k].type;
+    }
+    for (size_t k = 0; k < rf->n_cols; k++) {
+        if (rf->cols[k].late) continue;
+        size_t i = 0;
+        while (i < c->nhdr && strcmp(c->hdr[i], rf->cols[k].name)) i++;
+        if (i == c->nhdr) return kv_error_set(err, KV_ERR_FORMAT, "%s: header lacks column '%s'", c->path, rf->cols[k].name);
+    }
+    return KV_OK;
+}
+
+/* Every field of the current row against its declared type (after the reader's own parsing,
+ * whose messages name the domain; this catches the columns it does not parse). */
+static kv_status csv_typed(csv *c, kv_error *err)
+{
+    for (size_t i = 0; i < c->nf; i++)
+        if (c->type[i] >= 0 && !kv_results_cell_ok((kv_col_type)c->type[i], c->f[i]))
+            return kv_error_set(err, KV_ERR_VALUE, "%s:%zu: column %s = '%s' is not %s", c->path, c->line, c->hdr[i],
+                                c->f[i], kv_col_type_name((kv_col_type)c->type[i]));
+    return KV_OK;
+}
 
 static kv_status csv_col(csv *c, const char *name, int required, long *idx, kv_error *err)
 {
@@ -369,6 +400,7 @@ size_t res_values(const res_config *c, int m, double *x, long long *seq)
 
 typedef struct contrib {
     size_t cfg;                     /* global index */
+    size_t dir;                     /* the directory it comes from */
     long long *seqs; size_t n_seqs; /* sequences this directory holds for it (sorted) */
     res_head *heads; size_t n_heads;
     int has_calib; res_calib_bin calib[2][RES_CALIB_BINS];
@@ -397,6 +429,7 @@ static int head_cmp(const void *a, const void *b)
 
 typedef struct loader {
     res_set *s;
+    int allow_mixed;
     contrib *cb; size_t n_cb;       /* all contributions, every directory */
 } loader;
 
@@ -427,6 +460,60 @@ static kv_status add_config(loader *L, const char *cfg, const char *family, cons
     return KV_OK;
 }
 
+/* The directory before `before` that holds (configuration gi, sequence seq); 0 if none. */
+static size_t earlier_holder(const loader *L, size_t gi, long long seq, size_t before)
+{
+    for (size_t k = 0; k < L->n_cb; k++) {
+        const contrib *cb = &L->cb[k];
+        if (cb->cfg != gi || cb->dir >= before) continue;
+        for (size_t i = 0; i < cb->n_seqs; i++)
+            if (cb->seqs[i] == seq) return cb->dir;
+    }
+    return 0;
+}
+
+/* "0-6, 9" from sorted sequence indices (truncated with "..." past cap). */
+static void seq_ranges(const long long *s, size_t n, char *buf, size_t cap)
+{
+    size_t w = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < n && w + 32 < cap;) {
+        size_t j = i;
+        while (j + 1 < n && s[j + 1] == s[j] + 1) j++;
+        int k = j > i ? snprintf(buf + w, cap - w, "%s%lld-%lld", w ? ", " : "", s[i], s[j])
+                      : snprintf(buf + w, cap - w, "%s%lld", w ? ", " : "", s[i]);
+        if (k < 0) break;
+        w += (size_t)k;
+        i = j + 1;
+        if (i < n && w + 32 >= cap) snprintf(buf + w, cap - w, ", ...");
+    }
+}
+
+/* Why two directories' results cannot be one run's, for messages: the recorded options
+ * that change results and differ, and what to do instead. */
+static void run_cause(const res_dir *a, const res_dir *b, const char *if_equal, char *buf, size_t cap)
+{
+    static const char *const keys[] = { "trace_sha256", "mode", "decode", "page_size" };
+    size_t w = 0;
+    int traces = 0;
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0] && w + 64 < cap; k++) {
+        const char *va = res_prov(a, keys[k]), *vb = res_prov(b, keys[k]);
+        if ((!va && !vb) || (va && vb && !strcmp(va, vb))) continue;
+        traces |= k == 0;
+        int n = snprintf(buf + w, cap - w, "%s%s %.16s%s in %s but %.16s%s in %s", w ? "; " : "the runs differ in ", keys[k],
+                         va ? va : "(absent)", va && strlen(va) > 16 ? "..." : "", a->path,
+                         vb ? vb : "(absent)", vb && strlen(vb) > 16 ? "..." : "", b->path);
+        if (n < 0) break;
+        w += (size_t)n < cap - w ? (size_t)n : cap - w - 1;
+    }
+    if (!w) w = (size_t)snprintf(buf, cap, "their recorded trace, mode and decode split are equal%s", if_equal);
+    if (traces && w < cap)
+        w += (size_t)snprintf(buf + w, cap - w, " (different traces: sequence numbers name different sequences, which "
+                              "--allow-mixed cannot merge)");
+    if (w < cap)
+        snprintf(buf + w, cap - w, "; different runs go side by side with `kvreport compare %s %s -o DIR`", a->path, b->path);
+}
+
 static kv_status load_dir(loader *L, size_t di, kv_error *err)
 {
     res_set *s = L->s;
@@ -441,13 +528,36 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
     if ((st = parse_provenance(path, d, err)) != KV_OK) return st;
     const char *ver = res_prov(d, "results_version");
     if (!ver) return kv_error_set(err, KV_ERR_FORMAT, "%s: no results_version", path);
-    if (strcmp(ver, "1"))
+    char want[16];
+    snprintf(want, sizeof want, "%d", KV_RESULTS_VERSION);
+    if (strcmp(ver, want))
         return kv_error_set(err, KV_ERR_VERSION, "%s: results_version %s is not supported (kvreport reads version %d)",
                     path, ver, RES_VERSION);
+    {   /* the schema's integer keys (decode, n_seq, n_layers, ...) hold integers when present */
+        const kv_results_file *pf = kv_results_file_get(KV_RF_PROVENANCE);
+        for (size_t k = 0; k < pf->n_cols; k++) {
+            const char *v = res_prov(d, pf->cols[k].name);
+            if (v && pf->cols[k].type == KV_COL_INT && !kv_results_cell_ok(KV_COL_INT, v))
+                return kv_error_set(err, KV_ERR_FORMAT, "%s: key %s = '%s' is not an integer", path, pf->cols[k].name, v);
+        }
+    }
+
+    /* results of another trace than the first directory's: refused before any row is read */
+    if (di > 0) {
+        const char *a = res_prov(&s->dirs[0], "trace_sha256"), *b = res_prov(d, "trace_sha256");
+        if (!a || !b || strcmp(a, b)) {
+            s->mixed_traces = 1;
+            if (!L->allow_mixed)
+                return kv_error_set(err, KV_ERR_INVALID, "%s: trace_sha256 %s differs from %s's %s (results of different traces; "
+                                    "pass --allow-mixed to combine runs that share no configuration and sequence, or put them "
+                                    "side by side with `kvreport compare`)", d->path, b ? b : "(absent)", s->dirs[0].path,
+                                    a ? a : "(absent)");
+        }
+    }
 
     /* configs.csv */
     snprintf(path, sizeof path, "%s/configs.csv", d->path);
-    if ((st = csv_open(&c, path, 0, NULL, err)) != KV_OK) { csv_close(&c); return st; }
+    if ((st = csv_open(&c, path, 0, NULL, err)) != KV_OK || (st = csv_schema(&c, KV_RF_CONFIGS, err)) != KV_OK) { csv_close(&c); return st; }
     long ci, cc, cf, cbk, cbv;
     if ((st = csv_col(&c, "config_id", 1, &ci, err)) || (st = csv_col(&c, "config", 1, &cc, err)) ||
         (st = csv_col(&c, "family", 1, &cf, err)) || (st = csv_col(&c, "budget_kind", 1, &cbk, err)) ||
@@ -483,6 +593,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
             map = nm; nmap = nn;
         }
         if (map[id] != (size_t)-1) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config_id %lld repeated", path, c.line, id); goto out; }
+        if ((st = csv_typed(&c, err))) goto out;
         size_t gi = 0;
         if ((st = add_config(L, c.f[cc], c.f[cf], c.f[cbk], bv, id, path, &gi, err))) goto out;
         for (size_t k = cb0; k < L->n_cb; k++)
@@ -492,6 +603,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         L->cb = ncb;
         memset(&L->cb[L->n_cb], 0, sizeof L->cb[0]);
         L->cb[L->n_cb].cfg = gi;
+        L->cb[L->n_cb].dir = di;
         L->n_cb++;
         map[id] = gi;
     }
@@ -512,7 +624,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
 
     /* per_seq.csv */
     snprintf(path, sizeof path, "%s/per_seq.csv", d->path);
-    if ((st = csv_open(&c, path, 0, NULL, err)) != KV_OK) goto out;
+    if ((st = csv_open(&c, path, 0, NULL, err)) != KV_OK || (st = csv_schema(&c, KV_RF_PER_SEQ, err)) != KV_OK) goto out;
     long pid, pcfg, pseq, pnq, pm[RM_COUNT];
     if ((st = csv_col(&c, "config_id", 1, &pid, err)) || (st = csv_col(&c, "config", 1, &pcfg, err)) ||
         (st = csv_col(&c, "seq", 1, &pseq, err)) || (st = csv_col(&c, "n_query", 1, &pnq, err)))
@@ -529,6 +641,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
             goto out;
         for (int m = 0; m < RM_NLL_DELTA; m++)
             if ((st = csv_num(&c, pm[m], 1, &r.v[m], err)) || (st = csv_check(&c, pm[m], r.v[m], &seq_dom[m], err))) goto out;
+        if ((st = csv_typed(&c, err))) goto out;
         r.v[RM_NLL_DELTA] = (isnan(r.v[RM_NLL_COMP]) || isnan(r.v[RM_NLL_FULL])) ? NAN
                             : r.v[RM_NLL_COMP] - r.v[RM_NLL_FULL];
         contrib *cb;
@@ -546,7 +659,14 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         if (dup) {
             int same = same_num(dup->n_query, r.n_query);
             for (int m = 0; m < RM_COUNT; m++) same = same && same_num(dup->v[m], r.v[m]);
-            if (!same) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config '%s' sequence %lld differs from the row an earlier directory gave (the same configuration twice with different results)", path, c.line, g->config, r.seq); goto out; }
+            if (!same) {
+                size_t other = earlier_holder(L, gi, r.seq, di);
+                char why[1024];
+                run_cause(&s->dirs[other], d, " (the same configuration twice with different results)", why, sizeof why);
+                st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config '%s' sequence %lld differs from the row an earlier directory gave (%s): %s",
+                                  path, c.line, g->config, r.seq, s->dirs[other].path, why);
+                goto out;
+            }
         } else {
             res_seq *ng = realloc(g->seqs, (g->n_seqs + 1) * sizeof *ng);
             if (!ng) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto out; }
@@ -561,7 +681,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
 
     /* summary.csv: the not_applied guard */
     snprintf(path, sizeof path, "%s/summary.csv", d->path);
-    if ((st = csv_open(&c, path, 0, NULL, err)) != KV_OK) goto out;
+    if ((st = csv_open(&c, path, 0, NULL, err)) != KV_OK || (st = csv_schema(&c, KV_RF_SUMMARY, err)) != KV_OK) goto out;
     long sid, scfg, sna;
     if ((st = csv_col(&c, "config_id", 1, &sid, err)) || (st = csv_col(&c, "config", 1, &scfg, err)) ||
         (st = csv_col(&c, "not_applied", 1, &sna, err)))
@@ -572,6 +692,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         long long na;
         if ((st = csv_int(&c, sna, &na, err))) goto out;
         if (na != 0 && na != 1) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: not_applied must be 0 or 1", path, c.line); goto out; }
+        if ((st = csv_typed(&c, err))) goto out;
         contrib *cb;
         LOOKUP_CB(gi, cb);
         if (cb->has_summary) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config '%s' has a second row", path, c.line, s->configs[gi].config); goto out; }
@@ -585,6 +706,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
     int missing = 0;
     snprintf(path, sizeof path, "%s/per_head.csv", d->path);
     if ((st = csv_open(&c, path, 1, &missing, err)) != KV_OK) goto out;
+    if (!missing && (st = csv_schema(&c, KV_RF_PER_HEAD, err)) != KV_OK) goto out;
     if (!missing) {
         long hid, hcfg, hl, hh, hnq, hm[RH_COUNT];
         /* layer < n_layers, head < n_heads of provenance.json when it records them */
@@ -609,6 +731,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
                 goto out;
             for (int m = 0; m < RH_COUNT; m++)
                 if ((st = csv_num(&c, hm[m], 1, &r.v[m], err)) || (st = csv_check(&c, hm[m], r.v[m], &head_dom[m], err))) goto out;
+            if ((st = csv_typed(&c, err))) goto out;
             if (r.layer > top_layer) { top_layer = r.layer; top_line = c.line; }
             if (r.head > top_head) { top_head = r.head; top_line = r.layer == top_layer ? c.line : top_line; }
             contrib *cb;
@@ -638,6 +761,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
     /* calib.csv (optional: only with read-out) */
     snprintf(path, sizeof path, "%s/calib.csv", d->path);
     if ((st = csv_open(&c, path, 1, &missing, err)) != KV_OK) goto out;
+    if (!missing && (st = csv_schema(&c, KV_RF_CALIB, err)) != KV_OK) goto out;
     if (!missing) {
         long kid, kcfg, kw, kb, kc, kcs, kas;
         if ((st = csv_col(&c, "config_id", 1, &kid, err)) || (st = csv_col(&c, "config", 1, &kcfg, err)) ||
@@ -659,6 +783,7 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
                 st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: bad calibration row (which full|comp, bin 0..14, 0 <= sums <= count)", path, c.line);
                 goto out;
             }
+            if ((st = csv_typed(&c, err))) goto out;
             contrib *cb;
             LOOKUP_CB(gi, cb);
             if (cb->calib_seen[w][bin]++) {
@@ -745,7 +870,17 @@ static kv_status finish_config(loader *L, size_t gi, kv_error *err)
                     g->calib[w][b].acc_sum += cb->calib[w][b].acc_sum;
                 }
         } else {
-            return kv_error_set(err, KV_ERR_FORMAT, "config '%s': two directories hold overlapping but different sequence sets; per_head.csv cannot be merged", g->config);
+        {
+            char sa[256], sb[256], why[1024];
+            seq_ranges(first->seqs, first->n_seqs, sa, sizeof sa);
+            seq_ranges(cb->seqs, cb->n_seqs, sb, sizeof sb);
+            const res_dir *da = &L->s->dirs[first->dir], *db = &L->s->dirs[cb->dir];
+            run_cause(da, db, "", why, sizeof why);
+            return kv_error_set(err, KV_ERR_FORMAT, "config '%s': two directories hold overlapping but different sequence sets "
+                                "(%s: %s; %s: %s): one run evaluated sequences the other did not (--seqs, --calib: strategies "
+                                "that calibrate, such as lowrank, reserve sequences; or shards of different runs), so "
+                                "per_head.csv cannot be merged; %s", g->config, da->path, sa, db->path, sb, why);
+        }
         }
     }
     if (g->not_applied < 0) g->not_applied = 0;
@@ -761,6 +896,7 @@ kv_status res_load(const char *const *dirs, size_t n, int allow_mixed, res_set *
     res_set *s = calloc(1, sizeof *s);
     if (!s) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     L.s = s;
+    L.allow_mixed = allow_mixed;
     kv_status st = KV_OK;
     s->dirs = calloc(n, sizeof *s->dirs);
     if (!s->dirs) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto done; }
@@ -771,17 +907,6 @@ kv_status res_load(const char *const *dirs, size_t n, int allow_mixed, res_set *
         s->n_dirs = i + 1;
         if (!s->dirs[i].path) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto done; }
         if ((st = load_dir(&L, i, err)) != KV_OK) goto done;
-        if (i > 0) {
-            const char *a = res_prov(&s->dirs[0], "trace_sha256"), *b = res_prov(&s->dirs[i], "trace_sha256");
-            if (!a || !b || strcmp(a, b)) {
-                s->mixed_traces = 1;
-                if (!allow_mixed) {
-                    st = kv_error_set(err, KV_ERR_INVALID, "%s: trace_sha256 %s differs from %s's %s (results of different traces; pass --allow-mixed to combine them)",
-                              dirs[i], b ? b : "(absent)", dirs[0], a ? a : "(absent)");
-                    goto done;
-                }
-            }
-        }
     }
     for (size_t g = 0; g < s->n_configs; g++)
         if ((st = finish_config(&L, g, err)) != KV_OK) goto done;

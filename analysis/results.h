@@ -18,8 +18,9 @@
 
 #include <stddef.h>
 #include "kvtrace.h"
+#include "results_schema.h"
 
-#define RES_VERSION 1
+#define RES_VERSION KV_RESULTS_VERSION
 
 /* per_seq metrics (RESULTS.md column order) followed by the derived nll_delta. */
 enum res_metric {

@@ -2,7 +2,7 @@
  * (figure d) and the attention-entropy distribution per layer (figure f).
  *
  * L layers, H q-heads, Hkv kv-heads, D head_dim.
- * Entropy comes from replay/verify.h's attn_stats_compute (the statistics `kvreplay info`
+ * Entropy comes from lib/attn_stats.h's attn_stats_compute (the statistics `kvreplay info`
  * prints): per (layer, head), the mean over sequences and valid positions t >= 1 of
  * -sum_j p_j log p_j, and the uniform bound log(visible keys). The distribution drawn per
  * layer is over its query heads; the first TS_MAX_SEQ sequences are used.
@@ -17,7 +17,7 @@
 #include <gsl/gsl_sort.h>
 #include <gsl/gsl_statistics_double.h>
 
-#include "verify.h"
+#include "attn_stats.h"
 
 #define TS_MAX_SEQ 8
 

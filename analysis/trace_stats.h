@@ -1,5 +1,5 @@
 /* Trace-derived inputs of kvreport (--trace): full-cache bytes per token and the
- * per-layer attention-entropy distribution (computed with replay/attn.h's kernel).
+ * per-layer attention-entropy distribution (lib/attn_stats.h).
  * Ownership: *entropy is allocated here, released with ts_entropy_free (NULL-safe). */
 #ifndef KV_TRACE_STATS_H
 #define KV_TRACE_STATS_H

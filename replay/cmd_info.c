@@ -10,6 +10,7 @@
 
 #include "commands.h"
 #include "kvtrace.h"
+#include "attn_stats.h"
 #include "verify.h"
 
 static const char info_usage[] =

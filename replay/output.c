@@ -15,6 +15,7 @@
 
 #include "output.h"
 #include "readout.h"
+#include "results_schema.h"
 
 static int failf(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -375,7 +376,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
 
     FILE *f = ofile(&of[0], dir, "configs.csv", err, errlen);
     if (!f) goto fail;
-    fprintf(f, "config_id,config,family,budget_kind,budget_value\n");
+    kv_results_put_header(f, KV_RF_CONFIGS);
     for (size_t c = 0; c < NC; c++) {
         const rp_config *cf = &sw->cfg[c];
         fprintf(f, "%zu,%s,%s,%s,", c, cf->canon, cf->family,
@@ -387,9 +388,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
 
     f = ofile(&of[1], dir, "per_seq.csv", err, errlen);
     if (!f) goto fail;
-    fprintf(f, "config_id,config,family,seq,n_query,keep_frac,kv_bytes,full_bytes,ratio,kv_mse_k,kv_mse_v,"
-               "kv_rel_mse_k,kv_rel_mse_v,attn_cos,out_cos,out_rel_err,attn_kl,mass_recall,logit_kl,nll_full,"
-               "nll_comp,top1_agree,ece_full,ece_comp,kv_bytes_paged,frag_bytes\n");
+    kv_results_put_header(f, KV_RF_PER_SEQ);
     for (size_t c = 0; c < NC; c++) {
         const rp_config *cf = &sw->cfg[c];
         for (size_t i = 0; i < n_res; i++) {
@@ -417,8 +416,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
 
     f = ofile(&of[2], dir, "per_head.csv", err, errlen);
     if (!f) goto fail;
-    fprintf(f, "config_id,config,layer,head,n_query,keep_frac,budget,attn_cos,out_cos,out_rel_err,attn_kl,"
-               "mass_recall,kv_mse_k,kv_mse_v\n");
+    kv_results_put_header(f, KV_RF_PER_HEAD);
     for (size_t c = 0; c < NC; c++) {
         int modified = 0;
         for (size_t i = 0; i < n_res; i++) modified |= res[i].sa[c * SA_NF + SA_MODIFIED] != 0;
@@ -442,9 +440,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
 
     f = ofile(&of[3], dir, "summary.csv", err, errlen);
     if (!f) goto fail;
-    fprintf(f, "config_id,config,family,n_seq,n_query,keep_frac,kv_bytes,full_bytes,ratio,kv_mse_k,kv_mse_v,"
-               "kv_rel_mse_k,kv_rel_mse_v,attn_cos,out_cos,out_rel_err,attn_kl,mass_recall,logit_kl,nll_full,"
-               "nll_comp,ppl_full,ppl_comp,top1_agree,ece_full,ece_comp,kv_bytes_paged,frag_bytes,not_applied\n");
+    kv_results_put_header(f, KV_RF_SUMMARY);
     for (size_t c = 0; c < NC; c++) {
         const rp_config *cf = &sw->cfg[c];
         const double *sa = tot_sa + c * SA_NF, *ha = tot_ha + c * HA_NF;
@@ -469,7 +465,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     if (has_readout) {
         f = ofile(&of[4], dir, "calib.csv", err, errlen);
         if (!f) goto fail;
-        fprintf(f, "config_id,config,which,bin,count,conf_sum,acc_sum\n");
+        kv_results_put_header(f, KV_RF_CALIB);
         for (size_t c = 0; c < NC; c++)
             for (int w = 0; w < 2; w++) {
                 ece_acc e;
@@ -492,7 +488,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     if (n_pl && has_readout) {
         f = ofile(&of[6], dir, "per_layer.csv", err, errlen);
         if (!f) goto fail;
-        fprintf(f, "config_id,config,seq,layer,logit_kl_layer,nll_delta_layer\n");
+        kv_results_put_header(f, KV_RF_PER_LAYER);
         for (size_t c = 0; c < NC; c++)
             for (size_t i = 0; i < n_res; i++) {
                 const double *sa = res[i].sa + c * SA_NF;
@@ -516,7 +512,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     const char *shard = pv->shard ? pv->shard : "0/1";
     snprintf(h5v, sizeof h5v, "%u.%u.%u", maj, min, rel);
     out_utc_now(fin, sizeof fin);
-    fprintf(f, "{\n  \"results_version\": 1,\n");
+    fprintf(f, "{\n  \"results_version\": %d,\n", KV_RESULTS_VERSION);
     json_str(f, "tool", "kvreplay", 0);
     json_str(f, "tool_version", KV_VERSION_STRING, 0);
     json_str(f, "trace", pv->trace, 0);

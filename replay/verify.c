@@ -1,7 +1,7 @@
 /* Trace verifications and attention statistics (replay/verify.h; tolerances argued there).
  *
  * S sequences, L layers, H q-heads, Hkv kv-heads, T tokens, n = seq_len[s] valid tokens,
- * D head_dim, C d_model, V vocab; RB query rows per statistics block.
+ * D head_dim, C d_model, V vocab. (The attention-structure statistics are lib/attn_stats.c.)
  *
  * Work is read per (s, l) — q/attn_out [H][n][D], k/v [Hkv][n][D] — then the heads run in
  * parallel (OpenMP), each writing only its own slots; results are reduced serially in head
@@ -15,8 +15,6 @@
 #include "attn.h"
 #include "readout.h"
 #include "verify.h"
-
-#define RB 32
 
 static kv_status fail_nomem(const kv_info *in, kv_error *err, const char *what)
 {
@@ -279,105 +277,4 @@ done:
     free(seq_len); free(hid); free(xn); free(lg); free(ref_lse); free(ref_ids); free(ref_top);
     free(wnorm);
     return st;
-}
-
-/* ---- attention statistics ------------------------------------------------------------- */
-
-void attn_stats_free(attn_stats *st)
-{
-    if (!st) return;
-    free(st->entropy); free(st->uniform); free(st->sink); free(st->prev);
-    free(st);
-}
-
-kv_status attn_stats_compute(kv_trace *t, size_t max_seq, attn_stats **out, kv_error *err)
-{
-    const kv_info *in = kv_trace_info(t);
-    *out = NULL;
-    size_t S = in->n_seq, T = in->n_tok, L = in->n_layers, H = in->n_heads, Hkv = in->n_kv_heads;
-    size_t D = in->head_dim, G = H / Hkv;
-    if (max_seq && max_seq < S) S = max_seq;
-    kv_status st = KV_OK;
-    attn_stats *a = calloc(1, sizeof *a);
-    int32_t *seq_len = malloc(in->n_seq * sizeof *seq_len);
-    float *q = malloc(H * T * D * sizeof *q);
-    float *k = malloc(Hkv * T * D * sizeof *k), *v = malloc(Hkv * T * D * sizeof *v);
-    if (!a || !seq_len || !q || !k || !v) { st = fail_nomem(in, err, "attention statistics"); goto done; }
-    a->L = L; a->H = H;
-    a->entropy = calloc(L * H, sizeof(double));
-    a->uniform = calloc(L * H, sizeof(double));
-    a->sink = calloc(L * H, sizeof(double));
-    a->prev = calloc(L * H, sizeof(double));
-    if (!a->entropy || !a->uniform || !a->sink || !a->prev) { st = fail_nomem(in, err, "attention statistics"); goto done; }
-    if ((st = kv_trace_read_seq_len(t, seq_len, err)) != KV_OK) goto done;
-
-    int nomem = 0;
-    for (size_t s = 0; s < S; s++) {
-        size_t n = (size_t)seq_len[s];
-        if (n >= 2) a->n_pos += n - 1;
-        for (size_t l = 0; l < L && n >= 2; l++) {
-            if ((st = read_heads(t, KV_Q, s, l, H, n, D, q, err)) != KV_OK) goto done;
-            if ((st = read_heads(t, KV_K, s, l, Hkv, n, D, k, err)) != KV_OK) goto done;
-            if ((st = read_heads(t, KV_V, s, l, Hkv, n, D, v, err)) != KV_OK) goto done;
-            attn_params p = layer_params(in, l);
-#ifdef _OPENMP
-            #pragma omp parallel for schedule(dynamic, 1) reduction(|:nomem)
-#endif
-            for (size_t h = 0; h < H; h++) {
-                float *lg = malloc(RB * n * sizeof *lg), lse[RB];      /* [RB][n] */
-                if (!lg) { nomem = 1; continue; }
-                size_t g = h / G;
-                double ent = 0, uni = 0, sink = 0, prev = 0;
-                for (size_t r0 = 1; r0 < n; r0 += RB) {
-                    size_t r1 = n - r0 < RB ? n : r0 + RB;
-                    attn_full_rows(q + h * n * D, k + g * n * D, v + g * n * D, n, D, r0, r1,
-                                   &p, lse, NULL, lg);
-                    for (size_t tt = r0; tt < r1; tt++) {
-                        const float *row = lg + (tt - r0) * n;
-                        double z = lse[tt - r0], e = 0;
-                        size_t lo = attn_lo(tt, p.window);
-                        for (size_t j = lo; j <= tt; j++) {
-                            double pj = exp(row[j] - z);
-                            if (pj > 0) e += pj * (z - row[j]);
-                        }
-                        ent += e;
-                        uni += log((double)(tt + 1 - lo));
-                        sink += exp(row[0] - z);             /* row[0] = -inf when hidden */
-                        prev += exp(row[tt - 1] - z);
-                    }
-                }
-                free(lg);
-                a->entropy[l * H + h] += ent;
-                a->uniform[l * H + h] += uni;
-                a->sink[l * H + h] += sink;
-                a->prev[l * H + h] += prev;
-            }
-            if (nomem) { st = fail_nomem(in, err, "attention statistics"); goto done; }
-        }
-        a->n_seq++;
-    }
-    if (a->n_pos)
-        for (size_t i = 0; i < L * H; i++) {
-            a->entropy[i] /= (double)a->n_pos; a->uniform[i] /= (double)a->n_pos;
-            a->sink[i] /= (double)a->n_pos;    a->prev[i] /= (double)a->n_pos;
-        }
-    *out = a;
-    a = NULL;
-done:
-    attn_stats_free(a);
-    free(seq_len); free(q); free(k); free(v);
-    return st;
-}
-
-void attn_stats_special(const attn_stats *st, size_t l, size_t *head, const char **kind,
-                        double *score)
-{
-    *head = 0; *kind = "focus"; *score = -INFINITY;
-    for (size_t h = 0; h < st->H; h++) {
-        size_t i = l * st->H + h;
-        double focus = st->uniform[i] > 0 ? 1 - st->entropy[i] / st->uniform[i] : 0;
-        if (st->sink[i] > *score) { *score = st->sink[i]; *head = h; *kind = "sink"; }
-        if (st->prev[i] > *score) { *score = st->prev[i]; *head = h; *kind = "prev"; }
-        if (focus > *score) { *score = focus; *head = h; *kind = "focus"; }
-    }
 }

@@ -1,4 +1,5 @@
-/* Trace verifications (`kvreplay check`) and attention statistics (`kvreplay info`).
+/* Trace verifications (`kvreplay check`); the attention statistics of `kvreplay info` are
+ * lib/attn_stats.h.
  *
  * S sequences, L layers, H q-heads, Hkv kv-heads, T tokens, D head_dim, C d_model, V vocab.
  * Only valid positions t < seq_len[s] are used. Library code: status codes, no printing;
@@ -74,25 +75,5 @@ typedef struct verify_readout_result {
  * (0 = all). No read-out in the trace: present = 0, KV_OK. */
 kv_status verify_readout(kv_trace *t, double atol, double rtol, size_t max_seq,
                          verify_readout_result *res, kv_error *err);
-
-/* Attention structure over valid query positions t >= 1 of the first max_seq sequences,
- * means over (sequence, position), per (layer, head), all arrays [L][H]:
- *   entropy   -sum_j p_j log p_j (nats)
- *   uniform   log(number of visible keys) (= log(t+1) without a window): the entropy of
- *             uniform attention over the same positions
- *   sink      p_0, the mass on the first token (0 once a window hides it)
- *   prev      p_{t-1}, the mass on the previous token */
-typedef struct attn_stats {
-    size_t L, H, n_seq, n_pos;  /* n_pos: positions averaged per (l, h) */
-    double *entropy, *uniform, *sink, *prev;
-} attn_stats;
-
-kv_status attn_stats_compute(kv_trace *t, size_t max_seq, attn_stats **out, kv_error *err);
-void attn_stats_free(attn_stats *st);
-
-/* The most specialised head of layer l: the highest of sink, prev and
- * focus = 1 - entropy/uniform over its heads. *kind is "sink", "prev" or "focus". */
-void attn_stats_special(const attn_stats *st, size_t l, size_t *head, const char **kind,
-                        double *score);
 
 #endif /* KV_VERIFY_H */

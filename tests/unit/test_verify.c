@@ -17,6 +17,7 @@
 
 #include "attn.h"
 #include "kvtrace.h"
+#include "attn_stats.h"
 #include "verify.h"
 
 enum { S = 2, T = 24, L = 2, H = 4, HKV = 2, D = 8, C = 16, V = 32 };
