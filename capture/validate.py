@@ -1,11 +1,13 @@
 """kvcapture validate: the in-model re-run ("truth") of exported cache states (traces/EXPORT.md).
 
     python3 capture/kvcapture.py validate --model M --trace T --export E -o truth.h5
-        [--apply substitute|delta] [--configs LIST] [--device cpu|cuda[:N]]
+        [--apply delta|substitute] [--configs LIST] [--device cpu|cuda[:N]]
         [--dtype float32|float16|bfloat16] [--attn-impl IMPL] [--tol X]
 
 The C replay is the single source of what a strategy does: `kvreplay run --export` writes, per
-(configuration, sequence, layer, kv head), the cache the last evaluated position sees. This
+(configuration, sequence, layer, kv head), the cache the last evaluated position sees and, for
+time-dependent encoders (KIVI's residual window), the first query position that sees each
+encoded K / V row (encoded_from; before it the row before encoding). This
 module re-runs the model teacher-forced on the trace's own tokens and, at every captured layer,
 applies that state through the model's attention-function interface, installed by the same
 adapter capture uses (kvcapture's RefAdapter / HFAdapter .install(record, name)): the real
@@ -17,9 +19,10 @@ model layer layers/<l>.model_layer (capture --layers). Under the prefill protoco
   - decode queries t in [P, n): attention over the exported entries only — prompt entries
     (mask), a merged entry's logit + log(mult) (proportional attention), and the decode keys
     [P, t] — with K/V rows replaced for configurations that export rows (encoders, merges,
-    views):  substitute: the exported rows as they are;  delta: the model's own row plus
-    (exported row - the trace's row), i.e. the encoding error carried onto the re-run's
-    perturbed K/V.
+    views), each as query t saw it (encoded_from):  delta (default): the model's own row plus
+    (exported row - the trace's row), i.e. the compression's change carried onto the re-run's
+    K/V, which already hold the error of earlier layers (as eviction's do);  substitute: the
+    exported rows as they are (a layer-wise measure that drops the carried-in error).
 No strategy is re-implemented here: only masks, biases and rows read from the export.
 
 Per (configuration, sequence), over evaluated positions t in [P, n) (as kvreplay does):
@@ -40,8 +43,8 @@ so at every row t of the planned layers key j is visible iff j <= t < evict_at[j
 [P, n) as above.
 
 Shapes: n tokens, P split, NE = n - P, L layers, H q-heads, Hkv kv-heads, G = H / Hkv, D
-head_dim, V vocab. Limits: time-dependent encoders (quant's fp16 residual window) are applied
-with the state the last position saw, at every decode position. The Hugging Face path is
+head_dim, V vocab. Version-1 exports are read except for time-dependent configurations (they
+held only the last position's state). The Hugging Face path is
 exercised by tests/py/test_capture_hf.py only where transformers is installed (not on the
 Debian build machine: that test is skipped there, visibly).
 """
