@@ -41,7 +41,8 @@ if not os.access(KVREPLAY, os.X_OK):
 T, S, DEC = 64, 2, 16
 MODEL = "ref-random:5:n_layers=2,d_model=32,n_heads=4,n_kv_heads=2,head_dim=8,d_ff=64,init_std=0.08"
 CONFIGS = ["full", "knorm keep=0.25", "entropy_merge keep=0.4 sinks=2", "quant kbits=2 vbits=2 group=8 residual=8",
-           "knorm keep=0.5 + quant kbits=4 vbits=2 group=8 residual=8"]
+           "knorm keep=0.5 + quant kbits=4 vbits=2 group=8 residual=8",
+           "entropy_merge keep=0.4 sinks=2 + quant kbits=2 vbits=2 group=8 residual=8"]
 LSE_TOL, TOP_TOL = 2e-3, 5e-3       # full re-run vs the trace's captured logits (as test_capture_ref)
 MET_TOL = 2e-4                       # validate (float32 model) vs the float64 independent forward
 from synth_export import ece15, ref_random_model  # noqa: E402
@@ -89,7 +90,9 @@ def state(c, s):
             a, b = int(eoff[l * Hkv + kh]), int(eoff[l * Hkv + kh + 1])
             out[l, kh] = dict(pos=pos[a:b], mult=mult[a:b], mem=[mem[moff[e]:moff[e + 1]] for e in range(a, b)],
                               k=g["k"][a:b] if rows else None, v=g["v"][a:b] if rows else None,
-                              efrom=g["encoded_from"][a:b] if rows else None)
+                              efrom=g["encoded_from"][a:b] if rows else None,
+                              pre_k=g["pre_k"][a:b] if "pre_k" in g else None,
+                              pre_v=g["pre_v"][a:b] if "pre_v" in g else None)
     return int(g.attrs["split"]), int(g.attrs["seq_len"]), out
 
 
@@ -137,6 +140,12 @@ c = CID["quant kbits=2 vbits=2 group=8 residual=8"]
 P, n, st = state(c, 0)
 dk = np.abs(st[0, 0]["k"] - tf["layers/0/k"][0, 0, st[0, 0]["pos"]].astype(np.float32)).max()
 check(st[0, 0]["k"] is not None and dk > 1e-3, f"quant exports reconstructed rows (max |k~ - k| {dk:.3g})")
+timed = sum(int((state(c, s)[2][l, kh]["efrom"] > 0).sum()) for s in range(S) for l in range(L) for kh in range(Hkv))
+check(timed > 0, f"quant: {timed} rows switch to their encoded form after their first query (encoded_from > 0)")
+c = CID["entropy_merge keep=0.4 sinks=2 + quant kbits=2 vbits=2 group=8 residual=8"]
+g0 = ef[f"configs/{c}/0"]
+check(int(g0.attrs["has_pre_rows"]) == 1 and np.isfinite(g0["pre_k"][()]).any(),
+      "merge + quant: the merged rows before encoding are exported (pre_k/pre_v)")
 
 # ---- 2./3. independent masked forward ------------------------------------------------------------
 # the weights of MODEL, built as kvcapture's ref-random adapter does
@@ -150,7 +159,8 @@ def rms(x, w, eps):
 def forward(ids, P, st, evict_at=None, s=0):
     """Plain float64 forward; st None = full causal. Decode rows t >= P see exported entries only,
     with the exported rows applied as deltas (exported - the trace's row of sequence s) to this
-    forward's rows, K from t >= encoded_from[e, 0], V from t >= encoded_from[e, 1].
+    forward's rows, K from t >= encoded_from[e, 0], V from t >= encoded_from[e, 1]; before,
+    the rows before encoding (pre_k/pre_v where not NaN, else the trace's: the forward's own).
     evict_at (online protocol): [L][Hkv][n], every row t sees key j iff j <= t < evict_at[j]."""
     n = len(ids)
     cos, sin = refmodel.rope_tables(n, D, model.cfg.rope_theta, dtype=torch.float64)
@@ -187,12 +197,17 @@ def forward(ids, P, st, evict_at=None, s=0):
             o[:, hh] = p @ v[kh]
             if st is not None and e["k"] is not None:
                 idx = torch.as_tensor(e["pos"].astype(np.int64))
-                dk = torch.as_tensor(e["k"] - tf[f"layers/{l}/k"][s, kh, e["pos"]].astype(np.float32), dtype=torch.float64)
-                dv = torch.as_tensor(e["v"] - tf[f"layers/{l}/v"][s, kh, e["pos"]].astype(np.float32), dtype=torch.float64)
+                tk = tf[f"layers/{l}/k"][s, kh, e["pos"]].astype(np.float32)
+                tv = tf[f"layers/{l}/v"][s, kh, e["pos"]].astype(np.float32)
+                dk, dv = e["k"] - tk, e["v"] - tv
+                dk0 = dv0 = np.zeros_like(dk)
+                if e["pre_k"] is not None:
+                    dk0 = np.nan_to_num(e["pre_k"] - tk, nan=0.0)
+                    dv0 = np.nan_to_num(e["pre_v"] - tv, nan=0.0)
                 for t in range(P, n):       # the rows query t saw
                     kt, vt = kk.clone(), vv.clone()
-                    kt[idx] += dk * torch.as_tensor(t >= e["efrom"][:, 0], dtype=torch.float64)[:, None]
-                    vt[idx] += dv * torch.as_tensor(t >= e["efrom"][:, 1], dtype=torch.float64)[:, None]
+                    kt[idx] += torch.as_tensor(np.where((t >= e["efrom"][:, 0])[:, None], dk, dk0), dtype=torch.float64)
+                    vt[idx] += torch.as_tensor(np.where((t >= e["efrom"][:, 1])[:, None], dv, dv0), dtype=torch.float64)
                     pt = torch.softmax(q[hh, t] @ kt.T * a.scale + mask[t], -1)
                     o[t, hh] = pt @ vt
         x = x + o.reshape(n, H * D) @ a.o_proj.weight.T
