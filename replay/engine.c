@@ -1170,8 +1170,8 @@ static int item_export_step(item *it, size_t c, size_t g, size_t t, const rp_cac
     if (rc < 0) return IT_FAIL(it, "out of memory (export)");
     if (rc > 0)
         return IT_FAIL(it, "config '%s': --export: at seq %zu layer %zu kv head %zu position %zu a row changed a "
-                       "second time (e.g. a re-indexing view): its per-position cache state is not exportable "
-                       "(leave it out with --export-configs)", E->sw->cfg[c].canon, it->s, it->l, g, t);
+                       "second time (the export describes one change per row): its per-position cache state is not "
+                       "exportable (leave it out with --export-configs)", E->sw->cfg[c].canon, it->s, it->l, g, t);
     return 0;
 }
 
