@@ -171,13 +171,15 @@ TRUTH_RUN_OPTS ?=
 TRUTH_VAL_OPTS ?=
 truth: deps
 	@$(MAKE) --no-print-directory all
-	@rm -rf $(TRUTH_OUT) && mkdir -p $(TRUTH_OUT)
+	@rm -rf $(TRUTH_OUT) && mkdir -p $(TRUTH_OUT) && date +%s > $(TRUTH_OUT)/.start
 	$(BIN)/kvreplay run $(TRUTH_TRACE) --sweep $(TRUTH_SWEEP) --per-layer-readout -o $(TRUTH_OUT)/results \
 	  --export $(TRUTH_OUT)/export.h5 $(TRUTH_RUN_OPTS)
 	$(PYTHON) capture/kvcapture.py validate --model $(TRUTH_MODEL) --trace $(TRUTH_TRACE) \
 	  --export $(TRUTH_OUT)/export.h5 -o $(TRUTH_OUT)/truth.h5 $(TRUTH_VAL_OPTS)
 	$(BIN)/kvreport $(TRUTH_OUT)/results --truth $(TRUTH_OUT)/truth.h5 -o $(TRUTH_OUT)/report
-	@echo "truth: proxy vs truth in $(TRUTH_OUT)/report/report.md (tables/truth.csv)"
+	@echo "truth: proxy vs truth in $(TRUTH_OUT)/report/report.md (tables/truth.csv);" \
+	  "replay, re-run and report took $$(( $$(date +%s) - $$(cat $(TRUTH_OUT)/.start) )) s"
+	@rm -f $(TRUTH_OUT)/.start
 
 # make bench: benchmark programs from bench/*.c (each its own main) into $(BIN)/bench/,
 # then bench/run.sh (tables on stdout, CSV in bench/out/). Never part of make test.

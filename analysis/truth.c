@@ -599,13 +599,19 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     /* report.md section (appended) */
     snprintf(path, sizeof path, "%s/report.md", c->dir);
     if (!(f = fopen(path, "a"))) { st = fail(err, KV_ERR_IO, "%s: cannot append: %s", path, strerror(errno)); goto done; }
+    /* what the apply mode measures (traces/EXPORT.md): the reader must not compare truths of both */
+    const char *how = !strcmp(apply, "delta") ? ", the compression's change of each layer's rows added to the "
+                                                "re-run's own, so error from earlier layers propagates for every family"
+                    : !strcmp(apply, "substitute") ? ", the exported rows as they are: for encoders and merges the "
+                                                     "error carried in from earlier layers is dropped"
+                    : "";
     fprintf(f, "\n## Proxy vs in-model truth\n\n"
-               "Truth: `%s` (`kvcapture.py validate`, rows applied by `%s`): %zu configurations paired with the "
+               "Truth: `%s` (`kvcapture.py validate`, rows applied by `%s`%s): %zu configurations paired with the "
                "results (%zu (configuration, sequence) rows; the `full` family left out). Per configuration, the mean "
                "over its sequences of the direct-path proxy (this report's read-out metrics) against the same "
                "metric of an in-model re-run with the exported cache state. Intervals: percentile bootstrap over "
                "configurations (%zu resamples). Slope: least squares of truth on proxy.\n\n",
-            truth_path, apply, np, nrow_used, c->n_boot);
+            truth_path, apply, how, np, nrow_used, c->n_boot);
     for (int m = 0; m < TM_N; m++)
         if (isfinite(ts[m].rho) && ts[m].rho < TR_WARN_RHO) {
             fprintf(f, "> **WARNING: the proxy ranks configurations with Spearman %.3f < %.1f against the in-model "

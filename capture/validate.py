@@ -1,11 +1,13 @@
 """kvcapture validate: the in-model re-run ("truth") of exported cache states (traces/EXPORT.md).
 
     python3 capture/kvcapture.py validate --model M --trace T --export E -o truth.h5
-        [--apply substitute|delta] [--configs LIST] [--device cpu|cuda[:N]]
+        [--apply delta|substitute] [--configs LIST] [--device cpu|cuda[:N]]
         [--dtype float32|float16|bfloat16] [--attn-impl IMPL] [--tol X]
 
 The C replay is the single source of what a strategy does: `kvreplay run --export` writes, per
-(configuration, sequence, layer, kv head), the cache the last evaluated position sees. This
+(configuration, sequence, layer, kv head), the cache the last evaluated position sees and, for
+time-dependent encoders (KIVI's residual window), the first query position that sees each
+encoded K / V row (encoded_from; before it the row before encoding). This
 module re-runs the model teacher-forced on the trace's own tokens and, at every captured layer,
 applies that state through the model's attention-function interface, installed by the same
 adapter capture uses (kvcapture's RefAdapter / HFAdapter .install(record, name)): the real
@@ -17,9 +19,10 @@ model layer layers/<l>.model_layer (capture --layers). Under the prefill protoco
   - decode queries t in [P, n): attention over the exported entries only — prompt entries
     (mask), a merged entry's logit + log(mult) (proportional attention), and the decode keys
     [P, t] — with K/V rows replaced for configurations that export rows (encoders, merges,
-    views):  substitute: the exported rows as they are;  delta: the model's own row plus
-    (exported row - the trace's row), i.e. the encoding error carried onto the re-run's
-    perturbed K/V.
+    views), each as query t saw it (encoded_from):  delta (default): the model's own row plus
+    (exported row - the trace's row), i.e. the compression's change carried onto the re-run's
+    K/V, which already hold the error of earlier layers (as eviction's do);  substitute: the
+    exported rows as they are (a layer-wise measure that drops the carried-in error).
 No strategy is re-implemented here: only masks, biases and rows read from the export.
 
 Per (configuration, sequence), over evaluated positions t in [P, n) (as kvreplay does):
@@ -40,8 +43,8 @@ so at every row t of the planned layers key j is visible iff j <= t < evict_at[j
 [P, n) as above.
 
 Shapes: n tokens, P split, NE = n - P, L layers, H q-heads, Hkv kv-heads, G = H / Hkv, D
-head_dim, V vocab. Limits: time-dependent encoders (quant's fp16 residual window) are applied
-with the state the last position saw, at every decode position. The Hugging Face path is
+head_dim, V vocab. Version-1 exports are read except for time-dependent configurations (they
+held only the last position's state). The Hugging Face path is
 exercised by tests/py/test_capture_hf.py only where transformers is installed (not on the
 Debian build machine: that test is skipped there, visibly).
 """
@@ -56,6 +59,7 @@ import numpy as np
 import torch
 
 TRUTH_VERSION = 1
+EXPORT_VERSIONS = (1, 2)    # 1: no encoded_from (time-dependent configurations refused)
 TRUTH_FN = "kvtruth"
 ECE_BINS = 15
 METRICS = ("logit_kl", "nll_full", "nll_comp", "top1_agree", "ece_full", "ece_comp")
@@ -87,7 +91,10 @@ def _attr(obj, name, default=None):
 # ---------------------------------------------------------------------------------------------
 
 def read_state(grp, L, Hkv):
-    """-> dict(n, P, has_rows, heads[l][g] = dict(pos, mult, members(list of arrays), k, v))."""
+    """-> dict(n, P, has_rows, heads[l][g] = dict(pos, mult, members(list of arrays), k, v,
+    efrom [NE, 2] (query t sees the exported K row iff t >= efrom[e, 0], V: efrom[e, 1]; before,
+    the row before encoding), pre_k, pre_v (rows before encoding, NaN = the trace's row; None:
+    the trace's rows))). Version-1 exports have no encoded_from: 0 (their rows for every query)."""
     eoff = grp["entry_off"][()]
     pos, mult = grp["pos"][()], grp["mult"][()]
     moff, mem = grp["member_off"][()], grp["members"][()]
@@ -96,6 +103,17 @@ def read_state(grp, L, Hkv):
     v = grp["v"][()].astype(np.float32) if has_rows else None
     if eoff.shape != (L * Hkv + 1,):
         raise ValidateError(f"export {grp.name}: entry_off has {eoff.shape[0]} values, expected {L * Hkv + 1}")
+    NE = len(pos)
+    efrom = np.zeros((NE, 2), dtype=np.int64)
+    if has_rows and "encoded_from" in grp:
+        efrom = grp["encoded_from"][()].astype(np.int64)
+        if efrom.shape != (NE, 2):
+            raise ValidateError(f"export {grp.name}: encoded_from has shape {efrom.shape}, expected {(NE, 2)}")
+    pre_k = pre_v = None
+    if int(_attr(grp, "has_pre_rows", 0)):
+        pre_k, pre_v = grp["pre_k"][()].astype(np.float32), grp["pre_v"][()].astype(np.float32)
+        if pre_k.shape != (NE, k.shape[1]) or pre_v.shape != pre_k.shape:
+            raise ValidateError(f"export {grp.name}: pre_k/pre_v have shape {pre_k.shape}, expected {(NE, k.shape[1])}")
     heads = []
     for l in range(L):
         row = []
@@ -103,24 +121,41 @@ def read_state(grp, L, Hkv):
             a, b = int(eoff[l * Hkv + g]), int(eoff[l * Hkv + g + 1])
             row.append(dict(pos=pos[a:b].astype(np.int64), mult=mult[a:b].astype(np.int64),
                             members=[mem[moff[e]:moff[e + 1]] for e in range(a, b)],
-                            k=None if k is None else k[a:b], v=None if v is None else v[a:b]))
+                            k=None if k is None else k[a:b], v=None if v is None else v[a:b],
+                            efrom=efrom[a:b], pre_k=None if pre_k is None else pre_k[a:b],
+                            pre_v=None if pre_v is None else pre_v[a:b]))
         heads.append(row)
     return dict(n=int(_attr(grp, "seq_len")), P=int(_attr(grp, "split")), has_rows=has_rows, heads=heads)
 
 
-def layer_plan(st, l, Hkv, D, trace_k=None, trace_v=None, apply="substitute"):
+def _sub(rows, trace, apply):
+    """Rows as planned_attention takes them: substitute: the rows; delta: rows - trace."""
+    return rows - trace if apply == "delta" else rows
+
+
+def layer_plan(st, l, Hkv, D, trace_k=None, trace_v=None, apply="delta"):
     """Plan of layer l under the prefill protocol (rows [P, n) follow the export).
 
     keybias [Hkv, n]: log(mult) at the exported entries' positions, -inf elsewhere; with the
     causal rule (key j visible to t iff j <= t) this is the export's cache: prompt entries
     always, decode entries j in [P, t]. ksub/vsub [Hkv, n, D]: the rows to use at entry
-    positions (NaN where the model's own row stays), or None."""
+    positions (NaN where the model's own row stays), or None. Time-dependent states
+    (encoded_from > 0 somewhere): kfrom/vfrom [Hkv, n] (query t uses ksub's row of key j iff
+    t >= kfrom[j], else ksub0's) and ksub0/vsub0, the rows before encoding (the trace's rows
+    unless pre rows were exported) in the same form; else those are None. trace_k/trace_v
+    [Hkv, n, D]: the trace's rows (needed whenever the export has rows)."""
     n, P = st["n"], st["P"]
     keybias = np.full((Hkv, n), -np.inf, dtype=np.float32)
-    ksub = vsub = None
+    ksub = vsub = ksub0 = vsub0 = kfrom = vfrom = None
     if st["has_rows"]:
         ksub = np.full((Hkv, n, D), np.nan, dtype=np.float32)
         vsub = np.full((Hkv, n, D), np.nan, dtype=np.float32)
+        timed = any(bool(np.any(st["heads"][l][g]["efrom"] > 0)) for g in range(Hkv))
+        if timed:
+            ksub0 = np.full((Hkv, n, D), np.nan, dtype=np.float32)
+            vsub0 = np.full((Hkv, n, D), np.nan, dtype=np.float32)
+            kfrom = np.zeros((Hkv, n), dtype=np.int64)
+            vfrom = np.zeros((Hkv, n), dtype=np.int64)
     for g in range(Hkv):
         h = st["heads"][l][g]
         pos, mult = h["pos"], h["mult"]
@@ -132,13 +167,19 @@ def layer_plan(st, l, Hkv, D, trace_k=None, trace_v=None, apply="substitute"):
                                 "(prefill protocol expected)")
         keybias[g, pos] = np.log(mult.astype(np.float64)).astype(np.float32)
         if ksub is not None:
-            if apply == "delta":
-                ksub[g, pos] = h["k"] - trace_k[g, pos]
-                vsub[g, pos] = h["v"] - trace_v[g, pos]
-            else:
-                ksub[g, pos] = h["k"]
-                vsub[g, pos] = h["v"]
-    return dict(P=P, keybias=keybias, evict_at=None, ksub=ksub, vsub=vsub)
+            tk, tv = trace_k[g, pos], trace_v[g, pos]
+            ksub[g, pos] = _sub(h["k"], tk, apply)
+            vsub[g, pos] = _sub(h["v"], tv, apply)
+            if kfrom is not None:
+                kfrom[g, pos], vfrom[g, pos] = h["efrom"][:, 0], h["efrom"][:, 1]
+                pk, pv = tk, tv
+                if h["pre_k"] is not None:      # NaN: the trace's row
+                    pk = np.where(np.isnan(h["pre_k"]), tk, h["pre_k"])
+                    pv = np.where(np.isnan(h["pre_v"]), tv, h["pre_v"])
+                ksub0[g, pos] = _sub(pk, tk, apply)
+                vsub0[g, pos] = _sub(pv, tv, apply)
+    return dict(P=P, keybias=keybias, evict_at=None, ksub=ksub, vsub=vsub, ksub0=ksub0, vsub0=vsub0,
+                kfrom=kfrom, vfrom=vfrom)
 
 
 def read_online(grp, L, Hkv):
@@ -169,15 +210,25 @@ def online_plan(st, l, Hkv):
 def plan_to(plan, device):
     """The plan's arrays as torch tensors on the model's device (once per forward, not per call)."""
     out = dict(plan)
-    for key in ("keybias", "ksub", "vsub"):
-        if plan[key] is not None:
+    for key in ("keybias", "ksub", "vsub", "ksub0", "vsub0"):
+        if plan.get(key) is not None:
             out[key] = torch.as_tensor(plan[key], dtype=torch.float32).to(device)
-    if plan["evict_at"] is not None:
-        out["evict_at"] = torch.as_tensor(plan["evict_at"], dtype=torch.int64).to(device)
+    for key in ("evict_at", "kfrom", "vfrom"):
+        if plan.get(key) is not None:
+            out[key] = torch.as_tensor(plan[key], dtype=torch.int64).to(device)
     return out
 
 
 CHUNK = 1 << 26     # score elements (B*H*rows*T) computed at once; bounds the memory of long rows
+
+
+def _rows(x, sub, apply, G):
+    """The model's rows x [B,Hkv,T,D] with sub [Hkv,T,D] applied (substitute: sub where not
+    NaN; delta: x + sub, NaN = 0), repeated for the G query heads of each kv head."""
+    if sub is not None:
+        s = sub.to(x.dtype)[None]
+        x = x + torch.nan_to_num(s, nan=0.0) if apply == "delta" else torch.where(torch.isnan(s), x, s)
+    return x.repeat_interleave(G, dim=1)
 
 
 def planned_attention(q, k, v, scale, softcap, window, plan, apply):
@@ -188,25 +239,20 @@ def planned_attention(q, k, v, scale, softcap, window, plan, apply):
     interface). plan (plan_to): P; keybias [Hkv,T] additive per key (log(mult); -inf: not in
     the cache); evict_at [Hkv,T] or None (key j visible to t iff j <= t < evict_at[j]; None:
     iff j <= t); ksub/vsub [Hkv,T,D] or None (substitute: rows replacing the model's where not
-    NaN; delta: added to them). window W > 0 additionally requires t - j < W; softcap c > 0
-    caps the scaled logits as c tanh(s / c) before the bias. Softmax in float32.
+    NaN; delta: added to them); kfrom/vfrom [Hkv,T] or None: query t uses ksub's row of key j
+    iff t >= kfrom[j] and ksub0's before (values: vfrom, vsub/vsub0) — the per-position state
+    of a time-dependent encoder; both versions' scores are computed and selected per (t, j).
+    window W > 0 additionally requires t - j < W; softcap c > 0 caps the scaled logits as
+    c tanh(s / c) before the bias. Softmax in float32.
     Returns [B, T-P, H, D] (the rows of the interface's [B,T,H,D] output from P on)."""
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     G = H // Hkv
     P = plan["P"]
-    kk, vv = k, v
-    if plan["ksub"] is not None:
-        ks = plan["ksub"].to(k.dtype)[None]
-        vs = plan["vsub"].to(v.dtype)[None]
-        if apply == "delta":
-            kk = k + torch.nan_to_num(ks, nan=0.0)
-            vv = v + torch.nan_to_num(vs, nan=0.0)
-        else:
-            kk = torch.where(torch.isnan(ks), k, ks)
-            vv = torch.where(torch.isnan(vs), v, vs)
-    kk = kk.repeat_interleave(G, dim=1)
-    vv = vv.repeat_interleave(G, dim=1)
+    kk, vv = _rows(k, plan["ksub"], apply, G), _rows(v, plan["vsub"], apply, G)
+    kf, vf = plan.get("kfrom"), plan.get("vfrom")
+    if kf is not None:
+        kk0, vv0 = _rows(k, plan["ksub0"], apply, G), _rows(v, plan["vsub0"], apply, G)
     kb, ev = plan["keybias"], plan["evict_at"]
     ninf = torch.full((), float("-inf"), dtype=torch.float32, device=q.device)
     j = torch.arange(T, device=q.device)[None, :]
@@ -223,11 +269,21 @@ def planned_attention(q, k, v, scale, softcap, window, plan, apply):
             vis = vis & (t - j < window)[None]
         bias = torch.where(vis, kb[:, None, :], ninf)                          # [Hkv,R,T]
         s = torch.matmul(q[:, :, r0:r1], kk.transpose(-1, -2)).float() * scale  # [B,H,R,T]
+        if kf is not None:      # keys not yet encoded for these queries: the rows before
+            s0 = torch.matmul(q[:, :, r0:r1], kk0.transpose(-1, -2)).float() * scale
+            enc = (t >= kf[:, None, :])[None, :, None]                          # [1,Hkv,1,R,T]
+            s = torch.where(enc, s.view(B, Hkv, G, R, T), s0.view(B, Hkv, G, R, T)).view(B, H, R, T)
         if softcap and softcap > 0:
             s = softcap * torch.tanh(s / softcap)
         s = (s.view(B, Hkv, G, R, T) + bias[None, :, None]).view(B, H, R, T)
         p = torch.softmax(s, dim=-1).to(q.dtype)
-        outs.append(torch.matmul(p, vv))                                       # [B,H,R,D]
+        if kf is None:
+            outs.append(torch.matmul(p, vv))                                   # [B,H,R,D]
+            continue
+        enc = (t >= vf[:, None, :])[None, :, None]                              # [1,Hkv,1,R,T]
+        p5 = p.view(B, Hkv, G, R, T)
+        p1 = torch.where(enc, p5, torch.zeros((), dtype=p.dtype, device=p.device)).view(B, H, R, T)
+        outs.append(torch.matmul(p1, vv) + torch.matmul(p - p1, vv0))
     od = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return od.transpose(1, 2)
 
@@ -388,8 +444,10 @@ def run(a, load_adapter):
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[a.dtype]
     ex = h5py.File(a.export, "r")
     tr = h5py.File(a.trace, "r")
-    if int(_attr(ex, "kvtrace_export_version", 0)) != 1:
-        raise ValidateError(f"{a.export}: not a kvtrace export (version 1)")
+    xver = int(_attr(ex, "kvtrace_export_version", 0))
+    if xver not in EXPORT_VERSIONS:
+        raise ValidateError(f"{a.export}: not a kvtrace export (kvtrace_export_version {xver}; this validate "
+                            f"reads versions {', '.join(map(str, EXPORT_VERSIONS))})")
     mode = _attr(ex, "mode")
     if mode not in ("prefill", "online"):
         raise ValidateError(f"{a.export}: mode {mode!r}: expected prefill or online")
@@ -434,6 +492,10 @@ def run(a, load_adapter):
             for c in cfg_ids:
                 cg = ex["configs"][str(c)]
                 canon = _attr(cg, "config")
+                if xver < 2 and not online and int(_attr(cg, "time_dependent", 0)):
+                    raise ValidateError(f"{a.export}: config {c} '{canon}' is time-dependent and this version-1 "
+                                        "export holds only the last position's state; export it again with "
+                                        "this kvreplay (version 2: the state each position saw)")
                 for sname in sorted(cg.keys(), key=int):
                     s = int(sname)
                     st = read_online(cg[sname], L, Hkv) if online else read_state(cg[sname], L, Hkv)
@@ -476,7 +538,7 @@ def run(a, load_adapter):
                             plans[mlayer[l]] = plan_to(online_plan(st, l, Hkv), device)
                             continue
                         tk = tv = None
-                        if st["has_rows"] and a.apply == "delta":
+                        if st["has_rows"]:
                             tk = tr[f"layers/{l}/k"][s, :, :n].astype(np.float32)
                             tv = tr[f"layers/{l}/v"][s, :, :n].astype(np.float32)
                         plans[mlayer[l]] = plan_to(layer_plan(st, l, Hkv, D, tk, tv, a.apply), device)
@@ -539,8 +601,11 @@ def build_parser():
                     "ref-random:SEED[:k=v,..], hf-random:TYPE[:k=v,..], or a Hugging Face name/path")
     ap.add_argument("--trace", required=True, help="the trace the export was replayed from")
     ap.add_argument("--export", required=True, help="kvreplay run --export file (traces/EXPORT.md)")
-    ap.add_argument("--apply", choices=("substitute", "delta"), default="substitute",
-                    help="how exported K/V rows are applied (default substitute)")
+    ap.add_argument("--apply", choices=("delta", "substitute"), default="delta",
+                    help="how exported K/V rows are applied: delta (default) adds the compression's "
+                         "change of the trace's row to the re-run's own row, so error from earlier layers "
+                         "propagates as for eviction; substitute uses the exported rows as they are "
+                         "(traces/EXPORT.md)")
     ap.add_argument("--configs", default=None, help="config ids to validate (default: all exported)")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32",

@@ -583,7 +583,10 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
                                .decode = (size_t)decode, .eval_from = (size_t)eval_from };
         if (rp_export_open(xpath, sw, xchosen, in, &xpv, &xp, err, sizeof err)) goto fail;
         if (mode == RP_ONLINE) opts.export_evict_hook = rp_export_evict_hook;
-        else opts.export_hook = rp_export_hook;
+        else {
+            opts.export_hook = rp_export_hook;
+            opts.export_step_hook = rp_export_step_hook;
+        }
         opts.export_ud = xp;
     }
     if (rp_engine_new(tr, sw, &opts, seqs, n_seqs, &eng, err, sizeof err)) goto fail;

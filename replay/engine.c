@@ -1160,6 +1160,21 @@ static int item_export(item *it, size_t c, size_t g, const rp_cache *view)
     return 0;
 }
 
+/* Prefill, time-dependent configurations: the cache query t sees, to the exporter (which
+ * records when each entry's row changes from the one before encoding). */
+static int item_export_step(item *it, size_t c, size_t g, size_t t, const rp_cache *view)
+{
+    rp_engine *E = it->E;
+    const cstate *st = &it->sc->cs[c * E->Hkv + g];
+    int rc = E->o.export_step_hook(E->o.export_ud, c, it->s, it->l, g, t, it->n, it->P, view, &st->cache);
+    if (rc < 0) return IT_FAIL(it, "out of memory (export)");
+    if (rc > 0)
+        return IT_FAIL(it, "config '%s': --export: at seq %zu layer %zu kv head %zu position %zu a row changed a "
+                       "second time (the export describes one change per row): its per-position cache state is not "
+                       "exportable (leave it out with --export-configs)", E->sw->cfg[c].canon, it->s, it->l, g, t);
+    return 0;
+}
+
 /* Online: after query t, the strategy names the entries to evict down to the budget. */
 static int item_online_evict(item *it, size_t c, size_t g, size_t t)
 {
@@ -1220,6 +1235,7 @@ static int item_block_cfg(item *it, size_t c, size_t g, size_t tb, size_t te)
             return IT_FAIL(it, "out of memory");
         row_view rv;
         if (item_cache_view(it, c, g, t, &rv) || item_metrics(it, c, g, t, t - tb, &rv, br)) return -1;
+        if (st->td && !online && E->o.export_step_hook && item_export_step(it, c, g, t, &rv.view)) return -1;
         if (t == n - 1 && item_export(it, c, g, &rv.view)) return -1;
         if (online && item_online_evict(it, c, g, t)) return -1;
     }

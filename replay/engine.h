@@ -76,6 +76,13 @@ typedef struct rp_run_opts {
      * evicted). Same threading and return convention as export_hook. */
     int (*export_evict_hook)(void *ud, size_t c, size_t s, size_t l, size_t g, size_t n, size_t P,
                              const int32_t *evict_at);
+    /* Prefill, configurations whose rows may change with the query position (time-dependent
+     * encoders, re-indexing views): called for every evaluated query t with the cache t sees
+     * (view, after encoders; its entries are the first view->n of base) and the cache before
+     * encoding (base). Same threading as export_hook. Returns 0, -1 out of memory, 1 the
+     * per-position state is not exportable (a row changed a second time). */
+    int (*export_step_hook)(void *ud, size_t c, size_t s, size_t l, size_t g, size_t t, size_t n, size_t P,
+                            const rp_cache *view, const rp_cache *base);
     void *export_ud;
     /* Per-layer direct-path read-out (--per-layer-readout): also the read-out of
      * h + dO_l W_O_l for each layer l alone -> rp_seq_result.pl. Costs L extra read-outs per

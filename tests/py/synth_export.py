@@ -94,11 +94,13 @@ def rms(x, w, eps):
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * w
 
 
-def forward64(model, ids, bias=None, rows=None):
+def forward64(model, ids, bias=None, rows=None, step_rows=None, P=None):
     """Float64 forward of a refmodel.RefModel written out here (not the model's forward and not
     validate.py's attention). bias(ml, kh, n) -> [n, n] additive (0 / log(mult) / -inf) or None
-    for plain causal; rows(ml, kh) -> (P, pos, k, v) or None: rows t >= P use k, v [len(pos), D]
-    at positions pos in place of the model's own."""
+    for plain causal; rows(ml, kh) -> (P, pos, k, v[, "add"]) or None: rows t >= P use k, v
+    [len(pos), D] at positions pos in place of the model's own ("add": added to them).
+    step_rows(ml, kh, t) -> (pos, dk, dv): query row t >= P adds dk, dv [len(pos), D] to the
+    model's own rows at pos (a per-position state, e.g. a time-dependent encoder)."""
     cfg = model.cfg
     H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     G = H // Hkv
@@ -130,13 +132,26 @@ def forward64(model, ids, bias=None, rows=None):
             o[:, hh] = p @ v[kh]
             rr = rows(ml, kh) if rows else None
             if rr is not None:
-                P, pos, kr, vr = rr
+                P, pos, kr, vr = rr[:4]
                 kk, vv = k[kh].clone(), v[kh].clone()
                 idx = torch.as_tensor(np.asarray(pos, dtype=np.int64))
-                kk[idx] = torch.as_tensor(kr, dtype=torch.float64)
-                vv[idx] = torch.as_tensor(vr, dtype=torch.float64)
+                if rr[4:] == ("add",):
+                    kk[idx] += torch.as_tensor(kr, dtype=torch.float64)
+                    vv[idx] += torch.as_tensor(vr, dtype=torch.float64)
+                else:
+                    kk[idx] = torch.as_tensor(kr, dtype=torch.float64)
+                    vv[idx] = torch.as_tensor(vr, dtype=torch.float64)
                 p2 = torch.softmax(q[hh, P:] @ kk.T * (1.0 / np.sqrt(D)) + m[P:], -1)
                 o[P:, hh] = p2 @ vv
+            if step_rows is not None:
+                for t in range(P, n):
+                    pos, dk, dv = step_rows(ml, kh, t)
+                    idx = torch.as_tensor(np.asarray(pos, dtype=np.int64))
+                    kk, vv = k[kh].clone(), v[kh].clone()
+                    kk[idx] += torch.as_tensor(dk, dtype=torch.float64)
+                    vv[idx] += torch.as_tensor(dv, dtype=torch.float64)
+                    p2 = torch.softmax(q[hh, t] @ kk.T * (1.0 / np.sqrt(D)) + m[t], -1)
+                    o[t, hh] = p2 @ vv
         x = x + o.reshape(n, H * D) @ a.o_proj.weight.double().T
         hm = rms(x, b.mlp_norm.weight.double(), eps)
         x = x + (torch.nn.functional.silu(hm @ b.mlp.gate.weight.double().T) * (hm @ b.mlp.up.weight.double().T)) \

@@ -7,7 +7,9 @@ Tiny reference model (random, 2 layers, GQA 4/2 heads, T=64, 2 sequences, 16 dec
   2. the full-cache configuration: truth logit_kl = 0, and the full re-run reproduces the
      trace's captured logits (/readout/ref_lse and the top-8 logits) within f16 tolerance;
   3. every configuration's true metrics equal an independent float64 masked forward of the
-     reference model written here (masks, + log(mult), substituted rows), not validate.py's;
+     reference model written here (masks, + log(mult), exported rows applied as deltas to the
+     forward's own rows, each query with the rows the export says it saw: encoded_from), not
+     validate.py's;
   4. validate refuses a model that is not the trace's model;
   6. the online protocol: `--mode online --export` writes evict_at; streaming's equals the
      hand formula (token j >= sinks leaves at j + B - sinks + 1), and validate's true metrics
@@ -39,7 +41,8 @@ if not os.access(KVREPLAY, os.X_OK):
 T, S, DEC = 64, 2, 16
 MODEL = "ref-random:5:n_layers=2,d_model=32,n_heads=4,n_kv_heads=2,head_dim=8,d_ff=64,init_std=0.08"
 CONFIGS = ["full", "knorm keep=0.25", "entropy_merge keep=0.4 sinks=2", "quant kbits=2 vbits=2 group=8 residual=8",
-           "knorm keep=0.5 + quant kbits=4 vbits=2 group=8 residual=8"]
+           "knorm keep=0.5 + quant kbits=4 vbits=2 group=8 residual=8",
+           "entropy_merge keep=0.4 sinks=2 + quant kbits=2 vbits=2 group=8 residual=8"]
 LSE_TOL, TOP_TOL = 2e-3, 5e-3       # full re-run vs the trace's captured logits (as test_capture_ref)
 MET_TOL = 2e-4                       # validate (float32 model) vs the float64 independent forward
 from synth_export import ece15, ref_random_model  # noqa: E402
@@ -86,7 +89,10 @@ def state(c, s):
         for kh in range(Hkv):
             a, b = int(eoff[l * Hkv + kh]), int(eoff[l * Hkv + kh + 1])
             out[l, kh] = dict(pos=pos[a:b], mult=mult[a:b], mem=[mem[moff[e]:moff[e + 1]] for e in range(a, b)],
-                              k=g["k"][a:b] if rows else None, v=g["v"][a:b] if rows else None)
+                              k=g["k"][a:b] if rows else None, v=g["v"][a:b] if rows else None,
+                              efrom=g["encoded_from"][a:b] if rows else None,
+                              pre_k=g["pre_k"][a:b] if "pre_k" in g else None,
+                              pre_v=g["pre_v"][a:b] if "pre_v" in g else None)
     return int(g.attrs["split"]), int(g.attrs["seq_len"]), out
 
 
@@ -134,6 +140,12 @@ c = CID["quant kbits=2 vbits=2 group=8 residual=8"]
 P, n, st = state(c, 0)
 dk = np.abs(st[0, 0]["k"] - tf["layers/0/k"][0, 0, st[0, 0]["pos"]].astype(np.float32)).max()
 check(st[0, 0]["k"] is not None and dk > 1e-3, f"quant exports reconstructed rows (max |k~ - k| {dk:.3g})")
+timed = sum(int((state(c, s)[2][l, kh]["efrom"] > 0).sum()) for s in range(S) for l in range(L) for kh in range(Hkv))
+check(timed > 0, f"quant: {timed} rows switch to their encoded form after their first query (encoded_from > 0)")
+c = CID["entropy_merge keep=0.4 sinks=2 + quant kbits=2 vbits=2 group=8 residual=8"]
+g0 = ef[f"configs/{c}/0"]
+check(int(g0.attrs["has_pre_rows"]) == 1 and np.isfinite(g0["pre_k"][()]).any(),
+      "merge + quant: the merged rows before encoding are exported (pre_k/pre_v)")
 
 # ---- 2./3. independent masked forward ------------------------------------------------------------
 # the weights of MODEL, built as kvcapture's ref-random adapter does
@@ -144,8 +156,11 @@ def rms(x, w, eps):
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * w
 
 
-def forward(ids, P, st, evict_at=None):
-    """Plain float64 forward; st None = full causal. Decode rows t >= P see exported entries only.
+def forward(ids, P, st, evict_at=None, s=0):
+    """Plain float64 forward; st None = full causal. Decode rows t >= P see exported entries only,
+    with the exported rows applied as deltas (exported - the trace's row of sequence s) to this
+    forward's rows, K from t >= encoded_from[e, 0], V from t >= encoded_from[e, 1]; before,
+    the rows before encoding (pre_k/pre_v where not NaN, else the trace's: the forward's own).
     evict_at (online protocol): [L][Hkv][n], every row t sees key j iff j <= t < evict_at[j]."""
     n = len(ids)
     cos, sin = refmodel.rope_tables(n, D, model.cfg.rope_theta, dtype=torch.float64)
@@ -177,14 +192,24 @@ def forward(ids, P, st, evict_at=None):
                 for j, m in zip(e["pos"], e["mult"]):
                     mask[P:, j] = torch.where(torch.arange(P, n) >= int(j), torch.tensor(float(np.log(m)), dtype=torch.float64),
                                               torch.tensor(float("-inf"), dtype=torch.float64))
-                if e["k"] is not None:
-                    kk[torch.as_tensor(e["pos"].astype(np.int64))] = torch.as_tensor(e["k"], dtype=torch.float64)
-                    vv[torch.as_tensor(e["pos"].astype(np.int64))] = torch.as_tensor(e["v"], dtype=torch.float64)
-            sc_full = q[hh] @ k[kh].T * a.scale
-            sc_dec = q[hh] @ kk.T * a.scale
-            sc = torch.cat([sc_full[:P], sc_dec[P:]]) + mask
+            sc = q[hh] @ k[kh].T * a.scale + mask
             p = torch.softmax(sc, -1)
-            o[:, hh] = torch.cat([p[:P] @ v[kh], p[P:] @ vv])
+            o[:, hh] = p @ v[kh]
+            if st is not None and e["k"] is not None:
+                idx = torch.as_tensor(e["pos"].astype(np.int64))
+                tk = tf[f"layers/{l}/k"][s, kh, e["pos"]].astype(np.float32)
+                tv = tf[f"layers/{l}/v"][s, kh, e["pos"]].astype(np.float32)
+                dk, dv = e["k"] - tk, e["v"] - tv
+                dk0 = dv0 = np.zeros_like(dk)
+                if e["pre_k"] is not None:
+                    dk0 = np.nan_to_num(e["pre_k"] - tk, nan=0.0)
+                    dv0 = np.nan_to_num(e["pre_v"] - tv, nan=0.0)
+                for t in range(P, n):       # the rows query t saw
+                    kt, vt = kk.clone(), vv.clone()
+                    kt[idx] += torch.as_tensor(np.where((t >= e["efrom"][:, 0])[:, None], dk, dk0), dtype=torch.float64)
+                    vt[idx] += torch.as_tensor(np.where((t >= e["efrom"][:, 1])[:, None], dv, dv0), dtype=torch.float64)
+                    pt = torch.softmax(q[hh, t] @ kt.T * a.scale + mask[t], -1)
+                    o[t, hh] = pt @ vt
         x = x + o.reshape(n, H * D) @ a.o_proj.weight.T
         hm = rms(x, b.mlp_norm.weight, eps)
         x = x + b.mlp.down(torch.nn.functional.silu(b.mlp.gate(hm)) * b.mlp.up(hm))
@@ -211,7 +236,7 @@ with torch.no_grad():
     for canon, c in cfg_ids.items():
         for s in range(S):
             P, n, st = state(c, s)
-            lc = forward(tokens[s, :n], P, st)
+            lc = forward(tokens[s, :n], P, st, s=s)
             lpf = torch.log_softmax(full[s][P:n], -1).numpy()
             lpc = torch.log_softmax(lc[P:n], -1).numpy()
             kl = (np.exp(lpf) * (lpf - lpc)).sum(1).clip(min=0).mean()

@@ -40,49 +40,66 @@ def run(args):
 
 
 # ---- 1. planned_attention vs a naive numpy loop --------------------------------------------------
-def naive(q, k, v, scale, cap, W, P, kb, ev, ks, vs, apply):
-    """q [H,T,D], k/v [Hkv,T,D] float64 -> [T-P, H, D]."""
+def applied(x, sub, apply):
+    """x [T, D] with sub [T, D] (NaN rows: x's own) substituted or added."""
+    x = x.copy()
+    if sub is not None:
+        m = ~np.isnan(sub[:, 0])
+        if apply == "delta":
+            x[m] += sub[m]
+        else:
+            x[m] = sub[m]
+    return x
+
+
+def naive(q, k, v, scale, cap, W, P, kb, ev, ks, vs, apply, timed=None):
+    """q [H,T,D], k/v [Hkv,T,D] float64 -> [T-P, H, D]. timed = (kfrom, vfrom, ks0, vs0): query
+    t uses ks/vs's row of key j iff t >= kfrom[g, j] (vfrom), else ks0's (vs0's)."""
     H, T, D = q.shape
     G = H // k.shape[0]
     out = np.zeros((T - P, H, D))
     for h in range(H):
         g = h // G
-        kk, vv = k[g].copy(), v[g].copy()
-        if ks is not None:
-            m = ~np.isnan(ks[g, :, 0])
-            if apply == "delta":
-                kk[m] += ks[g, m]
-                vv[m] += vs[g, m]
-            else:
-                kk[m], vv[m] = ks[g, m], vs[g, m]
+        kk = applied(k[g], None if ks is None else ks[g], apply)
+        vv = applied(v[g], None if vs is None else vs[g], apply)
+        if timed is not None:
+            kf, vf, ks0, vs0 = timed
+            kk0, vv0 = applied(k[g], ks0[g], apply), applied(v[g], vs0[g], apply)
         for t in range(P, T):
             logit = np.full(T, -np.inf)
+            vt = vv if timed is None else np.where((t >= vf[g])[:, None], vv, vv0)
             for j in range(T):
                 vis = j <= t and (ev is None or t < ev[g, j]) and (W <= 0 or t - j < W)
                 if vis and np.isfinite(kb[g, j]):
-                    s = scale * float(q[h, t] @ kk[j])
+                    kj = kk[j] if timed is None or t >= kf[g, j] else kk0[j]
+                    s = scale * float(q[h, t] @ kj)
                     if cap > 0:
                         s = cap * np.tanh(s / cap)
                     logit[j] = s + kb[g, j]
             p = np.exp(logit - logit.max())
-            out[t - P, h] = (p / p.sum()) @ vv
+            out[t - P, h] = (p / p.sum()) @ vt
     return out
 
 
 rng = np.random.default_rng(4)
 H, Hkv, T, D, P = 4, 2, 20, 8, 7
 worst = 0.0
-for case in ("prefill", "rows", "delta", "online", "window+softcap"):
+for case in ("prefill", "rows", "delta", "online", "window+softcap", "timed", "timed+delta"):
     q = rng.normal(size=(H, T, D))
     k = rng.normal(size=(Hkv, T, D))
     v = rng.normal(size=(Hkv, T, D))
     kb = np.where(rng.random((Hkv, T)) < 0.6, 0.0, -np.inf)
     kb[:, P:] = 0.0                                     # decode entries always present
     kb[kb == 0.0] += np.log(rng.integers(1, 4, size=(Hkv, T)))[kb == 0.0] * (rng.random((Hkv, T)) < 0.3)[kb == 0.0]
-    ev, ks, vs, W, cap, PP = None, None, None, 0, 0.0, P
-    if case in ("rows", "delta"):
+    ev, ks, vs, W, cap, PP, timed = None, None, None, 0, 0.0, P, None
+    if case in ("rows", "delta", "timed", "timed+delta"):
         ks = np.where((np.isfinite(kb) & (rng.random((Hkv, T)) < 0.5))[..., None], rng.normal(size=(Hkv, T, D)), np.nan)
         vs = np.where(np.isnan(ks), np.nan, rng.normal(size=(Hkv, T, D)))
+    if case.startswith("timed"):    # per-key switch times in [0, T], K and V apart; other rows before
+        kf, vf = rng.integers(0, T + 1, size=(Hkv, T)), rng.integers(0, T + 1, size=(Hkv, T))
+        ks0 = np.where(np.isnan(ks), np.nan, rng.normal(size=(Hkv, T, D)))
+        vs0 = np.where(np.isnan(ks), np.nan, rng.normal(size=(Hkv, T, D)))
+        timed = (kf, vf, ks0, vs0)
     if case == "online":
         kb = np.zeros((Hkv, T))
         j = np.arange(T)
@@ -90,13 +107,15 @@ for case in ("prefill", "rows", "delta", "online", "window+softcap"):
         PP = 0
     if case == "window+softcap":
         W, cap = 5, 3.0
-    apply = "delta" if case == "delta" else "substitute"
-    plan = validate.plan_to(dict(P=PP, keybias=kb.astype(np.float32), evict_at=ev,
-                                 ksub=None if ks is None else ks.astype(np.float32),
-                                 vsub=None if vs is None else vs.astype(np.float32)), torch.device("cpu"))
+    apply = "delta" if case.endswith("delta") else "substitute"
+    f32n = lambda x: None if x is None else x.astype(np.float32)  # noqa: E731
+    plan = validate.plan_to(dict(P=PP, keybias=kb.astype(np.float32), evict_at=ev, ksub=f32n(ks), vsub=f32n(vs),
+                                 kfrom=None if timed is None else timed[0], vfrom=None if timed is None else timed[1],
+                                 ksub0=None if timed is None else f32n(timed[2]),
+                                 vsub0=None if timed is None else f32n(timed[3])), torch.device("cpu"))
     f32 = lambda x: torch.as_tensor(x, dtype=torch.float32)[None]  # noqa: E731
     got = validate.planned_attention(f32(q), f32(k), f32(v), 0.35, cap, W, plan, apply)[0].double().numpy()
-    want = naive(q, k, v, 0.35, cap, W, PP, kb, ev, ks, vs, apply)
+    want = naive(q, k, v, 0.35, cap, W, PP, kb, ev, ks, vs, apply, timed)
     err = float(np.abs(got - want).max())
     check(got.shape == want.shape and err < ATT_TOL, f"planned_attention '{case}' = naive numpy loop (worst {err:.2e})")
     worst = max(worst, err)
@@ -141,14 +160,20 @@ exp = os.path.join(TMP, "prefill.h5")
 full_state = {s: {"n": TT, **{(l, g): dict(pos=np.arange(TT)) for l in range(Lt) for g in range(Hkv)}} for s in range(S)}
 write_export(exp, trace, "prefill", {0: ("full", {s: (PF, full_state[s]) for s in range(S)}),
                                      1: ("synthetic per-head", {s: (PF, states[s]) for s in range(S)})})
-truth = os.path.join(TMP, "truth.h5")
-r = run(["validate", "--model", MODEL, "--trace", trace, "--export", exp, "-o", truth])
-check(r.returncode == 0, f"validate (mapped layers): {r.stderr.strip()[-200:]}")
-if r.returncode:
-    sys.exit(1)
-rows = h5py.File(truth, "r")["rows"]
-got = {(int(rows["config_id"][i]), int(rows["seq"][i])): {m: float(rows[m][i]) for m in
-       ("logit_kl", "nll_full", "nll_comp", "top1_agree", "ece_full", "ece_comp")} for i in range(len(rows["seq"]))}
+got_by = {}
+for how in ("delta", "substitute"):     # delta: the default
+    truth = os.path.join(TMP, f"truth_{how}.h5")
+    r = run(["validate", "--model", MODEL, "--trace", trace, "--export", exp, "-o", truth]
+            + (["--apply", how] if how == "substitute" else []))
+    check(r.returncode == 0, f"validate (mapped layers, {how}): {r.stderr.strip()[-200:]}")
+    if r.returncode:
+        sys.exit(1)
+    with h5py.File(truth, "r") as f:
+        rows = f["rows"]
+        check(f.attrs["apply"] in (how, how.encode()), f"truth attribute apply = {how}")
+        got_by[how] = {(int(rows["config_id"][i]), int(rows["seq"][i])): {m: float(rows[m][i]) for m in
+                       ("logit_kl", "nll_full", "nll_comp", "top1_agree", "ece_full", "ece_comp")}
+                       for i in range(len(rows["seq"]))}
 
 # the weights of MODEL, built as kvcapture's ref-random adapter does
 model = ref_random_model(5, n_layers=3, d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64)
@@ -156,8 +181,9 @@ slot = {ml: l for l, ml in enumerate(MLAYER)}
 tokens = tf["tokens"][()]
 worst = {}
 with torch.no_grad():
-    for s in range(S):
+    for s, how in ((s, how) for s in range(S) for how in ("delta", "substitute")):
         st = states[s]
+        got = got_by[how]
         t = np.arange(TT)[:, None]
 
         def bias(ml, g, n):
@@ -174,7 +200,12 @@ with torch.no_grad():
             if ml not in slot:
                 return None
             e = st[slot[ml], g]
-            return PF, e["pos"], e["k"], e["v"]
+            if how == "substitute":
+                return PF, e["pos"], e["k"], e["v"]
+            l = slot[ml]        # delta: the re-run's own row + (exported row - the trace's row)
+            tk = tf[f"layers/{l}/k"][s, g, e["pos"]].astype(np.float64)
+            tv = tf[f"layers/{l}/v"][s, g, e["pos"]].astype(np.float64)
+            return PF, e["pos"], e["k"] - tk, e["v"] - tv, "add"
 
         lf = forward64(model, tokens[s, :TT])
         lc = forward64(model, tokens[s, :TT], bias=bias, rows=rows_)
@@ -183,12 +214,13 @@ with torch.no_grad():
             d = abs(got[1, s][m] - want)
             if m.startswith("ece") or m == "top1_agree":
                 d = d if d > 1.5 / (TT - PF - 1) else 0.0
-            worst[m] = max(worst.get(m, 0.0), d)
-        check(got[0, s]["logit_kl"] == 0.0, f"seq {s}: everything kept -> true logit_kl = 0 exactly")
-        check(got[1, s]["logit_kl"] > 1e-4, f"seq {s}: per-head state -> true logit_kl {got[1, s]['logit_kl']:.3g} "
-              f"(independent {ref['logit_kl']:.3g})")
-for m, w in sorted(worst.items()):
-    check(w < MET_TOL, f"mapped layers: true {m} = independent float64 forward at model layers {MLAYER} (worst {w:.2e})")
+            worst[how, m] = max(worst.get((how, m), 0.0), d)
+        check(got[0, s]["logit_kl"] == 0.0, f"seq {s} {how}: everything kept -> true logit_kl = 0 exactly")
+        check(got[1, s]["logit_kl"] > 1e-4, f"seq {s} {how}: per-head state -> true logit_kl "
+              f"{got[1, s]['logit_kl']:.3g} (independent {ref['logit_kl']:.3g})")
+for (how, m), w in sorted(worst.items()):
+    check(w < MET_TOL, f"mapped layers, {how}: true {m} = independent float64 forward at model layers {MLAYER} "
+          f"(worst {w:.2e})")
 
 # 2b. the everything-kept configuration is exactly the full cache under any BLAS kernel (issue 13:
 # on an AMD EPYC with OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512 a second forward through
