@@ -1132,8 +1132,18 @@ static kv_status fig_reliability(rp_ctx *c, kv_error *err)
     g.mt = 0.12;
     double hist_h = 0.6;
     g.ph = g.mt + g.plot_h + 0.12 + hist_h + g.axis_h + g.key_rows * KEY_ROW_IN + 0.08;
+    /* a diagram wider than about 2.6 in only stretches the diagonal: in a wide figure the
+     * plot keeps that width and the key goes to its right */
+    double plot_w = fig_width(c) - g.ml - g.mr;
+    int key_right = plot_w > 2.6 + 2.4;
+    if (key_right) {
+        plot_w = 2.6;
+        g.ph = g.mt + g.plot_h + 0.12 + hist_h + g.axis_h + 0.05;
+    }
     layout_vars(&t, &g);
     tv_set(&t, "HIST_H", "%.4g", hist_h);
+    tv_set(&t, "PLOT_W", "%.4g", plot_w);
+    tv_set(&t, "KEY_RIGHT", "%d", key_right);
     kv_status st = emit(c, stem, "reliability", cap, &t, &dat, layout_height(&g), err);
     free(dat.s); free(titles.s);
     return st;
@@ -1196,9 +1206,9 @@ static kv_status fig_ranked(rp_ctx *c, int strip, kv_error *err)
     }
     char cap[4096];
     if (strip)
-        snprintf(cap, sizeof cap, "Per-sequence %s at matched compression (the %s families nearest %.3g×; ratios %.3g–%.3g×): "
-                 "one point per sequence, the bar is the mean over sequences; best first.", res_metric_names[m],
-                 n == 12 ? "12 best" : "", target, rlo, rhi);
+        snprintf(cap, sizeof cap, "Per-sequence %s at matched compression (%s of the configurations of the ranked figure, "
+                 "nearest %.3g×; ratios %.3g–%.3g×): one point per sequence, the bar is the mean over sequences; best first.",
+                 res_metric_names[m], n == 12 ? "the 12 best" : "each", target, rlo, rhi);
     else
         snprintf(cap, sizeof cap, "Strategies at matched compression: per family the configuration whose ratio is nearest %.3g× "
                  "(within ±%.0f%%: ratios %.3g–%.3g×), ranked by %s (%s is better), mean over sequences with bootstrap 95%% "

@@ -5,7 +5,7 @@
 array series[@N@] = [@TITLES@]
 set multiplot
 set lmargin at screen @ML@ / KV_W
-set rmargin at screen (KV_W - @MR@) / KV_W
+set rmargin at screen (@ML@ + @PLOT_W@) / KV_W
 set tmargin at screen (KV_H - @MT@) / KV_H
 set bmargin at screen (KV_H - @MT@ - @PLOT_H@) / KV_H
 unset xlabel
@@ -15,7 +15,11 @@ set xrange [0:1]
 set yrange [0:1]
 set xtics 0.2
 set ytics 0.2
-set key at screen 0.08 / KV_W, (KV_H - @MT@ - @PLOT_H@ - 0.12 - @HIST_H@ - @AXIS_H@) / KV_H left top Left reverse vertical maxrows @KEYROWS@ width -1
+if (@KEY_RIGHT@) {
+    set key at screen (@ML@ + @PLOT_W@ + 0.2) / KV_W, (KV_H - @MT@) / KV_H left top Left reverse vertical width -1
+} else {
+    set key at screen 0.08 / KV_W, (KV_H - @MT@ - @PLOT_H@ - 0.12 - @HIST_H@ - @AXIS_H@) / KV_H left top Left reverse vertical maxrows @KEYROWS@ width -1
+}
 plot x with lines dt 2 lw 0.8 lc rgb '#777777' title 'perfect calibration', \
      for [i=1:@N@] '@STEM@.dat' index (i-1) using 2:3 with linespoints linetype i title series[i]
 unset key
