@@ -82,8 +82,10 @@ static int run_alone(kvrun *r)
         if (kvrun_compute(r, i, 1, err, sizeof err)) goto fail;
         kv_progress_item_done(&pg, 1);
     }
-    kv_progress_finish(&pg);
-    return kvrun_finish(r);
+    kv_progress_clear(&pg);
+    int rc = kvrun_finish(r);
+    if (rc == KV_EXIT_OK) kv_progress_summary(&pg);
+    return rc;
 fail:
     fprintf(stderr, "kvreplay-mpi run: %s\n", err);
     return KV_EXIT_FAIL;
@@ -135,12 +137,14 @@ static int drive(kvrun *r, int nranks)
         MPI_Send(&item, 1, MPI_INT64_T, st.MPI_SOURCE, TAG_ITEM, MPI_COMM_WORLD);
     }
     free(order);
-    if (!failed) kv_progress_finish(&pg);
+    kv_progress_clear(&pg);
     if (failed) {
         fprintf(stderr, "kvreplay-mpi run: %s\n", err);
         return KV_EXIT_FAIL;
     }
-    return kvrun_finish(r);     /* exit 3 (resumable) when items are missing */
+    int rc = kvrun_finish(r);   /* exit 3 (resumable) when items are missing */
+    if (rc == KV_EXIT_OK) kv_progress_summary(&pg);
+    return rc;
 }
 
 static void work(kvrun *r, int rank, const char *setup_err)

@@ -803,12 +803,13 @@ int kvcmd_run(int argc, char **argv)
         kv_progress_item_done(&pg, 1);
         if (g_stop && i + 1 < n) break;
     }
-    kv_progress_finish(&pg);
+    kv_progress_clear(&pg);
     rc = kvrun_finish(r);
+    if (rc == KV_EXIT_OK) kv_progress_summary(&pg);
     kvrun_free(r);
     return rc;
 fail:
-    if (pg.tty && !pg.quiet) fputc('\n', stderr);
+    kv_progress_clear(&pg);
     print_err(err);
     kvrun_free(r);
     return KV_EXIT_FAIL;

@@ -57,15 +57,16 @@ void kv_progress_item_done(kv_progress *p, int computed)
     if (t - p->last >= p->every) line(p, t);
 }
 
-void kv_progress_finish(kv_progress *p)
+void kv_progress_clear(kv_progress *p)
+{
+    if (!p->quiet && p->tty) fprintf(stderr, "\r%70s\r", "");
+}
+
+void kv_progress_summary(kv_progress *p)
 {
     if (p->quiet) return;
-    if (p->tty) fprintf(stderr, "\r%70s\r", "");
     char el[32];
     kv_progress_fmt_secs(now_s() - p->t0, el, sizeof el);
-    if (p->done == p->total)
-        fprintf(stderr, "%s: %zu/%zu %s done in %s (%zu computed, %zu resumed)\n", p->prog, p->done, p->total, p->unit, el,
-                p->computed, p->done - p->computed);
-    else
-        fprintf(stderr, "%s: stopped at %zu/%zu %s after %s\n", p->prog, p->done, p->total, p->unit, el);
+    fprintf(stderr, "%s: %zu/%zu %s done in %s (%zu computed, %zu resumed)\n", p->prog, p->done, p->total, p->unit, el,
+            p->computed, p->done - p->computed);
 }

@@ -4,7 +4,7 @@
  * Elsewhere (a log file, a batch job's stderr): a line every `every` seconds of wall clock
  *     kvreplay run: 12/40 sequences, elapsed 1m02s, eta 2m10s
  * (every = 0: after every item), so that logs stay short and show a run is alive. In both
- * cases a final summary line. quiet = 1 prints nothing.
+ * cases a summary line once the run succeeded. quiet = 1 prints nothing.
  *
  * The ETA extrapolates the mean time of the items computed in this process (items loaded
  * by --resume are counted as done but not timed).
@@ -32,8 +32,11 @@ void kv_progress_start(kv_progress *p, const char *prog, const char *unit, size_
 void kv_progress_begin_item(kv_progress *p, size_t i, const char *detail);
 /* An item finished; computed = 0 when it was loaded rather than computed. */
 void kv_progress_item_done(kv_progress *p, int computed);
-/* The final line: "N/total sequences in 1m02s" (or "stopped at ..."). */
-void kv_progress_finish(kv_progress *p);
+/* Erases the terminal line (call before other messages at the end of the loop). */
+void kv_progress_clear(kv_progress *p);
+/* The final line of a successful run: "N/total sequences done in 1m02s (...)"; a failed or
+ * interrupted run has its own message instead. */
+void kv_progress_summary(kv_progress *p);
 /* "1h02m03s", "4m05s", "12s", "0.4s" */
 void kv_progress_fmt_secs(double s, char *buf, size_t cap);
 
