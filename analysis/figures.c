@@ -177,6 +177,7 @@ static void render(rp_ctx *c, rp_figure *g, const char *figdir)
 #define MAX_SERIES 8           /* per panel: one colour and marker each (plots/style.gp) */
 #define KEY_ROW_IN 0.15        /* one row of a 7 pt key (measured) */
 #define LABEL_MAX 17           /* key labels (characters): two 7 pt key columns fit 3.3 in */
+#define LABEL_WIDE 36          /* key labels in one column */
 #define TITLE_MAX 34           /* panel titles (characters) at 8 pt over a 2.5 in plot */
 
 static double fig_width(const rp_ctx *c) { return c->fig_two_col ? FIG_W_TWO : FIG_W_ONE; }
@@ -479,11 +480,6 @@ static void short_label_n(const rp_ctx *c, const res_config *cf, char *buf, size
         while (k > 0 && ((unsigned char)buf[k] & 0xC0) == 0x80) k--;
         memcpy(buf + k, "..", 3);
     }
-}
-
-static void short_label(const rp_ctx *c, const res_config *cf, char *buf, size_t cap)
-{
-    short_label_n(c, cf, buf, cap, LABEL_MAX);
 }
 
 /* A line of a figure: configurations of one family that differ in one parameter only. */
@@ -898,7 +894,7 @@ static kv_status fig_layers(rp_ctx *c, int m, const char *stem, kv_error *err)
     if (!idx || !vec) { free(idx); free(vec); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
     size_t ns = series_select(c, idx, rs->n_configs);
     sbuf dat = {0}, titles = {0};
-    size_t nser = 0;
+    size_t nser = 0, longest = 0;
     size_t kept[MAX_SERIES];
     int ident = 0;
     double lo = INFINITY, hi = -INFINITY;
@@ -922,7 +918,8 @@ static kv_status fig_layers(rp_ctx *c, int m, const char *stem, kv_error *err)
             if (!isnan(v[l])) { sb_add(&dat, "%lld %.9g\n", l, v[l]); lo = fmin(lo, v[l]); hi = fmax(hi, v[l]); }
         sb_add(&dat, "\n\n");
         char lab[128];
-        short_label(c, cf, lab, sizeof lab);
+        short_label_n(c, cf, lab, sizeof lab, LABEL_WIDE);
+        if (strlen(lab) > longest) longest = strlen(lab);
         if (nser) sb_add(&titles, ", ");
         sb_quoted(&titles, lab);
         kept[nser++] = idx[s];
@@ -942,7 +939,8 @@ static kv_status fig_layers(rp_ctx *c, int m, const char *stem, kv_error *err)
         double vals[2] = { lo, hi };
         axis ax = choose_axis(-1, vals, 2);     /* plain values: log only if positive over 2 decades */
         axis_range(&ax, lo, hi, &t, "y");
-        layout g = make_layout(c, 1, (int)(nser + 1) / 2, 0);
+        /* two key columns when the labels fit them, else one column of longer labels */
+        layout g = make_layout(c, 1, longest <= LABEL_MAX ? (int)(nser + 1) / 2 : (int)nser, 0);
         layout_vars(&t, &g);
         st = emit(c, stem, "layers", cap, &t, &dat, layout_height(&g), err);
     }
@@ -984,7 +982,7 @@ static kv_status fig_memory(rp_ctx *c, kv_error *err)
     }
     double xmax = fmax(4096, pow(2, ceil(log2(fmax(tmax, 1) * 8))));
     sbuf dat = {0}, titles = {0};
-    size_t nser = 0;
+    size_t nser = 0, longest = 0;
     for (size_t s = 0; s < ns; s++) {
         const res_config *cf = &rs->configs[idx[s]];
         double bpt = 0; size_t cnt = 0;
@@ -1009,7 +1007,8 @@ static kv_status fig_memory(rp_ctx *c, kv_error *err)
         }
         sb_add(&dat, "\n\n");
         char lab[128];
-        short_label(c, cf, lab, sizeof lab);
+        short_label_n(c, cf, lab, sizeof lab, LABEL_WIDE);
+        if (strlen(lab) > longest) longest = strlen(lab);
         if (nser++) sb_add(&titles, ", ");
         sb_quoted(&titles, lab);
     }
@@ -1022,7 +1021,8 @@ static kv_status fig_memory(rp_ctx *c, kv_error *err)
         tv_set(&t, "TITLES", "%s", titles.s);
         tv_set(&t, "TITLE", "KV-cache memory (full: %.9g B/token)", c->bytes_per_token);
         tv_set(&t, "XMAX", "%.9g", xmax);
-        layout g = make_layout(c, 1, (int)(nser + 1) / 2, 0);
+        /* two key columns when the labels fit them, else one column of longer labels */
+        layout g = make_layout(c, 1, longest <= LABEL_MAX ? (int)(nser + 1) / 2 : (int)nser, 0);
         layout_vars(&t, &g);
         st = emit(c, stem, "memory", cap, &t, &dat, layout_height(&g), err);
     }

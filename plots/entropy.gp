@@ -4,7 +4,7 @@
 # @STEM@.dat: block 0 rows "layer median mean_log_visible"; block 1 rows "x head_entropy head".
 set title '@TITLE@' noenhanced offset 0,-0.7
 set xlabel 'layer' offset 0,0.4
-set ylabel 'entropy (nats)' offset 0.8,0
+set ylabel 'entropy (nats)' offset 0.2,0
 set xrange [-0.6:@XMAX@]
 set xtics @XTIC@
 set yrange [0:*]

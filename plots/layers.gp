@@ -5,7 +5,7 @@
 array series[@N@] = [@TITLES@]
 set title '@TITLE@' noenhanced offset 0,-0.7
 set xlabel 'layer' offset 0,0.4
-set ylabel '@YLABEL@' offset 0.8,0
+set ylabel '@YLABEL@' offset 0.2,0
 set xtics @XTIC@
 set xrange [@XRANGE@]
 set yrange [@YRANGE@]

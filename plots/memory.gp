@@ -4,7 +4,7 @@
 array series[@N@] = [@TITLES@]
 set title '@TITLE@' noenhanced offset 0,-0.7
 set xlabel 'context length (tokens)' offset 0,0.4
-set ylabel 'KV-cache memory (MiB)' offset 0.8,0
+set ylabel 'KV-cache memory (MiB)' offset 0.2,0
 set xrange [0:@XMAX@]
 set yrange [0:*]
 set lmargin at screen @ML@ / KV_W

@@ -9,7 +9,7 @@ array plast[@NP@] = [@PLAST@]
 array stitle[@NS@] = [@STITLES@]
 array ktitle[@NP@] = [@KTITLES@]
 set xlabel 'compression ratio' offset 0,0.4
-set ylabel '@YLABEL@' offset 0.8,0
+set ylabel '@YLABEL@' offset 0.2,0
 set logscale x 2
 set format x '%g×'
 set xrange [@XRANGE@]

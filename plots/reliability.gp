@@ -27,7 +27,7 @@ set tmargin at screen (KV_H - @MT@ - @PLOT_H@ - 0.12) / KV_H
 set bmargin at screen (KV_H - @MT@ - @PLOT_H@ - 0.12 - @HIST_H@) / KV_H
 set format x '%g'
 set xlabel 'confidence (max probability)' offset 0,0.4
-set ylabel 'count' offset 0.8,0
+set ylabel 'count' offset 0.2,0
 set logscale y 10
 set yrange [1:@CMAX@]
 set ytics 100
