@@ -1,6 +1,7 @@
 # (e) Reliability diagram (plots/reliability.gp): accuracy vs confidence of the next-token
 # prediction in @BINS@ equal-width bins, full cache (series 1) vs the chosen configurations,
-# ECE in the key; below, the predictions per bin (log scale).
+# ECE in the key (the full cache drawn again on top: a configuration that matches it
+# would hide it); below, the predictions per bin (log scale).
 # @STEM@.dat: block i-1 = series i; rows "bin mean_conf accuracy count".
 array series[@N@] = [@TITLES@]
 set multiplot
@@ -21,7 +22,8 @@ if (@KEY_RIGHT@) {
     set key at screen 0.08 / KV_W, (KV_H - @MT@ - @PLOT_H@ - 0.12 - @HIST_H@ - @AXIS_H@) / KV_H left top Left reverse vertical maxrows @KEYROWS@ width -1
 }
 plot x with lines dt 2 lw 0.8 lc rgb '#777777' title 'perfect calibration', \
-     for [i=1:@N@] '@STEM@.dat' index (i-1) using 2:3 with linespoints linetype i title series[i]
+     for [i=1:@N@] '@STEM@.dat' index (i-1) using 2:3 with linespoints linetype i title series[i], \
+     '@STEM@.dat' index 0 using 2:3 with linespoints linetype 1 notitle
 unset key
 set tmargin at screen (KV_H - @MT@ - @PLOT_H@ - 0.12) / KV_H
 set bmargin at screen (KV_H - @MT@ - @PLOT_H@ - 0.12 - @HIST_H@) / KV_H
