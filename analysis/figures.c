@@ -281,15 +281,19 @@ static void skip(rp_ctx *c, const char *stem, const char *caption, const char *f
     rp_note(&c->notes, "figure %s skipped: %s", stem, g->why);
 }
 
-/* Cut a label to LABEL_MAX characters (UTF-8 safe: cuts only before a lead byte). */
-static void cut_label(char *buf)
+/* Cut buf to maxlen characters with ".." (UTF-8 safe: cuts only before a lead byte). */
+static void cut_to(char *buf, size_t cap, size_t maxlen)
 {
     size_t n = strlen(buf);
-    if (n <= LABEL_MAX) return;
-    size_t k = LABEL_MAX - 2;
-    while (k > 0 && ((unsigned char)buf[k] & 0xC0) == 0x80) k--;
-    memcpy(buf + k, "..", 3);
+    if (n > maxlen && cap > maxlen) {
+        size_t k = maxlen - 2;
+        while (k > 0 && ((unsigned char)buf[k] & 0xC0) == 0x80) k--;
+        memcpy(buf + k, "..", 3);
+    }
 }
+
+/* A key label cut to LABEL_MAX characters (buffers hold more). */
+static void cut_label(char *buf) { cut_to(buf, LABEL_MAX + 1, LABEL_MAX); }
 
 static const char *metric_axis(int m)
 {
@@ -445,12 +449,18 @@ static const char *param_get(const params *p, const char *key)
     return "";
 }
 
-/* Short label: the family and the parameters that vary within it over the results (names
+/* Short label: a name the user gave the configuration (config_display_name), else the family and the parameters that vary within it over the results (names
  * shortened as in the keys: "streaming keep=0.25 rei=1"); the family alone when it has one
  * configuration. Cut to `maxlen` characters. */
 static void short_label_n(const rp_ctx *c, const res_config *cf, char *buf, size_t cap, size_t maxlen)
 {
     const res_set *rs = c->rs;
+    const char *shown = config_display_name(cf);
+    if (strcmp(shown, cf->config)) {      /* a name the user gave the configuration wins */
+        snprintf(buf, cap, "%s", shown);
+        cut_to(buf, cap, maxlen);
+        return;
+    }
     params me, other;
     parse_params(cf->config, &me);
     int varied[MAX_PARAMS] = {0}, any_other = 0;
@@ -474,12 +484,7 @@ static void short_label_n(const rp_ctx *c, const res_config *cf, char *buf, size
         snprintf(buf, cap, "%s", b.s ? b.s : cf->family);
         free(b.s);
     }
-    size_t n = strlen(buf);
-    if (n > maxlen && cap > maxlen) {
-        size_t k = maxlen - 2;
-        while (k > 0 && ((unsigned char)buf[k] & 0xC0) == 0x80) k--;
-        memcpy(buf + k, "..", 3);
-    }
+    cut_to(buf, cap, maxlen);
 }
 
 /* A line of a figure: configurations of one family that differ in one parameter only. */
