@@ -38,8 +38,13 @@ static const char *USAGE =
     "                          default: the full cache `full` when present)\n"
     "  --metric M              primary metric of the ranked chart (default logit_kl, or out_cos\n"
     "                          without read-out); also the heat-map metric when per_head has it\n"
-    "  --heatmap-config CONFIG configuration of the heat map and reliability diagram\n"
-    "                          (default: the best at matched compression)\n"
+    "  --heatmap-config CONFIG configuration of the heat map (default: the best at matched\n"
+    "                          compression)\n"
+    "  --reliability-config CONFIG  a configuration of the reliability diagram, beside the full\n"
+    "                          cache (repeatable, up to 4; default: up to three at matched\n"
+    "                          compression whose predictions differ from the full cache's)\n"
+    "  --figure-width W        one (3.3 in, one column; default) or two (6.9 in, two columns);\n"
+    "                          8 pt text, PDF and a 200 dpi PNG of the same layout\n"
     "  --target-ratio R        matched-compression target (default: median ratio)\n"
     "  --trace TRACE           the trace the results came from: memory vs context (bytes per\n"
     "                          token) and attention-entropy figures\n"
@@ -310,6 +315,9 @@ int main(int argc, char **argv)
     size_t nd = 0;
     const char *out = NULL, *baseline = NULL, *metric = NULL, *heat = NULL, *trace = NULL, *plots = NULL, *truth = NULL;
     const char *gains = NULL;
+    const char *rel_names[4];
+    size_t n_rel = 0;
+    int two_col = 0;
     int allow_mixed = 0, no_figures = 0, force_trace = 0;
     unsigned long long seed = 12345, nboot = 2000;
     double target = 0;
@@ -323,6 +331,18 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--baseline")) { NEED_ARG(); baseline = argv[++i]; }
         else if (!strcmp(a, "--metric")) { NEED_ARG(); metric = argv[++i]; }
         else if (!strcmp(a, "--heatmap-config")) { NEED_ARG(); heat = argv[++i]; }
+        else if (!strcmp(a, "--reliability-config")) {
+            NEED_ARG();
+            if (n_rel == 4) return usage_error("--reliability-config given more than 4 times", argv[i + 1]);
+            rel_names[n_rel++] = argv[++i];
+        }
+        else if (!strcmp(a, "--figure-width")) {
+            NEED_ARG();
+            const char *w = argv[++i];
+            if (!strcmp(w, "one")) two_col = 0;
+            else if (!strcmp(w, "two")) two_col = 1;
+            else return usage_error("--figure-width needs one or two", w);
+        }
         else if (!strcmp(a, "--trace")) { NEED_ARG(); trace = argv[++i]; }
         else if (!strcmp(a, "--truth")) { NEED_ARG(); truth = argv[++i]; }
         else if (!strcmp(a, "--gains")) { NEED_ARG(); gains = argv[++i]; }
@@ -398,6 +418,14 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    long rel_idx[4];
+    for (size_t k = 0; k < n_rel; k++)
+        if ((rel_idx[k] = res_find_config(rs, rel_names[k])) < 0) {
+            fprintf(stderr, "kvreport: --reliability-config '%s' is not a configuration in the results\n", rel_names[k]);
+            res_free(rs);
+            return 1;
+        }
+
     an_result *an = NULL;
     if (an_compute(rs, base, (size_t)nboot, seed, &an, &err) != KV_OK) { fprintf(stderr, "kvreport: %s\n", err.msg); res_free(rs); return 1; }
 
@@ -430,6 +458,9 @@ int main(int argc, char **argv)
     c.no_figures = no_figures; c.seed = seed; c.n_boot = (size_t)nboot;
     c.version = KV_VERSION_STRING;
     c.force_trace = force_trace;
+    c.fig_two_col = two_col;
+    c.rel_configs = n_rel ? rel_idx : NULL;
+    c.n_rel = n_rel;
     if (trace_forced[0]) rp_note(&c.notes, "%s", trace_forced);
     if (focus < 0) {
         size_t *idx = malloc((rs->n_configs + 1) * sizeof *idx);

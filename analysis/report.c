@@ -309,6 +309,8 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
     return close_out(c, f, "tables/comparisons.csv", err);
 }
 
+const char *config_display_name(const res_config *cf) { return cf->config; }
+
 /* ---- matched-compression selection --------------------------------------------------- */
 
 static int matched_cmp(const void *a, const void *b, void *arg)
@@ -353,7 +355,7 @@ size_t rp_matched(rp_ctx *c, size_t *idx, double *target)
         const an_stat *s = an_get(c->an, i, RM_RATIO);
         if (!s->valid || !an_get(c->an, i, c->metric)->valid) continue;
         double dist = fabs(log(s->d.mean / t));
-        if (dist > log(1.5)) continue;
+        if (dist > log(RP_MATCH_FACTOR)) continue;
         size_t k;
         for (k = 0; k < n; k++) if (!strcmp(rs->configs[idx[k]].family, cf->family)) break;
         if (k == n) { idx[n++] = i; continue; }

@@ -31,11 +31,13 @@ typedef struct rp_entropy {
     double *q;                     /* [L][5]: 5%, 25%, 50%, 75%, 95% (nats) */
     double *mean;                  /* [L] */
     double *max_entropy;           /* [L] mean log(visible keys), the uniform bound */
+    size_t n_heads;                /* H query heads */
+    double *head;                  /* [L][H] each head's mean entropy (nats) */
 } rp_entropy;
 
 typedef struct rp_figure {
     char stem[64];
-    char caption[512];
+    char caption[4096];
     int written;                   /* .gp/.dat written */
     int rendered;                  /* PNG and PDF produced */
     char why[512];                 /* skip or failure reason when not rendered */
@@ -66,14 +68,24 @@ typedef struct rp_ctx {
     rp_figure fig[16];
     size_t n_fig;
     double target_used;            /* target ratio of the matched-compression selection */
+    int fig_two_col;               /* --figure-width two: 6.9 in wide figures (default one column, 3.3 in) */
+    const long *rel_configs;       /* --reliability-config (repeatable); NULL: chosen automatically */
+    size_t n_rel;
 } rp_ctx;
+
+/* Matched compression: a configuration's ratio within this factor of the target. */
+#define RP_MATCH_FACTOR 1.15
+
+/* The name a figure, table or legend shows for a configuration (today the canonical config
+ * string; one place to plug in user labels). */
+const char *config_display_name(const res_config *cf);
 
 kv_status rp_write_tables(rp_ctx *c, kv_error *err);
 kv_status rp_write_figures(rp_ctx *c, kv_error *err);
 kv_status rp_write_report(rp_ctx *c, kv_error *err);
 
 /* Matched-compression selection: per family (full excluded) the configuration whose
- * ratio is nearest the target in log distance, within a factor 1.5; sorted by the primary
+ * ratio is nearest the target in log distance, within RP_MATCH_FACTOR; sorted by the primary
  * metric, best first. Returns the count written to idx (capacity rs->n_configs). */
 size_t rp_matched(rp_ctx *c, size_t *idx, double *target);
 

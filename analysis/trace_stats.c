@@ -24,7 +24,7 @@
 void ts_entropy_free(rp_entropy *e)
 {
     if (!e) return;
-    free(e->q); free(e->mean); free(e->max_entropy);
+    free(e->q); free(e->mean); free(e->max_entropy); free(e->head);
     free(e);
 }
 
@@ -54,11 +54,14 @@ kv_status ts_load(const char *path, double *bytes_per_token, rp_entropy **entrop
     e->q = calloc(as->L * 5, sizeof *e->q);
     e->mean = calloc(as->L, sizeof *e->mean);
     e->max_entropy = calloc(as->L, sizeof *e->max_entropy);
-    if (!e->q || !e->mean || !e->max_entropy) { st = KV_ERR_NOMEM; snprintf(err->msg, sizeof err->msg, "%s: out of memory", path); goto done; }
+    e->n_heads = H;
+    e->head = calloc(as->L * H, sizeof *e->head);
+    if (!e->q || !e->mean || !e->max_entropy || !e->head) { st = KV_ERR_NOMEM; snprintf(err->msg, sizeof err->msg, "%s: out of memory", path); goto done; }
     for (size_t l = 0; l < as->L; l++) {
         double u = 0;
         for (size_t h = 0; h < H; h++) {
             v[h] = as->entropy[l * H + h];
+            e->head[l * H + h] = v[h];
             u += as->uniform[l * H + h];
             if (!isfinite(v[h]) || !isfinite(u)) {
                 st = KV_ERR_VALUE;

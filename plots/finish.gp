@@ -1,5 +1,4 @@
-# PDF of the same figure (plots/finish.gp)
-set terminal pdfcairo enhanced color size @PDF_SIZE@ font 'DejaVu Sans,9' linewidth 1
-set output '@STEM@.pdf'
-replot
+# end of the figure (plots/finish.gp): the block above runs twice, PNG then PDF
+unset multiplot
 unset output
+}

@@ -29,6 +29,7 @@
 
 #include "commands.h"
 #include "kvtrace.h"
+#include "progress.h"
 
 enum { MSG_READY, MSG_DONE, MSG_FAIL };
 enum { TAG_MSG = 1, TAG_ITEM = 2 };
@@ -57,19 +58,34 @@ static int by_size_desc(const void *a, const void *b)
     return i < j ? -1 : i > j;
 }
 
+static void start_progress(const kvrun *r, kv_progress *pg)
+{
+    double every;
+    int quiet;
+    kvrun_progress_opts(r, &every, &quiet);
+    kv_progress_start(pg, "kvreplay-mpi run", "sequences", kvrun_n_items(r), every, quiet);
+}
+
 /* One rank: the loop of kvreplay run. */
 static int run_alone(kvrun *r)
 {
     char err[4600] = "";
     size_t n = kvrun_n_items(r);
+    kv_progress pg;
+    start_progress(r, &pg);
     for (size_t i = 0; i < n; i++) {
         int got = kvrun_resuming(r) ? kvrun_load(r, i, 1, err, sizeof err) : 0;
         if (got < 0) goto fail;
-        if (got) continue;
+        if (got) { kv_progress_item_done(&pg, 0); continue; }
         if (kvrun_stop_requested()) break;
+        kv_progress_begin_item(&pg, i, NULL);
         if (kvrun_compute(r, i, 1, err, sizeof err)) goto fail;
+        kv_progress_item_done(&pg, 1);
     }
-    return kvrun_finish(r);
+    kv_progress_clear(&pg);
+    int rc = kvrun_finish(r);
+    if (rc == KV_EXIT_OK) kv_progress_summary(&pg);
+    return rc;
 fail:
     fprintf(stderr, "kvreplay-mpi run: %s\n", err);
     return KV_EXIT_FAIL;
@@ -81,11 +97,14 @@ static int drive(kvrun *r, int nranks)
     size_t *order = malloc((n ? n : 1) * sizeof *order);
     char err[4600] = "";
     int failed = 0, stop = 0, active = nranks - 1;
+    kv_progress pg;
+    start_progress(r, &pg);
     if (!order) { snprintf(err, sizeof err, "out of memory"); failed = 1; }
     for (size_t i = 0; order && i < n; i++) {
         int got = kvrun_resuming(r) ? kvrun_load(r, i, 1, err, sizeof err) : 0;
         if (got < 0) { failed = 1; break; }
         if (!got) order[n_todo++] = i;
+        else kv_progress_item_done(&pg, 0);
     }
     if (order) {
         g_run = r;
@@ -104,6 +123,8 @@ static int drive(kvrun *r, int nranks)
                 snprintf(err, sizeof err, "rank %d: the part of sequence %zu cannot be read back%s%s", st.MPI_SOURCE,
                          i < n ? kvrun_item_seq(r, i) : (size_t)m.item, e2[0] ? ": " : "", e2);
                 failed = 1;
+            } else {
+                kv_progress_item_done(&pg, 1);
             }
         } else if (m.kind == MSG_FAIL && !failed) {
             snprintf(err, sizeof err, "rank %d: %s", st.MPI_SOURCE, m.err);
@@ -116,11 +137,14 @@ static int drive(kvrun *r, int nranks)
         MPI_Send(&item, 1, MPI_INT64_T, st.MPI_SOURCE, TAG_ITEM, MPI_COMM_WORLD);
     }
     free(order);
+    kv_progress_clear(&pg);
     if (failed) {
         fprintf(stderr, "kvreplay-mpi run: %s\n", err);
         return KV_EXIT_FAIL;
     }
-    return kvrun_finish(r);     /* exit 3 (resumable) when items are missing */
+    int rc = kvrun_finish(r);   /* exit 3 (resumable) when items are missing */
+    if (rc == KV_EXIT_OK) kv_progress_summary(&pg);
+    return rc;
 }
 
 static void work(kvrun *r, int rank, const char *setup_err)

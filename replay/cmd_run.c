@@ -18,6 +18,7 @@
 #include "engine.h"
 #include "export.h"
 #include "output.h"
+#include "progress.h"
 #include "readout.h"
 #include "sweep.h"
 
@@ -57,6 +58,10 @@ static const char run_usage[] =
     "  --export PATH       write what each configuration did to the cache (traces/EXPORT.md):\n"
     "                      PATH.h5, or a directory that gets export.h5 (online: eviction only)\n"
     "  --export-configs LIST  config ids to export, e.g. 0,3-5 (default: all)\n"
+    "  --progress-every S  when stderr is not a terminal, a progress line (sequences done,\n"
+    "                      elapsed, eta) every S seconds (default 30; 0 = after every sequence);\n"
+    "                      on a terminal one line is updated in place\n"
+    "  --quiet             no progress and no final summary line (warnings still printed)\n"
     "  --no-hash-cache     hash the whole trace for provenance even when the digest cache\n"
     "                      ($XDG_CACHE_HOME/kvtrace or ~/.cache/kvtrace, keyed by device, inode,\n"
     "                      size, mtime and ctime) has it; KVTRACE_HASH_CACHE=0 does the same\n"
@@ -325,6 +330,8 @@ struct kvrun {
     size_t *seqs, *calib, n_seqs, n_calib, n_res, skipped;
     int32_t *seq_len;           /* [S], work item sizes */
     int lock_fd;                /* DIR/parts/lock, held for the run; -1 none */
+    double progress_every;      /* --progress-every (s) */
+    int quiet;                  /* --quiet */
 };
 
 int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **out)
@@ -341,7 +348,8 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     long long decode = 0, threads = 0, eval_from = 0, page_size = 16;
     int split_note = 0, calib_note = 0;
     int resume = 0, readout_flag = 1, list = 0, gqa = RP_GQA_MEAN;
-    int per_layer = 0, hash_cache = 1;
+    int per_layer = 0, hash_cache = 1, quiet = 0;
+    double progress_every = KV_PROGRESS_EVERY_DEFAULT;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int more = i + 1 < argc;
@@ -391,6 +399,16 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
         else if (!strcmp(a, "--no-readout")) readout_flag = 0;
         else if (!strcmp(a, "--per-layer-readout")) per_layer = 1;     /* per_layer.csv */
         else if (!strcmp(a, "--no-hash-cache")) hash_cache = 0;
+        else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) quiet = 1;
+        else if (!strcmp(a, "--progress-every") && more) {
+            char *end;
+            errno = 0;
+            progress_every = strtod(argv[++i], &end);
+            if (*end || errno || !(progress_every >= 0) || progress_every > 1e9) {
+                fprintf(stderr, "%s: --progress-every %s: expected seconds, 0 or more\n", g_prog, argv[i]);
+                return KV_EXIT_USAGE;
+            }
+        }
         else if (!strcmp(a, "--list")) list = 1;
         else if (a[0] == '-' && a[1]) { fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", g_prog, a); return KV_EXIT_USAGE; }
         else if (!trace_path) trace_path = a;
@@ -650,7 +668,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
                   .decode = decode, .page_size = page_size, .mode = mode, .readout_flag = readout_flag, .resume = resume, .sw = *sw, .tr = tr, .in = in,
                   .eng = eng, .xp = xp, .xcfg = xcfg, .n_xcfg = n_xcfg, .xchosen = xchosen, .res = res,
                   .seqs = seqs, .calib = calib, .n_seqs = n_seqs, .n_calib = n_calib, .seq_len = seq_len,
-                  .lock_fd = lock_fd };
+                  .lock_fd = lock_fd, .progress_every = progress_every, .quiet = quiet };
     memcpy(r->started, started, sizeof started);
     memcpy(r->sha, sha, sizeof sha);
     memcpy(r->key, key, sizeof key);
@@ -675,6 +693,7 @@ size_t kvrun_n_items(const kvrun *r) { return r->n_seqs; }
 size_t kvrun_item_seq(const kvrun *r, size_t i) { return r->seqs[i]; }
 size_t kvrun_item_size(const kvrun *r, size_t i) { return (size_t)r->seq_len[r->seqs[i]]; }
 int kvrun_resuming(const kvrun *r) { return r->resume; }
+void kvrun_progress_opts(const kvrun *r, double *every, int *quiet) { *every = r->progress_every; *quiet = r->quiet; }
 int kvrun_stop_requested(void) { return g_stop != 0; }
 
 int kvrun_load(kvrun *r, size_t i, int resumed, char *err, size_t errlen)
@@ -772,23 +791,28 @@ int kvcmd_run(int argc, char **argv)
     kvrun *r = NULL;
     int rc = kvrun_open(argc, argv, "kvreplay", 0, &r);
     if (!r) return rc;
-    char err[4600] = "";
+    char err[4600] = "", detail[64];
     size_t n = r->n_seqs;
-    int tty = isatty(2);
+    kv_progress pg;
+    kv_progress_start(&pg, g_prog, "sequences", n, r->progress_every, r->quiet);
+    snprintf(detail, sizeof detail, " (%zu configs)", r->sw.n);
     for (size_t i = 0; i < n; i++) {
         int got = r->resume ? kvrun_load(r, i, 1, err, sizeof err) : 0;
         if (got < 0) goto fail;
-        if (got) continue;
+        if (got) { kv_progress_item_done(&pg, 0); continue; }
         if (g_stop) break;
-        if (tty) fprintf(stderr, "\r%s: sequence %zu/%zu (%zu configs)   ", g_prog, i + 1, n, r->sw.n);
+        kv_progress_begin_item(&pg, i, detail);
         if (kvrun_compute(r, i, 1, err, sizeof err)) goto fail;
+        kv_progress_item_done(&pg, 1);
         if (g_stop && i + 1 < n) break;
     }
-    if (tty) fprintf(stderr, "\r%60s\r", "");
+    kv_progress_clear(&pg);
     rc = kvrun_finish(r);
+    if (rc == KV_EXIT_OK) kv_progress_summary(&pg);
     kvrun_free(r);
     return rc;
 fail:
+    kv_progress_clear(&pg);
     print_err(err);
     kvrun_free(r);
     return KV_EXIT_FAIL;

@@ -38,6 +38,8 @@ size_t kvrun_n_items(const kvrun *r);
 size_t kvrun_item_seq(const kvrun *r, size_t i);
 size_t kvrun_item_size(const kvrun *r, size_t i);
 int kvrun_resuming(const kvrun *r);
+/* --progress-every seconds and --quiet (progress.h). */
+void kvrun_progress_opts(const kvrun *r, double *every, int *quiet);
 int kvrun_stop_requested(void);     /* SIGINT/SIGTERM seen */
 int kvrun_load(kvrun *r, size_t i, int resumed, char *err, size_t errlen);
 int kvrun_compute(kvrun *r, size_t i, int keep, char *err, size_t errlen);

@@ -39,7 +39,7 @@ if r.returncode != 0:
 TABLES = ["summary.md", "summary.csv", "summary.tex", "stats.csv", "comparisons.csv"]
 SCRIPTS = sorted(f for f in os.listdir(os.path.join(out, "figures")) if f.endswith(".gp"))
 WANT_SCRIPTS = ["heatmap.gp", "layer_budget.gp", "layer_profile.gp", "pareto_logit_kl.gp",
-                "pareto_nll_delta.gp", "pareto_out_cos.gp", "ranked.gp", "reliability.gp"]
+                "pareto_nll_delta.gp", "pareto_out_cos.gp", "per_seq.gp", "ranked.gp", "reliability.gp"]
 
 if os.environ.get("KV_UPDATE_GOLDEN") == "1":
     for sub, names in (("tables", TABLES), ("figures", SCRIPTS)):
