@@ -422,61 +422,19 @@ static void gp_quoted(FILE *f, const char *s)
     fputc('\'', f);
 }
 
-typedef struct tpl_var { const char *name; const char *value; } tpl_var;
-
-/* Appends plots/<name> to out with every @NAME@ replaced by its value (any length); an
- * unknown placeholder is an error, as in figures.c. */
-static kv_status fill_template(const rp_ctx *c, const char *name, const tpl_var *v, size_t nv, FILE *out, kv_error *err)
-{
-    char path[4608];
-    snprintf(path, sizeof path, "%s/%s", c->plots_dir, name);
-    char *tpl = NULL;
-    size_t len = 0;
-    int missing = 0;
-    kv_status st = res_read_file(path, &tpl, &len, &missing, err);
-    if (st != KV_OK) return st;
-    if (missing) return kv_error_set(err, KV_ERR_IO, "%s: cannot open template: missing", path);
-    for (const char *p = tpl; *p;) {
-        if (*p == '@') {
-            const char *q = p + 1;
-            while ((*q >= 'A' && *q <= 'Z') || *q == '_') q++;
-            if (*q == '@' && q > p + 1) {
-                size_t n = (size_t)(q - p - 1), i = 0;
-                while (i < nv && !(strlen(v[i].name) == n && !strncmp(v[i].name, p + 1, n))) i++;
-                if (i == nv) {
-                    free(tpl);
-                    return kv_error_set(err, KV_ERR_FORMAT, "plots/%s: unknown placeholder @%.*s@", name, (int)n, p + 1);
-                }
-                fputs(v[i].value, out);
-                p = q + 1;
-                continue;
-            }
-        }
-        fputc(*p++, out);
-    }
-    free(tpl);
-    return KV_OK;
-}
 
 /* The multiplot commands of one metric's figure (drawn once per terminal). */
 static void panels(const cmp_set *s, int m, size_t rows, size_t cols, double ylo, double yhi, const char *stem, FILE *f)
 {
     fprintf(f, "set multiplot layout %zu,%zu title ", rows, cols);
     gp_quoted(f, res_metric_names[m]);
-    fprintf(f, " noenhanced\nset xrange [-0.6:%.1f]\n", (double)s->n_keys - 0.4);
+    fputs(" noenhanced\n", f);
     if (ylo < yhi) fprintf(f, "set yrange [%.9g:%.9g]\n", ylo, yhi);
-    /* tic labels "k: first characters of the key" (numbered: prefixes may repeat; the
-     * full keys are in compare.md); fixed margins keep the panels the same size */
-    fputs("set xtics rotate by -40 left noenhanced font ',9' (", f);
-    for (size_t k = 0; k < s->n_keys; k++) {
-        char lab[64];
-        size_t n = strlen(s->keys[k]);
-        snprintf(lab, sizeof lab, "%zu: %.*s%s", k + 1, n > 28 ? 26 : (int)n, s->keys[k], n > 28 ? "..." : "");
-        if (k) fputs(", ", f);
-        gp_quoted(f, lab);
-        fprintf(f, " %zu", k);
-    }
-    fputs(")\nset grid noxtics ytics\nset lmargin 11\nset rmargin 7\nset bmargin 11\nset tmargin 4\n", f);
+    /* tic labels: the configuration's number (compare.md and the caption list the keys);
+     * fixed margins keep the panels the same size */
+    fputs("set xtics 1 font ',7'\nset format x '%.0f'\nset format y '%.2g'\nset grid noxtics ytics\n"
+          "set lmargin 9\nset rmargin 2\nset bmargin 2.5\nset tmargin 2.5\n", f);
+    fprintf(f, "set xrange [0.4:%.1f]\n", (double)s->n_keys + 0.6);
     fprintf(f, "set ylabel '%s%s' noenhanced\n", res_metric_names[m], an_lower_better(m) ? " (lower is better)" : " (higher is better)");
     for (size_t r = 0; r < s->n_runs; r++) {
         const cmp_run *run = &s->runs[r];
@@ -489,10 +447,10 @@ static void panels(const cmp_set *s, int m, size_t rows, size_t cols, double ylo
                  dec && strcmp(dec, "0") ? ", decode " : "", dec && strcmp(dec, "0") ? dec : "");
         fputs("set title ", f);
         gp_quoted(f, title);
-        fputs(" noenhanced font ',11'\n", f);
+        fputs(" noenhanced font ',8'\n", f);
         int any = 0;
         for (size_t k = 0; k < s->n_keys && !any; k++) any = stat_of(s, k, r, m) != NULL;
-        if (any) fprintf(f, "plot '%s.dat' index %zu using 1:2:3:4 with yerrorbars linetype 1 notitle\n", stem, r);
+        if (any) fprintf(f, "plot '%s.dat' index %zu using ($1 + 1):2:3:4 with yerrorbars linetype 1 notitle\n", stem, r);
         else fputs("set label 1 'no values in this run' at graph 0.5, graph 0.5 center\nplot NaN notitle\nunset label 1\n", f);
         if (r == 0) fputs("unset ylabel\n", f);
     }
@@ -507,13 +465,15 @@ static kv_status write_figure(cmp_set *s, rp_ctx *c, int m, kv_error *err)
     snprintf(g->caption, sizeof g->caption, "%s, one panel per run: mean over the run's sequences with its 95%% t-interval; "
              "configurations matched across runs on the x axis, one y range for all panels (%s is better).",
              res_metric_names[m], an_lower_better(m) ? "lower" : "higher");
-    char dpath[4700], gpath[4700];
-    snprintf(dpath, sizeof dpath, "%s/figures/%s.dat", c->dir, g->stem);
-    snprintf(gpath, sizeof gpath, "%s/figures/%s.gp", c->dir, g->stem);
-
+    for (size_t k = 0; k < s->n_keys; k++) {           /* the x axis numbers the configurations */
+        size_t used = strlen(g->caption);
+        snprintf(g->caption + used, sizeof g->caption - used, "%s%zu = %s", k ? "; " : " Configurations: ", k + 1, s->keys[k]);
+    }
     /* data: one block per run; the shared y range covers every interval */
-    FILE *f = fopen(dpath, "w");
-    if (!f) return kv_error_set(err, KV_ERR_IO, "%s: cannot create: %s", dpath, strerror(errno));
+    char *dat = NULL, *pan = NULL;
+    size_t dat_len = 0, pan_len = 0;
+    FILE *f = open_memstream(&dat, &dat_len);
+    if (!f) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     double ylo = INFINITY, yhi = -INFINITY;
     for (size_t r = 0; r < s->n_runs; r++) {
         fprintf(f, "%s# run %s: x mean t_lo t_hi\n", r ? "\n\n" : "", s->runs[r].label);
@@ -528,36 +488,21 @@ static kv_status write_figure(cmp_set *s, rp_ctx *c, int m, kv_error *err)
         }
         if (!rows) fputs("0 NaN NaN NaN\n", f);       /* keeps the block numbering */
     }
-    int bad = ferror(f);
-    if (fclose(f) || bad) return kv_error_set(err, KV_ERR_IO, "%s: write failed", dpath);
+    if (fclose(f) || !dat) { free(dat); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
     double pad = isfinite(ylo) && yhi > ylo ? 0.05 * (yhi - ylo) : isfinite(ylo) ? fmax(1e-9, 0.05 * fabs(ylo)) : 0;
     double lo = isfinite(ylo) ? ylo - pad : 0, hi = isfinite(yhi) ? yhi + pad : 0;
 
-    /* script: style.gp (PNG) + compare.gp (panels, then PDF) */
-    size_t cols = s->n_runs < 3 ? s->n_runs : 3, rows = (s->n_runs + cols - 1) / cols;
-    char *pan = NULL;
-    size_t pan_len = 0;
+    /* panels: stacked at one-column width, up to 3 a row at two-column width */
+    size_t cols = c->fig_two_col ? (s->n_runs < 3 ? s->n_runs : 3) : 1, rows = (s->n_runs + cols - 1) / cols;
     FILE *pf = open_memstream(&pan, &pan_len);
-    if (!pf) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
+    if (!pf) { free(dat); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
     panels(s, m, rows, cols, lo, hi, g->stem, pf);
-    if (fclose(pf) || !pan) { free(pan); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
-    char png[64], pdf[64];
-    snprintf(png, sizeof png, "%zu,%zu", 520 * cols + 120, 760 * rows);
-    snprintf(pdf, sizeof pdf, "%.1fin,%.1fin", 2.8 * (double)cols + 0.6, 4.0 * (double)rows);
-    const tpl_var v[] = { { "STEM", g->stem }, { "PNG_SIZE", png }, { "PDF_SIZE", pdf }, { "PANELS", pan } };
-    f = fopen(gpath, "w");
-    if (!f) { free(pan); return kv_error_set(err, KV_ERR_IO, "%s: cannot create: %s", gpath, strerror(errno)); }
-    fprintf(f, "# %s.gp: written by kvreport compare from plots/style.gp and plots/compare.gp; render with: gnuplot %s.gp\n",
-            g->stem, g->stem);
-    kv_status st = fill_template(c, "style.gp", v, 4, f, err);
-    if (st == KV_OK) st = fill_template(c, "compare.gp", v, 4, f, err);
+    if (fclose(pf) || !pan) { free(dat); free(pan); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
+    const char *names[] = { "PANELS" }, *values[] = { pan };
+    kv_status st = rp_emit_figure(c, g, "compare", names, values, 1, dat, dat_len, 0.35 + 1.9 * (double)rows, err);
+    free(dat);
     free(pan);
-    bad = ferror(f);
-    if (fclose(f) || bad) { if (st == KV_OK) st = kv_error_set(err, KV_ERR_IO, "%s: write failed", gpath); }
-    if (st != KV_OK) return st;
-    g->written = 1;
-    rp_render_figure(c, g);
-    return KV_OK;
+    return st;
 }
 
 /* ---- compare.md ------------------------------------------------------------------------ */

@@ -214,15 +214,12 @@ static void layout_vars(tvars *t, const layout *g)
 
 static double layout_height(const layout *g) { return g->nrow * g->ph; }
 
-/* Writes <stem>.dat (already in dat) and <stem>.gp, then renders; height in inches. */
-static kv_status emit(rp_ctx *c, const char *stem, const char *kind, const char *caption,
-                      tvars *t, sbuf *dat, double height, kv_error *err)
+/* Writes figures/<g->stem>.dat (already in dat) and .gp (style.gp + <kind>.gp + finish.gp
+ * with t's placeholders and the size ones), then renders; height in inches. Frees t. */
+static kv_status emit_into(rp_ctx *c, rp_figure *g, const char *kind, tvars *t, const sbuf *dat,
+                           double height, kv_error *err)
 {
-    if (c->n_fig >= sizeof c->fig / sizeof c->fig[0]) { tv_free(t); return kv_error_set(err, KV_ERR_INVALID, "too many figures"); }
-    rp_figure *g = &c->fig[c->n_fig++];
-    memset(g, 0, sizeof *g);
-    snprintf(g->stem, sizeof g->stem, "%s", stem);
-    snprintf(g->caption, sizeof g->caption, "%s", caption);
+    const char *stem = g->stem;
     double w = fig_width(c);
     tv_set(t, "STEM", "%s", stem);
     tv_set(t, "W_IN", "%.4g", w);
@@ -265,6 +262,31 @@ static kv_status emit(rp_ctx *c, const char *stem, const char *kind, const char 
     g->written = 1;
     render(c, g, figdir);
     return KV_OK;
+}
+
+static kv_status emit(rp_ctx *c, const char *stem, const char *kind, const char *caption,
+                      tvars *t, sbuf *dat, double height, kv_error *err)
+{
+    if (c->n_fig >= sizeof c->fig / sizeof c->fig[0]) { tv_free(t); return kv_error_set(err, KV_ERR_INVALID, "too many figures"); }
+    rp_figure *g = &c->fig[c->n_fig++];
+    memset(g, 0, sizeof *g);
+    snprintf(g->stem, sizeof g->stem, "%s", stem);
+    snprintf(g->caption, sizeof g->caption, "%s", caption);
+    return emit_into(c, g, kind, t, dat, height, err);
+}
+
+kv_status rp_emit_figure(rp_ctx *c, rp_figure *g, const char *kind, const char *const *names,
+                         const char *const *values, size_t nv, const char *dat, size_t dat_len,
+                         double height, kv_error *err)
+{
+    tvars t = {0};
+    for (size_t i = 0; i < nv; i++) tv_set(&t, names[i], "%s", values[i]);
+    sbuf d = {0};
+    if (dat_len) sb_add(&d, "%.*s", (int)dat_len, dat);
+    if (d.oom) { tv_free(&t); free(d.s); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
+    kv_status st = emit_into(c, g, kind, &t, &d, height, err);
+    free(d.s);
+    return st;
 }
 
 static void skip(rp_ctx *c, const char *stem, const char *caption, const char *fmt, ...)
@@ -1320,11 +1342,3 @@ kv_status rp_write_figures(rp_ctx *c, kv_error *err)
     return fig_ranked(c, 1, err);
 }
 
-/* For writers outside this file (compare.c): runs gnuplot on figures/<g->stem>.gp already
- * written under c->dir, as every figure here is rendered. */
-void rp_render_figure(rp_ctx *c, rp_figure *g)
-{
-    char figdir[4608];
-    snprintf(figdir, sizeof figdir, "%s/figures", c->dir);
-    render(c, g, figdir);
-}

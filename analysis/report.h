@@ -91,7 +91,12 @@ size_t rp_matched(rp_ctx *c, size_t *idx, double *target);
 
 /* Renders figures/<g->stem>.gp (written by the caller under c->dir) with c->gnuplot; sets
  * g->rendered, or g->why and a note. */
-void rp_render_figure(rp_ctx *c, rp_figure *g);
+/* For writers outside figures.c (compare.c): figures/<g->stem>.{dat,gp} from plots/style.gp
+ * + plots/<kind>.gp + plots/finish.gp with the given placeholders (the size placeholders
+ * of the --figure-width preset added), rendered like every report figure. */
+kv_status rp_emit_figure(rp_ctx *c, rp_figure *g, const char *kind, const char *const *names,
+                         const char *const *values, size_t nv, const char *dat, size_t dat_len,
+                         double height, kv_error *err);
 
 /* Text helpers shared by the writers. */
 void rp_fmt_pm(char *buf, size_t cap, double mean, double hw, int has_ci);

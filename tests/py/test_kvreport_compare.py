@@ -319,8 +319,8 @@ gnuplot = shutil.which("gnuplot")
 for m in METRICS:
     stem = os.path.join(OUT, "figures", "compare_" + m)
     gp = open(stem + ".gp").read()
-    check("figure %s: multiplot 1 x 3" % m, gp.count("set multiplot layout 1,3") == 2)
-    check("figure %s: a panel per run, PNG and PDF" % m, gp.count("set title 'A: ") == 2 and gp.count("set title 'D: ") == 2)
+    check("figure %s: multiplot 3 x 1 (one column: panels stacked)" % m, gp.count("set multiplot layout 3,1") == 1)
+    check("figure %s: a panel per run, PNG and PDF" % m, gp.count("set title 'A: ") == 1 and gp.count("set title 'D: ") == 1)
     dat = open(stem + ".dat").read()
     check("figure %s: one data block per run" % m, dat.count("# run ") == 3)
     if gnuplot:
