@@ -54,6 +54,7 @@
 #include <stdint.h>
 
 #include "kvtrace.h"
+#include "needle.h"
 #include "readout.h"
 #include "sweep.h"
 
@@ -104,6 +105,7 @@ typedef struct rp_seq_result {
     double *sa;                 /* [NC][SA_NF] */
     double *ha;                 /* [NC][L][H][HA_NF] */
     double *pl;                 /* [NC][L][PL_NF], NULL without per_layer_readout */
+    rp_needles nd;              /* the sequence's measured needles (needle.h); n = 0 without */
 } rp_seq_result;
 
 typedef struct rp_engine rp_engine;
