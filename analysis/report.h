@@ -72,6 +72,17 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err);
 kv_status rp_write_figures(rp_ctx *c, kv_error *err);
 kv_status rp_write_report(rp_ctx *c, kv_error *err);
 
+/* For figure writers outside figures.c: the template plots/<kind>.gp with keys[i] -> vals[i]
+ * (plus STEM, PNG_SIZE, PDF_SIZE), dat written as <stem>.dat, rendered; or a skipped figure. */
+kv_status rp_emit_figure(rp_ctx *c, const char *stem, const char *kind, const char *caption, const char *const *keys,
+                         const char *const *vals, size_t nv, const char *dat, size_t datlen, kv_error *err);
+void rp_skip_figure(rp_ctx *c, const char *stem, const char *caption, const char *why);
+
+/* Needle results (analysis/needle_fig.c): tables/needles.csv and, with figures = 1, the
+ * figures needle_heatmap and needle_retention, from each results directory's needles.csv,
+ * when any has one. */
+kv_status rp_needle_figures(rp_ctx *c, int figures, kv_error *err);
+
 /* Matched-compression selection: per family (full excluded) the configuration whose
  * ratio is nearest the target in log distance, within a factor 1.5; sorted by the primary
  * metric, best first. Returns the count written to idx (capacity rs->n_configs). */
