@@ -267,6 +267,41 @@ same = r.returncode == 0 and all(open(os.path.join(O1, n), "rb").read() == open(
                                  for n in ("needles.csv", "needle_heads.csv"))
 check(same, f"two shards merged give the same needle files byte for byte {r.stderr.strip()[:200]}")
 
+# ---- kvreport: the needle table against the CSV, figures, untrusted needles.csv ----------------
+KVREP = os.path.join(BIN, "kvreport")
+REP = os.path.join(TMP, "report")
+shutil.rmtree(REP, ignore_errors=True)
+r = subprocess.run([KVREP, O1, "-o", REP], capture_output=True, text=True)
+check(r.returncode == 0, f"kvreport on the needle results {r.stderr.strip()[-200:]}")
+if r.returncode == 0:
+    want = {}
+    for row in nrows:
+        k = (row["config"], row["ctx_len"], f"{math.floor(float(row['depth']) * 10 + 0.5) / 10:.1f}")
+        want.setdefault(k, []).append(row)
+    got = rows(os.path.join(REP, "tables", "needles.csv"))
+    worst = 0.0
+    for g in got:
+        w = want.get((g["config"], g["ctx_len"], g["depth"]), [])
+        worst = max(worst, abs(int(g["n_needles"]) - len(w)))
+        for col in ("retained_frac", "mass_a_comp", "answer_top1_full", "answer_top1_comp"):
+            worst = max(worst, abs(float(g[col]) - sum(float(x[col]) for x in w) / max(1, len(w))))
+    check(len(got) == len(want) and worst <= 1e-8,
+          f"tables/needles.csv: one row per (config, context, depth bin), means of needles.csv (worst {worst:.1e})")
+    for stem in ("needle_heatmap", "needle_retention"):
+        check(all(os.path.getsize(os.path.join(REP, "figures", f"{stem}.{e}")) > 0 for e in ("gp", "dat")),
+              f"figure {stem}: script and data written")
+BADR = os.path.join(TMP, "badres")
+shutil.rmtree(BADR, ignore_errors=True)
+shutil.copytree(O1, BADR)
+lines = open(os.path.join(BADR, "needles.csv")).read().split("\n")
+cols = lines[2].split(",")
+cols[10] = "1.5"                    # retained_frac
+lines[2] = ",".join(cols)
+open(os.path.join(BADR, "needles.csv"), "w").write("\n".join(lines))
+r = subprocess.run([KVREP, BADR, "-o", os.path.join(TMP, "badrep")], capture_output=True, text=True)
+check(r.returncode != 0 and "needles.csv:3: column retained_frac = 1.5 out of range" in r.stderr,
+      f"kvreport refuses a needles.csv value outside its domain: {r.stderr.strip()[:200]}")
+
 # ---- online --------------------------------------------------------------------------------
 args = ["--mode", "online"]
 for sp in ONLINE:
