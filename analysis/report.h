@@ -7,6 +7,8 @@
  *   tables/stats.csv                every configuration x metric: n, mean, sd, min, max,
  *                                   t-interval, bootstrap interval
  *   tables/comparisons.csv          paired tests against the baseline, Holm-adjusted
+ *   tables/needles.csv              needle results per (config, context length, depth bin),
+ *                                   when the results have needles.csv (analysis/needle_fig.c)
  *   figures/<name>.{gp,dat,png,pdf} one gnuplot script per figure, run inside figures/
  *
  * Figure scripts are the templates of plots/ (style.gp + <kind>.gp + finish.gp) with
