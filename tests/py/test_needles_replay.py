@@ -15,7 +15,9 @@ Hand-checkable cases: the full cache keeps every needle (retained_frac 1), its c
 numbers equal its full ones bit for bit, and its answer accuracy equals the full read-out's;
 StreamingLLM with 4 sinks and a 12-entry window loses (retention 0, mass 0) every needle not
 at the end of the context and keeps the one at depth 1. Byte-identical across thread counts
-and shards (merge). Malformed /needles refused with one line.
+and shards (merge), and under `mpirun -np 2` where Open MPI is installed. Malformed /needles
+refused with one line; kvreport's needle table and figures, and its refusal of an
+out-of-domain needles.csv value.
 """
 import csv
 import math
@@ -266,6 +268,21 @@ r = subprocess.run([KVR, "merge", "-o", M] + sh, capture_output=True, text=True)
 same = r.returncode == 0 and all(open(os.path.join(O1, n), "rb").read() == open(os.path.join(M, n), "rb").read()
                                  for n in ("needles.csv", "needle_heads.csv"))
 check(same, f"two shards merged give the same needle files byte for byte {r.stderr.strip()[:200]}")
+
+MPI = os.path.join(BIN, "kvreplay-mpi")
+if shutil.which("mpirun") and os.access(MPI, os.X_OK):     # as tests/py/test_mpi.py runs it
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_btl="self,vader",
+               OMPI_MCA_btl_vader_single_copy_mechanism="none", OMPI_MCA_rmaps_base_oversubscribe="1")
+    env["ASAN_OPTIONS"] = ":".join(x for x in (os.environ.get("ASAN_OPTIONS", ""), "detect_leaks=0") if x)
+    MD = os.path.join(TMP, "mpi")
+    shutil.rmtree(MD, ignore_errors=True)
+    r = subprocess.run([shutil.which("mpirun"), "-np", "2", "--oversubscribe", MPI, "run", TR, "-o", MD] + args,
+                       capture_output=True, text=True, env=env, timeout=300)
+    same = r.returncode == 0 and all(open(os.path.join(O1, n), "rb").read() == open(os.path.join(MD, n), "rb").read()
+                                     for n in ("needles.csv", "needle_heads.csv"))
+    check(same, f"mpirun -np 2: the same needle files byte for byte {r.stderr.strip()[-200:]}")
+else:
+    print("note: mpirun or kvreplay-mpi absent: the MPI check is left to machines that have them")
 
 # ---- kvreport: the needle table against the CSV, figures, untrusted needles.csv ----------------
 KVREP = os.path.join(BIN, "kvreport")
