@@ -499,7 +499,7 @@ static kv_status write_figure(cmp_set *s, rp_ctx *c, int m, kv_error *err)
     panels(s, m, rows, cols, lo, hi, g->stem, pf);
     if (fclose(pf) || !pan) { free(dat); free(pan); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
     const char *names[] = { "PANELS" }, *values[] = { pan };
-    kv_status st = rp_emit_figure(c, g, "compare", names, values, 1, dat, dat_len, 0.35 + 1.9 * (double)rows, err);
+    kv_status st = rp_emit_figure_into(c, g, "compare", names, values, 1, dat, dat_len, 0.35 + 1.9 * (double)rows, err);
     free(dat);
     free(pan);
     return st;

@@ -275,7 +275,7 @@ static kv_status emit(rp_ctx *c, const char *stem, const char *kind, const char 
     return emit_into(c, g, kind, t, dat, height, err);
 }
 
-kv_status rp_emit_figure(rp_ctx *c, rp_figure *g, const char *kind, const char *const *names,
+kv_status rp_emit_figure_into(rp_ctx *c, rp_figure *g, const char *kind, const char *const *names,
                          const char *const *values, size_t nv, const char *dat, size_t dat_len,
                          double height, kv_error *err)
 {
@@ -1321,13 +1321,41 @@ static kv_status fig_ranked(rp_ctx *c, int strip, kv_error *err)
     return st;
 }
 
+kv_status rp_emit_figure(rp_ctx *c, const char *stem, const char *kind, const char *caption, const char *const *keys,
+                         const char *const *vals, size_t nv, const char *dat, size_t datlen, double height, kv_error *err)
+{
+    tvars t = {0};
+    if (nv > sizeof t.v / sizeof t.v[0] - 3) return kv_error_set(err, KV_ERR_INVALID, "too many template values");
+    for (size_t i = 0; i < nv; i++) {
+        if (strlen(vals[i]) >= sizeof t.v[0].v) return kv_error_set(err, KV_ERR_INVALID, "template value %s too long", keys[i]);
+        tv_set(&t, keys[i], "%s", vals[i]);
+    }
+    sbuf d = {0};
+    if (datlen) {
+        if (!(d.s = malloc(datlen + 1))) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
+        memcpy(d.s, dat, datlen);
+        d.n = datlen; d.cap = datlen + 1;
+    }
+    kv_status st = emit(c, stem, kind, caption, &t, &d, height, err);
+    free(d.s);
+    return st;
+}
+
+void rp_skip_figure(rp_ctx *c, const char *stem, const char *caption, const char *why)
+{
+    skip(c, stem, caption, "%s", why);
+}
+
 kv_status rp_write_figures(rp_ctx *c, kv_error *err)
 {
-    if (c->no_figures) return KV_OK;
+    if (c->no_figures) return rp_needle_figures(c, 0, err);     /* its table still */
     char figdir[4608];
     snprintf(figdir, sizeof figdir, "%s/figures", c->dir);
     if (mkdir(figdir, 0777) && errno != EEXIST) return kv_error_set(err, KV_ERR_IO, "%s: cannot create: %s", figdir, strerror(errno));
-    if (!c->plots_dir) { rp_note(&c->notes, "figures skipped: the gnuplot templates (plots/) were not found; pass --plots DIR"); return KV_OK; }
+    if (!c->plots_dir) {
+        rp_note(&c->notes, "figures skipped: the gnuplot templates (plots/) were not found; pass --plots DIR");
+        return rp_needle_figures(c, 0, err);
+    }
     kv_status st;
     if ((st = fig_pareto(c, RM_LOGIT_KL, "pareto_logit_kl", err))) return st;
     if ((st = fig_pareto(c, RM_NLL_DELTA, "pareto_nll_delta", err))) return st;
@@ -1339,6 +1367,7 @@ kv_status rp_write_figures(rp_ctx *c, kv_error *err)
     if ((st = fig_reliability(c, err))) return st;
     if ((st = fig_entropy(c, err))) return st;
     if ((st = fig_ranked(c, 0, err))) return st;
-    return fig_ranked(c, 1, err);
+    if ((st = fig_ranked(c, 1, err))) return st;
+    return rp_needle_figures(c, 1, err);    /* analysis/needle_fig.c */
 }
 

@@ -7,6 +7,8 @@
  *   tables/stats.csv                every configuration x metric: n, mean, sd, min, max,
  *                                   t-interval, bootstrap interval
  *   tables/comparisons.csv          paired tests against the baseline, Holm-adjusted
+ *   tables/needles.csv              needle results per (config, context length, depth bin),
+ *                                   when the results have needles.csv (analysis/needle_fig.c)
  *   figures/<name>.{gp,dat,png,pdf} one gnuplot script per figure, run inside figures/
  *
  * Figure scripts are the templates of plots/ (style.gp + <kind>.gp + finish.gp) with
@@ -84,6 +86,18 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err);
 kv_status rp_write_figures(rp_ctx *c, kv_error *err);
 kv_status rp_write_report(rp_ctx *c, kv_error *err);
 
+/* For figure writers outside figures.c: the template plots/<kind>.gp with keys[i] -> vals[i]
+ * (plus STEM and the size placeholders of the --figure-width preset; height in inches), dat
+ * written as <stem>.dat, rendered; or a skipped figure. */
+kv_status rp_emit_figure(rp_ctx *c, const char *stem, const char *kind, const char *caption, const char *const *keys,
+                         const char *const *vals, size_t nv, const char *dat, size_t datlen, double height, kv_error *err);
+void rp_skip_figure(rp_ctx *c, const char *stem, const char *caption, const char *why);
+
+/* Needle results (analysis/needle_fig.c): tables/needles.csv and, with figures = 1, the
+ * figures needle_heatmap and needle_retention, from each results directory's needles.csv,
+ * when any has one. */
+kv_status rp_needle_figures(rp_ctx *c, int figures, kv_error *err);
+
 /* Matched-compression selection: per family (full excluded) the configuration whose
  * ratio is nearest the target in log distance, within RP_MATCH_FACTOR; sorted by the primary
  * metric, best first. Returns the count written to idx (capacity rs->n_configs). */
@@ -94,7 +108,7 @@ size_t rp_matched(rp_ctx *c, size_t *idx, double *target);
 /* For writers outside figures.c (compare.c): figures/<g->stem>.{dat,gp} from plots/style.gp
  * + plots/<kind>.gp + plots/finish.gp with the given placeholders (the size placeholders
  * of the --figure-width preset added), rendered like every report figure. */
-kv_status rp_emit_figure(rp_ctx *c, rp_figure *g, const char *kind, const char *const *names,
+kv_status rp_emit_figure_into(rp_ctx *c, rp_figure *g, const char *kind, const char *const *names,
                          const char *const *values, size_t nv, const char *dat, size_t dat_len,
                          double height, kv_error *err);
 

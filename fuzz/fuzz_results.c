@@ -29,6 +29,7 @@ int rp_seq_result_alloc(rp_seq_result *r, size_t n_cfg, size_t L, size_t H)
     r->sa = calloc(n_cfg * SA_NF, sizeof *r->sa);
     r->ha = calloc(n_cfg * L * H * HA_NF, sizeof *r->ha);
     r->pl = NULL;
+    memset(&r->nd, 0, sizeof r->nd);
     return r->sa && r->ha ? 0 : -1;
 }
 
@@ -37,6 +38,7 @@ void rp_seq_result_free(rp_seq_result *r)
     if (!r) return;
     free(r->sa); free(r->ha); free(r->pl);
     r->sa = r->ha = r->pl = NULL;
+    rp_needles_free(&r->nd);
 }
 #endif
 

@@ -62,6 +62,16 @@ static void read_everything(kv_trace *t)
     kv_trace_read_tokens(t, ib, &err);
     kv_trace_read_seq_len(t, ib, &err);
     kv_trace_read_prefill_len(t, ib, &err);
+    if (in->n_needles && in->n_needles <= FUZZ_MAX_ELEMS / KV_NEEDLE_NF) {
+        int32_t *nd = malloc(KV_NEEDLE_NF * in->n_needles * sizeof *nd);
+        if (nd && kv_trace_read_needles(t, nd, &err) == KV_OK)
+            for (size_t i = 0; i < in->n_needles; i++)      /* what kvreplay run relies on */
+                if (nd[i] < 0 || (size_t)nd[i] >= S || nd[KV_ND_START * in->n_needles + i] < 0 ||
+                    nd[KV_ND_VALUE_START * in->n_needles + i] >= nd[KV_ND_VALUE_END * in->n_needles + i] ||
+                    nd[KV_ND_ANSWER_START * in->n_needles + i] >= nd[KV_ND_ANSWER_END * in->n_needles + i])
+                    abort();
+        free(nd);
+    }
     if (in->has_rope && T * (in->rotary_dim ? in->rotary_dim : D) <= big)
         kv_trace_read_rope(t, f, g, &err);
     static const kv_tensor which[4] = {KV_Q, KV_K, KV_V, KV_ATTN_OUT};

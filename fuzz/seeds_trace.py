@@ -6,7 +6,7 @@
 Each sample trace is cut to 1-2 sequences x 16 tokens, 2 layers, head_dim 8 and a 32-token
 vocabulary (values are copied, not recomputed: the seeds are schema-valid, which is all
 the fuzzer needs), keeping each source's storage (chunking, shuffle + deflate) and
-optional groups (/prefill_len, /rope, /readout), plus variants: contiguous, fletcher32,
+optional groups (/prefill_len, /rope, /readout; /needles in one seed), plus variants: contiguous, fletcher32,
 no read-out, the newest HDF5 file format (other chunk indexes). Small seeds keep libFuzzer fast; -max_len follows the largest seed.
 """
 import os
@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 S, T, L, D, C, V = 2, 16, 2, 8, 16, 32
 
 
-def cut(src, dst, chunked=True, fletcher=False, readout=True, S=S, libver="earliest", L=L, T=T):
+def cut(src, dst, chunked=True, fletcher=False, readout=True, S=S, libver="earliest", L=L, T=T, needles=False):
     with h5py.File(src, "r") as f, h5py.File(dst, "w", libver=(libver, "latest")) as g:
         H, HKV = int(f.attrs["n_heads"]), int(f.attrs["n_kv_heads"])
         for k, v in f.attrs.items():
@@ -44,6 +44,16 @@ def cut(src, dst, chunked=True, fletcher=False, readout=True, S=S, libver="earli
         g.create_dataset("seq_len", data=sl)
         if "prefill_len" in f:
             g.create_dataset("prefill_len", data=np.minimum(f["prefill_len"][:S], sl - 1).astype("<i4"))
+        if needles and "prefill_len" in g:
+            # one needle per sequence inside its context, the answer after the split (/needles)
+            P, rows = g["prefill_len"][...], []
+            for s in range(len(sl)):
+                if P[s] >= 2 and sl[s] >= P[s] + 1:
+                    rows.append((s, 0, int(P[s]), 0, 1, int(P[s]), int(sl[s])))
+            if rows:
+                a = np.array(rows, dtype="<i4")
+                for j, k in enumerate(("seq", "start", "end", "value_start", "value_end", "answer_start", "answer_end")):
+                    g.create_dataset("needles/" + k, data=a[:, j])
         if "rope" in f:
             g.create_dataset("rope/cos", data=f["rope/cos"][:T, :D])
             g.create_dataset("rope/sin", data=f["rope/sin"][:T, :D])
@@ -86,6 +96,8 @@ def main():
                         ("tiny", dict(S=1, L=1, T=8)), ("tiny_latest", dict(S=1, L=1, T=8, libver="latest"))):
             cut(src, os.path.join(out, "seed_%s_%s.h5" % (name, tag)), **kw)
             n += 1
+    cut(os.path.join(ROOT, "traces", "sample_qa.h5"), os.path.join(out, "seed_sample_qa_needles.h5"), needles=True)
+    n += 1
     print("%d seeds in %s" % (n, out))
 
 

@@ -93,6 +93,7 @@ typedef struct kv_info {
     long long *model_layer;         /* [L] model layer index (= l when absent) */
     long long bos_id;               /* -1 when absent */
     int has_prefill, has_rope, has_attn_out, has_readout;
+    size_t n_needles;               /* rows of /needles (0 when absent; values validated) */
     /* read-out (valid when has_readout) */
     char norm_type[16];             /* "layernorm" | "rmsnorm" */
     double norm_eps, final_logit_softcap;
@@ -129,6 +130,12 @@ kv_status kv_trace_validate(const char *path, const kv_open_opts *opts, kv_error
 kv_status kv_trace_read_tokens(kv_trace *t, int32_t *dst, kv_error *err);
 kv_status kv_trace_read_seq_len(kv_trace *t, int32_t *dst, kv_error *err);
 kv_status kv_trace_read_prefill_len(kv_trace *t, int32_t *dst, kv_error *err);
+/* /needles as int32 [KV_NEEDLE_NF][n_needles], member order of kv_needle_field
+ * (KV_ERR_INVALID when absent). */
+enum kv_needle_field { KV_ND_SEQ, KV_ND_START, KV_ND_END, KV_ND_VALUE_START, KV_ND_VALUE_END,
+                       KV_ND_ANSWER_START, KV_ND_ANSWER_END, KV_NEEDLE_NF };
+extern const char *const kv_needle_names[KV_NEEDLE_NF];
+kv_status kv_trace_read_needles(kv_trace *t, int32_t *dst, kv_error *err);
 
 /* One (sequence s, layer l, head h) slice, rows [t0, t0+nt) of [T, D], as f32 into
  * dst [nt, D]. h indexes H for KV_Q/KV_ATTN_OUT and Hkv for KV_K/KV_V. */

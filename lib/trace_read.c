@@ -669,6 +669,24 @@ kv_status kv_trace_read_prefill_len(kv_trace *t, int32_t *dst, kv_error *err)
     return kv_trace_read_i32(t, "/prefill_len", 1, st, ct, dst, err);
 }
 
+const char *const kv_needle_names[KV_NEEDLE_NF] = {
+    "seq", "start", "end", "value_start", "value_end", "answer_start", "answer_end"};
+
+kv_status kv_trace_read_needles(kv_trace *t, int32_t *dst, kv_error *err)
+{
+    if (t && !t->info.n_needles)
+        return kverr_set(err, KV_ERR_INVALID, "%s: /needles: the trace has none", t->info.path);
+    size_t st[1] = {0}, ct[1] = {t ? t->info.n_needles : 0};
+    for (int k = 0; k < KV_NEEDLE_NF; k++) {
+        char p[64];
+        snprintf(p, sizeof p, "/needles/%s", kv_needle_names[k]);
+        kv_status s = kv_trace_read_i32(t, p, 1, st, ct, dst + (size_t)k * ct[0], err);
+        if (s != KV_OK)
+            return s;
+    }
+    return KV_OK;
+}
+
 kv_status kv_trace_read_rope(kv_trace *t, float *cos, float *sin, kv_error *err)
 {
     if (!t || !cos || !sin)

@@ -984,6 +984,76 @@ static herr_t layers_cb(hid_t g, const char *name, const H5L_info_t *li, void *o
     return 0;
 }
 
+/* /needles (optional): seven i32 [N] datasets, N >= 1, with /prefill_len; in the full
+ * validation every row obeys 0 <= seq < S and 0 <= start <= value_start < value_end <= end
+ * <= prefill_len[seq] <= answer_start < answer_end <= seq_len[seq]. */
+#define CAP_NEEDLES ((size_t)1 << 20)
+static kv_status validate_needles(vctx *v, size_t S)
+{
+    kv_info *in = v->info;
+    int present;
+    kv_status st = group_kind(v, "/needles", &present);
+    in->n_needles = 0;
+    if (st || !present)
+        return st;
+    char p[96];
+    size_t N = 0;
+    for (int k = 0; k < KV_NEEDLE_NF; k++) {
+        size_t dims[1];
+        snprintf(p, sizeof p, "/needles/%s", kv_needle_names[k]);
+        if ((st = expect_dset(v, p, M_I32, 1, k ? &N : NULL, "[N] (as /needles/seq)", NULL, dims, NULL)))
+            return st;
+        if (!k) {
+            N = dims[0];
+            if (N < 1 || N > CAP_NEEDLES)
+                return vfail(v, KV_ERR_FORMAT, p, "%zu needles, expected 1 to 2^20", N);
+        }
+    }
+    if (!in->has_prefill)
+        return vfail(v, KV_ERR_FORMAT, "/needles", "needs /prefill_len (the context the needles lie in)");
+    if (v->full) {
+        int32_t *b = malloc((KV_NEEDLE_NF * N + 2 * S) * sizeof *b);
+        if (!b)
+            return vfail(v, KV_ERR_NOMEM, "/needles", "out of memory");
+        int32_t *sl = b + KV_NEEDLE_NF * N, *pl = sl + S;
+        hsize_t a0[1] = {0}, cn[1] = {N}, cs[1] = {S};
+        for (int k = 0; k < KV_NEEDLE_NF && !st; k++) {
+            snprintf(p, sizeof p, "/needles/%s", kv_needle_names[k]);
+            st = read_i32(v, p, 1, a0, cn, b + (size_t)k * N);
+        }
+        if (!st && !(st = read_i32(v, "/seq_len", 1, a0, cs, sl)))
+            st = read_i32(v, "/prefill_len", 1, a0, cs, pl);
+        for (size_t i = 0; i < N && !st; i++) {
+            int32_t x[KV_NEEDLE_NF];
+            for (int k = 0; k < KV_NEEDLE_NF; k++)
+                x[k] = b[(size_t)k * N + i];
+            if (x[KV_ND_SEQ] < 0 || (size_t)x[KV_ND_SEQ] >= S) {
+                snprintf(p, sizeof p, "/needles/seq[%zu]", i);
+                st = vfail(v, KV_ERR_FORMAT, p, "value %d outside [0, S = %zu)", (int)x[KV_ND_SEQ], S);
+                break;
+            }
+            int32_t P = pl[x[KV_ND_SEQ]], n = sl[x[KV_ND_SEQ]];
+            if (!(0 <= x[KV_ND_START] && x[KV_ND_START] <= x[KV_ND_VALUE_START] &&
+                  x[KV_ND_VALUE_START] < x[KV_ND_VALUE_END] && x[KV_ND_VALUE_END] <= x[KV_ND_END] &&
+                  x[KV_ND_END] <= P && P <= x[KV_ND_ANSWER_START] && x[KV_ND_ANSWER_START] < x[KV_ND_ANSWER_END] &&
+                  x[KV_ND_ANSWER_END] <= n)) {
+                snprintf(p, sizeof p, "/needles[%zu]", i);
+                st = vfail(v, KV_ERR_FORMAT, p,
+                           "start %d, end %d, value [%d, %d), answer [%d, %d) of sequence %d (prefill_len %d, seq_len %d) "
+                           "break 0 <= start <= value_start < value_end <= end <= prefill_len <= answer_start < "
+                           "answer_end <= seq_len", (int)x[KV_ND_START], (int)x[KV_ND_END], (int)x[KV_ND_VALUE_START],
+                           (int)x[KV_ND_VALUE_END], (int)x[KV_ND_ANSWER_START], (int)x[KV_ND_ANSWER_END],
+                           (int)x[KV_ND_SEQ], (int)P, (int)n);
+            }
+        }
+        free(b);
+        if (st)
+            return st;
+    }
+    in->n_needles = N;
+    return KV_OK;
+}
+
 static kv_status inspect(vctx *v)
 {
     kv_info *in = v->info;
@@ -1363,6 +1433,8 @@ static kv_status inspect(vctx *v)
             }
         }
     }
+    if ((st = validate_needles(v, S)))
+        goto done;
     st = KV_OK;
 done:
     free(buf);

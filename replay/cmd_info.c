@@ -110,6 +110,8 @@ int kvcmd_info(int argc, char **argv)
     } else {
         printf("prefill       no (no /prefill_len: prefill split is a run parameter)\n");
     }
+    if (in->n_needles)
+        printf("needles       %zu (/needles: needle metrics in kvreplay run -> needles.csv)\n", in->n_needles);
     printf("attention     scale %.9g, softcap %s", in->attn_scale, in->attn_softcap > 0 ? "" : "none");
     if (in->attn_softcap > 0)
         printf("%.9g", in->attn_softcap);

@@ -25,7 +25,8 @@
 static const char run_usage[] =
     "usage: kvreplay run TRACE (--sweep FILE | --strategy 'SPEC' ...) -o DIR [options]\n"
     "\n"
-    "Replays every configuration over the trace in one pass and writes DIR (replay/RESULTS.md).\n"
+    "Replays every configuration over the trace in one pass and writes DIR (replay/RESULTS.md);\n"
+    "a trace with /needles also gets needles.csv and needle_heads.csv (needle metrics).\n"
     "  --sweep FILE        one configuration per line; comma lists expand (sweeps/README.md)\n"
     "  --strategy SPEC     one sweep line, e.g. 'snapkv keep=0.25' (repeatable)\n"
     "  -o, --out DIR       results directory (created; an existing one must be empty)\n"

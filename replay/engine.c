@@ -33,6 +33,8 @@ struct rp_engine {
     readout *ro;
     attn_params *ap;                           /* [L] */
     const rp_strategy *full;
+    int32_t *needles;                          /* [KV_NEEDLE_NF][n_needles] (/needles) or NULL */
+    size_t n_needles;
 };
 
 /* Per (sequence, layer) work item. */
@@ -51,6 +53,7 @@ typedef struct item {
     uint8_t *dh_set;             /* [NC] dH of c holds a non-zero perturbation */
     const float *hid;            /* [n][C] the sequence's final residuals (read-out) */
     double *pl;                  /* [NC][L][PL_NF] per-layer read-out sums, NULL = off */
+    rp_needles *nd;              /* the sequence's needles (this layer's slots), NULL = none */
     /* while item_run runs: */
     char *slab;                  /* the one allocation behind sc (item_alloc) */
     struct item_scratch *sc;     /* views into slab */
@@ -125,6 +128,7 @@ int rp_seq_result_alloc(rp_seq_result *r, size_t n_cfg, size_t L, size_t H)
     r->sa = calloc(n_cfg * SA_NF, sizeof *r->sa);
     r->ha = calloc(n_cfg * L * H * HA_NF, sizeof *r->ha);
     r->pl = NULL;
+    memset(&r->nd, 0, sizeof r->nd);
     return r->sa && r->ha ? 0 : -1;
 }
 
@@ -133,13 +137,14 @@ void rp_seq_result_free(rp_seq_result *r)
     if (!r) return;
     free(r->sa); free(r->ha); free(r->pl);
     r->sa = r->ha = r->pl = NULL;
+    rp_needles_free(&r->nd);
 }
 
 void rp_engine_free(rp_engine *e)
 {
     if (!e) return;
     free(e->tokens); free(e->seq_len); free(e->prefill_len);
-    free(e->rope_cos); free(e->rope_sin); free(e->ap);
+    free(e->rope_cos); free(e->rope_sin); free(e->ap); free(e->needles);
     readout_free(e->ro);
     free(e);
 }
@@ -388,6 +393,11 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
         E->rope_sin = malloc(E->T * E->R * sizeof *E->rope_sin);
         if (!E->rope_cos || !E->rope_sin) goto nomem;
         if (kv_trace_read_rope(t, E->rope_cos, E->rope_sin, &ke)) goto kverr;
+    }
+    if (in->n_needles) {        /* needle metrics (needle.h); the validator checked every row */
+        if (!(E->needles = malloc(KV_NEEDLE_NF * in->n_needles * sizeof *E->needles))) goto nomem;
+        if (kv_trace_read_needles(t, E->needles, &ke)) goto kverr;
+        E->n_needles = in->n_needles;
     }
     if (o->readout && in->has_readout) {
         if (readout_load_no_wo(t, &E->ro, &ke) != KV_OK) goto kverr;   /* W_O: per layer item */
@@ -1099,6 +1109,10 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
                     size_t e = ix ? ix[r2] : elo + r2;
                     sc->probs[i * nv + e] = (float)pft[i * n + view->pos[e]];
                 }
+            if (it->nd && t >= P) {
+                rp_row_full rf = { .lo = lo, .t = t, .p = pft + i * n };
+                rp_needles_row(it->nd, c, it->l, h, E->sw->n, E->L, H, &rf, NULL);
+            }
         } else {
             if (cnt == 0)
                 return IT_FAIL(it, "config '%s': no visible cache entry for seq %zu layer %zu head %zu position %zu",
@@ -1129,6 +1143,7 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
                                .q32 = q32 ? sc->probs : NULL, .pos = view->pos, .mult = view->mult,
                                .mem_off = view->mem_off, .members = view->members };
             rp_attn_row_metrics(&rf, &cp, online ? sc->probs + i * nv : NULL, &rm);
+            if (it->nd && t >= P) rp_needles_row(it->nd, c, it->l, h, E->sw->n, E->L, H, &rf, &cp);
             rp_out_row_metrics(o, ocr, D, &ocos, &orel);
             if (!isfinite(rm.attn_cos) || !isfinite(ocos) || !isfinite(orel) || !isfinite(rm.attn_kl) ||
                 !isfinite(rm.mass_recall) || !isfinite(lc))
@@ -1324,7 +1339,7 @@ done:
 /* ---- one sequence ------------------------------------------------------------------------ */
 
 static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *hid, const float *acc,
-                       double *sa, char *err, size_t errlen)
+                       double *sa, rp_needles *nd, char *err, size_t errlen)
 {
     const readout *ro = E->ro;
     size_t C = ro->C, V = ro->V, NC = E->sw->n, NE = n - P;
@@ -1366,6 +1381,7 @@ static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *
                 }
                 a[SA_RO_N] += 1; a[SA_RO_KL] += cmp.logit_kl; a[SA_RO_TOP1] += cmp.top1_agree;
                 if (y >= 0 && (size_t)y < V) {
+                    if (nd->n) rp_needles_readout(nd, c, NC, t, &cmp);     /* slots of configuration c */
                     a[SA_NY] += 1; a[SA_NLL_F] += cmp.nll_full; a[SA_NLL_C] += cmp.nll_comp;
                     ece_add(&ef[c], cmp.conf_full, cmp.correct_full);
                     ece_add(&ec[c], cmp.conf_comp, cmp.correct_comp);
@@ -1413,6 +1429,9 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
     int rc = -1;
     if (!its || !ia || (ro && (!hid || !acc))) { rp_failf(err, errlen, "out of memory"); goto done; }
     if (ro && kv_trace_read_hidden(E->t, s, hid, &ke) != KV_OK) { rp_failf(err, errlen, "%s", ke.msg); goto done; }
+    if (E->needles && rp_needles_init(&res->nd, E->needles, E->n_needles, s, P, (size_t)E->prefill_len[s], NC, L, H,
+                                      err, errlen))
+        goto done;
     if (ro && E->o.per_layer_readout && !(res->pl = calloc(NC * L * PL_NF, sizeof *res->pl))) {
         rp_failf(err, errlen, "out of memory (per-layer read-out)");
         goto done;
@@ -1421,6 +1440,7 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
         item *it = &its[l];
         it->E = E; it->s = s; it->l = l; it->n = n; it->P = P; it->o_layer = -1;
         it->ha = res->ha; it->ia = ia + l * NC * SA_NF; it->hid = hid; it->pl = res->pl;
+        it->nd = res->nd.n ? &res->nd : NULL;      /* layer l writes only its own slots */
         it->pa = calloc(H, sizeof *it->pa);
         it->pa0 = calloc(H, sizeof *it->pa0);
         it->pa1 = calloc(H, sizeof *it->pa1);
@@ -1457,7 +1477,7 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
             if (b[SA_DIFFERS] != 0) a[SA_DIFFERS] = 1;
         }
     }
-    if (ro && readout_seq(E, s, n, P, hid, acc, res->sa, err, errlen)) goto done;
+    if (ro && readout_seq(E, s, n, P, hid, acc, res->sa, &res->nd, err, errlen)) goto done;
     rc = 0;
 done:
     if (its)

@@ -43,6 +43,9 @@
  * full cache's positions, +4 per entry for multiplicities when it has merged entries) and, when entries are modified, squared errors of
  * represented members against the original K/V.
  * Read-out: logits_comp = W_U norm(h + sum_l (o~ - o)_l W_O_l), layers summed in order.
+ * Needles (needle.h, traces with /needles): item_metrics adds each question/answer query row
+ * to the slots of its (needle, config, layer, head); readout_seq counts the answer tokens'
+ * top-1 in the slots of its configuration -> rp_seq_result.nd.
  * Memory per sequence: the (o~ - o) rows of every configuration, NC * L * NE * H * D floats
  * (the layer sum must wait for every layer to keep a fixed order), plus per work item the
  * layer's Q/K/V and one cache per (configuration, kv head).
@@ -54,6 +57,7 @@
 #include <stdint.h>
 
 #include "kvtrace.h"
+#include "needle.h"
 #include "readout.h"
 #include "sweep.h"
 
@@ -111,6 +115,7 @@ typedef struct rp_seq_result {
     double *sa;                 /* [NC][SA_NF] */
     double *ha;                 /* [NC][L][H][HA_NF] */
     double *pl;                 /* [NC][L][PL_NF], NULL without per_layer_readout */
+    rp_needles nd;              /* the sequence's measured needles (needle.h); n = 0 without */
 } rp_seq_result;
 
 typedef struct rp_engine rp_engine;

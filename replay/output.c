@@ -78,6 +78,14 @@ static size_t part_values(size_t n_cfg, size_t L, size_t H, int with_pl)
     return n_cfg * (SA_NF + L * H * HA_NF) + (with_pl ? n_cfg * L * PL_NF : 0);
 }
 
+/* Needle k's three arrays in the part's order: meta [NM_NF], nd [NC][ND_NF], nh [NC][L][H][NH_NF]. */
+static void needle_block(const rp_needles *ns, size_t k, size_t n_cfg, size_t L, size_t H, const double *v[3],
+                         size_t cnt[3])
+{
+    cnt[0] = NM_NF; cnt[1] = n_cfg * ND_NF; cnt[2] = n_cfg * L * H * NH_NF;
+    v[0] = ns->meta + k * cnt[0]; v[1] = ns->nd + k * cnt[1]; v[2] = ns->nh + k * cnt[2];
+}
+
 int out_part_write(const char *dir, const char *key, const rp_seq_result *r, size_t n_cfg,
                    size_t L, size_t H, char *err, size_t errlen)
 {
@@ -91,6 +99,16 @@ int out_part_write(const char *dir, const char *key, const rp_seq_result *r, siz
             return failf(err, errlen, "sequence %zu: a non-finite accumulator (%g) in configuration %zu: the trace holds "
                          "NaN/Inf or extreme values (kvreplay check TRACE)", r->seq, x,
                          i < nsa ? i / SA_NF : i < nsa + nha ? (i - nsa) / (L * H * HA_NF) : (i - nsa - nha) / (L * PL_NF));
+    }
+    for (size_t k = 0; k < r->nd.n; k++) {
+        const double *v[3];
+        size_t cnt[3];
+        needle_block(&r->nd, k, n_cfg, L, H, v, cnt);
+        for (int b = 0; b < 3; b++)
+            for (size_t i = 0; i < cnt[b]; i++)
+                if (!isfinite(v[b][i]))
+                    return failf(err, errlen, "sequence %zu: a non-finite needle accumulator (%g): the trace holds NaN/Inf "
+                                 "or extreme values (kvreplay check TRACE)", r->seq, v[b][i]);
     }
     char *buf = NULL;
     size_t len = 0;
@@ -107,6 +125,17 @@ int out_part_write(const char *dir, const char *key, const rp_seq_result *r, siz
         fprintf(m, "pl\n");
         for (size_t j = 0; j < n_cfg * L; j++)
             for (size_t i = 0; i < PL_NF; i++) fprintf(m, "%a%c", r->pl[j * PL_NF + i], i + 1 < PL_NF ? ' ' : '\n');
+    }
+    if (r->nd.n) {      /* needles (needle.h): optional block before "end"; per needle its
+                           meta line, NC lines of ND_NF, NC*L*H lines of NH_NF */
+        fprintf(m, "nd %zu\n", r->nd.n);
+        for (size_t k = 0; k < r->nd.n; k++) {
+            const double *v[3];
+            size_t cnt[3], w[3] = { NM_NF, ND_NF, NH_NF };
+            needle_block(&r->nd, k, n_cfg, L, H, v, cnt);
+            for (int b = 0; b < 3; b++)
+                for (size_t i = 0; i < cnt[b]; i++) fprintf(m, "%a%c", v[b][i], (i + 1) % w[b] ? ' ' : '\n');
+        }
     }
     fprintf(m, "end\n");
     if (fclose(m) || !buf) { free(buf); return failf(err, errlen, "%s: out of memory", path); }
@@ -196,7 +225,47 @@ static int part_load(const char *path, size_t cap, char **buf, char *err, size_t
 static size_t part_cap(size_t n_cfg, size_t L, size_t H)
 {
     /* a hex float prints in at most 24 characters plus its separator */
-    return 512 + 25 * part_values(n_cfg, L, H, 1);
+    return 512 + 25 * part_values(n_cfg, L, H, 1) +
+           (size_t)RP_MAX_NEEDLES_PER_SEQ * 25 * (NM_NF + n_cfg * ND_NF + n_cfg * L * H * NH_NF);
+}
+
+/* The positions of a needle read back from a part must be what the engine writes: whole
+ * numbers with 0 <= start <= vs < ve <= end <= ctx, P < as < ae, index >= 0. */
+static int needle_meta_ok(const double *m)
+{
+    for (int i = 0; i < NM_NF; i++)
+        if (m[i] < 0 || m[i] > 2147483647.0 || m[i] != floor(m[i])) return 0;
+    return m[NM_START] <= m[NM_VS] && m[NM_VS] < m[NM_VE] && m[NM_VE] <= m[NM_END] && m[NM_END] <= m[NM_CTX] &&
+           m[NM_CTX] <= m[NM_AS] && m[NM_P] < m[NM_AS] && m[NM_AS] < m[NM_AE];
+}
+
+/* The optional needle block "nd N" at *pp (needle.h): 1 read, 0 absent, -1 malformed (why). */
+static int part_read_needles(char **pp, rp_needles *ns, size_t n_cfg, size_t L, size_t H, const char **why)
+{
+    char *p = *pp, *end;
+    if (strncmp(p, "nd ", 3)) return 0;
+    unsigned long long n = strtoull(p + 3, &end, 10);
+    if (end == p + 3 || *end != '\n' || n < 1 || n > RP_MAX_NEEDLES_PER_SEQ) { *why = "bad needle block header"; return -1; }
+    p = end + 1;
+    size_t per = NM_NF + n_cfg * ND_NF + n_cfg * L * H * NH_NF;
+    if (per * n > strlen(p) / 2) { *why = "needle block too short"; return -1; }
+    if (rp_needles_alloc(ns, (size_t)n, n_cfg, L, H)) { *why = "out of memory"; return -1; }
+    for (size_t k = 0; k < ns->n; k++) {
+        const double *v[3];
+        size_t cnt[3];
+        needle_block(ns, k, n_cfg, L, H, v, cnt);
+        for (int b = 0; b < 3; b++)
+            for (size_t i = 0; i < cnt[b]; i++) {
+                while (*p == ' ' || *p == '\n') p++;
+                double x = strtod(p, &end);
+                if (end == p || (*end != ' ' && *end != '\n') || !isfinite(x)) { *why = "malformed or non-finite needle value"; return -1; }
+                ((double *)v[b])[i] = x;
+                p = end;
+            }
+        if (!needle_meta_ok(v[0])) { *why = "needle positions out of order"; return -1; }
+    }
+    *pp = p;
+    return 1;
 }
 
 int out_part_header(const char *path, out_part_hdr *h, char *err, size_t errlen)
@@ -276,7 +345,17 @@ int out_part_read(const char *dir, const char *key, size_t seq, rp_seq_result *r
         p = end;
     }
     while (*p == ' ' || *p == '\n') p++;
-    int ok = (k == total || k == total + npl) && !strcmp(p, "end\n");
+    int ok = k == total || k == total + npl;
+    if (ok) {
+        const char *why = NULL;
+        int got_nd = part_read_needles(&p, &r->nd, n_cfg, L, H, &why);
+        if (got_nd < 0) {
+            free(buf); rp_seq_result_free(r);
+            return failf(err, errlen, "%s: %s", path, why);
+        }
+        while (*p == ' ' || *p == '\n') p++;
+    }
+    ok = ok && !strcmp(p, "end\n");
     free(buf);
     if (!ok) {
         rp_seq_result_free(r);
@@ -362,12 +441,77 @@ static void put_readout(FILE *f, int ro, const double *sa, const ece_acc *ef, co
     put_opt(f, ny, ny ? ece_value(ec) : 0);
 }
 
+/* The four mass columns of needle sums a (NH_*) over `units` (layer, head) pairs. */
+static void put_needle_mass(FILE *f, const double *a, double units, double nq, double na)
+{
+    put_opt(f, nq > 0, nq > 0 ? a[NH_MQF] / (units * nq) : 0);
+    put_opt(f, nq > 0, nq > 0 ? a[NH_MQC] / (units * nq) : 0);
+    put_f(f, a[NH_MAF] / (units * na));
+    put_f(f, a[NH_MAC] / (units * na));
+}
+
+/* needles.csv (one row per configuration and measured needle, means over layers and query
+ * heads) and needle_heads.csv (per layer and query head), when any sequence has a measured
+ * needle. Rows: configuration, then sequence order, then needle order. of: two slots. */
+static int write_needles(open_file *of, const char *dir, const rp_sweep *sw, const rp_seq_result *res, size_t n_res,
+                         size_t L, size_t H, int has_readout, char *err, size_t errlen)
+{
+    size_t any = 0, NC = sw->n;
+    for (size_t i = 0; i < n_res; i++) any += res[i].nd.n;
+    if (!any) return 0;
+    FILE *f = ofile(&of[0], dir, "needles.csv", err, errlen);
+    if (!f) return -1;
+    fprintf(f, "config_id,config,family,needle,seq,ctx_len,depth,needle_len,value_len,answer_len,retained_frac,"
+               "mass_q_full,mass_q_comp,mass_a_full,mass_a_comp,answer_top1_full,answer_top1_comp\n");
+    for (size_t c = 0; c < NC; c++)
+        for (size_t i = 0; i < n_res; i++)
+            for (size_t k = 0; k < res[i].nd.n; k++) {
+                const rp_needles *ns = &res[i].nd;
+                const double *m = ns->meta + k * NM_NF, *nd = ns->nd + (k * NC + c) * ND_NF;
+                double a[NH_NF] = { 0 }, nlen = m[NM_END] - m[NM_START], vlen = m[NM_VE] - m[NM_VS];
+                double na = m[NM_AE] - m[NM_AS], nq = m[NM_AS] - 1 - m[NM_P], units = (double)(L * H);
+                for (size_t j = 0; j < L * H; j++)
+                    for (int q = 0; q < NH_NF; q++) a[q] += ns->nh[((k * NC + c) * L * H + j) * NH_NF + q];
+                /* depth: the share of the context outside the needle that lies before it */
+                double depth = m[NM_CTX] > nlen ? m[NM_START] / (m[NM_CTX] - nlen) : 0.0;
+                fprintf(f, "%zu,%s,%s,%.0f,%zu,%.0f", c, sw->cfg[c].canon, sw->cfg[c].family, m[NM_INDEX], res[i].seq,
+                        m[NM_CTX]);
+                put_f(f, depth > 1 ? 1 : depth);
+                fprintf(f, ",%.0f,%.0f,%.0f", nlen, vlen, na);
+                put_f(f, a[NH_RET] / (units * vlen));
+                put_needle_mass(f, a, units, nq, na);
+                put_opt(f, has_readout, has_readout ? nd[ND_TOP1_F] / na : 0);
+                put_opt(f, has_readout, has_readout ? nd[ND_TOP1_C] / na : 0);
+                fputc('\n', f);
+            }
+    if (ocommit(&of[0], err, errlen)) return -1;
+    f = ofile(&of[1], dir, "needle_heads.csv", err, errlen);
+    if (!f) return -1;
+    fprintf(f, "config_id,config,needle,seq,layer,head,retained_frac,mass_q_full,mass_q_comp,mass_a_full,mass_a_comp\n");
+    for (size_t c = 0; c < NC; c++)
+        for (size_t i = 0; i < n_res; i++)
+            for (size_t k = 0; k < res[i].nd.n; k++) {
+                const rp_needles *ns = &res[i].nd;
+                const double *m = ns->meta + k * NM_NF;
+                double vlen = m[NM_VE] - m[NM_VS], na = m[NM_AE] - m[NM_AS], nq = m[NM_AS] - 1 - m[NM_P];
+                for (size_t l = 0; l < L; l++)
+                    for (size_t h = 0; h < H; h++) {
+                        const double *a = ns->nh + (((k * NC + c) * L + l) * H + h) * NH_NF;
+                        fprintf(f, "%zu,%s,%.0f,%zu,%zu,%zu", c, sw->cfg[c].canon, m[NM_INDEX], res[i].seq, l, h);
+                        put_f(f, a[NH_RET] / vlen);
+                        put_needle_mass(f, a, 1.0, nq, na);
+                        fputc('\n', f);
+                    }
+            }
+    return ocommit(&of[1], err, errlen);
+}
+
 int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *res, size_t n_res,
                       size_t L, size_t H, int has_readout, const out_prov *pv,
                       size_t *n_not_applied, char *err, size_t errlen)
 {
     size_t NC = sw->n;
-    open_file of[7];
+    open_file of[9];
     memset(of, 0, sizeof of);
     int rc = -1;
     double *tot_ha = calloc(NC * HA_NF, sizeof *tot_ha), *tot_sa = calloc(NC * SA_NF, sizeof *tot_sa);
@@ -504,6 +648,8 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
         if (ocommit(&of[6], err, errlen)) goto fail;
     }
 
+    if (write_needles(of + 7, dir, sw, res, n_res, L, H, has_readout, err, errlen)) goto fail;
+
     f = ofile(&of[5], dir, "provenance.json", err, errlen);
     if (!f) goto fail;
     unsigned maj = 0, min = 0, rel = 0;
@@ -537,7 +683,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     if (ocommit(&of[5], err, errlen)) goto fail;
     rc = 0;
 fail:
-    for (size_t i = 0; i < 7; i++) if (of[i].open) kv_atomic_discard(&of[i].a);
+    for (size_t i = 0; i < 9; i++) if (of[i].open) kv_atomic_discard(&of[i].a);
     free(tot_ha); free(tot_sa);
     return rc;
 }
