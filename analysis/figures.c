@@ -220,11 +220,10 @@ static void skip(rp_ctx *c, const char *stem, const char *caption, const char *f
     rp_note(&c->notes, "figure %s skipped: %s", stem, g->why);
 }
 
-/* Short label: family + nominal budget (config strings carry every default). */
+/* Short label: the configuration's display name (results.h; config strings carry every default). */
 static void short_label(const res_config *cf, char *buf, size_t cap)
 {
-    if (!strcmp(cf->budget_kind, "none") || isnan(cf->budget_value)) snprintf(buf, cap, "%s", cf->config);
-    else snprintf(buf, cap, "%s %s=%.9g", cf->family, cf->budget_kind, cf->budget_value);
+    snprintf(buf, cap, "%s", cf->name);
     if (strlen(buf) > 40 && cap > 41) { buf[37] = '.'; buf[38] = '.'; buf[39] = '.'; buf[40] = 0; }
 }
 
@@ -364,7 +363,7 @@ static kv_status fig_heatmap(rp_ctx *c, kv_error *err)
     }
     if (hi <= lo) { hi = lo + (lo != 0 ? fabs(lo) * 1e-6 : 1e-12); }
     tvars t = {0};
-    tv_set(&t, "TITLE", "%s per layer and head: %s", res_head_metric_names[m], cf->config);
+    tv_set(&t, "TITLE", "%s per layer and head: %s", res_head_metric_names[m], cf->name);
     tv_set(&t, "CBLABEL", "%s", head_axis(m));
     tv_set(&t, "XMAX", "%.1f", (double)H - 0.5);
     tv_set(&t, "YMAX", "%.1f", (double)L - 0.5);
@@ -547,7 +546,7 @@ static kv_status fig_reliability(rp_ctx *c, kv_error *err)
     sb_quoted(&titles, a); sb_add(&titles, ", "); sb_quoted(&titles, b);
     tvars t = {0};
     tv_set(&t, "TITLES", "%s", titles.s);
-    tv_set(&t, "TITLE", "Reliability: %s", cf->config);
+    tv_set(&t, "TITLE", "Reliability: %s", cf->name);
     kv_status st = emit(c, stem, "reliability", cap, &t, &dat, err);
     free(dat.s); free(titles.s);
     return st;

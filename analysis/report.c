@@ -163,14 +163,14 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
     /* ---- summary.md ---- */
     FILE *f = open_out(c, "tables/summary.md", err);
     if (!f) return err->code;
-    fputs("| config | family | n | ratio | keep |", f);
+    fputs("| configuration | family | n | ratio | keep |", f);
     for (size_t k = 0; k < nh; k++) fprintf(f, " %s |", metric_title(hm[k]));
     fputs("\n|---|---|--:|--:|--:|", f);
     for (size_t k = 0; k < nh; k++) fputs("--:|", f);
     fputc('\n', f);
     for (size_t i = 0; i < an->nc; i++) {
         const res_config *cf = &rs->configs[i];
-        fputs("| ", f); md_escape(f, cf->config);
+        fputs("| ", f); md_escape(f, cf->name);
         if ((long)i == an->baseline) fputs(" (baseline)", f);
         if (cf->not_applied) fputs(" ⚠ not applied", f);
         fputs(" | ", f); md_escape(f, cf->family);
@@ -198,7 +198,7 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
 
     /* ---- summary.csv ---- */
     if (!(f = open_out(c, "tables/summary.csv", err))) return err->code;
-    fputs("config_id,config,family,n_seq,not_applied,ratio,keep_frac", f);
+    fputs("config_id,config,name,family,n_seq,not_applied,ratio,keep_frac", f);
     for (size_t k = 0; k < nh; k++) {
         const char *n = res_metric_names[hm[k]];
         fprintf(f, ",%s_mean,%s_lo,%s_hi,%s_p_holm", n, n, n, n);
@@ -206,7 +206,7 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
     fputc('\n', f);
     for (size_t i = 0; i < an->nc; i++) {
         const res_config *cf = &rs->configs[i];
-        fprintf(f, "%zu,%s,%s,%zu,%d", i, cf->config, cf->family, cf->n_seqs, cf->not_applied);
+        fprintf(f, "%zu,%s,%s,%s,%zu,%d", i, cf->config, cf->name, cf->family, cf->n_seqs, cf->not_applied);
         const an_stat *s = an_get(an, i, RM_RATIO);
         csv_num(f, s->d.mean, s->valid);
         s = an_get(an, i, RM_KEEP_FRAC);
@@ -432,10 +432,12 @@ kv_status rp_write_report(rp_ctx *c, kv_error *err)
               "paired tests pair sequences by index across them.\n\n", f);
 
     /* ---- sweep ---- */
-    fputs("## The sweep\n\n| id | config | family | budget | sequences |\n|--:|---|---|---|--:|\n", f);
+    fputs("## The sweep\n\nName: the sweep's label, else the family and the parameters that vary within it.\n\n"
+          "| id | name | config | family | budget | sequences |\n|--:|---|---|---|---|--:|\n", f);
     for (size_t i = 0; i < rs->n_configs; i++) {
         const res_config *cf = &rs->configs[i];
-        fprintf(f, "| %zu | ", i); md_config(f, cf->config);
+        fprintf(f, "| %zu | ", i); md_escape(f, cf->name);
+        fputs(" | ", f); md_config(f, cf->config);
         fputs(" | ", f); md_escape(f, cf->family);
         fprintf(f, " | %s", cf->budget_kind);
         if (!isnan(cf->budget_value)) fprintf(f, " %.9g", cf->budget_value);

@@ -943,6 +943,17 @@ int kvcmd_merge(int argc, char **argv)
                 snprintf(err, sizeof err, "%s/configs.csv: configuration '%s' does not parse back to itself", dirs[0], c1 + 1);
                 goto fail;
             }
+            /* the label, 6th field when present (config_id,config,family,budget_kind,budget_value,label) */
+            const char *lab = c2 + 1;
+            for (int k = 0; k < 3 && lab; k++) { lab = strchr(lab, ','); if (lab) lab++; }
+            if (lab && *lab) {
+                char why[128];
+                if (sweep_label_check(lab, why, sizeof why)) {
+                    snprintf(err, sizeof err, "%s/configs.csv: label '%.64s' %s", dirs[0], lab, why);
+                    goto fail;
+                }
+                snprintf(sw.cfg[want - 1].label, sizeof sw.cfg[want - 1].label, "%s", lab);
+            }
             line = next;
         }
         if (sw.n != NC) { snprintf(err, sizeof err, "%s: %zu configurations, the parts hold %zu", dirs[0], sw.n, NC); goto fail; }

@@ -375,12 +375,17 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
 
     FILE *f = ofile(&of[0], dir, "configs.csv", err, errlen);
     if (!f) goto fail;
-    fprintf(f, "config_id,config,family,budget_kind,budget_value\n");
+    /* the label column only when the sweep names a configuration: results of unlabelled
+     * sweeps stay byte-identical to those of earlier versions */
+    int labels = 0;
+    for (size_t c = 0; c < NC && !labels; c++) labels = sw->cfg[c].label[0] != 0;
+    fprintf(f, "config_id,config,family,budget_kind,budget_value%s\n", labels ? ",label" : "");
     for (size_t c = 0; c < NC; c++) {
         const rp_config *cf = &sw->cfg[c];
         fprintf(f, "%zu,%s,%s,%s,", c, cf->canon, cf->family,
                 cf->budget_kind == RP_BUDGET_KEEP ? "keep" : cf->budget_kind == RP_BUDGET_COUNT ? "budget" : "none");
         if (cf->budget_kind != RP_BUDGET_NONE) fprintf(f, "%.9g", cf->budget_value);
+        if (labels) fprintf(f, ",%s", cf->label);
         fputc('\n', f);
     }
     if (ocommit(&of[0], err, errlen)) goto fail;
