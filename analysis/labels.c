@@ -6,6 +6,8 @@
  * family and the parameters that take more than one value among that family's
  * configurations in these results. */
 #include "results.h"
+#include "suggest.h"
+#include "sweep.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -241,5 +243,31 @@ long res_find_name(const res_set *s, const char *name)
                 if (s->configs[j].label && !strcmp(s->configs[j].label, name)) return -1;
             return (long)i;
         }
+    return -1;
+}
+
+long res_resolve_config(const res_set *s, const char *spec, char *hint, size_t cap)
+{
+    if (cap) hint[0] = 0;
+    long i = res_find_config(s, spec);
+    if (i >= 0) return i;
+    if ((i = res_find_name(s, spec)) >= 0) return i;
+    /* another spelling of a configuration: the sweep parser gives its canonical string
+     * (defaults filled, parameters in declared order, numbers in canonical form) */
+    rp_sweep sw = { 0 };
+    char perr[512] = "", canon[1024] = "";
+    if (!sweep_add_line(&sw, spec, "", perr, sizeof perr) && sw.n == 1) snprintf(canon, sizeof canon, "%s", sw.cfg[0].canon);
+    sweep_free(&sw);
+    if (canon[0] && (i = res_find_config(s, canon)) >= 0) return i;
+    /* not there: the nearest canonical string or name */
+    const char **cands = malloc((2 * s->n_configs + 1) * sizeof *cands);
+    if (!cands) return -1;
+    for (size_t k = 0; k < s->n_configs; k++) { cands[2 * k] = s->configs[k].config; cands[2 * k + 1] = s->configs[k].name; }
+    const char *near = kv_suggest(canon[0] ? canon : spec, cands, 2 * s->n_configs);
+    if (!near && canon[0]) near = kv_suggest(spec, cands, 2 * s->n_configs);
+    if (near) snprintf(hint, cap, "did you mean '%s'?", near);
+    else if (canon[0]) snprintf(hint, cap, "it reads as '%s', which these results do not hold", canon);
+    else if (perr[0]) snprintf(hint, cap, "it does not parse as a configuration:%s", perr);
+    free(cands);
     return -1;
 }

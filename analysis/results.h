@@ -117,6 +117,12 @@ kv_status res_name_configs(res_set *s, kv_error *err);
 /* Configuration index by display name or label, -1 when absent. */
 long res_find_name(const res_set *s, const char *name);
 
+/* A configuration named on the command line: its canonical string, display name or label,
+ * or any other spelling the sweep parser reads as one of the configurations ("streaming
+ * keep=0.25" for "streaming keep=0.25 sinks=4 reindex=0"). -1 when none, with a hint for
+ * the message in hint ("did you mean '...'?", or why it does not parse; may be empty). */
+long res_resolve_config(const res_set *s, const char *spec, char *hint, size_t cap);
+
 /* Provenance value of a directory, NULL when absent. */
 const char *res_prov(const res_dir *d, const char *key);
 /* Configuration index by exact config string, -1 when absent. */

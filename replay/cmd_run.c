@@ -19,6 +19,7 @@
 #include "export.h"
 #include "output.h"
 #include "readout.h"
+#include "suggest.h"
 #include "sweep.h"
 
 static const char run_usage[] =
@@ -392,7 +393,16 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
         else if (!strcmp(a, "--per-layer-readout")) per_layer = 1;     /* per_layer.csv */
         else if (!strcmp(a, "--no-hash-cache")) hash_cache = 0;
         else if (!strcmp(a, "--list")) list = 1;
-        else if (a[0] == '-' && a[1]) { fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", g_prog, a); return KV_EXIT_USAGE; }
+        else if (a[0] == '-' && a[1]) {
+            static const char *const opts[] = { "--sweep", "--strategy", "--out", "--mode", "--decode", "--threads",
+                "--eval-from", "--page-size", "--gqa-reduce", "--shard", "--seqs", "--calib", "--export",
+                "--export-configs", "--resume", "--readout", "--require-readout", "--no-readout",
+                "--per-layer-readout", "--no-hash-cache", "--list", "--help" };
+            char hint[128];
+            fprintf(stderr, "%s: unknown or incomplete option '%s'%s (try --help)\n", g_prog, a,
+                    kv_suggest_hint(a, opts, sizeof opts / sizeof *opts, hint, sizeof hint));
+            return KV_EXIT_USAGE;
+        }
         else if (!trace_path) trace_path = a;
         else { fprintf(stderr, "%s: unexpected argument '%s'\n", g_prog, a); return KV_EXIT_USAGE; }
     }
@@ -818,7 +828,12 @@ int kvcmd_merge(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { fputs(merge_usage, stdout); return KV_EXIT_OK; }
         if ((!strcmp(argv[i], "-o") || !strcmp(argv[i], "--out")) && i + 1 < argc) outdir = argv[++i];
-        else if (argv[i][0] == '-') { fprintf(stderr, "kvreplay merge: unknown option '%s' (try --help)\n", argv[i]); return KV_EXIT_USAGE; }
+        else if (argv[i][0] == '-') {
+            static const char *const opts[] = { "--out", "--help" };
+            char hint[128];
+            fprintf(stderr, "kvreplay merge: unknown option '%s'%s (try --help)\n", argv[i], kv_suggest_hint(argv[i], opts, 2, hint, sizeof hint));
+            return KV_EXIT_USAGE;
+        }
         else if (nd < 1024) dirs[nd++] = argv[i];
         else { fprintf(stderr, "kvreplay merge: too many directories (max 1024)\n"); return KV_EXIT_USAGE; }
     }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "suggest.h"
 #include "sweep.h"
 
 #define MAX_TOK 64          /* key=value tokens per line */
@@ -79,7 +80,16 @@ static int parse_value(const rp_param_def *d, const char *name, const char *val,
     }
     case RP_ENUM: {
         int i = enum_index(d->choices, val, -1, NULL, 0);
-        if (i < 0) return fail(err, errlen, "%s: %s=%s is not one of %s", name, d->name, val, d->choices);
+        if (i < 0) {
+            /* the choices as a list, for the suggestion */
+            char buf[512], hint[128];
+            const char *cands[32];
+            size_t nc = 0;
+            snprintf(buf, sizeof buf, "%s", d->choices);
+            for (char *save = NULL, *t = strtok_r(buf, "|", &save); t && nc < 32; t = strtok_r(NULL, "|", &save)) cands[nc++] = t;
+            return fail(err, errlen, "%s: %s=%s is not one of %s%s", name, d->name, val, d->choices,
+                        kv_suggest_hint(val, cands, nc, hint, sizeof hint));
+        }
         *out = i;
         return 0;
     }
@@ -227,8 +237,13 @@ static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size
                 strncat(known, i ? ", " : "", sizeof known - strlen(known) - 1);
                 strncat(known, rp_strategy_at(i)->name, sizeof known - strlen(known) - 1);
             }
+            const char *cands[256];
+            size_t nk = rp_strategy_count() < 256 ? rp_strategy_count() : 256;
+            for (size_t i = 0; i < nk; i++) cands[i] = rp_strategy_at(i)->name;
+            char hint[128];
             config_free(&c);
-            return fail(err, errlen, "%s: unknown strategy '%s' (known: %s)", where, names[p], known);
+            return fail(err, errlen, "%s: unknown strategy '%s'%s (known: %s)", where, names[p],
+                        kv_suggest_hint(names[p], cands, nk, hint, sizeof hint), known);
         }
         rp_part *pt = &c.part[c.n_parts++];
         pt->s = s;
@@ -285,9 +300,15 @@ static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size
                     strncat(known, j ? ", " : "", sizeof known - strlen(known) - 1);
                     strncat(known, s->params[j].name, sizeof known - strlen(known) - 1);
                 }
+                const char *cands[RP_MAX_PARAMS + 2];
+                size_t nk = 0;
+                if (s->needs_budget) { cands[nk++] = "keep"; cands[nk++] = "budget"; }
+                for (size_t j = 0; j < s->n_params && nk < RP_MAX_PARAMS + 2; j++) cands[nk++] = s->params[j].name;
+                char hint[128];
                 config_free(&c);
-                return fail(err, errlen, "%s: unknown parameter '%s' for %s (parameters: %s%s%s)", where, key,
-                            s->name, s->needs_budget ? "keep, budget" : "", s->needs_budget && s->n_params ? ", " : "",
+                return fail(err, errlen, "%s: unknown parameter '%s' for %s%s (parameters: %s%s%s)", where, key,
+                            s->name, kv_suggest_hint(key, cands, nk, hint, sizeof hint),
+                            s->needs_budget ? "keep, budget" : "", s->needs_budget && s->n_params ? ", " : "",
                             s->n_params ? known : (s->needs_budget ? "" : "none"));
             }
             if (seen[i]++) {
