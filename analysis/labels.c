@@ -4,7 +4,7 @@
  * ("snapkv keep=0.25 window=16 kernel=5 pool=max preset=none"): too wide for a table column
  * or a legend. A configuration is shown by its sweep label when it has one, else by its
  * family and the parameters that take more than one value among that family's
- * configurations in these results. */
+ * configurations in these results and differ from the strategy's default there. */
 #include "results.h"
 #include "suggest.h"
 #include "sweep.h"
@@ -13,8 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* One "key=value" word of a canonical string, by part. */
-typedef struct kvw { size_t part; char key[64]; char val[128]; } kvw;
+/* One "key=value" word of a canonical string, by part, with its strategy's name. */
+typedef struct kvw { size_t part; char key[64]; char val[128]; char strategy[64]; } kvw;
 
 #define MAX_W 64
 
@@ -22,6 +22,7 @@ typedef struct kvw { size_t part; char key[64]; char val[128]; } kvw;
 static size_t split_words(const char *canon, kvw *w)
 {
     size_t n = 0, part = 0;
+    char strategy[64] = "";
     const char *p = canon;
     while (*p) {
         while (*p == ' ') p++;
@@ -31,9 +32,11 @@ static size_t split_words(const char *canon, kvw *w)
         if (len == 1 && *p == '+') part++;
         else {
             const char *eq = memchr(p, '=', len);
+            if (!eq) snprintf(strategy, sizeof strategy, "%.*s", (int)len, p);
             if (eq && n < MAX_W) {
                 size_t kl = (size_t)(eq - p), vl = len - kl - 1;
                 w[n].part = part;
+                memcpy(w[n].strategy, strategy, sizeof strategy);
                 snprintf(w[n].key, sizeof w[n].key, "%.*s", (int)kl, p);
                 snprintf(w[n].val, sizeof w[n].val, "%.*s", (int)vl, eq + 1);
                 n++;
@@ -52,6 +55,22 @@ static int is_number(const char *s)
     if (!*s) return 0;
     (void)strtod(s, &end);
     return !*end;
+}
+
+/* Is the word its strategy's default value? Defaults are written as in a config string;
+ * numbers compare by value ("0.50" and "0.5"). */
+static int is_default(const kvw *w)
+{
+    const rp_strategy *st = rp_strategy_find(w->strategy);
+    if (!st) return 0;
+    for (size_t i = 0; i < st->n_params; i++) {
+        const rp_param_def *d = &st->params[i];
+        if (strcmp(d->name, w->key) || !d->def) continue;
+        if (!strcmp(d->def, w->val)) return 1;
+        if (is_number(d->def) && is_number(w->val)) return strtod(d->def, NULL) == strtod(w->val, NULL);
+        return 0;
+    }
+    return 0;
 }
 
 static const kvw *find_word(const kvw *w, size_t n, size_t part, const char *key)
@@ -107,9 +126,10 @@ static void auto_name(const res_set *s, size_t i, const famvar *fv, int with_bud
             if (with_budget) append(buf, cap, " %s=%s", w[k].key, w[k].val);
             continue;
         }
-        if (!varies(fv, w[k].part, w[k].key)) continue;
-        if (is_number(w[k].val)) append(buf, cap, " %s=%s", w[k].key, w[k].val);
-        else append(buf, cap, " %s%s", w[k].val, "");
+        /* a parameter that varies within the family, where it is not at its default: two
+         * different configurations differ in a parameter that is off its default in one of them */
+        if (!varies(fv, w[k].part, w[k].key) || is_default(&w[k])) continue;
+        append(buf, cap, " %s=%s", w[k].key, w[k].val);
     }
 }
 

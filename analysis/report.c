@@ -215,26 +215,40 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
     if (!(f = open_out(c, "tables/summary.tex", err))) return err->code;
     int lng = an->nc > TB_LONG_ROWS, dagger = 0;
     for (size_t i = 0; i < an->nc; i++) dagger |= rs->configs[i].not_applied;
-    fprintf(f, "%% kvreport summary table: needs \\usepackage{booktabs}%s; as wide as \\textwidth with up to four metrics "
-               "(table*: two-column layouts)\n", lng ? " and \\usepackage{longtable} (one-column layouts)" : "");
-    size_t nt = nh < 4 ? nh : 4;     /* the first four headline metrics fit \textwidth; all are in summary.md/csv */
-    if (lng) fputs("{\\footnotesize\\setlength{\\tabcolsep}{4pt}\n", f);
-    else fputs("\\begin{table*}[t]\n\\centering\n\\footnotesize\n\\setlength{\\tabcolsep}{4pt}\n", f);
-    fprintf(f, "\\begin{%s}{@{}lrr", lng ? "longtable" : "tabular");
+    fprintf(f, "%% kvreport summary table: needs \\usepackage{booktabs,array}%s; fits \\textwidth (table*: spans both "
+               "columns of a two-column layout) with the first three headline metrics (all are in summary.md and summary.csv; "
+               "kvreport table --pivot for one metric by strategy and budget)\n",
+            lng ? " and \\usepackage{longtable} (one-column layouts)" : "");
+    size_t nt = nh < 3 ? nh : 3;
+    if (lng) fputs("{\\footnotesize\\setlength{\\tabcolsep}{3pt}\n", f);
+    else fputs("\\begin{table*}[t]\n\\centering\n\\footnotesize\n\\setlength{\\tabcolsep}{3pt}\n", f);
+    /* names wrap in a column of 20% of the text width; numbers stay on one line */
+    fprintf(f, "\\begin{%s}{@{}>{\\raggedright\\arraybackslash}p{0.2\\textwidth}r", lng ? "longtable" : "tabular");
     for (size_t k = 0; k < nt; k++) fputc('r', f);
     fputs("@{}}\n", f);
     char head[1024];
+    int scale[N_HEADLINE];          /* per metric column: shown = true x 10^scale (table.h) */
+    for (size_t k = 0; k < nt; k++) {
+        double mx = 0;
+        for (size_t i = 0; i < an->nc; i++) {
+            const an_stat *s = an_get(an, i, hm[k]);
+            if (s->valid) mx = fmax(mx, fabs(s->d.mean));
+        }
+        scale[k] = tb_scale_exp(mx);
+    }
     {
-        size_t L = (size_t)snprintf(head, sizeof head, "\\toprule\nConfiguration & Ratio & Keep");
-        for (size_t k = 0; k < nt && L < sizeof head; k++)
+        size_t L = (size_t)snprintf(head, sizeof head, "\\toprule\nConfiguration & Ratio");
+        for (size_t k = 0; k < nt && L < sizeof head; k++) {
             L += (size_t)snprintf(head + L, sizeof head - L, " & %s %s", metric_latex(hm[k]),
                                   an_lower_better(hm[k]) ? "$\\downarrow$" : "$\\uparrow$");
+            if (scale[k] && L < sizeof head) L += (size_t)snprintf(head + L, sizeof head - L, " ($\\times10^{%d}$)", -scale[k]);
+        }
         if (L < sizeof head) snprintf(head + L, sizeof head - L, " \\\\\n\\midrule\n");
     }
     char cap[2048];
     {
         size_t L = (size_t)snprintf(cap, sizeof cap, "\\caption{Mean over sequences $\\pm$ half-width of the 95\\%% $t$-interval. "
-                                    "Ratio: fp16 full-cache bytes / compressed bytes; keep: fraction of cache entries held.");
+                                    "Ratio: fp16 full-cache bytes / compressed bytes.");
         if (base && L < sizeof cap)
             L += (size_t)snprintf(cap + L, sizeof cap - L, " Marks: paired $t$-test against the baseline, Holm-adjusted: "
                                   "$^{*}p<0.05$, $^{**}p<0.01$, $^{***}p<0.001$.");
@@ -244,7 +258,7 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
     }
     if (lng) {
         fprintf(f, "%s\\label{tab:kvtrace-summary}\\\\\n%s\\endfirsthead\n\\multicolumn{%zu}{@{}l}{\\emph{(continued)}} \\\\\n%s"
-                   "\\endhead\n\\bottomrule\n\\endfoot\n", cap, head, nt + 3, head);
+                   "\\endhead\n\\bottomrule\n\\endfoot\n", cap, head, nt + 2, head);
     } else {
         fputs(head, f);
     }
@@ -253,15 +267,15 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
         tb_tex_escape(f, cf->name);
         if ((long)i == an->baseline) fputs(" (baseline)", f);
         if (cf->not_applied) fputs("$^\\dagger$", f);
-        for (int m = RM_RATIO; ; m = RM_KEEP_FRAC) {
-            const an_stat *s = an_get(an, i, m);
-            if (s->valid) fprintf(f, " & %.3g", s->d.mean); else fputs(" & --", f);
-            if (m == RM_KEEP_FRAC) break;
-        }
+        const an_stat *rs_ = an_get(an, i, RM_RATIO);
+        if (rs_->valid) fprintf(f, " & %.3g", rs_->d.mean); else fputs(" & --", f);
         for (size_t k = 0; k < nt; k++) {
             cell(c, i, hm[k], buf, sizeof buf, &mk);
             fputs(" & ", f);
             if (!strcmp(buf, "–")) { fputs("--", f); continue; }
+            const an_stat *s = an_get(an, i, hm[k]);
+            double x = pow(10, scale[k]);
+            rp_fmt_pm(buf, sizeof buf, s->d.mean * x, (s->d.t_hi - s->d.t_lo) / 2 * x, s->d.has_ci);
             tb_tex_num(f, buf);
             if (*mk) fprintf(f, "$^{%s}$", mk);
         }

@@ -111,8 +111,9 @@ void res_free(res_set *s);
 
 /* Display names of every configuration (called by res_load): the label when the sweep gave
  * one (with the budget appended when configurations of several budgets share it), else the
- * family followed by the parameters that vary between the family's configurations
- * ("snapkv keep=0.25 max", numbers as key=value, choices by their value); unique. */
+ * family followed by its budget and the parameters that vary between the family's
+ * configurations, where they differ from the strategy's default ("snapkv keep=0.25
+ * window=16 pool=max"); unique. */
 kv_status res_name_configs(res_set *s, kv_error *err);
 /* Configuration index by display name or label, -1 when absent. */
 long res_find_name(const res_set *s, const char *name);

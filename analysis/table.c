@@ -235,10 +235,29 @@ static const char *axis_title(const tb_pivot *p)
     return p->kind == TB_KEEP ? "keep fraction" : p->kind == TB_BUDGET ? "budget (entries)" : "compression ratio";
 }
 
+/* Common scale of the Markdown and LaTeX cells: shown values are true values x 10^e, so
+ * that the largest |mean| lies in [1, 10) when it is below 0.1 or at least 1000 (KL
+ * divergences of 1e-4..1e-2 read "0.02 ... 6.0" under a "x10^-2" header instead of
+ * scientific notation in every cell, which would not fit a column); 0 otherwise. */
+int tb_scale_exp(double m)
+{
+    if (!(m > 0) || !isfinite(m) || (m >= 0.1 && m < 1000)) return 0;
+    return -(int)floor(log10(m));
+}
+
+static int table_scale(const tb_pivot *p)
+{
+    double m = 0;
+    for (size_t i = 0; i < p->n_rows * p->n_cols; i++)
+        if (p->cell[i].cfg >= 0) m = fmax(m, fabs(an_get(p->an, (size_t)p->cell[i].cfg, p->metric)->d.mean));
+    return tb_scale_exp(m);
+}
+
 static void cell_text(const tb_pivot *p, const tb_cell *c, char *buf, size_t cap)
 {
     const an_stat *s = an_get(p->an, (size_t)c->cfg, p->metric);
-    rp_fmt_pm(buf, cap, s->d.mean, (s->d.t_hi - s->d.t_lo) / 2, s->d.has_ci);
+    double k = pow(10, table_scale(p));
+    rp_fmt_pm(buf, cap, s->d.mean * k, (s->d.t_hi - s->d.t_lo) / 2 * k, s->d.has_ci);
 }
 
 static int any_not_applied(const tb_pivot *p)
@@ -258,7 +277,10 @@ static void md_escape(FILE *f, const char *s)
 void tb_write_md(FILE *f, const tb_pivot *p)
 {
     char buf[128];
-    fprintf(f, "| strategy (%s %s) |", metric_name(p->metric), p->lower_better ? "↓" : "↑");
+    int e = table_scale(p);
+    fprintf(f, "| strategy (%s", metric_name(p->metric));
+    if (e) fprintf(f, " ×10^%d", -e);
+    fprintf(f, " %s) |", p->lower_better ? "↓" : "↑");
     for (size_t k = 0; k < p->n_cols; k++) { col_title(buf, sizeof buf, p, k); fprintf(f, " %s %s |", p->kind == TB_RATIO ? "ratio" : kind_name(p->kind), buf); }
     fputs("\n|---|", f);
     for (size_t k = 0; k < p->n_cols; k++) fputs("--:|", f);
@@ -280,6 +302,7 @@ void tb_write_md(FILE *f, const tb_pivot *p)
     }
     fprintf(f, "\n%s, %s is better: mean over sequences ± half-width of the 95%% t-interval; best per column in bold "
                "(ties included; none in a column of one cell).", metric_name(p->metric), p->lower_better ? "lower" : "higher");
+    if (e) fprintf(f, " Values are in units of 10^%d.", -e);
     if (p->kind == TB_RATIO)
         fputs(" Columns: target compression ratios; each configuration is in the column nearest its measured ratio "
               "(in parentheses) within the tolerance.", f);
@@ -311,7 +334,10 @@ void tb_tex_escape(FILE *f, const char *s)
 {
     for (; *s; s++) {
         switch (*s) {
-        case '_': case '&': case '%': case '#': case '$': case '{': case '}': fprintf(f, "\\%c", *s); break;
+        /* a name may wrap after '_' and '+' in a paragraph column (summary.tex) */
+        case '_': fputs("\\_\\allowbreak{}", f); break;
+        case '+': fputs("+\\allowbreak{}", f); break;
+        case '&': case '%': case '#': case '$': case '{': case '}': fprintf(f, "\\%c", *s); break;
         case '~': fputs("\\textasciitilde{}", f); break;
         case '^': fputs("\\textasciicircum{}", f); break;
         case '\\': fputs("\\textbackslash{}", f); break;
@@ -375,6 +401,8 @@ static void tex_header(FILE *f, const tb_pivot *p)
 {
     const char *mt = metric_tex(p->metric);
     if (mt) fputs(mt, f); else tb_tex_escape(f, res_metric_names[p->metric]);
+    int e = table_scale(p);
+    if (e) fprintf(f, " ($\\times10^{%d}$)", -e);
     fprintf(f, " $%s$ & \\multicolumn{%zu}{c}{%s} \\\\\n", p->lower_better ? "\\downarrow" : "\\uparrow", p->n_cols,
             p->kind == TB_KEEP ? "keep fraction" : p->kind == TB_BUDGET ? "budget (entries)" : "compression ratio");
     fprintf(f, "\\cmidrule(l){2-%zu}\nStrategy", p->n_cols + 1);
@@ -392,19 +420,32 @@ static void tex_caption(FILE *f, const tb_pivot *p)
     if (mt) fputs(mt, f); else { fputs("\\texttt{", f); tb_tex_escape(f, res_metric_names[p->metric]); fputc('}', f); }
     fprintf(f, " by strategy and %s (%s is better): mean over sequences $\\pm$ half-width of the 95\\%% $t$-interval; "
                "best per column in bold.", axis_title(p), p->lower_better ? "lower" : "higher");
+    int e = table_scale(p);
+    if (e) fprintf(f, " Values are in units of $10^{%d}$.", -e);
     if (p->kind == TB_RATIO) fputs(" Each configuration is in the column nearest its measured ratio.", f);
     if (any_not_applied(p)) fputs(" $^\\dagger$compression not applied (equal to the full cache).", f);
     fputc('}', f);
 }
 
+/* Row names longer than this many characters wrap in a paragraph column of 25% of the line
+ * width (at '_', '+' and spaces) instead of widening the table past its column. */
+#define TB_WRAP_NAME 24
+
 void tb_write_tex(FILE *f, const tb_pivot *p)
 {
     int lng = p->n_rows > TB_LONG_ROWS;
-    fprintf(f, "%% kvreport pivot table: needs \\usepackage{booktabs}%s\n",
+    size_t longest = 0;
+    for (size_t r = 0; r < p->n_rows; r++) {
+        size_t L = strlen(p->rs->configs[p->row_cfg[r]].row);
+        if (L > longest) longest = L;
+    }
+    int wrap = longest > TB_WRAP_NAME;
+    fprintf(f, "%% kvreport pivot table: needs \\usepackage{booktabs}%s%s\n", wrap ? ", \\usepackage{array}" : "",
             lng ? " and \\usepackage{longtable} (a longtable: one-column layouts, or \\onecolumn)" : "");
     if (lng) fputs("{\\footnotesize\\setlength{\\tabcolsep}{4pt}\n", f);
     else fputs("\\begin{table}[t]\n\\centering\n\\footnotesize\n\\setlength{\\tabcolsep}{4pt}\n", f);
-    fprintf(f, "\\begin{%s}{@{}l*{%zu}{r}@{}}\n", lng ? "longtable" : "tabular", p->n_cols ? p->n_cols : 1);
+    fprintf(f, "\\begin{%s}{@{}%s*{%zu}{r}@{}}\n", lng ? "longtable" : "tabular",
+            wrap ? ">{\\raggedright\\arraybackslash}p{0.25\\linewidth}" : "l", p->n_cols ? p->n_cols : 1);
     if (lng) {
         tex_caption(f, p);
         fprintf(f, "\\label{%s}\\\\\n\\toprule\n", p->label ? p->label : "tab:kvtrace-pivot");

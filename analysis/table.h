@@ -63,7 +63,12 @@ void tb_write_md(FILE *f, const tb_pivot *p);
 void tb_write_csv(FILE *f, const tb_pivot *p);
 void tb_write_tex(FILE *f, const tb_pivot *p);
 
-/* Shared with the summary table: a "mean ± hw" string as LaTeX math. */
+/* Shown values are true values x 10^e with e = tb_scale_exp(largest |mean| of a column):
+ * largest in [1, 10) when it is below 0.1 or at least 1000, else e = 0. */
+int tb_scale_exp(double max_abs_mean);
+
+/* Shared with the summary table: a "mean ± hw" string in LaTeX (text mode, the interval in
+ * \scriptsize). */
 void tb_tex_num(FILE *f, const char *pm);
 void tb_tex_escape(FILE *f, const char *s);
 
