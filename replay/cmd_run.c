@@ -26,7 +26,9 @@ static const char run_usage[] =
     "usage: kvreplay run TRACE (--sweep FILE | --strategy 'SPEC' ...) -o DIR [options]\n"
     "\n"
     "Replays every configuration over the trace in one pass and writes DIR (replay/RESULTS.md).\n"
-    "  --sweep FILE        one configuration per line; comma lists expand (sweeps/README.md)\n"
+    "  --sweep FILE        one configuration per line; comma lists expand (sweeps/README.md); a\n"
+    "                      relative FILE not found is looked up in the installed sweeps\n"
+    "                      (PREFIX/share/kvtrace/sweeps: --sweep sweeps/default.sweep anywhere)\n"
     "  --strategy SPEC     one sweep line, e.g. 'snapkv keep=0.25' (repeatable)\n"
     "  -o, --out DIR       results directory (created; an existing one must be empty)\n"
     "  --mode MODE         prefill (default) | online (docs/METHODS.md §3)\n"
@@ -135,14 +137,30 @@ static void list_strategies(void)
     }
 }
 
-/* 0 empty or absent (created), 1 has other content, -1 error. */
+/* mkdir -p of dir's parents: `-o out/shard_3` in a fresh job directory (Slurm array tasks
+ * create out/ concurrently: EEXIST is success). */
+static int mkdir_parents(const char *dir)
+{
+    char p[4096];
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) { errno = ENAMETOOLONG; return -1; }
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(p, 0777) && errno != EEXIST) return -1;
+        *s = '/';
+    }
+    return 0;
+}
+
+/* 0 empty or absent (created, with its parents), 1 has other content, -1 error. */
 static int dir_state(const char *dir, int *has_parts)
 {
     struct stat st;
     *has_parts = 0;
     if (stat(dir, &st)) {
         if (errno != ENOENT) return -1;
-        return mkdir(dir, 0777) ? -1 : 0;
+        if (mkdir_parents(dir)) return -1;
+        return mkdir(dir, 0777) && errno != EEXIST ? -1 : 0;
     }
     if (!S_ISDIR(st.st_mode)) return 1;
     DIR *d = opendir(dir);
@@ -328,6 +346,30 @@ struct kvrun {
     int lock_fd;                /* DIR/parts/lock, held for the run; -1 none */
 };
 
+/* A --sweep path that does not exist as given, relative, is looked up among the sweeps
+ * installed with the program (PREFIX/share/kvtrace/, `make install`), so that the README's
+ * `--sweep sweeps/default.sweep` works from any directory: DIR/PATH, then
+ * DIR/sweeps/BASENAME, with DIR the program's ../share/kvtrace. Returns path or buf. */
+static const char *resolve_sweep(const char *path, char *buf, size_t cap)
+{
+    if (!access(path, F_OK) || path[0] == '/') return path;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return path;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash) return path;
+    *slash = 0;
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    const char *fmt[2] = { "%s/../share/kvtrace/%s", "%s/../share/kvtrace/sweeps/%s" };
+    const char *arg[2] = { path, base };
+    for (int k = 0; k < 2; k++) {
+        snprintf(buf, cap, fmt[k], exe, arg[k]);
+        if (!access(buf, R_OK)) return buf;
+    }
+    return path;
+}
+
 int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **out)
 {
     *out = NULL;
@@ -414,6 +456,12 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     if (!trace_path || !outdir || (!sweep_path && !n_specs)) {
         fprintf(stderr, "%s: need TRACE, --sweep FILE or --strategy SPEC, and -o DIR (try --help)\n", g_prog);
         return KV_EXIT_USAGE;
+    }
+    static char sweep_buf[8400];
+    if (sweep_path) {
+        const char *given = sweep_path;
+        sweep_path = resolve_sweep(sweep_path, sweep_buf, sizeof sweep_buf);
+        if (sweep_path != given) fprintf(stderr, "%s: note: --sweep %s: the installed %s\n", g_prog, given, sweep_path);
     }
     if (sweep_path && n_specs) {
         fprintf(stderr, "%s: give --sweep or --strategy, not both\n", g_prog);
