@@ -242,17 +242,18 @@ static kv_status csv_check_int(csv *c, long col, long long v, long long lo, long
     return KV_OK;
 }
 
-/* A label (configs.csv): at most 63 bytes without control characters, quotes, braces or '#'
- * (the sweep's rules), no leading or trailing space. */
+/* A label (configs.csv): at most 63 bytes without control characters, quotes, backquotes,
+ * backslashes, braces or '#' (the sweep's rules; a label reaches gnuplot titles and LaTeX),
+ * no leading or trailing space. */
 static kv_status check_label(csv *c, long col, kv_error *err)
 {
     const unsigned char *v = (const unsigned char *)c->f[col];
     size_t n = strlen((const char *)v);
     int bad = n > 63 || v[0] == ' ' || v[n - 1] == ' ';
-    for (const unsigned char *p = v; *p && !bad; p++) bad = *p < 0x20 || *p == 0x7f || strchr("\"{}#", *p);
+    for (const unsigned char *p = v; *p && !bad; p++) bad = *p < 0x20 || *p == 0x7f || strchr(",\"'`\\{}#", *p);
     if (bad)
         return kv_error_set(err, KV_ERR_VALUE, "%s:%zu: column label = '%.80s' is not a label (at most 63 bytes, no control "
-                            "characters, quotes, braces or '#', no leading or trailing space)", c->path, c->line, c->f[col]);
+                            "characters, quotes, backslashes, braces or '#', no leading or trailing space)", c->path, c->line, c->f[col]);
     return KV_OK;
 }
 

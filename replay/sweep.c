@@ -158,9 +158,10 @@ int sweep_label_check(const char *s, char *why, size_t cap)
     if (n >= RP_LABEL_MAX) { snprintf(why, cap, "is longer than %d bytes", RP_LABEL_MAX - 1); return -1; }
     if (s[0] == ' ' || s[n - 1] == ' ') { snprintf(why, cap, "starts or ends with a space"); return -1; }
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        /* CSV fields are unquoted (no ','); '"' '{' '}' '#' belong to the sweep syntax */
+        /* CSV fields are unquoted (no ','); '"' '{' '}' '#' belong to the sweep syntax; quotes
+         * and backslashes would need escaping in gnuplot titles and shell lines */
         if (*p < 0x20 || *p == 0x7f) { snprintf(why, cap, "holds a control character"); return -1; }
-        if (strchr(",\"{}#", *p)) { snprintf(why, cap, "holds '%c' (not allowed in a label)", *p); return -1; }
+        if (strchr(",\"'`\\{}#", *p)) { snprintf(why, cap, "holds '%c' (not allowed in a label)", *p); return -1; }
     }
     return 0;
 }

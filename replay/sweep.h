@@ -13,7 +13,7 @@
  * Labels: a line may name its configurations for tables and legends with label=NAME or
  * label="NAME WITH SPACES" anywhere on the line (not part of the canonical string). {KEY}
  * in a label is replaced by the value KEY takes on the line ("KIVI-{kbits}bit"). A label
- * holds at most RP_LABEL_MAX - 1 bytes of printable text without ',' '"' '{' '}' '#';
+ * holds at most RP_LABEL_MAX - 1 bytes of printable text without , " ' ` \ { } #;
  * two configurations may share a label only when they differ in their budget alone (a
  * row of a strategy x budget table).
  *

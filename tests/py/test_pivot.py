@@ -192,6 +192,27 @@ check(r.returncode == 1 and "did you mean" in r.stderr, "misspelt strategy in a 
 r = subprocess.run([K, run, "-o", os.path.join(TMP, "rep3"), "--bootstap", "10"], capture_output=True, text=True, env=env)
 check(r.returncode == 2 and "did you mean '--bootstrap'" in r.stderr, "option near miss: " + r.stderr.strip().split("\n")[0])
 
+# results: a label column is read when present and checked like the sweep's labels
+import shutil
+lab = os.path.join(TMP, "labelled")
+shutil.copytree(FIX, lab)
+rows = read_csv(os.path.join(lab, "configs.csv"))
+with open(os.path.join(lab, "configs.csv"), "w") as f:
+    f.write("config_id,config,family,budget_kind,budget_value,label\n")
+    for x in rows:
+        f.write("%s,%s,%s,%s,%s,%s\n" % (x["config_id"], x["config"], x["family"], x["budget_kind"], x["budget_value"],
+                                         "Stream" if x["family"] == "streaming" else ""))
+pv = list(csv.DictReader(table([lab], "--format", "csv").stdout.splitlines()))
+check({x["row"] for x in pv} == {"Stream", "snapkv", "random"} and
+      {x["name"] for x in pv if x["row"] == "Stream"} == {"Stream keep=0.25", "Stream keep=0.5"},
+      "a label column in results: rows %s" % sorted({x["row"] for x in pv}))
+with open(os.path.join(lab, "configs.csv")) as f:
+    text = f.read()
+with open(os.path.join(lab, "configs.csv"), "w") as f:
+    f.write(text.replace(",Stream\n", ",it's\n", 1))
+r = table([lab], ok=False)
+check(r.returncode == 1 and "configs.csv:3: column label" in r.stderr, "a label with a quote refused with file:line: " + r.stderr.strip())
+
 # sweep errors name the line
 bad = os.path.join(TMP, "bad.sweep")
 with open(bad, "w") as f:

@@ -208,6 +208,8 @@ int main(void)
     check_err("quant kbits=2 label=x label=y", "given twice");
     check_err("quant kbits=\"2\"", "quotes are only for label");
     check_err("label=x", "without a configuration");
+    check_err("quant kbits=2 label=it's", "not allowed in a label");
+    check_err("quant kbits=2 label=a\\b", "not allowed in a label");
     check_err("quant kbits=2 label=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "longer than 63");
     {
         rp_sweep ls = { 0 };
