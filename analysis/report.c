@@ -228,14 +228,17 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
     fputs("@{}}\n", f);
     char head[1024];
     int scale[N_HEADLINE];          /* per metric column: shown = true x 10^scale (table.h) */
+    double *col = malloc((an->nc + 1) * sizeof *col);
+    if (!col) { fclose(f); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
     for (size_t k = 0; k < nt; k++) {
-        double mx = 0;
+        size_t n = 0;
         for (size_t i = 0; i < an->nc; i++) {
             const an_stat *s = an_get(an, i, hm[k]);
-            if (s->valid) mx = fmax(mx, fabs(s->d.mean));
+            if (s->valid) col[n++] = s->d.mean;
         }
-        scale[k] = tb_scale_exp(mx);
+        scale[k] = tb_scale_exp(col, n);
     }
+    free(col);
     {
         size_t L = (size_t)snprintf(head, sizeof head, "\\toprule\nConfiguration & Ratio");
         for (size_t k = 0; k < nt && L < sizeof head; k++) {

@@ -235,22 +235,36 @@ static const char *axis_title(const tb_pivot *p)
     return p->kind == TB_KEEP ? "keep fraction" : p->kind == TB_BUDGET ? "budget (entries)" : "compression ratio";
 }
 
-/* Common scale of the Markdown and LaTeX cells: shown values are true values x 10^e, so
- * that the largest |mean| lies in [1, 10) when it is below 0.1 or at least 1000 (KL
- * divergences of 1e-4..1e-2 read "0.02 ... 6.0" under a "x10^-2" header instead of
- * scientific notation in every cell, which would not fit a column); 0 otherwise. */
-int tb_scale_exp(double m)
+/* Common scale of the Markdown and LaTeX cells: shown values are true values x 10^e, chosen
+ * from the median of the nonzero |means| (tb_scale_exp): KL divergences of 1e-4..1e-2 read
+ * "0.02 ... 6.0" under a "x10^-2" header instead of scientific notation in every cell, which
+ * would not fit a column. */
+int tb_scale_exp(const double *x, size_t n)
 {
-    if (!(m > 0) || !isfinite(m) || (m >= 0.1 && m < 1000)) return 0;
-    return -(int)floor(log10(m));
+    double *a = malloc((n ? n : 1) * sizeof *a);
+    size_t m = 0;
+    if (!a) return 0;
+    for (size_t i = 0; i < n; i++) if (isfinite(x[i]) && x[i] != 0) a[m++] = fabs(x[i]);
+    int e = 0;
+    if (m) {
+        qsort(a, m, sizeof *a, dbl_cmp);
+        double med = a[m / 2];
+        if (med < 0.1 || med >= 1000) e = -(int)floor(log10(med));
+    }
+    free(a);
+    return e;
 }
 
 static int table_scale(const tb_pivot *p)
 {
-    double m = 0;
+    double *x = malloc((p->n_rows * p->n_cols + 1) * sizeof *x);
+    size_t n = 0;
+    if (!x) return 0;
     for (size_t i = 0; i < p->n_rows * p->n_cols; i++)
-        if (p->cell[i].cfg >= 0) m = fmax(m, fabs(an_get(p->an, (size_t)p->cell[i].cfg, p->metric)->d.mean));
-    return tb_scale_exp(m);
+        if (p->cell[i].cfg >= 0) x[n++] = an_get(p->an, (size_t)p->cell[i].cfg, p->metric)->d.mean;
+    int e = tb_scale_exp(x, n);
+    free(x);
+    return e;
 }
 
 static void cell_text(const tb_pivot *p, const tb_cell *c, char *buf, size_t cap)

@@ -63,9 +63,9 @@ void tb_write_md(FILE *f, const tb_pivot *p);
 void tb_write_csv(FILE *f, const tb_pivot *p);
 void tb_write_tex(FILE *f, const tb_pivot *p);
 
-/* Shown values are true values x 10^e with e = tb_scale_exp(largest |mean| of a column):
- * largest in [1, 10) when it is below 0.1 or at least 1000, else e = 0. */
-int tb_scale_exp(double max_abs_mean);
+/* Shown values are true values x 10^e: e puts the median of the nonzero |x| in [1, 10)
+ * when that median is below 0.1 or at least 1000, else e = 0. */
+int tb_scale_exp(const double *x, size_t n);
 
 /* Shared with the summary table: a "mean ± hw" string in LaTeX (text mode, the interval in
  * \scriptsize). */
