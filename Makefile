@@ -233,11 +233,29 @@ fuzz:
 clean:
 	rm -rf build build-san bin out report demo-out demo-out.prev fuzz-build
 
-PREFIX ?= /usr/local
+# make install PREFIX=/usr/local (DESTDIR= for staging): the programs and libkvtrace; under
+# PREFIX/share/kvtrace the gnuplot templates (kvreport finds them beside its bin/), the sweeps
+# (kvreplay run --sweep sweeps/default.sweep finds them from any directory) and the capture
+# modules with the reference model; PREFIX/bin/kvcapture runs capture/kvcapture.py with
+# $(PYTHON); the docs under PREFIX/share/doc/kvtrace in the repository's layout (links work).
+PREFIX  ?= /usr/local
+DATADIR := $(DESTDIR)$(PREFIX)/share/kvtrace
+DOCDIR  := $(DESTDIR)$(PREFIX)/share/doc/kvtrace
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
 	install -m 755 $(PROGS) $(MPI_PROGS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(LIBKV) $(DESTDIR)$(PREFIX)/lib/
 	install -m 644 lib/kvtrace.h $(DESTDIR)$(PREFIX)/include/
-	install -d $(DESTDIR)$(PREFIX)/share/kvtrace/plots
-	install -m 644 plots/*.gp $(DESTDIR)$(PREFIX)/share/kvtrace/plots/
+	install -d $(DATADIR)/plots $(DATADIR)/sweeps $(DATADIR)/capture
+	install -m 644 plots/*.gp $(DATADIR)/plots/
+	install -m 644 sweeps/*.sweep sweeps/README.md $(DATADIR)/sweeps/
+	install -m 644 capture/*.py capture/ref_model.pt $(DATADIR)/capture/
+	sed 's|@PYTHON@|$(PYTHON)|' capture/kvcapture.in > $(DESTDIR)$(PREFIX)/bin/kvcapture.tmp
+	chmod 755 $(DESTDIR)$(PREFIX)/bin/kvcapture.tmp && mv $(DESTDIR)$(PREFIX)/bin/kvcapture.tmp $(DESTDIR)$(PREFIX)/bin/kvcapture
+	install -d $(DOCDIR)/docs $(DOCDIR)/replay $(DOCDIR)/traces $(DOCDIR)/sweeps
+	install -m 644 README.md CHANGELOG.md $(DOCDIR)/
+	install -m 644 docs/*.md $(DOCDIR)/docs/
+	install -m 644 replay/RESULTS.md $(DOCDIR)/replay/
+	install -m 644 traces/SCHEMA.md traces/EXPORT.md $(DOCDIR)/traces/
+	install -m 644 sweeps/README.md $(DOCDIR)/sweeps/
+	@echo "install: programs in $(DESTDIR)$(PREFIX)/bin, data in $(DATADIR), docs in $(DOCDIR)"

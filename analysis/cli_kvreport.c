@@ -15,6 +15,8 @@
 
 #include "analyze.h"
 #include "compare.h"
+#include "cmd_table.h"
+#include "suggest.h"
 #include "report.h"
 #include "truth.h"
 #include "results.h"
@@ -25,6 +27,8 @@
 static const char *USAGE =
     "usage: kvreport RESULTS_DIR... -o REPORT_DIR [options]\n"
     "       kvreport compare RUN_DIR... -o COMPARE_DIR [--pair A B]... [--metric M]... (kvreport compare --help)\n"
+    "       kvreport table RESULTS_DIR... --pivot [--metric M] [--columns keep|budget|ratio] [--cols LIST]\n"
+    "                [--format md|csv|tex] [-o FILE]   (a strategy x budget table; kvreport table --help)\n"
     "\n"
     "Statistics across sequences, paired tests against a baseline, tables (Markdown, CSV,\n"
     "LaTeX booktabs) and gnuplot figures (PNG + PDF, with their .gp and .dat) from one or more\n"
@@ -34,8 +38,9 @@ static const char *USAGE =
     "options:\n"
     "  -o, --output DIR        report directory (written atomically; an existing one must be\n"
     "                          empty or a previous kvreport report, which is replaced)\n"
-    "  --baseline CONFIG       configuration every other is compared with (exact config string;\n"
-    "                          default: the full cache `full` when present)\n"
+    "  --baseline CONFIG       configuration every other is compared with: its config string (any\n"
+    "                          spelling the sweep syntax reads as it, e.g. 'streaming keep=0.25'),\n"
+    "                          label or display name (default: the full cache `full` when present)\n"
     "  --metric M              primary metric of the ranked chart (default logit_kl, or out_cos\n"
     "                          without read-out); also the heat-map metric when per_head has it\n"
     "  --heatmap-config CONFIG configuration of the heat map (default: the best at matched\n"
@@ -305,10 +310,17 @@ done:
     cmp_free(s);
     return rc;
 }
+static const char *const OPTIONS[] = {
+    "--output", "--baseline", "--metric", "--heatmap-config", "--target-ratio", "--trace", "--allow-mixed",
+    "--force-trace", "--seed", "--bootstrap", "--no-figures", "--truth", "--gains", "--plots", "--help",
+    "--reliability-config", "--figure-width",
+};
 
 int main(int argc, char **argv)
 {
     signal(SIGXFSZ, SIG_IGN);      /* a file-size limit (ulimit -f) becomes a write error (EFBIG) with a message */
+    if (argc > 1 && !strcmp(argv[1], "table")) return kvr_table_main(argc - 1, argv + 1);
+    char hint[256];
     const char **dirs = calloc((size_t)argc + 1, sizeof *dirs);
     g_dirs = dirs;
     atexit(free_dirs);             /* every return path, usage errors included */
@@ -358,14 +370,22 @@ int main(int argc, char **argv)
             target = strtod(argv[++i], &end);
             if (*end || !(target >= 1) || !isfinite(target)) return usage_error("--target-ratio needs a number >= 1", argv[i]);
         }
-        else if (a[0] == '-' && a[1]) return usage_error("unknown option", a);
+        else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "kvreport: unknown option: %s%s\n(kvreport --help for usage)\n", a,
+                    kv_suggest_hint(a, OPTIONS, sizeof OPTIONS / sizeof *OPTIONS, hint, sizeof hint));
+            return 2;
+        }
         else dirs[nd++] = a;
 #undef NEED_ARG
     }
     if (!nd) return usage_error("no results directory given", NULL);
     if (!out) return usage_error("no report directory given (-o REPORT_DIR)", NULL);
     int mi = -1;
-    if (metric && (mi = res_metric_index(metric)) < 0) return usage_error("unknown metric (see replay/RESULTS.md per_seq columns, or nll_delta)", metric);
+    if (metric && (mi = res_metric_index(metric)) < 0) {
+        fprintf(stderr, "kvreport: unknown metric (see replay/RESULTS.md per_seq columns, or nll_delta): %s%s\n"
+                "(kvreport --help for usage)\n", metric, kv_suggest_hint(metric, res_metric_names, RM_COUNT, hint, sizeof hint));
+        return 2;
+    }
 
     /* the report directory: refuse early, before any work */
     int state = report_dir_state(out);
@@ -400,10 +420,10 @@ int main(int argc, char **argv)
 
     long base = -1;
     if (baseline) {
-        base = res_find_config(rs, baseline);
+        base = res_resolve_config(rs, baseline, hint, sizeof hint);
         if (base < 0) {
-            fprintf(stderr, "kvreport: --baseline '%s' is not a configuration in the results (%zu configurations, e.g. '%s')\n",
-                    baseline, rs->n_configs, rs->configs[0].config);
+            fprintf(stderr, "kvreport: --baseline '%s' is not a configuration in the results (%zu configurations): %s\n",
+                    baseline, rs->n_configs, hint[0] ? hint : "give its config string, label or name (report.md, The sweep)");
             res_free(rs);
             return 1;
         }
@@ -412,8 +432,9 @@ int main(int argc, char **argv)
         if (base < 0) fprintf(stderr, "kvreport: warning: no `full` configuration and no --baseline: paired comparisons skipped\n");
     }
     long focus = -1;
-    if (heat && (focus = res_find_config(rs, heat)) < 0) {
-        fprintf(stderr, "kvreport: --heatmap-config '%s' is not a configuration in the results\n", heat);
+    if (heat && (focus = res_resolve_config(rs, heat, hint, sizeof hint)) < 0) {
+        fprintf(stderr, "kvreport: --heatmap-config '%s' is not a configuration in the results: %s\n", heat,
+                hint[0] ? hint : "give its config string, label or name (report.md, The sweep)");
         res_free(rs);
         return 1;
     }

@@ -10,7 +10,7 @@
 
 const char *cmp_config_key(const res_config *c)
 {
-    return c->config;
+    return c->label && *c->label ? c->label : c->config;     /* a sweep label names the same configuration across runs */
 }
 
 static char *xstrdup(const char *s)

@@ -2,7 +2,7 @@
  * splits or protocols) side by side, never merged.
  *
  * Each run is loaded and analysed alone (res_load, an_compute). Configurations are matched
- * across runs by their key (cmp_config_key: today the canonical configuration string; a
+ * across runs by their key (cmp_config_key: the sweep label when it has one, else the canonical configuration string; a
  * configuration's label, when the results carry one, is the place to plug in). Outputs,
  * under rp_ctx.dir (the caller builds it in a temporary directory and renames it):
  *   compare.md                  the runs, one pivot table per metric, the paired tests

@@ -1,6 +1,7 @@
 /* kvreport tables and report.md (see report.h). Files are written inside the report's
  * temporary directory; the caller renames the whole directory into place. */
 #include "report.h"
+#include "table.h"
 
 #include <errno.h>
 #include <math.h>
@@ -89,19 +90,6 @@ static size_t headline(const rp_ctx *c, int *out)
     return n;
 }
 
-static void latex_escape(FILE *f, const char *s)
-{
-    for (; *s; s++) {
-        switch (*s) {
-        case '_': case '&': case '%': case '#': case '$': case '{': case '}': fprintf(f, "\\%c", *s); break;
-        case '~': fputs("\\textasciitilde{}", f); break;
-        case '^': fputs("\\textasciicircum{}", f); break;
-        case '\\': fputs("\\textbackslash{}", f); break;
-        default: fputc(*s, f);
-        }
-    }
-}
-
 static void md_escape(FILE *f, const char *s)
 {
     for (; *s; s++) {
@@ -163,14 +151,14 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
     /* ---- summary.md ---- */
     FILE *f = open_out(c, "tables/summary.md", err);
     if (!f) return err->code;
-    fputs("| config | family | n | ratio | keep |", f);
+    fputs("| configuration | family | n | ratio | keep |", f);
     for (size_t k = 0; k < nh; k++) fprintf(f, " %s |", metric_title(hm[k]));
     fputs("\n|---|---|--:|--:|--:|", f);
     for (size_t k = 0; k < nh; k++) fputs("--:|", f);
     fputc('\n', f);
     for (size_t i = 0; i < an->nc; i++) {
         const res_config *cf = &rs->configs[i];
-        fputs("| ", f); md_escape(f, cf->config);
+        fputs("| ", f); md_escape(f, cf->name);
         if ((long)i == an->baseline) fputs(" (baseline)", f);
         if (cf->not_applied) fputs(" ⚠ not applied", f);
         fputs(" | ", f); md_escape(f, cf->family);
@@ -198,7 +186,7 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
 
     /* ---- summary.csv ---- */
     if (!(f = open_out(c, "tables/summary.csv", err))) return err->code;
-    fputs("config_id,config,family,n_seq,not_applied,ratio,keep_frac", f);
+    fputs("config_id,config,name,family,n_seq,not_applied,ratio,keep_frac", f);
     for (size_t k = 0; k < nh; k++) {
         const char *n = res_metric_names[hm[k]];
         fprintf(f, ",%s_mean,%s_lo,%s_hi,%s_p_holm", n, n, n, n);
@@ -206,7 +194,7 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
     fputc('\n', f);
     for (size_t i = 0; i < an->nc; i++) {
         const res_config *cf = &rs->configs[i];
-        fprintf(f, "%zu,%s,%s,%zu,%d", i, cf->config, cf->family, cf->n_seqs, cf->not_applied);
+        fprintf(f, "%zu,%s,%s,%s,%zu,%d", i, cf->config, cf->name, cf->family, cf->n_seqs, cf->not_applied);
         const an_stat *s = an_get(an, i, RM_RATIO);
         csv_num(f, s->d.mean, s->valid);
         s = an_get(an, i, RM_KEEP_FRAC);
@@ -223,54 +211,99 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
     }
     if ((st = close_out(c, f, "tables/summary.csv", err))) return st;
 
-    /* ---- summary.tex (booktabs) ---- */
+    /* ---- summary.tex (booktabs): named rows, a longtable when long ---- */
     if (!(f = open_out(c, "tables/summary.tex", err))) return err->code;
-    fputs("% kvreport table; needs \\usepackage{booktabs}\n\\begin{table}[t]\n\\centering\n\\small\n", f);
-    fputs("\\begin{tabular}{ll", f);
-    for (size_t k = 0; k < nh + 2; k++) fputc('r', f);
-    fputs("}\n\\toprule\nConfiguration & Family & Ratio & Keep", f);
-    for (size_t k = 0; k < nh; k++) fprintf(f, " & %s", metric_latex(hm[k]));
-    fputs(" \\\\\n\\midrule\n", f);
+    int lng = an->nc > TB_LONG_ROWS, dagger = 0;
+    for (size_t i = 0; i < an->nc; i++) dagger |= rs->configs[i].not_applied;
+    fprintf(f, "%% kvreport summary table: needs \\usepackage{booktabs,array}%s; fits \\textwidth (table*: spans both "
+               "columns of a two-column layout) with the first three headline metrics (all are in summary.md and summary.csv; "
+               "kvreport table --pivot for one metric by strategy and budget)\n",
+            lng ? " and \\usepackage{longtable} (one-column layouts)" : "");
+    size_t nt = nh < 3 ? nh : 3;
+    if (lng) fputs("{\\footnotesize\\setlength{\\tabcolsep}{3pt}\n", f);
+    else fputs("\\begin{table*}[t]\n\\centering\n\\footnotesize\n\\setlength{\\tabcolsep}{3pt}\n", f);
+    /* names wrap in a column of 20% of the text width; numbers stay on one line */
+    fprintf(f, "\\begin{%s}{@{}>{\\raggedright\\arraybackslash}p{0.2\\textwidth}r", lng ? "longtable" : "tabular");
+    for (size_t k = 0; k < nt; k++) fputc('r', f);
+    fputs("@{}}\n", f);
+    char head[1024];
+    int scale[N_HEADLINE];          /* per metric column: shown = true x 10^scale (table.h) */
+    double *col = malloc((an->nc + 1) * sizeof *col);
+    if (!col) { fclose(f); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
+    for (size_t k = 0; k < nt; k++) {
+        size_t n = 0;
+        for (size_t i = 0; i < an->nc; i++) {
+            const an_stat *s = an_get(an, i, hm[k]);
+            if (s->valid) col[n++] = s->d.mean;
+        }
+        scale[k] = tb_scale_exp(col, n);
+    }
+    free(col);
+    {
+        size_t L = (size_t)snprintf(head, sizeof head, "\\toprule\nConfiguration & Ratio");
+        for (size_t k = 0; k < nt && L < sizeof head; k++) {
+            L += (size_t)snprintf(head + L, sizeof head - L, " & %s %s", metric_latex(hm[k]),
+                                  an_lower_better(hm[k]) ? "$\\downarrow$" : "$\\uparrow$");
+            if (scale[k] && L < sizeof head) L += (size_t)snprintf(head + L, sizeof head - L, " ($\\times10^{%d}$)", -scale[k]);
+        }
+        if (L < sizeof head) snprintf(head + L, sizeof head - L, " \\\\\n\\midrule\n");
+    }
+    char cap[2048];
+    {
+        size_t L = (size_t)snprintf(cap, sizeof cap, "\\caption{Mean over sequences $\\pm$ half-width of the 95\\%% $t$-interval. "
+                                    "Ratio: fp16 full-cache bytes / compressed bytes.");
+        if (base && L < sizeof cap)
+            L += (size_t)snprintf(cap + L, sizeof cap - L, " Marks: paired $t$-test against the baseline, Holm-adjusted: "
+                                  "$^{*}p<0.05$, $^{**}p<0.01$, $^{***}p<0.001$.");
+        if (dagger && L < sizeof cap)
+            L += (size_t)snprintf(cap + L, sizeof cap - L, " $^\\dagger$compression not applied (results equal the full cache bit for bit).");
+        if (L < sizeof cap) snprintf(cap + L, sizeof cap - L, "}");
+    }
+    if (lng) {
+        fprintf(f, "%s\\label{tab:kvtrace-summary}\\\\\n%s\\endfirsthead\n\\multicolumn{%zu}{@{}l}{\\emph{(continued)}} \\\\\n%s"
+                   "\\endhead\n\\bottomrule\n\\endfoot\n", cap, head, nt + 2, head);
+    } else {
+        fputs(head, f);
+    }
     for (size_t i = 0; i < an->nc; i++) {
         const res_config *cf = &rs->configs[i];
-        fputs("\\texttt{", f); latex_escape(f, cf->config); fputs("}", f);
+        tb_tex_escape(f, cf->name);
         if ((long)i == an->baseline) fputs(" (baseline)", f);
         if (cf->not_applied) fputs("$^\\dagger$", f);
-        fputs(" & ", f); latex_escape(f, cf->family);
-        for (int m = RM_RATIO; ; m = RM_KEEP_FRAC) {
-            const an_stat *s = an_get(an, i, m);
-            if (s->valid) fprintf(f, " & %.3g", s->d.mean); else fputs(" & --", f);
-            if (m == RM_KEEP_FRAC) break;
-        }
-        for (size_t k = 0; k < nh; k++) {
+        const an_stat *rs_ = an_get(an, i, RM_RATIO);
+        if (rs_->valid) fprintf(f, " & %.3g", rs_->d.mean); else fputs(" & --", f);
+        for (size_t k = 0; k < nt; k++) {
             cell(c, i, hm[k], buf, sizeof buf, &mk);
             fputs(" & ", f);
             if (!strcmp(buf, "–")) { fputs("--", f); continue; }
-            fputs("${", f);
-            for (const char *p = buf; *p; p++) {
-                if (!strncmp(p, "±", strlen("±"))) { fputs("\\pm", f); p += strlen("±") - 1; }
-                else if (*p == 'e' && (p[1] == '-' || p[1] == '+')) {
-                    /* 1.2e-05 -> 1.2\times10^{-5} */
-                    int ex = atoi(p + 1);
-                    fprintf(f, "\\times10^{%d}", ex);
-                    p++;
-                    while (p[1] >= '0' && p[1] <= '9') p++;
-                } else fputc(*p, f);
-            }
-            fputc('}', f);
-            if (*mk) fprintf(f, "^{%s}", mk);
-            fputc('$', f);
+            const an_stat *s = an_get(an, i, hm[k]);
+            double x = pow(10, scale[k]);
+            rp_fmt_pm(buf, sizeof buf, s->d.mean * x, (s->d.t_hi - s->d.t_lo) / 2 * x, s->d.has_ci);
+            tb_tex_num(f, buf);
+            if (*mk) fprintf(f, "$^{%s}$", mk);
         }
         fputs(" \\\\\n", f);
     }
-    fputs("\\bottomrule\n\\end{tabular}\n", f);
-    fputs("\\caption{Mean over sequences $\\pm$ half-width of the 95\\% $t$-interval. Ratio: fp16 full-cache bytes / compressed bytes.", f);
-    if (base) {
-        fputs(" Marks: paired $t$-test against \\texttt{", f); latex_escape(f, base);
-        fputs("}, Holm-adjusted: $^{*}p<0.05$, $^{**}p<0.01$, $^{***}p<0.001$.", f);
-    }
-    fputs(" $^\\dagger$ compression not applied (results equal the full cache bit for bit).}\n\\label{tab:kvtrace}\n\\end{table}\n", f);
+    if (lng) fputs("\\end{longtable}}\n", f);
+    else fprintf(f, "\\bottomrule\n\\end{tabular}\n%s\n\\label{tab:kvtrace-summary}\n\\end{table*}\n", cap);
     if ((st = close_out(c, f, "tables/summary.tex", err))) return st;
+
+    /* ---- pivot.{md,csv,tex}: strategy x budget for the primary metric ---- */
+    {
+        double cols[TB_MAX_COLS];
+        tb_opts o = { .metric = c->metric, .kind = TB_KEEP, .label = "tab:kvtrace-pivot" };
+        if (!tb_available(rs, an, TB_KEEP, c->metric, cols))
+            o.kind = tb_available(rs, an, TB_BUDGET, c->metric, cols) ? TB_BUDGET : TB_RATIO;
+        tb_pivot *pv = NULL;
+        if ((st = tb_pivot_build(rs, an, &o, &pv, err))) return st;
+        static const char *const rel[3] = { "tables/pivot.md", "tables/pivot.csv", "tables/pivot.tex" };
+        for (int w = 0; w < 3; w++) {
+            if (!(f = open_out(c, rel[w], err))) { tb_pivot_free(pv); return err->code; }
+            if (w == 0) tb_write_md(f, pv); else if (w == 1) tb_write_csv(f, pv); else tb_write_tex(f, pv);
+            if ((st = close_out(c, f, rel[w], err))) { tb_pivot_free(pv); return st; }
+        }
+        tb_pivot_free(pv);
+    }
 
     /* ---- stats.csv (long form) ---- */
     if (!(f = open_out(c, "tables/stats.csv", err))) return err->code;
@@ -309,7 +342,7 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
     return close_out(c, f, "tables/comparisons.csv", err);
 }
 
-const char *config_display_name(const res_config *cf) { return cf->config; }
+const char *config_display_name(const res_config *cf) { return cf->name ? cf->name : cf->config; }
 
 /* ---- matched-compression selection --------------------------------------------------- */
 
@@ -434,10 +467,12 @@ kv_status rp_write_report(rp_ctx *c, kv_error *err)
               "paired tests pair sequences by index across them.\n\n", f);
 
     /* ---- sweep ---- */
-    fputs("## The sweep\n\n| id | config | family | budget | sequences |\n|--:|---|---|---|--:|\n", f);
+    fputs("## The sweep\n\nName: the sweep's label, else the family and the parameters that vary within it.\n\n"
+          "| id | name | config | family | budget | sequences |\n|--:|---|---|---|---|--:|\n", f);
     for (size_t i = 0; i < rs->n_configs; i++) {
         const res_config *cf = &rs->configs[i];
-        fprintf(f, "| %zu | ", i); md_config(f, cf->config);
+        fprintf(f, "| %zu | ", i); md_escape(f, cf->name);
+        fputs(" | ", f); md_config(f, cf->config);
         fputs(" | ", f); md_escape(f, cf->family);
         fprintf(f, " | %s", cf->budget_kind);
         if (!isnan(cf->budget_value)) fprintf(f, " %.9g", cf->budget_value);
@@ -478,6 +513,10 @@ kv_status rp_write_report(rp_ctx *c, kv_error *err)
     /* ---- tables ---- */
     fputs("## Results\n\n", f);
     if ((st = copy_file_into(f, c, "tables/summary.md", err))) { fclose(f); return st; }
+    fputs("\n### By strategy and budget\n\n", f);
+    if ((st = copy_file_into(f, c, "tables/pivot.md", err))) { fclose(f); return st; }
+    fputs("\nLaTeX: [tables/pivot.tex](tables/pivot.tex); CSV: [tables/pivot.csv](tables/pivot.csv); other metrics, "
+          "columns and layouts: `kvreport table --pivot`.\n", f);
     fputs("\nAll statistics: [tables/stats.csv](tables/stats.csv) (n, mean, sd, min, max, 95% t-interval, "
           "bootstrap percentile interval); paired tests: [tables/comparisons.csv](tables/comparisons.csv); "
           "LaTeX: [tables/summary.tex](tables/summary.tex); CSV: [tables/summary.csv](tables/summary.csv).\n\n", f);

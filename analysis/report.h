@@ -3,7 +3,9 @@
  * Layout written under rp_ctx.dir (the caller builds it in a temporary directory and
  * renames it into place):
  *   report.md                       the report (provenance, sweep, guards, tables, figures)
- *   tables/summary.{md,csv,tex}     headline table: metric mean ± 95% t-interval, ratio, keep
+ *   tables/summary.{md,csv,tex}     headline table by display name: metric mean ± 95% t-interval,
+ *                                   ratio, keep (LaTeX: three metrics, a longtable when long)
+ *   tables/pivot.{md,csv,tex}       the primary metric by strategy and budget (table.h)
  *   tables/stats.csv                every configuration x metric: n, mean, sd, min, max,
  *                                   t-interval, bootstrap interval
  *   tables/comparisons.csv          paired tests against the baseline, Holm-adjusted

@@ -273,6 +273,21 @@ static kv_status csv_check_int(csv *c, long col, long long v, long long lo, long
     return KV_OK;
 }
 
+/* A label (configs.csv): at most 63 bytes without control characters, quotes, backquotes,
+ * backslashes, braces or '#' (the sweep's rules; a label reaches gnuplot titles and LaTeX),
+ * no leading or trailing space. */
+static kv_status check_label(csv *c, long col, kv_error *err)
+{
+    const unsigned char *v = (const unsigned char *)c->f[col];
+    size_t n = strlen((const char *)v);
+    int bad = n > 63 || v[0] == ' ' || v[n - 1] == ' ';
+    for (const unsigned char *p = v; *p && !bad; p++) bad = *p < 0x20 || *p == 0x7f || strchr(",\"'`\\{}#", *p);
+    if (bad)
+        return kv_error_set(err, KV_ERR_VALUE, "%s:%zu: column label = '%.80s' is not a label (at most 63 bytes, no control "
+                            "characters, quotes, backslashes, braces or '#', no leading or trailing space)", c->path, c->line, c->f[col]);
+    return KV_OK;
+}
+
 /* per_seq.csv metric domains, res_metric order (nll_delta is derived, not read). */
 static const res_dom seq_dom[RM_NLL_DELTA] = {
     DOM_UNIT, DOM_NONNEG, DOM_NONNEG, DOM_NONNEG, DOM_NONNEG, DOM_NONNEG, DOM_NONNEG, DOM_NONNEG,
@@ -434,7 +449,7 @@ typedef struct loader {
 } loader;
 
 static kv_status add_config(loader *L, const char *cfg, const char *family, const char *bk,
-                            double bv, long long id, const char *where, size_t *gi, kv_error *err)
+                            double bv, const char *label, long long id, const char *where, size_t *gi, kv_error *err)
 {
     res_set *s = L->s;
     long i = res_find_config(s, cfg);
@@ -443,6 +458,10 @@ static kv_status add_config(loader *L, const char *cfg, const char *family, cons
         if (strcmp(c->family, family) || strcmp(c->budget_kind, bk) || !same_num(c->budget_value, bv))
             return kv_error_set(err, KV_ERR_FORMAT, "%s: config '%s' has family/budget '%s %s %g' here but '%s %s %g' in an earlier directory",
                         where, cfg, family, bk, bv, c->family, c->budget_kind, c->budget_value);
+        if (label && c->label && strcmp(label, c->label))
+            return kv_error_set(err, KV_ERR_FORMAT, "%s: config '%s' is labelled '%s' here but '%s' in an earlier directory",
+                                where, cfg, label, c->label);
+        if (label && !c->label && !(c->label = xstrdup(label))) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
         *gi = (size_t)i;
         return KV_OK;
     }
@@ -454,6 +473,7 @@ static kv_status add_config(loader *L, const char *cfg, const char *family, cons
     c->config = xstrdup(cfg); c->family = xstrdup(family); c->budget_kind = xstrdup(bk);
     if (!c->config || !c->family || !c->budget_kind) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     c->budget_value = bv;
+    if (label && !(c->label = xstrdup(label))) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     c->first_id = id;
     c->not_applied = -1;            /* unset until a summary row is seen */
     *gi = s->n_configs++;
@@ -563,6 +583,8 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         (st = csv_col(&c, "family", 1, &cf, err)) || (st = csv_col(&c, "budget_kind", 1, &cbk, err)) ||
         (st = csv_col(&c, "budget_value", 1, &cbv, err)))
         goto out;
+    long clab;                      /* optional: present when the sweep labelled a configuration */
+    if ((st = csv_col(&c, "label", 0, &clab, err))) goto out;
     while (csv_row(&c, err, &st)) {
         long long id;
         double bv;
@@ -594,8 +616,10 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         }
         if (map[id] != (size_t)-1) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config_id %lld repeated", path, c.line, id); goto out; }
         if ((st = csv_typed(&c, err))) goto out;
+        const char *lab = clab >= 0 && *c.f[clab] ? c.f[clab] : NULL;
+        if (lab && (st = check_label(&c, clab, err))) goto out;
         size_t gi = 0;
-        if ((st = add_config(L, c.f[cc], c.f[cf], c.f[cbk], bv, id, path, &gi, err))) goto out;
+        if ((st = add_config(L, c.f[cc], c.f[cf], c.f[cbk], bv, lab, id, path, &gi, err))) goto out;
         for (size_t k = cb0; k < L->n_cb; k++)
             if (L->cb[k].cfg == gi) { st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config '%s' listed twice", path, c.line, c.f[cc]); goto out; }
         contrib *ncb = realloc(L->cb, (L->n_cb + 1) * sizeof *ncb);
@@ -910,6 +934,7 @@ kv_status res_load(const char *const *dirs, size_t n, int allow_mixed, res_set *
     }
     for (size_t g = 0; g < s->n_configs; g++)
         if ((st = finish_config(&L, g, err)) != KV_OK) goto done;
+    st = res_name_configs(s, err);
 done:
     for (size_t k = 0; k < L.n_cb; k++) { free(L.cb[k].seqs); free(L.cb[k].heads); }
     free(L.cb);
@@ -930,6 +955,7 @@ void res_free(res_set *s)
     for (size_t i = 0; i < s->n_configs; i++) {
         res_config *c = &s->configs[i];
         free(c->config); free(c->family); free(c->budget_kind);
+        free(c->label); free(c->name); free(c->row); free(c->rowkey);
         free(c->seqs); free(c->heads);
     }
     free(s->configs);

@@ -74,6 +74,12 @@ typedef struct res_calib_bin { double count, conf_sum, acc_sum; } res_calib_bin;
 
 typedef struct res_config {
     char *config, *family, *budget_kind;
+    char *label;                   /* configs.csv label column (the sweep's label=), NULL when none */
+    /* Display names (res_name_configs): name is unique and names the configuration in every
+     * table and legend; row names its pivot row (name without the budget) and rowkey groups
+     * the configurations that differ in their budget alone (config without " keep=F" /
+     * " budget=N"). */
+    char *name, *row, *rowkey;
     double budget_value;           /* NaN when empty */
     long long first_id;            /* config_id in the first directory that had it */
     int not_applied;               /* summary.csv flag (AND over contributing directories) */
@@ -103,6 +109,21 @@ kv_status res_load(const char *const *dirs, size_t n, int allow_mixed, res_set *
  * file gives KV_OK with *missing = 1 and *out = NULL. */
 kv_status res_read_file(const char *path, char **out, size_t *len, int *missing, kv_error *err);
 void res_free(res_set *s);
+
+/* Display names of every configuration (called by res_load): the label when the sweep gave
+ * one (with the budget appended when configurations of several budgets share it), else the
+ * family followed by its budget and the parameters that vary between the family's
+ * configurations, where they differ from the strategy's default ("snapkv keep=0.25
+ * window=16 pool=max"); unique. */
+kv_status res_name_configs(res_set *s, kv_error *err);
+/* Configuration index by display name or label, -1 when absent. */
+long res_find_name(const res_set *s, const char *name);
+
+/* A configuration named on the command line: its canonical string, display name or label,
+ * or any other spelling the sweep parser reads as one of the configurations ("streaming
+ * keep=0.25" for "streaming keep=0.25 sinks=4 reindex=0"). -1 when none, with a hint for
+ * the message in hint ("did you mean '...'?", or why it does not parse; may be empty). */
+long res_resolve_config(const res_set *s, const char *spec, char *hint, size_t cap);
 
 /* Provenance value of a directory, NULL when absent. */
 const char *res_prov(const res_dir *d, const char *key);

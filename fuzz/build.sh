@@ -17,6 +17,6 @@ LIBKV="$(ls lib/*.c | grep -v fp16) $OUT/fp16.o"
 $CC $FLAGS -D'__builtin_cpu_supports(x)=0' -c -o "$OUT/fp16.o" lib/fp16.c
 $CC $FLAGS -o "$OUT/fuzz_sweep" fuzz/fuzz_sweep.c replay/sweep.c replay/strategy.c replay/strategies/*.c $LIBKV $LIBS
 if [ -f fuzz/fuzz_results.c ]; then
-    $CC $FLAGS -o "$OUT/fuzz_results" fuzz/fuzz_results.c analysis/results.c replay/output.c replay/needle.c replay/readout.c \
+    $CC $FLAGS -o "$OUT/fuzz_results" fuzz/fuzz_results.c analysis/results.c analysis/labels.c replay/output.c replay/needle.c replay/readout.c \
         replay/sweep.c replay/strategy.c replay/strategies/*.c $LIBKV $LIBS
 fi

@@ -21,3 +21,8 @@ with open(os.path.join(out, "seed_results_small"), "wb") as f:
 for drop in range(2, len(names)):            # variants with one file missing
     with open(os.path.join(out, f"seed_without_{names[drop]}"), "wb") as f:
         f.write(b"\0".join(p if i != drop else b"" for i, p in enumerate(parts)))
+# configs.csv with the optional label column (labels on every other configuration)
+rows = parts[1].decode().splitlines()
+labelled = [rows[0] + ",label"] + [r + (",Label %d" % i if i % 2 else ",") for i, r in enumerate(rows[1:])]
+with open(os.path.join(out, "seed_labelled"), "wb") as f:
+    f.write(b"\0".join([parts[0], ("\n".join(labelled) + "\n").encode()] + parts[2:]))

@@ -13,7 +13,7 @@
 
 static const kv_column configs_cols[] = {
     { "config_id", I, 0 }, { "config", S, 0 }, { "family", S, 0 }, { "budget_kind", S, 0 },
-    { "budget_value", O, 0 },
+    { "budget_value", O, 0 }, { "label", S, 2 },
 };
 
 /* The metric block per_seq and summary share (summary adds ppl_* among the read-out). */
@@ -62,7 +62,7 @@ static const kv_column provenance_keys[] = {
     { "mode", S, 0 }, { "decode", I, 0 }, { "sweep", S, 0 }, { "n_configs", I, 0 },
     { "n_seq", I, 0 }, { "threads", I, 0 }, { "page_size", I, 1 }, { "n_layers", I, 1 },
     { "n_heads", I, 1 }, { "hdf5_version", S, 0 }, { "gsl_version", S, 0 },
-    { "openblas_config", S, 0 }, { "blas", S, 1 }, { "argv", S, 0 }, { "started", S, 0 },
+    { "openblas_config", S, 0 }, { "blas", S, 1 }, { "param_defaults", S, 1 }, { "argv", S, 0 }, { "started", S, 0 },
     { "finished", S, 0 }, { "shard", S, 0 },
 };
 
@@ -95,14 +95,18 @@ long kv_results_column(kv_rfile f, const char *name)
     return -1;
 }
 
-int kv_results_put_header(FILE *fp, kv_rfile f)
+int kv_results_put_header_opt(FILE *fp, kv_rfile f, int with_optional)
 {
     const kv_results_file *rf = kv_results_file_get(f);
     if (!rf) return -1;
-    for (size_t i = 0; i < rf->n_cols; i++)
+    for (size_t i = 0; i < rf->n_cols; i++) {
+        if (rf->cols[i].late == 2 && !with_optional) continue;
         if (fprintf(fp, "%s%s", i ? "," : "", rf->cols[i].name) < 0) return -1;
+    }
     return fputc('\n', fp) == EOF ? -1 : 0;
 }
+
+int kv_results_put_header(FILE *fp, kv_rfile f) { return kv_results_put_header_opt(fp, f, 0); }
 
 int kv_results_cell_ok(kv_col_type t, const char *s)
 {

@@ -27,7 +27,9 @@ typedef enum kv_col_type {
 typedef struct kv_column {
     const char *name;
     kv_col_type type;
-    int late;          /* may be absent in a version-1 file written before it existed */
+    int late;          /* 1: may be absent in a version-1 file written before it existed;
+                          2: optional, written only when used (configs.csv's label: results
+                          of sweeps without labels stay byte-identical to earlier ones) */
 } kv_column;
 
 typedef enum kv_rfile {
@@ -45,8 +47,10 @@ typedef struct kv_results_file {
 const kv_results_file *kv_results_file_get(kv_rfile f);
 /* Index of column name in file f, -1 when the schema has no such column. */
 long kv_results_column(kv_rfile f, const char *name);
-/* The header row of CSV file f (names joined by ',', then '\n'); returns fprintf's status. */
+/* The header row of CSV file f (names joined by ',', then '\n'), without the optional
+ * columns (late == 2) unless with_optional; returns fprintf's status. */
 int kv_results_put_header(FILE *fp, kv_rfile f);
+int kv_results_put_header_opt(FILE *fp, kv_rfile f, int with_optional);
 /* 1 when the field text s is a valid value of type t, else 0. */
 int kv_results_cell_ok(kv_col_type t, const char *s);
 /* "an integer", "a finite number", ... for messages. */

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "suggest.h"
 #include "kvtrace.h"
 
 static const char usage[] =
@@ -33,6 +34,9 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "check")) return kvcmd_check(argc - 1, argv + 1);
     if (!strcmp(argv[1], "run"))   return kvcmd_run(argc - 1, argv + 1);
     if (!strcmp(argv[1], "merge")) return kvcmd_merge(argc - 1, argv + 1);
-    fprintf(stderr, "kvreplay: unknown command '%s' (try kvreplay --help)\n", argv[1]);
+    static const char *const cmds[] = { "info", "check", "run", "merge" };
+    char hint[128];
+    fprintf(stderr, "kvreplay: unknown command '%s'%s (try kvreplay --help)\n", argv[1],
+            kv_suggest_hint(argv[1], cmds, 4, hint, sizeof hint));
     return KV_EXIT_USAGE;
 }

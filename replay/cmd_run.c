@@ -20,6 +20,7 @@
 #include "output.h"
 #include "progress.h"
 #include "readout.h"
+#include "suggest.h"
 #include "sweep.h"
 
 static const char run_usage[] =
@@ -27,7 +28,9 @@ static const char run_usage[] =
     "\n"
     "Replays every configuration over the trace in one pass and writes DIR (replay/RESULTS.md);\n"
     "a trace with /needles also gets needles.csv and needle_heads.csv (needle metrics).\n"
-    "  --sweep FILE        one configuration per line; comma lists expand (sweeps/README.md)\n"
+    "  --sweep FILE        one configuration per line; comma lists expand (sweeps/README.md); a\n"
+    "                      relative FILE not found is looked up in the installed sweeps\n"
+    "                      (PREFIX/share/kvtrace/sweeps: --sweep sweeps/default.sweep anywhere)\n"
     "  --strategy SPEC     one sweep line, e.g. 'snapkv keep=0.25' (repeatable)\n"
     "  -o, --out DIR       results directory (created; an existing one must be empty)\n"
     "  --mode MODE         prefill (default) | online (docs/METHODS.md §3)\n"
@@ -140,14 +143,30 @@ static void list_strategies(void)
     }
 }
 
-/* 0 empty or absent (created), 1 has other content, -1 error. */
+/* mkdir -p of dir's parents: `-o out/shard_3` in a fresh job directory (Slurm array tasks
+ * create out/ concurrently: EEXIST is success). */
+static int mkdir_parents(const char *dir)
+{
+    char p[4096];
+    if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) { errno = ENAMETOOLONG; return -1; }
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(p, 0777) && errno != EEXIST) return -1;
+        *s = '/';
+    }
+    return 0;
+}
+
+/* 0 empty or absent (created, with its parents), 1 has other content, -1 error. */
 static int dir_state(const char *dir, int *has_parts)
 {
     struct stat st;
     *has_parts = 0;
     if (stat(dir, &st)) {
         if (errno != ENOENT) return -1;
-        return mkdir(dir, 0777) ? -1 : 0;
+        if (mkdir_parents(dir)) return -1;
+        return mkdir(dir, 0777) && errno != EEXIST ? -1 : 0;
     }
     if (!S_ISDIR(st.st_mode)) return 1;
     DIR *d = opendir(dir);
@@ -335,6 +354,30 @@ struct kvrun {
     int quiet;                  /* --quiet */
 };
 
+/* A --sweep path that does not exist as given, relative, is looked up among the sweeps
+ * installed with the program (PREFIX/share/kvtrace/, `make install`), so that the README's
+ * `--sweep sweeps/default.sweep` works from any directory: DIR/PATH, then
+ * DIR/sweeps/BASENAME, with DIR the program's ../share/kvtrace. Returns path or buf. */
+static const char *resolve_sweep(const char *path, char *buf, size_t cap)
+{
+    if (!access(path, F_OK) || path[0] == '/') return path;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return path;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash) return path;
+    *slash = 0;
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    const char *fmt[2] = { "%s/../share/kvtrace/%s", "%s/../share/kvtrace/sweeps/%s" };
+    const char *arg[2] = { path, base };
+    for (int k = 0; k < 2; k++) {
+        snprintf(buf, cap, fmt[k], exe, arg[k]);
+        if (!access(buf, R_OK)) return buf;
+    }
+    return path;
+}
+
 int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **out)
 {
     *out = NULL;
@@ -411,7 +454,16 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
             }
         }
         else if (!strcmp(a, "--list")) list = 1;
-        else if (a[0] == '-' && a[1]) { fprintf(stderr, "%s: unknown or incomplete option '%s' (try --help)\n", g_prog, a); return KV_EXIT_USAGE; }
+        else if (a[0] == '-' && a[1]) {
+            static const char *const opts[] = { "--sweep", "--strategy", "--out", "--mode", "--decode", "--threads",
+                "--eval-from", "--page-size", "--gqa-reduce", "--shard", "--seqs", "--calib", "--export",
+                "--export-configs", "--resume", "--readout", "--require-readout", "--no-readout",
+                "--per-layer-readout", "--no-hash-cache", "--quiet", "--progress-every", "--list", "--help" };
+            char hint[128];
+            fprintf(stderr, "%s: unknown or incomplete option '%s'%s (try --help)\n", g_prog, a,
+                    kv_suggest_hint(a, opts, sizeof opts / sizeof *opts, hint, sizeof hint));
+            return KV_EXIT_USAGE;
+        }
         else if (!trace_path) trace_path = a;
         else { fprintf(stderr, "%s: unexpected argument '%s'\n", g_prog, a); return KV_EXIT_USAGE; }
     }
@@ -423,6 +475,12 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     if (!trace_path || !outdir || (!sweep_path && !n_specs)) {
         fprintf(stderr, "%s: need TRACE, --sweep FILE or --strategy SPEC, and -o DIR (try --help)\n", g_prog);
         return KV_EXIT_USAGE;
+    }
+    static char sweep_buf[8400];
+    if (sweep_path) {
+        const char *given = sweep_path;
+        sweep_path = resolve_sweep(sweep_path, sweep_buf, sizeof sweep_buf);
+        if (sweep_path != given) fprintf(stderr, "%s: note: --sweep %s: the installed %s\n", g_prog, given, sweep_path);
     }
     if (sweep_path && n_specs) {
         fprintf(stderr, "%s: give --sweep or --strategy, not both\n", g_prog);
@@ -846,7 +904,12 @@ int kvcmd_merge(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { fputs(merge_usage, stdout); return KV_EXIT_OK; }
         if ((!strcmp(argv[i], "-o") || !strcmp(argv[i], "--out")) && i + 1 < argc) outdir = argv[++i];
-        else if (argv[i][0] == '-') { fprintf(stderr, "kvreplay merge: unknown option '%s' (try --help)\n", argv[i]); return KV_EXIT_USAGE; }
+        else if (argv[i][0] == '-') {
+            static const char *const opts[] = { "--out", "--help" };
+            char hint[128];
+            fprintf(stderr, "kvreplay merge: unknown option '%s'%s (try --help)\n", argv[i], kv_suggest_hint(argv[i], opts, 2, hint, sizeof hint));
+            return KV_EXIT_USAGE;
+        }
         else if (nd < 1024) dirs[nd++] = argv[i];
         else { fprintf(stderr, "kvreplay merge: too many directories (max 1024)\n"); return KV_EXIT_USAGE; }
     }
@@ -970,6 +1033,17 @@ int kvcmd_merge(int argc, char **argv)
             if (sw.n != want || strcmp(sw.cfg[want - 1].canon, c1 + 1)) {
                 snprintf(err, sizeof err, "%s/configs.csv: configuration '%s' does not parse back to itself", dirs[0], c1 + 1);
                 goto fail;
+            }
+            /* the label, 6th field when present (config_id,config,family,budget_kind,budget_value,label) */
+            const char *lab = c2 + 1;
+            for (int k = 0; k < 3 && lab; k++) { lab = strchr(lab, ','); if (lab) lab++; }
+            if (lab && *lab) {
+                char why[128];
+                if (sweep_label_check(lab, why, sizeof why)) {
+                    snprintf(err, sizeof err, "%s/configs.csv: label '%.64s' %s", dirs[0], lab, why);
+                    goto fail;
+                }
+                snprintf(sw.cfg[want - 1].label, sizeof sw.cfg[want - 1].label, "%s", lab);
             }
             line = next;
         }

@@ -395,6 +395,26 @@ static int ocommit(open_file *o, char *err, size_t errlen)
     return 0;
 }
 
+/* Every strategy's parameter defaults, "name key=default ...;name ...": results describe
+ * themselves, so kvreport (which does not link the strategy registry) can name
+ * configurations by their non-default parameters and read "streaming keep=0.25" as the
+ * configuration with every other parameter at its default. NULL when out of memory. */
+static char *param_defaults(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    if (!m) return NULL;
+    for (size_t i = 0; i < rp_strategy_count(); i++) {
+        const rp_strategy *st = rp_strategy_at(i);
+        fprintf(m, "%s%s", i ? ";" : "", st->name);
+        for (size_t k = 0; k < st->n_params; k++)
+            if (st->params[k].def) fprintf(m, " %s=%s", st->params[k].name, st->params[k].def);
+    }
+    if (fclose(m)) { free(buf); return NULL; }
+    return buf;
+}
+
 static void json_str(FILE *f, const char *key, const char *v, int last)
 {
     fprintf(f, "  \"%s\": \"", key);
@@ -520,12 +540,17 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
 
     FILE *f = ofile(&of[0], dir, "configs.csv", err, errlen);
     if (!f) goto fail;
-    kv_results_put_header(f, KV_RF_CONFIGS);
+    /* the label column only when the sweep names a configuration: results of unlabelled
+     * sweeps stay byte-identical to those of earlier versions */
+    int labels = 0;
+    for (size_t c = 0; c < NC && !labels; c++) labels = sw->cfg[c].label[0] != 0;
+    kv_results_put_header_opt(f, KV_RF_CONFIGS, labels);
     for (size_t c = 0; c < NC; c++) {
         const rp_config *cf = &sw->cfg[c];
         fprintf(f, "%zu,%s,%s,%s,", c, cf->canon, cf->family,
                 cf->budget_kind == RP_BUDGET_KEEP ? "keep" : cf->budget_kind == RP_BUDGET_COUNT ? "budget" : "none");
         if (cf->budget_kind != RP_BUDGET_NONE) fprintf(f, "%.9g", cf->budget_value);
+        if (labels) fprintf(f, ",%s", cf->label);
         fputc('\n', f);
     }
     if (ocommit(&of[0], err, errlen)) goto fail;
@@ -675,6 +700,9 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     json_str(f, "gsl_version", GSL_VERSION, 0);
     json_str(f, "openblas_config", rs_blas_config(), 0);
     json_str(f, "blas", rs_blas_info(), 0);
+    char *defs = param_defaults();
+    json_str(f, "param_defaults", defs ? defs : "", 0);
+    free(defs);
     json_str(f, "argv", pv->argv, 0);
     json_str(f, "started", pv->started, 0);
     json_str(f, "finished", fin, 0);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "suggest.h"
 #include "sweep.h"
 
 #define MAX_TOK 64          /* key=value tokens per line */
@@ -79,7 +80,16 @@ static int parse_value(const rp_param_def *d, const char *name, const char *val,
     }
     case RP_ENUM: {
         int i = enum_index(d->choices, val, -1, NULL, 0);
-        if (i < 0) return fail(err, errlen, "%s: %s=%s is not one of %s", name, d->name, val, d->choices);
+        if (i < 0) {
+            /* the choices as a list, for the suggestion */
+            char buf[512], hint[128];
+            const char *cands[32];
+            size_t nc = 0;
+            snprintf(buf, sizeof buf, "%s", d->choices);
+            for (char *save = NULL, *t = strtok_r(buf, "|", &save); t && nc < 32; t = strtok_r(NULL, "|", &save)) cands[nc++] = t;
+            return fail(err, errlen, "%s: %s=%s is not one of %s%s", name, d->name, val, d->choices,
+                        kv_suggest_hint(val, cands, nc, hint, sizeof hint));
+        }
         *out = i;
         return 0;
     }
@@ -125,9 +135,91 @@ typedef struct tok {
 } tok;
 
 /* Build configuration `pick` (value index per token) of the line. */
-static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size_t n_tok,
-                 const size_t *pick, const char *where, char *err, size_t errlen)
+void sweep_strip_budget(const char *canon, char *out, size_t cap)
 {
+    size_t n = 0;
+    if (!cap) return;
+    for (const char *p = canon; *p;) {
+        if (*p == ' ' && (!strncmp(p + 1, "keep=", 5) || !strncmp(p + 1, "budget=", 7))) {
+            p++;
+            while (*p && *p != ' ') p++;
+            continue;
+        }
+        if (n + 1 < cap) out[n++] = *p;
+        p++;
+    }
+    out[n] = 0;
+}
+
+int sweep_label_check(const char *s, char *why, size_t cap)
+{
+    size_t n = strlen(s);
+    if (!n) { snprintf(why, cap, "is empty"); return -1; }
+    if (n >= RP_LABEL_MAX) { snprintf(why, cap, "is longer than %d bytes", RP_LABEL_MAX - 1); return -1; }
+    if (s[0] == ' ' || s[n - 1] == ' ') { snprintf(why, cap, "starts or ends with a space"); return -1; }
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        /* CSV fields are unquoted (no ','); '"' '{' '}' '#' belong to the sweep syntax; quotes
+         * and backslashes would need escaping in gnuplot titles and shell lines */
+        if (*p < 0x20 || *p == 0x7f) { snprintf(why, cap, "holds a control character"); return -1; }
+        if (strchr(",\"'`\\{}#", *p)) { snprintf(why, cap, "holds '%c' (not allowed in a label)", *p); return -1; }
+    }
+    return 0;
+}
+
+/* Expand {KEY} of a label template with the values the line's tokens take in `pick`. */
+static int expand_label(const char *tmpl, const tok *toks, size_t n_tok, const size_t *pick, char *out,
+                        size_t cap, const char *where, char *err, size_t errlen)
+{
+    size_t n = 0;
+    for (const char *p = tmpl; *p;) {
+        const char *v = NULL;
+        size_t vlen = 1;
+        if (*p == '{') {
+            const char *close = strchr(p, '}');
+            if (!close) return fail(err, errlen, "%s: label \"%s\": '{' without '}'", where, tmpl);
+            size_t klen = (size_t)(close - p - 1);
+            for (size_t t = 0; t < n_tok && !v; t++)
+                if (strlen(toks[t].key) == klen && !strncmp(toks[t].key, p + 1, klen)) v = toks[t].vals[pick[t]];
+            if (!v)
+                return fail(err, errlen, "%s: label \"%s\": {%.*s} names no parameter given on the line", where, tmpl,
+                            (int)klen, p + 1);
+            vlen = strlen(v);
+            p = close + 1;
+        } else {
+            v = p++;
+        }
+        if (n + vlen >= cap) return fail(err, errlen, "%s: label \"%s\" is longer than %d bytes", where, tmpl, RP_LABEL_MAX - 1);
+        memcpy(out + n, v, vlen);
+        n += vlen;
+    }
+    out[n] = 0;
+    char why[128];
+    if (sweep_label_check(out, why, sizeof why)) return fail(err, errlen, "%s: label \"%s\" %s", where, out, why);
+    return 0;
+}
+
+/* A label names one configuration, or several that differ in their budget alone. */
+static int label_unique(const rp_sweep *sw, const char *label, const char *canon, const char *where,
+                        char *err, size_t errlen)
+{
+    if (!label[0]) return 0;
+    char a[1024], b[1024];
+    sweep_strip_budget(canon, a, sizeof a);
+    for (size_t i = 0; i < sw->n; i++) {
+        if (strcmp(sw->cfg[i].label, label)) continue;
+        sweep_strip_budget(sw->cfg[i].canon, b, sizeof b);
+        if (strcmp(a, b))
+            return fail(err, errlen, "%s: label \"%s\" already names '%s', which differs from '%s' in more than its "
+                        "budget (make labels unique, e.g. with {KEY} placeholders)", where, label, sw->cfg[i].canon, canon);
+    }
+    return 0;
+}
+
+static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size_t n_tok,
+                 const size_t *pick, const char *label_tmpl, const char *where, char *err, size_t errlen)
+{
+    char label[RP_LABEL_MAX] = "";
+    if (label_tmpl && expand_label(label_tmpl, toks, n_tok, pick, label, sizeof label, where, err, errlen)) return -1;
     rp_config c;
     memset(&c, 0, sizeof c);
     char canon[1024] = "";
@@ -146,8 +238,13 @@ static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size
                 strncat(known, i ? ", " : "", sizeof known - strlen(known) - 1);
                 strncat(known, rp_strategy_at(i)->name, sizeof known - strlen(known) - 1);
             }
+            const char *cands[256];
+            size_t nk = rp_strategy_count() < 256 ? rp_strategy_count() : 256;
+            for (size_t i = 0; i < nk; i++) cands[i] = rp_strategy_at(i)->name;
+            char hint[128];
             config_free(&c);
-            return fail(err, errlen, "%s: unknown strategy '%s' (known: %s)", where, names[p], known);
+            return fail(err, errlen, "%s: unknown strategy '%s'%s (known: %s)", where, names[p],
+                        kv_suggest_hint(names[p], cands, nk, hint, sizeof hint), known);
         }
         rp_part *pt = &c.part[c.n_parts++];
         pt->s = s;
@@ -204,9 +301,15 @@ static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size
                     strncat(known, j ? ", " : "", sizeof known - strlen(known) - 1);
                     strncat(known, s->params[j].name, sizeof known - strlen(known) - 1);
                 }
+                const char *cands[RP_MAX_PARAMS + 2];
+                size_t nk = 0;
+                if (s->needs_budget) { cands[nk++] = "keep"; cands[nk++] = "budget"; }
+                for (size_t j = 0; j < s->n_params && nk < RP_MAX_PARAMS + 2; j++) cands[nk++] = s->params[j].name;
+                char hint[128];
                 config_free(&c);
-                return fail(err, errlen, "%s: unknown parameter '%s' for %s (parameters: %s%s%s)", where, key,
-                            s->name, s->needs_budget ? "keep, budget" : "", s->needs_budget && s->n_params ? ", " : "",
+                return fail(err, errlen, "%s: unknown parameter '%s' for %s%s (parameters: %s%s%s)", where, key,
+                            s->name, kv_suggest_hint(key, cands, nk, hint, sizeof hint),
+                            s->needs_budget ? "keep, budget" : "", s->needs_budget && s->n_params ? ", " : "",
                             s->n_params ? known : (s->needs_budget ? "" : "none"));
             }
             if (seen[i]++) {
@@ -281,7 +384,18 @@ static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size
     memcpy(c.canon, canon, sizeof canon);
     c.hash = rp_hash64(c.canon, strlen(c.canon), 0);
     for (size_t i = 0; i < sw->n; i++)
-        if (sw->cfg[i].hash == c.hash && !strcmp(sw->cfg[i].canon, c.canon)) { config_free(&c); return 0; }   /* duplicate */
+        if (sw->cfg[i].hash == c.hash && !strcmp(sw->cfg[i].canon, c.canon)) {   /* duplicate: run once */
+            config_free(&c);
+            rp_config *old = &sw->cfg[i];
+            if (!label[0] || !strcmp(old->label, label)) return 0;
+            if (old->label[0])
+                return fail(err, errlen, "%s: '%s' is already labelled \"%s\", not \"%s\"", where, old->canon, old->label, label);
+            if (label_unique(sw, label, old->canon, where, err, errlen)) return -1;
+            memcpy(old->label, label, sizeof old->label);
+            return 0;
+        }
+    if (label_unique(sw, label, c.canon, where, err, errlen)) { config_free(&c); return -1; }
+    memcpy(c.label, label, sizeof c.label);
     if (sw->n == sw->cap) {
         size_t cap = sw->cap ? 2 * sw->cap : 16;
         rp_config *q = realloc(sw->cfg, cap * sizeof *q);
@@ -299,15 +413,37 @@ int sweep_add_line(rp_sweep *sw, const char *line0, const char *where, char *err
     char line[4096];
     if (strlen(line0) >= sizeof line) return fail(err, errlen, "%s: line too long", where);
     strcpy(line, line0);
-    char *hash = strchr(line, '#');
-    if (hash) *hash = 0;
-    /* words */
-    char *words[MAX_TOK + RP_MAX_PARTS * 2];
+    /* words: whitespace-separated outside double quotes; '#' outside quotes starts a comment */
+    char *words[MAX_TOK + RP_MAX_PARTS * 2 + 1];
     size_t nw = 0;
-    for (char *p = strtok(line, " \t\r\n"); p; p = strtok(NULL, " \t\r\n")) {
-        if (nw == sizeof words / sizeof words[0]) return fail(err, errlen, "%s: too many words", where);
-        words[nw++] = p;
+    const char *label_tmpl = NULL;
+    for (char *p = line;;) {
+        while (*p && strchr(" \t\r\n", *p)) p++;
+        if (!*p || *p == '#') break;
+        char *w = p;
+        int quoted = 0;
+        for (; *p && (quoted || !strchr(" \t\r\n#", *p)); p++)
+            if (*p == '"') quoted = !quoted;
+        if (quoted) return fail(err, errlen, "%s: a '\"' without its closing '\"'", where);
+        int end = !*p || *p == '#';
+        *p = 0;
+        if (!strncmp(w, "label=", 6)) {            /* the line's display name, not a parameter */
+            if (label_tmpl) return fail(err, errlen, "%s: label= given twice", where);
+            char *v = w + 6;
+            size_t L = strlen(v);
+            if (L >= 2 && v[0] == '"' && v[L - 1] == '"') { v[L - 1] = 0; v++; }
+            if (!*v) return fail(err, errlen, "%s: empty label=", where);
+            if (strchr(v, '"')) return fail(err, errlen, "%s: label=%s: a label holds no '\"'", where, v);
+            label_tmpl = v;
+        } else {
+            if (strchr(w, '"')) return fail(err, errlen, "%s: '%s': quotes are only for label=\"...\"", where, w);
+            if (nw == sizeof words / sizeof words[0] - 1) return fail(err, errlen, "%s: too many words", where);
+            words[nw++] = w;
+        }
+        if (end) break;
+        p++;
     }
+    if (!nw && label_tmpl) return fail(err, errlen, "%s: label= without a configuration", where);
     if (!nw) return 0;
     char names[RP_MAX_PARTS][64];
     size_t n_parts = 0;
@@ -366,7 +502,7 @@ int sweep_add_line(rp_sweep *sw, const char *line0, const char *where, char *err
     /* Cartesian product: first list outermost */
     size_t pick[MAX_TOK] = { 0 };
     for (;;) {
-        if (build(sw, names, n_parts, toks, n_tok, pick, where, err, errlen)) return -1;
+        if (build(sw, names, n_parts, toks, n_tok, pick, label_tmpl, where, err, errlen)) return -1;
         size_t t = n_tok;
         while (t > 0) {
             t--;

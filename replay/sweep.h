@@ -10,6 +10,13 @@
  * budget=N (N >= 1), written first in the canonical string. Compositions: an eviction
  * strategy followed by one encoding strategy ("snapkv keep=0.25 + quant kbits=4").
  *
+ * Labels: a line may name its configurations for tables and legends with label=NAME or
+ * label="NAME WITH SPACES" anywhere on the line (not part of the canonical string). {KEY}
+ * in a label is replaced by the value KEY takes on the line ("KIVI-{kbits}bit"). A label
+ * holds at most RP_LABEL_MAX - 1 bytes of printable text without , " ' ` \ { } #;
+ * two configurations may share a label only when they differ in their budget alone (a
+ * row of a strategy x budget table).
+ *
  * Canonical string: NAME, the budget, then every declared parameter in declared order with
  * defaults filled ("key=value", single spaces; floats in their shortest round-trip form,
  * enums by name, bools 0/1); parts joined by " + ". Equal strings = equal configurations;
@@ -28,6 +35,7 @@
 
 #define RP_MAX_PARTS 2
 #define RP_MAX_CONFIGS 16384      /* configurations of one sweep (after expansion) */
+#define RP_LABEL_MAX 64           /* display name of a configuration, NUL included */
 
 typedef struct rp_part {
     const rp_strategy *s;
@@ -39,6 +47,7 @@ typedef struct rp_config {
     size_t id;                      /* 0-based, sweep order after expansion */
     char canon[1024];               /* canonical configuration string */
     char family[128];               /* names joined by '+' */
+    char label[RP_LABEL_MAX];       /* display name from the sweep's label=, "" when none */
     rp_part part[RP_MAX_PARTS];
     size_t n_parts;
     const rp_strategy *evict;       /* the eviction part (full when the config only encodes) */
@@ -67,6 +76,12 @@ void sweep_free(rp_sweep *sw);
  * reported as an error by the caller), else writes *B. Configurations without a budget
  * get *B = full. */
 int sweep_budget(const rp_config *c, size_t full, size_t *B);
+
+/* The canonical string without its budget (" keep=F" / " budget=N"): configurations with
+ * equal stripped strings differ in their budget alone. */
+void sweep_strip_budget(const char *canon, char *out, size_t cap);
+/* 0 when s is acceptable as a label (the rules above), else -1 with the reason in why. */
+int sweep_label_check(const char *s, char *why, size_t cap);
 
 uint64_t rp_hash64(const void *data, size_t n, uint64_t h);   /* FNV-1a, h = 0 to start */
 

@@ -224,7 +224,9 @@ def rel_configs(report_dir):
 
 
 names = rel_configs(out)
-byname = {cfg[i]["config"]: i for i in cfg}
+# figures name configurations by their display names (tables/summary.csv: name -> config)
+id_of = {cfg[i]["config"]: i for i in cfg}
+byname = {r["name"]: id_of[r["config"]] for r in csv.DictReader(open(os.path.join(out, "tables", "summary.csv")))}
 if names[0] != "full cache" or len(names) < 2:
     fails.append("reliability: series %s" % names)
 for nm in names[1:]:

@@ -36,7 +36,7 @@ if r.returncode != 0:
     print("FAIL: kvreport exited %d" % r.returncode)
     sys.exit(1)
 
-TABLES = ["summary.md", "summary.csv", "summary.tex", "stats.csv", "comparisons.csv"]
+TABLES = ["summary.md", "summary.csv", "summary.tex", "pivot.md", "pivot.csv", "pivot.tex", "stats.csv", "comparisons.csv"]
 SCRIPTS = sorted(f for f in os.listdir(os.path.join(out, "figures")) if f.endswith(".gp"))
 WANT_SCRIPTS = ["heatmap.gp", "layer_budget.gp", "layer_profile.gp", "pareto_logit_kl.gp",
                 "pareto_nll_delta.gp", "pareto_out_cos.gp", "per_seq.gp", "ranked.gp", "reliability.gp"]

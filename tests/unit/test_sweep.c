@@ -182,6 +182,43 @@ int main(void)
 #endif
     rp_cache_free(&cache);
 
+    /* labels: display names, not part of the canonical string */
+    {
+        rp_sweep ls = { 0 };
+        check("quoted label with a space", sweep_add_line(&ls, "quant kbits=2 vbits=2 label=\"KIVI 2bit\"  # c", "t", err, sizeof err) == 0 &&
+              ls.n == 1 && !strcmp(ls.cfg[0].label, "KIVI 2bit") && !strstr(ls.cfg[0].canon, "label"));
+        check("placeholders expand per configuration",
+              sweep_add_line(&ls, "quant kbits=4,8 vbits=4 label=Q{kbits}v{vbits}", "t", err, sizeof err) == 0 && ls.n == 3 &&
+              !strcmp(ls.cfg[1].label, "Q4v4") && !strcmp(ls.cfg[2].label, "Q8v4"));
+        check("a label shared across budgets", sweep_add_line(&ls, "snapkv keep=0.25,0.5 label=SnapKV", "t", err, sizeof err) == 0 &&
+              ls.n == 5 && !strcmp(ls.cfg[3].label, "SnapKV") && !strcmp(ls.cfg[4].label, "SnapKV"));
+        check("a repeated configuration takes a label it lacked",
+              sweep_add_line(&ls, "full", "t", err, sizeof err) == 0 && sweep_add_line(&ls, "full label=Full", "t", err, sizeof err) == 0 &&
+              ls.n == 6 && !strcmp(ls.cfg[5].label, "Full"));
+        check("an unlabelled line has no label", sweep_add_line(&ls, "knorm keep=0.5", "t", err, sizeof err) == 0 && ls.cfg[6].label[0] == 0);
+        char stripped[256];
+        sweep_strip_budget("snapkv keep=0.25 window=8 + quant kbits=4", stripped, sizeof stripped);
+        check_str("strip budget", stripped, "snapkv window=8 + quant kbits=4");
+        sweep_free(&ls);
+    }
+    check_err("quant kbits=2,4 label=KIVI", "differs from");
+    check_err("quant kbits=2 label=\"KIVI", "closing");
+    check_err("quant kbits=2 label=a,b", "','");
+    check_err("quant kbits=2 label={nosuch}", "{nosuch} names no parameter");
+    check_err("quant kbits=2 label=x label=y", "given twice");
+    check_err("quant kbits=\"2\"", "quotes are only for label");
+    check_err("label=x", "without a configuration");
+    check_err("quant kbits=2 label=it's", "not allowed in a label");
+    check_err("quant kbits=2 label=a\\b", "not allowed in a label");
+    check_err("quant kbits=2 label=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "longer than 63");
+    {
+        rp_sweep ls = { 0 };
+        check("first label", sweep_add_line(&ls, "full label=A", "t", err, sizeof err) == 0);
+        check("a second label for the same configuration is refused",
+              sweep_add_line(&ls, "full label=B", "t", err, sizeof err) != 0 && strstr(err, "already labelled"));
+        sweep_free(&ls);
+    }
+
     printf("%d checks, %d failures\n", checks, fails);
     return fails ? 1 : 0;
 }
