@@ -41,6 +41,24 @@ double quest_bound(const float *q, const float *kmin, const float *kmax, size_t 
     return s;
 }
 
+/* quest_bound of the 4 consecutive pages kmin/kmax [4][D], bound [4]: four independent
+ * sums, each in d order (the same bits as quest_bound; four chains instead of one latency-
+ * bound chain). */
+static void quest_bound4(const float *q, const float *kmin, const float *kmax, size_t D, double *bound)
+{
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    const float *n0 = kmin, *n1 = kmin + D, *n2 = kmin + 2 * D, *n3 = kmin + 3 * D;
+    const float *x0 = kmax, *x1 = kmax + D, *x2 = kmax + 2 * D, *x3 = kmax + 3 * D;
+    for (size_t d = 0; d < D; d++) {
+        double qd = q[d], a, b;
+        a = qd * n0[d]; b = qd * x0[d]; s0 += a > b ? a : b;
+        a = qd * n1[d]; b = qd * x1[d]; s1 += a > b ? a : b;
+        a = qd * n2[d]; b = qd * x2[d]; s2 += a > b ? a : b;
+        a = qd * n3[d]; b = qd * x3[d]; s3 += a > b ? a : b;
+    }
+    bound[0] = s0; bound[1] = s1; bound[2] = s2; bound[3] = s3;
+}
+
 /* bound[p] of pages [p0, np) (the last one may be partial) from the keys themselves. */
 static void bounds_from_keys(const float *q, const float *k, size_t n, size_t D, size_t page, size_t p0, size_t np,
                              double *bound, float *kmin, float *kmax)
@@ -129,7 +147,9 @@ static void quest_select(const void *cfg, const rp_layer_ctx *ctx, size_t h, siz
     int shared = bound && kmin && kmax && ctx->key_pages && n && !c->modified && !c->mem_off &&
                  c->pos[n - 1] == (int32_t)(n - 1) && nf && !ctx->key_pages(ctx, h / ctx->G, cf->page, nf, &smin, &smax);
     if (shared) {
-        for (size_t p = 0; p < nf; p++) bound[p] = quest_bound(q, smin + p * D, smax + p * D, D);
+        size_t p = 0;
+        for (; p + 4 <= nf; p += 4) quest_bound4(q, smin + p * D, smax + p * D, D, bound + p);
+        for (; p < nf; p++) bound[p] = quest_bound(q, smin + p * D, smax + p * D, D);
         bounds_from_keys(q, c->k, n, D, cf->page, nf, np, bound, kmin, kmax);
     }
     if (!bound || !kmin || !kmax ||
