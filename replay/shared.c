@@ -16,8 +16,8 @@ double rp_entropy_norm(const float *p, size_t nvis)
     return h / log((double)nvis);
 }
 
-int rp_prompt_colsum(const float *q, const float *k, size_t P, size_t D, const attn_params *ap, size_t t0,
-                     size_t t1, const uint8_t *want, size_t ncols, double *out, double *ent)
+int rp_prompt_colsum(const float *q, const float *k, const float *kt, size_t P, size_t D, const attn_params *ap,
+                     size_t t0, size_t t1, const uint8_t *want, size_t ncols, double *out, double *ent)
 {
     if (t0 > t1 || t1 > P || ncols > P) return -1;
     memset(out, 0, ncols * sizeof *out);
@@ -31,7 +31,8 @@ int rp_prompt_colsum(const float *q, const float *k, size_t P, size_t D, const a
         size_t b = a + 1;                       /* a run of wanted rows, one kernel call */
         while (b < t1 && b - a < CS_ROWS && (!want || want[b])) b++;
         /* keys [0, b) cover every visible key of rows < b; the row stride is b */
-        attn_full_rows(q, k, k, b, D, a, b, ap, lse, NULL, lg);
+        if (kt) attn_full_rows_kt(q, kt, k, b, D, a, b, ap, lse, NULL, lg);
+        else attn_full_rows(q, k, k, b, D, a, b, ap, lse, NULL, lg);
         for (size_t t = a; t < b; t++) {
             float *row = lg + (t - a) * b, m = lse[t - a];
             size_t lo = attn_lo(t, ap->window), hi = t + 1 < ncols ? t + 1 : ncols;
@@ -80,6 +81,7 @@ struct rp_shared {
     sh_range *rg;               /* [H][SH_RANGES], t1 == 0: free */
     size_t *rg_next;            /* [H] slot replaced next when all are taken */
     double **ent;               /* [H] row entropies, NULL until asked */
+    float **kt;                 /* [Hkv] the prompt's keys transposed once (attn_transpose_keys) */
     sh_pages *pg;
     size_t n_pg;
 };
@@ -93,7 +95,8 @@ rp_shared *rp_shared_new(const float *q, const float *k, size_t H, size_t Hkv, s
     s->rg = calloc(H * SH_RANGES, sizeof *s->rg);
     s->rg_next = calloc(H, sizeof *s->rg_next);
     s->ent = calloc(H, sizeof *s->ent);
-    if (!s->rg || !s->rg_next || !s->ent) { rp_shared_free(s); return NULL; }
+    s->kt = calloc(Hkv, sizeof *s->kt);
+    if (!s->rg || !s->rg_next || !s->ent || !s->kt) { rp_shared_free(s); return NULL; }
     return s;
 }
 
@@ -102,13 +105,25 @@ void rp_shared_free(rp_shared *s)
     if (!s) return;
     if (s->rg) for (size_t i = 0; i < s->H * SH_RANGES; i++) free(s->rg[i].sum);
     if (s->ent) for (size_t h = 0; h < s->H; h++) free(s->ent[h]);
+    if (s->kt) for (size_t g = 0; g < s->Hkv; g++) free(s->kt[g]);
     for (size_t i = 0; i < s->n_pg; i++) { free(s->pg[i].kmin); free(s->pg[i].kmax); }
-    free(s->rg); free(s->rg_next); free(s->ent); free(s->pg);
+    free(s->rg); free(s->rg_next); free(s->ent); free(s->kt); free(s->pg);
     free(s);
 }
 
 static const float *head_q(const rp_shared *s, size_t h) { return s->q + h * s->n * s->D; }
 static const float *head_k(const rp_shared *s, size_t h) { return s->k + (h / s->G) * s->n * s->D; }
+
+/* The prompt keys of query head h's kv head, transposed on first use (shared by its G query
+ * heads and every configuration); NULL when out of memory (the caller then transposes per
+ * block: same results). */
+static const float *head_kt(rp_shared *s, size_t h)
+{
+    size_t g = h / s->G;
+    if (!s->kt[g] && s->P && (s->kt[g] = malloc(attn_keys_t_floats(s->P, s->D) * sizeof **s->kt)))
+        attn_transpose_keys(head_k(s, h), s->P, s->D, s->kt[g]);
+    return s->kt[g];
+}
 
 /* The kept column sums of rows [t0, t1) of head h, computed (with the row entropies when
  * ent is not NULL) into a new or recycled slot when absent. NULL: out of memory. */
@@ -124,7 +139,8 @@ static const double *range_sum(rp_shared *s, size_t h, size_t t0, size_t t1, dou
     if (!slot) { slot = &r[s->rg_next[h]]; s->rg_next[h] = (s->rg_next[h] + 1) % SH_RANGES; }
     if (!slot->sum && !(slot->sum = malloc((s->P ? s->P : 1) * sizeof *slot->sum))) return NULL;
     slot->t1 = 0;
-    if (rp_prompt_colsum(head_q(s, h), head_k(s, h), s->P, s->D, &s->ap, t0, t1, NULL, s->P, slot->sum, ent))
+    if (rp_prompt_colsum(head_q(s, h), head_k(s, h), head_kt(s, h), s->P, s->D, &s->ap, t0, t1, NULL, s->P, slot->sum,
+                         ent))
         return NULL;
     slot->t0 = t0; slot->t1 = t1;
     return slot->sum;
@@ -134,7 +150,8 @@ int rp_shared_colsum(rp_shared *s, size_t h, size_t t0, size_t t1, const uint8_t
 {
     if (h >= s->H || t0 > t1 || t1 > s->P) return -1;
     if (want)
-        return rp_prompt_colsum(head_q(s, h), head_k(s, h), s->P, s->D, &s->ap, t0, t1, want, s->P, out, NULL);
+        return rp_prompt_colsum(head_q(s, h), head_k(s, h), head_kt(s, h), s->P, s->D, &s->ap, t0, t1, want, s->P,
+                                out, NULL);
     if (t0 == t1) { memset(out, 0, s->P * sizeof *out); return 0; }
     const double *sum = range_sum(s, h, t0, t1, NULL);
     if (!sum) return -1;

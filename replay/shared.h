@@ -31,9 +31,11 @@
  * (normalised over its visible keys, 0 elsewhere); rows added in ascending order in double,
  * starting from 0. ent, when not NULL: ent[t - t0] = the normalised entropy of row t
  * (rp_entropy_norm over its visible keys; 0 for unwanted rows). q [>= t1][D], k [P][D]
- * (t1 <= P). 0 ok, -1 out of memory. Work: only the wanted rows' causal logits. */
-int rp_prompt_colsum(const float *q, const float *k, size_t P, size_t D, const attn_params *ap, size_t t0,
-                     size_t t1, const uint8_t *want, size_t ncols, double *out, double *ent);
+ * (t1 <= P); kt NULL, or k transposed once by attn_transpose_keys (>= t1 keys): the same
+ * results without a transpose per block of rows. 0 ok, -1 out of memory. Work: only the
+ * wanted rows' causal logits. */
+int rp_prompt_colsum(const float *q, const float *k, const float *kt, size_t P, size_t D, const attn_params *ap,
+                     size_t t0, size_t t1, const uint8_t *want, size_t ncols, double *out, double *ent);
 
 /* Entropy of a probability row p[0..nvis) normalised by log(nvis) (so that rows with few
  * visible keys compare with long ones): -sum_{p_j > 0} p_j log p_j / log nvis, 0 when

@@ -18,7 +18,9 @@
  *   bit identity  the sums equal, bit for bit, what summing the rows of one
  *                 attn_full_rows call (exp of logit - lse, masked = 0; the engine's
  *                 prompt_attn) in ascending row order gives: the shared scores change no
- *                 strategy's output;
+ *                 strategy's output; the same with the keys transposed once
+ *                 (attn_full_rows_kt, also checked against attn_full_rows directly:
+ *                 outputs, lse and logits, key blocks of 64 and 48 keys);
  *   the object    rp_shared_colsum / rp_shared_entropy (cached, recomputed, several ranges
  *                 per head, GQA head mapping) equal the direct calls bit for bit;
  *                 rp_shared_pages equals a naive min/max, also when extended page by page,
@@ -103,6 +105,8 @@ static void test_colsum(const char *name, const attn_params *ap)
 {
     float *q = malloc(P * D * sizeof *q), *k = malloc(P * D * sizeof *k);
     for (size_t i = 0; i < P * D; i++) { q[i] = 1.5f * rng_normal(); k[i] = rng_normal(); }
+    float *kt = malloc(attn_keys_t_floats(P, D) * sizeof *kt);
+    attn_transpose_keys(k, P, D, kt);
     uint8_t want[P];
     for (size_t t = 0; t < P; t++) want[t] = rng_unif() < 0.4;
     double *pr = malloc(P * P * sizeof *pr), eps[P], lse[P];
@@ -115,9 +119,13 @@ static void test_colsum(const char *name, const attn_params *ap)
         double out[P], old[P], ent[P], worst = 0;
         char msg[160];
         size_t t0 = cases[c].t0, t1 = cases[c].t1;
-        int rc = rp_prompt_colsum(q, k, P, D, ap, t0, t1, cases[c].want, P, out, ent);
+        int rc = rp_prompt_colsum(q, k, NULL, P, D, ap, t0, t1, cases[c].want, P, out, ent);
         snprintf(msg, sizeof msg, "%s %s: returns 0", name, cases[c].what);
         check(msg, rc == 0);
+        double out2[P], ent2[P];
+        rc = rp_prompt_colsum(q, k, kt, P, D, ap, t0, t1, cases[c].want, P, out2, ent2);
+        snprintf(msg, sizeof msg, "%s %s: keys transposed once: the same bits", name, cases[c].what);
+        check(msg, rc == 0 && memcmp(out, out2, sizeof out) == 0 && memcmp(ent, ent2, (t1 - t0) * sizeof *ent) == 0);
         int ok = 1, eok = 1;
         for (size_t j = 0; j < P; j++) {
             double ref = 0, tol = 1e-15;
@@ -149,12 +157,12 @@ static void test_colsum(const char *name, const attn_params *ap)
         }
     }
     double part[P];
-    rp_prompt_colsum(q, k, P, D, ap, 0, P, NULL, 20, part, NULL);
+    rp_prompt_colsum(q, k, NULL, P, D, ap, 0, P, NULL, 20, part, NULL);
     double all[P];
-    rp_prompt_colsum(q, k, P, D, ap, 0, P, NULL, P, all, NULL);
+    rp_prompt_colsum(q, k, NULL, P, D, ap, 0, P, NULL, P, all, NULL);
     check("ncols < P: the first columns, same bits", memcmp(part, all, 20 * sizeof *part) == 0);
-    check("t1 > P refused", rp_prompt_colsum(q, k, P, D, ap, 0, P + 1, NULL, P, all, NULL) == -1);
-    free(q); free(k); free(pr);
+    check("t1 > P refused", rp_prompt_colsum(q, k, NULL, P, D, ap, 0, P + 1, NULL, P, all, NULL) == -1);
+    free(q); free(k); free(kt); free(pr);
 }
 
 static void test_object(const attn_params *ap)
@@ -175,14 +183,14 @@ static void test_object(const attn_params *ap)
             size_t ranges[6][2] = { { 0, P }, { P - 8, P }, { P - 16, P }, { P - 4, P }, { P - 32, P }, { 10, 50 } };
             for (size_t r = 0; r < 6; r++) {        /* more ranges than slots: recycling */
                 ok &= rp_shared_colsum(s, h, ranges[r][0], ranges[r][1], NULL, a) == 0;
-                rp_prompt_colsum(qh, kh, P, D, ap, ranges[r][0], ranges[r][1], NULL, P, b, NULL);
+                rp_prompt_colsum(qh, kh, NULL, P, D, ap, ranges[r][0], ranges[r][1], NULL, P, b, NULL);
                 ok &= memcmp(a, b, sizeof a) == 0;
             }
             ok &= rp_shared_colsum(s, h, 0, P, want, a) == 0;
-            rp_prompt_colsum(qh, kh, P, D, ap, 0, P, want, P, b, NULL);
+            rp_prompt_colsum(qh, kh, NULL, P, D, ap, 0, P, want, P, b, NULL);
             ok &= memcmp(a, b, sizeof a) == 0;
             const double *se = rp_shared_entropy(s, h);
-            rp_prompt_colsum(qh, kh, P, D, ap, 0, P, NULL, P, b, e);
+            rp_prompt_colsum(qh, kh, NULL, P, D, ap, 0, P, NULL, P, b, e);
             ok &= se && memcmp(se, e, sizeof e) == 0;
             ok &= rp_shared_colsum(s, h, 0, P, NULL, a) == 0 && memcmp(a, b, sizeof a) == 0;
         }
@@ -211,6 +219,37 @@ static void test_object(const attn_params *ap)
     free(q); free(k);
 }
 
+/* attn_full_rows_kt against attn_full_rows, bit for bit: outputs, lse and logits, for row
+ * ranges that start and end inside key blocks, a window, and a head_dim whose key block is
+ * not 64 keys. */
+static void test_kt(size_t Dx, const attn_params *ap)
+{
+    enum { TT = 150 };
+    float *q = malloc(TT * Dx * sizeof *q), *k = malloc(TT * Dx * sizeof *k), *v = malloc(TT * Dx * sizeof *v);
+    for (size_t i = 0; i < TT * Dx; i++) { q[i] = rng_normal(); k[i] = rng_normal(); v[i] = rng_normal(); }
+    float *kt = malloc(attn_keys_t_floats(TT, Dx) * sizeof *kt);
+    attn_transpose_keys(k, TT, Dx, kt);
+    size_t rg[4][2] = { { 0, TT }, { 3, 70 }, { 65, 66 }, { 100, 150 } };
+    int ok = 1;
+    for (size_t r = 0; r < 4; r++) {
+        size_t t0 = rg[r][0], t1 = rg[r][1], nr = t1 - t0;
+        float *l1 = malloc(nr * TT * sizeof *l1), *l2 = malloc(nr * TT * sizeof *l2);
+        float *o1 = malloc(nr * Dx * sizeof *o1), *o2 = malloc(nr * Dx * sizeof *o2), s1[TT], s2[TT];
+        attn_full_rows(q, k, v, TT, Dx, t0, t1, ap, s1, o1, l1);
+        attn_full_rows_kt(q, kt, v, TT, Dx, t0, t1, ap, s2, o2, l2);
+        ok &= !memcmp(l1, l2, nr * TT * sizeof *l1) && !memcmp(o1, o2, nr * Dx * sizeof *o1) &&
+              !memcmp(s1, s2, nr * sizeof *s1);
+        attn_full_rows(q, k, v, t1, Dx, t0, t1, ap, s1, NULL, l1);      /* keys [0, t1) only */
+        attn_full_rows_kt(q, kt, v, t1, Dx, t0, t1, ap, s2, NULL, l2);
+        ok &= !memcmp(l1, l2, nr * t1 * sizeof *l1) && !memcmp(s1, s2, nr * sizeof *s1);
+        free(l1); free(l2); free(o1); free(o2);
+    }
+    char msg[128];
+    snprintf(msg, sizeof msg, "attn_full_rows_kt = attn_full_rows bit for bit (D %zu, window %lld)", Dx, ap->window);
+    check(msg, ok);
+    free(q); free(k); free(v); free(kt);
+}
+
 int main(void)
 {
     attn_params plain = { 0.25f, 0, 0 }, capped = { 0.5f, 5.0f, 0 }, window = { 0.25f, 0, 13 };
@@ -219,6 +258,9 @@ int main(void)
     test_colsum("window", &window);
     test_object(&plain);
     test_object(&window);
+    test_kt(16, &plain);
+    test_kt(300, &window);
+    test_kt(128, &capped);
     float one = 1.0f, half[2] = { 0.5f, 0.5f };
     check("entropy of one key = 0", rp_entropy_norm(&one, 1) == 0);
     check("entropy of two halves = 1", fabs(rp_entropy_norm(half, 2) - 1) <= 1e-15);
