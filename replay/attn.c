@@ -563,9 +563,31 @@ static void pv_rows_avx2(float *restrict o, const size_t *orow, const int *rows,
 
 #endif
 
-void attn_full_rows(const float *q, const float *k, const float *v, size_t T, size_t D,
-                    size_t t0, size_t t1, const attn_params *p,
-                    float *lse, float *o, float *logits)
+size_t attn_keys_t_floats(size_t T, size_t D)
+{
+    size_t KB = key_block(D);
+    return (T + KB - 1) / KB * KB * D;
+}
+
+void attn_transpose_keys(const float *k, size_t T, size_t D, float *kt)
+{
+    size_t KB = key_block(D);
+    for (size_t j0 = 0; j0 < T; j0 += KB) {
+        size_t nk = T - j0 < KB ? T - j0 : KB;
+        float *blk = kt + j0 * D;           /* block j0 / KB of KB * D floats */
+        for (size_t d = 0; d < D; d++) {
+            float *dst = blk + d * KB;
+            for (size_t j = 0; j < nk; j++) dst[j] = k[(j0 + j) * D + d];
+            for (size_t j = nk; j < KB; j++) dst[j] = 0.0f;
+        }
+    }
+}
+
+/* attn_full_rows with the key blocks transposed here (kt_all NULL) or taken from
+ * attn_transpose_keys. A block cut by the rows' last key holds the next keys in its spare
+ * lanes instead of zeros: their logits are computed and never read (no row sees them). */
+static void full_rows(const float *q, const float *k, const float *v, const float *kt_all, size_t T, size_t D,
+                      size_t t0, size_t t1, const attn_params *p, float *lse, float *o, float *logits)
 {
     const size_t KB = key_block(D);
     float kT[KT_FLOATS];                  /* [D][KB] transposed key block */
@@ -597,19 +619,24 @@ void attn_full_rows(const float *q, const float *k, const float *v, size_t T, si
         size_t jhi = r0 + nr;                          /* one past the last key */
         for (size_t j0 = jlo - jlo % KB; j0 < jhi; j0 += KB) {
             size_t nk = jhi - j0 < KB ? jhi - j0 : KB;
-            /* transpose; pad lanes with 0 so the vector loop is uniform */
-            for (size_t d = 0; d < D; d++) {
-                float *dst = kT + d * KB;
-                for (size_t j = 0; j < nk; j++) dst[j] = k[(j0 + j) * D + d];
-                for (size_t j = nk; j < KB; j++) dst[j] = 0.0f;
+            const float *kTb = kT;
+            if (kt_all) {
+                kTb = kt_all + j0 * D;
+            } else {
+                /* transpose; pad lanes with 0 so the vector loop is uniform */
+                for (size_t d = 0; d < D; d++) {
+                    float *dst = kT + d * KB;
+                    for (size_t j = 0; j < nk; j++) dst[j] = k[(j0 + j) * D + d];
+                    for (size_t j = nk; j < KB; j++) dst[j] = 0.0f;
+                }
             }
 #if ATTN_HAVE_AVX2_PATH
-            if (avx2) logits_rows_avx2(q + r0 * D, nr, kT, D, KB, scale, s);
+            if (avx2) logits_rows_avx2(q + r0 * D, nr, kTb, D, KB, scale, s);
 #endif
             int nact = 0;
             for (size_t r = 0; r < nr; r++) {
                 float *sr = s[r];
-                if (!avx2) logits_block(q + (r0 + r) * D, kT, D, KB, scale, sr);
+                if (!avx2) logits_block(q + (r0 + r) * D, kTb, D, KB, scale, sr);
                 size_t t = r0 + r, lo = attn_lo(t, p->window);
                 /* visible keys of row t in this block: [a, b) relative to j0 */
                 size_t a = lo > j0 ? lo - j0 : 0;
@@ -634,6 +661,20 @@ void attn_full_rows(const float *q, const float *k, const float *v, size_t T, si
         for (size_t r = 0; r < nr; r++)
             row_finish(&st[r], lse + (r0 - t0 + r), o ? o + (r0 - t0 + r) * D : NULL, D);
     }
+}
+
+void attn_full_rows(const float *q, const float *k, const float *v, size_t T, size_t D,
+                    size_t t0, size_t t1, const attn_params *p,
+                    float *lse, float *o, float *logits)
+{
+    full_rows(q, k, v, NULL, T, D, t0, t1, p, lse, o, logits);
+}
+
+void attn_full_rows_kt(const float *q, const float *kt, const float *v, size_t T, size_t D,
+                       size_t t0, size_t t1, const attn_params *p,
+                       float *lse, float *o, float *logits)
+{
+    full_rows(q, NULL, v, kt, T, D, t0, t1, p, lse, o, logits);
 }
 
 void attn_entries(const float *q, const float *kk, const float *vv, const size_t *idx,

@@ -47,6 +47,16 @@ void attn_full_rows_ref(const float *q, const float *k, const float *v, size_t T
                         size_t t0, size_t t1, const attn_params *p,
                         float *lse, float *o, float *logits);
 
+/* The same rows from keys transposed once (attn_transpose_keys of at least the keys
+ * [0, t1)): results bit-identical to attn_full_rows, without the per-block transpose that
+ * repeats for every block of query rows (a whole-prompt pass transposes each key P / 64
+ * times otherwise). kt [attn_keys_t_floats(T', D)] for T' >= t1 keys. */
+size_t attn_keys_t_floats(size_t T, size_t D);
+void attn_transpose_keys(const float *k, size_t T, size_t D, float *kt);
+void attn_full_rows_kt(const float *q, const float *kt, const float *v, size_t T, size_t D,
+                       size_t t0, size_t t1, const attn_params *p,
+                       float *lse, float *o, float *logits);
+
 /* Attention of one query vector q [D] over n entries: keys kk [n][D], values vv [n][D]
  * (rows addressed through idx when idx != NULL: entry e uses row idx[e]), bias [n] or NULL.
  *   *lse, o [D], logits NULL or [n] (capped logits + bias).

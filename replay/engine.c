@@ -16,6 +16,7 @@
 #include "engine.h"
 #include "metric.h"
 #include "paged.h"
+#include "shared.h"
 
 #define BLK 32              /* query rows per full-attention call */
 #define RO_BLK 64           /* positions per read-out block */
@@ -45,6 +46,7 @@ typedef struct item {
     float **pa;                  /* [H] cached prompt probabilities rows [pa0, pa1) x P */
     size_t *pa0, *pa1;
     float *ok, *ov;              /* another layer's K/V (layer_kv) */
+    rp_shared *sh;               /* scores shared by the configurations (shared.h), lazily filled */
     long long o_layer;
     double *ha;                  /* result slots of this layer: [NC][L][H][HA_NF] (shared array) */
     double *ia;                  /* [NC][SA_NF] item-level sums (bytes, guards) */
@@ -208,6 +210,27 @@ static int cb_prompt_attn(const rp_layer_ctx *ctx, size_t h, size_t t0, size_t t
     }
     memcpy(out, it->pa[h] + (t0 - it->pa0[h]) * P, (t1 - t0) * P * sizeof *out);
     return 0;
+}
+
+/* The shared scores (shared.h): computed on the first request of any configuration of this
+ * work item, reused by the others. */
+static int cb_prompt_colsum(const rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, const uint8_t *want, double *out)
+{
+    item *it = ctx->engine;
+    return it->sh ? rp_shared_colsum(it->sh, h, t0, t1, want, out) : -1;
+}
+
+static const double *cb_prompt_entropy(const rp_layer_ctx *ctx, size_t h)
+{
+    item *it = ctx->engine;
+    return it->sh ? rp_shared_entropy(it->sh, h) : NULL;
+}
+
+static int cb_key_pages(const rp_layer_ctx *ctx, size_t g, size_t page, size_t np, const float **kmin,
+                        const float **kmax)
+{
+    item *it = ctx->engine;
+    return it->sh ? rp_shared_pages(it->sh, g, page, np, kmin, kmax) : -1;
 }
 
 static int read_kv(rp_engine *E, size_t s, size_t l, size_t n, float *k, float *v, kv_error *ke)
@@ -1306,6 +1329,8 @@ static void item_free_scratch(item *it)
     }
     free(it->slab);
     free(it->q); free(it->k); free(it->v); free(it->dO); free(it->ok); free(it->ov);
+    rp_shared_free(it->sh);
+    it->sh = NULL;
     it->slab = NULL; it->sc = NULL;
     it->q = it->k = it->v = it->ok = it->ov = it->dO = NULL;
     if (it->pa) for (size_t h = 0; h < E->H; h++) { free(it->pa[h]); it->pa[h] = NULL; }
@@ -1324,7 +1349,12 @@ static int item_run(item *it)
         .ap = E->ap[it->l], .info = E->in, .rope_cos = E->rope_cos, .rope_sin = E->rope_sin,
         .rotary_dim = E->R, .rope_interleaved = E->interleaved, .prompt_attn = cb_prompt_attn,
         .layer_kv = cb_layer_kv, .engine = it, .gqa_reduce = E->o.gqa_reduce,
+        .prompt_colsum = cb_prompt_colsum, .prompt_entropy = cb_prompt_entropy, .key_pages = cb_key_pages,
     };
+    if (!(it->sh = rp_shared_new(it->q, it->k, E->H, E->Hkv, it->n, it->ctx.P, E->D, &E->ap[it->l]))) {
+        IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+        goto done;
+    }
     if (item_prefill(it)) goto done;
     for (size_t g = 0; g < E->Hkv; g++)
         if (item_head(it, g)) goto done;

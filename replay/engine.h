@@ -26,7 +26,9 @@
  * section; every accumulator lives in a per-item slot and is reduced in a fixed order, so
  * results are identical for any thread count. The full-cache attention of each (query
  * head, position) is computed once and shared by all configurations; configurations whose
- * visible cache is the full one with original K/V take its results bit for bit.
+ * visible cache is the full one with original K/V take its results bit for bit. Likewise the
+ * scores several configurations' hooks need (prompt attention column sums, row entropies,
+ * key page min/max: replay/shared.h) are computed once per work item, on first request.
  *
  * Metrics (docs/METHODS.md §6-§7), per (config, layer, query head, evaluated position):
  *   attn_cos   cos(p, p~), p~ expanded to positions (a merged entry's mass split equally)

@@ -31,6 +31,21 @@
  *              reconstruction and account the bytes. A composition "EVICT + ENCODE" runs the
  *              eviction strategy first, then encode on its output.
  *
+ * Which hook gets what (all through rp_layer_ctx; computed by the engine, never per
+ * configuration where it can be shared):
+ *   prefill     q/k/v of the layer; prompt_attn (rows of the prompt's attention, cached
+ *               per head while contiguous); the shared scores prompt_colsum (accumulated
+ *               attention: whole prompt, observation windows, masked row sets) and
+ *               prompt_entropy (per-row entropy); layer_kv (another layer's K/V).
+ *   online_*    the probabilities of the query over the cache (probs): taken from the
+ *               full-cache attention the engine computes once per (query head, position)
+ *               whenever the configuration sees the full cache; prompt_colsum for the
+ *               queries before the cache first fills (H2O).
+ *   select      q of the query; key_pages (page min/max of the original keys, per kv head,
+ *               shared by every configuration with the same page size).
+ *   encode      the cache rows; q/k/v and prompt_attn for encoders that score (asymkv).
+ * Key norms are O(P D) per kv head and are computed by the strategy itself (knorm).
+ *
  * Ownership: the engine owns every rp_cache and rp_layer_ctx; strategies own their cfg
  * (free_cfg) and online state (online_free). Pointers in rp_layer_ctx are valid only for
  * the duration of the call. Hooks are called concurrently from several threads for
@@ -156,6 +171,29 @@ typedef struct rp_layer_ctx {
     /* Added by the engine (after the fields above): the run's --gqa-reduce choice
      * (RP_GQA_MEAN default), for strategies whose reference leaves the GQA reduction open. */
     int gqa_reduce;
+    /* Shared scores (replay/shared.h): computed once per (sequence, layer) on the first
+     * request of any configuration and reused by every other one of the sweep, so a
+     * score-based strategy costs its own scoring only. Each is exactly what summing
+     * prompt_attn rows gives (same fp32 probabilities, added in double in ascending row
+     * order from 0). NULL when the context was built without the engine (unit tests): use
+     * prompt_attn then (evict_util.h's ev_accum_rows does both).
+     *   prompt_colsum   out [P] (overwritten): out[j] = sum over query rows t in [t0, t1)
+     *                   with want == NULL or want[t] of p_h(t, j) (accumulated attention: the
+     *                   whole prompt for H2O/CAB importance, the last w rows for the
+     *                   SnapKV-family observation window, CAB's bridges with a mask).
+     *                   Unmasked ranges are kept; masked ones computed per call, wanted rows
+     *                   only. 0 ok, -1 out of memory.
+     *   prompt_entropy  [P] normalised entropy of each prompt row t's own attention over its
+     *                   visible keys (entropy_merge), NULL when out of memory.
+     *   key_pages       min/max of the ORIGINAL keys of kv head g over the whole pages
+     *                   [0, np) of `page` positions (np * page <= n): [np][D] each, valid
+     *                   until the next call (Quest's page bounds; extended as pages fill).
+     *                   Only for caches whose entry e is the original position e. */
+    int (*prompt_colsum)(const struct rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, const uint8_t *want,
+                         double *out);
+    const double *(*prompt_entropy)(const struct rp_layer_ctx *ctx, size_t h);
+    int (*key_pages)(const struct rp_layer_ctx *ctx, size_t g, size_t page, size_t np, const float **kmin,
+                     const float **kmax);
 } rp_layer_ctx;
 
 enum { RP_GQA_MEAN = 0, RP_GQA_MAX = 1, RP_GQA_SUM = 2 };

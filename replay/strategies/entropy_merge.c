@@ -24,19 +24,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "shared.h"
 #include "strategy.h"
 #include "strategies/entropy_merge.h"
 
 /* ---- core ------------------------------------------------------------------------------ */
 
-double emerge_entropy(const float *p, size_t nvis)
-{
-    if (nvis <= 1) return 0.0;
-    double h = 0;
-    for (size_t j = 0; j < nvis; j++)
-        if (p[j] > 0) h -= (double)p[j] * log((double)p[j]);
-    return h / log((double)nvis);
-}
+double emerge_entropy(const float *p, size_t nvis) { return rp_entropy_norm(p, nvis); }
 
 size_t emerge_plan(const float *ent, size_t P, size_t sinks, size_t B, uint8_t *high)
 {
@@ -129,7 +123,17 @@ static int emerge_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp
     int rc = 0;
     for (size_t g = 0; g < ctx->Hkv && !rc; g++) {
         for (size_t j = 0; j < P; j++) ent[j] = ctx->gqa_reduce == RP_GQA_MAX ? -INFINITY : 0.0f;
-        for (size_t i = 0; i < G && !rc; i++)
+        for (size_t i = 0; i < G && !rc && ctx->prompt_entropy; i++) {
+            /* the engine's shared row entropies: the values below, computed once */
+            const double *e = ctx->prompt_entropy(ctx, g * G + i);
+            if (!e) { rc = -1; snprintf(err, errlen, "out of memory"); break; }
+            for (size_t t = 0; t < P; t++) {
+                float h = (float)e[t];
+                if (ctx->gqa_reduce == RP_GQA_MAX) { if (h > ent[t]) ent[t] = h; }
+                else ent[t] += h / (float)G;
+            }
+        }
+        for (size_t i = 0; i < G && !rc && !ctx->prompt_entropy; i++)
             for (size_t t0 = 0; t0 < P && !rc; t0 += EM_ROWS) {
                 size_t t1 = t0 + EM_ROWS < P ? t0 + EM_ROWS : P;
                 if (ctx->prompt_attn(ctx, g * G + i, t0, t1, buf)) { rc = -1; snprintf(err, errlen, "out of memory"); break; }

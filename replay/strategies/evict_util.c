@@ -24,6 +24,13 @@ int ev_accum_rows(const rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, const
                   size_t ncols, double *acc)
 {
     size_t P = ctx->P;
+    if (ctx->prompt_colsum) {   /* the engine's shared scores: same values, computed once */
+        double *sum = malloc((P ? P : 1) * sizeof *sum);
+        if (!sum || ctx->prompt_colsum(ctx, h, t0, t1, want, sum)) { free(sum); return -1; }
+        for (size_t j = 0; j < ncols; j++) acc[j] += sum[j];
+        free(sum);
+        return 0;
+    }
     float *buf = malloc(EV_ROWS * P * sizeof *buf);
     if (!buf) return -1;
     for (size_t a = t0; a < t1; a += EV_ROWS) {

@@ -16,7 +16,10 @@ void ev_reduce(const double *x, size_t G, size_t n, int how, double *out);
 
 /* acc[j] += sum over query rows r in [t0, t1) of p_h(r, j), j < ncols (ncols <= ctx->P),
  * with p from ctx->prompt_attn (causal rows over keys [0, P)). Rows in blocks; row r is
- * included only when want == NULL or want[r] != 0. 0 ok, -1 ENOMEM. */
+ * included only when want == NULL or want[r] != 0. Through ctx->prompt_colsum when the
+ * engine provides it (the shared scores: unmasked ranges computed once per (sequence,
+ * layer) for every configuration; the sum is the same to the bit when acc starts at 0, as
+ * in every caller). 0 ok, -1 ENOMEM. */
 int ev_accum_rows(const rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, const uint8_t *want,
                   size_t ncols, double *acc);
 

@@ -41,11 +41,29 @@ double quest_bound(const float *q, const float *kmin, const float *kmax, size_t 
     return s;
 }
 
-size_t quest_select_pages(const float *q, const float *k, size_t n, size_t D, size_t page, size_t npages,
-                          double *bound, float *kmin, float *kmax, uint8_t *visible)
+/* quest_bound of the 4 consecutive pages kmin/kmax [4][D], bound [4]: four independent
+ * sums, each in d order (the same bits as quest_bound; four chains instead of one latency-
+ * bound chain). */
+static void quest_bound4(const float *q, const float *kmin, const float *kmax, size_t D, double *bound)
 {
-    size_t np = (n + page - 1) / page, cnt = 0;
-    for (size_t p = 0; p < np; p++) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    const float *n0 = kmin, *n1 = kmin + D, *n2 = kmin + 2 * D, *n3 = kmin + 3 * D;
+    const float *x0 = kmax, *x1 = kmax + D, *x2 = kmax + 2 * D, *x3 = kmax + 3 * D;
+    for (size_t d = 0; d < D; d++) {
+        double qd = q[d], a, b;
+        a = qd * n0[d]; b = qd * x0[d]; s0 += a > b ? a : b;
+        a = qd * n1[d]; b = qd * x1[d]; s1 += a > b ? a : b;
+        a = qd * n2[d]; b = qd * x2[d]; s2 += a > b ? a : b;
+        a = qd * n3[d]; b = qd * x3[d]; s3 += a > b ? a : b;
+    }
+    bound[0] = s0; bound[1] = s1; bound[2] = s2; bound[3] = s3;
+}
+
+/* bound[p] of pages [p0, np) (the last one may be partial) from the keys themselves. */
+static void bounds_from_keys(const float *q, const float *k, size_t n, size_t D, size_t page, size_t p0, size_t np,
+                             double *bound, float *kmin, float *kmax)
+{
+    for (size_t p = p0; p < np; p++) {
         size_t a = p * page, b = a + page < n ? a + page : n;
         memcpy(kmin, k + a * D, D * sizeof *kmin);
         memcpy(kmax, k + a * D, D * sizeof *kmax);
@@ -57,6 +75,12 @@ size_t quest_select_pages(const float *q, const float *k, size_t n, size_t D, si
             }
         bound[p] = quest_bound(q, kmin, kmax, D);
     }
+}
+
+/* visible[e] = 1 for the entries of the npages highest-bound pages; their count. */
+static size_t mark_pages(const double *bound, size_t np, size_t n, size_t page, size_t npages, uint8_t *visible)
+{
+    size_t cnt = 0;
     int32_t *top = malloc((np ? np : 1) * sizeof *top);
     if (!top) return (size_t)-1;
     size_t m = rp_topk(bound, np, npages, top);
@@ -68,6 +92,14 @@ size_t quest_select_pages(const float *q, const float *k, size_t n, size_t D, si
     }
     free(top);
     return cnt;
+}
+
+size_t quest_select_pages(const float *q, const float *k, size_t n, size_t D, size_t page, size_t npages,
+                          double *bound, float *kmin, float *kmax, uint8_t *visible)
+{
+    size_t np = (n + page - 1) / page;
+    bounds_from_keys(q, k, n, D, page, 0, np, bound, kmin, kmax);
+    return mark_pages(bound, np, n, page, npages, visible);
 }
 
 static int quest_configure(const double *v, void **cfg, char *err, size_t errlen)
@@ -107,8 +139,22 @@ static void quest_select(const void *cfg, const rp_layer_ctx *ctx, size_t h, siz
     if (K < cf->min_pages) K = cf->min_pages;
     double *bound = malloc((np ? np : 1) * sizeof *bound);
     float *kmin = malloc(D * sizeof *kmin), *kmax = malloc(D * sizeof *kmax);
+    /* the cache is the sequence itself (entry e = position e, original rows: no encoder):
+     * the whole pages' min/max come from the engine, computed once per kv head and page size
+     * for every query head, position and configuration; only the partial last page is ours */
+    size_t nf = n / cf->page;
+    const float *smin, *smax;
+    int shared = bound && kmin && kmax && ctx->key_pages && n && !c->modified && !c->mem_off &&
+                 c->pos[n - 1] == (int32_t)(n - 1) && nf && !ctx->key_pages(ctx, h / ctx->G, cf->page, nf, &smin, &smax);
+    if (shared) {
+        size_t p = 0;
+        for (; p + 4 <= nf; p += 4) quest_bound4(q, smin + p * D, smax + p * D, D, bound + p);
+        for (; p < nf; p++) bound[p] = quest_bound(q, smin + p * D, smax + p * D, D);
+        bounds_from_keys(q, c->k, n, D, cf->page, nf, np, bound, kmin, kmax);
+    }
     if (!bound || !kmin || !kmax ||
-        quest_select_pages(q, c->k, n, D, cf->page, K, bound, kmin, kmax, visible) == (size_t)-1)
+        (shared ? mark_pages(bound, np, n, cf->page, K, visible)
+                : quest_select_pages(q, c->k, n, D, cf->page, K, bound, kmin, kmax, visible)) == (size_t)-1)
         memset(visible, 1, n);
     free(bound); free(kmin); free(kmax);
 }

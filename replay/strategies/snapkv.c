@@ -89,15 +89,16 @@ void snapkv_pool(const double *x, size_t n, size_t k, int pool, double *out)
     }
 }
 
-int snapkv_score(const snapkv_opts *o, int gqa, const float *attn, size_t G, size_t P, double *score)
+/* Steps 2-4 from the window's column sums sums [G][stride] (j < P - w used). */
+static int score_from_sums(const snapkv_opts *o, int gqa, const double *sums, size_t stride, size_t G, size_t P,
+                           double *score)
 {
     size_t w = o->window, m = P - w;
     double *s = malloc(G * m * sizeof *s), *t = malloc(G * m * sizeof *t);
     if (!s || !t) { free(s); free(t); return -1; }
     for (size_t i = 0; i < G; i++)
         for (size_t j = 0; j < m; j++) {
-            double a = 0;
-            for (size_t r = 0; r < w; r++) a += attn[(i * w + r) * P + j];
+            double a = sums[i * stride + j];
             s[i * m + j] = o->reduce == SNAPKV_REDUCE_MEAN ? a / (double)w : a;
         }
     if (o->gqa_before) {
@@ -112,6 +113,22 @@ int snapkv_score(const snapkv_opts *o, int gqa, const float *attn, size_t G, siz
     return 0;
 }
 
+int snapkv_score(const snapkv_opts *o, int gqa, const float *attn, size_t G, size_t P, double *score)
+{
+    size_t w = o->window, m = P - w;
+    double *sums = malloc((G * m > 0 ? G * m : 1) * sizeof *sums);
+    if (!sums) return -1;
+    for (size_t i = 0; i < G; i++)
+        for (size_t j = 0; j < m; j++) {
+            double a = 0;
+            for (size_t r = 0; r < w; r++) a += attn[(i * w + r) * P + j];
+            sums[i * m + j] = a;
+        }
+    int rc = score_from_sums(o, gqa, sums, m, G, P, score);
+    free(sums);
+    return rc;
+}
+
 size_t snapkv_keep(const double *score, size_t P, size_t w, size_t B, int32_t *kept)
 {
     size_t m = rp_topk(score, P - w, B - w, kept);
@@ -122,11 +139,20 @@ size_t snapkv_keep(const double *score, size_t P, size_t w, size_t B, int32_t *k
 int snapkv_head_score(const snapkv_opts *o, const rp_layer_ctx *ctx, size_t g, double *score)
 {
     size_t P = ctx->P, G = ctx->G, w = o->window;
+    int gqa = o->gqa == SNAPKV_GQA_RUN ? ctx->gqa_reduce : o->gqa;
+    if (ctx->prompt_colsum) {   /* the engine's shared window sums: the same values, computed once */
+        double *sums = malloc(G * P * sizeof *sums);
+        int rc = sums ? 0 : -1;
+        for (size_t i = 0; i < G && !rc; i++) rc = ctx->prompt_colsum(ctx, g * G + i, P - w, P, NULL, sums + i * P);
+        if (!rc) rc = score_from_sums(o, gqa, sums, P, G, P, score);
+        free(sums);
+        return rc;
+    }
     float *attn = malloc(G * w * P * sizeof *attn);
     if (!attn) return -1;
     for (size_t i = 0; i < G; i++)
         if (ctx->prompt_attn(ctx, g * G + i, P - w, P, attn + i * w * P)) { free(attn); return -1; }
-    int rc = snapkv_score(o, o->gqa == SNAPKV_GQA_RUN ? ctx->gqa_reduce : o->gqa, attn, G, P, score);
+    int rc = snapkv_score(o, gqa, attn, G, P, score);
     free(attn);
     return rc;
 }

@@ -43,7 +43,8 @@ int snapkv_score(const snapkv_opts *o, int gqa, const float *attn, size_t G, siz
  * Requires w < B < P. kept [B] ascending. Returns B (rp_topk: cannot fail). */
 size_t snapkv_keep(const double *score, size_t P, size_t w, size_t B, int32_t *kept);
 
-/* snapkv_score for kv head g of a layer, with the window rows from ctx->prompt_attn.
+/* snapkv_score for kv head g of a layer: the window's column sums from ctx->prompt_colsum
+ * (shared by every configuration with the same window), else the rows from ctx->prompt_attn.
  * Requires w < P. 0 ok, -1 ENOMEM. */
 int snapkv_head_score(const snapkv_opts *o, const rp_layer_ctx *ctx, size_t g, double *score);
 

@@ -1,0 +1,204 @@
+/* Scores shared by every configuration of a work item (shared.h). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shared.h"
+
+enum { CS_ROWS = 64 };          /* query rows per kernel call: logits buffer CS_ROWS x P */
+
+double rp_entropy_norm(const float *p, size_t nvis)
+{
+    if (nvis <= 1) return 0.0;
+    double h = 0;
+    for (size_t j = 0; j < nvis; j++)
+        if (p[j] > 0) h -= (double)p[j] * log((double)p[j]);
+    return h / log((double)nvis);
+}
+
+int rp_prompt_colsum(const float *q, const float *k, const float *kt, size_t P, size_t D, const attn_params *ap,
+                     size_t t0, size_t t1, const uint8_t *want, size_t ncols, double *out, double *ent)
+{
+    if (t0 > t1 || t1 > P || ncols > P) return -1;
+    memset(out, 0, ncols * sizeof *out);
+    if (ent) memset(ent, 0, (t1 - t0) * sizeof *ent);
+    if (t0 == t1) return 0;
+    size_t maxr = t1 - t0 < CS_ROWS ? t1 - t0 : CS_ROWS;
+    float *lg = malloc(maxr * t1 * sizeof *lg), *lse = malloc(maxr * sizeof *lse);
+    if (!lg || !lse) { free(lg); free(lse); return -1; }
+    for (size_t a = t0; a < t1;) {
+        if (want && !want[a]) { a++; continue; }
+        size_t b = a + 1;                       /* a run of wanted rows, one kernel call */
+        while (b < t1 && b - a < CS_ROWS && (!want || want[b])) b++;
+        /* keys [0, b) cover every visible key of rows < b; the row stride is b */
+        if (kt) attn_full_rows_kt(q, kt, k, b, D, a, b, ap, lse, NULL, lg);
+        else attn_full_rows(q, k, k, b, D, a, b, ap, lse, NULL, lg);
+        for (size_t t = a; t < b; t++) {
+            float *row = lg + (t - a) * b, m = lse[t - a];
+            size_t lo = attn_lo(t, ap->window), hi = t + 1 < ncols ? t + 1 : ncols;
+            for (size_t j = lo; j <= t; j++) row[j] = expf(row[j] - m);
+            for (size_t j = lo; j < hi; j++) out[j] += row[j];
+            if (ent) ent[t - t0] = rp_entropy_norm(row + lo, t + 1 - lo);
+        }
+        a = b;
+    }
+    free(lg);
+    free(lse);
+    return 0;
+}
+
+void rp_page_minmax(const float *k, size_t D, size_t page, size_t p0, size_t p1, float *kmin, float *kmax)
+{
+    for (size_t p = p0; p < p1; p++) {
+        float *mn = kmin + (p - p0) * D, *mx = kmax + (p - p0) * D;
+        const float *r = k + p * page * D;
+        memcpy(mn, r, D * sizeof *mn);
+        memcpy(mx, r, D * sizeof *mx);
+        for (size_t e = 1; e < page; e++)
+            for (size_t d = 0; d < D; d++) {
+                float x = r[e * D + d];
+                mn[d] = x < mn[d] ? x : mn[d];
+                mx[d] = x > mx[d] ? x : mx[d];
+            }
+    }
+}
+
+/* ---- the per-item object ------------------------------------------------------------------ */
+
+enum { SH_RANGES = 4 };         /* unmasked row ranges kept per query head */
+
+typedef struct sh_range { size_t t0, t1; double *sum; } sh_range;
+
+typedef struct sh_pages {
+    size_t g, page, np, cap;    /* pages [0, np) computed, room for cap */
+    float *kmin, *kmax;         /* [cap][D] */
+} sh_pages;
+
+struct rp_shared {
+    const float *q, *k;
+    size_t H, Hkv, G, n, P, D;
+    attn_params ap;
+    sh_range *rg;               /* [H][SH_RANGES], t1 == 0: free */
+    size_t *rg_next;            /* [H] slot replaced next when all are taken */
+    double **ent;               /* [H] row entropies, NULL until asked */
+    float **kt;                 /* [Hkv] the prompt's keys transposed once (attn_transpose_keys) */
+    sh_pages *pg;
+    size_t n_pg;
+};
+
+rp_shared *rp_shared_new(const float *q, const float *k, size_t H, size_t Hkv, size_t n, size_t P, size_t D,
+                         const attn_params *ap)
+{
+    rp_shared *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    *s = (rp_shared){ .q = q, .k = k, .H = H, .Hkv = Hkv, .G = H / Hkv, .n = n, .P = P, .D = D, .ap = *ap };
+    s->rg = calloc(H * SH_RANGES, sizeof *s->rg);
+    s->rg_next = calloc(H, sizeof *s->rg_next);
+    s->ent = calloc(H, sizeof *s->ent);
+    s->kt = calloc(Hkv, sizeof *s->kt);
+    if (!s->rg || !s->rg_next || !s->ent || !s->kt) { rp_shared_free(s); return NULL; }
+    return s;
+}
+
+void rp_shared_free(rp_shared *s)
+{
+    if (!s) return;
+    if (s->rg) for (size_t i = 0; i < s->H * SH_RANGES; i++) free(s->rg[i].sum);
+    if (s->ent) for (size_t h = 0; h < s->H; h++) free(s->ent[h]);
+    if (s->kt) for (size_t g = 0; g < s->Hkv; g++) free(s->kt[g]);
+    for (size_t i = 0; i < s->n_pg; i++) { free(s->pg[i].kmin); free(s->pg[i].kmax); }
+    free(s->rg); free(s->rg_next); free(s->ent); free(s->kt); free(s->pg);
+    free(s);
+}
+
+static const float *head_q(const rp_shared *s, size_t h) { return s->q + h * s->n * s->D; }
+static const float *head_k(const rp_shared *s, size_t h) { return s->k + (h / s->G) * s->n * s->D; }
+
+/* The prompt keys of query head h's kv head, transposed on first use (shared by its G query
+ * heads and every configuration); NULL when out of memory (the caller then transposes per
+ * block: same results). */
+static const float *head_kt(rp_shared *s, size_t h)
+{
+    size_t g = h / s->G;
+    if (!s->kt[g] && s->P && (s->kt[g] = malloc(attn_keys_t_floats(s->P, s->D) * sizeof **s->kt)))
+        attn_transpose_keys(head_k(s, h), s->P, s->D, s->kt[g]);
+    return s->kt[g];
+}
+
+/* The kept column sums of rows [t0, t1) of head h, computed (with the row entropies when
+ * ent is not NULL) into a new or recycled slot when absent. NULL: out of memory. */
+static const double *range_sum(rp_shared *s, size_t h, size_t t0, size_t t1, double *ent)
+{
+    sh_range *r = s->rg + h * SH_RANGES, *slot = NULL;
+    for (size_t i = 0; i < SH_RANGES; i++)
+        if (r[i].sum && r[i].t0 == t0 && r[i].t1 == t1 && !ent) return r[i].sum;
+    for (size_t i = 0; i < SH_RANGES && !slot; i++)
+        if (r[i].sum && r[i].t0 == t0 && r[i].t1 == t1) slot = &r[i];         /* refreshed with ent */
+    for (size_t i = 0; i < SH_RANGES && !slot; i++)
+        if (!r[i].sum) slot = &r[i];
+    if (!slot) { slot = &r[s->rg_next[h]]; s->rg_next[h] = (s->rg_next[h] + 1) % SH_RANGES; }
+    if (!slot->sum && !(slot->sum = malloc((s->P ? s->P : 1) * sizeof *slot->sum))) return NULL;
+    slot->t1 = 0;
+    if (rp_prompt_colsum(head_q(s, h), head_k(s, h), head_kt(s, h), s->P, s->D, &s->ap, t0, t1, NULL, s->P, slot->sum,
+                         ent))
+        return NULL;
+    slot->t0 = t0; slot->t1 = t1;
+    return slot->sum;
+}
+
+int rp_shared_colsum(rp_shared *s, size_t h, size_t t0, size_t t1, const uint8_t *want, double *out)
+{
+    if (h >= s->H || t0 > t1 || t1 > s->P) return -1;
+    if (want)
+        return rp_prompt_colsum(head_q(s, h), head_k(s, h), head_kt(s, h), s->P, s->D, &s->ap, t0, t1, want, s->P,
+                                out, NULL);
+    if (t0 == t1) { memset(out, 0, s->P * sizeof *out); return 0; }
+    const double *sum = range_sum(s, h, t0, t1, NULL);
+    if (!sum) return -1;
+    memcpy(out, sum, s->P * sizeof *out);
+    return 0;
+}
+
+const double *rp_shared_entropy(rp_shared *s, size_t h)
+{
+    if (h >= s->H) return NULL;
+    if (s->ent[h]) return s->ent[h];
+    double *e = malloc((s->P ? s->P : 1) * sizeof *e);
+    if (!e) return NULL;
+    /* one pass fills the whole prompt's column sums too (they cost nothing more) */
+    if (!range_sum(s, h, 0, s->P, e)) { free(e); return NULL; }
+    return s->ent[h] = e;
+}
+
+int rp_shared_pages(rp_shared *s, size_t g, size_t page, size_t np, const float **kmin, const float **kmax)
+{
+    if (g >= s->Hkv || page == 0 || np > s->n / page) return -1;
+    sh_pages *pg = NULL;
+    for (size_t i = 0; i < s->n_pg && !pg; i++)
+        if (s->pg[i].g == g && s->pg[i].page == page) pg = &s->pg[i];
+    if (!pg) {
+        sh_pages *x = realloc(s->pg, (s->n_pg + 1) * sizeof *x);
+        if (!x) return -1;
+        s->pg = x;
+        pg = &s->pg[s->n_pg++];
+        *pg = (sh_pages){ .g = g, .page = page };
+    }
+    if (np > pg->cap) {         /* room for every whole page of the sequence at once */
+        size_t cap = s->n / page, D = s->D;
+        float *a = realloc(pg->kmin, (cap ? cap : 1) * D * sizeof *a);
+        if (!a) return -1;
+        pg->kmin = a;
+        float *b = realloc(pg->kmax, (cap ? cap : 1) * D * sizeof *b);
+        if (!b) return -1;
+        pg->kmax = b;
+        pg->cap = cap;
+    }
+    if (np > pg->np) {          /* pages filled since the last request */
+        rp_page_minmax(s->k + g * s->n * s->D, s->D, page, pg->np, np, pg->kmin + pg->np * s->D,
+                       pg->kmax + pg->np * s->D);
+        pg->np = np;
+    }
+    *kmin = pg->kmin;
+    *kmax = pg->kmax;
+    return 0;
+}

@@ -1,0 +1,73 @@
+/* Scores shared by every configuration of a fused sweep: computed once per (sequence, layer)
+ * work item, on the first request, and handed to the strategies through rp_layer_ctx
+ * (strategy.h lists which hook gets what). A sweep of twenty configurations then pays for
+ * the prompt's attention once, not once per configuration.
+ *
+ * P prompt length, n valid tokens, D head_dim, H q-heads, Hkv kv-heads.
+ *
+ * Never a dense P x P matrix: the prompt's attention is streamed in blocks of query rows
+ * (the engine's blocked kernel, attn_full_rows) and reduced as it goes: column sums over the
+ * rows (accumulated attention: H2O, CAB, ObservedAttention-style scores; over the last w rows:
+ * the observation window of SnapKV, PyramidKV, AdaKV) and each row's own normalised
+ * entropy (entropy_merge). Memory per work item: a few P-long rows per query head, one
+ * block of rows x P logits while computing, and page min/max of the keys (Quest).
+ *
+ * Values are exactly those a strategy would get by summing ctx->prompt_attn rows itself:
+ * the probabilities are the same fp32 numbers (expf of logit - lse from the same kernel;
+ * rows never depend on the block they are computed in, attn.h) and they are added in
+ * double in ascending row order starting from 0. So switching a strategy to the shared
+ * scores changes no bit of its output.
+ */
+#ifndef KV_SHARED_H
+#define KV_SHARED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attn.h"
+
+/* out[j] = sum over the query rows t in [t0, t1) with want == NULL or want[t] != 0 of p(t, j),
+ * for every j < ncols, where p(t, .) is query row t's causal attention over the keys [0, P)
+ * (normalised over its visible keys, 0 elsewhere); rows added in ascending order in double,
+ * starting from 0. ent, when not NULL: ent[t - t0] = the normalised entropy of row t
+ * (rp_entropy_norm over its visible keys; 0 for unwanted rows). q [>= t1][D], k [P][D]
+ * (t1 <= P); kt NULL, or k transposed once by attn_transpose_keys (>= t1 keys): the same
+ * results without a transpose per block of rows. 0 ok, -1 out of memory. Work: only the
+ * wanted rows' causal logits. */
+int rp_prompt_colsum(const float *q, const float *k, const float *kt, size_t P, size_t D, const attn_params *ap,
+                     size_t t0, size_t t1, const uint8_t *want, size_t ncols, double *out, double *ent);
+
+/* Entropy of a probability row p[0..nvis) normalised by log(nvis) (so that rows with few
+ * visible keys compare with long ones): -sum_{p_j > 0} p_j log p_j / log nvis, 0 when
+ * nvis <= 1. Summed in double in index order. */
+double rp_entropy_norm(const float *p, size_t nvis);
+
+/* Elementwise min and max of the keys of pages [p0, p1) of `page` consecutive rows:
+ * kmin/kmax [p1 - p0][D]; k [>= p1 * page][D]. */
+void rp_page_minmax(const float *k, size_t D, size_t page, size_t p0, size_t p1, float *kmin, float *kmax);
+
+/* The shared object of one work item (not thread-safe: one per item, used by one thread). */
+typedef struct rp_shared rp_shared;
+
+/* q [H][n][D], k [Hkv][n][D] stay owned by the caller and must outlive the object. */
+rp_shared *rp_shared_new(const float *q, const float *k, size_t H, size_t Hkv, size_t n, size_t P, size_t D,
+                         const attn_params *ap);
+void rp_shared_free(rp_shared *s);
+
+/* rp_prompt_colsum of query head h (ncols = P). Row ranges without a mask are kept (the
+ * whole prompt, observation windows), at most a few per head; masked requests are computed
+ * each time (their rows are the configuration's own). The whole-prompt range [0, P) also
+ * fills the row entropies. 0 ok, -1 out of memory. */
+int rp_shared_colsum(rp_shared *s, size_t h, size_t t0, size_t t1, const uint8_t *want, double *out);
+
+/* [P] the normalised entropy of each prompt row of query head h (row t over keys [lo, t]),
+ * or NULL when out of memory. Valid until rp_shared_free. */
+const double *rp_shared_entropy(rp_shared *s, size_t h);
+
+/* Min/max of the original keys of kv head g over pages [0, np) of `page` rows, each page
+ * whole (np * page <= n): *kmin, *kmax [np][D], valid until the next call or rp_shared_free.
+ * Extended incrementally: a request for more pages computes only the new ones. 0 ok, -1 out
+ * of memory or np * page > n. */
+int rp_shared_pages(rp_shared *s, size_t g, size_t page, size_t np, const float **kmin, const float **kmax);
+
+#endif /* KV_SHARED_H */

@@ -1,0 +1,269 @@
+/* replay/shared.c: the scores shared by the configurations of a work item, against a naive
+ * float64 computation and against the row-by-row path the strategies used before.
+ *
+ * P prompt rows, D head_dim, H q-heads over Hkv kv-heads. For each attention setting (plain,
+ * soft-capped, sliding window):
+ *   column sums   rp_prompt_colsum over all rows, an observation window, a random row mask,
+ *                 against sum_t p_ref(t, j) in double. Tolerance per term: the fp32
+ *                 probability p = expf(s - lse) has relative error at most
+ *                     eps_t = (D + 1) 2^-24 scale max_j sum_d |q_d k_jd|   (fp32 dot product,
+ *                             gamma_D, plus the scale; tanh contracts: the cap adds a few ulp)
+ *                           + 2e-6 (1 + |lse_t|)                          (the kernel's lse,
+ *                             test_attn's bound)
+ *                           + 8 2^-24                                     (subtraction, expf,
+ *                             tanhf, cap rounding)
+ *                 so |sum - ref| <= sum_t eps_t p_ref(t, j) (non-negative terms), + 1e-15;
+ *   entropies     rp_entropy_norm of each row: d(-p log p) = -(log p + 1) dp, so
+ *                 |h - ref| <= sum_j eps_t p_j |log p_j + 1| / log(nvis) (+ 1e-12);
+ *   bit identity  the sums equal, bit for bit, what summing the rows of one
+ *                 attn_full_rows call (exp of logit - lse, masked = 0; the engine's
+ *                 prompt_attn) in ascending row order gives: the shared scores change no
+ *                 strategy's output; the same with the keys transposed once
+ *                 (attn_full_rows_kt, also checked against attn_full_rows directly:
+ *                 outputs, lse and logits, key blocks of 64 and 48 keys);
+ *   the object    rp_shared_colsum / rp_shared_entropy (cached, recomputed, several ranges
+ *                 per head, GQA head mapping) equal the direct calls bit for bit;
+ *                 rp_shared_pages equals a naive min/max, also when extended page by page,
+ *                 and refuses pages past the sequence.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "attn.h"
+#include "shared.h"
+
+static int fails = 0, checks = 0;
+
+static void check(const char *what, int cond)
+{
+    checks++;
+    if (!cond) { fails++; printf("FAIL %s\n", what); }
+}
+
+static uint64_t rng_state = 0x243f6a8885a308d3ull;
+static uint64_t rng_u64(void)
+{
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+static double rng_unif(void) { return ((rng_u64() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+static float rng_normal(void) { return (float)(sqrt(-2 * log(rng_unif())) * cos(2 * M_PI * rng_unif())); }
+
+enum { P = 97, D = 16, H = 4, HKV = 2, G = H / HKV, N = P + 5 };
+
+/* Naive float64 probabilities of row t of one head over keys [0, P): pr [P] (0 masked),
+ * the row's lse and error bound eps_t (header). */
+static void ref_row(const float *q, const float *k, const attn_params *ap, size_t t, double *pr, double *lse,
+                    double *eps)
+{
+    double s[P], mx = -INFINITY, dotmax = 0;
+    size_t lo = attn_lo(t, ap->window);
+    for (size_t j = 0; j < P; j++) pr[j] = 0;
+    for (size_t j = lo; j <= t; j++) {
+        double dot = 0, ab = 0;
+        for (size_t d = 0; d < D; d++) {
+            dot += (double)q[t * D + d] * k[j * D + d];
+            ab += fabs((double)q[t * D + d] * k[j * D + d]);
+        }
+        double x = (double)ap->scale * dot;
+        if (ap->softcap > 0) x = ap->softcap * tanh(x / ap->softcap);
+        s[j] = x;
+        mx = x > mx ? x : mx;
+        dotmax = ab > dotmax ? ab : dotmax;
+    }
+    double z = 0;
+    for (size_t j = lo; j <= t; j++) z += exp(s[j] - mx);
+    *lse = mx + log(z);
+    for (size_t j = lo; j <= t; j++) pr[j] = exp(s[j] - *lse);
+    *eps = (D + 1) * ldexp(1, -24) * ap->scale * dotmax + 2e-6 * (1 + fabs(*lse)) + 8 * ldexp(1, -24);
+}
+
+/* The strategies' former path: rows of one attn_full_rows call over keys [0, P), probabilities
+ * expf(logit - lse) (0 where masked), added in ascending row order. */
+static void rows_sum(const float *q, const float *k, const attn_params *ap, size_t t0, size_t t1, const uint8_t *want,
+                     double *out)
+{
+    float *lg = malloc((t1 - t0) * P * sizeof *lg), *lse = malloc((t1 - t0) * sizeof *lse);
+    attn_full_rows(q, k, k, P, D, t0, t1, ap, lse, NULL, lg);
+    memset(out, 0, P * sizeof *out);
+    for (size_t t = t0; t < t1; t++) {
+        if (want && !want[t]) continue;
+        for (size_t j = 0; j < P; j++) {
+            float z = lg[(t - t0) * P + j];
+            out[j] += z == -INFINITY ? 0.0f : expf(z - lse[t - t0]);
+        }
+    }
+    free(lg); free(lse);
+}
+
+static void test_colsum(const char *name, const attn_params *ap)
+{
+    float *q = malloc(P * D * sizeof *q), *k = malloc(P * D * sizeof *k);
+    for (size_t i = 0; i < P * D; i++) { q[i] = 1.5f * rng_normal(); k[i] = rng_normal(); }
+    float *kt = malloc(attn_keys_t_floats(P, D) * sizeof *kt);
+    attn_transpose_keys(k, P, D, kt);
+    uint8_t want[P];
+    for (size_t t = 0; t < P; t++) want[t] = rng_unif() < 0.4;
+    double *pr = malloc(P * P * sizeof *pr), eps[P], lse[P];
+    for (size_t t = 0; t < P; t++) ref_row(q, k, ap, t, pr + t * P, &lse[t], &eps[t]);
+    struct { const char *what; size_t t0, t1; const uint8_t *want; } cases[] = {
+        { "all rows", 0, P, NULL }, { "window 9", P - 9, P, NULL }, { "masked", 0, P, want },
+        { "masked tail", 30, P, want }, { "one row", 40, 41, NULL }, { "empty", 5, 5, NULL },
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        double out[P], old[P], ent[P], worst = 0;
+        char msg[160];
+        size_t t0 = cases[c].t0, t1 = cases[c].t1;
+        int rc = rp_prompt_colsum(q, k, NULL, P, D, ap, t0, t1, cases[c].want, P, out, ent);
+        snprintf(msg, sizeof msg, "%s %s: returns 0", name, cases[c].what);
+        check(msg, rc == 0);
+        double out2[P], ent2[P];
+        rc = rp_prompt_colsum(q, k, kt, P, D, ap, t0, t1, cases[c].want, P, out2, ent2);
+        snprintf(msg, sizeof msg, "%s %s: keys transposed once: the same bits", name, cases[c].what);
+        check(msg, rc == 0 && memcmp(out, out2, sizeof out) == 0 && memcmp(ent, ent2, (t1 - t0) * sizeof *ent) == 0);
+        int ok = 1, eok = 1;
+        for (size_t j = 0; j < P; j++) {
+            double ref = 0, tol = 1e-15;
+            for (size_t t = t0; t < t1; t++)
+                if (!cases[c].want || cases[c].want[t]) { ref += pr[t * P + j]; tol += eps[t] * pr[t * P + j]; }
+            if (!(fabs(out[j] - ref) <= tol)) ok = 0;
+            if (fabs(out[j] - ref) / tol > worst) worst = fabs(out[j] - ref) / tol;
+        }
+        snprintf(msg, sizeof msg, "%s %s: column sums within the fp32 bound (worst %.3f of it)", name, cases[c].what, worst);
+        check(msg, ok);
+        for (size_t t = t0; t < t1; t++) {
+            if (cases[c].want && !cases[c].want[t]) { if (ent[t - t0] != 0) eok = 0; continue; }
+            size_t lo = attn_lo(t, ap->window), nv = t + 1 - lo;
+            double h = 0, tol = 1e-12;
+            for (size_t j = lo; j <= t; j++) {
+                double p = pr[t * P + j];
+                if (p > 0) { h -= p * log(p); tol += eps[t] * p * fabs(log(p) + 1); }
+            }
+            h = nv > 1 ? h / log((double)nv) : 0;
+            if (nv > 1) tol /= log((double)nv);
+            if (!(fabs(ent[t - t0] - h) <= tol)) eok = 0;
+        }
+        snprintf(msg, sizeof msg, "%s %s: row entropies within the bound", name, cases[c].what);
+        check(msg, eok);
+        if (t1 > t0) {
+            rows_sum(q, k, ap, t0, t1, cases[c].want, old);
+            snprintf(msg, sizeof msg, "%s %s: bit-identical to summing the prompt rows", name, cases[c].what);
+            check(msg, memcmp(out, old, P * sizeof *out) == 0);
+        }
+    }
+    double part[P];
+    rp_prompt_colsum(q, k, NULL, P, D, ap, 0, P, NULL, 20, part, NULL);
+    double all[P];
+    rp_prompt_colsum(q, k, NULL, P, D, ap, 0, P, NULL, P, all, NULL);
+    check("ncols < P: the first columns, same bits", memcmp(part, all, 20 * sizeof *part) == 0);
+    check("t1 > P refused", rp_prompt_colsum(q, k, NULL, P, D, ap, 0, P + 1, NULL, P, all, NULL) == -1);
+    free(q); free(k); free(kt); free(pr);
+}
+
+static void test_object(const attn_params *ap)
+{
+    float *q = malloc(H * N * D * sizeof *q), *k = malloc(HKV * N * D * sizeof *k);
+    for (size_t i = 0; i < H * N * D; i++) q[i] = rng_normal();
+    for (size_t i = 0; i < HKV * N * D; i++) k[i] = rng_normal();
+    rp_shared *s = rp_shared_new(q, k, H, HKV, N, P, D, ap);
+    check("rp_shared_new", s != NULL);
+    if (!s) return;
+    uint8_t want[P];
+    for (size_t t = 0; t < P; t++) want[t] = (t * 7) % 3 == 0;
+    int ok = 1;
+    for (int pass = 0; pass < 2; pass++)          /* second pass: from the kept ranges */
+        for (size_t h = 0; h < H; h++) {
+            const float *qh = q + h * N * D, *kh = k + (h / G) * N * D;
+            double a[P], b[P], e[P];
+            size_t ranges[6][2] = { { 0, P }, { P - 8, P }, { P - 16, P }, { P - 4, P }, { P - 32, P }, { 10, 50 } };
+            for (size_t r = 0; r < 6; r++) {        /* more ranges than slots: recycling */
+                ok &= rp_shared_colsum(s, h, ranges[r][0], ranges[r][1], NULL, a) == 0;
+                rp_prompt_colsum(qh, kh, NULL, P, D, ap, ranges[r][0], ranges[r][1], NULL, P, b, NULL);
+                ok &= memcmp(a, b, sizeof a) == 0;
+            }
+            ok &= rp_shared_colsum(s, h, 0, P, want, a) == 0;
+            rp_prompt_colsum(qh, kh, NULL, P, D, ap, 0, P, want, P, b, NULL);
+            ok &= memcmp(a, b, sizeof a) == 0;
+            const double *se = rp_shared_entropy(s, h);
+            rp_prompt_colsum(qh, kh, NULL, P, D, ap, 0, P, NULL, P, b, e);
+            ok &= se && memcmp(se, e, sizeof e) == 0;
+            ok &= rp_shared_colsum(s, h, 0, P, NULL, a) == 0 && memcmp(a, b, sizeof a) == 0;
+        }
+    check("shared column sums and entropies: the direct values, bit for bit, per query head", ok);
+    /* pages of kv head 1, page 8: naive min/max, extended incrementally */
+    const float *mn, *mx;
+    size_t page = 8, full = N / page;
+    int pok = rp_shared_pages(s, 1, page, 2, &mn, &mx) == 0;
+    pok &= rp_shared_pages(s, 1, page, full, &mn, &mx) == 0;
+    pok &= rp_shared_pages(s, 1, page, 3, &mn, &mx) == 0;       /* fewer: no recomputation needed */
+    for (size_t p = 0; p < full && pok; p++)
+        for (size_t d = 0; d < D; d++) {
+            float a = INFINITY, b = -INFINITY;
+            for (size_t e = p * page; e < (p + 1) * page; e++) {
+                float x = k[(1 * N + e) * D + d];
+                a = x < a ? x : a;
+                b = x > b ? x : b;
+            }
+            pok &= mn[p * D + d] == a && mx[p * D + d] == b;
+        }
+    check("page min/max of kv head 1 equal the naive ones (extended incrementally)", pok);
+    check("page past the sequence refused", rp_shared_pages(s, 1, page, full + 1, &mn, &mx) == -1);
+    check("kv head out of range refused", rp_shared_pages(s, HKV, page, 1, &mn, &mx) == -1);
+    check("query head out of range refused", rp_shared_entropy(s, H) == NULL);
+    rp_shared_free(s);
+    free(q); free(k);
+}
+
+/* attn_full_rows_kt against attn_full_rows, bit for bit: outputs, lse and logits, for row
+ * ranges that start and end inside key blocks, a window, and a head_dim whose key block is
+ * not 64 keys. */
+static void test_kt(size_t Dx, const attn_params *ap)
+{
+    enum { TT = 150 };
+    float *q = malloc(TT * Dx * sizeof *q), *k = malloc(TT * Dx * sizeof *k), *v = malloc(TT * Dx * sizeof *v);
+    for (size_t i = 0; i < TT * Dx; i++) { q[i] = rng_normal(); k[i] = rng_normal(); v[i] = rng_normal(); }
+    float *kt = malloc(attn_keys_t_floats(TT, Dx) * sizeof *kt);
+    attn_transpose_keys(k, TT, Dx, kt);
+    size_t rg[4][2] = { { 0, TT }, { 3, 70 }, { 65, 66 }, { 100, 150 } };
+    int ok = 1;
+    for (size_t r = 0; r < 4; r++) {
+        size_t t0 = rg[r][0], t1 = rg[r][1], nr = t1 - t0;
+        float *l1 = malloc(nr * TT * sizeof *l1), *l2 = malloc(nr * TT * sizeof *l2);
+        float *o1 = malloc(nr * Dx * sizeof *o1), *o2 = malloc(nr * Dx * sizeof *o2), s1[TT], s2[TT];
+        attn_full_rows(q, k, v, TT, Dx, t0, t1, ap, s1, o1, l1);
+        attn_full_rows_kt(q, kt, v, TT, Dx, t0, t1, ap, s2, o2, l2);
+        ok &= !memcmp(l1, l2, nr * TT * sizeof *l1) && !memcmp(o1, o2, nr * Dx * sizeof *o1) &&
+              !memcmp(s1, s2, nr * sizeof *s1);
+        attn_full_rows(q, k, v, t1, Dx, t0, t1, ap, s1, NULL, l1);      /* keys [0, t1) only */
+        attn_full_rows_kt(q, kt, v, t1, Dx, t0, t1, ap, s2, NULL, l2);
+        ok &= !memcmp(l1, l2, nr * t1 * sizeof *l1) && !memcmp(s1, s2, nr * sizeof *s1);
+        free(l1); free(l2); free(o1); free(o2);
+    }
+    char msg[128];
+    snprintf(msg, sizeof msg, "attn_full_rows_kt = attn_full_rows bit for bit (D %zu, window %lld)", Dx, ap->window);
+    check(msg, ok);
+    free(q); free(k); free(v); free(kt);
+}
+
+int main(void)
+{
+    attn_params plain = { 0.25f, 0, 0 }, capped = { 0.5f, 5.0f, 0 }, window = { 0.25f, 0, 13 };
+    test_colsum("plain", &plain);
+    test_colsum("softcap", &capped);
+    test_colsum("window", &window);
+    test_object(&plain);
+    test_object(&window);
+    test_kt(16, &plain);
+    test_kt(300, &window);
+    test_kt(128, &capped);
+    float one = 1.0f, half[2] = { 0.5f, 0.5f };
+    check("entropy of one key = 0", rp_entropy_norm(&one, 1) == 0);
+    check("entropy of two halves = 1", fabs(rp_entropy_norm(half, 2) - 1) <= 1e-15);
+    printf("test_shared: %d/%d checks passed\n", checks - fails, checks);
+    return fails ? 1 : 0;
+}
