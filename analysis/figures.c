@@ -1325,11 +1325,9 @@ kv_status rp_emit_figure(rp_ctx *c, const char *stem, const char *kind, const ch
                          const char *const *vals, size_t nv, const char *dat, size_t datlen, double height, kv_error *err)
 {
     tvars t = {0};
-    if (nv > sizeof t.v / sizeof t.v[0] - 3) return kv_error_set(err, KV_ERR_INVALID, "too many template values");
-    for (size_t i = 0; i < nv; i++) {
-        if (strlen(vals[i]) >= sizeof t.v[0].v) return kv_error_set(err, KV_ERR_INVALID, "template value %s too long", keys[i]);
-        tv_set(&t, keys[i], "%s", vals[i]);
-    }
+    if (nv > sizeof t.v / sizeof t.v[0] - 8) return kv_error_set(err, KV_ERR_INVALID, "too many template values");
+    for (size_t i = 0; i < nv; i++) tv_set(&t, keys[i], "%s", vals[i]);
+    if (t.oom) { tv_free(&t); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
     sbuf d = {0};
     if (datlen) {
         if (!(d.s = malloc(datlen + 1))) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
