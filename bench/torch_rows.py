@@ -202,14 +202,13 @@ def main():
                 # causal: only the decode columns [P, n) can lie in a row's future
                 fut = (torch.arange(P, n)[None, :] > rows[:, None]).repeat(grp, 1)  # [grp*R, N]
                 z[:, :, P:].masked_fill_(fut, -math.inf)
-                lse = torch.logsumexp(z, -1, keepdim=True)
-                p = torch.exp(z - lse)
+                p = torch.softmax(z, -1)
                 o = p @ v                                                    # [G, grp*R, D]
-                pn = p.norm(dim=-1)
+                pn = torch.linalg.vector_norm(p, dim=-1)
                 for ci, (name, kv) in enumerate(configs):
                     if name == "quant":
-                        o_c = quant_block(accs[ci], kivi[ci], q_ev[:, r0:r1], z, lse, p, pn, fut, v,
-                                          rows, o, P, G, grp, H, R)
+                        o_c = quant_block(accs[ci], kivi[ci], q_ev[:, r0:r1], z, p, pn, v, rows, o,
+                                          G, grp, H, R)
                     else:
                         # a static prompt selection: the kept logits are the full ones, so the
                         # compressed row is p restricted to the kept entries over their mass r:
@@ -225,7 +224,7 @@ def main():
                             kf = ((B + rows - P + 1).double() / (rows + 1).double()).expand(G, R)
                         r = p_g.sum(-1)
                         o_c = o if idx is None else (p_g @ v_c) / r[..., None]
-                        add_metrics(accs[ci], p_g.norm(dim=-1) / pn, -torch.log(r.double()), r,
+                        add_metrics(accs[ci], torch.linalg.vector_norm(p_g, dim=-1) / pn, -torch.log(r.double()), r,
                                     o, o_c, kf, H, R)
                     if rd is not None:
                         d = (o_c - o).view(G, grp, R, D).permute(2, 0, 1, 3).reshape(R, H * D)
@@ -238,23 +237,38 @@ def main():
           f"block {a.block}, {a.threads} threads, {time.time() - t_start:.2f}s", file=sys.stderr)
 
 
-def quant_block(acc, kivi, qb, z, lse, p, pn, fut, v, rows, o, P, G, grp, H, R):
-    """One block's rows under KIVI: quantised keys change their logits, quantised values
-    their products. Returns o_c."""
+def lse_of(z, p):
+    """logsumexp of the rows of z from their softmax p: at a row's largest logit,
+    lse = z_max - log p_max (p_max >= 1/n, so the log is accurate); one pass over z instead
+    of torch.logsumexp's several."""
+    zmax, at = z.max(-1, keepdim=True)
+    return zmax - torch.log(p.gather(-1, at))
+
+
+def quant_block(acc, kivi, qb, z, p, pn, v, rows, o, G, grp, H, R):
+    """One block's rows under KIVI: the keys [0, nk[t]) and values [0, nv[t]) that row t sees
+    are the quantised ones (prefixes that grow with t, so within a block only a band of
+    columns [lo, hi) differs between rows). Returns o_c."""
     kq, vq, nk, nv = kivi
-    n = z.shape[2]
-    jj = torch.arange(n)
-    mk = (jj[None, :] < nk[rows][:, None]).repeat(grp, 1)               # key j quantised at row
-    mv = (jj[None, :] < nv[rows][:, None]).repeat(grp, 1)
-    diff = torch.where(mk, block_logits(qb, kq, G, grp) - z, 0.0)       # z~ - z
-    diff[:, :, P:].masked_fill_(fut, 0.0)
-    zc = z + diff                                                        # future stays -inf
-    lse_c = torch.logsumexp(zc, -1, keepdim=True)
-    p_c = torch.exp(zc - lse_c)
-    o_c = (p_c * mv) @ vq + (p_c * ~mv) @ v
+    nk_lo, nk_hi = int(nk[rows].min()), int(nk[rows].max())
+    nv_lo, nv_hi = int(nv[rows].min()), int(nv[rows].max())
+    # z~ - z on the quantised key columns (the band's columns beyond a row's nk[t] may lie
+    # in its future, where z = -inf: zeroed by where, not by a product)
+    diff = block_logits(qb, kq[:, :nk_hi], G, grp) - z[:, :, :nk_hi]
+    if nk_hi > nk_lo:
+        band = (torch.arange(nk_lo, nk_hi)[None, :] < nk[rows][:, None]).repeat(grp, 1)
+        diff[:, :, nk_lo:] = torch.where(band, diff[:, :, nk_lo:], 0.0)
+    zc = z.clone()
+    zc[:, :, :nk_hi] += diff
+    p_c = torch.softmax(zc, -1)
+    o_c = p_c[:, :, nv_hi:] @ v[:, nv_hi:] + p_c[:, :, :nv_lo] @ vq[:, :nv_lo]
+    if nv_hi > nv_lo:
+        band = (torch.arange(nv_lo, nv_hi)[None, :] < nv[rows][:, None]).repeat(grp, 1)[..., None]
+        pb = p_c[:, :, nv_lo:nv_hi, None]               # [G, grp*R, band, 1]
+        o_c += (pb * torch.where(band, vq[:, None, nv_lo:nv_hi], v[:, None, nv_lo:nv_hi])).sum(2)
     # KL(p~ || p) = sum p~ (z~ - z) - lse~ + lse
-    kl = (p_c * diff).sum(-1) + (lse - lse_c).squeeze(-1)
-    cos = (p * p_c).sum(-1) / (pn * p_c.norm(dim=-1))
+    kl = (p_c[:, :, :nk_hi] * diff).sum(-1) + (lse_of(z, p) - lse_of(zc, p_c)).squeeze(-1)
+    cos = (p * p_c).sum(-1) / (pn * torch.linalg.vector_norm(p_c, dim=-1))
     add_metrics(acc, cos, kl, torch.ones_like(pn), o, o_c, torch.ones(G, R), H, R)
     return o_c
 
