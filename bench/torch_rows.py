@@ -2,8 +2,8 @@
 write: it computes attention for the evaluated query rows only, in blocks of rows, and
 shares the full logits of a block between the configurations.
 
-    python3 bench/torch_rows.py TRACE --decode N --strategy 'CONFIG' [--strategy ...]
-        [--threads N] [--block R] -o SUMMARY.csv
+    python3 bench/torch_rows.py TRACE [--mode prefill] --decode N --strategy 'CONFIG'
+        [--strategy ...] [--threads N] [--block R] -o SUMMARY.csv
 
 Prefill protocol only (the evaluated positions are the last N of each sequence, P = n - N
 the prompt). Strategies and their semantics are those of bench/torch_ref.py in prefill
@@ -130,6 +130,8 @@ def main():
     ap = argparse.ArgumentParser(description="PyTorch peer of kvreplay run --mode prefill: "
                                  "evaluated rows only, blocked (bench only)")
     ap.add_argument("trace")
+    ap.add_argument("--mode", choices=["prefill"], default="prefill",
+                    help="prefill only (accepted for the command line of bench/torch_ref.py)")
     ap.add_argument("--decode", type=int, required=True)
     ap.add_argument("--strategy", action="append", required=True)
     ap.add_argument("--threads", type=int, default=1)
