@@ -68,6 +68,7 @@ for T in $LONG_T; do
     gen_trace "long_T$T" 7 "$T" 1 "$LONG_CFG"
 done
 first_T=${LONG_T%% *}
+last_T=${LONG_T##* }
 echo "T list: $LONG_T; --mode prefill --decode $LONG_DEC; $THREADS threads unless stated"
 
 # the fused sweep: bench/fused20.sweep's lines in order, as engine.sh takes them (up to 20
@@ -89,8 +90,10 @@ echo "fused sweep ($total configurations): $(tr '\n' ';' < "$LONG_TMP/fused.swee
 echo "T,tag,threads,wall_s,cpu_s,maxrss_mb,reps" > "$OUT/long_runs.csv"
 echo "metric,T,max_abs_diff,worst_config" > "$OUT/long_agree.csv"
 echo "T,threads,identical" > "$OUT/long_omp_identical.csv"
+echo "T,loadavg_1min" > "$OUT/long_load.csv"
 for T in $LONG_T; do
     tr="$OUT/long_T$T.h5"
+    echo "$T,$(cut -d' ' -f1 /proc/loadavg)" >> "$OUT/long_load.csv"
     printf '  T=%-6s' "$T"
     # reps: the cheap runs best-of-N; the big ones once
     if [ "$T" -le 4096 ]; then big=$LONG_REPS; else big=1; fi
@@ -110,8 +113,19 @@ for T in $LONG_T; do
     lrun torch_peer "$T" "$THREADS" 1 "$LONG_TMP/ptp" -- "$PYTHON" bench/torch_rows.py "$tr" \
         --decode "$LONG_DEC" --strategy "$PEER1" --strategy "$PEER2" --strategy "$PEER3" \
         --strategy "$PEER4" --threads "$THREADS" -o "$LONG_TMP/ptp.csv"
+    # the peer's own time without the interpreter start and `import torch` (its last line)
+    c=$(sed -n 's/^torch_rows: .* \([0-9.]*\)s$/\1/p' "$LONG_TMP/err" | tail -n 1)
+    echo "$T,torch_peer_compute,$THREADS,$c,,,1" >> "$OUT/long_runs.csv"
     "$PYTHON" bench/agree.py "$LONG_TMP/kvp/summary.csv" "$LONG_TMP/ptp.csv" "$T" | tail -n +2 \
         >> "$OUT/long_agree.csv" || die "agreement check at T=$T failed"
+    if [ "$T" = "$last_T" ] && [ "$THREADS" -gt 1 ]; then
+        # the peer on one thread too: fine-grained OpenMP regions of PyTorch suffer most from
+        # other jobs on a shared machine; the report shows both
+        LENV=$TORCH_ENV
+        lrun torch_peer1 "$T" 1 1 "$LONG_TMP/ptp1" -- "$PYTHON" bench/torch_rows.py "$tr" \
+            --decode "$LONG_DEC" --strategy "$PEER1" --strategy "$PEER2" --strategy "$PEER3" \
+            --strategy "$PEER4" --threads 1 -o "$LONG_TMP/ptp1.csv"
+    fi
     printf ' peer'
 
     # 1 vs N threads on one configuration (results must be byte-identical)

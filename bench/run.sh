@@ -124,14 +124,15 @@ fi
 
 # ---- long context (needs the engine too) -----------------------------------------------
 if [ "$LONG" != 0 ]; then
+    PROBE=$(mktemp -d "${TMPDIR:-/tmp}/kvprobe.XXXXXX")
     if "$BIN/kvreplay" run traces/sample.h5 --mode prefill --decode 64 --strategy full \
-            -o "$OUT/.probe" > /dev/null 2>&1; then
+            -o "$PROBE/out" > "$PROBE/log" 2>&1; then
         . bench/long.sh
     else
         section "long context"
-        echo "skipped: engine not available"
+        echo "skipped: engine not available ($(tail -n 1 "$PROBE/log"))"
     fi
-    rm -rf "$OUT/.probe"
+    rm -rf "$PROBE"
 fi
 
 section "summary (targets are reported, not asserted)"

@@ -112,13 +112,13 @@ def main(out, threads):
         res.append((r["metric"], r["value"], r["target"], met, ""))
 
     w = max([len(r[0]) for r in res] + [10])
-    print(f"{'metric':<{w}}  {'measured':<56} {'target':<8} met")
+    print(f"{'metric':<{w}}  {'measured':<66} {'target':<8} met")
     with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
         cw = csv.writer(f)
         cw.writerow(["metric", "value", "target", "met"])
         for m, v, t, ok, note in res:
             mark = "" if ok is None else ("yes" if ok else "NO")
-            print(f"{m:<{w}}  {v:<56} {t:<8} {mark}{('  ' + note) if note else ''}")
+            print(f"{m:<{w}}  {v:<66} {t:<8} {mark}{('  ' + note) if note else ''}")
             cw.writerow([m, v, t, mark])
     print(f"(threads: {threads}; each ratio measured in this run)")
     nt = str(threads)
