@@ -141,29 +141,48 @@ for T in $LONG_T; do
     fi
     printf ' threads'
 
-    # every strategy family of the default sweep alone, at one T
+    # every strategy family of the default sweep alone, at one T, relative to the full pass
+    # on the same trace (long_strategies.csv: T,family,config,wall_s,cpu_s,maxrss_mb,
+    # full_wall_s,full_cpu_s,note)
     if [ "$T" = "$LONG_STRAT_T" ]; then
         "$PYTHON" bench/families.py sweeps/default.sweep 0.25 > "$LONG_TMP/families.txt"
-        while IFS='	' read -r fam cfg; do
+        base1=$(awk -F, -v T="$T" '$1 == T && $2 == "full" { print $4 "," $5 }' "$OUT/long_runs.csv")
+        base2=""
+        while IFS='	' read -r fam fcfg; do
             [ "$fam" = full ] && continue
+            str=$tr sel="" base=$base1 note=""
             rm -rf "$LONG_TMP/chk"
-            if ! $KV "$OUT/long_T$first_T.h5" --decode "$LONG_DEC" --strategy "$cfg" --no-readout \
+            if ! $KV "$OUT/long_T$first_T.h5" --decode "$LONG_DEC" --strategy "$fcfg" --no-readout \
                     -o "$LONG_TMP/chk" < /dev/null > /dev/null 2> "$LONG_TMP/chk.err"; then
-                echo "$T,$fam,$cfg,,,,not accepted: $(tail -n 1 "$LONG_TMP/chk.err" | tr ',' ';')" \
-                    >> "$OUT/long_strategies.csv.part"
-                continue
+                if ! grep -q calibration "$LONG_TMP/chk.err"; then
+                    echo "$T,$fam,$fcfg,,,,,,not accepted: $(tail -n 1 "$LONG_TMP/chk.err" | tr ',' ';')" \
+                        >> "$OUT/long_strategies.csv.part"
+                    continue
+                fi
+                # a calibrating strategy needs a sequence it does not evaluate: a two-sequence
+                # trace whose first sequence is long_T$T's, evaluated alone (--seqs 0)
+                if [ -z "$base2" ]; then
+                    gen_trace "long_T${T}_S2" 7 "$T" 2 "$LONG_CFG" > "$LONG_TMP/gen.log"
+                    lrun full_s2 "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/st" -- $KV "$OUT/long_T${T}_S2.h5" \
+                        --decode "$LONG_DEC" --seqs 0 --strategy full --threads "$THREADS" \
+                        -o "$LONG_TMP/st" < /dev/null
+                    base2=$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f4,5)
+                fi
+                str="$OUT/long_T${T}_S2.h5" sel="--seqs 0" base=$base2
+                note="two-sequence trace: calibrates on the second; relative to full on that trace"
             fi
-            lrun "strategy" "$T" "$THREADS" 1 "$LONG_TMP/st" -- $KV "$tr" --decode "$LONG_DEC" \
-                --strategy "$cfg" --threads "$THREADS" -o "$LONG_TMP/st" < /dev/null
-            tail -n 1 "$OUT/long_runs.csv" | awk -F, -v f="$fam" -v c="$cfg" \
-                '{ printf "%s,%s,%s,%s,%s,%s,\n", $1, f, c, $4, $5, $6 }' >> "$OUT/long_strategies.csv.part"
+            lrun strategy "$T" "$THREADS" 1 "$LONG_TMP/st" -- $KV "$str" --decode "$LONG_DEC" $sel \
+                --strategy "$fcfg" --threads "$THREADS" -o "$LONG_TMP/st" < /dev/null
+            tail -n 1 "$OUT/long_runs.csv" | awk -F, -v f="$fam" -v c="$fcfg" -v b="$base" -v nt="$note" \
+                '{ printf "%s,%s,%s,%s,%s,%s,%s,%s\n", $1, f, c, $4, $5, $6, b, nt }' \
+                >> "$OUT/long_strategies.csv.part"
             sed -i '$ d' "$OUT/long_runs.csv"
         done < "$LONG_TMP/families.txt"
         printf ' strategies'
     fi
     echo
 done
-{ echo "T,family,config,wall_s,cpu_s,maxrss_mb,note"; cat "$OUT/long_strategies.csv.part" 2>/dev/null; } \
+{ echo "T,family,config,wall_s,cpu_s,maxrss_mb,full_wall_s,full_cpu_s,note"; cat "$OUT/long_strategies.csv.part" 2>/dev/null; } \
     > "$OUT/long_strategies.csv"
 rm -f "$OUT/long_strategies.csv.part"
 cp "$LONG_TMP/fused.sweep" "$OUT/long_fused.sweep"
