@@ -116,8 +116,9 @@ for T in $LONG_T; do
     # the peer's own time without the interpreter start and `import torch` (its last line)
     c=$(sed -n 's/^torch_rows: .* \([0-9.]*\)s$/\1/p' "$LONG_TMP/err" | tail -n 1)
     echo "$T,torch_peer_compute,$THREADS,$c,,,1" >> "$OUT/long_runs.csv"
-    "$PYTHON" bench/agree.py "$LONG_TMP/kvp/summary.csv" "$LONG_TMP/ptp.csv" "$T" | tail -n +2 \
-        >> "$OUT/long_agree.csv" || die "agreement check at T=$T failed"
+    "$PYTHON" bench/agree.py "$LONG_TMP/kvp/summary.csv" "$LONG_TMP/ptp.csv" "$T" > "$LONG_TMP/agree.csv" \
+        || die "agreement check at T=$T failed"
+    tail -n +2 "$LONG_TMP/agree.csv" >> "$OUT/long_agree.csv"
     if [ "$T" = "$last_T" ] && [ "$THREADS" -gt 1 ]; then
         # the peer on one thread too: fine-grained OpenMP regions of PyTorch suffer most from
         # other jobs on a shared machine; the report shows both
