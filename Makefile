@@ -4,7 +4,7 @@
 #   make test            install missing Debian packages (as root), build, run every test
 #   make demo            the README's main job: replay the default sweep on the sample trace
 #   make truth           proxy vs in-model truth on the sample model (docs/METHODS.md §10, §12)
-#   make bench           benchmarks (never part of make test)
+#   make bench           benchmarks (never part of make test; BENCH_QUICK=1, BENCH_LONG=0|only)
 #   make deps            install kvtrace's Debian dependencies (idempotent)
 #   make SAN=address,undefined test     sanitizer build (objects go to build-san/)
 #   make OMP=0 test      build without OpenMP

@@ -149,7 +149,7 @@ EOF
     done
 
     # ---- PyTorch reference -----------------------------------------------------------------
-    section "PyTorch reference (bench/torch_ref.py) vs kvreplay run, same trace, sweep and threads"
+    section "PyTorch peer (prefill: bench/torch_rows.py, online: bench/torch_ref.py) vs kvreplay run, same trace, sweep and threads"
     TORCH_ENV=""
     if [ "$HAVE_AVX512" = 1 ]; then
         TORCH_ENV="--env OPENBLAS_CORETYPE=SkylakeX"
@@ -184,7 +184,10 @@ EOF
         tk=$(last_wall "$ENGINE_TMP/t.csv")
         set --
         while IFS= read -r c; do set -- "$@" --strategy "$c"; done < "$ENGINE_TMP/$mode.sweep"
-        rss_run "pt_$mode" "$ENGINE_TMP/t.csv" $TORCH_ENV -- "$PYTHON" bench/torch_ref.py "$SWEEP_TRACE" \
+        # prefill: the peer that computes the evaluated rows only (torch_rows.py); online
+        # evaluates every row, so the whole-matrix reference is the peer there
+        peer=bench/torch_ref.py; [ $mode = prefill ] && peer=bench/torch_rows.py
+        rss_run "pt_$mode" "$ENGINE_TMP/t.csv" $TORCH_ENV -- "$PYTHON" "$peer" "$SWEEP_TRACE" \
             $margs "$@" --threads "$THREADS" -o "$ENGINE_TMP/pt_$mode.csv"
         tp=$(last_wall "$ENGINE_TMP/t.csv")
         printf "  %-8s %2d configs: kvreplay %7.2f s, PyTorch %7.2f s, ratio %5.1fx\n" "$mode" \
@@ -208,7 +211,7 @@ else
     for what in "fused sweep: 20 configs in one kvreplay run vs 20 runs vs one full pass" \
                 "OpenMP scaling of kvreplay run" \
                 "peak RSS of kvreplay run vs configuration count, sequence length and layers" \
-                "PyTorch reference (bench/torch_ref.py) vs kvreplay run"; do
+                "PyTorch peer (prefill: bench/torch_rows.py, online: bench/torch_ref.py) vs kvreplay run"; do
         section "$what"
         echo "skipped: engine not available ($(tail -n 1 "$ENGINE_TMP/probe.log"))"
     done

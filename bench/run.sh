@@ -8,12 +8,15 @@
 #
 # Environment: BIN (built programs; bench programs in $BIN/bench), PYTHON (Debian's
 # python3 with torch and h5py), BENCH_QUICK=1 (smaller sizes, for a smoke run; traces and
-# CSV under bench/out/quick/).
+# CSV under bench/out/quick/), BENCH_LONG=0 (skip the long-context section, bench/long.sh)
+# or BENCH_LONG=only (the machine lines, the long-context section and the summary only).
 set -u
 BIN=${BIN:?BIN must name the bin/ folder}
 PYTHON=${PYTHON:-/usr/bin/python3}
 case "$BIN" in /*) ;; *) BIN="$(pwd)/$BIN" ;; esac
 QUICK=${BENCH_QUICK:-0}
+LONG=${BENCH_LONG:-1}
+case "$LONG" in 0|1|only) ;; *) echo "bench: BENCH_LONG must be 0, 1 or only (got '$LONG')" >&2; exit 1;; esac
 OUT=bench/out
 [ "$QUICK" = 1 ] && OUT=bench/out/quick      # keeps the full-size traces for the next run
 mkdir -p "$OUT"
@@ -61,6 +64,8 @@ for s in range($S):
     echo "$name,$secs,$T,$S,\"$cfg\"" >> "$OUT/captures.csv"
 }
 
+echo "name,capture_s,T,S,config" > "$OUT/captures.csv"
+if [ "$LONG" != only ]; then
 GPT2_CFG="n_layers=12,d_model=768,n_heads=12,n_kv_heads=12,head_dim=64,d_ff=3072,max_seq=8192"
 # Llama-7B heads (32 q-heads x 128, 8 kv-heads); d_model/d_ff scaled down and 2 layers
 # only, to keep the capture inside the time budget (the head shapes are what the replay sees).
@@ -72,7 +77,6 @@ else
 fi
 
 section "benchmark traces (capture tool, reference model with random weights, on demand)"
-echo "name,capture_s,T,S,config" > "$OUT/captures.csv"
 gen_trace gpt2 11 "$G_T" 1 "$GPT2_CFG"
 gen_trace llama 12 "$L_T" 1 "$LLAMA_CFG"
 if [ ! -f "$OUT/gpt2_deflate.h5" ] || [ "$OUT/gpt2_deflate.h5" -ot "$OUT/gpt2.h5" ]; then
@@ -116,6 +120,20 @@ section "f16 -> f32 conversion (lib/fp16.c)"
 
 # ---- engine-dependent parts ------------------------------------------------------------
 . bench/engine.sh
+fi
+
+# ---- long context (needs the engine too) -----------------------------------------------
+if [ "$LONG" != 0 ]; then
+    PROBE=$(mktemp -d "${TMPDIR:-/tmp}/kvprobe.XXXXXX")
+    if "$BIN/kvreplay" run traces/sample.h5 --mode prefill --decode 64 --strategy full \
+            -o "$PROBE/out" > "$PROBE/log" 2>&1; then
+        . bench/long.sh
+    else
+        section "long context"
+        echo "skipped: engine not available ($(tail -n 1 "$PROBE/log"))"
+    fi
+    rm -rf "$PROBE"
+fi
 
 section "summary (targets are reported, not asserted)"
 "$PYTHON" bench/summary.py "$OUT" "$THREADS"

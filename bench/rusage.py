@@ -1,9 +1,10 @@
-"""rusage: run one command, report its wall time and peak RSS (the child's own maxrss).
+"""rusage: run one command, report its wall time, CPU time and peak RSS (the child's own maxrss).
 
     python3 bench/rusage.py [--env K=V ...] [--csv FILE --tag TAG] -- CMD ARGS...
 
-Prints "wall_s=<seconds> maxrss_mb=<MiB> rc=<status>" on stderr's last line and appends
-tag,wall_s,maxrss_mb,rc to FILE. os.wait4 gives the rusage of exactly this child (and
+Prints "wall_s=<seconds> maxrss_mb=<MiB> rc=<status> cpu_s=<user+system seconds>" on
+stderr's last line and appends tag,wall_s,maxrss_mb,rc,cpu_s to FILE (cpu_s last, so that
+readers of the first four columns are unaffected). os.wait4 gives the rusage of exactly this child (and
 its waited-for descendants), unlike RUSAGE_CHILDREN summed over everything.
 """
 import os
@@ -51,13 +52,14 @@ def main(argv):
     wall = time.monotonic() - t0
     rc = os.waitstatus_to_exitcode(status)
     mb = ru.ru_maxrss / 1024.0
-    sys.stderr.write(f"wall_s={wall:.3f} maxrss_mb={mb:.1f} rc={rc}\n")
+    cpu = ru.ru_utime + ru.ru_stime
+    sys.stderr.write(f"wall_s={wall:.3f} maxrss_mb={mb:.1f} rc={rc} cpu_s={cpu:.3f}\n")
     if csv:
         new = not os.path.exists(csv) or os.path.getsize(csv) == 0
         with open(csv, "a") as f:
             if new:
-                f.write("tag,wall_s,maxrss_mb,rc\n")
-            f.write(f"{tag or ''},{wall:.4f},{mb:.1f},{rc}\n")
+                f.write("tag,wall_s,maxrss_mb,rc,cpu_s\n")
+            f.write(f"{tag or ''},{wall:.4f},{mb:.1f},{rc},{cpu:.4f}\n")
     return rc
 
 

@@ -4,7 +4,7 @@
   2. an interpreter without one of the Python modules (numpy, h5py, torch) gets one line naming
      the module, the interpreter and the Debian package (exit 1, no traceback), from every
      Python entry point a user runs: kvcapture.py, kvcapture.py validate, make_samples.py,
-     bench/torch_ref.py (make bench).
+     bench/torch_ref.py and bench/torch_rows.py (make bench).
      The interpreter is simulated with a PYTHONPATH folder whose h5py / torch raise
      ModuleNotFoundError (not installed) or ImportError (installed but broken)."""
 import hashlib
@@ -80,6 +80,7 @@ entry = {
     "kvcapture --help": [CAPTURE, "--help"],
     "make_samples": [MS, "--out", os.path.join(TMP, "samples")],
     "torch_ref": [os.path.join(ROOT, "bench", "torch_ref.py"), "--help"],   # make bench
+    "torch_rows": [os.path.join(ROOT, "bench", "torch_rows.py"), "--help"],  # make bench
 }
 for (mod, how) in (("h5py", "missing"), ("torch", "missing"), ("h5py", "broken")):
     env = dict(os.environ, PYTHONPATH=os.path.join(shim, f"{mod}-{how}"))

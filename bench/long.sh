@@ -1,0 +1,192 @@
+# Sourced by bench/run.sh: the long-context section of make bench. Traces of growing
+# length T (one sequence, Llama-like heads: 4 layers, 8 q-heads / 2 kv-heads, head_dim 128),
+# replayed under the prefill protocol with a fixed number of evaluated rows (--decode), so
+# that every cost that grows faster than T shows up in the growth exponent.
+#
+# Per T: `--strategy full`, the fused 20-configuration sweep, kvreplay vs the PyTorch peer
+# (bench/torch_rows.py: evaluated rows only, blocked) on the same four configurations with
+# their agreement, and 1 vs N threads on one configuration; at one T, each strategy family
+# of sweeps/default.sweep alone. CPU and wall time and peak RSS of every run (bench/rusage.py).
+# Tables and the target summary: bench/long_report.py; CSV: $OUT/long_*.csv.
+#
+# Uses from run.sh: BIN, PYTHON, OUT, THREADS, QUICK, HAVE_AVX512, gen_trace, section, die.
+# Environment: BENCH_LONG_T (the T list), BENCH_LONG_DECODE, BENCH_LONG_STRAT_T (the T of the
+# per-strategy runs; 0 skips them), BENCH_LONG_REPS (best-of-N of the runs that repeat).
+
+LONG_CFG="n_layers=4,d_model=1024,n_heads=8,n_kv_heads=2,head_dim=128,d_ff=2048,max_seq=16384"
+if [ "$QUICK" = 1 ]; then
+    LT_DEF="512 1024"; LDEC_DEF=128; LSTRAT_DEF=1024
+else
+    LT_DEF="1024 2048 4096 8192 16384"; LDEC_DEF=256; LSTRAT_DEF=8192
+fi
+LONG_T=${BENCH_LONG_T:-$LT_DEF}
+LONG_DEC=${BENCH_LONG_DECODE:-$LDEC_DEF}
+LONG_STRAT_T=${BENCH_LONG_STRAT_T:-$LSTRAT_DEF}
+LONG_REPS=${BENCH_LONG_REPS:-2}
+LONG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/kvlong.XXXXXX")
+KV="$BIN/kvreplay run"
+LENV=""        # extra rusage.py --env arguments for the next lrun only
+# the peer's configurations (what bench/torch_rows.py implements), and the configuration
+# of the 1 vs N threads measurement
+PEER1="full"
+PEER2="streaming sinks=4 keep=0.25"
+PEER3="snapkv keep=0.25 window=32 kernel=7 pool=max"
+PEER4="quant kbits=4 vbits=4 group=32 residual=128"
+OMP_CFG="$PEER3"
+TORCH_ENV=""
+[ "$HAVE_AVX512" = 1 ] && TORCH_ENV="--env OPENBLAS_CORETYPE=SkylakeX"
+
+# lrun TAG T THREADS REPS OUTDIR -- CMD...: best (lowest wall) of REPS runs of CMD, each
+# with a fresh OUTDIR (removed before every run; CMD writes there); appends
+# T,tag,threads,wall_s,cpu_s,maxrss_mb,reps to $OUT/long_runs.csv (maxrss: the largest of
+# the runs) and leaves the last run's OUTDIR in place.
+lrun() {
+    tag=$1 T=$2 thr=$3 reps=$4 dir=$5; shift 6
+    : > "$LONG_TMP/r.csv"
+    i=0
+    while [ "$i" -lt "$reps" ]; do
+        rm -rf "$dir"
+        "$PYTHON" bench/rusage.py --quiet --csv "$LONG_TMP/r.csv" --tag "$tag" \
+            --env OMP_NUM_THREADS="$thr" $LENV -- "$@" 2> "$LONG_TMP/err"
+        rc=$?
+        if [ $rc -ne 0 ]; then
+            sed 's/^/    /' "$LONG_TMP/err" | tail -n 5
+            die "long-context run '$tag' at T=$T failed (exit $rc)"
+        fi
+        i=$((i + 1))
+    done
+    awk -F, -v T="$T" -v thr="$thr" -v reps="$reps" 'NR > 1 {
+            if (best == "" || $2 < best) { best = $2; cpu = $5 }
+            if ($3 > rss) rss = $3 }
+        END { printf "%s,%s,%s,%s,%s,%s,%s\n", T, $1, thr, best, cpu, rss, reps }' \
+        "$LONG_TMP/r.csv" >> "$OUT/long_runs.csv"
+    LENV=""
+}
+
+section "long context: traces (4 layers, 8 q-heads / 2 kv-heads x 128, 1 sequence)"
+for T in $LONG_T; do
+    gen_trace "long_T$T" 7 "$T" 1 "$LONG_CFG"
+done
+first_T=${LONG_T%% *}
+last_T=${LONG_T##* }
+echo "T list: $LONG_T; --mode prefill --decode $LONG_DEC; $THREADS threads unless stated"
+
+# the fused sweep: bench/fused20.sweep's lines in order, as engine.sh takes them (up to 20
+# configurations, lines kvreplay does not accept left out), chosen once on the smallest trace
+: > "$LONG_TMP/fused.sweep"
+total=0
+while IFS= read -r line; do
+    case "$line" in ''|'#'*) continue;; esac
+    [ "$total" -ge 20 ] && break
+    rm -rf "$LONG_TMP/chk"
+    if $KV "$OUT/long_T$first_T.h5" --decode "$LONG_DEC" --strategy "$line" --no-readout \
+            -o "$LONG_TMP/chk" > /dev/null 2>&1; then
+        c=$(($(wc -l < "$LONG_TMP/chk/configs.csv") - 1))
+        if [ $((total + c)) -le 20 ]; then echo "$line" >> "$LONG_TMP/fused.sweep"; total=$((total + c)); fi
+    fi
+done < bench/fused20.sweep
+echo "fused sweep ($total configurations): $(tr '\n' ';' < "$LONG_TMP/fused.sweep" | sed 's/;$//; s/;/; /g')"
+
+echo "T,tag,threads,wall_s,cpu_s,maxrss_mb,reps" > "$OUT/long_runs.csv"
+echo "metric,T,max_abs_diff,worst_config" > "$OUT/long_agree.csv"
+echo "T,threads,identical" > "$OUT/long_omp_identical.csv"
+echo "T,loadavg_1min" > "$OUT/long_load.csv"
+for T in $LONG_T; do
+    tr="$OUT/long_T$T.h5"
+    echo "$T,$(cut -d' ' -f1 /proc/loadavg)" >> "$OUT/long_load.csv"
+    printf '  T=%-6s' "$T"
+    # reps: the cheap runs best-of-N; the big ones once
+    if [ "$T" -le 4096 ]; then big=$LONG_REPS; else big=1; fi
+
+    lrun full "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/full" -- $KV "$tr" --decode "$LONG_DEC" \
+        --strategy full --threads "$THREADS" -o "$LONG_TMP/full"
+    printf ' full'
+    lrun fused "$T" "$THREADS" "$big" "$LONG_TMP/fused" -- $KV "$tr" --decode "$LONG_DEC" \
+        --sweep "$LONG_TMP/fused.sweep" --threads "$THREADS" -o "$LONG_TMP/fused"
+    printf ' fused'
+
+    # kvreplay and the PyTorch peer on the same four configurations and threads
+    lrun kv_peer "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/kvp" -- $KV "$tr" --decode "$LONG_DEC" \
+        --strategy "$PEER1" --strategy "$PEER2" --strategy "$PEER3" --strategy "$PEER4" \
+        --threads "$THREADS" -o "$LONG_TMP/kvp"
+    LENV=$TORCH_ENV
+    lrun torch_peer "$T" "$THREADS" 1 "$LONG_TMP/ptp" -- "$PYTHON" bench/torch_rows.py "$tr" \
+        --decode "$LONG_DEC" --strategy "$PEER1" --strategy "$PEER2" --strategy "$PEER3" \
+        --strategy "$PEER4" --threads "$THREADS" -o "$LONG_TMP/ptp.csv"
+    # the peer's own time without the interpreter start and `import torch` (its last line)
+    c=$(sed -n 's/^torch_rows: .* \([0-9.]*\)s$/\1/p' "$LONG_TMP/err" | tail -n 1)
+    echo "$T,torch_peer_compute,$THREADS,$c,,,1" >> "$OUT/long_runs.csv"
+    "$PYTHON" bench/agree.py "$LONG_TMP/kvp/summary.csv" "$LONG_TMP/ptp.csv" "$T" > "$LONG_TMP/agree.csv" \
+        || die "agreement check at T=$T failed"
+    tail -n +2 "$LONG_TMP/agree.csv" >> "$OUT/long_agree.csv"
+    if [ "$T" = "$last_T" ] && [ "$THREADS" -gt 1 ]; then
+        # the peer on one thread too: fine-grained OpenMP regions of PyTorch suffer most from
+        # other jobs on a shared machine; the report shows both
+        LENV=$TORCH_ENV
+        lrun torch_peer1 "$T" 1 1 "$LONG_TMP/ptp1" -- "$PYTHON" bench/torch_rows.py "$tr" \
+            --decode "$LONG_DEC" --strategy "$PEER1" --strategy "$PEER2" --strategy "$PEER3" \
+            --strategy "$PEER4" --threads 1 -o "$LONG_TMP/ptp1.csv"
+    fi
+    printf ' peer'
+
+    # 1 vs N threads on one configuration (results must be byte-identical)
+    lrun omp1 "$T" 1 "$LONG_REPS" "$LONG_TMP/omp1" -- $KV "$tr" --decode "$LONG_DEC" \
+        --strategy "$OMP_CFG" --threads 1 -o "$LONG_TMP/omp1"
+    if [ "$THREADS" -gt 1 ]; then
+        lrun ompN "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/ompN" -- $KV "$tr" --decode "$LONG_DEC" \
+            --strategy "$OMP_CFG" --threads "$THREADS" -o "$LONG_TMP/ompN"
+        same=no
+        cmp -s "$LONG_TMP/omp1/summary.csv" "$LONG_TMP/ompN/summary.csv" \
+            && cmp -s "$LONG_TMP/omp1/per_head.csv" "$LONG_TMP/ompN/per_head.csv" && same=yes
+        echo "$T,$THREADS,$same" >> "$OUT/long_omp_identical.csv"
+    fi
+    printf ' threads'
+
+    # every strategy family of the default sweep alone, at one T, relative to the full pass
+    # on the same trace (long_strategies.csv: T,family,config,wall_s,cpu_s,maxrss_mb,
+    # full_wall_s,full_cpu_s,note)
+    if [ "$T" = "$LONG_STRAT_T" ]; then
+        "$PYTHON" bench/families.py sweeps/default.sweep 0.25 > "$LONG_TMP/families.txt"
+        base1=$(awk -F, -v T="$T" '$1 == T && $2 == "full" { print $4 "," $5 }' "$OUT/long_runs.csv")
+        base2=""
+        while IFS='	' read -r fam fcfg; do
+            [ "$fam" = full ] && continue
+            str=$tr sel="" base=$base1 note=""
+            rm -rf "$LONG_TMP/chk"
+            if ! $KV "$OUT/long_T$first_T.h5" --decode "$LONG_DEC" --strategy "$fcfg" --no-readout \
+                    -o "$LONG_TMP/chk" < /dev/null > /dev/null 2> "$LONG_TMP/chk.err"; then
+                if ! grep -q calibration "$LONG_TMP/chk.err"; then
+                    echo "$T,$fam,$fcfg,,,,,,not accepted: $(tail -n 1 "$LONG_TMP/chk.err" | tr ',' ';')" \
+                        >> "$OUT/long_strategies.csv.part"
+                    continue
+                fi
+                # a calibrating strategy needs a sequence it does not evaluate: a two-sequence
+                # trace whose first sequence is long_T$T's, evaluated alone (--seqs 0)
+                if [ -z "$base2" ]; then
+                    gen_trace "long_T${T}_S2" 7 "$T" 2 "$LONG_CFG" > "$LONG_TMP/gen.log"
+                    lrun full_s2 "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/st" -- $KV "$OUT/long_T${T}_S2.h5" \
+                        --decode "$LONG_DEC" --seqs 0 --strategy full --threads "$THREADS" \
+                        -o "$LONG_TMP/st" < /dev/null
+                    base2=$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f4,5)
+                fi
+                str="$OUT/long_T${T}_S2.h5" sel="--seqs 0" base=$base2
+                note="two-sequence trace: calibrates on the second; relative to full on that trace"
+            fi
+            lrun strategy "$T" "$THREADS" 1 "$LONG_TMP/st" -- $KV "$str" --decode "$LONG_DEC" $sel \
+                --strategy "$fcfg" --threads "$THREADS" -o "$LONG_TMP/st" < /dev/null
+            tail -n 1 "$OUT/long_runs.csv" | awk -F, -v f="$fam" -v c="$fcfg" -v b="$base" -v nt="$note" \
+                '{ printf "%s,%s,%s,%s,%s,%s,%s,%s\n", $1, f, c, $4, $5, $6, b, nt }' \
+                >> "$OUT/long_strategies.csv.part"
+            sed -i '$ d' "$OUT/long_runs.csv"
+        done < "$LONG_TMP/families.txt"
+        printf ' strategies'
+    fi
+    echo
+done
+{ echo "T,family,config,wall_s,cpu_s,maxrss_mb,full_wall_s,full_cpu_s,note"; cat "$OUT/long_strategies.csv.part" 2>/dev/null; } \
+    > "$OUT/long_strategies.csv"
+rm -f "$OUT/long_strategies.csv.part"
+cp "$LONG_TMP/fused.sweep" "$OUT/long_fused.sweep"
+
+"$PYTHON" bench/long_report.py "$OUT" "$THREADS" "$LONG_DEC" || die "long_report failed"
+rm -rf "$LONG_TMP"
