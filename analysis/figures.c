@@ -938,7 +938,7 @@ static kv_status fig_pareto(rp_ctx *c, int m, const char *stem, kv_error *err)
         sb_add(&pf, "%zu", pfirst[p] + 1);
         sb_add(&pl, "%zu", plast[p] + 1);
         for (size_t i = pfirst[p]; i <= plast[p]; i++) {
-            char lab[128];
+            char lab[256];
             const series *se = &ss.s[i];
             if (one_family) snprintf(lab, sizeof lab, "%s", se->vals);
             else if (!c->pareto_all)
