@@ -2,7 +2,7 @@
  * as a program (posix_spawn) inside the figures directory. See report.h for the layout.
  *
  * Figure kinds (plots/<kind>.gp): pareto (a), heatmap (b), layers (c), memory (d),
- * reliability (e), entropy (f), ranked (g). Every script = header + style.gp + <kind>.gp
+ * reliability (e), entropy (f), ranked (g), position (i). Every script = header + style.gp + <kind>.gp
  * + finish.gp with @NAME@ placeholders replaced; an unknown placeholder is an error.
  */
 #include "report.h"
@@ -1135,6 +1135,115 @@ static kv_status fig_layers(rp_ctx *c, int m, const char *stem, kv_error *err)
     return st;
 }
 
+/* ---- (i) quality vs decode position ------------------------------------------------------- */
+
+#define POS_BINS 16     /* more offsets than this are averaged in bins of equal width: 8 lines stay apart */
+
+/* per_pos.csv's column for the primary metric: output cosine or attention KL when that is
+ * the metric, else the logit KL when the results have it, else the attention KL. */
+static int pos_metric(const rp_ctx *c, int *col)
+{
+    int have_ro = 0;
+    for (size_t i = 0; i < c->rs->n_configs && !have_ro; i++)
+        for (size_t k = 0; k < c->rs->configs[i].n_pos && !have_ro; k++) have_ro = !isnan(c->rs->configs[i].pos[k].logit_kl);
+    if (c->metric == RM_OUT_COS) *col = 1;
+    else if (c->metric == RM_ATTN_KL || !have_ro) *col = 0;
+    else *col = 2;
+    return *col == 0 ? RM_ATTN_KL : *col == 1 ? RM_OUT_COS : RM_LOGIT_KL;
+}
+
+static double pos_value(const res_pos *p, int col) { return col == 0 ? p->attn_kl : col == 1 ? p->out_cos : p->logit_kl; }
+
+static kv_status fig_position(rp_ctx *c, kv_error *err)
+{
+    const char *stem = "position";
+    const res_set *rs = c->rs;
+    int col;
+    int m = pos_metric(c, &col);
+    int deficit = m == RM_OUT_COS;
+    char cap[1024];
+    size_t *idx = malloc((rs->n_configs + 1) * sizeof *idx);
+    if (!idx) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
+    double target;
+    size_t n = rp_matched(c, idx, &target), nser = 0, longest = 0, kept[MAX_SERIES];
+    long long maxoff = 0;
+    for (size_t k = 0; k < n; k++) {       /* the best (ranked order) with per-position rows */
+        const res_config *cf = &rs->configs[idx[k]];
+        if (!cf->n_pos || nser == MAX_SERIES) continue;
+        kept[nser++] = idx[k];
+        if (cf->pos[cf->n_pos - 1].offset > maxoff) maxoff = cf->pos[cf->n_pos - 1].offset;
+    }
+    free(idx);
+    long long width = maxoff + 1 > POS_BINS ? (maxoff + POS_BINS) / POS_BINS : 1;
+    snprintf(cap, sizeof cap, "Quality vs decode position: %s%s at each decode offset from the prompt end (mean over layers, "
+             "query heads and sequences; per_pos.csv) for the best configuration of each family at matched compression "
+             "(nearest %.3g×, at most %d, as in the ranked figure)%s; %s is better.", deficit ? "1 − " : "", res_metric_names[m],
+             target, MAX_SERIES, width > 1 ? "; offsets averaged in bins of equal width (weighted by sequences)" : "",
+             "lower");
+    if (!nser) { skip(c, stem, cap, "no per_pos.csv rows for the configurations at matched compression (results of an older kvreplay, or several directories)"); return KV_OK; }
+    size_t nb = (size_t)(maxoff / width + 1);
+    double *v = malloc((nser * nb + 1) * sizeof *v), *xs = malloc((nser * nb + 1) * sizeof *xs);
+    if (!v || !xs) { free(v); free(xs); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
+    for (size_t s = 0; s < nser; s++) {
+        const res_config *cf = &rs->configs[kept[s]];
+        for (size_t b = 0; b < nb; b++) {
+            double sw = 0, sv = 0, sx = 0;
+            for (size_t k = 0; k < cf->n_pos; k++) {
+                const res_pos *p = &cf->pos[k];
+                double x = pos_value(p, col);
+                if ((size_t)(p->offset / width) != b || isnan(x)) continue;
+                sw += (double)p->n_seq; sv += (double)p->n_seq * (deficit ? 1 - x : x); sx += (double)p->n_seq * (double)p->offset;
+            }
+            v[s * nb + b] = sw > 0 ? sv / sw : NAN;
+            xs[s * nb + b] = sw > 0 ? sx / sw : NAN;
+        }
+    }
+    double *all = malloc((nser * nb + 1) * sizeof *all);
+    size_t na = 0;
+    if (!all) { free(v); free(xs); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
+    for (size_t i = 0; i < nser * nb; i++) if (!isnan(v[i])) all[na++] = v[i];
+    axis ax = choose_axis(-1, all, na);     /* values as drawn (1 − cosine already) */
+    free(all);
+    sbuf dat = {0}, titles = {0};
+    double lo = INFINITY, hi = -INFINITY;
+    size_t dropped = 0;
+    for (size_t s = 0; s < nser; s++) {
+        const res_config *cf = &rs->configs[kept[s]];
+        sb_add(&dat, "# %s: offset %s%s n_seq\n", config_display_name(cf), deficit ? "1-" : "", res_metric_names[m]);
+        for (size_t b = 0; b < nb; b++) {
+            double y = v[s * nb + b];
+            if (isnan(y)) continue;
+            if (ax.log && !(y > 0)) { dropped++; continue; }
+            lo = fmin(lo, y); hi = fmax(hi, y);
+            sb_add(&dat, "%.9g %.9g\n", xs[s * nb + b], y);
+        }
+        sb_add(&dat, "\n\n");
+        char lab[128];
+        short_label_n(c, cf, lab, sizeof lab, LABEL_WIDE);
+        if (strlen(lab) > longest) longest = strlen(lab);
+        if (s) sb_add(&titles, ", ");
+        sb_quoted(&titles, lab);
+    }
+    free(v); free(xs);
+    if (dropped) {
+        size_t l = strlen(cap);
+        snprintf(cap + l, sizeof cap - l, " %zu point%s at exactly 0 not drawn on the log axis.", dropped, dropped == 1 ? "" : "s");
+    }
+    if (!(lo <= hi)) { lo = 0; hi = 1; }
+    tvars t = {0};
+    tv_set(&t, "N", "%zu", nser);
+    tv_set(&t, "TITLES", "%s", titles.s);
+    tv_set(&t, "TITLE", "%s%s by decode position", deficit ? "1 − " : "", res_metric_names[m]);
+    tv_set(&t, "YLABEL", "%s%s", deficit ? "1 − " : "", metric_axis(m));
+    tv_set(&t, "XRANGE", "%.1f:%.1f", -0.5, (double)maxoff + 0.5);
+    axis_range(&ax, lo, hi, &t, "y");
+    layout g = make_layout(c, 1, longest <= LABEL_MAX ? (int)(nser + 1) / 2 : (int)nser, 0);
+    layout_vars(&t, &g);
+    kv_status st = emit(c, stem, "position", cap, &t, &dat, layout_height(&g), err);
+    free(dat.s); free(titles.s);
+    return st;
+}
+
 /* ---- (d) memory vs context ------------------------------------------------------------- */
 
 static kv_status fig_memory(rp_ctx *c, kv_error *err)
@@ -1528,6 +1637,7 @@ kv_status rp_write_figures(rp_ctx *c, kv_error *err)
     if ((st = fig_entropy(c, err))) return st;
     if ((st = fig_ranked(c, 0, err))) return st;
     if ((st = fig_ranked(c, 1, err))) return st;
+    if ((st = fig_position(c, err))) return st;
     return rp_needle_figures(c, 1, err);    /* analysis/needle_fig.c */
 }
 

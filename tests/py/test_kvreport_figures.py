@@ -16,6 +16,9 @@ families at three budgets):
   (recomputed here), the rest named in the caption; at most 4.5 in tall;
 - ranked / per_seq: every configuration's ratio within 15% of the target (the median ratio
   of the compressed configurations); per_seq's points are exactly per_seq.csv's values;
+- position: the ranked figure's configurations (at most 8) with their per_pos.csv logit KL,
+  averaged in 16 bins of equal width when there are more offsets (weighted by n_seq); and
+  per_pos.csv's n_seq-weighted mean over offsets equals per_seq.csv's n_query-weighted mean;
 - reliability: by default no configuration whose calib.csv rows equal the full cache's;
   --reliability-config picks the configurations; layer_budget: no two lines identical.
 Values in .dat files are printed with %.9g: compared with a relative tolerance of 1e-8.
@@ -302,10 +305,53 @@ if len(set(keys)) != len(keys):
 if len(keys) > 8:
     fails.append("layer_budget: %d lines" % len(keys))
 
+# ---- quality vs decode position (per_pos.csv) ----
+pos = defaultdict(list)
+for r in csv.DictReader(open(os.path.join(RES, "per_pos.csv"))):
+    pos[int(r["config_id"])].append(r)
+# per_pos pools the same terms as per_seq: its n_seq-weighted mean over offsets is the
+# n_query-weighted mean of per_seq (9-digit prints of both: relative 1e-7)
+seqrows = defaultdict(list)
+for r in csv.DictReader(open(os.path.join(RES, "per_seq.csv"))):
+    seqrows[int(r["config_id"])].append(r)
+for i, rows in pos.items():
+    for col in ("attn_kl", "out_cos", "logit_kl"):
+        a = sum(int(r["n_seq"]) * float(r[col]) for r in rows) / sum(int(r["n_seq"]) for r in rows)
+        b = sum(float(r["n_query"]) * float(r[col]) for r in seqrows[i]) / sum(float(r["n_query"]) for r in seqrows[i])
+        if abs(a - b) > 1e-7 * max(abs(a), abs(b)) + 1e-12:
+            fails.append("per_pos %s: mean %s over offsets %.9g, per_seq's %.9g" % (cfg[i]["config"], col, a, b))
+ranked_ids = [int(row[5]) for row in sorted(rk, key=lambda row: int(row[0]))]
+sel = [i for i in ranked_ids if pos.get(i)][:8]
+if not sel:
+    fails.append("per_pos.csv has no rows for the ranked figure's configurations")
+pgp = open(os.path.join(fig, "position.gp")).read()
+pb = blocks(os.path.join(fig, "position.dat"))
+if len(pb) != len(sel) or gp_array(pgp, "series") is None or len(gp_array(pgp, "series")) != len(sel):
+    fails.append("position: %d lines, want %d (the ranked figure's configurations with per_pos rows)" % (len(pb), len(sel)))
+else:
+    maxoff = max(int(r["offset"]) for i in sel for r in pos[i])
+    width = (maxoff + 16) // 16 if maxoff + 1 > 16 else 1
+    plog = "set logscale y 10" in pgp
+    for b, i in zip(pb, sel):
+        want = []
+        for k in range(maxoff // width + 1):
+            rs_ = [r for r in pos[i] if int(r["offset"]) // width == k]
+            w = sum(int(r["n_seq"]) for r in rs_)
+            if not w:
+                continue
+            y = sum(int(r["n_seq"]) * float(r["logit_kl"]) for r in rs_) / w
+            x = sum(int(r["n_seq"]) * int(r["offset"]) for r in rs_) / w
+            if plog and not y > 0:
+                continue
+            want.append((x, y))
+        got = [(float(r[0]), float(r[1])) for r in b]
+        if len(got) != len(want) or any(not (close(g[0], w_[0]) and close(g[1], w_[1])) for g, w_ in zip(got, want)):
+            fails.append("position: %s points %s..., want %s..." % (cfg[i]["config"], got[:3], want[:3]))
+
 if fails:
     print("\n".join(fails))
     print("FAIL: %d" % len(fails))
     sys.exit(1)
 print("figures: lines along one parameter, <= 8 per panel, log axes where the values span decades, "
       "bootstrap bars, Pareto set with interval significance, matched compression within 15%, "
-      "per-sequence points, reliability choices, no duplicate lines")
+      "per-sequence points, reliability choices, no duplicate lines, quality by decode position from per_pos.csv")
