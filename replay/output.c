@@ -363,9 +363,11 @@ int out_part_read(const char *dir, const char *key, size_t seq, rp_seq_result *r
         size_t nv = (size_t)np * n_cfg * PP_NF;
         if (q == p + 3 || *q != '\n' || np == 0 || np > PART_MAX_POS || np != (unsigned long long)r->sa[SA_NQ] ||
             nv > strlen(q) / 2) {
-            free(buf); rp_seq_result_free(r);
-            return failf(err, errlen, "%s: bad per-position block (\"pp %.*s\"; the sequence has %.0f evaluated positions)",
-                         path, (int)strcspn(p + 3, "\n") > 24 ? 24 : (int)strcspn(p + 3, "\n"), p + 3, r->sa[SA_NQ]);
+            int shown = (int)strcspn(p + 3, "\n");
+            failf(err, errlen, "%s: bad per-position block (\"pp %.*s\"; the sequence has %.0f evaluated positions)",
+                  path, shown > 24 ? 24 : shown, p + 3, r->sa[SA_NQ]);
+            free(buf); rp_seq_result_free(r);      /* after the message: it reads both */
+            return -1;
         }
         if (!(r->pp = malloc(nv * sizeof *r->pp))) { free(buf); rp_seq_result_free(r); return failf(err, errlen, "out of memory"); }
         r->n_pos = (size_t)np;
