@@ -1596,7 +1596,8 @@ kv_status rp_emit_figure(rp_ctx *c, const char *stem, const char *kind, const ch
     tvars t = {0};
     if (nv > sizeof t.v / sizeof t.v[0] - 3) return kv_error_set(err, KV_ERR_INVALID, "too many template values");
     for (size_t i = 0; i < nv; i++) {
-        if (strlen(vals[i]) >= sizeof t.v[0].v) return kv_error_set(err, KV_ERR_INVALID, "template value %s too long", keys[i]);
+        /* a sanity bound (values are printed with vasprintf; sizeof of the pointer was meant as one) */
+        if (strlen(vals[i]) >= 1u << 20) return kv_error_set(err, KV_ERR_INVALID, "template value %s too long", keys[i]);
         tv_set(&t, keys[i], "%s", vals[i]);
     }
     sbuf d = {0};
