@@ -854,8 +854,8 @@ static kv_status fig_pareto(rp_ctx *c, int m, const char *stem, kv_error *err)
         snprintf(cap, sizeof cap, "Quality vs compression: %s%s against the compression ratio (mean over sequences, bootstrap "
                  "95%% interval bars%s; %s is better). One line per family, for the %d families nearest the Pareto front (fewest "
                  "configurations significantly better at no less compression): the line of the family with the most Pareto-optimal "
-                 "points; the key names the family, its fixed parameters and, in brackets, the one the line varies. Ringed: "
-                 "Pareto-optimal over all configurations, where differences count only when the 95%% intervals do not overlap. "
+                 "points; the key names the family, its fixed parameters and, in brackets, the one the line varies. Ringed: drawn "
+                 "points Pareto-optimal among all configurations, where differences count only when the 95%% intervals do not overlap. "
                  "kvreport --pareto-all draws every line of every family.", ax.deficit ? "1 − " : "",
                  res_metric_names[m], scale, (an_lower_better(m) || ax.deficit) ? "lower" : "higher", MAX_SERIES);
     if (!n) { free(ok); skip(c, stem, cap, "no configuration has %s (no read-out in the trace?)", res_metric_names[m]); return KV_OK; }
