@@ -50,6 +50,9 @@ static const char *USAGE =
     "                          compression whose predictions differ from the full cache's)\n"
     "  --figure-width W        one (3.3 in, one column; default) or two (6.9 in, two columns);\n"
     "                          8 pt text, PDF and a 200 dpi PNG of the same layout\n"
+    "  --pareto-all            quality-vs-compression figures with every line of every family,\n"
+    "                          in panels of at most 8 (default: one panel, the best line of each\n"
+    "                          of the 8 families nearest the Pareto front; the caption lists the rest)\n"
     "  --target-ratio R        matched-compression target (default: median ratio)\n"
     "  --trace TRACE           the trace the results came from: memory vs context (bytes per\n"
     "                          token) and attention-entropy figures\n"
@@ -313,7 +316,7 @@ done:
 static const char *const OPTIONS[] = {
     "--output", "--baseline", "--metric", "--heatmap-config", "--target-ratio", "--trace", "--allow-mixed",
     "--force-trace", "--seed", "--bootstrap", "--no-figures", "--truth", "--gains", "--plots", "--help",
-    "--reliability-config", "--figure-width",
+    "--reliability-config", "--figure-width", "--pareto-all",
 };
 
 int main(int argc, char **argv)
@@ -329,7 +332,7 @@ int main(int argc, char **argv)
     const char *gains = NULL;
     const char *rel_names[4];
     size_t n_rel = 0;
-    int two_col = 0;
+    int two_col = 0, pareto_all = 0;
     int allow_mixed = 0, no_figures = 0, force_trace = 0;
     unsigned long long seed = 12345, nboot = 2000;
     double target = 0;
@@ -359,6 +362,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--truth")) { NEED_ARG(); truth = argv[++i]; }
         else if (!strcmp(a, "--gains")) { NEED_ARG(); gains = argv[++i]; }
         else if (!strcmp(a, "--plots")) { NEED_ARG(); plots = argv[++i]; }
+        else if (!strcmp(a, "--pareto-all")) pareto_all = 1;
         else if (!strcmp(a, "--allow-mixed")) allow_mixed = 1;
         else if (!strcmp(a, "--force-trace")) force_trace = 1;
         else if (!strcmp(a, "--no-figures")) no_figures = 1;
@@ -480,6 +484,7 @@ int main(int argc, char **argv)
     c.version = KV_VERSION_STRING;
     c.force_trace = force_trace;
     c.fig_two_col = two_col;
+    c.pareto_all = pareto_all;
     c.rel_configs = n_rel ? rel_idx : NULL;
     c.n_rel = n_rel;
     if (trace_forced[0]) rp_note(&c.notes, "%s", trace_forced);

@@ -2,7 +2,7 @@
  * as a program (posix_spawn) inside the figures directory. See report.h for the layout.
  *
  * Figure kinds (plots/<kind>.gp): pareto (a), heatmap (b), layers (c), memory (d),
- * reliability (e), entropy (f), ranked (g). Every script = header + style.gp + <kind>.gp
+ * reliability (e), entropy (f), ranked (g), position (i). Every script = header + style.gp + <kind>.gp
  * + finish.gp with @NAME@ placeholders replaced; an unknown placeholder is an error.
  */
 #include "report.h"
@@ -351,7 +351,7 @@ static const char *head_axis(int m)
 
 /* How a metric is drawn: as is, or as 1 - value (the deficit of a cosine, recall or
  * agreement, whose interesting range is 0.9..1), linear or log. */
-typedef struct axis { int deficit, log; double lo, hi; size_t n_dropped; } axis;
+typedef struct axis { int deficit, log, symlog; double lo, hi, lin; size_t n_dropped; } axis;
 
 static int deficit_metric(int m)
 {
@@ -388,6 +388,58 @@ static axis choose_axis(int m, const double *vals, size_t n)
         if (!neg && pmax > 0 && pmax / pmin > 100) { a.deficit = deficit; a.log = 1; return a; }
     }
     return a;
+}
+
+/* Values of both signs over more than two decades of magnitude (a ΔNLL: most configurations
+ * cost a little, a few a lot, some gain a little): a symmetric log axis, sign(v) *
+ * log10(1 + |v| / lin), linear within about lin of 0 and logarithmic beyond. lin is the
+ * smallest nonzero magnitude rounded down to a power of 10, but at most 4 decades below the
+ * largest, so that the small ones stay apart from 0 and the axis keeps about 4 labelled
+ * decades per sign. Unlike |v| on a log axis it keeps the sign and order of the values
+ * and their intervals; unlike a ratio it stays in the metric's own unit. */
+static void choose_symlog(axis *a, const double *vals, size_t n)
+{
+    double amin = INFINITY, amax = 0;
+    int neg = 0;
+    for (size_t i = 0; i < n; i++) {
+        double v = fabs(vals[i]);
+        if (vals[i] < 0) neg = 1;
+        if (v > 0) { amin = fmin(amin, v); amax = fmax(amax, v); }
+    }
+    if (a->log || !neg || !(amax > 0) || amax / amin <= 100) return;
+    a->symlog = 1;
+    a->lin = pow(10, floor(log10(fmax(amin, amax * 1e-4))));
+}
+
+static double symlog_of(double v, double lin) { return (v < 0 ? -1 : 1) * log10(1 + fabs(v) / lin); }
+static double symlog_inv(double y, double lin) { return (y < 0 ? -1 : 1) * lin * (pow(10, fabs(y)) - 1); }
+
+/* A symmetric log axis (choose_symlog) over the drawn lows and highs: gnuplot's nonlinear
+ * axis with tics at 0 and +-lin * 10^k. */
+static void symlog_range(axis *a, double lo, double hi, tvars *t, const char *name)
+{
+    double tlo = symlog_of(fmin(lo, 0), a->lin), thi = symlog_of(fmax(hi, 0), a->lin);
+    double pad = (thi - tlo) * 0.06;
+    a->lo = symlog_inv(tlo - pad, a->lin);
+    a->hi = symlog_inv(thi + pad, a->lin);
+    sbuf b = {0};
+    sb_add(&b, "unset logscale %s\nKV_LIN = %.6g\nset nonlinear %s via (%s < 0 ? -1 : 1) * log10(1 + abs(%s) / KV_LIN) "
+           "inverse (%s < 0 ? -1 : 1) * KV_LIN * (10**abs(%s) - 1)\nset %stics (", name, a->lin, name, name, name, name, name, name);
+    int k0 = (int)lround(log10(a->lin));
+    int kmax = (int)floor(log10(fmax(fabs(a->lo), fabs(a->hi))) + 1e-9);
+    int step = (kmax - k0 + 1 + 3) / 4;   /* at most about 4 labelled decades per sign */
+    if (step < 1) step = 1;
+    sb_add(&b, "'0' 0");
+    for (int sg = -1; sg <= 1; sg += 2)     /* down from the largest; +-lin itself would sit on the 0 label */
+        for (int k = kmax; k > k0; k -= step) {
+            double v = sg * pow(10, k);
+            if (v < a->lo || v > a->hi) continue;
+            sb_add(&b, ", '%s10^{%d}' %.6g", sg < 0 ? "−" : "", k, v);
+        }
+    sb_add(&b, ")\nunset m%stics\n", name);
+    tv_set(t, name[0] == 'x' ? "XAXIS" : "YAXIS", "%s", b.s ? b.s : "");
+    tv_set(t, name[0] == 'x' ? "XRANGE" : "YRANGE", "%.6g:%.6g", a->lo, a->hi);
+    free(b.s);
 }
 
 /* Range and tics of a value axis from drawn lows and highs. */
@@ -694,6 +746,73 @@ static void panel_title(const series_set *ss, size_t first, size_t last, char *b
     if (strlen(buf) > lim && cap > lim) { size_t k = lim - 3; while (k && ((unsigned char)buf[k] & 0xC0) == 0x80) k--; memcpy(buf + k, "...", 4); }
 }
 
+/* The default Pareto figure: one panel, one line per family, for the MAX_SERIES families
+ * nearest the front. A configuration's distance from the front is the number of others that
+ * dominate it (0: Pareto-optimal). A family's line is its series with the most
+ * Pareto-optimal points, then the fewest dominators at its best point, then on average;
+ * families rank by that line's best point, then by its Pareto-optimal count. Keeps those
+ * series in ss (best family first) and lists the dropped families in `rest`. */
+typedef struct fam_rank { size_t series, front, mindom, sumdom, npts; } fam_rank;
+
+static int rank_better(const fam_rank *a, const fam_rank *b)
+{
+    if (a->front != b->front) return a->front > b->front;
+    if (a->mindom != b->mindom) return a->mindom < b->mindom;
+    if (a->sumdom * b->npts != b->sumdom * a->npts) return a->sumdom * b->npts < b->sumdom * a->npts;
+    return a->npts > b->npts;
+}
+
+static kv_status keep_leading(const rp_ctx *c, const size_t *ok, size_t n, int m, series_set *ss, char *rest,
+                              size_t restcap, size_t *n_fam, kv_error *err)
+{
+    size_t nc = c->rs->n_configs;
+    size_t *ndom = calloc(nc + 1, sizeof *ndom);
+    fam_rank *fr = calloc(ss->nf + 1, sizeof *fr);
+    size_t *order = malloc((ss->nf + 1) * sizeof *order);
+    if (!ndom || !fr || !order) { free(ndom); free(fr); free(order); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
+    for (size_t a = 0; a < n; a++)
+        for (size_t b = 0; b < n; b++) ndom[ok[a]] += b != a && dominates(c->an, ok[b], ok[a], m);
+    for (size_t j = 0; j < ss->nf; j++) fr[j].series = (size_t)-1;
+    for (size_t i = 0; i < ss->n; i++) {
+        const series *se = &ss->s[i];
+        fam_rank r = { .series = i, .mindom = (size_t)-1, .npts = se->n };
+        for (size_t a = 0; a < se->n; a++) {
+            size_t d = ndom[se->rows[a]];
+            r.front += d == 0;
+            r.sumdom += d;
+            if (d < r.mindom) r.mindom = d;
+        }
+        if (fr[se->fam].series == (size_t)-1 || rank_better(&r, &fr[se->fam])) fr[se->fam] = r;
+    }
+    size_t nf = 0;
+    for (size_t j = 0; j < ss->nf; j++)
+        if (fr[j].series != (size_t)-1) order[nf++] = j;
+    for (size_t a = 1; a < nf; a++)        /* stable insertion sort: ties keep the results' order */
+        for (size_t b = a; b > 0; b--) {
+            const fam_rank *x = &fr[order[b]], *y = &fr[order[b - 1]];
+            int before = x->mindom != y->mindom ? x->mindom < y->mindom : x->front > y->front;
+            if (!before) break;
+            size_t t = order[b]; order[b] = order[b - 1]; order[b - 1] = t;
+        }
+    size_t keep = nf < MAX_SERIES ? nf : MAX_SERIES;
+    series *ns = calloc(keep + 1, sizeof *ns);
+    if (!ns) { free(ndom); free(fr); free(order); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
+    for (size_t k = 0; k < keep; k++) {
+        ns[k] = ss->s[fr[order[k]].series];
+        ss->s[fr[order[k]].series].rows = NULL;
+    }
+    sbuf b = {0};
+    for (size_t k = keep; k < nf; k++) sb_add(&b, "%s%s", k > keep ? ", " : "", ss->fam[order[k]]);
+    snprintf(rest, restcap, "%s", b.s ? b.s : "");
+    free(b.s);
+    series_free(ss);
+    ss->s = ns;
+    ss->n = keep;
+    *n_fam = nf;
+    free(ndom); free(fr); free(order);
+    return KV_OK;
+}
+
 static kv_status fig_pareto(rp_ctx *c, int m, const char *stem, kv_error *err)
 {
     const res_set *rs = c->rs;
@@ -709,6 +828,7 @@ static kv_status fig_pareto(rp_ctx *c, int m, const char *stem, kv_error *err)
             ok[n++] = i;
         }
     axis ax = choose_axis(m, vals, n);
+    choose_symlog(&ax, vals, n);
     free(vals);
     size_t dropped = 0;
     if (ax.log) {           /* exactly 0 (or no deficit) has no place on a log axis */
@@ -719,19 +839,39 @@ static kv_status fig_pareto(rp_ctx *c, int m, const char *stem, kv_error *err)
         }
         n = w;
     }
-    snprintf(cap, sizeof cap, "Quality vs compression: %s%s against the compression ratio (mean over sequences, bootstrap "
-             "95%% interval bars%s; %s is better). Each line varies one parameter of one family (named in the panel title); the other "
-             "varied parameters make separate lines (parameter names shortened in the key); at most %d lines per panel. Ringed: Pareto-optimal, where "
-             "differences count only when the 95%% intervals do not overlap.", ax.deficit ? "1 − " : "",
-             res_metric_names[m], ax.log ? ", log scale" : "", (an_lower_better(m) || ax.deficit) ? "lower" : "higher", MAX_SERIES);
+    char scale[160] = "";
+    if (ax.log) snprintf(scale, sizeof scale, ", log scale");
+    else if (ax.symlog)
+        snprintf(scale, sizeof scale, ", symmetric log scale: linear within %.3g of 0, logarithmic beyond, so that values of both signs "
+                 "and several decades show", ax.lin);
+    if (c->pareto_all)
+        snprintf(cap, sizeof cap, "Quality vs compression: %s%s against the compression ratio (mean over sequences, bootstrap "
+                 "95%% interval bars%s; %s is better). Each line varies one parameter of one family (named in the panel title); the other "
+                 "varied parameters make separate lines (parameter names shortened in the key); at most %d lines per panel. Ringed: Pareto-optimal, where "
+                 "differences count only when the 95%% intervals do not overlap.", ax.deficit ? "1 − " : "",
+                 res_metric_names[m], scale, (an_lower_better(m) || ax.deficit) ? "lower" : "higher", MAX_SERIES);
+    else
+        snprintf(cap, sizeof cap, "Quality vs compression: %s%s against the compression ratio (mean over sequences, bootstrap "
+                 "95%% interval bars%s; %s is better). One line per family, for the %d families nearest the Pareto front (fewest "
+                 "configurations significantly better at no less compression): the line of the family with the most Pareto-optimal "
+                 "points; the key names the family, its fixed parameters and, in brackets, the one the line varies. Ringed: drawn "
+                 "points Pareto-optimal among all configurations, where differences count only when the 95%% intervals do not overlap. "
+                 "kvreport --pareto-all draws every line of every family.", ax.deficit ? "1 − " : "",
+                 res_metric_names[m], scale, (an_lower_better(m) || ax.deficit) ? "lower" : "higher", MAX_SERIES);
     if (!n) { free(ok); skip(c, stem, cap, "no configuration has %s (no read-out in the trace?)", res_metric_names[m]); return KV_OK; }
     series_set ss;
     kv_status st = build_series(c, ok, n, &ss, err);
     if (st) { free(ok); return st; }
+    char rest[2048] = "";
+    size_t n_fam = 0;
+    if (!c->pareto_all && (st = keep_leading(c, ok, n, m, &ss, rest, sizeof rest, &n_fam, err))) { free(ok); series_free(&ss); return st; }
     size_t *pfirst = malloc((ss.n + 1) * sizeof *pfirst), *plast = malloc((ss.n + 1) * sizeof *plast);
     size_t *panel_of = malloc((nc + 1) * sizeof *panel_of);
     if (!pfirst || !plast || !panel_of) { free(ok); free(pfirst); free(plast); free(panel_of); series_free(&ss); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
-    size_t np = pack_panels(&ss, pfirst, plast);
+    size_t np;
+    if (c->pareto_all) np = pack_panels(&ss, pfirst, plast);
+    else { np = 1; pfirst[0] = 0; plast[0] = ss.n - 1; }
+    memset(panel_of, 0, (nc + 1) * sizeof *panel_of);    /* 0: a configuration not drawn */
 
     sbuf dat = {0};
     double xmin = INFINITY, xmax = 0, ylo = INFINITY, yhi = -INFINITY, ypos_min = INFINITY;
@@ -776,13 +916,19 @@ static kv_status fig_pareto(rp_ctx *c, int m, const char *stem, kv_error *err)
         snprintf(cap + l, sizeof cap - l, " %zu configuration%s at exactly %s are not drawn on the log axis.", dropped,
                  dropped == 1 ? "" : "s", ax.deficit ? "1 (no deficit)" : "0");
     }
+    if (rest[0]) {
+        size_t l = strlen(cap);
+        snprintf(cap + l, sizeof cap - l, " Not drawn (%zu of %zu families): %s.", n_fam - ss.n, n_fam, rest);
+    }
 
     tvars t = {0};
     sbuf pt = {0}, pf = {0}, pl = {0}, stl = {0}, kt = {0};
     for (size_t p = 0; p < np; p++) {
         char title[256];
-        panel_title(&ss, pfirst[p], plast[p], title, sizeof title);
-        int one_family = ss.s[pfirst[p]].fam == ss.s[plast[p]].fam && ss.s[pfirst[p]].keys[0];
+        if (c->pareto_all) panel_title(&ss, pfirst[p], plast[p], title, sizeof title);
+        else if (n_fam > ss.n) snprintf(title, sizeof title, "%zu of %zu families, nearest the front", ss.n, n_fam);
+        else snprintf(title, sizeof title, "%zu famil%s", n_fam, n_fam == 1 ? "y" : "ies");
+        int one_family = c->pareto_all && ss.s[pfirst[p]].fam == ss.s[plast[p]].fam && ss.s[pfirst[p]].keys[0];
         if (p) { sb_add(&pt, ", "); sb_add(&pf, ", "); sb_add(&pl, ", "); sb_add(&kt, ", "); }
         sb_quoted(&pt, title);
         char ktitle[128];
@@ -792,11 +938,15 @@ static kv_status fig_pareto(rp_ctx *c, int m, const char *stem, kv_error *err)
         sb_add(&pf, "%zu", pfirst[p] + 1);
         sb_add(&pl, "%zu", plast[p] + 1);
         for (size_t i = pfirst[p]; i <= plast[p]; i++) {
-            char lab[128];
+            char lab[256];
             const series *se = &ss.s[i];
             if (one_family) snprintf(lab, sizeof lab, "%s", se->vals);
+            else if (!c->pareto_all)
+                snprintf(lab, sizeof lab, "%s%s%s%s%s%s", ss.fam[se->fam], se->label[0] ? " " : "", se->label,
+                         se->along[0] ? " (" : "", se->along, se->along[0] ? ")" : "");
             else snprintf(lab, sizeof lab, "%s%s%s", ss.fam[se->fam], se->label[0] ? " " : "", se->label);
-            cut_label(lab);
+            if (c->pareto_all) cut_label(lab);
+            else cut_to(lab, sizeof lab, LABEL_WIDE);
             if (i) sb_add(&stl, ", ");
             sb_quoted(&stl, lab);
         }
@@ -811,8 +961,18 @@ static kv_status fig_pareto(rp_ctx *c, int m, const char *stem, kv_error *err)
     free(pt.s); free(pf.s); free(pl.s); free(stl.s); free(kt.s);
     tv_set(&t, "YLABEL", "%s%s", ax.deficit ? "1 − " : "", metric_axis(m));
     tv_set(&t, "XRANGE", "%.6g:%.6g", xmin / 1.15, xmax * 1.15);
-    axis_range(&ax, ylo, yhi, &t, "y");
-    layout g = make_layout(c, np, (int)((max_in_panel + 1 + 1) / 2) + 1, 1);
+    if (ax.symlog) symlog_range(&ax, ylo, yhi, &t, "y");
+    else axis_range(&ax, ylo, yhi, &t, "y");
+    layout g;
+    if (c->pareto_all) g = make_layout(c, np, (int)((max_in_panel + 1 + 1) / 2) + 1, 1);
+    else {      /* one taller panel; its key in one column (two in the wide preset) with whole labels */
+        size_t entries = max_in_panel + 1;
+        int rows = c->fig_two_col ? (int)((entries + 1) / 2) : (int)entries;
+        g = make_layout(c, 1, rows + 1, 0);
+        g.plot_h = c->fig_two_col ? 2.4 : 1.9;
+        g.ph = g.mt + g.plot_h + g.axis_h + g.key_rows * KEY_ROW_IN + 0.08;
+    }
+    if (ax.symlog) g.ml += 0.1;      /* the tic labels' minus signs */
     layout_vars(&t, &g);
     series_free(&ss);
     free(pfirst); free(plast); free(panel_of);
@@ -971,6 +1131,115 @@ static kv_status fig_layers(rp_ctx *c, int m, const char *stem, kv_error *err)
         layout_vars(&t, &g);
         st = emit(c, stem, "layers", cap, &t, &dat, layout_height(&g), err);
     }
+    free(dat.s); free(titles.s);
+    return st;
+}
+
+/* ---- (i) quality vs decode position ------------------------------------------------------- */
+
+#define POS_BINS 16     /* more offsets than this are averaged in bins of equal width: 8 lines stay apart */
+
+/* per_pos.csv's column for the primary metric: output cosine or attention KL when that is
+ * the metric, else the logit KL when the results have it, else the attention KL. */
+static int pos_metric(const rp_ctx *c, int *col)
+{
+    int have_ro = 0;
+    for (size_t i = 0; i < c->rs->n_configs && !have_ro; i++)
+        for (size_t k = 0; k < c->rs->configs[i].n_pos && !have_ro; k++) have_ro = !isnan(c->rs->configs[i].pos[k].logit_kl);
+    if (c->metric == RM_OUT_COS) *col = 1;
+    else if (c->metric == RM_ATTN_KL || !have_ro) *col = 0;
+    else *col = 2;
+    return *col == 0 ? RM_ATTN_KL : *col == 1 ? RM_OUT_COS : RM_LOGIT_KL;
+}
+
+static double pos_value(const res_pos *p, int col) { return col == 0 ? p->attn_kl : col == 1 ? p->out_cos : p->logit_kl; }
+
+static kv_status fig_position(rp_ctx *c, kv_error *err)
+{
+    const char *stem = "position";
+    const res_set *rs = c->rs;
+    int col;
+    int m = pos_metric(c, &col);
+    int deficit = m == RM_OUT_COS;
+    char cap[1024];
+    size_t *idx = malloc((rs->n_configs + 1) * sizeof *idx);
+    if (!idx) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
+    double target;
+    size_t n = rp_matched(c, idx, &target), nser = 0, longest = 0, kept[MAX_SERIES];
+    long long maxoff = 0;
+    for (size_t k = 0; k < n; k++) {       /* the best (ranked order) with per-position rows */
+        const res_config *cf = &rs->configs[idx[k]];
+        if (!cf->n_pos || nser == MAX_SERIES) continue;
+        kept[nser++] = idx[k];
+        if (cf->pos[cf->n_pos - 1].offset > maxoff) maxoff = cf->pos[cf->n_pos - 1].offset;
+    }
+    free(idx);
+    long long width = maxoff + 1 > POS_BINS ? (maxoff + POS_BINS) / POS_BINS : 1;
+    snprintf(cap, sizeof cap, "Quality vs decode position: %s%s at each decode offset from the prompt end (mean over layers, "
+             "query heads and sequences; per_pos.csv) for the best configuration of each family at matched compression "
+             "(nearest %.3g×, at most %d, as in the ranked figure)%s; %s is better.", deficit ? "1 − " : "", res_metric_names[m],
+             target, MAX_SERIES, width > 1 ? "; offsets averaged in bins of equal width (weighted by sequences)" : "",
+             "lower");
+    if (!nser) { skip(c, stem, cap, "no per_pos.csv rows for the configurations at matched compression (results of an older kvreplay, or several directories)"); return KV_OK; }
+    size_t nb = (size_t)(maxoff / width + 1);
+    double *v = malloc((nser * nb + 1) * sizeof *v), *xs = malloc((nser * nb + 1) * sizeof *xs);
+    if (!v || !xs) { free(v); free(xs); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
+    for (size_t s = 0; s < nser; s++) {
+        const res_config *cf = &rs->configs[kept[s]];
+        for (size_t b = 0; b < nb; b++) {
+            double sw = 0, sv = 0, sx = 0;
+            for (size_t k = 0; k < cf->n_pos; k++) {
+                const res_pos *p = &cf->pos[k];
+                double x = pos_value(p, col);
+                if ((size_t)(p->offset / width) != b || isnan(x)) continue;
+                sw += (double)p->n_seq; sv += (double)p->n_seq * (deficit ? 1 - x : x); sx += (double)p->n_seq * (double)p->offset;
+            }
+            v[s * nb + b] = sw > 0 ? sv / sw : NAN;
+            xs[s * nb + b] = sw > 0 ? sx / sw : NAN;
+        }
+    }
+    double *all = malloc((nser * nb + 1) * sizeof *all);
+    size_t na = 0;
+    if (!all) { free(v); free(xs); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
+    for (size_t i = 0; i < nser * nb; i++) if (!isnan(v[i])) all[na++] = v[i];
+    axis ax = choose_axis(-1, all, na);     /* values as drawn (1 − cosine already) */
+    free(all);
+    sbuf dat = {0}, titles = {0};
+    double lo = INFINITY, hi = -INFINITY;
+    size_t dropped = 0;
+    for (size_t s = 0; s < nser; s++) {
+        const res_config *cf = &rs->configs[kept[s]];
+        sb_add(&dat, "# %s: offset %s%s n_seq\n", config_display_name(cf), deficit ? "1-" : "", res_metric_names[m]);
+        for (size_t b = 0; b < nb; b++) {
+            double y = v[s * nb + b];
+            if (isnan(y)) continue;
+            if (ax.log && !(y > 0)) { dropped++; continue; }
+            lo = fmin(lo, y); hi = fmax(hi, y);
+            sb_add(&dat, "%.9g %.9g\n", xs[s * nb + b], y);
+        }
+        sb_add(&dat, "\n\n");
+        char lab[128];
+        short_label_n(c, cf, lab, sizeof lab, LABEL_WIDE);
+        if (strlen(lab) > longest) longest = strlen(lab);
+        if (s) sb_add(&titles, ", ");
+        sb_quoted(&titles, lab);
+    }
+    free(v); free(xs);
+    if (dropped) {
+        size_t l = strlen(cap);
+        snprintf(cap + l, sizeof cap - l, " %zu point%s at exactly 0 not drawn on the log axis.", dropped, dropped == 1 ? "" : "s");
+    }
+    if (!(lo <= hi)) { lo = 0; hi = 1; }
+    tvars t = {0};
+    tv_set(&t, "N", "%zu", nser);
+    tv_set(&t, "TITLES", "%s", titles.s);
+    tv_set(&t, "TITLE", "%s%s by decode position", deficit ? "1 − " : "", res_metric_names[m]);
+    tv_set(&t, "YLABEL", "%s%s", deficit ? "1 − " : "", metric_axis(m));
+    tv_set(&t, "XRANGE", "%.1f:%.1f", -0.5, (double)maxoff + 0.5);
+    axis_range(&ax, lo, hi, &t, "y");
+    layout g = make_layout(c, 1, longest <= LABEL_MAX ? (int)(nser + 1) / 2 : (int)nser, 0);
+    layout_vars(&t, &g);
+    kv_status st = emit(c, stem, "position", cap, &t, &dat, layout_height(&g), err);
     free(dat.s); free(titles.s);
     return st;
 }
@@ -1366,6 +1635,7 @@ kv_status rp_write_figures(rp_ctx *c, kv_error *err)
     if ((st = fig_entropy(c, err))) return st;
     if ((st = fig_ranked(c, 0, err))) return st;
     if ((st = fig_ranked(c, 1, err))) return st;
+    if ((st = fig_position(c, err))) return st;
     return rp_needle_figures(c, 1, err);    /* analysis/needle_fig.c */
 }
 

@@ -73,6 +73,7 @@ typedef struct rp_ctx {
     size_t n_fig;
     double target_used;            /* target ratio of the matched-compression selection */
     int fig_two_col;               /* --figure-width two: 6.9 in wide figures (default one column, 3.3 in) */
+    int pareto_all;                /* --pareto-all: every line of every family in the Pareto figures */
     const long *rel_configs;       /* --reliability-config (repeatable); NULL: chosen automatically */
     size_t n_rel;
 } rp_ctx;

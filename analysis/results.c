@@ -475,6 +475,7 @@ static kv_status add_config(loader *L, const char *cfg, const char *family, cons
     c->budget_value = bv;
     if (label && !(c->label = xstrdup(label))) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     c->first_id = id;
+    c->pos_dir = -1;
     c->not_applied = -1;            /* unset until a summary row is seen */
     *gi = s->n_configs++;
     return KV_OK;
@@ -822,6 +823,55 @@ static kv_status load_dir(loader *L, size_t di, kv_error *err)
         }
         if (st) goto out;
     }
+    csv_close(&c);
+
+    /* per_pos.csv (optional): kept per configuration from one directory only; a
+     * configuration several directories hold has none (their means are not pooled) */
+    snprintf(path, sizeof path, "%s/per_pos.csv", d->path);
+    if ((st = csv_open(&c, path, 1, &missing, err)) != KV_OK) goto out;
+    if (!missing && (st = csv_schema(&c, KV_RF_PER_POS, err)) != KV_OK) goto out;
+    if (!missing) {
+        static const res_dom kl_dom = DOM_NONNEG_RND, cos_dom = DOM_COS;
+        long kid, kcfg, koff, kns, kkl, kcos, kro;
+        if ((st = csv_col(&c, "config_id", 1, &kid, err)) || (st = csv_col(&c, "config", 1, &kcfg, err)) ||
+            (st = csv_col(&c, "offset", 1, &koff, err)) || (st = csv_col(&c, "n_seq", 1, &kns, err)) ||
+            (st = csv_col(&c, "attn_kl", 1, &kkl, err)) || (st = csv_col(&c, "out_cos", 1, &kcos, err)) ||
+            (st = csv_col(&c, "logit_kl", 1, &kro, err)))
+            goto out;
+        while (csv_row(&c, err, &st)) {
+            size_t gi;
+            ROW_CONFIG(kid, kcfg, gi);
+            res_pos r;
+            if ((st = csv_int(&c, koff, &r.offset, err)) || (st = csv_int(&c, kns, &r.n_seq, err)) ||
+                (st = csv_num(&c, kkl, 0, &r.attn_kl, err)) || (st = csv_num(&c, kcos, 0, &r.out_cos, err)) ||
+                (st = csv_num(&c, kro, 1, &r.logit_kl, err)))
+                goto out;
+            if ((st = csv_check_int(&c, koff, r.offset, 0, 2147483647LL, err)) ||
+                (st = csv_check_int(&c, kns, r.n_seq, 1, 2147483647LL, err)) ||
+                (st = csv_check(&c, kkl, r.attn_kl, &kl_dom, err)) || (st = csv_check(&c, kcos, r.out_cos, &cos_dom, err)) ||
+                (st = csv_check(&c, kro, r.logit_kl, &kl_dom, err)) || (st = csv_typed(&c, err)))
+                goto out;
+            res_config *cf = &s->configs[gi];
+            if (cf->pos_dir == -2) continue;
+            if (cf->pos_dir >= 0 && cf->pos_dir != (long)di) {     /* a second directory: none kept */
+                free(cf->pos); cf->pos = NULL; cf->n_pos = 0; cf->pos_dir = -2;
+                continue;
+            }
+            if (cf->n_pos && r.offset <= cf->pos[cf->n_pos - 1].offset) {
+                st = kv_error_set(err, KV_ERR_FORMAT, "%s:%zu: config '%s' offset %lld after offset %lld (a row twice or out "
+                                  "of order)", path, c.line, cf->config, r.offset, cf->pos[cf->n_pos - 1].offset);
+                goto out;
+            }
+            if (!(cf->n_pos & (cf->n_pos + 1))) {    /* grow at 0, 1, 3, 7, ... rows */
+                res_pos *np = realloc(cf->pos, (2 * cf->n_pos + 2) * sizeof *np);
+                if (!np) { st = kv_error_set(err, KV_ERR_NOMEM, "out of memory"); goto out; }
+                cf->pos = np;
+            }
+            cf->pos[cf->n_pos++] = r;
+            cf->pos_dir = (long)di;
+        }
+        if (st) goto out;
+    }
     st = KV_OK;
 out:
     csv_close(&c);
@@ -956,7 +1006,7 @@ void res_free(res_set *s)
         res_config *c = &s->configs[i];
         free(c->config); free(c->family); free(c->budget_kind);
         free(c->label); free(c->name); free(c->row); free(c->rowkey);
-        free(c->seqs); free(c->heads);
+        free(c->seqs); free(c->heads); free(c->pos);
     }
     free(s->configs);
     free(s);

@@ -72,6 +72,10 @@ typedef struct res_head {
 
 typedef struct res_calib_bin { double count, conf_sum, acc_sum; } res_calib_bin;
 
+/* per_pos.csv: a configuration's quality at decode offset `offset` (means over n_seq
+ * sequences; logit_kl NaN without read-out). */
+typedef struct res_pos { long long offset, n_seq; double attn_kl, out_cos, logit_kl; } res_pos;
+
 typedef struct res_config {
     char *config, *family, *budget_kind;
     char *label;                   /* configs.csv label column (the sweep's label=), NULL when none */
@@ -87,6 +91,9 @@ typedef struct res_config {
     res_head *heads; size_t n_heads; /* sorted by (layer, head) */
     int has_calib;
     res_calib_bin calib[2][RES_CALIB_BINS];  /* [0] full, [1] comp */
+    res_pos *pos; size_t n_pos;    /* per_pos.csv, by increasing offset; none when absent or when
+                                      several directories hold the configuration (no pooling) */
+    long pos_dir;                  /* directory the rows came from, -1 none; -2 dropped (several) */
 } res_config;
 
 typedef struct res_kv { char *key, *value; } res_kv;

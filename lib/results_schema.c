@@ -56,6 +56,11 @@ static const kv_column per_layer_cols[] = {
 };
 
 /* provenance.json keys, in the order the writer prints them (strings and integers). */
+static const kv_column per_pos_cols[] = {
+    { "config_id", I, 0 }, { "config", S, 0 }, { "offset", I, 0 }, { "n_seq", I, 0 },
+    { "attn_kl", N, 0 }, { "out_cos", N, 0 }, { "logit_kl", O, 0 },
+};
+
 static const kv_column provenance_keys[] = {
     { "results_version", I, 0 }, { "tool", S, 0 }, { "tool_version", S, 0 }, { "trace", S, 0 },
     { "trace_sha256", S, 0 }, { "trace_model", S, 0 }, { "trace_architecture", S, 0 },
@@ -79,6 +84,7 @@ static const kv_results_file files[KV_RF_COUNT] = {
     FILE_ENTRY("summary.csv", 1, summary_cols),
     FILE_ENTRY("calib.csv", 0, calib_cols),
     FILE_ENTRY("per_layer.csv", 0, per_layer_cols),
+    FILE_ENTRY("per_pos.csv", 0, per_pos_cols),
     FILE_ENTRY("provenance.json", 1, provenance_keys),
 };
 

@@ -34,12 +34,12 @@ typedef struct kv_column {
 
 typedef enum kv_rfile {
     KV_RF_CONFIGS = 0, KV_RF_PER_SEQ, KV_RF_PER_HEAD, KV_RF_SUMMARY, KV_RF_CALIB,
-    KV_RF_PER_LAYER, KV_RF_PROVENANCE, KV_RF_COUNT
+    KV_RF_PER_LAYER, KV_RF_PER_POS, KV_RF_PROVENANCE, KV_RF_COUNT
 } kv_rfile;
 
 typedef struct kv_results_file {
     const char *name;            /* file name inside the results directory */
-    int required;                /* 0: written only in some runs (per_head, calib, per_layer) */
+    int required;                /* 0: written only in some runs (per_head, calib, per_layer, per_pos) */
     const kv_column *cols;       /* CSV: in header order; provenance.json: in key order */
     size_t n_cols;
 } kv_results_file;

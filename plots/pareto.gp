@@ -1,6 +1,8 @@
 # (a) Quality vs compression (plots/pareto.gp): panels of at most 8 lines; each line varies
-# one parameter of one family (mean over sequences, bootstrap 95% interval bars); ringed
-# points are Pareto-optimal (differences within overlapping intervals do not count).
+# one parameter of one family (mean over sequences, bootstrap 95% interval bars); by default
+# one panel, the best line of each of the 8 families nearest the front (kvreport
+# --pareto-all: every line); ringed points are Pareto-optimal (differences within
+# overlapping intervals do not count).
 # @STEM@.dat: blocks 0..@NS@-1 = lines, rows "ratio value lo hi config_id" sorted by ratio;
 # block @NS@ = the Pareto-optimal points, rows "ratio value config_id panel".
 array ptitle[@NP@] = [@PTITLES@]

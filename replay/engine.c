@@ -55,6 +55,7 @@ typedef struct item {
     uint8_t *dh_set;             /* [NC] dH of c holds a non-zero perturbation */
     const float *hid;            /* [n][C] the sequence's final residuals (read-out) */
     double *pl;                  /* [NC][L][PL_NF] per-layer read-out sums, NULL = off */
+    double *pp;                  /* [NC][NE][PP_ATT] this layer's per-position sums, folded in layer order */
     rp_needles *nd;              /* the sequence's needles (this layer's slots), NULL = none */
     /* while item_run runs: */
     char *slab;                  /* the one allocation behind sc (item_alloc) */
@@ -130,6 +131,8 @@ int rp_seq_result_alloc(rp_seq_result *r, size_t n_cfg, size_t L, size_t H)
     r->sa = calloc(n_cfg * SA_NF, sizeof *r->sa);
     r->ha = calloc(n_cfg * L * H * HA_NF, sizeof *r->ha);
     r->pl = NULL;
+    r->pp = NULL;
+    r->n_pos = 0;
     memset(&r->nd, 0, sizeof r->nd);
     return r->sa && r->ha ? 0 : -1;
 }
@@ -137,8 +140,9 @@ int rp_seq_result_alloc(rp_seq_result *r, size_t n_cfg, size_t L, size_t H)
 void rp_seq_result_free(rp_seq_result *r)
 {
     if (!r) return;
-    free(r->sa); free(r->ha); free(r->pl);
-    r->sa = r->ha = r->pl = NULL;
+    free(r->sa); free(r->ha); free(r->pl); free(r->pp);
+    r->sa = r->ha = r->pl = r->pp = NULL;
+    r->n_pos = 0;
     rp_needles_free(&r->nd);
 }
 
@@ -1183,6 +1187,8 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
             ha[HA_N] += 1; ha[HA_COS] += rm.attn_cos; ha[HA_OCOS] += ocos; ha[HA_OREL] += orel;
             ha[HA_KL] += rm.attn_kl; ha[HA_REC] += rm.mass_recall;
             ha[HA_KEEP] += (double)cnt / (double)nfull; ha[HA_BUDGET] += (double)cnt;
+            double *pp = it->pp + (c * NE + (t - P)) * PP_ATT;
+            pp[PP_ATTN_KL] += rm.attn_kl; pp[PP_OUT_COS] += ocos;
         }
     }
     return 0;
@@ -1369,7 +1375,7 @@ done:
 /* ---- one sequence ------------------------------------------------------------------------ */
 
 static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *hid, const float *acc,
-                       double *sa, rp_needles *nd, char *err, size_t errlen)
+                       double *sa, double *pp, rp_needles *nd, char *err, size_t errlen)
 {
     const readout *ro = E->ro;
     size_t C = ro->C, V = ro->V, NC = E->sw->n, NE = n - P;
@@ -1410,6 +1416,7 @@ static int readout_seq(rp_engine *E, size_t s, size_t n, size_t P, const float *
                     break;
                 }
                 a[SA_RO_N] += 1; a[SA_RO_KL] += cmp.logit_kl; a[SA_RO_TOP1] += cmp.top1_agree;
+                pp[(c * NE + (t - P)) * PP_NF + PP_LOGIT_KL] = cmp.logit_kl;    /* slot of (c, t) alone */
                 if (y >= 0 && (size_t)y < V) {
                     if (nd->n) rp_needles_readout(nd, c, NC, t, &cmp);     /* slots of configuration c */
                     a[SA_NY] += 1; a[SA_NLL_F] += cmp.nll_full; a[SA_NLL_C] += cmp.nll_comp;
@@ -1462,6 +1469,8 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
     if (E->needles && rp_needles_init(&res->nd, E->needles, E->n_needles, s, P, (size_t)E->prefill_len[s], NC, L, H,
                                       err, errlen))
         goto done;
+    if (NE && !(res->pp = calloc(NC * NE * PP_NF, sizeof *res->pp))) { rp_failf(err, errlen, "out of memory"); goto done; }
+    res->n_pos = res->pp ? NE : 0;
     if (ro && E->o.per_layer_readout && !(res->pl = calloc(NC * L * PL_NF, sizeof *res->pl))) {
         rp_failf(err, errlen, "out of memory (per-layer read-out)");
         goto done;
@@ -1480,9 +1489,18 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
 #pragma omp parallel for ordered schedule(dynamic, 1)
     for (ll = 0; ll < (long long)L; ll++) {
         item *it = &its[ll];
-        item_run(it);
+        /* this layer's per-position sums: a buffer per item in flight, folded in layer order */
+        if (NE && !(it->pp = calloc(NC * NE * PP_ATT, sizeof *it->pp))) {
+            IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+            it->rc = -1;
+        } else item_run(it);
 #pragma omp ordered
         {
+            if (it->rc == 0 && it->pp)
+                for (size_t j = 0; j < NC * NE; j++)
+                    for (size_t f = 0; f < PP_ATT; f++) res->pp[j * PP_NF + f] += it->pp[j * PP_ATT + f];
+            free(it->pp);
+            it->pp = NULL;
             if (it->rc == 0 && it->dH)
                 for (size_t c = 0; c < NC; c++) {
                     if (!it->dh_set[c]) continue;
@@ -1507,12 +1525,12 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
             if (b[SA_DIFFERS] != 0) a[SA_DIFFERS] = 1;
         }
     }
-    if (ro && readout_seq(E, s, n, P, hid, acc, res->sa, &res->nd, err, errlen)) goto done;
+    if (ro && readout_seq(E, s, n, P, hid, acc, res->sa, res->pp, &res->nd, err, errlen)) goto done;
     rc = 0;
 done:
     if (its)
         for (size_t l = 0; l < L; l++) {
-            free(its[l].pa); free(its[l].pa0); free(its[l].pa1); free(its[l].dH); free(its[l].dh_set);
+            free(its[l].pa); free(its[l].pa0); free(its[l].pa1); free(its[l].dH); free(its[l].dh_set); free(its[l].pp);
         }
     free(its); free(ia); free(hid); free(acc);
     if (rc) rp_seq_result_free(res);

@@ -110,6 +110,11 @@ enum { SA_NQ, SA_KVB, SA_FULLB, SA_PAYLOAD, SA_SCALES, SA_BASES, SA_INDICES, SA_
  * logit KL and (positions with a known next token) nll_comp when only layer l's perturbation
  * is applied; the counts are SA_RO_N and SA_NY of the same (config, sequence). */
 enum { PL_KL, PL_NLL_C, PL_NF };
+/* Per (config, sequence, decode offset d = t - P) for d in [0, n_pos): sums at evaluated
+ * position t of the attention KL and output cosine over layers and query heads (L * H terms
+ * each), and the read-out's logit KL (one term; 0 without read-out). -> per_pos.csv */
+enum { PP_ATTN_KL, PP_OUT_COS, PP_LOGIT_KL, PP_NF };
+#define PP_ATT 2                /* the first PP_ATT fields are the attention sums */
 
 typedef struct rp_seq_result {
     size_t seq;
@@ -117,6 +122,8 @@ typedef struct rp_seq_result {
     double *sa;                 /* [NC][SA_NF] */
     double *ha;                 /* [NC][L][H][HA_NF] */
     double *pl;                 /* [NC][L][PL_NF], NULL without per_layer_readout */
+    double *pp;                 /* [NC][n_pos][PP_NF], NULL when n_pos = 0 */
+    size_t n_pos;               /* evaluated positions of the sequence (n - P) */
     rp_needles nd;              /* the sequence's measured needles (needle.h); n = 0 without */
 } rp_seq_result;
 

@@ -67,11 +67,13 @@ int out_json_get(const char *json, const char *key, char *val, size_t len)
 
 /* ---- parts ------------------------------------------------------------------------------ */
 
-/* "kvparts 2 KEY SEQ NC L H RO\n", the values as hex floats, an optional "pl" block, "end\n",
+/* "kvparts 2 KEY SEQ NC L H RO\n", the values as hex floats, an optional "pl" block, an
+ * optional "pp N" block (per-position sums, N evaluated positions), "end\n",
  * then "sum HEX16\n": FNV-1a 64 of every byte before the "sum" line. Any change of one byte
  * changes the sum (each FNV-1a step is a bijection of the state); an unkeyed checksum guards
  * against damage and stray edits, not against someone who rewrites the sum too. */
 #define PART_MAGIC "kvparts 2 "
+#define PART_MAX_POS ((size_t)1 << 20)  /* evaluated positions of one sequence in a part */
 
 static size_t part_values(size_t n_cfg, size_t L, size_t H, int with_pl)
 {
@@ -100,6 +102,10 @@ int out_part_write(const char *dir, const char *key, const rp_seq_result *r, siz
                          "NaN/Inf or extreme values (kvreplay check TRACE)", r->seq, x,
                          i < nsa ? i / SA_NF : i < nsa + nha ? (i - nsa) / (L * H * HA_NF) : (i - nsa - nha) / (L * PL_NF));
     }
+    for (size_t i = 0; r->pp && i < n_cfg * r->n_pos * PP_NF; i++)
+        if (!isfinite(r->pp[i]))
+            return failf(err, errlen, "sequence %zu: a non-finite per-position accumulator (%g) in configuration %zu: the "
+                         "trace holds NaN/Inf or extreme values (kvreplay check TRACE)", r->seq, r->pp[i], i / (r->n_pos * PP_NF));
     for (size_t k = 0; k < r->nd.n; k++) {
         const double *v[3];
         size_t cnt[3];
@@ -125,6 +131,11 @@ int out_part_write(const char *dir, const char *key, const rp_seq_result *r, siz
         fprintf(m, "pl\n");
         for (size_t j = 0; j < n_cfg * L; j++)
             for (size_t i = 0; i < PL_NF; i++) fprintf(m, "%a%c", r->pl[j * PL_NF + i], i + 1 < PL_NF ? ' ' : '\n');
+    }
+    if (r->pp) {        /* per-position sums: optional block, NC * N lines of PP_NF */
+        fprintf(m, "pp %zu\n", r->n_pos);
+        for (size_t j = 0; j < n_cfg * r->n_pos; j++)
+            for (size_t i = 0; i < PP_NF; i++) fprintf(m, "%a%c", r->pp[j * PP_NF + i], i + 1 < PP_NF ? ' ' : '\n');
     }
     if (r->nd.n) {      /* needles (needle.h): optional block before "end"; per needle its
                            meta line, NC lines of ND_NF, NC*L*H lines of NH_NF */
@@ -225,7 +236,7 @@ static int part_load(const char *path, size_t cap, char **buf, char *err, size_t
 static size_t part_cap(size_t n_cfg, size_t L, size_t H)
 {
     /* a hex float prints in at most 24 characters plus its separator */
-    return 512 + 25 * part_values(n_cfg, L, H, 1) +
+    return 512 + 25 * part_values(n_cfg, L, H, 1) + 25 * n_cfg * PP_NF * PART_MAX_POS +
            (size_t)RP_MAX_NEEDLES_PER_SEQ * 25 * (NM_NF + n_cfg * ND_NF + n_cfg * L * H * NH_NF);
 }
 
@@ -346,6 +357,33 @@ int out_part_read(const char *dir, const char *key, size_t seq, rp_seq_result *r
     }
     while (*p == ' ' || *p == '\n') p++;
     int ok = k == total || k == total + npl;
+    if (ok && !strncmp(p, "pp ", 3)) {     /* the optional per-position block */
+        char *q;
+        unsigned long long np = strtoull(p + 3, &q, 10);
+        size_t nv = (size_t)np * n_cfg * PP_NF;
+        if (q == p + 3 || *q != '\n' || np == 0 || np > PART_MAX_POS || np != (unsigned long long)r->sa[SA_NQ] ||
+            nv > strlen(q) / 2) {
+            int shown = (int)strcspn(p + 3, "\n");
+            failf(err, errlen, "%s: bad per-position block (\"pp %.*s\"; the sequence has %.0f evaluated positions)",
+                  path, shown > 24 ? 24 : shown, p + 3, r->sa[SA_NQ]);
+            free(buf); rp_seq_result_free(r);      /* after the message: it reads both */
+            return -1;
+        }
+        if (!(r->pp = malloc(nv * sizeof *r->pp))) { free(buf); rp_seq_result_free(r); return failf(err, errlen, "out of memory"); }
+        r->n_pos = (size_t)np;
+        p = q + 1;
+        for (size_t i = 0; i < nv; i++) {
+            while (*p == ' ' || *p == '\n') p++;
+            double x = strtod(p, &end);
+            if (end == p || (*end != ' ' && *end != '\n') || !isfinite(x)) {
+                free(buf); rp_seq_result_free(r);
+                return failf(err, errlen, "%s: per-position value %zu malformed or not finite: refused", path, i + 1);
+            }
+            r->pp[i] = x;
+            p = end;
+        }
+        while (*p == ' ' || *p == '\n') p++;
+    }
     if (ok) {
         const char *why = NULL;
         int got_nd = part_read_needles(&p, &r->nd, n_cfg, L, H, &why);
@@ -470,6 +508,45 @@ static void put_needle_mass(FILE *f, const double *a, double units, double nq, d
     put_f(f, a[NH_MAC] / (units * na));
 }
 
+/* per_pos.csv: per configuration and decode offset d (evaluated position P + d), the mean
+ * over the sequences evaluated at d of the per-position means over layers and query heads
+ * (attn_kl, out_cos) and of the logit KL. Sums in the sequences' order (res[], ascending
+ * sequence index, however they were computed), so the file is the same across threads,
+ * shards and ranks. Not written when a sequence lacks the sums (parts of an older kvreplay)
+ * or no position is evaluated. of: one slot. */
+static int write_per_pos(open_file *of, const char *dir, const rp_sweep *sw, const rp_seq_result *res, size_t n_res,
+                         size_t L, size_t H, int has_readout, char *err, size_t errlen)
+{
+    size_t NC = sw->n, maxp = 0;
+    for (size_t i = 0; i < n_res; i++) {
+        if (!res[i].pp && res[i].sa[SA_NQ] > 0) return 0;
+        if (res[i].n_pos > maxp) maxp = res[i].n_pos;
+    }
+    if (!maxp) return 0;
+    FILE *f = ofile(of, dir, "per_pos.csv", err, errlen);
+    if (!f) return -1;
+    kv_results_put_header(f, KV_RF_PER_POS);
+    double units = (double)L * (double)H;
+    for (size_t c = 0; c < NC; c++)
+        for (size_t d = 0; d < maxp; d++) {
+            double a[PP_NF] = {0};
+            size_t ns = 0;
+            for (size_t i = 0; i < n_res; i++) {
+                if (d >= res[i].n_pos) continue;
+                const double *b = res[i].pp + (c * res[i].n_pos + d) * PP_NF;
+                for (int k = 0; k < PP_NF; k++) a[k] += b[k];
+                ns++;
+            }
+            if (!ns) continue;
+            fprintf(f, "%zu,%s,%zu,%zu", c, sw->cfg[c].canon, d, ns);
+            put_f(f, a[PP_ATTN_KL] / (units * (double)ns));
+            put_f(f, a[PP_OUT_COS] / (units * (double)ns));
+            put_opt(f, has_readout, a[PP_LOGIT_KL] / (double)ns);
+            fputc('\n', f);
+        }
+    return ocommit(of, err, errlen);
+}
+
 /* needles.csv (one row per configuration and measured needle, means over layers and query
  * heads) and needle_heads.csv (per layer and query head), when any sequence has a measured
  * needle. Rows: configuration, then sequence order, then needle order. of: two slots. */
@@ -531,7 +608,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
                       size_t *n_not_applied, char *err, size_t errlen)
 {
     size_t NC = sw->n;
-    open_file of[9];
+    open_file of[10];
     memset(of, 0, sizeof of);
     int rc = -1;
     double *tot_ha = calloc(NC * HA_NF, sizeof *tot_ha), *tot_sa = calloc(NC * SA_NF, sizeof *tot_sa);
@@ -673,6 +750,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
         if (ocommit(&of[6], err, errlen)) goto fail;
     }
 
+    if (write_per_pos(of + 9, dir, sw, res, n_res, L, H, has_readout, err, errlen)) goto fail;
     if (write_needles(of + 7, dir, sw, res, n_res, L, H, has_readout, err, errlen)) goto fail;
 
     f = ofile(&of[5], dir, "provenance.json", err, errlen);
@@ -711,7 +789,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     if (ocommit(&of[5], err, errlen)) goto fail;
     rc = 0;
 fail:
-    for (size_t i = 0; i < 9; i++) if (of[i].open) kv_atomic_discard(&of[i].a);
+    for (size_t i = 0; i < 10; i++) if (of[i].open) kv_atomic_discard(&of[i].a);
     free(tot_ha); free(tot_sa);
     return rc;
 }

@@ -6,7 +6,8 @@ trace's f16 values.
     make_trace(path, ...)     a small structured trace (h5py, traces/SCHEMA.md): sink token,
                               varied key norms, optional /prefill_len and /readout
     replay(path, mode, configs, decode=None)
-        -> {name: {"per_seq": {seq: row}, "summary": row, "per_head": {(layer, head): row}}}
+        -> {name: {"per_seq": {seq: row}, "summary": row, "per_head": {(layer, head): row},
+                   "per_pos": {offset: row}}}
                                   rows keyed like the CSV columns
 
 configs: list of (name, strategy, params, budget) with budget ("keep", F) | ("budget", N) | None.
@@ -199,6 +200,7 @@ def replay(path, mode, configs, decode=None):
         rows, tot = {}, None
         ph = {(l, h): dict(n=0, cos=0.0, ocos=0.0, orel=0.0, kl=0.0, rec=0.0, keep=0.0, budget=0.0)
               for l in range(L) for h in range(H)}
+        pos = {}    # decode offset t - P -> sums over sequences, layers and heads (per_pos.csv)
         for s in range(S):
             n = int(seq_len[s])
             P = n - decode if decode else (int(pre[s]) if pre is not None else (0 if mode == "online" else None))
@@ -247,6 +249,11 @@ def replay(path, mode, configs, decode=None):
                             for k2, x in m.items():
                                 acc[k2] += x
                                 ph[(l, h)][k2] += x
+                            pp = pos.setdefault(t - E0, dict(n=0, kl=0.0, ocos=0.0, seqs=set(), ro_kl=0.0))
+                            pp["n"] += 1
+                            pp["kl"] += m["kl"]
+                            pp["ocos"] += m["ocos"]
+                            pp["seqs"].add(s)
                             ph[(l, h)]["budget"] += len(c)
                             dO[l, t - E0, h * D:(h + 1) * D] = oc - o
                     last = caches[n - 1]
@@ -265,6 +272,8 @@ def replay(path, mode, configs, decode=None):
                 lpf = lf - (np.log(np.exp(lf - lf.max(-1, keepdims=True)).sum(-1)) + lf.max(-1))[:, None]
                 lpc = lc - (np.log(np.exp(lc - lc.max(-1, keepdims=True)).sum(-1)) + lc.max(-1))[:, None]
                 kl = np.maximum(0, (np.exp(lpf) * (lpf - lpc)).sum(-1))
+                for i in range(n - E0):
+                    pos[i]["ro_kl"] += float(kl[i])
                 af, ac = lf.argmax(-1), lc.argmax(-1)
                 ys = [int(tokens[s, t + 1]) if t + 1 < n else -1 for t in range(E0, n)]
                 ny = [i for i, y in enumerate(ys) if y >= 0]
@@ -316,5 +325,11 @@ def replay(path, mode, configs, decode=None):
             per_head[(l, h)] = dict(n_query=N, keep_frac=a2["keep"] / N, budget=a2["budget"] / N,
                                     attn_cos=a2["cos"] / N, out_cos=a2["ocos"] / N, out_rel_err=a2["orel"] / N,
                                     attn_kl=a2["kl"] / N, mass_recall=a2["rec"] / N)
-        out[name] = dict(per_seq=rows, summary=summ, per_head=per_head)
+        per_pos = {}
+        for d, pp in pos.items():
+            ns = len(pp["seqs"])
+            per_pos[d] = dict(n_seq=ns, attn_kl=pp["kl"] / pp["n"], out_cos=pp["ocos"] / pp["n"])
+            if ro is not None:
+                per_pos[d]["logit_kl"] = pp["ro_kl"] / ns
+        out[name] = dict(per_seq=rows, summary=summ, per_head=per_head, per_pos=per_pos)
     return out

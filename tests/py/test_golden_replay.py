@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Golden test of `kvreplay run` against the independent numpy reference (ref_replay.py).
-per_seq.csv, per_head.csv and summary.csv are all compared.
+per_seq.csv, per_head.csv, summary.csv and per_pos.csv are all compared.
 
 A small structured trace (S=3 sequences of 96/90/80 tokens, L=2, H=4, Hkv=2, D=16, read-out
 with C=32, V=50) is replayed by the C engine and by numpy for full, streaming and knorm, in
@@ -40,7 +40,8 @@ def run(trace, out, mode, specs, extra=()):
     rows = list(csv.DictReader(open(os.path.join(out, "per_seq.csv"))))
     summ = list(csv.DictReader(open(os.path.join(out, "summary.csv"))))
     heads = list(csv.DictReader(open(os.path.join(out, "per_head.csv"))))
-    return rows, summ, heads
+    pos = list(csv.DictReader(open(os.path.join(out, "per_pos.csv"))))
+    return rows, summ, heads, pos
 
 
 def check(mode, decode, cases):
@@ -49,7 +50,7 @@ def check(mode, decode, cases):
         ref_replay.make_trace(trace, seq_len=[96, 90, 80])
     out = os.path.join(TMP, f"out_{mode}")
     specs = [c[0] for c in cases]
-    rows, summ, heads = run(trace, out, mode, specs, ["--decode", str(decode)] if decode else [])
+    rows, summ, heads, pos = run(trace, out, mode, specs, ["--decode", str(decode)] if decode else [])
     ref = ref_replay.replay(trace, mode, [(c[0], c[1], c[2], c[3]) for c in cases], decode=decode)
     for i, c in enumerate(cases):
         srow = summ[i]
@@ -66,6 +67,12 @@ def check(mode, decode, cases):
                 n_heads += 1
                 compare(f"{mode} per_head l{r['layer']} h{r['head']} '{r['config']}'", r,
                         ref[c[0]]["per_head"][(int(r["layer"]), int(r["head"]))])
+        got_pos = {int(r["offset"]): r for r in pos if int(r["config_id"]) == i}
+        if sorted(got_pos) != sorted(ref[c[0]]["per_pos"]):
+            fails.append(f"{mode} '{c[0]}': per_pos offsets {sorted(got_pos)[:3]}..., want {sorted(ref[c[0]]['per_pos'])[:3]}...")
+        for d, r in got_pos.items():
+            if d in ref[c[0]]["per_pos"]:
+                compare(f"{mode} per_pos offset {d} '{r['config']}'", r, ref[c[0]]["per_pos"][d])
         if n_heads != len(ref[c[0]]["per_head"]):
             fails.append(f"{mode} '{c[0]}': {n_heads} per_head rows, {len(ref[c[0]]['per_head'])} expected")
         if c[1] == "full":
@@ -93,4 +100,4 @@ check("online", None, [
     ("streaming budget=24 sinks=2 reindex=1", "streaming", {"sinks": 2, "reindex": 1}, ("budget", 24)),
 ])
 
-finish("PASS: per_seq, per_head and summary match the numpy reference (prefill decode=32; online all positions)")
+finish("PASS: per_seq, per_head, summary and per_pos match the numpy reference (prefill decode=32; online all positions)")

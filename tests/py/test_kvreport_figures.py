@@ -4,13 +4,21 @@ calib.csv and tables/stats.csv (no gnuplot needed: PATH without it, scripts and 
 
 A real sweep on traces/sample.h5 (quant over kbits x vbits x residual, several eviction
 families at three budgets): 
-- pareto_*: every line is one family whose configurations differ in exactly one parameter;
-  at most 8 lines per panel, every line in one panel; y on a log scale exactly when the
-  drawn values (1 - value for cosines) are positive and span more than two decades, linear
-  otherwise; the bars are the bootstrap interval of tables/stats.csv; the ringed set is the
-  Pareto set under "differences count only when the 95% intervals are disjoint";
+- pareto_* with --pareto-all: every line is one family whose configurations differ in exactly
+  one parameter; at most 8 lines per panel, every line in one panel; y on a log scale exactly
+  when the drawn values (1 - value for cosines) are positive and span more than two decades,
+  on a symmetric log scale when they have both signs and their magnitudes span more than two
+  decades, linear otherwise; the bars are the bootstrap interval of tables/stats.csv; the
+  ringed set is the Pareto set under "differences count only when the 95% intervals are
+  disjoint";
+- pareto_* by default: one panel, at most 8 lines, each a line of the --pareto-all figure, one
+  per family: the families whose best line has the fewest dominators at its best point
+  (recomputed here), the rest named in the caption; at most 4.5 in tall;
 - ranked / per_seq: every configuration's ratio within 15% of the target (the median ratio
   of the compressed configurations); per_seq's points are exactly per_seq.csv's values;
+- position: the ranked figure's configurations (at most 8) with their per_pos.csv logit KL,
+  averaged in 16 bins of equal width when there are more offsets (weighted by n_seq); and
+  per_pos.csv's n_seq-weighted mean over offsets equals per_seq.csv's n_query-weighted mean;
 - reliability: by default no configuration whose calib.csv rows equal the full cache's;
   --reliability-config picks the configurations; layer_budget: no two lines identical.
 Values in .dat files are printed with %.9g: compared with a relative tolerance of 1e-8.
@@ -30,7 +38,7 @@ fails = []
 RES = os.path.join(TMP, "fig_results")
 STRATS = ["full", "quant kbits=2,4,8 vbits=2,4,8 residual=32,128", "knorm keep=0.1,0.25,0.5",
           "streaming keep=0.1,0.25,0.5 sinks=4", "tova keep=0.1,0.25,0.5", "h2o keep=0.1,0.25,0.5",
-          "random keep=0.25,0.5", "snapkv keep=0.25,0.5 preset=factory"]
+          "random keep=0.25,0.5", "snapkv keep=0.25,0.5 preset=factory", "pyramidkv keep=0.25,0.5"]
 args = [os.path.join(BIN, "kvreplay"), "run", os.path.join(ROOT, "traces", "sample.h5"), "--quiet", "-o", RES]
 for s in STRATS:
     args += ["--strategy", s]
@@ -100,11 +108,15 @@ not_applied = {int(r["config_id"]) for r in csv.DictReader(open(os.path.join(RES
 fig = os.path.join(out, "figures")
 
 # ---- Pareto figures ----
-n_log = 0
+n_log = n_symlog = 0
+out_all = report("all", ["--pareto-all"])
+fig_all = os.path.join(out_all, "figures")
+all_lines = {}      # metric -> list of lines (config id lists) of the --pareto-all figure
+fronts = {}
 for metric, deficit_ok in (("logit_kl", False), ("nll_delta", False), ("out_cos", True)):
     stem = "pareto_" + metric
-    gp = open(os.path.join(fig, stem + ".gp")).read()
-    bl = blocks(os.path.join(fig, stem + ".dat"))
+    gp = open(os.path.join(fig_all, stem + ".gp")).read()
+    bl = blocks(os.path.join(fig_all, stem + ".dat"))
     ns = int(re.search(r"index @?(\d+)@? using 1:\(\$4", gp).group(1))
     series, front = bl[:ns], bl[ns]
     pf = [int(x) for x in gp_array(gp, "pfirst")]
@@ -145,6 +157,17 @@ for metric, deficit_ok in (("logit_kl", False), ("nll_delta", False), ("out_cos"
     n_log += is_log
     if is_log != bool(want_log):
         fails.append("%s: log y %s, want %s (means %.3g..%.3g)" % (stem, is_log, want_log, min(vals), max(vals)))
+    mags = [abs(v) for v in vals if v != 0]
+    want_symlog = not want_log and min(vals) < 0 and max(mags) / min(mags) > 100
+    is_symlog = "set nonlinear y via" in gp
+    n_symlog += is_symlog
+    if is_symlog != want_symlog:
+        fails.append("%s: symmetric log y %s, want %s" % (stem, is_symlog, want_symlog))
+    if is_symlog:
+        lin = float(re.search(r"^KV_LIN = (\S+)$", gp, re.M).group(1))
+        want_lin = 10 ** math.floor(math.log10(max(min(mags), max(mags) * 1e-4)))
+        if not close(lin, want_lin):
+            fails.append("%s: symmetric log linear within %g, want %g" % (stem, lin, want_lin))
     if ("1 − " in gp) != deficit:
         fails.append("%s: drawn as 1 - value: %s, want %s" % (stem, "1 − " in gp, deficit))
     # values and bootstrap bars
@@ -184,8 +207,44 @@ for metric, deficit_ok in (("logit_kl", False), ("nll_delta", False), ("out_cos"
     if got_front != want_front:
         fails.append("%s: Pareto-optimal %s, want %s" % (stem, sorted(cfg[i]["config"] for i in got_front),
                                                          sorted(cfg[i]["config"] for i in want_front)))
+    all_lines[metric] = [[int(row[4]) for row in b] for b in series]
+    fronts[metric] = want_front
+    # the default figure: the leading families' best lines
+    ndom = {a: sum(1 for b in allc if b != a and dom(b, a)) for a in allc}
+    best = {}       # family -> (key, line); the first line wins ties (results' order)
+    order = []
+    for ids in all_lines[metric]:
+        f = cfg[ids[0]]["family"]
+        d = [ndom[i] for i in ids]
+        key = (-sum(x == 0 for x in d), min(d), sum(d) / len(d), -len(d))
+        if f not in best:
+            order.append(f)
+        if f not in best or key < best[f][0]:
+            best[f] = (key, ids)
+    ranked = sorted(order, key=lambda f: (best[f][0][1], best[f][0][0], order.index(f)))
+    dgp = open(os.path.join(fig, stem + ".gp")).read()
+    dbl = blocks(os.path.join(fig, stem + ".dat"))
+    dns = int(re.search(r"index @?(\d+)@? using 1:\(\$4", dgp).group(1))
+    got_lines = [[int(row[4]) for row in b] for b in dbl[:dns]]
+    want_lines = [best[f][1] for f in ranked[:8]]
+    if got_lines != want_lines:
+        fails.append("%s: default lines %s, want %s" % (stem, [[cfg[i]["config"] for i in l] for l in got_lines],
+                                                        [[cfg[i]["config"] for i in l] for l in want_lines]))
+    if gp_array(dgp, "pfirst") != ["1"] or gp_array(dgp, "plast") != [str(dns)]:
+        fails.append("%s: default figure has panels %s..%s, want one" % (stem, gp_array(dgp, "pfirst"), gp_array(dgp, "plast")))
+    h_in = float(re.search(r"^KV_H = ([0-9.]+)$", dgp, re.M).group(1))
+    if h_in > 4.5:
+        fails.append("%s: default figure %.3g in tall at one column, want <= 4.5" % (stem, h_in))
+    rep = open(os.path.join(out, "report.md")).read()
+    if len(ranked) > 8 and "Not drawn (%d of %d families): %s." % (len(ranked) - 8, len(ranked), ", ".join(ranked[8:])) not in rep:
+        fails.append("%s: the caption does not list the families not drawn %s" % (stem, ranked[8:]))
+    dfront = {int(row[2]) for row in dbl[dns] if row[0] != "NaN"}
+    if dfront != want_front:
+        fails.append("%s: default figure's Pareto-optimal set differs from --pareto-all's" % stem)
 if not n_log:
     fails.append("no Pareto figure on a log axis: the sweep's logit KL spans decades")
+if not n_symlog:
+    fails.append("no Pareto figure on a symmetric log axis: the sweep's ΔNLL has both signs over decades")
 
 # ---- matched compression ----
 comp = sorted(ratio[i] for i in cfg if ratio[i] > 1.0001 and (i, "logit_kl") in stats)
@@ -246,10 +305,53 @@ if len(set(keys)) != len(keys):
 if len(keys) > 8:
     fails.append("layer_budget: %d lines" % len(keys))
 
+# ---- quality vs decode position (per_pos.csv) ----
+pos = defaultdict(list)
+for r in csv.DictReader(open(os.path.join(RES, "per_pos.csv"))):
+    pos[int(r["config_id"])].append(r)
+# per_pos pools the same terms as per_seq: its n_seq-weighted mean over offsets is the
+# n_query-weighted mean of per_seq (9-digit prints of both: relative 1e-7)
+seqrows = defaultdict(list)
+for r in csv.DictReader(open(os.path.join(RES, "per_seq.csv"))):
+    seqrows[int(r["config_id"])].append(r)
+for i, rows in pos.items():
+    for col in ("attn_kl", "out_cos", "logit_kl"):
+        a = sum(int(r["n_seq"]) * float(r[col]) for r in rows) / sum(int(r["n_seq"]) for r in rows)
+        b = sum(float(r["n_query"]) * float(r[col]) for r in seqrows[i]) / sum(float(r["n_query"]) for r in seqrows[i])
+        if abs(a - b) > 1e-7 * max(abs(a), abs(b)) + 1e-12:
+            fails.append("per_pos %s: mean %s over offsets %.9g, per_seq's %.9g" % (cfg[i]["config"], col, a, b))
+ranked_ids = [int(row[5]) for row in sorted(rk, key=lambda row: int(row[0]))]
+sel = [i for i in ranked_ids if pos.get(i)][:8]
+if not sel:
+    fails.append("per_pos.csv has no rows for the ranked figure's configurations")
+pgp = open(os.path.join(fig, "position.gp")).read()
+pb = blocks(os.path.join(fig, "position.dat"))
+if len(pb) != len(sel) or gp_array(pgp, "series") is None or len(gp_array(pgp, "series")) != len(sel):
+    fails.append("position: %d lines, want %d (the ranked figure's configurations with per_pos rows)" % (len(pb), len(sel)))
+else:
+    maxoff = max(int(r["offset"]) for i in sel for r in pos[i])
+    width = (maxoff + 16) // 16 if maxoff + 1 > 16 else 1
+    plog = "set logscale y 10" in pgp
+    for b, i in zip(pb, sel):
+        want = []
+        for k in range(maxoff // width + 1):
+            rs_ = [r for r in pos[i] if int(r["offset"]) // width == k]
+            w = sum(int(r["n_seq"]) for r in rs_)
+            if not w:
+                continue
+            y = sum(int(r["n_seq"]) * float(r["logit_kl"]) for r in rs_) / w
+            x = sum(int(r["n_seq"]) * int(r["offset"]) for r in rs_) / w
+            if plog and not y > 0:
+                continue
+            want.append((x, y))
+        got = [(float(r[0]), float(r[1])) for r in b]
+        if len(got) != len(want) or any(not (close(g[0], w_[0]) and close(g[1], w_[1])) for g, w_ in zip(got, want)):
+            fails.append("position: %s points %s..., want %s..." % (cfg[i]["config"], got[:3], want[:3]))
+
 if fails:
     print("\n".join(fails))
     print("FAIL: %d" % len(fails))
     sys.exit(1)
 print("figures: lines along one parameter, <= 8 per panel, log axes where the values span decades, "
       "bootstrap bars, Pareto set with interval significance, matched compression within 15%, "
-      "per-sequence points, reliability choices, no duplicate lines")
+      "per-sequence points, reliability choices, no duplicate lines, quality by decode position from per_pos.csv")

@@ -22,7 +22,7 @@ TMP = os.environ.get("KV_TMP", "/tmp")
 ROOT = os.environ.get("KV_ROOT", ".")
 MPI = f"{BIN}/kvreplay-mpi"
 TRACE = os.path.join(ROOT, "traces", "sample.h5")
-CSVS = ("configs.csv", "per_seq.csv", "per_head.csv", "summary.csv", "calib.csv")
+CSVS = ("configs.csv", "per_seq.csv", "per_head.csv", "summary.csv", "calib.csv", "per_pos.csv")
 fails = []
 
 mpirun = shutil.which("mpirun")

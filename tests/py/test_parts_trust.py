@@ -24,7 +24,7 @@ TMP = os.environ.get("KV_TMP", "/tmp")
 ROOT = os.environ.get("KV_ROOT", ".")
 KVR = f"{BIN}/kvreplay"
 TRACE = os.path.join(ROOT, "traces", "sample.h5")
-CSVS = ("configs.csv", "per_seq.csv", "per_head.csv", "summary.csv", "calib.csv")
+CSVS = ("configs.csv", "per_seq.csv", "per_head.csv", "summary.csv", "calib.csv", "per_pos.csv")
 fails = []
 
 
@@ -134,6 +134,27 @@ for bad in ("nan", "inf", "-inf"):
     one_line_refusal(r, r"seq_1\.part: value 4 is not finite", f"merge of a part holding {bad}")
     expect(not os.path.exists(os.path.join(m, "per_seq.csv")) and not os.path.exists(os.path.join(m, "summary.csv")),
            f"{bad}: no per_seq.csv/summary.csv written")
+open(part, "wb").write(orig)
+
+# ---- the per-position block: a count other than the evaluated positions, a non-finite
+# value, both with a correct checksum: refused; a part without the block (an older
+# kvreplay) merges, without per_pos.csv ----
+ppi = text.index("\npp ") + 1
+ppn = int(text[ppi + 3:text.index("\n", ppi)])
+for edit, pat in ((text[:ppi] + "pp %d" % (ppn + 1) + text[text.index("\n", ppi):], r"seq_1\.part: bad per-position block"),
+                  (text[:ppi] + text[ppi:].replace("\n", "\nnan ", 1), r"seq_1\.part: per-position value 1")):
+    open(part, "w").write(edit)
+    resum(part)
+    r = kv(["merge", "-o", os.path.join(TMP, "m_pp"), sh[0], sh[1]])
+    one_line_refusal(r, pat, "merge of a part with a bad per-position block")
+nd = text.find("\nnd ", ppi)
+open(part, "w").write(text[:ppi] + (text[nd + 1:] if nd >= 0 else text[text.index("\nend\n", ppi) + 1:]))
+resum(part)
+m = os.path.join(TMP, "m_nopp")
+r = kv(["merge", "-o", m, sh[0], sh[1]])
+expect(r.returncode == 0 and not os.path.exists(os.path.join(m, "per_pos.csv")) and
+       open(os.path.join(m, "per_seq.csv"), "rb").read() == open(os.path.join(one, "per_seq.csv"), "rb").read(),
+       f"a part without the per-position block: merged without per_pos.csv ({r.stderr.strip()})")
 open(part, "wb").write(orig)
 
 # ---- --resume: an interrupted shard (CSVs gone, parts kept) ----------------------------------

@@ -119,7 +119,7 @@ if not fails:
     expect(cfg[1]["config"] == "streaming keep=0.2 sinks=0 reindex=0" and cfg[2]["config"] == "streaming keep=0.2 sinks=4 reindex=0",
            f"grid order / canonical strings: {cfg[1]['config']} | {cfg[2]['config']}")
     expect(sorted(os.listdir(outs["1"])) == sorted(["configs.csv", "per_seq.csv", "per_head.csv", "summary.csv",
-                                                    "calib.csv", "provenance.json"]),
+                                                    "calib.csv", "per_pos.csv", "provenance.json"]),
            f"output files: {sorted(os.listdir(outs['1']))}")
     summ = rows(outs["1"], "summary.csv")
     expect(all(s["not_applied"] == "0" for s in summ), "not_applied set on a compressing config")

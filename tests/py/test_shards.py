@@ -23,7 +23,7 @@ TMP = os.environ.get("KV_TMP", "/tmp")
 ROOT = os.environ.get("KV_ROOT", ".")
 KVR = f"{BIN}/kvreplay"
 TRACE = os.path.join(ROOT, "traces", "sample.h5")
-CSVS = ("configs.csv", "per_seq.csv", "per_head.csv", "summary.csv", "calib.csv")
+CSVS = ("configs.csv", "per_seq.csv", "per_head.csv", "summary.csv", "calib.csv", "per_pos.csv")
 fails = []
 
 
