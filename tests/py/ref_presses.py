@@ -1,0 +1,33 @@
+#!/usr/bin/python3
+"""Independent numpy (float64) selections of the kvpress-catalogue scorers (observed_attention,
+keydiff, cur, lagkv, expected_attention), written from the rules in the headers of
+replay/strategies/<name>.c and the kvpress presses they cite — not ports of the C code.
+Importing this module registers them in ref_replay.PREFILL_SELECT.
+
+Every one is "score the prompt's entries, keep the B best" (kvpress ScorerPress); ties go to
+the lower position (ref_evict.top).
+"""
+import math
+
+import numpy as np
+
+import ref_replay
+from ref_evict import causal_probs, keep_all, top
+
+
+def _b(params, k, d):
+    return str(params.get(k, d)) in ("1", "true")
+
+
+# ---- observed_attention -------------------------------------------------------------------
+
+def sel_observed_attention(params, ctx, B):
+    P = ctx["P"]
+    if B >= P:
+        return keep_all(P)
+    seen = P - np.arange(P)          # queries t >= j see key j
+    score = np.mean([causal_probs(q, ctx["K"], range(P), ctx["scale"]).sum(0) / seen for q in ctx["Q"]], 0)
+    return top(score, B)
+
+
+ref_replay.PREFILL_SELECT.update(observed_attention=sel_observed_attention)
