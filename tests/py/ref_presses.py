@@ -31,3 +31,34 @@ def sel_observed_attention(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(observed_attention=sel_observed_attention)
+
+
+# ---- keydiff ------------------------------------------------------------------------------
+
+def _keydiff_scores(K):
+    """-cos(k_j, mean of the unit keys) for the rows of K (zero vectors score 0)."""
+    nk = np.linalg.norm(K, axis=1)
+    unit = np.divide(K, nk[:, None], out=np.zeros_like(K), where=nk[:, None] > 0)
+    a = unit.mean(0)
+    na = np.linalg.norm(a)
+    den = nk * na
+    return np.divide(-(K @ a), den, out=np.zeros(len(K)), where=den > 0)
+
+
+def sel_keydiff(params, ctx, B):
+    P, K = ctx["P"], ctx["K"]
+    if B >= P:
+        return keep_all(P)
+    blk = int(params.get("block", 0))
+    blk = P if blk == 0 or blk > P else blk
+    kept = []
+    for i in range(0, P, blk):
+        cand = kept + list(range(i, min(i + blk, P)))
+        if len(cand) <= B:
+            kept = cand
+            continue
+        kept = [cand[j] for j in top(_keydiff_scores(K[cand]), B)]
+    return kept
+
+
+ref_replay.PREFILL_SELECT.update(keydiff=sel_keydiff)

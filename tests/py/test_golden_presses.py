@@ -84,6 +84,9 @@ def check(tag, specs, decode=32):
 SPECS = [
     "observed_attention keep=0.3",
     "observed_attention budget=20",
+    "keydiff keep=0.3",
+    "keydiff budget=20 block=16",
+    "keydiff keep=0.5 block=7",
 ]
 
 check("prefill", SPECS)
