@@ -62,3 +62,31 @@ def sel_keydiff(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(keydiff=sel_keydiff)
+
+
+# ---- cur ----------------------------------------------------------------------------------
+
+def _local(x, w):
+    if w == 0:
+        return x
+    out = np.zeros_like(x)
+    for a in range(0, len(x), w):
+        s = x[a:a + w].sum()
+        out[a:a + w] = x[a:a + w] / s if s > 0 else 0.0
+    return out
+
+
+def sel_cur(params, ctx, B):
+    P = ctx["P"]
+    if B >= P:
+        return keep_all(P)
+    w, sinks = int(params.get("window", 16)), int(params.get("sinks", 4))
+    k2 = _local((ctx["K"] ** 2).sum(1), w)
+    v2 = _local((ctx["V"] ** 2).sum(1), w)
+    s = {"kv_product": k2 * v2, "key": k2, "value": v2, "kv_avg": (k2 + v2) / 2}[params.get("leverage", "kv_product")]
+    s = s / s.sum()
+    s[:sinks] = 1.0
+    return top(s, B)
+
+
+ref_replay.PREFILL_SELECT.update(cur=sel_cur)

@@ -87,6 +87,10 @@ SPECS = [
     "keydiff keep=0.3",
     "keydiff budget=20 block=16",
     "keydiff keep=0.5 block=7",
+    "cur keep=0.3",
+    "cur budget=20 sinks=2 window=5 leverage=kv_avg",
+    "cur keep=0.4 window=0 leverage=value",
+    "cur keep=0.3 leverage=key",
 ]
 
 check("prefill", SPECS)
