@@ -16,6 +16,7 @@ RP_STRATEGY(tova)
 /* kvpress presses replayed from traces (keydiff, cur, lagkv, expected_attention, observed_attention) */
 RP_STRATEGY(cur)
 RP_STRATEGY(keydiff)
+RP_STRATEGY(lagkv)
 RP_STRATEGY(observed_attention)
 /* encoding */
 RP_STRATEGY(asymkv)

@@ -90,3 +90,39 @@ def sel_cur(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(cur=sel_cur)
+
+
+# ---- lagkv --------------------------------------------------------------------------------
+
+def _lag_states(X, lag):
+    """[chunks - 1][lag] softmaxed std of each scored chunk's rows scaled by the next chunk."""
+    ch = X.reshape(-1, lag, X.shape[1])
+    out = []
+    for c in range(len(ch) - 1):
+        lo, hi = ch[c + 1].min(0), ch[c + 1].max(0)
+        r = hi - lo
+        y = np.divide(ch[c] - lo, r, out=np.zeros_like(ch[c]), where=r > 0)
+        sd = y.std(1, ddof=1)
+        e = np.exp(sd - sd.max())
+        out.append(e / e.sum())
+    return np.array(out)
+
+
+def sel_lagkv(params, ctx, B):
+    P = ctx["P"]
+    if B >= P:
+        return keep_all(P)
+    s, lag, cross = min(int(params.get("sinks", 4)), P), int(params.get("lag", 128)), _b(params, "cross", 0)
+    if P < s + 2 * lag:
+        score = np.array([1.0 if j < s else (j - s) / (P - s) for j in range(P)])
+        return top(score, B)
+    end = s + (P - s) // lag * lag
+    sc = (_lag_states(ctx["K"][s:end], lag) + _lag_states(ctx["V"][s:end], lag)) / 2
+    if not cross:
+        sc = np.array([np.argsort(np.argsort(row, kind="stable"), kind="stable") / lag for row in sc])
+    score = np.ones(P)
+    score[s:end - lag] = sc.reshape(-1)
+    return top(score, B)
+
+
+ref_replay.PREFILL_SELECT.update(lagkv=sel_lagkv)

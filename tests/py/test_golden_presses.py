@@ -91,6 +91,10 @@ SPECS = [
     "cur budget=20 sinks=2 window=5 leverage=kv_avg",
     "cur keep=0.4 window=0 leverage=value",
     "cur keep=0.3 leverage=key",
+    "lagkv keep=0.3 lag=8",
+    "lagkv keep=0.5 lag=16 sinks=2",
+    "lagkv budget=24 lag=6 cross=1",
+    "lagkv keep=0.3",
 ]
 
 check("prefill", SPECS)
