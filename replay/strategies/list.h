@@ -15,6 +15,7 @@ RP_STRATEGY(streaming)
 RP_STRATEGY(tova)
 /* kvpress presses replayed from traces (keydiff, cur, lagkv, expected_attention, observed_attention) */
 RP_STRATEGY(cur)
+RP_STRATEGY(expected_attention)
 RP_STRATEGY(keydiff)
 RP_STRATEGY(lagkv)
 RP_STRATEGY(observed_attention)

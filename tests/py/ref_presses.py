@@ -126,3 +126,55 @@ def sel_lagkv(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(lagkv=sel_lagkv)
+
+
+# ---- expected_attention -------------------------------------------------------------------
+
+def _rot(c, s, pairs, D):
+    """The D x D RoPE matrix of one position from per-pair cos / sin (identity elsewhere)."""
+    M = np.eye(D)
+    for i, (a, b) in enumerate(pairs):
+        M[a, a], M[a, b], M[b, a], M[b, b] = c[i], -s[i], s[i], c[i]
+    return M
+
+
+def sel_expected_attention(params, ctx, B):
+    P, D = ctx["P"], ctx["K"].shape[1]
+    if B >= P:
+        return keep_all(P)
+    s = min(int(params.get("sinks", 4)), P)
+    F = int(params.get("future", 512))
+    cov, vnorm = _b(params, "cov", 1), _b(params, "vnorm", 1)
+    eps = float(params.get("epsilon", 0))
+    cosT, sinT, n = ctx["rope_cos"], ctx["rope_sin"], ctx["n"]
+    R = cosT.shape[1]
+    pairs = [(2 * i, 2 * i + 1) for i in range(R // 2)] if ctx["rope_layout"] == "interleaved" else \
+            [(i, i + R // 2) for i in range(R // 2)]
+    cols = [a for a, _ in pairs]
+    # per-pair frequency from the tables (row 1, refined on row n - 1), amplitude from row 0
+    th = np.arctan2(sinT[1, cols], cosT[1, cols])
+    m = n - 1
+    ang = np.arctan2(sinT[m, cols], cosT[m, cols])
+    th = (ang + 2 * np.pi * np.round((th * m - ang) / (2 * np.pi))) / m
+    amp = cosT[0, cols]
+    Rbar = np.mean([_rot(amp * np.cos(th * p), amp * np.sin(th * p), pairs, D) for p in range(P, P + F)], 0)
+    Kk, V = ctx["K"][s:], ctx["V"][s:]
+    per = []
+    for q in ctx["Qall"]:
+        pre = np.array([np.linalg.solve(_rot(cosT[t, cols], sinT[t, cols], pairs, D), q[t]) for t in range(s, P)])
+        mu = pre.mean(0)
+        z = Kk @ (Rbar @ mu) / math.sqrt(D)
+        if cov:
+            S = (pre - mu).T @ (pre - mu) / (P - s)
+            S2 = Rbar @ S @ Rbar.T
+            z = z + np.einsum("jd,de,je->j", Kk, S2, Kk) / (2 * D)
+        e = np.exp(z - z.max())
+        per.append(e / e.sum())
+    sc = np.mean(per, 0)
+    if vnorm:
+        sc = (sc + eps) * np.linalg.norm(V, axis=1)
+    score = np.concatenate([np.full(s, sc.max() + 1), sc])
+    return top(score, B)
+
+
+ref_replay.PREFILL_SELECT.update(expected_attention=sel_expected_attention)

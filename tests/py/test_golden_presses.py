@@ -95,6 +95,10 @@ SPECS = [
     "lagkv keep=0.5 lag=16 sinks=2",
     "lagkv budget=24 lag=6 cross=1",
     "lagkv keep=0.3",
+    "expected_attention keep=0.3",
+    "expected_attention budget=20 sinks=2 future=40",
+    "expected_attention keep=0.4 cov=0 vnorm=0",
+    "expected_attention keep=0.3 epsilon=0.05 future=7",
 ]
 
 check("prefill", SPECS)
