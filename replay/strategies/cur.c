@@ -8,27 +8,27 @@
  *   the scores are divided by their sum over the prompt, then the first `sinks` positions
  *   get 1.0 (above every other score) and the B highest are kept (ties: lower position).
  *   B >= P keeps everything.
- * Defaults (kvpress CURPress): sinks=4, leverage=kv_product, window=16
+ * Defaults (kvpress CURPress): preset=kvpress (its budget rule, kvpress_budget.h), sinks=4, leverage=kv_product, window=16
  * (use_local_approximation with local_window_size 16; window=0 turns it off).
  * Reference: CurDKV, "Value-Guided KV Compression for LLMs via Approximated CUR
  * Decomposition" (arXiv 2509.15038); kvpress CURPress (github.com/NVIDIA/kvpress,
  * presses/cur_press.py).
  * Differences: kvpress's use_random_leverage (a torch.randn projection to 20 dims, off by
- * default) is not offered: its draws cannot be reproduced from a trace. The budget is the
- * engine's B = round(keep * P) where kvpress keeps int(P * (1 - compression_ratio)) (at most
- * one entry apart). A window (or prompt) whose sum is 0 gives scores 0 where torch divides
+ * default) is not offered: its draws cannot be reproduced from a trace. A window (or prompt) whose sum is 0 gives scores 0 where torch divides
  * 0 by 0. Scores in double.
  */
 #include <stdlib.h>
 
 #include "evict_util.h"
+#include "kvpress_budget.h"
 #include "strategy.h"
 
 enum { CUR_KV_PRODUCT = 0, CUR_KEY = 1, CUR_VALUE = 2, CUR_KV_AVG = 3 };
 
-typedef struct cur_cfg { size_t sinks, window; int leverage; } cur_cfg;
+typedef struct cur_cfg { int preset; size_t sinks, window; int leverage; } cur_cfg;
 
 static const rp_param_def cur_params[] = {
+    KVPRESS_PRESET_PARAM,
     { "sinks", RP_INT, "4", 0, 1e9, NULL, "first positions always kept (num_sinks)" },
     { "leverage", RP_ENUM, "kv_product", 0, 0, "kv_product|key|value|kv_avg", "how key and value leverages combine" },
     { "window", RP_INT, "16", 0, 1e9, NULL, "local normalisation window (local_window_size; 0: none)" },
@@ -38,9 +38,10 @@ static int cur_configure(const double *v, void **cfg, char *err, size_t errlen)
 {
     cur_cfg *c = malloc(sizeof *c);
     if (!c) return -1;
-    c->sinks = (size_t)v[0];
-    c->leverage = (int)v[1];
-    c->window = (size_t)v[2];
+    c->preset = (int)v[0];
+    c->sinks = (size_t)v[1];
+    c->leverage = (int)v[2];
+    c->window = (size_t)v[3];
     *cfg = c;
     return 0;
 }
@@ -89,6 +90,7 @@ static int cur_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_ca
 {
     const cur_cfg *c = cfg;
     size_t P = ctx->P, D = ctx->D;
+    B = kvpress_n_kept(c->preset, ctx, P, B);
     double *k2 = malloc((P + 1) * sizeof *k2), *v2 = malloc((P + 1) * sizeof *v2),
            *score = malloc((P + 1) * sizeof *score);
     int32_t *kept = malloc((P + 1) * sizeof *kept);

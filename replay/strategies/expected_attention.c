@@ -21,7 +21,8 @@
  * position (plain, linear and llama3 scaling; not dynamic NTK, whose frequencies change
  * with the length). Without /rope tables on a positional=rope trace the strategy refuses
  * (queries cannot be un-rotated); on a trace without RoPE, Rot = identity.
- * Defaults (kvpress ExpectedAttentionPress): sinks=4 (n_sink), future=512
+ * Defaults (kvpress ExpectedAttentionPress): preset=kvpress (its budget rule,
+ * kvpress_budget.h), sinks=4 (n_sink), future=512
  * (n_future_positions), cov=1 (use_covariance), vnorm=1 (use_vnorm), epsilon=0.
  * Reference: Devoto et al. 2025, "Expected Attention: KV Cache Compression by Estimating
  * Attention from Future Queries Distribution" (arXiv 2510.00636); kvpress
@@ -29,19 +30,20 @@
  * Differences: kvpress computes pre-RoPE queries from the hidden states with the layer's
  * q_proj; a trace holds post-RoPE queries, so they are un-rotated with the tables (equal up
  * to f16 rounding). kvpress scales by 1/sqrt(head_dim) whatever the model's attention scale;
- * so does this. The budget is the engine's B = round(keep * P) where kvpress keeps
- * int(P * (1 - compression_ratio)). Statistics and scores in double.
+ * so does this. Statistics and scores in double.
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "evict_util.h"
+#include "kvpress_budget.h"
 #include "strategy.h"
 
-typedef struct ea_cfg { size_t sinks, future; int cov, vnorm; double eps; } ea_cfg;
+typedef struct ea_cfg { int preset; size_t sinks, future; int cov, vnorm; double eps; } ea_cfg;
 
 static const rp_param_def ea_params[] = {
+    KVPRESS_PRESET_PARAM,
     { "sinks", RP_INT, "4", 0, 1e9, NULL, "first positions kept and left out of the query statistics (n_sink)" },
     { "future", RP_INT, "512", 1, 1e9, NULL, "future positions the rotation is averaged over (n_future_positions)" },
     { "cov", RP_BOOL, "1", 0, 1, NULL, "use the query covariance (use_covariance)" },
@@ -53,11 +55,12 @@ static int ea_configure(const double *v, void **cfg, char *err, size_t errlen)
 {
     ea_cfg *c = malloc(sizeof *c);
     if (!c) return -1;
-    c->sinks = (size_t)v[0];
-    c->future = (size_t)v[1];
-    c->cov = (int)v[2];
-    c->vnorm = (int)v[3];
-    c->eps = v[4];
+    c->preset = (int)v[0];
+    c->sinks = (size_t)v[1];
+    c->future = (size_t)v[2];
+    c->cov = (int)v[3];
+    c->vnorm = (int)v[4];
+    c->eps = v[5];
     *cfg = c;
     return 0;
 }
@@ -192,6 +195,7 @@ static int ea_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cac
 {
     const ea_cfg *c = cfg;
     size_t P = ctx->P, D = ctx->D;
+    B = kvpress_n_kept(c->preset, ctx, P, B);
     if (B < P && ctx->info && !strcmp(ctx->info->positional, "rope") && !ctx->rope_cos)
         return rp_failf(err, errlen, "expected_attention: the trace is positional=rope but has no /rope tables: "
                         "queries cannot be un-rotated");

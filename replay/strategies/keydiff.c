@@ -9,12 +9,13 @@
  *           N = 128 in kvpress): the prompt is read in blocks [i, i + N) (N capped at P);
  *           C = the entries kept so far plus the new block; while |C| <= B nothing is
  *           evicted, otherwise the anchor is recomputed over C and the B best of C are kept.
- * Defaults: block=0 (KeyDiffPress alone); block=128 reproduces BlockPress's default.
+ * Defaults: preset=kvpress, block=0 (KeyDiffPress alone); block=128 reproduces BlockPress's default.
+ * Budget: preset=kvpress keeps kvpress's int(P * (1 - compression_ratio)) with
+ * compression_ratio = 1 - keep (kvpress_budget.h); preset=kvtrace the engine's round(keep * P).
  * Reference: Park et al. 2025, "KeyDiff: Key Similarity-Based KV Cache Eviction for Long-Context
  * LLM Inference in Resource-Constrained Environments" (arXiv 2504.15364); kvpress KeyDiffPress
  * and BlockPress (github.com/NVIDIA/kvpress, presses/key_diff_press.py, block_press.py).
- * Differences: the budget is the engine's B = round(keep * P) where kvpress keeps
- * int(P * (1 - compression_ratio)) (at most one entry apart). A zero key (or a zero anchor)
+ * Differences: a zero key (or a zero anchor)
  * scores 0 instead of going through torch's epsilon clamps (F.normalize eps 1e-12,
  * cosine_similarity eps 1e-8), which only matter for exactly zero vectors. Scores in double.
  */
@@ -23,11 +24,13 @@
 #include <string.h>
 
 #include "evict_util.h"
+#include "kvpress_budget.h"
 #include "strategy.h"
 
-typedef struct keydiff_cfg { size_t block; } keydiff_cfg;
+typedef struct keydiff_cfg { int preset; size_t block; } keydiff_cfg;
 
 static const rp_param_def keydiff_params[] = {
+    KVPRESS_PRESET_PARAM,
     { "block", RP_INT, "0", 0, 1e9, NULL, "0: score the whole prompt at once; N: BlockPress's iterative blocks of N (kvpress: 128)" },
 };
 
@@ -35,7 +38,8 @@ static int keydiff_configure(const double *v, void **cfg, char *err, size_t errl
 {
     keydiff_cfg *c = malloc(sizeof *c);
     if (!c) return -1;
-    c->block = (size_t)v[0];
+    c->preset = (int)v[0];
+    c->block = (size_t)v[1];
     *cfg = c;
     return 0;
 }
@@ -96,6 +100,7 @@ static int keydiff_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, r
 {
     const keydiff_cfg *c = cfg;
     size_t P = ctx->P, D = ctx->D;
+    B = kvpress_n_kept(c->preset, ctx, P, B);
     int32_t *kept = malloc((P + 1) * sizeof *kept), *cand = malloc((P + 1) * sizeof *cand),
             *pick = malloc((P + 1) * sizeof *pick);
     double *anchor = malloc(D * sizeof *anchor), *score = malloc((P + 1) * sizeof *score);

@@ -15,14 +15,13 @@
  *      cross=1 keeps the softmaxed scores (comparable across chunks);
  *   4. the sinks [0, s) and the tail [end - l, P) (the last chunk, which has no reference,
  *      and the remainder) get 1; keep the B highest (ties: lower position). B >= P keeps all.
- * Defaults (kvpress LagKVPress): sinks=4 (n_sink), lag=128 (lag_size), cross=0 (cross_scoring).
+ * Defaults (kvpress LagKVPress): preset=kvpress (its budget rule, kvpress_budget.h), sinks=4 (n_sink), lag=128 (lag_size), cross=0 (cross_scoring).
  * Reference: Liang et al. 2025, "LagKV: Lag-Relative Information of the KV Cache Tells Which
  * Tokens Are Important" (arXiv 2504.04704); kvpress LagKVPress (github.com/NVIDIA/kvpress,
  * presses/lagkv_press.py).
  * Differences: ties (equal ranks across chunks, or sinks and tail beyond the budget) go to the
  * lower position where torch.topk / argsort leave the order unspecified. A channel whose
- * reference range is 0 gives x_d = 0 (torch divides by zero). The budget is the engine's
- * B = round(keep * P) where kvpress keeps int(P * (1 - compression_ratio)). Scores in double.
+ * reference range is 0 gives x_d = 0 (torch divides by zero). Scores in double.
  * On the shipped sample traces (prompts of about 200 tokens) lag=128 is the short-prompt
  * case; the default sweep also runs lag=32.
  */
@@ -31,11 +30,13 @@
 #include <string.h>
 
 #include "evict_util.h"
+#include "kvpress_budget.h"
 #include "strategy.h"
 
-typedef struct lagkv_cfg { size_t sinks, lag; int cross; } lagkv_cfg;
+typedef struct lagkv_cfg { int preset; size_t sinks, lag; int cross; } lagkv_cfg;
 
 static const rp_param_def lagkv_params[] = {
+    KVPRESS_PRESET_PARAM,
     { "sinks", RP_INT, "4", 0, 1e9, NULL, "first positions always kept (n_sink)" },
     { "lag", RP_INT, "128", 1, 1e9, NULL, "chunk size; each chunk is scored against the next (lag_size)" },
     { "cross", RP_BOOL, "0", 0, 1, NULL, "1: keep softmaxed scores (cross_scoring) instead of ranks within chunks" },
@@ -45,9 +46,10 @@ static int lagkv_configure(const double *v, void **cfg, char *err, size_t errlen
 {
     lagkv_cfg *c = malloc(sizeof *c);
     if (!c) return -1;
-    c->sinks = (size_t)v[0];
-    c->lag = (size_t)v[1];
-    c->cross = (int)v[2];
+    c->preset = (int)v[0];
+    c->sinks = (size_t)v[1];
+    c->lag = (size_t)v[2];
+    c->cross = (int)v[3];
     *cfg = c;
     return 0;
 }
@@ -124,6 +126,7 @@ static int lagkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_
 {
     const lagkv_cfg *c = cfg;
     size_t P = ctx->P, D = ctx->D;
+    B = kvpress_n_kept(c->preset, ctx, P, B);
     double *work = malloc((4 * c->lag + 2 * D) * sizeof *work), *score = malloc((P + 1) * sizeof *score);
     int32_t *kept = malloc((P + 1) * sizeof *kept);
     int rc = -1;

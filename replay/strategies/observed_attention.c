@@ -7,26 +7,36 @@
  * highest scores (ties: lower position). B >= P keeps everything.
  * Cost: the column sums are the engine's shared prompt_colsum over [0, P) (the same ones
  * h2o and cab read), so this strategy costs one division per key.
- * Defaults: no parameter besides the budget (kvpress has none besides compression_ratio).
+ * Defaults: preset=kvpress (kvpress has no parameter besides compression_ratio).
  * Reference: kvpress ObservedAttentionPress (github.com/NVIDIA/kvpress,
  * presses/observed_attention_press.py: attentions.sum over queries / arange(n, 0, -1), mean
  * over the group); related to H2O (Zhang et al. 2023, arXiv 2306.14048).
- * Differences: the budget is the engine's B = round(keep * P) where kvpress keeps
- * int(P * (1 - compression_ratio)) (at most one entry apart; equal when keep * P is an
- * integer). kvpress takes the attention of an eager forward pass in the model's dtype;
+ * Budget: preset=kvpress keeps kvpress's int(P * (1 - compression_ratio)) with
+ * compression_ratio = 1 - keep (kvpress_budget.h); preset=kvtrace the engine's round(keep * P).
+ * Differences: kvpress takes the attention of an eager forward pass in the model's dtype;
  * here the fp32 probabilities are summed in double.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "evict_util.h"
+#include "kvpress_budget.h"
 #include "strategy.h"
+
+typedef struct oa_cfg { int preset; } oa_cfg;
+
+static const rp_param_def oa_params[] = { KVPRESS_PRESET_PARAM };
 
 static int oa_configure(const double *values, void **cfg, char *err, size_t errlen)
 {
-    *cfg = NULL;
+    oa_cfg *c = malloc(sizeof *c);
+    if (!c) return -1;
+    c->preset = (int)values[0];
+    *cfg = c;
     return 0;
 }
+
+static void oa_free(void *cfg) { free(cfg); }
 
 /* score [P] of kv head g; acc [G][P] scratch. 0 ok, -1 ENOMEM. */
 static int oa_score(const rp_layer_ctx *ctx, size_t g, double *acc, double *score)
@@ -44,7 +54,9 @@ static int oa_score(const rp_layer_ctx *ctx, size_t g, double *acc, double *scor
 static int oa_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                       char *err, size_t errlen)
 {
+    const oa_cfg *c = cfg;
     size_t P = ctx->P;
+    B = kvpress_n_kept(c->preset, ctx, P, B);
     double *acc = malloc((ctx->G * P + 1) * sizeof *acc), *score = malloc((P + 1) * sizeof *score);
     int32_t *kept = malloc((P + 1) * sizeof *kept);
     int rc = -1;
@@ -73,6 +85,9 @@ const rp_strategy rp_strategy_observed_attention = {
     .kind = RP_EVICT,
     .protocols = RP_PREFILL,
     .needs_budget = 1,
+    .params = oa_params,
+    .n_params = sizeof oa_params / sizeof oa_params[0],
     .configure = oa_configure,
+    .free_cfg = oa_free,
     .prefill = oa_prefill,
 };

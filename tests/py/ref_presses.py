@@ -19,10 +19,20 @@ def _b(params, k, d):
     return str(params.get(k, d)) in ("1", "true")
 
 
+def kvpress_budget(params, P, B):
+    """kvpress keeps int(q_len * (1 - compression_ratio)) with compression_ratio = 1 - keep
+    (preset=kvpress, the default, when the configuration gives keep=); otherwise B."""
+    keep = params.get("_keep")
+    if params.get("preset", "kvpress") != "kvpress" or keep is None or not 0 < keep < 1:
+        return B
+    return max(1, int(P * (1 - (1 - keep))))
+
+
 # ---- observed_attention -------------------------------------------------------------------
 
 def sel_observed_attention(params, ctx, B):
     P = ctx["P"]
+    B = kvpress_budget(params, ctx["P"], B)
     if B >= P:
         return keep_all(P)
     seen = P - np.arange(P)          # queries t >= j see key j
@@ -47,6 +57,7 @@ def _keydiff_scores(K):
 
 def sel_keydiff(params, ctx, B):
     P, K = ctx["P"], ctx["K"]
+    B = kvpress_budget(params, ctx["P"], B)
     if B >= P:
         return keep_all(P)
     blk = int(params.get("block", 0))
@@ -78,6 +89,7 @@ def _local(x, w):
 
 def sel_cur(params, ctx, B):
     P = ctx["P"]
+    B = kvpress_budget(params, ctx["P"], B)
     if B >= P:
         return keep_all(P)
     w, sinks = int(params.get("window", 16)), int(params.get("sinks", 4))
@@ -110,6 +122,7 @@ def _lag_states(X, lag):
 
 def sel_lagkv(params, ctx, B):
     P = ctx["P"]
+    B = kvpress_budget(params, ctx["P"], B)
     if B >= P:
         return keep_all(P)
     s, lag, cross = min(int(params.get("sinks", 4)), P), int(params.get("lag", 128)), _b(params, "cross", 0)
@@ -140,6 +153,7 @@ def _rot(c, s, pairs, D):
 
 def sel_expected_attention(params, ctx, B):
     P, D = ctx["P"], ctx["K"].shape[1]
+    B = kvpress_budget(params, ctx["P"], B)
     if B >= P:
         return keep_all(P)
     s = min(int(params.get("sinks", 4)), P)

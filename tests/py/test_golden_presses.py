@@ -57,6 +57,8 @@ def check(tag, specs, decode=32):
     for s in specs:
         strat, params, budget = parse(s)
         params["_gqa"] = "mean"
+        if budget[0] == "keep":
+            params["_keep"] = budget[1]     # kvpress's own budget rule starts from keep=
         configs.append((s, strat, params, budget))
     ref = ref_replay.replay(trace, "prefill", configs, decode=decode)
     for i, s in enumerate(specs):
@@ -83,19 +85,22 @@ def check(tag, specs, decode=32):
 # one block per strategy (so that a strategy's lines are easy to find and merge)
 SPECS = [
     "observed_attention keep=0.3",
+    "observed_attention keep=0.45",
+    "observed_attention keep=0.45 preset=kvtrace",
     "observed_attention budget=20",
-    "keydiff keep=0.3",
+    "keydiff keep=0.45",
     "keydiff budget=20 block=16",
     "keydiff keep=0.5 block=7",
-    "cur keep=0.3",
+    "cur keep=0.45",
     "cur budget=20 sinks=2 window=5 leverage=kv_avg",
     "cur keep=0.4 window=0 leverage=value",
     "cur keep=0.3 leverage=key",
-    "lagkv keep=0.3 lag=8",
+    "lagkv keep=0.45 lag=8",
+    "lagkv keep=0.45 lag=8 preset=kvtrace",
     "lagkv keep=0.5 lag=16 sinks=2",
     "lagkv budget=24 lag=6 cross=1",
     "lagkv keep=0.3",
-    "expected_attention keep=0.3",
+    "expected_attention keep=0.45",
     "expected_attention budget=20 sinks=2 future=40",
     "expected_attention keep=0.4 cov=0 vnorm=0",
     "expected_attention keep=0.3 epsilon=0.05 future=7",
