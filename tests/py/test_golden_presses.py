@@ -38,10 +38,10 @@ def parse(spec):
     return parts[0], params, budget
 
 
-def check(tag, specs, decode=32):
-    trace = os.path.join(TMP, "golden_presses.h5")
+def check(tag, specs, decode=32, seq_len=(96, 90, 80)):
+    trace = os.path.join(TMP, f"golden_presses_{'_'.join(map(str, seq_len))}.h5")
     if not os.path.exists(trace):
-        ref_replay.make_trace(trace, seq_len=[96, 90, 80])
+        ref_replay.make_trace(trace, S=len(seq_len), T=max(seq_len), seq_len=list(seq_len))
     out = os.path.join(TMP, f"out_presses_{tag}")
     cmd = [f"{BIN}/kvreplay", "run", trace, "-o", out, "--mode", "prefill", "--decode", str(decode)]
     for s in specs:
@@ -107,4 +107,8 @@ SPECS = [
 ]
 
 check("prefill", SPECS)
+# kvpress's budget rule where Python's float arithmetic matters: P = 190, keep=0.1 gives
+# compression_ratio 0.9 and int(190 * (1 - 0.9)) = int(18.999999999999996) = 18 entries
+# (round(0.1 * 190) = 19 under preset=kvtrace)
+check("p190", ["observed_attention keep=0.1", "observed_attention keep=0.1 preset=kvtrace"], seq_len=(222,))
 finish("PASS: kvpress scorers (" + ", ".join(sorted({s.split()[0] for s in SPECS})) + ") match numpy")
