@@ -79,8 +79,8 @@ done:
 
 const rp_strategy rp_strategy_observed_attention = {
     .name = "observed_attention",
-    .summary = "mean attention received from the prompt's queries (colsum / visible queries), group mean; "
-               "kvpress budget n_kept ~ keep*P",
+    .summary = "mean attention received from the prompt's queries (shared colsum / visible queries), group mean "
+               "(kvpress ObservedAttentionPress)",
     .reference = "kvpress ObservedAttentionPress (github.com/NVIDIA/kvpress); related to H2O (Zhang et al. 2023)",
     .kind = RP_EVICT,
     .protocols = RP_PREFILL,
