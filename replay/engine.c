@@ -922,6 +922,7 @@ static int item_prefill(item *it)
         rp_cache *out = it->sc->pout;
         for (size_t g = 0; g < Hkv; g++) out[g] = cs[c * Hkv + g].cache;
         it->ctx.seed = seed;
+        it->ctx.keep = cf->budget_kind == RP_BUDGET_KEEP ? cf->budget_value : 0;
         char e2[512] = "";
         int prc = cf->evict->prefill(cf->evict_cfg, &it->ctx, B, out, e2, sizeof e2);
         for (size_t g = 0; g < Hkv; g++) cs[c * Hkv + g].cache = out[g];

@@ -194,6 +194,10 @@ typedef struct rp_layer_ctx {
     const double *(*prompt_entropy)(const struct rp_layer_ctx *ctx, size_t h);
     int (*key_pages)(const struct rp_layer_ctx *ctx, size_t g, size_t page, size_t np, const float **kmin,
                      const float **kmax);
+    /* Set by the engine before each configuration's prefill call: the keep=F the configuration
+     * was given (0 with budget=N), for strategies whose reference has its own budget rule
+     * (kvpress keeps int(P (1 - compression_ratio)): replay/strategies/kvpress_budget.h). */
+    double keep;
 } rp_layer_ctx;
 
 enum { RP_GQA_MEAN = 0, RP_GQA_MAX = 1, RP_GQA_SUM = 2 };

@@ -13,6 +13,12 @@ RP_STRATEGY(random)
 RP_STRATEGY(snapkv)
 RP_STRATEGY(streaming)
 RP_STRATEGY(tova)
+/* kvpress presses replayed from traces (keydiff, cur, lagkv, expected_attention, observed_attention) */
+RP_STRATEGY(cur)
+RP_STRATEGY(expected_attention)
+RP_STRATEGY(keydiff)
+RP_STRATEGY(lagkv)
+RP_STRATEGY(observed_attention)
 /* encoding */
 RP_STRATEGY(asymkv)
 RP_STRATEGY(lowrank)

@@ -216,7 +216,8 @@ def replay(path, mode, configs, decode=None):
                         B = resolve_budget(budget, P)
                         ctx = dict(Q=Q[g * G:(g + 1) * G, :P], K=K[g, :P], V=Vv[g, :P], P=P, g=g, layer=l,
                                    QA=Q[:, :P], KA=K[:, :P], Kfull=K[g], seq=s,
-                                   n_layers=L, scale=scale)
+                                   n_layers=L, scale=scale, n=n, Qall=Q[g * G:(g + 1) * G], rope_cos=rcos,
+                                   rope_sin=rsin, rope_layout=str(A.get("rope_layout", "rotate_half")))
                         kept = list(PREFILL_SELECT[strat](params, ctx, B))
                         caches = {t: kept + list(range(P, t + 1)) for t in range(P, n)}
                     else:

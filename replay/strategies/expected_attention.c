@@ -1,0 +1,243 @@
+/* expected_attention — the softmax weight future queries are expected to give each key, under
+ * a Gaussian model of the queries fitted on the prompt, times the value norm.
+ *
+ * Rule (prefill protocol; P prompt, s = min(sinks, P), D head_dim, F = future):
+ *   1. Pre-RoPE queries: each prompt query t in [s, P) of query head h is un-rotated at its
+ *      position with the trace's /rope tables (q_pre = Rot(t)^-1 q). Their mean mu_h and
+ *      covariance S_h (divided by P - s) per query head.
+ *   2. The rotation averaged over the next F positions: Rbar = mean over p in [P, P + F) of
+ *      Rot(p) (block-diagonal over the rotary pairs; identity beyond rotary_dim);
+ *      mu' = Rbar mu, S' = Rbar S Rbar^T.
+ *   3. For every key j in [s, P) (post-RoPE, as stored):
+ *      z_h(j) = mu'_h . k_j / sqrt(D) + k_j^T S'_h k_j / (2 D)   (cov=0: the first term only),
+ *      a softmax over j per query head, the mean over the G query heads of the kv head;
+ *      vnorm=1: score(j) = (mean + epsilon) * ||v_j||.
+ *   4. The sinks [0, s) score above every other key; keep the B highest (ties: lower
+ *      position). B >= P keeps everything.
+ * Positions past the trace's tables: Rot(p) for p >= the tables' rows is rebuilt from each
+ * rotary pair's angular frequency, read from the tables as theta = angle(n - 1) / (n - 1)
+ * (unwrapped with the row-1 angle; n = the sequence's tokens), and its amplitude cos(0)
+ * (the attention scaling of scaled RoPE variants). This assumes angles linear in the
+ * position (plain, linear and llama3 scaling; not dynamic NTK, whose frequencies change
+ * with the length). Without /rope tables on a positional=rope trace the strategy refuses
+ * (queries cannot be un-rotated); on a trace without RoPE, Rot = identity.
+ * Defaults (kvpress ExpectedAttentionPress): preset=kvpress (its budget rule,
+ * kvpress_budget.h), sinks=4 (n_sink), future=512
+ * (n_future_positions), cov=1 (use_covariance), vnorm=1 (use_vnorm), epsilon=0.
+ * Reference: Devoto et al. 2025, "Expected Attention: KV Cache Compression by Estimating
+ * Attention from Future Queries Distribution" (arXiv 2510.00636); kvpress
+ * ExpectedAttentionPress (github.com/NVIDIA/kvpress, presses/expected_attention_press.py).
+ * Differences: kvpress computes pre-RoPE queries from the hidden states with the layer's
+ * q_proj; a trace holds post-RoPE queries, so they are un-rotated with the tables (equal up
+ * to f16 rounding). kvpress scales by 1/sqrt(head_dim) whatever the model's attention scale;
+ * so does this. Statistics and scores in double.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "evict_util.h"
+#include "kvpress_budget.h"
+#include "strategy.h"
+
+typedef struct ea_cfg { int preset; size_t sinks, future; int cov, vnorm; double eps; } ea_cfg;
+
+static const rp_param_def ea_params[] = {
+    KVPRESS_PRESET_PARAM,
+    { "sinks", RP_INT, "4", 0, 1e9, NULL, "first positions kept and left out of the query statistics (n_sink)" },
+    { "future", RP_INT, "512", 1, 1e9, NULL, "future positions the rotation is averaged over (n_future_positions)" },
+    { "cov", RP_BOOL, "1", 0, 1, NULL, "use the query covariance (use_covariance)" },
+    { "vnorm", RP_BOOL, "1", 0, 1, NULL, "multiply by the value norm (use_vnorm)" },
+    { "epsilon", RP_FLOAT, "0", 0, 1e9, NULL, "added to the expected attention before the value norm" },
+};
+
+static int ea_configure(const double *v, void **cfg, char *err, size_t errlen)
+{
+    ea_cfg *c = malloc(sizeof *c);
+    if (!c) return -1;
+    c->preset = (int)v[0];
+    c->sinks = (size_t)v[1];
+    c->future = (size_t)v[2];
+    c->cov = (int)v[3];
+    c->vnorm = (int)v[4];
+    c->eps = v[5];
+    *cfg = c;
+    return 0;
+}
+
+static void ea_free(void *cfg) { free(cfg); }
+
+/* The rotary pairs: dims a[i], b[i] and the table column col[i], i < R/2. */
+static void rope_pair(size_t i, size_t R, int interleaved, size_t *a, size_t *b)
+{
+    if (interleaved) { *a = 2 * i; *b = 2 * i + 1; }
+    else { *a = i; *b = i + R / 2; }
+}
+
+/* The averaged rotation as (cr, sr, partner) per dim: (Rbar x)_d = cr[d] x_d + sr[d] x_partner[d]. */
+static void avg_rotation(const rp_layer_ctx *ctx, size_t P, size_t F, double *cr, double *sr, size_t *partner)
+{
+    size_t D = ctx->D, R = ctx->rope_cos ? ctx->rotary_dim : 0, m = ctx->n - 1;
+    for (size_t d = 0; d < D; d++) { cr[d] = 1; sr[d] = 0; partner[d] = d; }
+    for (size_t i = 0; i < R / 2; i++) {
+        size_t a, b;
+        rope_pair(i, R, ctx->rope_interleaved, &a, &b);
+        double amp = ctx->rope_cos[a];                     /* row 0: cos(0) times the scaling */
+        double th = ctx->n > 1 ? atan2(ctx->rope_sin[R + a], ctx->rope_cos[R + a]) : 0;
+        if (m >= 2) {                                      /* refine on the farthest row, unwrapped */
+            double ang = atan2(ctx->rope_sin[m * R + a], ctx->rope_cos[m * R + a]);
+            double k = nearbyint((th * (double)m - ang) / (2 * M_PI));
+            th = (ang + 2 * M_PI * k) / (double)m;
+        }
+        double cs = 0, sn = 0;
+        for (size_t p = P; p < P + F; p++) { cs += cos(th * (double)p); sn += sin(th * (double)p); }
+        cs = amp * cs / (double)F;
+        sn = amp * sn / (double)F;
+        cr[a] = cs; sr[a] = -sn; partner[a] = b;
+        cr[b] = cs; sr[b] = sn; partner[b] = a;
+    }
+}
+
+/* q un-rotated at position t into out [D] (q_pre = Rot(t)^-1 q, with the amplitude divided out). */
+static void unrotate(const rp_layer_ctx *ctx, const float *q, size_t t, double *out)
+{
+    size_t D = ctx->D, R = ctx->rope_cos ? ctx->rotary_dim : 0;
+    for (size_t d = 0; d < D; d++) out[d] = q[d];
+    for (size_t i = 0; i < R / 2; i++) {
+        size_t a, b;
+        rope_pair(i, R, ctx->rope_interleaved, &a, &b);
+        double c = ctx->rope_cos[t * R + a], s = ctx->rope_sin[t * R + a], n2 = c * c + s * s;
+        if (n2 == 0) continue;
+        double x = q[a], y = q[b];
+        out[a] = (c * x + s * y) / n2;
+        out[b] = (c * y - s * x) / n2;
+    }
+}
+
+typedef struct ea_work {
+    double *mu, *S, *mu2, *S2, *x, *cr, *sr, *z, *acc;
+    size_t *partner;
+} ea_work;
+
+/* z[j - s] for keys j in [s, P) of query head h over kv head keys k; softmaxed. */
+static void ea_head(const ea_cfg *c, const rp_layer_ctx *ctx, size_t h, const float *k, size_t s, size_t P,
+                    ea_work *w)
+{
+    size_t D = ctx->D, N = P - s;
+    const float *q = ctx->q + h * ctx->n * D;
+    memset(w->mu, 0, D * sizeof *w->mu);
+    memset(w->S, 0, D * D * sizeof *w->S);
+    for (size_t t = s; t < P; t++) {
+        unrotate(ctx, q + t * D, t, w->x);
+        for (size_t d = 0; d < D; d++) w->mu[d] += w->x[d];
+    }
+    for (size_t d = 0; d < D; d++) w->mu[d] /= (double)N;
+    if (c->cov) {
+        for (size_t t = s; t < P; t++) {
+            unrotate(ctx, q + t * D, t, w->x);
+            for (size_t d = 0; d < D; d++) w->x[d] -= w->mu[d];
+            for (size_t d = 0; d < D; d++)
+                for (size_t e = 0; e < D; e++) w->S[d * D + e] += w->x[d] * w->x[e];
+        }
+        for (size_t i = 0; i < D * D; i++) w->S[i] /= (double)N;
+    }
+    /* mu' = Rbar mu; S' = Rbar S Rbar^T, Rbar with two non-zeros per row */
+    for (size_t d = 0; d < D; d++) w->mu2[d] = w->cr[d] * w->mu[d] + w->sr[d] * w->mu[w->partner[d]];
+    if (c->cov)
+        for (size_t d = 0; d < D; d++)
+            for (size_t e = 0; e < D; e++) {
+                size_t pd = w->partner[d], pe = w->partner[e];
+                w->S2[d * D + e] = w->cr[d] * (w->cr[e] * w->S[d * D + e] + w->sr[e] * w->S[d * D + pe]) +
+                                   w->sr[d] * (w->cr[e] * w->S[pd * D + e] + w->sr[e] * w->S[pd * D + pe]);
+            }
+    double rs = 1.0 / sqrt((double)D), mx = -INFINITY, zs = 0;
+    for (size_t j = s; j < P; j++) {
+        const float *kj = k + j * D;
+        double a = 0, b = 0;
+        for (size_t d = 0; d < D; d++) a += w->mu2[d] * kj[d];
+        if (c->cov)
+            for (size_t d = 0; d < D; d++) {
+                double r = 0;
+                for (size_t e = 0; e < D; e++) r += w->S2[d * D + e] * kj[e];
+                b += kj[d] * r;
+            }
+        double z = a * rs + (c->cov ? b / (2.0 * (double)D) : 0.0);
+        w->z[j - s] = z;
+        if (z > mx) mx = z;
+    }
+    for (size_t i = 0; i < N; i++) { w->z[i] = exp(w->z[i] - mx); zs += w->z[i]; }
+    for (size_t i = 0; i < N; i++) w->acc[i] += w->z[i] / zs;
+}
+
+static void ea_score(const ea_cfg *c, const rp_layer_ctx *ctx, size_t g, ea_work *w, double *score)
+{
+    size_t P = ctx->P, D = ctx->D, G = ctx->G, s = c->sinks < P ? c->sinks : P, N = P - s;
+    const float *k = ctx->k + g * ctx->n * D, *v = ctx->v + g * ctx->n * D;
+    memset(w->acc, 0, (N + 1) * sizeof *w->acc);
+    if (N > 0)
+        for (size_t i = 0; i < G; i++) ea_head(c, ctx, g * G + i, k, s, P, w);
+    double mx = -INFINITY;
+    for (size_t j = s; j < P; j++) {
+        double a = w->acc[j - s] / (double)G;
+        if (c->vnorm) {
+            double nv = 0;
+            for (size_t d = 0; d < D; d++) nv += (double)v[j * D + d] * v[j * D + d];
+            a = (a + c->eps) * sqrt(nv);
+        }
+        score[j] = a;
+        if (a > mx) mx = a;
+    }
+    for (size_t j = 0; j < s; j++) score[j] = N > 0 ? mx + 1 : 1.0;
+}
+
+static int ea_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
+                      char *err, size_t errlen)
+{
+    const ea_cfg *c = cfg;
+    size_t P = ctx->P, D = ctx->D;
+    B = kvpress_n_kept(c->preset, ctx, P, B);
+    if (B < P && ctx->info && !strcmp(ctx->info->positional, "rope") && !ctx->rope_cos)
+        return rp_failf(err, errlen, "expected_attention: the trace is positional=rope but has no /rope tables: "
+                        "queries cannot be un-rotated");
+    ea_work w = { 0 };
+    w.mu = malloc(D * sizeof *w.mu); w.mu2 = malloc(D * sizeof *w.mu2); w.x = malloc(D * sizeof *w.x);
+    w.cr = malloc(D * sizeof *w.cr); w.sr = malloc(D * sizeof *w.sr); w.partner = malloc(D * sizeof *w.partner);
+    w.S = malloc(D * D * sizeof *w.S); w.S2 = malloc(D * D * sizeof *w.S2);
+    w.z = malloc((P + 1) * sizeof *w.z); w.acc = malloc((P + 1) * sizeof *w.acc);
+    double *score = malloc((P + 1) * sizeof *score);
+    int32_t *kept = malloc((P + 1) * sizeof *kept);
+    int rc = -1;
+    if (!w.mu || !w.mu2 || !w.x || !w.cr || !w.sr || !w.partner || !w.S || !w.S2 || !w.z || !w.acc || !score || !kept)
+        goto done;
+    if (B < P) avg_rotation(ctx, P, c->future, w.cr, w.sr, w.partner);
+    for (size_t g = 0; g < ctx->Hkv; g++) {
+        size_t m = P;
+        if (B >= P) {
+            for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
+        } else {
+            ea_score(c, ctx, g, &w, score);
+            m = rp_topk(score, P, B, kept);
+        }
+        if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
+    }
+    rc = 0;
+done:
+    free(w.mu); free(w.mu2); free(w.x); free(w.cr); free(w.sr); free(w.partner); free(w.S); free(w.S2);
+    free(w.z); free(w.acc); free(score); free(kept);
+    return rc;
+}
+
+const rp_strategy rp_strategy_expected_attention = {
+    .name = "expected_attention",
+    .summary = "expected softmax weight under a Gaussian model of future (pre-RoPE, re-rotated) queries, "
+               "times ||v||; sinks kept (kvpress ExpectedAttentionPress)",
+    .reference = "Devoto et al. 2025 (arXiv 2510.00636); kvpress ExpectedAttentionPress (github.com/NVIDIA/kvpress)",
+    .kind = RP_EVICT,
+    .protocols = RP_PREFILL,
+    .needs_budget = 1,
+    .params = ea_params,
+    .n_params = sizeof ea_params / sizeof ea_params[0],
+    .configure = ea_configure,
+    .free_cfg = ea_free,
+    .prefill = ea_prefill,
+};

@@ -1,0 +1,114 @@
+#!/usr/bin/python3
+"""Golden test of the kvpress-catalogue scorers (observed_attention, keydiff, cur, lagkv,
+expected_attention) run by `kvreplay run`, against the independent numpy selections of
+ref_presses.py plugged into ref_replay.py's numpy replay (the pattern of test_golden_evict.py).
+
+The trace is ref_replay.make_trace's small structured trace (S=3 sequences of 96/90/80
+tokens, L=2, H=4, Hkv=2, D=16, RoPE tables of 96 positions), prefill with --decode 32 (prompts
+of 64/58/48 tokens). Every per_seq.csv, per_head.csv and summary.csv row is compared with
+golden_cmp's tolerances (fp32 engine vs float64 numpy from the same f16 data; a different
+kept set changes mass_recall / attn_cos by far more than them, so the selections themselves
+are checked). Each configuration must compress (mass_recall < 1). Exit 0 pass, 1 fail.
+"""
+import csv
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ref_replay  # noqa: E402
+import ref_presses  # noqa: E402,F401  (registers the selections)
+from golden_cmp import compare, fails, finish  # noqa: E402
+
+BIN = os.environ.get("BIN", "bin")
+TMP = os.environ.get("KV_TMP", "/tmp")
+
+
+def parse(spec):
+    parts = spec.split()
+    params, budget = {}, None
+    for p in parts[1:]:
+        k, v = p.split("=")
+        if k == "keep":
+            budget = ("keep", float(v))
+        elif k == "budget":
+            budget = ("budget", int(v))
+        else:
+            params[k] = v
+    return parts[0], params, budget
+
+
+def check(tag, specs, decode=32, seq_len=(96, 90, 80)):
+    trace = os.path.join(TMP, f"golden_presses_{'_'.join(map(str, seq_len))}.h5")
+    if not os.path.exists(trace):
+        ref_replay.make_trace(trace, S=len(seq_len), T=max(seq_len), seq_len=list(seq_len))
+    out = os.path.join(TMP, f"out_presses_{tag}")
+    cmd = [f"{BIN}/kvreplay", "run", trace, "-o", out, "--mode", "prefill", "--decode", str(decode)]
+    for s in specs:
+        cmd += ["--strategy", s]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        print("FAIL: kvreplay run exited", r.returncode, r.stderr.strip())
+        sys.exit(1)
+    rows = list(csv.DictReader(open(os.path.join(out, "per_seq.csv"))))
+    summ = list(csv.DictReader(open(os.path.join(out, "summary.csv"))))
+    heads = list(csv.DictReader(open(os.path.join(out, "per_head.csv"))))
+    configs = []
+    for s in specs:
+        strat, params, budget = parse(s)
+        params["_gqa"] = "mean"
+        if budget[0] == "keep":
+            params["_keep"] = budget[1]     # kvpress's own budget rule starts from keep=
+        configs.append((s, strat, params, budget))
+    ref = ref_replay.replay(trace, "prefill", configs, decode=decode)
+    for i, s in enumerate(specs):
+        srow = summ[i]
+        if not srow["config"].startswith(s.split()[0]):
+            fails.append(f"{tag}: config {i} is '{srow['config']}', expected {s}")
+            continue
+        compare(f"{tag} summary '{s}'", srow, ref[s]["summary"])
+        for r2 in rows:
+            if int(r2["config_id"]) == i:
+                compare(f"{tag} seq {r2['seq']} '{s}'", r2, ref[s]["per_seq"][int(r2["seq"])])
+        nh = 0
+        for r2 in heads:
+            if int(r2["config_id"]) == i:
+                nh += 1
+                compare(f"{tag} l{r2['layer']} h{r2['head']} '{s}'", r2,
+                        ref[s]["per_head"][(int(r2["layer"]), int(r2["head"]))])
+        if nh != len(ref[s]["per_head"]):
+            fails.append(f"{tag} '{s}': {nh} per_head rows, {len(ref[s]['per_head'])} expected")
+        if float(srow["mass_recall"]) >= 1.0:
+            fails.append(f"{tag} '{s}': mass_recall 1 — nothing was compressed (test would not discriminate)")
+
+
+# one block per strategy (so that a strategy's lines are easy to find and merge)
+SPECS = [
+    "observed_attention keep=0.3",
+    "observed_attention keep=0.45",
+    "observed_attention keep=0.45 preset=kvtrace",
+    "observed_attention budget=20",
+    "keydiff keep=0.45",
+    "keydiff budget=20 block=16",
+    "keydiff keep=0.5 block=7",
+    "cur keep=0.45",
+    "cur budget=20 sinks=2 window=5 leverage=kv_avg",
+    "cur keep=0.4 window=0 leverage=value",
+    "cur keep=0.3 leverage=key",
+    "lagkv keep=0.45 lag=8",
+    "lagkv keep=0.45 lag=8 preset=kvtrace",
+    "lagkv keep=0.5 lag=16 sinks=2",
+    "lagkv budget=24 lag=6 cross=1",
+    "lagkv keep=0.3",
+    "expected_attention keep=0.45",
+    "expected_attention budget=20 sinks=2 future=40",
+    "expected_attention keep=0.4 cov=0 vnorm=0",
+    "expected_attention keep=0.3 epsilon=0.05 future=7",
+]
+
+check("prefill", SPECS)
+# kvpress's budget rule where Python's float arithmetic matters: P = 190, keep=0.1 gives
+# compression_ratio 0.9 and int(190 * (1 - 0.9)) = int(18.999999999999996) = 18 entries
+# (round(0.1 * 190) = 19 under preset=kvtrace)
+check("p190", ["observed_attention keep=0.1", "observed_attention keep=0.1 preset=kvtrace"], seq_len=(222,))
+finish("PASS: kvpress scorers (" + ", ".join(sorted({s.split()[0] for s in SPECS})) + ") match numpy")
