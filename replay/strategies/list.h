@@ -18,3 +18,5 @@ RP_STRATEGY(asymkv)
 RP_STRATEGY(lowrank)
 RP_STRATEGY(minicache)
 RP_STRATEGY(quant)
+/* structural and two-stage (kvpress catalogue) */
+RP_STRATEGY(simlayerkv)

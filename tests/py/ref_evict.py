@@ -273,3 +273,29 @@ ref_replay.PREFILL_SELECT.update(h2o=sel_h2o, tova=sel_tova, snapkv=sel_snapkv, 
                                  adakv=sel_adakv, quest=sel_quest, cab=sel_cab)
 ref_replay.ONLINE_EVICT.update(h2o=ev_h2o, tova=ev_tova)
 ref_replay.DECODE_SELECT.update(quest=dsel_quest)
+
+
+# ---- structural and two-stage presses (simlayerkv, chunkkv, criticalkv) -------------------
+# Written from the rules in the headers of replay/strategies/{simlayerkv,chunkkv,criticalkv}.c
+# and kvpress's presses (SimLayerKVPress, ChunkKVPress, CriticalKVPress).
+
+def _layer_lazy(params, ctx):
+    """SimLayerKV: mean attention of the last n_last queries (all heads) on initial + recent."""
+    P, QA, KA = ctx["P"], ctx["QA"], ctx["KA"]
+    nl, nr, ni = int(params.get("n_last", 1)), int(params.get("n_recent", 1024)), int(params.get("n_initial", 4))
+    if P < ni + nr or P <= nl:
+        return False
+    H, G = len(QA), len(QA) // len(KA)
+    a = np.mean([causal_probs(QA[h], KA[h // G], range(P - nl, P), ctx["scale"]) for h in range(H)], axis=(0, 1))
+    return a[:ni].sum() + a[P - nr:].sum() > float(params.get("threshold", 0.9))
+
+
+def sel_simlayerkv(params, ctx, B):
+    P = ctx["P"]
+    if not _layer_lazy(params, ctx):
+        return keep_all(P)
+    nl, nr, ni = int(params.get("n_last", 1)), int(params.get("n_recent", 1024)), int(params.get("n_initial", 4))
+    return sorted(set(range(ni)) | set(range(P - (nr - nl), P)))
+
+
+ref_replay.PREFILL_SELECT.update(simlayerkv=sel_simlayerkv)
