@@ -20,3 +20,5 @@ RP_STRATEGY(minicache)
 RP_STRATEGY(quant)
 /* structural and two-stage (kvpress catalogue) */
 RP_STRATEGY(simlayerkv)
+RP_STRATEGY(chunkkv)
+RP_STRATEGY(criticalkv)

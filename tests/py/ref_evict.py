@@ -299,3 +299,44 @@ def sel_simlayerkv(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(simlayerkv=sel_simlayerkv)
+
+
+def _kvp_scores(params, ctx):
+    """kvpress SnapKVPress.score: prefix scores per kv head, window padded with their maximum."""
+    o = snap_opts(params, "kvpress")
+    P, w, QA, KA = ctx["P"], o["window"], ctx["QA"], ctx["KA"]
+    Hkv, G = len(KA), len(QA) // len(KA)
+    pre = np.array([snap_prefix_scores(o, QA[g * G:(g + 1) * G], KA[g], P, ctx["scale"]) for g in range(Hkv)])
+    return np.concatenate([pre, np.full((Hkv, w), pre.max())], 1)
+
+
+def sel_chunkkv(params, ctx, B):
+    P, L = ctx["P"], int(params.get("chunk", 20))
+    if B >= P:
+        return keep_all(P)
+    s = _kvp_scores(params, ctx)
+    if P < L:
+        return top(s[ctx["g"]], B)
+    tot = s.sum(0)
+    bounds = [(a, min(a + L, P)) for a in range(0, P, L)]
+    cs = [tot[a:b].mean() for a, b in bounds]
+    n = max(1, (len(bounds) * B) // P)
+    return [j for c in top(cs, n) for j in range(*bounds[c])]
+
+
+def sel_criticalkv(params, ctx, B):
+    P = ctx["P"]
+    if B >= P:
+        return keep_all(P)
+    g, D = ctx["g"], ctx["K"].shape[1]
+    G = len(ctx["QA"]) // len(ctx["KA"])
+    s = _kvp_scores(params, ctx)[g]
+    first = top(s, int(math.floor(float(params.get("first_stage_ratio", 0.5)) * B)))
+    WO = ctx["WO"]
+    u = np.mean([np.abs(ctx["V"] @ WO[h * D:(h + 1) * D]).sum(1) for h in range(g * G, (g + 1) * G)], 0)
+    s2 = (s + float(params.get("epsilon", 1e-4))) * u
+    s2[first] = np.inf
+    return top(s2, B)
+
+
+ref_replay.PREFILL_SELECT.update(chunkkv=sel_chunkkv, criticalkv=sel_criticalkv)

@@ -22,7 +22,8 @@ Extension points (for h2o, snapkv, ...):
         query head h sees at decode position t (Quest); ctx as PREFILL_SELECT's.
     Added for the eviction strategies: prefill ctx also has QA [H][P][D] and KA [HKV][P][D]
     (every head: AdaKV allocates across kv heads), Kfull [n][D] (kv head g, decode keys
-    included: Quest pages them) and seq; online ctx has Q [G][n][D].
+    included: Quest pages them) and seq; online ctx has Q [G][n][D]. Prefill ctx["WO"]: the
+    layer's read-out W_O [H*D][C] (None without a read-out; criticalkv).
 Ties are broken by lower position everywhere (stable sorts on (-score, position)).
 """
 import math
@@ -215,6 +216,7 @@ def replay(path, mode, configs, decode=None):
                         ctx = dict(Q=Q[g * G:(g + 1) * G, :P], K=K[g, :P], V=Vv[g, :P], P=P, g=g, layer=l,
                                    QA=Q[:, :P], KA=K[:, :P], Kfull=K[g], seq=s,
                                    n_layers=L, scale=scale)
+                        ctx["WO"] = ro["w_o"][l] if ro is not None else None  # [H*D][C] (criticalkv)
                         kept = list(PREFILL_SELECT[strat](params, ctx, B))
                         caches = {t: kept + list(range(P, t + 1)) for t in range(P, n)}
                     else:

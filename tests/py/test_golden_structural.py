@@ -94,4 +94,18 @@ check("simlayerkv", "prefill", 32, [
     "simlayerkv threshold=0.3 n_recent=16 n_last=4 n_initial=2",
 ])
 
-finish("PASS: simlayerkv matches numpy")
+# chunkkv: P = 64/58/48 -> 4/3/3 chunks of 20 (partial last chunks of 4, 18, 8 entries);
+# chunk=7 leaves more chunks; chunk=70 > P falls back to the base press per kv head.
+check("chunkkv", "prefill", 32, [
+    "chunkkv keep=0.5 window=8",
+    "chunkkv keep=0.3 chunk=7 window=4 preset=factory",
+    "chunkkv keep=0.4 chunk=70 window=8",
+])
+# criticalkv: the read-out's W_O weighs the second stage (make_trace writes /readout)
+check("criticalkv", "prefill", 32, [
+    "criticalkv keep=0.3 window=8",
+    "criticalkv keep=0.5 window=4 first_stage_ratio=0.25 epsilon=0.01",
+    "criticalkv budget=20 preset=factory first_stage_ratio=0",
+])
+
+finish("PASS: simlayerkv, chunkkv, criticalkv match numpy")
