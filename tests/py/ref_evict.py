@@ -340,3 +340,38 @@ def sel_criticalkv(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(chunkkv=sel_chunkkv, criticalkv=sel_criticalkv)
+
+
+def sel_merging(params, ctx, B):
+    P = ctx["P"]
+    return keep_all(P) if B >= P else top(_kvp_scores(params, ctx)[ctx["g"]], B)
+
+
+def val_merging(params, ctx, B, kept):
+    """kvpress MergingPress: each evicted value folds into its most key-cosine-similar kept entry."""
+    K, V = ctx["Kfull"], np.array(ctx["Vfull"])
+    P, eps, thr = ctx["P"], 1e-6, float(params.get("similarity_threshold", 0))
+    if B >= P:
+        return V
+    unit = lambda x: x / max(np.linalg.norm(x), eps)  # noqa: E731
+    acc, wsum = {t: np.zeros(V.shape[1]) for t in kept}, dict.fromkeys(kept, 0.0)
+    for e in range(P):
+        if e in wsum:
+            continue
+        sims = [float(unit(K[e]) @ unit(K[t])) for t in kept]
+        i = int(np.argmax(sims))                      # first maximum: the lower position
+        if sims[i] < thr:
+            continue
+        t = kept[i]
+        ne, nt = np.linalg.norm(ctx["Vfull"][e]), np.linalg.norm(ctx["Vfull"][t])
+        w = max(sims[i], 0.0) * ne / (ne + nt + eps)
+        acc[t] += w * ctx["Vfull"][e]
+        wsum[t] += w
+    for t in kept:
+        if wsum[t] > 0:
+            V[t] = (ctx["Vfull"][t] + acc[t]) / (1 + wsum[t])
+    return V
+
+
+ref_replay.PREFILL_SELECT.update(merging=sel_merging)
+ref_replay.PREFILL_VALUES.update(merging=val_merging)

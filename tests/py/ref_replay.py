@@ -134,6 +134,10 @@ ONLINE_EVICT = {"full": ev_full, "streaming": ev_streaming, "knorm": ev_knorm}
 
 DECODE_SELECT = {}
 
+# PREFILL_VALUES[strategy](params, ctx, B, kept) -> [n][D] value rows of kv head ctx.g with the
+# kept entries' values replaced (merging folds evicted values into kept ones; keys unchanged).
+PREFILL_VALUES = {}
+
 
 # ---- replay ---------------------------------------------------------------------------
 
@@ -211,13 +215,17 @@ def replay(path, mode, configs, decode=None):
                 Q, K, Vv = lay[l]["q"][s], lay[l]["k"][s], lay[l]["v"][s]
                 for g in range(HKV):
                     heads = range(g * G, (g + 1) * G)
+                    Vc = Vv[g]          # value rows the compressed cache holds (PREFILL_VALUES)
                     if mode == "prefill":
                         B = resolve_budget(budget, P)
                         ctx = dict(Q=Q[g * G:(g + 1) * G, :P], K=K[g, :P], V=Vv[g, :P], P=P, g=g, layer=l,
                                    QA=Q[:, :P], KA=K[:, :P], Kfull=K[g], seq=s,
                                    n_layers=L, scale=scale)
                         ctx["WO"] = ro["w_o"][l] if ro is not None else None  # [H*D][C] (criticalkv)
+                        ctx["Vfull"] = Vv[g]  # [n][D] (merging)
                         kept = list(PREFILL_SELECT[strat](params, ctx, B))
+                        if strat in PREFILL_VALUES:
+                            Vc = PREFILL_VALUES[strat](params, ctx, B, kept)
                         caches = {t: kept + list(range(P, t + 1)) for t in range(P, n)}
                     else:
                         B = resolve_budget(budget, n)
@@ -238,7 +246,7 @@ def replay(path, mode, configs, decode=None):
                             c = DECODE_SELECT[strat](params, ctx, c0, Q[h, t], h, t, B) if strat in DECODE_SELECT else c0
                             p, lp, o = attend(Q[h, t], K[g], Vv[g], list(range(t + 1)), scale)
                             kk = reindex_keys(K[g], c, t, rcos, rsin) if params.get("reindex") else None
-                            pc, lpc, oc = attend(Q[h, t], K[g], Vv[g], c, scale, kk)
+                            pc, lpc, oc = attend(Q[h, t], K[g], Vc, c, scale, kk)
                             pt = np.zeros(t + 1)
                             pt[c] = pc
                             no, nc = np.linalg.norm(o), np.linalg.norm(oc)

@@ -107,5 +107,10 @@ check("criticalkv", "prefill", 32, [
     "criticalkv keep=0.5 window=4 first_stage_ratio=0.25 epsilon=0.01",
     "criticalkv budget=20 preset=factory first_stage_ratio=0",
 ])
+# merging: the folded values change the compressed attention's output (not its weights)
+check("merging", "prefill", 32, [
+    "merging keep=0.3 window=8",
+    "merging keep=0.5 window=4 preset=factory similarity_threshold=0.3",
+])
 
-finish("PASS: simlayerkv, chunkkv, criticalkv match numpy")
+finish("PASS: simlayerkv, chunkkv, criticalkv, merging match numpy")
