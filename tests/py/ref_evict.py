@@ -375,3 +375,35 @@ def val_merging(params, ctx, B, kept):
 
 ref_replay.PREFILL_SELECT.update(merging=sel_merging)
 ref_replay.PREFILL_VALUES.update(merging=val_merging)
+
+
+def enc_think(params, ctx, B, kept):
+    """ThinK: zero the floor(key_ratio * D) key channels of the kept prompt entries with the
+    lowest mean_window(q^2) * mean_entries(k^2); bytes of a channel-pruned store + its mask."""
+    K = np.array(ctx["Kfull"])
+    n, D = ctx["n"], K.shape[1]
+    P, g = ctx["P"], ctx["g"]
+    G = len(ctx["QA"]) // len(ctx["KA"])
+    w, npr = int(params.get("window", 32)), int(math.floor(float(params.get("key_ratio", 0)) * D))
+    full = (len(kept) + n - P) * 4 * D
+    if npr == 0 or not kept:
+        return K, full
+    qn = np.mean([ctx["QA"][h][P - w:P] ** 2 for h in range(g * G, (g + 1) * G)], axis=(0, 1))
+    kn = (K[kept] ** 2).mean(0)
+    low = order(-(qn * kn))[:npr]         # lowest scores, ties: lower channel
+    for j in kept:
+        K[j, low] = 0.0
+    return K, full - len(kept) * 2 * npr + math.ceil(D / 8)
+
+
+def _compose(sel, enc):
+    """'EVICT + think': the eviction's kept entries, then the encoder on them (params["_enc"])."""
+    return (lambda params, ctx, B: sel(params, ctx, B),
+            lambda params, ctx, B, kept: enc(params["_enc"], ctx, B, kept))
+
+
+ref_replay.PREFILL_SELECT.update(think=lambda params, ctx, B: keep_all(ctx["P"]))
+ref_replay.PREFILL_ENCODE.update(think=enc_think)
+_s, _e = _compose(sel_snapkv, enc_think)
+ref_replay.PREFILL_SELECT["snapkv+think"] = _s
+ref_replay.PREFILL_ENCODE["snapkv+think"] = _e

@@ -137,6 +137,9 @@ DECODE_SELECT = {}
 # PREFILL_VALUES[strategy](params, ctx, B, kept) -> [n][D] value rows of kv head ctx.g with the
 # kept entries' values replaced (merging folds evicted values into kept ones; keys unchanged).
 PREFILL_VALUES = {}
+# PREFILL_ENCODE[strategy](params, ctx, B, kept) -> ([n][D] key rows of kv head ctx.g as the
+# encoded cache holds them, its bytes without the position indices) (think prunes key channels).
+PREFILL_ENCODE = {}
 
 
 # ---- replay ---------------------------------------------------------------------------
@@ -216,16 +219,19 @@ def replay(path, mode, configs, decode=None):
                 for g in range(HKV):
                     heads = range(g * G, (g + 1) * G)
                     Vc = Vv[g]          # value rows the compressed cache holds (PREFILL_VALUES)
+                    Kc, enc_bytes = K[g], None    # key rows and bytes of an encoder (PREFILL_ENCODE)
                     if mode == "prefill":
                         B = resolve_budget(budget, P)
                         ctx = dict(Q=Q[g * G:(g + 1) * G, :P], K=K[g, :P], V=Vv[g, :P], P=P, g=g, layer=l,
                                    QA=Q[:, :P], KA=K[:, :P], Kfull=K[g], seq=s,
                                    n_layers=L, scale=scale)
                         ctx["WO"] = ro["w_o"][l] if ro is not None else None  # [H*D][C] (criticalkv)
-                        ctx["Vfull"] = Vv[g]  # [n][D] (merging)
+                        ctx["Vfull"], ctx["n"] = Vv[g], n  # rows [T][D] (merging), valid tokens (think)
                         kept = list(PREFILL_SELECT[strat](params, ctx, B))
                         if strat in PREFILL_VALUES:
                             Vc = PREFILL_VALUES[strat](params, ctx, B, kept)
+                        if strat in PREFILL_ENCODE:
+                            Kc, enc_bytes = PREFILL_ENCODE[strat](params, ctx, B, kept)
                         caches = {t: kept + list(range(P, t + 1)) for t in range(P, n)}
                     else:
                         B = resolve_budget(budget, n)
@@ -246,7 +252,7 @@ def replay(path, mode, configs, decode=None):
                             c = DECODE_SELECT[strat](params, ctx, c0, Q[h, t], h, t, B) if strat in DECODE_SELECT else c0
                             p, lp, o = attend(Q[h, t], K[g], Vv[g], list(range(t + 1)), scale)
                             kk = reindex_keys(K[g], c, t, rcos, rsin) if params.get("reindex") else None
-                            pc, lpc, oc = attend(Q[h, t], K[g], Vc, c, scale, kk)
+                            pc, lpc, oc = attend(Q[h, t], Kc, Vc, c, scale, kk)
                             pt = np.zeros(t + 1)
                             pt[c] = pc
                             no, nc = np.linalg.norm(o), np.linalg.norm(oc)
@@ -260,7 +266,7 @@ def replay(path, mode, configs, decode=None):
                             ph[(l, h)]["budget"] += len(c)
                             dO[l, t - E0, h * D:(h + 1) * D] = oc - o
                     last = caches[n - 1]
-                    kvb += len(last) * 4 * D + (4 * len(last) if len(last) < n else 0)
+                    kvb += (len(last) * 4 * D if enc_bytes is None else enc_bytes) + (4 * len(last) if len(last) < n else 0)
                     fullb += n * 4 * D
             row = dict(n_query=n - E0, keep_frac=acc["keep"] / acc["n"], kv_bytes=kvb, full_bytes=fullb,
                        ratio=fullb / kvb, attn_cos=acc["cos"] / acc["n"], out_cos=acc["ocos"] / acc["n"],

@@ -24,7 +24,14 @@ BIN = os.environ.get("BIN", "bin")
 TMP = os.environ.get("KV_TMP", "/tmp")
 
 def parse(spec):
-    """'snapkv keep=0.3 preset=factory' -> (strategy, params, budget)."""
+    """'snapkv keep=0.3 preset=factory' -> (strategy, params, budget); 'A ... + B ...' ->
+    ('A+B', A's params with B's under "_enc", A's budget)."""
+    if " + " in spec:
+        a, b = spec.split(" + ")
+        sa, pa, ba = parse(a)
+        sb, pb, _ = parse(b)
+        pa["_enc"] = pb
+        return sa + "+" + sb, pa, ba
     parts = spec.split()
     params, budget = {}, None
     for p in parts[1:]:
@@ -81,8 +88,9 @@ def check(tag, mode, decode, specs, gqa="mean"):
                 compare(f"{tag} l{r2['layer']} h{r2['head']} '{s}'", r2, ref[s]["per_head"][(int(r2["layer"]), int(r2["head"]))])
         if nh != len(ref[s]["per_head"]):
             fails.append(f"{tag} '{s}': {nh} per_head rows, {len(ref[s]['per_head'])} expected")
-        if float(srow["mass_recall"]) >= 1.0:
-            fails.append(f"{tag} '{s}': mass_recall 1 — nothing was compressed (test would not discriminate)")
+        col = "attn_cos" if s.startswith("think") else "mass_recall"    # an encoder keeps every entry
+        if float(srow[col]) >= 1.0:
+            fails.append(f"{tag} '{s}': {col} 1 — nothing was compressed (test would not discriminate)")
 
 
 # simlayerkv: both kinds of layer must occur at the thresholds used, or the test says nothing
@@ -112,5 +120,11 @@ check("merging", "prefill", 32, [
     "merging keep=0.3 window=8",
     "merging keep=0.5 window=4 preset=factory similarity_threshold=0.3",
 ])
+# think: an encoder alone (every entry kept, key channels pruned) and after an eviction
+check("think", "prefill", 32, [
+    "think key_ratio=0.25 window=8",
+    "think key_ratio=0.5",
+    "snapkv keep=0.5 window=8 + think key_ratio=0.4 window=16",
+])
 
-finish("PASS: simlayerkv, chunkkv, criticalkv, merging match numpy")
+finish("PASS: simlayerkv, chunkkv, criticalkv, merging, think match numpy")
