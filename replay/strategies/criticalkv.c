@@ -26,6 +26,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "criticalkv.h"
 #include "evict_util.h"
 #include "kvp_score.h"
 #include "strategy.h"
@@ -56,8 +57,8 @@ static int criticalkv_check_budget(const void *cfg, size_t P, size_t B, size_t n
     return B < P ? kvp_check_window(&((const criticalkv_cfg *)cfg)->o, "criticalkv", P, err, errlen) : 0;
 }
 
-/* u[j] = mean over the G query heads of kv head g of ||v_j W_O[h]||_1 (step 3), j < P. */
-static int value_out_norms(const rp_layer_ctx *ctx, size_t g, const float *wo, size_t C, double *u)
+/* Step 3's u (criticalkv.h). */
+int criticalkv_value_norms(const rp_layer_ctx *ctx, size_t g, const float *wo, size_t C, double *u)
 {
     size_t D = ctx->D, G = ctx->G;
     double *row = malloc(C * sizeof *row);
@@ -78,6 +79,15 @@ static int value_out_norms(const rp_layer_ctx *ctx, size_t g, const float *wo, s
     return 0;
 }
 
+int criticalkv_w_o(const rp_layer_ctx *ctx, const char *who, const float **wo, size_t *C, char *err, size_t errlen)
+{
+    int wr = ctx->w_o ? ctx->w_o(ctx, wo, C) : -1;
+    if (wr == -1)
+        return rp_failf(err, errlen, "%s: needs the trace's read-out W_O (/readout/w_o), which this trace lacks", who);
+    if (wr) return rp_failf(err, errlen, "%s: cannot read the layer's W_O (out of memory or a read error)", who);
+    return 0;
+}
+
 static int criticalkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                               char *err, size_t errlen)
 {
@@ -86,7 +96,7 @@ static int criticalkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B
     double *score = malloc(Hkv * P * sizeof *score), *u = malloc(P * sizeof *u);
     int32_t *kept = malloc(P * sizeof *kept);
     int rc = -1;
-    if (!score || !u || !kept) goto done;
+    if (!score || !u || !kept) { rp_failf(err, errlen, "out of memory"); goto done; }
     if (B >= P) {
         for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
         for (size_t g = 0; g < Hkv; g++)
@@ -96,16 +106,14 @@ static int criticalkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B
     }
     const float *wo = NULL;
     size_t C = 0;
-    int wr = ctx->w_o ? ctx->w_o(ctx, &wo, &C) : -1;
-    if (wr == -1) { rp_failf(err, errlen, "criticalkv: needs the trace's read-out W_O (/readout/w_o), which this trace lacks"); goto done; }
-    if (wr) goto done;
+    if (criticalkv_w_o(ctx, "criticalkv", &wo, &C, err, errlen)) goto done;
     if (kvp_check_window(&c->o, "criticalkv", P, err, errlen)) goto done;
     if (kvp_window_scores(&c->o, ctx, score)) goto done;
     size_t n1 = (size_t)floor(c->ratio * (double)B);
     for (size_t g = 0; g < Hkv; g++) {
         double *s = score + g * P;
         size_t m1 = rp_topk(s, P, n1, kept);
-        if (value_out_norms(ctx, g, wo, C, u)) goto done;
+        if (criticalkv_value_norms(ctx, g, wo, C, u)) goto done;
         for (size_t j = 0; j < P; j++) s[j] = (s[j] + c->eps) * u[j];
         for (size_t i = 0; i < m1; i++) s[kept[i]] = INFINITY;
         size_t m = rp_topk(s, P, B, kept);

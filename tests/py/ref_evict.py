@@ -407,3 +407,30 @@ ref_replay.PREFILL_ENCODE.update(think=enc_think)
 _s, _e = _compose(sel_snapkv, enc_think)
 ref_replay.PREFILL_SELECT["snapkv+think"] = _s
 ref_replay.PREFILL_ENCODE["snapkv+think"] = _e
+
+
+def sel_criticaladakv(params, ctx, B):
+    """kvpress CriticalAdaKVPress, as the reference marks entries: the dtype's maximum."""
+    P = ctx["P"]
+    if B >= P:
+        return keep_all(P)
+    MAX = np.finfo(np.float64).max
+    s = _kvp_scores(params, ctx)
+    Hkv, G, D = len(ctx["KA"]), len(ctx["QA"]) // len(ctx["KA"]), ctx["K"].shape[1]
+    alpha, fsr, eps = (float(params.get(k, d)) for k, d in (("alpha", 0.2), ("first_stage_ratio", 0.5), ("epsilon", 1e-4)))
+    n_safe = int(B * alpha)
+    for g in range(Hkv):
+        s[g, top(s[g], n_safe)] = MAX
+    flat = top(s.reshape(-1), Hkv * B)
+    budgets = [sum(1 for i in flat if i // P == g) for g in range(Hkv)]
+    g = ctx["g"]
+    sg = s[g].copy()
+    sg[top(sg, int(budgets[g] * fsr))] = MAX
+    WO, V = ctx["WO"], ctx["Vfull"][:P]
+    u = np.mean([np.abs(V @ WO[h * D:(h + 1) * D]).sum(1) for h in range(g * G, (g + 1) * G)], 0)
+    with np.errstate(over="ignore"):
+        s2 = (sg + eps) * u
+    return top(s2, budgets[g])
+
+
+ref_replay.PREFILL_SELECT.update(criticaladakv=sel_criticaladakv)

@@ -115,6 +115,12 @@ check("criticalkv", "prefill", 32, [
     "criticalkv keep=0.5 window=4 first_stage_ratio=0.25 epsilon=0.01",
     "criticalkv budget=20 preset=factory first_stage_ratio=0",
 ])
+check("criticaladakv", "prefill", 32, [
+    "criticaladakv keep=0.3 window=8",
+    "criticaladakv keep=0.5 window=4 alpha=0.5 first_stage_ratio=0.25",
+    "criticaladakv budget=20 preset=factory alpha=0 first_stage_ratio=0.8",
+    "criticaladakv keep=0.4 window=4 alpha=0.9 first_stage_ratio=0",
+])
 # merging: the folded values change the compressed attention's output (not its weights)
 check("merging", "prefill", 32, [
     "merging keep=0.3 window=8",
@@ -127,4 +133,4 @@ check("think", "prefill", 32, [
     "snapkv keep=0.5 window=8 + think key_ratio=0.4 window=16",
 ])
 
-finish("PASS: simlayerkv, chunkkv, criticalkv, merging, think match numpy")
+finish("PASS: simlayerkv, chunkkv, criticalkv, criticaladakv, merging, think match numpy")
