@@ -434,3 +434,29 @@ def sel_criticaladakv(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(criticaladakv=sel_criticaladakv)
+
+
+def sel_chunk(params, ctx, B):
+    """kvpress ChunkPress over SnapKVPress: each chunk scored on its own keys and window."""
+    P, L = ctx["P"], int(params.get("chunk", 1024))
+    o = snap_opts(params, "kvpress")
+    w, QA, KA, g = o["window"], ctx["QA"], ctx["KA"], ctx["g"]
+    Hkv, G = len(KA), len(QA) // len(KA)
+    kept = []
+    for a in range(0, P, L):
+        Lc = min(L, P - a)
+        nk = Lc if B >= P else max(1, (Lc * B) // P)
+        if nk >= Lc:
+            kept += list(range(a, a + Lc))
+            continue
+        if Lc <= w:
+            kept += list(range(a + Lc - nk, a + Lc))
+            continue
+        pre = np.array([snap_prefix_scores(o, [q[a:a + Lc] for q in QA[h * G:(h + 1) * G]], KA[h][a:a + Lc], Lc,
+                                           ctx["scale"]) for h in range(Hkv)])
+        s = np.concatenate([pre[g], np.full(w, pre.max())])
+        kept += [a + j for j in top(s, nk)]
+    return sorted(kept)
+
+
+ref_replay.PREFILL_SELECT.update(chunk=sel_chunk)

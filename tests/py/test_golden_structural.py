@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Golden test of the structural and two-stage presses (simlayerkv, chunkkv, criticalkv) run by
+"""Golden test of the structural and two-stage presses (simlayerkv, chunkkv, chunk, criticalkv,
+criticaladakv, merging, think) run by
 `kvreplay run`, against the independent numpy selections of ref_evict.py plugged into
 ref_replay.py's numpy replay: the pattern and tolerances of test_golden_evict.py (same trace,
 same comparison of every per_seq.csv, per_head.csv and summary.csv row).
@@ -109,6 +110,13 @@ check("chunkkv", "prefill", 32, [
     "chunkkv keep=0.3 chunk=7 window=4 preset=factory",
     "chunkkv keep=0.4 chunk=70 window=8",
 ])
+# chunk: P = 64/58/48 in chunks of 16 or 20 (partial last chunks; with 20, ones of 4 and 8
+# positions, not longer than the window 8: the short-chunk rule)
+check("chunk", "prefill", 32, [
+    "chunk keep=0.5 chunk=16 window=4",
+    "chunk keep=0.3 chunk=20 window=8 preset=factory",
+    "chunk budget=20 chunk=100 window=8",
+])
 # criticalkv: the read-out's W_O weighs the second stage (make_trace writes /readout)
 check("criticalkv", "prefill", 32, [
     "criticalkv keep=0.3 window=8",
@@ -133,4 +141,4 @@ check("think", "prefill", 32, [
     "snapkv keep=0.5 window=8 + think key_ratio=0.4 window=16",
 ])
 
-finish("PASS: simlayerkv, chunkkv, criticalkv, criticaladakv, merging, think match numpy")
+finish("PASS: simlayerkv, chunkkv, chunk, criticalkv, criticaladakv, merging, think match numpy")
