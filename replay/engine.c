@@ -46,6 +46,7 @@ typedef struct item {
     float **pa;                  /* [H] cached prompt probabilities rows [pa0, pa1) x P */
     size_t *pa0, *pa1;
     float *ok, *ov;              /* another layer's K/V (layer_kv) */
+    float *wo;                   /* this layer's W_O [H*D][C] (w_o), read on first request */
     rp_shared *sh;               /* scores shared by the configurations (shared.h), lazily filled */
     long long o_layer;
     double *ha;                  /* result slots of this layer: [NC][L][H][HA_NF] (shared array) */
@@ -266,6 +267,31 @@ static int cb_layer_kv(const rp_layer_ctx *ctx, size_t layer, const float **k, c
         it->o_layer = (long long)layer;
     }
     *k = it->ok; *v = it->ov;
+    return 0;
+}
+
+/* This layer's W_O (criticalkv): read once per work item on the first request, under the
+ * lock every trace read takes. -1 when the trace has no read-out, -2 out of memory or a read
+ * error. */
+static int cb_w_o(const rp_layer_ctx *ctx, const float **w, size_t *C)
+{
+    item *it = ctx->engine;
+    rp_engine *E = it->E;
+    *C = 0;
+    if (!E->in->has_readout) return -1;
+    size_t c = (size_t)E->in->d_model, HD = E->H * E->D;
+    if (!it->wo) {
+        float *buf = malloc(HD * c * sizeof *buf);
+        if (!buf) return -2;
+        kv_error ke;
+        int bad;
+#pragma omp critical(kvtrace_io)
+        bad = kv_trace_read_w_o(E->t, it->l, buf, &ke) != KV_OK;
+        if (bad) { free(buf); return -2; }
+        it->wo = buf;
+    }
+    *w = it->wo;
+    *C = c;
     return 0;
 }
 
@@ -1335,11 +1361,11 @@ static void item_free_scratch(item *it)
         rp_cache_free(&it->qcopy);
     }
     free(it->slab);
-    free(it->q); free(it->k); free(it->v); free(it->dO); free(it->ok); free(it->ov);
+    free(it->q); free(it->k); free(it->v); free(it->dO); free(it->ok); free(it->ov); free(it->wo);
     rp_shared_free(it->sh);
     it->sh = NULL;
     it->slab = NULL; it->sc = NULL;
-    it->q = it->k = it->v = it->ok = it->ov = it->dO = NULL;
+    it->q = it->k = it->v = it->ok = it->ov = it->dO = it->wo = NULL;
     if (it->pa) for (size_t h = 0; h < E->H; h++) { free(it->pa[h]); it->pa[h] = NULL; }
 }
 
@@ -1357,6 +1383,7 @@ static int item_run(item *it)
         .rotary_dim = E->R, .rope_interleaved = E->interleaved, .prompt_attn = cb_prompt_attn,
         .layer_kv = cb_layer_kv, .engine = it, .gqa_reduce = E->o.gqa_reduce,
         .prompt_colsum = cb_prompt_colsum, .prompt_entropy = cb_prompt_entropy, .key_pages = cb_key_pages,
+        .w_o = cb_w_o,
     };
     if (!(it->sh = rp_shared_new(it->q, it->k, E->H, E->Hkv, it->n, it->ctx.P, E->D, &E->ap[it->l]))) {
         IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);

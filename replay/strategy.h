@@ -44,6 +44,7 @@
  *   select      q of the query; key_pages (page min/max of the original keys, per kv head,
  *               shared by every configuration with the same page size).
  *   encode      the cache rows; q/k/v and prompt_attn for encoders that score (asymkv).
+ * prefill may also read this layer's W_O (w_o).
  * Key norms are O(P D) per kv head and are computed by the strategy itself (knorm).
  *
  * Ownership: the engine owns every rp_cache and rp_layer_ctx; strategies own their cfg
@@ -198,6 +199,11 @@ typedef struct rp_layer_ctx {
      * was given (0 with budget=N), for strategies whose reference has its own budget rule
      * (kvpress keeps int(P (1 - compression_ratio)): replay/strategies/kvpress_budget.h). */
     double keep;
+    /* The read-out's W_O of this layer (criticalkv weighs entries by ||v W_O_h||_1): *w
+     * [H*D][C] (row h*D + d: head h's output dimension d), *C = d_model; read once per
+     * (sequence, layer), valid for the call. 0 ok; -1 the trace has no /readout; -2 out of
+     * memory or a read error. NULL when the context was built without the engine. */
+    int (*w_o)(const struct rp_layer_ctx *ctx, const float **w, size_t *C);
 } rp_layer_ctx;
 
 enum { RP_GQA_MEAN = 0, RP_GQA_MAX = 1, RP_GQA_SUM = 2 };

@@ -273,3 +273,190 @@ ref_replay.PREFILL_SELECT.update(h2o=sel_h2o, tova=sel_tova, snapkv=sel_snapkv, 
                                  adakv=sel_adakv, quest=sel_quest, cab=sel_cab)
 ref_replay.ONLINE_EVICT.update(h2o=ev_h2o, tova=ev_tova)
 ref_replay.DECODE_SELECT.update(quest=dsel_quest)
+
+
+# ---- structural and two-stage presses (simlayerkv, chunkkv, criticalkv) -------------------
+# Written from the rules in the headers of replay/strategies/{simlayerkv,chunkkv,criticalkv}.c
+# and kvpress's presses (SimLayerKVPress, ChunkKVPress, CriticalKVPress).
+
+def _layer_lazy(params, ctx):
+    """SimLayerKV: mean attention of the last n_last queries (all heads) on initial + recent."""
+    P, QA, KA = ctx["P"], ctx["QA"], ctx["KA"]
+    nl, nr, ni = int(params.get("n_last", 1)), int(params.get("n_recent", 1024)), int(params.get("n_initial", 4))
+    if P < ni + nr or P <= nl:
+        return False
+    H, G = len(QA), len(QA) // len(KA)
+    a = np.mean([causal_probs(QA[h], KA[h // G], range(P - nl, P), ctx["scale"]) for h in range(H)], axis=(0, 1))
+    return a[:ni].sum() + a[P - nr:].sum() > float(params.get("threshold", 0.9))
+
+
+def sel_simlayerkv(params, ctx, B):
+    P = ctx["P"]
+    if not _layer_lazy(params, ctx):
+        return keep_all(P)
+    nl, nr, ni = int(params.get("n_last", 1)), int(params.get("n_recent", 1024)), int(params.get("n_initial", 4))
+    return sorted(set(range(ni)) | set(range(P - (nr - nl), P)))
+
+
+ref_replay.PREFILL_SELECT.update(simlayerkv=sel_simlayerkv)
+
+
+def _kvp_scores(params, ctx):
+    """kvpress SnapKVPress.score: prefix scores per kv head, window padded with their maximum."""
+    o = snap_opts(params, "kvpress")
+    P, w, QA, KA = ctx["P"], o["window"], ctx["QA"], ctx["KA"]
+    Hkv, G = len(KA), len(QA) // len(KA)
+    pre = np.array([snap_prefix_scores(o, QA[g * G:(g + 1) * G], KA[g], P, ctx["scale"]) for g in range(Hkv)])
+    return np.concatenate([pre, np.full((Hkv, w), pre.max())], 1)
+
+
+def sel_chunkkv(params, ctx, B):
+    P, L = ctx["P"], int(params.get("chunk", 20))
+    if B >= P:
+        return keep_all(P)
+    s = _kvp_scores(params, ctx)
+    if P < L:
+        return top(s[ctx["g"]], B)
+    tot = s.sum(0)
+    bounds = [(a, min(a + L, P)) for a in range(0, P, L)]
+    cs = [tot[a:b].mean() for a, b in bounds]
+    n = max(1, (len(bounds) * B) // P)
+    return [j for c in top(cs, n) for j in range(*bounds[c])]
+
+
+def sel_criticalkv(params, ctx, B):
+    P = ctx["P"]
+    if B >= P:
+        return keep_all(P)
+    g, D = ctx["g"], ctx["K"].shape[1]
+    G = len(ctx["QA"]) // len(ctx["KA"])
+    s = _kvp_scores(params, ctx)[g]
+    first = top(s, int(math.floor(float(params.get("first_stage_ratio", 0.5)) * B)))
+    WO = ctx["WO"]
+    u = np.mean([np.abs(ctx["V"] @ WO[h * D:(h + 1) * D]).sum(1) for h in range(g * G, (g + 1) * G)], 0)
+    s2 = (s + float(params.get("epsilon", 1e-4))) * u
+    s2[first] = np.inf
+    return top(s2, B)
+
+
+ref_replay.PREFILL_SELECT.update(chunkkv=sel_chunkkv, criticalkv=sel_criticalkv)
+
+
+def sel_merging(params, ctx, B):
+    P = ctx["P"]
+    return keep_all(P) if B >= P else top(_kvp_scores(params, ctx)[ctx["g"]], B)
+
+
+def val_merging(params, ctx, B, kept):
+    """kvpress MergingPress: each evicted value folds into its most key-cosine-similar kept entry."""
+    K, V = ctx["Kfull"], np.array(ctx["Vfull"])
+    P, eps, thr = ctx["P"], 1e-6, float(params.get("similarity_threshold", 0))
+    if B >= P:
+        return V
+    unit = lambda x: x / max(np.linalg.norm(x), eps)  # noqa: E731
+    acc, wsum = {t: np.zeros(V.shape[1]) for t in kept}, dict.fromkeys(kept, 0.0)
+    for e in range(P):
+        if e in wsum:
+            continue
+        sims = [float(unit(K[e]) @ unit(K[t])) for t in kept]
+        i = int(np.argmax(sims))                      # first maximum: the lower position
+        if sims[i] < thr:
+            continue
+        t = kept[i]
+        ne, nt = np.linalg.norm(ctx["Vfull"][e]), np.linalg.norm(ctx["Vfull"][t])
+        w = max(sims[i], 0.0) * ne / (ne + nt + eps)
+        acc[t] += w * ctx["Vfull"][e]
+        wsum[t] += w
+    for t in kept:
+        if wsum[t] > 0:
+            V[t] = (ctx["Vfull"][t] + acc[t]) / (1 + wsum[t])
+    return V
+
+
+ref_replay.PREFILL_SELECT.update(merging=sel_merging)
+ref_replay.PREFILL_VALUES.update(merging=val_merging)
+
+
+def enc_think(params, ctx, B, kept):
+    """ThinK: zero the floor(key_ratio * D) key channels of the kept prompt entries with the
+    lowest mean_window(q^2) * mean_entries(k^2); bytes of a channel-pruned store + its mask."""
+    K = np.array(ctx["Kfull"])
+    n, D = ctx["n"], K.shape[1]
+    P, g = ctx["P"], ctx["g"]
+    G = len(ctx["QA"]) // len(ctx["KA"])
+    w, npr = int(params.get("window", 32)), int(math.floor(float(params.get("key_ratio", 0)) * D))
+    full = (len(kept) + n - P) * 4 * D
+    if npr == 0 or not kept:
+        return K, full
+    qn = np.mean([ctx["QA"][h][P - w:P] ** 2 for h in range(g * G, (g + 1) * G)], axis=(0, 1))
+    kn = (K[kept] ** 2).mean(0)
+    low = order(-(qn * kn))[:npr]         # lowest scores, ties: lower channel
+    for j in kept:
+        K[j, low] = 0.0
+    return K, full - len(kept) * 2 * npr + math.ceil(D / 8)
+
+
+def _compose(sel, enc):
+    """'EVICT + think': the eviction's kept entries, then the encoder on them (params["_enc"])."""
+    return (lambda params, ctx, B: sel(params, ctx, B),
+            lambda params, ctx, B, kept: enc(params["_enc"], ctx, B, kept))
+
+
+ref_replay.PREFILL_SELECT.update(think=lambda params, ctx, B: keep_all(ctx["P"]))
+ref_replay.PREFILL_ENCODE.update(think=enc_think)
+_s, _e = _compose(sel_snapkv, enc_think)
+ref_replay.PREFILL_SELECT["snapkv+think"] = _s
+ref_replay.PREFILL_ENCODE["snapkv+think"] = _e
+
+
+def sel_criticaladakv(params, ctx, B):
+    """kvpress CriticalAdaKVPress, as the reference marks entries: the dtype's maximum."""
+    P = ctx["P"]
+    if B >= P:
+        return keep_all(P)
+    MAX = np.finfo(np.float64).max
+    s = _kvp_scores(params, ctx)
+    Hkv, G, D = len(ctx["KA"]), len(ctx["QA"]) // len(ctx["KA"]), ctx["K"].shape[1]
+    alpha, fsr, eps = (float(params.get(k, d)) for k, d in (("alpha", 0.2), ("first_stage_ratio", 0.5), ("epsilon", 1e-4)))
+    n_safe = int(B * alpha)
+    for g in range(Hkv):
+        s[g, top(s[g], n_safe)] = MAX
+    flat = top(s.reshape(-1), Hkv * B)
+    budgets = [sum(1 for i in flat if i // P == g) for g in range(Hkv)]
+    g = ctx["g"]
+    sg = s[g].copy()
+    sg[top(sg, int(budgets[g] * fsr))] = MAX
+    WO, V = ctx["WO"], ctx["Vfull"][:P]
+    u = np.mean([np.abs(V @ WO[h * D:(h + 1) * D]).sum(1) for h in range(g * G, (g + 1) * G)], 0)
+    with np.errstate(over="ignore"):
+        s2 = (sg + eps) * u
+    return top(s2, budgets[g])
+
+
+ref_replay.PREFILL_SELECT.update(criticaladakv=sel_criticaladakv)
+
+
+def sel_chunk(params, ctx, B):
+    """kvpress ChunkPress over SnapKVPress: each chunk scored on its own keys and window."""
+    P, L = ctx["P"], int(params.get("chunk", 1024))
+    o = snap_opts(params, "kvpress")
+    w, QA, KA, g = o["window"], ctx["QA"], ctx["KA"], ctx["g"]
+    Hkv, G = len(KA), len(QA) // len(KA)
+    kept = []
+    for a in range(0, P, L):
+        Lc = min(L, P - a)
+        nk = Lc if B >= P else max(1, (Lc * B) // P)
+        if nk >= Lc:
+            kept += list(range(a, a + Lc))
+            continue
+        if Lc <= w:
+            kept += list(range(a + Lc - nk, a + Lc))
+            continue
+        pre = np.array([snap_prefix_scores(o, [q[a:a + Lc] for q in QA[h * G:(h + 1) * G]], KA[h][a:a + Lc], Lc,
+                                           ctx["scale"]) for h in range(Hkv)])
+        s = np.concatenate([pre[g], np.full(w, pre.max())])
+        kept += [a + j for j in top(s, nk)]
+    return sorted(kept)
+
+
+ref_replay.PREFILL_SELECT.update(chunk=sel_chunk)

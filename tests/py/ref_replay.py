@@ -23,7 +23,8 @@ Extension points (for h2o, snapkv, ...):
         query head h sees at decode position t (Quest); ctx as PREFILL_SELECT's.
     Added for the eviction strategies: prefill ctx also has QA [H][P][D] and KA [HKV][P][D]
     (every head: AdaKV allocates across kv heads), Kfull [n][D] (kv head g, decode keys
-    included: Quest pages them) and seq; online ctx has Q [G][n][D].
+    included: Quest pages them) and seq; online ctx has Q [G][n][D]. Prefill ctx["WO"]: the
+    layer's read-out W_O [H*D][C] (None without a read-out; criticalkv).
 Ties are broken by lower position everywhere (stable sorts on (-score, position)).
 """
 import math
@@ -134,6 +135,13 @@ ONLINE_EVICT = {"full": ev_full, "streaming": ev_streaming, "knorm": ev_knorm}
 
 DECODE_SELECT = {}
 
+# PREFILL_VALUES[strategy](params, ctx, B, kept) -> [n][D] value rows of kv head ctx.g with the
+# kept entries' values replaced (merging folds evicted values into kept ones; keys unchanged).
+PREFILL_VALUES = {}
+# PREFILL_ENCODE[strategy](params, ctx, B, kept) -> ([n][D] key rows of kv head ctx.g as the
+# encoded cache holds them, its bytes without the position indices) (think prunes key channels).
+PREFILL_ENCODE = {}
+
 
 # ---- replay ---------------------------------------------------------------------------
 
@@ -212,13 +220,21 @@ def replay(path, mode, configs, decode=None):
                 Q, K, Vv = lay[l]["q"][s], lay[l]["k"][s], lay[l]["v"][s]
                 for g in range(HKV):
                     heads = range(g * G, (g + 1) * G)
+                    Vc = Vv[g]          # value rows the compressed cache holds (PREFILL_VALUES)
+                    Kc, enc_bytes = K[g], None    # key rows and bytes of an encoder (PREFILL_ENCODE)
                     if mode == "prefill":
                         B = resolve_budget(budget, P)
                         ctx = dict(Q=Q[g * G:(g + 1) * G, :P], K=K[g, :P], V=Vv[g, :P], P=P, g=g, layer=l,
                                    QA=Q[:, :P], KA=K[:, :P], Kfull=K[g], seq=s,
                                    n_layers=L, scale=scale, n=n, Qall=Q[g * G:(g + 1) * G], rope_cos=rcos,
                                    rope_sin=rsin, rope_layout=str(A.get("rope_layout", "rotate_half")))
+                        ctx["WO"] = ro["w_o"][l] if ro is not None else None  # [H*D][C] (criticalkv)
+                        ctx["Vfull"] = Vv[g]  # rows [T][D] (merging)
                         kept = list(PREFILL_SELECT[strat](params, ctx, B))
+                        if strat in PREFILL_VALUES:
+                            Vc = PREFILL_VALUES[strat](params, ctx, B, kept)
+                        if strat in PREFILL_ENCODE:
+                            Kc, enc_bytes = PREFILL_ENCODE[strat](params, ctx, B, kept)
                         caches = {t: kept + list(range(P, t + 1)) for t in range(P, n)}
                     else:
                         B = resolve_budget(budget, n)
@@ -239,7 +255,7 @@ def replay(path, mode, configs, decode=None):
                             c = DECODE_SELECT[strat](params, ctx, c0, Q[h, t], h, t, B) if strat in DECODE_SELECT else c0
                             p, lp, o = attend(Q[h, t], K[g], Vv[g], list(range(t + 1)), scale)
                             kk = reindex_keys(K[g], c, t, rcos, rsin) if params.get("reindex") else None
-                            pc, lpc, oc = attend(Q[h, t], K[g], Vv[g], c, scale, kk)
+                            pc, lpc, oc = attend(Q[h, t], Kc, Vc, c, scale, kk)
                             pt = np.zeros(t + 1)
                             pt[c] = pc
                             no, nc = np.linalg.norm(o), np.linalg.norm(oc)
@@ -258,7 +274,7 @@ def replay(path, mode, configs, decode=None):
                             ph[(l, h)]["budget"] += len(c)
                             dO[l, t - E0, h * D:(h + 1) * D] = oc - o
                     last = caches[n - 1]
-                    kvb += len(last) * 4 * D + (4 * len(last) if len(last) < n else 0)
+                    kvb += (len(last) * 4 * D if enc_bytes is None else enc_bytes) + (4 * len(last) if len(last) < n else 0)
                     fullb += n * 4 * D
             row = dict(n_query=n - E0, keep_frac=acc["keep"] / acc["n"], kv_bytes=kvb, full_bytes=fullb,
                        ratio=fullb / kvb, attn_cos=acc["cos"] / acc["n"], out_cos=acc["ocos"] / acc["n"],

@@ -1,7 +1,7 @@
 #!/bin/sh
 # kvreport's LaTeX tables compile in a standard article with no overfull box: the pivot
 # (a float at \columnwidth, and a longtable above 40 rows), the summary (a longtable of the
-# default sweep's configurations (more than 40) at \textwidth) and a ratio-column pivot. Skipped (exit
+# default sweep's configurations (over a hundred) at \textwidth) and a ratio-column pivot. Skipped (exit
 # 77) when pdflatex, booktabs or longtable is missing (Debian: texlive-latex-base and
 # texlive-latex-recommended; not a build requirement).
 set -u
@@ -20,7 +20,7 @@ for sty in booktabs longtable array; do
 done
 fails=0
 
-# the default sweep on 2 sequences (more than 40 configurations: the summary is a longtable), and a
+# the default sweep on 2 sequences (over a hundred configurations: the summary is a longtable), and a
 # sweep of 46 strategies x 2 budgets (the pivot is a longtable)
 "$R" run "$TRACE" --sweep "$KV_ROOT/sweeps/default.sweep" --seqs 0,1 -o "$T/def" 2> "$T/run.err" || { cat "$T/run.err"; exit 1; }
 sinks=$(seq -s, 0 44)

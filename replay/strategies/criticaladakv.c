@@ -1,0 +1,123 @@
+/* criticaladakv — criticalkv's two stages inside AdaKV's head-adaptive budgets: the kv heads
+ * of a layer share Hkv * B entries.
+ *
+ * Rule (prefill protocol, one layer):
+ *   1. s[g][j]: the base score — SnapKV's observation-window score, window padded with the
+ *      layer's maximum (kvp_score.h; kvpress SnapKVPress.score).
+ *   2. Budgets (adakv's allocation, adakv.h): each head reserves its n_safe = floor(alpha * B)
+ *      best entries; the layer's Hkv * B best scores (reserved ones first) give head g its
+ *      budget B_g = the number of them in head g.
+ *   3. Stage 1: head g pins its max(n_safe, floor(first_stage_ratio * B_g)) best entries by s
+ *      (the reserved ones and the stage-1 choice of the reference, ties: lower position).
+ *   4. Stage 2: u[g][j] = mean over g's query heads h of ||v_j W_O[h]||_1 (criticalkv.h);
+ *      head g keeps its pinned entries and fills B_g with the best (s + epsilon) * u.
+ *   B >= P keeps everything. Heads keep different numbers of entries; the layer keeps Hkv * B.
+ * Needs a trace with a read-out (/readout/w_o); window < P.
+ * Defaults: alpha=0.2, epsilon=1e-4, first_stage_ratio=0.5 (kvpress CriticalAdaKVPress:
+ * alpha_safeguard 0.20); base press SnapKV with kvpress's defaults (preset=kvpress).
+ * Reference: Feng et al. 2025, "Identify Critical KV Cache in LLM Inference from an Output
+ * Perturbation Perspective" (arXiv 2502.03805; github.com/FFY0/AdaKV); NVIDIA/kvpress
+ * CriticalAdaKVPress (presses/criticalkv_press.py).
+ * Differences: the reference marks pinned entries with the dtype's maximum and multiplies
+ * them by u in stage 2 (a value that can overflow to inf); here they are pinned by a flag, the
+ * same selection whenever u > 0. Budgets from B = round(keep * P) (kvpress int(P * keep)).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "adakv.h"
+#include "criticalkv.h"
+#include "evict_util.h"
+#include "kvp_score.h"
+#include "strategy.h"
+
+typedef struct criticaladakv_cfg { double alpha, ratio, eps; snapkv_opts o; } criticaladakv_cfg;
+
+static const rp_param_def criticaladakv_params[] = {
+    { "alpha", RP_FLOAT, "0.2", 0, 1, NULL, "safeguard: each head keeps at least floor(alpha * B) entries" },
+    { "first_stage_ratio", RP_FLOAT, "0.5", 0, 1, NULL, "fraction of a head's budget chosen by the base score alone" },
+    { "epsilon", RP_FLOAT, "1e-4", 0, 1e9, NULL, "added to the base score before weighting by ||v W_O||_1" },
+    KVP_SCORER_PARAMS,
+};
+
+static int criticaladakv_configure(const double *v, void **cfg, char *err, size_t errlen)
+{
+    criticaladakv_cfg *c = malloc(sizeof *c);
+    if (!c) return -1;
+    c->alpha = v[0];
+    c->ratio = v[1];
+    c->eps = v[2];
+    if (kvp_scorer_resolve(v + 3, &c->o, "criticaladakv", err, errlen)) { free(c); return -1; }
+    *cfg = c;
+    return 0;
+}
+
+static void criticaladakv_free(void *cfg) { free(cfg); }
+
+static int criticaladakv_check_budget(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen)
+{
+    return B < P ? kvp_check_window(&((const criticaladakv_cfg *)cfg)->o, "criticaladakv", P, err, errlen) : 0;
+}
+
+/* Steps 3-4 for head g with budget Bg: kept positions (ascending) into kept, count returned. */
+static size_t head_select(const criticaladakv_cfg *c, const double *s, const double *u, size_t P, size_t B, size_t Bg,
+                          double *s2, int32_t *kept)
+{
+    size_t nsafe = (size_t)floor(c->alpha * (double)B), n1 = (size_t)floor(c->ratio * (double)Bg);
+    size_t npin = rp_topk(s, P, nsafe > n1 ? nsafe : n1, kept);
+    for (size_t j = 0; j < P; j++) s2[j] = (s[j] + c->eps) * u[j];
+    for (size_t i = 0; i < npin; i++) s2[kept[i]] = INFINITY;
+    return rp_topk(s2, P, Bg, kept);
+}
+
+static int criticaladakv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
+                                 char *err, size_t errlen)
+{
+    const criticaladakv_cfg *c = cfg;
+    size_t P = ctx->P, Hkv = ctx->Hkv;
+    double *score = malloc(Hkv * P * sizeof *score), *u = malloc(P * sizeof *u), *s2 = malloc(P * sizeof *s2);
+    uint8_t *keep = malloc(Hkv * P);
+    int32_t *kept = malloc(P * sizeof *kept);
+    int rc = -1;
+    if (!score || !u || !s2 || !keep || !kept) { rp_failf(err, errlen, "out of memory"); goto done; }
+    if (B >= P) {
+        for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
+        for (size_t g = 0; g < Hkv; g++)
+            if (ev_push_kept(ctx, g, kept, P, &out[g])) goto done;
+        rc = 0;
+        goto done;
+    }
+    const float *wo = NULL;
+    size_t C = 0;
+    if (criticalkv_w_o(ctx, "criticaladakv", &wo, &C, err, errlen)) goto done;
+    if (kvp_check_window(&c->o, "criticaladakv", P, err, errlen) || kvp_window_scores(&c->o, ctx, score)) goto done;
+    if (adakv_allocate(score, Hkv, P, B, c->alpha, keep) == (size_t)-1) goto done;
+    for (size_t g = 0; g < Hkv; g++) {
+        size_t Bg = 0;
+        for (size_t j = 0; j < P; j++) Bg += keep[g * P + j];
+        if (criticalkv_value_norms(ctx, g, wo, C, u)) goto done;
+        size_t m = head_select(c, score + g * P, u, P, B, Bg, s2, kept);
+        if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
+    }
+    rc = 0;
+done:
+    free(score); free(u); free(s2); free(keep); free(kept);
+    return rc;
+}
+
+const rp_strategy rp_strategy_criticaladakv = {
+    .name = "criticaladakv",
+    .summary = "criticalkv's two stages within AdaKV's head-adaptive budgets (layer shares Hkv * B entries)",
+    .reference = "Feng et al. 2025 (arXiv 2502.03805), github.com/FFY0/AdaKV; kvpress CriticalAdaKVPress over "
+                 "SnapKVPress (alpha=0.2, first_stage_ratio=0.5, epsilon=1e-4; Hkv * B per layer)",
+    .kind = RP_EVICT,
+    .protocols = RP_PREFILL,
+    .needs_budget = 1,
+    .params = criticaladakv_params,
+    .n_params = sizeof criticaladakv_params / sizeof criticaladakv_params[0],
+    .configure = criticaladakv_configure,
+    .free_cfg = criticaladakv_free,
+    .check_budget = criticaladakv_check_budget,
+    .prefill = criticaladakv_prefill,
+};

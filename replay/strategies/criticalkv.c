@@ -1,0 +1,142 @@
+/* criticalkv — two-stage selection: half of the budget by the base score, the rest by the
+ * base score weighted with how much each value moves the layer's output, ||v W_O_h||_1.
+ *
+ * Rule (prefill protocol, per kv head g with query heads h = gG .. gG + G - 1):
+ *   1. s[j]: the base score — SnapKV's observation-window score, window padded with the
+ *      layer's maximum (kvp_score.h; kvpress SnapKVPress.score).
+ *   2. Stage 1: the n1 = floor(first_stage_ratio * B) best entries by s are kept.
+ *   3. Stage 2: u[j] = mean over the G query heads h of ||v_j W_O[h]||_1, where W_O[h] is the
+ *      [D][C] block of the trace's read-out W_O (rows hD .. hD + D - 1) of this layer;
+ *      s2[j] = (s[j] + epsilon) * u[j], and the stage-1 entries rank first.
+ *   4. Keep the B best by s2 (ties: lower position). B >= P keeps everything.
+ * Needs a trace with a read-out (/readout/w_o); window < P.
+ * Defaults: first_stage_ratio=0.5, epsilon=1e-4 (kvpress CriticalKVPress); base press SnapKV
+ * with kvpress's defaults (preset=kvpress: window 64, kernel 5, avg pooling, window rows
+ * averaged, group mean). kvpress's examples pair CriticalKV with SnapKV or
+ * ExpectedAttention; SnapKV is the base here (shared window sums, replay/shared.h).
+ * Reference: Feng et al. 2025, "Identify Critical KV Cache in LLM Inference from an Output
+ * Perturbation Perspective" (arXiv 2502.03805; github.com/FFY0/AdaKV, CriticalKV); NVIDIA/kvpress
+ * CriticalKVPress (presses/criticalkv_press.py).
+ * Differences: stage 1 keeps floor(first_stage_ratio * B) with B = round(keep * P), kvpress
+ * int((1 - compression_ratio) * P * first_stage_ratio): equal up to the rounding of the
+ * budget. The norms are computed in double from the fp16-rounded trace values (the
+ * reference: model dtype). Stage-1 entries get +inf instead of the dtype's maximum (the
+ * same ranking).
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "criticalkv.h"
+#include "evict_util.h"
+#include "kvp_score.h"
+#include "strategy.h"
+
+typedef struct criticalkv_cfg { double ratio, eps; snapkv_opts o; } criticalkv_cfg;
+
+static const rp_param_def criticalkv_params[] = {
+    { "first_stage_ratio", RP_FLOAT, "0.5", 0, 1, NULL, "fraction of the budget chosen by the base score alone" },
+    { "epsilon", RP_FLOAT, "1e-4", 0, 1e9, NULL, "added to the base score before weighting by ||v W_O||_1" },
+    KVP_SCORER_PARAMS,
+};
+
+static int criticalkv_configure(const double *v, void **cfg, char *err, size_t errlen)
+{
+    criticalkv_cfg *c = malloc(sizeof *c);
+    if (!c) return -1;
+    c->ratio = v[0];
+    c->eps = v[1];
+    if (kvp_scorer_resolve(v + 2, &c->o, "criticalkv", err, errlen)) { free(c); return -1; }
+    *cfg = c;
+    return 0;
+}
+
+static void criticalkv_free(void *cfg) { free(cfg); }
+
+static int criticalkv_check_budget(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen)
+{
+    return B < P ? kvp_check_window(&((const criticalkv_cfg *)cfg)->o, "criticalkv", P, err, errlen) : 0;
+}
+
+/* Step 3's u (criticalkv.h). */
+int criticalkv_value_norms(const rp_layer_ctx *ctx, size_t g, const float *wo, size_t C, double *u)
+{
+    size_t D = ctx->D, G = ctx->G;
+    double *row = malloc(C * sizeof *row);
+    if (!row) return -1;
+    for (size_t j = 0; j < ctx->P; j++) {
+        const float *v = ctx->v + (g * ctx->n + j) * D;
+        double tot = 0;
+        for (size_t i = 0; i < G; i++) {
+            const float *w = wo + (g * G + i) * D * C;
+            for (size_t c = 0; c < C; c++) row[c] = 0;
+            for (size_t d = 0; d < D; d++)
+                for (size_t c = 0; c < C; c++) row[c] += (double)v[d] * (double)w[d * C + c];
+            for (size_t c = 0; c < C; c++) tot += fabs(row[c]);
+        }
+        u[j] = tot / (double)G;
+    }
+    free(row);
+    return 0;
+}
+
+int criticalkv_w_o(const rp_layer_ctx *ctx, const char *who, const float **wo, size_t *C, char *err, size_t errlen)
+{
+    int wr = ctx->w_o ? ctx->w_o(ctx, wo, C) : -1;
+    if (wr == -1)
+        return rp_failf(err, errlen, "%s: needs the trace's read-out W_O (/readout/w_o), which this trace lacks", who);
+    if (wr) return rp_failf(err, errlen, "%s: cannot read the layer's W_O (out of memory or a read error)", who);
+    return 0;
+}
+
+static int criticalkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
+                              char *err, size_t errlen)
+{
+    const criticalkv_cfg *c = cfg;
+    size_t P = ctx->P, Hkv = ctx->Hkv;
+    double *score = malloc(Hkv * P * sizeof *score), *u = malloc(P * sizeof *u);
+    int32_t *kept = malloc(P * sizeof *kept);
+    int rc = -1;
+    if (!score || !u || !kept) { rp_failf(err, errlen, "out of memory"); goto done; }
+    if (B >= P) {
+        for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
+        for (size_t g = 0; g < Hkv; g++)
+            if (ev_push_kept(ctx, g, kept, P, &out[g])) goto done;
+        rc = 0;
+        goto done;
+    }
+    const float *wo = NULL;
+    size_t C = 0;
+    if (criticalkv_w_o(ctx, "criticalkv", &wo, &C, err, errlen)) goto done;
+    if (kvp_check_window(&c->o, "criticalkv", P, err, errlen)) goto done;
+    if (kvp_window_scores(&c->o, ctx, score)) goto done;
+    size_t n1 = (size_t)floor(c->ratio * (double)B);
+    for (size_t g = 0; g < Hkv; g++) {
+        double *s = score + g * P;
+        size_t m1 = rp_topk(s, P, n1, kept);
+        if (criticalkv_value_norms(ctx, g, wo, C, u)) goto done;
+        for (size_t j = 0; j < P; j++) s[j] = (s[j] + c->eps) * u[j];
+        for (size_t i = 0; i < m1; i++) s[kept[i]] = INFINITY;
+        size_t m = rp_topk(s, P, B, kept);
+        if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
+    }
+    rc = 0;
+done:
+    free(score); free(u); free(kept);
+    return rc;
+}
+
+const rp_strategy rp_strategy_criticalkv = {
+    .name = "criticalkv",
+    .summary = "two stages: first_stage_ratio of the budget by SnapKV score, the rest by (score + eps) * ||v W_O||_1",
+    .reference = "Feng et al. 2025 (arXiv 2502.03805); kvpress CriticalKVPress over SnapKVPress (first_stage_ratio=0.5, "
+                 "epsilon=1e-4; stage 1 keeps floor(ratio * B), B per kv head)",
+    .kind = RP_EVICT,
+    .protocols = RP_PREFILL,
+    .needs_budget = 1,
+    .params = criticalkv_params,
+    .n_params = sizeof criticalkv_params / sizeof criticalkv_params[0],
+    .configure = criticalkv_configure,
+    .free_cfg = criticalkv_free,
+    .check_budget = criticalkv_check_budget,
+    .prefill = criticalkv_prefill,
+};

@@ -1,0 +1,30 @@
+/* The base score of kvpress's wrapper presses (chunkkv, criticalkv): SnapKV's observation
+ * window score as kvpress's SnapKVPress.score returns it, the window itself padded with the
+ * layer's maximum score so that it ranks first. Not a strategy: no entry in list.h. */
+#ifndef KV_STRAT_KVP_SCORE_H
+#define KV_STRAT_KVP_SCORE_H
+
+#include <stddef.h>
+
+#include "snapkv.h"
+#include "strategy.h"
+
+/* score [Hkv][P]: kv head g's SnapKV prefix scores (snapkv_head_score, from the shared window
+ * sums) at [0, P - w) and, at the window [P - w, P), the maximum prefix score over every kv
+ * head of the layer. Requires w < P. 0 ok, -1 out of memory. */
+int kvp_window_scores(const snapkv_opts *o, const rp_layer_ctx *ctx, double *score);
+
+/* The parameters every wrapper shares, declared in this order after its own: preset, window,
+ * kernel (the SnapKV scorer's; preset kvpress by default). */
+#define KVP_SCORER_PARAMS \
+    { "preset", RP_ENUM, "kvpress", 0, 0, "snapkv|kvpress|factory", "base scorer: SnapKV with these defaults" }, \
+    { "window", RP_INT, "-1", -1, 1e9, NULL, "observation window w (-1: the preset's)" }, \
+    { "kernel", RP_INT, "-1", -1, 1e9, NULL, "pooling kernel, odd (-1: the preset's)" }
+
+/* Resolve those three values (v[0..3)) into o. 0 ok, -1 with one line in err. */
+int kvp_scorer_resolve(const double *v, snapkv_opts *o, const char *who, char *err, size_t errlen);
+
+/* check_budget for wrappers whose scorer needs a window shorter than the prompt. */
+int kvp_check_window(const snapkv_opts *o, const char *who, size_t P, char *err, size_t errlen);
+
+#endif /* KV_STRAT_KVP_SCORE_H */
