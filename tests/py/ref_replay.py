@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Independent numpy reference of `kvreplay run` (DESIGN §3 protocols, §4 metrics), written
+"""Independent numpy reference of `kvreplay run` (docs/METHODS.md: protocols and metrics), written
 from the spec's definitions — not a port of replay/engine.c. Float64 throughout, from the
 trace's f16 values.
 

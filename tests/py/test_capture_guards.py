@@ -1,4 +1,4 @@
-"""kvcapture's guards (issue 13 §3):
+"""kvcapture's guards:
   1. -o EXISTING is refused (exit 1, one line, the file unchanged byte for byte); --force
      replaces it with the new trace; a --force capture that fails leaves the old file as it was;
   2. an interpreter without one of the Python modules (numpy, h5py, torch) gets one line naming

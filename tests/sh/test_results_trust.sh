@@ -1,5 +1,5 @@
 #!/bin/sh
-# kvreport reads results as untrusted input (issue 13 §3): only regular files, with a size
+# kvreport reads results as untrusted input: only regular files, with a size
 # cap (a symlink to /dev/zero or /dev/urandom, a FIFO, a 2 GiB sparse file are refused at
 # once), every column in its documented domain (replay/RESULTS.md "Value domains"), refused
 # with file:line and the column; duplicate rows refused; a missing per_head.csv handled (the

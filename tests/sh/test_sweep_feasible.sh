@@ -1,5 +1,5 @@
 #!/bin/sh
-# A sweep is checked against every evaluated sequence before any work (issue 13 §3): on
+# A sweep is checked against every evaluated sequence before any work: on
 # traces/sample_qa.h5 (prompts of 151, 182, 107, 174, 108, 159 tokens) SnapKV and PyramidKV
 # with window=100 at keep=0.7 (budget 75 on the 107-token prompt) and h2o budget=150 cannot run
 # on sequences 2 and 4: kvreplay run names all three configurations and both sequences, one

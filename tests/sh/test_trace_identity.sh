@@ -1,5 +1,5 @@
 #!/bin/sh
-# kvreport --trace T checks T against the results' provenance (issue 13 §3): a trace whose
+# kvreport --trace T checks T against the results' provenance: a trace whose
 # SHA-256 is not trace_sha256 is refused in one line; --force-trace accepts it and report.md
 # says so; the right trace is accepted silently.
 set -u

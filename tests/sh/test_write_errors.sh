@@ -1,5 +1,5 @@
 #!/bin/sh
-# Write errors are reported, not fatal signals (issue 13 §3): under `ulimit -f` (SIGXFSZ on a
+# Write errors are reported, not fatal signals: under `ulimit -f` (SIGXFSZ on a
 # write past the limit) kvreplay run, kvreplay merge and kvreport print one line naming the file
 # and errno's text ("File too large") and exit 1, instead of dying of SIGXFSZ with no message.
 # Report directories get the mode of a new directory (0777 & ~umask), not mkdtemp's 0700.

@@ -1,4 +1,4 @@
-/* The per-row metrics of replay/metric.h against the naive formulas of DESIGN §4, computed
+/* The per-row metrics of replay/metric.h against the naive formulas of docs/METHODS.md, computed
  * here in double from scratch: p = softmax of the full logits over the window, q~ over
  * positions from the compressed logits (a merged entry's q split equally among its members),
  * then cos / KL / recall / output cosine and relative error by their definitions.
