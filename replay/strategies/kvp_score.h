@@ -1,6 +1,7 @@
-/* The base score of kvpress's wrapper presses (chunkkv, criticalkv): SnapKV's observation
- * window score as kvpress's SnapKVPress.score returns it, the window itself padded with the
- * layer's maximum score so that it ranks first. Not a strategy: no entry in list.h. */
+/* What kvpress's wrapper presses (chunk, chunkkv, criticalkv, criticaladakv, merging) share: the
+ * base score, SnapKV's observation window score as kvpress's SnapKVPress.score returns it (the
+ * window itself padded with the layer's maximum score so that it ranks first), their scorer
+ * parameters and their configuration. Not a strategy: no entry in list.h. */
 #ifndef KV_STRAT_KVP_SCORE_H
 #define KV_STRAT_KVP_SCORE_H
 
