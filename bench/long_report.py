@@ -13,13 +13,7 @@ import math
 import os
 import sys
 
-
-def rows(out, name):
-    p = os.path.join(out, name)
-    if not os.path.exists(p):
-        return []
-    with open(p, newline="") as f:
-        return list(csv.DictReader(f))
+from summary import rows  # the CSV reader the bench reports share
 
 
 def shape(out, T):

@@ -81,6 +81,35 @@ def causal(T):
     return torch.ones(T, T, dtype=torch.bool).tril()
 
 
+def prompt_mask(name, kv, P, B, G, grp, width, window_probs, where):
+    """The prompt entries a static prefill cache of B < P entries keeps: bool [G, width]
+    (width >= P). window_probs(w) gives SnapKV's attention of the last w prompt rows on the
+    prefix, softmax summed over those rows: [H, P - w]. where ends the unsupported message."""
+    mask = torch.zeros(G, width, dtype=torch.bool)
+    if name == "streaming":
+        sinks = min(int(kv.get("sinks", 4)), B)
+        mask[:, :sinks] = True
+        if B > sinks:
+            mask[:, P - (B - sinks):P] = True
+    elif name == "snapkv":
+        w = min(int(kv.get("window", 32)), P)
+        ker = int(kv.get("kernel", 5))
+        pool = kv.get("pool", "avg")
+        mask[:, P - w:P] = True
+        if B > w and P - w > 0:
+            p = window_probs(w)                                 # [H, P-w]
+            if ker > 1:
+                pad = ker // 2
+                f = torch.nn.functional.max_pool1d if pool == "max" else torch.nn.functional.avg_pool1d
+                p = f(p.unsqueeze(1), ker, 1, pad).squeeze(1)
+            p = p.view(G, grp, -1).mean(1)                      # [G, P-w] (GQA mean)
+            order = torch.sort(p, dim=-1, descending=True, stable=True).indices[:, :B - w]
+            mask.scatter_(1, order, True)
+    else:
+        raise ValueError(f"strategy '{name}' is not supported {where}")
+    return mask
+
+
 def keep_prefill(name, kv, s_full, grp, P, n):
     """s_full [H, T, T] logits (masked -inf); returns keep [G, T, T]."""
     H, T, _ = s_full.shape
@@ -91,31 +120,12 @@ def keep_prefill(name, kv, s_full, grp, P, n):
     B = budget_of(kv, P)
     if B >= P:
         return keep
-    prompt = torch.zeros(G, T, dtype=torch.bool)
-    if name == "streaming":
-        sinks = min(int(kv.get("sinks", 4)), B)
-        prompt[:, :sinks] = True
-        if B > sinks:
-            prompt[:, P - (B - sinks):P] = True
-    elif name == "snapkv":
-        w = min(int(kv.get("window", 32)), P)
-        ker = int(kv.get("kernel", 5))
-        pool = kv.get("pool", "avg")
-        prompt[:, P - w:P] = True
-        if B > w and P - w > 0:
-            s = s_full[:, P - w:P, :]                          # [H, w, T]
-            p = torch.softmax(s, dim=-1)[:, :, :P - w].sum(1)  # [H, P-w]
-            if ker > 1:
-                pad = ker // 2
-                if pool == "max":
-                    p = torch.nn.functional.max_pool1d(p.unsqueeze(1), ker, 1, pad).squeeze(1)
-                else:
-                    p = torch.nn.functional.avg_pool1d(p.unsqueeze(1), ker, 1, pad).squeeze(1)
-            p = p.view(G, grp, -1).mean(1)                      # [G, P-w]
-            order = torch.sort(p, dim=-1, descending=True, stable=True).indices[:, :B - w]
-            prompt.scatter_(1, order, True)
-    else:
-        raise ValueError(f"strategy '{name}' is not supported in prefill mode here")
+
+    def window_probs(w):
+        s = s_full[:, P - w:P, :]                               # [H, w, T]
+        return torch.softmax(s, dim=-1)[:, :, :P - w].sum(1)
+
+    prompt = prompt_mask(name, kv, P, B, G, grp, T, window_probs, "in prefill mode here")
     keep[:, P:, :P] = prompt[:, None, :P]
     return keep
 

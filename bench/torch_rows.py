@@ -52,34 +52,17 @@ def prompt_keep(name, kv, P, G, grp, q_win, k):
     B = ref.budget_of(kv, P)
     if B >= P:
         return None
-    keep = torch.zeros(G, P, dtype=torch.bool)
-    if name == "streaming":
-        sinks = min(int(kv.get("sinks", 4)), B)
-        keep[:, :sinks] = True
-        if B > sinks:
-            keep[:, P - (B - sinks):P] = True
-    elif name == "snapkv":
-        w = min(int(kv.get("window", 32)), P)
-        ker = int(kv.get("kernel", 5))
-        pool = kv.get("pool", "avg")
-        keep[:, P - w:P] = True
-        if B > w and P - w > 0:
-            H, D = q_win.shape[0], q_win.shape[2]
-            qw = q_win[:, q_win.shape[1] - w:]                                   # rows [P - w, P)
-            s = (qw.reshape(G, grp * w, D) @ k[:, :P].transpose(1, 2)).view(H, w, P)
-            s = q_scale(s)
-            rows = torch.arange(P - w, P)
-            s = s.masked_fill(torch.arange(P)[None, :] > rows[:, None], -math.inf)
-            p = torch.softmax(s, dim=-1)[:, :, :P - w].sum(1)           # [H, P - w]
-            if ker > 1:
-                pad = ker // 2
-                f = torch.nn.functional.max_pool1d if pool == "max" else torch.nn.functional.avg_pool1d
-                p = f(p.unsqueeze(1), ker, 1, pad).squeeze(1)
-            p = p.view(G, grp, -1).mean(1)                              # GQA mean
-            order = torch.sort(p, dim=-1, descending=True, stable=True).indices[:, :B - w]
-            keep.scatter_(1, order, True)
-    else:
-        raise ValueError(f"strategy '{name}' is not supported here")
+
+    def window_probs(w):
+        H, D = q_win.shape[0], q_win.shape[2]
+        qw = q_win[:, q_win.shape[1] - w:]                                   # rows [P - w, P)
+        s = (qw.reshape(G, grp * w, D) @ k[:, :P].transpose(1, 2)).view(H, w, P)
+        s = q_scale(s)
+        rows = torch.arange(P - w, P)
+        s = s.masked_fill(torch.arange(P)[None, :] > rows[:, None], -math.inf)
+        return torch.softmax(s, dim=-1)[:, :, :P - w].sum(1)           # [H, P - w]
+
+    keep = ref.prompt_mask(name, kv, P, B, G, grp, P, window_probs, "here")
     return torch.stack([torch.nonzero(keep[g]).squeeze(1) for g in range(G)])
 
 

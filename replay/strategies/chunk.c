@@ -30,7 +30,7 @@
 #include "kvp_score.h"
 #include "strategy.h"
 
-typedef struct chunk_cfg { size_t chunk; snapkv_opts o; } chunk_cfg;
+enum { CH_CHUNK };   /* kvp_cfg.own[]: the chunk length, an integer */
 
 static const rp_param_def chunk_params[] = {
     { "chunk", RP_INT, "1024", 1, 1e9, NULL, "chunk length (positions); each chunk keeps the same fraction" },
@@ -39,15 +39,8 @@ static const rp_param_def chunk_params[] = {
 
 static int chunk_configure(const double *v, void **cfg, char *err, size_t errlen)
 {
-    chunk_cfg *c = malloc(sizeof *c);
-    if (!c) return -1;
-    c->chunk = (size_t)v[0];
-    if (kvp_scorer_resolve(v + 1, &c->o, "chunk", err, errlen)) { free(c); return -1; }
-    *cfg = c;
-    return 0;
+    return kvp_configure(v, 1, "chunk", cfg, err, errlen);
 }
-
-static void chunk_free(void *cfg) { free(cfg); }
 
 /* attn [G][w][Lc]: chunk-local causal attention of kv head g's query heads, window rows. */
 static void chunk_window_attn(const rp_layer_ctx *ctx, size_t g, size_t a, size_t Lc, size_t w, float *attn,
@@ -74,8 +67,8 @@ static void chunk_window_attn(const rp_layer_ctx *ctx, size_t g, size_t a, size_
 static int chunk_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                          char *err, size_t errlen)
 {
-    const chunk_cfg *c = cfg;
-    size_t P = ctx->P, Hkv = ctx->Hkv, G = ctx->G, w = c->o.window, L = c->chunk;
+    const kvp_cfg *c = cfg;
+    size_t P = ctx->P, Hkv = ctx->Hkv, G = ctx->G, w = c->o.window, L = (size_t)c->own[CH_CHUNK];
     size_t cap = L < P ? L : P;
     double *score = malloc(Hkv * cap * sizeof *score), *lg = malloc(cap * sizeof *lg);
     float *attn = malloc(G * (w < cap ? w : cap) * cap * sizeof *attn);
@@ -132,6 +125,6 @@ const rp_strategy rp_strategy_chunk = {
     .params = chunk_params,
     .n_params = sizeof chunk_params / sizeof chunk_params[0],
     .configure = chunk_configure,
-    .free_cfg = chunk_free,
+    .free_cfg = kvp_free,
     .prefill = chunk_prefill,
 };

@@ -31,7 +31,7 @@
 #include "kvp_score.h"
 #include "strategy.h"
 
-typedef struct chunkkv_cfg { size_t chunk; snapkv_opts o; } chunkkv_cfg;
+enum { CK_CHUNK };   /* kvp_cfg.own[]: the chunk length, an integer */
 
 static const rp_param_def chunkkv_params[] = {
     { "chunk", RP_INT, "20", 1, 1e9, NULL, "chunk length L (entries)" },
@@ -40,26 +40,14 @@ static const rp_param_def chunkkv_params[] = {
 
 static int chunkkv_configure(const double *v, void **cfg, char *err, size_t errlen)
 {
-    chunkkv_cfg *c = malloc(sizeof *c);
-    if (!c) return -1;
-    c->chunk = (size_t)v[0];
-    if (kvp_scorer_resolve(v + 1, &c->o, "chunkkv", err, errlen)) { free(c); return -1; }
-    *cfg = c;
-    return 0;
-}
-
-static void chunkkv_free(void *cfg) { free(cfg); }
-
-static int chunkkv_check_budget(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen)
-{
-    return B < P ? kvp_check_window(&((const chunkkv_cfg *)cfg)->o, "chunkkv", P, err, errlen) : 0;
+    return kvp_configure(v, 1, "chunkkv", cfg, err, errlen);
 }
 
 /* The kept positions (ascending) of the chunk selection over the layer's scores. */
-static int chunk_select(const chunkkv_cfg *c, const double *score, size_t Hkv, size_t P, size_t B,
+static int chunk_select(const kvp_cfg *c, const double *score, size_t Hkv, size_t P, size_t B,
                         int32_t *kept, size_t *m)
 {
-    size_t L = c->chunk, nc = P / L, rem = P % L, nk = nc + (rem > 0);
+    size_t L = (size_t)c->own[CK_CHUNK], nc = P / L, rem = P % L, nk = nc + (rem > 0);
     double *cs = malloc(nk * sizeof *cs);
     int32_t *top = malloc(nk * sizeof *top);
     if (!cs || !top) { free(cs); free(top); return -1; }
@@ -88,7 +76,7 @@ static int chunk_select(const chunkkv_cfg *c, const double *score, size_t Hkv, s
 static int chunkkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                            char *err, size_t errlen)
 {
-    const chunkkv_cfg *c = cfg;
+    const kvp_cfg *c = cfg;
     size_t P = ctx->P, Hkv = ctx->Hkv, m = P;
     double *score = malloc(Hkv * P * sizeof *score);
     int32_t *kept = malloc(P * sizeof *kept);
@@ -98,7 +86,7 @@ static int chunkkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, r
     if (B < P) {
         if (kvp_check_window(&c->o, "chunkkv", P, err, errlen)) goto done;
         if (kvp_window_scores(&c->o, ctx, score)) goto done;
-        if (P < c->chunk) {     /* no whole chunk: the base press alone, per kv head */
+        if (P < (size_t)c->own[CK_CHUNK]) {     /* no whole chunk: the base press alone, per kv head */
             for (size_t g = 0; g < Hkv; g++) {
                 size_t mg = rp_topk(score + g * P, P, B, kept);
                 if (ev_push_kept(ctx, g, kept, mg, &out[g])) goto done;
@@ -127,7 +115,7 @@ const rp_strategy rp_strategy_chunkkv = {
     .params = chunkkv_params,
     .n_params = sizeof chunkkv_params / sizeof chunkkv_params[0],
     .configure = chunkkv_configure,
-    .free_cfg = chunkkv_free,
-    .check_budget = chunkkv_check_budget,
+    .free_cfg = kvp_free,
+    .check_budget = kvp_check_budget,
     .prefill = chunkkv_prefill,
 };

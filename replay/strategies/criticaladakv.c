@@ -32,7 +32,7 @@
 #include "kvp_score.h"
 #include "strategy.h"
 
-typedef struct criticaladakv_cfg { double alpha, ratio, eps; snapkv_opts o; } criticaladakv_cfg;
+enum { CA_ALPHA, CA_RATIO, CA_EPS };   /* kvp_cfg.own[] */
 
 static const rp_param_def criticaladakv_params[] = {
     { "alpha", RP_FLOAT, "0.2", 0, 1, NULL, "safeguard: each head keeps at least floor(alpha * B) entries" },
@@ -43,30 +43,16 @@ static const rp_param_def criticaladakv_params[] = {
 
 static int criticaladakv_configure(const double *v, void **cfg, char *err, size_t errlen)
 {
-    criticaladakv_cfg *c = malloc(sizeof *c);
-    if (!c) return -1;
-    c->alpha = v[0];
-    c->ratio = v[1];
-    c->eps = v[2];
-    if (kvp_scorer_resolve(v + 3, &c->o, "criticaladakv", err, errlen)) { free(c); return -1; }
-    *cfg = c;
-    return 0;
-}
-
-static void criticaladakv_free(void *cfg) { free(cfg); }
-
-static int criticaladakv_check_budget(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen)
-{
-    return B < P ? kvp_check_window(&((const criticaladakv_cfg *)cfg)->o, "criticaladakv", P, err, errlen) : 0;
+    return kvp_configure(v, 3, "criticaladakv", cfg, err, errlen);
 }
 
 /* Steps 3-4 for head g with budget Bg: kept positions (ascending) into kept, count returned. */
-static size_t head_select(const criticaladakv_cfg *c, const double *s, const double *u, size_t P, size_t B, size_t Bg,
+static size_t head_select(const kvp_cfg *c, const double *s, const double *u, size_t P, size_t B, size_t Bg,
                           double *s2, int32_t *kept)
 {
-    size_t nsafe = (size_t)floor(c->alpha * (double)B), n1 = (size_t)floor(c->ratio * (double)Bg);
+    size_t nsafe = (size_t)floor(c->own[CA_ALPHA] * (double)B), n1 = (size_t)floor(c->own[CA_RATIO] * (double)Bg);
     size_t npin = rp_topk(s, P, nsafe > n1 ? nsafe : n1, kept);
-    for (size_t j = 0; j < P; j++) s2[j] = (s[j] + c->eps) * u[j];
+    for (size_t j = 0; j < P; j++) s2[j] = (s[j] + c->own[CA_EPS]) * u[j];
     for (size_t i = 0; i < npin; i++) s2[kept[i]] = INFINITY;
     return rp_topk(s2, P, Bg, kept);
 }
@@ -74,7 +60,7 @@ static size_t head_select(const criticaladakv_cfg *c, const double *s, const dou
 static int criticaladakv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                                  char *err, size_t errlen)
 {
-    const criticaladakv_cfg *c = cfg;
+    const kvp_cfg *c = cfg;
     size_t P = ctx->P, Hkv = ctx->Hkv;
     double *score = malloc(Hkv * P * sizeof *score), *u = malloc(P * sizeof *u), *s2 = malloc(P * sizeof *s2);
     uint8_t *keep = malloc(Hkv * P);
@@ -82,17 +68,14 @@ static int criticaladakv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_
     int rc = -1;
     if (!score || !u || !s2 || !keep || !kept) { rp_failf(err, errlen, "out of memory"); goto done; }
     if (B >= P) {
-        for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
-        for (size_t g = 0; g < Hkv; g++)
-            if (ev_push_kept(ctx, g, kept, P, &out[g])) goto done;
-        rc = 0;
+        rc = kvp_keep_all(ctx, kept, out);
         goto done;
     }
     const float *wo = NULL;
     size_t C = 0;
     if (criticalkv_w_o(ctx, "criticaladakv", &wo, &C, err, errlen)) goto done;
     if (kvp_check_window(&c->o, "criticaladakv", P, err, errlen) || kvp_window_scores(&c->o, ctx, score)) goto done;
-    if (adakv_allocate(score, Hkv, P, B, c->alpha, keep) == (size_t)-1) goto done;
+    if (adakv_allocate(score, Hkv, P, B, c->own[CA_ALPHA], keep) == (size_t)-1) goto done;
     for (size_t g = 0; g < Hkv; g++) {
         size_t Bg = 0;
         for (size_t j = 0; j < P; j++) Bg += keep[g * P + j];
@@ -117,7 +100,7 @@ const rp_strategy rp_strategy_criticaladakv = {
     .params = criticaladakv_params,
     .n_params = sizeof criticaladakv_params / sizeof criticaladakv_params[0],
     .configure = criticaladakv_configure,
-    .free_cfg = criticaladakv_free,
-    .check_budget = criticaladakv_check_budget,
+    .free_cfg = kvp_free,
+    .check_budget = kvp_check_budget,
     .prefill = criticaladakv_prefill,
 };

@@ -31,7 +31,7 @@
 #include "kvp_score.h"
 #include "strategy.h"
 
-typedef struct criticalkv_cfg { double ratio, eps; snapkv_opts o; } criticalkv_cfg;
+enum { CK_RATIO, CK_EPS };   /* kvp_cfg.own[] */
 
 static const rp_param_def criticalkv_params[] = {
     { "first_stage_ratio", RP_FLOAT, "0.5", 0, 1, NULL, "fraction of the budget chosen by the base score alone" },
@@ -41,20 +41,7 @@ static const rp_param_def criticalkv_params[] = {
 
 static int criticalkv_configure(const double *v, void **cfg, char *err, size_t errlen)
 {
-    criticalkv_cfg *c = malloc(sizeof *c);
-    if (!c) return -1;
-    c->ratio = v[0];
-    c->eps = v[1];
-    if (kvp_scorer_resolve(v + 2, &c->o, "criticalkv", err, errlen)) { free(c); return -1; }
-    *cfg = c;
-    return 0;
-}
-
-static void criticalkv_free(void *cfg) { free(cfg); }
-
-static int criticalkv_check_budget(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen)
-{
-    return B < P ? kvp_check_window(&((const criticalkv_cfg *)cfg)->o, "criticalkv", P, err, errlen) : 0;
+    return kvp_configure(v, 2, "criticalkv", cfg, err, errlen);
 }
 
 /* Step 3's u (criticalkv.h). */
@@ -91,17 +78,14 @@ int criticalkv_w_o(const rp_layer_ctx *ctx, const char *who, const float **wo, s
 static int criticalkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                               char *err, size_t errlen)
 {
-    const criticalkv_cfg *c = cfg;
+    const kvp_cfg *c = cfg;
     size_t P = ctx->P, Hkv = ctx->Hkv;
     double *score = malloc(Hkv * P * sizeof *score), *u = malloc(P * sizeof *u);
     int32_t *kept = malloc(P * sizeof *kept);
     int rc = -1;
     if (!score || !u || !kept) { rp_failf(err, errlen, "out of memory"); goto done; }
     if (B >= P) {
-        for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
-        for (size_t g = 0; g < Hkv; g++)
-            if (ev_push_kept(ctx, g, kept, P, &out[g])) goto done;
-        rc = 0;
+        rc = kvp_keep_all(ctx, kept, out);
         goto done;
     }
     const float *wo = NULL;
@@ -109,12 +93,12 @@ static int criticalkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B
     if (criticalkv_w_o(ctx, "criticalkv", &wo, &C, err, errlen)) goto done;
     if (kvp_check_window(&c->o, "criticalkv", P, err, errlen)) goto done;
     if (kvp_window_scores(&c->o, ctx, score)) goto done;
-    size_t n1 = (size_t)floor(c->ratio * (double)B);
+    size_t n1 = (size_t)floor(c->own[CK_RATIO] * (double)B);
     for (size_t g = 0; g < Hkv; g++) {
         double *s = score + g * P;
         size_t m1 = rp_topk(s, P, n1, kept);
         if (criticalkv_value_norms(ctx, g, wo, C, u)) goto done;
-        for (size_t j = 0; j < P; j++) s[j] = (s[j] + c->eps) * u[j];
+        for (size_t j = 0; j < P; j++) s[j] = (s[j] + c->own[CK_EPS]) * u[j];
         for (size_t i = 0; i < m1; i++) s[kept[i]] = INFINITY;
         size_t m = rp_topk(s, P, B, kept);
         if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
@@ -136,7 +120,7 @@ const rp_strategy rp_strategy_criticalkv = {
     .params = criticalkv_params,
     .n_params = sizeof criticalkv_params / sizeof criticalkv_params[0],
     .configure = criticalkv_configure,
-    .free_cfg = criticalkv_free,
-    .check_budget = criticalkv_check_budget,
+    .free_cfg = kvp_free,
+    .check_budget = kvp_check_budget,
     .prefill = criticalkv_prefill,
 };

@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "evict_util.h"
 #include "kvp_score.h"
 
 int kvp_window_scores(const snapkv_opts *o, const rp_layer_ctx *ctx, double *score)
@@ -27,4 +28,32 @@ int kvp_check_window(const snapkv_opts *o, const char *who, size_t P, char *err,
     if (o->window < P) return 0;
     return rp_failf(err, errlen, "%s: window=%zu is not shorter than the prompt (%zu tokens); lower window=",
                     who, o->window, P);
+}
+
+int kvp_configure(const double *v, size_t n_own, const char *who, void **cfg, char *err, size_t errlen)
+{
+    kvp_cfg *c = malloc(sizeof *c);
+    if (!c) return -1;
+    c->who = who;
+    for (size_t i = 0; i < n_own; i++) c->own[i] = v[i];
+    if (kvp_scorer_resolve(v + n_own, &c->o, who, err, errlen)) { free(c); return -1; }
+    *cfg = c;
+    return 0;
+}
+
+void kvp_free(void *cfg) { free(cfg); }
+
+int kvp_check_budget(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen)
+{
+    const kvp_cfg *c = cfg;
+    (void)n_layers;
+    return B < P ? kvp_check_window(&c->o, c->who, P, err, errlen) : 0;
+}
+
+int kvp_keep_all(const rp_layer_ctx *ctx, int32_t *kept, rp_cache *out)
+{
+    for (size_t j = 0; j < ctx->P; j++) kept[j] = (int32_t)j;
+    for (size_t g = 0; g < ctx->Hkv; g++)
+        if (ev_push_kept(ctx, g, kept, ctx->P, &out[g])) return -1;
+    return 0;
 }

@@ -1,10 +1,12 @@
-/* The base score of kvpress's wrapper presses (chunkkv, criticalkv): SnapKV's observation
- * window score as kvpress's SnapKVPress.score returns it, the window itself padded with the
- * layer's maximum score so that it ranks first. Not a strategy: no entry in list.h. */
+/* What kvpress's wrapper presses (chunk, chunkkv, criticalkv, criticaladakv, merging) share: the
+ * base score, SnapKV's observation window score as kvpress's SnapKVPress.score returns it (the
+ * window itself padded with the layer's maximum score so that it ranks first), their scorer
+ * parameters and their configuration. Not a strategy: no entry in list.h. */
 #ifndef KV_STRAT_KVP_SCORE_H
 #define KV_STRAT_KVP_SCORE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "snapkv.h"
 #include "strategy.h"
@@ -26,5 +28,21 @@ int kvp_scorer_resolve(const double *v, snapkv_opts *o, const char *who, char *e
 
 /* check_budget for wrappers whose scorer needs a window shorter than the prompt. */
 int kvp_check_window(const snapkv_opts *o, const char *who, size_t P, char *err, size_t errlen);
+
+/* The configuration of a wrapper whose own parameters are all numbers: those values (v[0..n_own),
+ * in declaration order), then the resolved scorer. who names the strategy in messages. */
+#define KVP_MAX_OWN 3
+typedef struct kvp_cfg { const char *who; double own[KVP_MAX_OWN]; snapkv_opts o; } kvp_cfg;
+
+/* configure for such a wrapper: n_own (<= KVP_MAX_OWN) values, then KVP_SCORER_PARAMS. 0 ok, -1
+ * (one line in err unless out of memory). */
+int kvp_configure(const double *v, size_t n_own, const char *who, void **cfg, char *err, size_t errlen);
+void kvp_free(void *cfg);
+
+/* check_budget for a kvp_cfg: the window must be shorter than the prompt when B < P. */
+int kvp_check_budget(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen);
+
+/* B >= P: every kv head keeps all P entries unchanged (kept: P scratch). 0 ok, -1 out of memory. */
+int kvp_keep_all(const rp_layer_ctx *ctx, int32_t *kept, rp_cache *out);
 
 #endif /* KV_STRAT_KVP_SCORE_H */

@@ -33,7 +33,7 @@
 
 #define MERGE_EPS 1e-6      /* the reference's clamp and denominator guard */
 
-typedef struct merging_cfg { double thr; snapkv_opts o; } merging_cfg;
+enum { MG_THR };   /* kvp_cfg.own[] */
 
 static const rp_param_def merging_params[] = {
     { "similarity_threshold", RP_FLOAT, "0", 0, 1, NULL, "minimum cosine similarity of the keys for a merge" },
@@ -42,19 +42,7 @@ static const rp_param_def merging_params[] = {
 
 static int merging_configure(const double *v, void **cfg, char *err, size_t errlen)
 {
-    merging_cfg *c = malloc(sizeof *c);
-    if (!c) return -1;
-    c->thr = v[0];
-    if (kvp_scorer_resolve(v + 1, &c->o, "merging", err, errlen)) { free(c); return -1; }
-    *cfg = c;
-    return 0;
-}
-
-static void merging_free(void *cfg) { free(cfg); }
-
-static int merging_check_budget(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen)
-{
-    return B < P ? kvp_check_window(&((const merging_cfg *)cfg)->o, "merging", P, err, errlen) : 0;
+    return kvp_configure(v, 1, "merging", cfg, err, errlen);
 }
 
 static double norm_of(const float *x, size_t D)
@@ -66,7 +54,7 @@ static double norm_of(const float *x, size_t D)
 
 /* Steps 2-3 on the cache c of kv head g (its m entries hold the kept rows, positions
  * ascending): original keys/values K, V [n][D]. acc [m][D], wsum [m] scratch. */
-static void fold_evicted(const merging_cfg *cf, const float *K, const float *V, size_t P, size_t D, rp_cache *c,
+static void fold_evicted(const kvp_cfg *cf, const float *K, const float *V, size_t P, size_t D, rp_cache *c,
                          const uint8_t *kept_mask, double *acc, double *wsum)
 {
     size_t m = c->n;
@@ -84,7 +72,7 @@ static void fold_evicted(const merging_cfg *cf, const float *K, const float *V, 
             double sim = dot / (ne * fmax(norm_of(kt, D), MERGE_EPS));
             if (sim > best) { best = sim; bt = t; }
         }
-        if (!(best >= cf->thr)) continue;
+        if (!(best >= cf->own[MG_THR])) continue;
         double nve = norm_of(V + e * D, D), nvt = norm_of(V + (size_t)c->pos[bt] * D, D);
         double w = fmax(best, 0) * nve / (nve + nvt + MERGE_EPS);
         for (size_t d = 0; d < D; d++) acc[bt * D + d] += w * V[e * D + d];
@@ -101,7 +89,7 @@ static void fold_evicted(const merging_cfg *cf, const float *K, const float *V, 
 static int merging_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                            char *err, size_t errlen)
 {
-    const merging_cfg *c = cfg;
+    const kvp_cfg *c = cfg;
     size_t P = ctx->P, Hkv = ctx->Hkv, D = ctx->D;
     double *score = malloc(Hkv * P * sizeof *score), *acc = malloc(P * D * sizeof *acc), *wsum = malloc(P * sizeof *wsum);
     int32_t *kept = malloc(P * sizeof *kept);
@@ -109,10 +97,7 @@ static int merging_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, r
     int rc = -1;
     if (!score || !acc || !wsum || !kept || !mask) goto done;
     if (B >= P) {
-        for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
-        for (size_t g = 0; g < Hkv; g++)
-            if (ev_push_kept(ctx, g, kept, P, &out[g])) goto done;
-        rc = 0;
+        rc = kvp_keep_all(ctx, kept, out);
         goto done;
     }
     if (kvp_check_window(&c->o, "merging", P, err, errlen) || kvp_window_scores(&c->o, ctx, score)) goto done;
@@ -140,7 +125,7 @@ const rp_strategy rp_strategy_merging = {
     .params = merging_params,
     .n_params = sizeof merging_params / sizeof merging_params[0],
     .configure = merging_configure,
-    .free_cfg = merging_free,
-    .check_budget = merging_check_budget,
+    .free_cfg = kvp_free,
+    .check_budget = kvp_check_budget,
     .prefill = merging_prefill,
 };

@@ -10,76 +10,27 @@ golden_cmp's tolerances (fp32 engine vs float64 numpy from the same f16 data; a 
 kept set changes mass_recall / attn_cos by far more than them, so the selections themselves
 are checked). Each configuration must compress (mass_recall < 1). Exit 0 pass, 1 fail.
 """
-import csv
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ref_replay  # noqa: E402
 import ref_presses  # noqa: E402,F401  (registers the selections)
-from golden_cmp import compare, fails, finish  # noqa: E402
-
-BIN = os.environ.get("BIN", "bin")
-TMP = os.environ.get("KV_TMP", "/tmp")
+from golden_cmp import finish  # noqa: E402
+from golden_harness import TMP, check_golden  # noqa: E402
 
 
-def parse(spec):
-    parts = spec.split()
-    params, budget = {}, None
-    for p in parts[1:]:
-        k, v = p.split("=")
-        if k == "keep":
-            budget = ("keep", float(v))
-        elif k == "budget":
-            budget = ("budget", int(v))
-        else:
-            params[k] = v
-    return parts[0], params, budget
+def keep_param(params, budget):
+    if budget[0] == "keep":
+        params["_keep"] = budget[1]     # kvpress's own budget rule starts from keep=
 
 
 def check(tag, specs, decode=32, seq_len=(96, 90, 80)):
     trace = os.path.join(TMP, f"golden_presses_{'_'.join(map(str, seq_len))}.h5")
     if not os.path.exists(trace):
         ref_replay.make_trace(trace, S=len(seq_len), T=max(seq_len), seq_len=list(seq_len))
-    out = os.path.join(TMP, f"out_presses_{tag}")
-    cmd = [f"{BIN}/kvreplay", "run", trace, "-o", out, "--mode", "prefill", "--decode", str(decode)]
-    for s in specs:
-        cmd += ["--strategy", s]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        print("FAIL: kvreplay run exited", r.returncode, r.stderr.strip())
-        sys.exit(1)
-    rows = list(csv.DictReader(open(os.path.join(out, "per_seq.csv"))))
-    summ = list(csv.DictReader(open(os.path.join(out, "summary.csv"))))
-    heads = list(csv.DictReader(open(os.path.join(out, "per_head.csv"))))
-    configs = []
-    for s in specs:
-        strat, params, budget = parse(s)
-        params["_gqa"] = "mean"
-        if budget[0] == "keep":
-            params["_keep"] = budget[1]     # kvpress's own budget rule starts from keep=
-        configs.append((s, strat, params, budget))
-    ref = ref_replay.replay(trace, "prefill", configs, decode=decode)
-    for i, s in enumerate(specs):
-        srow = summ[i]
-        if not srow["config"].startswith(s.split()[0]):
-            fails.append(f"{tag}: config {i} is '{srow['config']}', expected {s}")
-            continue
-        compare(f"{tag} summary '{s}'", srow, ref[s]["summary"])
-        for r2 in rows:
-            if int(r2["config_id"]) == i:
-                compare(f"{tag} seq {r2['seq']} '{s}'", r2, ref[s]["per_seq"][int(r2["seq"])])
-        nh = 0
-        for r2 in heads:
-            if int(r2["config_id"]) == i:
-                nh += 1
-                compare(f"{tag} l{r2['layer']} h{r2['head']} '{s}'", r2,
-                        ref[s]["per_head"][(int(r2["layer"]), int(r2["head"]))])
-        if nh != len(ref[s]["per_head"]):
-            fails.append(f"{tag} '{s}': {nh} per_head rows, {len(ref[s]['per_head'])} expected")
-        if float(srow["mass_recall"]) >= 1.0:
-            fails.append(f"{tag} '{s}': mass_recall 1 — nothing was compressed (test would not discriminate)")
+    check_golden(tag, trace, os.path.join(TMP, f"out_presses_{tag}"), "prefill", decode, specs,
+                 set_params=keep_param)
 
 
 # one block per strategy (so that a strategy's lines are easy to find and merge)

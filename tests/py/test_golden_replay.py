@@ -15,33 +15,21 @@ Tolerances (the C engine computes attention in fp32 from the same f16 values; nu
 the 9-digit rounding of the exact columns).
 Full-cache rows must be exact: attn_cos = out_cos = mass_recall = 1, attn_kl = logit_kl = 0.
 """
-import csv
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ref_replay  # noqa: E402
 
-BIN = os.environ.get("BIN", "bin")
-TMP = os.environ.get("KV_TMP", "/tmp")
-
 from golden_cmp import compare, fails, finish  # noqa: E402
+from golden_harness import TMP, exit_failed, kvreplay_run, tables  # noqa: E402
 
 
 def run(trace, out, mode, specs, extra=()):
-    cmd = [f"{BIN}/kvreplay", "run", trace, "-o", out, "--mode", mode] + list(extra)
-    for s in specs:
-        cmd += ["--strategy", s]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = kvreplay_run(trace, out, mode, specs, extra)
     if r.returncode != 0:
-        print("FAIL: kvreplay run exited", r.returncode, r.stderr.strip())
-        sys.exit(1)
-    rows = list(csv.DictReader(open(os.path.join(out, "per_seq.csv"))))
-    summ = list(csv.DictReader(open(os.path.join(out, "summary.csv"))))
-    heads = list(csv.DictReader(open(os.path.join(out, "per_head.csv"))))
-    pos = list(csv.DictReader(open(os.path.join(out, "per_pos.csv"))))
-    return rows, summ, heads, pos
+        exit_failed(r)
+    return tables(out, ("per_seq", "summary", "per_head", "per_pos"))
 
 
 def check(mode, decode, cases):

@@ -35,6 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ref_replay  # noqa: E402
 import ref_evict  # noqa: E402,F401  (registers the attention-scored strategies)
+import golden_harness  # noqa: E402
 from capture_ref import PY, ROOT, run_capture, tmpdir  # noqa: E402
 from testhelp import check, failures  # noqa: E402
 
@@ -88,17 +89,7 @@ ONLINE = ["full", "streaming budget=40 sinks=4", "h2o keep=0.5"]
 
 
 def parse(spec):
-    parts = spec.split()
-    params, budget = {}, None
-    for p in parts[1:]:
-        k, v = p.split("=")
-        if k == "keep":
-            budget = ("keep", float(v))
-        elif k == "budget":
-            budget = ("budget", int(v))
-        else:
-            params[k] = int(v) if v.lstrip("-").isdigit() else v
-    return parts[0], params, budget
+    return golden_harness.parse(spec, value=lambda v: int(v) if v.lstrip("-").isdigit() else v)
 
 
 def softmax64(s):
