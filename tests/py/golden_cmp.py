@@ -1,6 +1,6 @@
 """Numeric comparison of kvreplay CSV rows with a reference, shared by the golden tests.
 
-Tolerances are per quantity (STYLE §4): exact counts to the 9 significant digits the CSV
+Tolerances are per quantity: exact counts to the 9 significant digits the CSV
 prints, attention metrics 2e-6 absolute, KLs 1e-7 + 1e-4 relative, NLLs 2e-5 relative,
 top-1 and ECE (step functions of near-tied logits) 0.03. The worst element of each column
 is kept so a passing run still reports how close it came.
