@@ -601,6 +601,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     size_t hl_agree = 0, hl_nb = 0;
     double hl_regret = NAN, *fold_g = NULL; /* [TR_NCAL][nfam][L] per-fold gains */
     size_t *fold_fam = NULL, n_fold = 0;
+    int fold_warn[TR_NCAL] = { 0 };
     for (int m = 0; m < TM_N; m++) { px[m] = malloc((NC ? NC : 1) * sizeof **px); ty[m] = malloc((NC ? NC : 1) * sizeof **ty); }
     FILE *f = NULL;
     char path[8192];
@@ -745,6 +746,18 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     if (fclose(f) && st == KV_OK) st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno));
     f = NULL;
     if (st != KV_OK) goto done;
+    snprintf(path, sizeof path, "%s/tables/truth_decisions.csv", c->dir);
+    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+    fprintf(f, "metric,buckets,agree,mean_regret,mean_regret_lo,mean_regret_hi,agreement_lo,agreement_hi,spearman,"
+               "spearman_lo,spearman_hi,n_boot,n_families,n_seqs\n%s,%zu,%zu", tm_name[TM_KL], hl_nb, hl_agree);
+    {
+        double v[8] = { hl_regret, boot.reg_lo, boot.reg_hi, boot.agree_lo, boot.agree_hi, ts[TM_KL].rho, boot.rho_lo,
+                        boot.rho_hi };
+        put_nums(f, v, 8);
+    }
+    fprintf(f, ",%zu,%zu,%zu\n", boot.B, boot.F, boot.S);
+    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+    f = NULL;
 
     /* calibration folds: every held-out family's gains (fitted on the other families) */
     if (ncal) {
@@ -1001,6 +1014,35 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                    "the later layers' response), so `nll_ols` lets each layer's gain take either sign; `nll_from_kl` "
                    "predicts ΔNLL from the per-layer KLs with non-negative gains. Statistics and gains: "
                    "tables/truth_calib.csv.\n\n", tm_name[TM_NLL]);
+        /* fold-to-fold spread of the gains: per layer max/min over the held-out-family folds */
+        fprintf(f, "Fold-to-fold spread of the gains (tables/truth_folds.csv: each fold's gains, fitted without one "
+                   "family; the family's configurations and all their sequences are held out together, the sequences "
+                   "being shared by every family): per layer, the largest fold gain over the smallest.\n\n"
+                   "| calibration | max/min per layer, first to last |\n|---|---|\n");
+        for (size_t k = 0; k < ncal; k++) {
+            double worst = 1;
+            fprintf(f, "| %s |", tr_cal_defs[k].name);
+            for (size_t l = 0; l < L; l++) {
+                double lo = INFINITY, hi = -INFINITY;
+                for (size_t fi = 0; fi < n_fold; fi++) {
+                    double v = fabs(fold_g[(k * n_fold + fi) * L + l]);
+                    if (isfinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; }
+                }
+                double r = !(hi > 0) ? 1 : lo > 0 ? hi / lo : INFINITY;
+                if (r > worst) worst = r;
+                char b[32];
+                if (isinf(r)) snprintf(b, sizeof b, "inf (a fold sets it to 0)"); else fmt_num(b, 32, r);
+                fprintf(f, "%s%s", l ? ", " : " ", b);
+            }
+            fprintf(f, " |\n");
+            if (worst > TR_FOLD_WARN) fold_warn[k] = 1;
+        }
+        fputc('\n', f);
+        for (size_t k = 0; k < ncal; k++)
+            if (fold_warn[k])
+                fprintf(f, "> **WARNING: the %s gains move by more than %gx between folds: one strategy family "
+                           "decides them; do not apply them to new families without another truth run.**\n\n",
+                        tr_cal_defs[k].name, TR_FOLD_WARN);
     } else {
         fprintf(f, "No calibrated proxy: the results have no complete per_layer.csv for the paired configurations "
                    "(run `kvreplay run ... --per-layer-readout`).\n\n");
