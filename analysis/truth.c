@@ -420,7 +420,7 @@ static void bucket_of(const res_config *cf, tbucket_in *b)
 
 static void bucket_label(size_t k, char *buf, size_t cap)
 {
-    if (k < TR_NKEEP) snprintf(buf, cap, "keep (%g, %g]", tr_keep_edges[k], tr_keep_edges[k + 1]);
+    if (k < TR_NKEEP) snprintf(buf, cap, "keep (%g-%g]", tr_keep_edges[k], tr_keep_edges[k + 1]);
     else snprintf(buf, cap, "memory %gx", tr_mem_targets[k - TR_NKEEP]);
 }
 
