@@ -382,6 +382,199 @@ static void put_id(FILE *f, const char *v)
         else fputc(*p, f);
 }
 
+/* ---- what users decide with: budget buckets, winners, regret ------------------------------ */
+
+/* Keep-fraction buckets (lo, hi]: the nominal keep of the configuration, or its realised
+ * keep_frac when it has no keep (budget=N, encodings). Memory buckets: the measured
+ * full_bytes / kv_bytes within TR_MEM_TOL of 2x, 4x, 8x. */
+static const double tr_keep_edges[] = { 0, 0.1, 0.25, 0.4, 0.6, 1.0 };
+#define TR_NKEEP (sizeof tr_keep_edges / sizeof tr_keep_edges[0] - 1)
+static const double tr_mem_targets[] = { 2, 4, 8 };
+#define TR_NMEM (sizeof tr_mem_targets / sizeof tr_mem_targets[0])
+#define TR_NBUCKET (TR_NKEEP + TR_NMEM)
+#define TR_MEM_TOL 0.15
+#define TR_FOLD_WARN 3.0        /* fold-to-fold max/min of a layer's gain above which report.md warns */
+
+/* Per paired configuration: its bucket membership ([TR_NBUCKET] flags). */
+typedef struct tbucket_in { double keep, ratio; int keep_realised; unsigned char in[TR_NBUCKET]; } tbucket_in;
+
+static double mean_metric(const res_config *cf, int m)
+{
+    double s = 0;
+    size_t k = 0;
+    for (size_t j = 0; j < cf->n_seqs; j++) if (isfinite(cf->seqs[j].v[m])) { s += cf->seqs[j].v[m]; k++; }
+    return k ? s / (double)k : NAN;
+}
+
+static void bucket_of(const res_config *cf, tbucket_in *b)
+{
+    memset(b, 0, sizeof *b);
+    b->keep_realised = !(cf->budget_kind && !strcmp(cf->budget_kind, "keep") && isfinite(cf->budget_value));
+    b->keep = b->keep_realised ? mean_metric(cf, RM_KEEP_FRAC) : cf->budget_value;
+    b->ratio = mean_metric(cf, RM_RATIO);
+    for (size_t k = 0; k < TR_NKEEP; k++)
+        b->in[k] = isfinite(b->keep) && b->keep > tr_keep_edges[k] && b->keep <= tr_keep_edges[k + 1];
+    for (size_t k = 0; k < TR_NMEM; k++)
+        b->in[TR_NKEEP + k] = isfinite(b->ratio) && fabs(b->ratio / tr_mem_targets[k] - 1) <= TR_MEM_TOL;
+}
+
+static void bucket_label(size_t k, char *buf, size_t cap)
+{
+    if (k < TR_NKEEP) snprintf(buf, cap, "keep (%g-%g]", tr_keep_edges[k], tr_keep_edges[k + 1]);
+    else snprintf(buf, cap, "memory %gx", tr_mem_targets[k - TR_NKEEP]);
+}
+
+/* One bucket's decision over the members idx [n] (pair indices, distinct): proxy winner
+ * (lowest proxy), true winner (lowest truth), ties to the first member; regret = truth of
+ * the proxy's pick - the lowest truth; rel = regret / lowest truth (NaN when that is 0). */
+typedef struct tdec { size_t n, pw, tw; int agree; double regret, rel, tau; } tdec;
+
+static void decide(const double *p, const double *t, const size_t *idx, size_t n, double *wx, double *wy, tdec *o)
+{
+    o->n = n;
+    o->pw = o->tw = n ? idx[0] : 0;
+    o->agree = 0;
+    o->regret = o->rel = o->tau = NAN;
+    if (!n) return;
+    for (size_t i = 1; i < n; i++) {
+        if (p[idx[i]] < p[o->pw]) o->pw = idx[i];
+        if (t[idx[i]] < t[o->tw]) o->tw = idx[i];
+    }
+    o->agree = o->pw == o->tw || t[o->pw] == t[o->tw];
+    o->regret = t[o->pw] - t[o->tw];
+    o->rel = t[o->tw] > 0 ? o->regret / t[o->tw] : NAN;
+    for (size_t i = 0; i < n; i++) { wx[i] = p[idx[i]]; wy[i] = t[idx[i]]; }
+    o->tau = n >= 2 ? tr_kendall(wx, wy, n) : NAN;
+}
+
+/* Headline over the buckets with >= 2 members of the included pairs (inc [np], NULL = all):
+ * *agree of *nb buckets agree; mean absolute regret. */
+static void headline(const double *p, const double *t, const tbucket_in *bi, const unsigned char *inc, size_t np,
+                     size_t *idx, double *wx, double *wy, size_t *agree, size_t *nb, double *mean_regret)
+{
+    double s = 0;
+    *agree = *nb = 0;
+    for (size_t k = 0; k < TR_NBUCKET; k++) {
+        size_t n = 0;
+        for (size_t i = 0; i < np; i++) if ((!inc || inc[i]) && bi[i].in[k]) idx[n++] = i;
+        if (n < 2) continue;
+        tdec d;
+        decide(p, t, idx, n, wx, wy, &d);
+        (*nb)++;
+        *agree += (size_t)d.agree;
+        s += d.regret;
+    }
+    *mean_regret = *nb ? s / (double)*nb : NAN;
+}
+
+/* The (configuration, sequence) values of the paired configurations: pair, seq, proxy and
+ * true logit KL, in pairing order. */
+typedef struct tps { size_t pair; long long seq; double p, t; } tps;
+
+static int cmp_ll(const void *a, const void *b)
+{
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
+/* Two-level bootstrap of the logit KL ranking and decisions. Families: the F distinct
+ * families of the pairs (fam [np] = index of the family's first pair), in order of first
+ * appearance; sequences: the S distinct sequence ids, ascending. Replicate b: F family
+ * draws, then S sequence draws, each gsl_rng_uniform_int of one mt19937 stream seeded with
+ * `seed`; a pair's proxy and truth = the mean over the drawn sequences it has (with their
+ * multiplicity); each pair enters the Spearman once per draw of its family; the headline
+ * uses the distinct drawn pairs. Every replicate's draws and statistics go to bf (CSV). */
+typedef struct tboot { double rho_lo, rho_hi, agree_lo, agree_hi, reg_lo, reg_hi; size_t B, F, S; } tboot;
+
+static double pct(double *v, size_t n, double q)
+{
+    if (!n) return NAN;
+    gsl_sort(v, 1, n);
+    return gsl_stats_quantile_from_sorted_data(v, 1, n, q);
+}
+
+static kv_status two_level_boot(const tps *ps, size_t nps, const int *fam, const tbucket_in *bi, size_t np, size_t B,
+                                uint64_t seed, FILE *bf, tboot *o, kv_error *err)
+{
+    kv_status st = KV_OK;
+    memset(o, 0, sizeof *o);
+    o->rho_lo = o->rho_hi = o->agree_lo = o->agree_hi = o->reg_lo = o->reg_hi = NAN;
+    size_t *fams = malloc((np + 1) * sizeof *fams), F = 0, S = 0;
+    long long *seqs = malloc((nps + 1) * sizeof *seqs);
+    size_t *fd = NULL, *sd = NULL, *idx = NULL, *mult = NULL;
+    double *w = NULL, *sp = NULL, *st_ = NULL, *pp = NULL, *tt = NULL, *bx = NULL, *by = NULL, *wx = NULL, *wy = NULL,
+           *rr = NULL, *ag = NULL, *rg = NULL;
+    unsigned char *inc = NULL;
+    gsl_rng *g = NULL;
+    if (!fams || !seqs) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+    for (size_t i = 0; i < np; i++) if (fam[i] == (int)i) fams[F++] = i;
+    for (size_t i = 0; i < nps; i++) seqs[i] = ps[i].seq;
+    qsort(seqs, nps, sizeof *seqs, cmp_ll);
+    for (size_t i = 0; i < nps; i++) if (!S || seqs[S - 1] != seqs[i]) seqs[S++] = seqs[i];
+    o->F = F; o->S = S; o->B = B;
+    fprintf(bf, "replicate,families,seqs,spearman,winner_agreement,mean_regret\n");
+    if (!B || !F || !S) goto done;
+    size_t cap = np * F + 1;
+    fd = malloc(F * sizeof *fd); sd = malloc(S * sizeof *sd); idx = malloc((np + 1) * sizeof *idx);
+    mult = malloc((np + 1) * sizeof *mult); w = malloc(S * sizeof *w);
+    sp = calloc(np + 1, sizeof *sp); st_ = calloc(np + 1, sizeof *st_); pp = malloc((np + 1) * sizeof *pp);
+    tt = malloc((np + 1) * sizeof *tt); bx = malloc(cap * sizeof *bx); by = malloc(cap * sizeof *by);
+    wx = malloc((np + 1) * sizeof *wx); wy = malloc((np + 1) * sizeof *wy); inc = malloc(np + 1);
+    rr = malloc(B * sizeof *rr); ag = malloc(B * sizeof *ag); rg = malloc(B * sizeof *rg);
+    g = gsl_rng_alloc(gsl_rng_mt19937);
+    if (!fd || !sd || !idx || !mult || !w || !sp || !st_ || !pp || !tt || !bx || !by || !wx || !wy || !inc || !rr ||
+        !ag || !rg || !g) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+    gsl_rng_set(g, (unsigned long)seed);
+    size_t nr = 0, na = 0, ng = 0;
+    for (size_t b = 0; b < B; b++) {
+        for (size_t k = 0; k < F; k++) fd[k] = gsl_rng_uniform_int(g, F);
+        for (size_t k = 0; k < S; k++) sd[k] = gsl_rng_uniform_int(g, S);
+        for (size_t k = 0; k < S; k++) w[k] = 0;
+        for (size_t k = 0; k < S; k++) w[sd[k]] += 1;
+        double *ws = calloc(np + 1, sizeof *ws);
+        if (!ws) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+        for (size_t i = 0; i < np; i++) sp[i] = st_[i] = 0;
+        for (size_t r = 0; r < nps; r++) {
+            long long *hit = bsearch(&ps[r].seq, seqs, S, sizeof *seqs, cmp_ll);
+            double wt = w[hit - seqs];
+            sp[ps[r].pair] += wt * ps[r].p; st_[ps[r].pair] += wt * ps[r].t; ws[ps[r].pair] += wt;
+        }
+        for (size_t i = 0; i < np; i++) {
+            pp[i] = ws[i] > 0 ? sp[i] / ws[i] : NAN;
+            tt[i] = ws[i] > 0 ? st_[i] / ws[i] : NAN;
+            mult[i] = 0;
+        }
+        free(ws);
+        size_t n = 0;
+        for (size_t k = 0; k < F; k++)
+            for (size_t i = 0; i < np; i++)
+                if (fam[i] == (int)fams[fd[k]] && isfinite(pp[i])) { bx[n] = pp[i]; by[n] = tt[i]; n++; mult[i]++; }
+        for (size_t i = 0; i < np; i++) inc[i] = mult[i] > 0;
+        double rho = n >= 3 ? tr_spearman(bx, by, n) : NAN, mreg;
+        size_t agree, nb;
+        headline(pp, tt, bi, inc, np, idx, wx, wy, &agree, &nb, &mreg);
+        double afrac = nb ? (double)agree / (double)nb : NAN;
+        if (isfinite(rho)) rr[nr++] = rho;
+        if (isfinite(afrac)) ag[na++] = afrac;
+        if (isfinite(mreg)) rg[ng++] = mreg;
+        fprintf(bf, "%zu,", b);
+        for (size_t k = 0; k < F; k++) fprintf(bf, "%s%zu", k ? " " : "", fd[k]);
+        fputc(',', bf);
+        for (size_t k = 0; k < S; k++) fprintf(bf, "%s%lld", k ? " " : "", seqs[sd[k]]);
+        double v[3] = { rho, afrac, mreg };
+        put_nums(bf, v, 3);
+        fputc('\n', bf);
+    }
+    o->rho_lo = pct(rr, nr, 0.025); o->rho_hi = pct(rr, nr, 0.975);
+    o->agree_lo = pct(ag, na, 0.025); o->agree_hi = pct(ag, na, 0.975);
+    o->reg_lo = pct(rg, ng, 0.025); o->reg_hi = pct(rg, ng, 0.975);
+done:
+    if (g) gsl_rng_free(g);
+    free(fams); free(seqs); free(fd); free(sd); free(idx); free(mult); free(w); free(sp); free(st_); free(pp);
+    free(tt); free(bx); free(by); free(wx); free(wy); free(inc); free(rr); free(ag); free(rg);
+    return st;
+}
+
 kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *err)
 {
     const res_set *rs = c->rs;
@@ -400,6 +593,15 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     int *fam = malloc((NC ? NC : 1) * sizeof *fam), have_pl = 0;     /* family id of each pair */
     tcal cal[TR_NCAL];
     memset(cal, 0, sizeof cal);
+    tps *ps = NULL;                         /* per (pair, sequence) logit KLs: the two-level bootstrap */
+    size_t nps = 0, ps_cap = 0;
+    tbucket_in *bi = NULL;
+    tboot boot;
+    memset(&boot, 0, sizeof boot);
+    size_t hl_agree = 0, hl_nb = 0;
+    double hl_regret = NAN, *fold_g = NULL; /* [TR_NCAL][nfam][L] per-fold gains */
+    size_t *fold_fam = NULL, n_fold = 0;
+    int fold_warn[TR_NCAL] = { 0 };
     for (int m = 0; m < TM_N; m++) { px[m] = malloc((NC ? NC : 1) * sizeof **px); ty[m] = malloc((NC ? NC : 1) * sizeof **ty); }
     FILE *f = NULL;
     char path[8192];
@@ -424,6 +626,13 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
             if (!q || isnan(q->v[RM_LOGIT_KL]) || isnan(q->v[RM_NLL_DELTA])) continue;
             s[0][TM_KL] += q->v[RM_LOGIT_KL]; s[0][TM_NLL] += q->v[RM_NLL_DELTA];
             s[1][TM_KL] += rows[i].kl; s[1][TM_NLL] += rows[i].nll_c - rows[i].nll_f;
+            if (nps == ps_cap) {
+                ps_cap = ps_cap ? 2 * ps_cap : 256;
+                tps *q2 = realloc(ps, ps_cap * sizeof *q2);
+                if (!q2) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+                ps = q2;
+            }
+            ps[nps++] = (tps){ np, rows[i].seq, q->v[RM_LOGIT_KL], rows[i].kl };
             /* per-layer features of the same (config, sequence); a missing one disables the
              * calibration (have_pl = 0) rather than pairing other sequences */
             if (have_pl) {
@@ -482,6 +691,113 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
             corr_stats(pp, tt, m, c->n_boot, c->seed + 100 + (uint64_t)k, &q->st);
             free(pp); free(tt);
         }
+    }
+
+    /* decisions: budget buckets of the paired configurations, winners and regret (logit KL) */
+    if (!(bi = calloc(np, sizeof *bi))) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+    for (size_t i = 0; i < np; i++) bucket_of(&rs->configs[cid[i]], &bi[i]);
+    {
+        size_t *idx = malloc(np * sizeof *idx);
+        double *wx = malloc(np * sizeof *wx), *wy = malloc(np * sizeof *wy);
+        FILE *mf = NULL;
+        char mpath[8192];
+        if (!idx || !wx || !wy) { free(idx); free(wx); free(wy); st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+        headline(px[TM_KL], ty[TM_KL], bi, NULL, np, idx, wx, wy, &hl_agree, &hl_nb, &hl_regret);
+        snprintf(path, sizeof path, "%s/tables/truth_buckets.csv", c->dir);
+        snprintf(mpath, sizeof mpath, "%s/tables/truth_buckets.md", c->dir);
+        f = fopen(path, "w");
+        mf = f ? fopen(mpath, "w") : NULL;
+        if (!f || !mf) {
+            free(idx); free(wx); free(wy);
+            if (mf) fclose(mf);
+            st = fail(err, KV_ERR_IO, "%s: cannot write: %s", f ? mpath : path, strerror(errno));
+            goto done;
+        }
+        fprintf(f, "bucket,n_configs,n_realised_keep,proxy_winner,true_winner,agree,proxy_pick_true_kl,best_true_kl,"
+                   "regret,regret_rel,kendall\n");
+        fprintf(mf, "| bucket | n | proxy winner | true winner | agree | regret (true KL) | regret / best | Kendall |\n"
+                    "|---|---|---|---|---|---|---|---|\n");
+        for (size_t k = 0; k < TR_NBUCKET; k++) {
+            size_t n = 0, nreal = 0;
+            for (size_t i = 0; i < np; i++) if (bi[i].in[k]) { idx[n++] = i; nreal += k < TR_NKEEP && bi[i].keep_realised; }
+            char lab[64];
+            bucket_label(k, lab, sizeof lab);
+            if (!n) continue;
+            tdec d;
+            decide(px[TM_KL], ty[TM_KL], idx, n, wx, wy, &d);
+            const char *pw = rs->configs[cid[d.pw]].config, *tw = rs->configs[cid[d.tw]].config;
+            fprintf(f, "%s,%zu,%zu,%s,%s,%d", lab, n, nreal, pw, tw, d.agree);
+            double v[5] = { ty[TM_KL][d.pw], ty[TM_KL][d.tw], d.regret, d.rel, d.tau };
+            put_nums(f, v, 5);
+            fputc('\n', f);
+            char a[3][32];
+            fmt_num(a[0], 32, d.regret); fmt_num(a[1], 32, d.rel); fmt_num(a[2], 32, d.tau);
+            fprintf(mf, "| %s%s | %zu | %s | %s | %s | %s | %s | %s |\n", lab, nreal ? " (realised keep in it)" : "", n, pw,
+                    tw, n < 2 ? "(one)" : d.agree ? "yes" : "no", a[0], a[1], a[2]);
+        }
+        free(idx); free(wx); free(wy);
+        int bad = fclose(f) != 0;
+        f = NULL;
+        if (fclose(mf) || bad) { st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+    }
+    snprintf(path, sizeof path, "%s/tables/truth_boot.csv", c->dir);
+    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+    st = two_level_boot(ps, nps, fam, bi, np, c->n_boot, c->seed + 200, f, &boot, err);
+    if (fclose(f) && st == KV_OK) st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    f = NULL;
+    if (st != KV_OK) goto done;
+    snprintf(path, sizeof path, "%s/tables/truth_decisions.csv", c->dir);
+    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+    fprintf(f, "metric,buckets,agree,mean_regret,mean_regret_lo,mean_regret_hi,agreement_lo,agreement_hi,spearman,"
+               "spearman_lo,spearman_hi,n_boot,n_families,n_seqs\n%s,%zu,%zu", tm_name[TM_KL], hl_nb, hl_agree);
+    {
+        double v[8] = { hl_regret, boot.reg_lo, boot.reg_hi, boot.agree_lo, boot.agree_hi, ts[TM_KL].rho, boot.rho_lo,
+                        boot.rho_hi };
+        put_nums(f, v, 8);
+    }
+    fprintf(f, ",%zu,%zu,%zu\n", boot.B, boot.F, boot.S);
+    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+    f = NULL;
+
+    /* calibration folds: every held-out family's gains (fitted on the other families) */
+    if (ncal) {
+        size_t nfam = 0;
+        for (size_t i = 0; i < np; i++) nfam += fam[i] == (int)i;
+        fold_g = calloc(TR_NCAL * nfam * L + 1, sizeof *fold_g);
+        fold_fam = malloc((nfam + 1) * sizeof *fold_fam);
+        double *A = malloc(np * L * sizeof *A), *bb = malloc(np * sizeof *bb);
+        if (!fold_g || !fold_fam || !A || !bb) { free(A); free(bb); st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+        for (size_t i = 0; i < np; i++) if (fam[i] == (int)i) fold_fam[n_fold++] = i;
+        for (size_t k = 0; k < ncal && st == KV_OK; k++)
+            for (size_t fi = 0; fi < n_fold && st == KV_OK; fi++) {
+                const double *Af = fx[tr_cal_defs[k].feature], *bf = ty[tr_cal_defs[k].target];
+                size_t m = 0;
+                for (size_t i = 0; i < np; i++) {
+                    if (fam[i] == (int)fold_fam[fi]) continue;
+                    memcpy(A + m * L, Af + i * L, L * sizeof *A);
+                    bb[m++] = bf[i];
+                }
+                double *gg = fold_g + (k * n_fold + fi) * L;
+                if (!m) { for (size_t l = 0; l < L; l++) gg[l] = NAN; continue; }
+                st = cal_fit(tr_cal_defs[k].method, A, bb, m, L, gg, err);
+            }
+        free(A); free(bb);
+        if (st != KV_OK) goto done;
+        snprintf(path, sizeof path, "%s/tables/truth_folds.csv", c->dir);
+        if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+        fprintf(f, "calibration,held_out_family,n_train");
+        for (size_t l = 0; l < L; l++) fprintf(f, ",gain_%zu", l);
+        fputc('\n', f);
+        for (size_t k = 0; k < ncal; k++)
+            for (size_t fi = 0; fi < n_fold; fi++) {
+                size_t m = 0;
+                for (size_t i = 0; i < np; i++) m += fam[i] != (int)fold_fam[fi];
+                fprintf(f, "%s,%s,%zu", tr_cal_defs[k].name, rs->configs[cid[fold_fam[fi]]].family, m);
+                put_nums(f, fold_g + (k * n_fold + fi) * L, (int)L);
+                fputc('\n', f);
+            }
+        if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+        f = NULL;
     }
 
     /* tables/truth.csv */
@@ -612,6 +928,33 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                "metric of an in-model re-run with the exported cache state. Intervals: percentile bootstrap over "
                "configurations (%zu resamples). Slope: least squares of truth on proxy.\n\n",
             truth_path, apply, how, np, nrow_used, c->n_boot);
+    {
+        char r0[32], r1[32], r2[32], a0[32], a1[32], s0[32], s1[32];
+        fmt_num(r0, 32, hl_regret); fmt_num(r1, 32, boot.reg_lo); fmt_num(r2, 32, boot.reg_hi);
+        fmt_num(a0, 32, boot.agree_lo); fmt_num(a1, 32, boot.agree_hi);
+        fmt_num(s0, 32, boot.rho_lo); fmt_num(s1, 32, boot.rho_hi);
+        fprintf(f, "**Winner agreement: %zu of %zu budget buckets** (the proxy's lowest logit_kl is the true lowest); "
+                   "**mean regret %s** true logit_kl (the true KL of the proxy's pick minus the bucket's best; "
+                   "two-level 95%% interval [%s, %s]; agreement fraction [%s, %s]). Spearman of logit_kl under the "
+                   "same two-level bootstrap: [%s, %s].\n\n",
+                hl_agree, hl_nb, r0, r1, r2, a0, a1, s0, s1);
+        fprintf(f, "Buckets: keep fraction (the configuration's nominal keep; configurations without one, such as "
+                   "encodings, by their realised keep_frac, marked) and memory ratio (measured full_bytes / kv_bytes "
+                   "of the whole cache within %.0f%% of 2x, 4x, 8x; a prompt-only ratio is not in the results). "
+                   "Buckets with one configuration have no decision and are left out of the headline. Two-level "
+                   "bootstrap: %zu resamples of the %zu strategy families, then of the %zu sequences (each "
+                   "configuration's proxy and truth re-averaged over the drawn sequences); draws and replicate "
+                   "statistics in tables/truth_boot.csv.\n\n",
+                100 * TR_MEM_TOL, boot.B, boot.F, boot.S);
+        char bpath[8192];
+        snprintf(bpath, sizeof bpath, "%s/tables/truth_buckets.md", c->dir);
+        char *bbuf = NULL;
+        size_t blen = 0;
+        int bmiss = 0;
+        kv_error e3;
+        if (res_read_file(bpath, &bbuf, &blen, &bmiss, &e3) == KV_OK && !bmiss) { fwrite(bbuf, 1, blen, f); fputc('\n', f); }
+        free(bbuf);
+    }
     for (int m = 0; m < TM_N; m++)
         if (isfinite(ts[m].rho) && ts[m].rho < TR_WARN_RHO) {
             fprintf(f, "> **WARNING: the proxy ranks configurations with Spearman %.3f < %.1f against the in-model "
@@ -671,6 +1014,35 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                    "the later layers' response), so `nll_ols` lets each layer's gain take either sign; `nll_from_kl` "
                    "predicts ΔNLL from the per-layer KLs with non-negative gains. Statistics and gains: "
                    "tables/truth_calib.csv.\n\n", tm_name[TM_NLL]);
+        /* fold-to-fold spread of the gains: per layer max/min over the held-out-family folds */
+        fprintf(f, "Fold-to-fold spread of the gains (tables/truth_folds.csv: each fold's gains, fitted without one "
+                   "family; the family's configurations and all their sequences are held out together, the sequences "
+                   "being shared by every family): per layer, the largest fold gain over the smallest.\n\n"
+                   "| calibration | max/min per layer, first to last |\n|---|---|\n");
+        for (size_t k = 0; k < ncal; k++) {
+            double worst = 1;
+            fprintf(f, "| %s |", tr_cal_defs[k].name);
+            for (size_t l = 0; l < L; l++) {
+                double lo = INFINITY, hi = -INFINITY;
+                for (size_t fi = 0; fi < n_fold; fi++) {
+                    double v = fabs(fold_g[(k * n_fold + fi) * L + l]);
+                    if (isfinite(v)) { if (v < lo) lo = v; if (v > hi) hi = v; }
+                }
+                double r = !(hi > 0) ? 1 : lo > 0 ? hi / lo : INFINITY;
+                if (r > worst) worst = r;
+                char b[32];
+                if (isinf(r)) snprintf(b, sizeof b, "inf (a fold sets it to 0)"); else fmt_num(b, 32, r);
+                fprintf(f, "%s%s", l ? ", " : " ", b);
+            }
+            fprintf(f, " |\n");
+            if (worst > TR_FOLD_WARN) fold_warn[k] = 1;
+        }
+        fputc('\n', f);
+        for (size_t k = 0; k < ncal; k++)
+            if (fold_warn[k])
+                fprintf(f, "> **WARNING: the %s gains move by more than %gx between folds: one strategy family "
+                           "decides them; do not apply them to new families without another truth run.**\n\n",
+                        tr_cal_defs[k].name, TR_FOLD_WARN);
     } else {
         fprintf(f, "No calibrated proxy: the results have no complete per_layer.csv for the paired configurations "
                    "(run `kvreplay run ... --per-layer-readout`).\n\n");
@@ -690,6 +1062,7 @@ done:
     free(rows); free(cid);
     for (size_t i = 0; i < npl; i++) free(pl[i].config);
     free(pl); free(fx[0]); free(fx[1]); free(fam);
+    free(ps); free(bi); free(fold_g); free(fold_fam);
     for (size_t k = 0; k < TR_NCAL; k++) { free(cal[k].pred); free(cal[k].g); }
     for (int m = 0; m < TM_N; m++) { free(px[m]); free(ty[m]); }
     return st;
