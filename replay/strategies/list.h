@@ -32,3 +32,5 @@ RP_STRATEGY(merging)
 RP_STRATEGY(think)
 RP_STRATEGY(criticaladakv)
 RP_STRATEGY(chunk)
+/* kvpress's Compactor family (compactor.h): noncausal_attn, leverage, compactor */
+RP_STRATEGY(noncausal_attn)

@@ -192,3 +192,44 @@ def sel_expected_attention(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(expected_attention=sel_expected_attention)
+
+
+# ---- kvpress's Compactor family: noncausal_attn, leverage, compactor -----------------------
+# Their scores are z-normalised over every kv head and position together, so each selection
+# scores all kv heads of the layer (ctx QA, KA, VA) and ranks its own head ctx["g"].
+
+def _znorm(x):
+    sd = x.std(ddof=1) if x.size > 1 else 0.0
+    return (x - x.mean()) / max(sd, 1e-6)
+
+
+def _noncausal_raw(QA, KA, VA, s0, s1, chunk):
+    """[Hkv][s1 - s0]: chunk-local non-causal attention (unscaled) received, group mean, times
+    ||v||, 3-wide moving average with zero padding."""
+    Hkv = KA.shape[0]
+    G = QA.shape[0] // Hkv
+    S = s1 - s0
+    out = np.zeros((Hkv, S))
+    for g in range(Hkv):
+        a = np.zeros(S)
+        for h in range(g * G, (g + 1) * G):
+            for c in range(s0, s1, chunk):
+                e = min(c + chunk, s1)
+                z = QA[h, c:e] @ KA[g, c:e].T
+                p = np.exp(z - z.max(1, keepdims=True))
+                a[c - s0:e - s0] += (p / p.sum(1, keepdims=True)).sum(0)
+        x = np.pad(a / G * np.linalg.norm(VA[g, s0:s1], axis=1), 1)
+        out[g] = (x[:-2] + x[1:-1] + x[2:]) / 3
+    return out
+
+
+def sel_noncausal_attn(params, ctx, B):
+    P = ctx["P"]
+    B = kvpress_budget(params, P, B)
+    if B >= P:
+        return keep_all(P)
+    sc = _znorm(_noncausal_raw(ctx["QA"], ctx["KA"], ctx["VA"], 0, P, int(params.get("chunk", 256))))
+    return top(sc[ctx["g"]], B)
+
+
+ref_replay.PREFILL_SELECT.update(noncausal_attn=sel_noncausal_attn)

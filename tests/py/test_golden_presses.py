@@ -104,6 +104,10 @@ SPECS = [
     "expected_attention budget=20 sinks=2 future=40",
     "expected_attention keep=0.4 cov=0 vnorm=0",
     "expected_attention keep=0.3 epsilon=0.05 future=7",
+    # kvpress's Compactor family (chunks shorter than the prompts, so that they matter)
+    "noncausal_attn keep=0.45",
+    "noncausal_attn budget=20 chunk=16",
+    "noncausal_attn keep=0.3 chunk=7 preset=kvtrace",
 ]
 
 check("prefill", SPECS)
