@@ -34,3 +34,4 @@ RP_STRATEGY(criticaladakv)
 RP_STRATEGY(chunk)
 /* kvpress's Compactor family (compactor.h): noncausal_attn, leverage, compactor */
 RP_STRATEGY(noncausal_attn)
+RP_STRATEGY(leverage)

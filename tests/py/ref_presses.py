@@ -233,3 +233,37 @@ def sel_noncausal_attn(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(noncausal_attn=sel_noncausal_attn)
+
+
+def _pairs(ctx, D):
+    R = ctx["rope_cos"].shape[1]
+    return [(2 * i, 2 * i + 1) for i in range(R // 2)] if ctx["rope_layout"] == "interleaved" else \
+           [(i, i + R // 2) for i in range(R // 2)]
+
+
+def _leverage_raw(ctx, s0, s1):
+    """[Hkv][s1 - s0]: exact leverage of the centred pre-RoPE keys, jitter 0.01 (solve, not
+    Cholesky: the same numbers up to rounding)."""
+    KA = ctx["KA"]
+    D = KA.shape[2]
+    pairs = _pairs(ctx, D)
+    cols = [a for a, _ in pairs]
+    rots = [_rot(ctx["rope_cos"][t, cols], ctx["rope_sin"][t, cols], pairs, D) for t in range(s0, s1)]
+    out = []
+    for g in range(KA.shape[0]):
+        X = np.array([np.linalg.solve(rots[t - s0], KA[g, t]) for t in range(s0, s1)])
+        X = X - X.mean(0)
+        A = X.T @ X + 1e-2 * np.eye(D)
+        out.append(np.maximum(np.einsum("id,id->i", X, np.linalg.solve(A, X.T).T), 0))
+    return np.array(out)
+
+
+def sel_leverage(params, ctx, B):
+    P = ctx["P"]
+    B = kvpress_budget(params, P, B)
+    if B >= P:
+        return keep_all(P)
+    return top(_znorm(_leverage_raw(ctx, 0, P))[ctx["g"]], B)
+
+
+ref_replay.PREFILL_SELECT.update(leverage=sel_leverage)

@@ -108,6 +108,9 @@ SPECS = [
     "noncausal_attn keep=0.45",
     "noncausal_attn budget=20 chunk=16",
     "noncausal_attn keep=0.3 chunk=7 preset=kvtrace",
+    "leverage keep=0.45",
+    "leverage budget=20",
+    "leverage keep=0.3 preset=kvtrace",
 ]
 
 check("prefill", SPECS)
