@@ -35,3 +35,4 @@ RP_STRATEGY(chunk)
 /* kvpress's Compactor family (compactor.h): noncausal_attn, leverage, compactor */
 RP_STRATEGY(noncausal_attn)
 RP_STRATEGY(leverage)
+RP_STRATEGY(compactor)

@@ -267,3 +267,23 @@ def sel_leverage(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(leverage=sel_leverage)
+
+
+def sel_compactor(params, ctx, B):
+    P = ctx["P"]
+    B0, B = B, kvpress_budget(params, P, B)
+    if B >= P:
+        return keep_all(P)
+    s = min(int(params.get("sink_start", 8)), P)
+    e = min(int(params.get("sink_end", 4)), P - s)
+    b = float(params.get("blending", -1))
+    if b < 0:
+        b = 1 - params["_keep"] if params.get("_keep") else 1 - B0 / P
+    lev = _znorm(_leverage_raw(ctx, s, P - e))
+    att = _znorm(_noncausal_raw(ctx["QA"], ctx["KA"], ctx["VA"], s, P - e, int(params.get("chunk", 256))))
+    x = b * lev + att
+    sc = np.concatenate([np.full(s, x.max() + 1), x[ctx["g"]], np.full(e, x.max() + 1)])
+    return top(sc, B)
+
+
+ref_replay.PREFILL_SELECT.update(compactor=sel_compactor)

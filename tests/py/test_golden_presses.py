@@ -111,6 +111,10 @@ SPECS = [
     "leverage keep=0.45",
     "leverage budget=20",
     "leverage keep=0.3 preset=kvtrace",
+    "compactor keep=0.45",
+    "compactor keep=0.3 chunk=16",
+    "compactor budget=20 sink_start=2 sink_end=0 chunk=9",
+    "compactor keep=0.5 blending=3 sink_end=6 preset=kvtrace",
 ]
 
 check("prefill", SPECS)
