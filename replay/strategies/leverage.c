@@ -28,6 +28,7 @@
 
 #include "compactor.h"
 #include "evict_util.h"
+#include "expected_attention.h"
 #include "kvpress_budget.h"
 #include "strategy.h"
 
@@ -45,22 +46,6 @@ static int lev_configure(const double *v, void **cfg, char *err, size_t errlen)
 }
 
 static void lev_free(void *cfg) { free(cfg); }
-
-/* k (post-RoPE, position t) un-rotated into out [D]: the exact inverse of the table's
- * rotation (amplitude divided out); pairs as the trace's layout says. */
-static void unrotate_key(const rp_layer_ctx *ctx, const float *k, size_t t, double *out)
-{
-    size_t D = ctx->D, R = ctx->rope_cos ? ctx->rotary_dim : 0;
-    for (size_t d = 0; d < D; d++) out[d] = k[d];
-    for (size_t i = 0; i < R / 2; i++) {
-        size_t a = ctx->rope_interleaved ? 2 * i : i, b = ctx->rope_interleaved ? 2 * i + 1 : i + R / 2;
-        double c = ctx->rope_cos[t * R + a], s = ctx->rope_sin[t * R + a], n2 = c * c + s * s;
-        if (n2 == 0) continue;
-        double x = k[a], y = k[b];
-        out[a] = (c * x + s * y) / n2;
-        out[b] = (c * y - s * x) / n2;
-    }
-}
 
 /* Lower Cholesky factor of the D x D matrix A + jit I into L; 0 ok, -1 not positive definite. */
 static int cholesky(const double *A, size_t D, double jit, double *L)
@@ -91,7 +76,7 @@ int cp_leverage(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, double 
     if (!X || !mu || !A || !L || !y) { rc = rp_failf(err, errlen, "out of memory"); goto done; }
     const float *k = ctx->k + g * n * D;
     for (size_t i = 0; i < S; i++) {
-        unrotate_key(ctx, k + (s0 + i) * D, s0 + i, X + i * D);
+        ea_unrotate(ctx, k + (s0 + i) * D, s0 + i, X + i * D);
         for (size_t d = 0; d < D; d++) mu[d] += X[i * D + d];
     }
     for (size_t d = 0; d < D; d++) mu[d] /= (double)S;

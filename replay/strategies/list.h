@@ -32,7 +32,8 @@ RP_STRATEGY(merging)
 RP_STRATEGY(think)
 RP_STRATEGY(criticaladakv)
 RP_STRATEGY(chunk)
-/* kvpress's Compactor family (compactor.h): noncausal_attn, leverage, compactor */
+/* more kvpress presses: the Compactor family (compactor.h: noncausal_attn, leverage, compactor), cap, qfilter */
 RP_STRATEGY(noncausal_attn)
 RP_STRATEGY(leverage)
 RP_STRATEGY(compactor)
+RP_STRATEGY(cap)

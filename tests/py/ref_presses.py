@@ -287,3 +287,48 @@ def sel_compactor(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(compactor=sel_compactor)
+
+
+# ---- cap ----------------------------------------------------------------------------------
+
+def _rbar(ctx, P, F, D):
+    """The RoPE rotation averaged over positions [P, P + F) (expected_attention's), per-pair
+    frequency and amplitude read from the tables."""
+    cosT, sinT, n = ctx["rope_cos"], ctx["rope_sin"], ctx["n"]
+    pairs = _pairs(ctx, D)
+    cols = [a for a, _ in pairs]
+    th = np.arctan2(sinT[1, cols], cosT[1, cols])
+    ang = np.arctan2(sinT[n - 1, cols], cosT[n - 1, cols])
+    th = (ang + 2 * np.pi * np.round((th * (n - 1) - ang) / (2 * np.pi))) / (n - 1)
+    amp = cosT[0, cols]
+    return np.mean([_rot(amp * np.cos(th * p), amp * np.sin(th * p), pairs, D) for p in range(P, P + F)], 0)
+
+
+def sel_cap(params, ctx, B):
+    P = ctx["P"]
+    B = kvpress_budget(params, P, B)
+    if B >= P:
+        return keep_all(P)
+    s = min(int(params.get("sinks", 4)), P)
+    tau, eps = float(params.get("tau", 5)), float(params.get("epsilon", 1e-6))
+    QA, KA, VA = ctx["QA"], ctx["KA"], ctx["VA"]
+    Hkv, D = KA.shape[0], KA.shape[2]
+    G = QA.shape[0] // Hkv
+    Rb = _rbar(ctx, P, int(params.get("future", 512)), D)
+    pairs = _pairs(ctx, D)
+    cols = [a for a, _ in pairs]
+    rots = [_rot(ctx["rope_cos"][t, cols], ctx["rope_sin"][t, cols], pairs, D) for t in range(P)]
+    sc = np.zeros((Hkv, P - s))
+    for g in range(Hkv):
+        K, V = KA[g, s:], VA[g, s:]
+        for h in range(g * G, (g + 1) * G):
+            mu = Rb @ np.mean([np.linalg.solve(rots[t], QA[h, t]) for t in range(s, P)], 0)
+            c = np.clip(K @ mu / np.linalg.norm(mu) / np.linalg.norm(K, axis=1), -1, 1)
+            w = np.exp(tau * c - (tau * c).max())
+            A = np.eye(D) + (V * (w + eps)[:, None]).T @ V
+            sc[g] += w * np.einsum("jd,jd->j", V, np.linalg.solve(A, V.T).T) / G
+    full = np.concatenate([np.full(s, sc.max() + 1), sc[ctx["g"]]])
+    return top(full, B)
+
+
+ref_replay.PREFILL_SELECT.update(cap=sel_cap)

@@ -115,6 +115,9 @@ SPECS = [
     "compactor keep=0.3 chunk=16",
     "compactor budget=20 sink_start=2 sink_end=0 chunk=9",
     "compactor keep=0.5 blending=3 sink_end=6 preset=kvtrace",
+    "cap keep=0.45",
+    "cap budget=20 tau=1 future=40 sinks=2",
+    "cap keep=0.3 epsilon=0.5 future=7",
 ]
 
 check("prefill", SPECS)
