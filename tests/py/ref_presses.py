@@ -332,3 +332,31 @@ def sel_cap(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(cap=sel_cap)
+
+
+# ---- qfilter ------------------------------------------------------------------------------
+# QFILTER[(layer, kv head)] = the filter f, set by the test from the calibration sequences'
+# queries (qfilter_filters) before the replay.
+QFILTER = {}
+
+
+def qfilter_filters(Q, G):
+    """f = -u per kv head: u the leading right singular vector of the stacked queries Q
+    [G heads][rows][D] of the group, signed so that the queries' mean projection is positive."""
+    out = []
+    for g in range(Q.shape[0] // G):
+        X = Q[g * G:(g + 1) * G].reshape(-1, Q.shape[2])
+        u = np.linalg.svd(X, full_matrices=False)[2][0]
+        out.append(-u if (X @ u).sum() >= 0 else u)
+    return out
+
+
+def sel_qfilter(params, ctx, B):
+    P = ctx["P"]
+    B = kvpress_budget(params, P, B)
+    if B >= P:
+        return keep_all(P)
+    return top(-(ctx["K"] @ QFILTER[(ctx["layer"], ctx["g"])]), B)
+
+
+ref_replay.PREFILL_SELECT.update(qfilter=sel_qfilter)
