@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Independent numpy (float64) selections of the kvpress-catalogue scorers (observed_attention,
-keydiff, cur, lagkv, expected_attention), written from the rules in the headers of
+keydiff, cur, lagkv, expected_attention, noncausal_attn, leverage, compactor, cap, qfilter), written from the rules in the headers of
 replay/strategies/<name>.c and the kvpress presses they cite — not ports of the C code.
 Importing this module registers them in ref_replay.PREFILL_SELECT.
 

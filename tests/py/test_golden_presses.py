@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Golden test of the kvpress-catalogue scorers (observed_attention, keydiff, cur, lagkv,
-expected_attention) run by `kvreplay run`, against the independent numpy selections of
+expected_attention, noncausal_attn, leverage, compactor, cap, qfilter) run by `kvreplay run`, against the independent numpy selections of
 ref_presses.py plugged into ref_replay.py's numpy replay (the pattern of test_golden_evict.py).
 
 The trace is ref_replay.make_trace's small structured trace (S=3 sequences of 96/90/80
