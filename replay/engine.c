@@ -250,6 +250,16 @@ static int read_kv(rp_engine *E, size_t s, size_t l, size_t n, float *k, float *
     return rc;
 }
 
+/* The queries [H][n][D] of sequence s, layer l (calibration: qfilter). */
+static int read_q(rp_engine *E, size_t s, size_t l, size_t n, float *q, kv_error *ke)
+{
+    int rc = 0;
+#pragma omp critical(kvtrace_io)
+    for (size_t h = 0; h < E->H && !rc; h++)
+        if (kv_trace_read_rows(E->t, KV_Q, s, l, h, 0, n, q + h * n * E->D, ke) != KV_OK) rc = -1;
+    return rc;
+}
+
 static int cb_layer_kv(const rp_layer_ctx *ctx, size_t layer, const float **k, const float **v)
 {
     item *it = ctx->engine;
@@ -517,34 +527,37 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
                 goto fail;
             }
             size_t nc = want ? want : o->n_calib;
-            float **kk = calloc(nc, sizeof *kk), **vv = calloc(nc, sizeof *vv);
+            float **kk = calloc(nc, sizeof *kk), **vv = calloc(nc, sizeof *vv), **qq = calloc(nc, sizeof *qq);
             size_t *nn = calloc(nc, sizeof *nn);
-            int bad = !kk || !vv || !nn;
+            int bad = !kk || !vv || !qq || !nn;
             for (size_t l = 0; l < E->L && !bad; l++) {
                 for (size_t i = 0; i < nc && !bad; i++) {
                     size_t s = o->calib[i];
                     nn[i] = (size_t)E->seq_len[s];
-                    free(kk[i]); free(vv[i]);
+                    free(kk[i]); free(vv[i]); free(qq[i]);
                     kk[i] = malloc(E->Hkv * nn[i] * E->D * sizeof **kk);
                     vv[i] = malloc(E->Hkv * nn[i] * E->D * sizeof **vv);
-                    if (!kk[i] || !vv[i] || read_kv(E, s, l, nn[i], kk[i], vv[i], &ke)) {
+                    qq[i] = malloc(E->H * nn[i] * E->D * sizeof **qq);
+                    if (!kk[i] || !vv[i] || !qq[i] || read_kv(E, s, l, nn[i], kk[i], vv[i], &ke) ||
+                        read_q(E, s, l, nn[i], qq[i], &ke)) {
                         bad = 1;
-                        rp_failf(err, errlen, "calibration: %s", kk[i] && vv[i] ? ke.msg : "out of memory");
+                        rp_failf(err, errlen, "calibration: %s", kk[i] && vv[i] && qq[i] ? ke.msg : "out of memory");
                     }
                 }
                 if (bad) break;
                 rp_calib_ctx cc = { .layer = l, .n_layers = E->L, .Hkv = E->Hkv, .D = E->D, .n_seq = nc,
                                     .n = nn, .k = (const float *const *)kk, .v = (const float *const *)vv,
                                     .rope_cos = E->rope_cos, .rope_sin = E->rope_sin, .rotary_dim = E->R,
-                                    .rope_interleaved = E->interleaved };
+                                    .rope_interleaved = E->interleaved, .H = E->H,
+                                    .q = (const float *const *)qq };
                 char e2[512] = "";
                 if (st->calibrate(cf->part[p].cfg, &cc, e2, sizeof e2)) {
                     bad = 1;
                     rp_failf(err, errlen, "config '%s': calibration of layer %zu: %s", cf->canon, l, e2);
                 }
             }
-            for (size_t i = 0; i < nc && kk && vv; i++) { free(kk[i]); free(vv[i]); }
-            free(kk); free(vv); free(nn);
+            for (size_t i = 0; i < nc && kk && vv && qq; i++) { free(kk[i]); free(vv[i]); free(qq[i]); }
+            free(kk); free(vv); free(qq); free(nn);
             if (bad) goto fail;
         }
     }

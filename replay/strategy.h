@@ -208,7 +208,7 @@ typedef struct rp_layer_ctx {
 
 enum { RP_GQA_MEAN = 0, RP_GQA_MAX = 1, RP_GQA_SUM = 2 };
 
-/* Calibration data (lowrank): the K/V of layer `layer` for the calibration sequences. */
+/* Calibration data (lowrank, qfilter): the Q/K/V of layer `layer` for the calibration sequences. */
 typedef struct rp_calib_ctx {
     size_t layer, n_layers, Hkv, D, n_seq;
     const size_t *n;        /* [n_seq] valid tokens per calibration sequence */
@@ -216,6 +216,8 @@ typedef struct rp_calib_ctx {
     const float *rope_cos, *rope_sin;   /* [T][rotary_dim] or NULL */
     size_t rotary_dim;
     int rope_interleaved;
+    size_t H;                           /* q-heads */
+    const float *const *q;              /* [n_seq] -> [H][n[i]][D] post-RoPE queries (qfilter) */
 } rp_calib_ctx;
 
 /* ---- the strategy table ---------------------------------------------------------------- */

@@ -37,6 +37,7 @@
 #include <string.h>
 
 #include "evict_util.h"
+#include "expected_attention.h"
 #include "kvpress_budget.h"
 #include "strategy.h"
 
@@ -75,7 +76,7 @@ static void rope_pair(size_t i, size_t R, int interleaved, size_t *a, size_t *b)
 }
 
 /* The averaged rotation as (cr, sr, partner) per dim: (Rbar x)_d = cr[d] x_d + sr[d] x_partner[d]. */
-static void avg_rotation(const rp_layer_ctx *ctx, size_t P, size_t F, double *cr, double *sr, size_t *partner)
+void ea_avg_rotation(const rp_layer_ctx *ctx, size_t P, size_t F, double *cr, double *sr, size_t *partner)
 {
     size_t D = ctx->D, R = ctx->rope_cos ? ctx->rotary_dim : 0, m = ctx->n - 1;
     for (size_t d = 0; d < D; d++) { cr[d] = 1; sr[d] = 0; partner[d] = d; }
@@ -99,7 +100,7 @@ static void avg_rotation(const rp_layer_ctx *ctx, size_t P, size_t F, double *cr
 }
 
 /* q un-rotated at position t into out [D] (q_pre = Rot(t)^-1 q, with the amplitude divided out). */
-static void unrotate(const rp_layer_ctx *ctx, const float *q, size_t t, double *out)
+void ea_unrotate(const rp_layer_ctx *ctx, const float *q, size_t t, double *out)
 {
     size_t D = ctx->D, R = ctx->rope_cos ? ctx->rotary_dim : 0;
     for (size_t d = 0; d < D; d++) out[d] = q[d];
@@ -128,13 +129,13 @@ static void ea_head(const ea_cfg *c, const rp_layer_ctx *ctx, size_t h, const fl
     memset(w->mu, 0, D * sizeof *w->mu);
     memset(w->S, 0, D * D * sizeof *w->S);
     for (size_t t = s; t < P; t++) {
-        unrotate(ctx, q + t * D, t, w->x);
+        ea_unrotate(ctx, q + t * D, t, w->x);
         for (size_t d = 0; d < D; d++) w->mu[d] += w->x[d];
     }
     for (size_t d = 0; d < D; d++) w->mu[d] /= (double)N;
     if (c->cov) {
         for (size_t t = s; t < P; t++) {
-            unrotate(ctx, q + t * D, t, w->x);
+            ea_unrotate(ctx, q + t * D, t, w->x);
             for (size_t d = 0; d < D; d++) w->x[d] -= w->mu[d];
             for (size_t d = 0; d < D; d++)
                 for (size_t e = 0; e < D; e++) w->S[d * D + e] += w->x[d] * w->x[e];
@@ -209,7 +210,7 @@ static int ea_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cac
     int rc = -1;
     if (!w.mu || !w.mu2 || !w.x || !w.cr || !w.sr || !w.partner || !w.S || !w.S2 || !w.z || !w.acc || !score || !kept)
         goto done;
-    if (B < P) avg_rotation(ctx, P, c->future, w.cr, w.sr, w.partner);
+    if (B < P) ea_avg_rotation(ctx, P, c->future, w.cr, w.sr, w.partner);
     for (size_t g = 0; g < ctx->Hkv; g++) {
         size_t m = P;
         if (B >= P) {

@@ -21,7 +21,7 @@ Extension points (for h2o, snapkv, ...):
         sequence, layer, kv head) that persists across t.
     DECODE_SELECT[strategy](params, ctx, cache, q, h, t, B) -> the entries of cache that
         query head h sees at decode position t (Quest); ctx as PREFILL_SELECT's.
-    Added for the eviction strategies: prefill ctx also has QA [H][P][D] and KA [HKV][P][D]
+    Added for the eviction strategies: prefill ctx also has QA [H][P][D], KA and VA [HKV][P][D]
     (every head: AdaKV allocates across kv heads), Kfull [n][D] (kv head g, decode keys
     included: Quest pages them) and seq; online ctx has Q [G][n][D]. Prefill ctx["WO"]: the
     layer's read-out W_O [H*D][C] (None without a read-out; criticalkv).
@@ -225,7 +225,7 @@ def replay(path, mode, configs, decode=None):
                     if mode == "prefill":
                         B = resolve_budget(budget, P)
                         ctx = dict(Q=Q[g * G:(g + 1) * G, :P], K=K[g, :P], V=Vv[g, :P], P=P, g=g, layer=l,
-                                   QA=Q[:, :P], KA=K[:, :P], Kfull=K[g], seq=s,
+                                   QA=Q[:, :P], KA=K[:, :P], VA=Vv[:, :P], Kfull=K[g], seq=s,
                                    n_layers=L, scale=scale, n=n, Qall=Q[g * G:(g + 1) * G], rope_cos=rcos,
                                    rope_sin=rsin, rope_layout=str(A.get("rope_layout", "rotate_half")))
                         ctx["WO"] = ro["w_o"][l] if ro is not None else None  # [H*D][C] (criticalkv)
