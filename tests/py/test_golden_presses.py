@@ -18,8 +18,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ref_replay  # noqa: E402
 import ref_presses  # noqa: E402,F401  (registers the selections)
-from golden_cmp import finish  # noqa: E402
-from golden_harness import TMP, check_golden  # noqa: E402
+from golden_cmp import compare, fails, finish  # noqa: E402
+from golden_harness import TMP, check_golden, exit_failed, kvreplay_run, parse, tables  # noqa: E402
 
 
 def keep_param(params, budget):
@@ -86,14 +86,9 @@ def check_qfilter(specs, decode=32, seq_len=(96, 90, 80)):
     if not os.path.exists(trace):
         ref_replay.make_trace(trace, S=len(seq_len), T=max(seq_len), seq_len=list(seq_len))
     out = os.path.join(TMP, "out_presses_qfilter")
-    cmd = [f"{BIN}/kvreplay", "run", trace, "-o", out, "--mode", "prefill", "--decode", str(decode),
-           "--calib", "2", "--seqs", "0,1"]
-    for s in specs:
-        cmd += ["--strategy", s]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = kvreplay_run(trace, out, "prefill", specs, ["--decode", str(decode), "--calib", "2", "--seqs", "0,1"])
     if r.returncode != 0:
-        print("FAIL: kvreplay run (qfilter) exited", r.returncode, r.stderr.strip())
-        sys.exit(1)
+        exit_failed(r)
     with h5py.File(trace, "r") as f:
         L, H, Hkv = (int(f.attrs[k]) for k in ("n_layers", "n_heads", "n_kv_heads"))
         n2 = int(f["seq_len"][2])
@@ -101,7 +96,7 @@ def check_qfilter(specs, decode=32, seq_len=(96, 90, 80)):
             Q = f[f"layers/{l}/q"][2][:, :n2].astype(np.float64)
             for g, fl in enumerate(ref_presses.qfilter_filters(Q, H // Hkv)):
                 ref_presses.QFILTER[(l, g)] = fl
-    rows = list(csv.DictReader(open(os.path.join(out, "per_seq.csv"))))
+    rows, = tables(out, ("per_seq",))
     configs = []
     for s in specs:
         strat, params, budget = parse(s)
