@@ -549,7 +549,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
                                     .n = nn, .k = (const float *const *)kk, .v = (const float *const *)vv,
                                     .rope_cos = E->rope_cos, .rope_sin = E->rope_sin, .rotary_dim = E->R,
                                     .rope_interleaved = E->interleaved, .H = E->H,
-                                    .q = (const float *const *)qq };
+                                    .q = (const float *const *)qq, .ap = E->ap[l] };
                 char e2[512] = "";
                 if (st->calibrate(cf->part[p].cfg, &cc, e2, sizeof e2)) {
                     bad = 1;

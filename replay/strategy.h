@@ -208,7 +208,7 @@ typedef struct rp_layer_ctx {
 
 enum { RP_GQA_MEAN = 0, RP_GQA_MAX = 1, RP_GQA_SUM = 2 };
 
-/* Calibration data (lowrank, qfilter): the Q/K/V of layer `layer` for the calibration sequences. */
+/* Calibration data (lowrank, qfilter, duo): the Q/K/V of layer `layer` for the calibration sequences. */
 typedef struct rp_calib_ctx {
     size_t layer, n_layers, Hkv, D, n_seq;
     const size_t *n;        /* [n_seq] valid tokens per calibration sequence */
@@ -218,6 +218,7 @@ typedef struct rp_calib_ctx {
     int rope_interleaved;
     size_t H;                           /* q-heads */
     const float *const *q;              /* [n_seq] -> [H][n[i]][D] post-RoPE queries (qfilter) */
+    attn_params ap;                     /* scale, softcap, window of this layer (duo) */
 } rp_calib_ctx;
 
 /* ---- the strategy table ---------------------------------------------------------------- */

@@ -38,3 +38,6 @@ RP_STRATEGY(leverage)
 RP_STRATEGY(compactor)
 RP_STRATEGY(cap)
 RP_STRATEGY(qfilter)
+/* kvpress presses with new parameter kinds or a question window: duo (calibrated head split),
+ * finch (the question as SnapKV's window, keys re-rotated), per_layer (per-layer ratios) */
+RP_STRATEGY(duo)

@@ -1,0 +1,92 @@
+#!/usr/bin/python3
+"""Golden test of duo, finch and per_layer run by `kvreplay run`, against the independent numpy
+selections of ref_presses_more.py plugged into ref_replay.py's numpy replay (the pattern of
+test_golden_presses.py: ref_replay.make_trace's small structured trace, L=2, H=4, Hkv=2, D=16,
+RoPE tables; every compared per_seq.csv (and, without calibration, summary.csv and
+per_head.csv) row within golden_cmp's tolerances; each configuration must compress).
+
+duo calibrates on sequence 2 (--calib 2) and is evaluated on 0 and 1; its masses are computed
+here in float64 and a threshold is placed between two of them, far from both, so that the
+split is not decided by rounding. Exit 0 pass, 1 fail.
+"""
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ref_replay  # noqa: E402
+import ref_presses_more  # noqa: E402
+from golden_cmp import compare, fails, finish  # noqa: E402
+from golden_harness import TMP, check_golden, exit_failed, kvreplay_run, parse, tables  # noqa: E402
+
+SEQ_LEN = (96, 90, 80)
+
+
+def trace_path(tag, **kw):
+    path = os.path.join(TMP, f"golden_more_{tag}.h5")
+    if not os.path.exists(path):
+        ref_replay.make_trace(path, S=len(SEQ_LEN), T=max(SEQ_LEN), seq_len=list(SEQ_LEN), **kw)
+    return path
+
+
+def keep_param(params, budget):
+    if budget and budget[0] == "keep":
+        params["_keep"] = budget[1]
+
+
+# ---- duo --------------------------------------------------------------------------------------
+
+def duo_masses(trace, sinks, recent, calib_q, seq=2):
+    import h5py
+    with h5py.File(trace, "r") as f:
+        L, scale = int(f.attrs["n_layers"]), float(f.attrs["attn_scale"])
+        n = int(f["seq_len"][seq])
+        return np.array([ref_presses_more.duo_masses(f[f"layers/{l}/q"][seq][:, :n].astype(np.float64),
+                                                     f[f"layers/{l}/k"][seq][:, :n].astype(np.float64),
+                                                     scale, sinks, recent, calib_q) for l in range(L)])
+
+
+DUO_RUNS = []
+
+
+def check_duo(spec, trace, decode=32):
+    """One duo configuration, calibrated on sequence 2, compared on sequences 0 and 1."""
+    strat, params, budget = parse(spec)
+    mass = duo_masses(trace, int(params.get("sinks", 128)), int(params.get("recent", 256)),
+                      int(params.get("calib_q", 64)))
+    ref_presses_more.DUO_STREAMING = ref_presses_more.duo_split(
+        mass, float(params.get("head_fraction", 0.5)), float(params.get("threshold", 0)))
+    if not 0 < len(ref_presses_more.DUO_STREAMING) < mass.size:
+        fails.append(f"duo '{spec}': {len(ref_presses_more.DUO_STREAMING)} of {mass.size} heads streaming "
+                     "(the split would not be tested)")
+    out = os.path.join(TMP, f"out_more_duo{len(DUO_RUNS)}")
+    DUO_RUNS.append(spec)
+    r = kvreplay_run(trace, out, "prefill", [spec], ["--decode", str(decode), "--calib", "2", "--seqs", "0,1"])
+    if r.returncode != 0:
+        exit_failed(r)
+    rows, = tables(out, ("per_seq",))
+    params["_gqa"] = "mean"
+    ref = ref_replay.replay(trace, "prefill", [(spec, strat, params, budget)], decode=decode)
+    if sorted(int(r2["seq"]) for r2 in rows) != [0, 1]:
+        fails.append(f"duo '{spec}': per_seq rows for sequences {[r2['seq'] for r2 in rows]}, expected 0 and 1")
+    for r2 in rows:
+        compare(f"duo seq {r2['seq']} '{spec}'", r2, ref[spec]["per_seq"][int(r2["seq"])])
+        if float(r2["mass_recall"]) >= 1.0:
+            fails.append(f"duo seq {r2['seq']} '{spec}': mass_recall 1 — nothing was compressed")
+
+
+def duo_threshold(trace, sinks, recent, calib_q):
+    """A threshold halfway across the widest gap between the sorted masses (4 decimals)."""
+    m = np.sort(duo_masses(trace, sinks, recent, calib_q).reshape(-1))
+    i = int(np.argmax(np.diff(m)))
+    return f"{(m[i] + m[i + 1]) / 2:.4f}"
+
+
+tr = trace_path("plain")
+check_duo("duo sinks=2 recent=8 calib_q=0", tr)
+check_duo("duo sinks=1 recent=12 head_fraction=0.25 calib_q=16", tr)
+check_duo("duo sinks=4 recent=6 head_fraction=0.75", tr)
+check_duo(f"duo sinks=2 recent=8 calib_q=0 threshold={duo_threshold(tr, 2, 8, 0)}", tr)
+
+finish("PASS: duo, finch, per_layer match numpy")
