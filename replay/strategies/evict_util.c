@@ -1,5 +1,6 @@
 /* Helpers shared by the attention-scored eviction strategies (evict_util.h). */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -80,4 +81,40 @@ double ev_round_half_even(double x)
     double r = floor(x + 0.5);
     if (r - x == 0.5 && fmod(r, 2.0) != 0.0) r -= 1.0;   /* exact half: go to the even one */
     return r;
+}
+
+/* x [R] rotated at position a -> rotated at position b (tables [T][R]). */
+static void rerotate(float *x, size_t R, int interleaved, const float *ca, const float *sa,
+                     const float *cb, const float *sb)
+{
+    float tmp[1024];
+    size_t half = R / 2;
+    /* de-rotate: x0 = x ca - rot(x) sa */
+    for (size_t d = 0; d < R; d++) {
+        float rot = interleaved ? ((d & 1) ? x[d - 1] : -x[d + 1]) : (d < half ? -x[d + half] : x[d - half]);
+        tmp[d] = x[d] * ca[d] - rot * sa[d];
+    }
+    for (size_t d = 0; d < R; d++) {
+        float rot = interleaved ? ((d & 1) ? tmp[d - 1] : -tmp[d + 1]) : (d < half ? -tmp[d + half] : tmp[d - half]);
+        x[d] = tmp[d] * cb[d] + rot * sb[d];
+    }
+}
+
+int ev_reindex_view(const rp_layer_ctx *ctx, size_t t, rp_cache *c, const char *who, char *err, size_t errlen)
+{
+    if (!ctx->rope_cos || !ctx->rope_sin || !ctx->rotary_dim) {
+        snprintf(err, errlen, "%s needs the trace's /rope tables (this trace has none)", who);
+        return -1;
+    }
+    size_t R = ctx->rotary_dim, m = c->n;
+    if (R > 1024 || R > c->D) { snprintf(err, errlen, "%s: rotary_dim %zu unsupported", who, R); return -1; }
+    for (size_t e = 0; e < m; e++) {
+        size_t from = (size_t)c->pos[e];
+        if (t + 1 < m - e) { snprintf(err, errlen, "%s: cache larger than the position", who); return -1; }
+        size_t to = t - (m - 1 - e);
+        if (to == from) continue;
+        rerotate(c->k + e * c->D, R, ctx->rope_interleaved, ctx->rope_cos + from * R, ctx->rope_sin + from * R,
+                 ctx->rope_cos + to * R, ctx->rope_sin + to * R);
+    }
+    return 0;
 }

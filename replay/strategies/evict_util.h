@@ -30,6 +30,13 @@ int ev_push_kept(const rp_layer_ctx *ctx, size_t g, const int32_t *kept, size_t 
  * of rp_topk(score, n, B) to evict, returns its length (0 if n <= B; (size_t)-1 on ENOMEM). */
 size_t ev_evict_complement(const double *score, size_t n, size_t B, size_t *evict);
 
+/* Positions within the cache (an online_view): entry e of the m entries of c seen by query t
+ * moves from its position c->pos[e] to t - (m - 1 - e); its key is de-rotated with the
+ * trace's /rope tables at the old position and rotated at the new one (rotate_half or
+ * interleaved, first rotary_dim dims). who names the option in errors ("streaming
+ * reindex=1"): no tables, rotary_dim over 1024, more entries than positions. 0 ok, -1 with err. */
+int ev_reindex_view(const rp_layer_ctx *ctx, size_t t, rp_cache *c, const char *who, char *err, size_t errlen);
+
 /* Round half to even (Python's round(), used by the kvpress budget formulas). */
 double ev_round_half_even(double x);
 

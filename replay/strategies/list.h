@@ -41,3 +41,4 @@ RP_STRATEGY(qfilter)
 /* kvpress presses with new parameter kinds or a question window: duo (calibrated head split),
  * finch (the question as SnapKV's window, keys re-rotated), per_layer (per-layer ratios) */
 RP_STRATEGY(duo)
+RP_STRATEGY(finch)

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "evict_util.h"
 #include "strategy.h"
 
 typedef struct streaming_cfg { size_t sinks; int reindex; } streaming_cfg;
@@ -73,23 +74,6 @@ static kv_status streaming_online_step(void *state, const rp_layer_ctx *ctx, siz
 
 static void streaming_online_free(void *state) {}
 
-/* x [R] rotated at position a -> rotated at position b (tables [T][R]). */
-static void rerotate(float *x, size_t R, int interleaved, const float *ca, const float *sa,
-                     const float *cb, const float *sb)
-{
-    float tmp[1024];
-    size_t half = R / 2;
-    /* de-rotate: x0 = x ca - rot(x) sa */
-    for (size_t d = 0; d < R; d++) {
-        float rot = interleaved ? ((d & 1) ? x[d - 1] : -x[d + 1]) : (d < half ? -x[d + half] : x[d - half]);
-        tmp[d] = x[d] * ca[d] - rot * sa[d];
-    }
-    for (size_t d = 0; d < R; d++) {
-        float rot = interleaved ? ((d & 1) ? tmp[d - 1] : -tmp[d + 1]) : (d < half ? -tmp[d + half] : tmp[d - half]);
-        x[d] = tmp[d] * cb[d] + rot * sb[d];
-    }
-}
-
 static int streaming_view_active(const void *cfg) { return ((const streaming_cfg *)cfg)->reindex; }
 
 /* online_view: the engine calls it on a working copy of the cache each query sees (both
@@ -99,21 +83,7 @@ static int streaming_view(const void *cfg, const rp_layer_ctx *ctx, size_t g, si
 {
     const streaming_cfg *cf = cfg;
     if (!cf->reindex) return 0;
-    if (!ctx->rope_cos || !ctx->rope_sin || !ctx->rotary_dim) {
-        snprintf(err, errlen, "streaming reindex=1 needs the trace's /rope tables (this trace has none)");
-        return -1;
-    }
-    size_t R = ctx->rotary_dim, m = c->n;
-    if (R > 1024 || R > c->D) { snprintf(err, errlen, "streaming reindex=1: rotary_dim %zu unsupported", R); return -1; }
-    for (size_t e = 0; e < m; e++) {
-        size_t from = (size_t)c->pos[e];
-        if (t + 1 < m - e) { snprintf(err, errlen, "streaming reindex=1: cache larger than the position"); return -1; }
-        size_t to = t - (m - 1 - e);
-        if (to == from) continue;
-        rerotate(c->k + e * c->D, R, ctx->rope_interleaved, ctx->rope_cos + from * R, ctx->rope_sin + from * R,
-                 ctx->rope_cos + to * R, ctx->rope_sin + to * R);
-    }
-    return 0;
+    return ev_reindex_view(ctx, t, c, "streaming reindex=1", err, errlen);
 }
 
 const rp_strategy rp_strategy_streaming = {

@@ -65,3 +65,47 @@ def sel_duo(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(duo=sel_duo)
+
+
+# ---- finch ----------------------------------------------------------------------------------
+# FINCH_QUESTION: the trace has /prefill_len (the window is the question after the prompt),
+# set by the test for the trace it replays.
+FINCH_QUESTION = False
+
+
+def finch_scores(ctx, t0, t1, ncols, normalize, scale):
+    """Mean over the group's query heads and window rows t in [t0, t1) of p(t, j) (times t with
+    normalize) for keys j < ncols; p the causal softmax row of query t over keys [0, t]."""
+    K = ctx["Kfull"]
+    acc = np.zeros(ncols)
+    for q in ctx["Qall"]:
+        for t in range(t0, t1):
+            s = scale * (K[:t + 1] @ q[t])
+            p = np.exp(s - s.max())
+            p /= p.sum()
+            acc += p[:ncols] * (t if normalize else 1)
+    return acc / ((t1 - t0) * len(ctx["Qall"]))
+
+
+def sel_finch(params, ctx, B):
+    P, n = ctx["P"], ctx["n"]
+    normalize = str(params.get("normalize", 1)) in ("1", "true")
+    keep = params.get("_keep")
+    kvpress = params.get("preset", "kvpress") == "kvpress" and keep is not None and 0 < keep < 1
+    if FINCH_QUESTION:
+        q = int(params.get("question", 0))
+        w = min(q, n - P) if q else n - P
+        Bc = max(1, max(1, int((P + w) * (1 - (1 - keep)))) - w) if kvpress else B
+        if Bc >= P:
+            return keep_all(P)
+        return top(finch_scores(ctx, P, P + w, P, normalize, ctx["scale"]), Bc)
+    w = min(int(params.get("window", 16)), P)
+    Bk = ref_presses.kvpress_budget(params, P, B)
+    if Bk >= P:
+        return keep_all(P)
+    sc = finch_scores(ctx, P - w, P, P - w, normalize, ctx["scale"])
+    pad = sc.max() + 1 if P > w else 1.0
+    return top(np.concatenate([sc, np.full(w, pad)]), Bk)
+
+
+ref_replay.PREFILL_SELECT.update(finch=sel_finch)

@@ -89,4 +89,30 @@ check_duo("duo sinks=1 recent=12 head_fraction=0.25 calib_q=16", tr)
 check_duo("duo sinks=4 recent=6 head_fraction=0.75", tr)
 check_duo(f"duo sinks=2 recent=8 calib_q=0 threshold={duo_threshold(tr, 2, 8, 0)}", tr)
 
+
+
+# ---- finch --------------------------------------------------------------------------------------
+
+def finch_params(params, budget):
+    keep_param(params, budget)
+    params["reindex"] = int(params.get("rerotate", 1))      # ref_replay's positions within the cache
+
+
+# a question trace: contexts of 64/58/48 tokens, then 32 question tokens each (the window)
+ref_presses_more.FINCH_QUESTION = True
+check_golden("finch_question", trace_path("qa", prefill_len=[64, 58, 48]), os.path.join(TMP, "out_more_finch_q"),
+             "prefill", None, [
+                 "finch keep=0.5",
+                 "finch keep=0.6 rerotate=0",
+                 "finch keep=0.4 preset=kvtrace question=8",
+                 "finch budget=20 normalize=0",
+             ], set_params=finch_params)
+# no /prefill_len: the last window= prompt tokens, padded with the maximum + 1 (--decode 32)
+ref_presses_more.FINCH_QUESTION = False
+check_golden("finch_prompt", trace_path("plain"), os.path.join(TMP, "out_more_finch_p"), "prefill", 32, [
+    "finch keep=0.45",
+    "finch keep=0.3 window=8 rerotate=0",
+    "finch budget=20 window=4 preset=kvtrace normalize=0",
+], set_params=finch_params)
+
 finish("PASS: duo, finch, per_layer match numpy")

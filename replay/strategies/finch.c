@@ -1,0 +1,192 @@
+/* finch — FINCH: SnapKV whose observation window is the question, kept keys re-rotated to
+ * contiguous positions.
+ *
+ * Rule (prefill protocol, per kv head; the prompt [0, P) is the context):
+ *   Window. On a trace with /prefill_len the window is the question: the w tokens [P, P + w)
+ *   after the prompt (w = n - P, or the first `question` of them). On a trace without it
+ *   (no question: the tokens after the split are the ones evaluated, not a question) the
+ *   window is the last `window` prompt tokens [P - w, P), as SnapKV's.
+ *   Score of a key j before the window: the mean over the window rows t and the G query heads
+ *   of the group of p_h(t, j) * t (normalize=1, kvpress's normalize_scores: row t has t + 1
+ *   visible keys) or p_h(t, j) (normalize=0); p is the causal row of query t over its
+ *   visible keys (the window's own keys included; the layer's scale, soft-cap and window;
+ *   attn_logit, softmax in double). No pooling (kvpress's FinchPress has none).
+ *   Kept: question window: the Bc context keys of highest score (ties: lower position); the
+ *   question itself is not part of the prompt cache: decode queries see it exactly, as every
+ *   prefill strategy's. Prompt window: the window's entries score max + 1 (always kept first,
+ *   as kvpress pads them), then the best of the rest, B in all.
+ *   rerotate=1: each query t sees the kept keys re-rotated to contiguous positions: entry e of
+ *   the m entries it sees (kept context, then the exact entries [P, t]) at t - (m - 1 - e),
+ *   i.e. the c kept context keys at P - c .. P - 1 and the exact entries where they are
+ *   (streaming reindex=1's view, on the trace's /rope tables: de-rotated at the original
+ *   position, rotated at the new one). This is kvpress's KeyRerotationPress.rerotate_keys
+ *   (kept keys moved to 0 .. c + w - 1, generation continuing at position c + w): the same
+ *   query-key distances, since RoPE logits depend only on them. It changes attention (the
+ *   kept keys move closer to the queries), so every metric sees it; kv_mse stays empty (not
+ *   a reconstruction). The trace holds post-RoPE keys and the tables, so nothing is
+ *   approximated. Traces of models without RoPE (positional != rope): no rotation exists,
+ *   re-rotation is a no-op. A RoPE trace without /rope is refused when rerotate=1.
+ * Budget: preset=kvpress (default): kvpress keeps max(1, int(k_len (1 - compression_ratio)))
+ * entries of context + window, k_len = P + w (question window) or P (prompt window),
+ * compression_ratio = 1 - keep, the window first; with a question window the context keeps
+ * Bc = that count minus w, at least 1 (kvpress keeps no context then). preset=kvtrace: the
+ * engine's round(keep * P) context entries (Bc = B). budget=N: N context entries.
+ * Defaults: preset=kvpress, question=0 (every token after the prompt), window=16, normalize=1,
+ * rerotate=1 (kvpress FinchPress's normalize_scores and rerotate_keys).
+ * Reference: Corallo and Papotti 2024, "FINCH: Prompt-guided Key-Value Cache Compression for
+ * Large Language Models" (TACL; github.com/giulio98/context-compression); kvpress FinchPress
+ * (github.com/NVIDIA/kvpress, presses/finch_press.py, key_rerotation_press.py).
+ * Differences: kvpress finds the question with a delimiter token; here it is /prefill_len
+ * (sample_qa.h5: the question then the answer follow the context with no delimiter recorded,
+ * so by default the window holds both; question=N keeps the first N). kvpress computes the
+ * question's own queries on the full context during the prefill; the replay evaluates every
+ * position after P on the compressed cache, the question's included. Without /prefill_len
+ * kvpress refuses the input; the prompt window is this replay's fallback. Chunked scoring
+ * (chunk_length) is not reproduced. A --decode split on a trace with /prefill_len makes the
+ * tokens after that split the window. Sliding-window layers: the layer's window is applied at
+ * the original positions.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "evict_util.h"
+#include "kvpress_budget.h"
+#include "strategy.h"
+
+typedef struct finch_cfg { int preset; size_t question, window; int normalize, rerotate; } finch_cfg;
+
+static const rp_param_def finch_params[] = {
+    KVPRESS_PRESET_PARAM,
+    { "question", RP_INT, "0", 0, 1e9, NULL, "window = the first N tokens after /prefill_len (0 = every one)" },
+    { "window", RP_INT, "16", 1, 1e9, NULL, "traces without /prefill_len: window = the last N prompt tokens" },
+    { "normalize", RP_BOOL, "1", 0, 1, NULL, "weigh window row t by t (kvpress normalize_scores)" },
+    { "rerotate", RP_BOOL, "1", 0, 1, NULL, "kept keys re-rotated to contiguous positions (needs /rope on RoPE traces)" },
+};
+
+static int finch_configure(const double *v, void **cfg, char *err, size_t errlen)
+{
+    finch_cfg *c = malloc(sizeof *c);
+    if (!c) return -1;
+    c->preset = (int)v[0];
+    c->question = (size_t)v[1];
+    c->window = (size_t)v[2];
+    c->normalize = v[3] != 0;
+    c->rerotate = v[4] != 0;
+    *cfg = c;
+    return 0;
+}
+
+static void finch_free(void *cfg) { free(cfg); }
+
+/* The window rows [*t0, *t1): the question after the prompt, or the prompt's tail. */
+static void finch_window(const finch_cfg *c, const rp_layer_ctx *ctx, size_t *t0, size_t *t1)
+{
+    size_t P = ctx->P, n = ctx->n;
+    if (ctx->info && ctx->info->has_prefill && n > P) {
+        size_t w = c->question && c->question < n - P ? c->question : n - P;
+        *t0 = P; *t1 = P + w;
+    } else {
+        size_t w = c->window < P ? c->window : P;
+        *t0 = P - w; *t1 = P;
+    }
+}
+
+/* score [ncols]: the rule's window score of keys [0, ncols) for kv head g; p [n] scratch. */
+static void finch_score(const finch_cfg *c, const rp_layer_ctx *ctx, size_t g, size_t t0, size_t t1, size_t ncols,
+                        double *p, double *score)
+{
+    size_t D = ctx->D, n = ctx->n, G = ctx->G;
+    const float *k = ctx->k + g * n * D;
+    memset(score, 0, ncols * sizeof *score);
+    for (size_t h = g * G; h < (g + 1) * G; h++)
+        for (size_t t = t0; t < t1; t++) {
+            const float *q = ctx->q + (h * n + t) * D;
+            size_t lo = attn_lo(t, ctx->ap.window);
+            double mx = -INFINITY, z = 0;
+            for (size_t j = lo; j <= t; j++) {
+                p[j] = attn_logit(q, k + j * D, D, &ctx->ap);
+                mx = p[j] > mx ? p[j] : mx;
+            }
+            for (size_t j = lo; j <= t; j++) z += (p[j] = exp(p[j] - mx));
+            double wt = c->normalize ? (double)t : 1.0;
+            for (size_t j = lo; j < ncols && j <= t; j++) score[j] += p[j] / z * wt;
+        }
+    for (size_t j = 0; j < ncols; j++) score[j] /= (double)((t1 - t0) * G);
+}
+
+/* Context entries kept (question window: w = t1 - t0 tokens after the prompt). */
+static size_t finch_budget(const finch_cfg *c, const rp_layer_ctx *ctx, size_t B, size_t w, int question)
+{
+    size_t P = ctx->P;
+    if (c->preset != KVPRESS_PRESET_KVPRESS || ctx->keep <= 0 || ctx->keep >= 1) return B;
+    if (!question) return kvpress_n_kept(c->preset, ctx, P, B);
+    double r = 1.0 - ctx->keep;                     /* kvpress's compression_ratio */
+    double x = (double)(P + w) * (1.0 - r);
+    size_t tot = x < 1 ? 1 : (size_t)x;
+    return tot > w + 1 ? tot - w : 1;
+}
+
+static int finch_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out, char *err, size_t errlen)
+{
+    const finch_cfg *c = cfg;
+    size_t P = ctx->P, t0, t1;
+    finch_window(c, ctx, &t0, &t1);
+    int question = t0 == P;
+    size_t Bc = finch_budget(c, ctx, B, t1 - t0, question);
+    double *p = malloc((ctx->n + 1) * sizeof *p), *score = malloc((P + 1) * sizeof *score);
+    int32_t *kept = malloc((P + 1) * sizeof *kept);
+    int rc = -1;
+    if (!p || !score || !kept) { rp_failf(err, errlen, "finch: out of memory"); goto done; }
+    for (size_t g = 0; g < ctx->Hkv; g++) {
+        size_t m = P;
+        if (Bc >= P) {
+            for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
+        } else if (question) {
+            finch_score(c, ctx, g, t0, t1, P, p, score);
+            m = rp_topk(score, P, Bc, kept);
+        } else {                        /* the prompt's tail: padded with the maximum + 1 */
+            finch_score(c, ctx, g, t0, t1, t0, p, score);
+            double mx = -INFINITY;
+            for (size_t j = 0; j < t0; j++) mx = score[j] > mx ? score[j] : mx;
+            for (size_t j = t0; j < P; j++) score[j] = t0 ? mx + 1 : 1;
+            m = rp_topk(score, P, Bc, kept);
+        }
+        if (ev_push_kept(ctx, g, kept, m, &out[g])) { rp_failf(err, errlen, "finch: out of memory"); goto done; }
+    }
+    rc = 0;
+done:
+    free(p); free(score); free(kept);
+    return rc;
+}
+
+static int finch_view_active(const void *cfg) { return ((const finch_cfg *)cfg)->rerotate; }
+
+/* Re-rotation as a per-query view (both protocols' engine path; prefill here). */
+static int finch_view(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c, char *err,
+                      size_t errlen)
+{
+    const finch_cfg *cf = cfg;
+    if (!cf->rerotate) return 0;
+    if (ctx->info && strcmp(ctx->info->positional, "rope") != 0) return 0;   /* no rotation to move */
+    return ev_reindex_view(ctx, t, c, "finch rerotate=1", err, errlen);
+}
+
+const rp_strategy rp_strategy_finch = {
+    .name = "finch",
+    .summary = "SnapKV-like window score from the question after /prefill_len (rows weighted by position), kept "
+               "keys re-rotated to contiguous positions (kvpress FinchPress); budget: kvpress int((P + w) keep) "
+               "counting the question, or preset=kvtrace round(keep P) context entries",
+    .reference = "Corallo and Papotti 2024, FINCH (TACL; github.com/giulio98/context-compression); kvpress FinchPress "
+                 "(normalize_scores, rerotate_keys); no /prefill_len: the last window= prompt tokens",
+    .kind = RP_EVICT,
+    .protocols = RP_PREFILL,
+    .needs_budget = 1,
+    .params = finch_params,
+    .n_params = sizeof finch_params / sizeof finch_params[0],
+    .configure = finch_configure,
+    .free_cfg = finch_free,
+    .prefill = finch_prefill,
+    .online_view = finch_view,
+    .view_active = finch_view_active,
+};
