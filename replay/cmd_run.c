@@ -134,9 +134,11 @@ static void list_strategies(void)
         if (s->needs_budget) printf("  keep=F | budget=N   budget (fraction of the cache, or entries per kv head)\n");
         for (size_t j = 0; j < s->n_params; j++) {
             const rp_param_def *d = &s->params[j];
-            char range[128] = "";
+            char range[512] = "";
             if (d->type == RP_ENUM) snprintf(range, sizeof range, "%s", d->choices);
             else if (d->type == RP_BOOL) snprintf(range, sizeof range, "0|1");
+            else if (d->type == RP_LIST) snprintf(range, sizeof range, "none|N/N/... in [%g, %g]", d->min, d->max);
+            else if (d->type == RP_PATH) snprintf(range, sizeof range, "none|FILE");
             else snprintf(range, sizeof range, "[%g, %g]", d->min, d->max);
             printf("  %s=%s   %s %s\n", d->name, d->def, range, d->help ? d->help : "");
         }

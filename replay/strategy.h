@@ -68,7 +68,13 @@
 
 /* ---- parameters ----------------------------------------------------------------------- */
 
-typedef enum rp_ptype { RP_INT, RP_FLOAT, RP_ENUM, RP_BOOL } rp_ptype;
+/* RP_LIST: numbers joined by '/' ("0.2/0.5/0.8"), each within [min, max], at most
+ * RP_LIST_MAX of them; RP_PATH: a readable regular file (no ',', whitespace or quotes in the
+ * name; in a sweep file a relative path is relative to the sweep file's directory). For both,
+ * "none" is the empty value (the usual default), values[i] holds the count of numbers (LIST)
+ * or 0 / 1 (PATH: none / a file), and the text reaches the strategy through configure_text. */
+typedef enum rp_ptype { RP_INT, RP_FLOAT, RP_ENUM, RP_BOOL, RP_LIST, RP_PATH } rp_ptype;
+#define RP_LIST_MAX 4096
 
 typedef struct rp_param_def {
     const char *name;
@@ -301,6 +307,10 @@ typedef struct rp_strategy {
      * line in err (SnapKV's window must be smaller than the budget). The engine calls it for
      * every (configuration, sequence) before any work, so an infeasible sweep stops at once. */
     int (*check_budget)(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen);
+    /* Strategies with RP_LIST or RP_PATH parameters: called instead of configure, with
+     * text[i] the canonical text of parameter i for those types ("0.2/0.5", "none", the
+     * resolved path) and NULL for the others. */
+    int (*configure_text)(const double *values, const char *const *text, void **cfg, char *err, size_t errlen);
 } rp_strategy;
 
 /* The registry (replay/strategies/registry.c over replay/strategies/list.h). */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "suggest.h"
 #include "sweep.h"
@@ -55,12 +56,90 @@ static int enum_index(const char *choices, const char *val, int want, char *out,
     return -1;
 }
 
-static int parse_value(const rp_param_def *d, const char *name, const char *val, double *out,
-                       char *err, size_t errlen)
+/* *text = a copy of s (text may be NULL: nothing kept). 0 ok, -1 out of memory. */
+static int set_text(char **text, const char *s, char *err, size_t errlen)
+{
+    if (!text) return 0;
+    char *c = strdup(s);
+    if (!c) return fail(err, errlen, "out of memory");
+    free(*text);
+    *text = c;
+    return 0;
+}
+
+/* RP_LIST: "a/b/c" -> the count, canonical text with each number in its shortest form. */
+static int parse_list_value(const rp_param_def *d, const char *name, const char *val, double *out, char **text,
+                            char *err, size_t errlen)
+{
+    if (!strcmp(val, "none")) { *out = 0; return set_text(text, "none", err, errlen); }
+    size_t n = 1;
+    for (const char *p = val; *p; p++) n += *p == '/';
+    if (n > RP_LIST_MAX)
+        return fail(err, errlen, "%s: %s=%s: more than %d numbers", name, d->name, val, RP_LIST_MAX);
+    char *canon = malloc(n * 32 + 1);
+    if (!canon) return fail(err, errlen, "out of memory");
+    size_t len = 0, i = 0;
+    for (const char *p = val;; i++) {
+        size_t k = strcspn(p, "/");
+        char item[64], *end = NULL;
+        if (k == 0) {
+            free(canon);
+            return fail(err, errlen, "%s: %s=%s: number %zu is empty (numbers joined by '/', e.g. 0.2/0.5/0.8)", name,
+                        d->name, val, i + 1);
+        }
+        snprintf(item, sizeof item, "%.*s", (int)(k < 63 ? k : 63), p);
+        errno = 0;
+        double x = strtod(item, &end);
+        if (k >= 63 || *end || errno || !isfinite(x)) {
+            free(canon);
+            return fail(err, errlen, "%s: %s=%s: number %zu '%.*s' is not a finite number", name, d->name, val, i + 1,
+                        (int)k, p);
+        }
+        if (x < d->min || x > d->max) {
+            free(canon);
+            return fail(err, errlen, "%s: %s=%s: number %zu (%s) out of range [%g, %g]", name, d->name, val, i + 1,
+                        item, d->min, d->max);
+        }
+        char b[32];
+        fmt_double(b, sizeof b, x);
+        len += (size_t)sprintf(canon + len, "%s%s", i ? "/" : "", b);
+        if (!p[k]) break;
+        p += k + 1;
+    }
+    *out = (double)(i + 1);
+    int rc = set_text(text, canon, err, errlen);
+    free(canon);
+    return rc;
+}
+
+/* RP_PATH: a readable regular file; relative paths against basedir (a sweep file's directory). */
+static int parse_path_value(const rp_param_def *d, const char *name, const char *val, const char *basedir,
+                            double *out, char **text, char *err, size_t errlen)
+{
+    if (!strcmp(val, "none")) { *out = 0; return set_text(text, "none", err, errlen); }
+    char path[1024];
+    int w = basedir && val[0] != '/' && strcmp(basedir, ".") ? snprintf(path, sizeof path, "%s/%s", basedir, val)
+                                                             : snprintf(path, sizeof path, "%s", val);
+    if (w < 0 || (size_t)w >= 512) return fail(err, errlen, "%s: %s=%s: path longer than 511 bytes", name, d->name, val);
+    struct stat st;
+    if (stat(path, &st)) return fail(err, errlen, "%s: %s=%s: cannot open %s: %s", name, d->name, val, path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) return fail(err, errlen, "%s: %s=%s: %s is not a regular file", name, d->name, val, path);
+    FILE *f = fopen(path, "r");
+    if (!f) return fail(err, errlen, "%s: %s=%s: cannot read %s: %s", name, d->name, val, path, strerror(errno));
+    fclose(f);
+    *out = 1;
+    return set_text(text, path, err, errlen);
+}
+
+/* One value of parameter d. LIST / PATH also give their canonical text (when text != NULL). */
+static int parse_value(const rp_param_def *d, const char *name, const char *val, const char *basedir, double *out,
+                       char **text, char *err, size_t errlen)
 {
     char *end = NULL;
     errno = 0;
     switch (d->type) {
+    case RP_LIST: return parse_list_value(d, name, val, out, text, err, errlen);
+    case RP_PATH: return parse_path_value(d, name, val, basedir, out, text, err, errlen);
     case RP_INT: {
         long long x = strtoll(val, &end, 10);
         if (!*val || *end || errno) return fail(err, errlen, "%s: %s=%s is not an integer", name, d->name, val);
@@ -108,14 +187,27 @@ static void fmt_value(const rp_param_def *d, double v, char *buf, size_t len)
     case RP_FLOAT: fmt_double(buf, len, v); break;
     case RP_ENUM: enum_index(d->choices, NULL, (int)v, buf, len); break;
     case RP_BOOL: snprintf(buf, len, "%d", v != 0); break;
+    case RP_LIST: case RP_PATH: snprintf(buf, len, "none"); break;   /* their text is printed instead */
     }
 }
 
 static void config_free(rp_config *c)
 {
-    for (size_t i = 0; i < c->n_parts; i++)
+    for (size_t i = 0; i < c->n_parts; i++) {
         if (c->part[i].cfg && c->part[i].s->free_cfg) c->part[i].s->free_cfg(c->part[i].cfg);
+        for (size_t k = 0; k < RP_MAX_PARAMS; k++) { free(c->part[i].text[k]); c->part[i].text[k] = NULL; }
+    }
     c->n_parts = 0;
+}
+
+int sweep_param_defaults(const rp_strategy *s, double *values, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < s->n_params && i < RP_MAX_PARAMS; i++) {
+        char e2[256];
+        if (parse_value(&s->params[i], s->name, s->params[i].def, NULL, &values[i], NULL, e2, sizeof e2))
+            return fail(err, errlen, "internal: bad default: %s", e2);
+    }
+    return 0;
 }
 
 void sweep_free(rp_sweep *sw)
@@ -216,7 +308,8 @@ static int label_unique(const rp_sweep *sw, const char *label, const char *canon
 }
 
 static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size_t n_tok,
-                 const size_t *pick, const char *label_tmpl, const char *where, char *err, size_t errlen)
+                 const size_t *pick, const char *label_tmpl, const char *where, const char *basedir,
+                 char *err, size_t errlen)
 {
     char label[RP_LABEL_MAX] = "";
     if (label_tmpl && expand_label(label_tmpl, toks, n_tok, pick, label, sizeof label, where, err, errlen)) return -1;
@@ -251,7 +344,8 @@ static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size
         int seen[RP_MAX_PARAMS] = { 0 };
         for (size_t i = 0; i < s->n_params; i++) {
             char e2[256];
-            if (parse_value(&s->params[i], s->name, s->params[i].def, &pt->values[i], e2, sizeof e2)) {
+            if (parse_value(&s->params[i], s->name, s->params[i].def, NULL, &pt->values[i], &pt->text[i], e2,
+                            sizeof e2)) {
                 config_free(&c);
                 return fail(err, errlen, "%s: internal: bad default: %s", where, e2);
             }
@@ -282,7 +376,7 @@ static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size
                     ? (rp_param_def){ "keep", RP_FLOAT, "1", 0, 1, NULL, NULL }
                     : (rp_param_def){ "budget", RP_INT, "1", 1, 1e15, NULL, NULL };
                 char e2[256];
-                if (parse_value(&d, s->name, val, &bv, e2, sizeof e2)) {
+                if (parse_value(&d, s->name, val, NULL, &bv, NULL, e2, sizeof e2)) {
                     config_free(&c);
                     return fail(err, errlen, "%s: %s", where, e2);
                 }
@@ -317,7 +411,7 @@ static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size
                 return fail(err, errlen, "%s: %s: parameter %s given twice", where, s->name, key);
             }
             char e2[256];
-            if (parse_value(&s->params[i], s->name, val, &pt->values[i], e2, sizeof e2)) {
+            if (parse_value(&s->params[i], s->name, val, basedir, &pt->values[i], &pt->text[i], e2, sizeof e2)) {
                 config_free(&c);
                 return fail(err, errlen, "%s: %s", where, e2);
             }
@@ -344,14 +438,17 @@ static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size
         for (size_t i = 0; i < s->n_params && clen < sizeof canon; i++) {
             char b[128];
             fmt_value(&s->params[i], pt->values[i], b, sizeof b);
-            clen += (size_t)snprintf(canon + clen, sizeof canon - clen, " %s=%s", s->params[i].name, b);
+            clen += (size_t)snprintf(canon + clen, sizeof canon - clen, " %s=%s", s->params[i].name,
+                                     pt->text[i] ? pt->text[i] : b);
         }
         if (clen >= sizeof canon) {
             config_free(&c);
             return fail(err, errlen, "%s: configuration string too long", where);
         }
         char e2[512] = "";
-        if (s->configure && s->configure(pt->values, &pt->cfg, e2, sizeof e2)) {
+        int crc = s->configure_text ? s->configure_text(pt->values, (const char *const *)pt->text, &pt->cfg, e2, sizeof e2)
+                  : s->configure ? s->configure(pt->values, &pt->cfg, e2, sizeof e2) : 0;
+        if (crc) {
             pt->cfg = NULL;
             config_free(&c);
             return fail(err, errlen, "%s: %s", where, e2[0] ? e2 : "invalid parameters");
@@ -408,7 +505,7 @@ static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size
     return 0;
 }
 
-int sweep_add_line(rp_sweep *sw, const char *line0, const char *where, char *err, size_t errlen)
+static int add_line(rp_sweep *sw, const char *line0, const char *where, const char *basedir, char *err, size_t errlen)
 {
     char line[4096];
     if (strlen(line0) >= sizeof line) return fail(err, errlen, "%s: line too long", where);
@@ -502,7 +599,7 @@ int sweep_add_line(rp_sweep *sw, const char *line0, const char *where, char *err
     /* Cartesian product: first list outermost */
     size_t pick[MAX_TOK] = { 0 };
     for (;;) {
-        if (build(sw, names, n_parts, toks, n_tok, pick, label_tmpl, where, err, errlen)) return -1;
+        if (build(sw, names, n_parts, toks, n_tok, pick, label_tmpl, where, basedir, err, errlen)) return -1;
         size_t t = n_tok;
         while (t > 0) {
             t--;
@@ -514,8 +611,18 @@ int sweep_add_line(rp_sweep *sw, const char *line0, const char *where, char *err
     }
 }
 
+int sweep_add_line(rp_sweep *sw, const char *line, const char *where, char *err, size_t errlen)
+{
+    return add_line(sw, line, where, NULL, err, errlen);
+}
+
 int sweep_add_file(rp_sweep *sw, const char *path, char *err, size_t errlen)
 {
+    char dir[1024];
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == path) snprintf(dir, sizeof dir, "/");
+    else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
     FILE *f = fopen(path, "r");
     if (!f) return fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     char line[4096], where[4200];
@@ -525,7 +632,7 @@ int sweep_add_file(rp_sweep *sw, const char *path, char *err, size_t errlen)
         lineno++;
         snprintf(where, sizeof where, "%s:%zu", path, lineno);
         if (!strchr(line, '\n') && !feof(f)) { rc = fail(err, errlen, "%s: line too long", where); break; }
-        if ((rc = sweep_add_line(sw, line, where, err, errlen))) break;
+        if ((rc = add_line(sw, line, where, dir, err, errlen))) break;
     }
     if (!rc && ferror(f)) rc = fail(err, errlen, "%s: read error", path);
     fclose(f);

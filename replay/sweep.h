@@ -40,6 +40,7 @@
 typedef struct rp_part {
     const rp_strategy *s;
     double values[RP_MAX_PARAMS];   /* declared order; ENUM: choice index, BOOL: 0/1 */
+    char *text[RP_MAX_PARAMS];      /* LIST / PATH: canonical text (owned), else NULL */
     void *cfg;                      /* from s->configure, owned */
 } rp_part;
 
@@ -67,8 +68,11 @@ typedef struct rp_sweep {
 /* Parse one line (comments allowed; a blank line adds nothing) and append its expansion.
  * where: prefix of error messages ("FILE:LINE" or "--strategy"). */
 int sweep_add_line(rp_sweep *sw, const char *line, const char *where, char *err, size_t errlen);
-/* Every line of a file. */
+/* Every line of a file (relative RP_PATH values are resolved against the file's directory). */
 int sweep_add_file(rp_sweep *sw, const char *path, char *err, size_t errlen);
+/* Parameter values of strategy s with every parameter at its default (LIST / PATH: their
+ * count as the parser gives it; their text is the default text). 0 ok, -1 with err. */
+int sweep_param_defaults(const rp_strategy *s, double *values, char *err, size_t errlen);
 void sweep_free(rp_sweep *sw);
 
 /* Budget of a configuration for a cache that would hold `full` entries (prefill: P;

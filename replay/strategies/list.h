@@ -42,3 +42,4 @@ RP_STRATEGY(qfilter)
  * finch (the question as SnapKV's window, keys re-rotated), per_layer (per-layer ratios) */
 RP_STRATEGY(duo)
 RP_STRATEGY(finch)
+RP_STRATEGY(per_layer)
