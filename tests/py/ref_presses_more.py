@@ -109,3 +109,44 @@ def sel_finch(params, ctx, B):
 
 
 ref_replay.PREFILL_SELECT.update(finch=sel_finch)
+
+
+# ---- per_layer ------------------------------------------------------------------------------
+
+def per_layer_ratios(params):
+    """The ratios of ratios=a/b/... or of file= (one per line, '#' comments, blank lines)."""
+    if params.get("ratios", "none") != "none":
+        return [float(x) for x in str(params["ratios"]).split("/")]
+    out = []
+    with open(params["file"]) as f:
+        for line in f:
+            line = line.split("#")[0].strip()
+            if line:
+                out.append(float(line))
+    return out
+
+
+def per_layer_ratio(params, layer, L):
+    r = per_layer_ratios(params)
+    if params.get("fit", "exact") == "exact":
+        assert len(r) == L
+        return r[layer]
+    if len(r) == 1 or L == 1:
+        return r[0]
+    x = layer * (len(r) - 1) / (L - 1)
+    i = min(int(math.floor(x)), len(r) - 1)
+    if i == len(r) - 1:
+        return r[-1]
+    return r[i] * (1 - (x - i)) + r[i + 1] * (x - i)
+
+
+def sel_per_layer(params, ctx, B):
+    """The inner press (its defaults) with keep = 1 - r_l: B_l = max(1, round((1 - r_l) P))."""
+    P = ctx["P"]
+    r = per_layer_ratio(params, ctx["layer"], ctx["n_layers"])
+    Bl = min(P, max(1, int(math.floor((1 - r) * P + 0.5))))
+    inner = {"_gqa": params.get("_gqa", "mean"), "_keep": 1 - r}
+    return ref_replay.PREFILL_SELECT[params.get("press", "knorm")](inner, ctx, Bl)
+
+
+ref_replay.PREFILL_SELECT.update(per_layer=sel_per_layer)

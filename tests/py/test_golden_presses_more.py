@@ -115,4 +115,24 @@ check_golden("finch_prompt", trace_path("plain"), os.path.join(TMP, "out_more_fi
     "finch budget=20 window=4 preset=kvtrace normalize=0",
 ], set_params=finch_params)
 
+# ---- per_layer ----------------------------------------------------------------------------------
+
+def per_layer_params(params, budget):
+    if params.get("press") == "finch":
+        params["reindex"] = 1       # finch's default re-rotation, through per_layer's view
+
+
+# three layers, so that fit=interp has a layer between two ratios
+tr3 = trace_path("l3", L=3)
+curve = os.path.join(TMP, "golden_more.ratios")
+with open(curve, "w") as f:
+    f.write("# a budget curve: one compression ratio per layer\n0.2\n\n0.7   # middle layer\n0.45\n")
+check_golden("per_layer", tr3, os.path.join(TMP, "out_more_per_layer"), "prefill", 32, [
+    "per_layer ratios=0.2/0.6/0.8",
+    f"per_layer file={curve} press=observed_attention",
+    "per_layer ratios=0.1/0.9 fit=interp press=keydiff",
+    "per_layer ratios=0/0.5/1 press=finch",
+    "per_layer ratios=0.4 fit=interp press=observed_attention",
+], set_params=per_layer_params)
+
 finish("PASS: duo, finch, per_layer match numpy")
