@@ -74,7 +74,7 @@
  * "none" is the empty value (the usual default), values[i] holds the count of numbers (LIST)
  * or 0 / 1 (PATH: none / a file), and the text reaches the strategy through configure_text. */
 typedef enum rp_ptype { RP_INT, RP_FLOAT, RP_ENUM, RP_BOOL, RP_LIST, RP_PATH } rp_ptype;
-#define RP_LIST_MAX 4096
+#define RP_LIST_MAX 1024
 
 typedef struct rp_param_def {
     const char *name;

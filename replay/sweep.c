@@ -75,7 +75,7 @@ static int parse_list_value(const rp_param_def *d, const char *name, const char 
     size_t n = 1;
     for (const char *p = val; *p; p++) n += *p == '/';
     if (n > RP_LIST_MAX)
-        return fail(err, errlen, "%s: %s=%s: more than %d numbers", name, d->name, val, RP_LIST_MAX);
+        return fail(err, errlen, "%s: %s=: %zu numbers, more than %d", name, d->name, n, RP_LIST_MAX);
     char *canon = malloc(n * 32 + 1);
     if (!canon) return fail(err, errlen, "out of memory");
     size_t len = 0, i = 0;
