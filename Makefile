@@ -248,7 +248,7 @@ install: all
 	install -m 644 lib/kvtrace.h $(DESTDIR)$(PREFIX)/include/
 	install -d $(DATADIR)/plots $(DATADIR)/sweeps $(DATADIR)/capture
 	install -m 644 plots/*.gp $(DATADIR)/plots/
-	install -m 644 sweeps/*.sweep sweeps/README.md $(DATADIR)/sweeps/
+	install -m 644 sweeps/*.sweep sweeps/*.ratios sweeps/README.md $(DATADIR)/sweeps/
 	install -m 644 capture/*.py capture/ref_model.pt $(DATADIR)/capture/
 	sed 's|@PYTHON@|$(PYTHON)|' capture/kvcapture.in > $(DESTDIR)$(PREFIX)/bin/kvcapture.tmp
 	chmod 755 $(DESTDIR)$(PREFIX)/bin/kvcapture.tmp && mv $(DESTDIR)$(PREFIX)/bin/kvcapture.tmp $(DESTDIR)$(PREFIX)/bin/kvcapture
