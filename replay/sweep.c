@@ -410,7 +410,7 @@ static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size
                 config_free(&c);
                 return fail(err, errlen, "%s: %s: parameter %s given twice", where, s->name, key);
             }
-            char e2[256];
+            char e2[1024];
             if (parse_value(&s->params[i], s->name, val, basedir, &pt->values[i], &pt->text[i], e2, sizeof e2)) {
                 config_free(&c);
                 return fail(err, errlen, "%s: %s", where, e2);

@@ -131,6 +131,23 @@ int main(void)
         check_err(line, bad[i].needle);
     }
 
+    /* every inner press per_layer offers exists and configures with its defaults */
+    {
+        const rp_strategy *pl = rp_strategy_find("per_layer");
+        const char *ch = pl ? pl->params[0].choices : "";
+        for (const char *p = ch; *p;) {
+            size_t k = strcspn(p, "|");
+            rp_sweep sw = { 0 };
+            char err[1024] = "", l2[256];
+            snprintf(l2, sizeof l2, "per_layer press=%.*s ratios=0.5 fit=interp", (int)k, p);
+            checks++;
+            if (sweep_add_line(&sw, l2, "t", err, sizeof err) || sw.n != 1) { fails++; printf("FAIL '%s': %s\n", l2, err); }
+            sweep_free(&sw);
+            p += k + (p[k] == '|');
+        }
+        check("per_layer offers inner presses", pl && strlen(ch) > 0);
+    }
+
     /* the defaults of a wrapped press, as the parser reads them */
     {
         double v[RP_MAX_PARAMS];
