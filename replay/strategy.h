@@ -272,9 +272,10 @@ typedef struct rp_strategy {
                              size_t *n_evict, kv_error *err);
     void (*online_free)(void *state);
 
-    /* Optional, online protocol: rewrite the k/v rows of a working copy `view` of the kept
-     * cache just before query t attends to it (StreamingLLM's in-cache re-indexing of
-     * positions); the kept cache itself is unchanged. Called after token t is appended and
+    /* Optional: rewrite the k/v rows of a working copy `view` of the kept cache just before
+     * query t attends to it (StreamingLLM's in-cache re-indexing of positions, finch's key
+     * re-rotation; both protocols: in prefill the view holds the prompt cache and the exact
+     * entries [P, t]); the kept cache itself is unchanged. Called after token t is appended and
      * before any encode. Not a reconstruction: kv_mse ignores it. 0 ok, -1 with err. */
     int (*online_view)(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t,
                        rp_cache *view, char *err, size_t errlen);
