@@ -300,6 +300,19 @@ typedef struct rp_strategy {
      * line in err (SnapKV's window must be smaller than the budget). The engine calls it for
      * every (configuration, sequence) before any work, so an infeasible sweep stops at once. */
     int (*check_budget)(const void *cfg, size_t P, size_t B, size_t n_layers, char *err, size_t errlen);
+    /* Optional, RP_EVICT: a decode-time press (kvpress DecodingPress, DMSPress, CAMPress). Its
+     * prefill hook keeps the whole prompt; online_step is called after every decode query t >= P
+     * (P: the trace's prompt length), whatever the cache size, and never before, so the press
+     * decides when to compress. Under --mode prefill the engine runs those decode steps exactly
+     * as under --mode online (token t appended, query t attends, online_step), so the two modes
+     * give the same results. */
+    int decode_time;
+    /* Optional, online steps: called after each online_step once the engine has dropped the
+     * named entries: rewrite the v rows of the kept entries c[0, c->n) in place (CaM merges
+     * evicted values into kept neighbours) and set c->modified when a row changed. 0 ok, -1 with
+     * one line in err. */
+    int (*online_rows)(void *state, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c, char *err,
+                       size_t errlen);
 } rp_strategy;
 
 /* The registry (replay/strategies/registry.c over replay/strategies/list.h). */

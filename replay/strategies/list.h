@@ -38,3 +38,7 @@ RP_STRATEGY(leverage)
 RP_STRATEGY(compactor)
 RP_STRATEGY(cap)
 RP_STRATEGY(qfilter)
+/* decode-time presses (decoding.h: kvpress DecodingPress, DMSPress, CAMPress) */
+RP_STRATEGY(cam)
+RP_STRATEGY(decoding)
+RP_STRATEGY(dms)
