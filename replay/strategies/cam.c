@@ -210,7 +210,7 @@ static int cam_online_rows(void *state, const rp_layer_ctx *ctx, size_t g, size_
 const rp_strategy rp_strategy_cam = {
     .name = "cam",
     .summary = "decode time: as decoding (every interval steps keep the target best), evicted values merged "
-               "into the next merge_budget kept entries with CaM's Bernoulli probability (seeded; defaults "
+               "into the next merge_budget kept entries with CaM's Bernoulli probability (reproducible draws; defaults "
                "interval=512 target=2048 need long decodes; no keep=/budget=)",
     .reference = "Zhang et al. 2024 (ICML, CaM); kvpress CAMPress (presses/cam_press.py)",
     .kind = RP_EVICT,
