@@ -9,16 +9,18 @@ per_head.csv and summary.csv row is compared with golden_cmp's tolerances (fp32 
 float64 numpy from the same f16 data; a different kept set, or a merge drawn differently,
 changes mass_recall / out_cos by far more than them). Each configuration must compress
 (mass_recall < 1); each cam configuration must merge (out_cos differs from the same eviction
-without merges). Exit 0 pass, 1 fail.
+without merges). The cam and dms CSVs are byte-identical under --threads 1 and 2 and as two
+merged shards. Exit 0 pass, 1 fail.
 """
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ref_decoding  # noqa: E402,F401  (registers the presses)
 import ref_replay  # noqa: E402
 from golden_cmp import compare, fails, finish  # noqa: E402
-from golden_harness import TMP, exit_failed, kvreplay_run, parse, tables  # noqa: E402
+from golden_harness import BIN, TMP, exit_failed, kvreplay_run, parse, tables  # noqa: E402
 
 SPECS = [
     "decoding interval=8 target=40",
@@ -83,4 +85,31 @@ for a, b in zip(online, prefill):
     if a != b:
         fails.append(f"summary row of '{a['config']}' differs between --mode online and --mode prefill")
         break
+
+
+def byte_identity(decode=32):
+    """cam's draws and every press's evictions: the CSVs of --threads 1, --threads 2 and of the
+    shards 0/2 + 1/2 merged are byte-identical."""
+    trace = os.path.join(TMP, "golden_decoding_96_90_80.h5")
+    specs = [s for s in SPECS if s.startswith(("cam", "dms"))]
+    outs = {}
+    for tag, extra in (("t1", ["--threads", "1"]), ("t2", ["--threads", "2"]),
+                       ("s0", ["--threads", "2", "--shard", "0/2"]), ("s1", ["--threads", "1", "--shard", "1/2"])):
+        outs[tag] = os.path.join(TMP, f"out_decoding_{tag}")
+        r = kvreplay_run(trace, outs[tag], "online", specs, ["--decode", str(decode)] + extra)
+        if r.returncode != 0:
+            exit_failed(r)
+    outs["merged"] = os.path.join(TMP, "out_decoding_merged")
+    r = subprocess.run([f"{BIN}/kvreplay", "merge", "-o", outs["merged"], outs["s1"], outs["s0"]],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        exit_failed(r)
+    for name in ("per_seq.csv", "per_head.csv", "summary.csv"):
+        ref = open(os.path.join(outs["t1"], name), "rb").read()
+        for tag in ("t2", "merged"):
+            if open(os.path.join(outs[tag], name), "rb").read() != ref:
+                fails.append(f"{name} of the {tag} run differs from --threads 1")
+
+
+byte_identity()
 finish("PASS: decode-time presses (decoding, dms, cam) match numpy, the same under both modes")
