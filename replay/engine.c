@@ -1419,7 +1419,7 @@ static int item_run(item *it)
         .rotary_dim = E->R, .rope_interleaved = E->interleaved, .prompt_attn = cb_prompt_attn,
         .layer_kv = cb_layer_kv, .engine = it, .gqa_reduce = E->o.gqa_reduce,
         .prompt_colsum = cb_prompt_colsum, .prompt_entropy = cb_prompt_entropy, .key_pages = cb_key_pages,
-        .w_o = cb_w_o,
+        .w_o = cb_w_o, .needles = E->needles, .n_needles = E->n_needles,
     };
     if (!(it->sh = rp_shared_new(it->q, it->k, E->H, E->Hkv, it->n, it->ctx.P, E->D, &E->ap[it->l]))) {
         IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);

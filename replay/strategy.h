@@ -204,6 +204,11 @@ typedef struct rp_layer_ctx {
      * (sequence, layer), valid for the call. 0 ok; -1 the trace has no /readout; -2 out of
      * memory or a read error. NULL when the context was built without the engine. */
     int (*w_o)(const struct rp_layer_ctx *ctx, const float **w, size_t *C);
+    /* The trace's /needles (every sequence's; kvtrace.h kv_needle_field order):
+     * needles[f * n_needles + i] is field f of needle i; NULL and 0 when the trace has none
+     * (evict_span, a diagnostic, evicts the needle spans of ctx->seq). */
+    const int32_t *needles;
+    size_t n_needles;
 } rp_layer_ctx;
 
 enum { RP_GQA_MEAN = 0, RP_GQA_MAX = 1, RP_GQA_SUM = 2 };

@@ -38,7 +38,9 @@ RP_STRATEGY(leverage)
 RP_STRATEGY(compactor)
 RP_STRATEGY(cap)
 RP_STRATEGY(qfilter)
-/* decode-time presses (decoding.h: kvpress DecodingPress, DMSPress, CAMPress) */
+/* decode-time presses (decoding.h: kvpress DecodingPress, DMSPress, CAMPress), and evict_span,
+ * a diagnostic that evicts the needles of traces with /needles */
 RP_STRATEGY(cam)
 RP_STRATEGY(decoding)
 RP_STRATEGY(dms)
+RP_STRATEGY(evict_span)
