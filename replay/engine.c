@@ -506,7 +506,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
             goto fail;
         }
         if (cf->evict->decode_time && o->mode == RP_PREFILL && (o->export_hook || o->export_step_hook)) {
-            rp_failf(err, errlen, "config '%s': %s compresses during decoding: export it under --mode online",
+            rp_failf(err, errlen, "config '%s': %s compresses during decoding: --export covers it under --mode online (evictions only)",
                      cf->canon, cf->evict->name);
             goto fail;
         }
@@ -1138,7 +1138,8 @@ static int item_cache_view(item *it, size_t c, size_t g, size_t t, row_view *rv)
     }
     if (st->evat && (rv->reindexed || rv->view.modified))
         return IT_FAIL(it, "config '%s': --export under --mode online: its rows change with the query "
-                       "position (a re-indexing view); only eviction can be exported online", cf->canon);
+                       "position (a re-indexing view, or values merged while decoding); only eviction can be exported online",
+                       cf->canon);
     rv->nv = nv;
     rv->merged = cache_merged(&rv->view);
     if (rv->merged)
