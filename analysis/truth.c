@@ -395,8 +395,54 @@ static const double tr_mem_targets[] = { 2, 4, 8 };
 #define TR_MEM_TOL 0.15
 #define TR_FOLD_WARN 3.0        /* fold-to-fold max/min of a layer's gain above which report.md warns */
 
-/* Per paired configuration: its bucket membership ([TR_NBUCKET] flags). */
-typedef struct tbucket_in { double keep, ratio; int keep_realised; unsigned char in[TR_NBUCKET]; } tbucket_in;
+/* Per paired configuration: its bucket membership ([TR_NBUCKET] flags); ratio: the whole
+ * cache's memory ratio, pratio the prompt's alone (NaN when not defined: prompt_ratio_seq). */
+typedef struct tbucket_in { double keep, ratio, pratio; int keep_realised; unsigned char in[TR_NBUCKET]; } tbucket_in;
+
+/* What the prompt-only ratio needs from provenance.json: the fp16 K+V bytes of one token over
+ * every layer and kv head (4 D Hkv L) and the position index bytes of one entry over them
+ * (4 Hkv L). Both 0 when unknown (results written before provenance recorded n_kv_heads and
+ * head_dim), when the directories disagree, or when a run is online (no prompt/decode split of
+ * the cache). */
+typedef struct tdims { double tok, idx; } tdims;
+
+static tdims prompt_dims(const res_set *rs)
+{
+    tdims d = { 0, 0 };
+    for (size_t i = 0; i < rs->n_dirs; i++) {
+        const char *L = res_prov(&rs->dirs[i], "n_layers"), *Hkv = res_prov(&rs->dirs[i], "n_kv_heads"),
+                   *D = res_prov(&rs->dirs[i], "head_dim"), *mode = res_prov(&rs->dirs[i], "mode");
+        if (!L || !Hkv || !D || !mode || strcmp(mode, "prefill")) return (tdims){ 0, 0 };
+        double lh = atof(L) * atof(Hkv), tok = 4.0 * atof(D) * lh;
+        if (!(tok > 0) || (i && tok != d.tok)) return (tdims){ 0, 0 };
+        d.tok = tok;
+        d.idx = 4.0 * lh;
+    }
+    return d;
+}
+
+/* The prompt-only memory ratio of one sequence: the full prompt's bytes over what the compressed
+ * cache spends on the prompt, i.e. kv_bytes less the n_query exact decode entries (fp16 rows, plus
+ * their position indices when the cache stores indices, i.e. kv_bytes != full_bytes). The
+ * sequence length is full_bytes / tok. Defined for caches of the trace's own rows under the
+ * prefill protocol (eviction); NaN for encoded or merged rows (kv_mse recorded: the decode
+ * entries are encoded too), for the decode-time presses (they evict decode entries), when the
+ * length is not a whole number of tokens (sliding-window layers count fewer) or the prompt
+ * part is not positive. */
+static double prompt_ratio_seq(const res_config *cf, const res_seq *s, const tdims *d)
+{
+    static const char *const decode_time[] = { "decoding", "dms", "cam" };
+    double F = s->v[RM_FULL_BYTES], K = s->v[RM_KV_BYTES], q = s->n_query;
+    if (!(d->tok > 0) || !isfinite(F) || !isfinite(K) || !isfinite(q) || isfinite(s->v[RM_KV_MSE_K]) ||
+        isfinite(s->v[RM_KV_MSE_V]))
+        return NAN;
+    for (size_t i = 0; i < sizeof decode_time / sizeof decode_time[0]; i++)
+        if (cf->family && !strcmp(cf->family, decode_time[i])) return NAN;
+    double n = round(F / d->tok);
+    if (fabs(F - n * d->tok) > 1e-8 * F || n <= q) return NAN;     /* %.9g of the CSV */
+    double kp = K - q * (d->tok + (K != F ? d->idx : 0));
+    return kp > 0 ? (n - q) * d->tok / kp : NAN;
+}
 
 static double mean_metric(const res_config *cf, int m)
 {
@@ -406,16 +452,47 @@ static double mean_metric(const res_config *cf, int m)
     return k ? s / (double)k : NAN;
 }
 
-static void bucket_of(const res_config *cf, tbucket_in *b)
+static void bucket_of(const res_config *cf, const tdims *d, tbucket_in *b)
 {
     memset(b, 0, sizeof *b);
     b->keep_realised = !(cf->budget_kind && !strcmp(cf->budget_kind, "keep") && isfinite(cf->budget_value));
     b->keep = b->keep_realised ? mean_metric(cf, RM_KEEP_FRAC) : cf->budget_value;
     b->ratio = mean_metric(cf, RM_RATIO);
+    double ps = 0;                      /* mean over the sequences; NaN when one has none */
+    for (size_t j = 0; j < cf->n_seqs; j++) ps += prompt_ratio_seq(cf, &cf->seqs[j], d);
+    b->pratio = cf->n_seqs ? ps / (double)cf->n_seqs : NAN;
     for (size_t k = 0; k < TR_NKEEP; k++)
         b->in[k] = isfinite(b->keep) && b->keep > tr_keep_edges[k] && b->keep <= tr_keep_edges[k + 1];
     for (size_t k = 0; k < TR_NMEM; k++)
         b->in[TR_NKEEP + k] = isfinite(b->ratio) && fabs(b->ratio / tr_mem_targets[k] - 1) <= TR_MEM_TOL;
+}
+
+/* rr: min and max over the members idx [n] of the whole-cache ratio, then of the prompt-only
+ * ratio among the members that have one (NaN when none does). */
+static void ratio_range(const tbucket_in *bi, const size_t *idx, size_t n, double *rr)
+{
+    rr[0] = rr[1] = rr[2] = rr[3] = NAN;
+    for (size_t i = 0; i < n; i++) {
+        const tbucket_in *b = &bi[idx[i]];
+        for (int w = 0; w < 2; w++) {
+            double x = w ? b->pratio : b->ratio;
+            if (!isfinite(x)) continue;
+            if (!(x >= rr[2 * w])) rr[2 * w] = x;        /* NaN start: the first value */
+            if (!(x <= rr[2 * w + 1])) rr[2 * w + 1] = x;
+        }
+    }
+}
+
+/* "2.01-2.3 (3.9-4.6)": a range (one number when min = max), the prompt part "(-)" when none. */
+static void ratio_text(const double *rr, char *buf, size_t cap)
+{
+    char r[2][64];
+    for (int w = 0; w < 2; w++) {
+        if (!isfinite(rr[2 * w])) { snprintf(r[w], sizeof r[w], "-"); continue; }
+        if (rr[2 * w] == rr[2 * w + 1]) snprintf(r[w], sizeof r[w], "%.3gx", rr[2 * w]);
+        else snprintf(r[w], sizeof r[w], "%.3g-%.3gx", rr[2 * w], rr[2 * w + 1]);
+    }
+    snprintf(buf, cap, "%s (%s)", r[0], r[1]);
 }
 
 static void bucket_label(size_t k, char *buf, size_t cap)
@@ -695,7 +772,8 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
 
     /* decisions: budget buckets of the paired configurations, winners and regret (logit KL) */
     if (!(bi = calloc(np, sizeof *bi))) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
-    for (size_t i = 0; i < np; i++) bucket_of(&rs->configs[cid[i]], &bi[i]);
+    tdims dims = prompt_dims(rs);
+    for (size_t i = 0; i < np; i++) bucket_of(&rs->configs[cid[i]], &dims, &bi[i]);
     {
         size_t *idx = malloc(np * sizeof *idx);
         double *wx = malloc(np * sizeof *wx), *wy = malloc(np * sizeof *wy);
@@ -714,9 +792,9 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
             goto done;
         }
         fprintf(f, "bucket,n_configs,n_realised_keep,proxy_winner,true_winner,agree,proxy_pick_true_kl,best_true_kl,"
-                   "regret,regret_rel,kendall\n");
-        fprintf(mf, "| bucket | n | proxy winner | true winner | agree | regret (true KL) | regret / best | Kendall |\n"
-                    "|---|---|---|---|---|---|---|---|\n");
+                   "regret,regret_rel,kendall,ratio_min,ratio_max,prompt_ratio_min,prompt_ratio_max\n");
+        fprintf(mf, "| bucket | n | proxy winner | true winner | agree | regret (true KL) | regret / best | Kendall | "
+                    "memory ratio: whole cache (prompt only) |\n|---|---|---|---|---|---|---|---|---|\n");
         for (size_t k = 0; k < TR_NBUCKET; k++) {
             size_t n = 0, nreal = 0;
             for (size_t i = 0; i < np; i++) if (bi[i].in[k]) { idx[n++] = i; nreal += k < TR_NKEEP && bi[i].keep_realised; }
@@ -727,13 +805,16 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
             decide(px[TM_KL], ty[TM_KL], idx, n, wx, wy, &d);
             const char *pw = rs->configs[cid[d.pw]].config, *tw = rs->configs[cid[d.tw]].config;
             fprintf(f, "%s,%zu,%zu,%s,%s,%d", lab, n, nreal, pw, tw, d.agree);
-            double v[5] = { ty[TM_KL][d.pw], ty[TM_KL][d.tw], d.regret, d.rel, d.tau };
-            put_nums(f, v, 5);
+            double rr[4];
+            ratio_range(bi, idx, n, rr);
+            double v[9] = { ty[TM_KL][d.pw], ty[TM_KL][d.tw], d.regret, d.rel, d.tau, rr[0], rr[1], rr[2], rr[3] };
+            put_nums(f, v, 9);
             fputc('\n', f);
-            char a[3][32];
+            char a[3][32], rtxt[160];
             fmt_num(a[0], 32, d.regret); fmt_num(a[1], 32, d.rel); fmt_num(a[2], 32, d.tau);
-            fprintf(mf, "| %s%s | %zu | %s | %s | %s | %s | %s | %s |\n", lab, nreal ? " (realised keep in it)" : "", n, pw,
-                    tw, n < 2 ? "(one)" : d.agree ? "yes" : "no", a[0], a[1], a[2]);
+            ratio_text(rr, rtxt, sizeof rtxt);
+            fprintf(mf, "| %s%s | %zu | %s | %s | %s | %s | %s | %s | %s |\n", lab, nreal ? " (realised keep in it)" : "", n,
+                    pw, tw, n < 2 ? "(one)" : d.agree ? "yes" : "no", a[0], a[1], a[2], rtxt);
         }
         free(idx); free(wx); free(wy);
         int bad = fclose(f) != 0;
@@ -940,7 +1021,8 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                 hl_agree, hl_nb, r0, r1, r2, a0, a1, s0, s1);
         fprintf(f, "Buckets: keep fraction (the configuration's nominal keep; configurations without one, such as "
                    "encodings, by their realised keep_frac, marked) and memory ratio (measured full_bytes / kv_bytes "
-                   "of the whole cache within %.0f%% of 2x, 4x, 8x; a prompt-only ratio is not in the results). "
+                   "of the whole cache within %.0f%% of 2x, 4x, 8x); each bucket lists the range of its configurations' whole-cache ratio and, "
+                   "in brackets, of their prompt-only ratio (the prompt's bytes alone, evictions under the prefill protocol). "
                    "Buckets with one configuration have no decision and are left out of the headline. Two-level "
                    "bootstrap: %zu resamples of the %zu strategy families, then of the %zu sequences (each "
                    "configuration's proxy and truth re-averaged over the drawn sequences); draws and replicate "

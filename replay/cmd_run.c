@@ -804,7 +804,8 @@ int kvrun_finish(kvrun *r)
         out_prov pv = { .trace = r->trace_path, .trace_sha256 = r->sha, .model = in->model, .architecture = in->architecture,
                         .mode = r->mode == RP_PREFILL ? "prefill" : "online", .sweep = r->sweep_path ? r->sweep_path : "-",
                         .argv = argvs, .started = r->started, .decode = (size_t)r->decode,
-                        .n_seq = r->n_seqs, .threads = nthreads, .shard = shard, .page_size = (size_t)r->page_size };
+                        .n_seq = r->n_seqs, .threads = nthreads, .shard = shard, .page_size = (size_t)r->page_size,
+                        .n_kv_heads = in->n_kv_heads, .head_dim = in->head_dim };
         size_t n_na = 0;
         if (out_write_results(r->outdir, &r->sw, r->res, r->n_res, L, H, rp_engine_has_readout(r->eng), &pv, &n_na,
                               err, sizeof err))
@@ -1059,8 +1060,8 @@ int kvcmd_merge(int argc, char **argv)
     {
         char v[13][1024];
         const char *keys[] = { "trace", "trace_sha256", "trace_model", "trace_architecture", "mode", "sweep", "decode", "threads",
-                               "page_size" };
-        for (size_t i = 0; i < 9; i++) if (out_json_get(prov0, keys[i], v[i], sizeof v[i])) v[i][0] = 0;
+                               "page_size", "n_kv_heads", "head_dim" };
+        for (size_t i = 0; i < 11; i++) if (out_json_get(prov0, keys[i], v[i], sizeof v[i])) v[i][0] = 0;
         char argvs[8192] = "kvreplay";
         for (int i = 0; i < argc; i++) {
             strncat(argvs, " ", sizeof argvs - strlen(argvs) - 1);
@@ -1069,7 +1070,8 @@ int kvcmd_merge(int argc, char **argv)
         out_prov pv = { .trace = v[0], .trace_sha256 = v[1], .model = v[2], .architecture = v[3], .mode = v[4],
                         .sweep = v[5], .argv = argvs, .started = started, .decode = (size_t)strtoull(v[6], NULL, 10),
                         .n_seq = n_res, .threads = (size_t)strtoull(v[7], NULL, 10), .shard = "0/1",
-                        .page_size = (size_t)strtoull(v[8], NULL, 10) };
+                        .page_size = (size_t)strtoull(v[8], NULL, 10), .n_kv_heads = (size_t)strtoull(v[9], NULL, 10),
+                        .head_dim = (size_t)strtoull(v[10], NULL, 10) };
         size_t n_na = 0;
         if (out_write_results(outdir, &sw, res, n_res, L, H, has_ro, &pv, &n_na, err, sizeof err)) goto fail;
     }

@@ -505,6 +505,11 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
                   o->mode == RP_PREFILL ? "prefill" : "online");
             goto fail;
         }
+        if (cf->evict->decode_time && o->mode == RP_PREFILL && (o->export_hook || o->export_step_hook)) {
+            rp_failf(err, errlen, "config '%s': %s compresses during decoding: --export covers it under --mode online (evictions only)",
+                     cf->canon, cf->evict->name);
+            goto fail;
+        }
         if (cf->enc && cf->enc->cfg_protocols && !(cf->enc->cfg_protocols(cf->enc_cfg) & o->mode)) {
             rp_failf(err, errlen, "config '%s': %s with these parameters does not support the %s protocol", cf->canon,
                   cf->enc->name, o->mode == RP_PREFILL ? "prefill" : "online");
@@ -665,6 +670,8 @@ typedef struct cstate {
     size_t B;
     int32_t *evat;          /* online export: [n] first query position that no longer sees j */
     int td;                 /* encoders run per query position */
+    int dt;                 /* a decode-time press: the decode steps follow the online protocol
+                               in either mode (prefill: after the whole prompt) */
     int dry;                /* prefill: rows dropped after the prefill (plain entries, K/V of
                                the trace), gathered again when this kv head is evaluated */
     int static_enc;         /* prefill: cache already encoded once */
@@ -945,13 +952,15 @@ static int item_prefill(item *it)
         const rp_config *cf = &sw->cfg[c];
         uint64_t seed = mix64(mix64(cf->hash, s), l);
         size_t B;
-        sweep_budget(cf, online ? n : P, &B);        /* checked in rp_engine_new */
-        int td = online || rp_view_active(cf->evict, cf->evict_cfg) || (cf->evict->encode && cf->evict->time_dependent) ||
+        int dt = cf->evict->decode_time != 0;
+        sweep_budget(cf, online || dt ? n : P, &B);  /* checked in rp_engine_new */
+        int td = online || dt || rp_view_active(cf->evict, cf->evict_cfg) || (cf->evict->encode && cf->evict->time_dependent) ||
                  (cf->enc && cf->enc->time_dependent);
         for (size_t g = 0; g < Hkv; g++) {
             cstate *st = &cs[c * Hkv + g];
             st->B = B;
             st->seed = seed;
+            st->dt = dt;
             st->td = td && cfg_has_encoder(cf);
             st->inc = st->td && cf->enc && cf->enc->encode_extend && !cf->evict->encode &&
                       !rp_view_active(cf->evict, cf->evict_cfg);
@@ -1012,6 +1021,12 @@ static int item_head_prefill(item *it, size_t c, size_t g)
         st->dry = 0;
     }
     if (rp_cache_reserve(cc, cc->n + (n - P), cc->n_members)) return IT_FAIL(it, "out of memory");
+    if (st->dt) {                       /* decode entries arrive one by one (item_block_cfg) */
+        it->ctx.seed = st->seed;
+        st->ost = cf->evict->online_new(cf->evict_cfg, &it->ctx, g, st->B);
+        if (!st->ost) return IT_FAIL(it, "config '%s': %s online state: out of memory", cf->canon, cf->evict->name);
+        return 0;
+    }
     for (size_t t = P; t < n; t++)
         if (rp_cache_push(cc, (int32_t)t, K + t * D, Vv + t * D)) return IT_FAIL(it, "out of memory");
     it->ctx.seed = st->seed;
@@ -1089,7 +1104,7 @@ static int item_cache_view(item *it, size_t c, size_t g, size_t t, row_view *rv)
     const rp_config *cf = &E->sw->cfg[c];
     cstate *st = &it->sc->cs[c * E->Hkv + g];
     rp_cache *cache = &st->cache;
-    int online = E->o.mode == RP_ONLINE;
+    int online = E->o.mode == RP_ONLINE || st->dt;
     size_t n = it->n, D = E->D;
     size_t nv = online ? cache->n : cache->n - (n - 1 - t);   /* prefill: prefix up to t */
     rv->reindexed = 0;
@@ -1123,7 +1138,8 @@ static int item_cache_view(item *it, size_t c, size_t g, size_t t, row_view *rv)
     }
     if (st->evat && (rv->reindexed || rv->view.modified))
         return IT_FAIL(it, "config '%s': --export under --mode online: its rows change with the query "
-                       "position (a re-indexing view); only eviction can be exported online", cf->canon);
+                       "position (a re-indexing view, or values merged while decoding); only eviction can be exported online",
+                       cf->canon);
     rv->nv = nv;
     rv->merged = cache_merged(&rv->view);
     if (rv->merged)
@@ -1149,7 +1165,7 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
     const rp_config *cf = &E->sw->cfg[c];
     cstate *st = &sc->cs[c * E->Hkv + g];
     const attn_params *ap = &E->ap[it->l];
-    int online = E->o.mode == RP_ONLINE;
+    int online = E->o.mode == RP_ONLINE || st->dt;     /* probabilities for online_step */
     size_t n = it->n, P = it->P, D = E->D, G = E->G, H = E->H, NE = n - P, nv = rv->nv, elo = rv->elo;
     size_t lo = attn_lo(t, ap->window), nfull = t + 1 - lo;
     const rp_cache *view = &rv->view;
@@ -1268,7 +1284,7 @@ static int item_online_evict(item *it, size_t c, size_t g, size_t t)
     cstate *st = &sc->cs[c * E->Hkv + g];
     rp_cache *cache = &st->cache;
     size_t s = it->s, l = it->l, ne = 0, dropped = 0;
-    if (cache->n <= st->B) return 0;
+    if (st->dt ? t < it->P : cache->n <= st->B) return 0;
     kv_error se = { 0 };
     if (cf->evict->online_step(st->ost, &it->ctx, g, t, cache, sc->probs, st->B, sc->evict, &ne, &se) != KV_OK)
         return IT_FAIL(it, "config '%s': %s online step at seq %zu layer %zu kv head %zu position %zu: %s",
@@ -1287,6 +1303,14 @@ static int item_online_evict(item *it, size_t c, size_t g, size_t t)
         return IT_FAIL(it, "config '%s': %s kept %zu entries, budget %zu (seq %zu layer %zu kv head %zu position %zu)",
                        cf->canon, cf->evict->name, cache->n - dropped, st->B, s, l, g, t);
     rp_cache_compact(cache, sc->keep);
+    if (cf->evict->online_rows) {
+        char e2[512] = "";
+        int m0 = cache->modified;
+        if (cf->evict->online_rows(st->ost, &it->ctx, g, t, cache, e2, sizeof e2))
+            return IT_FAIL(it, "config '%s': %s online rows at seq %zu layer %zu kv head %zu position %zu: %s",
+                           cf->canon, cf->evict->name, s, l, g, t, e2[0] ? e2 : "error");
+        if (cache->modified && !m0) st->enc_n = 0;
+    }
     if (dropped) st->enc_n = 0;         /* the cache is no longer a grown prefix */
     return 0;
 }
@@ -1299,7 +1323,7 @@ static int item_block_cfg(item *it, size_t c, size_t g, size_t tb, size_t te)
     const rp_config *cf = &E->sw->cfg[c];
     cstate *st = &sc->cs[c * E->Hkv + g];
     const attn_params *ap = &E->ap[it->l];
-    int online = E->o.mode == RP_ONLINE;
+    int online = E->o.mode == RP_ONLINE || st->dt;     /* decode-time presses: online steps */
     size_t n = it->n, D = E->D, G = E->G;
     const rp_cache *cc = &st->cache;
     /* prefill, static cache, no per-query selection, no merges, no window: the block's rows
@@ -1396,7 +1420,7 @@ static int item_run(item *it)
         .rotary_dim = E->R, .rope_interleaved = E->interleaved, .prompt_attn = cb_prompt_attn,
         .layer_kv = cb_layer_kv, .engine = it, .gqa_reduce = E->o.gqa_reduce,
         .prompt_colsum = cb_prompt_colsum, .prompt_entropy = cb_prompt_entropy, .key_pages = cb_key_pages,
-        .w_o = cb_w_o,
+        .w_o = cb_w_o, .needles = E->needles, .n_needles = E->n_needles,
     };
     if (!(it->sh = rp_shared_new(it->q, it->k, E->H, E->Hkv, it->n, it->ctx.P, E->D, &E->ap[it->l]))) {
         IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);

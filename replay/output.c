@@ -774,6 +774,8 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     fprintf(f, "  \"n_configs\": %zu,\n  \"n_seq\": %zu,\n  \"threads\": %zu,\n  \"page_size\": %zu,\n", NC, pv->n_seq,
             pv->threads, pv->page_size);
     fprintf(f, "  \"n_layers\": %zu,\n  \"n_heads\": %zu,\n", L, H);     /* kvreport bounds layer/head by them */
+    if (pv->n_kv_heads && pv->head_dim)     /* the bytes of one token: kvreport's prompt-only ratio */
+        fprintf(f, "  \"n_kv_heads\": %zu,\n  \"head_dim\": %zu,\n", pv->n_kv_heads, pv->head_dim);
     json_str(f, "hdf5_version", h5v, 0);
     json_str(f, "gsl_version", GSL_VERSION, 0);
     json_str(f, "openblas_config", rs_blas_config(), 0);

@@ -210,6 +210,11 @@ typedef struct rp_layer_ctx {
      * (sequence, layer), valid for the call. 0 ok; -1 the trace has no /readout; -2 out of
      * memory or a read error. NULL when the context was built without the engine. */
     int (*w_o)(const struct rp_layer_ctx *ctx, const float **w, size_t *C);
+    /* The trace's /needles (every sequence's; kvtrace.h kv_needle_field order):
+     * needles[f * n_needles + i] is field f of needle i; NULL and 0 when the trace has none
+     * (evict_span, a diagnostic, evicts the needle spans of ctx->seq). */
+    const int32_t *needles;
+    size_t n_needles;
 } rp_layer_ctx;
 
 enum { RP_GQA_MEAN = 0, RP_GQA_MAX = 1, RP_GQA_SUM = 2 };
@@ -312,6 +317,19 @@ typedef struct rp_strategy {
      * text[i] the canonical text of parameter i for those types ("0.2/0.5", "none", the
      * resolved path) and NULL for the others. */
     int (*configure_text)(const double *values, const char *const *text, void **cfg, char *err, size_t errlen);
+    /* Optional, RP_EVICT: a decode-time press (kvpress DecodingPress, DMSPress, CAMPress). Its
+     * prefill hook keeps the whole prompt; online_step is called after every decode query t >= P
+     * (P: the trace's prompt length), whatever the cache size, and never before, so the press
+     * decides when to compress. Under --mode prefill the engine runs those decode steps exactly
+     * as under --mode online (token t appended, query t attends, online_step), so the two modes
+     * give the same results. */
+    int decode_time;
+    /* Optional, online steps: called after each online_step once the engine has dropped the
+     * named entries: rewrite the v rows of the kept entries c[0, c->n) in place (CaM merges
+     * evicted values into kept neighbours) and set c->modified when a row changed. 0 ok, -1 with
+     * one line in err. */
+    int (*online_rows)(void *state, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c, char *err,
+                       size_t errlen);
 } rp_strategy;
 
 /* The registry (replay/strategies/registry.c over replay/strategies/list.h). */

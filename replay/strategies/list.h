@@ -43,3 +43,9 @@ RP_STRATEGY(qfilter)
 RP_STRATEGY(duo)
 RP_STRATEGY(finch)
 RP_STRATEGY(per_layer)
+/* decode-time presses (decoding.h: kvpress DecodingPress, DMSPress, CAMPress), and evict_span,
+ * a diagnostic that evicts the needles of traces with /needles */
+RP_STRATEGY(cam)
+RP_STRATEGY(decoding)
+RP_STRATEGY(dms)
+RP_STRATEGY(evict_span)

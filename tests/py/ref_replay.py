@@ -135,6 +135,14 @@ ONLINE_EVICT = {"full": ev_full, "streaming": ev_streaming, "knorm": ev_knorm}
 
 DECODE_SELECT = {}
 
+# DECODE_TIME[strategy](params, state, ctx, cache, probs, t, V) -> (positions kept, value rows or
+# None): decode-time presses (decoding, dms, cam). The prompt is kept whole; after every decode
+# query t (in both modes) the press sees the cache (positions, t last), the group's attention
+# probabilities at t over it and the value rows V [n][D] the cache holds now; it returns the
+# positions to keep and, when it rewrote values (cam merges), the new value rows. ctx: Kall,
+# Vall [n][D], Qall [G][n][D], P, g, layer, seq, scale, G, and params["_canon"] if the caller set it.
+DECODE_TIME = {}
+
 # PREFILL_VALUES[strategy](params, ctx, B, kept) -> [n][D] value rows of kv head ctx.g with the
 # kept entries' values replaced (merging folds evicted values into kept ones; keys unchanged).
 PREFILL_VALUES = {}
@@ -222,7 +230,21 @@ def replay(path, mode, configs, decode=None):
                     heads = range(g * G, (g + 1) * G)
                     Vc = Vv[g]          # value rows the compressed cache holds (PREFILL_VALUES)
                     Kc, enc_bytes = K[g], None    # key rows and bytes of an encoder (PREFILL_ENCODE)
-                    if mode == "prefill":
+                    vals = None     # decode-time presses: value rows per query position
+                    if strat in DECODE_TIME:
+                        B = n
+                        ctx = dict(Kall=K[g], Vall=Vv[g], Qall=Q[g * G:(g + 1) * G], P=P, g=g, layer=l,
+                                   seq=s, scale=scale, G=G)
+                        state, cache, caches, vals, Vcur = {}, list(range(P)), {}, {}, Vv[g]
+                        for t in range(P, n):
+                            cache = cache + [t]
+                            caches[t], vals[t] = list(cache), Vcur
+                            probs = np.array([attend(Q[h, t], K[g], Vcur, cache, scale)[0] for h in heads])
+                            cache, Vnew = DECODE_TIME[strat](params, state, ctx, cache, probs, t, Vcur)
+                            cache = list(cache)
+                            if Vnew is not None:
+                                Vcur = Vnew
+                    elif mode == "prefill":
                         B = resolve_budget(budget, P)
                         ctx = dict(Q=Q[g * G:(g + 1) * G, :P], K=K[g, :P], V=Vv[g, :P], P=P, g=g, layer=l,
                                    QA=Q[:, :P], KA=K[:, :P], VA=Vv[:, :P], Kfull=K[g], seq=s,
@@ -255,7 +277,7 @@ def replay(path, mode, configs, decode=None):
                             c = DECODE_SELECT[strat](params, ctx, c0, Q[h, t], h, t, B) if strat in DECODE_SELECT else c0
                             p, lp, o = attend(Q[h, t], K[g], Vv[g], list(range(t + 1)), scale)
                             kk = reindex_keys(K[g], c, t, rcos, rsin) if params.get("reindex") else None
-                            pc, lpc, oc = attend(Q[h, t], Kc, Vc, c, scale, kk)
+                            pc, lpc, oc = attend(Q[h, t], Kc, Vc if vals is None else vals[t], c, scale, kk)
                             pt = np.zeros(t + 1)
                             pt[c] = pc
                             no, nc = np.linalg.norm(o), np.linalg.norm(oc)

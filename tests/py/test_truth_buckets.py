@@ -19,6 +19,7 @@ Degenerate case: one family and one sequence in the truth: every replicate is th
 Tolerances: values are printed with 9 significant digits (%.9g): rel 1e-7.
 """
 import csv
+import json
 import os
 import sys
 
@@ -100,6 +101,29 @@ def bucket_flags(c):
 
 
 FL = [bucket_flags(c) for c in pairs]
+
+# prompt-only memory ratio: the full prompt's fp16 bytes over kv_bytes less the n_query exact
+# decode entries (fp16 rows + 4-byte indices per layer and kv head when the cache is compressed);
+# only for caches of the trace's own rows (kv_mse empty); the sequence length from full_bytes
+PROV = json.load(open(os.path.join(res, "provenance.json")))
+TOK = 4 * PROV["head_dim"] * PROV["n_kv_heads"] * PROV["n_layers"]
+IDX = 4 * PROV["n_kv_heads"] * PROV["n_layers"]
+
+
+def prompt_ratio(c):
+    vals = []
+    for s in SEQS:
+        r = per_seq[c["config"]][s]
+        if r["kv_mse_k"] != "" or r["kv_mse_v"] != "":
+            return np.nan
+        F, K, q = float(r["full_bytes"]), float(r["kv_bytes"]), float(r["n_query"])
+        n = F / TOK
+        vals.append((n - q) * TOK / (K - q * (TOK + (IDX if K != F else 0))))
+    return float(np.mean(vals))
+
+
+PR = [prompt_ratio(c) for c in pairs]
+RATIO = [np.mean([float(per_seq[c["config"]][s]["ratio"]) for s in SEQS]) for c in pairs]
 LABELS = [f"keep ({KEEP_EDGES[k]:g}-{KEEP_EDGES[k + 1]:g}]" for k in range(len(KEEP_EDGES) - 1)] + \
          [f"memory {t:g}x" for t in MEM]
 
@@ -170,7 +194,20 @@ for k, lab in enumerate(LABELS):
     check(close(float(g["regret"]), reg), f"{lab}: regret {g['regret']} (numpy {reg:.9g})")
     tau = kendall(P[idx], T[idx]) if len(idx) >= 2 else np.nan
     check(close(float(g["kendall"]) if g["kendall"] else np.nan, tau), f"{lab}: Kendall {g['kendall']} (numpy {tau:.9g})")
+    rw = [RATIO[i] for i in idx]
+    pr = [PR[i] for i in idx if not np.isnan(PR[i])]
+    want = (min(rw), max(rw), min(pr) if pr else np.nan, max(pr) if pr else np.nan)
+    cols = ("ratio_min", "ratio_max", "prompt_ratio_min", "prompt_ratio_max")
+    got_r = tuple(float(g[k]) if g[k] else np.nan for k in cols)
+    check(all(close(a, b) for a, b in zip(got_r, want)), f"{lab}: whole-cache / prompt-only ratio ranges {got_r} (numpy {want})")
 check(len(got) == n_nonempty, f"{len(got)} buckets listed, numpy {n_nonempty}")
+# hand value: knorm keep=0.05 keeps round(0.05 * 192) = 10 of the 192 prompt entries per layer and kv
+# head (--decode 64 on 256 tokens): 192 * 128 / (10 * (128 + 4)) = 18.6181818 (D = 32: 128 bytes a row)
+kn = next(i for i, c in enumerate(pairs) if c["config"].startswith("knorm keep=0.05"))
+check(PROV["head_dim"] == 32 and abs(PR[kn] - 192 * 128 / (10 * 132)) <= 1e-9 * PR[kn],
+      f"knorm keep=0.05 prompt-only ratio {PR[kn]:.9g} (by hand 18.6181818)")
+check(any(np.isnan(x) for x in PR) and any(not np.isnan(x) for x in PR),
+      "the set has configurations with and without a prompt-only ratio (evictions, encodings)")
 check(any(FL[i][1] for i in range(len(pairs))), "the set has configurations bucketed by realised keep (quant, lowrank)")
 check(any(FL[i][0][len(KEEP_EDGES) - 1 + 1] for i in range(len(pairs))), "the set has a memory 4x bucket")
 

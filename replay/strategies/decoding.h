@@ -1,0 +1,51 @@
+/* What the decode-time presses (decoding, dms, cam) share: the scorers they rank the cache
+ * with at decode time, the prefill hook that keeps the whole prompt, and a growable array.
+ * Not a strategy: no entry in list.h.
+ *
+ * A decode-time scorer sees the live cache of one kv head after query t attended to it (t is
+ * its last entry): the entries' key rows, their positions, the query's probabilities over
+ * them, and the trace's queries. Higher scores are kept.
+ *   knorm    -||k_e||                                     (kvpress KnormPress)
+ *   keydiff  -cos(k_e, a), a = mean over the cache of k / ||k||   (kvpress KeyDiffPress)
+ *   tova     query t's attention over the cache, reduced over the kv head's query group with
+ *            --gqa-reduce; the last entry (t itself) gets the maximum   (kvpress TOVAPress)
+ *   snapkv   the window queries r in [t - w + 1, t] attend to the cache entries they see
+ *            (pos <= r, softmax in double); per query head the rows are averaged, the scores
+ *            of the entries before the last w are average-pooled (kernel, zero padding
+ *            counted) and reduced over the group with --gqa-reduce; the last w entries get the
+ *            maximum of the others                            (kvpress SnapKVPress)
+ */
+#ifndef KV_STRAT_DECODING_H
+#define KV_STRAT_DECODING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "strategy.h"
+
+enum { DEC_KNORM = 0, DEC_KEYDIFF = 1, DEC_TOVA = 2, DEC_SNAPKV = 3 };
+
+#define DEC_SCORER_CHOICES "knorm|keydiff|tova|snapkv"
+/* The scorer parameters every decode-time press declares, in this order: scorer, window, kernel. */
+#define DEC_SCORER_PARAMS(def)                                                                       \
+    { "scorer", RP_ENUM, def, 0, 0, DEC_SCORER_CHOICES, "how the cache is ranked at decode time" }, \
+    { "window", RP_INT, "64", 1, 1e9, NULL, "snapkv scorer: window queries w (kvpress SnapKVPress: 64)" }, \
+    { "kernel", RP_INT, "5", 1, 1e9, NULL, "snapkv scorer: pooling kernel, odd (kvpress: 5)" }
+
+typedef struct dec_scorer { int kind; size_t window, kernel; } dec_scorer;
+
+/* v[0..3): scorer, window, kernel. 0 ok, -1 with one line in err (an even kernel). */
+int dec_scorer_resolve(const double *v, dec_scorer *s, const char *who, char *err, size_t errlen);
+
+/* score[e] for the n = c->n entries of kv head g's cache after query t (probs [G][n]: its
+ * attention over them). 0 ok, -1 out of memory. */
+int dec_score(const dec_scorer *s, const rp_layer_ctx *ctx, size_t g, size_t t, const rp_cache *c,
+              const float *probs, double *score);
+
+/* The prefill hook of a decode-time press: every kv head keeps its whole prompt. 0 ok, -1 ENOMEM. */
+int dec_prefill_all(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out, char *err, size_t errlen);
+
+/* Grow *p (elements of size sz) to hold at least need elements (*cap updated). 0 ok, -1 ENOMEM. */
+int dec_grow(void **p, size_t *cap, size_t need, size_t sz);
+
+#endif /* KV_STRAT_DECODING_H */
