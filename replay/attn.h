@@ -68,6 +68,25 @@ void attn_entries_ref(const float *q, const float *kk, const float *vv, const si
                       const float *bias, size_t n, size_t D, const attn_params *p,
                       float *lse, float *o, float *logits);
 
+/* Query rows whose caches share one entry list but differ in which entries are encoded:
+ * row r's entry e has key ka[e] for e < kcut[r], else kb[e], and value va[e] for
+ * e < vcut[r], else vb[e] (ka, kb, va, vb [>= max nvis][D]). An incremental encoder whose
+ * rows change at most once (quant: KIVI's quantised groups, its fp16 residual) gives every
+ * row of a block this form against the encoding of the block's last row. */
+typedef struct attn_cut_src {
+    const float *ka, *kb, *va, *vb;
+    const size_t *kcut, *vcut;  /* [nr] */
+} attn_cut_src;
+
+/* attn_entries (idx and bias NULL) of nr query rows q [nr][D], row r over its nvis[r]
+ * entries of src, computed as blocks of rows x 64 entries (every key and value row loaded
+ * once per block of rows instead of once per row): lse [nr], o NULL or [nr][D], logits
+ * NULL or [nr][ld] (entries [0, nvis[r]) written), each bit-identical to attn_entries of
+ * row r over its own cache. 0 ok; -1 when D * 64 exceeds the kernel's key-block buffer
+ * (D > 256): the caller evaluates the rows one by one. */
+int attn_rows_cut(const float *q, size_t nr, size_t D, const attn_params *p, const attn_cut_src *src,
+                  const size_t *nvis, size_t ld, float *lse, float *o, float *logits);
+
 /* pe [n] = exp(s[e] - m) for s[e] - m <= 0 with the kernels' exp (vectorised where the CPU
  * has AVX2; ~1 ulp of expf; -INFINITY and below -87 give 0). */
 void attn_exp_shift(const float *s, size_t n, float m, float *pe);

@@ -355,6 +355,52 @@ static void case_exp_shift(void)
     check_true("attn_exp_shift: exp(0) = 1", one_ok);
 }
 
+/* attn_rows_cut against attn_entries of each row over its own composed cache (keys from ka
+ * below the row's cut, kb from it; values likewise): lse, o and logits bit for bit (the
+ * kernel promises identity, not closeness). Rows > 64 (two row groups), entry counts not
+ * multiples of 64, empty rows, cuts at 0, inside a block, at the end; softcap on and off. */
+static void case_rows_cut(void)
+{
+    size_t Ds[] = {1, 8, 16, 64, 80, 128, 256};
+    int same = 1, refused = 0;
+    for (size_t a = 0; a < sizeof Ds / sizeof *Ds; a++)
+        for (int capon = 0; capon < 2; capon++) {
+            size_t D = Ds[a], nr = 70, N = 300;
+            attn_params p = {1.0f / sqrtf((float)D), capon ? 5.0f : 0.0f, 0};
+            float *q = randn(nr * D, 1.5f), *ka = randn(N * D, 1), *kb = randn(N * D, 1);
+            float *va = randn(N * D, 1), *vb = randn(N * D, 1);
+            float *kr = malloc(N * D * sizeof *kr), *vr = malloc(N * D * sizeof *vr);
+            size_t nvis[70], kc[70], vc[70];
+            for (size_t r = 0; r < nr; r++) {
+                nvis[r] = r == 3 ? 0 : r < 40 ? 100 + 2 * r : (size_t)(rng_u64() % (N + 1));
+                kc[r] = r % 5 == 0 ? 0 : r % 7 == 0 ? nvis[r] : (size_t)(rng_u64() % (nvis[r] + 1));
+                vc[r] = r % 6 == 0 ? nvis[r] : (size_t)(rng_u64() % (nvis[r] + 1));
+            }
+            float lse[70], *o = malloc(nr * D * sizeof *o), *lg = malloc(nr * N * sizeof *lg);
+            attn_cut_src src = {ka, kb, va, vb, kc, vc};
+            if (attn_rows_cut(q, nr, D, &p, &src, nvis, N, lse, o, lg)) { refused = 1; continue; }
+            for (size_t r = 0; r < nr; r++) {
+                size_t n = nvis[r];
+                for (size_t e = 0; e < n; e++) {
+                    memcpy(kr + e * D, (e < kc[r] ? ka : kb) + e * D, D * sizeof *kr);
+                    memcpy(vr + e * D, (e < vc[r] ? va : vb) + e * D, D * sizeof *vr);
+                }
+                float le, oe[256], lge[300];
+                attn_entries(q + r * D, kr, vr, NULL, NULL, n, D, &p, &le, oe, lge);
+                same &= memcmp(&le, &lse[r], sizeof le) == 0 && memcmp(oe, o + r * D, D * sizeof *oe) == 0 &&
+                        memcmp(lge, lg + r * N, n * sizeof *lge) == 0;
+            }
+            free(q); free(ka); free(kb); free(va); free(vb); free(kr); free(vr); free(o); free(lg);
+        }
+    check_true("attn_rows_cut accepts D <= 256", !refused);
+    check_true("attn_rows_cut == attn_entries per row, bit for bit", same);
+    float x = 0;
+    attn_params p1 = {1, 0, 0};
+    attn_cut_src s1 = {&x, &x, &x, &x, NULL, NULL};
+    check_true("attn_rows_cut refuses D > 256 (the caller's per-row path)",
+               attn_rows_cut(&x, 0, 257, &p1, &s1, NULL, 0, NULL, NULL, NULL) == -1);
+}
+
 int main(void)
 {
     size_t Ds[] = {1, 16, 32, 64, 128, 80, 300};
@@ -377,6 +423,7 @@ int main(void)
     case_gqa();
     case_entries();
     case_exp_shift();
+    case_rows_cut();
     hand_cases();
     printf("%d checks, %d failed\n", checks, fails);
     return fails ? 1 : 0;
