@@ -1316,13 +1316,13 @@ static int item_cut_block(item *it, size_t c, size_t g, size_t tb, size_t te, cu
     if (E->o.mode == RP_ONLINE || !st->inc || !cf->enc->encode_cuts || cf->evict->select || ap->window > 0 ||
         cache_merged(cc) || E->o.export_step_hook || te - tb > BLK)
         return 0;
-    row_view last;
-    if (item_cache_view(it, c, g, te - 1, &last)) return -1;    /* st->enc: the last row's cache */
     for (size_t t = tb; t < te; t++) {
         size_t r = t - tb, m = cc->n - (n - 1 - t);
         cr->nv[r] = m;
-        cf->enc->encode_cuts(cf->enc_cfg, m, &cr->kcut[r], &cr->vcut[r]);
+        if (cf->enc->encode_cuts(cf->enc_cfg, &it->ctx, cc, m, &cr->kcut[r], &cr->vcut[r])) return 0;
     }
+    row_view last;
+    if (item_cache_view(it, c, g, te - 1, &last)) return -1;    /* st->enc: the last row's cache */
     size_t ld = cr->nv[te - 1 - tb];
     attn_cut_src src = { st->enc.k, cc->k, st->enc.v, cc->v, cr->kcut, cr->vcut };
     for (size_t i = 0; i < G; i++)
