@@ -168,11 +168,13 @@ static int prompt_rows(item *it, size_t P, size_t h, size_t a, size_t b, float *
     if (!lse) return -1;
     attn_full_rows(it->q + h * n * D, it->k + g * n * D, it->v + g * n * D, P, D, a, b, &E->ap[it->l], lse,
                    NULL, buf);
-    for (size_t r = 0; r < b - a; r++)
-        for (size_t j = 0; j < P; j++) {
-            float z = buf[r * P + j];
-            buf[r * P + j] = z == -INFINITY ? 0.0f : expf(z - lse[r]);
-        }
+    for (size_t r = 0; r < b - a; r++) {      /* the exp of the shared scores (shared.h), same bits */
+        size_t t = a + r, lo = attn_lo(t, E->ap[it->l].window);
+        float *row = buf + r * P;
+        attn_exp_shift(row + lo, t + 1 - lo, lse[r], row + lo);
+        for (size_t j = 0; j < lo; j++) row[j] = 0.0f;
+        for (size_t j = t + 1; j < P; j++) row[j] = 0.0f;
+    }
     free(lse);
     return 0;
 }

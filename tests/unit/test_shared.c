@@ -5,16 +5,21 @@
  * soft-capped, sliding window):
  *   column sums   rp_prompt_colsum over all rows, an observation window, a random row mask,
  *                 against sum_t p_ref(t, j) in double. Tolerance per term: the fp32
- *                 probability p = expf(s - lse) has relative error at most
+ *                 probability p = exp(s - lse) (the kernels' vectorised exp, attn_exp_shift)
+ *                 has relative error at most
  *                     eps_t = (D + 1) 2^-24 scale max_j sum_d |q_d k_jd|   (fp32 dot product,
  *                             gamma_D, plus the scale; tanh contracts: the cap adds a few ulp)
  *                           + 2e-6 (1 + |lse_t|)                          (the kernel's lse,
  *                             test_attn's bound)
- *                           + 8 2^-24                                     (subtraction, expf,
- *                             tanhf, cap rounding)
+ *                           + 8 2^-24                                     (the exp: within
+ *                             8 ulp of exp of its float argument, test_attn; tanhf, cap)
+ *                 plus the rounding of the argument x = s - lse, |x| 2^-24: below the lse
+ *                 term for |x| <= 33, and beyond it p < 5e-15, inside the absolute 1e-15
+ *                 slack of a column (|x| e^-|x| 2^-24 < 1e-15 there);
  *                 so |sum - ref| <= sum_t eps_t p_ref(t, j) (non-negative terms), + 1e-15;
- *   entropies     rp_entropy_norm of each row: d(-p log p) = -(log p + 1) dp, so
- *                 |h - ref| <= sum_j eps_t p_j |log p_j + 1| / log(nvis) (+ 1e-12);
+ *   entropies     -sum p_j (s_j - lse) (log p = s - lse: no log per entry): an error dp in
+ *                 p and dx in s - lse (|dx| <= eps_t, the same terms) give
+ *                 |h - ref| <= sum_j eps_t p_j (|log p_j| + 1) / log(nvis) (+ 1e-12);
  *   bit identity  the sums equal, bit for bit, what summing the rows of one
  *                 attn_full_rows call (exp of logit - lse, masked = 0; the engine's
  *                 prompt_attn) in ascending row order gives: the shared scores change no
@@ -84,7 +89,7 @@ static void ref_row(const float *q, const float *k, const attn_params *ap, size_
 }
 
 /* The strategies' former path: rows of one attn_full_rows call over keys [0, P), probabilities
- * expf(logit - lse) (0 where masked), added in ascending row order. */
+ * exp(logit - lse) with the kernels' exp (0 where masked), added in ascending row order. */
 static void rows_sum(const float *q, const float *k, const attn_params *ap, size_t t0, size_t t1, const uint8_t *want,
                      double *out)
 {
@@ -94,8 +99,9 @@ static void rows_sum(const float *q, const float *k, const attn_params *ap, size
     for (size_t t = t0; t < t1; t++) {
         if (want && !want[t]) continue;
         for (size_t j = 0; j < P; j++) {
-            float z = lg[(t - t0) * P + j];
-            out[j] += z == -INFINITY ? 0.0f : expf(z - lse[t - t0]);
+            float z = lg[(t - t0) * P + j], pz = 0.0f;
+            if (z != -INFINITY) attn_exp_shift(&z, 1, lse[t - t0], &pz);
+            out[j] += pz;
         }
     }
     free(lg); free(lse);
@@ -142,7 +148,7 @@ static void test_colsum(const char *name, const attn_params *ap)
             double h = 0, tol = 1e-12;
             for (size_t j = lo; j <= t; j++) {
                 double p = pr[t * P + j];
-                if (p > 0) { h -= p * log(p); tol += eps[t] * p * fabs(log(p) + 1); }
+                if (p > 0) { h -= p * log(p); tol += eps[t] * p * (fabs(log(p)) + 1); }
             }
             h = nv > 1 ? h / log((double)nv) : 0;
             if (nv > 1) tol /= log((double)nv);
