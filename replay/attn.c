@@ -677,6 +677,52 @@ void attn_full_rows_kt(const float *q, const float *kt, const float *v, size_t T
     full_rows(q, NULL, v, kt, T, D, t0, t1, p, lse, o, logits);
 }
 
+void attn_rows_given(const float *z, size_t ldz, const size_t *nvis, size_t nr, const float *v, size_t D,
+                     float *lse, float *o)
+{
+    const size_t KB = key_block(D);
+    float pe[RB][KB_MAX];
+    size_t orow[RB];
+    int act[RB];
+    row_state st[RB];
+#if ATTN_HAVE_AVX2_PATH
+    const int avx2 = attn_use_avx2();
+#else
+    const int avx2 = 0;
+    (void)orow; (void)act;
+#endif
+    for (size_t r0 = 0; r0 < nr; r0 += RB) {
+        size_t nb = nr - r0 < RB ? nr - r0 : RB, nmax = 0;
+        for (size_t r = 0; r < nb; r++) {
+            orow[r] = r;
+            st[r].m = -INFINITY; st[r].l = 0;
+            if (o) memset(o + (r0 + r) * D, 0, D * sizeof *o);
+            if (nvis[r0 + r] > nmax) nmax = nvis[r0 + r];
+        }
+        for (size_t j0 = 0; j0 < nmax; j0 += KB) {       /* full_rows' key blocks */
+            size_t nk = nmax - j0 < KB ? nmax - j0 : KB;
+            int nact = 0;
+            for (size_t r = 0; r < nb; r++) {
+                size_t nv = nvis[r0 + r];
+                if (nv <= j0) continue;
+                size_t b = nv - j0 < nk ? nv - j0 : nk;
+                const float *sr = z + (r0 + r) * ldz + j0;
+                float *orp = o ? o + (r0 + r) * D : NULL;
+                if (avx2 && o && b == nk) {
+                    if (row_probs(&st[r], sr, nk, D, orp, pe[r])) act[nact++] = (int)r;
+                } else {
+                    row_update(&st[r], sr, b, v + j0 * D, NULL, D, orp);
+                }
+            }
+#if ATTN_HAVE_AVX2_PATH
+            if (nact) pv_rows_avx2(o + r0 * D, orow, act, (size_t)nact, pe, nk, v + j0 * D, D);
+#endif
+        }
+        for (size_t r = 0; r < nb; r++)
+            row_finish(&st[r], lse + r0 + r, o ? o + (r0 + r) * D : NULL, D);
+    }
+}
+
 /* Keys of block [j0, j0 + nk) with the entries of row r at j >= cut[r] - j0 taken from kb:
  * logits of every row against ka's block, then, when some row's cut falls below the
  * block's end, against kb's block merged in. kT [D][EB_MAX] scratch, s/s2 [RB][KB_MAX]. */

@@ -68,6 +68,15 @@ void attn_entries_ref(const float *q, const float *kk, const float *vv, const si
                       const float *bias, size_t n, size_t D, const attn_params *p,
                       float *lse, float *o, float *logits);
 
+/* The softmax and P.V part of attn_full_rows for rows whose logits are given: row r's
+ * capped logits z [r * ldz + e] over its entries e < nvis[r], values v [][D] (entry e: row
+ * e). lse [nr], o NULL or [nr][D]. The same key blocks and arithmetic as attn_full_rows,
+ * so with z the logits attn_full_rows would compute (an eviction's kept entries: the full
+ * cache's logits gathered, attn_logit being one function of q and the key row) the results
+ * are bit-identical to it, without recomputing a single logit. */
+void attn_rows_given(const float *z, size_t ldz, const size_t *nvis, size_t nr, const float *v, size_t D,
+                     float *lse, float *o);
+
 /* Query rows whose caches share one entry list but differ in which entries are encoded:
  * row r's entry e has key ka[e] for e < kcut[r], else kb[e], and value va[e] for
  * e < vcut[r], else vb[e] (ka, kb, va, vb [>= max nvis][D]). An incremental encoder whose

@@ -1360,7 +1360,21 @@ static int item_block_cfg(item *it, size_t c, size_t g, size_t tb, size_t te)
      * so one blocked kernel call serves the block */
     blocked_rows br = { !online && !st->td && !cf->evict->select && ap->window <= 0 && !cache_merged(cc) &&
                         !(cc->n == n && !cc->modified), cc->n };
-    if (br.on) {
+    if (br.on && !cc->modified) {
+        /* original rows: the kept entries' logits are the full cache's (item_full_attn),
+         * gathered instead of recomputed; the same results bit for bit (attn_rows_given) */
+        size_t shift = n - br.bm, nvis[BLK];
+        for (size_t i = 0; i < G; i++) {
+            for (size_t t = tb; t < te; t++) {
+                const float *full = sc->lg + (i * BLK + (t - tb)) * n;
+                float *z = sc->bz + (i * BLK + (t - tb)) * br.bm;
+                nvis[t - tb] = t + 1 - shift;
+                for (size_t e = 0; e < nvis[t - tb]; e++) z[e] = full[cc->pos[e]];
+            }
+            attn_rows_given(sc->bz + i * BLK * br.bm, br.bm, nvis, te - tb, cc->v, D, sc->blse + i * BLK,
+                            sc->bout + i * BLK * D);
+        }
+    } else if (br.on) {
         size_t shift = n - br.bm;
         for (size_t i = 0; i < G; i++)
             attn_full_rows(it->q + (g * G + i) * n * D + shift * D, cc->k, cc->v, br.bm, D, tb - shift, te - shift, ap,

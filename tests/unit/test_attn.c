@@ -355,6 +355,44 @@ static void case_exp_shift(void)
     check_true("attn_exp_shift: exp(0) = 1", one_ok);
 }
 
+/* attn_rows_given with the logits of a kept subset gathered from a full attn_full_rows call
+ * against attn_full_rows over the subset's rows itself (the engine's prefill evaluation of a
+ * static eviction): lse and o bit for bit. Subset: a random kept prompt part, then every
+ * decode position; rows over several key blocks, D with key blocks of 64 and of 48 keys. */
+static void case_rows_given(void)
+{
+    size_t Ds[] = {1, 16, 128, 300};
+    int same = 1;
+    for (size_t a = 0; a < sizeof Ds / sizeof *Ds; a++)
+        for (int capon = 0; capon < 2; capon++) {
+            size_t D = Ds[a], n = 260, P = 200, nr = n - P;
+            attn_params p = {1.0f / sqrtf((float)D), capon ? 5.0f : 0.0f, 0};
+            float *q = randn(n * D, 1.5f), *k = randn(n * D, 1), *v = randn(n * D, 1);
+            size_t pos[260], m = 0;
+            for (size_t j = 0; j < n; j++)
+                if (j >= P || rng_u64() % 3 == 0) pos[m++] = j;
+            float *kc = malloc(m * D * sizeof *kc), *vc = malloc(m * D * sizeof *vc);
+            for (size_t e = 0; e < m; e++) {
+                memcpy(kc + e * D, k + pos[e] * D, D * sizeof *kc);
+                memcpy(vc + e * D, v + pos[e] * D, D * sizeof *vc);
+            }
+            float *lf = malloc(nr * n * sizeof *lf), lsef[60], *of = malloc(nr * D * sizeof *of);
+            attn_full_rows(q, k, v, n, D, P, n, &p, lsef, of, lf);
+            size_t shift = n - m, nvis[60];
+            float *z = malloc(nr * m * sizeof *z), lse1[60], lse2[60];
+            float *o1 = malloc(nr * D * sizeof *o1), *o2 = malloc(nr * D * sizeof *o2), *l2 = malloc(nr * m * sizeof *l2);
+            for (size_t r = 0; r < nr; r++) {
+                nvis[r] = P + r + 1 - shift;
+                for (size_t e = 0; e < nvis[r]; e++) z[r * m + e] = lf[r * n + pos[e]];
+            }
+            attn_rows_given(z, m, nvis, nr, vc, D, lse1, o1);
+            attn_full_rows(q + shift * D, kc, vc, m, D, P - shift, n - shift, &p, lse2, o2, l2);
+            same &= memcmp(lse1, lse2, nr * sizeof *lse1) == 0 && memcmp(o1, o2, nr * D * sizeof *o1) == 0;
+            free(q); free(k); free(v); free(kc); free(vc); free(lf); free(of); free(z); free(o1); free(o2); free(l2);
+        }
+    check_true("attn_rows_given on gathered logits == attn_full_rows over the subset, bit for bit", same);
+}
+
 /* attn_rows_cut against attn_entries of each row over its own composed cache (keys from ka
  * below the row's cut, kb from it; values likewise): lse, o and logits bit for bit (the
  * kernel promises identity, not closeness). Rows > 64 (two row groups), entry counts not
@@ -424,6 +462,7 @@ int main(void)
     case_entries();
     case_exp_shift();
     case_rows_cut();
+    case_rows_given();
     hand_cases();
     printf("%d checks, %d failed\n", checks, fails);
     return fails ? 1 : 0;
