@@ -341,6 +341,36 @@ void attn_exp_shift(const float *s, size_t n, float m, float *pe)
     }
 }
 
+double attn_probs_row(const float *s, size_t n, float *p)
+{
+    float m = -INFINITY;
+    int has_nan = 0;
+    double l = 0;
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx2()) m = max_avx2(s, n, &has_nan);
+    else
+#endif
+    for (size_t e = 0; e < n; e++) {
+        if (s[e] > m) m = s[e];
+        if (s[e] != s[e]) has_nan = 1;
+    }
+    if (has_nan) return NAN;
+    if (m == -INFINITY) { memset(p, 0, n * sizeof *p); return -INFINITY; }
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx2()) l = probs_avx2(s, n, m, p);
+    else
+#endif
+    {
+        double l4[4] = {0, 0, 0, 0};
+        attn_exp_shift(s, n, m, p);
+        for (size_t e = 0; e < n; e++) l4[e % 4] += p[e];
+        l = (l4[0] + l4[1]) + (l4[2] + l4[3]);
+    }
+    float inv = (float)(1.0 / l);
+    for (size_t e = 0; e < n; e++) p[e] *= inv;
+    return (double)m + log(l);
+}
+
 static int row_probs(row_state *st, const float *s, size_t n, size_t D, float *o, float *pe)
 {
     float bm = -INFINITY;
@@ -648,6 +678,7 @@ static void full_rows(const float *q, const float *k, const float *v, const floa
                 if (logits)
                     memcpy(logits + (t - t0) * T + j0 + a, sr + a, (b - a) * sizeof *sr);
                 float *orow_p = o ? o + (t - t0) * D : NULL;
+                if (!lse) continue;                     /* logits only */
                 if (avx2 && o && a == 0 && b == nk) {     /* whole block: batched p.v below */
                     if (row_probs(&st[r], sr, nk, D, orow_p, pe[r])) active[nact++] = (int)r;
                 } else {
@@ -658,7 +689,7 @@ static void full_rows(const float *q, const float *k, const float *v, const floa
             if (nact) pv_rows_avx2(o, orow, active, (size_t)nact, pe, nk, v + j0 * D, D);
 #endif
         }
-        for (size_t r = 0; r < nr; r++)
+        for (size_t r = 0; r < nr && lse; r++)
             row_finish(&st[r], lse + (r0 - t0 + r), o ? o + (r0 - t0 + r) * D : NULL, D);
     }
 }

@@ -35,7 +35,8 @@ static inline size_t attn_lo(size_t t, long long window)
  *   lse [t1-t0]          log-sum-exp of the (capped) logits over the visible keys
  *   o [t1-t0][D]         attention output
  *   logits NULL or [t1-t0][T]: the capped logits of visible keys; -INFINITY elsewhere
- * o may be NULL (then only lse/logits are computed: the P.V product is skipped).
+ * o may be NULL (then only lse/logits are computed: the P.V product is skipped); lse and o
+ * both NULL: the logits only (no softmax at all).
  * Scratch is internal (stack/thread-local); safe to call from many threads at once.
  * A row's results depend only on the inputs and t, never on t0/t1: rows computed in
  * separate calls are bit-identical to one call, and the logits equal attn_logit() bit for
@@ -99,6 +100,15 @@ int attn_rows_cut(const float *q, size_t nr, size_t D, const attn_params *p, con
 /* pe [n] = exp(s[e] - m) for s[e] - m <= 0 with the kernels' exp (vectorised where the CPU
  * has AVX2; ~1 ulp of expf; -INFINITY and below -87 give 0). */
 void attn_exp_shift(const float *s, size_t n, float m, float *pe);
+
+/* A softmax row with one exp per entry: p [n] = exp(s[e] - m) / l with m = max s, l = their
+ * sum (the kernels' exp and its double sum in four partial sums, e mod 4, added in a fixed
+ * order; 1/l rounded to float, one product). Returns the log partition m + log l in double
+ * (log p_e = s_e - that, up to p's rounding), -INFINITY when every s is -INFINITY (p = 0),
+ * NaN when one is NaN (p unset). Relative error of p against exact softmax: the exp's
+ * (within 8 ulp of exp of its float argument + the argument's rounding |s - m| 2^-24,
+ * test_attn), + 2 2^-24 (1/l and the product); the sum's rounding is below 2^-40. */
+double attn_probs_row(const float *s, size_t n, float *p);
 
 /* Capped logit of one (q, k) pair; the single definition every kernel uses. */
 float attn_logit(const float *q, const float *k, size_t D, const attn_params *p);

@@ -158,24 +158,22 @@ void rp_engine_free(rp_engine *e)
 
 /* ---- callbacks of rp_layer_ctx ----------------------------------------------------------- */
 
-/* Prompt rows [a, b) x P of head h: probabilities (exp(logit - lse), 0 where masked). */
+/* Prompt rows [a, b) x P of head h: probabilities (attn_probs_row of the visible logits, the
+ * shared scores' own, so their sums equal the shared ones bit for bit; 0 where masked). */
 static int prompt_rows(item *it, size_t P, size_t h, size_t a, size_t b, float *buf)
 {
     rp_engine *E = it->E;
     size_t D = E->D, n = it->n, g = h / E->G;
     if (a == b) return 0;
-    float *lse = malloc((b - a) * sizeof *lse);
-    if (!lse) return -1;
-    attn_full_rows(it->q + h * n * D, it->k + g * n * D, it->v + g * n * D, P, D, a, b, &E->ap[it->l], lse,
+    attn_full_rows(it->q + h * n * D, it->k + g * n * D, it->v + g * n * D, P, D, a, b, &E->ap[it->l], NULL,
                    NULL, buf);
-    for (size_t r = 0; r < b - a; r++) {      /* the exp of the shared scores (shared.h), same bits */
+    for (size_t r = 0; r < b - a; r++) {
         size_t t = a + r, lo = attn_lo(t, E->ap[it->l].window);
         float *row = buf + r * P;
-        attn_exp_shift(row + lo, t + 1 - lo, lse[r], row + lo);
+        attn_probs_row(row + lo, t + 1 - lo, row + lo);
         for (size_t j = 0; j < lo; j++) row[j] = 0.0f;
         for (size_t j = t + 1; j < P; j++) row[j] = 0.0f;
     }
-    free(lse);
     return 0;
 }
 

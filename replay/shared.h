@@ -13,18 +13,19 @@
  * block of rows x P logits while computing, and page min/max of the keys (Quest).
  *
  * Values are exactly those a strategy would get by summing ctx->prompt_attn rows itself:
- * the probabilities are the same fp32 numbers (exp of logit - lse from the same kernel, with
- * the kernels' vectorised exp attn_exp_shift: within 8 ulp of exp of its float argument,
- * measured ~1 ulp, 0 below -87, tested against libm over [-87, 0] in test_attn; rows never
- * depend on the block they are computed in, attn.h) and they are added in double in
- * ascending row order starting from 0. So switching a strategy to the shared scores
- * changes no bit of its output.
+ * the probabilities are the same fp32 numbers (attn_probs_row of the logits of the same
+ * kernel: one vectorised exp per entry, exp(s - max) / sum, relative error within 10 ulp +
+ * |s - max| 2^-24 of the exact softmax, the exp tested against libm over [-87, 0] in
+ * test_attn; rows never depend on the block they are computed in, attn.h) and they are
+ * added in double in ascending row order starting from 0. So switching a strategy to the
+ * shared scores changes no bit of its output. (The prompt pass asks the kernel for logits
+ * only: its own online softmax would be a second exp per entry.)
  *
- * Row entropies use log p = s - lse (p = exp(s - lse) up to p's own rounding), so no log
- * is taken per entry: -sum p log p = sum p (lse - s) in double; against -sum p log(p) of
- * the same fp32 p the difference is at most sum p |log(p_fp32) - (s - lse)| <= 8 2^-24
- * + |s - lse| 2^-24 per unit of mass, ~1e-6 of a nat for the rows here (test_shared
- * bounds both against float64).
+ * Row entropies use log p = s - lz (lz = the row's log partition, p = exp(s - lz) up to
+ * p's own rounding), so no log is taken per entry: -sum p log p = sum p (lz - s) in
+ * double; against -sum p log(p) of the same fp32 p the difference is at most
+ * sum p |log(p_fp32) - (s - lz)| <= (10 + |s - lz|) 2^-24 per unit of mass, ~1e-6 of a
+ * nat for the rows here (test_shared bounds both against float64).
  */
 #ifndef KV_SHARED_H
 #define KV_SHARED_H

@@ -393,6 +393,54 @@ static void case_rows_given(void)
     check_true("attn_rows_given on gathered logits == attn_full_rows over the subset, bit for bit", same);
 }
 
+/* attn_probs_row against a double softmax: relative error within its documented bound
+ * (10 ulp + |s - max| 2^-24, i.e. the exp's 8 ulp + argument rounding, 1/l and the
+ * product), the log partition within (8 + max |s - max|) 2^-24 + 1e-12 (1 + |lz|) (l sums
+ * the fp32 exps, each within 8 ulp + argument rounding; the double sum and log add
+ * ~2^-50), -INFINITY entries give 0, an all -INFINITY row gives p = 0
+ * and -INFINITY, a NaN gives NaN; and attn_full_rows without lse and o (logits only)
+ * gives the logits of a call with them. */
+static void case_probs_row(void)
+{
+    float s[300], p[300];
+    double worst = 0, worst_lz = 0;
+    for (size_t n = 1; n <= 300; n += 23) {
+        for (size_t e = 0; e < n; e++) s[e] = (float)(rng_unif() * 40.0 - 30.0);
+        if (n > 3) s[1] = -INFINITY;
+        double m = -INFINITY, l = 0;
+        for (size_t e = 0; e < n; e++) m = s[e] > m ? s[e] : m;
+        for (size_t e = 0; e < n; e++) l += exp((double)s[e] - m);
+        double lz = attn_probs_row(s, n, p), lzr = m + log(l), xmax = 0;
+        for (size_t e = 0; e < n; e++)
+            if (s[e] != -INFINITY && m - s[e] > xmax) xmax = m - s[e];
+        double tz = (8 + xmax) * ldexp(1, -24) + 1e-12 * (1 + fabs(lzr));
+        if (fabs(lz - lzr) / tz > worst_lz) worst_lz = fabs(lz - lzr) / tz;
+        for (size_t e = 0; e < n; e++) {
+            double want = exp((double)s[e] - lzr);
+            if (s[e] == -INFINITY) { worst = p[e] == 0 ? worst : 1e9; continue; }
+            if (want < 1e-37) continue;         /* the exp's subnormal range: 0 allowed */
+            double r = fabs(p[e] - want) / want / ((10 + fabs((double)s[e] - m)) * ldexp(1, -24));
+            if (r > worst) worst = r;
+        }
+    }
+    printf("attn_probs_row: worst relative error / bound %.3g, log partition %.3g\n", worst, worst_lz);
+    check_true("attn_probs_row within its bound", worst <= 1.0);
+    check_true("attn_probs_row log partition within its bound", worst_lz <= 1.0);
+    float ninf[3] = {-INFINITY, -INFINITY, -INFINITY}, pz[3] = {1, 1, 1};
+    double lz = attn_probs_row(ninf, 3, pz);
+    check_true("attn_probs_row: a fully masked row gives 0 and -inf", lz == -INFINITY && !pz[0] && !pz[1] && !pz[2]);
+    float nn[2] = {0.0f, NAN};
+    check_true("attn_probs_row: NaN in, NaN out", isnan(attn_probs_row(nn, 2, pz)));
+    size_t T = 150, D = 32;
+    attn_params ap = {0.2f, 0, 0};
+    float *q = randn(T * D, 1), *k = randn(T * D, 1), *l1 = malloc(T * T * sizeof *l1), *l2 = malloc(T * T * sizeof *l2);
+    float *lse = malloc(T * sizeof *lse);
+    attn_full_rows(q, k, k, T, D, 0, T, &ap, lse, NULL, l1);
+    attn_full_rows(q, k, k, T, D, 0, T, &ap, NULL, NULL, l2);
+    check_true("attn_full_rows logits only == its logits with the softmax", !memcmp(l1, l2, T * T * sizeof *l1));
+    free(q); free(k); free(l1); free(l2); free(lse);
+}
+
 /* attn_rows_cut against attn_entries of each row over its own composed cache (keys from ka
  * below the row's cut, kb from it; values likewise): lse, o and logits bit for bit (the
  * kernel promises identity, not closeness). Rows > 64 (two row groups), entry counts not
@@ -463,6 +511,7 @@ int main(void)
     case_exp_shift();
     case_rows_cut();
     case_rows_given();
+    case_probs_row();
     hand_cases();
     printf("%d checks, %d failed\n", checks, fails);
     return fails ? 1 : 0;
