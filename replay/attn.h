@@ -93,7 +93,8 @@ typedef struct attn_cut_src {
  * once per block of rows instead of once per row): lse [nr], o NULL or [nr][D], logits
  * NULL or [nr][ld] (entries [0, nvis[r]) written), each bit-identical to attn_entries of
  * row r over its own cache. 0 ok; -1 when D * 64 exceeds the kernel's key-block buffer
- * (D > 256): the caller evaluates the rows one by one. */
+ * (D > 256): the caller evaluates the rows one by one (nr = 0 makes only that check;
+ * src and the outputs are then not read). */
 int attn_rows_cut(const float *q, size_t nr, size_t D, const attn_params *p, const attn_cut_src *src,
                   const size_t *nvis, size_t ld, float *lse, float *o, float *logits);
 

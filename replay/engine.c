@@ -1314,7 +1314,8 @@ static int item_cut_block(item *it, size_t c, size_t g, size_t tb, size_t te, cu
     rp_cache *cc = &st->cache;
     cr->on = 0;
     if (E->o.mode == RP_ONLINE || !st->inc || !cf->enc->encode_cuts || cf->evict->select || ap->window > 0 ||
-        cache_merged(cc) || E->o.export_step_hook || te - tb > BLK)
+        cache_merged(cc) || E->o.export_step_hook || te - tb > BLK ||
+        attn_rows_cut(NULL, 0, D, ap, NULL, NULL, 0, NULL, NULL, NULL))     /* no rows: whether D fits */
         return 0;
     for (size_t t = tb; t < te; t++) {
         size_t r = t - tb, m = cc->n - (n - 1 - t);
@@ -1328,7 +1329,7 @@ static int item_cut_block(item *it, size_t c, size_t g, size_t tb, size_t te, cu
     for (size_t i = 0; i < G; i++)
         if (attn_rows_cut(it->q + ((g * G + i) * n + tb) * D, te - tb, D, ap, &src, cr->nv, ld, sc->blse + i * BLK,
                           sc->bout + i * BLK * D, sc->bz + i * BLK * ld))
-            return 0;       /* D beyond the kernel's buffer: every row alone (rows not yet used) */
+            return IT_FAIL(it, "internal: attn_rows_cut refused head_dim %zu", D);
     cr->on = 1;
     return 0;
 }
