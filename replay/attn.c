@@ -341,6 +341,36 @@ void attn_exp_shift(const float *s, size_t n, float m, float *pe)
     }
 }
 
+double attn_probs_row(const float *s, size_t n, float *p)
+{
+    float m = -INFINITY;
+    int has_nan = 0;
+    double l = 0;
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx2()) m = max_avx2(s, n, &has_nan);
+    else
+#endif
+    for (size_t e = 0; e < n; e++) {
+        if (s[e] > m) m = s[e];
+        if (s[e] != s[e]) has_nan = 1;
+    }
+    if (has_nan) return NAN;
+    if (m == -INFINITY) { memset(p, 0, n * sizeof *p); return -INFINITY; }
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx2()) l = probs_avx2(s, n, m, p);
+    else
+#endif
+    {
+        double l4[4] = {0, 0, 0, 0};
+        attn_exp_shift(s, n, m, p);
+        for (size_t e = 0; e < n; e++) l4[e % 4] += p[e];
+        l = (l4[0] + l4[1]) + (l4[2] + l4[3]);
+    }
+    float inv = (float)(1.0 / l);
+    for (size_t e = 0; e < n; e++) p[e] *= inv;
+    return (double)m + log(l);
+}
+
 static int row_probs(row_state *st, const float *s, size_t n, size_t D, float *o, float *pe)
 {
     float bm = -INFINITY;
@@ -648,6 +678,7 @@ static void full_rows(const float *q, const float *k, const float *v, const floa
                 if (logits)
                     memcpy(logits + (t - t0) * T + j0 + a, sr + a, (b - a) * sizeof *sr);
                 float *orow_p = o ? o + (t - t0) * D : NULL;
+                if (!lse) continue;                     /* logits only */
                 if (avx2 && o && a == 0 && b == nk) {     /* whole block: batched p.v below */
                     if (row_probs(&st[r], sr, nk, D, orow_p, pe[r])) active[nact++] = (int)r;
                 } else {
@@ -658,7 +689,7 @@ static void full_rows(const float *q, const float *k, const float *v, const floa
             if (nact) pv_rows_avx2(o, orow, active, (size_t)nact, pe, nk, v + j0 * D, D);
 #endif
         }
-        for (size_t r = 0; r < nr; r++)
+        for (size_t r = 0; r < nr && lse; r++)
             row_finish(&st[r], lse + (r0 - t0 + r), o ? o + (r0 - t0 + r) * D : NULL, D);
     }
 }
@@ -675,6 +706,143 @@ void attn_full_rows_kt(const float *q, const float *kt, const float *v, size_t T
                        float *lse, float *o, float *logits)
 {
     full_rows(q, NULL, v, kt, T, D, t0, t1, p, lse, o, logits);
+}
+
+void attn_rows_given(const float *z, size_t ldz, const size_t *nvis, size_t nr, const float *v, size_t D,
+                     float *lse, float *o)
+{
+    const size_t KB = key_block(D);
+    float pe[RB][KB_MAX];
+    size_t orow[RB];
+    int act[RB];
+    row_state st[RB];
+#if ATTN_HAVE_AVX2_PATH
+    const int avx2 = attn_use_avx2();
+#else
+    const int avx2 = 0;
+    (void)orow; (void)act;
+#endif
+    for (size_t r0 = 0; r0 < nr; r0 += RB) {
+        size_t nb = nr - r0 < RB ? nr - r0 : RB, nmax = 0;
+        for (size_t r = 0; r < nb; r++) {
+            orow[r] = r;
+            st[r].m = -INFINITY; st[r].l = 0;
+            if (o) memset(o + (r0 + r) * D, 0, D * sizeof *o);
+            if (nvis[r0 + r] > nmax) nmax = nvis[r0 + r];
+        }
+        for (size_t j0 = 0; j0 < nmax; j0 += KB) {       /* full_rows' key blocks */
+            size_t nk = nmax - j0 < KB ? nmax - j0 : KB;
+            int nact = 0;
+            for (size_t r = 0; r < nb; r++) {
+                size_t nv = nvis[r0 + r];
+                if (nv <= j0) continue;
+                size_t b = nv - j0 < nk ? nv - j0 : nk;
+                const float *sr = z + (r0 + r) * ldz + j0;
+                float *orp = o ? o + (r0 + r) * D : NULL;
+                if (avx2 && o && b == nk) {
+                    if (row_probs(&st[r], sr, nk, D, orp, pe[r])) act[nact++] = (int)r;
+                } else {
+                    row_update(&st[r], sr, b, v + j0 * D, NULL, D, orp);
+                }
+            }
+#if ATTN_HAVE_AVX2_PATH
+            if (nact) pv_rows_avx2(o + r0 * D, orow, act, (size_t)nact, pe, nk, v + j0 * D, D);
+#endif
+        }
+        for (size_t r = 0; r < nb; r++)
+            row_finish(&st[r], lse + r0 + r, o ? o + (r0 + r) * D : NULL, D);
+    }
+}
+
+/* Keys of block [j0, j0 + nk) with the entries of row r at j >= cut[r] - j0 taken from kb:
+ * logits of every row against ka's block, then, when some row's cut falls below the
+ * block's end, against kb's block merged in. kT [D][EB_MAX] scratch, s/s2 [RB][KB_MAX]. */
+static void cut_logits(const float *q, size_t nr, const float *ka, const float *kb, const size_t *kcut,
+                       const size_t *nvis, size_t j0, size_t nk, size_t D, float scale, float *kT,
+                       float (*s)[KB_MAX], float (*s2)[KB_MAX], int avx2)
+{
+    int need_a = 0, need_b = 0;
+    for (size_t r = 0; r < nr; r++) {
+        if (nvis[r] <= j0) continue;
+        need_a |= kcut[r] > j0;
+        need_b |= kcut[r] < j0 + nk && nvis[r] > kcut[r];
+    }
+    for (int side = 0; side < 2; side++) {
+        if (!(side ? need_b : need_a)) continue;
+        const float *k = side ? kb : ka;
+        float (*dst)[KB_MAX] = side && need_a ? s2 : s;
+        for (size_t d = 0; d < D; d++) {
+            float *t = kT + d * EB_MAX;
+            for (size_t j = 0; j < nk; j++) t[j] = k[(j0 + j) * D + d];
+            for (size_t j = nk; j < EB_MAX; j++) t[j] = 0.0f;
+        }
+#if ATTN_HAVE_AVX2_PATH
+        if (avx2) logits_rows_avx2(q, nr, kT, D, EB_MAX, scale, dst);
+        else
+#endif
+        for (size_t r = 0; r < nr; r++) logits_block(q + r * D, kT, D, EB_MAX, scale, dst[r]);
+    }
+    (void)avx2;
+    if (!(need_a && need_b)) return;
+    for (size_t r = 0; r < nr; r++)          /* row r: ka below its cut, kb from it on */
+        for (size_t j = kcut[r] > j0 ? kcut[r] - j0 : 0; j < nk; j++) s[r][j] = s2[r][j];
+}
+
+int attn_rows_cut(const float *q, size_t nr, size_t D, const attn_params *p, const attn_cut_src *src,
+                  const size_t *nvis, size_t ld, float *lse, float *o, float *logits)
+{
+    enum { EB = EB_MAX };
+    if (D == 0 || D * EB > KT_FLOATS) return -1;
+    float kT[KT_FLOATS];                  /* [D][EB] transposed key block */
+    float s[RB][KB_MAX], s2[RB][KB_MAX];  /* logits of the block: ka's, kb's */
+    float pe[RB][KB_MAX];                 /* probabilities of the block */
+    size_t orow[RB];
+    int act[2][RB];
+    row_state st[RB];
+#if ATTN_HAVE_AVX2_PATH
+    const int avx2 = attn_use_avx2();
+#else
+    const int avx2 = 0;
+    (void)orow; (void)act;
+#endif
+    for (size_t r0 = 0; r0 < nr; r0 += RB) {
+        size_t nb = nr - r0 < RB ? nr - r0 : RB, nmax = 0;
+        const size_t *nv = nvis + r0, *kc = src->kcut + r0, *vc = src->vcut + r0;
+        for (size_t r = 0; r < nb; r++) {
+            orow[r] = r;                  /* pv_rows_avx2 writes o + r0 * D + r * D */
+            st[r].m = -INFINITY; st[r].l = 0;
+            if (o) memset(o + (r0 + r) * D, 0, D * sizeof *o);
+            if (nv[r] > nmax) nmax = nv[r];
+        }
+        for (size_t j0 = 0; j0 < nmax; j0 += EB) {
+            size_t nk = nmax - j0 < EB ? nmax - j0 : EB;
+            size_t na[2] = {0, 0};
+            cut_logits(q + r0 * D, nb, src->ka, src->kb, kc, nv, j0, nk, D, p->scale, kT, s, s2, avx2);
+            for (size_t r = 0; r < nb; r++) {
+                if (nv[r] <= j0) continue;
+                size_t b = nv[r] - j0 < nk ? nv[r] - j0 : nk;     /* attn_entries' block of ne */
+                float *sr = s[r], *orp = o ? o + (r0 + r) * D : NULL;
+                if (p->softcap > 0)
+                    for (size_t j = 0; j < b; j++) sr[j] = cap(sr[j], p->softcap);
+                if (logits) memcpy(logits + (r0 + r) * ld + j0, sr, b * sizeof *sr);
+                if (!row_probs(&st[r], sr, b, D, orp, pe[r]) || !orp) continue;
+                size_t c = vc[r] <= j0 ? 0 : vc[r] - j0 < b ? vc[r] - j0 : b;  /* from va: [0, c) */
+                if (avx2 && b == EB && (c == 0 || c == b)) {
+                    act[c == 0][na[c == 0]++] = (int)r;      /* whole block, one source: batched */
+                    continue;
+                }
+                if (c) pv_accum(orp, pe[r], c, src->va + j0 * D, NULL, D);
+                if (c < b) pv_accum(orp, pe[r] + c, b - c, src->vb + (j0 + c) * D, NULL, D);
+            }
+#if ATTN_HAVE_AVX2_PATH
+            if (na[0]) pv_rows_avx2(o + r0 * D, orow, act[0], na[0], pe, EB, src->va + j0 * D, D);
+            if (na[1]) pv_rows_avx2(o + r0 * D, orow, act[1], na[1], pe, EB, src->vb + j0 * D, D);
+#endif
+        }
+        for (size_t r = 0; r < nb; r++)
+            row_finish(&st[r], lse + r0 + r, o ? o + (r0 + r) * D : NULL, D);
+    }
+    return 0;
 }
 
 void attn_entries(const float *q, const float *kk, const float *vv, const size_t *idx,

@@ -35,7 +35,8 @@ static inline size_t attn_lo(size_t t, long long window)
  *   lse [t1-t0]          log-sum-exp of the (capped) logits over the visible keys
  *   o [t1-t0][D]         attention output
  *   logits NULL or [t1-t0][T]: the capped logits of visible keys; -INFINITY elsewhere
- * o may be NULL (then only lse/logits are computed: the P.V product is skipped).
+ * o may be NULL (then only lse/logits are computed: the P.V product is skipped); lse and o
+ * both NULL: the logits only (no softmax at all).
  * Scratch is internal (stack/thread-local); safe to call from many threads at once.
  * A row's results depend only on the inputs and t, never on t0/t1: rows computed in
  * separate calls are bit-identical to one call, and the logits equal attn_logit() bit for
@@ -68,9 +69,47 @@ void attn_entries_ref(const float *q, const float *kk, const float *vv, const si
                       const float *bias, size_t n, size_t D, const attn_params *p,
                       float *lse, float *o, float *logits);
 
+/* The softmax and P.V part of attn_full_rows for rows whose logits are given: row r's
+ * capped logits z [r * ldz + e] over its entries e < nvis[r], values v [][D] (entry e: row
+ * e). lse [nr], o NULL or [nr][D]. The same key blocks and arithmetic as attn_full_rows,
+ * so with z the logits attn_full_rows would compute (an eviction's kept entries: the full
+ * cache's logits gathered, attn_logit being one function of q and the key row) the results
+ * are bit-identical to it, without recomputing a single logit. */
+void attn_rows_given(const float *z, size_t ldz, const size_t *nvis, size_t nr, const float *v, size_t D,
+                     float *lse, float *o);
+
+/* Query rows whose caches share one entry list but differ in which entries are encoded:
+ * row r's entry e has key ka[e] for e < kcut[r], else kb[e], and value va[e] for
+ * e < vcut[r], else vb[e] (ka, kb, va, vb [>= max nvis][D]). An incremental encoder whose
+ * rows change at most once (quant: KIVI's quantised groups, its fp16 residual) gives every
+ * row of a block this form against the encoding of the block's last row. */
+typedef struct attn_cut_src {
+    const float *ka, *kb, *va, *vb;
+    const size_t *kcut, *vcut;  /* [nr] */
+} attn_cut_src;
+
+/* attn_entries (idx and bias NULL) of nr query rows q [nr][D], row r over its nvis[r]
+ * entries of src, computed as blocks of rows x 64 entries (every key and value row loaded
+ * once per block of rows instead of once per row): lse [nr], o NULL or [nr][D], logits
+ * NULL or [nr][ld] (entries [0, nvis[r]) written), each bit-identical to attn_entries of
+ * row r over its own cache. 0 ok; -1 when D * 64 exceeds the kernel's key-block buffer
+ * (D > 256): the caller evaluates the rows one by one (nr = 0 makes only that check;
+ * src and the outputs are then not read). */
+int attn_rows_cut(const float *q, size_t nr, size_t D, const attn_params *p, const attn_cut_src *src,
+                  const size_t *nvis, size_t ld, float *lse, float *o, float *logits);
+
 /* pe [n] = exp(s[e] - m) for s[e] - m <= 0 with the kernels' exp (vectorised where the CPU
  * has AVX2; ~1 ulp of expf; -INFINITY and below -87 give 0). */
 void attn_exp_shift(const float *s, size_t n, float m, float *pe);
+
+/* A softmax row with one exp per entry: p [n] = exp(s[e] - m) / l with m = max s, l = their
+ * sum (the kernels' exp and its double sum in four partial sums, e mod 4, added in a fixed
+ * order; 1/l rounded to float, one product). Returns the log partition m + log l in double
+ * (log p_e = s_e - that, up to p's rounding), -INFINITY when every s is -INFINITY (p = 0),
+ * NaN when one is NaN (p unset). Relative error of p against exact softmax: the exp's
+ * (within 8 ulp of exp of its float argument + the argument's rounding |s - m| 2^-24,
+ * test_attn), + 2 2^-24 (1/l and the product); the sum's rounding is below 2^-40. */
+double attn_probs_row(const float *s, size_t n, float *p);
 
 /* Capped logit of one (q, k) pair; the single definition every kernel uses. */
 float attn_logit(const float *q, const float *k, size_t D, const attn_params *p);

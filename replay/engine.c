@@ -158,22 +158,22 @@ void rp_engine_free(rp_engine *e)
 
 /* ---- callbacks of rp_layer_ctx ----------------------------------------------------------- */
 
-/* Prompt rows [a, b) x P of head h: probabilities (exp(logit - lse), 0 where masked). */
+/* Prompt rows [a, b) x P of head h: probabilities (attn_probs_row of the visible logits, the
+ * shared scores' own, so their sums equal the shared ones bit for bit; 0 where masked). */
 static int prompt_rows(item *it, size_t P, size_t h, size_t a, size_t b, float *buf)
 {
     rp_engine *E = it->E;
     size_t D = E->D, n = it->n, g = h / E->G;
     if (a == b) return 0;
-    float *lse = malloc((b - a) * sizeof *lse);
-    if (!lse) return -1;
-    attn_full_rows(it->q + h * n * D, it->k + g * n * D, it->v + g * n * D, P, D, a, b, &E->ap[it->l], lse,
+    attn_full_rows(it->q + h * n * D, it->k + g * n * D, it->v + g * n * D, P, D, a, b, &E->ap[it->l], NULL,
                    NULL, buf);
-    for (size_t r = 0; r < b - a; r++)
-        for (size_t j = 0; j < P; j++) {
-            float z = buf[r * P + j];
-            buf[r * P + j] = z == -INFINITY ? 0.0f : expf(z - lse[r]);
-        }
-    free(lse);
+    for (size_t r = 0; r < b - a; r++) {
+        size_t t = a + r, lo = attn_lo(t, E->ap[it->l].window);
+        float *row = buf + r * P;
+        attn_probs_row(row + lo, t + 1 - lo, row + lo);
+        for (size_t j = 0; j < lo; j++) row[j] = 0.0f;
+        for (size_t j = t + 1; j < P; j++) row[j] = 0.0f;
+    }
     return 0;
 }
 
@@ -1315,6 +1315,58 @@ static int item_online_evict(item *it, size_t c, size_t g, size_t t)
     return 0;
 }
 
+/* A block of prefill rows of an incremental encoder with encode_cuts: every row's cache is
+ * the encoding of the block's last row (st->enc) with the entries at and above the row's
+ * cuts taken back from the exact cache. */
+typedef struct cut_rows {
+    int on;
+    size_t nv[BLK], kcut[BLK], vcut[BLK];   /* per block row: entries, the encoder's cuts */
+} cut_rows;
+
+/* Whether configuration c's rows [tb, te) go through attn_rows_cut, and if so, their
+ * results into the blocked buffers (sc->blse, bout, bz with row stride nv of the last row)
+ * and st->enc extended to the last row. The per-row path stays for what the kernel does
+ * not cover: online, per-query selection, windows, merged entries, per-row export. */
+static int item_cut_block(item *it, size_t c, size_t g, size_t tb, size_t te, cut_rows *cr)
+{
+    rp_engine *E = it->E;
+    item_scratch *sc = it->sc;
+    const rp_config *cf = &E->sw->cfg[c];
+    cstate *st = &sc->cs[c * E->Hkv + g];
+    const attn_params *ap = &E->ap[it->l];
+    size_t n = it->n, D = E->D, G = E->G;
+    rp_cache *cc = &st->cache;
+    cr->on = 0;
+    if (E->o.mode == RP_ONLINE || !st->inc || !cf->enc->encode_cuts || cf->evict->select || ap->window > 0 ||
+        cache_merged(cc) || E->o.export_step_hook || te - tb > BLK ||
+        attn_rows_cut(NULL, 0, D, ap, NULL, NULL, 0, NULL, NULL, NULL))     /* no rows: whether D fits */
+        return 0;
+    for (size_t t = tb; t < te; t++) {
+        size_t r = t - tb, m = cc->n - (n - 1 - t);
+        cr->nv[r] = m;
+        if (cf->enc->encode_cuts(cf->enc_cfg, &it->ctx, cc, m, &cr->kcut[r], &cr->vcut[r])) return 0;
+    }
+    row_view last;
+    if (item_cache_view(it, c, g, te - 1, &last)) return -1;    /* st->enc: the last row's cache */
+    size_t ld = cr->nv[te - 1 - tb];
+    attn_cut_src src = { st->enc.k, cc->k, st->enc.v, cc->v, cr->kcut, cr->vcut };
+    for (size_t i = 0; i < G; i++)
+        if (attn_rows_cut(it->q + ((g * G + i) * n + tb) * D, te - tb, D, ap, &src, cr->nv, ld, sc->blse + i * BLK,
+                          sc->bout + i * BLK * D, sc->bz + i * BLK * ld))
+            return IT_FAIL(it, "internal: attn_rows_cut refused head_dim %zu", D);
+    cr->on = 1;
+    return 0;
+}
+
+/* Block row r's view under item_cut_block: the entry list of st->enc cut to the row's
+ * entries (pos, bytes; rows are not read: the block's kernel results stand for them). */
+static void cut_row_view(const cut_rows *cr, const cstate *st, size_t r, row_view *rv)
+{
+    *rv = (row_view){ .view = st->enc, .nv = cr->nv[r] };
+    rv->view.n = cr->nv[r];
+    rv->view.modified = cr->kcut[r] + cr->vcut[r] > 0;
+}
+
 /* Configuration c on the block [tb, te) of kv head g. */
 static int item_block_cfg(item *it, size_t c, size_t g, size_t tb, size_t te)
 {
@@ -1331,18 +1383,37 @@ static int item_block_cfg(item *it, size_t c, size_t g, size_t tb, size_t te)
      * so one blocked kernel call serves the block */
     blocked_rows br = { !online && !st->td && !cf->evict->select && ap->window <= 0 && !cache_merged(cc) &&
                         !(cc->n == n && !cc->modified), cc->n };
-    if (br.on) {
+    if (br.on && !cc->modified) {
+        /* original rows: the kept entries' logits are the full cache's (item_full_attn),
+         * gathered instead of recomputed; the same results bit for bit (attn_rows_given) */
+        size_t shift = n - br.bm, nvis[BLK];
+        for (size_t i = 0; i < G; i++) {
+            for (size_t t = tb; t < te; t++) {
+                const float *full = sc->lg + (i * BLK + (t - tb)) * n;
+                float *z = sc->bz + (i * BLK + (t - tb)) * br.bm;
+                nvis[t - tb] = t + 1 - shift;
+                for (size_t e = 0; e < nvis[t - tb]; e++) z[e] = full[cc->pos[e]];
+            }
+            attn_rows_given(sc->bz + i * BLK * br.bm, br.bm, nvis, te - tb, cc->v, D, sc->blse + i * BLK,
+                            sc->bout + i * BLK * D);
+        }
+    } else if (br.on) {
         size_t shift = n - br.bm;
         for (size_t i = 0; i < G; i++)
             attn_full_rows(it->q + (g * G + i) * n * D + shift * D, cc->k, cc->v, br.bm, D, tb - shift, te - shift, ap,
                            sc->blse + i * BLK, sc->bout + i * BLK * D, sc->bz + i * BLK * br.bm);
     }
+    cut_rows cr = { 0 };
+    if (!br.on && item_cut_block(it, c, g, tb, te, &cr)) return -1;
+    if (cr.on) br = (blocked_rows){ 1, cr.nv[te - 1 - tb] };
     for (size_t t = tb; t < te; t++) {
         it->ctx.seed = st->seed;
         if (online && rp_cache_push(&st->cache, (int32_t)t, it->k + (g * n + t) * D, it->v + (g * n + t) * D))
             return IT_FAIL(it, "out of memory");
         row_view rv;
-        if (item_cache_view(it, c, g, t, &rv) || item_metrics(it, c, g, t, t - tb, &rv, br)) return -1;
+        if (cr.on) cut_row_view(&cr, st, t - tb, &rv);
+        else if (item_cache_view(it, c, g, t, &rv)) return -1;
+        if (item_metrics(it, c, g, t, t - tb, &rv, br)) return -1;
         if (st->td && !online && E->o.export_step_hook && item_export_step(it, c, g, t, &rv.view)) return -1;
         if (t == n - 1 && item_export(it, c, g, &rv.view)) return -1;
         if (online && item_online_evict(it, c, g, t)) return -1;

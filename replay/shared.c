@@ -16,6 +16,19 @@ double rp_entropy_norm(const float *p, size_t nvis)
     return h / log((double)nvis);
 }
 
+/* Row t's probabilities pe [nvis] over its visible keys row [0, nvis) (logits), added into
+ * out[0, nadd); returns the row's unnormalised entropy -sum p log p through log p = s - lz
+ * with lz the row's log partition (no log per entry; shared.h). */
+static double row_probs_add(const float *row, size_t nvis, float *pe, double *out, size_t nadd, int ent)
+{
+    double lz = attn_probs_row(row, nvis, pe);
+    for (size_t j = 0; j < nadd; j++) out[j] += pe[j];
+    if (!ent) return 0;
+    double h = 0;
+    for (size_t j = 0; j < nvis; j++) h += (double)pe[j] * (lz - (double)row[j]);
+    return h;
+}
+
 int rp_prompt_colsum(const float *q, const float *k, const float *kt, size_t P, size_t D, const attn_params *ap,
                      size_t t0, size_t t1, const uint8_t *want, size_t ncols, double *out, double *ent)
 {
@@ -24,26 +37,24 @@ int rp_prompt_colsum(const float *q, const float *k, const float *kt, size_t P, 
     if (ent) memset(ent, 0, (t1 - t0) * sizeof *ent);
     if (t0 == t1) return 0;
     size_t maxr = t1 - t0 < CS_ROWS ? t1 - t0 : CS_ROWS;
-    float *lg = malloc(maxr * t1 * sizeof *lg), *lse = malloc(maxr * sizeof *lse);
-    if (!lg || !lse) { free(lg); free(lse); return -1; }
+    float *lg = malloc(maxr * t1 * sizeof *lg), *pe = malloc(t1 * sizeof *pe);
+    if (!lg || !pe) { free(lg); free(pe); return -1; }
     for (size_t a = t0; a < t1;) {
         if (want && !want[a]) { a++; continue; }
         size_t b = a + 1;                       /* a run of wanted rows, one kernel call */
         while (b < t1 && b - a < CS_ROWS && (!want || want[b])) b++;
         /* keys [0, b) cover every visible key of rows < b; the row stride is b */
-        if (kt) attn_full_rows_kt(q, kt, k, b, D, a, b, ap, lse, NULL, lg);
-        else attn_full_rows(q, k, k, b, D, a, b, ap, lse, NULL, lg);
+        if (kt) attn_full_rows_kt(q, kt, k, b, D, a, b, ap, NULL, NULL, lg);     /* logits only */
+        else attn_full_rows(q, k, k, b, D, a, b, ap, NULL, NULL, lg);
         for (size_t t = a; t < b; t++) {
-            float *row = lg + (t - a) * b, m = lse[t - a];
-            size_t lo = attn_lo(t, ap->window), hi = t + 1 < ncols ? t + 1 : ncols;
-            for (size_t j = lo; j <= t; j++) row[j] = expf(row[j] - m);
-            for (size_t j = lo; j < hi; j++) out[j] += row[j];
-            if (ent) ent[t - t0] = rp_entropy_norm(row + lo, t + 1 - lo);
+            size_t lo = attn_lo(t, ap->window), nvis = t + 1 - lo, hi = t + 1 < ncols ? t + 1 : ncols;
+            double h = row_probs_add(lg + (t - a) * b + lo, nvis, pe, out + lo, hi > lo ? hi - lo : 0, ent != NULL);
+            if (ent) ent[t - t0] = nvis > 1 ? h / log((double)nvis) : 0.0;
         }
         a = b;
     }
     free(lg);
-    free(lse);
+    free(pe);
     return 0;
 }
 

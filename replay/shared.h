@@ -13,10 +13,19 @@
  * block of rows x P logits while computing, and page min/max of the keys (Quest).
  *
  * Values are exactly those a strategy would get by summing ctx->prompt_attn rows itself:
- * the probabilities are the same fp32 numbers (expf of logit - lse from the same kernel;
- * rows never depend on the block they are computed in, attn.h) and they are added in
- * double in ascending row order starting from 0. So switching a strategy to the shared
- * scores changes no bit of its output.
+ * the probabilities are the same fp32 numbers (attn_probs_row of the logits of the same
+ * kernel: one vectorised exp per entry, exp(s - max) / sum, relative error within 10 ulp +
+ * |s - max| 2^-24 of the exact softmax, the exp tested against libm over [-87, 0] in
+ * test_attn; rows never depend on the block they are computed in, attn.h) and they are
+ * added in double in ascending row order starting from 0. So switching a strategy to the
+ * shared scores changes no bit of its output. (The prompt pass asks the kernel for logits
+ * only: its own online softmax would be a second exp per entry.)
+ *
+ * Row entropies use log p = s - lz (lz = the row's log partition, p = exp(s - lz) up to
+ * p's own rounding), so no log is taken per entry: -sum p log p = sum p (lz - s) in
+ * double; against -sum p log(p) of the same fp32 p the difference is at most
+ * sum p |log(p_fp32) - (s - lz)| <= (10 + |s - lz|) 2^-24 per unit of mass, ~1e-6 of a
+ * nat for the rows here (test_shared bounds both against float64).
  */
 #ifndef KV_SHARED_H
 #define KV_SHARED_H
@@ -30,8 +39,8 @@
  * for every j < ncols, where p(t, .) is query row t's causal attention over the keys [0, P)
  * (normalised over its visible keys, 0 elsewhere); rows added in ascending order in double,
  * starting from 0. ent, when not NULL: ent[t - t0] = the normalised entropy of row t
- * (rp_entropy_norm over its visible keys; 0 for unwanted rows). q [>= t1][D], k [P][D]
- * (t1 <= P); kt NULL, or k transposed once by attn_transpose_keys (>= t1 keys): the same
+ * (-sum p log p / log nvis over its visible keys, log p = s - lse as above; 0 for
+ * unwanted rows). q [>= t1][D], k [P][D] (t1 <= P); kt NULL, or k transposed once by attn_transpose_keys (>= t1 keys): the same
  * results without a transpose per block of rows. 0 ok, -1 out of memory. Work: only the
  * wanted rows' causal logits. */
 int rp_prompt_colsum(const float *q, const float *k, const float *kt, size_t P, size_t D, const attn_params *ap,

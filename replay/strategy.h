@@ -305,6 +305,16 @@ typedef struct rp_strategy {
      * re-encode of the whole cache. */
     int (*encode_extend)(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
                          size_t m_prev, char *err, size_t errlen);
+    /* Optional, with encode_extend: for encoders that rewrite a row at most once and never
+     * change it afterwards. c: the exact entries, of which the encoding covers the first m
+     * (prefill: a prefix of one fixed list). Returns 0 when, after encode of those m entries,
+     * keys [0, *kcut) and values [0, *vcut) hold their final rows (what any larger m gives
+     * them) and every other row is exact, with c->modified = (*kcut + *vcut > 0), both cuts
+     * nondecreasing in m; -1 when the encoding of m entries is not of this form. The
+     * engine then evaluates a block of prefill query rows at once against the encoding of
+     * the block's last row (attn_rows_cut), bit for bit what each row's own encoding gives. */
+    int (*encode_cuts)(const void *cfg, const rp_layer_ctx *ctx, const rp_cache *c, size_t m, size_t *kcut,
+                       size_t *vcut);
     /* Optional, RP_ENCODE: the protocols this configuration supports when narrower than
      * .protocols (asymkv's value budget needs a prompt); checked before the run starts. */
     unsigned (*cfg_protocols)(const void *cfg);

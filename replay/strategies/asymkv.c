@@ -286,6 +286,31 @@ done:
     return rc;
 }
 
+/* encode_cuts: each side is rewritten once, KIVI groups and rows as in quant.c (over the
+ * stream of kept value rows), projected rows on arrival, the fill row at the first encode.
+ * With a value budget (nd dropped rows) and vbits, the quantised kept rows are a prefix of
+ * the entries only once every kept prompt row is quantised (m >= np + R); before that the
+ * form does not hold (-1: the engine evaluates those rows one by one). */
+static int asymkv_encode_cuts(const void *cfg, const rp_layer_ctx *ctx, const rp_cache *c, size_t m, size_t *kcut,
+                              size_t *vcut)
+{
+    const asymkv_cfg *q = cfg;
+    size_t D = ctx->D, np = 0, nd = 0, R = q->residual;
+    if (q->vkeep < 1.0) {
+        while (np < m && (size_t)c->pos[np] < ctx->P) np++;     /* ascending: prompt entries first */
+        nd = np - vb_keep(q, np);
+    }
+    *kcut = q->kbits ? quant_kivi_nq_keys(m, q->group, R) : q->rank_k && q->rank_k < D ? m : 0;
+    if (q->vbits) {
+        size_t v1 = quant_kivi_nq_values(m - nd, R);
+        if (nd && v1 < np - nd) return -1;      /* kept prompt rows still partly in the residual */
+        *vcut = nd + v1;
+    } else {
+        *vcut = nd || (q->rank_v && q->rank_v < D) ? m : 0;
+    }
+    return 0;
+}
+
 static int asymkv_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
                          char *err, size_t errlen)
 {
@@ -313,5 +338,6 @@ const rp_strategy rp_strategy_asymkv = {
     .calibrate = asymkv_calibrate,
     .encode = asymkv_encode,
     .encode_extend = asymkv_encode_extend,
+    .encode_cuts = asymkv_encode_cuts,
     .cfg_protocols = asymkv_protocols,
 };

@@ -41,6 +41,8 @@
 #include "kvpress_budget.h"
 #include "strategy.h"
 
+typedef double v2d __attribute__((vector_size(16)));    /* SSE2: every x86-64 */
+
 typedef struct ea_cfg { int preset; size_t sinks, future; int cov, vnorm; double eps; } ea_cfg;
 
 static const rp_param_def ea_params[] = {
@@ -137,8 +139,19 @@ static void ea_head(const ea_cfg *c, const rp_layer_ctx *ctx, size_t h, const fl
         for (size_t t = s; t < P; t++) {
             ea_unrotate(ctx, q + t * D, t, w->x);
             for (size_t d = 0; d < D; d++) w->x[d] -= w->mu[d];
-            for (size_t d = 0; d < D; d++)
-                for (size_t e = 0; e < D; e++) w->S[d * D + e] += w->x[d] * w->x[e];
+            for (size_t d = 0; d < D; d++) {    /* elementwise over e, two per SSE2 op: same bits */
+                double *Sd = w->S + d * D, xd = w->x[d];
+                const v2d xv = {xd, xd};
+                size_t e = 0;
+                for (; e + 2 <= D; e += 2) {
+                    v2d a, b;
+                    memcpy(&a, Sd + e, sizeof a);
+                    memcpy(&b, w->x + e, sizeof b);
+                    a += xv * b;
+                    memcpy(Sd + e, &a, sizeof a);
+                }
+                for (; e < D; e++) Sd[e] += xd * w->x[e];
+            }
         }
         for (size_t i = 0; i < D * D; i++) w->S[i] /= (double)N;
     }
@@ -156,12 +169,23 @@ static void ea_head(const ea_cfg *c, const rp_layer_ctx *ctx, size_t h, const fl
         const float *kj = k + j * D;
         double a = 0, b = 0;
         for (size_t d = 0; d < D; d++) a += w->mu2[d] * kj[d];
-        if (c->cov)
-            for (size_t d = 0; d < D; d++) {
+        if (c->cov) {
+            size_t d = 0;
+            for (; d + 4 <= D; d += 4) {        /* four rows of S2 per pass: independent chains */
+                const double *r0 = w->S2 + d * D, *r1 = r0 + D, *r2 = r1 + D, *r3 = r2 + D;
+                double x0 = 0, x1 = 0, x2 = 0, x3 = 0;
+                for (size_t e = 0; e < D; e++) {
+                    double ke = kj[e];
+                    x0 += r0[e] * ke; x1 += r1[e] * ke; x2 += r2[e] * ke; x3 += r3[e] * ke;
+                }
+                b += kj[d] * x0; b += kj[d + 1] * x1; b += kj[d + 2] * x2; b += kj[d + 3] * x3;
+            }
+            for (; d < D; d++) {
                 double r = 0;
                 for (size_t e = 0; e < D; e++) r += w->S2[d * D + e] * kj[e];
                 b += kj[d] * r;
             }
+        }
         double z = a * rs + (c->cov ? b / (2.0 * (double)D) : 0.0);
         w->z[j - s] = z;
         if (z > mx) mx = z;

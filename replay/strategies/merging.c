@@ -52,25 +52,43 @@ static double norm_of(const float *x, size_t D)
     return sqrt(s);
 }
 
+/* Dot products in double of ke with the four key rows k0..k3 (each summed in d order, as
+ * one loop per row would: four independent chains instead of one, same bits). */
+static void dot4(const float *ke, const float *k0, const float *k1, const float *k2, const float *k3, size_t D,
+                 double *out)
+{
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (size_t d = 0; d < D; d++) {
+        double x = ke[d];
+        a0 += x * k0[d]; a1 += x * k1[d]; a2 += x * k2[d]; a3 += x * k3[d];
+    }
+    out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
+}
+
 /* Steps 2-3 on the cache c of kv head g (its m entries hold the kept rows, positions
- * ascending): original keys/values K, V [n][D]. acc [m][D], wsum [m] scratch. */
+ * ascending): original keys/values K, V [n][D]. acc [m][D], wsum [m], nk [m] scratch (the
+ * kept keys' clamped norms, computed once instead of once per evicted entry). */
 static void fold_evicted(const kvp_cfg *cf, const float *K, const float *V, size_t P, size_t D, rp_cache *c,
-                         const uint8_t *kept_mask, double *acc, double *wsum)
+                         const uint8_t *kept_mask, double *acc, double *wsum, double *nk)
 {
     size_t m = c->n;
     memset(acc, 0, m * D * sizeof *acc);
     memset(wsum, 0, m * sizeof *wsum);
+    for (size_t t = 0; t < m; t++) nk[t] = fmax(norm_of(K + (size_t)c->pos[t] * D, D), MERGE_EPS);
     for (size_t e = 0; e < P; e++) {
         if (kept_mask[e]) continue;
         const float *ke = K + e * D;
-        double ne = fmax(norm_of(ke, D), MERGE_EPS), best = -INFINITY;
+        double ne = fmax(norm_of(ke, D), MERGE_EPS), best = -INFINITY, dot[4];
         size_t bt = 0;
-        for (size_t t = 0; t < m; t++) {
-            const float *kt = K + (size_t)c->pos[t] * D;
-            double dot = 0;
-            for (size_t d = 0; d < D; d++) dot += (double)ke[d] * kt[d];
-            double sim = dot / (ne * fmax(norm_of(kt, D), MERGE_EPS));
-            if (sim > best) { best = sim; bt = t; }
+        for (size_t t0 = 0; t0 < m; t0 += 4) {
+            size_t nt = m - t0 < 4 ? m - t0 : 4;
+            const float *kr[4];
+            for (size_t i = 0; i < 4; i++) kr[i] = K + (size_t)c->pos[t0 + (i < nt ? i : 0)] * D;
+            dot4(ke, kr[0], kr[1], kr[2], kr[3], D, dot);
+            for (size_t i = 0; i < nt; i++) {       /* ascending t: ties keep the lower one */
+                double sim = dot[i] / (ne * nk[t0 + i]);
+                if (sim > best) { best = sim; bt = t0 + i; }
+            }
         }
         if (!(best >= cf->own[MG_THR])) continue;
         double nve = norm_of(V + e * D, D), nvt = norm_of(V + (size_t)c->pos[bt] * D, D);
@@ -92,10 +110,11 @@ static int merging_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, r
     const kvp_cfg *c = cfg;
     size_t P = ctx->P, Hkv = ctx->Hkv, D = ctx->D;
     double *score = malloc(Hkv * P * sizeof *score), *acc = malloc(P * D * sizeof *acc), *wsum = malloc(P * sizeof *wsum);
+    double *nk = malloc(P * sizeof *nk);
     int32_t *kept = malloc(P * sizeof *kept);
     uint8_t *mask = malloc(P);
     int rc = -1;
-    if (!score || !acc || !wsum || !kept || !mask) goto done;
+    if (!score || !acc || !wsum || !nk || !kept || !mask) goto done;
     if (B >= P) {
         rc = kvp_keep_all(ctx, kept, out);
         goto done;
@@ -106,11 +125,11 @@ static int merging_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, r
         if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
         memset(mask, 0, P);
         for (size_t i = 0; i < m; i++) mask[kept[i]] = 1;
-        fold_evicted(c, ctx->k + g * ctx->n * D, ctx->v + g * ctx->n * D, P, D, &out[g], mask, acc, wsum);
+        fold_evicted(c, ctx->k + g * ctx->n * D, ctx->v + g * ctx->n * D, P, D, &out[g], mask, acc, wsum, nk);
     }
     rc = 0;
 done:
-    free(score); free(acc); free(wsum); free(kept); free(mask);
+    free(score); free(acc); free(wsum); free(nk); free(kept); free(mask);
     return rc;
 }
 

@@ -63,15 +63,26 @@ void cp_znorm(double *x, size_t n)
 static void chunk_row(const float *qi, const float *k, size_t D, size_t a, size_t b, double *z, double *acc)
 {
     double mx = -INFINITY, sum = 0;
-    for (size_t j = a; j < b; j++) {
+    size_t j = a;
+    for (; j + 4 <= b; j += 4) {        /* four keys per pass: independent chains, each in d order */
+        const float *k0 = k + j * D, *k1 = k0 + D, *k2 = k1 + D, *k3 = k2 + D;
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (size_t d = 0; d < D; d++) {
+            double x = qi[d];
+            s0 += x * k0[d]; s1 += x * k1[d]; s2 += x * k2[d]; s3 += x * k3[d];
+        }
+        z[j - a] = s0; z[j + 1 - a] = s1; z[j + 2 - a] = s2; z[j + 3 - a] = s3;
+    }
+    for (; j < b; j++) {
         const float *kj = k + j * D;
         double s = 0;
         for (size_t d = 0; d < D; d++) s += (double)qi[d] * kj[d];
         z[j - a] = s;
-        if (s > mx) mx = s;
     }
-    for (size_t j = a; j < b; j++) { z[j - a] = exp(z[j - a] - mx); sum += z[j - a]; }
-    for (size_t j = a; j < b; j++) acc[j - a] += z[j - a] / sum;
+    for (j = a; j < b; j++)
+        if (z[j - a] > mx) mx = z[j - a];
+    for (j = a; j < b; j++) { z[j - a] = exp(z[j - a] - mx); sum += z[j - a]; }
+    for (j = a; j < b; j++) acc[j - a] += z[j - a] / sum;
 }
 
 int cp_noncausal(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, size_t chunk, double *out)

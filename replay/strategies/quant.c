@@ -203,6 +203,20 @@ static int quant_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_t 
     return 0;
 }
 
+/* encode_cuts: KIVI quantises key groups below quant_kivi_nq_keys(m) and value rows below
+ * quant_kivi_nq_values(m), each from its own exact rows only, and never touches them again;
+ * the sym modes quantise every row on arrival. */
+static int quant_encode_cuts(const void *cfg, const rp_layer_ctx *ctx, const rp_cache *c, size_t m, size_t *kcut,
+                             size_t *vcut)
+{
+    const quant_cfg *q = cfg;
+    (void)ctx; (void)c;
+    if (q->mode != QM_KIVI) { *kcut = *vcut = m; return 0; }
+    *kcut = quant_kivi_nq_keys(m, q->group, q->residual);
+    *vcut = quant_kivi_nq_values(m, q->residual);
+    return 0;
+}
+
 /* encode = encode_extend from an empty state (every row is new). */
 static int quant_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
                         char *err, size_t errlen)
@@ -223,4 +237,5 @@ const rp_strategy rp_strategy_quant = {
     .free_cfg = quant_free_cfg,
     .encode = quant_encode,
     .encode_extend = quant_encode_extend,
+    .encode_cuts = quant_encode_cuts,
 };

@@ -355,6 +355,138 @@ static void case_exp_shift(void)
     check_true("attn_exp_shift: exp(0) = 1", one_ok);
 }
 
+/* attn_rows_given with the logits of a kept subset gathered from a full attn_full_rows call
+ * against attn_full_rows over the subset's rows itself (the engine's prefill evaluation of a
+ * static eviction): lse and o bit for bit. Subset: a random kept prompt part, then every
+ * decode position; rows over several key blocks, D with key blocks of 64 and of 48 keys. */
+static void case_rows_given(void)
+{
+    size_t Ds[] = {1, 16, 128, 300};
+    int same = 1;
+    for (size_t a = 0; a < sizeof Ds / sizeof *Ds; a++)
+        for (int capon = 0; capon < 2; capon++) {
+            size_t D = Ds[a], n = 260, P = 200, nr = n - P;
+            attn_params p = {1.0f / sqrtf((float)D), capon ? 5.0f : 0.0f, 0};
+            float *q = randn(n * D, 1.5f), *k = randn(n * D, 1), *v = randn(n * D, 1);
+            size_t pos[260], m = 0;
+            for (size_t j = 0; j < n; j++)
+                if (j >= P || rng_u64() % 3 == 0) pos[m++] = j;
+            float *kc = malloc(m * D * sizeof *kc), *vc = malloc(m * D * sizeof *vc);
+            for (size_t e = 0; e < m; e++) {
+                memcpy(kc + e * D, k + pos[e] * D, D * sizeof *kc);
+                memcpy(vc + e * D, v + pos[e] * D, D * sizeof *vc);
+            }
+            float *lf = malloc(nr * n * sizeof *lf), lsef[60], *of = malloc(nr * D * sizeof *of);
+            attn_full_rows(q, k, v, n, D, P, n, &p, lsef, of, lf);
+            size_t shift = n - m, nvis[60];
+            float *z = malloc(nr * m * sizeof *z), lse1[60], lse2[60];
+            float *o1 = malloc(nr * D * sizeof *o1), *o2 = malloc(nr * D * sizeof *o2), *l2 = malloc(nr * m * sizeof *l2);
+            for (size_t r = 0; r < nr; r++) {
+                nvis[r] = P + r + 1 - shift;
+                for (size_t e = 0; e < nvis[r]; e++) z[r * m + e] = lf[r * n + pos[e]];
+            }
+            attn_rows_given(z, m, nvis, nr, vc, D, lse1, o1);
+            attn_full_rows(q + shift * D, kc, vc, m, D, P - shift, n - shift, &p, lse2, o2, l2);
+            same &= memcmp(lse1, lse2, nr * sizeof *lse1) == 0 && memcmp(o1, o2, nr * D * sizeof *o1) == 0;
+            free(q); free(k); free(v); free(kc); free(vc); free(lf); free(of); free(z); free(o1); free(o2); free(l2);
+        }
+    check_true("attn_rows_given on gathered logits == attn_full_rows over the subset, bit for bit", same);
+}
+
+/* attn_probs_row against a double softmax: relative error within its documented bound
+ * (10 ulp + |s - max| 2^-24, i.e. the exp's 8 ulp + argument rounding, 1/l and the
+ * product), the log partition within (8 + max |s - max|) 2^-24 + 1e-12 (1 + |lz|) (l sums
+ * the fp32 exps, each within 8 ulp + argument rounding; the double sum and log add
+ * ~2^-50), -INFINITY entries give 0, an all -INFINITY row gives p = 0
+ * and -INFINITY, a NaN gives NaN; and attn_full_rows without lse and o (logits only)
+ * gives the logits of a call with them. */
+static void case_probs_row(void)
+{
+    float s[300], p[300];
+    double worst = 0, worst_lz = 0;
+    for (size_t n = 1; n <= 300; n += 23) {
+        for (size_t e = 0; e < n; e++) s[e] = (float)(rng_unif() * 40.0 - 30.0);
+        if (n > 3) s[1] = -INFINITY;
+        double m = -INFINITY, l = 0;
+        for (size_t e = 0; e < n; e++) m = s[e] > m ? s[e] : m;
+        for (size_t e = 0; e < n; e++) l += exp((double)s[e] - m);
+        double lz = attn_probs_row(s, n, p), lzr = m + log(l), xmax = 0;
+        for (size_t e = 0; e < n; e++)
+            if (s[e] != -INFINITY && m - s[e] > xmax) xmax = m - s[e];
+        double tz = (8 + xmax) * ldexp(1, -24) + 1e-12 * (1 + fabs(lzr));
+        if (fabs(lz - lzr) / tz > worst_lz) worst_lz = fabs(lz - lzr) / tz;
+        for (size_t e = 0; e < n; e++) {
+            double want = exp((double)s[e] - lzr);
+            if (s[e] == -INFINITY) { worst = p[e] == 0 ? worst : 1e9; continue; }
+            if (want < 1e-37) continue;         /* the exp's subnormal range: 0 allowed */
+            double r = fabs(p[e] - want) / want / ((10 + fabs((double)s[e] - m)) * ldexp(1, -24));
+            if (r > worst) worst = r;
+        }
+    }
+    printf("attn_probs_row: worst relative error / bound %.3g, log partition %.3g\n", worst, worst_lz);
+    check_true("attn_probs_row within its bound", worst <= 1.0);
+    check_true("attn_probs_row log partition within its bound", worst_lz <= 1.0);
+    float ninf[3] = {-INFINITY, -INFINITY, -INFINITY}, pz[3] = {1, 1, 1};
+    double lz = attn_probs_row(ninf, 3, pz);
+    check_true("attn_probs_row: a fully masked row gives 0 and -inf", lz == -INFINITY && !pz[0] && !pz[1] && !pz[2]);
+    float nn[2] = {0.0f, NAN};
+    check_true("attn_probs_row: NaN in, NaN out", isnan(attn_probs_row(nn, 2, pz)));
+    size_t T = 150, D = 32;
+    attn_params ap = {0.2f, 0, 0};
+    float *q = randn(T * D, 1), *k = randn(T * D, 1), *l1 = malloc(T * T * sizeof *l1), *l2 = malloc(T * T * sizeof *l2);
+    float *lse = malloc(T * sizeof *lse);
+    attn_full_rows(q, k, k, T, D, 0, T, &ap, lse, NULL, l1);
+    attn_full_rows(q, k, k, T, D, 0, T, &ap, NULL, NULL, l2);
+    check_true("attn_full_rows logits only == its logits with the softmax", !memcmp(l1, l2, T * T * sizeof *l1));
+    free(q); free(k); free(l1); free(l2); free(lse);
+}
+
+/* attn_rows_cut against attn_entries of each row over its own composed cache (keys from ka
+ * below the row's cut, kb from it; values likewise): lse, o and logits bit for bit (the
+ * kernel promises identity, not closeness). Rows > 64 (two row groups), entry counts not
+ * multiples of 64, empty rows, cuts at 0, inside a block, at the end; softcap on and off. */
+static void case_rows_cut(void)
+{
+    size_t Ds[] = {1, 8, 16, 64, 80, 128, 256};
+    int same = 1, refused = 0;
+    for (size_t a = 0; a < sizeof Ds / sizeof *Ds; a++)
+        for (int capon = 0; capon < 2; capon++) {
+            size_t D = Ds[a], nr = 70, N = 300;
+            attn_params p = {1.0f / sqrtf((float)D), capon ? 5.0f : 0.0f, 0};
+            float *q = randn(nr * D, 1.5f), *ka = randn(N * D, 1), *kb = randn(N * D, 1);
+            float *va = randn(N * D, 1), *vb = randn(N * D, 1);
+            float *kr = malloc(N * D * sizeof *kr), *vr = malloc(N * D * sizeof *vr);
+            size_t nvis[70], kc[70], vc[70];
+            for (size_t r = 0; r < nr; r++) {
+                nvis[r] = r == 3 ? 0 : r < 40 ? 100 + 2 * r : (size_t)(rng_u64() % (N + 1));
+                kc[r] = r % 5 == 0 ? 0 : r % 7 == 0 ? nvis[r] : (size_t)(rng_u64() % (nvis[r] + 1));
+                vc[r] = r % 6 == 0 ? nvis[r] : (size_t)(rng_u64() % (nvis[r] + 1));
+            }
+            float lse[70], *o = malloc(nr * D * sizeof *o), *lg = malloc(nr * N * sizeof *lg);
+            attn_cut_src src = {ka, kb, va, vb, kc, vc};
+            if (attn_rows_cut(q, nr, D, &p, &src, nvis, N, lse, o, lg)) { refused = 1; continue; }
+            for (size_t r = 0; r < nr; r++) {
+                size_t n = nvis[r];
+                for (size_t e = 0; e < n; e++) {
+                    memcpy(kr + e * D, (e < kc[r] ? ka : kb) + e * D, D * sizeof *kr);
+                    memcpy(vr + e * D, (e < vc[r] ? va : vb) + e * D, D * sizeof *vr);
+                }
+                float le, oe[256], lge[300];
+                attn_entries(q + r * D, kr, vr, NULL, NULL, n, D, &p, &le, oe, lge);
+                same &= memcmp(&le, &lse[r], sizeof le) == 0 && memcmp(oe, o + r * D, D * sizeof *oe) == 0 &&
+                        memcmp(lge, lg + r * N, n * sizeof *lge) == 0;
+            }
+            free(q); free(ka); free(kb); free(va); free(vb); free(kr); free(vr); free(o); free(lg);
+        }
+    check_true("attn_rows_cut accepts D <= 256", !refused);
+    check_true("attn_rows_cut == attn_entries per row, bit for bit", same);
+    float x = 0;
+    attn_params p1 = {1, 0, 0};
+    attn_cut_src s1 = {&x, &x, &x, &x, NULL, NULL};
+    check_true("attn_rows_cut refuses D > 256 (the caller's per-row path)",
+               attn_rows_cut(&x, 0, 257, &p1, &s1, NULL, 0, NULL, NULL, NULL) == -1);
+}
+
 int main(void)
 {
     size_t Ds[] = {1, 16, 32, 64, 128, 80, 300};
@@ -377,6 +509,9 @@ int main(void)
     case_gqa();
     case_entries();
     case_exp_shift();
+    case_rows_cut();
+    case_rows_given();
+    case_probs_row();
     hand_cases();
     printf("%d checks, %d failed\n", checks, fails);
     return fails ? 1 : 0;
