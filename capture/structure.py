@@ -6,7 +6,8 @@ Per head:
   bos        mean attention on BOS (position 0), query rows t >= 8 of a held-out prose window;
              a head with bos >= 0.3 in a layer above 0 is an attention sink.
   prev       mean attention on the previous token (rows t >= 8).
-  induction  a random lowercase span S of length `span` followed by S again: mean attention
+  induction  a random span S (lowercase letters, or --alphabet wide: bytes '!'..255) of
+             length `span` followed by S again: mean attention
              from each token of the second copy to the token after its match in the first
              copy (the induction target). 1/(t+1) for uniform attention; 1.0 for a perfect
              induction head.
@@ -77,13 +78,14 @@ def attention_maps(model, ids):
     return [maps[i] for i in range(len(maps))], logits
 
 
-def model_induction(model, seed, span=64, n=4):
+def model_induction(model, seed, span=64, n=4, alphabet="letters"):
     import torch
     from refmodel import BOS_ID
     acc = 0.0
+    alph = synth.ALPHABETS[alphabet]
     for i in range(n):
         r = np.random.default_rng([seed, 7, i])
-        s = synth.LETTERS[r.integers(0, 26, size=span)].astype(np.int64)
+        s = alph[r.integers(0, len(alph), size=span)].astype(np.int64)
         ids = torch.from_numpy(np.concatenate([[BOS_ID], s, s]))[None]
         maps, _ = attention_maps(model, ids)
         acc = acc + induction_score(maps, span)
@@ -117,12 +119,12 @@ def retrieval_accuracy(model, held, seed, distance, n=16):
     return ok / n
 
 
-def probe_structure(model, held, T, seed, distances, n_facts=16):
+def probe_structure(model, held, T, seed, distances, n_facts=16, alphabet="letters"):
     import torch
     was = model.training
     model.eval()
     with torch.no_grad():
-        ind = model_induction(model, seed)
+        ind = model_induction(model, seed, alphabet=alphabet)
         bos, prev = model_bos_prev(model, held, T)
         acc = {d: retrieval_accuracy(model, held, seed, d, n_facts) for d in distances}
     model.train(was)
@@ -135,6 +137,8 @@ def main():
     ap.add_argument("--ctx", type=int, default=0, help="window for bos/prev (default: train_ctx)")
     ap.add_argument("--seed", type=int, default=4321)
     ap.add_argument("--facts", type=int, default=64, help="planted facts per distance")
+    ap.add_argument("--alphabet", default="letters", choices=sorted(synth.ALPHABETS),
+                    help="symbols of the induction probe's random span")
     a = ap.parse_args()
     import torch
     from corpus import split_text
@@ -145,8 +149,9 @@ def main():
     train_txt, held_txt = split_text()
     held = np.frombuffer(held_txt.encode("ascii"), dtype=np.uint8)
     distances = [d for d in (256, 512, 1000) if d + 25 <= max(ctx, 1025)]
-    ind, bos, prev, acc = probe_structure(model, held, ctx, a.seed, distances, a.facts)
-    print(f"# structure of {a.model} (window {ctx}; induction span 64; {a.facts} facts per distance)")
+    ind, bos, prev, acc = probe_structure(model, held, ctx, a.seed, distances, a.facts, a.alphabet)
+    print(f"# structure of {a.model} (window {ctx}; induction span 64 over {a.alphabet}; "
+          f"{a.facts} facts per distance)")
     print("layer\thead\tbos\tprev\tinduction")
     for l in range(bos.shape[0]):
         for h in range(bos.shape[1]):

@@ -8,7 +8,8 @@ benchmarks probe.
 
 Kinds (all ASCII, byte-level; BOS is not included, the trainer prepends it):
 
-  repeat  random lowercase spans (length 8..span_max) drawn from a small pool and repeated
+  repeat  random spans (lowercase letters, or the 223 bytes '!'..255 with alphabet="wide";
+          length span_min..span_max) drawn from a small pool and repeated
           at random later positions, separated by spaces; everything after the first
           occurrence of a span is copyable.
   facts   prose filler (from the caller's text) with planted facts " [KEYS:1234] " early and
@@ -25,16 +26,22 @@ import numpy as np
 LETTERS = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", dtype=np.uint8)
 UPPER = np.frombuffer(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", dtype=np.uint8)
 DIGITS = np.frombuffer(b"0123456789", dtype=np.uint8)
+# every byte from '!' to 255: 223 symbols, so that one matching token names one earlier
+# position (with 26 letters a span's bytes recur and copying needs a longer match)
+WIDE = np.arange(33, 256, dtype=np.uint8)
+ALPHABETS = {"letters": LETTERS, "wide": WIDE}
 
 
 def _rng(seed, index, salt):
     return np.random.default_rng([seed, index, salt])
 
 
-def repeat_doc(seed, index, n, span_min=8, span_max=32, pool=6):
-    """n bytes of repeated random spans. Returns (bytes [n] uint8, list of (first, later, length))."""
+def repeat_doc(seed, index, n, span_min=8, span_max=32, pool=6, alphabet="letters"):
+    """n bytes of repeated random spans over `alphabet` (ALPHABETS). Returns (bytes [n] uint8,
+    list of (first, later, length))."""
     r = _rng(seed, index, 1)
-    spans = [LETTERS[r.integers(0, 26, size=int(r.integers(span_min, span_max + 1)))]
+    alph = ALPHABETS[alphabet]
+    spans = [alph[r.integers(0, len(alph), size=int(r.integers(span_min, span_max + 1)))]
              for _ in range(pool)]
     out, marks, first = [], [], {}
     pos = 0

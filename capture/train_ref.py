@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from corpus import split_text  # noqa: E402
 from refmodel import BOS_ID, RefConfig, RefModel, save_model  # noqa: E402
 import synth  # noqa: E402
-from structure import model_bos_prev, probe_structure  # noqa: E402
+from structure import model_bos_prev, model_induction, probe_structure  # noqa: E402
 
 
 def batches(data, rng, B, T):
@@ -62,14 +62,14 @@ def evaluate(model, data, T, n_windows):
     return tot / cnt
 
 
-def parse_schedule(spec, default_seq):
+def parse_schedule(spec, default, kind=int):
     """'256:1500,1024' -> [(256, 1500), (1024, None)]: seq 256 for the first 1500 steps."""
     if not spec:
-        return [(default_seq, None)]
+        return [(default, None)]
     out = []
     for part in spec.split(","):
         seq, _, until = part.partition(":")
-        out.append((int(seq), int(until) if until else None))
+        out.append((kind(seq), int(until) if until else None))
     return out
 
 
@@ -103,6 +103,13 @@ def main():
                     help="MIN:MAX length of the random spans of repeat documents")
     ap.add_argument("--repeat-pool", type=int, default=6,
                     help="distinct spans per repeat document (each recurs until the window is full)")
+    ap.add_argument("--repeat-alphabet", default="letters", choices=sorted(synth.ALPHABETS),
+                    help="symbols of the repeated spans: letters (26) or wide (223 bytes; a single "
+                         "matching token then names one earlier position, which is what lets "
+                         "induction heads form early)")
+    ap.add_argument("--synth-schedule", default="",
+                    help="FRAC:UNTIL_STEP,...,FRAC: the synthetic share per phase, overriding "
+                         "--synth-frac (e.g. 1.0:3000,0.4 trains on synthetic documents first)")
     ap.add_argument("--seq-schedule", default="",
                     help="SEQ:UNTIL_STEP,...,SEQ (default: --seq throughout)")
     ap.add_argument("--batch-tokens", type=int, default=0,
@@ -127,7 +134,9 @@ def main():
 
     schedule = parse_schedule(a.seq_schedule, a.seq)
     span_min, _, span_max = a.repeat_span.partition(":")
-    repeat_kw = {"span_min": int(span_min), "span_max": int(span_max or span_min), "pool": a.repeat_pool}
+    repeat_kw = {"span_min": int(span_min), "span_max": int(span_max or span_min), "pool": a.repeat_pool,
+                 "alphabet": a.repeat_alphabet}
+    synth_schedule = parse_schedule(a.synth_schedule, a.synth_frac, float)
     train_ctx = max(sq for sq, _ in schedule)
     cfg = RefConfig(n_layers=a.layers, d_model=a.d_model, n_heads=a.heads, n_kv_heads=a.kv_heads,
                     head_dim=a.d_model // a.heads, d_ff=a.d_ff)
@@ -165,8 +174,8 @@ def main():
     say(f"# config {cfg.to_json().replace(chr(10), '')}")
     say(f"# params {n_params}  train_bytes {len(train)}  heldout_bytes {len(held)}  seed {a.seed}  "
         f"threads {a.threads}  torch {torch.__version__}  steps {a.steps} batch {a.batch} seq {a.seq}")
-    if a.synth_frac or a.seq_schedule or a.batch_tokens:
-        say(f"# synth_frac {a.synth_frac}  repeat_share {a.repeat_share}  seq_schedule {schedule}  batch_tokens {a.batch_tokens}  "
+    if a.synth_frac or a.synth_schedule or a.seq_schedule or a.batch_tokens:
+        say(f"# synth_frac {a.synth_frac}  synth_schedule {synth_schedule}  repeat_share {a.repeat_share}  seq_schedule {schedule}  batch_tokens {a.batch_tokens}  "
             f"repeat {repeat_kw}  lr {a.lr}  warmup {a.warmup}  OPENBLAS_CORETYPE {os.environ.get('OPENBLAS_CORETYPE', '-')}")
     say(f"# unigram_baseline_heldout_nats {unigram:.4f}")
     say("step\tlr\ttrain_loss\theldout_loss\telapsed_s")
@@ -178,8 +187,9 @@ def main():
             g["lr"] = lr_at(step)
         seq = seq_at(schedule, step)
         B = a.batch_tokens // seq if a.batch_tokens else a.batch
-        if a.synth_frac > 0:
-            win, counter = synth.mixed_batch(rng, train, B, seq + 1, a.synth_frac, a.seed, counter,
+        frac = seq_at(synth_schedule, step)
+        if frac > 0:
+            win, counter = synth.mixed_batch(rng, train, B, seq + 1, frac, a.seed, counter,
                                                 a.repeat_share, repeat_kw)
             win = win.astype(np.int64)
             x = torch.from_numpy(np.concatenate([np.full((B, 1), BOS_ID), win[:, :-1]], axis=1))
@@ -204,12 +214,20 @@ def main():
                 os.replace(a.ckpt + ".tmp", a.ckpt)
         if a.probe_every and ((step + 1) % a.probe_every == 0 or last):
             ind, bos, prev, acc = probe_structure(model, held, train_ctx, a.seed + 1, distances)
+            wide = ""
+            if a.repeat_alphabet != "letters":
+                model.eval()
+                with torch.no_grad():
+                    iw = model_induction(model, a.seed + 1, alphabet=a.repeat_alphabet)
+                model.train()
+                lw, hw = np.unravel_index(iw.argmax(), iw.shape)
+                wide = f"induction {a.repeat_alphabet} max {iw.max():.3f} (L{lw} H{hw})  "
             li, hi = np.unravel_index(ind.argmax(), ind.shape)
             up = bos[1:] if len(bos) > 1 else bos
             lb, hb = np.unravel_index(up.argmax(), up.shape)
             say(f"# probe step {step + 1}: induction max {ind.max():.3f} (L{li} H{hi})  "
                 f"bos max above L0 {up.max():.3f} (L{lb + (len(bos) > 1)} H{hb})  prev max {prev.max():.3f}  "
-                + "  ".join(f"retrieval@{d} {v:.2f}" for d, v in acc.items()))
+                + wide + "  ".join(f"retrieval@{d} {v:.2f}" for d, v in acc.items()))
         elif (step + 1) % 50 == 0:
             say(f"{step + 1}\t{lr_at(step):.2e}\t{ema:.4f}\t\t{time.time() - t0:.0f}")
     final = evaluate(model, held, seq, 512 * 256 // seq)
