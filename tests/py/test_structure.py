@@ -72,6 +72,24 @@ for i in range(100):
         bad += 1
 check(bad == 0 and marks_total > 1000, f"repeat_doc: {marks_total} marked repeats are copies ({bad} bad)")
 
+# the wide alphabet: the same structure over bytes '!'..255, spans only from it, and the
+# letters form unchanged (the default draws the same random numbers as before the option)
+bad, marks_total, seen = 0, 0, set()
+for i in range(100):
+    doc, marks = synth.repeat_doc(3, i, 1000, 6, 16, 3, alphabet="wide")
+    marks_total += len(marks)
+    seen |= set(bytes(doc))
+    for first, later, length in marks:
+        if first >= later or not np.array_equal(doc[first:first + length], doc[later:later + length]):
+            bad += 1
+    if len(doc) != 1000 or any(b != 32 and b < 33 for b in bytes(doc)):
+        bad += 1
+check(bad == 0 and marks_total > 1000 and len(seen) > 200,
+      f"repeat_doc wide: {marks_total} marked repeats are copies, {len(seen)} byte values ({bad} bad)")
+a, _ = synth.repeat_doc(3, 5, 500)
+b, _ = synth.repeat_doc(3, 5, 500, alphabet="letters")
+check(np.array_equal(a, b), "repeat_doc: alphabet='letters' is the default")
+
 # ---- induction score ---------------------------------------------------------------------
 span = 16
 T = 2 * span + 1
