@@ -42,8 +42,7 @@
 typedef struct cam_cfg { dec_scorer sc; size_t interval, target, budget; } cam_cfg;
 
 static const rp_param_def cam_params[] = {
-    { "interval", RP_INT, "512", 1, 1e9, NULL, "decode steps between compressions (kvpress compression_interval)" },
-    { "target", RP_INT, "2048", 1, 1e9, NULL, "entries kept by a compression (kvpress target_size)" },
+    DEC_PERIODIC_PARAMS,
     { "merge_budget", RP_INT, "32", 1, 1e9, NULL, "kept neighbours an evicted value is merged into" },
     DEC_SCORER_PARAMS("knorm"),
 };

@@ -221,8 +221,7 @@ kv_status dec_score_cache(dec_state *s, const dec_scorer *sc, const rp_layer_ctx
 typedef struct decoding_cfg { dec_scorer sc; size_t interval, target; } decoding_cfg;
 
 static const rp_param_def decoding_params[] = {
-    { "interval", RP_INT, "512", 1, 1e9, NULL, "decode steps between compressions (kvpress compression_interval)" },
-    { "target", RP_INT, "2048", 1, 1e9, NULL, "entries kept by a compression (kvpress target_size)" },
+    DEC_PERIODIC_PARAMS,
     DEC_SCORER_PARAMS("knorm"),
 };
 

@@ -32,6 +32,11 @@ enum { DEC_KNORM = 0, DEC_KEYDIFF = 1, DEC_TOVA = 2, DEC_SNAPKV = 3 };
     { "window", RP_INT, "64", 1, 1e9, NULL, "snapkv scorer: window queries w (kvpress SnapKVPress: 64)" }, \
     { "kernel", RP_INT, "5", 1, 1e9, NULL, "snapkv scorer: pooling kernel, odd (kvpress: 5)" }
 
+/* The parameters of a periodic compression (decoding, cam), in this order: interval, target. */
+#define DEC_PERIODIC_PARAMS                                                                          \
+    { "interval", RP_INT, "512", 1, 1e9, NULL, "decode steps between compressions (kvpress compression_interval)" }, \
+    { "target", RP_INT, "2048", 1, 1e9, NULL, "entries kept by a compression (kvpress target_size)" }
+
 typedef struct dec_scorer { int kind; size_t window, kernel; } dec_scorer;
 
 /* v[0..3): scorer, window, kernel. 0 ok, -1 with one line in err (an even kernel). */
