@@ -65,7 +65,7 @@ def check_golden(tag, trace, out, mode, decode, specs, gqa="mean", set_params=No
     set_params(params, budget) adds reference-only parameters; compressed_col(spec) names the
     summary column that must be below 1 (the configuration compresses, so the test can fail);
     canon passes each configuration's canonical string (summary.csv's config) as
-    params["_canon"] (strategies whose random stream is seeded by it). Returns summary.csv's
+    params["_canon"] (strategies whose random stream starts from it, as cam). Returns summary.csv's
     rows (None when --gqa-reduce is not accepted)."""
     extra = (["--gqa-reduce", gqa] if gqa != "mean" else []) + (["--decode", str(decode)] if decode else [])
     r = kvreplay_run(trace, out, mode, specs, extra)
