@@ -191,6 +191,7 @@ static double probs_avx2(const float *s, size_t n, float m, float *pe)
 }
 #else
 #define ATTN_HAVE_AVX2_PATH 0
+static inline int attn_use_avx2(void) { return 0; }
 #endif
 
 #if ATTN_HAVE_AVX2_PATH
@@ -708,6 +709,21 @@ void attn_full_rows_kt(const float *q, const float *kt, const float *v, size_t T
     full_rows(q, NULL, v, kt, T, D, t0, t1, p, lse, o, logits);
 }
 
+/* Starts a block of nb rows whose outputs begin at o (NULL: none): fresh softmax states,
+ * zeroed outputs, block row r written to output row r (pv_rows_avx2 writes o + r * D).
+ * Returns the most keys any row of the block sees. */
+static size_t rows_begin(row_state *st, size_t *orow, const size_t *nvis, size_t nb, float *o, size_t D)
+{
+    size_t nmax = 0;
+    for (size_t r = 0; r < nb; r++) {
+        orow[r] = r;
+        st[r].m = -INFINITY; st[r].l = 0;
+        if (o) memset(o + r * D, 0, D * sizeof *o);
+        if (nvis[r] > nmax) nmax = nvis[r];
+    }
+    return nmax;
+}
+
 void attn_rows_given(const float *z, size_t ldz, const size_t *nvis, size_t nr, const float *v, size_t D,
                      float *lse, float *o)
 {
@@ -716,20 +732,11 @@ void attn_rows_given(const float *z, size_t ldz, const size_t *nvis, size_t nr, 
     size_t orow[RB];
     int act[RB];
     row_state st[RB];
-#if ATTN_HAVE_AVX2_PATH
     const int avx2 = attn_use_avx2();
-#else
-    const int avx2 = 0;
-    (void)orow; (void)act;
-#endif
+    (void)act;                            /* read only by the AVX2 path */
     for (size_t r0 = 0; r0 < nr; r0 += RB) {
-        size_t nb = nr - r0 < RB ? nr - r0 : RB, nmax = 0;
-        for (size_t r = 0; r < nb; r++) {
-            orow[r] = r;
-            st[r].m = -INFINITY; st[r].l = 0;
-            if (o) memset(o + (r0 + r) * D, 0, D * sizeof *o);
-            if (nvis[r0 + r] > nmax) nmax = nvis[r0 + r];
-        }
+        size_t nb = nr - r0 < RB ? nr - r0 : RB;
+        size_t nmax = rows_begin(st, orow, nvis + r0, nb, o ? o + r0 * D : NULL, D);
         for (size_t j0 = 0; j0 < nmax; j0 += KB) {       /* full_rows' key blocks */
             size_t nk = nmax - j0 < KB ? nmax - j0 : KB;
             int nact = 0;
@@ -799,21 +806,12 @@ int attn_rows_cut(const float *q, size_t nr, size_t D, const attn_params *p, con
     size_t orow[RB];
     int act[2][RB];
     row_state st[RB];
-#if ATTN_HAVE_AVX2_PATH
     const int avx2 = attn_use_avx2();
-#else
-    const int avx2 = 0;
-    (void)orow; (void)act;
-#endif
+    (void)act;                            /* read only by the AVX2 path */
     for (size_t r0 = 0; r0 < nr; r0 += RB) {
-        size_t nb = nr - r0 < RB ? nr - r0 : RB, nmax = 0;
+        size_t nb = nr - r0 < RB ? nr - r0 : RB;
         const size_t *nv = nvis + r0, *kc = src->kcut + r0, *vc = src->vcut + r0;
-        for (size_t r = 0; r < nb; r++) {
-            orow[r] = r;                  /* pv_rows_avx2 writes o + r0 * D + r * D */
-            st[r].m = -INFINITY; st[r].l = 0;
-            if (o) memset(o + (r0 + r) * D, 0, D * sizeof *o);
-            if (nv[r] > nmax) nmax = nv[r];
-        }
+        size_t nmax = rows_begin(st, orow, nv, nb, o ? o + r0 * D : NULL, D);
         for (size_t j0 = 0; j0 < nmax; j0 += EB) {
             size_t nk = nmax - j0 < EB ? nmax - j0 : EB;
             size_t na[2] = {0, 0};

@@ -39,44 +39,39 @@
 #include "decoding.h"
 #include "strategy.h"
 
-typedef struct cam_cfg { size_t interval, target, budget; dec_scorer sc; } cam_cfg;
+typedef struct cam_cfg { dec_scorer sc; size_t interval, target, budget; } cam_cfg;
 
 static const rp_param_def cam_params[] = {
-    { "interval", RP_INT, "512", 1, 1e9, NULL, "decode steps between compressions (kvpress compression_interval)" },
-    { "target", RP_INT, "2048", 1, 1e9, NULL, "entries kept by a compression (kvpress target_size)" },
+    DEC_PERIODIC_PARAMS,
     { "merge_budget", RP_INT, "32", 1, 1e9, NULL, "kept neighbours an evicted value is merged into" },
     DEC_SCORER_PARAMS("knorm"),
 };
 
 static int cam_configure(const double *v, void **cfg, char *err, size_t errlen)
 {
-    cam_cfg *c = malloc(sizeof *c);
+    cam_cfg *c = dec_cfg_new(sizeof *c, v + 3, "cam", err, errlen);
     if (!c) return -1;
     c->interval = (size_t)v[0];
     c->target = (size_t)v[1];
     c->budget = (size_t)v[2];
-    if (dec_scorer_resolve(v + 3, &c->sc, "cam", err, errlen)) { free(c); return -1; }
     *cfg = c;
     return 0;
 }
 
-static void cam_free(void *cfg) { free(cfg); }
-
 typedef struct cam_state {
-    const cam_cfg *cfg;
-    size_t D, n, steps;
+    dec_state base;         /* steps: since the last compression */
+    size_t D, n;
     int started, pending;   /* pending: delta waits for online_rows */
-    double *A, *score, *delta;
+    double *A, *delta;
     int32_t *kept, *ev, *cand;
-    size_t capA, capS, capD, capK, capE, capC;
+    size_t capA, capD, capK, capE, capC;
     size_t n_kept;
 } cam_state;
 
 static void *cam_online_new(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B)
 {
-    cam_state *s = calloc(1, sizeof *s);
+    cam_state *s = dec_state_new(cfg, sizeof *s);
     if (!s) return NULL;
-    s->cfg = cfg;
     s->D = ctx->D;
     return s;
 }
@@ -85,8 +80,8 @@ static void cam_online_free(void *state)
 {
     cam_state *s = state;
     if (!s) return;
-    free(s->A); free(s->score); free(s->delta); free(s->kept); free(s->ev); free(s->cand);
-    free(s);
+    free(s->A); free(s->delta); free(s->kept); free(s->ev); free(s->cand);
+    dec_online_free(s);
 }
 
 /* The stream of kv head g at step t (strategy.h: mix the kv head in yourself). */
@@ -107,8 +102,8 @@ static size_t pick_candidates(const cam_state *s, const rp_cache *c, size_t ne, 
         size_t best = ne;
         for (size_t i = ne; i-- > 0;) {  /* from the later positions: ties go to them */
             if (taken[i]) continue;
-            double x = s->score[s->ev[i]];
-            if (best == ne || x > s->score[s->ev[best]] || (isnan(s->score[s->ev[best]]) && !isnan(x))) best = i;
+            const double *score = s->base.score, x = score[s->ev[i]];
+            if (best == ne || x > score[s->ev[best]] || (isnan(score[s->ev[best]]) && !isnan(x))) best = i;
         }
         taken[best] = 1;
     }
@@ -121,21 +116,21 @@ static size_t pick_candidates(const cam_state *s, const rp_cache *c, size_t ne, 
 static kv_status cam_compress(cam_state *s, const rp_layer_ctx *ctx, size_t g, size_t t, const rp_cache *c,
                               const float *probs, size_t *evict, size_t *n_evict, kv_error *err)
 {
-    const cam_cfg *cf = s->cfg;
+    const cam_cfg *cf = s->base.cfg;
     size_t n = c->n, D = s->D, T = cf->target;
-    if (dec_grow((void **)&s->score, &s->capS, n, sizeof *s->score) ||
-        dec_grow((void **)&s->kept, &s->capK, n, sizeof *s->kept) ||
+    if (dec_grow((void **)&s->kept, &s->capK, n, sizeof *s->kept) ||
         dec_grow((void **)&s->ev, &s->capE, n, sizeof *s->ev) ||
         dec_grow((void **)&s->cand, &s->capC, n, sizeof *s->cand) ||
-        dec_grow((void **)&s->delta, &s->capD, n * D, sizeof *s->delta) ||
-        dec_score(&cf->sc, ctx, g, t, c, probs, s->score))
+        dec_grow((void **)&s->delta, &s->capD, n * D, sizeof *s->delta))
         return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
-    size_t nk = rp_topk(s->score, n, T, s->kept), ne = 0;
+    kv_status st = dec_score_cache(&s->base, &cf->sc, ctx, g, t, c, probs, err);
+    if (st != KV_OK) return st;
+    size_t nk = rp_topk(s->base.score, n, T, s->kept), ne = 0;
     for (size_t e = 0, i = 0; e < n; e++) {
         if (i < nk && (size_t)s->kept[i] == e) { i++; continue; }
         s->ev[ne++] = (int32_t)e;
     }
-    size_t nc = pick_candidates(s, c, ne, s->steps, s->cand);
+    size_t nc = pick_candidates(s, c, ne, s->base.steps, s->cand);
     if (nc == (size_t)-1) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     memset(s->delta, 0, n * D * sizeof *s->delta);
     rp_rng r = { step_seed(ctx->seed, g, t) };
@@ -159,7 +154,7 @@ static kv_status cam_compress(cam_state *s, const rp_layer_ctx *ctx, size_t g, s
     for (size_t i = 0; i < ne; i++) evict[i] = (size_t)s->ev[i];
     s->n = nk;
     s->n_kept = nk;
-    s->steps = 0;
+    s->base.steps = 0;
     s->pending = 1;
     *n_evict = ne;
     return KV_OK;
@@ -169,7 +164,7 @@ static kv_status cam_online_step(void *state, const rp_layer_ctx *ctx, size_t g,
                                  const float *probs, size_t B, size_t *evict, size_t *n_evict, kv_error *err)
 {
     cam_state *s = state;
-    const cam_cfg *cf = s->cfg;
+    const cam_cfg *cf = s->base.cfg;
     size_t n = c->n, G = ctx->G;
     *n_evict = 0;
     if (s->started && n != s->n + 1)
@@ -183,7 +178,7 @@ static kv_status cam_online_step(void *state, const rp_layer_ctx *ctx, size_t g,
         for (size_t i = 0; i < G; i++) a += probs[i * n + e];
         s->A[e] += a / (double)G;
     }
-    if (++s->steps < cf->interval || n <= cf->target) return KV_OK;
+    if (++s->base.steps < cf->interval || n <= cf->target) return KV_OK;
     return cam_compress(s, ctx, g, t, c, probs, evict, n_evict, err);
 }
 
@@ -213,16 +208,12 @@ const rp_strategy rp_strategy_cam = {
                "into the next merge_budget kept entries with CaM's Bernoulli probability (reproducible draws; defaults "
                "interval=512 target=2048 need long decodes; no keep=/budget=)",
     .reference = "Zhang et al. 2024 (ICML, CaM); kvpress CAMPress (presses/cam_press.py)",
-    .kind = RP_EVICT,
-    .protocols = RP_PREFILL | RP_ONLINE,
+    DEC_PRESS_COMMON,
     .params = cam_params,
     .n_params = sizeof cam_params / sizeof cam_params[0],
     .configure = cam_configure,
-    .free_cfg = cam_free,
-    .prefill = dec_prefill_all,
     .online_new = cam_online_new,
     .online_step = cam_online_step,
     .online_free = cam_online_free,
     .online_rows = cam_online_rows,
-    .decode_time = 1,
 };

@@ -172,62 +172,79 @@ int dec_prefill_all(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache
     return rc;
 }
 
+void *dec_cfg_new(size_t size, const double *sv, const char *who, char *err, size_t errlen)
+{
+    dec_scorer *sc = calloc(1, size);     /* the configuration starts with its scorer */
+    if (!sc) return NULL;
+    if (dec_scorer_resolve(sv, sc, who, err, errlen)) { free(sc); return NULL; }
+    return sc;
+}
+
+void dec_cfg_free(void *cfg) { free(cfg); }
+
+void *dec_state_new(const void *cfg, size_t size)
+{
+    dec_state *s = calloc(1, size);
+    if (s) s->cfg = cfg;
+    return s;
+}
+
+void *dec_online_new(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B)
+{
+    return dec_state_new(cfg, sizeof(dec_state));
+}
+
+void dec_online_free(void *state)
+{
+    dec_state *s = state;
+    if (s) free(s->score);
+    free(s);
+}
+
+int dec_step_due(dec_state *s, size_t interval)
+{
+    if (++s->steps < interval) return 0;
+    s->steps = 0;
+    return 1;
+}
+
+kv_status dec_score_cache(dec_state *s, const dec_scorer *sc, const rp_layer_ctx *ctx, size_t g, size_t t,
+                          const rp_cache *c, const float *probs, kv_error *err)
+{
+    if (dec_grow((void **)&s->score, &s->cap, c->n, sizeof *s->score) || dec_score(sc, ctx, g, t, c, probs, s->score))
+        return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
+    return KV_OK;
+}
+
 /* ---- the press ------------------------------------------------------------------------------ */
 
-typedef struct decoding_cfg { size_t interval, target; dec_scorer sc; } decoding_cfg;
+typedef struct decoding_cfg { dec_scorer sc; size_t interval, target; } decoding_cfg;
 
 static const rp_param_def decoding_params[] = {
-    { "interval", RP_INT, "512", 1, 1e9, NULL, "decode steps between compressions (kvpress compression_interval)" },
-    { "target", RP_INT, "2048", 1, 1e9, NULL, "entries kept by a compression (kvpress target_size)" },
+    DEC_PERIODIC_PARAMS,
     DEC_SCORER_PARAMS("knorm"),
 };
 
 static int decoding_configure(const double *v, void **cfg, char *err, size_t errlen)
 {
-    decoding_cfg *c = malloc(sizeof *c);
+    decoding_cfg *c = dec_cfg_new(sizeof *c, v + 2, "decoding", err, errlen);
     if (!c) return -1;
     c->interval = (size_t)v[0];
     c->target = (size_t)v[1];
-    if (dec_scorer_resolve(v + 2, &c->sc, "decoding", err, errlen)) { free(c); return -1; }
     *cfg = c;
     return 0;
-}
-
-static void decoding_free(void *cfg) { free(cfg); }
-
-typedef struct decoding_state {
-    const decoding_cfg *cfg;
-    size_t steps;           /* decode steps since the last compression point */
-    double *score;
-    size_t cap;
-} decoding_state;
-
-static void *decoding_online_new(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B)
-{
-    decoding_state *s = calloc(1, sizeof *s);
-    if (s) s->cfg = cfg;
-    return s;
-}
-
-static void decoding_online_free(void *state)
-{
-    decoding_state *s = state;
-    if (s) free(s->score);
-    free(s);
 }
 
 static kv_status decoding_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t,
                                       const rp_cache *c, const float *probs, size_t B, size_t *evict,
                                       size_t *n_evict, kv_error *err)
 {
-    decoding_state *s = state;
+    dec_state *s = state;
     const decoding_cfg *cf = s->cfg;
     *n_evict = 0;
-    if (++s->steps < cf->interval) return KV_OK;
-    s->steps = 0;
-    if (c->n <= cf->target) return KV_OK;
-    if (dec_grow((void **)&s->score, &s->cap, c->n, sizeof *s->score) || dec_score(&cf->sc, ctx, g, t, c, probs, s->score))
-        return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
+    if (!dec_step_due(s, cf->interval) || c->n <= cf->target) return KV_OK;
+    kv_status st = dec_score_cache(s, &cf->sc, ctx, g, t, c, probs, err);
+    if (st != KV_OK) return st;
     size_t m = ev_evict_complement(s->score, c->n, cf->target, evict);
     if (m == (size_t)-1) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     *n_evict = m;
@@ -239,15 +256,11 @@ const rp_strategy rp_strategy_decoding = {
     .summary = "decode time: every interval steps keep the target best entries of the cache by a scorer "
                "(defaults interval=512 target=2048 need long decodes; no keep=/budget=, target sets the memory)",
     .reference = "kvpress DecodingPress (github.com/NVIDIA/kvpress, presses/decoding_press.py)",
-    .kind = RP_EVICT,
-    .protocols = RP_PREFILL | RP_ONLINE,
+    DEC_PRESS_COMMON,
     .params = decoding_params,
     .n_params = sizeof decoding_params / sizeof decoding_params[0],
     .configure = decoding_configure,
-    .free_cfg = decoding_free,
-    .prefill = dec_prefill_all,
-    .online_new = decoding_online_new,
+    .online_new = dec_online_new,
     .online_step = decoding_online_step,
-    .online_free = decoding_online_free,
-    .decode_time = 1,
+    .online_free = dec_online_free,
 };

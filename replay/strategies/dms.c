@@ -27,7 +27,7 @@
 #include "decoding.h"
 #include "strategy.h"
 
-typedef struct dms_cfg { double threshold; size_t sliding, interval; dec_scorer sc; } dms_cfg;
+typedef struct dms_cfg { dec_scorer sc; double threshold; size_t sliding, interval; } dms_cfg;
 
 static const rp_param_def dms_params[] = {
     { "threshold", RP_FLOAT, "0", -1e300, 1e300, NULL, "evict entries scoring below it (kvpress: no default)" },
@@ -38,56 +38,40 @@ static const rp_param_def dms_params[] = {
 
 static int dms_configure(const double *v, void **cfg, char *err, size_t errlen)
 {
-    dms_cfg *c = malloc(sizeof *c);
+    dms_cfg *c = dec_cfg_new(sizeof *c, v + 3, "dms", err, errlen);
     if (!c) return -1;
     c->threshold = v[0];
     c->sliding = (size_t)v[1];
     c->interval = (size_t)v[2];
-    if (dec_scorer_resolve(v + 3, &c->sc, "dms", err, errlen)) { free(c); return -1; }
     *cfg = c;
     return 0;
 }
 
-static void dms_free(void *cfg) { free(cfg); }
-
 typedef struct dms_state {
-    const dms_cfg *cfg;
-    size_t steps;           /* decode steps since the last check */
+    dec_state base;
     size_t judged;          /* positions below it have been judged */
-    double *score;
-    size_t cap;
 } dms_state;
 
 static void *dms_online_new(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B)
 {
-    dms_state *s = calloc(1, sizeof *s);
-    if (s) s->cfg = cfg;
-    return s;
-}
-
-static void dms_online_free(void *state)
-{
-    dms_state *s = state;
-    if (s) free(s->score);
-    free(s);
+    return dec_state_new(cfg, sizeof(dms_state));
 }
 
 static kv_status dms_online_step(void *state, const rp_layer_ctx *ctx, size_t g, size_t t, const rp_cache *c,
                                  const float *probs, size_t B, size_t *evict, size_t *n_evict, kv_error *err)
 {
     dms_state *s = state;
-    const dms_cfg *cf = s->cfg;
+    const dms_cfg *cf = s->base.cfg;
     *n_evict = 0;
-    if (++s->steps < cf->interval) return KV_OK;
-    s->steps = 0;
-    if (t + 1 <= cf->sliding) return KV_OK;
+    if (!dec_step_due(&s->base, cf->interval) || t + 1 <= cf->sliding) return KV_OK;
     size_t limit = t + 1 - cf->sliding, m = 0;     /* judge positions [judged, limit) */
     if (limit <= s->judged) return KV_OK;
-    if (dec_grow((void **)&s->score, &s->cap, c->n, sizeof *s->score) || dec_score(&cf->sc, ctx, g, t, c, probs, s->score))
-        return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
+    kv_status st = dec_score_cache(&s->base, &cf->sc, ctx, g, t, c, probs, err);
+    if (st != KV_OK) return st;
+    const double *score = s->base.score;
     for (size_t e = 0; e < c->n; e++) {
         size_t p = (size_t)c->pos[e];
-        if (p >= s->judged && p < limit && s->score[e] < cf->threshold) evict[m++] = e;
+        if (p >= s->judged && p < limit && score[e] < cf->threshold) evict[m++] = e;
     }
     s->judged = limit;
     *n_evict = m;
@@ -100,15 +84,11 @@ const rp_strategy rp_strategy_dms = {
                "is below threshold (no keep=/budget=: the threshold sets the memory; threshold=0 with the "
                "default tova scorer evicts nothing)",
     .reference = "Lancucki et al. 2025 (arXiv 2506.05345); kvpress DMSPress (presses/dms_press.py)",
-    .kind = RP_EVICT,
-    .protocols = RP_PREFILL | RP_ONLINE,
+    DEC_PRESS_COMMON,
     .params = dms_params,
     .n_params = sizeof dms_params / sizeof dms_params[0],
     .configure = dms_configure,
-    .free_cfg = dms_free,
-    .prefill = dec_prefill_all,
     .online_new = dms_online_new,
     .online_step = dms_online_step,
-    .online_free = dms_online_free,
-    .decode_time = 1,
+    .online_free = dec_online_free,
 };

@@ -60,10 +60,13 @@ def tables(out, names=("per_seq", "summary", "per_head")):
 
 
 def check_golden(tag, trace, out, mode, decode, specs, gqa="mean", set_params=None,
-                 compressed_col=lambda spec: "mass_recall"):
+                 compressed_col=lambda spec: "mass_recall", canon=False):
     """Replay specs on trace with kvreplay (into out) and with ref_replay, compare every row.
     set_params(params, budget) adds reference-only parameters; compressed_col(spec) names the
-    summary column that must be below 1 (the configuration compresses, so the test can fail)."""
+    summary column that must be below 1 (the configuration compresses, so the test can fail);
+    canon passes each configuration's canonical string (summary.csv's config) as
+    params["_canon"] (strategies whose random stream starts from it, as cam). Returns summary.csv's
+    rows (None when --gqa-reduce is not accepted)."""
     extra = (["--gqa-reduce", gqa] if gqa != "mean" else []) + (["--decode", str(decode)] if decode else [])
     r = kvreplay_run(trace, out, mode, specs, extra)
     if r.returncode != 0 and gqa != "mean" and "'--gqa-reduce'" in r.stderr:
@@ -74,9 +77,11 @@ def check_golden(tag, trace, out, mode, decode, specs, gqa="mean", set_params=No
         exit_failed(r)
     rows, summ, heads = tables(out)
     configs = []
-    for s in specs:
+    for i, s in enumerate(specs):
         strat, params, budget = parse(s)
         params["_gqa"] = gqa
+        if canon:
+            params["_canon"] = summ[i]["config"]
         if set_params:
             set_params(params, budget)
         configs.append((s, strat, params, budget))
@@ -101,3 +106,4 @@ def check_golden(tag, trace, out, mode, decode, specs, gqa="mean", set_params=No
         col = compressed_col(s)
         if float(srow[col]) >= 1.0:
             fails.append(f"{tag} '{s}': {col} 1 — nothing was compressed (test would not discriminate)")
+    return summ

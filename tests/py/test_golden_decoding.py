@@ -19,8 +19,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ref_decoding  # noqa: E402,F401  (registers the presses)
 import ref_replay  # noqa: E402
-from golden_cmp import compare, fails, finish  # noqa: E402
-from golden_harness import BIN, TMP, exit_failed, kvreplay_run, parse, tables  # noqa: E402
+from golden_cmp import fails, finish  # noqa: E402
+from golden_harness import BIN, TMP, check_golden, exit_failed, kvreplay_run  # noqa: E402
 
 SPECS = [
     "decoding interval=8 target=40",
@@ -42,36 +42,7 @@ def check(mode, decode=32, seq_len=(96, 90, 80)):
     trace = os.path.join(TMP, f"golden_decoding_{'_'.join(map(str, seq_len))}.h5")
     if not os.path.exists(trace):
         ref_replay.make_trace(trace, S=len(seq_len), T=max(seq_len), seq_len=list(seq_len))
-    out = os.path.join(TMP, f"out_decoding_{mode}")
-    r = kvreplay_run(trace, out, mode, SPECS, ["--decode", str(decode)])
-    if r.returncode != 0:
-        exit_failed(r)
-    rows, summ, heads = tables(out)
-    configs = []
-    for i, s in enumerate(SPECS):
-        strat, params, budget = parse(s)
-        params["_canon"] = summ[i]["config"]       # cam's stream is seeded by the canonical string
-        configs.append((s, strat, params, budget))
-    ref = ref_replay.replay(trace, mode, configs, decode=decode)
-    for i, s in enumerate(SPECS):
-        srow = summ[i]
-        if not srow["config"].startswith(s.split()[0]):
-            fails.append(f"{mode}: config {i} is '{srow['config']}', expected {s}")
-            continue
-        compare(f"{mode} summary '{s}'", srow, ref[s]["summary"])
-        for r2 in rows:
-            if int(r2["config_id"]) == i:
-                compare(f"{mode} seq {r2['seq']} '{s}'", r2, ref[s]["per_seq"][int(r2["seq"])])
-        nh = 0
-        for r2 in heads:
-            if int(r2["config_id"]) == i:
-                nh += 1
-                compare(f"{mode} l{r2['layer']} h{r2['head']} '{s}'", r2,
-                        ref[s]["per_head"][(int(r2["layer"]), int(r2["head"]))])
-        if nh != len(ref[s]["per_head"]):
-            fails.append(f"{mode} '{s}': {nh} per_head rows, {len(ref[s]['per_head'])} expected")
-        if float(srow["mass_recall"]) >= 1.0:
-            fails.append(f"{mode} '{s}': mass_recall 1 — nothing was compressed (test would not discriminate)")
+    summ = check_golden(mode, trace, os.path.join(TMP, f"out_decoding_{mode}"), mode, decode, SPECS, canon=True)
     cam, dec = summ[SPECS.index("cam interval=5 target=50 scorer=tova")], summ[-1]
     if cam["mass_recall"] != dec["mass_recall"] or cam["out_cos"] == dec["out_cos"]:
         fails.append(f"{mode}: cam and decoding with the same evictions: mass_recall {cam['mass_recall']} vs "
