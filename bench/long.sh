@@ -208,8 +208,11 @@ for T in $LONG_T; do
                     sbase2=$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f4,5)
                 fi
                 if [ "$str" = "$tr" ]; then sb=$sbase1; else sb=$sbase2; fi
+                # the family before SHARED_CFG: a family that also wants the row entropies
+                # (entropy_merge) then computes the whole-prompt pass once with them, which
+                # SHARED_CFG reuses; after h2o's pass without entropies it would redo it
                 lrun with_shared "$T" "$THREADS" 1 "$LONG_TMP/st" -- $KV "$str" --decode "$LONG_DEC" $sel \
-                    --strategy full --strategy "$SHARED_CFG" --strategy "$fcfg" --threads "$THREADS" \
+                    --strategy full --strategy "$fcfg" --strategy "$SHARED_CFG" --threads "$THREADS" \
                     -o "$LONG_TMP/st" < /dev/null
                 marg="$sb,$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f4,5)"
                 sed -i '$ d' "$OUT/long_runs.csv"
