@@ -11,7 +11,16 @@
 #
 # Uses from run.sh: BIN, PYTHON, OUT, THREADS, QUICK, HAVE_AVX512, gen_trace, section, die.
 # Environment: BENCH_LONG_T (the T list), BENCH_LONG_DECODE, BENCH_LONG_STRAT_T (the T of the
-# per-strategy runs; 0 skips them), BENCH_LONG_REPS (best-of-N of the runs that repeat).
+# per-strategy runs; 0 skips them), BENCH_LONG_REPS (best-of-N of the runs that repeat),
+# BENCH_LONG_FAMILIES (the families of the per-strategy runs, space separated; all when
+# empty), BENCH_LONG_MARGINAL (1: each family's marginal cost beside the shared prompt pass,
+# below; 0 skips it).
+#
+# Marginal cost of a family: wall of (full + SHARED_CFG + the family's configuration) minus
+# wall of (full + SHARED_CFG), over the full pass's wall. The shared prompt scores
+# (replay/shared.c) are computed once per (sequence, layer) whatever the number of
+# configurations, so in a sweep a scorer that reads them pays only this difference; its
+# standalone ratio charges the whole prompt pass to it.
 
 LONG_CFG="n_layers=4,d_model=1024,n_heads=8,n_kv_heads=2,head_dim=128,d_ff=2048,max_seq=16384"
 if [ "$QUICK" = 1 ]; then
@@ -23,6 +32,11 @@ LONG_T=${BENCH_LONG_T:-$LT_DEF}
 LONG_DEC=${BENCH_LONG_DECODE:-$LDEC_DEF}
 LONG_STRAT_T=${BENCH_LONG_STRAT_T:-$LSTRAT_DEF}
 LONG_REPS=${BENCH_LONG_REPS:-2}
+LONG_FAMILIES=${BENCH_LONG_FAMILIES:-}
+LONG_MARGINAL=${BENCH_LONG_MARGINAL:-1}
+# the configuration that computes the whole-prompt shared pass (column sums over every
+# prompt row, like H2O): the base of the marginal costs
+SHARED_CFG="h2o keep=0.25"
 LONG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/kvlong.XXXXXX")
 KV="$BIN/kvreplay run"
 LENV=""        # extra rusage.py --env arguments for the next lrun only
@@ -143,20 +157,25 @@ for T in $LONG_T; do
     printf ' threads'
 
     # every strategy family of the default sweep alone, at one T, relative to the full pass
-    # on the same trace (long_strategies.csv: T,family,config,wall_s,cpu_s,maxrss_mb,
-    # full_wall_s,full_cpu_s,note)
+    # on the same trace, and its marginal cost beside the shared pass (long_strategies.csv:
+    # T,family,config,wall_s,cpu_s,maxrss_mb,full_wall_s,full_cpu_s,note,shared_wall_s,
+    # shared_cpu_s,with_wall_s,with_cpu_s: shared = full + SHARED_CFG, with = full +
+    # SHARED_CFG + the family, both on the family's trace; empty when BENCH_LONG_MARGINAL=0)
     if [ "$T" = "$LONG_STRAT_T" ]; then
         "$PYTHON" bench/families.py sweeps/default.sweep 0.25 > "$LONG_TMP/families.txt"
         base1=$(awk -F, -v T="$T" '$1 == T && $2 == "full" { print $4 "," $5 }' "$OUT/long_runs.csv")
-        base2=""
+        base2="" sbase1="" sbase2=""
         while IFS='	' read -r fam fcfg; do
             [ "$fam" = full ] && continue
+            if [ -n "$LONG_FAMILIES" ]; then
+                case " $LONG_FAMILIES " in *" $fam "*) ;; *) continue;; esac
+            fi
             str=$tr sel="" base=$base1 note=""
             rm -rf "$LONG_TMP/chk"
             if ! $KV "$OUT/long_T$first_T.h5" --decode "$LONG_DEC" --strategy "$fcfg" --no-readout \
                     -o "$LONG_TMP/chk" < /dev/null > /dev/null 2> "$LONG_TMP/chk.err"; then
                 if ! grep -q calibration "$LONG_TMP/chk.err"; then
-                    echo "$T,$fam,$fcfg,,,,,,not accepted: $(tail -n 1 "$LONG_TMP/chk.err" | tr ',' ';')" \
+                    echo "$T,$fam,$fcfg,,,,,,not accepted: $(tail -n 1 "$LONG_TMP/chk.err" | tr ',' ';'),,,," \
                         >> "$OUT/long_strategies.csv.part"
                     continue
                 fi
@@ -174,16 +193,39 @@ for T in $LONG_T; do
             fi
             lrun strategy "$T" "$THREADS" 1 "$LONG_TMP/st" -- $KV "$str" --decode "$LONG_DEC" $sel \
                 --strategy "$fcfg" --threads "$THREADS" -o "$LONG_TMP/st" < /dev/null
-            tail -n 1 "$OUT/long_runs.csv" | awk -F, -v f="$fam" -v c="$fcfg" -v b="$base" -v nt="$note" \
-                '{ printf "%s,%s,%s,%s,%s,%s,%s,%s\n", $1, f, c, $4, $5, $6, b, nt }' \
-                >> "$OUT/long_strategies.csv.part"
+            one=$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f1,4-6)
             sed -i '$ d' "$OUT/long_runs.csv"
+            marg=",,,"
+            if [ "$LONG_MARGINAL" = 1 ]; then
+                # the base (full + the shared pass) once per trace, best-of-N like the full pass
+                if [ "$str" = "$tr" ] && [ -z "$sbase1" ]; then
+                    lrun shared "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/sb" -- $KV "$str" --decode "$LONG_DEC" \
+                        --strategy full --strategy "$SHARED_CFG" --threads "$THREADS" -o "$LONG_TMP/sb" < /dev/null
+                    sbase1=$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f4,5)
+                elif [ "$str" != "$tr" ] && [ -z "$sbase2" ]; then
+                    lrun shared_s2 "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/sb" -- $KV "$str" --decode "$LONG_DEC" \
+                        $sel --strategy full --strategy "$SHARED_CFG" --threads "$THREADS" -o "$LONG_TMP/sb" < /dev/null
+                    sbase2=$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f4,5)
+                fi
+                if [ "$str" = "$tr" ]; then sb=$sbase1; else sb=$sbase2; fi
+                # the family before SHARED_CFG: a family that also wants the row entropies
+                # (entropy_merge) then computes the whole-prompt pass once with them, which
+                # SHARED_CFG reuses; after h2o's pass without entropies it would redo it
+                lrun with_shared "$T" "$THREADS" 1 "$LONG_TMP/st" -- $KV "$str" --decode "$LONG_DEC" $sel \
+                    --strategy full --strategy "$fcfg" --strategy "$SHARED_CFG" --threads "$THREADS" \
+                    -o "$LONG_TMP/st" < /dev/null
+                marg="$sb,$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f4,5)"
+                sed -i '$ d' "$OUT/long_runs.csv"
+            fi
+            echo "$one" | awk -F, -v f="$fam" -v c="$fcfg" -v b="$base" -v nt="$note" -v m="$marg" \
+                '{ printf "%s,%s,%s,%s,%s,%s,%s,%s,%s\n", $1, f, c, $2, $3, $4, b, nt, m }' \
+                >> "$OUT/long_strategies.csv.part"
         done < "$LONG_TMP/families.txt"
         printf ' strategies'
     fi
     echo
 done
-{ echo "T,family,config,wall_s,cpu_s,maxrss_mb,full_wall_s,full_cpu_s,note"; cat "$OUT/long_strategies.csv.part" 2>/dev/null; } \
+{ echo "T,family,config,wall_s,cpu_s,maxrss_mb,full_wall_s,full_cpu_s,note,shared_wall_s,shared_cpu_s,with_wall_s,with_cpu_s"; cat "$OUT/long_strategies.csv.part" 2>/dev/null; } \
     > "$OUT/long_strategies.csv"
 rm -f "$OUT/long_strategies.csv.part"
 cp "$LONG_TMP/fused.sweep" "$OUT/long_fused.sweep"

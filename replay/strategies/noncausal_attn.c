@@ -59,30 +59,64 @@ void cp_znorm(double *x, size_t n)
     for (size_t i = 0; i < n; i++) x[i] = (x[i] - m) / sd;
 }
 
-/* acc[j - a] += softmax over the chunk [a, b) of query row qi's unscaled logits; z scratch. */
-static void chunk_row(const float *qi, const float *k, size_t D, size_t a, size_t b, double *z, double *acc)
+typedef double v2d __attribute__((vector_size(16)));    /* SSE2: every x86-64 */
+
+enum { NC_KEYS = 8 };   /* keys per pass of a pair of query rows */
+
+/* z0[j - a], z1[j - a] = the unscaled logits q0.k_j, q1.k_j of two query rows for j in
+ * [a, b): the two rows in the lanes of one vector, NC_KEYS keys per pass over d (sixteen
+ * independent sums: one chain per key was bound by the latency of its adds), each key's k
+ * loaded once for both rows. Every logit is still (double)q[d] * k[d] added over d in order
+ * from 0: the same bits as one dot product at a time. qq [D][2]: the two rows interleaved,
+ * in double. */
+static void chunk_logits2(const double *qq, const float *k, size_t D, size_t a, size_t b, double *z0, double *z1)
 {
-    double mx = -INFINITY, sum = 0;
     size_t j = a;
-    for (; j + 4 <= b; j += 4) {        /* four keys per pass: independent chains, each in d order */
-        const float *k0 = k + j * D, *k1 = k0 + D, *k2 = k1 + D, *k3 = k2 + D;
-        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (; j + NC_KEYS <= b; j += NC_KEYS) {
+        const float *kj = k + j * D;
+        v2d s[NC_KEYS];
+        for (int i = 0; i < NC_KEYS; i++) s[i] = (v2d){0, 0};
         for (size_t d = 0; d < D; d++) {
-            double x = qi[d];
-            s0 += x * k0[d]; s1 += x * k1[d]; s2 += x * k2[d]; s3 += x * k3[d];
+            v2d x;
+            memcpy(&x, qq + 2 * d, sizeof x);
+            for (int i = 0; i < NC_KEYS; i++) {
+                double kv = kj[i * D + d];
+                s[i] += x * (v2d){kv, kv};
+            }
         }
-        z[j - a] = s0; z[j + 1 - a] = s1; z[j + 2 - a] = s2; z[j + 3 - a] = s3;
+        for (int i = 0; i < NC_KEYS; i++) { z0[j + i - a] = s[i][0]; z1[j + i - a] = s[i][1]; }
     }
     for (; j < b; j++) {
         const float *kj = k + j * D;
-        double s = 0;
-        for (size_t d = 0; d < D; d++) s += (double)qi[d] * kj[d];
-        z[j - a] = s;
+        double s0 = 0, s1 = 0;
+        for (size_t d = 0; d < D; d++) { s0 += qq[2 * d] * kj[d]; s1 += qq[2 * d + 1] * kj[d]; }
+        z0[j - a] = s0; z1[j - a] = s1;
     }
-    for (j = a; j < b; j++)
-        if (z[j - a] > mx) mx = z[j - a];
-    for (j = a; j < b; j++) { z[j - a] = exp(z[j - a] - mx); sum += z[j - a]; }
-    for (j = a; j < b; j++) acc[j - a] += z[j - a] / sum;
+}
+
+/* acc[j] += softmax over j < m of the logits z (overwritten). */
+static void chunk_softmax_acc(double *z, size_t m, double *acc)
+{
+    double mx = -INFINITY, sum = 0;
+    for (size_t j = 0; j < m; j++)
+        if (z[j] > mx) mx = z[j];
+    for (size_t j = 0; j < m; j++) { z[j] = exp(z[j] - mx); sum += z[j]; }
+    for (size_t j = 0; j < m; j++) acc[j] += z[j] / sum;
+}
+
+/* acc[j - a] += softmax over the chunk [a, b) of the unscaled logits of query rows
+ * [t0, t1), rows added in ascending order; qq [D][2], z [2][b - a] scratch. */
+static void chunk_rows(const float *q, const float *k, size_t D, size_t t0, size_t t1, size_t a, size_t b,
+                       double *qq, double *z, double *acc)
+{
+    size_t m = b - a;
+    for (size_t t = t0; t < t1; t += 2) {
+        const float *q0 = q + t * D, *q1 = t + 1 < t1 ? q0 + D : q0;   /* a lone last row: twice */
+        for (size_t d = 0; d < D; d++) { qq[2 * d] = q0[d]; qq[2 * d + 1] = q1[d]; }
+        chunk_logits2(qq, k, D, a, b, z, z + m);
+        chunk_softmax_acc(z, m, acc);
+        if (t + 1 < t1) chunk_softmax_acc(z + m, m, acc);
+    }
 }
 
 int cp_noncausal(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, size_t chunk, double *out)
@@ -90,14 +124,14 @@ int cp_noncausal(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, size_t
     size_t D = ctx->D, n = ctx->n, S = s1 - s0, G = ctx->G;
     if (S == 0) return 0;
     size_t cs = chunk < S ? chunk : S;
-    double *z = malloc(cs * sizeof *z), *a = calloc(S, sizeof *a);
-    if (!z || !a) { free(z); free(a); return -1; }
+    double *z = malloc(2 * cs * sizeof *z), *a = calloc(S, sizeof *a), *qq = malloc(2 * D * sizeof *qq);
+    if (!z || !a || !qq) { free(z); free(a); free(qq); return -1; }
     const float *k = ctx->k + g * n * D, *v = ctx->v + g * n * D;
     for (size_t i = 0; i < G; i++) {
         const float *q = ctx->q + (g * G + i) * n * D;
         for (size_t c0 = s0; c0 < s1; c0 += cs) {
             size_t c1 = c0 + cs < s1 ? c0 + cs : s1;
-            for (size_t t = c0; t < c1; t++) chunk_row(q + t * D, k, D, c0, c1, z, a + (c0 - s0));
+            chunk_rows(q, k, D, c0, c1, c0, c1, qq, z, a + (c0 - s0));
         }
     }
     for (size_t j = 0; j < S; j++) {
@@ -112,7 +146,7 @@ int cp_noncausal(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, size_t
         if (j + 1 < S) s += a[j + 1];
         out[j] = s / 3.0;
     }
-    free(z); free(a);
+    free(z); free(a); free(qq);
     return 0;
 }
 
