@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testhelp import check, failures, sh  # noqa: E402
+from testhelp import avg_ranks, check, failures, sh  # noqa: E402
 
 BIN = os.environ.get("BIN", "bin")
 ROOT = os.environ.get("KV_ROOT", ".")
@@ -87,12 +87,7 @@ for r in got:
 
 
 def ranks(d):
-    keys = list(d)
-    v = np.array([d[k] for k in keys])
-    out = {}
-    for i, k in enumerate(keys):
-        out[k] = (v < v[i]).sum() + ((v == v[i]).sum() + 1) / 2
-    return out
+    return dict(zip(d, avg_ranks([d[k] for k in d])))
 
 
 rc_want, rr_want = ranks(want_cal), ranks(want_raw)

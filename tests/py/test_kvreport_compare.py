@@ -36,6 +36,9 @@ except ImportError as e:  # pragma: no cover
     print("skip: numpy not available (%s)" % e)
     sys.exit(77)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testhelp import avg_ranks  # noqa: E402
+
 BIN = os.environ.get("BIN", "bin")
 ROOT = os.environ.get("KV_ROOT", ".")
 TMP = os.environ.get("KV_TMP") or "/tmp"
@@ -113,20 +116,6 @@ def t_quantile_975(df):
     return (lo + hi) / 2
 
 
-def ranks_avg(a):
-    order = np.argsort(a, kind="mergesort")
-    r = np.empty(len(a))
-    s = np.asarray(a)[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        r[order[i:j + 1]] = (i + j) / 2.0 + 1
-        i = j + 1
-    return r
-
-
 def wilcoxon_ref(d):
     """(w_plus, w_minus, n_nonzero, exact, p) with zero differences dropped."""
     d = np.asarray(d, dtype=np.float64)
@@ -135,7 +124,7 @@ def wilcoxon_ref(d):
     if n == 0:
         return 0.0, 0.0, 0, True, 1.0
     a = np.abs(d)
-    r = ranks_avg(a)
+    r = avg_ranks(a)
     wp, wm = float(r[d > 0].sum()), float(r[d < 0].sum())
     _, counts = np.unique(a, return_counts=True)
     ties = bool((counts > 1).any())

@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testhelp import check, failures, sh  # noqa: E402
+from testhelp import avg_ranks, check, failures, sh  # noqa: E402
 
 BIN = os.environ.get("BIN", "bin")
 ROOT = os.environ.get("KV_ROOT", ".")
@@ -231,22 +231,8 @@ PS = np.array([[float(per_seq[c["config"]][s]["logit_kl"]) for s in SEQS] for c 
 TS = PS * np.array([factor[c["config"]] for c in pairs])[:, None]
 
 
-def ranks(x):
-    o = np.argsort(x, kind="stable")
-    r = np.empty(len(x))
-    xs = x[o]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and xs[j + 1] == xs[i]:
-            j += 1
-        r[o[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return r
-
-
 def spearman(x, y):
-    return np.corrcoef(ranks(x), ranks(y))[0, 1]
+    return np.corrcoef(avg_ranks(x), avg_ranks(y))[0, 1]
 
 
 boot = list(csv.DictReader(open(os.path.join(rep, "tables", "truth_boot.csv"))))
