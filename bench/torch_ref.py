@@ -110,16 +110,24 @@ def prompt_mask(name, kv, P, B, G, grp, width, window_probs, where):
     return mask
 
 
+def causal_keep(name, kv, s_full, grp, n):
+    """The full cache's keep [G, T, T] and the budget over n entries, None when the
+    configuration keeps all n (full, or a budget of at least n)."""
+    H, T, _ = s_full.shape
+    keep = causal(T).unsqueeze(0).repeat(H // grp, 1, 1)
+    if name == "full":
+        return keep, None
+    B = budget_of(kv, n)
+    return keep, (B if B < n else None)
+
+
 def keep_prefill(name, kv, s_full, grp, P, n):
     """s_full [H, T, T] logits (masked -inf); returns keep [G, T, T]."""
+    keep, B = causal_keep(name, kv, s_full, grp, P)
+    if B is None:
+        return keep
     H, T, _ = s_full.shape
     G = H // grp
-    keep = causal(T).unsqueeze(0).repeat(G, 1, 1)
-    if name == "full":
-        return keep
-    B = budget_of(kv, P)
-    if B >= P:
-        return keep
 
     def window_probs(w):
         s = s_full[:, P - w:P, :]                               # [H, w, T]
@@ -131,14 +139,11 @@ def keep_prefill(name, kv, s_full, grp, P, n):
 
 
 def keep_online(name, kv, s_full, grp, n):
+    keep, B = causal_keep(name, kv, s_full, grp, n)
+    if B is None:
+        return keep
     H, T, _ = s_full.shape
     G = H // grp
-    keep = causal(T).unsqueeze(0).repeat(G, 1, 1)
-    if name == "full":
-        return keep
-    B = budget_of(kv, n)
-    if B >= n:
-        return keep
     if name == "streaming":
         sinks = min(int(kv.get("sinks", 4)), B)
         recent = B - sinks
