@@ -4,6 +4,7 @@
 #   make test            install missing Debian packages (as root), build, run every test
 #   make demo            the README's main job: replay the default sweep on the sample trace
 #   make truth           proxy vs in-model truth on the sample model (docs/METHODS.md §10, §12)
+#   make samples         regenerate the shipped traces (traces/sample*.h5, traces/ref4_*.h5, ref8_*.h5)
 #   make bench           benchmarks (never part of make test; BENCH_QUICK=1, BENCH_LONG=0|only)
 #   make deps            install kvtrace's Debian dependencies (idempotent)
 #   make SAN=address,undefined test     sanitizer build (objects go to build-san/)
@@ -82,7 +83,7 @@ DEB_PKGS := gcc make pkg-config libhdf5-dev hdf5-tools zlib1g-dev libgsl-dev lib
             gnuplot-nox openmpi-bin libopenmpi-dev python3-torch python3-h5py python3-numpy \
             python3-scipy bible-kjv
 
-.PHONY: all test demo truth bench deps deps-check clean install probe fuzz fuzz-bins
+.PHONY: all test demo samples truth bench deps deps-check clean install probe fuzz fuzz-bins
 # Keep objects make would treat as intermediate (they are reused by every program).
 .SECONDARY:
 all: probe $(PROGS) $(MPI_PROGS) $(TESTS) $(REGRESS)
@@ -159,6 +160,50 @@ demo: deps
 	$(BIN)/kvreport $(DEMO_OUT)/results --trace $(DEMO_TRACE) -o $(DEMO_OUT)/report
 	@echo "demo: report written to $(DEMO_OUT)/report/report.md (figures in $(DEMO_OUT)/report/figures/)"
 
+# make samples: every shipped trace, captured single-threaded (capture/make_samples.py;
+# SOURCE_DATE_EPOCH pins `created`, then a re-run writes the same bytes on one machine):
+# traces/sample.h5 and sample_qa.h5 from capture/ref_model.pt, then for each reference model
+# SAMPLES_MODELS present as $(SAMPLES_MODEL_DIR)/<name>.pt (a missing one is skipped, with one
+# line) <name>_text.h5 (held-out text, SAMPLES_TEXT_SEQS x SAMPLES_TEXT_TOKENS) and
+# <name>_needles.h5 (make_needles.py: one sequence per length x depth). SAMPLES_LARGE=1 also
+# writes larger sets, for the needle heat map, into $(SAMPLES_LARGE_OUT)/ (not committed).
+# SAMPLES_BASE=0 leaves sample*.h5 alone; SAMPLES_OPTS is passed to every make_samples.py run.
+SAMPLES_OUT       ?= traces
+SAMPLES_MODEL_DIR ?= capture/models
+SAMPLES_MODELS    ?= ref4 ref8
+SAMPLES_BASE      ?= 1
+SAMPLES_TEXT_SEQS ?= 1
+SAMPLES_TEXT_TOKENS ?= 1024
+SAMPLES_NEEDLE_LENGTHS ?= 256,1024
+SAMPLES_NEEDLE_DEPTHS  ?= 0.1,0.9
+SAMPLES_LARGE     ?= 0
+SAMPLES_LARGE_OUT ?= samples-large
+SAMPLES_LARGE_TEXT_SEQS ?= 8
+SAMPLES_LARGE_LENGTHS ?= 256,512,768,1024
+SAMPLES_LARGE_DEPTHS  ?= 0,0.1,0.3,0.5,0.7,0.9,1
+SAMPLES_OPTS      ?=
+samples: deps
+	@if [ "$(SAMPLES_BASE)" = 1 ]; then set -x; \
+	  $(PYTHON) capture/make_samples.py --out $(SAMPLES_OUT) $(SAMPLES_OPTS); fi
+	@set -e; mkdir -p $(SAMPLES_OUT); \
+	if [ "$(SAMPLES_LARGE)" = 1 ]; then mkdir -p $(SAMPLES_LARGE_OUT); fi; \
+	for m in $(SAMPLES_MODELS); do \
+	  ck=$(SAMPLES_MODEL_DIR)/$$m.pt; \
+	  if [ ! -f "$$ck" ]; then echo "samples: $$ck not present: $${m}_text.h5 and $${m}_needles.h5 skipped"; continue; fi; \
+	  t0=$$(date +%s); \
+	  $(PYTHON) capture/make_samples.py --model $$ck --kind plain --tokens $(SAMPLES_TEXT_TOKENS) \
+	    --sequences $(SAMPLES_TEXT_SEQS) -o $(SAMPLES_OUT)/$${m}_text.h5 $(SAMPLES_OPTS); \
+	  $(PYTHON) capture/make_samples.py --model $$ck --kind needles --lengths $(SAMPLES_NEEDLE_LENGTHS) \
+	    --depths $(SAMPLES_NEEDLE_DEPTHS) -o $(SAMPLES_OUT)/$${m}_needles.h5 $(SAMPLES_OPTS); \
+	  if [ "$(SAMPLES_LARGE)" = 1 ]; then \
+	    $(PYTHON) capture/make_samples.py --model $$ck --kind plain --tokens $(SAMPLES_TEXT_TOKENS) \
+	      --sequences $(SAMPLES_LARGE_TEXT_SEQS) -o $(SAMPLES_LARGE_OUT)/$${m}_text.h5 $(SAMPLES_OPTS); \
+	    $(PYTHON) capture/make_samples.py --model $$ck --kind needles --lengths $(SAMPLES_LARGE_LENGTHS) \
+	      --depths $(SAMPLES_LARGE_DEPTHS) -o $(SAMPLES_LARGE_OUT)/$${m}_needles.h5 $(SAMPLES_OPTS); \
+	  fi; \
+	  echo "samples: $$m took $$(( $$(date +%s) - t0 )) s"; \
+	done
+
 # Ground truth (docs/METHODS.md §12): the truth sweep replayed with per-layer read-outs and exported,
 # the sample model re-run with every exported cache state, proxy vs truth in the report.
 # Your own model: make truth TRUTH_TRACE=traces/x.h5 TRUTH_MODEL=<as kvcapture --model>
@@ -231,7 +276,7 @@ fuzz:
 	done
 
 clean:
-	rm -rf build build-san bin out report demo-out demo-out.prev fuzz-build
+	rm -rf build build-san bin out report demo-out demo-out.prev fuzz-build samples-large
 
 # make install PREFIX=/usr/local (DESTDIR= for staging): the programs and libkvtrace; under
 # PREFIX/share/kvtrace the gnuplot templates (kvreport finds them beside its bin/), the sweeps
