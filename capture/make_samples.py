@@ -134,12 +134,12 @@ def capture_runs(a, held, work):
     ctx = ",".join(str(L - NEEDLE_EXTRA) for L in lengths)
     # make_needles reads the held-out text itself (its default filler); run it in `work`
     r = subprocess.run([sys.executable, os.path.join(HERE, "make_needles.py"), "--lengths", ctx, "--depths",
-                        a.depths, "--seed", str(a.seed), "-o", "needles.jsonl"], cwd=work, capture_output=True,
+                        a.depths, "-o", "needles.jsonl"], cwd=work, capture_output=True,
                        text=True)
     if r.returncode:
         raise SystemExit(r.stderr.strip() or f"make_samples: make_needles.py failed ({r.returncode})")
     note = (f"needle-in-a-haystack inputs of capture/make_needles.py over {HELD_NOTE}: sequence lengths "
-            f"{a.lengths} tokens (contexts of {ctx} bytes), depths {a.depths}, seed {a.seed}; one planted fact "
+            f"{a.lengths} tokens (contexts of {ctx} bytes), depths {a.depths} (make_needles defaults otherwise); one planted fact "
             "and 3 distractors per context, then the question and its answer")
     n = len(lengths) * len(depths)
     return [(cap + ["--source-note", note, "--jsonl", "needles.jsonl", "--tokens", str(max(lengths)),
@@ -159,7 +159,6 @@ def main():
     ap.add_argument("--sequences", type=int, default=1, help="plain: number of windows (default 1)")
     ap.add_argument("--lengths", default="256,1024", help="needles: sequence lengths in tokens (default 256,1024)")
     ap.add_argument("--depths", default="0.1,0.9", help="needles: needle depths in [0, 1] (default 0.1,0.9)")
-    ap.add_argument("--seed", type=int, default=2026, help="needles: make_needles.py --seed (default 2026)")
     ap.add_argument("--attn-out", action="store_true", help="plain, qa, needles: also store attn_out (the "
                     "model's attention output, which `kvreplay check` compares; about 1.4x the size)")
     ap.add_argument("--allow-beyond-training", action="store_true", help="pass kvcapture --allow-beyond-training "
