@@ -359,6 +359,24 @@ static kv_status fig_retention(rp_ctx *c, const nd_set *s, kv_error *err)
     return st;
 }
 
+kv_status rp_needles_load(const rp_ctx *c, rp_needle_row **rows, size_t *n, kv_error *err)
+{
+    nd_set s = {0};
+    size_t files = 0;
+    *rows = NULL;
+    *n = 0;
+    kv_status st = load_all(c, &s, &files, err);
+    if (st != KV_OK || !s.n) { free(s.r); return st; }
+    rp_needle_row *r = malloc(s.n * sizeof *r);
+    if (!r) { free(s.r); return kv_error_set(err, KV_ERR_NOMEM, "out of memory"); }
+    for (size_t i = 0; i < s.n; i++)
+        r[i] = (rp_needle_row){ s.r[i].cfg, s.r[i].needle, s.r[i].ctx, s.r[i].depth, s.r[i].v[NC_TOPF], s.r[i].v[NC_TOPC] };
+    free(s.r);
+    *rows = r;
+    *n = s.n;
+    return KV_OK;
+}
+
 kv_status rp_needle_figures(rp_ctx *c, int figures, kv_error *err)
 {
     nd_set s = {0};

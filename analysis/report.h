@@ -101,6 +101,13 @@ void rp_skip_figure(rp_ctx *c, const char *stem, const char *caption, const char
  * when any has one. */
 kv_status rp_needle_figures(rp_ctx *c, int figures, kv_error *err);
 
+/* One row of a needles.csv as rp_needles_load gives it: cfg indexes c->rs->configs; top1_*
+ * NaN where the file has none (no read-out). */
+typedef struct rp_needle_row { long cfg; long long needle, ctx; double depth, top1_full, top1_comp; } rp_needle_row;
+/* Every results directory's needles.csv, validated as for the figures (domains, configurations
+ * known, no (configuration, needle) twice); *n = 0 when none has one. The caller frees *rows. */
+kv_status rp_needles_load(const rp_ctx *c, rp_needle_row **rows, size_t *n, kv_error *err);
+
 /* Matched-compression selection: per family (full excluded) the configuration whose
  * ratio is nearest the target in log distance, within RP_MATCH_FACTOR; sorted by the primary
  * metric, best first. Returns the count written to idx (capacity rs->n_configs). */

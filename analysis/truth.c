@@ -8,6 +8,7 @@
 #include <hdf5.h>
 #include <math.h>
 #include <spawn.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -652,6 +653,205 @@ done:
     return st;
 }
 
+/* ---- needle answers: proxy vs true (truth file /needles) ---------------------------------- */
+
+/* One (configuration, needle) of the truth file's /needles (traces/EXPORT.md), paired with the
+ * results: cfg indexes rs->configs; proxy top-1 from needles.csv (NaN when absent). */
+typedef struct tneedle {
+    long cfg;
+    long long needle, ctx;
+    int dbin;                       /* depth rounded to the nearest 0.1, in tenths (as needle_fig.c) */
+    double tf, tc, pf, pc;          /* true full / compressed, proxy full / compressed */
+} tneedle;
+
+/* Fixed-length strings of a rank-1 dataset of n rows -> n NUL-terminated strings of width *w
+ * (one buffer, the caller frees it); NULL on a shape or type error. */
+static char *read_strings(hid_t f, const char *name, size_t n, size_t *w)
+{
+    hid_t d = H5Dopen2(f, name, H5P_DEFAULT), ft = H5I_INVALID_HID, mt = H5I_INVALID_HID, sp = H5I_INVALID_HID;
+    char *buf = NULL;
+    if (d < 0) return NULL;
+    sp = H5Dget_space(d);
+    hsize_t dim = 0;
+    ft = H5Dget_type(d);
+    size_t width = ft >= 0 ? H5Tget_size(ft) : 0;
+    if (sp >= 0 && H5Sget_simple_extent_ndims(sp) == 1 && H5Sget_simple_extent_dims(sp, &dim, NULL) == 1 && dim == n &&
+        ft >= 0 && H5Tget_class(ft) == H5T_STRING && H5Tis_variable_str(ft) <= 0 && width > 0 && width <= 4096) {
+        mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, width + 1);
+        H5Tset_strpad(mt, H5T_STR_NULLTERM);
+        buf = calloc(n ? n : 1, width + 1);
+        if (buf && n && H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) { free(buf); buf = NULL; }
+        *w = width + 1;
+    }
+    if (mt >= 0) H5Tclose(mt);
+    if (ft >= 0) H5Tclose(ft);
+    if (sp >= 0) H5Sclose(sp);
+    H5Dclose(d);
+    return buf;
+}
+
+static int tn_cmp(const void *a, const void *b)
+{
+    const tneedle *x = a, *y = b;
+    if (x->cfg != y->cfg) return x->cfg < y->cfg ? -1 : 1;
+    if (x->dbin != y->dbin) return x->dbin < y->dbin ? -1 : 1;
+    if (x->ctx != y->ctx) return x->ctx < y->ctx ? -1 : 1;
+    return (x->needle > y->needle) - (x->needle < y->needle);
+}
+
+/* The truth file's /needles (absent: *n = 0), the configurations the results know, each paired
+ * with its needles.csv row; values checked in their domains. */
+static kv_status load_truth_needles(const rp_ctx *c, const char *path, tneedle **out, size_t *n_out, size_t *n_unknown,
+                                    kv_error *err)
+{
+    *out = NULL; *n_out = 0; *n_unknown = 0;
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (f < 0) return fail(err, KV_ERR_FORMAT, "--truth %s: not an HDF5 file", path);
+    kv_status st = KV_OK;
+    char *cfgs = NULL;
+    long long *needle = NULL, *ctx = NULL;
+    double *depth = NULL, *tf = NULL, *tc = NULL;
+    tneedle *r = NULL;
+    rp_needle_row *pr = NULL;
+    size_t npr = 0, N = 0, w = 0, k = 0;
+    if (H5Lexists(f, "needles", H5P_DEFAULT) <= 0) goto done;
+    {
+        hid_t d = H5Dopen2(f, "needles/needle", H5P_DEFAULT);
+        hid_t sp = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
+        hsize_t dim = 0;
+        int ok = sp >= 0 && H5Sget_simple_extent_ndims(sp) == 1 && H5Sget_simple_extent_dims(sp, &dim, NULL) == 1 &&
+                 dim <= 100000000;
+        if (sp >= 0) H5Sclose(sp);
+        if (d >= 0) H5Dclose(d);
+        if (!ok) { st = fail(err, KV_ERR_FORMAT, "--truth %s: /needles/needle: expected rank 1", path); goto done; }
+        N = (size_t)dim;
+    }
+    size_t m = N ? N : 1;
+    needle = malloc(m * sizeof *needle); ctx = malloc(m * sizeof *ctx);
+    depth = malloc(m * sizeof *depth); tf = malloc(m * sizeof *tf); tc = malloc(m * sizeof *tc);
+    r = calloc(m, sizeof *r);
+    if (!needle || !ctx || !depth || !tf || !tc || !r) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+    if (!(cfgs = read_strings(f, "needles/config", N, &w)) ||
+        read_1d(f, "needles/needle", H5T_NATIVE_LLONG, N, needle) || read_1d(f, "needles/ctx_len", H5T_NATIVE_LLONG, N, ctx) ||
+        read_1d(f, "needles/depth", H5T_NATIVE_DOUBLE, N, depth) ||
+        read_1d(f, "needles/answer_top1_full", H5T_NATIVE_DOUBLE, N, tf) ||
+        read_1d(f, "needles/answer_top1_comp", H5T_NATIVE_DOUBLE, N, tc)) {
+        st = fail(err, KV_ERR_FORMAT, "--truth %s: /needles: missing or inconsistent datasets (config, needle, ctx_len, "
+                  "depth, answer_top1_full, answer_top1_comp of %zu rows)", path, N);
+        goto done;
+    }
+    for (size_t i = 0; i < N; i++) {
+        double v[3] = { depth[i], tf[i], tc[i] };
+        for (int j = 0; j < 3; j++)
+            if (!(v[j] >= 0 && v[j] <= 1)) {
+                st = fail(err, KV_ERR_VALUE, "--truth %s: /needles row %zu: %s = %g outside [0, 1]", path, i,
+                          j == 0 ? "depth" : j == 1 ? "answer_top1_full" : "answer_top1_comp", v[j]);
+                goto done;
+            }
+        if (needle[i] < 0 || ctx[i] < 1) {
+            st = fail(err, KV_ERR_VALUE, "--truth %s: /needles row %zu: needle %lld / ctx_len %lld out of range", path, i,
+                      needle[i], ctx[i]);
+            goto done;
+        }
+    }
+    if ((st = rp_needles_load(c, &pr, &npr, err)) != KV_OK) goto done;
+    for (size_t i = 0; i < N; i++) {
+        long cf = res_find_config(c->rs, cfgs + i * w);
+        if (cf < 0) { (*n_unknown)++; continue; }
+        tneedle *q = &r[k++];
+        *q = (tneedle){ cf, needle[i], ctx[i], (int)floor(depth[i] * 10 + 0.5), tf[i], tc[i], NAN, NAN };
+        for (size_t j = 0; j < npr; j++)
+            if (pr[j].cfg == cf && pr[j].needle == needle[i]) { q->pf = pr[j].top1_full; q->pc = pr[j].top1_comp; break; }
+    }
+    qsort(r, k, sizeof *r, tn_cmp);
+    *out = r; *n_out = k;
+    r = NULL;
+done:
+    free(cfgs); free(needle); free(ctx); free(depth); free(tf); free(tc); free(r); free(pr);
+    H5Fclose(f);
+    return st;
+}
+
+/* Mean of x over the rows [a, b) of r where it is finite: NaN when none. */
+static double tn_mean(const tneedle *r, size_t a, size_t b, size_t off)
+{
+    double s = 0;
+    size_t k = 0;
+    for (size_t i = a; i < b; i++) {
+        double x = *(const double *)((const char *)&r[i] + off);
+        if (isfinite(x)) { s += x; k++; }
+    }
+    return k ? s / (double)k : NAN;
+}
+
+/* tables/truth_needles.csv (per configuration, context length and depth bin) and a report.md
+ * section (per configuration, with the depth bins), when the truth file has /needles. */
+static kv_status tr_needles(rp_ctx *c, const char *truth_path, kv_error *err)
+{
+    tneedle *r = NULL;
+    size_t n = 0, unknown = 0;
+    kv_status st = load_truth_needles(c, truth_path, &r, &n, &unknown, err);
+    if (st != KV_OK || !n) { free(r); return st; }
+    static const size_t off[4] = { offsetof(tneedle, pf), offsetof(tneedle, pc), offsetof(tneedle, tf),
+                                   offsetof(tneedle, tc) };
+    char path[8192];
+    snprintf(path, sizeof path, "%s/tables/truth_needles.csv", c->dir);
+    FILE *f = fopen(path, "w");
+    if (!f) { free(r); return fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); }
+    fprintf(f, "config,family,ctx_len,depth,n_needles,proxy_top1_full,proxy_top1_comp,true_top1_full,true_top1_comp\n");
+    /* cells (config, ctx, depth bin): r is sorted by config, depth bin, ctx */
+    for (size_t a = 0; a < n;) {
+        size_t b = a + 1;
+        while (b < n && r[b].cfg == r[a].cfg && r[b].dbin == r[a].dbin && r[b].ctx == r[a].ctx) b++;
+        const res_config *cf = &c->rs->configs[r[a].cfg];
+        fprintf(f, "%s,%s,%lld,%.1f,%zu", cf->config, cf->family, r[a].ctx, r[a].dbin / 10.0, b - a);
+        for (int j = 0; j < 4; j++) { double v = tn_mean(r, a, b, off[j]); put_nums(f, &v, 1); }
+        fputc('\n', f);
+        a = b;
+    }
+    if (fclose(f)) { free(r); return fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); }
+    /* agreement: mean |proxy - true| of the compressed answer accuracy over the paired needles */
+    double dsum = 0;
+    size_t dn = 0, nprox = 0;
+    for (size_t i = 0; i < n; i++)
+        if (isfinite(r[i].pc)) { dsum += fabs(r[i].pc - r[i].tc); dn++; nprox++; }
+    snprintf(path, sizeof path, "%s/report.md", c->dir);
+    if (!(f = fopen(path, "a"))) { free(r); return fail(err, KV_ERR_IO, "%s: cannot append: %s", path, strerror(errno)); }
+    char md[32];
+    fmt_num(md, sizeof md, dn ? dsum / (double)dn : NAN);
+    fprintf(f, "\n### Needle answers: proxy vs in-model truth\n\n"
+               "Answer accuracy of the needles (the share of answer tokens whose top-1 is the true token, teacher-forced): "
+               "the read-out proxy (needles.csv `answer_top1_*`) beside the in-model re-run under the same cache state "
+               "(the truth file's /needles), full cache / compressed, means over %zu (configuration, needle) rows%s. "
+               "Mean |proxy - true| of the compressed accuracy: %s over %zu rows with a proxy value. Per context length "
+               "and depth: tables/truth_needles.csv.\n\n",
+            n, unknown ? " (rows of configurations these results do not hold left out)" : "", md, nprox);
+    fputs("| configuration | needles | proxy full | proxy comp | true full | true comp | comp by depth: proxy / true |\n"
+          "|---|---|---|---|---|---|---|\n", f);
+    for (size_t a = 0; a < n;) {
+        size_t b = a + 1;
+        while (b < n && r[b].cfg == r[a].cfg) b++;
+        char v[4][32];
+        for (int j = 0; j < 4; j++) fmt_num(v[j], 32, tn_mean(r, a, b, off[j]));
+        fprintf(f, "| %s | %zu | %s | %s | %s | %s |", c->rs->configs[r[a].cfg].config, b - a, v[0], v[1], v[2], v[3]);
+        for (size_t d = a; d < b;) {
+            size_t e = d + 1;
+            while (e < b && r[e].dbin == r[d].dbin) e++;
+            char p[32], t[32];
+            fmt_num(p, 32, tn_mean(r, d, e, off[1])); fmt_num(t, 32, tn_mean(r, d, e, off[3]));
+            fprintf(f, "%s%.1f: %s / %s", d > a ? "; " : " ", r[d].dbin / 10.0, p, t);
+            d = e;
+        }
+        fputs(" |\n", f);
+        a = b;
+    }
+    fputc('\n', f);
+    free(r);
+    if (fclose(f)) return fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    return KV_OK;
+}
+
 kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *err)
 {
     const res_set *rs = c->rs;
@@ -1137,7 +1337,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     fprintf(f, "Pairs: tables/truth_pairs.csv; statistics: tables/truth.csv.\n");
     if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
     f = NULL;
-    st = KV_OK;
+    st = tr_needles(c, truth_path, err);
 done:
     if (f) fclose(f);
     for (size_t i = 0; i < N; i++) free(rows[i].config);

@@ -37,6 +37,13 @@ evicted) is the full cache: its metrics are computed from the full re-run itself
 exactly 0, nll_comp = nll_full), not from a second forward through planned_attention, whose
 float32 rounding differs from the real attention's by BLAS kernel (OPENBLAS_CORETYPE).
 
+Needle traces (/needles, traces/SCHEMA.md): per (configuration, measured needle) the TRUE answer
+accuracy, beside the read-out proxy's (kvreplay's needles.csv answer_top1_*): the share of the
+needle's answer tokens whose top-1 under the re-run's logits is the true token, teacher-forced
+(answer query t in [answer_start - 1, answer_end - 1) predicts token t + 1), for the full re-run
+and under the configuration's cache state. A needle is measured as kvreplay measures it: when
+answer_start - 1 >= P (every answer query evaluated).
+
 Online exports (mode "online", eviction only): per (layer, kv head) `evict_at[j]`, the first
 query position that no longer sees token j; the compressed cache is in effect for every query,
 so at every row t of the planned layers key j is visible iff j <= t < evict_at[j]; metrics over
@@ -429,6 +436,46 @@ def _next_tokens(tokens, s, n, P):
     return y
 
 
+NEEDLE_FIELDS = ("seq", "start", "end", "value_start", "value_end", "answer_start", "answer_end")
+
+
+def _read_needles(tr):
+    """The trace's /needles as int64 arrays by field, and /prefill_len; None without /needles."""
+    if "needles" not in tr:
+        return None
+    g = tr["needles"]
+    nd = {}
+    for k in NEEDLE_FIELDS:
+        if k not in g:
+            raise ValidateError(f"trace /needles has no '{k}' (traces/SCHEMA.md)")
+        nd[k] = g[k][()].astype(np.int64).reshape(-1)
+    if len({len(v) for v in nd.values()}) != 1 or "prefill_len" not in tr:
+        raise ValidateError("trace /needles: members of different lengths, or no /prefill_len")
+    nd["prefill_len"] = tr["prefill_len"][()].astype(np.int64)
+    return nd
+
+
+def needle_answers(nd, s, P, n, tokens, lf, lc):
+    """Per measured needle of sequence s (answer_start - 1 >= P, inside [0, n)): the share of its
+    answer tokens that the full logits lf [n, V] and the compressed lc [n, V] (rows >= P under the
+    cache state) predict as top-1, teacher-forced; its context length (/prefill_len) and depth
+    (start / (ctx_len - needle_len), as kvreplay's needles.csv)."""
+    out = []
+    for i in np.nonzero(nd["seq"] == s)[0]:
+        a0, a1 = int(nd["answer_start"][i]), int(nd["answer_end"][i])
+        if a0 - 1 < P or a1 > n or a1 <= a0:
+            continue
+        t = np.arange(a0 - 1, a1 - 1)
+        y = tokens[s, a0:a1].astype(np.int64)
+        ctx, st = int(nd["prefill_len"][s]), int(nd["start"][i])
+        nlen = int(nd["end"][i]) - st
+        depth = min(1.0, st / (ctx - nlen)) if ctx > nlen else 0.0
+        out.append(dict(needle=int(i), seq=int(s), ctx_len=ctx, depth=depth, answer_len=a1 - a0,
+                        top1_full=float((lf[t].argmax(1) == y).mean()),
+                        top1_comp=float((lc[t].argmax(1) == y).mean())))
+    return out
+
+
 def run(a, load_adapter):
     if os.path.isdir(a.export):     # `kvreplay run --export DIR` writes DIR/export.h5
         a.export = os.path.join(a.export, "export.h5")
@@ -472,6 +519,8 @@ def run(a, load_adapter):
                                 "not the model of this trace")
     mlayer, windows = _trace_layers(tr, L, ad.n_model_layers)
     tokens, seq_len = tr["tokens"][()], tr["seq_len"][()]
+    nd = _read_needles(tr)
+    nrows = []          # needle answers per (configuration, needle)
     if has_readout:
         ref_lse, ref_top = tr["readout/ref_lse"][()], tr["readout/ref_top_logits"][()]
         ref_ids = tr["readout/ref_top_ids"][()]
@@ -531,6 +580,9 @@ def run(a, load_adapter):
                         r = compare(full_cache[s][P:n], full_cache[s][P:n], _next_tokens(tokens, s, n, P))
                         r.update(config_id=c, config=canon, seq=s)
                         rows.append(r)
+                        if nd is not None:
+                            for x in needle_answers(nd, s, P, n, tokens, full_cache[s], full_cache[s]):
+                                nrows.append(dict(x, config_id=c, config=canon))
                         continue
                     plans = {}
                     for l in range(L):
@@ -554,13 +606,29 @@ def run(a, load_adapter):
                             raise ValidateError(f"config {c} '{canon}' sequence {s}: non-finite {m}")
                     r.update(config_id=c, config=canon, seq=s)
                     rows.append(r)
+                    if nd is not None:
+                        for x in needle_answers(nd, s, P, n, tokens, full_cache[s], lc):
+                            nrows.append(dict(x, config_id=c, config=canon))
     finally:
         ad.uninstall()
-    write_truth(a, rows, check, sha, _attr(ex, "model") or "")
+    write_truth(a, rows, check, sha, _attr(ex, "model") or "", nrows if nd is not None else None)
     return rows, check
 
 
-def write_truth(a, rows, check, sha, model_attr):
+def _write_needles(f, nrows):
+    """/needles of the truth file: one row per (configuration, measured needle) (traces/EXPORT.md)."""
+    N = len(nrows)
+    g = f.create_group("needles")
+    for k in ("config_id", "seq", "needle", "ctx_len", "answer_len"):
+        g.create_dataset(k, data=np.array([r[k] for r in nrows], dtype="<i4").reshape(N))
+    width = max([len(r["config"].encode()) for r in nrows] + [1]) + 1
+    g.create_dataset("config", data=np.array([r["config"].encode() for r in nrows], dtype=f"S{width}").reshape(N))
+    for k in ("depth", "top1_full", "top1_comp"):
+        g.create_dataset("answer_" + k if k.startswith("top1") else k,
+                         data=np.array([r[k] for r in nrows], dtype="<f8").reshape(N))
+
+
+def write_truth(a, rows, check, sha, model_attr, nrows=None):
     out = a.output
     tmp = f"{out}.tmp.{os.getpid()}"
     try:
@@ -587,6 +655,8 @@ def write_truth(a, rows, check, sha, model_attr):
             g.create_dataset("config", data=np.array([r["config"].encode() for r in rows], dtype=f"S{width}").reshape(N))
             for m in METRICS:
                 g.create_dataset(m, data=np.array([r[m] for r in rows], dtype="<f8").reshape(N))
+            if nrows is not None:
+                _write_needles(f, nrows)
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):
