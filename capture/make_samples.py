@@ -21,7 +21,10 @@ One trace of --model into -o:
 --kind needles       needle-in-a-haystack inputs of capture/make_needles.py over the held-out
                      text: one sequence per (length, depth), --lengths in tokens of the whole
                      sequence (BOS + context + the 7-byte question + the 5-byte answer; default
-                     256,1024), --depths (default 0.1,0.9); /prefill_len and /needles recorded.
+                     256,1024), --depths (default 0.1,0.9), then one sequence of --calib-length
+                     tokens (default 128, depth 0.5): the last sequence, which kvreplay's
+                     calibrating strategies take by default, so that no needle of the grid is
+                     lost to calibration; /prefill_len and /needles recorded.
 The capture refuses sequences longer than the checkpoint's train_ctx unless
 --allow-beyond-training (for development with a shorter-trained checkpoint only).
 
@@ -53,6 +56,7 @@ from corpus import split_text  # noqa: E402
 
 T = 256
 NEEDLE_EXTRA = 13       # BOS, the question " [KEYS:" (7 bytes) and the answer "1234]" (5 bytes)
+NEEDLE_STREAM = 2026    # make_needles.py's default --seed: the same records as its command line
 HELD_NOTE = "KJV Bible held-out chapters (capture/corpus.py split_text()[1], every 20th chapter, never trained on)"
 QA_NOTE = ("cloze pairs from KJV held-out verses (capture/make_samples.py qa_records: context = consecutive "
            "verses, question = first half of the first verse, answer = its second half)")
@@ -131,19 +135,29 @@ def capture_runs(a, held, work):
     depths = parse_numbers(a.depths, "--depths", float)
     if any(L - NEEDLE_EXTRA < 64 for L in lengths):
         raise SystemExit(f"make_samples: --lengths must be >= {64 + NEEDLE_EXTRA} tokens (a context of 64 bytes)")
+    if a.calib_length and a.calib_length - NEEDLE_EXTRA < 64:
+        raise SystemExit(f"make_samples: --calib-length must be 0 or >= {64 + NEEDLE_EXTRA} tokens")
+    if any(not 0.0 <= d <= 1.0 for d in depths):
+        raise SystemExit("make_samples: --depths must lie in [0, 1]")
+    # make_needles' records (its defaults; the held-out text as filler), then the extra last one
+    import numpy as np
+    import make_needles
+    import synth
+    filler = np.frombuffer(held.encode("ascii"), dtype=np.uint8)
+    recs = make_needles.records([L - NEEDLE_EXTRA for L in lengths], depths, NEEDLE_STREAM, filler)
+    if a.calib_length:
+        recs.append(synth.needle_record(NEEDLE_STREAM, len(recs), a.calib_length - NEEDLE_EXTRA, 0.5, filler))
+    with open(os.path.join(work, "needles.jsonl"), "w") as f:
+        for r in recs:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
     ctx = ",".join(str(L - NEEDLE_EXTRA) for L in lengths)
-    # make_needles reads the held-out text itself (its default filler); run it in `work`
-    r = subprocess.run([sys.executable, os.path.join(HERE, "make_needles.py"), "--lengths", ctx, "--depths",
-                        a.depths, "-o", "needles.jsonl"], cwd=work, capture_output=True,
-                       text=True)
-    if r.returncode:
-        raise SystemExit(r.stderr.strip() or f"make_samples: make_needles.py failed ({r.returncode})")
     note = (f"needle-in-a-haystack inputs of capture/make_needles.py over {HELD_NOTE}: sequence lengths "
-            f"{a.lengths} tokens (contexts of {ctx} bytes), depths {a.depths} (make_needles defaults otherwise); one planted fact "
-            "and 3 distractors per context, then the question and its answer")
-    n = len(lengths) * len(depths)
-    return [(cap + ["--source-note", note, "--jsonl", "needles.jsonl", "--tokens", str(max(lengths)),
-                    "--sequences", str(n), "--batch", "1", "--deflate", "6", "--force", "-o", name], name)]
+            f"{a.lengths} tokens (contexts of {ctx} bytes) x depths {a.depths}"
+            + (f", then one of {a.calib_length} tokens at depth 0.5 (the last sequence: the calibration sequence "
+               "of strategies that calibrate)" if a.calib_length else "")
+            + "; one planted fact and 3 distractors per context, then the question and its answer")
+    return [(cap + ["--source-note", note, "--jsonl", "needles.jsonl", "--tokens", str(max(lengths + [a.calib_length])),
+                    "--sequences", str(len(recs)), "--batch", "1", "--deflate", "6", "--force", "-o", name], name)]
 
 
 def main():
@@ -159,6 +173,10 @@ def main():
     ap.add_argument("--sequences", type=int, default=1, help="plain: number of windows (default 1)")
     ap.add_argument("--lengths", default="256,1024", help="needles: sequence lengths in tokens (default 256,1024)")
     ap.add_argument("--depths", default="0.1,0.9", help="needles: needle depths in [0, 1] (default 0.1,0.9)")
+    ap.add_argument("--calib-length", type=int, default=128, help="needles: one more sequence of this many "
+                    "tokens (depth 0.5) at the end, which strategies that calibrate take as their calibration "
+                    "sequence (kvreplay run --calib's default) instead of a needle of the grid; 0: none "
+                    "(default 128)")
     ap.add_argument("--attn-out", action="store_true", help="plain, qa, needles: also store attn_out (the "
                     "model's attention output, which `kvreplay check` compares; about 1.4x the size)")
     ap.add_argument("--allow-beyond-training", action="store_true", help="pass kvcapture --allow-beyond-training "

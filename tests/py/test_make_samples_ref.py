@@ -7,7 +7,8 @@ capture/train_ref.py writes (refmodel.save_model with train_ctx).
     no scratch path); `make samples` gives the bytes of a direct make_samples.py run;
   - the needle trace is what was asked, checked on its own /tokens: one sequence per (length,
     depth) of the asked lengths, /prefill_len, one /needles row per sequence whose value tokens
-    are the first four answer tokens, at the depth asked; no attn_out unless --attn-out;
+    are the first four answer tokens, at the depth asked, then one 128-token needle at depth 0.5
+    (the calibration sequence); no attn_out unless --attn-out;
   - sequences past the checkpoint's train_ctx are refused in one line, leaving no trace and no
     scratch folder (--allow-beyond-training captures them and marks beyond_training = 1);
   - a model missing from SAMPLES_MODEL_DIR is skipped with one line per model.
@@ -75,8 +76,9 @@ with h5py.File(na, "r") as f:
     check(int(f.attrs["beyond_training"]) == 0 and int(f.attrs["model_train_ctx"]) == TRAIN_CTX,
           "needle trace: within the checkpoint's train_ctx (beyond_training = 0)")
 check(TMP not in cmd and "-o ref4_needles.h5" in cmd, f"command attribute names no scratch or output path: {cmd[-60:]}")
-want_len = [L for L in LENGTHS for _ in DEPTHS]
-check(list(sl) == want_len, f"one sequence per (length, depth), lengths in tokens: {list(sl)} vs {want_len}")
+want_len = [L for L in LENGTHS for _ in DEPTHS] + [128]
+check(list(sl) == want_len, f"one sequence per (length, depth), lengths in tokens, then the 128-token calibration "
+      f"sequence: {list(sl)} vs {want_len}")
 check(list(nd["seq"]) == list(range(len(want_len))), f"one needle per sequence: {list(nd['seq'])}")
 bad = []
 for i, s in enumerate(nd["seq"]):
@@ -87,7 +89,7 @@ for i, s in enumerate(nd["seq"]):
             P[s] == a0 - 7 and chr(t[st]) == "[" and chr(t[en - 1]) == "]"):
         bad.append(i)
     depth = st / (P[s] - (en - st))          # replay/RESULTS.md needles.csv `depth`
-    if abs(depth - DEPTHS[i % len(DEPTHS)]) > 0.02:
+    if abs(depth - (DEPTHS + [0.5])[i % len(DEPTHS) if i < len(DEPTHS) * len(LENGTHS) else -1]) > 0.02:
         bad.append((i, depth))
 check(not bad, f"needles: value = answer tokens, question of 7 bytes before it, at the depth asked {bad[:3]}")
 
