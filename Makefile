@@ -148,6 +148,8 @@ test: deps
 
 # The README's main job: the default sweep on the shipped sample trace, then the report.
 DEMO_OUT ?= demo-out
+# the trace of the demo (and of make truth); once make samples has the new reference models'
+# traces: DEMO_TRACE ?= traces/ref4_text.h5 (needles: traces/ref4_needles.h5)
 DEMO_TRACE ?= traces/sample.h5
 DEMO_SWEEP ?= sweeps/default.sweep
 demo: deps

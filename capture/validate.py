@@ -612,7 +612,7 @@ def run(a, load_adapter):
     finally:
         ad.uninstall()
     write_truth(a, rows, check, sha, _attr(ex, "model") or "", nrows if nd is not None else None)
-    return rows, check
+    return rows, check, len(nrows)
 
 
 def _write_needles(f, nrows):
@@ -692,7 +692,7 @@ def build_parser():
 def main(argv, load_adapter, capture_error):
     a = build_parser().parse_args(argv)
     try:
-        rows, check = run(a, load_adapter)
+        rows, check, n_needle = run(a, load_adapter)
     except (ValidateError, capture_error) as e:
         print(f"kvcapture validate: error: {e}", file=sys.stderr)
         return 1
@@ -702,5 +702,6 @@ def main(argv, load_adapter, capture_error):
         return 1
     how = (f"max |lse err| {check['max_lse_err']:.3g}" if "max_lse_err" in check
            else f"no read-out in the trace, max relative K/V err {check['max_kv_err']:.3g}")
-    print(f"kvcapture validate: wrote {a.output} ({len(rows)} rows; full re-run vs trace: {how})", file=sys.stderr)
+    nd = f"; {n_needle} needle answer rows" if n_needle else ""
+    print(f"kvcapture validate: wrote {a.output} ({len(rows)} rows{nd}; full re-run vs trace: {how})", file=sys.stderr)
     return 0
