@@ -22,9 +22,9 @@ One trace of --model into -o:
                      text: one sequence per (length, depth), --lengths in tokens of the whole
                      sequence (BOS + context + the 7-byte question + the 5-byte answer; default
                      256,1024), --depths (default 0.1,0.9), then one sequence of --calib-length
-                     tokens (default 128, depth 0.5): the last sequence, which kvreplay's
-                     calibrating strategies take by default, so that no needle of the grid is
-                     lost to calibration; /prefill_len and /needles recorded.
+                     tokens (default the shortest length, depth 0.5): the last sequence, which
+                     kvreplay's calibrating strategies take by default, so that no needle of the
+                     grid is lost to calibration; /prefill_len and /needles recorded.
 The capture refuses sequences longer than the checkpoint's train_ctx unless
 --allow-beyond-training (for development with a shorter-trained checkpoint only).
 
@@ -135,6 +135,8 @@ def capture_runs(a, held, work):
     depths = parse_numbers(a.depths, "--depths", float)
     if any(L - NEEDLE_EXTRA < 64 for L in lengths):
         raise SystemExit(f"make_samples: --lengths must be >= {64 + NEEDLE_EXTRA} tokens (a context of 64 bytes)")
+    if a.calib_length is None:
+        a.calib_length = min(lengths)
     if a.calib_length and a.calib_length - NEEDLE_EXTRA < 64:
         raise SystemExit(f"make_samples: --calib-length must be 0 or >= {64 + NEEDLE_EXTRA} tokens")
     if any(not 0.0 <= d <= 1.0 for d in depths):
@@ -173,10 +175,10 @@ def main():
     ap.add_argument("--sequences", type=int, default=1, help="plain: number of windows (default 1)")
     ap.add_argument("--lengths", default="256,1024", help="needles: sequence lengths in tokens (default 256,1024)")
     ap.add_argument("--depths", default="0.1,0.9", help="needles: needle depths in [0, 1] (default 0.1,0.9)")
-    ap.add_argument("--calib-length", type=int, default=128, help="needles: one more sequence of this many "
+    ap.add_argument("--calib-length", type=int, default=None, help="needles: one more sequence of this many "
                     "tokens (depth 0.5) at the end, which strategies that calibrate take as their calibration "
-                    "sequence (kvreplay run --calib's default) instead of a needle of the grid; 0: none "
-                    "(default 128)")
+                    "sequence (kvreplay run --calib's default) instead of a needle of the grid; 0: none (default "
+                    "the shortest of --lengths, so that every budget feasible on the grid is feasible on it)")
     ap.add_argument("--attn-out", action="store_true", help="plain, qa, needles: also store attn_out (the "
                     "model's attention output, which `kvreplay check` compares; about 1.4x the size)")
     ap.add_argument("--allow-beyond-training", action="store_true", help="pass kvcapture --allow-beyond-training "

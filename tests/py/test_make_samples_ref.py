@@ -7,8 +7,8 @@ capture/train_ref.py writes (refmodel.save_model with train_ctx).
     no scratch path); `make samples` gives the bytes of a direct make_samples.py run;
   - the needle trace is what was asked, checked on its own /tokens: one sequence per (length,
     depth) of the asked lengths, /prefill_len, one /needles row per sequence whose value tokens
-    are the first four answer tokens, at the depth asked, then one 128-token needle at depth 0.5
-    (the calibration sequence); no attn_out unless --attn-out;
+    are the first four answer tokens, at the depth asked, then one needle of the shortest length
+    at depth 0.5 (the calibration sequence); no attn_out unless --attn-out;
   - sequences past the checkpoint's train_ctx are refused in one line, leaving no trace and no
     scratch folder (--allow-beyond-training captures them and marks beyond_training = 1);
   - a model missing from SAMPLES_MODEL_DIR is skipped with one line per model.
@@ -76,8 +76,8 @@ with h5py.File(na, "r") as f:
     check(int(f.attrs["beyond_training"]) == 0 and int(f.attrs["model_train_ctx"]) == TRAIN_CTX,
           "needle trace: within the checkpoint's train_ctx (beyond_training = 0)")
 check(TMP not in cmd and "-o ref4_needles.h5" in cmd, f"command attribute names no scratch or output path: {cmd[-60:]}")
-want_len = [L for L in LENGTHS for _ in DEPTHS] + [128]
-check(list(sl) == want_len, f"one sequence per (length, depth), lengths in tokens, then the 128-token calibration "
+want_len = [L for L in LENGTHS for _ in DEPTHS] + [min(LENGTHS)]
+check(list(sl) == want_len, f"one sequence per (length, depth), lengths in tokens, then the calibration "
       f"sequence: {list(sl)} vs {want_len}")
 check(list(nd["seq"]) == list(range(len(want_len))), f"one needle per sequence: {list(nd['seq'])}")
 bad = []
