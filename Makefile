@@ -167,7 +167,8 @@ demo: deps
 # traces/sample.h5 and sample_qa.h5 from capture/ref_model.pt, then for each reference model
 # SAMPLES_MODELS present as $(SAMPLES_MODEL_DIR)/<name>.pt (a missing one is skipped, with one
 # line) <name>_text.h5 (held-out text, SAMPLES_TEXT_SEQS x SAMPLES_TEXT_TOKENS) and
-# <name>_needles.h5 (make_needles.py: one sequence per length x depth). SAMPLES_LARGE=1 also
+# <name>_needles.h5 (make_needles.py: one sequence per length x depth), each followed by one
+# shorter sequence that calibrating strategies take (kvreplay run --calib). SAMPLES_LARGE=1 also
 # writes larger sets, for the needle heat map, into $(SAMPLES_LARGE_OUT)/ (not committed).
 # SAMPLES_BASE=0 leaves sample*.h5 alone; SAMPLES_OPTS is passed to every make_samples.py run.
 SAMPLES_OUT       ?= traces
@@ -178,6 +179,10 @@ SAMPLES_TEXT_SEQS ?= 1
 SAMPLES_TEXT_TOKENS ?= 1024
 SAMPLES_NEEDLE_LENGTHS ?= 256,1024
 SAMPLES_NEEDLE_DEPTHS  ?= 0.1,0.9
+# the last, shorter sequence of each trace, which calibrating strategies take (0: none; empty:
+# make_samples.py's default, 256 tokens of text, a needle of the shortest length)
+SAMPLES_TEXT_CALIB ?=
+SAMPLES_NEEDLE_CALIB ?=
 SAMPLES_LARGE     ?= 0
 SAMPLES_LARGE_OUT ?= samples-large
 SAMPLES_LARGE_TEXT_SEQS ?= 8
@@ -194,9 +199,11 @@ samples: deps
 	  if [ ! -f "$$ck" ]; then echo "samples: $$ck not present: $${m}_text.h5 and $${m}_needles.h5 skipped"; continue; fi; \
 	  t0=$$(date +%s); \
 	  $(PYTHON) capture/make_samples.py --model $$ck --kind plain --tokens $(SAMPLES_TEXT_TOKENS) \
-	    --sequences $(SAMPLES_TEXT_SEQS) -o $(SAMPLES_OUT)/$${m}_text.h5 $(SAMPLES_OPTS); \
+	    --sequences $(SAMPLES_TEXT_SEQS) $(if $(SAMPLES_TEXT_CALIB),--calib-length $(SAMPLES_TEXT_CALIB)) \
+	    -o $(SAMPLES_OUT)/$${m}_text.h5 $(SAMPLES_OPTS); \
 	  $(PYTHON) capture/make_samples.py --model $$ck --kind needles --lengths $(SAMPLES_NEEDLE_LENGTHS) \
-	    --depths $(SAMPLES_NEEDLE_DEPTHS) -o $(SAMPLES_OUT)/$${m}_needles.h5 $(SAMPLES_OPTS); \
+	    --depths $(SAMPLES_NEEDLE_DEPTHS) $(if $(SAMPLES_NEEDLE_CALIB),--calib-length $(SAMPLES_NEEDLE_CALIB)) \
+	    -o $(SAMPLES_OUT)/$${m}_needles.h5 $(SAMPLES_OPTS); \
 	  if [ "$(SAMPLES_LARGE)" = 1 ]; then \
 	    $(PYTHON) capture/make_samples.py --model $$ck --kind plain --tokens $(SAMPLES_TEXT_TOKENS) \
 	      --sequences $(SAMPLES_LARGE_TEXT_SEQS) -o $(SAMPLES_LARGE_OUT)/$${m}_text.h5 $(SAMPLES_OPTS); \

@@ -16,7 +16,10 @@ traces/sample_qa.h5  6 (context, question) pairs from held-out verses, /prefill_
                      of an early sentence).
 One trace of --model into -o:
 --kind plain         --sequences windows of --tokens tokens (BOS included; default 1 x 1024)
-                     of the held-out text, read-out, no attn_out unless --attn-out.
+                     of the held-out text, then the next --calib-length tokens (default 256)
+                     as the last sequence, which kvreplay's calibrating strategies take by
+                     default (without it a 1-sequence trace leaves them nothing to evaluate);
+                     read-out, no attn_out unless --attn-out.
 --kind qa            the 6 cloze pairs above at --tokens (default 256).
 --kind needles       needle-in-a-haystack inputs of capture/make_needles.py over the held-out
                      text: one sequence per (length, depth), --lengths in tokens of the whole
@@ -126,8 +129,25 @@ def capture_runs(a, held, work):
     name = os.path.basename(a.output)
     if a.kind == "plain":
         tokens = a.tokens or 1024
-        return [(cap + ["--source-note", HELD_NOTE, "--text", "kjv-heldout.txt", "--tokens", str(tokens),
-                        "--sequences", str(a.sequences), "--batch", "1", "--deflate", "6", "--force", "-o", name], name)]
+        calib = min(256, tokens) if a.calib_length is None else a.calib_length
+        if tokens < 2 or (calib and not 2 <= calib <= tokens):
+            raise SystemExit(f"make_samples: --tokens {tokens} / --calib-length {calib}: need 2 <= calib-length <= tokens")
+        if not calib:
+            return [(cap + ["--source-note", HELD_NOTE, "--text", "kjv-heldout.txt", "--tokens", str(tokens),
+                            "--sequences", str(a.sequences), "--batch", "1", "--deflate", "6", "--force", "-o", name],
+                     name)]
+        # consecutive windows of the held-out text (as kvcapture --text cuts them: tokens - 1 bytes
+        # after BOS), then a shorter one: the calibration sequence (see --calib-length)
+        body = tokens - 1
+        wins = [held[i * body:(i + 1) * body] for i in range(a.sequences)]
+        wins.append(held[a.sequences * body:a.sequences * body + calib - 1])
+        with open(os.path.join(work, "kjv-heldout-windows.jsonl"), "w") as f:
+            for w in wins:
+                f.write(json.dumps({"text": w}) + "\n")
+        note = (f"{HELD_NOTE}: {a.sequences} consecutive windows of {body} bytes after BOS, then one of {calib - 1} "
+                "(the last sequence: the calibration sequence of strategies that calibrate)")
+        return [(cap + ["--source-note", note, "--jsonl", "kjv-heldout-windows.jsonl", "--tokens", str(tokens),
+                        "--sequences", str(len(wins)), "--batch", "1", "--deflate", "6", "--force", "-o", name], name)]
     if a.kind == "qa":
         return [(cap + ["--source-note", QA_NOTE, "--jsonl", "kjv-heldout-qa.jsonl", "--tokens", str(a.tokens or T),
                         "--sequences", "6", "--batch", "1", "--deflate", "6", "--force", "-o", name], name)]
@@ -175,10 +195,11 @@ def main():
     ap.add_argument("--sequences", type=int, default=1, help="plain: number of windows (default 1)")
     ap.add_argument("--lengths", default="256,1024", help="needles: sequence lengths in tokens (default 256,1024)")
     ap.add_argument("--depths", default="0.1,0.9", help="needles: needle depths in [0, 1] (default 0.1,0.9)")
-    ap.add_argument("--calib-length", type=int, default=None, help="needles: one more sequence of this many "
-                    "tokens (depth 0.5) at the end, which strategies that calibrate take as their calibration "
-                    "sequence (kvreplay run --calib's default) instead of a needle of the grid; 0: none (default "
-                    "the shortest of --lengths, so that every budget feasible on the grid is feasible on it)")
+    ap.add_argument("--calib-length", type=int, default=None, help="plain and needles: one more sequence of "
+                    "this many tokens at the end, which strategies that calibrate take as their calibration sequence "
+                    "(kvreplay run --calib's default) instead of an evaluated one; 0: none. plain: the next window "
+                    "of the text (default 256, at most --tokens); needles: a needle at depth 0.5 (default the shortest of --lengths, "
+                    "so that every budget feasible on the grid is feasible on it)")
     ap.add_argument("--attn-out", action="store_true", help="plain, qa, needles: also store attn_out (the "
                     "model's attention output, which `kvreplay check` compares; about 1.4x the size)")
     ap.add_argument("--allow-beyond-training", action="store_true", help="pass kvcapture --allow-beyond-training "

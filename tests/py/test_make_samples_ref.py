@@ -2,6 +2,7 @@
 the Makefile's loop over SAMPLES_MODELS, on a tiny random checkpoint written here in the format
 capture/train_ref.py writes (refmodel.save_model with train_ctx).
 
+  - the plain trace: --sequences windows, then the shorter calibration window (--calib-length);
   - determinism: the same command twice, into two different folders, with SOURCE_DATE_EPOCH
     set, gives the same bytes (single-threaded capture; the trace's `command` attribute names
     no scratch path); `make samples` gives the bytes of a direct make_samples.py run;
@@ -67,6 +68,20 @@ for out in (ta, tb):
     check(r.returncode == 0, f"make_samples --kind plain -> {out}: exit {r.returncode} {r.stderr.strip()[-300:]}")
 check(same_bytes(ta, tb), "plain trace: two runs into different folders give the same bytes")
 check(not [x for x in os.listdir(os.path.join(TMP, "a")) if x.startswith(".kvsamples")], "no scratch folder left")
+with h5py.File(ta, "r") as f:
+    check(list(f["seq_len"][()]) == [TRAIN_CTX] * 3 and "prefill_len" not in f,
+          f"plain trace: 2 windows, then the calibration window (min(256, --tokens)) {list(f['seq_len'][()])}")
+tc = os.path.join(TMP, "a", "calib.h5")
+r = make("plain", tc, "--tokens", str(TRAIN_CTX), "--sequences", "2", "--calib-length", "64")
+with h5py.File(tc, "r") as f:
+    tk, ln = f["tokens"][()], list(f["seq_len"][()])
+check(r.returncode == 0 and ln == [TRAIN_CTX, TRAIN_CTX, 64] and all(tk[:, 0] == refmodel.BOS_ID),
+      f"plain --calib-length 64: the last sequence has 64 tokens {ln}")
+# consecutive windows of the held-out text from its start, as kvcapture --text cuts them
+from corpus import split_text  # noqa: E402
+body = b"".join(bytes(tk[i, 1:n].astype(np.uint8)) for i, n in enumerate(ln))
+check(split_text()[1].encode("ascii").startswith(body), "plain: the windows are the held-out text from its start, "
+      "one after another, the calibration window last")
 
 with h5py.File(na, "r") as f:
     tok, sl, P = f["tokens"][()], f["seq_len"][()], f["prefill_len"][()]
