@@ -130,8 +130,12 @@ def capture_runs(a, held, work):
     if a.kind == "plain":
         tokens = a.tokens or 1024
         calib = min(256, tokens) if a.calib_length is None else a.calib_length
-        if tokens < 2 or (calib and not 2 <= calib <= tokens):
-            raise SystemExit(f"make_samples: --tokens {tokens} / --calib-length {calib}: need 2 <= calib-length <= tokens")
+        if tokens < 2 or a.sequences < 1 or (calib and not 2 <= calib <= tokens):
+            raise SystemExit(f"make_samples: --tokens {tokens}, --sequences {a.sequences}, --calib-length {calib}: "
+                             "need --sequences >= 1 and 2 <= --calib-length <= --tokens")
+        if a.sequences * (tokens - 1) + calib > len(held):
+            raise SystemExit(f"make_samples: the held-out text has {len(held)} bytes, too few for --sequences "
+                             f"{a.sequences} x --tokens {tokens}")
         if not calib:
             return [(cap + ["--source-note", HELD_NOTE, "--text", "kjv-heldout.txt", "--tokens", str(tokens),
                             "--sequences", str(a.sequences), "--batch", "1", "--deflate", "6", "--force", "-o", name],
@@ -198,8 +202,8 @@ def main():
     ap.add_argument("--calib-length", type=int, default=None, help="plain and needles: one more sequence of "
                     "this many tokens at the end, which strategies that calibrate take as their calibration sequence "
                     "(kvreplay run --calib's default) instead of an evaluated one; 0: none. plain: the next window "
-                    "of the text (default 256, at most --tokens); needles: a needle at depth 0.5 (default the shortest of --lengths, "
-                    "so that every budget feasible on the grid is feasible on it)")
+                    "of the text (default 256, at most --tokens); needles: a needle at depth 0.5 (default the "
+                    "shortest of --lengths, so that every budget feasible on the grid is feasible on it)")
     ap.add_argument("--attn-out", action="store_true", help="plain, qa, needles: also store attn_out (the "
                     "model's attention output, which `kvreplay check` compares; about 1.4x the size)")
     ap.add_argument("--allow-beyond-training", action="store_true", help="pass kvcapture --allow-beyond-training "
