@@ -8,7 +8,8 @@
  *                             answer_top1_comp (empty when a needle lacks it)
  *   figures/needle_heatmap    context length x needle depth, one panel per configuration (the
  *                             first 16): colour = answer accuracy of the compressed read-out,
- *                             or retention when the results have no read-out
+ *                             or retention when the results have no read-out or the full
+ *                             cache answers no needle (accuracy 0 everywhere)
  *   figures/needle_retention  mean retention against the realised keep fraction
  *                             (per_seq.csv), one line per family
  * Depth bins: depth rounded to the nearest 0.1 (make_needles' depths land within 0.02 of the
@@ -229,8 +230,15 @@ static void clean_label(const res_config *cf, char *buf, size_t cap)
 static kv_status fig_heat(rp_ctx *c, const nd_cell *cell, size_t n, kv_error *err)
 {
     const char *stem = "needle_heatmap";
-    int acc = 1;
-    for (size_t i = 0; i < n; i++) if (cell[i].nt == 0) acc = 0;
+    /* answer accuracy when every cell has it and the full cache answers some needle: a model
+     * that answers none (it does not retrieve) scores 0 under every cache, which says nothing,
+     * while retention still tells the strategies apart */
+    int acc = 1, answered = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (cell[i].nt == 0) acc = 0;
+        if (cell[i].tf > 0) answered = 1;
+    }
+    acc = acc && answered;
     long long ctxs[32];
     int dbs[32];
     size_t nx = 0, ny = 0;
@@ -293,7 +301,11 @@ static kv_status fig_heat(rp_ctx *c, const nd_cell *cell, size_t n, kv_error *er
         const char *vals[] = { v_xmax, v_ymax, xt.s, x2.s, yt.s, acc ? "answer accuracy (compressed)" : "needle retention" };
         if (more) rp_note(&c->notes, "figure %s: %zu configuration(s) beyond the first %d not drawn (tables/needles.csv has them)",
                           stem, more, ND_PANELS);
-        st = rp_emit_figure(c, stem, "needle_heatmap", cap, keys, vals, 6, dat.s, dat.n, 2.8, err);
+        /* taller with more depth rows: at 2.8 in the rotated panel labels leave the cells about
+         * 0.8 in, too little for 7 depth labels at 8 pt (0.15 in a row) */
+        double height = 2.2 + 0.18 * (double)ny;
+        st = rp_emit_figure(c, stem, "needle_heatmap", cap, keys, vals, 6, dat.s, dat.n, height < 2.8 ? 2.8 : height,
+                            err);
     }
     free(dat.s); free(xt.s); free(x2.s); free(yt.s);
     return st;
