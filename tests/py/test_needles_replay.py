@@ -19,7 +19,8 @@ top-1 as answer, so the full read-out scores them right and K-norm at keep 0.6 c
 them (a logit margin of 0.06 in numpy, far above kernel rounding): the compressed column is
 checked on a value that differs from the full one. Byte-identical across thread counts
 and shards (merge), and under `mpirun -np 2` where Open MPI is installed. Malformed /needles
-refused with one line; kvreport's needle table and figures, and its refusal of an
+refused with one line; kvreport's needle table and figures (the heat map coloured by answer
+accuracy, by retention when the full cache answers no needle), and its refusal of an
 out-of-domain needles.csv value.
 """
 import csv
@@ -304,6 +305,25 @@ if r.returncode == 0:
     for stem in ("needle_heatmap", "needle_retention"):
         check(all(os.path.getsize(os.path.join(REP, "figures", f"{stem}.{e}")) > 0 for e in ("gp", "dat")),
               f"figure {stem}: script and data written")
+    md = open(os.path.join(REP, "report.md")).read()
+    check("Needle in a haystack: answer accuracy of the compressed read-out" in md,
+          "heat map coloured by answer accuracy where the full cache answers some needle")
+    # a model that answers no needle: accuracy 0 under every cache, the map shows retention
+    NOANS = os.path.join(TMP, "noans")
+    shutil.rmtree(NOANS, ignore_errors=True)
+    shutil.copytree(O1, NOANS)
+    with open(os.path.join(NOANS, "needles.csv")) as f:
+        rr = list(csv.reader(f))
+    for row in rr[1:]:
+        row[15] = row[16] = "0"
+    with open(os.path.join(NOANS, "needles.csv"), "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rr)
+    REP2 = os.path.join(TMP, "report_noans")
+    shutil.rmtree(REP2, ignore_errors=True)
+    r = subprocess.run([KVREP, NOANS, "-o", REP2], capture_output=True, text=True)
+    md = open(os.path.join(REP2, "report.md")).read() if r.returncode == 0 else ""
+    check("Needle in a haystack: retention of the needle's value entries" in md,
+          f"heat map coloured by retention where the full cache answers no needle {r.stderr.strip()[-200:]}")
 BADR = os.path.join(TMP, "badres")
 shutil.rmtree(BADR, ignore_errors=True)
 shutil.copytree(O1, BADR)
