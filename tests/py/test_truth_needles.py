@@ -12,6 +12,8 @@ equal the export's; knorm and snapkv as exported. Reference: numpy float64 forwa
 checkpoint's weights and the trace's own RoPE tables; decode rows t >= P see the kept prompt
 positions and [P, t], earlier rows are causal. Answer accuracy = share of the answer tokens
 whose top-1 is the true token at t = answer_start - 1 .. answer_end - 2.
+Under the online protocol (streaming with a 40-entry budget, every row under the eviction masks
+evict_at of the export) the same comparison, the reference applying j <= t < evict_at[j].
 Tolerance: validate runs the model in float32 (logits within ~1e-5 of float64 here); a top-1
 may differ only where the reference's top-2 logits lie within 1e-3, counted as either.
 """
@@ -57,8 +59,9 @@ def rope(x, n, cos, sin):
     return x * cos[:n] + rot * sin[:n]
 
 
-def forward(ids, P=None, kept=None, cos=None, sin=None):
-    """float64 logits [n, V]; kept[l][g]: prompt positions rows t >= P see (with [P, t])."""
+def forward(ids, P=None, kept=None, cos=None, sin=None, evict_at=None):
+    """float64 logits [n, V]; kept[l][g]: prompt positions rows t >= P see (with [P, t]);
+    evict_at[l][g][j] (online protocol): every row t sees key j iff j <= t < evict_at[l][g][j]."""
     n = len(ids)
     if cos is None:     # before capture: the model's own tables (greedy answers only)
         c, s_ = refmodel.rope_tables(n, D, cfg.rope_theta)
@@ -78,6 +81,8 @@ def forward(ids, P=None, kept=None, cos=None, sin=None):
             if kept is not None:
                 vis[P:, :P] = False
                 vis[P:, kept[l][g]] = True
+            if evict_at is not None:
+                vis &= np.arange(n)[:, None] < np.asarray(evict_at[l][g])[None, :]
             sc = np.where(vis, q[hh] @ k[g].T / np.sqrt(D), -np.inf)
             pr = np.exp(sc - sc.max(1, keepdims=True))
             o[:, hh] = (pr / pr.sum(1, keepdims=True)) @ v[g]
@@ -210,6 +215,35 @@ check(cells == len(got) and worst <= 1e-8,
 md = open(os.path.join(REP, "report.md")).read()
 check("### Needle answers: proxy vs in-model truth" in md and "| streaming budget=16 sinks=4" in md,
       "report.md: the needle answers section, one row per configuration")
+
+# ---- online protocol: every row under the eviction masks (evict_at) --------------------------
+ON = ["full", "streaming budget=40 sinks=4"]
+RES_ON, EXP_ON, TRUTH_ON = os.path.join(TMP, "res_on"), os.path.join(TMP, "exp_on.h5"), os.path.join(TMP, "truth_on.h5")
+args = [KVREPLAY, "run", TR, "--mode", "online", "-o", RES_ON, "--export", EXP_ON, "--threads", "1", "--quiet"]
+for c in ON:
+    args += ["--strategy", c]
+sh(args)
+sh([PY, os.path.join(ROOT, "capture", "kvcapture.py"), "validate", "--model", "ref:" + CK, "--trace", TR, "--export",
+    EXP_ON, "-o", TRUTH_ON])
+with h5py.File(TRUTH_ON, "r") as f, h5py.File(EXP_ON, "r") as ex:
+    g = f["needles"]
+    bad, n_rows = [], len(g["needle"])
+    for k in range(n_rows):
+        c, i = int(g["config_id"][k]), int(g["needle"][k])
+        s = int(nd["seq"][i])
+        n = int(seq_len[s])
+        ev = ex[f"configs/{c}/{s}/evict_at"][()].reshape(L, HKV, n)
+        lc = forward(tokens[s, :n], cos=COS, sin=SIN, evict_at=ev)
+        a0, a1 = int(nd["answer_start"][i]), int(nd["answer_end"][i])
+        for key, lg in (("answer_top1_full", full_logits[s]), ("answer_top1_comp", lc)):
+            sure, amb = top1(lg, s, a0, a1)
+            x = float(g[key][k])
+            if not (sure / (a1 - a0) - 1e-12 <= x <= (sure + amb) / (a1 - a0) + 1e-12):
+                bad.append((ON[c], i, key, x, sure, amb))
+    ch = sum(float(g["answer_top1_comp"][k]) != float(g["answer_top1_full"][k]) for k in range(n_rows))
+check(ch > 0, f"online: streaming changes the true accuracy of {ch} needle(s)")
+check(n_rows == len(ON) * len(recs) and not bad,
+      f"online: true answer accuracy under the evict_at masks = independent float64 forward ({n_rows} rows) {bad[:3]}")
 
 if failures:
     sys.exit(f"{len(failures)} checks failed")
