@@ -34,6 +34,7 @@ struct rp_engine {
     readout *ro;
     attn_params *ap;                           /* [L] */
     const rp_strategy *full;
+    int per_head;                              /* work items are (sequence, layer, kv head) */
     int32_t *needles;                          /* [KV_NEEDLE_NF][n_needles] (/needles) or NULL */
     size_t n_needles;
 };
@@ -42,7 +43,11 @@ struct rp_engine {
 typedef struct item {
     rp_engine *E;
     size_t s, l, n, P;
-    float *q, *k, *v;            /* [H][n][D], [Hkv][n][D], [Hkv][n][D] the layer's tensors (ctx.q/k/v) */
+    /* the kv heads [g0, g0 + nkv) of the layer: all of them (nkv = Hkv, g0 = 0), or one when the
+     * sweep is head-separable (E->per_head); nh = nkv * G query heads. Arrays of the item are
+     * indexed by local heads; result slots, needles, dO and messages by global ones. */
+    size_t g0, nkv, nh;
+    float *q, *k, *v;            /* [nh][n][D], [nkv][n][D], [nkv][n][D] the item's tensors (ctx.q/k/v) */
     float **pa;                  /* [H] cached prompt probabilities rows [pa0, pa1) x P */
     size_t *pa0, *pa1;
     float *ok, *ov;              /* another layer's K/V (layer_kv) */
@@ -52,11 +57,14 @@ typedef struct item {
     double *ha;                  /* result slots of this layer: [NC][L][H][HA_NF] (shared array) */
     double *ia;                  /* [NC][SA_NF] item-level sums (bytes, guards) */
     float *dO;                   /* [NC][NE][HD] this layer's output perturbation (read-out; calloc) */
+    int dO_shared;               /* per_head: dO belongs to the layer (rp_engine_seq), not the item */
     float *dH;                   /* [NC][NE][C] dO @ W_O of this layer, folded in layer order */
     uint8_t *dh_set;             /* [NC] dH of c holds a non-zero perturbation */
     const float *hid;            /* [n][C] the sequence's final residuals (read-out) */
     double *pl;                  /* [NC][L][PL_NF] per-layer read-out sums, NULL = off */
-    double *pp;                  /* [NC][NE][PP_ATT] this layer's per-position sums, folded in layer order */
+    double *pp;                  /* [NC][NE][PP_ATT] this layer's per-position sums, folded in layer order;
+                                    per_head: [NC][NE][G][PP_ATT] the item's terms, added in the
+                                    fold in the order one layer item would add them */
     rp_needles *nd;              /* the sequence's needles (this layer's slots), NULL = none */
     /* while item_run runs: */
     char *slab;                  /* the one allocation behind sc (item_alloc) */
@@ -187,9 +195,8 @@ static int prompt_rows(item *it, size_t P, size_t h, size_t a, size_t b, float *
 static int cb_prompt_attn(const rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, float *out)
 {
     item *it = ctx->engine;
-    rp_engine *E = it->E;
     size_t P = ctx->P;
-    if (h >= E->H || t0 > t1 || t1 > P) return -1;
+    if (h >= it->nh || t0 > t1 || t1 > P) return -1;
     if (t0 == t1) return 0;
     float *c = it->pa[h];
     size_t c0 = it->pa0[h], c1 = it->pa1[h];
@@ -424,6 +431,24 @@ done:
 
 /* ---- engine setup ---------------------------------------------------------------------- */
 
+/* The work unit can be one (sequence, layer, kv head): a prefill sweep without exports whose
+ * every configuration is a head-separable eviction (strategy.h) with nothing that runs per
+ * query (encoders, views, selection, decode-time presses). Then a thread holds one kv head's
+ * Q/K/V and scratch instead of the layer's. */
+static int cfg_has_encoder(const rp_config *cf);
+
+static int sweep_head_separable(const rp_engine *E, const rp_sweep *sw, const rp_run_opts *o)
+{
+    if (o->mode != RP_PREFILL || E->Hkv < 2 || o->export_hook || o->export_evict_hook || o->export_step_hook)
+        return 0;
+    for (size_t c = 0; c < sw->n; c++) {
+        const rp_config *cf = &sw->cfg[c];
+        if (!cf->evict->head_separable || cfg_has_encoder(cf) || cf->evict->select || cf->evict->decode_time)
+            return 0;
+    }
+    return 1;
+}
+
 int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const size_t *seqs,
                   size_t n_seqs, rp_engine **out, char *err, size_t errlen)
 {
@@ -517,6 +542,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
         }
     }
     if (check_feasible(E, sw, o, seqs, n_seqs, err, errlen)) goto fail;
+    E->per_head = sweep_head_separable(E, sw, o);
     if (scan_finite(E, seqs, n_seqs, err, errlen)) goto fail;
     /* calibration: once per configuration part and layer, on the calibration sequences */
     for (size_t c = 0; c < sw->n; c++) {
@@ -755,7 +781,7 @@ static void account_last(item *it, const rp_config *cf, size_t c, size_t g, cons
         }
     }
     for (size_t i = 0; i < E->G; i++) {
-        double *ha = it->ha + ((c * E->L + it->l) * E->H + g * E->G + i) * HA_NF;
+        double *ha = it->ha + ((c * E->L + it->l) * E->H + (it->g0 + g) * E->G + i) * HA_NF;
         ha[HA_KERR] += ke; ha[HA_VERR] += ve; ha[HA_KSQ] += ks; ha[HA_VSQ] += vs; ha[HA_MCNT] += cnt;
     }
 }
@@ -885,7 +911,7 @@ static size_t slab_take(size_t *total, size_t bytes)
 static int item_alloc(item *it, item_scratch *sc)
 {
     rp_engine *E = it->E;
-    size_t n = it->n, D = E->D, H = E->H, Hkv = E->Hkv, G = E->G, NC = E->sw->n, NE = n - it->P;
+    size_t n = it->n, D = E->D, H = it->nh, Hkv = it->nkv, G = E->G, NC = E->sw->n, NE = n - it->P;
     size_t tot = 0, fz = sizeof(float), dz = sizeof(double), sz = sizeof(size_t);
     size_t o_cs = slab_take(&tot, NC * Hkv * sizeof(cstate)),
            o_pout = slab_take(&tot, Hkv * sizeof(rp_cache));
@@ -910,7 +936,7 @@ static int item_alloc(item *it, item_scratch *sc)
     if (!it->q || !it->k || !it->v) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
     /* the read-out deltas [NC][NE][HD] stay outside the slab: calloc'd, so the rows of
      * configurations that never differ from the full cache cost no page */
-    if (E->ro && NE && !(it->dO = calloc(NC * NE * H * D, fz)))     /* item_free_scratch frees the rest */
+    if (E->ro && NE && !it->dO_shared && !(it->dO = calloc(NC * NE * E->H * D, fz)))  /* item_free_scratch frees the rest */
         return IT_FAIL(it, "out of memory (read-out deltas, seq %zu layer %zu)", it->s, it->l);
     sc->cs = (cstate *)(b + o_cs);
     memset(sc->cs, 0, NC * Hkv * sizeof *sc->cs);
@@ -934,9 +960,16 @@ static int item_read(item *it)
     kv_error ke;
     int bad = 0;
 #pragma omp critical(kvtrace_io)
-    for (size_t h = 0; h < E->H && !bad; h++)
-        if (kv_trace_read_rows(E->t, KV_Q, it->s, it->l, h, 0, n, it->q + h * n * D, &ke) != KV_OK) bad = 1;
-    if (bad || read_kv(E, it->s, it->l, n, it->k, it->v, &ke)) return IT_FAIL(it, "%s", ke.msg);
+    {
+        for (size_t h = 0; h < it->nh && !bad; h++)
+            if (kv_trace_read_rows(E->t, KV_Q, it->s, it->l, it->g0 * E->G + h, 0, n, it->q + h * n * D, &ke) != KV_OK)
+                bad = 1;
+        for (size_t g = 0; g < it->nkv && !bad; g++)
+            if (kv_trace_read_rows(E->t, KV_K, it->s, it->l, it->g0 + g, 0, n, it->k + g * n * D, &ke) != KV_OK ||
+                kv_trace_read_rows(E->t, KV_V, it->s, it->l, it->g0 + g, 0, n, it->v + g * n * D, &ke) != KV_OK)
+                bad = 1;
+    }
+    if (bad) return IT_FAIL(it, "%s", ke.msg);
     return 0;
 }
 
@@ -945,7 +978,7 @@ static int item_prefill(item *it)
 {
     rp_engine *E = it->E;
     const rp_sweep *sw = E->sw;
-    size_t n = it->n, P = it->P, Hkv = E->Hkv, s = it->s, l = it->l;
+    size_t n = it->n, P = it->P, Hkv = it->nkv, s = it->s, l = it->l;
     int online = E->o.mode == RP_ONLINE;
     cstate *cs = it->sc->cs;
     for (size_t c = 0; c < sw->n; c++) {
@@ -982,7 +1015,7 @@ static int item_prefill(item *it)
             char why[256];
             if (cache_check(cc, P, why, sizeof why))
                 return IT_FAIL(it, "config '%s': %s prefill at seq %zu layer %zu kv head %zu: %s", cf->canon,
-                               cf->evict->name, s, l, g, why);
+                               cf->evict->name, s, l, it->g0 + g, why);
             /* memory: plain unmodified entries are rows of the trace; keep their
              * positions only until this kv head is evaluated */
             if (!cc->modified && !cache_merged(cc)) {
@@ -992,7 +1025,7 @@ static int item_prefill(item *it)
             }
         }
     }
-    for (size_t h = 0; h < E->H; h++) {     /* prompt rows served the prefills; encoders re-fetch */
+    for (size_t h = 0; h < it->nh; h++) {   /* prompt rows served the prefills; encoders re-fetch */
         free(it->pa[h]);
         it->pa[h] = NULL;
     }
@@ -1006,7 +1039,7 @@ static int item_head_prefill(item *it, size_t c, size_t g)
     rp_engine *E = it->E;
     size_t n = it->n, P = it->P, D = E->D;
     const rp_config *cf = &E->sw->cfg[c];
-    cstate *st = &it->sc->cs[c * E->Hkv + g];
+    cstate *st = &it->sc->cs[c * it->nkv + g];
     rp_cache *cc = &st->cache;
     const float *K = it->k + g * n * D, *Vv = it->v + g * n * D;
     if (st->dry) {
@@ -1042,7 +1075,7 @@ static int item_head_online(item *it, size_t c, size_t g)
 {
     rp_engine *E = it->E;
     const rp_config *cf = &E->sw->cfg[c];
-    cstate *st = &it->sc->cs[c * E->Hkv + g];
+    cstate *st = &it->sc->cs[c * it->nkv + g];
     it->ctx.seed = st->seed;
     st->ost = cf->evict->online_new(cf->evict_cfg, &it->ctx, g, st->B);
     if (!st->ost) return IT_FAIL(it, "config '%s': %s online state: out of memory", cf->canon, cf->evict->name);
@@ -1073,7 +1106,7 @@ static int item_full_attn(item *it, size_t g, size_t tb, size_t te)
             const float *row = sc->lg + (i * BLK + r) * n;
             if (!isfinite(L0))
                 return IT_FAIL(it, "non-finite full attention (NaN/Inf in the trace?) at seq %zu layer %zu head %zu position %zu",
-                               it->s, it->l, g * G + i, t);
+                               it->s, it->l, (it->g0 + g) * G + i, t);
             for (size_t j = lo; j <= t; j++) Z += (pft[i * n + j] = exp((double)row[j] - L0));
             for (size_t j = lo; j <= t; j++) {
                 double p = pft[i * n + j] / Z;
@@ -1102,7 +1135,7 @@ static int item_cache_view(item *it, size_t c, size_t g, size_t t, row_view *rv)
 {
     rp_engine *E = it->E;
     const rp_config *cf = &E->sw->cfg[c];
-    cstate *st = &it->sc->cs[c * E->Hkv + g];
+    cstate *st = &it->sc->cs[c * it->nkv + g];
     rp_cache *cache = &st->cache;
     int online = E->o.mode == RP_ONLINE || st->dt;
     size_t n = it->n, D = E->D;
@@ -1119,7 +1152,7 @@ static int item_cache_view(item *it, size_t c, size_t g, size_t t, row_view *rv)
                 if (cache_append(&st->enc, cache, e)) return IT_FAIL(it, "out of memory");
             if (cf->enc->encode_extend(cf->enc_cfg, &it->ctx, g, t, &st->enc, m0, e2, sizeof e2))
                 return IT_FAIL(it, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
-                               cf->enc->name, it->s, it->l, g, e2);
+                               cf->enc->name, it->s, it->l, it->g0 + g, e2);
         }
         st->enc_n = nv;
         rv->view = st->enc;
@@ -1163,7 +1196,7 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
     rp_engine *E = it->E;
     item_scratch *sc = it->sc;
     const rp_config *cf = &E->sw->cfg[c];
-    cstate *st = &sc->cs[c * E->Hkv + g];
+    cstate *st = &sc->cs[c * it->nkv + g];
     const attn_params *ap = &E->ap[it->l];
     int online = E->o.mode == RP_ONLINE || st->dt;     /* probabilities for online_step */
     size_t n = it->n, P = it->P, D = E->D, G = E->G, H = E->H, NE = n - P, nv = rv->nv, elo = rv->elo;
@@ -1172,7 +1205,7 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
     const double *pft = sc->pf + r * G * n;
     if (online) memset(sc->probs, 0, G * nv * sizeof *sc->probs);
     for (size_t i = 0; i < G; i++) {
-        size_t h = g * G + i, cnt = 0;
+        size_t h = g * G + i, hg = it->g0 * G + h, cnt = 0;    /* local (the item's arrays, hooks), global */
         const float *qt = it->q + (h * n + t) * D, *o = sc->of + (i * BLK + r) * D;
         const size_t *ix = NULL;
         if (cf->evict->select) {
@@ -1194,12 +1227,12 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
                 }
             if (it->nd && t >= P) {
                 rp_row_full rf = { .lo = lo, .t = t, .p = pft + i * n };
-                rp_needles_row(it->nd, c, it->l, h, E->sw->n, E->L, H, &rf, NULL);
+                rp_needles_row(it->nd, c, it->l, hg, E->sw->n, E->L, H, &rf, NULL);
             }
         } else {
             if (cnt == 0)
                 return IT_FAIL(it, "config '%s': no visible cache entry for seq %zu layer %zu head %zu position %zu",
-                               cf->canon, it->s, it->l, h, t);
+                               cf->canon, it->s, it->l, hg, t);
             float lc;
             const float *bb = NULL, *zr = sc->z, *ocr = sc->oc;
             if (rv->merged) {
@@ -1226,25 +1259,30 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
                                .q32 = q32 ? sc->probs : NULL, .pos = view->pos, .mult = view->mult,
                                .mem_off = view->mem_off, .members = view->members };
             rp_attn_row_metrics(&rf, &cp, online ? sc->probs + i * nv : NULL, &rm);
-            if (it->nd && t >= P) rp_needles_row(it->nd, c, it->l, h, E->sw->n, E->L, H, &rf, &cp);
+            if (it->nd && t >= P) rp_needles_row(it->nd, c, it->l, hg, E->sw->n, E->L, H, &rf, &cp);
             rp_out_row_metrics(o, ocr, D, &ocos, &orel);
             if (!isfinite(rm.attn_cos) || !isfinite(ocos) || !isfinite(orel) || !isfinite(rm.attn_kl) ||
                 !isfinite(rm.mass_recall) || !isfinite(lc))
                 return IT_FAIL(it, "config '%s': NaN/Inf in metrics at seq %zu layer %zu head %zu position %zu",
-                               cf->canon, it->s, it->l, h, t);
+                               cf->canon, it->s, it->l, hg, t);
             it->ia[c * SA_NF + SA_DIFFERS] = 1;
             if (t >= P && it->dO) {
-                float *dst = it->dO + (c * NE + (t - P)) * H * D + h * D;
+                float *dst = it->dO + (c * NE + (t - P)) * H * D + hg * D;
                 for (size_t d = 0; d < D; d++) dst[d] = ocr[d] - o[d];
             }
         }
         if (t >= P) {
-            double *ha = it->ha + ((c * E->L + it->l) * H + h) * HA_NF;
+            double *ha = it->ha + ((c * E->L + it->l) * H + hg) * HA_NF;
             ha[HA_N] += 1; ha[HA_COS] += rm.attn_cos; ha[HA_OCOS] += ocos; ha[HA_OREL] += orel;
             ha[HA_KL] += rm.attn_kl; ha[HA_REC] += rm.mass_recall;
             ha[HA_KEEP] += (double)cnt / (double)nfull; ha[HA_BUDGET] += (double)cnt;
-            double *pp = it->pp + (c * NE + (t - P)) * PP_ATT;
-            pp[PP_ATTN_KL] += rm.attn_kl; pp[PP_OUT_COS] += ocos;
+            if (E->per_head) {          /* one term per (row, query head): the fold adds them */
+                double *pp = it->pp + ((c * NE + (t - P)) * G + i) * PP_ATT;
+                pp[PP_ATTN_KL] = rm.attn_kl; pp[PP_OUT_COS] = ocos;
+            } else {
+                double *pp = it->pp + (c * NE + (t - P)) * PP_ATT;
+                pp[PP_ATTN_KL] += rm.attn_kl; pp[PP_OUT_COS] += ocos;
+            }
         }
     }
     return 0;
@@ -1255,7 +1293,7 @@ static int item_export(item *it, size_t c, size_t g, const rp_cache *view)
 {
     rp_engine *E = it->E;
     account_last(it, &E->sw->cfg[c], c, g, view);
-    if (E->o.export_hook && E->o.export_hook(E->o.export_ud, c, it->s, it->l, g, it->n, it->P, view))
+    if (E->o.export_hook && E->o.export_hook(E->o.export_ud, c, it->s, it->l, it->g0 + g, it->n, it->P, view))
         return IT_FAIL(it, "out of memory (export)");
     return 0;
 }
@@ -1265,13 +1303,13 @@ static int item_export(item *it, size_t c, size_t g, const rp_cache *view)
 static int item_export_step(item *it, size_t c, size_t g, size_t t, const rp_cache *view)
 {
     rp_engine *E = it->E;
-    const cstate *st = &it->sc->cs[c * E->Hkv + g];
-    int rc = E->o.export_step_hook(E->o.export_ud, c, it->s, it->l, g, t, it->n, it->P, view, &st->cache);
+    const cstate *st = &it->sc->cs[c * it->nkv + g];
+    int rc = E->o.export_step_hook(E->o.export_ud, c, it->s, it->l, it->g0 + g, t, it->n, it->P, view, &st->cache);
     if (rc < 0) return IT_FAIL(it, "out of memory (export)");
     if (rc > 0)
         return IT_FAIL(it, "config '%s': --export: at seq %zu layer %zu kv head %zu position %zu a row changed a "
                        "second time (the export describes one change per row): its per-position cache state is not "
-                       "exportable (leave it out with --export-configs)", E->sw->cfg[c].canon, it->s, it->l, g, t);
+                       "exportable (leave it out with --export-configs)", E->sw->cfg[c].canon, it->s, it->l, it->g0 + g, t);
     return 0;
 }
 
@@ -1281,34 +1319,34 @@ static int item_online_evict(item *it, size_t c, size_t g, size_t t)
     rp_engine *E = it->E;
     item_scratch *sc = it->sc;
     const rp_config *cf = &E->sw->cfg[c];
-    cstate *st = &sc->cs[c * E->Hkv + g];
+    cstate *st = &sc->cs[c * it->nkv + g];
     rp_cache *cache = &st->cache;
     size_t s = it->s, l = it->l, ne = 0, dropped = 0;
     if (st->dt ? t < it->P : cache->n <= st->B) return 0;
     kv_error se = { 0 };
     if (cf->evict->online_step(st->ost, &it->ctx, g, t, cache, sc->probs, st->B, sc->evict, &ne, &se) != KV_OK)
         return IT_FAIL(it, "config '%s': %s online step at seq %zu layer %zu kv head %zu position %zu: %s",
-                       cf->canon, cf->evict->name, s, l, g, t, se.msg[0] ? se.msg : kv_status_name(se.code));
+                       cf->canon, cf->evict->name, s, l, it->g0 + g, t, se.msg[0] ? se.msg : kv_status_name(se.code));
     memset(sc->keep, 1, cache->n);
     for (size_t q = 0; q < ne; q++) {
         size_t e = sc->evict[q];
         if (e >= cache->n || !sc->keep[e])
             return IT_FAIL(it, "config '%s': %s named an invalid entry to evict at seq %zu layer %zu kv head %zu position %zu",
-                           cf->canon, cf->evict->name, s, l, g, t);
+                           cf->canon, cf->evict->name, s, l, it->g0 + g, t);
         sc->keep[e] = 0;
         if (st->evat) st->evat[cache->pos[e]] = (int32_t)(t + 1);
         dropped++;
     }
     if (cache->n - dropped > st->B)
         return IT_FAIL(it, "config '%s': %s kept %zu entries, budget %zu (seq %zu layer %zu kv head %zu position %zu)",
-                       cf->canon, cf->evict->name, cache->n - dropped, st->B, s, l, g, t);
+                       cf->canon, cf->evict->name, cache->n - dropped, st->B, s, l, it->g0 + g, t);
     rp_cache_compact(cache, sc->keep);
     if (cf->evict->online_rows) {
         char e2[512] = "";
         int m0 = cache->modified;
         if (cf->evict->online_rows(st->ost, &it->ctx, g, t, cache, e2, sizeof e2))
             return IT_FAIL(it, "config '%s': %s online rows at seq %zu layer %zu kv head %zu position %zu: %s",
-                           cf->canon, cf->evict->name, s, l, g, t, e2[0] ? e2 : "error");
+                           cf->canon, cf->evict->name, s, l, it->g0 + g, t, e2[0] ? e2 : "error");
         if (cache->modified && !m0) st->enc_n = 0;
     }
     if (dropped) st->enc_n = 0;         /* the cache is no longer a grown prefix */
@@ -1332,7 +1370,7 @@ static int item_cut_block(item *it, size_t c, size_t g, size_t tb, size_t te, cu
     rp_engine *E = it->E;
     item_scratch *sc = it->sc;
     const rp_config *cf = &E->sw->cfg[c];
-    cstate *st = &sc->cs[c * E->Hkv + g];
+    cstate *st = &sc->cs[c * it->nkv + g];
     const attn_params *ap = &E->ap[it->l];
     size_t n = it->n, D = E->D, G = E->G;
     rp_cache *cc = &st->cache;
@@ -1373,7 +1411,7 @@ static int item_block_cfg(item *it, size_t c, size_t g, size_t tb, size_t te)
     rp_engine *E = it->E;
     item_scratch *sc = it->sc;
     const rp_config *cf = &E->sw->cfg[c];
-    cstate *st = &sc->cs[c * E->Hkv + g];
+    cstate *st = &sc->cs[c * it->nkv + g];
     const attn_params *ap = &E->ap[it->l];
     int online = E->o.mode == RP_ONLINE || st->dt;     /* decode-time presses: online steps */
     size_t n = it->n, D = E->D, G = E->G;
@@ -1428,10 +1466,10 @@ static int item_head_end(item *it, size_t g)
     rp_engine *E = it->E;
     const rp_sweep *sw = E->sw;
     for (size_t c = 0; c < sw->n; c++) {
-        cstate *st = &it->sc->cs[c * E->Hkv + g];
+        cstate *st = &it->sc->cs[c * it->nkv + g];
         if (st->ost) sw->cfg[c].evict->online_free(st->ost);
         st->ost = NULL;
-        if (st->evat && E->o.export_evict_hook(E->o.export_ud, c, it->s, it->l, g, it->n, it->P, st->evat))
+        if (st->evat && E->o.export_evict_hook(E->o.export_ud, c, it->s, it->l, it->g0 + g, it->n, it->P, st->evat))
             return IT_FAIL(it, "out of memory (export)");
         rp_cache_free(&st->cache);
         rp_cache_free(&st->enc);
@@ -1460,8 +1498,8 @@ static void item_free_scratch(item *it)
     rp_engine *E = it->E;
     if (it->sc) {
         cstate *cs = it->sc->cs;
-        for (size_t i = 0; i < E->sw->n * E->Hkv; i++) {
-            if (cs[i].ost) E->sw->cfg[i / E->Hkv].evict->online_free(cs[i].ost);
+        for (size_t i = 0; i < E->sw->n * it->nkv; i++) {
+            if (cs[i].ost) E->sw->cfg[i / it->nkv].evict->online_free(cs[i].ost);
             free(cs[i].evat);
             rp_cache_free(&cs[i].cache);
             rp_cache_free(&cs[i].enc);
@@ -1469,12 +1507,13 @@ static void item_free_scratch(item *it)
         rp_cache_free(&it->qcopy);
     }
     free(it->slab);
-    free(it->q); free(it->k); free(it->v); free(it->dO); free(it->ok); free(it->ov); free(it->wo);
+    if (!it->dO_shared) free(it->dO);
+    free(it->q); free(it->k); free(it->v); free(it->ok); free(it->ov); free(it->wo);
     rp_shared_free(it->sh);
     it->sh = NULL;
     it->slab = NULL; it->sc = NULL;
     it->q = it->k = it->v = it->ok = it->ov = it->dO = it->wo = NULL;
-    if (it->pa) for (size_t h = 0; h < E->H; h++) { free(it->pa[h]); it->pa[h] = NULL; }
+    if (it->pa) for (size_t h = 0; h < it->nh; h++) { free(it->pa[h]); it->pa[h] = NULL; }
 }
 
 static int item_run(item *it)
@@ -1485,7 +1524,7 @@ static int item_run(item *it)
     it->sc = NULL;
     if (item_alloc(it, &sc) || item_read(it)) goto done;
     it->ctx = (rp_layer_ctx){
-        .seq = it->s, .layer = it->l, .n_layers = E->L, .H = E->H, .Hkv = E->Hkv, .G = E->G, .D = E->D,
+        .seq = it->s, .layer = it->l, .n_layers = E->L, .H = it->nh, .Hkv = it->nkv, .G = E->G, .D = E->D,
         .n = it->n, .P = E->o.mode == RP_ONLINE ? it->n : it->P, .q = it->q, .k = it->k, .v = it->v,
         .ap = E->ap[it->l], .info = E->in, .rope_cos = E->rope_cos, .rope_sin = E->rope_sin,
         .rotary_dim = E->R, .rope_interleaved = E->interleaved, .prompt_attn = cb_prompt_attn,
@@ -1493,14 +1532,15 @@ static int item_run(item *it)
         .prompt_colsum = cb_prompt_colsum, .prompt_entropy = cb_prompt_entropy, .key_pages = cb_key_pages,
         .w_o = cb_w_o, .needles = E->needles, .n_needles = E->n_needles,
     };
-    if (!(it->sh = rp_shared_new(it->q, it->k, E->H, E->Hkv, it->n, it->ctx.P, E->D, &E->ap[it->l]))) {
+    if (!(it->sh = rp_shared_new(it->q, it->k, it->nh, it->nkv, it->n, it->ctx.P, E->D, &E->ap[it->l]))) {
         IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
         goto done;
     }
     if (item_prefill(it)) goto done;
-    for (size_t g = 0; g < E->Hkv; g++)
+    for (size_t g = 0; g < it->nkv; g++)
         if (item_head(it, g)) goto done;
-    if (E->ro && it->n > it->P && item_readout(it, it->err, sizeof it->err)) goto done;
+    /* per_head: the read-out needs every kv head of the layer (rp_engine_seq runs it) */
+    if (!E->per_head && E->ro && it->n > it->P && item_readout(it, it->err, sizeof it->err)) goto done;
     rc = 0;
 done:
     item_free_scratch(it);
@@ -1586,21 +1626,61 @@ done:
  * folded perturbation [NC][NE][C]; nothing grows with the number of layers or sequences.
  * Layer deltas are folded in layer order (the `ordered` region), so results do not depend
  * on the thread count. */
+/* per_head: the layer's state shared by its kv-head items. */
+typedef struct layer_join {
+    float *dO;                  /* [NC][NE][HD] the output perturbation, each item its heads' columns */
+    size_t left;                /* items of the layer still running */
+    item ro;                    /* the layer's read-out (item_readout), run by the last item to finish */
+} layer_join;
+
+/* per_head: called by each item of layer l when it is done; the last one runs the layer's
+ * read-out (every kv head's dO columns are in), outside the ordered fold so that it runs
+ * in parallel with other layers. */
+static void layer_item_done(rp_engine *E, layer_join *lj, item *its, size_t l)
+{
+    size_t Hkv = E->Hkv, NC = E->sw->n;
+    int last;
+#pragma omp critical(kvtrace_layer_join)
+    last = --lj->left == 0;
+    if (!last) return;
+    item *r = &lj->ro;
+    int ok = 1;
+    for (size_t g = 0; g < Hkv; g++) ok &= its[l * Hkv + g].rc == 0;
+    if (ok && E->ro && r->n > r->P) {
+        for (size_t g = 0; g < Hkv; g++)      /* SA_DIFFERS is a flag: any kv head's */
+            for (size_t c = 0; c < NC; c++)
+                if (its[l * Hkv + g].ia[c * SA_NF + SA_DIFFERS] != 0) r->ia[c * SA_NF + SA_DIFFERS] = 1;
+        r->dO = lj->dO;
+        r->rc = item_readout(r, r->err, sizeof r->err);
+    }
+    free(lj->dO);
+    lj->dO = r->dO = NULL;
+}
+
 int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t errlen)
 {
-    size_t L = E->L, H = E->H, NC = E->sw->n, n = (size_t)E->seq_len[s], P = split_of(E, s);
+    size_t L = E->L, H = E->H, Hkv = E->Hkv, G = E->G, NC = E->sw->n, n = (size_t)E->seq_len[s], P = split_of(E, s);
     size_t NE = n - P, C = E->ro ? E->ro->C : 0;
+    int ph = E->per_head;
+    size_t NU = ph ? L * Hkv : L;       /* work items: (layer) or (layer, kv head), in that order */
     kv_error ke;
     res->seq = s;
     res->has_readout = E->ro != NULL;
     if (rp_seq_result_alloc(res, NC, L, H)) return rp_failf(err, errlen, "out of memory");
-    item *its = calloc(L, sizeof *its);
+    item *its = calloc(NU, sizeof *its);
     double *ia = calloc(L * NC * SA_NF, sizeof *ia);
+    double *uia = ph ? calloc(NU * NC * SA_NF, sizeof *uia) : NULL;     /* per_head: each item's own */
+    double *rocf = ph ? calloc(L * NC * SA_NF, sizeof *rocf) : NULL;    /* per_head: read-out flags */
+    double *lp = ph && NE ? calloc(NC * NE * PP_ATT, sizeof *lp) : NULL; /* per_head: the layer's pp */
+    layer_join *lj = ph ? calloc(L, sizeof *lj) : NULL;
     int ro = E->ro && NE;
     float *hid = ro ? malloc(E->T * C * sizeof *hid) : NULL;
     float *acc = ro ? calloc(NC * NE * C, sizeof *acc) : NULL;
     int rc = -1;
-    if (!its || !ia || (ro && (!hid || !acc))) { rp_failf(err, errlen, "out of memory"); goto done; }
+    if (!its || !ia || (ph && (!uia || !rocf || !lj || (NE && !lp))) || (ro && (!hid || !acc))) {
+        rp_failf(err, errlen, "out of memory");
+        goto done;
+    }
     if (ro && kv_trace_read_hidden(E->t, s, hid, &ke) != KV_OK) { rp_failf(err, errlen, "%s", ke.msg); goto done; }
     if (E->needles && rp_needles_init(&res->nd, E->needles, E->n_needles, s, P, (size_t)E->prefill_len[s], NC, L, H,
                                       err, errlen))
@@ -1611,45 +1691,96 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
         rp_failf(err, errlen, "out of memory (per-layer read-out)");
         goto done;
     }
-    for (size_t l = 0; l < L; l++) {
-        item *it = &its[l];
+    for (size_t u = 0; u < NU; u++) {
+        item *it = &its[u];
+        size_t l = ph ? u / Hkv : u;
         it->E = E; it->s = s; it->l = l; it->n = n; it->P = P; it->o_layer = -1;
-        it->ha = res->ha; it->ia = ia + l * NC * SA_NF; it->hid = hid; it->pl = res->pl;
-        it->nd = res->nd.n ? &res->nd : NULL;      /* layer l writes only its own slots */
-        it->pa = calloc(H, sizeof *it->pa);
-        it->pa0 = calloc(H, sizeof *it->pa0);
-        it->pa1 = calloc(H, sizeof *it->pa1);
+        it->g0 = ph ? u % Hkv : 0; it->nkv = ph ? 1 : Hkv; it->nh = it->nkv * G;
+        it->ha = res->ha; it->ia = ph ? uia + u * NC * SA_NF : ia + l * NC * SA_NF; it->hid = hid; it->pl = res->pl;
+        it->nd = res->nd.n ? &res->nd : NULL;      /* an item writes only its own (layer, head) slots */
+        it->pa = calloc(it->nh, sizeof *it->pa);
+        it->pa0 = calloc(it->nh, sizeof *it->pa0);
+        it->pa1 = calloc(it->nh, sizeof *it->pa1);
         if (!it->pa || !it->pa0 || !it->pa1) { rp_failf(err, errlen, "out of memory"); goto done; }
     }
-    long long ll;
+    for (size_t l = 0; ph && l < L; l++) {
+        item *r = &lj[l].ro;
+        lj[l].left = Hkv;
+        r->E = E; r->s = s; r->l = l; r->n = n; r->P = P; r->g0 = 0; r->nkv = Hkv; r->nh = H;
+        r->ia = rocf + l * NC * SA_NF; r->hid = hid; r->pl = res->pl;
+    }
+    long long uu;
 #pragma omp parallel for ordered schedule(dynamic, 1)
-    for (ll = 0; ll < (long long)L; ll++) {
-        item *it = &its[ll];
-        /* this layer's per-position sums: a buffer per item in flight, folded in layer order */
-        if (NE && !(it->pp = calloc(NC * NE * PP_ATT, sizeof *it->pp))) {
+    for (uu = 0; uu < (long long)NU; uu++) {
+        item *it = &its[uu];
+        size_t l = it->l;
+        /* this item's per-position sums (per_head: its terms): a buffer per item in flight,
+         * folded in item order */
+        if (NE && !(it->pp = calloc(NC * NE * (ph ? G : 1) * PP_ATT, sizeof *it->pp))) {
             IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
             it->rc = -1;
+        } else if (ph && E->ro && NE) {
+            /* the layer's dO, allocated by its first item to start (calloc: rows of
+             * configurations that never differ cost no page) */
+#pragma omp critical(kvtrace_layer_join)
+            if (!lj[l].dO) lj[l].dO = calloc(NC * NE * H * E->D, sizeof *lj[l].dO);
+            it->dO = lj[l].dO;
+            it->dO_shared = 1;
+            if (!it->dO) {
+                IT_FAIL(it, "out of memory (read-out deltas, seq %zu layer %zu)", it->s, it->l);
+                it->rc = -1;
+            } else item_run(it);
         } else item_run(it);
+        if (ph) layer_item_done(E, &lj[l], its, l);
 #pragma omp ordered
         {
-            if (it->rc == 0 && it->pp)
-                for (size_t j = 0; j < NC * NE; j++)
-                    for (size_t f = 0; f < PP_ATT; f++) res->pp[j * PP_NF + f] += it->pp[j * PP_ATT + f];
+            if (!ph) {
+                if (it->rc == 0 && it->pp)
+                    for (size_t j = 0; j < NC * NE; j++)
+                        for (size_t f = 0; f < PP_ATT; f++) res->pp[j * PP_NF + f] += it->pp[j * PP_ATT + f];
+            } else {
+                /* the terms in the order one layer item adds them (kv head, then query head),
+                 * into one running sum per layer, which then joins the sequence's as before */
+                if (it->rc == 0 && it->pp)
+                    for (size_t j = 0; j < NC * NE; j++)
+                        for (size_t i = 0; i < G; i++)
+                            for (size_t f = 0; f < PP_ATT; f++) lp[j * PP_ATT + f] += it->pp[(j * G + i) * PP_ATT + f];
+                double *la = ia + l * NC * SA_NF;      /* one term per field per (config, kv head) */
+                for (size_t c = 0; c < NC; c++)
+                    for (size_t f = 0; f < SA_NF; f++) {
+                        double x = it->ia[c * SA_NF + f];
+                        if (f == SA_MODIFIED || f == SA_DIFFERS) { if (x != 0) la[c * SA_NF + f] = 1; }
+                        else la[c * SA_NF + f] += x;
+                    }
+            }
             free(it->pp);
             it->pp = NULL;
-            if (it->rc == 0 && it->dH)
+            item *lr = !ph ? it : it->g0 + 1 == Hkv ? &lj[l].ro : NULL;   /* a layer is complete */
+            if (ph && lr) {
+                int ok = lr->rc == 0;
+                for (size_t g = 0; g < Hkv; g++) ok &= its[l * Hkv + g].rc == 0;
+                if (ok && lp)
+                    for (size_t j = 0; j < NC * NE; j++)
+                        for (size_t f = 0; f < PP_ATT; f++) res->pp[j * PP_NF + f] += lp[j * PP_ATT + f];
+                if (lp) memset(lp, 0, NC * NE * PP_ATT * sizeof *lp);
+            }
+            if (lr && lr->rc == 0 && lr->dH)
                 for (size_t c = 0; c < NC; c++) {
-                    if (!it->dh_set[c]) continue;
+                    if (!lr->dh_set[c]) continue;
                     float *d = acc + c * NE * C;
-                    const float *x = it->dH + c * NE * C;
+                    const float *x = lr->dH + c * NE * C;
                     for (size_t i = 0; i < NE * C; i++) d[i] += x[i];
                 }
-            free(it->dH); free(it->dh_set);
-            it->dH = NULL; it->dh_set = NULL;
+            if (lr) {
+                free(lr->dH); free(lr->dh_set);
+                lr->dH = NULL; lr->dh_set = NULL;
+            }
         }
     }
-    for (size_t l = 0; l < L; l++)
-        if (its[l].rc) { rp_failf(err, errlen, "%s", its[l].err); goto done; }
+    for (size_t l = 0; ph && l < L; l++)
+        if (lj[l].ro.rc) { rp_failf(err, errlen, "%s", lj[l].ro.err); goto done; }
+    for (size_t u = 0; u < NU; u++)
+        if (its[u].rc) { rp_failf(err, errlen, "%s", its[u].err); goto done; }
     /* fixed-order reduction of the item slots */
     for (size_t c = 0; c < NC; c++) {
         double *a = res->sa + c * SA_NF;
@@ -1665,10 +1796,12 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
     rc = 0;
 done:
     if (its)
-        for (size_t l = 0; l < L; l++) {
-            free(its[l].pa); free(its[l].pa0); free(its[l].pa1); free(its[l].dH); free(its[l].dh_set); free(its[l].pp);
+        for (size_t u = 0; u < NU; u++) {
+            free(its[u].pa); free(its[u].pa0); free(its[u].pa1); free(its[u].dH); free(its[u].dh_set); free(its[u].pp);
         }
-    free(its); free(ia); free(hid); free(acc);
+    if (lj)
+        for (size_t l = 0; l < L; l++) { free(lj[l].dO); free(lj[l].ro.dH); free(lj[l].ro.dh_set); }
+    free(its); free(ia); free(uia); free(rocf); free(lp); free(lj); free(hid); free(acc);
     if (rc) rp_seq_result_free(res);
     return rc;
 }

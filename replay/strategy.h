@@ -340,6 +340,16 @@ typedef struct rp_strategy {
      * one line in err. */
     int (*online_rows)(void *state, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c, char *err,
                        size_t errlen);
+    /* Optional, RP_EVICT prefill: 1 when the prefill cache of kv head g depends only on kv head
+     * g's rows (ctx->q of its G query heads, ctx->k/v of g, the shared scores of those heads) and
+     * on nothing indexed by the head number itself: no budget moved across the kv heads of a
+     * layer (AdaKV), no random stream walked over the heads, no ctx->w_o or layer_kv. When every
+     * configuration of a prefill sweep has it (and no encoder, view, selection or decode-time
+     * press), the engine's work unit is one (sequence, layer, kv head) instead of a (sequence,
+     * layer): its hooks then see a context of one kv head (ctx->Hkv = 1, ctx->H = G, q/k/v
+     * that head's rows, out[0]), so a thread holds one kv head's working set. 0 (the default)
+     * keeps the whole layer together, which is always correct. */
+    int head_separable;
 } rp_strategy;
 
 /* The registry (replay/strategies/registry.c over replay/strategies/list.h). */

@@ -51,4 +51,5 @@ const rp_strategy rp_strategy_full = {
     .online_new = full_online_new,
     .online_step = full_online_step,
     .online_free = full_online_free,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };

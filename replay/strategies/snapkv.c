@@ -229,4 +229,5 @@ const rp_strategy rp_strategy_snapkv = {
     .free_cfg = snapkv_free,
     .prefill = snapkv_prefill,
     .check_budget = snapkv_check_budget,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };
