@@ -24,7 +24,12 @@
  *
  * Work items: (sequence, layer), in parallel (OpenMP); the trace is read in a critical
  * section; every accumulator lives in a per-item slot and is reduced in a fixed order, so
- * results are identical for any thread count. The full-cache attention of each (query
+ * results are identical for any thread count. When every configuration of a prefill sweep is
+ * head-separable (strategy.h head_separable; no encoder, view, selection, decode-time press
+ * or export) an item is one (sequence, layer, kv head) instead, with the same results bit for
+ * bit: its hooks see a context of that kv head alone, the per-position sums keep one term per
+ * query head and are added in the layer item's order, and the layer's read-out runs once all
+ * its kv heads are done. The full-cache attention of each (query
  * head, position) is computed once and shared by all configurations; configurations whose
  * visible cache is the full one with original K/V take its results bit for bit. Likewise the
  * scores several configurations' hooks need (prompt attention column sums, row entropies,
@@ -50,7 +55,7 @@
  * top-1 in the slots of its configuration -> rp_seq_result.nd.
  * Memory per sequence: the (o~ - o) rows of every configuration, NC * L * NE * H * D floats
  * (the layer sum must wait for every layer to keep a fixed order), plus per work item the
- * layer's Q/K/V and one cache per (configuration, kv head).
+ * layer's Q/K/V (kv-head items: that kv head's) and one cache per (configuration, kv head).
  */
 #ifndef KV_ENGINE_H
 #define KV_ENGINE_H
