@@ -196,4 +196,5 @@ const rp_strategy rp_strategy_h2o = {
     .online_new = h2o_online_new,
     .online_step = h2o_online_step,
     .online_free = h2o_online_free,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };

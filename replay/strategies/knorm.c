@@ -95,4 +95,5 @@ const rp_strategy rp_strategy_knorm = {
     .online_new = knorm_online_new,
     .online_step = knorm_online_step,
     .online_free = knorm_online_free,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };

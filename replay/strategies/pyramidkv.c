@@ -164,4 +164,5 @@ const rp_strategy rp_strategy_pyramidkv = {
     .free_cfg = pyramidkv_free,
     .prefill = pyramidkv_prefill,
     .check_budget = pyramidkv_check_budget,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };

@@ -103,4 +103,5 @@ const rp_strategy rp_strategy_streaming = {
     .online_free = streaming_online_free,
     .online_view = streaming_view,
     .view_active = streaming_view_active,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };
