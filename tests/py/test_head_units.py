@@ -1,9 +1,9 @@
 #!/usr/bin/python3
 """The engine's two work units give the same results, bit for bit. A prefill sweep whose every
 configuration is head-separable (full, snapkv, knorm, h2o, pyramidkv, streaming) runs one work
-item per (sequence, layer, kv head); adding one layer-coupled configuration last (adakv, which moves budget across the kv
-heads of a layer) makes it run one item per (sequence, layer). The configurations both sweeps
-share must get the same accumulators: the per-sequence parts (DIR/parts/seq_*.part, kept by a
+item per (sequence, layer, kv head); adding one layer-coupled configuration last (adakv, which
+moves budget across the kv heads of a layer) makes it run one item per (sequence, layer). The
+configurations both sweeps share must get the same accumulators: the per-sequence parts (DIR/parts/seq_*.part, kept by a
 sharded run) print every sum in hexadecimal floating point, so a different order of the
 order-sensitive additions (per-position sums over kv and query heads, the read-out's layer
 fold) shows there even when the CSVs' 9 digits hide it. Also the CSV rows of those
