@@ -1,7 +1,7 @@
-/* Scores shared by every configuration of a fused sweep: computed once per (sequence, layer)
- * work item, on the first request, and handed to the strategies through rp_layer_ctx
- * (strategy.h lists which hook gets what). A sweep of twenty configurations then pays for
- * the prompt's attention once, not once per configuration.
+/* Scores shared by every configuration of a fused sweep: computed once per work item ((sequence,
+ * layer), or (sequence, layer, kv head): engine.h), on the first request, and handed to the
+ * strategies through rp_layer_ctx (strategy.h lists which hook gets what). A sweep of twenty
+ * configurations then pays for the prompt's attention once, not once per configuration.
  *
  * P prompt length, n valid tokens, D head_dim, H q-heads, Hkv kv-heads.
  *

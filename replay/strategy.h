@@ -15,7 +15,9 @@
  *   calibrate  optional, once per configuration before replay, on sequences that are NOT
  *              evaluated (lowrank): the engine excludes them from evaluation.
  *   prefill    protocol "prefill": once per (sequence, layer), all kv heads at once (AdaKV
- *              allocates across heads, PyramidKV varies budgets by layer). Sees only the
+ *              allocates across heads, PyramidKV varies budgets by layer); strategies with
+ *              head_separable may get one call per kv head instead (a context of that kv
+ *              head alone, ctx->Hkv = 1). Sees only the
  *              prompt [0, P). Fills one rp_cache per kv head. Decode query t in [P, n)
  *              then attends to that cache plus the exact entries [P, t].
  *   online_*   protocol "online": one state per (sequence, layer, kv head). Token t is
