@@ -39,6 +39,27 @@ struct rp_engine {
     size_t n_needles;
 };
 
+/* A thread's large buffers (the work slab, Q, K, V), kept from one item to the next of a
+ * sequence: every item of a sequence needs the same sizes, and a fresh allocation of tens of
+ * MiB is mmapped and faulted in again for every item. Their contents are never reused (each
+ * item overwrites what it reads), so this is malloc without the page faults. */
+typedef struct thread_bufs {
+    void *p[4];
+    size_t cap[4];
+} thread_bufs;
+enum { TB_SLAB, TB_Q, TB_K, TB_V };
+
+/* b->p[i] with at least `bytes`, or NULL when out of memory (owned by b). */
+static void *tb_take(thread_bufs *b, int i, size_t bytes)
+{
+    if (b->cap[i] < bytes) {
+        free(b->p[i]);
+        b->p[i] = malloc(bytes);
+        b->cap[i] = b->p[i] ? bytes : 0;
+    }
+    return b->p[i];
+}
+
 /* Per (sequence, layer) work item. */
 typedef struct item {
     rp_engine *E;
@@ -68,6 +89,7 @@ typedef struct item {
     rp_needles *nd;              /* the sequence's needles (this layer's slots), NULL = none */
     /* while item_run runs: */
     char *slab;                  /* the one allocation behind sc (item_alloc) */
+    thread_bufs *tb;             /* the running thread's buffers: slab, q, k, v live there */
     struct item_scratch *sc;     /* views into slab */
     rp_cache qcopy;              /* the per-query encoded copy of a cache (grows; not in slab) */
     rp_layer_ctx ctx;            /* what the strategies' hooks see */
@@ -923,16 +945,16 @@ static int item_alloc(item *it, item_scratch *sc)
            o_oc = slab_take(&tot, D * fz), o_logm = slab_take(&tot, n * fz), o_bias = slab_take(&tot, n * fz),
            o_probs = slab_take(&tot, G * (n + 1) * fz), o_idx = slab_take(&tot, n * sz),
            o_ev = slab_take(&tot, (n + 1) * sz), o_vis = slab_take(&tot, n + 1), o_keep = slab_take(&tot, n + 1);
-    char *b = malloc(tot);
+    char *b = tb_take(it->tb, TB_SLAB, tot);
     if (!b) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
     it->slab = b;
     /* the layer's tensors are separate allocations, not slab views: with them inside, the
      * slab passes glibc's largest dynamic mmap threshold (32 MiB) at a few thousand tokens,
      * and every large buffer the strategies allocate afterwards is mmapped and faulted in
      * afresh (measured: twice the page faults of the fused 20-configuration sweep at 4k) */
-    it->q = malloc(H * n * D * fz);
-    it->k = malloc(Hkv * n * D * fz);
-    it->v = malloc(Hkv * n * D * fz);
+    it->q = tb_take(it->tb, TB_Q, H * n * D * fz);
+    it->k = tb_take(it->tb, TB_K, Hkv * n * D * fz);
+    it->v = tb_take(it->tb, TB_V, Hkv * n * D * fz);
     if (!it->q || !it->k || !it->v) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
     /* the read-out deltas [NC][NE][HD] stay outside the slab: calloc'd, so the rows of
      * configurations that never differ from the full cache cost no page */
@@ -1506,9 +1528,8 @@ static void item_free_scratch(item *it)
         }
         rp_cache_free(&it->qcopy);
     }
-    free(it->slab);
-    if (!it->dO_shared) free(it->dO);
-    free(it->q); free(it->k); free(it->v); free(it->ok); free(it->ov); free(it->wo);
+    if (!it->dO_shared) free(it->dO);       /* slab, q, k, v belong to it->tb */
+    free(it->ok); free(it->ov); free(it->wo);
     rp_shared_free(it->sh);
     it->sh = NULL;
     it->slab = NULL; it->sc = NULL;
@@ -1673,11 +1694,13 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
     double *rocf = ph ? calloc(L * NC * SA_NF, sizeof *rocf) : NULL;    /* per_head: read-out flags */
     double *lp = ph && NE ? calloc(NC * NE * PP_ATT, sizeof *lp) : NULL; /* per_head: the layer's pp */
     layer_join *lj = ph ? calloc(L, sizeof *lj) : NULL;
+    int nthr = omp_get_max_threads();
+    thread_bufs *tbs = calloc(nthr > 0 ? (size_t)nthr : 1, sizeof *tbs);
     int ro = E->ro && NE;
     float *hid = ro ? malloc(E->T * C * sizeof *hid) : NULL;
     float *acc = ro ? calloc(NC * NE * C, sizeof *acc) : NULL;
     int rc = -1;
-    if (!its || !ia || (ph && (!uia || !rocf || !lj || (NE && !lp))) || (ro && (!hid || !acc))) {
+    if (!its || !ia || !tbs || (ph && (!uia || !rocf || !lj || (NE && !lp))) || (ro && (!hid || !acc))) {
         rp_failf(err, errlen, "out of memory");
         goto done;
     }
@@ -1714,6 +1737,7 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
     for (uu = 0; uu < (long long)NU; uu++) {
         item *it = &its[uu];
         size_t l = it->l;
+        it->tb = &tbs[omp_get_thread_num()];
         /* this item's per-position sums (per_head: its terms): a buffer per item in flight,
          * folded in item order */
         if (NE && !(it->pp = calloc(NC * NE * (ph ? G : 1) * PP_ATT, sizeof *it->pp))) {
@@ -1801,6 +1825,10 @@ done:
         }
     if (lj)
         for (size_t l = 0; l < L; l++) { free(lj[l].dO); free(lj[l].ro.dH); free(lj[l].ro.dh_set); }
+    if (tbs)
+        for (int i = 0; i < nthr; i++)
+            for (int j = 0; j < 4; j++) free(tbs[i].p[j]);
+    free(tbs);
     free(its); free(ia); free(uia); free(rocf); free(lp); free(lj); free(hid); free(acc);
     if (rc) rp_seq_result_free(res);
     return rc;
