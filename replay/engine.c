@@ -892,8 +892,8 @@ done:
  *     item_head_end (online export, caches freed)
  * -> item_readout. Every stage returns 0 or -1 with it->err set. */
 
-/* The scratch of one work item: ONE allocation (item_alloc), views into it that never own.
- * Freed as a whole by item_free_scratch; nothing in it is resized. */
+/* The scratch of one work item: ONE allocation (item_alloc: the thread's slab, thread_bufs),
+ * views into it that never own. Nothing in it is resized while the item runs. */
 typedef struct item_scratch {
     cstate *cs;             /* [NC][Hkv]   per (configuration, kv head) state, zeroed */
     rp_cache *pout;         /* [Hkv]       the prefill hook's out[] (copies of cs[c][*].cache) */
