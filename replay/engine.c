@@ -305,6 +305,20 @@ static int cb_w_o(const rp_layer_ctx *ctx, const float **w, size_t *C)
     return 0;
 }
 
+/* criticalkv's value norms of kv head g (shared.h): W_O read once per work item (cb_w_o), the
+ * norms computed on the first request of any configuration and kept for the others. */
+static int cb_value_norms(const rp_layer_ctx *ctx, size_t g, const double **u)
+{
+    item *it = ctx->engine;
+    const float *wo;
+    size_t C;
+    int wr = cb_w_o(ctx, &wo, &C);
+    if (wr) return wr;
+    if (!it->sh || g >= it->E->Hkv) return -2;
+    *u = rp_shared_value_norms(it->sh, g, it->v + g * it->n * it->E->D, wo, C);
+    return *u ? 0 : -2;
+}
+
 /* ---- finite values (SCHEMA.md: run refuses a tensor that holds NaN/Inf) ------------------- */
 
 /* Index of the first non-finite value of x[0..n), or n. */
@@ -1491,7 +1505,7 @@ static int item_run(item *it)
         .rotary_dim = E->R, .rope_interleaved = E->interleaved, .prompt_attn = cb_prompt_attn,
         .layer_kv = cb_layer_kv, .engine = it, .gqa_reduce = E->o.gqa_reduce,
         .prompt_colsum = cb_prompt_colsum, .prompt_entropy = cb_prompt_entropy, .key_pages = cb_key_pages,
-        .w_o = cb_w_o, .needles = E->needles, .n_needles = E->n_needles,
+        .w_o = cb_w_o, .needles = E->needles, .n_needles = E->n_needles, .value_norms = cb_value_norms,
     };
     if (!(it->sh = rp_shared_new(it->q, it->k, E->H, E->Hkv, it->n, it->ctx.P, E->D, &E->ap[it->l]))) {
         IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
