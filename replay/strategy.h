@@ -348,6 +348,12 @@ typedef struct rp_strategy {
      * one line in err. */
     int (*online_rows)(void *state, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c, char *err,
                        size_t errlen);
+    /* Optional, with online_view: 1 when, under the prefill protocol, the view query t gets is
+     * the first entries of the view the last query gets (no row depends on t: finch's re-rotated
+     * context keys go to P - c .. P - 1 for every query, the exact entries stay where they are).
+     * The engine then makes the view once per (sequence, layer, kv head) and evaluates blocks of
+     * query rows against it (attn_rows_cut), bit for bit the per-query views' results. */
+    int view_static;
 } rp_strategy;
 
 /* The registry (replay/strategies/registry.c over replay/strategies/list.h). */

@@ -189,4 +189,5 @@ const rp_strategy rp_strategy_finch = {
     .prefill = finch_prefill,
     .online_view = finch_view,
     .view_active = finch_view_active,
+    .view_static = 1,
 };
