@@ -354,6 +354,10 @@ typedef struct rp_strategy {
      * The engine then makes the view once per (sequence, layer, kv head) and evaluates blocks of
      * query rows against it (attn_rows_cut), bit for bit the per-query views' results. */
     int view_static;
+    /* Optional: the last late_params parameters (INT/FLOAT/ENUM/BOOL) were added after results
+     * of the strategy existed: the canonical string names them only off their default, so those
+     * results' canonical strings, and the hashes and seeds derived from them, stay the same. */
+    size_t late_params;
 } rp_strategy;
 
 /* The registry (replay/strategies/registry.c over replay/strategies/list.h). */
