@@ -356,7 +356,7 @@ typedef struct rp_strategy {
     int view_static;
     /* Optional: the last late_params parameters (INT/FLOAT/ENUM/BOOL) were added after results
      * of the strategy existed: the canonical string names them only off their default, so those
-     * results' canonical strings, and the hashes and seeds derived from them, stay the same. */
+     * results' canonical strings, and the hashes and random streams derived from them, stay. */
     size_t late_params;
 } rp_strategy;
 

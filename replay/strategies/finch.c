@@ -31,8 +31,17 @@
  * compression_ratio = 1 - keep, the window first; with a question window the context keeps
  * Bc = that count minus w, at least 1 (kvpress keeps no context then). preset=kvtrace: the
  * engine's round(keep * P) context entries (Bc = B). budget=N: N context entries.
+ * Chunks: chunk=N (kvpress's chunk_length; keep= only) keeps the same scores but selects per
+ * chunk: the scored positions [0, k_len) are cut into chunks of N from 0 and each chunk of len
+ * positions keeps its own share by score, preset=kvpress max(1, int(len keep)) (kvpress's
+ * rule), preset=kvtrace max(1, round(keep len)). k_len: with a question window P + w under
+ * preset=kvpress (kvpress's context + question: the question's positions, scored above the
+ * context, take a chunk's first slots, its context the rest, none when they fill it), else P
+ * (the context alone, or the prompt with its padded window). At least one context entry (the
+ * best) is kept. kvpress's condition N > w / keep (a whole chunk keeps more than the window) is
+ * checked wherever the window is chunked: a sequence that breaks it is refused, named.
  * Defaults: preset=kvpress, question=0 (every token after the prompt), window=16, normalize=1,
- * rerotate=1 (kvpress FinchPress's normalize_scores and rerotate_keys).
+ * rerotate=1 (kvpress FinchPress's normalize_scores and rerotate_keys), chunk=0 (off).
  * Reference: Corallo and Papotti 2024, "FINCH: Prompt-guided Key-Value Cache Compression for
  * Large Language Models" (TACL; github.com/giulio98/context-compression); kvpress FinchPress
  * (github.com/NVIDIA/kvpress, presses/finch_press.py, key_rerotation_press.py).
@@ -41,8 +50,12 @@
  * so by default the window holds both; question=N keeps the first N). kvpress computes the
  * question's own queries on the full context during the prefill; the replay evaluates every
  * position after P on the compressed cache, the question's included. Without /prefill_len
- * kvpress refuses the input; the prompt window is this replay's fallback. Chunked scoring
- * (chunk_length) is not reproduced. A --decode split on a trace with /prefill_len makes the
+ * kvpress refuses the input; the prompt window is this replay's fallback. chunk=N is kvpress's
+ * chunked selection over scores of the whole context; the paper's own chunked processing (each
+ * chunk run through the model with the question, attending to the compressed cache of the
+ * chunks before it) cannot be replayed: its later chunks' queries and keys differ from the
+ * uncompressed run a trace holds. kvpress can drop question tokens in a short last chunk; here
+ * the question is always seen exactly. A --decode split on a trace with /prefill_len makes the
  * tokens after that split the window. Sliding-window layers: the layer's window is applied at
  * the original positions.
  */
