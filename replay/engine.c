@@ -1392,8 +1392,8 @@ static int item_static_view_block(item *it, size_t c, size_t g, size_t tb, size_
     size_t n = it->n, D = E->D, G = E->G;
     rp_cache *cc = &st->cache;
     cr->on = 0;
-    if (E->o.mode == RP_ONLINE || st->dt || !st->td || !cf->evict->view_static || !rp_view_active(cf->evict, cf->evict_cfg) ||
-        cf->enc || cf->evict->encode || cf->evict->select || ap->window > 0 || cache_merged(cc) ||
+    if (E->o.mode == RP_ONLINE || st->dt || !st->td || !cf->evict->view_static ||
+        !rp_view_active(cf->evict, cf->evict_cfg) || cf->enc || cf->evict->encode || cf->evict->select || ap->window > 0 || cache_merged(cc) ||
         E->o.export_step_hook || te - tb > BLK || attn_rows_cut(NULL, 0, D, ap, NULL, NULL, 0, NULL, NULL, NULL))
         return 0;
     if (!st->sview) {

@@ -89,7 +89,10 @@ static int criticalkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B
         double *s = score + g * P;
         size_t m1 = rp_topk(s, P, n1, kept);
         const double *un;
-        if (criticalkv_value_norms(ctx, g, wo, C, u, &un)) { rp_failf(err, errlen, "criticalkv: out of memory"); goto done; }
+        if (criticalkv_value_norms(ctx, g, wo, C, u, &un)) {
+            rp_failf(err, errlen, "criticalkv: out of memory");
+            goto done;
+        }
         for (size_t j = 0; j < P; j++) s[j] = (s[j] + c->own[CK_EPS]) * un[j];
         for (size_t i = 0; i < m1; i++) s[kept[i]] = INFINITY;
         size_t m = rp_topk(s, P, B, kept);

@@ -375,7 +375,8 @@ static int ea_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cac
     double *score = malloc((P + 1) * sizeof *score);
     int32_t *kept = malloc((P + 1) * sizeof *kept);
     int rc = -1;
-    if (!w.mu || !w.mu2 || !w.x || !w.kt || !w.cr || !w.sr || !w.partner || !w.S || !w.S2 || !w.z || !w.acc || !score || !kept)
+    if (!w.mu || !w.mu2 || !w.x || !w.kt || !w.cr || !w.sr || !w.partner || !w.S || !w.S2 || !w.z || !w.acc || !score ||
+        !kept)
         goto done;
     if (B < P) ea_avg_rotation(ctx, P, c->future, w.cr, w.sr, w.partner);
     for (size_t g = 0; g < ctx->Hkv; g++) {

@@ -181,7 +181,8 @@ static int finch_chunk_check(const finch_cfg *c, const rp_layer_ctx *ctx, size_t
     if (ctx->keep <= 0)
         return rp_failf(err, errlen, "finch: chunk=%zu needs keep= (each chunk keeps that fraction), not budget=",
                         c->chunk);
-    if ((!question || c->preset == KVPRESS_PRESET_KVPRESS) && !((double)c->chunk > (double)w / (1.0 - (1.0 - ctx->keep))))
+    double keep = 1.0 - (1.0 - ctx->keep);     /* 1 - compression_ratio, as kvpress computes it */
+    if ((!question || c->preset == KVPRESS_PRESET_KVPRESS) && !((double)c->chunk > (double)w / keep))
         return rp_failf(err, errlen, "finch: chunk=%zu must exceed window / keep = %zu / %g (seq %zu; kvpress's "
                         "condition: a whole chunk keeps more than the window)", c->chunk, w, ctx->keep, ctx->seq);
     return 0;

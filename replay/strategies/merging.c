@@ -206,7 +206,8 @@ static int merging_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, r
     double *score = malloc(Hkv * P * sizeof *score);
     mg_work w = {
         .acc = malloc(P * D * sizeof *w.acc), .wsum = malloc(P * sizeof *w.wsum), .nk = malloc(P * sizeof *w.nk),
-        .kp = malloc(((P + MG_PC - 1) / MG_PC * MG_PC * D + 1) * sizeof *w.kp), .x = malloc((MG_ER * D + 1) * sizeof *w.x),
+        .kp = malloc(((P + MG_PC - 1) / MG_PC * MG_PC * D + 1) * sizeof *w.kp),
+        .x = malloc((MG_ER * D + 1) * sizeof *w.x),
         .ev = malloc(P * sizeof *w.ev),
     };
     int32_t *kept = malloc(P * sizeof *kept);
