@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn.h"
 #include "shared.h"
 
 enum { CS_ROWS = 64 };          /* query rows per kernel call: logits buffer CS_ROWS x P */
@@ -223,83 +224,17 @@ int rp_shared_pages(rp_shared *s, size_t g, size_t page, size_t np, const float 
  * d rows of a few columns onto one L1 set) is packed once into panels of VN_PC columns:
  * wp[cb][d][VN_PC] doubles, contiguous for the pass over d. A tile of VN_TILE value rows is
  * then multiplied by each panel while the panel stays in L1. */
-enum { VN_PC = 8 };      /* columns per panel */
-enum { VN_ROWS = 4 };    /* value rows per kernel call */
+enum { VN_PC = ATTN_PANEL_COLS };   /* columns per panel */
+enum { VN_ROWS = ATTN_PANEL_ROWS };  /* value rows per kernel call */
 enum { VN_TILE = 16 };   /* value rows per tile (a multiple of VN_ROWS) */
 
-typedef double v2d __attribute__((vector_size(16)));    /* SSE2: every x86-64 */
-
-/* tot[r] += |sum over d in order of x[r][d] * wp[d][c0 + c]| for c = 0 .. 3 in order, for the
- * VN_ROWS rows at once: the 8 partial sums stay in registers for the whole pass over d, and
- * every element loaded serves all rows. Each sum starts from 0 and adds d = 0, 1, ... in
- * order; the products of two floats (held as doubles) are exact. */
-static void vn_block(const double *x, size_t D, const double *wp, size_t c0, double *tot)
-{
-    v2d a00 = {0, 0}, a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-    for (size_t d = 0; d < D; d++) {
-        v2d w0, w1;
-        memcpy(&w0, wp + d * VN_PC + c0, sizeof w0);
-        memcpy(&w1, wp + d * VN_PC + c0 + 2, sizeof w1);
-        const v2d x0 = {x[d], x[d]}, x1 = {x[D + d], x[D + d]};
-        const v2d x2 = {x[2 * D + d], x[2 * D + d]}, x3 = {x[3 * D + d], x[3 * D + d]};
-        a00 += x0 * w0; a01 += x0 * w1;
-        a10 += x1 * w0; a11 += x1 * w1;
-        a20 += x2 * w0; a21 += x2 * w1;
-        a30 += x3 * w0; a31 += x3 * w1;
-    }
-    const v2d *a[VN_ROWS][2] = { { &a00, &a01 }, { &a10, &a11 }, { &a20, &a21 }, { &a30, &a31 } };
-    for (size_t c = 0; c < 4; c++)
-        for (size_t r = 0; r < VN_ROWS; r++) tot[r] += fabs((*a[r][c / 2])[c % 2]);
-}
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(ATTN_NO_AVX2)   /* as attn.c */
-#define VN_HAVE_AVX2 1
-typedef double v4d __attribute__((vector_size(32)));
-
-/* vn_block over the whole panel with 4-double lanes (8 accumulators): the same products and
- * the same order of every sum (target "avx2", no FMA: separate roundings), so the same bits. */
-__attribute__((target("avx2")))
-static void vn_panel_avx2(const double *x, size_t D, const double *wp, double *tot)
-{
-    v4d a00 = {0, 0, 0, 0}, a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-    for (size_t d = 0; d < D; d++) {
-        v4d w0, w1;
-        memcpy(&w0, wp + d * VN_PC, sizeof w0);
-        memcpy(&w1, wp + d * VN_PC + 4, sizeof w1);
-        const v4d x0 = {x[d], x[d], x[d], x[d]}, x1 = {x[D + d], x[D + d], x[D + d], x[D + d]};
-        const v4d x2 = {x[2 * D + d], x[2 * D + d], x[2 * D + d], x[2 * D + d]};
-        const v4d x3 = {x[3 * D + d], x[3 * D + d], x[3 * D + d], x[3 * D + d]};
-        a00 += x0 * w0; a01 += x0 * w1;
-        a10 += x1 * w0; a11 += x1 * w1;
-        a20 += x2 * w0; a21 += x2 * w1;
-        a30 += x3 * w0; a31 += x3 * w1;
-    }
-    for (size_t c = 0; c < 4; c++) {
-        tot[0] += fabs(a00[c]); tot[1] += fabs(a10[c]); tot[2] += fabs(a20[c]); tot[3] += fabs(a30[c]);
-    }
-    for (size_t c = 0; c < 4; c++) {
-        tot[0] += fabs(a01[c]); tot[1] += fabs(a11[c]); tot[2] += fabs(a21[c]); tot[3] += fabs(a31[c]);
-    }
-}
-
-static int vn_use_avx2(void)
-{
-    static int cached = -1;
-    if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
-    return cached;
-}
-#else
-#define VN_HAVE_AVX2 0
-#endif
-
-/* One panel for VN_ROWS rows: its 8 columns in order. */
+/* tot[r] += |dot[r][c]| for the panel's columns c in order, VN_ROWS rows at once. */
 static void vn_panel(const double *x, size_t D, const double *wp, double *tot)
 {
-#if VN_HAVE_AVX2
-    if (vn_use_avx2()) { vn_panel_avx2(x, D, wp, tot); return; }
-#endif
-    vn_block(x, D, wp, 0, tot);
-    vn_block(x, D, wp, 4, tot);
+    double dot[VN_ROWS * VN_PC];
+    attn_panel_dot(x, D, wp, dot);
+    for (size_t r = 0; r < VN_ROWS; r++)
+        for (size_t c = 0; c < VN_PC; c++) tot[r] += fabs(dot[r * VN_PC + c]);
 }
 
 int rp_value_norms(const float *v, size_t P, size_t D, const float *wo, size_t C, size_t G, double *u)

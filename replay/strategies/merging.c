@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn.h"
 #include "evict_util.h"
 #include "kvp_score.h"
 #include "strategy.h"
@@ -57,75 +58,8 @@ static double norm_of(const float *x, size_t D)
  * (contiguous for the pass over d), and MG_ER evicted keys share each pass. Each dot product
  * is summed over d in order from 0, as a loop per pair would: the same bits (the products of
  * two floats are exact in double). */
-enum { MG_PC = 8 };      /* kept entries per panel */
-enum { MG_ER = 4 };      /* evicted keys per pass */
-
-typedef double v2d __attribute__((vector_size(16)));    /* SSE2: every x86-64 */
-
-/* dot[r][c0 + c] = sum over d of x[r][d] * kp[d][c0 + c], c < 4, r < MG_ER. */
-static void dot_block(const double *x, size_t D, const double *kp, size_t c0, double *dot)
-{
-    v2d a00 = {0, 0}, a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-    for (size_t d = 0; d < D; d++) {
-        v2d k0, k1;
-        memcpy(&k0, kp + d * MG_PC + c0, sizeof k0);
-        memcpy(&k1, kp + d * MG_PC + c0 + 2, sizeof k1);
-        const v2d x0 = {x[d], x[d]}, x1 = {x[D + d], x[D + d]};
-        const v2d x2 = {x[2 * D + d], x[2 * D + d]}, x3 = {x[3 * D + d], x[3 * D + d]};
-        a00 += x0 * k0; a01 += x0 * k1;
-        a10 += x1 * k0; a11 += x1 * k1;
-        a20 += x2 * k0; a21 += x2 * k1;
-        a30 += x3 * k0; a31 += x3 * k1;
-    }
-    const v2d a[MG_ER][2] = { { a00, a01 }, { a10, a11 }, { a20, a21 }, { a30, a31 } };
-    for (size_t r = 0; r < MG_ER; r++) memcpy(dot + r * MG_PC + c0, a[r], sizeof a[r]);
-}
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(ATTN_NO_AVX2)   /* as replay/attn.c */
-#define MG_HAVE_AVX2 1
-typedef double v4d __attribute__((vector_size(32)));
-
-/* dot_block over the whole panel with 4-double lanes: the same products and sums in the same
- * order (target "avx2", no FMA), so the same bits. */
-__attribute__((target("avx2")))
-static void dot_panel_avx2(const double *x, size_t D, const double *kp, double *dot)
-{
-    v4d a00 = {0, 0, 0, 0}, a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-    for (size_t d = 0; d < D; d++) {
-        v4d k0, k1;
-        memcpy(&k0, kp + d * MG_PC, sizeof k0);
-        memcpy(&k1, kp + d * MG_PC + 4, sizeof k1);
-        const v4d x0 = {x[d], x[d], x[d], x[d]}, x1 = {x[D + d], x[D + d], x[D + d], x[D + d]};
-        const v4d x2 = {x[2 * D + d], x[2 * D + d], x[2 * D + d], x[2 * D + d]};
-        const v4d x3 = {x[3 * D + d], x[3 * D + d], x[3 * D + d], x[3 * D + d]};
-        a00 += x0 * k0; a01 += x0 * k1;
-        a10 += x1 * k0; a11 += x1 * k1;
-        a20 += x2 * k0; a21 += x2 * k1;
-        a30 += x3 * k0; a31 += x3 * k1;
-    }
-    const v4d a[MG_ER][2] = { { a00, a01 }, { a10, a11 }, { a20, a21 }, { a30, a31 } };
-    for (size_t r = 0; r < MG_ER; r++) memcpy(dot + r * MG_PC, a[r], sizeof a[r]);
-}
-
-static int mg_use_avx2(void)
-{
-    static int cached = -1;
-    if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
-    return cached;
-}
-#else
-#define MG_HAVE_AVX2 0
-#endif
-
-/* dot [MG_ER][MG_PC]: the MG_ER rows of x against one panel. */
-static void dot_panel(const double *x, size_t D, const double *kp, double *dot)
-{
-#if MG_HAVE_AVX2
-    if (mg_use_avx2()) { dot_panel_avx2(x, D, kp, dot); return; }
-#endif
-    dot_block(x, D, kp, 0, dot);
-    dot_block(x, D, kp, 4, dot);
-}
+enum { MG_PC = ATTN_PANEL_COLS };   /* kept entries per panel */
+enum { MG_ER = ATTN_PANEL_ROWS };   /* evicted keys per pass */
 
 /* Scratch of fold_evicted, sized for P entries. */
 typedef struct mg_work {
@@ -173,7 +107,7 @@ static void fold_evicted(const kvp_cfg *cf, const float *K, const float *V, size
             best[r] = -INFINITY;
         }
         for (size_t b = 0; b < nb; b++) {
-            dot_panel(w->x, D, w->kp + b * D * MG_PC, dot);
+            attn_panel_dot(w->x, D, w->kp + b * D * MG_PC, dot);
             size_t nt = m - b * MG_PC < MG_PC ? m - b * MG_PC : MG_PC;
             for (size_t r = 0; r < nr; r++)
                 for (size_t i = 0; i < nt; i++) {   /* ascending t: ties keep the lower one */
