@@ -36,6 +36,7 @@ struct rp_engine {
     const rp_strategy *full;
     int32_t *needles;                          /* [KV_NEEDLE_NF][n_needles] (/needles) or NULL */
     size_t n_needles;
+    int want_ent;                              /* a configuration reads the prompt entropies */
 };
 
 /* Per (sequence, layer) work item. */
@@ -449,6 +450,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
     E->S = in->n_seq; E->T = in->n_tok; E->L = in->n_layers; E->H = in->n_heads;
     E->Hkv = in->n_kv_heads; E->G = E->H / E->Hkv; E->D = in->head_dim;
     E->full = rp_strategy_find("full");
+    for (size_t c = 0; c < sw->n; c++) E->want_ent |= sw->cfg[c].evict->uses_entropy;
     E->tokens = malloc(E->S * E->T * sizeof *E->tokens);
     E->seq_len = malloc(E->S * sizeof *E->seq_len);
     E->ap = malloc(E->L * sizeof *E->ap);
@@ -1562,7 +1564,7 @@ static int item_run(item *it)
         .prompt_colsum = cb_prompt_colsum, .prompt_entropy = cb_prompt_entropy, .key_pages = cb_key_pages,
         .w_o = cb_w_o, .needles = E->needles, .n_needles = E->n_needles, .value_norms = cb_value_norms,
     };
-    if (!(it->sh = rp_shared_new(it->q, it->k, E->H, E->Hkv, it->n, it->ctx.P, E->D, &E->ap[it->l]))) {
+    if (!(it->sh = rp_shared_new(it->q, it->k, E->H, E->Hkv, it->n, it->ctx.P, E->D, &E->ap[it->l], E->want_ent))) {
         IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
         goto done;
     }

@@ -90,6 +90,7 @@ struct rp_shared {
     const float *q, *k;
     size_t H, Hkv, G, n, P, D;
     attn_params ap;
+    int want_ent;               /* the whole prompt's sums are computed with the entropies */
     sh_range *rg;               /* [H][SH_RANGES], t1 == 0: free */
     size_t *rg_next;            /* [H] slot replaced next when all are taken */
     double **ent;               /* [H] row entropies, NULL until asked */
@@ -100,11 +101,11 @@ struct rp_shared {
 };
 
 rp_shared *rp_shared_new(const float *q, const float *k, size_t H, size_t Hkv, size_t n, size_t P, size_t D,
-                         const attn_params *ap)
+                         const attn_params *ap, int want_ent)
 {
     rp_shared *s = calloc(1, sizeof *s);
     if (!s) return NULL;
-    *s = (rp_shared){ .q = q, .k = k, .H = H, .Hkv = Hkv, .G = H / Hkv, .n = n, .P = P, .D = D, .ap = *ap };
+    *s = (rp_shared){ .q = q, .k = k, .H = H, .Hkv = Hkv, .G = H / Hkv, .n = n, .P = P, .D = D, .ap = *ap, .want_ent = want_ent };
     s->rg = calloc(H * SH_RANGES, sizeof *s->rg);
     s->rg_next = calloc(H, sizeof *s->rg_next);
     s->ent = calloc(H, sizeof *s->ent);
@@ -168,6 +169,7 @@ int rp_shared_colsum(rp_shared *s, size_t h, size_t t0, size_t t1, const uint8_t
         return rp_prompt_colsum(head_q(s, h), head_k(s, h), head_kt(s, h), s->P, s->D, &s->ap, t0, t1, want, s->P,
                                 out, NULL);
     if (t0 == t1) { memset(out, 0, s->P * sizeof *out); return 0; }
+    if (s->want_ent && t0 == 0 && t1 == s->P && !rp_shared_entropy(s, h)) return -1;   /* fills the range */
     const double *sum = range_sum(s, h, t0, t1, NULL);
     if (!sum) return -1;
     memcpy(out, sum, s->P * sizeof *out);

@@ -61,8 +61,10 @@ void rp_page_minmax(const float *k, size_t D, size_t page, size_t p0, size_t p1,
 typedef struct rp_shared rp_shared;
 
 /* q [H][n][D], k [Hkv][n][D] stay owned by the caller and must outlive the object. */
+/* want_ent: a configuration will ask for the row entropies (the whole prompt's column sums
+ * are then computed with them in one pass). */
 rp_shared *rp_shared_new(const float *q, const float *k, size_t H, size_t Hkv, size_t n, size_t P, size_t D,
-                         const attn_params *ap);
+                         const attn_params *ap, int want_ent);
 void rp_shared_free(rp_shared *s);
 
 /* rp_prompt_colsum of query head h (ncols = P). Row ranges without a mask are kept (the

@@ -354,6 +354,10 @@ typedef struct rp_strategy {
      * The engine then makes the view once per (sequence, layer, kv head) and evaluates blocks of
      * query rows against it (attn_rows_cut), bit for bit the per-query views' results. */
     int view_static;
+    /* Optional: 1 when prefill reads ctx->prompt_entropy. The shared pass over the whole
+     * prompt then fills the entropies the first time any configuration asks for the prompt's
+     * column sums, so a sweep with h2o before this strategy pays the pass once, not twice. */
+    int uses_entropy;
     /* Optional: the last late_params parameters (INT/FLOAT/ENUM/BOOL) were added after results
      * of the strategy existed: the canonical string names them only off their default, so those
      * results' canonical strings, and the hashes and random streams derived from them, stay. */

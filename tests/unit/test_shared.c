@@ -180,12 +180,13 @@ static void test_colsum(const char *name, const attn_params *ap)
     free(q); free(k); free(kt); free(pr);
 }
 
-static void test_object(const attn_params *ap)
+/* want_ent: the whole-prompt column sums are computed with the entropies (same bits). */
+static void test_object(const attn_params *ap, int want_ent)
 {
     float *q = malloc(H * N * D * sizeof *q), *k = malloc(HKV * N * D * sizeof *k);
     for (size_t i = 0; i < H * N * D; i++) q[i] = rng_normal();
     for (size_t i = 0; i < HKV * N * D; i++) k[i] = rng_normal();
-    rp_shared *s = rp_shared_new(q, k, H, HKV, N, P, D, ap);
+    rp_shared *s = rp_shared_new(q, k, H, HKV, N, P, D, ap, want_ent);
     check("rp_shared_new", s != NULL);
     if (!s) return;
     uint8_t want[P];
@@ -323,7 +324,7 @@ static void test_value_norms_shared(void)
     for (size_t i = 0; i < Hkv * n * D; i++) v[i] = rng_normal();
     for (size_t i = 0; i < H * D * C; i++) wo[i] = rng_normal();
     attn_params ap = { 0.25f, 0, 0 };
-    rp_shared *s = rp_shared_new(q, k, H, Hkv, n, P, D, &ap);
+    rp_shared *s = rp_shared_new(q, k, H, Hkv, n, P, D, &ap, 0);
     int ok = s != NULL;
     for (size_t g = 0; g < Hkv && ok; g++) {
         const double *u = rp_shared_value_norms(s, g, v + g * n * D, wo, C);
@@ -341,8 +342,10 @@ int main(void)
     test_colsum("plain", &plain);
     test_colsum("softcap", &capped);
     test_colsum("window", &window);
-    test_object(&plain);
-    test_object(&window);
+    test_object(&plain, 0);
+    test_object(&window, 0);
+    test_object(&plain, 1);
+    test_object(&window, 1);
     test_kt(16, &plain);
     test_kt(300, &window);
     test_kt(128, &capped);
