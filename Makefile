@@ -83,7 +83,7 @@ DEB_PKGS := gcc make pkg-config libhdf5-dev hdf5-tools zlib1g-dev libgsl-dev lib
             gnuplot-nox openmpi-bin libopenmpi-dev python3-torch python3-h5py python3-numpy \
             python3-scipy bible-kjv
 
-.PHONY: all test demo samples truth bench deps deps-check clean install probe fuzz fuzz-bins
+.PHONY: all test demo samples models truth bench deps deps-check clean install probe fuzz fuzz-bins
 # Keep objects make would treat as intermediate (they are reused by every program).
 .SECONDARY:
 all: probe $(PROGS) $(MPI_PROGS) $(TESTS) $(REGRESS)
@@ -161,6 +161,13 @@ demo: deps
 	$(BIN)/kvreplay run $(DEMO_TRACE) --sweep $(DEMO_SWEEP) -o $(DEMO_OUT)/results
 	$(BIN)/kvreport $(DEMO_OUT)/results --trace $(DEMO_TRACE) -o $(DEMO_OUT)/report
 	@echo "demo: report written to $(DEMO_OUT)/report/report.md (figures in $(DEMO_OUT)/report/figures/)"
+
+# make models: the reference models (capture/models/train_models.sh: 4 and 8 layers, one
+# recipe, resumable; hours on two cores), installed as capture/models/ref<L>.pt with their
+# training logs and structure reports. MODELS_LAYERS chooses; MODELS_WORK, MODELS_THREADS.
+MODELS_LAYERS ?= 4 8
+models: deps
+	PYTHON=$(PYTHON) sh capture/models/train_models.sh $(MODELS_LAYERS)
 
 # make samples: every shipped trace, captured single-threaded (capture/make_samples.py;
 # SOURCE_DATE_EPOCH pins `created`, then a re-run writes the same bytes on one machine):

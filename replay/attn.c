@@ -978,3 +978,61 @@ void attn_entries_ref(const float *q, const float *kk, const float *vv, const si
     }
     softmax_out_ref(s, n, vv, idx, D, lse, o);
 }
+
+/* ---- double panels: dot[r][c] = sum over d of x[r][d] * panel[d][c] ----------------------
+ * Used where a few float rows meet many: criticalkv's value norms (rows of V against W_O's
+ * columns) and merging's cosine similarities (evicted keys against kept keys). Every sum
+ * starts from 0 and adds d = 0, 1, ... in order with separate roundings (no FMA), the order a
+ * loop per pair has; the products of two floats held as doubles are exact. */
+typedef double v2d __attribute__((vector_size(16)));    /* SSE2: every x86-64 */
+
+/* Columns [c0, c0 + 4) of the panel for the ATTN_PANEL_ROWS rows. */
+static void panel_dot4(const double *x, size_t D, const double *panel, size_t c0, double *dot)
+{
+    v2d a00 = {0, 0}, a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    for (size_t d = 0; d < D; d++) {
+        v2d k0, k1;
+        memcpy(&k0, panel + d * ATTN_PANEL_COLS + c0, sizeof k0);
+        memcpy(&k1, panel + d * ATTN_PANEL_COLS + c0 + 2, sizeof k1);
+        const v2d x0 = {x[d], x[d]}, x1 = {x[D + d], x[D + d]};
+        const v2d x2 = {x[2 * D + d], x[2 * D + d]}, x3 = {x[3 * D + d], x[3 * D + d]};
+        a00 += x0 * k0; a01 += x0 * k1;
+        a10 += x1 * k0; a11 += x1 * k1;
+        a20 += x2 * k0; a21 += x2 * k1;
+        a30 += x3 * k0; a31 += x3 * k1;
+    }
+    const v2d a[ATTN_PANEL_ROWS][2] = { { a00, a01 }, { a10, a11 }, { a20, a21 }, { a30, a31 } };
+    for (size_t r = 0; r < ATTN_PANEL_ROWS; r++) memcpy(dot + r * ATTN_PANEL_COLS + c0, a[r], sizeof a[r]);
+}
+
+#if ATTN_HAVE_AVX2_PATH
+/* The whole panel with 4-double lanes: the same products and sums in the same order. */
+__attribute__((target("avx2")))
+static void panel_dot_avx2(const double *x, size_t D, const double *panel, double *dot)
+{
+    v4d a00 = {0, 0, 0, 0}, a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    for (size_t d = 0; d < D; d++) {
+        v4d k0, k1;
+        memcpy(&k0, panel + d * ATTN_PANEL_COLS, sizeof k0);
+        memcpy(&k1, panel + d * ATTN_PANEL_COLS + 4, sizeof k1);
+        const v4d x0 = {x[d], x[d], x[d], x[d]}, x1 = {x[D + d], x[D + d], x[D + d], x[D + d]};
+        const v4d x2 = {x[2 * D + d], x[2 * D + d], x[2 * D + d], x[2 * D + d]};
+        const v4d x3 = {x[3 * D + d], x[3 * D + d], x[3 * D + d], x[3 * D + d]};
+        a00 += x0 * k0; a01 += x0 * k1;
+        a10 += x1 * k0; a11 += x1 * k1;
+        a20 += x2 * k0; a21 += x2 * k1;
+        a30 += x3 * k0; a31 += x3 * k1;
+    }
+    const v4d a[ATTN_PANEL_ROWS][2] = { { a00, a01 }, { a10, a11 }, { a20, a21 }, { a30, a31 } };
+    for (size_t r = 0; r < ATTN_PANEL_ROWS; r++) memcpy(dot + r * ATTN_PANEL_COLS, a[r], sizeof a[r]);
+}
+#endif
+
+void attn_panel_dot(const double *x, size_t D, const double *panel, double *dot)
+{
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx2()) { panel_dot_avx2(x, D, panel, dot); return; }
+#endif
+    panel_dot4(x, D, panel, 0, dot);
+    panel_dot4(x, D, panel, 4, dot);
+}

@@ -114,4 +114,9 @@ double attn_probs_row(const float *s, size_t n, float *p);
 /* Capped logit of one (q, k) pair; the single definition every kernel uses. */
 float attn_logit(const float *q, const float *k, size_t D, const attn_params *p);
 
+/* dot [ATTN_PANEL_ROWS][ATTN_PANEL_COLS] = x [ATTN_PANEL_ROWS][D] times one packed panel
+ * [D][ATTN_PANEL_COLS], in doubles; each sum over d in order from 0 without FMA (attn.c). */
+enum { ATTN_PANEL_ROWS = 4, ATTN_PANEL_COLS = 8 };
+void attn_panel_dot(const double *x, size_t D, const double *panel, double *dot);
+
 #endif /* KV_ATTN_H */

@@ -160,8 +160,19 @@ static int mkdir_parents(const char *dir)
     return 0;
 }
 
-/* 0 empty or absent (created, with its parents), 1 has other content, -1 error. */
-static int dir_state(const char *dir, int *has_parts)
+/* Whether dir/name is the file ign (the same inode): --export DIR/x.h5 with -o DIR writes its
+ * temporary file into DIR before DIR is checked for emptiness. */
+static int same_file(const char *dir, const char *name, const char *ign)
+{
+    struct stat a, b;
+    char p[4400];
+    if (!ign || snprintf(p, sizeof p, "%s/%s", dir, name) >= (int)sizeof p) return 0;
+    return !stat(p, &a) && !stat(ign, &b) && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+/* 0 empty or absent (created, with its parents), 1 has other content, -1 error. The file
+ * ign (NULL: none) does not count as content. */
+static int dir_state(const char *dir, const char *ign, int *has_parts)
 {
     struct stat st;
     *has_parts = 0;
@@ -178,7 +189,7 @@ static int dir_state(const char *dir, int *has_parts)
     while ((e = readdir(d))) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         if (!strcmp(e->d_name, "parts")) *has_parts = 1;
-        else other = 1;
+        else if (!same_file(dir, e->d_name, ign)) other = 1;
     }
     closedir(d);
     return other || *has_parts;
@@ -647,8 +658,10 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     if (export_s) {     /* the exporter is the engine's export hook */
         if (resume) { snprintf(err, sizeof err, "--export cannot be combined with --resume (sequences taken from parts/ are not re-run)"); goto fail; }
         size_t ln = strlen(export_s);
-        if (ln > 3 && !strcmp(export_s + ln - 3, ".h5")) snprintf(xpath, sizeof xpath, "%s", export_s);
-        else {
+        if (ln > 3 && !strcmp(export_s + ln - 3, ".h5")) {
+            snprintf(xpath, sizeof xpath, "%s", export_s);
+            if (mkdir_parents(xpath)) { snprintf(err, sizeof err, "--export %s: %s", export_s, strerror(errno)); goto fail; }
+        } else {
             if (mkdir(export_s, 0777) && errno != EEXIST) { snprintf(err, sizeof err, "--export %s: %s", export_s, strerror(errno)); goto fail; }
             snprintf(xpath, sizeof xpath, "%s/export.h5", export_s);
         }
@@ -684,7 +697,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     }
 
     if (!(flags & KVRUN_WORKER)) {     /* workers find DIR/parts made by rank 0 */
-        int has_parts = 0, ds = dir_state(outdir, &has_parts);
+        int has_parts = 0, ds = dir_state(outdir, xp ? rp_export_tmp(xp) : NULL, &has_parts);
         if (ds < 0) { snprintf(err, sizeof err, "%s: cannot create or read the output directory: %s", outdir, strerror(errno)); goto fail; }
         if (ds > 0 && !(resume && has_parts)) {
             snprintf(err, sizeof err, "%s exists and is not empty%s", outdir,
@@ -1052,7 +1065,7 @@ int kvcmd_merge(int argc, char **argv)
         }
         if (sw.n != NC) { snprintf(err, sizeof err, "%s: %zu configurations, the parts hold %zu", dirs[0], sw.n, NC); goto fail; }
     }
-    int has_parts = 0, ds = dir_state(outdir, &has_parts);
+    int has_parts = 0, ds = dir_state(outdir, NULL, &has_parts);
     if (ds != 0) {
         snprintf(err, sizeof err, ds < 0 ? "%s: cannot create the output directory" : "%s exists and is not empty", outdir);
         goto fail;

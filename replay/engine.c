@@ -37,6 +37,7 @@ struct rp_engine {
     int per_head;                              /* work items are (sequence, layer, kv head) */
     int32_t *needles;                          /* [KV_NEEDLE_NF][n_needles] (/needles) or NULL */
     size_t n_needles;
+    int want_ent;                              /* a configuration reads the prompt entropies */
 };
 
 /* A thread's large buffers (the work slab, Q, K, V), kept from one item to the next of a
@@ -334,6 +335,20 @@ static int cb_w_o(const rp_layer_ctx *ctx, const float **w, size_t *C)
     return 0;
 }
 
+/* criticalkv's value norms of kv head g (shared.h): W_O read once per work item (cb_w_o), the
+ * norms computed on the first request of any configuration and kept for the others. */
+static int cb_value_norms(const rp_layer_ctx *ctx, size_t g, const double **u)
+{
+    item *it = ctx->engine;
+    const float *wo;
+    size_t C;
+    int wr = cb_w_o(ctx, &wo, &C);
+    if (wr) return wr;
+    if (!it->sh || g >= it->nkv) return -2;
+    *u = rp_shared_value_norms(it->sh, g, it->v + g * it->n * it->E->D, wo, C);
+    return *u ? 0 : -2;
+}
+
 /* ---- finite values (SCHEMA.md: run refuses a tensor that holds NaN/Inf) ------------------- */
 
 /* Index of the first non-finite value of x[0..n), or n. */
@@ -482,6 +497,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
     E->S = in->n_seq; E->T = in->n_tok; E->L = in->n_layers; E->H = in->n_heads;
     E->Hkv = in->n_kv_heads; E->G = E->H / E->Hkv; E->D = in->head_dim;
     E->full = rp_strategy_find("full");
+    for (size_t c = 0; c < sw->n; c++) E->want_ent |= sw->cfg[c].evict->uses_entropy;
     E->tokens = malloc(E->S * E->T * sizeof *E->tokens);
     E->seq_len = malloc(E->S * sizeof *E->seq_len);
     E->ap = malloc(E->L * sizeof *E->ap);
@@ -723,6 +739,8 @@ typedef struct cstate {
     int dry;                /* prefill: rows dropped after the prefill (plain entries, K/V of
                                the trace), gathered again when this kv head is evaluated */
     int static_enc;         /* prefill: cache already encoded once */
+    int sview;              /* prefill, view_static: enc holds the last query's view */
+    size_t sview_diff;      /* its first entry whose rows differ from the cache's */
     int inc;                /* time-dependent encoder with encode_extend: enc grows with the
                                cache (prefill: a prefix of a fixed list; online: until an
                                eviction, after which enc_n = 0 re-encodes once) */
@@ -1381,6 +1399,8 @@ static int item_online_evict(item *it, size_t c, size_t g, size_t t)
 typedef struct cut_rows {
     int on;
     size_t nv[BLK], kcut[BLK], vcut[BLK];   /* per block row: entries, the encoder's cuts */
+    int sview;                              /* a static view (item_static_view_block) */
+    size_t sview_diff;                      /* its first re-indexed entry */
 } cut_rows;
 
 /* Whether configuration c's rows [tb, te) go through attn_rows_cut, and if so, their
@@ -1418,13 +1438,63 @@ static int item_cut_block(item *it, size_t c, size_t g, size_t tb, size_t te, cu
     return 0;
 }
 
-/* Block row r's view under item_cut_block: the entry list of st->enc cut to the row's
- * entries (pos, bytes; rows are not read: the block's kernel results stand for them). */
+/* Prefill rows of a configuration whose view is static (strategy view_static): the view of
+ * the last query is made once per kv head into st->enc (run_encoders at t = n - 1 on the whole
+ * cache) and every row of a block sees its first nv entries, evaluated at once by
+ * attn_rows_cut without cuts: bit for bit attn_entries over each row's own view, which is
+ * what the per-row path computes. The per-row path stays for what this does not cover
+ * (encoders after the view, selection, windows, merged entries, per-row export). */
+static int item_static_view_block(item *it, size_t c, size_t g, size_t tb, size_t te, cut_rows *cr)
+{
+    rp_engine *E = it->E;
+    item_scratch *sc = it->sc;
+    const rp_config *cf = &E->sw->cfg[c];
+    cstate *st = &sc->cs[c * it->nkv + g];
+    const attn_params *ap = &E->ap[it->l];
+    size_t n = it->n, D = E->D, G = E->G;
+    rp_cache *cc = &st->cache;
+    cr->on = 0;
+    if (E->o.mode == RP_ONLINE || st->dt || !st->td || !cf->evict->view_static ||
+        !rp_view_active(cf->evict, cf->evict_cfg) || cf->enc || cf->evict->encode || cf->evict->select || ap->window > 0 || cache_merged(cc) ||
+        E->o.export_step_hook || te - tb > BLK || attn_rows_cut(NULL, 0, D, ap, NULL, NULL, 0, NULL, NULL, NULL))
+        return 0;
+    if (!st->sview) {
+        if (cache_copy_prefix(&st->enc, cc, cc->n)) return IT_FAIL(it, "out of memory");
+        if (run_encoders(cf, &it->ctx, g, n - 1, &st->enc, it->err, sizeof it->err)) return -1;
+        size_t fd = 0;
+        while (fd < cc->n && !memcmp(st->enc.k + fd * D, cc->k + fd * D, D * sizeof *cc->k) &&
+               !memcmp(st->enc.v + fd * D, cc->v + fd * D, D * sizeof *cc->v))
+            fd++;
+        st->sview_diff = fd;
+        st->sview = 1;
+    }
+    for (size_t t = tb; t < te; t++) {
+        size_t r = t - tb;
+        cr->nv[r] = cc->n - (n - 1 - t);
+        cr->kcut[r] = cr->vcut[r] = 0;
+    }
+    size_t ld = cr->nv[te - 1 - tb];
+    attn_cut_src src = { st->enc.k, st->enc.k, st->enc.v, st->enc.v, cr->kcut, cr->vcut };
+    for (size_t i = 0; i < G; i++)
+        if (attn_rows_cut(it->q + ((g * G + i) * n + tb) * D, te - tb, D, ap, &src, cr->nv, ld, sc->blse + i * BLK,
+                          sc->bout + i * BLK * D, sc->bz + i * BLK * ld))
+            return IT_FAIL(it, "internal: attn_rows_cut refused head_dim %zu", D);
+    cr->on = 1;
+    cr->sview = 1;
+    cr->sview_diff = st->sview_diff;
+    return 0;
+}
+
+/* Block row r's view under item_cut_block or item_static_view_block: the entry list of
+ * st->enc cut to the row's entries (pos, bytes; rows are not read: the block's kernel
+ * results stand for them). A static view is re-indexed for the row when it reaches an entry
+ * whose rows differ from the cache's (what the per-row path finds by comparing them). */
 static void cut_row_view(const cut_rows *cr, const cstate *st, size_t r, row_view *rv)
 {
     *rv = (row_view){ .view = st->enc, .nv = cr->nv[r] };
     rv->view.n = cr->nv[r];
     rv->view.modified = cr->kcut[r] + cr->vcut[r] > 0;
+    if (cr->sview) rv->reindexed = cr->nv[r] > cr->sview_diff;
 }
 
 /* Configuration c on the block [tb, te) of kv head g. */
@@ -1465,6 +1535,7 @@ static int item_block_cfg(item *it, size_t c, size_t g, size_t tb, size_t te)
     }
     cut_rows cr = { 0 };
     if (!br.on && item_cut_block(it, c, g, tb, te, &cr)) return -1;
+    if (!br.on && !cr.on && item_static_view_block(it, c, g, tb, te, &cr)) return -1;
     if (cr.on) br = (blocked_rows){ 1, cr.nv[te - 1 - tb] };
     for (size_t t = tb; t < te; t++) {
         it->ctx.seed = st->seed;
@@ -1551,9 +1622,9 @@ static int item_run(item *it)
         .rotary_dim = E->R, .rope_interleaved = E->interleaved, .prompt_attn = cb_prompt_attn,
         .layer_kv = cb_layer_kv, .engine = it, .gqa_reduce = E->o.gqa_reduce,
         .prompt_colsum = cb_prompt_colsum, .prompt_entropy = cb_prompt_entropy, .key_pages = cb_key_pages,
-        .w_o = cb_w_o, .needles = E->needles, .n_needles = E->n_needles,
+        .w_o = cb_w_o, .needles = E->needles, .n_needles = E->n_needles, .value_norms = cb_value_norms,
     };
-    if (!(it->sh = rp_shared_new(it->q, it->k, it->nh, it->nkv, it->n, it->ctx.P, E->D, &E->ap[it->l]))) {
+    if (!(it->sh = rp_shared_new(it->q, it->k, it->nh, it->nkv, it->n, it->ctx.P, E->D, &E->ap[it->l], E->want_ent))) {
         IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
         goto done;
     }

@@ -470,6 +470,11 @@ int rp_export_close(rp_export *x, char *err, size_t errlen)
     return 0;
 }
 
+const char *rp_export_tmp(const rp_export *x)
+{
+    return x->tmp;
+}
+
 void rp_export_free(rp_export *x)
 {
     if (!x) return;

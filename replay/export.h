@@ -63,6 +63,8 @@ int rp_export_evict_hook(void *x, size_t c, size_t s, size_t l, size_t g, size_t
                          const int32_t *evict_at);
 int rp_export_write_seq(rp_export *x, size_t s, char *err, size_t errlen);
 int rp_export_close(rp_export *x, char *err, size_t errlen);
+/* The temporary file the export is written to until rp_export_close renames it. */
+const char *rp_export_tmp(const rp_export *x);
 void rp_export_free(rp_export *x);
 
 #endif /* KV_EXPORT_H */

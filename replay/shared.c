@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn.h"
 #include "shared.h"
 
 enum { CS_ROWS = 64 };          /* query rows per kernel call: logits buffer CS_ROWS x P */
@@ -89,25 +90,28 @@ struct rp_shared {
     const float *q, *k;
     size_t H, Hkv, G, n, P, D;
     attn_params ap;
+    int want_ent;               /* the whole prompt's sums are computed with the entropies */
     sh_range *rg;               /* [H][SH_RANGES], t1 == 0: free */
     size_t *rg_next;            /* [H] slot replaced next when all are taken */
     double **ent;               /* [H] row entropies, NULL until asked */
     float **kt;                 /* [Hkv] the prompt's keys transposed once (attn_transpose_keys) */
     sh_pages *pg;
     size_t n_pg;
+    double **vn;                /* [Hkv] value norms (rp_shared_value_norms), NULL until asked */
 };
 
 rp_shared *rp_shared_new(const float *q, const float *k, size_t H, size_t Hkv, size_t n, size_t P, size_t D,
-                         const attn_params *ap)
+                         const attn_params *ap, int want_ent)
 {
     rp_shared *s = calloc(1, sizeof *s);
     if (!s) return NULL;
-    *s = (rp_shared){ .q = q, .k = k, .H = H, .Hkv = Hkv, .G = H / Hkv, .n = n, .P = P, .D = D, .ap = *ap };
+    *s = (rp_shared){ .q = q, .k = k, .H = H, .Hkv = Hkv, .G = H / Hkv, .n = n, .P = P, .D = D, .ap = *ap, .want_ent = want_ent };
     s->rg = calloc(H * SH_RANGES, sizeof *s->rg);
     s->rg_next = calloc(H, sizeof *s->rg_next);
     s->ent = calloc(H, sizeof *s->ent);
     s->kt = calloc(Hkv, sizeof *s->kt);
-    if (!s->rg || !s->rg_next || !s->ent || !s->kt) { rp_shared_free(s); return NULL; }
+    s->vn = calloc(Hkv, sizeof *s->vn);
+    if (!s->rg || !s->rg_next || !s->ent || !s->kt || !s->vn) { rp_shared_free(s); return NULL; }
     return s;
 }
 
@@ -117,8 +121,9 @@ void rp_shared_free(rp_shared *s)
     if (s->rg) for (size_t i = 0; i < s->H * SH_RANGES; i++) free(s->rg[i].sum);
     if (s->ent) for (size_t h = 0; h < s->H; h++) free(s->ent[h]);
     if (s->kt) for (size_t g = 0; g < s->Hkv; g++) free(s->kt[g]);
+    if (s->vn) for (size_t g = 0; g < s->Hkv; g++) free(s->vn[g]);
     for (size_t i = 0; i < s->n_pg; i++) { free(s->pg[i].kmin); free(s->pg[i].kmax); }
-    free(s->rg); free(s->rg_next); free(s->ent); free(s->kt); free(s->pg);
+    free(s->rg); free(s->rg_next); free(s->ent); free(s->kt); free(s->vn); free(s->pg);
     free(s);
 }
 
@@ -164,6 +169,7 @@ int rp_shared_colsum(rp_shared *s, size_t h, size_t t0, size_t t1, const uint8_t
         return rp_prompt_colsum(head_q(s, h), head_k(s, h), head_kt(s, h), s->P, s->D, &s->ap, t0, t1, want, s->P,
                                 out, NULL);
     if (t0 == t1) { memset(out, 0, s->P * sizeof *out); return 0; }
+    if (s->want_ent && t0 == 0 && t1 == s->P && !rp_shared_entropy(s, h)) return -1;   /* fills the range */
     const double *sum = range_sum(s, h, t0, t1, NULL);
     if (!sum) return -1;
     memcpy(out, sum, s->P * sizeof *out);
@@ -212,4 +218,65 @@ int rp_shared_pages(rp_shared *s, size_t g, size_t page, size_t np, const float 
     *kmin = pg->kmin;
     *kmax = pg->kmax;
     return 0;
+}
+
+/* ---- value norms (criticalkv) ------------------------------------------------------------- */
+
+/* W_O of a query head ([D][C] floats, row stride C: 4 KiB apart at C = 1024, which maps the
+ * d rows of a few columns onto one L1 set) is packed once into panels of VN_PC columns:
+ * wp[cb][d][VN_PC] doubles, contiguous for the pass over d. A tile of VN_TILE value rows is
+ * then multiplied by each panel while the panel stays in L1. */
+enum { VN_PC = ATTN_PANEL_COLS };   /* columns per panel */
+enum { VN_ROWS = ATTN_PANEL_ROWS };  /* value rows per kernel call */
+enum { VN_TILE = 16 };   /* value rows per tile (a multiple of VN_ROWS) */
+
+/* tot[r] += |dot[r][c]| for the panel's columns c in order, VN_ROWS rows at once. */
+static void vn_panel(const double *x, size_t D, const double *wp, double *tot)
+{
+    double dot[VN_ROWS * VN_PC];
+    attn_panel_dot(x, D, wp, dot);
+    for (size_t r = 0; r < VN_ROWS; r++)
+        for (size_t c = 0; c < VN_PC; c++) tot[r] += fabs(dot[r * VN_PC + c]);
+}
+
+int rp_value_norms(const float *v, size_t P, size_t D, const float *wo, size_t C, size_t G, double *u)
+{
+    size_t np = C / VN_PC, cr = np * VN_PC;   /* whole panels; columns [cr, C) one at a time */
+    double *x = calloc(D ? VN_TILE * D : 1, sizeof *x), *wp = malloc((G * np * D * VN_PC + 1) * sizeof *wp);
+    if (!x || !wp) { free(x); free(wp); return -1; }
+    for (size_t i = 0; i < G; i++)
+        for (size_t b = 0; b < np; b++)
+            for (size_t d = 0; d < D; d++)
+                for (size_t c = 0; c < VN_PC; c++)
+                    wp[((i * np + b) * D + d) * VN_PC + c] = wo[(i * D + d) * C + b * VN_PC + c];
+    for (size_t j0 = 0; j0 < P; j0 += VN_TILE) {
+        /* rows past P (last tile) are computed from the previous tile's x and never read */
+        size_t nr = P - j0 < VN_TILE ? P - j0 : VN_TILE;
+        for (size_t r = 0; r < nr; r++)
+            for (size_t d = 0; d < D; d++) x[r * D + d] = v[(j0 + r) * D + d];
+        double tot[VN_TILE] = {0};
+        for (size_t i = 0; i < G; i++) {        /* each row: heads in order, c ascending */
+            for (size_t b = 0; b < np; b++)
+                for (size_t r = 0; r < nr; r += VN_ROWS)
+                    vn_panel(x + r * D, D, wp + (i * np + b) * D * VN_PC, tot + r);
+            for (size_t c = cr; c < C; c++)
+                for (size_t r = 0; r < nr; r++) {
+                    double a = 0;
+                    for (size_t d = 0; d < D; d++) a += x[r * D + d] * (double)wo[(i * D + d) * C + c];
+                    tot[r] += fabs(a);
+                }
+        }
+        for (size_t r = 0; r < nr; r++) u[j0 + r] = tot[r] / (double)G;
+    }
+    free(x); free(wp);
+    return 0;
+}
+
+const double *rp_shared_value_norms(rp_shared *s, size_t g, const float *v, const float *wo, size_t C)
+{
+    if (g >= s->Hkv) return NULL;
+    if (s->vn[g]) return s->vn[g];
+    double *u = malloc((s->P ? s->P : 1) * sizeof *u);
+    if (!u || rp_value_norms(v, s->P, s->D, wo + g * s->G * s->D * C, C, s->G, u)) { free(u); return NULL; }
+    return s->vn[g] = u;
 }

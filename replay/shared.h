@@ -9,7 +9,9 @@
  * (the engine's blocked kernel, attn_full_rows) and reduced as it goes: column sums over the
  * rows (accumulated attention: H2O, CAB, ObservedAttention-style scores; over the last w rows:
  * the observation window of SnapKV, PyramidKV, AdaKV) and each row's own normalised
- * entropy (entropy_merge). Memory per work item: a few P-long rows per query head, one
+ * entropy (entropy_merge); and, apart from the attention, criticalkv's value norms
+ * ||v W_O||_1 per (kv head, prompt token), shared by criticalkv and criticaladakv at every
+ * budget. Memory per work item: a few P-long rows per query head, one
  * block of rows x P logits while computing, and page min/max of the keys (Quest).
  *
  * Values are exactly those a strategy would get by summing ctx->prompt_attn rows itself:
@@ -59,8 +61,10 @@ void rp_page_minmax(const float *k, size_t D, size_t page, size_t p0, size_t p1,
 typedef struct rp_shared rp_shared;
 
 /* q [H][n][D], k [Hkv][n][D] stay owned by the caller and must outlive the object. */
+/* want_ent: a configuration will ask for the row entropies (the whole prompt's column sums
+ * are then computed with them in one pass). */
 rp_shared *rp_shared_new(const float *q, const float *k, size_t H, size_t Hkv, size_t n, size_t P, size_t D,
-                         const attn_params *ap);
+                         const attn_params *ap, int want_ent);
 void rp_shared_free(rp_shared *s);
 
 /* rp_prompt_colsum of query head h (ncols = P). Row ranges without a mask are kept (the
@@ -78,5 +82,18 @@ const double *rp_shared_entropy(rp_shared *s, size_t h);
  * Extended incrementally: a request for more pages computes only the new ones. 0 ok, -1 out
  * of memory or np * page > n. */
 int rp_shared_pages(rp_shared *s, size_t g, size_t page, size_t np, const float **kmin, const float **kmax);
+
+/* criticalkv's value norms: u[j] = mean over the G query heads i of ||v_j W_i||_1 for j < P,
+ * with v [P][D] one kv head's values and W_i = wo + i D C the [D][C] block of W_O of its i-th
+ * query head. Each element of v_j W_i is summed in double over d in order from 0 (the
+ * products of two floats are exact), the |.| in order of i then c, the mean as that sum / G;
+ * the same bits on every machine (an AVX2 path with the same order). Work P G D C.
+ * 0 ok, -1 out of memory. */
+int rp_value_norms(const float *v, size_t P, size_t D, const float *wo, size_t C, size_t G, double *u);
+
+/* rp_value_norms of kv head g (v its values [n][D], wo the layer's W_O [H*D][C], its rows
+ * g G D .. (g + 1) G D - 1 used), computed on the first request and kept: [P], valid until
+ * rp_shared_free; the same v, wo and C on every call. NULL when out of memory. */
+const double *rp_shared_value_norms(rp_shared *s, size_t g, const float *v, const float *wo, size_t C);
 
 #endif /* KV_SHARED_H */

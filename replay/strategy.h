@@ -37,8 +37,9 @@
  * configuration where it can be shared):
  *   prefill     q/k/v of the layer; prompt_attn (rows of the prompt's attention, cached
  *               per head while contiguous); the shared scores prompt_colsum (accumulated
- *               attention: whole prompt, observation windows, masked row sets) and
- *               prompt_entropy (per-row entropy); layer_kv (another layer's K/V).
+ *               attention: whole prompt, observation windows, masked row sets),
+ *               prompt_entropy (per-row entropy) and value_norms (||v W_O||_1 per kv head
+ *               and prompt token); layer_kv (another layer's K/V).
  *   online_*    the probabilities of the query over the cache (probs): taken from the
  *               full-cache attention the engine computes once per (query head, position)
  *               whenever the configuration sees the full cache; prompt_colsum for the
@@ -217,6 +218,13 @@ typedef struct rp_layer_ctx {
      * (evict_span, a diagnostic, evicts the needle spans of ctx->seq). */
     const int32_t *needles;
     size_t n_needles;
+    /* Shared (replay/shared.h, rp_shared_value_norms): *u [P] = mean over the G query heads h
+     * of kv head g of ||v_j W_O[h]||_1 for the prompt tokens j (criticalkv, criticaladakv),
+     * computed once per (sequence, layer, kv head) on the first request and reused by every
+     * configuration and budget; valid for the call. Returns as w_o: 0 ok, -1 no /readout, -2
+     * out of memory or a read error. NULL when the context was built without the engine
+     * (compute it with rp_value_norms from w_o then). */
+    int (*value_norms)(const struct rp_layer_ctx *ctx, size_t g, const double **u);
 } rp_layer_ctx;
 
 enum { RP_GQA_MEAN = 0, RP_GQA_MAX = 1, RP_GQA_SUM = 2 };
@@ -352,6 +360,20 @@ typedef struct rp_strategy {
      * that head's rows, out[0]), so a thread holds one kv head's working set. 0 (the default)
      * keeps the whole layer together, which is always correct. */
     int head_separable;
+    /* Optional, with online_view: 1 when, under the prefill protocol, the view query t gets is
+     * the first entries of the view the last query gets (no row depends on t: finch's re-rotated
+     * context keys go to P - c .. P - 1 for every query, the exact entries stay where they are).
+     * The engine then makes the view once per (sequence, layer, kv head) and evaluates blocks of
+     * query rows against it (attn_rows_cut), bit for bit the per-query views' results. */
+    int view_static;
+    /* Optional: 1 when prefill reads ctx->prompt_entropy. The shared pass over the whole
+     * prompt then fills the entropies the first time any configuration asks for the prompt's
+     * column sums, so a sweep with h2o before this strategy pays the pass once, not twice. */
+    int uses_entropy;
+    /* Optional: the last late_params parameters (INT/FLOAT/ENUM/BOOL) were added after results
+     * of the strategy existed: the canonical string names them only off their default, so those
+     * results' canonical strings, and the hashes and random streams derived from them, stay. */
+    size_t late_params;
 } rp_strategy;
 
 /* The registry (replay/strategies/registry.c over replay/strategies/list.h). */

@@ -438,6 +438,7 @@ static int build(rp_sweep *sw, char names[][64], size_t n_parts, tok *toks, size
         for (size_t i = 0; i < s->n_params && clen < sizeof canon; i++) {
             char b[128];
             fmt_value(&s->params[i], pt->values[i], b, sizeof b);
+            if (i + s->late_params >= s->n_params && !pt->text[i] && !strcmp(b, s->params[i].def)) continue;
             clen += (size_t)snprintf(canon + clen, sizeof canon - clen, " %s=%s", s->params[i].name,
                                      pt->text[i] ? pt->text[i] : b);
         }

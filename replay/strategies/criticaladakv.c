@@ -79,8 +79,12 @@ static int criticaladakv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_
     for (size_t g = 0; g < Hkv; g++) {
         size_t Bg = 0;
         for (size_t j = 0; j < P; j++) Bg += keep[g * P + j];
-        if (criticalkv_value_norms(ctx, g, wo, C, u)) goto done;
-        size_t m = head_select(c, score + g * P, u, P, B, Bg, s2, kept);
+        const double *un;
+        if (criticalkv_value_norms(ctx, g, wo, C, u, &un)) {
+            rp_failf(err, errlen, "criticaladakv: out of memory");
+            goto done;
+        }
+        size_t m = head_select(c, score + g * P, un, P, B, Bg, s2, kept);
         if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
     }
     rc = 0;

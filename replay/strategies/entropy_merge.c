@@ -167,4 +167,5 @@ const rp_strategy rp_strategy_entropy_merge = {
     .configure = emerge_configure,
     .free_cfg = emerge_free_cfg,
     .prefill = emerge_prefill,
+    .uses_entropy = 1,
 };

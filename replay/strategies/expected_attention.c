@@ -119,8 +119,141 @@ void ea_unrotate(const rp_layer_ctx *ctx, const float *q, size_t t, double *out)
 
 typedef struct ea_work {
     double *mu, *S, *mu2, *S2, *x, *cr, *sr, *z, *acc;
+    double *kt;                 /* [D][EA_KB] a block of keys, key index as the lane */
     size_t *partner;
 } ea_work;
+
+/* The covariance sums add EA_CR centred queries per pass over S (each element still adds
+ * them in ascending t), only the upper triangle from each row's 4-aligned diagonal block on
+ * (the rest is mirrored: x_d x_e and x_e x_d are the same product). */
+enum { EA_CR = 4 };
+
+/* S[d][e] += x[r][d] * x[r][e] for r = 0 .. nr - 1 in order, e from d rounded down to a
+ * multiple of 4; x [nr][D]. Two doubles per SSE2 op. */
+static void cov_rows_sse2(double *S, const double *x, size_t nr, size_t D)
+{
+    for (size_t d = 0; d < D; d++) {
+        double *Sd = S + d * D;
+        size_t e = d & ~(size_t)3;
+        for (; e + 2 <= D; e += 2) {
+            v2d a;
+            memcpy(&a, Sd + e, sizeof a);
+            for (size_t r = 0; r < nr; r++) {
+                const v2d xv = {x[r * D + d], x[r * D + d]};
+                v2d b;
+                memcpy(&b, x + r * D + e, sizeof b);
+                a += xv * b;
+            }
+            memcpy(Sd + e, &a, sizeof a);
+        }
+        for (; e < D; e++)
+            for (size_t r = 0; r < nr; r++) Sd[e] += x[r * D + d] * x[r * D + e];
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(ATTN_NO_AVX2)   /* as replay/attn.c */
+#define EA_HAVE_AVX2 1
+typedef double v4d __attribute__((vector_size(32)));
+
+enum { EA_KB = 8 };      /* keys per pass of ea_keys_avx2 */
+
+static int ea_use_avx2(void)
+{
+    static int cached = -1;
+    if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
+    return cached;
+}
+
+/* cov_rows_sse2 with four doubles per op (target "avx2", no FMA): the same sums. */
+__attribute__((target("avx2")))
+static void cov_rows_avx2(double *S, const double *x, size_t nr, size_t D)
+{
+    for (size_t d = 0; d < D; d++) {
+        double *Sd = S + d * D;
+        size_t e = d & ~(size_t)3;
+        for (; e + 4 <= D; e += 4) {
+            v4d a;
+            memcpy(&a, Sd + e, sizeof a);
+            for (size_t r = 0; r < nr; r++) {
+                const double xd = x[r * D + d];
+                const v4d xv = {xd, xd, xd, xd};
+                v4d b;
+                memcpy(&b, x + r * D + e, sizeof b);
+                a += xv * b;
+            }
+            memcpy(Sd + e, &a, sizeof a);
+        }
+        for (; e < D; e++)
+            for (size_t r = 0; r < nr; r++) Sd[e] += x[r * D + d] * x[r * D + e];
+    }
+}
+
+/* For EA_KB keys at once (kt [D][EA_KB], key i in lane i): a[i] = sum_d mu2[d] k_i[d] and,
+ * with S2, b[i] = sum over d of k_i[d] x_d, x_d = sum_e S2[d][e] k_i[e] (d and e ascending),
+ * exactly the scalar loop's sums, products and order per key: the same bits. */
+__attribute__((target("avx2")))
+static void ea_keys_avx2(const double *kt, size_t D, const double *mu2, const double *S2, double *a, double *b)
+{
+    v4d a0 = {0, 0, 0, 0}, a1 = a0, b0 = a0, b1 = a0;
+    for (size_t d = 0; d < D; d++) {
+        v4d k0, k1;
+        memcpy(&k0, kt + d * EA_KB, sizeof k0);
+        memcpy(&k1, kt + d * EA_KB + 4, sizeof k1);
+        const v4d m = {mu2[d], mu2[d], mu2[d], mu2[d]};
+        a0 += m * k0; a1 += m * k1;
+    }
+    if (S2) {
+        size_t d = 0;
+        for (; d + 2 <= D; d += 2) {            /* two rows of S2 per pass over e */
+            const double *r0 = S2 + d * D, *r1 = r0 + D;
+            v4d x00 = {0, 0, 0, 0}, x01 = x00, x10 = x00, x11 = x00;
+            for (size_t e = 0; e < D; e++) {
+                v4d k0, k1;
+                memcpy(&k0, kt + e * EA_KB, sizeof k0);
+                memcpy(&k1, kt + e * EA_KB + 4, sizeof k1);
+                const v4d s0 = {r0[e], r0[e], r0[e], r0[e]}, s1 = {r1[e], r1[e], r1[e], r1[e]};
+                x00 += s0 * k0; x01 += s0 * k1;
+                x10 += s1 * k0; x11 += s1 * k1;
+            }
+            v4d kd0, kd1, ke0, ke1;
+            memcpy(&kd0, kt + d * EA_KB, sizeof kd0);
+            memcpy(&kd1, kt + d * EA_KB + 4, sizeof kd1);
+            memcpy(&ke0, kt + (d + 1) * EA_KB, sizeof ke0);
+            memcpy(&ke1, kt + (d + 1) * EA_KB + 4, sizeof ke1);
+            b0 += kd0 * x00; b1 += kd1 * x01;
+            b0 += ke0 * x10; b1 += ke1 * x11;
+        }
+        for (; d < D; d++) {
+            const double *r0 = S2 + d * D;
+            v4d x00 = {0, 0, 0, 0}, x01 = x00;
+            for (size_t e = 0; e < D; e++) {
+                v4d k0, k1;
+                memcpy(&k0, kt + e * EA_KB, sizeof k0);
+                memcpy(&k1, kt + e * EA_KB + 4, sizeof k1);
+                const v4d s0 = {r0[e], r0[e], r0[e], r0[e]};
+                x00 += s0 * k0; x01 += s0 * k1;
+            }
+            v4d kd0, kd1;
+            memcpy(&kd0, kt + d * EA_KB, sizeof kd0);
+            memcpy(&kd1, kt + d * EA_KB + 4, sizeof kd1);
+            b0 += kd0 * x00; b1 += kd1 * x01;
+        }
+    }
+    memcpy(a, &a0, sizeof a0); memcpy(a + 4, &a1, sizeof a1);
+    memcpy(b, &b0, sizeof b0); memcpy(b + 4, &b1, sizeof b1);
+}
+#else
+#define EA_HAVE_AVX2 0
+enum { EA_KB = 1 };
+#endif
+
+static void cov_rows(double *S, const double *x, size_t nr, size_t D)
+{
+#if EA_HAVE_AVX2
+    if (ea_use_avx2()) { cov_rows_avx2(S, x, nr, D); return; }
+#endif
+    cov_rows_sse2(S, x, nr, D);
+}
 
 /* z[j - s] for keys j in [s, P) of query head h over kv head keys k; softmaxed. */
 static void ea_head(const ea_cfg *c, const rp_layer_ctx *ctx, size_t h, const float *k, size_t s, size_t P,
@@ -136,23 +269,17 @@ static void ea_head(const ea_cfg *c, const rp_layer_ctx *ctx, size_t h, const fl
     }
     for (size_t d = 0; d < D; d++) w->mu[d] /= (double)N;
     if (c->cov) {
-        for (size_t t = s; t < P; t++) {
-            ea_unrotate(ctx, q + t * D, t, w->x);
-            for (size_t d = 0; d < D; d++) w->x[d] -= w->mu[d];
-            for (size_t d = 0; d < D; d++) {    /* elementwise over e, two per SSE2 op: same bits */
-                double *Sd = w->S + d * D, xd = w->x[d];
-                const v2d xv = {xd, xd};
-                size_t e = 0;
-                for (; e + 2 <= D; e += 2) {
-                    v2d a, b;
-                    memcpy(&a, Sd + e, sizeof a);
-                    memcpy(&b, w->x + e, sizeof b);
-                    a += xv * b;
-                    memcpy(Sd + e, &a, sizeof a);
-                }
-                for (; e < D; e++) Sd[e] += xd * w->x[e];
+        for (size_t t0 = s; t0 < P; t0 += EA_CR) {
+            size_t nr = P - t0 < EA_CR ? P - t0 : EA_CR;
+            for (size_t r = 0; r < nr; r++) {
+                double *x = w->x + r * D;
+                ea_unrotate(ctx, q + (t0 + r) * D, t0 + r, x);
+                for (size_t d = 0; d < D; d++) x[d] -= w->mu[d];
             }
+            cov_rows(w->S, w->x, nr, D);
         }
+        for (size_t d = 0; d < D; d++)          /* the lower triangle: x_d x_e = x_e x_d */
+            for (size_t e = 0; e < d; e++) w->S[d * D + e] = w->S[e * D + d];
         for (size_t i = 0; i < D * D; i++) w->S[i] /= (double)N;
     }
     /* mu' = Rbar mu; S' = Rbar S Rbar^T, Rbar with two non-zeros per row */
@@ -165,7 +292,22 @@ static void ea_head(const ea_cfg *c, const rp_layer_ctx *ctx, size_t h, const fl
                                    w->sr[d] * (w->cr[e] * w->S[pd * D + e] + w->sr[e] * w->S[pd * D + pe]);
             }
     double rs = 1.0 / sqrt((double)D), mx = -INFINITY, zs = 0;
-    for (size_t j = s; j < P; j++) {
+    size_t j = s;
+#if EA_HAVE_AVX2
+    if (ea_use_avx2())
+        for (; j + EA_KB <= P; j += EA_KB) {
+            double a[EA_KB], b[EA_KB];
+            for (size_t i = 0; i < EA_KB; i++)
+                for (size_t d = 0; d < D; d++) w->kt[d * EA_KB + i] = k[(j + i) * D + d];
+            ea_keys_avx2(w->kt, D, w->mu2, c->cov ? w->S2 : NULL, a, b);
+            for (size_t i = 0; i < EA_KB; i++) {
+                double z = a[i] * rs + (c->cov ? b[i] / (2.0 * (double)D) : 0.0);
+                w->z[j + i - s] = z;
+                if (z > mx) mx = z;
+            }
+        }
+#endif
+    for (; j < P; j++) {
         const float *kj = k + j * D;
         double a = 0, b = 0;
         for (size_t d = 0; d < D; d++) a += w->mu2[d] * kj[d];
@@ -225,14 +367,16 @@ static int ea_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cac
         return rp_failf(err, errlen, "expected_attention: the trace is positional=rope but has no /rope tables: "
                         "queries cannot be un-rotated");
     ea_work w = { 0 };
-    w.mu = malloc(D * sizeof *w.mu); w.mu2 = malloc(D * sizeof *w.mu2); w.x = malloc(D * sizeof *w.x);
+    w.mu = malloc(D * sizeof *w.mu); w.mu2 = malloc(D * sizeof *w.mu2); w.x = malloc(EA_CR * D * sizeof *w.x);
+    w.kt = malloc((EA_KB * D + 1) * sizeof *w.kt);
     w.cr = malloc(D * sizeof *w.cr); w.sr = malloc(D * sizeof *w.sr); w.partner = malloc(D * sizeof *w.partner);
     w.S = malloc(D * D * sizeof *w.S); w.S2 = malloc(D * D * sizeof *w.S2);
     w.z = malloc((P + 1) * sizeof *w.z); w.acc = malloc((P + 1) * sizeof *w.acc);
     double *score = malloc((P + 1) * sizeof *score);
     int32_t *kept = malloc((P + 1) * sizeof *kept);
     int rc = -1;
-    if (!w.mu || !w.mu2 || !w.x || !w.cr || !w.sr || !w.partner || !w.S || !w.S2 || !w.z || !w.acc || !score || !kept)
+    if (!w.mu || !w.mu2 || !w.x || !w.kt || !w.cr || !w.sr || !w.partner || !w.S || !w.S2 || !w.z || !w.acc || !score ||
+        !kept)
         goto done;
     if (B < P) ea_avg_rotation(ctx, P, c->future, w.cr, w.sr, w.partner);
     for (size_t g = 0; g < ctx->Hkv; g++) {
@@ -247,7 +391,7 @@ static int ea_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cac
     }
     rc = 0;
 done:
-    free(w.mu); free(w.mu2); free(w.x); free(w.cr); free(w.sr); free(w.partner); free(w.S); free(w.S2);
+    free(w.mu); free(w.mu2); free(w.x); free(w.kt); free(w.cr); free(w.sr); free(w.partner); free(w.S); free(w.S2);
     free(w.z); free(w.acc); free(score); free(kept);
     return rc;
 }

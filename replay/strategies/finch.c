@@ -31,8 +31,17 @@
  * compression_ratio = 1 - keep, the window first; with a question window the context keeps
  * Bc = that count minus w, at least 1 (kvpress keeps no context then). preset=kvtrace: the
  * engine's round(keep * P) context entries (Bc = B). budget=N: N context entries.
+ * Chunks: chunk=N (kvpress's chunk_length; keep= only) keeps the same scores but selects per
+ * chunk: the scored positions [0, k_len) are cut into chunks of N from 0 and each chunk of len
+ * positions keeps its own share by score, preset=kvpress max(1, int(len keep)) (kvpress's
+ * rule), preset=kvtrace max(1, round(keep len)). k_len: with a question window P + w under
+ * preset=kvpress (kvpress's context + question: the question's positions, scored above the
+ * context, take a chunk's first slots, its context the rest, none when they fill it), else P
+ * (the context alone, or the prompt with its padded window). At least one context entry (the
+ * best) is kept. kvpress's condition N > w / keep (a whole chunk keeps more than the window) is
+ * checked wherever the window is chunked: a sequence that breaks it is refused, named.
  * Defaults: preset=kvpress, question=0 (every token after the prompt), window=16, normalize=1,
- * rerotate=1 (kvpress FinchPress's normalize_scores and rerotate_keys).
+ * rerotate=1 (kvpress FinchPress's normalize_scores and rerotate_keys), chunk=0 (off).
  * Reference: Corallo and Papotti 2024, "FINCH: Prompt-guided Key-Value Cache Compression for
  * Large Language Models" (TACL; github.com/giulio98/context-compression); kvpress FinchPress
  * (github.com/NVIDIA/kvpress, presses/finch_press.py, key_rerotation_press.py).
@@ -41,8 +50,12 @@
  * so by default the window holds both; question=N keeps the first N). kvpress computes the
  * question's own queries on the full context during the prefill; the replay evaluates every
  * position after P on the compressed cache, the question's included. Without /prefill_len
- * kvpress refuses the input; the prompt window is this replay's fallback. Chunked scoring
- * (chunk_length) is not reproduced. A --decode split on a trace with /prefill_len makes the
+ * kvpress refuses the input; the prompt window is this replay's fallback. chunk=N is kvpress's
+ * chunked selection over scores of the whole context; the paper's own chunked processing (each
+ * chunk run through the model with the question, attending to the compressed cache of the
+ * chunks before it) cannot be replayed: its later chunks' queries and keys differ from the
+ * uncompressed run a trace holds. kvpress can drop question tokens in a short last chunk; here
+ * the question is always seen exactly. A --decode split on a trace with /prefill_len makes the
  * tokens after that split the window. Sliding-window layers: the layer's window is applied at
  * the original positions.
  */
@@ -54,7 +67,7 @@
 #include "kvpress_budget.h"
 #include "strategy.h"
 
-typedef struct finch_cfg { int preset; size_t question, window; int normalize, rerotate; } finch_cfg;
+typedef struct finch_cfg { int preset; size_t question, window; int normalize, rerotate; size_t chunk; } finch_cfg;
 
 static const rp_param_def finch_params[] = {
     KVPRESS_PRESET_PARAM,
@@ -62,6 +75,8 @@ static const rp_param_def finch_params[] = {
     { "window", RP_INT, "16", 1, 1e9, NULL, "traces without /prefill_len: window = the last N prompt tokens" },
     { "normalize", RP_BOOL, "1", 0, 1, NULL, "weigh window row t by t (kvpress normalize_scores)" },
     { "rerotate", RP_BOOL, "1", 0, 1, NULL, "kept keys re-rotated to contiguous positions (needs /rope on RoPE traces)" },
+    { "chunk", RP_INT, "0", 0, 1e9, NULL,
+      "kvpress chunk_length: every chunk of N positions keeps its own share keep * N (needs keep=; 0 = off)" },
 };
 
 static int finch_configure(const double *v, void **cfg, char *err, size_t errlen)
@@ -73,6 +88,7 @@ static int finch_configure(const double *v, void **cfg, char *err, size_t errlen
     c->window = (size_t)v[2];
     c->normalize = v[3] != 0;
     c->rerotate = v[4] != 0;
+    c->chunk = (size_t)v[5];
     *cfg = c;
     return 0;
 }
@@ -127,6 +143,51 @@ static size_t finch_budget(const finch_cfg *c, const rp_layer_ctx *ctx, size_t B
     return tot > w + 1 ? tot - w : 1;
 }
 
+/* The entries a chunk of len positions keeps: kvpress max(1, int(len (1 - compression_ratio)))
+ * in double as Python computes it; preset=kvtrace max(1, round(keep len)) as the engine's B. */
+static size_t finch_chunk_kept(const finch_cfg *c, double keep, size_t len)
+{
+    double x = c->preset == KVPRESS_PRESET_KVPRESS ? (double)len * (1.0 - (1.0 - keep)) : round(keep * (double)len);
+    return x < 1 ? 1 : (size_t)x;
+}
+
+/* Chunked selection (chunk > 0): the scored range [0, klen) cut into chunks of c->chunk
+ * positions from 0, each keeping its own share of entries by score (the window's entries of a
+ * prompt window score above all others, so they fill a chunk's share first). klen = P + w with
+ * a question window under preset=kvpress (kvpress's k_len: context + question): the question
+ * positions of a chunk take its first slots and the context the rest, none when they fill it.
+ * Otherwise klen = P. kept [P] ascending; at least one entry (the best) when every chunk's
+ * share went to the question. */
+static size_t finch_chunk_select(const finch_cfg *c, const rp_layer_ctx *ctx, const double *score, size_t w,
+                                 int question, int32_t *kept)
+{
+    size_t P = ctx->P, klen = question && c->preset == KVPRESS_PRESET_KVPRESS ? P + w : P, m = 0;
+    for (size_t a = 0; a < klen && a < P; a += c->chunk) {
+        size_t b = klen - a < c->chunk ? klen : a + c->chunk, hi = b < P ? b : P;
+        size_t ni = finch_chunk_kept(c, ctx->keep, b - a), wi = b - hi;    /* wi: question positions */
+        size_t mi = rp_topk(score + a, hi - a, ni > wi ? ni - wi : 0, kept + m);
+        for (size_t i = 0; i < mi; i++) kept[m + i] += (int32_t)a;
+        m += mi;
+    }
+    return m ? m : rp_topk(score, P, 1, kept);
+}
+
+/* Whether a chunked configuration can run: a keep= fraction, and where the window is part of
+ * the chunked range (not a question under preset=kvtrace) kvpress's condition chunk_length >
+ * window / (1 - compression_ratio): a whole chunk keeps more than the window. */
+static int finch_chunk_check(const finch_cfg *c, const rp_layer_ctx *ctx, size_t w, int question, char *err,
+                             size_t errlen)
+{
+    if (ctx->keep <= 0)
+        return rp_failf(err, errlen, "finch: chunk=%zu needs keep= (each chunk keeps that fraction), not budget=",
+                        c->chunk);
+    double keep = 1.0 - (1.0 - ctx->keep);     /* 1 - compression_ratio, as kvpress computes it */
+    if ((!question || c->preset == KVPRESS_PRESET_KVPRESS) && !((double)c->chunk > (double)w / keep))
+        return rp_failf(err, errlen, "finch: chunk=%zu must exceed window / keep = %zu / %g (seq %zu; kvpress's "
+                        "condition: a whole chunk keeps more than the window)", c->chunk, w, ctx->keep, ctx->seq);
+    return 0;
+}
+
 static int finch_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out, char *err, size_t errlen)
 {
     const finch_cfg *c = cfg;
@@ -134,6 +195,11 @@ static int finch_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_
     finch_window(c, ctx, &t0, &t1);
     int question = t0 == P;
     size_t Bc = finch_budget(c, ctx, B, t1 - t0, question);
+    if (c->chunk) {
+        if (ctx->keep >= 1) Bc = P;                     /* keep=1: nothing to select */
+        else if (finch_chunk_check(c, ctx, t1 - t0, question, err, errlen)) return -1;
+        else Bc = 0;                                    /* chosen per chunk below */
+    }
     double *p = malloc((ctx->n + 1) * sizeof *p), *score = malloc((P + 1) * sizeof *score);
     int32_t *kept = malloc((P + 1) * sizeof *kept);
     int rc = -1;
@@ -144,13 +210,13 @@ static int finch_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_
             for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
         } else if (question) {
             finch_score(c, ctx, g, t0, t1, P, p, score);
-            m = rp_topk(score, P, Bc, kept);
+            m = c->chunk ? finch_chunk_select(c, ctx, score, t1 - t0, 1, kept) : rp_topk(score, P, Bc, kept);
         } else {                        /* the prompt's tail: padded with the maximum + 1 */
             finch_score(c, ctx, g, t0, t1, t0, p, score);
             double mx = -INFINITY;
             for (size_t j = 0; j < t0; j++) mx = score[j] > mx ? score[j] : mx;
             for (size_t j = t0; j < P; j++) score[j] = t0 ? mx + 1 : 1;
-            m = rp_topk(score, P, Bc, kept);
+            m = c->chunk ? finch_chunk_select(c, ctx, score, t1 - t0, 0, kept) : rp_topk(score, P, Bc, kept);
         }
         if (ev_push_kept(ctx, g, kept, m, &out[g])) { rp_failf(err, errlen, "finch: out of memory"); goto done; }
     }
@@ -189,4 +255,6 @@ const rp_strategy rp_strategy_finch = {
     .prefill = finch_prefill,
     .online_view = finch_view,
     .view_active = finch_view_active,
+    .view_static = 1,
+    .late_params = 1,           /* chunk: named only when on */
 };

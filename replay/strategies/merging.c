@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn.h"
 #include "evict_util.h"
 #include "kvp_score.h"
 #include "strategy.h"
@@ -52,49 +53,76 @@ static double norm_of(const float *x, size_t D)
     return sqrt(s);
 }
 
-/* Dot products in double of ke with the four key rows k0..k3 (each summed in d order, as
- * one loop per row would: four independent chains instead of one, same bits). */
-static void dot4(const float *ke, const float *k0, const float *k1, const float *k2, const float *k3, size_t D,
-                 double *out)
+/* The cosine similarities are dot products of an evicted key with every kept key: the kept
+ * keys are packed once per kv head into panels of MG_PC entries, kp[b][d][MG_PC] doubles
+ * (contiguous for the pass over d), and MG_ER evicted keys share each pass. Each dot product
+ * is summed over d in order from 0, as a loop per pair would: the same bits (the products of
+ * two floats are exact in double). */
+enum { MG_PC = ATTN_PANEL_COLS };   /* kept entries per panel */
+enum { MG_ER = ATTN_PANEL_ROWS };   /* evicted keys per pass */
+
+/* Scratch of fold_evicted, sized for P entries. */
+typedef struct mg_work {
+    double *acc, *wsum, *nk;    /* [P][D], [P], [P] */
+    double *kp;                 /* [ceil(P / MG_PC)][D][MG_PC] kept keys, panels */
+    double *x;                  /* [MG_ER][D] evicted keys */
+    int32_t *ev;                /* [P] evicted positions */
+} mg_work;
+
+/* kp: the kept keys of c in panels (entries past m repeat the last one; never read). */
+static void pack_kept(const float *K, size_t D, const rp_cache *c, double *kp)
 {
-    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-    for (size_t d = 0; d < D; d++) {
-        double x = ke[d];
-        a0 += x * k0[d]; a1 += x * k1[d]; a2 += x * k2[d]; a3 += x * k3[d];
-    }
-    out[0] = a0; out[1] = a1; out[2] = a2; out[3] = a3;
+    size_t m = c->n, nb = (m + MG_PC - 1) / MG_PC;
+    for (size_t b = 0; b < nb; b++)
+        for (size_t i = 0; i < MG_PC; i++) {
+            size_t t = b * MG_PC + i < m ? b * MG_PC + i : m - 1;
+            const float *kt = K + (size_t)c->pos[t] * D;
+            for (size_t d = 0; d < D; d++) kp[(b * D + d) * MG_PC + i] = kt[d];
+        }
 }
 
-/* Steps 2-3 on the cache c of kv head g (its m entries hold the kept rows, positions
- * ascending): original keys/values K, V [n][D]. acc [m][D], wsum [m], nk [m] scratch (the
- * kept keys' clamped norms, computed once instead of once per evicted entry). */
+/* Steps 2-3 on the cache c of kv head g (its m >= 1 entries hold the kept rows, positions
+ * ascending): original keys/values K, V [n][D]. The kept keys' clamped norms are computed
+ * once instead of once per evicted entry; similarities are ranked in ascending t (ties keep
+ * the lower one) and the folds added in ascending e, as one evicted entry at a time. */
 static void fold_evicted(const kvp_cfg *cf, const float *K, const float *V, size_t P, size_t D, rp_cache *c,
-                         const uint8_t *kept_mask, double *acc, double *wsum, double *nk)
+                         const uint8_t *kept_mask, mg_work *w)
 {
-    size_t m = c->n;
+    size_t m = c->n, nb = (m + MG_PC - 1) / MG_PC, ne_all = 0;
+    double *acc = w->acc, *wsum = w->wsum, *nk = w->nk;
     memset(acc, 0, m * D * sizeof *acc);
     memset(wsum, 0, m * sizeof *wsum);
     for (size_t t = 0; t < m; t++) nk[t] = fmax(norm_of(K + (size_t)c->pos[t] * D, D), MERGE_EPS);
-    for (size_t e = 0; e < P; e++) {
-        if (kept_mask[e]) continue;
-        const float *ke = K + e * D;
-        double ne = fmax(norm_of(ke, D), MERGE_EPS), best = -INFINITY, dot[4];
-        size_t bt = 0;
-        for (size_t t0 = 0; t0 < m; t0 += 4) {
-            size_t nt = m - t0 < 4 ? m - t0 : 4;
-            const float *kr[4];
-            for (size_t i = 0; i < 4; i++) kr[i] = K + (size_t)c->pos[t0 + (i < nt ? i : 0)] * D;
-            dot4(ke, kr[0], kr[1], kr[2], kr[3], D, dot);
-            for (size_t i = 0; i < nt; i++) {       /* ascending t: ties keep the lower one */
-                double sim = dot[i] / (ne * nk[t0 + i]);
-                if (sim > best) { best = sim; bt = t0 + i; }
-            }
+    pack_kept(K, D, c, w->kp);
+    for (size_t e = 0; e < P; e++)
+        if (!kept_mask[e]) w->ev[ne_all++] = (int32_t)e;
+    for (size_t i0 = 0; i0 < ne_all; i0 += MG_ER) {
+        size_t nr = ne_all - i0 < MG_ER ? ne_all - i0 : MG_ER;
+        double ne[MG_ER], best[MG_ER], dot[MG_ER * MG_PC];
+        size_t bt[MG_ER] = {0};
+        for (size_t r = 0; r < MG_ER; r++) {    /* rows past nr repeat the last evicted key */
+            const float *ke = K + (size_t)w->ev[i0 + (r < nr ? r : nr - 1)] * D;
+            for (size_t d = 0; d < D; d++) w->x[r * D + d] = ke[d];
+            ne[r] = fmax(norm_of(ke, D), MERGE_EPS);
+            best[r] = -INFINITY;
         }
-        if (!(best >= cf->own[MG_THR])) continue;
-        double nve = norm_of(V + e * D, D), nvt = norm_of(V + (size_t)c->pos[bt] * D, D);
-        double w = fmax(best, 0) * nve / (nve + nvt + MERGE_EPS);
-        for (size_t d = 0; d < D; d++) acc[bt * D + d] += w * V[e * D + d];
-        wsum[bt] += w;
+        for (size_t b = 0; b < nb; b++) {
+            attn_panel_dot(w->x, D, w->kp + b * D * MG_PC, dot);
+            size_t nt = m - b * MG_PC < MG_PC ? m - b * MG_PC : MG_PC;
+            for (size_t r = 0; r < nr; r++)
+                for (size_t i = 0; i < nt; i++) {   /* ascending t: ties keep the lower one */
+                    double sim = dot[r * MG_PC + i] / (ne[r] * nk[b * MG_PC + i]);
+                    if (sim > best[r]) { best[r] = sim; bt[r] = b * MG_PC + i; }
+                }
+        }
+        for (size_t r = 0; r < nr; r++) {
+            size_t e = (size_t)w->ev[i0 + r], t = bt[r];
+            if (!(best[r] >= cf->own[MG_THR])) continue;
+            double nve = norm_of(V + e * D, D), nvt = norm_of(V + (size_t)c->pos[t] * D, D);
+            double wt = fmax(best[r], 0) * nve / (nve + nvt + MERGE_EPS);
+            for (size_t d = 0; d < D; d++) acc[t * D + d] += wt * V[e * D + d];
+            wsum[t] += wt;
+        }
     }
     for (size_t t = 0; t < m; t++) {
         if (!(wsum[t] > 0)) continue;
@@ -109,12 +137,17 @@ static int merging_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, r
 {
     const kvp_cfg *c = cfg;
     size_t P = ctx->P, Hkv = ctx->Hkv, D = ctx->D;
-    double *score = malloc(Hkv * P * sizeof *score), *acc = malloc(P * D * sizeof *acc), *wsum = malloc(P * sizeof *wsum);
-    double *nk = malloc(P * sizeof *nk);
+    double *score = malloc(Hkv * P * sizeof *score);
+    mg_work w = {
+        .acc = malloc(P * D * sizeof *w.acc), .wsum = malloc(P * sizeof *w.wsum), .nk = malloc(P * sizeof *w.nk),
+        .kp = malloc(((P + MG_PC - 1) / MG_PC * MG_PC * D + 1) * sizeof *w.kp),
+        .x = malloc((MG_ER * D + 1) * sizeof *w.x),
+        .ev = malloc(P * sizeof *w.ev),
+    };
     int32_t *kept = malloc(P * sizeof *kept);
     uint8_t *mask = malloc(P);
     int rc = -1;
-    if (!score || !acc || !wsum || !nk || !kept || !mask) goto done;
+    if (!score || !w.acc || !w.wsum || !w.nk || !w.kp || !w.x || !w.ev || !kept || !mask) goto done;
     if (B >= P) {
         rc = kvp_keep_all(ctx, kept, out);
         goto done;
@@ -125,11 +158,11 @@ static int merging_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, r
         if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
         memset(mask, 0, P);
         for (size_t i = 0; i < m; i++) mask[kept[i]] = 1;
-        fold_evicted(c, ctx->k + g * ctx->n * D, ctx->v + g * ctx->n * D, P, D, &out[g], mask, acc, wsum, nk);
+        if (m) fold_evicted(c, ctx->k + g * ctx->n * D, ctx->v + g * ctx->n * D, P, D, &out[g], mask, &w);
     }
     rc = 0;
 done:
-    free(score); free(acc); free(wsum); free(nk); free(kept); free(mask);
+    free(score); free(w.acc); free(w.wsum); free(w.nk); free(w.kp); free(w.x); free(w.ev); free(kept); free(mask);
     return rc;
 }
 

@@ -87,25 +87,54 @@ def finch_scores(ctx, t0, t1, ncols, normalize, scale):
     return acc / ((t1 - t0) * len(ctx["Qall"]))
 
 
+def finch_chunked(sc, chunk, share):
+    """kvpress FinchPress with chunk_length: every chunk [a, a + chunk) of the score vector keeps
+    its share(len) best entries (ties: lower position); the kept positions, ascending."""
+    kept = []
+    for a in range(0, len(sc), chunk):
+        part = sc[a:a + chunk]
+        kept += [a + i for i in top(part, share(len(part)))]
+    return kept
+
+
 def sel_finch(params, ctx, B):
     P, n = ctx["P"], ctx["n"]
     normalize = str(params.get("normalize", 1)) in ("1", "true")
     keep = params.get("_keep")
     kvpress = params.get("preset", "kvpress") == "kvpress" and keep is not None and 0 < keep < 1
+    chunk = int(params.get("chunk", 0))
+    if chunk and keep is not None and keep < 1:
+        # chunk share: kvpress max(1, int(len (1 - compression_ratio))), kvtrace max(1, round(keep len))
+        if params.get("preset", "kvpress") == "kvpress":
+            share = lambda m: max(1, int(m * (1 - (1 - keep))))  # noqa: E731
+        else:
+            share = lambda m: max(1, math.floor(keep * m + 0.5))  # noqa: E731
+    else:
+        chunk = 0
     if FINCH_QUESTION:
         q = int(params.get("question", 0))
         w = min(q, n - P) if q else n - P
+        sc = finch_scores(ctx, P, P + w, P, normalize, ctx["scale"])
+        if chunk:
+            # kvpress scores context + question, the question padded above every context score;
+            # the question is seen exactly here, so only the context positions it kept count
+            full = np.concatenate([sc, np.full(w, sc.max() + 1)]) if kvpress else sc
+            kept = [j for j in finch_chunked(full, chunk, share) if j < P]
+            return kept if kept else top(sc, 1)
         Bc = max(1, max(1, int((P + w) * (1 - (1 - keep)))) - w) if kvpress else B
         if Bc >= P:
             return keep_all(P)
-        return top(finch_scores(ctx, P, P + w, P, normalize, ctx["scale"]), Bc)
+        return top(sc, Bc)
     w = min(int(params.get("window", 16)), P)
     Bk = ref_presses.kvpress_budget(params, P, B)
-    if Bk >= P:
+    if Bk >= P and not chunk:
         return keep_all(P)
     sc = finch_scores(ctx, P - w, P, P - w, normalize, ctx["scale"])
     pad = sc.max() + 1 if P > w else 1.0
-    return top(np.concatenate([sc, np.full(w, pad)]), Bk)
+    full = np.concatenate([sc, np.full(w, pad)])
+    if chunk:
+        return finch_chunked(full, chunk, share)
+    return top(full, Bk)
 
 
 ref_replay.PREFILL_SELECT.update(finch=sel_finch)

@@ -106,6 +106,11 @@ check_golden("finch_question", trace_path("qa", prefill_len=[64, 58, 48]), os.pa
                  "finch keep=0.6 rerotate=0",
                  "finch keep=0.4 preset=kvtrace question=8",
                  "finch budget=20 normalize=0",
+                 # chunked (kvpress chunk_length): contexts 64/58/48 + 8 question tokens in chunks
+                 # of 24 (shares 12, the last chunk's taken by the question first), and chunks of
+                 # the context alone under preset=kvtrace (round(0.5 * 25) = 13, half away from 0)
+                 "finch keep=0.5 question=8 chunk=24",
+                 "finch keep=0.5 preset=kvtrace chunk=25",
              ], set_params=finch_params)
 # no /prefill_len: the last window= prompt tokens, padded with the maximum + 1 (--decode 32)
 ref_presses_more.FINCH_QUESTION = False
@@ -113,6 +118,10 @@ check_golden("finch_prompt", trace_path("plain"), os.path.join(TMP, "out_more_fi
     "finch keep=0.45",
     "finch keep=0.3 window=8 rerotate=0",
     "finch budget=20 window=4 preset=kvtrace normalize=0",
+    # chunked: prompts of 64/58/48 in chunks of 24 (share int(0.45 * 24) = 10; the window's 8
+    # entries fill the first 8 of the last chunk's share) and of 15 (round(0.3 * 15) = 5 > 4)
+    "finch keep=0.45 window=8 chunk=24",
+    "finch keep=0.3 window=4 preset=kvtrace chunk=15 normalize=0",
 ], set_params=finch_params)
 
 # ---- per_layer ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ rounding: the golden tests compare with numpy under tolerances (issue 13 audit).
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,7 +97,10 @@ expect(1 <= len(parts) < 8, f"killed worker: {len(parts)} part(s) left, expected
 r = mpi(3, base + ["-o", d, "--resume"])
 expect(r.returncode == 0, f"--resume after the killed worker: exit {r.returncode}: {r.stderr.strip()[-2000:]}")
 if r.returncode == 0:
-    expect(f"resumed: {len(parts)} sequence(s)" in r.stderr, f"--resume note: {r.stderr.strip()!r}")
+    # a rank stopped by mpirun's SIGTERM may still rename the part of the item it was finishing
+    # after the listing above (under load), so the note may count one more part than we saw
+    m = re.search(r"resumed: (\d+) sequence\(s\)", r.stderr)
+    expect(m is not None and len(parts) <= int(m.group(1)) < 8, f"--resume note: {r.stderr.strip()!r} ({len(parts)} parts listed)")
     compare(ref, d, "killed worker + --resume")
     print(f"killed worker: {8 - len(parts)} item(s) lost, {len(parts)} part(s) kept; --resume gives the same bytes")
 

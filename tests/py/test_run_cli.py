@@ -239,6 +239,23 @@ else:
     r = run([big, "--sweep", bsweep, "--mode", "online", "--decode", "64", "-o", res_dir, "--resume"])
     expect(r.returncode != 0 and "not empty" in r.stderr, "--resume on a finished directory must refuse")
 
+# ---- --export inside a fresh -o directory ---------------------------------------------------
+xdir = os.path.join(TMP, "xin", "res")          # neither exists yet
+shutil.rmtree(os.path.join(TMP, "xin"), ignore_errors=True)
+xf = os.path.join(xdir, "export.h5")
+r = run([hand, "--strategy", "streaming budget=4 sinks=0", "--decode", "4", "-o", xdir, "--export", xf])
+expect(r.returncode == 0 and os.path.exists(xf) and os.path.exists(os.path.join(xdir, "summary.csv")),
+       f"-o D --export D/export.h5 into a fresh D: exit {r.returncode} {r.stderr.strip()!r}")
+if os.path.exists(xf):
+    before, listing = open(xf, "rb").read(), sorted(os.listdir(xdir))
+    r = run([hand, "--strategy", "streaming budget=4 sinks=0", "--decode", "4", "-o", xdir, "--export", xf])
+    expect(r.returncode != 0 and "not empty" in r.stderr and r.stderr.count("\n") == 1,
+           f"a second run into the same D must refuse in one line: {r.stderr!r}")
+    expect(open(xf, "rb").read() == before, "the refused run changed D/export.h5")
+    expect(sorted(os.listdir(xdir)) == listing,
+           f"the refused run left files behind: {sorted(os.listdir(xdir))}")
+    print("--export D/export.h5 with -o D: created, a second run refused, nothing changed")
+
 if fails:
     print(f"FAIL: {len(fails)} problems:")
     for m in fails:

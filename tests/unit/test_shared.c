@@ -31,7 +31,14 @@
  *   the object    rp_shared_colsum / rp_shared_entropy (cached, recomputed, several ranges
  *                 per head, GQA head mapping) equal the direct calls bit for bit;
  *                 rp_shared_pages equals a naive min/max, also when extended page by page,
- *                 and refuses pages past the sequence.
+ *                 and refuses pages past the sequence;
+ *   value norms   rp_value_norms (criticalkv's mean over the query heads of ||v W_O[h]||_1)
+ *                 equals, bit for bit, the naive loop that defines its order (each product
+ *                 summed over d from 0 in double, |.| summed over heads then columns, / G), on
+ *                 shapes off every blocking (P not a multiple of the row tile, C not of the
+ *                 panel width, odd D) and on whole blocks; and against a long-double sum within
+ *                 (D + C G) 2^-52 of the total (the same terms, rounded in double);
+ *                 rp_shared_value_norms gives the same values and keeps them per kv head.
  */
 #include <math.h>
 #include <stdint.h>
@@ -173,12 +180,13 @@ static void test_colsum(const char *name, const attn_params *ap)
     free(q); free(k); free(kt); free(pr);
 }
 
-static void test_object(const attn_params *ap)
+/* want_ent: the whole-prompt column sums are computed with the entropies (same bits). */
+static void test_object(const attn_params *ap, int want_ent)
 {
     float *q = malloc(H * N * D * sizeof *q), *k = malloc(HKV * N * D * sizeof *k);
     for (size_t i = 0; i < H * N * D; i++) q[i] = rng_normal();
     for (size_t i = 0; i < HKV * N * D; i++) k[i] = rng_normal();
-    rp_shared *s = rp_shared_new(q, k, H, HKV, N, P, D, ap);
+    rp_shared *s = rp_shared_new(q, k, H, HKV, N, P, D, ap, want_ent);
     check("rp_shared_new", s != NULL);
     if (!s) return;
     uint8_t want[P];
@@ -258,17 +266,93 @@ static void test_kt(size_t Dx, const attn_params *ap)
     free(q); free(k); free(v); free(kt);
 }
 
+/* The order rp_value_norms documents, one element at a time. */
+static void vn_naive(const float *v, size_t P, size_t D, const float *wo, size_t C, size_t G, double *u)
+{
+    for (size_t j = 0; j < P; j++) {
+        double tot = 0;
+        for (size_t i = 0; i < G; i++)
+            for (size_t c = 0; c < C; c++) {
+                double a = 0;
+                for (size_t d = 0; d < D; d++) a += (double)v[j * D + d] * (double)wo[(i * D + d) * C + c];
+                tot += fabs(a);
+            }
+        u[j] = tot / (double)G;
+    }
+}
+
+static void test_value_norms(size_t P, size_t D, size_t C, size_t G)
+{
+    float *v = malloc(P * D * sizeof *v), *wo = malloc(G * D * C * sizeof *wo);
+    double *u = malloc(P * sizeof *u), *ref = malloc(P * sizeof *ref);
+    for (size_t i = 0; i < P * D; i++) v[i] = rng_normal();
+    for (size_t i = 0; i < G * D * C; i++) wo[i] = rng_normal() * 0.1f;
+    check("rp_value_norms runs", rp_value_norms(v, P, D, wo, C, G, u) == 0);
+    vn_naive(v, P, D, wo, C, G, ref);
+    int same = 1, close = 1;
+    for (size_t j = 0; j < P; j++) {
+        same &= memcmp(&u[j], &ref[j], sizeof u[j]) == 0;
+        long double tot = 0, mag = 0;
+        for (size_t i = 0; i < G; i++)
+            for (size_t c = 0; c < C; c++) {
+                long double a = 0, m = 0;
+                for (size_t d = 0; d < D; d++) {
+                    long double x = (long double)v[j * D + d] * wo[(i * D + d) * C + c];
+                    a += x; m += fabsl(x);
+                }
+                tot += fabsl(a); mag += m;
+            }
+        /* every product is exact in double; the D-term sums and the C G-term sum of |.| round */
+        close &= fabsl((long double)u[j] - tot / G) <= (long double)(D + C * G) * 0x1p-52L * mag / G;
+    }
+    char msg[160];
+    snprintf(msg, sizeof msg, "rp_value_norms = the naive order bit for bit (P %zu, D %zu, C %zu, G %zu)", P, D, C, G);
+    check(msg, same);
+    snprintf(msg, sizeof msg, "rp_value_norms within rounding of a long-double sum (P %zu, D %zu, C %zu, G %zu)", P, D,
+             C, G);
+    check(msg, close);
+    free(v); free(wo); free(u); free(ref);
+}
+
+/* The shared object's copy per kv head: kv head g uses W_O rows g G D .. and its own values. */
+static void test_value_norms_shared(void)
+{
+    size_t H = 4, Hkv = 2, G = 2, n = 23, P = 19, D = 8, C = 12;
+    float *q = calloc(H * n * D, sizeof *q), *k = calloc(Hkv * n * D, sizeof *k), *v = malloc(Hkv * n * D * sizeof *v);
+    float *wo = malloc(H * D * C * sizeof *wo);
+    double ref[19];
+    for (size_t i = 0; i < Hkv * n * D; i++) v[i] = rng_normal();
+    for (size_t i = 0; i < H * D * C; i++) wo[i] = rng_normal();
+    attn_params ap = { 0.25f, 0, 0 };
+    rp_shared *s = rp_shared_new(q, k, H, Hkv, n, P, D, &ap, 0);
+    int ok = s != NULL;
+    for (size_t g = 0; g < Hkv && ok; g++) {
+        const double *u = rp_shared_value_norms(s, g, v + g * n * D, wo, C);
+        vn_naive(v + g * n * D, P, D, wo + g * G * D * C, C, G, ref);
+        ok = u && !memcmp(u, ref, P * sizeof *u) && rp_shared_value_norms(s, g, v + g * n * D, wo, C) == u;
+    }
+    check("rp_shared_value_norms per kv head, kept", ok);
+    rp_shared_free(s);
+    free(q); free(k); free(v); free(wo);
+}
+
 int main(void)
 {
     attn_params plain = { 0.25f, 0, 0 }, capped = { 0.5f, 5.0f, 0 }, window = { 0.25f, 0, 13 };
     test_colsum("plain", &plain);
     test_colsum("softcap", &capped);
     test_colsum("window", &window);
-    test_object(&plain);
-    test_object(&window);
+    test_object(&plain, 0);
+    test_object(&window, 0);
+    test_object(&plain, 1);
+    test_object(&window, 1);
     test_kt(16, &plain);
     test_kt(300, &window);
     test_kt(128, &capped);
+    test_value_norms(37, 13, 21, 3);       /* off every blocking */
+    test_value_norms(32, 16, 64, 2);       /* whole tiles and panels */
+    test_value_norms(5, 128, 1024, 4);     /* the bench shape, few rows */
+    test_value_norms_shared();
     float one = 1.0f, half[2] = { 0.5f, 0.5f };
     check("entropy of one key = 0", rp_entropy_norm(&one, 1) == 0);
     check("entropy of two halves = 1", fabs(rp_entropy_norm(half, 2) - 1) <= 1e-15);
