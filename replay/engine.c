@@ -10,6 +10,11 @@
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
+static int max_threads(void) { return omp_get_max_threads(); }
+static int thread_num(void) { return omp_get_thread_num(); }
+#else   /* built without OpenMP: one thread */
+static int max_threads(void) { return 1; }
+static int thread_num(void) { return 0; }
 #endif
 
 #include "attn.h"
@@ -1765,7 +1770,7 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
     double *rocf = ph ? calloc(L * NC * SA_NF, sizeof *rocf) : NULL;    /* per_head: read-out flags */
     double *lp = ph && NE ? calloc(NC * NE * PP_ATT, sizeof *lp) : NULL; /* per_head: the layer's pp */
     layer_join *lj = ph ? calloc(L, sizeof *lj) : NULL;
-    int nthr = omp_get_max_threads();
+    int nthr = max_threads();
     thread_bufs *tbs = calloc(nthr > 0 ? (size_t)nthr : 1, sizeof *tbs);
     int ro = E->ro && NE;
     float *hid = ro ? malloc(E->T * C * sizeof *hid) : NULL;
@@ -1808,7 +1813,7 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
     for (uu = 0; uu < (long long)NU; uu++) {
         item *it = &its[uu];
         size_t l = it->l;
-        it->tb = &tbs[omp_get_thread_num()];
+        it->tb = &tbs[thread_num()];
         /* this item's per-position sums (per_head: its terms): a buffer per item in flight,
          * folded in item order */
         if (NE && !(it->pp = calloc(NC * NE * (ph ? G : 1) * PP_ATT, sizeof *it->pp))) {
