@@ -615,14 +615,19 @@ def run(a, load_adapter):
     return rows, check, len(nrows)
 
 
+def _config_dataset(g, rows):
+    """g/config: each row's configuration string, fixed width (one byte more than the longest)."""
+    width = max([len(r["config"].encode()) for r in rows] + [1]) + 1
+    g.create_dataset("config", data=np.array([r["config"].encode() for r in rows], dtype=f"S{width}").reshape(len(rows)))
+
+
 def _write_needles(f, nrows):
     """/needles of the truth file: one row per (configuration, measured needle) (traces/EXPORT.md)."""
     N = len(nrows)
     g = f.create_group("needles")
     for k in ("config_id", "seq", "needle", "ctx_len", "answer_len"):
         g.create_dataset(k, data=np.array([r[k] for r in nrows], dtype="<i4").reshape(N))
-    width = max([len(r["config"].encode()) for r in nrows] + [1]) + 1
-    g.create_dataset("config", data=np.array([r["config"].encode() for r in nrows], dtype=f"S{width}").reshape(N))
+    _config_dataset(g, nrows)
     for k in ("depth", "top1_full", "top1_comp"):
         g.create_dataset("answer_" + k if k.startswith("top1") else k,
                          data=np.array([r[k] for r in nrows], dtype="<f8").reshape(N))
@@ -651,8 +656,7 @@ def write_truth(a, rows, check, sha, model_attr, nrows=None):
             g.create_dataset("seq", data=np.array([r["seq"] for r in rows], dtype="<i4").reshape(N))
             g.create_dataset("n_query", data=np.array([r["n_query"] for r in rows], dtype="<i4").reshape(N))
             g.create_dataset("n_y", data=np.array([r["n_y"] for r in rows], dtype="<i4").reshape(N))
-            width = max([len(r["config"].encode()) for r in rows] + [1]) + 1
-            g.create_dataset("config", data=np.array([r["config"].encode() for r in rows], dtype=f"S{width}").reshape(N))
+            _config_dataset(g, rows)
             for m in METRICS:
                 g.create_dataset(m, data=np.array([r[m] for r in rows], dtype="<f8").reshape(N))
             if nrows is not None:

@@ -1408,6 +1408,18 @@ typedef struct cut_rows {
     size_t sview_diff;                      /* its first re-indexed entry */
 } cut_rows;
 
+/* Whether prefill rows [tb, te) of a configuration can be evaluated as one block by
+ * attn_rows_cut at all: the prefill protocol, no per-query selection or window, no merged
+ * entries, no per-row export, a block that fits and a head_dim the kernel takes. */
+static int rows_blockable(const item *it, const rp_config *cf, const rp_cache *cc, size_t tb, size_t te)
+{
+    const rp_engine *E = it->E;
+    const attn_params *ap = &E->ap[it->l];
+    return E->o.mode != RP_ONLINE && !cf->evict->select && !(ap->window > 0) && !cache_merged(cc) &&
+           !E->o.export_step_hook && te - tb <= BLK &&
+           !attn_rows_cut(NULL, 0, E->D, ap, NULL, NULL, 0, NULL, NULL, NULL);    /* no rows: whether D fits */
+}
+
 /* Whether configuration c's rows [tb, te) go through attn_rows_cut, and if so, their
  * results into the blocked buffers (sc->blse, bout, bz with row stride nv of the last row)
  * and st->enc extended to the last row. The per-row path stays for what the kernel does
@@ -1422,10 +1434,7 @@ static int item_cut_block(item *it, size_t c, size_t g, size_t tb, size_t te, cu
     size_t n = it->n, D = E->D, G = E->G;
     rp_cache *cc = &st->cache;
     cr->on = 0;
-    if (E->o.mode == RP_ONLINE || !st->inc || !cf->enc->encode_cuts || cf->evict->select || ap->window > 0 ||
-        cache_merged(cc) || E->o.export_step_hook || te - tb > BLK ||
-        attn_rows_cut(NULL, 0, D, ap, NULL, NULL, 0, NULL, NULL, NULL))     /* no rows: whether D fits */
-        return 0;
+    if (!rows_blockable(it, cf, cc, tb, te) || !st->inc || !cf->enc->encode_cuts) return 0;
     for (size_t t = tb; t < te; t++) {
         size_t r = t - tb, m = cc->n - (n - 1 - t);
         cr->nv[r] = m;
@@ -1459,9 +1468,8 @@ static int item_static_view_block(item *it, size_t c, size_t g, size_t tb, size_
     size_t n = it->n, D = E->D, G = E->G;
     rp_cache *cc = &st->cache;
     cr->on = 0;
-    if (E->o.mode == RP_ONLINE || st->dt || !st->td || !cf->evict->view_static ||
-        !rp_view_active(cf->evict, cf->evict_cfg) || cf->enc || cf->evict->encode || cf->evict->select || ap->window > 0 || cache_merged(cc) ||
-        E->o.export_step_hook || te - tb > BLK || attn_rows_cut(NULL, 0, D, ap, NULL, NULL, 0, NULL, NULL, NULL))
+    if (!rows_blockable(it, cf, cc, tb, te) || st->dt || !st->td || !cf->evict->view_static ||
+        !rp_view_active(cf->evict, cf->evict_cfg) || cf->enc || cf->evict->encode)
         return 0;
     if (!st->sview) {
         if (cache_copy_prefix(&st->enc, cc, cc->n)) return IT_FAIL(it, "out of memory");
