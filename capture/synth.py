@@ -137,12 +137,14 @@ def facts_doc(seed, index, n, filler, n_facts=4, n_queries=2, depths=None):
     return np.frombuffer(bytes(doc), dtype=np.uint8), planted
 
 
-def mixed_batch(rng, text, B, T, synth_frac, seed, counter, repeat_share=0.5, repeat_kw=None):
+def mixed_batch(rng, text, B, T, synth_frac, seed, counter, repeat_share=0.5, repeat_kw=None,
+                fact_queries=2):
     """B training windows of T-1 bytes: a share synth_frac synthetic (repeat_share of them
     repeat documents, the rest facts), the rest prose windows of `text`. Returns (windows
     [B, T-1] uint8, new counter). rng draws the prose windows and the kinds; synthetic content
     depends on (seed, counter). repeat_kw: keyword arguments of repeat_doc (span_min,
-    span_max, pool); a small pool of long spans makes copying pay early (see train_ref.py)."""
+    span_max, pool); a small pool of long spans makes copying pay early (see train_ref.py).
+    fact_queries: queries per facts document (capped at its 2-6 facts)."""
     rows = []
     for _ in range(B):
         u = rng.random()
@@ -151,7 +153,7 @@ def mixed_batch(rng, text, B, T, synth_frac, seed, counter, repeat_share=0.5, re
             counter += 1
         elif u < synth_frac:
             d, _ = facts_doc(seed, counter, T - 1, text, n_facts=int(2 + counter % 5),
-                             n_queries=2)
+                             n_queries=fact_queries)
             counter += 1
         else:
             s = int(rng.integers(0, len(text) - T))

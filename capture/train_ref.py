@@ -97,8 +97,12 @@ def main():
     ap.add_argument("--d-ff", type=int, default=512)
     ap.add_argument("--synth-frac", type=float, default=0.0,
                     help="share of training windows from capture/synth.py (repeat and facts)")
-    ap.add_argument("--repeat-share", type=float, default=0.5,
-                    help="share of the synthetic windows that are repeated-span documents (rest: facts)")
+    ap.add_argument("--repeat-share", default="0.5",
+                    help="share of the synthetic windows that are repeated-span documents (rest: "
+                         "facts); SHARE:UNTIL_STEP,...,SHARE changes it per phase")
+    ap.add_argument("--fact-queries", default="2",
+                    help="queries per facts document (at most its fact count); N:UNTIL_STEP,...,N "
+                         "per phase (more queries: more retrieval targets per window)")
     ap.add_argument("--repeat-span", default="8:32",
                     help="MIN:MAX length of the random spans of repeat documents")
     ap.add_argument("--repeat-pool", type=int, default=6,
@@ -137,6 +141,8 @@ def main():
     repeat_kw = {"span_min": int(span_min), "span_max": int(span_max or span_min), "pool": a.repeat_pool,
                  "alphabet": a.repeat_alphabet}
     synth_schedule = parse_schedule(a.synth_schedule, a.synth_frac, float)
+    share_schedule = parse_schedule(a.repeat_share, None, float)
+    query_schedule = parse_schedule(a.fact_queries, None, int)
     train_ctx = max(sq for sq, _ in schedule)
     cfg = RefConfig(n_layers=a.layers, d_model=a.d_model, n_heads=a.heads, n_kv_heads=a.kv_heads,
                     head_dim=a.d_model // a.heads, d_ff=a.d_ff)
@@ -175,7 +181,7 @@ def main():
     say(f"# params {n_params}  train_bytes {len(train)}  heldout_bytes {len(held)}  seed {a.seed}  "
         f"threads {a.threads}  torch {torch.__version__}  steps {a.steps} batch {a.batch} seq {a.seq}")
     if a.synth_frac or a.synth_schedule or a.seq_schedule or a.batch_tokens:
-        say(f"# synth_frac {a.synth_frac}  synth_schedule {synth_schedule}  repeat_share {a.repeat_share}  seq_schedule {schedule}  batch_tokens {a.batch_tokens}  "
+        say(f"# synth_frac {a.synth_frac}  synth_schedule {synth_schedule}  repeat_share {share_schedule}  fact_queries {query_schedule}  seq_schedule {schedule}  batch_tokens {a.batch_tokens}  "
             f"repeat {repeat_kw}  lr {a.lr}  warmup {a.warmup}  OPENBLAS_CORETYPE {os.environ.get('OPENBLAS_CORETYPE', '-')}")
     say(f"# unigram_baseline_heldout_nats {unigram:.4f}")
     say("step\tlr\ttrain_loss\theldout_loss\telapsed_s")
@@ -190,7 +196,8 @@ def main():
         frac = seq_at(synth_schedule, step)
         if frac > 0:
             win, counter = synth.mixed_batch(rng, train, B, seq + 1, frac, a.seed, counter,
-                                                a.repeat_share, repeat_kw)
+                                             seq_at(share_schedule, step), repeat_kw,
+                                             seq_at(query_schedule, step))
             win = win.astype(np.int64)
             x = torch.from_numpy(np.concatenate([np.full((B, 1), BOS_ID), win[:, :-1]], axis=1))
             y = torch.from_numpy(win)

@@ -16,7 +16,10 @@
 # synthetic documents only (repeated random spans over 223 byte values, pools of 3 spans of
 # 6-16 symbols; and planted facts) until step 2500, where an induction head forms; then
 # 256-token windows, half synthetic, to step 3750 (retrieval of planted facts); then the full
-# 1024-token context with 35% synthetic to step 6000. 4096 tokens per step, lr 1e-3, cosine.
+# 1024-token context with 35% synthetic to step 4750; then half synthetic with facts documents
+# weighted up (60% of the synthetic share, every fact queried) to step 6000: with 10% of the
+# windows holding two queries each, the 1024-token phase had lost retrieval (0.81 -> 0 at
+# distance 256 by step 4500; see probes/README.md). 4096 tokens per step, lr 1e-3, cosine.
 set -eu
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-/usr/bin/python3}
@@ -34,9 +37,10 @@ for L in "$@"; do
     [ -f "$d/ckpt" ] && resume=--resume
     echo "train_models: $L layers -> $d (${resume:-new run}; progress in $d/train.out)"
     nice -n 19 "$PY" capture/train_ref.py --threads "$THREADS" --layers "$L" \
-        --synth-schedule 1.0:2500,0.5:3750,0.35 --repeat-share 0.7 --repeat-alphabet wide \
+        --synth-schedule 1.0:2500,0.5:3750,0.35:4750,0.5 --repeat-share 0.7:4750,0.4 \
+        --fact-queries 2:4750,6 --repeat-alphabet wide \
         --repeat-span 6:16 --repeat-pool 3 --seq-schedule 64:2500,256:3750,1024 \
-        --batch-tokens 4096 --lr 1e-3 --steps 6000 --eval-every 250 --probe-every 500 \
+        --batch-tokens 4096 --lr 1e-3 --steps 6000 --eval-every 250 --probe-every 250 \
         --ckpt "$d/ckpt" $resume -o "$d/model.pt" --log "$d/train.log" >> "$d/train.out"
     for a in wide letters; do
         "$PY" capture/structure.py --model "$d/model.pt" --alphabet $a
