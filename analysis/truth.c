@@ -290,6 +290,28 @@ static int cmp_d(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* ty[i] / px[i] over the configurations idx[0..n) (all n when idx is NULL) whose proxy is
+ * positive: how many times the true effect exceeds the direct-path proxy's. NAN when none. */
+typedef struct { size_t k; double med, lo, hi; } tratio;
+
+static tratio ratio_stats(const double *px, const double *ty, const size_t *idx, size_t n, int *oom)
+{
+    tratio o = { 0, NAN, NAN, NAN };
+    double *r = malloc((n ? n : 1) * sizeof *r);
+    if (!r) { if (oom) *oom = 1; return o; }
+    for (size_t a = 0; a < n; a++) {
+        size_t i = idx ? idx[a] : a;
+        if (px[i] > 0) r[o.k++] = ty[i] / px[i];
+    }
+    if (o.k) {
+        qsort(r, o.k, sizeof *r, cmp_d);
+        o.med = o.k % 2 ? r[o.k / 2] : 0.5 * (r[o.k / 2 - 1] + r[o.k / 2]);
+        o.lo = r[0]; o.hi = r[o.k - 1];
+    }
+    free(r);
+    return o;
+}
+
 static void corr_stats(const double *px, const double *ty, size_t n, size_t B, uint64_t seed, tstat *o)
 {
     o->n = n;
@@ -303,11 +325,7 @@ static void corr_stats(const double *px, const double *ty, size_t n, size_t B, u
             o->slope = c1; o->intercept = c0;
         }
     }
-    double *r = malloc((n ? n : 1) * sizeof *r);
-    size_t k = 0;
-    for (size_t i = 0; r && i < n; i++) if (px[i] > 0) r[k++] = ty[i] / px[i];
-    if (k) { qsort(r, k, sizeof *r, cmp_d); o->med_ratio = k % 2 ? r[k / 2] : 0.5 * (r[k / 2 - 1] + r[k / 2]); }
-    free(r);
+    o->med_ratio = ratio_stats(px, ty, NULL, n, NULL).med;
     if (B == 0 || n < 3) return;
     double *bx = malloc(n * sizeof *bx), *by = malloc(n * sizeof *by);
     double *rs = malloc(B * sizeof *rs), *ts = malloc(B * sizeof *ts);
@@ -852,6 +870,29 @@ static kv_status tr_needles(rp_ctx *c, const char *truth_path, kv_error *err)
     return KV_OK;
 }
 
+/* Per family (fam[i]: index of the family's first pair): the first pair of each family in
+ * pairing order (*idx_out [n]) and the ratio statistics of its pairs (*ratio_out [n]). */
+static kv_status family_ratios(const double *px, const double *ty, const int *fam, size_t np,
+                               size_t **idx_out, tratio **ratio_out, size_t *n_out, kv_error *err)
+{
+    size_t nf = 0;
+    for (size_t i = 0; i < np; i++) nf += fam[i] == (int)i;
+    size_t *first = malloc((nf ? nf : 1) * sizeof *first), *members = malloc((np ? np : 1) * sizeof *members);
+    tratio *r = malloc((nf ? nf : 1) * sizeof *r);
+    int oom = !first || !members || !r;
+    for (size_t i = 0, k = 0; !oom && i < np; i++) {
+        if (fam[i] != (int)i) continue;
+        size_t m = 0;
+        for (size_t j = i; j < np; j++) if (fam[j] == (int)i) members[m++] = j;
+        first[k] = i;
+        r[k++] = ratio_stats(px, ty, members, m, &oom);
+    }
+    free(members);
+    if (oom) { free(first); free(r); return fail(err, KV_ERR_NOMEM, "out of memory"); }
+    *idx_out = first; *ratio_out = r; *n_out = nf;
+    return KV_OK;
+}
+
 kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *err)
 {
     const res_set *rs = c->rs;
@@ -879,6 +920,8 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     double hl_regret = NAN, *fold_g = NULL; /* [TR_NCAL][nfam][L] per-fold gains */
     size_t *fold_fam = NULL, n_fold = 0;
     int fold_warn[TR_NCAL] = { 0 };
+    size_t *fam_idx = NULL, n_fam = 0;      /* the first pair of each family, in pairing order */
+    tratio *fam_ratio = NULL;               /* [n_fam] true / proxy logit KL per family */
     for (int m = 0; m < TM_N; m++) { px[m] = malloc((NC ? NC : 1) * sizeof **px); ty[m] = malloc((NC ? NC : 1) * sizeof **ty); }
     FILE *f = NULL;
     char path[8192];
@@ -949,6 +992,8 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         for (size_t j = 0; j < i; j++)
             if (!strcmp(rs->configs[cid[i]].family, rs->configs[cid[j]].family)) { fam[i] = fam[j]; break; }
     }
+    if ((st = family_ratios(px[TM_KL], ty[TM_KL], fam, np, &fam_idx, &fam_ratio, &n_fam, err)) != KV_OK)
+        goto done;
     if (have_pl) {
         ncal = TR_NCAL;
         for (size_t k = 0; k < ncal; k++) {
@@ -1117,6 +1162,19 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                 px[TM_KL][i], ty[TM_KL][i], px[TM_NLL][i], ty[TM_NLL][i]);
     if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
     f = NULL;
+    snprintf(path, sizeof path, "%s/tables/truth_families.csv", c->dir);
+    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+    fprintf(f, "family,n_configs,n_ratio,median_true_over_proxy_logit_kl,min_ratio,max_ratio\n");
+    for (size_t k = 0; k < n_fam; k++) {
+        double v[3] = { fam_ratio[k].med, fam_ratio[k].lo, fam_ratio[k].hi };
+        size_t first = fam_idx[k], nk = 0;
+        for (size_t i = 0; i < np; i++) nk += fam[i] == fam[first];
+        fprintf(f, "%s,%zu,%zu", rs->configs[cid[first]].family, nk, fam_ratio[k].k);
+        put_nums(f, v, 3);
+        fputc('\n', f);
+    }
+    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+    f = NULL;
     if (ncal) {     /* every calibration: cross-validated statistics and the full-data gains */
         snprintf(path, sizeof path, "%s/tables/truth_calib.csv", c->dir);
         if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
@@ -1266,6 +1324,18 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     }
     fprintf(f, "\nThe last row (`%s` in tables/truth.csv) uses no fit: it scores the proxy logit KL as a "
                "ranking of the true ΔNLL.\n\n", TR_CROSS_NAME);
+    fprintf(f, "Underestimate by family: true / proxy logit_kl per configuration (configurations whose proxy is "
+               "0 left out), the median and range over the family; a family whose factor stands apart from the "
+               "others is ranked wrongly against them by the raw proxy (tables/truth_families.csv).\n\n"
+               "| family | configurations | median true / proxy | range |\n|---|---|---|---|\n");
+    for (size_t k = 0; k < n_fam; k++) {
+        char a[3][32];
+        fmt_num(a[0], 32, fam_ratio[k].med); fmt_num(a[1], 32, fam_ratio[k].lo); fmt_num(a[2], 32, fam_ratio[k].hi);
+        size_t nk = 0;
+        for (size_t i = 0; i < np; i++) nk += fam[i] == fam[fam_idx[k]];
+        fprintf(f, "| %s | %zu | %s | %s-%s |\n", rs->configs[cid[fam_idx[k]]].family, nk, a[0], a[1], a[2]);
+    }
+    fputc('\n', f);
     if (ncal) {
         size_t nfam = 0;
         for (size_t i = 0; i < np; i++) nfam += fam[i] == (int)i;
@@ -1344,7 +1414,7 @@ done:
     free(rows); free(cid);
     for (size_t i = 0; i < npl; i++) free(pl[i].config);
     free(pl); free(fx[0]); free(fx[1]); free(fam);
-    free(ps); free(bi); free(fold_g); free(fold_fam);
+    free(ps); free(bi); free(fold_g); free(fold_fam); free(fam_idx); free(fam_ratio);
     for (size_t k = 0; k < TR_NCAL; k++) { free(cal[k].pred); free(cal[k].g); }
     for (int m = 0; m < TM_N; m++) { free(px[m]); free(ty[m]); }
     return st;

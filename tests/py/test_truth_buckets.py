@@ -216,7 +216,23 @@ agree, nb, mreg = headline(P, T, [True] * len(pairs))
 check(int(dec["agree"]) == agree and int(dec["buckets"]) == nb, f"headline {dec['agree']} of {dec['buckets']} (numpy {agree} of {nb})")
 check(agree < nb, "the synthetic truth changes at least one winner (the check can fail)")
 check(close(float(dec["mean_regret"]), mreg), f"mean regret {dec['mean_regret']} (numpy {mreg:.9g})")
+# underestimate by family: median (and range) of true / proxy over the family's configurations
+# whose proxy is positive; the synthetic truth scales each configuration by its own factor
+fams = list(csv.DictReader(open(os.path.join(rep, "tables", "truth_families.csv"))))
+fam_order = []
+for c in pairs:
+    if c["family"] not in fam_order:
+        fam_order.append(c["family"])
+check([r["family"] for r in fams] == fam_order, f"truth_families.csv lists the families in pairing order ({len(fams)})")
+for r in fams:
+    idx = [i for i, c in enumerate(pairs) if c["family"] == r["family"]]
+    rat = np.array([T[i] / P[i] for i in idx if P[i] > 0])
+    want = (np.median(rat), rat.min(), rat.max()) if len(rat) else (np.nan,) * 3
+    got_f = tuple(float(r[k]) if r[k] else np.nan for k in ("median_true_over_proxy_logit_kl", "min_ratio", "max_ratio"))
+    check(int(r["n_configs"]) == len(idx) and int(r["n_ratio"]) == len(rat) and all(close(a, b) for a, b in zip(got_f, want)),
+          f"{r['family']}: {r['n_ratio']} of {r['n_configs']} ratios, median/min/max {got_f} (numpy {want})")
 report = open(os.path.join(rep, "report.md")).read()
+check("| family | configurations | median true / proxy | range |" in report, "report: underestimate by family table")
 check(report.find("Winner agreement") < report.find("| metric | n | Spearman"), "headline above the Spearman table")
 
 # ---- two-level bootstrap: every replicate from its recorded draws ----
