@@ -25,6 +25,7 @@
 #include <string.h>
 
 #define ND_PANELS 16
+#define ND_COLS 2             /* panels per row of the heat map (twice as many at --two-column width) */
 #define ND_SERIES 16
 
 static const char nd_header[] =
@@ -225,8 +226,9 @@ static void clean_label(const res_config *cf, char *buf, size_t cap)
 }
 
 /* One plot (gnuplot's replot, which writes the PDF, replays a single plot, not a multiplot):
- * panel p's cells at x = p (nx + 1) + context index, y = depth bin index; the panels'
- * labels on the top axis. */
+ * the panels on a grid of at most ND_COLS columns (2 ND_COLS at the two-column width), panel p in column p % cols and row
+ * p / cols (top row first); its cells at x = column (nx + 1) + context index and y =
+ * (rows - 1 - row) (ny + 2) + depth bin index; its name a label above it. */
 static kv_status fig_heat(rp_ctx *c, const nd_cell *cell, size_t n, kv_error *err)
 {
     const char *stem = "needle_heatmap";
@@ -256,7 +258,7 @@ static kv_status fig_heat(rp_ctx *c, const nd_cell *cell, size_t n, kv_error *er
         for (size_t j = i; j > 0 && dbs[j - 1] > dbs[j]; j--) { int t = dbs[j]; dbs[j] = dbs[j - 1]; dbs[j - 1] = t; }
     char cap[512];
     snprintf(cap, sizeof cap, "Needle in a haystack: %s by context length (bottom axis) and needle depth, one panel per "
-             "configuration (top axis; needles.csv, tables/needles.csv).",
+             "configuration, named above it (needles.csv, tables/needles.csv).",
              acc ? "answer accuracy of the compressed read-out proxy (top-1, teacher-forced)"
                  : "retention of the needle's value entries");
     long cfgs[ND_PANELS];
@@ -266,48 +268,55 @@ static kv_status fig_heat(rp_ctx *c, const nd_cell *cell, size_t n, kv_error *er
             if (np < ND_PANELS) cfgs[np++] = cell[i].cfg;
             else more++;
         }
-    tb dat = {0}, xt = {0}, x2 = {0}, yt = {0};
-    tb_add(&dat, "# x (panel * (contexts + 1) + context index) y (depth index) value\n");
+    size_t max_cols = c->fig_two_col ? 2 * ND_COLS : ND_COLS;
+    size_t cols = np < max_cols ? (np ? np : 1) : max_cols, rows = (np + cols - 1) / cols;
+    tb dat = {0}, xt = {0}, lb = {0}, yt = {0};
+    tb_add(&dat, "# grid %zu columns %zu rows %zu contexts %zu depths: panel p at column p %% columns, row p / columns; "
+                 "x = column * (contexts + 1) + context index, y = (rows - 1 - row) * (depths + 2) + depth index; "
+                 "value\n", cols, rows, nx, ny);
     tb_add(&xt, "(");
-    tb_add(&x2, "(");
     for (size_t p = 0; p < np; p++) {
+        size_t col = p % cols, row = p / cols, y0 = (rows - 1 - row) * (ny + 2);
         for (size_t i = 0; i < n; i++) {
             if (cell[i].cfg != cfgs[p]) continue;
             size_t x = 0, y = 0;
             while (x < nx && ctxs[x] != cell[i].ctx) x++;
             while (y < ny && dbs[y] != cell[i].dbin) y++;
             if (x == nx || y == ny) continue;       /* beyond 32 distinct values: not drawn */
-            tb_add(&dat, "%zu %zu %.9g\n", p * (nx + 1) + x, y, acc ? cell[i].tc / cell[i].nt : cell[i].ret / cell[i].n);
+            tb_add(&dat, "%zu %zu %.9g\n", col * (nx + 1) + x, y0 + y, acc ? cell[i].tc / cell[i].nt : cell[i].ret / cell[i].n);
         }
-        for (size_t x = 0; x < nx; x++) tb_add(&xt, "%s'%lld' %zu", p || x ? ", " : "", ctxs[x], p * (nx + 1) + x);
         char lab[64];
         clean_label(&c->rs->configs[cfgs[p]], lab, sizeof lab);
-        tb_add(&x2, "%s'%s' %.1f", p ? ", " : "", lab, (double)(p * (nx + 1)) + ((double)nx - 1) / 2);
+        for (char *q = lab; *q; q++) if (*q == '"' || *q == '\\') *q = ' ';
+        tb_add(&lb, "set label \"%s\" at %.1f,%.2f center front font ',7' noenhanced\n", lab,
+               (double)(col * (nx + 1)) + ((double)nx - 1) / 2, (double)(y0 + ny) - 0.1);
     }
+    for (size_t col = 0; col < cols; col++)
+        for (size_t x = 0; x < nx; x++) tb_add(&xt, "%s'%lld' %zu", col || x ? ", " : "", ctxs[x], col * (nx + 1) + x);
     tb_add(&xt, ")");
-    tb_add(&x2, ")");
     tb_add(&yt, "(");
-    for (size_t y = 0; y < ny; y++) tb_add(&yt, "%s'%.1f' %zu", y ? ", " : "", dbs[y] / 10.0, y);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t y = 0; y < ny; y++) tb_add(&yt, "%s'%.1f' %zu", r || y ? ", " : "", dbs[y] / 10.0, r * (ny + 2) + y);
     tb_add(&yt, ")");
     kv_status st = KV_OK;
-    if (dat.oom || xt.oom || x2.oom || yt.oom) st = kv_error_set(err, KV_ERR_NOMEM, "out of memory");
-    else if (xt.n >= 4000 || x2.n >= 4000 || yt.n >= 4000)
+    if (dat.oom || xt.oom || lb.oom || yt.oom) st = kv_error_set(err, KV_ERR_NOMEM, "out of memory");
+    else if (xt.n >= 4000 || lb.n >= 4000 || yt.n >= 4000)
         rp_skip_figure(c, stem, cap, "too many panels or context lengths for one figure");
     else {
         char v_xmax[32], v_ymax[32];
-        snprintf(v_xmax, sizeof v_xmax, "%.1f", (double)(np * (nx + 1)) - 1.5);
-        snprintf(v_ymax, sizeof v_ymax, "%.1f", (double)ny - 0.5);
-        const char *keys[] = { "XMAX", "YMAX", "XTICS", "XTOPTICS", "YTICS", "CBLABEL" };
-        const char *vals[] = { v_xmax, v_ymax, xt.s, x2.s, yt.s, acc ? "answer accuracy (compressed)" : "needle retention" };
+        snprintf(v_xmax, sizeof v_xmax, "%.1f", (double)(cols * (nx + 1)) - 1.5);
+        snprintf(v_ymax, sizeof v_ymax, "%.1f", (double)(rows * (ny + 2)) - 1.5);
+        const char *keys[] = { "XMAX", "YMAX", "XTICS", "LABELS", "YTICS", "CBLABEL" };
+        const char *vals[] = { v_xmax, v_ymax, xt.s, lb.s, yt.s, acc ? "answer accuracy (compressed)" : "needle retention" };
         if (more) rp_note(&c->notes, "figure %s: %zu configuration(s) beyond the first %d not drawn (tables/needles.csv has them)",
                           stem, more, ND_PANELS);
-        /* taller with more depth rows: at 2.8 in the rotated panel labels leave the cells about
-         * 0.8 in, too little for 7 depth labels at 8 pt (0.15 in a row) */
-        double height = 2.2 + 0.18 * (double)ny;
+        /* taller with more rows of panels and depth bins: 7 depth labels at 8 pt need about
+         * 0.15 in a row, the panel name another row */
+        double height = 1.6 + 0.16 * (double)(rows * (ny + 2));
         st = rp_emit_figure(c, stem, "needle_heatmap", cap, keys, vals, 6, dat.s, dat.n, height < 2.8 ? 2.8 : height,
                             err);
     }
-    free(dat.s); free(xt.s); free(x2.s); free(yt.s);
+    free(dat.s); free(xt.s); free(lb.s); free(yt.s);
     return st;
 }
 

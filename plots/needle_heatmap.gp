@@ -1,14 +1,15 @@
 # Needle heat map (plots/needle_heatmap.gp): context length x needle depth, one panel per
-# configuration side by side in one plot (replot, which writes the PDF, replays one plot).
-# @STEM@.dat: rows "x y value", x = panel * (contexts + 1) + context index, y = depth index.
+# configuration on a grid in one plot (replot, which writes the PDF, replays one plot).
+# @STEM@.dat: rows "x y value" (its first line says where each panel lies); the panels'
+# names are labels above them.
 set title 'Needle in a haystack' noenhanced
-set xlabel 'context length (tokens), one panel per configuration'
+set xlabel 'context length (tokens)'
 set ylabel 'needle depth'
 set cblabel '@CBLABEL@'
 set xrange [-0.5:@XMAX@]
 set yrange [-0.5:@YMAX@]
 set xtics @XTICS@ rotate by 90 right font ',7'
-set x2tics @XTOPTICS@ rotate by 30 left font ',7' noenhanced
+@LABELS@
 set ytics @YTICS@
 set cbrange [0:1]
 unset grid

@@ -26,6 +26,7 @@ out-of-domain needles.csv value.
 import csv
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -82,6 +83,33 @@ def run(args, out, ok=True):
 def rows(path):
     with open(path) as f:
         return list(csv.DictReader(f))
+
+def heat_cells_ok(rep, col):
+    """The heat map's cells: panel p (configurations in results order) on a grid, each cell at
+    the place the data's first line names, holding the (config, context, depth bin) mean of col."""
+    got = rows(os.path.join(rep, "tables", "needles.csv"))
+    hd = open(os.path.join(rep, "figures", "needle_heatmap.dat")).read().split("\n")
+    mg = re.match(r"# grid (\d+) columns (\d+) rows (\d+) contexts (\d+) depths", hd[0])
+    check(mg is not None, f"heat map data says its grid: {hd[0][:80]!r}")
+    if not mg:
+        return
+    cols, nrow, nctx, ndep = map(int, mg.groups())
+    cfg_order = list(dict.fromkeys(g["config"] for g in got))
+    ctx_v = sorted({int(g["ctx_len"]) for g in got})
+    dep_v = sorted({g["depth"] for g in got}, key=float)
+    cells = {(int(a), int(b)): float(v) for a, b, v in (ln.split() for ln in hd[1:] if ln.strip())}
+    want = {}
+    for g in got:
+        p = cfg_order.index(g["config"])
+        x = (p % cols) * (nctx + 1) + ctx_v.index(int(g["ctx_len"]))
+        y = (nrow - 1 - p // cols) * (ndep + 2) + dep_v.index(g["depth"])
+        want[(x, y)] = float(g[col])
+    bad = [k for k in want if k not in cells or abs(cells[k] - want[k]) > 1e-6]
+    check(nrow == -(-len(cfg_order) // cols) and nctx == len(ctx_v) and ndep == len(dep_v) and
+          len(cells) == len(want) and not bad,
+          f"heat map ({col}): {len(cells)} cells on a {cols}x{nrow} grid at the places tables/needles.csv gives "
+          f"({len(bad)} misplaced or different)")
+
 
 
 PREFILL = ["full", "streaming budget=16 sinks=4", "knorm keep=0.5", "knorm keep=0.6", "snapkv keep=0.5 window=8",
@@ -305,6 +333,7 @@ if r.returncode == 0:
     for stem in ("needle_heatmap", "needle_retention"):
         check(all(os.path.getsize(os.path.join(REP, "figures", f"{stem}.{e}")) > 0 for e in ("gp", "dat")),
               f"figure {stem}: script and data written")
+    heat_cells_ok(REP, "answer_top1_comp")
     md = open(os.path.join(REP, "report.md")).read()
     check("Needle in a haystack: answer accuracy of the compressed read-out" in md,
           "heat map coloured by answer accuracy where the full cache answers some needle")
@@ -324,6 +353,8 @@ if r.returncode == 0:
     md = open(os.path.join(REP2, "report.md")).read() if r.returncode == 0 else ""
     check("Needle in a haystack: retention of the needle's value entries" in md,
           f"heat map coloured by retention where the full cache answers no needle {r.stderr.strip()[-200:]}")
+    if r.returncode == 0:
+        heat_cells_ok(REP2, "retained_frac")
 BADR = os.path.join(TMP, "badres")
 shutil.rmtree(BADR, ignore_errors=True)
 shutil.copytree(O1, BADR)
