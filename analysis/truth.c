@@ -543,12 +543,26 @@ static void decide(const double *p, const double *t, const size_t *idx, size_t n
     o->tau = n >= 2 ? tr_kendall(wx, wy, n) : NAN;
 }
 
+static void headline_rel(const double *p, const double *t, const tbucket_in *bi, const unsigned char *inc, size_t np,
+                         size_t *idx, double *wx, double *wy, size_t *agree, size_t *nb, double *mean_regret,
+                         double *mean_rel);
+
 /* Headline over the buckets with >= 2 members of the included pairs (inc [np], NULL = all):
  * *agree of *nb buckets agree; mean absolute regret. */
 static void headline(const double *p, const double *t, const tbucket_in *bi, const unsigned char *inc, size_t np,
                      size_t *idx, double *wx, double *wy, size_t *agree, size_t *nb, double *mean_regret)
 {
-    double s = 0;
+    headline_rel(p, t, bi, inc, np, idx, wx, wy, agree, nb, mean_regret, NULL);
+}
+
+/* headline, also the mean over the buckets of regret / the bucket's lowest truth (*mean_rel,
+ * when not NULL; buckets whose lowest truth is 0 left out of it). */
+static void headline_rel(const double *p, const double *t, const tbucket_in *bi, const unsigned char *inc, size_t np,
+                         size_t *idx, double *wx, double *wy, size_t *agree, size_t *nb, double *mean_regret,
+                         double *mean_rel)
+{
+    double s = 0, sr = 0;
+    size_t nr = 0;
     *agree = *nb = 0;
     for (size_t k = 0; k < TR_NBUCKET; k++) {
         size_t n = 0;
@@ -559,8 +573,10 @@ static void headline(const double *p, const double *t, const tbucket_in *bi, con
         (*nb)++;
         *agree += (size_t)d.agree;
         s += d.regret;
+        if (isfinite(d.rel)) { sr += d.rel; nr++; }
     }
     *mean_regret = *nb ? s / (double)*nb : NAN;
+    if (mean_rel) *mean_rel = nr ? sr / (double)nr : NAN;
 }
 
 /* The (configuration, sequence) values of the paired configurations: pair, seq, proxy and
@@ -571,6 +587,47 @@ static int cmp_ll(const void *a, const void *b)
 {
     long long x = *(const long long *)a, y = *(const long long *)b;
     return (x > y) - (x < y);
+}
+
+/* The family-scaled proxy, held out by sequence. For each sequence s: each family's factor is
+ * the median over its pairs of (mean truth / mean proxy over the sequences other than s,
+ * pairs with a positive proxy there), and scales the proxy of the family's pairs on s. A
+ * pair's prediction (pred [np]) is the mean over its sequences of those scaled proxies: no
+ * truth of the sequence being predicted enters its factor. NaN for a pair when the trace
+ * has one sequence, or its family has no factor without s. */
+static kv_status family_scale_loso(const tps *ps, size_t nps, const int *fam, size_t np, double *pred, kv_error *err)
+{
+    long long *seqs = malloc((nps + 1) * sizeof *seqs);
+    double *sp = malloc((np + 1) * sizeof *sp), *st = malloc((np + 1) * sizeof *st);
+    double *fac = malloc((np + 1) * sizeof *fac), *r = malloc((np + 1) * sizeof *r);
+    double *sum = calloc(np + 1, sizeof *sum);
+    size_t *cnt = calloc(np + 1, sizeof *cnt), *nk = malloc((np + 1) * sizeof *nk), S = 0;
+    kv_status rc = KV_OK;
+    if (!seqs || !sp || !st || !fac || !r || !sum || !cnt || !nk) { rc = fail(err, KV_ERR_NOMEM, "out of memory"); goto out; }
+    for (size_t i = 0; i < nps; i++) seqs[i] = ps[i].seq;
+    qsort(seqs, nps, sizeof *seqs, cmp_ll);
+    for (size_t i = 0; i < nps; i++) if (!i || seqs[i] != seqs[i - 1]) seqs[S++] = seqs[i];
+    for (size_t k = 0; S >= 2 && k < S; k++) {
+        for (size_t i = 0; i < np; i++) { sp[i] = st[i] = 0; nk[i] = 0; }
+        for (size_t i = 0; i < nps; i++)
+            if (ps[i].seq != seqs[k]) { sp[ps[i].pair] += ps[i].p; st[ps[i].pair] += ps[i].t; nk[ps[i].pair]++; }
+        for (size_t f = 0; f < np; f++) {
+            fac[f] = NAN;
+            if (fam[f] != (int)f) continue;
+            size_t m = 0;
+            for (size_t i = f; i < np; i++)
+                if (fam[i] == (int)f && nk[i] && sp[i] > 0) r[m++] = st[i] / sp[i];  /* means: the counts cancel */
+            if (!m) continue;
+            qsort(r, m, sizeof *r, cmp_d);
+            fac[f] = m % 2 ? r[m / 2] : 0.5 * (r[m / 2 - 1] + r[m / 2]);
+        }
+        for (size_t i = 0; i < nps; i++)
+            if (ps[i].seq == seqs[k]) { sum[ps[i].pair] += ps[i].p * fac[fam[ps[i].pair]]; cnt[ps[i].pair]++; }
+    }
+    for (size_t i = 0; i < np; i++) pred[i] = S >= 2 && cnt[i] ? sum[i] / (double)cnt[i] : NAN;
+out:
+    free(seqs); free(sp); free(st); free(fac); free(r); free(sum); free(cnt); free(nk);
+    return rc;
 }
 
 /* Two-level bootstrap of the logit KL ranking and decisions. Families: the F distinct
@@ -918,6 +975,10 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     memset(&boot, 0, sizeof boot);
     size_t hl_agree = 0, hl_nb = 0;
     double hl_regret = NAN, *fold_g = NULL; /* [TR_NCAL][nfam][L] per-fold gains */
+    /* the raw proxy's decisions beside the better proxies', each held out from what it predicts */
+    struct { const char *name, *held_out; size_t n, agree, nb; double regret, rel; } alt[3];
+    size_t n_alt = 0;
+    double *alt_pred = NULL;
     size_t *fold_fam = NULL, n_fold = 0;
     int fold_warn[TR_NCAL] = { 0 };
     size_t *fam_idx = NULL, n_fam = 0;      /* the first pair of each family, in pairing order */
@@ -1026,6 +1087,24 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         char mpath[8192];
         if (!idx || !wx || !wy) { free(idx); free(wx); free(wy); st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
         headline(px[TM_KL], ty[TM_KL], bi, NULL, np, idx, wx, wy, &hl_agree, &hl_nb, &hl_regret);
+        unsigned char *inc = malloc(np);
+        alt_pred = malloc(np * sizeof *alt_pred);
+        st = !inc || !alt_pred ? fail(err, KV_ERR_NOMEM, "out of memory") : family_scale_loso(ps, nps, fam, np, alt_pred, err);
+        for (int a = 0; st == KV_OK && a < 3; a++) {
+            const double *q = a == 0 ? px[TM_KL] : a == 1 ? (ncal ? cal[0].pred : NULL) : alt_pred;
+            size_t n = 0;
+            for (size_t i = 0; q && i < np; i++) n += (inc[i] = (unsigned char)isfinite(q[i]));
+            if (n < 2) continue;            /* one sequence: no family scale held out by sequence */
+            alt[n_alt].name = a == 0 ? "raw direct-path logit_kl" : a == 1 ? "per-layer calibration (kl_nnls)"
+                                                                      : "family scale";
+            alt[n_alt].held_out = a == 0 ? "-" : a == 1 ? "strategy family" : "sequence";
+            alt[n_alt].n = n;
+            headline_rel(q, ty[TM_KL], bi, inc, np, idx, wx, wy, &alt[n_alt].agree, &alt[n_alt].nb, &alt[n_alt].regret,
+                         &alt[n_alt].rel);
+            n_alt++;
+        }
+        free(inc);
+        if (st != KV_OK) { free(idx); free(wx); free(wy); goto done; }
         snprintf(path, sizeof path, "%s/tables/truth_buckets.csv", c->dir);
         snprintf(mpath, sizeof mpath, "%s/tables/truth_buckets.md", c->dir);
         f = fopen(path, "w");
@@ -1156,10 +1235,24 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     f = NULL;
     snprintf(path, sizeof path, "%s/tables/truth_pairs.csv", c->dir);
     if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
-    fprintf(f, "config,family,proxy_logit_kl,true_logit_kl,proxy_nll_delta,true_nll_delta\n");
-    for (size_t i = 0; i < np; i++)
-        fprintf(f, "%s,%s,%.9g,%.9g,%.9g,%.9g\n", rs->configs[cid[i]].config, rs->configs[cid[i]].family,
+    fprintf(f, "config,family,proxy_logit_kl,true_logit_kl,proxy_nll_delta,true_nll_delta,family_scale_logit_kl\n");
+    for (size_t i = 0; i < np; i++) {
+        fprintf(f, "%s,%s,%.9g,%.9g,%.9g,%.9g", rs->configs[cid[i]].config, rs->configs[cid[i]].family,
                 px[TM_KL][i], ty[TM_KL][i], px[TM_NLL][i], ty[TM_NLL][i]);
+        put_nums(f, &alt_pred[i], 1);       /* the family-scaled proxy held out by sequence */
+        fputc('\n', f);
+    }
+    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+    f = NULL;
+    snprintf(path, sizeof path, "%s/tables/truth_proxies.csv", c->dir);
+    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+    fprintf(f, "proxy,held_out,n_configs,buckets,agree,mean_regret,mean_regret_rel\n");
+    for (size_t a = 0; a < n_alt; a++) {
+        double v[2] = { alt[a].regret, alt[a].rel };
+        fprintf(f, "%s,%s,%zu,%zu,%zu", alt[a].name, alt[a].held_out, alt[a].n, alt[a].nb, alt[a].agree);
+        put_nums(f, v, 2);
+        fputc('\n', f);
+    }
     if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
     f = NULL;
     snprintf(path, sizeof path, "%s/tables/truth_families.csv", c->dir);
@@ -1277,6 +1370,20 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                    "two-level 95%% interval [%s, %s]; agreement fraction [%s, %s]). Spearman of logit_kl under the "
                    "same two-level bootstrap: [%s, %s].\n\n",
                 hl_agree, hl_nb, r0, r1, r2, a0, a1, s0, s1);
+        fprintf(f, "Better proxies, each scored on what it was not fitted on: the per-layer calibration predicts "
+                   "each strategy family from gains fitted on the other families; the family scale multiplies "
+                   "each configuration's proxy on a sequence by its family's median true / proxy factor measured "
+                   "on the other sequences (tables/truth_proxies.csv; regret relative to the bucket's best true "
+                   "KL, mean over buckets).\n\n"
+                   "| proxy | held out | configurations | winner agreement | mean regret | mean regret / best |\n"
+                   "|---|---|---|---|---|---|\n");
+        for (size_t a = 0; a < n_alt; a++) {
+            char g0[32], g1[32];
+            fmt_num(g0, 32, alt[a].regret); fmt_num(g1, 32, alt[a].rel);
+            fprintf(f, "| %s | %s | %zu | %zu of %zu | %s | %s |\n", alt[a].name, alt[a].held_out, alt[a].n,
+                    alt[a].agree, alt[a].nb, g0, g1);
+        }
+        fputc('\n', f);
         fprintf(f, "Buckets: keep fraction (the configuration's nominal keep; configurations without one, such as "
                    "encodings, by their realised keep_frac, marked) and memory ratio (measured full_bytes / kv_bytes "
                    "of the whole cache within %.0f%% of 2x, 4x, 8x); each bucket lists the range of its configurations' whole-cache ratio and, "
@@ -1414,7 +1521,7 @@ done:
     free(rows); free(cid);
     for (size_t i = 0; i < npl; i++) free(pl[i].config);
     free(pl); free(fx[0]); free(fx[1]); free(fam);
-    free(ps); free(bi); free(fold_g); free(fold_fam); free(fam_idx); free(fam_ratio);
+    free(ps); free(bi); free(fold_g); free(fold_fam); free(fam_idx); free(fam_ratio); free(alt_pred);
     for (size_t k = 0; k < TR_NCAL; k++) { free(cal[k].pred); free(cal[k].g); }
     for (int m = 0; m < TM_N; m++) { free(px[m]); free(ty[m]); }
     return st;
