@@ -1636,6 +1636,7 @@ static int item_run(item *it)
         .layer_kv = cb_layer_kv, .engine = it, .gqa_reduce = E->o.gqa_reduce,
         .prompt_colsum = cb_prompt_colsum, .prompt_entropy = cb_prompt_entropy, .key_pages = cb_key_pages,
         .w_o = cb_w_o, .needles = E->needles, .n_needles = E->n_needles, .value_norms = cb_value_norms,
+        .g0 = it->g0,
     };
     if (!(it->sh = rp_shared_new(it->q, it->k, it->nh, it->nkv, it->n, it->ctx.P, E->D, &E->ap[it->l], E->want_ent))) {
         IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
