@@ -87,7 +87,7 @@ typedef struct item {
     int dO_shared;               /* per_head: dO belongs to the layer (rp_engine_seq), not the item */
     float *dH;                   /* [NC][NE][C] dO @ W_O of this layer, folded in layer order */
     uint8_t *dh_set;             /* [NC] dH of c holds a non-zero perturbation */
-    const float *hid;            /* [n][C] the sequence's final residuals (read-out) */
+    const float *hid;            /* [n][C] the sequence's final residuals (read-out; rows [P, n) only) */
     double *pl;                  /* [NC][L][PL_NF] per-layer read-out sums, NULL = off */
     double *pp;                  /* [NC][NE][PP_ATT] this layer's per-position sums, folded in layer order;
                                     per_head: [NC][NE][G][PP_ATT] the item's terms, added in the
@@ -383,9 +383,17 @@ static size_t first_nonfinite_f16(const uint16_t *x, size_t n)
     size_t bad = n;
     for (size_t i0 = 0; i0 < n && bad == n; i0 += 4096) {
         size_t i1 = n - i0 < 4096 ? n : i0 + 4096;
-        int any = 0;
-        for (size_t i = i0; i < i1; i++) any |= (x[i] & 0x7C00u) == 0x7C00u;     /* vectorises */
-        if (any)
+        /* exponent 0x7C00 + 0x0400 carries into bit 15, no other exponent does; four values
+         * per 64-bit word (a lane's sum is at most 0x8000: no carry into the next lane) */
+        uint64_t any = 0;
+        size_t i = i0;
+        for (; i + 4 <= i1; i += 4) {
+            uint64_t w;
+            memcpy(&w, x + i, sizeof w);
+            any |= (w & 0x7C007C007C007C00ull) + 0x0400040004000400ull;
+        }
+        for (; i < i1; i++) any |= (uint16_t)((x[i] & 0x7C00u) + 0x0400u);
+        if (any & 0x8000800080008000ull)
             for (size_t i = i0; i < i1 && bad == n; i++) if ((x[i] & 0x7C00u) == 0x7C00u) bad = i;
     }
     return bad;
@@ -1838,7 +1846,12 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
         rp_failf(err, errlen, "out of memory");
         goto done;
     }
-    if (ro && kv_trace_read_hidden(E->t, s, hid, &ke) != KV_OK) { rp_failf(err, errlen, "%s", ke.msg); goto done; }
+    /* only the evaluated rows [P, n) of the final residuals are used (item_readout, readout_seq):
+     * the rest of hid is never read, and never touched, so it costs neither a read nor a page */
+    if (ro && kv_trace_read_hidden_rows(E->t, s, P, NE, hid + P * C, &ke) != KV_OK) {
+        rp_failf(err, errlen, "%s", ke.msg);
+        goto done;
+    }
     if (E->needles && rp_needles_init(&res->nd, E->needles, E->n_needles, s, P, (size_t)E->prefill_len[s], NC, L, H,
                                       err, errlen))
         goto done;
