@@ -50,10 +50,10 @@ struct rp_engine {
  * MiB is mmapped and faulted in again for every item. Their contents are never reused (each
  * item overwrites what it reads), so this is malloc without the page faults. */
 typedef struct thread_bufs {
-    void *p[4];
-    size_t cap[4];
+    void *p[5];
+    size_t cap[5];
 } thread_bufs;
-enum { TB_SLAB, TB_Q, TB_K, TB_V };
+enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_N };
 
 /* b->p[i] with at least `bytes`, or NULL when out of memory (owned by b). */
 static void *tb_take(thread_bufs *b, int i, size_t bytes)
@@ -1055,23 +1055,28 @@ static int item_alloc(item *it, item_scratch *sc)
     return 0;
 }
 
+/* The item's Q, K, V rows [0, n), one head at a time: the raw f16 read under the trace lock
+ * (the HDF5 library is not thread-safe), the conversion outside it, so that another thread's
+ * read waits only for the read. */
 static int item_read(item *it)
 {
     rp_engine *E = it->E;
-    size_t n = it->n, D = E->D;
+    size_t n = it->n, D = E->D, nr = it->nh + 2 * it->nkv;
+    uint16_t *raw = tb_take(it->tb, TB_F16, n * D * sizeof *raw);
     kv_error ke;
-    int bad = 0;
+    if (!raw) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+    for (size_t r = 0; r < nr; r++) {
+        /* q heads of the item, then k and v of each of its kv heads */
+        size_t g = r < it->nh ? 0 : (r - it->nh) / 2;
+        kv_tensor w = r < it->nh ? KV_Q : (r - it->nh) % 2 ? KV_V : KV_K;
+        size_t h = r < it->nh ? it->g0 * E->G + r : it->g0 + g;
+        float *dst = r < it->nh ? it->q + r * n * D : (w == KV_K ? it->k : it->v) + g * n * D;
+        int bad;
 #pragma omp critical(kvtrace_io)
-    {
-        for (size_t h = 0; h < it->nh && !bad; h++)
-            if (kv_trace_read_rows(E->t, KV_Q, it->s, it->l, it->g0 * E->G + h, 0, n, it->q + h * n * D, &ke) != KV_OK)
-                bad = 1;
-        for (size_t g = 0; g < it->nkv && !bad; g++)
-            if (kv_trace_read_rows(E->t, KV_K, it->s, it->l, it->g0 + g, 0, n, it->k + g * n * D, &ke) != KV_OK ||
-                kv_trace_read_rows(E->t, KV_V, it->s, it->l, it->g0 + g, 0, n, it->v + g * n * D, &ke) != KV_OK)
-                bad = 1;
+        bad = kv_trace_read_rows_f16(E->t, w, it->s, it->l, h, 0, n, raw, &ke) != KV_OK;
+        if (bad) return IT_FAIL(it, "%s", ke.msg);
+        kv_f16_to_f32(raw, dst, n * D);
     }
-    if (bad) return IT_FAIL(it, "%s", ke.msg);
     return 0;
 }
 
@@ -1974,7 +1979,7 @@ done:
         for (size_t l = 0; l < L; l++) { free(lj[l].dO); free(lj[l].ro.dH); free(lj[l].ro.dh_set); }
     if (tbs)
         for (int i = 0; i < nthr; i++)
-            for (int j = 0; j < 4; j++) free(tbs[i].p[j]);
+            for (int j = 0; j < TB_N; j++) free(tbs[i].p[j]);
     free(tbs);
     free(its); free(ia); free(uia); free(rocf); free(lp); free(lj); free(hid); free(acc);
     if (rc) rp_seq_result_free(res);
