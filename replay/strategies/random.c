@@ -100,5 +100,5 @@ const rp_strategy rp_strategy_random = {
     .online_new = random_online_new,
     .online_step = random_online_step,
     .online_free = random_online_free,
-    .head_separable = 1,     /* each kv head's cache from its own stream (seeded by its number) */
+    .head_separable = 1,     /* each kv head's cache from its own stream (keyed by its number) */
 };

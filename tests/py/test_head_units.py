@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """The engine's two work units give the same results, bit for bit. A prefill sweep whose every
 configuration is head-separable (full, snapkv, knorm, h2o, pyramidkv, streaming, random) runs one
-work item per (sequence, layer, kv head: random draws from the kv head's own stream, seeded by its
+work item per (sequence, layer, kv head: random draws from the kv head's own stream, keyed by its
 number in the layer, in either unit); adding one layer-coupled configuration last (adakv, which
 moves budget across the kv heads of a layer) makes it run one item per (sequence, layer). The
 configurations both sweeps share must get the same accumulators: the per-sequence parts (DIR/parts/seq_*.part, kept by a
