@@ -147,12 +147,18 @@ kv_status kv_trace_read_head(kv_trace *t, kv_tensor which, size_t s, size_t l, s
 /* The same slice raw (f16 bits), for byte-exact round trips. */
 kv_status kv_trace_read_head_f16(kv_trace *t, kv_tensor which, size_t s, size_t l, size_t h,
                                  uint16_t *dst, kv_error *err);
+/* Rows [t0, t0+nt) raw (f16 bits) into dst [nt, D]: no conversion and no use of the reader's
+ * shared scratch, so a caller that serialises the reads can convert or scan outside its lock. */
+kv_status kv_trace_read_rows_f16(kv_trace *t, kv_tensor which, size_t s, size_t l, size_t h,
+                                 size_t t0, size_t nt, uint16_t *dst, kv_error *err);
 
 /* RoPE tables [T, R] each (KV_ERR_INVALID when absent). */
 kv_status kv_trace_read_rope(kv_trace *t, float *cos, float *sin, kv_error *err);
 
 /* Read-out (KV_ERR_INVALID when the trace has none). */
 kv_status kv_trace_read_hidden(kv_trace *t, size_t s, float *dst /* [T, C] */, kv_error *err);
+/* Rows [t0, t0+nt) of sequence s's hidden states into dst [nt, C]. */
+kv_status kv_trace_read_hidden_rows(kv_trace *t, size_t s, size_t t0, size_t nt, float *dst, kv_error *err);
 kv_status kv_trace_read_w_o(kv_trace *t, size_t l, float *dst /* [H*D, C] */, kv_error *err);
 kv_status kv_trace_read_w_u(kv_trace *t, float *dst /* [V, C] */, kv_error *err);
 kv_status kv_trace_read_b_u(kv_trace *t, float *dst /* [V] */, kv_error *err);

@@ -508,14 +508,34 @@ static kv_status tensor_get(kv_trace *t, kv_tensor which, size_t s, size_t l, si
 kv_status kv_trace_read_head_f16(kv_trace *t, kv_tensor which, size_t s, size_t l, size_t h,
                                  uint16_t *dst, kv_error *err)
 {
-    if (!t || !dst)
-        return kverr_set(err, KV_ERR_INVALID, "kv_trace_read_head_f16: NULL argument");
-    hid_t d;
-    char name[64];
-    kv_status st = tensor_get(t, which, s, l, h, &d, name, sizeof name, err);
+    return kv_trace_read_rows_f16(t, which, s, l, h, 0, t ? t->info.n_tok : 0, dst, err);
+}
+
+/* The dataset of rows [t0, t0+nt) of one (s, l, h) slice, bounds checked. */
+static kv_status rows_open(kv_trace *t, kv_tensor which, size_t s, size_t l, size_t h, size_t t0, size_t nt,
+                           hid_t *d, char *name, size_t namecap, kv_error *err)
+{
+    kv_status st = tensor_get(t, which, s, l, h, d, name, namecap, err);
     if (st != KV_OK)
         return st;
-    size_t start[4] = {s, h, 0, 0}, count[4] = {1, 1, t->info.n_tok, t->info.head_dim};
+    size_t T = t->info.n_tok;
+    if (t0 > T || nt > T - t0)
+        return kverr_set(err, KV_ERR_INVALID, "%s: %s: rows [%zu, %zu+%zu) outside [0, T = %zu)", t->info.path,
+                         name, t0, t0, nt, T);
+    return KV_OK;
+}
+
+kv_status kv_trace_read_rows_f16(kv_trace *t, kv_tensor which, size_t s, size_t l, size_t h,
+                                 size_t t0, size_t nt, uint16_t *dst, kv_error *err)
+{
+    if (!t || !dst)
+        return kverr_set(err, KV_ERR_INVALID, "kv_trace_read_rows_f16: NULL argument");
+    hid_t d;
+    char name[64];
+    kv_status st = rows_open(t, which, s, l, h, t0, nt, &d, name, sizeof name, err);
+    if (st != KV_OK || nt == 0)
+        return st;
+    size_t start[4] = {s, h, t0, 0}, count[4] = {1, 1, nt, t->info.head_dim};
     return read_raw(t, d, name, 4, start, count, H5I_INVALID_HID, dst, err);
 }
 
@@ -526,15 +546,10 @@ kv_status kv_trace_read_rows(kv_trace *t, kv_tensor which, size_t s, size_t l, s
         return kverr_set(err, KV_ERR_INVALID, "kv_trace_read_rows: NULL argument");
     hid_t d;
     char name[64];
-    kv_status st = tensor_get(t, which, s, l, h, &d, name, sizeof name, err);
-    if (st != KV_OK)
+    kv_status st = rows_open(t, which, s, l, h, t0, nt, &d, name, sizeof name, err);
+    if (st != KV_OK || nt == 0)
         return st;
-    size_t T = t->info.n_tok, D = t->info.head_dim;
-    if (t0 > T || nt > T - t0)
-        return kverr_set(err, KV_ERR_INVALID, "%s: %s: rows [%zu, %zu+%zu) outside [0, T = %zu)", t->info.path,
-                         name, t0, t0, nt, T);
-    if (nt == 0)
-        return KV_OK;
+    size_t D = t->info.head_dim;
     if ((st = scratch_reserve(t, nt * D, err)) != KV_OK)
         return st;
     size_t start[4] = {s, h, t0, 0}, count[4] = {1, 1, nt, D};
@@ -711,10 +726,17 @@ static kv_status need_readout(kv_trace *t, kv_error *err)
 
 kv_status kv_trace_read_hidden(kv_trace *t, size_t s, float *dst, kv_error *err)
 {
+    return kv_trace_read_hidden_rows(t, s, 0, t ? t->info.n_tok : 0, dst, err);
+}
+
+kv_status kv_trace_read_hidden_rows(kv_trace *t, size_t s, size_t t0, size_t nt, float *dst, kv_error *err)
+{
     kv_status st = need_readout(t, err);
     if (st != KV_OK)
         return st;
-    size_t a[3] = {s, 0, 0}, c[3] = {1, t->info.n_tok, t->info.d_model};
+    if (nt == 0)
+        return KV_OK;
+    size_t a[3] = {s, t0, 0}, c[3] = {1, nt, t->info.d_model};
     return kv_trace_read_f32(t, "/readout/hidden", 3, a, c, dst, err);
 }
 

@@ -50,10 +50,10 @@ struct rp_engine {
  * MiB is mmapped and faulted in again for every item. Their contents are never reused (each
  * item overwrites what it reads), so this is malloc without the page faults. */
 typedef struct thread_bufs {
-    void *p[4];
-    size_t cap[4];
+    void *p[5];
+    size_t cap[5];
 } thread_bufs;
-enum { TB_SLAB, TB_Q, TB_K, TB_V };
+enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_N };
 
 /* b->p[i] with at least `bytes`, or NULL when out of memory (owned by b). */
 static void *tb_take(thread_bufs *b, int i, size_t bytes)
@@ -87,7 +87,7 @@ typedef struct item {
     int dO_shared;               /* per_head: dO belongs to the layer (rp_engine_seq), not the item */
     float *dH;                   /* [NC][NE][C] dO @ W_O of this layer, folded in layer order */
     uint8_t *dh_set;             /* [NC] dH of c holds a non-zero perturbation */
-    const float *hid;            /* [n][C] the sequence's final residuals (read-out) */
+    const float *hid;            /* [n][C] the sequence's final residuals (read-out; rows [P, n) only) */
     double *pl;                  /* [NC][L][PL_NF] per-layer read-out sums, NULL = off */
     double *pp;                  /* [NC][NE][PP_ATT] this layer's per-position sums, folded in layer order;
                                     per_head: [NC][NE][G][PP_ATT] the item's terms, added in the
@@ -376,99 +376,156 @@ static int nonfinite_fail(const rp_engine *E, char *err, size_t errlen, const ch
                  isnan(x) ? "NaN" : x > 0 ? "+Inf" : "-Inf", E->in->path);
 }
 
-/* Before any computation, every value the run will use: for each evaluated and calibration
- * sequence s (n = seq_len[s] positions), q, k, v and attn_out rows [0, n) of every layer
- * and head; the RoPE rows [0, max n); with the read-out, hidden and ref_lse rows [0, n),
- * W_O of every layer, W_U, b_u and the norm. One extra read of those rows (the replay reads
- * them again per layer item); the first bad value is named with its index. */
-static int scan_finite(rp_engine *E, const size_t *seqs, size_t n_seqs, char *err, size_t errlen)
+/* Index of the first non-finite value of the f16 bits x[0..n), or n: all-ones exponent (Inf,
+ * NaN), exactly the values that convert to a non-finite float. */
+static size_t first_nonfinite_f16(const uint16_t *x, size_t n)
 {
-    size_t T = E->T, D = E->D, L = E->L, nall = n_seqs + E->o.n_calib, maxn = 0;
-    size_t C = E->ro ? E->ro->C : 0, rowcap = T * (D > C ? D : C);
-    if (E->ro && E->ro->HD * C > rowcap) rowcap = E->ro->HD * C;
-    float *buf = malloc((rowcap ? rowcap : 1) * sizeof *buf);
-    char what[256];
-    kv_error ke;
-    int rc = -1;
-    if (!buf) return rp_failf(err, errlen, "out of memory (value scan)");
+    size_t bad = n;
+    for (size_t i0 = 0; i0 < n && bad == n; i0 += 4096) {
+        size_t i1 = n - i0 < 4096 ? n : i0 + 4096;
+        /* exponent 0x7C00 + 0x0400 carries into bit 15, no other exponent does; four values
+         * per 64-bit word (a lane's sum is at most 0x8000: no carry into the next lane) */
+        uint64_t any = 0;
+        size_t i = i0;
+        for (; i + 4 <= i1; i += 4) {
+            uint64_t w;
+            memcpy(&w, x + i, sizeof w);
+            any |= (w & 0x7C007C007C007C00ull) + 0x0400040004000400ull;
+        }
+        for (; i < i1; i++) any |= (uint16_t)((x[i] & 0x7C00u) + 0x0400u);
+        if (any & 0x8000800080008000ull)
+            for (size_t i = i0; i < i1 && bad == n; i++) if ((x[i] & 0x7C00u) == 0x7C00u) bad = i;
+    }
+    return bad;
+}
+
+/* One read-and-check of the value scan, in the order the scan names its first bad value. */
+typedef enum { SC_HEAD, SC_HIDDEN, SC_REF, SC_ROPE, SC_WEIGHT, SC_WO } scan_kind;
+typedef struct scan_task { scan_kind kind; size_t s, l, h, w; } scan_task;
+
+/* A thread's scan buffers, allocated on its first task that needs each. */
+typedef struct scan_bufs { uint16_t *h16; float *f; size_t fcap; } scan_bufs;
+
+/* Task k of the scan: 0 when its values are finite; else -1 with the run's message in err
+ * (a read error's, or nonfinite_fail's naming the first bad value of the task). The read is
+ * serialised (kvtrace_io: the HDF5 library is not thread-safe), the check is not. */
+static int scan_one(rp_engine *E, const scan_task *tk, scan_bufs *sb, char *err, size_t errlen)
+{
     static const kv_tensor kinds[4] = {KV_Q, KV_K, KV_V, KV_ATTN_OUT};
     static const char *names[4] = {"q", "k", "v", "attn_out"};
-    for (size_t i = 0; i < nall; i++) {
-        size_t s = i < n_seqs ? seqs[i] : E->o.calib[i - n_seqs], n = (size_t)E->seq_len[s];
-        if (n > maxn) maxn = n;
-        for (size_t l = 0; l < L; l++)
-            for (int w = 0; w < (E->in->has_attn_out ? 4 : 3); w++) {
-                size_t heads = (kinds[w] == KV_K || kinds[w] == KV_V) ? E->Hkv : E->H;
-                for (size_t h = 0; h < heads; h++) {
-                    if (kv_trace_read_rows(E->t, kinds[w], s, l, h, 0, n, buf, &ke) != KV_OK) {
-                        rp_failf(err, errlen, "%s", ke.msg);
-                        goto done;
-                    }
-                    size_t b = first_nonfinite(buf, n * D);
-                    if (b < n * D) {
-                        snprintf(what, sizeof what, "/layers/%zu/%s[seq %zu, head %zu, pos %zu, dim %zu]", l,
-                                 names[w], s, h, b / D, b % D);
-                        nonfinite_fail(E, err, errlen, what, buf[b]);
-                        goto done;
-                    }
-                }
-            }
-        if (E->ro) {
-            if (kv_trace_read_hidden(E->t, s, buf, &ke) != KV_OK) { rp_failf(err, errlen, "%s", ke.msg); goto done; }
-            size_t b = first_nonfinite(buf, n * C);
-            if (b < n * C) {
-                snprintf(what, sizeof what, "/readout/hidden[seq %zu, pos %zu, dim %zu]", s, b / C, b % C);
-                nonfinite_fail(E, err, errlen, what, buf[b]);
-                goto done;
-            }
-            if (kv_trace_read_ref(E->t, s, buf, NULL, NULL, &ke) != KV_OK) { rp_failf(err, errlen, "%s", ke.msg); goto done; }
-            b = first_nonfinite(buf, n);
-            if (b < n) {
-                snprintf(what, sizeof what, "/readout/ref_lse[seq %zu, pos %zu]", s, b);
-                nonfinite_fail(E, err, errlen, what, buf[b]);
-                goto done;
-            }
-        }
+    size_t D = E->D, C = E->ro ? E->ro->C : 0, s = tk->s, n = tk->kind <= SC_REF ? (size_t)E->seq_len[s] : 0;
+    char what[256];
+    kv_error ke;
+    int rd = 0;
+    if (tk->kind == SC_HEAD) {
+        if (!sb->h16 && !(sb->h16 = malloc((E->T ? E->T : 1) * D * sizeof *sb->h16)))
+            return rp_failf(err, errlen, "out of memory (value scan)");
+#pragma omp critical(kvtrace_io)
+        rd = kv_trace_read_rows_f16(E->t, kinds[tk->w], s, tk->l, tk->h, 0, n, sb->h16, &ke) != KV_OK;
+        if (rd) return rp_failf(err, errlen, "%s", ke.msg);
+        size_t b = first_nonfinite_f16(sb->h16, n * D);
+        if (b == n * D) return 0;
+        snprintf(what, sizeof what, "/layers/%zu/%s[seq %zu, head %zu, pos %zu, dim %zu]", tk->l, names[tk->w], s,
+                 tk->h, b / D, b % D);
+        return nonfinite_fail(E, err, errlen, what, kv_f16_to_f32_one(sb->h16[b]));
     }
-    if (E->rope_cos) {
-        const float *tab[2] = {E->rope_cos, E->rope_sin};
-        for (int k = 0; k < 2; k++) {
-            size_t b = first_nonfinite(tab[k], maxn * E->R);
-            if (b < maxn * E->R) {
-                snprintf(what, sizeof what, "/rope/%s[pos %zu, %zu]", k ? "sin" : "cos", b / E->R, b % E->R);
-                nonfinite_fail(E, err, errlen, what, tab[k][b]);
-                goto done;
-            }
-        }
+    if (tk->kind == SC_ROPE) {
+        const float *x = tk->w ? E->rope_sin : E->rope_cos;
+        size_t m = tk->h * E->R, b = first_nonfinite(x, m);       /* h: the longest sequence */
+        if (b == m) return 0;
+        snprintf(what, sizeof what, "/rope/%s[pos %zu, %zu]", tk->w ? "sin" : "cos", b / E->R, b % E->R);
+        return nonfinite_fail(E, err, errlen, what, x[b]);
     }
-    if (E->ro) {
+    if (tk->kind == SC_WEIGHT) {
         const readout *ro = E->ro;
         struct { const char *name; const float *x; size_t n, cols; } w[4] = {
             {"/readout/w_u", ro->w_u, ro->V * ro->C, ro->C}, {"/readout/b_u", ro->b_u, ro->b_u ? ro->V : 0, 1},
             {"/readout/norm_weight", ro->norm_w, ro->C, 1}, {"/readout/norm_bias", ro->norm_b, ro->norm_b ? ro->C : 0, 1}};
-        for (int k = 0; k < 4; k++) {
-            size_t b = w[k].x ? first_nonfinite(w[k].x, w[k].n) : w[k].n;
-            if (b < w[k].n) {
-                if (w[k].cols > 1) snprintf(what, sizeof what, "%s[%zu, %zu]", w[k].name, b / w[k].cols, b % w[k].cols);
-                else snprintf(what, sizeof what, "%s[%zu]", w[k].name, b);
-                nonfinite_fail(E, err, errlen, what, w[k].x[b]);
-                goto done;
-            }
-        }
-        for (size_t l = 0; l < L; l++) {
-            if (kv_trace_read_w_o(E->t, l, buf, &ke) != KV_OK) { rp_failf(err, errlen, "%s", ke.msg); goto done; }
-            size_t b = first_nonfinite(buf, ro->HD * C);
-            if (b < ro->HD * C) {
-                snprintf(what, sizeof what, "/readout/w_o/%zu[%zu, %zu]", l, b / C, b % C);
-                nonfinite_fail(E, err, errlen, what, buf[b]);
-                goto done;
-            }
+        size_t k = tk->w, b = w[k].x ? first_nonfinite(w[k].x, w[k].n) : w[k].n;
+        if (b == w[k].n) return 0;
+        if (w[k].cols > 1) snprintf(what, sizeof what, "%s[%zu, %zu]", w[k].name, b / w[k].cols, b % w[k].cols);
+        else snprintf(what, sizeof what, "%s[%zu]", w[k].name, b);
+        return nonfinite_fail(E, err, errlen, what, w[k].x[b]);
+    }
+    /* float reads: hidden rows [0, n), ref_lse, a layer's W_O */
+    size_t m = tk->kind == SC_HIDDEN ? n * C : tk->kind == SC_REF ? E->T : E->ro->HD * C;
+    if (sb->fcap < m) {
+        free(sb->f);
+        if (!(sb->f = malloc(m * sizeof *sb->f))) { sb->fcap = 0; return rp_failf(err, errlen, "out of memory (value scan)"); }
+        sb->fcap = m;
+    }
+#pragma omp critical(kvtrace_io)
+    rd = (tk->kind == SC_HIDDEN ? kv_trace_read_hidden_rows(E->t, s, 0, n, sb->f, &ke)
+          : tk->kind == SC_REF ? kv_trace_read_ref(E->t, s, sb->f, NULL, NULL, &ke)
+          : kv_trace_read_w_o(E->t, tk->l, sb->f, &ke)) != KV_OK;
+    if (rd) return rp_failf(err, errlen, "%s", ke.msg);
+    if (tk->kind == SC_REF) m = n;
+    size_t b = first_nonfinite(sb->f, m);
+    if (b == m) return 0;
+    if (tk->kind == SC_HIDDEN) snprintf(what, sizeof what, "/readout/hidden[seq %zu, pos %zu, dim %zu]", s, b / C, b % C);
+    else if (tk->kind == SC_REF) snprintf(what, sizeof what, "/readout/ref_lse[seq %zu, pos %zu]", s, b);
+    else snprintf(what, sizeof what, "/readout/w_o/%zu[%zu, %zu]", tk->l, b / C, b % C);
+    return nonfinite_fail(E, err, errlen, what, sb->f[b]);
+}
+
+/* Before any computation, every value the run will use: for each evaluated and calibration
+ * sequence s (n = seq_len[s] positions), q, k, v and attn_out rows [0, n) of every layer
+ * and head; the RoPE rows [0, max n); with the read-out, hidden and ref_lse rows [0, n),
+ * W_U, b_u, the norm and W_O of every layer. One extra read of those rows (the replay reads
+ * them again per work item). The checks run on every thread (the reads one at a time), the
+ * q/k/v/attn_out ones on the f16 bits without a conversion; the message names the first bad
+ * value in the task order above, whatever the thread count: a task after a known bad one
+ * may be skipped, one before it never is. */
+static int scan_finite(rp_engine *E, const size_t *seqs, size_t n_seqs, char *err, size_t errlen)
+{
+    size_t L = E->L, nall = n_seqs + E->o.n_calib, maxn = 0, nw = E->in->has_attn_out ? 4 : 3;
+    size_t cap = nall * (L * (2 * E->H + 2 * E->Hkv) + 2) + 2 + 4 + L, nt = 0;
+    scan_task *tk = malloc(cap * sizeof *tk);
+    if (!tk) return rp_failf(err, errlen, "out of memory (value scan)");
+    static const int kv_head[4] = {0, 1, 1, 0};     /* q, k, v, attn_out: over Hkv or H heads */
+    for (size_t i = 0; i < nall; i++) {
+        size_t s = i < n_seqs ? seqs[i] : E->o.calib[i - n_seqs], n = (size_t)E->seq_len[s];
+        if (n > maxn) maxn = n;
+        for (size_t l = 0; l < L; l++)
+            for (size_t w = 0; w < nw; w++)
+                for (size_t h = 0; h < (kv_head[w] ? E->Hkv : E->H); h++)
+                    tk[nt++] = (scan_task){SC_HEAD, s, l, h, w};
+        if (E->ro) {
+            tk[nt++] = (scan_task){SC_HIDDEN, s, 0, 0, 0};
+            tk[nt++] = (scan_task){SC_REF, s, 0, 0, 0};
         }
     }
-    rc = 0;
-done:
-    free(buf);
-    return rc;
+    if (E->rope_cos)
+        for (size_t k = 0; k < 2; k++) tk[nt++] = (scan_task){SC_ROPE, 0, 0, maxn, k};
+    if (E->ro) {
+        for (size_t k = 0; k < 4; k++) tk[nt++] = (scan_task){SC_WEIGHT, 0, 0, 0, k};
+        for (size_t l = 0; l < L; l++) tk[nt++] = (scan_task){SC_WO, 0, l, 0, 0};
+    }
+    size_t first = nt;                 /* the lowest failed task so far */
+    long long kk;
+#pragma omp parallel
+    {
+        scan_bufs sb = {0};
+        char e2[512];
+#pragma omp for schedule(dynamic, 1)
+        for (kk = 0; kk < (long long)nt; kk++) {
+            size_t k = (size_t)kk, f;
+#pragma omp atomic read
+            f = first;
+            if (k > f) continue;       /* a lower task failed: its message wins */
+            if (scan_one(E, &tk[k], &sb, e2, sizeof e2) == 0) continue;
+#pragma omp critical(kvtrace_scan_fail)
+            if (k < first) {
+                snprintf(err, errlen, "%s", e2);
+#pragma omp atomic write
+                first = k;
+            }
+        }
+        free(sb.h16);
+        free(sb.f);
+    }
+    free(tk);
+    return first < nt ? -1 : 0;
 }
 
 /* ---- engine setup ---------------------------------------------------------------------- */
@@ -998,23 +1055,28 @@ static int item_alloc(item *it, item_scratch *sc)
     return 0;
 }
 
+/* The item's Q, K, V rows [0, n), one head at a time: the raw f16 read under the trace lock
+ * (the HDF5 library is not thread-safe), the conversion outside it, so that another thread's
+ * read waits only for the read. */
 static int item_read(item *it)
 {
     rp_engine *E = it->E;
-    size_t n = it->n, D = E->D;
+    size_t n = it->n, D = E->D, nr = it->nh + 2 * it->nkv;
+    uint16_t *raw = tb_take(it->tb, TB_F16, n * D * sizeof *raw);
     kv_error ke;
-    int bad = 0;
+    if (!raw) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+    for (size_t r = 0; r < nr; r++) {
+        /* q heads of the item, then k and v of each of its kv heads */
+        size_t g = r < it->nh ? 0 : (r - it->nh) / 2;
+        kv_tensor w = r < it->nh ? KV_Q : (r - it->nh) % 2 ? KV_V : KV_K;
+        size_t h = r < it->nh ? it->g0 * E->G + r : it->g0 + g;
+        float *dst = r < it->nh ? it->q + r * n * D : (w == KV_K ? it->k : it->v) + g * n * D;
+        int bad;
 #pragma omp critical(kvtrace_io)
-    {
-        for (size_t h = 0; h < it->nh && !bad; h++)
-            if (kv_trace_read_rows(E->t, KV_Q, it->s, it->l, it->g0 * E->G + h, 0, n, it->q + h * n * D, &ke) != KV_OK)
-                bad = 1;
-        for (size_t g = 0; g < it->nkv && !bad; g++)
-            if (kv_trace_read_rows(E->t, KV_K, it->s, it->l, it->g0 + g, 0, n, it->k + g * n * D, &ke) != KV_OK ||
-                kv_trace_read_rows(E->t, KV_V, it->s, it->l, it->g0 + g, 0, n, it->v + g * n * D, &ke) != KV_OK)
-                bad = 1;
+        bad = kv_trace_read_rows_f16(E->t, w, it->s, it->l, h, 0, n, raw, &ke) != KV_OK;
+        if (bad) return IT_FAIL(it, "%s", ke.msg);
+        kv_f16_to_f32(raw, dst, n * D);
     }
-    if (bad) return IT_FAIL(it, "%s", ke.msg);
     return 0;
 }
 
@@ -1636,6 +1698,7 @@ static int item_run(item *it)
         .layer_kv = cb_layer_kv, .engine = it, .gqa_reduce = E->o.gqa_reduce,
         .prompt_colsum = cb_prompt_colsum, .prompt_entropy = cb_prompt_entropy, .key_pages = cb_key_pages,
         .w_o = cb_w_o, .needles = E->needles, .n_needles = E->n_needles, .value_norms = cb_value_norms,
+        .g0 = it->g0,
     };
     if (!(it->sh = rp_shared_new(it->q, it->k, it->nh, it->nkv, it->n, it->ctx.P, E->D, &E->ap[it->l], E->want_ent))) {
         IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
@@ -1788,7 +1851,12 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
         rp_failf(err, errlen, "out of memory");
         goto done;
     }
-    if (ro && kv_trace_read_hidden(E->t, s, hid, &ke) != KV_OK) { rp_failf(err, errlen, "%s", ke.msg); goto done; }
+    /* only the evaluated rows [P, n) of the final residuals are used (item_readout, readout_seq):
+     * the rest of hid is never read, and never touched, so it costs neither a read nor a page */
+    if (ro && kv_trace_read_hidden_rows(E->t, s, P, NE, hid + P * C, &ke) != KV_OK) {
+        rp_failf(err, errlen, "%s", ke.msg);
+        goto done;
+    }
     if (E->needles && rp_needles_init(&res->nd, E->needles, E->n_needles, s, P, (size_t)E->prefill_len[s], NC, L, H,
                                       err, errlen))
         goto done;
@@ -1911,7 +1979,7 @@ done:
         for (size_t l = 0; l < L; l++) { free(lj[l].dO); free(lj[l].ro.dH); free(lj[l].ro.dh_set); }
     if (tbs)
         for (int i = 0; i < nthr; i++)
-            for (int j = 0; j < 4; j++) free(tbs[i].p[j]);
+            for (int j = 0; j < TB_N; j++) free(tbs[i].p[j]);
     free(tbs);
     free(its); free(ia); free(uia); free(rocf); free(lp); free(lj); free(hid); free(acc);
     if (rc) rp_seq_result_free(res);

@@ -58,7 +58,7 @@
  *
  * Determinism: ties are broken by lower position (rp_topk); randomness only through
  * rp_rng seeded from rp_layer_ctx.seed, which the engine derives from (config, sequence,
- * layer); mix in the kv head yourself.
+ * layer); mix in the kv head yourself, as the layer numbers it (ctx->g0 + g).
  */
 #ifndef KV_STRATEGY_H
 #define KV_STRATEGY_H
@@ -225,6 +225,10 @@ typedef struct rp_layer_ctx {
      * out of memory or a read error. NULL when the context was built without the engine
      * (compute it with rp_value_norms from w_o then). */
     int (*value_norms)(const struct rp_layer_ctx *ctx, size_t g, const double **u);
+    /* The layer's number of this context's kv head 0: 0 for a context of the whole layer, the
+     * kv head for a one-kv-head context (head_separable). Hooks that tie something to the kv
+     * head itself (a random stream per head) use g0 + g, so they do not depend on the work unit. */
+    size_t g0;
 } rp_layer_ctx;
 
 enum { RP_GQA_MEAN = 0, RP_GQA_MAX = 1, RP_GQA_SUM = 2 };
@@ -352,12 +356,14 @@ typedef struct rp_strategy {
                        size_t errlen);
     /* Optional, RP_EVICT prefill: 1 when the prefill cache of kv head g depends only on kv head
      * g's rows (ctx->q of its G query heads, ctx->k/v of g, the shared scores of those heads) and
-     * on nothing indexed by the head number itself: no budget moved across the kv heads of a
-     * layer (AdaKV), no random stream walked over the heads, no ctx->w_o or layer_kv. When every
+     * on nothing indexed by the head number itself except through ctx->g0 + g (random's stream
+     * of kv head g): no budget moved across the kv heads of a layer (AdaKV), no random stream
+     * walked over the heads, no ctx->w_o or layer_kv. When every
      * configuration of a prefill sweep has it (and no encoder, view, selection or decode-time
      * press), the engine's work unit is one (sequence, layer, kv head) instead of a (sequence,
      * layer): its hooks then see a context of one kv head (ctx->Hkv = 1, ctx->H = G, q/k/v
-     * that head's rows, out[0]), so a thread holds one kv head's working set. 0 (the default)
+     * that head's rows, out[0], ctx->g0 its number in the layer), so a thread holds one kv
+     * head's working set. 0 (the default)
      * keeps the whole layer together, which is always correct. */
     int head_separable;
     /* Optional, with online_view: 1 when, under the prefill protocol, the view query t gets is

@@ -4,16 +4,20 @@
  * Fisher-Yates over [0, P)); online evicts, after each insertion that exceeds the budget,
  * one cached entry drawn uniformly (the new token included).
  * Defaults: no parameter besides the budget. Seed: the engine's (config, sequence, layer)
- * seed mixed with the kv head, so runs are reproducible and thread-count independent.
+ * seed mixed with the kv head's number in the layer, so runs are reproducible and independent
+ * of the thread count and of the work unit (head-separable: one kv head's prefill draws from
+ * its own stream only).
  * Reference: the "random" baseline of kvpress (RandomPress) and of most eviction papers.
  */
 #include <stdlib.h>
 
 #include "strategy.h"
 
+/* The stream of the context's kv head g, numbered as in the layer (ctx->g0 + g), so a kv head
+ * draws the same positions whether its context holds the whole layer or that head alone. */
 static uint64_t head_seed(const rp_layer_ctx *ctx, size_t g)
 {
-    rp_rng r = { ctx->seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(g + 1)) };
+    rp_rng r = { ctx->seed ^ (0xD1B54A32D192ED03ull * (uint64_t)(ctx->g0 + g + 1)) };
     return rp_rng_next(&r);
 }
 
@@ -96,4 +100,5 @@ const rp_strategy rp_strategy_random = {
     .online_new = random_online_new,
     .online_step = random_online_step,
     .online_free = random_online_free,
+    .head_separable = 1,     /* each kv head's cache from its own stream (keyed by its number) */
 };

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """The engine's two work units give the same results, bit for bit. A prefill sweep whose every
-configuration is head-separable (full, snapkv, knorm, h2o, pyramidkv, streaming) runs one work
-item per (sequence, layer, kv head); adding one layer-coupled configuration last (adakv, which
+configuration is head-separable (full, snapkv, knorm, h2o, pyramidkv, streaming, random) runs one
+work item per (sequence, layer, kv head: random draws from the kv head's own stream, keyed by its
+number in the layer, in either unit); adding one layer-coupled configuration last (adakv, which
 moves budget across the kv heads of a layer) makes it run one item per (sequence, layer). The
 configurations both sweeps share must get the same accumulators: the per-sequence parts (DIR/parts/seq_*.part, kept by a
 sharded run) print every sum in hexadecimal floating point, so a different order of the
@@ -22,7 +23,7 @@ TMP = os.environ.get("KV_TMP", "/tmp")
 ROOT = os.environ.get("KV_ROOT", ".")
 KVR = f"{BIN}/kvreplay"
 SEPARABLE = ["full", "snapkv keep=0.5 window=8", "snapkv keep=0.3 window=4 kernel=3 pool=max", "knorm keep=0.3",
-             "h2o keep=0.4", "pyramidkv keep=0.5 window=8", "streaming sinks=4 keep=0.3"]
+             "h2o keep=0.4", "pyramidkv keep=0.5 window=8", "streaming sinks=4 keep=0.3", "random keep=0.3"]
 COUPLED = "adakv keep=0.5 window=8"
 CSVS = ("per_head.csv", "per_pos.csv", "per_seq.csv", "summary.csv")
 

@@ -79,6 +79,29 @@ for i, (dset, idx, val, want) in enumerate(cases):
             fails.append("%s: results written although the trace holds NaN/Inf: %s" % (dset, csv))
     os.remove(path)
 
+# several bad values: the scan checks on every thread, but names the first one in its order
+# (sequence, layer, q/k/v/attn_out, head, position, dim; then hidden, ref_lse, rope, W_U, W_O)
+# on any thread count: here q head 1 of layer 1, before q head 3 (a lower position), k of the
+# same layer, a later layer, a later sequence and the read-out weights.
+path = os.path.join(TMP, "nf_many.h5")
+shutil.copy(src, path)
+for dset, idx, val in [("layers/1/q", (0, 3, 2, 0), np.nan), ("layers/1/q", (0, 1, 100, 4), np.inf),
+                       ("layers/1/k", (0, 0, 0, 0), np.nan), ("layers/2/q", (0, 0, 0, 0), np.nan),
+                       ("layers/0/q", (1, 0, 0, 0), np.nan), ("readout/w_u", (3, 3), np.nan),
+                       ("readout/w_o/0", (0, 0), np.nan)]:
+    plant(path, dset, idx, val)
+want = "/layers/1/q[seq 0, head 1, pos 100, dim 4] is +Inf"
+for threads in (1, 2):
+    out = path + ".t%d.out" % threads
+    r = subprocess.run([KVREPLAY, "run", path, "--strategy", "full", "--threads", str(threads), "-o", out], cwd=TMP,
+                       capture_output=True, text=True, timeout=300)
+    lines = r.stderr.splitlines()
+    print("many bad, %d thread(s)  rc=%d  %s" % (threads, r.returncode, lines[0] if lines else ""))
+    if r.returncode != 1 or len(lines) != 1 or want not in lines[0]:
+        fails.append("several bad values, %d thread(s): rc=%d, want 1 and one line with %r: %r"
+                     % (threads, r.returncode, want, r.stderr))
+os.remove(path)
+
 # control: padding positions (t >= seq_len) are never used
 path = os.path.join(TMP, "nf_pad.h5")
 shutil.copy(src, path)
@@ -91,5 +114,5 @@ if r.returncode != 0 or not os.path.exists(os.path.join(path + ".out", "per_seq.
 
 for f in fails:
     print("FAIL", f)
-print("%d cases, %d failures" % (len(cases) + 1, len(fails)))
+print("%d cases, %d failures" % (len(cases) + 3, len(fails)))
 sys.exit(1 if fails else 0)
