@@ -2,7 +2,7 @@
 #
 #   make                 build lib, tools and tests into build/ and bin/
 #   make test            install missing Debian packages (as root), build, run every test
-#   make demo            the README's main job: replay the default sweep on the sample trace
+#   make demo            the README's main job: replay the default sweep on traces/ref4_text.h5
 #   make truth           proxy vs in-model truth on the sample model (docs/METHODS.md §10, §12)
 #   make samples         regenerate the shipped traces (traces/sample*.h5, traces/ref4_*.h5, ref8_*.h5)
 #   make bench           benchmarks (never part of make test; BENCH_QUICK=1, BENCH_LONG=0|only)
@@ -146,19 +146,20 @@ test: deps
 	$(MAKE) --no-print-directory all
 	@BIN=$(BIN) BUILD=$(BUILD) PYTHON=$(PYTHON) SAN="$(SAN)" KV_OMP=$(OMP) sh tests/run.sh
 
-# The README's main job: the default sweep on the shipped sample trace, then the report.
+# The README's main job: the default sweep on a shipped trace of the 4-layer reference model
+# (1024 tokens of held-out text; the last 256 tokens evaluated), then the report.
+# DEMO_TRACE=traces/sample.h5 runs it on the older 256-token sample (its default split).
 DEMO_OUT ?= demo-out
-# the trace of the demo (and of make truth); once make samples has the new reference models'
-# traces: DEMO_TRACE ?= traces/ref4_text.h5 (needles: traces/ref4_needles.h5)
-DEMO_TRACE ?= traces/sample.h5
+DEMO_TRACE ?= traces/ref4_text.h5
 DEMO_SWEEP ?= sweeps/default.sweep
+DEMO_RUN_OPTS ?= $(if $(filter traces/ref4_text.h5 traces/ref8_text.h5,$(DEMO_TRACE)),--decode 256)
 demo: deps
 	@$(MAKE) --no-print-directory all
 	@if [ -d $(DEMO_OUT) ]; then rm -rf $(DEMO_OUT).prev && mv $(DEMO_OUT) $(DEMO_OUT).prev && \
 	  echo "demo: previous output kept as $(DEMO_OUT).prev"; fi
 	@mkdir -p $(DEMO_OUT)
 	$(BIN)/kvreplay check $(DEMO_TRACE) > $(DEMO_OUT)/check.txt
-	$(BIN)/kvreplay run $(DEMO_TRACE) --sweep $(DEMO_SWEEP) -o $(DEMO_OUT)/results
+	$(BIN)/kvreplay run $(DEMO_TRACE) --sweep $(DEMO_SWEEP) -o $(DEMO_OUT)/results $(DEMO_RUN_OPTS)
 	$(BIN)/kvreport $(DEMO_OUT)/results --trace $(DEMO_TRACE) -o $(DEMO_OUT)/report
 	@echo "demo: report written to $(DEMO_OUT)/report/report.md (figures in $(DEMO_OUT)/report/figures/)"
 
@@ -227,7 +228,7 @@ samples: deps
 TRUTH_OUT   ?= truth-out
 TRUTH_SWEEP ?= sweeps/truth.sweep
 TRUTH_MODEL ?= ref:capture/ref_model.pt
-TRUTH_TRACE ?= $(DEMO_TRACE)
+TRUTH_TRACE ?= traces/sample.h5
 TRUTH_RUN_OPTS ?=
 TRUTH_VAL_OPTS ?=
 truth: deps
