@@ -229,18 +229,9 @@ static void clean_label(const res_config *cf, char *buf, size_t cap)
  * the panels on a grid of at most ND_COLS columns (2 ND_COLS at the two-column width), panel p in column p % cols and row
  * p / cols (top row first); its cells at x = column (nx + 1) + context index and y =
  * (rows - 1 - row) (ny + 2) + depth bin index; its name a label above it. */
-static kv_status fig_heat(rp_ctx *c, const nd_cell *cell, size_t n, kv_error *err)
+kv_status rp_needle_heat(rp_ctx *c, const char *stem, const char *what, const char *cblabel, const rp_heat_cell *cell,
+                         size_t n, kv_error *err)
 {
-    const char *stem = "needle_heatmap";
-    /* answer accuracy when every cell has it and the full cache answers some needle: a model
-     * that answers none (it does not retrieve) scores 0 under every cache, which says nothing,
-     * while retention still tells the strategies apart */
-    int acc = 1, answered = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (cell[i].nt == 0) acc = 0;
-        if (cell[i].tf > 0) answered = 1;
-    }
-    acc = acc && answered;
     long long ctxs[32];
     int dbs[32];
     size_t nx = 0, ny = 0;
@@ -258,9 +249,7 @@ static kv_status fig_heat(rp_ctx *c, const nd_cell *cell, size_t n, kv_error *er
         for (size_t j = i; j > 0 && dbs[j - 1] > dbs[j]; j--) { int t = dbs[j]; dbs[j] = dbs[j - 1]; dbs[j - 1] = t; }
     char cap[512];
     snprintf(cap, sizeof cap, "Needle in a haystack: %s by context length (bottom axis) and needle depth, one panel per "
-             "configuration, named above it (needles.csv, tables/needles.csv).",
-             acc ? "answer accuracy of the compressed read-out proxy (top-1, teacher-forced)"
-                 : "retention of the needle's value entries");
+             "configuration, named above it.", what);
     long cfgs[ND_PANELS];
     size_t np = 0, more = 0;
     for (size_t i = 0; i < n; i++)
@@ -283,7 +272,7 @@ static kv_status fig_heat(rp_ctx *c, const nd_cell *cell, size_t n, kv_error *er
             while (x < nx && ctxs[x] != cell[i].ctx) x++;
             while (y < ny && dbs[y] != cell[i].dbin) y++;
             if (x == nx || y == ny) continue;       /* beyond 32 distinct values: not drawn */
-            tb_add(&dat, "%zu %zu %.9g\n", col * (nx + 1) + x, y0 + y, acc ? cell[i].tc / cell[i].nt : cell[i].ret / cell[i].n);
+            tb_add(&dat, "%zu %zu %.9g\n", col * (nx + 1) + x, y0 + y, cell[i].v);
         }
         char lab[64];
         clean_label(&c->rs->configs[cfgs[p]], lab, sizeof lab);
@@ -307,7 +296,7 @@ static kv_status fig_heat(rp_ctx *c, const nd_cell *cell, size_t n, kv_error *er
         snprintf(v_xmax, sizeof v_xmax, "%.1f", (double)(cols * (nx + 1)) - 1.5);
         snprintf(v_ymax, sizeof v_ymax, "%.1f", (double)(rows * (ny + 2)) - 1.5);
         const char *keys[] = { "XMAX", "YMAX", "XTICS", "LABELS", "YTICS", "CBLABEL" };
-        const char *vals[] = { v_xmax, v_ymax, xt.s, lb.s, yt.s, acc ? "answer accuracy (compressed)" : "needle retention" };
+        const char *vals[] = { v_xmax, v_ymax, xt.s, lb.s, yt.s, cblabel };
         if (more) rp_note(&c->notes, "figure %s: %zu configuration(s) beyond the first %d not drawn (tables/needles.csv has them)",
                           stem, more, ND_PANELS);
         /* taller with more rows of panels and depth bins: 7 depth labels at 8 pt need about
@@ -317,6 +306,30 @@ static kv_status fig_heat(rp_ctx *c, const nd_cell *cell, size_t n, kv_error *er
                             err);
     }
     free(dat.s); free(xt.s); free(lb.s); free(yt.s);
+    return st;
+}
+
+/* The proxy's heat map: answer accuracy when every cell has it and the full cache answers some
+ * needle: a model that answers none (it does not retrieve) scores 0 under every cache, which
+ * says nothing, while retention still tells the strategies apart. */
+static kv_status fig_heat(rp_ctx *c, const nd_cell *cell, size_t n, kv_error *err)
+{
+    int acc = 1, answered = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (cell[i].nt == 0) acc = 0;
+        if (cell[i].tf > 0) answered = 1;
+    }
+    acc = acc && answered;
+    rp_heat_cell *h = malloc((n ? n : 1) * sizeof *h);
+    if (!h) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        h[i] = (rp_heat_cell){ cell[i].cfg, cell[i].ctx, cell[i].dbin, acc ? cell[i].tc / cell[i].nt : cell[i].ret / cell[i].n };
+    kv_status st = rp_needle_heat(c, "needle_heatmap",
+                                  acc ? "answer accuracy of the compressed read-out proxy (top-1, teacher-forced; "
+                                        "needles.csv, tables/needles.csv)"
+                                      : "retention of the needle's value entries (needles.csv, tables/needles.csv)",
+                                  acc ? "answer accuracy (compressed)" : "needle retention", h, n, err);
+    free(h);
     return st;
 }
 

@@ -101,6 +101,14 @@ void rp_skip_figure(rp_ctx *c, const char *stem, const char *caption, const char
  * when any has one. */
 kv_status rp_needle_figures(rp_ctx *c, int figures, kv_error *err);
 
+/* One cell of a needle heat map: configuration (index into c->rs->configs), context length,
+ * depth bin (tenths) and the value drawn, in [0, 1]. */
+typedef struct rp_heat_cell { long cfg; long long ctx; int dbin; double v; } rp_heat_cell;
+/* figures/<stem>: the cells as a grid of panels (context x depth), one per configuration in
+ * the order of first appearance (at most 16); what: the caption's description of the value. */
+kv_status rp_needle_heat(rp_ctx *c, const char *stem, const char *what, const char *cblabel, const rp_heat_cell *cell,
+                         size_t n, kv_error *err);
+
 /* One row of a needles.csv as rp_needles_load gives it: cfg indexes c->rs->configs; top1_*
  * NaN where the file has none (no read-out). */
 typedef struct rp_needle_row { long cfg; long long needle, ctx; double depth, top1_full, top1_comp; } rp_needle_row;

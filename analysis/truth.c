@@ -886,6 +886,24 @@ static kv_status tr_needles(rp_ctx *c, const char *truth_path, kv_error *err)
         a = b;
     }
     if (fclose(f)) { free(r); return fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); }
+    /* the heat map of the true accuracy (the proxy's is figures/needle_heatmap): what the
+     * direct-path proxy cannot see, a retrieval lost in an early layer, shows here */
+    int heat = !c->no_figures && c->plots_dir;
+    if (heat) {
+        rp_heat_cell *h = malloc(n * sizeof *h);
+        size_t m = 0;
+        if (!h) { free(r); return fail(err, KV_ERR_NOMEM, "out of memory"); }
+        for (size_t a = 0; a < n;) {
+            size_t b = a + 1;
+            while (b < n && r[b].cfg == r[a].cfg && r[b].dbin == r[a].dbin && r[b].ctx == r[a].ctx) b++;
+            h[m++] = (rp_heat_cell){ r[a].cfg, r[a].ctx, r[a].dbin, tn_mean(r, a, b, off[3]) };
+            a = b;
+        }
+        st = rp_needle_heat(c, "needle_heatmap_truth", "true answer accuracy under each cache state (the model re-run, "
+                            "teacher-forced; tables/truth_needles.csv)", "answer accuracy (true)", h, m, err);
+        free(h);
+        if (st != KV_OK) { free(r); return st; }
+    }
     /* agreement: mean |proxy - true| of the compressed answer accuracy over the paired needles */
     double dsum = 0;
     size_t dn = 0, nprox = 0;
@@ -902,6 +920,13 @@ static kv_status tr_needles(rp_ctx *c, const char *truth_path, kv_error *err)
                "Mean |proxy - true| of the compressed accuracy: %s over %zu rows with a proxy value. Per context length "
                "and depth: tables/truth_needles.csv.\n\n",
             n, unknown ? " (rows of configurations these results do not hold left out)" : "", md, nprox);
+    if (heat) {
+        char png[8300];
+        snprintf(png, sizeof png, "%s/figures/needle_heatmap_truth.png", c->dir);
+        if (access(png, R_OK) == 0)
+            fprintf(f, "![True answer accuracy by context length and needle depth, one panel per configuration]"
+                       "(figures/needle_heatmap_truth.png)\n\n");
+    }
     fputs("| configuration | needles | proxy full | proxy comp | true full | true comp | comp by depth: proxy / true |\n"
           "|---|---|---|---|---|---|---|\n", f);
     for (size_t a = 0; a < n;) {

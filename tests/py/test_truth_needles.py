@@ -20,6 +20,7 @@ may differ only where the reference's top-2 logits lie within 1e-3, counted as e
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -215,6 +216,28 @@ check(cells == len(got) and worst <= 1e-8,
 md = open(os.path.join(REP, "report.md")).read()
 check("### Needle answers: proxy vs in-model truth" in md and "| streaming budget=16 sinks=4" in md,
       "report.md: the needle answers section, one row per configuration")
+
+# with figures: the heat map of the true accuracy, one cell per table row at its grid place
+REPF = os.path.join(TMP, "repf")
+sh([KVREPORT, RES, "-o", REPF, "--truth", TRUTH, "--bootstrap", "20"])
+hd = open(os.path.join(REPF, "figures", "needle_heatmap_truth.dat")).read().split("\n")
+mg = re.match(r"# grid (\d+) columns (\d+) rows (\d+) contexts (\d+) depths", hd[0])
+check(mg is not None, f"needle_heatmap_truth.dat names its grid: {hd[0][:60]!r}")
+if mg:
+    cols, nrow, nctx, ndep = map(int, mg.groups())
+    order = list(dict.fromkeys(r["config"] for r in rows))
+    ctx_v = sorted({int(r["ctx_len"]) for r in rows})
+    dep_v = sorted({r["depth"] for r in rows}, key=float)
+    cellv = {(int(a), int(b)): float(v) for a, b, v in (ln.split() for ln in hd[1:] if ln.strip())}
+    bad = 0
+    for r in rows:
+        p = order.index(r["config"])
+        key = ((p % cols) * (nctx + 1) + ctx_v.index(int(r["ctx_len"])),
+               (nrow - 1 - p // cols) * (ndep + 2) + dep_v.index(r["depth"]))
+        bad += key not in cellv or abs(cellv[key] - float(r["true_top1_comp"])) > 1e-6
+    check(bad == 0 and len(cellv) == len(rows), f"the true heat map holds true_top1_comp of every cell ({bad} differ)")
+check("figures/needle_heatmap_truth.png" in open(os.path.join(REPF, "report.md")).read(),
+      "report.md shows the true heat map in the needle answers section")
 
 # ---- online protocol: every row under the eviction masks (evict_at) --------------------------
 ON = ["full", "streaming budget=40 sinks=4"]
