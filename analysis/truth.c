@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <stdint.h>
 #include <unistd.h>
 
 #include <gsl/gsl_fit.h>
@@ -595,6 +596,14 @@ static int cmp_ll(const void *a, const void *b)
  * pair's prediction (pred [np]) is the mean over its sequences of those scaled proxies: no
  * truth of the sequence being predicted enters its factor. NaN for a pair when the trace
  * has one sequence, or its family has no factor without s. */
+/* The per-layer calibration (kl_nnls) held out by strategy family AND sequence: for each
+ * family f and sequence s, NNLS gains fitted on the other families' pairs, their per-layer
+ * features (psx [nps][L]) and truth averaged over the sequences other than s, predict f's
+ * pairs on s (psx . g); a pair's prediction (pred [np]) is the mean over its sequences. NaN
+ * when the trace has one sequence or f is the only family. */
+static kv_status cal_family_seq_predict(const tps *ps, const double *psx, size_t nps, const int *fam, size_t np,
+                                        size_t L, double *pred, kv_error *err);
+
 static kv_status family_scale_loso(const tps *ps, size_t nps, const int *fam, size_t np, double *pred, kv_error *err)
 {
     long long *seqs = malloc((nps + 1) * sizeof *seqs);
@@ -952,6 +961,60 @@ static kv_status tr_needles(rp_ctx *c, const char *truth_path, kv_error *err)
     return KV_OK;
 }
 
+static kv_status cal_family_seq_predict(const tps *ps, const double *psx, size_t nps, const int *fam, size_t np,
+                                        size_t L, double *pred, kv_error *err)
+{
+    long long *seqs = malloc((nps + 1) * sizeof *seqs);
+    double *A = malloc((np * L + 1) * sizeof *A), *b = malloc((np + 1) * sizeof *b), *g = malloc((L + 1) * sizeof *g);
+    double *sum = calloc(np + 1, sizeof *sum);
+    size_t *cnt = calloc(np + 1, sizeof *cnt), *nk = malloc((np + 1) * sizeof *nk), *row = malloc((np + 1) * sizeof *row);
+    size_t S = 0;
+    kv_status rc = KV_OK;
+    if (!seqs || !A || !b || !g || !sum || !cnt || !nk || !row) { rc = fail(err, KV_ERR_NOMEM, "out of memory"); goto out; }
+    for (size_t i = 0; i < nps; i++) seqs[i] = ps[i].seq;
+    qsort(seqs, nps, sizeof *seqs, cmp_ll);
+    for (size_t i = 0; i < nps; i++) if (!i || seqs[i] != seqs[i - 1]) seqs[S++] = seqs[i];
+    for (size_t f = 0; S >= 2 && f < np; f++) {
+        if (fam[f] != (int)f) continue;
+        for (size_t k = 0; k < S; k++) {
+            /* training rows: the other families' pairs, means over the sequences other than s */
+            size_t m = 0;
+            for (size_t i = 0; i < np; i++) { nk[i] = 0; row[i] = SIZE_MAX; }
+            for (size_t i = 0; i < np; i++) if (fam[i] != (int)f) row[i] = m++;
+            for (size_t i = 0; i < m * L; i++) A[i] = 0;
+            for (size_t i = 0; i < m; i++) b[i] = 0;
+            for (size_t e = 0; e < nps; e++) {
+                size_t i = ps[e].pair;
+                if (row[i] == SIZE_MAX || ps[e].seq == seqs[k]) continue;
+                for (size_t l = 0; l < L; l++) A[row[i] * L + l] += psx[e * L + l];
+                b[row[i]] += ps[e].t;
+                nk[i]++;
+            }
+            /* a pair seen only on s has no training row: drop it (compact) */
+            size_t w = 0;
+            for (size_t i = 0; i < np; i++) {
+                if (row[i] == SIZE_MAX || !nk[i]) continue;
+                for (size_t l = 0; l < L; l++) A[w * L + l] = A[row[i] * L + l] / (double)nk[i];
+                b[w++] = b[row[i]] / (double)nk[i];
+            }
+            if (!w) continue;
+            if ((rc = cal_fit(CAL_NNLS, A, b, w, L, g, err)) != KV_OK) goto out;
+            for (size_t e = 0; e < nps; e++) {
+                size_t i = ps[e].pair;
+                if (fam[i] != (int)f || ps[e].seq != seqs[k]) continue;
+                double y = 0;
+                for (size_t l = 0; l < L; l++) y += psx[e * L + l] * g[l];
+                sum[i] += y;
+                cnt[i]++;
+            }
+        }
+    }
+    for (size_t i = 0; i < np; i++) pred[i] = S >= 2 && cnt[i] ? sum[i] / (double)cnt[i] : NAN;
+out:
+    free(seqs); free(A); free(b); free(g); free(sum); free(cnt); free(nk); free(row);
+    return rc;
+}
+
 /* Per family (fam[i]: index of the family's first pair): the first pair of each family in
  * pairing order (*idx_out [n]) and the ratio statistics of its pairs (*ratio_out [n]). */
 static kv_status family_ratios(const double *px, const double *ty, const int *fam, size_t np,
@@ -994,6 +1057,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     tcal cal[TR_NCAL];
     memset(cal, 0, sizeof cal);
     tps *ps = NULL;                         /* per (pair, sequence) logit KLs: the two-level bootstrap */
+    double *psx = NULL;                     /* [nps][L] per (pair, sequence) per-layer logit KLs */
     size_t nps = 0, ps_cap = 0;
     tbucket_in *bi = NULL;
     tboot boot;
@@ -1001,9 +1065,9 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     size_t hl_agree = 0, hl_nb = 0;
     double hl_regret = NAN, *fold_g = NULL; /* [TR_NCAL][nfam][L] per-fold gains */
     /* the raw proxy's decisions beside the better proxies', each held out from what it predicts */
-    struct { const char *name, *held_out; size_t n, agree, nb; double regret, rel; } alt[3];
+    struct { const char *name, *held_out; size_t n, agree, nb; double regret, rel; } alt[4];
     size_t n_alt = 0;
-    double *alt_pred = NULL;
+    double *alt_pred = NULL, *cal_fs = NULL;    /* family scale; kl_nnls held out by family and sequence */
     size_t *fold_fam = NULL, n_fold = 0;
     int fold_warn[TR_NCAL] = { 0 };
     size_t *fam_idx = NULL, n_fam = 0;      /* the first pair of each family, in pairing order */
@@ -1037,6 +1101,11 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                 tps *q2 = realloc(ps, ps_cap * sizeof *q2);
                 if (!q2) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
                 ps = q2;
+                if (have_pl) {
+                    double *x2 = realloc(psx, ps_cap * L * sizeof *x2);
+                    if (!x2) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
+                    psx = x2;
+                }
             }
             ps[nps++] = (tps){ np, rows[i].seq, q->v[RM_LOGIT_KL], rows[i].kl };
             /* per-layer features of the same (config, sequence); a missing one disables the
@@ -1046,6 +1115,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                 long long sq = rows[i].seq;
                 for (size_t r = pl_find(pl, npl, cf->config, sq); r < npl && pl_match(&pl[r], cf->config, sq); r++)
                     if (isfinite(pl[r].kl) && isfinite(pl[r].nll)) {
+                        psx[(nps - 1) * L + (size_t)pl[r].layer] = pl[r].kl;
                         fx[0][np * L + (size_t)pl[r].layer] += pl[r].kl;
                         fx[1][np * L + (size_t)pl[r].layer] += pl[r].nll;
                         got++;
@@ -1114,15 +1184,19 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         headline(px[TM_KL], ty[TM_KL], bi, NULL, np, idx, wx, wy, &hl_agree, &hl_nb, &hl_regret);
         unsigned char *inc = malloc(np);
         alt_pred = malloc(np * sizeof *alt_pred);
-        st = !inc || !alt_pred ? fail(err, KV_ERR_NOMEM, "out of memory") : family_scale_loso(ps, nps, fam, np, alt_pred, err);
-        for (int a = 0; st == KV_OK && a < 3; a++) {
-            const double *q = a == 0 ? px[TM_KL] : a == 1 ? (ncal ? cal[0].pred : NULL) : alt_pred;
+        cal_fs = have_pl ? malloc(np * sizeof *cal_fs) : NULL;
+        st = !inc || !alt_pred || (have_pl && !cal_fs) ? fail(err, KV_ERR_NOMEM, "out of memory")
+                                                       : family_scale_loso(ps, nps, fam, np, alt_pred, err);
+        if (st == KV_OK && have_pl) st = cal_family_seq_predict(ps, psx, nps, fam, np, L, cal_fs, err);
+        for (int a = 0; st == KV_OK && a < 4; a++) {
+            const double *q = a == 0 ? px[TM_KL] : a == 1 ? (ncal ? cal[0].pred : NULL) : a == 2 ? cal_fs : alt_pred;
             size_t n = 0;
             for (size_t i = 0; q && i < np; i++) n += (inc[i] = (unsigned char)isfinite(q[i]));
             if (n < 2) continue;            /* one sequence: no family scale held out by sequence */
-            alt[n_alt].name = a == 0 ? "raw direct-path logit_kl" : a == 1 ? "per-layer calibration (kl_nnls)"
+            alt[n_alt].name = a == 0 ? "raw direct-path logit_kl" : a <= 2 ? "per-layer calibration (kl_nnls)"
                                                                       : "family scale";
-            alt[n_alt].held_out = a == 0 ? "-" : a == 1 ? "strategy family" : "sequence";
+            alt[n_alt].held_out = a == 0 ? "-" : a == 1 ? "strategy family" : a == 2 ? "strategy family and sequence"
+                                                                                       : "sequence";
             alt[n_alt].n = n;
             headline_rel(q, ty[TM_KL], bi, inc, np, idx, wx, wy, &alt[n_alt].agree, &alt[n_alt].nb, &alt[n_alt].regret,
                          &alt[n_alt].rel);
@@ -1260,11 +1334,14 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     f = NULL;
     snprintf(path, sizeof path, "%s/tables/truth_pairs.csv", c->dir);
     if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
-    fprintf(f, "config,family,proxy_logit_kl,true_logit_kl,proxy_nll_delta,true_nll_delta,family_scale_logit_kl\n");
+    fprintf(f, "config,family,proxy_logit_kl,true_logit_kl,proxy_nll_delta,true_nll_delta,family_scale_logit_kl,"
+               "kl_nnls_family_seq_logit_kl\n");
     for (size_t i = 0; i < np; i++) {
         fprintf(f, "%s,%s,%.9g,%.9g,%.9g,%.9g", rs->configs[cid[i]].config, rs->configs[cid[i]].family,
                 px[TM_KL][i], ty[TM_KL][i], px[TM_NLL][i], ty[TM_NLL][i]);
         put_nums(f, &alt_pred[i], 1);       /* the family-scaled proxy held out by sequence */
+        if (cal_fs) put_nums(f, &cal_fs[i], 1);  /* kl_nnls held out by family and sequence */
+        else fputc(',', f);
         fputc('\n', f);
     }
     if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
@@ -1546,7 +1623,8 @@ done:
     free(rows); free(cid);
     for (size_t i = 0; i < npl; i++) free(pl[i].config);
     free(pl); free(fx[0]); free(fx[1]); free(fam);
-    free(ps); free(bi); free(fold_g); free(fold_fam); free(fam_idx); free(fam_ratio); free(alt_pred);
+    free(ps); free(psx); free(bi); free(fold_g); free(fold_fam); free(fam_idx); free(fam_ratio); free(alt_pred);
+    free(cal_fs);
     for (size_t k = 0; k < TR_NCAL; k++) { free(cal[k].pred); free(cal[k].g); }
     for (int m = 0; m < TM_N; m++) { free(px[m]); free(ty[m]); }
     return st;
