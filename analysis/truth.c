@@ -292,12 +292,13 @@ static int cmp_d(const void *a, const void *b)
 }
 
 /* ty[i] / px[i] over the configurations idx[0..n) (all n when idx is NULL) whose proxy is
- * positive: how many times the true effect exceeds the direct-path proxy's. NAN when none. */
-typedef struct { size_t k; double med, lo, hi; } tratio;
+ * positive: how many times the true effect exceeds the direct-path proxy's. n: the
+ * configurations considered, k: those with a ratio; med, lo, hi NAN when k = 0. */
+typedef struct { size_t n, k; double med, lo, hi; } tratio;
 
 static tratio ratio_stats(const double *px, const double *ty, const size_t *idx, size_t n, int *oom)
 {
-    tratio o = { 0, NAN, NAN, NAN };
+    tratio o = { n, 0, NAN, NAN, NAN };
     double *r = malloc((n ? n : 1) * sizeof *r);
     if (!r) { if (oom) *oom = 1; return o; }
     for (size_t a = 0; a < n; a++) {
@@ -544,20 +545,10 @@ static void decide(const double *p, const double *t, const size_t *idx, size_t n
     o->tau = n >= 2 ? tr_kendall(wx, wy, n) : NAN;
 }
 
-static void headline_rel(const double *p, const double *t, const tbucket_in *bi, const unsigned char *inc, size_t np,
-                         size_t *idx, double *wx, double *wy, size_t *agree, size_t *nb, double *mean_regret,
-                         double *mean_rel);
-
 /* Headline over the buckets with >= 2 members of the included pairs (inc [np], NULL = all):
- * *agree of *nb buckets agree; mean absolute regret. */
-static void headline(const double *p, const double *t, const tbucket_in *bi, const unsigned char *inc, size_t np,
-                     size_t *idx, double *wx, double *wy, size_t *agree, size_t *nb, double *mean_regret)
-{
-    headline_rel(p, t, bi, inc, np, idx, wx, wy, agree, nb, mean_regret, NULL);
-}
-
-/* headline, also the mean over the buckets of regret / the bucket's lowest truth (*mean_rel,
- * when not NULL; buckets whose lowest truth is 0 left out of it). */
+ * *agree of *nb buckets agree; mean absolute regret; when mean_rel is not NULL, the mean
+ * over the buckets of regret / the bucket's lowest truth (buckets whose lowest truth is 0
+ * left out of it). */
 static void headline_rel(const double *p, const double *t, const tbucket_in *bi, const unsigned char *inc, size_t np,
                          size_t *idx, double *wx, double *wy, size_t *agree, size_t *nb, double *mean_regret,
                          double *mean_rel)
@@ -580,6 +571,12 @@ static void headline_rel(const double *p, const double *t, const tbucket_in *bi,
     if (mean_rel) *mean_rel = nr ? sr / (double)nr : NAN;
 }
 
+static void headline(const double *p, const double *t, const tbucket_in *bi, const unsigned char *inc, size_t np,
+                     size_t *idx, double *wx, double *wy, size_t *agree, size_t *nb, double *mean_regret)
+{
+    headline_rel(p, t, bi, inc, np, idx, wx, wy, agree, nb, mean_regret, NULL);
+}
+
 /* The (configuration, sequence) values of the paired configurations: pair, seq, proxy and
  * true logit KL, in pairing order. */
 typedef struct tps { size_t pair; long long seq; double p, t; } tps;
@@ -590,32 +587,33 @@ static int cmp_ll(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* The distinct sequence ids of ps [nps], ascending, into seqs [nps]; returns how many. */
+static size_t distinct_seqs(const tps *ps, size_t nps, long long *seqs)
+{
+    size_t S = 0;
+    for (size_t i = 0; i < nps; i++) seqs[i] = ps[i].seq;
+    qsort(seqs, nps, sizeof *seqs, cmp_ll);
+    for (size_t i = 0; i < nps; i++) if (!S || seqs[S - 1] != seqs[i]) seqs[S++] = seqs[i];
+    return S;
+}
+
 /* The family-scaled proxy, held out by sequence. For each sequence s: each family's factor is
  * the median over its pairs of (mean truth / mean proxy over the sequences other than s,
  * pairs with a positive proxy there), and scales the proxy of the family's pairs on s. A
  * pair's prediction (pred [np]) is the mean over its sequences of those scaled proxies: no
  * truth of the sequence being predicted enters its factor. NaN for a pair when the trace
  * has one sequence, or its family has no factor without s. */
-/* The per-layer calibration (kl_nnls) held out by strategy family AND sequence: for each
- * family f and sequence s, NNLS gains fitted on the other families' pairs, their per-layer
- * features (psx [nps][L]) and truth averaged over the sequences other than s, predict f's
- * pairs on s (psx . g); a pair's prediction (pred [np]) is the mean over its sequences. NaN
- * when the trace has one sequence or f is the only family. */
-static kv_status cal_family_seq_predict(const tps *ps, const double *psx, size_t nps, const int *fam, size_t np,
-                                        size_t L, double *pred, kv_error *err);
-
 static kv_status family_scale_loso(const tps *ps, size_t nps, const int *fam, size_t np, double *pred, kv_error *err)
 {
     long long *seqs = malloc((nps + 1) * sizeof *seqs);
     double *sp = malloc((np + 1) * sizeof *sp), *st = malloc((np + 1) * sizeof *st);
-    double *fac = malloc((np + 1) * sizeof *fac), *r = malloc((np + 1) * sizeof *r);
-    double *sum = calloc(np + 1, sizeof *sum);
-    size_t *cnt = calloc(np + 1, sizeof *cnt), *nk = malloc((np + 1) * sizeof *nk), S = 0;
+    double *fac = malloc((np + 1) * sizeof *fac), *sum = calloc(np + 1, sizeof *sum);
+    size_t *cnt = calloc(np + 1, sizeof *cnt), *nk = malloc((np + 1) * sizeof *nk), *mem = malloc((np + 1) * sizeof *mem);
+    size_t S = 0;
+    int oom = 0;
     kv_status rc = KV_OK;
-    if (!seqs || !sp || !st || !fac || !r || !sum || !cnt || !nk) { rc = fail(err, KV_ERR_NOMEM, "out of memory"); goto out; }
-    for (size_t i = 0; i < nps; i++) seqs[i] = ps[i].seq;
-    qsort(seqs, nps, sizeof *seqs, cmp_ll);
-    for (size_t i = 0; i < nps; i++) if (!i || seqs[i] != seqs[i - 1]) seqs[S++] = seqs[i];
+    if (!seqs || !sp || !st || !fac || !sum || !cnt || !nk || !mem) { rc = fail(err, KV_ERR_NOMEM, "out of memory"); goto out; }
+    S = distinct_seqs(ps, nps, seqs);
     for (size_t k = 0; S >= 2 && k < S; k++) {
         for (size_t i = 0; i < np; i++) { sp[i] = st[i] = 0; nk[i] = 0; }
         for (size_t i = 0; i < nps; i++)
@@ -624,18 +622,73 @@ static kv_status family_scale_loso(const tps *ps, size_t nps, const int *fam, si
             fac[f] = NAN;
             if (fam[f] != (int)f) continue;
             size_t m = 0;
-            for (size_t i = f; i < np; i++)
-                if (fam[i] == (int)f && nk[i] && sp[i] > 0) r[m++] = st[i] / sp[i];  /* means: the counts cancel */
-            if (!m) continue;
-            qsort(r, m, sizeof *r, cmp_d);
-            fac[f] = m % 2 ? r[m / 2] : 0.5 * (r[m / 2 - 1] + r[m / 2]);
+            for (size_t i = f; i < np; i++) if (fam[i] == (int)f && nk[i]) mem[m++] = i;
+            fac[f] = ratio_stats(sp, st, mem, m, &oom).med;     /* of sums: the counts cancel */
         }
+        if (oom) { rc = fail(err, KV_ERR_NOMEM, "out of memory"); goto out; }
         for (size_t i = 0; i < nps; i++)
             if (ps[i].seq == seqs[k]) { sum[ps[i].pair] += ps[i].p * fac[fam[ps[i].pair]]; cnt[ps[i].pair]++; }
     }
     for (size_t i = 0; i < np; i++) pred[i] = S >= 2 && cnt[i] ? sum[i] / (double)cnt[i] : NAN;
 out:
-    free(seqs); free(sp); free(st); free(fac); free(r); free(sum); free(cnt); free(nk);
+    free(seqs); free(sp); free(st); free(fac); free(sum); free(cnt); free(nk); free(mem);
+    return rc;
+}
+
+/* The per-layer calibration (kl_nnls) held out by strategy family AND sequence: for each
+ * family f and sequence s, NNLS gains fitted on the other families' pairs, their per-layer
+ * features (psx [nps][L]) and truth averaged over the sequences other than s, predict f's
+ * pairs on s (psx . g); a pair's prediction (pred [np]) is the mean over its sequences. NaN
+ * when the trace has one sequence or f is the only family. */
+static kv_status cal_family_seq_predict(const tps *ps, const double *psx, size_t nps, const int *fam, size_t np,
+                                        size_t L, double *pred, kv_error *err)
+{
+    long long *seqs = malloc((nps + 1) * sizeof *seqs);
+    double *A = malloc((np * L + 1) * sizeof *A), *b = malloc((np + 1) * sizeof *b), *g = malloc((L + 1) * sizeof *g);
+    double *sum = calloc(np + 1, sizeof *sum);
+    size_t *cnt = calloc(np + 1, sizeof *cnt), *nk = malloc((np + 1) * sizeof *nk), *row = malloc((np + 1) * sizeof *row);
+    size_t S = 0;
+    kv_status rc = KV_OK;
+    if (!seqs || !A || !b || !g || !sum || !cnt || !nk || !row) { rc = fail(err, KV_ERR_NOMEM, "out of memory"); goto out; }
+    S = distinct_seqs(ps, nps, seqs);
+    for (size_t f = 0; S >= 2 && f < np; f++) {
+        if (fam[f] != (int)f) continue;
+        for (size_t k = 0; k < S; k++) {
+            /* training rows: the other families' pairs, means over the sequences other than s */
+            size_t m = 0;
+            for (size_t i = 0; i < np; i++) { nk[i] = 0; row[i] = SIZE_MAX; }
+            for (size_t i = 0; i < np; i++) if (fam[i] != (int)f) row[i] = m++;
+            for (size_t i = 0; i < m * L; i++) A[i] = 0;
+            for (size_t i = 0; i < m; i++) b[i] = 0;
+            for (size_t e = 0; e < nps; e++) {
+                size_t i = ps[e].pair;
+                if (row[i] == SIZE_MAX || ps[e].seq == seqs[k]) continue;
+                for (size_t l = 0; l < L; l++) A[row[i] * L + l] += psx[e * L + l];
+                b[row[i]] += ps[e].t;
+                nk[i]++;
+            }
+            /* a pair seen only on s has no training row: drop it (compact) */
+            size_t w = 0;
+            for (size_t i = 0; i < np; i++) {
+                if (row[i] == SIZE_MAX || !nk[i]) continue;
+                for (size_t l = 0; l < L; l++) A[w * L + l] = A[row[i] * L + l] / (double)nk[i];
+                b[w++] = b[row[i]] / (double)nk[i];
+            }
+            if (!w) continue;
+            if ((rc = cal_fit(CAL_NNLS, A, b, w, L, g, err)) != KV_OK) goto out;
+            for (size_t e = 0; e < nps; e++) {
+                size_t i = ps[e].pair;
+                if (fam[i] != (int)f || ps[e].seq != seqs[k]) continue;
+                double y = 0;
+                for (size_t l = 0; l < L; l++) y += psx[e * L + l] * g[l];
+                sum[i] += y;
+                cnt[i]++;
+            }
+        }
+    }
+    for (size_t i = 0; i < np; i++) pred[i] = S >= 2 && cnt[i] ? sum[i] / (double)cnt[i] : NAN;
+out:
+    free(seqs); free(A); free(b); free(g); free(sum); free(cnt); free(nk); free(row);
     return rc;
 }
 
@@ -670,9 +723,7 @@ static kv_status two_level_boot(const tps *ps, size_t nps, const int *fam, const
     gsl_rng *g = NULL;
     if (!fams || !seqs) { st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
     for (size_t i = 0; i < np; i++) if (fam[i] == (int)i) fams[F++] = i;
-    for (size_t i = 0; i < nps; i++) seqs[i] = ps[i].seq;
-    qsort(seqs, nps, sizeof *seqs, cmp_ll);
-    for (size_t i = 0; i < nps; i++) if (!S || seqs[S - 1] != seqs[i]) seqs[S++] = seqs[i];
+    S = distinct_seqs(ps, nps, seqs);
     o->F = F; o->S = S; o->B = B;
     fprintf(bf, "replicate,families,seqs,spearman,winner_agreement,mean_regret\n");
     if (!B || !F || !S) goto done;
@@ -959,60 +1010,6 @@ static kv_status tr_needles(rp_ctx *c, const char *truth_path, kv_error *err)
     free(r);
     if (fclose(f)) return fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno));
     return KV_OK;
-}
-
-static kv_status cal_family_seq_predict(const tps *ps, const double *psx, size_t nps, const int *fam, size_t np,
-                                        size_t L, double *pred, kv_error *err)
-{
-    long long *seqs = malloc((nps + 1) * sizeof *seqs);
-    double *A = malloc((np * L + 1) * sizeof *A), *b = malloc((np + 1) * sizeof *b), *g = malloc((L + 1) * sizeof *g);
-    double *sum = calloc(np + 1, sizeof *sum);
-    size_t *cnt = calloc(np + 1, sizeof *cnt), *nk = malloc((np + 1) * sizeof *nk), *row = malloc((np + 1) * sizeof *row);
-    size_t S = 0;
-    kv_status rc = KV_OK;
-    if (!seqs || !A || !b || !g || !sum || !cnt || !nk || !row) { rc = fail(err, KV_ERR_NOMEM, "out of memory"); goto out; }
-    for (size_t i = 0; i < nps; i++) seqs[i] = ps[i].seq;
-    qsort(seqs, nps, sizeof *seqs, cmp_ll);
-    for (size_t i = 0; i < nps; i++) if (!i || seqs[i] != seqs[i - 1]) seqs[S++] = seqs[i];
-    for (size_t f = 0; S >= 2 && f < np; f++) {
-        if (fam[f] != (int)f) continue;
-        for (size_t k = 0; k < S; k++) {
-            /* training rows: the other families' pairs, means over the sequences other than s */
-            size_t m = 0;
-            for (size_t i = 0; i < np; i++) { nk[i] = 0; row[i] = SIZE_MAX; }
-            for (size_t i = 0; i < np; i++) if (fam[i] != (int)f) row[i] = m++;
-            for (size_t i = 0; i < m * L; i++) A[i] = 0;
-            for (size_t i = 0; i < m; i++) b[i] = 0;
-            for (size_t e = 0; e < nps; e++) {
-                size_t i = ps[e].pair;
-                if (row[i] == SIZE_MAX || ps[e].seq == seqs[k]) continue;
-                for (size_t l = 0; l < L; l++) A[row[i] * L + l] += psx[e * L + l];
-                b[row[i]] += ps[e].t;
-                nk[i]++;
-            }
-            /* a pair seen only on s has no training row: drop it (compact) */
-            size_t w = 0;
-            for (size_t i = 0; i < np; i++) {
-                if (row[i] == SIZE_MAX || !nk[i]) continue;
-                for (size_t l = 0; l < L; l++) A[w * L + l] = A[row[i] * L + l] / (double)nk[i];
-                b[w++] = b[row[i]] / (double)nk[i];
-            }
-            if (!w) continue;
-            if ((rc = cal_fit(CAL_NNLS, A, b, w, L, g, err)) != KV_OK) goto out;
-            for (size_t e = 0; e < nps; e++) {
-                size_t i = ps[e].pair;
-                if (fam[i] != (int)f || ps[e].seq != seqs[k]) continue;
-                double y = 0;
-                for (size_t l = 0; l < L; l++) y += psx[e * L + l] * g[l];
-                sum[i] += y;
-                cnt[i]++;
-            }
-        }
-    }
-    for (size_t i = 0; i < np; i++) pred[i] = S >= 2 && cnt[i] ? sum[i] / (double)cnt[i] : NAN;
-out:
-    free(seqs); free(A); free(b); free(g); free(sum); free(cnt); free(nk); free(row);
-    return rc;
 }
 
 /* Per family (fam[i]: index of the family's first pair): the first pair of each family in
@@ -1362,9 +1359,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     fprintf(f, "family,n_configs,n_ratio,median_true_over_proxy_logit_kl,min_ratio,max_ratio\n");
     for (size_t k = 0; k < n_fam; k++) {
         double v[3] = { fam_ratio[k].med, fam_ratio[k].lo, fam_ratio[k].hi };
-        size_t first = fam_idx[k], nk = 0;
-        for (size_t i = 0; i < np; i++) nk += fam[i] == fam[first];
-        fprintf(f, "%s,%zu,%zu", rs->configs[cid[first]].family, nk, fam_ratio[k].k);
+        fprintf(f, "%s,%zu,%zu", rs->configs[cid[fam_idx[k]]].family, fam_ratio[k].n, fam_ratio[k].k);
         put_nums(f, v, 3);
         fputc('\n', f);
     }
@@ -1540,9 +1535,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     for (size_t k = 0; k < n_fam; k++) {
         char a[3][32];
         fmt_num(a[0], 32, fam_ratio[k].med); fmt_num(a[1], 32, fam_ratio[k].lo); fmt_num(a[2], 32, fam_ratio[k].hi);
-        size_t nk = 0;
-        for (size_t i = 0; i < np; i++) nk += fam[i] == fam[fam_idx[k]];
-        fprintf(f, "| %s | %zu | %s | %s-%s |\n", rs->configs[cid[fam_idx[k]]].family, nk, a[0], a[1], a[2]);
+        fprintf(f, "| %s | %zu | %s | %s-%s |\n", rs->configs[cid[fam_idx[k]]].family, fam_ratio[k].n, a[0], a[1], a[2]);
     }
     fputc('\n', f);
     if (ncal) {
