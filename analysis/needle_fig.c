@@ -226,9 +226,10 @@ static void clean_label(const res_config *cf, char *buf, size_t cap)
 }
 
 /* One plot (gnuplot's replot, which writes the PDF, replays a single plot, not a multiplot):
- * the panels on a grid of at most ND_COLS columns (2 ND_COLS at the two-column width), panel p in column p % cols and row
- * p / cols (top row first); its cells at x = column (nx + 1) + context index and y =
- * (rows - 1 - row) (ny + 2) + depth bin index; its name a label above it. */
+ * the panels on a grid of at most ND_COLS columns (2 ND_COLS at the two-column width),
+ * panel p in column p % cols and row p / cols (top row first); its cells at x = column
+ * (nx + 1) + context index and y = (rows - 1 - row) (ny + 2) + depth bin index; its name
+ * (clean_label) a label above it. */
 kv_status rp_needle_heat(rp_ctx *c, const char *stem, const char *what, const char *cblabel, const rp_heat_cell *cell,
                          size_t n, kv_error *err)
 {
@@ -276,8 +277,7 @@ kv_status rp_needle_heat(rp_ctx *c, const char *stem, const char *what, const ch
         }
         char lab[64];
         clean_label(&c->rs->configs[cfgs[p]], lab, sizeof lab);
-        for (char *q = lab; *q; q++) if (*q == '"' || *q == '\\') *q = ' ';
-        tb_add(&lb, "set label \"%s\" at %.1f,%.2f center front font ',7' noenhanced\n", lab,
+        tb_add(&lb, "set label '%s' at %.1f,%.2f center front font ',7' noenhanced\n", lab,
                (double)(col * (nx + 1)) + ((double)nx - 1) / 2, (double)(y0 + ny) - 0.1);
     }
     for (size_t col = 0; col < cols; col++)
