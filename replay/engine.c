@@ -1801,6 +1801,14 @@ typedef struct layer_join {
     item ro;                    /* the layer's read-out (item_readout), run by the last item to finish */
 } layer_join;
 
+/* per_head: whether every kv-head item of layer l ran without error. */
+static int layer_items_ok(const item *its, size_t l, size_t Hkv)
+{
+    for (size_t g = 0; g < Hkv; g++)
+        if (its[l * Hkv + g].rc) return 0;
+    return 1;
+}
+
 /* per_head: called by each item of layer l when it is done; the last one runs the layer's
  * read-out (every kv head's dO columns are in), outside the ordered fold so that it runs
  * in parallel with other layers. */
@@ -1812,9 +1820,7 @@ static void layer_item_done(rp_engine *E, layer_join *lj, item *its, size_t l)
     last = --lj->left == 0;
     if (!last) return;
     item *r = &lj->ro;
-    int ok = 1;
-    for (size_t g = 0; g < Hkv; g++) ok &= its[l * Hkv + g].rc == 0;
-    if (ok && E->ro && r->n > r->P) {
+    if (layer_items_ok(its, l, Hkv) && E->ro && r->n > r->P) {
         for (size_t g = 0; g < Hkv; g++)      /* SA_DIFFERS is a flag: any kv head's */
             for (size_t c = 0; c < NC; c++)
                 if (its[l * Hkv + g].ia[c * SA_NF + SA_DIFFERS] != 0) r->ia[c * SA_NF + SA_DIFFERS] = 1;
@@ -1933,9 +1939,7 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
             it->pp = NULL;
             item *lr = !ph ? it : it->g0 + 1 == Hkv ? &lj[l].ro : NULL;   /* a layer is complete */
             if (ph && lr) {
-                int ok = lr->rc == 0;
-                for (size_t g = 0; g < Hkv; g++) ok &= its[l * Hkv + g].rc == 0;
-                if (ok && lp)
+                if (lr->rc == 0 && layer_items_ok(its, l, Hkv) && lp)
                     for (size_t j = 0; j < NC * NE; j++)
                         for (size_t f = 0; f < PP_ATT; f++) res->pp[j * PP_NF + f] += lp[j * PP_ATT + f];
                 if (lp) memset(lp, 0, NC * NE * PP_ATT * sizeof *lp);
