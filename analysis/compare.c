@@ -276,28 +276,6 @@ done:
 
 /* ---- writers --------------------------------------------------------------------------- */
 
-static FILE *open_rel(const rp_ctx *c, const char *rel, kv_error *err)
-{
-    char path[4608];
-    snprintf(path, sizeof path, "%s/%s", c->dir, rel);
-    FILE *f = fopen(path, "w");
-    if (!f) kv_error_set(err, KV_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    return f;
-}
-
-static kv_status close_rel(const rp_ctx *c, FILE *f, const char *rel, kv_error *err)
-{
-    int bad = ferror(f), e = errno;
-    if (fclose(f) && !bad) { bad = 1; e = errno; }
-    if (bad) return kv_error_set(err, KV_ERR_IO, "%s/%s: write failed: %s", c->shown_dir, rel, strerror(e));
-    return KV_OK;
-}
-
-static void csv_num(FILE *f, double v, int present)
-{
-    if (present && isfinite(v)) fprintf(f, ",%.9g", v); else fputc(',', f);
-}
-
 /* A run label as a CSV header prefix: characters other than [A-Za-z0-9_.-] become '_'. */
 static void csv_label(FILE *f, const char *s)
 {
@@ -314,7 +292,7 @@ static void md_text(FILE *f, const char *s)
 
 static kv_status write_pivot_csv(const cmp_set *s, const rp_ctx *c, kv_error *err)
 {
-    FILE *f = open_rel(c, "tables/pivot.csv", err);
+    FILE *f = rp_open_out(c, "tables/pivot.csv", "w", err);
     if (!f) return err->code;
     fputs("metric,config", f);
     for (size_t r = 0; r < s->n_runs; r++) {
@@ -330,14 +308,14 @@ static kv_status write_pivot_csv(const cmp_set *s, const rp_ctx *c, kv_error *er
                 const an_stat *st = stat_of(s, k, r, m);
                 if (!st) { fputs(",,,,", f); continue; }
                 fprintf(f, ",%zu", st->d.n);
-                csv_num(f, st->d.mean, 1);
-                csv_num(f, st->d.t_lo, st->d.has_ci);
-                csv_num(f, st->d.t_hi, st->d.has_ci);
+                rp_csv_num(f, st->d.mean, 1);
+                rp_csv_num(f, st->d.t_lo, st->d.has_ci);
+                rp_csv_num(f, st->d.t_hi, st->d.has_ci);
             }
             fputc('\n', f);
         }
     }
-    return close_rel(c, f, "tables/pivot.csv", err);
+    return rp_close_out(c, f, "tables/pivot.csv", err);
 }
 
 static void tex_text(FILE *f, const char *s)
@@ -356,7 +334,7 @@ static void tex_text(FILE *f, const char *s)
 /* LaTeX (booktabs): one tabular per metric, the cells of compare.md's pivot tables. */
 static kv_status write_pivot_tex(const cmp_set *s, const rp_ctx *c, kv_error *err)
 {
-    FILE *f = open_rel(c, "tables/pivot.tex", err);
+    FILE *f = rp_open_out(c, "tables/pivot.tex", "w", err);
     if (!f) return err->code;
     fputs("% kvreport compare: per metric, mean over each run's sequences $\\pm$ the half-width of its 95% t-interval\n"
           "% (booktabs; \\usepackage{booktabs}). Rows: configurations matched across runs; -- : not in that run.\n", f);
@@ -384,12 +362,12 @@ static kv_status write_pivot_tex(const cmp_set *s, const rp_ctx *c, kv_error *er
         }
         fputs("\\bottomrule\n\\end{tabular}\n", f);
     }
-    return close_rel(c, f, "tables/pivot.tex", err);
+    return rp_close_out(c, f, "tables/pivot.tex", err);
 }
 
 static kv_status write_pairs_csv(const cmp_set *s, const rp_ctx *c, kv_error *err)
 {
-    FILE *f = open_rel(c, "tables/pairs.csv", err);
+    FILE *f = rp_open_out(c, "tables/pairs.csv", "w", err);
     if (!f) return err->code;
     fputs("run,metric,config_a,config_b,n_pairs,mean_a,mean_b,mean_diff,sd_diff,t,p_t,p_t_holm,w_plus,w_minus,n_nonzero,"
           "wilcoxon_method,z,p_w,p_w_holm,d_z,r_rb\n", f);
@@ -398,18 +376,18 @@ static kv_status write_pairs_csv(const cmp_set *s, const rp_ctx *c, kv_error *er
         const st_paired *p = &t->c.p;
         csv_label(f, s->runs[t->run].label);
         fprintf(f, ",%s,%s,%s,%zu", res_metric_names[t->metric], s->keys[t->key_a], s->keys[t->key_b], p->n);
-        csv_num(f, t->mean_a, 1); csv_num(f, t->mean_b, 1);
-        csv_num(f, p->mean_diff, 1); csv_num(f, p->sd_diff, 1);
-        csv_num(f, p->t, p->t_defined);
-        csv_num(f, p->p_t, 1); csv_num(f, t->c.p_t_holm, 1);
-        csv_num(f, p->w_plus, 1); csv_num(f, p->w_minus, 1);
+        rp_csv_num(f, t->mean_a, 1); rp_csv_num(f, t->mean_b, 1);
+        rp_csv_num(f, p->mean_diff, 1); rp_csv_num(f, p->sd_diff, 1);
+        rp_csv_num(f, p->t, p->t_defined);
+        rp_csv_num(f, p->p_t, 1); rp_csv_num(f, t->c.p_t_holm, 1);
+        rp_csv_num(f, p->w_plus, 1); rp_csv_num(f, p->w_minus, 1);
         fprintf(f, ",%zu,%s", p->n_nonzero, p->n_nonzero == 0 ? "none" : p->exact ? "exact" : "normal");
-        csv_num(f, p->z, !p->exact && p->n_nonzero > 0);
-        csv_num(f, p->p_w, 1); csv_num(f, t->c.p_w_holm, 1);
-        csv_num(f, p->d_z, p->dz_defined); csv_num(f, p->r_rb, 1);
+        rp_csv_num(f, p->z, !p->exact && p->n_nonzero > 0);
+        rp_csv_num(f, p->p_w, 1); rp_csv_num(f, t->c.p_w_holm, 1);
+        rp_csv_num(f, p->d_z, p->dz_defined); rp_csv_num(f, p->r_rb, 1);
         fputc('\n', f);
     }
-    return close_rel(c, f, "tables/pairs.csv", err);
+    return rp_close_out(c, f, "tables/pairs.csv", err);
 }
 
 /* ---- figures --------------------------------------------------------------------------- */
@@ -588,7 +566,7 @@ kv_status cmp_write(cmp_set *s, rp_ctx *c, kv_error *err)
         for (size_t i = 0; i < s->n_metrics; i++)
             if ((st = write_figure(s, c, s->metrics[i], err))) return st;
 
-    FILE *f = open_rel(c, "compare.md", err);
+    FILE *f = rp_open_out(c, "compare.md", "w", err);
     if (!f) return err->code;
     fprintf(f, "# kvreport compare\n\n%zu runs side by side (kvreport %s). Each run is analysed alone: nothing is merged "
             "across runs. Configurations are matched across runs by their canonical configuration string (# = its number on the figures' x axes); – marks a "
@@ -611,5 +589,5 @@ kv_status cmp_write(cmp_set *s, rp_ctx *c, kv_error *err)
         fputs("\n## Notes\n\n", f);
         for (size_t i = 0; i < c->notes.n; i++) { fputs("- ", f); md_text(f, c->notes.line[i]); fputc('\n', f); }
     }
-    return close_rel(c, f, "compare.md", err);
+    return rp_close_out(c, f, "compare.md", err);
 }

@@ -178,10 +178,8 @@ static kv_status cells_of(const nd_set *s, nd_cell **out, size_t *n_out, kv_erro
 
 static kv_status write_table(rp_ctx *c, const nd_cell *cell, size_t n, kv_error *err)
 {
-    char path[4608];
-    snprintf(path, sizeof path, "%s/tables/needles.csv", c->dir);
-    FILE *f = fopen(path, "w");
-    if (!f) return kv_error_set(err, KV_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    FILE *f = rp_open_out(c, "tables/needles.csv", "w", err);
+    if (!f) return err->code;
     fprintf(f, "config,family,ctx_len,depth,n_needles,retained_frac,mass_a_full,mass_a_comp,answer_top1_full,answer_top1_comp\n");
     for (size_t i = 0; i < n; i++) {
         const nd_cell *x = &cell[i];
@@ -191,9 +189,7 @@ static kv_status write_table(rp_ctx *c, const nd_cell *cell, size_t n, kv_error 
         if (x->nt > 0) fprintf(f, ",%.9g,%.9g\n", x->tf / x->nt, x->tc / x->nt);
         else fprintf(f, ",,\n");
     }
-    int bad = ferror(f);
-    if (fclose(f) || bad) return kv_error_set(err, KV_ERR_IO, "%s: write failed", path);
-    return KV_OK;
+    return rp_close_out(c, f, "tables/needles.csv", err);
 }
 
 /* A growing text buffer for .dat files and plot commands. */

@@ -52,16 +52,16 @@ const char *rp_marks(double p)
     return p < 0.001 ? "***" : p < 0.01 ? "**" : p < 0.05 ? "*" : "";
 }
 
-static FILE *open_out(rp_ctx *c, const char *rel, kv_error *err)
+FILE *rp_open_out(const rp_ctx *c, const char *rel, const char *mode, kv_error *err)
 {
     char path[4608];
     snprintf(path, sizeof path, "%s/%s", c->dir, rel);
-    FILE *f = fopen(path, "w");
-    if (!f) kv_error_set(err, KV_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    FILE *f = fopen(path, mode);
+    if (!f) kv_error_set(err, KV_ERR_IO, "%s: cannot %s: %s", path, mode[0] == 'a' ? "append to" : "create", strerror(errno));
     return f;
 }
 
-static kv_status close_out(rp_ctx *c, FILE *f, const char *rel, kv_error *err)
+kv_status rp_close_out(const rp_ctx *c, FILE *f, const char *rel, kv_error *err)
 {
     int bad = ferror(f), e = errno;
     if (fclose(f) && !bad) { bad = 1; e = errno; }
@@ -69,10 +69,9 @@ static kv_status close_out(rp_ctx *c, FILE *f, const char *rel, kv_error *err)
     return KV_OK;
 }
 
-/* CSV numbers: %.9g, empty when missing. */
-static void csv_num(FILE *f, double v, int present)
+void rp_csv_num(FILE *f, double v, int present)
 {
-    if (present && isfinite(v)) fprintf(f, ",%.9g", v); else fputs(",", f);
+    if (present && isfinite(v)) fprintf(f, ",%.9g", v); else fputc(',', f);
 }
 
 /* Headline metrics: those with data in at least one configuration. */
@@ -149,7 +148,7 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
     const char *base = an->baseline >= 0 ? rs->configs[an->baseline].config : NULL;
 
     /* ---- summary.md ---- */
-    FILE *f = open_out(c, "tables/summary.md", err);
+    FILE *f = rp_open_out(c, "tables/summary.md", "w", err);
     if (!f) return err->code;
     fputs("| configuration | family | n | ratio | keep |", f);
     for (size_t k = 0; k < nh; k++) fprintf(f, " %s |", metric_title(hm[k]));
@@ -182,10 +181,10 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
         fputs("`, Holm-adjusted across configurations: \\* p < 0.05, \\*\\* p < 0.01, \\*\\*\\* p < 0.001.", f);
     }
     fputc('\n', f);
-    if ((st = close_out(c, f, "tables/summary.md", err))) return st;
+    if ((st = rp_close_out(c, f, "tables/summary.md", err))) return st;
 
     /* ---- summary.csv ---- */
-    if (!(f = open_out(c, "tables/summary.csv", err))) return err->code;
+    if (!(f = rp_open_out(c, "tables/summary.csv", "w", err))) return err->code;
     fputs("config_id,config,name,family,n_seq,not_applied,ratio,keep_frac", f);
     for (size_t k = 0; k < nh; k++) {
         const char *n = res_metric_names[hm[k]];
@@ -196,23 +195,23 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
         const res_config *cf = &rs->configs[i];
         fprintf(f, "%zu,%s,%s,%s,%zu,%d", i, cf->config, cf->name, cf->family, cf->n_seqs, cf->not_applied);
         const an_stat *s = an_get(an, i, RM_RATIO);
-        csv_num(f, s->d.mean, s->valid);
+        rp_csv_num(f, s->d.mean, s->valid);
         s = an_get(an, i, RM_KEEP_FRAC);
-        csv_num(f, s->d.mean, s->valid);
+        rp_csv_num(f, s->d.mean, s->valid);
         for (size_t k = 0; k < nh; k++) {
             s = an_get(an, i, hm[k]);
             const an_cmp *q = an_cmp_get(an, i, hm[k]);
-            csv_num(f, s->d.mean, s->valid);
-            csv_num(f, s->d.t_lo, s->valid && s->d.has_ci);
-            csv_num(f, s->d.t_hi, s->valid && s->d.has_ci);
-            csv_num(f, q->p_t_holm, q->valid);
+            rp_csv_num(f, s->d.mean, s->valid);
+            rp_csv_num(f, s->d.t_lo, s->valid && s->d.has_ci);
+            rp_csv_num(f, s->d.t_hi, s->valid && s->d.has_ci);
+            rp_csv_num(f, q->p_t_holm, q->valid);
         }
         fputc('\n', f);
     }
-    if ((st = close_out(c, f, "tables/summary.csv", err))) return st;
+    if ((st = rp_close_out(c, f, "tables/summary.csv", err))) return st;
 
     /* ---- summary.tex (booktabs): named rows, a longtable when long ---- */
-    if (!(f = open_out(c, "tables/summary.tex", err))) return err->code;
+    if (!(f = rp_open_out(c, "tables/summary.tex", "w", err))) return err->code;
     int lng = an->nc > TB_LONG_ROWS, dagger = 0;
     for (size_t i = 0; i < an->nc; i++) dagger |= rs->configs[i].not_applied;
     fprintf(f, "%% kvreport summary table: needs \\usepackage{booktabs,array}%s; fits \\textwidth (table*: spans both "
@@ -286,7 +285,7 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
     }
     if (lng) fputs("\\end{longtable}}\n", f);
     else fprintf(f, "\\bottomrule\n\\end{tabular}\n%s\n\\label{tab:kvtrace-summary}\n\\end{table*}\n", cap);
-    if ((st = close_out(c, f, "tables/summary.tex", err))) return st;
+    if ((st = rp_close_out(c, f, "tables/summary.tex", err))) return st;
 
     /* ---- pivot.{md,csv,tex}: strategy x budget for the primary metric ---- */
     {
@@ -298,48 +297,48 @@ kv_status rp_write_tables(rp_ctx *c, kv_error *err)
         if ((st = tb_pivot_build(rs, an, &o, &pv, err))) return st;
         static const char *const rel[3] = { "tables/pivot.md", "tables/pivot.csv", "tables/pivot.tex" };
         for (int w = 0; w < 3; w++) {
-            if (!(f = open_out(c, rel[w], err))) { tb_pivot_free(pv); return err->code; }
+            if (!(f = rp_open_out(c, rel[w], "w", err))) { tb_pivot_free(pv); return err->code; }
             if (w == 0) tb_write_md(f, pv); else if (w == 1) tb_write_csv(f, pv); else tb_write_tex(f, pv);
-            if ((st = close_out(c, f, rel[w], err))) { tb_pivot_free(pv); return st; }
+            if ((st = rp_close_out(c, f, rel[w], err))) { tb_pivot_free(pv); return st; }
         }
         tb_pivot_free(pv);
     }
 
     /* ---- stats.csv (long form) ---- */
-    if (!(f = open_out(c, "tables/stats.csv", err))) return err->code;
+    if (!(f = rp_open_out(c, "tables/stats.csv", "w", err))) return err->code;
     fputs("config_id,config,family,metric,n,mean,sd,min,max,t_lo,t_hi,boot_lo,boot_hi\n", f);
     for (size_t i = 0; i < an->nc; i++)
         for (int m = 0; m < RM_COUNT; m++) {
             const an_stat *s = an_get(an, i, m);
             if (!s->valid) continue;
             fprintf(f, "%zu,%s,%s,%s,%zu", i, rs->configs[i].config, rs->configs[i].family, res_metric_names[m], s->d.n);
-            csv_num(f, s->d.mean, 1); csv_num(f, s->d.sd, s->d.n > 1);
-            csv_num(f, s->d.min, 1); csv_num(f, s->d.max, 1);
-            csv_num(f, s->d.t_lo, s->d.has_ci); csv_num(f, s->d.t_hi, s->d.has_ci);
-            csv_num(f, s->b_lo, s->has_boot); csv_num(f, s->b_hi, s->has_boot);
+            rp_csv_num(f, s->d.mean, 1); rp_csv_num(f, s->d.sd, s->d.n > 1);
+            rp_csv_num(f, s->d.min, 1); rp_csv_num(f, s->d.max, 1);
+            rp_csv_num(f, s->d.t_lo, s->d.has_ci); rp_csv_num(f, s->d.t_hi, s->d.has_ci);
+            rp_csv_num(f, s->b_lo, s->has_boot); rp_csv_num(f, s->b_hi, s->has_boot);
             fputc('\n', f);
         }
-    if ((st = close_out(c, f, "tables/stats.csv", err))) return st;
+    if ((st = rp_close_out(c, f, "tables/stats.csv", err))) return st;
 
     /* ---- comparisons.csv ---- */
-    if (!(f = open_out(c, "tables/comparisons.csv", err))) return err->code;
+    if (!(f = rp_open_out(c, "tables/comparisons.csv", "w", err))) return err->code;
     fputs("config_id,config,baseline,metric,n_pairs,mean_diff,sd_diff,t,p_t,p_t_holm,w_plus,w_minus,n_nonzero,wilcoxon_method,z,p_w,p_w_holm,d_z,r_rb\n", f);
     for (size_t i = 0; i < an->nc; i++)
         for (int m = 0; m < RM_COUNT; m++) {
             const an_cmp *q = an_cmp_get(an, i, m);
             if (!q->valid) continue;
             fprintf(f, "%zu,%s,%s,%s,%zu", i, rs->configs[i].config, base, res_metric_names[m], q->p.n);
-            csv_num(f, q->p.mean_diff, 1); csv_num(f, q->p.sd_diff, 1);
-            csv_num(f, q->p.t, q->p.t_defined);
-            csv_num(f, q->p.p_t, 1); csv_num(f, q->p_t_holm, 1);
-            csv_num(f, q->p.w_plus, 1); csv_num(f, q->p.w_minus, 1);
+            rp_csv_num(f, q->p.mean_diff, 1); rp_csv_num(f, q->p.sd_diff, 1);
+            rp_csv_num(f, q->p.t, q->p.t_defined);
+            rp_csv_num(f, q->p.p_t, 1); rp_csv_num(f, q->p_t_holm, 1);
+            rp_csv_num(f, q->p.w_plus, 1); rp_csv_num(f, q->p.w_minus, 1);
             fprintf(f, ",%zu,%s", q->p.n_nonzero, q->p.n_nonzero == 0 ? "none" : q->p.exact ? "exact" : "normal");
-            csv_num(f, q->p.z, !q->p.exact && q->p.n_nonzero > 0);
-            csv_num(f, q->p.p_w, 1); csv_num(f, q->p_w_holm, 1);
-            csv_num(f, q->p.d_z, q->p.dz_defined); csv_num(f, q->p.r_rb, 1);
+            rp_csv_num(f, q->p.z, !q->p.exact && q->p.n_nonzero > 0);
+            rp_csv_num(f, q->p.p_w, 1); rp_csv_num(f, q->p_w_holm, 1);
+            rp_csv_num(f, q->p.d_z, q->p.dz_defined); rp_csv_num(f, q->p.r_rb, 1);
             fputc('\n', f);
         }
-    return close_out(c, f, "tables/comparisons.csv", err);
+    return rp_close_out(c, f, "tables/comparisons.csv", err);
 }
 
 const char *config_display_name(const res_config *cf) { return cf->name ? cf->name : cf->config; }
@@ -420,7 +419,7 @@ kv_status rp_write_report(rp_ctx *c, kv_error *err)
 {
     const res_set *rs = c->rs;
     const an_result *an = c->an;
-    FILE *f = open_out(c, "report.md", err);
+    FILE *f = rp_open_out(c, "report.md", "w", err);
     if (!f) return err->code;
     kv_status st;
 
@@ -558,5 +557,5 @@ kv_status rp_write_report(rp_ctx *c, kv_error *err)
         fputs("\n## Notes\n\n", f);
         for (size_t k = 0; k < c->notes.n; k++) { fputs("- ", f); fputs(c->notes.line[k], f); fputc('\n', f); }
     }
-    return close_out(c, f, "report.md", err);
+    return rp_close_out(c, f, "report.md", err);
 }

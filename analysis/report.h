@@ -130,7 +130,15 @@ kv_status rp_emit_figure_into(rp_ctx *c, rp_figure *g, const char *kind, const c
                          const char *const *values, size_t nv, const char *dat, size_t dat_len,
                          double height, kv_error *err);
 
+/* The writers' files: DIR/rel opened with mode ("w" or "a"; NULL with err naming the path
+ * when it cannot be), and closed with any write error reported against the report's final
+ * name (c->shown_dir/rel): KV_OK or KV_ERR_IO. */
+FILE *rp_open_out(const rp_ctx *c, const char *rel, const char *mode, kv_error *err);
+kv_status rp_close_out(const rp_ctx *c, FILE *f, const char *rel, kv_error *err);
+
 /* Text helpers shared by the writers. */
+/* ",%.9g" of v, or a bare "," (an empty CSV field) when v is missing (!present or not finite). */
+void rp_csv_num(FILE *f, double v, int present);
 void rp_fmt_pm(char *buf, size_t cap, double mean, double hw, int has_ci);
 const char *rp_marks(double p_holm);
 

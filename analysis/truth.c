@@ -930,10 +930,8 @@ static kv_status tr_needles(rp_ctx *c, const char *truth_path, kv_error *err)
     if (st != KV_OK || !n) { free(r); return st; }
     static const size_t off[4] = { offsetof(tneedle, pf), offsetof(tneedle, pc), offsetof(tneedle, tf),
                                    offsetof(tneedle, tc) };
-    char path[8192];
-    snprintf(path, sizeof path, "%s/tables/truth_needles.csv", c->dir);
-    FILE *f = fopen(path, "w");
-    if (!f) { free(r); return fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); }
+    FILE *f = rp_open_out(c, "tables/truth_needles.csv", "w", err);
+    if (!f) { free(r); return err->code; }
     fprintf(f, "config,family,ctx_len,depth,n_needles,proxy_top1_full,proxy_top1_comp,true_top1_full,true_top1_comp\n");
     /* cells (config, ctx, depth bin): r is sorted by config, depth bin, ctx */
     for (size_t a = 0; a < n;) {
@@ -945,7 +943,7 @@ static kv_status tr_needles(rp_ctx *c, const char *truth_path, kv_error *err)
         fputc('\n', f);
         a = b;
     }
-    if (fclose(f)) { free(r); return fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); }
+    if ((st = rp_close_out(c, f, "tables/truth_needles.csv", err)) != KV_OK) { free(r); return st; }
     /* the heat map of the true accuracy (the proxy's is figures/needle_heatmap): what the
      * direct-path proxy cannot see, a retrieval lost in an early layer, shows here */
     int heat = !c->no_figures && c->plots_dir;
@@ -969,8 +967,7 @@ static kv_status tr_needles(rp_ctx *c, const char *truth_path, kv_error *err)
     size_t dn = 0, nprox = 0;
     for (size_t i = 0; i < n; i++)
         if (isfinite(r[i].pc)) { dsum += fabs(r[i].pc - r[i].tc); dn++; nprox++; }
-    snprintf(path, sizeof path, "%s/report.md", c->dir);
-    if (!(f = fopen(path, "a"))) { free(r); return fail(err, KV_ERR_IO, "%s: cannot append: %s", path, strerror(errno)); }
+    if (!(f = rp_open_out(c, "report.md", "a", err))) { free(r); return err->code; }
     char md[32];
     fmt_num(md, sizeof md, dn ? dsum / (double)dn : NAN);
     fprintf(f, "\n### Needle answers: proxy vs in-model truth\n\n"
@@ -1008,8 +1005,7 @@ static kv_status tr_needles(rp_ctx *c, const char *truth_path, kv_error *err)
     }
     fputc('\n', f);
     free(r);
-    if (fclose(f)) return fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno));
-    return KV_OK;
+    return rp_close_out(c, f, "report.md", err);
 }
 
 /* Per family (fam[i]: index of the family's first pair): the first pair of each family in
@@ -1176,7 +1172,6 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         size_t *idx = malloc(np * sizeof *idx);
         double *wx = malloc(np * sizeof *wx), *wy = malloc(np * sizeof *wy);
         FILE *mf = NULL;
-        char mpath[8192];
         if (!idx || !wx || !wy) { free(idx); free(wx); free(wy); st = fail(err, KV_ERR_NOMEM, "out of memory"); goto done; }
         headline(px[TM_KL], ty[TM_KL], bi, NULL, np, idx, wx, wy, &hl_agree, &hl_nb, &hl_regret);
         unsigned char *inc = malloc(np);
@@ -1201,16 +1196,9 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         }
         free(inc);
         if (st != KV_OK) { free(idx); free(wx); free(wy); goto done; }
-        snprintf(path, sizeof path, "%s/tables/truth_buckets.csv", c->dir);
-        snprintf(mpath, sizeof mpath, "%s/tables/truth_buckets.md", c->dir);
-        f = fopen(path, "w");
-        mf = f ? fopen(mpath, "w") : NULL;
-        if (!f || !mf) {
-            free(idx); free(wx); free(wy);
-            if (mf) fclose(mf);
-            st = fail(err, KV_ERR_IO, "%s: cannot write: %s", f ? mpath : path, strerror(errno));
-            goto done;
-        }
+        f = rp_open_out(c, "tables/truth_buckets.csv", "w", err);
+        mf = f ? rp_open_out(c, "tables/truth_buckets.md", "w", err) : NULL;
+        if (!f || !mf) { free(idx); free(wx); free(wy); st = err->code; goto done; }
         fprintf(f, "bucket,n_configs,n_realised_keep,proxy_winner,true_winner,agree,proxy_pick_true_kl,best_true_kl,"
                    "regret,regret_rel,kendall,ratio_min,ratio_max,prompt_ratio_min,prompt_ratio_max\n");
         fprintf(mf, "| bucket | n | proxy winner | true winner | agree | regret (true KL) | regret / best | Kendall | "
@@ -1237,18 +1225,19 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                     pw, tw, n < 2 ? "(one)" : d.agree ? "yes" : "no", a[0], a[1], a[2], rtxt);
         }
         free(idx); free(wx); free(wy);
-        int bad = fclose(f) != 0;
+        st = rp_close_out(c, f, "tables/truth_buckets.csv", err);
         f = NULL;
-        if (fclose(mf) || bad) { st = fail(err, KV_ERR_IO, "%s: write failed", path); goto done; }
+        kv_status ms = rp_close_out(c, mf, "tables/truth_buckets.md", err);
+        if (st == KV_OK) st = ms;
+        if (st != KV_OK) goto done;
     }
-    snprintf(path, sizeof path, "%s/tables/truth_boot.csv", c->dir);
-    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+    if (!(f = rp_open_out(c, "tables/truth_boot.csv", "w", err))) { st = err->code; goto done; }
     st = two_level_boot(ps, nps, fam, bi, np, c->n_boot, c->seed + 200, f, &boot, err);
-    if (fclose(f) && st == KV_OK) st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno));
+    if (st == KV_OK) st = rp_close_out(c, f, "tables/truth_boot.csv", err);
+    else fclose(f);
     f = NULL;
     if (st != KV_OK) goto done;
-    snprintf(path, sizeof path, "%s/tables/truth_decisions.csv", c->dir);
-    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+    if (!(f = rp_open_out(c, "tables/truth_decisions.csv", "w", err))) { st = err->code; goto done; }
     fprintf(f, "metric,buckets,agree,mean_regret,mean_regret_lo,mean_regret_hi,agreement_lo,agreement_hi,spearman,"
                "spearman_lo,spearman_hi,n_boot,n_families,n_seqs\n%s,%zu,%zu", tm_name[TM_KL], hl_nb, hl_agree);
     {
@@ -1257,8 +1246,9 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         put_nums(f, v, 8);
     }
     fprintf(f, ",%zu,%zu,%zu\n", boot.B, boot.F, boot.S);
-    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+    st = rp_close_out(c, f, "tables/truth_decisions.csv", err);
     f = NULL;
+    if (st != KV_OK) goto done;
 
     /* calibration folds: every held-out family's gains (fitted on the other families) */
     if (ncal) {
@@ -1284,8 +1274,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
             }
         free(A); free(bb);
         if (st != KV_OK) goto done;
-        snprintf(path, sizeof path, "%s/tables/truth_folds.csv", c->dir);
-        if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+        if (!(f = rp_open_out(c, "tables/truth_folds.csv", "w", err))) { st = err->code; goto done; }
         fprintf(f, "calibration,held_out_family,n_train");
         for (size_t l = 0; l < L; l++) fprintf(f, ",gain_%zu", l);
         fputc('\n', f);
@@ -1297,13 +1286,13 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                 put_nums(f, fold_g + (k * n_fold + fi) * L, (int)L);
                 fputc('\n', f);
             }
-        if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+        st = rp_close_out(c, f, "tables/truth_folds.csv", err);
         f = NULL;
+        if (st != KV_OK) goto done;
     }
 
     /* tables/truth.csv */
-    snprintf(path, sizeof path, "%s/tables/truth.csv", c->dir);
-    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+    if (!(f = rp_open_out(c, "tables/truth.csv", "w", err))) { st = err->code; goto done; }
     fprintf(f, "metric,n_configs,spearman,spearman_lo,spearman_hi,kendall,kendall_lo,kendall_hi,slope,intercept,median_ratio,"
                "cal_method,cal_spearman,cal_spearman_lo,cal_spearman_hi,cal_kendall,cal_kendall_lo,cal_kendall_hi\n");
     for (int m = 0; m < TM_N; m++) {
@@ -1327,10 +1316,10 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         put_nums(f, v, 9);
         fputs(",,,,,,,\n", f);
     }
-    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+    st = rp_close_out(c, f, "tables/truth.csv", err);
     f = NULL;
-    snprintf(path, sizeof path, "%s/tables/truth_pairs.csv", c->dir);
-    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+    if (st != KV_OK) goto done;
+    if (!(f = rp_open_out(c, "tables/truth_pairs.csv", "w", err))) { st = err->code; goto done; }
     fprintf(f, "config,family,proxy_logit_kl,true_logit_kl,proxy_nll_delta,true_nll_delta,family_scale_logit_kl,"
                "kl_nnls_family_seq_logit_kl\n");
     for (size_t i = 0; i < np; i++) {
@@ -1341,10 +1330,10 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         else fputc(',', f);
         fputc('\n', f);
     }
-    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+    st = rp_close_out(c, f, "tables/truth_pairs.csv", err);
     f = NULL;
-    snprintf(path, sizeof path, "%s/tables/truth_proxies.csv", c->dir);
-    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+    if (st != KV_OK) goto done;
+    if (!(f = rp_open_out(c, "tables/truth_proxies.csv", "w", err))) { st = err->code; goto done; }
     fprintf(f, "proxy,held_out,n_configs,buckets,agree,mean_regret,mean_regret_rel\n");
     for (size_t a = 0; a < n_alt; a++) {
         double v[2] = { alt[a].regret, alt[a].rel };
@@ -1352,10 +1341,10 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         put_nums(f, v, 2);
         fputc('\n', f);
     }
-    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+    st = rp_close_out(c, f, "tables/truth_proxies.csv", err);
     f = NULL;
-    snprintf(path, sizeof path, "%s/tables/truth_families.csv", c->dir);
-    if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+    if (st != KV_OK) goto done;
+    if (!(f = rp_open_out(c, "tables/truth_families.csv", "w", err))) { st = err->code; goto done; }
     fprintf(f, "family,n_configs,n_ratio,median_true_over_proxy_logit_kl,min_ratio,max_ratio\n");
     for (size_t k = 0; k < n_fam; k++) {
         double v[3] = { fam_ratio[k].med, fam_ratio[k].lo, fam_ratio[k].hi };
@@ -1363,11 +1352,11 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
         put_nums(f, v, 3);
         fputc('\n', f);
     }
-    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+    st = rp_close_out(c, f, "tables/truth_families.csv", err);
     f = NULL;
+    if (st != KV_OK) goto done;
     if (ncal) {     /* every calibration: cross-validated statistics and the full-data gains */
-        snprintf(path, sizeof path, "%s/tables/truth_calib.csv", c->dir);
-        if (!(f = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+        if (!(f = rp_open_out(c, "tables/truth_calib.csv", "w", err))) { st = err->code; goto done; }
         fprintf(f, "calibration,metric,features,fit,n_configs,n_families,spearman,spearman_lo,spearman_hi,kendall,"
                    "kendall_lo,kendall_hi");
         for (size_t l = 0; l < L; l++) fprintf(f, ",gain_%zu", l);
@@ -1388,8 +1377,9 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
             fputc(',', f); put_id(f, id_mode);
             fputc('\n', f);
         }
-        if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+        st = rp_close_out(c, f, "tables/truth_calib.csv", err);
         f = NULL;
+        if (st != KV_OK) goto done;
     }
 
     /* figures: one scatter per metric (self-contained gnuplot scripts) */
@@ -1434,7 +1424,6 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
             }
             fprintf(f, "x with lines dt 2 lc rgb 'gray' title 'y = x'\n");
             if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
-            f = NULL;
             char script[64];
             snprintf(script, sizeof script, "truth_%s.gp", tm_name[m]);
             rendered[m] = render(c, figdir, script) == 0;
@@ -1442,8 +1431,7 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
     }
 
     /* report.md section (appended) */
-    snprintf(path, sizeof path, "%s/report.md", c->dir);
-    if (!(f = fopen(path, "a"))) { st = fail(err, KV_ERR_IO, "%s: cannot append: %s", path, strerror(errno)); goto done; }
+    if (!(f = rp_open_out(c, "report.md", "a", err))) { st = err->code; goto done; }
     /* what the apply mode measures (traces/EXPORT.md): the reader must not compare truths of both */
     const char *how = !strcmp(apply, "delta") ? ", the compression's change of each layer's rows added to the "
                                                 "re-run's own, so error from earlier layers propagates for every family"
@@ -1607,8 +1595,9 @@ kv_status tr_write(rp_ctx *c, const char *truth_path, size_t *n_warn, kv_error *
                                          tm_name[m], tm_name[m]);
     }
     fprintf(f, "Pairs: tables/truth_pairs.csv; statistics: tables/truth.csv.\n");
-    if (fclose(f)) { f = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+    st = rp_close_out(c, f, "report.md", err);
     f = NULL;
+    if (st != KV_OK) goto done;
     st = tr_needles(c, truth_path, err);
 done:
     if (f) fclose(f);
@@ -1796,7 +1785,6 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
     double *f = NULL, *raw = NULL, *cal = NULL, *caln = NULL, *rr = NULL, *rc = NULL;
     size_t *nseq = NULL, *ord = NULL, nord = 0;
     FILE *o = NULL;
-    char path[8192];
     if (!npl) {
         st = fail(err, KV_ERR_INVALID, "--gains: the results have no per_layer.csv (run kvreplay run ... "
                   "--per-layer-readout)");
@@ -1848,8 +1836,7 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
         st = fail(err, KV_ERR_NOMEM, "out of memory");
         goto done;
     }
-    snprintf(path, sizeof path, "%s/tables/calibrated.csv", c->dir);
-    if (!(o = fopen(path, "w"))) { st = fail(err, KV_ERR_IO, "%s: cannot write: %s", path, strerror(errno)); goto done; }
+    if (!(o = rp_open_out(c, "tables/calibrated.csv", "w", err))) { st = err->code; goto done; }
     fprintf(o, "config,family,n_seq,logit_kl,logit_kl_cal,nll_delta_cal,rank_raw,rank_cal\n");
     for (size_t ci = 0; ci < NC; ci++) {
         const res_config *cf = &rs->configs[ci];
@@ -1858,10 +1845,10 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
         put_nums(o, v, 5);
         fputc('\n', o);
     }
-    if (fclose(o)) { o = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+    st = rp_close_out(c, o, "tables/calibrated.csv", err);
     o = NULL;
-    snprintf(path, sizeof path, "%s/report.md", c->dir);
-    if (!(o = fopen(path, "a"))) { st = fail(err, KV_ERR_IO, "%s: cannot append: %s", path, strerror(errno)); goto done; }
+    if (st != KV_OK) goto done;
+    if (!(o = rp_open_out(c, "report.md", "a", err))) { st = err->code; goto done; }
     fprintf(o, "\n## Calibrated proxy (gains from `%s`)\n\n"
                "logit_kl_cal = sum over layers of gain x the layer's own direct-path logit KL (per_layer.csv, means "
                "over each configuration's sequences), with the %zu `kl_nnls` gains an earlier `kvreport --truth` "
@@ -1877,8 +1864,9 @@ kv_status tr_apply_gains(rp_ctx *c, const char *gains_path, kv_error *err)
         fprintf(o, "| %s | %s | %s | %s | %s |\n", rs->configs[ci].config, a, r1, b, r2);
     }
     fputc('\n', o);
-    if (fclose(o)) { o = NULL; st = fail(err, KV_ERR_IO, "%s: write failed: %s", path, strerror(errno)); goto done; }
+    st = rp_close_out(c, o, "report.md", err);
     o = NULL;
+    if (st != KV_OK) goto done;
     st = KV_OK;
 done:
     if (o) fclose(o);
