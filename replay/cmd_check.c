@@ -103,29 +103,8 @@ int kvcmd_check(int argc, char **argv)
 {
     const char *path = NULL;
     int quiet = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            fputs(check_usage, stdout);
-            return KV_EXIT_OK;
-        }
-        if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q")) {
-            quiet = 1;
-            continue;
-        }
-        if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "kvreplay check: unknown option '%s' (try kvreplay check --help)\n", argv[i]);
-            return KV_EXIT_USAGE;
-        }
-        if (path) {
-            fprintf(stderr, "kvreplay check: one TRACE expected, got '%s' and '%s'\n", path, argv[i]);
-            return KV_EXIT_USAGE;
-        }
-        path = argv[i];
-    }
-    if (!path) {
-        fprintf(stderr, "kvreplay check: missing TRACE (try kvreplay check --help)\n");
-        return KV_EXIT_USAGE;
-    }
+    int ec = kvcmd_one_trace("check", check_usage, argc, argv, &quiet, &path);
+    if (ec >= 0) return ec;
 
     kv_error err = {0};
     kv_trace *t = NULL;

@@ -37,28 +37,40 @@ static const char *or_dash(const char *s)
     return s && *s ? s : "-";
 }
 
-int kvcmd_info(int argc, char **argv)
+int kvcmd_one_trace(const char *name, const char *usage, int argc, char **argv, int *quiet, const char **path)
 {
-    const char *path = NULL;
+    *path = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            fputs(info_usage, stdout);
+            fputs(usage, stdout);
             return KV_EXIT_OK;
         }
+        if (quiet && (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q"))) {
+            *quiet = 1;
+            continue;
+        }
         if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "kvreplay info: unknown option '%s' (try kvreplay info --help)\n", argv[i]);
+            fprintf(stderr, "kvreplay %s: unknown option '%s' (try kvreplay %s --help)\n", name, argv[i], name);
             return KV_EXIT_USAGE;
         }
-        if (path) {
-            fprintf(stderr, "kvreplay info: one TRACE expected, got '%s' and '%s'\n", path, argv[i]);
+        if (*path) {
+            fprintf(stderr, "kvreplay %s: one TRACE expected, got '%s' and '%s'\n", name, *path, argv[i]);
             return KV_EXIT_USAGE;
         }
-        path = argv[i];
+        *path = argv[i];
     }
-    if (!path) {
-        fprintf(stderr, "kvreplay info: missing TRACE (try kvreplay info --help)\n");
+    if (!*path) {
+        fprintf(stderr, "kvreplay %s: missing TRACE (try kvreplay %s --help)\n", name, name);
         return KV_EXIT_USAGE;
     }
+    return -1;
+}
+
+int kvcmd_info(int argc, char **argv)
+{
+    const char *path;
+    int ec = kvcmd_one_trace("info", info_usage, argc, argv, NULL, &path);
+    if (ec >= 0) return ec;
 
     kv_error err = {0};
     kv_trace *t = NULL;

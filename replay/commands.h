@@ -14,6 +14,11 @@ enum {
 };
 
 int kvcmd_info(int argc, char **argv);
+/* The command line of a subcommand that takes one TRACE (info, check): --help prints usage;
+ * --quiet/-q sets *quiet when quiet is not NULL (else it is an unknown option). Returns -1
+ * when *path is set and the subcommand goes on, else the exit status (message printed,
+ * naming "kvreplay <name>"). */
+int kvcmd_one_trace(const char *name, const char *usage, int argc, char **argv, int *quiet, const char **path);
 int kvcmd_check(int argc, char **argv);
 int kvcmd_run(int argc, char **argv);
 int kvcmd_merge(int argc, char **argv);
