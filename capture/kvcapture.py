@@ -4,7 +4,7 @@
     python3 capture/kvcapture.py --model M --text FILE [--jsonl FILE | --ids FILE] \\
         --tokens T --sequences S [--stride N] [--dtype float32|float16|bfloat16] \\
         [--device cpu|cuda] [--layers 0,1,..] [--batch B] [--no-readout | --no-readout-ok] \\
-        [--no-attn-out] [--deflate N] [--allow-beyond-training] [--force] -o OUT.h5
+        [--no-attn-out] [--prompt-scores] [--deflate N] [--allow-beyond-training] [--force] -o OUT.h5
 
     python3 capture/kvcapture.py validate --model M --trace T --export E -o TRUTH.h5
         (the in-model re-run of `kvreplay run --export` cache states: capture/validate.py)
@@ -38,6 +38,13 @@ written to the file as soon as they are produced (memory: one layer of one batch
 is written under a temporary name in the output folder and renamed on success; on any error
 the temporary file is removed and nothing appears under the final name. An existing output
 file is refused (left as it is) unless --force.
+
+--prompt-scores also writes /prompt_scores: per layer, sequence and query head, the column sums
+of the causal attention over every query row and each row's normalised entropy, computed in
+float64 from the stored (f16) q and k with the replay's attention parameters, in blocks of
+query rows (memory bounded at any T; one T^2/2 pass per layer and head, done once).
+`kvreplay run --prompt-scores trace` then serves H2O-style whole-prompt scores from them in
+time linear in T.
 
 Shapes: S sequences, T tokens, H q-heads, Hkv kv-heads, D head_dim, C d_model, V vocab.
 """
