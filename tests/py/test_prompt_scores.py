@@ -19,6 +19,8 @@
   changes the kept sets: checked with a trace whose colsum is replaced by the prompt-only
   sums. With the subtraction removed from replay/shared.c the trace-vs-recompute checks
   fail (and test_shared by 10^4 of its bound).
+- kvreplay check recomputes /prompt_scores (replay/verify.h tolerances) and fails when two
+  heads' sums are swapped, naming the place.
 - provenance.json records prompt_scores = trace; the default run records nothing (its
   outputs are those of earlier versions).
 - corrupted groups (NaN, negative, above seq_len, entropy > 1, nonzero past seq_len, wrong
@@ -219,6 +221,20 @@ eq, _ = same_exports(rr, rm)
 check(not eq, "colsum off by the evaluated rows' share changes the exported caches (the comparison "
       "detects a missing or doubled subtraction)")
 check(run(["info", TR]).returncode == 0, "kvreplay info accepts a trace with /prompt_scores")
+r = run(["check", TRS], ok=False)
+check(r.returncode == 0 and "/prompt_scores vs recomputed" in r.stdout,
+      f"kvreplay check recomputes /prompt_scores and passes: rc {r.returncode}")
+# scores of another head (valid values, wrong numbers) fail the check, naming where
+SWAP = os.path.join(TMP, "swap.h5")
+shutil.copy(TRS, SWAP)
+with h5py.File(SWAP, "r+") as f:
+    cs = f["prompt_scores/colsum"][()]
+    cs[1, 0, [0, 1]] = cs[1, 0, [1, 0]]
+    f["prompt_scores/colsum"][...] = cs
+r = run(["check", SWAP], ok=False)
+check(r.returncode != 0 and "prompt-scores check FAILED" in r.stderr and "colsum[layer 1, seq 0, head" in r.stderr,
+      f"kvreplay check: colsum of two heads swapped fails, naming the place: rc {r.returncode} "
+      f"{r.stderr.strip().splitlines()[-1:]}")
 
 # ---- refusals ----------------------------------------------------------------------------
 PLAIN = os.path.join(TMP, "plain.h5")
