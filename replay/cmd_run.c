@@ -1088,8 +1088,8 @@ int kvcmd_merge(int argc, char **argv)
     {
         char v[13][1024];
         const char *keys[] = { "trace", "trace_sha256", "trace_model", "trace_architecture", "mode", "sweep", "decode", "threads",
-                               "page_size", "n_kv_heads", "head_dim" };
-        for (size_t i = 0; i < 11; i++) if (out_json_get(prov0, keys[i], v[i], sizeof v[i])) v[i][0] = 0;
+                               "page_size", "n_kv_heads", "head_dim", "prompt_scores" };
+        for (size_t i = 0; i < 12; i++) if (out_json_get(prov0, keys[i], v[i], sizeof v[i])) v[i][0] = 0;
         char argvs[8192] = "kvreplay";
         for (int i = 0; i < argc; i++) {
             strncat(argvs, " ", sizeof argvs - strlen(argvs) - 1);
@@ -1099,7 +1099,8 @@ int kvcmd_merge(int argc, char **argv)
                         .sweep = v[5], .argv = argvs, .started = started, .decode = (size_t)strtoull(v[6], NULL, 10),
                         .n_seq = n_res, .threads = (size_t)strtoull(v[7], NULL, 10), .shard = "0/1",
                         .page_size = (size_t)strtoull(v[8], NULL, 10), .n_kv_heads = (size_t)strtoull(v[9], NULL, 10),
-                        .head_dim = (size_t)strtoull(v[10], NULL, 10) };
+                        .head_dim = (size_t)strtoull(v[10], NULL, 10),
+                        .prompt_scores = v[11][0] ? v[11] : NULL };      /* the shards' run key holds it */
         size_t n_na = 0;
         if (out_write_results(outdir, &sw, res, n_res, L, H, has_ro, &pv, &n_na, err, sizeof err)) goto fail;
     }
