@@ -156,14 +156,14 @@ CFGS = ["h2o keep=0.25", "h2o keep=0.5 recent=0.1", "cab keep=0.25", "observed_a
         "entropy_merge keep=0.25"]
 
 
-def replay(trace, src, tag, extra=()):
+def replay(trace, src, tag, export=True, cfgs=CFGS):
     out = os.path.join(TMP, f"r_{tag}")
     shutil.rmtree(out, ignore_errors=True)
     args = ["run", trace, "--decode", "96", "--no-readout", "--quiet", "--no-hash-cache", "--threads", "2",
-            "--prompt-scores", src, "-o", out, "--export", os.path.join(out + "_x.h5")]
-    for c in CFGS:
+            "--prompt-scores", src, "-o", out] + (["--export", out + "_x.h5"] if export else [])
+    for c in cfgs:
         args += ["--strategy", c]
-    run(args + list(extra))
+    run(args)
     return out
 
 
@@ -192,6 +192,12 @@ check(eq and nd > 0, f"--prompt-scores trace vs recompute: exported caches ident
       f"{len(CFGS)} configurations)")
 eq, names = same_csvs(rr, rt)
 check(eq, f"--prompt-scores trace vs recompute: {', '.join(names)} byte-identical")
+# without --export a sweep of head-separable configurations (h2o) runs (sequence, layer, kv
+# head) items: each reads its own query heads' rows of /prompt_scores
+H2O = CFGS[:2]
+eq, names = same_csvs(replay(TRS, "recompute", "rec_ph", False, H2O), replay(TRS, "trace", "trace_ph", False, H2O))
+check(eq, f"--prompt-scores trace vs recompute without --export (kv-head work items): {', '.join(names)} "
+      "byte-identical")
 with open(os.path.join(rt, "provenance.json")) as f:
     pt = f.read()
 with open(os.path.join(rr, "provenance.json")) as f:
