@@ -21,8 +21,8 @@
   fail (and test_shared by 10^4 of its bound).
 - kvreplay check recomputes /prompt_scores (replay/verify.h tolerances) and fails when two
   heads' sums are swapped, naming the place.
-- provenance.json records prompt_scores = trace; the default run records nothing (its
-  outputs are those of earlier versions).
+- provenance.json records prompt_scores = trace, or recompute for the default (whose CSVs,
+  parts and run key are those of earlier versions).
 - corrupted groups (NaN, negative, above seq_len, entropy > 1, nonzero past seq_len, wrong
   shape, wrong dtype) are refused by kvreplay with one line naming the dataset and the index;
   --prompt-scores trace on a trace without the group is one line, non-zero exit.
@@ -202,8 +202,8 @@ with open(os.path.join(rt, "provenance.json")) as f:
     pt = f.read()
 with open(os.path.join(rr, "provenance.json")) as f:
     pr = f.read()
-check('"prompt_scores": "trace"' in pt and "prompt_scores" not in pr,
-      "provenance: prompt_scores = trace recorded; the default run records nothing")
+check('"prompt_scores": "trace"' in pt and '"prompt_scores": "recompute"' in pr,
+      "provenance: prompt_scores = trace recorded, recompute for the default")
 
 # An error of the size of the evaluated rows' share is visible to this comparison: a trace
 # whose colsum holds the prompt rows' sums only (the replay then subtracts the evaluated rows
