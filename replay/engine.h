@@ -106,7 +106,8 @@ typedef struct rp_run_opts {
      * entropies: H2O, CAB, ObservedAttention, entropy_merge): RP_PS_RECOMPUTE (default) a
      * pass over every prompt row; RP_PS_TRACE the trace's /prompt_scores (kvcapture
      * --prompt-scores) less the evaluated rows' share (shared.h rp_shared_use_captured):
-     * linear in n instead of quadratic. A trace without the group is refused. */
+     * linear in n instead of quadratic. A trace without the group is refused rather than
+     * silently recomputed: the run would cost and record something other than asked. */
     int prompt_scores;
 } rp_run_opts;
 

@@ -76,7 +76,10 @@ void rp_shared_free(rp_shared *s);
  *     max(0, colsum[h][j] - sum_{t in [P, n)} p(t, j))
  * with p(t, .) the replay's own fp32 probabilities of row t over its visible keys [lo, t]
  * (the same normalisation as the captured rows: keys past P included), computed here for
- * the n - P rows alone (work (n - P) n D per head instead of P^2 D / 2), and
+ * the n - P rows alone (work (n - P) n D per head instead of P^2 D / 2; the engine's full
+ * pass computes the same rows' logits, but after the prefill hooks that need these sums:
+ * reusing them would mean running it first and keeping (n - P) x n probabilities per query
+ * head, 64 MiB per layer at 8k, for about one full pass's logits saved), and
  * rp_shared_entropy serves ent[h][0, P). Other ranges (observation windows, masked rows)
  * are still computed.
  *
