@@ -3,6 +3,11 @@
 # replayed under the prefill protocol with a fixed number of evaluated rows (--decode), so
 # that every cost that grows faster than T shows up in the growth exponent.
 #
+# The traces are captured with --prompt-scores (/prompt_scores): `h2o keep=0.25` alone and the
+# fused sweep run once more with --prompt-scores trace (the whole prompt's attention scores
+# from the capture, less the evaluated rows: linear in T) beside the default recompute (a
+# P^2/2 pass), and the two fused runs' CSVs must be identical (long_ps_identical.csv).
+#
 # Per T: `--strategy full`, the fused 20-configuration sweep, kvreplay vs the PyTorch peer
 # (bench/torch_rows.py: evaluated rows only, blocked) on the same four configurations with
 # their agreement, and 1 vs N threads on one configuration; at one T, each strategy family
@@ -79,7 +84,7 @@ lrun() {
 
 section "long context: traces (4 layers, 8 q-heads / 2 kv-heads x 128, 1 sequence)"
 for T in $LONG_T; do
-    gen_trace "long_T$T" 7 "$T" 1 "$LONG_CFG"
+    gen_trace "long_T$T" 7 "$T" 1 "$LONG_CFG" --prompt-scores
 done
 first_T=${LONG_T%% *}
 last_T=${LONG_T##* }
@@ -104,6 +109,7 @@ echo "fused sweep ($total configurations): $(tr '\n' ';' < "$LONG_TMP/fused.swee
 echo "T,tag,threads,wall_s,cpu_s,maxrss_mb,reps" > "$OUT/long_runs.csv"
 echo "metric,T,max_abs_diff,worst_config" > "$OUT/long_agree.csv"
 echo "T,threads,identical" > "$OUT/long_omp_identical.csv"
+echo "T,identical" > "$OUT/long_ps_identical.csv"
 echo "T,loadavg_1min" > "$OUT/long_load.csv"
 for T in $LONG_T; do
     tr="$OUT/long_T$T.h5"
@@ -118,6 +124,19 @@ for T in $LONG_T; do
     lrun fused "$T" "$THREADS" "$big" "$LONG_TMP/fused" -- $KV "$tr" --decode "$LONG_DEC" \
         --sweep "$LONG_TMP/fused.sweep" --threads "$THREADS" -o "$LONG_TMP/fused"
     printf ' fused'
+    # the prompt-score strategies with the scores recorded at capture, beside recomputed ones
+    lrun h2o "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/h2o" -- $KV "$tr" --decode "$LONG_DEC" \
+        --strategy "$SHARED_CFG" --threads "$THREADS" -o "$LONG_TMP/h2o"
+    lrun h2o_pstrace "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/h2o" -- $KV "$tr" --decode "$LONG_DEC" \
+        --strategy "$SHARED_CFG" --prompt-scores trace --threads "$THREADS" -o "$LONG_TMP/h2o"
+    lrun fused_pstrace "$T" "$THREADS" "$big" "$LONG_TMP/fusedps" -- $KV "$tr" --decode "$LONG_DEC" \
+        --sweep "$LONG_TMP/fused.sweep" --prompt-scores trace --threads "$THREADS" -o "$LONG_TMP/fusedps"
+    same=yes
+    for f in summary.csv per_head.csv configs.csv; do
+        cmp -s "$LONG_TMP/fused/$f" "$LONG_TMP/fusedps/$f" || same=no
+    done
+    echo "$T,$same" >> "$OUT/long_ps_identical.csv"
+    printf ' prompt-scores'
 
     # kvreplay and the PyTorch peer on the same four configurations and threads
     lrun kv_peer "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/kvp" -- $KV "$tr" --decode "$LONG_DEC" \

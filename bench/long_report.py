@@ -80,10 +80,28 @@ def main(out, threads, decode):
         print(f"  PyTorch peer at T={Tl} on 1 thread: {g(Tl, 'torch_peer1'):.2f} s wall, "
               f"{g(Tl, 'torch_peer1', 'cpu_s'):.2f} s CPU (on {threads}: {g(Tl, 'torch_peer'):.2f} s wall)")
 
+    ps_ident = {int(r["T"]): r["identical"] for r in rows(out, "long_ps_identical.csv")}
+    if any(g(T, "h2o_pstrace") for T in Ts):
+        print("\n  prompt scores recorded at capture (--prompt-scores trace) vs recomputed (default), "
+              "wall / CPU seconds and ratio to the full pass (CPU)")
+        print(f"  {'T':>6} {'h2o rec':>8} {'cpu':>7} {'/full':>6} {'h2o trace':>9} {'cpu':>7} {'/full':>6}"
+              f" {'fused rec':>9} {'cpu':>7} {'/full':>6} {'fused trace':>11} {'cpu':>7} {'/full':>6} {'identical':>9}")
+        for T in Ts:
+            if not g(T, "h2o_pstrace"):
+                continue
+            fc = g(T, "full", "cpu_s")
+            cells = []
+            for tag, wd in (("h2o", 8), ("h2o_pstrace", 9), ("fused", 9), ("fused_pstrace", 11)):
+                w, c = g(T, tag), g(T, tag, "cpu_s")
+                cells.append(f"{w:>{wd}.2f} {c:>7.2f} {c / fc:>5.2f}x")
+            print(f"  {T:>6} " + " ".join(cells) + f" {ps_ident.get(T, '-'):>9}")
+
     growth = []
     print("\n  growth exponent between consecutive T: log(t1 / t0) / log(T1 / T0) (1 = linear in T)")
     tags = [("full", "full"), ("fused", "fused 20"), ("kv_peer", "kvreplay 4 cfg"),
             ("torch_peer", "PyTorch 4 cfg")]
+    if all(g(T, "fused_pstrace") for T in Ts):
+        tags.insert(2, ("fused_pstrace", "fused 20 ps=trace"))
     print(f"  {'T0 -> T1':>14} " + " ".join(f"{n + ' wall':>19} {'cpu':>5}" for _, n in tags))
     for T0, T1 in zip(Ts, Ts[1:]):
         cells = []
@@ -185,7 +203,7 @@ def main(out, threads, decode):
                             f"worst {mc(mworst):.2f}x ({mworst['family']}, wall {marginal(mworst):.2f}x);"
                             f" {m_ok} of {len(mdone)} within 2x ({len(only)} only marginally)", "<= 2x",
                             mc(mworst) <= 2.0))
-    for tag, name in (("full", "full pass"), ("fused", "fused 20")):
+    for tag, name in (("full", "full pass"), ("fused", "fused 20"), ("fused_pstrace", "fused 20 (ps=trace)")):
         ex = [(e, T0, T1) for t, T0, T1, e, _ in growth if t == tag and not math.isnan(e)]
         if ex:
             e, T0, T1 = max(ex)

@@ -37,11 +37,12 @@ echo "isa: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) (other jobs share this machine: timings are best-of-N)"
 
 # ---- benchmark traces ------------------------------------------------------------------
-# gen_trace NAME SEED T S CONFIG: bench/out/NAME.h5 from ref-random:SEED:CONFIG with S
-# sequences of T random byte tokens (BOS first); reused when NAME.spec is unchanged.
+# gen_trace NAME SEED T S CONFIG [CAPTURE_OPTS]: bench/out/NAME.h5 from ref-random:SEED:CONFIG
+# with S sequences of T random byte tokens (BOS first), kvcapture given CAPTURE_OPTS too
+# (e.g. --prompt-scores); reused when NAME.spec is unchanged.
 gen_trace() {
-    name=$1 seed=$2 T=$3 S=$4 cfg=$5
-    spec="ref-random:$seed:$cfg tokens=$T sequences=$S"
+    name=$1 seed=$2 T=$3 S=$4 cfg=$5 copts=${6:-}
+    spec="ref-random:$seed:$cfg tokens=$T sequences=$S${copts:+ $copts}"
     h5="$OUT/$name.h5"
     if [ -f "$h5" ] && [ -f "$OUT/$name.spec" ] && [ "$(cat "$OUT/$name.spec")" = "$spec" ]; then
         echo "  $name: reusing $h5 ($spec)"
@@ -56,7 +57,7 @@ for s in range($S):
 " > "$OUT/$name.ids" || die "cannot write $OUT/$name.ids"
     t0=$(date +%s)
     "$PYTHON" capture/kvcapture.py --model "ref-random:$seed:$cfg" --ids "$OUT/$name.ids" \
-        --tokens "$T" --sequences "$S" --batch 1 -o "$h5" > "$OUT/$name.log" 2>&1 \
+        --tokens "$T" --sequences "$S" --batch 1 $copts -o "$h5" > "$OUT/$name.log" 2>&1 \
         || { cat "$OUT/$name.log"; die "capture of $name failed"; }
     secs=$(( $(date +%s) - t0 ))
     echo "$spec" > "$OUT/$name.spec"

@@ -4,7 +4,7 @@
     python3 capture/kvcapture.py --model M --text FILE [--jsonl FILE | --ids FILE] \\
         --tokens T --sequences S [--stride N] [--dtype float32|float16|bfloat16] \\
         [--device cpu|cuda] [--layers 0,1,..] [--batch B] [--no-readout | --no-readout-ok] \\
-        [--no-attn-out] [--deflate N] [--allow-beyond-training] [--force] -o OUT.h5
+        [--no-attn-out] [--prompt-scores] [--deflate N] [--allow-beyond-training] [--force] -o OUT.h5
 
     python3 capture/kvcapture.py validate --model M --trace T --export E -o TRUTH.h5
         (the in-model re-run of `kvreplay run --export` cache states: capture/validate.py)
@@ -38,6 +38,13 @@ written to the file as soon as they are produced (memory: one layer of one batch
 is written under a temporary name in the output folder and renamed on success; on any error
 the temporary file is removed and nothing appears under the final name. An existing output
 file is refused (left as it is) unless --force.
+
+--prompt-scores also writes /prompt_scores: per layer, sequence and query head, the column sums
+of the causal attention over every query row and each row's normalised entropy, computed in
+float64 from the stored (f16) q and k with the replay's attention parameters, in blocks of
+query rows (memory bounded at any T; one T^2/2 pass per layer and head, done once).
+`kvreplay run --prompt-scores trace` then serves H2O-style whole-prompt scores from them in
+time linear in T.
 
 Shapes: S sequences, T tokens, H q-heads, Hkv kv-heads, D head_dim, C d_model, V vocab.
 """
@@ -593,8 +600,52 @@ def _to_f16(x, what):
     return a.cpu().numpy()
 
 
+# float64 logits per block of query rows in prompt_scores: 16 MiB, below glibc's largest mmap
+# threshold, so the block's temporaries are reused instead of mapped and faulted in afresh
+# (blocks of 128 MiB: 8 of 14 s at 8k tokens, 8 heads, spent in the kernel's page faults)
+PS_ELEMS = 1 << 21
+
+
+def prompt_scores(q16, k16, scale, softcap, window):
+    """/prompt_scores of one layer: q16 [B, H, n, D], k16 [B, Hkv, n, D], the values the trace
+    stores (rounded to f16). Returns colsum, entropy [B, H, n] float64: colsum[j] = sum over
+    every query row t < n of p(t, j), entropy[t] = -sum p log p / log nvis over row t's nvis
+    visible keys (0 when nvis <= 1), where p(t, .) is the causal softmax of the replay's logits
+    s = scale q.k, soft-capped (c tanh(s / c)) when softcap > 0, over the keys (t - window, t]
+    (all j <= t when window = 0), scale and softcap rounded to f32 as the replay holds them.
+    Everything in float64, log p as s - lse (the replay's formula); blocks of query rows, so
+    memory is B H rows n, never n x n."""
+    B, H, n, D = q16.shape
+    G = H // k16.shape[1]
+    scale = float(np.float32(scale))
+    softcap = float(np.float32(softcap))
+    qd = q16.double()
+    kd = k16.double().repeat_interleave(G, dim=1)
+    colsum = torch.zeros(B, H, n, dtype=torch.float64, device=q16.device)
+    ent = torch.zeros(B, H, n, dtype=torch.float64, device=q16.device)
+    rows = max(1, PS_ELEMS // max(1, B * H * n))
+    j = torch.arange(n, device=q16.device)
+    for t0 in range(0, n, rows):
+        t1 = min(n, t0 + rows)
+        t = torch.arange(t0, t1, device=q16.device)[:, None]
+        vis = j[None, :t1] <= t
+        if window > 0:
+            vis = vis & (j[None, :t1] > t - window)
+        s = torch.einsum("bhtd,bhjd->bhtj", qd[:, :, t0:t1], kd[:, :, :t1]) * scale
+        if softcap > 0:
+            s = softcap * torch.tanh(s / softcap)
+        s = s.masked_fill(~vis, float("-inf"))
+        lse = torch.logsumexp(s, dim=-1, keepdim=True)
+        p = torch.exp(s - lse)                          # 0 on masked keys
+        colsum[:, :, :t1] += p.sum(dim=2)
+        h = torch.where(vis, p * (lse - s), torch.zeros((), dtype=torch.float64, device=q16.device)).sum(-1)
+        nvis = vis.sum(-1).to(torch.float64)
+        ent[:, :, t0:t1] = torch.where(nvis > 1, h / torch.log(nvis.clamp(min=2)), torch.zeros_like(h))
+    return colsum, ent
+
+
 class TraceWriter:
-    def __init__(self, f, S, T, L, meta, attn_out, readout, deflate):
+    def __init__(self, f, S, T, L, meta, attn_out, readout, deflate, scores=False):
         self.f, self.T = f, T
         H, Hkv, D, C = meta["n_heads"], meta["n_kv_heads"], meta["head_dim"], meta["d_model"]
         self.comp = dict(compression="gzip", compression_opts=deflate, shuffle=True) if deflate else {}
@@ -607,6 +658,10 @@ class TraceWriter:
                 d[name] = g.create_dataset(name, shape=(S, heads, T, D), dtype="<f2",
                                            chunks=(1, 1, tc, D), **self.comp)
             self.layers.append(d)
+        self.scores = None
+        if scores:      # /prompt_scores: one (layer, sequence, head) row per chunk
+            self.scores = [f.create_dataset(f"prompt_scores/{name}", shape=(L, S, H, T), dtype="<f4",
+                                            chunks=(1, 1, 1, T), **self.comp) for name in ("colsum", "entropy")]
         if readout:
             self.hidden = f.create_dataset("readout/hidden", shape=(S, T, C), dtype="<f2",
                                            chunks=(1, tc, C), **self.comp)
@@ -626,6 +681,14 @@ class TraceWriter:
         """x [B, heads, Tb, D] (torch) -> /layers/l/name[s0:s0+B]."""
         a = self._pad(_to_f16(x, f"layer {l} {name} (sequences {s0}..)"), 2)
         self.layers[l][name][s0:s0 + a.shape[0]] = a
+
+    def prompt_scores(self, l, s0, colsum, ent):
+        """colsum, ent [B, H, n] float64 (torch) -> /prompt_scores/*[l, s0:s0+B], clamped to
+        their ranges (0 <= colsum <= n, 0 <= entropy <= 1: float64 rounding only) and padded."""
+        n = colsum.shape[2]
+        for d, x, hi in ((self.scores[0], colsum, float(n)), (self.scores[1], ent, 1.0)):
+            a = self._pad(x.clamp(0.0, hi).cpu().numpy().astype("<f4"), 2)
+            d[l, s0:s0 + a.shape[0]] = a
 
     def readout_batch(self, s0, hidden, logits):
         B = hidden.shape[0]
@@ -761,7 +824,7 @@ def _capture_into(a, tmp):
               "beyond_training = 1", file=sys.stderr)
 
     if a.deflate is None:
-        need = _estimate_bytes(S, T, L, meta, not a.no_attn_out, readout)
+        need = _estimate_bytes(S, T, L, meta, not a.no_attn_out, readout, a.prompt_scores)
         st = os.statvfs(os.path.dirname(tmp))
         free = st.f_bavail * st.f_frsize
         if free < need:
@@ -832,7 +895,7 @@ def _capture_into(a, tmp):
             f.create_dataset("rope/sin", data=sin.astype("<f4"))
             r["rotary_dim"] = int(cos.shape[1])
 
-        w = TraceWriter(f, S, T, L, meta, not a.no_attn_out, readout, a.deflate)
+        w = TraceWriter(f, S, T, L, meta, not a.no_attn_out, readout, a.deflate, a.prompt_scores)
         for l, ml in enumerate(model_layers):
             if ml != l:
                 f[f"layers/{l}"].attrs["model_layer"] = ml
@@ -871,6 +934,11 @@ def _capture_into(a, tmp):
             w.layer(l, "v", s0, v)
             if not a.no_attn_out:
                 w.layer(l, "attn_out", s0, o.transpose(1, 2))   # [B,T,H,D] -> [B,H,T,D]
+            if a.prompt_scores:     # from the stored (f16) values, with the replay's parameters
+                win = int(sw) if sw else int(meta["sliding_window"])
+                cs, en = prompt_scores(q.detach().to(torch.float16), k.detach().to(torch.float16),
+                                       meta["attn_scale"], meta["attn_softcap"], win)
+                w.prompt_scores(l, s0, cs, en)
 
         # batches of consecutive sequences of equal length (no padding inside a forward pass)
         batches, i = [], 0
@@ -922,10 +990,12 @@ def _capture_into(a, tmp):
         raise
 
 
-def _estimate_bytes(S, T, L, meta, attn_out, readout):
+def _estimate_bytes(S, T, L, meta, attn_out, readout, scores=False):
     """Uncompressed size of the tensors a capture writes."""
     H, Hkv, D, C, V = (meta[k] for k in ("n_heads", "n_kv_heads", "head_dim", "d_model", "vocab_size"))
     n = L * S * T * D * (2 * H if attn_out else H) * 2 + L * S * T * D * 2 * Hkv * 2
+    if scores:
+        n += L * S * H * T * 8
     if readout:
         n += S * T * C * 2 + L * H * D * C * 2 + V * C * 2 + S * T * (4 + 8 * 8)
     return n + S * T * 4 + (1 << 20)
@@ -958,6 +1028,10 @@ def build_parser():
                     help="where the architecture does not allow the read-out, write the trace "
                          "without it (attribute readout_unavailable) instead of failing")
     ap.add_argument("--no-attn-out", action="store_true", help="do not write attn_out")
+    ap.add_argument("--prompt-scores", action="store_true",
+                    help="also write /prompt_scores: per layer and query head, the causal attention's "
+                         "column sums over all rows and each row's normalised entropy (kvreplay run "
+                         "--prompt-scores trace reuses them instead of a quadratic prompt pass)")
     ap.add_argument("--deflate", type=int, default=None, metavar="N",
                     help="compress tensors with shuffle + deflate level N (0..9)")
     ap.add_argument("--source-note", default=None,

@@ -94,6 +94,7 @@ typedef struct kv_info {
     long long bos_id;               /* -1 when absent */
     int has_prefill, has_rope, has_attn_out, has_readout;
     size_t n_needles;               /* rows of /needles (0 when absent; values validated) */
+    int has_prompt_scores;          /* /prompt_scores (colsum, entropy [L, S, H, T]; values validated) */
     /* read-out (valid when has_readout) */
     char norm_type[16];             /* "layernorm" | "rmsnorm" */
     double norm_eps, final_logit_softcap;

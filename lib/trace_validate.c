@@ -937,6 +937,27 @@ static kv_status read_i32(vctx *v, const char *path, int rank, const hsize_t *st
     return st;
 }
 
+/* Reads a float dataset region [start, start+count) as f32 into dst. */
+static kv_status read_f32(vctx *v, const char *path, int rank, const hsize_t *start, const hsize_t *count,
+                          float *dst)
+{
+    kv_status st = KV_OK;
+    hid_t d = H5Dopen2(v->file, path, H5P_DEFAULT);
+    hid_t fs = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
+    hid_t ms = H5Screate_simple(rank, count, NULL);
+    if (d < 0 || fs < 0 || ms < 0 ||
+        H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
+        H5Dread(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, dst) < 0)
+        st = vfail(v, KV_ERR_FORMAT, path, "cannot read the data (corrupt or unsupported storage)");
+    if (ms >= 0)
+        H5Sclose(ms);
+    if (fs >= 0)
+        H5Sclose(fs);
+    if (d >= 0)
+        H5Dclose(d);
+    return st;
+}
+
 /* ---- the schema -------------------------------------------------------------------- */
 
 static kv_status group_kind(vctx *v, const char *path, int *present)
@@ -1051,6 +1072,63 @@ static kv_status validate_needles(vctx *v, size_t S)
             return st;
     }
     in->n_needles = N;
+    return KV_OK;
+}
+
+/* /prompt_scores (optional, kvcapture --prompt-scores): colsum and entropy, f32
+ * [L, S, H, T] each. The replay uses these values as they are (no recomputation), so the
+ * full validation checks every one of them: finite, 0 <= colsum <= seq_len[s] (a column sums
+ * at most one probability per query row; zero past seq_len) and 0 <= entropy <= 1 (a
+ * normalised entropy). The first bad value is named with its index. */
+static kv_status validate_prompt_scores(vctx *v, size_t L, size_t S, size_t H, size_t T)
+{
+    kv_info *in = v->info;
+    int present;
+    kv_status st = group_kind(v, "/prompt_scores", &present);
+    in->has_prompt_scores = 0;
+    if (st || !present)
+        return st;
+    static const char *const names[2] = {"/prompt_scores/colsum", "/prompt_scores/entropy"};
+    size_t want[4] = {L, S, H, T};
+    for (int k = 0; k < 2; k++)
+        if ((st = expect_dset(v, names[k], M_F32, 4, want, "[L, S, H, T]", NULL, NULL, NULL)))
+            return st;
+    if (v->full) {
+        float *b = malloc(T * sizeof *b);
+        int32_t *sl = malloc(S * sizeof *sl);
+        hsize_t a0[1] = {0}, cs[1] = {S};
+        if (!b || !sl) {
+            free(b); free(sl);
+            return vfail(v, KV_ERR_NOMEM, "/prompt_scores", "out of memory");
+        }
+        st = read_i32(v, "/seq_len", 1, a0, cs, sl);
+        for (int k = 0; k < 2 && !st; k++)
+            for (size_t l = 0; l < L && !st; l++)
+                for (size_t s = 0; s < S && !st; s++)
+                    for (size_t h = 0; h < H && !st; h++) {
+                        hsize_t a[4] = {l, s, h, 0}, c[4] = {1, 1, 1, T};
+                        if ((st = read_f32(v, names[k], 4, a, c, b)))
+                            break;
+                        double hi = k ? 1.0 : (double)sl[s];
+                        for (size_t t = 0; t < T; t++) {
+                            double x = b[t];
+                            if (isfinite(x) && x >= 0 && x <= (t < (size_t)sl[s] ? hi : 0))
+                                continue;
+                            char p[128];
+                            snprintf(p, sizeof p, "%s[layer %zu, seq %zu, head %zu, pos %zu]", names[k], l, s, h, t);
+                            st = vfail(v, KV_ERR_FORMAT, p, "value %g %s", x,
+                                       !isfinite(x) ? "is not finite"
+                                       : t >= (size_t)sl[s] ? "past seq_len (must be 0)"
+                                       : k ? "outside [0, 1] (a normalised entropy)"
+                                           : "outside [0, seq_len] (a column sum of probabilities)");
+                            break;
+                        }
+                    }
+        free(b); free(sl);
+        if (st)
+            return st;
+    }
+    in->has_prompt_scores = 1;
     return KV_OK;
 }
 
@@ -1433,7 +1511,7 @@ static kv_status inspect(vctx *v)
             }
         }
     }
-    if ((st = validate_needles(v, S)))
+    if ((st = validate_needles(v, S)) || (st = validate_prompt_scores(v, L, S, H, T)))
         goto done;
     st = KV_OK;
 done:

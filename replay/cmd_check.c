@@ -245,6 +245,25 @@ int kvcmd_check(int argc, char **argv)
         printf("  no /readout: read-out check skipped\n");
     }
 
+    if (!nonfinite && in->has_prompt_scores) {
+        verify_ps_result pr;
+        if (verify_prompt_scores(t, 0, &pr, &err) != KV_OK) {
+            fprintf(stderr, "%s\n", err.msg);
+            goto done;
+        }
+        char line[512];
+        snprintf(line, sizeof line, "/prompt_scores vs recomputed column sums and row entropies: %zu (s,l,h) slices, "
+                 "%zu values; worst %.3g of tolerance (replay/verify.h) at %s[layer %zu, seq %zu, head %zu, pos %zu] "
+                 "(recomputed %.7g, stored %.7g)", pr.n_slices, pr.n_elems, pr.worst_ratio,
+                 pr.w_ent ? "entropy" : "colsum", pr.w_l, pr.w_s, pr.w_h, pr.w_t, pr.w_x, pr.w_ref);
+        if (!pr.pass) {
+            bad = 1;
+            fprintf(stderr, "%s: prompt-scores check FAILED: %zu of %zu values outside tolerance; %s\n", in->path,
+                    pr.n_bad, pr.n_elems, line);
+        } else if (!quiet) {
+            printf("  %s: ok\n", line);
+        }
+    }
     if (bad)
         goto done;                  /* each bad tensor has its line on stderr */
     printf("%s: check passed (%zu float datasets scanned, no NaN/Inf)\n", in->path, nnames);

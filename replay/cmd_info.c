@@ -124,6 +124,8 @@ int kvcmd_info(int argc, char **argv)
     }
     if (in->n_needles)
         printf("needles       %zu (/needles: needle metrics in kvreplay run -> needles.csv)\n", in->n_needles);
+    if (in->has_prompt_scores)
+        printf("prompt scores /prompt_scores: recorded column sums and row entropies (kvreplay run --prompt-scores trace)\n");
     printf("attention     scale %.9g, softcap %s", in->attn_scale, in->attn_softcap > 0 ? "" : "none");
     if (in->attn_softcap > 0)
         printf("%.9g", in->attn_softcap);

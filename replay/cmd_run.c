@@ -50,6 +50,11 @@ static const char run_usage[] =
     "  --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
     "  --page-size N       paged accounting: tokens per page (default 16, vLLM's block size;\n"
     "                      0 = unpaged) -> kv_bytes_paged, frag_bytes\n"
+    "  --prompt-scores SRC recompute (default) | trace: the whole prompt's attention column\n"
+    "                      sums and row entropies (h2o, cab, observed_attention, entropy_merge)\n"
+    "                      from the trace's /prompt_scores (kvcapture --prompt-scores) less\n"
+    "                      the evaluated rows' share: linear in the context instead of a\n"
+    "                      quadratic prompt pass; equal within ~1e-6 relative (replay/shared.h)\n"
     "  --resume            continue an interrupted run in DIR, skipping finished sequences\n"
     "                      (its parts are verified; the options must equal the run's, kept in\n"
     "                      DIR/parts/options; DIR/parts/lock keeps a second run out)\n"
@@ -243,7 +248,7 @@ static int opt_list(char **s, size_t *n, size_t *cap, const char *name, const si
 /* The options that determine a run's parts, one "name=value" line each (DIR/parts/options):
  * --resume compares them line by line and names the first that differs. */
 static char *run_options_text(const char *sha, unsigned mode, long long decode, long long eval_from, int readout,
-                              int per_layer, int gqa, long long page_size, long shard_i, long shard_n,
+                              int per_layer, int gqa, long long page_size, int pscores, long shard_i, long shard_n,
                               const size_t *seqs, size_t n_seqs, const size_t *calib, size_t n_calib, const rp_sweep *sw)
 {
     size_t cap = 1024, n = 0;
@@ -253,6 +258,8 @@ static char *run_options_text(const char *sha, unsigned mode, long long decode, 
                          "readout=%d\nper-layer-readout=%d\ngqa-reduce=%s\npage-size=%lld\nshard=%ld/%ld\n", KV_VERSION_STRING,
                          sha, mode == RP_ONLINE ? "online" : "prefill", decode, eval_from, readout, per_layer,
                          gqa == RP_GQA_MAX ? "max" : gqa == RP_GQA_SUM ? "sum" : "mean", page_size, shard_i, shard_n);
+    if (n < cap && pscores == RP_PS_TRACE)      /* absent: recompute (options of older runs unchanged) */
+        n += (size_t)snprintf(s + n, cap - n, "prompt-scores=trace\n");
     if (n >= cap || opt_list(&s, &n, &cap, "seqs", seqs, n_seqs) || opt_list(&s, &n, &cap, "calib", calib, n_calib)) {
         free(s);
         return NULL;
@@ -349,6 +356,7 @@ struct kvrun {
     const char *tool, *trace_path, *sweep_path, *outdir, *export_cfg_s;
     long shard_i, shard_n;
     long long decode, page_size;
+    int prompt_scores;          /* RP_PS_RECOMPUTE | RP_PS_TRACE */
     unsigned mode;
     int readout_flag, resume;
     char started[64], sha[65], key[17], xpath[4200];
@@ -405,7 +413,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     long long decode = 0, threads = 0, eval_from = 0, page_size = 16;
     int split_note = 0, calib_note = 0;
     int resume = 0, readout_flag = 1, list = 0, gqa = RP_GQA_MEAN;
-    int per_layer = 0, hash_cache = 1, quiet = 0;
+    int per_layer = 0, hash_cache = 1, quiet = 0, pscores = RP_PS_RECOMPUTE;
     double progress_every = KV_PROGRESS_EVERY_DEFAULT;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -446,6 +454,11 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
             else if (!strcmp(r, "max")) gqa = RP_GQA_MAX;
             else if (!strcmp(r, "sum")) gqa = RP_GQA_SUM;
             else { fprintf(stderr, "%s: --gqa-reduce %s: expected mean, max or sum\n", g_prog, r); return KV_EXIT_USAGE; }
+        } else if (!strcmp(a, "--prompt-scores") && more) {
+            const char *r = argv[++i];
+            if (!strcmp(r, "recompute")) pscores = RP_PS_RECOMPUTE;
+            else if (!strcmp(r, "trace")) pscores = RP_PS_TRACE;
+            else { fprintf(stderr, "%s: --prompt-scores %s: expected trace or recompute\n", g_prog, r); return KV_EXIT_USAGE; }
         } else if (!strcmp(a, "--shard") && more) shard_s = argv[++i];
         else if (!strcmp(a, "--seqs") && more) seqs_s = argv[++i];
         else if (!strcmp(a, "--calib") && more) calib_s = argv[++i];
@@ -469,7 +482,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
         else if (!strcmp(a, "--list")) list = 1;
         else if (a[0] == '-' && a[1]) {
             static const char *const opts[] = { "--sweep", "--strategy", "--out", "--mode", "--decode", "--threads",
-                "--eval-from", "--page-size", "--gqa-reduce", "--shard", "--seqs", "--calib", "--export",
+                "--eval-from", "--page-size", "--gqa-reduce", "--prompt-scores", "--shard", "--seqs", "--calib", "--export",
                 "--export-configs", "--resume", "--readout", "--require-readout", "--no-readout",
                 "--per-layer-readout", "--no-hash-cache", "--quiet", "--progress-every", "--list", "--help" };
             char hint[128];
@@ -648,7 +661,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
 
     rp_run_opts opts = { .mode = mode, .decode = (size_t)decode, .eval_from = (size_t)eval_from, .readout = readout_flag != 0, .gqa_reduce = gqa,
                          .calib = calib, .n_calib = n_calib, .per_layer_readout = per_layer,
-                         .page_size = (size_t)page_size };
+                         .page_size = (size_t)page_size, .prompt_scores = pscores };
     {   /* provenance: the trace's SHA-256, hashed once per file version (lib/sha256.c) */
         char hdir[4096];
         const char *hd = hash_cache ? kv_hash_cache_dir(hdir, sizeof hdir) : NULL;
@@ -690,6 +703,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
         snprintf(buf, sizeof buf, "%s|%u|%lld|%lld|%d|%d|%lld|%s", KV_VERSION_STRING, mode, decode, eval_from,
                  rp_engine_has_readout(eng), gqa, page_size, "v2");
         h = rp_hash64(buf, strlen(buf), h);
+        if (pscores == RP_PS_TRACE) h = rp_hash64("prompt-scores=trace", 19, h);  /* recompute: the key of older runs */
         h = rp_hash64(calib ? (const void *)calib : "", n_calib * sizeof *calib, h);
         h = rp_hash64(&seqs_hash, sizeof seqs_hash, h);
         for (size_t c = 0; c < sw->n; c++) h = rp_hash64(sw->cfg[c].canon, strlen(sw->cfg[c].canon) + 1, h);
@@ -709,7 +723,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
             snprintf(p, sizeof p, "%s/parts", outdir);
             if (mkdir(p, 0777) && errno != EEXIST) { snprintf(err, sizeof err, "%s: %s", p, strerror(errno)); goto fail; }
         }
-        char *opts = run_options_text(sha, mode, decode, eval_from, rp_engine_has_readout(eng), per_layer, gqa, page_size,
+        char *opts = run_options_text(sha, mode, decode, eval_from, rp_engine_has_readout(eng), per_layer, gqa, page_size, pscores,
                                       shard_i, shard_n, seqs_all, n_seqs_all, calib, n_calib, sw);
         if (!opts) { snprintf(err, sizeof err, "out of memory"); goto fail; }
         int claim = run_dir_claim(outdir, resume, opts, &lock_fd, err, sizeof err);
@@ -739,7 +753,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     if (!res) { snprintf(err, sizeof err, "out of memory"); goto fail; }
     *r = (kvrun){ .argc = argc, .argv = argv, .tool = tool, .trace_path = trace_path, .sweep_path = sweep_path,
                   .outdir = outdir, .export_cfg_s = export_cfg_s, .shard_i = shard_i, .shard_n = shard_n,
-                  .decode = decode, .page_size = page_size, .mode = mode, .readout_flag = readout_flag, .resume = resume, .sw = *sw, .tr = tr, .in = in,
+                  .decode = decode, .page_size = page_size, .prompt_scores = pscores, .mode = mode, .readout_flag = readout_flag, .resume = resume, .sw = *sw, .tr = tr, .in = in,
                   .eng = eng, .xp = xp, .xcfg = xcfg, .n_xcfg = n_xcfg, .xchosen = xchosen, .res = res,
                   .seqs = seqs, .calib = calib, .n_seqs = n_seqs, .n_calib = n_calib, .seq_len = seq_len,
                   .lock_fd = lock_fd, .progress_every = progress_every, .quiet = quiet };
@@ -818,6 +832,7 @@ int kvrun_finish(kvrun *r)
                         .mode = r->mode == RP_PREFILL ? "prefill" : "online", .sweep = r->sweep_path ? r->sweep_path : "-",
                         .argv = argvs, .started = r->started, .decode = (size_t)r->decode,
                         .n_seq = r->n_seqs, .threads = nthreads, .shard = shard, .page_size = (size_t)r->page_size,
+                        .prompt_scores = r->prompt_scores == RP_PS_TRACE ? "trace" : NULL,
                         .n_kv_heads = in->n_kv_heads, .head_dim = in->head_dim };
         size_t n_na = 0;
         if (out_write_results(r->outdir, &r->sw, r->res, r->n_res, L, H, rp_engine_has_readout(r->eng), &pv, &n_na,
@@ -1073,8 +1088,8 @@ int kvcmd_merge(int argc, char **argv)
     {
         char v[13][1024];
         const char *keys[] = { "trace", "trace_sha256", "trace_model", "trace_architecture", "mode", "sweep", "decode", "threads",
-                               "page_size", "n_kv_heads", "head_dim" };
-        for (size_t i = 0; i < 11; i++) if (out_json_get(prov0, keys[i], v[i], sizeof v[i])) v[i][0] = 0;
+                               "page_size", "n_kv_heads", "head_dim", "prompt_scores" };
+        for (size_t i = 0; i < 12; i++) if (out_json_get(prov0, keys[i], v[i], sizeof v[i])) v[i][0] = 0;
         char argvs[8192] = "kvreplay";
         for (int i = 0; i < argc; i++) {
             strncat(argvs, " ", sizeof argvs - strlen(argvs) - 1);
@@ -1084,7 +1099,8 @@ int kvcmd_merge(int argc, char **argv)
                         .sweep = v[5], .argv = argvs, .started = started, .decode = (size_t)strtoull(v[6], NULL, 10),
                         .n_seq = n_res, .threads = (size_t)strtoull(v[7], NULL, 10), .shard = "0/1",
                         .page_size = (size_t)strtoull(v[8], NULL, 10), .n_kv_heads = (size_t)strtoull(v[9], NULL, 10),
-                        .head_dim = (size_t)strtoull(v[10], NULL, 10) };
+                        .head_dim = (size_t)strtoull(v[10], NULL, 10),
+                        .prompt_scores = v[11][0] ? v[11] : NULL };      /* the shards' run key holds it */
         size_t n_na = 0;
         if (out_write_results(outdir, &sw, res, n_res, L, H, has_ro, &pv, &n_na, err, sizeof err)) goto fail;
     }

@@ -80,6 +80,7 @@ typedef struct item {
     float *ok, *ov;              /* another layer's K/V (layer_kv) */
     float *wo;                   /* this layer's W_O [H*D][C] (w_o), read on first request */
     rp_shared *sh;               /* scores shared by the configurations (shared.h), lazily filled */
+    float *ps_cs, *ps_ent;       /* [nh][n] the trace's /prompt_scores of the item's query heads (RP_PS_TRACE) */
     long long o_layer;
     double *ha;                  /* result slots of this layer: [NC][L][H][HA_NF] (shared array) */
     double *ia;                  /* [NC][SA_NF] item-level sums (bytes, guards) */
@@ -617,6 +618,11 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
             goto fail;
         }
     }
+    if (o->prompt_scores == RP_PS_TRACE && !in->has_prompt_scores) {
+        rp_failf(err, errlen, "--prompt-scores trace: %s has no /prompt_scores (capture it with kvcapture "
+                 "--prompt-scores, or use --prompt-scores recompute)", in->path);
+        goto fail;
+    }
     if ((o->export_hook && o->mode != RP_PREFILL) || (o->export_evict_hook && o->mode != RP_ONLINE)) {
         rp_failf(err, errlen, "export: the prefill hook needs --mode prefill, the eviction-time hook --mode online");
         goto fail;
@@ -1055,6 +1061,26 @@ static int item_alloc(item *it, item_scratch *sc)
     return 0;
 }
 
+/* --prompt-scores trace: the item's query heads' rows [0, n) of /prompt_scores/colsum and
+ * entropy (validated when the trace was opened: finite, in range). */
+static int item_read_scores(item *it)
+{
+    rp_engine *E = it->E;
+    if (E->o.prompt_scores != RP_PS_TRACE) return 0;
+    size_t n = it->n;
+    it->ps_cs = malloc(it->nh * n * sizeof *it->ps_cs);
+    it->ps_ent = malloc(it->nh * n * sizeof *it->ps_ent);
+    if (!it->ps_cs || !it->ps_ent) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+    size_t st[4] = { it->l, it->s, it->g0 * E->G, 0 }, ct[4] = { 1, 1, it->nh, n };
+    kv_error ke;
+    int bad;
+#pragma omp critical(kvtrace_io)
+    bad = kv_trace_read_f32(E->t, "/prompt_scores/colsum", 4, st, ct, it->ps_cs, &ke) != KV_OK ||
+          kv_trace_read_f32(E->t, "/prompt_scores/entropy", 4, st, ct, it->ps_ent, &ke) != KV_OK;
+    if (bad) return IT_FAIL(it, "%s", ke.msg);
+    return 0;
+}
+
 /* The item's Q, K, V rows [0, n), one head at a time: the raw f16 read under the trace lock
  * (the HDF5 library is not thread-safe), the conversion outside it, so that another thread's
  * read waits only for the read. */
@@ -1077,7 +1103,7 @@ static int item_read(item *it)
         if (bad) return IT_FAIL(it, "%s", ke.msg);
         kv_f16_to_f32(raw, dst, n * D);
     }
-    return 0;
+    return item_read_scores(it);
 }
 
 /* Budgets and flags of every (configuration, kv head); prefill: the strategies' prompt caches. */
@@ -1678,6 +1704,8 @@ static void item_free_scratch(item *it)
     free(it->ok); free(it->ov); free(it->wo);
     rp_shared_free(it->sh);
     it->sh = NULL;
+    free(it->ps_cs); free(it->ps_ent);
+    it->ps_cs = it->ps_ent = NULL;
     it->slab = NULL; it->sc = NULL;
     it->q = it->k = it->v = it->ok = it->ov = it->dO = it->wo = NULL;
     if (it->pa) for (size_t h = 0; h < it->nh; h++) { free(it->pa[h]); it->pa[h] = NULL; }
@@ -1704,6 +1732,7 @@ static int item_run(item *it)
         IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
         goto done;
     }
+    if (it->ps_cs) rp_shared_use_captured(it->sh, it->ps_cs, it->ps_ent);
     if (item_prefill(it)) goto done;
     for (size_t g = 0; g < it->nkv; g++)
         if (item_head(it, g)) goto done;

@@ -102,7 +102,16 @@ typedef struct rp_run_opts {
     /* Paged accounting (replay/paged.h): entries per page; 0 = unpaged. Fills
      * SA_PAGED (bytes allocated in whole pages) and SA_FRAG (their unused slots). */
     size_t page_size;
+    /* Source of the whole prompt's attention scores (column sums over the prompt rows, row
+     * entropies: H2O, CAB, ObservedAttention, entropy_merge): RP_PS_RECOMPUTE (default) a
+     * pass over every prompt row; RP_PS_TRACE the trace's /prompt_scores (kvcapture
+     * --prompt-scores) less the evaluated rows' share (shared.h rp_shared_use_captured):
+     * linear in n instead of quadratic. A trace without the group is refused rather than
+     * silently recomputed: the run would cost and record something other than asked. */
+    int prompt_scores;
 } rp_run_opts;
+
+enum { RP_PS_RECOMPUTE = 0, RP_PS_TRACE = 1 };
 
 /* Per (config, layer, query head) sums; HA_N counts evaluated positions. */
 enum { HA_N, HA_COS, HA_OCOS, HA_OREL, HA_KL, HA_REC, HA_KEEP, HA_BUDGET,

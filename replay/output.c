@@ -776,6 +776,8 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     fprintf(f, "  \"n_layers\": %zu,\n  \"n_heads\": %zu,\n", L, H);     /* kvreport bounds layer/head by them */
     if (pv->n_kv_heads && pv->head_dim)     /* the bytes of one token: kvreport's prompt-only ratio */
         fprintf(f, "  \"n_kv_heads\": %zu,\n  \"head_dim\": %zu,\n", pv->n_kv_heads, pv->head_dim);
+    /* where the whole prompt's attention scores came from */
+    json_str(f, "prompt_scores", pv->prompt_scores ? pv->prompt_scores : "recompute", 0);
     json_str(f, "hdf5_version", h5v, 0);
     json_str(f, "gsl_version", GSL_VERSION, 0);
     json_str(f, "openblas_config", rs_blas_config(), 0);

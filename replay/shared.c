@@ -98,6 +98,7 @@ struct rp_shared {
     sh_pages *pg;
     size_t n_pg;
     double **vn;                /* [Hkv] value norms (rp_shared_value_norms), NULL until asked */
+    const float *cap_cs, *cap_ent;  /* [H][n] captured scores (rp_shared_use_captured), or NULL */
 };
 
 rp_shared *rp_shared_new(const float *q, const float *k, size_t H, size_t Hkv, size_t n, size_t P, size_t D,
@@ -141,6 +142,42 @@ static const float *head_kt(rp_shared *s, size_t h)
     return s->kt[g];
 }
 
+int rp_shared_use_captured(rp_shared *s, const float *colsum, const float *ent)
+{
+    if (!colsum || !ent) return -1;
+    s->cap_cs = colsum;
+    s->cap_ent = ent;
+    return 0;
+}
+
+/* The whole prompt's column sums of head h from the captured ones (rp_shared_use_captured):
+ * out[j] = max(0, colsum[j] - the sum over rows t in [P, n) of p(t, j)), those rows' fp32
+ * probabilities over their visible keys computed here (blocks of CS_ROWS rows, added in
+ * double in ascending row order). 0 ok, -1 out of memory. */
+static int captured_prompt_sum(rp_shared *s, size_t h, double *out)
+{
+    size_t P = s->P, n = s->n, D = s->D;
+    const float *cap = s->cap_cs + h * n;
+    size_t maxr = n - P < CS_ROWS ? n - P : CS_ROWS;
+    double *dec = calloc(P ? P : 1, sizeof *dec);
+    float *lg = malloc((maxr ? maxr : 1) * n * sizeof *lg), *pe = malloc((n ? n : 1) * sizeof *pe);
+    if (!dec || !lg || !pe) { free(dec); free(lg); free(pe); return -1; }
+    for (size_t a = P; a < n; a += CS_ROWS) {
+        size_t b = a + CS_ROWS < n ? a + CS_ROWS : n;
+        attn_full_rows(head_q(s, h), head_k(s, h), head_k(s, h), b, D, a, b, &s->ap, NULL, NULL, lg);  /* row stride b */
+        for (size_t t = a; t < b; t++) {
+            size_t lo = attn_lo(t, s->ap.window), nvis = t + 1 - lo;
+            row_probs_add(lg + (t - a) * b + lo, nvis, pe, dec + lo, P > lo ? P - lo : 0, 0);
+        }
+    }
+    for (size_t j = 0; j < P; j++) {
+        double x = (double)cap[j] - dec[j];
+        out[j] = x > 0 ? x : 0.0;
+    }
+    free(dec); free(lg); free(pe);
+    return 0;
+}
+
 /* The kept column sums of rows [t0, t1) of head h, computed (with the row entropies when
  * ent is not NULL) into a new or recycled slot when absent. NULL: out of memory. */
 static const double *range_sum(rp_shared *s, size_t h, size_t t0, size_t t1, double *ent)
@@ -155,7 +192,9 @@ static const double *range_sum(rp_shared *s, size_t h, size_t t0, size_t t1, dou
     if (!slot) { slot = &r[s->rg_next[h]]; s->rg_next[h] = (s->rg_next[h] + 1) % SH_RANGES; }
     if (!slot->sum && !(slot->sum = malloc((s->P ? s->P : 1) * sizeof *slot->sum))) return NULL;
     slot->t1 = 0;
-    if (rp_prompt_colsum(head_q(s, h), head_k(s, h), head_kt(s, h), s->P, s->D, &s->ap, t0, t1, NULL, s->P, slot->sum,
+    if (s->cap_cs && t0 == 0 && t1 == s->P) {       /* recorded at capture: linear in n */
+        if (captured_prompt_sum(s, h, slot->sum)) return NULL;
+    } else if (rp_prompt_colsum(head_q(s, h), head_k(s, h), head_kt(s, h), s->P, s->D, &s->ap, t0, t1, NULL, s->P, slot->sum,
                          ent))
         return NULL;
     slot->t0 = t0; slot->t1 = t1;
@@ -182,6 +221,10 @@ const double *rp_shared_entropy(rp_shared *s, size_t h)
     if (s->ent[h]) return s->ent[h];
     double *e = malloc((s->P ? s->P : 1) * sizeof *e);
     if (!e) return NULL;
+    if (s->cap_ent) {           /* recorded at capture: rows [0, P) as they are */
+        for (size_t t = 0; t < s->P; t++) e[t] = s->cap_ent[h * s->n + t];
+        return s->ent[h] = e;
+    }
     /* one pass fills the whole prompt's column sums too (they cost nothing more) */
     if (!range_sum(s, h, 0, s->P, e)) { free(e); return NULL; }
     return s->ent[h] = e;

@@ -67,6 +67,40 @@ rp_shared *rp_shared_new(const float *q, const float *k, size_t H, size_t Hkv, s
                          const attn_params *ap, int want_ent);
 void rp_shared_free(rp_shared *s);
 
+/* Scores recorded at capture (/prompt_scores, kvcapture --prompt-scores; kvreplay run
+ * --prompt-scores trace) for the object's H query heads: colsum [H][n], colsum[h][j] = the sum
+ * of p(t, j) over EVERY query row t < n (the prompt's and the evaluated ones), and ent [H][n],
+ * each row's normalised entropy, both computed by the capture in float64 from the stored
+ * (f16) Q/K with these attn_params and rounded to f32. Owned by the caller, outliving the
+ * object. From then on the whole-prompt range [0, P) of rp_shared_colsum is
+ *     max(0, colsum[h][j] - sum_{t in [P, n)} p(t, j))
+ * with p(t, .) the replay's own fp32 probabilities of row t over its visible keys [lo, t]
+ * (the same normalisation as the captured rows: keys past P included), computed here for
+ * the n - P rows alone (work (n - P) n D per head instead of P^2 D / 2; the engine's full
+ * pass computes the same rows' logits, but after the prefill hooks that need these sums:
+ * reusing them would mean running it first and keeping (n - P) x n probabilities per query
+ * head, 64 MiB per layer at 8k, for about one full pass's logits saved), and
+ * rp_shared_entropy serves ent[h][0, P). Other ranges (observation windows, masked rows)
+ * are still computed.
+ *
+ * Error of the served sum against the recomputed one r = sum_{t < P} p~(t, j) (p~ the
+ * replay's fp32 probabilities): write c for colsum's exact value, d = sum_{t >= P} p(t, j)
+ * (exact), d~ the computed one, eps_p the relative error of one probability of either side
+ * (the replay's: within (10 + |s - max|) 2^-24 plus what the fp32 logit's rounding does,
+ * shared.h's note on attn_probs_row; the capture's: float64, negligible, from the same f16
+ * inputs, so both approximate the same exact p). Then
+ *     |(c~ - d~) - r| <= |c~ - c| + |d~ - d| + |(c - d) - r|
+ *                     <= 2^-24 c + eps_p d + eps_p r       (f32 storage of c: 2^-24 c;
+ *                                                           the double sums: below 2^-50 n)
+ *                      = (2^-24 + eps_p) r + (2^-24 + eps_p) d
+ * so relative to r: (2^-24 + eps_p)(1 + d / r). d / r is large only for columns the
+ * evaluated rows attend much more than the prompt rows do (the last prompt tokens, seen by
+ * few prompt rows): their absolute error stays (2^-24 + eps_p)(r + d), ~1e-6 of a probability
+ * mass of at most n - j. The clamp at 0 only moves the value towards r (r >= 0). Entropies:
+ * the captured float64 value rounded to f32 (2^-24 relative) against the replay's within
+ * ~1e-6 of a nat (above). */
+int rp_shared_use_captured(rp_shared *s, const float *colsum, const float *ent);
+
 /* rp_prompt_colsum of query head h (ncols = P). Row ranges without a mask are kept (the
  * whole prompt, observation windows), at most a few per head; masked requests are computed
  * each time (their rows are the configuration's own). The whole-prompt range [0, P) also

@@ -14,6 +14,7 @@
 
 #include "attn.h"
 #include "readout.h"
+#include "shared.h"
 #include "verify.h"
 
 static kv_status fail_nomem(const kv_info *in, kv_error *err, const char *what)
@@ -276,5 +277,87 @@ done:
     readout_free(r);
     free(seq_len); free(hid); free(xn); free(lg); free(ref_lse); free(ref_ids); free(ref_top);
     free(wnorm);
+    return st;
+}
+
+/* ---- /prompt_scores --------------------------------------------------------------------- */
+
+typedef struct ps_cmp { size_t n_bad; double worst; int ent; size_t wt; double wx, wref; int nomem; } ps_cmp;
+
+/* One head: the replay's column sums over rows [0, n) and row entropies against the stored. */
+static ps_cmp ps_head(const float *q, const float *k, size_t n, size_t D, const attn_params *p, const float *cs,
+                      const float *en)
+{
+    ps_cmp c = {0};
+    double *x = malloc((n ? n : 1) * sizeof *x), *e = malloc((n ? n : 1) * sizeof *e);
+    if (!x || !e || rp_prompt_colsum(q, k, NULL, n, D, p, 0, n, NULL, n, x, e)) {
+        free(x); free(e);
+        c.nomem = 1;
+        return c;
+    }
+    for (size_t i = 0; i < 2 * n; i++) {
+        int ent = i >= n;
+        size_t t = ent ? i - n : i;
+        double a = ent ? e[t] : x[t], r = ent ? en[t] : cs[t];
+        double tol = ent ? VERIFY_PS_ENT_ATOL : VERIFY_PS_ATOL + VERIFY_PS_RTOL * fabs(r);
+        double ratio = fabs(a - r) / tol;
+        if (!(ratio == ratio)) ratio = INFINITY;
+        if (ratio > 1) c.n_bad++;
+        if (ratio > c.worst) { c.worst = ratio; c.ent = ent; c.wt = t; c.wx = a; c.wref = r; }
+    }
+    free(x); free(e);
+    return c;
+}
+
+kv_status verify_prompt_scores(kv_trace *t, size_t max_seq, verify_ps_result *res, kv_error *err)
+{
+    const kv_info *in = kv_trace_info(t);
+    memset(res, 0, sizeof *res);
+    res->present = in->has_prompt_scores;
+    if (!in->has_prompt_scores) return KV_OK;
+    size_t S = in->n_seq, T = in->n_tok, L = in->n_layers, H = in->n_heads, Hkv = in->n_kv_heads;
+    size_t D = in->head_dim, G = H / Hkv;
+    if (max_seq && max_seq < S) S = max_seq;
+    kv_status st = KV_OK;
+    int32_t *seq_len = malloc(in->n_seq * sizeof *seq_len);
+    float *q = malloc(H * T * D * sizeof *q), *k = malloc(Hkv * T * D * sizeof *k);
+    float *cs = malloc(H * T * sizeof *cs), *en = malloc(H * T * sizeof *en);
+    ps_cmp *hc = malloc(H * sizeof *hc);
+    if (!seq_len || !q || !k || !cs || !en || !hc) { st = fail_nomem(in, err, "verify prompt_scores"); goto done; }
+    if ((st = kv_trace_read_seq_len(t, seq_len, err)) != KV_OK) goto done;
+    for (size_t s = 0; s < S; s++) {
+        size_t n = (size_t)seq_len[s];
+        for (size_t l = 0; l < L; l++) {
+            size_t a[4] = { l, s, 0, 0 }, c4[4] = { 1, 1, 1, n };
+            if ((st = read_heads(t, KV_Q, s, l, H, n, D, q, err)) != KV_OK) goto done;
+            if ((st = read_heads(t, KV_K, s, l, Hkv, n, D, k, err)) != KV_OK) goto done;
+            for (size_t h = 0; h < H; h++) {
+                a[2] = h;
+                if ((st = kv_trace_read_f32(t, "/prompt_scores/colsum", 4, a, c4, cs + h * n, err)) != KV_OK ||
+                    (st = kv_trace_read_f32(t, "/prompt_scores/entropy", 4, a, c4, en + h * n, err)) != KV_OK)
+                    goto done;
+            }
+            attn_params p = layer_params(in, l);
+#ifdef _OPENMP
+            #pragma omp parallel for schedule(dynamic, 1)
+#endif
+            for (size_t h = 0; h < H; h++)
+                hc[h] = ps_head(q + h * n * D, k + (h / G) * n * D, n, D, &p, cs + h * n, en + h * n);
+            for (size_t h = 0; h < H; h++) {        /* head order: independent of the threads */
+                if (hc[h].nomem) { st = fail_nomem(in, err, "verify prompt_scores"); goto done; }
+                res->n_slices++;
+                res->n_elems += 2 * n;
+                res->n_bad += hc[h].n_bad;
+                if (hc[h].worst > res->worst_ratio) {
+                    res->worst_ratio = hc[h].worst; res->w_ent = hc[h].ent;
+                    res->w_s = s; res->w_l = l; res->w_h = h; res->w_t = hc[h].wt;
+                    res->w_x = hc[h].wx; res->w_ref = hc[h].wref;
+                }
+            }
+        }
+    }
+    res->pass = res->n_bad == 0;
+done:
+    free(seq_len); free(q); free(k); free(cs); free(en); free(hc);
     return st;
 }

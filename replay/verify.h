@@ -26,6 +26,19 @@
  *             per-logit ones (lse is 1-Lipschitz in each logit with weight p_v). Top-8: the
  *             logit of each reference id must match, and the value at each rank must match;
  *             a different id at a rank is accepted as a swap among near-ties when both hold.
+ *  prompt scores  /prompt_scores (kvcapture --prompt-scores) against the replay's own column
+ *             sums over every row and row entropies (rp_prompt_colsum over [0, seq_len), fp32
+ *             probabilities of the stored f16 q, k). The capture computed the same quantity
+ *             in float64 from the same values and stored f32 (2^-24 relative); the replay's
+ *             probabilities carry relative error eps <= (D + 1) 2^-24 |s|max + ~2e-6 (1 +
+ *             |lse|) + 10 2^-24 (shared.h, test_shared): ~8e-4 at D = 256 and logits of 50.
+ *             Column sums: |x - stored| <= VERIFY_PS_ATOL + VERIFY_PS_RTOL stored with rtol
+ *             1e-3 (that eps) and atol 1e-5 (columns of tiny mass). Entropies: a relative
+ *             error eps in each p moves -sum p log p / log nvis by at most eps (1 + H_raw) /
+ *             log nvis <= eps (1 + 1/log 2) ~ 2.5 eps: VERIFY_PS_ENT_ATOL 3e-3. What this
+ *             catches: scores of other Q/K, another scale or window, a transposed head or
+ *             layer; what it cannot: errors below these tolerances (the replay's own bound
+ *             on what it serves is shared.h's).
  */
 #ifndef KV_VERIFY_H
 #define KV_VERIFY_H
@@ -39,6 +52,9 @@
 #define VERIFY_ATTN_RTOL 1e-2
 #define VERIFY_READOUT_ATOL 1e-4
 #define VERIFY_READOUT_RTOL 2e-3
+#define VERIFY_PS_ATOL 1e-5
+#define VERIFY_PS_RTOL 1e-3
+#define VERIFY_PS_ENT_ATOL 3e-3
 
 typedef struct verify_attn_result {
     int present;                /* the trace has attn_out (else nothing was compared) */
@@ -75,5 +91,19 @@ typedef struct verify_readout_result {
  * (0 = all). No read-out in the trace: present = 0, KV_OK. */
 kv_status verify_readout(kv_trace *t, double atol, double rtol, size_t max_seq,
                          verify_readout_result *res, kv_error *err);
+
+typedef struct verify_ps_result {
+    int present, pass;
+    size_t n_slices, n_elems, n_bad;    /* (s, l, h) slices; colsum and entropy values compared */
+    double worst_ratio;                 /* largest |x - stored| / tolerance; Inf for NaN */
+    int w_ent;                          /* the worst is an entropy (else a column sum) */
+    size_t w_s, w_l, w_h, w_t;
+    double w_x, w_ref;                  /* recomputed and stored there */
+} verify_ps_result;
+
+/* /prompt_scores of the first max_seq sequences (0 = all) against the replay's recomputation
+ * (tolerances above). Parallel over heads; the result does not depend on the thread count.
+ * No /prompt_scores: present = 0, KV_OK. */
+kv_status verify_prompt_scores(kv_trace *t, size_t max_seq, verify_ps_result *res, kv_error *err);
 
 #endif /* KV_VERIFY_H */

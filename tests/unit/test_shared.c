@@ -38,7 +38,9 @@
  *                 shapes off every blocking (P not a multiple of the row tile, C not of the
  *                 panel width, odd D) and on whole blocks; and against a long-double sum within
  *                 (D + C G) 2^-52 of the total (the same terms, rounded in double);
- *                 rp_shared_value_norms gives the same values and keeps them per kv head.
+ *                 rp_shared_value_norms gives the same values and keeps them per kv head;
+ *   captured      the whole prompt's sums from scores recorded over every row (kvcapture
+ *                 --prompt-scores) less the evaluated rows (test_captured: its bound).
  */
 #include <math.h>
 #include <stdint.h>
@@ -235,6 +237,93 @@ static void test_object(const attn_params *ap, int want_ent)
     free(q); free(k);
 }
 
+/* Scores recorded at capture (rp_shared_use_captured). The capture's values are built here
+ * as the capture tool builds them: float64 probabilities of EVERY row t < n (prompt and
+ * evaluated rows) over its visible keys, summed per column, rounded to f32; each row's
+ * normalised entropy likewise. The object then serves the whole prompt's sums as
+ * captured - (the evaluated rows' fp32 probabilities), clamped at 0. Bound against the
+ * recomputed sums r (shared.h): the f32 storage of the captured sum c, 2^-24 c, plus each
+ * side's per-term fp32 error eps_t p(t, j) (ref_row's eps_t) over the rows it computes:
+ *     |served - r| <= 2^-24 c + sum_{t < n} eps_t p(t, j) + 1e-15.
+ * Without the subtraction the error would be the evaluated rows' mass d (far outside).
+ * Entropies of the prompt rows: the captured f32 values, bit for bit. */
+enum { CN = 150, CP = 100 };
+static void test_captured(const attn_params *ap)
+{
+    float *q = malloc(H * CN * D * sizeof *q), *k = malloc(HKV * CN * D * sizeof *k);
+    for (size_t i = 0; i < H * CN * D; i++) q[i] = 1.5f * rng_normal();
+    for (size_t i = 0; i < HKV * CN * D; i++) k[i] = rng_normal();
+    float *cs = calloc(H * CN, sizeof *cs), *en = calloc(H * CN, sizeof *en), *zero = calloc(H * CN, sizeof *zero);
+    double *c64 = calloc(H * CN, sizeof *c64), *tol = calloc(H * CN, sizeof *tol), *dec = calloc(H * CN, sizeof *dec);
+    for (size_t h = 0; h < H; h++) {
+        const float *qh = q + h * CN * D, *kh = k + (h / G) * CN * D;
+        for (size_t t = 0; t < CN; t++) {
+            size_t lo = attn_lo(t, ap->window), nv = t + 1 - lo;
+            double s[CN], mx = -INFINITY, dotmax = 0, z = 0, ent = 0;
+            for (size_t j = lo; j <= t; j++) {
+                double dot = 0, ab = 0;
+                for (size_t d = 0; d < D; d++) {
+                    dot += (double)qh[t * D + d] * kh[j * D + d];
+                    ab += fabs((double)qh[t * D + d] * kh[j * D + d]);
+                }
+                double x = (double)ap->scale * dot;
+                if (ap->softcap > 0) x = ap->softcap * tanh(x / ap->softcap);
+                s[j] = x;
+                mx = x > mx ? x : mx;
+                dotmax = ab > dotmax ? ab : dotmax;
+            }
+            for (size_t j = lo; j <= t; j++) z += exp(s[j] - mx);
+            double lse = mx + log(z);
+            double eps = (D + 1) * ldexp(1, -24) * ap->scale * dotmax + 2e-6 * (1 + fabs(lse)) + 10 * ldexp(1, -24);
+            for (size_t j = lo; j <= t; j++) {
+                double pj = exp(s[j] - lse);
+                c64[h * CN + j] += pj;
+                tol[h * CN + j] += eps * pj;
+                if (t >= CP) dec[h * CN + j] += pj;
+                ent += pj * (lse - s[j]);
+            }
+            en[h * CN + t] = (float)(nv > 1 ? ent / log((double)nv) : 0.0);
+        }
+        for (size_t j = 0; j < CN; j++) cs[h * CN + j] = (float)c64[h * CN + j];
+    }
+    rp_shared *s = rp_shared_new(q, k, H, HKV, CN, CP, D, ap, 1), *sz = rp_shared_new(q, k, H, HKV, CN, CP, D, ap, 0);
+    int ok = s && sz && rp_shared_use_captured(s, cs, en) == 0 && rp_shared_use_captured(sz, zero, zero) == 0;
+    int eok = ok, zok = ok, wok = ok, moved = 0;
+    double worst = 0;
+    for (size_t h = 0; h < H && ok; h++) {
+        const float *qh = q + h * CN * D, *kh = k + (h / G) * CN * D;
+        double a[CP], r[CP], w1[CP], w2[CP];
+        ok &= rp_shared_colsum(s, h, 0, CP, NULL, a) == 0;
+        rp_prompt_colsum(qh, kh, NULL, CP, D, ap, 0, CP, NULL, CP, r, NULL);
+        for (size_t j = 0; j < CP; j++) {
+            double bound = ldexp(1, -24) * c64[h * CN + j] + tol[h * CN + j] + 1e-15, e = fabs(a[j] - r[j]);
+            ok &= e <= bound;
+            worst = e / bound > worst ? e / bound : worst;
+            moved |= dec[h * CN + j] > 1e3 * bound;     /* the subtraction matters in this case */
+        }
+        const double *se = rp_shared_entropy(s, h);
+        for (size_t t = 0; t < CP && se; t++) eok &= se[t] == (double)en[h * CN + t];
+        eok &= se != NULL;
+        ok &= rp_shared_colsum(sz, h, 0, CP, NULL, a) == 0;     /* captured 0: clamped, never negative */
+        for (size_t j = 0; j < CP; j++) zok &= a[j] == 0;
+        /* an observation window is still computed, not taken from the capture */
+        wok &= rp_shared_colsum(s, h, CP - 9, CP, NULL, w1) == 0;
+        rp_prompt_colsum(qh, kh, NULL, CP, D, ap, CP - 9, CP, NULL, CP, w2, NULL);
+        wok &= memcmp(w1, w2, sizeof w1) == 0;
+    }
+    char msg[200];
+    snprintf(msg, sizeof msg, "captured (softcap %g, window %lld): prompt sums = captured - evaluated rows, within "
+             "2^-24 c + sum eps_t p of the recomputed ones (worst %.3f of it)", ap->softcap, ap->window, worst);
+    check(msg, ok);
+    check("captured: the evaluated rows' mass is far above the bound somewhere (the subtraction is tested)", moved);
+    check("captured: prompt-row entropies are the captured values", eok);
+    check("captured: sums clamped at 0", zok);
+    check("captured: observation-window sums still recomputed (same bits)", wok);
+    check("captured: NULL refused", s && rp_shared_use_captured(s, NULL, en) == -1);
+    rp_shared_free(s); rp_shared_free(sz);
+    free(q); free(k); free(cs); free(en); free(zero); free(c64); free(tol); free(dec);
+}
+
 /* attn_full_rows_kt against attn_full_rows, bit for bit: outputs, lse and logits, for row
  * ranges that start and end inside key blocks, a window, and a head_dim whose key block is
  * not 64 keys. */
@@ -346,6 +435,9 @@ int main(void)
     test_object(&window, 0);
     test_object(&plain, 1);
     test_object(&window, 1);
+    test_captured(&plain);
+    test_captured(&capped);
+    test_captured(&window);
     test_kt(16, &plain);
     test_kt(300, &window);
     test_kt(128, &capped);

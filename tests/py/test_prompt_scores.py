@@ -1,0 +1,306 @@
+"""Accumulated prompt attention recorded at capture (/prompt_scores) and reused at replay.
+
+- kvcapture --prompt-scores: /prompt_scores/colsum and entropy [L, S, H, T] against a numpy
+  float64 reference computed from the trace's own stored (f16) q and k: colsum[j] = sum over
+  every row t < seq_len of the causal softmax p(t, j), entropy[t] = -sum p log p / log nvis
+  (0 for nvis <= 1), zero past seq_len. The capture computes in float64 from the same f16
+  values and stores f32: |x - ref| <= 2^-24 |ref| (the f32 rounding) + 1e-12 (float64
+  evaluation order on both sides, sums of at most 10^3 terms <= 1).
+- capture's prompt_scores() itself with a sliding window and a soft cap (which the
+  reference model does not use), against the same reference: the same tolerance before
+  the f32 rounding (1e-12).
+- kvreplay run --prompt-scores trace vs recompute on h2o, cab, observed_attention and
+  entropy_merge: the exported caches (every kept position and row) are identical, hence so
+  is every metric (a pure function of the cache the queries see and the stored K/V): the
+  CSVs are compared byte for byte apart from provenance. The served sums differ from the
+  recomputed ones by about 1e-6 relative (replay/shared.h), so only a near tie between two
+  scores could flip a kept set; none occurs on these traces (and test_shared bounds the sums
+  themselves). An error of the evaluated rows' share (what dropping the subtraction makes)
+  changes the kept sets: checked with a trace whose colsum is replaced by the prompt-only
+  sums. With the subtraction removed from replay/shared.c the trace-vs-recompute checks
+  fail (and test_shared by 10^4 of its bound).
+- kvreplay check recomputes /prompt_scores (replay/verify.h tolerances) and fails when two
+  heads' sums are swapped, naming the place.
+- provenance.json records prompt_scores = trace, or recompute for the default (whose CSVs,
+  parts and run key are those of earlier versions).
+- corrupted groups (NaN, negative, above seq_len, entropy > 1, nonzero past seq_len, wrong
+  shape, wrong dtype) are refused by kvreplay with one line naming the dataset and the index;
+  --prompt-scores trace on a trace without the group is one line, non-zero exit.
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from capture_ref import ROOT, run_capture, tmpdir  # noqa: E402
+from testhelp import check, failures  # noqa: E402
+
+sys.path.insert(0, os.path.join(ROOT, "capture"))
+import kvcapture  # noqa: E402
+
+BIN = os.environ.get("BIN", os.path.join(ROOT, "bin"))
+KV = os.path.join(BIN, "kvreplay")
+TMP = tmpdir()
+MODEL = "ref-random:3:n_layers=2,d_model=32,n_heads=4,n_kv_heads=2,head_dim=8,d_ff=64,init_std=0.08"
+F32 = 2.0 ** -24
+
+
+def ref_scores(q, k, scale, softcap, window, n):
+    """float64 colsum [H, n], entropy [H, n] of one (layer, sequence): q [H, n, D], k [Hkv, n, D]."""
+    H, Hkv = q.shape[0], k.shape[0]
+    t = np.arange(n)
+    vis = t[None, :] <= t[:, None]
+    if window > 0:
+        vis &= t[None, :] > t[:, None] - window
+    nvis = vis.sum(1)
+    cs, en = np.zeros((H, n)), np.zeros((H, n))
+    for h in range(H):
+        s = scale * (q[h, :n] @ k[h // (H // Hkv), :n].T)
+        if softcap > 0:
+            s = softcap * np.tanh(s / softcap)
+        s = np.where(vis, s, -np.inf)
+        m = s.max(1, keepdims=True)
+        lse = m + np.log(np.exp(s - m).sum(1, keepdims=True))
+        p = np.exp(s - lse)
+        cs[h] = p.sum(0)
+        with np.errstate(invalid="ignore"):     # masked keys: 0 * inf, replaced by 0
+            hh = np.where(vis, p * (lse - s), 0.0).sum(1)
+        en[h] = np.where(nvis > 1, hh / np.log(np.maximum(nvis, 2)), 0.0)
+    return cs, en
+
+
+def worst_rel(x, ref, atol):
+    """Largest |x - ref| / (2^-24 |ref| + atol)."""
+    return float((np.abs(x - ref) / (F32 * np.abs(ref) + atol)).max())
+
+
+def ids_file(path, S, T, seed):
+    r = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for _ in range(S):
+            f.write(" ".join(["256"] + [str(int(x)) for x in r.integers(0, 256, T - 1)]) + "\n")
+
+
+def run(args, ok=True):
+    r = subprocess.run([KV] + args, capture_output=True, text=True)
+    if ok and r.returncode != 0:
+        raise SystemExit(f"kvreplay {' '.join(args)} -> rc {r.returncode}: {r.stderr.strip()}")
+    return r
+
+
+# ---- capture against numpy -----------------------------------------------------------------
+IDS = os.path.join(TMP, "ids.txt")
+ids_file(IDS, 3, 192, 1)
+TR = os.path.join(TMP, "ps.h5")
+run_capture(["--model", MODEL, "--ids", IDS, "--tokens", "192", "--sequences", "3", "--prompt-scores",
+             "--no-readout", "-o", TR])
+with open(IDS) as f:        # a shorter last sequence: padding past seq_len
+    lines = f.read().split("\n")
+SHORT = os.path.join(TMP, "ids_short.txt")
+with open(SHORT, "w") as f:
+    f.write("\n".join(lines[:2] + [" ".join(lines[2].split()[:150])]) + "\n")
+TRS = os.path.join(TMP, "ps_short.h5")
+run_capture(["--model", MODEL, "--ids", SHORT, "--tokens", "192", "--sequences", "3", "--prompt-scores",
+             "--no-readout", "-o", TRS])
+for path in (TR, TRS):
+    wc = we = 0.0
+    pad_zero = True
+    with h5py.File(path, "r") as f:
+        a = f.attrs
+        scale, cap = float(np.float32(a["attn_scale"])), float(a["attn_softcap"])
+        lens = f["seq_len"][:]
+        CS, EN = f["prompt_scores/colsum"], f["prompt_scores/entropy"]
+        check(CS.shape == (2, 3, 4, 192) and CS.dtype == np.float32 and EN.shape == CS.shape
+              and EN.dtype == np.float32, f"{os.path.basename(path)}: /prompt_scores f32 [L, S, H, T] = {CS.shape}")
+        for l in range(2):
+            q = f[f"layers/{l}/q"][()].astype(np.float64)
+            k = f[f"layers/{l}/k"][()].astype(np.float64)
+            W = int(f[f"layers/{l}"].attrs.get("sliding_window", a["sliding_window"]))
+            for s in range(3):
+                n = int(lens[s])
+                cs, en = ref_scores(q[s], k[s], scale, cap, W, n)
+                wc = max(wc, worst_rel(CS[l, s, :, :n].astype(np.float64), cs, 1e-12))
+                we = max(we, worst_rel(EN[l, s, :, :n].astype(np.float64), en, 1e-12))
+                pad_zero &= not CS[l, s, :, n:].any() and not EN[l, s, :, n:].any()
+    name = os.path.basename(path)
+    check(wc <= 1, f"{name}: colsum within 2^-24 |ref| + 1e-12 of numpy float64 from the stored q, k "
+          f"(worst {wc:.3f} of it)")
+    check(we <= 1, f"{name}: entropies within 2^-24 |ref| + 1e-12 (worst {we:.3f} of it)")
+    check(pad_zero, f"{name}: zero past seq_len")
+
+# the function with a window and a soft cap (GQA 6 query heads over 2 kv heads, 2 sequences)
+torch.manual_seed(0)
+q16 = (1.5 * torch.randn(2, 6, 77, 16)).to(torch.float16)
+k16 = torch.randn(2, 2, 77, 16).to(torch.float16)
+for W, cap in ((0, 0.0), (13, 0.0), (0, 5.0), (9, 3.0)):
+    old = kvcapture.PS_ELEMS
+    kvcapture.PS_ELEMS = 2 * 6 * 77 * 10      # blocks of 10 rows: 8 blocks, the last partial
+    cs, en = kvcapture.prompt_scores(q16, k16, 0.3, cap, W)
+    kvcapture.PS_ELEMS = old
+    wc = we = 0.0
+    for b in range(2):
+        rc, re = ref_scores(q16[b].double().numpy(), k16[b].double().numpy(), float(np.float32(0.3)), cap, W, 77)
+        wc = max(wc, float(np.abs(cs[b].numpy() - rc).max()) / 1e-12)
+        we = max(we, float(np.abs(en[b].numpy() - re).max()) / 1e-12)
+    check(wc <= 1 and we <= 1, f"prompt_scores(window {W}, softcap {cap}) in row blocks: within 1e-12 of numpy "
+          f"float64 (worst {max(wc, we):.3f} of it)")
+
+# ---- replay: trace vs recompute --------------------------------------------------------------
+CFGS = ["h2o keep=0.25", "h2o keep=0.5 recent=0.1", "cab keep=0.25", "observed_attention keep=0.3",
+        "entropy_merge keep=0.25"]
+
+
+def replay(trace, src, tag, export=True, cfgs=CFGS):
+    out = os.path.join(TMP, f"r_{tag}")
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["run", trace, "--decode", "96", "--no-readout", "--quiet", "--no-hash-cache", "--threads", "2",
+            "--prompt-scores", src, "-o", out] + (["--export", out + "_x.h5"] if export else [])
+    for c in cfgs:
+        args += ["--strategy", c]
+    run(args)
+    return out
+
+
+def exported(path):
+    """Every dataset of an export file, by name."""
+    d = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, o: d.__setitem__(name, o[()]) if isinstance(o, h5py.Dataset) else None)
+    return d
+
+
+def same_exports(a, b):
+    ea, eb = exported(a + "_x.h5"), exported(b + "_x.h5")
+    return ea.keys() == eb.keys() and all(np.array_equal(ea[k], eb[k]) for k in ea), len(ea)
+
+
+def same_csvs(a, b):
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(a, "*.csv")))
+    return names and all(open(os.path.join(a, x), "rb").read() == open(os.path.join(b, x), "rb").read()
+                          for x in names), names
+
+
+rr, rt = replay(TRS, "recompute", "rec"), replay(TRS, "trace", "trace")
+eq, nd = same_exports(rr, rt)
+check(eq and nd > 0, f"--prompt-scores trace vs recompute: exported caches identical ({nd} datasets, "
+      f"{len(CFGS)} configurations)")
+eq, names = same_csvs(rr, rt)
+check(eq, f"--prompt-scores trace vs recompute: {', '.join(names)} byte-identical")
+# without --export a sweep of head-separable configurations (h2o) runs (sequence, layer, kv
+# head) items: each reads its own query heads' rows of /prompt_scores
+H2O = CFGS[:2]
+eq, names = same_csvs(replay(TRS, "recompute", "rec_ph", False, H2O), replay(TRS, "trace", "trace_ph", False, H2O))
+check(eq, f"--prompt-scores trace vs recompute without --export (kv-head work items): {', '.join(names)} "
+      "byte-identical")
+with open(os.path.join(rt, "provenance.json")) as f:
+    pt = f.read()
+with open(os.path.join(rr, "provenance.json")) as f:
+    pr = f.read()
+check('"prompt_scores": "trace"' in pt and '"prompt_scores": "recompute"' in pr,
+      "provenance: prompt_scores = trace recorded, recompute for the default")
+
+# An error of the size of the evaluated rows' share is visible to this comparison: a trace
+# whose colsum holds the prompt rows' sums only (the replay then subtracts the evaluated rows
+# from a value that lacks them, an error of exactly that share, as dropping the subtraction
+# would make with the opposite sign) must change the kept sets.
+MUT = os.path.join(TMP, "mut.h5")
+shutil.copy(TRS, MUT)
+with h5py.File(MUT, "r+") as f:
+    lens = f["seq_len"][:]
+    scale = float(np.float32(f.attrs["attn_scale"]))
+    cs = f["prompt_scores/colsum"][()]
+    for l in range(2):
+        q = f[f"layers/{l}/q"][()].astype(np.float64)
+        k = f[f"layers/{l}/k"][()].astype(np.float64)
+        for s in range(3):
+            P = int(lens[s]) - 96
+            cs[l, s, :, :P], _ = ref_scores(q[s, :, :P], k[s, :, :P], scale, 0.0, 0, P)
+    f["prompt_scores/colsum"][...] = cs
+rm = replay(MUT, "trace", "mut")
+eq, _ = same_exports(rr, rm)
+check(not eq, "colsum off by the evaluated rows' share changes the exported caches (the comparison "
+      "detects a missing or doubled subtraction)")
+check(run(["info", TR]).returncode == 0, "kvreplay info accepts a trace with /prompt_scores")
+r = run(["check", TRS], ok=False)
+check(r.returncode == 0 and "/prompt_scores vs recomputed" in r.stdout,
+      f"kvreplay check recomputes /prompt_scores and passes: rc {r.returncode}")
+# scores of another head (valid values, wrong numbers) fail the check, naming where
+SWAP = os.path.join(TMP, "swap.h5")
+shutil.copy(TRS, SWAP)
+with h5py.File(SWAP, "r+") as f:
+    cs = f["prompt_scores/colsum"][()]
+    cs[1, 0, [0, 1]] = cs[1, 0, [1, 0]]
+    f["prompt_scores/colsum"][...] = cs
+r = run(["check", SWAP], ok=False)
+check(r.returncode != 0 and "prompt-scores check FAILED" in r.stderr and "colsum[layer 1, seq 0, head" in r.stderr,
+      f"kvreplay check: colsum of two heads swapped fails, naming the place: rc {r.returncode} "
+      f"{r.stderr.strip().splitlines()[-1:]}")
+
+# ---- refusals ----------------------------------------------------------------------------
+PLAIN = os.path.join(TMP, "plain.h5")
+run_capture(["--model", MODEL, "--ids", IDS, "--tokens", "192", "--sequences", "3", "--no-readout", "-o", PLAIN])
+out = os.path.join(TMP, "r_plain")
+r = run(["run", PLAIN, "--decode", "96", "--strategy", "h2o keep=0.25", "--prompt-scores", "trace", "--no-hash-cache",
+         "-o", out], ok=False)
+lines = r.stderr.strip().splitlines()
+check(r.returncode != 0 and len(lines) == 1 and "has no /prompt_scores" in lines[0] and "--prompt-scores" in lines[0],
+      f"--prompt-scores trace without the group: one line, rc {r.returncode}: {lines}")
+r = run(["run", PLAIN, "--decode", "96", "--strategy", "h2o keep=0.25", "--prompt-scores", "bogus", "-o", out], ok=False)
+check(r.returncode != 0 and "expected trace or recompute" in r.stderr, "--prompt-scores bogus refused")
+
+
+def corrupt(tag, fn, want):
+    path = os.path.join(TMP, f"bad_{tag}.h5")
+    shutil.copy(TRS, path)
+    with h5py.File(path, "r+") as f:
+        fn(f)
+    od = os.path.join(TMP, f"r_bad_{tag}")
+    shutil.rmtree(od, ignore_errors=True)
+    r = run(["run", path, "--decode", "96", "--strategy", "h2o keep=0.25", "--prompt-scores", "trace",
+             "--no-hash-cache", "-o", od], ok=False)
+    lines = r.stderr.strip().splitlines()
+    check(r.returncode != 0 and len(lines) == 1 and all(w in lines[0] for w in want),
+          f"corrupted /prompt_scores ({tag}) refused in one line naming {want}: rc {r.returncode}: {lines}")
+
+
+def setv(name, idx, v):
+    def fn(f):
+        a = f[name][()]
+        a[idx] = v
+        f[name][...] = a
+    return fn
+
+
+def reshape(f):
+    a = f["prompt_scores/colsum"][()]
+    del f["prompt_scores/colsum"]
+    f.create_dataset("prompt_scores/colsum", data=a[:, :, :3])
+
+
+def retype(f):
+    a = f["prompt_scores/entropy"][()]
+    del f["prompt_scores/entropy"]
+    f.create_dataset("prompt_scores/entropy", data=a.astype(np.float64))
+
+
+corrupt("nan", setv("prompt_scores/colsum", (1, 2, 3, 40), np.nan),
+        ["/prompt_scores/colsum[layer 1, seq 2, head 3, pos 40]", "not finite"])
+corrupt("negative", setv("prompt_scores/colsum", (0, 1, 2, 5), -1e-3),
+        ["/prompt_scores/colsum[layer 0, seq 1, head 2, pos 5]", "outside [0, seq_len]"])
+corrupt("above", setv("prompt_scores/colsum", (0, 0, 0, 0), 193.0),
+        ["/prompt_scores/colsum[layer 0, seq 0, head 0, pos 0]", "outside [0, seq_len]"])
+corrupt("entropy", setv("prompt_scores/entropy", (1, 0, 1, 100), 1.5),
+        ["/prompt_scores/entropy[layer 1, seq 0, head 1, pos 100]", "outside [0, 1]"])
+corrupt("padding", setv("prompt_scores/entropy", (0, 2, 0, 170), 0.5),
+        ["/prompt_scores/entropy[layer 0, seq 2, head 0, pos 170]", "past seq_len"])
+corrupt("shape", reshape, ["/prompt_scores/colsum", "shape", "[L, S, H, T]"])
+corrupt("dtype", retype, ["/prompt_scores/entropy", "datatype"])
+
+if failures:
+    sys.exit(1)
