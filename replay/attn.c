@@ -594,6 +594,59 @@ static void pv_rows_avx2(float *restrict o, const size_t *orow, const int *rows,
 
 #endif
 
+#if ATTN_HAVE_AVX2_PATH
+/* Four rows of attn_pv_weighted over entries [0, n), 16 channels per pass over e (the
+ * rows share each loaded value row). */
+__attribute__((target("avx2")))
+static void pv_weighted4_avx2(const float *const *p, float *const *o, size_t n, const float *restrict v,
+                              const size_t *idx, size_t D)
+{
+    size_t d = 0;
+    for (; d + 16 <= D; d += 16) {
+        v8f a[4][2];
+        for (int r = 0; r < 4; r++) { memcpy(&a[r][0], o[r] + d, 32); memcpy(&a[r][1], o[r] + d + 8, 32); }
+        for (size_t e = 0; e < n; e++) {
+            const float *vr = v + (idx ? idx[e] : e) * D + d;
+            v8f x0, x1;
+            memcpy(&x0, vr, 32);
+            memcpy(&x1, vr + 8, 32);
+            for (int r = 0; r < 4; r++) {
+                const float b = p[r][e];
+                a[r][0] += b * x0; a[r][1] += b * x1;
+            }
+        }
+        for (int r = 0; r < 4; r++) { memcpy(o[r] + d, &a[r][0], 32); memcpy(o[r] + d + 8, &a[r][1], 32); }
+    }
+    for (; d < D; d++)                    /* channel tail */
+        for (int r = 0; r < 4; r++) {
+            float s = o[r][d];
+            for (size_t e = 0; e < n; e++) s += p[r][e] * v[(idx ? idx[e] : e) * D + d];
+            o[r][d] = s;
+        }
+}
+#endif
+
+void attn_pv_weighted(const float *w, size_t ldw, size_t nr, size_t n, const float *v, const size_t *idx, size_t D,
+                      float *o)
+{
+    const size_t EB = 64;                 /* entries per pass: their value rows stay in cache for every row */
+    for (size_t e0 = 0; e0 < n; e0 += EB) {
+        size_t ne = n - e0 < EB ? n - e0 : EB, r = 0;
+        const size_t *ix = idx ? idx + e0 : NULL;
+        const float *vb = idx ? v : v + e0 * D;
+#if ATTN_HAVE_AVX2_PATH
+        if (attn_use_avx2())
+            for (; r + 4 <= nr; r += 4) {
+                const float *p[4] = { w + r * ldw + e0, w + (r + 1) * ldw + e0, w + (r + 2) * ldw + e0,
+                                      w + (r + 3) * ldw + e0 };
+                float *os[4] = { o + r * D, o + (r + 1) * D, o + (r + 2) * D, o + (r + 3) * D };
+                pv_weighted4_avx2(p, os, ne, vb, ix, D);
+            }
+#endif
+        for (; r < nr; r++) pv_accum(o + r * D, w + r * ldw + e0, ne, vb, ix, D);
+    }
+}
+
 size_t attn_keys_t_floats(size_t T, size_t D)
 {
     size_t KB = key_block(D);

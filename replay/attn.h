@@ -98,6 +98,12 @@ typedef struct attn_cut_src {
 int attn_rows_cut(const float *q, size_t nr, size_t D, const attn_params *p, const attn_cut_src *src,
                   const size_t *nvis, size_t ld, float *lse, float *o, float *logits);
 
+/* o_r [D] += sum_{e < n} w[r * ldw + e] * v[idx[e]] (idx NULL: v[e]) for the rows r < nr:
+ * a P.V product with given weights (no softmax). Every element is summed in increasing e
+ * (bit-reproducible; calls over consecutive ranges of e continue the same sum). */
+void attn_pv_weighted(const float *w, size_t ldw, size_t nr, size_t n, const float *v, const size_t *idx, size_t D,
+                      float *o);
+
 /* pe [n] = exp(s[e] - m) for s[e] - m <= 0 with the kernels' exp (vectorised where the CPU
  * has AVX2; ~1 ulp of expf; -INFINITY and below -87 give 0). */
 void attn_exp_shift(const float *s, size_t n, float m, float *pe);

@@ -55,6 +55,10 @@ static const char run_usage[] =
     "                      from the trace's /prompt_scores (kvcapture --prompt-scores) less\n"
     "                      the evaluated rows' share: linear in the context instead of a\n"
     "                      quadratic prompt pass; equal within ~1e-6 relative (replay/shared.h)\n"
+    "  --no-share          evaluate every eviction-only configuration alone (prefill); by\n"
+    "                      default they share the full pass's probabilities and, when their\n"
+    "                      kept sets nest, one pass over the largest (docs/METHODS.md): equal\n"
+    "                      to rounding (~1e-6 relative); this option gives earlier versions' bits\n"
     "  --resume            continue an interrupted run in DIR, skipping finished sequences\n"
     "                      (its parts are verified; the options must equal the run's, kept in\n"
     "                      DIR/parts/options; DIR/parts/lock keeps a second run out)\n"
@@ -248,7 +252,7 @@ static int opt_list(char **s, size_t *n, size_t *cap, const char *name, const si
 /* The options that determine a run's parts, one "name=value" line each (DIR/parts/options):
  * --resume compares them line by line and names the first that differs. */
 static char *run_options_text(const char *sha, unsigned mode, long long decode, long long eval_from, int readout,
-                              int per_layer, int gqa, long long page_size, int pscores, long shard_i, long shard_n,
+                              int per_layer, int gqa, long long page_size, int pscores, int no_share, long shard_i, long shard_n,
                               const size_t *seqs, size_t n_seqs, const size_t *calib, size_t n_calib, const rp_sweep *sw)
 {
     size_t cap = 1024, n = 0;
@@ -260,6 +264,8 @@ static char *run_options_text(const char *sha, unsigned mode, long long decode, 
                          gqa == RP_GQA_MAX ? "max" : gqa == RP_GQA_SUM ? "sum" : "mean", page_size, shard_i, shard_n);
     if (n < cap && pscores == RP_PS_TRACE)      /* absent: recompute (options of older runs unchanged) */
         n += (size_t)snprintf(s + n, cap - n, "prompt-scores=trace\n");
+    if (n < cap && no_share)                    /* absent: shared evaluation (the default) */
+        n += (size_t)snprintf(s + n, cap - n, "share=off\n");
     if (n >= cap || opt_list(&s, &n, &cap, "seqs", seqs, n_seqs) || opt_list(&s, &n, &cap, "calib", calib, n_calib)) {
         free(s);
         return NULL;
@@ -413,7 +419,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     long long decode = 0, threads = 0, eval_from = 0, page_size = 16;
     int split_note = 0, calib_note = 0;
     int resume = 0, readout_flag = 1, list = 0, gqa = RP_GQA_MEAN;
-    int per_layer = 0, hash_cache = 1, quiet = 0, pscores = RP_PS_RECOMPUTE;
+    int per_layer = 0, hash_cache = 1, quiet = 0, pscores = RP_PS_RECOMPUTE, no_share = 0;
     double progress_every = KV_PROGRESS_EVERY_DEFAULT;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -467,6 +473,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
         else if (!strcmp(a, "--resume")) resume = 1;
         else if (!strcmp(a, "--readout") || !strcmp(a, "--require-readout")) readout_flag = 2;
         else if (!strcmp(a, "--no-readout")) readout_flag = 0;
+        else if (!strcmp(a, "--no-share")) no_share = 1;
         else if (!strcmp(a, "--per-layer-readout")) per_layer = 1;     /* per_layer.csv */
         else if (!strcmp(a, "--no-hash-cache")) hash_cache = 0;
         else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) quiet = 1;
@@ -484,7 +491,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
             static const char *const opts[] = { "--sweep", "--strategy", "--out", "--mode", "--decode", "--threads",
                 "--eval-from", "--page-size", "--gqa-reduce", "--prompt-scores", "--shard", "--seqs", "--calib", "--export",
                 "--export-configs", "--resume", "--readout", "--require-readout", "--no-readout",
-                "--per-layer-readout", "--no-hash-cache", "--quiet", "--progress-every", "--list", "--help" };
+                "--per-layer-readout", "--no-share", "--no-hash-cache", "--quiet", "--progress-every", "--list", "--help" };
             char hint[128];
             fprintf(stderr, "%s: unknown or incomplete option '%s'%s (try --help)\n", g_prog, a,
                     kv_suggest_hint(a, opts, sizeof opts / sizeof *opts, hint, sizeof hint));
@@ -661,7 +668,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
 
     rp_run_opts opts = { .mode = mode, .decode = (size_t)decode, .eval_from = (size_t)eval_from, .readout = readout_flag != 0, .gqa_reduce = gqa,
                          .calib = calib, .n_calib = n_calib, .per_layer_readout = per_layer,
-                         .page_size = (size_t)page_size, .prompt_scores = pscores };
+                         .page_size = (size_t)page_size, .prompt_scores = pscores, .no_share = no_share };
     {   /* provenance: the trace's SHA-256, hashed once per file version (lib/sha256.c) */
         char hdir[4096];
         const char *hd = hash_cache ? kv_hash_cache_dir(hdir, sizeof hdir) : NULL;
@@ -704,6 +711,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
                  rp_engine_has_readout(eng), gqa, page_size, "v2");
         h = rp_hash64(buf, strlen(buf), h);
         if (pscores == RP_PS_TRACE) h = rp_hash64("prompt-scores=trace", 19, h);  /* recompute: the key of older runs */
+        if (no_share) h = rp_hash64("share=off", 9, h);
         h = rp_hash64(calib ? (const void *)calib : "", n_calib * sizeof *calib, h);
         h = rp_hash64(&seqs_hash, sizeof seqs_hash, h);
         for (size_t c = 0; c < sw->n; c++) h = rp_hash64(sw->cfg[c].canon, strlen(sw->cfg[c].canon) + 1, h);
@@ -723,7 +731,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
             snprintf(p, sizeof p, "%s/parts", outdir);
             if (mkdir(p, 0777) && errno != EEXIST) { snprintf(err, sizeof err, "%s: %s", p, strerror(errno)); goto fail; }
         }
-        char *opts = run_options_text(sha, mode, decode, eval_from, rp_engine_has_readout(eng), per_layer, gqa, page_size, pscores,
+        char *opts = run_options_text(sha, mode, decode, eval_from, rp_engine_has_readout(eng), per_layer, gqa, page_size, pscores, no_share,
                                       shard_i, shard_n, seqs_all, n_seqs_all, calib, n_calib, sw);
         if (!opts) { snprintf(err, sizeof err, "out of memory"); goto fail; }
         int claim = run_dir_claim(outdir, resume, opts, &lock_fd, err, sizeof err);

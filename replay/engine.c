@@ -815,6 +815,11 @@ typedef struct cstate {
     rp_cache enc;           /* inc: the encoding of the first enc_n entries of cache */
     size_t enc_n;
     uint64_t seed;
+    /* prefill, shared evaluation (item_share_plan): this kv head's rows are evaluated by
+     * item_share_block; sh_np prompt entries (cache entries [0, sh_np), then [P, n)), the
+     * next larger member of its chain (SIZE_MAX: none) */
+    int sh;
+    size_t sh_np, sh_next;
 } cstate;
 
 static int cfg_has_encoder(const rp_config *cf)
@@ -978,6 +983,14 @@ done:
  *     item_head_end (online export, caches freed)
  * -> item_readout. Every stage returns 0 or -1 with it->err set. */
 
+/* A chain of configurations whose kept prompt sets are nested (item_share_plan): members
+ * from the smallest (head) to the largest (top); idx lists the top's prompt positions, the
+ * head's first, then those each next member adds. */
+typedef struct share_chain {
+    size_t head, top;
+    size_t *idx;            /* [top's sh_np] */
+} share_chain;
+
 /* The scratch of one work item: ONE allocation (item_alloc: the thread's slab, thread_bufs),
  * views into it that never own. Nothing in it is resized while the item runs. */
 typedef struct item_scratch {
@@ -1005,6 +1018,13 @@ typedef struct item_scratch {
     size_t *evict;          /* [n + 1]     entries online_step evicts */
     uint8_t *vis;           /* [n + 1]     select's flags */
     uint8_t *keep;          /* [n + 1]     compaction flags */
+    /* shared evaluation (item_share_plan, item_share_block) */
+    struct share_chain *chains; /* [NC]    chains of nested kept sets of the kv head */
+    size_t n_chains;
+    size_t *shidx;          /* [NC * n]    each chain's prompt positions in chain order */
+    int32_t *lev;           /* [n]         the first chain member keeping each position */
+    float *ud;              /* [G][BLK][D] sum over the decode entries of p_j v_j */
+    double *rd, *sd;        /* [G][BLK]    sums over the decode entries of p_j, p_j^2 */
 } item_scratch;
 
 #define IT_FAIL(it, ...) rp_failf((it)->err, sizeof (it)->err, __VA_ARGS__)
@@ -1031,6 +1051,9 @@ static int item_alloc(item *it, item_scratch *sc)
            o_oc = slab_take(&tot, D * fz), o_logm = slab_take(&tot, n * fz), o_bias = slab_take(&tot, n * fz),
            o_probs = slab_take(&tot, G * (n + 1) * fz), o_idx = slab_take(&tot, n * sz),
            o_ev = slab_take(&tot, (n + 1) * sz), o_vis = slab_take(&tot, n + 1), o_keep = slab_take(&tot, n + 1);
+    size_t o_ch = slab_take(&tot, NC * sizeof(struct share_chain)), o_shidx = slab_take(&tot, NC * n * sz),
+           o_lev = slab_take(&tot, n * sizeof(int32_t)), o_ud = slab_take(&tot, G * BLK * D * fz),
+           o_rd = slab_take(&tot, G * BLK * dz), o_sd = slab_take(&tot, G * BLK * dz);
     char *b = tb_take(it->tb, TB_SLAB, tot);
     if (!b) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
     it->slab = b;
@@ -1055,6 +1078,9 @@ static int item_alloc(item *it, item_scratch *sc)
     sc->z = (float *)(b + o_z); sc->oc = (float *)(b + o_oc); sc->logm = (float *)(b + o_logm);
     sc->bias = (float *)(b + o_bias); sc->probs = (float *)(b + o_probs); sc->idx = (size_t *)(b + o_idx);
     sc->evict = (size_t *)(b + o_ev); sc->vis = (uint8_t *)(b + o_vis); sc->keep = (uint8_t *)(b + o_keep);
+    sc->chains = (struct share_chain *)(b + o_ch); sc->n_chains = 0;
+    sc->shidx = (size_t *)(b + o_shidx); sc->lev = (int32_t *)(b + o_lev); sc->ud = (float *)(b + o_ud);
+    sc->rd = (double *)(b + o_rd); sc->sd = (double *)(b + o_sd);
     it->sc = sc;
     memset(&it->qcopy, 0, sizeof it->qcopy);
     it->qcopy.D = D;
@@ -1323,6 +1349,25 @@ static int item_cache_view(item *it, size_t c, size_t g, size_t t, row_view *rv)
  * its bm entries; otherwise each row is computed alone. */
 typedef struct blocked_rows { int on; size_t bm; } blocked_rows;
 
+/* An evaluated row's metrics (query head i of the kv head, hg global) into the layer's sums. */
+static void item_row_sums(item *it, size_t c, size_t i, size_t hg, size_t t, const rp_row_metrics *rm, double ocos,
+                          double orel, size_t cnt, size_t nfull)
+{
+    rp_engine *E = it->E;
+    size_t P = it->P, NE = it->n - P, G = E->G, H = E->H;
+    double *ha = it->ha + ((c * E->L + it->l) * H + hg) * HA_NF;
+    ha[HA_N] += 1; ha[HA_COS] += rm->attn_cos; ha[HA_OCOS] += ocos; ha[HA_OREL] += orel;
+    ha[HA_KL] += rm->attn_kl; ha[HA_REC] += rm->mass_recall;
+    ha[HA_KEEP] += (double)cnt / (double)nfull; ha[HA_BUDGET] += (double)cnt;
+    if (E->per_head) {          /* one term per (row, query head): the fold adds them */
+        double *pp = it->pp + ((c * NE + (t - P)) * G + i) * PP_ATT;
+        pp[PP_ATTN_KL] = rm->attn_kl; pp[PP_OUT_COS] = ocos;
+    } else {
+        double *pp = it->pp + (c * NE + (t - P)) * PP_ATT;
+        pp[PP_ATTN_KL] += rm->attn_kl; pp[PP_OUT_COS] += ocos;
+    }
+}
+
 /* Metrics of query row t (block row r) for every query head of kv head g, configuration c. */
 static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const row_view *rv, blocked_rows br)
 {
@@ -1404,19 +1449,7 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
                 for (size_t d = 0; d < D; d++) dst[d] = ocr[d] - o[d];
             }
         }
-        if (t >= P) {
-            double *ha = it->ha + ((c * E->L + it->l) * H + hg) * HA_NF;
-            ha[HA_N] += 1; ha[HA_COS] += rm.attn_cos; ha[HA_OCOS] += ocos; ha[HA_OREL] += orel;
-            ha[HA_KL] += rm.attn_kl; ha[HA_REC] += rm.mass_recall;
-            ha[HA_KEEP] += (double)cnt / (double)nfull; ha[HA_BUDGET] += (double)cnt;
-            if (E->per_head) {          /* one term per (row, query head): the fold adds them */
-                double *pp = it->pp + ((c * NE + (t - P)) * G + i) * PP_ATT;
-                pp[PP_ATTN_KL] = rm.attn_kl; pp[PP_OUT_COS] = ocos;
-            } else {
-                double *pp = it->pp + (c * NE + (t - P)) * PP_ATT;
-                pp[PP_ATTN_KL] += rm.attn_kl; pp[PP_OUT_COS] += ocos;
-            }
-        }
+        if (t >= P) item_row_sums(it, c, i, hg, t, &rm, ocos, orel, cnt, nfull);
     }
     return 0;
 }
@@ -1671,6 +1704,244 @@ static int item_head_end(item *it, size_t g)
     return 0;
 }
 
+/* ---- shared evaluation of eviction-only configurations (prefill) ---------------------------
+ *
+ * A configuration that only evicts (original rows: no encoder, merge, per-query selection or
+ * window) sees, at evaluated row t, its kept prompt entries K_c and the exact entries [P, t].
+ * Its logits there are the full row's, so its probabilities are the full row's p_j (double,
+ * item_full_attn) renormalised over what it sees: q_j = p_j / R_c with R_c = sum p_j. Then
+ *     mass_recall = R_c,  attn_kl = sum q_j log(q_j / p_j) = -log R_c,
+ *     attn_cos = (S_c / R_c) / sqrt(p2 S_c / R_c^2) = sqrt(S_c / p2)   (S_c = sum p_j^2),
+ *     output = U_c / R_c                                                 (U_c = sum p_j v_j):
+ * no exp and no per-entry metric terms per configuration. The decode entries [P, t] are
+ * common to all of them (their sums once per row); and when kept sets are nested (a family
+ * differing only in keep, checked per (sequence, layer, kv head) on the index lists), U, R, S
+ * of the larger set continue the smaller's sums: one pass over the largest set of a chain.
+ *
+ * Rounding against the direct path (--no-share): the direct path's q_j come from fp32 exps
+ * relative to the configuration's own fp32 log-sum-exp, each within ~2^-22 (1 + |lse|)
+ * relative; here q_j is p_j (double, ~1e-16) times 1/R_c, and U_c is an fp32 sum over the same
+ * entries in another order (chain order, decode entries apart): both outputs are within
+ * gamma_cnt sum q_j |v_j| (fp32) of the exact one. So attn_cos, mass_recall, out_cos and
+ * out_rel_err agree to ~1e-6 relative and attn_kl to ~2^-22 (1 + |lse|) absolute (the direct
+ * path's KL carries its fp32 lse), the bound tests/py/test_share.py checks. Guard: p_j of a
+ * kept set far below the full row's maximum lose precision (fp32 weights underflow below
+ * 2^-126); a row whose R_c < 2^-60 is evaluated by the direct path (the weights it loses are
+ * below 2^-66 of its mass). */
+
+/* Whether configuration c's kv head g takes the shared evaluation; its prompt entries. */
+static int share_eligible(const item *it, size_t c, size_t g, size_t *np)
+{
+    const rp_engine *E = it->E;
+    const rp_config *cf = &E->sw->cfg[c];
+    const cstate *st = &it->sc->cs[c * it->nkv + g];
+    const rp_cache *cc = &st->cache;
+    size_t n = it->n, P = it->P;
+    if (E->o.no_share || E->o.mode == RP_ONLINE || it->nd || E->o.export_step_hook || n == P) return 0;
+    if (st->dt || st->td || st->inc || st->static_enc || cfg_has_encoder(cf) || cf->evict->select ||
+        E->ap[it->l].window > 0)
+        return 0;
+    if (cache_merged(cc) || cc->modified || cc->n >= n || cc->n < n - P) return 0;
+    size_t m = cc->n - (n - P);
+    for (size_t e = 0; e < m; e++)      /* the prompt part: increasing positions below P */
+        if (cc->pos[e] < 0 || (size_t)cc->pos[e] >= P || (e && cc->pos[e] <= cc->pos[e - 1])) return 0;
+    for (size_t k = 0; k < n - P; k++)  /* then every decode position */
+        if ((size_t)cc->pos[m + k] != P + k) return 0;
+    *np = m;
+    return 1;
+}
+
+/* Whether the increasing positions a [na] are a subset of b [nb]. */
+static int share_subset(const int32_t *a, size_t na, const int32_t *b, size_t nb)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < na; i++) {
+        while (j < nb && b[j] < a[i]) j++;
+        if (j == nb || b[j] != a[i]) return 0;
+        j++;
+    }
+    return 1;
+}
+
+/* The chains of kv head g: the eligible configurations in order of (prompt entries, index),
+ * each appended to the first chain whose top it contains, else a new chain. Data only
+ * decide it: the same on any thread count, shard or rank. */
+static void item_share_plan(item *it, size_t g)
+{
+    rp_engine *E = it->E;
+    item_scratch *sc = it->sc;
+    size_t NC = E->sw->n, *ord = sc->shidx;   /* [NC]: free until the chains' positions are written */
+    cstate *cs = sc->cs;
+    sc->n_chains = 0;
+    size_t nord = 0;
+    for (size_t c = 0; c < NC; c++) {
+        cstate *st = &cs[c * it->nkv + g];
+        st->sh = 0;
+        st->sh_next = SIZE_MAX;
+        size_t np;
+        if (!share_eligible(it, c, g, &np)) continue;
+        st->sh = 1;
+        st->sh_np = np;
+        size_t k = nord++;              /* insertion by (np, c) */
+        while (k > 0 && cs[ord[k - 1] * it->nkv + g].sh_np > np) { ord[k] = ord[k - 1]; k--; }
+        ord[k] = c;
+    }
+    size_t used = 0;
+    for (size_t k = 0; k < nord; k++) {
+        size_t c = ord[k];
+        cstate *st = &cs[c * it->nkv + g];
+        share_chain *ch = NULL;
+        for (size_t q = 0; q < sc->n_chains && !ch; q++) {
+            const cstate *tp = &cs[sc->chains[q].top * it->nkv + g];
+            if (share_subset(tp->cache.pos, tp->sh_np, st->cache.pos, st->sh_np)) ch = &sc->chains[q];
+        }
+        if (ch) {
+            cs[ch->top * it->nkv + g].sh_next = c;
+            ch->top = c;
+        } else {
+            ch = &sc->chains[sc->n_chains++];
+            ch->head = ch->top = c;
+        }
+    }
+    /* each chain's positions: the head's, then what each next member adds (lev: the first
+     * member, by rank along the chain, that keeps the position) */
+    for (size_t q = 0; q < sc->n_chains; q++) {
+        share_chain *ch = &sc->chains[q];
+        const cstate *tp = &cs[ch->top * it->nkv + g];
+        ch->idx = sc->shidx + used;
+        used += tp->sh_np;
+        for (size_t e = 0; e < tp->sh_np; e++) sc->lev[tp->cache.pos[e]] = -1;
+        int32_t rank = 0;
+        for (size_t c = ch->head; c != SIZE_MAX; c = cs[c * it->nkv + g].sh_next, rank++) {
+            const cstate *st = &cs[c * it->nkv + g];
+            for (size_t e = 0; e < st->sh_np; e++)
+                if (sc->lev[st->cache.pos[e]] < 0) sc->lev[st->cache.pos[e]] = rank;
+        }
+        size_t w = 0;
+        for (int32_t r = 0; r < rank; r++)
+            for (size_t e = 0; e < tp->sh_np; e++)
+                if (sc->lev[tp->cache.pos[e]] == r) ch->idx[w++] = (size_t)tp->cache.pos[e];
+    }
+}
+
+/* Configuration c's row t, query head i, by the direct path (a kept set whose mass is too
+ * small for the shared weights): its entries' own softmax, as item_metrics computes it. */
+static int share_row_direct(item *it, size_t c, size_t g, size_t i, size_t t, size_t r, rp_row_metrics *rm,
+                            float *oc)
+{
+    rp_engine *E = it->E;
+    item_scratch *sc = it->sc;
+    const cstate *st = &sc->cs[c * it->nkv + g];
+    const rp_cache *cc = &st->cache;
+    size_t n = it->n, D = E->D, G = E->G, cnt = cc->n - (n - 1 - t);
+    float lc;
+    attn_entries(it->q + ((g * G + i) * n + t) * D, cc->k, cc->v, NULL, NULL, cnt, D, &E->ap[it->l], &lc, oc, sc->z);
+    attn_exp_shift(sc->z, cnt, lc, sc->probs);
+    rp_row_full rf = { .lo = 0, .t = t, .p = sc->pf + (r * G + i) * n, .logit = sc->lg + (i * BLK + r) * n,
+                       .lz = sc->lz[r * G + i], .p2 = sc->pf2[r * G + i] };
+    rp_row_comp cp = { .cnt = cnt, .ent = NULL, .first = 0, .z = sc->z, .lse = lc, .q32 = sc->probs,
+                       .pos = cc->pos, .mult = cc->mult, .mem_off = NULL, .members = NULL };
+    rp_attn_row_metrics(&rf, &cp, NULL, rm);
+    return isfinite(lc) ? 0 : -1;
+}
+
+/* Configuration c's row t (block row r), query head i, from its sums: u [D] = sum p_j v_j over
+ * its kept prompt entries, ud over the decode entries; R, S the sums of p_j and p_j^2 over all. */
+static int share_row(item *it, size_t c, size_t g, size_t i, size_t t, size_t r, const float *u, const float *ud,
+                     double R, double S)
+{
+    rp_engine *E = it->E;
+    item_scratch *sc = it->sc;
+    const rp_config *cf = &E->sw->cfg[c];
+    const cstate *st = &sc->cs[c * it->nkv + g];
+    size_t n = it->n, P = it->P, D = E->D, G = E->G, H = E->H, NE = n - P;
+    size_t h = g * G + i, hg = it->g0 * G + h, cnt = st->cache.n - (n - 1 - t);
+    const float *o = sc->of + (i * BLK + r) * D;
+    float *oc = sc->oc;
+    rp_row_metrics rm;
+    double ocos, orel, p2 = sc->pf2[r * G + i];
+    int bad = 0;
+    if (R < 0x1p-60) {
+        bad = share_row_direct(it, c, g, i, t, r, &rm, oc);
+    } else {
+        float inv = (float)(1.0 / R);
+        for (size_t d = 0; d < D; d++) oc[d] = (u[d] + ud[d]) * inv;
+        double kl = -log(R);
+        rm.attn_kl = kl < 0 ? 0 : kl;
+        rm.mass_recall = R;
+        rm.attn_cos = (p2 > 0 && S > 0) ? sqrt(S / p2) : 0.0;
+    }
+    rp_out_row_metrics(o, oc, D, &ocos, &orel);
+    if (bad || !isfinite(rm.attn_cos) || !isfinite(ocos) || !isfinite(orel) || !isfinite(rm.attn_kl) ||
+        !isfinite(rm.mass_recall))
+        return IT_FAIL(it, "config '%s': NaN/Inf in metrics at seq %zu layer %zu head %zu position %zu",
+                       cf->canon, it->s, it->l, hg, t);
+    it->ia[c * SA_NF + SA_DIFFERS] = 1;
+    if (it->dO) {
+        float *dst = it->dO + (c * NE + (t - P)) * H * D + hg * D;
+        for (size_t d = 0; d < D; d++) dst[d] = oc[d] - o[d];
+    }
+    item_row_sums(it, c, i, hg, t, &rm, ocos, orel, cnt, t + 1);
+    return 0;
+}
+
+/* Every shared configuration of kv head g on the block [tb, tb + nb) (after item_full_attn):
+ * per query head, the decode entries' sums once, then one pass per chain over its top's
+ * prompt entries in chain order, each member's rows at its checkpoint. */
+static int item_share_block(item *it, size_t g, size_t tb, size_t te)
+{
+    rp_engine *E = it->E;
+    item_scratch *sc = it->sc;
+    const cstate *cs = sc->cs;
+    size_t n = it->n, P = it->P, D = E->D, G = E->G, nb = te - tb, nd = te - P;
+    if (!sc->n_chains) return 0;
+    const float *V = it->v + g * n * D;
+    float *w = sc->bz, *acc = sc->bout;              /* free: shared configurations use no kernel */
+    double R[BLK], S[BLK];
+    for (size_t i = 0; i < G; i++) {
+        float *ud = sc->ud + i * BLK * D;
+        for (size_t r = 0; r < nb; r++) {
+            const double *pr = sc->pf + ((r * G) + i) * n;
+            size_t vis = tb + r - P;    /* decode entries [0, vis] visible to row tb + r */
+            double a = 0, b = 0;
+            for (size_t j = 0; j < nd; j++) {
+                double p = j <= vis ? pr[P + j] : 0.0;
+                w[r * nd + j] = (float)p;
+                a += p; b += p * p;
+            }
+            sc->rd[i * BLK + r] = a; sc->sd[i * BLK + r] = b;
+        }
+        memset(ud, 0, nb * D * sizeof *ud);
+        attn_pv_weighted(w, nd, nb, nd, V + P * D, NULL, D, ud);
+        for (size_t q = 0; q < sc->n_chains; q++) {
+            const share_chain *ch = &sc->chains[q];
+            size_t np = cs[ch->top * it->nkv + g].sh_np, k0 = 0;
+            for (size_t r = 0; r < nb; r++) {
+                const double *pr = sc->pf + ((r * G) + i) * n;
+                for (size_t k = 0; k < np; k++) w[r * np + k] = (float)pr[ch->idx[k]];
+                R[r] = S[r] = 0;
+            }
+            memset(acc, 0, nb * D * sizeof *acc);
+            for (size_t c = ch->head; c != SIZE_MAX; c = cs[c * it->nkv + g].sh_next) {
+                size_t k1 = cs[c * it->nkv + g].sh_np;
+                attn_pv_weighted(w + k0, np, nb, k1 - k0, V, ch->idx + k0, D, acc);
+                for (size_t r = 0; r < nb; r++) {
+                    const double *pr = sc->pf + ((r * G) + i) * n;
+                    double a = R[r], b = S[r];
+                    for (size_t k = k0; k < k1; k++) { double p = pr[ch->idx[k]]; a += p; b += p * p; }
+                    R[r] = a; S[r] = b;
+                }
+                k0 = k1;
+                for (size_t r = 0; r < nb; r++)
+                    if (share_row(it, c, g, i, tb + r, r, acc + r * D, ud + r * D, R[r] + sc->rd[i * BLK + r],
+                                  S[r] + sc->sd[i * BLK + r]))
+                        return -1;
+            }
+        }
+    }
+    return 0;
+}
+
 static int item_head(item *it, size_t g)
 {
     rp_engine *E = it->E;
@@ -1678,11 +1949,19 @@ static int item_head(item *it, size_t g)
     int online = E->o.mode == RP_ONLINE;
     for (size_t c = 0; c < NC; c++)
         if (online ? item_head_online(it, c, g) : item_head_prefill(it, c, g)) return -1;
+    if (!online) item_share_plan(it, g);
     for (size_t tb = online ? 0 : it->P; tb < n; tb += BLK) {
         size_t te = tb + BLK < n ? tb + BLK : n;
         if (item_full_attn(it, g, tb, te)) return -1;
-        for (size_t c = 0; c < NC; c++)
-            if (item_block_cfg(it, c, g, tb, te)) return -1;
+        if (!online && item_share_block(it, g, tb, te)) return -1;
+        for (size_t c = 0; c < NC; c++) {
+            if (online || !it->sc->cs[c * it->nkv + g].sh) {
+                if (item_block_cfg(it, c, g, tb, te)) return -1;
+            } else if (te == n) {       /* shared: the cache the last position sees, to the accounting */
+                row_view rv;
+                if (item_cache_view(it, c, g, n - 1, &rv) || item_export(it, c, g, &rv.view)) return -1;
+            }
+        }
     }
     return item_head_end(it, g);
 }

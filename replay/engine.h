@@ -109,6 +109,12 @@ typedef struct rp_run_opts {
      * linear in n instead of quadratic. A trace without the group is refused rather than
      * silently recomputed: the run would cost and record something other than asked. */
     int prompt_scores;
+    /* Prefill evaluation of eviction-only configurations (original rows, no per-query
+     * selection, window, merge or encoder): 0 (default) shares the work between them
+     * (engine.c, "shared evaluation": the full row's probabilities renormalised over each
+     * kept set, nested kept sets summed once); 1 evaluates each one alone (the bits of
+     * earlier versions; the two agree to rounding). */
+    int no_share;
 } rp_run_opts;
 
 enum { RP_PS_RECOMPUTE = 0, RP_PS_TRACE = 1 };
