@@ -601,21 +601,30 @@ __attribute__((target("avx2")))
 static void pv_weighted4_avx2(const float *const *p, float *const *o, size_t n, const float *restrict v,
                               const size_t *idx, size_t D)
 {
+    const float *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
+    float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3];
     size_t d = 0;
-    for (; d + 16 <= D; d += 16) {
-        v8f a[4][2];
-        for (int r = 0; r < 4; r++) { memcpy(&a[r][0], o[r] + d, 32); memcpy(&a[r][1], o[r] + d + 8, 32); }
+    for (; d + 16 <= D; d += 16) {      /* eight named accumulators: they stay in registers */
+        v8f a00, a01, a10, a11, a20, a21, a30, a31;
+        memcpy(&a00, o0 + d, 32); memcpy(&a01, o0 + d + 8, 32);
+        memcpy(&a10, o1 + d, 32); memcpy(&a11, o1 + d + 8, 32);
+        memcpy(&a20, o2 + d, 32); memcpy(&a21, o2 + d + 8, 32);
+        memcpy(&a30, o3 + d, 32); memcpy(&a31, o3 + d + 8, 32);
         for (size_t e = 0; e < n; e++) {
             const float *vr = v + (idx ? idx[e] : e) * D + d;
             v8f x0, x1;
             memcpy(&x0, vr, 32);
             memcpy(&x1, vr + 8, 32);
-            for (int r = 0; r < 4; r++) {
-                const float b = p[r][e];
-                a[r][0] += b * x0; a[r][1] += b * x1;
-            }
+            const float b0 = p0[e], b1 = p1[e], b2 = p2[e], b3 = p3[e];
+            a00 += b0 * x0; a01 += b0 * x1;
+            a10 += b1 * x0; a11 += b1 * x1;
+            a20 += b2 * x0; a21 += b2 * x1;
+            a30 += b3 * x0; a31 += b3 * x1;
         }
-        for (int r = 0; r < 4; r++) { memcpy(o[r] + d, &a[r][0], 32); memcpy(o[r] + d + 8, &a[r][1], 32); }
+        memcpy(o0 + d, &a00, 32); memcpy(o0 + d + 8, &a01, 32);
+        memcpy(o1 + d, &a10, 32); memcpy(o1 + d + 8, &a11, 32);
+        memcpy(o2 + d, &a20, 32); memcpy(o2 + d + 8, &a21, 32);
+        memcpy(o3 + d, &a30, 32); memcpy(o3 + d + 8, &a31, 32);
     }
     for (; d < D; d++)                    /* channel tail */
         for (int r = 0; r < 4; r++) {

@@ -1025,6 +1025,7 @@ typedef struct item_scratch {
     int32_t *lev;           /* [n]         the first chain member keeping each position */
     float *ud;              /* [G][BLK][D] sum over the decode entries of p_j v_j */
     double *rd, *sd;        /* [G][BLK]    sums over the decode entries of p_j, p_j^2 */
+    double *rm, *sm;        /* [NC][BLK]   the same over a chain's prompt entries up to each member */
 } item_scratch;
 
 #define IT_FAIL(it, ...) rp_failf((it)->err, sizeof (it)->err, __VA_ARGS__)
@@ -1053,7 +1054,8 @@ static int item_alloc(item *it, item_scratch *sc)
            o_ev = slab_take(&tot, (n + 1) * sz), o_vis = slab_take(&tot, n + 1), o_keep = slab_take(&tot, n + 1);
     size_t o_ch = slab_take(&tot, NC * sizeof(struct share_chain)), o_shidx = slab_take(&tot, NC * n * sz),
            o_lev = slab_take(&tot, n * sizeof(int32_t)), o_ud = slab_take(&tot, G * BLK * D * fz),
-           o_rd = slab_take(&tot, G * BLK * dz), o_sd = slab_take(&tot, G * BLK * dz);
+           o_rd = slab_take(&tot, G * BLK * dz), o_sd = slab_take(&tot, G * BLK * dz),
+           o_rm = slab_take(&tot, NC * BLK * dz), o_sm = slab_take(&tot, NC * BLK * dz);
     char *b = tb_take(it->tb, TB_SLAB, tot);
     if (!b) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
     it->slab = b;
@@ -1081,6 +1083,7 @@ static int item_alloc(item *it, item_scratch *sc)
     sc->chains = (struct share_chain *)(b + o_ch); sc->n_chains = 0;
     sc->shidx = (size_t *)(b + o_shidx); sc->lev = (int32_t *)(b + o_lev); sc->ud = (float *)(b + o_ud);
     sc->rd = (double *)(b + o_rd); sc->sd = (double *)(b + o_sd);
+    sc->rm = (double *)(b + o_rm); sc->sm = (double *)(b + o_sm);
     it->sc = sc;
     memset(&it->qcopy, 0, sizeof it->qcopy);
     it->qcopy.D = D;
@@ -1897,7 +1900,6 @@ static int item_share_block(item *it, size_t g, size_t tb, size_t te)
     if (!sc->n_chains) return 0;
     const float *V = it->v + g * n * D;
     float *w = sc->bz, *acc = sc->bout;              /* free: shared configurations use no kernel */
-    double R[BLK], S[BLK];
     for (size_t i = 0; i < G; i++) {
         float *ud = sc->ud + i * BLK * D;
         for (size_t r = 0; r < nb; r++) {
@@ -1916,25 +1918,28 @@ static int item_share_block(item *it, size_t g, size_t tb, size_t te)
         for (size_t q = 0; q < sc->n_chains; q++) {
             const share_chain *ch = &sc->chains[q];
             size_t np = cs[ch->top * it->nkv + g].sh_np, k0 = 0;
-            for (size_t r = 0; r < nb; r++) {
+            for (size_t r = 0; r < nb; r++) {   /* weights, and R, S at each member's checkpoint */
                 const double *pr = sc->pf + ((r * G) + i) * n;
-                for (size_t k = 0; k < np; k++) w[r * np + k] = (float)pr[ch->idx[k]];
-                R[r] = S[r] = 0;
+                double a = 0, b = 0;
+                size_t k = 0, m = 0;
+                for (size_t c = ch->head; c != SIZE_MAX; c = cs[c * it->nkv + g].sh_next, m++) {
+                    for (size_t k1 = cs[c * it->nkv + g].sh_np; k < k1; k++) {
+                        double p = pr[ch->idx[k]];
+                        w[r * np + k] = (float)p;
+                        a += p; b += p * p;
+                    }
+                    sc->rm[m * BLK + r] = a; sc->sm[m * BLK + r] = b;
+                }
             }
             memset(acc, 0, nb * D * sizeof *acc);
-            for (size_t c = ch->head; c != SIZE_MAX; c = cs[c * it->nkv + g].sh_next) {
+            size_t m = 0;
+            for (size_t c = ch->head; c != SIZE_MAX; c = cs[c * it->nkv + g].sh_next, m++) {
                 size_t k1 = cs[c * it->nkv + g].sh_np;
                 attn_pv_weighted(w + k0, np, nb, k1 - k0, V, ch->idx + k0, D, acc);
-                for (size_t r = 0; r < nb; r++) {
-                    const double *pr = sc->pf + ((r * G) + i) * n;
-                    double a = R[r], b = S[r];
-                    for (size_t k = k0; k < k1; k++) { double p = pr[ch->idx[k]]; a += p; b += p * p; }
-                    R[r] = a; S[r] = b;
-                }
                 k0 = k1;
                 for (size_t r = 0; r < nb; r++)
-                    if (share_row(it, c, g, i, tb + r, r, acc + r * D, ud + r * D, R[r] + sc->rd[i * BLK + r],
-                                  S[r] + sc->sd[i * BLK + r]))
+                    if (share_row(it, c, g, i, tb + r, r, acc + r * D, ud + r * D,
+                                  sc->rm[m * BLK + r] + sc->rd[i * BLK + r], sc->sm[m * BLK + r] + sc->sd[i * BLK + r]))
                         return -1;
             }
         }
