@@ -131,6 +131,9 @@ for T in $LONG_T; do
         --strategy "$SHARED_CFG" --prompt-scores trace --threads "$THREADS" -o "$LONG_TMP/h2o"
     lrun fused_pstrace "$T" "$THREADS" "$big" "$LONG_TMP/fusedps" -- $KV "$tr" --decode "$LONG_DEC" \
         --sweep "$LONG_TMP/fused.sweep" --prompt-scores trace --threads "$THREADS" -o "$LONG_TMP/fusedps"
+    # the same without the shared evaluation of eviction configurations (its A/B pair)
+    lrun fused_pstrace_noshare "$T" "$THREADS" "$big" "$LONG_TMP/fusedns" -- $KV "$tr" --decode "$LONG_DEC" \
+        --sweep "$LONG_TMP/fused.sweep" --prompt-scores trace --no-share --threads "$THREADS" -o "$LONG_TMP/fusedns"
     same=yes
     for f in summary.csv per_head.csv configs.csv; do
         cmp -s "$LONG_TMP/fused/$f" "$LONG_TMP/fusedps/$f" || same=no

@@ -96,6 +96,14 @@ def main(out, threads, decode):
                 cells.append(f"{w:>{wd}.2f} {c:>7.2f} {c / fc:>5.2f}x")
             print(f"  {T:>6} " + " ".join(cells) + f" {ps_ident.get(T, '-'):>9}")
 
+    if any(g(T, "fused_pstrace_noshare") for T in Ts):
+        print("\n  fused 20 (--prompt-scores trace): CPU seconds / full pass, shared evaluation (default) vs --no-share")
+        for T in Ts:
+            if g(T, "fused_pstrace_noshare"):
+                fc = g(T, "full", "cpu_s")
+                print(f"  {T:>6} shared {g(T, 'fused_pstrace', 'cpu_s') / fc:5.2f}x"
+                      f"  --no-share {g(T, 'fused_pstrace_noshare', 'cpu_s') / fc:5.2f}x")
+
     growth = []
     print("\n  growth exponent between consecutive T: log(t1 / t0) / log(T1 / T0) (1 = linear in T)")
     tags = [("full", "full"), ("fused", "fused 20"), ("kv_peer", "kvreplay 4 cfg"),

@@ -1920,15 +1920,16 @@ static int item_share_block(item *it, size_t g, size_t tb, size_t te)
             size_t np = cs[ch->top * it->nkv + g].sh_np, k0 = 0;
             for (size_t r = 0; r < nb; r++) {   /* weights, and R, S at each member's checkpoint */
                 const double *pr = sc->pf + ((r * G) + i) * n;
-                double a = 0, b = 0;
+                double a[4] = { 0, 0, 0, 0 }, b[4] = { 0, 0, 0, 0 };    /* lane k mod 4: independent adds */
                 size_t k = 0, m = 0;
                 for (size_t c = ch->head; c != SIZE_MAX; c = cs[c * it->nkv + g].sh_next, m++) {
                     for (size_t k1 = cs[c * it->nkv + g].sh_np; k < k1; k++) {
                         double p = pr[ch->idx[k]];
                         w[r * np + k] = (float)p;
-                        a += p; b += p * p;
+                        a[k & 3] += p; b[k & 3] += p * p;
                     }
-                    sc->rm[m * BLK + r] = a; sc->sm[m * BLK + r] = b;
+                    sc->rm[m * BLK + r] = (a[0] + a[1]) + (a[2] + a[3]);
+                    sc->sm[m * BLK + r] = (b[0] + b[1]) + (b[2] + b[3]);
                 }
             }
             memset(acc, 0, nb * D * sizeof *acc);
