@@ -21,6 +21,10 @@ member of a streaming chain gives other bits than the configuration alone; same 
 kernels: deterministic); and families whose kept sets do not nest (random's draws,
 pyramidkv's per-layer budgets beside snapkv) are in every sweep, so a chain built without
 the subset check (a smaller member not contained in the larger) fails the comparison.
+The guard: a trace whose evaluated queries put ~1000 (layer 0) and ~100 (layer 1) nats more
+on one evicted key than on any kept one (R = 0 in double, fp32 weights subnormal): the rows
+take the direct path, the run succeeds and agrees with --no-share (without the guard it
+stops on NaN).
 """
 import csv
 import os
@@ -151,6 +155,34 @@ for tag, extra, th in (("on1", [], "1"), ("off", ["--no-share"], "1"), ("on2", [
         env={"OMP_NUM_THREADS": th})
 compare("ref-random", ro["on1"], ro["off"])
 same_bytes("ref-random sharing on, 1 vs 2 threads", ro["on1"], ro["on2"])
+
+# ---- the guard: kept sets whose mass is far below the full row's maximum --------------------
+# A key at position 5 that every evaluated query of layer 0 (1) meets with a logit ~1000 (~100)
+# above the others: a recent-window cache without it keeps R ~ e^-1000 = 0 in double (e^-100:
+# its fp32 weights subnormal). The rows go to the direct path; the run succeeds and agrees.
+import h5py  # noqa: E402
+import ref_replay  # noqa: E402
+GT = os.path.join(TMP, "share_guard.h5")
+ref_replay.make_trace(GT, S=1, T=96, readout=False)
+with h5py.File(GT, "r+") as f:
+    for layer, big in ((0, 20.0), (1, 2.0)):
+        q = f[f"layers/{layer}/q"][...].astype(np.float64)
+        k = f[f"layers/{layer}/k"][...].astype(np.float64)
+        u = np.ones(16) / 4.0                       # unit vector
+        q[:, :, 72:, :] = big * u                   # evaluated rows (P = 96 - 24)
+        k[:, :, 5, :] = 200.0 * u                   # logit 200 * big / 4 = 1000 (100)
+        f[f"layers/{layer}/q"][...] = q.astype("<f2")
+        f[f"layers/{layer}/k"][...] = k.astype("<f2")
+gs = os.path.join(TMP, "guard.sweep")
+with open(gs, "w") as f:
+    f.write("full\nstreaming sinks=0 keep=0.1,0.25,0.5\n")
+go = {}
+for tag, extra in (("on", []), ("off", ["--no-share"])):
+    go[tag] = os.path.join(TMP, "guard_" + tag)
+    run([GT, "--sweep", gs, "--decode", "24", "-o", go[tag]] + extra)
+kls = [float(r["attn_kl"]) for r in rows(go["off"], "per_head") if r["config"].startswith("streaming")]
+check(max(kls) > 500, f"guard trace: kept sets far below the full row's maximum (attn_kl up to {max(kls):.0f})")
+compare("guard trace", go["on"], go["off"])
 
 if failures:
     sys.exit(1)
