@@ -1740,7 +1740,7 @@ static int share_eligible(const item *it, size_t c, size_t g, size_t *np)
     const cstate *st = &it->sc->cs[c * it->nkv + g];
     const rp_cache *cc = &st->cache;
     size_t n = it->n, P = it->P;
-    if (E->o.no_share || E->o.mode == RP_ONLINE || it->nd || E->o.export_step_hook || n == P) return 0;
+    if (E->o.no_share || E->o.mode == RP_ONLINE || it->nd || n == P) return 0;
     if (st->dt || st->td || st->inc || st->static_enc || cfg_has_encoder(cf) || cf->evict->select ||
         E->ap[it->l].window > 0)
         return 0;
@@ -1752,6 +1752,30 @@ static int share_eligible(const item *it, size_t c, size_t g, size_t *np)
         if ((size_t)cc->pos[m + k] != P + k) return 0;
     *np = m;
     return 1;
+}
+
+/* Whether configurations a and b differ at most in their budget (keep=, budget=): one family
+ * at several sizes, whose kept sets may nest. Chains form only inside a family, so a
+ * configuration's sums never depend on the other families in the sweep. */
+static int share_family(const char *a, const char *b)
+{
+    for (;;) {
+        while (*a == ' ') a++;
+        while (*b == ' ') b++;
+        const char *ea = a, *eb = b;
+        while (*ea && *ea != ' ') ea++;
+        while (*eb && *eb != ' ') eb++;
+        int ka = !strncmp(a, "keep=", 5) || !strncmp(a, "budget=", 7);
+        int kb = !strncmp(b, "keep=", 5) || !strncmp(b, "budget=", 7);
+        if (ka || kb) {                 /* a budget token on either side: skip it there */
+            if (ka) a = ea;
+            if (kb) b = eb;
+            continue;
+        }
+        if (ea - a != eb - b || memcmp(a, b, (size_t)(ea - a))) return 0;
+        if (!*a) return 1;
+        a = ea; b = eb;
+    }
 }
 
 /* Whether the increasing positions a [na] are a subset of b [nb]. */
@@ -1767,8 +1791,9 @@ static int share_subset(const int32_t *a, size_t na, const int32_t *b, size_t nb
 }
 
 /* The chains of kv head g: the eligible configurations in order of (prompt entries, index),
- * each appended to the first chain whose top it contains, else a new chain. Data only
- * decide it: the same on any thread count, shard or rank. */
+ * each appended to the first chain of its family whose top it contains, else a new chain.
+ * The sweep's configurations and the data decide it: the same on any thread count, shard or
+ * rank. */
 static void item_share_plan(item *it, size_t g)
 {
     rp_engine *E = it->E;
@@ -1796,7 +1821,9 @@ static void item_share_plan(item *it, size_t g)
         share_chain *ch = NULL;
         for (size_t q = 0; q < sc->n_chains && !ch; q++) {
             const cstate *tp = &cs[sc->chains[q].top * it->nkv + g];
-            if (share_subset(tp->cache.pos, tp->sh_np, st->cache.pos, st->sh_np)) ch = &sc->chains[q];
+            if (share_family(E->sw->cfg[sc->chains[q].top].canon, E->sw->cfg[c].canon) &&
+                share_subset(tp->cache.pos, tp->sh_np, st->cache.pos, st->sh_np))
+                ch = &sc->chains[q];
         }
         if (ch) {
             cs[ch->top * it->nkv + g].sh_next = c;
