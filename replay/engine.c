@@ -99,6 +99,8 @@ typedef struct item {
     thread_bufs *tb;             /* the running thread's buffers: slab, q, k, v live there */
     struct item_scratch *sc;     /* views into slab */
     rp_cache qcopy;              /* the per-query encoded copy of a cache (grows; not in slab) */
+    float *shw;                  /* shared evaluation: [BLK][sum of the chains' top entries] weights */
+    size_t shw_cap;
     rp_layer_ctx ctx;            /* what the strategies' hooks see */
     int rc;
     char err[1024];
@@ -989,6 +991,9 @@ done:
 typedef struct share_chain {
     size_t head, top;
     size_t *idx;            /* [top's sh_np] */
+    size_t np;              /* the top's prompt entries */
+    size_t m0, nm;          /* members: sc->shcfg, sc->shend [m0, m0 + nm) */
+    size_t woff;            /* its weights: it->shw + woff, [BLK][np] */
 } share_chain;
 
 /* The scratch of one work item: ONE allocation (item_alloc: the thread's slab, thread_bufs),
@@ -1023,6 +1028,7 @@ typedef struct item_scratch {
     size_t n_chains;
     size_t *shidx;          /* [NC * n]    each chain's prompt positions in chain order */
     int32_t *lev;           /* [n]         the first chain member keeping each position */
+    size_t *shcfg, *shend;  /* [NC]        chain members in order, their prompt entries */
     float *ud;              /* [G][BLK][D] sum over the decode entries of p_j v_j */
     double *rd, *sd;        /* [G][BLK]    sums over the decode entries of p_j, p_j^2 */
     double *rm, *sm;        /* [NC][BLK]   the same over a chain's prompt entries up to each member */
@@ -1055,7 +1061,8 @@ static int item_alloc(item *it, item_scratch *sc)
     size_t o_ch = slab_take(&tot, NC * sizeof(struct share_chain)), o_shidx = slab_take(&tot, NC * n * sz),
            o_lev = slab_take(&tot, n * sizeof(int32_t)), o_ud = slab_take(&tot, G * BLK * D * fz),
            o_rd = slab_take(&tot, G * BLK * dz), o_sd = slab_take(&tot, G * BLK * dz),
-           o_rm = slab_take(&tot, NC * BLK * dz), o_sm = slab_take(&tot, NC * BLK * dz);
+           o_rm = slab_take(&tot, NC * BLK * dz), o_sm = slab_take(&tot, NC * BLK * dz),
+           o_shcfg = slab_take(&tot, NC * sz), o_shend = slab_take(&tot, NC * sz);
     char *b = tb_take(it->tb, TB_SLAB, tot);
     if (!b) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
     it->slab = b;
@@ -1084,6 +1091,7 @@ static int item_alloc(item *it, item_scratch *sc)
     sc->shidx = (size_t *)(b + o_shidx); sc->lev = (int32_t *)(b + o_lev); sc->ud = (float *)(b + o_ud);
     sc->rd = (double *)(b + o_rd); sc->sd = (double *)(b + o_sd);
     sc->rm = (double *)(b + o_rm); sc->sm = (double *)(b + o_sm);
+    sc->shcfg = (size_t *)(b + o_shcfg); sc->shend = (size_t *)(b + o_shend);
     it->sc = sc;
     memset(&it->qcopy, 0, sizeof it->qcopy);
     it->qcopy.D = D;
@@ -1794,7 +1802,7 @@ static int share_subset(const int32_t *a, size_t na, const int32_t *b, size_t nb
  * each appended to the first chain of its family whose top it contains, else a new chain.
  * The sweep's configurations and the data decide it: the same on any thread count, shard or
  * rank. */
-static void item_share_plan(item *it, size_t g)
+static int item_share_plan(item *it, size_t g)
 {
     rp_engine *E = it->E;
     item_scratch *sc = it->sc;
@@ -1852,6 +1860,27 @@ static void item_share_plan(item *it, size_t g)
             for (size_t e = 0; e < tp->sh_np; e++)
                 if (sc->lev[tp->cache.pos[e]] == r) ch->idx[w++] = (size_t)tp->cache.pos[e];
     }
+    size_t nmem = 0, nw = 0;                /* members in order, weight regions */
+    for (size_t q = 0; q < sc->n_chains; q++) {
+        share_chain *ch = &sc->chains[q];
+        ch->m0 = nmem;
+        for (size_t c = ch->head; c != SIZE_MAX; c = cs[c * it->nkv + g].sh_next) {
+            sc->shcfg[nmem] = c;
+            sc->shend[nmem++] = cs[c * it->nkv + g].sh_np;
+        }
+        ch->nm = nmem - ch->m0;
+        ch->np = cs[ch->top * it->nkv + g].sh_np;
+        ch->woff = nw;
+        nw += BLK * ch->np;
+    }
+    if (nw > it->shw_cap) {
+        free(it->shw);
+        it->shw_cap = 0;
+        if (!(it->shw = malloc(nw * sizeof *it->shw)))
+            return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+        it->shw_cap = nw;
+    }
+    return 0;
 }
 
 /* Configuration c's row t, query head i, by the direct path (a kept set whose mass is too
@@ -1915,6 +1944,35 @@ static int share_row(item *it, size_t c, size_t g, size_t i, size_t t, size_t r,
     return 0;
 }
 
+/* One row of a chain: its weights w [np] = (float)p over the chain's positions, and the sums
+ * of p and p^2 at each member's end (rm, sm [nm], stride BLK), in four lanes (entry k in lane
+ * k mod 4, a fixed order; the lanes added at each end). */
+typedef double v4d_ __attribute__((vector_size(32)));
+
+static void share_gather(const double *pr, const size_t *idx, const size_t *ends, size_t nm, float *w, double *rm,
+                         double *sm)
+{
+    v4d_ a = { 0, 0, 0, 0 }, b = { 0, 0, 0, 0 };
+    size_t k = 0;
+    for (size_t m = 0; m < nm; m++) {
+        size_t k1 = ends[m];
+        while (k < k1) {
+            size_t g0 = k & ~(size_t)3;
+            v4d_ x = { 0, 0, 0, 0 };    /* lanes outside [k, k1) add +0: no change */
+            if (k == g0 && k + 4 <= k1) {
+                x = (v4d_){ pr[idx[k]], pr[idx[k + 1]], pr[idx[k + 2]], pr[idx[k + 3]] };
+                w[k] = (float)x[0]; w[k + 1] = (float)x[1]; w[k + 2] = (float)x[2]; w[k + 3] = (float)x[3];
+                k += 4;
+            } else {
+                for (; k < k1 && k < g0 + 4; k++) { x[k - g0] = pr[idx[k]]; w[k] = (float)x[k - g0]; }
+            }
+            a += x; b += x * x;
+        }
+        rm[m * BLK] = (a[0] + a[1]) + (a[2] + a[3]);
+        sm[m * BLK] = (b[0] + b[1]) + (b[2] + b[3]);
+    }
+}
+
 /* Every shared configuration of kv head g on the block [tb, tb + nb) (after item_full_attn):
  * per query head, the decode entries' sums once, then one pass per chain over its top's
  * prompt entries in chain order, each member's rows at its checkpoint. */
@@ -1922,7 +1980,6 @@ static int item_share_block(item *it, size_t g, size_t tb, size_t te)
 {
     rp_engine *E = it->E;
     item_scratch *sc = it->sc;
-    const cstate *cs = sc->cs;
     size_t n = it->n, P = it->P, D = E->D, G = E->G, nb = te - tb, nd = te - P;
     if (!sc->n_chains) return 0;
     const float *V = it->v + g * n * D;
@@ -1942,28 +1999,23 @@ static int item_share_block(item *it, size_t g, size_t tb, size_t te)
         }
         memset(ud, 0, nb * D * sizeof *ud);
         attn_pv_weighted(w, nd, nb, nd, V + P * D, NULL, D, ud);
+        /* every chain's weights of a row while the row's probabilities are in cache */
+        for (size_t r = 0; r < nb; r++) {
+            const double *pr = sc->pf + ((r * G) + i) * n;
+            for (size_t q = 0; q < sc->n_chains; q++) {
+                const share_chain *ch = &sc->chains[q];
+                share_gather(pr, ch->idx, sc->shend + ch->m0, ch->nm, it->shw + ch->woff + r * ch->np,
+                             sc->rm + ch->m0 * BLK + r, sc->sm + ch->m0 * BLK + r);
+            }
+        }
         for (size_t q = 0; q < sc->n_chains; q++) {
             const share_chain *ch = &sc->chains[q];
-            size_t np = cs[ch->top * it->nkv + g].sh_np, k0 = 0;
-            for (size_t r = 0; r < nb; r++) {   /* weights, and R, S at each member's checkpoint */
-                const double *pr = sc->pf + ((r * G) + i) * n;
-                double a[4] = { 0, 0, 0, 0 }, b[4] = { 0, 0, 0, 0 };    /* lane k mod 4: independent adds */
-                size_t k = 0, m = 0;
-                for (size_t c = ch->head; c != SIZE_MAX; c = cs[c * it->nkv + g].sh_next, m++) {
-                    for (size_t k1 = cs[c * it->nkv + g].sh_np; k < k1; k++) {
-                        double p = pr[ch->idx[k]];
-                        w[r * np + k] = (float)p;
-                        a[k & 3] += p; b[k & 3] += p * p;
-                    }
-                    sc->rm[m * BLK + r] = (a[0] + a[1]) + (a[2] + a[3]);
-                    sc->sm[m * BLK + r] = (b[0] + b[1]) + (b[2] + b[3]);
-                }
-            }
+            const float *wc = it->shw + ch->woff;
+            size_t k0 = 0;
             memset(acc, 0, nb * D * sizeof *acc);
-            size_t m = 0;
-            for (size_t c = ch->head; c != SIZE_MAX; c = cs[c * it->nkv + g].sh_next, m++) {
-                size_t k1 = cs[c * it->nkv + g].sh_np;
-                attn_pv_weighted(w + k0, np, nb, k1 - k0, V, ch->idx + k0, D, acc);
+            for (size_t m = ch->m0; m < ch->m0 + ch->nm; m++) {
+                size_t c = sc->shcfg[m], k1 = sc->shend[m];
+                attn_pv_weighted(wc + k0, ch->np, nb, k1 - k0, V, ch->idx + k0, D, acc);
                 k0 = k1;
                 for (size_t r = 0; r < nb; r++)
                     if (share_row(it, c, g, i, tb + r, r, acc + r * D, ud + r * D,
@@ -1982,7 +2034,7 @@ static int item_head(item *it, size_t g)
     int online = E->o.mode == RP_ONLINE;
     for (size_t c = 0; c < NC; c++)
         if (online ? item_head_online(it, c, g) : item_head_prefill(it, c, g)) return -1;
-    if (!online) item_share_plan(it, g);
+    if (!online && item_share_plan(it, g)) return -1;
     for (size_t tb = online ? 0 : it->P; tb < n; tb += BLK) {
         size_t te = tb + BLK < n ? tb + BLK : n;
         if (item_full_attn(it, g, tb, te)) return -1;
@@ -2018,6 +2070,9 @@ static void item_free_scratch(item *it)
     it->sh = NULL;
     free(it->ps_cs); free(it->ps_ent);
     it->ps_cs = it->ps_ent = NULL;
+    free(it->shw);
+    it->shw = NULL;
+    it->shw_cap = 0;
     it->slab = NULL; it->sc = NULL;
     it->q = it->k = it->v = it->ok = it->ov = it->dO = it->wo = NULL;
     if (it->pa) for (size_t h = 0; h < it->nh; h++) { free(it->pa[h]); it->pa[h] = NULL; }
@@ -2029,6 +2084,8 @@ static int item_run(item *it)
     item_scratch sc;
     int rc = -1;
     it->sc = NULL;
+    it->shw = NULL;
+    it->shw_cap = 0;
     if (item_alloc(it, &sc) || item_read(it)) goto done;
     it->ctx = (rp_layer_ctx){
         .seq = it->s, .layer = it->l, .n_layers = E->L, .H = it->nh, .Hkv = it->nkv, .G = E->G, .D = E->D,
