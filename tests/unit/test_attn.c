@@ -393,6 +393,47 @@ static void case_rows_given(void)
     check_true("attn_rows_given on gathered logits == attn_full_rows over the subset, bit for bit", same);
 }
 
+/* attn_pv_weighted: o_r += sum_e w[r][e] v[idx[e]], every element a multiply then an add in
+ * increasing e on every path (generic, AVX2, AVX-512F; C11 mode, no contraction), so it
+ * equals the scalar loop bit for bit, with and without idx, for channel counts that leave
+ * tails of each vector width; and two calls over [0, k) and [k, n) equal one call over
+ * [0, n) (the nested sums of the shared evaluation continue each other). */
+static void case_pv_weighted(void)
+{
+    size_t Ds[] = {1, 16, 40, 128, 300}, NRs[] = {1, 5, 32};
+    int same = 1, split = 1;
+    for (size_t a = 0; a < sizeof Ds / sizeof *Ds; a++)
+        for (size_t b = 0; b < sizeof NRs / sizeof *NRs; b++)
+            for (int use_idx = 0; use_idx < 2; use_idx++) {
+                size_t D = Ds[a], nr = NRs[b], n = 150, rows = 400, ld = n + 3, idx[150];
+                for (size_t e = 0; e < n; e++) idx[e] = (size_t)(rng_u64() % rows);
+                const size_t *ix = use_idx ? idx : NULL;
+                float *w = randn(nr * ld, 0.3f), *v = randn(rows * D, 1), *o0 = randn(nr * D, 1);
+                float *o1 = malloc(nr * D * sizeof *o1), *o2 = malloc(nr * D * sizeof *o2);
+                float *ref = malloc(nr * D * sizeof *ref);
+                memcpy(o1, o0, nr * D * sizeof *o1);
+                memcpy(o2, o0, nr * D * sizeof *o2);
+                for (size_t r = 0; r < nr; r++)
+                    for (size_t d = 0; d < D; d++) {
+                        float acc = o0[r * D + d];
+                        for (size_t e = 0; e < n; e++) {
+                            float prod = w[r * ld + e] * v[(ix ? ix[e] : e) * D + d];
+                            acc = acc + prod;
+                        }
+                        ref[r * D + d] = acc;
+                    }
+                attn_pv_weighted(w, ld, nr, n, v, ix, D, o1);
+                size_t k = 37;              /* not a multiple of the entry blocks */
+                attn_pv_weighted(w, ld, nr, k, v, ix, D, o2);
+                attn_pv_weighted(w + k, ld, nr, n - k, v + (ix ? 0 : k * D), ix ? ix + k : NULL, D, o2);
+                same &= memcmp(o1, ref, nr * D * sizeof *o1) == 0;
+                split &= memcmp(o1, o2, nr * D * sizeof *o1) == 0;
+                free(w); free(v); free(o0); free(o1); free(o2); free(ref);
+            }
+    check_true("attn_pv_weighted == the scalar multiply-add loop in e order, bit for bit", same);
+    check_true("attn_pv_weighted over [0, k) then [k, n) == over [0, n), bit for bit", split);
+}
+
 /* attn_probs_row against a double softmax: relative error within its documented bound
  * (10 ulp + |s - max| 2^-24, i.e. the exp's 8 ulp + argument rounding, 1/l and the
  * product), the log partition within (8 + max |s - max|) 2^-24 + 1e-12 (1 + |lz|) (l sums
@@ -511,6 +552,7 @@ int main(void)
     case_exp_shift();
     case_rows_cut();
     case_rows_given();
+    case_pv_weighted();
     case_probs_row();
     hand_cases();
     printf("%d checks, %d failed\n", checks, fails);
