@@ -363,6 +363,7 @@ struct kvrun {
     long shard_i, shard_n;
     long long decode, page_size;
     int prompt_scores;          /* RP_PS_RECOMPUTE | RP_PS_TRACE */
+    int no_share;               /* --no-share */
     unsigned mode;
     int readout_flag, resume;
     char started[64], sha[65], key[17], xpath[4200];
@@ -761,7 +762,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     if (!res) { snprintf(err, sizeof err, "out of memory"); goto fail; }
     *r = (kvrun){ .argc = argc, .argv = argv, .tool = tool, .trace_path = trace_path, .sweep_path = sweep_path,
                   .outdir = outdir, .export_cfg_s = export_cfg_s, .shard_i = shard_i, .shard_n = shard_n,
-                  .decode = decode, .page_size = page_size, .prompt_scores = pscores, .mode = mode, .readout_flag = readout_flag, .resume = resume, .sw = *sw, .tr = tr, .in = in,
+                  .decode = decode, .page_size = page_size, .prompt_scores = pscores, .no_share = no_share, .mode = mode, .readout_flag = readout_flag, .resume = resume, .sw = *sw, .tr = tr, .in = in,
                   .eng = eng, .xp = xp, .xcfg = xcfg, .n_xcfg = n_xcfg, .xchosen = xchosen, .res = res,
                   .seqs = seqs, .calib = calib, .n_seqs = n_seqs, .n_calib = n_calib, .seq_len = seq_len,
                   .lock_fd = lock_fd, .progress_every = progress_every, .quiet = quiet };
@@ -841,6 +842,7 @@ int kvrun_finish(kvrun *r)
                         .argv = argvs, .started = r->started, .decode = (size_t)r->decode,
                         .n_seq = r->n_seqs, .threads = nthreads, .shard = shard, .page_size = (size_t)r->page_size,
                         .prompt_scores = r->prompt_scores == RP_PS_TRACE ? "trace" : NULL,
+                        .evaluation = r->no_share ? "separate" : NULL,
                         .n_kv_heads = in->n_kv_heads, .head_dim = in->head_dim };
         size_t n_na = 0;
         if (out_write_results(r->outdir, &r->sw, r->res, r->n_res, L, H, rp_engine_has_readout(r->eng), &pv, &n_na,
@@ -1096,8 +1098,8 @@ int kvcmd_merge(int argc, char **argv)
     {
         char v[13][1024];
         const char *keys[] = { "trace", "trace_sha256", "trace_model", "trace_architecture", "mode", "sweep", "decode", "threads",
-                               "page_size", "n_kv_heads", "head_dim", "prompt_scores" };
-        for (size_t i = 0; i < 12; i++) if (out_json_get(prov0, keys[i], v[i], sizeof v[i])) v[i][0] = 0;
+                               "page_size", "n_kv_heads", "head_dim", "prompt_scores", "evaluation" };
+        for (size_t i = 0; i < 13; i++) if (out_json_get(prov0, keys[i], v[i], sizeof v[i])) v[i][0] = 0;
         char argvs[8192] = "kvreplay";
         for (int i = 0; i < argc; i++) {
             strncat(argvs, " ", sizeof argvs - strlen(argvs) - 1);
@@ -1108,7 +1110,8 @@ int kvcmd_merge(int argc, char **argv)
                         .n_seq = n_res, .threads = (size_t)strtoull(v[7], NULL, 10), .shard = "0/1",
                         .page_size = (size_t)strtoull(v[8], NULL, 10), .n_kv_heads = (size_t)strtoull(v[9], NULL, 10),
                         .head_dim = (size_t)strtoull(v[10], NULL, 10),
-                        .prompt_scores = v[11][0] ? v[11] : NULL };      /* the shards' run key holds it */
+                        .prompt_scores = v[11][0] ? v[11] : NULL,        /* the shards' run key holds both */
+                        .evaluation = v[12][0] ? v[12] : NULL };
         size_t n_na = 0;
         if (out_write_results(outdir, &sw, res, n_res, L, H, has_ro, &pv, &n_na, err, sizeof err)) goto fail;
     }

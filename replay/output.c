@@ -778,6 +778,8 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
         fprintf(f, "  \"n_kv_heads\": %zu,\n  \"head_dim\": %zu,\n", pv->n_kv_heads, pv->head_dim);
     /* where the whole prompt's attention scores came from */
     json_str(f, "prompt_scores", pv->prompt_scores ? pv->prompt_scores : "recompute", 0);
+    /* eviction-only prefill configurations: from the full pass's probabilities (shared) or alone */
+    json_str(f, "evaluation", pv->evaluation ? pv->evaluation : "shared", 0);
     json_str(f, "hdf5_version", h5v, 0);
     json_str(f, "gsl_version", GSL_VERSION, 0);
     json_str(f, "openblas_config", rs_blas_config(), 0);

@@ -36,6 +36,7 @@ typedef struct out_prov {
     size_t page_size;               /* paged accounting: entries per page, 0 = unpaged */
     size_t n_kv_heads, head_dim;    /* the trace's shape (kvreport's prompt-only ratio); 0 = unknown, not written */
     const char *prompt_scores;      /* "trace" (--prompt-scores trace); NULL = "recompute" */
+    const char *evaluation;         /* "separate" (--no-share); NULL = "shared" */
 } out_prov;
 
 /* configs.csv, per_seq.csv, per_head.csv, summary.csv, calib.csv (with read-out),

@@ -27,6 +27,7 @@ take the direct path, the run succeeds and agrees with --no-share (without the g
 stops on NaN).
 """
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -124,6 +125,10 @@ same_bytes("sample.h5 sharing on, 1 vs 2 threads", out["on1"], out["on2"])
 off_bits = [r for r in rows(out["on1"], "per_head") if r["config"].startswith("knorm")] != \
     [r for r in rows(out["off"], "per_head") if r["config"].startswith("knorm")]
 check(off_bits, "sample.h5: sharing changes the bits (the shared path ran, not the direct one)")
+for tag, want in (("on1", "shared"), ("off", "separate")):
+    with open(os.path.join(out[tag], "provenance.json")) as f:
+        ev = json.load(f).get("evaluation")
+    check(ev == want, f"sample.h5 {tag}: provenance evaluation = {ev!r} (want {want!r})")
 
 # the nested path: streaming keep=0.5 after keep=0.1 and 0.25 in one chain vs alone
 nest = os.path.join(TMP, "sample_nest")
