@@ -21,7 +21,10 @@
 # windows holding two queries each, the 1024-token phase had lost retrieval (0.81 -> 0 at
 # distance 256 by step 4500; see probes/README.md). 4096 tokens per step, lr 1e-3, cosine
 # over 6000 steps, stopped at step 5500 (the rate is then 1.16e-4 against the 1e-4 floor; the
-# last 500 steps took 45 minutes on this machine's 2 shared cores).
+# last 500 steps took 45 minutes on this machine's 2 shared cores). The 8-layer model: the same
+# recipe with its last phase from step 4500 and stopped at step 5000 (rate 1.62e-4): its
+# 1024-token phase ran at 5-9 s/step on the shared cores and the session had to end
+# (probes/README.md). MODELS_SWITCH and MODELS_STOP override both for every model.
 set -eu
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-/usr/bin/python3}
@@ -37,12 +40,14 @@ for L in "$@"; do
     mkdir -p "$d"
     resume=
     [ -f "$d/ckpt" ] && resume=--resume
-    echo "train_models: $L layers -> $d (${resume:-new run}; progress in $d/train.out)"
+    case $L in 8) sw=4500 stop=5000;; *) sw=4750 stop=5500;; esac
+    sw=${MODELS_SWITCH:-$sw} stop=${MODELS_STOP:-$stop}
+    echo "train_models: $L layers -> $d (${resume:-new run}; last phase from step $sw, stop at $stop; progress in $d/train.out)"
     nice -n 19 "$PY" capture/train_ref.py --threads "$THREADS" --layers "$L" \
-        --synth-schedule 1.0:2500,0.5:3750,0.35:4750,0.5 --repeat-share 0.7:4750,0.4 \
-        --fact-queries 2:4750,6 --repeat-alphabet wide \
+        --synth-schedule 1.0:2500,0.5:3750,0.35:$sw,0.5 --repeat-share 0.7:$sw,0.4 \
+        --fact-queries 2:$sw,6 --repeat-alphabet wide \
         --repeat-span 6:16 --repeat-pool 3 --seq-schedule 64:2500,256:3750,1024 \
-        --batch-tokens 4096 --lr 1e-3 --steps 6000 --stop-at 5500 --eval-every 250 --probe-every 250 \
+        --batch-tokens 4096 --lr 1e-3 --steps 6000 --stop-at "$stop" --eval-every 250 --probe-every 250 \
         --ckpt "$d/ckpt" $resume -o "$d/model.pt" --log "$d/train.log" >> "$d/train.out"
     for a in wide letters; do
         "$PY" capture/structure.py --model "$d/model.pt" --alphabet $a
