@@ -187,6 +187,10 @@ def main(out, threads, decode):
         ratio = g(T, "fused") / g(T, "full")
         res.append((f"long: fused 20 configs / one full pass, T={T}",
                     f"{ratio:.2f}x{cpu_ratio((T, 'fused'), (T, 'full'))}", "<= 3x", ratio <= 3.0))
+        if g(T, "fused_pstrace"):   # the same sweep with the prompt scores recorded at capture
+            ratio = g(T, "fused_pstrace") / g(T, "full")
+            res.append((f"long: fused 20 (--prompt-scores trace) / one full pass, T={T}",
+                        f"{ratio:.2f}x{cpu_ratio((T, 'fused_pstrace'), (T, 'full'))}", "<= 3x", ratio <= 3.0))
     if strat and sT:
         done = [r for r in strat if r["wall_s"]]
         if done:
