@@ -916,9 +916,10 @@ done:
     return st;
 }
 
-/* Reads an int32 dataset region [start, start+count) (rank <= 3) into dst. */
-static kv_status read_i32(vctx *v, const char *path, int rank, const hsize_t *start, const hsize_t *count,
-                          int32_t *dst)
+/* Reads a dataset region [start, start+count) (rank <= 3) into dst as the memory type mt
+ * (H5T_NATIVE_INT32 or H5T_NATIVE_FLOAT: HDF5 converts). */
+static kv_status read_region(vctx *v, const char *path, int rank, const hsize_t *start, const hsize_t *count,
+                             hid_t mt, void *dst)
 {
     kv_status st = KV_OK;
     hid_t d = H5Dopen2(v->file, path, H5P_DEFAULT);
@@ -926,7 +927,7 @@ static kv_status read_i32(vctx *v, const char *path, int rank, const hsize_t *st
     hid_t ms = H5Screate_simple(rank, count, NULL);
     if (d < 0 || fs < 0 || ms < 0 ||
         H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
-        H5Dread(d, H5T_NATIVE_INT32, ms, fs, H5P_DEFAULT, dst) < 0)
+        H5Dread(d, mt, ms, fs, H5P_DEFAULT, dst) < 0)
         st = vfail(v, KV_ERR_FORMAT, path, "cannot read the data (corrupt or unsupported storage)");
     if (ms >= 0)
         H5Sclose(ms);
@@ -937,25 +938,16 @@ static kv_status read_i32(vctx *v, const char *path, int rank, const hsize_t *st
     return st;
 }
 
-/* Reads a float dataset region [start, start+count) as f32 into dst. */
+static kv_status read_i32(vctx *v, const char *path, int rank, const hsize_t *start, const hsize_t *count,
+                          int32_t *dst)
+{
+    return read_region(v, path, rank, start, count, H5T_NATIVE_INT32, dst);
+}
+
 static kv_status read_f32(vctx *v, const char *path, int rank, const hsize_t *start, const hsize_t *count,
                           float *dst)
 {
-    kv_status st = KV_OK;
-    hid_t d = H5Dopen2(v->file, path, H5P_DEFAULT);
-    hid_t fs = d >= 0 ? H5Dget_space(d) : H5I_INVALID_HID;
-    hid_t ms = H5Screate_simple(rank, count, NULL);
-    if (d < 0 || fs < 0 || ms < 0 ||
-        H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
-        H5Dread(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, dst) < 0)
-        st = vfail(v, KV_ERR_FORMAT, path, "cannot read the data (corrupt or unsupported storage)");
-    if (ms >= 0)
-        H5Sclose(ms);
-    if (fs >= 0)
-        H5Sclose(fs);
-    if (d >= 0)
-        H5Dclose(d);
-    return st;
+    return read_region(v, path, rank, start, count, H5T_NATIVE_FLOAT, dst);
 }
 
 /* ---- the schema -------------------------------------------------------------------- */
