@@ -151,30 +151,18 @@ int rp_shared_use_captured(rp_shared *s, const float *colsum, const float *ent)
 }
 
 /* The whole prompt's column sums of head h from the captured ones (rp_shared_use_captured):
- * out[j] = max(0, colsum[j] - the sum over rows t in [P, n) of p(t, j)), those rows' fp32
- * probabilities over their visible keys computed here (blocks of CS_ROWS rows, added in
- * double in ascending row order). 0 ok, -1 out of memory. */
+ * out[j] = max(0, colsum[j] - the sum over rows t in [P, n) of p(t, j)), those rows' share
+ * by rp_prompt_colsum over all n keys (each row normalised over its visible keys, like the
+ * captured rows) restricted to the P prompt columns. 0 ok, -1 out of memory. */
 static int captured_prompt_sum(rp_shared *s, size_t h, double *out)
 {
-    size_t P = s->P, n = s->n, D = s->D;
+    size_t P = s->P, n = s->n;
     const float *cap = s->cap_cs + h * n;
-    size_t maxr = n - P < CS_ROWS ? n - P : CS_ROWS;
-    double *dec = calloc(P ? P : 1, sizeof *dec);
-    float *lg = malloc((maxr ? maxr : 1) * n * sizeof *lg), *pe = malloc((n ? n : 1) * sizeof *pe);
-    if (!dec || !lg || !pe) { free(dec); free(lg); free(pe); return -1; }
-    for (size_t a = P; a < n; a += CS_ROWS) {
-        size_t b = a + CS_ROWS < n ? a + CS_ROWS : n;
-        attn_full_rows(head_q(s, h), head_k(s, h), head_k(s, h), b, D, a, b, &s->ap, NULL, NULL, lg);  /* row stride b */
-        for (size_t t = a; t < b; t++) {
-            size_t lo = attn_lo(t, s->ap.window), nvis = t + 1 - lo;
-            row_probs_add(lg + (t - a) * b + lo, nvis, pe, dec + lo, P > lo ? P - lo : 0, 0);
-        }
-    }
+    if (rp_prompt_colsum(head_q(s, h), head_k(s, h), NULL, n, s->D, &s->ap, P, n, NULL, P, out, NULL)) return -1;
     for (size_t j = 0; j < P; j++) {
-        double x = (double)cap[j] - dec[j];
+        double x = (double)cap[j] - out[j];
         out[j] = x > 0 ? x : 0.0;
     }
-    free(dec); free(lg); free(pe);
     return 0;
 }
 

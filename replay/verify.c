@@ -328,15 +328,12 @@ kv_status verify_prompt_scores(kv_trace *t, size_t max_seq, verify_ps_result *re
     for (size_t s = 0; s < S; s++) {
         size_t n = (size_t)seq_len[s];
         for (size_t l = 0; l < L; l++) {
-            size_t a[4] = { l, s, 0, 0 }, c4[4] = { 1, 1, 1, n };
+            size_t a[4] = { l, s, 0, 0 }, c4[4] = { 1, 1, H, n };    /* every head: [H][n] */
             if ((st = read_heads(t, KV_Q, s, l, H, n, D, q, err)) != KV_OK) goto done;
             if ((st = read_heads(t, KV_K, s, l, Hkv, n, D, k, err)) != KV_OK) goto done;
-            for (size_t h = 0; h < H; h++) {
-                a[2] = h;
-                if ((st = kv_trace_read_f32(t, "/prompt_scores/colsum", 4, a, c4, cs + h * n, err)) != KV_OK ||
-                    (st = kv_trace_read_f32(t, "/prompt_scores/entropy", 4, a, c4, en + h * n, err)) != KV_OK)
-                    goto done;
-            }
+            if ((st = kv_trace_read_f32(t, "/prompt_scores/colsum", 4, a, c4, cs, err)) != KV_OK ||
+                (st = kv_trace_read_f32(t, "/prompt_scores/entropy", 4, a, c4, en, err)) != KV_OK)
+                goto done;
             attn_params p = layer_params(in, l);
 #ifdef _OPENMP
             #pragma omp parallel for schedule(dynamic, 1)
