@@ -372,6 +372,133 @@ double attn_probs_row(const float *s, size_t n, float *p)
     return (double)m + log(l);
 }
 
+/* exp(x) in double, lane by lane: x = n ln2 + r with n = round(x log2 e) (the 1.5 2^52
+ * shifter: t = x log2 e + 1.5 2^52 holds n in its low mantissa bits) and ln2 split in two
+ * (ln2_hi has 21 trailing zero bits, so n ln2_hi is exact for |n| < 2^21); exp(r) for
+ * |r| <= ln2/2 by its Taylor series to r^13 (the first term left out is below 0.03 ulp)
+ * in Horner form, y = (p r^2 + r) + 1; 2^n put in the exponent bits. Within 2 ulp of the
+ * exact exp (test_attn: against libm over [-708, 709]). x < -708 (including -INFINITY)
+ * gives 0 (libm: subnormals below 2^-1021, nothing a softmax sum of terms <= 1 sees), x > 709
+ * gives +INFINITY, NaN gives NaN. Elementwise vector operations only, no contraction: every
+ * lane computes the same function whatever the vector width, so the results are the same
+ * bits on every CPU (libm's exp is chosen per CPU at run time). */
+#define EXP64_BODY(VD, VL, x)                                                             \
+    const VL under = x < -708.0, over = x > 709.0;                                        \
+    VD xc = x, lo = (VD){0} - 708.0, hi = (VD){0} + 709.0, t, n, r, p, y, sc;             \
+    VL xb, lb, hb, tb, bits, yb, infb = (VL){0} + 0x7ff0000000000000LL;                   \
+    const double shift = 6755399441055744.0;                  /* 1.5 2^52 */             \
+    memcpy(&xb, &xc, sizeof xb);                                                          \
+    memcpy(&lb, &lo, sizeof lb);                                                          \
+    memcpy(&hb, &hi, sizeof hb);                                                          \
+    xb = (xb & ~under & ~over) | (lb & under) | (hb & over);                              \
+    memcpy(&xc, &xb, sizeof xc);                                                          \
+    t = xc * 1.4426950408889634074 + shift;                                               \
+    n = t - shift;                                                                        \
+    r = xc - n * 6.93147180369123816490e-01;                 /* ln2_hi */                \
+    r = r - n * 1.90821492927058770002e-10;                  /* ln2_lo */                \
+    p = r * (1.0 / 6227020800.0) + 1.0 / 479001600.0;                                     \
+    p = p * r + 1.0 / 39916800.0;                                                         \
+    p = p * r + 1.0 / 3628800.0;                                                          \
+    p = p * r + 1.0 / 362880.0;                                                           \
+    p = p * r + 1.0 / 40320.0;                                                            \
+    p = p * r + 1.0 / 5040.0;                                                             \
+    p = p * r + 1.0 / 720.0;                                                              \
+    p = p * r + 1.0 / 120.0;                                                              \
+    p = p * r + 1.0 / 24.0;                                                               \
+    p = p * r + 1.0 / 6.0;                                                                \
+    p = p * r + 0.5;                                                                      \
+    y = (p * (r * r) + r) + 1.0;                                                          \
+    memcpy(&tb, &t, sizeof tb);                                                           \
+    bits = (tb - 0x4338000000000000LL + 1023) << 52;        /* 2^n, n in [-1022, 1023] */ \
+    memcpy(&sc, &bits, sizeof sc);                                                        \
+    y = y * sc;                                                                           \
+    memcpy(&yb, &y, sizeof yb);                                                           \
+    yb = (yb & ~under & ~over) | (infb & over);                                           \
+    memcpy(&y, &yb, sizeof y);                                                            \
+    return y;
+
+typedef double v2d __attribute__((vector_size(16)));
+typedef long long v2l __attribute__((vector_size(16)));
+
+static inline v2d exp2d(v2d x)
+{
+    EXP64_BODY(v2d, v2l, x)
+}
+
+#if ATTN_HAVE_AVX2_PATH
+typedef long long v4l __attribute__((vector_size(32)));
+
+__attribute__((target("avx2")))
+static inline v4d exp4d(v4d x)
+{
+    EXP64_BODY(v4d, v4l, x)
+}
+
+__attribute__((target("avx2")))
+static double exp_sub_f64_avx2(const float *s, size_t n, double c, double *out)
+{
+    v4d l = {0, 0, 0, 0};
+    for (size_t e = 0; e < n; e += 4) {
+        v4f x = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        if (e + 4 <= n) memcpy(&x, s + e, sizeof x);
+        else for (size_t i = 0; e + i < n; i++) x[i] = s[e + i];
+        v4d y = exp4d(__builtin_convertvector(x, v4d) - c);
+        if (e + 4 <= n) memcpy(out + e, &y, sizeof y);
+        else for (size_t i = 0; e + i < n; i++) out[e + i] = y[i];
+        l += y;
+    }
+    return (l[0] + l[1]) + (l[2] + l[3]);
+}
+
+__attribute__((target("avx2")))
+static double div_sumsq_f64_avx2(double *p, size_t n, double z)
+{
+    v4d l = {0, 0, 0, 0};
+    size_t e = 0;
+    for (; e + 4 <= n; e += 4) {
+        v4d x;
+        memcpy(&x, p + e, sizeof x);
+        x = x / z;
+        memcpy(p + e, &x, sizeof x);
+        l += x * x;
+    }
+    for (size_t i = 0; e < n; e++, i++) { p[e] /= z; l[i] += p[e] * p[e]; }
+    return (l[0] + l[1]) + (l[2] + l[3]);
+}
+#endif
+
+double attn_exp_sub_f64(const float *s, size_t n, double c, double *out)
+{
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx2()) return exp_sub_f64_avx2(s, n, c, out);
+#endif
+    v2d la = {0, 0}, lb = {0, 0};               /* lanes e mod 4 = 0, 1 and 2, 3 */
+    for (size_t e = 0; e < n; e += 4) {
+        v2d xa = {-INFINITY, -INFINITY}, xb = {-INFINITY, -INFINITY};
+        for (size_t i = 0; i < 2 && e + i < n; i++) xa[i] = s[e + i];
+        for (size_t i = 0; i < 2 && e + 2 + i < n; i++) xb[i] = s[e + 2 + i];
+        v2d ya = exp2d(xa - c), yb = exp2d(xb - c);
+        for (size_t i = 0; i < 2 && e + i < n; i++) out[e + i] = ya[i];
+        for (size_t i = 0; i < 2 && e + 2 + i < n; i++) out[e + 2 + i] = yb[i];
+        la += ya;
+        lb += yb;
+    }
+    return (la[0] + la[1]) + (lb[0] + lb[1]);
+}
+
+double attn_div_sumsq_f64(double *p, size_t n, double z)
+{
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx2()) return div_sumsq_f64_avx2(p, n, z);
+#endif
+    double l[4] = {0, 0, 0, 0};
+    for (size_t e = 0; e < n; e++) {
+        p[e] /= z;
+        l[e % 4] += p[e] * p[e];
+    }
+    return (l[0] + l[1]) + (l[2] + l[3]);
+}
+
 static int row_probs(row_state *st, const float *s, size_t n, size_t D, float *o, float *pe)
 {
     float bm = -INFINITY;

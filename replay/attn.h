@@ -117,6 +117,15 @@ void attn_exp_shift(const float *s, size_t n, float m, float *pe);
  * test_attn), + 2 2^-24 (1/l and the product); the sum's rounding is below 2^-40. */
 double attn_probs_row(const float *s, size_t n, float *p);
 
+/* The full cache's probabilities in double (the engine's shared row): out [n] = exp((double)s[e]
+ * - c) with the kernels' double exp (within 2 ulp of exp; 0 below -708, the same bits on
+ * every CPU); returns their sum in four partial sums over e mod 4, added as (l0 + l1) +
+ * (l2 + l3). */
+double attn_exp_sub_f64(const float *s, size_t n, double c, double *out);
+
+/* p [n] /= z; returns the sum of the new p^2 (four partial sums over e mod 4, as above). */
+double attn_div_sumsq_f64(double *p, size_t n, double z);
+
 /* Capped logit of one (q, k) pair; the single definition every kernel uses. */
 float attn_logit(const float *q, const float *k, size_t D, const attn_params *p);
 

@@ -50,10 +50,10 @@ struct rp_engine {
  * MiB is mmapped and faulted in again for every item. Their contents are never reused (each
  * item overwrites what it reads), so this is malloc without the page faults. */
 typedef struct thread_bufs {
-    void *p[5];
-    size_t cap[5];
+    void *p[6];
+    size_t cap[6];
 } thread_bufs;
-enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_N };
+enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_N };
 
 /* b->p[i] with at least `bytes`, or NULL when out of memory (owned by b). */
 static void *tb_take(thread_bufs *b, int i, size_t bytes)
@@ -75,6 +75,8 @@ typedef struct item {
      * indexed by local heads; result slots, needles, dO and messages by global ones. */
     size_t g0, nkv, nh;
     float *q, *k, *v;            /* [nh][n][D], [nkv][n][D], [nkv][n][D] the item's tensors (ctx.q/k/v) */
+    float *kt;                   /* [attn_keys_t_floats(n, D)] the current kv head's keys transposed
+                                    once (item_head) for every full-attention call of the head */
     float **pa;                  /* [H] cached prompt probabilities rows [pa0, pa1) x P */
     size_t *pa0, *pa1;
     float *ok, *ov;              /* another layer's K/V (layer_kv) */
@@ -1266,24 +1268,19 @@ static int item_full_attn(item *it, size_t g, size_t tb, size_t te)
     size_t n = it->n, D = E->D, G = E->G;
     const attn_params *ap = &E->ap[it->l];
     for (size_t i = 0; i < G; i++)
-        attn_full_rows(it->q + (g * G + i) * n * D, it->k + g * n * D, it->v + g * n * D, n, D, tb, te, ap,
-                       sc->lse + i * BLK, sc->of + i * BLK * D, sc->lg + i * BLK * n);
+        attn_full_rows_kt(it->q + (g * G + i) * n * D, it->kt, it->v + g * n * D, n, D, tb, te, ap,
+                          sc->lse + i * BLK, sc->of + i * BLK * D, sc->lg + i * BLK * n);
     for (size_t t = tb; t < te; t++) {
         size_t r = t - tb, lo = attn_lo(t, ap->window);
         double *pft = sc->pf + r * G * n;
         for (size_t i = 0; i < G; i++) {
-            double L0 = sc->lse[i * BLK + r], s2 = 0, Z = 0;
+            double L0 = sc->lse[i * BLK + r];
             const float *row = sc->lg + (i * BLK + r) * n;
             if (!isfinite(L0))
                 return IT_FAIL(it, "non-finite full attention (NaN/Inf in the trace?) at seq %zu layer %zu head %zu position %zu",
                                it->s, it->l, (it->g0 + g) * G + i, t);
-            for (size_t j = lo; j <= t; j++) Z += (pft[i * n + j] = exp((double)row[j] - L0));
-            for (size_t j = lo; j <= t; j++) {
-                double p = pft[i * n + j] / Z;
-                pft[i * n + j] = p;
-                s2 += p * p;
-            }
-            sc->pf2[r * G + i] = s2;
+            double Z = attn_exp_sub_f64(row + lo, t + 1 - lo, L0, pft + i * n + lo);
+            sc->pf2[r * G + i] = attn_div_sumsq_f64(pft + i * n + lo, t + 1 - lo, Z);
             sc->lz[r * G + i] = L0 + log(Z);
         }
     }
@@ -2035,6 +2032,11 @@ static int item_head(item *it, size_t g)
     for (size_t c = 0; c < NC; c++)
         if (online ? item_head_online(it, c, g) : item_head_prefill(it, c, g)) return -1;
     if (!online && item_share_plan(it, g)) return -1;
+    /* the kernel would otherwise transpose every key block again for each block of BLK rows
+     * and each query head (same logits: attn_full_rows_kt) */
+    if (!(it->kt = tb_take(it->tb, TB_KT, attn_keys_t_floats(n, E->D) * sizeof *it->kt)))
+        return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+    attn_transpose_keys(it->k + g * n * E->D, n, E->D, it->kt);
     for (size_t tb = online ? 0 : it->P; tb < n; tb += BLK) {
         size_t te = tb + BLK < n ? tb + BLK : n;
         if (item_full_attn(it, g, tb, te)) return -1;

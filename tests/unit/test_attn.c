@@ -355,6 +355,62 @@ static void case_exp_shift(void)
     check_true("attn_exp_shift: exp(0) = 1", one_ok);
 }
 
+/* attn_exp_sub_f64 (the engine's shared probabilities in double) against libm's exp of the
+ * same double argument: within 2 ulp (2^-52 relative) for every argument in [-708, 709]
+ * (uniform over it, and over the softmax's usual [-40, 0]); exactly 0 at -INFINITY and below
+ * -708, +INFINITY above 709, NaN for NaN, exp(0) = 1; the returned sum is the four partial
+ * sums over e mod 4, added as (l0 + l1) + (l2 + l3); every length 0..41 exercises the
+ * tails. attn_div_sumsq_f64: p / z exactly as a division and the sum of squares in the same
+ * lane order. */
+static void case_exp_f64(void)
+{
+    float s[41];
+    double out[41], worst = 0;
+    int special_ok = 1, sum_ok = 1, div_ok = 1;
+    for (size_t n = 0; n <= 41; n++)
+        for (int rep = 0; rep < 400; rep++) {
+            double c = (float)(rng_unif() * 8.0 - 4.0), span = rep % 2 ? 40.0 : 1417.0, top = rep % 2 ? 0.0 : 709.0;
+            for (size_t e = 0; e < n; e++) s[e] = (float)(c + top - rng_unif() * span);
+            if (n > 5 && rep == 0) { s[0] = -INFINITY; s[1] = (float)(c - 720.0); s[2] = (float)c;
+                                     s[3] = NAN; s[4] = (float)(c + 720.0); s[5] = INFINITY; }
+            double l4[4] = {0, 0, 0, 0};
+            double sum = attn_exp_sub_f64(s, n, c, out);
+            for (size_t e = 0; e < n; e++) {
+                double x = (double)s[e] - c, want = exp(x);
+                l4[e % 4] += out[e];
+                if (n > 5 && rep == 0 && e < 6) {
+                    static const double expect[6] = {0, 0, 1, NAN, INFINITY, INFINITY};
+                    special_ok &= e == 3 ? isnan(out[e]) : out[e] == expect[e];
+                    continue;
+                }
+                if (x < -708.0) { special_ok &= out[e] == 0.0; continue; }
+                if (x > 709.0) { special_ok &= isinf(out[e]) && out[e] > 0; continue; }
+                double r = fabs(out[e] - want) / want / (2 * 0x1p-52);
+                if (r > worst) worst = r;
+            }
+            if (!(n > 5 && rep == 0)) {
+                double want_sum = (l4[0] + l4[1]) + (l4[2] + l4[3]);
+                sum_ok &= sum == want_sum || (isinf(sum) && isinf(want_sum));
+                if (rep % 2 && n) {                /* the softmax range: normalise it */
+                    double p[41], s2[4] = {0, 0, 0, 0};
+                    memcpy(p, out, n * sizeof *p);
+                    double got = attn_div_sumsq_f64(p, n, sum);
+                    for (size_t e = 0; e < n; e++) {
+                        double q = out[e] / sum;
+                        div_ok &= p[e] == q;
+                        s2[e % 4] += q * q;
+                    }
+                    div_ok &= got == (s2[0] + s2[1]) + (s2[2] + s2[3]);
+                }
+            }
+        }
+    printf("attn_exp_sub_f64: worst relative error / 2 ulp %.3g\n", worst);
+    check_true("attn_exp_sub_f64 within 2 ulp of exp over [-708, 709]", worst <= 1.0);
+    check_true("attn_exp_sub_f64: -inf / < -708 give 0, > 709 / +inf give inf, NaN NaN, exp(0) = 1", special_ok);
+    check_true("attn_exp_sub_f64: the sum in lanes e mod 4, (l0 + l1) + (l2 + l3)", sum_ok);
+    check_true("attn_div_sumsq_f64: p / z and the sum of squares in the same lanes", div_ok);
+}
+
 /* attn_rows_given with the logits of a kept subset gathered from a full attn_full_rows call
  * against attn_full_rows over the subset's rows itself (the engine's prefill evaluation of a
  * static eviction): lse and o bit for bit. Subset: a random kept prompt part, then every
@@ -550,6 +606,7 @@ int main(void)
     case_gqa();
     case_entries();
     case_exp_shift();
+    case_exp_f64();
     case_rows_cut();
     case_rows_given();
     case_pv_weighted();
