@@ -376,15 +376,15 @@ double attn_probs_row(const float *s, size_t n, float *p)
  * shifter: t = x log2 e + 1.5 2^52 holds n in its low mantissa bits) and ln2 split in two
  * (ln2_hi has 21 trailing zero bits, so n ln2_hi is exact for |n| < 2^21); exp(r) for
  * |r| <= ln2/2 by its Taylor series to r^13 (the first term left out is below 0.03 ulp)
- * in Horner form, y = (p r^2 + r) + 1; 2^n put in the exponent bits. Within 2 ulp of the
- * exact exp (test_attn: against libm over [-708, 709]). x < -708 (including -INFINITY)
+ * in Estrin's form (short dependency chains), y = (p r^2 + r) + 1; 2^n put in the exponent
+ * bits. Within 2 ulp of the exact exp (test_attn: against libm over [-708, 709]). x < -708 (including -INFINITY)
  * gives 0 (libm: subnormals below 2^-1021, nothing a softmax sum of terms <= 1 sees), x > 709
  * gives +INFINITY, NaN gives NaN. Elementwise vector operations only, no contraction: every
  * lane computes the same function whatever the vector width, so the results are the same
  * bits on every CPU (libm's exp is chosen per CPU at run time). */
 #define EXP64_BODY(VD, VL, x)                                                             \
     const VL under = x < -708.0, over = x > 709.0;                                        \
-    VD xc = x, lo = (VD){0} - 708.0, hi = (VD){0} + 709.0, t, n, r, p, y, sc;             \
+    VD xc = x, lo = (VD){0} - 708.0, hi = (VD){0} + 709.0, t, n, r, r2, r4, p, y, sc;     \
     VL xb, lb, hb, tb, bits, yb, infb = (VL){0} + 0x7ff0000000000000LL;                   \
     const double shift = 6755399441055744.0;                  /* 1.5 2^52 */             \
     memcpy(&xb, &xc, sizeof xb);                                                          \
@@ -396,18 +396,13 @@ double attn_probs_row(const float *s, size_t n, float *p)
     n = t - shift;                                                                        \
     r = xc - n * 6.93147180369123816490e-01;                 /* ln2_hi */                \
     r = r - n * 1.90821492927058770002e-10;                  /* ln2_lo */                \
-    p = r * (1.0 / 6227020800.0) + 1.0 / 479001600.0;                                     \
-    p = p * r + 1.0 / 39916800.0;                                                         \
-    p = p * r + 1.0 / 3628800.0;                                                          \
-    p = p * r + 1.0 / 362880.0;                                                           \
-    p = p * r + 1.0 / 40320.0;                                                            \
-    p = p * r + 1.0 / 5040.0;                                                             \
-    p = p * r + 1.0 / 720.0;                                                              \
-    p = p * r + 1.0 / 120.0;                                                              \
-    p = p * r + 1.0 / 24.0;                                                               \
-    p = p * r + 1.0 / 6.0;                                                                \
-    p = p * r + 0.5;                                                                      \
-    y = (p * (r * r) + r) + 1.0;                                                          \
+    r2 = r * r;                                              /* Estrin: short chains */ \
+    r4 = r2 * r2;                                                                         \
+    p = ((1.0 / 2 + r * (1.0 / 6)) + r2 * (1.0 / 24 + r * (1.0 / 120)))                   \
+        + r4 * ((1.0 / 720 + r * (1.0 / 5040)) + r2 * (1.0 / 40320 + r * (1.0 / 362880)))  \
+        + (r4 * r4) * ((1.0 / 3628800 + r * (1.0 / 39916800))                             \
+                       + r2 * (1.0 / 479001600 + r * (1.0 / 6227020800.0)));               \
+    y = (p * r2 + r) + 1.0;                                                               \
     memcpy(&tb, &t, sizeof tb);                                                           \
     bits = (tb - 0x4338000000000000LL + 1023) << 52;        /* 2^n, n in [-1022, 1023] */ \
     memcpy(&sc, &bits, sizeof sc);                                                        \
@@ -438,7 +433,18 @@ __attribute__((target("avx2")))
 static double exp_sub_f64_avx2(const float *s, size_t n, double c, double *out)
 {
     v4d l = {0, 0, 0, 0};
-    for (size_t e = 0; e < n; e += 4) {
+    size_t e = 0;
+    for (; e + 8 <= n; e += 8) {        /* two independent exps in flight (latency-bound) */
+        v4f x0, x1;
+        memcpy(&x0, s + e, sizeof x0);
+        memcpy(&x1, s + e + 4, sizeof x1);
+        v4d y0 = exp4d(__builtin_convertvector(x0, v4d) - c), y1 = exp4d(__builtin_convertvector(x1, v4d) - c);
+        memcpy(out + e, &y0, sizeof y0);
+        memcpy(out + e + 4, &y1, sizeof y1);
+        l += y0;
+        l += y1;
+    }
+    for (; e < n; e += 4) {
         v4f x = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
         if (e + 4 <= n) memcpy(&x, s + e, sizeof x);
         else for (size_t i = 0; e + i < n; i++) x[i] = s[e + i];
@@ -855,18 +861,24 @@ void attn_transpose_keys(const float *k, size_t T, size_t D, float *kt)
 }
 
 /* attn_full_rows with the key blocks transposed here (kt_all NULL) or taken from
- * attn_transpose_keys. A block cut by the rows' last key holds the next keys in its spare
- * lanes instead of zeros: their logits are computed and never read (no row sees them). */
-static void full_rows(const float *q, const float *k, const float *v, const float *kt_all, size_t T, size_t D,
-                      size_t t0, size_t t1, const attn_params *p, float *lse, float *o, float *logits)
+ * attn_transpose_keys, for G query heads of one kv head: head i's queries at q + i qhs, its
+ * outputs at lse + i lhs, o + i lhs D, logits + i lhs T. Each key block (and its value rows)
+ * serves every head while it is in cache; a row's arithmetic is the same as in a call of
+ * its own, so the results are bit-identical to G calls. A block cut by the rows' last key
+ * holds the next keys in its spare lanes instead of zeros: their logits are computed and
+ * never read (no row sees them). */
+#define GH 8            /* heads per pass over the key blocks (row states on the stack) */
+static void full_rows(const float *q, size_t qhs, size_t G, const float *k, const float *v, const float *kt_all,
+                      size_t T, size_t D, size_t t0, size_t t1, const attn_params *p, size_t lhs,
+                      float *lse, float *o, float *logits)
 {
     const size_t KB = key_block(D);
     float kT[KT_FLOATS];                  /* [D][KB] transposed key block */
-    float s[RB][KB_MAX];                  /* logits of the block */
+    float s[RB][KB_MAX];                  /* logits of the block (one head at a time) */
     float pe[RB][KB_MAX];                 /* probabilities of the block (AVX2 path) */
     size_t orow[RB];                      /* output row of block row r */
     int active[RB];
-    row_state st[RB];
+    row_state st[GH][RB];
     const float scale = p->scale, c = p->softcap;
 #if ATTN_HAVE_AVX2_PATH
     const int avx2 = attn_use_avx2();
@@ -875,17 +887,21 @@ static void full_rows(const float *q, const float *k, const float *v, const floa
     (void)pe; (void)orow; (void)active;
 #endif
 
-    for (size_t r0 = t0; r0 < t1; r0 += RB) {
+    for (size_t i0 = 0; i0 < G; i0 += GH) {
+      size_t gn = G - i0 < GH ? G - i0 : GH;
+      for (size_t r0 = t0; r0 < t1; r0 += RB) {
         size_t nr = t1 - r0 < RB ? t1 - r0 : RB;
-        for (size_t r = 0; r < nr; r++) {
-            orow[r] = r0 - t0 + r;
-            st[r].m = -INFINITY; st[r].l = 0;
-            if (o) memset(o + (r0 - t0 + r) * D, 0, D * sizeof *o);
-            if (logits) {
-                float *lr = logits + (r0 - t0 + r) * T;
-                for (size_t j = 0; j < T; j++) lr[j] = -INFINITY;
+        for (size_t r = 0; r < nr; r++) orow[r] = r0 - t0 + r;
+        for (size_t i = 0; i < gn; i++)
+            for (size_t r = 0; r < nr; r++) {
+                size_t h = i0 + i;
+                st[i][r].m = -INFINITY; st[i][r].l = 0;
+                if (o) memset(o + (h * lhs + r0 - t0 + r) * D, 0, D * sizeof *o);
+                if (logits) {
+                    float *lr = logits + (h * lhs + r0 - t0 + r) * T;
+                    for (size_t j = 0; j < T; j++) lr[j] = -INFINITY;
+                }
             }
-        }
         size_t jlo = attn_lo(r0, p->window);          /* first key any row sees */
         size_t jhi = r0 + nr;                          /* one past the last key */
         for (size_t j0 = jlo - jlo % KB; j0 < jhi; j0 += KB) {
@@ -901,37 +917,46 @@ static void full_rows(const float *q, const float *k, const float *v, const floa
                     for (size_t j = nk; j < KB; j++) dst[j] = 0.0f;
                 }
             }
+            for (size_t i = 0; i < gn; i++) {
+                size_t h = i0 + i;
+                const float *qh = q + h * qhs;
+                float *oh = o ? o + h * lhs * D : NULL, *lh = logits ? logits + h * lhs * T : NULL;
 #if ATTN_HAVE_AVX2_PATH
-            if (avx2) logits_rows_avx2(q + r0 * D, nr, kTb, D, KB, scale, s);
+                if (avx2) logits_rows_avx2(qh + r0 * D, nr, kTb, D, KB, scale, s);
 #endif
-            int nact = 0;
-            for (size_t r = 0; r < nr; r++) {
-                float *sr = s[r];
-                if (!avx2) logits_block(q + (r0 + r) * D, kTb, D, KB, scale, sr);
-                size_t t = r0 + r, lo = attn_lo(t, p->window);
-                /* visible keys of row t in this block: [a, b) relative to j0 */
-                size_t a = lo > j0 ? lo - j0 : 0;
-                size_t b = t + 1 > j0 ? t + 1 - j0 : 0;
-                if (b > nk) b = nk;
-                if (a >= b) continue;
-                if (c > 0)
-                    for (size_t j = a; j < b; j++) sr[j] = cap(sr[j], c);
-                if (logits)
-                    memcpy(logits + (t - t0) * T + j0 + a, sr + a, (b - a) * sizeof *sr);
-                float *orow_p = o ? o + (t - t0) * D : NULL;
-                if (!lse) continue;                     /* logits only */
-                if (avx2 && o && a == 0 && b == nk) {     /* whole block: batched p.v below */
-                    if (row_probs(&st[r], sr, nk, D, orow_p, pe[r])) active[nact++] = (int)r;
-                } else {
-                    row_update(&st[r], sr + a, b - a, v + (j0 + a) * D, NULL, D, orow_p);
+                int nact = 0;
+                for (size_t r = 0; r < nr; r++) {
+                    float *sr = s[r];
+                    if (!avx2) logits_block(qh + (r0 + r) * D, kTb, D, KB, scale, sr);
+                    size_t t = r0 + r, lo = attn_lo(t, p->window);
+                    /* visible keys of row t in this block: [a, b) relative to j0 */
+                    size_t a = lo > j0 ? lo - j0 : 0;
+                    size_t b = t + 1 > j0 ? t + 1 - j0 : 0;
+                    if (b > nk) b = nk;
+                    if (a >= b) continue;
+                    if (c > 0)
+                        for (size_t j = a; j < b; j++) sr[j] = cap(sr[j], c);
+                    if (lh)
+                        memcpy(lh + (t - t0) * T + j0 + a, sr + a, (b - a) * sizeof *sr);
+                    float *orow_p = oh ? oh + (t - t0) * D : NULL;
+                    if (!lse) continue;                     /* logits only */
+                    if (avx2 && oh && a == 0 && b == nk) {    /* whole block: batched p.v below */
+                        if (row_probs(&st[i][r], sr, nk, D, orow_p, pe[r])) active[nact++] = (int)r;
+                    } else {
+                        row_update(&st[i][r], sr + a, b - a, v + (j0 + a) * D, NULL, D, orow_p);
+                    }
                 }
-            }
 #if ATTN_HAVE_AVX2_PATH
-            if (nact) pv_rows_avx2(o, orow, active, (size_t)nact, pe, nk, v + j0 * D, D);
+                if (nact) pv_rows_avx2(oh, orow, active, (size_t)nact, pe, nk, v + j0 * D, D);
 #endif
+            }
         }
-        for (size_t r = 0; r < nr && lse; r++)
-            row_finish(&st[r], lse + (r0 - t0 + r), o ? o + (r0 - t0 + r) * D : NULL, D);
+        for (size_t i = 0; i < gn && lse; i++)
+            for (size_t r = 0; r < nr; r++) {
+                size_t h = i0 + i;
+                row_finish(&st[i][r], lse + h * lhs + (r0 - t0 + r), o ? o + (h * lhs + r0 - t0 + r) * D : NULL, D);
+            }
+      }
     }
 }
 
@@ -939,14 +964,21 @@ void attn_full_rows(const float *q, const float *k, const float *v, size_t T, si
                     size_t t0, size_t t1, const attn_params *p,
                     float *lse, float *o, float *logits)
 {
-    full_rows(q, k, v, NULL, T, D, t0, t1, p, lse, o, logits);
+    full_rows(q, 0, 1, k, v, NULL, T, D, t0, t1, p, 0, lse, o, logits);
 }
 
 void attn_full_rows_kt(const float *q, const float *kt, const float *v, size_t T, size_t D,
                        size_t t0, size_t t1, const attn_params *p,
                        float *lse, float *o, float *logits)
 {
-    full_rows(q, NULL, v, kt, T, D, t0, t1, p, lse, o, logits);
+    full_rows(q, 0, 1, NULL, v, kt, T, D, t0, t1, p, 0, lse, o, logits);
+}
+
+void attn_full_rows_heads(const float *q, size_t qhs, size_t G, const float *kt, const float *v, size_t T,
+                          size_t D, size_t t0, size_t t1, const attn_params *p, size_t lhs,
+                          float *lse, float *o, float *logits)
+{
+    full_rows(q, qhs, G, NULL, v, kt, T, D, t0, t1, p, lhs, lse, o, logits);
 }
 
 /* Starts a block of nb rows whose outputs begin at o (NULL: none): fresh softmax states,

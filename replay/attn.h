@@ -58,6 +58,14 @@ void attn_full_rows_kt(const float *q, const float *kt, const float *v, size_t T
                        size_t t0, size_t t1, const attn_params *p,
                        float *lse, float *o, float *logits);
 
+/* attn_full_rows_kt for the G query heads of one kv head in one call: head i's queries at
+ * q + i qhs (floats), its outputs at lse + i lhs, o + i lhs D, logits + i lhs T (lhs >= t1 -
+ * t0). Every key block is used by all G heads while it is in cache (GQA: the keys and values
+ * are read once per block of rows, not G times); bit-identical to G attn_full_rows_kt calls. */
+void attn_full_rows_heads(const float *q, size_t qhs, size_t G, const float *kt, const float *v, size_t T,
+                          size_t D, size_t t0, size_t t1, const attn_params *p, size_t lhs,
+                          float *lse, float *o, float *logits);
+
 /* Attention of one query vector q [D] over n entries: keys kk [n][D], values vv [n][D]
  * (rows addressed through idx when idx != NULL: entry e uses row idx[e]), bias [n] or NULL.
  *   *lse, o [D], logits NULL or [n] (capped logits + bias).

@@ -1267,9 +1267,8 @@ static int item_full_attn(item *it, size_t g, size_t tb, size_t te)
     item_scratch *sc = it->sc;
     size_t n = it->n, D = E->D, G = E->G;
     const attn_params *ap = &E->ap[it->l];
-    for (size_t i = 0; i < G; i++)
-        attn_full_rows_kt(it->q + (g * G + i) * n * D, it->kt, it->v + g * n * D, n, D, tb, te, ap,
-                          sc->lse + i * BLK, sc->of + i * BLK * D, sc->lg + i * BLK * n);
+    attn_full_rows_heads(it->q + g * G * n * D, n * D, G, it->kt, it->v + g * n * D, n, D, tb, te, ap, BLK,
+                         sc->lse, sc->of, sc->lg);
     for (size_t t = tb; t < te; t++) {
         size_t r = t - tb, lo = attn_lo(t, ap->window);
         double *pft = sc->pf + r * G * n;
