@@ -1036,25 +1036,39 @@ void attn_rows_given(const float *z, size_t ldz, const size_t *nvis, size_t nr, 
 /* Keys of block [j0, j0 + nk) with the entries of row r at j >= cut[r] - j0 taken from kb:
  * logits of every row against ka's block, then, when some row's cut falls below the
  * block's end, against kb's block merged in. kT [D][EB_MAX] scratch, s/s2 [RB][KB_MAX]. */
-static void cut_logits(const float *q, size_t nr, const float *ka, const float *kb, const size_t *kcut,
-                       const size_t *nvis, size_t j0, size_t nk, size_t D, float scale, float *kT,
-                       float (*s)[KB_MAX], float (*s2)[KB_MAX], int avx2)
+/* Which key sources rows [0, nr) need in the entry block [j0, j0 + nk): ka (entries below a
+ * row's cut) and kb (from it on). */
+static void cut_sides(size_t nr, const size_t *kcut, const size_t *nvis, size_t j0, size_t nk, int *need_a,
+                      int *need_b)
 {
-    int need_a = 0, need_b = 0;
+    *need_a = *need_b = 0;
     for (size_t r = 0; r < nr; r++) {
         if (nvis[r] <= j0) continue;
-        need_a |= kcut[r] > j0;
-        need_b |= kcut[r] < j0 + nk && nvis[r] > kcut[r];
+        *need_a |= kcut[r] > j0;
+        *need_b |= kcut[r] < j0 + nk && nvis[r] > kcut[r];
     }
+}
+
+/* kT [D][EB_MAX] = k rows [j0, j0 + nk) transposed, pad lanes 0 */
+static void cut_transpose(const float *k, size_t j0, size_t nk, size_t D, float *kT)
+{
+    for (size_t d = 0; d < D; d++) {
+        float *t = kT + d * EB_MAX;
+        for (size_t j = 0; j < nk; j++) t[j] = k[(j0 + j) * D + d];
+        for (size_t j = nk; j < EB_MAX; j++) t[j] = 0.0f;
+    }
+}
+
+/* The logits of rows [0, nr) over the entry block: s from the transposed ka block kTa, s2 from
+ * kb's kTb, row r taking ka's below its cut and kb's from it on (into s). */
+static void cut_logits(const float *q, size_t nr, const float *kTa, const float *kTb, int need_a, int need_b,
+                       const size_t *kcut, size_t j0, size_t nk, size_t D, float scale,
+                       float (*s)[KB_MAX], float (*s2)[KB_MAX], int avx2)
+{
     for (int side = 0; side < 2; side++) {
         if (!(side ? need_b : need_a)) continue;
-        const float *k = side ? kb : ka;
+        const float *kT = side ? kTb : kTa;
         float (*dst)[KB_MAX] = side && need_a ? s2 : s;
-        for (size_t d = 0; d < D; d++) {
-            float *t = kT + d * EB_MAX;
-            for (size_t j = 0; j < nk; j++) t[j] = k[(j0 + j) * D + d];
-            for (size_t j = nk; j < EB_MAX; j++) t[j] = 0.0f;
-        }
 #if ATTN_HAVE_AVX2_PATH
         if (avx2) logits_rows_avx2(q, nr, kT, D, EB_MAX, scale, dst);
         else
@@ -1067,52 +1081,86 @@ static void cut_logits(const float *q, size_t nr, const float *ka, const float *
         for (size_t j = kcut[r] > j0 ? kcut[r] - j0 : 0; j < nk; j++) s[r][j] = s2[r][j];
 }
 
-int attn_rows_cut(const float *q, size_t nr, size_t D, const attn_params *p, const attn_cut_src *src,
-                  const size_t *nvis, size_t ld, float *lse, float *o, float *logits)
+/* attn_rows_cut for G query heads (head h's rows at q + h qhs, outputs at lse + h lhs,
+ * o + h lhs D, logits + h lhs ld): each entry block is transposed once for every head, and
+ * its key and value rows serve all heads while in cache. A row's arithmetic is that of a call
+ * of its own: bit-identical to G calls. */
+static int rows_cut(const float *q, size_t qhs, size_t G, size_t nr, size_t D, const attn_params *p,
+                    const attn_cut_src *src, const size_t *nvis, size_t ld, size_t lhs, float *lse, float *o,
+                    float *logits)
 {
     enum { EB = EB_MAX };
     if (D == 0 || D * EB > KT_FLOATS) return -1;
-    float kT[KT_FLOATS];                  /* [D][EB] transposed key block */
-    float s[RB][KB_MAX], s2[RB][KB_MAX];  /* logits of the block: ka's, kb's */
+    float kT[2 * KT_FLOATS];              /* [2][D][EB] the transposed ka and kb blocks */
+    float s[RB][KB_MAX], s2[RB][KB_MAX];  /* logits of the block: ka's, kb's (one head at a time) */
     float pe[RB][KB_MAX];                 /* probabilities of the block */
     size_t orow[RB];
     int act[2][RB];
-    row_state st[RB];
+    row_state st[GH][RB];
     const int avx2 = attn_use_avx2();
+    float *kTa = kT, *kTb = kT + D * EB;
     (void)act;                            /* read only by the AVX2 path */
-    for (size_t r0 = 0; r0 < nr; r0 += RB) {
+    for (size_t i0 = 0; i0 < G; i0 += GH) {
+      size_t gn = G - i0 < GH ? G - i0 : GH;
+      for (size_t r0 = 0; r0 < nr; r0 += RB) {
         size_t nb = nr - r0 < RB ? nr - r0 : RB;
         const size_t *nv = nvis + r0, *kc = src->kcut + r0, *vc = src->vcut + r0;
-        size_t nmax = rows_begin(st, orow, nv, nb, o ? o + r0 * D : NULL, D);
+        size_t nmax = 0;
+        for (size_t i = 0; i < gn; i++)
+            nmax = rows_begin(st[i], orow, nv, nb, o ? o + ((i0 + i) * lhs + r0) * D : NULL, D);
         for (size_t j0 = 0; j0 < nmax; j0 += EB) {
             size_t nk = nmax - j0 < EB ? nmax - j0 : EB;
-            size_t na[2] = {0, 0};
-            cut_logits(q + r0 * D, nb, src->ka, src->kb, kc, nv, j0, nk, D, p->scale, kT, s, s2, avx2);
-            for (size_t r = 0; r < nb; r++) {
-                if (nv[r] <= j0) continue;
-                size_t b = nv[r] - j0 < nk ? nv[r] - j0 : nk;     /* attn_entries' block of ne */
-                float *sr = s[r], *orp = o ? o + (r0 + r) * D : NULL;
-                if (p->softcap > 0)
-                    for (size_t j = 0; j < b; j++) sr[j] = cap(sr[j], p->softcap);
-                if (logits) memcpy(logits + (r0 + r) * ld + j0, sr, b * sizeof *sr);
-                if (!row_probs(&st[r], sr, b, D, orp, pe[r]) || !orp) continue;
-                size_t c = vc[r] <= j0 ? 0 : vc[r] - j0 < b ? vc[r] - j0 : b;  /* from va: [0, c) */
-                if (avx2 && b == EB && (c == 0 || c == b)) {
-                    act[c == 0][na[c == 0]++] = (int)r;      /* whole block, one source: batched */
-                    continue;
+            int need_a, need_b;
+            cut_sides(nb, kc, nv, j0, nk, &need_a, &need_b);
+            if (need_a) cut_transpose(src->ka, j0, nk, D, kTa);
+            if (need_b) cut_transpose(src->kb, j0, nk, D, kTb);
+            for (size_t i = 0; i < gn; i++) {
+                size_t h = i0 + i, na[2] = {0, 0};
+                float *oh = o ? o + h * lhs * D : NULL, *lh = logits ? logits + h * lhs * ld : NULL;
+                cut_logits(q + h * qhs + r0 * D, nb, kTa, kTb, need_a, need_b, kc, j0, nk, D, p->scale, s, s2, avx2);
+                for (size_t r = 0; r < nb; r++) {
+                    if (nv[r] <= j0) continue;
+                    size_t b = nv[r] - j0 < nk ? nv[r] - j0 : nk;     /* attn_entries' block of ne */
+                    float *sr = s[r], *orp = oh ? oh + (r0 + r) * D : NULL;
+                    if (p->softcap > 0)
+                        for (size_t j = 0; j < b; j++) sr[j] = cap(sr[j], p->softcap);
+                    if (lh) memcpy(lh + (r0 + r) * ld + j0, sr, b * sizeof *sr);
+                    if (!row_probs(&st[i][r], sr, b, D, orp, pe[r]) || !orp) continue;
+                    size_t c = vc[r] <= j0 ? 0 : vc[r] - j0 < b ? vc[r] - j0 : b;  /* from va: [0, c) */
+                    if (avx2 && b == EB && (c == 0 || c == b)) {
+                        act[c == 0][na[c == 0]++] = (int)r;      /* whole block, one source: batched */
+                        continue;
+                    }
+                    if (c) pv_accum(orp, pe[r], c, src->va + j0 * D, NULL, D);
+                    if (c < b) pv_accum(orp, pe[r] + c, b - c, src->vb + (j0 + c) * D, NULL, D);
                 }
-                if (c) pv_accum(orp, pe[r], c, src->va + j0 * D, NULL, D);
-                if (c < b) pv_accum(orp, pe[r] + c, b - c, src->vb + (j0 + c) * D, NULL, D);
-            }
 #if ATTN_HAVE_AVX2_PATH
-            if (na[0]) pv_rows_avx2(o + r0 * D, orow, act[0], na[0], pe, EB, src->va + j0 * D, D);
-            if (na[1]) pv_rows_avx2(o + r0 * D, orow, act[1], na[1], pe, EB, src->vb + j0 * D, D);
+                if (na[0]) pv_rows_avx2(oh + r0 * D, orow, act[0], na[0], pe, EB, src->va + j0 * D, D);
+                if (na[1]) pv_rows_avx2(oh + r0 * D, orow, act[1], na[1], pe, EB, src->vb + j0 * D, D);
 #endif
+            }
         }
-        for (size_t r = 0; r < nb; r++)
-            row_finish(&st[r], lse + r0 + r, o ? o + (r0 + r) * D : NULL, D);
+        for (size_t i = 0; i < gn; i++)
+            for (size_t r = 0; r < nb; r++) {
+                size_t h = i0 + i;
+                row_finish(&st[i][r], lse + h * lhs + r0 + r, o ? o + (h * lhs + r0 + r) * D : NULL, D);
+            }
+      }
     }
     return 0;
+}
+
+int attn_rows_cut(const float *q, size_t nr, size_t D, const attn_params *p, const attn_cut_src *src,
+                  const size_t *nvis, size_t ld, float *lse, float *o, float *logits)
+{
+    return rows_cut(q, 0, 1, nr, D, p, src, nvis, ld, 0, lse, o, logits);
+}
+
+int attn_rows_cut_heads(const float *q, size_t qhs, size_t G, size_t nr, size_t D, const attn_params *p,
+                        const attn_cut_src *src, const size_t *nvis, size_t ld, size_t lhs, float *lse, float *o,
+                        float *logits)
+{
+    return rows_cut(q, qhs, G, nr, D, p, src, nvis, ld, lhs, lse, o, logits);
 }
 
 void attn_entries(const float *q, const float *kk, const float *vv, const size_t *idx,

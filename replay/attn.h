@@ -106,6 +106,14 @@ typedef struct attn_cut_src {
 int attn_rows_cut(const float *q, size_t nr, size_t D, const attn_params *p, const attn_cut_src *src,
                   const size_t *nvis, size_t ld, float *lse, float *o, float *logits);
 
+/* attn_rows_cut for the G query heads of one kv head in one call: head h's rows at q + h qhs
+ * (floats), its outputs at lse + h lhs, o + h lhs D, logits + h lhs ld (lhs >= nr). Each
+ * entry block is transposed once and its key and value rows serve every head while in
+ * cache; bit-identical to G attn_rows_cut calls. The same -1 rule. */
+int attn_rows_cut_heads(const float *q, size_t qhs, size_t G, size_t nr, size_t D, const attn_params *p,
+                        const attn_cut_src *src, const size_t *nvis, size_t ld, size_t lhs, float *lse, float *o,
+                        float *logits);
+
 /* o_r [D] += sum_{e < n} w[r * ldw + e] * v[idx[e]] (idx NULL: v[e]) for the rows r < nr:
  * a P.V product with given weights (no softmax). Every element is summed in increasing e
  * (bit-reproducible; calls over consecutive ranges of e continue the same sum). */

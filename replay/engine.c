@@ -1572,10 +1572,9 @@ static int item_cut_block(item *it, size_t c, size_t g, size_t tb, size_t te, cu
     if (item_cache_view(it, c, g, te - 1, &last)) return -1;    /* st->enc: the last row's cache */
     size_t ld = cr->nv[te - 1 - tb];
     attn_cut_src src = { st->enc.k, cc->k, st->enc.v, cc->v, cr->kcut, cr->vcut };
-    for (size_t i = 0; i < G; i++)
-        if (attn_rows_cut(it->q + ((g * G + i) * n + tb) * D, te - tb, D, ap, &src, cr->nv, ld, sc->blse + i * BLK,
-                          sc->bout + i * BLK * D, sc->bz + i * BLK * ld))
-            return IT_FAIL(it, "internal: attn_rows_cut refused head_dim %zu", D);
+    if (attn_rows_cut_heads(it->q + (g * G * n + tb) * D, n * D, G, te - tb, D, ap, &src, cr->nv, ld, BLK, sc->blse,
+                            sc->bout, sc->bz))
+        return IT_FAIL(it, "internal: attn_rows_cut refused head_dim %zu", D);
     cr->on = 1;
     return 0;
 }
@@ -1616,10 +1615,9 @@ static int item_static_view_block(item *it, size_t c, size_t g, size_t tb, size_
     }
     size_t ld = cr->nv[te - 1 - tb];
     attn_cut_src src = { st->enc.k, st->enc.k, st->enc.v, st->enc.v, cr->kcut, cr->vcut };
-    for (size_t i = 0; i < G; i++)
-        if (attn_rows_cut(it->q + ((g * G + i) * n + tb) * D, te - tb, D, ap, &src, cr->nv, ld, sc->blse + i * BLK,
-                          sc->bout + i * BLK * D, sc->bz + i * BLK * ld))
-            return IT_FAIL(it, "internal: attn_rows_cut refused head_dim %zu", D);
+    if (attn_rows_cut_heads(it->q + (g * G * n + tb) * D, n * D, G, te - tb, D, ap, &src, cr->nv, ld, BLK, sc->blse,
+                            sc->bout, sc->bz))
+        return IT_FAIL(it, "internal: attn_rows_cut refused head_dim %zu", D);
     cr->on = 1;
     cr->sview = 1;
     cr->sview_diff = st->sview_diff;
