@@ -28,6 +28,7 @@
   --prompt-scores trace on a trace without the group is one line, non-zero exit.
 """
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -156,14 +157,17 @@ CFGS = ["h2o keep=0.25", "h2o keep=0.5 recent=0.1", "cab keep=0.25", "observed_a
         "entropy_merge keep=0.25"]
 
 
-def replay(trace, src, tag, export=True, cfgs=CFGS):
+def replay(trace, src, tag, export=True, cfgs=CFGS, extra=(), threads=2):
+    """kvreplay run with --prompt-scores src (None: the default); -> the results directory
+    (its stderr in run.last)."""
     out = os.path.join(TMP, f"r_{tag}")
     shutil.rmtree(out, ignore_errors=True)
-    args = ["run", trace, "--decode", "96", "--no-readout", "--quiet", "--no-hash-cache", "--threads", "2",
-            "--prompt-scores", src, "-o", out] + (["--export", out + "_x.h5"] if export else [])
+    args = ["run", trace, "--decode", "96", "--no-readout", "--quiet", "--no-hash-cache", "--threads", str(threads),
+            "-o", out] + (["--prompt-scores", src] if src else []) + (["--export", out + "_x.h5"] if export else [])
+    args += list(extra)
     for c in cfgs:
         args += ["--strategy", c]
-    run(args)
+    run.last = run(args).stderr
     return out
 
 
@@ -252,7 +256,7 @@ lines = r.stderr.strip().splitlines()
 check(r.returncode != 0 and len(lines) == 1 and "has no /prompt_scores" in lines[0] and "--prompt-scores" in lines[0],
       f"--prompt-scores trace without the group: one line, rc {r.returncode}: {lines}")
 r = run(["run", PLAIN, "--decode", "96", "--strategy", "h2o keep=0.25", "--prompt-scores", "bogus", "-o", out], ok=False)
-check(r.returncode != 0 and "expected trace or recompute" in r.stderr, "--prompt-scores bogus refused")
+check(r.returncode != 0 and "expected auto, trace or recompute" in r.stderr, "--prompt-scores bogus refused")
 
 
 def corrupt(tag, fn, want):
@@ -301,6 +305,107 @@ corrupt("padding", setv("prompt_scores/entropy", (0, 2, 0, 170), 0.5),
         ["/prompt_scores/entropy[layer 0, seq 2, head 0, pos 170]", "past seq_len"])
 corrupt("shape", reshape, ["/prompt_scores/colsum", "shape", "[L, S, H, T]"])
 corrupt("dtype", retype, ["/prompt_scores/entropy", "datatype"])
+
+# ---- the default, --prompt-scores auto ---------------------------------------------------------
+def prov_field(d, name):
+    with open(os.path.join(d, "provenance.json")) as f:
+        return json.load(f).get(name)
+
+
+def parts(d):
+    """DIR/parts/options and every part file (run key, values) of a shard, by name."""
+    return {os.path.basename(p): open(p, "rb").read() for p in sorted(glob.glob(os.path.join(d, "parts", "*")))
+            if not p.endswith("lock")}
+
+
+with h5py.File(TRS, "r") as f:
+    g, a = f["prompt_scores"].attrs, f.attrs
+    ok = (float(g["attn_scale"]) == float(a["attn_scale"]) and float(g["attn_softcap"]) == float(a["attn_softcap"])
+          and list(g["layer_window"]) == [0, 0])
+check(ok, "kvcapture --prompt-scores records the attention parameters of the scores (attn_scale, attn_softcap, "
+      "layer_window [L]) equal to the trace's")
+
+# a trace with the group: the default serves the trace's scores (CSVs and exports those of
+# --prompt-scores trace, provenance "trace", no note)
+rd = replay(TRS, None, "auto")
+eq, names = same_csvs(rd, rt)
+eqx, _ = same_exports(rd, rt)
+check(eq and eqx and prov_field(rd, "prompt_scores") == "trace" and "note" not in run.last,
+      f"default on a trace with /prompt_scores = --prompt-scores trace: {', '.join(names)} and exports identical, "
+      f"provenance trace, stderr {run.last.strip()!r}")
+# the run key and DIR/parts/options of the resolved mode (a shard keeps its parts): equal
+# byte for byte to the explicit run's, and different from recompute's
+kd, kt, kr = (parts(replay(TRS, src, f"auto_sh_{src}", False, H2O, ["--shard", "0/2"]))
+              for src in (None, "trace", "recompute"))
+check(kd == kt and len(kd) >= 2 and kd != kr and b"prompt-scores=trace" in kd["options"],
+      f"default on a trace with /prompt_scores: parts/options and parts (run key) = --prompt-scores trace's "
+      f"({len(kd)} files), not recompute's")
+# shards and threads: the shards of the default merge into the unsharded default's CSVs;
+# one thread gives the same bits as two
+sh = [replay(TRS, None, f"auto_shard{i}", False, H2O, ["--shard", f"{i}/2"]) for i in range(2)]
+merged = os.path.join(TMP, "r_auto_merged")
+shutil.rmtree(merged, ignore_errors=True)
+run(["merge", "-o", merged] + sh)
+eq, names = same_csvs(merged, replay(TRS, None, "auto_ph", False, H2O))
+eq1, _ = same_csvs(replay(TRS, None, "auto_t1", False, H2O, threads=1), os.path.join(TMP, "r_auto_ph"))
+check(eq and eq1 and prov_field(merged, "prompt_scores") == "trace",
+      f"default: 2 shards merged and 1 thread = the unsharded 2-thread run ({', '.join(names)}), merged "
+      "provenance trace")
+# --mode online (the whole sequence is the prompt the scores cover): served too, the same
+# caches as recomputing (h2o's online protocol)
+ron, rtn = (replay(TRS, src, f"online_{src}", False, ["h2o keep=0.25"], ["--mode", "online"])
+            for src in (None, "recompute"))
+eq, names = same_csvs(ron, rtn)
+check(eq and prov_field(ron, "prompt_scores") == "trace",
+      f"--mode online: the default serves the trace's scores, CSVs = recompute's ({', '.join(names)})")
+
+# a trace without the group: the default is recompute, byte for byte (CSVs, exports, run key,
+# parts/options: those of earlier versions), silently
+rp_d, rp_r = replay(PLAIN, None, "plain_auto"), replay(PLAIN, "recompute", "plain_rec")
+eq, names = same_csvs(rp_d, rp_r)
+eqx, _ = same_exports(rp_d, rp_r)
+kd, kr = (parts(replay(PLAIN, src, f"plain_sh_{src}", False, H2O, ["--shard", "0/2"])) for src in (None, "recompute"))
+check(eq and eqx and kd == kr and b"prompt-scores" not in kd["options"] and prov_field(rp_d, "prompt_scores") == "recompute"
+      and "note" not in run.last, f"default on a trace without /prompt_scores = --prompt-scores recompute: "
+      f"{', '.join(names)}, exports, parts/options and run key identical, no note")
+
+
+def edited(tag, fn):
+    path = os.path.join(TMP, f"edit_{tag}.h5")
+    shutil.copy(TRS, path)
+    with h5py.File(path, "r+") as f:
+        fn(f)
+    return path
+
+
+# the group was captured with other attention parameters than the trace now has: the
+# default recomputes (= --prompt-scores recompute on that trace) with one note line naming
+# why; --prompt-scores trace refuses in one line
+for tag, fn, want in (("scale", lambda f: f.attrs.__setitem__("attn_scale", 0.5 * float(f.attrs["attn_scale"])),
+                       "attn_scale"),
+                      ("window", lambda f: f["layers/1"].attrs.__setitem__("sliding_window", 64),
+                       "window of 0 on layer 1, the trace's is 64")):
+    path = edited(tag, fn)
+    rd = replay(path, None, f"stale_{tag}", False, H2O)
+    note = run.last.strip().splitlines()
+    eq, names = same_csvs(rd, replay(path, "recompute", f"stale_rec_{tag}", False, H2O))
+    check(eq and prov_field(rd, "prompt_scores") == "recompute" and len(note) == 1 and "note:" in note[0]
+          and "/prompt_scores do not apply" in note[0] and want in note[0],
+          f"group of other attention parameters ({tag}): the default recomputes ({', '.join(names)} = recompute's), "
+          f"one note line: {note}")
+    r = run(["run", path, "--decode", "96", "--strategy", "h2o keep=0.25", "--prompt-scores", "trace",
+             "--no-hash-cache", "-o", os.path.join(TMP, f"r_stale_tr_{tag}")], ok=False)
+    lines = r.stderr.strip().splitlines()
+    check(r.returncode != 0 and len(lines) == 1 and "do not apply" in lines[0] and want in lines[0],
+          f"--prompt-scores trace on that trace ({tag}): refused in one line, rc {r.returncode}: {lines}")
+# a trace captured before the parameters were recorded (no group attributes): the scores
+# were computed from the trace's own parameters, so the default serves them
+path = edited("old", lambda f: [f["prompt_scores"].attrs.__delitem__(k)
+                                for k in ("attn_scale", "attn_softcap", "layer_window")])
+rd = replay(path, None, "old_auto", False, H2O)
+eq, _ = same_csvs(rd, os.path.join(TMP, "r_trace_ph"))
+check(eq and prov_field(rd, "prompt_scores") == "trace" and not run.last.strip(),
+      "group without recorded parameters (earlier captures): the default serves it (= --prompt-scores trace)")
 
 if failures:
     sys.exit(1)
