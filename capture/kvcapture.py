@@ -1043,7 +1043,7 @@ def build_parser():
     ap.add_argument("--prompt-scores", action="store_true",
                     help="also write /prompt_scores: per layer and query head, the causal attention's "
                          "column sums over all rows and each row's normalised entropy (kvreplay run "
-                         "--prompt-scores trace reuses them instead of a quadratic prompt pass)")
+                         "reuses them by default instead of a quadratic prompt pass)")
     ap.add_argument("--deflate", type=int, default=None, metavar="N",
                     help="compress tensors with shuffle + deflate level N (0..9)")
     ap.add_argument("--source-note", default=None,

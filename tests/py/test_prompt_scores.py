@@ -21,10 +21,20 @@
   fail (and test_shared by 10^4 of its bound).
 - kvreplay check recomputes /prompt_scores (replay/verify.h tolerances) and fails when two
   heads' sums are swapped, naming the place.
-- provenance.json records prompt_scores = trace, or recompute for the default (whose CSVs,
-  parts and run key are those of earlier versions).
+- provenance.json records prompt_scores = trace, or recompute (whose CSVs, parts and run key
+  are those of earlier versions).
+- the default, --prompt-scores auto: on a trace with /prompt_scores the CSVs, exports,
+  parts/options and part files (run key) of --prompt-scores trace, provenance trace, no note;
+  likewise with --mode online, over 2 shards merged, on 1 thread, under kvreplay-mpi -np 3
+  (when Open MPI is installed), and on a group without the recorded attention parameters
+  (earlier captures); --resume continues a default run and refuses recompute. On a trace
+  without the group: recompute's bytes (CSVs, exports, parts/options, run key), no note. On
+  a trace whose attn_scale or a layer's window was edited after capture: recompute's CSVs,
+  provenance recompute, exactly one note line naming the parameter (one under MPI too);
+  --prompt-scores trace refused in one line; kvreplay info says so.
 - corrupted groups (NaN, negative, above seq_len, entropy > 1, nonzero past seq_len, wrong
-  shape, wrong dtype) are refused by kvreplay with one line naming the dataset and the index;
+  shape, wrong dtype, a layer_window attribute of the wrong length, a non-numeric
+  attn_scale attribute) are refused by kvreplay with one line naming the dataset and the index;
   --prompt-scores trace on a trace without the group is one line, non-zero exit.
 """
 import glob
@@ -305,6 +315,10 @@ corrupt("padding", setv("prompt_scores/entropy", (0, 2, 0, 170), 0.5),
         ["/prompt_scores/entropy[layer 0, seq 2, head 0, pos 170]", "past seq_len"])
 corrupt("shape", reshape, ["/prompt_scores/colsum", "shape", "[L, S, H, T]"])
 corrupt("dtype", retype, ["/prompt_scores/entropy", "datatype"])
+corrupt("layer_window", lambda f: f["prompt_scores"].attrs.__setitem__("layer_window", np.zeros(3, dtype="<i8")),
+        ["/prompt_scores attribute layer_window", "expected 2 values (one per layer), found 3"])
+corrupt("attn_scale", lambda f: f["prompt_scores"].attrs.__setitem__("attn_scale", "x"),
+        ["/prompt_scores attribute attn_scale", "expected a number"])
 
 # ---- the default, --prompt-scores auto ---------------------------------------------------------
 def prov_field(d, name):
@@ -340,6 +354,17 @@ kd, kt, kr = (parts(replay(TRS, src, f"auto_sh_{src}", False, H2O, ["--shard", "
 check(kd == kt and len(kd) >= 2 and kd != kr and b"prompt-scores=trace" in kd["options"],
       f"default on a trace with /prompt_scores: parts/options and parts (run key) = --prompt-scores trace's "
       f"({len(kd)} files), not recompute's")
+# --resume: the default resolves again to trace and continues the run; recompute is another
+# run (its options differ at prompt-scores)
+res = os.path.join(TMP, "r_auto_sh_None")
+rr_ = run(["run", TRS, "--decode", "96", "--no-readout", "--no-hash-cache", "--shard", "0/2", "--resume", "-o", res]
+          + sum((["--strategy", c] for c in H2O), []), ok=False)
+rx = run(["run", TRS, "--decode", "96", "--no-readout", "--no-hash-cache", "--shard", "0/2", "--resume", "-o", res,
+          "--prompt-scores", "recompute"] + sum((["--strategy", c] for c in H2O), []), ok=False)
+check(rr_.returncode == 0 and "resumed: 2 sequence(s)" in rr_.stderr and rx.returncode != 0
+      and "prompt-scores=trace" in rx.stderr,
+      f"--resume of a default run: the default continues it ({rr_.stderr.strip().splitlines()[:1]}), "
+      f"--prompt-scores recompute is refused: {rx.stderr.strip()!r}")
 # shards and threads: the shards of the default merge into the unsharded default's CSVs;
 # one thread gives the same bits as two
 sh = [replay(TRS, None, f"auto_shard{i}", False, H2O, ["--shard", f"{i}/2"]) for i in range(2)]
@@ -398,6 +423,9 @@ for tag, fn, want in (("scale", lambda f: f.attrs.__setitem__("attn_scale", 0.5 
     lines = r.stderr.strip().splitlines()
     check(r.returncode != 0 and len(lines) == 1 and "do not apply" in lines[0] and want in lines[0],
           f"--prompt-scores trace on that trace ({tag}): refused in one line, rc {r.returncode}: {lines}")
+    r = run(["info", path])
+    check("not applicable" in r.stdout and want in r.stdout, f"kvreplay info on that trace ({tag}) says the "
+          "scores do not apply")
 # a trace captured before the parameters were recorded (no group attributes): the scores
 # were computed from the trace's own parameters, so the default serves them
 path = edited("old", lambda f: [f["prompt_scores"].attrs.__delitem__(k)
@@ -406,6 +434,35 @@ rd = replay(path, None, "old_auto", False, H2O)
 eq, _ = same_csvs(rd, os.path.join(TMP, "r_trace_ph"))
 check(eq and prov_field(rd, "prompt_scores") == "trace" and not run.last.strip(),
       "group without recorded parameters (earlier captures): the default serves it (= --prompt-scores trace)")
+
+# kvreplay-mpi: every rank opens the trace and resolves the default alike (rank 0 alone
+# prints the note); the CSVs are the single-process default's (when Open MPI is installed)
+MPI = os.path.join(BIN, "kvreplay-mpi")
+if shutil.which("mpirun") and os.access(MPI, os.X_OK):
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_btl="self,vader",
+               OMPI_MCA_btl_vader_single_copy_mechanism="none", OMPI_MCA_rmaps_base_oversubscribe="1")
+    env["ASAN_OPTIONS"] = ":".join(x for x in (os.environ.get("ASAN_OPTIONS", ""), "detect_leaks=0") if x)
+    for trace, ref, src, tag in ((TRS, os.path.join(TMP, "r_auto_ph"), "trace", "mpi_auto"),
+                                 (edited("scale_mpi", lambda f: f.attrs.__setitem__("attn_scale", 0.25)),
+                                  None, "recompute", "mpi_stale")):
+        out = os.path.join(TMP, f"r_{tag}")
+        shutil.rmtree(out, ignore_errors=True)
+        args = ["run", trace, "--decode", "96", "--no-readout", "--quiet", "--no-hash-cache", "-o", out]
+        for c in H2O:
+            args += ["--strategy", c]
+        r = subprocess.run(["mpirun", "-np", "3", "--oversubscribe", MPI] + args, capture_output=True, text=True,
+                           env=env, timeout=300)
+        if ref is None:
+            ref = replay(trace, "recompute", "mpi_stale_ref", False, H2O)
+        notes = [x for x in r.stderr.splitlines() if "note:" in x]
+        eq, names = same_csvs(out, ref) if r.returncode == 0 else (False, [])
+        check(r.returncode == 0 and eq and prov_field(out, "prompt_scores") == src
+              and len(notes) == (src == "recompute"),
+              f"kvreplay-mpi -np 3, the default on a trace whose scores {'apply' if src == 'trace' else 'do not'}: "
+              f"{src}, CSVs = the single-process run's ({', '.join(names)}), {len(notes)} note line(s); "
+              f"rc {r.returncode} {r.stderr.strip()[-300:]!r}")
+else:
+    print("skip  kvreplay-mpi: mpirun or bin/kvreplay-mpi absent")
 
 if failures:
     sys.exit(1)
