@@ -338,6 +338,16 @@ with h5py.File(TRS, "r") as f:
           and list(g["layer_window"]) == [0, 0])
 check(ok, "kvcapture --prompt-scores records the attention parameters of the scores (attn_scale, attn_softcap, "
       "layer_window [L]) equal to the trace's")
+# a layer's own window (HF models pass it to the attention of that layer) is what the writer
+# records for that layer
+meta = dict(n_heads=2, n_kv_heads=1, head_dim=4, d_model=8, attn_scale=0.5, attn_softcap=0.0, sliding_window=0)
+with h5py.File(os.path.join(TMP, "writer.h5"), "w") as f:
+    w = kvcapture.TraceWriter(f, 1, 6, 3, meta, False, False, None, scores=True)
+    z = torch.zeros(1, 2, 6, dtype=torch.float64)
+    for l, win in ((0, 0), (1, 4), (2, 0)):
+        w.prompt_scores(l, 0, z, z, win)
+    lw = list(f["prompt_scores"].attrs["layer_window"])
+check(lw == [0, 4, 0], f"TraceWriter records each layer's window in layer_window: {lw}")
 
 # a trace with the group: the default serves the trace's scores (CSVs and exports those of
 # --prompt-scores trace, provenance "trace", no note)
