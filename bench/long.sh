@@ -5,8 +5,9 @@
 #
 # The traces are captured with --prompt-scores (/prompt_scores): `h2o keep=0.25` alone and the
 # fused sweep run once more with --prompt-scores trace (the whole prompt's attention scores
-# from the capture, less the evaluated rows: linear in T) beside the default recompute (a
-# P^2/2 pass), and the two fused runs' CSVs must be identical (long_ps_identical.csv).
+# from the capture, less the evaluated rows: linear in T) beside --prompt-scores recompute (a
+# P^2/2 pass, given explicitly: kvreplay's default would take the trace's), and the two
+# fused runs' CSVs must be identical (long_ps_identical.csv).
 #
 # Per T: `--strategy full`, the fused 20-configuration sweep, kvreplay vs the PyTorch peer
 # (bench/torch_rows.py: evaluated rows only, blocked) on the same four configurations with
@@ -43,7 +44,11 @@ LONG_MARGINAL=${BENCH_LONG_MARGINAL:-1}
 # prompt row, like H2O): the base of the marginal costs
 SHARED_CFG="h2o keep=0.25"
 LONG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/kvlong.XXXXXX")
-KV="$BIN/kvreplay run"
+# every run recomputes the prompt scores (the traces have /prompt_scores, which kvreplay's
+# default, --prompt-scores auto, would serve) unless it says --prompt-scores trace later on
+# its line (the last one given counts): h2o and fused measure the P^2/2 pass beside
+# h2o_pstrace and fused_pstrace, and the per-strategy ratios stay those of the full cost
+KV="$BIN/kvreplay run --prompt-scores recompute"
 LENV=""        # extra rusage.py --env arguments for the next lrun only
 # the peer's configurations (what bench/torch_rows.py implements), and the configuration
 # of the 1 vs N threads measurement

@@ -82,7 +82,7 @@ def main(out, threads, decode):
 
     ps_ident = {int(r["T"]): r["identical"] for r in rows(out, "long_ps_identical.csv")}
     if any(g(T, "h2o_pstrace") for T in Ts):
-        print("\n  prompt scores recorded at capture (--prompt-scores trace) vs recomputed (default), "
+        print("\n  prompt scores recorded at capture (--prompt-scores trace) vs recomputed (--prompt-scores recompute), "
               "wall / CPU seconds and ratio to the full pass (CPU)")
         print(f"  {'T':>6} {'h2o rec':>8} {'cpu':>7} {'/full':>6} {'h2o trace':>9} {'cpu':>7} {'/full':>6}"
               f" {'fused rec':>9} {'cpu':>7} {'/full':>6} {'fused trace':>11} {'cpu':>7} {'/full':>6} {'identical':>9}")

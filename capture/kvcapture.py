@@ -42,9 +42,10 @@ file is refused (left as it is) unless --force.
 --prompt-scores also writes /prompt_scores: per layer, sequence and query head, the column sums
 of the causal attention over every query row and each row's normalised entropy, computed in
 float64 from the stored (f16) q and k with the replay's attention parameters, in blocks of
-query rows (memory bounded at any T; one T^2/2 pass per layer and head, done once).
-`kvreplay run --prompt-scores trace` then serves H2O-style whole-prompt scores from them in
-time linear in T.
+query rows (memory bounded at any T; one T^2/2 pass per layer and head, done once), with
+those parameters as the group's attributes (attn_scale, attn_softcap, layer_window [L]).
+`kvreplay run` (--prompt-scores auto, its default, or trace) then serves H2O-style
+whole-prompt scores from them in time linear in T.
 
 Shapes: S sequences, T tokens, H q-heads, Hkv kv-heads, D head_dim, C d_model, V vocab.
 """
@@ -662,6 +663,13 @@ class TraceWriter:
         if scores:      # /prompt_scores: one (layer, sequence, head) row per chunk
             self.scores = [f.create_dataset(f"prompt_scores/{name}", shape=(L, S, H, T), dtype="<f4",
                                             chunks=(1, 1, 1, T), **self.comp) for name in ("colsum", "entropy")]
+            # the attention the scores are sums of, so that the replay can tell when the
+            # trace's own parameters no longer are these (kvreplay run --prompt-scores auto)
+            g = f["prompt_scores"]
+            g.attrs["attn_scale"] = float(meta["attn_scale"])
+            g.attrs["attn_softcap"] = float(meta["attn_softcap"])
+            self.ps_window = np.full(L, int(meta["sliding_window"]), dtype="<i8")
+            g.attrs["layer_window"] = self.ps_window
         if readout:
             self.hidden = f.create_dataset("readout/hidden", shape=(S, T, C), dtype="<f2",
                                            chunks=(1, tc, C), **self.comp)
@@ -682,9 +690,13 @@ class TraceWriter:
         a = self._pad(_to_f16(x, f"layer {l} {name} (sequences {s0}..)"), 2)
         self.layers[l][name][s0:s0 + a.shape[0]] = a
 
-    def prompt_scores(self, l, s0, colsum, ent):
+    def prompt_scores(self, l, s0, colsum, ent, window):
         """colsum, ent [B, H, n] float64 (torch) -> /prompt_scores/*[l, s0:s0+B], clamped to
-        their ranges (0 <= colsum <= n, 0 <= entropy <= 1: float64 rounding only) and padded."""
+        their ranges (0 <= colsum <= n, 0 <= entropy <= 1: float64 rounding only) and padded;
+        window: layer l's, recorded in the group's layer_window."""
+        if self.ps_window[l] != window:
+            self.ps_window[l] = window
+            self.f["prompt_scores"].attrs["layer_window"] = self.ps_window
         n = colsum.shape[2]
         for d, x, hi in ((self.scores[0], colsum, float(n)), (self.scores[1], ent, 1.0)):
             a = self._pad(x.clamp(0.0, hi).cpu().numpy().astype("<f4"), 2)
@@ -938,7 +950,7 @@ def _capture_into(a, tmp):
                 win = int(sw) if sw else int(meta["sliding_window"])
                 cs, en = prompt_scores(q.detach().to(torch.float16), k.detach().to(torch.float16),
                                        meta["attn_scale"], meta["attn_softcap"], win)
-                w.prompt_scores(l, s0, cs, en)
+                w.prompt_scores(l, s0, cs, en, win)
 
         # batches of consecutive sequences of equal length (no padding inside a forward pass)
         batches, i = [], 0
@@ -1031,7 +1043,7 @@ def build_parser():
     ap.add_argument("--prompt-scores", action="store_true",
                     help="also write /prompt_scores: per layer and query head, the causal attention's "
                          "column sums over all rows and each row's normalised entropy (kvreplay run "
-                         "--prompt-scores trace reuses them instead of a quadratic prompt pass)")
+                         "reuses them by default instead of a quadratic prompt pass)")
     ap.add_argument("--deflate", type=int, default=None, metavar="N",
                     help="compress tensors with shuffle + deflate level N (0..9)")
     ap.add_argument("--source-note", default=None,

@@ -95,6 +95,10 @@ typedef struct kv_info {
     int has_prefill, has_rope, has_attn_out, has_readout;
     size_t n_needles;               /* rows of /needles (0 when absent; values validated) */
     int has_prompt_scores;          /* /prompt_scores (colsum, entropy [L, S, H, T]; values validated) */
+    char prompt_scores_stale[256];  /* why /prompt_scores do not fit this trace: the attention parameters
+                                       the capture recorded with them (group attributes attn_scale,
+                                       attn_softcap, layer_window) differ from the trace's; "" when
+                                       they fit or the group records none (kvreplay run falls back) */
     /* read-out (valid when has_readout) */
     char norm_type[16];             /* "layernorm" | "rmsnorm" */
     double norm_eps, final_logit_softcap;

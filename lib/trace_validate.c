@@ -1067,6 +1067,78 @@ static kv_status validate_needles(vctx *v, size_t S)
     return KV_OK;
 }
 
+/* A 1-D integer attribute of exactly n elements (absent: *present = 0, KV_OK). */
+static kv_status attr_int_array(vctx *v, hid_t obj, const char *oname, const char *name, size_t n,
+                                long long *val, int *present)
+{
+    char what[300];
+    snprintf(what, sizeof what, "%s attribute %s", oname, name);
+    *present = 0;
+    htri_t e = H5Aexists(obj, name);
+    if (e < 0)
+        return vfail(v, KV_ERR_FORMAT, what, "cannot read the attribute list (corrupt file)");
+    if (e == 0)
+        return KV_OK;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    if (a < 0)
+        return vfail(v, KV_ERR_FORMAT, what, "cannot open the attribute (corrupt file)");
+    hid_t sp = H5Aget_space(a), t = H5Aget_type(a);
+    hssize_t np = sp < 0 ? -1 : H5Sget_simple_extent_npoints(sp);
+    int ok = t >= 0 && H5Tget_class(t) == H5T_INTEGER && H5Tget_size(t) <= 8;
+    if (sp >= 0)
+        H5Sclose(sp);
+    if (t >= 0)
+        H5Tclose(t);
+    kv_status st = KV_OK;
+    if (!ok)
+        st = vfail(v, KV_ERR_FORMAT, what, "expected integers");
+    else if (np != (hssize_t)n)
+        st = vfail(v, KV_ERR_FORMAT, what, "expected %zu values (one per layer), found %lld", n, (long long)np);
+    else if (H5Aread(a, H5T_NATIVE_LLONG, val) < 0)
+        st = vfail(v, KV_ERR_FORMAT, what, "cannot read the values");
+    H5Aclose(a);
+    *present = st == KV_OK;
+    return st;
+}
+
+/* The attention parameters kvcapture computed /prompt_scores with (group attributes
+ * attn_scale, attn_softcap, layer_window; absent in traces captured before they were
+ * recorded) against the trace's own, as the replay holds them (scale and softcap rounded to
+ * f32, each layer's effective window): the scores are a function of exactly these and the
+ * stored Q/K, so an edited trace attribute makes them another attention's. The first
+ * difference goes to in->prompt_scores_stale. */
+static kv_status prompt_scores_params(vctx *v, size_t L)
+{
+    kv_info *in = v->info;
+    in->prompt_scores_stale[0] = 0;
+    hid_t g = H5Gopen2(v->file, "/prompt_scores", H5P_DEFAULT);
+    if (g < 0)
+        return vfail(v, KV_ERR_FORMAT, "/prompt_scores", "cannot open the group (corrupt file)");
+    double scale = 0, cap = 0;
+    int hs = 0, hc = 0, hw = 0;
+    long long *w = malloc((L ? L : 1) * sizeof *w);
+    kv_status st = w ? KV_OK : vfail(v, KV_ERR_NOMEM, "/prompt_scores", "out of memory");
+    if (!st && !(st = attr_float(v, g, "/prompt_scores", "attn_scale", 0, &scale, &hs)) &&
+        !(st = attr_float(v, g, "/prompt_scores", "attn_softcap", 0, &cap, &hc)) &&
+        !(st = attr_int_array(v, g, "/prompt_scores", "layer_window", L, w, &hw))) {
+        char *why = in->prompt_scores_stale;
+        size_t cw = sizeof in->prompt_scores_stale;
+        if (hs && (float)scale != (float)in->attn_scale)
+            snprintf(why, cw, "they were captured with attn_scale %.9g, the trace's is %.9g", scale, in->attn_scale);
+        else if (hc && (float)cap != (float)in->attn_softcap)
+            snprintf(why, cw, "they were captured with attn_softcap %.9g, the trace's is %.9g", cap, in->attn_softcap);
+        for (size_t l = 0; l < L && hw && !why[0]; l++) {
+            long long tw = in->layer_window ? in->layer_window[l] : in->sliding_window;
+            if (w[l] != tw)
+                snprintf(why, cw, "they were captured with a window of %lld on layer %zu, the trace's is %lld",
+                         w[l], l, tw);
+        }
+    }
+    free(w);
+    H5Gclose(g);
+    return st;
+}
+
 /* /prompt_scores (optional, kvcapture --prompt-scores): colsum and entropy, f32
  * [L, S, H, T] each. The replay uses these values as they are (no recomputation), so the
  * full validation checks every one of them: finite, 0 <= colsum <= seq_len[s] (a column sums
@@ -1078,6 +1150,7 @@ static kv_status validate_prompt_scores(vctx *v, size_t L, size_t S, size_t H, s
     int present;
     kv_status st = group_kind(v, "/prompt_scores", &present);
     in->has_prompt_scores = 0;
+    in->prompt_scores_stale[0] = 0;
     if (st || !present)
         return st;
     static const char *const names[2] = {"/prompt_scores/colsum", "/prompt_scores/entropy"};
@@ -1120,6 +1193,8 @@ static kv_status validate_prompt_scores(vctx *v, size_t L, size_t S, size_t H, s
         if (st)
             return st;
     }
+    if ((st = prompt_scores_params(v, L)))
+        return st;
     in->has_prompt_scores = 1;
     return KV_OK;
 }

@@ -124,8 +124,12 @@ int kvcmd_info(int argc, char **argv)
     }
     if (in->n_needles)
         printf("needles       %zu (/needles: needle metrics in kvreplay run -> needles.csv)\n", in->n_needles);
-    if (in->has_prompt_scores)
-        printf("prompt scores /prompt_scores: recorded column sums and row entropies (kvreplay run --prompt-scores trace)\n");
+    if (in->has_prompt_scores && in->prompt_scores_stale[0])
+        printf("prompt scores /prompt_scores: recorded column sums and row entropies, not applicable: %s "
+               "(kvreplay run recomputes them)\n", in->prompt_scores_stale);
+    else if (in->has_prompt_scores)
+        printf("prompt scores /prompt_scores: recorded column sums and row entropies (served by kvreplay run: "
+               "--prompt-scores auto, the default)\n");
     printf("attention     scale %.9g, softcap %s", in->attn_scale, in->attn_softcap > 0 ? "" : "none");
     if (in->attn_softcap > 0)
         printf("%.9g", in->attn_softcap);

@@ -50,11 +50,15 @@ static const char run_usage[] =
     "  --threads N         OpenMP threads (default: OMP_NUM_THREADS or all cores)\n"
     "  --page-size N       paged accounting: tokens per page (default 16, vLLM's block size;\n"
     "                      0 = unpaged) -> kv_bytes_paged, frag_bytes\n"
-    "  --prompt-scores SRC recompute (default) | trace: the whole prompt's attention column\n"
-    "                      sums and row entropies (h2o, cab, observed_attention, entropy_merge)\n"
-    "                      from the trace's /prompt_scores (kvcapture --prompt-scores) less\n"
-    "                      the evaluated rows' share: linear in the context instead of a\n"
-    "                      quadratic prompt pass; equal within ~1e-6 relative (replay/shared.h)\n"
+    "  --prompt-scores SRC auto (default) | trace | recompute: where the whole prompt's\n"
+    "                      attention column sums and row entropies (h2o, cab,\n"
+    "                      observed_attention, entropy_merge) come from. trace: the trace's\n"
+    "                      /prompt_scores (kvcapture --prompt-scores) less the evaluated rows'\n"
+    "                      share, linear in the context instead of a quadratic prompt pass;\n"
+    "                      equal within ~1e-6 relative (replay/shared.h). recompute: that pass.\n"
+    "                      auto: trace when the trace has the group and it was captured with\n"
+    "                      the trace's attention parameters, else recompute (with a note when\n"
+    "                      the group does not apply); provenance.json records the choice\n"
     "  --no-share          evaluate every eviction-only configuration alone (prefill); by\n"
     "                      default they share the full pass's probabilities and, when their\n"
     "                      kept sets nest, one pass over the largest (docs/METHODS.md): equal\n"
@@ -406,6 +410,22 @@ static const char *resolve_sweep(const char *path, char *buf, size_t cap)
     return path;
 }
 
+/* --prompt-scores auto, resolved once from the trace alone (so every shard, MPI rank and
+ * resumed run of it resolves alike) to the concrete source that the run key, DIR/parts/
+ * options, provenance and the engine then see: trace when the trace has /prompt_scores
+ * and they apply, else recompute. They apply to every run of the trace: they cover every row
+ * of every sequence, so any split (--decode, --eval-from, /prefill_len, --mode online's
+ * whole sequence) subtracts its own evaluated rows; calibration does not use them; and no
+ * kvreplay option changes the attention they are sums of. That attention is the trace's
+ * (scale, softcap, windows): a group recorded with other parameters (an edited trace,
+ * kv_info.prompt_scores_stale) does not apply. trace and recompute are kept as given (the
+ * engine refuses trace where auto falls back). */
+static int resolve_prompt_scores(int pscores, const kv_info *in)
+{
+    if (pscores != RP_PS_AUTO) return pscores;
+    return in->has_prompt_scores && !in->prompt_scores_stale[0] ? RP_PS_TRACE : RP_PS_RECOMPUTE;
+}
+
 int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **out)
 {
     *out = NULL;
@@ -420,7 +440,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     long long decode = 0, threads = 0, eval_from = 0, page_size = 16;
     int split_note = 0, calib_note = 0;
     int resume = 0, readout_flag = 1, list = 0, gqa = RP_GQA_MEAN;
-    int per_layer = 0, hash_cache = 1, quiet = 0, pscores = RP_PS_RECOMPUTE, no_share = 0;
+    int per_layer = 0, hash_cache = 1, quiet = 0, pscores = RP_PS_AUTO, no_share = 0;
     double progress_every = KV_PROGRESS_EVERY_DEFAULT;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -465,7 +485,8 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
             const char *r = argv[++i];
             if (!strcmp(r, "recompute")) pscores = RP_PS_RECOMPUTE;
             else if (!strcmp(r, "trace")) pscores = RP_PS_TRACE;
-            else { fprintf(stderr, "%s: --prompt-scores %s: expected trace or recompute\n", g_prog, r); return KV_EXIT_USAGE; }
+            else if (!strcmp(r, "auto")) pscores = RP_PS_AUTO;
+            else { fprintf(stderr, "%s: --prompt-scores %s: expected auto, trace or recompute\n", g_prog, r); return KV_EXIT_USAGE; }
         } else if (!strcmp(a, "--shard") && more) shard_s = argv[++i];
         else if (!strcmp(a, "--seqs") && more) seqs_s = argv[++i];
         else if (!strcmp(a, "--calib") && more) calib_s = argv[++i];
@@ -586,6 +607,8 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
 
     if (kv_trace_open(trace_path, NULL, &tr, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
     const kv_info *in = kv_trace_info(tr);
+    int ps_note = pscores == RP_PS_AUTO && in->has_prompt_scores && in->prompt_scores_stale[0];
+    pscores = resolve_prompt_scores(pscores, in);
     if (calib_s && parse_list(calib_s, in->n_seq, &calib, &n_calib, "--calib")) goto fail_quiet;
     {
         /* calibrating strategies (lowrank): without --calib, the last k sequences of the trace
@@ -744,6 +767,9 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     if (calib_note && !(flags & KVRUN_WORKER))
         fprintf(stderr, "%s: note: calibrating on the last %zu sequence(s) of the trace (%zu..%zu), not "
                 "evaluated (--calib LIST to choose)\n", g_prog, n_calib, calib[0], calib[n_calib - 1]);
+    if (ps_note && !(flags & KVRUN_WORKER))
+        fprintf(stderr, "%s: note: %s: /prompt_scores do not apply (%s): recomputing the prompt scores\n",
+                g_prog, trace_path, in->prompt_scores_stale);
     if (split_note && !(flags & KVRUN_WORKER))
         fprintf(stderr, "%s: note: %s has no /prefill_len; evaluating the last %lld tokens of each sequence "
                 "(--decode N to choose)\n", g_prog, trace_path, decode);

@@ -622,9 +622,19 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
             goto fail;
         }
     }
+    if (o->prompt_scores != RP_PS_TRACE && o->prompt_scores != RP_PS_RECOMPUTE) {
+        rp_failf(err, errlen, "prompt scores: source %d is neither trace nor recompute (auto is resolved by the caller)",
+                 o->prompt_scores);
+        goto fail;
+    }
     if (o->prompt_scores == RP_PS_TRACE && !in->has_prompt_scores) {
         rp_failf(err, errlen, "--prompt-scores trace: %s has no /prompt_scores (capture it with kvcapture "
                  "--prompt-scores, or use --prompt-scores recompute)", in->path);
+        goto fail;
+    }
+    if (o->prompt_scores == RP_PS_TRACE && in->prompt_scores_stale[0]) {
+        rp_failf(err, errlen, "--prompt-scores trace: %s: /prompt_scores do not apply: %s (use --prompt-scores "
+                 "recompute)", in->path, in->prompt_scores_stale);
         goto fail;
     }
     if ((o->export_hook && o->mode != RP_PREFILL) || (o->export_evict_hook && o->mode != RP_ONLINE)) {

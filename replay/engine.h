@@ -103,11 +103,14 @@ typedef struct rp_run_opts {
      * SA_PAGED (bytes allocated in whole pages) and SA_FRAG (their unused slots). */
     size_t page_size;
     /* Source of the whole prompt's attention scores (column sums over the prompt rows, row
-     * entropies: H2O, CAB, ObservedAttention, entropy_merge): RP_PS_RECOMPUTE (default) a
-     * pass over every prompt row; RP_PS_TRACE the trace's /prompt_scores (kvcapture
-     * --prompt-scores) less the evaluated rows' share (shared.h rp_shared_use_captured):
-     * linear in n instead of quadratic. A trace without the group is refused rather than
-     * silently recomputed: the run would cost and record something other than asked. */
+     * entropies: H2O, CAB, ObservedAttention, entropy_merge): RP_PS_RECOMPUTE a pass over
+     * every prompt row; RP_PS_TRACE the trace's /prompt_scores (kvcapture --prompt-scores)
+     * less the evaluated rows' share (shared.h rp_shared_use_captured): linear in n instead
+     * of quadratic. A trace without the group, or whose group records other attention
+     * parameters than the trace's (kv_info.prompt_scores_stale), is refused rather than
+     * silently recomputed: the run would cost and record something other than asked. The
+     * engine takes only these two: kvreplay run's default, auto, is resolved to one of them
+     * before (cmd_run.c), so that everything keyed on the mode sees the concrete one. */
     int prompt_scores;
     /* Prefill evaluation of eviction-only configurations (original rows, no per-query
      * selection, window, merge or encoder): 0 (default) shares the work between them
@@ -117,7 +120,8 @@ typedef struct rp_run_opts {
     int no_share;
 } rp_run_opts;
 
-enum { RP_PS_RECOMPUTE = 0, RP_PS_TRACE = 1 };
+enum { RP_PS_RECOMPUTE = 0, RP_PS_TRACE = 1,
+       RP_PS_AUTO = 2 /* kvreplay run's option only, never an engine's (rp_engine_new refuses it) */ };
 
 /* Per (config, layer, query head) sums; HA_N counts evaluated positions. */
 enum { HA_N, HA_COS, HA_OCOS, HA_OREL, HA_KL, HA_REC, HA_KEEP, HA_BUDGET,

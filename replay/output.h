@@ -35,7 +35,7 @@ typedef struct out_prov {
     size_t decode, n_seq, threads;
     size_t page_size;               /* paged accounting: entries per page, 0 = unpaged */
     size_t n_kv_heads, head_dim;    /* the trace's shape (kvreport's prompt-only ratio); 0 = unknown, not written */
-    const char *prompt_scores;      /* "trace" (--prompt-scores trace); NULL = "recompute" */
+    const char *prompt_scores;      /* "trace" (--prompt-scores trace, or auto resolved to it); NULL = "recompute" */
     const char *evaluation;         /* "separate" (--no-share); NULL = "shared" */
 } out_prov;
 

@@ -68,7 +68,7 @@ rp_shared *rp_shared_new(const float *q, const float *k, size_t H, size_t Hkv, s
 void rp_shared_free(rp_shared *s);
 
 /* Scores recorded at capture (/prompt_scores, kvcapture --prompt-scores; kvreplay run
- * --prompt-scores trace) for the object's H query heads: colsum [H][n], colsum[h][j] = the sum
+ * --prompt-scores trace, or auto resolved to it) for the object's H query heads: colsum [H][n], colsum[h][j] = the sum
  * of p(t, j) over EVERY query row t < n (the prompt's and the evaluated ones), and ent [H][n],
  * each row's normalised entropy, both computed by the capture in float64 from the stored
  * (f16) Q/K with these attn_params and rounded to f32. Owned by the caller, outliving the

@@ -21,13 +21,24 @@
   fail (and test_shared by 10^4 of its bound).
 - kvreplay check recomputes /prompt_scores (replay/verify.h tolerances) and fails when two
   heads' sums are swapped, naming the place.
-- provenance.json records prompt_scores = trace, or recompute for the default (whose CSVs,
-  parts and run key are those of earlier versions).
+- provenance.json records prompt_scores = trace, or recompute (whose CSVs, parts and run key
+  are those of earlier versions).
+- the default, --prompt-scores auto: on a trace with /prompt_scores the CSVs, exports,
+  parts/options and part files (run key) of --prompt-scores trace, provenance trace, no note;
+  likewise with --mode online, over 2 shards merged, on 1 thread, under kvreplay-mpi -np 3
+  (when Open MPI is installed), and on a group without the recorded attention parameters
+  (earlier captures); --resume continues a default run and refuses recompute. On a trace
+  without the group: recompute's bytes (CSVs, exports, parts/options, run key), no note. On
+  a trace whose attn_scale or a layer's window was edited after capture: recompute's CSVs,
+  provenance recompute, exactly one note line naming the parameter (one under MPI too);
+  --prompt-scores trace refused in one line; kvreplay info says so.
 - corrupted groups (NaN, negative, above seq_len, entropy > 1, nonzero past seq_len, wrong
-  shape, wrong dtype) are refused by kvreplay with one line naming the dataset and the index;
+  shape, wrong dtype, a layer_window attribute of the wrong length, a non-numeric
+  attn_scale attribute) are refused by kvreplay with one line naming the dataset and the index;
   --prompt-scores trace on a trace without the group is one line, non-zero exit.
 """
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -156,14 +167,17 @@ CFGS = ["h2o keep=0.25", "h2o keep=0.5 recent=0.1", "cab keep=0.25", "observed_a
         "entropy_merge keep=0.25"]
 
 
-def replay(trace, src, tag, export=True, cfgs=CFGS):
+def replay(trace, src, tag, export=True, cfgs=CFGS, extra=(), threads=2):
+    """kvreplay run with --prompt-scores src (None: the default); -> the results directory
+    (its stderr in run.last)."""
     out = os.path.join(TMP, f"r_{tag}")
     shutil.rmtree(out, ignore_errors=True)
-    args = ["run", trace, "--decode", "96", "--no-readout", "--quiet", "--no-hash-cache", "--threads", "2",
-            "--prompt-scores", src, "-o", out] + (["--export", out + "_x.h5"] if export else [])
+    args = ["run", trace, "--decode", "96", "--no-readout", "--quiet", "--no-hash-cache", "--threads", str(threads),
+            "-o", out] + (["--prompt-scores", src] if src else []) + (["--export", out + "_x.h5"] if export else [])
+    args += list(extra)
     for c in cfgs:
         args += ["--strategy", c]
-    run(args)
+    run.last = run(args).stderr
     return out
 
 
@@ -252,7 +266,7 @@ lines = r.stderr.strip().splitlines()
 check(r.returncode != 0 and len(lines) == 1 and "has no /prompt_scores" in lines[0] and "--prompt-scores" in lines[0],
       f"--prompt-scores trace without the group: one line, rc {r.returncode}: {lines}")
 r = run(["run", PLAIN, "--decode", "96", "--strategy", "h2o keep=0.25", "--prompt-scores", "bogus", "-o", out], ok=False)
-check(r.returncode != 0 and "expected trace or recompute" in r.stderr, "--prompt-scores bogus refused")
+check(r.returncode != 0 and "expected auto, trace or recompute" in r.stderr, "--prompt-scores bogus refused")
 
 
 def corrupt(tag, fn, want):
@@ -301,6 +315,164 @@ corrupt("padding", setv("prompt_scores/entropy", (0, 2, 0, 170), 0.5),
         ["/prompt_scores/entropy[layer 0, seq 2, head 0, pos 170]", "past seq_len"])
 corrupt("shape", reshape, ["/prompt_scores/colsum", "shape", "[L, S, H, T]"])
 corrupt("dtype", retype, ["/prompt_scores/entropy", "datatype"])
+corrupt("layer_window", lambda f: f["prompt_scores"].attrs.__setitem__("layer_window", np.zeros(3, dtype="<i8")),
+        ["/prompt_scores attribute layer_window", "expected 2 values (one per layer), found 3"])
+corrupt("attn_scale", lambda f: f["prompt_scores"].attrs.__setitem__("attn_scale", "x"),
+        ["/prompt_scores attribute attn_scale", "expected a number"])
+
+# ---- the default, --prompt-scores auto ---------------------------------------------------------
+def prov_field(d, name):
+    with open(os.path.join(d, "provenance.json")) as f:
+        return json.load(f).get(name)
+
+
+def parts(d):
+    """DIR/parts/options and every part file (run key, values) of a shard, by name."""
+    return {os.path.basename(p): open(p, "rb").read() for p in sorted(glob.glob(os.path.join(d, "parts", "*")))
+            if not p.endswith("lock")}
+
+
+with h5py.File(TRS, "r") as f:
+    g, a = f["prompt_scores"].attrs, f.attrs
+    ok = (float(g["attn_scale"]) == float(a["attn_scale"]) and float(g["attn_softcap"]) == float(a["attn_softcap"])
+          and list(g["layer_window"]) == [0, 0])
+check(ok, "kvcapture --prompt-scores records the attention parameters of the scores (attn_scale, attn_softcap, "
+      "layer_window [L]) equal to the trace's")
+# a layer's own window (HF models pass it to the attention of that layer) is what the writer
+# records for that layer
+meta = dict(n_heads=2, n_kv_heads=1, head_dim=4, d_model=8, attn_scale=0.5, attn_softcap=0.0, sliding_window=0)
+with h5py.File(os.path.join(TMP, "writer.h5"), "w") as f:
+    w = kvcapture.TraceWriter(f, 1, 6, 3, meta, False, False, None, scores=True)
+    z = torch.zeros(1, 2, 6, dtype=torch.float64)
+    for l, win in ((0, 0), (1, 4), (2, 0)):
+        w.prompt_scores(l, 0, z, z, win)
+    lw = list(f["prompt_scores"].attrs["layer_window"])
+check(lw == [0, 4, 0], f"TraceWriter records each layer's window in layer_window: {lw}")
+
+# a trace with the group: the default serves the trace's scores (CSVs and exports those of
+# --prompt-scores trace, provenance "trace", no note)
+rd = replay(TRS, None, "auto")
+eq, names = same_csvs(rd, rt)
+eqx, _ = same_exports(rd, rt)
+check(eq and eqx and prov_field(rd, "prompt_scores") == "trace" and "note" not in run.last,
+      f"default on a trace with /prompt_scores = --prompt-scores trace: {', '.join(names)} and exports identical, "
+      f"provenance trace, stderr {run.last.strip()!r}")
+# the run key and DIR/parts/options of the resolved mode (a shard keeps its parts): equal
+# byte for byte to the explicit run's, and different from recompute's
+kd, kt, kr = (parts(replay(TRS, src, f"auto_sh_{src}", False, H2O, ["--shard", "0/2"]))
+              for src in (None, "trace", "recompute"))
+check(kd == kt and len(kd) >= 2 and kd != kr and b"prompt-scores=trace" in kd["options"],
+      f"default on a trace with /prompt_scores: parts/options and parts (run key) = --prompt-scores trace's "
+      f"({len(kd)} files), not recompute's")
+# --resume: the default resolves again to trace and continues the run; recompute is another
+# run (its options differ at prompt-scores)
+res = os.path.join(TMP, "r_auto_sh_None")
+rr_ = run(["run", TRS, "--decode", "96", "--no-readout", "--no-hash-cache", "--shard", "0/2", "--resume", "-o", res]
+          + sum((["--strategy", c] for c in H2O), []), ok=False)
+rx = run(["run", TRS, "--decode", "96", "--no-readout", "--no-hash-cache", "--shard", "0/2", "--resume", "-o", res,
+          "--prompt-scores", "recompute"] + sum((["--strategy", c] for c in H2O), []), ok=False)
+check(rr_.returncode == 0 and "resumed: 2 sequence(s)" in rr_.stderr and rx.returncode != 0
+      and "prompt-scores=trace" in rx.stderr,
+      f"--resume of a default run: the default continues it ({rr_.stderr.strip().splitlines()[:1]}), "
+      f"--prompt-scores recompute is refused: {rx.stderr.strip()!r}")
+# shards and threads: the shards of the default merge into the unsharded default's CSVs;
+# one thread gives the same bits as two
+sh = [replay(TRS, None, f"auto_shard{i}", False, H2O, ["--shard", f"{i}/2"]) for i in range(2)]
+merged = os.path.join(TMP, "r_auto_merged")
+shutil.rmtree(merged, ignore_errors=True)
+run(["merge", "-o", merged] + sh)
+eq, names = same_csvs(merged, replay(TRS, None, "auto_ph", False, H2O))
+eq1, _ = same_csvs(replay(TRS, None, "auto_t1", False, H2O, threads=1), os.path.join(TMP, "r_auto_ph"))
+check(eq and eq1 and prov_field(merged, "prompt_scores") == "trace",
+      f"default: 2 shards merged and 1 thread = the unsharded 2-thread run ({', '.join(names)}), merged "
+      "provenance trace")
+# --mode online (the whole sequence is the prompt the scores cover): served too, the same
+# caches as recomputing (h2o's online protocol)
+ron, rtn = (replay(TRS, src, f"online_{src}", False, ["h2o keep=0.25"], ["--mode", "online"])
+            for src in (None, "recompute"))
+eq, names = same_csvs(ron, rtn)
+check(eq and prov_field(ron, "prompt_scores") == "trace",
+      f"--mode online: the default serves the trace's scores, CSVs = recompute's ({', '.join(names)})")
+
+# a trace without the group: the default is recompute, byte for byte (CSVs, exports, run key,
+# parts/options: those of earlier versions), silently
+rp_d, rp_r = replay(PLAIN, None, "plain_auto"), replay(PLAIN, "recompute", "plain_rec")
+eq, names = same_csvs(rp_d, rp_r)
+eqx, _ = same_exports(rp_d, rp_r)
+kd, kr = (parts(replay(PLAIN, src, f"plain_sh_{src}", False, H2O, ["--shard", "0/2"])) for src in (None, "recompute"))
+check(eq and eqx and kd == kr and b"prompt-scores" not in kd["options"] and prov_field(rp_d, "prompt_scores") == "recompute"
+      and "note" not in run.last, f"default on a trace without /prompt_scores = --prompt-scores recompute: "
+      f"{', '.join(names)}, exports, parts/options and run key identical, no note")
+
+
+def edited(tag, fn):
+    path = os.path.join(TMP, f"edit_{tag}.h5")
+    shutil.copy(TRS, path)
+    with h5py.File(path, "r+") as f:
+        fn(f)
+    return path
+
+
+# the group was captured with other attention parameters than the trace now has: the
+# default recomputes (= --prompt-scores recompute on that trace) with one note line naming
+# why; --prompt-scores trace refuses in one line
+for tag, fn, want in (("scale", lambda f: f.attrs.__setitem__("attn_scale", 0.5 * float(f.attrs["attn_scale"])),
+                       "attn_scale"),
+                      ("window", lambda f: f["layers/1"].attrs.__setitem__("sliding_window", 64),
+                       "window of 0 on layer 1, the trace's is 64")):
+    path = edited(tag, fn)
+    rd = replay(path, None, f"stale_{tag}", False, H2O)
+    note = run.last.strip().splitlines()
+    eq, names = same_csvs(rd, replay(path, "recompute", f"stale_rec_{tag}", False, H2O))
+    check(eq and prov_field(rd, "prompt_scores") == "recompute" and len(note) == 1 and "note:" in note[0]
+          and "/prompt_scores do not apply" in note[0] and want in note[0],
+          f"group of other attention parameters ({tag}): the default recomputes ({', '.join(names)} = recompute's), "
+          f"one note line: {note}")
+    r = run(["run", path, "--decode", "96", "--strategy", "h2o keep=0.25", "--prompt-scores", "trace",
+             "--no-hash-cache", "-o", os.path.join(TMP, f"r_stale_tr_{tag}")], ok=False)
+    lines = r.stderr.strip().splitlines()
+    check(r.returncode != 0 and len(lines) == 1 and "do not apply" in lines[0] and want in lines[0],
+          f"--prompt-scores trace on that trace ({tag}): refused in one line, rc {r.returncode}: {lines}")
+    r = run(["info", path])
+    check("not applicable" in r.stdout and want in r.stdout, f"kvreplay info on that trace ({tag}) says the "
+          "scores do not apply")
+# a trace captured before the parameters were recorded (no group attributes): the scores
+# were computed from the trace's own parameters, so the default serves them
+path = edited("old", lambda f: [f["prompt_scores"].attrs.__delitem__(k)
+                                for k in ("attn_scale", "attn_softcap", "layer_window")])
+rd = replay(path, None, "old_auto", False, H2O)
+eq, _ = same_csvs(rd, os.path.join(TMP, "r_trace_ph"))
+check(eq and prov_field(rd, "prompt_scores") == "trace" and not run.last.strip(),
+      "group without recorded parameters (earlier captures): the default serves it (= --prompt-scores trace)")
+
+# kvreplay-mpi: every rank opens the trace and resolves the default alike (rank 0 alone
+# prints the note); the CSVs are the single-process default's (when Open MPI is installed)
+MPI = os.path.join(BIN, "kvreplay-mpi")
+if shutil.which("mpirun") and os.access(MPI, os.X_OK):
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_btl="self,vader",
+               OMPI_MCA_btl_vader_single_copy_mechanism="none", OMPI_MCA_rmaps_base_oversubscribe="1")
+    env["ASAN_OPTIONS"] = ":".join(x for x in (os.environ.get("ASAN_OPTIONS", ""), "detect_leaks=0") if x)
+    for trace, ref, src, tag in ((TRS, os.path.join(TMP, "r_auto_ph"), "trace", "mpi_auto"),
+                                 (edited("scale_mpi", lambda f: f.attrs.__setitem__("attn_scale", 0.25)),
+                                  None, "recompute", "mpi_stale")):
+        out = os.path.join(TMP, f"r_{tag}")
+        shutil.rmtree(out, ignore_errors=True)
+        args = ["run", trace, "--decode", "96", "--no-readout", "--quiet", "--no-hash-cache", "-o", out]
+        for c in H2O:
+            args += ["--strategy", c]
+        r = subprocess.run(["mpirun", "-np", "3", "--oversubscribe", MPI] + args, capture_output=True, text=True,
+                           env=env, timeout=300)
+        if ref is None:
+            ref = replay(trace, "recompute", "mpi_stale_ref", False, H2O)
+        notes = [x for x in r.stderr.splitlines() if "note:" in x]
+        eq, names = same_csvs(out, ref) if r.returncode == 0 else (False, [])
+        check(r.returncode == 0 and eq and prov_field(out, "prompt_scores") == src
+              and len(notes) == (src == "recompute"),
+              f"kvreplay-mpi -np 3, the default on a trace whose scores {'apply' if src == 'trace' else 'do not'}: "
+              f"{src}, CSVs = the single-process run's ({', '.join(names)}), {len(notes)} note line(s); "
+              f"rc {r.returncode} {r.stderr.strip()[-300:]!r}")
+else:
+    print("skip  kvreplay-mpi: mpirun or bin/kvreplay-mpi absent")
 
 if failures:
     sys.exit(1)
