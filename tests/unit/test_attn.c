@@ -615,6 +615,41 @@ static void case_rows_cut(void)
                attn_rows_cut(&x, 0, 257, &p1, &s1, NULL, 0, NULL, NULL, NULL) == -1);
 }
 
+/* attn_rows_cut_heads (the engine's G query heads over one kv head's encoded cache) against
+ * one attn_rows_cut call per head: lse, o and logits bit for bit, G up to 9 (more than 8
+ * heads per pass), cuts on both sides of entry blocks. */
+static void case_rows_cut_heads(void)
+{
+    size_t Gs[] = {1, 3, 9}, Ds[] = {64, 128};
+    int same = 1;
+    for (size_t gi = 0; gi < 3; gi++)
+        for (size_t di = 0; di < 2; di++) {
+            size_t G = Gs[gi], D = Ds[di], nr = 70, N = 300, lhs = nr + 2;
+            attn_params p = {1.0f / sqrtf((float)D), gi == 1 ? 5.0f : 0.0f, 0};
+            float *q = randn(G * nr * D, 1.5f), *ka = randn(N * D, 1), *kb = randn(N * D, 1);
+            float *va = randn(N * D, 1), *vb = randn(N * D, 1);
+            size_t nvis[70], kc[70], vc[70];
+            for (size_t r = 0; r < nr; r++) {
+                nvis[r] = r == 3 ? 0 : (size_t)(rng_u64() % (N + 1));
+                kc[r] = r % 5 == 0 ? 0 : (size_t)(rng_u64() % (nvis[r] + 1));
+                vc[r] = r % 6 == 0 ? nvis[r] : (size_t)(rng_u64() % (nvis[r] + 1));
+            }
+            attn_cut_src src = {ka, kb, va, vb, kc, vc};
+            float *l1 = malloc(G * lhs * sizeof *l1), *o1 = malloc(G * lhs * D * sizeof *o1);
+            float *g1 = malloc(G * lhs * N * sizeof *g1), l2[70], *o2 = malloc(nr * D * sizeof *o2);
+            float *g2 = malloc(nr * N * sizeof *g2);
+            attn_rows_cut_heads(q, nr * D, G, nr, D, &p, &src, nvis, N, lhs, l1, o1, g1);
+            for (size_t h = 0; h < G; h++) {
+                attn_rows_cut(q + h * nr * D, nr, D, &p, &src, nvis, N, l2, o2, g2);
+                same &= !memcmp(l1 + h * lhs, l2, nr * sizeof *l2) && !memcmp(o1 + h * lhs * D, o2, nr * D * sizeof *o2);
+                for (size_t r = 0; r < nr; r++)
+                    same &= !memcmp(g1 + (h * lhs + r) * N, g2 + r * N, nvis[r] * sizeof *g2);
+            }
+            free(q); free(ka); free(kb); free(va); free(vb); free(l1); free(o1); free(g1); free(o2); free(g2);
+        }
+    check_true("attn_rows_cut_heads == attn_rows_cut per head, bit for bit", same);
+}
+
 int main(void)
 {
     size_t Ds[] = {1, 16, 32, 64, 128, 80, 300};
@@ -640,6 +675,7 @@ int main(void)
     case_exp_shift();
     case_exp_f64();
     case_rows_cut();
+    case_rows_cut_heads();
     case_rows_given();
     case_pv_weighted();
     case_probs_row();
