@@ -49,6 +49,10 @@ LONG_TMP=$(mktemp -d "${TMPDIR:-/tmp}/kvlong.XXXXXX")
 # its line (the last one given counts): h2o and fused measure the P^2/2 pass beside
 # h2o_pstrace and fused_pstrace, and the per-strategy ratios stay those of the full cost
 KV="$BIN/kvreplay run --prompt-scores recompute"
+# the per-strategy runs (standalone and marginal) take the prompt scores as a user's run would:
+# kvreplay's default (auto: the trace's /prompt_scores, which these traces have); set
+# BENCH_LONG_STRAT_PS=recompute to charge each prompt-score family its P^2/2 pass instead
+STRAT_PS="--prompt-scores ${BENCH_LONG_STRAT_PS:-auto}"
 LENV=""        # extra rusage.py --env arguments for the next lrun only
 # the peer's configurations (what bench/torch_rows.py implements), and the configuration
 # of the 1 vs N threads measurement
@@ -211,14 +215,14 @@ for T in $LONG_T; do
                 if [ -z "$base2" ]; then
                     gen_trace "long_T${T}_S2" 7 "$T" 2 "$LONG_CFG" > "$LONG_TMP/gen.log"
                     lrun full_s2 "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/st" -- $KV "$OUT/long_T${T}_S2.h5" \
-                        --decode "$LONG_DEC" --seqs 0 --strategy full --threads "$THREADS" \
+                        --decode "$LONG_DEC" $STRAT_PS --seqs 0 --strategy full --threads "$THREADS" \
                         -o "$LONG_TMP/st" < /dev/null
                     base2=$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f4,5)
                 fi
                 str="$OUT/long_T${T}_S2.h5" sel="--seqs 0" base=$base2
                 note="two-sequence trace: calibrates on the second; relative to full on that trace"
             fi
-            lrun strategy "$T" "$THREADS" 1 "$LONG_TMP/st" -- $KV "$str" --decode "$LONG_DEC" $sel \
+            lrun strategy "$T" "$THREADS" 1 "$LONG_TMP/st" -- $KV "$str" --decode "$LONG_DEC" $STRAT_PS $sel \
                 --strategy "$fcfg" --threads "$THREADS" -o "$LONG_TMP/st" < /dev/null
             one=$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f1,4-6)
             sed -i '$ d' "$OUT/long_runs.csv"
@@ -226,11 +230,11 @@ for T in $LONG_T; do
             if [ "$LONG_MARGINAL" = 1 ]; then
                 # the base (full + the shared pass) once per trace, best-of-N like the full pass
                 if [ "$str" = "$tr" ] && [ -z "$sbase1" ]; then
-                    lrun shared "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/sb" -- $KV "$str" --decode "$LONG_DEC" \
+                    lrun shared "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/sb" -- $KV "$str" --decode "$LONG_DEC" $STRAT_PS \
                         --strategy full --strategy "$SHARED_CFG" --threads "$THREADS" -o "$LONG_TMP/sb" < /dev/null
                     sbase1=$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f4,5)
                 elif [ "$str" != "$tr" ] && [ -z "$sbase2" ]; then
-                    lrun shared_s2 "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/sb" -- $KV "$str" --decode "$LONG_DEC" \
+                    lrun shared_s2 "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/sb" -- $KV "$str" --decode "$LONG_DEC" $STRAT_PS \
                         $sel --strategy full --strategy "$SHARED_CFG" --threads "$THREADS" -o "$LONG_TMP/sb" < /dev/null
                     sbase2=$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f4,5)
                 fi
@@ -238,7 +242,7 @@ for T in $LONG_T; do
                 # the family before SHARED_CFG: a family that also wants the row entropies
                 # (entropy_merge) then computes the whole-prompt pass once with them, which
                 # SHARED_CFG reuses; after h2o's pass without entropies it would redo it
-                lrun with_shared "$T" "$THREADS" 1 "$LONG_TMP/st" -- $KV "$str" --decode "$LONG_DEC" $sel \
+                lrun with_shared "$T" "$THREADS" 1 "$LONG_TMP/st" -- $KV "$str" --decode "$LONG_DEC" $STRAT_PS $sel \
                     --strategy full --strategy "$fcfg" --strategy "$SHARED_CFG" --threads "$THREADS" \
                     -o "$LONG_TMP/st" < /dev/null
                 marg="$sb,$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f4,5)"

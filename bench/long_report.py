@@ -155,7 +155,9 @@ def main(out, threads, decode):
         sT = int(strat[0]["T"])
         fw = g(sT, "full")
         print(f"\n  each strategy family of sweeps/default.sweep alone at T={sT} (keep=0.25 where the"
-              " family's first line lists it), relative to --strategy full")
+              " family's first line lists it), relative to --strategy full;")
+        print(f"  prompt scores: {os.environ.get('BENCH_LONG_STRAT_PS') or 'auto'} (auto: the trace's"
+              " /prompt_scores, as a default run on these traces takes them)")
         print("  ('marginal': wall of full + the shared pass + the family minus wall of full + the"
               " shared pass, over the full pass's wall: what the family costs in a sweep that")
         print("  computes the shared prompt scores anyway, once per (sequence, layer); CPU the same"
