@@ -5,7 +5,8 @@
  * Entropy comes from lib/attn_stats.h's attn_stats_compute (the statistics `kvreplay info`
  * prints): per (layer, head), the mean over sequences and valid positions t >= 1 of
  * -sum_j p_j log p_j, and the uniform bound log(visible keys). The distribution drawn per
- * layer is over its query heads; the first TS_MAX_SEQ sequences are used.
+ * layer is over its query heads; the first TS_MAX_SEQ sequences are used, at most
+ * ATTN_STATS_POS evenly spaced positions of each.
  */
 #include "trace_stats.h"
 
@@ -45,7 +46,7 @@ kv_status ts_load(const char *path, double *bytes_per_token, rp_entropy **entrop
     *bytes_per_token = 2.0 * 2.0 * (double)L * (double)Hkv * (double)D;   /* K and V, fp16 */
 
     size_t Sn = S < TS_MAX_SEQ ? S : TS_MAX_SEQ;
-    if ((st = attn_stats_compute(t, Sn, &as, err)) != KV_OK) goto done;
+    if ((st = attn_stats_compute(t, Sn, ATTN_STATS_POS, &as, err)) != KV_OK) goto done;
     size_t H = as->H;
     e = calloc(1, sizeof *e);
     v = malloc((H ? H : 1) * sizeof *v);
@@ -76,8 +77,8 @@ kv_status ts_load(const char *path, double *bytes_per_token, rp_entropy **entrop
         e->max_entropy[l] = u / (double)H;
     }
     if (note_cap)
-        snprintf(note, note_cap, "attention entropy: per-head means over %zu of %zu sequences (%zu positions per head), distribution over the %zu query heads of each layer",
-                 as->n_seq, S, as->n_pos, H);
+        snprintf(note, note_cap, "attention entropy: per-head means over %zu of %zu sequences (%zu %s per head), distribution over the %zu query heads of each layer",
+                 as->n_seq, S, as->n_pos, as->n_pos < as->n_all ? "evenly spaced positions" : "positions", H);
 done:
     free(v);
     attn_stats_free(as);

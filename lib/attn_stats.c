@@ -41,12 +41,22 @@ static double dot(const float *q, const float *k, size_t D)
     return (s0 + s1) + (s2 + s3);
 }
 
+/* The i-th of R query positions of a sequence of n >= 2: every t = 1..n-1 when R = n - 1,
+ * else R evenly spaced ones from 1 to n - 1 (both ends included). */
+static size_t stat_pos(size_t i, size_t R, size_t n)
+{
+    if (R == n - 1) return 1 + i;
+    if (R == 1) return n - 1;
+    return 1 + (size_t)((unsigned long long)i * (n - 2) / (R - 1));
+}
+
 /* One query head of one (s, l): q [n][D], k [n][D]; s [n] is scratch. Adds the sums over
- * positions t = 1..n-1 to *acc. */
-static void head_sums(const float *q, const float *k, size_t n, size_t D, double scale,
+ * the R positions stat_pos(0..R-1) to *acc. */
+static void head_sums(const float *q, const float *k, size_t n, size_t R, size_t D, double scale,
                       double softcap, long long window, double *s, row_sums *acc)
 {
-    for (size_t t = 1; t < n; t++) {
+    for (size_t i = 0; i < R; i++) {
+        size_t t = stat_pos(i, R, n);
         size_t lo = (window > 0 && t + 1 > (size_t)window) ? t + 1 - (size_t)window : 0;
         double m = -INFINITY;
         for (size_t j = lo; j <= t; j++) {
@@ -76,7 +86,7 @@ void attn_stats_free(attn_stats *st)
     free(st);
 }
 
-kv_status attn_stats_compute(kv_trace *t, size_t max_seq, attn_stats **out, kv_error *err)
+kv_status attn_stats_compute(kv_trace *t, size_t max_seq, size_t max_pos, attn_stats **out, kv_error *err)
 {
     const kv_info *in = kv_trace_info(t);
     *out = NULL;
@@ -98,7 +108,9 @@ kv_status attn_stats_compute(kv_trace *t, size_t max_seq, attn_stats **out, kv_e
 
     for (size_t s = 0; s < S; s++) {
         size_t n = (size_t)seq_len[s];
-        if (n >= 2) a->n_pos += n - 1;
+        size_t R = n >= 2 ? (max_pos && max_pos < n - 1 ? max_pos : n - 1) : 0;
+        a->n_pos += R;
+        if (n >= 2) a->n_all += n - 1;
         for (size_t l = 0; l < L && n >= 2; l++) {
             if ((st = read_heads(t, KV_Q, s, l, H, n, D, q, err)) != KV_OK) goto done;
             if ((st = read_heads(t, KV_K, s, l, Hkv, n, D, k, err)) != KV_OK) goto done;
@@ -111,7 +123,7 @@ kv_status attn_stats_compute(kv_trace *t, size_t max_seq, attn_stats **out, kv_e
                 double *sc = malloc(n * sizeof *sc);
                 if (!sc) { nomem = 1; continue; }
                 row_sums r = { 0, 0, 0, 0 };
-                head_sums(q + h * n * D, k + (h / G) * n * D, n, D, in->attn_scale, in->attn_softcap, window, sc, &r);
+                head_sums(q + h * n * D, k + (h / G) * n * D, n, R, D, in->attn_scale, in->attn_softcap, window, sc, &r);
                 free(sc);
                 a->entropy[l * H + h] += r.ent;
                 a->uniform[l * H + h] += r.uni;

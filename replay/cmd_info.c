@@ -218,20 +218,27 @@ int kvcmd_info(int argc, char **argv)
     printf("kv cache      f16 K+V: %s for the valid tokens, %s padded (S x T), %s per token\n", b1, b2, b3);
 
     /* ==== KERNELS HOOK: per-layer attention statistics ==================================
-     * attn_stats_compute() over the first INFO_STATS_SEQ sequences (keeps info fast):
+     * attn_stats_compute() over the first INFO_STATS_SEQ sequences and at most ATTN_STATS_POS
+ * positions of each (keeps info fast on long traces):
      * one line per layer with the means over heads, and the most specialised head.
      * ===================================================================================== */
     {
         enum { INFO_STATS_SEQ = 4 };
         attn_stats *as = NULL;
-        if (attn_stats_compute(t, INFO_STATS_SEQ, &as, &err) != KV_OK) {
+        if (attn_stats_compute(t, INFO_STATS_SEQ, ATTN_STATS_POS, &as, &err) != KV_OK) {
             fprintf(stderr, "%s\n", err.msg);
             goto done;
         }
-        printf("attention structure (first %zu of %zu sequences, %zu query positions t >= 1 per head;\n"
+        char npos[160];
+        if (as->n_pos < as->n_all)
+            snprintf(npos, sizeof npos, "%zu of %zu query positions t >= 1 (at most %d per sequence, evenly spaced)",
+                     as->n_pos, as->n_all, (int)ATTN_STATS_POS);
+        else
+            snprintf(npos, sizeof npos, "%zu query positions t >= 1", as->n_pos);
+        printf("attention structure (first %zu of %zu sequences, %s per head;\n"
                "  entropy in nats vs the uniform entropy log(visible keys); sink = mass on token 0,\n"
                "  prev = mass on token t-1; means over heads; focus = 1 - entropy/uniform)\n",
-               as->n_seq, S, as->n_pos);
+               as->n_seq, S, npos);
         printf("  layer  entropy  uniform  ratio   sink    prev   most specialised head\n");
         for (size_t l = 0; l < L; l++) {
             double e = 0, u = 0, sk = 0, pv = 0;

@@ -174,7 +174,7 @@ int main(int argc, char **argv)
 
     /* statistics vs the double reference kernel */
     attn_stats *st = NULL;
-    check_true("attn_stats runs", attn_stats_compute(t, 0, &st, &err) == KV_OK && st);
+    check_true("attn_stats runs", attn_stats_compute(t, 0, 0, &st, &err) == KV_OK && st);
     if (st) {
         double e_ref[L][H] = {{0}}, u_ref[L][H] = {{0}}, s_ref[L][H] = {{0}}, p_ref[L][H] = {{0}};
         size_t npos = 0;
@@ -225,6 +225,46 @@ int main(int argc, char **argv)
                 printf("  h%zu H=%.3f/%.3f sink=%.3f prev=%.3f", h, st->entropy[l * H + h],
                        st->uniform[l * H + h], st->sink[l * H + h], st->prev[l * H + h]);
             printf("\n");
+        }
+    }
+    attn_stats_free(st);
+
+    /* at most 5 positions per sequence: evenly spaced from 1 to n - 1, both included
+     * (by hand: n = 24 -> 1 + floor(22 i / 4) = 1, 6, 12, 17, 23; n = 17 -> 1, 4, 8, 12, 16) */
+    st = NULL;
+    check_true("attn_stats runs (5 positions)", attn_stats_compute(t, 0, 5, &st, &err) == KV_OK && st);
+    if (st) {
+        static const size_t pos[S][5] = { {1, 6, 12, 17, 23}, {1, 4, 8, 12, 16} };
+        double e_ref[L][H] = {{0}}, s_ref[L][H] = {{0}}, p_ref[L][H] = {{0}};
+        for (size_t s = 0; s < S; s++) {
+            size_t n = (size_t)SEQ_LEN[s];
+            for (size_t l = 0; l < L; l++)
+                for (size_t h = 0; h < H; h++) {
+                    float qq[T * D], kk[T * D], vv[T * D], lse[T], lg[T * T];
+                    kv_trace_read_rows(t, KV_Q, s, l, h, 0, n, qq, &err);
+                    kv_trace_read_rows(t, KV_K, s, l, h / 2, 0, n, kk, &err);
+                    kv_trace_read_rows(t, KV_V, s, l, h / 2, 0, n, vv, &err);
+                    attn_full_rows_ref(qq, kk, vv, n, D, 0, n, &P, lse, NULL, lg);
+                    for (size_t i = 0; i < 5; i++) {
+                        size_t tt = pos[s][i];
+                        for (size_t j = 0; j <= tt; j++) {
+                            double pj = exp((double)lg[tt * n + j] - lse[tt]);
+                            if (pj > 0) e_ref[l][h] -= pj * log(pj);
+                        }
+                        s_ref[l][h] += exp((double)lg[tt * n] - lse[tt]);
+                        p_ref[l][h] += exp((double)lg[tt * n + tt - 1] - lse[tt]);
+                    }
+                }
+        }
+        check_true("sampled stats: n_pos 10 of n_all 39", st->n_pos == 10 && st->n_all == 23 + 16);
+        for (size_t i = 0; i < L * H; i++) {
+            char w[96];
+            snprintf(w, sizeof w, "sampled entropy l%zu h%zu", i / H, i % H);
+            check_close(w, st->entropy[i], e_ref[i / H][i % H] / 10, 1e-5);
+            snprintf(w, sizeof w, "sampled sink l%zu h%zu", i / H, i % H);
+            check_close(w, st->sink[i], s_ref[i / H][i % H] / 10, 1e-6);
+            snprintf(w, sizeof w, "sampled prev l%zu h%zu", i / H, i % H);
+            check_close(w, st->prev[i], p_ref[i / H][i % H] / 10, 1e-6);
         }
     }
     attn_stats_free(st);
