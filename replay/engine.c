@@ -101,7 +101,7 @@ typedef struct item {
     thread_bufs *tb;             /* the running thread's buffers: slab, q, k, v live there */
     struct item_scratch *sc;     /* views into slab */
     rp_cache qcopy;              /* the per-query encoded copy of a cache (grows; not in slab) */
-    float *shw;                  /* shared evaluation: [BLK][sum of the chains' top entries] weights */
+    float *shw;                  /* shared evaluation: [G][BLK][sum of the chains' top entries] weights */
     size_t shw_cap;
     rp_layer_ctx ctx;            /* what the strategies' hooks see */
     int rc;
@@ -1005,7 +1005,7 @@ typedef struct share_chain {
     size_t *idx;            /* [top's sh_np] */
     size_t np;              /* the top's prompt entries */
     size_t m0, nm;          /* members: sc->shcfg, sc->shend [m0, m0 + nm) */
-    size_t woff;            /* its weights: it->shw + woff, [BLK][np] */
+    size_t woff;            /* its weights: it->shw + woff, [G][BLK][np] (rows i * nb + r) */
 } share_chain;
 
 /* The scratch of one work item: ONE allocation (item_alloc: the thread's slab, thread_bufs),
@@ -1041,9 +1041,9 @@ typedef struct item_scratch {
     size_t *shidx;          /* [NC * n]    each chain's prompt positions in chain order */
     int32_t *lev;           /* [n]         the first chain member keeping each position */
     size_t *shcfg, *shend;  /* [NC]        chain members in order, their prompt entries */
-    float *ud;              /* [G][BLK][D] sum over the decode entries of p_j v_j */
+    float *ud;              /* [G][BLK][D] sum over the decode entries of p_j v_j (rows i * nb + r) */
     double *rd, *sd;        /* [G][BLK]    sums over the decode entries of p_j, p_j^2 */
-    double *rm, *sm;        /* [NC][BLK]   the same over a chain's prompt entries up to each member */
+    double *rm, *sm;        /* [NC][G][BLK] the same over a chain's prompt entries up to each member */
 } item_scratch;
 
 #define IT_FAIL(it, ...) rp_failf((it)->err, sizeof (it)->err, __VA_ARGS__)
@@ -1073,7 +1073,7 @@ static int item_alloc(item *it, item_scratch *sc)
     size_t o_ch = slab_take(&tot, NC * sizeof(struct share_chain)), o_shidx = slab_take(&tot, NC * n * sz),
            o_lev = slab_take(&tot, n * sizeof(int32_t)), o_ud = slab_take(&tot, G * BLK * D * fz),
            o_rd = slab_take(&tot, G * BLK * dz), o_sd = slab_take(&tot, G * BLK * dz),
-           o_rm = slab_take(&tot, NC * BLK * dz), o_sm = slab_take(&tot, NC * BLK * dz),
+           o_rm = slab_take(&tot, NC * G * BLK * dz), o_sm = slab_take(&tot, NC * G * BLK * dz),
            o_shcfg = slab_take(&tot, NC * sz), o_shend = slab_take(&tot, NC * sz);
     char *b = tb_take(it->tb, TB_SLAB, tot);
     if (!b) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
@@ -1875,7 +1875,7 @@ static int item_share_plan(item *it, size_t g)
         ch->nm = nmem - ch->m0;
         ch->np = cs[ch->top * it->nkv + g].sh_np;
         ch->woff = nw;
-        nw += BLK * ch->np;
+        nw += E->G * BLK * ch->np;
     }
     if (nw > it->shw_cap) {
         free(it->shw);
@@ -1949,12 +1949,12 @@ static int share_row(item *it, size_t c, size_t g, size_t i, size_t t, size_t r,
 }
 
 /* One row of a chain: its weights w [np] = (float)p over the chain's positions, and the sums
- * of p and p^2 at each member's end (rm, sm [nm], stride BLK), in four lanes (entry k in lane
+ * of p and p^2 at each member's end (rm, sm [nm], stride ms), in four lanes (entry k in lane
  * k mod 4, a fixed order; the lanes added at each end). */
 typedef double v4d_ __attribute__((vector_size(32)));
 
 static void share_gather(const double *pr, const size_t *idx, const size_t *ends, size_t nm, float *w, double *rm,
-                         double *sm)
+                         double *sm, size_t ms)
 {
     v4d_ a = { 0, 0, 0, 0 }, b = { 0, 0, 0, 0 };
     size_t k = 0;
@@ -1972,8 +1972,8 @@ static void share_gather(const double *pr, const size_t *idx, const size_t *ends
             }
             a += x; b += x * x;
         }
-        rm[m * BLK] = (a[0] + a[1]) + (a[2] + a[3]);
-        sm[m * BLK] = (b[0] + b[1]) + (b[2] + b[3]);
+        rm[m * ms] = (a[0] + a[1]) + (a[2] + a[3]);
+        sm[m * ms] = (b[0] + b[1]) + (b[2] + b[3]);
     }
 }
 
@@ -1984,48 +1984,55 @@ static int item_share_block(item *it, size_t g, size_t tb, size_t te)
 {
     rp_engine *E = it->E;
     item_scratch *sc = it->sc;
-    size_t n = it->n, P = it->P, D = E->D, G = E->G, nb = te - tb, nd = te - P;
+    size_t n = it->n, P = it->P, D = E->D, G = E->G, nb = te - tb, nd = te - P, GB = G * nb;
     if (!sc->n_chains) return 0;
     const float *V = it->v + g * n * D;
     float *w = sc->bz, *acc = sc->bout;              /* free: shared configurations use no kernel */
-    for (size_t i = 0; i < G; i++) {
-        float *ud = sc->ud + i * BLK * D;
+    /* the G query heads' rows together (row i * nb + r): every value row a kernel call loads
+     * serves all of them (each row's sums are those of a call of its own) */
+    for (size_t i = 0; i < G; i++)
         for (size_t r = 0; r < nb; r++) {
             const double *pr = sc->pf + ((r * G) + i) * n;
             size_t vis = tb + r - P;    /* decode entries [0, vis] visible to row tb + r */
+            float *wr = w + (i * nb + r) * nd;
             double a = 0, b = 0;
             for (size_t j = 0; j < nd; j++) {
                 double p = j <= vis ? pr[P + j] : 0.0;
-                w[r * nd + j] = (float)p;
+                wr[j] = (float)p;
                 a += p; b += p * p;
             }
             sc->rd[i * BLK + r] = a; sc->sd[i * BLK + r] = b;
         }
-        memset(ud, 0, nb * D * sizeof *ud);
-        attn_pv_weighted(w, nd, nb, nd, V + P * D, NULL, D, ud);
-        /* every chain's weights of a row while the row's probabilities are in cache */
+    memset(sc->ud, 0, GB * D * sizeof *sc->ud);
+    attn_pv_weighted(w, nd, GB, nd, V + P * D, NULL, D, sc->ud);
+    /* every chain's weights of a row while the row's probabilities are in cache */
+    for (size_t i = 0; i < G; i++)
         for (size_t r = 0; r < nb; r++) {
             const double *pr = sc->pf + ((r * G) + i) * n;
             for (size_t q = 0; q < sc->n_chains; q++) {
                 const share_chain *ch = &sc->chains[q];
-                share_gather(pr, ch->idx, sc->shend + ch->m0, ch->nm, it->shw + ch->woff + r * ch->np,
-                             sc->rm + ch->m0 * BLK + r, sc->sm + ch->m0 * BLK + r);
+                share_gather(pr, ch->idx, sc->shend + ch->m0, ch->nm, it->shw + ch->woff + (i * nb + r) * ch->np,
+                             sc->rm + (ch->m0 * G + i) * BLK + r, sc->sm + (ch->m0 * G + i) * BLK + r, G * BLK);
             }
         }
-        for (size_t q = 0; q < sc->n_chains; q++) {
-            const share_chain *ch = &sc->chains[q];
-            const float *wc = it->shw + ch->woff;
-            size_t k0 = 0;
-            memset(acc, 0, nb * D * sizeof *acc);
-            for (size_t m = ch->m0; m < ch->m0 + ch->nm; m++) {
-                size_t c = sc->shcfg[m], k1 = sc->shend[m];
-                attn_pv_weighted(wc + k0, ch->np, nb, k1 - k0, V, ch->idx + k0, D, acc);
-                k0 = k1;
-                for (size_t r = 0; r < nb; r++)
-                    if (share_row(it, c, g, i, tb + r, r, acc + r * D, ud + r * D,
-                                  sc->rm[m * BLK + r] + sc->rd[i * BLK + r], sc->sm[m * BLK + r] + sc->sd[i * BLK + r]))
+    for (size_t q = 0; q < sc->n_chains; q++) {
+        const share_chain *ch = &sc->chains[q];
+        const float *wc = it->shw + ch->woff;
+        size_t k0 = 0;
+        memset(acc, 0, GB * D * sizeof *acc);
+        for (size_t m = ch->m0; m < ch->m0 + ch->nm; m++) {
+            size_t c = sc->shcfg[m], k1 = sc->shend[m];
+            attn_pv_weighted(wc + k0, ch->np, GB, k1 - k0, V, ch->idx + k0, D, acc);
+            k0 = k1;
+            /* configuration c's rows in the order of a head at a time (its accumulators
+             * see the same sequence as before the heads were stacked) */
+            for (size_t i = 0; i < G; i++)
+                for (size_t r = 0; r < nb; r++) {
+                    size_t x = (m * G + i) * BLK + r;
+                    if (share_row(it, c, g, i, tb + r, r, acc + (i * nb + r) * D, sc->ud + (i * nb + r) * D,
+                                  sc->rm[x] + sc->rd[i * BLK + r], sc->sm[x] + sc->sd[i * BLK + r]))
                         return -1;
-            }
+                }
         }
     }
     return 0;
