@@ -144,8 +144,9 @@ static const char *type_word(int t)
 
 /* ---- attributes ------------------------------------------------------------------- */
 
-/* Opens attribute `name` of obj; *attr stays H5I_INVALID_HID when it is absent. */
-static kv_status attr_open(vctx *v, hid_t obj, const char *oname, const char *name, hid_t *attr)
+/* Opens attribute `name` of obj, which must hold n elements (n = 1: "a single value");
+ * *attr stays H5I_INVALID_HID when it is absent. */
+static kv_status attr_open_n(vctx *v, hid_t obj, const char *oname, const char *name, size_t n, hid_t *attr)
 {
     char what[300];
     snprintf(what, sizeof what, "%s attribute %s", oname, name);
@@ -162,12 +163,19 @@ static kv_status attr_open(vctx *v, hid_t obj, const char *oname, const char *na
     hssize_t np = sp < 0 ? -1 : H5Sget_simple_extent_npoints(sp);
     if (sp >= 0)
         H5Sclose(sp);
-    if (np != 1) {
+    if (np != (hssize_t)n) {
         H5Aclose(a);
-        return vfail(v, KV_ERR_FORMAT, what, "expected a single value, found %lld elements", (long long)np);
+        if (n == 1)
+            return vfail(v, KV_ERR_FORMAT, what, "expected a single value, found %lld elements", (long long)np);
+        return vfail(v, KV_ERR_FORMAT, what, "expected %zu values (one per layer), found %lld", n, (long long)np);
     }
     *attr = a;
     return KV_OK;
+}
+
+static kv_status attr_open(vctx *v, hid_t obj, const char *oname, const char *name, hid_t *attr)
+{
+    return attr_open_n(v, obj, oname, name, 1, attr);
 }
 
 static kv_status attr_missing(vctx *v, const char *oname, const char *name)
@@ -1074,26 +1082,16 @@ static kv_status attr_int_array(vctx *v, hid_t obj, const char *oname, const cha
     char what[300];
     snprintf(what, sizeof what, "%s attribute %s", oname, name);
     *present = 0;
-    htri_t e = H5Aexists(obj, name);
-    if (e < 0)
-        return vfail(v, KV_ERR_FORMAT, what, "cannot read the attribute list (corrupt file)");
-    if (e == 0)
-        return KV_OK;
-    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-    if (a < 0)
-        return vfail(v, KV_ERR_FORMAT, what, "cannot open the attribute (corrupt file)");
-    hid_t sp = H5Aget_space(a), t = H5Aget_type(a);
-    hssize_t np = sp < 0 ? -1 : H5Sget_simple_extent_npoints(sp);
+    hid_t a;
+    kv_status st = attr_open_n(v, obj, oname, name, n, &a);
+    if (st != KV_OK || a == H5I_INVALID_HID)
+        return st;
+    hid_t t = H5Aget_type(a);
     int ok = t >= 0 && H5Tget_class(t) == H5T_INTEGER && H5Tget_size(t) <= 8;
-    if (sp >= 0)
-        H5Sclose(sp);
     if (t >= 0)
         H5Tclose(t);
-    kv_status st = KV_OK;
     if (!ok)
         st = vfail(v, KV_ERR_FORMAT, what, "expected integers");
-    else if (np != (hssize_t)n)
-        st = vfail(v, KV_ERR_FORMAT, what, "expected %zu values (one per layer), found %lld", n, (long long)np);
     else if (H5Aread(a, H5T_NATIVE_LLONG, val) < 0)
         st = vfail(v, KV_ERR_FORMAT, what, "cannot read the values");
     H5Aclose(a);

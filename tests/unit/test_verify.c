@@ -144,6 +144,39 @@ static int write_trace(const char *path, int perturb)
     return 0;
 }
 
+/* The double reference of attn_stats over the positions pos[s][0..npos) of each sequence
+ * (pos NULL: every t = 1..n-1): sums of entropy, uniform entropy, sink and previous-token mass
+ * per (layer, head), from the stored (f16-rounded) inputs read back through the library. */
+typedef struct ref_stats { double e[L][H], u[L][H], s[L][H], p[L][H]; size_t npos; } ref_stats;
+
+static void ref_stats_sum(kv_trace *t, const size_t (*pos)[5], size_t npos, ref_stats *r)
+{
+    kv_error err;
+    memset(r, 0, sizeof *r);
+    for (size_t s = 0; s < S; s++) {
+        size_t n = (size_t)SEQ_LEN[s], m = pos ? npos : n - 1;
+        r->npos += m;
+        for (size_t l = 0; l < L; l++)
+            for (size_t h = 0; h < H; h++) {
+                float qq[T * D], kk[T * D], vv[T * D], lse[T], lg[T * T];
+                kv_trace_read_rows(t, KV_Q, s, l, h, 0, n, qq, &err);
+                kv_trace_read_rows(t, KV_K, s, l, h / 2, 0, n, kk, &err);
+                kv_trace_read_rows(t, KV_V, s, l, h / 2, 0, n, vv, &err);
+                attn_full_rows_ref(qq, kk, vv, n, D, 0, n, &P, lse, NULL, lg);
+                for (size_t i = 0; i < m; i++) {
+                    size_t tt = pos ? pos[s][i] : i + 1;
+                    for (size_t j = 0; j <= tt; j++) {
+                        double pj = exp((double)lg[tt * n + j] - lse[tt]);
+                        if (pj > 0) r->e[l][h] -= pj * log(pj);
+                    }
+                    r->u[l][h] += log((double)tt + 1);
+                    r->s[l][h] += exp((double)lg[tt * n] - lse[tt]);
+                    r->p[l][h] += exp((double)lg[tt * n + tt - 1] - lse[tt]);
+                }
+            }
+    }
+}
+
 int main(int argc, char **argv)
 {
     /* test_verify --write DIR: only write DIR/verify_good.h5 and DIR/verify_bad.h5 (used by
@@ -176,43 +209,22 @@ int main(int argc, char **argv)
     attn_stats *st = NULL;
     check_true("attn_stats runs", attn_stats_compute(t, 0, 0, &st, &err) == KV_OK && st);
     if (st) {
-        double e_ref[L][H] = {{0}}, u_ref[L][H] = {{0}}, s_ref[L][H] = {{0}}, p_ref[L][H] = {{0}};
-        size_t npos = 0;
-        for (size_t s = 0; s < S; s++) {
-            size_t n = (size_t)SEQ_LEN[s];
-            npos += n - 1;
-            for (size_t l = 0; l < L; l++)
-                for (size_t h = 0; h < H; h++) {
-                    /* the stored (f16-rounded) inputs: read them back through the library */
-                    float qq[T * D], kk[T * D], vv[T * D], lse[T], lg[T * T];
-                    kv_trace_read_rows(t, KV_Q, s, l, h, 0, n, qq, &err);
-                    kv_trace_read_rows(t, KV_K, s, l, h / 2, 0, n, kk, &err);
-                    kv_trace_read_rows(t, KV_V, s, l, h / 2, 0, n, vv, &err);
-                    attn_full_rows_ref(qq, kk, vv, n, D, 0, n, &P, lse, NULL, lg);
-                    for (size_t tt = 1; tt < n; tt++) {
-                        for (size_t j = 0; j <= tt; j++) {
-                            double pj = exp((double)lg[tt * n + j] - lse[tt]);
-                            if (pj > 0) e_ref[l][h] -= pj * log(pj);
-                        }
-                        u_ref[l][h] += log((double)tt + 1);
-                        s_ref[l][h] += exp((double)lg[tt * n] - lse[tt]);
-                        p_ref[l][h] += exp((double)lg[tt * n + tt - 1] - lse[tt]);
-                    }
-                }
-        }
+        static ref_stats rs;
+        ref_stats_sum(t, NULL, 0, &rs);
+        size_t npos = rs.npos;
         check_true("stats n_pos", st->n_pos == npos && st->n_seq == S);
         for (size_t l = 0; l < L; l++)
             for (size_t h = 0; h < H; h++) {
                 char w[96];
                 size_t i = l * H + h;
                 snprintf(w, sizeof w, "entropy l%zu h%zu", l, h);
-                check_close(w, st->entropy[i], e_ref[l][h] / npos, 1e-5);
+                check_close(w, st->entropy[i], rs.e[l][h] / npos, 1e-5);
                 snprintf(w, sizeof w, "uniform l%zu h%zu", l, h);
-                check_close(w, st->uniform[i], u_ref[l][h] / npos, 1e-12);
+                check_close(w, st->uniform[i], rs.u[l][h] / npos, 1e-12);
                 snprintf(w, sizeof w, "sink l%zu h%zu", l, h);
-                check_close(w, st->sink[i], s_ref[l][h] / npos, 1e-6);
+                check_close(w, st->sink[i], rs.s[l][h] / npos, 1e-6);
                 snprintf(w, sizeof w, "prev l%zu h%zu", l, h);
-                check_close(w, st->prev[i], p_ref[l][h] / npos, 1e-6);
+                check_close(w, st->prev[i], rs.p[l][h] / npos, 1e-6);
             }
         check_close("uniform head: entropy == uniform", st->entropy[0], st->uniform[0], 1e-6);
         check_true("planted sink head: sink > 0.99", st->sink[2] > 0.99);
@@ -235,36 +247,17 @@ int main(int argc, char **argv)
     check_true("attn_stats runs (5 positions)", attn_stats_compute(t, 0, 5, &st, &err) == KV_OK && st);
     if (st) {
         static const size_t pos[S][5] = { {1, 6, 12, 17, 23}, {1, 4, 8, 12, 16} };
-        double e_ref[L][H] = {{0}}, s_ref[L][H] = {{0}}, p_ref[L][H] = {{0}};
-        for (size_t s = 0; s < S; s++) {
-            size_t n = (size_t)SEQ_LEN[s];
-            for (size_t l = 0; l < L; l++)
-                for (size_t h = 0; h < H; h++) {
-                    float qq[T * D], kk[T * D], vv[T * D], lse[T], lg[T * T];
-                    kv_trace_read_rows(t, KV_Q, s, l, h, 0, n, qq, &err);
-                    kv_trace_read_rows(t, KV_K, s, l, h / 2, 0, n, kk, &err);
-                    kv_trace_read_rows(t, KV_V, s, l, h / 2, 0, n, vv, &err);
-                    attn_full_rows_ref(qq, kk, vv, n, D, 0, n, &P, lse, NULL, lg);
-                    for (size_t i = 0; i < 5; i++) {
-                        size_t tt = pos[s][i];
-                        for (size_t j = 0; j <= tt; j++) {
-                            double pj = exp((double)lg[tt * n + j] - lse[tt]);
-                            if (pj > 0) e_ref[l][h] -= pj * log(pj);
-                        }
-                        s_ref[l][h] += exp((double)lg[tt * n] - lse[tt]);
-                        p_ref[l][h] += exp((double)lg[tt * n + tt - 1] - lse[tt]);
-                    }
-                }
-        }
+        static ref_stats rs;
+        ref_stats_sum(t, pos, 5, &rs);
         check_true("sampled stats: n_pos 10 of n_all 39", st->n_pos == 10 && st->n_all == 23 + 16);
         for (size_t i = 0; i < L * H; i++) {
             char w[96];
             snprintf(w, sizeof w, "sampled entropy l%zu h%zu", i / H, i % H);
-            check_close(w, st->entropy[i], e_ref[i / H][i % H] / 10, 1e-5);
+            check_close(w, st->entropy[i], rs.e[i / H][i % H] / 10, 1e-5);
             snprintf(w, sizeof w, "sampled sink l%zu h%zu", i / H, i % H);
-            check_close(w, st->sink[i], s_ref[i / H][i % H] / 10, 1e-6);
+            check_close(w, st->sink[i], rs.s[i / H][i % H] / 10, 1e-6);
             snprintf(w, sizeof w, "sampled prev l%zu h%zu", i / H, i % H);
-            check_close(w, st->prev[i], p_ref[i / H][i % H] / 10, 1e-6);
+            check_close(w, st->prev[i], rs.p[i / H][i % H] / 10, 1e-6);
         }
     }
     attn_stats_free(st);
