@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn.h"
 #include "compactor.h"
 #include "evict_util.h"
 #include "kvpress_budget.h"
@@ -94,13 +95,15 @@ static void chunk_logits2(const double *qq, const float *k, size_t D, size_t a, 
     }
 }
 
-/* acc[j] += softmax over j < m of the logits z (overwritten). */
+/* acc[j] += softmax over j < m of the logits z (overwritten). The exp is the kernels' vectorised
+ * double exp (attn.h: within 2 ulp of libm's, the same bits on every CPU; libm's exp, one call
+ * per entry instead), its sum in four lanes e mod 4. */
 static void chunk_softmax_acc(double *z, size_t m, double *acc)
 {
-    double mx = -INFINITY, sum = 0;
+    double mx = -INFINITY;
     for (size_t j = 0; j < m; j++)
         if (z[j] > mx) mx = z[j];
-    for (size_t j = 0; j < m; j++) { z[j] = exp(z[j] - mx); sum += z[j]; }
+    double sum = attn_exp_sub_f64d(z, m, mx, z);
     for (size_t j = 0; j < m; j++) acc[j] += z[j] / sum;
 }
 
