@@ -127,6 +127,7 @@ static void chunk_rows(const float *q, const float *k, size_t D, size_t t0, size
 typedef double v4d __attribute__((vector_size(32)));
 
 enum { NC_ROWS = 4 };   /* query rows per pass of the AVX2 path (the lanes of a v4d) */
+_Static_assert(NC_KEYS == 8, "chunk_logits4_avx2 names its eight sums");
 
 static int nc_use_avx2(void)
 {
@@ -146,14 +147,16 @@ static void chunk_logits4_avx2(const double *qq, const double *kT, size_t D, siz
 {
     size_t j = 0;
     for (; j + NC_KEYS <= m; j += NC_KEYS) {
-        v4d s[NC_KEYS];
-        for (int i = 0; i < NC_KEYS; i++) s[i] = (v4d){0, 0, 0, 0};
+        /* eight named sums: an array of them stayed in memory (a store and a load per add) */
+        v4d s0 = {0, 0, 0, 0}, s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
         for (size_t d = 0; d < D; d++) {
             v4d x;
             memcpy(&x, qq + NC_ROWS * d, sizeof x);
             const double *kd = kT + d * m + j;
-            for (int i = 0; i < NC_KEYS; i++) s[i] += x * kd[i];
+            s0 += x * kd[0]; s1 += x * kd[1]; s2 += x * kd[2]; s3 += x * kd[3];
+            s4 += x * kd[4]; s5 += x * kd[5]; s6 += x * kd[6]; s7 += x * kd[7];
         }
+        const v4d s[NC_KEYS] = {s0, s1, s2, s3, s4, s5, s6, s7};
         for (int i = 0; i < NC_KEYS; i++)
             for (int r = 0; r < NC_ROWS; r++) z[r * m + j + i] = s[i][r];
     }
