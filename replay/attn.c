@@ -456,6 +456,34 @@ static double exp_sub_f64_avx2(const float *s, size_t n, double c, double *out)
     return (l[0] + l[1]) + (l[2] + l[3]);
 }
 
+/* exp_sub_f64_avx2 on double input; each block is loaded before it is stored (out may be x). */
+__attribute__((target("avx2")))
+static double exp_sub_f64d_avx2(const double *x, size_t n, double c, double *out)
+{
+    v4d l = {0, 0, 0, 0};
+    size_t e = 0;
+    for (; e + 8 <= n; e += 8) {        /* two independent exps in flight (latency-bound) */
+        v4d x0, x1;
+        memcpy(&x0, x + e, sizeof x0);
+        memcpy(&x1, x + e + 4, sizeof x1);
+        v4d y0 = exp4d(x0 - c), y1 = exp4d(x1 - c);
+        memcpy(out + e, &y0, sizeof y0);
+        memcpy(out + e + 4, &y1, sizeof y1);
+        l += y0;
+        l += y1;
+    }
+    for (; e < n; e += 4) {
+        v4d xv = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        if (e + 4 <= n) memcpy(&xv, x + e, sizeof xv);
+        else for (size_t i = 0; e + i < n; i++) xv[i] = x[e + i];
+        v4d y = exp4d(xv - c);
+        if (e + 4 <= n) memcpy(out + e, &y, sizeof y);
+        else for (size_t i = 0; e + i < n; i++) out[e + i] = y[i];
+        l += y;
+    }
+    return (l[0] + l[1]) + (l[2] + l[3]);
+}
+
 __attribute__((target("avx2")))
 static double div_sumsq_f64_avx2(double *p, size_t n, double z)
 {
@@ -483,6 +511,25 @@ double attn_exp_sub_f64(const float *s, size_t n, double c, double *out)
         v2d xa = {-INFINITY, -INFINITY}, xb = {-INFINITY, -INFINITY};
         for (size_t i = 0; i < 2 && e + i < n; i++) xa[i] = s[e + i];
         for (size_t i = 0; i < 2 && e + 2 + i < n; i++) xb[i] = s[e + 2 + i];
+        v2d ya = exp2d(xa - c), yb = exp2d(xb - c);
+        for (size_t i = 0; i < 2 && e + i < n; i++) out[e + i] = ya[i];
+        for (size_t i = 0; i < 2 && e + 2 + i < n; i++) out[e + 2 + i] = yb[i];
+        la += ya;
+        lb += yb;
+    }
+    return (la[0] + la[1]) + (lb[0] + lb[1]);
+}
+
+double attn_exp_sub_f64d(const double *x, size_t n, double c, double *out)
+{
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx2()) return exp_sub_f64d_avx2(x, n, c, out);
+#endif
+    v2d la = {0, 0}, lb = {0, 0};               /* lanes e mod 4 = 0, 1 and 2, 3 */
+    for (size_t e = 0; e < n; e += 4) {
+        v2d xa = {-INFINITY, -INFINITY}, xb = {-INFINITY, -INFINITY};
+        for (size_t i = 0; i < 2 && e + i < n; i++) xa[i] = x[e + i];
+        for (size_t i = 0; i < 2 && e + 2 + i < n; i++) xb[i] = x[e + 2 + i];
         v2d ya = exp2d(xa - c), yb = exp2d(xb - c);
         for (size_t i = 0; i < 2 && e + i < n; i++) out[e + i] = ya[i];
         for (size_t i = 0; i < 2 && e + 2 + i < n; i++) out[e + 2 + i] = yb[i];

@@ -139,6 +139,10 @@ double attn_probs_row(const float *s, size_t n, float *p);
  * (l2 + l3). */
 double attn_exp_sub_f64(const float *s, size_t n, double c, double *out);
 
+/* attn_exp_sub_f64 on double input: out [n] = exp(x[e] - c), the same exp (within 2 ulp; 0
+ * below -708; the same bits on every CPU), the same lane-ordered sum; out may be x. */
+double attn_exp_sub_f64d(const double *x, size_t n, double c, double *out);
+
 /* p [n] /= z; returns the sum of the new p^2 (four partial sums over e mod 4, as above). */
 double attn_div_sumsq_f64(double *p, size_t n, double z);
 

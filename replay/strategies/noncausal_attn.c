@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn.h"
 #include "compactor.h"
 #include "evict_util.h"
 #include "kvpress_budget.h"
@@ -94,13 +95,15 @@ static void chunk_logits2(const double *qq, const float *k, size_t D, size_t a, 
     }
 }
 
-/* acc[j] += softmax over j < m of the logits z (overwritten). */
+/* acc[j] += softmax over j < m of the logits z (overwritten). The exp is the kernels' vectorised
+ * double exp (attn.h: within 2 ulp of libm's, the same bits on every CPU; libm's exp, one call
+ * per entry instead), its sum in four lanes e mod 4. */
 static void chunk_softmax_acc(double *z, size_t m, double *acc)
 {
-    double mx = -INFINITY, sum = 0;
+    double mx = -INFINITY;
     for (size_t j = 0; j < m; j++)
         if (z[j] > mx) mx = z[j];
-    for (size_t j = 0; j < m; j++) { z[j] = exp(z[j] - mx); sum += z[j]; }
+    double sum = attn_exp_sub_f64d(z, m, mx, z);
     for (size_t j = 0; j < m; j++) acc[j] += z[j] / sum;
 }
 
@@ -119,18 +122,107 @@ static void chunk_rows(const float *q, const float *k, size_t D, size_t t0, size
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(ATTN_NO_AVX2)   /* as replay/attn.c */
+#define NC_HAVE_AVX2 1
+typedef double v4d __attribute__((vector_size(32)));
+
+enum { NC_ROWS = 4 };   /* query rows per pass of the AVX2 path (the lanes of a v4d) */
+_Static_assert(NC_KEYS == 8, "chunk_logits4_avx2 names its eight sums");
+
+static int nc_use_avx2(void)
+{
+    static int cached = -1;
+    if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
+    return cached;
+}
+
+/* z[r][j] = the unscaled logit of query row r < NC_ROWS against key j < m: the four rows in
+ * the lanes of one vector (qq [D][4], in double), NC_KEYS keys per pass over d, the keys
+ * read from kT [D][m] (the chunk's keys transposed and widened to double once per chunk,
+ * exact, so a pass's NC_KEYS keys at one d share a cache line and broadcast from memory).
+ * Every lane adds (double)q[d] * k[d] over d in order from 0 with separate roundings (target
+ * "avx2", not "fma"; no contraction under -std=c11): the same bits as chunk_logits2. */
+__attribute__((target("avx2")))
+static void chunk_logits4_avx2(const double *qq, const double *kT, size_t D, size_t m, double *z)
+{
+    size_t j = 0;
+    for (; j + NC_KEYS <= m; j += NC_KEYS) {
+        /* eight named sums: an array of them stayed in memory (a store and a load per add) */
+        v4d s0 = {0, 0, 0, 0}, s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+        for (size_t d = 0; d < D; d++) {
+            v4d x;
+            memcpy(&x, qq + NC_ROWS * d, sizeof x);
+            const double *kd = kT + d * m + j;
+            s0 += x * kd[0]; s1 += x * kd[1]; s2 += x * kd[2]; s3 += x * kd[3];
+            s4 += x * kd[4]; s5 += x * kd[5]; s6 += x * kd[6]; s7 += x * kd[7];
+        }
+        const v4d s[NC_KEYS] = {s0, s1, s2, s3, s4, s5, s6, s7};
+        for (int i = 0; i < NC_KEYS; i++)
+            for (int r = 0; r < NC_ROWS; r++) z[r * m + j + i] = s[i][r];
+    }
+    for (; j < m; j++) {
+        v4d s = {0, 0, 0, 0};
+        for (size_t d = 0; d < D; d++) {
+            v4d x;
+            memcpy(&x, qq + NC_ROWS * d, sizeof x);
+            s += x * kT[d * m + j];
+        }
+        for (int r = 0; r < NC_ROWS; r++) z[r * m + j] = s[r];
+    }
+}
+
+/* chunk_rows with four rows per pass; kT [D][b - a] the chunk's keys in double, qq [D][4],
+ * z [4][b - a] scratch. */
+__attribute__((target("avx2")))
+static void chunk_rows_avx2(const float *q, const double *kT, size_t D, size_t t0, size_t t1, size_t m,
+                            double *qq, double *z, double *acc)
+{
+    for (size_t t = t0; t < t1; t += NC_ROWS) {
+        size_t nr = t1 - t < NC_ROWS ? t1 - t : NC_ROWS;
+        for (size_t r = 0; r < NC_ROWS; r++) {
+            const float *qr = q + (t + (r < nr ? r : nr - 1)) * D;   /* short group: last row again */
+            for (size_t d = 0; d < D; d++) qq[NC_ROWS * d + r] = qr[d];
+        }
+        chunk_logits4_avx2(qq, kT, D, m, z);
+        for (size_t r = 0; r < nr; r++) chunk_softmax_acc(z + r * m, m, acc);
+    }
+}
+#else
+#define NC_HAVE_AVX2 0
+#endif
+
+/* kT [D][b - a] = the keys [a, b) transposed, in double. */
+static void chunk_keys_t(const float *k, size_t D, size_t a, size_t b, double *kT)
+{
+    size_t m = b - a;
+    for (size_t j = 0; j < m; j++)
+        for (size_t d = 0; d < D; d++) kT[d * m + j] = k[(a + j) * D + d];
+}
+
 int cp_noncausal(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, size_t chunk, double *out)
 {
     size_t D = ctx->D, n = ctx->n, S = s1 - s0, G = ctx->G;
     if (S == 0) return 0;
     size_t cs = chunk < S ? chunk : S;
-    double *z = malloc(2 * cs * sizeof *z), *a = calloc(S, sizeof *a), *qq = malloc(2 * D * sizeof *qq);
-    if (!z || !a || !qq) { free(z); free(a); free(qq); return -1; }
+    int wide = 0;
+#if NC_HAVE_AVX2
+    wide = nc_use_avx2();
+#endif
+    size_t nz = wide ? 4 : 2;
+    double *z = malloc(nz * cs * sizeof *z), *a = calloc(S, sizeof *a), *qq = malloc(nz * D * sizeof *qq);
+    double *kT = wide ? malloc(D * cs * sizeof *kT) : NULL;
+    if (!z || !a || !qq || (wide && !kT)) { free(z); free(a); free(qq); free(kT); return -1; }
     const float *k = ctx->k + g * n * D, *v = ctx->v + g * n * D;
-    for (size_t i = 0; i < G; i++) {
-        const float *q = ctx->q + (g * G + i) * n * D;
-        for (size_t c0 = s0; c0 < s1; c0 += cs) {
-            size_t c1 = c0 + cs < s1 ? c0 + cs : s1;
+    /* chunk outer, head inner: every key belongs to one chunk, so a[j] still adds head 0's
+     * rows, then head 1's, ... in ascending order, as with the heads outer */
+    for (size_t c0 = s0; c0 < s1; c0 += cs) {
+        size_t c1 = c0 + cs < s1 ? c0 + cs : s1;
+        if (wide) chunk_keys_t(k, D, c0, c1, kT);
+        for (size_t i = 0; i < G; i++) {
+            const float *q = ctx->q + (g * G + i) * n * D;
+#if NC_HAVE_AVX2
+            if (wide) { chunk_rows_avx2(q, kT, D, c0, c1, c1 - c0, qq, z, a + (c0 - s0)); continue; }
+#endif
             chunk_rows(q, k, D, c0, c1, c0, c1, qq, z, a + (c0 - s0));
         }
     }
@@ -146,7 +238,7 @@ int cp_noncausal(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, size_t
         if (j + 1 < S) s += a[j + 1];
         out[j] = s / 3.0;
     }
-    free(z); free(a); free(qq);
+    free(z); free(a); free(qq); free(kT);
     return 0;
 }
 

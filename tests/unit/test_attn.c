@@ -442,6 +442,55 @@ static void case_exp_f64(void)
     check_true("attn_div_sumsq_f64: p / z and the sum of squares in the same lanes", div_ok);
 }
 
+/* attn_exp_sub_f64d (double input) against libm on doubles that are not floats (within 2 ulp
+ * over [-708, 709], the special values), its sum against the lanes e mod 4 added in order, in
+ * place against out of place, and bit for bit against attn_exp_sub_f64 on float inputs (the
+ * same exp: a lane that widened its input differently would differ). */
+static void case_exp_f64d(void)
+{
+    float s[41];
+    double x[41], out[41], io[41], ref[41], worst = 0;
+    int special_ok = 1, sum_ok = 1, place_ok = 1, same_ok = 1;
+    for (size_t n = 0; n <= 41; n++)
+        for (int rep = 0; rep < 400; rep++) {
+            double c = rng_unif() * 8.0 - 4.0, span = rep % 2 ? 40.0 : 1417.0, top = rep % 2 ? 0.0 : 709.0;
+            for (size_t e = 0; e < n; e++) x[e] = c + top - rng_unif() * span;
+            if (n > 5 && rep == 0) { x[0] = -INFINITY; x[1] = c - 720.0; x[2] = c;
+                                     x[3] = NAN; x[4] = c + 720.0; x[5] = INFINITY; }
+            double l4[4] = {0, 0, 0, 0};
+            double sum = attn_exp_sub_f64d(x, n, c, out);
+            memcpy(io, x, n * sizeof *io);
+            double sum_io = attn_exp_sub_f64d(io, n, c, io);
+            place_ok &= memcmp(io, out, n * sizeof *io) == 0 && (sum_io == sum || (isnan(sum) && isnan(sum_io)));
+            for (size_t e = 0; e < n; e++) {
+                double xe = x[e] - c, want = exp(xe);
+                l4[e % 4] += out[e];
+                if (n > 5 && rep == 0 && e < 6) {
+                    static const double expect[6] = {0, 0, 1, NAN, INFINITY, INFINITY};
+                    special_ok &= e == 3 ? isnan(out[e]) : out[e] == expect[e];
+                    continue;
+                }
+                if (xe < -708.0) { special_ok &= out[e] == 0.0; continue; }
+                if (xe > 709.0) { special_ok &= isinf(out[e]) && out[e] > 0; continue; }
+                double r = fabs(out[e] - want) / want / (2 * 0x1p-52);
+                if (r > worst) worst = r;
+            }
+            if (!(n > 5 && rep == 0)) {
+                double want_sum = (l4[0] + l4[1]) + (l4[2] + l4[3]);
+                sum_ok &= sum == want_sum || (isinf(sum) && isinf(want_sum));
+            }
+            for (size_t e = 0; e < n; e++) { s[e] = (float)x[e]; x[e] = s[e]; }
+            double sf = attn_exp_sub_f64(s, n, c, ref), sd = attn_exp_sub_f64d(x, n, c, out);
+            same_ok &= memcmp(ref, out, n * sizeof *out) == 0 && (sf == sd || (isnan(sf) && isnan(sd)));
+        }
+    printf("attn_exp_sub_f64d: worst relative error / 2 ulp %.3g\n", worst);
+    check_true("attn_exp_sub_f64d within 2 ulp of exp over [-708, 709]", worst <= 1.0);
+    check_true("attn_exp_sub_f64d: -inf / < -708 give 0, > 709 / +inf give inf, NaN NaN, exp(0) = 1", special_ok);
+    check_true("attn_exp_sub_f64d: the sum in lanes e mod 4, (l0 + l1) + (l2 + l3)", sum_ok);
+    check_true("attn_exp_sub_f64d: in place equals out of place", place_ok);
+    check_true("attn_exp_sub_f64d on float values: the bits of attn_exp_sub_f64", same_ok);
+}
+
 /* attn_rows_given with the logits of a kept subset gathered from a full attn_full_rows call
  * against attn_full_rows over the subset's rows itself (the engine's prefill evaluation of a
  * static eviction): lse and o bit for bit. Subset: a random kept prompt part, then every
@@ -674,6 +723,7 @@ int main(void)
     case_entries();
     case_exp_shift();
     case_exp_f64();
+    case_exp_f64d();
     case_rows_cut();
     case_rows_cut_heads();
     case_rows_given();
