@@ -429,43 +429,21 @@ static inline v4d exp4d(v4d x)
     EXP64_BODY(v4d, v4l, x)
 }
 
-__attribute__((target("avx2")))
-static double exp_sub_f64_avx2(const float *s, size_t n, double c, double *out)
+/* out [n] = exp(x[e] - c) over float (sf) or double (sd) input, the other NULL (always
+ * inlined with a constant NULL, so each wrapper below is one specialised loop; a float
+ * converts to double exactly, so both give the same bits for the same values); returns the
+ * sum in lanes e mod 4. Each block is loaded before it is stored (out may be sd). */
+__attribute__((target("avx2"))) static inline __attribute__((always_inline))
+double exp_sub_avx2_body(const float *sf, const double *sd, size_t n, double c, double *out)
 {
-    v4d l = {0, 0, 0, 0};
-    size_t e = 0;
-    for (; e + 8 <= n; e += 8) {        /* two independent exps in flight (latency-bound) */
-        v4f x0, x1;
-        memcpy(&x0, s + e, sizeof x0);
-        memcpy(&x1, s + e + 4, sizeof x1);
-        v4d y0 = exp4d(__builtin_convertvector(x0, v4d) - c), y1 = exp4d(__builtin_convertvector(x1, v4d) - c);
-        memcpy(out + e, &y0, sizeof y0);
-        memcpy(out + e + 4, &y1, sizeof y1);
-        l += y0;
-        l += y1;
-    }
-    for (; e < n; e += 4) {
-        v4f x = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-        if (e + 4 <= n) memcpy(&x, s + e, sizeof x);
-        else for (size_t i = 0; e + i < n; i++) x[i] = s[e + i];
-        v4d y = exp4d(__builtin_convertvector(x, v4d) - c);
-        if (e + 4 <= n) memcpy(out + e, &y, sizeof y);
-        else for (size_t i = 0; e + i < n; i++) out[e + i] = y[i];
-        l += y;
-    }
-    return (l[0] + l[1]) + (l[2] + l[3]);
-}
-
-/* exp_sub_f64_avx2 on double input; each block is loaded before it is stored (out may be x). */
-__attribute__((target("avx2")))
-static double exp_sub_f64d_avx2(const double *x, size_t n, double c, double *out)
-{
+#define EXP_LOAD4(dst, e) do { if (sf) { v4f t_; memcpy(&t_, sf + (e), sizeof t_); dst = __builtin_convertvector(t_, v4d); } \
+                               else memcpy(&dst, sd + (e), sizeof dst); } while (0)
     v4d l = {0, 0, 0, 0};
     size_t e = 0;
     for (; e + 8 <= n; e += 8) {        /* two independent exps in flight (latency-bound) */
         v4d x0, x1;
-        memcpy(&x0, x + e, sizeof x0);
-        memcpy(&x1, x + e + 4, sizeof x1);
+        EXP_LOAD4(x0, e);
+        EXP_LOAD4(x1, e + 4);
         v4d y0 = exp4d(x0 - c), y1 = exp4d(x1 - c);
         memcpy(out + e, &y0, sizeof y0);
         memcpy(out + e + 4, &y1, sizeof y1);
@@ -473,15 +451,28 @@ static double exp_sub_f64d_avx2(const double *x, size_t n, double c, double *out
         l += y1;
     }
     for (; e < n; e += 4) {
-        v4d xv = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-        if (e + 4 <= n) memcpy(&xv, x + e, sizeof xv);
-        else for (size_t i = 0; e + i < n; i++) xv[i] = x[e + i];
-        v4d y = exp4d(xv - c);
+        v4d x = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+        if (e + 4 <= n) EXP_LOAD4(x, e);
+        else for (size_t i = 0; e + i < n; i++) x[i] = sf ? sf[e + i] : sd[e + i];
+        v4d y = exp4d(x - c);
         if (e + 4 <= n) memcpy(out + e, &y, sizeof y);
         else for (size_t i = 0; e + i < n; i++) out[e + i] = y[i];
         l += y;
     }
+#undef EXP_LOAD4
     return (l[0] + l[1]) + (l[2] + l[3]);
+}
+
+__attribute__((target("avx2")))
+static double exp_sub_f64_avx2(const float *s, size_t n, double c, double *out)
+{
+    return exp_sub_avx2_body(s, NULL, n, c, out);
+}
+
+__attribute__((target("avx2")))
+static double exp_sub_f64d_avx2(const double *x, size_t n, double c, double *out)
+{
+    return exp_sub_avx2_body(NULL, x, n, c, out);
 }
 
 __attribute__((target("avx2")))
@@ -501,16 +492,15 @@ static double div_sumsq_f64_avx2(double *p, size_t n, double z)
 }
 #endif
 
-double attn_exp_sub_f64(const float *s, size_t n, double c, double *out)
+/* The generic path of both (SSE2 pairs: lanes e mod 4 = 0, 1 and 2, 3), as exp_sub_avx2_body. */
+static inline __attribute__((always_inline))
+double exp_sub_generic_body(const float *sf, const double *sd, size_t n, double c, double *out)
 {
-#if ATTN_HAVE_AVX2_PATH
-    if (attn_use_avx2()) return exp_sub_f64_avx2(s, n, c, out);
-#endif
-    v2d la = {0, 0}, lb = {0, 0};               /* lanes e mod 4 = 0, 1 and 2, 3 */
+    v2d la = {0, 0}, lb = {0, 0};
     for (size_t e = 0; e < n; e += 4) {
         v2d xa = {-INFINITY, -INFINITY}, xb = {-INFINITY, -INFINITY};
-        for (size_t i = 0; i < 2 && e + i < n; i++) xa[i] = s[e + i];
-        for (size_t i = 0; i < 2 && e + 2 + i < n; i++) xb[i] = s[e + 2 + i];
+        for (size_t i = 0; i < 2 && e + i < n; i++) xa[i] = sf ? sf[e + i] : sd[e + i];
+        for (size_t i = 0; i < 2 && e + 2 + i < n; i++) xb[i] = sf ? sf[e + 2 + i] : sd[e + 2 + i];
         v2d ya = exp2d(xa - c), yb = exp2d(xb - c);
         for (size_t i = 0; i < 2 && e + i < n; i++) out[e + i] = ya[i];
         for (size_t i = 0; i < 2 && e + 2 + i < n; i++) out[e + 2 + i] = yb[i];
@@ -520,23 +510,20 @@ double attn_exp_sub_f64(const float *s, size_t n, double c, double *out)
     return (la[0] + la[1]) + (lb[0] + lb[1]);
 }
 
+double attn_exp_sub_f64(const float *s, size_t n, double c, double *out)
+{
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx2()) return exp_sub_f64_avx2(s, n, c, out);
+#endif
+    return exp_sub_generic_body(s, NULL, n, c, out);
+}
+
 double attn_exp_sub_f64d(const double *x, size_t n, double c, double *out)
 {
 #if ATTN_HAVE_AVX2_PATH
     if (attn_use_avx2()) return exp_sub_f64d_avx2(x, n, c, out);
 #endif
-    v2d la = {0, 0}, lb = {0, 0};               /* lanes e mod 4 = 0, 1 and 2, 3 */
-    for (size_t e = 0; e < n; e += 4) {
-        v2d xa = {-INFINITY, -INFINITY}, xb = {-INFINITY, -INFINITY};
-        for (size_t i = 0; i < 2 && e + i < n; i++) xa[i] = x[e + i];
-        for (size_t i = 0; i < 2 && e + 2 + i < n; i++) xb[i] = x[e + 2 + i];
-        v2d ya = exp2d(xa - c), yb = exp2d(xb - c);
-        for (size_t i = 0; i < 2 && e + i < n; i++) out[e + i] = ya[i];
-        for (size_t i = 0; i < 2 && e + 2 + i < n; i++) out[e + 2 + i] = yb[i];
-        la += ya;
-        lb += yb;
-    }
-    return (la[0] + la[1]) + (lb[0] + lb[1]);
+    return exp_sub_generic_body(NULL, x, n, c, out);
 }
 
 double attn_div_sumsq_f64(double *p, size_t n, double z)
