@@ -37,6 +37,20 @@ size_t ev_evict_complement(const double *score, size_t n, size_t B, size_t *evic
  * reindex=1"): no tables, rotary_dim over 1024, more entries than positions. 0 ok, -1 with err. */
 int ev_reindex_view(const rp_layer_ctx *ctx, size_t t, rp_cache *c, const char *who, char *err, size_t errlen);
 
+/* Leverage-type kernels on double rows X [N][D] (cap, leverage). Every element takes the
+ * operations of one row at a time in the same order (no FMA: GCC vectors, AVX2 at run time,
+ * the generic path elsewhere and under -DATTN_NO_AVX2), EV_LEV_JB rows per block: A's rows
+ * are read and written once per block, and the rows' chains of subtractions run in vector
+ * lanes instead of waiting on each other's latency.
+ * ev_gram_lower: the lower triangle of A = sum over i ascending of (c_i X_i[a]) X_i[b], with
+ *   c_i = w[i] + eps (w NULL: the product X_i[a] X_i[b] itself); A [D][D] is zeroed first.
+ * ev_inv_sqnorms: out[i] = ||L^-1 X_i||^2 for the lower triangular L [D][D] (forward
+ *   substitution y[a] = (X_i[a] - sum over m < a of L[a][m] y[m], m ascending) / L[a][a],
+ *   the squares added over a ascending); yb [D][EV_LEV_JB] scratch. */
+enum { EV_LEV_JB = 16 };
+void ev_gram_lower(const double *X, size_t D, size_t N, const double *w, double eps, double *A);
+void ev_inv_sqnorms(const double *X, size_t D, size_t N, const double *L, double *yb, double *out);
+
 /* Round half to even (Python's round(), used by the kvpress budget formulas). */
 double ev_round_half_even(double x);
 

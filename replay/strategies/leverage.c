@@ -64,116 +64,6 @@ static int cholesky(const double *A, size_t D, double jit, double *L)
     return 0;
 }
 
-typedef double lev_v4d __attribute__((vector_size(32)));   /* GCC vectors: elementwise, no FMA */
-
-enum { LEV_JB = 16 };   /* rows per block of lev_gram and lev_solve */
-
-/* The lower triangle of A += X^T X (X [S][D]): element (a, b) adds X[i][a] X[i][b] over i
- * ascending, as one row at a time does, but LEV_JB rows per pass over A and four b per
- * vector op. */
-static inline __attribute__((always_inline))
-void lev_gram_body(const double *X, size_t D, size_t S, double *A)
-{
-    for (size_t i0 = 0; i0 < S; i0 += LEV_JB) {
-        size_t nb = S - i0 < LEV_JB ? S - i0 : LEV_JB;
-        const double *Xb = X + i0 * D;
-        for (size_t a = 0; a < D; a++) {
-            double *Aa = A + a * D;
-            size_t b = 0;
-            for (; b + 4 <= a + 1; b += 4) {
-                lev_v4d t, x;
-                memcpy(&t, Aa + b, sizeof t);
-                for (size_t i = 0; i < nb; i++) {
-                    memcpy(&x, Xb + i * D + b, sizeof x);
-                    t += Xb[i * D + a] * x;
-                }
-                memcpy(Aa + b, &t, sizeof t);
-            }
-            for (; b <= a; b++)
-                for (size_t i = 0; i < nb; i++) Aa[b] += Xb[i * D + a] * Xb[i * D + b];
-        }
-    }
-}
-
-/* out[i] = max(||L^-1 x_i||^2, 0): forward substitution y[a] = (x[a] - sum over m < a of
- * L[a][m] y[m], m ascending) / L[a][a], the squares added over a ascending, per row exactly
- * as one row at a time, but LEV_JB rows at once in the lanes of four vectors (a row's chain
- * of subtractions was bound by their latency). yb [D][LEV_JB] scratch. A short last block
- * repeats its last row in the lanes left over and drops them. */
-static inline __attribute__((always_inline))
-void lev_solve_body(const double *X, size_t D, size_t S, const double *L, double *yb, double *out)
-{
-    for (size_t i0 = 0; i0 < S; i0 += LEV_JB) {
-        size_t nb = S - i0 < LEV_JB ? S - i0 : LEV_JB;
-        lev_v4d l0 = {0, 0, 0, 0}, l1 = l0, l2 = l0, l3 = l0, t0, t1, t2, t3, y;
-        for (size_t a = 0; a < D; a++) {
-            double tv[LEV_JB];
-            for (size_t i = 0; i < LEV_JB; i++) tv[i] = X[(i0 + (i < nb ? i : nb - 1)) * D + a];
-            memcpy(&t0, tv, sizeof t0);
-            memcpy(&t1, tv + 4, sizeof t1);
-            memcpy(&t2, tv + 8, sizeof t2);
-            memcpy(&t3, tv + 12, sizeof t3);
-            const double *La = L + a * D;
-            for (size_t m = 0; m < a; m++) {
-                const double l = La[m], *ym = yb + m * LEV_JB;
-                memcpy(&y, ym, sizeof y);      t0 -= l * y;
-                memcpy(&y, ym + 4, sizeof y);  t1 -= l * y;
-                memcpy(&y, ym + 8, sizeof y);  t2 -= l * y;
-                memcpy(&y, ym + 12, sizeof y); t3 -= l * y;
-            }
-            double *ya = yb + a * LEV_JB;
-            y = t0 / La[a]; memcpy(ya, &y, sizeof y);      l0 += y * y;
-            y = t1 / La[a]; memcpy(ya + 4, &y, sizeof y);  l1 += y * y;
-            y = t2 / La[a]; memcpy(ya + 8, &y, sizeof y);  l2 += y * y;
-            y = t3 / La[a]; memcpy(ya + 12, &y, sizeof y); l3 += y * y;
-        }
-        double lev[LEV_JB];
-        memcpy(lev, &l0, sizeof l0);
-        memcpy(lev + 4, &l1, sizeof l1);
-        memcpy(lev + 8, &l2, sizeof l2);
-        memcpy(lev + 12, &l3, sizeof l3);
-        for (size_t i = 0; i < nb; i++) out[i0 + i] = lev[i] > 0 ? lev[i] : 0.0;
-    }
-}
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(ATTN_NO_AVX2)   /* as replay/attn.c */
-#define LEV_HAVE_AVX2 1
-static int lev_use_avx2(void)
-{
-    static int cached = -1;
-    if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
-    return cached;
-}
-
-/* The same bodies compiled for AVX2 (not FMA): four doubles per instruction, the same bits. */
-__attribute__((target("avx2")))
-static void lev_gram_avx2(const double *X, size_t D, size_t S, double *A) { lev_gram_body(X, D, S, A); }
-
-__attribute__((target("avx2")))
-static void lev_solve_avx2(const double *X, size_t D, size_t S, const double *L, double *yb, double *out)
-{
-    lev_solve_body(X, D, S, L, yb, out);
-}
-#else
-#define LEV_HAVE_AVX2 0
-#endif
-
-static void lev_gram(const double *X, size_t D, size_t S, double *A)
-{
-#if LEV_HAVE_AVX2
-    if (lev_use_avx2()) { lev_gram_avx2(X, D, S, A); return; }
-#endif
-    lev_gram_body(X, D, S, A);
-}
-
-static void lev_solve(const double *X, size_t D, size_t S, const double *L, double *yb, double *out)
-{
-#if LEV_HAVE_AVX2
-    if (lev_use_avx2()) { lev_solve_avx2(X, D, S, L, yb, out); return; }
-#endif
-    lev_solve_body(X, D, S, L, yb, out);
-}
-
 int cp_leverage(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, double *out, char *err, size_t errlen)
 {
     size_t D = ctx->D, n = ctx->n, S = s1 - s0;
@@ -181,7 +71,7 @@ int cp_leverage(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, double 
     if (ctx->info && !strcmp(ctx->info->positional, "rope") && !ctx->rope_cos)
         return rp_failf(err, errlen, "the trace is positional=rope but has no /rope tables: keys cannot be un-rotated");
     double *X = malloc(S * D * sizeof *X), *mu = calloc(D, sizeof *mu), *A = calloc(D * D, sizeof *A),
-           *L = calloc(D * D, sizeof *L), *y = malloc(LEV_JB * D * sizeof *y);
+           *L = calloc(D * D, sizeof *L), *y = malloc(EV_LEV_JB * D * sizeof *y);
     int rc = -1;
     if (!X || !mu || !A || !L || !y) { rc = rp_failf(err, errlen, "out of memory"); goto done; }
     const float *k = ctx->k + g * n * D;
@@ -192,7 +82,7 @@ int cp_leverage(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, double 
     for (size_t d = 0; d < D; d++) mu[d] /= (double)S;
     for (size_t i = 0; i < S; i++)
         for (size_t d = 0; d < D; d++) X[i * D + d] -= mu[d];
-    lev_gram(X, D, S, A);                     /* A = X^T X (lower triangle, mirrored) */
+    ev_gram_lower(X, D, S, NULL, 0, A);       /* A = X^T X (lower triangle, mirrored) */
     for (size_t a = 0; a < D; a++)
         for (size_t b = 0; b < a; b++) A[b * D + a] = A[a * D + b];
     double jit = 1e-2;
@@ -200,7 +90,8 @@ int cp_leverage(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, double 
     for (int tries = 0; tries < 5 && !ok; tries++, jit *= 10)
         ok = cholesky(A, D, jit, L) == 0;
     if (!ok) { rc = rp_failf(err, errlen, "kv head %zu: the key Gram matrix has no Cholesky factor", g); goto done; }
-    lev_solve(X, D, S, L, y, out);            /* ||L^-1 x_i||^2 = x_i^T A^-1 x_i */
+    ev_inv_sqnorms(X, D, S, L, y, out);       /* ||L^-1 x_i||^2 = x_i^T A^-1 x_i */
+    for (size_t i = 0; i < S; i++) out[i] = out[i] > 0 ? out[i] : 0.0;
     rc = 0;
 done:
     free(X); free(mu); free(A); free(L); free(y);
