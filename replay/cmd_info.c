@@ -219,7 +219,7 @@ int kvcmd_info(int argc, char **argv)
 
     /* ==== KERNELS HOOK: per-layer attention statistics ==================================
      * attn_stats_compute() over the first INFO_STATS_SEQ sequences and at most ATTN_STATS_POS
- * positions of each (keeps info fast on long traces):
+     * positions of each (keeps info fast on long traces):
      * one line per layer with the means over heads, and the most specialised head.
      * ===================================================================================== */
     {
