@@ -202,6 +202,27 @@ kv_status kv_file_sha256(const char *path, char hex[65], kv_error *err);
  * kv_file_sha256). *hit (may be NULL): 1 when the digest came from the cache. A cache that
  * cannot be read or written is not an error. */
 kv_status kv_file_sha256_cached(const char *path, const char *cache_dir, char hex[65], int *hit, kv_error *err);
+/* A digest and the identity of the file version it is the digest of, to hand a digest
+ * computed in one process to another that opens the same file (bin/kvreplay-mpi: rank 0 to
+ * its workers), so that the other does not read the file again. The identity is the cache's
+ * key without the device: (inode, size, mtime ns, ctime ns) from fstat of the descriptor
+ * hashed, equal before and after hashing (have_id 0 when not: a file written while hashed,
+ * or not a plain file). No device, because one file on a network file system can have
+ * another st_dev on each node that mounts it; a node-local copy is another inode with
+ * another ctime, and ctime cannot be set by a user. A plain struct: copy it as bytes. */
+typedef struct kv_file_digest {
+    char hex[65];                   /* 64 lowercase hex digits + NUL */
+    int have_id;
+    unsigned long long ino, size, mtime_ns, ctime_ns;  /* !have_id: only size, the bytes hashed */
+} kv_file_digest;
+enum { KV_SHA256_HASHED, KV_SHA256_CACHED, KV_SHA256_KNOWN };   /* *how */
+/* kv_file_sha256_cached that also fills *d (the digest and the identity of the version it
+ * belongs to) and takes a digest known from elsewhere: when known (may be NULL) has an
+ * identity equal to the file's, its digest is the file's, taken without reading the file or
+ * the cache. *how (may be NULL): KV_SHA256_KNOWN, _CACHED (the cache in cache_dir), or
+ * _HASHED (the file's bytes were read and hashed). */
+kv_status kv_file_sha256_known(const char *path, const char *cache_dir, const kv_file_digest *known,
+                               kv_file_digest *d, int *how, kv_error *err);
 /* The default cache directory into buf: $XDG_CACHE_HOME/kvtrace (absolute XDG only), else
  * $HOME/.cache/kvtrace; NULL when KVTRACE_HASH_CACHE=0 or neither is set. */
 const char *kv_hash_cache_dir(char *buf, size_t len);

@@ -99,7 +99,7 @@ static void sha256_final(sha256 *c, unsigned char out[32])
 }
 
 /* The digest of an open stream. */
-static kv_status sha256_stream(FILE *f, const char *path, char hex[65], kv_error *err)
+static kv_status sha256_stream(FILE *f, const char *path, char hex[65], unsigned long long *nbytes, kv_error *err)
 {
     sha256 c;
     sha256_init(&c);
@@ -109,6 +109,8 @@ static kv_status sha256_stream(FILE *f, const char *path, char hex[65], kv_error
         sha256_update(&c, buf, n);
     if (ferror(f))
         return kverr_set(err, KV_ERR_IO, "%s: file: read error", path);
+    if (nbytes)
+        *nbytes = c.nbytes;
     unsigned char d[32];
     sha256_final(&c, d);
     for (int i = 0; i < 32; i++)
@@ -123,7 +125,7 @@ kv_status kv_file_sha256(const char *path, char hex[65], kv_error *err)
     FILE *f = fopen(path, "rb");
     if (!f)
         return kverr_set(err, KV_ERR_IO, "%s: file: cannot open: %s", path, strerror(errno));
-    kv_status st = sha256_stream(f, path, hex, err);
+    kv_status st = sha256_stream(f, path, hex, NULL, err);
     fclose(f);
     return st;
 }
@@ -232,45 +234,90 @@ const char *kv_hash_cache_dir(char *buf, size_t len)
     return n > 0 && (size_t)n < len ? buf : NULL;
 }
 
+static int same_id(const kv_file_digest *a, const hkey *k)
+{
+    return a->have_id && a->ino == k->ino && a->size == k->size && a->mtime_ns == k->mtime && a->ctime_ns == k->ctime;
+}
+
+kv_status kv_file_sha256_known(const char *path, const char *cache_dir, const kv_file_digest *known,
+                               kv_file_digest *d, int *how, kv_error *err)
+{
+    if (how)
+        *how = KV_SHA256_HASHED;
+    if (!path || !d)
+        return kverr_set(err, KV_ERR_INVALID, "kv_file_sha256_known: NULL argument");
+    memset(d, 0, sizeof *d);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return kverr_set(err, KV_ERR_IO, "%s: file: cannot open: %s", path, strerror(errno));
+    struct stat st0, st1;
+    if (fstat(fd, &st0) || !S_ISREG(st0.st_mode)) {         /* not a plain file: no identity to key */
+        FILE *f = fdopen(fd, "rb");
+        if (!f) {
+            close(fd);
+            return kverr_set(err, KV_ERR_IO, "%s: file: cannot open: %s", path, strerror(errno));
+        }
+        kv_status s = sha256_stream(f, path, d->hex, &d->size, err);
+        fclose(f);
+        return s;
+    }
+    hkey k0, k1;
+    hkey_of(&st0, &k0);
+    if (known && same_id(known, &k0) && hex_ok(known->hex)) {  /* the version another process hashed */
+        close(fd);
+        *d = *known;
+        if (how)
+            *how = KV_SHA256_KNOWN;
+        return KV_OK;
+    }
+    char entry[4200];
+    int use = 0;
+    if (cache_dir) {
+        int n = snprintf(entry, sizeof entry, "%s/sha256-%llu-%llu", cache_dir, k0.dev, k0.ino);
+        use = n > 0 && (size_t)n < sizeof entry;
+    }
+    if (use && cache_lookup(entry, &k0, d->hex)) {
+        close(fd);
+        if (how)
+            *how = KV_SHA256_CACHED;
+    } else {
+        FILE *f = fdopen(fd, "rb");
+        if (!f) {
+            close(fd);
+            return kverr_set(err, KV_ERR_IO, "%s: file: cannot open: %s", path, strerror(errno));
+        }
+        kv_status s = sha256_stream(f, path, d->hex, &d->size, err);
+        int same = fstat(fd, &st1) == 0;
+        fclose(f);
+        if (s != KV_OK)
+            return s;
+        hkey_of(&st1, &k1);
+        if (!same || memcmp(&k0, &k1, sizeof k0))
+            return KV_OK;                   /* written while hashed: no identity, not cached */
+        if (use)
+            cache_store(cache_dir, entry, &k0, d->hex);
+    }
+    d->have_id = 1;
+    d->ino = k0.ino;
+    d->size = k0.size;
+    d->mtime_ns = k0.mtime;
+    d->ctime_ns = k0.ctime;
+    return KV_OK;
+}
+
 kv_status kv_file_sha256_cached(const char *path, const char *cache_dir, char hex[65], int *hit, kv_error *err)
 {
     if (hit)
         *hit = 0;
     if (!path || !hex)
         return kverr_set(err, KV_ERR_INVALID, "kv_file_sha256_cached: NULL argument");
-    if (!cache_dir)
-        return kv_file_sha256(path, hex, err);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return kverr_set(err, KV_ERR_IO, "%s: file: cannot open: %s", path, strerror(errno));
-    struct stat st0, st1;
-    if (fstat(fd, &st0) || !S_ISREG(st0.st_mode)) {         /* not a plain file: no identity to key */
-        close(fd);
-        return kv_file_sha256(path, hex, err);
-    }
-    hkey k0, k1;
-    hkey_of(&st0, &k0);
-    char entry[4200];
-    int n = snprintf(entry, sizeof entry, "%s/sha256-%llu-%llu", cache_dir, k0.dev, k0.ino);
-    int use = n > 0 && (size_t)n < sizeof entry;
-    if (use && cache_lookup(entry, &k0, hex)) {
-        close(fd);
-        if (hit)
-            *hit = 1;
-        return KV_OK;
-    }
-    FILE *f = fdopen(fd, "rb");
-    if (!f) {
-        close(fd);
-        return kverr_set(err, KV_ERR_IO, "%s: file: cannot open: %s", path, strerror(errno));
-    }
-    kv_status s = sha256_stream(f, path, hex, err);
-    int same = fstat(fd, &st1) == 0;
-    fclose(f);
+    kv_file_digest d;
+    int how;
+    kv_status s = kv_file_sha256_known(path, cache_dir, NULL, &d, &how, err);
     if (s != KV_OK)
         return s;
-    hkey_of(&st1, &k1);
-    if (use && same && !memcmp(&k0, &k1, sizeof k0))
-        cache_store(cache_dir, entry, &k0, hex);
+    memcpy(hex, d.hex, 65);
+    if (hit)
+        *hit = how == KV_SHA256_CACHED;
     return KV_OK;
 }

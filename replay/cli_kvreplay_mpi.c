@@ -16,6 +16,13 @@
  * item it was computing; Open MPI then ends the job, and `--resume` re-runs the missing
  * items. SIGINT/SIGTERM: workers finish their item, rank 0 stops handing out, exit 3.
  *
+ * The trace's SHA-256 (provenance, run key) is computed once, by rank 0, and broadcast with
+ * the identity of the file version it is of (kv_file_digest); a worker whose trace has that
+ * identity (the same file, shared or on rank 0's node) takes the digest without reading the
+ * trace. A worker whose trace is another file (a node-local copy) hashes it and, when the
+ * digests differ, fails the run naming its rank, the path and both digests: results of
+ * different files are never merged.
+ *
  * Threads: each rank runs --threads OpenMP threads (default 1: one rank per core).
  * Test-only knob: KVREPLAY_MPI_TEST_KILL=R makes rank R kill itself (SIGKILL) when it is
  * handed its second item, to test the loss and --resume of one item.
@@ -47,6 +54,16 @@ static const char usage[] =
     "parts; rank 0 writes DIR exactly as a single-process run. --threads N: OpenMP threads per\n"
     "rank (default 1). --resume continues a run that was interrupted or lost a rank.\n"
     "--export is not supported (use kvreplay run).\n";
+
+/* The line a worker whose trace (path) has digest mine fails with when rank 0's has another
+ * (theirs), into buf; NULL when they are equal. */
+static const char *trace_mismatch(const char *mine, const char *theirs, const char *path, int rank, char *buf, size_t len)
+{
+    if (!strcmp(mine, theirs)) return NULL;
+    snprintf(buf, len, "%s is another file than rank 0's: SHA-256 %s on rank %d, %s on rank 0 (results of different "
+             "files are not merged)", path, mine, rank, theirs);
+    return buf;
+}
 
 /* Items in decreasing size, ties by index (deterministic hand-out order). */
 static const kvrun *g_run;
@@ -199,25 +216,31 @@ int main(int argc, char **argv)
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
     unsigned flags = KVRUN_THREADS1 | KVRUN_NO_EXPORT;
     kvrun *r = NULL;
-    int rc = KV_EXIT_OK, go[2] = { 0, 0 };
-    if (rank == 0) {        /* validates the arguments, prepares DIR; the workers follow */
-        rc = kvrun_open(argc - 1, argv + 1, "kvreplay-mpi", flags, &r);
-        go[0] = r != NULL;
-        go[1] = rc;
+    int rc = KV_EXIT_OK;
+    struct { int go, rc; kv_file_digest d; } hello;     /* rank 0 -> all, as bytes */
+    memset(&hello, 0, sizeof hello);
+    if (rank == 0) {        /* validates the arguments, prepares DIR, hashes the trace; the workers follow */
+        rc = kvrun_open(argc - 1, argv + 1, "kvreplay-mpi", flags, NULL, &r);
+        hello.go = r != NULL;
+        hello.rc = rc;
+        if (r) hello.d = *kvrun_trace_digest(r);
     }
-    MPI_Bcast(go, 2, MPI_INT, 0, MPI_COMM_WORLD);
-    if (!go[0]) {           /* error, --help or --list: rank 0 has said it */
+    MPI_Bcast(&hello, (int)sizeof hello, MPI_BYTE, 0, MPI_COMM_WORLD);
+    if (!hello.go) {        /* error, --help or --list: rank 0 has said it */
         MPI_Finalize();
-        return go[1];
+        return hello.rc;
     }
     if (rank == 0) {
         rc = nranks == 1 ? run_alone(r) : drive(r, nranks);
     } else {
-        int orc = kvrun_open(argc - 1, argv + 1, "kvreplay-mpi", flags | KVRUN_WORKER, &r);
-        char why[64];
-        snprintf(why, sizeof why, "setup failed (exit %d; its message is above)", orc);
-        work(r, rank, r ? NULL : why);
-        rc = r ? KV_EXIT_OK : KV_EXIT_FAIL;
+        hello.d.hex[64] = 0;
+        int orc = kvrun_open(argc - 1, argv + 1, "kvreplay-mpi", flags | KVRUN_WORKER, &hello.d, &r);
+        char why[sizeof ((msg *)0)->err];
+        const char *bad = why;
+        if (!r) snprintf(why, sizeof why, "setup failed (exit %d; its message is above)", orc);
+        else bad = trace_mismatch(kvrun_trace_digest(r)->hex, hello.d.hex, kvrun_trace_path(r), rank, why, sizeof why);
+        work(r, rank, bad);
+        rc = bad ? KV_EXIT_FAIL : KV_EXIT_OK;
     }
     kvrun_free(r);
     MPI_Finalize();

@@ -371,6 +371,7 @@ struct kvrun {
     unsigned mode;
     int readout_flag, resume;
     char started[64], sha[65], key[17], xpath[4200];
+    kv_file_digest digest;      /* sha and the identity of the trace version it is of */
     rp_sweep sw;
     kv_trace *tr;
     const kv_info *in;
@@ -410,6 +411,15 @@ static const char *resolve_sweep(const char *path, char *buf, size_t cap)
     return path;
 }
 
+/* KVTRACE_DEBUG containing "hash": one stderr line each time the trace's bytes are hashed
+ * (not when the digest comes from the cache or from the driver), for tests and for users who
+ * wonder where the time goes; normal output never depends on it. */
+static int debug_hash(void)
+{
+    const char *d = getenv("KVTRACE_DEBUG");
+    return d && strstr(d, "hash");
+}
+
 /* --prompt-scores auto, resolved once from the trace alone (so every shard, MPI rank and
  * resumed run of it resolves alike) to the concrete source that the run key, DIR/parts/
  * options, provenance and the engine then see: trace when the trace has /prompt_scores
@@ -426,7 +436,7 @@ static int resolve_prompt_scores(int pscores, const kv_info *in)
     return in->has_prompt_scores && !in->prompt_scores_stale[0] ? RP_PS_TRACE : RP_PS_RECOMPUTE;
 }
 
-int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **out)
+int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv_file_digest *known, kvrun **out)
 {
     *out = NULL;
     snprintf(g_prog, sizeof g_prog, "%s run", tool);
@@ -572,6 +582,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     }
 
     char err[4600] = "", started[64], sha[65] = "", key[17];
+    kv_file_digest tdig;
     out_utc_now(started, sizeof started);
     kv_trace *tr = NULL;
     rp_engine *eng = NULL;
@@ -693,10 +704,15 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
     rp_run_opts opts = { .mode = mode, .decode = (size_t)decode, .eval_from = (size_t)eval_from, .readout = readout_flag != 0, .gqa_reduce = gqa,
                          .calib = calib, .n_calib = n_calib, .per_layer_readout = per_layer,
                          .page_size = (size_t)page_size, .prompt_scores = pscores, .no_share = no_share };
-    {   /* provenance: the trace's SHA-256, hashed once per file version (lib/sha256.c) */
+    {   /* provenance: the trace's SHA-256, hashed once per file version (lib/sha256.c), or
+         * the digest a driver passed (known) when this is the version it is of */
         char hdir[4096];
         const char *hd = hash_cache ? kv_hash_cache_dir(hdir, sizeof hdir) : NULL;
-        if (kv_file_sha256_cached(trace_path, hd, sha, NULL, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
+        int how;
+        if (kv_file_sha256_known(trace_path, hd, known, &tdig, &how, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
+        memcpy(sha, tdig.hex, sizeof sha);
+        if (how == KV_SHA256_HASHED && debug_hash())
+            fprintf(stderr, "kvtrace: sha256 of %s: hashed %llu bytes\n", trace_path, tdig.size);
     }
     if (export_cfg_s && !export_s) { snprintf(err, sizeof err, "--export-configs needs --export PATH"); goto fail; }
     if (export_s) {     /* the exporter is the engine's export hook */
@@ -794,6 +810,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **
                   .lock_fd = lock_fd, .progress_every = progress_every, .quiet = quiet };
     memcpy(r->started, started, sizeof started);
     memcpy(r->sha, sha, sizeof sha);
+    r->digest = tdig;
     memcpy(r->key, key, sizeof key);
     memcpy(r->xpath, xpath, sizeof xpath);
     *out = r;
@@ -816,6 +833,8 @@ size_t kvrun_n_items(const kvrun *r) { return r->n_seqs; }
 size_t kvrun_item_seq(const kvrun *r, size_t i) { return r->seqs[i]; }
 size_t kvrun_item_size(const kvrun *r, size_t i) { return (size_t)r->seq_len[r->seqs[i]]; }
 int kvrun_resuming(const kvrun *r) { return r->resume; }
+const kv_file_digest *kvrun_trace_digest(const kvrun *r) { return &r->digest; }
+const char *kvrun_trace_path(const kvrun *r) { return r->trace_path; }
 void kvrun_progress_opts(const kvrun *r, double *every, int *quiet) { *every = r->progress_every; *quiet = r->quiet; }
 int kvrun_stop_requested(void) { return g_stop != 0; }
 
@@ -915,7 +934,7 @@ void kvrun_free(kvrun *r)
 int kvcmd_run(int argc, char **argv)
 {
     kvrun *r = NULL;
-    int rc = kvrun_open(argc, argv, "kvreplay", 0, &r);
+    int rc = kvrun_open(argc, argv, "kvreplay", 0, NULL, &r);
     if (!r) return rc;
     char err[4600] = "", detail[64];
     size_t n = r->n_seqs;

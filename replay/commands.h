@@ -5,6 +5,8 @@
 
 #include <stddef.h>
 
+#include "kvtrace.h"     /* kv_file_digest */
+
 /* Exit statuses shared by every subcommand. */
 enum {
     KV_EXIT_OK = 0,
@@ -30,7 +32,16 @@ int kvcmd_merge(int argc, char **argv);
  *   kvrun_open     parse `run` arguments, open the trace, build the engine; unless
  *                  KVRUN_WORKER, check/create DIR and DIR/parts and print the notes. Returns
  *                  an exit status (message printed); *out is NULL when there is nothing to
- *                  run (error, --help, --list).
+ *                  run (error, --help, --list). known (NULL: none) is the trace digest
+ *                  another process computed (the driver's kvrun_trace_digest): when its file
+ *                  identity (kv_file_digest, lib/kvtrace.h) is the trace's, its digest is
+ *                  taken without reading the trace; otherwise the trace is hashed as without
+ *                  it (through the digest cache unless --no-hash-cache). kvrun_open does not
+ *                  compare digests: a driver whose processes must read the same file compares
+ *                  kvrun_trace_digest's hex with the one it passed.
+ *   kvrun_trace_digest  the trace's SHA-256 (provenance, run key) and the identity of the
+ *                  file version it is of (have_id 0: unknown); valid until kvrun_free.
+ *   kvrun_trace_path    the TRACE argument.
  *   kvrun_load     item i from DIR/parts (1 loaded, 0 absent or from another run, -1 error);
  *                  resumed != 0 counts it in the "resumed" note.
  *   kvrun_compute  evaluate item i and write its part; keep = 0 frees the result afterwards.
@@ -38,7 +49,9 @@ int kvcmd_merge(int argc, char **argv);
  * Messages start with "<tool> run:". */
 typedef struct kvrun kvrun;
 enum { KVRUN_WORKER = 1, KVRUN_THREADS1 = 2, KVRUN_NO_EXPORT = 4 };
-int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, kvrun **out);
+int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv_file_digest *known, kvrun **out);
+const kv_file_digest *kvrun_trace_digest(const kvrun *r);
+const char *kvrun_trace_path(const kvrun *r);
 size_t kvrun_n_items(const kvrun *r);
 size_t kvrun_item_seq(const kvrun *r, size_t i);
 size_t kvrun_item_size(const kvrun *r, size_t i);

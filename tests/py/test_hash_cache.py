@@ -4,7 +4,8 @@ digest was computed or taken from the cache; the cache is keyed by (st_dev, st_i
 st_mtime_ns, st_ctime_ns), which Python's os.stat reports identically, so a forged entry under
 the file's key shows that a run reuses it, and a changed file, --no-hash-cache,
 KVTRACE_HASH_CACHE=0 and a corrupt entry all give the real digest. A read-only cache directory
-and CI=true runs still work."""
+and CI=true runs still work. KVTRACE_DEBUG=hash prints one stderr line per hash of the trace's
+bytes (a miss, --no-hash-cache), none for a cache hit, and nothing without it."""
 import hashlib
 import json
 import os
@@ -23,15 +24,18 @@ xdg = os.path.join(TMP, "xdg")
 runs = [0]
 
 
-def run(extra=(), env_extra=None, xdg_home=xdg):
+def run(extra=(), env_extra=None, xdg_home=xdg, stderr=None):
     runs[0] += 1
     out = os.path.join(TMP, f"out{runs[0]}")
     env = dict(os.environ)
     env.pop("KVTRACE_HASH_CACHE", None)
+    env.pop("KVTRACE_DEBUG", None)
     env["XDG_CACHE_HOME"] = xdg_home
     env.update(env_extra or {})
     r = subprocess.run([f"{BIN}/kvreplay", "run", trace, "--strategy", "full", "--seqs", "0", "--decode", "8",
                         "-o", out, "--threads", "1", *extra], capture_output=True, text=True, env=env)
+    if stderr is not None:
+        stderr.append(r.stderr)
     if r.returncode != 0:
         print(r.stderr)
         return None
@@ -77,5 +81,20 @@ os.chmod(ro, stat.S_IRWXU)
 os.chmod(os.path.join(ro, "kvtrace"), stat.S_IRWXU)
 check(run(env_extra={"CI": "true"}) == real, "CI=true: the run works")
 check(run(xdg_home=os.path.join(TMP, "missing", "deeper")) == real, "absent cache directory: created or skipped, digest right")
+
+# KVTRACE_DEBUG=hash: one line per hash of the trace's bytes, none from the cache
+dbg = {"KVTRACE_DEBUG": "hash"}
+line = f"kvtrace: sha256 of {trace}: hashed {os.path.getsize(trace)} bytes"
+xdg2 = os.path.join(TMP, "xdg2")
+for what, kw, want in (("KVTRACE_DEBUG=hash, a miss (empty cache)", {"xdg_home": xdg2}, [line]),
+                       ("KVTRACE_DEBUG=hash, a cache hit", {"xdg_home": xdg2}, []),
+                       ("KVTRACE_DEBUG=hash, --no-hash-cache", {"xdg_home": xdg2, "extra": ["--no-hash-cache"]}, [line]),
+                       ("no KVTRACE_DEBUG, a cache hit", {"xdg_home": xdg2, "dbg": False}, []),
+                       ("no KVTRACE_DEBUG, --no-hash-cache", {"xdg_home": xdg2, "extra": ["--no-hash-cache"], "dbg": False}, [])):
+    err = []
+    use_dbg = kw.pop("dbg", True)
+    got = run(env_extra=dbg if use_dbg else None, stderr=err, **kw)
+    lines = [x for x in err[0].splitlines() if x.startswith("kvtrace: sha256")] if err else None
+    check(got == real and lines == want, f"{what}: {lines!r}, expected {want!r}")
 
 sys.exit(1 if failures else 0)

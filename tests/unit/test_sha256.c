@@ -1,6 +1,7 @@
 /* kv_file_sha256 against sha256sum (coreutils, an independent implementation) on lengths
  * around the 55/56/64-byte padding boundaries and a 1 MiB file, plus the FIPS 180-4 "abc"
- * vector; and kv_atomic_* (commit renames, discard leaves nothing). */
+ * vector; kv_atomic_* (commit renames, discard leaves nothing); the digest cache and the
+ * digest passed between processes (kv_file_sha256_known). */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,6 +136,73 @@ static void cache_tests(const char *dir)
     unlink(path);
 }
 
+/* kv_file_sha256_known: the identity it reports is stat's; a known digest whose identity is
+ * the file's is returned without reading (a forged digest shows through, as only a match by
+ * identity would return it); any identity field that differs, no identity, a digest that is
+ * not hex, or a file changed since, and the file is hashed. */
+static void known_tests(const char *dir)
+{
+    char path[4200], cdir[4200], fresh[65], zeros[65];
+    kv_error err = {0};
+    kv_file_digest d, k, d2;
+    int how = -1;
+    memset(zeros, '0', 64);
+    zeros[64] = 0;
+    snprintf(path, sizeof path, "%s/known.bin", dir);
+    snprintf(cdir, sizeof cdir, "%s/kcache", dir);
+    expect("known: write test file", write_file(path, "the bytes of a trace\n") == 0);
+    expect("known: fresh hash", kv_file_sha256(path, fresh, &err) == KV_OK);
+    struct stat st;
+    stat(path, &st);
+    expect("known: NULL known hashes",
+           kv_file_sha256_known(path, NULL, NULL, &d, &how, &err) == KV_OK && how == KV_SHA256_HASHED && !strcmp(d.hex, fresh));
+    expect("known: the identity is stat's (inode, size, mtime ns, ctime ns)",
+           d.have_id && d.ino == (unsigned long long)st.st_ino && d.size == (unsigned long long)st.st_size &&
+           d.mtime_ns == (unsigned long long)st.st_mtim.tv_sec * 1000000000ull + (unsigned long long)st.st_mtim.tv_nsec &&
+           d.ctime_ns == (unsigned long long)st.st_ctim.tv_sec * 1000000000ull + (unsigned long long)st.st_ctim.tv_nsec);
+    k = d;
+    memcpy(k.hex, zeros, 65);
+    expect("known: the file's identity: the known digest, not read",
+           kv_file_sha256_known(path, NULL, &k, &d2, &how, &err) == KV_OK && how == KV_SHA256_KNOWN && !strcmp(d2.hex, zeros) &&
+           d2.have_id && d2.ino == d.ino && d2.ctime_ns == d.ctime_ns);
+    expect("known: ... before the cache too",
+           kv_file_sha256_known(path, cdir, &k, &d2, &how, &err) == KV_OK && how == KV_SHA256_KNOWN && !strcmp(d2.hex, zeros));
+    unsigned long long *field[4] = { &k.ino, &k.size, &k.mtime_ns, &k.ctime_ns };
+    const char *name[4] = { "inode", "size", "mtime", "ctime" };
+    for (int i = 0; i < 4; i++) {
+        char what[128];
+        snprintf(what, sizeof what, "known: another %s: hashed", name[i]);
+        (*field[i])++;
+        expect(what, kv_file_sha256_known(path, NULL, &k, &d2, &how, &err) == KV_OK && how == KV_SHA256_HASHED && !strcmp(d2.hex, fresh));
+        (*field[i])--;
+    }
+    k.have_id = 0;
+    expect("known: no identity: hashed",
+           kv_file_sha256_known(path, NULL, &k, &d2, &how, &err) == KV_OK && how == KV_SHA256_HASHED && !strcmp(d2.hex, fresh));
+    k.have_id = 1;
+    k.hex[5] = 'Z';
+    expect("known: a digest that is not hex: hashed",
+           kv_file_sha256_known(path, NULL, &k, &d2, &how, &err) == KV_OK && how == KV_SHA256_HASHED && !strcmp(d2.hex, fresh));
+    k.hex[5] = '0';
+    expect("known: through the cache: hashed once, then cached",
+           kv_file_sha256_known(path, cdir, NULL, &d2, &how, &err) == KV_OK && how == KV_SHA256_HASHED && !strcmp(d2.hex, fresh) &&
+           kv_file_sha256_known(path, cdir, NULL, &d2, &how, &err) == KV_OK && how == KV_SHA256_CACHED && !strcmp(d2.hex, fresh) &&
+           d2.have_id && d2.ino == d.ino && d2.size == d.size && d2.mtime_ns == d.mtime_ns && d2.ctime_ns == d.ctime_ns);
+    FILE *f = fopen(path, "ab");
+    fputs("more", f);
+    fclose(f);
+    kv_file_sha256(path, fresh, &err);
+    expect("known: the file changed since: hashed",
+           kv_file_sha256_known(path, NULL, &k, &d2, &how, &err) == KV_OK && how == KV_SHA256_HASHED && !strcmp(d2.hex, fresh) &&
+           d2.size == d.size + 4);
+    expect("known: missing file is an i/o error", kv_file_sha256_known("/nonexistent/x.h5", NULL, &k, &d2, &how, &err) == KV_ERR_IO);
+    char entry[4400];
+    snprintf(entry, sizeof entry, "%s/sha256-%llu-%llu", cdir, (unsigned long long)st.st_dev, (unsigned long long)st.st_ino);
+    remove(entry);
+    rmdir(cdir);
+    unlink(path);
+}
+
 int main(void)
 {
     char dir[4096];
@@ -223,6 +291,7 @@ int main(void)
         fails++;
     }
     cache_tests(dir);
+    known_tests(dir);
     rmdir(dir);
     if (!have_tool)
         printf("note: sha256sum not available; only the FIPS vector was checked\n");
