@@ -1376,12 +1376,12 @@ static int attn_use_fma(void)
  * + a), the separate multiply and add of the other paths: the same bits, half the
  * instructions. */
 __attribute__((target("avx2,fma")))
-static void panel_dot_fma(const double *x, size_t D, const double *panel, double *dot)
+static void panel_dot_fma(const double *x, size_t D, const double *panel, size_t c0, double *dot)
 {
     __m256d a00 = _mm256_setzero_pd(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
     for (size_t d = 0; d < D; d++) {
-        const __m256d k0 = _mm256_loadu_pd(panel + d * ATTN_PANEL_COLS);
-        const __m256d k1 = _mm256_loadu_pd(panel + d * ATTN_PANEL_COLS + 4);
+        const __m256d k0 = _mm256_loadu_pd(panel + d * ATTN_PANEL_COLS + c0);
+        const __m256d k1 = _mm256_loadu_pd(panel + d * ATTN_PANEL_COLS + c0 + 4);
         const __m256d x0 = _mm256_broadcast_sd(x + d), x1 = _mm256_broadcast_sd(x + D + d);
         const __m256d x2 = _mm256_broadcast_sd(x + 2 * D + d), x3 = _mm256_broadcast_sd(x + 3 * D + d);
         a00 = _mm256_fmadd_pd(x0, k0, a00); a01 = _mm256_fmadd_pd(x0, k1, a01);
@@ -1389,21 +1389,44 @@ static void panel_dot_fma(const double *x, size_t D, const double *panel, double
         a20 = _mm256_fmadd_pd(x2, k0, a20); a21 = _mm256_fmadd_pd(x2, k1, a21);
         a30 = _mm256_fmadd_pd(x3, k0, a30); a31 = _mm256_fmadd_pd(x3, k1, a31);
     }
-    _mm256_storeu_pd(dot, a00); _mm256_storeu_pd(dot + 4, a01);
-    _mm256_storeu_pd(dot + ATTN_PANEL_COLS, a10); _mm256_storeu_pd(dot + ATTN_PANEL_COLS + 4, a11);
-    _mm256_storeu_pd(dot + 2 * ATTN_PANEL_COLS, a20); _mm256_storeu_pd(dot + 2 * ATTN_PANEL_COLS + 4, a21);
-    _mm256_storeu_pd(dot + 3 * ATTN_PANEL_COLS, a30); _mm256_storeu_pd(dot + 3 * ATTN_PANEL_COLS + 4, a31);
+    double *o = dot + c0;
+    _mm256_storeu_pd(o, a00); _mm256_storeu_pd(o + 4, a01);
+    _mm256_storeu_pd(o + ATTN_PANEL_COLS, a10); _mm256_storeu_pd(o + ATTN_PANEL_COLS + 4, a11);
+    _mm256_storeu_pd(o + 2 * ATTN_PANEL_COLS, a20); _mm256_storeu_pd(o + 2 * ATTN_PANEL_COLS + 4, a21);
+    _mm256_storeu_pd(o + 3 * ATTN_PANEL_COLS, a30); _mm256_storeu_pd(o + 3 * ATTN_PANEL_COLS + 4, a31);
 }
 
-/* The whole panel with 4-double lanes: the same products and sums in the same order. */
+/* The whole panel (16 columns: two 8-double lanes per row, 8 accumulators) where the CPU has
+ * AVX-512F, one FMA per product as above. */
+__attribute__((target("avx512f")))
+static void panel_dot_avx512(const double *x, size_t D, const double *panel, double *dot)
+{
+    __m512d a00 = _mm512_setzero_pd(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    for (size_t d = 0; d < D; d++) {
+        const __m512d k0 = _mm512_loadu_pd(panel + d * ATTN_PANEL_COLS);
+        const __m512d k1 = _mm512_loadu_pd(panel + d * ATTN_PANEL_COLS + 8);
+        const __m512d x0 = _mm512_set1_pd(x[d]), x1 = _mm512_set1_pd(x[D + d]);
+        const __m512d x2 = _mm512_set1_pd(x[2 * D + d]), x3 = _mm512_set1_pd(x[3 * D + d]);
+        a00 = _mm512_fmadd_pd(x0, k0, a00); a01 = _mm512_fmadd_pd(x0, k1, a01);
+        a10 = _mm512_fmadd_pd(x1, k0, a10); a11 = _mm512_fmadd_pd(x1, k1, a11);
+        a20 = _mm512_fmadd_pd(x2, k0, a20); a21 = _mm512_fmadd_pd(x2, k1, a21);
+        a30 = _mm512_fmadd_pd(x3, k0, a30); a31 = _mm512_fmadd_pd(x3, k1, a31);
+    }
+    _mm512_storeu_pd(dot, a00); _mm512_storeu_pd(dot + 8, a01);
+    _mm512_storeu_pd(dot + ATTN_PANEL_COLS, a10); _mm512_storeu_pd(dot + ATTN_PANEL_COLS + 8, a11);
+    _mm512_storeu_pd(dot + 2 * ATTN_PANEL_COLS, a20); _mm512_storeu_pd(dot + 2 * ATTN_PANEL_COLS + 8, a21);
+    _mm512_storeu_pd(dot + 3 * ATTN_PANEL_COLS, a30); _mm512_storeu_pd(dot + 3 * ATTN_PANEL_COLS + 8, a31);
+}
+
+/* Columns [c0, c0 + 8) with 4-double lanes: the same products and sums in the same order. */
 __attribute__((target("avx2")))
-static void panel_dot_avx2(const double *x, size_t D, const double *panel, double *dot)
+static void panel_dot_avx2(const double *x, size_t D, const double *panel, size_t c0, double *dot)
 {
     v4d a00 = {0, 0, 0, 0}, a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
     for (size_t d = 0; d < D; d++) {
         v4d k0, k1;
-        memcpy(&k0, panel + d * ATTN_PANEL_COLS, sizeof k0);
-        memcpy(&k1, panel + d * ATTN_PANEL_COLS + 4, sizeof k1);
+        memcpy(&k0, panel + d * ATTN_PANEL_COLS + c0, sizeof k0);
+        memcpy(&k1, panel + d * ATTN_PANEL_COLS + c0 + 4, sizeof k1);
         const v4d x0 = {x[d], x[d], x[d], x[d]}, x1 = {x[D + d], x[D + d], x[D + d], x[D + d]};
         const v4d x2 = {x[2 * D + d], x[2 * D + d], x[2 * D + d], x[2 * D + d]};
         const v4d x3 = {x[3 * D + d], x[3 * D + d], x[3 * D + d], x[3 * D + d]};
@@ -1413,18 +1436,24 @@ static void panel_dot_avx2(const double *x, size_t D, const double *panel, doubl
         a30 += x3 * k0; a31 += x3 * k1;
     }
     const v4d a[ATTN_PANEL_ROWS][2] = { { a00, a01 }, { a10, a11 }, { a20, a21 }, { a30, a31 } };
-    for (size_t r = 0; r < ATTN_PANEL_ROWS; r++) memcpy(dot + r * ATTN_PANEL_COLS, a[r], sizeof a[r]);
+    for (size_t r = 0; r < ATTN_PANEL_ROWS; r++) memcpy(dot + r * ATTN_PANEL_COLS + c0, a[r], sizeof a[r]);
 }
 #endif
 
 void attn_panel_dot(const double *x, size_t D, const double *panel, double *dot)
 {
 #if ATTN_HAVE_AVX2_PATH
-    if (attn_use_fma()) { panel_dot_fma(x, D, panel, dot); return; }
-    if (attn_use_avx2()) { panel_dot_avx2(x, D, panel, dot); return; }
+    if (attn_use_avx512()) { panel_dot_avx512(x, D, panel, dot); return; }
+    if (attn_use_fma()) {
+        for (size_t c0 = 0; c0 < ATTN_PANEL_COLS; c0 += 8) panel_dot_fma(x, D, panel, c0, dot);
+        return;
+    }
+    if (attn_use_avx2()) {
+        for (size_t c0 = 0; c0 < ATTN_PANEL_COLS; c0 += 8) panel_dot_avx2(x, D, panel, c0, dot);
+        return;
+    }
 #endif
-    panel_dot4(x, D, panel, 0, dot);
-    panel_dot4(x, D, panel, 4, dot);
+    for (size_t c0 = 0; c0 < ATTN_PANEL_COLS; c0 += 4) panel_dot4(x, D, panel, c0, dot);
 }
 
 /* ---- Gram matrix of float rows ------------------------------------------------------------

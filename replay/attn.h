@@ -153,7 +153,7 @@ float attn_logit(const float *q, const float *k, size_t D, const attn_params *p)
  * [D][ATTN_PANEL_COLS], in doubles; each sum over d in order from 0, each product rounded
  * before its add. x and panel must hold float values (their products are then exact, and
  * the FMA path where the CPU has one gives the same bits as the separate multiply and add). */
-enum { ATTN_PANEL_ROWS = 4, ATTN_PANEL_COLS = 8 };
+enum { ATTN_PANEL_ROWS = 4, ATTN_PANEL_COLS = 16 };   /* COLS: a multiple of 8 */
 void attn_panel_dot(const double *x, size_t D, const double *panel, double *dot);
 
 /* Gram matrix of float rows: M [D][D] (doubles) += sum over the rows r of x [n][D], in
