@@ -29,7 +29,11 @@
  * no contraction under -std=c11), so both paths give bit-identical results.
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(ATTN_NO_AVX2)
+#include <immintrin.h>
+#endif
 
 #include "attn.h"
 
@@ -1360,15 +1364,69 @@ static void panel_dot4(const double *x, size_t D, const double *panel, size_t c0
 }
 
 #if ATTN_HAVE_AVX2_PATH
-/* The whole panel with 4-double lanes: the same products and sums in the same order. */
+static int attn_use_fma(void)
+{
+    static int cached = -1;
+    if (cached < 0) cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+    return cached;
+}
+
+/* The whole panel with 4-double lanes and one FMA per product: x and the panel hold float
+ * values (attn.h), so x * k is exact in double and round(x * k + a) equals round(round(x * k)
+ * + a), the separate multiply and add of the other paths: the same bits, half the
+ * instructions. */
+__attribute__((target("avx2,fma")))
+static void panel_dot_fma(const double *x, size_t D, const double *panel, size_t c0, double *dot)
+{
+    __m256d a00 = _mm256_setzero_pd(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    for (size_t d = 0; d < D; d++) {
+        const __m256d k0 = _mm256_loadu_pd(panel + d * ATTN_PANEL_COLS + c0);
+        const __m256d k1 = _mm256_loadu_pd(panel + d * ATTN_PANEL_COLS + c0 + 4);
+        const __m256d x0 = _mm256_broadcast_sd(x + d), x1 = _mm256_broadcast_sd(x + D + d);
+        const __m256d x2 = _mm256_broadcast_sd(x + 2 * D + d), x3 = _mm256_broadcast_sd(x + 3 * D + d);
+        a00 = _mm256_fmadd_pd(x0, k0, a00); a01 = _mm256_fmadd_pd(x0, k1, a01);
+        a10 = _mm256_fmadd_pd(x1, k0, a10); a11 = _mm256_fmadd_pd(x1, k1, a11);
+        a20 = _mm256_fmadd_pd(x2, k0, a20); a21 = _mm256_fmadd_pd(x2, k1, a21);
+        a30 = _mm256_fmadd_pd(x3, k0, a30); a31 = _mm256_fmadd_pd(x3, k1, a31);
+    }
+    double *o = dot + c0;
+    _mm256_storeu_pd(o, a00); _mm256_storeu_pd(o + 4, a01);
+    _mm256_storeu_pd(o + ATTN_PANEL_COLS, a10); _mm256_storeu_pd(o + ATTN_PANEL_COLS + 4, a11);
+    _mm256_storeu_pd(o + 2 * ATTN_PANEL_COLS, a20); _mm256_storeu_pd(o + 2 * ATTN_PANEL_COLS + 4, a21);
+    _mm256_storeu_pd(o + 3 * ATTN_PANEL_COLS, a30); _mm256_storeu_pd(o + 3 * ATTN_PANEL_COLS + 4, a31);
+}
+
+/* The whole panel (16 columns: two 8-double lanes per row, 8 accumulators) where the CPU has
+ * AVX-512F, one FMA per product as above. */
+__attribute__((target("avx512f")))
+static void panel_dot_avx512(const double *x, size_t D, const double *panel, double *dot)
+{
+    __m512d a00 = _mm512_setzero_pd(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    for (size_t d = 0; d < D; d++) {
+        const __m512d k0 = _mm512_loadu_pd(panel + d * ATTN_PANEL_COLS);
+        const __m512d k1 = _mm512_loadu_pd(panel + d * ATTN_PANEL_COLS + 8);
+        const __m512d x0 = _mm512_set1_pd(x[d]), x1 = _mm512_set1_pd(x[D + d]);
+        const __m512d x2 = _mm512_set1_pd(x[2 * D + d]), x3 = _mm512_set1_pd(x[3 * D + d]);
+        a00 = _mm512_fmadd_pd(x0, k0, a00); a01 = _mm512_fmadd_pd(x0, k1, a01);
+        a10 = _mm512_fmadd_pd(x1, k0, a10); a11 = _mm512_fmadd_pd(x1, k1, a11);
+        a20 = _mm512_fmadd_pd(x2, k0, a20); a21 = _mm512_fmadd_pd(x2, k1, a21);
+        a30 = _mm512_fmadd_pd(x3, k0, a30); a31 = _mm512_fmadd_pd(x3, k1, a31);
+    }
+    _mm512_storeu_pd(dot, a00); _mm512_storeu_pd(dot + 8, a01);
+    _mm512_storeu_pd(dot + ATTN_PANEL_COLS, a10); _mm512_storeu_pd(dot + ATTN_PANEL_COLS + 8, a11);
+    _mm512_storeu_pd(dot + 2 * ATTN_PANEL_COLS, a20); _mm512_storeu_pd(dot + 2 * ATTN_PANEL_COLS + 8, a21);
+    _mm512_storeu_pd(dot + 3 * ATTN_PANEL_COLS, a30); _mm512_storeu_pd(dot + 3 * ATTN_PANEL_COLS + 8, a31);
+}
+
+/* Columns [c0, c0 + 8) with 4-double lanes: the same products and sums in the same order. */
 __attribute__((target("avx2")))
-static void panel_dot_avx2(const double *x, size_t D, const double *panel, double *dot)
+static void panel_dot_avx2(const double *x, size_t D, const double *panel, size_t c0, double *dot)
 {
     v4d a00 = {0, 0, 0, 0}, a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
     for (size_t d = 0; d < D; d++) {
         v4d k0, k1;
-        memcpy(&k0, panel + d * ATTN_PANEL_COLS, sizeof k0);
-        memcpy(&k1, panel + d * ATTN_PANEL_COLS + 4, sizeof k1);
+        memcpy(&k0, panel + d * ATTN_PANEL_COLS + c0, sizeof k0);
+        memcpy(&k1, panel + d * ATTN_PANEL_COLS + c0 + 4, sizeof k1);
         const v4d x0 = {x[d], x[d], x[d], x[d]}, x1 = {x[D + d], x[D + d], x[D + d], x[D + d]};
         const v4d x2 = {x[2 * D + d], x[2 * D + d], x[2 * D + d], x[2 * D + d]};
         const v4d x3 = {x[3 * D + d], x[3 * D + d], x[3 * D + d], x[3 * D + d]};
@@ -1378,15 +1436,94 @@ static void panel_dot_avx2(const double *x, size_t D, const double *panel, doubl
         a30 += x3 * k0; a31 += x3 * k1;
     }
     const v4d a[ATTN_PANEL_ROWS][2] = { { a00, a01 }, { a10, a11 }, { a20, a21 }, { a30, a31 } };
-    for (size_t r = 0; r < ATTN_PANEL_ROWS; r++) memcpy(dot + r * ATTN_PANEL_COLS, a[r], sizeof a[r]);
+    for (size_t r = 0; r < ATTN_PANEL_ROWS; r++) memcpy(dot + r * ATTN_PANEL_COLS + c0, a[r], sizeof a[r]);
 }
 #endif
 
 void attn_panel_dot(const double *x, size_t D, const double *panel, double *dot)
 {
 #if ATTN_HAVE_AVX2_PATH
-    if (attn_use_avx2()) { panel_dot_avx2(x, D, panel, dot); return; }
+    if (attn_use_avx512()) { panel_dot_avx512(x, D, panel, dot); return; }
+    if (attn_use_fma()) {
+        for (size_t c0 = 0; c0 < ATTN_PANEL_COLS; c0 += 8) panel_dot_fma(x, D, panel, c0, dot);
+        return;
+    }
+    if (attn_use_avx2()) {
+        for (size_t c0 = 0; c0 < ATTN_PANEL_COLS; c0 += 8) panel_dot_avx2(x, D, panel, c0, dot);
+        return;
+    }
 #endif
-    panel_dot4(x, D, panel, 0, dot);
-    panel_dot4(x, D, panel, 4, dot);
+    for (size_t c0 = 0; c0 < ATTN_PANEL_COLS; c0 += 4) panel_dot4(x, D, panel, c0, dot);
+}
+
+/* ---- Gram matrix of float rows ------------------------------------------------------------
+ * M[a][b] += sum over rows r in order of (double)x[r][a] * x[r][b]. The product of two
+ * floats is exact in double, so M[a][b] and M[b][a] are the same sums: the upper triangle
+ * (b >= a) is accumulated and the lower one copied from it. */
+static void gram_generic(const float *x, size_t n, size_t D, double *M)
+{
+    for (size_t r = 0; r < n; r++) {
+        const float *xr = x + r * D;
+        for (size_t a = 0; a < D; a++) {
+            const double xa = xr[a];
+            double *m = M + a * D;
+            for (size_t b = a; b < D; b++) m[b] += xa * xr[b];
+        }
+    }
+}
+
+#if ATTN_HAVE_AVX2_PATH
+enum { GRAM_CH = 64 };      /* rows per chunk: converted to double once, then every tile */
+
+/* Tiles of 4 rows a x 8 columns b of M (those reaching the upper triangle), each held in
+ * registers over the chunk's rows in order: per element the same exact products added in
+ * the same order (FMA = the separate multiply and add, the product being exact). D % 8 == 0;
+ * xd [GRAM_CH][D] scratch. */
+__attribute__((target("avx2,fma")))
+static void gram_fma(const float *x, size_t n, size_t D, double *M, double *xd)
+{
+    for (size_t r0 = 0; r0 < n; r0 += GRAM_CH) {
+        size_t nr = n - r0 < GRAM_CH ? n - r0 : GRAM_CH;
+        for (size_t i = 0; i < nr * D; i += 4)
+            _mm256_storeu_pd(xd + i, _mm256_cvtps_pd(_mm_loadu_ps(x + r0 * D + i)));
+        for (size_t a0 = 0; a0 < D; a0 += 4)
+            for (size_t b0 = a0 / 8 * 8; b0 < D; b0 += 8) {
+                double *m0 = M + a0 * D + b0, *m1 = m0 + D, *m2 = m1 + D, *m3 = m2 + D;
+                __m256d c00 = _mm256_loadu_pd(m0), c01 = _mm256_loadu_pd(m0 + 4);
+                __m256d c10 = _mm256_loadu_pd(m1), c11 = _mm256_loadu_pd(m1 + 4);
+                __m256d c20 = _mm256_loadu_pd(m2), c21 = _mm256_loadu_pd(m2 + 4);
+                __m256d c30 = _mm256_loadu_pd(m3), c31 = _mm256_loadu_pd(m3 + 4);
+                for (size_t r = 0; r < nr; r++) {
+                    const double *xr = xd + r * D;
+                    const __m256d k0 = _mm256_loadu_pd(xr + b0), k1 = _mm256_loadu_pd(xr + b0 + 4);
+                    const __m256d x0 = _mm256_broadcast_sd(xr + a0), x1 = _mm256_broadcast_sd(xr + a0 + 1);
+                    const __m256d x2 = _mm256_broadcast_sd(xr + a0 + 2), x3 = _mm256_broadcast_sd(xr + a0 + 3);
+                    c00 = _mm256_fmadd_pd(x0, k0, c00); c01 = _mm256_fmadd_pd(x0, k1, c01);
+                    c10 = _mm256_fmadd_pd(x1, k0, c10); c11 = _mm256_fmadd_pd(x1, k1, c11);
+                    c20 = _mm256_fmadd_pd(x2, k0, c20); c21 = _mm256_fmadd_pd(x2, k1, c21);
+                    c30 = _mm256_fmadd_pd(x3, k0, c30); c31 = _mm256_fmadd_pd(x3, k1, c31);
+                }
+                _mm256_storeu_pd(m0, c00); _mm256_storeu_pd(m0 + 4, c01);
+                _mm256_storeu_pd(m1, c10); _mm256_storeu_pd(m1 + 4, c11);
+                _mm256_storeu_pd(m2, c20); _mm256_storeu_pd(m2 + 4, c21);
+                _mm256_storeu_pd(m3, c30); _mm256_storeu_pd(m3 + 4, c31);
+            }
+    }
+}
+#endif
+
+int attn_gram_acc(const float *x, size_t n, size_t D, double *M)
+{
+#if ATTN_HAVE_AVX2_PATH
+    if (attn_use_fma() && D % 8 == 0 && n) {
+        double *xd = malloc(GRAM_CH * D * sizeof *xd);
+        if (!xd) return -1;
+        gram_fma(x, n, D, M, xd);
+        free(xd);
+    } else
+#endif
+        gram_generic(x, n, D, M);
+    for (size_t a = 1; a < D; a++)
+        for (size_t b = 0; b < a; b++) M[a * D + b] = M[b * D + a];
+    return 0;
 }

@@ -150,8 +150,17 @@ double attn_div_sumsq_f64(double *p, size_t n, double z);
 float attn_logit(const float *q, const float *k, size_t D, const attn_params *p);
 
 /* dot [ATTN_PANEL_ROWS][ATTN_PANEL_COLS] = x [ATTN_PANEL_ROWS][D] times one packed panel
- * [D][ATTN_PANEL_COLS], in doubles; each sum over d in order from 0 without FMA (attn.c). */
-enum { ATTN_PANEL_ROWS = 4, ATTN_PANEL_COLS = 8 };
+ * [D][ATTN_PANEL_COLS], in doubles; each sum over d in order from 0, each product rounded
+ * before its add. x and panel must hold float values (their products are then exact, and
+ * the FMA path where the CPU has one gives the same bits as the separate multiply and add). */
+enum { ATTN_PANEL_ROWS = 4, ATTN_PANEL_COLS = 16 };   /* COLS: a multiple of 8 */
 void attn_panel_dot(const double *x, size_t D, const double *panel, double *dot);
+
+/* Gram matrix of float rows: M [D][D] (doubles) += sum over the rows r of x [n][D], in
+ * increasing r, of (double)x[r][a] * x[r][b] (exact products, one rounding per add: every
+ * element the sum a loop over r computes, on every CPU). Only the upper triangle b >= a of
+ * M is read (a running sum over several calls); the lower one is set from it on return.
+ * 0 ok, -1 out of memory (M unchanged). */
+int attn_gram_acc(const float *x, size_t n, size_t D, double *M);
 
 #endif /* KV_ATTN_H */

@@ -553,6 +553,103 @@ static int sweep_head_separable(const rp_engine *E, const rp_sweep *sw, const rp
     return 1;
 }
 
+/* Calibration, before any replay: every configuration part with a calibrate hook gets each
+ * layer's data of its calibration sequences (the first calib_seqs(cfg) of --calib, all when
+ * 0). Layer by layer, the Q/K/V of the sequences any part wants are read once and handed to
+ * every calibrating part in order (Q only when a part reads it: calib_kv_only parts get
+ * q = NULL). A part's state depends on its own calls only, so the result is the one of a
+ * part-by-part calibration; so is the message: the first failing part in configuration
+ * order with its first failure (too few sequences, or the earliest failing layer; a read
+ * error fails every part not yet failed). */
+typedef struct calib_part {
+    const rp_strategy *st;
+    void *cfg;
+    const char *canon;
+    size_t nc;
+    char *msg;                  /* NULL while it has not failed */
+} calib_part;
+
+static int calibrate_parts(rp_engine *E, const rp_sweep *sw, const rp_run_opts *o, char *err, size_t errlen)
+{
+    size_t np = 0, nmax = 0, L = E->L;
+    int need_q = 0, rc = 0, oom = 0;
+    for (size_t c = 0; c < sw->n; c++)
+        for (size_t p = 0; p < sw->cfg[c].n_parts; p++) np += sw->cfg[c].part[p].s->calibrate != NULL;
+    if (np == 0) return 0;
+    calib_part *cp = calloc(np, sizeof *cp);
+    float **kk = calloc(o->n_calib + 1, sizeof *kk), **vv = calloc(o->n_calib + 1, sizeof *vv);
+    float **qq = calloc(o->n_calib + 1, sizeof *qq);
+    size_t *nn = calloc(o->n_calib + 1, sizeof *nn);
+    if (!cp || !kk || !vv || !qq || !nn) { oom = 1; goto done; }
+    np = 0;
+    for (size_t c = 0; c < sw->n; c++) {
+        const rp_config *cf = &sw->cfg[c];
+        for (size_t p = 0; p < cf->n_parts; p++) {
+            const rp_strategy *st = cf->part[p].s;
+            if (!st->calibrate) continue;
+            size_t want = st->calib_seqs ? st->calib_seqs(cf->part[p].cfg) : o->n_calib;
+            if (want == RP_CALIB_NONE) continue;
+            calib_part *x = &cp[np++];
+            *x = (calib_part){ st, cf->part[p].cfg, cf->canon, want ? want : o->n_calib, NULL };
+            if (want > o->n_calib || o->n_calib == 0) {
+                char e2[2048];
+                snprintf(e2, sizeof e2, "config '%s': %s needs %zu calibration sequences, %zu given (--calib LIST)",
+                         cf->canon, st->name, want ? want : 1, o->n_calib);
+                if (!(x->msg = strdup(e2))) { oom = 1; goto done; }
+                break;          /* the parts after it are never reached */
+            }
+            if (x->nc > nmax) nmax = x->nc;
+            need_q |= !st->calib_kv_only;
+        }
+        if (np && cp[np - 1].msg) break;
+    }
+    for (size_t i = 0; i < nmax; i++) {
+        size_t s = o->calib[i];
+        nn[i] = (size_t)E->seq_len[s];
+        kk[i] = malloc((E->Hkv * nn[i] * E->D + 1) * sizeof **kk);
+        vv[i] = malloc((E->Hkv * nn[i] * E->D + 1) * sizeof **vv);
+        if (need_q) qq[i] = malloc((E->H * nn[i] * E->D + 1) * sizeof **qq);
+        if (!kk[i] || !vv[i] || (need_q && !qq[i])) { oom = 1; goto done; }
+    }
+    for (size_t l = 0; l < L; l++) {
+        size_t live = 0;
+        for (size_t j = 0; j < np; j++) live += !cp[j].msg;
+        if (!live) break;
+        kv_error ke;
+        for (size_t i = 0; i < nmax; i++)
+            if (read_kv(E, o->calib[i], l, nn[i], kk[i], vv[i], &ke) ||
+                (need_q && read_q(E, o->calib[i], l, nn[i], qq[i], &ke))) {
+                char e2[2048];
+                snprintf(e2, sizeof e2, "calibration: %s", ke.msg);
+                for (size_t j = 0; j < np; j++)
+                    if (!cp[j].msg && !(cp[j].msg = strdup(e2))) { oom = 1; goto done; }
+                break;
+            }
+        for (size_t j = 0; j < np; j++) {
+            calib_part *x = &cp[j];
+            if (x->msg) continue;
+            rp_calib_ctx cc = { .layer = l, .n_layers = L, .Hkv = E->Hkv, .D = E->D, .n_seq = x->nc,
+                                .n = nn, .k = (const float *const *)kk, .v = (const float *const *)vv,
+                                .rope_cos = E->rope_cos, .rope_sin = E->rope_sin, .rotary_dim = E->R,
+                                .rope_interleaved = E->interleaved, .H = E->H,
+                                .q = x->st->calib_kv_only ? NULL : (const float *const *)qq, .ap = E->ap[l] };
+            char e2[512] = "", e3[2048];
+            if (x->st->calibrate(x->cfg, &cc, e2, sizeof e2)) {
+                snprintf(e3, sizeof e3, "config '%s': calibration of layer %zu: %s", x->canon, l, e2);
+                if (!(x->msg = strdup(e3))) { oom = 1; goto done; }
+            }
+        }
+    }
+done:
+    if (oom) rc = rp_failf(err, errlen, "calibration: out of memory");
+    for (size_t j = 0; cp && j < np && !rc; j++)
+        if (cp[j].msg) rc = rp_failf(err, errlen, "%s", cp[j].msg);
+    for (size_t j = 0; cp && j < np; j++) free(cp[j].msg);
+    for (size_t i = 0; i < nmax && kk && vv && qq; i++) { free(kk[i]); free(vv[i]); free(qq[i]); }
+    free(cp); free(kk); free(vv); free(qq); free(nn);
+    return rc;
+}
+
 int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const size_t *seqs,
                   size_t n_seqs, rp_engine **out, char *err, size_t errlen)
 {
@@ -664,54 +761,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
     if (check_feasible(E, sw, o, seqs, n_seqs, err, errlen)) goto fail;
     E->per_head = sweep_head_separable(E, sw, o);
     if (scan_finite(E, seqs, n_seqs, err, errlen)) goto fail;
-    /* calibration: once per configuration part and layer, on the calibration sequences */
-    for (size_t c = 0; c < sw->n; c++) {
-        const rp_config *cf = &sw->cfg[c];
-        for (size_t p = 0; p < cf->n_parts; p++) {
-            const rp_strategy *st = cf->part[p].s;
-            if (!st->calibrate) continue;
-            size_t want = st->calib_seqs ? st->calib_seqs(cf->part[p].cfg) : o->n_calib;
-            if (want == RP_CALIB_NONE) continue;
-            if (want > o->n_calib || o->n_calib == 0) {
-                rp_failf(err, errlen, "config '%s': %s needs %zu calibration sequences, %zu given (--calib LIST)",
-                      cf->canon, st->name, want ? want : 1, o->n_calib);
-                goto fail;
-            }
-            size_t nc = want ? want : o->n_calib;
-            float **kk = calloc(nc, sizeof *kk), **vv = calloc(nc, sizeof *vv), **qq = calloc(nc, sizeof *qq);
-            size_t *nn = calloc(nc, sizeof *nn);
-            int bad = !kk || !vv || !qq || !nn;
-            for (size_t l = 0; l < E->L && !bad; l++) {
-                for (size_t i = 0; i < nc && !bad; i++) {
-                    size_t s = o->calib[i];
-                    nn[i] = (size_t)E->seq_len[s];
-                    free(kk[i]); free(vv[i]); free(qq[i]);
-                    kk[i] = malloc(E->Hkv * nn[i] * E->D * sizeof **kk);
-                    vv[i] = malloc(E->Hkv * nn[i] * E->D * sizeof **vv);
-                    qq[i] = malloc(E->H * nn[i] * E->D * sizeof **qq);
-                    if (!kk[i] || !vv[i] || !qq[i] || read_kv(E, s, l, nn[i], kk[i], vv[i], &ke) ||
-                        read_q(E, s, l, nn[i], qq[i], &ke)) {
-                        bad = 1;
-                        rp_failf(err, errlen, "calibration: %s", kk[i] && vv[i] && qq[i] ? ke.msg : "out of memory");
-                    }
-                }
-                if (bad) break;
-                rp_calib_ctx cc = { .layer = l, .n_layers = E->L, .Hkv = E->Hkv, .D = E->D, .n_seq = nc,
-                                    .n = nn, .k = (const float *const *)kk, .v = (const float *const *)vv,
-                                    .rope_cos = E->rope_cos, .rope_sin = E->rope_sin, .rotary_dim = E->R,
-                                    .rope_interleaved = E->interleaved, .H = E->H,
-                                    .q = (const float *const *)qq, .ap = E->ap[l] };
-                char e2[512] = "";
-                if (st->calibrate(cf->part[p].cfg, &cc, e2, sizeof e2)) {
-                    bad = 1;
-                    rp_failf(err, errlen, "config '%s': calibration of layer %zu: %s", cf->canon, l, e2);
-                }
-            }
-            for (size_t i = 0; i < nc && kk && vv && qq; i++) { free(kk[i]); free(vv[i]); free(qq[i]); }
-            free(kk); free(vv); free(qq); free(nn);
-            if (bad) goto fail;
-        }
-    }
+    if (calibrate_parts(E, sw, o, err, errlen)) goto fail;
     *out = E;
     return 0;
 nomem:

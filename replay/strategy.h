@@ -273,6 +273,9 @@ typedef struct rp_strategy {
      * reserved for it and calibrate is not called. */
     size_t (*calib_seqs)(const void *cfg);
     int (*calibrate)(void *cfg, const rp_calib_ctx *cc, char *err, size_t errlen);
+    /* calibrate reads cc->k and cc->v only: the engine reads no query and passes q = NULL
+     * (0: q is given) */
+    int calib_kv_only;
 
     /* RP_EVICT, prefill protocol: out[g] for g < Hkv, empty on entry. B = budget per kv
      * head (the strategy may redistribute: PyramidKV per layer, AdaKV across heads). */

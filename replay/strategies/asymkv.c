@@ -336,6 +336,7 @@ const rp_strategy rp_strategy_asymkv = {
     .free_cfg = asymkv_free_cfg,
     .calib_seqs = asymkv_calib_seqs,
     .calibrate = asymkv_calibrate,
+    .calib_kv_only = 1,
     .encode = asymkv_encode,
     .encode_extend = asymkv_encode_extend,
     .encode_cuts = asymkv_encode_cuts,

@@ -84,27 +84,36 @@ static void duo_free(void *cfg)
 
 static size_t duo_calib_seqs(const void *cfg) { return ((const duo_cfg *)cfg)->calib_n; }
 
+enum { DUO_ROWS = 64 };     /* query rows per attn_full_rows call */
+
 /* Sum over query rows t of the attention mass on the sinks and the recent window, and the
- * row count, for query head rows q [n][D] over keys k [n][D]. logit, p: [n] scratch. */
+ * row count, for query head rows q [n][D] over keys k [n][D]. The logits come from
+ * attn_full_rows (bit for bit attn_logit) DUO_ROWS rows at a time; lg [DUO_ROWS][n], p [n]
+ * scratch. */
 static void duo_head_mass(const duo_cfg *c, const float *q, const float *k, size_t n, size_t D,
-                          const attn_params *ap, double *p, double *sum, size_t *rows)
+                          const attn_params *ap, float *lg, double *p, double *sum, size_t *rows)
 {
     size_t first = c->sinks + c->recent;
     if (c->calib_q && n > c->calib_q && n - c->calib_q > first) first = n - c->calib_q;
-    for (size_t t = first; t < n; t++) {
-        size_t lo = attn_lo(t, ap->window);
-        double mx = -INFINITY, z = 0, m = 0;
-        for (size_t j = lo; j <= t; j++) {
-            p[j] = attn_logit(q + t * D, k + j * D, D, ap);
-            mx = p[j] > mx ? p[j] : mx;
+    for (size_t t0 = first; t0 < n; t0 += DUO_ROWS) {
+        size_t t1 = n - t0 < DUO_ROWS ? n : t0 + DUO_ROWS;
+        attn_full_rows(q, k, NULL, n, D, t0, t1, ap, NULL, NULL, lg);
+        for (size_t t = t0; t < t1; t++) {
+            const float *z = lg + (t - t0) * n;
+            size_t lo = attn_lo(t, ap->window);
+            double mx = -INFINITY, zs = 0, m = 0;
+            for (size_t j = lo; j <= t; j++) {
+                p[j] = z[j];
+                mx = p[j] > mx ? p[j] : mx;
+            }
+            for (size_t j = lo; j <= t; j++) {
+                p[j] = exp(p[j] - mx);
+                zs += p[j];
+                if (j < c->sinks || j + c->recent > t) m += p[j];
+            }
+            *sum += m / zs;
+            (*rows)++;
         }
-        for (size_t j = lo; j <= t; j++) {
-            p[j] = exp(p[j] - mx);
-            z += p[j];
-            if (j < c->sinks || j + c->recent > t) m += p[j];
-        }
-        *sum += m / z;
-        (*rows)++;
     }
 }
 
@@ -141,17 +150,18 @@ static int duo_calibrate(void *cfg, const rp_calib_ctx *cc, char *err, size_t er
     size_t G = H / Hkv, nmax = 1;
     for (size_t i = 0; i < cc->n_seq; i++) nmax = cc->n[i] > nmax ? cc->n[i] : nmax;
     double *p = malloc(nmax * sizeof *p);
-    if (!p) return rp_failf(err, errlen, "out of memory");
+    float *lg = malloc(DUO_ROWS * nmax * sizeof *lg);
+    if (!p || !lg) { free(p); free(lg); return rp_failf(err, errlen, "out of memory"); }
     for (size_t g = 0; g < Hkv; g++) {
         double sum = 0;
         size_t rows = 0;
         for (size_t i = 0; i < cc->n_seq; i++)
             for (size_t h = g * G; h < (g + 1) * G; h++)
-                duo_head_mass(c, cc->q[i] + h * cc->n[i] * D, cc->k[i] + g * cc->n[i] * D, cc->n[i], D, &cc->ap, p,
-                              &sum, &rows);
+                duo_head_mass(c, cc->q[i] + h * cc->n[i] * D, cc->k[i] + g * cc->n[i] * D, cc->n[i], D, &cc->ap, lg,
+                              p, &sum, &rows);
         c->mass[cc->layer * Hkv + g] = rows ? sum / (double)rows : 1.0;
     }
-    free(p);
+    free(p); free(lg);
     c->done[cc->layer] = 1;
     for (size_t l = 0; l < c->L; l++)
         if (!c->done[l]) return 0;

@@ -37,6 +37,7 @@
 #include <gsl/gsl_errno.h>
 #include <gsl/gsl_matrix.h>
 
+#include "attn.h"
 #include "strategy.h"
 #include "strategies/lowrank.h"
 
@@ -179,30 +180,35 @@ static int lowrank_calibrate(void *cfg, const rp_calib_ctx *cc, char *err, size_
         if (!c->Uk || !c->Uv || !c->done) { snprintf(err, errlen, "out of memory"); return -1; }
     }
     if (cc->layer >= c->L || c->Hkv != Hkv || c->D != D) { snprintf(err, errlen, "lowrank: calibration shape mismatch"); return -1; }
+    /* a side left untouched (rank 0 or head_dim) never reads its basis: not computed */
+    int pk = c->rank_k && c->rank_k < D, pv = c->rank_v && c->rank_v < D;
+    size_t nmax = 1;
+    for (size_t i = 0; i < cc->n_seq; i++) nmax = cc->n[i] > nmax ? cc->n[i] : nmax;
     double *ck = calloc(D * D, sizeof *ck), *cv = calloc(D * D, sizeof *cv);
-    float *x = malloc(D * sizeof *x);
-    if (!ck || !cv || !x) { free(ck); free(cv); free(x); snprintf(err, errlen, "out of memory"); return -1; }
+    float *x = pk ? malloc(nmax * D * sizeof *x) : NULL;
+    if (!ck || !cv || (pk && !x)) { free(ck); free(cv); free(x); snprintf(err, errlen, "out of memory"); return -1; }
     int rc = 0;
     for (size_t g = 0; g < Hkv && !rc; g++) {
         if (c->share == SH_HEAD || g == 0) { memset(ck, 0, D * D * sizeof *ck); memset(cv, 0, D * D * sizeof *cv); }
         size_t g0 = c->share == SH_HEAD ? g : 0, g1 = c->share == SH_HEAD ? g + 1 : Hkv;
         if (c->share == SH_GROUP && g > 0) goto copy;
-        for (size_t hh = g0; hh < g1; hh++)
-            for (size_t i = 0; i < cc->n_seq; i++)
-                for (size_t j = 0; j < cc->n[i]; j++) {
-                    memcpy(x, cc->k[i] + (hh * cc->n[i] + j) * D, D * sizeof *x);
+        /* the second moments: rows in (head, sequence, position) order (attn_gram_acc) */
+        for (size_t hh = g0; hh < g1 && !rc; hh++)
+            for (size_t i = 0; i < cc->n_seq && !rc; i++) {
+                size_t n = cc->n[i];
+                if (pk) {
+                    memcpy(x, cc->k[i] + hh * n * D, n * D * sizeof *x);
                     if (cc->rope_cos)
-                        lowrank_rope(x, cc->rotary_dim, cc->rope_cos + j * cc->rotary_dim,
-                                     cc->rope_sin + j * cc->rotary_dim, cc->rope_interleaved, -1);
-                    const float *v = cc->v[i] + (hh * cc->n[i] + j) * D;
-                    for (size_t a = 0; a < D; a++)
-                        for (size_t b = 0; b < D; b++) {
-                            ck[a * D + b] += (double)x[a] * x[b];
-                            cv[a * D + b] += (double)v[a] * v[b];
-                        }
+                        for (size_t j = 0; j < n; j++)
+                            lowrank_rope(x + j * D, cc->rotary_dim, cc->rope_cos + j * cc->rotary_dim,
+                                         cc->rope_sin + j * cc->rotary_dim, cc->rope_interleaved, -1);
+                    if (attn_gram_acc(x, n, D, ck)) rc = -1;
                 }
-        if (lowrank_basis(ck, D, c->Uk + (cc->layer * Hkv + g) * D * D, NULL) ||
-            lowrank_basis(cv, D, c->Uv + (cc->layer * Hkv + g) * D * D, NULL)) {
+                if (pv && !rc && attn_gram_acc(cc->v[i] + hh * n * D, n, D, cv)) rc = -1;
+            }
+        if (rc) { snprintf(err, errlen, "out of memory"); break; }
+        if ((pk && lowrank_basis(ck, D, c->Uk + (cc->layer * Hkv + g) * D * D, NULL)) ||
+            (pv && lowrank_basis(cv, D, c->Uv + (cc->layer * Hkv + g) * D * D, NULL))) {
             snprintf(err, errlen, "lowrank: GSL eigen-decomposition failed (layer %zu kv head %zu)", cc->layer, g);
             rc = -1;
         }
@@ -288,6 +294,7 @@ const rp_strategy rp_strategy_lowrank = {
     .free_cfg = lowrank_free_cfg,
     .calib_seqs = lowrank_calib_seqs,
     .calibrate = lowrank_calibrate,
+    .calib_kv_only = 1,
     .encode = lowrank_encode,
     .encode_extend = lowrank_encode_extend,
 };

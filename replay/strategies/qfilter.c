@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn.h"
 #include "evict_util.h"
 #include "kvpress_budget.h"
 #include "lowrank.h"
@@ -82,13 +83,9 @@ static int qf_calibrate(void *cfg, const rp_calib_ctx *cc, char *err, size_t err
     if (!M || !U) { rp_failf(err, errlen, "out of memory"); goto done; }
     for (size_t g = 0; g < Hkv; g++) {
         memset(M, 0, D * D * sizeof *M);
-        for (size_t h = g * G; h < (g + 1) * G; h++)
+        for (size_t h = g * G; h < (g + 1) * G; h++)        /* rows in (head, sequence, position) order */
             for (size_t i = 0; i < cc->n_seq; i++)
-                for (size_t t = 0; t < cc->n[i]; t++) {
-                    const float *q = cc->q[i] + (h * cc->n[i] + t) * D;
-                    for (size_t a = 0; a < D; a++)
-                        for (size_t b = 0; b < D; b++) M[a * D + b] += (double)q[a] * q[b];
-                }
+                if (attn_gram_acc(cc->q[i] + h * cc->n[i] * D, cc->n[i], D, M)) { rp_failf(err, errlen, "out of memory"); goto done; }
         if (lowrank_basis(M, D, U, NULL)) { rp_failf(err, errlen, "qfilter: eigen-decomposition failed"); goto done; }
         double proj = 0;                     /* sign: the queries' mean projection positive */
         for (size_t h = g * G; h < (g + 1) * G; h++)

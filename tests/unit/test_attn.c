@@ -534,6 +534,49 @@ static void case_rows_given(void)
  * equals the scalar loop bit for bit, with and without idx, for channel counts that leave
  * tails of each vector width; and two calls over [0, k) and [k, n) equal one call over
  * [0, n) (the nested sums of the shared evaluation continue each other). */
+/* attn_gram_acc against the loop it documents (every element, both triangles, the rows in
+ * order, one rounding per add), bit for bit: D on and off the 8-column tiles, n on and off
+ * the 64-row chunks, and a running sum over two calls (the lower triangle garbage on entry:
+ * only the upper one is read). Also within rounding of a long-double sum. */
+static void case_gram(void)
+{
+    size_t Ds[] = {1, 3, 8, 16, 40, 128, 136}, Ns[] = {1, 63, 64, 130};
+    int same = 1, close = 1;
+    for (size_t a = 0; a < sizeof Ds / sizeof *Ds; a++)
+        for (size_t b = 0; b < sizeof Ns / sizeof *Ns; b++) {
+            size_t D = Ds[a], n = Ns[b], n2 = n / 3 + 1;
+            float *x = randn(n * D, 1.0f), *x2 = randn(n2 * D, 3.0f);
+            double *M = calloc(D * D, sizeof *M), *R = calloc(D * D, sizeof *R);
+            check_true("attn_gram_acc runs", attn_gram_acc(x, n, D, M) == 0);
+            for (size_t i = 1; i < D; i++)
+                for (size_t j = 0; j < i; j++) M[i * D + j] = 1e300;    /* not read */
+            check_true("attn_gram_acc runs (second call)", attn_gram_acc(x2, n2, D, M) == 0);
+            for (size_t i = 0; i < D; i++)
+                for (size_t j = 0; j < D; j++) {
+                    double r = 0, sa = 0;           /* sa: sum of |products| (the error bound's scale) */
+                    long double l = 0;
+                    for (size_t t = 0; t < n; t++) {
+                        double p = (double)x[t * D + i] * x[t * D + j];
+                        r += p; l += p; sa += fabs(p);
+                    }
+                    for (size_t t = 0; t < n2; t++) {
+                        double p = (double)x2[t * D + i] * x2[t * D + j];
+                        r += p; l += p; sa += fabs(p);
+                    }
+                    R[i * D + j] = r;
+                    /* recursive summation: |err| <= (terms - 1) 2^-53 sum |p| (+ its own slack) */
+                    if (fabsl((long double)M[i * D + j] - l) > (long double)((double)(n + n2) * 0x1p-52 * sa)) close = 0;
+                }
+            if (memcmp(M, R, D * D * sizeof *M)) {
+                same = 0;
+                printf("  gram D %zu n %zu: differs from the row-ordered loop\n", D, n);
+            }
+            free(x); free(x2); free(M); free(R);
+        }
+    check_true("attn_gram_acc = the row-ordered double loop bit for bit", same);
+    check_true("attn_gram_acc within rounding of a long-double sum", close);
+}
+
 static void case_pv_weighted(void)
 {
     size_t Ds[] = {1, 16, 40, 128, 300}, NRs[] = {1, 5, 32};
@@ -728,6 +771,7 @@ int main(void)
     case_rows_cut_heads();
     case_rows_given();
     case_pv_weighted();
+    case_gram();
     case_probs_row();
     hand_cases();
     printf("%d checks, %d failed\n", checks, fails);
