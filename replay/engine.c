@@ -844,23 +844,23 @@ static int cfg_has_encoder(const rp_config *cf)
 static int run_encoders(const rp_config *cf, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
                         char *err, size_t errlen)
 {
-    char e2[512] = "";
+    char e2[512] = "";      /* messages name the layer's kv head g0 + g (g: the context's) */
     size_t n0 = c->n;
     if (rp_view_active(cf->evict, cf->evict_cfg)) {
         if (cf->evict->online_view(cf->evict_cfg, ctx, g, t, c, e2, sizeof e2))
             return rp_failf(err, errlen, "config '%s': %s view at seq %zu layer %zu kv head %zu: %s", cf->canon,
-                         cf->evict->name, ctx->seq, ctx->layer, g, e2);
+                         cf->evict->name, ctx->seq, ctx->layer, ctx->g0 + g, e2);
         c->modified = 0;    /* re-indexing is not a reconstruction (the caller compares rows) */
     }
     if (cf->evict->encode && cf->evict->encode(cf->evict_cfg, ctx, g, t, c, e2, sizeof e2))
         return rp_failf(err, errlen, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
-                     cf->evict->name, ctx->seq, ctx->layer, g, e2);
+                     cf->evict->name, ctx->seq, ctx->layer, ctx->g0 + g, e2);
     if (cf->enc && cf->enc->encode(cf->enc_cfg, ctx, g, t, c, e2, sizeof e2))
         return rp_failf(err, errlen, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
-                     cf->enc->name, ctx->seq, ctx->layer, g, e2);
+                     cf->enc->name, ctx->seq, ctx->layer, ctx->g0 + g, e2);
     if (c->n != n0)
         return rp_failf(err, errlen, "config '%s': encode changed the number of entries (seq %zu layer %zu kv head %zu)",
-                     cf->canon, ctx->seq, ctx->layer, g);
+                     cf->canon, ctx->seq, ctx->layer, ctx->g0 + g);
     return 0;
 }
 
