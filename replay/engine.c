@@ -535,19 +535,19 @@ static int scan_finite(rp_engine *E, const size_t *seqs, size_t n_seqs, char *er
 
 /* ---- engine setup ---------------------------------------------------------------------- */
 
-/* The work unit can be one (sequence, layer, kv head): a prefill sweep without exports whose
- * every configuration is a head-separable eviction (strategy.h) with nothing that runs per
- * query (encoders, views, selection, decode-time presses). Then a thread holds one kv head's
- * Q/K/V and scratch instead of the layer's. */
-static int cfg_has_encoder(const rp_config *cf);
-
+/* The work unit can be one (sequence, layer, kv head): a prefill sweep whose every
+ * configuration has head-separable parts only (strategy.h head_separable: the eviction's
+ * prefill and its per-query hooks (view, selection, decode-time steps), the encoder's
+ * encode). Then a thread holds one kv head's Q/K/V and scratch instead of the layer's. Every
+ * per-query path of the item works on its kv heads [g0, g0 + nkv) with local indices into the
+ * item's arrays and the shared scores (rp_shared over the item's heads) and global ones into
+ * the result slots, messages and exports (g0 + g), so nothing else changes with the unit. */
 static int sweep_head_separable(const rp_engine *E, const rp_sweep *sw, const rp_run_opts *o)
 {
-    if (o->mode != RP_PREFILL || E->Hkv < 2 || o->export_hook || o->export_evict_hook || o->export_step_hook)
-        return 0;
+    if (o->mode != RP_PREFILL || E->Hkv < 2) return 0;
     for (size_t c = 0; c < sw->n; c++) {
         const rp_config *cf = &sw->cfg[c];
-        if (!cf->evict->head_separable || cfg_has_encoder(cf) || cf->evict->select || cf->evict->decode_time)
+        if (!rp_head_separable(cf->evict, cf->evict_cfg) || (cf->enc && !rp_head_separable(cf->enc, cf->enc_cfg)))
             return 0;
     }
     return 1;
@@ -894,23 +894,23 @@ static int cfg_has_encoder(const rp_config *cf)
 static int run_encoders(const rp_config *cf, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
                         char *err, size_t errlen)
 {
-    char e2[512] = "";
+    char e2[512] = "";      /* messages name the layer's kv head g0 + g (g: the context's) */
     size_t n0 = c->n;
     if (rp_view_active(cf->evict, cf->evict_cfg)) {
         if (cf->evict->online_view(cf->evict_cfg, ctx, g, t, c, e2, sizeof e2))
             return rp_failf(err, errlen, "config '%s': %s view at seq %zu layer %zu kv head %zu: %s", cf->canon,
-                         cf->evict->name, ctx->seq, ctx->layer, g, e2);
+                         cf->evict->name, ctx->seq, ctx->layer, ctx->g0 + g, e2);
         c->modified = 0;    /* re-indexing is not a reconstruction (the caller compares rows) */
     }
     if (cf->evict->encode && cf->evict->encode(cf->evict_cfg, ctx, g, t, c, e2, sizeof e2))
         return rp_failf(err, errlen, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
-                     cf->evict->name, ctx->seq, ctx->layer, g, e2);
+                     cf->evict->name, ctx->seq, ctx->layer, ctx->g0 + g, e2);
     if (cf->enc && cf->enc->encode(cf->enc_cfg, ctx, g, t, c, e2, sizeof e2))
         return rp_failf(err, errlen, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
-                     cf->enc->name, ctx->seq, ctx->layer, g, e2);
+                     cf->enc->name, ctx->seq, ctx->layer, ctx->g0 + g, e2);
     if (c->n != n0)
         return rp_failf(err, errlen, "config '%s': encode changed the number of entries (seq %zu layer %zu kv head %zu)",
-                     cf->canon, ctx->seq, ctx->layer, g);
+                     cf->canon, ctx->seq, ctx->layer, ctx->g0 + g);
     return 0;
 }
 
@@ -2161,7 +2161,7 @@ static int item_run(item *it)
         .layer_kv = cb_layer_kv, .engine = it, .gqa_reduce = E->o.gqa_reduce,
         .prompt_colsum = cb_prompt_colsum, .prompt_entropy = cb_prompt_entropy, .key_pages = cb_key_pages,
         .w_o = cb_w_o, .needles = E->needles, .n_needles = E->n_needles, .value_norms = cb_value_norms,
-        .g0 = it->g0,
+        .g0 = it->g0, .Hkv_layer = E->Hkv,
     };
     if (!(it->sh = rp_shared_new(it->q, it->k, it->nh, it->nkv, it->n, it->ctx.P, E->D, &E->ap[it->l], E->want_ent))) {
         IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);

@@ -24,12 +24,14 @@
  *
  * Work items: (sequence, layer), in parallel (OpenMP); the trace is read in a critical
  * section; every accumulator lives in a per-item slot and is reduced in a fixed order, so
- * results are identical for any thread count. When every configuration of a prefill sweep is
- * head-separable (strategy.h head_separable; no encoder, view, selection, decode-time press
- * or export) an item is one (sequence, layer, kv head) instead, with the same results bit for
- * bit: its hooks see a context of that kv head alone, the per-position sums keep one term per
- * query head and are added in the layer item's order, and the layer's read-out runs once all
- * its kv heads are done. The full-cache attention of each (query
+ * results are identical for any thread count. When every part of every configuration of a
+ * prefill sweep is head-separable (strategy.h head_separable, rp_head_separable: evictions with
+ * their views, selection and decode-time steps, and encoders; exports allowed) an item is one
+ * (sequence, layer, kv head) instead, with the same results bit for bit: its hooks see a
+ * context of that kv head alone (g = 0, ctx->g0 its number in the layer), the exports get the
+ * layer's kv head number g0 + g, the per-position sums keep one term per query head and are
+ * added in the layer item's order, and the layer's read-out runs once all its kv heads are
+ * done. The full-cache attention of each (query
  * head, position) is computed once and shared by all configurations; configurations whose
  * visible cache is the full one with original K/V take its results bit for bit. Likewise the
  * scores several configurations' hooks need (prompt attention column sums, row entropies,

@@ -31,7 +31,9 @@
  *              merge across layers). Given a cache whose k/v rows hold the current
  *              representation (originals or merged means), rewrite them in place with the
  *              reconstruction and account the bytes. A composition "EVICT + ENCODE" runs the
- *              eviction strategy first, then encode on its output.
+ *              eviction strategy first, then encode on its output. In a sweep whose every part
+ *              is head_separable, select, encode and the views get a context of one kv head
+ *              too (g = 0, ctx->g0 its number in the layer).
  *
  * Which hook gets what (all through rp_layer_ctx; computed by the engine, never per
  * configuration where it can be shared):
@@ -227,8 +229,12 @@ typedef struct rp_layer_ctx {
     int (*value_norms)(const struct rp_layer_ctx *ctx, size_t g, const double **u);
     /* The layer's number of this context's kv head 0: 0 for a context of the whole layer, the
      * kv head for a one-kv-head context (head_separable). Hooks that tie something to the kv
-     * head itself (a random stream per head) use g0 + g, so they do not depend on the work unit. */
+     * head itself (a random stream per head, a calibrated basis per head) use g0 + g, so they
+     * do not depend on the work unit. */
     size_t g0;
+    /* The layer's number of kv heads (ctx->Hkv for a context of the whole layer); 0 in contexts
+     * built without the engine, which are whole layers: read it with rp_ctx_layer_hkv. */
+    size_t Hkv_layer;
 } rp_layer_ctx;
 
 enum { RP_GQA_MEAN = 0, RP_GQA_MAX = 1, RP_GQA_SUM = 2 };
@@ -357,18 +363,31 @@ typedef struct rp_strategy {
      * one line in err. */
     int (*online_rows)(void *state, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c, char *err,
                        size_t errlen);
-    /* Optional, RP_EVICT prefill: 1 when the prefill cache of kv head g depends only on kv head
-     * g's rows (ctx->q of its G query heads, ctx->k/v of g, the shared scores of those heads) and
-     * on nothing indexed by the head number itself except through ctx->g0 + g (random's stream
-     * of kv head g): no budget moved across the kv heads of a layer (AdaKV), no random stream
-     * walked over the heads, no ctx->w_o or layer_kv. When every
-     * configuration of a prefill sweep has it (and no encoder, view, selection or decode-time
-     * press), the engine's work unit is one (sequence, layer, kv head) instead of a (sequence,
-     * layer): its hooks then see a context of one kv head (ctx->Hkv = 1, ctx->H = G, q/k/v
-     * that head's rows, out[0], ctx->g0 its number in the layer), so a thread holds one kv
-     * head's working set. 0 (the default)
+    /* Optional: 1 when every hook of the strategy that the prefill protocol calls works on a
+     * context of one kv head alone, with the results it gives that kv head in a context of the
+     * whole layer. Each hook's output for kv head g then depends only on kv head g's rows
+     * (ctx->q of its G query heads, ctx->k/v of g, the shared scores of those heads: prompt_attn,
+     * prompt_colsum, prompt_entropy, key_pages) and on nothing indexed by the head number itself
+     * except through ctx->g0 + g (random's stream of kv head g, CaM's draws, lowrank's
+     * calibrated basis of kv head g; the layer's kv head count is rp_ctx_layer_hkv): no budget
+     * moved across the kv heads of a layer (AdaKV), no random stream walked over the heads, no
+     * ctx->w_o or layer_kv. What it covers:
+     *   RP_EVICT   prefill, and the per-query hooks it has: online_view (streaming's
+     *              re-indexing, finch's re-rotation), select (quest), the decode-time press's
+     *              online_new / online_step / online_rows (decoding, dms, cam);
+     *   RP_ENCODE  encode, encode_extend, encode_cuts for kv head g (quant, asymkv, think,
+     *              lowrank; calibration stays per layer, its per-head state looked up by g0 + g;
+     *              minicache reads another layer's K/V of every kv head: 0).
+     * When every configuration of a prefill sweep has it on every part (rp_head_separable), the
+     * engine's work unit is one (sequence, layer, kv head) instead of a (sequence, layer): the
+     * hooks then see a context of one kv head (ctx->Hkv = 1, ctx->H = G, q/k/v that head's
+     * rows, out[0], g = 0, ctx->g0 its number in the layer), so a thread holds one kv head's
+     * working set; exports get the layer's kv head number (g0 + g) as before. 0 (the default)
      * keeps the whole layer together, which is always correct. */
     int head_separable;
+    /* Optional: head_separable for one configuration, when it depends on the parameters
+     * (per_layer: its inner press's). NULL = head_separable. */
+    int (*cfg_head_separable)(const void *cfg);
     /* Optional, with online_view: 1 when, under the prefill protocol, the view query t gets is
      * the first entries of the view the last query gets (no row depends on t: finch's re-rotated
      * context keys go to P - c .. P - 1 for every query, the exact entries stay where they are).
@@ -393,6 +412,15 @@ const rp_strategy *rp_strategy_at(size_t i);
 /* Default fp16 bytes of a cache of plain entries (payload only; the engine adds 4 bytes
  * of index per entry for eviction strategies that keep a subset). */
 static inline double rp_fp16_bytes(size_t entries, size_t D) { return (double)entries * 2.0 * (double)D * 2.0; }
+
+/* The configuration part (strategy s, cfg) is head-separable (head_separable). */
+static inline int rp_head_separable(const rp_strategy *s, const void *cfg)
+{
+    return s->cfg_head_separable ? s->cfg_head_separable(cfg) : s->head_separable;
+}
+
+/* The layer's number of kv heads of a hook's context (rp_layer_ctx.Hkv_layer). */
+static inline size_t rp_ctx_layer_hkv(const rp_layer_ctx *ctx) { return ctx->Hkv_layer ? ctx->Hkv_layer : ctx->Hkv; }
 
 /* The configuration part (strategy s, cfg) has an active per-query view. */
 static inline int rp_view_active(const rp_strategy *s, const void *cfg)

@@ -341,4 +341,5 @@ const rp_strategy rp_strategy_asymkv = {
     .encode_extend = asymkv_encode_extend,
     .encode_cuts = asymkv_encode_cuts,
     .cfg_protocols = asymkv_protocols,
+    .head_separable = 1,     /* one kv head's cache and prompt attention; lowrank's basis by g0 + g */
 };

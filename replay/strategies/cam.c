@@ -18,7 +18,8 @@
  * The step count restarts only when a compression happens (kvpress CAMPress), so a cache at or
  * below target compresses at the first step it exceeds target once interval steps have passed.
  * Randomness: one uniform per candidate, in position order, from a splitmix64 stream seeded by
- * (the engine's seed of configuration, sequence and layer; kv head; step position t), so the
+ * (the engine's seed of configuration, sequence and layer; the kv head's number in the layer,
+ * ctx->g0 + g; step position t), so the
  * draws never depend on threads, shards or ranks.
  * Defaults: interval=512, target=2048, merge_budget=32 (kvpress's compression_interval,
  * target_size, merge_budget), scorer=knorm. Short traces need small interval and target (the
@@ -133,7 +134,7 @@ static kv_status cam_compress(cam_state *s, const rp_layer_ctx *ctx, size_t g, s
     size_t nc = pick_candidates(s, c, ne, s->base.steps, s->cand);
     if (nc == (size_t)-1) return kv_error_set(err, KV_ERR_NOMEM, "out of memory");
     memset(s->delta, 0, n * D * sizeof *s->delta);
-    rp_rng r = { step_seed(ctx->seed, g, t) };
+    rp_rng r = { step_seed(ctx->seed, ctx->g0 + g, t) };     /* the kv head's number in the layer */
     size_t j = 0;                       /* first kept index after the candidate */
     for (size_t i = 0; i < nc; i++) {
         size_t m = (size_t)s->cand[i];

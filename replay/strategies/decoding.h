@@ -92,6 +92,7 @@ kv_status dec_score_cache(dec_state *s, const dec_scorer *sc, const rp_layer_ctx
     .protocols = RP_PREFILL | RP_ONLINE,      \
     .free_cfg = dec_cfg_free,                 \
     .prefill = dec_prefill_all,               \
-    .decode_time = 1
+    .decode_time = 1,                         \
+    .head_separable = 1     /* per kv head: its own cache, scores and draws (g0 + g) */
 
 #endif /* KV_STRAT_DECODING_H */

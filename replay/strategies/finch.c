@@ -256,5 +256,6 @@ const rp_strategy rp_strategy_finch = {
     .online_view = finch_view,
     .view_active = finch_view_active,
     .view_static = 1,
+    .head_separable = 1,     /* each kv head's window score of its own rows; the view per entry */
     .late_params = 1,           /* chunk: named only when on */
 };

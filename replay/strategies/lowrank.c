@@ -246,7 +246,8 @@ static int lowrank_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_
         snprintf(err, errlen, "lowrank: rank_k=%zu rank_v=%zu: a rank exceeds head_dim %zu", q->rank_k, q->rank_v, D);
         return -1;
     }
-    if (!q->Uk || ctx->layer >= q->L || !q->done[ctx->layer] || q->D != D || q->Hkv != ctx->Hkv) {
+    size_t Hl = rp_ctx_layer_hkv(ctx), gl = ctx->g0 + g;   /* the layer's kv heads, g's number in it */
+    if (!q->Uk || ctx->layer >= q->L || !q->done[ctx->layer] || q->D != D || q->Hkv != Hl || gl >= Hl) {
         snprintf(err, errlen, "lowrank: layer %zu was not calibrated (needs --calib sequences)", ctx->layer);
         return -1;
     }
@@ -255,7 +256,7 @@ static int lowrank_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_
         snprintf(err, errlen, "lowrank: the trace is positional=rope but has no /rope tables: keys cannot be de-rotated");
         return -1;
     }
-    const double *Uk = q->Uk + (ctx->layer * q->Hkv + g) * D * D, *Uv = q->Uv + (ctx->layer * q->Hkv + g) * D * D;
+    const double *Uk = q->Uk + (ctx->layer * q->Hkv + gl) * D * D, *Uv = q->Uv + (ctx->layer * q->Hkv + gl) * D * D;
     size_t R = ctx->rotary_dim ? ctx->rotary_dim : D;
     for (size_t e = m_prev; e < m; e++) {
         size_t p = (size_t)c->pos[e];
@@ -271,7 +272,7 @@ static int lowrank_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_
     c->bytes.payload = lowrank_side_bytes(m, D, q->rank_k, q->bits) + lowrank_side_bytes(m, D, q->rank_v, q->bits);
     c->bytes.scales = lowrank_side_scales(m, D, q->rank_k, q->bits) + lowrank_side_scales(m, D, q->rank_v, q->bits);
     c->bytes.bases = ((pk ? (double)D * q->rank_k * 2.0 : 0) + (pv ? (double)D * q->rank_v * 2.0 : 0)) /
-                     (q->share == SH_GROUP ? (double)ctx->Hkv : 1.0);
+                     (q->share == SH_GROUP ? (double)Hl : 1.0);
     c->modified = pk || pv;
     return 0;
 }
@@ -297,4 +298,5 @@ const rp_strategy rp_strategy_lowrank = {
     .calib_kv_only = 1,
     .encode = lowrank_encode,
     .encode_extend = lowrank_encode_extend,
+    .head_separable = 1,     /* rows projected one by one on the basis of kv head g0 + g */
 };

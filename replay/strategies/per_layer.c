@@ -249,6 +249,13 @@ static int pl_view(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t,
     return rp_view_active(c->inner, c->inner_cfg) ? c->inner->online_view(c->inner_cfg, ctx, g, t, view, err, errlen) : 0;
 }
 
+/* The layer's budget is the same for its kv heads: separable when the inner press is. */
+static int pl_head_separable(const void *cfg)
+{
+    const pl_cfg *c = cfg;
+    return rp_head_separable(c->inner, c->inner_cfg);
+}
+
 const rp_strategy rp_strategy_per_layer = {
     .name = "per_layer",
     .summary = "an inner press (press=) with its own compression ratio per layer, ratios=R0/R1/... or file=PATH "
@@ -268,4 +275,5 @@ const rp_strategy rp_strategy_per_layer = {
     .check_budget = pl_check_budget,
     .online_view = pl_view,
     .view_active = pl_view_active,
+    .cfg_head_separable = pl_head_separable,
 };

@@ -238,4 +238,5 @@ const rp_strategy rp_strategy_quant = {
     .encode = quant_encode,
     .encode_extend = quant_encode_extend,
     .encode_cuts = quant_encode_cuts,
+    .head_separable = 1,     /* rows and key groups of one kv head's cache only */
 };

@@ -172,4 +172,5 @@ const rp_strategy rp_strategy_quest = {
     .free_cfg = quest_free,
     .prefill = quest_prefill,
     .select = quest_select,
+    .head_separable = 1,     /* the whole prompt per kv head; pages of its own keys (key_pages) */
 };

@@ -105,4 +105,5 @@ const rp_strategy rp_strategy_think = {
     .configure = think_configure,
     .free_cfg = think_free,
     .encode = think_encode,
+    .head_separable = 1,     /* one kv head's cache and its G query heads' rows */
 };

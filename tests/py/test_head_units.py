@@ -9,7 +9,9 @@ sharded run) print every sum in hexadecimal floating point, so a different order
 order-sensitive additions (per-position sums over kv and query heads, the read-out's layer
 fold) shows there even when the CSVs' 9 digits hide it. Also the CSV rows of those
 configurations as text. On 1 and 2 threads, with the per-layer read-out, on both shipped
-traces (2 kv heads each, read-out).
+traces (2 kv heads each, read-out). Also encoders, per-query views, selection and decode-time
+presses (below), calibrated encoders (--calib) and --export (the exported cache states, dataset
+by dataset).
 """
 import csv
 import os
@@ -28,9 +30,9 @@ COUPLED = "adakv keep=0.5 window=8"
 CSVS = ("per_head.csv", "per_pos.csv", "per_seq.csv", "summary.csv")
 
 
-def run(trace, strategies, threads, out, shard):
+def run(trace, strategies, threads, out, shard, extra=()):
     args = [KVR, "run", trace, "--decode", "48", "--per-layer-readout", "--threads", str(threads),
-            "--shard", shard, "-o", out]
+            "--shard", shard, "-o", out] + list(extra)
     for s in strategies:
         args += ["--strategy", s]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -74,6 +76,86 @@ def rows(path):
             out.setdefault(r[ci], []).append(tuple(v for i, v in enumerate(r) if head[i] != "config_id"))
         return out
 
+
+# Encoders, per-query views, selection and decode-time presses are head-separable too (issue
+# #14 item 3): quant, asymkv (value budget from the kv head's prompt attention), think, streaming
+# reindex=1 and finch (re-rotation views; finch's static view), quest (pages of the kv head's own
+# keys), per_layer over a separable press, decoding / dms / cam (decode-time steps; cam's draws
+# keyed by the kv head's number in the layer).
+SEPARABLE += ["quant kbits=2 vbits=2 group=32 residual=32", "quant mode=sym4",
+              "knorm keep=0.5 + quant kbits=4 vbits=2 residual=32", "asymkv kbits=4 vbits=4 residual=32 vkeep=0.5",
+              "snapkv keep=0.5 window=8 + asymkv kbits=0 vbits=0 vkeep=0.5",
+              "think key_ratio=0.5 window=8", "snapkv keep=0.5 window=8 + think key_ratio=0.5 window=8",
+              "streaming sinks=4 keep=0.3 reindex=1", "finch keep=0.5", "finch keep=0.4 preset=kvtrace rerotate=0",
+              "quest keep=0.25 page=16", "per_layer ratios=0.2/0.5/0.7/0.8 fit=interp",
+              "decoding interval=16 target=128 scorer=snapkv window=16", "dms threshold=0.002 sliding=32",
+              "cam interval=16 target=128 merge_budget=8 scorer=tova"]
+# lowrank (and asymkv's ranks) need calibration sequences: their basis of kv head g0 + g
+CALIBRATED = ["lowrank rank_k=16 rank_v=16", "lowrank rank_k=8 rank_v=16 share=group latent_bits=8",
+              "asymkv kbits=4 vbits=0 rank_v=16 latent_bits=8 residual=32", "knorm keep=0.5 + lowrank rank_k=16 rank_v=16"]
+# --export: the same file from either unit (the configurations' groups, dataset by dataset)
+EXPORTED = ["snapkv keep=0.5 window=8", "knorm keep=0.5 + quant kbits=4 vbits=2 residual=32",
+            "asymkv kbits=4 vbits=4 residual=32 vkeep=0.5", "streaming sinks=4 keep=0.3 reindex=1", "finch keep=0.5",
+            "think key_ratio=0.5 window=8"]
+
+
+def h5_items(path, n_cfg):
+    """Every dataset and attribute under /configs/<c> for c < n_cfg: name -> (dtype, shape, bytes)."""
+    import h5py
+    out = {}
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            for k, v in obj.attrs.items():
+                out[f"{name}@{k}"] = repr(v)
+            if isinstance(obj, h5py.Dataset):
+                a = obj[()]
+                out[name] = (str(a.dtype), a.shape, a.tobytes())
+        for c in range(n_cfg):
+            g = f[f"configs/{c}"]
+            visit(f"configs/{c}", g)
+            g.visititems(lambda n, o, c=c: visit(f"configs/{c}/{n}", o))
+    return out
+
+
+def compare_runs(tag, sep, mix, shared):
+    """sep (the shared configurations alone) and mix (the same + the coupled one): every accumulator."""
+    parts = sorted(f for f in os.listdir(os.path.join(sep, "parts")) if f.endswith(".part"))
+    check(parts and parts == sorted(f for f in os.listdir(os.path.join(mix, "parts")) if f.endswith(".part")),
+          f"{tag}: both runs wrote the same sequences' parts")
+    same = True
+    for f in parts:
+        a = part_blocks(os.path.join(sep, "parts", f), len(shared))
+        b = part_blocks(os.path.join(mix, "parts", f), len(shared))
+        same &= a == b and set(a) == {"cfg", "pl", "pp"}
+    check(same, f"{tag}: kv-head work items = layer work items, every accumulator bit for bit")
+    for f in CSVS:
+        a = rows(os.path.join(sep, f))
+        b = rows(os.path.join(mix, f))
+        check(len(a) == len(shared) and all(a[k] == b.get(k) for k in a),
+              f"{tag} {f}: the same rows for the shared configurations")
+
+
+sample = os.path.join(ROOT, "traces", "sample.h5")
+for threads in (1, 2):
+    tag = f"calibrated t{threads}"
+    sep = os.path.join(TMP, f"head_units_calib_sep_t{threads}")
+    mix = os.path.join(TMP, f"head_units_calib_mix_t{threads}")
+    run(sample, CALIBRATED, threads, sep, "0/2", ["--calib", "7"])
+    run(sample, CALIBRATED + [COUPLED], threads, mix, "0/2", ["--calib", "7"])
+    compare_runs(tag, sep, mix, CALIBRATED)
+    rk = rows(os.path.join(sep, "per_head.csv"))
+    check(any(float(r[4]) < 1.0 for k in rk if k.startswith("knorm") for r in rk[k]),
+          f"{tag}: knorm + lowrank keeps fewer entries than the full cache")
+    tag = f"export t{threads}"
+    sep = os.path.join(TMP, f"head_units_export_sep_t{threads}")
+    mix = os.path.join(TMP, f"head_units_export_mix_t{threads}")
+    run(sample, EXPORTED, threads, sep, "1/2", ["--export", sep + ".h5"])
+    run(sample, EXPORTED + [COUPLED], threads, mix, "1/2", ["--export", mix + ".h5"])
+    compare_runs(tag, sep, mix, EXPORTED)
+    a, b = h5_items(sep + ".h5", len(EXPORTED)), h5_items(mix + ".h5", len(EXPORTED))
+    check(len(a) > 10 * len(EXPORTED) and a == b,
+          f"{tag}: the exported cache states of the shared configurations are identical ({len(a)} items)")
+    check(any(k.endswith("/k") for k in a), f"{tag}: the export holds reconstructed K rows (encoders)")
 
 for name in ("sample", "sample_qa"):
     trace = os.path.join(ROOT, "traces", f"{name}.h5")
