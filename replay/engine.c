@@ -104,6 +104,7 @@ typedef struct item {
     float *shw;                  /* shared evaluation: [G][BLK][sum of the chains' top entries] weights */
     size_t shw_cap;
     rp_layer_ctx ctx;            /* what the strategies' hooks see */
+    const struct seq_plans *sp;  /* per_head: the planned configurations' plans (ctx.plan), NULL = none */
     int rc;
     char err[1024];
 } item;
@@ -346,7 +347,8 @@ static int cb_w_o(const rp_layer_ctx *ctx, const float **w, size_t *C)
 }
 
 /* criticalkv's value norms of kv head g (shared.h): W_O read once per work item (cb_w_o), the
- * norms computed on the first request of any configuration and kept for the others. */
+ * norms computed on the first request of any configuration and kept for the others. W_O is the
+ * layer's (every query head): its rows start at the item's first kv head g0, g counts from there. */
 static int cb_value_norms(const rp_layer_ctx *ctx, size_t g, const double **u)
 {
     item *it = ctx->engine;
@@ -355,7 +357,7 @@ static int cb_value_norms(const rp_layer_ctx *ctx, size_t g, const double **u)
     int wr = cb_w_o(ctx, &wo, &C);
     if (wr) return wr;
     if (!it->sh || g >= it->nkv) return -2;
-    *u = rp_shared_value_norms(it->sh, g, it->v + g * it->n * it->E->D, wo, C);
+    *u = rp_shared_value_norms(it->sh, g, it->v + g * it->n * it->E->D, wo + it->g0 * it->E->G * it->E->D * C, C);
     return *u ? 0 : -2;
 }
 
@@ -1205,6 +1207,28 @@ static int item_read(item *it)
     return item_read_scores(it);
 }
 
+/* ---- plans (strategy.h plan_score / plan_layer) ------------------------------------------ */
+
+/* per_head: the plans of a sequence's planned configurations (strategies with plan_score whose
+ * plan_size is not 0 for this sequence's prompt and budget), made before its kv-head items:
+ * configuration c's block [L][Hkv][S[c]] doubles at buf + off[c]. Memory: the sum over those
+ * configurations of L * Hkv * S[c] doubles, for the whole sequence (S = P for most: 0.5 MiB
+ * per configuration at 8k tokens, 4 layers, 2 kv heads; P + 1 for criticaladakv; max(P, 2 S + 1),
+ * S the unprotected slice, for compactor; G (n_initial + n_recent) for simlayerkv). */
+typedef struct seq_plans {
+    double *buf;
+    size_t *off, *S;            /* [NC]; S[c] = 0: configuration c has no plan */
+    size_t n_planned;           /* configurations with S[c] > 0 */
+} seq_plans;
+
+/* The plan row(s) of the item's kv heads for configuration c, or NULL (ctx.plan). */
+static const double *item_plan(const item *it, size_t c)
+{
+    const seq_plans *sp = it->sp;
+    if (!sp || !sp->S[c]) return NULL;
+    return sp->buf + sp->off[c] + (it->l * it->E->Hkv + it->g0) * sp->S[c];
+}
+
 /* Budgets and flags of every (configuration, kv head); prefill: the strategies' prompt caches. */
 static int item_prefill(item *it)
 {
@@ -1236,6 +1260,7 @@ static int item_prefill(item *it)
         for (size_t g = 0; g < Hkv; g++) out[g] = cs[c * Hkv + g].cache;
         it->ctx.seed = seed;
         it->ctx.keep = cf->budget_kind == RP_BUDGET_KEEP ? cf->budget_value : 0;
+        it->ctx.plan = item_plan(it, c);
         char e2[512] = "";
         int prc = cf->evict->prefill(cf->evict_cfg, &it->ctx, B, out, e2, sizeof e2);
         for (size_t g = 0; g < Hkv; g++) cs[c * Hkv + g].cache = out[g];
@@ -2295,6 +2320,139 @@ static void layer_item_done(rp_engine *E, layer_join *lj, item *its, size_t l)
     lj->dO = r->dO = NULL;
 }
 
+/* A plan item (per_head, planned configurations): kv head it->g0 of layer it->l. Reads the kv
+ * head's Q, K and V rows (item_read), makes the shared scores of that kv head (replay/shared.h,
+ * as its kv-head item will again) and writes every planned configuration's plan_score row. Its
+ * buffers are the thread's (it->tb), the sizes of a kv-head item's. */
+static int plan_item_run(item *it)
+{
+    rp_engine *E = it->E;
+    const seq_plans *sp = it->sp;
+    size_t n = it->n, D = E->D, G = E->G;
+    int rc = -1;
+    it->q = tb_take(it->tb, TB_Q, G * n * D * sizeof *it->q);
+    it->k = tb_take(it->tb, TB_K, n * D * sizeof *it->k);
+    it->v = tb_take(it->tb, TB_V, n * D * sizeof *it->v);
+    if (!it->q || !it->k || !it->v) { IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l); goto done; }
+    if (item_read(it)) goto done;
+    it->ctx = (rp_layer_ctx){
+        .seq = it->s, .layer = it->l, .n_layers = E->L, .H = G, .Hkv = 1, .G = G, .D = D, .n = n, .P = it->P,
+        .q = it->q, .k = it->k, .v = it->v, .ap = E->ap[it->l], .info = E->in, .rope_cos = E->rope_cos,
+        .rope_sin = E->rope_sin, .rotary_dim = E->R, .rope_interleaved = E->interleaved,
+        .prompt_attn = cb_prompt_attn, .engine = it, .gqa_reduce = E->o.gqa_reduce,
+        .prompt_colsum = cb_prompt_colsum, .prompt_entropy = cb_prompt_entropy, .key_pages = cb_key_pages,
+        .needles = E->needles, .n_needles = E->n_needles, .g0 = it->g0, .Hkv_layer = E->Hkv,
+    };
+    if (!(it->sh = rp_shared_new(it->q, it->k, G, 1, n, it->P, D, &E->ap[it->l], E->want_ent))) {
+        IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+        goto done;
+    }
+    if (it->ps_cs) rp_shared_use_captured(it->sh, it->ps_cs, it->ps_ent);
+    for (size_t c = 0; c < E->sw->n; c++) {
+        const rp_config *cf = &E->sw->cfg[c];
+        if (!sp->S[c]) continue;
+        size_t B;
+        sweep_budget(cf, it->P, &B);        /* as item_prefill */
+        it->ctx.seed = mix64(mix64(cf->hash, it->s), it->l);
+        it->ctx.keep = cf->budget_kind == RP_BUDGET_KEEP ? cf->budget_value : 0;
+        char e2[512] = "";
+        if (cf->evict->plan_score(cf->evict_cfg, &it->ctx, 0, B, (double *)item_plan(it, c), e2, sizeof e2)) {
+            IT_FAIL(it, "config '%s': %s plan failed at seq %zu layer %zu kv head %zu: %s", cf->canon,
+                    cf->evict->name, it->s, it->l, it->g0, e2[0] ? e2 : "error");
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    rp_shared_free(it->sh);
+    it->sh = NULL;
+    free(it->ps_cs); free(it->ps_ent);
+    it->ps_cs = it->ps_ent = NULL;
+    for (size_t h = 0; h < it->nh; h++) { free(it->pa[h]); it->pa[h] = NULL; }
+    it->q = it->k = it->v = NULL;       /* the thread's buffers */
+    it->rc = rc;
+    return rc;
+}
+
+/* per_head: the plans of sequence s (seq_plans) before its kv-head items: plan items over
+ * (layer, kv head) in parallel, each writing only its own rows, then plan_layer once per (layer,
+ * configuration) over its Hkv rows in head order; the same plans for any thread count. sp->buf
+ * stays NULL when no configuration needs a plan. 0 ok, -1 with one line in err. */
+static int seq_plans_make(rp_engine *E, size_t s, size_t n, size_t P, thread_bufs *tbs, seq_plans *sp, char *err,
+                          size_t errlen)
+{
+    const rp_sweep *sw = E->sw;
+    size_t NC = sw->n, L = E->L, Hkv = E->Hkv, G = E->G, tot = 0, NU = L * Hkv;
+    memset(sp, 0, sizeof *sp);
+    sp->off = calloc(NC, sizeof *sp->off);
+    sp->S = calloc(NC, sizeof *sp->S);
+    if (!sp->off || !sp->S) return rp_failf(err, errlen, "out of memory");
+    for (size_t c = 0; c < NC; c++) {
+        const rp_config *cf = &sw->cfg[c];
+        size_t B;
+        if (!cf->evict->plan_score) continue;
+        sweep_budget(cf, P, &B);
+        sp->S[c] = cf->evict->plan_size(cf->evict_cfg, P, G, B);
+        sp->off[c] = tot;
+        tot += L * Hkv * sp->S[c];
+        sp->n_planned += sp->S[c] != 0;
+    }
+    if (!sp->n_planned) return 0;
+    item *its = calloc(NU, sizeof *its);
+    if (!its || !(sp->buf = malloc(tot * sizeof *sp->buf))) { free(its); return rp_failf(err, errlen, "out of memory"); }
+    int rc = 0;
+    for (size_t u = 0; u < NU && !rc; u++) {
+        item *it = &its[u];
+        it->E = E; it->s = s; it->l = u / Hkv; it->n = n; it->P = P; it->o_layer = -1;
+        it->g0 = u % Hkv; it->nkv = 1; it->nh = G; it->sp = sp;
+        it->pa = calloc(G, sizeof *it->pa);
+        it->pa0 = calloc(G, sizeof *it->pa0);
+        it->pa1 = calloc(G, sizeof *it->pa1);
+        if (!it->pa || !it->pa0 || !it->pa1) rc = rp_failf(err, errlen, "out of memory");
+    }
+    long long uu, bad = -1;
+    if (!rc) {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (uu = 0; uu < (long long)NU; uu++) {
+            its[uu].tb = &tbs[thread_num()];
+            plan_item_run(&its[uu]);
+        }
+        for (size_t u = 0; u < NU && !rc; u++)
+            if (its[u].rc) rc = rp_failf(err, errlen, "%s", its[u].err);
+    }
+    /* plan_layer per (layer, configuration); the first failure in that order is reported */
+    if (!rc) {
+#pragma omp parallel for schedule(dynamic, 1)
+        for (uu = 0; uu < (long long)(L * NC); uu++) {
+            size_t l = (size_t)uu / NC, c = (size_t)uu % NC;
+            const rp_config *cf = &sw->cfg[c];
+            if (!sp->S[c]) continue;
+            size_t B;
+            sweep_budget(cf, P, &B);
+            char e2[512] = "";
+            if (cf->evict->plan_layer(cf->evict_cfg, Hkv, G, P, B, sp->buf + sp->off[c] + l * Hkv * sp->S[c], e2,
+                                      sizeof e2)) {
+#pragma omp critical(kvtrace_plan_err)
+                if (bad < 0 || uu < bad) {
+                    bad = uu;
+                    rp_failf(err, errlen, "config '%s': %s plan failed at seq %zu layer %zu: %s", cf->canon,
+                             cf->evict->name, s, l, e2[0] ? e2 : "error");
+                }
+            }
+        }
+        if (bad >= 0) rc = -1;
+    }
+    for (size_t u = 0; u < NU; u++) { free(its[u].pa); free(its[u].pa0); free(its[u].pa1); }
+    free(its);
+    return rc;
+}
+
+static void seq_plans_free(seq_plans *sp)
+{
+    free(sp->buf); free(sp->off); free(sp->S);
+    memset(sp, 0, sizeof *sp);
+}
+
 int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t errlen)
 {
     size_t L = E->L, H = E->H, Hkv = E->Hkv, G = E->G, NC = E->sw->n, n = (size_t)E->seq_len[s], P = split_of(E, s);
@@ -2314,6 +2472,7 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
     int nthr = max_threads();
     thread_bufs *tbs = calloc(nthr > 0 ? (size_t)nthr : 1, sizeof *tbs);
     int ro = E->ro && NE;
+    seq_plans sp = { 0 };
     float *hid = ro ? malloc(E->T * C * sizeof *hid) : NULL;
     float *acc = ro ? calloc(NC * NE * C, sizeof *acc) : NULL;
     int rc = -1;
@@ -2347,6 +2506,11 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
         it->pa0 = calloc(it->nh, sizeof *it->pa0);
         it->pa1 = calloc(it->nh, sizeof *it->pa1);
         if (!it->pa || !it->pa0 || !it->pa1) { rp_failf(err, errlen, "out of memory"); goto done; }
+    }
+    /* per_head: the planned configurations' plans first (strategy.h plan_score, plan_layer) */
+    if (ph) {
+        if (seq_plans_make(E, s, n, P, tbs, &sp, err, errlen)) goto done;
+        for (size_t u = 0; sp.n_planned && u < NU; u++) its[u].sp = &sp;
     }
     for (size_t l = 0; ph && l < L; l++) {
         item *r = &lj[l].ro;
@@ -2450,6 +2614,7 @@ done:
             for (int j = 0; j < TB_N; j++) free(tbs[i].p[j]);
     free(tbs);
     free(its); free(ia); free(uia); free(rocf); free(lp); free(lj); free(hid); free(acc);
+    seq_plans_free(&sp);
     if (rc) rp_seq_result_free(res);
     return rc;
 }

@@ -31,7 +31,15 @@
  * context of that kv head alone (g = 0, ctx->g0 its number in the layer), the exports get the
  * layer's kv head number g0 + g, the per-position sums keep one term per query head and are
  * added in the layer item's order, and the layer's read-out runs once all its kv heads are
- * done. The full-cache attention of each (query
+ * done. Planned strategies (strategy.h plan_score / plan_layer: adakv, criticaladakv,
+ * simlayerkv, criticalkv, chunkkv, merging, noncausal_attn, leverage, compactor, whose prefill
+ * combines something across the kv heads of a layer) count as head-separable: before a
+ * sequence's kv-head items, "plan items" over (layer, kv head), in parallel, read that kv
+ * head's Q/K/V, make its shared scores and write each planned configuration's score row;
+ * plan_layer then turns a layer's rows, in head order, into each kv head's plan (the same
+ * plans for any thread count), and the kv-head item hands its row to prefill as ctx->plan.
+ * The shared scores the plan items need are computed again by the kv-head items (a window's
+ * column sums: w rows per query head). The full-cache attention of each (query
  * head, position) is computed once and shared by all configurations; configurations whose
  * visible cache is the full one with original K/V take its results bit for bit. Likewise the
  * scores several configurations' hooks need (prompt attention column sums, row entropies,
@@ -57,7 +65,12 @@
  * top-1 in the slots of its configuration -> rp_seq_result.nd.
  * Memory per sequence: the (o~ - o) rows of every configuration, NC * L * NE * H * D floats
  * (the layer sum must wait for every layer to keep a fixed order), plus per work item the
- * layer's Q/K/V (kv-head items: that kv head's) and one cache per (configuration, kv head).
+ * layer's Q/K/V (kv-head items: that kv head's) and one cache per (configuration, kv head);
+ * with planned configurations in kv-head items, their plans: L * Hkv * plan_size doubles per
+ * planned configuration (plan_size P for most, P + 1 for criticaladakv, up to 2 P + 1 for
+ * compactor, G (n_initial + n_recent) for simlayerkv; 8k tokens, 32 layers, 8 kv heads: 16 MiB per configuration of
+ * plan_size P), the only layer-level state; a plan item holds one kv head's Q/K/V and shared
+ * scores, like a kv-head item.
  */
 #ifndef KV_ENGINE_H
 #define KV_ENGINE_H

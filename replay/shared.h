@@ -1,5 +1,6 @@
 /* Scores shared by every configuration of a fused sweep: computed once per work item ((sequence,
- * layer), or (sequence, layer, kv head): engine.h), on the first request, and handed to the
+ * layer), or (sequence, layer, kv head), and once more in a plan item for the planned
+ * strategies' plans: engine.h), on the first request, and handed to the
  * strategies through rp_layer_ctx (strategy.h lists which hook gets what). A sweep of twenty
  * configurations then pays for the prompt's attention once, not once per configuration.
  *

@@ -198,3 +198,22 @@ double rp_rng_uniform(rp_rng *r)
 {
     return (double)(rp_rng_next(r) >> 11) * (1.0 / 9007199254740992.0);
 }
+
+int rp_plan_get(const rp_strategy *s, const void *cfg, const rp_layer_ctx *ctx, size_t B, const double **plan,
+                double **own, char *err, size_t errlen)
+{
+    size_t S = s->plan_size(cfg, ctx->P, ctx->G, B);
+    *own = NULL;
+    *plan = ctx->plan;
+    if (ctx->plan) return 0;
+    if (rp_ctx_layer_hkv(ctx) != ctx->Hkv)      /* a plan over one kv head would be another rule */
+        return rp_failf(err, errlen, "%s: internal: no plan in a context of %zu of the layer's %zu kv heads", s->name,
+                        ctx->Hkv, rp_ctx_layer_hkv(ctx));
+    double *p = malloc((ctx->Hkv * S > 0 ? ctx->Hkv * S : 1) * sizeof *p);
+    if (!p) return rp_failf(err, errlen, "%s: out of memory (plan)", s->name);
+    for (size_t g = 0; g < ctx->Hkv; g++)
+        if (s->plan_score(cfg, ctx, g, B, p + g * S, err, errlen)) { free(p); return -1; }
+    if (s->plan_layer(cfg, ctx->Hkv, ctx->G, ctx->P, B, p, err, errlen)) { free(p); return -1; }
+    *plan = *own = p;
+    return 0;
+}

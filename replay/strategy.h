@@ -17,7 +17,10 @@
  *   prefill    protocol "prefill": once per (sequence, layer), all kv heads at once (AdaKV
  *              allocates across heads, PyramidKV varies budgets by layer); strategies with
  *              head_separable may get one call per kv head instead (a context of that kv
- *              head alone, ctx->Hkv = 1). Sees only the
+ *              head alone, ctx->Hkv = 1). Planned strategies (plan_score / plan_layer
+ *              below) put what crosses the kv heads into a plan made first: plan_score of
+ *              each kv head, plan_layer once per layer, then prefill per kv head with
+ *              ctx->plan. Sees only the
  *              prompt [0, P). Fills one rp_cache per kv head. Decode query t in [P, n)
  *              then attends to that cache plus the exact entries [P, t].
  *   online_*   protocol "online": one state per (sequence, layer, kv head). Token t is
@@ -37,7 +40,10 @@
  *
  * Which hook gets what (all through rp_layer_ctx; computed by the engine, never per
  * configuration where it can be shared):
- *   prefill     q/k/v of the layer; prompt_attn (rows of the prompt's attention, cached
+ *   plan_score  q/k/v of one kv head, prompt_attn and the shared scores below; its
+ *               row of the plan. plan_layer: every kv head's rows of a layer, nothing else.
+ *   prefill     q/k/v of the layer; the plan (ctx->plan, planned strategies); prompt_attn
+ *               (rows of the prompt's attention, cached
  *               per head while contiguous); the shared scores prompt_colsum (accumulated
  *               attention: whole prompt, observation windows, masked row sets),
  *               prompt_entropy (per-row entropy) and value_norms (||v W_O||_1 per kv head
@@ -235,6 +241,12 @@ typedef struct rp_layer_ctx {
     /* The layer's number of kv heads (ctx->Hkv for a context of the whole layer); 0 in contexts
      * built without the engine, which are whole layers: read it with rp_ctx_layer_hkv. */
     size_t Hkv_layer;
+    /* Planned strategies (plan_score below): the plan of this context's kv heads for the
+     * configuration being prefilled, [ctx->Hkv][plan_size] doubles (kv head g's row at
+     * plan + g * plan_size), as plan_layer left it for the whole layer. Set by the engine in a
+     * one-kv-head context (kv-head work items); NULL in a context of the whole layer, where the
+     * strategy computes it itself through the same hooks (rp_plan_get). */
+    const double *plan;
 } rp_layer_ctx;
 
 enum { RP_GQA_MEAN = 0, RP_GQA_MAX = 1, RP_GQA_SUM = 2 };
@@ -382,7 +394,10 @@ typedef struct rp_strategy {
      * engine's work unit is one (sequence, layer, kv head) instead of a (sequence, layer): the
      * hooks then see a context of one kv head (ctx->Hkv = 1, ctx->H = G, q/k/v that head's
      * rows, out[0], g = 0, ctx->g0 its number in the layer), so a thread holds one kv head's
-     * working set; exports get the layer's kv head number (g0 + g) as before. 0 (the default)
+     * working set; exports get the layer's kv head number (g0 + g) as before. A strategy that
+     * does combine the kv heads of a layer can still set it when everything that crosses heads
+     * is in its plan (plan_score / plan_layer below: adakv, criticaladakv, simlayerkv,
+     * criticalkv, chunkkv, merging, noncausal_attn, leverage, compactor). 0 (the default)
      * keeps the whole layer together, which is always correct. */
     int head_separable;
     /* Optional: head_separable for one configuration, when it depends on the parameters
@@ -402,7 +417,42 @@ typedef struct rp_strategy {
      * of the strategy existed: the canonical string names them only off their default, so those
      * results' canonical strings, and the hashes and random streams derived from them, stay. */
     size_t late_params;
+    /* Optional, RP_EVICT prefill, with head_separable: a two-step prefill for strategies that
+     * combine something across the kv heads of a layer (AdaKV's joint top-k, SimLayerKV's one
+     * decision per layer, kvpress's window padded with the layer's maximum score, scores
+     * z-normalised over the layer's kv heads). Their kv head's part is a score vector of fixed size; everything that
+     * crosses heads is plan_layer's, so the prefill of kv head g needs only g's rows, scores and
+     * plan, and such a strategy runs in kv-head work items like a head-separable one:
+     *   plan_size   doubles per kv head of the plan for a prompt of P tokens, G query heads per
+     *               kv head and budget B (0: this (P, B) needs no plan; prefill then gets
+     *               ctx->plan == NULL and must not ask rp_plan_get).
+     *   plan_score  writes kv head g's row out [plan_size] from what a prefill context of g gives
+     *               (ctx->q of its query heads, ctx->k, ctx->v, the shared scores prompt_colsum,
+     *               prompt_entropy, prompt_attn; ctx->keep, ctx->seed): never w_o, value_norms
+     *               or layer_kv (the engine's plan contexts have none). 0 ok, -1 with one line
+     *               in err.
+     *   plan_layer  once per (sequence, layer, configuration), after every kv head's
+     *               plan_score: rewrites plan [Hkv][plan_size] (row g = kv head g's scores, in
+     *               head order) in place into each kv head's plan (budgets, keep flags, the lazy
+     *               flag). Runs in a fixed order whatever the work unit and thread count.
+     *   prefill     reads kv head g's plan at ctx->plan + g * plan_size (rp_plan_get).
+     * The engine (kv-head items) runs plan_score in "plan items" (one per (layer, kv head),
+     * reading that kv head's Q, K and V), then plan_layer per layer, then the kv-head items
+     * with ctx->plan set; a context of the whole layer runs the same three steps inside the
+     * strategy's prefill (rp_plan_get), so both work units give the same bits. */
+    size_t (*plan_size)(const void *cfg, size_t P, size_t G, size_t B);
+    int (*plan_score)(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B, double *out, char *err,
+                      size_t errlen);
+    int (*plan_layer)(const void *cfg, size_t Hkv, size_t G, size_t P, size_t B, double *plan, char *err,
+                      size_t errlen);
 } rp_strategy;
+
+/* The plan a planned strategy s's prefill reads (rows of ctx's kv heads, plan_size(cfg, ctx->P,
+ * ctx->G, B) doubles each): ctx->plan when the engine set it, else computed here for ctx's
+ * Hkv kv heads (plan_score of each in order, then plan_layer) into *own, which the caller
+ * frees (NULL when ctx->plan is used). 0 ok, -1 with one line in err. */
+int rp_plan_get(const rp_strategy *s, const void *cfg, const rp_layer_ctx *ctx, size_t B, const double **plan,
+                double **own, char *err, size_t errlen);
 
 /* The registry (replay/strategies/registry.c over replay/strategies/list.h). */
 const rp_strategy *rp_strategy_find(const char *name);

@@ -26,6 +26,8 @@
 #include "snapkv.h"
 #include "strategy.h"
 
+extern const rp_strategy rp_strategy_adakv;
+
 typedef struct adakv_cfg { double alpha; snapkv_opts o; } adakv_cfg;
 
 static const rp_param_def adakv_params[] = {
@@ -81,37 +83,64 @@ static int adakv_check_budget(const void *cfg, size_t P, size_t B, size_t n_laye
     return B < P ? snapkv_check_window("adakv", c->o.window, B, NULL, err, errlen) : 0;
 }
 
+/* The plan (strategy.h plan_size): kv head g's SnapKV scores [P] (plan_score); plan_layer
+ * pads every window with the layer's maximum, allocates jointly and leaves keep flags (1/0) in
+ * their place. No plan when B >= P (everything kept). */
+static size_t adakv_plan_size(const void *cfg, size_t P, size_t G, size_t B)
+{
+    (void)cfg; (void)G;
+    return B < P ? P : 0;
+}
+
+static int adakv_plan_score(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B, double *out, char *err,
+                            size_t errlen)
+{
+    const adakv_cfg *c = cfg;
+    if (snapkv_check_window("adakv", c->o.window, B, ctx, err, errlen)) return -1;
+    if (snapkv_head_score(&c->o, ctx, g, out)) return rp_failf(err, errlen, "adakv: out of memory");
+    return 0;
+}
+
+static int adakv_plan_layer(const void *cfg, size_t Hkv, size_t G, size_t P, size_t B, double *plan, char *err,
+                            size_t errlen)
+{
+    const adakv_cfg *c = cfg;
+    size_t w = c->o.window;
+    (void)G;
+    uint8_t *keep = malloc(Hkv * P);
+    if (!keep) return rp_failf(err, errlen, "adakv: out of memory");
+    double mx = -INFINITY;
+    for (size_t g = 0; g < Hkv; g++)
+        for (size_t j = 0; j < P - w; j++) mx = plan[g * P + j] > mx ? plan[g * P + j] : mx;
+    for (size_t g = 0; g < Hkv; g++)
+        for (size_t j = P - w; j < P; j++) plan[g * P + j] = mx;
+    if (adakv_allocate(plan, Hkv, P, B, c->alpha, keep) == (size_t)-1) {
+        free(keep);
+        return rp_failf(err, errlen, "adakv: out of memory");
+    }
+    for (size_t i = 0; i < Hkv * P; i++) plan[i] = keep[i];
+    free(keep);
+    return 0;
+}
+
 static int adakv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                          char *err, size_t errlen)
 {
-    const adakv_cfg *c = cfg;
-    size_t P = ctx->P, Hkv = ctx->Hkv, w = c->o.window;
-    if (B < P && snapkv_check_window("adakv", w, B, ctx, err, errlen)) return -1;
-    double *score = malloc(Hkv * P * sizeof *score);
-    uint8_t *keep = malloc(Hkv * P);
-    int32_t *kept = malloc(P * sizeof *kept);
+    size_t P = ctx->P;
+    const double *plan = NULL;
+    double *own = NULL;
+    int32_t *kept = malloc((P ? P : 1) * sizeof *kept);
     int rc = -1;
-    if (!score || !keep || !kept) goto done;
-    if (B >= P) {
-        memset(keep, 1, Hkv * P);
-    } else {
-        double mx = -INFINITY;
-        for (size_t g = 0; g < Hkv; g++) {
-            if (snapkv_head_score(&c->o, ctx, g, score + g * P)) goto done;
-            for (size_t j = 0; j < P - w; j++) mx = score[g * P + j] > mx ? score[g * P + j] : mx;
-        }
-        for (size_t g = 0; g < Hkv; g++)
-            for (size_t j = P - w; j < P; j++) score[g * P + j] = mx;
-        if (adakv_allocate(score, Hkv, P, B, c->alpha, keep) == (size_t)-1) goto done;
-    }
-    for (size_t g = 0; g < Hkv; g++) {
+    if (!kept) goto done;
+    if (B < P && rp_plan_get(&rp_strategy_adakv, cfg, ctx, B, &plan, &own, err, errlen)) goto done;
+    for (size_t g = 0; g < ctx->Hkv; g++) {
         size_t m = 0;
-        for (size_t j = 0; j < P; j++) if (keep[g * P + j]) kept[m++] = (int32_t)j;
+        for (size_t j = 0; j < P; j++) if (!plan || plan[g * P + j] != 0) kept[m++] = (int32_t)j;
         if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
     }
     rc = 0;
 done:
-    free(score); free(keep); free(kept);
+    free(own); free(kept);
     return rc;
 }
 
@@ -128,4 +157,8 @@ const rp_strategy rp_strategy_adakv = {
     .free_cfg = adakv_free,
     .check_budget = adakv_check_budget,
     .prefill = adakv_prefill,
+    .head_separable = 1,     /* given its plan: the joint top-k is plan_layer's */
+    .plan_size = adakv_plan_size,
+    .plan_score = adakv_plan_score,
+    .plan_layer = adakv_plan_layer,
 };

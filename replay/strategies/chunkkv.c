@@ -31,6 +31,8 @@
 #include "kvp_score.h"
 #include "strategy.h"
 
+extern const rp_strategy rp_strategy_chunkkv;
+
 enum { CK_CHUNK };   /* kvp_cfg.own[]: the chunk length, an integer */
 
 static const rp_param_def chunkkv_params[] = {
@@ -73,34 +75,54 @@ static int chunk_select(const kvp_cfg *c, const double *score, size_t Hkv, size_
     return 0;
 }
 
+/* The plan (strategy.h plan_size): kv head g's SnapKV prefix scores (kvp_plan_score); plan_layer
+ * pads the windows with the layer's maximum (kvp_pad_window) and leaves keep flags (1/0): the
+ * chunks chosen from every kv head's scores, the same for all of them, or, with no whole chunk,
+ * each kv head's own top B. No plan when B >= P (everything kept). */
+static int chunkkv_plan_layer(const void *cfg, size_t Hkv, size_t G, size_t P, size_t B, double *plan, char *err,
+                              size_t errlen)
+{
+    const kvp_cfg *c = cfg;
+    (void)G;
+    int32_t *kept = malloc(P * sizeof *kept);
+    uint8_t *keep = calloc(Hkv * P, 1);
+    if (!kept || !keep) { free(kept); free(keep); return rp_failf(err, errlen, "chunkkv: out of memory"); }
+    kvp_pad_window(&c->o, plan, Hkv, P);
+    int rc = 0;
+    if (P < (size_t)c->own[CK_CHUNK]) {         /* no whole chunk: the base press alone, per kv head */
+        for (size_t g = 0; g < Hkv; g++) {
+            size_t mg = rp_topk(plan + g * P, P, B, kept);
+            for (size_t i = 0; i < mg; i++) keep[g * P + (size_t)kept[i]] = 1;
+        }
+    } else {
+        size_t m = 0;
+        if (chunk_select(c, plan, Hkv, P, B, kept, &m)) rc = rp_failf(err, errlen, "chunkkv: out of memory");
+        for (size_t g = 0; g < Hkv && !rc; g++)
+            for (size_t i = 0; i < m; i++) keep[g * P + (size_t)kept[i]] = 1;
+    }
+    for (size_t i = 0; i < Hkv * P && !rc; i++) plan[i] = keep[i];
+    free(kept); free(keep);
+    return rc;
+}
+
 static int chunkkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                            char *err, size_t errlen)
 {
-    const kvp_cfg *c = cfg;
-    size_t P = ctx->P, Hkv = ctx->Hkv, m = P;
-    double *score = malloc(Hkv * P * sizeof *score);
+    size_t P = ctx->P;
+    const double *plan = NULL;
+    double *own = NULL;
     int32_t *kept = malloc(P * sizeof *kept);
     int rc = -1;
-    if (!score || !kept) goto done;
-    for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
-    if (B < P) {
-        if (kvp_check_window(&c->o, "chunkkv", P, err, errlen)) goto done;
-        if (kvp_window_scores(&c->o, ctx, score)) goto done;
-        if (P < (size_t)c->own[CK_CHUNK]) {     /* no whole chunk: the base press alone, per kv head */
-            for (size_t g = 0; g < Hkv; g++) {
-                size_t mg = rp_topk(score + g * P, P, B, kept);
-                if (ev_push_kept(ctx, g, kept, mg, &out[g])) goto done;
-            }
-            rc = 0;
-            goto done;
-        }
-        if (chunk_select(c, score, Hkv, P, B, kept, &m)) goto done;
-    }
-    for (size_t g = 0; g < Hkv; g++)
+    if (!kept) goto done;
+    if (B < P && rp_plan_get(&rp_strategy_chunkkv, cfg, ctx, B, &plan, &own, err, errlen)) goto done;
+    for (size_t g = 0; g < ctx->Hkv; g++) {
+        size_t m = 0;
+        for (size_t j = 0; j < P; j++) if (!plan || plan[g * P + j] != 0) kept[m++] = (int32_t)j;
         if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
+    }
     rc = 0;
 done:
-    free(score); free(kept);
+    free(own); free(kept);
     return rc;
 }
 
@@ -118,4 +140,8 @@ const rp_strategy rp_strategy_chunkkv = {
     .free_cfg = kvp_free,
     .check_budget = kvp_check_budget,
     .prefill = chunkkv_prefill,
+    .head_separable = 1,     /* given its plan: the chunks chosen over every kv head's scores */
+    .plan_size = kvp_plan_size,
+    .plan_score = kvp_plan_score,
+    .plan_layer = chunkkv_plan_layer,
 };

@@ -27,6 +27,8 @@
 #include "kvpress_budget.h"
 #include "strategy.h"
 
+extern const rp_strategy rp_strategy_compactor;
+
 typedef struct cp_cfg { int preset; size_t sink_start, sink_end, chunk; double blending; } cp_cfg;
 
 static const rp_param_def cp_params[] = {
@@ -52,22 +54,57 @@ static int cp_configure(const double *v, void **cfg, char *err, size_t errlen)
 
 static void cp_free(void *cfg) { free(cfg); }
 
-/* score [Hkv][P] of the layer (B0: the engine's budget, for the blending under budget=N). */
-static int cp_score(const cp_cfg *c, const rp_layer_ctx *ctx, size_t B0, double *score, double *lev, double *att,
-                    char *err, size_t errlen)
+/* The protected head s and tail e of a prompt of P positions, and the slice S between them. */
+static void cp_slice(const cp_cfg *c, size_t P, size_t *s, size_t *e, size_t *S)
 {
-    size_t P = ctx->P, Hkv = ctx->Hkv;
-    size_t s = c->sink_start < P ? c->sink_start : P;
-    size_t e = c->sink_end < P - s ? c->sink_end : P - s, S = P - s - e;
+    *s = c->sink_start < P ? c->sink_start : P;
+    *e = c->sink_end < P - *s ? c->sink_end : P - *s;
+    *S = P - *s - *e;
+}
+
+/* The plan (strategy.h plan_size), rows of max(P, 2 S + 1) doubles. plan_score leaves kv head
+ * g's leverage scores of the slice at [0, S), its non-causal attention scores at [S, 2 S) and the
+ * blending at [2 S] (B0: the engine's budget, for the blending under budget=N); plan_layer
+ * z-normalises each of the two over every kv head and slice position together, blends, and
+ * leaves each kv head's score [P] at the start of its row (the protected positions: the
+ * layer's maximum + 1). Made whatever the budget (the kvpress budget needs ctx->keep). */
+static size_t cp_plan_size_(const void *cfg, size_t P, size_t G, size_t B)
+{
+    size_t s, e, S;
+    (void)G; (void)B;
+    cp_slice(cfg, P, &s, &e, &S);
+    return 2 * S + 1 > P ? 2 * S + 1 : P;
+}
+
+static int cp_plan_score(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B0, double *out, char *err,
+                         size_t errlen)
+{
+    const cp_cfg *c = cfg;
+    size_t P = ctx->P, s, e, S;
+    cp_slice(c, P, &s, &e, &S);
     double b = c->blending;
     if (b < 0) b = ctx->keep > 0 ? 1.0 - ctx->keep : 1.0 - (double)B0 / (double)P;
-    for (size_t g = 0; g < Hkv; g++) {
-        char e2[200];
-        if (cp_leverage(ctx, g, s, s + S, lev + g * S, e2, sizeof e2))
-            return rp_failf(err, errlen, "compactor: %s", e2);
-        if (cp_noncausal(ctx, g, s, s + S, c->chunk, att + g * S))
-            return rp_failf(err, errlen, "compactor: out of memory");
+    char e2[200];
+    if (cp_leverage(ctx, g, s, s + S, out, e2, sizeof e2)) return rp_failf(err, errlen, "compactor: %s", e2);
+    if (cp_noncausal(ctx, g, s, s + S, c->chunk, out + S)) return rp_failf(err, errlen, "compactor: out of memory");
+    out[2 * S] = b;
+    return 0;
+}
+
+static int cp_plan_layer_(const void *cfg, size_t Hkv, size_t G, size_t P, size_t B, double *plan, char *err,
+                          size_t errlen)
+{
+    size_t s, e, S, R = cp_plan_size_(cfg, P, G, B);
+    cp_slice(cfg, P, &s, &e, &S);
+    double *lev = malloc((Hkv * S + 1) * sizeof *lev), *att = malloc((Hkv * S + 1) * sizeof *att);
+    double *score = malloc((Hkv * P + 1) * sizeof *score);
+    if (!lev || !att || !score) {
+        free(lev); free(att); free(score);
+        return rp_failf(err, errlen, "compactor: out of memory");
     }
+    double b = plan[2 * S];                 /* every kv head's: the configuration's */
+    for (size_t g = 0; g < Hkv; g++)
+        for (size_t i = 0; i < S; i++) { lev[g * S + i] = plan[g * R + i]; att[g * S + i] = plan[g * R + S + i]; }
     cp_znorm(lev, Hkv * S);
     cp_znorm(att, Hkv * S);
     double mx = 0;
@@ -80,6 +117,9 @@ static int cp_score(const cp_cfg *c, const rp_layer_ctx *ctx, size_t B0, double 
         for (size_t j = 0; j < s; j++) score[g * P + j] = mx + 1;
         for (size_t j = P - e; j < P; j++) score[g * P + j] = mx + 1;
     }
+    for (size_t g = 0; g < Hkv; g++)
+        for (size_t j = 0; j < P; j++) plan[g * R + j] = score[g * P + j];
+    free(lev); free(att); free(score);
     return 0;
 }
 
@@ -87,23 +127,23 @@ static int cp_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cac
                       char *err, size_t errlen)
 {
     const cp_cfg *c = cfg;
-    size_t P = ctx->P, Hkv = ctx->Hkv, B0 = B;
+    size_t P = ctx->P, Hkv = ctx->Hkv, R = cp_plan_size_(cfg, P, ctx->G, B), B0 = B;
     B = kvpress_n_kept(c->preset, ctx, P, B);
-    double *score = malloc((Hkv * P + 1) * sizeof *score), *lev = malloc((Hkv * P + 1) * sizeof *lev),
-           *att = malloc((Hkv * P + 1) * sizeof *att);
+    const double *plan = NULL;
+    double *own = NULL;
     int32_t *kept = malloc((P + 1) * sizeof *kept);
     int rc = -1;
-    if (!score || !lev || !att || !kept) { rc = rp_failf(err, errlen, "compactor: out of memory"); goto done; }
-    if (B < P && cp_score(c, ctx, B0, score, lev, att, err, errlen)) goto done;
+    if (!kept) { rc = rp_failf(err, errlen, "compactor: out of memory"); goto done; }
+    if (B < P && rp_plan_get(&rp_strategy_compactor, cfg, ctx, B0, &plan, &own, err, errlen)) goto done;
     for (size_t g = 0; g < Hkv; g++) {
         size_t m = P;
         if (B >= P) for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
-        else m = rp_topk(score + g * P, P, B, kept);
+        else m = rp_topk(plan + g * R, P, B, kept);
         if (ev_push_kept(ctx, g, kept, m, &out[g])) { rc = rp_failf(err, errlen, "compactor: out of memory"); goto done; }
     }
     rc = 0;
 done:
-    free(score); free(lev); free(att); free(kept);
+    free(own); free(kept);
     return rc;
 }
 
@@ -121,4 +161,8 @@ const rp_strategy rp_strategy_compactor = {
     .configure = cp_configure,
     .free_cfg = cp_free,
     .prefill = cp_prefill,
+    .head_separable = 1,     /* given its plan: the z-normalisations and the maximum over the layer's kv heads */
+    .plan_size = cp_plan_size_,
+    .plan_score = cp_plan_score,
+    .plan_layer = cp_plan_layer_,
 };

@@ -30,4 +30,9 @@ int cp_leverage(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, double 
  * n < 2). */
 void cp_znorm(double *x, size_t n);
 
+/* Plan hooks (strategy.h) of the strategies whose kv heads' scores [P] are z-normalised together
+ * (noncausal_attn, leverage): plan_size P, plan_layer cp_znorm of the layer's [Hkv][P] rows. */
+size_t cp_plan_size(const void *cfg, size_t P, size_t G, size_t B);
+int cp_plan_layer(const void *cfg, size_t Hkv, size_t G, size_t P, size_t B, double *plan, char *err, size_t errlen);
+
 #endif /* KV_STRAT_COMPACTOR_H */

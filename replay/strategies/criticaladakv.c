@@ -32,6 +32,8 @@
 #include "kvp_score.h"
 #include "strategy.h"
 
+extern const rp_strategy rp_strategy_criticaladakv;
+
 enum { CA_ALPHA, CA_RATIO, CA_EPS };   /* kvp_cfg.own[] */
 
 static const rp_param_def criticaladakv_params[] = {
@@ -57,16 +59,52 @@ static size_t head_select(const kvp_cfg *c, const double *s, const double *u, si
     return rp_topk(s2, P, Bg, kept);
 }
 
+/* The plan (strategy.h plan_size), rows of P + 1 doubles: plan_score (kvp_plan_score) leaves kv
+ * head g's SnapKV prefix scores at [0, P); plan_layer pads every window with the layer's maximum
+ * (step 1, kvp_pad_window), allocates (step 2) and leaves at [P] head g's budget B_g. No plan
+ * when B >= P (everything kept). */
+static size_t criticaladakv_plan_size(const void *cfg, size_t P, size_t G, size_t B)
+{
+    (void)cfg; (void)G;
+    return B < P ? P + 1 : 0;
+}
+
+static int criticaladakv_plan_layer(const void *cfg, size_t Hkv, size_t G, size_t P, size_t B, double *plan,
+                                    char *err, size_t errlen)
+{
+    const kvp_cfg *c = cfg;
+    size_t S = P + 1;
+    (void)G;
+    double *score = calloc(Hkv * P, sizeof *score);   /* calloc: gcc cannot see that the loop fills it */
+    uint8_t *keep = malloc(Hkv * P);
+    if (!score || !keep) { free(score); free(keep); return rp_failf(err, errlen, "criticaladakv: out of memory"); }
+    for (size_t g = 0; g < Hkv; g++) memcpy(score + g * P, plan + g * S, P * sizeof *score);
+    kvp_pad_window(&c->o, score, Hkv, P);
+    int rc = 0;
+    if (adakv_allocate(score, Hkv, P, B, c->own[CA_ALPHA], keep) == (size_t)-1) {
+        rc = rp_failf(err, errlen, "criticaladakv: out of memory");
+    } else {
+        for (size_t g = 0; g < Hkv; g++) {
+            size_t Bg = 0;
+            for (size_t j = 0; j < P; j++) Bg += keep[g * P + j];
+            memcpy(plan + g * S, score + g * P, P * sizeof *score);
+            plan[g * S + P] = (double)Bg;
+        }
+    }
+    free(score); free(keep);
+    return rc;
+}
+
 static int criticaladakv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                                  char *err, size_t errlen)
 {
     const kvp_cfg *c = cfg;
     size_t P = ctx->P, Hkv = ctx->Hkv;
-    double *score = malloc(Hkv * P * sizeof *score), *u = malloc(P * sizeof *u), *s2 = malloc(P * sizeof *s2);
-    uint8_t *keep = malloc(Hkv * P);
+    double *u = malloc(P * sizeof *u), *s2 = malloc(P * sizeof *s2), *own = NULL;
+    const double *plan;
     int32_t *kept = malloc(P * sizeof *kept);
     int rc = -1;
-    if (!score || !u || !s2 || !keep || !kept) { rp_failf(err, errlen, "out of memory"); goto done; }
+    if (!u || !s2 || !kept) { rp_failf(err, errlen, "out of memory"); goto done; }
     if (B >= P) {
         rc = kvp_keep_all(ctx, kept, out);
         goto done;
@@ -74,22 +112,21 @@ static int criticaladakv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_
     const float *wo = NULL;
     size_t C = 0;
     if (criticalkv_w_o(ctx, "criticaladakv", &wo, &C, err, errlen)) goto done;
-    if (kvp_check_window(&c->o, "criticaladakv", P, err, errlen) || kvp_window_scores(&c->o, ctx, score)) goto done;
-    if (adakv_allocate(score, Hkv, P, B, c->own[CA_ALPHA], keep) == (size_t)-1) goto done;
+    if (rp_plan_get(&rp_strategy_criticaladakv, cfg, ctx, B, &plan, &own, err, errlen)) goto done;
     for (size_t g = 0; g < Hkv; g++) {
-        size_t Bg = 0;
-        for (size_t j = 0; j < P; j++) Bg += keep[g * P + j];
+        const double *row = plan + g * (P + 1);
+        size_t Bg = (size_t)row[P];
         const double *un;
         if (criticalkv_value_norms(ctx, g, wo, C, u, &un)) {
             rp_failf(err, errlen, "criticaladakv: out of memory");
             goto done;
         }
-        size_t m = head_select(c, score + g * P, un, P, B, Bg, s2, kept);
+        size_t m = head_select(c, row, un, P, B, Bg, s2, kept);
         if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
     }
     rc = 0;
 done:
-    free(score); free(u); free(s2); free(keep); free(kept);
+    free(own); free(u); free(s2); free(kept);
     return rc;
 }
 
@@ -107,4 +144,8 @@ const rp_strategy rp_strategy_criticaladakv = {
     .free_cfg = kvp_free,
     .check_budget = kvp_check_budget,
     .prefill = criticaladakv_prefill,
+    .head_separable = 1,     /* given its plan: the budgets are plan_layer's */
+    .plan_size = criticaladakv_plan_size,
+    .plan_score = kvp_plan_score,
+    .plan_layer = criticaladakv_plan_layer,
 };

@@ -34,6 +34,8 @@
 #include "shared.h"
 #include "strategy.h"
 
+extern const rp_strategy rp_strategy_criticalkv;
+
 enum { CK_RATIO, CK_EPS };   /* kvp_cfg.own[] */
 
 static const rp_param_def criticalkv_params[] = {
@@ -54,7 +56,8 @@ int criticalkv_value_norms(const rp_layer_ctx *ctx, size_t g, const float *wo, s
 {
     if (ctx->value_norms) return ctx->value_norms(ctx, g, u) ? -1 : 0;
     *u = buf;
-    return rp_value_norms(ctx->v + g * ctx->n * ctx->D, ctx->P, ctx->D, wo + g * ctx->G * ctx->D * C, C, ctx->G, buf);
+    size_t gl = ctx->g0 + g;    /* W_O holds every query head of the layer */
+    return rp_value_norms(ctx->v + g * ctx->n * ctx->D, ctx->P, ctx->D, wo + gl * ctx->G * ctx->D * C, C, ctx->G, buf);
 }
 
 int criticalkv_w_o(const rp_layer_ctx *ctx, const char *who, const float **wo, size_t *C, char *err, size_t errlen)
@@ -71,7 +74,8 @@ static int criticalkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B
 {
     const kvp_cfg *c = cfg;
     size_t P = ctx->P, Hkv = ctx->Hkv;
-    double *score = malloc(Hkv * P * sizeof *score), *u = malloc(P * sizeof *u);
+    double *score = malloc(P * sizeof *score), *u = malloc(P * sizeof *u), *own = NULL;
+    const double *plan;
     int32_t *kept = malloc(P * sizeof *kept);
     int rc = -1;
     if (!score || !u || !kept) { rp_failf(err, errlen, "out of memory"); goto done; }
@@ -82,11 +86,11 @@ static int criticalkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B
     const float *wo = NULL;
     size_t C = 0;
     if (criticalkv_w_o(ctx, "criticalkv", &wo, &C, err, errlen)) goto done;
-    if (kvp_check_window(&c->o, "criticalkv", P, err, errlen)) goto done;
-    if (kvp_window_scores(&c->o, ctx, score)) goto done;
+    if (rp_plan_get(&rp_strategy_criticalkv, cfg, ctx, B, &plan, &own, err, errlen)) goto done;
     size_t n1 = (size_t)floor(c->own[CK_RATIO] * (double)B);
     for (size_t g = 0; g < Hkv; g++) {
-        double *s = score + g * P;
+        double *s = score;
+        memcpy(s, plan + g * P, P * sizeof *s);
         size_t m1 = rp_topk(s, P, n1, kept);
         const double *un;
         if (criticalkv_value_norms(ctx, g, wo, C, u, &un)) {
@@ -100,7 +104,7 @@ static int criticalkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B
     }
     rc = 0;
 done:
-    free(score); free(u); free(kept);
+    free(own); free(score); free(u); free(kept);
     return rc;
 }
 
@@ -118,4 +122,8 @@ const rp_strategy rp_strategy_criticalkv = {
     .free_cfg = kvp_free,
     .check_budget = kvp_check_budget,
     .prefill = criticalkv_prefill,
+    .head_separable = 1,     /* given its plan: the window padded with the layer's maximum */
+    .plan_size = kvp_plan_size,
+    .plan_score = kvp_plan_score,
+    .plan_layer = kvp_plan_layer,
 };

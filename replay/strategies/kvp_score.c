@@ -5,16 +5,38 @@
 #include "evict_util.h"
 #include "kvp_score.h"
 
-int kvp_window_scores(const snapkv_opts *o, const rp_layer_ctx *ctx, double *score)
+void kvp_pad_window(const snapkv_opts *o, double *score, size_t Hkv, size_t P)
 {
-    size_t P = ctx->P, w = o->window;
+    size_t w = o->window;
     double mx = -INFINITY;
-    for (size_t g = 0; g < ctx->Hkv; g++) {
-        if (snapkv_head_score(o, ctx, g, score + g * P)) return -1;
+    for (size_t g = 0; g < Hkv; g++)
         for (size_t j = 0; j < P - w; j++) mx = score[g * P + j] > mx ? score[g * P + j] : mx;
-    }
-    for (size_t g = 0; g < ctx->Hkv; g++)
+    for (size_t g = 0; g < Hkv; g++)
         for (size_t j = P - w; j < P; j++) score[g * P + j] = mx;
+}
+
+size_t kvp_plan_size(const void *cfg, size_t P, size_t G, size_t B)
+{
+    (void)cfg; (void)G;
+    return B < P ? P : 0;
+}
+
+int kvp_plan_score(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B, double *out, char *err,
+                   size_t errlen)
+{
+    const kvp_cfg *c = cfg;
+    (void)B;
+    if (kvp_check_window(&c->o, c->who, ctx->P, err, errlen)) return -1;
+    if (snapkv_head_score(&c->o, ctx, g, out)) return rp_failf(err, errlen, "%s: out of memory", c->who);
+    return 0;
+}
+
+int kvp_plan_layer(const void *cfg, size_t Hkv, size_t G, size_t P, size_t B, double *plan, char *err,
+                   size_t errlen)
+{
+    const kvp_cfg *c = cfg;
+    (void)G; (void)B; (void)err; (void)errlen;
+    kvp_pad_window(&c->o, plan, Hkv, P);
     return 0;
 }
 

@@ -11,10 +11,20 @@
 #include "snapkv.h"
 #include "strategy.h"
 
-/* score [Hkv][P]: kv head g's SnapKV prefix scores (snapkv_head_score, from the shared window
- * sums) at [0, P - w) and, at the window [P - w, P), the maximum prefix score over every kv
- * head of the layer. Requires w < P. 0 ok, -1 out of memory. */
-int kvp_window_scores(const snapkv_opts *o, const rp_layer_ctx *ctx, double *score);
+/* The base score of a layer, score [Hkv][P]: kv head g's SnapKV prefix scores
+ * (snapkv_head_score, from the shared window sums) at [0, P - w) and, at the window [P - w, P),
+ * the maximum prefix score over every kv head of the layer. Made in two steps, the plan hooks
+ * of strategy.h (the padding crosses the kv heads of a layer, so the wrappers run per kv head
+ * through a plan): kvp_plan_score writes kv head g's row (snapkv_head_score; w < P checked),
+ * kvp_pad_window pads every row's window with the maximum over the rows' prefixes, heads in
+ * order. cfg a kvp_cfg; kvp_plan_size is P when B < P, else 0 (no plan: everything kept). */
+void kvp_pad_window(const snapkv_opts *o, double *score, size_t Hkv, size_t P);
+size_t kvp_plan_size(const void *cfg, size_t P, size_t G, size_t B);
+int kvp_plan_score(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B, double *out, char *err,
+                   size_t errlen);
+/* plan_layer of the wrappers whose plan is the padded score itself (criticalkv, merging). */
+int kvp_plan_layer(const void *cfg, size_t Hkv, size_t G, size_t P, size_t B, double *plan, char *err,
+                   size_t errlen);
 
 /* The parameters every wrapper shares, declared in this order after its own: preset, window,
  * kernel (the SnapKV scorer's; preset kvpress by default). */

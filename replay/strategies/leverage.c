@@ -32,6 +32,8 @@
 #include "kvpress_budget.h"
 #include "strategy.h"
 
+extern const rp_strategy rp_strategy_leverage;
+
 typedef struct lev_cfg { int preset; } lev_cfg;
 
 static const rp_param_def lev_params[] = { KVPRESS_PRESET_PARAM };
@@ -98,35 +100,38 @@ done:
     return rc;
 }
 
+/* The plan: kv head g's leverage scores [P], z-normalised over the layer's kv heads
+ * (cp_plan_size, cp_plan_layer). */
+static int lev_plan_score(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B, double *out, char *err,
+                          size_t errlen)
+{
+    char e2[200];
+    (void)cfg; (void)B;
+    if (cp_leverage(ctx, g, 0, ctx->P, out, e2, sizeof e2)) return rp_failf(err, errlen, "leverage: %s", e2);
+    return 0;
+}
+
 static int lev_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                        char *err, size_t errlen)
 {
     const lev_cfg *c = cfg;
     size_t P = ctx->P, Hkv = ctx->Hkv;
     B = kvpress_n_kept(c->preset, ctx, P, B);
-    double *score = malloc((Hkv * P + 1) * sizeof *score);
+    const double *plan = NULL;
+    double *own = NULL;
     int32_t *kept = malloc((P + 1) * sizeof *kept);
     int rc = -1;
-    if (!score || !kept) { rc = rp_failf(err, errlen, "leverage: out of memory"); goto done; }
-    if (B < P) {
-        for (size_t g = 0; g < Hkv; g++) {
-            char e2[200];
-            if (cp_leverage(ctx, g, 0, P, score + g * P, e2, sizeof e2)) {
-                rc = rp_failf(err, errlen, "leverage: %s", e2);
-                goto done;
-            }
-        }
-        cp_znorm(score, Hkv * P);
-    }
+    if (!kept) { rc = rp_failf(err, errlen, "leverage: out of memory"); goto done; }
+    if (B < P && rp_plan_get(&rp_strategy_leverage, cfg, ctx, B, &plan, &own, err, errlen)) goto done;
     for (size_t g = 0; g < Hkv; g++) {
         size_t m = P;
         if (B >= P) for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
-        else m = rp_topk(score + g * P, P, B, kept);
+        else m = rp_topk(plan + g * P, P, B, kept);
         if (ev_push_kept(ctx, g, kept, m, &out[g])) { rc = rp_failf(err, errlen, "leverage: out of memory"); goto done; }
     }
     rc = 0;
 done:
-    free(score); free(kept);
+    free(own); free(kept);
     return rc;
 }
 
@@ -144,4 +149,8 @@ const rp_strategy rp_strategy_leverage = {
     .configure = lev_configure,
     .free_cfg = lev_free,
     .prefill = lev_prefill,
+    .head_separable = 1,     /* given its plan: the z-normalisation over the layer's kv heads */
+    .plan_size = cp_plan_size,
+    .plan_score = lev_plan_score,
+    .plan_layer = cp_plan_layer,
 };

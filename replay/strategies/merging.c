@@ -34,6 +34,8 @@
 
 #define MERGE_EPS 1e-6      /* the reference's clamp and denominator guard */
 
+extern const rp_strategy rp_strategy_merging;
+
 enum { MG_THR };   /* kvp_cfg.own[] */
 
 static const rp_param_def merging_params[] = {
@@ -137,7 +139,8 @@ static int merging_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, r
 {
     const kvp_cfg *c = cfg;
     size_t P = ctx->P, Hkv = ctx->Hkv, D = ctx->D;
-    double *score = malloc(Hkv * P * sizeof *score);
+    double *own = NULL;
+    const double *plan;
     mg_work w = {
         .acc = malloc(P * D * sizeof *w.acc), .wsum = malloc(P * sizeof *w.wsum), .nk = malloc(P * sizeof *w.nk),
         .kp = malloc(((P + MG_PC - 1) / MG_PC * MG_PC * D + 1) * sizeof *w.kp),
@@ -147,14 +150,14 @@ static int merging_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, r
     int32_t *kept = malloc(P * sizeof *kept);
     uint8_t *mask = malloc(P);
     int rc = -1;
-    if (!score || !w.acc || !w.wsum || !w.nk || !w.kp || !w.x || !w.ev || !kept || !mask) goto done;
+    if (!w.acc || !w.wsum || !w.nk || !w.kp || !w.x || !w.ev || !kept || !mask) goto done;
     if (B >= P) {
         rc = kvp_keep_all(ctx, kept, out);
         goto done;
     }
-    if (kvp_check_window(&c->o, "merging", P, err, errlen) || kvp_window_scores(&c->o, ctx, score)) goto done;
+    if (rp_plan_get(&rp_strategy_merging, cfg, ctx, B, &plan, &own, err, errlen)) goto done;
     for (size_t g = 0; g < Hkv; g++) {
-        size_t m = rp_topk(score + g * P, P, B, kept);
+        size_t m = rp_topk(plan + g * P, P, B, kept);
         if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
         memset(mask, 0, P);
         for (size_t i = 0; i < m; i++) mask[kept[i]] = 1;
@@ -162,7 +165,7 @@ static int merging_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, r
     }
     rc = 0;
 done:
-    free(score); free(w.acc); free(w.wsum); free(w.nk); free(w.kp); free(w.x); free(w.ev); free(kept); free(mask);
+    free(own); free(w.acc); free(w.wsum); free(w.nk); free(w.kp); free(w.x); free(w.ev); free(kept); free(mask);
     return rc;
 }
 
@@ -180,4 +183,8 @@ const rp_strategy rp_strategy_merging = {
     .free_cfg = kvp_free,
     .check_budget = kvp_check_budget,
     .prefill = merging_prefill,
+    .head_separable = 1,     /* given its plan: the window padded with the layer's maximum */
+    .plan_size = kvp_plan_size,
+    .plan_score = kvp_plan_score,
+    .plan_layer = kvp_plan_layer,
 };

@@ -48,6 +48,8 @@ static int nca_configure(const double *v, void **cfg, char *err, size_t errlen)
 
 static void nca_free(void *cfg) { free(cfg); }
 
+extern const rp_strategy rp_strategy_noncausal_attn;
+
 void cp_znorm(double *x, size_t n)
 {
     if (n == 0) return;
@@ -242,30 +244,52 @@ int cp_noncausal(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, size_t
     return 0;
 }
 
+/* The plan (strategy.h plan_size): kv head g's scores [P] (plan_score), z-normalised over every
+ * kv head of the layer together (plan_layer: cp_znorm of the [Hkv][P] block). Made whatever the
+ * budget (the kvpress budget needs ctx->keep); prefill asks for it only when it evicts. */
+size_t cp_plan_size(const void *cfg, size_t P, size_t G, size_t B)
+{
+    (void)cfg; (void)G; (void)B;
+    return P;
+}
+
+int cp_plan_layer(const void *cfg, size_t Hkv, size_t G, size_t P, size_t B, double *plan, char *err, size_t errlen)
+{
+    (void)cfg; (void)G; (void)B; (void)err; (void)errlen;
+    cp_znorm(plan, Hkv * P);
+    return 0;
+}
+
+static int nca_plan_score(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B, double *out, char *err,
+                          size_t errlen)
+{
+    const nca_cfg *c = cfg;
+    (void)B;
+    if (cp_noncausal(ctx, g, 0, ctx->P, c->chunk, out)) return rp_failf(err, errlen, "noncausal_attn: out of memory");
+    return 0;
+}
+
 static int nca_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                        char *err, size_t errlen)
 {
     const nca_cfg *c = cfg;
     size_t P = ctx->P, Hkv = ctx->Hkv;
     B = kvpress_n_kept(c->preset, ctx, P, B);
-    double *score = malloc((Hkv * P + 1) * sizeof *score);
+    const double *plan = NULL;
+    double *own = NULL;
     int32_t *kept = malloc((P + 1) * sizeof *kept);
     int rc = -1;
-    if (!score || !kept) goto done;
-    if (B < P) {
-        for (size_t g = 0; g < Hkv; g++)
-            if (cp_noncausal(ctx, g, 0, P, c->chunk, score + g * P)) goto done;
-        cp_znorm(score, Hkv * P);
-    }
+    if (!kept) goto done;
+    if (B < P && rp_plan_get(&rp_strategy_noncausal_attn, cfg, ctx, B, &plan, &own, err, errlen)) goto done;
     for (size_t g = 0; g < Hkv; g++) {
         size_t m = P;
         if (B >= P) for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
-        else m = rp_topk(score + g * P, P, B, kept);
+        else m = rp_topk(plan + g * P, P, B, kept);
         if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
     }
     rc = 0;
 done:
-    free(score); free(kept);
+    free(own); free(kept);
     return rc;
 }
 
@@ -283,4 +307,8 @@ const rp_strategy rp_strategy_noncausal_attn = {
     .configure = nca_configure,
     .free_cfg = nca_free,
     .prefill = nca_prefill,
+    .head_separable = 1,     /* given its plan: the z-normalisation over the layer's kv heads */
+    .plan_size = cp_plan_size,
+    .plan_score = nca_plan_score,
+    .plan_layer = cp_plan_layer,
 };

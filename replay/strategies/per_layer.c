@@ -249,11 +249,13 @@ static int pl_view(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t,
     return rp_view_active(c->inner, c->inner_cfg) ? c->inner->online_view(c->inner_cfg, ctx, g, t, view, err, errlen) : 0;
 }
 
-/* The layer's budget is the same for its kv heads: separable when the inner press is. */
+/* The layer's budget is the same for its kv heads: separable when the inner press is, unless
+ * the inner press needs a plan (strategy.h plan_score): per_layer passes no plan hooks on (the
+ * inner budget depends on the layer, which plan_size does not see), so it keeps layer items. */
 static int pl_head_separable(const void *cfg)
 {
     const pl_cfg *c = cfg;
-    return rp_head_separable(c->inner, c->inner_cfg);
+    return !c->inner->plan_score && rp_head_separable(c->inner, c->inner_cfg);
 }
 
 const rp_strategy rp_strategy_per_layer = {

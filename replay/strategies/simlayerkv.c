@@ -28,6 +28,8 @@
 #include "evict_util.h"
 #include "strategy.h"
 
+extern const rp_strategy rp_strategy_simlayerkv;
+
 typedef struct simlayerkv_cfg { double threshold; size_t n_last, n_recent, n_initial; } simlayerkv_cfg;
 
 static const rp_param_def simlayerkv_params[] = {
@@ -55,20 +57,56 @@ static int simlayerkv_configure(const double *v, void **cfg, char *err, size_t e
 
 static void simlayerkv_free(void *cfg) { free(cfg); }
 
-/* The layer's laziness score (step 1-2); -1 out of memory. */
-static int layer_score(const simlayerkv_cfg *c, const rp_layer_ctx *ctx, double *score)
+/* Whether this configuration scores a prompt of P tokens (else it keeps everything). */
+static int scores(const simlayerkv_cfg *c, size_t P)
 {
-    size_t P = ctx->P;
-    double *col = malloc(P * sizeof *col), tot = 0;
-    if (!col) return -1;
-    for (size_t h = 0; h < ctx->H; h++) {
+    return P >= c->n_initial + c->n_recent && P > c->n_last;
+}
+
+/* The plan (strategy.h plan_size): plan_score leaves, for each of kv head g's G query heads in
+ * order, the n_initial + n_recent columns of step 1's window sums that step 2 adds; plan_layer
+ * adds every head's in the layer's head order (exactly the sum one pass over the layer's H query
+ * heads makes), divides, and writes the lazy flag (1/0) at the start of every kv head's row. No
+ * plan for a prompt that is not compressed. */
+static size_t simlayerkv_plan_size(const void *cfg, size_t P, size_t G, size_t B)
+{
+    const simlayerkv_cfg *c = cfg;
+    (void)B;
+    return scores(c, P) ? G * (c->n_initial + c->n_recent) : 0;
+}
+
+static int simlayerkv_plan_score(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B, double *out,
+                                 char *err, size_t errlen)
+{
+    const simlayerkv_cfg *c = cfg;
+    size_t P = ctx->P, ni = c->n_initial, nr = c->n_recent;
+    (void)B;
+    double *col = malloc(P * sizeof *col);
+    if (!col) return rp_failf(err, errlen, "simlayerkv: out of memory");
+    for (size_t i = 0; i < ctx->G; i++) {
         for (size_t j = 0; j < P; j++) col[j] = 0;
-        if (ev_accum_rows(ctx, h, P - c->n_last, P, NULL, P, col)) { free(col); return -1; }
-        for (size_t j = 0; j < c->n_initial; j++) tot += col[j];
-        for (size_t j = P - c->n_recent; j < P; j++) tot += col[j];
+        if (ev_accum_rows(ctx, g * ctx->G + i, P - c->n_last, P, NULL, P, col)) {
+            free(col);
+            return rp_failf(err, errlen, "simlayerkv: out of memory");
+        }
+        double *o = out + i * (ni + nr);
+        for (size_t j = 0; j < ni; j++) o[j] = col[j];
+        for (size_t j = 0; j < nr; j++) o[ni + j] = col[P - nr + j];
     }
     free(col);
-    *score = tot / (double)(ctx->H * c->n_last);
+    return 0;
+}
+
+static int simlayerkv_plan_layer(const void *cfg, size_t Hkv, size_t G, size_t P, size_t B, double *plan,
+                                 char *err, size_t errlen)
+{
+    const simlayerkv_cfg *c = cfg;
+    size_t S = simlayerkv_plan_size(cfg, P, G, B);
+    (void)err; (void)errlen;
+    double tot = 0;
+    for (size_t i = 0; i < Hkv * S; i++) tot += plan[i];
+    double score = tot / (double)(Hkv * G * c->n_last);
+    for (size_t g = 0; g < Hkv; g++) plan[g * S] = score > c->threshold;
     return 0;
 }
 
@@ -76,23 +114,23 @@ static int simlayerkv_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B
                               char *err, size_t errlen)
 {
     const simlayerkv_cfg *c = cfg;
-    size_t P = ctx->P, m = 0;
+    size_t P = ctx->P, S = simlayerkv_plan_size(cfg, P, ctx->G, B);
+    const double *plan = NULL;
+    double *own = NULL;
     int32_t *kept = malloc((P ? P : 1) * sizeof *kept);
     if (!kept) return -1;
-    int lazy = 0;
-    if (P >= c->n_initial + c->n_recent && P > c->n_last) {
-        double s;
-        if (layer_score(c, ctx, &s)) { free(kept); return -1; }
-        lazy = s > c->threshold;
+    int rc = S ? rp_plan_get(&rp_strategy_simlayerkv, cfg, ctx, B, &plan, &own, err, errlen) : 0;
+    for (size_t g = 0; g < ctx->Hkv && !rc; g++) {
+        size_t m = 0;
+        if (plan && plan[g * S] != 0) {      /* lazy */
+            for (size_t j = 0; j < c->n_initial; j++) kept[m++] = (int32_t)j;
+            for (size_t j = P - (c->n_recent - c->n_last); j < P; j++) kept[m++] = (int32_t)j;
+        } else {
+            for (size_t j = 0; j < P; j++) kept[m++] = (int32_t)j;
+        }
+        rc = ev_push_kept(ctx, g, kept, m, &out[g]);
     }
-    if (lazy) {
-        for (size_t j = 0; j < c->n_initial; j++) kept[m++] = (int32_t)j;
-        for (size_t j = P - (c->n_recent - c->n_last); j < P; j++) kept[m++] = (int32_t)j;
-    } else {
-        for (size_t j = 0; j < P; j++) kept[m++] = (int32_t)j;
-    }
-    int rc = 0;
-    for (size_t g = 0; g < ctx->Hkv && !rc; g++) rc = ev_push_kept(ctx, g, kept, m, &out[g]);
+    free(own);
     free(kept);
     return rc;
 }
@@ -109,4 +147,8 @@ const rp_strategy rp_strategy_simlayerkv = {
     .configure = simlayerkv_configure,
     .free_cfg = simlayerkv_free,
     .prefill = simlayerkv_prefill,
+    .head_separable = 1,     /* given its plan: the layer's decision is plan_layer's */
+    .plan_size = simlayerkv_plan_size,
+    .plan_score = simlayerkv_plan_score,
+    .plan_layer = simlayerkv_plan_layer,
 };

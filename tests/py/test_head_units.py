@@ -1,9 +1,16 @@
 #!/usr/bin/python3
 """The engine's two work units give the same results, bit for bit. A prefill sweep whose every
-configuration is head-separable (full, snapkv, knorm, h2o, pyramidkv, streaming, random) runs one
-work item per (sequence, layer, kv head: random draws from the kv head's own stream, keyed by its
-number in the layer, in either unit); adding one layer-coupled configuration last (adakv, which
-moves budget across the kv heads of a layer) makes it run one item per (sequence, layer). The
+configuration is head-separable (full, snapkv, knorm, h2o, pyramidkv, streaming, random) or planned
+(adakv, criticaladakv, simlayerkv, criticalkv, chunkkv, merging, noncausal_attn, leverage, compactor:
+strategy.h plan_score / plan_layer, what crosses the kv heads of a layer made from every kv
+head's scores before the kv-head items) runs one work item per (sequence, layer, kv head: random
+draws from the kv head's own stream, keyed by its number in the layer, in either unit; the
+planned ones get their kv head's plan); adding one layer-coupled configuration last (chunk,
+whose chunks' windows are padded with the maximum over the layer's kv heads, and which has no
+plan) makes it run one item per (sequence, layer), where the planned strategies make their
+plans themselves. The planned configurations move budget across heads (adakv's heads keep different
+numbers of entries) and decide per layer (simlayerkv: lazy layers and full ones both occur), so a
+plan combined in another order or from another head's scores changes the bits. The
 configurations both sweeps share must get the same accumulators: the per-sequence parts (DIR/parts/seq_*.part, kept by a
 sharded run) print every sum in hexadecimal floating point, so a different order of the
 order-sensitive additions (per-position sums over kv and query heads, the read-out's layer
@@ -26,7 +33,18 @@ ROOT = os.environ.get("KV_ROOT", ".")
 KVR = f"{BIN}/kvreplay"
 SEPARABLE = ["full", "snapkv keep=0.5 window=8", "snapkv keep=0.3 window=4 kernel=3 pool=max", "knorm keep=0.3",
              "h2o keep=0.4", "pyramidkv keep=0.5 window=8", "streaming sinks=4 keep=0.3", "random keep=0.3"]
-COUPLED = "adakv keep=0.5 window=8"
+# adakv budget=5 window=4 kernel=7 pool=max alpha=0: the layer's cut falls among entries of equal
+# score (the window, padded with the layer's maximum, and the max-pooled neighbours of that maximum),
+# which the joint top-k gives to the lower kv head first: a plan made over the heads in another
+# order keeps other entries
+PLANNED = ["adakv keep=0.5 window=8", "adakv keep=0.3 window=4 alpha=0.5",
+           "adakv budget=5 window=4 kernel=7 pool=max alpha=0", "criticaladakv keep=0.4 window=8",
+           "simlayerkv threshold=0.3 n_recent=16 n_initial=4", "simlayerkv threshold=0.9 n_recent=16 n_last=2",
+           "criticalkv keep=0.4 window=8", "chunkkv keep=0.3 window=8 chunk=8", "chunkkv keep=0.3 window=4 chunk=100000",
+           "merging keep=0.4 window=8", "noncausal_attn keep=0.4 chunk=16", "leverage keep=0.5",
+           "compactor keep=0.4 chunk=16", "compactor budget=20 chunk=8 sink_start=4 sink_end=2"]
+SEPARABLE += PLANNED
+COUPLED = "chunk keep=0.5 window=4 chunk=16"     # layer-coupled (no plan): must stay so, or this compares a unit with itself
 CSVS = ("per_head.csv", "per_pos.csv", "per_seq.csv", "summary.csv")
 
 
@@ -184,6 +202,25 @@ for name in ("sample", "sample_qa"):
                     snap = [k for k in a if k.startswith("snapkv")]
                     check(snap and all(float(r[4]) < 1.0 for k in snap for r in a[k]),
                           f"{tag}: snapkv keeps fewer entries than the full cache (keep_frac < 1)")
+                    # the plans matter: adakv's kv heads of a layer keep different numbers of
+                    # entries; simlayerkv has lazy layers (keep_frac < 1) and full ones
+                    ada = [r for k in a if k.startswith("adakv") for r in a[k]]
+                    by_layer = {}
+                    for r in ada:
+                        by_layer.setdefault((r[0], r[1]), set()).add(r[4])
+                    check(ada and any(len(v) > 1 for v in by_layer.values()),
+                          f"{tag}: adakv moves budget across the kv heads of a layer")
+                    sim = [float(r[4]) for k in a if k.startswith("simlayerkv") for r in a[k]]
+                    check(sim and min(sim) < 1.0 and max(sim) == 1.0,
+                          f"{tag}: simlayerkv has lazy and full layers")
+
+# per_layer over a planned press (adakv) passes no plan on, so it must keep layer items: in a
+# kv-head item its inner prefill would stop at rp_plan_get's "no plan in a context of 1 of the
+# layer's 2 kv heads" (run() exits on a failed command)
+pl = os.path.join(TMP, "head_units_per_layer_planned")
+run(os.path.join(ROOT, "traces", "sample.h5"), ["snapkv keep=0.5 window=8", "per_layer press=adakv ratios=0.5/0.3/0.6/0.4"],
+    2, pl, "0/2")
+check(os.path.exists(os.path.join(pl, "summary.csv")), "per_layer press=adakv runs (layer items)")
 
 if failures:
     sys.exit(f"{len(failures)} check(s) failed")
