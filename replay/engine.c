@@ -346,7 +346,8 @@ static int cb_w_o(const rp_layer_ctx *ctx, const float **w, size_t *C)
 }
 
 /* criticalkv's value norms of kv head g (shared.h): W_O read once per work item (cb_w_o), the
- * norms computed on the first request of any configuration and kept for the others. */
+ * norms computed on the first request of any configuration and kept for the others. W_O is the
+ * layer's (every query head): its rows start at the item's first kv head g0, g counts from there. */
 static int cb_value_norms(const rp_layer_ctx *ctx, size_t g, const double **u)
 {
     item *it = ctx->engine;
@@ -355,7 +356,7 @@ static int cb_value_norms(const rp_layer_ctx *ctx, size_t g, const double **u)
     int wr = cb_w_o(ctx, &wo, &C);
     if (wr) return wr;
     if (!it->sh || g >= it->nkv) return -2;
-    *u = rp_shared_value_norms(it->sh, g, it->v + g * it->n * it->E->D, wo, C);
+    *u = rp_shared_value_norms(it->sh, g, it->v + g * it->n * it->E->D, wo + it->g0 * it->E->G * it->E->D * C, C);
     return *u ? 0 : -2;
 }
 

@@ -54,7 +54,8 @@ int criticalkv_value_norms(const rp_layer_ctx *ctx, size_t g, const float *wo, s
 {
     if (ctx->value_norms) return ctx->value_norms(ctx, g, u) ? -1 : 0;
     *u = buf;
-    return rp_value_norms(ctx->v + g * ctx->n * ctx->D, ctx->P, ctx->D, wo + g * ctx->G * ctx->D * C, C, ctx->G, buf);
+    size_t gl = ctx->g0 + g;    /* W_O holds every query head of the layer */
+    return rp_value_norms(ctx->v + g * ctx->n * ctx->D, ctx->P, ctx->D, wo + gl * ctx->G * ctx->D * C, C, ctx->G, buf);
 }
 
 int criticalkv_w_o(const rp_layer_ctx *ctx, const char *who, const float **wo, size_t *C, char *err, size_t errlen)
