@@ -136,4 +136,5 @@ const rp_strategy rp_strategy_cab = {
     .configure = cab_configure,
     .free_cfg = cab_free,
     .prefill = cab_prefill,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };

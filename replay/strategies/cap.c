@@ -170,4 +170,5 @@ const rp_strategy rp_strategy_cap = {
     .configure = cap_configure,
     .free_cfg = cap_free,
     .prefill = cap_prefill,
+    .head_separable = 1,     /* each kv head's cache from its own rows (the sinks rank first whatever the max) */
 };

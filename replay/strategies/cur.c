@@ -124,4 +124,5 @@ const rp_strategy rp_strategy_cur = {
     .configure = cur_configure,
     .free_cfg = cur_free,
     .prefill = cur_prefill,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };

@@ -175,7 +175,7 @@ static int duo_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_ca
     const duo_cfg *c = cfg;
     size_t P = ctx->P;
     (void)B;
-    if (!c->streaming || ctx->layer >= c->L || c->Hkv != ctx->Hkv)
+    if (!c->streaming || ctx->layer >= c->L || ctx->g0 + ctx->Hkv > c->Hkv)
         return rp_failf(err, errlen, "duo: layer %zu was not calibrated (needs --calib sequences)", ctx->layer);
     for (size_t l = 0; l < c->L; l++)
         if (!c->done[l]) return rp_failf(err, errlen, "duo: layer %zu was not calibrated (needs --calib sequences)", l);
@@ -183,7 +183,7 @@ static int duo_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_ca
     if (!kept) return rp_failf(err, errlen, "duo: out of memory");
     for (size_t g = 0; g < ctx->Hkv; g++) {
         size_t m = 0;
-        int stream = c->streaming[ctx->layer * c->Hkv + g];
+        int stream = c->streaming[ctx->layer * c->Hkv + ctx->g0 + g];     /* the layer's kv head g0 + g */
         for (size_t j = 0; j < P; j++)
             if (!stream || j < c->sinks || j + c->recent >= P) kept[m++] = (int32_t)j;
         if (ev_push_kept(ctx, g, kept, m, &out[g])) { free(kept); return rp_failf(err, errlen, "duo: out of memory"); }
@@ -208,4 +208,5 @@ const rp_strategy rp_strategy_duo = {
     .calib_seqs = duo_calib_seqs,
     .calibrate = duo_calibrate,
     .prefill = duo_prefill,
+    .head_separable = 1,     /* each kv head's cache from its calibrated split (ctx->g0 + g) */
 };

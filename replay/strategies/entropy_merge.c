@@ -168,4 +168,5 @@ const rp_strategy rp_strategy_entropy_merge = {
     .free_cfg = emerge_free_cfg,
     .prefill = emerge_prefill,
     .uses_entropy = 1,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };

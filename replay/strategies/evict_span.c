@@ -81,4 +81,5 @@ const rp_strategy rp_strategy_evict_span = {
     .configure = evict_span_configure,
     .free_cfg = evict_span_free,
     .prefill = evict_span_prefill,
+    .head_separable = 1,     /* every kv head keeps the same positions, from the needles alone */
 };

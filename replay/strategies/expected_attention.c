@@ -409,4 +409,5 @@ const rp_strategy rp_strategy_expected_attention = {
     .configure = ea_configure,
     .free_cfg = ea_free,
     .prefill = ea_prefill,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };

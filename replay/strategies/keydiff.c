@@ -131,4 +131,5 @@ const rp_strategy rp_strategy_keydiff = {
     .configure = keydiff_configure,
     .free_cfg = keydiff_free,
     .prefill = keydiff_prefill,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };

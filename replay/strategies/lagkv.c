@@ -160,4 +160,5 @@ const rp_strategy rp_strategy_lagkv = {
     .configure = lagkv_configure,
     .free_cfg = lagkv_free,
     .prefill = lagkv_prefill,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };

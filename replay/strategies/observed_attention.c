@@ -90,4 +90,5 @@ const rp_strategy rp_strategy_observed_attention = {
     .configure = oa_configure,
     .free_cfg = oa_free,
     .prefill = oa_prefill,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };

@@ -110,7 +110,7 @@ static int qf_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cac
     const qf_cfg *c = cfg;
     size_t P = ctx->P, D = ctx->D, n = ctx->n;
     B = kvpress_n_kept(c->preset, ctx, P, B);
-    if (B < P && (!c->f || ctx->layer >= c->L || !c->done[ctx->layer] || c->Hkv != ctx->Hkv || c->D != D))
+    if (B < P && (!c->f || ctx->layer >= c->L || !c->done[ctx->layer] || ctx->g0 + ctx->Hkv > c->Hkv || c->D != D))
         return rp_failf(err, errlen, "qfilter: layer %zu was not calibrated (needs --calib sequences)", ctx->layer);
     double *score = malloc((P + 1) * sizeof *score);
     int32_t *kept = malloc((P + 1) * sizeof *kept);
@@ -121,7 +121,7 @@ static int qf_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cac
         if (B >= P) {
             for (size_t j = 0; j < P; j++) kept[j] = (int32_t)j;
         } else {
-            const double *f = c->f + (ctx->layer * c->Hkv + g) * D;
+            const double *f = c->f + (ctx->layer * c->Hkv + ctx->g0 + g) * D;   /* the layer's kv head g0 + g */
             const float *k = ctx->k + g * n * D;
             for (size_t j = 0; j < P; j++) {
                 double s = 0;
@@ -153,4 +153,5 @@ const rp_strategy rp_strategy_qfilter = {
     .calib_seqs = qf_calib_seqs,
     .calibrate = qf_calibrate,
     .prefill = qf_prefill,
+    .head_separable = 1,     /* each kv head's cache from its own keys and filter (ctx->g0 + g) */
 };

@@ -109,4 +109,5 @@ const rp_strategy rp_strategy_tova = {
     .online_new = tova_online_new,
     .online_step = tova_online_step,
     .online_free = tova_online_free,
+    .head_separable = 1,     /* each kv head's cache from its own rows and scores */
 };

@@ -19,6 +19,9 @@ configurations as text. On 1 and 2 threads, with the per-layer read-out, on both
 traces (2 kv heads each, read-out). Also encoders, per-query views, selection and decode-time
 presses (below), calibrated encoders (--calib) and --export (the exported cache states, dataset
 by dataset).
+A shorter sweep with evict_span on the needle trace.
+The other head-separable evictions (AUDITED: cab, cap, cur, entropy_merge, evict_span,
+expected_attention, keydiff, lagkv, observed_attention, tova, qfilter, duo) ride along.
 """
 import csv
 import os
@@ -45,6 +48,19 @@ PLANNED = ["adakv keep=0.5 window=8", "adakv keep=0.3 window=4 alpha=0.5",
            "compactor keep=0.4 chunk=16", "compactor budget=20 chunk=8 sink_start=4 sink_end=2"]
 SEPARABLE += PLANNED
 COUPLED = "chunk keep=0.5 window=4 chunk=16"     # layer-coupled (no plan): must stay so, or this compares a unit with itself
+# h4's audit of the other eviction strategies: each off its defaults where that reaches more of its
+# code (qfilter and duo calibrate on the trace's last sequence, --calib's default, in both sweeps:
+# their state is per (layer, kv head) and read at ctx->g0 + g).
+AUDITED = ["cab keep=0.4 sinks=2 local=0.2 bridges=0.3", "cap keep=0.4 tau=2 future=64 sinks=2",
+           "cur keep=0.4 sinks=2 leverage=kv_avg window=8", "entropy_merge keep=0.5 sinks=2",
+           "evict_span span=value", "expected_attention keep=0.4 sinks=2 future=64 epsilon=0.01",
+           "keydiff keep=0.4 block=16", "lagkv keep=0.4 sinks=2 lag=16 cross=1",
+           "observed_attention keep=0.4 preset=kvtrace", "tova keep=0.4", "qfilter keep=0.4 preset=kvtrace",
+           "duo sinks=4 recent=16 head_fraction=0.5 calib_q=0"]
+SEPARABLE += AUDITED
+AUDITED_NAMES = {c.split()[0] for c in AUDITED}
+# evict_span evicts only on a trace with /needles: its own, shorter sweep there.
+NEEDLES = ["full", "snapkv keep=0.5 window=8", "evict_span", "evict_span span=value"]
 CSVS = ("per_head.csv", "per_pos.csv", "per_seq.csv", "summary.csv")
 
 
@@ -78,6 +94,14 @@ def part_blocks(path, n_shared):
             npos = int(tag[1])
             out["pp"] = lines[k + 1:k + 1 + n_shared * npos]
             k += 1 + n_cfg * npos
+        elif tag[0] == "nd":        # per needle: its meta line, NC lines, NC*L*H lines (output.c)
+            nd = []
+            k += 1
+            for _ in range(int(tag[1])):
+                nd += lines[k:k + 1] + lines[k + 1:k + 1 + n_shared] + \
+                    lines[k + 1 + n_cfg:k + 1 + n_cfg + n_shared * L * H]
+                k += 1 + n_cfg + n_cfg * L * H
+            out["nd"] = nd
         else:
             raise SystemExit(f"{path}: unexpected block '{tag[0]}'")
     return out
@@ -175,33 +199,39 @@ for threads in (1, 2):
           f"{tag}: the exported cache states of the shared configurations are identical ({len(a)} items)")
     check(any(k.endswith("/k") for k in a), f"{tag}: the export holds reconstructed K rows (encoders)")
 
-for name in ("sample", "sample_qa"):
+for name, SWEEP in (("sample", SEPARABLE), ("sample_qa", SEPARABLE), ("ref4_needles", NEEDLES)):
     trace = os.path.join(ROOT, "traces", f"{name}.h5")
     for threads in (1, 2):
         for shard in ("0/2", "1/2"):
             tag = f"{name} t{threads} shard {shard}"
             sep = os.path.join(TMP, f"head_units_{name}_sep_t{threads}_{shard[0]}")
             mix = os.path.join(TMP, f"head_units_{name}_mix_t{threads}_{shard[0]}")
-            run(trace, SEPARABLE, threads, sep, shard)
-            run(trace, SEPARABLE + [COUPLED], threads, mix, shard)
+            run(trace, SWEEP, threads, sep, shard)
+            run(trace, SWEEP + [COUPLED], threads, mix, shard)
             parts = sorted(f for f in os.listdir(os.path.join(sep, "parts")) if f.endswith(".part"))
             check(parts and parts == sorted(f for f in os.listdir(os.path.join(mix, "parts")) if f.endswith(".part")),
                   f"{tag}: both runs wrote the same sequences' parts")
             blocks_same = True
             for f in parts:
-                a = part_blocks(os.path.join(sep, "parts", f), len(SEPARABLE))
-                b = part_blocks(os.path.join(mix, "parts", f), len(SEPARABLE))
-                blocks_same &= a == b and set(a) == {"cfg", "pl", "pp"}
+                a = part_blocks(os.path.join(sep, "parts", f), len(SWEEP))
+                b = part_blocks(os.path.join(mix, "parts", f), len(SWEEP))
+                blocks_same &= a == b and set(a) == {"cfg", "pl", "pp"} | ({"nd"} if SWEEP is NEEDLES else set())
             check(blocks_same, f"{tag}: kv-head work items = layer work items, every accumulator bit for bit")
             for f in CSVS:
                 a = rows(os.path.join(sep, f))
                 b = rows(os.path.join(mix, f))
-                check(len(a) == len(SEPARABLE) and all(a[k] == b.get(k) for k in a),
+                check(len(a) == len(SWEEP) and all(a[k] == b.get(k) for k in a),
                       f"{tag} {f}: the same rows for the shared configurations")
                 if f == "per_head.csv":
                     snap = [k for k in a if k.startswith("snapkv")]
                     check(snap and all(float(r[4]) < 1.0 for k in snap for r in a[k]),
                           f"{tag}: snapkv keeps fewer entries than the full cache (keep_frac < 1)")
+                    evicts = [k for k in a if k.split()[0] in AUDITED_NAMES and
+                              (k.startswith("evict_span") == (SWEEP is NEEDLES))]
+                    check(evicts and all(any(float(r[4]) < 1.0 for r in a[k]) for k in evicts),
+                          f"{tag}: {len(evicts)} audited configurations each evict somewhere (keep_frac < 1)")
+                    if SWEEP is NEEDLES:
+                        continue
                     # the plans matter: adakv's kv heads of a layer keep different numbers of
                     # entries; simlayerkv has lazy layers (keep_frac < 1) and full ones
                     ada = [r for k in a if k.startswith("adakv") for r in a[k]]
