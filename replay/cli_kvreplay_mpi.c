@@ -127,10 +127,35 @@ static int drive(kvrun *r, int nranks)
         g_run = r;
         qsort(order, n_todo, sizeof *order, by_size_desc);
     }
+    /* test knob (KVREPLAY_MPI_TEST_KILL): the workers' first requests are answered once every
+     * worker has made one, in rank order, so the rank that dies on its second item gets a first
+     * one however late it started (else a slow rank can find every item taken). A worker whose
+     * setup failed is not waited for. */
+    int fair = getenv("KVREPLAY_MPI_TEST_KILL") != NULL, n_held = 0, n_served = 0, need = nranks - 1;
+    msg *held = fair ? calloc((size_t)nranks, sizeof *held) : NULL;
+    int *held_src = fair ? calloc((size_t)nranks, sizeof *held_src) : NULL;
+    if (!held || !held_src) fair = 0;
     while (active > 0) {
         msg m;
         MPI_Status st;
-        MPI_Recv(&m, (int)sizeof m, MPI_BYTE, MPI_ANY_SOURCE, TAG_MSG, MPI_COMM_WORLD, &st);
+        if (fair == 1 && n_held == need) fair = 2;
+        if (fair == 2 && n_served < n_held) {
+            m = held[n_served];
+            st.MPI_SOURCE = held_src[n_served++];
+        } else {
+            MPI_Recv(&m, (int)sizeof m, MPI_BYTE, MPI_ANY_SOURCE, TAG_MSG, MPI_COMM_WORLD, &st);
+            if (fair == 1 && m.kind == MSG_READY) {     /* hold it, kept in rank order */
+                int j = n_held++;
+                for (; j > 0 && held_src[j - 1] > st.MPI_SOURCE; j--) {
+                    held[j] = held[j - 1];
+                    held_src[j] = held_src[j - 1];
+                }
+                held[j] = m;
+                held_src[j] = st.MPI_SOURCE;
+                continue;
+            }
+            if (fair == 1 && m.kind == MSG_FAIL) need--;
+        }
         m.err[sizeof m.err - 1] = 0;
         if (m.kind == MSG_DONE && !failed) {
             char e2[4600] = "";
@@ -153,7 +178,7 @@ static int drive(kvrun *r, int nranks)
         if (item < 0) active--;
         MPI_Send(&item, 1, MPI_INT64_T, st.MPI_SOURCE, TAG_ITEM, MPI_COMM_WORLD);
     }
-    free(order);
+    free(order); free(held); free(held_src);
     kv_progress_clear(&pg);
     if (failed) {
         fprintf(stderr, "kvreplay-mpi run: %s\n", err);
