@@ -159,8 +159,9 @@ def h5_items(path, n_cfg):
     return out
 
 
-def compare_runs(tag, sep, mix, shared):
-    """sep (the shared configurations alone) and mix (the same + the coupled one): every accumulator."""
+def compare_runs(tag, sep, mix, shared, blocks=("cfg", "pl", "pp")):
+    """sep (the shared configurations alone) and mix (the same + the coupled one): every accumulator
+    (the part files' blocks, all of which must be there) and the CSV rows."""
     parts = sorted(f for f in os.listdir(os.path.join(sep, "parts")) if f.endswith(".part"))
     check(parts and parts == sorted(f for f in os.listdir(os.path.join(mix, "parts")) if f.endswith(".part")),
           f"{tag}: both runs wrote the same sequences' parts")
@@ -168,7 +169,7 @@ def compare_runs(tag, sep, mix, shared):
     for f in parts:
         a = part_blocks(os.path.join(sep, "parts", f), len(shared))
         b = part_blocks(os.path.join(mix, "parts", f), len(shared))
-        same &= a == b and set(a) == {"cfg", "pl", "pp"}
+        same &= a == b and set(a) == set(blocks)
     check(same, f"{tag}: kv-head work items = layer work items, every accumulator bit for bit")
     for f in CSVS:
         a = rows(os.path.join(sep, f))
@@ -208,41 +209,28 @@ for name, SWEEP in (("sample", SEPARABLE), ("sample_qa", SEPARABLE), ("ref4_need
             mix = os.path.join(TMP, f"head_units_{name}_mix_t{threads}_{shard[0]}")
             run(trace, SWEEP, threads, sep, shard)
             run(trace, SWEEP + [COUPLED], threads, mix, shard)
-            parts = sorted(f for f in os.listdir(os.path.join(sep, "parts")) if f.endswith(".part"))
-            check(parts and parts == sorted(f for f in os.listdir(os.path.join(mix, "parts")) if f.endswith(".part")),
-                  f"{tag}: both runs wrote the same sequences' parts")
-            blocks_same = True
-            for f in parts:
-                a = part_blocks(os.path.join(sep, "parts", f), len(SWEEP))
-                b = part_blocks(os.path.join(mix, "parts", f), len(SWEEP))
-                blocks_same &= a == b and set(a) == {"cfg", "pl", "pp"} | ({"nd"} if SWEEP is NEEDLES else set())
-            check(blocks_same, f"{tag}: kv-head work items = layer work items, every accumulator bit for bit")
-            for f in CSVS:
-                a = rows(os.path.join(sep, f))
-                b = rows(os.path.join(mix, f))
-                check(len(a) == len(SWEEP) and all(a[k] == b.get(k) for k in a),
-                      f"{tag} {f}: the same rows for the shared configurations")
-                if f == "per_head.csv":
-                    snap = [k for k in a if k.startswith("snapkv")]
-                    check(snap and all(float(r[4]) < 1.0 for k in snap for r in a[k]),
-                          f"{tag}: snapkv keeps fewer entries than the full cache (keep_frac < 1)")
-                    evicts = [k for k in a if k.split()[0] in AUDITED_NAMES and
-                              (k.startswith("evict_span") == (SWEEP is NEEDLES))]
-                    check(evicts and all(any(float(r[4]) < 1.0 for r in a[k]) for k in evicts),
-                          f"{tag}: {len(evicts)} audited configurations each evict somewhere (keep_frac < 1)")
-                    if SWEEP is NEEDLES:
-                        continue
-                    # the plans matter: adakv's kv heads of a layer keep different numbers of
-                    # entries; simlayerkv has lazy layers (keep_frac < 1) and full ones
-                    ada = [r for k in a if k.startswith("adakv") for r in a[k]]
-                    by_layer = {}
-                    for r in ada:
-                        by_layer.setdefault((r[0], r[1]), set()).add(r[4])
-                    check(ada and any(len(v) > 1 for v in by_layer.values()),
-                          f"{tag}: adakv moves budget across the kv heads of a layer")
-                    sim = [float(r[4]) for k in a if k.startswith("simlayerkv") for r in a[k]]
-                    check(sim and min(sim) < 1.0 and max(sim) == 1.0,
-                          f"{tag}: simlayerkv has lazy and full layers")
+            compare_runs(tag, sep, mix, SWEEP, ("cfg", "pl", "pp", "nd") if SWEEP is NEEDLES else ("cfg", "pl", "pp"))
+            a = rows(os.path.join(sep, "per_head.csv"))
+            snap = [k for k in a if k.startswith("snapkv")]
+            check(snap and all(float(r[4]) < 1.0 for k in snap for r in a[k]),
+                  f"{tag}: snapkv keeps fewer entries than the full cache (keep_frac < 1)")
+            evicts = [k for k in a if k.split()[0] in AUDITED_NAMES and
+                      (k.startswith("evict_span") == (SWEEP is NEEDLES))]
+            check(evicts and all(any(float(r[4]) < 1.0 for r in a[k]) for k in evicts),
+                  f"{tag}: {len(evicts)} audited configurations each evict somewhere (keep_frac < 1)")
+            if SWEEP is NEEDLES:
+                continue
+            # the plans matter: adakv's kv heads of a layer keep different numbers of
+            # entries; simlayerkv has lazy layers (keep_frac < 1) and full ones
+            ada = [r for k in a if k.startswith("adakv") for r in a[k]]
+            by_layer = {}
+            for r in ada:
+                by_layer.setdefault((r[0], r[1]), set()).add(r[4])
+            check(ada and any(len(v) > 1 for v in by_layer.values()),
+                  f"{tag}: adakv moves budget across the kv heads of a layer")
+            sim = [float(r[4]) for k in a if k.startswith("simlayerkv") for r in a[k]]
+            check(sim and min(sim) < 1.0 and max(sim) == 1.0,
+                  f"{tag}: simlayerkv has lazy and full layers")
 
 # per_layer over a planned press (adakv) passes no plan on, so it must keep layer items: in a
 # kv-head item its inner prefill would stop at rp_plan_get's "no plan in a context of 1 of the
