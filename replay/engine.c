@@ -2169,15 +2169,12 @@ static void item_free_scratch(item *it)
     if (it->pa) for (size_t h = 0; h < it->nh; h++) { free(it->pa[h]); it->pa[h] = NULL; }
 }
 
-static int item_run(item *it)
+/* What the hooks of the item's kv heads see (it->ctx) and the shared scores over them
+ * (it->sh, the trace's captured prompt scores when read): after item_read, for a work item and
+ * for a plan item alike. -1 (it->err) when out of memory. */
+static int item_ctx_open(item *it)
 {
     rp_engine *E = it->E;
-    item_scratch sc;
-    int rc = -1;
-    it->sc = NULL;
-    it->shw = NULL;
-    it->shw_cap = 0;
-    if (item_alloc(it, &sc) || item_read(it)) goto done;
     it->ctx = (rp_layer_ctx){
         .seq = it->s, .layer = it->l, .n_layers = E->L, .H = it->nh, .Hkv = it->nkv, .G = E->G, .D = E->D,
         .n = it->n, .P = E->o.mode == RP_ONLINE ? it->n : it->P, .q = it->q, .k = it->k, .v = it->v,
@@ -2190,9 +2187,21 @@ static int item_run(item *it)
     };
     if (!(it->sh = rp_shared_new(it->q, it->k, it->nh, it->nkv, it->n, it->ctx.P, E->D, &E->ap[it->l], E->want_ent))) {
         IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
-        goto done;
+        return -1;
     }
     if (it->ps_cs) rp_shared_use_captured(it->sh, it->ps_cs, it->ps_ent);
+    return 0;
+}
+
+static int item_run(item *it)
+{
+    rp_engine *E = it->E;
+    item_scratch sc;
+    int rc = -1;
+    it->sc = NULL;
+    it->shw = NULL;
+    it->shw_cap = 0;
+    if (item_alloc(it, &sc) || item_read(it) || item_ctx_open(it)) goto done;
     if (item_prefill(it)) goto done;
     for (size_t g = 0; g < it->nkv; g++)
         if (item_head(it, g)) goto done;
@@ -2334,20 +2343,7 @@ static int plan_item_run(item *it)
     it->k = tb_take(it->tb, TB_K, n * D * sizeof *it->k);
     it->v = tb_take(it->tb, TB_V, n * D * sizeof *it->v);
     if (!it->q || !it->k || !it->v) { IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l); goto done; }
-    if (item_read(it)) goto done;
-    it->ctx = (rp_layer_ctx){
-        .seq = it->s, .layer = it->l, .n_layers = E->L, .H = G, .Hkv = 1, .G = G, .D = D, .n = n, .P = it->P,
-        .q = it->q, .k = it->k, .v = it->v, .ap = E->ap[it->l], .info = E->in, .rope_cos = E->rope_cos,
-        .rope_sin = E->rope_sin, .rotary_dim = E->R, .rope_interleaved = E->interleaved,
-        .prompt_attn = cb_prompt_attn, .engine = it, .gqa_reduce = E->o.gqa_reduce,
-        .prompt_colsum = cb_prompt_colsum, .prompt_entropy = cb_prompt_entropy, .key_pages = cb_key_pages,
-        .needles = E->needles, .n_needles = E->n_needles, .g0 = it->g0, .Hkv_layer = E->Hkv,
-    };
-    if (!(it->sh = rp_shared_new(it->q, it->k, G, 1, n, it->P, D, &E->ap[it->l], E->want_ent))) {
-        IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
-        goto done;
-    }
-    if (it->ps_cs) rp_shared_use_captured(it->sh, it->ps_cs, it->ps_ent);
+    if (item_read(it) || item_ctx_open(it)) goto done;     /* a kv-head item's context (prefill) */
     for (size_t c = 0; c < E->sw->n; c++) {
         const rp_config *cf = &E->sw->cfg[c];
         if (!sp->S[c]) continue;
