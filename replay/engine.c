@@ -79,7 +79,7 @@ typedef struct item {
                                     once (item_head) for every full-attention call of the head */
     float **pa;                  /* [H] cached prompt probabilities rows [pa0, pa1) x P */
     size_t *pa0, *pa1;
-    float *ok, *ov;              /* another layer's K/V (layer_kv) */
+    float *ok, *ov;              /* another layer's K/V of the item's kv heads [nkv][n][D] (layer_kv) */
     float *wo;                   /* this layer's W_O [H*D][C] (w_o), read on first request */
     rp_shared *sh;               /* scores shared by the configurations (shared.h), lazily filled */
     float *ps_cs, *ps_ent;       /* [nh][n] the trace's /prompt_scores of the item's query heads (RP_PS_TRACE) */
@@ -279,16 +279,23 @@ static int cb_key_pages(const rp_layer_ctx *ctx, size_t g, size_t page, size_t n
     return it->sh ? rp_shared_pages(it->sh, g, page, np, kmin, kmax) : -1;
 }
 
-static int read_kv(rp_engine *E, size_t s, size_t l, size_t n, float *k, float *v, kv_error *ke)
+/* The K/V [nkv][n][D] of kv heads [g0, g0 + nkv) of sequence s, layer l. */
+static int read_kv_heads(rp_engine *E, size_t s, size_t l, size_t n, size_t g0, size_t nkv, float *k, float *v,
+                         kv_error *ke)
 {
     int rc = 0;
 #pragma omp critical(kvtrace_io)
-    for (size_t g = 0; g < E->Hkv && !rc; g++) {
-        if (kv_trace_read_rows(E->t, KV_K, s, l, g, 0, n, k + g * n * E->D, ke) != KV_OK ||
-            kv_trace_read_rows(E->t, KV_V, s, l, g, 0, n, v + g * n * E->D, ke) != KV_OK)
+    for (size_t g = 0; g < nkv && !rc; g++) {
+        if (kv_trace_read_rows(E->t, KV_K, s, l, g0 + g, 0, n, k + g * n * E->D, ke) != KV_OK ||
+            kv_trace_read_rows(E->t, KV_V, s, l, g0 + g, 0, n, v + g * n * E->D, ke) != KV_OK)
             rc = -1;
     }
     return rc;
+}
+
+static int read_kv(rp_engine *E, size_t s, size_t l, size_t n, float *k, float *v, kv_error *ke)
+{
+    return read_kv_heads(E, s, l, n, 0, E->Hkv, k, v, ke);
 }
 
 /* The queries [H][n][D] of sequence s, layer l (calibration: qfilter). */
@@ -307,14 +314,14 @@ static int cb_layer_kv(const rp_layer_ctx *ctx, size_t layer, const float **k, c
     rp_engine *E = it->E;
     if (layer >= E->L) return -1;
     if (layer == it->l) { *k = it->k; *v = it->v; return 0; }
-    if (it->o_layer != (long long)layer) {
-        size_t sz = E->Hkv * it->n * E->D;
+    if (it->o_layer != (long long)layer) {      /* the item's kv heads [g0, g0 + nkv) only */
+        size_t sz = it->nkv * it->n * E->D;
         if (!it->ok) it->ok = malloc(sz * sizeof *it->ok);
         if (!it->ov) it->ov = malloc(sz * sizeof *it->ov);
         if (!it->ok || !it->ov) return -1;
         kv_error ke;
         it->o_layer = -1;
-        if (read_kv(E, it->s, layer, it->n, it->ok, it->ov, &ke)) return -1;
+        if (read_kv_heads(E, it->s, layer, it->n, it->g0, it->nkv, it->ok, it->ov, &ke)) return -1;
         it->o_layer = (long long)layer;
     }
     *k = it->ok; *v = it->ov;
@@ -555,6 +562,16 @@ static int sweep_head_separable(const rp_engine *E, const rp_sweep *sw, const rp
     return 1;
 }
 
+/* KVTRACE_DEBUG containing WORD, as cmd_run.c's "hash" (for tests; results never depend on
+ * it): "layer-items" makes every work item a whole (sequence, layer) even when the sweep is
+ * head-separable (the reference the kv-head items must match bit for bit); "units" prints one
+ * stderr line naming the work unit the run uses. */
+static int debug_has(const char *word)
+{
+    const char *d = getenv("KVTRACE_DEBUG");
+    return d && strstr(d, word);
+}
+
 /* Calibration, before any replay: every configuration part with a calibrate hook gets each
  * layer's data of its calibration sequences (the first calib_seqs(cfg) of --calib, all when
  * 0). Layer by layer, the Q/K/V of the sequences any part wants are read once and handed to
@@ -761,7 +778,9 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
         }
     }
     if (check_feasible(E, sw, o, seqs, n_seqs, err, errlen)) goto fail;
-    E->per_head = sweep_head_separable(E, sw, o);
+    E->per_head = sweep_head_separable(E, sw, o) && !debug_has("layer-items");
+    if (debug_has("units"))
+        fprintf(stderr, "kvtrace: work items: (sequence, layer%s)\n", E->per_head ? ", kv head" : "");
     if (scan_finite(E, seqs, n_seqs, err, errlen)) goto fail;
     if (calibrate_parts(E, sw, o, err, errlen)) goto fail;
     *out = E;

@@ -47,7 +47,7 @@
  *               per head while contiguous); the shared scores prompt_colsum (accumulated
  *               attention: whole prompt, observation windows, masked row sets),
  *               prompt_entropy (per-row entropy) and value_norms (||v W_O||_1 per kv head
- *               and prompt token); layer_kv (another layer's K/V).
+ *               and prompt token); layer_kv (another layer's K/V of the context's kv heads).
  *   online_*    the probabilities of the query over the cache (probs): taken from the
  *               full-cache attention the engine computes once per (query head, position)
  *               whenever the configuration sees the full cache; prompt_colsum for the
@@ -183,7 +183,9 @@ typedef struct rp_layer_ctx {
      * causal mask (and window); rows normalised over their visible keys:
      * out [t1 - t0][P]. Computed with the engine's kernels. 0 ok, -1 ENOMEM. */
     int (*prompt_attn)(const struct rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, float *out);
-    /* K/V [Hkv][n][D] of another layer of the same sequence (MiniCache). 0 ok. */
+    /* K/V [ctx->Hkv][n][D] of another layer of the same sequence (MiniCache): that layer's kv
+     * heads [ctx->g0, ctx->g0 + ctx->Hkv), the context's own (all of them in a context of the
+     * whole layer, one in a kv-head item), so kv head g's rows are at g * n * D. 0 ok. */
     int (*layer_kv)(const struct rp_layer_ctx *ctx, size_t layer, const float **k, const float **v);
     void *engine;           /* private to the engine */
     /* Added by the engine (after the fields above): the run's --gqa-reduce choice
@@ -379,17 +381,18 @@ typedef struct rp_strategy {
      * context of one kv head alone, with the results it gives that kv head in a context of the
      * whole layer. Each hook's output for kv head g then depends only on kv head g's rows
      * (ctx->q of its G query heads, ctx->k/v of g, the shared scores of those heads: prompt_attn,
-     * prompt_colsum, prompt_entropy, key_pages) and on nothing indexed by the head number itself
+     * prompt_colsum, prompt_entropy, key_pages; another layer's K/V of g through layer_kv) and on
+     * nothing indexed by the head number itself
      * except through ctx->g0 + g (random's stream of kv head g, CaM's draws, lowrank's
      * calibrated basis of kv head g; the layer's kv head count is rp_ctx_layer_hkv): no budget
      * moved across the kv heads of a layer (AdaKV), no random stream walked over the heads, no
-     * ctx->w_o or layer_kv. What it covers:
+     * ctx->w_o (layer_kv gives the context's kv heads only). What it covers:
      *   RP_EVICT   prefill, and the per-query hooks it has: online_view (streaming's
      *              re-indexing, finch's re-rotation), select (quest), the decode-time press's
      *              online_new / online_step / online_rows (decoding, dms, cam);
      *   RP_ENCODE  encode, encode_extend, encode_cuts for kv head g (quant, asymkv, think,
      *              lowrank; calibration stays per layer, its per-head state looked up by g0 + g;
-     *              minicache reads another layer's K/V of every kv head: 0).
+     *              minicache: kv head g of the partner layer, through layer_kv).
      * When every configuration of a prefill sweep has it on every part (rp_head_separable), the
      * engine's work unit is one (sequence, layer, kv head) instead of a (sequence, layer): the
      * hooks then see a context of one kv head (ctx->Hkv = 1, ctx->H = G, q/k/v that head's
@@ -397,7 +400,7 @@ typedef struct rp_strategy {
      * working set; exports get the layer's kv head number (g0 + g) as before. A strategy that
      * does combine the kv heads of a layer can still set it when everything that crosses heads
      * is in its plan (plan_score / plan_layer below: adakv, criticaladakv, simlayerkv,
-     * criticalkv, chunkkv, merging, noncausal_attn, leverage, compactor). 0 (the default)
+     * criticalkv, chunkkv, chunk, merging, noncausal_attn, leverage, compactor). 0 (the default)
      * keeps the whole layer together, which is always correct. */
     int head_separable;
     /* Optional: head_separable for one configuration, when it depends on the parameters

@@ -11,6 +11,9 @@
  *   2. The chunk keeps its max(1, floor(Lc * B / P)) best entries (ties: lower position).
  *   A chunk not longer than the window keeps its last max(1, floor(Lc * B / P)) positions.
  *   B >= P keeps everything.
+ * Per kv head through a plan (strategy.h plan_score / plan_layer): kv head g's row holds its
+ * chunk-local scores of every scored chunk, plan_layer pads each chunk's window with the
+ * maximum over the layer's kv heads, so the layer's kv heads run as separate work items.
  * Defaults: chunk=1024 (kvpress ChunkPress chunk_length), base press SnapKV with kvpress's
  * defaults (preset=kvpress: window 64, kernel 5, avg pooling, rows averaged, group mean).
  * Reference: Corallo & Papotti 2024, "FINCH: Prompt-guided Key-Value Cache Compression for
@@ -29,6 +32,8 @@
 #include "evict_util.h"
 #include "kvp_score.h"
 #include "strategy.h"
+
+extern const rp_strategy rp_strategy_chunk;
 
 enum { CH_CHUNK };   /* kvp_cfg.own[]: the chunk length, an integer */
 
@@ -64,24 +69,90 @@ static void chunk_window_attn(const rp_layer_ctx *ctx, size_t g, size_t a, size_
     }
 }
 
+/* The chunk's kept count and whether its top-k needs scores (Lc > w and fewer than Lc kept). */
+static size_t chunk_nk(size_t Lc, size_t P, size_t B)
+{
+    size_t nk = B >= P ? Lc : Lc * B / P;
+    return nk < 1 ? 1 : nk;
+}
+
+static int chunk_scored(size_t Lc, size_t nk, size_t w) { return nk < Lc && Lc > w; }
+
+/* The plan (strategy.h plan_size): kv head g's row holds, for every chunk [a, a + Lc) that is
+ * scored, its chunk-local SnapKV scores at [a, a + Lc - w) (the window's entries: 0 until
+ * plan_layer); 0 elsewhere. plan_layer pads each scored chunk's window with the maximum over
+ * every kv head of that chunk's scores. No plan when no chunk is scored (B >= P among others). */
+static size_t chunk_plan_size(const void *cfg, size_t P, size_t G, size_t B)
+{
+    const kvp_cfg *c = cfg;
+    size_t w = c->o.window, L = (size_t)c->own[CH_CHUNK];
+    (void)G;
+    for (size_t a = 0; a < P; a += L) {
+        size_t Lc = P - a < L ? P - a : L;
+        if (chunk_scored(Lc, chunk_nk(Lc, P, B), w)) return P;
+    }
+    return 0;
+}
+
+static int chunk_plan_score(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t B, double *out, char *err,
+                            size_t errlen)
+{
+    const kvp_cfg *c = cfg;
+    size_t P = ctx->P, G = ctx->G, w = c->o.window, L = (size_t)c->own[CH_CHUNK];
+    size_t cap = L < P ? L : P;
+    double *lg = malloc(cap * sizeof *lg);
+    float *attn = malloc(G * (w < cap ? w : cap) * cap * sizeof *attn);
+    int rc = -1;
+    if (!lg || !attn) { rp_failf(err, errlen, "chunk: out of memory"); goto done; }
+    int gqa = c->o.gqa == SNAPKV_GQA_RUN ? ctx->gqa_reduce : c->o.gqa;
+    for (size_t j = 0; j < P; j++) out[j] = 0;
+    for (size_t a = 0; a < P; a += L) {
+        size_t Lc = P - a < L ? P - a : L;
+        if (!chunk_scored(Lc, chunk_nk(Lc, P, B), w)) continue;
+        chunk_window_attn(ctx, g, a, Lc, w, attn, lg);
+        if (snapkv_score(&c->o, gqa, attn, G, Lc, out + a)) { rp_failf(err, errlen, "chunk: out of memory"); goto done; }
+    }
+    rc = 0;
+done:
+    free(lg); free(attn);
+    return rc;
+}
+
+static int chunk_plan_layer(const void *cfg, size_t Hkv, size_t G, size_t P, size_t B, double *plan, char *err,
+                            size_t errlen)
+{
+    const kvp_cfg *c = cfg;
+    size_t w = c->o.window, L = (size_t)c->own[CH_CHUNK];
+    (void)G; (void)err; (void)errlen;
+    for (size_t a = 0; a < P; a += L) {
+        size_t Lc = P - a < L ? P - a : L;
+        if (!chunk_scored(Lc, chunk_nk(Lc, P, B), w)) continue;
+        double mx = -INFINITY;
+        for (size_t g = 0; g < Hkv; g++)
+            for (size_t j = a; j < a + Lc - w; j++) mx = plan[g * P + j] > mx ? plan[g * P + j] : mx;
+        for (size_t g = 0; g < Hkv; g++)
+            for (size_t j = a + Lc - w; j < a + Lc; j++) plan[g * P + j] = mx;
+    }
+    return 0;
+}
+
 static int chunk_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
                          char *err, size_t errlen)
 {
     const kvp_cfg *c = cfg;
-    size_t P = ctx->P, Hkv = ctx->Hkv, G = ctx->G, w = c->o.window, L = (size_t)c->own[CH_CHUNK];
+    size_t P = ctx->P, w = c->o.window, L = (size_t)c->own[CH_CHUNK];
     size_t cap = L < P ? L : P;
-    double *score = malloc(Hkv * cap * sizeof *score), *lg = malloc(cap * sizeof *lg);
-    float *attn = malloc(G * (w < cap ? w : cap) * cap * sizeof *attn);
-    int32_t *kept = malloc(Hkv * P * sizeof *kept), *top = malloc(cap * sizeof *top);
-    size_t *m = calloc(Hkv, sizeof *m);
+    const double *plan = NULL;
+    double *own = NULL;
+    int32_t *kept = malloc(P * sizeof *kept), *top = malloc(cap * sizeof *top);
     int rc = -1;
-    if (!score || !lg || !attn || !kept || !top || !m) { rp_failf(err, errlen, "out of memory"); goto done; }
-    int gqa = c->o.gqa == SNAPKV_GQA_RUN ? ctx->gqa_reduce : c->o.gqa;
-    for (size_t a = 0; a < P; a += L) {
-        size_t Lc = P - a < L ? P - a : L, nk = B >= P ? Lc : Lc * B / P;
-        if (nk < 1) nk = 1;
-        for (size_t g = 0; g < Hkv; g++) {
-            size_t nt;
+    if (!kept || !top) { rp_failf(err, errlen, "out of memory"); goto done; }
+    if (chunk_plan_size(cfg, P, ctx->G, B) && rp_plan_get(&rp_strategy_chunk, cfg, ctx, B, &plan, &own, err, errlen))
+        goto done;
+    for (size_t g = 0; g < ctx->Hkv; g++) {
+        size_t m = 0;
+        for (size_t a = 0; a < P; a += L) {
+            size_t Lc = P - a < L ? P - a : L, nk = chunk_nk(Lc, P, B), nt;
             if (nk >= Lc) {
                 for (size_t j = 0; j < Lc; j++) top[j] = (int32_t)j;
                 nt = Lc;
@@ -89,28 +160,15 @@ static int chunk_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_
                 for (size_t j = 0; j < nk; j++) top[j] = (int32_t)(Lc - nk + j);
                 nt = nk;
             } else {
-                nt = 0;     /* scored below, after every head's scores give the padding */
+                nt = rp_topk(plan + g * P + a, Lc, nk, top);
             }
-            for (size_t i = 0; i < nt; i++) kept[g * P + m[g]++] = (int32_t)(a + (size_t)top[i]);
+            for (size_t i = 0; i < nt; i++) kept[m++] = (int32_t)(a + (size_t)top[i]);
         }
-        if (nk >= Lc || Lc <= w) continue;
-        double mx = -INFINITY;
-        for (size_t g = 0; g < Hkv; g++) {
-            chunk_window_attn(ctx, g, a, Lc, w, attn, lg);
-            if (snapkv_score(&c->o, gqa, attn, G, Lc, score + g * cap)) { rp_failf(err, errlen, "out of memory"); goto done; }
-            for (size_t j = 0; j < Lc - w; j++) mx = score[g * cap + j] > mx ? score[g * cap + j] : mx;
-        }
-        for (size_t g = 0; g < Hkv; g++) {
-            for (size_t j = Lc - w; j < Lc; j++) score[g * cap + j] = mx;
-            size_t nt = rp_topk(score + g * cap, Lc, nk, top);
-            for (size_t i = 0; i < nt; i++) kept[g * P + m[g]++] = (int32_t)(a + (size_t)top[i]);
-        }
+        if (ev_push_kept(ctx, g, kept, m, &out[g])) { rp_failf(err, errlen, "out of memory"); goto done; }
     }
-    for (size_t g = 0; g < Hkv; g++)
-        if (ev_push_kept(ctx, g, kept + g * P, m[g], &out[g])) { rp_failf(err, errlen, "out of memory"); goto done; }
     rc = 0;
 done:
-    free(score); free(lg); free(attn); free(kept); free(top); free(m);
+    free(own); free(kept); free(top);
     return rc;
 }
 
@@ -127,4 +185,8 @@ const rp_strategy rp_strategy_chunk = {
     .configure = chunk_configure,
     .free_cfg = kvp_free,
     .prefill = chunk_prefill,
+    .head_separable = 1,     /* given its plan: each chunk's window padded with the maximum over the kv heads */
+    .plan_size = chunk_plan_size,
+    .plan_score = chunk_plan_score,
+    .plan_layer = chunk_plan_layer,
 };

@@ -14,7 +14,9 @@
  * Replay semantics: the partner layer's rows come from the trace at the same positions
  *   (ctx->layer_kv; teacher-forced, like every layer-local replay); in a composition the
  *   partner's rows are its ORIGINAL rows at this cache's positions (merged entries use
- *   their representative position), not the partner's own compressed cache.
+ *   their representative position), not the partner's own compressed cache. Kv head g
+ *   merges with the partner's kv head g only, so it runs in kv-head work items
+ *   (head_separable; layer_kv gives the context's kv heads).
  * Deviations: the retention set is chosen per kv head and separately for K and V by the
  *   token-wise cosine between the layers (the reference's angular distance); magnitudes
  *   are kept in f32 (counted as fp16).
@@ -170,4 +172,5 @@ const rp_strategy rp_strategy_minicache = {
     .configure = minicache_configure,
     .free_cfg = minicache_free_cfg,
     .encode = minicache_encode,
+    .head_separable = 1,     /* kv head g's merge reads the partner layer's rows of g only (layer_kv) */
 };

@@ -1,17 +1,20 @@
 #!/usr/bin/python3
 """The engine's two work units give the same results, bit for bit. A prefill sweep whose every
-configuration is head-separable (full, snapkv, knorm, h2o, pyramidkv, streaming, random) or planned
-(adakv, criticaladakv, simlayerkv, criticalkv, chunkkv, merging, noncausal_attn, leverage, compactor:
-strategy.h plan_score / plan_layer, what crosses the kv heads of a layer made from every kv
-head's scores before the kv-head items) runs one work item per (sequence, layer, kv head: random
-draws from the kv head's own stream, keyed by its number in the layer, in either unit; the
-planned ones get their kv head's plan); adding one layer-coupled configuration last (chunk,
-whose chunks' windows are padded with the maximum over the layer's kv heads, and which has no
-plan) makes it run one item per (sequence, layer), where the planned strategies make their
-plans themselves. The planned configurations move budget across heads (adakv's heads keep different
+configuration is head-separable (full, snapkv, knorm, h2o, pyramidkv, streaming, random, minicache)
+or planned (adakv, criticaladakv, simlayerkv, criticalkv, chunkkv, chunk, merging, noncausal_attn,
+leverage, compactor: strategy.h plan_score / plan_layer, what crosses the kv heads of a layer made
+from every kv head's scores before the kv-head items) runs one work item per (sequence, layer, kv
+head: random draws from the kv head's own stream, keyed by its number in the layer, in either
+unit; the planned ones get their kv head's plan; minicache reads the partner layer's K/V of its
+kv head only); the same sweep under KVTRACE_DEBUG=layer-items runs one item per (sequence,
+layer), where the planned strategies make their plans themselves. Each run says which unit it
+used (KVTRACE_DEBUG=units: one stderr line), and the default sweep must run kv-head items. The
+planned configurations move budget across heads (adakv's heads keep different
 numbers of entries) and decide per layer (simlayerkv: lazy layers and full ones both occur), so a
-plan combined in another order or from another head's scores changes the bits. The
-configurations both sweeps share must get the same accumulators: the per-sequence parts (DIR/parts/seq_*.part, kept by a
+plan combined in another order or from another head's scores changes the bits; chunk's chunks
+keep fewer entries than the window (keep=0.1), so the window padded with the maximum over the
+kv heads decides which of them stay. The
+configurations both runs must get the same accumulators: the per-sequence parts (DIR/parts/seq_*.part, kept by a
 sharded run) print every sum in hexadecimal floating point, so a different order of the
 order-sensitive additions (per-position sums over kv and query heads, the read-out's layer
 fold) shows there even when the CSVs' 9 digits hide it. Also the CSV rows of those
@@ -46,8 +49,15 @@ PLANNED = ["adakv keep=0.5 window=8", "adakv keep=0.3 window=4 alpha=0.5",
            "criticalkv keep=0.4 window=8", "chunkkv keep=0.3 window=8 chunk=8", "chunkkv keep=0.3 window=4 chunk=100000",
            "merging keep=0.4 window=8", "noncausal_attn keep=0.4 chunk=16", "leverage keep=0.5",
            "compactor keep=0.4 chunk=16", "compactor budget=20 chunk=8 sink_start=4 sink_end=2"]
+# chunk (P = 208 on sample.h5 with --decode 48): chunk=24 leaves a last chunk of 16 entries;
+# keep=0.1 keeps 2 of a chunk of 24 with a window of 8 (the padding decides); chunk=50 leaves a last
+# chunk of 8 entries, not longer than the window 8 (the short-chunk rule)
+PLANNED += ["chunk keep=0.5 window=4 chunk=24", "chunk keep=0.1 window=8 kernel=3 chunk=24",
+            "chunk keep=0.3 window=8 chunk=50 preset=factory"]
 SEPARABLE += PLANNED
-COUPLED = "chunk keep=0.5 window=4 chunk=16"     # layer-coupled (no plan): must stay so, or this compares a unit with itself
+# minicache off its defaults (start=1: the pair (1, 2), layer 3 unpaired; start=0: (0, 1), (2, 3)),
+# alone and after an eviction: kv head g merges with the partner layer's kv head g (layer_kv)
+SEPARABLE += ["minicache start=1 t=0.3 retain=0.2", "snapkv keep=0.5 window=8 + minicache start=0 t=0.7 retain=0.1"]
 # h4's audit of the other eviction strategies: each off its defaults where that reaches more of its
 # code (qfilter and duo calibrate on the trace's last sequence, --calib's default, in both sweeps:
 # their state is per (layer, kv head) and read at ctx->g0 + g).
@@ -64,16 +74,24 @@ NEEDLES = ["full", "snapkv keep=0.5 window=8", "evict_span", "evict_span span=va
 CSVS = ("per_head.csv", "per_pos.csv", "per_seq.csv", "summary.csv")
 
 
-def run(trace, strategies, threads, out, shard, extra=()):
-    args = [KVR, "run", trace, "--decode", "48", "--per-layer-readout", "--threads", str(threads),
-            "--shard", shard, "-o", out] + list(extra)
+# KVTRACE_DEBUG=units: the engine's one line naming the work unit
+UNIT = {"heads": "kvtrace: work items: (sequence, layer, kv head)", "layers": "kvtrace: work items: (sequence, layer)"}
+
+
+def run(trace, strategies, threads, out, shard, extra=(), unit="heads", force_layers=False, decode=True):
+    """kvreplay run; unit: the work unit it must report ("heads" or "layers"); force_layers: under
+    KVTRACE_DEBUG=layer-items."""
+    args = [KVR, "run", trace, "--threads", str(threads), "-o", out] + \
+        (["--decode", "48", "--per-layer-readout", "--shard", shard] if decode else []) + list(extra)
     for s in strategies:
         args += ["--strategy", s]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), KVTRACE_DEBUG="units,layer-items" if force_layers else "units")
     r = subprocess.run(args, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         print(r.stderr)
         sys.exit(f"command failed: {' '.join(args)}")
+    got = [ln for ln in r.stderr.splitlines() if ln.startswith("kvtrace: work items:")]
+    check(got == [UNIT[unit]], f"{out}: {unit} work items (stderr says {got})")
 
 
 def part_blocks(path, n_shared):
@@ -160,8 +178,8 @@ def h5_items(path, n_cfg):
 
 
 def compare_runs(tag, sep, mix, shared, blocks=("cfg", "pl", "pp")):
-    """sep (the shared configurations alone) and mix (the same + the coupled one): every accumulator
-    (the part files' blocks, all of which must be there) and the CSV rows."""
+    """sep (kv-head items) and mix (the same configurations in layer items): every accumulator (the
+    part files' blocks, all of which must be there) and the CSV rows."""
     parts = sorted(f for f in os.listdir(os.path.join(sep, "parts")) if f.endswith(".part"))
     check(parts and parts == sorted(f for f in os.listdir(os.path.join(mix, "parts")) if f.endswith(".part")),
           f"{tag}: both runs wrote the same sequences' parts")
@@ -184,7 +202,7 @@ for threads in (1, 2):
     sep = os.path.join(TMP, f"head_units_calib_sep_t{threads}")
     mix = os.path.join(TMP, f"head_units_calib_mix_t{threads}")
     run(sample, CALIBRATED, threads, sep, "0/2", ["--calib", "7"])
-    run(sample, CALIBRATED + [COUPLED], threads, mix, "0/2", ["--calib", "7"])
+    run(sample, CALIBRATED, threads, mix, "0/2", ["--calib", "7"], unit="layers", force_layers=True)
     compare_runs(tag, sep, mix, CALIBRATED)
     rk = rows(os.path.join(sep, "per_head.csv"))
     check(any(float(r[4]) < 1.0 for k in rk if k.startswith("knorm") for r in rk[k]),
@@ -193,7 +211,7 @@ for threads in (1, 2):
     sep = os.path.join(TMP, f"head_units_export_sep_t{threads}")
     mix = os.path.join(TMP, f"head_units_export_mix_t{threads}")
     run(sample, EXPORTED, threads, sep, "1/2", ["--export", sep + ".h5"])
-    run(sample, EXPORTED + [COUPLED], threads, mix, "1/2", ["--export", mix + ".h5"])
+    run(sample, EXPORTED, threads, mix, "1/2", ["--export", mix + ".h5"], unit="layers", force_layers=True)
     compare_runs(tag, sep, mix, EXPORTED)
     a, b = h5_items(sep + ".h5", len(EXPORTED)), h5_items(mix + ".h5", len(EXPORTED))
     check(len(a) > 10 * len(EXPORTED) and a == b,
@@ -208,7 +226,7 @@ for name, SWEEP in (("sample", SEPARABLE), ("sample_qa", SEPARABLE), ("ref4_need
             sep = os.path.join(TMP, f"head_units_{name}_sep_t{threads}_{shard[0]}")
             mix = os.path.join(TMP, f"head_units_{name}_mix_t{threads}_{shard[0]}")
             run(trace, SWEEP, threads, sep, shard)
-            run(trace, SWEEP + [COUPLED], threads, mix, shard)
+            run(trace, SWEEP, threads, mix, shard, unit="layers", force_layers=True)
             compare_runs(tag, sep, mix, SWEEP, ("cfg", "pl", "pp", "nd") if SWEEP is NEEDLES else ("cfg", "pl", "pp"))
             a = rows(os.path.join(sep, "per_head.csv"))
             snap = [k for k in a if k.startswith("snapkv")]
@@ -231,14 +249,28 @@ for name, SWEEP in (("sample", SEPARABLE), ("sample_qa", SEPARABLE), ("ref4_need
             sim = [float(r[4]) for k in a if k.startswith("simlayerkv") for r in a[k]]
             check(sim and min(sim) < 1.0 and max(sim) == 1.0,
                   f"{tag}: simlayerkv has lazy and full layers")
+            # minicache start=1 merges the pair (1, 2) (kv_mse_k > 0) and leaves the layers without
+            # a partner alone (no kv_mse); the per_head.csv columns by name, less config_id as rows()
+            hd = [h for h in next(csv.reader(open(os.path.join(sep, "per_head.csv")))) if h != "config_id"]
+            li, mk = hd.index("layer"), hd.index("kv_mse_k")
+            mc = [r for k in a if k.startswith("minicache") for r in a[k]]
+            check(mc and all((r[mk] != "" and float(r[mk]) > 0) == (r[li] in ("1", "2")) for r in mc),
+                  f"{tag}: minicache start=1 merges the pair (1, 2) only")
 
 # per_layer over a planned press (adakv) passes no plan on, so it must keep layer items: in a
 # kv-head item its inner prefill would stop at rp_plan_get's "no plan in a context of 1 of the
 # layer's 2 kv heads" (run() exits on a failed command)
 pl = os.path.join(TMP, "head_units_per_layer_planned")
 run(os.path.join(ROOT, "traces", "sample.h5"), ["snapkv keep=0.5 window=8", "per_layer press=adakv ratios=0.5/0.3/0.6/0.4"],
-    2, pl, "0/2")
+    2, pl, "0/2", unit="layers")
 check(os.path.exists(os.path.join(pl, "summary.csv")), "per_layer press=adakv runs (layer items)")
+
+# the default sweep runs kv-head items: every line of it is head-separable or planned (chunk and
+# minicache included); one sequence is enough to see the unit
+dflt = os.path.join(TMP, "head_units_default_sweep")
+run(os.path.join(ROOT, "traces", "sample.h5"), [], 2, dflt, "", ["--sweep", os.path.join(ROOT, "sweeps", "default.sweep"),
+    "--seqs", "0"], decode=False)
+check(os.path.exists(os.path.join(dflt, "summary.csv")), "the default sweep runs")
 
 if failures:
     sys.exit(f"{len(failures)} check(s) failed")
