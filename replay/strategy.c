@@ -217,3 +217,22 @@ int rp_plan_get(const rp_strategy *s, const void *cfg, const rp_layer_ctx *ctx, 
     *plan = *own = p;
     return 0;
 }
+
+int rp_calib_heads(size_t n, int (*fn)(void *arg, size_t g), void *arg, size_t *gfail)
+{
+    int *rc = calloc(n ? n : 1, sizeof *rc);
+    if (!rc) {          /* no room for the codes: one kv head at a time */
+        for (size_t g = 0; g < n; g++) {
+            int r = fn(arg, g);
+            if (r) { if (gfail) *gfail = g; return r; }
+        }
+        return 0;
+    }
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (long long g = 0; g < (long long)n; g++) rc[g] = fn(arg, (size_t)g);
+    int r = 0;
+    for (size_t g = 0; g < n && !r; g++)
+        if (rc[g]) { r = rc[g]; if (gfail) *gfail = g; }
+    free(rc);
+    return r;
+}

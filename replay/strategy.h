@@ -457,6 +457,13 @@ typedef struct rp_strategy {
 int rp_plan_get(const rp_strategy *s, const void *cfg, const rp_layer_ctx *ctx, size_t B, const double **plan,
                 double **own, char *err, size_t errlen);
 
+/* Calibration work per kv head, in parallel: fn(arg, g) for g in [0, n) on the run's OpenMP
+ * threads (calibrate is called outside the replay's parallel region; one thread without
+ * OpenMP). fn must write only kv head g's slots and its own scratch. Returns 0 when every
+ * call returned 0, else the return value of the lowest failing g (*gfail = that g), so the
+ * message a caller builds does not depend on the thread count. */
+int rp_calib_heads(size_t n, int (*fn)(void *arg, size_t g), void *arg, size_t *gfail);
+
 /* The registry (replay/strategies/registry.c over replay/strategies/list.h). */
 const rp_strategy *rp_strategy_find(const char *name);
 size_t rp_strategy_count(void);

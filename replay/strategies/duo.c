@@ -134,10 +134,34 @@ static int duo_split(duo_cfg *c)
     return 0;
 }
 
+/* The attention mass of kv head g of the calibrated layer (rp_calib_heads): 0 ok, -1 out of
+ * memory. */
+typedef struct duo_calib_arg { duo_cfg *c; const rp_calib_ctx *cc; } duo_calib_arg;
+
+static int duo_calib_head(void *arg, size_t g)
+{
+    duo_cfg *c = ((duo_calib_arg *)arg)->c;
+    const rp_calib_ctx *cc = ((duo_calib_arg *)arg)->cc;
+    size_t D = cc->D, G = cc->H / cc->Hkv, nmax = 1;
+    for (size_t i = 0; i < cc->n_seq; i++) nmax = cc->n[i] > nmax ? cc->n[i] : nmax;
+    double *p = malloc(nmax * sizeof *p);
+    float *lg = malloc(DUO_ROWS * nmax * sizeof *lg);
+    if (!p || !lg) { free(p); free(lg); return -1; }
+    double sum = 0;
+    size_t rows = 0;
+    for (size_t i = 0; i < cc->n_seq; i++)
+        for (size_t h = g * G; h < (g + 1) * G; h++)
+            duo_head_mass(c, cc->q[i] + h * cc->n[i] * D, cc->k[i] + g * cc->n[i] * D, cc->n[i], D, &cc->ap, lg,
+                          p, &sum, &rows);
+    c->mass[cc->layer * cc->Hkv + g] = rows ? sum / (double)rows : 1.0;
+    free(p); free(lg);
+    return 0;
+}
+
 static int duo_calibrate(void *cfg, const rp_calib_ctx *cc, char *err, size_t errlen)
 {
     duo_cfg *c = cfg;
-    size_t D = cc->D, Hkv = cc->Hkv, H = cc->H, L = cc->n_layers;
+    size_t Hkv = cc->Hkv, H = cc->H, L = cc->n_layers;
     if (!cc->q || H == 0 || H % Hkv) return rp_failf(err, errlen, "duo: no calibration queries");
     if (!c->mass) {
         c->L = L; c->Hkv = Hkv;
@@ -147,21 +171,8 @@ static int duo_calibrate(void *cfg, const rp_calib_ctx *cc, char *err, size_t er
         if (!c->mass || !c->done || !c->streaming) return rp_failf(err, errlen, "out of memory");
     }
     if (cc->layer >= c->L || c->Hkv != Hkv) return rp_failf(err, errlen, "duo: calibration shape mismatch");
-    size_t G = H / Hkv, nmax = 1;
-    for (size_t i = 0; i < cc->n_seq; i++) nmax = cc->n[i] > nmax ? cc->n[i] : nmax;
-    double *p = malloc(nmax * sizeof *p);
-    float *lg = malloc(DUO_ROWS * nmax * sizeof *lg);
-    if (!p || !lg) { free(p); free(lg); return rp_failf(err, errlen, "out of memory"); }
-    for (size_t g = 0; g < Hkv; g++) {
-        double sum = 0;
-        size_t rows = 0;
-        for (size_t i = 0; i < cc->n_seq; i++)
-            for (size_t h = g * G; h < (g + 1) * G; h++)
-                duo_head_mass(c, cc->q[i] + h * cc->n[i] * D, cc->k[i] + g * cc->n[i] * D, cc->n[i], D, &cc->ap, lg,
-                              p, &sum, &rows);
-        c->mass[cc->layer * Hkv + g] = rows ? sum / (double)rows : 1.0;
-    }
-    free(p); free(lg);
+    duo_calib_arg a = { c, cc };
+    if (rp_calib_heads(Hkv, duo_calib_head, &a, NULL)) return rp_failf(err, errlen, "out of memory");
     c->done[cc->layer] = 1;
     for (size_t l = 0; l < c->L; l++)
         if (!c->done[l]) return 0;

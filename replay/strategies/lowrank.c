@@ -164,6 +164,44 @@ static void lowrank_free_cfg(void *cfg)
 
 static size_t lowrank_calib_seqs(const void *cfg) { return ((const lowrank_cfg *)cfg)->calib_n; }
 
+/* The basis of slot g of the calibrated layer (rp_calib_heads): the second moments of kv head g
+ * (share=head) or of every kv head (share=group, g = 0), rows in (head, sequence, position)
+ * order (attn_gram_acc); a side left untouched (rank 0 or head_dim) never reads its basis and
+ * is not computed. 0 ok, -1 out of memory, -2 the eigen-decomposition failed. */
+typedef struct lr_calib_arg { lowrank_cfg *c; const rp_calib_ctx *cc; int pk, pv; } lr_calib_arg;
+
+static int lr_calib_head(void *arg, size_t g)
+{
+    const lr_calib_arg *a = arg;
+    lowrank_cfg *c = a->c;
+    const rp_calib_ctx *cc = a->cc;
+    size_t D = cc->D, Hkv = cc->Hkv, nmax = 1;
+    size_t h0 = c->share == SH_HEAD ? g : 0, h1 = c->share == SH_HEAD ? g + 1 : Hkv;
+    for (size_t i = 0; i < cc->n_seq; i++) nmax = cc->n[i] > nmax ? cc->n[i] : nmax;
+    double *ck = calloc(D * D, sizeof *ck), *cv = calloc(D * D, sizeof *cv);
+    float *x = a->pk ? malloc(nmax * D * sizeof *x) : NULL;
+    int rc = -1;
+    if (!ck || !cv || (a->pk && !x)) goto done;
+    for (size_t hh = h0; hh < h1; hh++)
+        for (size_t i = 0; i < cc->n_seq; i++) {
+            size_t n = cc->n[i];
+            if (a->pk) {
+                memcpy(x, cc->k[i] + hh * n * D, n * D * sizeof *x);
+                if (cc->rope_cos)
+                    for (size_t j = 0; j < n; j++)
+                        lowrank_rope(x + j * D, cc->rotary_dim, cc->rope_cos + j * cc->rotary_dim,
+                                     cc->rope_sin + j * cc->rotary_dim, cc->rope_interleaved, -1);
+                if (attn_gram_acc(x, n, D, ck)) goto done;
+            }
+            if (a->pv && attn_gram_acc(cc->v[i] + hh * n * D, n, D, cv)) goto done;
+        }
+    rc = (a->pk && lowrank_basis(ck, D, c->Uk + (cc->layer * Hkv + g) * D * D, NULL)) ||
+         (a->pv && lowrank_basis(cv, D, c->Uv + (cc->layer * Hkv + g) * D * D, NULL)) ? -2 : 0;
+done:
+    free(ck); free(cv); free(x);
+    return rc;
+}
+
 static int lowrank_calibrate(void *cfg, const rp_calib_ctx *cc, char *err, size_t errlen)
 {
     lowrank_cfg *c = cfg;
@@ -180,44 +218,18 @@ static int lowrank_calibrate(void *cfg, const rp_calib_ctx *cc, char *err, size_
         if (!c->Uk || !c->Uv || !c->done) { snprintf(err, errlen, "out of memory"); return -1; }
     }
     if (cc->layer >= c->L || c->Hkv != Hkv || c->D != D) { snprintf(err, errlen, "lowrank: calibration shape mismatch"); return -1; }
-    /* a side left untouched (rank 0 or head_dim) never reads its basis: not computed */
-    int pk = c->rank_k && c->rank_k < D, pv = c->rank_v && c->rank_v < D;
-    size_t nmax = 1;
-    for (size_t i = 0; i < cc->n_seq; i++) nmax = cc->n[i] > nmax ? cc->n[i] : nmax;
-    double *ck = calloc(D * D, sizeof *ck), *cv = calloc(D * D, sizeof *cv);
-    float *x = pk ? malloc(nmax * D * sizeof *x) : NULL;
-    if (!ck || !cv || (pk && !x)) { free(ck); free(cv); free(x); snprintf(err, errlen, "out of memory"); return -1; }
-    int rc = 0;
-    for (size_t g = 0; g < Hkv && !rc; g++) {
-        if (c->share == SH_HEAD || g == 0) { memset(ck, 0, D * D * sizeof *ck); memset(cv, 0, D * D * sizeof *cv); }
-        size_t g0 = c->share == SH_HEAD ? g : 0, g1 = c->share == SH_HEAD ? g + 1 : Hkv;
-        if (c->share == SH_GROUP && g > 0) goto copy;
-        /* the second moments: rows in (head, sequence, position) order (attn_gram_acc) */
-        for (size_t hh = g0; hh < g1 && !rc; hh++)
-            for (size_t i = 0; i < cc->n_seq && !rc; i++) {
-                size_t n = cc->n[i];
-                if (pk) {
-                    memcpy(x, cc->k[i] + hh * n * D, n * D * sizeof *x);
-                    if (cc->rope_cos)
-                        for (size_t j = 0; j < n; j++)
-                            lowrank_rope(x + j * D, cc->rotary_dim, cc->rope_cos + j * cc->rotary_dim,
-                                         cc->rope_sin + j * cc->rotary_dim, cc->rope_interleaved, -1);
-                    if (attn_gram_acc(x, n, D, ck)) rc = -1;
-                }
-                if (pv && !rc && attn_gram_acc(cc->v[i] + hh * n * D, n, D, cv)) rc = -1;
-            }
-        if (rc) { snprintf(err, errlen, "out of memory"); break; }
-        if ((pk && lowrank_basis(ck, D, c->Uk + (cc->layer * Hkv + g) * D * D, NULL)) ||
-            (pv && lowrank_basis(cv, D, c->Uv + (cc->layer * Hkv + g) * D * D, NULL))) {
-            snprintf(err, errlen, "lowrank: GSL eigen-decomposition failed (layer %zu kv head %zu)", cc->layer, g);
-            rc = -1;
-        }
-        continue;
-copy:
+    lr_calib_arg a = { c, cc, c->rank_k && c->rank_k < D, c->rank_v && c->rank_v < D };
+    size_t gf = 0;
+    /* share=head: a basis per kv head, in parallel; share=group: one over every kv head, copied */
+    int rc = rp_calib_heads(c->share == SH_HEAD ? Hkv : 1, lr_calib_head, &a, &gf);
+    if (rc == -2)
+        snprintf(err, errlen, "lowrank: GSL eigen-decomposition failed (layer %zu kv head %zu)", cc->layer, gf);
+    else if (rc)
+        snprintf(err, errlen, "out of memory");
+    for (size_t g = 1; g < Hkv && !rc && c->share == SH_GROUP; g++) {
         memcpy(c->Uk + (cc->layer * Hkv + g) * D * D, c->Uk + cc->layer * Hkv * D * D, D * D * sizeof *c->Uk);
         memcpy(c->Uv + (cc->layer * Hkv + g) * D * D, c->Uv + cc->layer * Hkv * D * D, D * D * sizeof *c->Uv);
     }
-    free(ck); free(cv); free(x);
     if (!rc) c->done[cc->layer] = 1;
     return rc;
 }

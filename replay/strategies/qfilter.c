@@ -65,6 +65,37 @@ static void qf_free(void *cfg)
 
 static size_t qf_calib_seqs(const void *cfg) { return ((const qf_cfg *)cfg)->calib_n; }
 
+/* The filter of kv head g of the calibrated layer (rp_calib_heads): 0 ok, -1 out of memory,
+ * -2 the eigen-decomposition failed. */
+typedef struct qf_calib_arg { qf_cfg *c; const rp_calib_ctx *cc; } qf_calib_arg;
+
+static int qf_calib_head(void *arg, size_t g)
+{
+    qf_cfg *c = ((qf_calib_arg *)arg)->c;
+    const rp_calib_ctx *cc = ((qf_calib_arg *)arg)->cc;
+    size_t D = cc->D, Hkv = cc->Hkv, G = cc->H / Hkv;
+    double *M = calloc(D * D, sizeof *M), *U = malloc(D * D * sizeof *U);
+    int rc = -1;
+    if (!M || !U) goto done;
+    for (size_t h = g * G; h < (g + 1) * G; h++)        /* rows in (head, sequence, position) order */
+        for (size_t i = 0; i < cc->n_seq; i++)
+            if (attn_gram_acc(cc->q[i] + h * cc->n[i] * D, cc->n[i], D, M)) goto done;
+    if (lowrank_basis(M, D, U, NULL)) { rc = -2; goto done; }
+    double proj = 0;                     /* sign: the queries' mean projection positive */
+    for (size_t h = g * G; h < (g + 1) * G; h++)
+        for (size_t i = 0; i < cc->n_seq; i++)
+            for (size_t t = 0; t < cc->n[i]; t++) {
+                const float *q = cc->q[i] + (h * cc->n[i] + t) * D;
+                for (size_t a = 0; a < D; a++) proj += q[a] * U[a * D];
+            }
+    double sg = proj < 0 ? 1.0 : -1.0;   /* f = -u, u signed so that proj > 0 */
+    for (size_t a = 0; a < D; a++) c->f[(cc->layer * Hkv + g) * D + a] = sg * U[a * D];
+    rc = 0;
+done:
+    free(M); free(U);
+    return rc;
+}
+
 static int qf_calibrate(void *cfg, const rp_calib_ctx *cc, char *err, size_t errlen)
 {
     qf_cfg *c = cfg;
@@ -77,31 +108,12 @@ static int qf_calibrate(void *cfg, const rp_calib_ctx *cc, char *err, size_t err
         if (!c->f || !c->done) return rp_failf(err, errlen, "out of memory");
     }
     if (cc->layer >= c->L || c->Hkv != Hkv || c->D != D) return rp_failf(err, errlen, "qfilter: calibration shape mismatch");
-    size_t G = H / Hkv;
-    double *M = malloc(D * D * sizeof *M), *U = malloc(D * D * sizeof *U);
-    int rc = -1;
-    if (!M || !U) { rp_failf(err, errlen, "out of memory"); goto done; }
-    for (size_t g = 0; g < Hkv; g++) {
-        memset(M, 0, D * D * sizeof *M);
-        for (size_t h = g * G; h < (g + 1) * G; h++)        /* rows in (head, sequence, position) order */
-            for (size_t i = 0; i < cc->n_seq; i++)
-                if (attn_gram_acc(cc->q[i] + h * cc->n[i] * D, cc->n[i], D, M)) { rp_failf(err, errlen, "out of memory"); goto done; }
-        if (lowrank_basis(M, D, U, NULL)) { rp_failf(err, errlen, "qfilter: eigen-decomposition failed"); goto done; }
-        double proj = 0;                     /* sign: the queries' mean projection positive */
-        for (size_t h = g * G; h < (g + 1) * G; h++)
-            for (size_t i = 0; i < cc->n_seq; i++)
-                for (size_t t = 0; t < cc->n[i]; t++) {
-                    const float *q = cc->q[i] + (h * cc->n[i] + t) * D;
-                    for (size_t a = 0; a < D; a++) proj += q[a] * U[a * D];
-                }
-        double sg = proj < 0 ? 1.0 : -1.0;   /* f = -u, u signed so that proj > 0 */
-        for (size_t a = 0; a < D; a++) c->f[(cc->layer * Hkv + g) * D + a] = sg * U[a * D];
-    }
+    qf_calib_arg a = { c, cc };
+    int rc = rp_calib_heads(Hkv, qf_calib_head, &a, NULL);
+    if (rc == -2) return rp_failf(err, errlen, "qfilter: eigen-decomposition failed");
+    if (rc) return rp_failf(err, errlen, "out of memory");
     c->done[cc->layer] = 1;
-    rc = 0;
-done:
-    free(M); free(U);
-    return rc;
+    return 0;
 }
 
 static int qf_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
