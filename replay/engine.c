@@ -119,6 +119,7 @@ static size_t split_of(const rp_engine *E, size_t s)
 }
 
 int rp_engine_has_readout(const rp_engine *e) { return e->ro != NULL; }
+int rp_engine_per_head(const rp_engine *e) { return e->per_head; }
 
 /* Every configuration against every evaluated sequence's prompt (or token) count, before any
  * work: the budget fits, and the eviction strategy's check_budget hook accepts it (SnapKV's
@@ -546,7 +547,7 @@ static int scan_finite(rp_engine *E, const size_t *seqs, size_t n_seqs, char *er
  * the result slots, messages and exports (g0 + g), so nothing else changes with the unit. */
 static int sweep_head_separable(const rp_engine *E, const rp_sweep *sw, const rp_run_opts *o)
 {
-    if (o->mode != RP_PREFILL || E->Hkv < 2) return 0;
+    if (o->mode != RP_PREFILL || E->Hkv < 2 || o->layer_items) return 0;
     for (size_t c = 0; c < sw->n; c++) {
         const rp_config *cf = &sw->cfg[c];
         if (!rp_head_separable(cf->evict, cf->evict_cfg) || (cf->enc && !rp_head_separable(cf->enc, cf->enc_cfg)))

@@ -133,6 +133,10 @@ typedef struct rp_run_opts {
      * kept set, nested kept sets summed once); 1 evaluates each one alone (the bits of
      * earlier versions; the two agree to rounding). */
     int no_share;
+    /* Debug (kvreplay: KVTRACE_DEBUG=layer-items): keep the (sequence, layer) work items even
+     * when the sweep could run in kv-head items; the same results, bit for bit (the tests'
+     * reference for the kv-head items). */
+    int layer_items;
 } rp_run_opts;
 
 enum { RP_PS_RECOMPUTE = 0, RP_PS_TRACE = 1,
@@ -176,6 +180,8 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
 int rp_engine_seq(rp_engine *e, size_t s, rp_seq_result *res, char *err, size_t errlen);
 void rp_engine_free(rp_engine *e);
 int rp_engine_has_readout(const rp_engine *e);
+/* 1 when the work items are (sequence, layer, kv head), 0 when (sequence, layer). */
+int rp_engine_per_head(const rp_engine *e);
 
 int rp_seq_result_alloc(rp_seq_result *r, size_t n_cfg, size_t L, size_t H);
 void rp_seq_result_free(rp_seq_result *r);
