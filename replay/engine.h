@@ -25,8 +25,9 @@
  * Work items: (sequence, layer), in parallel (OpenMP); the trace is read in a critical
  * section; every accumulator lives in a per-item slot and is reduced in a fixed order, so
  * results are identical for any thread count. When every part of every configuration of a
- * prefill sweep is head-separable (strategy.h head_separable, rp_head_separable: evictions with
- * their views, selection and decode-time steps, and encoders; exports allowed) an item is one
+ * sweep is head-separable (strategy.h head_separable, rp_head_separable: evictions with
+ * their views, selection and decode-time steps, and encoders; exports allowed; under --mode
+ * online the online hooks, every online strategy but minicache) an item is one
  * (sequence, layer, kv head) instead, with the same results bit for bit: its hooks see a
  * context of that kv head alone (g = 0, ctx->g0 its number in the layer), the exports get the
  * layer's kv head number g0 + g, the per-position sums keep one term per query head and are
