@@ -420,6 +420,22 @@ static int debug_hash(void)
     return d && strstr(d, "hash");
 }
 
+/* KVTRACE_DEBUG naming `word` as one of its comma-separated items: "layer-items" keeps the
+ * engine's (sequence, layer) work items where the sweep could run per kv head (the same
+ * results: the tests' reference), "units" prints one stderr line naming the work item the run
+ * uses. Normal output never depends on them. */
+static int debug_item(const char *word)
+{
+    const char *d = getenv("KVTRACE_DEBUG");
+    size_t n = strlen(word);
+    while (d && *d) {
+        size_t k = strcspn(d, ",");
+        if (k == n && !strncmp(d, word, n)) return 1;
+        d += k + (d[k] == ',');
+    }
+    return 0;
+}
+
 /* --prompt-scores auto, resolved once from the trace alone (so every shard, MPI rank and
  * resumed run of it resolves alike) to the concrete source that the run key, DIR/parts/
  * options, provenance and the engine then see: trace when the trace has /prompt_scores
@@ -741,7 +757,10 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv
         }
         opts.export_ud = xp;
     }
+    opts.layer_items = debug_item("layer-items");
     if (rp_engine_new(tr, sw, &opts, seqs, n_seqs, &eng, err, sizeof err)) goto fail;
+    if (debug_item("units"))
+        fprintf(stderr, "kvtrace: work items: (sequence, layer%s)\n", rp_engine_per_head(eng) ? ", kv head" : "");
 
     /* run key: everything that determines the parts */
     {

@@ -119,6 +119,7 @@ static size_t split_of(const rp_engine *E, size_t s)
 }
 
 int rp_engine_has_readout(const rp_engine *e) { return e->ro != NULL; }
+int rp_engine_per_head(const rp_engine *e) { return e->per_head; }
 
 /* Every configuration against every evaluated sequence's prompt (or token) count, before any
  * work: the budget fits, and the eviction strategy's check_budget hook accepts it (SnapKV's
@@ -544,32 +545,27 @@ static int scan_finite(rp_engine *E, const size_t *seqs, size_t n_seqs, char *er
 
 /* ---- engine setup ---------------------------------------------------------------------- */
 
-/* The work unit can be one (sequence, layer, kv head): a prefill sweep whose every
- * configuration has head-separable parts only (strategy.h head_separable: the eviction's
- * prefill and its per-query hooks (view, selection, decode-time steps), the encoder's
- * encode). Then a thread holds one kv head's Q/K/V and scratch instead of the layer's. Every
- * per-query path of the item works on its kv heads [g0, g0 + nkv) with local indices into the
- * item's arrays and the shared scores (rp_shared over the item's heads) and global ones into
- * the result slots, messages and exports (g0 + g), so nothing else changes with the unit. */
+/* The work unit can be one (sequence, layer, kv head): a sweep whose every configuration has
+ * head-separable parts only (strategy.h head_separable: the eviction's prefill and its
+ * per-query hooks (view, selection, decode-time steps), under --mode online its online_new /
+ * online_step / online_rows / online_view, the encoder's encode). Then a thread holds one kv
+ * head's Q/K/V and scratch instead of the layer's. Every per-query path of the item, prefill
+ * and online alike (item_head_online, item_online_evict, item_head_end's eviction times),
+ * works on its kv heads [g0, g0 + nkv) with local indices into the item's arrays, its states
+ * and the shared scores (rp_shared over the item's heads) and global ones into the result
+ * slots, needles, messages and exports (g0 + g), so nothing else changes with the unit. The
+ * online protocol has no plans (item_prefill stops before them): a planned strategy there
+ * keeps the layer items. */
 static int sweep_head_separable(const rp_engine *E, const rp_sweep *sw, const rp_run_opts *o)
 {
-    if (o->mode != RP_PREFILL || E->Hkv < 2) return 0;
+    if (E->Hkv < 2 || o->layer_items) return 0;
     for (size_t c = 0; c < sw->n; c++) {
         const rp_config *cf = &sw->cfg[c];
         if (!rp_head_separable(cf->evict, cf->evict_cfg) || (cf->enc && !rp_head_separable(cf->enc, cf->enc_cfg)))
             return 0;
+        if (o->mode == RP_ONLINE && cf->evict->plan_score) return 0;
     }
     return 1;
-}
-
-/* KVTRACE_DEBUG containing WORD, as cmd_run.c's "hash" (for tests; results never depend on
- * it): "layer-items" makes every work item a whole (sequence, layer) even when the sweep is
- * head-separable (the reference the kv-head items must match bit for bit); "units" prints one
- * stderr line naming the work unit the run uses. */
-static int debug_has(const char *word)
-{
-    const char *d = getenv("KVTRACE_DEBUG");
-    return d && strstr(d, word);
 }
 
 /* Calibration, before any replay: every configuration part with a calibrate hook gets each
@@ -778,9 +774,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
         }
     }
     if (check_feasible(E, sw, o, seqs, n_seqs, err, errlen)) goto fail;
-    E->per_head = sweep_head_separable(E, sw, o) && !debug_has("layer-items");
-    if (debug_has("units"))
-        fprintf(stderr, "kvtrace: work items: (sequence, layer%s)\n", E->per_head ? ", kv head" : "");
+    E->per_head = sweep_head_separable(E, sw, o);
     if (scan_finite(E, seqs, n_seqs, err, errlen)) goto fail;
     if (calibrate_parts(E, sw, o, err, errlen)) goto fail;
     *out = E;

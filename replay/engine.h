@@ -25,8 +25,9 @@
  * Work items: (sequence, layer), in parallel (OpenMP); the trace is read in a critical
  * section; every accumulator lives in a per-item slot and is reduced in a fixed order, so
  * results are identical for any thread count. When every part of every configuration of a
- * prefill sweep is head-separable (strategy.h head_separable, rp_head_separable: evictions with
- * their views, selection and decode-time steps, and encoders; exports allowed) an item is one
+ * sweep is head-separable (strategy.h head_separable, rp_head_separable: evictions with
+ * their views, selection and decode-time steps, and encoders; exports allowed; under --mode
+ * online the online hooks, every online strategy but minicache) an item is one
  * (sequence, layer, kv head) instead, with the same results bit for bit: its hooks see a
  * context of that kv head alone (g = 0, ctx->g0 its number in the layer), the exports get the
  * layer's kv head number g0 + g, the per-position sums keep one term per query head and are
@@ -133,6 +134,10 @@ typedef struct rp_run_opts {
      * kept set, nested kept sets summed once); 1 evaluates each one alone (the bits of
      * earlier versions; the two agree to rounding). */
     int no_share;
+    /* Debug (kvreplay: KVTRACE_DEBUG=layer-items): keep the (sequence, layer) work items even
+     * when the sweep could run in kv-head items; the same results, bit for bit (the tests'
+     * reference for the kv-head items). */
+    int layer_items;
 } rp_run_opts;
 
 enum { RP_PS_RECOMPUTE = 0, RP_PS_TRACE = 1,
@@ -176,6 +181,8 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
 int rp_engine_seq(rp_engine *e, size_t s, rp_seq_result *res, char *err, size_t errlen);
 void rp_engine_free(rp_engine *e);
 int rp_engine_has_readout(const rp_engine *e);
+/* 1 when the work items are (sequence, layer, kv head), 0 when (sequence, layer). */
+int rp_engine_per_head(const rp_engine *e);
 
 int rp_seq_result_alloc(rp_seq_result *r, size_t n_cfg, size_t L, size_t H);
 void rp_seq_result_free(rp_seq_result *r);

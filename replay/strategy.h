@@ -377,31 +377,43 @@ typedef struct rp_strategy {
      * one line in err. */
     int (*online_rows)(void *state, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c, char *err,
                        size_t errlen);
-    /* Optional: 1 when every hook of the strategy that the prefill protocol calls works on a
-     * context of one kv head alone, with the results it gives that kv head in a context of the
-     * whole layer. Each hook's output for kv head g then depends only on kv head g's rows
-     * (ctx->q of its G query heads, ctx->k/v of g, the shared scores of those heads: prompt_attn,
-     * prompt_colsum, prompt_entropy, key_pages; another layer's K/V of g through layer_kv) and on
-     * nothing indexed by the head number itself
-     * except through ctx->g0 + g (random's stream of kv head g, CaM's draws, lowrank's
-     * calibrated basis of kv head g; the layer's kv head count is rp_ctx_layer_hkv): no budget
-     * moved across the kv heads of a layer (AdaKV), no random stream walked over the heads, no
-     * ctx->w_o (layer_kv gives the context's kv heads only). What it covers:
+    /* Optional: 1 when every hook of the strategy that the prefill or the online protocol calls
+     * works on a context of one kv head alone, with the results it gives that kv head in a
+     * context of the whole layer. Each hook's output for kv head g then depends only on kv head
+     * g's rows (ctx->q of its G query heads, ctx->k/v of g, the probabilities the engine passes
+     * for g's query heads, the shared scores of those heads: prompt_attn, prompt_colsum,
+     * prompt_entropy, key_pages; another layer's K/V of g through layer_kv) and on nothing
+     * indexed by the head number itself except through ctx->g0 + g (random's stream of kv head
+     * g, CaM's draws, lowrank's calibrated basis of kv head g; the layer's kv head count is
+     * rp_ctx_layer_hkv): no budget moved across the kv heads of a layer (AdaKV), no layer-wide
+     * maximum, no random stream walked over the heads, no ctx->w_o (layer_kv gives the
+     * context's kv heads only). What it covers:
      *   RP_EVICT   prefill, and the per-query hooks it has: online_view (streaming's
      *              re-indexing, finch's re-rotation), select (quest), the decode-time press's
-     *              online_new / online_step / online_rows (decoding, dms, cam);
-     *   RP_ENCODE  encode, encode_extend, encode_cuts for kv head g (quant, asymkv, think,
-     *              lowrank; calibration stays per layer, its per-head state looked up by g0 + g;
-     *              minicache: kv head g of the partner layer, through layer_kv).
-     * When every configuration of a prefill sweep has it on every part (rp_head_separable), the
+     *              online_new / online_step / online_rows (decoding, dms, cam); with
+     *              RP_ONLINE in .protocols also the online protocol's online_new /
+     *              online_step / online_rows / online_view;
+     *   RP_ENCODE  encode, encode_extend, encode_cuts for kv head g, in either protocol (quant,
+     *              asymkv, think, lowrank; calibration stays per layer, its per-head state
+     *              looked up by g0 + g; minicache: kv head g of the partner layer, through
+     *              layer_kv).
+     * Online audit (every strategy with RP_ONLINE): full, knorm (the cache's own key rows),
+     * streaming (positions only; its view re-rotates g's rows), tova (probs of g's query group),
+     * h2o (probs and, before the cache first fills, prompt_colsum of g's query heads g G + i,
+     * local like every shared score), random (online_new seeds its stream by g0 + g), decoding
+     * and dms (their scorers: probs, g's key rows, ctx->q of g's query heads), cam (draws by
+     * g0 + g, merges among g's own rows), quant, asymkv, lowrank (basis g0 + g), minicache
+     * (kv head g of the partner layer): head-separable.
+     * When every configuration of a sweep (either protocol; online: no planned strategy) has it
+     * on every part (rp_head_separable), the
      * engine's work unit is one (sequence, layer, kv head) instead of a (sequence, layer): the
      * hooks then see a context of one kv head (ctx->Hkv = 1, ctx->H = G, q/k/v that head's
      * rows, out[0], g = 0, ctx->g0 its number in the layer), so a thread holds one kv head's
      * working set; exports get the layer's kv head number (g0 + g) as before. A strategy that
      * does combine the kv heads of a layer can still set it when everything that crosses heads
      * is in its plan (plan_score / plan_layer below: adakv, criticaladakv, simlayerkv,
-     * criticalkv, chunkkv, chunk, merging, noncausal_attn, leverage, compactor). 0 (the default)
-     * keeps the whole layer together, which is always correct. */
+     * criticalkv, chunkkv, chunk, merging, noncausal_attn, leverage, compactor; prefill only).
+     * 0 (the default) keeps the whole layer together, which is always correct. */
     int head_separable;
     /* Optional: head_separable for one configuration, when it depends on the parameters
      * (per_layer: its inner press's). NULL = head_separable. */
