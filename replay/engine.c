@@ -1289,8 +1289,30 @@ static int item_prefill(item *it)
     return 0;
 }
 
-/* Prefill: configuration c's cache of kv head g gets its rows back, the exact decode entries
- * [P, n) and its static encoding (freed after the head). */
+/* A dry cache (plain entries whose rows are the trace's: positions only, k = v = NULL) gets
+ * its rows back, room for cap entries (allocated once at the size the kv head needs). */
+static int cache_fill(item *it, cstate *st, size_t g, size_t cap)
+{
+    rp_cache *cc = &st->cache;
+    size_t n = it->n, D = it->E->D;
+    const float *K = it->k + g * n * D, *Vv = it->v + g * n * D;
+    if (rp_cache_reserve(cc, cap, cc->n_members)) return IT_FAIL(it, "out of memory");  /* k, v from NULL */
+    size_t nk = cc->cap ? cc->cap : 1;
+    if ((!cc->k && !(cc->k = malloc(nk * D * sizeof *cc->k))) || (!cc->v && !(cc->v = malloc(nk * D * sizeof *cc->v))))
+        return IT_FAIL(it, "out of memory");
+    for (size_t e = 0; e < cc->n; e++) {
+        memcpy(cc->k + e * D, K + (size_t)cc->pos[e] * D, D * sizeof *cc->k);
+        memcpy(cc->v + e * D, Vv + (size_t)cc->pos[e] * D, D * sizeof *cc->v);
+    }
+    st->dry = 0;
+    return 0;
+}
+
+/* Prefill: configuration c's cache of kv head g gets the exact decode entries [P, n) and its
+ * static encoding (freed after the head), and its rows back. A plain dry cache without
+ * encoder or decode-time press takes the decode positions only and stays dry: the shared
+ * evaluation reads the trace's rows by position (item_share_plan gives the rows back to the
+ * configurations it does not take). */
 static int item_head_prefill(item *it, size_t c, size_t g)
 {
     rp_engine *E = it->E;
@@ -1299,17 +1321,22 @@ static int item_head_prefill(item *it, size_t c, size_t g)
     cstate *st = &it->sc->cs[c * it->nkv + g];
     rp_cache *cc = &st->cache;
     const float *K = it->k + g * n * D, *Vv = it->v + g * n * D;
-    if (st->dry) {
-        size_t cap = cc->cap ? cc->cap : 1;
-        cc->k = malloc(cap * D * sizeof *cc->k);
-        cc->v = malloc(cap * D * sizeof *cc->v);
-        if (!cc->k || !cc->v) return IT_FAIL(it, "out of memory");
-        for (size_t e = 0; e < cc->n; e++) {
-            memcpy(cc->k + e * D, K + (size_t)cc->pos[e] * D, D * sizeof *cc->k);
-            memcpy(cc->v + e * D, Vv + (size_t)cc->pos[e] * D, D * sizeof *cc->v);
+    if (st->dry && !st->dt && !cfg_has_encoder(cf) && !cc->mem_off) {
+        size_t cap = cc->n + (n - P);
+        if (cap > cc->cap) {
+            if (!(cc->pos = realloc(cc->pos, cap * sizeof *cc->pos)) ||
+                !(cc->mult = realloc(cc->mult, cap * sizeof *cc->mult)))
+                return IT_FAIL(it, "out of memory");
+            cc->cap = cap;
         }
-        st->dry = 0;
+        for (size_t t = P; t < n; t++) {
+            cc->pos[cc->n] = (int32_t)t;
+            cc->mult[cc->n++] = 1;
+        }
+        it->ctx.seed = st->seed;
+        return 0;
     }
+    if (st->dry && cache_fill(it, st, g, cc->n + (n - P))) return -1;
     if (rp_cache_reserve(cc, cc->n + (n - P), cc->n_members)) return IT_FAIL(it, "out of memory");
     if (st->dt) {                       /* decode entries arrive one by one (item_block_cfg) */
         it->ctx.seed = st->seed;
@@ -1894,7 +1921,10 @@ static int item_share_plan(item *it, size_t g)
         st->sh = 0;
         st->sh_next = SIZE_MAX;
         size_t np;
-        if (!share_eligible(it, c, g, &np)) continue;
+        if (!share_eligible(it, c, g, &np)) {
+            if (st->dry && cache_fill(it, st, g, 0)) return -1;   /* item_block_cfg reads its rows */
+            continue;
+        }
         st->sh = 1;
         st->sh_np = np;
         size_t k = nord++;              /* insertion by (np, c) */
@@ -1969,10 +1999,11 @@ static int share_row_direct(item *it, size_t c, size_t g, size_t i, size_t t, si
 {
     rp_engine *E = it->E;
     item_scratch *sc = it->sc;
-    const cstate *st = &sc->cs[c * it->nkv + g];
+    cstate *st = &sc->cs[c * it->nkv + g];
     const rp_cache *cc = &st->cache;
     size_t n = it->n, D = E->D, G = E->G, cnt = cc->n - (n - 1 - t);
     float lc;
+    if (st->dry && cache_fill(it, st, g, 0)) return -1;
     attn_entries(it->q + ((g * G + i) * n + t) * D, cc->k, cc->v, NULL, NULL, cnt, D, &E->ap[it->l], &lc, oc, sc->z);
     attn_exp_shift(sc->z, cnt, lc, sc->probs);
     rp_row_full rf = { .lo = 0, .t = t, .p = sc->pf + (r * G + i) * n, .logit = sc->lg + (i * BLK + r) * n,
@@ -2135,6 +2166,8 @@ static int item_head(item *it, size_t g)
                 if (item_block_cfg(it, c, g, tb, te)) return -1;
             } else if (te == n) {       /* shared: the cache the last position sees, to the accounting */
                 row_view rv;
+                if (E->o.export_hook && it->sc->cs[c * it->nkv + g].dry && cache_fill(it, &it->sc->cs[c * it->nkv + g], g, 0))
+                    return -1;          /* the exporter reads the rows */
                 if (item_cache_view(it, c, g, n - 1, &rv) || item_export(it, c, g, &rv.view)) return -1;
             }
         }
