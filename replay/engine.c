@@ -49,11 +49,11 @@ struct rp_engine {
  * sequence: every item of a sequence needs the same sizes, and a fresh allocation of tens of
  * MiB is mmapped and faulted in again for every item. Their contents are never reused (each
  * item overwrites what it reads), so this is malloc without the page faults. */
+enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_SHW, TB_N };
 typedef struct thread_bufs {
-    void *p[6];
-    size_t cap[6];
+    void *p[TB_N];
+    size_t cap[TB_N];
 } thread_bufs;
-enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_N };
 
 /* b->p[i] with at least `bytes`, or NULL when out of memory (owned by b). */
 static void *tb_take(thread_bufs *b, int i, size_t bytes)
@@ -101,7 +101,7 @@ typedef struct item {
     thread_bufs *tb;             /* the running thread's buffers: slab, q, k, v live there */
     struct item_scratch *sc;     /* views into slab */
     rp_cache qcopy;              /* the per-query encoded copy of a cache (grows; not in slab) */
-    float *shw;                  /* shared evaluation: [G][BLK][sum of the chains' top entries] weights */
+    float *shw;                  /* shared evaluation: [G][BLK][sum of the chains' top entries] weights (it->tb's TB_SHW) */
     size_t shw_cap;
     rp_layer_ctx ctx;            /* what the strategies' hooks see */
     const struct seq_plans *sp;  /* per_head: the planned configurations' plans (ctx.plan), NULL = none */
@@ -1982,10 +1982,8 @@ static int item_share_plan(item *it, size_t g)
         ch->woff = nw;
         nw += E->G * BLK * ch->np;
     }
-    if (nw > it->shw_cap) {
-        free(it->shw);
-        it->shw_cap = 0;
-        if (!(it->shw = malloc(nw * sizeof *it->shw)))
+    if (nw > it->shw_cap) {             /* the thread's buffer: no page faults from one item to the next */
+        if (!(it->shw = tb_take(it->tb, TB_SHW, nw * sizeof *it->shw)))
             return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
         it->shw_cap = nw;
     }
@@ -2056,30 +2054,43 @@ static int share_row(item *it, size_t c, size_t g, size_t i, size_t t, size_t r,
 
 /* One row of a chain: its weights w [np] = (float)p over the chain's positions, and the sums
  * of p and p^2 at each member's end (rm, sm [nm], stride ms), in four lanes (entry k in lane
- * k mod 4, a fixed order; the lanes added at each end). */
-typedef double v4d_ __attribute__((vector_size(32)));
-
+ * k mod 4, a fixed order; the lanes added at each end). The lanes are four named doubles
+ * (registers; a vector of four spilled to the stack on every entry): each lane's sum is the
+ * same sequence of adds as in a four-wide vector, whose lanes outside a member's range
+ * added +0 (no change: the sums start at +0 and p >= 0). */
 static void share_gather(const double *pr, const size_t *idx, const size_t *ends, size_t nm, float *w, double *rm,
                          double *sm, size_t ms)
 {
-    v4d_ a = { 0, 0, 0, 0 }, b = { 0, 0, 0, 0 };
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
     size_t k = 0;
     for (size_t m = 0; m < nm; m++) {
         size_t k1 = ends[m];
-        while (k < k1) {
-            size_t g0 = k & ~(size_t)3;
-            v4d_ x = { 0, 0, 0, 0 };    /* lanes outside [k, k1) add +0: no change */
-            if (k == g0 && k + 4 <= k1) {
-                x = (v4d_){ pr[idx[k]], pr[idx[k + 1]], pr[idx[k + 2]], pr[idx[k + 3]] };
-                w[k] = (float)x[0]; w[k + 1] = (float)x[1]; w[k + 2] = (float)x[2]; w[k + 3] = (float)x[3];
-                k += 4;
-            } else {
-                for (; k < k1 && k < g0 + 4; k++) { x[k - g0] = pr[idx[k]]; w[k] = (float)x[k - g0]; }
+        for (; k < k1 && (k & 3); k++) {            /* up to a multiple of 4 */
+            double x = pr[idx[k]];
+            w[k] = (float)x;
+            switch (k & 3) {
+            case 1: a1 += x; b1 += x * x; break;
+            case 2: a2 += x; b2 += x * x; break;
+            default: a3 += x; b3 += x * x; break;
             }
-            a += x; b += x * x;
         }
-        rm[m * ms] = (a[0] + a[1]) + (a[2] + a[3]);
-        sm[m * ms] = (b[0] + b[1]) + (b[2] + b[3]);
+        for (; k + 4 <= k1; k += 4) {
+            double x0 = pr[idx[k]], x1 = pr[idx[k + 1]], x2 = pr[idx[k + 2]], x3 = pr[idx[k + 3]];
+            w[k] = (float)x0; w[k + 1] = (float)x1; w[k + 2] = (float)x2; w[k + 3] = (float)x3;
+            a0 += x0; a1 += x1; a2 += x2; a3 += x3;
+            b0 += x0 * x0; b1 += x1 * x1; b2 += x2 * x2; b3 += x3 * x3;
+        }
+        for (; k < k1; k++) {                       /* the member's last entries (lanes 0-2) */
+            double x = pr[idx[k]];
+            w[k] = (float)x;
+            switch (k & 3) {
+            case 0: a0 += x; b0 += x * x; break;
+            case 1: a1 += x; b1 += x * x; break;
+            default: a2 += x; b2 += x * x; break;
+            }
+        }
+        rm[m * ms] = (a0 + a1) + (a2 + a3);
+        sm[m * ms] = (b0 + b1) + (b2 + b3);
     }
 }
 
@@ -2194,8 +2205,7 @@ static void item_free_scratch(item *it)
     it->sh = NULL;
     free(it->ps_cs); free(it->ps_ent);
     it->ps_cs = it->ps_ent = NULL;
-    free(it->shw);
-    it->shw = NULL;
+    it->shw = NULL;                         /* it->tb's */
     it->shw_cap = 0;
     it->slab = NULL; it->sc = NULL;
     it->q = it->k = it->v = it->ok = it->ov = it->dO = it->wo = NULL;
