@@ -871,7 +871,9 @@ typedef struct cstate {
     int dt;                 /* a decode-time press: the decode steps follow the online protocol
                                in either mode (prefill: after the whole prompt) */
     int dry;                /* prefill: rows dropped after the prefill (plain entries, K/V of
-                               the trace), gathered again when this kv head is evaluated */
+                               the trace; k = v = NULL, positions kept), gathered again
+                               (cache_fill) only where a path reads them: the shared
+                               evaluation reads the trace's rows by position */
     int static_enc;         /* prefill: cache already encoded once */
     int sview;              /* prefill, view_static: enc holds the last query's view */
     size_t sview_diff;      /* its first entry whose rows differ from the cache's */
@@ -1274,7 +1276,7 @@ static int item_prefill(item *it)
                 return IT_FAIL(it, "config '%s': %s prefill at seq %zu layer %zu kv head %zu: %s", cf->canon,
                                cf->evict->name, s, l, it->g0 + g, why);
             /* memory: plain unmodified entries are rows of the trace; keep their
-             * positions only until this kv head is evaluated */
+             * positions only (cache_fill gives the rows back where they are read) */
             if (!cc->modified && !cache_merged(cc)) {
                 free(cc->k); free(cc->v);
                 cc->k = cc->v = NULL;
