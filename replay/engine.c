@@ -49,11 +49,11 @@ struct rp_engine {
  * sequence: every item of a sequence needs the same sizes, and a fresh allocation of tens of
  * MiB is mmapped and faulted in again for every item. Their contents are never reused (each
  * item overwrites what it reads), so this is malloc without the page faults. */
+enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_SHW, TB_N };
 typedef struct thread_bufs {
-    void *p[6];
-    size_t cap[6];
+    void *p[TB_N];
+    size_t cap[TB_N];
 } thread_bufs;
-enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_N };
 
 /* b->p[i] with at least `bytes`, or NULL when out of memory (owned by b). */
 static void *tb_take(thread_bufs *b, int i, size_t bytes)
@@ -101,7 +101,7 @@ typedef struct item {
     thread_bufs *tb;             /* the running thread's buffers: slab, q, k, v live there */
     struct item_scratch *sc;     /* views into slab */
     rp_cache qcopy;              /* the per-query encoded copy of a cache (grows; not in slab) */
-    float *shw;                  /* shared evaluation: [G][BLK][sum of the chains' top entries] weights */
+    float *shw;                  /* shared evaluation: [G][BLK][sum of the chains' top entries] weights (it->tb's TB_SHW) */
     size_t shw_cap;
     rp_layer_ctx ctx;            /* what the strategies' hooks see */
     const struct seq_plans *sp;  /* per_head: the planned configurations' plans (ctx.plan), NULL = none */
@@ -884,7 +884,9 @@ typedef struct cstate {
     int dt;                 /* a decode-time press: the decode steps follow the online protocol
                                in either mode (prefill: after the whole prompt) */
     int dry;                /* prefill: rows dropped after the prefill (plain entries, K/V of
-                               the trace), gathered again when this kv head is evaluated */
+                               the trace; k = v = NULL, positions kept), gathered again
+                               (cache_fill) only where a path reads them: the shared
+                               evaluation reads the trace's rows by position */
     int static_enc;         /* prefill: cache already encoded once */
     int sview;              /* prefill, view_static: enc holds the last query's view */
     size_t sview_diff;      /* its first entry whose rows differ from the cache's */
@@ -1287,7 +1289,7 @@ static int item_prefill(item *it)
                 return IT_FAIL(it, "config '%s': %s prefill at seq %zu layer %zu kv head %zu: %s", cf->canon,
                                cf->evict->name, s, l, it->g0 + g, why);
             /* memory: plain unmodified entries are rows of the trace; keep their
-             * positions only until this kv head is evaluated */
+             * positions only (cache_fill gives the rows back where they are read) */
             if (!cc->modified && !cache_merged(cc)) {
                 free(cc->k); free(cc->v);
                 cc->k = cc->v = NULL;
@@ -1302,8 +1304,30 @@ static int item_prefill(item *it)
     return 0;
 }
 
-/* Prefill: configuration c's cache of kv head g gets its rows back, the exact decode entries
- * [P, n) and its static encoding (freed after the head). */
+/* A dry cache (plain entries whose rows are the trace's: positions only, k = v = NULL) gets
+ * its rows back, room for cap entries (allocated once at the size the kv head needs). */
+static int cache_fill(item *it, cstate *st, size_t g, size_t cap)
+{
+    rp_cache *cc = &st->cache;
+    size_t n = it->n, D = it->E->D;
+    const float *K = it->k + g * n * D, *Vv = it->v + g * n * D;
+    if (rp_cache_reserve(cc, cap, cc->n_members)) return IT_FAIL(it, "out of memory");  /* k, v from NULL */
+    size_t nk = cc->cap ? cc->cap : 1;
+    if ((!cc->k && !(cc->k = malloc(nk * D * sizeof *cc->k))) || (!cc->v && !(cc->v = malloc(nk * D * sizeof *cc->v))))
+        return IT_FAIL(it, "out of memory");
+    for (size_t e = 0; e < cc->n; e++) {
+        memcpy(cc->k + e * D, K + (size_t)cc->pos[e] * D, D * sizeof *cc->k);
+        memcpy(cc->v + e * D, Vv + (size_t)cc->pos[e] * D, D * sizeof *cc->v);
+    }
+    st->dry = 0;
+    return 0;
+}
+
+/* Prefill: configuration c's cache of kv head g gets the exact decode entries [P, n) and its
+ * static encoding (freed after the head), and its rows back. A plain dry cache without
+ * encoder or decode-time press takes the decode positions only and stays dry: the shared
+ * evaluation reads the trace's rows by position (item_share_plan gives the rows back to the
+ * configurations it does not take). */
 static int item_head_prefill(item *it, size_t c, size_t g)
 {
     rp_engine *E = it->E;
@@ -1312,17 +1336,22 @@ static int item_head_prefill(item *it, size_t c, size_t g)
     cstate *st = &it->sc->cs[c * it->nkv + g];
     rp_cache *cc = &st->cache;
     const float *K = it->k + g * n * D, *Vv = it->v + g * n * D;
-    if (st->dry) {
-        size_t cap = cc->cap ? cc->cap : 1;
-        cc->k = malloc(cap * D * sizeof *cc->k);
-        cc->v = malloc(cap * D * sizeof *cc->v);
-        if (!cc->k || !cc->v) return IT_FAIL(it, "out of memory");
-        for (size_t e = 0; e < cc->n; e++) {
-            memcpy(cc->k + e * D, K + (size_t)cc->pos[e] * D, D * sizeof *cc->k);
-            memcpy(cc->v + e * D, Vv + (size_t)cc->pos[e] * D, D * sizeof *cc->v);
+    if (st->dry && !st->dt && !cfg_has_encoder(cf) && !cc->mem_off) {
+        size_t cap = cc->n + (n - P);
+        if (cap > cc->cap) {
+            if (!(cc->pos = realloc(cc->pos, cap * sizeof *cc->pos)) ||
+                !(cc->mult = realloc(cc->mult, cap * sizeof *cc->mult)))
+                return IT_FAIL(it, "out of memory");
+            cc->cap = cap;
         }
-        st->dry = 0;
+        for (size_t t = P; t < n; t++) {
+            cc->pos[cc->n] = (int32_t)t;
+            cc->mult[cc->n++] = 1;
+        }
+        it->ctx.seed = st->seed;
+        return 0;
     }
+    if (st->dry && cache_fill(it, st, g, cc->n + (n - P))) return -1;
     if (rp_cache_reserve(cc, cc->n + (n - P), cc->n_members)) return IT_FAIL(it, "out of memory");
     if (st->dt) {                       /* decode entries arrive one by one (item_block_cfg) */
         it->ctx.seed = st->seed;
@@ -1907,7 +1936,10 @@ static int item_share_plan(item *it, size_t g)
         st->sh = 0;
         st->sh_next = SIZE_MAX;
         size_t np;
-        if (!share_eligible(it, c, g, &np)) continue;
+        if (!share_eligible(it, c, g, &np)) {
+            if (st->dry && cache_fill(it, st, g, 0)) return -1;   /* item_block_cfg reads its rows */
+            continue;
+        }
         st->sh = 1;
         st->sh_np = np;
         size_t k = nord++;              /* insertion by (np, c) */
@@ -1965,10 +1997,8 @@ static int item_share_plan(item *it, size_t g)
         ch->woff = nw;
         nw += E->G * BLK * ch->np;
     }
-    if (nw > it->shw_cap) {
-        free(it->shw);
-        it->shw_cap = 0;
-        if (!(it->shw = malloc(nw * sizeof *it->shw)))
+    if (nw > it->shw_cap) {             /* the thread's buffer: no page faults from one item to the next */
+        if (!(it->shw = tb_take(it->tb, TB_SHW, nw * sizeof *it->shw)))
             return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
         it->shw_cap = nw;
     }
@@ -1982,10 +2012,11 @@ static int share_row_direct(item *it, size_t c, size_t g, size_t i, size_t t, si
 {
     rp_engine *E = it->E;
     item_scratch *sc = it->sc;
-    const cstate *st = &sc->cs[c * it->nkv + g];
+    cstate *st = &sc->cs[c * it->nkv + g];
     const rp_cache *cc = &st->cache;
     size_t n = it->n, D = E->D, G = E->G, cnt = cc->n - (n - 1 - t);
     float lc;
+    if (st->dry && cache_fill(it, st, g, 0)) return -1;
     attn_entries(it->q + ((g * G + i) * n + t) * D, cc->k, cc->v, NULL, NULL, cnt, D, &E->ap[it->l], &lc, oc, sc->z);
     attn_exp_shift(sc->z, cnt, lc, sc->probs);
     rp_row_full rf = { .lo = 0, .t = t, .p = sc->pf + (r * G + i) * n, .logit = sc->lg + (i * BLK + r) * n,
@@ -2038,30 +2069,43 @@ static int share_row(item *it, size_t c, size_t g, size_t i, size_t t, size_t r,
 
 /* One row of a chain: its weights w [np] = (float)p over the chain's positions, and the sums
  * of p and p^2 at each member's end (rm, sm [nm], stride ms), in four lanes (entry k in lane
- * k mod 4, a fixed order; the lanes added at each end). */
-typedef double v4d_ __attribute__((vector_size(32)));
-
+ * k mod 4, a fixed order; the lanes added at each end). The lanes are four named doubles
+ * (registers; a vector of four spilled to the stack on every entry): each lane's sum is the
+ * same sequence of adds as in a four-wide vector, whose lanes outside a member's range
+ * added +0 (no change: the sums start at +0 and p >= 0). */
 static void share_gather(const double *pr, const size_t *idx, const size_t *ends, size_t nm, float *w, double *rm,
                          double *sm, size_t ms)
 {
-    v4d_ a = { 0, 0, 0, 0 }, b = { 0, 0, 0, 0 };
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0;
     size_t k = 0;
     for (size_t m = 0; m < nm; m++) {
         size_t k1 = ends[m];
-        while (k < k1) {
-            size_t g0 = k & ~(size_t)3;
-            v4d_ x = { 0, 0, 0, 0 };    /* lanes outside [k, k1) add +0: no change */
-            if (k == g0 && k + 4 <= k1) {
-                x = (v4d_){ pr[idx[k]], pr[idx[k + 1]], pr[idx[k + 2]], pr[idx[k + 3]] };
-                w[k] = (float)x[0]; w[k + 1] = (float)x[1]; w[k + 2] = (float)x[2]; w[k + 3] = (float)x[3];
-                k += 4;
-            } else {
-                for (; k < k1 && k < g0 + 4; k++) { x[k - g0] = pr[idx[k]]; w[k] = (float)x[k - g0]; }
+        for (; k < k1 && (k & 3); k++) {            /* up to a multiple of 4 */
+            double x = pr[idx[k]];
+            w[k] = (float)x;
+            switch (k & 3) {
+            case 1: a1 += x; b1 += x * x; break;
+            case 2: a2 += x; b2 += x * x; break;
+            default: a3 += x; b3 += x * x; break;
             }
-            a += x; b += x * x;
         }
-        rm[m * ms] = (a[0] + a[1]) + (a[2] + a[3]);
-        sm[m * ms] = (b[0] + b[1]) + (b[2] + b[3]);
+        for (; k + 4 <= k1; k += 4) {
+            double x0 = pr[idx[k]], x1 = pr[idx[k + 1]], x2 = pr[idx[k + 2]], x3 = pr[idx[k + 3]];
+            w[k] = (float)x0; w[k + 1] = (float)x1; w[k + 2] = (float)x2; w[k + 3] = (float)x3;
+            a0 += x0; a1 += x1; a2 += x2; a3 += x3;
+            b0 += x0 * x0; b1 += x1 * x1; b2 += x2 * x2; b3 += x3 * x3;
+        }
+        for (; k < k1; k++) {                       /* the member's last entries (lanes 0-2) */
+            double x = pr[idx[k]];
+            w[k] = (float)x;
+            switch (k & 3) {
+            case 0: a0 += x; b0 += x * x; break;
+            case 1: a1 += x; b1 += x * x; break;
+            default: a2 += x; b2 += x * x; break;
+            }
+        }
+        rm[m * ms] = (a0 + a1) + (a2 + a3);
+        sm[m * ms] = (b0 + b1) + (b2 + b3);
     }
 }
 
@@ -2148,6 +2192,8 @@ static int item_head(item *it, size_t g)
                 if (item_block_cfg(it, c, g, tb, te)) return -1;
             } else if (te == n) {       /* shared: the cache the last position sees, to the accounting */
                 row_view rv;
+                if (E->o.export_hook && it->sc->cs[c * it->nkv + g].dry && cache_fill(it, &it->sc->cs[c * it->nkv + g], g, 0))
+                    return -1;          /* the exporter reads the rows */
                 if (item_cache_view(it, c, g, n - 1, &rv) || item_export(it, c, g, &rv.view)) return -1;
             }
         }
@@ -2174,8 +2220,7 @@ static void item_free_scratch(item *it)
     it->sh = NULL;
     free(it->ps_cs); free(it->ps_ent);
     it->ps_cs = it->ps_ent = NULL;
-    free(it->shw);
-    it->shw = NULL;
+    it->shw = NULL;                         /* it->tb's */
     it->shw_cap = 0;
     it->slab = NULL; it->sc = NULL;
     it->q = it->k = it->v = it->ok = it->ov = it->dO = it->wo = NULL;
