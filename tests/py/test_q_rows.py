@@ -132,7 +132,7 @@ def compare(trace, lines, tag, extra, want_from):
         return
     froms = sorted({f for f, _ in a[3]})
     check(froms == [want_from], f"{tag}: every item reads Q rows from {want_from} (got {froms})")
-    if want_from == 0:
+    if froms == [0]:
         return                              # nothing poisoned: the run is the q-all run
     b = kv(trace, sw, "q-all", tag, extra)
     check(b[0] == 0 and sorted({f for f, _ in b[3]}) == [0], f"{tag}: q-all reads every row")
