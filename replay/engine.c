@@ -65,7 +65,8 @@ static int q_debug_parse(void)
 /* A thread's large buffers (the work slab, Q, K, V), kept from one item to the next of a
  * sequence: every item of a sequence needs the same sizes, and a fresh allocation of tens of
  * MiB is mmapped and faulted in again for every item. Their contents are never reused (each
- * item overwrites what it reads), so this is malloc without the page faults. */
+ * item overwrites what it reads; Q rows below item_q_from are neither read nor written, so
+ * their pages stay untouched), so this is malloc without the page faults. */
 typedef struct thread_bufs {
     void *p[6];
     size_t cap[6];
