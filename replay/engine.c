@@ -43,12 +43,30 @@ struct rp_engine {
     int32_t *needles;                          /* [KV_NEEDLE_NF][n_needles] (/needles) or NULL */
     size_t n_needles;
     int want_ent;                              /* a configuration reads the prompt entropies */
+    int q_debug;                               /* KVTRACE_DEBUG q-* (Q_DEBUG_*; item_q_from) */
 };
+
+/* KVTRACE_DEBUG (a list of words, like "hash" in cmd_run.c) for the query rows an item reads:
+ *   q-poison  the unread rows [0, q_from) of ctx->q are NaN, so a read of one shows in results
+ *   q-all     every row is read (q_from = 0): the reference the q-poison runs are compared with
+ *   q-rows    one stderr line per work and plan item: "kvreplay: q rows seq S layer L kv heads
+ *             [G0, G1): [q_from, n)"
+ * Results never depend on them (tests/py/test_q_rows.py). */
+enum { Q_DEBUG_POISON = 1, Q_DEBUG_ALL = 2, Q_DEBUG_ROWS = 4 };
+
+static int q_debug_parse(void)
+{
+    const char *d = getenv("KVTRACE_DEBUG");
+    if (!d) return 0;
+    return (strstr(d, "q-poison") ? Q_DEBUG_POISON : 0) | (strstr(d, "q-all") ? Q_DEBUG_ALL : 0) |
+           (strstr(d, "q-rows") ? Q_DEBUG_ROWS : 0);
+}
 
 /* A thread's large buffers (the work slab, Q, K, V), kept from one item to the next of a
  * sequence: every item of a sequence needs the same sizes, and a fresh allocation of tens of
  * MiB is mmapped and faulted in again for every item. Their contents are never reused (each
- * item overwrites what it reads), so this is malloc without the page faults. */
+ * item overwrites what it reads; Q rows below item_q_from are neither read nor written, so
+ * their pages stay untouched), so this is malloc without the page faults. */
 enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_SHW, TB_N };
 typedef struct thread_bufs {
     void *p[TB_N];
@@ -775,6 +793,7 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
     }
     if (check_feasible(E, sw, o, seqs, n_seqs, err, errlen)) goto fail;
     E->per_head = sweep_head_separable(E, sw, o);
+    E->q_debug = q_debug_parse();
     if (scan_finite(E, seqs, n_seqs, err, errlen)) goto fail;
     if (calibrate_parts(E, sw, o, err, errlen)) goto fail;
     *out = E;
@@ -1197,27 +1216,62 @@ static int item_read_scores(item *it)
     return 0;
 }
 
-/* The item's Q, K, V rows [0, n), one head at a time: the raw f16 read under the trace lock
- * (the HDF5 library is not thread-safe), the conversion outside it, so that another thread's
- * read waits only for the read. */
+/* The first query row the item reads (strategy.h q_rows): the evaluated rows [P, n) always; of
+ * the prompt, the last r rows of the part declaring the most, and every row when a part has no
+ * q_rows, or asks for the whole prompt's scores (*whole) that this run computes from Q (not
+ * --prompt-scores trace). 0 under --mode online and with KVTRACE_DEBUG=q-all. The same for a
+ * work item and a plan item of the sequence (both run every configuration's hooks that read Q). */
+static size_t item_q_from(const item *it)
+{
+    const rp_engine *E = it->E;
+    const rp_sweep *sw = E->sw;
+    size_t P = it->P, from = P;
+    if (E->o.mode == RP_ONLINE || (E->q_debug & Q_DEBUG_ALL)) return 0;
+    for (size_t c = 0; c < sw->n; c++) {
+        const rp_config *cf = &sw->cfg[c];
+        size_t B;
+        sweep_budget(cf, cf->evict->decode_time ? it->n : P, &B);      /* as item_prefill */
+        for (int part = 0; part < 2; part++) {
+            const rp_strategy *st = part ? cf->enc : cf->evict;
+            const void *cfg = part ? cf->enc_cfg : cf->evict_cfg;
+            if (!st) continue;
+            if (!st->q_rows) return 0;
+            int whole = 0;
+            size_t r = st->q_rows(cfg, P, B, &whole);
+            if ((whole && E->o.prompt_scores != RP_PS_TRACE) || r >= P) return 0;
+            if (P - r < from) from = P - r;
+        }
+    }
+    return from;
+}
+
+/* The item's Q rows [q_from, n) (item_q_from; rows below are not read) and K, V rows [0, n),
+ * one head at a time: the raw f16 read under the trace lock (the HDF5 library is not
+ * thread-safe), the conversion outside it, so that another thread's read waits only for the
+ * read. */
 static int item_read(item *it)
 {
     rp_engine *E = it->E;
-    size_t n = it->n, D = E->D, nr = it->nh + 2 * it->nkv;
+    size_t n = it->n, D = E->D, nr = it->nh + 2 * it->nkv, q0 = item_q_from(it);
     uint16_t *raw = tb_take(it->tb, TB_F16, n * D * sizeof *raw);
     kv_error ke;
     if (!raw) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+    if (E->q_debug & Q_DEBUG_ROWS)
+        fprintf(stderr, "kvreplay: q rows seq %zu layer %zu kv heads [%zu, %zu): [%zu, %zu)\n", it->s, it->l, it->g0,
+                it->g0 + it->nkv, q0, n);
     for (size_t r = 0; r < nr; r++) {
         /* q heads of the item, then k and v of each of its kv heads */
         size_t g = r < it->nh ? 0 : (r - it->nh) / 2;
         kv_tensor w = r < it->nh ? KV_Q : (r - it->nh) % 2 ? KV_V : KV_K;
-        size_t h = r < it->nh ? it->g0 * E->G + r : it->g0 + g;
+        size_t h = r < it->nh ? it->g0 * E->G + r : it->g0 + g, t0 = w == KV_Q ? q0 : 0;
         float *dst = r < it->nh ? it->q + r * n * D : (w == KV_K ? it->k : it->v) + g * n * D;
         int bad;
 #pragma omp critical(kvtrace_io)
-        bad = kv_trace_read_rows_f16(E->t, w, it->s, it->l, h, 0, n, raw, &ke) != KV_OK;
+        bad = kv_trace_read_rows_f16(E->t, w, it->s, it->l, h, t0, n - t0, raw, &ke) != KV_OK;
         if (bad) return IT_FAIL(it, "%s", ke.msg);
-        kv_f16_to_f32(raw, dst, n * D);
+        kv_f16_to_f32(raw, dst + t0 * D, (n - t0) * D);
+        if (t0 && (E->q_debug & Q_DEBUG_POISON))
+            for (size_t i = 0; i < t0 * D; i++) dst[i] = NAN;
     }
     return item_read_scores(it);
 }

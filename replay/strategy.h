@@ -460,6 +460,28 @@ typedef struct rp_strategy {
                       size_t errlen);
     int (*plan_layer)(const void *cfg, size_t Hkv, size_t G, size_t P, size_t B, double *plan, char *err,
                       size_t errlen);
+    /* Optional, prefill protocol: which prompt query rows this configuration part reads. Returns
+     * r such that every hook the part has under --mode prefill (prefill, plan_score, online_view,
+     * select, encode, encode_extend, encode_cuts, a decode-time press's online_*) reads, of the
+     * prompt's query rows ctx->q[h][t], t < P, only rows t in [P - r, P): directly, or through
+     * the engine's callbacks that compute from Q, which read
+     *     prompt_attn(h, t0, t1)           Q rows [t0, t1) of head h;
+     *     prompt_colsum(h, t0, t1, want)   Q rows [t0, t1) (with want: the wanted ones);
+     *     prompt_entropy(h)                Q rows [0, P).
+     * Except the whole prompt's scores: a part whose hooks call prompt_colsum(h, 0, P, NULL) or
+     * prompt_entropy does not count their rows in r but sets *whole = 1 (*whole is 0 on entry):
+     * the engine serves those from the trace's /prompt_scores under --prompt-scores trace
+     * (reading only rows [P, n), shared.h rp_shared_use_captured) and computes them from rows
+     * [0, P) otherwise, and adds what it needs. P: the sequence's prompt length, B: the budget
+     * the prefill hook gets (B >= P: nothing evicted). r >= P means every row. Rows [P, n)
+     * (the evaluated queries) are always read; ctx->q rows below P - r hold unspecified values
+     * (KVTRACE_DEBUG=q-poison makes them NaN: tests/py/test_q_rows.py runs every declaring
+     * strategy so). Not consulted under --mode online (every row is read: online_step's
+     * strategies walk the prompt's queries) nor by calibration (its own read, calib_kv_only).
+     * Declare it only for what the code provably reads (a part of a composition counts for
+     * itself: an encoder's r is what encode / encode_extend / encode_cuts read); NULL (the
+     * default) = every row, always correct. */
+    size_t (*q_rows)(const void *cfg, size_t P, size_t B, int *whole);
 } rp_strategy;
 
 /* The plan a planned strategy s's prefill reads (rows of ctx's kv heads, plan_size(cfg, ctx->P,

@@ -40,6 +40,9 @@ static kv_status full_online_step(void *state, const rp_layer_ctx *ctx, size_t g
 
 static void full_online_free(void *state) {}
 
+/* q_rows: prefill copies K/V rows; no hook reads a query */
+static size_t full_q_rows(const void *cfg, size_t P, size_t B, int *whole) { return 0; }
+
 const rp_strategy rp_strategy_full = {
     .name = "full",
     .summary = "the uncompressed cache (baseline)",
@@ -52,4 +55,5 @@ const rp_strategy rp_strategy_full = {
     .online_step = full_online_step,
     .online_free = full_online_free,
     .head_separable = 1,     /* each kv head's cache from its own rows and scores */
+    .q_rows = full_q_rows,   /* no prompt query read */
 };

@@ -181,6 +181,14 @@ static kv_status h2o_online_step(void *state, const rp_layer_ctx *ctx, size_t g,
     return KV_OK;
 }
 
+/* q_rows: prefill reads the whole prompt's column sums (ev_accum_rows over [0, P), every B)
+ * and no query directly: the engine decides whether they come from the trace or from Q */
+static size_t h2o_q_rows(const void *cfg, size_t P, size_t B, int *whole)
+{
+    *whole = 1;
+    return 0;
+}
+
 const rp_strategy rp_strategy_h2o = {
     .name = "h2o",
     .summary = "heavy hitters (accumulated attention) + recent window; online real-drop or prefill one-shot",
@@ -197,4 +205,5 @@ const rp_strategy rp_strategy_h2o = {
     .online_step = h2o_online_step,
     .online_free = h2o_online_free,
     .head_separable = 1,     /* each kv head's cache from its own rows and scores */
+    .q_rows = h2o_q_rows,
 };

@@ -83,6 +83,9 @@ static kv_status knorm_online_step(void *state, const rp_layer_ctx *ctx, size_t 
 
 static void knorm_online_free(void *state) {}
 
+/* q_rows: scores are key norms; no hook reads a query */
+static size_t knorm_q_rows(const void *cfg, size_t P, size_t B, int *whole) { return 0; }
+
 const rp_strategy rp_strategy_knorm = {
     .name = "knorm",
     .summary = "keep the keys with the lowest L2 norm",
@@ -96,4 +99,5 @@ const rp_strategy rp_strategy_knorm = {
     .online_step = knorm_online_step,
     .online_free = knorm_online_free,
     .head_separable = 1,     /* each kv head's cache from its own rows and scores */
+    .q_rows = knorm_q_rows,   /* no prompt query read */
 };

@@ -151,6 +151,12 @@ done:
     return rc;
 }
 
+/* q_rows: SnapKV's observation window [P - w, P) (snapkv_head_score); none when B >= P */
+static size_t pyramidkv_q_rows(const void *cfg, size_t P, size_t B, int *whole)
+{
+    return B >= P ? 0 : ((const pyramidkv_cfg *)cfg)->o.window;
+}
+
 const rp_strategy rp_strategy_pyramidkv = {
     .name = "pyramidkv",
     .summary = "SnapKV selection with pyramid per-layer budgets (form=factory|kvpress)",
@@ -165,4 +171,5 @@ const rp_strategy rp_strategy_pyramidkv = {
     .prefill = pyramidkv_prefill,
     .check_budget = pyramidkv_check_budget,
     .head_separable = 1,     /* each kv head's cache from its own rows and scores */
+    .q_rows = pyramidkv_q_rows,
 };

@@ -224,6 +224,9 @@ static int quant_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, size
     return quant_encode_extend(cfg, ctx, g, t, c, 0, err, errlen);
 }
 
+/* q_rows: encode, encode_extend and encode_cuts read the cache rows only (never ctx) */
+static size_t quant_q_rows(const void *cfg, size_t P, size_t B, int *whole) { return 0; }
+
 const rp_strategy rp_strategy_quant = {
     .name = "quant",
     .summary = "KIVI: keys per channel, values per token, asymmetric min-max, fp16 residual",
@@ -239,4 +242,5 @@ const rp_strategy rp_strategy_quant = {
     .encode_extend = quant_encode_extend,
     .encode_cuts = quant_encode_cuts,
     .head_separable = 1,     /* rows and key groups of one kv head's cache only */
+    .q_rows = quant_q_rows,   /* no prompt query read */
 };

@@ -88,6 +88,9 @@ static kv_status random_online_step(void *state, const rp_layer_ctx *ctx, size_t
 
 static void random_online_free(void *state) { free(state); }
 
+/* q_rows: positions from the seeded stream; no hook reads a query */
+static size_t random_q_rows(const void *cfg, size_t P, size_t B, int *whole) { return 0; }
+
 const rp_strategy rp_strategy_random = {
     .name = "random",
     .summary = "a seeded uniformly random subset (sanity baseline)",
@@ -101,4 +104,5 @@ const rp_strategy rp_strategy_random = {
     .online_step = random_online_step,
     .online_free = random_online_free,
     .head_separable = 1,     /* each kv head's cache from its own stream (keyed by its number) */
+    .q_rows = random_q_rows,   /* no prompt query read */
 };

@@ -216,6 +216,13 @@ done:
     return rc;
 }
 
+/* q_rows: the observation window's rows [P - w, P) (prompt_colsum or prompt_attn over them,
+ * snapkv_head_score); none when B >= P (everything kept, nothing scored) */
+static size_t snapkv_q_rows(const void *cfg, size_t P, size_t B, int *whole)
+{
+    return B >= P ? 0 : ((const snapkv_opts *)cfg)->window;
+}
+
 const rp_strategy rp_strategy_snapkv = {
     .name = "snapkv",
     .summary = "observation-window attention, pooled; keep window + top prefix keys (presets snapkv|kvpress|factory)",
@@ -230,4 +237,5 @@ const rp_strategy rp_strategy_snapkv = {
     .prefill = snapkv_prefill,
     .check_budget = snapkv_check_budget,
     .head_separable = 1,     /* each kv head's cache from its own rows and scores */
+    .q_rows = snapkv_q_rows,
 };

@@ -86,6 +86,9 @@ static int streaming_view(const void *cfg, const rp_layer_ctx *ctx, size_t g, si
     return ev_reindex_view(ctx, t, c, "streaming reindex=1", err, errlen);
 }
 
+/* q_rows: prefill picks positions and copies K/V; the view re-rotates keys (RoPE tables) */
+static size_t streaming_q_rows(const void *cfg, size_t P, size_t B, int *whole) { return 0; }
+
 const rp_strategy rp_strategy_streaming = {
     .name = "streaming",
     .summary = "attention sinks + recent window (StreamingLLM), optional in-cache positions",
@@ -104,4 +107,5 @@ const rp_strategy rp_strategy_streaming = {
     .online_view = streaming_view,
     .view_active = streaming_view_active,
     .head_separable = 1,     /* each kv head's cache from its own rows and scores */
+    .q_rows = streaming_q_rows,   /* no prompt query read */
 };
