@@ -906,6 +906,8 @@ typedef struct cstate {
                                the trace; k = v = NULL, positions kept), gathered again
                                (cache_fill) only where a path reads them: the shared
                                evaluation reads the trace's rows by position */
+    int alias;              /* prefill: cache.k/v are the item's own K/V rows (a cache of every
+                               position in order, unmodified: item_head_prefill), not owned */
     int static_enc;         /* prefill: cache already encoded once */
     int sview;              /* prefill, view_static: enc holds the last query's view */
     size_t sview_diff;      /* its first entry whose rows differ from the cache's */
@@ -1377,6 +1379,23 @@ static int cache_fill(item *it, cstate *st, size_t g, size_t cap)
     return 0;
 }
 
+/* Whether a dry cache holds every prompt position [0, P) in order (it will hold [0, n)). */
+static int cache_all_positions(const rp_cache *cc, size_t P)
+{
+    if (cc->n != P || cc->mem_off || cc->modified) return 0;
+    for (size_t e = 0; e < P; e++)
+        if ((size_t)cc->pos[e] != e) return 0;
+    return 1;
+}
+
+/* An aliased cache gives its borrowed rows back (before rp_cache_free). */
+static void cache_unalias(cstate *st)
+{
+    if (!st->alias) return;
+    st->cache.k = st->cache.v = NULL;
+    st->alias = 0;
+}
+
 /* Prefill: configuration c's cache of kv head g gets the exact decode entries [P, n) and its
  * static encoding (freed after the head), and its rows back. A plain dry cache without
  * encoder or decode-time press takes the decode positions only and stays dry: the shared
@@ -1390,7 +1409,12 @@ static int item_head_prefill(item *it, size_t c, size_t g)
     cstate *st = &it->sc->cs[c * it->nkv + g];
     rp_cache *cc = &st->cache;
     const float *K = it->k + g * n * D, *Vv = it->v + g * n * D;
-    if (st->dry && !st->dt && !cfg_has_encoder(cf) && !cc->mem_off) {
+    /* a dry cache of every position, which nothing resizes or writes while the kv head is
+     * evaluated (no decode-time press; no static encoding, which encodes in place: per-query
+     * and incremental encoders encode copies), borrows the item's rows instead of a copy of
+     * them: [n][2][D] floats less for each configuration that keeps everything */
+    int alias = st->dry && !st->dt && !(cfg_has_encoder(cf) && !st->td) && cache_all_positions(cc, P);
+    if (alias || (st->dry && !st->dt && !cfg_has_encoder(cf) && !cc->mem_off)) {
         size_t cap = cc->n + (n - P);
         if (cap > cc->cap) {
             if (!(cc->pos = realloc(cc->pos, cap * sizeof *cc->pos)) ||
@@ -1401,6 +1425,12 @@ static int item_head_prefill(item *it, size_t c, size_t g)
         for (size_t t = P; t < n; t++) {
             cc->pos[cc->n] = (int32_t)t;
             cc->mult[cc->n++] = 1;
+        }
+        if (alias) {
+            cc->k = (float *)K;
+            cc->v = (float *)Vv;
+            st->dry = 0;
+            st->alias = 1;
         }
         it->ctx.seed = st->seed;
         return 0;
@@ -1884,6 +1914,7 @@ static int item_head_end(item *it, size_t g)
         st->ost = NULL;
         if (st->evat && E->o.export_evict_hook(E->o.export_ud, c, it->s, it->l, it->g0 + g, it->n, it->P, st->evat))
             return IT_FAIL(it, "out of memory (export)");
+        cache_unalias(st);
         rp_cache_free(&st->cache);
         rp_cache_free(&st->enc);
     }
@@ -2263,6 +2294,7 @@ static void item_free_scratch(item *it)
         for (size_t i = 0; i < E->sw->n * it->nkv; i++) {
             if (cs[i].ost) E->sw->cfg[i / it->nkv].evict->online_free(cs[i].ost);
             free(cs[i].evat);
+            cache_unalias(&cs[i]);
             rp_cache_free(&cs[i].cache);
             rp_cache_free(&cs[i].enc);
         }
