@@ -226,6 +226,14 @@ kv_status kv_file_sha256_known(const char *path, const char *cache_dir, const kv
 /* The default cache directory into buf: $XDG_CACHE_HOME/kvtrace (absolute XDG only), else
  * $HOME/.cache/kvtrace; NULL when KVTRACE_HASH_CACHE=0 or neither is set. */
 const char *kv_hash_cache_dir(char *buf, size_t len);
+/* Small records in a cache directory (dir, e.g. kv_hash_cache_dir's): the file dir/name
+ * holding exactly `line` (under 512 bytes). kv_cache_record_has: 1 when the file exists and
+ * its bytes are exactly line (anything else, truncated, longer, another line: 0).
+ * kv_cache_record_put: writes it as the digest cache writes its entries (temporary name and
+ * rename, the directory private to the user); failing to write is not an error. name: one
+ * file name (no '/', not starting with '.'). */
+int kv_cache_record_has(const char *dir, const char *name, const char *line);
+void kv_cache_record_put(const char *dir, const char *name, const char *line);
 
 /* ---- writer ------------------------------------------------------------------------ */
 

@@ -194,14 +194,14 @@ static int cache_lookup(const char *entry_path, const hkey *k, char hex[65])
     return 1;
 }
 
-static void cache_store(const char *dir, const char *entry_path, const hkey *k, const char *hex)
+/* line into dir/name... as entry_path: atomically (temporary name, rename), the directory
+ * and its parent (XDG_CACHE_HOME or ~/.cache) created private to the user; failing to write
+ * (read-only or missing cache directory) is not an error. */
+static void cache_store_line(const char *dir, const char *entry_path, const char *line)
 {
-    char line[256], parent[4096];
+    char parent[4096];
     kv_atomic a;
     kv_error e2;
-    if (hkey_line(k, hex, line, sizeof line))
-        return;
-    /* the directory and its parent (XDG_CACHE_HOME or ~/.cache), private to the user */
     snprintf(parent, sizeof parent, "%s", dir);
     char *slash = strrchr(parent, '/');
     if (slash && slash != parent) {
@@ -216,6 +216,45 @@ static void cache_store(const char *dir, const char *entry_path, const hkey *k, 
         return;
     }
     kv_atomic_commit(&a, &e2);
+}
+
+static void cache_store(const char *dir, const char *entry_path, const hkey *k, const char *hex)
+{
+    char line[256];
+    if (hkey_line(k, hex, line, sizeof line))
+        return;
+    cache_store_line(dir, entry_path, line);
+}
+
+/* The path dir/name into buf; -1 when a name is not one plain file name or it does not fit. */
+static int record_path(const char *dir, const char *name, char *buf, size_t len)
+{
+    if (!dir || !*dir || !name || !*name || strchr(name, '/') || name[0] == '.')
+        return -1;
+    int n = snprintf(buf, len, "%s/%s", dir, name);
+    return n > 0 && (size_t)n < len ? 0 : -1;
+}
+
+int kv_cache_record_has(const char *dir, const char *name, const char *line)
+{
+    char path[4200], got[512];
+    size_t want = line ? strlen(line) : 0;
+    if (!want || want >= sizeof got || record_path(dir, name, path, sizeof path))
+        return 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return 0;
+    size_t n = fread(got, 1, sizeof got, f);       /* one byte more than a match has: longer misses */
+    fclose(f);
+    return n == want && !memcmp(got, line, want);
+}
+
+void kv_cache_record_put(const char *dir, const char *name, const char *line)
+{
+    char path[4200];
+    if (!line || !*line || record_path(dir, name, path, sizeof path))
+        return;
+    cache_store_line(dir, path, line);
 }
 
 const char *kv_hash_cache_dir(char *buf, size_t len)

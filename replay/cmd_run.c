@@ -423,7 +423,9 @@ static int debug_hash(void)
 /* KVTRACE_DEBUG naming `word` as one of its comma-separated items: "layer-items" keeps the
  * engine's (sequence, layer) work items where the sweep could run per kv head (the same
  * results: the tests' reference), "units" prints one stderr line naming the work item the run
- * uses. Normal output never depends on them. */
+ * uses, "scan" one stderr line with how many value-scan tasks ran and how many were skipped
+ * (a record of the part's passed scan for this digest: engine.c scan_finite). Normal output
+ * never depends on them. */
 static int debug_item(const char *word)
 {
     const char *d = getenv("KVTRACE_DEBUG");
@@ -717,18 +719,23 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv
     }
     rs_blas_set_threads(1);
 
+    char hdir[4096];                    /* the digest cache's directory: outlives the engine's setup */
+    size_t scan_stats[2] = {0, 0};
     rp_run_opts opts = { .mode = mode, .decode = (size_t)decode, .eval_from = (size_t)eval_from, .readout = readout_flag != 0, .gqa_reduce = gqa,
                          .calib = calib, .n_calib = n_calib, .per_layer_readout = per_layer,
                          .page_size = (size_t)page_size, .prompt_scores = pscores, .no_share = no_share };
     {   /* provenance: the trace's SHA-256, hashed once per file version (lib/sha256.c), or
          * the digest a driver passed (known) when this is the version it is of */
-        char hdir[4096];
         const char *hd = hash_cache ? kv_hash_cache_dir(hdir, sizeof hdir) : NULL;
         int how;
         if (kv_file_sha256_known(trace_path, hd, known, &tdig, &how, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
         memcpy(sha, tdig.hex, sizeof sha);
         if (how == KV_SHA256_HASHED && debug_hash())
             fprintf(stderr, "kvtrace: sha256 of %s: hashed %llu bytes\n", trace_path, tdig.size);
+        if (hd && tdig.have_id) {       /* records of passed value scans, keyed by this digest */
+            opts.scan_cache_dir = hd;
+            opts.trace_sha256 = sha;
+        }
     }
     if (export_cfg_s && !export_s) { snprintf(err, sizeof err, "--export-configs needs --export PATH"); goto fail; }
     if (export_s) {     /* the exporter is the engine's export hook */
@@ -758,7 +765,10 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv
         opts.export_ud = xp;
     }
     opts.layer_items = debug_item("layer-items");
+    opts.scan_stats = scan_stats;
     if (rp_engine_new(tr, sw, &opts, seqs, n_seqs, &eng, err, sizeof err)) goto fail;
+    if (debug_item("scan"))
+        fprintf(stderr, "kvtrace: value scan: %zu tasks run, %zu skipped (recorded as passed)\n", scan_stats[0], scan_stats[1]);
     if (debug_item("units"))
         fprintf(stderr, "kvtrace: work items: (sequence, layer%s)\n", rp_engine_per_head(eng) ? ", kv head" : "");
 

@@ -508,17 +508,52 @@ static int scan_one(rp_engine *E, const scan_task *tk, scan_bufs *sb, char *err,
  * them again per work item). The checks run on every thread (the reads one at a time), the
  * q/k/v/attn_out ones on the f16 bits without a conversion; the message names the first bad
  * value in the task order above, whatever the thread count: a task after a known bad one
- * may be skipped, one before it never is. */
+ * may be skipped, one before it never is.
+ * Records (o.scan_cache_dir and o.trace_sha256 set): the scan is a function of the trace's
+ * bytes, so a part that passed once for a digest passes again. Parts: each sequence (its
+ * q/k/v/attn_out, with the read-out its hidden and ref_lse: "-ro") and the global one (RoPE
+ * rows [0, max n), with the read-out the weights and W_O). A part whose record
+ * (scan_record) exists is not scanned; after the whole scan passed, each part scanned is
+ * recorded (never after a failure). The first bad value named is the same: a recorded part
+ * has none. */
+static int scan_record(const rp_engine *E, size_t s, size_t maxn, int ro, char *name, size_t nlen, char *line,
+                       size_t llen)
+{
+    const char *d = E->o.trace_sha256;
+    char what[64];
+    if (s == (size_t)-1) snprintf(what, sizeof what, "global-n%zu%s", maxn, ro ? "-ro" : "");
+    else snprintf(what, sizeof what, "s%zu%s", s, ro ? "-ro" : "");
+    int a = snprintf(name, nlen, "scan-%s-%s", d, what), b = snprintf(line, llen, "kvtrace-scan-cache 1 %s %s\n", d, what);
+    return a > 0 && (size_t)a < nlen && b > 0 && (size_t)b < llen ? 0 : -1;
+}
+
+/* 1 when the part's record (or, without the read-out, the read-out run's, which covers more) exists. */
+static int scan_recorded(const rp_engine *E, size_t s, size_t maxn)
+{
+    char name[160], line[192];
+    for (int ro = E->ro ? 1 : 0; ro < 2; ro++)
+        if (!scan_record(E, s, maxn, ro, name, sizeof name, line, sizeof line) &&
+            kv_cache_record_has(E->o.scan_cache_dir, name, line))
+            return 1;
+    return 0;
+}
+
 static int scan_finite(rp_engine *E, const size_t *seqs, size_t n_seqs, char *err, size_t errlen)
 {
     size_t L = E->L, nall = n_seqs + E->o.n_calib, maxn = 0, nw = E->in->has_attn_out ? 4 : 3;
-    size_t cap = nall * (L * (2 * E->H + 2 * E->Hkv) + 2) + 2 + 4 + L, nt = 0;
+    size_t cap = nall * (L * (2 * E->H + 2 * E->Hkv) + 2) + 2 + 4 + L, nt = 0, skipped = 0, g0;
+    int rec = E->o.scan_cache_dir && E->o.trace_sha256 && strlen(E->o.trace_sha256) == 64;
     scan_task *tk = malloc(cap * sizeof *tk);
-    if (!tk) return rp_failf(err, errlen, "out of memory (value scan)");
+    unsigned char *ran = calloc(nall + 1, 1);          /* parts scanned: [nall] the global one */
+    if (!tk || !ran) { free(tk); free(ran); return rp_failf(err, errlen, "out of memory (value scan)"); }
     static const int kv_head[4] = {0, 1, 1, 0};     /* q, k, v, attn_out: over Hkv or H heads */
     for (size_t i = 0; i < nall; i++) {
         size_t s = i < n_seqs ? seqs[i] : E->o.calib[i - n_seqs], n = (size_t)E->seq_len[s];
         if (n > maxn) maxn = n;
+    }
+    for (size_t i = 0; i < nall; i++) {
+        size_t s = i < n_seqs ? seqs[i] : E->o.calib[i - n_seqs];
+        g0 = nt;
         for (size_t l = 0; l < L; l++)
             for (size_t w = 0; w < nw; w++)
                 for (size_t h = 0; h < (kv_head[w] ? E->Hkv : E->H); h++)
@@ -527,13 +562,18 @@ static int scan_finite(rp_engine *E, const size_t *seqs, size_t n_seqs, char *er
             tk[nt++] = (scan_task){SC_HIDDEN, s, 0, 0, 0};
             tk[nt++] = (scan_task){SC_REF, s, 0, 0, 0};
         }
+        if (rec && scan_recorded(E, s, maxn)) { skipped += nt - g0; nt = g0; }
+        else ran[i] = 1;
     }
+    g0 = nt;
     if (E->rope_cos)
         for (size_t k = 0; k < 2; k++) tk[nt++] = (scan_task){SC_ROPE, 0, 0, maxn, k};
     if (E->ro) {
         for (size_t k = 0; k < 4; k++) tk[nt++] = (scan_task){SC_WEIGHT, 0, 0, 0, k};
         for (size_t l = 0; l < L; l++) tk[nt++] = (scan_task){SC_WO, 0, l, 0, 0};
     }
+    if (nt > g0 && rec && scan_recorded(E, (size_t)-1, maxn)) { skipped += nt - g0; nt = g0; }
+    else ran[nall] = nt > g0;
     size_t first = nt;                 /* the lowest failed task so far */
     long long kk;
 #pragma omp parallel
@@ -558,6 +598,15 @@ static int scan_finite(rp_engine *E, const size_t *seqs, size_t n_seqs, char *er
         free(sb.f);
     }
     free(tk);
+    if (E->o.scan_stats) { E->o.scan_stats[0] = nt; E->o.scan_stats[1] = skipped; }
+    if (first == nt && rec) {          /* passed: record each part scanned */
+        char name[160], line[192];
+        for (size_t i = 0; i <= nall; i++)
+            if (ran[i] && !scan_record(E, i < nall ? (i < n_seqs ? seqs[i] : E->o.calib[i - n_seqs]) : (size_t)-1, maxn,
+                                       E->ro != NULL, name, sizeof name, line, sizeof line))
+                kv_cache_record_put(E->o.scan_cache_dir, name, line);
+    }
+    free(ran);
     return first < nt ? -1 : 0;
 }
 

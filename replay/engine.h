@@ -138,6 +138,14 @@ typedef struct rp_run_opts {
      * when the sweep could run in kv-head items; the same results, bit for bit (the tests'
      * reference for the kv-head items). */
     int layer_items;
+    /* Records of passed value scans (engine.c scan_finite): with both set, a (sequence) or
+     * global part of the scan whose record for this digest is in scan_cache_dir is skipped,
+     * and each part that passes is recorded there (lib kv_cache_record_put). trace_sha256:
+     * the SHA-256 (64 lowercase hex) of the trace's bytes; NULL either: scan all, record
+     * nothing. scan_stats (may be NULL): [0] scan tasks run, [1] skipped from the records. */
+    const char *scan_cache_dir;
+    const char *trace_sha256;
+    size_t *scan_stats;
 } rp_run_opts;
 
 enum { RP_PS_RECOMPUTE = 0, RP_PS_TRACE = 1,
