@@ -28,10 +28,9 @@ expected_attention, keydiff, lagkv, observed_attention, tova, qfilter, duo) ride
 """
 import csv
 import os
-import subprocess
 import sys
 
-from testhelp import check, failures
+from testhelp import check, failures, run_units
 
 BIN = os.environ.get("BIN", "bin")
 TMP = os.environ.get("KV_TMP", "/tmp")
@@ -75,7 +74,7 @@ CSVS = ("per_head.csv", "per_pos.csv", "per_seq.csv", "summary.csv")
 
 
 # KVTRACE_DEBUG=units: the engine's one line naming the work unit
-UNIT = {"heads": "kvtrace: work items: (sequence, layer, kv head)", "layers": "kvtrace: work items: (sequence, layer)"}
+UNIT = {"heads": "(sequence, layer, kv head)", "layers": "(sequence, layer)"}
 
 
 def run(trace, strategies, threads, out, shard, extra=(), unit="heads", force_layers=False, decode=True):
@@ -85,12 +84,7 @@ def run(trace, strategies, threads, out, shard, extra=(), unit="heads", force_la
         (["--decode", "48", "--per-layer-readout", "--shard", shard] if decode else []) + list(extra)
     for s in strategies:
         args += ["--strategy", s]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), KVTRACE_DEBUG="units,layer-items" if force_layers else "units")
-    r = subprocess.run(args, capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        print(r.stderr)
-        sys.exit(f"command failed: {' '.join(args)}")
-    got = [ln for ln in r.stderr.splitlines() if ln.startswith("kvtrace: work items:")]
+    got = run_units(args, threads, force_layers)
     check(got == [UNIT[unit]], f"{out}: {unit} work items (stderr says {got})")
 
 

@@ -19,10 +19,9 @@ questions evaluated from /prefill_len on), --gqa-reduce max, and an online expor
 minicache (kv head g of the partner layer) online in kv-head items too.
 """
 import os
-import subprocess
 import sys
 
-from testhelp import check, failures
+from testhelp import check, failures, run_units
 
 BIN = os.environ.get("BIN", "bin")
 TMP = os.environ.get("KV_TMP", "/tmp")
@@ -53,12 +52,7 @@ def run(trace, strategies, threads, out, shard, extra=(), layer=False, want=None
             "--shard", shard, "-o", out] + list(extra)
     for s in strategies:
         args += ["--strategy", s]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), KVTRACE_DEBUG="units,layer-items" if layer else "units")
-    r = subprocess.run(args, capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        print(r.stderr)
-        sys.exit(f"command failed: {' '.join(args)}")
-    units = [x.split(": ", 2)[2] for x in r.stderr.splitlines() if x.startswith("kvtrace: work items: ")]
+    units = run_units(args, threads, layer)
     if want is not None:
         check(units == [want], f"{out}: work items ({want}), got {units}")
     return units

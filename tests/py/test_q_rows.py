@@ -24,11 +24,9 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from capture_ref import ROOT, run_capture, tmpdir  # noqa: E402
-from testhelp import check, failures  # noqa: E402
+from testhelp import check, failures, write_ids  # noqa: E402
 
 BIN = os.environ.get("BIN", os.path.join(ROOT, "bin"))
 KV = os.path.join(BIN, "kvreplay")
@@ -175,11 +173,7 @@ compare(SAMPLE, ["full", "snapkv keep=0.25 window=32 kernel=7 pool=max"], "sampl
 # 2. a trace with /prompt_scores (2 layers, 4 q heads, 2 kv heads, head_dim 32, 400 tokens, so
 # that keep=0.1 of P = 336 is above window=32, which sample.h5 refuses)
 MODEL = "ref-random:3:n_layers=2,d_model=64,n_heads=4,n_kv_heads=2,head_dim=32,d_ff=64,init_std=0.08"
-IDS = os.path.join(TMP, "ids.txt")
-rng = np.random.default_rng(7)
-with open(IDS, "w") as f:
-    for _ in range(3):
-        f.write(" ".join(["256"] + [str(int(x)) for x in rng.integers(0, 256, 399)]) + "\n")
+IDS = write_ids(os.path.join(TMP, "ids.txt"), 3, 400, 7)
 PS = os.path.join(TMP, "ps.h5")
 run_capture(["--model", MODEL, "--ids", IDS, "--tokens", "400", "--sequences", "3", "--prompt-scores", "-o", PS])
 X2 = ["--decode", "64", "--seqs", "0-1"]

@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from capture_ref import ROOT, run_capture, tmpdir  # noqa: E402
 from golden_cmp import tol  # noqa: E402
-from testhelp import check, failures  # noqa: E402
+from testhelp import check, failures, write_ids  # noqa: E402
 
 BIN = os.environ.get("BIN", os.path.join(ROOT, "bin"))
 KV = os.path.join(BIN, "kvreplay")
@@ -146,11 +146,7 @@ for col in ("out_cos", "out_rel_err", "attn_cos", "mass_recall", "attn_kl"):
     check(d <= 2e-6, f"streaming keep=0.5 chained vs alone: {col} within 2e-6 (|d| {d:.2g})")
 
 # ---- a small ref-random trace (larger logits: init_std 0.3) ---------------------------------
-IDS = os.path.join(TMP, "share_ids.txt")
-rng = np.random.default_rng(11)
-with open(IDS, "w") as f:
-    for _ in range(2):
-        f.write(" ".join(["256"] + [str(int(x)) for x in rng.integers(0, 256, 159)]) + "\n")
+IDS = write_ids(os.path.join(TMP, "share_ids.txt"), 2, 160, 11)
 TR = os.path.join(TMP, "share_rr.h5")
 run_capture(["--model", MODEL, "--ids", IDS, "--tokens", "160", "--sequences", "2", "-o", TR])
 ro = {}

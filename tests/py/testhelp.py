@@ -23,6 +23,30 @@ def sh(args, ok=True):
     return r
 
 
+def run_units(args, threads, force_layers=False):
+    """Run a kvreplay command that must succeed on `threads` threads with KVTRACE_DEBUG=units
+    (and layer-items when force_layers); return the work items it reports, e.g.
+    ["(sequence, layer, kv head)"] (one line per process)."""
+    import os
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), KVTRACE_DEBUG="units,layer-items" if force_layers else "units")
+    r = subprocess.run(args, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        print(r.stderr)
+        raise SystemExit(f"command failed: {' '.join(args)}")
+    return [x[len("kvtrace: work items: "):] for x in r.stderr.splitlines() if x.startswith("kvtrace: work items: ")]
+
+
+def write_ids(path, n_seq, T, seed):
+    """A token-id file for capture/kvcapture.py --ids: n_seq lines of T ids, each 256 (the
+    reference models' BOS) then T - 1 bytes drawn by numpy's default_rng(seed)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for _ in range(n_seq):
+            f.write(" ".join(["256"] + [str(int(x)) for x in rng.integers(0, 256, T - 1)]) + "\n")
+    return path
+
+
 def avg_ranks(x):
     """1-based ascending ranks of x, tied values sharing the mean of their positions."""
     import numpy as np
