@@ -765,6 +765,8 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv
         opts.export_ud = xp;
     }
     opts.layer_items = debug_item("layer-items");
+    opts.q_debug = (debug_item("q-poison") ? RP_QDEBUG_POISON : 0) | (debug_item("q-all") ? RP_QDEBUG_ALL : 0) |
+                   (debug_item("q-rows") ? RP_QDEBUG_ROWS : 0);
     opts.scan_stats = scan_stats;
     if (rp_engine_new(tr, sw, &opts, seqs, n_seqs, &eng, err, sizeof err)) goto fail;
     if (debug_item("scan"))

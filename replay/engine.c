@@ -43,24 +43,7 @@ struct rp_engine {
     int32_t *needles;                          /* [KV_NEEDLE_NF][n_needles] (/needles) or NULL */
     size_t n_needles;
     int want_ent;                              /* a configuration reads the prompt entropies */
-    int q_debug;                               /* KVTRACE_DEBUG q-* (Q_DEBUG_*; item_q_from) */
 };
-
-/* KVTRACE_DEBUG (a list of words, like "hash" in cmd_run.c) for the query rows an item reads:
- *   q-poison  the unread rows [0, q_from) of ctx->q are NaN, so a read of one shows in results
- *   q-all     every row is read (q_from = 0): the reference the q-poison runs are compared with
- *   q-rows    one stderr line per work and plan item: "kvreplay: q rows seq S layer L kv heads
- *             [G0, G1): [q_from, n)"
- * Results never depend on them (tests/py/test_q_rows.py). */
-enum { Q_DEBUG_POISON = 1, Q_DEBUG_ALL = 2, Q_DEBUG_ROWS = 4 };
-
-static int q_debug_parse(void)
-{
-    const char *d = getenv("KVTRACE_DEBUG");
-    if (!d) return 0;
-    return (strstr(d, "q-poison") ? Q_DEBUG_POISON : 0) | (strstr(d, "q-all") ? Q_DEBUG_ALL : 0) |
-           (strstr(d, "q-rows") ? Q_DEBUG_ROWS : 0);
-}
 
 /* A thread's large buffers (the work slab, Q, K, V), kept from one item to the next of a
  * sequence: every item of a sequence needs the same sizes, and a fresh allocation of tens of
@@ -842,7 +825,6 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
     }
     if (check_feasible(E, sw, o, seqs, n_seqs, err, errlen)) goto fail;
     E->per_head = sweep_head_separable(E, sw, o);
-    E->q_debug = q_debug_parse();
     if (scan_finite(E, seqs, n_seqs, err, errlen)) goto fail;
     if (calibrate_parts(E, sw, o, err, errlen)) goto fail;
     *out = E;
@@ -1277,7 +1259,7 @@ static size_t item_q_from(const item *it)
     const rp_engine *E = it->E;
     const rp_sweep *sw = E->sw;
     size_t P = it->P, from = P;
-    if (E->o.mode == RP_ONLINE || (E->q_debug & Q_DEBUG_ALL)) return 0;
+    if (E->o.mode == RP_ONLINE || (E->o.q_debug & RP_QDEBUG_ALL)) return 0;
     for (size_t c = 0; c < sw->n; c++) {
         const rp_config *cf = &sw->cfg[c];
         size_t B;
@@ -1307,7 +1289,7 @@ static int item_read(item *it)
     uint16_t *raw = tb_take(it->tb, TB_F16, n * D * sizeof *raw);
     kv_error ke;
     if (!raw) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
-    if (E->q_debug & Q_DEBUG_ROWS)
+    if (E->o.q_debug & RP_QDEBUG_ROWS)
         fprintf(stderr, "kvreplay: q rows seq %zu layer %zu kv heads [%zu, %zu): [%zu, %zu)\n", it->s, it->l, it->g0,
                 it->g0 + it->nkv, q0, n);
     for (size_t r = 0; r < nr; r++) {
@@ -1321,7 +1303,7 @@ static int item_read(item *it)
         bad = kv_trace_read_rows_f16(E->t, w, it->s, it->l, h, t0, n - t0, raw, &ke) != KV_OK;
         if (bad) return IT_FAIL(it, "%s", ke.msg);
         kv_f16_to_f32(raw, dst + t0 * D, (n - t0) * D);
-        if (t0 && (E->q_debug & Q_DEBUG_POISON))
+        if (t0 && (E->o.q_debug & RP_QDEBUG_POISON))
             for (size_t i = 0; i < t0 * D; i++) dst[i] = NAN;
     }
     return item_read_scores(it);

@@ -138,6 +138,11 @@ typedef struct rp_run_opts {
      * when the sweep could run in kv-head items; the same results, bit for bit (the tests'
      * reference for the kv-head items). */
     int layer_items;
+    /* Debug (kvreplay: KVTRACE_DEBUG=q-poison,q-all,q-rows): the prompt query rows a work
+     * item leaves unread (strategy.h q_rows) are NaN (RP_QDEBUG_POISON), every row is read
+     * (RP_QDEBUG_ALL), one stderr line per item names its rows (RP_QDEBUG_ROWS). Results never
+     * depend on them (tests/py/test_q_rows.py compares q-poison with q-all). */
+    int q_debug;
     /* Records of passed value scans (engine.c scan_finite): with both set, a (sequence) or
      * global part of the scan whose record for this digest is in scan_cache_dir is skipped,
      * and each part that passes is recorded there (lib kv_cache_record_put). trace_sha256:
@@ -147,6 +152,7 @@ typedef struct rp_run_opts {
     const char *trace_sha256;
     size_t *scan_stats;
 } rp_run_opts;
+enum { RP_QDEBUG_POISON = 1, RP_QDEBUG_ALL = 2, RP_QDEBUG_ROWS = 4 };
 
 enum { RP_PS_RECOMPUTE = 0, RP_PS_TRACE = 1,
        RP_PS_AUTO = 2 /* kvreplay run's option only, never an engine's (rp_engine_new refuses it) */ };
