@@ -10,7 +10,10 @@
  * child accepted the file does this process open it, and only if it is the file the child
  * read (inode, size, mtime: file_id, re-checked before every read); the description
  * (kv_info) comes from the child's verdict, so this process does not parse the
- * attributes again. Design: lib/trace_validate.c, top.
+ * attributes again. Design: lib/trace_validate.c, top. kv_open_opts.validated (a record the
+ * caller keeps that these bytes passed all that before): the child skips reading the chunks
+ * (trace_inspect KV_INSPECT_NO_CHUNKS), and the parent takes that verdict only for the file
+ * version the digest names (file_id_is_digest), else validates fully.
  *
  * Shapes: S sequences, T tokens, L layers, H q-heads, Hkv kv-heads, D head_dim, C d_model.
  */

@@ -643,7 +643,9 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv
     char hdir[4096];                    /* the digest cache's directory: outlives the engine's setup */
     const char *hd = hash_cache ? kv_hash_cache_dir(hdir, sizeof hdir) : NULL;
     char vname[80] = "", vline[128] = "";
-    int how = -1, have_dig = kv_file_sha256_known(trace_path, hd, known, &tdig, &how, &ke) == KV_OK;
+    struct stat tsb;    /* not a regular file (a FIFO would block or be consumed): hashed after the open refused it */
+    int regular = stat(trace_path, &tsb) == 0 && S_ISREG(tsb.st_mode);
+    int how = -1, have_dig = regular && kv_file_sha256_known(trace_path, hd, known, &tdig, &how, &ke) == KV_OK;
     kv_error dig_err = ke;
     kv_open_opts oo;
     memset(&oo, 0, sizeof oo);
@@ -659,6 +661,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv
                                              : "full (every chunk read)");
     /* a full validation of the bytes the digest names (the child read that very version) */
     if (vname[0] && kv_trace_validation(tr) == 1 && kv_trace_is_version(tr, &tdig)) kv_cache_record_put(hd, vname, vline);
+    if (!regular && !(have_dig = kv_file_sha256_known(trace_path, hd, known, &tdig, &how, &ke) == KV_OK)) dig_err = ke;
     if (!have_dig) { snprintf(err, sizeof err, "%s", dig_err.msg); goto fail; }
     const kv_info *in = kv_trace_info(tr);
     int ps_note = pscores == RP_PS_AUTO && in->has_prompt_scores && in->prompt_scores_stale[0];
