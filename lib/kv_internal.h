@@ -25,8 +25,12 @@ void kvh5_type_name(hid_t type, char *buf, size_t cap);
 /* Validation and description of an open file (lib/trace_validate.c).
  * full = 1: every rule of traces/SCHEMA.md and every chunk read (the validating child, or
  * in-process for files this process wrote); full = 0: only what fills *info (no caller
- * today: the parent takes *info from the child's verdict).
+ * today: the parent takes *info from the child's verdict); full = KV_INSPECT_NO_CHUNKS: every
+ * rule of full = 1 except reading the chunks of chunked datasets (check_chunks: their index,
+ * stored sizes and decoded bytes), for bytes that passed full = 1 before (kv_open_opts
+ * .validated; the small value checks of /seq_len, /tokens, ... still run).
  * info->layer_window / model_layer are malloc'ed here; the caller frees them. */
+enum { KV_INSPECT_NO_CHUNKS = 2 };
 kv_status trace_inspect(const char *path, hid_t file, int full, kv_info *info, kv_error *err);
 
 /* Storage facts of an open dataset (chunk dims 0 when contiguous). */

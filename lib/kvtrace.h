@@ -120,6 +120,15 @@ typedef struct kv_open_opts {
     void (*test_after_validate)(const char *path); /* tests only: called by kv_trace_open
                                        between the child's verdict and this process's open
                                        (to change the file there); NULL = normal */
+    const struct kv_file_digest *validated; /* NULL = normal. Else: the digest (with its file
+                                       identity, have_id) of bytes that passed the full
+                                       validation before (a record the caller keeps). The
+                                       child then skips reading the chunks (every other rule
+                                       still runs, in the child, with its limits), and the
+                                       parent accepts that only when the file the child read
+                                       has the digest's identity (inode, size, mtime, ctime);
+                                       otherwise, or when the reduced validation fails, it
+                                       validates fully as with NULL (the same verdict). */
 } kv_open_opts;
 
 typedef struct kv_trace kv_trace;
@@ -127,6 +136,12 @@ typedef struct kv_trace kv_trace;
 kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **out, kv_error *err);
 void kv_trace_close(kv_trace *t);
 const kv_info *kv_trace_info(const kv_trace *t);
+/* How kv_trace_open validated t: 1 = fully (every chunk read), 2 = metadata only (opts
+ * .validated accepted), 0 = in-process (skip_child_validation). */
+int kv_trace_validation(const kv_trace *t);
+/* 1 when the file the validating child read is the version digest d belongs to (d->have_id,
+ * the same inode, size, mtime and ctime): a record of t's full validation may name d->hex. */
+int kv_trace_is_version(const kv_trace *t, const struct kv_file_digest *d);
 
 /* Validate only (the same child-process validation as open), no handle kept. */
 kv_status kv_trace_validate(const char *path, const kv_open_opts *opts, kv_error *err);

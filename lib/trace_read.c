@@ -10,7 +10,10 @@
  * child accepted the file does this process open it, and only if it is the file the child
  * read (inode, size, mtime: file_id, re-checked before every read); the description
  * (kv_info) comes from the child's verdict, so this process does not parse the
- * attributes again. Design: lib/trace_validate.c, top.
+ * attributes again. Design: lib/trace_validate.c, top. kv_open_opts.validated (a record the
+ * caller keeps that these bytes passed all that before): the child skips reading the chunks
+ * (trace_inspect KV_INSPECT_NO_CHUNKS), and the parent takes that verdict only for the file
+ * version the digest names (file_id_is_digest), else validates fully.
  *
  * Shapes: S sequences, T tokens, L layers, H q-heads, Hkv kv-heads, D head_dim, C d_model.
  */
@@ -42,12 +45,14 @@
 typedef struct file_id {
     unsigned long long dev, ino, size;
     long long mtime_s, mtime_ns;
+    long long ctime_s, ctime_ns;    /* not in file_id_same: only matched against a digest's */
 } file_id;
 
 struct kv_trace {
     kv_info info;
     hid_t file;
     int have_id;            /* 1: id holds what the validating child saw */
+    int validation;         /* kv_trace_validation */
     file_id id;
     hid_t *tens;            /* [L * 4] /layers/<l>/{q,k,v,attn_out}, opened on first use */
     uint16_t *scratch;      /* raw f16 staging buffer */
@@ -80,6 +85,8 @@ static int file_identity(hid_t f, const char *path, file_id *id)
     id->size = (unsigned long long)sb.st_size;
     id->mtime_s = (long long)sb.st_mtim.tv_sec;
     id->mtime_ns = (long long)sb.st_mtim.tv_nsec;
+    id->ctime_s = (long long)sb.st_ctim.tv_sec;
+    id->ctime_ns = (long long)sb.st_ctim.tv_nsec;
     return 0;
 }
 
@@ -87,6 +94,15 @@ static int file_id_same(const file_id *a, const file_id *b)
 {
     return a->dev == b->dev && a->ino == b->ino && a->size == b->size && a->mtime_s == b->mtime_s &&
            a->mtime_ns == b->mtime_ns;
+}
+
+/* 1 when the file the child read is the version digest d (lib/sha256.c) belongs to: the
+ * same inode, size, mtime and ctime (no device, as in the digest). */
+static int file_id_is_digest(const file_id *a, const kv_file_digest *d)
+{
+    return d->have_id && a->ino == d->ino && a->size == d->size &&
+           (unsigned long long)a->mtime_s * 1000000000ull + (unsigned long long)a->mtime_ns == d->mtime_ns &&
+           (unsigned long long)a->ctime_s * 1000000000ull + (unsigned long long)a->ctime_ns == d->ctime_ns;
 }
 
 /* Opens path read-only and runs trace_inspect on it, in this process. */
@@ -150,7 +166,7 @@ static void write_all(int fd, const void *buf, size_t n)
     }
 }
 
-static __attribute__((noreturn)) void child_main(int fd, const char *path, const kv_open_opts *o,
+static __attribute__((noreturn)) void child_main(int fd, const char *path, const kv_open_opts *o, int level,
                                                  unsigned timeout, unsigned long long mem)
 {
     struct rlimit rl;
@@ -180,7 +196,7 @@ static __attribute__((noreturn)) void child_main(int fd, const char *path, const
     memset(&info, 0, sizeof info);
     memset(&e, 0, sizeof e);
     file_id id;
-    kv_status st = open_and_inspect(path, 1, &info, NULL, &id, &e);
+    kv_status st = open_and_inspect(path, level, &info, NULL, &id, &e);
     unsigned char code = (unsigned char)st;
     write_all(fd, &code, 1);
     if (st != KV_OK) {
@@ -206,9 +222,9 @@ static double now_s(void)
 }
 
 /* The child's verdict: KV_OK with *id and (info != NULL) *info filled from its report, or
- * its error. */
-static kv_status validate_in_child(const char *path, const kv_open_opts *o, file_id *id, kv_info *info,
-                                   kv_error *err)
+ * its error. level: trace_inspect's full (1, or KV_INSPECT_NO_CHUNKS). */
+static kv_status validate_in_child(const char *path, const kv_open_opts *o, int level, file_id *id,
+                                   kv_info *info, kv_error *err)
 {
     /* default: 60 s plus 1 s per 32 MiB, since the child decodes every chunk (a 20 GB
      * trace needs minutes, not a hang) */
@@ -232,7 +248,7 @@ static kv_status validate_in_child(const char *path, const kv_open_opts *o, file
     }
     if (pid == 0) {
         close(fds[0]);
-        child_main(fds[1], path, o, timeout, mem);
+        child_main(fds[1], path, o, level, timeout, mem);
     }
     close(fds[1]);
 
@@ -337,7 +353,7 @@ kv_status kv_trace_validate(const char *path, const kv_open_opts *opts, kv_error
         info_free(&info);
         return st;
     }
-    return validate_in_child(path, opts, NULL, NULL, err);
+    return validate_in_child(path, opts, 1, NULL, NULL, err);
 }
 
 kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **out, kv_error *err)
@@ -354,11 +370,25 @@ kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **o
         return kverr_set(err, KV_ERR_NOMEM, "%s: out of memory", path);
     t->file = H5I_INVALID_HID;
     if (!skip) {
-        kv_status st = validate_in_child(path, opts, &vid, &t->info, err);
+        /* opts->validated: these bytes passed the full validation before; the child skips
+         * the chunks, and its verdict counts only for the file the digest belongs to. Any
+         * doubt (another version, a failure) falls back to the full validation, so the
+         * verdict and its message are the full validation's. */
+        const kv_file_digest *vd = opts ? opts->validated : NULL;
+        int level = vd && vd->have_id ? KV_INSPECT_NO_CHUNKS : 1;
+        kv_status st = validate_in_child(path, opts, level, &vid, &t->info, err);
+        if (level != 1 && (st == KV_OK ? !file_id_is_digest(&vid, vd) : st != KV_ERR_VALIDATOR)) {
+            if (st == KV_OK)
+                info_free(&t->info);
+            memset(&t->info, 0, sizeof t->info);
+            level = 1;
+            st = validate_in_child(path, opts, level, &vid, &t->info, err);
+        }
         if (st != KV_OK) {
             free(t);
             return st;
         }
+        t->validation = level;
     }
     /* skip: validate fully in-process (no crash isolation: files this process wrote).
      * Otherwise: the description (kv_info: attributes, shapes) is the child's, and the file
@@ -402,6 +432,16 @@ kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **o
         t->tens[i] = H5I_INVALID_HID;
     *out = t;
     return KV_OK;
+}
+
+int kv_trace_validation(const kv_trace *t)
+{
+    return t ? t->validation : 0;
+}
+
+int kv_trace_is_version(const kv_trace *t, const kv_file_digest *d)
+{
+    return t && d && t->have_id && file_id_is_digest(&t->id, d);
 }
 
 void kv_trace_close(kv_trace *t)

@@ -693,7 +693,7 @@ static kv_status check_storage(vctx *v, hid_t loc, const char *name, const char 
                        (unsigned long long)have, needed);
             goto done;
         }
-        if ((st = check_chunks(v, d, dcpl, obj, rank, dims, cd, cbytes, t)) != KV_OK)
+        if (v->full != KV_INSPECT_NO_CHUNKS && (st = check_chunks(v, d, dcpl, obj, rank, dims, cd, cbytes, t)) != KV_OK)
             goto done;
     } else if (bytes > 0) {
         hsize_t stored = H5Dget_storage_size(d);

@@ -634,7 +634,35 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv
         if (!sw->n) { snprintf(err, sizeof err, "--strategy: no configuration"); goto fail; }
     }
 
-    if (kv_trace_open(trace_path, NULL, &tr, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
+    /* provenance: the trace's SHA-256, hashed once per file version (lib/sha256.c), or the
+     * digest a driver passed (known) when this is the version it is of. Taken before the open
+     * so that a record of this digest's passed full validation (valid-<sha256>, in the digest
+     * cache's directory) lets the validating child skip the chunks (kv_open_opts.validated:
+     * only for the file version the digest belongs to). A failure to hash waits until the
+     * open has spoken: for a bad file the user sees the validator's one line, as before. */
+    char hdir[4096];                    /* the digest cache's directory: outlives the engine's setup */
+    const char *hd = hash_cache ? kv_hash_cache_dir(hdir, sizeof hdir) : NULL;
+    char vname[80] = "", vline[128] = "";
+    struct stat tsb;    /* not a regular file (a FIFO would block or be consumed): hashed after the open refused it */
+    int regular = stat(trace_path, &tsb) == 0 && S_ISREG(tsb.st_mode);
+    int how = -1, have_dig = regular && kv_file_sha256_known(trace_path, hd, known, &tdig, &how, &ke) == KV_OK;
+    kv_error dig_err = ke;
+    kv_open_opts oo;
+    memset(&oo, 0, sizeof oo);
+    if (have_dig && hd && tdig.have_id) {
+        snprintf(vname, sizeof vname, "valid-%s", tdig.hex);
+        snprintf(vline, sizeof vline, "kvtrace-validated 1 %s\n", tdig.hex);
+        if (kv_cache_record_has(hd, vname, vline)) oo.validated = &tdig;
+    }
+    if (kv_trace_open(trace_path, &oo, &tr, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
+    if (debug_item("validate"))
+        fprintf(stderr, "kvtrace: validated %s: %s\n", trace_path,
+                kv_trace_validation(tr) == 2 ? "metadata only (a record of a full validation of these bytes)"
+                                             : "full (every chunk read)");
+    /* a full validation of the bytes the digest names (the child read that very version) */
+    if (vname[0] && kv_trace_validation(tr) == 1 && kv_trace_is_version(tr, &tdig)) kv_cache_record_put(hd, vname, vline);
+    if (!regular && !(have_dig = kv_file_sha256_known(trace_path, hd, known, &tdig, &how, &ke) == KV_OK)) dig_err = ke;
+    if (!have_dig) { snprintf(err, sizeof err, "%s", dig_err.msg); goto fail; }
     const kv_info *in = kv_trace_info(tr);
     int ps_note = pscores == RP_PS_AUTO && in->has_prompt_scores && in->prompt_scores_stale[0];
     pscores = resolve_prompt_scores(pscores, in);
@@ -719,16 +747,11 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv
     }
     rs_blas_set_threads(1);
 
-    char hdir[4096];                    /* the digest cache's directory: outlives the engine's setup */
     size_t scan_stats[2] = {0, 0};
     rp_run_opts opts = { .mode = mode, .decode = (size_t)decode, .eval_from = (size_t)eval_from, .readout = readout_flag != 0, .gqa_reduce = gqa,
                          .calib = calib, .n_calib = n_calib, .per_layer_readout = per_layer,
                          .page_size = (size_t)page_size, .prompt_scores = pscores, .no_share = no_share };
-    {   /* provenance: the trace's SHA-256, hashed once per file version (lib/sha256.c), or
-         * the digest a driver passed (known) when this is the version it is of */
-        const char *hd = hash_cache ? kv_hash_cache_dir(hdir, sizeof hdir) : NULL;
-        int how;
-        if (kv_file_sha256_known(trace_path, hd, known, &tdig, &how, &ke) != KV_OK) { snprintf(err, sizeof err, "%s", ke.msg); goto fail; }
+    {   /* provenance: the digest taken before the open */
         memcpy(sha, tdig.hex, sizeof sha);
         if (how == KV_SHA256_HASHED && debug_hash())
             fprintf(stderr, "kvtrace: sha256 of %s: hashed %llu bytes\n", trace_path, tdig.size);
