@@ -15,26 +15,9 @@
 #include <unistd.h>
 
 #include "kvtrace.h"
-
-static int fails = 0, checks = 0;
-
-#define CHECK(cond, ...) do { checks++; if (!(cond)) { fails++; printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-                              printf(__VA_ARGS__); printf("\n"); } } while (0)
+#include "trace_testhelp.h"
 
 static char g_path[4096], g_copy[4200];
-
-static int copy_file(const char *from, const char *to)
-{
-    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
-    int ok = a && b;
-    char buf[1 << 16];
-    size_t n;
-    while (ok && (n = fread(buf, 1, sizeof buf, a)) > 0)
-        ok = fwrite(buf, 1, n, b) == n;
-    if (a) fclose(a);
-    if (b && fclose(b) != 0) ok = 0;
-    return ok ? 0 : -1;
-}
 
 static void append_byte(const char *path)
 {

@@ -21,13 +21,9 @@
 #include <unistd.h>
 
 #include "kvtrace.h"
+#include "trace_testhelp.h"
 
 enum { S = 2, T = 300, L = 2, H = 4, HKV = 2, D = 8, C = 16, V = 50 };
-
-static int fails = 0, checks = 0;
-
-#define CHECK(cond, ...) do { checks++; if (!(cond)) { fails++; printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-                              printf(__VA_ARGS__); printf("\n"); } } while (0)
 
 static uint16_t fixture_bits(int kind, size_t s, size_t l, size_t h, size_t t, size_t d)
 {

@@ -12,24 +12,7 @@
 #include <unistd.h>
 
 #include "kvtrace.h"
-
-static int fails = 0, checks = 0;
-
-#define CHECK(cond, ...) do { checks++; if (!(cond)) { fails++; printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-                              printf(__VA_ARGS__); printf("\n"); } } while (0)
-
-static int copy_file(const char *from, const char *to)
-{
-    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
-    int ok = a && b;
-    char buf[1 << 16];
-    size_t n;
-    while (ok && (n = fread(buf, 1, sizeof buf, a)) > 0)
-        ok = fwrite(buf, 1, n, b) == n;
-    if (a) fclose(a);
-    if (b && fclose(b) != 0) ok = 0;
-    return ok ? 0 : -1;
-}
+#include "trace_testhelp.h"
 
 /* Opens path with opts.validated = d; returns kv_trace_validation (-1: the open failed, the
  * message in msg). row: the first q row of (0, 0, 0) when not NULL. */
