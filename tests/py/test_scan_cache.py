@@ -14,7 +14,6 @@ under that name does (so the record's name and line are what is trusted)."""
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 
 try:
@@ -24,7 +23,7 @@ except ImportError as e:  # pragma: no cover
     print("skip: h5py/numpy not available (%s)" % e)
     sys.exit(77)
 
-from testhelp import check, failures
+from testhelp import check, csv_bytes, failures, run_debug
 
 BIN, ROOT, TMP = os.environ["BIN"], os.environ["KV_ROOT"], os.environ["KV_TMP"]
 xdg = os.path.join(TMP, "xdg")
@@ -53,26 +52,13 @@ def run(trace, seqs="0", extra=()):
     """(returncode, stderr lines without the scan line, (run, skipped) or None, out dir)"""
     runs[0] += 1
     out = os.path.join(TMP, f"out{runs[0]}")
-    env = dict(os.environ)
-    env.pop("KVTRACE_HASH_CACHE", None)
-    env["KVTRACE_DEBUG"] = "scan"
-    env["XDG_CACHE_HOME"] = xdg
-    r = subprocess.run([f"{BIN}/kvreplay", "run", trace, "--strategy", "full", "--seqs", seqs, "--decode", "8",
-                        "-o", out, "--threads", "2", *extra], capture_output=True, text=True, env=env)
-    lines = [x for x in r.stderr.splitlines() if x]
+    rc, dbg, rest = run_debug([f"{BIN}/kvreplay", "run", trace, "--strategy", "full", "--seqs", seqs, "--decode", "8",
+                               "-o", out, "--threads", "2", *extra], "scan", "kvtrace: value scan: ", xdg)
     counts = None
-    rest = []
-    for x in lines:
-        if x.startswith("kvtrace: value scan: "):
-            w = x.split()
-            counts = (int(w[3]), int(w[6]))
-        else:
-            rest.append(x)
-    return r.returncode, rest, counts, out
-
-
-def csvs(out):
-    return {n: open(os.path.join(out, n), "rb").read() for n in sorted(os.listdir(out)) if n.endswith(".csv")}
+    for x in dbg:
+        w = x.split()
+        counts = (int(w[3]), int(w[6]))
+    return rc, rest, counts, out
 
 
 def nan_fail(rc, rest):
@@ -100,9 +86,9 @@ check(read(name(dig[clean], "s0-ro")) == line(dig[clean], "s0-ro")
       "records: one per part, named by the hashlib digest, one line naming it")
 rc, rest, c2, o2 = run(clean)
 check(rc == 0 and c2 == (0, PER_SEQ + GLOBAL), f"second run: every task skipped ({c2})")
-check(csvs(o1) and csvs(o1) == csvs(o2), "CSVs of the skipping run identical to the scanning run's")
+check(csv_bytes(o1) and csv_bytes(o1) == csv_bytes(o2), "CSVs of the skipping run identical to the scanning run's")
 rc, rest, c3, o3 = run(clean, extra=["--no-hash-cache"])
-check(rc == 0 and c3 == (PER_SEQ + GLOBAL, 0) and csvs(o3) == csvs(o1), f"--no-hash-cache: everything scanned ({c3})")
+check(rc == 0 and c3 == (PER_SEQ + GLOBAL, 0) and csv_bytes(o3) == csv_bytes(o1), f"--no-hash-cache: everything scanned ({c3})")
 rc, rest, c4, _ = run(clean, seqs="0,2")
 check(rc == 0 and c4 == (PER_SEQ, PER_SEQ + GLOBAL), f"seqs 0,2: only sequence 2 scanned ({c4})")
 

@@ -16,7 +16,6 @@ the user's own doing, as a forged digest-cache entry is: test_hash_cache.py)."""
 import hashlib
 import os
 import shutil
-import subprocess
 import sys
 
 try:
@@ -26,7 +25,7 @@ except ImportError as e:  # pragma: no cover
     print("skip: h5py/numpy not available (%s)" % e)
     sys.exit(77)
 
-from testhelp import check, failures
+from testhelp import check, csv_bytes, failures, run_debug
 
 BIN, ROOT, TMP = os.environ["BIN"], os.environ["KV_ROOT"], os.environ["KV_TMP"]
 sys.path.insert(0, os.path.join(ROOT, "tests/py"))
@@ -65,23 +64,12 @@ def run(trace, extra=()):
     """(returncode, stderr lines without the debug line, 'full' / 'metadata' / None, out dir)"""
     runs[0] += 1
     out = os.path.join(TMP, f"out{runs[0]}")
-    env = dict(os.environ)
-    env.pop("KVTRACE_HASH_CACHE", None)
-    env["KVTRACE_DEBUG"] = "validate"
-    env["XDG_CACHE_HOME"] = xdg
-    r = subprocess.run([f"{BIN}/kvreplay", "run", trace, "--strategy", "full", "--seqs", "0", "--decode", "8",
-                        "-o", out, "--threads", "2", *extra], capture_output=True, text=True, env=env, timeout=300)
-    how, rest = None, []
-    for x in r.stderr.splitlines():
-        if x.startswith("kvtrace: validated "):
-            how = "metadata" if ": metadata only" in x else "full" if ": full" in x else "?"
-        elif x:
-            rest.append(x)
-    return r.returncode, rest, how, out
-
-
-def csvs(out):
-    return {n: open(os.path.join(out, n), "rb").read() for n in sorted(os.listdir(out)) if n.endswith(".csv")}
+    rc, dbg, rest = run_debug([f"{BIN}/kvreplay", "run", trace, "--strategy", "full", "--seqs", "0", "--decode", "8",
+                               "-o", out, "--threads", "2", *extra], "validate", "kvtrace: validated ", xdg, timeout=300)
+    how = None
+    for x in dbg:
+        how = "metadata" if ": metadata only" in x else "full" if ": full" in x else "?"
+    return rc, rest, how, out
 
 
 def read(p):
@@ -93,7 +81,7 @@ check(rc == 0 and how == "full", f"first run: full validation (rc {rc}, {how}, {
 check(read(rec(clean)) == line(clean), "the record of the passed full validation is written, exact line")
 rc, rest, how, o2 = run(clean)
 check(rc == 0 and how == "metadata", f"second run: metadata-only validation (rc {rc}, {how})")
-check(csvs(o1) == csvs(o2) and len(csvs(o1)) > 0, "CSVs identical between the full and the metadata-only run")
+check(csv_bytes(o1) == csv_bytes(o2) and len(csv_bytes(o1)) > 0, "CSVs identical between the full and the metadata-only run")
 rc, rest, how, _ = run(clean, ["--no-hash-cache"])
 check(rc == 0 and how == "full", f"--no-hash-cache: full ({how})")
 
@@ -106,7 +94,7 @@ for i in range(2):
     check(rc == 1 and len(rest) == 1 and bad in rest[0] and "/layers/0/q" in rest[0] and BAD_WHY in rest[0],
           f"corrupt chunk (clean records present, run {i + 1}): its one-line error ({rc}, {rest})")
     check(not os.path.exists(rec(bad)), f"no record after the failed validation (run {i + 1})")
-    check(not os.path.exists(o4) or not csvs(o4), "no results from the failed run")
+    check(not os.path.exists(o4) or not csv_bytes(o4), "no results from the failed run")
 
 # records under the clean copy's exact name that are not the exact line: never trusted
 clean2 = os.path.join(TMP, "sub", "clean2.h5")

@@ -36,6 +36,24 @@ def run_units(args, threads, force_layers=False):
     return [x[len("kvtrace: work items: "):] for x in r.stderr.splitlines() if x.startswith("kvtrace: work items: ")]
 
 
+def run_debug(args, word, prefix, xdg, timeout=None):
+    """Run a command (any exit status) with KVTRACE_DEBUG=word, XDG_CACHE_HOME=xdg and the
+    digest cache on (KVTRACE_HASH_CACHE unset). Returns (returncode, the non-empty stderr lines
+    starting with prefix, the other non-empty stderr lines)."""
+    import os
+    env = dict(os.environ, KVTRACE_DEBUG=word, XDG_CACHE_HOME=xdg)
+    env.pop("KVTRACE_HASH_CACHE", None)
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
+    lines = [x for x in r.stderr.splitlines() if x]
+    return r.returncode, [x for x in lines if x.startswith(prefix)], [x for x in lines if not x.startswith(prefix)]
+
+
+def csv_bytes(out):
+    """{name: bytes} of the CSV files in directory out."""
+    import os
+    return {n: open(os.path.join(out, n), "rb").read() for n in sorted(os.listdir(out)) if n.endswith(".csv")}
+
+
 def write_ids(path, n_seq, T, seed):
     """A token-id file for capture/kvcapture.py --ids: n_seq lines of T ids, each 256 (the
     reference models' BOS) then T - 1 bytes drawn by numpy's default_rng(seed)."""
