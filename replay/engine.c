@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #ifdef _OPENMP
 #include <omp.h>
 static int max_threads(void) { return omp_get_max_threads(); }
@@ -56,12 +57,29 @@ typedef struct thread_bufs {
     size_t cap[TB_N];
 } thread_bufs;
 
+/* malloc for buffers of megabytes: 2 MiB-aligned and marked for transparent huge pages where
+ * the kernel offers them (madvise mode), so that a 32 MiB buffer faults in 16 times instead of
+ * 8192 (page faults were 10% of a 2-thread 16k run's samples). free() releases it. */
+static void *big_alloc(size_t bytes)
+{
+#ifdef MADV_HUGEPAGE
+    const size_t huge = (size_t)2 << 20;
+    if (bytes >= huge) {
+        size_t r = (bytes + huge - 1) / huge * huge;
+        void *p = aligned_alloc(huge, r);
+        if (p) madvise(p, r, MADV_HUGEPAGE);
+        return p;
+    }
+#endif
+    return malloc(bytes);
+}
+
 /* b->p[i] with at least `bytes`, or NULL when out of memory (owned by b). */
 static void *tb_take(thread_bufs *b, int i, size_t bytes)
 {
     if (b->cap[i] < bytes) {
         free(b->p[i]);
-        b->p[i] = malloc(bytes);
+        b->p[i] = big_alloc(bytes);
         b->cap[i] = b->p[i] ? bytes : 0;
     }
     return b->p[i];
