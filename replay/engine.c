@@ -859,16 +859,21 @@ fail:
 
 /* ---- caches ------------------------------------------------------------------------------ */
 
+/* dst = the first nv entries of src, with room for src->cap entries (and src's members):
+ * the size the kv head's cache reaches, so a copy that grows with the cache afterwards
+ * (cache_append) or is made again for each query row (a longer prefix each time) is
+ * allocated once instead of grown by realloc. */
 static int cache_copy_prefix(rp_cache *dst, const rp_cache *src, size_t nv)
 {
     size_t D = src->D;
     dst->D = D;
     size_t nm = src->mem_off ? (size_t)src->mem_off[nv] : 0;
+    size_t cap = src->cap > nv ? src->cap : nv, capm = src->mem_off && src->n_members > nm ? src->n_members : nm;
     if (src->mem_off && !dst->mem_off) {
-        dst->mem_off = malloc((dst->cap + 1) * sizeof *dst->mem_off);
+        dst->mem_off = malloc(((cap > dst->cap ? cap : dst->cap) + 1) * sizeof *dst->mem_off);
         if (!dst->mem_off) return -1;
     }
-    if (rp_cache_reserve(dst, nv ? nv : 1, nm)) return -1;
+    if (rp_cache_reserve(dst, cap ? cap : 1, capm)) return -1;
     rp_cache_clear(dst);
     memcpy(dst->pos, src->pos, nv * sizeof *dst->pos);
     memcpy(dst->mult, src->mult, nv * sizeof *dst->mult);
@@ -1377,13 +1382,26 @@ static int item_prefill(item *it)
         }
         if (online) continue;
         rp_cache *out = it->sc->pout;
-        for (size_t g = 0; g < Hkv; g++) out[g] = cs[c * Hkv + g].cache;
+        for (size_t g = 0; g < Hkv; g++) {     /* positions-only (strategy.h): rows stay the item's */
+            rp_cache *pc = &cs[c * Hkv + g].cache;
+            free(pc->k); free(pc->v);
+            pc->k = pc->v = NULL;
+            pc->src_k = it->ctx.k + g * it->ctx.n * E->D;
+            pc->src_v = it->ctx.v + g * it->ctx.n * E->D;
+            pc->src_n = it->ctx.n;
+            out[g] = *pc;
+        }
         it->ctx.seed = seed;
         it->ctx.keep = cf->budget_kind == RP_BUDGET_KEEP ? cf->budget_value : 0;
         it->ctx.plan = item_plan(it, c);
         char e2[512] = "";
         int prc = cf->evict->prefill(cf->evict_cfg, &it->ctx, B, out, e2, sizeof e2);
-        for (size_t g = 0; g < Hkv; g++) cs[c * Hkv + g].cache = out[g];
+        for (size_t g = 0; g < Hkv; g++) {
+            cs[c * Hkv + g].cache = out[g];
+            /* a cache still positions-only has k = v = NULL: dry below; one with rows keeps them */
+            cs[c * Hkv + g].cache.src_k = cs[c * Hkv + g].cache.src_v = NULL;
+            cs[c * Hkv + g].cache.src_n = 0;
+        }
         if (prc)
             return IT_FAIL(it, "config '%s': %s prefill failed at seq %zu layer %zu: %s", cf->canon, cf->evict->name,
                            s, l, e2[0] ? e2 : "error");
@@ -1394,7 +1412,9 @@ static int item_prefill(item *it)
                 return IT_FAIL(it, "config '%s': %s prefill at seq %zu layer %zu kv head %zu: %s", cf->canon,
                                cf->evict->name, s, l, it->g0 + g, why);
             /* memory: plain unmodified entries are rows of the trace; keep their
-             * positions only (cache_fill gives the rows back where they are read) */
+             * positions only (cache_fill gives the rows back where they are read). A prefill
+             * that pushed the source rows only (rp_cache_push in positions-only mode) copied
+             * none: k = v = NULL already */
             if (!cc->modified && !cache_merged(cc)) {
                 free(cc->k); free(cc->v);
                 cc->k = cc->v = NULL;

@@ -15,11 +15,17 @@ static int grow(void **p, size_t elem, size_t n)
     return 0;
 }
 
+/* A cache in positions-only mode (strategy.h: src_k set, k = v = NULL) holds no rows: its
+ * capacity covers pos, mult and mem_off; rp_cache_rows allocates the rows at that capacity. */
+static int rows_only_positions(const rp_cache *c) { return c->src_k != NULL; }
+
 int rp_cache_reserve(rp_cache *c, size_t cap, size_t members_cap)
 {
     if (cap > c->cap) {
-        if (grow((void **)&c->pos, sizeof *c->pos, cap) || grow((void **)&c->mult, sizeof *c->mult, cap) ||
-            grow((void **)&c->k, sizeof *c->k * c->D, cap) || grow((void **)&c->v, sizeof *c->v * c->D, cap))
+        if (grow((void **)&c->pos, sizeof *c->pos, cap) || grow((void **)&c->mult, sizeof *c->mult, cap))
+            return -1;
+        if (!rows_only_positions(c) &&
+            (grow((void **)&c->k, sizeof *c->k * c->D, cap) || grow((void **)&c->v, sizeof *c->v * c->D, cap)))
             return -1;
         if (c->mem_off && grow((void **)&c->mem_off, sizeof *c->mem_off, cap + 1)) return -1;
         c->cap = cap;
@@ -28,6 +34,24 @@ int rp_cache_reserve(rp_cache *c, size_t cap, size_t members_cap)
         if (grow((void **)&c->members, sizeof *c->members, members_cap)) return -1;
         c->members_cap = members_cap;
     }
+    return 0;
+}
+
+int rp_cache_rows(rp_cache *c)
+{
+    if (!rows_only_positions(c)) return 0;
+    size_t D = c->D, nk = c->cap ? c->cap : 1;
+    float *k = malloc(nk * D * sizeof *k), *v = malloc(nk * D * sizeof *v);
+    if (!k || !v) { free(k); free(v); return -1; }
+    for (size_t e = 0; e < c->n; e++) {    /* every entry is plain: its row is its position's */
+        memcpy(k + e * D, c->src_k + (size_t)c->pos[e] * D, D * sizeof *k);
+        memcpy(v + e * D, c->src_v + (size_t)c->pos[e] * D, D * sizeof *v);
+    }
+    free(c->k); free(c->v);
+    c->k = k;
+    c->v = v;
+    c->src_k = c->src_v = NULL;
+    c->src_n = 0;
     return 0;
 }
 
@@ -63,12 +87,20 @@ static int ensure_members(rp_cache *c, size_t extra)
 
 int rp_cache_push(rp_cache *c, int32_t t, const float *k, const float *v)
 {
+    size_t D = c->D;
+    /* positions-only: the source row of t is recorded by its position; any other row
+     * gives the cache its rows first */
+    int own = rows_only_positions(c) && t >= 0 && (size_t)t < c->src_n && k == c->src_k + (size_t)t * D &&
+              v == c->src_v + (size_t)t * D;
+    if (!own && rp_cache_rows(c)) return -1;
     if (ensure_one_more(c)) return -1;
-    size_t e = c->n, D = c->D;
+    size_t e = c->n;
     c->pos[e] = t;
     c->mult[e] = 1;
-    memcpy(c->k + e * D, k, D * sizeof *k);
-    memcpy(c->v + e * D, v, D * sizeof *v);
+    if (!own) {
+        memcpy(c->k + e * D, k, D * sizeof *k);
+        memcpy(c->v + e * D, v, D * sizeof *v);
+    }
     if (c->mem_off) {
         if (ensure_members(c, 1)) return -1;
         c->members[c->n_members++] = t;
@@ -81,7 +113,7 @@ int rp_cache_push(rp_cache *c, int32_t t, const float *k, const float *v)
 int rp_cache_push_merged(rp_cache *c, const int32_t *mem, size_t m, const float *k, const float *v)
 {
     if (m == 1) return rp_cache_push(c, mem[0], k, v);
-    if (ensure_one_more(c) || ensure_members(c, m)) return -1;
+    if (rp_cache_rows(c) || ensure_one_more(c) || ensure_members(c, m)) return -1;
     size_t e = c->n, D = c->D;
     c->pos[e] = mem[0];
     c->mult[e] = (int32_t)m;
@@ -103,8 +135,10 @@ void rp_cache_compact(rp_cache *c, const uint8_t *keep)
         if (w != e) {
             c->pos[w] = c->pos[e];
             c->mult[w] = c->mult[e];
-            memmove(c->k + w * D, c->k + e * D, D * sizeof *c->k);
-            memmove(c->v + w * D, c->v + e * D, D * sizeof *c->v);
+            if (c->k) {     /* positions-only caches have no rows to move */
+                memmove(c->k + w * D, c->k + e * D, D * sizeof *c->k);
+                memmove(c->v + w * D, c->v + e * D, D * sizeof *c->v);
+            }
         }
         if (c->mem_off) {
             size_t a = (size_t)c->mem_off[e], b = (size_t)c->mem_off[e + 1];

@@ -127,11 +127,33 @@ typedef struct rp_cache {
     int modified;           /* 1 when k/v differ from the originals (merge/encode): the
                                engine then computes kv_mse_k/v over represented members */
     rp_bytes bytes;         /* filled by encode; the engine fills fp16 defaults otherwise */
+    /* Positions-only mode: src_k, src_v [src_n][D] are the kv head's source rows (the item's
+     * K and V, stride D); while src_k != NULL the cache holds no rows (k = v = NULL) and
+     * entry e's rows are src_k/src_v + pos[e] * D. The engine sets it on every prefill
+     * output cache (out[g]: ctx->k/v + g * ctx->n * D, src_n = ctx->n) so a prefill that
+     * keeps rows unmodified copies none of them; rp_cache_rows leaves it (rows gathered). */
+    const float *src_k, *src_v;
+    size_t src_n;
 } rp_cache;
 
-/* Engine-provided helpers for strategies (replay/strategy.c). */
+/* Engine-provided helpers for strategies (replay/strategy.c).
+ *
+ * Who may touch rows when: a prefill hook fills out[g] through these helpers only, and
+ * must call rp_cache_rows(&out[g]) before it reads or writes out[g].k / .v itself (merging's
+ * folded values); k and v are NULL until then. rp_cache_push of exactly the source row of
+ * t (k == src_k + t * D and v == src_v + t * D: ctx->k + (g * ctx->n + t) * D, what
+ * ev_push_kept gives) records the position only; any other row, and rp_cache_push_merged,
+ * gathers the rows first (rp_cache_rows) and then copies as usual. rp_cache_reserve and
+ * rp_cache_compact work in either mode. Every other hook (online_*, select, encode,
+ * online_view, online_rows) gets caches with rows (the engine gathers them where it reads
+ * them), and a cache the hook did not get from the engine's prefill (src_k NULL: unit tests,
+ * the engine's own copies) always has rows. */
 int rp_cache_reserve(rp_cache *c, size_t cap, size_t members_cap);   /* 0 ok, -1 ENOMEM */
 void rp_cache_clear(rp_cache *c);
+/* Positions-only mode off: k/v allocated at the capacity and the n entries' source rows
+ * gathered by position. A no-op (0) for a cache with rows. 0 ok, -1 out of memory (the
+ * cache unchanged). */
+int rp_cache_rows(rp_cache *c);
 /* Append a plain token t with its original k/v rows. */
 int rp_cache_push(rp_cache *c, int32_t t, const float *k, const float *v);
 /* Append a merged entry of positions mem[0..m) with the given k/v rows (e.g. means). */

@@ -84,10 +84,11 @@ static void pack_kept(const float *K, size_t D, const rp_cache *c, double *kp)
 }
 
 /* Steps 2-3 on the cache c of kv head g (its m >= 1 entries hold the kept rows, positions
- * ascending): original keys/values K, V [n][D]. The kept keys' clamped norms are computed
+ * ascending; positions-only until a value changes: rp_cache_rows then): original keys/values
+ * K, V [n][D]. 0 ok, -1 out of memory. The kept keys' clamped norms are computed
  * once instead of once per evicted entry; similarities are ranked in ascending t (ties keep
  * the lower one) and the folds added in ascending e, as one evicted entry at a time. */
-static void fold_evicted(const kvp_cfg *cf, const float *K, const float *V, size_t P, size_t D, rp_cache *c,
+static int fold_evicted(const kvp_cfg *cf, const float *K, const float *V, size_t P, size_t D, rp_cache *c,
                          const uint8_t *kept_mask, mg_work *w)
 {
     size_t m = c->n, nb = (m + MG_PC - 1) / MG_PC, ne_all = 0;
@@ -128,10 +129,12 @@ static void fold_evicted(const kvp_cfg *cf, const float *K, const float *V, size
     }
     for (size_t t = 0; t < m; t++) {
         if (!(wsum[t] > 0)) continue;
+        if (rp_cache_rows(c)) return -1;    /* the kept rows, before one of them changes */
         const float *vt = V + (size_t)c->pos[t] * D;
         for (size_t d = 0; d < D; d++) c->v[t * D + d] = (float)(((double)vt[d] + acc[t * D + d]) / (1.0 + wsum[t]));
         c->modified = 1;
     }
+    return 0;
 }
 
 static int merging_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, rp_cache *out,
@@ -161,7 +164,7 @@ static int merging_prefill(const void *cfg, const rp_layer_ctx *ctx, size_t B, r
         if (ev_push_kept(ctx, g, kept, m, &out[g])) goto done;
         memset(mask, 0, P);
         for (size_t i = 0; i < m; i++) mask[kept[i]] = 1;
-        if (m) fold_evicted(c, ctx->k + g * ctx->n * D, ctx->v + g * ctx->n * D, P, D, &out[g], mask, &w);
+        if (m && fold_evicted(c, ctx->k + g * ctx->n * D, ctx->v + g * ctx->n * D, P, D, &out[g], mask, &w)) goto done;
     }
     rc = 0;
 done:
