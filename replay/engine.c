@@ -1384,11 +1384,11 @@ static int item_prefill(item *it)
         rp_cache *out = it->sc->pout;
         for (size_t g = 0; g < Hkv; g++) {     /* positions-only (strategy.h): rows stay the item's */
             rp_cache *pc = &cs[c * Hkv + g].cache;
-            free(pc->k); free(pc->v);
-            pc->k = pc->v = NULL;
-            pc->src_k = it->ctx.k + g * it->ctx.n * E->D;
-            pc->src_v = it->ctx.v + g * it->ctx.n * E->D;
-            pc->src_n = it->ctx.n;
+            if (!pc->k && !pc->v) {             /* (empty caches: item_head_end freed them) */
+                pc->src_k = it->ctx.k + g * it->ctx.n * E->D;
+                pc->src_v = it->ctx.v + g * it->ctx.n * E->D;
+                pc->src_n = it->ctx.n;
+            }
             out[g] = *pc;
         }
         it->ctx.seed = seed;
