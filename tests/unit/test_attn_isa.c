@@ -38,7 +38,7 @@ static double rng_unif(void) { return ((rng_u64() >> 11) + 0.5) * (1.0 / 9007199
 static float rng_normal(void) { return (float)(sqrt(-2 * log(rng_unif())) * cos(2 * M_PI * rng_unif())); }
 static float *randn(size_t n, float sd)
 {
-    float *x = malloc((n ? n : 1) * sizeof *x);
+    float *x = calloc(n ? n : 1, sizeof *x);
     for (size_t i = 0; i < n; i++) x[i] = sd * rng_normal();
     return x;
 }
@@ -67,6 +67,16 @@ static void put(const char *name, const void *p, size_t len)
     s->len = len;
     if (len) memcpy(r->buf + r->len, p, len);
     r->len += len;
+}
+
+/* A double sum recorded with its NaNs made one NaN: a lane that adds NaNs of both signs (an
+ * input NaN and an Inf - Inf) ends with the sign of whichever operand the compiler put
+ * first in the commutative add, on any path (the generic and AVX2 paths of
+ * attn_div_sumsq_f64 already differ so); the elements themselves are compared bit for bit. */
+static void put_sum(const char *name, double x)
+{
+    if (isnan(x)) x = NAN;
+    put(name, &x, sizeof x);
 }
 
 static int logit_bitwise_ok = 1;        /* this path's logits == attn_logit (+ bias) */
@@ -214,7 +224,11 @@ static void w_rowfns(size_t n, int special)
     char nm[160];
     float *s = randn(n, 4), *pe = malloc((n ? n : 1) * sizeof *pe);
     double *out = malloc((n ? n : 1) * sizeof *out), *xd = malloc((n ? n : 1) * sizeof *xd);
-    if (special && n > 0) {
+    if (special == 2)                       /* exp(s - m) from 1 down to 1e-13: the double sums round */
+        for (size_t e = 0; e < n; e++) s[e] = (float)(-30 * rng_unif());
+    if (special == 3)                       /* one 1 and tiny terms: l = 1 + O(1e-6), log l keeps the sum's last bits */
+        for (size_t e = 0; e < n; e++) s[e] = e == 0 ? 0.0f : (float)(-20 - 10 * rng_unif());
+    if (special == 1 && n > 0) {
         static const float sv[] = {-INFINITY, -100.0f, -87.5f, 0.0f, -0.0f, 1e-30f, -1e-30f, -700.0f, -800.0f, NAN};
         for (size_t e = 0; e < n; e += 3) s[e] = sv[rng_u64() % (sizeof sv / sizeof *sv)];
     }
@@ -224,25 +238,25 @@ static void w_rowfns(size_t n, int special)
     attn_exp_shift(s, n, m, pe);
     snprintf(nm, sizeof nm, "exp_shift n=%zu special=%d", n, special);
     put(nm, pe, n * sizeof *pe);
+    for (size_t e = 0; e < n; e++) pe[e] = 42.0f;      /* p is left unset when a logit is NaN */
     double lp = attn_probs_row(s, n, pe);
     snprintf(nm, sizeof nm, "probs_row n=%zu special=%d", n, special);
     put(nm, &lp, sizeof lp);
-    if (!isnan(lp)) put(nm, pe, n * sizeof *pe);
+    put(nm, pe, n * sizeof *pe);
     const double cs[] = {(double)m, (double)m + 0.37, -INFINITY, 3.0};
     for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
         double sum = attn_exp_sub_f64(s, n, cs[i], out);
         snprintf(nm, sizeof nm, "exp_sub_f64 n=%zu special=%d c=%g", n, special, cs[i]);
-        put(nm, &sum, sizeof sum);
+        put_sum(nm, sum);
         put(nm, out, n * sizeof *out);
         for (size_t e = 0; e < n; e++) xd[e] = (double)s[e] * 1.7 - 3.0;
         sum = attn_exp_sub_f64d(xd, n, cs[i], xd);            /* in place */
         snprintf(nm, sizeof nm, "exp_sub_f64d n=%zu special=%d c=%g", n, special, cs[i]);
-        put(nm, &sum, sizeof sum);
+        put_sum(nm, sum);
         put(nm, xd, n * sizeof *xd);
         sum = attn_div_sumsq_f64(xd, n, 1.3);
-        if (isnan(sum)) sum = NAN;   /* a sum of NaNs of both signs: its sign differs between the generic and AVX2 paths */
         snprintf(nm, sizeof nm, "div_sumsq n=%zu special=%d c=%g", n, special, cs[i]);
-        put(nm, &sum, sizeof sum);
+        put_sum(nm, sum);
         put(nm, xd, n * sizeof *xd);
     }
     free(s); free(pe); free(out); free(xd);
@@ -287,7 +301,19 @@ static void workload(void)
             w_full(T, D, &w7, 2.0f, "window7");
             w_full(T, D, &wt, 2.0f, "windowT/3");
             w_full(T, D, &both, 2.0f, "cap20+window70");
+            if (T >= 64) w_full(T, D, &plain, 30.0f, "wide");      /* logits over ~[-100, 100] */
         }
+    {                                       /* a NaN key: NaN logits in some rows */
+        size_t T = 100, D = 64;
+        attn_params p = {0.125f, 0, 0};
+        float *q = randn(T * D, 1), *k = randn(T * D, 1), *v = randn(T * D, 1);
+        float lse[100], *o = malloc(T * D * sizeof *o);
+        k[70 * D + 5] = NAN;
+        attn_full_rows(q, k, v, T, D, 0, T, &p, lse, o, NULL);
+        put("full NaN key", lse, sizeof lse);
+        put("full NaN key", o, T * D * sizeof *o);
+        free(q); free(k); free(v); free(o);
+    }
     w_heads();
     const size_t ns[] = {0, 1, 7, 8, 15, 16, 17, 33, 64, 65, 200};
     const size_t eDs[] = {64, 80, 96, 128, 13};
@@ -311,6 +337,8 @@ static void workload(void)
     for (size_t n = 0; n <= 70; n++) w_rowfns(n, (int)(n % 2));
     w_rowfns(1000, 0);
     w_rowfns(1003, 1);
+    for (size_t n = 4090; n < 4100; n++) w_rowfns(n, 2);
+    for (size_t n = 100; n < 4100; n += 333) w_rowfns(n, 3);
     const size_t gramD[] = {8, 13, 64, 96};
     for (size_t a = 0; a < sizeof gramD / sizeof *gramD; a++) w_panel_gram(gramD[a]);
 }
