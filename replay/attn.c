@@ -27,6 +27,23 @@
  * lanes. Every lane still computes
  * acc = acc + x * y in the same order with separate roundings (target "avx2", not "fma";
  * no contraction under -std=c11), so both paths give bit-identical results.
+ *
+ * AVX-512F path (chosen at run time where the CPU has it): the AVX2 kernels with 16-float
+ * lanes, target "avx512f" and GCC vector arithmetic (no FMA intrinsic; no contraction under
+ * -std=c11, so each lane is one multiply and one add, as above): logits of 4 rows x 32 keys
+ * per pass over d (then 16 keys, then 8 where a key block is not a multiple of 16) and p.v of
+ * 4 rows x 32 channels per pass over e (then 16, then the generic per-row tail) for the
+ * whole key blocks the AVX2 path batches (the same edge blocks take row_update, whose p.v is
+ * 64/16/8 channels wide); the max; exp(s - m) (float, 16 lanes) and exp(x - c) (double,
+ * two 8-lane vectors) on 16 entries at a time, their double sums still in four lanes e mod
+ * 4, each taking a block's four quarters in order; the last n mod 16 entries go through the
+ * AVX2 loops, padded as there. So the sums' terms, order and roundings are the AVX2 path's,
+ * and all three paths give the same bits (tests/unit/test_attn_isa.c runs each under
+ * attn_set_isa_limit and compares them), but for the sign of a NaN sum whose lane adds NaNs
+ * of both signs (the commutative add's operand order is the compiler's; the generic and
+ * AVX2 attn_div_sumsq_f64 differ so too; the engine rejects NaN before these sums).
+ * attn_entries' 8-key logits and attn_div_sumsq_f64 keep their AVX2 kernels.
+ * attn_set_isa_limit (tests, benchmarks) caps the path: attn_use_avx2/avx512/fma read it.
  */
 #include <math.h>
 #include <stdlib.h>
