@@ -16,6 +16,12 @@
  *   bench_attn kernel --trace F --T 1024,2048 [--peak GFLOPS] [--seconds S] [--csv OUT] [--tag NAME]
  *   bench_attn sgemm  --D 64 --T 1024,2048 [--seconds S] [--csv OUT] [--tag NAME]
  *   bench_attn omp    --trace F [--seconds S] [--csv OUT] [--threads N]
+ *   bench_attn isa    --T 1024,4096 [--trace F] [--D 64] [--seconds S] [--csv OUT] [--tag NAME]
+ *
+ * isa: attn_full_rows (lse and o; and with the logits written, as the replay engine calls it)
+ * on each vector path this CPU has (attn_set_isa_limit: generic, AVX2, AVX-512F), the paths
+ * timed in turn three times (best of each), their rates and avx512/avx2, and whether
+ * every path gave the same bits (it must).
  */
 #include <cblas.h>
 #include <math.h>
@@ -273,6 +279,77 @@ fail:
     return 1;
 }
 
+typedef struct isa_data { head_data *h; float *lg; } isa_data;
+
+static void run_kernel_logits(void *arg)
+{
+    isa_data *d = arg;
+    head_data *h = d->h;
+    attn_full_rows(h->q, h->k, h->v, h->T, h->D, 0, h->T, &h->p, h->lse, h->o, d->lg);
+}
+
+static int cmd_isa(const char *trace, size_t Dopt, const size_t *Ts, int nT, double seconds, const char *csv,
+                   const char *tag)
+{
+    static const char *names[] = {"generic", "avx2", "avx512"};
+    kv_trace *tr = open_trace(trace);
+    size_t D = tr ? kv_trace_info(tr)->head_dim : Dopt;
+    int have[3];
+    for (int lim = 0; lim < 3; lim++) { attn_set_isa_limit(lim); have[lim] = attn_isa() == lim; }
+    FILE *f = open_csv(csv, "tag,T,D,kernel,isa,seconds,gflops");
+    printf("attn_full_rows per vector path, 1 thread, %s, D=%zu (best of 3 alternating rounds)%s%s\n", tag, D,
+           have[2] ? "" : "; no AVX-512F here", have[1] ? "" : "; no AVX2 here");
+    printf("  %6s %-12s %10s %10s %10s %13s %5s\n", "T", "kernel", "generic", "avx2", "avx512", "avx512/avx2",
+           "same");
+    for (int i = 0; i < nT; i++) {
+        head_data h = {.T = Ts[i], .D = D, .p = {0}};
+        load_head(tr, &h);
+        size_t T = h.T;
+        isa_data d = {&h, xmalloc(T * T * sizeof(float))};
+        float *ref_o = xmalloc(T * D * sizeof(float)), *ref_l = xmalloc(T * sizeof(float));
+        double flops = 4.0 * D * (double)T * (T + 1) / 2;
+        for (int kind = 0; kind < 2; kind++) {
+            double best[3] = {INFINITY, INFINITY, INFINITY};
+            int same = 1, first = 1;
+            for (int round = 0; round < 3; round++)
+                for (int lim = 0; lim < 3; lim++) {
+                    if (!have[lim]) continue;
+                    attn_set_isa_limit(lim);
+                    double t = best_time(kind ? run_kernel_logits : run_kernel, kind ? (void *)&d : (void *)&h,
+                                         seconds / 3);
+                    if (t < best[lim]) best[lim] = t;
+                    if (first) {
+                        memcpy(ref_o, h.o, T * D * sizeof(float));
+                        memcpy(ref_l, h.lse, T * sizeof(float));
+                        first = 0;
+                    } else {
+                        same &= !memcmp(ref_o, h.o, T * D * sizeof(float)) && !memcmp(ref_l, h.lse, T * sizeof(float));
+                    }
+                }
+            const char *kn = kind ? "full+logits" : "full";
+            printf("  %6zu %-12s", T, kn);
+            for (int lim = 0; lim < 3; lim++) {
+                if (have[lim]) printf(" %10.2f", flops / best[lim] * 1e-9);
+                else printf(" %10s", "-");
+                if (f && have[lim])
+                    fprintf(f, "%s,%zu,%zu,%s,%s,%.6f,%.3f\n", tag, T, D, kn, names[lim], best[lim],
+                            flops / best[lim] * 1e-9);
+            }
+            if (have[1] && have[2]) printf(" %13.3f", best[1] / best[2]);
+            else printf(" %13s", "-");
+            printf(" %5s\n", same ? "yes" : "NO");
+            if (!same) { fprintf(stderr, "bench_attn: the paths gave different bits\n"); return 1; }
+        }
+        free(d.lg); free(ref_o); free(ref_l);
+        free_head(&h);
+    }
+    printf("  (GFLOP/s; avx512/avx2: speed ratio)\n");
+    attn_set_isa_limit(ATTN_ISA_AVX512);
+    if (f) fclose(f);
+    kv_trace_close(tr);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) goto usage;
@@ -298,9 +375,11 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "kernel") && nT > 0) return cmd_kernel(trace, Ts, nT, peak, seconds, csv, tag);
     if (!strcmp(cmd, "sgemm") && nT > 0 && D > 0) return cmd_sgemm(D, Ts, nT, seconds, csv, tag);
     if (!strcmp(cmd, "omp") && trace && threads >= 1) return cmd_omp(trace, threads, seconds, csv, tag);
+    if (!strcmp(cmd, "isa") && nT > 0 && D > 0) return cmd_isa(trace, D, Ts, nT, seconds, csv, tag);
 usage:
     fprintf(stderr, "usage: bench_attn kernel --trace F --T 1024,2048 [--peak G] [--seconds S] [--csv F] [--tag N]\n"
                     "       bench_attn sgemm --D 64 --T 1024,2048 [--seconds S] [--csv F] [--tag N]\n"
-                    "       bench_attn omp --trace F [--threads N] [--seconds S] [--csv F] [--tag N]\n");
+                    "       bench_attn omp --trace F [--threads N] [--seconds S] [--csv F] [--tag N]\n"
+                    "       bench_attn isa --T 1024,4096 [--trace F] [--D 64] [--seconds S] [--csv F] [--tag N]\n");
     return 2;
 }

@@ -27,6 +27,23 @@
  * lanes. Every lane still computes
  * acc = acc + x * y in the same order with separate roundings (target "avx2", not "fma";
  * no contraction under -std=c11), so both paths give bit-identical results.
+ *
+ * AVX-512F path (chosen at run time where the CPU has it): the AVX2 kernels with 16-float
+ * lanes, target "avx512f" and GCC vector arithmetic (no FMA intrinsic; no contraction under
+ * -std=c11, so each lane is one multiply and one add, as above): logits of 4 rows x 32 keys
+ * per pass over d (then 16 keys, then 8 where a key block is not a multiple of 16) and p.v of
+ * 4 rows x 32 channels per pass over e (then 16, then the generic per-row tail) for the
+ * whole key blocks the AVX2 path batches (the same edge blocks take row_update, whose p.v is
+ * 64/16/8 channels wide); the max; exp(s - m) (float, 16 lanes) and exp(x - c) (double,
+ * two 8-lane vectors) on 16 entries at a time, their double sums still in four lanes e mod
+ * 4, each taking a block's four quarters in order; the last n mod 16 entries go through the
+ * AVX2 loops, padded as there. So the sums' terms, order and roundings are the AVX2 path's,
+ * and all three paths give the same bits (tests/unit/test_attn_isa.c runs each under
+ * attn_set_isa_limit and compares them), but for the sign of a NaN sum whose lane adds NaNs
+ * of both signs (the commutative add's operand order is the compiler's; the generic and
+ * AVX2 attn_div_sumsq_f64 differ so too; the engine rejects NaN before these sums).
+ * attn_entries' 8-key logits and attn_div_sumsq_f64 keep their AVX2 kernels.
+ * attn_set_isa_limit (tests, benchmarks) caps the path: attn_use_avx2/avx512/fma read it.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -154,17 +171,39 @@ static inline v4f exp4_nonpos(v4f x)
     EXP_NONPOS_BODY(v4f, v4i, x)
 }
 
+/* The best path the kernels may take (attn_set_isa_limit; tests and benchmarks only). */
+static int isa_limit = ATTN_ISA_AVX512;
+
+int attn_set_isa_limit(int limit)
+{
+    int old = isa_limit;
+    isa_limit = limit < ATTN_ISA_GENERIC ? ATTN_ISA_GENERIC : limit > ATTN_ISA_AVX512 ? ATTN_ISA_AVX512 : limit;
+    return old;
+}
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(ATTN_NO_AVX2)   /* -DATTN_NO_AVX2: generic only */
 #define ATTN_HAVE_AVX2_PATH 1
 typedef float v8f __attribute__((vector_size(32)));
 typedef int v8i __attribute__((vector_size(32)));
 typedef double v4d __attribute__((vector_size(32)));
+typedef float v16f __attribute__((vector_size(64)));
+typedef int v16i __attribute__((vector_size(64)));
+typedef double v8d __attribute__((vector_size(64)));
+typedef long long v8l __attribute__((vector_size(64)));
 
 static int attn_use_avx2(void)
 {
     static int cached = -1;
     if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
-    return cached;
+    return cached && isa_limit >= ATTN_ISA_AVX2;
+}
+
+/* AVX-512F (16-float lanes): the same elementwise arithmetic as the AVX2 path. */
+static int attn_use_avx512(void)
+{
+    static int cached = -1;
+    if (cached < 0) cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("avx512f") ? 1 : 0;
+    return cached && isa_limit >= ATTN_ISA_AVX512;
 }
 
 __attribute__((target("avx2")))
@@ -174,12 +213,12 @@ static inline v8f exp8_nonpos(v8f x)
 }
 
 /* pe [n] = exp(s - m); returns the sum the generic loop of row_probs computes, in the
- * same order: lane i of the double accumulator sums e = i mod 4 in increasing e. */
-__attribute__((target("avx2")))
-static double probs_avx2(const float *s, size_t n, float m, float *pe)
+ * same order: lane i of the double accumulator sums e = i mod 4 in increasing e. The entries
+ * from e0 on, continuing the sum l (probs_avx512's tail). */
+__attribute__((target("avx2"))) static inline __attribute__((always_inline))
+double probs_avx2_from(const float *s, size_t n, float m, float *pe, size_t e0, v4d l)
 {
-    v4d l = {0, 0, 0, 0};
-    for (size_t e = 0; e < n; e += 8) {
+    for (size_t e = e0; e < n; e += 8) {
         v8f x, y;
         if (e + 8 <= n) memcpy(&x, s + e, sizeof x);
         else for (size_t i = 0; i < 8; i++) x[i] = e + i < n ? s[e + i] : -INFINITY;
@@ -193,10 +232,55 @@ static double probs_avx2(const float *s, size_t n, float m, float *pe)
     }
     return (l[0] + l[1]) + (l[2] + l[3]);
 }
+
+__attribute__((target("avx2")))
+static double probs_avx2(const float *s, size_t n, float m, float *pe)
+{
+    return probs_avx2_from(s, n, m, pe, 0, (v4d){0, 0, 0, 0});
+}
+
+__attribute__((target("avx512f")))
+static inline v16f exp16_nonpos(v16f x)
+{
+    EXP_NONPOS_BODY(v16f, v16i, x)
+}
+
+/* probs_avx2 with 16 lanes while 16 entries remain: lane i of the double sum still takes
+ * e = i mod 4 in increasing e (the four quarters of a block in order); the last n mod 16
+ * entries go through probs_avx2's loop, padded as there. */
+__attribute__((target("avx512f")))
+static double probs_avx512(const float *s, size_t n, float m, float *pe)
+{
+    v4d l = {0, 0, 0, 0};
+    size_t e = 0;
+    for (; e + 16 <= n; e += 16) {
+        v16f x;
+        memcpy(&x, s + e, sizeof x);
+        const v16f y = exp16_nonpos(x - m);
+        memcpy(pe + e, &y, sizeof y);
+        const __m512 yz = (__m512)y;
+        l += (v4d)_mm256_cvtps_pd(_mm512_extractf32x4_ps(yz, 0));
+        l += (v4d)_mm256_cvtps_pd(_mm512_extractf32x4_ps(yz, 1));
+        l += (v4d)_mm256_cvtps_pd(_mm512_extractf32x4_ps(yz, 2));
+        l += (v4d)_mm256_cvtps_pd(_mm512_extractf32x4_ps(yz, 3));
+    }
+    return probs_avx2_from(s, n, m, pe, e, l);
+}
+
+static double probs_fast(const float *s, size_t n, float m, float *pe)
+{
+    return attn_use_avx512() ? probs_avx512(s, n, m, pe) : probs_avx2(s, n, m, pe);
+}
 #else
 #define ATTN_HAVE_AVX2_PATH 0
 static inline int attn_use_avx2(void) { return 0; }
+static inline int attn_use_avx512(void) { return 0; }
 #endif
+
+int attn_isa(void)
+{
+    return attn_use_avx512() ? ATTN_ISA_AVX512 : attn_use_avx2() ? ATTN_ISA_AVX2 : ATTN_ISA_GENERIC;
+}
 
 #if ATTN_HAVE_AVX2_PATH
 /* pv_accum with 8-float lanes, 32 channels per pass over e (same per-element order). */
@@ -219,6 +303,56 @@ static void pv_accum_avx2(float *restrict o, const float *restrict p, size_t n,
         }
         memcpy(o + d, &a0, 32); memcpy(o + d + 8, &a1, 32);
         memcpy(o + d + 16, &a2, 32); memcpy(o + d + 24, &a3, 32);
+    }
+    for (; d + 8 <= D; d += 8) {
+        v8f a0;
+        memcpy(&a0, o + d, 32);
+        for (size_t e = 0; e < n; e++) {
+            v8f x0;
+            memcpy(&x0, v + (idx ? idx[e] : e) * D + d, 32);
+            a0 += p[e] * x0;
+        }
+        memcpy(o + d, &a0, 32);
+    }
+    for (; d < D; d++) {
+        float a = o[d];
+        for (size_t e = 0; e < n; e++) a += p[e] * v[(idx ? idx[e] : e) * D + d];
+        o[d] = a;
+    }
+}
+#endif
+
+#if ATTN_HAVE_AVX2_PATH
+/* pv_accum with 16-float lanes, 64 channels per pass over e (same per-element order). */
+__attribute__((target("avx512f")))
+static void pv_accum_avx512(float *restrict o, const float *restrict p, size_t n,
+                            const float *restrict v, const size_t *idx, size_t D)
+{
+    size_t d = 0;
+    for (; d + 64 <= D; d += 64) {
+        v16f a0, a1, a2, a3;
+        memcpy(&a0, o + d, 64); memcpy(&a1, o + d + 16, 64);
+        memcpy(&a2, o + d + 32, 64); memcpy(&a3, o + d + 48, 64);
+        for (size_t e = 0; e < n; e++) {
+            const float *vr = v + (idx ? idx[e] : e) * D + d;
+            const float pe = p[e];
+            v16f x0, x1, x2, x3;
+            memcpy(&x0, vr, 64); memcpy(&x1, vr + 16, 64);
+            memcpy(&x2, vr + 32, 64); memcpy(&x3, vr + 48, 64);
+            a0 += pe * x0; a1 += pe * x1; a2 += pe * x2; a3 += pe * x3;
+        }
+        memcpy(o + d, &a0, 64); memcpy(o + d + 16, &a1, 64);
+        memcpy(o + d + 32, &a2, 64); memcpy(o + d + 48, &a3, 64);
+    }
+    for (; d + 16 <= D; d += 16) {
+        v16f a0;
+        memcpy(&a0, o + d, 64);
+        for (size_t e = 0; e < n; e++) {
+            v16f x0;
+            memcpy(&x0, v + (idx ? idx[e] : e) * D + d, 64);
+            a0 += p[e] * x0;
+        }
+        memcpy(o + d, &a0, 64);
     }
     for (; d + 8 <= D; d += 8) {
         v8f a0;
@@ -288,6 +422,7 @@ static void pv_accum(float *restrict o, const float *restrict p, size_t n,
                      const float *restrict v, const size_t *idx, size_t D)
 {
 #if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx512()) { pv_accum_avx512(o, p, n, v, idx, D); return; }
     if (attn_use_avx2()) { pv_accum_avx2(o, p, n, v, idx, D); return; }
 #endif
     pv_accum_generic(o, p, n, v, idx, D);
@@ -326,12 +461,46 @@ static float max_avx2(const float *s, size_t n, int *has_nan)
     *has_nan = nan;
     return bm;
 }
+
+/* max_avx2 with 16 lanes (the same maximum: see there). */
+__attribute__((target("avx512f")))
+static float max_avx512(const float *s, size_t n, int *has_nan)
+{
+    v16f mx;
+    v16i bad = {0};
+    for (int i = 0; i < 16; i++) mx[i] = -INFINITY;
+    size_t e = 0;
+    for (; e + 16 <= n; e += 16) {
+        v16f x;
+        memcpy(&x, s + e, sizeof x);
+        bad |= x != x;
+        v16i gt = x > mx, xi, mi;
+        memcpy(&xi, &x, sizeof xi);
+        memcpy(&mi, &mx, sizeof mi);
+        mi = (xi & gt) | (mi & ~gt);
+        memcpy(&mx, &mi, sizeof mx);
+    }
+    float bm = -INFINITY;
+    int nan = 0;
+    for (int i = 0; i < 16; i++) { if (mx[i] > bm) bm = mx[i]; nan |= bad[i] != 0; }
+    for (; e < n; e++) {
+        if (s[e] > bm) bm = s[e];
+        if (s[e] != s[e]) nan = 1;
+    }
+    *has_nan = nan;
+    return bm;
+}
+
+static float max_fast(const float *s, size_t n, int *has_nan)
+{
+    return attn_use_avx512() ? max_avx512(s, n, has_nan) : max_avx2(s, n, has_nan);
+}
 #endif
 
 void attn_exp_shift(const float *s, size_t n, float m, float *pe)
 {
 #if ATTN_HAVE_AVX2_PATH
-    if (attn_use_avx2()) { probs_avx2(s, n, m, pe); return; }
+    if (attn_use_avx2()) { probs_fast(s, n, m, pe); return; }
 #endif
     size_t e = 0;
     for (; e + 4 <= n; e += 4) {
@@ -352,7 +521,7 @@ double attn_probs_row(const float *s, size_t n, float *p)
     int has_nan = 0;
     double l = 0;
 #if ATTN_HAVE_AVX2_PATH
-    if (attn_use_avx2()) m = max_avx2(s, n, &has_nan);
+    if (attn_use_avx2()) m = max_fast(s, n, &has_nan);
     else
 #endif
     for (size_t e = 0; e < n; e++) {
@@ -362,7 +531,7 @@ double attn_probs_row(const float *s, size_t n, float *p)
     if (has_nan) return NAN;
     if (m == -INFINITY) { memset(p, 0, n * sizeof *p); return -INFINITY; }
 #if ATTN_HAVE_AVX2_PATH
-    if (attn_use_avx2()) l = probs_avx2(s, n, m, p);
+    if (attn_use_avx2()) l = probs_fast(s, n, m, p);
     else
 #endif
     {
@@ -438,12 +607,10 @@ static inline v4d exp4d(v4d x)
  * converts to double exactly, so both give the same bits for the same values); returns the
  * sum in lanes e mod 4. Each block is loaded before it is stored (out may be sd). */
 __attribute__((target("avx2"))) static inline __attribute__((always_inline))
-double exp_sub_avx2_body(const float *sf, const double *sd, size_t n, double c, double *out)
+double exp_sub_avx2_body(const float *sf, const double *sd, size_t n, double c, double *out, size_t e, v4d l)
 {
 #define EXP_LOAD4(dst, e) do { if (sf) { v4f t_; memcpy(&t_, sf + (e), sizeof t_); dst = __builtin_convertvector(t_, v4d); } \
                                else memcpy(&dst, sd + (e), sizeof dst); } while (0)
-    v4d l = {0, 0, 0, 0};
-    size_t e = 0;
     for (; e + 8 <= n; e += 8) {        /* two independent exps in flight (latency-bound) */
         v4d x0, x1;
         EXP_LOAD4(x0, e);
@@ -470,13 +637,62 @@ double exp_sub_avx2_body(const float *sf, const double *sd, size_t n, double c, 
 __attribute__((target("avx2")))
 static double exp_sub_f64_avx2(const float *s, size_t n, double c, double *out)
 {
-    return exp_sub_avx2_body(s, NULL, n, c, out);
+    return exp_sub_avx2_body(s, NULL, n, c, out, 0, (v4d){0, 0, 0, 0});
 }
 
 __attribute__((target("avx2")))
 static double exp_sub_f64d_avx2(const double *x, size_t n, double c, double *out)
 {
-    return exp_sub_avx2_body(NULL, x, n, c, out);
+    return exp_sub_avx2_body(NULL, x, n, c, out, 0, (v4d){0, 0, 0, 0});
+}
+
+__attribute__((target("avx512f")))
+static inline v8d exp8d(v8d x)
+{
+    EXP64_BODY(v8d, v8l, x)
+}
+
+/* exp_sub_avx2_body with 8-double lanes while 16 entries remain: the sum's lane i still
+ * takes e = i mod 4 in increasing e (the four quarters of a block in order); the last
+ * n mod 16 entries go through exp_sub_avx2_body's loops, padded as there. */
+__attribute__((target("avx512f"))) static inline __attribute__((always_inline))
+double exp_sub_avx512_body(const float *sf, const double *sd, size_t n, double c, double *out)
+{
+    v4d l = {0, 0, 0, 0};
+    size_t e = 0;
+    for (; e + 16 <= n; e += 16) {      /* two independent exps in flight */
+        v8d x0, x1;
+        if (sf) {
+            v8f t0, t1;
+            memcpy(&t0, sf + e, sizeof t0);
+            memcpy(&t1, sf + e + 8, sizeof t1);
+            x0 = __builtin_convertvector(t0, v8d);
+            x1 = __builtin_convertvector(t1, v8d);
+        } else {
+            memcpy(&x0, sd + e, sizeof x0);
+            memcpy(&x1, sd + e + 8, sizeof x1);
+        }
+        const v8d y0 = exp8d(x0 - c), y1 = exp8d(x1 - c);
+        memcpy(out + e, &y0, sizeof y0);
+        memcpy(out + e + 8, &y1, sizeof y1);
+        l += (v4d)_mm512_castpd512_pd256((__m512d)y0);
+        l += (v4d)_mm512_extractf64x4_pd((__m512d)y0, 1);
+        l += (v4d)_mm512_castpd512_pd256((__m512d)y1);
+        l += (v4d)_mm512_extractf64x4_pd((__m512d)y1, 1);
+    }
+    return exp_sub_avx2_body(sf, sd, n, c, out, e, l);
+}
+
+__attribute__((target("avx512f")))
+static double exp_sub_f64_avx512(const float *s, size_t n, double c, double *out)
+{
+    return exp_sub_avx512_body(s, NULL, n, c, out);
+}
+
+__attribute__((target("avx512f")))
+static double exp_sub_f64d_avx512(const double *x, size_t n, double c, double *out)
+{
+    return exp_sub_avx512_body(NULL, x, n, c, out);
 }
 
 __attribute__((target("avx2")))
@@ -517,6 +733,7 @@ double exp_sub_generic_body(const float *sf, const double *sd, size_t n, double 
 double attn_exp_sub_f64(const float *s, size_t n, double c, double *out)
 {
 #if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx512()) return exp_sub_f64_avx512(s, n, c, out);
     if (attn_use_avx2()) return exp_sub_f64_avx2(s, n, c, out);
 #endif
     return exp_sub_generic_body(s, NULL, n, c, out);
@@ -525,6 +742,7 @@ double attn_exp_sub_f64(const float *s, size_t n, double c, double *out)
 double attn_exp_sub_f64d(const double *x, size_t n, double c, double *out)
 {
 #if ATTN_HAVE_AVX2_PATH
+    if (attn_use_avx512()) return exp_sub_f64d_avx512(x, n, c, out);
     if (attn_use_avx2()) return exp_sub_f64d_avx2(x, n, c, out);
 #endif
     return exp_sub_generic_body(NULL, x, n, c, out);
@@ -548,7 +766,7 @@ static int row_probs(row_state *st, const float *s, size_t n, size_t D, float *o
     float bm = -INFINITY;
     int has_nan = 0;
 #if ATTN_HAVE_AVX2_PATH
-    if (attn_use_avx2()) bm = max_avx2(s, n, &has_nan);
+    if (attn_use_avx2()) bm = max_fast(s, n, &has_nan);
     else
 #endif
     for (size_t e = 0; e < n; e++) {
@@ -567,7 +785,7 @@ static int row_probs(row_state *st, const float *s, size_t n, size_t D, float *o
     double l0 = 0, l1 = 0, l2 = 0, l3 = 0;
 #if ATTN_HAVE_AVX2_PATH
     if (attn_use_avx2()) {
-        st->l += probs_avx2(s, n, m, pe);
+        st->l += probs_fast(s, n, m, pe);
         return 1;
     }
 #endif
@@ -763,6 +981,169 @@ static void pv_rows_avx2(float *restrict o, const size_t *orow, const int *rows,
         pv_accum(o + orow[rows[i]] * D, pe[rows[i]], n, v, NULL, D);
 }
 
+/* ---- AVX-512F path: logits_rows_avx2 and pv_rows_avx2 with 16-float lanes ------------
+ * 4 rows x 32 keys (logits) or 32 channels (p.v) per pass, eight accumulators; each lane
+ * the same multiply, then add, in the same order (d for a logit, e for an output element):
+ * the bits of the AVX2 and generic paths. */
+
+/* logits_rows_avx2 (the same s, the same layout). */
+__attribute__((target("avx512f")))
+static void logits_rows_avx512(const float *restrict q, size_t nr, const float *restrict kT,
+                               size_t D, size_t KB, float scale, float (*restrict s)[KB_MAX])
+{
+    size_t r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        const float *q0 = q + r * D, *q1 = q0 + D, *q2 = q1 + D, *q3 = q2 + D;
+        size_t j = 0;
+        for (; j + 32 <= KB; j += 32) {
+            v16f a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};
+            const float *kr = kT + j;
+            for (size_t d = 0; d < D; d++, kr += KB) {
+                v16f k0, k1;
+                memcpy(&k0, kr, sizeof k0);
+                memcpy(&k1, kr + 16, sizeof k1);
+                const float b0 = q0[d], b1 = q1[d], b2 = q2[d], b3 = q3[d];  /* broadcast */
+                a00 += b0 * k0; a01 += b0 * k1;
+                a10 += b1 * k0; a11 += b1 * k1;
+                a20 += b2 * k0; a21 += b2 * k1;
+                a30 += b3 * k0; a31 += b3 * k1;
+            }
+            a00 = scale * a00; a01 = scale * a01; a10 = scale * a10; a11 = scale * a11;
+            a20 = scale * a20; a21 = scale * a21; a30 = scale * a30; a31 = scale * a31;
+            memcpy(s[r] + j, &a00, 64); memcpy(s[r] + j + 16, &a01, 64);
+            memcpy(s[r + 1] + j, &a10, 64); memcpy(s[r + 1] + j + 16, &a11, 64);
+            memcpy(s[r + 2] + j, &a20, 64); memcpy(s[r + 2] + j + 16, &a21, 64);
+            memcpy(s[r + 3] + j, &a30, 64); memcpy(s[r + 3] + j + 16, &a31, 64);
+        }
+        for (; j + 16 <= KB; j += 16) {
+            v16f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            const float *kr = kT + j;
+            for (size_t d = 0; d < D; d++, kr += KB) {
+                v16f k0;
+                memcpy(&k0, kr, sizeof k0);
+                a0 += q0[d] * k0; a1 += q1[d] * k0; a2 += q2[d] * k0; a3 += q3[d] * k0;
+            }
+            a0 = scale * a0; a1 = scale * a1; a2 = scale * a2; a3 = scale * a3;
+            memcpy(s[r] + j, &a0, 64); memcpy(s[r + 1] + j, &a1, 64);
+            memcpy(s[r + 2] + j, &a2, 64); memcpy(s[r + 3] + j, &a3, 64);
+        }
+        for (; j < KB; j += 8) {              /* KB is a multiple of 8 */
+            v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            const float *kr = kT + j;
+            for (size_t d = 0; d < D; d++, kr += KB) {
+                v8f k0;
+                memcpy(&k0, kr, sizeof k0);
+                a0 += q0[d] * k0; a1 += q1[d] * k0; a2 += q2[d] * k0; a3 += q3[d] * k0;
+            }
+            a0 = scale * a0; a1 = scale * a1; a2 = scale * a2; a3 = scale * a3;
+            memcpy(s[r] + j, &a0, 32); memcpy(s[r + 1] + j, &a1, 32);
+            memcpy(s[r + 2] + j, &a2, 32); memcpy(s[r + 3] + j, &a3, 32);
+        }
+    }
+    for (; r < nr; r++) {
+        const float *q0 = q + r * D;
+        size_t j = 0;
+        for (; j + 16 <= KB; j += 16) {
+            v16f a0 = {0};
+            const float *kr = kT + j;
+            for (size_t d = 0; d < D; d++, kr += KB) {
+                v16f k0;
+                memcpy(&k0, kr, sizeof k0);
+                a0 += q0[d] * k0;
+            }
+            a0 = scale * a0;
+            memcpy(s[r] + j, &a0, 64);
+        }
+        for (; j < KB; j += 8) {
+            v8f a0 = {0};
+            const float *kr = kT + j;
+            for (size_t d = 0; d < D; d++, kr += KB) {
+                v8f k0;
+                memcpy(&k0, kr, sizeof k0);
+                a0 += q0[d] * k0;
+            }
+            a0 = scale * a0;
+            memcpy(s[r] + j, &a0, 32);
+        }
+    }
+}
+
+/* pv_rows_avx2 (the same outputs). */
+__attribute__((target("avx512f")))
+static void pv_rows_avx512(float *restrict o, const size_t *orow, const int *rows, size_t nact,
+                           float (*restrict pe)[KB_MAX], size_t n, const float *restrict v, size_t D)
+{
+    size_t i = 0;
+    for (; i + 4 <= nact; i += 4) {
+        const float *p0 = pe[rows[i]], *p1 = pe[rows[i + 1]], *p2 = pe[rows[i + 2]], *p3 = pe[rows[i + 3]];
+        float *o0 = o + orow[rows[i]] * D, *o1 = o + orow[rows[i + 1]] * D;
+        float *o2 = o + orow[rows[i + 2]] * D, *o3 = o + orow[rows[i + 3]] * D;
+        size_t d = 0;
+        for (; d + 32 <= D; d += 32) {
+            v16f a00, a01, a10, a11, a20, a21, a30, a31;
+            memcpy(&a00, o0 + d, 64); memcpy(&a01, o0 + d + 16, 64);
+            memcpy(&a10, o1 + d, 64); memcpy(&a11, o1 + d + 16, 64);
+            memcpy(&a20, o2 + d, 64); memcpy(&a21, o2 + d + 16, 64);
+            memcpy(&a30, o3 + d, 64); memcpy(&a31, o3 + d + 16, 64);
+            const float *vr = v + d;
+            for (size_t e = 0; e < n; e++, vr += D) {
+                v16f x0, x1;
+                memcpy(&x0, vr, 64);
+                memcpy(&x1, vr + 16, 64);
+                const float b0 = p0[e], b1 = p1[e], b2 = p2[e], b3 = p3[e];  /* broadcast */
+                a00 += b0 * x0; a01 += b0 * x1;
+                a10 += b1 * x0; a11 += b1 * x1;
+                a20 += b2 * x0; a21 += b2 * x1;
+                a30 += b3 * x0; a31 += b3 * x1;
+            }
+            memcpy(o0 + d, &a00, 64); memcpy(o0 + d + 16, &a01, 64);
+            memcpy(o1 + d, &a10, 64); memcpy(o1 + d + 16, &a11, 64);
+            memcpy(o2 + d, &a20, 64); memcpy(o2 + d + 16, &a21, 64);
+            memcpy(o3 + d, &a30, 64); memcpy(o3 + d + 16, &a31, 64);
+        }
+        for (; d + 16 <= D; d += 16) {
+            v16f a0, a1, a2, a3;
+            memcpy(&a0, o0 + d, 64); memcpy(&a1, o1 + d, 64);
+            memcpy(&a2, o2 + d, 64); memcpy(&a3, o3 + d, 64);
+            const float *vr = v + d;
+            for (size_t e = 0; e < n; e++, vr += D) {
+                v16f x0;
+                memcpy(&x0, vr, 64);
+                a0 += p0[e] * x0; a1 += p1[e] * x0; a2 += p2[e] * x0; a3 += p3[e] * x0;
+            }
+            memcpy(o0 + d, &a0, 64); memcpy(o1 + d, &a1, 64);
+            memcpy(o2 + d, &a2, 64); memcpy(o3 + d, &a3, 64);
+        }
+        if (d < D) {                          /* channel tail: the generic code per row */
+            size_t rest = D - d;
+            float *os[4] = {o0, o1, o2, o3};
+            const float *ps[4] = {p0, p1, p2, p3};
+            for (int r = 0; r < 4; r++)
+                for (size_t dd = 0; dd < rest; dd++) {
+                    float a = os[r][d + dd];
+                    for (size_t e = 0; e < n; e++) a += ps[r][e] * v[e * D + d + dd];
+                    os[r][d + dd] = a;
+                }
+        }
+    }
+    for (; i < nact; i++)
+        pv_accum(o + orow[rows[i]] * D, pe[rows[i]], n, v, NULL, D);
+}
+
+static void logits_rows_fast(const float *q, size_t nr, const float *kT, size_t D, size_t KB, float scale,
+                             float (*s)[KB_MAX])
+{
+    if (attn_use_avx512()) logits_rows_avx512(q, nr, kT, D, KB, scale, s);
+    else logits_rows_avx2(q, nr, kT, D, KB, scale, s);
+}
+
+static void pv_rows_fast(float *o, const size_t *orow, const int *rows, size_t nact, float (*pe)[KB_MAX],
+                         size_t n, const float *v, size_t D)
+{
+    if (attn_use_avx512()) pv_rows_avx512(o, orow, rows, nact, pe, n, v, D);
+    else pv_rows_avx2(o, orow, rows, nact, pe, n, v, D);
+}
+
 #endif
 
 #if ATTN_HAVE_AVX2_PATH
@@ -810,14 +1191,6 @@ static void pv_weighted4_avx2(const float *const *p, float *const *o, size_t n, 
 /* The same with 16-float lanes where the CPU has AVX-512F: every element still takes one
  * multiply and one add in e order (C11 mode: no contraction into FMA), so the bits equal
  * the AVX2 and generic paths'; twice the channels per instruction. */
-typedef float v16f __attribute__((vector_size(64)));
-
-static int attn_use_avx512(void)
-{
-    static int cached = -1;
-    if (cached < 0) cached = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    return cached;
-}
 
 __attribute__((target("avx512f")))
 static void pv_weighted4_avx512(const float *const *p, float *const *o, size_t n, const float *restrict v,
@@ -960,7 +1333,7 @@ static void full_rows(const float *q, size_t qhs, size_t G, const float *k, cons
                 const float *qh = q + h * qhs;
                 float *oh = o ? o + h * lhs * D : NULL, *lh = logits ? logits + h * lhs * T : NULL;
 #if ATTN_HAVE_AVX2_PATH
-                if (avx2) logits_rows_avx2(qh + r0 * D, nr, kTb, D, KB, scale, s);
+                if (avx2) logits_rows_fast(qh + r0 * D, nr, kTb, D, KB, scale, s);
 #endif
                 int nact = 0;
                 for (size_t r = 0; r < nr; r++) {
@@ -985,7 +1358,7 @@ static void full_rows(const float *q, size_t qhs, size_t G, const float *k, cons
                     }
                 }
 #if ATTN_HAVE_AVX2_PATH
-                if (nact) pv_rows_avx2(oh, orow, active, (size_t)nact, pe, nk, v + j0 * D, D);
+                if (nact) pv_rows_fast(oh, orow, active, (size_t)nact, pe, nk, v + j0 * D, D);
 #endif
             }
         }
@@ -1063,7 +1436,7 @@ void attn_rows_given(const float *z, size_t ldz, const size_t *nvis, size_t nr, 
                 }
             }
 #if ATTN_HAVE_AVX2_PATH
-            if (nact) pv_rows_avx2(o + r0 * D, orow, act, (size_t)nact, pe, nk, v + j0 * D, D);
+            if (nact) pv_rows_fast(o + r0 * D, orow, act, (size_t)nact, pe, nk, v + j0 * D, D);
 #endif
         }
         for (size_t r = 0; r < nb; r++)
@@ -1108,7 +1481,7 @@ static void cut_logits(const float *q, size_t nr, const float *kTa, const float 
         const float *kT = side ? kTb : kTa;
         float (*dst)[KB_MAX] = side && need_a ? s2 : s;
 #if ATTN_HAVE_AVX2_PATH
-        if (avx2) logits_rows_avx2(q, nr, kT, D, EB_MAX, scale, dst);
+        if (avx2) logits_rows_fast(q, nr, kT, D, EB_MAX, scale, dst);
         else
 #endif
         for (size_t r = 0; r < nr; r++) logits_block(q + r * D, kT, D, EB_MAX, scale, dst[r]);
@@ -1173,8 +1546,8 @@ static int rows_cut(const float *q, size_t qhs, size_t G, size_t nr, size_t D, c
                     if (c < b) pv_accum(orp, pe[r] + c, b - c, src->vb + (j0 + c) * D, NULL, D);
                 }
 #if ATTN_HAVE_AVX2_PATH
-                if (na[0]) pv_rows_avx2(oh + r0 * D, orow, act[0], na[0], pe, EB, src->va + j0 * D, D);
-                if (na[1]) pv_rows_avx2(oh + r0 * D, orow, act[1], na[1], pe, EB, src->vb + j0 * D, D);
+                if (na[0]) pv_rows_fast(oh + r0 * D, orow, act[0], na[0], pe, EB, src->va + j0 * D, D);
+                if (na[1]) pv_rows_fast(oh + r0 * D, orow, act[1], na[1], pe, EB, src->vb + j0 * D, D);
 #endif
             }
         }
@@ -1368,7 +1741,7 @@ static int attn_use_fma(void)
 {
     static int cached = -1;
     if (cached < 0) cached = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
-    return cached;
+    return cached && isa_limit >= ATTN_ISA_AVX2;
 }
 
 /* The whole panel with 4-double lanes and one FMA per product: x and the panel hold float

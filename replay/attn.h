@@ -146,6 +146,16 @@ double attn_exp_sub_f64d(const double *x, size_t n, double c, double *out);
 /* p [n] /= z; returns the sum of the new p^2 (four partial sums over e mod 4, as above). */
 double attn_div_sumsq_f64(double *p, size_t n, double z);
 
+/* Which vector path the kernels may take: the best the CPU has, at most the limit (default
+ * ATTN_ISA_AVX512: no limit). Every path gives the same bits; the limit exists so that tests
+ * and benchmarks can run each path on one machine without rebuilding. Set it before kernels
+ * run (it is one process-wide int, read by every call; not for use while other threads are
+ * inside a kernel). attn_set_isa_limit returns the previous limit; attn_isa the path that
+ * now runs (min of the limit and what the CPU and the build support). */
+enum { ATTN_ISA_GENERIC = 0, ATTN_ISA_AVX2 = 1, ATTN_ISA_AVX512 = 2 };
+int attn_set_isa_limit(int limit);
+int attn_isa(void);
+
 /* Capped logit of one (q, k) pair; the single definition every kernel uses. */
 float attn_logit(const float *q, const float *k, size_t D, const attn_params *p);
 

@@ -742,7 +742,7 @@ static void case_rows_cut_heads(void)
     check_true("attn_rows_cut_heads == attn_rows_cut per head, bit for bit", same);
 }
 
-int main(void)
+static void run_all(void)
 {
     size_t Ds[] = {1, 16, 32, 64, 128, 80, 300};
     size_t Ts[] = {1, 2, 7, 64, 300};
@@ -774,6 +774,26 @@ int main(void)
     case_gram();
     case_probs_row();
     hand_cases();
+}
+
+/* Every check on each vector path the CPU has (attn_set_isa_limit: generic, AVX2, AVX-512F;
+ * test_attn_isa compares the paths' outputs with each other byte for byte). */
+int main(void)
+{
+    static const char *names[] = {"generic", "avx2", "avx512"};
+    for (int lim = ATTN_ISA_AVX512; lim >= ATTN_ISA_GENERIC; lim--) {
+        attn_set_isa_limit(lim);
+        if (attn_isa() != lim) {
+            printf("path %s: skipped (not on this CPU or build)\n", names[lim]);
+            continue;
+        }
+        int f0 = fails, c0 = checks;
+        worst_full_ratio = worst_nmse = 0;
+        printf("== path %s\n", names[lim]);
+        run_all();
+        printf("path %s: %d checks, %d failed\n", names[lim], checks - c0, fails - f0);
+    }
+    attn_set_isa_limit(ATTN_ISA_AVX512);
     printf("%d checks, %d failed\n", checks, fails);
     return fails ? 1 : 0;
 }
