@@ -19,6 +19,8 @@
  * read-only, refuses it when it is not the file the child read (inode, size, mtime; also
  * re-checked before every read), and reads only datasets the child read in full. Every read is a bounded hyperslab into a buffer sized from the validated
  * dimensions; float16 is read raw and converted by kv_f16_to_f32 (F16C when the CPU has it).
+ * Tensor rows can also be read without libhdf5, from several threads at once
+ * (kv_trace_read_rows_f16_direct: the library preads and decodes the chunks itself).
  *
  * Errors: every function returns a kv_status; on failure *err (when non-NULL) holds one
  * line "FILE: OBJECT: reason". Library code never prints and never exits.
