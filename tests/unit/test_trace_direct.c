@@ -4,14 +4,15 @@
  *
  * Traces: written by kv_writer (no filter), then the tensor datasets /layers/<l>/{q,k,v,
  * attn_out} rewritten with raw HDF5 under other chunk shapes and filter pipelines: no filter
- * (whole rows: the in-place pread; the head dimension split over chunks: the copy), shuffle +
- * deflate, deflate only, shuffle only, chunks spanning several heads
- * or sequences, partial edge chunks in every dimension (T = 300, D = 24), the writer's own
- * shuffle + deflate, and a 512-byte user block (chunk addresses are relative to it). Each is
- * opened through the validating child; every (kind, layer, sequence, head) is read whole and
- * in random row ranges (empty, one row, across chunk edges) both ways and compared with each
- * other and with the values written. Fletcher32 and contiguous datasets must keep the H5Dread
- * path (direct_ok 0). A corrupt compressed chunk (bytes flipped after validation, the mtime
+ * (whole rows: the in-place pread, also from chunks of several sequences and heads; the head
+ * dimension split over chunks: the copy), shuffle + deflate, deflate only, shuffle only,
+ * chunks spanning several heads or sequences, partial edge chunks in every dimension (T =
+ * 300, D = 24), the writer's own shuffle + deflate, and a 512-byte user block (chunk
+ * addresses are relative to it). Each is opened through the validating child; every (kind,
+ * layer, sequence, head) is read whole and in random row ranges (empty, one row, across
+ * chunk edges) both ways and compared with each other and with the values written, and
+ * from two threads at once. Fletcher32 and contiguous datasets must keep the H5Dread path
+ * (direct_ok 0). A corrupt compressed chunk (bytes flipped after validation, the mtime
  * put back so that the identity check cannot see it) is an error naming the file and the
  * dataset, not a crash or other bytes: flipped bytes inside the deflate stream, and a flipped
  * byte of its adler32 trailer only (every byte decodes, the checksum alone catches it); a
@@ -394,6 +395,7 @@ int main(void)
     static const variant vs[] = {
         {"none_rows", {1, 1, 64, 24}, 0, 1, 0},
         {"none_dsplit", {1, 1, 40, 16}, 0, 1, 0},
+        {"none_seqs_heads", {2, 3, 50, 24}, 0, 1, 0},
         {"shuffle_deflate_dsplit", {1, 1, 48, 16}, F_SHUF | F_DEFL, 1, 0},
         {"deflate_heads", {1, 3, 37, 24}, F_DEFL, 1, 0},
         {"shuffle_seqs", {2, 1, 100, 8}, F_SHUF, 1, 0},
