@@ -6,7 +6,8 @@
  * the validator misses shows up here as an ASan/UBSan report instead of a dead child),
  * then every read `info`, `check` and `run` make: dataset facts of every schema dataset,
  * tokens / seq_len / prefill_len, RoPE, every (sequence, layer, head) slice of q, k, v,
- * attn_out (f32 and raw f16) and the read-out. Only libkvtrace is linked: the computations
+ * attn_out (f32 and raw f16; raw f16 also by the direct chunk path, which must give the
+ * bytes H5Dread gives) and the read-out. Only libkvtrace is linked: the computations
  * info and check run on what they read (replay/verify.c) are not part of the read path, and
  * replay/attn.c uses GCC's __builtin_shuffle, which clang lacks.
  * A rejected input is fine; the harness only requires no crash, no sanitizer report and no
@@ -47,8 +48,8 @@ static void read_everything(kv_trace *t)
     big = big > S * T * KV_TOPK ? big : S * T * KV_TOPK;
     float *f = malloc(big * sizeof *f), *g = malloc(big * sizeof *g);
     int32_t *ib = malloc(big * sizeof *ib);
-    uint16_t *h16 = malloc(T * D * sizeof *h16);
-    if (!f || !g || !ib || !h16)
+    uint16_t *h16 = malloc(T * D * sizeof *h16), *d16 = malloc(T * D * sizeof *d16);
+    if (!f || !g || !ib || !h16 || !d16)
         goto done;
 
     static const char *fixed[] = {"/tokens", "/seq_len", "/prefill_len", "/rope/cos", "/rope/sin",
@@ -81,9 +82,17 @@ static void read_everything(kv_trace *t)
                 size_t nh = (which[w] == KV_K || which[w] == KV_V) ? Hkv : H;
                 for (size_t h = 0; h < nh && h < 16; h++) {
                     kv_trace_read_head(t, which[w], s, l, h, f, &err);
-                    kv_trace_read_head_f16(t, which[w], s, l, h, h16, &err);
+                    kv_status sh = kv_trace_read_head_f16(t, which[w], s, l, h, h16, &err);
                     if (T > 2)
                         kv_trace_read_rows(t, which[w], s, l, h, 1, T - 2, f, &err);
+                    /* the direct path (no libhdf5) reads the same bytes as H5Dread */
+                    int ok = 0;
+                    if (kv_trace_rows_direct_ok(t, which[w], l, &ok, &err) == KV_OK && ok &&
+                        kv_trace_read_rows_f16_direct(t, which[w], s, l, h, 0, T, d16, &err) == KV_OK &&
+                        sh == KV_OK && memcmp(h16, d16, T * D * sizeof *d16))
+                        abort();
+                    if (ok && T > 2)
+                        kv_trace_read_rows_f16_direct(t, which[w], s, l, h, 1, T - 2, d16, &err);
                 }
             }
     if (in->has_readout) {
@@ -103,6 +112,7 @@ done:
     free(g);
     free(ib);
     free(h16);
+    free(d16);
 }
 
 /* As in the tools' validating child, where RLIMIT_AS makes such a malloc fail: libhdf5

@@ -19,6 +19,8 @@
  * read-only, refuses it when it is not the file the child read (inode, size, mtime; also
  * re-checked before every read), and reads only datasets the child read in full. Every read is a bounded hyperslab into a buffer sized from the validated
  * dimensions; float16 is read raw and converted by kv_f16_to_f32 (F16C when the CPU has it).
+ * Tensor rows can also be read without libhdf5, from several threads at once
+ * (kv_trace_read_rows_f16_direct: the library preads and decodes the chunks itself).
  *
  * Errors: every function returns a kv_status; on failure *err (when non-NULL) holds one
  * line "FILE: OBJECT: reason". Library code never prints and never exits.
@@ -171,6 +173,27 @@ kv_status kv_trace_read_head_f16(kv_trace *t, kv_tensor which, size_t s, size_t 
  * shared scratch, so a caller that serialises the reads can convert or scan outside its lock. */
 kv_status kv_trace_read_rows_f16(kv_trace *t, kv_tensor which, size_t s, size_t l, size_t h,
                                  size_t t0, size_t nt, uint16_t *dst, kv_error *err);
+
+/* Direct reads of tensor rows, for callers that read from several threads. libhdf5 is not
+ * thread-safe, so every other read here must be serialised by the caller (one lock), and
+ * kv_trace_read_rows_f16 decompresses under that lock. The direct path reads the chunks
+ * with pread on the library's own descriptor of the validated file and decodes them itself
+ * (no filter, shuffle, deflate); lib/trace_read.c, "direct chunk reads", says why that is
+ * safe on untrusted files.
+ *   kv_trace_rows_direct_ok: under the caller's lock (it calls libhdf5: on first use of a
+ * dataset it builds the table of its chunks). *ok = 1: rows of tensor `which` of layer l may
+ * be read with kv_trace_read_rows_f16_direct; 0: this dataset's layout or filters are not
+ * handled (contiguous, fletcher32, ...), read them with kv_trace_read_rows_f16 under the lock.
+ * An error (a chunk index entry outside the file, ...) is one line naming file and dataset.
+ *   kv_trace_read_rows_f16_direct: the bytes kv_trace_read_rows_f16 returns, without libhdf5
+ * and without shared state: any number of threads at once, also while another thread holds
+ * the lock inside another libkvtrace call on t (not kv_trace_close). The calling thread must
+ * have had *ok = 1 from kv_trace_rows_direct_ok for (which, l) (KV_ERR_INVALID otherwise).
+ * The file is re-checked before every read (changed since it was validated: KV_ERR_IO); a
+ * chunk that does not decode to exactly its bytes is KV_ERR_FORMAT. */
+kv_status kv_trace_rows_direct_ok(kv_trace *t, kv_tensor which, size_t l, int *ok, kv_error *err);
+kv_status kv_trace_read_rows_f16_direct(const kv_trace *t, kv_tensor which, size_t s, size_t l, size_t h,
+                                        size_t t0, size_t nt, uint16_t *dst, kv_error *err);
 
 /* RoPE tables [T, R] each (KV_ERR_INVALID when absent). */
 kv_status kv_trace_read_rope(kv_trace *t, float *cos, float *sin, kv_error *err);

@@ -29,6 +29,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "kv_internal.h"
 
@@ -57,6 +58,11 @@ struct kv_trace {
     hid_t *tens;            /* [L * 4] /layers/<l>/{q,k,v,attn_out}, opened on first use */
     uint16_t *scratch;      /* raw f16 staging buffer */
     size_t scratch_n;
+    /* direct chunk reads (below, "direct chunk reads") */
+    int fd;                 /* this library's own read-only descriptor of the file; -1: none */
+    file_id fd_id;          /* its identity at open (= id when have_id), re-checked per read */
+    unsigned long long base; /* file offset of HDF5 address 0 (the user block's size) */
+    struct dtab **dtab;     /* [L * 4] chunk tables, built on first use; NULL: not yet */
 };
 
 static const char *tensor_name[4] = {"q", "k", "v", "attn_out"};
@@ -67,6 +73,17 @@ static void info_free(kv_info *in)
     free(in->model_layer);
     in->layer_window = NULL;
     in->model_layer = NULL;
+}
+
+static void id_from_stat(const struct stat *sb, file_id *id)
+{
+    id->dev = (unsigned long long)sb->st_dev;
+    id->ino = (unsigned long long)sb->st_ino;
+    id->size = (unsigned long long)sb->st_size;
+    id->mtime_s = (long long)sb->st_mtim.tv_sec;
+    id->mtime_ns = (long long)sb->st_mtim.tv_nsec;
+    id->ctime_s = (long long)sb->st_ctim.tv_sec;
+    id->ctime_ns = (long long)sb->st_ctim.tv_nsec;
 }
 
 /* The identity of an open HDF5 file, from its own descriptor (sec2 driver) or, failing
@@ -80,13 +97,7 @@ static int file_identity(hid_t f, const char *path, file_id *id)
         ok = fstat(*(int *)h, &sb) == 0;
     if (!ok && stat(path, &sb) != 0)
         return -1;
-    id->dev = (unsigned long long)sb.st_dev;
-    id->ino = (unsigned long long)sb.st_ino;
-    id->size = (unsigned long long)sb.st_size;
-    id->mtime_s = (long long)sb.st_mtim.tv_sec;
-    id->mtime_ns = (long long)sb.st_mtim.tv_nsec;
-    id->ctime_s = (long long)sb.st_ctim.tv_sec;
-    id->ctime_ns = (long long)sb.st_ctim.tv_nsec;
+    id_from_stat(&sb, id);
     return 0;
 }
 
@@ -342,6 +353,10 @@ static kv_status validate_in_child(const char *path, const kv_open_opts *o, int 
 
 /* ---- open / close ------------------------------------------------------------------ */
 
+struct dtab;
+static void direct_open(kv_trace *t);
+static void dtab_free(struct dtab *d);
+
 kv_status kv_trace_validate(const char *path, const kv_open_opts *opts, kv_error *err)
 {
     if (!path)
@@ -369,6 +384,7 @@ kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **o
     if (!t)
         return kverr_set(err, KV_ERR_NOMEM, "%s: out of memory", path);
     t->file = H5I_INVALID_HID;
+    t->fd = -1;
     if (!skip) {
         /* opts->validated: these bytes passed the full validation before; the child skips
          * the chunks, and its verdict counts only for the file the digest belongs to. Any
@@ -430,6 +446,12 @@ kv_status kv_trace_open(const char *path, const kv_open_opts *opts, kv_trace **o
     }
     for (size_t i = 0; i < t->info.n_layers * 4; i++)
         t->tens[i] = H5I_INVALID_HID;
+    t->dtab = calloc(t->info.n_layers * 4, sizeof *t->dtab);
+    if (!t->dtab) {
+        kv_trace_close(t);
+        return kverr_set(err, KV_ERR_NOMEM, "%s: out of memory", path);
+    }
+    direct_open(t);
     *out = t;
     return KV_OK;
 }
@@ -453,6 +475,12 @@ void kv_trace_close(kv_trace *t)
             if (t->tens[i] >= 0)
                 H5Dclose(t->tens[i]);
     free(t->tens);
+    if (t->dtab)
+        for (size_t i = 0; i < t->info.n_layers * 4; i++)
+            dtab_free(t->dtab[i]);
+    free(t->dtab);
+    if (t->fd >= 0)
+        close(t->fd);
     if (t->file >= 0)
         H5Fclose(t->file);
     info_free(&t->info);
@@ -603,6 +631,486 @@ kv_status kv_trace_read_head(kv_trace *t, kv_tensor which, size_t s, size_t l, s
                              float *dst, kv_error *err)
 {
     return kv_trace_read_rows(t, which, s, l, h, 0, t ? t->info.n_tok : 0, dst, err);
+}
+
+/* ---- direct chunk reads -------------------------------------------------------------
+ *
+ * kv_trace_read_rows_f16 goes through H5Dread, and libhdf5 is not thread-safe: a replay
+ * serialises its reads under one lock, and with compressed traces the decompression runs
+ * under it too. The direct path reads a tensor's chunks with pread on this library's own
+ * descriptor (t->fd: opened at kv_trace_open, the same file identity as t->file and as the
+ * file the child validated, re-checked before every read) and decodes them here (no filter,
+ * shuffle, deflate with zlib, the filter mask honoured), so that the reads of several
+ * threads run at once. What needs libhdf5 happens once per dataset, under the caller's lock
+ * (kv_trace_rows_direct_ok, dtab_build): the layout and filter pipeline, and a table of the
+ * chunks (file offset, stored size, filter mask) from H5Dget_chunk_info_by_coord. Any other
+ * layout or pipeline (contiguous, fletcher32, a shuffle of another element size, partial
+ * edge chunks stored unfiltered, another rank or element size) keeps the H5Dread path.
+ *
+ * Why this is safe on untrusted files (README.md, trust boundary): the child read every
+ * chunk of the dataset before (lib/trace_validate.c check_chunks: each index entry inside
+ * the file, filter mask 0, the stored bytes inflated with zlib to exactly the chunk's size,
+ * then the chunk through H5Dread; with kv_open_opts.validated, a validation of these bytes
+ * before did), on the same file (inode, size, mtime). The table comes from the same index
+ * through the same libhdf5 call the child made, and is trusted no further than its bounds:
+ * every offset and stored size is checked against the validated file
+ * size and the chunk's byte count; the first chunk's stored bytes must equal what
+ * H5Dread_chunk returns for it (the address convention: HDF5 1.10 gives addresses relative
+ * to the user block); a stored chunk is read into a buffer of its checked size; inflate
+ * writes into the chunk's size plus one byte and must produce exactly the chunk's bytes
+ * (with the stream's adler32); every copy is indexed by the validated dimensions. A file
+ * changed after validation in a way the identity check misses gives at worst an error or
+ * wrong values, never a read or write out of bounds.
+ */
+
+enum { DF_SHUFFLE = 1, DF_DEFLATE = 2 };
+#define DIRECT_CHUNK_CAP ((size_t)64 << 20)   /* the validator's chunk cap (CAP_CHUNK) */
+#define DIRECT_MAX_FILTERS 8
+
+typedef struct dchunk {
+    unsigned long long off;     /* file offset of the stored bytes */
+    uint32_t size, mask;        /* stored bytes; filter mask (bit i: filter i skipped) */
+} dchunk;
+
+typedef struct dtab {
+    int ok;                     /* 1: direct reads; 0: the H5Dread path */
+    size_t dims[4], chunk[4], grid[4];
+    size_t cbytes, raw_cap;     /* bytes of a chunk; the largest stored size accepted */
+    int nf, filt[DIRECT_MAX_FILTERS]; /* the pipeline in write order (DF_*) */
+    dchunk *c;                  /* [grid[0] * grid[1] * grid[2] * grid[3]], row-major */
+} dtab;
+
+static void dtab_free(dtab *d)
+{
+    if (!d)
+        return;
+    free(d->c);
+    free(d);
+}
+
+/* Reads n bytes at off from fd into buf: 0, or -1 with errno (0 at a short file). */
+static int pread_full(int fd, void *buf, size_t n, unsigned long long off)
+{
+    unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t r = pread(fd, p, n, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            if (r == 0)
+                errno = 0;
+            return -1;
+        }
+        p += r;
+        n -= (size_t)r;
+        off += (unsigned long long)r;
+    }
+    return 0;
+}
+
+/* The descriptor of the direct path: the same file as t->file (and, when validated by the
+ * child, the file it read). Without it (any failure) every read takes the H5Dread path. */
+static void direct_open(kv_trace *t)
+{
+    hsize_t ub = 0;
+    hid_t fcpl = H5Fget_create_plist(t->file);
+    if (fcpl < 0)
+        return;
+    herr_t r = H5Pget_userblock(fcpl, &ub);
+    H5Pclose(fcpl);
+    file_id h5, me;
+    if (r < 0 || file_identity(t->file, t->info.path, &h5) != 0 || (t->have_id && !file_id_same(&h5, &t->id)))
+        return;
+    int fd = open(t->info.path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return;
+    }
+    id_from_stat(&sb, &me);
+    if (!file_id_same(&me, &h5)) {
+        close(fd);
+        return;
+    }
+    t->fd = fd;
+    t->fd_id = me;
+    t->base = (unsigned long long)ub;
+}
+
+/* 0 when t->fd is still the file it was at open (size, mtime): the check read_raw makes. */
+static kv_status direct_unchanged(const kv_trace *t, kv_error *err)
+{
+    struct stat sb;
+    file_id now;
+    if (fstat(t->fd, &sb) == 0) {
+        id_from_stat(&sb, &now);
+        if (file_id_same(&now, &t->fd_id))
+            return KV_OK;
+    }
+    return kverr_set(err, KV_ERR_IO, "%s: file: changed since it was validated (size or modification time "
+                     "differ); not read", t->info.path);
+}
+
+/* The chunk table of tensor dataset d (name), or tab->ok = 0 when the direct path does not
+ * handle it (or libhdf5 cannot describe it: H5Dread will say). Errors: an index entry
+ * outside the file or of an impossible size (one line naming the file and the dataset).
+ * Under the caller's lock (libhdf5). heads: the dataset's second dimension. */
+static kv_status dtab_build(kv_trace *t, hid_t d, const char *name, size_t heads, dtab *tab, kv_error *err)
+{
+    const kv_info *in = &t->info;
+    kv_status st = KV_OK;
+    hid_t dcpl = H5I_INVALID_HID, ty = H5I_INVALID_HID, sp = H5I_INVALID_HID;
+    unsigned char *a = NULL, *b = NULL;
+    tab->ok = 0;
+    if (t->fd < 0)
+        return KV_OK;
+    if ((st = direct_unchanged(t, err)) != KV_OK)
+        return st;
+    dcpl = H5Dget_create_plist(d);
+    ty = H5Dget_type(d);
+    sp = H5Dget_space(d);
+    if (dcpl < 0 || ty < 0 || sp < 0 || H5Pget_layout(dcpl) != H5D_CHUNKED || H5Tget_size(ty) != 2 ||
+        H5Sget_simple_extent_ndims(sp) != 4)
+        goto done;
+    unsigned copts = 0;
+    hsize_t dims[4], cd[4];
+    if (H5Pget_chunk_opts(dcpl, &copts) < 0 || copts != 0 || H5Sget_simple_extent_dims(sp, dims, NULL) != 4 ||
+        H5Pget_chunk(dcpl, 4, cd) != 4)
+        goto done;
+    /* the validated shape (trace_inspect checked the file's against it) */
+    size_t want[4] = {in->n_seq, heads, in->n_tok, in->head_dim};
+    for (int i = 0; i < 4; i++)
+        if (dims[i] != want[i] || want[i] == 0)
+            goto done;
+    int nf = H5Pget_nfilters(dcpl);
+    if (nf < 0 || nf > DIRECT_MAX_FILTERS)
+        goto done;
+    for (int i = 0; i < nf; i++) {
+        unsigned flags = 0, cdv[8] = {0};
+        size_t ncd = 8;
+        H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &ncd, cdv, 0, NULL, NULL);
+        if (id == H5Z_FILTER_DEFLATE)
+            tab->filt[i] = DF_DEFLATE;
+        else if (id == H5Z_FILTER_SHUFFLE && ncd >= 1 && cdv[0] == 2)
+            tab->filt[i] = DF_SHUFFLE;        /* cd_values[0]: the element size HDF5 unshuffles with */
+        else
+            goto done;                        /* fletcher32, anything else: H5Dread */
+    }
+    tab->nf = nf;
+    size_t cbytes = 2, nchunks = 1;
+    for (int i = 0; i < 4; i++) {
+        if (cd[i] == 0 || cd[i] > DIRECT_CHUNK_CAP || !kv_mul_ok(cbytes, (size_t)cd[i], DIRECT_CHUNK_CAP, &cbytes))
+            goto done;
+        tab->dims[i] = (size_t)dims[i];
+        tab->chunk[i] = (size_t)cd[i];
+        tab->grid[i] = (tab->dims[i] + tab->chunk[i] - 1) / tab->chunk[i];
+        if (!kv_mul_ok(nchunks, tab->grid[i], (size_t)1 << 32, &nchunks))
+            goto done;
+    }
+    tab->cbytes = cbytes;
+    tab->raw_cap = nf ? cbytes + cbytes / 8 + 4096 : cbytes;   /* > deflate's worst case (as check_chunks) */
+    tab->c = malloc(nchunks * sizeof *tab->c);
+    if (!tab->c) {
+        st = kverr_set(err, KV_ERR_NOMEM, "%s: %s: out of memory (table of %zu chunks)", in->path, name, nchunks);
+        goto done;
+    }
+    unsigned long long fsize = t->fd_id.size;
+    unsigned all = nf ? (1u << nf) - 1u : 0u;
+    size_t ci[4] = {0, 0, 0, 0};
+    for (size_t k = 0; k < nchunks; k++) {
+        hsize_t off[4];
+        for (int i = 0; i < 4; i++)
+            off[i] = (hsize_t)(ci[i] * tab->chunk[i]);
+        unsigned mask = 0;
+        haddr_t addr = HADDR_UNDEF;
+        hsize_t size = 0;
+        if (H5Dget_chunk_info_by_coord(d, off, &mask, &addr, &size) < 0 || addr == HADDR_UNDEF)
+            goto done;
+        unsigned long long o = (unsigned long long)addr + t->base;
+        int deflated = 0;
+        for (int i = 0; i < nf; i++)
+            if (tab->filt[i] == DF_DEFLATE && !(mask & (1u << i)))
+                deflated = 1;
+        const char *why = NULL;
+        if (o < t->base || o > fsize || size > fsize - o)
+            why = "extend past the end of the file";
+        else if (size == 0 || size > tab->raw_cap || (!deflated && size != cbytes))
+            why = "are an impossible stored size for the chunk";
+        else if (mask & ~all)
+            why = "have a filter mask naming filters the dataset lacks";
+        if (why) {
+            st = kverr_set(err, KV_ERR_FORMAT,
+                           "%s: %s: chunk at [%llu, %llu, %llu, %llu]: %llu bytes at offset %llu (mask 0x%x) %s (%llu "
+                           "bytes, %zu-byte chunk)", in->path, name, (unsigned long long)off[0],
+                           (unsigned long long)off[1], (unsigned long long)off[2], (unsigned long long)off[3],
+                           (unsigned long long)size, o, mask, why, fsize, cbytes);
+            goto done;
+        }
+        tab->c[k].off = o;
+        tab->c[k].size = (uint32_t)size;
+        tab->c[k].mask = mask;
+        for (int i = 3; i >= 0; i--) {        /* next chunk, last dimension fastest */
+            if (++ci[i] < tab->grid[i])
+                break;
+            ci[i] = 0;
+        }
+    }
+    /* the address convention, checked on the first chunk: its stored bytes as libhdf5 reads
+     * them must be the bytes at the table's offset */
+    size_t n0 = tab->c[0].size;
+    a = malloc(n0);
+    b = malloc(n0);
+    hsize_t zero[4] = {0, 0, 0, 0};
+    uint32_t m0 = 0;
+    if (!a || !b) {
+        st = kverr_set(err, KV_ERR_NOMEM, "%s: %s: out of memory", in->path, name);
+        goto done;
+    }
+    if (H5Dread_chunk(d, H5P_DEFAULT, zero, &m0, a) < 0 || m0 != tab->c[0].mask ||
+        pread_full(t->fd, b, n0, tab->c[0].off) != 0 || memcmp(a, b, n0) != 0)
+        goto done;
+    tab->ok = 1;
+done:
+    free(a);
+    free(b);
+    if (dcpl >= 0)
+        H5Pclose(dcpl);
+    if (ty >= 0)
+        H5Tclose(ty);
+    if (sp >= 0)
+        H5Sclose(sp);
+    if (!tab->ok) {
+        free(tab->c);
+        tab->c = NULL;
+    }
+    return st;
+}
+
+kv_status kv_trace_rows_direct_ok(kv_trace *t, kv_tensor which, size_t l, int *ok, kv_error *err)
+{
+    if (ok)
+        *ok = 0;
+    if (!t || !ok)
+        return kverr_set(err, KV_ERR_INVALID, "kv_trace_rows_direct_ok: NULL argument");
+    if (t->fd < 0)
+        return KV_OK;
+    hid_t d;
+    char name[64];
+    kv_status st = tensor_get(t, which, 0, l, 0, &d, name, sizeof name, err);
+    if (st != KV_OK)
+        return st;
+    dtab **slot = &t->dtab[l * 4 + (size_t)which];
+    if (!*slot) {
+        dtab *tab = calloc(1, sizeof *tab);
+        if (!tab)
+            return kverr_set(err, KV_ERR_NOMEM, "%s: %s: out of memory", t->info.path, name);
+        size_t heads = (which == KV_Q || which == KV_ATTN_OUT) ? t->info.n_heads : t->info.n_kv_heads;
+        if ((st = dtab_build(t, d, name, heads, tab, err)) != KV_OK) {
+            dtab_free(tab);
+            return st;
+        }
+        *slot = tab;
+    }
+    *ok = (*slot)->ok;
+    return KV_OK;
+}
+
+/* Undoes the pipeline of one stored chunk (raw, ch->size bytes) into x or y (tab->cbytes + 1
+ * bytes each): *res = the chunk's bytes. at: the chunk's first element (for messages). */
+static kv_status direct_decode(const kv_trace *t, const dtab *tab, const char *name, const dchunk *ch, const size_t *at,
+                               unsigned char *raw, unsigned char *x, unsigned char *y, z_stream *zs, int *zinit,
+                               const unsigned char **res, kv_error *err)
+{
+    const unsigned char *cur = raw;
+    size_t len = ch->size, cb = tab->cbytes;
+    const char *bad = NULL;
+    char got_s[160] = "";
+    for (int i = tab->nf - 1; i >= 0 && !bad; i--) {
+        if (ch->mask & (1u << i))
+            continue;
+        unsigned char *out = cur == x ? y : x;
+        if (tab->filt[i] == DF_DEFLATE) {
+            int zr;
+            if (!*zinit) {
+                memset(zs, 0, sizeof *zs);
+                zr = inflateInit(zs);
+                if (zr != Z_OK)
+                    return kverr_set(err, KV_ERR_NOMEM, "%s: %s: zlib: cannot initialise", t->info.path, name);
+                *zinit = 1;
+            } else if (inflateReset(zs) != Z_OK) {
+                bad = "zlib cannot reset its stream";
+                break;
+            }
+            zs->next_in = (Bytef *)cur;
+            zs->avail_in = (uInt)len;
+            zs->next_out = out;
+            zs->avail_out = (uInt)(cb + 1);  /* one spare byte: more output = bad */
+            zr = inflate(zs, Z_FINISH);
+            size_t got = cb + 1 - zs->avail_out;
+            if (zr != Z_STREAM_END || got != cb) {
+                bad = zr == Z_STREAM_END || zr == Z_BUF_ERROR || zr == Z_OK ? "deflate data of the wrong size"
+                                                                           : "deflate data corrupt";
+                snprintf(got_s, sizeof got_s, " (%zu bytes decoded, the chunk has %zu%s%.80s)", got, cb,
+                         zs->msg ? "; zlib: " : "", zs->msg ? zs->msg : "");
+            }
+            len = got;
+        } else {                              /* DF_SHUFFLE, element size 2 (H5Z shuffle) */
+            if (len != cb) {
+                bad = "shuffled bytes of the wrong size";
+                break;
+            }
+            size_t ne = len / 2;
+            if (ne > 1) {
+                for (size_t j = 0; j < ne; j++) {
+                    out[2 * j] = cur[j];
+                    out[2 * j + 1] = cur[ne + j];
+                }
+            } else {
+                memcpy(out, cur, len);
+            }
+        }
+        cur = out;
+    }
+    if (!bad && len != cb) {
+        bad = "stored bytes of the wrong size";
+        snprintf(got_s, sizeof got_s, " (%zu, the chunk has %zu)", len, cb);
+    }
+    if (bad)
+        return kverr_set(err, KV_ERR_FORMAT, "%s: %s: chunk at [%zu, %zu, %zu, %zu]: %s%s (direct read)", t->info.path,
+                         name, at[0], at[1], at[2], at[3], bad, got_s);
+    *res = cur;
+    return KV_OK;
+}
+
+/* The box [start, start + count) of tab's dataset into dst (row-major over count), chunk
+ * by chunk. Thread-safe: reads t and tab only. */
+static kv_status direct_copy(const kv_trace *t, const dtab *tab, const char *name, const size_t *start,
+                             const size_t *count, unsigned char *dst, kv_error *err)
+{
+    kv_status st = KV_OK;
+    const size_t *C = tab->chunk;
+    size_t c0[4], c1[4], ci[4];
+    size_t ds[4] = {count[1] * count[2] * count[3], count[2] * count[3], count[3], 1};    /* elements */
+    size_t cs[4] = {C[1] * C[2] * C[3], C[2] * C[3], C[3], 1};
+    for (int i = 0; i < 4; i++) {
+        if (count[i] == 0)
+            return KV_OK;
+        if (start[i] > tab->dims[i] || count[i] > tab->dims[i] - start[i])
+            return kverr_set(err, KV_ERR_INVALID, "%s: %s: dimension %d: [%zu, %zu+%zu) outside [0, %zu)", t->info.path,
+                             name, i, start[i], start[i], count[i], tab->dims[i]);
+        c0[i] = ci[i] = start[i] / C[i];
+        c1[i] = (start[i] + count[i] - 1) / C[i];
+    }
+    unsigned char *raw = NULL, *x = NULL, *y = NULL;
+    z_stream zs;
+    int zinit = 0;
+    for (;;) {
+        size_t k = ((ci[0] * tab->grid[1] + ci[1]) * tab->grid[2] + ci[2]) * tab->grid[3] + ci[3];
+        const dchunk *ch = &tab->c[k];
+        size_t lo[4], hi[4], at[4];
+        for (int i = 0; i < 4; i++) {
+            at[i] = ci[i] * C[i];
+            lo[i] = start[i] > at[i] ? start[i] : at[i];
+            hi[i] = start[i] + count[i] < at[i] + C[i] ? start[i] + count[i] : at[i] + C[i];
+        }
+        size_t w = hi[3] - lo[3];
+        int filtered = 0;
+        for (int i = 0; i < tab->nf; i++)
+            if (!(ch->mask & (1u << i)))
+                filtered = 1;
+        if (!filtered && w == C[3] && w == count[3]) {
+            /* stored as is, whole rows: rows [lo2, hi2) are contiguous in the chunk and in
+             * dst; read them in place (the table checked size == cbytes) */
+            for (size_t i0 = lo[0]; i0 < hi[0]; i0++)
+                for (size_t i1 = lo[1]; i1 < hi[1]; i1++) {
+                    size_t src = (i0 - at[0]) * cs[0] + (i1 - at[1]) * cs[1] + (lo[2] - at[2]) * cs[2];
+                    size_t dd = (i0 - start[0]) * ds[0] + (i1 - start[1]) * ds[1] + (lo[2] - start[2]) * ds[2];
+                    if (pread_full(t->fd, dst + 2 * dd, 2 * (hi[2] - lo[2]) * C[3], ch->off + 2 * src) != 0) {
+                        st = kverr_set(err, KV_ERR_IO, "%s: %s: chunk at [%zu, %zu, %zu, %zu]: read failed: %s",
+                                       t->info.path, name, at[0], at[1], at[2], at[3],
+                                       errno ? strerror(errno) : "file shorter than validated");
+                        goto done;
+                    }
+                }
+        } else {
+            if (!raw) {
+                raw = malloc(tab->raw_cap);
+                x = malloc(tab->cbytes + 1);
+                y = malloc(tab->cbytes + 1);
+                if (!raw || !x || !y) {
+                    st = kverr_set(err, KV_ERR_NOMEM, "%s: %s: out of memory (chunk of %zu bytes)", t->info.path, name,
+                                   tab->cbytes);
+                    goto done;
+                }
+            }
+            if (pread_full(t->fd, raw, ch->size, ch->off) != 0) {
+                st = kverr_set(err, KV_ERR_IO, "%s: %s: chunk at [%zu, %zu, %zu, %zu]: read failed: %s", t->info.path,
+                               name, at[0], at[1], at[2], at[3], errno ? strerror(errno) : "file shorter than validated");
+                goto done;
+            }
+            const unsigned char *cb = NULL;
+            if ((st = direct_decode(t, tab, name, ch, at, raw, x, y, &zs, &zinit, &cb, err)) != KV_OK)
+                goto done;
+            for (size_t i0 = lo[0]; i0 < hi[0]; i0++)
+                for (size_t i1 = lo[1]; i1 < hi[1]; i1++)
+                    for (size_t i2 = lo[2]; i2 < hi[2]; i2++) {
+                        size_t src = (i0 - at[0]) * cs[0] + (i1 - at[1]) * cs[1] + (i2 - at[2]) * cs[2] + (lo[3] - at[3]);
+                        size_t dd = (i0 - start[0]) * ds[0] + (i1 - start[1]) * ds[1] + (i2 - start[2]) * ds[2] +
+                                    (lo[3] - start[3]);
+                        memcpy(dst + 2 * dd, cb + 2 * src, 2 * w);
+                    }
+        }
+        int i = 3;                            /* next chunk of the box, last dimension fastest */
+        for (; i >= 0; i--) {
+            if (++ci[i] <= c1[i])
+                break;
+            ci[i] = c0[i];
+        }
+        if (i < 0)
+            break;
+    }
+done:
+    if (zinit)
+        inflateEnd(&zs);
+    free(raw);
+    free(x);
+    free(y);
+    return st;
+}
+
+kv_status kv_trace_read_rows_f16_direct(const kv_trace *t, kv_tensor which, size_t s, size_t l, size_t h,
+                                        size_t t0, size_t nt, uint16_t *dst, kv_error *err)
+{
+    if (!t || !dst)
+        return kverr_set(err, KV_ERR_INVALID, "kv_trace_read_rows_f16_direct: NULL argument");
+    const kv_info *in = &t->info;
+    if ((unsigned)which > KV_ATTN_OUT)
+        return kverr_set(err, KV_ERR_INVALID, "%s: unknown tensor kind %d", in->path, (int)which);
+    char name[64];
+    snprintf(name, sizeof name, "/layers/%zu/%s", l, tensor_name[which]);
+    if (which == KV_ATTN_OUT && !in->has_attn_out)
+        return kverr_set(err, KV_ERR_INVALID, "%s: /layers/%zu/attn_out: the trace has no attn_out", in->path, l);
+    size_t heads = (which == KV_Q || which == KV_ATTN_OUT) ? in->n_heads : in->n_kv_heads;
+    if (s >= in->n_seq || l >= in->n_layers || h >= heads)
+        return kverr_set(err, KV_ERR_INVALID, "%s: %s: index (s=%zu, l=%zu, h=%zu) out of range (S=%zu, L=%zu, heads=%zu)",
+                         in->path, name, s, l, h, in->n_seq, in->n_layers, heads);
+    size_t T = in->n_tok;
+    if (t0 > T || nt > T - t0)
+        return kverr_set(err, KV_ERR_INVALID, "%s: %s: rows [%zu, %zu+%zu) outside [0, T = %zu)", in->path, name, t0,
+                         t0, nt, T);
+    const dtab *tab = t->dtab[l * 4 + (size_t)which];
+    if (!tab || !tab->ok)
+        return kverr_set(err, KV_ERR_INVALID, "%s: %s: no direct read (kv_trace_rows_direct_ok did not allow it)",
+                         in->path, name);
+    if (nt == 0)
+        return KV_OK;
+    kv_status st = direct_unchanged(t, err);
+    if (st != KV_OK)
+        return st;
+    size_t start[4] = {s, h, t0, 0}, count[4] = {1, 1, nt, in->head_dim};
+    return direct_copy(t, tab, name, start, count, (unsigned char *)dst, err);
 }
 
 /* Opens dataset `path` after checking it exists as a dataset; checks rank and bounds. */

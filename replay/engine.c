@@ -299,18 +299,44 @@ static int cb_key_pages(const rp_layer_ctx *ctx, size_t g, size_t page, size_t n
     return it->sh ? rp_shared_pages(it->sh, g, page, np, kmin, kmax) : -1;
 }
 
+/* Rows [t0, t0 + nt) of tensor w of (s, l, h) as raw f16 into raw [nt][D]: 0, or -1 with *ke
+ * set. The HDF5 library is not thread-safe, so its reads are serialised (kvtrace_io); the
+ * direct path (lib/kvtrace.h kv_trace_read_rows_f16_direct: pread and decode without HDF5)
+ * runs outside that lock when the dataset allows it, and only its per-dataset check takes
+ * the lock. The same bytes either way. */
+static int read_rows_f16(rp_engine *E, kv_tensor w, size_t s, size_t l, size_t h, size_t t0, size_t nt, uint16_t *raw,
+                         kv_error *ke)
+{
+    int ok = 0, bad;
+#pragma omp critical(kvtrace_io)
+    {
+        bad = kv_trace_rows_direct_ok(E->t, w, l, &ok, ke) != KV_OK;
+        if (!bad && !ok) bad = kv_trace_read_rows_f16(E->t, w, s, l, h, t0, nt, raw, ke) != KV_OK;
+    }
+    if (!bad && ok) bad = kv_trace_read_rows_f16_direct(E->t, w, s, l, h, t0, nt, raw, ke) != KV_OK;
+    return bad ? -1 : 0;
+}
+
+/* Rows [0, n) of tensor w, heads [h0, h0 + nh) of (s, l), as f32 into dst [nh][n][D]. */
+static int read_heads_f32(rp_engine *E, kv_tensor w, size_t s, size_t l, size_t h0, size_t nh, size_t n, float *dst,
+                          kv_error *ke)
+{
+    uint16_t *raw = malloc((n ? n : 1) * E->D * sizeof *raw);
+    if (!raw) { kv_error_set(ke, KV_ERR_NOMEM, "%s: out of memory", E->in->path); return -1; }
+    int rc = 0;
+    for (size_t h = 0; h < nh && !rc; h++) {
+        rc = read_rows_f16(E, w, s, l, h0 + h, 0, n, raw, ke);
+        if (!rc) kv_f16_to_f32(raw, dst + h * n * E->D, n * E->D);
+    }
+    free(raw);
+    return rc;
+}
+
 /* The K/V [nkv][n][D] of kv heads [g0, g0 + nkv) of sequence s, layer l. */
 static int read_kv_heads(rp_engine *E, size_t s, size_t l, size_t n, size_t g0, size_t nkv, float *k, float *v,
                          kv_error *ke)
 {
-    int rc = 0;
-#pragma omp critical(kvtrace_io)
-    for (size_t g = 0; g < nkv && !rc; g++) {
-        if (kv_trace_read_rows(E->t, KV_K, s, l, g0 + g, 0, n, k + g * n * E->D, ke) != KV_OK ||
-            kv_trace_read_rows(E->t, KV_V, s, l, g0 + g, 0, n, v + g * n * E->D, ke) != KV_OK)
-            rc = -1;
-    }
-    return rc;
+    return read_heads_f32(E, KV_K, s, l, g0, nkv, n, k, ke) || read_heads_f32(E, KV_V, s, l, g0, nkv, n, v, ke) ? -1 : 0;
 }
 
 static int read_kv(rp_engine *E, size_t s, size_t l, size_t n, float *k, float *v, kv_error *ke)
@@ -321,11 +347,7 @@ static int read_kv(rp_engine *E, size_t s, size_t l, size_t n, float *k, float *
 /* The queries [H][n][D] of sequence s, layer l (calibration: qfilter). */
 static int read_q(rp_engine *E, size_t s, size_t l, size_t n, float *q, kv_error *ke)
 {
-    int rc = 0;
-#pragma omp critical(kvtrace_io)
-    for (size_t h = 0; h < E->H && !rc; h++)
-        if (kv_trace_read_rows(E->t, KV_Q, s, l, h, 0, n, q + h * n * E->D, ke) != KV_OK) rc = -1;
-    return rc;
+    return read_heads_f32(E, KV_Q, s, l, 0, E->H, n, q, ke);
 }
 
 static int cb_layer_kv(const rp_layer_ctx *ctx, size_t layer, const float **k, const float **v)
@@ -442,7 +464,7 @@ typedef struct scan_bufs { uint16_t *h16; float *f; size_t fcap; } scan_bufs;
 
 /* Task k of the scan: 0 when its values are finite; else -1 with the run's message in err
  * (a read error's, or nonfinite_fail's naming the first bad value of the task). The read is
- * serialised (kvtrace_io: the HDF5 library is not thread-safe), the check is not. */
+ * serialised unless direct (read_rows_f16), the check is not. */
 static int scan_one(rp_engine *E, const scan_task *tk, scan_bufs *sb, char *err, size_t errlen)
 {
     static const kv_tensor kinds[4] = {KV_Q, KV_K, KV_V, KV_ATTN_OUT};
@@ -454,8 +476,7 @@ static int scan_one(rp_engine *E, const scan_task *tk, scan_bufs *sb, char *err,
     if (tk->kind == SC_HEAD) {
         if (!sb->h16 && !(sb->h16 = malloc((E->T ? E->T : 1) * D * sizeof *sb->h16)))
             return rp_failf(err, errlen, "out of memory (value scan)");
-#pragma omp critical(kvtrace_io)
-        rd = kv_trace_read_rows_f16(E->t, kinds[tk->w], s, tk->l, tk->h, 0, n, sb->h16, &ke) != KV_OK;
+        rd = read_rows_f16(E, kinds[tk->w], s, tk->l, tk->h, 0, n, sb->h16, &ke);
         if (rd) return rp_failf(err, errlen, "%s", ke.msg);
         size_t b = first_nonfinite_f16(sb->h16, n * D);
         if (b == n * D) return 0;
@@ -506,10 +527,10 @@ static int scan_one(rp_engine *E, const scan_task *tk, scan_bufs *sb, char *err,
  * sequence s (n = seq_len[s] positions), q, k, v and attn_out rows [0, n) of every layer
  * and head; the RoPE rows [0, max n); with the read-out, hidden and ref_lse rows [0, n),
  * W_U, b_u, the norm and W_O of every layer. One extra read of those rows (the replay reads
- * them again per work item). The checks run on every thread (the reads one at a time), the
- * q/k/v/attn_out ones on the f16 bits without a conversion; the message names the first bad
- * value in the task order above, whatever the thread count: a task after a known bad one
- * may be skipped, one before it never is.
+ * them again per work item). The checks run on every thread (HDF5 reads one at a time, direct
+ * reads at once: read_rows_f16), the q/k/v/attn_out ones on the f16 bits without a
+ * conversion; the message names the first bad value in the task order above, whatever the
+ * thread count: a task after a known bad one may be skipped, one before it never is.
  * Records (o.scan_cache_dir and o.trace_sha256 set): the scan is a function of the trace's
  * bytes, so a part that passed once for a digest passes again. Parts: each sequence (its
  * q/k/v/attn_out, with the read-out its hidden and ref_lse: "-ro") and the global one (RoPE
@@ -1302,9 +1323,8 @@ static size_t item_q_from(const item *it)
 }
 
 /* The item's Q rows [q_from, n) (item_q_from; rows below are not read) and K, V rows [0, n),
- * one head at a time: the raw f16 read under the trace lock (the HDF5 library is not
- * thread-safe), the conversion outside it, so that another thread's read waits only for the
- * read. */
+ * one head at a time: the raw f16 read (read_rows_f16: the direct path outside the trace
+ * lock, else H5Dread under it), the conversion outside the lock. */
 static int item_read(item *it)
 {
     rp_engine *E = it->E;
@@ -1321,10 +1341,7 @@ static int item_read(item *it)
         kv_tensor w = r < it->nh ? KV_Q : (r - it->nh) % 2 ? KV_V : KV_K;
         size_t h = r < it->nh ? it->g0 * E->G + r : it->g0 + g, t0 = w == KV_Q ? q0 : 0;
         float *dst = r < it->nh ? it->q + r * n * D : (w == KV_K ? it->k : it->v) + g * n * D;
-        int bad;
-#pragma omp critical(kvtrace_io)
-        bad = kv_trace_read_rows_f16(E->t, w, it->s, it->l, h, t0, n - t0, raw, &ke) != KV_OK;
-        if (bad) return IT_FAIL(it, "%s", ke.msg);
+        if (read_rows_f16(E, w, it->s, it->l, h, t0, n - t0, raw, &ke)) return IT_FAIL(it, "%s", ke.msg);
         kv_f16_to_f32(raw, dst + t0 * D, (n - t0) * D);
         if (t0 && (E->o.q_debug & RP_QDEBUG_POISON))
             for (size_t i = 0; i < t0 * D; i++) dst[i] = NAN;
