@@ -1636,9 +1636,20 @@ static int item_cache_view(item *it, size_t c, size_t g, size_t t, row_view *rv)
     rv->reindexed = 0;
     if (st->inc) {                      /* the encoding of the previous prefix, extended */
         if (!st->enc_n || nv < st->enc_n) {
+            /* inc: no view or eviction encode before the encoder (item_prefill), so
+             * run_encoders would run cf->enc->encode alone: with encode_from the encoder
+             * writes the copy's rows from the cache's instead */
+            int from = cf->enc->encode_from != NULL;
             cache_take(it->tb, c, &st->enc);
-            if (cache_copy_prefix(&st->enc, cache, nv)) return IT_FAIL(it, "out of memory");
-            if (run_encoders(cf, &it->ctx, g, t, &st->enc, it->err, sizeof it->err)) return -1;
+            if (cache_copy_prefix_rows(&st->enc, cache, nv, !from)) return IT_FAIL(it, "out of memory");
+            if (from) {
+                char e2[512] = "";
+                if (cf->enc->encode_from(cf->enc_cfg, &it->ctx, g, t, cache->k, cache->v, &st->enc, e2, sizeof e2))
+                    return IT_FAIL(it, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
+                                   cf->enc->name, it->s, it->l, it->g0 + g, e2);
+            } else if (run_encoders(cf, &it->ctx, g, t, &st->enc, it->err, sizeof it->err)) {
+                return -1;
+            }
         } else {
             size_t m0 = st->enc_n;
             char e2[512] = "";

@@ -374,6 +374,17 @@ typedef struct rp_strategy {
      * the block's last row (attn_rows_cut), bit for bit what each row's own encoding gives. */
     int (*encode_cuts)(const void *cfg, const rp_layer_ctx *ctx, const rp_cache *c, size_t m, size_t *kcut,
                        size_t *vcut);
+    /* Optional: encode of a copy without the copy. c holds the copy's entries (positions,
+     * multiplicities, members, modified and bytes of the source) and room for its c->n rows,
+     * whose contents are undefined; sk, sv [c->n][D] are the rows the copy would hold (another
+     * cache's, read only). Must write every row of c and leave c exactly as copying sk, sv
+     * into it and then encode would (rows, bytes, modified). The engine calls it where it
+     * makes a copy of a cache to encode it (the first prefix of an incremental encoding,
+     * inc) and nothing rewrites the copy before this encoder (no view, no eviction encode):
+     * the copy then costs no pass over the rows that the encoder rewrites (quant: every row
+     * outside the fp16 residual). */
+    int (*encode_from)(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, const float *sk,
+                       const float *sv, rp_cache *c, char *err, size_t errlen);
     /* Optional, RP_ENCODE: the protocols this configuration supports when narrower than
      * .protocols (asymkv's value budget needs a prompt); checked before the run starts. */
     unsigned (*cfg_protocols)(const void *cfg);
