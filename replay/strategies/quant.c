@@ -274,7 +274,7 @@ static int quant_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, size
     return quant_encode_extend(cfg, ctx, g, t, c, 0, err, errlen);
 }
 
-/* q_rows: encode, encode_extend and encode_cuts read the cache rows only (never ctx) */
+/* q_rows: encode, encode_extend, encode_cuts and encode_from read the cache rows only (never ctx) */
 static size_t quant_q_rows(const void *cfg, size_t P, size_t B, int *whole) { return 0; }
 
 const rp_strategy rp_strategy_quant = {
