@@ -51,10 +51,18 @@ struct rp_engine {
  * MiB is mmapped and faulted in again for every item. Their contents are never reused (each
  * item overwrites what it reads; Q rows below item_q_from are neither read nor written, so
  * their pages stay untouched), so this is malloc without the page faults. */
-enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_SHW, TB_N };
+enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_SHW, TB_SHKT, TB_WO, TB_N };
 typedef struct thread_bufs {
     void *p[TB_N];
     size_t cap[TB_N];
+    /* The engine's own copies of a kv head's cache (a configuration's st->enc, the item's
+     * qcopy), given back when the kv head or item ends (cache_give) and taken again by the
+     * next one (cache_take) with their pos, mult, k and v at the capacity reached: NC + 1
+     * spare caches ([NC]: qcopy), NULL = none yet. Contents never reused either: a copy is
+     * made by cache_copy_prefix, which writes every entry it holds, and grows by
+     * cache_append. */
+    rp_cache *spare;
+    size_t n_spare;
 } thread_bufs;
 
 /* malloc for buffers of megabytes: 2 MiB-aligned and marked for transparent huge pages where
@@ -884,7 +892,7 @@ fail:
  * the size the kv head's cache reaches, so a copy that grows with the cache afterwards
  * (cache_append) or is made again for each query row (a longer prefix each time) is
  * allocated once instead of grown by realloc. */
-static int cache_copy_prefix(rp_cache *dst, const rp_cache *src, size_t nv)
+static int cache_copy_prefix_rows(rp_cache *dst, const rp_cache *src, size_t nv, int rows)
 {
     size_t D = src->D;
     dst->D = D;
@@ -894,12 +902,23 @@ static int cache_copy_prefix(rp_cache *dst, const rp_cache *src, size_t nv)
         dst->mem_off = malloc(((cap > dst->cap ? cap : dst->cap) + 1) * sizeof *dst->mem_off);
         if (!dst->mem_off) return -1;
     }
+    if (!dst->pos && !dst->mult && !dst->k && !dst->v && !dst->src_k && cap * D * sizeof *dst->k >= ((size_t)2 << 20)) {
+        /* a first copy of megabytes (later ones reuse it: cache_take): rows in huge pages */
+        dst->pos = malloc(cap * sizeof *dst->pos);
+        dst->mult = malloc(cap * sizeof *dst->mult);
+        dst->k = big_alloc(cap * D * sizeof *dst->k);
+        dst->v = big_alloc(cap * D * sizeof *dst->v);
+        if (!dst->pos || !dst->mult || !dst->k || !dst->v) return -1;      /* the caller frees dst */
+        dst->cap = cap;
+    }
     if (rp_cache_reserve(dst, cap ? cap : 1, capm)) return -1;
     rp_cache_clear(dst);
     memcpy(dst->pos, src->pos, nv * sizeof *dst->pos);
     memcpy(dst->mult, src->mult, nv * sizeof *dst->mult);
-    memcpy(dst->k, src->k, nv * D * sizeof *dst->k);
-    memcpy(dst->v, src->v, nv * D * sizeof *dst->v);
+    if (rows) {
+        memcpy(dst->k, src->k, nv * D * sizeof *dst->k);
+        memcpy(dst->v, src->v, nv * D * sizeof *dst->v);
+    }
     if (src->mem_off) {
         memcpy(dst->mem_off, src->mem_off, (nv + 1) * sizeof *dst->mem_off);
         memcpy(dst->members, src->members, nm * sizeof *dst->members);
@@ -914,6 +933,35 @@ static int cache_copy_prefix(rp_cache *dst, const rp_cache *src, size_t nv)
     dst->modified = src->modified;
     dst->bytes = src->bytes;
     return 0;
+}
+
+static int cache_copy_prefix(rp_cache *dst, const rp_cache *src, size_t nv)
+{
+    return cache_copy_prefix_rows(dst, src, nv, 1);
+}
+
+/* An engine copy dst not yet allocated takes the thread's spare cache i (thread_bufs.spare),
+ * if any: pos, mult, k and v at its capacity, no member lists (cache_copy_prefix makes them
+ * when its source has them). */
+static void cache_take(thread_bufs *b, size_t i, rp_cache *dst)
+{
+    if (dst->pos || !b || i >= b->n_spare || !b->spare[i].pos) return;
+    *dst = b->spare[i];
+    memset(&b->spare[i], 0, sizeof b->spare[i]);
+}
+
+/* An engine copy c ends: its pos, mult, k and v become the thread's spare cache i when that
+ * slot is free (nspare slots, allocated on first use), else it is freed; c is empty after. */
+static void cache_give(thread_bufs *b, size_t i, size_t nspare, rp_cache *c)
+{
+    if (b && !b->spare && (b->spare = calloc(nspare, sizeof *b->spare))) b->n_spare = nspare;
+    if (!b || i >= b->n_spare || b->spare[i].pos || !c->pos || !c->mult || !c->k || !c->v || c->src_k) {
+        rp_cache_free(c);
+        return;
+    }
+    free(c->mem_off); free(c->members);
+    b->spare[i] = (rp_cache){ .cap = c->cap, .D = c->D, .pos = c->pos, .mult = c->mult, .k = c->k, .v = c->v };
+    memset(c, 0, sizeof *c);
 }
 
 /* Append entry e of src (position, multiplicity, members, rows) to dst. */
@@ -1091,14 +1139,14 @@ static int item_readout(item *it, char *err, size_t errlen)
     int any = 0;
     for (size_t c = 0; c < NC; c++) any |= it->ia[c * SA_NF + SA_DIFFERS] != 0;
     if (any) {
-        float *w = malloc(HD * C * sizeof *w);
+        float *w = tb_take(it->tb, TB_WO, HD * C * sizeof *w);    /* overwritten by the read */
         kv_error ke;
         int bad = !w;
         if (w) {
 #pragma omp critical(kvtrace_io)
             bad = kv_trace_read_w_o(E->t, l, w, &ke) != KV_OK;
         }
-        if (bad) { free(w); return rp_failf(err, errlen, "%s", w ? ke.msg : "out of memory (read-out W_O)"); }
+        if (bad) return rp_failf(err, errlen, "%s", w ? ke.msg : "out of memory (read-out W_O)");
         for (size_t c = 0; c < NC; c++) {
             if (it->ia[c * SA_NF + SA_DIFFERS] == 0) continue;
             float *dh = it->dH + c * NE * C;
@@ -1106,7 +1154,6 @@ static int item_readout(item *it, char *err, size_t errlen)
             readout_add_delta_w(ro, w, it->dO + c * NE * HD, NE, dh);
             it->dh_set[c] = 1;
         }
-        free(w);
     }
     if (!it->pl) return 0;
     /* per-layer read-out: logits of h + dH_c (layer l alone) against the full logits */
@@ -1606,8 +1653,20 @@ static int item_cache_view(item *it, size_t c, size_t g, size_t t, row_view *rv)
     rv->reindexed = 0;
     if (st->inc) {                      /* the encoding of the previous prefix, extended */
         if (!st->enc_n || nv < st->enc_n) {
-            if (cache_copy_prefix(&st->enc, cache, nv)) return IT_FAIL(it, "out of memory");
-            if (run_encoders(cf, &it->ctx, g, t, &st->enc, it->err, sizeof it->err)) return -1;
+            /* inc: no view or eviction encode before the encoder (item_prefill), so
+             * run_encoders would run cf->enc->encode alone: with encode_from the encoder
+             * writes the copy's rows from the cache's instead */
+            int from = cf->enc->encode_from != NULL;
+            cache_take(it->tb, c, &st->enc);
+            if (cache_copy_prefix_rows(&st->enc, cache, nv, !from)) return IT_FAIL(it, "out of memory");
+            if (from) {
+                char e2[512] = "";
+                if (cf->enc->encode_from(cf->enc_cfg, &it->ctx, g, t, cache->k, cache->v, &st->enc, e2, sizeof e2))
+                    return IT_FAIL(it, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
+                                   cf->enc->name, it->s, it->l, it->g0 + g, e2);
+            } else if (run_encoders(cf, &it->ctx, g, t, &st->enc, it->err, sizeof it->err)) {
+                return -1;
+            }
         } else {
             size_t m0 = st->enc_n;
             char e2[512] = "";
@@ -1621,6 +1680,7 @@ static int item_cache_view(item *it, size_t c, size_t g, size_t t, row_view *rv)
         rv->view = st->enc;
     } else if (st->td) {                /* a copy encoded for this query */
         rp_cache *qc = &it->qcopy;
+        cache_take(it->tb, E->sw->n, qc);
         if (cache_copy_prefix(qc, cache, nv)) return IT_FAIL(it, "out of memory");
         if (run_encoders(cf, &it->ctx, g, t, qc, it->err, sizeof it->err)) return -1;
         if (rp_view_active(cf->evict, cf->evict_cfg) && !qc->modified)
@@ -1896,6 +1956,7 @@ static int item_static_view_block(item *it, size_t c, size_t g, size_t tb, size_
         !rp_view_active(cf->evict, cf->evict_cfg) || cf->enc || cf->evict->encode)
         return 0;
     if (!st->sview) {
+        cache_take(it->tb, c, &st->enc);
         if (cache_copy_prefix(&st->enc, cc, cc->n)) return IT_FAIL(it, "out of memory");
         if (run_encoders(cf, &it->ctx, g, n - 1, &st->enc, it->err, sizeof it->err)) return -1;
         size_t fd = 0;
@@ -2002,7 +2063,7 @@ static int item_head_end(item *it, size_t g)
             return IT_FAIL(it, "out of memory (export)");
         cache_unalias(st);
         rp_cache_free(&st->cache);
-        rp_cache_free(&st->enc);
+        cache_give(it->tb, c, sw->n + 1, &st->enc);
     }
     return 0;
 }
@@ -2382,9 +2443,9 @@ static void item_free_scratch(item *it)
             free(cs[i].evat);
             cache_unalias(&cs[i]);
             rp_cache_free(&cs[i].cache);
-            rp_cache_free(&cs[i].enc);
+            cache_give(it->tb, i / it->nkv, E->sw->n + 1, &cs[i].enc);
         }
-        rp_cache_free(&it->qcopy);
+        cache_give(it->tb, E->sw->n, E->sw->n + 1, &it->qcopy);
     }
     if (!it->dO_shared) free(it->dO);       /* slab, q, k, v belong to it->tb */
     free(it->ok); free(it->ov); free(it->wo);
@@ -2420,6 +2481,10 @@ static int item_ctx_open(item *it)
         return -1;
     }
     if (it->ps_cs) rp_shared_use_captured(it->sh, it->ps_cs, it->ps_ent);
+    /* the shared scores' scratch (transposed prompt keys, logits rows): the thread's buffer,
+     * virtual memory until a configuration asks for scores (then as large for every item of
+     * the sequence); without it (out of memory) the object mallocs its own */
+    rp_shared_scratch(it->sh, tb_take(it->tb, TB_SHKT, rp_shared_scratch_floats(it->sh) * sizeof(float)));
     return 0;
 }
 
@@ -2540,7 +2605,7 @@ static int layer_items_ok(const item *its, size_t l, size_t Hkv)
 /* per_head: called by each item of layer l when it is done; the last one runs the layer's
  * read-out (every kv head's dO columns are in), outside the ordered fold so that it runs
  * in parallel with other layers. */
-static void layer_item_done(rp_engine *E, layer_join *lj, item *its, size_t l)
+static void layer_item_done(rp_engine *E, layer_join *lj, item *its, size_t l, thread_bufs *tb)
 {
     size_t Hkv = E->Hkv, NC = E->sw->n;
     int last;
@@ -2553,6 +2618,7 @@ static void layer_item_done(rp_engine *E, layer_join *lj, item *its, size_t l)
             for (size_t c = 0; c < NC; c++)
                 if (its[l * Hkv + g].ia[c * SA_NF + SA_DIFFERS] != 0) r->ia[c * SA_NF + SA_DIFFERS] = 1;
         r->dO = lj->dO;
+        r->tb = tb;                         /* the running thread's (W_O) */
         r->rc = item_readout(r, r->err, sizeof r->err);
     }
     free(lj->dO);
@@ -2767,7 +2833,7 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
                 it->rc = -1;
             } else item_run(it);
         } else item_run(it);
-        if (ph) layer_item_done(E, &lj[l], its, l);
+        if (ph) layer_item_done(E, &lj[l], its, l, it->tb);
 #pragma omp ordered
         {
             if (!ph) {
@@ -2836,8 +2902,11 @@ done:
     if (lj)
         for (size_t l = 0; l < L; l++) { free(lj[l].dO); free(lj[l].ro.dH); free(lj[l].ro.dh_set); }
     if (tbs)
-        for (int i = 0; i < nthr; i++)
+        for (int i = 0; i < nthr; i++) {
             for (int j = 0; j < TB_N; j++) free(tbs[i].p[j]);
+            for (size_t j = 0; j < tbs[i].n_spare; j++) rp_cache_free(&tbs[i].spare[j]);
+            free(tbs[i].spare);
+        }
     free(tbs);
     free(its); free(ia); free(uia); free(rocf); free(lp); free(lj); free(hid); free(acc);
     seq_plans_free(&sp);

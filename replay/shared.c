@@ -30,16 +30,20 @@ static double row_probs_add(const float *row, size_t nvis, float *pe, double *ou
     return h;
 }
 
-int rp_prompt_colsum(const float *q, const float *k, const float *kt, size_t P, size_t D, const attn_params *ap,
-                     size_t t0, size_t t1, const uint8_t *want, size_t ncols, double *out, double *ent)
+/* rp_prompt_colsum with a scratch of ws_floats floats (NULL, 0: malloc'd here): the logits
+ * [CS_ROWS][t1] and one row's probabilities [t1], written before they are read. */
+static int prompt_colsum_ws(const float *q, const float *k, const float *kt, size_t P, size_t D, const attn_params *ap,
+                            size_t t0, size_t t1, const uint8_t *want, size_t ncols, double *out, double *ent,
+                            float *ws, size_t ws_floats)
 {
     if (t0 > t1 || t1 > P || ncols > P) return -1;
     memset(out, 0, ncols * sizeof *out);
     if (ent) memset(ent, 0, (t1 - t0) * sizeof *ent);
     if (t0 == t1) return 0;
     size_t maxr = t1 - t0 < CS_ROWS ? t1 - t0 : CS_ROWS;
-    float *lg = malloc(maxr * t1 * sizeof *lg), *pe = malloc(t1 * sizeof *pe);
-    if (!lg || !pe) { free(lg); free(pe); return -1; }
+    int own = !ws || ws_floats < (maxr + 1) * t1;
+    float *lg = own ? malloc(maxr * t1 * sizeof *lg) : ws, *pe = own ? malloc(t1 * sizeof *pe) : ws + maxr * t1;
+    if (!lg || !pe) { if (own) { free(lg); free(pe); } return -1; }
     for (size_t a = t0; a < t1;) {
         if (want && !want[a]) { a++; continue; }
         size_t b = a + 1;                       /* a run of wanted rows, one kernel call */
@@ -54,9 +58,14 @@ int rp_prompt_colsum(const float *q, const float *k, const float *kt, size_t P, 
         }
         a = b;
     }
-    free(lg);
-    free(pe);
+    if (own) { free(lg); free(pe); }
     return 0;
+}
+
+int rp_prompt_colsum(const float *q, const float *k, const float *kt, size_t P, size_t D, const attn_params *ap,
+                     size_t t0, size_t t1, const uint8_t *want, size_t ncols, double *out, double *ent)
+{
+    return prompt_colsum_ws(q, k, kt, P, D, ap, t0, t1, want, ncols, out, ent, NULL, 0);
 }
 
 void rp_page_minmax(const float *k, size_t D, size_t page, size_t p0, size_t p1, float *kmin, float *kmax)
@@ -95,6 +104,9 @@ struct rp_shared {
     size_t *rg_next;            /* [H] slot replaced next when all are taken */
     double **ent;               /* [H] row entropies, NULL until asked */
     float **kt;                 /* [Hkv] the prompt's keys transposed once (attn_transpose_keys) */
+    float *kt_buf;              /* rp_shared_scratch: room for every kv head's kt, or NULL: malloc */
+    float *ws;                  /* rp_shared_scratch: prompt_colsum_ws's logits, or NULL: malloc */
+    size_t ws_floats;
     sh_pages *pg;
     size_t n_pg;
     double **vn;                /* [Hkv] value norms (rp_shared_value_norms), NULL until asked */
@@ -121,7 +133,7 @@ void rp_shared_free(rp_shared *s)
     if (!s) return;
     if (s->rg) for (size_t i = 0; i < s->H * SH_RANGES; i++) free(s->rg[i].sum);
     if (s->ent) for (size_t h = 0; h < s->H; h++) free(s->ent[h]);
-    if (s->kt) for (size_t g = 0; g < s->Hkv; g++) free(s->kt[g]);
+    if (s->kt && !s->kt_buf) for (size_t g = 0; g < s->Hkv; g++) free(s->kt[g]);
     if (s->vn) for (size_t g = 0; g < s->Hkv; g++) free(s->vn[g]);
     for (size_t i = 0; i < s->n_pg; i++) { free(s->pg[i].kmin); free(s->pg[i].kmax); }
     free(s->rg); free(s->rg_next); free(s->ent); free(s->kt); free(s->vn); free(s->pg);
@@ -137,9 +149,25 @@ static const float *head_k(const rp_shared *s, size_t h) { return s->k + (h / s-
 static const float *head_kt(rp_shared *s, size_t h)
 {
     size_t g = h / s->G;
-    if (!s->kt[g] && s->P && (s->kt[g] = malloc(attn_keys_t_floats(s->P, s->D) * sizeof **s->kt)))
+    size_t nf = attn_keys_t_floats(s->P, s->D);
+    if (!s->kt[g] && s->P && (s->kt[g] = s->kt_buf ? s->kt_buf + g * nf : malloc(nf * sizeof **s->kt)))
         attn_transpose_keys(head_k(s, h), s->P, s->D, s->kt[g]);
     return s->kt[g];
+}
+
+/* kt [Hkv][attn_keys_t_floats(P, D)], then prompt_colsum_ws's [CS_ROWS + 1][n] */
+size_t rp_shared_scratch_floats(const rp_shared *s)
+{
+    return s->Hkv * attn_keys_t_floats(s->P, s->D) + (CS_ROWS + 1) * s->n;
+}
+
+void rp_shared_scratch(rp_shared *s, float *buf)
+{
+    if (s->kt_buf || !buf) return;
+    for (size_t g = 0; g < s->Hkv; g++) if (s->kt[g]) return;      /* before any use only */
+    s->kt_buf = buf;
+    s->ws = buf + s->Hkv * attn_keys_t_floats(s->P, s->D);
+    s->ws_floats = (CS_ROWS + 1) * s->n;
 }
 
 int rp_shared_use_captured(rp_shared *s, const float *colsum, const float *ent)
@@ -158,7 +186,8 @@ static int captured_prompt_sum(rp_shared *s, size_t h, double *out)
 {
     size_t P = s->P, n = s->n;
     const float *cap = s->cap_cs + h * n;
-    if (rp_prompt_colsum(head_q(s, h), head_k(s, h), NULL, n, s->D, &s->ap, P, n, NULL, P, out, NULL)) return -1;
+    if (prompt_colsum_ws(head_q(s, h), head_k(s, h), NULL, n, s->D, &s->ap, P, n, NULL, P, out, NULL, s->ws, s->ws_floats))
+        return -1;
     for (size_t j = 0; j < P; j++) {
         double x = (double)cap[j] - out[j];
         out[j] = x > 0 ? x : 0.0;
@@ -182,8 +211,8 @@ static const double *range_sum(rp_shared *s, size_t h, size_t t0, size_t t1, dou
     slot->t1 = 0;
     if (s->cap_cs && t0 == 0 && t1 == s->P) {       /* recorded at capture: linear in n */
         if (captured_prompt_sum(s, h, slot->sum)) return NULL;
-    } else if (rp_prompt_colsum(head_q(s, h), head_k(s, h), head_kt(s, h), s->P, s->D, &s->ap, t0, t1, NULL, s->P, slot->sum,
-                         ent))
+    } else if (prompt_colsum_ws(head_q(s, h), head_k(s, h), head_kt(s, h), s->P, s->D, &s->ap, t0, t1, NULL, s->P, slot->sum,
+                                ent, s->ws, s->ws_floats))
         return NULL;
     slot->t0 = t0; slot->t1 = t1;
     return slot->sum;
@@ -193,8 +222,8 @@ int rp_shared_colsum(rp_shared *s, size_t h, size_t t0, size_t t1, const uint8_t
 {
     if (h >= s->H || t0 > t1 || t1 > s->P) return -1;
     if (want)
-        return rp_prompt_colsum(head_q(s, h), head_k(s, h), head_kt(s, h), s->P, s->D, &s->ap, t0, t1, want, s->P,
-                                out, NULL);
+        return prompt_colsum_ws(head_q(s, h), head_k(s, h), head_kt(s, h), s->P, s->D, &s->ap, t0, t1, want, s->P,
+                                out, NULL, s->ws, s->ws_floats);
     if (t0 == t1) { memset(out, 0, s->P * sizeof *out); return 0; }
     if (s->want_ent && t0 == 0 && t1 == s->P && !rp_shared_entropy(s, h)) return -1;   /* fills the range */
     const double *sum = range_sum(s, h, t0, t1, NULL);

@@ -67,6 +67,14 @@ typedef struct rp_shared rp_shared;
 rp_shared *rp_shared_new(const float *q, const float *k, size_t H, size_t Hkv, size_t n, size_t P, size_t D,
                          const attn_params *ap, int want_ent);
 void rp_shared_free(rp_shared *s);
+/* Optional, before any other call: the object's scratch (the transposed prompt keys of each
+ * kv head, made on first use, and the logits rows of its column sums) goes into buf,
+ * rp_shared_scratch_floats(s) floats owned by the caller and outliving the object, instead of
+ * a malloc per kv head and per call (the engine passes a thread's buffer, so that a work item
+ * does not fault in fresh pages). Every part is written before it is read: buf's previous
+ * contents are never read. */
+size_t rp_shared_scratch_floats(const rp_shared *s);
+void rp_shared_scratch(rp_shared *s, float *buf);
 
 /* Scores recorded at capture (/prompt_scores, kvcapture --prompt-scores; kvreplay run
  * --prompt-scores trace, or auto resolved to it) for the object's H query heads: colsum [H][n], colsum[h][j] = the sum

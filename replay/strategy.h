@@ -374,6 +374,17 @@ typedef struct rp_strategy {
      * the block's last row (attn_rows_cut), bit for bit what each row's own encoding gives. */
     int (*encode_cuts)(const void *cfg, const rp_layer_ctx *ctx, const rp_cache *c, size_t m, size_t *kcut,
                        size_t *vcut);
+    /* Optional: encode of a copy without the copy. c holds the copy's entries (positions,
+     * multiplicities, members, modified and bytes of the source) and room for its c->n rows,
+     * whose contents are undefined; sk, sv [c->n][D] are the rows the copy would hold (another
+     * cache's, read only). Must write every row of c and leave c exactly as copying sk, sv
+     * into it and then encode would (rows, bytes, modified). The engine calls it where it
+     * makes a copy of a cache to encode it (the first prefix of an incremental encoding,
+     * inc) and nothing rewrites the copy before this encoder (no view, no eviction encode):
+     * the copy then costs no pass over the rows that the encoder rewrites (quant: every row
+     * outside the fp16 residual). */
+    int (*encode_from)(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, const float *sk,
+                       const float *sv, rp_cache *c, char *err, size_t errlen);
     /* Optional, RP_ENCODE: the protocols this configuration supports when narrower than
      * .protocols (asymkv's value budget needs a prompt); checked before the run starts. */
     unsigned (*cfg_protocols)(const void *cfg);
@@ -415,7 +426,7 @@ typedef struct rp_strategy {
      *              online_new / online_step / online_rows (decoding, dms, cam); with
      *              RP_ONLINE in .protocols also the online protocol's online_new /
      *              online_step / online_rows / online_view;
-     *   RP_ENCODE  encode, encode_extend, encode_cuts for kv head g, in either protocol (quant,
+     *   RP_ENCODE  encode, encode_extend, encode_cuts, encode_from for kv head g, in either protocol (quant,
      *              asymkv, think, lowrank; calibration stays per layer, its per-head state
      *              looked up by g0 + g; minicache: kv head g of the partner layer, through
      *              layer_kv).
@@ -484,7 +495,7 @@ typedef struct rp_strategy {
                       size_t errlen);
     /* Optional, prefill protocol: which prompt query rows this configuration part reads. Returns
      * r such that every hook the part has under --mode prefill (prefill, plan_score, online_view,
-     * select, encode, encode_extend, encode_cuts, a decode-time press's online_*) reads, of the
+     * select, encode, encode_extend, encode_cuts, encode_from, a decode-time press's online_*) reads, of the
      * prompt's query rows ctx->q[h][t], t < P, only rows t in [P - r, P): directly, or through
      * the engine's callbacks that compute from Q, which read
      *     prompt_attn(h, t0, t1)           Q rows [t0, t1) of head h;
@@ -501,7 +512,7 @@ typedef struct rp_strategy {
      * strategy so). Not consulted under --mode online (every row is read: online_step's
      * strategies walk the prompt's queries) nor by calibration (its own read, calib_kv_only).
      * Declare it only for what the code provably reads (a part of a composition counts for
-     * itself: an encoder's r is what encode / encode_extend / encode_cuts read); NULL (the
+     * itself: an encoder's r is what encode / encode_extend / encode_cuts / encode_from read); NULL (the
      * default) = every row, always correct. */
     size_t (*q_rows)(const void *cfg, size_t P, size_t B, int *whole);
 } rp_strategy;

@@ -34,7 +34,9 @@
 
 /* ---- core ------------------------------------------------------------------------------ */
 
-float quant_asym_group(float *x, size_t cnt, size_t stride, int bits)
+/* The quantisers write y from x (y == x: in place; else x is left unchanged and y gets
+ * exactly what the in-place form leaves in x: same operations on the same values). */
+static float asym_group_to(float *y, const float *x, size_t cnt, size_t stride, int bits)
 {
     if (cnt == 0) return 0.0f;
     float mn = x[0], mx = x[0];
@@ -45,31 +47,41 @@ float quant_asym_group(float *x, size_t cnt, size_t stride, int bits)
     }
     float qmax = (float)((1u << bits) - 1u);
     float scale = (mx - mn) / qmax;
-    if (!(scale > 0.0f)) return 0.0f;      /* constant group: exact */
+    if (!(scale > 0.0f)) {                 /* constant group: exact */
+        if (y != x) for (size_t i = 0; i < cnt; i++) y[i * stride] = x[i * stride];
+        return 0.0f;
+    }
     for (size_t i = 0; i < cnt; i++) {
         float q = nearbyintf((x[i * stride] - mn) / scale);
         if (q < 0.0f) q = 0.0f;
         if (q > qmax) q = qmax;
-        x[i * stride] = q * scale + mn;
+        y[i * stride] = q * scale + mn;
     }
     return scale;
 }
 
-float quant_sym_row(float *x, size_t D, int bits)
+float quant_asym_group(float *x, size_t cnt, size_t stride, int bits) { return asym_group_to(x, x, cnt, stride, bits); }
+
+static float sym_row_to(float *y, const float *x, size_t D, int bits)
 {
     float amax = 0.0f;
     for (size_t d = 0; d < D; d++) if (fabsf(x[d]) > amax) amax = fabsf(x[d]);
     float qmax = (float)((1u << (bits - 1)) - 1u);
     float scale = amax / qmax;
-    if (!(scale > 0.0f)) return 0.0f;
+    if (!(scale > 0.0f)) {
+        if (y != x) memcpy(y, x, D * sizeof *y);
+        return 0.0f;
+    }
     for (size_t d = 0; d < D; d++) {
         float q = nearbyintf(x[d] / scale);
         if (q < -qmax) q = -qmax;
         if (q > qmax) q = qmax;
-        x[d] = q * scale;
+        y[d] = q * scale;
     }
     return scale;
 }
+
+float quant_sym_row(float *x, size_t D, int bits) { return sym_row_to(x, x, D, bits); }
 
 size_t quant_kivi_nq_keys(size_t m, size_t G, size_t R)
 {
@@ -81,11 +93,16 @@ size_t quant_kivi_nq_values(size_t m, size_t R)
     return m > R ? m - R : 0;
 }
 
-void quant_kivi_keys_grow(float *k, size_t m_prev, size_t m, size_t D, int bits, size_t G, size_t R)
+static void kivi_keys_grow_to(float *k, const float *src, size_t m_prev, size_t m, size_t D, int bits, size_t G, size_t R)
 {
     size_t k0 = quant_kivi_nq_keys(m_prev, G, R), k1 = quant_kivi_nq_keys(m, G, R);
     for (size_t a = k0; a + G <= k1; a += G)
-        for (size_t d = 0; d < D; d++) quant_asym_group(k + a * D + d, G, D, bits);
+        for (size_t d = 0; d < D; d++) asym_group_to(k + a * D + d, src + a * D + d, G, D, bits);
+}
+
+void quant_kivi_keys_grow(float *k, size_t m_prev, size_t m, size_t D, int bits, size_t G, size_t R)
+{
+    kivi_keys_grow_to(k, k, m_prev, m, D, bits, G, R);
 }
 
 void quant_kivi_keys(float *k, size_t m, size_t D, int bits, size_t G, size_t R)
@@ -93,10 +110,15 @@ void quant_kivi_keys(float *k, size_t m, size_t D, int bits, size_t G, size_t R)
     quant_kivi_keys_grow(k, 0, m, D, bits, G, R);
 }
 
-void quant_kivi_value_row(float *v, size_t D, int bits, size_t G)
+/* channels past the last whole group stay exact (the strategy refuses G not dividing D) */
+static void kivi_value_row_to(float *v, const float *src, size_t D, int bits, size_t G)
 {
-    for (size_t c = 0; c + G <= D; c += G) quant_asym_group(v + c, G, 1, bits);
+    size_t c = 0;
+    for (; c + G <= D; c += G) asym_group_to(v + c, src + c, G, 1, bits);
+    if (v != src && c < D) memcpy(v + c, src + c, (D - c) * sizeof *v);
 }
+
+void quant_kivi_value_row(float *v, size_t D, int bits, size_t G) { kivi_value_row_to(v, v, D, bits, G); }
 
 void quant_kivi_values(float *v, size_t m, size_t D, int bits, size_t G, size_t R)
 {
@@ -175,17 +197,25 @@ static void quant_free_cfg(void *cfg) { free(cfg); }
  * quantised group depends on its own rows only, so the rows quantised between m_prev and m
  * entries are the whole of the difference. Sym modes are per row. Equal to quant_encode bit
  * for bit with one encode of all m entries (tests/unit/test_quant.c checks every m against the
- * core functions quant_kivi_keys/values). */
-static int quant_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
-                               size_t m_prev, char *err, size_t errlen)
+ * core functions quant_kivi_keys/values).
+ * encode_rows is its body with the exact rows read from sk, sv: c->k, c->v (in place), or
+ * for m_prev = 0 another cache's rows (encode_from: every row of c is written, quantised or
+ * copied exact). */
+static int encode_rows(const quant_cfg *q, rp_cache *c, size_t m_prev, const float *sk, const float *sv, char *err,
+                       size_t errlen)
 {
-    const quant_cfg *q = cfg;
     size_t m = c->n, D = c->D;
-    (void)ctx; (void)g; (void)t;
-    if (m_prev > m) { snprintf(err, errlen, "quant: encode_extend from %zu to %zu entries", m_prev, m); return -1; }
+    int copy = sk != c->k || sv != c->v;
+    if (m_prev > m || (copy && m_prev)) {
+        snprintf(err, errlen, "quant: encode_extend from %zu to %zu entries", m_prev, m);
+        return -1;
+    }
     if (q->mode != QM_KIVI) {
         int b = q->mode == QM_SYM8 ? 8 : 4;
-        for (size_t e = m_prev; e < m; e++) { quant_sym_row(c->k + e * D, D, b); quant_sym_row(c->v + e * D, D, b); }
+        for (size_t e = m_prev; e < m; e++) {
+            sym_row_to(c->k + e * D, sk + e * D, D, b);
+            sym_row_to(c->v + e * D, sv + e * D, D, b);
+        }
         quant_sym_bytes(m, D, b, &c->bytes.payload, &c->bytes.scales);
         c->modified = 1;
         return 0;
@@ -195,12 +225,32 @@ static int quant_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_t 
         return -1;
     }
     size_t G = q->group, R = q->residual;
-    quant_kivi_keys_grow(c->k, m_prev, m, D, q->kbits, G, R);
-    size_t v1 = quant_kivi_nq_values(m, R);
-    for (size_t e = quant_kivi_nq_values(m_prev, R); e < v1; e++) quant_kivi_value_row(c->v + e * D, D, q->vbits, G);
+    kivi_keys_grow_to(c->k, sk, m_prev, m, D, q->kbits, G, R);
+    size_t k1 = quant_kivi_nq_keys(m, G, R), v1 = quant_kivi_nq_values(m, R);
+    for (size_t e = quant_kivi_nq_values(m_prev, R); e < v1; e++)
+        kivi_value_row_to(c->v + e * D, sv + e * D, D, q->vbits, G);
+    if (copy) {                         /* the exact rows: the fp16 residual */
+        memcpy(c->k + k1 * D, sk + k1 * D, (m - k1) * D * sizeof *c->k);
+        memcpy(c->v + v1 * D, sv + v1 * D, (m - v1) * D * sizeof *c->v);
+    }
     quant_kivi_bytes(m, D, q->kbits, q->vbits, G, R, &c->bytes.payload, &c->bytes.scales);
-    c->modified = quant_kivi_nq_keys(m, G, R) + v1 > 0;
+    c->modified = k1 + v1 > 0;
     return 0;
+}
+
+static int quant_encode_extend(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, rp_cache *c,
+                               size_t m_prev, char *err, size_t errlen)
+{
+    (void)ctx; (void)g; (void)t;
+    return encode_rows(cfg, c, m_prev, c->k, c->v, err, errlen);
+}
+
+/* encode_from: encode of a copy whose rows are sk, sv, written straight into c. */
+static int quant_encode_from(const void *cfg, const rp_layer_ctx *ctx, size_t g, size_t t, const float *sk,
+                             const float *sv, rp_cache *c, char *err, size_t errlen)
+{
+    (void)ctx; (void)g; (void)t;
+    return encode_rows(cfg, c, 0, sk, sv, err, errlen);
 }
 
 /* encode_cuts: KIVI quantises key groups below quant_kivi_nq_keys(m) and value rows below
@@ -224,7 +274,7 @@ static int quant_encode(const void *cfg, const rp_layer_ctx *ctx, size_t g, size
     return quant_encode_extend(cfg, ctx, g, t, c, 0, err, errlen);
 }
 
-/* q_rows: encode, encode_extend and encode_cuts read the cache rows only (never ctx) */
+/* q_rows: encode, encode_extend, encode_cuts and encode_from read the cache rows only (never ctx) */
 static size_t quant_q_rows(const void *cfg, size_t P, size_t B, int *whole) { return 0; }
 
 const rp_strategy rp_strategy_quant = {
@@ -241,6 +291,7 @@ const rp_strategy rp_strategy_quant = {
     .encode = quant_encode,
     .encode_extend = quant_encode_extend,
     .encode_cuts = quant_encode_cuts,
+    .encode_from = quant_encode_from,
     .head_separable = 1,     /* rows and key groups of one kv head's cache only */
     .q_rows = quant_q_rows,   /* no prompt query read */
 };

@@ -286,11 +286,80 @@ static void extend_equals_encode(void)
     free(k); free(v); free(ko); free(vo);
 }
 
+/* encode_from (the engine's first prefix of an incremental encoding, without the copy): the
+ * rows written into a cache of undefined rows from another cache's rows are, bit for bit,
+ * what copying those rows and encode give, with the same bytes and modified flag, the
+ * source unchanged; with constant groups and rows (left exact: copied) at every size m. */
+static void from_equals_copy_encode(void)
+{
+    const size_t D = 16, N = 150;
+    const char *cfgs[][5] = {
+        { "mode=kivi", "kbits=2", "vbits=4", "group=8", "residual=32" },
+        { "mode=kivi", "kbits=4", "vbits=2", "group=4", "residual=0" },
+        { "mode=kivi", "kbits=8", "vbits=8", "group=16", "residual=16" },
+        { "mode=sym4", NULL, NULL, NULL, NULL },
+        { "mode=sym8", NULL, NULL, NULL, NULL },
+    };
+    float *k = malloc(N * D * sizeof *k), *v = malloc(N * D * sizeof *v);
+    float *k0 = malloc(N * D * sizeof *k0), *v0 = malloc(N * D * sizeof *v0);
+    uint64_t x = 777;
+    for (size_t i = 0; i < N * D; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        k[i] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5) * 4.0f;
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        v[i] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5);
+    }
+    for (size_t e = 40; e < 56; e++)            /* constant key groups (every channel), zero rows */
+        for (size_t d = 0; d < D; d++) { k[e * D + d] = 0.25f * (float)d; v[e * D + d] = 0.0f; }
+    memcpy(k0, k, N * D * sizeof *k0);
+    memcpy(v0, v, N * D * sizeof *v0);
+    check_true("quant has encode_from", rp_strategy_quant.encode_from != NULL);
+    if (!rp_strategy_quant.encode_from) return;
+    for (size_t ci = 0; ci < sizeof cfgs / sizeof cfgs[0]; ci++) {
+        const char *kv[6] = { cfgs[ci][0], cfgs[ci][1], cfgs[ci][2], cfgs[ci][3], cfgs[ci][4], NULL };
+        char err[256] = "", what[160];
+        void *cfg = NULL;
+        check_true("configure", strat_configure(&rp_strategy_quant, kv, &cfg, err, sizeof err) == 0);
+        rp_layer_ctx ctx;
+        memset(&ctx, 0, sizeof ctx);
+        ctx.D = D; ctx.n = N; ctx.P = N; ctx.Hkv = 1; ctx.H = 1; ctx.G = 1;
+        int bad = 0;
+        for (size_t m = 1; m <= N && !bad; m += (m < 40 ? 1 : 13)) {
+            rp_cache a, b;                      /* a: copy + encode; b: encode_from into NaN rows */
+            memset(&a, 0, sizeof a);
+            memset(&b, 0, sizeof b);
+            a.D = b.D = D;
+            for (size_t e = 0; e < m; e++) {
+                rp_cache_push(&a, (int32_t)e, k + e * D, v + e * D);
+                rp_cache_push(&b, (int32_t)e, k + e * D, v + e * D);
+            }
+            for (size_t i = 0; i < m * D; i++) b.k[i] = b.v[i] = NAN;
+            int ra = rp_strategy_quant.encode(cfg, &ctx, 0, m - 1, &a, err, sizeof err);
+            int rb = rp_strategy_quant.encode_from(cfg, &ctx, 0, m - 1, k, v, &b, err, sizeof err);
+            int same = !ra && !rb && !memcmp(a.k, b.k, m * D * sizeof *a.k) && !memcmp(a.v, b.v, m * D * sizeof *a.v) &&
+                       a.bytes.payload == b.bytes.payload && a.bytes.scales == b.bytes.scales &&
+                       a.modified == b.modified && !memcmp(k, k0, N * D * sizeof *k) && !memcmp(v, v0, N * D * sizeof *v);
+            if (!same) {
+                snprintf(what, sizeof what, "encode_from == copy + encode (%s %s, m %zu)", kv[0], kv[1] ? kv[1] : "", m);
+                check_true(what, 0);
+                bad = 1;
+            }
+            rp_cache_free(&a);
+            rp_cache_free(&b);
+        }
+        snprintf(what, sizeof what, "encode_from == copy + encode at every size (%s %s)", kv[0], kv[1] ? kv[1] : "");
+        check_true(what, !bad);
+        rp_strategy_quant.free_cfg(cfg);
+    }
+    free(k); free(v); free(k0); free(v0);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 4 && !strcmp(argv[1], "--fixture")) return fixture(argv[2], argv[3]);
     hand_cases();
     properties();
     extend_equals_encode();
+    from_equals_copy_encode();
     return report("test_quant");
 }
