@@ -360,7 +360,7 @@ static int cb_w_o(const rp_layer_ctx *ctx, const float **w, size_t *C)
     if (!E->in->has_readout) return -1;
     size_t c = (size_t)E->in->d_model, HD = E->H * E->D;
     if (!it->wo) {
-        float *buf = malloc(HD * c * sizeof *buf);
+        float *buf = big_alloc(HD * c * sizeof *buf);
         if (!buf) return -2;
         kv_error ke;
         int bad;
@@ -780,8 +780,8 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
     if (in->has_rope && in->rotary_dim && need_rope) {
         E->R = in->rotary_dim;
         E->interleaved = !strcmp(in->rope_layout, "interleaved");
-        E->rope_cos = malloc(E->T * E->R * sizeof *E->rope_cos);
-        E->rope_sin = malloc(E->T * E->R * sizeof *E->rope_sin);
+        E->rope_cos = big_alloc(E->T * E->R * sizeof *E->rope_cos);      /* 8 MiB each at 16k x 128 */
+        E->rope_sin = big_alloc(E->T * E->R * sizeof *E->rope_sin);
         if (!E->rope_cos || !E->rope_sin) goto nomem;
         if (kv_trace_read_rope(t, E->rope_cos, E->rope_sin, &ke)) goto kverr;
     }
@@ -1083,7 +1083,7 @@ static int item_readout(item *it, char *err, size_t errlen)
     int any = 0;
     for (size_t c = 0; c < NC; c++) any |= it->ia[c * SA_NF + SA_DIFFERS] != 0;
     if (any) {
-        float *w = malloc(HD * C * sizeof *w);
+        float *w = big_alloc(HD * C * sizeof *w);      /* 4 MiB at d_model 1024: 2 faults, not 1024 */
         kv_error ke;
         int bad = !w;
         if (w) {
