@@ -26,8 +26,9 @@ void kvh5_type_name(hid_t type, char *buf, size_t cap);
  * full = 1: every rule of traces/SCHEMA.md and every chunk read (the validating child, or
  * in-process for files this process wrote); full = 0: only what fills *info (no caller
  * today: the parent takes *info from the child's verdict); full = KV_INSPECT_NO_CHUNKS: every
- * rule of full = 1 except reading the chunks of chunked datasets (check_chunks: their index,
- * stored sizes and decoded bytes), for bytes that passed full = 1 before (kv_open_opts
+ * rule of full = 1 except reading the chunk index and the chunks of chunked datasets (the
+ * stored-chunk count, H5Dget_num_chunks; check_chunks: their index, stored sizes and decoded
+ * bytes; the values of /prompt_scores), for bytes that passed full = 1 before (kv_open_opts
  * .validated; the small value checks of /seq_len, /tokens, ... still run).
  * info->layer_window / model_layer are malloc'ed here; the caller frees them. */
 enum { KV_INSPECT_NO_CHUNKS = 2 };

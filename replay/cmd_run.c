@@ -424,8 +424,9 @@ static int debug_hash(void)
  * engine's (sequence, layer) work items where the sweep could run per kv head (the same
  * results: the tests' reference), "units" prints one stderr line naming the work item the run
  * uses, "scan" one stderr line with how many value-scan tasks ran and how many were skipped
- * (a record of the part's passed scan for this digest: engine.c scan_finite). Normal output
- * never depends on them. */
+ * (a record of the part's passed scan for this digest: engine.c scan_finite), "rope" reads and
+ * scans the trace's /rope tables even when no configuration uses them (strategy.h uses_rope; the
+ * tests' reference). Normal output never depends on them. */
 static int debug_item(const char *word)
 {
     const char *d = getenv("KVTRACE_DEBUG");
@@ -790,6 +791,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv
     opts.layer_items = debug_item("layer-items");
     opts.q_debug = (debug_item("q-poison") ? RP_QDEBUG_POISON : 0) | (debug_item("q-all") ? RP_QDEBUG_ALL : 0) |
                    (debug_item("q-rows") ? RP_QDEBUG_ROWS : 0);
+    opts.read_rope = debug_item("rope");
     opts.scan_stats = scan_stats;
     if (rp_engine_new(tr, sw, &opts, seqs, n_seqs, &eng, err, sizeof err)) goto fail;
     if (debug_item("scan"))

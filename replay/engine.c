@@ -34,7 +34,7 @@ struct rp_engine {
     rp_run_opts o;
     size_t S, T, L, H, Hkv, G, D;
     int32_t *tokens, *seq_len, *prefill_len;   /* [S][T], [S], [S] or NULL */
-    float *rope_cos, *rope_sin;                /* [T][R] or NULL */
+    float *rope_cos, *rope_sin;                /* [T][R] or NULL (none, or no configuration uses_rope) */
     size_t R;
     int interleaved;
     readout *ro;
@@ -44,6 +44,7 @@ struct rp_engine {
     int32_t *needles;                          /* [KV_NEEDLE_NF][n_needles] (/needles) or NULL */
     size_t n_needles;
     int want_ent;                              /* a configuration reads the prompt entropies */
+    int rope_unread;                           /* the trace has /rope, no configuration uses it: not read */
 };
 
 /* A thread's large buffers (the work slab, Q, K, V), kept from one item to the next of a
@@ -389,7 +390,7 @@ static int cb_w_o(const rp_layer_ctx *ctx, const float **w, size_t *C)
     if (!E->in->has_readout) return -1;
     size_t c = (size_t)E->in->d_model, HD = E->H * E->D;
     if (!it->wo) {
-        float *buf = malloc(HD * c * sizeof *buf);
+        float *buf = big_alloc(HD * c * sizeof *buf);
         if (!buf) return -2;
         kv_error ke;
         int bad;
@@ -546,25 +547,31 @@ static int scan_one(rp_engine *E, const scan_task *tk, scan_bufs *sb, char *err,
  * (scan_record) exists is not scanned; after the whole scan passed, each part scanned is
  * recorded (never after a failure). The first bad value named is the same: a recorded part
  * has none. */
+#define GLOBAL_NOROPE ((size_t)-1 - 1)     /* scan_record's part: the global one without /rope */
 static int scan_record(const rp_engine *E, size_t s, size_t maxn, int ro, char *name, size_t nlen, char *line,
                        size_t llen)
 {
     const char *d = E->o.trace_sha256;
     char what[64];
-    if (s == (size_t)-1) snprintf(what, sizeof what, "global-n%zu%s", maxn, ro ? "-ro" : "");
+    if (s == GLOBAL_NOROPE) snprintf(what, sizeof what, "global-norope%s", ro ? "-ro" : "");
+    else if (s == (size_t)-1) snprintf(what, sizeof what, "global-n%zu%s", maxn, ro ? "-ro" : "");
     else snprintf(what, sizeof what, "s%zu%s", s, ro ? "-ro" : "");
     int a = snprintf(name, nlen, "scan-%s-%s", d, what), b = snprintf(line, llen, "kvtrace-scan-cache 1 %s %s\n", d, what);
     return a > 0 && (size_t)a < nlen && b > 0 && (size_t)b < llen ? 0 : -1;
 }
 
-/* 1 when the part's record (or, without the read-out, the read-out run's, which covers more) exists. */
+/* 1 when the part's record (or, without the read-out, the read-out run's, which covers more) exists.
+ * The global part of a run that leaves the trace's /rope unread (no configuration uses_rope) is
+ * "global-norope": the read-out's weights alone; a "global-n<maxn>" record, which also covers
+ * the RoPE rows, covers it too (never the other way round). */
 static int scan_recorded(const rp_engine *E, size_t s, size_t maxn)
 {
     char name[160], line[192];
     for (int ro = E->ro ? 1 : 0; ro < 2; ro++)
-        if (!scan_record(E, s, maxn, ro, name, sizeof name, line, sizeof line) &&
-            kv_cache_record_has(E->o.scan_cache_dir, name, line))
-            return 1;
+        for (int k = 0; k < (s == GLOBAL_NOROPE ? 2 : 1); k++)
+            if (!scan_record(E, k ? (size_t)-1 : s, maxn, ro, name, sizeof name, line, sizeof line) &&
+                kv_cache_record_has(E->o.scan_cache_dir, name, line))
+                return 1;
     return 0;
 }
 
@@ -602,7 +609,9 @@ static int scan_finite(rp_engine *E, const size_t *seqs, size_t n_seqs, char *er
         for (size_t k = 0; k < 4; k++) tk[nt++] = (scan_task){SC_WEIGHT, 0, 0, 0, k};
         for (size_t l = 0; l < L; l++) tk[nt++] = (scan_task){SC_WO, 0, l, 0, 0};
     }
-    if (nt > g0 && rec && scan_recorded(E, (size_t)-1, maxn)) { skipped += nt - g0; nt = g0; }
+    /* the global part's record: with /rope unread (no configuration uses_rope) its own name */
+    size_t gpart = E->rope_unread ? GLOBAL_NOROPE : (size_t)-1;
+    if (nt > g0 && rec && scan_recorded(E, gpart, maxn)) { skipped += nt - g0; nt = g0; }
     else ran[nall] = nt > g0;
     size_t first = nt;                 /* the lowest failed task so far */
     long long kk;
@@ -632,7 +641,7 @@ static int scan_finite(rp_engine *E, const size_t *seqs, size_t n_seqs, char *er
     if (first == nt && rec) {          /* passed: record each part scanned */
         char name[160], line[192];
         for (size_t i = 0; i <= nall; i++)
-            if (ran[i] && !scan_record(E, i < nall ? (i < n_seqs ? seqs[i] : E->o.calib[i - n_seqs]) : (size_t)-1, maxn,
+            if (ran[i] && !scan_record(E, i < nall ? (i < n_seqs ? seqs[i] : E->o.calib[i - n_seqs]) : gpart, maxn,
                                        E->ro != NULL, name, sizeof name, line, sizeof line))
                 kv_cache_record_put(E->o.scan_cache_dir, name, line);
     }
@@ -788,11 +797,20 @@ int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const s
         E->ap[l].softcap = (float)in->attn_softcap;
         E->ap[l].window = in->layer_window ? in->layer_window[l] : in->sliding_window;
     }
-    if (in->has_rope && in->rotary_dim) {
+    /* the RoPE tables (2 T R floats, and their value scan) only for a run that uses them
+     * (strategy.h uses_rope): a 16k-token trace's are 16 MiB, read before any work starts */
+    int need_rope = o->read_rope;
+    for (size_t c = 0; c < sw->n; c++) {
+        const rp_config *cf = &sw->cfg[c];
+        for (size_t p = 0; p < cf->n_parts; p++) need_rope |= rp_uses_rope(cf->part[p].s, cf->part[p].cfg);
+        need_rope |= rp_uses_rope(cf->evict, cf->evict_cfg) || (cf->enc && rp_uses_rope(cf->enc, cf->enc_cfg));
+    }
+    E->rope_unread = in->has_rope && in->rotary_dim && !need_rope;
+    if (in->has_rope && in->rotary_dim && need_rope) {
         E->R = in->rotary_dim;
         E->interleaved = !strcmp(in->rope_layout, "interleaved");
-        E->rope_cos = malloc(E->T * E->R * sizeof *E->rope_cos);
-        E->rope_sin = malloc(E->T * E->R * sizeof *E->rope_sin);
+        E->rope_cos = big_alloc(E->T * E->R * sizeof *E->rope_cos);      /* 8 MiB each at 16k x 128 */
+        E->rope_sin = big_alloc(E->T * E->R * sizeof *E->rope_sin);
         if (!E->rope_cos || !E->rope_sin) goto nomem;
         if (kv_trace_read_rope(t, E->rope_cos, E->rope_sin, &ke)) goto kverr;
     }

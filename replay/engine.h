@@ -143,6 +143,10 @@ typedef struct rp_run_opts {
      * (RP_QDEBUG_ALL), one stderr line per item names its rows (RP_QDEBUG_ROWS). Results never
      * depend on them (tests/py/test_q_rows.py compares q-poison with q-all). */
     int q_debug;
+    /* Debug (kvreplay: KVTRACE_DEBUG=rope): read and scan the trace's /rope tables even when no
+     * configuration part uses them (strategy.h uses_rope); hooks then see them. Results never
+     * depend on it (tests/py/test_rope_lazy.py). */
+    int read_rope;
     /* Records of passed value scans (engine.c scan_finite): with both set, a (sequence) or
      * global part of the scan whose record for this digest is in scan_cache_dir is skipped,
      * and each part that passes is recorded there (lib kv_cache_record_put). trace_sha256:
@@ -187,7 +191,8 @@ typedef struct rp_seq_result {
 
 typedef struct rp_engine rp_engine;
 
-/* Loads tokens, splits, RoPE tables and read-out; checks every evaluated sequence's split
+/* Loads tokens, splits, the RoPE tables (when a configuration part uses_rope, strategy.h, or
+ * o.read_rope) and read-out; checks every evaluated sequence's split
  * and every configuration's budget and protocol; runs calibration hooks. */
 int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const size_t *seqs,
                   size_t n_seqs, rp_engine **out, char *err, size_t errlen);

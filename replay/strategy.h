@@ -196,7 +196,8 @@ typedef struct rp_layer_ctx {
     const float *k, *v;     /* [Hkv][n][D] post-RoPE keys, values */
     attn_params ap;         /* scale, softcap, window of this layer */
     const kv_info *info;
-    /* RoPE tables [n][rotary_dim] (NULL when the trace has none) and the layout. */
+    /* RoPE tables [n][rotary_dim] (NULL when the trace has none, or when no configuration of
+     * the run declares uses_rope) and the layout. */
     const float *rope_cos, *rope_sin;
     size_t rotary_dim;
     int rope_interleaved;
@@ -280,7 +281,7 @@ typedef struct rp_calib_ctx {
     size_t layer, n_layers, Hkv, D, n_seq;
     const size_t *n;        /* [n_seq] valid tokens per calibration sequence */
     const float *const *k, *const *v;   /* [n_seq] -> [Hkv][n[i]][D] */
-    const float *rope_cos, *rope_sin;   /* [T][rotary_dim] or NULL */
+    const float *rope_cos, *rope_sin;   /* [T][rotary_dim] or NULL (none, or no part uses_rope) */
     size_t rotary_dim;
     int rope_interleaved;
     size_t H;                           /* q-heads */
@@ -515,6 +516,20 @@ typedef struct rp_strategy {
      * itself: an encoder's r is what encode / encode_extend / encode_cuts / encode_from read); NULL (the
      * default) = every row, always correct. */
     size_t (*q_rows)(const void *cfg, size_t P, size_t B, int *whole);
+    /* 1 when a hook of the strategy (calibrate included) reads the RoPE tables or tests whether
+     * the trace has them: rp_layer_ctx / rp_calib_ctx rope_cos, rope_sin (expected_attention,
+     * cap and leverage / compactor through expected_attention.h's ea_* helpers; lowrank; the
+     * re-rotating views of streaming reindex=1 and finch rerotate=1, evict_util.h
+     * ev_reindex_view; asymkv with a rank, through lowrank; per_layer, its inner press's). The
+     * engine reads /rope (T * rotary_dim floats each of cos and sin, and their value scan) only
+     * when some part of some configuration of the run sets it: in every other run rope_cos and
+     * rope_sin are NULL even when the trace has the tables, so a hook that reads them or
+     * tests them (!ctx->rope_cos: "the trace has no /rope tables") must declare it, or it sees
+     * a trace without tables. cfg_uses_rope, when set, decides per configuration (NULL:
+     * uses_rope). tests/py/test_rope_lazy.py checks that every strategy's default
+     * configuration gives the same results with the tables read as without. */
+    int uses_rope;
+    int (*cfg_uses_rope)(const void *cfg);
 } rp_strategy;
 
 /* The plan a planned strategy s's prefill reads (rows of ctx's kv heads, plan_size(cfg, ctx->P,
@@ -541,6 +556,12 @@ const rp_strategy *rp_strategy_at(size_t i);
 static inline double rp_fp16_bytes(size_t entries, size_t D) { return (double)entries * 2.0 * (double)D * 2.0; }
 
 /* The configuration part (strategy s, cfg) is head-separable (head_separable). */
+/* The configuration part (strategy s, cfg) reads the RoPE tables (uses_rope). */
+static inline int rp_uses_rope(const rp_strategy *s, const void *cfg)
+{
+    return s->cfg_uses_rope ? s->cfg_uses_rope(cfg) : s->uses_rope;
+}
+
 static inline int rp_head_separable(const rp_strategy *s, const void *cfg)
 {
     return s->cfg_head_separable ? s->cfg_head_separable(cfg) : s->head_separable;

@@ -323,6 +323,9 @@ static unsigned asymkv_protocols(const void *cfg)
     return q->vkeep < 1.0 ? RP_PREFILL : RP_PREFILL | RP_ONLINE;
 }
 
+/* uses_rope: a rank is lowrank's calibration and projection, which de-rotate keys */
+static int asymkv_uses_rope(const void *cfg) { return ((const asymkv_cfg *)cfg)->lr != NULL; }
+
 const rp_strategy rp_strategy_asymkv = {
     .name = "asymkv",
     .summary = "separate K and V settings: KIVI bits or low rank per side, a value budget",
@@ -341,5 +344,6 @@ const rp_strategy rp_strategy_asymkv = {
     .encode_extend = asymkv_encode_extend,
     .encode_cuts = asymkv_encode_cuts,
     .cfg_protocols = asymkv_protocols,
+    .cfg_uses_rope = asymkv_uses_rope,
     .head_separable = 1,     /* one kv head's cache and prompt attention; lowrank's basis by g0 + g */
 };

@@ -171,4 +171,5 @@ const rp_strategy rp_strategy_cap = {
     .free_cfg = cap_free,
     .prefill = cap_prefill,
     .head_separable = 1,     /* each kv head's cache from its own rows (the sinks rank first whatever the max) */
+    .uses_rope = 1,          /* the averaged future rotation and un-rotated queries (expected_attention.h) */
 };

@@ -162,6 +162,7 @@ const rp_strategy rp_strategy_compactor = {
     .free_cfg = cp_free,
     .prefill = cp_prefill,
     .head_separable = 1,     /* given its plan: the z-normalisations and the maximum over the layer's kv heads */
+    .uses_rope = 1,          /* its leverage part (cp_leverage: ea_unrotate) */
     .plan_size = cp_plan_size_,
     .plan_score = cp_plan_score,
     .plan_layer = cp_plan_layer_,

@@ -410,4 +410,5 @@ const rp_strategy rp_strategy_expected_attention = {
     .free_cfg = ea_free,
     .prefill = ea_prefill,
     .head_separable = 1,     /* each kv head's cache from its own rows and scores */
+    .uses_rope = 1,          /* ea_avg_rotation, ea_unrotate */
 };

@@ -255,6 +255,7 @@ const rp_strategy rp_strategy_finch = {
     .prefill = finch_prefill,
     .online_view = finch_view,
     .view_active = finch_view_active,
+    .cfg_uses_rope = finch_view_active,   /* rerotate=1 re-rotates keys with /rope */
     .view_static = 1,
     .head_separable = 1,     /* each kv head's window score of its own rows; the view per entry */
     .late_params = 1,           /* chunk: named only when on */

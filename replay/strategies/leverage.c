@@ -150,6 +150,7 @@ const rp_strategy rp_strategy_leverage = {
     .free_cfg = lev_free,
     .prefill = lev_prefill,
     .head_separable = 1,     /* given its plan: the z-normalisation over the layer's kv heads */
+    .uses_rope = 1,          /* keys un-rotated (ea_unrotate) */
     .plan_size = cp_plan_size,
     .plan_score = lev_plan_score,
     .plan_layer = cp_plan_layer,

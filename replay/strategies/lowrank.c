@@ -311,4 +311,5 @@ const rp_strategy rp_strategy_lowrank = {
     .encode = lowrank_encode,
     .encode_extend = lowrank_encode_extend,
     .head_separable = 1,     /* rows projected one by one on the basis of kv head g0 + g */
+    .uses_rope = 1,          /* keys de-rotated for the basis (calibrate) and the projection (encode) */
 };

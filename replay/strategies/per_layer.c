@@ -258,6 +258,12 @@ static int pl_head_separable(const void *cfg)
     return !c->inner->plan_score && rp_head_separable(c->inner, c->inner_cfg);
 }
 
+static int pl_uses_rope(const void *cfg)
+{
+    const pl_cfg *c = cfg;
+    return rp_uses_rope(c->inner, c->inner_cfg);
+}
+
 const rp_strategy rp_strategy_per_layer = {
     .name = "per_layer",
     .summary = "an inner press (press=) with its own compression ratio per layer, ratios=R0/R1/... or file=PATH "
@@ -278,4 +284,5 @@ const rp_strategy rp_strategy_per_layer = {
     .online_view = pl_view,
     .view_active = pl_view_active,
     .cfg_head_separable = pl_head_separable,
+    .cfg_uses_rope = pl_uses_rope,
 };

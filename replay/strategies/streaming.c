@@ -106,6 +106,7 @@ const rp_strategy rp_strategy_streaming = {
     .online_free = streaming_online_free,
     .online_view = streaming_view,
     .view_active = streaming_view_active,
+    .cfg_uses_rope = streaming_view_active,   /* reindex=1 re-rotates keys with /rope */
     .head_separable = 1,     /* each kv head's cache from its own rows and scores */
     .q_rows = streaming_q_rows,   /* no prompt query read */
 };

@@ -45,6 +45,9 @@ dig = {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in (clean, bad)
 assert dig[clean] != dig[bad]
 PER_SEQ = L * (2 * H + 2 * Hkv if nw == 4 else H + 2 * Hkv) + 2     # q, k, v, attn_out; hidden, ref_lse
 GLOBAL = 2 + 4 + L                                                     # rope cos/sin, 4 weights, W_O
+# a configuration that uses the RoPE tables, so that the global part scans them (strategy.h
+# uses_rope; a run without them: tests/py/test_rope_lazy.py)
+STRATEGY = "streaming keep=0.5 reindex=1"
 runs = [0]
 
 
@@ -52,7 +55,7 @@ def run(trace, seqs="0", extra=()):
     """(returncode, stderr lines without the scan line, (run, skipped) or None, out dir)"""
     runs[0] += 1
     out = os.path.join(TMP, f"out{runs[0]}")
-    rc, dbg, rest = run_debug([f"{BIN}/kvreplay", "run", trace, "--strategy", "full", "--seqs", seqs, "--decode", "8",
+    rc, dbg, rest = run_debug([f"{BIN}/kvreplay", "run", trace, "--strategy", STRATEGY, "--seqs", seqs, "--decode", "8",
                                "-o", out, "--threads", "2", *extra], "scan", "kvtrace: value scan: ", xdg)
     counts = None
     for x in dbg:
