@@ -810,7 +810,9 @@ static kv_status dtab_build(kv_trace *t, hid_t d, const char *name, size_t heads
             goto done;
     }
     tab->cbytes = cbytes;
-    tab->raw_cap = nf ? cbytes + cbytes / 8 + 4096 : cbytes;   /* > deflate's worst case (as check_chunks) */
+    /* the validator's cap (check_chunks: > deflate's worst case, + 4 bytes per filter): a
+     * stored size it accepts (a stream with bytes after its end: inflate stops there) is read */
+    tab->raw_cap = nf ? cbytes + cbytes / 8 + 4096 + 4 * (size_t)nf : cbytes;
     tab->c = malloc(nchunks * sizeof *tab->c);
     if (!tab->c) {
         st = kverr_set(err, KV_ERR_NOMEM, "%s: %s: out of memory (table of %zu chunks)", in->path, name, nchunks);

@@ -16,7 +16,8 @@
  * put back so that the identity check cannot see it) is an error naming the file and the
  * dataset, not a crash or other bytes: flipped bytes inside the deflate stream, and a flipped
  * byte of its adler32 trailer only (every byte decodes, the checksum alone catches it); a
- * file appended to after open is refused.
+ * file appended to after open is refused. A deflate chunk stored with trailing bytes up to
+ * the validator's cap is read (check_padded).
  * (deflate before shuffle is not among the layouts: lib/trace_validate.c rejects it.)
  *
  * Shapes: S=2, T=300, L=2, H=4, Hkv=2, D=24.
@@ -388,6 +389,59 @@ static void check_corrupt(const char *dir)
     unlink(g_corrupt);
 }
 
+/* ---- a deflate chunk stored with trailing bytes -------------------------------------
+ * The validator (check_chunks) accepts a deflate chunk stored with bytes after its stream,
+ * up to cbytes + cbytes / 8 + 4096 + 4 * nf stored bytes, and libhdf5 reads it (inflate stops
+ * at the stream's end). The direct path must accept the same stored sizes: /layers/1/k's
+ * chunk at row 48 (1536 bytes, shuffle + deflate: nf = 2) rewritten with its stream padded to
+ * exactly the validator's cap. */
+static void check_padded(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/direct_%d_padded.h5", dir, (int)getpid());
+    variant v = {"padded", {1, 1, 48, 16}, F_SHUF | F_DEFL, 1, 0};
+    const size_t cbytes = 48 * 16 * 2, cap = cbytes + cbytes / 8 + 4096 + 4 * 2;
+    static unsigned char raw[8192];
+    int wrote = 0;
+    if (write_base(path, 0) == 0 && rewrite(path, &v) == 0) {
+        hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+        hid_t d = f >= 0 ? H5Dopen2(f, "/layers/1/k", H5P_DEFAULT) : H5I_INVALID_HID;
+        hsize_t off[4] = {0, 1, 48, 0}, size = 0;
+        unsigned mask = 0;
+        haddr_t addr = HADDR_UNDEF;
+        uint32_t m = 0;
+        if (d >= 0 && H5Dget_chunk_info_by_coord(d, off, &mask, &addr, &size) >= 0 && size < cap &&
+            H5Dread_chunk(d, H5P_DEFAULT, off, &m, raw) >= 0) {
+            memset(raw + size, 0x5a, cap - size);
+            wrote = H5Dwrite_chunk(d, H5P_DEFAULT, m, off, cap, raw) >= 0;
+        }
+        if (d >= 0) H5Dclose(d);
+        if (f >= 0 && H5Fclose(f) < 0) wrote = 0;
+    }
+    CHECK(wrote, "padded: cannot write the trace");
+    if (!wrote)
+        return;
+    kv_trace *t = NULL;
+    kv_error err;
+    if (kv_trace_open(path, NULL, &t, &err) != KV_OK) {
+        CHECK(0, "padded: open (the validator must accept it): %s", err.msg);
+        unlink(path);
+        return;
+    }
+    static uint16_t a[T * D], b[T * D];
+    int ok = 0;
+    kv_status st = kv_trace_rows_direct_ok(t, KV_K, 1, &ok, &err);
+    CHECK(st == KV_OK && ok, "padded: direct_ok: %d %s", (int)st, st ? err.msg : "");
+    if (st == KV_OK && ok) {
+        st = kv_trace_read_rows_f16_direct(t, KV_K, 0, 1, 1, 0, T, a, &err);
+        kv_status sh = kv_trace_read_rows_f16(t, KV_K, 0, 1, 1, 0, T, b, &err);
+        CHECK(st == KV_OK && sh == KV_OK && !memcmp(a, b, sizeof a) && is_written(a, KV_K, 0, 1, 1, 0, T),
+              "padded: direct %d, H5Dread %d, bytes %s", (int)st, (int)sh, memcmp(a, b, sizeof a) ? "differ" : "equal");
+    }
+    kv_trace_close(t);
+    unlink(path);
+}
+
 int main(void)
 {
     const char *dir = getenv("KV_TMP") ? getenv("KV_TMP") : "/tmp";
@@ -408,6 +462,7 @@ int main(void)
     for (size_t i = 0; i < sizeof vs / sizeof *vs; i++)
         check_variant(dir, &vs[i]);
     check_corrupt(dir);
+    check_padded(dir);
     printf("%d checks, %d failed\n", checks, fails);
     return fails ? 1 : 0;
 }
