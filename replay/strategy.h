@@ -555,13 +555,13 @@ const rp_strategy *rp_strategy_at(size_t i);
  * of index per entry for eviction strategies that keep a subset). */
 static inline double rp_fp16_bytes(size_t entries, size_t D) { return (double)entries * 2.0 * (double)D * 2.0; }
 
-/* The configuration part (strategy s, cfg) is head-separable (head_separable). */
 /* The configuration part (strategy s, cfg) reads the RoPE tables (uses_rope). */
 static inline int rp_uses_rope(const rp_strategy *s, const void *cfg)
 {
     return s->cfg_uses_rope ? s->cfg_uses_rope(cfg) : s->uses_rope;
 }
 
+/* The configuration part (strategy s, cfg) is head-separable (head_separable). */
 static inline int rp_head_separable(const rp_strategy *s, const void *cfg)
 {
     return s->cfg_head_separable ? s->cfg_head_separable(cfg) : s->head_separable;

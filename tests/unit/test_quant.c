@@ -215,6 +215,18 @@ static int fixture(const char *in, const char *out)
     return 0;
 }
 
+/* k, v [n]: uniform in [-2, 2) and [-0.5, 0.5), an LCG from seed (k and v drawn in turn). */
+static void fill_kv(float *k, float *v, size_t n, uint64_t seed)
+{
+    uint64_t x = seed;
+    for (size_t i = 0; i < n; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        k[i] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5) * 4.0f;
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        v[i] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5);
+    }
+}
+
 /* encode_extend (the engine's incremental path): growing a cache one entry at a time (and in
  * jumps) must give, at every size m, exactly the rows and bytes that the core quantisers
  * (quant_kivi_keys/values, quant_sym_row) give on the first m entries in one go. */
@@ -229,13 +241,7 @@ static void extend_equals_encode(void)
     };
     float *k = malloc(N * D * sizeof *k), *v = malloc(N * D * sizeof *v);
     float *ko = malloc(N * D * sizeof *ko), *vo = malloc(N * D * sizeof *vo);
-    uint64_t x = 12345;
-    for (size_t i = 0; i < N * D; i++) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        k[i] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5) * 4.0f;
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        v[i] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5);
-    }
+    fill_kv(k, v, N * D, 12345);
     for (size_t ci = 0; ci < sizeof cfgs / sizeof cfgs[0]; ci++) {
         const char *kv[6] = { cfgs[ci][0], cfgs[ci][1], cfgs[ci][2], cfgs[ci][3], cfgs[ci][4], NULL };
         for (size_t step = 1; step <= 7; step += 6) {      /* one entry at a time, and jumps of 7 */
@@ -302,13 +308,7 @@ static void from_equals_copy_encode(void)
     };
     float *k = malloc(N * D * sizeof *k), *v = malloc(N * D * sizeof *v);
     float *k0 = malloc(N * D * sizeof *k0), *v0 = malloc(N * D * sizeof *v0);
-    uint64_t x = 777;
-    for (size_t i = 0; i < N * D; i++) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        k[i] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5) * 4.0f;
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        v[i] = (float)((double)(x >> 11) / 9007199254740992.0 - 0.5);
-    }
+    fill_kv(k, v, N * D, 777);
     for (size_t e = 40; e < 56; e++)            /* constant key groups (every channel), zero rows */
         for (size_t d = 0; d < D; d++) { k[e * D + d] = 0.25f * (float)d; v[e * D + d] = 0.0f; }
     memcpy(k0, k, N * D * sizeof *k0);
