@@ -18,22 +18,11 @@
 #include <string.h>
 
 #include "attn.h"
+#define RNG_SEED 0x9e3779b97f4a7c15ull
+#include "rng_testhelp.h"
 
 static int fails = 0, checks = 0;
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-static uint64_t rng_u64(void)
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static double rng_unif(void) { return ((rng_u64() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
-static float rng_normal(void)
-{
-    return (float)(sqrt(-2 * log(rng_unif())) * cos(2 * M_PI * rng_unif()));
-}
 static float *randn(size_t n, float sd)
 {
     float *x = malloc((n ? n : 1) * sizeof *x);

@@ -49,6 +49,8 @@
 #include <string.h>
 
 #include "attn.h"
+#define RNG_SEED 0x243f6a8885a308d3ull
+#include "rng_testhelp.h"
 #include "shared.h"
 
 static int fails = 0, checks = 0;
@@ -59,16 +61,6 @@ static void check(const char *what, int cond)
     if (!cond) { fails++; printf("FAIL %s\n", what); }
 }
 
-static uint64_t rng_state = 0x243f6a8885a308d3ull;
-static uint64_t rng_u64(void)
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static double rng_unif(void) { return ((rng_u64() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
-static float rng_normal(void) { return (float)(sqrt(-2 * log(rng_unif())) * cos(2 * M_PI * rng_unif())); }
 
 enum { P = 97, D = 16, H = 4, HKV = 2, G = H / HKV, N = P + 5 };
 
