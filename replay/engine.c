@@ -1701,6 +1701,9 @@ static int item_cache_view(item *it, size_t c, size_t g, size_t t, row_view *rv)
                 if (cf->enc->encode_from(cf->enc_cfg, &it->ctx, g, t, cache->k, cache->v, &st->enc, e2, sizeof e2))
                     return IT_FAIL(it, "config '%s': %s encode at seq %zu layer %zu kv head %zu: %s", cf->canon,
                                    cf->enc->name, it->s, it->l, it->g0 + g, e2);
+                if (st->enc.n != nv)        /* run_encoders' check, for the encode_from path */
+                    return IT_FAIL(it, "config '%s': encode changed the number of entries (seq %zu layer %zu kv head %zu)",
+                                   cf->canon, it->s, it->l, it->g0 + g);
             } else if (run_encoders(cf, &it->ctx, g, t, &st->enc, it->err, sizeof it->err)) {
                 return -1;
             }
