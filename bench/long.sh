@@ -17,7 +17,10 @@
 #
 # Uses from run.sh: BIN, PYTHON, OUT, THREADS, QUICK, HAVE_AVX512, gen_trace, section, die.
 # Environment: BENCH_LONG_T (the T list), BENCH_LONG_DECODE, BENCH_LONG_STRAT_T (the T of the
-# per-strategy runs; 0 skips them), BENCH_LONG_REPS (best-of-N of the runs that repeat),
+# per-strategy runs; 0 skips them), BENCH_LONG_REPS (best-of-N of the runs that repeat: every
+# run a ratio is taken of, so both sides are best-of-N; the fused sweep recomputing prompt
+# scores and its --no-share twin once above 4096 tokens), BENCH_LONG_OMP_REPS (the 1 vs N
+# threads pair, best of 3),
 # BENCH_LONG_FAMILIES (the families of the per-strategy runs, space separated; all when
 # empty), BENCH_LONG_MARGINAL (1: each family's marginal cost beside the shared prompt pass,
 # below; 0 skips it).
@@ -38,6 +41,9 @@ LONG_T=${BENCH_LONG_T:-$LT_DEF}
 LONG_DEC=${BENCH_LONG_DECODE:-$LDEC_DEF}
 LONG_STRAT_T=${BENCH_LONG_STRAT_T:-$LSTRAT_DEF}
 LONG_REPS=${BENCH_LONG_REPS:-2}
+# the 1 vs N threads runs: best of 3 (a 16k run is ~1 s on 1 thread, so one noisy run of the
+# pair moves the efficiency by 10 points)
+OMP_REPS=${BENCH_LONG_OMP_REPS:-3}
 LONG_FAMILIES=${BENCH_LONG_FAMILIES:-}
 LONG_MARGINAL=${BENCH_LONG_MARGINAL:-1}
 # the configuration that computes the whole-prompt shared pass (column sums over every
@@ -138,7 +144,7 @@ for T in $LONG_T; do
         --strategy "$SHARED_CFG" --threads "$THREADS" -o "$LONG_TMP/h2o"
     lrun h2o_pstrace "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/h2o" -- $KV "$tr" --decode "$LONG_DEC" \
         --strategy "$SHARED_CFG" --prompt-scores trace --threads "$THREADS" -o "$LONG_TMP/h2o"
-    lrun fused_pstrace "$T" "$THREADS" "$big" "$LONG_TMP/fusedps" -- $KV "$tr" --decode "$LONG_DEC" \
+    lrun fused_pstrace "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/fusedps" -- $KV "$tr" --decode "$LONG_DEC" \
         --sweep "$LONG_TMP/fused.sweep" --prompt-scores trace --threads "$THREADS" -o "$LONG_TMP/fusedps"
     # the same without the shared evaluation of eviction configurations (its A/B pair)
     lrun fused_pstrace_noshare "$T" "$THREADS" "$big" "$LONG_TMP/fusedns" -- $KV "$tr" --decode "$LONG_DEC" \
@@ -175,10 +181,10 @@ for T in $LONG_T; do
     printf ' peer'
 
     # 1 vs N threads on one configuration (results must be byte-identical)
-    lrun omp1 "$T" 1 "$LONG_REPS" "$LONG_TMP/omp1" -- $KV "$tr" --decode "$LONG_DEC" \
+    lrun omp1 "$T" 1 "$OMP_REPS" "$LONG_TMP/omp1" -- $KV "$tr" --decode "$LONG_DEC" \
         --strategy "$OMP_CFG" --threads 1 -o "$LONG_TMP/omp1"
     if [ "$THREADS" -gt 1 ]; then
-        lrun ompN "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/ompN" -- $KV "$tr" --decode "$LONG_DEC" \
+        lrun ompN "$T" "$THREADS" "$OMP_REPS" "$LONG_TMP/ompN" -- $KV "$tr" --decode "$LONG_DEC" \
             --strategy "$OMP_CFG" --threads "$THREADS" -o "$LONG_TMP/ompN"
         same=no
         cmp -s "$LONG_TMP/omp1/summary.csv" "$LONG_TMP/ompN/summary.csv" \
@@ -222,7 +228,7 @@ for T in $LONG_T; do
                 str="$OUT/long_T${T}_S2.h5" sel="--seqs 0" base=$base2
                 note="two-sequence trace: calibrates on the second; relative to full on that trace"
             fi
-            lrun strategy "$T" "$THREADS" 1 "$LONG_TMP/st" -- $KV "$str" --decode "$LONG_DEC" $STRAT_PS $sel \
+            lrun strategy "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/st" -- $KV "$str" --decode "$LONG_DEC" $STRAT_PS $sel \
                 --strategy "$fcfg" --threads "$THREADS" -o "$LONG_TMP/st" < /dev/null
             one=$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f1,4-6)
             sed -i '$ d' "$OUT/long_runs.csv"
@@ -242,7 +248,7 @@ for T in $LONG_T; do
                 # the family before SHARED_CFG: a family that also wants the row entropies
                 # (entropy_merge) then computes the whole-prompt pass once with them, which
                 # SHARED_CFG reuses; after h2o's pass without entropies it would redo it
-                lrun with_shared "$T" "$THREADS" 1 "$LONG_TMP/st" -- $KV "$str" --decode "$LONG_DEC" $STRAT_PS $sel \
+                lrun with_shared "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/st" -- $KV "$str" --decode "$LONG_DEC" $STRAT_PS $sel \
                     --strategy full --strategy "$fcfg" --strategy "$SHARED_CFG" --threads "$THREADS" \
                     -o "$LONG_TMP/st" < /dev/null
                 marg="$sb,$(tail -n 1 "$OUT/long_runs.csv" | cut -d, -f4,5)"
