@@ -2,9 +2,6 @@
  * and kvreplay merge (combine the results directories of --shard runs). */
 #include <dirent.h>
 #include <errno.h>
-#if defined(__GLIBC__) || defined(__linux__)
-#include <malloc.h>
-#endif
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -458,27 +455,9 @@ static int resolve_prompt_scores(int pscores, const kv_info *in)
     return in->has_prompt_scores && !in->prompt_scores_stale[0] ? RP_PS_TRACE : RP_PS_RECOMPUTE;
 }
 
-/* glibc's allocator, set for a run: buffers up to 32 MiB (its largest mmap threshold) come from
- * the heap and freed memory stays there (no trim), so the per-item buffers the engine and the
- * strategies allocate again for every work item reuse pages already faulted in instead of
- * mmapping fresh ones each time (fresh memory costs ~1 GB/s to fault in on a VM, against
- * ~30 GB/s to rewrite; the fused 20-configuration sweep at 16k: minor faults 36k -> 18k, wall
- * -5%). Peak RSS is unchanged: what is kept is what the run needed at its peak. A user's own
- * GLIBC_TUNABLES malloc settings win. */
-static void run_malloc_tune(void)
-{
-#if defined(__GLIBC__) && defined(M_MMAP_THRESHOLD) && defined(M_TRIM_THRESHOLD)
-    const char *t = getenv("GLIBC_TUNABLES");
-    if (t && strstr(t, "glibc.malloc.")) return;
-    mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
-#endif
-}
-
 int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv_file_digest *known, kvrun **out)
 {
     *out = NULL;
-    run_malloc_tune();
     snprintf(g_prog, sizeof g_prog, "%s run", tool);
     const char *trace_path = NULL, *sweep_path = NULL, *outdir = NULL, *seqs_s = NULL, *calib_s = NULL;
     const char *shard_s = NULL;
