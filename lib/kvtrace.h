@@ -203,9 +203,6 @@ kv_status kv_trace_read_hidden(kv_trace *t, size_t s, float *dst /* [T, C] */, k
 /* Rows [t0, t0+nt) of sequence s's hidden states into dst [nt, C]. */
 kv_status kv_trace_read_hidden_rows(kv_trace *t, size_t s, size_t t0, size_t nt, float *dst, kv_error *err);
 kv_status kv_trace_read_w_o(kv_trace *t, size_t l, float *dst /* [H*D, C] */, kv_error *err);
-/* Rows [r0, r0 + nr) of layer l's W_O (a kv head's G*D rows: the read-out's share of a kv-head item). */
-kv_status kv_trace_read_w_o_rows(kv_trace *t, size_t l, size_t r0, size_t nr, float *dst /* [nr, C] */,
-                                 kv_error *err);
 kv_status kv_trace_read_w_u(kv_trace *t, float *dst /* [V, C] */, kv_error *err);
 kv_status kv_trace_read_b_u(kv_trace *t, float *dst /* [V] */, kv_error *err);
 kv_status kv_trace_read_norm(kv_trace *t, float *weight /* [C] */, float *bias /* [C] or NULL */,

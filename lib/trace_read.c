@@ -1292,23 +1292,14 @@ kv_status kv_trace_read_hidden_rows(kv_trace *t, size_t s, size_t t0, size_t nt,
 
 kv_status kv_trace_read_w_o(kv_trace *t, size_t l, float *dst, kv_error *err)
 {
-    return kv_trace_read_w_o_rows(t, l, 0, t->info.n_heads * t->info.head_dim, dst, err);
-}
-
-kv_status kv_trace_read_w_o_rows(kv_trace *t, size_t l, size_t r0, size_t nr, float *dst, kv_error *err)
-{
     kv_status st = need_readout(t, err);
     if (st != KV_OK)
         return st;
-    size_t HD = t->info.n_heads * t->info.head_dim;
     if (l >= t->info.n_layers)
         return kverr_set(err, KV_ERR_INVALID, "%s: /readout/w_o: layer %zu out of range", t->info.path, l);
-    if (r0 > HD || nr > HD - r0)
-        return kverr_set(err, KV_ERR_INVALID, "%s: /readout/w_o/%zu: rows [%zu, %zu) out of range (%zu rows)",
-                         t->info.path, l, r0, r0 + nr, HD);
     char p[64];
     snprintf(p, sizeof p, "/readout/w_o/%zu", l);
-    size_t a[2] = {r0, 0}, c[2] = {nr, t->info.d_model};
+    size_t a[2] = {0, 0}, c[2] = {t->info.n_heads * t->info.head_dim, t->info.d_model};
     return kv_trace_read_f32(t, p, 2, a, c, dst, err);
 }
 

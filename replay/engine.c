@@ -52,7 +52,7 @@ struct rp_engine {
  * MiB is mmapped and faulted in again for every item. Their contents are never reused (each
  * item overwrites what it reads; Q rows below item_q_from are neither read nor written, so
  * their pages stay untouched), so this is malloc without the page faults. */
-enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_SHW, TB_SHKT, TB_WO, TB_DO, TB_DH, TB_RP, TB_N };
+enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_SHW, TB_SHKT, TB_WO, TB_N };
 typedef struct thread_bufs {
     void *p[TB_N];
     size_t cap[TB_N];
@@ -64,12 +64,6 @@ typedef struct thread_bufs {
      * cache_append. */
     rp_cache *spare;
     size_t n_spare;
-    /* TB_DO (the item's read-out deltas dO, item_alloc) is all zero between items: an item
-     * marks the configurations whose rows it wrote (do_dirty [do_nc], rows of do_stride
-     * floats) and the next take clears just those, so the rows of configurations that never
-     * differ from the full cache cost neither a write nor a page (calloc'd when it grows) */
-    uint8_t *do_dirty;
-    size_t do_nc, do_stride;
 } thread_bufs;
 
 /* malloc for buffers of megabytes: 2 MiB-aligned and marked for transparent huge pages where
@@ -119,34 +113,6 @@ static void *tb_take(thread_bufs *b, int i, size_t bytes)
     return b->p[i];
 }
 
-/* b's TB_DO with room for NC rows of `stride` floats each, all zero (see thread_bufs), or
- * NULL when out of memory. */
-static float *tb_take_zero(thread_bufs *b, size_t NC, size_t stride)
-{
-    size_t bytes = NC * stride * sizeof(float);
-    if (b->do_nc != NC) {
-        free(b->do_dirty);
-        b->do_nc = 0;
-        if (!(b->do_dirty = calloc(NC ? NC : 1, 1))) return NULL;
-        free(b->p[TB_DO]);                  /* dirty rows unknown: start from fresh zeros */
-        b->p[TB_DO] = NULL;
-        b->cap[TB_DO] = 0;
-        b->do_nc = NC;
-    }
-    if (b->cap[TB_DO] < bytes) {
-        free(b->p[TB_DO]);
-        b->p[TB_DO] = big_calloc(NC * stride, sizeof(float));
-        b->cap[TB_DO] = b->p[TB_DO] ? bytes : 0;
-        memset(b->do_dirty, 0, NC);
-    } else {
-        for (size_t c = 0; c < NC; c++)
-            if (b->do_dirty[c]) memset((float *)b->p[TB_DO] + c * b->do_stride, 0, b->do_stride * sizeof(float));
-        memset(b->do_dirty, 0, NC);
-    }
-    b->do_stride = stride;
-    return b->p[TB_DO];
-}
-
 /* Per (sequence, layer) work item. */
 typedef struct item {
     rp_engine *E;
@@ -167,10 +133,9 @@ typedef struct item {
     long long o_layer;
     double *ha;                  /* result slots of this layer: [NC][L][H][HA_NF] (shared array) */
     double *ia;                  /* [NC][SA_NF] item-level sums (bytes, guards) */
-    float *dO;                   /* [NC][NE][nh*D] the output perturbation of the item's query heads
-                                    (read-out; it->tb's TB_DO, zero where a configuration wrote nothing) */
-    float *dH;                   /* [NC][NE][C] the item's kv heads' dO @ W_O (item_readout; it->tb's
-                                    TB_DH), folded in item order */
+    float *dO;                   /* [NC][NE][HD] this layer's output perturbation (read-out; calloc) */
+    int dO_shared;               /* per_head: dO belongs to the layer (rp_engine_seq), not the item */
+    float *dH;                   /* [NC][NE][C] dO @ W_O of this layer, folded in layer order */
     uint8_t *dh_set;             /* [NC] dH of c holds a non-zero perturbation */
     const float *hid;            /* [n][C] the sequence's final residuals (read-out; rows [P, n) only) */
     double *pl;                  /* [NC][L][PL_NF] per-layer read-out sums, NULL = off */
@@ -1196,94 +1161,63 @@ static void account_last(item *it, const rp_config *cf, size_t c, size_t g, cons
     }
 }
 
-/* dO rows [NE] x cols [K] (row stride ld) all zero? */
-static int cols_zero(const float *a, size_t NE, size_t K, size_t ld)
-{
-    for (size_t r = 0; r < NE; r++)
-        for (size_t k = 0; k < K; k++)
-            if (a[r * ld + k] != 0) return 0;
-    return 1;
-}
-
-/* The read-out's share of an item: for each configuration c that differs from the full cache,
- * dH_c [NE][C] = sum over the item's kv heads g, in kv-head order, of dO_c's columns of g
- * (their G*D) @ W_O's rows of g: one sgemm per kv head whose columns are not all zero (beta
- * 0, K = G*D, its rows made contiguous first), added to dH_c, which starts at zero. The layer's
- * deltas are then the same sums whichever the unit: a layer item adds its kv heads here, the
- * kv-head items of a layer each make one term and rp_engine_seq adds them in kv-head order
- * (each term was 0 + P there too). So every kv-head item runs its own sgemm (in parallel with
- * the others, no layer-wide dO or join), and a thread's buffers hold one kv head's [NC][NE]
- * x (G*D + C). dh_set[c]: dH_c was written. */
+/* Read-out work of one layer (docs/METHODS.md §10), after its attention: dH_c = dO_c W_O_l for every
+ * configuration that perturbed this layer (the caller folds them into the sequence's sum in
+ * layer order), and with --per-layer-readout the read-out of h + dH_c alone. Memory: this
+ * layer's [NC][NE][HD + C], never all layers'. */
 static int item_readout(item *it, char *err, size_t errlen)
 {
     rp_engine *E = it->E;
     const readout *ro = E->ro;
-    size_t NC = E->sw->n, NE = it->n - it->P, C = ro->C, GD = E->G * E->D, nhD = it->nh * E->D;
-    it->dH = tb_take(it->tb, TB_DH, NC * NE * C * sizeof *it->dH);
+    size_t NC = E->sw->n, n = it->n, P = it->P, NE = n - P, C = ro->C, V = ro->V, HD = E->H * E->D, l = it->l;
+    it->dH = big_alloc(NC * NE * C * sizeof *it->dH);    /* 2 MiB pages: see big_alloc */
     it->dh_set = calloc(NC, 1);
-    if (!it->dH || !it->dh_set) return rp_failf(err, errlen, "out of memory (read-out, seq %zu layer %zu)", it->s, it->l);
-    float *w = NULL, *part = NULL;
-    for (size_t c = 0; c < NC; c++) {
-        if (it->ia[c * SA_NF + SA_DIFFERS] == 0) continue;
-        float *dh = it->dH + c * NE * C;
-        for (size_t g = 0; g < it->nkv; g++) {
-            const float *a = it->dO + c * NE * nhD + g * GD;
-            if (cols_zero(a, NE, GD, nhD)) continue;
-            if (!w) {       /* the item's kv heads' rows of W_O, and [NE][C] (+ [NE][GD] to pack) */
-                kv_error ke;
-                int bad = !(w = tb_take(it->tb, TB_WO, nhD * C * sizeof *w)) ||
-                          !(part = tb_take(it->tb, TB_RP, NE * (C + GD) * sizeof *part));
-                if (!bad) {
+    if (!it->dH || !it->dh_set) return rp_failf(err, errlen, "out of memory (read-out, seq %zu layer %zu)", it->s, l);
+    int any = 0;
+    for (size_t c = 0; c < NC; c++) any |= it->ia[c * SA_NF + SA_DIFFERS] != 0;
+    if (any) {
+        float *w = tb_take(it->tb, TB_WO, HD * C * sizeof *w);    /* overwritten by the read */
+        kv_error ke;
+        int bad = !w;
+        if (w) {
 #pragma omp critical(kvtrace_io)
-                    bad = kv_trace_read_w_o_rows(E->t, it->l, it->g0 * GD, nhD, w, &ke) != KV_OK;
-                }
-                if (bad) return rp_failf(err, errlen, "%s", w && part ? ke.msg : "out of memory (read-out W_O)");
-            }
-            if (it->nkv > 1) {
-                float *pk = part + NE * C;
-                for (size_t r = 0; r < NE; r++) memcpy(pk + r * GD, a + r * nhD, GD * sizeof *pk);
-                a = pk;
-            }
-            readout_delta_part(ro, w + g * GD * C, GD, a, NE, part);
-            if (!it->dh_set[c]) memset(dh, 0, NE * C * sizeof *dh);
+            bad = kv_trace_read_w_o(E->t, l, w, &ke) != KV_OK;
+        }
+        if (bad) return rp_failf(err, errlen, "%s", w ? ke.msg : "out of memory (read-out W_O)");
+        for (size_t c = 0; c < NC; c++) {
+            if (it->ia[c * SA_NF + SA_DIFFERS] == 0) continue;
+            float *dh = it->dH + c * NE * C;
+            memset(dh, 0, NE * C * sizeof *dh);
+            readout_add_delta_w(ro, w, it->dO + c * NE * HD, NE, dh);
             it->dh_set[c] = 1;
-            for (size_t i = 0; i < NE * C; i++) dh[i] += part[i];
         }
     }
-    return 0;
-}
-
-/* --per-layer-readout: the read-out of h + dH_c (layer l's deltas alone) against the full
- * logits, into pl [NC][L][PL_NF]. */
-static int layer_readout(rp_engine *E, size_t s, size_t l, size_t n, size_t P, const float *hid, const float *dH,
-                         const uint8_t *dh_set, double *pl, char *err, size_t errlen)
-{
-    const readout *ro = E->ro;
-    size_t NC = E->sw->n, NE = n - P, C = ro->C, V = ro->V;
+    if (!it->pl) return 0;
+    /* per-layer read-out: logits of h + dH_c (layer l alone) against the full logits */
     float *lf = malloc(RO_BLK * V * sizeof *lf), *lc = malloc(RO_BLK * V * sizeof *lc), *hc = malloc(RO_BLK * C * sizeof *hc);
     int rc = -1;
     if (!lf || !lc || !hc) { rp_failf(err, errlen, "out of memory (per-layer read-out)"); goto done; }
     for (size_t r0 = 0; r0 < NE; r0 += RO_BLK) {
         size_t nb = NE - r0 < RO_BLK ? NE - r0 : RO_BLK;
-        const float *hs = hid + (P + r0) * C;
+        const float *hs = it->hid + (P + r0) * C;
         if (readout_logits_checked(ro, hs, nb, lf) != KV_OK) { rp_failf(err, errlen, "out of memory (read-out)"); goto done; }
         for (size_t c = 0; c < NC; c++) {
-            double *b = pl + (c * E->L + l) * PL_NF;
+            double *b = it->pl + (c * E->L + l) * PL_NF;
             const float *lcp = lf;
-            if (dh_set[c]) {
-                const float *dh = dH + (c * NE + r0) * C;
+            if (it->dh_set[c]) {
+                const float *dh = it->dH + (c * NE + r0) * C;
                 for (size_t i = 0; i < nb * C; i++) hc[i] = hs[i] + dh[i];
                 if (readout_logits_checked(ro, hc, nb, lc) != KV_OK) { rp_failf(err, errlen, "out of memory (read-out)"); goto done; }
                 lcp = lc;
             }
             for (size_t r = 0; r < nb; r++) {
                 size_t t = P + r0 + r;
-                int32_t y = t + 1 < n ? E->tokens[s * E->T + t + 1] : -1;
+                int32_t y = t + 1 < n ? E->tokens[it->s * E->T + t + 1] : -1;
                 readout_cmp cmp;
                 readout_compare(lf + r * V, lcp + r * V, V, y, &cmp);
                 if (!isfinite(cmp.logit_kl) || (y >= 0 && (size_t)y < V && !isfinite(cmp.nll_comp))) {
                     rp_failf(err, errlen, "config '%s': NaN/Inf in per-layer read-out metrics at seq %zu layer %zu position %zu",
-                          E->sw->cfg[c].canon, s, l, t);
+                          E->sw->cfg[c].canon, it->s, l, t);
                     goto done;
                 }
                 b[PL_KL] += cmp.logit_kl;
@@ -1399,9 +1333,9 @@ static int item_alloc(item *it, item_scratch *sc)
     it->k = tb_take(it->tb, TB_K, Hkv * n * D * fz);
     it->v = tb_take(it->tb, TB_V, Hkv * n * D * fz);
     if (!it->q || !it->k || !it->v) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
-    /* the read-out deltas [NC][NE][nh*D] of the item's query heads: the thread's zeroed buffer,
-     * in which rows of configurations that never differ from the full cache cost no page */
-    if (E->ro && NE && !(it->dO = tb_take_zero(it->tb, NC, NE * H * D)))
+    /* the read-out deltas [NC][NE][HD] stay outside the slab: calloc'd, so the rows of
+     * configurations that never differ from the full cache cost no page */
+    if (E->ro && NE && !it->dO_shared && !(it->dO = calloc(NC * NE * E->H * D, fz)))  /* item_free_scratch frees the rest */
         return IT_FAIL(it, "out of memory (read-out deltas, seq %zu layer %zu)", it->s, it->l);
     sc->cs = (cstate *)(b + o_cs);
     memset(sc->cs, 0, NC * Hkv * sizeof *sc->cs);
@@ -1915,7 +1849,7 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
                                cf->canon, it->s, it->l, hg, t);
             it->ia[c * SA_NF + SA_DIFFERS] = 1;
             if (t >= P && it->dO) {
-                float *dst = it->dO + (c * NE + (t - P)) * it->nh * D + h * D;
+                float *dst = it->dO + (c * NE + (t - P)) * H * D + hg * D;
                 for (size_t d = 0; d < D; d++) dst[d] = ocr[d] - o[d];
             }
         }
@@ -2374,7 +2308,7 @@ static int share_row(item *it, size_t c, size_t g, size_t i, size_t t, size_t r,
     item_scratch *sc = it->sc;
     const rp_config *cf = &E->sw->cfg[c];
     const cstate *st = &sc->cs[c * it->nkv + g];
-    size_t n = it->n, P = it->P, D = E->D, G = E->G, NE = n - P;
+    size_t n = it->n, P = it->P, D = E->D, G = E->G, H = E->H, NE = n - P;
     size_t h = g * G + i, hg = it->g0 * G + h, cnt = st->cache.n - (n - 1 - t);
     const float *o = sc->of + (i * BLK + r) * D;
     float *oc = sc->oc;
@@ -2398,7 +2332,7 @@ static int share_row(item *it, size_t c, size_t g, size_t i, size_t t, size_t r,
                        cf->canon, it->s, it->l, hg, t);
     it->ia[c * SA_NF + SA_DIFFERS] = 1;
     if (it->dO) {
-        float *dst = it->dO + (c * NE + (t - P)) * it->nh * D + h * D;
+        float *dst = it->dO + (c * NE + (t - P)) * H * D + hg * D;
         for (size_t d = 0; d < D; d++) dst[d] = oc[d] - o[d];
     }
     item_row_sums(it, c, i, hg, t, &rm, ocos, orel, cnt, t + 1);
@@ -2553,10 +2487,8 @@ static void item_free_scratch(item *it)
         }
         cache_give(it->tb, E->sw->n, E->sw->n + 1, &it->qcopy);
     }
-    if (it->dO)                             /* the rows it wrote: cleared by the next take */
-        for (size_t c = 0; c < E->sw->n; c++)
-            if (it->ia[c * SA_NF + SA_DIFFERS] != 0) it->tb->do_dirty[c] = 1;
-    free(it->ok);                           /* slab, q, k, v, dO belong to it->tb */ free(it->ov); free(it->wo);
+    if (!it->dO_shared) free(it->dO);       /* slab, q, k, v belong to it->tb */
+    free(it->ok); free(it->ov); free(it->wo);
     rp_shared_free(it->sh);
     it->sh = NULL;
     free(it->ps_cs); free(it->ps_ent);
@@ -2608,12 +2540,8 @@ static int item_run(item *it)
     if (item_prefill(it)) goto done;
     for (size_t g = 0; g < it->nkv; g++)
         if (item_head(it, g)) goto done;
-    /* the read-out's share (a kv-head item's term of the layer's deltas; rp_engine_seq adds
-     * them up); a layer item has the whole layer's for --per-layer-readout */
-    if (E->ro && it->n > it->P && item_readout(it, it->err, sizeof it->err)) goto done;
-    if (!E->per_head && it->pl && it->dH &&
-        layer_readout(E, it->s, it->l, it->n, it->P, it->hid, it->dH, it->dh_set, it->pl, it->err, sizeof it->err))
-        goto done;
+    /* per_head: the read-out needs every kv head of the layer (rp_engine_seq runs it) */
+    if (!E->per_head && E->ro && it->n > it->P && item_readout(it, it->err, sizeof it->err)) goto done;
     rc = 0;
 done:
     item_free_scratch(it);
@@ -2693,18 +2621,48 @@ done:
     return rc;
 }
 
-/* Memory: per sequence, the items in flight (one (sequence, layer[, kv head]) working set per
- * thread: Q/K/V, the configurations' caches, the item's read-out deltas dO and dH) plus, with
- * the read-out, the sequence's final residuals [n][C], the folded perturbation [NC][NE][C] and
- * (kv-head items) the layer's running dH [NC][NE][C]; nothing grows with the number of layers
- * or sequences. Deltas are folded in item order (the `ordered` region), so results do not
- * depend on the thread count. */
+/* Memory: per sequence, the per-layer items in flight (one (sequence, layer)
+ * working set per thread: Q/K/V of the layer, the configurations' caches, that layer's
+ * read-out deltas) plus, with the read-out, the sequence's final residuals [n][C] and the
+ * folded perturbation [NC][NE][C]; nothing grows with the number of layers or sequences.
+ * Layer deltas are folded in layer order (the `ordered` region), so results do not depend
+ * on the thread count. */
+/* per_head: the layer's state shared by its kv-head items. */
+typedef struct layer_join {
+    float *dO;                  /* [NC][NE][HD] the output perturbation, each item its heads' columns */
+    size_t left;                /* items of the layer still running */
+    item ro;                    /* the layer's read-out (item_readout), run by the last item to finish */
+} layer_join;
+
 /* per_head: whether every kv-head item of layer l ran without error. */
 static int layer_items_ok(const item *its, size_t l, size_t Hkv)
 {
     for (size_t g = 0; g < Hkv; g++)
         if (its[l * Hkv + g].rc) return 0;
     return 1;
+}
+
+/* per_head: called by each item of layer l when it is done; the last one runs the layer's
+ * read-out (every kv head's dO columns are in), outside the ordered fold so that it runs
+ * in parallel with other layers. */
+static void layer_item_done(rp_engine *E, layer_join *lj, item *its, size_t l, thread_bufs *tb)
+{
+    size_t Hkv = E->Hkv, NC = E->sw->n;
+    int last;
+#pragma omp critical(kvtrace_layer_join)
+    last = --lj->left == 0;
+    if (!last) return;
+    item *r = &lj->ro;
+    if (layer_items_ok(its, l, Hkv) && E->ro && r->n > r->P) {
+        for (size_t g = 0; g < Hkv; g++)      /* SA_DIFFERS is a flag: any kv head's */
+            for (size_t c = 0; c < NC; c++)
+                if (its[l * Hkv + g].ia[c * SA_NF + SA_DIFFERS] != 0) r->ia[c * SA_NF + SA_DIFFERS] = 1;
+        r->dO = lj->dO;
+        r->tb = tb;                         /* the running thread's (W_O) */
+        r->rc = item_readout(r, r->err, sizeof r->err);
+    }
+    free(lj->dO);
+    lj->dO = r->dO = NULL;
 }
 
 /* A plan item (per_head, planned configurations): kv head it->g0 of layer it->l. Reads the kv
@@ -2840,19 +2798,17 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
     item *its = calloc(NU, sizeof *its);
     double *ia = calloc(L * NC * SA_NF, sizeof *ia);
     double *uia = ph ? calloc(NU * NC * SA_NF, sizeof *uia) : NULL;     /* per_head: each item's own */
+    double *rocf = ph ? calloc(L * NC * SA_NF, sizeof *rocf) : NULL;    /* per_head: read-out flags */
     double *lp = ph && NE ? calloc(NC * NE * PP_ATT, sizeof *lp) : NULL; /* per_head: the layer's pp */
+    layer_join *lj = ph ? calloc(L, sizeof *lj) : NULL;
     int nthr = max_threads();
     thread_bufs *tbs = calloc(nthr > 0 ? (size_t)nthr : 1, sizeof *tbs);
     int ro = E->ro && NE;
     seq_plans sp = { 0 };
     float *hid = ro ? malloc(E->T * C * sizeof *hid) : NULL;
     float *acc = ro ? calloc(NC * NE * C, sizeof *acc) : NULL;
-    /* per_head: the layer's deltas so far, its kv heads' terms added in kv-head order (lh_set[c]:
-     * configuration c's rows hold a term; the others are never touched) */
-    float *lh = ph && ro ? malloc(NC * NE * C * sizeof *lh) : NULL;
-    uint8_t *lh_set = ph && ro ? calloc(NC, 1) : NULL;
     int rc = -1;
-    if (!its || !ia || !tbs || (ph && (!uia || (NE && !lp) || (ro && (!lh || !lh_set)))) || (ro && (!hid || !acc))) {
+    if (!its || !ia || !tbs || (ph && (!uia || !rocf || !lj || (NE && !lp))) || (ro && (!hid || !acc))) {
         rp_failf(err, errlen, "out of memory");
         goto done;
     }
@@ -2888,6 +2844,12 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
         if (seq_plans_make(E, s, n, P, tbs, &sp, err, errlen)) goto done;
         for (size_t u = 0; sp.n_planned && u < NU; u++) its[u].sp = &sp;
     }
+    for (size_t l = 0; ph && l < L; l++) {
+        item *r = &lj[l].ro;
+        lj[l].left = Hkv;
+        r->E = E; r->s = s; r->l = l; r->n = n; r->P = P; r->g0 = 0; r->nkv = Hkv; r->nh = H;
+        r->ia = rocf + l * NC * SA_NF; r->hid = hid; r->pl = res->pl;
+    }
     long long uu;
 #pragma omp parallel for ordered schedule(dynamic, 1)
     for (uu = 0; uu < (long long)NU; uu++) {
@@ -2899,7 +2861,19 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
         if (NE && !(it->pp = calloc(NC * NE * (ph ? G : 1) * PP_ATT, sizeof *it->pp))) {
             IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
             it->rc = -1;
+        } else if (ph && E->ro && NE) {
+            /* the layer's dO, allocated by its first item to start (calloc: rows of
+             * configurations that never differ cost no page) */
+#pragma omp critical(kvtrace_layer_join)
+            if (!lj[l].dO) lj[l].dO = big_calloc(NC * NE * H * E->D, sizeof *lj[l].dO);
+            it->dO = lj[l].dO;
+            it->dO_shared = 1;
+            if (!it->dO) {
+                IT_FAIL(it, "out of memory (read-out deltas, seq %zu layer %zu)", it->s, it->l);
+                it->rc = -1;
+            } else item_run(it);
         } else item_run(it);
+        if (ph) layer_item_done(E, &lj[l], its, l, it->tb);
 #pragma omp ordered
         {
             if (!ph) {
@@ -2923,43 +2897,28 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
             }
             free(it->pp);
             it->pp = NULL;
-            int lend = !ph || it->g0 + 1 == Hkv;        /* a layer is complete */
-            int lok = ph ? lend && layer_items_ok(its, l, Hkv) : it->rc == 0;
-            if (ph && it->rc == 0 && it->dH)            /* the kv head's term of the layer's deltas */
-                for (size_t c = 0; c < NC; c++) {
-                    if (!it->dh_set[c]) continue;
-                    float *d = lh + c * NE * C;
-                    const float *x = it->dH + c * NE * C;
-                    if (!lh_set[c]) memset(d, 0, NE * C * sizeof *d);
-                    lh_set[c] = 1;
-                    for (size_t i = 0; i < NE * C; i++) d[i] += x[i];
-                }
-            /* --per-layer-readout of kv-head items: here, once the layer's deltas are whole
-             * (in the ordered region: one layer at a time) */
-            if (ph && lok && res->pl && lh &&
-                layer_readout(E, s, l, n, P, hid, lh, lh_set, res->pl, it->err, sizeof it->err))
-                it->rc = -1, lok = 0;
-            if (ph && lend) {
-                if (lok && lp)
+            item *lr = !ph ? it : it->g0 + 1 == Hkv ? &lj[l].ro : NULL;   /* a layer is complete */
+            if (ph && lr) {
+                if (lr->rc == 0 && layer_items_ok(its, l, Hkv) && lp)
                     for (size_t j = 0; j < NC * NE; j++)
                         for (size_t f = 0; f < PP_ATT; f++) res->pp[j * PP_NF + f] += lp[j * PP_ATT + f];
                 if (lp) memset(lp, 0, NC * NE * PP_ATT * sizeof *lp);
             }
-            const float *dl = ph ? lh : it->dH;
-            const uint8_t *dset = ph ? lh_set : it->dh_set;
-            if (lend && lok && dl)
+            if (lr && lr->rc == 0 && lr->dH)
                 for (size_t c = 0; c < NC; c++) {
-                    if (!dset[c]) continue;
+                    if (!lr->dh_set[c]) continue;
                     float *d = acc + c * NE * C;
-                    const float *x = dl + c * NE * C;
+                    const float *x = lr->dH + c * NE * C;
                     for (size_t i = 0; i < NE * C; i++) d[i] += x[i];
                 }
-            if (ph && lend && lh_set) memset(lh_set, 0, NC);
-            free(it->dh_set);                           /* it->dH is the thread's */
-            it->dh_set = NULL;
-            it->dH = NULL;
+            if (lr) {
+                free(lr->dH); free(lr->dh_set);
+                lr->dH = NULL; lr->dh_set = NULL;
+            }
         }
     }
+    for (size_t l = 0; ph && l < L; l++)
+        if (lj[l].ro.rc) { rp_failf(err, errlen, "%s", lj[l].ro.err); goto done; }
     for (size_t u = 0; u < NU; u++)
         if (its[u].rc) { rp_failf(err, errlen, "%s", its[u].err); goto done; }
     /* fixed-order reduction of the item slots */
@@ -2978,8 +2937,10 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
 done:
     if (its)
         for (size_t u = 0; u < NU; u++) {
-            free(its[u].pa); free(its[u].pa0); free(its[u].pa1); free(its[u].dh_set); free(its[u].pp);
+            free(its[u].pa); free(its[u].pa0); free(its[u].pa1); free(its[u].dH); free(its[u].dh_set); free(its[u].pp);
         }
+    if (lj)
+        for (size_t l = 0; l < L; l++) { free(lj[l].dO); free(lj[l].ro.dH); free(lj[l].ro.dh_set); }
     if (tbs)
         for (int i = 0; i < nthr; i++) {
             for (int j = 0; j < TB_N; j++) free(tbs[i].p[j]);
@@ -2987,7 +2948,7 @@ done:
             free(tbs[i].spare);
         }
     free(tbs);
-    free(its); free(ia); free(uia); free(lp); free(lh); free(lh_set); free(hid); free(acc);
+    free(its); free(ia); free(uia); free(rocf); free(lp); free(lj); free(hid); free(acc);
     seq_plans_free(&sp);
     if (rc) rp_seq_result_free(res);
     return rc;

@@ -158,13 +158,6 @@ void readout_add_delta_w(const readout *r, const float *w_o_l, const float *dO, 
                 1.0f, dO, (int)r->HD, w_o_l, (int)r->C, 1.0f, h, (int)r->C);
 }
 
-void readout_delta_part(const readout *r, const float *w_rows, size_t K, const float *dO, size_t N, float *out)
-{
-    if (!N) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)r->C, (int)K,
-                1.0f, dO, (int)K, w_rows, (int)r->C, 0.0f, out, (int)r->C);
-}
-
 void readout_add_delta(const readout *r, size_t l, const float *dO, size_t N, float *h)
 {
     readout_add_delta_w(r, r->w_o + l * r->HD * r->C, dO, N, h);

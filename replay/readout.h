@@ -44,9 +44,6 @@ kv_status readout_logits_checked(const readout *r, const float *h, size_t N, flo
 void readout_add_delta(const readout *r, size_t l, const float *dO, size_t N, float *h);
 /* h [N][C] += dO [N][HD] @ w_o_l [HD][C] (one layer's W_O held by the caller). */
 void readout_add_delta_w(const readout *r, const float *w_o_l, const float *dO, size_t N, float *h);
-/* out [N][C] = dO [N][K] @ w_rows [K][C] (beta 0: out is overwritten): the term of K rows of
- * one layer's W_O (a kv head's G*D), both row-major and contiguous. */
-void readout_delta_part(const readout *r, const float *w_rows, size_t K, const float *dO, size_t N, float *out);
 
 /* Per-position comparison of a full and a compressed logits row with the true next
  * token y (y < 0 or y >= V: unknown; then nll_* and correct_* are left untouched — the

@@ -248,18 +248,6 @@ static void test_roundtrip(const char *dir)
         for (size_t i = 0; i < H * D; i++)
             for (size_t c = 0; c < C; c++)
                 bad_ro += wo[i * C + c] != (float)((int)((i + c + l) % 7) - 3) * 0.125f;
-        /* rows [r0, r0 + nr) alone (a kv head's share of the read-out), and the range checks */
-        size_t r0 = D + 1, nr = H * D - r0 - 2;
-        memset(wo, 0, sizeof wo);
-        CHECK(kv_trace_read_w_o_rows(t, l, r0, nr, wo, &err) == KV_OK, "%s", err.msg);
-        for (size_t i = 0; i < nr; i++)
-            for (size_t c = 0; c < C; c++)
-                bad_ro += wo[i * C + c] != (float)((int)((r0 + i + c + l) % 7) - 3) * 0.125f;
-        for (size_t i = nr * C; i < H * D * C; i++) bad_ro += wo[i] != 0.0f;    /* nothing past nr rows */
-        CHECK(kv_trace_read_w_o_rows(t, l, H * D, 0, wo, &err) == KV_OK, "empty range at the end: %s", err.msg);
-        CHECK(kv_trace_read_w_o_rows(t, l, r0, H * D - r0 + 1, wo, &err) == KV_ERR_INVALID &&
-                  strstr(err.msg, "out of range"), "rows past W_O's end: %s", err.msg);
-        CHECK(kv_trace_read_w_o_rows(t, L, 0, 1, wo, &err) == KV_ERR_INVALID, "layer past the last: %s", err.msg);
     }
     for (size_t s = 0; s < S; s++) {
         CHECK(kv_trace_read_hidden(t, s, hid, &err) == KV_OK && kv_trace_read_ref(t, s, lse, topi, topl, &err) == KV_OK,
