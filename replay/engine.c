@@ -1184,13 +1184,21 @@ static int item_readout(item *it, char *err, size_t errlen)
             bad = kv_trace_read_w_o(E->t, l, w, &ke) != KV_OK;
         }
         if (bad) return rp_failf(err, errlen, "%s", w ? ke.msg : "out of memory (read-out W_O)");
+        /* one task per configuration: the thread that finished the layer runs them at the
+         * taskwait unless an idle thread (at the end of the work items) takes some; each
+         * writes its own dH_c with the same sgemm, so the bits do not depend on who runs it */
         for (size_t c = 0; c < NC; c++) {
             if (it->ia[c * SA_NF + SA_DIFFERS] == 0) continue;
             float *dh = it->dH + c * NE * C;
-            memset(dh, 0, NE * C * sizeof *dh);
-            readout_add_delta_w(ro, w, it->dO + c * NE * HD, NE, dh);
+            const float *dOc = it->dO + c * NE * HD;
             it->dh_set[c] = 1;
+#pragma omp task firstprivate(dh, dOc, ro, w, NE, C)
+            {
+                memset(dh, 0, NE * C * sizeof *dh);
+                readout_add_delta_w(ro, w, dOc, NE, dh);
+            }
         }
+#pragma omp taskwait
     }
     if (!it->pl) return 0;
     /* per-layer read-out: logits of h + dH_c (layer l alone) against the full logits */
@@ -2625,14 +2633,31 @@ done:
  * working set per thread: Q/K/V of the layer, the configurations' caches, that layer's
  * read-out deltas) plus, with the read-out, the sequence's final residuals [n][C] and the
  * folded perturbation [NC][NE][C]; nothing grows with the number of layers or sequences.
- * Layer deltas are folded in layer order (the `ordered` region), so results do not depend
+ * Layer deltas are folded in layer order (the `ordered` region; per_head: a counter of the
+ * next layer to fold, under a lock, after each layer's read-out), so results do not depend
  * on the thread count. */
 /* per_head: the layer's state shared by its kv-head items. */
 typedef struct layer_join {
     float *dO;                  /* [NC][NE][HD] the output perturbation, each item its heads' columns */
     size_t left;                /* items of the layer still running */
     item ro;                    /* the layer's read-out (item_readout), run by the last item to finish */
+    int done;                   /* ro ran (or was skipped): its deltas can be folded in layer order */
 } layer_join;
+
+/* A layer's read-out deltas into the sequence's sum (acc [NC][NE][C]; the caller keeps layer
+ * order), then freed. */
+static void fold_deltas(item *lr, float *acc, size_t NC, size_t NE, size_t C)
+{
+    if (lr->rc == 0 && lr->dH)
+        for (size_t c = 0; c < NC; c++) {
+            if (!lr->dh_set[c]) continue;
+            float *d = acc + c * NE * C;
+            const float *x = lr->dH + c * NE * C;
+            for (size_t i = 0; i < NE * C; i++) d[i] += x[i];
+        }
+    free(lr->dH); free(lr->dh_set);
+    lr->dH = NULL; lr->dh_set = NULL;
+}
 
 /* per_head: whether every kv-head item of layer l ran without error. */
 static int layer_items_ok(const item *its, size_t l, size_t Hkv)
@@ -2642,16 +2667,17 @@ static int layer_items_ok(const item *its, size_t l, size_t Hkv)
     return 1;
 }
 
-/* per_head: called by each item of layer l when it is done; the last one runs the layer's
- * read-out (every kv head's dO columns are in), outside the ordered fold so that it runs
- * in parallel with other layers. */
-static void layer_item_done(rp_engine *E, layer_join *lj, item *its, size_t l, thread_bufs *tb)
+/* per_head: called by each item of layer l after its ordered fold; the last one runs the
+ * layer's read-out (every kv head's dO columns are in), outside the ordered region, so that
+ * the next items' folds do not wait for it and it runs beside other layers' items. 1 when
+ * this call was the layer's last (the caller then folds the layer's deltas in layer order). */
+static int layer_item_done(rp_engine *E, layer_join *lj, item *its, size_t l, thread_bufs *tb)
 {
     size_t Hkv = E->Hkv, NC = E->sw->n;
     int last;
 #pragma omp critical(kvtrace_layer_join)
     last = --lj->left == 0;
-    if (!last) return;
+    if (!last) return 0;
     item *r = &lj->ro;
     if (layer_items_ok(its, l, Hkv) && E->ro && r->n > r->P) {
         for (size_t g = 0; g < Hkv; g++)      /* SA_DIFFERS is a flag: any kv head's */
@@ -2663,6 +2689,7 @@ static void layer_item_done(rp_engine *E, layer_join *lj, item *its, size_t l, t
     }
     free(lj->dO);
     lj->dO = r->dO = NULL;
+    return 1;
 }
 
 /* A plan item (per_head, planned configurations): kv head it->g0 of layer it->l. Reads the kv
@@ -2851,6 +2878,7 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
         r->ia = rocf + l * NC * SA_NF; r->hid = hid; r->pl = res->pl;
     }
     long long uu;
+    size_t next_fold = 0;               /* per_head: the first layer whose deltas are not in acc */
 #pragma omp parallel for ordered schedule(dynamic, 1)
     for (uu = 0; uu < (long long)NU; uu++) {
         item *it = &its[uu];
@@ -2873,7 +2901,6 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
                 it->rc = -1;
             } else item_run(it);
         } else item_run(it);
-        if (ph) layer_item_done(E, &lj[l], its, l, it->tb);
 #pragma omp ordered
         {
             if (!ph) {
@@ -2897,23 +2924,21 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
             }
             free(it->pp);
             it->pp = NULL;
-            item *lr = !ph ? it : it->g0 + 1 == Hkv ? &lj[l].ro : NULL;   /* a layer is complete */
-            if (ph && lr) {
-                if (lr->rc == 0 && layer_items_ok(its, l, Hkv) && lp)
+            if (ph && it->g0 + 1 == Hkv) {            /* the layer's per-position terms are all in */
+                if (layer_items_ok(its, l, Hkv) && lp)
                     for (size_t j = 0; j < NC * NE; j++)
                         for (size_t f = 0; f < PP_ATT; f++) res->pp[j * PP_NF + f] += lp[j * PP_ATT + f];
                 if (lp) memset(lp, 0, NC * NE * PP_ATT * sizeof *lp);
             }
-            if (lr && lr->rc == 0 && lr->dH)
-                for (size_t c = 0; c < NC; c++) {
-                    if (!lr->dh_set[c]) continue;
-                    float *d = acc + c * NE * C;
-                    const float *x = lr->dH + c * NE * C;
-                    for (size_t i = 0; i < NE * C; i++) d[i] += x[i];
-                }
-            if (lr) {
-                free(lr->dH); free(lr->dh_set);
-                lr->dH = NULL; lr->dh_set = NULL;
+            if (!ph) fold_deltas(it, acc, NC, NE, C);   /* the layer item's read-out ran in item_run */
+        }
+        /* per_head: the read-out of a layer whose kv heads are all done, after the ordered
+         * fold; then the finished layers' deltas into acc, in layer order */
+        if (ph && layer_item_done(E, &lj[l], its, l, it->tb)) {
+#pragma omp critical(kvtrace_layer_fold)
+            {
+                lj[l].done = 1;
+                for (; next_fold < L && lj[next_fold].done; next_fold++) fold_deltas(&lj[next_fold].ro, acc, NC, NE, C);
             }
         }
     }
