@@ -18,8 +18,8 @@
 # Uses from run.sh: BIN, PYTHON, OUT, THREADS, QUICK, HAVE_AVX512, gen_trace, section, die.
 # Environment: BENCH_LONG_T (the T list), BENCH_LONG_DECODE, BENCH_LONG_STRAT_T (the T of the
 # per-strategy runs; 0 skips them), BENCH_LONG_REPS (best-of-N of the runs that repeat: every
-# run a ratio is taken of, so both sides are best-of-N; the fused sweep recomputing prompt
-# scores and its --no-share twin once above 4096 tokens), BENCH_LONG_OMP_REPS (the 1 vs N
+# run a ratio is taken of, so both sides are best-of-N, but the fused sweep recomputing prompt
+# scores runs once above 4096 tokens), BENCH_LONG_OMP_REPS (the 1 vs N
 # threads pair, best of 3),
 # BENCH_LONG_FAMILIES (the families of the per-strategy runs, space separated; all when
 # empty), BENCH_LONG_MARGINAL (1: each family's marginal cost beside the shared prompt pass,
@@ -130,7 +130,7 @@ for T in $LONG_T; do
     tr="$OUT/long_T$T.h5"
     echo "$T,$(cut -d' ' -f1 /proc/loadavg)" >> "$OUT/long_load.csv"
     printf '  T=%-6s' "$T"
-    # reps: the cheap runs best-of-N; the big ones once
+    # reps: best-of-N, but the fused sweep recomputing prompt scores (P^2/2) once above 4096
     if [ "$T" -le 4096 ]; then big=$LONG_REPS; else big=1; fi
 
     lrun full "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/full" -- $KV "$tr" --decode "$LONG_DEC" \
@@ -147,7 +147,7 @@ for T in $LONG_T; do
     lrun fused_pstrace "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/fusedps" -- $KV "$tr" --decode "$LONG_DEC" \
         --sweep "$LONG_TMP/fused.sweep" --prompt-scores trace --threads "$THREADS" -o "$LONG_TMP/fusedps"
     # the same without the shared evaluation of eviction configurations (its A/B pair)
-    lrun fused_pstrace_noshare "$T" "$THREADS" "$big" "$LONG_TMP/fusedns" -- $KV "$tr" --decode "$LONG_DEC" \
+    lrun fused_pstrace_noshare "$T" "$THREADS" "$LONG_REPS" "$LONG_TMP/fusedns" -- $KV "$tr" --decode "$LONG_DEC" \
         --sweep "$LONG_TMP/fused.sweep" --prompt-scores trace --no-share --threads "$THREADS" -o "$LONG_TMP/fusedns"
     same=yes
     for f in summary.csv per_head.csv configs.csv; do
