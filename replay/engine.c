@@ -2632,7 +2632,9 @@ done:
 /* Memory: per sequence, the per-layer items in flight (one (sequence, layer)
  * working set per thread: Q/K/V of the layer, the configurations' caches, that layer's
  * read-out deltas) plus, with the read-out, the sequence's final residuals [n][C] and the
- * folded perturbation [NC][NE][C]; nothing grows with the number of layers or sequences.
+ * folded perturbation [NC][NE][C]; per_head, a finished layer's deltas [NC][NE][C] may also
+ * wait for an earlier layer's read-out before they are folded (about one per thread);
+ * nothing grows with the number of layers or sequences.
  * Layer deltas are folded in layer order (the `ordered` region; per_head: a counter of the
  * next layer to fold, under a lock, after each layer's read-out), so results do not depend
  * on the thread count. */
@@ -2640,7 +2642,7 @@ done:
 typedef struct layer_join {
     float *dO;                  /* [NC][NE][HD] the output perturbation, each item its heads' columns */
     size_t left;                /* items of the layer still running */
-    item ro;                    /* the layer's read-out (item_readout), run by the last item to finish */
+    item ro;                    /* the layer's read-out (item_readout), run by the last item to pass its ordered fold */
     int done;                   /* ro ran (or was skipped): its deltas can be folded in layer order */
 } layer_join;
 
