@@ -294,6 +294,11 @@ class HFAdapter:
         # the real attention the capture delegates to: sdpa by default; eager where the model
         # needs it (gemma2's logit soft-capping is not in sdpa)
         self.base_impl = base_impl or ("eager" if self.arch == "gemma2" else "sdpa")
+        # the model's own forward (no capture installed) runs the same attention the capture
+        # delegates to, so that installing the capture changes no output bit (it was loaded
+        # eager: a plain forward then differed from a captured one by eager-vs-sdpa rounding,
+        # ~1e-7 in float32, seen with transformers 5.17 on the GPU machine)
+        self._set_impl(self.base_impl)
         if self.arch == "gpt2":
             if getattr(cfg, "scale_attn_by_inverse_layer_idx", False):
                 raise CaptureError("gpt2 with scale_attn_by_inverse_layer_idx: a per-layer "
@@ -394,7 +399,7 @@ class HFAdapter:
         self.model.config._attn_implementation = name
 
     def uninstall(self):
-        self._set_impl("eager")
+        self._set_impl(self.base_impl)
 
     def forward(self, ids):
         return self.model(input_ids=ids, use_cache=False).logits
@@ -591,8 +596,10 @@ def _one_line(e):
 
 
 def _to_f16(x, what):
-    """torch tensor -> float16 numpy, refusing values the f16 range cannot hold."""
-    a = x.detach().to(torch.float16)
+    """torch tensor -> float16 numpy, refusing values the f16 range cannot hold. Made contiguous
+    where it is (on the GPU for a cuda capture): attn_out arrives transposed, and h5py copied
+    it again on the host (1.45 of 9.5 s of a 16k-token capture on an H200, bench/gpu_capture.py)."""
+    a = x.detach().to(torch.float16).contiguous()
     if not bool(torch.isfinite(a).all()):
         xf = x.detach().float()
         n_over = int((~torch.isfinite(a)).sum())
@@ -879,6 +886,7 @@ def _capture_into(a, tmp):
         note = f"{a.source_note}; " if a.source_note else ""
         warn = f"BEYOND TRAINING: {beyond_note} (--allow-beyond-training); " if beyond else ""
         r["source"] = f"{warn}{note}{src}; model: {ad.desc}; compute dtype {a.dtype}"[:4000]
+        r["compute_dtype"] = a.dtype        # kvreplay check's tolerances follow it (replay/verify.h)
         if ad.train_ctx is not None:
             r["model_train_ctx"] = int(ad.train_ctx)
             r["beyond_training"] = int(beyond)

@@ -87,6 +87,9 @@ typedef struct kv_info {
     char model[512], architecture[128], positional[32], rope_layout[32];
     char capture_tool[128], capture_version[64], device[128], torch_version[64];
     char transformers_version[64], created[64], source[1024], readout_unavailable[512];
+    char compute_dtype[16];         /* float32, float16 or bfloat16: what the model computed in (root
+                                     * attribute compute_dtype; kvcapture 1.0 traces state it only in
+                                     * source as "compute dtype X", taken from there); "" = unknown */
     size_t n_seq, n_tok, n_layers, n_heads, n_kv_heads, head_dim, d_model, vocab;
     size_t rotary_dim;              /* 0 when positional != rope */
     double attn_scale, attn_softcap;

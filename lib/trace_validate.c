@@ -1311,10 +1311,30 @@ static kv_status inspect(vctx *v)
         {"created", in->created, sizeof in->created},
         {"source", in->source, sizeof in->source},
         {"readout_unavailable", in->readout_unavailable, sizeof in->readout_unavailable},
+        {"compute_dtype", in->compute_dtype, sizeof in->compute_dtype},
     };
     for (size_t i = 0; i < sizeof prov / sizeof prov[0]; i++)
         if ((st = attr_str(v, root, "/", prov[i].name, 0, prov[i].dst, prov[i].cap, NULL)))
             goto done;
+    if (!in->compute_dtype[0]) {        /* kvcapture 1.0: "...; compute dtype X" at the end of source */
+        const char *m = strstr(in->source, "compute dtype ");
+        if (m) {
+            m += strlen("compute dtype ");
+            size_t n = strspn(m, "abcdefghijklmnopqrstuvwxyz0123456789");
+            if (n < sizeof in->compute_dtype) {
+                memcpy(in->compute_dtype, m, n);
+                in->compute_dtype[n] = 0;
+            }
+            if (strcmp(in->compute_dtype, "float32") && strcmp(in->compute_dtype, "float16") &&
+                strcmp(in->compute_dtype, "bfloat16"))
+                in->compute_dtype[0] = 0;   /* free text that is not a dtype: unknown */
+        }
+    } else if (strcmp(in->compute_dtype, "float32") && strcmp(in->compute_dtype, "float16") &&
+               strcmp(in->compute_dtype, "bfloat16")) {
+        st = vfail(v, KV_ERR_FORMAT, "/ attribute compute_dtype", "'%s' is not float32, float16 or bfloat16",
+                   in->compute_dtype);
+        goto done;
+    }
     if (v->full) {
         char cmd[16];     /* validated only (string, <= 4096 bytes) */
         if ((st = attr_str(v, root, "/", "command", 0, cmd, sizeof cmd, NULL)))

@@ -199,9 +199,13 @@ int kvcmd_check(int argc, char **argv)
      * and their reasons: replay/verify.h). Skipped when the value scan found NaN/Inf.
      * ===================================================================================== */
     int nonfinite = bad;
+    double u = verify_compute_u(in);   /* the compute dtype's rounding, beyond float32's */
+    if (u > 0 && !quiet && !nonfinite && (in->has_attn_out || in->has_readout))
+        printf("  compute dtype %s: tolerances widened by its unit roundoff %.3g (replay/verify.h)\n",
+               in->compute_dtype, u);
     if (!nonfinite && in->has_attn_out) {
         verify_attn_result ar;
-        if (verify_attn_out(t, VERIFY_ATTN_ATOL, VERIFY_ATTN_RTOL, 0, &ar, &err) != KV_OK) {
+        if (verify_attn_out(t, VERIFY_ATTN_ATOL + 2 * u, VERIFY_ATTN_RTOL + 2 * u, 0, &ar, &err) != KV_OK) {
             fprintf(stderr, "%s\n", err.msg);
             goto done;
         }
@@ -223,7 +227,7 @@ int kvcmd_check(int argc, char **argv)
     }
     if (!nonfinite && in->has_readout) {
         verify_readout_result rr;
-        if (verify_readout(t, VERIFY_READOUT_ATOL, VERIFY_READOUT_RTOL, 0, &rr, &err) != KV_OK) {
+        if (verify_readout(t, VERIFY_READOUT_ATOL, VERIFY_READOUT_RTOL + 3 * u, 0, &rr, &err) != KV_OK) {
             fprintf(stderr, "%s\n", err.msg);
             goto done;
         }

@@ -178,6 +178,7 @@ int kvcmd_info(int argc, char **argv)
            or_dash(in->capture_version), or_dash(in->device), or_dash(in->torch_version),
            or_dash(in->transformers_version), or_dash(in->created));
     printf("source        %s\n", or_dash(in->source));
+    printf("compute dtype %s\n", in->compute_dtype[0] ? in->compute_dtype : "- (unknown: float32 assumed by check)");
 
     /* storage of the rank-4 tensors */
     unsigned long long disk = 0;

@@ -164,6 +164,13 @@ done:
     return st;
 }
 
+double verify_compute_u(const kv_info *in)
+{
+    if (!strcmp(in->compute_dtype, "bfloat16")) return ldexp(1.0, -8);
+    if (!strcmp(in->compute_dtype, "float16")) return ldexp(1.0, -11);
+    return 0;
+}
+
 /* ---- read-out ------------------------------------------------------------------------- */
 
 #define NBL 32      /* positions per logits batch */

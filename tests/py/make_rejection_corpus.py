@@ -144,6 +144,8 @@ def main():
          override={"layers/1/q": lambda f, p: f.create_dataset(p, data=rng_f16((S, H, T, D // 2), 3))})
     # H = 4, Hkv = 3: k/v stored with 3 heads so only divisibility is wrong
     case("h_not_divisible", "reject", "n_kv_heads", "not divisible", attrs={"n_kv_heads": 3})
+    case("compute_dtype_unknown", "reject", "compute_dtype", "not float32, float16 or bfloat16",
+         attrs={"compute_dtype": "float8"})
 
     other = os.path.join(out, "external_target.dat")
     with h5py.File(os.path.join(out, "external_target.h5.part"), "w") as g:

@@ -20,12 +20,21 @@ What must be identical, and what may differ by how much:
                ordered by rounding).
 Provenance attributes of the run itself (created, command, source, device, torch and
 transformers versions, capture_version, model_train_ctx, beyond_training) are not compared.
+compute_dtype is compared as kvreplay reads it: the attribute, or for traces of kvcapture 1.0
+(the committed samples) the "compute dtype X" that ends their source.
 """
 import h5py
 import numpy as np
 
 PROVENANCE = {"created", "command", "source", "device", "torch_version", "transformers_version",
-              "capture_version", "capture_tool", "model_train_ctx", "beyond_training"}
+              "capture_version", "capture_tool", "model_train_ctx", "beyond_training", "compute_dtype"}
+
+
+def _compute_dtype(attrs):
+    if "compute_dtype" in attrs:
+        return str(attrs["compute_dtype"])
+    src = str(attrs.get("source", ""))
+    return src.rsplit("compute dtype ", 1)[1].split()[0] if "compute dtype " in src else None
 COPIED = ("readout/w_u", "readout/norm_weight", "readout/norm_bias", "readout/b_u")
 F32_REL = 1e-4
 
@@ -46,6 +55,8 @@ def compare(got_path, want_path):
     """-> (list of differences beyond tolerance, dict dataset -> worst |a-b| / tolerance)."""
     bad, worst = [], {}
     with h5py.File(got_path, "r") as g, h5py.File(want_path, "r") as w:
+        if _compute_dtype(g.attrs) != _compute_dtype(w.attrs):
+            bad.append(f"compute dtype {_compute_dtype(g.attrs)} vs {_compute_dtype(w.attrs)}")
         ga = {k: v for k, v in g.attrs.items() if k not in PROVENANCE}
         wa = {k: v for k, v in w.attrs.items() if k not in PROVENANCE}
         for k in sorted(set(ga) | set(wa)):
