@@ -103,7 +103,9 @@ struct rp_shared {
     sh_range *rg;               /* [H][SH_RANGES], t1 == 0: free */
     size_t *rg_next;            /* [H] slot replaced next when all are taken */
     double **ent;               /* [H] row entropies, NULL until asked */
-    float **kt;                 /* [Hkv] the prompt's keys transposed once (attn_transpose_keys) */
+    float **kt;                 /* [Hkv] the sequence's n keys transposed once (attn_transpose_keys):
+                                 * the prompt's sums read keys [0, P), the captured sums' evaluated
+                                 * rows all n */
     float *kt_buf;              /* rp_shared_scratch: room for every kv head's kt, or NULL: malloc */
     float *ws;                  /* rp_shared_scratch: prompt_colsum_ws's logits, or NULL: malloc */
     size_t ws_floats;
@@ -143,22 +145,25 @@ void rp_shared_free(rp_shared *s)
 static const float *head_q(const rp_shared *s, size_t h) { return s->q + h * s->n * s->D; }
 static const float *head_k(const rp_shared *s, size_t h) { return s->k + (h / s->G) * s->n * s->D; }
 
-/* The prompt keys of query head h's kv head, transposed on first use (shared by its G query
- * heads and every configuration); NULL when out of memory (the caller then transposes per
- * block: same results). */
+/* The keys of query head h's kv head, all n of them, transposed on first use (shared by its
+ * G query heads and every configuration; a kernel given keys [0, b) of them reads no more:
+ * attn_full_rows_kt); NULL when out of memory (the caller then transposes per block: same
+ * results). All n, not the prompt's P: captured_prompt_sum's rows [P, n) see every key, and
+ * without it transposed the kernel transposed each key block again per block of rows
+ * (h2o keep=0.25 at 8k tokens with the trace's scores: 440 of ~5000 samples, full_rows). */
 static const float *head_kt(rp_shared *s, size_t h)
 {
     size_t g = h / s->G;
-    size_t nf = attn_keys_t_floats(s->P, s->D);
-    if (!s->kt[g] && s->P && (s->kt[g] = s->kt_buf ? s->kt_buf + g * nf : malloc(nf * sizeof **s->kt)))
-        attn_transpose_keys(head_k(s, h), s->P, s->D, s->kt[g]);
+    size_t nf = attn_keys_t_floats(s->n, s->D);
+    if (!s->kt[g] && s->n && (s->kt[g] = s->kt_buf ? s->kt_buf + g * nf : malloc(nf * sizeof **s->kt)))
+        attn_transpose_keys(head_k(s, h), s->n, s->D, s->kt[g]);
     return s->kt[g];
 }
 
-/* kt [Hkv][attn_keys_t_floats(P, D)], then prompt_colsum_ws's [CS_ROWS + 1][n] */
+/* kt [Hkv][attn_keys_t_floats(n, D)], then prompt_colsum_ws's [CS_ROWS + 1][n] */
 size_t rp_shared_scratch_floats(const rp_shared *s)
 {
-    return s->Hkv * attn_keys_t_floats(s->P, s->D) + (CS_ROWS + 1) * s->n;
+    return s->Hkv * attn_keys_t_floats(s->n, s->D) + (CS_ROWS + 1) * s->n;
 }
 
 void rp_shared_scratch(rp_shared *s, float *buf)
@@ -166,7 +171,7 @@ void rp_shared_scratch(rp_shared *s, float *buf)
     if (s->kt_buf || !buf) return;
     for (size_t g = 0; g < s->Hkv; g++) if (s->kt[g]) return;      /* before any use only */
     s->kt_buf = buf;
-    s->ws = buf + s->Hkv * attn_keys_t_floats(s->P, s->D);
+    s->ws = buf + s->Hkv * attn_keys_t_floats(s->n, s->D);
     s->ws_floats = (CS_ROWS + 1) * s->n;
 }
 
@@ -186,7 +191,8 @@ static int captured_prompt_sum(rp_shared *s, size_t h, double *out)
 {
     size_t P = s->P, n = s->n;
     const float *cap = s->cap_cs + h * n;
-    if (prompt_colsum_ws(head_q(s, h), head_k(s, h), NULL, n, s->D, &s->ap, P, n, NULL, P, out, NULL, s->ws, s->ws_floats))
+    if (prompt_colsum_ws(head_q(s, h), head_k(s, h), head_kt(s, h), n, s->D, &s->ap, P, n, NULL, P, out, NULL, s->ws,
+                         s->ws_floats))
         return -1;
     for (size_t j = 0; j < P; j++) {
         double x = (double)cap[j] - out[j];
