@@ -321,10 +321,10 @@ static const double *cb_prompt_entropy(const rp_layer_ctx *ctx, size_t h)
 }
 
 static int cb_key_pages(const rp_layer_ctx *ctx, size_t g, size_t page, size_t np, const float **kmin,
-                        const float **kmax)
+                        const float **kmax, size_t *ld)
 {
     item *it = ctx->engine;
-    return it->sh ? rp_shared_pages(it->sh, g, page, np, kmin, kmax) : -1;
+    return it->sh ? rp_shared_pages_t(it->sh, g, page, np, kmin, kmax, ld) : -1;
 }
 
 /* Rows [t0, t0 + nt) of tensor w of (s, l, h) as raw f16 into raw [nt][D]: 0, or -1 with *ke

@@ -93,6 +93,8 @@ typedef struct sh_range { size_t t0, t1; double *sum; } sh_range;
 typedef struct sh_pages {
     size_t g, page, np, cap;    /* pages [0, np) computed, room for cap */
     float *kmin, *kmax;         /* [cap][D] */
+    size_t ntp;                 /* pages [0, ntp) transposed */
+    float *tmin, *tmax;         /* [D][cap]: rp_shared_pages_t, NULL until asked */
 } sh_pages;
 
 struct rp_shared {
@@ -137,7 +139,9 @@ void rp_shared_free(rp_shared *s)
     if (s->ent) for (size_t h = 0; h < s->H; h++) free(s->ent[h]);
     if (s->kt && !s->kt_buf) for (size_t g = 0; g < s->Hkv; g++) free(s->kt[g]);
     if (s->vn) for (size_t g = 0; g < s->Hkv; g++) free(s->vn[g]);
-    for (size_t i = 0; i < s->n_pg; i++) { free(s->pg[i].kmin); free(s->pg[i].kmax); }
+    for (size_t i = 0; i < s->n_pg; i++) {
+        free(s->pg[i].kmin); free(s->pg[i].kmax); free(s->pg[i].tmin); free(s->pg[i].tmax);
+    }
     free(s->rg); free(s->rg_next); free(s->ent); free(s->kt); free(s->vn); free(s->pg);
     free(s);
 }
@@ -283,6 +287,33 @@ int rp_shared_pages(rp_shared *s, size_t g, size_t page, size_t np, const float 
     }
     *kmin = pg->kmin;
     *kmax = pg->kmax;
+    return 0;
+}
+
+int rp_shared_pages_t(rp_shared *s, size_t g, size_t page, size_t np, const float **tmin, const float **tmax,
+                      size_t *ld)
+{
+    const float *mn, *mx;
+    if (rp_shared_pages(s, g, page, np, &mn, &mx)) return -1;
+    sh_pages *pg = NULL;
+    for (size_t i = 0; i < s->n_pg && !pg; i++)
+        if (s->pg[i].g == g && s->pg[i].page == page) pg = &s->pg[i];
+    size_t cap = pg->cap, D = s->D;
+    if (!pg->tmin) {            /* cap is every whole page of the sequence: allocated once */
+        pg->tmin = malloc((cap * D > 0 ? cap * D : 1) * sizeof *pg->tmin);
+        pg->tmax = malloc((cap * D > 0 ? cap * D : 1) * sizeof *pg->tmax);
+        if (!pg->tmin || !pg->tmax) { free(pg->tmin); free(pg->tmax); pg->tmin = pg->tmax = NULL; return -1; }
+        pg->ntp = 0;
+    }
+    for (size_t d = 0; d < D; d++)
+        for (size_t p = pg->ntp; p < np; p++) {
+            pg->tmin[d * cap + p] = mn[p * D + d];
+            pg->tmax[d * cap + p] = mx[p * D + d];
+        }
+    if (np > pg->ntp) pg->ntp = np;
+    *tmin = pg->tmin;
+    *tmax = pg->tmax;
+    *ld = cap;
     return 0;
 }
 

@@ -125,6 +125,11 @@ const double *rp_shared_entropy(rp_shared *s, size_t h);
  * Extended incrementally: a request for more pages computes only the new ones. 0 ok, -1 out
  * of memory or np * page > n. */
 int rp_shared_pages(rp_shared *s, size_t g, size_t page, size_t np, const float **kmin, const float **kmax);
+/* The same pages d-major: page p's dimension d at tmin[d * *ld + p], ld = n / page (the
+ * strategy interface's key_pages; lanes of quest_bounds_t are pages). Transposed as pages are
+ * added; valid until the next call for (g, page). 0 ok, -1 as rp_shared_pages. */
+int rp_shared_pages_t(rp_shared *s, size_t g, size_t page, size_t np, const float **tmin, const float **tmax,
+                      size_t *ld);
 
 /* criticalkv's value norms: u[j] = mean over the G query heads i of ||v_j W_i||_1 for j < P,
  * with v [P][D] one kv head's values and W_i = wo + i D C the [D][C] block of W_O of its i-th

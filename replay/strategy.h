@@ -229,14 +229,16 @@ typedef struct rp_layer_ctx {
      *   prompt_entropy  [P] normalised entropy of each prompt row t's own attention over its
      *                   visible keys (entropy_merge), NULL when out of memory.
      *   key_pages       min/max of the ORIGINAL keys of kv head g over the whole pages
-     *                   [0, np) of `page` positions (np * page <= n): [np][D] each, valid
-     *                   until the next call (Quest's page bounds; extended as pages fill).
-     *                   Only for caches whose entry e is the original position e. */
+     *                   [0, np) of `page` positions (np * page <= n), d-major: page p's
+     *                   dimension d at kmin[d * *ld + p] (so that vector lanes are pages:
+     *                   quest_bounds_t), valid until the next call (Quest's page bounds;
+     *                   extended as pages fill). Only for caches whose entry e is the
+     *                   original position e. */
     int (*prompt_colsum)(const struct rp_layer_ctx *ctx, size_t h, size_t t0, size_t t1, const uint8_t *want,
                          double *out);
     const double *(*prompt_entropy)(const struct rp_layer_ctx *ctx, size_t h);
     int (*key_pages)(const struct rp_layer_ctx *ctx, size_t g, size_t page, size_t np, const float **kmin,
-                     const float **kmax);
+                     const float **kmax, size_t *ld);
     /* Set by the engine before each configuration's prefill call: the keep=F the configuration
      * was given (0 with budget=N), for strategies whose reference has its own budget rule
      * (kvpress keeps int(P (1 - compression_ratio)): replay/strategies/kvpress_budget.h). */

@@ -41,22 +41,67 @@ double quest_bound(const float *q, const float *kmin, const float *kmax, size_t 
     return s;
 }
 
-/* quest_bound of the 4 consecutive pages kmin/kmax [4][D], bound [4]: four independent
- * sums, each in d order (the same bits as quest_bound; four chains instead of one latency-
- * bound chain). */
-static void quest_bound4(const float *q, const float *kmin, const float *kmax, size_t D, double *bound)
+/* quest_bounds_t's scalar pass: pages [p, p + 4), four independent sums in d order. */
+static void quest_bound4_t(const float *q, const float *tmin, const float *tmax, size_t ld, size_t D, size_t p,
+                           double *bound)
 {
     double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    const float *n0 = kmin, *n1 = kmin + D, *n2 = kmin + 2 * D, *n3 = kmin + 3 * D;
-    const float *x0 = kmax, *x1 = kmax + D, *x2 = kmax + 2 * D, *x3 = kmax + 3 * D;
     for (size_t d = 0; d < D; d++) {
+        const float *n = tmin + d * ld + p, *x = tmax + d * ld + p;
         double qd = q[d], a, b;
-        a = qd * n0[d]; b = qd * x0[d]; s0 += a > b ? a : b;
-        a = qd * n1[d]; b = qd * x1[d]; s1 += a > b ? a : b;
-        a = qd * n2[d]; b = qd * x2[d]; s2 += a > b ? a : b;
-        a = qd * n3[d]; b = qd * x3[d]; s3 += a > b ? a : b;
+        a = qd * n[0]; b = qd * x[0]; s0 += a > b ? a : b;
+        a = qd * n[1]; b = qd * x[1]; s1 += a > b ? a : b;
+        a = qd * n[2]; b = qd * x[2]; s2 += a > b ? a : b;
+        a = qd * n[3]; b = qd * x[3]; s3 += a > b ? a : b;
     }
-    bound[0] = s0; bound[1] = s1; bound[2] = s2; bound[3] = s3;
+    bound[p] = s0; bound[p + 1] = s1; bound[p + 2] = s2; bound[p + 3] = s3;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(ATTN_NO_AVX2)   /* as replay/attn.c */
+#include <immintrin.h>
+/* Pages [p, p + 8 nv), nv <= 4 vectors of 8 pages: per lane qd * min and qd * max (float ->
+ * double, exact products), max_pd (a > b ? a : b: its second operand on ties and NaN, the
+ * scalar rule), added in d order: quest_bound's bits per page. */
+__attribute__((target("avx512f")))
+static void quest_bounds_avx512(const float *q, const float *tmin, const float *tmax, size_t ld, size_t D, size_t p,
+                                size_t nv, double *bound)
+{
+    __m512d s[4] = { _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd() };
+    for (size_t d = 0; d < D; d++) {
+        const __m512d qd = _mm512_set1_pd((double)q[d]);
+        const float *n = tmin + d * ld + p, *x = tmax + d * ld + p;
+        for (size_t v = 0; v < nv; v++) {
+            __m512d a = _mm512_mul_pd(qd, _mm512_cvtps_pd(_mm256_loadu_ps(n + 8 * v)));
+            __m512d b = _mm512_mul_pd(qd, _mm512_cvtps_pd(_mm256_loadu_ps(x + 8 * v)));
+            s[v] = _mm512_add_pd(s[v], _mm512_max_pd(a, b));
+        }
+    }
+    for (size_t v = 0; v < nv; v++) _mm512_storeu_pd(bound + p + 8 * v, s[v]);
+}
+#define QUEST_HAVE_AVX512 1
+#else
+#define QUEST_HAVE_AVX512 0
+#endif
+
+void quest_bounds_t(const float *q, const float *tmin, const float *tmax, size_t ld, size_t D, size_t np,
+                    double *bound)
+{
+    size_t p = 0;
+#if QUEST_HAVE_AVX512
+    if (attn_isa() >= ATTN_ISA_AVX512) {
+        for (; p + 32 <= np; p += 32) quest_bounds_avx512(q, tmin, tmax, ld, D, p, 4, bound);
+        for (; p + 8 <= np; p += 8) quest_bounds_avx512(q, tmin, tmax, ld, D, p, 1, bound);
+    }
+#endif
+    for (; p + 4 <= np; p += 4) quest_bound4_t(q, tmin, tmax, ld, D, p, bound);
+    for (; p < np; p++) {
+        double s = 0;
+        for (size_t d = 0; d < D; d++) {
+            double a = (double)q[d] * tmin[d * ld + p], b = (double)q[d] * tmax[d * ld + p];
+            s += a > b ? a : b;
+        }
+        bound[p] = s;
+    }
 }
 
 /* bound[p] of pages [p0, np) (the last one may be partial) from the keys themselves. */
@@ -142,14 +187,13 @@ static void quest_select(const void *cfg, const rp_layer_ctx *ctx, size_t h, siz
     /* the cache is the sequence itself (entry e = position e, original rows: no encoder):
      * the whole pages' min/max come from the engine, computed once per kv head and page size
      * for every query head, position and configuration; only the partial last page is ours */
-    size_t nf = n / cf->page;
+    size_t nf = n / cf->page, ld = 0;
     const float *smin, *smax;
     int shared = bound && kmin && kmax && ctx->key_pages && n && !c->modified && !c->mem_off &&
-                 c->pos[n - 1] == (int32_t)(n - 1) && nf && !ctx->key_pages(ctx, h / ctx->G, cf->page, nf, &smin, &smax);
+                 c->pos[n - 1] == (int32_t)(n - 1) && nf &&
+                 !ctx->key_pages(ctx, h / ctx->G, cf->page, nf, &smin, &smax, &ld);
     if (shared) {
-        size_t p = 0;
-        for (; p + 4 <= nf; p += 4) quest_bound4(q, smin + p * D, smax + p * D, D, bound + p);
-        for (; p < nf; p++) bound[p] = quest_bound(q, smin + p * D, smax + p * D, D);
+        quest_bounds_t(q, smin, smax, ld, D, nf, bound);
         bounds_from_keys(q, c->k, n, D, cf->page, nf, np, bound, kmin, kmax);
     }
     if (!bound || !kmin || !kmax ||

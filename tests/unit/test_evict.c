@@ -309,6 +309,34 @@ static void test_quest(void)
         }
     }
     printf("quest: smallest bound - true max over 200 random cases: %.3g\n", worst);
+    /* quest_bounds_t (d-major tables, lanes are pages) = quest_bound per page, bit for bit,
+     * on every vector path: np covering 32- and 8-page passes and the 4-page and 1-page tails */
+    {
+        enum { NP = 77, DD = 128, LD = 80 };
+        float *tn = malloc(DD * LD * sizeof *tn), *tx = malloc(DD * LD * sizeof *tx), qv[DD], pn[DD], px[DD];
+        double got[NP];
+        int same = 1, prev = attn_set_isa_limit(ATTN_ISA_AVX512);
+        for (int trial = 0; trial < 4 && tn && tx; trial++) {
+            for (size_t i = 0; i < DD * LD; i++) {
+                float a = (float)(rp_rng_uniform(&r) * 6 - 3), b = (float)(rp_rng_uniform(&r) * 6 - 3);
+                tn[i] = a < b ? a : b;
+                tx[i] = a < b ? b : a;
+            }
+            for (size_t d = 0; d < DD; d++) qv[d] = (float)(rp_rng_uniform(&r) * 4 - 2);
+            for (int isa = ATTN_ISA_GENERIC; isa <= ATTN_ISA_AVX512; isa++) {
+                attn_set_isa_limit(isa);
+                quest_bounds_t(qv, tn, tx, LD, DD, NP, got);
+                for (size_t p = 0; p < NP; p++) {
+                    for (size_t d = 0; d < DD; d++) { pn[d] = tn[d * LD + p]; px[d] = tx[d * LD + p]; }
+                    double want = quest_bound(qv, pn, px, DD);
+                    same &= memcmp(&want, &got[p], sizeof want) == 0;
+                }
+            }
+        }
+        attn_set_isa_limit(prev);
+        check("quest_bounds_t = quest_bound per page, bit for bit, on every path (77 pages, D = 128)", same && tn && tx);
+        free(tn); free(tx);
+    }
     check("quest bound >= true max", worst >= -1e-12);
     /* selection: 5 keys (D=1), page 2 -> pages {0,1} {2,3} {4}; q = [1]: bounds are the
      * pages' max key; keys [0 1 5 -1 3] -> bounds [1 5 3]; 2 pages -> pages 1 and 2 */

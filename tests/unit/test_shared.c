@@ -222,6 +222,16 @@ static void test_object(const attn_params *ap, int want_ent)
             pok &= mn[p * D + d] == a && mx[p * D + d] == b;
         }
     check("page min/max of kv head 1 equal the naive ones (extended incrementally)", pok);
+    /* the d-major tables (key_pages): the same values, extended as pages are added */
+    const float *tn, *tx;
+    size_t ld = 0;
+    int tok = rp_shared_pages_t(s, 0, page, 1, &tn, &tx, &ld) == 0 && ld == full;
+    tok &= rp_shared_pages_t(s, 0, page, full, &tn, &tx, &ld) == 0;
+    tok &= rp_shared_pages(s, 0, page, full, &mn, &mx) == 0;
+    for (size_t p = 0; p < full && tok; p++)
+        for (size_t d = 0; d < D; d++) tok &= tn[d * ld + p] == mn[p * D + d] && tx[d * ld + p] == mx[p * D + d];
+    check("d-major page tables of kv head 0 = the page-major ones, transposed (extended from 1 page)", tok);
+    check("d-major: page past the sequence refused", rp_shared_pages_t(s, 0, page, full + 1, &tn, &tx, &ld) == -1);
     check("page past the sequence refused", rp_shared_pages(s, 1, page, full + 1, &mn, &mx) == -1);
     check("kv head out of range refused", rp_shared_pages(s, HKV, page, 1, &mn, &mx) == -1);
     check("query head out of range refused", rp_shared_entropy(s, H) == NULL);
