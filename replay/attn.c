@@ -1392,6 +1392,13 @@ void attn_full_rows_heads(const float *q, size_t qhs, size_t G, const float *kt,
     full_rows(q, qhs, G, NULL, v, kt, T, D, t0, t1, p, lhs, lse, o, logits);
 }
 
+void attn_full_rows_heads_k(const float *q, size_t qhs, size_t G, const float *k, const float *v, size_t T,
+                            size_t D, size_t t0, size_t t1, const attn_params *p, size_t lhs,
+                            float *lse, float *o, float *logits)
+{
+    full_rows(q, qhs, G, k, v, NULL, T, D, t0, t1, p, lhs, lse, o, logits);
+}
+
 /* Starts a block of nb rows whose outputs begin at o (NULL: none): fresh softmax states,
  * zeroed outputs, block row r written to output row r (pv_rows_avx2 writes o + r * D).
  * Returns the most keys any row of the block sees. */

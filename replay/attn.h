@@ -65,6 +65,11 @@ void attn_full_rows_kt(const float *q, const float *kt, const float *v, size_t T
 void attn_full_rows_heads(const float *q, size_t qhs, size_t G, const float *kt, const float *v, size_t T,
                           size_t D, size_t t0, size_t t1, const attn_params *p, size_t lhs,
                           float *lse, float *o, float *logits);
+/* The same from keys k [T][D] as they are: each key block is transposed once per block of rows
+ * for all G heads (G attn_full_rows calls transpose it G times); bit-identical to them. */
+void attn_full_rows_heads_k(const float *q, size_t qhs, size_t G, const float *k, const float *v, size_t T,
+                            size_t D, size_t t0, size_t t1, const attn_params *p, size_t lhs,
+                            float *lse, float *o, float *logits);
 
 /* Attention of one query vector q [D] over n entries: keys kk [n][D], values vv [n][D]
  * (rows addressed through idx when idx != NULL: entry e uses row idx[e]), bias [n] or NULL.

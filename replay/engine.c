@@ -2073,10 +2073,11 @@ static int item_block_cfg(item *it, size_t c, size_t g, size_t tb, size_t te)
                             sc->bout + i * BLK * D);
         }
     } else if (br.on) {
+        /* the G heads in one call: each block of the changed keys transposed once, not G
+         * times (think key_ratio=0.25 at 8k tokens: 873 of ~6500 samples were transposes) */
         size_t shift = n - br.bm;
-        for (size_t i = 0; i < G; i++)
-            attn_full_rows(it->q + (g * G + i) * n * D + shift * D, cc->k, cc->v, br.bm, D, tb - shift, te - shift, ap,
-                           sc->blse + i * BLK, sc->bout + i * BLK * D, sc->bz + i * BLK * br.bm);
+        attn_full_rows_heads_k(it->q + g * G * n * D + shift * D, n * D, G, cc->k, cc->v, br.bm, D, tb - shift,
+                               te - shift, ap, BLK, sc->blse, sc->bout, sc->bz);
     }
     cut_rows cr = { 0 };
     if (!br.on && item_cut_block(it, c, g, tb, te, &cr)) return -1;
