@@ -196,16 +196,14 @@ static void topk_sift_down(const double *score, int32_t *heap, size_t k, size_t 
     }
 }
 
-static int by_index(const void *pa, const void *pb)
-{
-    int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
-    return (a > b) - (a < b);
-}
-
 size_t rp_topk(const double *score, size_t n, size_t k, int32_t *out)
 {
     if (k > n) k = n;
     if (k == 0) return 0;
+    if (k == n) {
+        for (size_t i = 0; i < n; i++) out[i] = (int32_t)i;
+        return n;
+    }
     /* a bounded min-heap in out: O(n log k), no allocation, cannot fail */
     for (size_t i = 0; i < k; i++) out[i] = (int32_t)i;
     for (size_t i = k / 2; i-- > 0;) topk_sift_down(score, out, k, i);
@@ -214,8 +212,15 @@ size_t rp_topk(const double *score, size_t n, size_t k, int32_t *out)
             out[0] = (int32_t)i;
             topk_sift_down(score, out, k, 0);
         }
-    qsort(out, k, sizeof *out, by_index);
-    return k;
+    /* the k-th ranked (the heap's root) bounds the set: the indices ranked at or above it,
+     * in one ascending scan (the order is total: exactly k of them), instead of sorting
+     * the heap by index */
+    double ts = score[out[0]];
+    int32_t ti = out[0];
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if ((int32_t)i == ti || topk_above(score[i], (int32_t)i, ts, ti)) out[m++] = (int32_t)i;
+    return m;
 }
 
 /* ---- rng ------------------------------------------------------------------------------- */

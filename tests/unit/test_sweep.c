@@ -99,6 +99,36 @@ int main(void)
     check("topk k > n clamps to n", rp_topk(sc, 6, 9, out) == 6 && out[0] == 0 && out[5] == 5);
     out[0] = 77;
     check("topk k = 0 leaves out alone", rp_topk(sc, 6, 0, out) == 0 && out[0] == 77);
+    /* random scores from a few values (many ties) and NaNs, every k: the set a naive rank count
+     * gives (index i is kept iff fewer than k indices rank above it), ascending */
+    {
+        enum { N = 41 };
+        double rs[N];
+        int32_t got[N];
+        unsigned x = 7;
+        int ok = 1;
+        for (int trial = 0; trial < 50; trial++) {
+            for (size_t i = 0; i < N; i++) {
+                x = x * 1103515245u + 12345u;
+                unsigned v = (x >> 16) % 7;
+                rs[i] = v == 6 ? NAN : (double)v - 2.5;
+            }
+            for (size_t k = 1; k <= N; k++) {
+                size_t got_n = rp_topk(rs, N, k, got), j = 0;
+                ok &= got_n == k;
+                for (size_t i = 0; i < N; i++) {
+                    size_t above = 0;
+                    for (size_t o = 0; o < N; o++) {
+                        int on = isnan(rs[o]), in = isnan(rs[i]);
+                        above += on != in ? in : (!on && rs[o] != rs[i]) ? rs[o] > rs[i] : o < i;
+                    }
+                    if (above < k) ok &= j < got_n && got[j++] == (int32_t)i;
+                }
+                ok &= j == got_n;
+            }
+        }
+        check("topk = the naive rank count on 50 random tie- and NaN-rich score sets, every k", ok);
+    }
     /* against a naive reference: a full stable selection by (score desc, NaN last, index asc),
      * on random scores drawn from a few values (many ties) and NaNs, every k */
     {
