@@ -131,11 +131,10 @@ typedef double v4d __attribute__((vector_size(32)));
 enum { NC_ROWS = 4 };   /* query rows per pass of the AVX2 path (the lanes of a v4d) */
 _Static_assert(NC_KEYS == 8, "chunk_logits4_avx2 names its eight sums");
 
+/* The AVX2 paths where attn_isa() allows them (tests run each path on one machine). */
 static int nc_use_avx2(void)
 {
-    static int cached = -1;
-    if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
-    return cached;
+    return attn_isa() >= ATTN_ISA_AVX2;
 }
 
 /* z[r][j] = the unscaled logit of query row r < NC_ROWS against key j < m: the four rows in
