@@ -7,7 +7,8 @@
 #    tiny fixture traces (OUTDIR/fixtures);
 # 3. a raw write-throughput probe (dd) and bench/gpu_capture.py: capture cost against the plain
 #    forward at 1k-32k tokens (COST_TOKENS; COST_PROFILE=1 profiles the first capture).
-# kvreplay: $BIN/kvreplay (default bin/). Logs and JSON lines in OUTDIR.
+# kvreplay: $BIN/kvreplay (default bin/; on a machine without HDF5/GSL/OpenBLAS, a pack made
+# by tests/gpu/pack_kvreplay.sh). Logs and JSON lines in OUTDIR.
 set -u
 out=${1:?usage: tests/gpu/run.sh OUTDIR}
 root=$(cd "$(dirname "$0")/../.." && pwd)
