@@ -1202,6 +1202,12 @@ static kv_status validate_prompt_scores(vctx *v, size_t L, size_t S, size_t H, s
     return KV_OK;
 }
 
+/* compute_dtype's values (traces/SCHEMA.md) */
+static int compute_dtype_known(const char *s)
+{
+    return !strcmp(s, "float32") || !strcmp(s, "float16") || !strcmp(s, "bfloat16");
+}
+
 static kv_status inspect(vctx *v)
 {
     kv_info *in = v->info;
@@ -1325,12 +1331,10 @@ static kv_status inspect(vctx *v)
                 memcpy(in->compute_dtype, m, n);
                 in->compute_dtype[n] = 0;
             }
-            if (strcmp(in->compute_dtype, "float32") && strcmp(in->compute_dtype, "float16") &&
-                strcmp(in->compute_dtype, "bfloat16"))
+            if (!compute_dtype_known(in->compute_dtype))
                 in->compute_dtype[0] = 0;   /* free text that is not a dtype: unknown */
         }
-    } else if (strcmp(in->compute_dtype, "float32") && strcmp(in->compute_dtype, "float16") &&
-               strcmp(in->compute_dtype, "bfloat16")) {
+    } else if (!compute_dtype_known(in->compute_dtype)) {
         st = vfail(v, KV_ERR_FORMAT, "/ attribute compute_dtype", "'%s' is not float32, float16 or bfloat16",
                    in->compute_dtype);
         goto done;
