@@ -122,8 +122,9 @@ typedef struct item {
      * indexed by local heads; result slots, needles, dO and messages by global ones. */
     size_t g0, nkv, nh;
     float *q, *k, *v;            /* [nh][n][D], [nkv][n][D], [nkv][n][D] the item's tensors (ctx.q/k/v) */
-    float *kt;                   /* [attn_keys_t_floats(n, D)] the current kv head's keys transposed
-                                    once (item_head) for every full-attention call of the head */
+    const float *kt;             /* [attn_keys_t_floats(n, D)] the current kv head's keys transposed
+                                    once (item_head; the shared scores' copy) for every
+                                    full-attention call of the head */
     float **pa;                  /* [H] cached prompt probabilities rows [pa0, pa1) x P */
     size_t *pa0, *pa1;
     float *ok, *ov;              /* another layer's K/V of the item's kv heads [nkv][n][D] (layer_kv) */
@@ -2460,10 +2461,14 @@ static int item_head(item *it, size_t g)
         if (online ? item_head_online(it, c, g) : item_head_prefill(it, c, g)) return -1;
     if (!online && item_share_plan(it, g)) return -1;
     /* the kernel would otherwise transpose every key block again for each block of BLK rows
-     * and each query head (same logits: attn_full_rows_kt) */
-    if (!(it->kt = tb_take(it->tb, TB_KT, attn_keys_t_floats(n, E->D) * sizeof *it->kt)))
-        return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
-    attn_transpose_keys(it->k + g * n * E->D, n, E->D, it->kt);
+     * and each query head (same logits: attn_full_rows_kt); the shared scores' copy (made
+     * here, or already by a configuration's scores), a copy of our own only without it */
+    if (!(it->kt = rp_shared_keys_t(it->sh, g))) {
+        float *kt = tb_take(it->tb, TB_KT, attn_keys_t_floats(n, E->D) * sizeof *kt);
+        if (!kt) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+        attn_transpose_keys(it->k + g * n * E->D, n, E->D, kt);
+        it->kt = kt;
+    }
     for (size_t tb = online ? 0 : it->P; tb < n; tb += BLK) {
         size_t te = tb + BLK < n ? tb + BLK : n;
         if (item_full_attn(it, g, tb, te)) return -1;

@@ -149,20 +149,22 @@ void rp_shared_free(rp_shared *s)
 static const float *head_q(const rp_shared *s, size_t h) { return s->q + h * s->n * s->D; }
 static const float *head_k(const rp_shared *s, size_t h) { return s->k + (h / s->G) * s->n * s->D; }
 
-/* The keys of query head h's kv head, all n of them, transposed on first use (shared by its
- * G query heads and every configuration; a kernel given keys [0, b) of them reads no more:
- * attn_full_rows_kt); NULL when out of memory (the caller then transposes per block: same
- * results). All n, not the prompt's P: captured_prompt_sum's rows [P, n) see every key, and
- * without it transposed the kernel transposed each key block again per block of rows
- * (h2o keep=0.25 at 8k tokens with the trace's scores: 440 of ~5000 samples, full_rows). */
-static const float *head_kt(rp_shared *s, size_t h)
+/* head_kt: the keys of query head h's kv head (rp_shared_keys_t; a kernel given keys [0, b)
+ * of them reads no more: attn_full_rows_kt); NULL when out of memory (the caller then
+ * transposes per block: same results). All n, not the prompt's P: captured_prompt_sum's rows
+ * [P, n) see every key, and without it transposed the kernel transposed each key block again
+ * per block of rows (h2o keep=0.25 at 8k tokens with the trace's scores: 440 of ~5000
+ * samples, full_rows); the engine's full pass takes the same copy. */
+const float *rp_shared_keys_t(rp_shared *s, size_t g)
 {
-    size_t g = h / s->G;
     size_t nf = attn_keys_t_floats(s->n, s->D);
-    if (!s->kt[g] && s->n && (s->kt[g] = s->kt_buf ? s->kt_buf + g * nf : malloc(nf * sizeof **s->kt)))
-        attn_transpose_keys(head_k(s, h), s->n, s->D, s->kt[g]);
-    return s->kt[g];
+    if (g < s->Hkv && !s->kt[g] && s->n &&
+        (s->kt[g] = s->kt_buf ? s->kt_buf + g * nf : malloc(nf * sizeof **s->kt)))
+        attn_transpose_keys(s->k + g * s->n * s->D, s->n, s->D, s->kt[g]);
+    return g < s->Hkv ? s->kt[g] : NULL;
 }
+
+static const float *head_kt(rp_shared *s, size_t h) { return rp_shared_keys_t(s, h / s->G); }
 
 /* kt [Hkv][attn_keys_t_floats(n, D)], then prompt_colsum_ws's [CS_ROWS + 1][n] */
 size_t rp_shared_scratch_floats(const rp_shared *s)
@@ -257,15 +259,17 @@ const double *rp_shared_entropy(rp_shared *s, size_t h)
     return s->ent[h] = e;
 }
 
-int rp_shared_pages(rp_shared *s, size_t g, size_t page, size_t np, const float **kmin, const float **kmax)
+/* The page entry of (g, page) with pages [0, np) computed (created and extended as needed);
+ * NULL when out of memory or np * page > n. */
+static sh_pages *pages_get(rp_shared *s, size_t g, size_t page, size_t np)
 {
-    if (g >= s->Hkv || page == 0 || np > s->n / page) return -1;
+    if (g >= s->Hkv || page == 0 || np > s->n / page) return NULL;
     sh_pages *pg = NULL;
     for (size_t i = 0; i < s->n_pg && !pg; i++)
         if (s->pg[i].g == g && s->pg[i].page == page) pg = &s->pg[i];
     if (!pg) {
         sh_pages *x = realloc(s->pg, (s->n_pg + 1) * sizeof *x);
-        if (!x) return -1;
+        if (!x) return NULL;
         s->pg = x;
         pg = &s->pg[s->n_pg++];
         *pg = (sh_pages){ .g = g, .page = page };
@@ -273,10 +277,10 @@ int rp_shared_pages(rp_shared *s, size_t g, size_t page, size_t np, const float 
     if (np > pg->cap) {         /* room for every whole page of the sequence at once */
         size_t cap = s->n / page, D = s->D;
         float *a = realloc(pg->kmin, (cap ? cap : 1) * D * sizeof *a);
-        if (!a) return -1;
+        if (!a) return NULL;
         pg->kmin = a;
         float *b = realloc(pg->kmax, (cap ? cap : 1) * D * sizeof *b);
-        if (!b) return -1;
+        if (!b) return NULL;
         pg->kmax = b;
         pg->cap = cap;
     }
@@ -285,6 +289,13 @@ int rp_shared_pages(rp_shared *s, size_t g, size_t page, size_t np, const float 
                        pg->kmax + pg->np * s->D);
         pg->np = np;
     }
+    return pg;
+}
+
+int rp_shared_pages(rp_shared *s, size_t g, size_t page, size_t np, const float **kmin, const float **kmax)
+{
+    sh_pages *pg = pages_get(s, g, page, np);
+    if (!pg) return -1;
     *kmin = pg->kmin;
     *kmax = pg->kmax;
     return 0;
@@ -293,11 +304,8 @@ int rp_shared_pages(rp_shared *s, size_t g, size_t page, size_t np, const float 
 int rp_shared_pages_t(rp_shared *s, size_t g, size_t page, size_t np, const float **tmin, const float **tmax,
                       size_t *ld)
 {
-    const float *mn, *mx;
-    if (rp_shared_pages(s, g, page, np, &mn, &mx)) return -1;
-    sh_pages *pg = NULL;
-    for (size_t i = 0; i < s->n_pg && !pg; i++)
-        if (s->pg[i].g == g && s->pg[i].page == page) pg = &s->pg[i];
+    sh_pages *pg = pages_get(s, g, page, np);
+    if (!pg) return -1;
     size_t cap = pg->cap, D = s->D;
     if (!pg->tmin) {            /* cap is every whole page of the sequence: allocated once */
         pg->tmin = malloc((cap * D > 0 ? cap * D : 1) * sizeof *pg->tmin);
@@ -307,8 +315,8 @@ int rp_shared_pages_t(rp_shared *s, size_t g, size_t page, size_t np, const floa
     }
     for (size_t d = 0; d < D; d++)
         for (size_t p = pg->ntp; p < np; p++) {
-            pg->tmin[d * cap + p] = mn[p * D + d];
-            pg->tmax[d * cap + p] = mx[p * D + d];
+            pg->tmin[d * cap + p] = pg->kmin[p * D + d];
+            pg->tmax[d * cap + p] = pg->kmax[p * D + d];
         }
     if (np > pg->ntp) pg->ntp = np;
     *tmin = pg->tmin;

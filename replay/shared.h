@@ -125,6 +125,10 @@ const double *rp_shared_entropy(rp_shared *s, size_t h);
  * Extended incrementally: a request for more pages computes only the new ones. 0 ok, -1 out
  * of memory or np * page > n. */
 int rp_shared_pages(rp_shared *s, size_t g, size_t page, size_t np, const float **kmin, const float **kmax);
+/* kv head g's n keys transposed once (attn_transpose_keys: attn_keys_t_floats(n, D) floats),
+ * for the shared scores and the engine's full pass alike; NULL when out of memory or g is out
+ * of range. Valid until rp_shared_free. */
+const float *rp_shared_keys_t(rp_shared *s, size_t g);
 /* The same pages d-major: page p's dimension d at tmin[d * *ld + p], ld = n / page (the
  * strategy interface's key_pages; lanes of quest_bounds_t are pages). Transposed as pages are
  * added; valid until the next call for (g, page). 0 ok, -1 as rp_shared_pages. */
