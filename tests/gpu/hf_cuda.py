@@ -181,14 +181,13 @@ def main():
             for arch in SPECS:
                 if only and arch not in only:
                     continue
-                if True:
-                    try:
-                        r = one_case(out, arch, dtype, impl, ids)
-                    except Exception as e:  # noqa: BLE001 - every case is reported, none stops the run
-                        r = dict(case=f"{arch}-{dtype}-{impl}", error=traceback.format_exc()[-1500:])
-                    print(json.dumps(r), flush=True)
-                    log.write(json.dumps(r) + "\n")
-                    log.flush()
+                try:
+                    r = one_case(out, arch, dtype, impl, ids)
+                except Exception:  # noqa: BLE001 - every case is reported, none stops the run
+                    r = dict(case=f"{arch}-{dtype}-{impl}", error=traceback.format_exc()[-1500:])
+                print(json.dumps(r), flush=True)
+                log.write(json.dumps(r) + "\n")
+                log.flush()
 
 
 if __name__ == "__main__":

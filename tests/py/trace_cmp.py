@@ -28,15 +28,16 @@ import numpy as np
 
 PROVENANCE = {"created", "command", "source", "device", "torch_version", "transformers_version",
               "capture_version", "capture_tool", "model_train_ctx", "beyond_training", "compute_dtype"}
+COPIED = ("readout/w_u", "readout/norm_weight", "readout/norm_bias", "readout/b_u")
+F32_REL = 1e-4
 
 
 def _compute_dtype(attrs):
+    """The trace's compute dtype as kvreplay reads it (the attribute, else the end of source)."""
     if "compute_dtype" in attrs:
         return str(attrs["compute_dtype"])
     src = str(attrs.get("source", ""))
     return src.rsplit("compute dtype ", 1)[1].split()[0] if "compute dtype " in src else None
-COPIED = ("readout/w_u", "readout/norm_weight", "readout/norm_bias", "readout/b_u")
-F32_REL = 1e-4
 
 
 def _objects(f):
