@@ -195,11 +195,12 @@ typedef struct item {
     long long o_layer;
     double *ha;                  /* result slots of this layer: [NC][L][H][HA_NF] (shared array) */
     double *ia;                  /* [NC][SA_NF] item-level sums (bytes, guards) */
-    float *dO;                   /* [NC][NE][HD] this layer's output perturbation (read-out; calloc) */
-    int dO_shared;               /* per_head: dO belongs to the layer (rp_engine_seq), not the item */
-    float *dH;                   /* [NC][NE][C] dO @ W_O of this layer, folded in layer order */
-    buf_pool *pool;              /* the sequence's pool that dO (not per_head) and dH come from */
-    uint8_t *dh_set;             /* [NC] dH of c holds a non-zero perturbation */
+    float *dO;                   /* [NC][NE][nh * D] the output perturbation of the item's query heads
+                                    (read-out; zeroed) */
+    uint8_t *dO_set;             /* [NC][nkv] rows of configuration c were written for local kv head g */
+    float *dH;                   /* [NC][NE][C] dO @ W_O over the item's kv heads (item_deltas) */
+    buf_pool *pool;              /* the sequence's pool that dO and dH come from */
+    uint8_t *dh_set;             /* [NC] dH of c holds a perturbation */
     const float *hid;            /* [n][C] the sequence's final residuals (read-out; rows [P, n) only) */
     double *pl;                  /* [NC][L][PL_NF] per-layer read-out sums, NULL = off */
     double *pp;                  /* [NC][NE][PP_ATT] this layer's per-position sums, folded in layer order;
@@ -1224,71 +1225,101 @@ static void account_last(item *it, const rp_config *cf, size_t c, size_t g, cons
     }
 }
 
-/* Read-out work of one layer (docs/METHODS.md §10), after its attention: dH_c = dO_c W_O_l for every
- * configuration that perturbed this layer (the caller folds them into the sequence's sum in
- * layer order), and with --per-layer-readout the read-out of h + dH_c alone. Memory: this
- * layer's [NC][NE][HD + C], never all layers'. */
-static int item_readout(item *it, char *err, size_t errlen)
+/* The read-out perturbation of the item's kv heads (docs/METHODS.md §10), after its attention:
+ * for every configuration c, dH_c = sum over the local kv heads g (in order) whose rows c
+ * wrote of dO_c[:, g's G*D columns] @ W_O_l[g's G*D rows, :], each term one sgemm into a
+ * zeroed buffer and the terms added in g order. A kv-head item (per_head) thus holds its kv
+ * head's term and rp_engine_seq adds the layer's terms in the same order (layer_sum_add), so
+ * both ways of splitting a layer give the same bits; each kv-head item multiplies its own
+ * term in its own thread (a layer's whole product in the thread that finished the layer
+ * left the other thread idle: a fifth of the fused 20-configuration sweep's wall at 8k). */
+static int item_deltas(item *it, char *err, size_t errlen)
 {
     rp_engine *E = it->E;
     const readout *ro = E->ro;
-    size_t NC = E->sw->n, n = it->n, P = it->P, NE = n - P, C = ro->C, V = ro->V, HD = E->H * E->D, l = it->l;
-    it->dH = pool_take(it->pool, NC * NE * C * sizeof *it->dH, 0);    /* fold_deltas gives it back */
+    size_t NC = E->sw->n, NE = it->n - it->P, C = ro->C, HD = E->H * E->D, GD = E->G * E->D, nkv = it->nkv,
+           ldo = it->nh * E->D, l = it->l;
+    it->dH = pool_take(it->pool, NC * NE * C * sizeof *it->dH, 0);    /* given back by the fold */
     it->dh_set = calloc(NC, 1);
     if (!it->dH || !it->dh_set) return rp_failf(err, errlen, "out of memory (read-out, seq %zu layer %zu)", it->s, l);
     int any = 0;
-    for (size_t c = 0; c < NC; c++) any |= it->ia[c * SA_NF + SA_DIFFERS] != 0;
-    if (any) {
-        float *w = tb_take(it->tb, TB_WO, HD * C * sizeof *w);    /* overwritten by the read */
-        kv_error ke;
-        int bad = !w;
-        if (w) {
+    for (size_t i = 0; i < NC * nkv; i++) any |= it->dO_set[i];
+    if (!any) return 0;
+    float *w = tb_take(it->tb, TB_WO, HD * C * sizeof *w);    /* overwritten by the read */
+    kv_error ke;
+    int bad = !w, nomem = 0;
+    if (w) {
 #pragma omp critical(kvtrace_io)
-            bad = kv_trace_read_w_o(E->t, l, w, &ke) != KV_OK;
-        }
-        if (bad) return rp_failf(err, errlen, "%s", w ? ke.msg : "out of memory (read-out W_O)");
-        /* one task per configuration: the thread that finished the layer runs them at the
-         * taskwait unless an idle thread (at the end of the work items) takes some; each
-         * writes its own dH_c with the same sgemm, so the bits do not depend on who runs it */
-        for (size_t c = 0; c < NC; c++) {
-            if (it->ia[c * SA_NF + SA_DIFFERS] == 0) continue;
-            float *dh = it->dH + c * NE * C;
-            const float *dOc = it->dO + c * NE * HD;
-            it->dh_set[c] = 1;
-#pragma omp task firstprivate(dh, dOc, ro, w, NE, C)
-            {
-                memset(dh, 0, NE * C * sizeof *dh);
-                readout_add_delta_w(ro, w, dOc, NE, dh);
-            }
-        }
-#pragma omp taskwait
+        bad = kv_trace_read_w_o(E->t, l, w, &ke) != KV_OK;
     }
-    if (!it->pl) return 0;
-    /* per-layer read-out: logits of h + dH_c (layer l alone) against the full logits */
+    if (bad) return rp_failf(err, errlen, "%s", w ? ke.msg : "out of memory (read-out W_O)");
+    /* one task per configuration (an idle thread may take some); each writes its own dH_c
+     * with the same sgemm calls, so the bits do not depend on who runs it */
+    for (size_t c = 0; c < NC; c++) {
+        const uint8_t *set = it->dO_set + c * nkv;
+        size_t nset = 0;
+        for (size_t g = 0; g < nkv; g++) nset += set[g];
+        if (!nset) continue;
+        it->dh_set[c] = 1;
+        float *dh = it->dH + c * NE * C;
+        const float *dOc = it->dO + c * NE * ldo;
+#pragma omp task firstprivate(dh, dOc, set, nset) shared(nomem)
+        {
+            float *tmp = nset > 1 ? malloc(NE * C * sizeof *tmp) : NULL;
+            if (nset > 1 && !tmp) {
+#pragma omp atomic write
+                nomem = 1;
+            } else {
+                int first = 1;
+                for (size_t g = 0; g < nkv; g++) {
+                    if (!set[g]) continue;
+                    float *dst = first ? dh : tmp;
+                    memset(dst, 0, NE * C * sizeof *dst);
+                    readout_add_delta_part(ro, w + (it->g0 + g) * GD * C, GD, dOc + g * GD, ldo, NE, dst);
+                    if (!first)
+                        for (size_t x = 0; x < NE * C; x++) dh[x] += tmp[x];
+                    first = 0;
+                }
+            }
+            free(tmp);
+        }
+    }
+#pragma omp taskwait
+    if (nomem) return rp_failf(err, errlen, "out of memory (read-out, seq %zu layer %zu)", it->s, l);
+    return 0;
+}
+
+/* --per-layer-readout: the read-out of h + dH_c (layer l's perturbation alone, every kv head's
+ * term in) against the full logits, into pl [NC][L][PL_NF]. */
+static int layer_readout_pl(rp_engine *E, size_t s, size_t l, size_t n, size_t P, const float *hid, const float *dH,
+                            const uint8_t *dh_set, double *pl, char *err, size_t errlen)
+{
+    const readout *ro = E->ro;
+    size_t NC = E->sw->n, NE = n - P, C = ro->C, V = ro->V;
     float *lf = malloc(RO_BLK * V * sizeof *lf), *lc = malloc(RO_BLK * V * sizeof *lc), *hc = malloc(RO_BLK * C * sizeof *hc);
     int rc = -1;
     if (!lf || !lc || !hc) { rp_failf(err, errlen, "out of memory (per-layer read-out)"); goto done; }
     for (size_t r0 = 0; r0 < NE; r0 += RO_BLK) {
         size_t nb = NE - r0 < RO_BLK ? NE - r0 : RO_BLK;
-        const float *hs = it->hid + (P + r0) * C;
+        const float *hs = hid + (P + r0) * C;
         if (readout_logits_checked(ro, hs, nb, lf) != KV_OK) { rp_failf(err, errlen, "out of memory (read-out)"); goto done; }
         for (size_t c = 0; c < NC; c++) {
-            double *b = it->pl + (c * E->L + l) * PL_NF;
+            double *b = pl + (c * E->L + l) * PL_NF;
             const float *lcp = lf;
-            if (it->dh_set[c]) {
-                const float *dh = it->dH + (c * NE + r0) * C;
+            if (dh_set[c]) {
+                const float *dh = dH + (c * NE + r0) * C;
                 for (size_t i = 0; i < nb * C; i++) hc[i] = hs[i] + dh[i];
                 if (readout_logits_checked(ro, hc, nb, lc) != KV_OK) { rp_failf(err, errlen, "out of memory (read-out)"); goto done; }
                 lcp = lc;
             }
             for (size_t r = 0; r < nb; r++) {
                 size_t t = P + r0 + r;
-                int32_t y = t + 1 < n ? E->tokens[it->s * E->T + t + 1] : -1;
+                int32_t y = t + 1 < n ? E->tokens[s * E->T + t + 1] : -1;
                 readout_cmp cmp;
                 readout_compare(lf + r * V, lcp + r * V, V, y, &cmp);
                 if (!isfinite(cmp.logit_kl) || (y >= 0 && (size_t)y < V && !isfinite(cmp.nll_comp))) {
                     rp_failf(err, errlen, "config '%s': NaN/Inf in per-layer read-out metrics at seq %zu layer %zu position %zu",
-                          E->sw->cfg[c].canon, it->s, l, t);
+                          E->sw->cfg[c].canon, s, l, t);
                     goto done;
                 }
                 b[PL_KL] += cmp.logit_kl;
@@ -1313,7 +1344,7 @@ done:
  *         head, through the pure metric functions of metric.h), item_export at t = n - 1,
  *         item_online_evict
  *     item_head_end (online export, caches freed)
- * -> item_readout. Every stage returns 0 or -1 with it->err set. */
+ * -> item_deltas. Every stage returns 0 or -1 with it->err set. */
 
 /* A chain of configurations whose kept prompt sets are nested (item_share_plan): members
  * from the smallest (head) to the largest (top); idx lists the top's prompt positions, the
@@ -1404,9 +1435,10 @@ static int item_alloc(item *it, item_scratch *sc)
     it->k = tb_take(it->tb, TB_K, Hkv * n * D * fz);
     it->v = tb_take(it->tb, TB_V, Hkv * n * D * fz);
     if (!it->q || !it->k || !it->v) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
-    /* the read-out deltas [NC][NE][HD] stay outside the slab, in the sequence's pool (zeroed:
+    /* the read-out deltas [NC][NE][nh * D] stay outside the slab, in the sequence's pool (zeroed:
      * rows of configurations that do not differ are read as zero) */
-    if (E->ro && NE && !it->dO_shared && !(it->dO = pool_take(it->pool, NC * NE * E->H * D * fz, 1)))  /* item_free_scratch frees the rest */
+    if (E->ro && NE && (!(it->dO = pool_take(it->pool, NC * NE * H * D * fz, 1)) ||
+                        !(it->dO_set = calloc(NC * Hkv, 1))))      /* item_free_scratch frees the rest */
         return IT_FAIL(it, "out of memory (read-out deltas, seq %zu layer %zu)", it->s, it->l);
     sc->cs = (cstate *)(b + o_cs);
     memset(sc->cs, 0, NC * Hkv * sizeof *sc->cs);
@@ -1825,6 +1857,17 @@ static int item_cache_view(item *it, size_t c, size_t g, size_t t, row_view *rv)
 typedef struct blocked_rows { int on; size_t bm; } blocked_rows;
 
 /* An evaluated row's metrics (query head i of the kv head, hg global) into the layer's sums. */
+/* The read-out perturbation of global query head hg at evaluated position t >= P under
+ * configuration c: its row of dO (the item's columns) = oc - o, and its kv head marked. */
+static void item_delta_row(item *it, size_t c, size_t hg, size_t t, const float *o, const float *oc)
+{
+    if (!it->dO) return;
+    size_t D = it->E->D, G = it->E->G, hl = hg - it->g0 * G;     /* the item's local query head */
+    float *dst = it->dO + (c * (it->n - it->P) + (t - it->P)) * it->nh * D + hl * D;
+    for (size_t d = 0; d < D; d++) dst[d] = oc[d] - o[d];
+    it->dO_set[c * it->nkv + hl / G] = 1;
+}
+
 static void item_row_sums(item *it, size_t c, size_t i, size_t hg, size_t t, const rp_row_metrics *rm, double ocos,
                           double orel, size_t cnt, size_t nfull)
 {
@@ -1852,7 +1895,7 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
     cstate *st = &sc->cs[c * it->nkv + g];
     const attn_params *ap = &E->ap[it->l];
     int online = E->o.mode == RP_ONLINE || st->dt;     /* probabilities for online_step */
-    size_t n = it->n, P = it->P, D = E->D, G = E->G, H = E->H, NE = n - P, nv = rv->nv, elo = rv->elo;
+    size_t n = it->n, P = it->P, D = E->D, G = E->G, H = E->H, nv = rv->nv, elo = rv->elo;
     size_t lo = attn_lo(t, ap->window), nfull = t + 1 - lo;
     const rp_cache *view = &rv->view;
     const double *pft = sc->pf + r * G * n;
@@ -1919,10 +1962,7 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
                 return IT_FAIL(it, "config '%s': NaN/Inf in metrics at seq %zu layer %zu head %zu position %zu",
                                cf->canon, it->s, it->l, hg, t);
             it->ia[c * SA_NF + SA_DIFFERS] = 1;
-            if (t >= P && it->dO) {
-                float *dst = it->dO + (c * NE + (t - P)) * H * D + hg * D;
-                for (size_t d = 0; d < D; d++) dst[d] = ocr[d] - o[d];
-            }
+            if (t >= P) item_delta_row(it, c, hg, t, o, ocr);
         }
         if (t >= P) item_row_sums(it, c, i, hg, t, &rm, ocos, orel, cnt, nfull);
     }
@@ -2380,7 +2420,7 @@ static int share_row(item *it, size_t c, size_t g, size_t i, size_t t, size_t r,
     item_scratch *sc = it->sc;
     const rp_config *cf = &E->sw->cfg[c];
     const cstate *st = &sc->cs[c * it->nkv + g];
-    size_t n = it->n, P = it->P, D = E->D, G = E->G, H = E->H, NE = n - P;
+    size_t n = it->n, D = E->D, G = E->G;
     size_t h = g * G + i, hg = it->g0 * G + h, cnt = st->cache.n - (n - 1 - t);
     const float *o = sc->of + (i * BLK + r) * D;
     float *oc = sc->oc;
@@ -2403,10 +2443,7 @@ static int share_row(item *it, size_t c, size_t g, size_t i, size_t t, size_t r,
         return IT_FAIL(it, "config '%s': NaN/Inf in metrics at seq %zu layer %zu head %zu position %zu",
                        cf->canon, it->s, it->l, hg, t);
     it->ia[c * SA_NF + SA_DIFFERS] = 1;
-    if (it->dO) {
-        float *dst = it->dO + (c * NE + (t - P)) * H * D + hg * D;
-        for (size_t d = 0; d < D; d++) dst[d] = oc[d] - o[d];
-    }
+    item_delta_row(it, c, hg, t, o, oc);
     item_row_sums(it, c, i, hg, t, &rm, ocos, orel, cnt, t + 1);
     return 0;
 }
@@ -2563,8 +2600,10 @@ static void item_free_scratch(item *it)
         }
         cache_give(it->tb, E->sw->n, E->sw->n + 1, &it->qcopy);
     }
-    if (!it->dO_shared)                     /* slab, q, k, v belong to it->tb */
-        pool_give(it->pool, it->dO, it->E->sw->n * (it->n - it->P) * it->E->H * it->E->D * sizeof *it->dO);
+    /* slab, q, k, v belong to it->tb */
+    pool_give(it->pool, it->dO, it->E->sw->n * (it->n - it->P) * it->nh * it->E->D * sizeof *it->dO);
+    free(it->dO_set);
+    it->dO_set = NULL;
     free(it->ok); free(it->ov); free(it->wo);
     rp_shared_free(it->sh);
     it->sh = NULL;
@@ -2617,8 +2656,13 @@ static int item_run(item *it)
     if (item_prefill(it)) goto done;
     for (size_t g = 0; g < it->nkv; g++)
         if (item_head(it, g)) goto done;
-    /* per_head: the read-out needs every kv head of the layer (rp_engine_seq runs it) */
-    if (!E->per_head && E->ro && it->n > it->P && item_readout(it, it->err, sizeof it->err)) goto done;
+    if (E->ro && it->n > it->P) {
+        if (item_deltas(it, it->err, sizeof it->err)) goto done;
+        /* per_head: a layer's per-layer read-out needs every kv head's term (rp_engine_seq) */
+        if (!E->per_head && it->pl &&
+            layer_readout_pl(E, it->s, it->l, it->n, it->P, it->hid, it->dH, it->dh_set, it->pl, it->err, sizeof it->err))
+            goto done;
+    }
     rc = 0;
 done:
     item_free_scratch(it);
@@ -2698,37 +2742,70 @@ done:
     return rc;
 }
 
-/* Memory: per sequence, the per-layer items in flight (one (sequence, layer)
- * working set per thread: Q/K/V of the layer, the configurations' caches, that layer's
- * read-out deltas) plus, with the read-out, the sequence's final residuals [n][C] and the
- * folded perturbation [NC][NE][C]; per_head, a finished layer's deltas [NC][NE][C] may also
- * wait for an earlier layer's read-out before they are folded (about one per thread);
- * nothing grows with the number of layers or sequences.
- * Layer deltas are folded in layer order (the `ordered` region; per_head: a counter of the
- * next layer to fold, under a lock, after each layer's read-out), so results do not depend
- * on the thread count. */
-/* per_head: the layer's state shared by its kv-head items. */
-typedef struct layer_join {
-    float *dO;                  /* [NC][NE][HD] the output perturbation, each item its heads' columns */
-    size_t left;                /* items of the layer still running */
-    item ro;                    /* the layer's read-out (item_readout), run by the last item to pass its ordered fold */
-    int done;                   /* ro ran (or was skipped): its deltas can be folded in layer order */
-} layer_join;
+/* Memory: per sequence, the work items in flight (one (sequence, layer) or (sequence, layer,
+ * kv head) working set per thread: Q/K/V, the configurations' caches, the item's read-out
+ * deltas dO and dH) plus, with the read-out, the sequence's final residuals [n][C] and the
+ * folded perturbation [NC][NE][C], and per_head the open layer's sum of kv-head terms
+ * [NC][NE][C]; nothing grows with the number of layers or sequences.
+ * Each item's deltas are folded in item order (the `ordered` region): a layer item's into the
+ * sequence's sum; per_head, a kv-head item's into its layer's sum (layer_sum_add), which joins
+ * the sequence's sum after the layer's last kv head. Results do not depend on the thread
+ * count, and both splits add the same terms in the same order (item_deltas). */
 
-/* A layer's read-out deltas into the sequence's sum (acc [NC][NE][C]; the caller keeps layer
- * order), then dH back to the pool. */
+/* acc_c += dH_c for the configurations c set (acc, dH [NC][NE][C]). */
+static void deltas_into(float *acc, const float *dH, const uint8_t *set, size_t NC, size_t NE, size_t C)
+{
+    for (size_t c = 0; c < NC; c++) {
+        if (!set[c]) continue;
+        float *d = acc + c * NE * C;
+        const float *x = dH + c * NE * C;
+        for (size_t i = 0; i < NE * C; i++) d[i] += x[i];
+    }
+}
+
+/* An item's dH and dh_set released (dH back to the pool). */
+static void item_deltas_free(item *it, size_t bytes)
+{
+    pool_give(it->pool, it->dH, bytes);
+    free(it->dh_set);
+    it->dH = NULL; it->dh_set = NULL;
+}
+
+/* A layer item's read-out deltas into the sequence's sum (the caller keeps item order). */
 static void fold_deltas(item *lr, float *acc, size_t NC, size_t NE, size_t C)
 {
-    if (lr->rc == 0 && lr->dH)
+    if (lr->rc == 0 && lr->dH) deltas_into(acc, lr->dH, lr->dh_set, NC, NE, C);
+    item_deltas_free(lr, NC * NE * C * sizeof *lr->dH);
+}
+
+/* per_head: the sum of the open layer's kv-head terms, in kv-head order. */
+typedef struct layer_sum {
+    float *dH;                  /* [NC][NE][C] (the layer's first item's dH, taken over) */
+    uint8_t *set;               /* [NC] dH_c holds a term */
+    int bad;                    /* an item of the layer failed: the layer is not folded */
+} layer_sum;
+
+/* A kv-head item's term into its layer's sum: the first term of c is copied, the next ones
+ * added, as item_deltas adds a layer item's kv heads. */
+static void layer_sum_add(layer_sum *ls, item *it, size_t NC, size_t NE, size_t C)
+{
+    size_t bytes = NC * NE * C * sizeof *it->dH;
+    if (it->rc) ls->bad = 1;
+    if (it->rc || !it->dH) { item_deltas_free(it, bytes); return; }
+    if (!ls->dH) {
+        ls->dH = it->dH;
+        memcpy(ls->set, it->dh_set, NC);
+        it->dH = NULL;
+    } else
         for (size_t c = 0; c < NC; c++) {
-            if (!lr->dh_set[c]) continue;
-            float *d = acc + c * NE * C;
-            const float *x = lr->dH + c * NE * C;
-            for (size_t i = 0; i < NE * C; i++) d[i] += x[i];
+            if (!it->dh_set[c]) continue;
+            float *d = ls->dH + c * NE * C;
+            const float *x = it->dH + c * NE * C;
+            if (ls->set[c]) for (size_t i = 0; i < NE * C; i++) d[i] += x[i];
+            else memcpy(d, x, NE * C * sizeof *d);
+            ls->set[c] = 1;
         }
-    pool_give(lr->pool, lr->dH, NC * NE * C * sizeof *lr->dH);
-    free(lr->dh_set);
-    lr->dH = NULL; lr->dh_set = NULL;
+    item_deltas_free(it, bytes);
 }
 
 /* per_head: whether every kv-head item of layer l ran without error. */
@@ -2736,31 +2813,6 @@ static int layer_items_ok(const item *its, size_t l, size_t Hkv)
 {
     for (size_t g = 0; g < Hkv; g++)
         if (its[l * Hkv + g].rc) return 0;
-    return 1;
-}
-
-/* per_head: called by each item of layer l after its ordered fold; the last one runs the
- * layer's read-out (every kv head's dO columns are in), outside the ordered region, so that
- * the next items' folds do not wait for it and it runs beside other layers' items. 1 when
- * this call was the layer's last (the caller then folds the layer's deltas in layer order). */
-static int layer_item_done(rp_engine *E, layer_join *lj, item *its, size_t l, thread_bufs *tb)
-{
-    size_t Hkv = E->Hkv, NC = E->sw->n;
-    int last;
-#pragma omp critical(kvtrace_layer_join)
-    last = --lj->left == 0;
-    if (!last) return 0;
-    item *r = &lj->ro;
-    if (layer_items_ok(its, l, Hkv) && E->ro && r->n > r->P) {
-        for (size_t g = 0; g < Hkv; g++)      /* SA_DIFFERS is a flag: any kv head's */
-            for (size_t c = 0; c < NC; c++)
-                if (its[l * Hkv + g].ia[c * SA_NF + SA_DIFFERS] != 0) r->ia[c * SA_NF + SA_DIFFERS] = 1;
-        r->dO = lj->dO;
-        r->tb = tb;                         /* the running thread's (W_O) */
-        r->rc = item_readout(r, r->err, sizeof r->err);
-    }
-    pool_give(r->pool, lj->dO, NC * (r->n - r->P) * E->H * E->D * sizeof *lj->dO);
-    lj->dO = r->dO = NULL;
     return 1;
 }
 
@@ -2897,22 +2949,22 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
     item *its = calloc(NU, sizeof *its);
     double *ia = calloc(L * NC * SA_NF, sizeof *ia);
     double *uia = ph ? calloc(NU * NC * SA_NF, sizeof *uia) : NULL;     /* per_head: each item's own */
-    double *rocf = ph ? calloc(L * NC * SA_NF, sizeof *rocf) : NULL;    /* per_head: read-out flags */
     double *lp = ph && NE ? calloc(NC * NE * PP_ATT, sizeof *lp) : NULL; /* per_head: the layer's pp */
-    layer_join *lj = ph ? calloc(L, sizeof *lj) : NULL;
     int nthr = max_threads();
     thread_bufs *tbs = calloc(nthr > 0 ? (size_t)nthr : 1, sizeof *tbs);
     int ro = E->ro && NE;
     seq_plans sp = { 0 };
     float *hid = ro ? malloc(E->T * C * sizeof *hid) : NULL;
-    float *acc = ro ? calloc(NC * NE * C, sizeof *acc) : NULL;
-    buf_pool pool = { 0 };              /* dO and dH of the layers in flight (buf_pool) */
+    float *acc = ro ? big_calloc(NC * NE * C, sizeof *acc) : NULL;   /* 2 MiB pages: see big_calloc */
+    buf_pool pool = { 0 };              /* dO and dH of the items in flight (buf_pool) */
+    layer_sum ls = { 0 };               /* per_head: the open layer's kv-head terms */
+    if (ph && ro) ls.set = calloc(NC, 1);
     int rc = -1;
-    if (!its || !ia || !tbs || (ph && (!uia || !rocf || !lj || (NE && !lp))) || (ro && (!hid || !acc))) {
+    if (!its || !ia || !tbs || (ph && (!uia || (NE && !lp) || (ro && !ls.set))) || (ro && (!hid || !acc))) {
         rp_failf(err, errlen, "out of memory");
         goto done;
     }
-    /* only the evaluated rows [P, n) of the final residuals are used (item_readout, readout_seq):
+    /* only the evaluated rows [P, n) of the final residuals are used (item_deltas, readout_seq):
      * the rest of hid is never read, and never touched, so it costs neither a read nor a page */
     if (ro && kv_trace_read_hidden_rows(E->t, s, P, NE, hid + P * C, &ke) != KV_OK) {
         rp_failf(err, errlen, "%s", ke.msg);
@@ -2945,14 +2997,7 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
         if (seq_plans_make(E, s, n, P, tbs, &sp, err, errlen)) goto done;
         for (size_t u = 0; sp.n_planned && u < NU; u++) its[u].sp = &sp;
     }
-    for (size_t l = 0; ph && l < L; l++) {
-        item *r = &lj[l].ro;
-        lj[l].left = Hkv;
-        r->E = E; r->s = s; r->l = l; r->n = n; r->P = P; r->g0 = 0; r->nkv = Hkv; r->nh = H;
-        r->ia = rocf + l * NC * SA_NF; r->hid = hid; r->pl = res->pl; r->pool = &pool;
-    }
     long long uu;
-    size_t next_fold = 0;               /* per_head: the first layer whose deltas are not in acc */
 #pragma omp parallel for ordered schedule(dynamic, 1)
     for (uu = 0; uu < (long long)NU; uu++) {
         item *it = &its[uu];
@@ -2963,17 +3008,6 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
         if (NE && !(it->pp = calloc(NC * NE * (ph ? G : 1) * PP_ATT, sizeof *it->pp))) {
             IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
             it->rc = -1;
-        } else if (ph && E->ro && NE) {
-            /* the layer's dO, taken by its first item to start (zeroed: rows of
-             * configurations that do not differ are read as zero) */
-#pragma omp critical(kvtrace_layer_join)
-            if (!lj[l].dO) lj[l].dO = pool_take(&pool, NC * NE * H * E->D * sizeof *lj[l].dO, 1);
-            it->dO = lj[l].dO;
-            it->dO_shared = 1;
-            if (!it->dO) {
-                IT_FAIL(it, "out of memory (read-out deltas, seq %zu layer %zu)", it->s, it->l);
-                it->rc = -1;
-            } else item_run(it);
         } else item_run(it);
 #pragma omp ordered
         {
@@ -3004,20 +3038,24 @@ int rp_engine_seq(rp_engine *E, size_t s, rp_seq_result *res, char *err, size_t 
                         for (size_t f = 0; f < PP_ATT; f++) res->pp[j * PP_NF + f] += lp[j * PP_ATT + f];
                 if (lp) memset(lp, 0, NC * NE * PP_ATT * sizeof *lp);
             }
-            if (!ph) fold_deltas(it, acc, NC, NE, C);   /* the layer item's read-out ran in item_run */
-        }
-        /* per_head: the read-out of a layer whose kv heads are all done, after the ordered
-         * fold; then the finished layers' deltas into acc, in layer order */
-        if (ph && layer_item_done(E, &lj[l], its, l, it->tb)) {
-#pragma omp critical(kvtrace_layer_fold)
-            {
-                lj[l].done = 1;
-                for (; next_fold < L && lj[next_fold].done; next_fold++) fold_deltas(&lj[next_fold].ro, acc, NC, NE, C);
+            if (!ph) fold_deltas(it, acc, NC, NE, C);   /* the layer item's deltas (item_deltas) */
+            else if (ro) {
+                layer_sum_add(&ls, it, NC, NE, C);
+                if (it->g0 + 1 == Hkv) {              /* the layer's terms are all in */
+                    if (!ls.bad && ls.dH) {
+                        if (res->pl && layer_readout_pl(E, s, l, n, P, hid, ls.dH, ls.set, res->pl, it->err,
+                                                        sizeof it->err))
+                            it->rc = -1;
+                        else deltas_into(acc, ls.dH, ls.set, NC, NE, C);
+                    }
+                    pool_give(&pool, ls.dH, NC * NE * C * sizeof *ls.dH);
+                    ls.dH = NULL;
+                    ls.bad = 0;
+                    memset(ls.set, 0, NC);
+                }
             }
         }
     }
-    for (size_t l = 0; ph && l < L; l++)
-        if (lj[l].ro.rc) { rp_failf(err, errlen, "%s", lj[l].ro.err); goto done; }
     for (size_t u = 0; u < NU; u++)
         if (its[u].rc) { rp_failf(err, errlen, "%s", its[u].err); goto done; }
     /* fixed-order reduction of the item slots */
@@ -3038,8 +3076,6 @@ done:
         for (size_t u = 0; u < NU; u++) {
             free(its[u].pa); free(its[u].pa0); free(its[u].pa1); free(its[u].dH); free(its[u].dh_set); free(its[u].pp);
         }
-    if (lj)
-        for (size_t l = 0; l < L; l++) { free(lj[l].dO); free(lj[l].ro.dH); free(lj[l].ro.dh_set); }
     if (tbs)
         for (int i = 0; i < nthr; i++) {
             for (int j = 0; j < TB_N; j++) free(tbs[i].p[j]);
@@ -3047,7 +3083,8 @@ done:
             free(tbs[i].spare);
         }
     free(tbs);
-    free(its); free(ia); free(uia); free(rocf); free(lp); free(lj); free(hid); free(acc);
+    free(its); free(ia); free(uia); free(lp); free(hid); free(acc);
+    free(ls.dH); free(ls.set);
     pool_free(&pool);
     seq_plans_free(&sp);
     if (rc) rp_seq_result_free(res);

@@ -153,9 +153,15 @@ void readout_logits(const readout *r, const float *h, size_t N, float *logits)
 
 void readout_add_delta_w(const readout *r, const float *w_o_l, const float *dO, size_t N, float *h)
 {
-    if (!N) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)r->C, (int)r->HD,
-                1.0f, dO, (int)r->HD, w_o_l, (int)r->C, 1.0f, h, (int)r->C);
+    readout_add_delta_part(r, w_o_l, r->HD, dO, r->HD, N, h);
+}
+
+void readout_add_delta_part(const readout *r, const float *w_rows, size_t K, const float *dO, size_t ldo, size_t N,
+                            float *h)
+{
+    if (!N || !K) return;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)r->C, (int)K,
+                1.0f, dO, (int)ldo, w_rows, (int)r->C, 1.0f, h, (int)r->C);
 }
 
 void readout_add_delta(const readout *r, size_t l, const float *dO, size_t N, float *h)

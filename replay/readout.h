@@ -44,6 +44,10 @@ kv_status readout_logits_checked(const readout *r, const float *h, size_t N, flo
 void readout_add_delta(const readout *r, size_t l, const float *dO, size_t N, float *h);
 /* h [N][C] += dO [N][HD] @ w_o_l [HD][C] (one layer's W_O held by the caller). */
 void readout_add_delta_w(const readout *r, const float *w_o_l, const float *dO, size_t N, float *h);
+/* h [N][C] += dO [N][K] (row stride ldo) @ w_rows [K][C]: K consecutive rows of a layer's W_O
+ * against the same columns of the perturbation (the replay engine: one kv head's query heads). */
+void readout_add_delta_part(const readout *r, const float *w_rows, size_t K, const float *dO, size_t ldo, size_t N,
+                            float *h);
 
 /* Per-position comparison of a full and a compressed logits row with the true next
  * token y (y < 0 or y >= V: unknown; then nll_* and correct_* are left untouched — the
