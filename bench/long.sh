@@ -126,6 +126,10 @@ echo "metric,T,max_abs_diff,worst_config" > "$OUT/long_agree.csv"
 echo "T,threads,identical" > "$OUT/long_omp_identical.csv"
 echo "T,identical" > "$OUT/long_ps_identical.csv"
 echo "T,loadavg_1min" > "$OUT/long_load.csv"
+# the machine's own ceiling for the 1 vs N threads efficiency: how much of one thread's read
+# bandwidth each of N threads keeps when they read at once (bench/mem_scale.c)
+"$BIN/bench/mem_scale" --threads "$THREADS" --csv "$OUT/long_memscale.csv" > "$LONG_TMP/memscale.txt" \
+    || die "mem_scale failed"
 for T in $LONG_T; do
     tr="$OUT/long_T$T.h5"
     echo "$T,$(cut -d' ' -f1 /proc/loadavg)" >> "$OUT/long_load.csv"

@@ -29,6 +29,16 @@ def shape(out, T):
         return None
 
 
+def mem_ceiling(out, threads):
+    """[(MiB, N-thread / 1-thread read bandwidth per thread)] from OUTDIR/long_memscale.csv
+    (bench/mem_scale.c), or [] when it is absent."""
+    by = {}
+    for r in rows(out, "long_memscale.csv"):
+        by.setdefault(r["size_mib"], {})[r["threads"]] = float(r["gbps_per_thread"])
+    return [(m, v[str(threads)] / v["1"]) for m, v in sorted(by.items(), key=lambda x: int(x[0]))
+            if v.get("1") and v.get(str(threads))]
+
+
 def expo(t0, t1, T0, T1):
     return math.log(t1 / t0) / math.log(T1 / T0) if t0 and t1 and t0 > 0 and t1 > 0 else float("nan")
 
@@ -148,6 +158,10 @@ def main(out, threads, decode):
               f" {g(T, 'full', 'maxrss_mb'):>9.0f} {g(T, 'fused', 'maxrss_mb'):>9.0f} {tr:>7}")
     print("  ('+/thread': the RSS a second thread adds; '1 head WS': f32 q of a kv head's query heads,"
           " its k and v)")
+    ceil = mem_ceiling(out, threads)
+    if ceil:
+        print(f"  this machine's ceiling (bench/mem_scale.c): with {threads} threads reading at once each keeps "
+              + ", ".join(f"{100 * r:.0f}% of one thread's read bandwidth at {m} MiB" for m, r in ceil))
 
     strat = rows(out, "long_strategies.csv")
     sT = None
@@ -239,8 +253,10 @@ def main(out, threads, decode):
         res.append((f"long: PyTorch peer agreement, T={Tm}", f"max |diff| {d:.2g} ({m})", "<= 1e-5", d <= 1e-5))
     if g(Tm, "omp1") and g(Tm, "ompN") and int(threads) > 1:
         eff = g(Tm, "omp1") / g(Tm, "ompN") / int(threads)
+        ceil = mem_ceiling(out, threads)
+        cs = f"; machine read-bandwidth ceiling {', '.join(f'{100 * r:.0f}% at {m} MiB' for m, r in ceil)}" if ceil else ""
         res.append((f"long: {threads}-thread efficiency, one configuration, T={Tm}",
-                    f"{100 * eff:.1f}% (results identical: {ident.get(Tm, '-')})", ">= 85%", eff >= 0.85))
+                    f"{100 * eff:.1f}% (results identical: {ident.get(Tm, '-')}{cs})", ">= 85%", eff >= 0.85))
     r0, r1 = g(Ts[0], "fused", "maxrss_mb"), g(Tm, "fused", "maxrss_mb")
     res.append((f"long: peak RSS of the fused sweep, T={Ts[0]} -> {Tm}", f"{r0:.0f} -> {r1:.0f} MiB", "", None))
 
