@@ -170,6 +170,10 @@ float attn_logit(const float *q, const float *k, size_t D, const attn_params *p)
  * the FMA path where the CPU has one gives the same bits as the separate multiply and add). */
 enum { ATTN_PANEL_ROWS = 4, ATTN_PANEL_COLS = 16 };   /* COLS: a multiple of 8 */
 void attn_panel_dot(const double *x, size_t D, const double *panel, double *dot);
+/* The same for x [nrows][D] (nrows a multiple of ATTN_PANEL_ROWS) into dot [nrows][COLS]:
+ * the bits of nrows / ATTN_PANEL_ROWS calls of attn_panel_dot, eight rows per kernel call
+ * where the CPU has AVX-512F. */
+void attn_panel_dot_rows(const double *x, size_t nrows, size_t D, const double *panel, double *dot);
 
 /* Gram matrix of float rows: M [D][D] (doubles) += sum over the rows r of x [n][D], in
  * increasing r, of (double)x[r][a] * x[r][b] (exact products, one rounding per add: every

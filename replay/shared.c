@@ -335,12 +335,13 @@ enum { VN_PC = ATTN_PANEL_COLS };   /* columns per panel */
 enum { VN_ROWS = ATTN_PANEL_ROWS };  /* value rows per kernel call */
 enum { VN_TILE = 16 };   /* value rows per tile (a multiple of VN_ROWS) */
 
-/* tot[r] += |dot[r][c]| for the panel's columns c in order, VN_ROWS rows at once. */
-static void vn_panel(const double *x, size_t D, const double *wp, double *tot)
+/* tot[r] += |dot[r][c]| for the panel's columns c in order, for nr rows (a multiple of
+ * VN_ROWS, at most VN_TILE) at once. */
+static void vn_panel(const double *x, size_t nr, size_t D, const double *wp, double *tot)
 {
-    double dot[VN_ROWS * VN_PC];
-    attn_panel_dot(x, D, wp, dot);
-    for (size_t r = 0; r < VN_ROWS; r++)
+    double dot[VN_TILE * VN_PC];
+    attn_panel_dot_rows(x, nr, D, wp, dot);
+    for (size_t r = 0; r < nr; r++)
         for (size_t c = 0; c < VN_PC; c++) tot[r] += fabs(dot[r * VN_PC + c]);
 }
 
@@ -361,9 +362,8 @@ int rp_value_norms(const float *v, size_t P, size_t D, const float *wo, size_t C
             for (size_t d = 0; d < D; d++) x[r * D + d] = v[(j0 + r) * D + d];
         double tot[VN_TILE] = {0};
         for (size_t i = 0; i < G; i++) {        /* each row: heads in order, c ascending */
-            for (size_t b = 0; b < np; b++)
-                for (size_t r = 0; r < nr; r += VN_ROWS)
-                    vn_panel(x + r * D, D, wp + (i * np + b) * D * VN_PC, tot + r);
+            for (size_t b = 0; b < np; b++)       /* nr rounded up to whole kernel rows */
+                vn_panel(x, (nr + VN_ROWS - 1) / VN_ROWS * VN_ROWS, D, wp + (i * np + b) * D * VN_PC, tot);
             for (size_t c = cr; c < C; c++)
                 for (size_t r = 0; r < nr; r++) {
                     double a = 0;

@@ -2,7 +2,7 @@
  *
  * One workload of random inputs (attn_full_rows and its _kt/_heads forms, attn_entries,
  * attn_rows_given, attn_rows_cut(_heads), attn_pv_weighted, attn_exp_shift, attn_probs_row,
- * attn_exp_sub_f64(d), attn_div_sumsq_f64, attn_panel_dot, attn_gram_acc; T, D and entry
+ * attn_exp_sub_f64(d), attn_div_sumsq_f64, attn_panel_dot(_rows), attn_gram_acc; T, D and entry
  * counts on and off every vector width and block size, causal, windowed, soft-capped,
  * biased, masked and special-value cases) runs once under each attn_set_isa_limit the CPU
  * allows; every output is recorded, and the records of each path must equal the generic
@@ -263,6 +263,19 @@ static void w_panel_gram(size_t D)
     attn_panel_dot(x, D, panel, dot);
     snprintf(nm, sizeof nm, "panel_dot D=%zu", D);
     put(nm, dot, sizeof dot);
+    /* attn_panel_dot_rows over 12 rows (one eight-row kernel call and a four-row one where
+     * the CPU has AVX-512F): the bits of three attn_panel_dot calls on this path, and the
+     * same record on every path */
+    enum { NR = 3 * ATTN_PANEL_ROWS };
+    double *xr12 = malloc(NR * D * sizeof *xr12), rows[NR * ATTN_PANEL_COLS], one[NR * ATTN_PANEL_COLS];
+    for (size_t i = 0; i < NR * D; i++) xr12[i] = rng_normal();
+    attn_panel_dot_rows(xr12, NR, D, panel, rows);
+    for (size_t r = 0; r < NR; r += ATTN_PANEL_ROWS) attn_panel_dot(xr12 + r * D, D, panel, one + r * ATTN_PANEL_COLS);
+    snprintf(nm, sizeof nm, "panel_dot_rows D=%zu == attn_panel_dot per four rows", D);
+    check_true(nm, !memcmp(rows, one, sizeof rows));
+    snprintf(nm, sizeof nm, "panel_dot_rows D=%zu", D);
+    put(nm, rows, sizeof rows);
+    free(xr12);
     size_t n = 130;
     float *xr = randn(n * D, 1);
     double *M = calloc(D * D, sizeof *M);
