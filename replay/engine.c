@@ -83,8 +83,8 @@ static void *big_alloc(size_t bytes)
     return malloc(bytes);
 }
 
-/* calloc for buffers of megabytes whose untouched pages must cost nothing (the read-out's dO:
- * rows of configurations that never differ stay unwritten): calloc, then the transparent
+/* calloc for buffers of megabytes whose untouched pages must cost nothing until written (the
+ * read-out's folded sum, a pool's first zeroed buffer): calloc, then the transparent
  * huge page hint on its whole pages before anything touches them (calloc does not write
  * fresh mmapped memory), so that the first write to a 2 MiB range faults once, not 512
  * times (the fused sweep's per-layer dO was a third of its page faults at 16k). free()
@@ -1225,6 +1225,13 @@ static void account_last(item *it, const rp_config *cf, size_t c, size_t g, cons
     }
 }
 
+/* d [n] += x [n], element by element: every sum of read-out terms (one rounding per add, in
+ * the order the callers fix). */
+static void add_into(float *restrict d, const float *restrict x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) d[i] += x[i];
+}
+
 /* The read-out perturbation of the item's kv heads (docs/METHODS.md §10), after its attention:
  * for every configuration c, dH_c = sum over the local kv heads g (in order) whose rows c
  * wrote of dO_c[:, g's G*D columns] @ W_O_l[g's G*D rows, :], each term one sgemm into a
@@ -1276,8 +1283,7 @@ static int item_deltas(item *it, char *err, size_t errlen)
                     float *dst = first ? dh : tmp;
                     memset(dst, 0, NE * C * sizeof *dst);
                     readout_add_delta_part(ro, w + (it->g0 + g) * GD * C, GD, dOc + g * GD, ldo, NE, dst);
-                    if (!first)
-                        for (size_t x = 0; x < NE * C; x++) dh[x] += tmp[x];
+                    if (!first) add_into(dh, tmp, NE * C);
                     first = 0;
                 }
             }
@@ -2757,9 +2763,7 @@ static void deltas_into(float *acc, const float *dH, const uint8_t *set, size_t 
 {
     for (size_t c = 0; c < NC; c++) {
         if (!set[c]) continue;
-        float *d = acc + c * NE * C;
-        const float *x = dH + c * NE * C;
-        for (size_t i = 0; i < NE * C; i++) d[i] += x[i];
+        add_into(acc + c * NE * C, dH + c * NE * C, NE * C);
     }
 }
 
@@ -2801,7 +2805,7 @@ static void layer_sum_add(layer_sum *ls, item *it, size_t NC, size_t NE, size_t 
             if (!it->dh_set[c]) continue;
             float *d = ls->dH + c * NE * C;
             const float *x = it->dH + c * NE * C;
-            if (ls->set[c]) for (size_t i = 0; i < NE * C; i++) d[i] += x[i];
+            if (ls->set[c]) add_into(d, x, NE * C);
             else memcpy(d, x, NE * C * sizeof *d);
             ls->set[c] = 1;
         }

@@ -151,11 +151,6 @@ void readout_logits(const readout *r, const float *h, size_t N, float *logits)
         for (size_t i = 0; i < N * r->V; i++) logits[i] = NAN;   /* the caller's NaN guard fires */
 }
 
-void readout_add_delta_w(const readout *r, const float *w_o_l, const float *dO, size_t N, float *h)
-{
-    readout_add_delta_part(r, w_o_l, r->HD, dO, r->HD, N, h);
-}
-
 void readout_add_delta_part(const readout *r, const float *w_rows, size_t K, const float *dO, size_t ldo, size_t N,
                             float *h)
 {
@@ -166,7 +161,7 @@ void readout_add_delta_part(const readout *r, const float *w_rows, size_t K, con
 
 void readout_add_delta(const readout *r, size_t l, const float *dO, size_t N, float *h)
 {
-    readout_add_delta_w(r, r->w_o + l * r->HD * r->C, dO, N, h);
+    readout_add_delta_part(r, r->w_o + l * r->HD * r->C, r->HD, dO, r->HD, N, h);
 }
 
 double readout_lse(const float *x, size_t V)

@@ -26,7 +26,7 @@ typedef struct readout {
 /* Loads everything above from a trace with /readout (KV_ERR_INVALID when it has none). */
 kv_status readout_load(kv_trace *t, readout **out, kv_error *err);
 /* The same without W_O (w_o = NULL): callers that work one layer at a time read W_O[l] with
- * kv_trace_read_w_o and use readout_add_delta_w, so memory does not grow with the layers. */
+ * kv_trace_read_w_o and use readout_add_delta_part, so memory does not grow with the layers. */
 kv_status readout_load_no_wo(kv_trace *t, readout **out, kv_error *err);
 void readout_free(readout *r);
 
@@ -42,10 +42,9 @@ kv_status readout_logits_checked(const readout *r, const float *h, size_t N, flo
 
 /* h [N][C] += dO [N][HD] @ W_O[l] — the residual perturbation of layer l. */
 void readout_add_delta(const readout *r, size_t l, const float *dO, size_t N, float *h);
-/* h [N][C] += dO [N][HD] @ w_o_l [HD][C] (one layer's W_O held by the caller). */
-void readout_add_delta_w(const readout *r, const float *w_o_l, const float *dO, size_t N, float *h);
 /* h [N][C] += dO [N][K] (row stride ldo) @ w_rows [K][C]: K consecutive rows of a layer's W_O
- * against the same columns of the perturbation (the replay engine: one kv head's query heads). */
+ * (held by the caller) against the same columns of the perturbation (the replay engine: one kv
+ * head's query heads; K = HD, ldo = HD: the whole layer). */
 void readout_add_delta_part(const readout *r, const float *w_rows, size_t K, const float *dO, size_t ldo, size_t N,
                             float *h);
 
