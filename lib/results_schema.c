@@ -67,7 +67,7 @@ static const kv_column provenance_keys[] = {
     { "mode", S, 0 }, { "decode", I, 0 }, { "sweep", S, 0 }, { "n_configs", I, 0 },
     { "n_seq", I, 0 }, { "threads", I, 0 }, { "page_size", I, 1 }, { "n_layers", I, 1 },
     { "n_heads", I, 1 }, { "n_kv_heads", I, 1 }, { "head_dim", I, 1 }, { "prompt_scores", S, 1 }, { "evaluation", S, 1 }, { "hdf5_version", S, 0 }, { "gsl_version", S, 0 },
-    { "openblas_config", S, 0 }, { "blas", S, 1 }, { "param_defaults", S, 1 }, { "argv", S, 0 }, { "started", S, 0 },
+    { "openblas_config", S, 0 }, { "blas", S, 1 }, { "readout_product", S, 1 }, { "param_defaults", S, 1 }, { "argv", S, 0 }, { "started", S, 0 },
     { "finished", S, 0 }, { "shard", S, 0 },
 };
 

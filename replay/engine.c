@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 static int max_threads(void) { return omp_get_max_threads(); }
@@ -20,6 +23,7 @@ static int thread_num(void) { return 0; }
 
 #include "attn.h"
 #include "engine.h"
+#include "gemm.h"
 #include "metric.h"
 #include "paged.h"
 #include "shared.h"
@@ -52,7 +56,7 @@ struct rp_engine {
  * MiB is mmapped and faulted in again for every item. Their contents are never reused (each
  * item overwrites what it reads; Q rows below item_q_from are neither read nor written, so
  * their pages stay untouched), so this is malloc without the page faults. */
-enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_SHW, TB_SHKT, TB_WO, TB_N };
+enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_SHW, TB_SHKT, TB_WO, TB_GEMM, TB_N };
 typedef struct thread_bufs {
     void *p[TB_N];
     size_t cap[TB_N];
@@ -854,10 +858,30 @@ done:
     return rc;
 }
 
+/* glibc gives the memory above an arena's top back to the kernel once more than the trim
+ * threshold is free there (128 KiB, or twice the dynamic mmap threshold), and the next
+ * allocation of the same size faults every page in again, zeroed by the kernel. The
+ * strategies' per-call scratch (a few hundred KiB per (layer, kv head, configuration)) hit
+ * this in every call: half the page faults of the fused 20-configuration sweep at 8k. Freed
+ * memory is kept for the next item instead (the peak is unchanged: what is kept was in use
+ * at once), and buffers up to 32 MiB come from the arenas. Process-wide (and idempotent);
+ * not where the user set the thresholds (MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES). */
+static void malloc_keep_freed(void)
+{
+#ifdef __GLIBC__
+    const char *tun = getenv("GLIBC_TUNABLES");
+    if (getenv("MALLOC_TRIM_THRESHOLD_") || getenv("MALLOC_MMAP_THRESHOLD_") || (tun && strstr(tun, "glibc.malloc.")))
+        return;
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
+}
+
 int rp_engine_new(kv_trace *t, const rp_sweep *sw, const rp_run_opts *o, const size_t *seqs,
                   size_t n_seqs, rp_engine **out, char *err, size_t errlen)
 {
     kv_error ke;
+    malloc_keep_freed();
     rp_engine *E = calloc(1, sizeof *E);
     if (!E) return rp_failf(err, errlen, "out of memory");
     E->t = t; E->in = kv_trace_info(t); E->sw = sw; E->o = *o;
@@ -1260,8 +1284,15 @@ static int item_deltas(item *it, char *err, size_t errlen)
         bad = kv_trace_read_w_o(E->t, l, w, &ke) != KV_OK;
     }
     if (bad) return rp_failf(err, errlen, "%s", w ? ke.msg : "out of memory (read-out W_O)");
+    /* each kv head's rows of W_O packed once for every configuration, into the thread's
+     * buffer (gemm.h; nf 0: no AVX-512F path, cblas_sgemm instead) */
+    size_t nf = gemm_b_floats(GD, C);
+    gemm_b pk[nkv];
+    float *pbuf = nf ? tb_take(it->tb, TB_GEMM, nkv * nf * sizeof *pbuf) : NULL;
+    if (nf && !pbuf) return rp_failf(err, errlen, "out of memory (read-out W_O, seq %zu layer %zu)", it->s, l);
+    for (size_t g = 0; nf && g < nkv; g++) gemm_pack_b(w + (it->g0 + g) * GD * C, GD, C, C, pbuf + g * nf, &pk[g]);
     /* one task per configuration (an idle thread may take some); each writes its own dH_c
-     * with the same sgemm calls, so the bits do not depend on who runs it */
+     * with the same products, so the bits do not depend on who runs it */
     for (size_t c = 0; c < NC; c++) {
         const uint8_t *set = it->dO_set + c * nkv;
         size_t nset = 0;
@@ -1270,7 +1301,7 @@ static int item_deltas(item *it, char *err, size_t errlen)
         it->dh_set[c] = 1;
         float *dh = it->dH + c * NE * C;
         const float *dOc = it->dO + c * NE * ldo;
-#pragma omp task firstprivate(dh, dOc, set, nset) shared(nomem)
+#pragma omp task firstprivate(dh, dOc, set, nset) shared(nomem, pk, nf)
         {
             float *tmp = nset > 1 ? malloc(NE * C * sizeof *tmp) : NULL;
             if (nset > 1 && !tmp) {
@@ -1282,7 +1313,8 @@ static int item_deltas(item *it, char *err, size_t errlen)
                     if (!set[g]) continue;
                     float *dst = first ? dh : tmp;
                     memset(dst, 0, NE * C * sizeof *dst);
-                    readout_add_delta_part(ro, w + (it->g0 + g) * GD * C, GD, dOc + g * GD, ldo, NE, dst);
+                    if (nf) gemm_add(&pk[g], dOc + g * GD, ldo, NE, dst, C);
+                    else readout_add_delta_part(ro, w + (it->g0 + g) * GD * C, GD, dOc + g * GD, ldo, NE, dst);
                     if (!first) add_into(dh, tmp, NE * C);
                     first = 0;
                 }
@@ -1443,7 +1475,7 @@ static int item_alloc(item *it, item_scratch *sc)
     if (!it->q || !it->k || !it->v) return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
     /* the read-out deltas [NC][NE][nh * D] stay outside the slab, in the sequence's pool (zeroed:
      * rows of configurations that do not differ are read as zero) */
-    if (E->ro && NE && (!(it->dO = pool_take(it->pool, NC * NE * H * D * fz, 1)) ||
+    if (E->ro && NE && (!(it->dO = pool_take(it->pool, NC * NE * it->nh * D * fz, 1)) ||
                         !(it->dO_set = calloc(NC * Hkv, 1))))      /* item_free_scratch frees the rest */
         return IT_FAIL(it, "out of memory (read-out deltas, seq %zu layer %zu)", it->s, it->l);
     sc->cs = (cstate *)(b + o_cs);

@@ -13,6 +13,7 @@
 #include <gsl/gsl_version.h>
 #include <hdf5.h>
 
+#include "gemm.h"
 #include "output.h"
 #include "readout.h"
 #include "results_schema.h"
@@ -784,6 +785,7 @@ int out_write_results(const char *dir, const rp_sweep *sw, const rp_seq_result *
     json_str(f, "gsl_version", GSL_VERSION, 0);
     json_str(f, "openblas_config", rs_blas_config(), 0);
     json_str(f, "blas", rs_blas_info(), 0);
+    json_str(f, "readout_product", gemm_path(), 0);
     char *defs = param_defaults();
     json_str(f, "param_defaults", defs ? defs : "", 0);
     free(defs);

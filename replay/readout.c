@@ -4,7 +4,8 @@
  *
  *   logits [N][V] = norm(h) [N][C] @ W_U^T [C][V] (+ b_u, then final softcap)
  *   h [N][C]     += dO [N][HD] @ W_O[l] [HD][C]
- * Both products are one cblas_sgemm each (OpenBLAS). The norm is computed per row in
+ * Both products are one cblas_sgemm each (OpenBLAS); the engine's per-layer products of a
+ * sweep use replay/gemm.h instead where the CPU has AVX-512F. The norm is computed per row in
  * double (mean / mean square), like the models do in fp32 or better. Scalar statistics
  * (lse, KL, NLL) accumulate in double in index order, so they are deterministic.
  */
