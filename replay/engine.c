@@ -56,7 +56,7 @@ struct rp_engine {
  * MiB is mmapped and faulted in again for every item. Their contents are never reused (each
  * item overwrites what it reads; Q rows below item_q_from are neither read nor written, so
  * their pages stay untouched), so this is malloc without the page faults. */
-enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_SHW, TB_SHKT, TB_WO, TB_GEMM, TB_N };
+enum { TB_SLAB, TB_Q, TB_K, TB_V, TB_F16, TB_KT, TB_SHW, TB_SHKT, TB_WO, TB_GEMM, TB_DEC, TB_N };
 typedef struct thread_bufs {
     void *p[TB_N];
     size_t cap[TB_N];
@@ -196,6 +196,15 @@ typedef struct item {
     float *wo;                   /* this layer's W_O [H*D][C] (w_o), read on first request */
     rp_shared *sh;               /* scores shared by the configurations (shared.h), lazily filled */
     float *ps_cs, *ps_ent;       /* [nh][n] the trace's /prompt_scores of the item's query heads (RP_PS_TRACE) */
+    /* item_decode_share: the evaluated rows' share of the captured prompt sums per local query
+     * head, [nh][P] (dsh_done [nkv]: kv head computed), and the full pass's blocks of kv head
+     * dst_g kept by it for item_full_attn ([NB][G * BLK * (1 + D + n)]: lse, of, lg per block;
+     * the thread's TB_DEC) or NULL; dsh_failed: it->err holds the pass's message */
+    double *dsh;
+    uint8_t *dsh_done;
+    float *dst;
+    size_t dst_g;
+    int dsh_failed;
     long long o_layer;
     double *ha;                  /* result slots of this layer: [NC][L][H][HA_NF] (shared array) */
     double *ia;                  /* [NC][SA_NF] item-level sums (bytes, guards) */
@@ -1404,6 +1413,7 @@ typedef struct item_scratch {
     float *lse;             /* [G][BLK]    log-sum-exp of the kernel (fp32) */
     float *of;              /* [G][BLK][D] outputs */
     float *lg;              /* [G][BLK][n] logits */
+    float *lse_s, *of_s, *lg_s;     /* the slab's own three (lse, of, lg may point into it->dst) */
     double *pf;             /* [BLK][G][n] probabilities in double, renormalised, on [lo, t] */
     double *pf2;            /* [BLK][G]    sum of p^2 */
     double *lz;             /* [BLK][G]    log partition: log p = logit - lz */
@@ -1481,7 +1491,8 @@ static int item_alloc(item *it, item_scratch *sc)
     sc->cs = (cstate *)(b + o_cs);
     memset(sc->cs, 0, NC * Hkv * sizeof *sc->cs);
     sc->pout = (rp_cache *)(b + o_pout);
-    sc->lse = (float *)(b + o_lse); sc->of = (float *)(b + o_of); sc->lg = (float *)(b + o_lg);
+    sc->lse = sc->lse_s = (float *)(b + o_lse); sc->of = sc->of_s = (float *)(b + o_of);
+    sc->lg = sc->lg_s = (float *)(b + o_lg);
     sc->pf = (double *)(b + o_pf); sc->pf2 = (double *)(b + o_pf2); sc->lz = (double *)(b + o_lz);
     sc->bz = (float *)(b + o_bz); sc->blse = (float *)(b + o_blse); sc->bout = (float *)(b + o_bout);
     sc->z = (float *)(b + o_z); sc->oc = (float *)(b + o_oc); sc->logm = (float *)(b + o_logm);
@@ -1644,6 +1655,7 @@ static int item_prefill(item *it)
             cs[c * Hkv + g].cache.src_k = cs[c * Hkv + g].cache.src_v = NULL;
             cs[c * Hkv + g].cache.src_n = 0;
         }
+        if (prc && it->dsh_failed) return -1;      /* it->err: item_decode_pass's message */
         if (prc)
             return IT_FAIL(it, "config '%s': %s prefill failed at seq %zu layer %zu: %s", cf->canon, cf->evict->name,
                            s, l, e2[0] ? e2 : "error");
@@ -1783,14 +1795,104 @@ static int item_head_online(item *it, size_t c, size_t g)
 /* The full cache's attention of rows [tb, te) of kv head g's query heads, and their
  * probabilities in double (renormalised: the kernel's lse is fp32), shared by every
  * configuration. */
+/* Floats of one block of the full pass kept by item_decode_pass: lse [G][BLK], of [G][BLK][D],
+ * lg [G][BLK][n]. */
+static size_t dec_block_floats(const rp_engine *E, size_t n)
+{
+    return E->G * BLK * (1 + E->D + n);
+}
+
+/* The largest set of kept blocks (bytes per thread): a kv head's blocks at 16k tokens with
+ * --decode 256 and 4 query heads per kv head. Beyond it the full pass over those rows runs
+ * again in item_head (the same bits): at 32k it would double an item's memory. */
+#define DEC_KEEP_MAX ((size_t)64 << 20)
+
+/* The full pass over the evaluated rows [P, n) of kv head g (the blocks item_head will ask
+ * item_full_attn for) and, from its probabilities (the double p item_full_attn computes), the
+ * evaluated rows' share of the captured prompt sums of the kv head's G query heads, in row
+ * order: it->dsh. With trace prompt scores a configuration scoring the whole prompt needs the
+ * share before the blocks are evaluated; rp_shared would otherwise run that pass itself.
+ * Prefill items of one kv head (per_head) keep the blocks (it->dst, at most DEC_KEEP_MAX) for
+ * item_full_attn, so the pass runs once. 0, or -1 with it->err set (dsh_failed). */
+static int item_decode_pass(item *it, size_t g)
+{
+    rp_engine *E = it->E;
+    size_t n = it->n, P = it->ctx.P, D = E->D, G = E->G, NB = (n - P + BLK - 1) / BLK, bf = dec_block_floats(E, n);
+    const attn_params *ap = &E->ap[it->l];
+    double *sh = it->dsh + g * G * P;
+    memset(sh, 0, G * P * sizeof *sh);
+    it->dsh_failed = 1;
+    if (!NB) return it->dsh_failed = 0;
+    const float *kt = rp_shared_keys_t(it->sh, g);      /* NULL: transposed per block */
+    float *keep = NULL, *own = NULL;
+    double *prow = malloc(n * sizeof *prow);
+    if (it->sc && E->o.mode != RP_ONLINE && it->nkv == 1 && NB * bf * sizeof(float) <= DEC_KEEP_MAX)
+        keep = tb_take(it->tb, TB_DEC, NB * bf * sizeof *keep);
+    if (!keep) own = malloc(bf * sizeof *own);
+    if (!prow || (!keep && !own)) {
+        free(prow); free(own);
+        return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+    }
+    for (size_t b = 0; b < NB; b++) {
+        size_t tb = P + b * BLK, te = tb + BLK < n ? tb + BLK : n;
+        float *lse = keep ? keep + b * bf : own, *of = lse + G * BLK, *lg = of + G * BLK * D;
+        attn_full_rows_heads(it->q + g * G * n * D, n * D, G, kt, it->v + g * n * D, n, D, tb, te, ap, BLK, lse, of,
+                             lg);
+        for (size_t t = tb; t < te; t++) {
+            size_t r = t - tb, lo = attn_lo(t, ap->window);
+            for (size_t i = 0; i < G; i++) {
+                double L0 = lse[i * BLK + r];
+                if (!isfinite(L0)) {
+                    free(prow); free(own);
+                    return IT_FAIL(it, "non-finite full attention (NaN/Inf in the trace?) at seq %zu layer %zu head %zu "
+                                   "position %zu", it->s, it->l, (it->g0 + g) * G + i, t);
+                }
+                double Z = attn_exp_sub_f64(lg + (i * BLK + r) * n + lo, t + 1 - lo, L0, prow + lo);
+                attn_div_sumsq_f64(prow + lo, t + 1 - lo, Z);
+                for (size_t j = lo; j < P; j++) sh[i * P + j] += prow[j];
+            }
+        }
+    }
+    free(prow); free(own);
+    it->dst = keep;
+    it->dst_g = g;
+    it->dsh_done[g] = 1;
+    return it->dsh_failed = 0;
+}
+
+/* rp_decode_share_fn for the item's shared scores (local query head h). */
+static int item_decode_share(void *arg, size_t h, double *out)
+{
+    item *it = arg;
+    size_t G = it->E->G, g = h / G, P = it->ctx.P;
+    if (!it->dsh) {
+        it->dsh = malloc((it->nh * P > 0 ? it->nh * P : 1) * sizeof *it->dsh);
+        it->dsh_done = calloc(it->nkv, 1);
+        if (!it->dsh || !it->dsh_done) {
+            it->dsh_failed = 1;
+            return IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
+        }
+    }
+    if (!it->dsh_done[g] && item_decode_pass(it, g)) return -1;
+    memcpy(out, it->dsh + h * P, P * sizeof *out);
+    return 0;
+}
+
 static int item_full_attn(item *it, size_t g, size_t tb, size_t te)
 {
     rp_engine *E = it->E;
     item_scratch *sc = it->sc;
     size_t n = it->n, D = E->D, G = E->G;
     const attn_params *ap = &E->ap[it->l];
-    attn_full_rows_heads(it->q + g * G * n * D, n * D, G, it->kt, it->v + g * n * D, n, D, tb, te, ap, BLK,
-                         sc->lse, sc->of, sc->lg);
+    if (it->dst && g == it->dst_g && tb >= it->P && (tb - it->P) % BLK == 0) {
+        /* kept by item_decode_pass: the same kernel call's lse, outputs and logits */
+        float *blk = it->dst + (tb - it->P) / BLK * dec_block_floats(E, n);
+        sc->lse = blk; sc->of = blk + G * BLK; sc->lg = sc->of + G * BLK * D;
+    } else {
+        sc->lse = sc->lse_s; sc->of = sc->of_s; sc->lg = sc->lg_s;
+        attn_full_rows_heads(it->q + g * G * n * D, n * D, G, it->kt, it->v + g * n * D, n, D, tb, te, ap, BLK,
+                             sc->lse, sc->of, sc->lg);
+    }
     for (size_t t = tb; t < te; t++) {
         size_t r = t - tb, lo = attn_lo(t, ap->window);
         double *pft = sc->pf + r * G * n;
@@ -2647,6 +2749,10 @@ static void item_free_scratch(item *it)
     it->sh = NULL;
     free(it->ps_cs); free(it->ps_ent);
     it->ps_cs = it->ps_ent = NULL;
+    free(it->dsh); free(it->dsh_done);
+    it->dsh = NULL; it->dsh_done = NULL;
+    it->dst = NULL;                         /* it->tb's */
+    it->dsh_failed = 0;
     it->shw = NULL;                         /* it->tb's */
     it->shw_cap = 0;
     it->slab = NULL; it->sc = NULL;
@@ -2674,7 +2780,10 @@ static int item_ctx_open(item *it)
         IT_FAIL(it, "out of memory (seq %zu layer %zu)", it->s, it->l);
         return -1;
     }
-    if (it->ps_cs) rp_shared_use_captured(it->sh, it->ps_cs, it->ps_ent);
+    if (it->ps_cs) {
+        rp_shared_use_captured(it->sh, it->ps_cs, it->ps_ent);
+        rp_shared_use_decode_share(it->sh, item_decode_share, it);
+    }
     /* the shared scores' scratch (transposed prompt keys, logits rows): the thread's buffer,
      * virtual memory until a configuration asks for scores (then as large for every item of
      * the sequence); without it (out of memory) the object mallocs its own */
@@ -2876,8 +2985,9 @@ static int plan_item_run(item *it)
         it->ctx.keep = cf->budget_kind == RP_BUDGET_KEEP ? cf->budget_value : 0;
         char e2[512] = "";
         if (cf->evict->plan_score(cf->evict_cfg, &it->ctx, 0, B, (double *)item_plan(it, c), e2, sizeof e2)) {
-            IT_FAIL(it, "config '%s': %s plan failed at seq %zu layer %zu kv head %zu: %s", cf->canon,
-                    cf->evict->name, it->s, it->l, it->g0, e2[0] ? e2 : "error");
+            if (!it->dsh_failed)        /* else it->err: item_decode_pass's message */
+                IT_FAIL(it, "config '%s': %s plan failed at seq %zu layer %zu kv head %zu: %s", cf->canon,
+                        cf->evict->name, it->s, it->l, it->g0, e2[0] ? e2 : "error");
             goto done;
         }
     }
@@ -2887,6 +2997,10 @@ done:
     it->sh = NULL;
     free(it->ps_cs); free(it->ps_ent);
     it->ps_cs = it->ps_ent = NULL;
+    free(it->dsh); free(it->dsh_done);
+    it->dsh = NULL; it->dsh_done = NULL;
+    it->dst = NULL;                         /* it->tb's */
+    it->dsh_failed = 0;
     for (size_t h = 0; h < it->nh; h++) { free(it->pa[h]); it->pa[h] = NULL; }
     it->q = it->k = it->v = NULL;       /* the thread's buffers */
     it->rc = rc;

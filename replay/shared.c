@@ -115,6 +115,8 @@ struct rp_shared {
     size_t n_pg;
     double **vn;                /* [Hkv] value norms (rp_shared_value_norms), NULL until asked */
     const float *cap_cs, *cap_ent;  /* [H][n] captured scores (rp_shared_use_captured), or NULL */
+    rp_decode_share_fn dsh;         /* the evaluated rows' share from the caller, or NULL */
+    void *dsh_arg;
 };
 
 rp_shared *rp_shared_new(const float *q, const float *k, size_t H, size_t Hkv, size_t n, size_t P, size_t D,
@@ -189,16 +191,24 @@ int rp_shared_use_captured(rp_shared *s, const float *colsum, const float *ent)
     return 0;
 }
 
+void rp_shared_use_decode_share(rp_shared *s, rp_decode_share_fn fn, void *arg)
+{
+    s->dsh = fn;
+    s->dsh_arg = arg;
+}
+
 /* The whole prompt's column sums of head h from the captured ones (rp_shared_use_captured):
  * out[j] = max(0, colsum[j] - the sum over rows t in [P, n) of p(t, j)), those rows' share
- * by rp_prompt_colsum over all n keys (each row normalised over its visible keys, like the
- * captured rows) restricted to the P prompt columns. 0 ok, -1 out of memory. */
+ * from the caller (rp_shared_use_decode_share: the engine's full pass) or else by
+ * rp_prompt_colsum over all n keys (each row normalised over its visible keys, like the
+ * captured rows) restricted to the P prompt columns. 0 ok, -1 failure. */
 static int captured_prompt_sum(rp_shared *s, size_t h, double *out)
 {
     size_t P = s->P, n = s->n;
     const float *cap = s->cap_cs + h * n;
-    if (prompt_colsum_ws(head_q(s, h), head_k(s, h), head_kt(s, h), n, s->D, &s->ap, P, n, NULL, P, out, NULL, s->ws,
-                         s->ws_floats))
+    if (s->dsh ? s->dsh(s->dsh_arg, h, out)
+               : prompt_colsum_ws(head_q(s, h), head_k(s, h), head_kt(s, h), n, s->D, &s->ap, P, n, NULL, P, out, NULL,
+                                  s->ws, s->ws_floats))
         return -1;
     for (size_t j = 0; j < P; j++) {
         double x = (double)cap[j] - out[j];

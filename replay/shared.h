@@ -110,6 +110,15 @@ void rp_shared_scratch(rp_shared *s, float *buf);
  * ~1e-6 of a nat (above). */
 int rp_shared_use_captured(rp_shared *s, const float *colsum, const float *ent);
 
+/* The evaluated rows' share for the captured sums above from the caller: fn(arg, h, out) writes
+ * out [P] = the sum over rows t in [P, n) of query head h's probabilities p(t, j), j < P, each
+ * row normalised over its visible keys (what rp_prompt_colsum computes for those rows), and
+ * returns 0, or -1 on failure (the caller's message). The engine computes them from the full
+ * pass it runs over those rows anyway (replay/engine.c, item_decode_share) instead of a
+ * second pass here. Without it (or fn NULL) the share is computed here. */
+typedef int (*rp_decode_share_fn)(void *arg, size_t h, double *out);
+void rp_shared_use_decode_share(rp_shared *s, rp_decode_share_fn fn, void *arg);
+
 /* rp_prompt_colsum of query head h (ncols = P). Row ranges without a mask are kept (the
  * whole prompt, observation windows), at most a few per head; masked requests are computed
  * each time (their rows are the configuration's own). The whole-prompt range [0, P) also
