@@ -188,6 +188,61 @@ static void chunk_rows_avx2(const float *q, const double *kT, size_t D, size_t t
         for (size_t r = 0; r < nr; r++) chunk_softmax_acc(z + r * m, m, acc);
     }
 }
+
+typedef double v8d __attribute__((vector_size(64)));
+enum { NC_ROWS8 = 8 };  /* query rows per pass of the AVX-512F path */
+
+static int nc_use_avx512(void)
+{
+    return attn_isa() >= ATTN_ISA_AVX512;
+}
+
+/* chunk_logits4_avx2 with eight rows in the lanes of a v8d (qq [D][8]): every lane is the same
+ * sum in the same order, so the same bits as chunk_logits2 and the AVX2 path, with twice the
+ * rows per broadcast key. */
+__attribute__((target("avx512f")))
+static void chunk_logits8_avx512(const double *qq, const double *kT, size_t D, size_t m, double *z)
+{
+    size_t j = 0;
+    for (; j + NC_KEYS <= m; j += NC_KEYS) {
+        v8d s0 = {0, 0, 0, 0, 0, 0, 0, 0}, s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
+        for (size_t d = 0; d < D; d++) {
+            v8d x;
+            memcpy(&x, qq + NC_ROWS8 * d, sizeof x);
+            const double *kd = kT + d * m + j;
+            s0 += x * kd[0]; s1 += x * kd[1]; s2 += x * kd[2]; s3 += x * kd[3];
+            s4 += x * kd[4]; s5 += x * kd[5]; s6 += x * kd[6]; s7 += x * kd[7];
+        }
+        const v8d s[NC_KEYS] = {s0, s1, s2, s3, s4, s5, s6, s7};
+        for (int i = 0; i < NC_KEYS; i++)
+            for (int r = 0; r < NC_ROWS8; r++) z[r * m + j + i] = s[i][r];
+    }
+    for (; j < m; j++) {
+        v8d s = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (size_t d = 0; d < D; d++) {
+            v8d x;
+            memcpy(&x, qq + NC_ROWS8 * d, sizeof x);
+            s += x * kT[d * m + j];
+        }
+        for (int r = 0; r < NC_ROWS8; r++) z[r * m + j] = s[r];
+    }
+}
+
+/* chunk_rows_avx2 with eight rows per pass: qq [D][8], z [8][b - a]. */
+__attribute__((target("avx512f")))
+static void chunk_rows_avx512(const float *q, const double *kT, size_t D, size_t t0, size_t t1, size_t m,
+                              double *qq, double *z, double *acc)
+{
+    for (size_t t = t0; t < t1; t += NC_ROWS8) {
+        size_t nr = t1 - t < NC_ROWS8 ? t1 - t : NC_ROWS8;
+        for (size_t r = 0; r < NC_ROWS8; r++) {
+            const float *qr = q + (t + (r < nr ? r : nr - 1)) * D;   /* short group: last row again */
+            for (size_t d = 0; d < D; d++) qq[NC_ROWS8 * d + r] = qr[d];
+        }
+        chunk_logits8_avx512(qq, kT, D, m, z);
+        for (size_t r = 0; r < nr; r++) chunk_softmax_acc(z + r * m, m, acc);
+    }
+}
 #else
 #define NC_HAVE_AVX2 0
 #endif
@@ -205,11 +260,11 @@ int cp_noncausal(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, size_t
     size_t D = ctx->D, n = ctx->n, S = s1 - s0, G = ctx->G;
     if (S == 0) return 0;
     size_t cs = chunk < S ? chunk : S;
-    int wide = 0;
+    int wide = 0;           /* 1: AVX2, four rows a pass; 2: AVX-512F, eight */
 #if NC_HAVE_AVX2
-    wide = nc_use_avx2();
+    wide = nc_use_avx512() ? 2 : nc_use_avx2();
 #endif
-    size_t nz = wide ? 4 : 2;
+    size_t nz = wide == 2 ? 8 : wide ? 4 : 2;
     double *z = malloc(nz * cs * sizeof *z), *a = calloc(S, sizeof *a), *qq = malloc(nz * D * sizeof *qq);
     double *kT = wide ? malloc(D * cs * sizeof *kT) : NULL;
     if (!z || !a || !qq || (wide && !kT)) { free(z); free(a); free(qq); free(kT); return -1; }
@@ -222,6 +277,7 @@ int cp_noncausal(const rp_layer_ctx *ctx, size_t g, size_t s0, size_t s1, size_t
         for (size_t i = 0; i < G; i++) {
             const float *q = ctx->q + (g * G + i) * n * D;
 #if NC_HAVE_AVX2
+            if (wide == 2) { chunk_rows_avx512(q, kT, D, c0, c1, c1 - c0, qq, z, a + (c0 - s0)); continue; }
             if (wide) { chunk_rows_avx2(q, kT, D, c0, c1, c1 - c0, qq, z, a + (c0 - s0)); continue; }
 #endif
             chunk_rows(q, k, D, c0, c1, c0, c1, qq, z, a + (c0 - s0));
