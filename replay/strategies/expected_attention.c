@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn.h"
 #include "evict_util.h"
 #include "expected_attention.h"
 #include "kvpress_budget.h"
@@ -157,12 +158,10 @@ typedef double v4d __attribute__((vector_size(32)));
 
 enum { EA_KB = 8 };      /* keys per pass of ea_keys_avx2 */
 
-static int ea_use_avx2(void)
-{
-    static int cached = -1;
-    if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
-    return cached;
-}
+/* The vector paths where attn_isa() allows them (tests run each path on one machine). */
+static int ea_use_avx2(void) { return attn_isa() >= ATTN_ISA_AVX2; }
+static int ea_use_avx512(void) { return attn_isa() >= ATTN_ISA_AVX512; }
+typedef double v8d __attribute__((vector_size(64)));
 
 /* cov_rows_sse2 with four doubles per op (target "avx2", no FMA): the same sums. */
 __attribute__((target("avx2")))
@@ -242,14 +241,124 @@ static void ea_keys_avx2(const double *kt, size_t D, const double *mu2, const do
     memcpy(a, &a0, sizeof a0); memcpy(a + 4, &a1, sizeof a1);
     memcpy(b, &b0, sizeof b0); memcpy(b + 4, &b1, sizeof b1);
 }
+
+/* cov_rows_avx2 with eight doubles per op: the same sums per element. Rows start at d rounded
+ * down to a multiple of 8; the extra elements left of the diagonal are overwritten by the
+ * mirror (ea_head). */
+__attribute__((target("avx512f")))
+static void cov_rows_avx512(double *S, const double *x, size_t nr, size_t D)
+{
+    for (size_t d = 0; d < D; d++) {
+        double *Sd = S + d * D;
+        size_t e = d & ~(size_t)7;
+        for (; e + 8 <= D; e += 8) {
+            v8d a;
+            memcpy(&a, Sd + e, sizeof a);
+            for (size_t r = 0; r < nr; r++) {
+                const double xd = x[r * D + d];
+                v8d b;
+                memcpy(&b, x + r * D + e, sizeof b);
+                a += xd * b;
+            }
+            memcpy(Sd + e, &a, sizeof a);
+        }
+        for (; e < D; e++)
+            for (size_t r = 0; r < nr; r++) Sd[e] += x[r * D + d] * x[r * D + e];
+    }
+}
+
+/* ea_keys_avx2 with the EA_KB keys in the lanes of one v8d: the same sums per key. */
+__attribute__((target("avx512f")))
+static void ea_keys_avx512(const double *kt, size_t D, const double *mu2, const double *S2, double *a, double *b)
+{
+    v8d a0 = {0, 0, 0, 0, 0, 0, 0, 0}, b0 = a0;
+    for (size_t d = 0; d < D; d++) {
+        v8d k0;
+        memcpy(&k0, kt + d * EA_KB, sizeof k0);
+        a0 += mu2[d] * k0;
+    }
+    if (S2) {
+        size_t d = 0;
+        for (; d + 2 <= D; d += 2) {            /* two rows of S2 per pass over e */
+            const double *r0 = S2 + d * D, *r1 = r0 + D;
+            v8d x0 = {0, 0, 0, 0, 0, 0, 0, 0}, x1 = x0;
+            for (size_t e = 0; e < D; e++) {
+                v8d k0;
+                memcpy(&k0, kt + e * EA_KB, sizeof k0);
+                x0 += r0[e] * k0; x1 += r1[e] * k0;
+            }
+            v8d kd, ke;
+            memcpy(&kd, kt + d * EA_KB, sizeof kd);
+            memcpy(&ke, kt + (d + 1) * EA_KB, sizeof ke);
+            b0 += kd * x0;
+            b0 += ke * x1;
+        }
+        for (; d < D; d++) {
+            const double *r0 = S2 + d * D;
+            v8d x0 = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (size_t e = 0; e < D; e++) {
+                v8d k0;
+                memcpy(&k0, kt + e * EA_KB, sizeof k0);
+                x0 += r0[e] * k0;
+            }
+            v8d kd;
+            memcpy(&kd, kt + d * EA_KB, sizeof kd);
+            b0 += kd * x0;
+        }
+    }
+    memcpy(a, &a0, sizeof a0);
+    memcpy(b, &b0, sizeof b0);
+}
 #else
 #define EA_HAVE_AVX2 0
 enum { EA_KB = 1 };
 #endif
 
-static void cov_rows(double *S, const double *x, size_t nr, size_t D)
+/* a = mu2 . k and, with S2, b = sum over d of k[d] (S2[d] . k) (d ascending, four rows of S2
+ * per pass: independent chains), for one key k [D] (double, exact from the f32 key). */
+static void ea_key_scalar(const double *kj, size_t D, const double *mu2, const double *S2, double *pa, double *pb)
+{
+    double a = 0, b = 0;
+    for (size_t d = 0; d < D; d++) a += mu2[d] * kj[d];
+    if (S2) {
+        size_t d = 0;
+        for (; d + 4 <= D; d += 4) {
+            const double *r0 = S2 + d * D, *r1 = r0 + D, *r2 = r1 + D, *r3 = r2 + D;
+            double x0 = 0, x1 = 0, x2 = 0, x3 = 0;
+            for (size_t e = 0; e < D; e++) {
+                double ke = kj[e];
+                x0 += r0[e] * ke; x1 += r1[e] * ke; x2 += r2[e] * ke; x3 += r3[e] * ke;
+            }
+            b += kj[d] * x0; b += kj[d + 1] * x1; b += kj[d + 2] * x2; b += kj[d + 3] * x3;
+        }
+        for (; d < D; d++) {
+            double r = 0;
+            for (size_t e = 0; e < D; e++) r += S2[d * D + e] * kj[e];
+            b += kj[d] * r;
+        }
+    }
+    *pa = a;
+    *pb = b;
+}
+
+size_t ea_keys_block(void) { return EA_KB; }
+
+void ea_keys(const double *kt, size_t D, const double *mu2, const double *S2, double *kd, double *a, double *b)
 {
 #if EA_HAVE_AVX2
+    if (ea_use_avx512()) { ea_keys_avx512(kt, D, mu2, S2, a, b); return; }
+    if (ea_use_avx2()) { ea_keys_avx2(kt, D, mu2, S2, a, b); return; }
+#endif
+    for (size_t i = 0; i < EA_KB; i++) {
+        for (size_t d = 0; d < D; d++) kd[d] = kt[d * EA_KB + i];
+        ea_key_scalar(kd, D, mu2, S2, &a[i], &b[i]);
+    }
+}
+
+void ea_cov_rows(double *S, const double *x, size_t nr, size_t D)
+{
+#if EA_HAVE_AVX2
+    if (ea_use_avx512()) { cov_rows_avx512(S, x, nr, D); return; }
     if (ea_use_avx2()) { cov_rows_avx2(S, x, nr, D); return; }
 #endif
     cov_rows_sse2(S, x, nr, D);
@@ -276,7 +385,7 @@ static void ea_head(const ea_cfg *c, const rp_layer_ctx *ctx, size_t h, const fl
                 ea_unrotate(ctx, q + (t0 + r) * D, t0 + r, x);
                 for (size_t d = 0; d < D; d++) x[d] -= w->mu[d];
             }
-            cov_rows(w->S, w->x, nr, D);
+            ea_cov_rows(w->S, w->x, nr, D);
         }
         for (size_t d = 0; d < D; d++)          /* the lower triangle: x_d x_e = x_e x_d */
             for (size_t e = 0; e < d; e++) w->S[d * D + e] = w->S[e * D + d];
@@ -299,7 +408,7 @@ static void ea_head(const ea_cfg *c, const rp_layer_ctx *ctx, size_t h, const fl
             double a[EA_KB], b[EA_KB];
             for (size_t i = 0; i < EA_KB; i++)
                 for (size_t d = 0; d < D; d++) w->kt[d * EA_KB + i] = k[(j + i) * D + d];
-            ea_keys_avx2(w->kt, D, w->mu2, c->cov ? w->S2 : NULL, a, b);
+            ea_keys(w->kt, D, w->mu2, c->cov ? w->S2 : NULL, w->x, a, b);
             for (size_t i = 0; i < EA_KB; i++) {
                 double z = a[i] * rs + (c->cov ? b[i] / (2.0 * (double)D) : 0.0);
                 w->z[j + i - s] = z;
@@ -308,26 +417,9 @@ static void ea_head(const ea_cfg *c, const rp_layer_ctx *ctx, size_t h, const fl
         }
 #endif
     for (; j < P; j++) {
-        const float *kj = k + j * D;
-        double a = 0, b = 0;
-        for (size_t d = 0; d < D; d++) a += w->mu2[d] * kj[d];
-        if (c->cov) {
-            size_t d = 0;
-            for (; d + 4 <= D; d += 4) {        /* four rows of S2 per pass: independent chains */
-                const double *r0 = w->S2 + d * D, *r1 = r0 + D, *r2 = r1 + D, *r3 = r2 + D;
-                double x0 = 0, x1 = 0, x2 = 0, x3 = 0;
-                for (size_t e = 0; e < D; e++) {
-                    double ke = kj[e];
-                    x0 += r0[e] * ke; x1 += r1[e] * ke; x2 += r2[e] * ke; x3 += r3[e] * ke;
-                }
-                b += kj[d] * x0; b += kj[d + 1] * x1; b += kj[d + 2] * x2; b += kj[d + 3] * x3;
-            }
-            for (; d < D; d++) {
-                double r = 0;
-                for (size_t e = 0; e < D; e++) r += w->S2[d * D + e] * kj[e];
-                b += kj[d] * r;
-            }
-        }
+        double a, b;
+        for (size_t d = 0; d < D; d++) w->x[d] = k[j * D + d];
+        ea_key_scalar(w->x, D, w->mu2, c->cov ? w->S2 : NULL, &a, &b);
         double z = a * rs + (c->cov ? b / (2.0 * (double)D) : 0.0);
         w->z[j - s] = z;
         if (z > mx) mx = z;
