@@ -1229,6 +1229,44 @@ static void pv_weighted4_avx512(const float *const *p, float *const *o, size_t n
 }
 #endif
 
+#if ATTN_HAVE_AVX2_PATH
+/* Eight rows at once (sixteen accumulators): each loaded value row serves twice the rows of
+ * pv_weighted4_avx512 for the same loop overhead; every element still takes one multiply and
+ * one add in e order (the same bits). 32 channels a pass; the channels left go to the
+ * four-row kernel. */
+#define PV8_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define PV8_LOAD(r) v16f a##r##0, a##r##1; memcpy(&a##r##0, o[r] + d, 64); memcpy(&a##r##1, o[r] + d + 16, 64);
+#define PV8_STEP(r) { const float b = p[r][e]; a##r##0 += b * x0; a##r##1 += b * x1; }
+#define PV8_STORE(r) memcpy(o[r] + d, &a##r##0, 64); memcpy(o[r] + d + 16, &a##r##1, 64);
+__attribute__((target("avx512f")))
+static void pv_weighted8_avx512(const float *const *p, float *const *o, size_t n, const float *restrict v,
+                                const size_t *idx, size_t D)
+{
+    size_t d = 0;
+    for (; d + 32 <= D; d += 32) {
+        PV8_ROWS(PV8_LOAD)
+        for (size_t e = 0; e < n; e++) {
+            const float *vr = v + (idx ? idx[e] : e) * D + d;
+            v16f x0, x1;
+            memcpy(&x0, vr, 64);
+            memcpy(&x1, vr + 16, 64);
+            PV8_ROWS(PV8_STEP)
+        }
+        PV8_ROWS(PV8_STORE)
+    }
+    if (d < D)
+        for (int h = 0; h < 2; h++) {
+            const float *ph[4] = { p[4 * h] + 0, p[4 * h + 1], p[4 * h + 2], p[4 * h + 3] };
+            float *oh[4] = { o[4 * h] + d, o[4 * h + 1] + d, o[4 * h + 2] + d, o[4 * h + 3] + d };
+            pv_weighted4_avx2(ph, oh, n, v + d, idx, D, D - d);
+        }
+}
+#undef PV8_ROWS
+#undef PV8_LOAD
+#undef PV8_STEP
+#undef PV8_STORE
+#endif
+
 void attn_pv_weighted(const float *w, size_t ldw, size_t nr, size_t n, const float *v, const size_t *idx, size_t D,
                       float *o)
 {
@@ -1238,6 +1276,13 @@ void attn_pv_weighted(const float *w, size_t ldw, size_t nr, size_t n, const flo
         const size_t *ix = idx ? idx + e0 : NULL;
         const float *vb = idx ? v : v + e0 * D;
 #if ATTN_HAVE_AVX2_PATH
+        if (attn_use_avx512())
+            for (; r + 8 <= nr; r += 8) {
+                const float *p[8];
+                float *os[8];
+                for (int i = 0; i < 8; i++) { p[i] = w + (r + i) * ldw + e0; os[i] = o + (r + i) * D; }
+                pv_weighted8_avx512(p, os, ne, vb, ix, D);
+            }
         if (attn_use_avx2())
             for (; r + 4 <= nr; r += 4) {
                 const float *p[4] = { w + r * ldw + e0, w + (r + 1) * ldw + e0, w + (r + 2) * ldw + e0,
