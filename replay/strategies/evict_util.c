@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn.h"
 #include "evict_util.h"
 
 void ev_reduce(const double *x, size_t G, size_t n, int how, double *out)
@@ -120,91 +121,115 @@ int ev_reindex_view(const rp_layer_ctx *ctx, size_t t, rp_cache *c, const char *
 }
 
 typedef double ev_v4d __attribute__((vector_size(32)));    /* GCC vectors: elementwise, no FMA */
+typedef double ev_v8d __attribute__((vector_size(64)));
 
-static inline __attribute__((always_inline))
-void gram_lower_body(const double *X, size_t D, size_t N, const double *w, double eps, double *A)
-{
-    memset(A, 0, D * D * sizeof *A);
-    for (size_t i0 = 0; i0 < N; i0 += EV_LEV_JB) {
-        size_t nb = N - i0 < EV_LEV_JB ? N - i0 : EV_LEV_JB;
-        const double *Xb = X + i0 * D;
-        for (size_t a = 0; a < D; a++) {
-            double wa[EV_LEV_JB];
-            for (size_t i = 0; i < nb; i++) wa[i] = w ? (w[i0 + i] + eps) * Xb[i * D + a] : Xb[i * D + a];
-            double *Aa = A + a * D;
-            size_t b = 0;
-            for (; b + 4 <= a + 1; b += 4) {
-                ev_v4d t, x;
-                memcpy(&t, Aa + b, sizeof t);
-                for (size_t i = 0; i < nb; i++) {
-                    memcpy(&x, Xb + i * D + b, sizeof x);
-                    t += wa[i] * x;
-                }
-                memcpy(Aa + b, &t, sizeof t);
-            }
-            for (; b <= a; b++)
-                for (size_t i = 0; i < nb; i++) Aa[b] += wa[i] * Xb[i * D + b];
-        }
+/* The bodies below for a vector type VT of W doubles (4: the generic and AVX2 paths, 8:
+ * AVX-512F): every element of A and out is the same sum in the same order whatever W (A's
+ * b-blocks only change which elements share an op; out's rows are lanes), so every path gives
+ * the same bits. */
+#define GRAM_LOWER_BODY(VT, W)                                                                   \
+    memset(A, 0, D * D * sizeof *A);                                                            \
+    for (size_t i0 = 0; i0 < N; i0 += EV_LEV_JB) {                                              \
+        size_t nb = N - i0 < EV_LEV_JB ? N - i0 : EV_LEV_JB;                                    \
+        const double *Xb = X + i0 * D;                                                          \
+        for (size_t a = 0; a < D; a++) {                                                        \
+            double wa[EV_LEV_JB];                                                               \
+            for (size_t i = 0; i < nb; i++) wa[i] = w ? (w[i0 + i] + eps) * Xb[i * D + a] : Xb[i * D + a]; \
+            double *Aa = A + a * D;                                                             \
+            size_t b = 0;                                                                       \
+            for (; b + (W) <= a + 1; b += (W)) {                                                \
+                VT t, x;                                                                        \
+                memcpy(&t, Aa + b, sizeof t);                                                   \
+                for (size_t i = 0; i < nb; i++) {                                               \
+                    memcpy(&x, Xb + i * D + b, sizeof x);                                       \
+                    t += wa[i] * x;                                                             \
+                }                                                                               \
+                memcpy(Aa + b, &t, sizeof t);                                                   \
+            }                                                                                   \
+            for (; b <= a; b++)                                                                 \
+                for (size_t i = 0; i < nb; i++) Aa[b] += wa[i] * Xb[i * D + b];                 \
+        }                                                                                       \
     }
+
+/* A short last block repeats its last row in the lanes left over and drops them. Named
+ * vectors (four of W = 4 doubles, or two of W = 8: V2 repeats the step for the other two or
+ * not at all): arrays of them stayed in memory, three times slower. */
+#define INV_SQNORMS_BODY(VT, W, V2)                                                              \
+    for (size_t i0 = 0; i0 < N; i0 += EV_LEV_JB) {                                              \
+        size_t nb = N - i0 < EV_LEV_JB ? N - i0 : EV_LEV_JB;                                    \
+        VT l0, l1, t0, t1, y;                                                                   \
+        V2(VT l2, l3, t2, t3;)                                                                  \
+        memset(&l0, 0, sizeof l0); l1 = l0;                                                     \
+        V2(l2 = l3 = l0;)                                                                       \
+        for (size_t a = 0; a < D; a++) {                                                        \
+            double tv[EV_LEV_JB];                                                               \
+            for (size_t i = 0; i < EV_LEV_JB; i++) tv[i] = X[(i0 + (i < nb ? i : nb - 1)) * D + a]; \
+            memcpy(&t0, tv, sizeof t0);                                                         \
+            memcpy(&t1, tv + (W), sizeof t1);                                                   \
+            V2(memcpy(&t2, tv + 2 * (W), sizeof t2); memcpy(&t3, tv + 3 * (W), sizeof t3);)     \
+            const double *La = L + a * D;                                                       \
+            for (size_t m = 0; m < a; m++) {                                                    \
+                const double lm = La[m], *ym = yb + m * EV_LEV_JB;                              \
+                memcpy(&y, ym, sizeof y);          t0 -= lm * y;                                \
+                memcpy(&y, ym + (W), sizeof y);    t1 -= lm * y;                                \
+                V2(memcpy(&y, ym + 2 * (W), sizeof y); t2 -= lm * y;                            \
+                   memcpy(&y, ym + 3 * (W), sizeof y); t3 -= lm * y;)                           \
+            }                                                                                   \
+            double *ya = yb + a * EV_LEV_JB;                                                    \
+            y = t0 / La[a]; memcpy(ya, &y, sizeof y);          l0 += y * y;                     \
+            y = t1 / La[a]; memcpy(ya + (W), &y, sizeof y);    l1 += y * y;                     \
+            V2(y = t2 / La[a]; memcpy(ya + 2 * (W), &y, sizeof y); l2 += y * y;                 \
+               y = t3 / La[a]; memcpy(ya + 3 * (W), &y, sizeof y); l3 += y * y;)                \
+        }                                                                                       \
+        double sq[EV_LEV_JB];                                                                   \
+        memcpy(sq, &l0, sizeof l0);                                                             \
+        memcpy(sq + (W), &l1, sizeof l1);                                                       \
+        V2(memcpy(sq + 2 * (W), &l2, sizeof l2); memcpy(sq + 3 * (W), &l3, sizeof l3);)         \
+        memcpy(out + i0, sq, nb * sizeof *sq);                                                  \
+    }
+#define EV_ALL(...) __VA_ARGS__
+#define EV_NONE(...)
+_Static_assert(EV_LEV_JB == 16, "INV_SQNORMS_BODY names four vectors of 4 or two of 8");
+
+static void gram_lower_generic(const double *X, size_t D, size_t N, const double *w, double eps, double *A)
+{
+    GRAM_LOWER_BODY(ev_v4d, 4)
 }
 
-/* A short last block repeats its last row in the lanes left over and drops them. */
-static inline __attribute__((always_inline))
-void inv_sqnorms_body(const double *X, size_t D, size_t N, const double *L, double *yb, double *out)
+static void inv_sqnorms_generic(const double *X, size_t D, size_t N, const double *L, double *yb, double *out)
 {
-    for (size_t i0 = 0; i0 < N; i0 += EV_LEV_JB) {
-        size_t nb = N - i0 < EV_LEV_JB ? N - i0 : EV_LEV_JB;
-        ev_v4d l0 = {0, 0, 0, 0}, l1 = l0, l2 = l0, l3 = l0, t0, t1, t2, t3, y;
-        for (size_t a = 0; a < D; a++) {
-            double tv[EV_LEV_JB];
-            for (size_t i = 0; i < EV_LEV_JB; i++) tv[i] = X[(i0 + (i < nb ? i : nb - 1)) * D + a];
-            memcpy(&t0, tv, sizeof t0);
-            memcpy(&t1, tv + 4, sizeof t1);
-            memcpy(&t2, tv + 8, sizeof t2);
-            memcpy(&t3, tv + 12, sizeof t3);
-            const double *La = L + a * D;
-            for (size_t m = 0; m < a; m++) {
-                const double l = La[m], *ym = yb + m * EV_LEV_JB;
-                memcpy(&y, ym, sizeof y);      t0 -= l * y;
-                memcpy(&y, ym + 4, sizeof y);  t1 -= l * y;
-                memcpy(&y, ym + 8, sizeof y);  t2 -= l * y;
-                memcpy(&y, ym + 12, sizeof y); t3 -= l * y;
-            }
-            double *ya = yb + a * EV_LEV_JB;
-            y = t0 / La[a]; memcpy(ya, &y, sizeof y);      l0 += y * y;
-            y = t1 / La[a]; memcpy(ya + 4, &y, sizeof y);  l1 += y * y;
-            y = t2 / La[a]; memcpy(ya + 8, &y, sizeof y);  l2 += y * y;
-            y = t3 / La[a]; memcpy(ya + 12, &y, sizeof y); l3 += y * y;
-        }
-        double sq[EV_LEV_JB];
-        memcpy(sq, &l0, sizeof l0);
-        memcpy(sq + 4, &l1, sizeof l1);
-        memcpy(sq + 8, &l2, sizeof l2);
-        memcpy(sq + 12, &l3, sizeof l3);
-        memcpy(out + i0, sq, nb * sizeof *sq);
-    }
+    INV_SQNORMS_BODY(ev_v4d, 4, EV_ALL)
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(ATTN_NO_AVX2)   /* as replay/attn.c */
 #define EV_HAVE_AVX2 1
-static int ev_use_avx2(void)
-{
-    static int cached = -1;
-    if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
-    return cached;
-}
+/* The vector paths where attn_isa() allows them (tests run each path on one machine). */
+static int ev_use_avx2(void) { return attn_isa() >= ATTN_ISA_AVX2; }
+static int ev_use_avx512(void) { return attn_isa() >= ATTN_ISA_AVX512; }
 
-/* The same bodies compiled for AVX2 (not FMA): four doubles per instruction, the same bits. */
+/* The same bodies compiled for AVX2 (not FMA), and with eight doubles per op for AVX-512F. */
 __attribute__((target("avx2")))
 static void gram_lower_avx2(const double *X, size_t D, size_t N, const double *w, double eps, double *A)
 {
-    gram_lower_body(X, D, N, w, eps, A);
+    GRAM_LOWER_BODY(ev_v4d, 4)
 }
 
 __attribute__((target("avx2")))
 static void inv_sqnorms_avx2(const double *X, size_t D, size_t N, const double *L, double *yb, double *out)
 {
-    inv_sqnorms_body(X, D, N, L, yb, out);
+    INV_SQNORMS_BODY(ev_v4d, 4, EV_ALL)
+}
+
+__attribute__((target("avx512f")))
+static void gram_lower_avx512(const double *X, size_t D, size_t N, const double *w, double eps, double *A)
+{
+    GRAM_LOWER_BODY(ev_v8d, 8)
+}
+
+__attribute__((target("avx512f")))
+static void inv_sqnorms_avx512(const double *X, size_t D, size_t N, const double *L, double *yb, double *out)
+{
+    INV_SQNORMS_BODY(ev_v8d, 8, EV_NONE)
 }
 #else
 #define EV_HAVE_AVX2 0
@@ -213,15 +238,17 @@ static void inv_sqnorms_avx2(const double *X, size_t D, size_t N, const double *
 void ev_gram_lower(const double *X, size_t D, size_t N, const double *w, double eps, double *A)
 {
 #if EV_HAVE_AVX2
+    if (ev_use_avx512()) { gram_lower_avx512(X, D, N, w, eps, A); return; }
     if (ev_use_avx2()) { gram_lower_avx2(X, D, N, w, eps, A); return; }
 #endif
-    gram_lower_body(X, D, N, w, eps, A);
+    gram_lower_generic(X, D, N, w, eps, A);
 }
 
 void ev_inv_sqnorms(const double *X, size_t D, size_t N, const double *L, double *yb, double *out)
 {
 #if EV_HAVE_AVX2
+    if (ev_use_avx512()) { inv_sqnorms_avx512(X, D, N, L, yb, out); return; }
     if (ev_use_avx2()) { inv_sqnorms_avx2(X, D, N, L, yb, out); return; }
 #endif
-    inv_sqnorms_body(X, D, N, L, yb, out);
+    inv_sqnorms_generic(X, D, N, L, yb, out);
 }

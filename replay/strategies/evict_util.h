@@ -38,8 +38,9 @@ size_t ev_evict_complement(const double *score, size_t n, size_t B, size_t *evic
 int ev_reindex_view(const rp_layer_ctx *ctx, size_t t, rp_cache *c, const char *who, char *err, size_t errlen);
 
 /* Leverage-type kernels on double rows X [N][D] (cap, leverage). Every element takes the
- * operations of one row at a time in the same order (no FMA: GCC vectors, AVX2 at run time,
- * the generic path elsewhere and under -DATTN_NO_AVX2), EV_LEV_JB rows per block: A's rows
+ * operations of one row at a time in the same order (no FMA: GCC vectors, AVX2 or AVX-512F at
+ * run time as attn_isa() allows, the generic path elsewhere and under -DATTN_NO_AVX2: the
+ * same bits on each, tests/unit/test_evict_paths.c), EV_LEV_JB rows per block: A's rows
  * are read and written once per block, and the rows' chains of subtractions run in vector
  * lanes instead of waiting on each other's latency.
  * ev_gram_lower: the lower triangle of A = sum over i ascending of (c_i X_i[a]) X_i[b], with
