@@ -130,26 +130,31 @@ typedef struct ea_work {
 enum { EA_CR = 4 };
 
 /* S[d][e] += x[r][d] * x[r][e] for r = 0 .. nr - 1 in order, e from d rounded down to a
- * multiple of 4; x [nr][D]. Two doubles per SSE2 op. */
+ * multiple of ALIGN (the elements left of the diagonal are mirrored over afterwards); x [nr][D].
+ * W doubles per op of the GCC vector VT: every element the same sum whatever W. */
+#define COV_ROWS_BODY(VT, W, ALIGN)                                                              \
+    for (size_t d = 0; d < D; d++) {                                                            \
+        double *Sd = S + d * D;                                                                 \
+        size_t e = d & ~(size_t)((ALIGN) - 1);                                                  \
+        for (; e + (W) <= D; e += (W)) {                                                        \
+            VT a;                                                                               \
+            memcpy(&a, Sd + e, sizeof a);                                                       \
+            for (size_t r = 0; r < nr; r++) {                                                   \
+                const double xd = x[r * D + d];                                                 \
+                VT b;                                                                           \
+                memcpy(&b, x + r * D + e, sizeof b);                                            \
+                a += xd * b;                                                                    \
+            }                                                                                   \
+            memcpy(Sd + e, &a, sizeof a);                                                       \
+        }                                                                                       \
+        for (; e < D; e++)                                                                      \
+            for (size_t r = 0; r < nr; r++) Sd[e] += x[r * D + d] * x[r * D + e];              \
+    }
+
+/* Two doubles per SSE2 op (the baseline). */
 static void cov_rows_sse2(double *S, const double *x, size_t nr, size_t D)
 {
-    for (size_t d = 0; d < D; d++) {
-        double *Sd = S + d * D;
-        size_t e = d & ~(size_t)3;
-        for (; e + 2 <= D; e += 2) {
-            v2d a;
-            memcpy(&a, Sd + e, sizeof a);
-            for (size_t r = 0; r < nr; r++) {
-                const v2d xv = {x[r * D + d], x[r * D + d]};
-                v2d b;
-                memcpy(&b, x + r * D + e, sizeof b);
-                a += xv * b;
-            }
-            memcpy(Sd + e, &a, sizeof a);
-        }
-        for (; e < D; e++)
-            for (size_t r = 0; r < nr; r++) Sd[e] += x[r * D + d] * x[r * D + e];
-    }
+    COV_ROWS_BODY(v2d, 2, 4)
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(ATTN_NO_AVX2)   /* as replay/attn.c */
@@ -163,28 +168,11 @@ static int ea_use_avx2(void) { return attn_isa() >= ATTN_ISA_AVX2; }
 static int ea_use_avx512(void) { return attn_isa() >= ATTN_ISA_AVX512; }
 typedef double v8d __attribute__((vector_size(64)));
 
-/* cov_rows_sse2 with four doubles per op (target "avx2", no FMA): the same sums. */
+/* Four doubles per op (target "avx2", no FMA): the same sums. */
 __attribute__((target("avx2")))
 static void cov_rows_avx2(double *S, const double *x, size_t nr, size_t D)
 {
-    for (size_t d = 0; d < D; d++) {
-        double *Sd = S + d * D;
-        size_t e = d & ~(size_t)3;
-        for (; e + 4 <= D; e += 4) {
-            v4d a;
-            memcpy(&a, Sd + e, sizeof a);
-            for (size_t r = 0; r < nr; r++) {
-                const double xd = x[r * D + d];
-                const v4d xv = {xd, xd, xd, xd};
-                v4d b;
-                memcpy(&b, x + r * D + e, sizeof b);
-                a += xv * b;
-            }
-            memcpy(Sd + e, &a, sizeof a);
-        }
-        for (; e < D; e++)
-            for (size_t r = 0; r < nr; r++) Sd[e] += x[r * D + d] * x[r * D + e];
-    }
+    COV_ROWS_BODY(v4d, 4, 4)
 }
 
 /* For EA_KB keys at once (kt [D][EA_KB], key i in lane i): a[i] = sum_d mu2[d] k_i[d] and,
@@ -242,29 +230,11 @@ static void ea_keys_avx2(const double *kt, size_t D, const double *mu2, const do
     memcpy(b, &b0, sizeof b0); memcpy(b + 4, &b1, sizeof b1);
 }
 
-/* cov_rows_avx2 with eight doubles per op: the same sums per element. Rows start at d rounded
- * down to a multiple of 8; the extra elements left of the diagonal are overwritten by the
- * mirror (ea_head). */
+/* Eight doubles per op (AVX-512F): the same sums per element. */
 __attribute__((target("avx512f")))
 static void cov_rows_avx512(double *S, const double *x, size_t nr, size_t D)
 {
-    for (size_t d = 0; d < D; d++) {
-        double *Sd = S + d * D;
-        size_t e = d & ~(size_t)7;
-        for (; e + 8 <= D; e += 8) {
-            v8d a;
-            memcpy(&a, Sd + e, sizeof a);
-            for (size_t r = 0; r < nr; r++) {
-                const double xd = x[r * D + d];
-                v8d b;
-                memcpy(&b, x + r * D + e, sizeof b);
-                a += xd * b;
-            }
-            memcpy(Sd + e, &a, sizeof a);
-        }
-        for (; e < D; e++)
-            for (size_t r = 0; r < nr; r++) Sd[e] += x[r * D + d] * x[r * D + e];
-    }
+    COV_ROWS_BODY(v8d, 8, 8)
 }
 
 /* ea_keys_avx2 with the EA_KB keys in the lanes of one v8d: the same sums per key. */

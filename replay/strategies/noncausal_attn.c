@@ -137,57 +137,50 @@ static int nc_use_avx2(void)
     return attn_isa() >= ATTN_ISA_AVX2;
 }
 
-/* z[r][j] = the unscaled logit of query row r < NC_ROWS against key j < m: the four rows in
- * the lanes of one vector (qq [D][4], in double), NC_KEYS keys per pass over d, the keys
+/* z[r][j] = the unscaled logit of query row r < NR against key j < m: the NR rows in the
+ * lanes of one vector VT (qq [D][NR], in double), NC_KEYS keys per pass over d, the keys
  * read from kT [D][m] (the chunk's keys transposed and widened to double once per chunk,
  * exact, so a pass's NC_KEYS keys at one d share a cache line and broadcast from memory).
  * Every lane adds (double)q[d] * k[d] over d in order from 0 with separate roundings (target
  * "avx2", not "fma"; no contraction under -std=c11): the same bits as chunk_logits2. */
-__attribute__((target("avx2")))
-static void chunk_logits4_avx2(const double *qq, const double *kT, size_t D, size_t m, double *z)
-{
-    size_t j = 0;
-    for (; j + NC_KEYS <= m; j += NC_KEYS) {
-        /* eight named sums: an array of them stayed in memory (a store and a load per add) */
-        v4d s0 = {0, 0, 0, 0}, s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
-        for (size_t d = 0; d < D; d++) {
-            v4d x;
-            memcpy(&x, qq + NC_ROWS * d, sizeof x);
-            const double *kd = kT + d * m + j;
-            s0 += x * kd[0]; s1 += x * kd[1]; s2 += x * kd[2]; s3 += x * kd[3];
-            s4 += x * kd[4]; s5 += x * kd[5]; s6 += x * kd[6]; s7 += x * kd[7];
-        }
-        const v4d s[NC_KEYS] = {s0, s1, s2, s3, s4, s5, s6, s7};
-        for (int i = 0; i < NC_KEYS; i++)
-            for (int r = 0; r < NC_ROWS; r++) z[r * m + j + i] = s[i][r];
+#define CHUNK_LOGITS_BODY(VT, NR)                                                                \
+    size_t j = 0;                                                                               \
+    for (; j + NC_KEYS <= m; j += NC_KEYS) {                                                    \
+        /* eight named sums: an array of them stayed in memory (a store and a load per add) */  \
+        VT s0 = {0}, s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;             \
+        for (size_t d = 0; d < D; d++) {                                                        \
+            VT x;                                                                               \
+            memcpy(&x, qq + (NR) * d, sizeof x);                                                \
+            const double *kd = kT + d * m + j;                                                  \
+            s0 += x * kd[0]; s1 += x * kd[1]; s2 += x * kd[2]; s3 += x * kd[3];                 \
+            s4 += x * kd[4]; s5 += x * kd[5]; s6 += x * kd[6]; s7 += x * kd[7];                 \
+        }                                                                                       \
+        const VT s[NC_KEYS] = {s0, s1, s2, s3, s4, s5, s6, s7};                                 \
+        for (int i = 0; i < NC_KEYS; i++)                                                       \
+            for (int r = 0; r < (NR); r++) z[r * m + j + i] = s[i][r];                          \
+    }                                                                                           \
+    for (; j < m; j++) {                                                                        \
+        VT s = {0};                                                                             \
+        for (size_t d = 0; d < D; d++) {                                                        \
+            VT x;                                                                               \
+            memcpy(&x, qq + (NR) * d, sizeof x);                                                \
+            s += x * kT[d * m + j];                                                             \
+        }                                                                                       \
+        for (int r = 0; r < (NR); r++) z[r * m + j] = s[r];                                     \
     }
-    for (; j < m; j++) {
-        v4d s = {0, 0, 0, 0};
-        for (size_t d = 0; d < D; d++) {
-            v4d x;
-            memcpy(&x, qq + NC_ROWS * d, sizeof x);
-            s += x * kT[d * m + j];
-        }
-        for (int r = 0; r < NC_ROWS; r++) z[r * m + j] = s[r];
-    }
-}
 
-/* chunk_rows with four rows per pass; kT [D][b - a] the chunk's keys in double, qq [D][4],
- * z [4][b - a] scratch. */
-__attribute__((target("avx2")))
-static void chunk_rows_avx2(const float *q, const double *kT, size_t D, size_t t0, size_t t1, size_t m,
-                            double *qq, double *z, double *acc)
-{
-    for (size_t t = t0; t < t1; t += NC_ROWS) {
-        size_t nr = t1 - t < NC_ROWS ? t1 - t : NC_ROWS;
-        for (size_t r = 0; r < NC_ROWS; r++) {
-            const float *qr = q + (t + (r < nr ? r : nr - 1)) * D;   /* short group: last row again */
-            for (size_t d = 0; d < D; d++) qq[NC_ROWS * d + r] = qr[d];
-        }
-        chunk_logits4_avx2(qq, kT, D, m, z);
-        for (size_t r = 0; r < nr; r++) chunk_softmax_acc(z + r * m, m, acc);
+/* chunk_rows with NR rows per pass (LOGITS: the matching CHUNK_LOGITS_BODY kernel); kT [D][m]
+ * the chunk's keys in double, qq [D][NR], z [NR][m] scratch. */
+#define CHUNK_ROWS_BODY(NR, LOGITS)                                                              \
+    for (size_t t = t0; t < t1; t += (NR)) {                                                    \
+        size_t nr = t1 - t < (NR) ? t1 - t : (NR);                                              \
+        for (size_t r = 0; r < (NR); r++) {                                                     \
+            const float *qr = q + (t + (r < nr ? r : nr - 1)) * D;   /* short group: last row again */ \
+            for (size_t d = 0; d < D; d++) qq[(NR) * d + r] = qr[d];                            \
+        }                                                                                       \
+        LOGITS(qq, kT, D, m, z);                                                                \
+        for (size_t r = 0; r < nr; r++) chunk_softmax_acc(z + r * m, m, acc);                   \
     }
-}
 
 typedef double v8d __attribute__((vector_size(64)));
 enum { NC_ROWS8 = 8 };  /* query rows per pass of the AVX-512F path */
@@ -197,51 +190,32 @@ static int nc_use_avx512(void)
     return attn_isa() >= ATTN_ISA_AVX512;
 }
 
-/* chunk_logits4_avx2 with eight rows in the lanes of a v8d (qq [D][8]): every lane is the same
- * sum in the same order, so the same bits as chunk_logits2 and the AVX2 path, with twice the
- * rows per broadcast key. */
+/* Four rows a pass (AVX2), eight (AVX-512F): every lane the same sum in the same order, so the
+ * bits of chunk_logits2. */
+__attribute__((target("avx2")))
+static void chunk_logits4_avx2(const double *qq, const double *kT, size_t D, size_t m, double *z)
+{
+    CHUNK_LOGITS_BODY(v4d, NC_ROWS)
+}
+
 __attribute__((target("avx512f")))
 static void chunk_logits8_avx512(const double *qq, const double *kT, size_t D, size_t m, double *z)
 {
-    size_t j = 0;
-    for (; j + NC_KEYS <= m; j += NC_KEYS) {
-        v8d s0 = {0, 0, 0, 0, 0, 0, 0, 0}, s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0;
-        for (size_t d = 0; d < D; d++) {
-            v8d x;
-            memcpy(&x, qq + NC_ROWS8 * d, sizeof x);
-            const double *kd = kT + d * m + j;
-            s0 += x * kd[0]; s1 += x * kd[1]; s2 += x * kd[2]; s3 += x * kd[3];
-            s4 += x * kd[4]; s5 += x * kd[5]; s6 += x * kd[6]; s7 += x * kd[7];
-        }
-        const v8d s[NC_KEYS] = {s0, s1, s2, s3, s4, s5, s6, s7};
-        for (int i = 0; i < NC_KEYS; i++)
-            for (int r = 0; r < NC_ROWS8; r++) z[r * m + j + i] = s[i][r];
-    }
-    for (; j < m; j++) {
-        v8d s = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (size_t d = 0; d < D; d++) {
-            v8d x;
-            memcpy(&x, qq + NC_ROWS8 * d, sizeof x);
-            s += x * kT[d * m + j];
-        }
-        for (int r = 0; r < NC_ROWS8; r++) z[r * m + j] = s[r];
-    }
+    CHUNK_LOGITS_BODY(v8d, NC_ROWS8)
 }
 
-/* chunk_rows_avx2 with eight rows per pass: qq [D][8], z [8][b - a]. */
+__attribute__((target("avx2")))
+static void chunk_rows_avx2(const float *q, const double *kT, size_t D, size_t t0, size_t t1, size_t m,
+                            double *qq, double *z, double *acc)
+{
+    CHUNK_ROWS_BODY(NC_ROWS, chunk_logits4_avx2)
+}
+
 __attribute__((target("avx512f")))
 static void chunk_rows_avx512(const float *q, const double *kT, size_t D, size_t t0, size_t t1, size_t m,
                               double *qq, double *z, double *acc)
 {
-    for (size_t t = t0; t < t1; t += NC_ROWS8) {
-        size_t nr = t1 - t < NC_ROWS8 ? t1 - t : NC_ROWS8;
-        for (size_t r = 0; r < NC_ROWS8; r++) {
-            const float *qr = q + (t + (r < nr ? r : nr - 1)) * D;   /* short group: last row again */
-            for (size_t d = 0; d < D; d++) qq[NC_ROWS8 * d + r] = qr[d];
-        }
-        chunk_logits8_avx512(qq, kT, D, m, z);
-        for (size_t r = 0; r < nr; r++) chunk_softmax_acc(z + r * m, m, acc);
-    }
+    CHUNK_ROWS_BODY(NC_ROWS8, chunk_logits8_avx512)
 }
 #else
 #define NC_HAVE_AVX2 0
