@@ -1802,10 +1802,11 @@ static size_t dec_block_floats(const rp_engine *E, size_t n)
     return E->G * BLK * (1 + E->D + n);
 }
 
-/* The largest set of kept blocks (bytes per thread): a kv head's blocks at 16k tokens with
- * --decode 256 and 4 query heads per kv head. Beyond it the full pass over those rows runs
- * again in item_head (the same bits): at 32k it would double an item's memory. */
-#define DEC_KEEP_MAX ((size_t)64 << 20)
+/* The largest set of kept blocks (bytes per thread). A kv head's blocks at 16k tokens with
+ * --decode 256 and 4 query heads per kv head are 64.5 MiB, kept; at 32k (129 MiB, about
+ * an item's own tensors again) the full pass over those rows runs again in item_head (the
+ * same bits). */
+#define DEC_KEEP_MAX ((size_t)96 << 20)
 
 /* The full pass over the evaluated rows [P, n) of kv head g (the blocks item_head will ask
  * item_full_attn for) and, from its probabilities (the double p item_full_attn computes), the
