@@ -1792,9 +1792,6 @@ static int item_head_online(item *it, size_t c, size_t g)
     return 0;
 }
 
-/* The full cache's attention of rows [tb, te) of kv head g's query heads, and their
- * probabilities in double (renormalised: the kernel's lse is fp32), shared by every
- * configuration. */
 /* Floats of one block of the full pass kept by item_decode_pass: lse [G][BLK], of [G][BLK][D],
  * lg [G][BLK][n]. */
 static size_t dec_block_floats(const rp_engine *E, size_t n)
@@ -1879,6 +1876,9 @@ static int item_decode_share(void *arg, size_t h, double *out)
     return 0;
 }
 
+/* The full cache's attention of rows [tb, te) of kv head g's query heads, and their
+ * probabilities in double (renormalised: the kernel's lse is fp32), shared by every
+ * configuration (the blocks item_decode_pass kept: its lse, outputs and logits). */
 static int item_full_attn(item *it, size_t g, size_t tb, size_t te)
 {
     rp_engine *E = it->E;
