@@ -1296,9 +1296,13 @@ static int item_deltas(item *it, char *err, size_t errlen)
     /* each kv head's rows of W_O packed once for every configuration, into the thread's
      * buffer (gemm.h; nf 0: no AVX-512F path, cblas_sgemm instead) */
     size_t nf = gemm_b_floats(GD, C);
-    gemm_b pk[nkv];
+    gemm_b *pk = nf ? malloc(nkv * sizeof *pk) : NULL;      /* not a VLA: GCC 12's -fsanitize build
+                                                              * crashed on one shared by a task */
     float *pbuf = nf ? tb_take(it->tb, TB_GEMM, nkv * nf * sizeof *pbuf) : NULL;
-    if (nf && !pbuf) return rp_failf(err, errlen, "out of memory (read-out W_O, seq %zu layer %zu)", it->s, l);
+    if (nf && (!pk || !pbuf)) {
+        free(pk);
+        return rp_failf(err, errlen, "out of memory (read-out W_O, seq %zu layer %zu)", it->s, l);
+    }
     for (size_t g = 0; nf && g < nkv; g++) gemm_pack_b(w + (it->g0 + g) * GD * C, GD, C, C, pbuf + g * nf, &pk[g]);
     /* one task per configuration (an idle thread may take some); each writes its own dH_c
      * with the same products, so the bits do not depend on who runs it */
@@ -1310,7 +1314,7 @@ static int item_deltas(item *it, char *err, size_t errlen)
         it->dh_set[c] = 1;
         float *dh = it->dH + c * NE * C;
         const float *dOc = it->dO + c * NE * ldo;
-#pragma omp task firstprivate(dh, dOc, set, nset) shared(nomem, pk, nf)
+#pragma omp task firstprivate(dh, dOc, set, nset, pk, nf) shared(nomem)
         {
             float *tmp = nset > 1 ? malloc(NE * C * sizeof *tmp) : NULL;
             if (nset > 1 && !tmp) {
@@ -1332,6 +1336,7 @@ static int item_deltas(item *it, char *err, size_t errlen)
         }
     }
 #pragma omp taskwait
+    free(pk);
     if (nomem) return rp_failf(err, errlen, "out of memory (read-out, seq %zu layer %zu)", it->s, l);
     return 0;
 }
