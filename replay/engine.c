@@ -197,13 +197,13 @@ typedef struct item {
     rp_shared *sh;               /* scores shared by the configurations (shared.h), lazily filled */
     float *ps_cs, *ps_ent;       /* [nh][n] the trace's /prompt_scores of the item's query heads (RP_PS_TRACE) */
     /* item_decode_share: the evaluated rows' share of the captured prompt sums per local query
-     * head, [nh][P] (dsh_done [nkv]: kv head computed), and the full pass's blocks of kv head
-     * dst_g kept by it for item_full_attn ([NB][G * BLK * (1 + D + n)]: lse, of, lg per block;
-     * the thread's TB_DEC) or NULL; dsh_failed: it->err holds the pass's message */
+     * head, [nh][P] (dsh_done [nkv]: kv head computed), and the full pass's blocks kept by it
+     * for item_full_attn ([NB][G * BLK * (1 + D + n)]: lse, of, lg per block; the thread's
+     * TB_DEC; only in items of one kv head) or NULL; dsh_failed: it->err holds the pass's
+     * message */
     double *dsh;
     uint8_t *dsh_done;
     float *dst;
-    size_t dst_g;
     int dsh_failed;
     long long o_layer;
     double *ha;                  /* result slots of this layer: [NC][L][H][HA_NF] (shared array) */
@@ -1797,6 +1797,23 @@ static int item_head_online(item *it, size_t c, size_t g)
     return 0;
 }
 
+/* Row t of query head i of kv head g from the full pass's logits row and fp32 log-sum-exp L0:
+ * p [lo, t] = exp(row - L0) / Z in double (the shared row every metric reads); sum p^2 into
+ * *p2 and log Z + L0 into *lz when they are not NULL. 0, or -1 (it->err) when L0 is not
+ * finite. */
+static int full_row_probs(item *it, size_t g, size_t i, size_t t, size_t lo, double L0, const float *row, double *p,
+                          double *p2, double *lz)
+{
+    if (!isfinite(L0))
+        return IT_FAIL(it, "non-finite full attention (NaN/Inf in the trace?) at seq %zu layer %zu head %zu position %zu",
+                       it->s, it->l, (it->g0 + g) * it->E->G + i, t);
+    double Z = attn_exp_sub_f64(row + lo, t + 1 - lo, L0, p + lo);
+    double s2 = attn_div_sumsq_f64(p + lo, t + 1 - lo, Z);
+    if (p2) *p2 = s2;
+    if (lz) *lz = L0 + log(Z);
+    return 0;
+}
+
 /* Floats of one block of the full pass kept by item_decode_pass: lse [G][BLK], of [G][BLK][D],
  * lg [G][BLK][n]. */
 static size_t dec_block_floats(const rp_engine *E, size_t n)
@@ -1844,21 +1861,16 @@ static int item_decode_pass(item *it, size_t g)
         for (size_t t = tb; t < te; t++) {
             size_t r = t - tb, lo = attn_lo(t, ap->window);
             for (size_t i = 0; i < G; i++) {
-                double L0 = lse[i * BLK + r];
-                if (!isfinite(L0)) {
+                if (full_row_probs(it, g, i, t, lo, lse[i * BLK + r], lg + (i * BLK + r) * n, prow, NULL, NULL)) {
                     free(prow); free(own);
-                    return IT_FAIL(it, "non-finite full attention (NaN/Inf in the trace?) at seq %zu layer %zu head %zu "
-                                   "position %zu", it->s, it->l, (it->g0 + g) * G + i, t);
+                    return -1;
                 }
-                double Z = attn_exp_sub_f64(lg + (i * BLK + r) * n + lo, t + 1 - lo, L0, prow + lo);
-                attn_div_sumsq_f64(prow + lo, t + 1 - lo, Z);
                 for (size_t j = lo; j < P; j++) sh[i * P + j] += prow[j];
             }
         }
     }
     free(prow); free(own);
-    it->dst = keep;
-    it->dst_g = g;
+    it->dst = keep;                     /* keep: nkv == 1, so g == 0 */
     it->dsh_done[g] = 1;
     return it->dsh_failed = 0;
 }
@@ -1890,7 +1902,7 @@ static int item_full_attn(item *it, size_t g, size_t tb, size_t te)
     item_scratch *sc = it->sc;
     size_t n = it->n, D = E->D, G = E->G;
     const attn_params *ap = &E->ap[it->l];
-    if (it->dst && g == it->dst_g && tb >= it->P && (tb - it->P) % BLK == 0) {
+    if (it->dst && tb >= it->P && (tb - it->P) % BLK == 0) {
         /* kept by item_decode_pass: the same kernel call's lse, outputs and logits */
         float *blk = it->dst + (tb - it->P) / BLK * dec_block_floats(E, n);
         sc->lse = blk; sc->of = blk + G * BLK; sc->lg = sc->of + G * BLK * D;
@@ -1902,16 +1914,10 @@ static int item_full_attn(item *it, size_t g, size_t tb, size_t te)
     for (size_t t = tb; t < te; t++) {
         size_t r = t - tb, lo = attn_lo(t, ap->window);
         double *pft = sc->pf + r * G * n;
-        for (size_t i = 0; i < G; i++) {
-            double L0 = sc->lse[i * BLK + r];
-            const float *row = sc->lg + (i * BLK + r) * n;
-            if (!isfinite(L0))
-                return IT_FAIL(it, "non-finite full attention (NaN/Inf in the trace?) at seq %zu layer %zu head %zu position %zu",
-                               it->s, it->l, (it->g0 + g) * G + i, t);
-            double Z = attn_exp_sub_f64(row + lo, t + 1 - lo, L0, pft + i * n + lo);
-            sc->pf2[r * G + i] = attn_div_sumsq_f64(pft + i * n + lo, t + 1 - lo, Z);
-            sc->lz[r * G + i] = L0 + log(Z);
-        }
+        for (size_t i = 0; i < G; i++)
+            if (full_row_probs(it, g, i, t, lo, sc->lse[i * BLK + r], sc->lg + (i * BLK + r) * n, pft + i * n,
+                               &sc->pf2[r * G + i], &sc->lz[r * G + i]))
+                return -1;
     }
     return 0;
 }
@@ -2732,6 +2738,20 @@ static int item_head(item *it, size_t g)
     return item_head_end(it, g);
 }
 
+/* The item's shared scores and what feeds them: the trace's prompt scores, the evaluated
+ * rows' share and the kept full-pass blocks (the thread's: only forgotten). */
+static void item_scores_free(item *it)
+{
+    rp_shared_free(it->sh);
+    it->sh = NULL;
+    free(it->ps_cs); free(it->ps_ent);
+    it->ps_cs = it->ps_ent = NULL;
+    free(it->dsh); free(it->dsh_done);
+    it->dsh = NULL; it->dsh_done = NULL;
+    it->dst = NULL;
+    it->dsh_failed = 0;
+}
+
 static void item_free_scratch(item *it)
 {
     rp_engine *E = it->E;
@@ -2751,14 +2771,7 @@ static void item_free_scratch(item *it)
     free(it->dO_set);
     it->dO_set = NULL;
     free(it->ok); free(it->ov); free(it->wo);
-    rp_shared_free(it->sh);
-    it->sh = NULL;
-    free(it->ps_cs); free(it->ps_ent);
-    it->ps_cs = it->ps_ent = NULL;
-    free(it->dsh); free(it->dsh_done);
-    it->dsh = NULL; it->dsh_done = NULL;
-    it->dst = NULL;                         /* it->tb's */
-    it->dsh_failed = 0;
+    item_scores_free(it);
     it->shw = NULL;                         /* it->tb's */
     it->shw_cap = 0;
     it->slab = NULL; it->sc = NULL;
@@ -2999,14 +3012,7 @@ static int plan_item_run(item *it)
     }
     rc = 0;
 done:
-    rp_shared_free(it->sh);
-    it->sh = NULL;
-    free(it->ps_cs); free(it->ps_ent);
-    it->ps_cs = it->ps_ent = NULL;
-    free(it->dsh); free(it->dsh_done);
-    it->dsh = NULL; it->dsh_done = NULL;
-    it->dst = NULL;                         /* it->tb's */
-    it->dsh_failed = 0;
+    item_scores_free(it);
     for (size_t h = 0; h < it->nh; h++) { free(it->pa[h]); it->pa[h] = NULL; }
     it->q = it->k = it->v = NULL;       /* the thread's buffers */
     it->rc = rc;
