@@ -16,6 +16,9 @@
 #include "attn.h"
 #include "strategies/evict_util.h"
 
+#define RNG_SEED 0xe7
+#include "rng_testhelp.h"
+
 static int fails = 0, checks = 0;
 
 static void check(const char *what, int cond)
@@ -24,12 +27,7 @@ static void check(const char *what, int cond)
     if (!cond) { fails++; printf("FAIL %s\n", what); }
 }
 
-static unsigned long long rng = 0xD1B54A32D192ED03ULL;
-static double urand(void)        /* uniform in [-1, 1) */
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-}
+static double urand(void) { return 2 * rng_unif() - 1; }           /* uniform in (-1, 1) */
 
 static void one_case(size_t D)
 {

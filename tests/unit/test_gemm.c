@@ -18,6 +18,9 @@
 #include "attn.h"
 #include "gemm.h"
 
+#define RNG_SEED 0x6e6d
+#include "rng_testhelp.h"
+
 static int fails = 0, checks = 0;
 
 static void check_true(const char *what, int cond)
@@ -26,12 +29,7 @@ static void check_true(const char *what, int cond)
     if (!cond) { fails++; printf("FAIL %s\n", what); }
 }
 
-static unsigned long long rng = 88172645463325252ULL;
-static float frand(void)        /* uniform in [-1, 1) */
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
+static float frand(void) { return (float)(2 * rng_unif() - 1); }   /* uniform in (-1, 1) */
 
 /* One product of M x K by K x N with padded strides, checked four ways. */
 static void one_case(size_t M, size_t K, size_t N)
