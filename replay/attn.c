@@ -1693,6 +1693,18 @@ void attn_entries(const float *q, const float *kk, const float *vv, const size_t
     row_finish(&st, lse, o, D);
 }
 
+void attn_entries_given(const float *z, const float *vv, const size_t *idx, size_t n, size_t D, float *lse,
+                        float *o)
+{
+    row_state st = {-INFINITY, 0};
+    if (o) memset(o, 0, D * sizeof *o);
+    for (size_t e0 = 0; e0 < n; e0 += EB_MAX) {      /* attn_entries' blocks */
+        size_t ne = n - e0 < EB_MAX ? n - e0 : EB_MAX;
+        row_update(&st, z + e0, ne, idx ? vv : vv + e0 * D, idx ? idx + e0 : NULL, D, o);
+    }
+    row_finish(&st, lse, o, D);
+}
+
 /* ---- references: scalar, double accumulation ------------------------------------------ */
 
 static double logit_ref(const float *q, const float *k, size_t D, const attn_params *p)

@@ -78,6 +78,12 @@ void attn_full_rows_heads_k(const float *q, size_t qhs, size_t G, const float *k
 void attn_entries(const float *q, const float *kk, const float *vv, const size_t *idx,
                   const float *bias, size_t n, size_t D, const attn_params *p,
                   float *lse, float *o, float *logits);
+/* The softmax and P.V part of attn_entries for a row whose logits are given: z [n] the capped
+ * logits of its entries (bias included), in attn_entries' order. With z what attn_entries
+ * would compute (a selection of unchanged keys: the full cache's logits gathered) the
+ * results are bit-identical to it (the same blocks and arithmetic). */
+void attn_entries_given(const float *z, const float *vv, const size_t *idx, size_t n, size_t D, float *lse,
+                        float *o);
 void attn_entries_ref(const float *q, const float *kk, const float *vv, const size_t *idx,
                       const float *bias, size_t n, size_t D, const attn_params *p,
                       float *lse, float *o, float *logits);

@@ -1166,6 +1166,8 @@ typedef struct cstate {
     int alias;              /* prefill: cache.k/v are the item's own K/V rows (a cache of every
                                position in order, unmodified: item_head_prefill), not owned */
     int static_enc;         /* prefill: cache already encoded once */
+    int korig;              /* prefill, static encoding: every key row is still the trace's row
+                               of its position (values-only encoders: lowrank rank_k=0) */
     int sview;              /* prefill, view_static: enc holds the last query's view */
     size_t sview_diff;      /* its first entry whose rows differ from the cache's */
     int inc;                /* time-dependent encoder with encode_extend: enc grows with the
@@ -1716,6 +1718,16 @@ static int cache_all_positions(const rp_cache *cc, size_t P)
     return 1;
 }
 
+/* Whether every entry of a cache with rows is a plain token whose key row is, bit for bit, the
+ * kv head's row K [n][D] at its position (an encoder that changed the values only). */
+static int keys_original(const rp_cache *cc, const float *K, size_t D)
+{
+    if (!cc->k || cc->mem_off) return 0;
+    for (size_t e = 0; e < cc->n; e++)
+        if (cc->mult[e] != 1 || memcmp(cc->k + e * D, K + (size_t)cc->pos[e] * D, D * sizeof *K)) return 0;
+    return 1;
+}
+
 /* An aliased cache gives its borrowed rows back (before rp_cache_free). */
 static void cache_unalias(cstate *st)
 {
@@ -1777,6 +1789,7 @@ static int item_head_prefill(item *it, size_t c, size_t g)
     if (cfg_has_encoder(cf) && !st->td) {
         if (run_encoders(cf, &it->ctx, g, n - 1, cc, it->err, sizeof it->err)) return -1;
         st->static_enc = 1;
+        st->korig = keys_original(cc, K, D);
     }
     return 0;
 }
@@ -2091,6 +2104,13 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
                 lc = sc->blse[i * BLK + r];
                 zr = sc->bz + (i * BLK + r) * br.bm;
                 ocr = sc->bout + (i * BLK + r) * D;
+            } else if (!view->modified && !rv->reindexed && !rv->merged && ap->window <= 0) {
+                /* original rows (a selection: quest; an online or time-dependent cache): their
+                 * logits are the full cache's, gathered instead of recomputed; the same
+                 * results bit for bit */
+                const float *full = sc->lg + (i * BLK + r) * n;
+                for (size_t r2 = 0; r2 < cnt; r2++) sc->z[r2] = full[view->pos[ix ? ix[r2] : elo + r2]];
+                attn_entries_given(sc->z, ix ? view->v : view->v + elo * D, ix, cnt, D, &lc, sc->oc);
             } else if (ix) {
                 attn_entries(qt, view->k, view->v, ix, bb, cnt, D, ap, &lc, sc->oc, sc->z);
             } else {
@@ -2313,9 +2333,10 @@ static int item_block_cfg(item *it, size_t c, size_t g, size_t tb, size_t te)
      * so one blocked kernel call serves the block */
     blocked_rows br = { !online && !st->td && !cf->evict->select && ap->window <= 0 && !cache_merged(cc) &&
                         !(cc->n == n && !cc->modified), cc->n };
-    if (br.on && !cc->modified) {
-        /* original rows: the kept entries' logits are the full cache's (item_full_attn),
-         * gathered instead of recomputed; the same results bit for bit (attn_rows_given) */
+    if (br.on && (!cc->modified || st->korig)) {
+        /* original keys (rows, or values encoded alone): the kept entries' logits are the full
+         * cache's (item_full_attn), gathered instead of recomputed; the same results bit for
+         * bit (attn_rows_given) */
         size_t shift = n - br.bm, nvis[BLK];
         for (size_t i = 0; i < G; i++) {
             for (size_t t = tb; t < te; t++) {

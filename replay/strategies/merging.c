@@ -61,7 +61,7 @@ static double norm_of(const float *x, size_t D)
  * is summed over d in order from 0, as a loop per pair would: the same bits (the products of
  * two floats are exact in double). */
 enum { MG_PC = ATTN_PANEL_COLS };   /* kept entries per panel */
-enum { MG_ER = ATTN_PANEL_ROWS };   /* evicted keys per pass */
+enum { MG_ER = 4 * ATTN_PANEL_ROWS };   /* evicted keys per pass (attn_panel_dot_rows) */
 
 /* Scratch of fold_evicted, sized for P entries. */
 typedef struct mg_work {
@@ -101,7 +101,7 @@ static int fold_evicted(const kvp_cfg *cf, const float *K, const float *V, size_
         if (!kept_mask[e]) w->ev[ne_all++] = (int32_t)e;
     for (size_t i0 = 0; i0 < ne_all; i0 += MG_ER) {
         size_t nr = ne_all - i0 < MG_ER ? ne_all - i0 : MG_ER;
-        double ne[MG_ER], best[MG_ER], dot[MG_ER * MG_PC];
+        double ne[MG_ER], best[MG_ER], dot[MG_ER * MG_PC], sim[MG_PC];
         size_t bt[MG_ER] = {0};
         for (size_t r = 0; r < MG_ER; r++) {    /* rows past nr repeat the last evicted key */
             const float *ke = K + (size_t)w->ev[i0 + (r < nr ? r : nr - 1)] * D;
@@ -110,13 +110,15 @@ static int fold_evicted(const kvp_cfg *cf, const float *K, const float *V, size_
             best[r] = -INFINITY;
         }
         for (size_t b = 0; b < nb; b++) {
-            attn_panel_dot(w->x, D, w->kp + b * D * MG_PC, dot);
+            /* whole kernel rows: rows past nr repeat the last evicted key, never read */
+            attn_panel_dot_rows(w->x, (nr + ATTN_PANEL_ROWS - 1) / ATTN_PANEL_ROWS * ATTN_PANEL_ROWS, D,
+                                w->kp + b * D * MG_PC, dot);
             size_t nt = m - b * MG_PC < MG_PC ? m - b * MG_PC : MG_PC;
-            for (size_t r = 0; r < nr; r++)
-                for (size_t i = 0; i < nt; i++) {   /* ascending t: ties keep the lower one */
-                    double sim = dot[r * MG_PC + i] / (ne[r] * nk[b * MG_PC + i]);
-                    if (sim > best[r]) { best[r] = sim; bt[r] = b * MG_PC + i; }
-                }
+            for (size_t r = 0; r < nr; r++) {
+                for (size_t i = 0; i < nt; i++) sim[i] = dot[r * MG_PC + i] / (ne[r] * nk[b * MG_PC + i]);
+                for (size_t i = 0; i < nt; i++)     /* ascending t: ties keep the lower one */
+                    if (sim[i] > best[r]) { best[r] = sim[i]; bt[r] = b * MG_PC + i; }
+            }
         }
         for (size_t r = 0; r < nr; r++) {
             size_t e = (size_t)w->ev[i0 + r], t = bt[r];
