@@ -518,6 +518,49 @@ static void case_rows_given(void)
     check_true("attn_rows_given on gathered logits == attn_full_rows over the subset, bit for bit", same);
 }
 
+/* attn_entries_given with one row's logits gathered from a full attn_full_rows call against
+ * attn_entries over the same entries (the engine's quest selections and online caches of
+ * original rows): lse and o bit for bit. Entries by index (a random selection in random
+ * order, more than one block of 64) and contiguous (a window of positions). */
+static void case_entries_given(void)
+{
+    size_t Ds[] = {1, 16, 128, 300};
+    int same = 1;
+    for (size_t a = 0; a < sizeof Ds / sizeof *Ds; a++)
+        for (int capon = 0; capon < 2; capon++) {
+            size_t D = Ds[a], n = 260, P = 200, nr = n - P;
+            attn_params p = {1.0f / sqrtf((float)D), capon ? 5.0f : 0.0f, 0};
+            float *q = randn(n * D, 1.5f), *k = randn(n * D, 1), *v = randn(n * D, 1);
+            float *lf = malloc(nr * n * sizeof *lf), lsef[60], *of = malloc(nr * D * sizeof *of);
+            attn_full_rows(q, k, v, n, D, P, n, &p, lsef, of, lf);
+            float *z = malloc(n * sizeof *z), *zr = malloc(n * sizeof *zr);
+            float *o1 = malloc(D * sizeof *o1), *o2 = malloc(D * sizeof *o2);
+            size_t idx[260];
+            for (size_t r = 0; r < nr; r += 7) {
+                size_t t = P + r, m = 0;
+                for (size_t j = 0; j <= t; j++)
+                    if (rng_u64() % 2 == 0) idx[m++] = j;
+                for (size_t e = m; e > 1; e--) {        /* any order: the hook's, not the positions' */
+                    size_t f = rng_u64() % e, x = idx[e - 1];
+                    idx[e - 1] = idx[f]; idx[f] = x;
+                }
+                float lse1, lse2;
+                for (size_t e = 0; e < m; e++) z[e] = lf[r * n + idx[e]];
+                attn_entries_given(z, v, idx, m, D, &lse1, o1);
+                attn_entries(q + t * D, k, v, idx, NULL, m, D, &p, &lse2, o2, zr);
+                same &= m == 0 || (memcmp(&lse1, &lse2, sizeof lse1) == 0 && memcmp(o1, o2, D * sizeof *o1) == 0 &&
+                                   memcmp(z, zr, m * sizeof *z) == 0);
+                size_t lo = t / 3, c = t + 1 - lo;        /* contiguous entries [lo, t] */
+                for (size_t e = 0; e < c; e++) z[e] = lf[r * n + lo + e];
+                attn_entries_given(z, v + lo * D, NULL, c, D, &lse1, o1);
+                attn_entries(q + t * D, k + lo * D, v + lo * D, NULL, NULL, c, D, &p, &lse2, o2, NULL);
+                same &= memcmp(&lse1, &lse2, sizeof lse1) == 0 && memcmp(o1, o2, D * sizeof *o1) == 0;
+            }
+            free(q); free(k); free(v); free(lf); free(of); free(z); free(zr); free(o1); free(o2);
+        }
+    check_true("attn_entries_given on gathered logits == attn_entries over the entries, bit for bit", same);
+}
+
 /* attn_pv_weighted: o_r += sum_e w[r][e] v[idx[e]], every element a multiply then an add in
  * increasing e on every path (generic, AVX2, AVX-512F; C11 mode, no contraction), so it
  * equals the scalar loop bit for bit, with and without idx, for channel counts that leave
@@ -759,6 +802,7 @@ static void run_all(void)
     case_rows_cut();
     case_rows_cut_heads();
     case_rows_given();
+    case_entries_given();
     case_pv_weighted();
     case_gram();
     case_probs_row();
