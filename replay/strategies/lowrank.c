@@ -91,11 +91,14 @@ void lowrank_project(float *x, size_t D, const double *U, size_t r, int bits)
 {
     double z[4096];
     if (r > 4096) return;
-    for (size_t c = 0; c < r; c++) {
-        double s = 0;
-        for (size_t d = 0; d < D; d++) s += U[d * D + c] * x[d];
-        z[c] = (float)s;                            /* the latent is stored (f32 here) */
+    /* z[c] = sum over d in order of U[d][c] x[d]: d outer, so that the r sums advance
+     * together over U's contiguous rows (each still one sum in d order) */
+    for (size_t c = 0; c < r; c++) z[c] = 0;
+    for (size_t d = 0; d < D; d++) {
+        const double xd = x[d], *u = U + d * D;
+        for (size_t c = 0; c < r; c++) z[c] += u[c] * xd;
     }
+    for (size_t c = 0; c < r; c++) z[c] = (float)z[c];     /* the latent is stored (f32 here) */
     if (bits) {
         double amax = 0, qmax = (double)((1u << (bits - 1)) - 1u);
         for (size_t c = 0; c < r; c++) if (fabs(z[c]) > amax) amax = fabs(z[c]);
@@ -108,7 +111,16 @@ void lowrank_project(float *x, size_t D, const double *U, size_t r, int bits)
                 z[c] = q * scale;
             }
     }
-    for (size_t d = 0; d < D; d++) {
+    size_t d = 0;
+    for (; d + 4 <= D; d += 4) {        /* four independent sums over c in order */
+        const double *u0 = U + d * D, *u1 = u0 + D, *u2 = u1 + D, *u3 = u2 + D;
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        for (size_t c = 0; c < r; c++) {
+            s0 += u0[c] * z[c]; s1 += u1[c] * z[c]; s2 += u2[c] * z[c]; s3 += u3[c] * z[c];
+        }
+        x[d] = (float)s0; x[d + 1] = (float)s1; x[d + 2] = (float)s2; x[d + 3] = (float)s3;
+    }
+    for (; d < D; d++) {
         double s = 0;
         for (size_t c = 0; c < r; c++) s += U[d * D + c] * z[c];
         x[d] = (float)s;
