@@ -2331,9 +2331,28 @@ static int item_block_cfg(item *it, size_t c, size_t g, size_t tb, size_t te)
     /* prefill, static cache, no per-query selection, no merges, no window: the block's rows
      * attend over a prefix of one fixed entry list (row t sees entries [0, t + 1 - shift)),
      * so one blocked kernel call serves the block */
-    blocked_rows br = { !online && !st->td && !cf->evict->select && ap->window <= 0 && !cache_merged(cc) &&
+    int merged = cache_merged(cc);
+    blocked_rows br = { !online && !st->td && !cf->evict->select && ap->window <= 0 && (!merged || cc->k) &&
                         !(cc->n == n && !cc->modified), cc->n };
-    if (br.on && (!cc->modified || st->korig)) {
+    if (br.on && merged) {
+        /* merged entries (entropy_merge's runs: mean rows): the block's logits against the
+         * cache's rows, each entry's log multiplicity added (as item_cache_view's bias), then
+         * the softmax and P.V of the given logits: for head_dim <= 256 (key blocks of 64, as
+         * attn_entries') the per-row path's results bit for bit, else within rounding */
+        size_t shift = n - br.bm, nvis[BLK];
+        for (size_t e = 0; e < br.bm; e++) sc->logm[e] = logf((float)cc->mult[e]);
+        attn_full_rows_heads_k(it->q + g * G * n * D + shift * D, n * D, G, cc->k, NULL, br.bm, D, tb - shift,
+                               te - shift, ap, BLK, NULL, NULL, sc->bz);
+        for (size_t t = tb; t < te; t++) nvis[t - tb] = t + 1 - shift;
+        for (size_t i = 0; i < G; i++) {
+            for (size_t t = tb; t < te; t++) {
+                float *z = sc->bz + (i * BLK + (t - tb)) * br.bm;
+                for (size_t e = 0; e < nvis[t - tb]; e++) z[e] += sc->logm[e];
+            }
+            attn_rows_given(sc->bz + i * BLK * br.bm, br.bm, nvis, te - tb, cc->v, D, sc->blse + i * BLK,
+                            sc->bout + i * BLK * D);
+        }
+    } else if (br.on && (!cc->modified || st->korig)) {
         /* original keys (rows, or values encoded alone): the kept entries' logits are the full
          * cache's (item_full_attn), gathered instead of recomputed; the same results bit for
          * bit (attn_rows_given) */

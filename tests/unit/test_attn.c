@@ -521,11 +521,14 @@ static void case_rows_given(void)
 /* attn_entries_given with one row's logits gathered from a full attn_full_rows call against
  * attn_entries over the same entries (the engine's quest selections and online caches of
  * original rows): lse and o bit for bit. Entries by index (a random selection in random
- * order, more than one block of 64) and contiguous (a window of positions). */
+ * order, more than one block of 64) and contiguous (a window of positions). And merged
+ * entries: attn_rows_given on logits with a log-multiplicity bias added (the engine's blocked
+ * path for entropy_merge) against attn_entries given the bias, bit for bit where the key
+ * blocks are attn_entries' 64 (head_dim <= 256). */
 static void case_entries_given(void)
 {
     size_t Ds[] = {1, 16, 128, 300};
-    int same = 1;
+    int same = 1, bias_same = 1;
     for (size_t a = 0; a < sizeof Ds / sizeof *Ds; a++)
         for (int capon = 0; capon < 2; capon++) {
             size_t D = Ds[a], n = 260, P = 200, nr = n - P;
@@ -555,10 +558,22 @@ static void case_entries_given(void)
                 attn_entries_given(z, v + lo * D, NULL, c, D, &lse1, o1);
                 attn_entries(q + t * D, k + lo * D, v + lo * D, NULL, NULL, c, D, &p, &lse2, o2, NULL);
                 same &= memcmp(&lse1, &lse2, sizeof lse1) == 0 && memcmp(o1, o2, D * sizeof *o1) == 0;
+                if (D > 256) continue;
+                /* merged entries: logits with a log-multiplicity bias through attn_rows_given
+                 * (the engine's blocked path) against attn_entries with the bias (per row) */
+                size_t nv = t + 1;
+                for (size_t e = 0; e < nv; e++) {
+                    zr[e] = logf((float)(1 + rng_u64() % 5));
+                    z[e] = lf[r * n + e] + zr[e];
+                }
+                attn_rows_given(z, n, &nv, 1, v, D, &lse1, o1);
+                attn_entries(q + t * D, k, v, NULL, zr, nv, D, &p, &lse2, o2, NULL);
+                bias_same &= memcmp(&lse1, &lse2, sizeof lse1) == 0 && memcmp(o1, o2, D * sizeof *o1) == 0;
             }
             free(q); free(k); free(v); free(lf); free(of); free(z); free(zr); free(o1); free(o2);
         }
     check_true("attn_entries_given on gathered logits == attn_entries over the entries, bit for bit", same);
+    check_true("attn_rows_given on biased logits == attn_entries with the bias, bit for bit (D <= 256)", bias_same);
 }
 
 /* attn_pv_weighted: o_r += sum_e w[r][e] v[idx[e]], every element a multiply then an add in
