@@ -459,6 +459,7 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv
 {
     *out = NULL;
     snprintf(g_prog, sizeof g_prog, "%s run", tool);
+    rs_blas_set_threads(1);     /* first: it also stops OpenBLAS's spinning threads (readout.h) */
     const char *trace_path = NULL, *sweep_path = NULL, *outdir = NULL, *seqs_s = NULL, *calib_s = NULL;
     const char *shard_s = NULL;
     const char *export_s = NULL, *export_cfg_s = NULL;     /* --export */
@@ -746,7 +747,6 @@ int kvrun_open(int argc, char **argv, const char *tool, unsigned flags, const kv
         omp_set_num_threads((int)threads);
 #endif
     }
-    rs_blas_set_threads(1);
 
     size_t scan_stats[2] = {0, 0};
     rp_run_opts opts = { .mode = mode, .decode = (size_t)decode, .eval_from = (size_t)eval_from, .readout = readout_flag != 0, .gqa_reduce = gqa,

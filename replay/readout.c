@@ -24,6 +24,7 @@
 extern char *openblas_get_config(void) __attribute__((weak));
 extern char *openblas_get_corename(void) __attribute__((weak));
 extern void openblas_set_num_threads(int) __attribute__((weak));
+extern int blas_thread_shutdown_(void) __attribute__((weak));
 
 static void set_err(kv_error *err, kv_status code, const char *path, const char *what,
                     const char *reason)
@@ -282,4 +283,10 @@ const char *rs_blas_config(void)
 void rs_blas_set_threads(int n)
 {
     if (openblas_set_num_threads) openblas_set_num_threads(n);
+    /* OpenBLAS's pthread build starts its worker threads when the library loads, and each one
+     * spins (sched_yield) for about 2^28 cycles before it sleeps: a core taken from the
+     * OpenMP threads for the first ~0.15 s of every run. With one BLAS thread they are never
+     * used, so they are stopped here (OpenBLAS starts them again if a later call asks for
+     * more threads). */
+    if (n == 1 && blas_thread_shutdown_) blas_thread_shutdown_();
 }

@@ -80,7 +80,9 @@ const char *rs_blas_info(void);
 const char *rs_blas_config(void);
 /* openblas_set_num_threads(n) when linked against OpenBLAS, else nothing. Callers that run
  * their own OpenMP threads should set 1: Debian's pthread OpenBLAS called from inside an
- * OpenMP region otherwise oversubscribes (and warns). */
+ * OpenMP region otherwise oversubscribes (and warns). With n = 1 it also stops the pthread
+ * build's worker threads, which spin for their first ~0.1 s (blas_thread_shutdown_; OpenBLAS
+ * starts them again if a later call asks for more threads). */
 void rs_blas_set_threads(int n);
 
 #endif /* KV_READOUT_H */
