@@ -1,6 +1,8 @@
 /* Per-query-row metrics (metric.h). */
 #include <math.h>
+#include <string.h>
 
+#include "attn.h"
 #include "metric.h"
 
 /* Sums over the full-cache members a compressed row covers: share = the compressed
@@ -15,19 +17,87 @@ static inline void metric_acc(metric_sums *m, double share, double lq, double pj
     m->kl += share * (lq - lp);
 }
 
+/* Rows of plain entries sum in ML lanes: lane k adds the entries r = k mod ML in increasing r,
+ * and the lanes are added as ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)). The order
+ * depends on the row alone, so the vector path below (one lane per vector element) and the
+ * scalar one give the same bits. */
+enum { ML = 8 };
+typedef double mv8d __attribute__((vector_size(ML * sizeof(double))));
+typedef float mv8f __attribute__((vector_size(ML * sizeof(float))));
+
+static double lanes_sum(const double *l)
+{
+    return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+
+/* A row whose n entries are positions j0 .. j0 + n - 1, all inside the window, with fp32 q:
+ * q, z [n] the entries', p, lg the full row's from j0. Whole lane groups as vectors. */
+#define CONTIG_ROW_BODY                                                                            \
+    mv8d dot = {0}, sq = {0}, rec = {0}, kl = {0};                                                 \
+    size_t r = 0;                                                                                  \
+    for (; r + ML <= n; r += ML) {                                                                 \
+        mv8f qf, zf, lf;                                                                           \
+        mv8d pj;                                                                                   \
+        memcpy(&qf, q + r, sizeof qf); memcpy(&zf, z + r, sizeof zf);                              \
+        memcpy(&lf, lg + r, sizeof lf); memcpy(&pj, p + r, sizeof pj);                             \
+        const mv8d pe = __builtin_convertvector(qf, mv8d);                                         \
+        const mv8d lq = __builtin_convertvector(zf, mv8d) - lc;                                    \
+        const mv8d lp = __builtin_convertvector(lf, mv8d) - L0;                                    \
+        dot += pe * pj; sq += pe * pe; rec += pj; kl += pe * (lq - lp);                            \
+    }                                                                                              \
+    for (; r < n; r++) {                                                                           \
+        const double pe = q[r], lq = (double)z[r] - lc, pj = p[r], lp = (double)lg[r] - L0;        \
+        dot[r % ML] += pe * pj; sq[r % ML] += pe * pe; rec[r % ML] += pj; kl[r % ML] += pe * (lq - lp); \
+    }                                                                                              \
+    double l[4][ML];                                                                               \
+    memcpy(l[0], &dot, sizeof dot); memcpy(l[1], &sq, sizeof sq);                                  \
+    memcpy(l[2], &rec, sizeof rec); memcpy(l[3], &kl, sizeof kl);                                  \
+    m->dot = lanes_sum(l[0]); m->sq = lanes_sum(l[1]); m->rec = lanes_sum(l[2]); m->kl = lanes_sum(l[3]);
+
+static void contig_row(const float *q, const float *z, const double *p, const float *lg, size_t n, double lc,
+                       double L0, metric_sums *m)
+{
+    CONTIG_ROW_BODY
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(ATTN_NO_AVX2)
+__attribute__((target("avx512f")))
+static void contig_row_avx512(const float *q, const float *z, const double *p, const float *lg, size_t n,
+                              double lc, double L0, metric_sums *m)
+{
+    CONTIG_ROW_BODY
+}
+#define METRIC_AVX512 1
+#endif
+
 void rp_attn_row_metrics(const rp_row_full *f, const rp_row_comp *c, float *q_out, rp_row_metrics *m)
 {
     metric_sums ma = { 0, 0, 0, 0 };
-    size_t lo = f->lo, t = f->t;
+    size_t lo = f->lo, t = f->t, n = c->cnt;
     double lc = c->lse, L0 = f->lz;
-    if (!c->mem_off) {              /* plain entries: one member each, multiplicity 1 */
-        for (size_t r = 0; r < c->cnt; r++) {
+    if (!c->mem_off && !c->ent && c->q32 && n && (size_t)c->pos[c->first] >= lo &&
+        (size_t)c->pos[c->first + n - 1] <= t && (size_t)(c->pos[c->first + n - 1] - c->pos[c->first]) == n - 1) {
+        /* plain entries at consecutive positions (ascending, so n positions spanning n - 1),
+         * all inside the window: the full row's values are a slice */
+        size_t j0 = (size_t)c->pos[c->first];
+        if (q_out) memcpy(q_out + c->first, c->q32, n * sizeof *q_out);
+#ifdef METRIC_AVX512
+        if (attn_isa() == ATTN_ISA_AVX512)
+            contig_row_avx512(c->q32, c->z, f->p + j0, f->logit + j0, n, lc, L0, &ma);
+        else
+#endif
+            contig_row(c->q32, c->z, f->p + j0, f->logit + j0, n, lc, L0, &ma);
+    } else if (!c->mem_off) {       /* plain entries: one member each, multiplicity 1 */
+        double l[4][ML] = {{0}};
+        for (size_t r = 0; r < n; r++) {
             size_t e = c->ent ? c->ent[r] : c->first + r, j = (size_t)c->pos[e];
             double lq = (double)c->z[r] - lc, pe = c->q32 ? (double)c->q32[r] : exp(lq);
             if (q_out) q_out[e] = (float)pe;
             if (j < lo || j > t) continue;
-            metric_acc(&ma, pe, lq, f->p[j], (double)f->logit[j] - L0);
+            double pj = f->p[j], lp = (double)f->logit[j] - L0;
+            l[0][r % ML] += pe * pj; l[1][r % ML] += pe * pe; l[2][r % ML] += pj; l[3][r % ML] += pe * (lq - lp);
         }
+        ma.dot = lanes_sum(l[0]); ma.sq = lanes_sum(l[1]); ma.rec = lanes_sum(l[2]); ma.kl = lanes_sum(l[3]);
     } else {
         for (size_t r = 0; r < c->cnt; r++) {
             size_t e = c->ent ? c->ent[r] : c->first + r;

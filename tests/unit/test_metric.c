@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn.h"
 #include "metric.h"
 
 static int fails = 0, checks = 0;
@@ -179,6 +180,55 @@ int main(void)
         near(what, qs, 1, 1e-5);
     }
     printf("worst |diff| vs naive: cos %.3g kl %.3g recall %.3g\n", worst[0], worst[1], worst[2]);
+
+    /* rows of plain entries at consecutive positions inside the window, fp32 q (ent NULL: the
+     * path that sums whole lane groups as vectors where the CPU has AVX-512F): against the
+     * naive formulas, and bit for bit the general path given the same entries in ent, on
+     * every ISA path (the lanes fix the order) */
+    int same = 1;
+    for (int rep = 0; rep < 300; rep++) {
+        n = 2 + (size_t)(unif() * 62);
+        t = rep % 2 ? n - 1 : (size_t)(unif() * (double)(n - 1));
+        lo = unif() < 0.5 ? (size_t)(unif() * (double)t) : 0;
+        size_t j0 = lo + (size_t)(unif() * (double)(t - lo)), cnt = 1 + (size_t)(unif() * (double)(t - j0));
+        for (size_t j = 0; j < n; j++) {
+            logit[j] = (float)(unif() * 8 - 4);
+            pos[j] = (int32_t)j; mult[j] = 1; off[j] = (int32_t)j; mem[j] = (int32_t)j;
+        }
+        off[n] = (int32_t)n;
+        for (size_t r = 0; r < cnt; r++) { ent[r] = j0 + r; z[r] = (float)(unif() * 8 - 4); }
+        double p[NMAX], Z = 0, p2 = 0, L0 = logit[t], mz = -INFINITY, Q = 0;
+        for (size_t j = lo; j <= t; j++) Z += (p[j] = exp((double)logit[j] - L0));
+        for (size_t j = lo; j <= t; j++) { p[j] /= Z; p2 += p[j] * p[j]; }
+        for (size_t r = 0; r < cnt; r++) mz = fmax(mz, z[r]);
+        for (size_t r = 0; r < cnt; r++) Q += exp((double)z[r] - mz);
+        double lse = mz + log(Q);
+        float q[NMAX], qa[NMAX], qb[NMAX];
+        for (size_t r = 0; r < cnt; r++) q[r] = (float)exp((double)z[r] - lse);
+        rp_row_full f = { .lo = lo, .t = t, .p = p, .logit = logit, .lz = L0 + log(Z), .p2 = p2 };
+        rp_row_comp cf = { .cnt = cnt, .first = j0, .z = z, .lse = lse, .q32 = q, .pos = pos, .mult = mult };
+        rp_row_comp cg = cf;
+        cg.ent = ent;
+        rp_row_metrics mg, mf;
+        memset(qa, 0, sizeof qa); memset(qb, 0, sizeof qb);
+        rp_attn_row_metrics(&f, &cg, qa, &mg);
+        for (int isa = ATTN_ISA_GENERIC; isa <= ATTN_ISA_AVX512; isa++) {
+            int old = attn_set_isa_limit(isa);
+            rp_attn_row_metrics(&f, &cf, qb, &mf);
+            attn_set_isa_limit(old);
+            same &= memcmp(&mf, &mg, sizeof mf) == 0 && memcmp(qa, qb, sizeof qa) == 0;
+        }
+        naive(n, lo, t, logit, cnt, ent, z, off, mem, &cs, &kl, &rc);
+        char what[96];
+        snprintf(what, sizeof what, "consecutive %d cos", rep);
+        near(what, mf.attn_cos, cs, 2e-6);
+        snprintf(what, sizeof what, "consecutive %d kl", rep);
+        near(what, mf.attn_kl, kl, 2e-6 * (1 + fabs(kl)));
+        snprintf(what, sizeof what, "consecutive %d recall", rep);
+        near(what, mf.mass_recall, rc, 2e-6);
+    }
+    checks++;
+    if (!same) { fails++; printf("FAIL consecutive rows: not the general path's bits on every ISA path\n"); }
 
     /* output metrics */
     float o[DMAX], oc[DMAX];
