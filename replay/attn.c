@@ -1951,46 +1951,55 @@ static void gram_generic(const float *x, size_t n, size_t D, double *M)
 #if ATTN_HAVE_AVX2_PATH
 enum { GRAM_CH = 64 };      /* rows per chunk: converted to double once, then every tile */
 
+/* The chunk loop both tiled kernels share: rows [r0, r0 + nr) converted to double into xd
+ * (CVT, every STEP floats), then the tiles of RA rows a x CB columns b that reach the upper
+ * triangle, each TILE(a0, b0) over the chunk's rows. */
+#define GRAM_CHUNKS(STEP, CVT, RA, CB, TILE)                                                      \
+    for (size_t r0 = 0; r0 < n; r0 += GRAM_CH) {                                                  \
+        size_t nr = n - r0 < GRAM_CH ? n - r0 : GRAM_CH;                                           \
+        for (size_t i = 0; i < nr * D; i += (STEP)) CVT;                                           \
+        for (size_t a0 = 0; a0 < D; a0 += (RA))                                                    \
+            for (size_t b0 = a0 / (CB) * (CB); b0 < D; b0 += (CB)) TILE(M, xd, nr, D, a0, b0);     \
+    }
+
 /* Tiles of 4 rows a x 8 columns b of M (those reaching the upper triangle), each held in
  * registers over the chunk's rows in order: per element the same exact products added in
  * the same order (FMA = the separate multiply and add, the product being exact). D % 8 == 0;
  * xd [GRAM_CH][D] scratch. */
+__attribute__((target("avx2,fma"), always_inline))
+static inline void gram_tile_fma(double *M, const double *xd, size_t nr, size_t D, size_t a0, size_t b0)
+{
+    double *m0 = M + a0 * D + b0, *m1 = m0 + D, *m2 = m1 + D, *m3 = m2 + D;
+    __m256d c00 = _mm256_loadu_pd(m0), c01 = _mm256_loadu_pd(m0 + 4);
+    __m256d c10 = _mm256_loadu_pd(m1), c11 = _mm256_loadu_pd(m1 + 4);
+    __m256d c20 = _mm256_loadu_pd(m2), c21 = _mm256_loadu_pd(m2 + 4);
+    __m256d c30 = _mm256_loadu_pd(m3), c31 = _mm256_loadu_pd(m3 + 4);
+    for (size_t r = 0; r < nr; r++) {
+        const double *xr = xd + r * D;
+        const __m256d k0 = _mm256_loadu_pd(xr + b0), k1 = _mm256_loadu_pd(xr + b0 + 4);
+        const __m256d x0 = _mm256_broadcast_sd(xr + a0), x1 = _mm256_broadcast_sd(xr + a0 + 1);
+        const __m256d x2 = _mm256_broadcast_sd(xr + a0 + 2), x3 = _mm256_broadcast_sd(xr + a0 + 3);
+        c00 = _mm256_fmadd_pd(x0, k0, c00); c01 = _mm256_fmadd_pd(x0, k1, c01);
+        c10 = _mm256_fmadd_pd(x1, k0, c10); c11 = _mm256_fmadd_pd(x1, k1, c11);
+        c20 = _mm256_fmadd_pd(x2, k0, c20); c21 = _mm256_fmadd_pd(x2, k1, c21);
+        c30 = _mm256_fmadd_pd(x3, k0, c30); c31 = _mm256_fmadd_pd(x3, k1, c31);
+    }
+    _mm256_storeu_pd(m0, c00); _mm256_storeu_pd(m0 + 4, c01);
+    _mm256_storeu_pd(m1, c10); _mm256_storeu_pd(m1 + 4, c11);
+    _mm256_storeu_pd(m2, c20); _mm256_storeu_pd(m2 + 4, c21);
+    _mm256_storeu_pd(m3, c30); _mm256_storeu_pd(m3 + 4, c31);
+}
+
 __attribute__((target("avx2,fma")))
 static void gram_fma(const float *x, size_t n, size_t D, double *M, double *xd)
 {
-    for (size_t r0 = 0; r0 < n; r0 += GRAM_CH) {
-        size_t nr = n - r0 < GRAM_CH ? n - r0 : GRAM_CH;
-        for (size_t i = 0; i < nr * D; i += 4)
-            _mm256_storeu_pd(xd + i, _mm256_cvtps_pd(_mm_loadu_ps(x + r0 * D + i)));
-        for (size_t a0 = 0; a0 < D; a0 += 4)
-            for (size_t b0 = a0 / 8 * 8; b0 < D; b0 += 8) {
-                double *m0 = M + a0 * D + b0, *m1 = m0 + D, *m2 = m1 + D, *m3 = m2 + D;
-                __m256d c00 = _mm256_loadu_pd(m0), c01 = _mm256_loadu_pd(m0 + 4);
-                __m256d c10 = _mm256_loadu_pd(m1), c11 = _mm256_loadu_pd(m1 + 4);
-                __m256d c20 = _mm256_loadu_pd(m2), c21 = _mm256_loadu_pd(m2 + 4);
-                __m256d c30 = _mm256_loadu_pd(m3), c31 = _mm256_loadu_pd(m3 + 4);
-                for (size_t r = 0; r < nr; r++) {
-                    const double *xr = xd + r * D;
-                    const __m256d k0 = _mm256_loadu_pd(xr + b0), k1 = _mm256_loadu_pd(xr + b0 + 4);
-                    const __m256d x0 = _mm256_broadcast_sd(xr + a0), x1 = _mm256_broadcast_sd(xr + a0 + 1);
-                    const __m256d x2 = _mm256_broadcast_sd(xr + a0 + 2), x3 = _mm256_broadcast_sd(xr + a0 + 3);
-                    c00 = _mm256_fmadd_pd(x0, k0, c00); c01 = _mm256_fmadd_pd(x0, k1, c01);
-                    c10 = _mm256_fmadd_pd(x1, k0, c10); c11 = _mm256_fmadd_pd(x1, k1, c11);
-                    c20 = _mm256_fmadd_pd(x2, k0, c20); c21 = _mm256_fmadd_pd(x2, k1, c21);
-                    c30 = _mm256_fmadd_pd(x3, k0, c30); c31 = _mm256_fmadd_pd(x3, k1, c31);
-                }
-                _mm256_storeu_pd(m0, c00); _mm256_storeu_pd(m0 + 4, c01);
-                _mm256_storeu_pd(m1, c10); _mm256_storeu_pd(m1 + 4, c11);
-                _mm256_storeu_pd(m2, c20); _mm256_storeu_pd(m2 + 4, c21);
-                _mm256_storeu_pd(m3, c30); _mm256_storeu_pd(m3 + 4, c31);
-            }
-    }
+    GRAM_CHUNKS(4, _mm256_storeu_pd(xd + i, _mm256_cvtps_pd(_mm_loadu_ps(x + r0 * D + i))), 4, 8, gram_tile_fma)
 }
 
-/* The same with tiles of 8 rows a x 16 columns b (sixteen accumulators, as panel_dot8_avx512:
- * the four-row AVX2 tile's eight chains left the FMA ports idle). D % 16 == 0. */
-__attribute__((target("avx512f")))
-static void gram_avx512(const float *x, size_t n, size_t D, double *M, double *xd)
+/* Tiles of 8 rows a x 16 columns b (sixteen accumulators, as panel_dot8_avx512: the four-row
+ * AVX2 tile's eight chains left the FMA ports idle). */
+__attribute__((target("avx512f"), always_inline))
+static inline void gram_tile_avx512(double *M, const double *xd, size_t nr, size_t D, size_t a0, size_t b0)
 {
 #define GR8_ROWS(OP) OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7)
 #define GR8_LOAD(r) __m512d c##r##0 = _mm512_loadu_pd(M + (a0 + r) * D + b0), \
@@ -1999,26 +2008,27 @@ static void gram_avx512(const float *x, size_t n, size_t D, double *M, double *x
                       c##r##0 = _mm512_fmadd_pd(xa, k0, c##r##0); c##r##1 = _mm512_fmadd_pd(xa, k1, c##r##1); }
 #define GR8_STORE(r) _mm512_storeu_pd(M + (a0 + r) * D + b0, c##r##0); \
                      _mm512_storeu_pd(M + (a0 + r) * D + b0 + 8, c##r##1);
-    for (size_t r0 = 0; r0 < n; r0 += GRAM_CH) {
-        size_t nr = n - r0 < GRAM_CH ? n - r0 : GRAM_CH;
-        for (size_t i = 0; i < nr * D; i += 8)
-            _mm512_storeu_pd(xd + i, _mm512_cvtps_pd(_mm256_loadu_ps(x + r0 * D + i)));
-        for (size_t a0 = 0; a0 < D; a0 += 8)
-            for (size_t b0 = a0 / 16 * 16; b0 < D; b0 += 16) {
-                GR8_ROWS(GR8_LOAD)
-                for (size_t r = 0; r < nr; r++) {
-                    const double *xr = xd + r * D;
-                    const __m512d k0 = _mm512_loadu_pd(xr + b0), k1 = _mm512_loadu_pd(xr + b0 + 8);
-                    GR8_ROWS(GR8_STEP)
-                }
-                GR8_ROWS(GR8_STORE)
-            }
+    GR8_ROWS(GR8_LOAD)
+    for (size_t r = 0; r < nr; r++) {
+        const double *xr = xd + r * D;
+        const __m512d k0 = _mm512_loadu_pd(xr + b0), k1 = _mm512_loadu_pd(xr + b0 + 8);
+        GR8_ROWS(GR8_STEP)
     }
+    GR8_ROWS(GR8_STORE)
 #undef GR8_ROWS
 #undef GR8_LOAD
 #undef GR8_STEP
 #undef GR8_STORE
 }
+
+/* D % 16 == 0. */
+__attribute__((target("avx512f")))
+static void gram_avx512(const float *x, size_t n, size_t D, double *M, double *xd)
+{
+    GRAM_CHUNKS(8, _mm512_storeu_pd(xd + i, _mm512_cvtps_pd(_mm256_loadu_ps(x + r0 * D + i))), 8, 16,
+                gram_tile_avx512)
+}
+#undef GRAM_CHUNKS
 #endif
 
 int attn_gram_acc(const float *x, size_t n, size_t D, double *M)
