@@ -2079,7 +2079,8 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
         }
         rp_row_metrics rm = { 1.0, 0.0, 1.0 };
         double ocos = 1.0, orel = 0.0;
-        if (cnt == nfull && !view->modified && !rv->reindexed && !rv->merged) {
+        int orig = !view->modified && !rv->reindexed && !rv->merged;    /* the trace's own rows */
+        if (cnt == nfull && orig) {
             /* the full cache's entries with original rows: its results, bit for bit */
             if (online)
                 for (size_t r2 = 0; r2 < cnt; r2++) {
@@ -2104,7 +2105,7 @@ static int item_metrics(item *it, size_t c, size_t g, size_t t, size_t r, const 
                 lc = sc->blse[i * BLK + r];
                 zr = sc->bz + (i * BLK + r) * br.bm;
                 ocr = sc->bout + (i * BLK + r) * D;
-            } else if (!view->modified && !rv->reindexed && !rv->merged && ap->window <= 0) {
+            } else if (orig && ap->window <= 0) {
                 /* original rows (a selection: quest; an online or time-dependent cache): their
                  * logits are the full cache's, gathered instead of recomputed; the same
                  * results bit for bit */
@@ -2328,51 +2329,49 @@ static int item_block_cfg(item *it, size_t c, size_t g, size_t tb, size_t te)
     int online = E->o.mode == RP_ONLINE || st->dt;     /* decode-time presses: online steps */
     size_t n = it->n, D = E->D, G = E->G;
     const rp_cache *cc = &st->cache;
-    /* prefill, static cache, no per-query selection, no merges, no window: the block's rows
-     * attend over a prefix of one fixed entry list (row t sees entries [0, t + 1 - shift)),
-     * so one blocked kernel call serves the block */
+    /* prefill, static cache, no per-query selection, no window: the block's rows attend over a
+     * prefix of one fixed entry list (row t sees entries [0, t + 1 - shift)), so one blocked
+     * kernel call serves the block */
     int merged = cache_merged(cc);
     blocked_rows br = { !online && !st->td && !cf->evict->select && ap->window <= 0 && (!merged || cc->k) &&
                         !(cc->n == n && !cc->modified), cc->n };
-    if (br.on && merged) {
-        /* merged entries (entropy_merge's runs: mean rows): the block's logits against the
-         * cache's rows, each entry's log multiplicity added (as item_cache_view's bias), then
-         * the softmax and P.V of the given logits: for head_dim <= 256 (key blocks of 64, as
-         * attn_entries') the per-row path's results bit for bit, else within rounding */
+    if (br.on) {
         size_t shift = n - br.bm, nvis[BLK];
-        for (size_t e = 0; e < br.bm; e++) sc->logm[e] = logf((float)cc->mult[e]);
-        attn_full_rows_heads_k(it->q + g * G * n * D + shift * D, n * D, G, cc->k, NULL, br.bm, D, tb - shift,
-                               te - shift, ap, BLK, NULL, NULL, sc->bz);
+        const float *qg = it->q + g * G * n * D + shift * D;
+        int given = merged || !cc->modified || st->korig;      /* logits in sc->bz, then P.V */
         for (size_t t = tb; t < te; t++) nvis[t - tb] = t + 1 - shift;
-        for (size_t i = 0; i < G; i++) {
-            for (size_t t = tb; t < te; t++) {
-                float *z = sc->bz + (i * BLK + (t - tb)) * br.bm;
-                for (size_t e = 0; e < nvis[t - tb]; e++) z[e] += sc->logm[e];
-            }
+        if (merged) {
+            /* merged entries (entropy_merge's runs: mean rows): the block's logits against the
+             * cache's rows, each entry's log multiplicity added (as item_cache_view's bias):
+             * for head_dim <= 256 (key blocks of 64, as attn_entries') the per-row path's
+             * results bit for bit, else within rounding */
+            for (size_t e = 0; e < br.bm; e++) sc->logm[e] = logf((float)cc->mult[e]);
+            attn_full_rows_heads_k(qg, n * D, G, cc->k, NULL, br.bm, D, tb - shift, te - shift, ap, BLK, NULL,
+                                   NULL, sc->bz);
+            for (size_t i = 0; i < G; i++)
+                for (size_t t = tb; t < te; t++) {
+                    float *z = sc->bz + (i * BLK + (t - tb)) * br.bm;
+                    for (size_t e = 0; e < nvis[t - tb]; e++) z[e] += sc->logm[e];
+                }
+        } else if (given) {
+            /* original keys (rows, or values encoded alone): the kept entries' logits are the
+             * full cache's (item_full_attn), gathered instead of recomputed; the same results
+             * bit for bit (attn_rows_given) */
+            for (size_t i = 0; i < G; i++)
+                for (size_t t = tb; t < te; t++) {
+                    const float *full = sc->lg + (i * BLK + (t - tb)) * n;
+                    float *z = sc->bz + (i * BLK + (t - tb)) * br.bm;
+                    for (size_t e = 0; e < nvis[t - tb]; e++) z[e] = full[cc->pos[e]];
+                }
+        } else {
+            /* the G heads in one call: each block of the changed keys transposed once, not G
+             * times (think key_ratio=0.25 at 8k tokens: 873 of ~6500 samples were transposes) */
+            attn_full_rows_heads_k(qg, n * D, G, cc->k, cc->v, br.bm, D, tb - shift, te - shift, ap, BLK, sc->blse,
+                                   sc->bout, sc->bz);
+        }
+        for (size_t i = 0; given && i < G; i++)
             attn_rows_given(sc->bz + i * BLK * br.bm, br.bm, nvis, te - tb, cc->v, D, sc->blse + i * BLK,
                             sc->bout + i * BLK * D);
-        }
-    } else if (br.on && (!cc->modified || st->korig)) {
-        /* original keys (rows, or values encoded alone): the kept entries' logits are the full
-         * cache's (item_full_attn), gathered instead of recomputed; the same results bit for
-         * bit (attn_rows_given) */
-        size_t shift = n - br.bm, nvis[BLK];
-        for (size_t i = 0; i < G; i++) {
-            for (size_t t = tb; t < te; t++) {
-                const float *full = sc->lg + (i * BLK + (t - tb)) * n;
-                float *z = sc->bz + (i * BLK + (t - tb)) * br.bm;
-                nvis[t - tb] = t + 1 - shift;
-                for (size_t e = 0; e < nvis[t - tb]; e++) z[e] = full[cc->pos[e]];
-            }
-            attn_rows_given(sc->bz + i * BLK * br.bm, br.bm, nvis, te - tb, cc->v, D, sc->blse + i * BLK,
-                            sc->bout + i * BLK * D);
-        }
-    } else if (br.on) {
-        /* the G heads in one call: each block of the changed keys transposed once, not G
-         * times (think key_ratio=0.25 at 8k tokens: 873 of ~6500 samples were transposes) */
-        size_t shift = n - br.bm;
-        attn_full_rows_heads_k(it->q + g * G * n * D + shift * D, n * D, G, cc->k, cc->v, br.bm, D, tb - shift,
-                               te - shift, ap, BLK, sc->blse, sc->bout, sc->bz);
     }
     cut_rows cr = { 0 };
     if (!br.on && item_cut_block(it, c, g, tb, te, &cr)) return -1;

@@ -30,6 +30,17 @@ static double lanes_sum(const double *l)
     return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
+/* One entry into lane k of the four sums l[0..3] (dot, sq, rec, kl: metric_acc's terms). */
+static inline void lane_acc(double l[4][ML], size_t k, double pe, double lq, double pj, double lp)
+{
+    l[0][k] += pe * pj; l[1][k] += pe * pe; l[2][k] += pj; l[3][k] += pe * (lq - lp);
+}
+
+static void lanes_finish(const double l[4][ML], metric_sums *m)
+{
+    m->dot = lanes_sum(l[0]); m->sq = lanes_sum(l[1]); m->rec = lanes_sum(l[2]); m->kl = lanes_sum(l[3]);
+}
+
 /* A row whose n entries are positions j0 .. j0 + n - 1, all inside the window, with fp32 q:
  * q, z [n] the entries', p, lg the full row's from j0. Whole lane groups as vectors. */
 #define CONTIG_ROW_BODY                                                                            \
@@ -45,14 +56,11 @@ static double lanes_sum(const double *l)
         const mv8d lp = __builtin_convertvector(lf, mv8d) - L0;                                    \
         dot += pe * pj; sq += pe * pe; rec += pj; kl += pe * (lq - lp);                            \
     }                                                                                              \
-    for (; r < n; r++) {                                                                           \
-        const double pe = q[r], lq = (double)z[r] - lc, pj = p[r], lp = (double)lg[r] - L0;        \
-        dot[r % ML] += pe * pj; sq[r % ML] += pe * pe; rec[r % ML] += pj; kl[r % ML] += pe * (lq - lp); \
-    }                                                                                              \
     double l[4][ML];                                                                               \
     memcpy(l[0], &dot, sizeof dot); memcpy(l[1], &sq, sizeof sq);                                  \
     memcpy(l[2], &rec, sizeof rec); memcpy(l[3], &kl, sizeof kl);                                  \
-    m->dot = lanes_sum(l[0]); m->sq = lanes_sum(l[1]); m->rec = lanes_sum(l[2]); m->kl = lanes_sum(l[3]);
+    for (; r < n; r++) lane_acc(l, r % ML, q[r], (double)z[r] - lc, p[r], (double)lg[r] - L0);     \
+    lanes_finish(l, m);
 
 static void contig_row(const float *q, const float *z, const double *p, const float *lg, size_t n, double lc,
                        double L0, metric_sums *m)
@@ -94,10 +102,9 @@ void rp_attn_row_metrics(const rp_row_full *f, const rp_row_comp *c, float *q_ou
             double lq = (double)c->z[r] - lc, pe = c->q32 ? (double)c->q32[r] : exp(lq);
             if (q_out) q_out[e] = (float)pe;
             if (j < lo || j > t) continue;
-            double pj = f->p[j], lp = (double)f->logit[j] - L0;
-            l[0][r % ML] += pe * pj; l[1][r % ML] += pe * pe; l[2][r % ML] += pj; l[3][r % ML] += pe * (lq - lp);
+            lane_acc(l, r % ML, pe, lq, f->p[j], (double)f->logit[j] - L0);
         }
-        ma.dot = lanes_sum(l[0]); ma.sq = lanes_sum(l[1]); ma.rec = lanes_sum(l[2]); ma.kl = lanes_sum(l[3]);
+        lanes_finish(l, &ma);
     } else {
         for (size_t r = 0; r < c->cnt; r++) {
             size_t e = c->ent ? c->ent[r] : c->first + r;
